@@ -1,0 +1,371 @@
+//! Running the session-agent binary inside a hotspot's gateway namespace and
+//! talking to it through its CLI.
+
+use crate::netns::ns_command;
+use crate::topo::Hotspot;
+use serde::Deserialize;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of the agent binary: `$SESSION_AGENT_BIN`, else
+/// `<workspace>/target/debug/session-agent`. Panics if it does not exist.
+pub fn agent_bin() -> PathBuf {
+    let p = agent_bin_path();
+    if !p.is_file() {
+        panic!(
+            "session-agent binary not found at {}: build it with \
+             `cargo build -p session-agent` or run `cargo xtask test` \
+             (or point SESSION_AGENT_BIN at it)",
+            p.display()
+        );
+    }
+    p
+}
+
+/// [`agent_bin`] without the panic.
+pub fn agent_bin_opt() -> Option<PathBuf> {
+    Some(agent_bin_path()).filter(|p| p.is_file())
+}
+
+fn agent_bin_path() -> PathBuf {
+    match std::env::var_os("SESSION_AGENT_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target/debug/session-agent"),
+    }
+}
+
+/// One entry of `session-agent clients --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ClientStats {
+    pub mac: String,
+    pub up_bytes: u64,
+    pub down_bytes: u64,
+    pub up_packets: u64,
+    pub down_packets: u64,
+    pub allowed: bool,
+    pub blocked_packets: u64,
+    pub garden_packets: u64,
+    pub garden_bytes: u64,
+}
+
+/// How to start the agent; reusable to restart it with the same settings.
+#[derive(Debug, Clone)]
+pub struct AgentBuilder {
+    pub ns: String,
+    pub lans: Vec<String>,
+    pub pin_root: PathBuf,
+    pub extra: Vec<String>,
+}
+
+impl AgentBuilder {
+    /// Agent on the hotspot's LAN interface with the hotspot's pin root.
+    pub fn new(hs: &Hotspot) -> AgentBuilder {
+        AgentBuilder {
+            ns: hs.gw_ns.clone(),
+            lans: vec![hs.lan_if.clone()],
+            pin_root: hs.pin_root.clone(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds raw arguments to `session-agent run`.
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.extra.push(a.into());
+        self
+    }
+
+    pub fn walled_garden(self, spec: &str) -> Self {
+        self.arg("--walled-garden").arg(spec)
+    }
+
+    pub fn portal_port(self, port: u16) -> Self {
+        self.arg("--portal-port").arg(port.to_string())
+    }
+
+    /// Starts `session-agent run` and waits for `READY` on stdout.
+    pub fn start(&self) -> Agent {
+        let bin = agent_bin();
+        let mut cmd = ns_command(&self.ns, bin.to_str().unwrap());
+        cmd.arg("run");
+        for l in &self.lans {
+            cmd.arg("--lan").arg(l);
+        }
+        cmd.arg("--pin-root").arg(&self.pin_root);
+        cmd.args(&self.extra);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let cmdline = format!("{cmd:?}");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmdline}: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                l2.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        let l3 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.trim() != "READY" {
+                    l3.lock().unwrap().push_str(&format!("[stdout] {line}\n"));
+                }
+                let _ = tx.send(line);
+            }
+        });
+        let mut agent = Agent {
+            child: Some(child),
+            log,
+            builder: self.clone(),
+            cmdline,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) if l.trim() == "READY" => break,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected)
+                | Err(mpsc::RecvTimeoutError::Timeout)
+                    if !agent.is_running() =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                    panic!(
+                        "agent exited before READY: {}\nstderr:\n{}",
+                        agent.cmdline,
+                        agent.log()
+                    );
+                }
+                Err(_) => {}
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "agent did not print READY within 30 s: {}\nstderr:\n{}",
+                    agent.cmdline,
+                    agent.log()
+                );
+            }
+        }
+        agent
+    }
+}
+
+/// A running (or killed) agent process. Dropping it stops the process
+/// (SIGTERM, then SIGKILL); pins are removed by the [`Hotspot`]'s drop.
+pub struct Agent {
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+    builder: AgentBuilder,
+    cmdline: String,
+}
+
+impl Agent {
+    /// Everything the agent wrote to stderr (and unexpected stdout lines).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The last `n` bytes of [`Agent::log`], for failure messages.
+    pub fn log_tail(&self) -> String {
+        let l = self.log();
+        let n = 6000;
+        if l.len() > n {
+            let mut start = l.len() - n;
+            while !l.is_char_boundary(start) {
+                start += 1;
+            }
+            format!("...{}", &l[start..])
+        } else {
+            l
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child process by pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (up to 10 s) for a clean exit; returns the exit
+    /// status. Panics if it does not exit in time.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("agent already stopped");
+        // SAFETY: signalling our own child process by pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "agent did not exit within 10 s of SIGTERM\nstderr:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts a new agent process with the same settings (same pin root).
+    pub fn restart(&self) -> Agent {
+        self.builder.start()
+    }
+
+    pub fn builder(&self) -> &AgentBuilder {
+        &self.builder
+    }
+
+    /// Runs `session-agent ARGS` in the gateway namespace.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.builder.ns, args)
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> Output {
+        let out = self.cli(args);
+        if !out.status.success() {
+            panic!(
+                "session-agent {args:?} failed ({}):\nstdout: {}\nstderr: {}\nagent log:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail()
+            );
+        }
+        out
+    }
+
+    fn pin_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for l in &self.builder.lans {
+            v.push("--lan".to_string());
+            v.push(l.clone());
+        }
+        v.push("--pin-root".to_string());
+        v.push(self.builder.pin_root.display().to_string());
+        v
+    }
+
+    /// `session-agent clients --json` for this agent's LAN(s) and pin root.
+    pub fn clients(&self) -> Vec<ClientStats> {
+        let mut args = vec!["clients".to_string()];
+        args.extend(self.pin_args());
+        args.push("--json".to_string());
+        let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let out = self.cli_ok(&a);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "cannot parse `session-agent clients --json` output: {e}\n{}\nagent log:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                self.log_tail()
+            )
+        })
+    }
+
+    /// The entry for `mac`, if the agent knows it.
+    pub fn client(&self, mac: &str) -> Option<ClientStats> {
+        self.clients().into_iter().find(|c| c.mac == mac)
+    }
+
+    /// The entry for `mac`, or all zeros (not allowed) if unknown.
+    pub fn client_or_zero(&self, mac: &str) -> ClientStats {
+        self.client(mac).unwrap_or(ClientStats {
+            mac: mac.to_string(),
+            up_bytes: 0,
+            down_bytes: 0,
+            up_packets: 0,
+            down_packets: 0,
+            allowed: false,
+            blocked_packets: 0,
+            garden_packets: 0,
+            garden_bytes: 0,
+        })
+    }
+
+    fn mac_cmd(&self, verb: &str, mac: &str) {
+        let mut args = vec![verb.to_string(), "--mac".to_string(), mac.to_string()];
+        args.extend(self.pin_args());
+        let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        self.cli_ok(&a);
+    }
+
+    /// `session-agent allow --mac MAC`.
+    pub fn allow(&self, mac: &str) {
+        self.mac_cmd("allow", mac);
+    }
+
+    /// `session-agent block --mac MAC`.
+    pub fn block(&self, mac: &str) {
+        self.mac_cmd("block", mac);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child process by pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `session-agent ARGS` inside namespace `ns` and returns its output.
+pub fn cli(ns: &str, args: &[&str]) -> Output {
+    let bin = agent_bin();
+    ns_command(ns, bin.to_str().unwrap())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn session-agent {args:?}: {e}"))
+}
+
+/// Runs `session-agent ARGS` in the root namespace.
+pub fn cli_root(args: &[&str]) -> Output {
+    Command::new(agent_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn session-agent {args:?}: {e}"))
+}

@@ -1,0 +1,143 @@
+//! Independent reference meter: nftables counters in the gateway's forward
+//! chain. Per client: upload = forwarded packets that arrived on the LAN
+//! interface with the client's source MAC; download = forwarded packets that
+//! leave the LAN interface to the client's IPv4/IPv6 address. nft counts the
+//! IP-layer length of each skb as forwarded, which is the agent's byte
+//! definition.
+
+use crate::netns::{ns_command, run_ok};
+use crate::topo::Hotspot;
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+
+/// Reference counts for one client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefCounts {
+    pub up_bytes: u64,
+    pub up_packets: u64,
+    pub down_bytes: u64,
+    pub down_packets: u64,
+}
+
+/// The reference table in a gateway namespace. Lives as long as the
+/// namespace (no separate cleanup needed).
+#[derive(Debug, Clone)]
+pub struct NftRef {
+    ns: String,
+    table: String,
+    /// mac -> client index
+    macs: Vec<String>,
+}
+
+impl NftRef {
+    /// Installs table `inet sa_ref` in the hotspot's gateway namespace.
+    pub fn install(hs: &Hotspot) -> NftRef {
+        let table = "sa_ref".to_string();
+        let mut s = format!("table inet {table} {{\n");
+        for c in &hs.clients {
+            s += &format!(
+                "  counter up_{0} {{ }}\n  counter down_{0} {{ }}\n",
+                c.index
+            );
+        }
+        s += "  chain ref_forward {\n    type filter hook forward priority -50; policy accept;\n";
+        for c in &hs.clients {
+            s += &format!(
+                "    iifname \"{lan}\" ether saddr {mac} counter name \"up_{i}\"\n\
+                 \x20   oifname \"{lan}\" ip daddr {v4} counter name \"down_{i}\"\n\
+                 \x20   oifname \"{lan}\" ip6 daddr {v6} counter name \"down_{i}\"\n",
+                lan = hs.lan_if,
+                mac = c.mac,
+                i = c.index,
+                v4 = c.ipv4,
+                v6 = c.ipv6,
+            );
+        }
+        s += "  }\n}\n";
+        let mut child = ns_command(&hs.gw_ns, "nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nft");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        if !out.status.success() {
+            panic!(
+                "nft -f failed: {}\nruleset:\n{s}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        NftRef {
+            ns: hs.gw_ns.clone(),
+            table,
+            macs: hs.clients.iter().map(|c| c.mac.clone()).collect(),
+        }
+    }
+
+    /// Current reference counts, keyed by client MAC.
+    pub fn read(&self) -> BTreeMap<String, RefCounts> {
+        let out = run_ok(ns_command(&self.ns, "nft").args([
+            "-j",
+            "list",
+            "counters",
+            "table",
+            "inet",
+            &self.table,
+        ]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("nft json: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+        let mut m: BTreeMap<String, RefCounts> = self
+            .macs
+            .iter()
+            .map(|mac| (mac.clone(), RefCounts::default()))
+            .collect();
+        for item in v["nftables"].as_array().expect("nftables array") {
+            let Some(c) = item.get("counter") else {
+                continue;
+            };
+            let name = c["name"].as_str().unwrap_or("");
+            let (dir, idx) = match name.split_once('_') {
+                Some((d, i)) => (d, i.parse::<usize>().expect("counter index")),
+                None => continue,
+            };
+            let p = c["packets"].as_u64().unwrap_or(0);
+            let b = c["bytes"].as_u64().unwrap_or(0);
+            let e = m.get_mut(&self.macs[idx]).unwrap();
+            match dir {
+                "up" => {
+                    e.up_packets = p;
+                    e.up_bytes = b;
+                }
+                "down" => {
+                    e.down_packets = p;
+                    e.down_bytes = b;
+                }
+                _ => {}
+            }
+        }
+        m
+    }
+
+    /// Reference counts of one client.
+    pub fn get(&self, mac: &str) -> RefCounts {
+        self.read()
+            .get(mac)
+            .copied()
+            .unwrap_or_else(|| panic!("no reference counters for {mac}"))
+    }
+
+    /// The full ruleset with counters (for failure messages).
+    pub fn dump(&self) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .args(["nft", "list", "table", "inet", &self.table])
+            .output();
+        match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Err(e) => format!("<nft list failed: {e}>"),
+        }
+    }
+}
