@@ -1,1 +1,15 @@
+//! Types and names shared by the session-agent eBPF programs and userspace.
+//!
+//! Every map value is `#[repr(C)]`, has no implicit padding and no `bool`, so the
+//! kernel and userspace agree byte for byte. The `user` feature adds `aya::Pod`
+//! implementations and parsing/formatting helpers for userspace.
 #![no_std]
+
+pub mod mac;
+pub mod maps;
+
+#[cfg(feature = "user")]
+mod user;
+
+pub use mac::MacKey;
+pub use maps::*;

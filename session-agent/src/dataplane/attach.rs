@@ -1,0 +1,310 @@
+//! Loading, attaching and pinning the datapath on one LAN interface.
+//!
+//! Maps and links live under `<pin root>/<iface>/`. On start the agent loads
+//! the programs against the pinned maps (so counters survive) and swaps them
+//! into the pinned links atomically, so enforcement never lapses; without pins
+//! it attaches and pins afresh.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
+    Ebpf, EbpfLoader,
+};
+use session_common::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS};
+
+use crate::{
+    dataplane::bpffs,
+    error::{AgentError, Result},
+    iface,
+};
+
+/// The eBPF object built from session-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/session-ebpf.o"));
+
+const LINK_TC_INGRESS: &str = "link_tc_ingress";
+const LINK_TC_EGRESS: &str = "link_tc_egress";
+const LINK_XDP_INGRESS: &str = "link_xdp_ingress";
+
+/// Where upload traffic is metered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngressHook {
+    /// TC ingress (TCX): works on every driver, keeps GSO.
+    Tc,
+    /// XDP: for drivers with native XDP support.
+    Xdp,
+}
+
+pub fn pin_dir(pin_root: &Path, iface: &str) -> PathBuf {
+    pin_root.join(iface)
+}
+
+/// The loaded datapath of one interface; dropping it leaves the pinned links in place.
+pub struct Attached {
+    pub iface: String,
+    pub dir: PathBuf,
+    pub ebpf: Ebpf,
+}
+
+pub fn attach(pin_root: &Path, iface_name: &str, ingress: IngressHook) -> Result<Attached> {
+    iface::index(iface_name)?;
+    bpffs::prepare(pin_root)?;
+    let dir = pin_dir(pin_root, iface_name);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| AgentError::from_io(format!("creating {}", dir.display()), e))?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&dir)
+        .load(OBJECT)
+        .map_err(|e| {
+            let err = AgentError::bpf(format!("loading the datapath for {iface_name}"), &e);
+            match (&e, err) {
+                (
+                    aya::EbpfError::MapError(aya::maps::MapError::PinError { .. }),
+                    AgentError::Bpf { message, .. },
+                ) => AgentError::IncompatiblePins {
+                    iface: iface_name.into(),
+                    dir: dir.clone(),
+                    reason: message,
+                },
+                (_, err) => err,
+            }
+        })?;
+    match ingress {
+        IngressHook::Tc => {
+            attach_tc(
+                &mut ebpf,
+                iface_name,
+                &dir,
+                PROG_TC_INGRESS,
+                TcAttachType::Ingress,
+                LINK_TC_INGRESS,
+            )?;
+            remove_link(&dir.join(LINK_XDP_INGRESS))?;
+        }
+        IngressHook::Xdp => {
+            attach_xdp(&mut ebpf, iface_name, &dir)?;
+            remove_link(&dir.join(LINK_TC_INGRESS))?;
+        }
+    }
+    attach_tc(
+        &mut ebpf,
+        iface_name,
+        &dir,
+        PROG_TC_EGRESS,
+        TcAttachType::Egress,
+        LINK_TC_EGRESS,
+    )?;
+    Ok(Attached {
+        iface: iface_name.to_string(),
+        dir,
+        ebpf,
+    })
+}
+
+/// A pinned link that is still attached to a live interface, if there is one.
+fn pinned_link(path: &Path) -> Result<Option<FdLink>> {
+    match PinnedLink::from_pin(path) {
+        Ok(p) => Ok(Some(FdLink::from(p))),
+        Err(aya::programs::links::LinkError::SyscallError(e))
+            if e.io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(AgentError::bpf(
+            format!("opening pinned link {}", path.display()),
+            e,
+        )),
+    }
+}
+
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    iface_name: &str,
+    dir: &Path,
+    prog: &str,
+    hook: TcAttachType,
+    pin: &str,
+) -> Result<()> {
+    let what = || format!("attaching {prog} to {iface_name}");
+    let p: &mut SchedClassifier = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| AgentError::Bpf {
+            what: what(),
+            message: "program missing from the object".into(),
+        })?
+        .try_into()
+        .map_err(|e| AgentError::bpf(what(), e))?;
+    p.load()
+        .map_err(|e| AgentError::bpf(format!("loading {prog}"), e))?;
+    let path = dir.join(pin);
+    if let Some(link) = pinned_link(&path)? {
+        // Swap the new program into the existing link: no moment without enforcement.
+        let swapped = link
+            .try_into()
+            .map_err(|e| AgentError::bpf(what(), e))
+            .and_then(|l| p.attach_to_link(l).map_err(|e| AgentError::bpf(what(), e)));
+        match swapped {
+            Ok(_) => return Ok(()),
+            // The interface went away and came back: the old link is defunct.
+            Err(e) => {
+                tracing::warn!("replacing stale link {}: {e}", path.display());
+                remove_link(&path)?;
+            }
+        }
+    }
+    let id = p
+        .attach_with_options(
+            iface_name,
+            hook,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| AgentError::bpf(what(), e))?;
+    let link: FdLink = p
+        .take_link(id)
+        .map_err(|e| AgentError::bpf(what(), e))?
+        .try_into()
+        .map_err(|e| AgentError::bpf(what(), e))?;
+    link.pin(&path)
+        .map_err(|e| AgentError::bpf(format!("pinning {}", path.display()), e))?;
+    Ok(())
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, iface_name: &str, dir: &Path) -> Result<()> {
+    let what = || format!("attaching {PROG_XDP_INGRESS} to {iface_name}");
+    let p: &mut Xdp = ebpf
+        .program_mut(PROG_XDP_INGRESS)
+        .ok_or_else(|| AgentError::Bpf {
+            what: what(),
+            message: "program missing from the object".into(),
+        })?
+        .try_into()
+        .map_err(|e| AgentError::bpf(what(), e))?;
+    p.load()
+        .map_err(|e| AgentError::bpf(format!("loading {PROG_XDP_INGRESS}"), e))?;
+    let path = dir.join(LINK_XDP_INGRESS);
+    if let Some(link) = pinned_link(&path)? {
+        let swapped = link
+            .try_into()
+            .map_err(|e| AgentError::bpf(what(), e))
+            .and_then(|l| p.attach_to_link(l).map_err(|e| AgentError::bpf(what(), e)));
+        match swapped {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!("replacing stale link {}: {e}", path.display());
+                remove_link(&path)?;
+            }
+        }
+    }
+    let id = p
+        .attach(iface_name, XdpMode::Default)
+        .map_err(|e| AgentError::bpf(what(), e))?;
+    let link: FdLink = p
+        .take_link(id)
+        .map_err(|e| AgentError::bpf(what(), e))?
+        .try_into()
+        .map_err(|e| AgentError::bpf(what(), e))?;
+    link.pin(&path)
+        .map_err(|e| AgentError::bpf(format!("pinning {}", path.display()), e))?;
+    Ok(())
+}
+
+/// Detaches a pinned link at once (even while another process holds it) and removes the pin.
+fn remove_link(path: &Path) -> Result<()> {
+    let Some(fd) = obj_get(path)? else {
+        return Ok(());
+    };
+    link_detach(fd.as_raw_fd());
+    std::fs::remove_file(path)
+        .map_err(|e| AgentError::from_io(format!("removing {}", path.display()), e))
+}
+
+/// BPF_OBJ_GET: opens a pinned object, `None` if there is no pin.
+fn obj_get(path: &Path) -> Result<Option<OwnedFd>> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    #[repr(C)]
+    struct Attr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        _pad: [u64; 6],
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        AgentError::Io {
+            what: format!("pin path {}", path.display()),
+            source: io::ErrorKind::InvalidInput.into(),
+        }
+    })?;
+    let attr = Attr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        _pad: [0; 6],
+    };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const Attr,
+            size_of::<Attr>() as u32,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::NotFound => Ok(None),
+            _ => Err(AgentError::from_io(
+                format!("opening pin {}", path.display()),
+                e,
+            )),
+        };
+    }
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+}
+
+/// BPF_LINK_DETACH; errors are ignored because removing the pin detaches too
+/// once the last holder closes it.
+fn link_detach(fd: i32) {
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct Attr {
+        link_fd: u32,
+        _pad: [u32; 15],
+    }
+    let attr = Attr {
+        link_fd: fd as u32,
+        _pad: [0; 15],
+    };
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &attr as *const Attr,
+            size_of::<Attr>() as u32,
+        )
+    };
+}
+
+/// Removes the datapath from `iface` and deletes its pins (maps included).
+pub fn detach(pin_root: &Path, iface_name: &str) -> Result<()> {
+    let dir = pin_dir(pin_root, iface_name);
+    if !dir.join(session_common::MAP_CLIENTS).exists() && !dir.join(LINK_TC_EGRESS).exists() {
+        return Err(AgentError::NotAttached {
+            iface: iface_name.into(),
+            dir,
+        });
+    }
+    for l in [LINK_TC_INGRESS, LINK_XDP_INGRESS, LINK_TC_EGRESS] {
+        remove_link(&dir.join(l))?;
+    }
+    std::fs::remove_dir_all(&dir)
+        .map_err(|e| AgentError::from_io(format!("removing {}", dir.display()), e))
+}

@@ -1,0 +1,77 @@
+//! Shared-memory view of a BPF_F_MMAPABLE array map.
+
+use std::{
+    marker::PhantomData,
+    os::fd::{AsRawFd, BorrowedFd},
+    ptr::NonNull,
+};
+
+use crate::error::{AgentError, Result};
+
+/// An mmap of a BPF array whose values are `T`: reads and writes need no syscall.
+///
+/// The kernel updates the memory concurrently, so values are only accessed
+/// through raw pointers (volatile copies, atomics), never through references.
+pub struct MmapArray<T> {
+    ptr: NonNull<T>,
+    len: u32,
+    bytes: usize,
+    _t: PhantomData<T>,
+}
+
+// SAFETY: the mapping is shared memory accessed only through raw pointers.
+unsafe impl<T> Send for MmapArray<T> {}
+unsafe impl<T> Sync for MmapArray<T> {}
+
+impl<T: Copy> MmapArray<T> {
+    /// Maps `len` entries of the array map behind `fd`.
+    pub fn map(fd: BorrowedFd<'_>, len: u32, what: &str) -> Result<Self> {
+        // The kernel lays the values out at 8-byte strides; our types are already multiples of 8.
+        const { assert!(size_of::<T>() % 8 == 0) };
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let bytes = (size_of::<T>() * len as usize).div_ceil(page) * page;
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(AgentError::from_io(
+                format!("mmap of map {what}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(Self {
+            ptr: NonNull::new(p.cast()).unwrap(),
+            len,
+            bytes,
+            _t: PhantomData,
+        })
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Pointer to entry `i`; panics when out of range.
+    pub fn entry(&self, i: u32) -> *mut T {
+        assert!(i < self.len, "index {i} out of {}", self.len);
+        unsafe { self.ptr.as_ptr().add(i as usize) }
+    }
+
+    /// A copy of entry `i` (fields may be mid-update individually, never torn within a u64).
+    pub fn get(&self, i: u32) -> T {
+        unsafe { std::ptr::read_volatile(self.entry(i)) }
+    }
+}
+
+impl<T> Drop for MmapArray<T> {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}

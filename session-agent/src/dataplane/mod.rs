@@ -1,0 +1,202 @@
+//! The kernel datapath: attaching it, and reading and steering its pinned maps.
+
+pub mod attach;
+pub mod bpffs;
+pub mod mmap;
+
+use std::{
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::maps::{HashMap, Map, MapData};
+use serde::Serialize;
+use session_common::*;
+
+use crate::error::{AgentError, Result};
+use mmap::MmapArray;
+
+/// Insert only if the key is absent (BPF_NOEXIST).
+const BPF_NOEXIST: u64 = 1;
+
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/session-agent";
+
+/// One client's row as operators and scripts see it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClientRow {
+    pub lan: String,
+    pub mac: String,
+    pub slot: u32,
+    pub allowed: bool,
+    pub up_bytes: u64,
+    pub up_packets: u64,
+    pub down_bytes: u64,
+    pub down_packets: u64,
+    pub garden_bytes: u64,
+    pub garden_packets: u64,
+    pub blocked_bytes: u64,
+    pub blocked_packets: u64,
+    pub malformed_packets: u64,
+    pub ratelimit_packets: u64,
+    pub quota_packets: u64,
+}
+
+/// The pinned maps of one interface, opened from bpffs (works from any process).
+pub struct Maps {
+    pub iface: String,
+    pub dir: PathBuf,
+    counters: MmapArray<ClientCounters>,
+    policy: MmapArray<ClientPolicy>,
+    alloc: MmapArray<SlotAllocator>,
+    clients: HashMap<MapData, MacKey, u32>,
+}
+
+impl Maps {
+    pub fn open(pin_root: &Path, iface: &str) -> Result<Self> {
+        let dir = attach::pin_dir(pin_root, iface);
+        if !dir.join(MAP_CLIENTS).exists() {
+            return Err(AgentError::NotAttached {
+                iface: iface.into(),
+                dir,
+            });
+        }
+        let open = |name: &str| {
+            MapData::from_pin(dir.join(name)).map_err(|e| {
+                AgentError::bpf(
+                    format!("opening pinned map {}", dir.join(name).display()),
+                    e,
+                )
+            })
+        };
+        let counters_map = open(MAP_COUNTERS)?;
+        let policy_map = open(MAP_POLICY)?;
+        let alloc_map = open(MAP_SLOT_ALLOC)?;
+        let counters = MmapArray::map(counters_map.fd().as_fd(), MAX_CLIENTS, MAP_COUNTERS)?;
+        let policy = MmapArray::map(policy_map.fd().as_fd(), MAX_CLIENTS, MAP_POLICY)?;
+        let alloc = MmapArray::map(alloc_map.fd().as_fd(), 1, MAP_SLOT_ALLOC)?;
+        let clients = HashMap::try_from(Map::HashMap(open(MAP_CLIENTS)?))
+            .map_err(|e| AgentError::bpf("opening the client map", e))?;
+        Ok(Self {
+            iface: iface.into(),
+            dir,
+            counters,
+            policy,
+            alloc,
+            clients,
+        })
+    }
+
+    /// Interfaces that have pins under `pin_root`.
+    pub fn attached_interfaces(pin_root: &Path) -> Result<Vec<String>> {
+        let rd = match std::fs::read_dir(pin_root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(AgentError::NothingAttached(pin_root.into()))
+            }
+            Err(e) => {
+                return Err(AgentError::from_io(
+                    format!("reading {}", pin_root.display()),
+                    e,
+                ))
+            }
+        };
+        let mut out: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join(MAP_CLIENTS).exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        if out.is_empty() {
+            return Err(AgentError::NothingAttached(pin_root.into()));
+        }
+        Ok(out)
+    }
+
+    /// Slots handed out so far.
+    pub fn slots_used(&self) -> u32 {
+        self.alloc.get(0).next.min(MAX_CLIENTS)
+    }
+
+    /// The counters and policy of every client, read from shared memory (no syscalls).
+    pub fn snapshot(&self) -> Vec<ClientRow> {
+        (0..self.slots_used())
+            .filter_map(|slot| {
+                let c = self.counters.get(slot);
+                (!c.mac.is_zero()).then(|| self.row(slot, &c))
+            })
+            .collect()
+    }
+
+    fn row(&self, slot: u32, c: &ClientCounters) -> ClientRow {
+        let p = self.policy.get(slot);
+        ClientRow {
+            lan: self.iface.clone(),
+            mac: c.mac.to_string(),
+            slot,
+            allowed: p.flags & POLICY_ALLOWED != 0,
+            up_bytes: c.up_bytes,
+            up_packets: c.up_packets,
+            down_bytes: c.down_bytes,
+            down_packets: c.down_packets,
+            garden_bytes: c.garden_bytes,
+            garden_packets: c.garden_packets,
+            blocked_bytes: c.blocked_bytes,
+            blocked_packets: c.blocked_packets,
+            malformed_packets: c.malformed_packets,
+            ratelimit_packets: c.ratelimit_packets,
+            quota_packets: c.quota_packets,
+        }
+    }
+
+    pub fn slot_of(&self, mac: &MacKey) -> Option<u32> {
+        self.clients.get(mac, 0).ok()
+    }
+
+    /// The client's slot, taking a new one (as the datapath would) if it has none yet.
+    pub fn ensure_slot(&mut self, mac: &MacKey) -> Result<u32> {
+        if let Some(slot) = self.slot_of(mac) {
+            return Ok(slot);
+        }
+        let next = unsafe { AtomicU32::from_ptr(&raw mut (*self.alloc.entry(0)).next) };
+        if next.load(Ordering::Relaxed) >= MAX_CLIENTS {
+            return Err(AgentError::TableFull {
+                iface: self.iface.clone(),
+                max: MAX_CLIENTS,
+            });
+        }
+        let slot = next.fetch_add(1, Ordering::SeqCst);
+        if slot >= MAX_CLIENTS {
+            return Err(AgentError::TableFull {
+                iface: self.iface.clone(),
+                max: MAX_CLIENTS,
+            });
+        }
+        unsafe { (*self.counters.entry(slot)).mac = *mac };
+        match self.clients.insert(mac, slot, BPF_NOEXIST) {
+            Ok(()) => Ok(slot),
+            Err(e) => {
+                // Lost a race with the datapath: use its slot, release the name of ours.
+                unsafe { (*self.counters.entry(slot)).mac = MacKey::default() };
+                self.slot_of(mac)
+                    .ok_or_else(|| AgentError::bpf(format!("adding client {mac}"), e))
+            }
+        }
+    }
+
+    fn flags(&self, slot: u32) -> &AtomicU32 {
+        unsafe { AtomicU32::from_ptr(&raw mut (*self.policy.entry(slot)).flags) }
+    }
+
+    /// Lets the client through (or stops it), effective with the next packet.
+    pub fn set_allowed(&mut self, mac: &MacKey, allowed: bool) -> Result<u32> {
+        let slot = self.ensure_slot(mac)?;
+        if allowed {
+            self.flags(slot).fetch_or(POLICY_ALLOWED, Ordering::SeqCst);
+        } else {
+            self.flags(slot)
+                .fetch_and(!POLICY_ALLOWED, Ordering::SeqCst);
+        }
+        Ok(slot)
+    }
+}

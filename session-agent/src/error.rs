@@ -1,0 +1,72 @@
+//! Errors of the agent, each naming the problem and, where there is one, the fix.
+
+use std::{io, path::PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no interface named '{0}' in this network namespace (see `ip link`)")]
+    UnknownInterface(String),
+    #[error("'{input}' is not a MAC address: {reason}")]
+    BadMac { input: String, reason: String },
+    #[error("'{input}' is not a walled-garden entry: {reason} (expected CIDR[:PORT], e.g. 203.0.113.0/24:443 or [2001:db8::/32]:443)")]
+    BadGarden { input: String, reason: String },
+    #[error("permission denied {what}: run as root (BPF needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")]
+    NotPermitted { what: String },
+    #[error("this kernel has no BPF support ({0}); session-agent needs Linux >= 6.1 with CONFIG_BPF_SYSCALL")]
+    NoBpf(String),
+    #[error(
+        "no BPF filesystem at {path}: mount one with `mount -t bpf bpf /sys/fs/bpf` ({source})"
+    )]
+    NoBpffs { path: PathBuf, source: io::Error },
+    #[error("session-agent is not attached to {iface}: no pins in {dir} (start it with `session-agent run --lan {iface}`)")]
+    NotAttached { iface: String, dir: PathBuf },
+    #[error("no interface is attached under {0} (start `session-agent run --lan IFACE` first)")]
+    NothingAttached(PathBuf),
+    #[error("the client table of {iface} is full ({max} clients)")]
+    TableFull { iface: String, max: u32 },
+    #[error("the pinned maps in {dir} do not match this version of session-agent ({reason}); run `session-agent detach --lan {iface}` and start again")]
+    IncompatiblePins {
+        iface: String,
+        dir: PathBuf,
+        reason: String,
+    },
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("{what}: {message}")]
+    Bpf { what: String, message: String },
+}
+
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+impl AgentError {
+    /// Classifies an OS error from a BPF or netlink operation.
+    pub fn from_io(what: impl Into<String>, e: io::Error) -> Self {
+        let what = what.into();
+        match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => Self::NotPermitted { what },
+            Some(libc::ENOSYS) => Self::NoBpf(what),
+            _ => Self::Io { what, source: e },
+        }
+    }
+
+    /// Classifies an aya error, keeping its whole chain of causes.
+    pub fn bpf(what: impl Into<String>, e: impl std::error::Error) -> Self {
+        let what = what.into();
+        let mut message = e.to_string();
+        let mut src = e.source();
+        let mut io_kind = None;
+        while let Some(s) = src {
+            if let Some(ioe) = s.downcast_ref::<io::Error>() {
+                io_kind = ioe.raw_os_error();
+            }
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            src = s.source();
+        }
+        match io_kind {
+            Some(libc::EPERM) | Some(libc::EACCES) => Self::NotPermitted { what },
+            Some(libc::ENOSYS) => Self::NoBpf(what),
+            _ => Self::Bpf { what, message },
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Walled-garden entries: `CIDR[:PORT]` given by the operator, and the
+//! gateway's own DNS and portal.
+
+use std::{net::IpAddr, str::FromStr};
+
+use session_common::GardenKey;
+
+use crate::error::AgentError;
+
+/// An address prefix, optionally restricted to one port (TCP or UDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GardenEntry {
+    pub addr: IpAddr,
+    pub prefix: u8,
+    /// 0 = every port and protocol.
+    pub port: u16,
+}
+
+impl GardenEntry {
+    pub fn host(addr: IpAddr, port: u16) -> Self {
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        Self { addr, prefix, port }
+    }
+
+    /// The trie key: port, then the address (IPv4 mapped into IPv6), and its prefix length.
+    pub fn key(&self) -> (u32, GardenKey) {
+        let (addr, prefix_len) = match self.addr {
+            IpAddr::V4(a) => (
+                a.to_ipv6_mapped().octets(),
+                GardenKey::prefix_v4(self.prefix),
+            ),
+            IpAddr::V6(a) => (a.octets(), GardenKey::prefix_v6(self.prefix)),
+        };
+        // Zero the host bits so equal prefixes give equal keys.
+        let mut masked = addr;
+        let addr_bits = prefix_len - 16;
+        for (i, b) in masked.iter_mut().enumerate() {
+            let start = (i as u32) * 8;
+            if start >= addr_bits {
+                *b = 0;
+            } else if start + 8 > addr_bits {
+                *b &= 0xffu8 << (8 - (addr_bits - start));
+            }
+        }
+        (
+            prefix_len,
+            GardenKey {
+                port: self.port.to_be_bytes(),
+                addr: masked,
+                _pad: [0; 2],
+            },
+        )
+    }
+}
+
+impl FromStr for GardenEntry {
+    type Err = AgentError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: &str| AgentError::BadGarden {
+            input: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let s = s.trim();
+        // "[v6/len]:port", "v6/len", "v4/len:port", "v4/len", "v4:port", "v4"
+        let (net, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (net, after) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
+            match after {
+                "" => (net, None),
+                p => (
+                    net,
+                    Some(
+                        p.strip_prefix(':')
+                            .ok_or_else(|| bad("expected ':PORT' after ']'"))?,
+                    ),
+                ),
+            }
+        } else if s.matches(':').count() == 1 {
+            let (n, p) = s.split_once(':').unwrap();
+            (n, Some(p))
+        } else {
+            (s, None)
+        };
+        let port = match port {
+            None => 0,
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(bad("the port must be 1-65535")),
+                Ok(p) => p,
+            },
+        };
+        let (addr, prefix) = match net.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (net, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("not an IPv4 or IPv6 address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(l) => match l.parse::<u8>() {
+                Ok(l) if l <= max => l,
+                _ => return Err(bad(&format!("the prefix length must be 0-{max}"))),
+            },
+        };
+        Ok(Self { addr, prefix, port })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_forms() {
+        let e: GardenEntry = "203.0.113.7/24:443".parse().unwrap();
+        assert_eq!(
+            (e.addr.to_string().as_str(), e.prefix, e.port),
+            ("203.0.113.7", 24, 443)
+        );
+        let e: GardenEntry = "[2001:db8::/32]:80".parse().unwrap();
+        assert_eq!((e.prefix, e.port), (32, 80));
+        let e: GardenEntry = "2001:db8::1".parse().unwrap();
+        assert_eq!((e.prefix, e.port), (128, 0));
+        let e: GardenEntry = "198.51.100.1:53".parse().unwrap();
+        assert_eq!((e.prefix, e.port), (32, 53));
+        for bad in [
+            "",
+            "1.2.3.4/33",
+            "1.2.3.4:0",
+            "1.2.3.4:70000",
+            "[::1",
+            "[::1]x",
+            "host:80",
+            "::1/129",
+        ] {
+            assert!(bad.parse::<GardenEntry>().is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn keys_mask_host_bits() {
+        let a: GardenEntry = "203.0.113.7/24:443".parse().unwrap();
+        let b: GardenEntry = "203.0.113.200/24:443".parse().unwrap();
+        assert_eq!(a.key(), b.key());
+        let (len, key) = a.key();
+        assert_eq!(len, 16 + 96 + 24);
+        assert_eq!(&key.addr[10..16], &[0xff, 0xff, 203, 0, 113, 0]);
+        assert_eq!(key.port, 443u16.to_be_bytes());
+    }
+}

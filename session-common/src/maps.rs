@@ -1,0 +1,166 @@
+//! Map names, sizes and value layouts.
+//!
+//! Layout of the per-client state: a hash map `CLIENTS` gives each client MAC a
+//! slot; `COUNTERS` and `POLICY` are slot-indexed, mmap-able arrays, so userspace
+//! reads every client's counters and writes policies without one syscall per entry.
+
+use crate::MacKey;
+
+/// Most clients one interface tracks (slots are never reused while pinned).
+pub const MAX_CLIENTS: u32 = 65_536;
+
+/// MAC -> slot (`u32`).
+pub const MAP_CLIENTS: &str = "CLIENTS";
+/// Slot -> [`ClientCounters`]; mmap-able; the kernel adds atomically.
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Slot -> [`ClientPolicy`]; mmap-able; written by userspace.
+pub const MAP_POLICY: &str = "POLICY";
+/// One [`SlotAllocator`]; mmap-able; both sides take slots with an atomic add.
+pub const MAP_SLOT_ALLOC: &str = "SLOT_ALLOC";
+/// Walled garden: LPM trie of [`GardenKey`] -> [`GardenValue`].
+pub const MAP_GARDEN: &str = "GARDEN";
+/// Ring buffer of [`ClientEvent`].
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Per-CPU array of global counters, indexed by `STAT_*`.
+pub const MAP_STATS: &str = "STATS";
+
+/// Names of the programs in the object.
+pub const PROG_TC_INGRESS: &str = "lan_tc_ingress";
+pub const PROG_TC_EGRESS: &str = "lan_tc_egress";
+pub const PROG_XDP_INGRESS: &str = "lan_xdp_ingress";
+
+/// Maximum entries of the walled-garden trie.
+pub const MAX_GARDEN: u32 = 1024;
+/// Size of the event ring buffer in bytes.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// Global statistics (index into [`MAP_STATS`]).
+pub const STAT_TABLE_FULL: u32 = 0;
+pub const STAT_MALFORMED: u32 = 1;
+pub const STAT_EVENTS_LOST: u32 = 2;
+pub const STAT_COUNT: u32 = 4;
+
+/// Per-client counters. All fields are only ever added to with atomic adds.
+///
+/// Bytes are IP-layer bytes: the IPv4 total length, or the IPv6 payload length
+/// plus 40, of each packet as the kernel handles it (a GRO/GSO aggregate counts
+/// as one packet of its whole length).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ClientCounters {
+    /// The slot's owner; zero while the slot is unused.
+    pub mac: MacKey,
+    pub _pad: [u8; 2],
+    pub up_packets: u64,
+    pub up_bytes: u64,
+    pub down_packets: u64,
+    pub down_bytes: u64,
+    /// Walled-garden traffic of a client that is not allowed (both directions).
+    pub garden_packets: u64,
+    pub garden_bytes: u64,
+    /// Dropped because the client is not allowed (both directions).
+    pub blocked_packets: u64,
+    pub blocked_bytes: u64,
+    /// Dropped because the frame was not a valid IP packet.
+    pub malformed_packets: u64,
+    /// Dropped by the speed limit (both directions).
+    pub ratelimit_packets: u64,
+    pub ratelimit_bytes: u64,
+    /// Dropped because the data budget was used up (both directions).
+    pub quota_packets: u64,
+    pub quota_bytes: u64,
+    pub _reserved: [u64; 2],
+}
+
+/// `ClientPolicy::flags`: the client may use the network.
+pub const POLICY_ALLOWED: u32 = 1;
+/// `ClientPolicy::flags`: `budget_bytes` is enforced.
+pub const POLICY_QUOTA: u32 = 2;
+
+/// A token bucket for one direction. `rate_bytes` of zero means unlimited.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// Refill rate in bytes per second; 0 = unlimited.
+    pub rate_bytes: u64,
+    /// Bucket depth in bytes.
+    pub burst_bytes: u64,
+    /// Tokens (bytes) in the bucket at `last_ns`; shared by all CPUs.
+    pub tokens: i64,
+    /// bpf_ktime_get_ns() of the last refill.
+    pub last_ns: u64,
+}
+
+/// What a client may do, written by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ClientPolicy {
+    /// `POLICY_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    /// Remaining data budget in bytes when `POLICY_QUOTA` is set; the datapath
+    /// subtracts every packet atomically and drops once it reaches zero.
+    pub budget_bytes: i64,
+    pub up: TokenBucket,
+    pub down: TokenBucket,
+}
+
+/// Shared slot allocator.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct SlotAllocator {
+    /// Next never-used slot; may run past `MAX_CLIENTS` (then the table is full).
+    pub next: u32,
+    pub _pad: u32,
+}
+
+/// Walled-garden trie data: `port` (network order, 0 = any port) then the
+/// address (IPv4 as ::ffff:a.b.c.d). The trie prefix length counts the 16 port
+/// bits plus the address prefix, so each entry is a CIDR for one port or for
+/// every port; the datapath looks up the exact port, then port 0.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct GardenKey {
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+    pub _pad: [u8; 2],
+}
+
+impl GardenKey {
+    /// Prefix length of a full key (port and whole address).
+    pub const FULL_PREFIX: u32 = 16 + 128;
+    /// Prefix length of an entry for an IPv6 CIDR of `bits` bits.
+    pub const fn prefix_v6(bits: u8) -> u32 {
+        16 + bits as u32
+    }
+    /// Prefix length of an entry for an IPv4 CIDR of `bits` bits (mapped into ::ffff:0:0/96).
+    pub const fn prefix_v4(bits: u8) -> u32 {
+        16 + 96 + bits as u32
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct GardenValue {
+    /// Reserved for protocol selection; 0 = TCP, UDP and (for any-port entries) everything.
+    pub flags: u32,
+}
+
+/// `ClientEvent::kind`: a MAC was seen for the first time and given a slot.
+pub const EVENT_NEW_CLIENT: u32 = 1;
+/// `ClientEvent::kind`: the client's data budget reached zero.
+pub const EVENT_QUOTA_EXHAUSTED: u32 = 2;
+/// `ClientEvent::kind`: a new MAC could not get a slot.
+pub const EVENT_TABLE_FULL: u32 = 3;
+
+/// A record in the [`MAP_EVENTS`] ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ClientEvent {
+    pub kind: u32,
+    pub slot: u32,
+    pub mac: MacKey,
+    pub _pad: [u8; 2],
+    /// bpf_ktime_get_ns() when it happened.
+    pub ktime_ns: u64,
+}

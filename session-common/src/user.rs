@@ -1,0 +1,51 @@
+//! Userspace-only trait implementations.
+
+use crate::*;
+
+// SAFETY: all these types are `#[repr(C)]`, `Copy`, contain only integers and
+// byte arrays, and have no implicit padding (checked by the size tests below).
+unsafe impl aya::Pod for MacKey {}
+unsafe impl aya::Pod for ClientCounters {}
+unsafe impl aya::Pod for ClientPolicy {}
+unsafe impl aya::Pod for SlotAllocator {}
+unsafe impl aya::Pod for GardenKey {}
+unsafe impl aya::Pod for GardenValue {}
+unsafe impl aya::Pod for ClientEvent {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<MacKey>(), 6);
+        assert_eq!(size_of::<ClientCounters>(), 8 + 15 * 8);
+        assert_eq!(size_of::<TokenBucket>(), 32);
+        assert_eq!(size_of::<ClientPolicy>(), 16 + 64);
+        assert_eq!(size_of::<SlotAllocator>(), 8);
+        assert_eq!(size_of::<GardenKey>(), 20);
+        assert_eq!(size_of::<ClientEvent>(), 24);
+    }
+
+    #[test]
+    fn mac_round_trip_and_rejects() {
+        let m: MacKey = "AA:bb:0c:dd:ee:0F".parse().unwrap();
+        assert_eq!(m.addr, [0xaa, 0xbb, 0x0c, 0xdd, 0xee, 0x0f]);
+        extern crate std;
+        use std::string::ToString;
+        assert_eq!(m.to_string(), "aa:bb:0c:dd:ee:0f");
+        assert_eq!("aa-bb-0c-dd-ee-0f".parse::<MacKey>().unwrap(), m);
+        for bad in [
+            "",
+            "aa:bb:cc:dd:ee",
+            "aa:bb:cc:dd:ee:ff:00",
+            "aa:bb:cc:dd:ee:fg",
+            "aabb.ccdd.eeff",
+            "a:bb:cc:dd:ee:ff1",
+        ] {
+            assert!(bad.parse::<MacKey>().is_err(), "{bad} parsed");
+        }
+        assert!("01:00:5e:00:00:01".parse::<MacKey>().unwrap().is_group());
+    }
+}

@@ -1,0 +1,255 @@
+//! session-agent datapath: per-client metering, walled garden and data budgets
+//! on a hotspot's client-facing (LAN) interface.
+//!
+//! Upload is seen on LAN ingress (TC or XDP) and keyed by the source MAC;
+//! download is seen on LAN egress (TC) and keyed by the destination MAC.
+#![no_std]
+#![no_main]
+// The BPF target has atomic read-modify-write instructions but core does not
+// expose them (no compare-and-swap in the target spec): use the intrinsics.
+// Where the old value is used, the ordering must be SeqCst: LLVM's BPF backend
+// lowers a relaxed fetch-add to the non-fetching `lock add` and returns garbage.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+mod packet;
+
+use core::intrinsics::{
+    atomic_xadd,
+    AtomicOrdering::{Relaxed, SeqCst},
+};
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map, xdp},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    programs::{TcContext, XdpContext},
+};
+use aya_log_ebpf::{info, warn};
+use packet::{parse, Dir, IpInfo, Packet, Parsed};
+use session_common::*;
+
+/// BPF_F_MMAPABLE: lets userspace mmap the array and read or write it without syscalls.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+#[map(name = "CLIENTS")]
+static CLIENTS: HashMap<MacKey, u32> = HashMap::pinned(MAX_CLIENTS, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: Array<ClientCounters> = Array::pinned(MAX_CLIENTS, BPF_F_MMAPABLE);
+
+#[map(name = "POLICY")]
+static POLICY: Array<ClientPolicy> = Array::pinned(MAX_CLIENTS, BPF_F_MMAPABLE);
+
+#[map(name = "SLOT_ALLOC")]
+static SLOT_ALLOC: Array<SlotAllocator> = Array::pinned(1, BPF_F_MMAPABLE);
+
+#[map(name = "GARDEN")]
+static GARDEN: LpmTrie<GardenKey, GardenValue> = LpmTrie::pinned(MAX_GARDEN, 0);
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+#[map(name = "STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Drop,
+}
+
+#[classifier]
+pub fn lan_tc_ingress(ctx: TcContext) -> i32 {
+    tc_verdict(handle(&ctx, Dir::Up))
+}
+
+#[classifier]
+pub fn lan_tc_egress(ctx: TcContext) -> i32 {
+    tc_verdict(handle(&ctx, Dir::Down))
+}
+
+#[xdp]
+pub fn lan_xdp_ingress(ctx: XdpContext) -> u32 {
+    match handle(&ctx, Dir::Up) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn tc_verdict(v: Verdict) -> i32 {
+    match v {
+        // UNSPEC lets any later program on the hook decide; at the end it passes.
+        Verdict::Pass => TC_ACT_UNSPEC,
+        Verdict::Drop => TC_ACT_SHOT,
+    }
+}
+
+#[inline(always)]
+fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
+    let (mac, ip) = match parse(p, dir) {
+        Parsed::NotForUs => return Verdict::Pass,
+        Parsed::Malformed(mac) => {
+            stat_add(STAT_MALFORMED);
+            // Only known clients get the drop attributed: garbage must not take slots.
+            if let Some(slot) = unsafe { CLIENTS.get(&mac) } {
+                if let Some(c) = COUNTERS.get_ptr_mut(*slot) {
+                    add(unsafe { &raw mut (*c).malformed_packets }, 1);
+                }
+            }
+            return Verdict::Drop;
+        }
+        Parsed::Ip(mac, ip) => (mac, ip),
+    };
+    let Some(slot) = client_slot(p, &mac) else {
+        // Table full: such a client is never allowed, but keeps the walled garden.
+        return if ip.unicast && !garden_passes(&ip) {
+            Verdict::Drop
+        } else {
+            Verdict::Pass
+        };
+    };
+    let (Some(c), Some(pol)) = (COUNTERS.get_ptr_mut(slot), POLICY.get_ptr_mut(slot)) else {
+        return Verdict::Pass;
+    };
+    if !ip.unicast {
+        // Broadcast/multicast (DHCP discovery, ND, mDNS) is neither usage nor routed.
+        return Verdict::Pass;
+    }
+    let len = ip.len as u64;
+    let flags = unsafe { core::ptr::read_volatile(&raw const (*pol).flags) };
+    if flags & POLICY_ALLOWED == 0 {
+        return if garden_passes(&ip) {
+            add(unsafe { &raw mut (*c).garden_packets }, 1);
+            add(unsafe { &raw mut (*c).garden_bytes }, len);
+            Verdict::Pass
+        } else {
+            add(unsafe { &raw mut (*c).blocked_packets }, 1);
+            add(unsafe { &raw mut (*c).blocked_bytes }, len);
+            Verdict::Drop
+        };
+    }
+    if flags & POLICY_QUOTA != 0 {
+        // Take the packet from the budget first: concurrent CPUs cannot both see
+        // the last bytes, so the overshoot is at most one packet.
+        let before = unsafe {
+            atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*pol).budget_bytes, -(len as i64))
+        };
+        if before <= 0 {
+            add(unsafe { &raw mut (*c).quota_packets }, 1);
+            add(unsafe { &raw mut (*c).quota_bytes }, len);
+            return Verdict::Drop;
+        }
+        if before <= len as i64 {
+            emit(EVENT_QUOTA_EXHAUSTED, slot, &mac);
+        }
+    }
+    match dir {
+        Dir::Up => {
+            add(unsafe { &raw mut (*c).up_packets }, 1);
+            add(unsafe { &raw mut (*c).up_bytes }, len);
+        }
+        Dir::Down => {
+            add(unsafe { &raw mut (*c).down_packets }, 1);
+            add(unsafe { &raw mut (*c).down_bytes }, len);
+        }
+    }
+    Verdict::Pass
+}
+
+/// The slot of `mac`, taking a new one the first time the MAC is seen.
+#[inline(always)]
+fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<u32> {
+    if let Some(slot) = unsafe { CLIENTS.get(mac) } {
+        return Some(*slot);
+    }
+    let alloc = SLOT_ALLOC.get_ptr_mut(0)?;
+    let next = unsafe { &raw mut (*alloc).next };
+    // Check before adding so a full table does not keep counting up (and wrap).
+    if unsafe { core::ptr::read_volatile(next) } >= MAX_CLIENTS {
+        stat_add(STAT_TABLE_FULL);
+        return None;
+    }
+    let slot = unsafe { atomic_xadd::<u32, u32, { SeqCst }>(next, 1) };
+    if slot >= MAX_CLIENTS {
+        stat_add(STAT_TABLE_FULL);
+        if slot == MAX_CLIENTS {
+            warn!(p, "client table full ({} slots)", MAX_CLIENTS);
+            emit(EVENT_TABLE_FULL, slot, mac);
+        }
+        return None;
+    }
+    let c = COUNTERS.get_ptr_mut(slot)?;
+    // Name the slot before publishing it, so readers never see a slot without its MAC.
+    unsafe { (*c).mac = *mac };
+    if CLIENTS.insert(mac, &slot, BPF_NOEXIST as u64).is_ok() {
+        info!(p, "new client {:mac} in slot {}", mac.addr, slot);
+        emit(EVENT_NEW_CLIENT, slot, mac);
+        return Some(slot);
+    }
+    // Another CPU (or userspace) inserted it first: give up this slot, use theirs.
+    unsafe { (*c).mac = MacKey::default() };
+    unsafe { CLIENTS.get(mac) }.copied()
+}
+
+/// Traffic a client that is not allowed may still exchange: DHCP, ND and the
+/// walled garden (DNS and the portal on the gateway, configured CIDRs).
+#[inline(always)]
+fn garden_passes(ip: &IpInfo) -> bool {
+    let always = match ip.proto {
+        // DHCP and DHCPv6 servers: the port is the destination going up, the source coming down.
+        packet::IPPROTO_UDP => ip.port == 67 || ip.port == 547,
+        packet::IPPROTO_ICMPV6 => (133..=137).contains(&ip.icmp6_type),
+        _ => false,
+    };
+    if always {
+        return true;
+    }
+    let mut key = Key::new(
+        GardenKey::FULL_PREFIX,
+        GardenKey {
+            port: ip.port.to_be_bytes(),
+            addr: ip.peer,
+            _pad: [0; 2],
+        },
+    );
+    if ip.port != 0 && GARDEN.get(&key).is_some() {
+        return true;
+    }
+    key.data.port = [0; 2];
+    GARDEN.get(&key).is_some()
+}
+
+#[inline(always)]
+fn add(ptr: *mut u64, v: u64) {
+    unsafe { atomic_xadd::<u64, u64, { Relaxed }>(ptr, v) };
+}
+
+#[inline(always)]
+fn stat_add(idx: u32) {
+    if let Some(v) = STATS.get_ptr_mut(idx) {
+        unsafe { *v += 1 };
+    }
+}
+
+#[inline(always)]
+fn emit(kind: u32, slot: u32, mac: &MacKey) {
+    let ev = ClientEvent {
+        kind,
+        slot,
+        mac: *mac,
+        _pad: [0; 2],
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if EVENTS.output::<ClientEvent>(&ev, 0).is_err() {
+        stat_add(STAT_EVENTS_LOST);
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
