@@ -1,1 +1,31 @@
-//! Session model (placeholder).
+//! Session model and storage providers of the gateway.
+//!
+//! * [`model`]: [`SessionType`], [`SessionData`] (exact byte counters, 1 MB = 1,000,000
+//!   bytes), [`Device`], [`SessionRecord`].
+//! * [`store`]: the [`SessionStore`] trait and the `memory`, `redb` and `hybrid` providers.
+//! * [`manager`]: [`SessionsMgr`], which connects and disconnects devices, creates
+//!   sessions, applies traffic and time consumption in bulk and publishes
+//!   [`SessionEvent`]s.
+//! * [`source`]: [`SessionSource`] / [`SessionProvider`] and [`ClientSession`].
+
+pub mod clock;
+pub mod error;
+pub mod mac;
+pub mod manager;
+pub mod model;
+pub mod source;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{ModelError, StoreError};
+pub use mac::MacAddr;
+pub use manager::{SessionEvent, SessionsMgr, TickReport, Transition};
+pub use model::{
+    bytes_to_mb, mb_to_bytes, Device, DeviceId, EndReason, SessionData, SessionId, SessionRecord,
+    SessionType, BYTES_PER_MB, SECS_PER_DAY,
+};
+pub use source::{ClientSession, SessionProvider, SessionSource, LOCAL_PROVIDER};
+pub use store::{
+    open_store, store_names, HybridOptions, HybridStore, MemoryStore, RedbStore, SessionStore,
+    StoreConfig, StoreRegistry, SyncMode,
+};

@@ -1,0 +1,792 @@
+//! The sessions manager (seed 003 `SessionsMgrApi`) plus the bulk accounting entry points
+//! the metering daemon drives.
+//!
+//! # Driving it from the daemon
+//! * Every poll of the kernel counters, call [`SessionsMgr::record_usage`] with the bytes
+//!   each device moved since the previous poll (one store write for the whole batch).
+//! * About once a second, call [`SessionsMgr::tick`]: it adds the elapsed connected time
+//!   to every running session (sub-second remainders are carried over), ends sessions
+//!   that are consumed or expired and starts the device's next available session.
+//! * Both return [`Transition`]s; for each, re-read [`SessionsMgr::data_budget_bytes`] and
+//!   the speeds of the new session, or remove the device from the kernel's allow list
+//!   when `next` is `None` (the device was disconnected).
+//! * With the hybrid store in [`crate::SyncMode::Manual`], call [`SessionsMgr::sync`] after
+//!   each batch to bound what a power loss can take.
+//!
+//! Store calls are synchronous and short; the async methods do not hold locks across
+//! awaits.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::source::{LocalProvider, LocalSource};
+use crate::{
+    mb_to_bytes, model::check_speed, ClientSession, Clock, Device, DeviceId, EndReason, MacAddr,
+    ModelError, SessionData, SessionId, SessionProvider, SessionRecord, SessionStore, SessionType,
+    LOCAL_PROVIDER,
+};
+
+/// Everything the manager announces. Serialised with an `event` tag, snake_case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SessionEvent {
+    DeviceCreated {
+        device_id: DeviceId,
+        mac: MacAddr,
+    },
+    DeviceRekeyed {
+        device_id: DeviceId,
+        old_mac: MacAddr,
+        new_mac: MacAddr,
+    },
+    SessionCreated {
+        device_id: DeviceId,
+        session_id: SessionId,
+    },
+    /// The device got internet access; `notification` is the caller's text.
+    Connected {
+        device_id: DeviceId,
+        session_id: SessionId,
+        notification: String,
+    },
+    /// The device lost internet access (by request, or because no session was left).
+    Disconnected {
+        device_id: DeviceId,
+        session_id: Option<SessionId>,
+        notification: String,
+    },
+    /// A session ran for the first time.
+    SessionStarted {
+        device_id: DeviceId,
+        session_id: SessionId,
+    },
+    /// A paused session runs again.
+    SessionResumed {
+        device_id: DeviceId,
+        session_id: SessionId,
+    },
+    SessionPaused {
+        device_id: DeviceId,
+        session_id: SessionId,
+    },
+    SessionConsumed {
+        device_id: DeviceId,
+        session_id: SessionId,
+    },
+    SessionExpired {
+        device_id: DeviceId,
+        session_id: SessionId,
+    },
+    /// A running session ended and the device's next session took over.
+    SessionAdvanced {
+        device_id: DeviceId,
+        from: SessionId,
+        to: SessionId,
+    },
+    /// Garbage collection removed ended sessions.
+    SessionsRemoved {
+        session_ids: Vec<SessionId>,
+    },
+}
+
+/// A running session that ended during [`SessionsMgr::tick`] or
+/// [`SessionsMgr::record_usage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub device_id: DeviceId,
+    pub session_id: SessionId,
+    pub reason: EndReason,
+    /// The session that now runs, or `None` when the device was disconnected.
+    pub next: Option<SessionId>,
+}
+
+/// Outcome of a bulk accounting call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Sessions written to the store.
+    pub updated: usize,
+    pub transitions: Vec<Transition>,
+    /// Devices in a usage batch that were not connected (their bytes were not charged).
+    pub not_connected: Vec<DeviceId>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    session_id: SessionId,
+    /// Clock reading (ms) up to which connected time has been charged, minus the carry.
+    last_ms: i64,
+}
+
+const CHANNEL_CAPACITY: usize = 4096;
+/// Text of the `Disconnected` event sent when a device runs out of sessions.
+pub const NO_SESSION_LEFT: &str = "no session left";
+
+/// Manages devices, their sessions and their connection state.
+pub struct SessionsMgr {
+    store: Arc<dyn SessionStore>,
+    clock: Arc<dyn Clock>,
+    events: broadcast::Sender<SessionEvent>,
+    running: Mutex<HashMap<DeviceId, Running>>,
+    providers: RwLock<HashMap<String, Arc<dyn SessionProvider>>>,
+}
+
+impl std::fmt::Debug for SessionsMgr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionsMgr")
+            .field("store", &self.store.kind())
+            .finish()
+    }
+}
+
+impl SessionsMgr {
+    /// A manager over `store`. No device is connected initially (connection state is not
+    /// persisted: after a restart devices reconnect through the portal or the daemon).
+    pub fn new(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Self {
+        let (events, _) = broadcast::channel(CHANNEL_CAPACITY);
+        let mut providers: HashMap<String, Arc<dyn SessionProvider>> = HashMap::new();
+        providers.insert(LOCAL_PROVIDER.to_string(), Arc::new(LocalProvider));
+        SessionsMgr {
+            store,
+            clock,
+            events,
+            running: Mutex::new(HashMap::new()),
+            providers: RwLock::new(providers),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// A receiver of every event published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, e: SessionEvent) {
+        tracing::debug!(event = ?e, "session event");
+        // No receiver is fine.
+        let _ = self.events.send(e);
+    }
+
+    fn running(&self) -> Result<MutexGuard<'_, HashMap<DeviceId, Running>>, ModelError> {
+        self.running.lock().map_err(|_| ModelError::Poisoned)
+    }
+
+    // ----- providers -------------------------------------------------------------------
+
+    /// Registers a session provider under `name` (seed `RegisterSessionProvider`).
+    pub fn register_session_provider(
+        &self,
+        name: &str,
+        provider: Arc<dyn SessionProvider>,
+    ) -> Result<(), ModelError> {
+        let mut p = self.providers.write().map_err(|_| ModelError::Poisoned)?;
+        if p.contains_key(name) {
+            return Err(ModelError::DuplicateProvider(name.to_string()));
+        }
+        p.insert(name.to_string(), provider);
+        Ok(())
+    }
+
+    /// Registered provider names, sorted.
+    pub fn provider_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = match self.providers.read() {
+            Ok(p) => p.keys().cloned().collect(),
+            Err(p) => p.into_inner().keys().cloned().collect(),
+        };
+        v.sort();
+        v
+    }
+
+    fn wrap(&self, record: SessionRecord) -> Result<ClientSession, ModelError> {
+        let provider = {
+            let p = self.providers.read().map_err(|_| ModelError::Poisoned)?;
+            p.get(&record.data.provider)
+                .cloned()
+                .ok_or_else(|| ModelError::UnknownProvider(record.data.provider.clone()))?
+        };
+        let local = Arc::new(LocalSource::new(
+            self.store.clone(),
+            self.clock.clone(),
+            &record,
+        ));
+        let source = provider.source(&record, local);
+        Ok(ClientSession::new(record, source))
+    }
+
+    // ----- devices ---------------------------------------------------------------------
+
+    pub fn create_device(
+        &self,
+        mac: MacAddr,
+        ip: Option<IpAddr>,
+        hostname: Option<String>,
+    ) -> Result<Device, ModelError> {
+        let d = self
+            .store
+            .create_device(mac, ip, hostname, self.clock.now_secs())?;
+        self.emit(SessionEvent::DeviceCreated {
+            device_id: d.id,
+            mac: d.mac,
+        });
+        Ok(d)
+    }
+
+    pub fn device(&self, id: DeviceId) -> Result<Device, ModelError> {
+        self.store.device(id)?.ok_or(ModelError::UnknownDevice(id))
+    }
+
+    pub fn device_by_mac(&self, mac: MacAddr) -> Result<Device, ModelError> {
+        self.store
+            .device_by_mac(mac)?
+            .ok_or(ModelError::UnknownMac(mac))
+    }
+
+    /// Updates the IP and hostname of a device.
+    pub fn update_device_info(
+        &self,
+        id: DeviceId,
+        ip: Option<IpAddr>,
+        hostname: Option<String>,
+    ) -> Result<Device, ModelError> {
+        let mut d = self.device(id)?;
+        d.ip = ip;
+        d.hostname = hostname;
+        self.store.update_device(&d)?;
+        Ok(d)
+    }
+
+    /// Moves a device, with all its sessions and its connection state, to `new_mac`
+    /// (private MAC rotation). Fails if `new_mac` belongs to another device.
+    pub fn rekey_device(&self, id: DeviceId, new_mac: MacAddr) -> Result<Device, ModelError> {
+        let old = self.device(id)?;
+        let d = self.store.rekey_device(id, new_mac)?;
+        if old.mac != new_mac {
+            self.emit(SessionEvent::DeviceRekeyed {
+                device_id: id,
+                old_mac: old.mac,
+                new_mac,
+            });
+        }
+        Ok(d)
+    }
+
+    // ----- sessions --------------------------------------------------------------------
+
+    /// Creates a local session (seed `CreateSession`). `session_type` is 0 (time),
+    /// 1 (data) or 2 (time_or_data); `secs` applies to time types, `mb` (1 MB =
+    /// 1,000,000 bytes) to data types; `exp_days` counts days after `started_at +
+    /// secs`; speeds are mbit/s and ignored when `use_global_speed`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_session(
+        &self,
+        device_id: DeviceId,
+        session_type: u8,
+        secs: u64,
+        mb: f64,
+        exp_days: Option<u32>,
+        down_mbits: i32,
+        up_mbits: i32,
+        use_global_speed: bool,
+    ) -> Result<ClientSession, ModelError> {
+        let session_type = SessionType::try_from(session_type)?;
+        let data_bytes = mb_to_bytes("data_mb", mb)?;
+        check_speed("down_mbits", down_mbits)?;
+        check_speed("up_mbits", up_mbits)?;
+        let data = SessionData {
+            provider: LOCAL_PROVIDER.to_string(),
+            session_type,
+            time_secs: secs,
+            data_bytes,
+            time_cons: 0,
+            data_cons_bytes: 0,
+            started_at: None,
+            exp_days,
+            down_mbits,
+            up_mbits,
+            use_global_speed,
+            created_at: self.clock.now_secs(),
+        };
+        self.create_session_with(device_id, data).await
+    }
+
+    /// Creates a session from complete data, e.g. for another provider (which must be
+    /// registered). Consumption and `started_at` are taken as given.
+    pub async fn create_session_with(
+        &self,
+        device_id: DeviceId,
+        data: SessionData,
+    ) -> Result<ClientSession, ModelError> {
+        data.validate()?;
+        if !self
+            .providers
+            .read()
+            .map_err(|_| ModelError::Poisoned)?
+            .contains_key(&data.provider)
+        {
+            return Err(ModelError::UnknownProvider(data.provider));
+        }
+        let rec = self
+            .store
+            .create_session(device_id, data)
+            .map_err(|e| match e {
+                crate::StoreError::UnknownDevice(id) => ModelError::UnknownDevice(id),
+                other => other.into(),
+            })?;
+        self.emit(SessionEvent::SessionCreated {
+            device_id,
+            session_id: rec.id,
+        });
+        self.wrap(rec)
+    }
+
+    /// A session by id.
+    pub fn session(&self, id: SessionId) -> Result<ClientSession, ModelError> {
+        let rec = self
+            .store
+            .session(id)?
+            .ok_or(ModelError::UnknownSession(id))?;
+        self.wrap(rec)
+    }
+
+    /// All sessions of a device in creation order, including ended ones.
+    pub fn device_sessions(&self, device_id: DeviceId) -> Result<Vec<ClientSession>, ModelError> {
+        self.device(device_id)?;
+        self.store
+            .device_sessions(device_id)?
+            .into_iter()
+            .map(|r| self.wrap(r))
+            .collect()
+    }
+
+    /// The oldest available (not consumed, not expired) session, skipping `except`.
+    fn oldest_available(
+        &self,
+        device_id: DeviceId,
+        now_secs: i64,
+        except: Option<SessionId>,
+    ) -> Result<Option<SessionRecord>, ModelError> {
+        Ok(self
+            .store
+            .device_sessions(device_id)?
+            .into_iter()
+            .find(|r| Some(r.id) != except && r.data.is_available(now_secs)))
+    }
+
+    /// The running session of a connected device (seed `CurrSession`).
+    pub fn curr_session(&self, device_id: DeviceId) -> Result<Option<ClientSession>, ModelError> {
+        self.device(device_id)?;
+        let sid = self.running()?.get(&device_id).map(|r| r.session_id);
+        match sid {
+            Some(sid) => Ok(Some(self.session(sid)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The running session, else the oldest available paused or unstarted one
+    /// (seed `GetSession`). Consumed or expired sessions are never returned.
+    pub async fn get_session(&self, device_id: DeviceId) -> Result<ClientSession, ModelError> {
+        self.device(device_id)?;
+        let now = self.clock.now_secs();
+        let sid = self.running()?.get(&device_id).map(|r| r.session_id);
+        if let Some(sid) = sid {
+            if let Some(rec) = self.store.session(sid)? {
+                if rec.data.is_available(now) {
+                    return self.wrap(rec);
+                }
+            }
+        }
+        match self.oldest_available(device_id, now, None)? {
+            Some(rec) => self.wrap(rec),
+            None => Err(ModelError::NoAvailableSession(device_id)),
+        }
+    }
+
+    // ----- connection ------------------------------------------------------------------
+
+    pub fn is_connected(&self, device_id: DeviceId) -> Result<bool, ModelError> {
+        self.device(device_id)?;
+        Ok(self.running()?.contains_key(&device_id))
+    }
+
+    /// Connected devices and their running sessions, by device id.
+    pub fn connected(&self) -> Result<Vec<(DeviceId, SessionId)>, ModelError> {
+        let mut v: Vec<_> = self
+            .running()?
+            .iter()
+            .map(|(d, r)| (*d, r.session_id))
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// Starts or resumes the device's oldest available session and publishes
+    /// `notification` (seed `Connect`). Connecting a connected device returns its running
+    /// session without events. Fails with [`ModelError::NoAvailableSession`].
+    pub async fn connect(
+        &self,
+        device_id: DeviceId,
+        notification: &str,
+    ) -> Result<ClientSession, ModelError> {
+        self.device(device_id)?;
+        let mut running = self.running()?;
+        if let Some(r) = running.get(&device_id) {
+            let sid = r.session_id;
+            drop(running);
+            return self.session(sid);
+        }
+        let now_ms = self.clock.now_ms();
+        let now = now_ms.div_euclid(1000);
+        let mut rec = self
+            .oldest_available(device_id, now, None)?
+            .ok_or(ModelError::NoAvailableSession(device_id))?;
+        let first_start = rec.data.started_at.is_none();
+        if first_start {
+            rec.data.started_at = Some(now);
+            self.store.save_session(&rec)?;
+        }
+        running.insert(
+            device_id,
+            Running {
+                session_id: rec.id,
+                last_ms: now_ms,
+            },
+        );
+        drop(running);
+        self.emit(if first_start {
+            SessionEvent::SessionStarted {
+                device_id,
+                session_id: rec.id,
+            }
+        } else {
+            SessionEvent::SessionResumed {
+                device_id,
+                session_id: rec.id,
+            }
+        });
+        self.emit(SessionEvent::Connected {
+            device_id,
+            session_id: rec.id,
+            notification: notification.to_string(),
+        });
+        self.wrap(rec)
+    }
+
+    /// Pauses the running session (its time stops) and publishes `notification`
+    /// (seed `Disconnect`). Disconnecting a disconnected device only publishes the event.
+    pub async fn disconnect(
+        &self,
+        device_id: DeviceId,
+        notification: &str,
+    ) -> Result<(), ModelError> {
+        self.device(device_id)?;
+        let mut running = self.running()?;
+        let Some(r) = running.get(&device_id).copied() else {
+            drop(running);
+            self.emit(SessionEvent::Disconnected {
+                device_id,
+                session_id: None,
+                notification: notification.to_string(),
+            });
+            return Ok(());
+        };
+        let now_ms = self.clock.now_ms();
+        let secs = (now_ms - r.last_ms).max(0) / 1000;
+        if secs > 0 {
+            if let Some(mut rec) = self.store.session(r.session_id)? {
+                rec.data.time_cons = rec.data.time_cons.saturating_add(secs as u64);
+                if !rec.data.is_available(now_ms.div_euclid(1000)) && rec.ended_at.is_none() {
+                    rec.ended_at = Some(now_ms.div_euclid(1000));
+                }
+                self.store.save_session(&rec)?;
+            }
+        }
+        running.remove(&device_id);
+        drop(running);
+        self.emit(SessionEvent::SessionPaused {
+            device_id,
+            session_id: r.session_id,
+        });
+        self.emit(SessionEvent::Disconnected {
+            device_id,
+            session_id: Some(r.session_id),
+            notification: notification.to_string(),
+        });
+        Ok(())
+    }
+
+    // ----- bulk accounting -------------------------------------------------------------
+
+    /// The data budget in bytes of the device's running session: `Some(remaining)` for data
+    /// and time_or_data sessions, `None` when unlimited (time session) or not connected.
+    pub fn data_budget_bytes(&self, device_id: DeviceId) -> Result<Option<u64>, ModelError> {
+        let sid = self.running()?.get(&device_id).map(|r| r.session_id);
+        match sid {
+            Some(sid) => Ok(self
+                .store
+                .session(sid)?
+                .and_then(|r| r.data.data_budget_bytes())),
+            None => Ok(None),
+        }
+    }
+
+    /// Remaining data of a session in bytes (saturating at zero).
+    pub fn remaining_data_bytes(&self, session_id: SessionId) -> Result<u64, ModelError> {
+        Ok(self
+            .store
+            .session(session_id)?
+            .ok_or(ModelError::UnknownSession(session_id))?
+            .data
+            .remaining_data_bytes())
+    }
+
+    /// Charges traffic to the running sessions of connected devices, in one store write.
+    /// Bytes beyond a session's allocation stay on that session (they are not carried to
+    /// the next one). Devices that are not connected are listed in `not_connected`.
+    pub fn record_usage(&self, usage: &[(DeviceId, u64)]) -> Result<TickReport, ModelError> {
+        let now_ms = self.clock.now_ms();
+        let mut running = self.running()?;
+        let mut report = TickReport::default();
+        let mut changed: HashMap<SessionId, SessionRecord> = HashMap::new();
+        let mut touched: Vec<(DeviceId, SessionId)> = Vec::new();
+        for &(device_id, bytes) in usage {
+            let Some(r) = running.get(&device_id) else {
+                report.not_connected.push(device_id);
+                continue;
+            };
+            if bytes == 0 {
+                continue;
+            }
+            let rec = match changed.get_mut(&r.session_id) {
+                Some(rec) => rec,
+                None => {
+                    let rec = self
+                        .store
+                        .session(r.session_id)?
+                        .ok_or(ModelError::UnknownSession(r.session_id))?;
+                    touched.push((device_id, r.session_id));
+                    changed.entry(r.session_id).or_insert(rec)
+                }
+            };
+            rec.data.data_cons_bytes = rec.data.data_cons_bytes.saturating_add(bytes);
+        }
+        let events = self.settle(&mut running, &mut changed, &touched, now_ms, &mut report)?;
+        drop(running);
+        for e in events {
+            self.emit(e);
+        }
+        Ok(report)
+    }
+
+    /// Charges one session directly (connected or not) and saves it. Returns the
+    /// transition when it ended a running session.
+    pub fn add_data_bytes(
+        &self,
+        session_id: SessionId,
+        bytes: u64,
+    ) -> Result<Option<Transition>, ModelError> {
+        let now_ms = self.clock.now_ms();
+        let mut running = self.running()?;
+        let mut rec = self
+            .store
+            .session(session_id)?
+            .ok_or(ModelError::UnknownSession(session_id))?;
+        rec.data.data_cons_bytes = rec.data.data_cons_bytes.saturating_add(bytes);
+        let device_id = rec.device_id;
+        let mut changed = HashMap::from([(session_id, rec)]);
+        let is_running = running.get(&device_id).map(|r| r.session_id) == Some(session_id);
+        let mut report = TickReport::default();
+        let events = if is_running {
+            self.settle(
+                &mut running,
+                &mut changed,
+                &[(device_id, session_id)],
+                now_ms,
+                &mut report,
+            )?
+        } else {
+            let now = now_ms.div_euclid(1000);
+            let recs: Vec<SessionRecord> = changed
+                .into_values()
+                .map(|mut r| {
+                    if !r.data.is_available(now) && r.ended_at.is_none() {
+                        r.ended_at = Some(now);
+                    }
+                    r
+                })
+                .collect();
+            self.store.save_sessions(&recs)?;
+            Vec::new()
+        };
+        drop(running);
+        for e in events {
+            self.emit(e);
+        }
+        Ok(report.transitions.into_iter().next())
+    }
+
+    /// Adds elapsed connected time to every running session, then ends the consumed or
+    /// expired ones and starts the next available session of their devices. One store
+    /// write for the whole batch.
+    pub fn tick(&self) -> Result<TickReport, ModelError> {
+        let now_ms = self.clock.now_ms();
+        let now = now_ms.div_euclid(1000);
+        let mut running = self.running()?;
+        let mut report = TickReport::default();
+        let mut changed: HashMap<SessionId, SessionRecord> = HashMap::new();
+        let mut touched = Vec::with_capacity(running.len());
+        for (&device_id, r) in running.iter_mut() {
+            let secs = (now_ms - r.last_ms).max(0) / 1000;
+            let mut rec = self
+                .store
+                .session(r.session_id)?
+                .ok_or(ModelError::UnknownSession(r.session_id))?;
+            if secs > 0 {
+                r.last_ms += secs * 1000;
+                rec.data.time_cons = rec.data.time_cons.saturating_add(secs as u64);
+                touched.push((device_id, r.session_id));
+                changed.insert(r.session_id, rec);
+            } else if !rec.data.is_available(now) {
+                touched.push((device_id, r.session_id));
+                changed.insert(r.session_id, rec);
+            }
+        }
+        let events = self.settle(&mut running, &mut changed, &touched, now_ms, &mut report)?;
+        drop(running);
+        for e in events {
+            self.emit(e);
+        }
+        Ok(report)
+    }
+
+    /// Ends the touched running sessions that are no longer available, advances their
+    /// devices, saves every changed record in one batch and returns the events to publish.
+    fn settle(
+        &self,
+        running: &mut HashMap<DeviceId, Running>,
+        changed: &mut HashMap<SessionId, SessionRecord>,
+        touched: &[(DeviceId, SessionId)],
+        now_ms: i64,
+        report: &mut TickReport,
+    ) -> Result<Vec<SessionEvent>, ModelError> {
+        let now = now_ms.div_euclid(1000);
+        let mut events = Vec::new();
+        let mut new_running = Vec::new();
+        for &(device_id, session_id) in touched {
+            let Some(rec) = changed.get_mut(&session_id) else {
+                continue;
+            };
+            let Some(reason) = rec.data.end_reason(now) else {
+                continue;
+            };
+            if rec.ended_at.is_none() {
+                rec.ended_at = Some(now);
+            }
+            events.push(match reason {
+                EndReason::Consumed => SessionEvent::SessionConsumed {
+                    device_id,
+                    session_id,
+                },
+                EndReason::Expired => SessionEvent::SessionExpired {
+                    device_id,
+                    session_id,
+                },
+            });
+            let next = self.oldest_available(device_id, now, Some(session_id))?;
+            let next = match next {
+                Some(mut n) => {
+                    let first = n.data.started_at.is_none();
+                    if first {
+                        n.data.started_at = Some(now);
+                        events.push(SessionEvent::SessionStarted {
+                            device_id,
+                            session_id: n.id,
+                        });
+                    }
+                    events.push(SessionEvent::SessionAdvanced {
+                        device_id,
+                        from: session_id,
+                        to: n.id,
+                    });
+                    let id = n.id;
+                    new_running.push((device_id, id));
+                    changed.insert(id, n);
+                    Some(id)
+                }
+                None => {
+                    running.remove(&device_id);
+                    events.push(SessionEvent::Disconnected {
+                        device_id,
+                        session_id: Some(session_id),
+                        notification: NO_SESSION_LEFT.to_string(),
+                    });
+                    None
+                }
+            };
+            report.transitions.push(Transition {
+                device_id,
+                session_id,
+                reason,
+                next,
+            });
+        }
+        let mut recs: Vec<SessionRecord> = changed.drain().map(|(_, r)| r).collect();
+        recs.sort_by_key(|r| r.id);
+        if !recs.is_empty() {
+            self.store.save_sessions(&recs)?;
+        }
+        report.updated += recs.len();
+        for (device_id, session_id) in new_running {
+            if let Some(r) = running.get_mut(&device_id) {
+                r.session_id = session_id;
+            }
+        }
+        Ok(events)
+    }
+
+    // ----- maintenance -----------------------------------------------------------------
+
+    /// Removes sessions that ended at least `retention_secs` ago. Running sessions are
+    /// kept.
+    pub fn gc(&self, retention_secs: i64) -> Result<Vec<SessionId>, ModelError> {
+        let running: Vec<SessionId> = self.running()?.values().map(|r| r.session_id).collect();
+        let now = self.clock.now_secs();
+        let doomed: Vec<SessionId> = self
+            .store
+            .sessions()?
+            .into_iter()
+            .filter(|r| {
+                !running.contains(&r.id)
+                    && r.end_time(now)
+                        .is_some_and(|end| end.saturating_add(retention_secs) <= now)
+            })
+            .map(|r| r.id)
+            .collect();
+        if !doomed.is_empty() {
+            self.store.remove_sessions(&doomed)?;
+            self.emit(SessionEvent::SessionsRemoved {
+                session_ids: doomed.clone(),
+            });
+        }
+        Ok(doomed)
+    }
+
+    /// Makes acknowledged writes durable (see [`SessionStore::sync`]).
+    pub fn sync(&self) -> Result<(), ModelError> {
+        Ok(self.store.sync()?)
+    }
+
+    /// Checkpoints the store (see [`SessionStore::checkpoint`]).
+    pub fn checkpoint(&self) -> Result<(), ModelError> {
+        Ok(self.store.checkpoint()?)
+    }
+}

@@ -1,0 +1,202 @@
+//! The in-RAM state shared by the `memory` and `hybrid` providers.
+//!
+//! Writes are split in two: `plan_*` validates and returns the [`Mutation`] without
+//! changing anything, `apply` performs it. The hybrid store logs a mutation between the
+//! two, so a failed log write leaves RAM untouched.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError};
+
+/// One logged change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Mutation {
+    PutDevice { device: Device },
+    RemoveDevice { id: DeviceId },
+    PutSession { session: SessionRecord },
+    RemoveSession { id: SessionId },
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct MemState {
+    pub devices: BTreeMap<DeviceId, Device>,
+    pub macs: HashMap<MacAddr, DeviceId>,
+    pub sessions: HashMap<SessionId, SessionRecord>,
+    pub by_device: HashMap<DeviceId, BTreeSet<SessionId>>,
+    pub next_device_id: DeviceId,
+    pub next_session_id: SessionId,
+}
+
+impl MemState {
+    pub fn new() -> Self {
+        MemState {
+            next_device_id: 1,
+            next_session_id: 1,
+            ..Default::default()
+        }
+    }
+
+    pub fn plan_create_device(
+        &self,
+        mac: MacAddr,
+        ip: Option<IpAddr>,
+        hostname: Option<String>,
+        created_at: i64,
+    ) -> Result<Mutation, StoreError> {
+        if let Some(&owner) = self.macs.get(&mac) {
+            return Err(StoreError::DuplicateMac {
+                mac,
+                device_id: owner,
+            });
+        }
+        Ok(Mutation::PutDevice {
+            device: Device {
+                id: self.next_device_id,
+                mac,
+                ip,
+                hostname,
+                created_at,
+            },
+        })
+    }
+
+    pub fn plan_update_device(&self, device: &Device) -> Result<Mutation, StoreError> {
+        if !self.devices.contains_key(&device.id) {
+            return Err(StoreError::UnknownDevice(device.id));
+        }
+        match self.macs.get(&device.mac) {
+            Some(&owner) if owner != device.id => Err(StoreError::DuplicateMac {
+                mac: device.mac,
+                device_id: owner,
+            }),
+            _ => Ok(Mutation::PutDevice {
+                device: device.clone(),
+            }),
+        }
+    }
+
+    pub fn plan_remove_device(&self, id: DeviceId) -> Result<Mutation, StoreError> {
+        if !self.devices.contains_key(&id) {
+            return Err(StoreError::UnknownDevice(id));
+        }
+        Ok(Mutation::RemoveDevice { id })
+    }
+
+    pub fn plan_create_session(
+        &self,
+        device_id: DeviceId,
+        data: SessionData,
+    ) -> Result<Mutation, StoreError> {
+        if !self.devices.contains_key(&device_id) {
+            return Err(StoreError::UnknownDevice(device_id));
+        }
+        Ok(Mutation::PutSession {
+            session: SessionRecord {
+                id: self.next_session_id,
+                device_id,
+                data,
+                ended_at: None,
+            },
+        })
+    }
+
+    pub fn plan_save_sessions(
+        &self,
+        records: &[SessionRecord],
+    ) -> Result<Vec<Mutation>, StoreError> {
+        records
+            .iter()
+            .map(|r| {
+                let stored = self
+                    .sessions
+                    .get(&r.id)
+                    .ok_or(StoreError::UnknownSession(r.id))?;
+                if stored.device_id != r.device_id {
+                    return Err(StoreError::DeviceMismatch {
+                        session_id: r.id,
+                        stored: stored.device_id,
+                        given: r.device_id,
+                    });
+                }
+                Ok(Mutation::PutSession { session: r.clone() })
+            })
+            .collect()
+    }
+
+    pub fn plan_remove_sessions(&self, ids: &[SessionId]) -> Vec<Mutation> {
+        let mut seen = BTreeSet::new();
+        ids.iter()
+            .filter(|id| self.sessions.contains_key(id) && seen.insert(**id))
+            .map(|&id| Mutation::RemoveSession { id })
+            .collect()
+    }
+
+    /// Applies a mutation. Replaying a logged mutation is idempotent.
+    pub fn apply(&mut self, m: &Mutation) {
+        match m {
+            Mutation::PutDevice { device } => {
+                if let Some(old) = self.devices.get(&device.id) {
+                    if old.mac != device.mac && self.macs.get(&old.mac) == Some(&device.id) {
+                        self.macs.remove(&old.mac);
+                    }
+                }
+                self.macs.insert(device.mac, device.id);
+                self.next_device_id = self.next_device_id.max(device.id.saturating_add(1));
+                self.devices.insert(device.id, device.clone());
+            }
+            Mutation::RemoveDevice { id } => {
+                if let Some(old) = self.devices.remove(id) {
+                    if self.macs.get(&old.mac) == Some(id) {
+                        self.macs.remove(&old.mac);
+                    }
+                }
+                for sid in self.by_device.remove(id).unwrap_or_default() {
+                    self.sessions.remove(&sid);
+                }
+            }
+            Mutation::PutSession { session } => {
+                self.next_session_id = self.next_session_id.max(session.id.saturating_add(1));
+                if let Some(old) = self.sessions.get(&session.id) {
+                    if old.device_id != session.device_id {
+                        if let Some(set) = self.by_device.get_mut(&old.device_id) {
+                            set.remove(&session.id);
+                        }
+                    }
+                }
+                self.by_device
+                    .entry(session.device_id)
+                    .or_default()
+                    .insert(session.id);
+                self.sessions.insert(session.id, session.clone());
+            }
+            Mutation::RemoveSession { id } => {
+                if let Some(old) = self.sessions.remove(id) {
+                    if let Some(set) = self.by_device.get_mut(&old.device_id) {
+                        set.remove(id);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn device_sessions(&self, device_id: DeviceId) -> Vec<SessionRecord> {
+        self.by_device
+            .get(&device_id)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| self.sessions.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn all_sessions(&self) -> Vec<SessionRecord> {
+        let mut v: Vec<SessionRecord> = self.sessions.values().cloned().collect();
+        v.sort_by_key(|r| r.id);
+        v
+    }
+}

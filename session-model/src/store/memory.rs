@@ -1,0 +1,129 @@
+//! The volatile `memory` provider: everything is lost when the process exits.
+
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard};
+
+use super::mem_state::MemState;
+use super::SessionStore;
+use crate::{Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError};
+
+/// Devices and sessions in RAM only.
+#[derive(Debug)]
+pub struct MemoryStore {
+    state: Mutex<MemState>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        MemoryStore {
+            state: Mutex::new(MemState::new()),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, MemState>, StoreError> {
+        self.state.lock().map_err(|_| StoreError::Poisoned)
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn create_device(
+        &self,
+        mac: MacAddr,
+        ip: Option<IpAddr>,
+        hostname: Option<String>,
+        created_at: i64,
+    ) -> Result<Device, StoreError> {
+        let mut st = self.lock()?;
+        let m = st.plan_create_device(mac, ip, hostname, created_at)?;
+        st.apply(&m);
+        match m {
+            super::mem_state::Mutation::PutDevice { device } => Ok(device),
+            _ => Err(StoreError::Corrupt(
+                "create_device planned a non-device write".into(),
+            )),
+        }
+    }
+
+    fn update_device(&self, device: &Device) -> Result<(), StoreError> {
+        let mut st = self.lock()?;
+        let m = st.plan_update_device(device)?;
+        st.apply(&m);
+        Ok(())
+    }
+
+    fn remove_device(&self, id: DeviceId) -> Result<(), StoreError> {
+        let mut st = self.lock()?;
+        let m = st.plan_remove_device(id)?;
+        st.apply(&m);
+        Ok(())
+    }
+
+    fn device(&self, id: DeviceId) -> Result<Option<Device>, StoreError> {
+        Ok(self.lock()?.devices.get(&id).cloned())
+    }
+
+    fn device_by_mac(&self, mac: MacAddr) -> Result<Option<Device>, StoreError> {
+        let st = self.lock()?;
+        Ok(st.macs.get(&mac).and_then(|id| st.devices.get(id)).cloned())
+    }
+
+    fn devices(&self) -> Result<Vec<Device>, StoreError> {
+        Ok(self.lock()?.devices.values().cloned().collect())
+    }
+
+    fn create_session(
+        &self,
+        device_id: DeviceId,
+        data: SessionData,
+    ) -> Result<SessionRecord, StoreError> {
+        let mut st = self.lock()?;
+        let m = st.plan_create_session(device_id, data)?;
+        st.apply(&m);
+        match m {
+            super::mem_state::Mutation::PutSession { session } => Ok(session),
+            _ => Err(StoreError::Corrupt(
+                "create_session planned a non-session write".into(),
+            )),
+        }
+    }
+
+    fn save_sessions(&self, records: &[SessionRecord]) -> Result<(), StoreError> {
+        let mut st = self.lock()?;
+        let ms = st.plan_save_sessions(records)?;
+        for m in &ms {
+            st.apply(m);
+        }
+        Ok(())
+    }
+
+    fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(self.lock()?.sessions.get(&id).cloned())
+    }
+
+    fn device_sessions(&self, device_id: DeviceId) -> Result<Vec<SessionRecord>, StoreError> {
+        Ok(self.lock()?.device_sessions(device_id))
+    }
+
+    fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        Ok(self.lock()?.all_sessions())
+    }
+
+    fn remove_sessions(&self, ids: &[SessionId]) -> Result<usize, StoreError> {
+        let mut st = self.lock()?;
+        let ms = st.plan_remove_sessions(ids);
+        for m in &ms {
+            st.apply(m);
+        }
+        Ok(ms.len())
+    }
+}

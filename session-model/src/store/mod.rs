@@ -1,0 +1,194 @@
+//! Storage providers for devices and sessions (seed 004's provider design).
+//!
+//! * `memory`: volatile, for tests and diskless setups.
+//! * `redb`: one durable redb file; every write is its own ACID transaction
+//!   (`Durability::Immediate`, fsync'd before the call returns).
+//! * `hybrid`: the RAM working set plus an append-only modification log, checkpointed
+//!   lazily into redb. The hot path for frequent consumption updates; see [`hybrid`].
+//!
+//! All three pass the same conformance suite (`tests/conformance.rs`).
+
+pub mod hybrid;
+mod mem_state;
+pub mod memory;
+pub mod redb_store;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use hybrid::{HybridOptions, HybridStore, SyncMode};
+pub use memory::MemoryStore;
+pub use redb_store::{RedbStore, SCHEMA_VERSION};
+
+use crate::{Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError};
+
+/// Persistence of devices and sessions. Implementations are internally synchronised.
+///
+/// Ids are allocated by the store, increase monotonically and are never reused, even
+/// after a device or session is removed.
+pub trait SessionStore: std::fmt::Debug + Send + Sync + 'static {
+    /// The registry name of the provider (`memory`, `redb`, `hybrid`).
+    fn kind(&self) -> &'static str;
+
+    /// Creates a device. Fails with [`StoreError::DuplicateMac`] if the MAC is taken.
+    fn create_device(
+        &self,
+        mac: MacAddr,
+        ip: Option<IpAddr>,
+        hostname: Option<String>,
+        created_at: i64,
+    ) -> Result<Device, StoreError>;
+
+    /// Replaces a stored device (same id). A changed MAC re-keys the device: its sessions
+    /// follow it, the old MAC is freed, and a MAC owned by another device is refused.
+    fn update_device(&self, device: &Device) -> Result<(), StoreError>;
+
+    /// Removes a device and all its sessions.
+    fn remove_device(&self, id: DeviceId) -> Result<(), StoreError>;
+
+    fn device(&self, id: DeviceId) -> Result<Option<Device>, StoreError>;
+    fn device_by_mac(&self, mac: MacAddr) -> Result<Option<Device>, StoreError>;
+    /// All devices, by ascending id.
+    fn devices(&self) -> Result<Vec<Device>, StoreError>;
+
+    /// Creates a session for an existing device.
+    fn create_session(
+        &self,
+        device_id: DeviceId,
+        data: SessionData,
+    ) -> Result<SessionRecord, StoreError>;
+
+    /// Saves one existing session.
+    fn save_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        self.save_sessions(std::slice::from_ref(record))
+    }
+
+    /// Saves existing sessions atomically: all or none.
+    fn save_sessions(&self, records: &[SessionRecord]) -> Result<(), StoreError>;
+
+    fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError>;
+    /// The sessions of a device, by ascending id (creation order).
+    fn device_sessions(&self, device_id: DeviceId) -> Result<Vec<SessionRecord>, StoreError>;
+    /// All sessions, by ascending id.
+    fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Removes sessions atomically; unknown ids are skipped. Returns how many existed.
+    fn remove_sessions(&self, ids: &[SessionId]) -> Result<usize, StoreError>;
+
+    /// Makes every acknowledged write durable. No-op where writes are already durable.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Folds buffered state into the main database (hybrid); no-op elsewhere.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Moves a device to another MAC, keeping its id and sessions.
+    fn rekey_device(&self, id: DeviceId, new_mac: MacAddr) -> Result<Device, StoreError> {
+        let mut dev = self.device(id)?.ok_or(StoreError::UnknownDevice(id))?;
+        dev.mac = new_mac;
+        self.update_device(&dev)?;
+        Ok(dev)
+    }
+
+    /// Removes sessions that ended (consumed or expired) at least `retention_secs` before
+    /// `now_secs`. Returns the removed ids.
+    fn gc(&self, now_secs: i64, retention_secs: i64) -> Result<Vec<SessionId>, StoreError> {
+        let doomed: Vec<SessionId> = self
+            .sessions()?
+            .into_iter()
+            .filter(|r| {
+                r.end_time(now_secs)
+                    .is_some_and(|end| end.saturating_add(retention_secs) <= now_secs)
+            })
+            .map(|r| r.id)
+            .collect();
+        if !doomed.is_empty() {
+            self.remove_sessions(&doomed)?;
+        }
+        Ok(doomed)
+    }
+}
+
+/// Settings handed to a provider factory.
+#[derive(Debug, Clone, Default)]
+pub struct StoreConfig {
+    /// The redb file (`redb`, `hybrid`); the hybrid log is this path with `.log` appended.
+    pub path: Option<PathBuf>,
+    pub hybrid: HybridOptions,
+}
+
+impl StoreConfig {
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            path: Some(path.into()),
+            hybrid: HybridOptions::default(),
+        }
+    }
+}
+
+/// Opens a store from a configuration.
+pub type StoreFactory = fn(&StoreConfig) -> Result<Arc<dyn SessionStore>, StoreError>;
+
+/// Storage providers by name (seed 004's `Register` / `ProviderNames`).
+#[derive(Clone)]
+pub struct StoreRegistry {
+    factories: BTreeMap<String, StoreFactory>,
+}
+
+impl Default for StoreRegistry {
+    /// A registry with the built-in `memory`, `redb` and `hybrid` providers.
+    fn default() -> Self {
+        let mut r = StoreRegistry {
+            factories: BTreeMap::new(),
+        };
+        r.register("memory", |_| Ok(Arc::new(MemoryStore::new())));
+        r.register("redb", |cfg| {
+            let path = cfg.path.as_ref().ok_or_else(|| StoreError::MissingPath {
+                provider: "redb".into(),
+            })?;
+            Ok(Arc::new(RedbStore::open(path)?))
+        });
+        r.register("hybrid", |cfg| {
+            let path = cfg.path.as_ref().ok_or_else(|| StoreError::MissingPath {
+                provider: "hybrid".into(),
+            })?;
+            Ok(Arc::new(HybridStore::open(path, cfg.hybrid.clone())?))
+        });
+        r
+    }
+}
+
+impl StoreRegistry {
+    /// Adds or replaces a provider.
+    pub fn register(&mut self, name: &str, factory: StoreFactory) {
+        self.factories.insert(name.to_string(), factory);
+    }
+
+    /// Registered provider names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.factories.keys().cloned().collect()
+    }
+
+    pub fn open(&self, name: &str, cfg: &StoreConfig) -> Result<Arc<dyn SessionStore>, StoreError> {
+        let f = self
+            .factories
+            .get(name)
+            .ok_or_else(|| StoreError::UnknownProvider(name.to_string()))?;
+        f(cfg)
+    }
+}
+
+/// Opens one of the built-in providers by name.
+pub fn open_store(name: &str, cfg: &StoreConfig) -> Result<Arc<dyn SessionStore>, StoreError> {
+    StoreRegistry::default().open(name, cfg)
+}
+
+/// Names of the built-in providers.
+pub fn store_names() -> Vec<String> {
+    StoreRegistry::default().names()
+}

@@ -1,0 +1,340 @@
+//! One conformance suite, run against every storage provider.
+
+use std::sync::Arc;
+
+use session_model::{
+    open_store, store_names, HybridOptions, MacAddr, RedbStore, SessionData, SessionStore,
+    SessionType, StoreConfig, StoreError, SyncMode,
+};
+use tempfile::TempDir;
+
+fn mac(n: u8) -> MacAddr {
+    MacAddr::new([0x02, 0, 0, 0, 0, n])
+}
+
+fn data(t: SessionType, secs: u64, bytes: u64) -> SessionData {
+    SessionData {
+        provider: "local".into(),
+        session_type: t,
+        time_secs: secs,
+        data_bytes: bytes,
+        time_cons: 0,
+        data_cons_bytes: 0,
+        started_at: None,
+        exp_days: None,
+        down_mbits: 5,
+        up_mbits: 2,
+        use_global_speed: false,
+        created_at: 1_000,
+    }
+}
+
+/// A provider under test: opens (or reopens) the store living in `dir`.
+struct Harness {
+    kind: &'static str,
+    dir: TempDir,
+}
+
+impl Harness {
+    fn new(kind: &'static str) -> Self {
+        Harness {
+            kind,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn config(&self) -> StoreConfig {
+        let mut cfg = StoreConfig::at(self.dir.path().join("sessions.redb"));
+        // Small thresholds so the suite also crosses automatic checkpoints.
+        cfg.hybrid = HybridOptions {
+            sync: SyncMode::EveryWrite,
+            checkpoint_records: 7,
+            checkpoint_bytes: 1 << 20,
+        };
+        cfg
+    }
+
+    fn open(&self) -> Arc<dyn SessionStore> {
+        open_store(self.kind, &self.config()).expect("open store")
+    }
+
+    fn durable(&self) -> bool {
+        self.kind != "memory"
+    }
+}
+
+fn devices_and_macs(h: &Harness) {
+    let s = h.open();
+    assert_eq!(s.kind(), h.kind);
+    let a = s.create_device(mac(1), None, Some("a".into()), 10).unwrap();
+    let b = s
+        .create_device(mac(2), Some("10.0.0.2".parse().unwrap()), None, 11)
+        .unwrap();
+    assert!(b.id > a.id, "ids increase");
+    assert_eq!(s.device(a.id).unwrap().unwrap(), a);
+    assert_eq!(s.device_by_mac(mac(2)).unwrap().unwrap(), b);
+    assert_eq!(s.device_by_mac(mac(9)).unwrap(), None);
+    assert_eq!(s.device(999).unwrap(), None);
+    match s.create_device(mac(1), None, None, 12) {
+        Err(StoreError::DuplicateMac { device_id, .. }) => assert_eq!(device_id, a.id),
+        other => panic!("expected DuplicateMac, got {other:?}"),
+    }
+    let mut ghost = a.clone();
+    ghost.id = 999;
+    assert!(matches!(
+        s.update_device(&ghost),
+        Err(StoreError::UnknownDevice(999))
+    ));
+    let mut a2 = a.clone();
+    a2.hostname = Some("renamed".into());
+    s.update_device(&a2).unwrap();
+    assert_eq!(
+        s.device(a.id).unwrap().unwrap().hostname.as_deref(),
+        Some("renamed")
+    );
+    let all = s.devices().unwrap();
+    assert_eq!(
+        all.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![a.id, b.id]
+    );
+}
+
+fn rekey_moves_sessions(h: &Harness) {
+    let s = h.open();
+    let a = s.create_device(mac(1), None, None, 10).unwrap();
+    let b = s.create_device(mac(2), None, None, 10).unwrap();
+    let s1 = s
+        .create_session(a.id, data(SessionType::Time, 60, 0))
+        .unwrap();
+    let s2 = s
+        .create_session(a.id, data(SessionType::Data, 0, 5))
+        .unwrap();
+    let moved = s.rekey_device(a.id, mac(7)).unwrap();
+    assert_eq!(moved.id, a.id);
+    assert_eq!(moved.mac, mac(7));
+    assert_eq!(s.device_by_mac(mac(1)).unwrap(), None, "old MAC freed");
+    assert_eq!(s.device_by_mac(mac(7)).unwrap().unwrap().id, a.id);
+    let ids: Vec<_> = s
+        .device_sessions(a.id)
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, vec![s1.id, s2.id]);
+    assert!(matches!(
+        s.rekey_device(a.id, b.mac),
+        Err(StoreError::DuplicateMac { .. })
+    ));
+    assert!(matches!(
+        s.rekey_device(404, mac(40)),
+        Err(StoreError::UnknownDevice(404))
+    ));
+    // The freed MAC can be used by a new device.
+    s.create_device(mac(1), None, None, 10).unwrap();
+}
+
+fn sessions_crud(h: &Harness) {
+    let s = h.open();
+    let d = s.create_device(mac(1), None, None, 10).unwrap();
+    let other = s.create_device(mac(2), None, None, 10).unwrap();
+    assert!(matches!(
+        s.create_session(404, data(SessionType::Time, 1, 0)),
+        Err(StoreError::UnknownDevice(404))
+    ));
+    let r1 = s
+        .create_session(d.id, data(SessionType::Time, 60, 0))
+        .unwrap();
+    let r2 = s
+        .create_session(d.id, data(SessionType::TimeOrData, 60, 9))
+        .unwrap();
+    let r3 = s
+        .create_session(other.id, data(SessionType::Data, 0, 9))
+        .unwrap();
+    assert!(r1.id < r2.id && r2.id < r3.id);
+    assert_eq!(s.session(r2.id).unwrap().unwrap(), r2);
+    assert_eq!(s.session(9_999).unwrap(), None);
+
+    let mut u = r1.clone();
+    u.data.time_cons = 42;
+    u.data.data_cons_bytes = 7;
+    s.save_session(&u).unwrap();
+    assert_eq!(s.session(r1.id).unwrap().unwrap().data.time_cons, 42);
+
+    let mut unknown = r1.clone();
+    unknown.id = 9_999;
+    assert!(matches!(
+        s.save_session(&unknown),
+        Err(StoreError::UnknownSession(9_999))
+    ));
+    let mut moved = r1.clone();
+    moved.device_id = other.id;
+    assert!(matches!(
+        s.save_session(&moved),
+        Err(StoreError::DeviceMismatch { .. })
+    ));
+
+    // A batch with one bad record changes nothing.
+    let mut good = r2.clone();
+    good.data.time_cons = 5;
+    assert!(s.save_sessions(&[good.clone(), unknown]).is_err());
+    assert_eq!(s.session(r2.id).unwrap().unwrap().data.time_cons, 0);
+    s.save_sessions(&[good]).unwrap();
+    assert_eq!(s.session(r2.id).unwrap().unwrap().data.time_cons, 5);
+
+    let ids: Vec<_> = s
+        .device_sessions(d.id)
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, vec![r1.id, r2.id]);
+    assert_eq!(s.sessions().unwrap().len(), 3);
+
+    assert_eq!(s.remove_sessions(&[r1.id, 9_999, r1.id]).unwrap(), 1);
+    assert_eq!(s.session(r1.id).unwrap(), None);
+    s.remove_device(d.id).unwrap();
+    assert_eq!(
+        s.session(r2.id).unwrap(),
+        None,
+        "sessions go with their device"
+    );
+    assert_eq!(s.device_sessions(d.id).unwrap(), vec![]);
+    assert_eq!(s.device_by_mac(mac(1)).unwrap(), None);
+    assert!(matches!(
+        s.remove_device(d.id),
+        Err(StoreError::UnknownDevice(_))
+    ));
+    assert_eq!(s.sessions().unwrap().len(), 1);
+
+    // Ids are never reused.
+    let d2 = s.create_device(mac(1), None, None, 10).unwrap();
+    assert!(d2.id > other.id);
+    let r4 = s
+        .create_session(d2.id, data(SessionType::Time, 1, 0))
+        .unwrap();
+    assert!(r4.id > r3.id);
+}
+
+fn gc_by_retention(h: &Harness) {
+    let s = h.open();
+    let d = s.create_device(mac(1), None, None, 10).unwrap();
+    let mut ended = s
+        .create_session(d.id, data(SessionType::Time, 60, 0))
+        .unwrap();
+    ended.data.time_cons = 60;
+    ended.ended_at = Some(1_000);
+    s.save_session(&ended).unwrap();
+    let mut expired = s
+        .create_session(d.id, data(SessionType::Time, 60, 0))
+        .unwrap();
+    expired.data.started_at = Some(0);
+    expired.data.exp_days = Some(0); // expires at 60
+    s.save_session(&expired).unwrap();
+    let live = s
+        .create_session(d.id, data(SessionType::Time, 60, 0))
+        .unwrap();
+
+    assert_eq!(
+        s.gc(1_500, 600).unwrap(),
+        vec![expired.id],
+        "ended 1000 + 600 > 1500"
+    );
+    assert_eq!(s.gc(1_600, 600).unwrap(), vec![ended.id]);
+    assert!(s.gc(1_000_000, 0).unwrap().is_empty());
+    let left: Vec<_> = s.sessions().unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(left, vec![live.id]);
+}
+
+fn survives_reopen(h: &Harness) {
+    if !h.durable() {
+        return;
+    }
+    let (dev, sid, removed);
+    {
+        let s = h.open();
+        dev = s.create_device(mac(1), None, Some("x".into()), 10).unwrap();
+        let r = s
+            .create_session(dev.id, data(SessionType::Data, 0, 100))
+            .unwrap();
+        let gone = s
+            .create_session(dev.id, data(SessionType::Data, 0, 100))
+            .unwrap();
+        for i in 1..=20u64 {
+            let mut u = r.clone();
+            u.data.data_cons_bytes = i;
+            s.save_session(&u).unwrap();
+        }
+        s.remove_sessions(&[gone.id]).unwrap();
+        s.rekey_device(dev.id, mac(3)).unwrap();
+        sid = r.id;
+        removed = gone.id;
+    }
+    let s = h.open();
+    let d = s.device(dev.id).unwrap().unwrap();
+    assert_eq!(d.mac, mac(3));
+    assert_eq!(d.hostname.as_deref(), Some("x"));
+    assert_eq!(s.device_by_mac(mac(1)).unwrap(), None);
+    assert_eq!(s.session(sid).unwrap().unwrap().data.data_cons_bytes, 20);
+    assert_eq!(s.session(removed).unwrap(), None);
+    // Counters survive too.
+    let d2 = s.create_device(mac(4), None, None, 10).unwrap();
+    assert!(d2.id > dev.id);
+    let r = s
+        .create_session(d2.id, data(SessionType::Time, 1, 0))
+        .unwrap();
+    assert!(r.id > removed);
+    drop(s);
+    let db = RedbStore::open(h.dir.path().join("sessions.redb")).unwrap();
+    db.check_consistency().unwrap();
+}
+
+fn refuses_newer_schema(h: &Harness) {
+    if !h.durable() {
+        return;
+    }
+    drop(h.open());
+    {
+        let db = RedbStore::open(h.dir.path().join("sessions.redb")).unwrap();
+        assert_eq!(
+            db.schema_version().unwrap(),
+            session_model::store::SCHEMA_VERSION
+        );
+        db.set_schema_version(session_model::store::SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+    match open_store(h.kind, &h.config()) {
+        Err(e @ StoreError::UnsupportedSchema { .. }) => {
+            assert!(e.to_string().contains("schema version 2"), "{e}");
+        }
+        other => panic!("expected UnsupportedSchema, got {other:?}"),
+    }
+}
+
+macro_rules! conformance {
+    ($($kind:ident),*) => {$(
+        mod $kind {
+            use super::*;
+            #[test] fn devices_and_macs() { super::devices_and_macs(&Harness::new(stringify!($kind))) }
+            #[test] fn rekey_moves_sessions() { super::rekey_moves_sessions(&Harness::new(stringify!($kind))) }
+            #[test] fn sessions_crud() { super::sessions_crud(&Harness::new(stringify!($kind))) }
+            #[test] fn gc_by_retention() { super::gc_by_retention(&Harness::new(stringify!($kind))) }
+            #[test] fn survives_reopen() { super::survives_reopen(&Harness::new(stringify!($kind))) }
+            #[test] fn refuses_newer_schema() { super::refuses_newer_schema(&Harness::new(stringify!($kind))) }
+        }
+    )*};
+}
+
+conformance!(memory, redb, hybrid);
+
+#[test]
+fn registry_lists_providers_and_rejects_unknown() {
+    assert_eq!(store_names(), vec!["hybrid", "memory", "redb"]);
+    assert!(matches!(
+        open_store("nope", &StoreConfig::default()),
+        Err(StoreError::UnknownProvider(_))
+    ));
+    assert!(matches!(
+        open_store("redb", &StoreConfig::default()),
+        Err(StoreError::MissingPath { .. })
+    ));
+}
