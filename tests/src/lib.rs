@@ -22,4 +22,4 @@ pub use agent::{agent_bin, Agent, AgentBuilder, ClientStats};
 pub use netns::{in_netns, ns_command, require_root, unique_id, Netns};
 pub use nft::{NftRef, RefCounts};
 pub use topo::{Client, Hotspot, HotspotBuilder};
-pub use traffic::{TcpServer, TcpTransfer, UdpServer, UdpTransfer};
+pub use traffic::{mixed_traffic, Mix, ServerSet, TcpServer, TcpTransfer, UdpServer, UdpTransfer};

@@ -2,6 +2,7 @@
 //! malformed frames.
 
 use crate::netns::in_netns;
+use crate::topo::Client;
 use std::ffi::CString;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -180,4 +181,152 @@ pub fn ipv6_header(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload_len: u16) -> 
     h[8..24].copy_from_slice(&src.octets());
     h[24..40].copy_from_slice(&dst.octets());
     h
+}
+
+/// Malformed frames from client `c` towards the gateway MAC (and a few to
+/// broadcast and multicast), each with a description. The kernel drops every
+/// one of them before forwarding; the UDP fragments inside are addressed to
+/// the server's port 5002.
+pub fn malformed_frames(
+    c: &Client,
+    gw_mac: [u8; 6],
+    srv4: Ipv4Addr,
+    srv6: Ipv6Addr,
+) -> Vec<(String, Vec<u8>)> {
+    let src = c.mac_bytes();
+    let bcast = [0xff; 6];
+    let mcast6 = [0x33, 0x33, 0, 0, 0, 1];
+    let mut v: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut add = |what: &str, f: Vec<u8>| v.push((what.to_string(), f));
+    let udp4 = ipv4_udp(c.ipv4, srv4, 40000, 5002, &[0x11; 64]);
+    let udp6 = ipv6_udp(c.ipv6, srv6, 40000, 5002, &[0x22; 64]);
+
+    // Tiny frames: an Ethernet header and nothing (or almost nothing) else.
+    for et in [
+        ETH_P_IPV4, ETH_P_IPV6, ETH_P_VLAN, ETH_P_ARP, 0x0000, 0xffff,
+    ] {
+        add(&format!("bare header 0x{et:04x}"), eth(gw_mac, src, et));
+        let mut f = eth(gw_mac, src, et);
+        f.push(0x45);
+        add(&format!("header+1 0x{et:04x}"), f);
+    }
+    // Truncated IPv4 headers.
+    for n in [1usize, 4, 10, 19] {
+        let mut f = eth(gw_mac, src, ETH_P_IPV4);
+        f.extend_from_slice(&udp4[..n]);
+        add(&format!("IPv4 header cut to {n} bytes"), f);
+    }
+    // Bogus IHL.
+    for ihl in [0u8, 2, 4, 15] {
+        let mut ip = udp4.clone();
+        let h = ipv4_header(c.ipv4, srv4, 17, ip.len() as u16, ihl);
+        ip[..20].copy_from_slice(&h);
+        let mut f = eth(gw_mac, src, ETH_P_IPV4);
+        f.extend_from_slice(&ip);
+        add(&format!("IPv4 IHL {ihl}"), f);
+    }
+    // Total length larger than the frame, and smaller than the header.
+    for tl in [udp4.len() as u16 + 1, 1400, 65535, 10, 0] {
+        let mut ip = udp4.clone();
+        ip[..20].copy_from_slice(&ipv4_header(c.ipv4, srv4, 17, tl, 5));
+        let mut f = eth(gw_mac, src, ETH_P_IPV4);
+        f.extend_from_slice(&ip);
+        add(
+            &format!("IPv4 total length {tl} in a {}-byte packet", udp4.len()),
+            f,
+        );
+    }
+    // Wrong version nibble for the ethertype.
+    {
+        let mut ip = udp4.clone();
+        ip[0] = 0x65;
+        let mut f = eth(gw_mac, src, ETH_P_IPV4);
+        f.extend_from_slice(&ip);
+        add("IPv4 ethertype, version 6", f);
+        let mut ip6 = udp6.clone();
+        ip6[0] = 0x40;
+        let mut f = eth(gw_mac, src, ETH_P_IPV6);
+        f.extend_from_slice(&ip6);
+        add("IPv6 ethertype, version 4", f);
+    }
+    // Truncated IPv6 headers and payload lengths beyond the frame.
+    for n in [1usize, 8, 20, 39] {
+        let mut f = eth(gw_mac, src, ETH_P_IPV6);
+        f.extend_from_slice(&udp6[..n]);
+        add(&format!("IPv6 header cut to {n} bytes"), f);
+    }
+    for pl in [udp6.len() as u16 - 40 + 1, 1000, 65535] {
+        let mut ip = udp6.clone();
+        ip[4..6].copy_from_slice(&pl.to_be_bytes());
+        let mut f = eth(gw_mac, src, ETH_P_IPV6);
+        f.extend_from_slice(&ip);
+        add(
+            &format!("IPv6 payload length {pl} with {} bytes", udp6.len() - 40),
+            f,
+        );
+    }
+    {
+        let mut f = eth(gw_mac, src, ETH_P_IPV6);
+        f.extend_from_slice(&ipv6_header(c.ipv6, srv6, 17, 500));
+        add("IPv6 header only, payload length 500", f);
+    }
+    // Non-IP ethertypes with junk.
+    for et in [0x88b5u16, 0x88cc, 0x9000, 0x0801, 0x86de, ETH_P_ARP, 0x8864] {
+        let mut f = eth(gw_mac, src, et);
+        f.extend_from_slice(&[0xa5; 46]);
+        add(&format!("non-IP ethertype 0x{et:04x}"), f);
+    }
+    // VLAN-tagged junk (802.1Q, priority tag, QinQ).
+    for (tpid, vid, inner, body, what) in [
+        (
+            ETH_P_VLAN,
+            5u16,
+            ETH_P_IPV4,
+            udp4[..12].to_vec(),
+            "802.1Q VID 5 + cut IPv4",
+        ),
+        (
+            ETH_P_VLAN,
+            0,
+            ETH_P_IPV4,
+            udp4[..12].to_vec(),
+            "priority tag + cut IPv4",
+        ),
+        (
+            ETH_P_VLAN,
+            0,
+            ETH_P_IPV6,
+            udp6[..30].to_vec(),
+            "priority tag + cut IPv6",
+        ),
+        (ETH_P_VLAN, 7, 0x88b5, vec![0x5a; 40], "802.1Q + non-IP"),
+        (
+            ETH_P_VLAN,
+            9,
+            ETH_P_VLAN,
+            vec![],
+            "802.1Q with nothing inside",
+        ),
+        (
+            ETH_P_QINQ,
+            10,
+            ETH_P_VLAN,
+            vec![0, 20, 0x86, 0xdd, 0x60],
+            "QinQ + cut IPv6",
+        ),
+    ] {
+        let mut f = eth(gw_mac, src, tpid);
+        f.extend_from_slice(&vid.to_be_bytes());
+        f.extend_from_slice(&inner.to_be_bytes());
+        f.extend_from_slice(&body);
+        add(&format!("VLAN junk: {what}"), f);
+    }
+    // Junk to broadcast and multicast.
+    let mut f = eth(bcast, src, ETH_P_IPV4);
+    f.extend_from_slice(&udp4[..15]);
+    add("broadcast cut IPv4", f);
+    let mut f = eth(mcast6, src, ETH_P_IPV6);
+    f.extend_from_slice(&udp6[..30]);
+    add("multicast cut IPv6", f);
+    v
 }

@@ -411,3 +411,96 @@ pub fn udp_echo(
         format!("no echo from {dst} within {timeout:?}"),
     ))
 }
+
+/// TCP and UDP servers on both address families of one host.
+pub struct ServerSet {
+    pub tcp4: TcpServer,
+    pub tcp6: TcpServer,
+    pub udp4: UdpServer,
+    pub udp6: UdpServer,
+}
+
+impl ServerSet {
+    /// TCP servers on `v4:tcp_port` and `[v6]:tcp_port`, UDP servers on
+    /// `udp_port`, all inside namespace `ns`.
+    pub fn start(
+        ns: &str,
+        v4: std::net::Ipv4Addr,
+        v6: std::net::Ipv6Addr,
+        tcp_port: u16,
+        udp_port: u16,
+    ) -> ServerSet {
+        ServerSet {
+            tcp4: TcpServer::start(ns, SocketAddr::new(v4.into(), tcp_port)),
+            tcp6: TcpServer::start(ns, SocketAddr::new(v6.into(), tcp_port)),
+            udp4: UdpServer::start(ns, SocketAddr::new(v4.into(), udp_port)),
+            udp6: UdpServer::start(ns, SocketAddr::new(v6.into(), udp_port)),
+        }
+    }
+
+    pub fn tcp(&self, v6: bool) -> &TcpServer {
+        if v6 {
+            &self.tcp6
+        } else {
+            &self.tcp4
+        }
+    }
+
+    pub fn udp(&self, v6: bool) -> &UdpServer {
+        if v6 {
+            &self.udp6
+        } else {
+            &self.udp4
+        }
+    }
+}
+
+/// Volumes for [`mixed_traffic`].
+#[derive(Debug, Clone, Copy)]
+pub struct Mix {
+    pub tcp_up: u64,
+    pub tcp_down: u64,
+    pub udp_up: u32,
+    pub udp_up_size: usize,
+    pub udp_down: u32,
+    pub udp_down_size: usize,
+}
+
+/// What one client did in [`mixed_traffic`]: per family, the TCP and UDP
+/// results.
+#[derive(Debug, Clone)]
+pub struct MixResult {
+    pub tcp: Vec<TcpTransfer>,
+    pub udp: Vec<UdpTransfer>,
+}
+
+/// From namespace `ns`: TCP and UDP, IPv4 and IPv6, both directions, against
+/// `servers`. Panics (with `label`) on any transport error or short TCP
+/// transfer; returns what was sent and received.
+pub fn mixed_traffic(ns: &str, servers: &ServerSet, mix: Mix, label: &str) -> MixResult {
+    let mut r = MixResult {
+        tcp: Vec::new(),
+        udp: Vec::new(),
+    };
+    for v6 in [false, true] {
+        let fam = if v6 { "IPv6" } else { "IPv4" };
+        let t = TcpTransfer::run(ns, servers.tcp(v6).addr, mix.tcp_up, mix.tcp_down)
+            .unwrap_or_else(|e| panic!("{label}: TCP {fam} to {}: {e}", servers.tcp(v6).addr));
+        assert_eq!(
+            t.received, mix.tcp_down,
+            "{label}: TCP {fam} download short"
+        );
+        r.tcp.push(t);
+        let u = UdpTransfer::run(
+            ns,
+            servers.udp(v6).addr,
+            mix.udp_up,
+            mix.udp_up_size,
+            mix.udp_down,
+            mix.udp_down_size,
+        )
+        .unwrap_or_else(|e| panic!("{label}: UDP {fam} to {}: {e}", servers.udp(v6).addr));
+        r.udp.push(u);
+    }
+    r
+}

@@ -128,3 +128,51 @@ fn topologies_are_independent_and_cleaned_up() {
         );
     }
 }
+
+/// The reference never counts the malformed frames of the malformed-frame
+/// test (the kernel drops them before forwarding), while valid raw frames
+/// with trailing padding count at their IP length.
+#[test]
+fn reference_ignores_malformed_frames_and_counts_ip_length() {
+    use session_tests::raw::{
+        eth, ipv4_udp, ipv6_udp, malformed_frames, RawSender, ETH_P_IPV4, ETH_P_IPV6,
+    };
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let nft = NftRef::install(&hs);
+    let udp4 = UdpServer::start(&hs.server_ns, hs.server_sock(false, 5002));
+    let udp6 = UdpServer::start(&hs.server_ns, hs.server_sock(true, 5002));
+    let c = hs.client(0);
+    let gw_mac = session_tests::topo::parse_mac(&hs.gw_lan_mac);
+    let tx = RawSender::open(&c.ns, &c.ifname).expect("raw socket");
+    let frames = malformed_frames(c, gw_mac, hs.server_v4, hs.server_v6);
+    assert!(frames.len() > 40);
+    for _ in 0..3 {
+        for (what, f) in &frames {
+            tx.send(f).unwrap_or_else(|e| panic!("send {what}: {e}"));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        nft.get(&c.mac),
+        Default::default(),
+        "malformed frames were forwarded:\n{}",
+        nft.dump()
+    );
+    assert_eq!(udp4.datagrams() + udp6.datagrams(), 0);
+    for i in 0..5u8 {
+        let mut f = eth(gw_mac, c.mac_bytes(), ETH_P_IPV4);
+        f.extend_from_slice(&ipv4_udp(c.ipv4, hs.server_v4, 41000, 5002, &[i; 100]));
+        f.extend_from_slice(&[0u8; 30]);
+        tx.send(&f).unwrap();
+        let mut f = eth(gw_mac, c.mac_bytes(), ETH_P_IPV6);
+        f.extend_from_slice(&ipv6_udp(c.ipv6, hs.server_v6, 41000, 5002, &[i; 200]));
+        f.extend_from_slice(&[0u8; 17]);
+        tx.send(&f).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!((udp4.datagrams(), udp6.datagrams()), (5, 5));
+    let r = nft.get(&c.mac);
+    assert_eq!(r.up_packets, 10);
+    assert_eq!(r.up_bytes, 5 * (20 + 8 + 100) + 5 * (40 + 8 + 200));
+}
