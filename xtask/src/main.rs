@@ -1,1 +1,129 @@
-fn main() {}
+//! Project tasks: `cargo xtask build-ebpf | test | demo`.
+
+mod demo;
+mod toolchain;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "session-agent build, test and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain if missing, then build session-ebpf for bpfel-unknown-none.
+    BuildEbpf,
+    /// Run the whole test suite (root: real traffic in network namespaces).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run a demo hotspot in network namespaces with a live per-client table.
+    Demo {
+        /// How long to run before cleaning up (Ctrl-C stops earlier).
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::BuildEbpf => {
+            toolchain::ensure_ebpf()?;
+            let obj = build_ebpf()?;
+            println!(
+                "built {} ({} bytes)",
+                obj.display(),
+                std::fs::metadata(&obj)?.len()
+            );
+            Ok(())
+        }
+        Cmd::Test { args } => test(args),
+        Cmd::Demo { seconds } => {
+            require_root("the demo")?;
+            toolchain::ensure_ebpf()?;
+            toolchain::ensure_net_tools()?;
+            let bin = build_agent()?;
+            demo::run(&bin, seconds)
+        }
+    }
+}
+
+pub fn root_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root_dir())
+        .env("CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS", "fallback");
+    c
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Builds the eBPF object the same way the agent's build script does.
+fn build_ebpf() -> Result<PathBuf> {
+    let target_dir = root_dir().join("target/ebpf");
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root_dir().join("session-ebpf"))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .env("RUSTC", toolchain::BPF_RUSTC)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("PATH", toolchain::path_with_cargo_bin())
+        .env("CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS", "fallback")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET");
+    run(&mut c)?;
+    Ok(target_dir.join("bpfel-unknown-none/release/session-ebpf"))
+}
+
+/// Builds the agent (which embeds the eBPF object) and returns its path.
+fn build_agent() -> Result<PathBuf> {
+    println!("==> building session-agent");
+    run(cargo().args(["build", "-p", "session-agent"]))?;
+    Ok(root_dir().join("target/debug/session-agent"))
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (network namespaces, BPF): run it with sudo, or as root");
+    }
+    Ok(())
+}
+
+fn test(args: Vec<String>) -> Result<()> {
+    require_root("the test suite")?;
+    toolchain::ensure_ebpf()?;
+    toolchain::ensure_net_tools()?;
+    toolchain::ensure_bpffs()?;
+    let bin = build_agent()?;
+    println!("==> cargo test --workspace");
+    run(cargo()
+        .args(["test", "--workspace"])
+        .args(&args)
+        .env("SESSION_AGENT_BIN", &bin))
+}
