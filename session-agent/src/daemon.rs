@@ -3,7 +3,7 @@
 
 use std::{io::Write, net::IpAddr, path::PathBuf};
 
-use aya::maps::{lpm_trie::Key, LpmTrie, MapData, RingBuf};
+use aya::maps::RingBuf;
 use session_common::*;
 use tokio::{
     io::unix::AsyncFd,
@@ -12,7 +12,10 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    dataplane::attach::{self, Attached, IngressHook},
+    dataplane::{
+        self,
+        attach::{self, IngressHook},
+    },
     error::{AgentError, Result},
     garden::GardenEntry,
     iface,
@@ -35,7 +38,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     for lan in &opts.lans {
         let mut a = attach::attach(&opts.pin_root, lan, opts.ingress)?;
         let entries = garden_for(lan, &opts)?;
-        program_garden(&mut a, &entries)?;
+        dataplane::write_garden(&mut a.ebpf, &entries)?;
         info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, garden = entries.len(), "datapath attached");
         match aya_log::EbpfLogger::init(&mut a.ebpf) {
             Ok(logger) => {
@@ -125,31 +128,4 @@ fn garden_for(lan: &str, opts: &RunOptions) -> Result<Vec<GardenEntry>> {
     }
     out.extend(opts.garden.iter().copied());
     Ok(out)
-}
-
-/// Writes the garden: new entries first, then stale ones are removed, so no
-/// entry that stays is ever missing.
-fn program_garden(a: &mut Attached, entries: &[GardenEntry]) -> Result<()> {
-    let map = a.ebpf.map_mut(MAP_GARDEN).expect("GARDEN map in object");
-    let mut trie: LpmTrie<&mut MapData, GardenKey, GardenValue> =
-        LpmTrie::try_from(map).map_err(|e| AgentError::bpf("opening the walled garden", e))?;
-    let wanted: Vec<(u32, GardenKey)> = entries.iter().map(|e| e.key()).collect();
-    for (len, key) in &wanted {
-        trie.insert(&Key::new(*len, *key), GardenValue { flags: 0 }, 0)
-            .map_err(|e| AgentError::bpf("writing the walled garden", e))?;
-    }
-    let stale: Vec<Key<GardenKey>> = trie
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| {
-            !wanted
-                .iter()
-                .any(|(l, w)| *l == k.prefix_len() && *w == k.data())
-        })
-        .collect();
-    for k in stale {
-        trie.remove(&k)
-            .map_err(|e| AgentError::bpf("pruning the walled garden", e))?;
-    }
-    Ok(())
 }

@@ -1,18 +1,13 @@
 //! session-agent: eBPF traffic metering and session service for Wi-Fi hotspot gateways.
 
-mod daemon;
-mod dataplane;
-mod error;
-mod garden;
-mod iface;
-
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use session_common::MacKey;
 
-use crate::{
-    dataplane::{attach::IngressHook, ClientRow, Maps, DEFAULT_PIN_ROOT},
+use session_agent::{
+    daemon,
+    dataplane::{self, attach::IngressHook, ClientRow, Maps, DEFAULT_PIN_ROOT},
     error::AgentError,
     garden::GardenEntry,
 };

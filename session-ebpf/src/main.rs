@@ -15,7 +15,7 @@
 mod packet;
 
 use core::intrinsics::{
-    atomic_xadd,
+    atomic_cxchg, atomic_xadd,
     AtomicOrdering::{Relaxed, SeqCst},
 };
 
@@ -131,6 +131,15 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
             Verdict::Drop
         };
     }
+    let bucket = match dir {
+        Dir::Up => unsafe { &raw mut (*pol).up },
+        Dir::Down => unsafe { &raw mut (*pol).down },
+    };
+    if !bucket_admits(bucket, len) {
+        add(unsafe { &raw mut (*c).ratelimit_packets }, 1);
+        add(unsafe { &raw mut (*c).ratelimit_bytes }, len);
+        return Verdict::Drop;
+    }
     if flags & POLICY_QUOTA != 0 {
         // Take the packet from the budget first: concurrent CPUs cannot both see
         // the last bytes, so the overshoot is at most one packet.
@@ -192,6 +201,57 @@ fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<u32> {
     // Another CPU (or userspace) inserted it first: give up this slot, use theirs.
     unsafe { (*c).mac = MacKey::default() };
     unsafe { CLIENTS.get(mac) }.copied()
+}
+
+/// Longest idle time a refill credits: more could not fit the bucket anyway,
+/// and it keeps `elapsed * rate` far from overflowing.
+const MAX_REFILL_NS: u64 = 1_000_000_000;
+
+/// Token-bucket policer shared by all CPUs (per-CPU buckets would let a client
+/// exceed its rate by the number of CPUs).
+///
+/// One CPU at a time wins the refill (compare-and-swap of `last_ns`) and adds
+/// the tokens earned since. A packet passes while the bucket is positive and
+/// may take it below zero: a GSO aggregate larger than the bucket still passes,
+/// and the debt is repaid before the next one, so the long-run rate is exact.
+#[inline(always)]
+fn bucket_admits(b: *mut TokenBucket, len: u64) -> bool {
+    let rate = unsafe { core::ptr::read_volatile(&raw const (*b).rate_bytes) };
+    if rate == 0 {
+        return true;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let last = unsafe { core::ptr::read_volatile(&raw const (*b).last_ns) };
+    if now > last {
+        let (_, won) = unsafe {
+            atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*b).last_ns, last, now)
+        };
+        if won {
+            let elapsed = if now - last > MAX_REFILL_NS {
+                MAX_REFILL_NS
+            } else {
+                now - last
+            };
+            let earned = (elapsed * rate / 1_000_000_000) as i64;
+            let burst = unsafe { core::ptr::read_volatile(&raw const (*b).burst_bytes) } as i64;
+            let tokens =
+                unsafe { atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*b).tokens, earned) }
+                    + earned;
+            if tokens > burst {
+                unsafe {
+                    atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*b).tokens, burst - tokens)
+                };
+            }
+        }
+    }
+    let before =
+        unsafe { atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*b).tokens, -(len as i64)) };
+    if before > 0 {
+        return true;
+    }
+    // Refused: give the tokens back so drops do not dig the bucket deeper.
+    unsafe { atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*b).tokens, len as i64) };
+    false
 }
 
 /// Traffic a client that is not allowed may still exchange: DHCP, ND and the

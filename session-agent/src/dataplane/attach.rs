@@ -61,23 +61,7 @@ pub fn attach(pin_root: &Path, iface_name: &str, ingress: IngressHook) -> Result
     let dir = pin_dir(pin_root, iface_name);
     std::fs::create_dir_all(&dir)
         .map_err(|e| AgentError::from_io(format!("creating {}", dir.display()), e))?;
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&dir)
-        .load(OBJECT)
-        .map_err(|e| {
-            let err = AgentError::bpf(format!("loading the datapath for {iface_name}"), &e);
-            match (&e, err) {
-                (
-                    aya::EbpfError::MapError(aya::maps::MapError::PinError { .. }),
-                    AgentError::Bpf { message, .. },
-                ) => AgentError::IncompatiblePins {
-                    iface: iface_name.into(),
-                    dir: dir.clone(),
-                    reason: message,
-                },
-                (_, err) => err,
-            }
-        })?;
+    let mut ebpf = load(&dir, iface_name)?;
     match ingress {
         IngressHook::Tc => {
             attach_tc(
@@ -108,6 +92,28 @@ pub fn attach(pin_root: &Path, iface_name: &str, ingress: IngressHook) -> Result
         dir,
         ebpf,
     })
+}
+
+/// Loads the object against the maps pinned in `dir` (creating and pinning
+/// them if absent), without loading or attaching any program.
+pub fn load(dir: &Path, iface_name: &str) -> Result<Ebpf> {
+    EbpfLoader::new()
+        .default_map_pin_directory(dir)
+        .load(OBJECT)
+        .map_err(|e| {
+            let err = AgentError::bpf(format!("loading the datapath for {iface_name}"), &e);
+            match (&e, err) {
+                (
+                    aya::EbpfError::MapError(aya::maps::MapError::PinError { .. }),
+                    AgentError::Bpf { message, .. },
+                ) => AgentError::IncompatiblePins {
+                    iface: iface_name.into(),
+                    dir: dir.to_path_buf(),
+                    reason: message,
+                },
+                (_, err) => err,
+            }
+        })
 }
 
 /// A pinned link that is still attached to a live interface, if there is one.

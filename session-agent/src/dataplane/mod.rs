@@ -7,20 +7,65 @@ pub mod mmap;
 use std::{
     os::fd::AsFd,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering},
 };
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::{
+    maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData},
+    Ebpf,
+};
 use serde::Serialize;
 use session_common::*;
 
-use crate::error::{AgentError, Result};
+use crate::{
+    error::{AgentError, Result},
+    garden::GardenEntry,
+};
 use mmap::MmapArray;
 
 /// Insert only if the key is absent (BPF_NOEXIST).
 const BPF_NOEXIST: u64 = 1;
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/session-agent";
+
+/// A speed limit for one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimit {
+    /// Bytes per second; 0 = unlimited.
+    pub rate_bytes: u64,
+    /// Bucket depth in bytes.
+    pub burst_bytes: u64,
+}
+
+impl RateLimit {
+    pub const UNLIMITED: Self = Self {
+        rate_bytes: 0,
+        burst_bytes: 0,
+    };
+
+    /// `mbits` Mbit/s (1 Mbit = 1,000,000 bits; 0 = unlimited) with a bucket of
+    /// `burst_ms` milliseconds at that rate, but never less than `min_burst` bytes.
+    pub fn mbits(mbits: u64, burst_ms: u64, min_burst: u64) -> Self {
+        if mbits == 0 {
+            return Self::UNLIMITED;
+        }
+        let rate_bytes = mbits * 1_000_000 / 8;
+        Self {
+            rate_bytes,
+            burst_bytes: (rate_bytes * burst_ms / 1000).max(min_burst),
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns().
+pub fn ktime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// One client's row as operators and scripts see it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -184,8 +229,57 @@ impl Maps {
         }
     }
 
+    /// Direct access to the counter array, for pollers that read every slot.
+    pub fn counters_array(&self) -> &MmapArray<ClientCounters> {
+        &self.counters
+    }
+
     fn flags(&self, slot: u32) -> &AtomicU32 {
         unsafe { AtomicU32::from_ptr(&raw mut (*self.policy.entry(slot)).flags) }
+    }
+
+    /// A copy of the slot's counters.
+    pub fn counters(&self, slot: u32) -> ClientCounters {
+        self.counters.get(slot)
+    }
+
+    /// A copy of the slot's policy.
+    pub fn policy(&self, slot: u32) -> ClientPolicy {
+        self.policy.get(slot)
+    }
+
+    /// Sets both speed limits; the buckets start full.
+    pub fn set_rates(&self, slot: u32, up: RateLimit, down: RateLimit) {
+        let p = self.policy.entry(slot);
+        unsafe {
+            set_bucket(&raw mut (*p).up, up);
+            set_bucket(&raw mut (*p).down, down);
+        }
+    }
+
+    /// Starts enforcing a data budget of `bytes` (the datapath drops once it is
+    /// used up), or stops enforcing any with `None`.
+    pub fn set_budget(&self, slot: u32, bytes: Option<i64>) {
+        let p = self.policy.entry(slot);
+        match bytes {
+            Some(b) => {
+                unsafe { AtomicI64::from_ptr(&raw mut (*p).budget_bytes) }
+                    .store(b, Ordering::SeqCst);
+                self.flags(slot).fetch_or(POLICY_QUOTA, Ordering::SeqCst);
+            }
+            None => {
+                self.flags(slot).fetch_and(!POLICY_QUOTA, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Adds `delta` bytes to the budget the datapath is spending (negative takes
+    /// away); exact even while packets are being counted.
+    pub fn add_budget(&self, slot: u32, delta: i64) -> i64 {
+        let p = self.policy.entry(slot);
+        unsafe { AtomicI64::from_ptr(&raw mut (*p).budget_bytes) }
+            .fetch_add(delta, Ordering::SeqCst)
+            + delta
     }
 
     /// Lets the client through (or stops it), effective with the next packet.
@@ -199,4 +293,50 @@ impl Maps {
         }
         Ok(slot)
     }
+}
+
+/// Publishes a bucket: depth and tokens first, the rate last, because the
+/// datapath reads the rate to decide whether the bucket applies at all.
+///
+/// # Safety
+/// `b` points into the mmap-ed policy array.
+unsafe fn set_bucket(b: *mut TokenBucket, limit: RateLimit) {
+    let rate = unsafe { AtomicU64::from_ptr(&raw mut (*b).rate_bytes) };
+    if limit.rate_bytes == 0 {
+        rate.store(0, Ordering::SeqCst);
+        return;
+    }
+    unsafe {
+        AtomicU64::from_ptr(&raw mut (*b).burst_bytes).store(limit.burst_bytes, Ordering::SeqCst);
+        AtomicI64::from_ptr(&raw mut (*b).tokens).store(limit.burst_bytes as i64, Ordering::SeqCst);
+        AtomicU64::from_ptr(&raw mut (*b).last_ns).store(ktime_ns(), Ordering::SeqCst);
+    }
+    rate.store(limit.rate_bytes, Ordering::SeqCst);
+}
+
+/// Writes the garden: new entries first, then stale ones are removed, so no
+/// entry that stays is ever missing.
+pub fn write_garden(ebpf: &mut Ebpf, entries: &[GardenEntry]) -> Result<()> {
+    let map = ebpf.map_mut(MAP_GARDEN).expect("GARDEN map in object");
+    let mut trie: LpmTrie<&mut MapData, GardenKey, GardenValue> =
+        LpmTrie::try_from(map).map_err(|e| AgentError::bpf("opening the walled garden", e))?;
+    let wanted: Vec<(u32, GardenKey)> = entries.iter().map(|e| e.key()).collect();
+    for (len, key) in &wanted {
+        trie.insert(&Key::new(*len, *key), GardenValue { flags: 0 }, 0)
+            .map_err(|e| AgentError::bpf("writing the walled garden", e))?;
+    }
+    let stale: Vec<Key<GardenKey>> = trie
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| {
+            !wanted
+                .iter()
+                .any(|(l, w)| *l == k.prefix_len() && *w == k.data())
+        })
+        .collect();
+    for k in stale {
+        trie.remove(&k)
+            .map_err(|e| AgentError::bpf("pruning the walled garden", e))?;
+    }
+    Ok(())
 }

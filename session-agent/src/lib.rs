@@ -1,0 +1,10 @@
+//! session-agent: eBPF traffic metering and session service for Wi-Fi hotspot gateways.
+//!
+//! The library holds the daemon's parts so that tests and tools can use them;
+//! the `session-agent` binary is the CLI over it.
+
+pub mod daemon;
+pub mod dataplane;
+pub mod error;
+pub mod garden;
+pub mod iface;
