@@ -127,3 +127,108 @@ fn counts_accumulate_over_rounds_and_directions_stay_apart() {
     mixed_traffic(&hs.clients[1].ns, &servers, up_only, "client 1 round 2");
     assert_usage_matches(&agent, &nft, &macs, "rounds 1+2, roles swapped in round 2");
 }
+
+#[test]
+fn many_clients_small_flows_match_reference() {
+    require_root();
+    let n = 12;
+    let hs = Hotspot::builder().clients(n).build();
+    let nft = NftRef::install(&hs);
+    let servers = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 7001, 7002);
+    let agent = AgentBuilder::new(&hs).start();
+    let macs: Vec<String> = hs.clients.iter().map(|c| c.mac.clone()).collect();
+    // Every other client is allowed; the rest stay blocked and try anyway.
+    for c in hs.clients.iter().step_by(2) {
+        agent.allow(&c.mac);
+    }
+    std::thread::scope(|s| {
+        for c in &hs.clients {
+            let sv = &servers;
+            s.spawn(move || {
+                let i = c.index;
+                let mix = Mix {
+                    tcp_up: 10_000 + 997 * i as u64,
+                    tcp_down: 20_000 + 1_003 * i as u64,
+                    udp_up: 5 + i as u32,
+                    udp_up_size: 300 + 10 * i,
+                    udp_down: 3 + i as u32,
+                    udp_down_size: 500 + 20 * i,
+                };
+                if i % 2 == 0 {
+                    mixed_traffic(&c.ns, sv, mix, &format!("client {i}"));
+                } else {
+                    // Blocked: attempts only; nothing may be counted as usage.
+                    let r = session_tests::TcpTransfer::run_timeout(
+                        &c.ns,
+                        sv.tcp4.addr,
+                        1000,
+                        1000,
+                        std::time::Duration::from_millis(500),
+                    );
+                    assert!(r.is_err(), "blocked client {i} got through: {r:?}");
+                    session_tests::UdpTransfer::run(&c.ns, sv.udp6.addr, 5, 200, 0, 0).unwrap();
+                }
+            });
+        }
+    });
+    assert_usage_matches(
+        &agent,
+        &nft,
+        &macs,
+        &format!("{n} clients, even ones allowed with small per-client TCP/UDP v4/v6 mixes, odd ones blocked"),
+    );
+    let (a, r) = settle(&agent, &nft);
+    for c in &hs.clients {
+        if c.index % 2 == 0 {
+            assert!(r[&c.mac].up_packets > 0 && r[&c.mac].down_packets > 0);
+        } else {
+            let e = a.get(&c.mac);
+            assert!(
+                e.is_some_and(|e| !e.allowed && e.blocked_packets > 0),
+                "blocked client {} not listed with drops: {e:?}",
+                c.mac
+            );
+        }
+    }
+}
+
+#[test]
+fn xdp_ingress_counts_match_reference() {
+    require_root();
+    let hs = Hotspot::builder().clients(2).build();
+    let nft = NftRef::install(&hs);
+    let servers = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5001, 5002);
+    let agent = AgentBuilder::new(&hs).arg("--ingress").arg("xdp").start();
+    let link = session_tests::netns::ip_n(&hs.gw_ns, &["-j", "link", "show", "dev", &hs.lan_if]);
+    let link: serde_json::Value = serde_json::from_slice(&link.stdout).unwrap();
+    assert!(
+        link[0].get("xdp").is_some(),
+        "--ingress xdp but no XDP program on {}: {link}",
+        hs.lan_if
+    );
+    let macs: Vec<String> = hs.clients.iter().map(|c| c.mac.clone()).collect();
+    agent.allow(&macs[0]);
+    mixed_traffic(
+        &hs.clients[0].ns,
+        &servers,
+        mix_for(0),
+        "allowed client, XDP ingress",
+    );
+    let r = session_tests::TcpTransfer::run_timeout(
+        &hs.clients[1].ns,
+        servers.tcp6.addr,
+        1000,
+        1000,
+        std::time::Duration::from_millis(500),
+    );
+    assert!(
+        r.is_err(),
+        "blocked client got through with XDP ingress: {r:?}"
+    );
+    assert_usage_matches(
+        &agent,
+        &nft,
+        &macs,
+        &format!("XDP ingress: client 0 {:?}, client 1 blocked", mix_for(0)),
+    );
+}
