@@ -304,13 +304,18 @@ impl HybridStore {
         }
         let mut muts = Vec::with_capacity(g.dirty_devices.len() + g.dirty_sessions.len());
         let mut removed_devices = Vec::new();
-        for id in &g.dirty_devices {
+        // Sorted keys make the redb B-tree inserts sequential.
+        let mut dev_ids: Vec<DeviceId> = g.dirty_devices.iter().copied().collect();
+        dev_ids.sort_unstable();
+        let mut sess_ids: Vec<SessionId> = g.dirty_sessions.iter().copied().collect();
+        sess_ids.sort_unstable();
+        for id in &dev_ids {
             match g.state.devices.get(id) {
                 Some(d) => muts.push(Mutation::PutDevice { device: d.clone() }),
                 None => removed_devices.push(Mutation::RemoveDevice { id: *id }),
             }
         }
-        for id in &g.dirty_sessions {
+        for id in &sess_ids {
             match g.state.sessions.get(id) {
                 Some(s) => muts.push(Mutation::PutSession { session: s.clone() }),
                 None => muts.push(Mutation::RemoveSession { id: *id }),

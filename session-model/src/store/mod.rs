@@ -8,6 +8,7 @@
 //!
 //! All three pass the same conformance suite (`tests/conformance.rs`).
 
+mod codec;
 pub mod hybrid;
 mod mem_state;
 pub mod memory;

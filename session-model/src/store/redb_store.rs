@@ -7,7 +7,7 @@
 //! | `meta` | `&str` | `u64`: `schema_version`, `next_device_id`, `next_session_id`, `checkpoint_lsn` |
 //! | `devices` | device id `i64` | JSON [`Device`] |
 //! | `macs` | MAC as `u64` | device id |
-//! | `sessions` | session id `u64` | JSON [`SessionRecord`] |
+//! | `sessions` | session id `u64` | binary [`SessionRecord`] (see `codec.rs`) |
 //! | `device_sessions` | `(device id, session id)` | `()` |
 //!
 //! Every trait write is one redb write transaction committed with
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, Table, TableDefinition, WriteTransaction};
 
+use super::codec::{decode_session, encode_session};
 use super::mem_state::Mutation;
 use super::SessionStore;
 use crate::{Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError};
@@ -143,7 +144,7 @@ impl<'t> WTables<'t> {
 
     fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
         match self.sessions.get(id).map_err(rerr("read session"))? {
-            Some(g) => Ok(Some(dec(g.value())?)),
+            Some(g) => Ok(Some(decode_session(g.value())?)),
             None => Ok(None),
         }
     }
@@ -163,7 +164,7 @@ impl<'t> WTables<'t> {
         self.devices
             .insert(d.id, bytes.as_slice())
             .map_err(rerr("write device"))?;
-        self.bump_meta(K_NEXT_DEVICE, d.id.saturating_add(1).max(1) as u64)
+        Ok(())
     }
 
     fn remove_device(&mut self, id: DeviceId) -> Result<(), StoreError> {
@@ -194,22 +195,21 @@ impl<'t> WTables<'t> {
         Ok(out)
     }
 
+    /// Writes a session row. A session never changes device (callers refuse
+    /// [`StoreError::DeviceMismatch`]), so the index entry is only added for new rows.
     fn put_session(&mut self, r: &SessionRecord) -> Result<(), StoreError> {
-        if let Some(old) = self.session(r.id)? {
-            if old.device_id != r.device_id {
-                self.dev_sess
-                    .remove((old.device_id, r.id))
-                    .map_err(rerr("move session index"))?;
-            }
-        }
-        let bytes = enc(r)?;
-        self.sessions
+        let bytes = encode_session(r)?;
+        let existed = self
+            .sessions
             .insert(r.id, bytes.as_slice())
-            .map_err(rerr("write session"))?;
-        self.dev_sess
-            .insert((r.device_id, r.id), ())
-            .map_err(rerr("write session index"))?;
-        self.bump_meta(K_NEXT_SESSION, r.id.saturating_add(1))
+            .map_err(rerr("write session"))?
+            .is_some();
+        if !existed {
+            self.dev_sess
+                .insert((r.device_id, r.id), ())
+                .map_err(rerr("write session index"))?;
+        }
+        Ok(())
     }
 
     fn remove_session(&mut self, id: SessionId) -> Result<bool, StoreError> {
@@ -348,7 +348,7 @@ impl RedbStore {
             .map_err(rerr("open sessions table"))?;
         for item in sessions.iter().map_err(rerr("scan sessions"))? {
             let (_, v) = item.map_err(rerr("scan sessions"))?;
-            snap.sessions.push(dec(v.value())?);
+            snap.sessions.push(decode_session(v.value())?);
         }
         Ok(snap)
     }
@@ -386,7 +386,7 @@ impl RedbStore {
         let mut n_sessions = 0u64;
         for item in sessions.iter().map_err(rerr("scan sessions"))? {
             let (k, v) = item.map_err(rerr("scan sessions"))?;
-            let r: SessionRecord = dec(v.value())?;
+            let r: SessionRecord = decode_session(v.value())?;
             n_sessions += 1;
             if r.id != k.value() {
                 return corrupt(format!("session row {} holds id {}", k.value(), r.id));
@@ -446,6 +446,7 @@ impl SessionStore for RedbStore {
                 created_at,
             };
             t.put_device(&d)?;
+            t.set_meta(K_NEXT_DEVICE, id.saturating_add(1) as u64)?;
             Ok(d)
         })
     }
@@ -536,6 +537,7 @@ impl SessionStore for RedbStore {
                 ended_at: None,
             };
             t.put_session(&r)?;
+            t.set_meta(K_NEXT_SESSION, id.saturating_add(1))?;
             Ok(r)
         })
     }
@@ -563,7 +565,7 @@ impl SessionStore for RedbStore {
             .open_table(SESSIONS)
             .map_err(rerr("open sessions table"))?;
         match t.get(id).map_err(rerr("read session"))? {
-            Some(g) => Ok(Some(dec(g.value())?)),
+            Some(g) => Ok(Some(decode_session(g.value())?)),
             None => Ok(None),
         }
     }
@@ -584,7 +586,7 @@ impl SessionStore for RedbStore {
             let (k, _) = item.map_err(rerr("scan device sessions"))?;
             let sid = k.value().1;
             match t.get(sid).map_err(rerr("read session"))? {
-                Some(g) => out.push(dec(g.value())?),
+                Some(g) => out.push(decode_session(g.value())?),
                 None => {
                     return Err(StoreError::Corrupt(format!(
                         "index lists missing session {sid}"
@@ -603,7 +605,7 @@ impl SessionStore for RedbStore {
         let mut out = Vec::new();
         for item in t.iter().map_err(rerr("scan sessions"))? {
             let (_, v) = item.map_err(rerr("scan sessions"))?;
-            out.push(dec(v.value())?);
+            out.push(decode_session(v.value())?);
         }
         Ok(out)
     }
