@@ -2,9 +2,11 @@
 //! the path, `block` closes it again.
 
 use session_tests::agent::ClientStats;
+use session_tests::check::settle;
 use session_tests::traffic::udp_echo;
 use session_tests::{
-    require_root, AgentBuilder, Hotspot, ServerSet, TcpServer, TcpTransfer, UdpServer, UdpTransfer,
+    require_root, AgentBuilder, Hotspot, NftRef, ServerSet, TcpServer, TcpTransfer, UdpServer,
+    UdpTransfer,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -70,6 +72,7 @@ fn blocked_client_gets_only_walled_garden_until_allowed() {
     let hs = Hotspot::builder().clients(2).build();
     let servers = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5001, 5002);
     let garden_srv = TcpServer::start(&hs.server_ns, hs.server_sock(false, GARDEN_PORT));
+    let garden_srv6 = TcpServer::start(&hs.server_ns, hs.server_sock(true, GARDEN_PORT));
     // Gateway services: DHCP, DNS (UDP+TCP, v4+v6), the portal, and a port
     // that is not part of the walled garden.
     let gw = &hs.gw_ns;
@@ -84,6 +87,7 @@ fn blocked_client_gets_only_walled_garden_until_allowed() {
     let agent = AgentBuilder::new(&hs)
         .portal_port(PORTAL)
         .walled_garden(&format!("{}/32:{GARDEN_PORT}", hs.server_v4))
+        .walled_garden(&format!("[{}/128]:{GARDEN_PORT}", hs.server_v6))
         .start();
     let log = || agent.log_tail();
     let blocked = hs.client(0);
@@ -133,6 +137,7 @@ fn blocked_client_gets_only_walled_garden_until_allowed() {
         ("portal v4", portal4.addr),
         ("portal v6", portal6.addr),
         ("walled-garden CIDR:port", garden_srv.addr),
+        ("walled-garden [CIDR6]:port", garden_srv6.addr),
     ] {
         let r = TcpTransfer::run(ns, addr, 2_000, 5_000);
         assert!(
@@ -192,4 +197,77 @@ fn blocked_client_gets_only_walled_garden_until_allowed() {
     );
     // The control client was never affected.
     assert_reaches(&control.ns, &servers, "control client at the end", &log);
+}
+
+#[test]
+fn walled_garden_cidr_without_port_and_default_portal() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let servers = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5001, 5002);
+    let portal = TcpServer::start(&hs.gw_ns, hs.gw_lan_sock(false, 80));
+    let portal6 = TcpServer::start(&hs.gw_ns, hs.gw_lan_sock(true, 80));
+    // The whole WAN IPv4 subnet, any port; IPv6 stays closed.
+    let agent = AgentBuilder::new(&hs)
+        .walled_garden("10.202.0.0/24")
+        .start();
+    let nft = NftRef::install(&hs);
+    let c = hs.client(0);
+    let log = || agent.log_tail();
+    // Forwarded walled-garden traffic only first: the reference sees all of
+    // it, and garden_* must equal it (both directions together).
+    let r = TcpTransfer::run(&c.ns, servers.tcp4.addr, 30_000, 40_000);
+    assert!(
+        matches!(r, Ok(x) if x.received == 40_000),
+        "garden CIDR, TCP 5001 must pass for a blocked client: {r:?}\nagent log:\n{}",
+        log()
+    );
+    let u = UdpTransfer::run(&c.ns, servers.udp4.addr, 10, 400, 5, 300).expect("udp");
+    assert_eq!(
+        u.received_datagrams,
+        5,
+        "garden CIDR, UDP: {u:?}\n{}",
+        log()
+    );
+    let (a, refs) = settle(&agent, &nft);
+    let s = a
+        .get(&c.mac)
+        .cloned()
+        .unwrap_or_else(|| panic!("{} not listed: {a:?}", c.mac));
+    let rf = refs[&c.mac];
+    assert_eq!(
+        (s.garden_bytes, s.garden_packets),
+        (rf.up_bytes + rf.down_bytes, rf.up_packets + rf.down_packets),
+        "garden counters differ from the forwarded reference {rf:?}: {s:?}\n{}",
+        nft.dump()
+    );
+    // Then the default portal on the gateway itself.
+    for (what, addr) in [
+        ("default portal port 80 (v4)", portal.addr),
+        ("default portal port 80 (v6)", portal6.addr),
+    ] {
+        let r = TcpTransfer::run(&c.ns, addr, 3_000, 4_000);
+        assert!(
+            matches!(r, Ok(x) if x.received == 4_000),
+            "{what} ({addr}) must pass for a blocked client: {r:?}\nagent log:\n{}",
+            log()
+        );
+    }
+    let r = TcpTransfer::run_timeout(&c.ns, servers.tcp6.addr, 10, 10, Duration::from_millis(800));
+    assert!(
+        r.is_err(),
+        "IPv6 server is outside the garden but reachable: {r:?}"
+    );
+    let s = agent.client_or_zero(&c.mac);
+    assert!(!s.allowed, "{s:?}");
+    assert_eq!(
+        (s.up_bytes, s.down_bytes),
+        (0, 0),
+        "walled-garden traffic counted as usage: {s:?}"
+    );
+    // At least the TCP payloads and the UDP datagrams, both ways.
+    assert!(
+        s.garden_bytes > 30_000 + 40_000 + 2 * (3_000 + 4_000) + 10 * 400 + 5 * 300,
+        "walled-garden traffic under-counted: {s:?}"
+    );
+    assert!(s.blocked_packets > 0, "{s:?}");
 }
