@@ -141,18 +141,15 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         return Verdict::Drop;
     }
     if flags & POLICY_QUOTA != 0 {
-        // Take the packet from the budget first: concurrent CPUs cannot both see
-        // the last bytes, so the overshoot is at most one packet.
-        let before = unsafe {
-            atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*pol).budget_bytes, -(len as i64))
-        };
-        if before <= 0 {
-            add(unsafe { &raw mut (*c).quota_packets }, 1);
-            add(unsafe { &raw mut (*c).quota_bytes }, len);
-            return Verdict::Drop;
-        }
-        if before <= len as i64 {
-            emit(EVENT_QUOTA_EXHAUSTED, slot, &mac);
+        match budget_take(p, pol, len) {
+            Budget::Refused => {
+                add(unsafe { &raw mut (*c).quota_packets }, 1);
+                add(unsafe { &raw mut (*c).quota_bytes }, len);
+                return Verdict::Drop;
+            }
+            // This packet spent the last of the budget: tell userspace at once.
+            Budget::Exhausted => emit(EVENT_QUOTA_EXHAUSTED, slot, &mac),
+            Budget::Taken => {}
         }
     }
     match dir {
@@ -203,6 +200,35 @@ fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<u32> {
     unsafe { CLIENTS.get(mac) }.copied()
 }
 
+/// Takes a packet from the data budget, which both directions share.
+///
+/// A packet passes when it fits the budget. When it does not, a single-segment
+/// packet still passes while any budget is left (so the overshoot is less
+/// than one packet of at most one MTU), but a GSO aggregate is refused and its
+/// bytes given back: TCP resends them in smaller pieces, the last of which is
+/// one segment. Concurrent CPUs cannot both spend the same bytes.
+#[inline(always)]
+fn budget_take<P: Packet>(p: &P, pol: *mut ClientPolicy, len: u64) -> Budget {
+    let len = len as i64;
+    let budget = unsafe { &raw mut (*pol).budget_bytes };
+    let before = unsafe { atomic_xadd::<i64, i64, { SeqCst }>(budget, -len) };
+    if before > len {
+        return Budget::Taken;
+    }
+    if before == len || (before > 0 && p.segs() <= 1) {
+        return Budget::Exhausted;
+    }
+    unsafe { atomic_xadd::<i64, i64, { SeqCst }>(budget, len) };
+    Budget::Refused
+}
+
+enum Budget {
+    Taken,
+    /// Taken, and nothing is left.
+    Exhausted,
+    Refused,
+}
+
 /// Longest idle time a refill credits: more could not fit the bucket anyway,
 /// and it keeps `elapsed * rate` far from overflowing.
 const MAX_REFILL_NS: u64 = 1_000_000_000;
@@ -223,24 +249,29 @@ fn bucket_admits(b: *mut TokenBucket, len: u64) -> bool {
     let now = unsafe { bpf_ktime_get_ns() };
     let last = unsafe { core::ptr::read_volatile(&raw const (*b).last_ns) };
     if now > last {
-        let (_, won) = unsafe {
-            atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*b).last_ns, last, now)
+        // Credit whole tokens only and move the clock by exactly the time they
+        // took: the remainder is carried, not lost, however often packets come.
+        let (earned, new_last) = if now - last > MAX_REFILL_NS {
+            (MAX_REFILL_NS * rate / 1_000_000_000, now)
+        } else {
+            let earned = (now - last) * rate / 1_000_000_000;
+            (earned, last + earned * 1_000_000_000 / rate)
         };
-        if won {
-            let elapsed = if now - last > MAX_REFILL_NS {
-                MAX_REFILL_NS
-            } else {
-                now - last
+        if earned > 0 {
+            let (_, won) = unsafe {
+                atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*b).last_ns, last, new_last)
             };
-            let earned = (elapsed * rate / 1_000_000_000) as i64;
-            let burst = unsafe { core::ptr::read_volatile(&raw const (*b).burst_bytes) } as i64;
-            let tokens =
-                unsafe { atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*b).tokens, earned) }
-                    + earned;
-            if tokens > burst {
-                unsafe {
-                    atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*b).tokens, burst - tokens)
-                };
+            if won {
+                let earned = earned as i64;
+                let burst = unsafe { core::ptr::read_volatile(&raw const (*b).burst_bytes) } as i64;
+                let tokens =
+                    unsafe { atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*b).tokens, earned) }
+                        + earned;
+                if tokens > burst {
+                    unsafe {
+                        atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*b).tokens, burst - tokens)
+                    };
+                }
             }
         }
     }

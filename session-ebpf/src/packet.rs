@@ -24,6 +24,8 @@ pub trait Packet {
     /// Bytes from the start of the Ethernet header to the end of the packet.
     fn len(&self) -> u32;
     fn load<T: Copy>(&self, offset: u32) -> Option<T>;
+    /// Wire segments in the packet: above 1 for a GSO aggregate.
+    fn segs(&self) -> u32;
 }
 
 impl Packet for TcContext {
@@ -36,6 +38,11 @@ impl Packet for TcContext {
     fn load<T: Copy>(&self, offset: u32) -> Option<T> {
         // bpf_skb_load_bytes also reads non-linear (paged) data.
         TcContext::load(self, offset as usize).ok()
+    }
+
+    #[inline(always)]
+    fn segs(&self) -> u32 {
+        unsafe { (*self.skb.skb).gso_segs }
     }
 }
 
@@ -52,6 +59,11 @@ impl Packet for XdpContext {
             return None;
         }
         Some(unsafe { core::ptr::read_unaligned(start as *const T) })
+    }
+
+    #[inline(always)]
+    fn segs(&self) -> u32 {
+        1
     }
 }
 
