@@ -431,19 +431,27 @@ impl SessionsMgr {
 
     /// Starts or resumes the device's oldest available session and publishes
     /// `notification` (seed `Connect`). Connecting a connected device returns its running
-    /// session without events. Fails with [`ModelError::NoAvailableSession`].
+    /// session without events (settling it first if it ran out since the last tick). Fails with [`ModelError::NoAvailableSession`].
     pub async fn connect(
         &self,
         device_id: DeviceId,
         notification: &str,
     ) -> Result<ClientSession, ModelError> {
         self.device(device_id)?;
-        let mut running = self.running()?;
-        if let Some(r) = running.get(&device_id) {
-            let sid = r.session_id;
-            drop(running);
-            return self.session(sid);
+        let sid = self.running()?.get(&device_id).map(|r| r.session_id);
+        if let Some(sid) = sid {
+            let now = self.clock.now_secs();
+            let current = self.store.session(sid)?;
+            if !current.is_some_and(|r| r.data.is_available(now)) {
+                // The running session ran out since the last tick: settle first.
+                self.tick()?;
+            }
+            let sid = self.running()?.get(&device_id).map(|r| r.session_id);
+            if let Some(sid) = sid {
+                return self.session(sid);
+            }
         }
+        let mut running = self.running()?;
         let now_ms = self.clock.now_ms();
         let now = now_ms.div_euclid(1000);
         let mut rec = self

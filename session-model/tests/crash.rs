@@ -88,7 +88,7 @@ fn crash_child() {
         i += 1;
         let dev = &devices[(i % DEVICES as u64) as usize];
         let sessions = store.device_sessions(dev.id).unwrap();
-        if sessions.len() < 3 || i % 17 == 0 {
+        if sessions.len() < 3 || i.is_multiple_of(17) {
             let r = store.create_session(dev.id, data()).unwrap();
             writeln!(out, "NEW {} {}", r.id, dev.id).unwrap();
         } else {
