@@ -26,6 +26,49 @@ pub fn unique_id() -> String {
     format!("sa{:x}x{n}", std::process::id())
 }
 
+/// The pid encoded in a name made from [`unique_id`] (`sa<hexpid>x<n>...`).
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("sa")?;
+    let (hex, tail) = rest.split_once('x')?;
+    let digits = tail.chars().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || hex.is_empty() {
+        return None;
+    }
+    u32::from_str_radix(hex, 16).ok()
+}
+
+/// Removes namespaces and pin roots left behind by test processes that no
+/// longer exist (e.g. killed by a timeout before their cleanup ran). Runs
+/// once per process.
+pub fn remove_stale() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let dead = |name: &str| {
+            owner_pid(name).is_some_and(|pid| {
+                pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            })
+        };
+        if let Ok(rd) = std::fs::read_dir("/run/netns") {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if dead(&name) {
+                    let _ = Command::new("ip").args(["netns", "del", &name]).output();
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/bpf") {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(id) = name.strip_prefix("sa-test-") {
+                    if dead(id) {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// Runs `f` on a fresh thread that has joined the network namespace `ns`
 /// (only the network namespace), and returns its result. Sockets created in
 /// `f` stay in that namespace and can be used from any thread afterwards.
@@ -146,5 +189,19 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_pid;
+
+    #[test]
+    fn owner_pid_parses_unique_ids() {
+        assert_eq!(owner_pid("sa1f2x0-gw"), Some(0x1f2));
+        assert_eq!(owner_pid("sa-test-x"), None);
+        assert_eq!(owner_pid("sa-demo-gw"), None);
+        assert_eq!(owner_pid("saabcx-c0"), None);
+        assert_eq!(owner_pid(&super::unique_id()), Some(std::process::id()));
     }
 }

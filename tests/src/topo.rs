@@ -13,7 +13,7 @@
 //! addresses skip DAD, and clients have no link-local addresses and send no
 //! router solicitations, so the only traffic is what a test sends.
 
-use crate::netns::{ensure_bpffs, ip_n, sysctl, unique_id, Netns};
+use crate::netns::{ensure_bpffs, ip_n, remove_stale, sysctl, unique_id, Netns};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -93,6 +93,7 @@ impl HotspotBuilder {
     pub fn build(self) -> Hotspot {
         crate::netns::require_root();
         ensure_bpffs();
+        remove_stale();
         let id = unique_id();
         static SEQ: AtomicU16 = AtomicU16::new(0);
         let tag = (std::process::id() as u16)
