@@ -7,7 +7,7 @@ use session_common::MacKey;
 
 use session_agent::{
     daemon,
-    dataplane::{self, attach::IngressHook, ClientRow, Maps, DEFAULT_PIN_ROOT},
+    dataplane::{self, attach::IngressHook, ClientRow, Maps, RateLimit, DEFAULT_PIN_ROOT},
     error::AgentError,
     garden::GardenEntry,
 };
@@ -73,6 +73,24 @@ enum Cmd {
     Block {
         #[arg(long, value_parser = parse_mac)]
         mac: MacKey,
+        #[arg(long = "lan", value_name = "IFACE")]
+        lan: Option<String>,
+        #[command(flatten)]
+        pins: PinArgs,
+    },
+    /// Set a client's speed limits at the datapath (0 = unlimited).
+    Limit {
+        #[arg(long, value_parser = parse_mac)]
+        mac: MacKey,
+        /// Download limit in Mbit/s.
+        #[arg(long, default_value_t = 0)]
+        down_mbits: u64,
+        /// Upload limit in Mbit/s.
+        #[arg(long, default_value_t = 0)]
+        up_mbits: u64,
+        /// Bucket depth in milliseconds at the limit (at least 64 KiB).
+        #[arg(long, default_value_t = dataplane::DEFAULT_BURST_MS)]
+        burst_ms: u64,
         #[arg(long = "lan", value_name = "IFACE")]
         lan: Option<String>,
         #[command(flatten)]
@@ -152,6 +170,23 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Allow { mac, lan, pins } => set_allowed(&pins.pin_root, lan, &mac, true),
         Cmd::Block { mac, lan, pins } => set_allowed(&pins.pin_root, lan, &mac, false),
+        Cmd::Limit {
+            mac,
+            down_mbits,
+            up_mbits,
+            burst_ms,
+            lan,
+            pins,
+        } => {
+            let limit = |m| RateLimit::mbits(m, burst_ms, dataplane::MIN_BURST_BYTES);
+            for iface in interfaces(&pins.pin_root, lan.clone())? {
+                let mut maps = Maps::open(&pins.pin_root, &iface)?;
+                let slot = maps.ensure_slot(&mac)?;
+                maps.set_rates(slot, limit(up_mbits), limit(down_mbits));
+                eprintln!("{mac} on {iface}: down {down_mbits} Mbit/s, up {up_mbits} Mbit/s (0 = unlimited)");
+            }
+            Ok(())
+        }
         Cmd::Detach { lans, pins } => {
             for lan in lans {
                 dataplane::attach::detach(&pins.pin_root, &lan)?;

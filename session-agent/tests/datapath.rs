@@ -172,12 +172,27 @@ fn udp4(
     f.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
     f.extend_from_slice(&src.octets());
     f.extend_from_slice(&dst.octets());
+    set_ipv4_csum(&mut f);
     f.extend_from_slice(&sport.to_be_bytes());
     f.extend_from_slice(&dport.to_be_bytes());
     f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
     f.extend_from_slice(&[0, 0]);
     f.resize(f.len() + payload, 0x5a);
     f
+}
+
+/// Writes the IPv4 header checksum of the frame (header at byte 14, options included).
+fn set_ipv4_csum(f: &mut [u8]) {
+    let ihl = ((f[14] & 0x0f) as usize * 4).max(20);
+    f[24..26].fill(0);
+    let mut sum: u32 = f[14..14 + ihl]
+        .chunks(2)
+        .map(|w| u32::from(w[0]) << 8 | u32::from(w[1]))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }
 
 fn udp6(
@@ -267,6 +282,15 @@ fn allowed_clients_count_ip_bytes_exactly_in_both_directions() {
     assert_eq!((c2.down_packets, c2.down_bytes), (0, 0));
     let c3 = dp.counters(client_mac(3));
     assert_eq!((c3.down_packets, c3.down_bytes, c3.up_bytes), (4, want, 0));
+    // A header with options (IHL 6) and a valid checksum counts like any other.
+    let mut opt = up4(2, 443, 100);
+    opt[14] = 0x46;
+    opt.splice(34..34, [1u8, 1, 1, 1]);
+    let tot = u16::from_be_bytes([opt[16], opt[17]]) + 4;
+    opt[16..18].copy_from_slice(&tot.to_be_bytes());
+    set_ipv4_csum(&mut opt);
+    assert_eq!(dp.up(&opt), TC_PASS);
+    let want = want + 132;
     // Trailing bytes past the IP length (Ethernet padding) are not usage.
     let mut padded = up4(2, 443, 1);
     padded.resize(60, 0);
@@ -394,6 +418,9 @@ fn malformed_frames_are_dropped_and_never_usage() {
     dp.allow(client_mac(n));
     let good = up4(n, 443, 100);
     let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut f = good.clone();
+    f[24] ^= 0x01;
+    cases.push(("bad header checksum", f));
     let mut f = good.clone();
     f[14] = 0x44; // IHL 4 words < 20 bytes
     cases.push(("short IHL", f));

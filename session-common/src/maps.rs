@@ -112,6 +112,9 @@ pub struct SlotAllocator {
     /// Next never-used slot; may run past `MAX_CLIENTS` (then the table is full).
     pub next: u32,
     pub _pad: u32,
+    /// Random, non-zero identity of this set of maps, set by the agent when it
+    /// creates them: counters of a different epoch started again from zero.
+    pub epoch: u64,
 }
 
 /// Walled-garden trie data: `port` (network order, 0 = any port) then the

@@ -23,7 +23,7 @@ mod tests {
         assert_eq!(size_of::<ClientCounters>(), 8 + 15 * 8);
         assert_eq!(size_of::<TokenBucket>(), 32);
         assert_eq!(size_of::<ClientPolicy>(), 16 + 64);
-        assert_eq!(size_of::<SlotAllocator>(), 8);
+        assert_eq!(size_of::<SlotAllocator>(), 16);
         assert_eq!(size_of::<GardenKey>(), 20);
         assert_eq!(size_of::<ClientEvent>(), 24);
     }

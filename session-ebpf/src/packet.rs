@@ -132,6 +132,9 @@ fn parse_v4<P: Packet>(p: &P, dir: Dir, avail: u32) -> Option<IpInfo> {
     } else {
         tot
     };
+    if !ipv4_csum_ok(p, &h, ihl) {
+        return None;
+    }
     let frag_off = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
     let proto = h[9];
     let (src, dst) = ([h[12], h[13], h[14], h[15]], [h[16], h[17], h[18], h[19]]);
@@ -163,6 +166,52 @@ fn parse_v4<P: Packet>(p: &P, dir: Dir, avail: u32) -> Option<IpInfo> {
         icmp6_type: 0,
         peer,
     })
+}
+
+/// The IPv4 header checksum (options included) is valid: the kernel drops
+/// packets whose checksum is wrong, so they must not count as usage either.
+#[inline(always)]
+fn ipv4_csum_ok<P: Packet>(p: &P, h: &[u8; 20], ihl: u32) -> bool {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < 20 {
+        sum += ((h[i] as u32) << 8) | h[i + 1] as u32;
+        i += 2;
+    }
+    // Options, one word at a constant offset each: XDP's verifier needs
+    // bounds it can see (a loop over a variable offset is rejected).
+    let ok = option_word::<0, P>(p, ihl, &mut sum)
+        && option_word::<1, P>(p, ihl, &mut sum)
+        && option_word::<2, P>(p, ihl, &mut sum)
+        && option_word::<3, P>(p, ihl, &mut sum)
+        && option_word::<4, P>(p, ihl, &mut sum)
+        && option_word::<5, P>(p, ihl, &mut sum)
+        && option_word::<6, P>(p, ihl, &mut sum)
+        && option_word::<7, P>(p, ihl, &mut sum)
+        && option_word::<8, P>(p, ihl, &mut sum)
+        && option_word::<9, P>(p, ihl, &mut sum);
+    if !ok {
+        return false;
+    }
+    // At most 30 words: two folds bring the sum into 16 bits.
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
+}
+
+/// Adds option word `K` (header bytes 20 + 4K..) to `sum` if the header has it;
+/// false if the header claims it but the packet ends first.
+#[inline(always)]
+fn option_word<const K: u32, P: Packet>(p: &P, ihl: u32, sum: &mut u32) -> bool {
+    if ihl <= 20 + 4 * K {
+        return true;
+    }
+    let Some(w) = p.load::<[u8; 4]>(ETH_HLEN + 20 + 4 * K) else {
+        return false;
+    };
+    *sum += ((w[0] as u32) << 8) | w[1] as u32;
+    *sum += ((w[2] as u32) << 8) | w[3] as u32;
+    true
 }
 
 #[inline(always)]

@@ -123,7 +123,7 @@ fn test(args: Vec<String>) -> Result<()> {
     let bin = build_agent()?;
     println!("==> cargo test --workspace");
     run(cargo()
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(&args)
         .env("SESSION_AGENT_BIN", &bin))
 }

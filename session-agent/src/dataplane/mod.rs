@@ -28,6 +28,11 @@ const BPF_NOEXIST: u64 = 1;
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/session-agent";
 
+/// Default bucket depth, in milliseconds of traffic at the limit.
+pub const DEFAULT_BURST_MS: u64 = 100;
+/// Smallest bucket: one GSO aggregate must fit so that TCP is not starved.
+pub const MIN_BURST_BYTES: u64 = 64 * 1024;
+
 /// A speed limit for one direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RateLimit {
@@ -156,6 +161,28 @@ impl Maps {
             return Err(AgentError::NothingAttached(pin_root.into()));
         }
         Ok(out)
+    }
+
+    /// The identity of this set of pinned maps (0 until [`Maps::ensure_epoch`]).
+    pub fn epoch(&self) -> u64 {
+        unsafe { AtomicU64::from_ptr(&raw mut (*self.alloc.entry(0)).epoch) }.load(Ordering::SeqCst)
+    }
+
+    /// Gives freshly created maps a random identity; keeps an existing one.
+    pub fn ensure_epoch(&self) -> u64 {
+        let mut r = [0u8; 8];
+        loop {
+            let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
+            let candidate = u64::from_ne_bytes(r);
+            if n == 8 && candidate != 0 {
+                let cell = unsafe { AtomicU64::from_ptr(&raw mut (*self.alloc.entry(0)).epoch) };
+                return match cell.compare_exchange(0, candidate, Ordering::SeqCst, Ordering::SeqCst)
+                {
+                    Ok(_) => candidate,
+                    Err(existing) => existing,
+                };
+            }
+        }
     }
 
     /// Slots handed out so far.
