@@ -21,8 +21,8 @@ pub use error::{ModelError, StoreError};
 pub use mac::MacAddr;
 pub use manager::{SessionEvent, SessionsMgr, TickReport, Transition};
 pub use model::{
-    bytes_to_mb, mb_to_bytes, Device, DeviceId, EndReason, SessionData, SessionId, SessionRecord,
-    SessionType, BYTES_PER_MB, SECS_PER_DAY,
+    bytes_to_mb, mb_to_bytes, Device, DeviceId, EndReason, MeterMark, RunState, SessionData,
+    SessionId, SessionRecord, SessionType, BYTES_PER_MB, SECS_PER_DAY,
 };
 pub use source::{ClientSession, SessionProvider, SessionSource, LOCAL_PROVIDER};
 pub use store::{

@@ -16,8 +16,10 @@
 //! Store calls are synchronous and short; the async methods do not hold locks across
 //! awaits.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -26,8 +28,8 @@ use tokio::sync::broadcast;
 use crate::source::{LocalProvider, LocalSource};
 use crate::{
     mb_to_bytes, model::check_speed, ClientSession, Clock, Device, DeviceId, EndReason, MacAddr,
-    ModelError, SessionData, SessionId, SessionProvider, SessionRecord, SessionStore, SessionType,
-    LOCAL_PROVIDER,
+    MeterMark, ModelError, RunState, SessionData, SessionId, SessionProvider, SessionRecord,
+    SessionStore, SessionType, LOCAL_PROVIDER,
 };
 
 /// Everything the manager announces. Serialised with an `event` tag, snake_case.
@@ -114,16 +116,19 @@ pub struct TickReport {
     pub not_connected: Vec<DeviceId>,
 }
 
+/// Cache entry of a connected device. The truth is the `run` field of the session's
+/// stored record (see [`RunState`]).
 #[derive(Debug, Clone, Copy)]
 struct Running {
     session_id: SessionId,
-    /// Clock reading (ms) up to which connected time has been charged, minus the carry.
-    last_ms: i64,
 }
 
 const CHANNEL_CAPACITY: usize = 4096;
 /// Text of the `Disconnected` event sent when a device runs out of sessions.
 pub const NO_SESSION_LEFT: &str = "no session left";
+/// Text of the `Disconnected` event sent when a running session ended and auto-advance
+/// is off (see [`SessionsMgr::set_auto_advance`]).
+pub const SESSION_ENDED: &str = "session ended";
 
 /// Manages devices, their sessions and their connection state.
 pub struct SessionsMgr {
@@ -132,6 +137,7 @@ pub struct SessionsMgr {
     events: broadcast::Sender<SessionEvent>,
     running: Mutex<HashMap<DeviceId, Running>>,
     providers: RwLock<HashMap<String, Arc<dyn SessionProvider>>>,
+    auto_advance: AtomicBool,
 }
 
 impl std::fmt::Debug for SessionsMgr {
@@ -143,9 +149,65 @@ impl std::fmt::Debug for SessionsMgr {
 }
 
 impl SessionsMgr {
-    /// A manager over `store`. No device is connected initially (connection state is not
-    /// persisted: after a restart devices reconnect through the portal or the daemon).
+    /// A manager over `store`, with the connection state restored from it (see
+    /// [`SessionsMgr::open`]). If the store cannot be read the error is logged and no
+    /// device is connected; use [`SessionsMgr::open`] to handle it instead.
     pub fn new(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Self {
+        match Self::open(store.clone(), clock.clone()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot restore the connection state from the store");
+                Self::empty(store, clock)
+            }
+        }
+    }
+
+    /// A manager over `store`, with the connection state restored from it.
+    ///
+    /// Every session whose record has `run` set is the running session of a connected
+    /// device (if a device has several, the one with the newest `charged_to_ms` wins and
+    /// the others are cleared in the store). The device stayed connected in the kernel
+    /// while the process was down, so the first [`SessionsMgr::tick`] charges the time
+    /// since the stored `charged_to_ms`, and the first [`SessionsMgr::record_meter`]
+    /// charges the bytes since the stored meter mark.
+    pub fn open(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Result<Self, ModelError> {
+        let mgr = Self::empty(store, clock);
+        let mut best: HashMap<DeviceId, SessionRecord> = HashMap::new();
+        let mut stale: Vec<SessionRecord> = Vec::new();
+        for rec in mgr.store.sessions()? {
+            let Some(run) = rec.run else { continue };
+            match best.get(&rec.device_id) {
+                Some(cur) if cur.run.map_or(i64::MIN, |r| r.charged_to_ms) >= run.charged_to_ms => {
+                    stale.push(rec);
+                }
+                _ => {
+                    if let Some(old) = best.insert(rec.device_id, rec) {
+                        stale.push(old);
+                    }
+                }
+            }
+        }
+        if !stale.is_empty() {
+            for r in &mut stale {
+                r.run = None;
+            }
+            stale.sort_by_key(|r| r.id);
+            tracing::warn!(
+                sessions = stale.len(),
+                "clearing run state of sessions superseded by a newer running session"
+            );
+            mgr.store.save_sessions(&stale)?;
+        }
+        {
+            let mut running = mgr.running()?;
+            for (device_id, rec) in best {
+                running.insert(device_id, Running { session_id: rec.id });
+            }
+        }
+        Ok(mgr)
+    }
+
+    fn empty(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Self {
         let (events, _) = broadcast::channel(CHANNEL_CAPACITY);
         let mut providers: HashMap<String, Arc<dyn SessionProvider>> = HashMap::new();
         providers.insert(LOCAL_PROVIDER.to_string(), Arc::new(LocalProvider));
@@ -155,7 +217,21 @@ impl SessionsMgr {
             events,
             running: Mutex::new(HashMap::new()),
             providers: RwLock::new(providers),
+            auto_advance: AtomicBool::new(true),
         }
+    }
+
+    /// Whether a consumed or expired running session is followed by the device's next
+    /// available session (`true`, the default) or ends the device's connection (`false`:
+    /// `Disconnected` with [`SESSION_ENDED`]; the next [`SessionsMgr::connect`] starts the
+    /// next session).
+    pub fn set_auto_advance(&self, on: bool) {
+        self.auto_advance.store(on, Ordering::Relaxed);
+    }
+
+    /// See [`SessionsMgr::set_auto_advance`].
+    pub fn auto_advance(&self) -> bool {
+        self.auto_advance.load(Ordering::Relaxed)
     }
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {
@@ -429,6 +505,51 @@ impl SessionsMgr {
         Ok(v)
     }
 
+    /// The running session of a connected device, `None` when it is not connected (or
+    /// unknown). Reads the in-memory cache only.
+    pub fn running_session_id(&self, device_id: DeviceId) -> Result<Option<SessionId>, ModelError> {
+        Ok(self.running()?.get(&device_id).map(|r| r.session_id))
+    }
+
+    /// The meter mark of the device's running session: the reading up to which its data
+    /// usage has been charged. `None` when the device is not connected or no reading was
+    /// recorded since it connected.
+    pub fn meter_mark(&self, device_id: DeviceId) -> Result<Option<MeterMark>, ModelError> {
+        let Some(sid) = self.running_session_id(device_id)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .session(sid)?
+            .and_then(|r| r.run)
+            .and_then(|run| run.meter))
+    }
+
+    /// Restarts the device's meter at `mark` without charging anything, e.g. when the
+    /// device moved to another MAC address whose kernel counters are a different meter.
+    /// The bytes of the old meter must have been charged first. No-op when not connected.
+    pub fn reset_meter_mark(&self, device_id: DeviceId, mark: MeterMark) -> Result<(), ModelError> {
+        let _running = self.running()?;
+        let Some(sid) = _running.get(&device_id).map(|r| r.session_id) else {
+            return Ok(());
+        };
+        if let Some(mut rec) = self.store.session(sid)? {
+            if let Some(run) = rec.run.as_mut() {
+                run.meter = Some(mark);
+                self.store.save_session(&rec)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored run state of the device's running session (`None` when not connected).
+    pub fn run_state(&self, device_id: DeviceId) -> Result<Option<RunState>, ModelError> {
+        let Some(sid) = self.running_session_id(device_id)? else {
+            return Ok(None);
+        };
+        Ok(self.store.session(sid)?.and_then(|r| r.run))
+    }
+
     /// Starts or resumes the device's oldest available session and publishes
     /// `notification` (seed `Connect`). Connecting a connected device returns its running
     /// session without events (settling it first if it ran out since the last tick). Fails with [`ModelError::NoAvailableSession`].
@@ -460,15 +581,13 @@ impl SessionsMgr {
         let first_start = rec.data.started_at.is_none();
         if first_start {
             rec.data.started_at = Some(now);
-            self.store.save_session(&rec)?;
         }
-        running.insert(
-            device_id,
-            Running {
-                session_id: rec.id,
-                last_ms: now_ms,
-            },
-        );
+        rec.run = Some(RunState {
+            charged_to_ms: now_ms,
+            meter: None,
+        });
+        self.store.save_session(&rec)?;
+        running.insert(device_id, Running { session_id: rec.id });
         drop(running);
         self.emit(if first_start {
             SessionEvent::SessionStarted {
@@ -508,15 +627,13 @@ impl SessionsMgr {
             return Ok(());
         };
         let now_ms = self.clock.now_ms();
-        let secs = (now_ms - r.last_ms).max(0) / 1000;
-        if secs > 0 {
-            if let Some(mut rec) = self.store.session(r.session_id)? {
-                rec.data.time_cons = rec.data.time_cons.saturating_add(secs as u64);
-                if !rec.data.is_available(now_ms.div_euclid(1000)) && rec.ended_at.is_none() {
-                    rec.ended_at = Some(now_ms.div_euclid(1000));
-                }
-                self.store.save_session(&rec)?;
+        if let Some(mut rec) = self.store.session(r.session_id)? {
+            charge_time(&mut rec, now_ms);
+            rec.run = None;
+            if !rec.data.is_available(now_ms.div_euclid(1000)) && rec.ended_at.is_none() {
+                rec.ended_at = Some(now_ms.div_euclid(1000));
             }
+            self.store.save_session(&rec)?;
         }
         running.remove(&device_id);
         drop(running);
@@ -560,6 +677,9 @@ impl SessionsMgr {
     /// Charges traffic to the running sessions of connected devices, in one store write.
     /// Bytes beyond a session's allocation stay on that session (they are not carried to
     /// the next one). Devices that are not connected are listed in `not_connected`.
+    ///
+    /// The byte counts are deltas, so a batch that is replayed after a crash is charged
+    /// twice; [`SessionsMgr::record_meter`] is the idempotent variant.
     pub fn record_usage(&self, usage: &[(DeviceId, u64)]) -> Result<TickReport, ModelError> {
         let now_ms = self.clock.now_ms();
         let mut running = self.running()?;
@@ -567,24 +687,14 @@ impl SessionsMgr {
         let mut changed: HashMap<SessionId, SessionRecord> = HashMap::new();
         let mut touched: Vec<(DeviceId, SessionId)> = Vec::new();
         for &(device_id, bytes) in usage {
-            let Some(r) = running.get(&device_id) else {
+            let Some(sid) = running.get(&device_id).map(|r| r.session_id) else {
                 report.not_connected.push(device_id);
                 continue;
             };
             if bytes == 0 {
                 continue;
             }
-            let rec = match changed.get_mut(&r.session_id) {
-                Some(rec) => rec,
-                None => {
-                    let rec = self
-                        .store
-                        .session(r.session_id)?
-                        .ok_or(ModelError::UnknownSession(r.session_id))?;
-                    touched.push((device_id, r.session_id));
-                    changed.entry(r.session_id).or_insert(rec)
-                }
-            };
+            let rec = self.load_changed(&mut changed, &mut touched, device_id, sid)?;
             rec.data.data_cons_bytes = rec.data.data_cons_bytes.saturating_add(bytes);
         }
         let events = self.settle(&mut running, &mut changed, &touched, now_ms, &mut report)?;
@@ -593,6 +703,96 @@ impl SessionsMgr {
             self.emit(e);
         }
         Ok(report)
+    }
+
+    /// Charges data usage from absolute readings of the byte meter (the kernel's
+    /// per-device counters), exactly once.
+    ///
+    /// For each connected device with reading `r`, against the mark `m` stored in its
+    /// running session's [`RunState::meter`]:
+    /// * no mark yet (first reading since connect): the mark becomes `r`, nothing is
+    ///   charged;
+    /// * `m.epoch != r.epoch` (the counters were recreated): `r.bytes` is charged and the
+    ///   mark becomes `r`;
+    /// * otherwise `r.bytes - m.bytes` is charged and the mark becomes `r`; a reading below
+    ///   the mark charges nothing and leaves the mark (it never moves backwards).
+    ///
+    /// Consumption, marks, the end of consumed or expired sessions and the start of the
+    /// next ones (which take over the mark) are saved in one `save_sessions` batch: after a
+    /// crash either both the consumption and the mark are stored or neither, so replaying
+    /// the same reading charges nothing twice. Connected time is not charged here (see
+    /// [`SessionsMgr::tick`]). Devices that are not connected are listed in
+    /// `not_connected`.
+    pub fn record_meter(
+        &self,
+        readings: &[(DeviceId, MeterMark)],
+    ) -> Result<TickReport, ModelError> {
+        let now_ms = self.clock.now_ms();
+        let mut running = self.running()?;
+        let mut report = TickReport::default();
+        let mut changed: HashMap<SessionId, SessionRecord> = HashMap::new();
+        let mut touched: Vec<(DeviceId, SessionId)> = Vec::new();
+        for &(device_id, reading) in readings {
+            let Some(sid) = running.get(&device_id).map(|r| r.session_id) else {
+                report.not_connected.push(device_id);
+                continue;
+            };
+            let stored = match changed.get(&sid) {
+                Some(rec) => rec.run,
+                None => {
+                    self.store
+                        .session(sid)?
+                        .ok_or(ModelError::UnknownSession(sid))?
+                        .run
+                }
+            };
+            let mark = stored.and_then(|r| r.meter);
+            let (charge, new_mark) = match mark {
+                None => (0, reading),
+                Some(m) if m.epoch != reading.epoch => (reading.bytes, reading),
+                Some(m) if reading.bytes >= m.bytes => (reading.bytes - m.bytes, reading),
+                Some(m) => (0, m),
+            };
+            if stored.is_some() && mark == Some(new_mark) && charge == 0 {
+                continue;
+            }
+            let rec = self.load_changed(&mut changed, &mut touched, device_id, sid)?;
+            rec.data.data_cons_bytes = rec.data.data_cons_bytes.saturating_add(charge);
+            rec.run
+                .get_or_insert(RunState {
+                    charged_to_ms: now_ms,
+                    meter: None,
+                })
+                .meter = Some(new_mark);
+        }
+        let events = self.settle(&mut running, &mut changed, &touched, now_ms, &mut report)?;
+        drop(running);
+        for e in events {
+            self.emit(e);
+        }
+        Ok(report)
+    }
+
+    /// The record of running session `sid` in `changed`, loading it from the store and
+    /// marking it touched on first use.
+    fn load_changed<'c>(
+        &self,
+        changed: &'c mut HashMap<SessionId, SessionRecord>,
+        touched: &mut Vec<(DeviceId, SessionId)>,
+        device_id: DeviceId,
+        sid: SessionId,
+    ) -> Result<&'c mut SessionRecord, ModelError> {
+        match changed.entry(sid) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let rec = self
+                    .store
+                    .session(sid)?
+                    .ok_or(ModelError::UnknownSession(sid))?;
+                touched.push((device_id, sid));
+                Ok(e.insert(rec))
+            }
+        }
     }
 
     /// Charges one session directly (connected or not) and saves it. Returns the
@@ -645,6 +845,11 @@ impl SessionsMgr {
     /// Adds elapsed connected time to every running session, then ends the consumed or
     /// expired ones and starts the next available session of their devices. One store
     /// write for the whole batch.
+    ///
+    /// Time is charged from the stored [`RunState::charged_to_ms`] in whole seconds (the
+    /// remainder is carried), and `charged_to_ms` moves in the same write as `time_cons`.
+    /// After a restart the first tick therefore charges the time the process was down:
+    /// the device stayed connected in the kernel meanwhile.
     pub fn tick(&self) -> Result<TickReport, ModelError> {
         let now_ms = self.clock.now_ms();
         let now = now_ms.div_euclid(1000);
@@ -652,18 +857,14 @@ impl SessionsMgr {
         let mut report = TickReport::default();
         let mut changed: HashMap<SessionId, SessionRecord> = HashMap::new();
         let mut touched = Vec::with_capacity(running.len());
-        for (&device_id, r) in running.iter_mut() {
-            let secs = (now_ms - r.last_ms).max(0) / 1000;
+        for (&device_id, r) in running.iter() {
             let mut rec = self
                 .store
                 .session(r.session_id)?
                 .ok_or(ModelError::UnknownSession(r.session_id))?;
-            if secs > 0 {
-                r.last_ms += secs * 1000;
-                rec.data.time_cons = rec.data.time_cons.saturating_add(secs as u64);
-                touched.push((device_id, r.session_id));
-                changed.insert(r.session_id, rec);
-            } else if !rec.data.is_available(now) {
+            let had_run = rec.run.is_some();
+            let secs = charge_time(&mut rec, now_ms);
+            if secs > 0 || !had_run || !rec.data.is_available(now) {
                 touched.push((device_id, r.session_id));
                 changed.insert(r.session_id, rec);
             }
@@ -677,7 +878,8 @@ impl SessionsMgr {
     }
 
     /// Ends the touched running sessions that are no longer available, advances their
-    /// devices, saves every changed record in one batch and returns the events to publish.
+    /// devices (carrying the run state over) or disconnects them, saves every changed
+    /// record in one batch and returns the events to publish.
     fn settle(
         &self,
         running: &mut HashMap<DeviceId, Running>,
@@ -687,6 +889,7 @@ impl SessionsMgr {
         report: &mut TickReport,
     ) -> Result<Vec<SessionEvent>, ModelError> {
         let now = now_ms.div_euclid(1000);
+        let auto_advance = self.auto_advance();
         let mut events = Vec::new();
         let mut new_running = Vec::new();
         for &(device_id, session_id) in touched {
@@ -699,6 +902,10 @@ impl SessionsMgr {
             if rec.ended_at.is_none() {
                 rec.ended_at = Some(now);
             }
+            let run = rec.run.take().unwrap_or(RunState {
+                charged_to_ms: now_ms,
+                meter: None,
+            });
             events.push(match reason {
                 EndReason::Consumed => SessionEvent::SessionConsumed {
                     device_id,
@@ -709,9 +916,17 @@ impl SessionsMgr {
                     session_id,
                 },
             });
-            let next = self.oldest_available(device_id, now, Some(session_id))?;
+            let next = if auto_advance {
+                self.oldest_available(device_id, now, Some(session_id))?
+            } else {
+                None
+            };
             let next = match next {
                 Some(mut n) => {
+                    // A session already in the batch is newer than its stored copy.
+                    if let Some(c) = changed.remove(&n.id) {
+                        n = c;
+                    }
                     let first = n.data.started_at.is_none();
                     if first {
                         n.data.started_at = Some(now);
@@ -725,6 +940,7 @@ impl SessionsMgr {
                         from: session_id,
                         to: n.id,
                     });
+                    n.run = Some(run);
                     let id = n.id;
                     new_running.push((device_id, id));
                     changed.insert(id, n);
@@ -735,7 +951,12 @@ impl SessionsMgr {
                     events.push(SessionEvent::Disconnected {
                         device_id,
                         session_id: Some(session_id),
-                        notification: NO_SESSION_LEFT.to_string(),
+                        notification: if auto_advance {
+                            NO_SESSION_LEFT
+                        } else {
+                            SESSION_ENDED
+                        }
+                        .to_string(),
                     });
                     None
                 }
@@ -797,4 +1018,20 @@ impl SessionsMgr {
     pub fn checkpoint(&self) -> Result<(), ModelError> {
         Ok(self.store.checkpoint()?)
     }
+}
+
+/// Charges the connected time since the record's `charged_to_ms` in whole seconds,
+/// moving `charged_to_ms` by the same amount (the sub-second remainder is carried).
+/// A record without run state starts being charged now. Returns the seconds charged.
+fn charge_time(rec: &mut SessionRecord, now_ms: i64) -> u64 {
+    let run = rec.run.get_or_insert(RunState {
+        charged_to_ms: now_ms,
+        meter: None,
+    });
+    let secs = now_ms.saturating_sub(run.charged_to_ms).max(0) / 1000;
+    if secs > 0 {
+        run.charged_to_ms = run.charged_to_ms.saturating_add(secs * 1000);
+        rec.data.time_cons = rec.data.time_cons.saturating_add(secs as u64);
+    }
+    secs as u64
 }

@@ -323,6 +323,28 @@ pub struct Device {
     pub created_at: i64,
 }
 
+/// A reading of an external byte meter (the kernel's per-device counters).
+///
+/// `epoch` identifies one life of the counters: when they are recreated (reboot, program
+/// reload) the epoch changes and `bytes` starts again from zero. `bytes` is the counter
+/// value, which only grows within an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterMark {
+    pub epoch: u64,
+    pub bytes: u64,
+}
+
+/// Connection state of a running session, stored in the session's own record so it is
+/// written in the same store write as the consumption it relates to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Clock reading (ms) up to which connected time has been charged to the session.
+    pub charged_to_ms: i64,
+    /// Meter reading up to which data usage has been charged to the device; `None` until
+    /// the first reading after connect.
+    pub meter: Option<MeterMark>,
+}
+
 /// A session as kept by a [`crate::store::SessionStore`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -332,6 +354,9 @@ pub struct SessionRecord {
     /// Unix seconds when the manager saw the session end (consumed or expired); used by GC.
     #[serde(default)]
     pub ended_at: Option<i64>,
+    /// `Some` while the session is the running session of its connected device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunState>,
 }
 
 impl SessionRecord {

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use session_model::{
-    open_store, store_names, HybridOptions, MacAddr, RedbStore, SessionData, SessionStore,
-    SessionType, StoreConfig, StoreError, SyncMode,
+    open_store, store_names, HybridOptions, MacAddr, MeterMark, RedbStore, RunState, SessionData,
+    SessionStore, SessionType, StoreConfig, StoreError, SyncMode,
 };
 use tempfile::TempDir;
 
@@ -288,6 +288,62 @@ fn survives_reopen(h: &Harness) {
     db.check_consistency().unwrap();
 }
 
+fn run_state_round_trips(h: &Harness) {
+    let s = h.open();
+    let dev = s.create_device(mac(1), None, None, 10).unwrap();
+    let a = s
+        .create_session(dev.id, data(SessionType::Data, 0, 100))
+        .unwrap();
+    let b = s
+        .create_session(dev.id, data(SessionType::Time, 60, 0))
+        .unwrap();
+    assert_eq!(a.run, None, "new sessions are not running");
+    let run = RunState {
+        charged_to_ms: 1_700_000_000_123,
+        meter: Some(MeterMark {
+            epoch: 7,
+            bytes: u64::MAX - 1,
+        }),
+    };
+    let mut a2 = a.clone();
+    a2.run = Some(run);
+    a2.data.data_cons_bytes = 42;
+    let mut b2 = b.clone();
+    b2.run = Some(RunState {
+        charged_to_ms: -5,
+        meter: None,
+    });
+    s.save_sessions(&[a2.clone(), b2.clone()]).unwrap();
+    assert_eq!(s.session(a.id).unwrap().unwrap(), a2);
+    assert_eq!(s.session(b.id).unwrap().unwrap(), b2);
+    assert_eq!(
+        s.device_sessions(dev.id).unwrap(),
+        vec![a2.clone(), b2.clone()]
+    );
+    // Handing the run over: one batch clears one and sets the other.
+    let mut a3 = a2.clone();
+    a3.run = None;
+    let mut b3 = b2.clone();
+    b3.run = Some(run);
+    s.save_sessions(&[a3.clone(), b3.clone()]).unwrap();
+    if h.durable() {
+        drop(s);
+        let s = h.open();
+        assert_eq!(s.session(a.id).unwrap().unwrap(), a3);
+        assert_eq!(s.session(b.id).unwrap().unwrap(), b3);
+        assert_eq!(s.sessions().unwrap(), vec![a3, b3]);
+        s.checkpoint().unwrap();
+        drop(s);
+        let db = RedbStore::open(h.dir.path().join("sessions.redb")).unwrap();
+        db.check_consistency().unwrap();
+        assert_eq!(db.session(b.id).unwrap().unwrap().run, Some(run));
+        assert_eq!(db.session(a.id).unwrap().unwrap().run, None);
+    } else {
+        assert_eq!(s.session(a.id).unwrap().unwrap(), a3);
+        assert_eq!(s.session(b.id).unwrap().unwrap(), b3);
+    }
+}
+
 fn refuses_newer_schema(h: &Harness) {
     if !h.durable() {
         return;
@@ -319,6 +375,7 @@ macro_rules! conformance {
             #[test] fn sessions_crud() { super::sessions_crud(&Harness::new(stringify!($kind))) }
             #[test] fn gc_by_retention() { super::gc_by_retention(&Harness::new(stringify!($kind))) }
             #[test] fn survives_reopen() { super::survives_reopen(&Harness::new(stringify!($kind))) }
+            #[test] fn run_state_round_trips() { super::run_state_round_trips(&Harness::new(stringify!($kind))) }
             #[test] fn refuses_newer_schema() { super::refuses_newer_schema(&Harness::new(stringify!($kind))) }
         }
     )*};

@@ -1,9 +1,10 @@
 //! SessionsMgr and ClientSession behaviour (on the memory and hybrid stores).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use session_model::{
-    Clock, EndReason, HybridOptions, HybridStore, MacAddr, ManualClock, MemoryStore, ModelError,
+    EndReason, HybridOptions, HybridStore, MacAddr, ManualClock, MemoryStore, ModelError,
     SessionEvent, SessionStore, SessionsMgr, Transition,
 };
 use tokio::sync::broadcast::Receiver;
@@ -490,17 +491,23 @@ async fn manager_state_survives_restart_on_hybrid() {
         did = d.id;
         sid = s.id();
     }
+    // The process was down for 25.5 s; the device stayed connected in the kernel.
+    clock.advance(Duration::from_millis(25_500));
     let store: Arc<dyn SessionStore> =
         Arc::new(HybridStore::open(&path, HybridOptions::default()).unwrap());
     let m = SessionsMgr::new(store, clock.clone());
-    assert!(
-        !m.is_connected(did).unwrap(),
-        "connections are not persisted"
-    );
+    assert!(m.is_connected(did).unwrap(), "connections are restored");
+    assert_eq!(m.connected().unwrap(), vec![(did, sid)]);
+    assert_eq!(m.running_session_id(did).unwrap(), Some(sid));
     let s = m.get_session(did).await.unwrap();
     assert_eq!(s.id(), sid);
     assert_eq!(s.time_consumption(), 40);
     assert_eq!(s.data_consumption_bytes(), 1_234_567);
     assert_eq!(s.started_at(), Some(T0));
-    let _ = clock.now_ms();
+    // The first tick charges the downtime (whole seconds, the remainder is carried).
+    m.tick().unwrap();
+    assert_eq!(m.session(sid).unwrap().time_consumption(), 65);
+    clock.advance(Duration::from_millis(500));
+    m.tick().unwrap();
+    assert_eq!(m.session(sid).unwrap().time_consumption(), 66);
 }

@@ -3,12 +3,19 @@
 //! Layout, little endian: `format: u8 (=1) | id u64 | device_id i64 | type u8 |
 //! time_secs u64 | data_bytes u64 | time_cons u64 | data_cons_bytes u64 |
 //! started_at opt<i64> | exp_days opt<u32> | down_mbits i32 | up_mbits i32 |
-//! use_global_speed u8 | created_at i64 | ended_at opt<i64> | provider: u16 len + UTF-8`,
+//! use_global_speed u8 | created_at i64 | ended_at opt<i64> | provider: u16 len + UTF-8 |
+//! run opt<charged_to_ms i64 | meter opt<epoch u64 | bytes u64>>`,
 //! where `opt<T>` is a presence byte followed by `T` when present.
+//!
+//! Format 2 appends the run state; format 1 rows (without it) are still read, with
+//! `run = None`.
 
-use crate::{SessionData, SessionRecord, SessionType, StoreError};
+use crate::{MeterMark, RunState, SessionData, SessionRecord, SessionType, StoreError};
 
-const FORMAT: u8 = 1;
+/// Row format written.
+const FORMAT: u8 = 2;
+/// Oldest row format still read: no run state.
+const FORMAT_NO_RUN: u8 = 1;
 
 pub(crate) fn encode_session(r: &SessionRecord) -> Result<Vec<u8>, StoreError> {
     let d = &r.data;
@@ -38,6 +45,21 @@ pub(crate) fn encode_session(r: &SessionRecord) -> Result<Vec<u8>, StoreError> {
     put_opt_i64(&mut b, r.ended_at);
     b.extend_from_slice(&plen.to_le_bytes());
     b.extend_from_slice(provider);
+    match r.run {
+        Some(run) => {
+            b.push(1);
+            b.extend_from_slice(&run.charged_to_ms.to_le_bytes());
+            match run.meter {
+                Some(m) => {
+                    b.push(1);
+                    b.extend_from_slice(&m.epoch.to_le_bytes());
+                    b.extend_from_slice(&m.bytes.to_le_bytes());
+                }
+                None => b.push(0),
+            }
+        }
+        None => b.push(0),
+    }
     Ok(b)
 }
 
@@ -103,7 +125,7 @@ impl<'a> Reader<'a> {
 pub(crate) fn decode_session(b: &[u8]) -> Result<SessionRecord, StoreError> {
     let mut r = Reader { b, off: 0 };
     let format = r.u8()?;
-    if format != FORMAT {
+    if format != FORMAT && format != FORMAT_NO_RUN {
         return Err(StoreError::Corrupt(format!(
             "unknown session row format {format}"
         )));
@@ -131,6 +153,23 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<SessionRecord, StoreError> {
     let provider = std::str::from_utf8(r.take(plen)?)
         .map_err(|_| StoreError::Corrupt(format!("session {id}: provider is not UTF-8")))?
         .to_string();
+    let run = if format != FORMAT_NO_RUN && r.flag()? {
+        let charged_to_ms = r.i64()?;
+        let meter = if r.flag()? {
+            Some(MeterMark {
+                epoch: r.u64()?,
+                bytes: r.u64()?,
+            })
+        } else {
+            None
+        };
+        Some(RunState {
+            charged_to_ms,
+            meter,
+        })
+    } else {
+        None
+    };
     if r.off != b.len() {
         return Err(StoreError::Corrupt(format!("session {id}: trailing bytes")));
     }
@@ -138,6 +177,7 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<SessionRecord, StoreError> {
         id,
         device_id,
         ended_at,
+        run,
         data: SessionData {
             provider,
             session_type,
@@ -165,6 +205,13 @@ mod tests {
             id: 42,
             device_id: -3,
             ended_at: Some(99),
+            run: Some(RunState {
+                charged_to_ms: -7,
+                meter: Some(MeterMark {
+                    epoch: u64::MAX,
+                    bytes: 12,
+                }),
+            }),
             data: SessionData {
                 provider: "voucher-ü".into(),
                 session_type: SessionType::TimeOrData,
@@ -186,10 +233,28 @@ mod tests {
         none.ended_at = None;
         none.data.started_at = None;
         none.data.exp_days = None;
+        none.run = None;
         assert_eq!(
             decode_session(&encode_session(&none).unwrap()).unwrap(),
             none
         );
+        let mut no_meter = r.clone();
+        no_meter.run = Some(RunState {
+            charged_to_ms: 5,
+            meter: None,
+        });
+        assert_eq!(
+            decode_session(&encode_session(&no_meter).unwrap()).unwrap(),
+            no_meter
+        );
+        // A format 1 row (written before run state existed) reads as not running.
+        let mut v1 = encode_session(&none).unwrap();
+        assert_eq!(v1.pop(), Some(0));
+        v1[0] = FORMAT_NO_RUN;
+        assert_eq!(decode_session(&v1).unwrap(), none);
+        let mut unknown = b.clone();
+        unknown[0] = 3;
+        assert!(decode_session(&unknown).is_err());
         for cut in 0..b.len() {
             assert!(decode_session(&b[..cut]).is_err(), "cut at {cut}");
         }

@@ -100,6 +100,7 @@ impl MemState {
                 device_id,
                 data,
                 ended_at: None,
+                run: None,
             },
         })
     }

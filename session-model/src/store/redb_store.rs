@@ -535,6 +535,7 @@ impl SessionStore for RedbStore {
                 device_id,
                 data,
                 ended_at: None,
+                run: None,
             };
             t.put_session(&r)?;
             t.set_meta(K_NEXT_SESSION, id.saturating_add(1))?;
