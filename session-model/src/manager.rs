@@ -2,8 +2,10 @@
 //! the metering daemon drives.
 //!
 //! # Driving it from the daemon
-//! * Every poll of the kernel counters, call [`SessionsMgr::record_usage`] with the bytes
-//!   each device moved since the previous poll (one store write for the whole batch).
+//! * Every poll of the kernel counters, call [`SessionsMgr::record_meter`] with the
+//!   absolute counter of each device (one store write for the whole batch; replaying a
+//!   reading after a crash charges nothing twice). [`SessionsMgr::record_usage`] takes
+//!   deltas instead.
 //! * About once a second, call [`SessionsMgr::tick`]: it adds the elapsed connected time
 //!   to every running session (sub-second remainders are carried over), ends sessions
 //!   that are consumed or expired and starts the device's next available session.
@@ -12,6 +14,12 @@
 //!   when `next` is `None` (the device was disconnected).
 //! * With the hybrid store in [`crate::SyncMode::Manual`], call [`SessionsMgr::sync`] after
 //!   each batch to bound what a power loss can take.
+//!
+//! # Persisted connection state
+//! The running session of each connected device carries a [`RunState`] in its stored
+//! record; the in-memory map is only a cache. [`SessionsMgr::new`] restores the connected
+//! devices from the store, and the first tick after a restart charges the time since the
+//! stored `charged_to_ms` (the device stayed connected in the kernel meanwhile).
 //!
 //! Store calls are synchronous and short; the async methods do not hold locks across
 //! awaits.

@@ -2,9 +2,16 @@
 //! it is killed with SIGKILL at random moments. Reopening must find every acknowledged
 //! change and a consistent database.
 //!
+//! The child writes raw store batches (consumption and run state together) for the first
+//! `DEVICES` devices, and drives [`SessionsMgr::record_meter`] with increasing meter
+//! readings for `METER_DEVICES` more devices, whose small sessions keep ending and
+//! advancing. After each kill the parent checks that every device's stored consumption
+//! equals its meter mark minus the first reading, and that the mark is the last
+//! acknowledged reading or one tried after it: no byte lost or counted twice.
+//!
 //! The child is this same test binary, re-executed with `SESSION_CRASH_CHILD` set.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,12 +19,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use session_model::{
-    HybridOptions, HybridStore, MacAddr, RedbStore, SessionData, SessionStore, SessionType,
-    SyncMode,
+    Clock, HybridOptions, HybridStore, MacAddr, MeterMark, RedbStore, RunState, SessionData,
+    SessionStore, SessionType, SessionsMgr, SyncMode, SystemClock,
 };
 
 const CHILD_ENV: &str = "SESSION_CRASH_CHILD";
+/// Devices written with raw store batches.
 const DEVICES: u8 = 8;
+/// Devices charged through `record_meter`.
+const METER_DEVICES: u8 = 2;
+/// First meter reading of a connection (sets the mark, charges nothing).
+const METER_BASE: u64 = 1_000_000;
+/// Allocation of the meter devices' sessions; readings grow by up to `METER_STEP`.
+const METER_SESSION_BYTES: u64 = 50_000;
+const METER_STEP: u64 = 20_000;
 
 fn open(kind: &str, path: &Path) -> Arc<dyn SessionStore> {
     match kind {
@@ -39,11 +54,15 @@ fn open(kind: &str, path: &Path) -> Arc<dyn SessionStore> {
 }
 
 fn data() -> SessionData {
+    data_of(u64::MAX)
+}
+
+fn data_of(bytes: u64) -> SessionData {
     SessionData {
         provider: "local".into(),
         session_type: SessionType::Data,
         time_secs: 0,
-        data_bytes: u64::MAX,
+        data_bytes: bytes,
         time_cons: 0,
         data_cons_bytes: 0,
         started_at: None,
@@ -66,7 +85,7 @@ fn crash_child() {
     let out = std::io::stdout();
     let mut out = out.lock();
     let mut devices = store.devices().unwrap();
-    while devices.len() < DEVICES as usize {
+    while devices.len() < (DEVICES + METER_DEVICES) as usize {
         let n = devices.len() as u8;
         let d = store
             .create_device(MacAddr::new([2, 0, 0, 0, 0, n]), None, None, 0)
@@ -75,6 +94,12 @@ fn crash_child() {
         out.flush().unwrap();
         devices.push(d);
     }
+    let meter_devices = devices.split_off(DEVICES as usize);
+    let mgr = SessionsMgr::open(store.clone(), Arc::new(SystemClock)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut rng = Rng((std::process::id() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     // Values only grow, so a reopened store must hold at least the last acknowledged one.
     let mut counter = store
         .sessions()
@@ -86,17 +111,65 @@ fn crash_child() {
     let mut i = 0u64;
     loop {
         i += 1;
-        let dev = &devices[(i % DEVICES as u64) as usize];
+        if i.is_multiple_of(2) {
+            // A meter reading for one of the meter devices.
+            let dev = &meter_devices[((i / 2) % METER_DEVICES as u64) as usize];
+            let now = SystemClock.now_secs();
+            let available = store
+                .device_sessions(dev.id)
+                .unwrap()
+                .iter()
+                .filter(|r| r.data.is_available(now))
+                .count();
+            for _ in available..2 {
+                let r = store
+                    .create_session(dev.id, data_of(METER_SESSION_BYTES))
+                    .unwrap();
+                writeln!(out, "NEW {} {}", r.id, dev.id).unwrap();
+            }
+            if !mgr.is_connected(dev.id).unwrap() {
+                rt.block_on(mgr.connect(dev.id, "")).unwrap();
+            }
+            let bytes = match mgr.meter_mark(dev.id).unwrap() {
+                Some(m) => m.bytes + 1 + rng.next() % METER_STEP,
+                None => METER_BASE,
+            };
+            writeln!(out, "TRY {} {}", dev.id, bytes).unwrap();
+            out.flush().unwrap();
+            let rep = mgr
+                .record_meter(&[(dev.id, MeterMark { epoch: 1, bytes })])
+                .unwrap();
+            assert!(rep.not_connected.is_empty());
+            writeln!(out, "ACK {} {}", dev.id, bytes).unwrap();
+            out.flush().unwrap();
+            continue;
+        }
+        let dev = &devices[((i / 2) % DEVICES as u64) as usize];
         let sessions = store.device_sessions(dev.id).unwrap();
         if sessions.len() < 3 || i.is_multiple_of(17) {
             let r = store.create_session(dev.id, data()).unwrap();
             writeln!(out, "NEW {} {}", r.id, dev.id).unwrap();
         } else {
-            // Update two sessions of the device in one atomic batch.
+            // Update the two newest sessions of the device in one atomic batch, handing
+            // the run state to the newest one (as an advance does).
             counter += 1;
-            let mut batch: Vec<_> = sessions.into_iter().rev().take(2).collect();
-            for r in &mut batch {
+            let newest = sessions.len() - 1;
+            let mut batch: Vec<_> = sessions
+                .into_iter()
+                .enumerate()
+                .filter(|(k, r)| *k + 2 > newest || r.run.is_some())
+                .map(|(_, r)| r)
+                .collect();
+            let last = batch.len() - 1;
+            for (k, r) in batch.iter_mut().enumerate() {
                 r.data.data_cons_bytes = counter;
+                r.run = (k == last).then_some(RunState {
+                    charged_to_ms: counter as i64,
+                    meter: Some(MeterMark {
+                        epoch: 1,
+                        bytes: counter,
+                    }),
+                });
             }
             store.save_sessions(&batch).unwrap();
             for r in &batch {
@@ -130,6 +203,11 @@ fn run_crash_rounds(kind: &str, rounds: usize) {
     let mut rng = Rng(seed);
     let mut created: HashMap<u64, i64> = HashMap::new();
     let mut acked: HashMap<u64, u64> = HashMap::new();
+    let mut meter_devs: HashSet<i64> = HashSet::new();
+    // Per meter device: every reading tried, and the last acknowledged one.
+    let mut tried: HashMap<i64, HashSet<u64>> = HashMap::new();
+    let mut meter_acked: HashMap<i64, u64> = HashMap::new();
+    let mut meter_acks = 0usize;
     let mut total_acks = 0usize;
     for round in 0..rounds {
         let mut child = Command::new(&exe)
@@ -164,6 +242,22 @@ fn run_crash_rounds(kind: &str, rounds: usize) {
                 (Some("NEW"), Some(s), Some(d)) => {
                     created.insert(s.parse().unwrap(), d.parse().unwrap());
                 }
+                (Some("DEV"), Some(d), Some(n)) if n.parse::<u8>().unwrap() >= DEVICES => {
+                    meter_devs.insert(d.parse().unwrap());
+                }
+                (Some("TRY"), Some(d), Some(b)) => {
+                    tried
+                        .entry(d.parse().unwrap())
+                        .or_default()
+                        .insert(b.parse().unwrap());
+                }
+                (Some("ACK"), Some(d), Some(b)) => {
+                    let b: u64 = b.parse().unwrap();
+                    let e = meter_acked.entry(d.parse().unwrap()).or_default();
+                    assert!(b > *e, "readings increase");
+                    *e = b;
+                    meter_acks += 1;
+                }
                 (Some("SET"), Some(s), Some(v)) => {
                     let v: u64 = v.parse().unwrap();
                     let e = acked.entry(s.parse().unwrap()).or_default();
@@ -179,7 +273,7 @@ fn run_crash_rounds(kind: &str, rounds: usize) {
             let store = open(kind, &path);
             assert_eq!(
                 store.devices().unwrap().len(),
-                DEVICES as usize,
+                (DEVICES + METER_DEVICES) as usize,
                 "round {round}"
             );
             for (sid, dev) in &created {
@@ -206,6 +300,65 @@ fn run_crash_rounds(kind: &str, rounds: usize) {
                 .map(|d| store.device_sessions(d.id).unwrap().len())
                 .sum();
             assert_eq!(listed, all.len());
+            // Run state: at most one running session per device, and on the raw devices
+            // it was written in the same batch as the consumption.
+            for d in store.devices().unwrap() {
+                let sessions = store.device_sessions(d.id).unwrap();
+                let running: Vec<_> = sessions.iter().filter(|r| r.run.is_some()).collect();
+                assert!(
+                    running.len() <= 1,
+                    "round {round}: device {} runs {running:?}",
+                    d.id
+                );
+                if meter_devs.contains(&d.id) {
+                    continue;
+                }
+                if let Some(r) = running.first() {
+                    let run = r.run.unwrap();
+                    assert_eq!(run.charged_to_ms, r.data.data_cons_bytes as i64);
+                    assert_eq!(run.meter.map(|m| m.bytes), Some(r.data.data_cons_bytes));
+                }
+            }
+            // Meter devices: consumption is exactly the metered bytes since the first
+            // reading, and the mark is the last acknowledged reading or a later one.
+            let mgr = SessionsMgr::open(store.clone(), Arc::new(SystemClock)).unwrap();
+            for dev in &meter_devs {
+                let mark = mgr.meter_mark(*dev).unwrap();
+                let charged: u64 = store
+                    .device_sessions(*dev)
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.data.data_cons_bytes)
+                    .sum();
+                let acked_b = meter_acked.get(dev).copied();
+                match mark {
+                    None => {
+                        assert_eq!(acked_b, None, "round {round}: device {dev} lost its mark");
+                        assert_eq!(charged, 0);
+                    }
+                    Some(m) => {
+                        assert_eq!(m.epoch, 1);
+                        assert!(
+                            tried.get(dev).is_some_and(|t| t.contains(&m.bytes)),
+                            "round {round}: device {dev}: mark {} was never read",
+                            m.bytes
+                        );
+                        assert!(
+                            m.bytes >= acked_b.unwrap_or(0),
+                            "round {round}: device {dev}: mark {} < acknowledged {acked_b:?}",
+                            m.bytes
+                        );
+                        assert_eq!(
+                            charged,
+                            m.bytes - METER_BASE,
+                            "round {round}: device {dev}: charged {charged} for mark {}",
+                            m.bytes
+                        );
+                        // Later rounds continue from the stored mark.
+                        meter_acked.insert(*dev, m.bytes);
+                    }
+                }
+            }
         }
         // The redb file itself is consistent (for hybrid: as of its last checkpoint).
         RedbStore::open(&path).unwrap().check_consistency().unwrap();
@@ -219,6 +372,12 @@ fn run_crash_rounds(kind: &str, rounds: usize) {
         "the child made too little progress to test anything ({total_acks} acks)"
     );
     assert!(!acked.is_empty() && !created.is_empty());
+    assert_eq!(meter_devs.len(), METER_DEVICES as usize);
+    assert!(
+        meter_acks > rounds * 5,
+        "too few meter readings acknowledged ({meter_acks})"
+    );
+    eprintln!("{kind}: {meter_acks} meter readings acknowledged");
 }
 
 #[test]
