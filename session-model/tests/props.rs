@@ -1,13 +1,14 @@
 //! Property tests of the session state machine: random sequences of create, connect,
-//! disconnect, clock moves, traffic and ticks against the manager on the memory store.
+//! disconnect, clock moves, traffic, meter readings, ticks, auto-advance switches and
+//! restarts against the manager on the memory store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use proptest::prelude::*;
 use session_model::{
-    ClientSession, EndReason, MacAddr, ManualClock, MemoryStore, ModelError, SessionData,
-    SessionType, SessionsMgr,
+    ClientSession, EndReason, MacAddr, ManualClock, MemoryStore, MeterMark, ModelError,
+    SessionData, SessionStore, SessionType, SessionsMgr,
 };
 
 #[derive(Debug, Clone)]
@@ -22,6 +23,14 @@ enum Op {
     Disconnect,
     Advance(u64),
     Usage(u64),
+    /// The kernel counter grows by `inc` (or restarts at `inc` in a new epoch) and is read.
+    Meter {
+        inc: u64,
+        new_epoch: bool,
+    },
+    AutoAdvance(bool),
+    /// A new manager over the same store (the process restarted).
+    Restart,
     Tick,
 }
 
@@ -37,6 +46,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Disconnect),
         3 => (0u64..40_000).prop_map(Op::Advance),
         3 => (0u64..1_500_000).prop_map(Op::Usage),
+        3 => (prop_oneof![Just(0u64), 0u64..1_500_000], prop::bool::weighted(0.1)).prop_map(|(inc, new_epoch)| Op::Meter { inc, new_epoch }),
+        1 => any::<bool>().prop_map(Op::AutoAdvance),
+        1 => Just(Op::Restart),
         3 => Just(Op::Tick),
     ]
 }
@@ -57,8 +69,11 @@ proptest! {
     #[test]
     fn session_state_machine(ops in prop::collection::vec(op(), 1..60)) {
         let clock = Arc::new(ManualClock::new(1_700_000_000));
-        let m = SessionsMgr::new(Arc::new(MemoryStore::new()), clock.clone());
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+        let mut m = SessionsMgr::new(store.clone(), clock.clone());
         let rt = rt();
+        let mut kernel = MeterMark { epoch: 1, bytes: 0 };
+        let mut auto_advance = true;
         let dev = m.create_device(MacAddr::new([2, 0, 0, 0, 0, 1]), None, None).unwrap().id;
         let mut connected_ms: u64 = 0;
         let mut prev: HashMap<u64, (u64, u64)> = HashMap::new();
@@ -67,6 +82,7 @@ proptest! {
             let was_connected = m.is_connected(dev).unwrap();
             let before: HashMap<u64, u64> = all(&m, dev).iter().map(|s| (s.id(), s.time_consumption())).collect();
             let running_before = m.curr_session(dev).unwrap().map(|s| s.id());
+            let mut charged_now = false;
             match &op {
                 Op::Create { ty, secs, mb, exp } => {
                     rt.block_on(m.create_session(dev, *ty, *secs, *mb, *exp, 1, 1, false)).unwrap();
@@ -89,8 +105,50 @@ proptest! {
                     let rep = m.record_usage(&[(dev, *b)]).unwrap();
                     prop_assert_eq!(rep.not_connected.is_empty(), was_connected);
                 }
+                Op::Meter { inc, new_epoch } => {
+                    let mark_before = m.meter_mark(dev).unwrap();
+                    kernel = if *new_epoch {
+                        MeterMark { epoch: kernel.epoch + 1, bytes: *inc }
+                    } else {
+                        MeterMark { epoch: kernel.epoch, bytes: kernel.bytes + inc }
+                    };
+                    let total = |m: &SessionsMgr| -> u64 { all(m, dev).iter().map(|s| s.data_consumption_bytes()).sum() };
+                    let total_before = total(&m);
+                    let rep = m.record_meter(&[(dev, kernel)]).unwrap();
+                    prop_assert_eq!(rep.not_connected.is_empty(), was_connected);
+                    let expected = match (was_connected, mark_before) {
+                        (false, _) | (true, None) => 0,
+                        (true, Some(mk)) if mk.epoch != kernel.epoch => kernel.bytes,
+                        (true, Some(mk)) => kernel.bytes.saturating_sub(mk.bytes),
+                    };
+                    prop_assert_eq!(total(&m) - total_before, expected);
+                    charged_now = expected > 0;
+                    if m.is_connected(dev).unwrap() {
+                        prop_assert_eq!(m.meter_mark(dev).unwrap(), Some(kernel), "the mark follows the reading, also across an advance");
+                    }
+                    for t in &rep.transitions {
+                        if !auto_advance {
+                            prop_assert_eq!(t.next, None);
+                        }
+                    }
+                }
+                Op::AutoAdvance(on) => {
+                    m.set_auto_advance(*on);
+                    auto_advance = *on;
+                }
+                Op::Restart => {
+                    let connected = m.connected().unwrap();
+                    let run = m.run_state(dev).unwrap();
+                    m = SessionsMgr::new(store.clone(), clock.clone());
+                    m.set_auto_advance(auto_advance);
+                    prop_assert_eq!(m.connected().unwrap(), connected);
+                    prop_assert_eq!(m.run_state(dev).unwrap(), run);
+                }
                 Op::Tick => {
                     let rep = m.tick().unwrap();
+                    if !auto_advance {
+                        prop_assert!(rep.transitions.iter().all(|t| t.next.is_none()));
+                    }
                     for t in rep.transitions {
                         let ended = m.session(t.session_id).unwrap();
                         let d = ended.data();
@@ -124,6 +182,7 @@ proptest! {
             }
             // A paused device's sessions do not age.
             if !was_connected && !matches!(op, Op::Connect) {
+                prop_assert_eq!(m.run_state(dev).unwrap(), None);
                 for s in &sessions {
                     prop_assert_eq!(Some(&s.time_consumption()), before.get(&s.id()).or(Some(&0)));
                 }
@@ -132,7 +191,8 @@ proptest! {
             let charged: u64 = sessions.iter().map(|s| s.time_consumption()).sum();
             prop_assert!(charged <= connected_ms / 1000, "charged {} > connected {} ms", charged, connected_ms);
             // After accounting, a connected device runs an available session.
-            if matches!(op, Op::Tick | Op::Usage(_)) {
+            // (A reading that charges nothing touches no session, like a zero usage.)
+            if matches!(op, Op::Tick | Op::Usage(_)) || (matches!(op, Op::Meter { .. }) && charged_now) {
                 if let Some(cur) = m.curr_session(dev).unwrap() {
                     prop_assert!(cur.data().is_available(now));
                 }
