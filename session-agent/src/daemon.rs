@@ -1,10 +1,12 @@
 //! `session-agent run`: attach to the LAN interfaces, set up the walled garden,
-//! follow datapath events until asked to stop.
+//! open the session store, reconcile it with the datapath, then poll, follow
+//! datapath events and serve the control API until asked to stop.
 
-use std::{io::Write, net::IpAddr, path::PathBuf};
+use std::{io::Write, net::IpAddr, path::PathBuf, sync::Arc};
 
 use aya::maps::RingBuf;
 use session_common::*;
+use session_model::{open_store, SessionsMgr, StoreConfig, SystemClock};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -12,12 +14,15 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    api::ApiOptions,
     dataplane::{
         self,
         attach::{self, IngressHook},
+        Maps,
     },
     error::{AgentError, Result},
     garden::GardenEntry,
+    gateway::{Gateway, GatewayConfig, Lan},
     iface,
 };
 
@@ -27,6 +32,12 @@ pub struct RunOptions {
     pub portal_ports: Vec<u16>,
     pub pin_root: PathBuf,
     pub ingress: IngressHook,
+    /// Storage provider: memory, redb or hybrid.
+    pub store: String,
+    /// The store's database file (redb, hybrid).
+    pub db: PathBuf,
+    pub gateway: GatewayConfig,
+    pub api: ApiOptions,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -34,11 +45,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     for lan in &opts.lans {
         iface::index(lan)?;
     }
+    let store = open_session_store(&opts.store, &opts.db)?;
+    let mgr = Arc::new(SessionsMgr::new(store, Arc::new(SystemClock)));
+    let mut lans = Vec::new();
+    let mut rings = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for lan in &opts.lans {
         let mut a = attach::attach(&opts.pin_root, lan, opts.ingress)?;
         let entries = garden_for(lan, &opts)?;
         dataplane::write_garden(&mut a.ebpf, &entries)?;
+        let maps = Maps::open(&opts.pin_root, lan)?;
+        let epoch = maps.ensure_epoch();
         info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, garden = entries.len(), "datapath attached");
         match aya_log::EbpfLogger::init(&mut a.ebpf) {
             Ok(logger) => {
@@ -58,19 +75,50 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         let events = a.ebpf.take_map(MAP_EVENTS).expect("EVENTS map in object");
         let ring =
             RingBuf::try_from(events).map_err(|e| AgentError::bpf("opening the event ring", e))?;
-        let mut fd = watch(ring, "watching the event ring")?;
-        let lan_name = lan.clone();
+        rings.push((lan.clone(), watch(ring, "watching the event ring")?, a));
+        lans.push(Lan {
+            name: lan.clone(),
+            maps: std::sync::Mutex::new(maps),
+            epoch,
+        });
+    }
+    let gateway = Gateway::new(mgr.clone(), lans, opts.gateway.clone());
+    gateway.reconcile().await?;
+    for (lan_name, mut fd, attached) in rings {
+        let gw = gateway.clone();
         tasks.spawn(async move {
             // Keep the programs and their log map alive for as long as the agent runs.
-            let _attached = a;
+            let _attached = attached;
             loop {
                 let Ok(mut guard) = fd.readable_mut().await else {
                     break;
                 };
                 while let Some(item) = guard.get_inner_mut().next() {
-                    handle_event(&lan_name, &item);
+                    handle_event(&gw, &lan_name, &item);
                 }
                 guard.clear_ready();
+            }
+        });
+    }
+    tasks.spawn(gateway.clone().run_loop());
+    let mut session_events = gateway.session_events();
+    tasks.spawn(async move {
+        loop {
+            match session_events.recv().await {
+                Ok(e) => info!(event = ?e, "session"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warn!("{n} session events not logged")
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    {
+        let gw = gateway.clone();
+        let api = opts.api.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::api::serve(gw, api).await {
+                warn!("control API stopped: {e}");
             }
         });
     }
@@ -82,10 +130,30 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: stopping; the datapath stays attached and keeps enforcing"),
         _ = int.recv() => info!("SIGINT: stopping; the datapath stays attached and keeps enforcing"),
-        Some(r) = tasks.join_next() => warn!("event task ended: {r:?}"),
+        Some(r) = tasks.join_next() => warn!("a task ended: {r:?}"),
     }
     tasks.shutdown().await;
+    // Charge what was counted since the last poll and make it durable.
+    gateway.poll().await?;
+    mgr.checkpoint()?;
     Ok(())
+}
+
+/// Opens the session store, creating the database's directory if needed.
+fn open_session_store(
+    name: &str,
+    db: &std::path::Path,
+) -> Result<Arc<dyn session_model::SessionStore>> {
+    if name != "memory" {
+        if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| AgentError::from_io(format!("creating {}", dir.display()), e))?;
+        }
+    }
+    open_store(name, &StoreConfig::at(db)).map_err(|e| AgentError::Store {
+        what: format!("opening the {name} store at {}", db.display()),
+        source: e.into(),
+    })
 }
 
 /// Registers a map-backed ring (which owns its fd for its whole life) with tokio.
@@ -94,15 +162,21 @@ fn watch<T: std::os::fd::AsRawFd>(inner: T, what: &str) -> Result<AsyncFd<T>> {
     unsafe { AsyncFd::register(inner) }.map_err(|e| AgentError::from_io(what, e.into()))
 }
 
-fn handle_event(lan: &str, bytes: &[u8]) {
+fn handle_event(gw: &Gateway, lan: &str, bytes: &[u8]) {
     if bytes.len() < size_of::<ClientEvent>() {
         warn!(lan, len = bytes.len(), "short datapath event");
         return;
     }
     let ev: ClientEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     match ev.kind {
-        EVENT_NEW_CLIENT => info!(lan, mac = %ev.mac, slot = ev.slot, "new client"),
-        EVENT_QUOTA_EXHAUSTED => info!(lan, mac = %ev.mac, slot = ev.slot, "data budget used up"),
+        EVENT_NEW_CLIENT => {
+            info!(lan, mac = %ev.mac, slot = ev.slot, "new client");
+            gw.client_seen(lan, ev.mac);
+        }
+        EVENT_QUOTA_EXHAUSTED => {
+            info!(lan, mac = %ev.mac, slot = ev.slot, "data budget used up");
+            gw.quota_exhausted(lan, ev.mac);
+        }
         EVENT_TABLE_FULL => {
             warn!(lan, mac = %ev.mac, "client table full ({MAX_CLIENTS}); new clients stay blocked")
         }

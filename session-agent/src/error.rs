@@ -32,6 +32,13 @@ pub enum AgentError {
     },
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
+    #[error("{what}: {source}")]
+    Store {
+        what: String,
+        source: session_model::ModelError,
+    },
+    #[error(transparent)]
+    Model(#[from] session_model::ModelError),
     #[error("{what}: {message}")]
     Bpf { what: String, message: String },
 }

@@ -3,8 +3,10 @@
 //! The library holds the daemon's parts so that tests and tools can use them;
 //! the `session-agent` binary is the CLI over it.
 
+pub mod api;
 pub mod daemon;
 pub mod dataplane;
 pub mod error;
 pub mod garden;
+pub mod gateway;
 pub mod iface;

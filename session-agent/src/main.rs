@@ -1,15 +1,20 @@
 //! session-agent: eBPF traffic metering and session service for Wi-Fi hotspot gateways.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use session_common::MacKey;
 
 use session_agent::{
+    api::ApiOptions,
     daemon,
     dataplane::{self, attach::IngressHook, ClientRow, Maps, RateLimit, DEFAULT_PIN_ROOT},
     error::AgentError,
     garden::GardenEntry,
+    gateway::GatewayConfig,
 };
 
 #[derive(Parser)]
@@ -33,22 +38,7 @@ struct PinArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Attach to the client-facing interfaces and run in the foreground.
-    Run {
-        /// Client-facing interface (repeatable).
-        #[arg(long = "lan", required = true, value_name = "IFACE")]
-        lans: Vec<String>,
-        /// Extra destination reachable before login: CIDR[:PORT] (repeatable).
-        #[arg(long = "walled-garden", value_name = "CIDR[:PORT]", value_parser = parse_garden)]
-        garden: Vec<GardenEntry>,
-        /// Port of the captive portal on the gateway's LAN addresses (repeatable).
-        #[arg(long = "portal-port", value_name = "PORT", default_values_t = [80u16], value_parser = clap::value_parser!(u16).range(1..))]
-        portal_ports: Vec<u16>,
-        /// Where upload traffic is metered.
-        #[arg(long, value_enum, default_value_t = IngressHook::Tc)]
-        ingress: IngressHook,
-        #[command(flatten)]
-        pins: PinArgs,
-    },
+    Run(RunArgs),
     /// List known clients and their counters (reads the pinned maps).
     Clients {
         /// Only this interface (default: every attached one).
@@ -105,6 +95,51 @@ enum Cmd {
     },
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Client-facing interface (repeatable).
+    #[arg(long = "lan", required = true, value_name = "IFACE")]
+    lans: Vec<String>,
+    /// Extra destination reachable before login: CIDR[:PORT] (repeatable).
+    #[arg(long = "walled-garden", value_name = "CIDR[:PORT]", value_parser = parse_garden)]
+    garden: Vec<GardenEntry>,
+    /// Port of the captive portal on the gateway's LAN addresses (repeatable).
+    #[arg(long = "portal-port", value_name = "PORT", default_values_t = [80u16], value_parser = clap::value_parser!(u16).range(1..))]
+    portal_ports: Vec<u16>,
+    /// Where upload traffic is metered.
+    #[arg(long, value_enum, default_value_t = IngressHook::Tc)]
+    ingress: IngressHook,
+    #[command(flatten)]
+    pins: PinArgs,
+    /// Session storage provider.
+    #[arg(long, default_value = "hybrid", value_parser = ["memory", "redb", "hybrid"])]
+    store: String,
+    /// Session database file (redb and hybrid; hybrid keeps its log beside it).
+    #[arg(long, default_value = "/var/lib/session-agent/sessions.redb")]
+    db: PathBuf,
+    /// Counter poll interval in milliseconds: time is enforced and consumption committed this often.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    poll_ms: u64,
+    /// Pause a connected session after this many seconds without traffic (0 = never).
+    #[arg(long, default_value_t = 0)]
+    idle_timeout_secs: u64,
+    /// Per-client download speed for sessions that use the global speed, Mbit/s (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    global_down_mbits: u64,
+    /// Per-client upload speed for sessions that use the global speed, Mbit/s (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    global_up_mbits: u64,
+    /// Token-bucket depth in milliseconds at the limit (at least 64 KiB).
+    #[arg(long, default_value_t = dataplane::DEFAULT_BURST_MS, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    burst_ms: u64,
+    /// When a session ends, disconnect the device instead of starting its next session.
+    #[arg(long)]
+    no_auto_advance: bool,
+    /// Control API unix socket.
+    #[arg(long, default_value = "/run/session-agent/api.sock")]
+    api_socket: PathBuf,
+}
+
 fn parse_mac(s: &str) -> Result<MacKey, String> {
     s.parse()
         .map_err(|e| format!("'{s}' is not a MAC address: {e}"))
@@ -137,23 +172,34 @@ fn main() {
 
 fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Run {
-            lans,
-            garden,
-            portal_ports,
-            ingress,
-            pins,
-        } => {
+        Cmd::Run(a) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
+            let gateway = GatewayConfig {
+                poll_interval: Duration::from_millis(a.poll_ms),
+                idle_timeout: (a.idle_timeout_secs > 0)
+                    .then(|| Duration::from_secs(a.idle_timeout_secs)),
+                global_down_mbits: a.global_down_mbits,
+                global_up_mbits: a.global_up_mbits,
+                burst_ms: a.burst_ms,
+                auto_advance: !a.no_auto_advance,
+                ..GatewayConfig::default()
+            };
             rt.block_on(daemon::run(daemon::RunOptions {
-                lans,
-                garden,
-                portal_ports,
-                pin_root: pins.pin_root,
-                ingress,
+                lans: a.lans,
+                garden: a.garden,
+                portal_ports: a.portal_ports,
+                pin_root: a.pins.pin_root,
+                ingress: a.ingress,
+                store: a.store,
+                db: a.db,
+                gateway,
+                api: ApiOptions {
+                    socket: Some(a.api_socket),
+                    ..ApiOptions::default()
+                },
             }))
         }
         Cmd::Clients { lan, json, pins } => {

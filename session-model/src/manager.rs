@@ -948,7 +948,12 @@ impl SessionsMgr {
                         from: session_id,
                         to: n.id,
                     });
-                    n.run = Some(run);
+                    // The next session's clock starts now: the ended session's
+                    // uncharged fraction of a second is not carried over to it.
+                    n.run = Some(RunState {
+                        charged_to_ms: run.charged_to_ms.max(now_ms),
+                        meter: run.meter,
+                    });
                     let id = n.id;
                     new_running.push((device_id, id));
                     changed.insert(id, n);

@@ -353,10 +353,10 @@ async fn advance_carries_the_mark() {
     assert_eq!(
         second.run,
         Some(RunState {
-            charged_to_ms: T0 * 1000 + 1_000,
+            charged_to_ms: T0 * 1000 + 1_300,
             meter: Some(mark(1, 1_300))
         }),
-        "time and meter marks carried over"
+        "the meter mark is carried; the next session's clock starts at the advance"
     );
     assert!(drain(&mut rx)
         .iter()
@@ -364,8 +364,11 @@ async fn advance_carries_the_mark() {
     m.record_meter(&[(d, mark(1, 1_500))]).unwrap();
     assert_eq!(m.session(ids[1]).unwrap().data_consumption_bytes(), 200);
     assert_eq!(m.session(ids[0]).unwrap().data_consumption_bytes(), 1_200);
-    // The carried remainder: 0.3 s + 0.7 s = one more second on the second session.
+    // Nothing of the first session's time is carried: 0.7 s is not yet a second.
     clock.advance(Duration::from_millis(700));
+    m.tick().unwrap();
+    assert_eq!(m.session(ids[1]).unwrap().time_consumption(), 0);
+    clock.advance(Duration::from_millis(300));
     m.tick().unwrap();
     assert_eq!(m.session(ids[1]).unwrap().time_consumption(), 1);
     // The last session runs out: no session left, the run state is gone.

@@ -27,7 +27,7 @@ impl<T: Copy> MmapArray<T> {
     /// Maps `len` entries of the array map behind `fd`.
     pub fn map(fd: BorrowedFd<'_>, len: u32, what: &str) -> Result<Self> {
         // The kernel lays the values out at 8-byte strides; our types are already multiples of 8.
-        const { assert!(size_of::<T>() % 8 == 0) };
+        const { assert!(size_of::<T>().is_multiple_of(8)) };
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let bytes = (size_of::<T>() * len as usize).div_ceil(page) * page;
         let p = unsafe {
@@ -56,6 +56,10 @@ impl<T: Copy> MmapArray<T> {
 
     pub fn len(&self) -> u32 {
         self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Pointer to entry `i`; panics when out of range.

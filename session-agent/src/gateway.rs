@@ -1,0 +1,500 @@
+//! Sessions drive the datapath: connecting a device programs the kernel (allow,
+//! speed, data budget), a poll turns kernel counters into consumption, and
+//! sessions that end are advanced or cut off.
+//!
+//! Data consumption is charged from absolute kernel counter readings ("meter
+//! marks") stored in the same write as the consumption, so after a crash at any
+//! moment the next reading charges exactly the bytes not yet charged: none are
+//! lost and none are counted twice. The kernel enforces data budgets itself;
+//! the poll only has to enforce time, within one poll interval.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex as StdMutex},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use session_common::{MacKey, POLICY_ALLOWED, POLICY_QUOTA};
+use session_model::{
+    ClientSession, DeviceId, MacAddr, MeterMark, ModelError, SessionEvent, SessionsMgr, TickReport,
+};
+use tokio::sync::{broadcast, Mutex, Notify};
+use tracing::{debug, info, warn};
+
+use crate::{
+    dataplane::{Maps, RateLimit, DEFAULT_BURST_MS, MIN_BURST_BYTES},
+    error::AgentError,
+};
+
+/// How the gateway meters and enforces.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Counter poll and time enforcement interval.
+    pub poll_interval: Duration,
+    /// Pause a session after this long without traffic.
+    pub idle_timeout: Option<Duration>,
+    /// Per-client speed for sessions with `use_global_speed`, Mbit/s (0 = unlimited).
+    pub global_down_mbits: u64,
+    pub global_up_mbits: u64,
+    /// Token-bucket depth in milliseconds at the limit.
+    pub burst_ms: u64,
+    /// Start the next available session when one ends (else disconnect).
+    pub auto_advance: bool,
+    /// How often the store is checkpointed (hybrid: log folded into redb).
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(250),
+            idle_timeout: None,
+            global_down_mbits: 0,
+            global_up_mbits: 0,
+            burst_ms: DEFAULT_BURST_MS,
+            auto_advance: true,
+            checkpoint_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the datapath and the gateway announce besides session events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum GatewayEvent {
+    /// A MAC address was seen on a LAN for the first time.
+    ClientSeen {
+        lan: String,
+        mac: String,
+        device_id: Option<DeviceId>,
+    },
+    /// The kernel cut a device off because its data budget reached zero.
+    QuotaCutoff {
+        lan: String,
+        mac: String,
+        device_id: Option<DeviceId>,
+    },
+    /// A device was paused after `idle_timeout` without traffic.
+    IdleTimeout { device_id: DeviceId },
+}
+
+/// One attached LAN interface.
+pub struct Lan {
+    pub name: String,
+    pub maps: StdMutex<Maps>,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Default)]
+struct Activity {
+    bytes: u64,
+    since: Option<Instant>,
+}
+
+/// The running hotspot: sessions, the datapath of every LAN, and the loop between them.
+pub struct Gateway {
+    mgr: Arc<SessionsMgr>,
+    lans: Vec<Lan>,
+    cfg: GatewayConfig,
+    /// Serialises every change of a device's kernel state with the poll.
+    ops: Mutex<()>,
+    activity: StdMutex<HashMap<DeviceId, Activity>>,
+    events: broadcast::Sender<GatewayEvent>,
+    wake: Notify,
+}
+
+/// The meter reading of a device: its up+down bytes over every LAN.
+fn combined_epoch(lans: &[Lan]) -> u64 {
+    lans.iter()
+        .fold(0u64, |acc, l| acc.rotate_left(7) ^ l.epoch)
+}
+
+fn mac_key(mac: MacAddr) -> MacKey {
+    MacKey::new(mac.0)
+}
+
+impl Gateway {
+    pub fn new(mgr: Arc<SessionsMgr>, lans: Vec<Lan>, cfg: GatewayConfig) -> Arc<Self> {
+        mgr.set_auto_advance(cfg.auto_advance);
+        let (events, _) = broadcast::channel(4096);
+        Arc::new(Self {
+            mgr,
+            lans,
+            cfg,
+            ops: Mutex::new(()),
+            activity: StdMutex::new(HashMap::new()),
+            events,
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn sessions(&self) -> &Arc<SessionsMgr> {
+        &self.mgr
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
+    pub fn lans(&self) -> &[Lan] {
+        &self.lans
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<GatewayEvent> {
+        self.events.subscribe()
+    }
+
+    /// The device's current meter reading.
+    fn reading(&self, mac: MacAddr) -> MeterMark {
+        let key = mac_key(mac);
+        let bytes = self
+            .lans
+            .iter()
+            .map(|l| {
+                let maps = l.maps.lock().unwrap();
+                maps.slot_of(&key).map(|s| {
+                    let c = maps.counters(s);
+                    c.up_bytes + c.down_bytes
+                })
+            })
+            .map(|b| b.unwrap_or(0))
+            .sum();
+        MeterMark {
+            epoch: combined_epoch(&self.lans),
+            bytes,
+        }
+    }
+
+    fn speed(&self, session: &ClientSession) -> (RateLimit, RateLimit) {
+        let (down, up) = if session.use_global_speed() {
+            (self.cfg.global_down_mbits, self.cfg.global_up_mbits)
+        } else {
+            (
+                session.down_mbits().max(0) as u64,
+                session.up_mbits().max(0) as u64,
+            )
+        };
+        let l = |m| RateLimit::mbits(m, self.cfg.burst_ms, MIN_BURST_BYTES);
+        (l(up), l(down))
+    }
+
+    /// Programs the device's running session into every LAN: speed, budget, then allow.
+    fn program(
+        &self,
+        mac: MacAddr,
+        session: &ClientSession,
+        fresh_budget: bool,
+    ) -> Result<(), AgentError> {
+        let key = mac_key(mac);
+        let (up, down) = self.speed(session);
+        let budget = session
+            .data()
+            .data_budget_bytes()
+            .map(|b| b.min(i64::MAX as u64) as i64);
+        for lan in &self.lans {
+            let mut maps = lan.maps.lock().unwrap();
+            let slot = maps.ensure_slot(&key)?;
+            maps.set_rates(slot, up, down);
+            let live = maps.policy(slot).flags & (POLICY_ALLOWED | POLICY_QUOTA)
+                == POLICY_ALLOWED | POLICY_QUOTA;
+            if fresh_budget || !live || budget.is_none() {
+                maps.set_budget(slot, budget);
+            }
+            maps.set_allowed(&key, true)?;
+        }
+        Ok(())
+    }
+
+    fn revoke(&self, mac: MacAddr) -> Result<(), AgentError> {
+        let key = mac_key(mac);
+        for lan in &self.lans {
+            let mut maps = lan.maps.lock().unwrap();
+            if maps.slot_of(&key).is_some() {
+                maps.set_allowed(&key, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Connects a device: starts or resumes its session, then lets it through at
+    /// its speed with its remaining data as the kernel budget.
+    pub async fn connect(
+        &self,
+        device_id: DeviceId,
+        notification: &str,
+    ) -> Result<ClientSession, AgentError> {
+        let _g = self.ops.lock().await;
+        let device = self.mgr.device(device_id)?;
+        let session = self.mgr.connect(device_id, notification).await?;
+        // The device is still blocked: this reading is where its charging starts.
+        self.charge(&[(device_id, self.reading(device.mac))])
+            .await?;
+        let session = self.mgr.curr_session(device_id)?.unwrap_or(session);
+        self.program(device.mac, &session, true)?;
+        self.activity.lock().unwrap().insert(
+            device_id,
+            Activity {
+                bytes: 0,
+                since: None,
+            },
+        );
+        info!(device_id, mac = %device.mac, session = session.id(), "connected");
+        Ok(session)
+    }
+
+    /// Disconnects a device: blocks it at once, charges its last bytes, pauses its session.
+    pub async fn disconnect(
+        &self,
+        device_id: DeviceId,
+        notification: &str,
+    ) -> Result<(), AgentError> {
+        let _g = self.ops.lock().await;
+        self.disconnect_locked(device_id, notification).await
+    }
+
+    async fn disconnect_locked(
+        &self,
+        device_id: DeviceId,
+        notification: &str,
+    ) -> Result<(), AgentError> {
+        let device = self.mgr.device(device_id)?;
+        self.revoke(device.mac)?;
+        if self.mgr.is_connected(device_id)? {
+            self.charge(&[(device_id, self.reading(device.mac))])
+                .await?;
+        }
+        self.mgr.disconnect(device_id, notification).await?;
+        self.activity.lock().unwrap().remove(&device_id);
+        info!(device_id, mac = %device.mac, "disconnected");
+        Ok(())
+    }
+
+    /// Re-programs a connected device after its running session changed
+    /// (allocation, speed): the kernel budget follows the session's remaining data.
+    pub async fn refresh(&self, device_id: DeviceId) -> Result<(), AgentError> {
+        let _g = self.ops.lock().await;
+        let device = self.mgr.device(device_id)?;
+        if let Some(session) = self.mgr.curr_session(device_id)? {
+            self.charge(&[(device_id, self.reading(device.mac))])
+                .await?;
+            if let Some(session) = self.mgr.curr_session(device_id)?.or(Some(session)) {
+                self.program(device.mac, &session, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes a session the way a portal does (seed `ClientSession` setters, then
+    /// `save`), without losing usage: the device's new bytes are charged first, the
+    /// session is read fresh, changed and saved while the poll waits, and a running
+    /// session is programmed into the kernel again (budget, speed).
+    pub async fn update_session<F>(
+        &self,
+        session_id: session_model::SessionId,
+        change: F,
+    ) -> Result<ClientSession, AgentError>
+    where
+        F: FnOnce(&mut ClientSession) -> Result<(), ModelError>,
+    {
+        let _g = self.ops.lock().await;
+        let device_id = self.mgr.session(session_id)?.device_id();
+        let device = self.mgr.device(device_id)?;
+        let running = self.mgr.running_session_id(device_id)? == Some(session_id);
+        if running {
+            self.charge(&[(device_id, self.reading(device.mac))])
+                .await?;
+        }
+        let mut session = self.mgr.session(session_id)?;
+        change(&mut session)?;
+        session.save().await?;
+        if running {
+            // The change may have ended the session (or revived it): settle, then program.
+            let report = self.mgr.tick()?;
+            self.apply(&report)?;
+            if let Some(s) = self.mgr.curr_session(device_id)? {
+                self.program(device.mac, &s, true)?;
+            }
+        }
+        Ok(self.mgr.session(session_id)?)
+    }
+
+    /// Moves a device (and its sessions) to a new MAC, following it in the kernel.
+    pub async fn rekey(&self, device_id: DeviceId, new_mac: MacAddr) -> Result<(), AgentError> {
+        let _g = self.ops.lock().await;
+        let old = self.mgr.device(device_id)?;
+        let connected = self.mgr.is_connected(device_id)?;
+        if connected {
+            // Charge the old MAC's bytes, then start the new MAC's meter from its own reading.
+            self.charge(&[(device_id, self.reading(old.mac))]).await?;
+            self.revoke(old.mac)?;
+        }
+        self.mgr.rekey_device(device_id, new_mac)?;
+        if connected {
+            self.mgr
+                .reset_meter_mark(device_id, self.reading(new_mac))?;
+            if let Some(s) = self.mgr.curr_session(device_id)? {
+                self.program(new_mac, &s, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Charges readings and applies every session transition to the kernel.
+    async fn charge(&self, readings: &[(DeviceId, MeterMark)]) -> Result<TickReport, AgentError> {
+        let report = self.mgr.record_meter(readings)?;
+        self.apply(&report)?;
+        Ok(report)
+    }
+
+    fn apply(&self, report: &TickReport) -> Result<(), AgentError> {
+        for t in &report.transitions {
+            let device = self.mgr.device(t.device_id)?;
+            match t.next {
+                Some(_) => {
+                    if let Some(s) = self.mgr.curr_session(t.device_id)? {
+                        info!(device_id = t.device_id, from = t.session_id, to = s.id(), reason = ?t.reason, "session advanced");
+                        self.program(device.mac, &s, true)?;
+                    }
+                }
+                None => {
+                    info!(device_id = t.device_id, session = t.session_id, reason = ?t.reason, "no session left: blocked");
+                    self.revoke(device.mac)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One poll: charge every connected device's new bytes, advance time, end and
+    /// advance sessions, pause idle devices.
+    pub async fn poll(&self) -> Result<(), AgentError> {
+        let _g = self.ops.lock().await;
+        let started = Instant::now();
+        let connected = self.mgr.connected()?;
+        let mut readings = Vec::with_capacity(connected.len());
+        for (device_id, _) in &connected {
+            let device = self.mgr.device(*device_id)?;
+            readings.push((*device_id, self.reading(device.mac)));
+        }
+        self.charge(&readings).await?;
+        let report = self.mgr.tick()?;
+        self.apply(&report)?;
+        if let Some(idle) = self.cfg.idle_timeout {
+            let now = Instant::now();
+            let mut idle_devices = Vec::new();
+            {
+                let mut act = self.activity.lock().unwrap();
+                for (device_id, r) in &readings {
+                    let a = act.entry(*device_id).or_default();
+                    if a.since.is_none() || a.bytes != r.bytes {
+                        *a = Activity {
+                            bytes: r.bytes,
+                            since: Some(now),
+                        };
+                    } else if a.since.is_some_and(|s| now.duration_since(s) >= idle) {
+                        idle_devices.push(*device_id);
+                    }
+                }
+            }
+            for device_id in idle_devices {
+                self.disconnect_locked(device_id, "idle timeout").await?;
+                let _ = self.events.send(GatewayEvent::IdleTimeout { device_id });
+            }
+        }
+        debug!(
+            devices = readings.len(),
+            took_us = started.elapsed().as_micros() as u64,
+            "poll"
+        );
+        Ok(())
+    }
+
+    /// After a restart: charge what the kernel counted while the agent was away and
+    /// re-program every connected device, keeping live kernel budgets.
+    pub async fn reconcile(&self) -> Result<(), AgentError> {
+        let _g = self.ops.lock().await;
+        let connected = self.mgr.connected()?;
+        let mut readings = Vec::new();
+        for (device_id, _) in &connected {
+            let device = self.mgr.device(*device_id)?;
+            readings.push((*device_id, self.reading(device.mac)));
+        }
+        self.charge(&readings).await?;
+        let report = self.mgr.tick()?;
+        self.apply(&report)?;
+        for (device_id, _) in self.mgr.connected()? {
+            let device = self.mgr.device(device_id)?;
+            if let Some(s) = self.mgr.curr_session(device_id)? {
+                self.program(device.mac, &s, false)?;
+            }
+        }
+        info!(
+            devices = connected.len(),
+            "reconciled sessions with the datapath"
+        );
+        Ok(())
+    }
+
+    /// A MAC seen for the first time: make sure there is a device for it.
+    pub fn client_seen(&self, lan: &str, mac: MacKey) {
+        let m = MacAddr(mac.addr);
+        let device_id = match self.mgr.device_by_mac(m) {
+            Ok(d) => Some(d.id),
+            Err(ModelError::UnknownMac(_)) => match self.mgr.create_device(m, None, None) {
+                Ok(d) => Some(d.id),
+                Err(e) => {
+                    warn!(%mac, "cannot record new client: {e}");
+                    None
+                }
+            },
+            Err(e) => {
+                warn!(%mac, "cannot look up client: {e}");
+                None
+            }
+        };
+        let _ = self.events.send(GatewayEvent::ClientSeen {
+            lan: lan.into(),
+            mac: mac.to_string(),
+            device_id,
+        });
+    }
+
+    /// The kernel cut a device off: poll now so its next session starts at once.
+    pub fn quota_exhausted(&self, lan: &str, mac: MacKey) {
+        let device_id = self.mgr.device_by_mac(MacAddr(mac.addr)).ok().map(|d| d.id);
+        let _ = self.events.send(GatewayEvent::QuotaCutoff {
+            lan: lan.into(),
+            mac: mac.to_string(),
+            device_id,
+        });
+        self.wake.notify_one();
+    }
+
+    /// Polls until the task is dropped; a quota event wakes it early.
+    pub async fn run_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_checkpoint = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.wake.notified() => {}
+            }
+            if let Err(e) = self.poll().await {
+                warn!("poll failed: {e}");
+            }
+            if last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
+                last_checkpoint = Instant::now();
+                if let Err(e) = self.mgr.checkpoint() {
+                    warn!("store checkpoint failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Session events, for logs and the API.
+    pub fn session_events(&self) -> broadcast::Receiver<SessionEvent> {
+        self.mgr.subscribe()
+    }
+}
