@@ -60,6 +60,10 @@ pub struct AgentBuilder {
     pub ns: String,
     pub lans: Vec<String>,
     pub pin_root: PathBuf,
+    /// Session database (`--db`); the store provider is `hybrid` unless `extra` says otherwise.
+    pub db: PathBuf,
+    /// Control API socket (`--api-socket`).
+    pub api_socket: PathBuf,
     pub extra: Vec<String>,
 }
 
@@ -70,6 +74,8 @@ impl AgentBuilder {
             ns: hs.gw_ns.clone(),
             lans: vec![hs.lan_if.clone()],
             pin_root: hs.pin_root.clone(),
+            db: hs.state_dir.join("sessions.redb"),
+            api_socket: hs.state_dir.join("api.sock"),
             extra: Vec::new(),
         }
     }
@@ -97,6 +103,8 @@ impl AgentBuilder {
             cmd.arg("--lan").arg(l);
         }
         cmd.arg("--pin-root").arg(&self.pin_root);
+        cmd.arg("--db").arg(&self.db);
+        cmd.arg("--api-socket").arg(&self.api_socket);
         cmd.args(&self.extra);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -247,6 +255,11 @@ impl Agent {
 
     pub fn builder(&self) -> &AgentBuilder {
         &self.builder
+    }
+
+    /// A client of the agent's control API (its unix socket).
+    pub fn api(&self) -> crate::api::ApiClient {
+        crate::api::ApiClient::new(&self.builder.api_socket)
     }
 
     /// Runs `session-agent ARGS` in the gateway namespace.

@@ -11,6 +11,7 @@
 //! length + 40; a GRO/GSO aggregate is one packet of its total IP length).
 
 pub mod agent;
+pub mod api;
 pub mod check;
 pub mod netns;
 pub mod nft;

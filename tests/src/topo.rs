@@ -131,6 +131,7 @@ impl HotspotBuilder {
             server_v6: "fd00:202::2".parse().unwrap(),
             clients: Vec::new(),
             pin_root: PathBuf::from(format!("/sys/fs/bpf/sa-test-{id}")),
+            state_dir: std::env::temp_dir().join(format!("sa-test-{id}")),
             namespaces,
         };
 
@@ -177,6 +178,8 @@ pub struct Hotspot {
     pub clients: Vec<Client>,
     /// A bpffs directory unique to this hotspot, for the agent's `--pin-root`.
     pub pin_root: PathBuf,
+    /// A directory unique to this hotspot for the agent's session database and API socket.
+    pub state_dir: PathBuf,
     namespaces: Vec<Netns>,
 }
 
@@ -443,5 +446,6 @@ impl Drop for Hotspot {
         if self.pin_root.exists() {
             let _ = std::fs::remove_dir_all(&self.pin_root);
         }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
