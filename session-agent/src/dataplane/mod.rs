@@ -29,7 +29,7 @@ const BPF_NOEXIST: u64 = 1;
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/session-agent";
 
 /// Default bucket depth, in milliseconds of traffic at the limit.
-pub const DEFAULT_BURST_MS: u64 = 100;
+pub const DEFAULT_BURST_MS: u64 = 250;
 /// Smallest bucket: one GSO aggregate must fit so that TCP is not starved.
 pub const MIN_BURST_BYTES: u64 = 64 * 1024;
 
