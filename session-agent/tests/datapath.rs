@@ -1,26 +1,16 @@
 //! The datapath programs run by the kernel on crafted frames (BPF_PROG_TEST_RUN):
 //! verdicts and counters for every path, exactly. Needs root and bpffs.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::{
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
-    Ebpf,
-};
 use session_agent::{
-    dataplane::{attach, bpffs, write_garden, Maps, RateLimit},
+    dataplane::{
+        testrun::{frames::*, ProgramHarness, TC_DROP, TC_PASS, XDP_DROP, XDP_PASS},
+        RateLimit,
+    },
     garden::GardenEntry,
 };
 use session_common::*;
-
-const TC_PASS: u32 = -1i32 as u32; // TC_ACT_UNSPEC: next program, then pass
-const TC_DROP: u32 = 2; // TC_ACT_SHOT
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const GW_V4: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -38,9 +28,7 @@ fn client_v4(n: u8) -> Ipv4Addr {
 
 /// The programs loaded against maps pinned in a private bpffs directory.
 struct Datapath {
-    root: PathBuf,
-    ebpf: Ebpf,
-    maps: Maps,
+    h: ProgramHarness,
 }
 
 impl Datapath {
@@ -49,53 +37,22 @@ impl Datapath {
             unsafe { libc::geteuid() } == 0,
             "datapath tests need root (BPF): run `cargo xtask test`"
         );
-        static N: AtomicU32 = AtomicU32::new(0);
-        let root = PathBuf::from(format!(
-            "/sys/fs/bpf/sa-dp-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        bpffs::prepare(&root).expect("bpffs");
-        let dir = attach::pin_dir(&root, "t");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut ebpf = attach::load(&dir, "t").expect("loading the object");
-        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
-            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load()
-                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
-        }
-        let p: &mut Xdp = ebpf
-            .program_mut(PROG_XDP_INGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        p.load()
-            .unwrap_or_else(|e| panic!("verifier rejected {PROG_XDP_INGRESS}: {e:?}"));
         let entries = [
             GardenEntry::host(IpAddr::V4(GW_V4), 53),
             GardenEntry::host(IpAddr::V4(GW_V4), 80),
             GardenEntry::host(IpAddr::V6(GW_V6), 53),
             "10.97.0.0/16".parse().unwrap(),
         ];
-        write_garden(&mut ebpf, &entries).unwrap();
-        let maps = Maps::open(&root, "t").expect("opening pinned maps");
-        Self { root, ebpf, maps }
+        let h = ProgramHarness::new("sa-dp", &entries)
+            .unwrap_or_else(|e| panic!("loading the datapath: {e}"));
+        Self { h }
     }
 
     fn run(&self, prog: &str, frame: &[u8]) -> u32 {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ..TestRunOptions::new()
-        };
-        let r = if prog == PROG_XDP_INGRESS {
-            let p: &Xdp = self.ebpf.program(prog).unwrap().try_into().unwrap();
-            p.test_run(opts)
-        } else {
-            let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
-            p.test_run(opts)
-        };
-        r.unwrap_or_else(|e| panic!("test run of {prog} on {} bytes: {e:?}", frame.len()))
-            .return_value
+        self.h
+            .run(prog, frame, None, 1)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0
     }
 
     /// Runs LAN ingress on a frame the kernel takes for a GSO aggregate of `segs` segments.
@@ -104,20 +61,10 @@ impl Datapath {
         let mut ctx = [0u8; 192];
         ctx[164..168].copy_from_slice(&segs.to_ne_bytes());
         ctx[176..180].copy_from_slice(&1448u32.to_ne_bytes());
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::new()
-        };
-        let p: &SchedClassifier = self
-            .ebpf
-            .program(PROG_TC_INGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        p.test_run(opts)
-            .unwrap_or_else(|e| panic!("GSO test run: {e:?}"))
-            .return_value
+        self.h
+            .run(PROG_TC_INGRESS, frame, Some(&ctx), 1)
+            .unwrap_or_else(|e| panic!("GSO test run: {e}"))
+            .0
     }
 
     fn up(&self, frame: &[u8]) -> u32 {
@@ -130,92 +77,16 @@ impl Datapath {
 
     fn counters(&self, mac: MacKey) -> ClientCounters {
         let slot = self
+            .h
             .maps
             .slot_of(&mac)
             .unwrap_or_else(|| panic!("{mac} has no slot"));
-        self.maps.counters(slot)
+        self.h.maps.counters(slot)
     }
 
     fn allow(&mut self, mac: MacKey) -> u32 {
-        self.maps.set_allowed(&mac, true).unwrap()
+        self.h.maps.set_allowed(&mac, true).unwrap()
     }
-}
-
-impl Drop for Datapath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
-    let mut f = Vec::with_capacity(1514);
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f
-}
-
-/// An Ethernet + IPv4 + UDP frame with `payload` bytes of data; IP length = 28 + payload.
-fn udp4(
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    payload: usize,
-) -> Vec<u8> {
-    let mut f = eth(dst_mac, src_mac, 0x0800);
-    let tot = (20 + 8 + payload) as u16;
-    f.extend_from_slice(&[0x45, 0]);
-    f.extend_from_slice(&tot.to_be_bytes());
-    f.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst.octets());
-    set_ipv4_csum(&mut f);
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.resize(f.len() + payload, 0x5a);
-    f
-}
-
-/// Writes the IPv4 header checksum of the frame (header at byte 14, options included).
-fn set_ipv4_csum(f: &mut [u8]) {
-    let ihl = ((f[14] & 0x0f) as usize * 4).max(20);
-    f[24..26].fill(0);
-    let mut sum: u32 = f[14..14 + ihl]
-        .chunks(2)
-        .map(|w| u32::from(w[0]) << 8 | u32::from(w[1]))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-}
-
-fn udp6(
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    src: Ipv6Addr,
-    dst: Ipv6Addr,
-    sport: u16,
-    dport: u16,
-    payload: usize,
-) -> Vec<u8> {
-    let mut f = eth(dst_mac, src_mac, 0x86dd);
-    f.extend_from_slice(&[0x60, 0, 0, 0]);
-    f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-    f.extend_from_slice(&[17, 64]);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst.octets());
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.resize(f.len() + payload, 0x5a);
-    f
 }
 
 fn up4(n: u8, dport: u16, payload: usize) -> Vec<u8> {
@@ -470,7 +341,7 @@ fn malformed_frames_are_dropped_and_never_usage() {
     let mut f = up4(99, 443, 10);
     f[14] = 0x41;
     assert_eq!(dp.up(&f), TC_DROP);
-    assert_eq!(dp.maps.slot_of(&client_mac(99)), None);
+    assert_eq!(dp.h.maps.slot_of(&client_mac(99)), None);
     assert_eq!(dp.counters(client_mac(n)).up_bytes, 0);
 }
 
@@ -479,7 +350,7 @@ fn data_budget_cuts_off_with_at_most_one_packet_of_overshoot() {
     let mut dp = Datapath::new();
     let n = 8;
     let slot = dp.allow(client_mac(n));
-    dp.maps.set_budget(slot, Some(1000));
+    dp.h.maps.set_budget(slot, Some(1000));
     let pkt = up4(n, 443, 572); // 600 IP bytes
     assert_eq!(dp.up(&pkt), TC_PASS); // 1000 -> 400
     assert_eq!(dp.down(&down4(n, 443, 272)), TC_PASS); // 300 bytes: 400 -> 100 (budget covers both directions)
@@ -496,12 +367,12 @@ fn data_budget_cuts_off_with_at_most_one_packet_of_overshoot() {
     );
     assert_eq!(c.quota_packets, 10);
     // Topping up lets it through again.
-    let left = dp
-        .maps
-        .add_budget(slot, 1000 - dp.maps.policy(slot).budget_bytes);
+    let left =
+        dp.h.maps
+            .add_budget(slot, 1000 - dp.h.maps.policy(slot).budget_bytes);
     assert_eq!(left, 1000);
     assert_eq!(dp.up(&pkt), TC_PASS);
-    dp.maps.set_budget(slot, None);
+    dp.h.maps.set_budget(slot, None);
     for _ in 0..3 {
         assert_eq!(dp.up(&pkt), TC_PASS);
     }
@@ -512,7 +383,7 @@ fn gso_aggregates_never_overshoot_the_budget() {
     let mut dp = Datapath::new();
     let n = 11;
     let slot = dp.allow(client_mac(n));
-    dp.maps.set_budget(slot, Some(4_000));
+    dp.h.maps.set_budget(slot, Some(4_000));
     // The kernel's test runs take at most a page of data: a 3000-byte aggregate of 3 segments.
     let big = up4(n, 443, 2972);
     let small = up4(n, 443, 1472); // one 1500-byte segment
@@ -523,7 +394,7 @@ fn gso_aggregates_never_overshoot_the_budget() {
         "an aggregate larger than what is left is refused"
     );
     assert_eq!(
-        dp.maps.policy(slot).budget_bytes,
+        dp.h.maps.policy(slot).budget_bytes,
         1000,
         "and its bytes given back"
     );
@@ -544,7 +415,7 @@ fn token_bucket_limits_each_direction() {
     let n = 9;
     let slot = dp.allow(client_mac(n));
     // 1 byte/s: nothing refills during the test; the buckets hold 1500 and 0 tokens... of 1 byte.
-    dp.maps.set_rates(
+    dp.h.maps.set_rates(
         slot,
         RateLimit {
             rate_bytes: 1,
@@ -572,9 +443,9 @@ fn token_bucket_limits_each_direction() {
         (2, 1, 4, 4000)
     );
     // Refused packets do not dig the bucket deeper than one packet of debt.
-    assert_eq!(dp.maps.policy(slot).up.tokens, -500);
+    assert_eq!(dp.h.maps.policy(slot).up.tokens, -500);
     // Unlimited again.
-    dp.maps
+    dp.h.maps
         .set_rates(slot, RateLimit::UNLIMITED, RateLimit::UNLIMITED);
     assert_eq!(dp.up(&pkt), TC_PASS);
 }
@@ -586,7 +457,7 @@ fn token_bucket_refills_at_its_rate() {
     let slot = dp.allow(client_mac(n));
     // 1 MB/s with a 10 kB bucket: over ~300 ms of offered load far above the
     // rate, what passes is the bucket plus the rate times the time.
-    dp.maps.set_rates(
+    dp.h.maps.set_rates(
         slot,
         RateLimit {
             rate_bytes: 1_000_000,
@@ -615,11 +486,11 @@ fn slots_are_stable_and_shared_with_userspace() {
     // Userspace names a client before the datapath sees it: both agree on the slot.
     let s = dp.allow(client_mac(20));
     assert_eq!(dp.up(&up4(20, 443, 10)), TC_PASS);
-    assert_eq!(dp.maps.slot_of(&client_mac(20)), Some(s));
+    assert_eq!(dp.h.maps.slot_of(&client_mac(20)), Some(s));
     for n in 21..40 {
         dp.up(&up4(n, 443, 10));
     }
-    let rows = dp.maps.snapshot();
+    let rows = dp.h.maps.snapshot();
     assert_eq!(rows.len(), 20);
     let macs: std::collections::BTreeSet<String> = rows.iter().map(|r| r.mac.clone()).collect();
     assert_eq!(macs.len(), 20, "every MAC has one slot");

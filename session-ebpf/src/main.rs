@@ -78,6 +78,12 @@ pub fn lan_xdp_ingress(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Returns at once: the baseline of program-cost measurements.
+#[classifier]
+pub fn bench_noop(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[inline(always)]
 fn tc_verdict(v: Verdict) -> i32 {
     match v {

@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod bpffs;
 pub mod mmap;
+pub mod testrun;
 
 use std::{
     os::fd::AsFd,

@@ -1,0 +1,192 @@
+//! Running the datapath programs on crafted frames (BPF_PROG_TEST_RUN), for
+//! tests and benchmarks: no interface, real kernel, real maps.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use aya::{
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use session_common::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS};
+
+use crate::{
+    dataplane::{attach, bpffs, write_garden, Maps},
+    error::{AgentError, Result},
+    garden::GardenEntry,
+};
+
+/// TC verdicts as BPF_PROG_TEST_RUN reports them.
+pub const TC_PASS: u32 = -1i32 as u32; // TC_ACT_UNSPEC: next program, then pass
+pub const TC_DROP: u32 = 2; // TC_ACT_SHOT
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+/// A program that returns at once, for the cost of the test-run machinery itself.
+pub const PROG_NOOP: &str = "bench_noop";
+
+/// The programs loaded against maps pinned in a private bpffs directory
+/// (removed on drop).
+pub struct ProgramHarness {
+    root: PathBuf,
+    pub ebpf: Ebpf,
+    pub maps: Maps,
+}
+
+impl ProgramHarness {
+    /// Loads every program under `/sys/fs/bpf/<prefix>-<pid>-<n>` and writes the walled garden.
+    pub fn new(prefix: &str, garden: &[GardenEntry]) -> Result<Self> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let root = PathBuf::from(format!(
+            "/sys/fs/bpf/{prefix}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        bpffs::prepare(&root)?;
+        let dir = attach::pin_dir(&root, "t");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| AgentError::from_io(format!("creating {}", dir.display()), e))?;
+        let mut ebpf = attach::load(&dir, "t")?;
+        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_NOOP] {
+            let p: &mut SchedClassifier = program(&mut ebpf, name)?
+                .try_into()
+                .map_err(|e| AgentError::bpf(name, e))?;
+            p.load()
+                .map_err(|e| AgentError::bpf(format!("loading {name}"), e))?;
+        }
+        let p: &mut Xdp = program(&mut ebpf, PROG_XDP_INGRESS)?
+            .try_into()
+            .map_err(|e| AgentError::bpf(PROG_XDP_INGRESS, e))?;
+        p.load()
+            .map_err(|e| AgentError::bpf(format!("loading {PROG_XDP_INGRESS}"), e))?;
+        write_garden(&mut ebpf, garden)?;
+        let maps = Maps::open(&root, "t")?;
+        Ok(Self { root, ebpf, maps })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Runs `prog` on `frame` `repeat` times (with an optional `__sk_buff`
+    /// context); returns the verdict and the kernel's mean time per run.
+    pub fn run(
+        &self,
+        prog: &str,
+        frame: &[u8],
+        ctx: Option<&[u8]>,
+        repeat: u32,
+    ) -> Result<(u32, Duration)> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: ctx,
+            repeat,
+            ..TestRunOptions::new()
+        };
+        let p = self.ebpf.program(prog).ok_or_else(|| AgentError::Bpf {
+            what: prog.into(),
+            message: "no such program".into(),
+        })?;
+        let r = if prog == PROG_XDP_INGRESS {
+            let x: &Xdp = p.try_into().map_err(|e| AgentError::bpf(prog, e))?;
+            x.test_run(opts)
+        } else {
+            let c: &SchedClassifier = p.try_into().map_err(|e| AgentError::bpf(prog, e))?;
+            c.test_run(opts)
+        }
+        .map_err(|e| AgentError::bpf(format!("test run of {prog} on {} bytes", frame.len()), e))?;
+        Ok((r.return_value, r.duration))
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).ok_or_else(|| AgentError::Bpf {
+        what: name.into(),
+        message: "program missing from the object".into(),
+    })
+}
+
+impl Drop for ProgramHarness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Frame builders with valid headers.
+pub mod frames {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    pub fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
+        let mut f = Vec::with_capacity(1514);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    /// Ethernet + IPv4 + UDP with `payload` bytes; IP length = 28 + payload.
+    pub fn udp4(
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        payload: usize,
+    ) -> Vec<u8> {
+        let mut f = eth(dst_mac, src_mac, 0x0800);
+        let tot = (20 + 8 + payload) as u16;
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&tot.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        set_ipv4_csum(&mut f);
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.resize(f.len() + payload, 0x5a);
+        f
+    }
+
+    /// Writes the IPv4 header checksum of the frame (header at byte 14, options included).
+    pub fn set_ipv4_csum(f: &mut [u8]) {
+        let ihl = ((f[14] & 0x0f) as usize * 4).max(20);
+        f[24..26].fill(0);
+        let mut sum: u32 = f[14..14 + ihl]
+            .chunks(2)
+            .map(|w| (u32::from(w[0]) << 8) | u32::from(w[1]))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    }
+
+    /// Ethernet + IPv6 + UDP with `payload` bytes; IP length = 48 + payload.
+    pub fn udp6(
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        sport: u16,
+        dport: u16,
+        payload: usize,
+    ) -> Vec<u8> {
+        let mut f = eth(dst_mac, src_mac, 0x86dd);
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f.extend_from_slice(&[17, 64]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.resize(f.len() + payload, 0x5a);
+        f
+    }
+}
