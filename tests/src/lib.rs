@@ -16,6 +16,7 @@ pub mod check;
 pub mod netns;
 pub mod nft;
 pub mod raw;
+pub mod sessions;
 pub mod topo;
 pub mod traffic;
 
