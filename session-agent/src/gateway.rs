@@ -10,7 +10,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex as StdMutex},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex as StdMutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -79,6 +82,34 @@ pub enum GatewayEvent {
     IdleTimeout { device_id: DeviceId },
 }
 
+/// Cheap counters of the gateway's own work, for metrics.
+#[derive(Debug, Default)]
+pub struct GatewayStats {
+    /// Polls done, and the sum and last of their durations in microseconds.
+    pub polls: AtomicU64,
+    pub poll_us_sum: AtomicU64,
+    pub poll_us_last: AtomicU64,
+    /// Polls that failed.
+    pub poll_errors: AtomicU64,
+    /// Datapath ring-buffer events handled, by kind.
+    pub ring_new_client: AtomicU64,
+    pub ring_quota_exhausted: AtomicU64,
+    /// Store checkpoints done, and the sum and last of their durations in microseconds.
+    pub checkpoints: AtomicU64,
+    pub checkpoint_us_sum: AtomicU64,
+    pub checkpoint_us_last: AtomicU64,
+    pub checkpoint_errors: AtomicU64,
+}
+
+impl GatewayStats {
+    fn record(count: &AtomicU64, sum: &AtomicU64, last: &AtomicU64, took: Duration) {
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        count.fetch_add(1, Relaxed);
+        sum.fetch_add(us, Relaxed);
+        last.store(us, Relaxed);
+    }
+}
+
 /// One attached LAN interface.
 pub struct Lan {
     pub name: String,
@@ -102,6 +133,7 @@ pub struct Gateway {
     activity: StdMutex<HashMap<DeviceId, Activity>>,
     events: broadcast::Sender<GatewayEvent>,
     wake: Notify,
+    stats: GatewayStats,
 }
 
 /// The meter reading of a device: its up+down bytes over every LAN.
@@ -126,6 +158,7 @@ impl Gateway {
             activity: StdMutex::new(HashMap::new()),
             events,
             wake: Notify::new(),
+            stats: GatewayStats::default(),
         })
     }
 
@@ -143,6 +176,11 @@ impl Gateway {
 
     pub fn subscribe(&self) -> broadcast::Receiver<GatewayEvent> {
         self.events.subscribe()
+    }
+
+    /// Counters of polls, datapath events and checkpoints.
+    pub fn stats(&self) -> &GatewayStats {
+        &self.stats
     }
 
     /// The device's current meter reading.
@@ -402,9 +440,16 @@ impl Gateway {
                 let _ = self.events.send(GatewayEvent::IdleTimeout { device_id });
             }
         }
+        let took = started.elapsed();
+        GatewayStats::record(
+            &self.stats.polls,
+            &self.stats.poll_us_sum,
+            &self.stats.poll_us_last,
+            took,
+        );
         debug!(
             devices = readings.len(),
-            took_us = started.elapsed().as_micros() as u64,
+            took_us = took.as_micros() as u64,
             "poll"
         );
         Ok(())
@@ -438,6 +483,7 @@ impl Gateway {
 
     /// A MAC seen for the first time: make sure there is a device for it.
     pub fn client_seen(&self, lan: &str, mac: MacKey) {
+        self.stats.ring_new_client.fetch_add(1, Relaxed);
         let m = MacAddr(mac.addr);
         let device_id = match self.mgr.device_by_mac(m) {
             Ok(d) => Some(d.id),
@@ -462,6 +508,7 @@ impl Gateway {
 
     /// The kernel cut a device off: poll now so its next session starts at once.
     pub fn quota_exhausted(&self, lan: &str, mac: MacKey) {
+        self.stats.ring_quota_exhausted.fetch_add(1, Relaxed);
         let device_id = self.mgr.device_by_mac(MacAddr(mac.addr)).ok().map(|d| d.id);
         let _ = self.events.send(GatewayEvent::QuotaCutoff {
             lan: lan.into(),
@@ -482,12 +529,23 @@ impl Gateway {
                 _ = self.wake.notified() => {}
             }
             if let Err(e) = self.poll().await {
+                self.stats.poll_errors.fetch_add(1, Relaxed);
                 warn!("poll failed: {e}");
             }
             if last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
                 last_checkpoint = Instant::now();
-                if let Err(e) = self.mgr.checkpoint() {
-                    warn!("store checkpoint failed: {e}");
+                let started = Instant::now();
+                match self.mgr.checkpoint() {
+                    Ok(()) => GatewayStats::record(
+                        &self.stats.checkpoints,
+                        &self.stats.checkpoint_us_sum,
+                        &self.stats.checkpoint_us_last,
+                        started.elapsed(),
+                    ),
+                    Err(e) => {
+                        self.stats.checkpoint_errors.fetch_add(1, Relaxed);
+                        warn!("store checkpoint failed: {e}");
+                    }
                 }
             }
         }

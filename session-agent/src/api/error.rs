@@ -1,12 +1,16 @@
 //! API errors: JSON `{ "code": ..., "message": ... }` with a stable code.
+//!
+//! Everything a client can send maps to a 4xx; a 5xx means a fault on the gateway
+//! (store I/O, datapath).
 
 use axum::{
+    extract::rejection::{JsonRejection, QueryRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
     Json,
 };
 use serde::Serialize;
-use session_model::ModelError;
+use session_model::{ModelError, StoreError};
 
 use crate::error::AgentError;
 
@@ -35,10 +39,23 @@ impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.code, self.message)
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(code = self.code, "control API: {}", self.message);
+        }
         (
             self.status,
             Json(Body {
@@ -50,17 +67,71 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        let message = e.body_text();
+        match e {
+            JsonRejection::JsonSyntaxError(_) => Self::bad_request("malformed_json", message),
+            JsonRejection::JsonDataError(_) => Self::bad_request("invalid_body", message),
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected a body with Content-Type: application/json",
+            ),
+            e if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
+            }
+            _ => Self::bad_request("invalid_body", message),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::bad_request("invalid_query", e.body_text())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let message = e.to_string();
+        let (status, code) = match &e {
+            StoreError::UnknownDevice(_) => (StatusCode::NOT_FOUND, "unknown_device"),
+            StoreError::UnknownSession(_) => (StatusCode::NOT_FOUND, "unknown_session"),
+            StoreError::DuplicateMac { .. } => (StatusCode::CONFLICT, "duplicate_mac"),
+            StoreError::DeviceMismatch { .. } => (StatusCode::CONFLICT, "device_mismatch"),
+            StoreError::UnknownProvider(_) => (StatusCode::NOT_FOUND, "unknown_provider"),
+            StoreError::MissingPath { .. }
+            | StoreError::Redb { .. }
+            | StoreError::Io { .. }
+            | StoreError::Codec { .. }
+            | StoreError::UnsupportedSchema { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::Poisoned => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+        };
+        Self::new(status, code, message)
+    }
+}
+
 impl From<ModelError> for ApiError {
     fn from(e: ModelError) -> Self {
         let message = e.to_string();
-        let (status, code) = match &e {
+        let (status, code) = match e {
+            ModelError::Store(s) => return s.into(),
+            ModelError::InvalidSessionType(_) => (StatusCode::BAD_REQUEST, "invalid_session_type"),
+            ModelError::InvalidMegabytes { .. } => (StatusCode::BAD_REQUEST, "invalid_megabytes"),
+            ModelError::MegabytesOverflow { .. } => (StatusCode::BAD_REQUEST, "number_too_large"),
+            ModelError::ZeroAllocation { .. } => (StatusCode::BAD_REQUEST, "zero_allocation"),
+            ModelError::NegativeSpeed { .. } => (StatusCode::BAD_REQUEST, "invalid_speed"),
+            ModelError::MalformedMac(_) => (StatusCode::BAD_REQUEST, "malformed_mac"),
             ModelError::UnknownDevice(_) => (StatusCode::NOT_FOUND, "unknown_device"),
             ModelError::UnknownMac(_) => (StatusCode::NOT_FOUND, "unknown_mac"),
             ModelError::UnknownSession(_) => (StatusCode::NOT_FOUND, "unknown_session"),
             ModelError::UnknownProvider(_) => (StatusCode::NOT_FOUND, "unknown_provider"),
             ModelError::NoAvailableSession(_) => (StatusCode::CONFLICT, "no_available_session"),
-            ModelError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
-            _ => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            ModelError::DuplicateProvider(_) => (StatusCode::CONFLICT, "duplicate_provider"),
+            ModelError::Provider { .. } => (StatusCode::BAD_GATEWAY, "provider_error"),
+            ModelError::Poisoned => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         };
         Self::new(status, code, message)
     }
@@ -70,6 +141,8 @@ impl From<AgentError> for ApiError {
     fn from(e: AgentError) -> Self {
         match e {
             AgentError::Model(m) => m.into(),
+            AgentError::Store { source, .. } => source.into(),
+            AgentError::BadMac { .. } => Self::bad_request("malformed_mac", e.to_string()),
             AgentError::TableFull { .. } => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "table_full", e.to_string())
             }

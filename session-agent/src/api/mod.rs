@@ -1,22 +1,50 @@
 //! The control API for portals and operators: HTTP/JSON under `/v1`, on a unix
-//! socket (mode 0660) by default.
+//! socket (mode 0660) by default, optionally on TCP behind a bearer token; the
+//! RFC 8908 captive-portal API for clients on its own TCP listener.
 
+mod captive;
+pub mod client;
 mod error;
+mod events;
+mod metrics;
+mod neigh;
 mod routes;
 mod views;
 
-use std::{net::SocketAddr, os::unix::fs::PermissionsExt, path::PathBuf, sync::Arc};
+use std::{
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use axum::Router;
-use tracing::info;
+use axum::{
+    extract::{DefaultBodyLimit, Request, State},
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    response::Response,
+    Router,
+};
+use tracing::{info, warn};
 
 use crate::{error::AgentError, gateway::Gateway};
 
 pub use error::ApiError;
-pub use views::{DeviceView, SessionView};
+pub use routes::{MAX_EXP_DAYS, MAX_MB, MAX_MBITS, MAX_SECS, ROUTES};
+pub use views::{ConnectedView, DeviceView, LanView, SessionView, StatusView};
 
-/// Where the control API listens.
-#[derive(Debug, Clone, Default)]
+/// The OpenAPI 3 document of the control API (also served at `/v1/openapi.json`).
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Default cap on the clients listed in `/metrics`.
+pub const DEFAULT_METRICS_TOP_CLIENTS: usize = 100;
+
+/// Where the control API listens and what it serves.
+#[derive(Debug, Clone)]
 pub struct ApiOptions {
     /// Unix socket path.
     pub socket: Option<PathBuf>,
@@ -24,31 +52,192 @@ pub struct ApiOptions {
     pub tcp: Option<SocketAddr>,
     /// Bearer token for the TCP listener.
     pub token: Option<String>,
+    /// RFC 8908 captive-portal API listener, normally on a LAN address.
+    pub captive: Option<SocketAddr>,
+    /// `user-portal-url` of the captive-portal API.
+    pub portal_url: Option<String>,
+    /// Clients listed with their own series in `/metrics` (the busiest first).
+    pub metrics_top_clients: usize,
+    /// Remove sessions that ended this long ago (checked every minute).
+    pub retention: Option<Duration>,
 }
 
-/// The `/v1` routes over a gateway.
-pub fn router(gateway: Arc<Gateway>) -> Router {
-    routes::v1().with_state(gateway)
-}
-
-/// Serves the API until the task is dropped.
-pub async fn serve(gateway: Arc<Gateway>, opts: ApiOptions) -> Result<(), AgentError> {
-    let Some(path) = opts.socket else {
-        return std::future::pending().await;
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| AgentError::from_io(format!("creating {}", dir.display()), e))?;
+impl Default for ApiOptions {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            tcp: None,
+            token: None,
+            captive: None,
+            portal_url: None,
+            metrics_top_clients: DEFAULT_METRICS_TOP_CLIENTS,
+            retention: None,
+        }
     }
-    // A socket left by a killed agent would make bind fail.
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path).map_err(|e| {
-        AgentError::from_io(format!("binding the API socket {}", path.display()), e)
-    })?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| AgentError::from_io(format!("setting the mode of {}", path.display()), e))?;
-    info!(socket = %path.display(), "control API listening");
-    axum::serve(listener, router(gateway))
-        .await
-        .map_err(|e| AgentError::from_io("serving the control API", e))
+}
+
+impl ApiOptions {
+    /// Refuses settings that cannot work (a TCP listener without a token).
+    pub fn validate(&self) -> Result<(), AgentError> {
+        if self.tcp.is_some() && self.token.as_deref().is_none_or(str::is_empty) {
+            return Err(AgentError::Io {
+                what: "the TCP API listener needs a token".into(),
+                source: std::io::Error::other(
+                    "set --api-token TOKEN or --api-token-file FILE (or api.token in the config file)",
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What every handler sees.
+pub struct ApiState {
+    pub gw: Arc<Gateway>,
+    pub opts: ApiOptions,
+    pub started: Instant,
+}
+
+/// The `/v1` routes over a gateway (without authentication: the unix socket's mode guards it).
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    router_with(gateway, ApiOptions::default())
+}
+
+fn router_with(gateway: Arc<Gateway>, opts: ApiOptions) -> Router {
+    let state = Arc::new(ApiState {
+        gw: gateway,
+        opts,
+        started: Instant::now(),
+    });
+    routes::v1()
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no_route", "no such route; see /v1/openapi.json")
+}
+
+/// Checks `Authorization: Bearer TOKEN` (TCP listener).
+async fn bearer(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = given.is_some_and(|g| {
+        // Constant time in the token's length.
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        next.run(req).await
+    } else {
+        let mut r = axum::response::IntoResponse::into_response(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token (Authorization: Bearer TOKEN)",
+        ));
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        r
+    }
+}
+
+/// Serves the API until the task is dropped or a listener fails.
+pub async fn serve(gateway: Arc<Gateway>, opts: ApiOptions) -> Result<(), AgentError> {
+    opts.validate()?;
+    let app = router_with(gateway.clone(), opts.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if let Some(path) = opts.socket.clone() {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| AgentError::from_io(format!("creating {}", dir.display()), e))?;
+        }
+        // A socket left by a killed agent would make bind fail.
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).map_err(|e| {
+            AgentError::from_io(format!("binding the API socket {}", path.display()), e)
+        })?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(|e| {
+            AgentError::from_io(format!("setting the mode of {}", path.display()), e)
+        })?;
+        info!(socket = %path.display(), "control API listening");
+        let app = app.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .map_err(|e| AgentError::from_io("serving the control API", e))
+        });
+    }
+
+    if let Some(addr) = opts.tcp {
+        let token: Arc<str> = opts.token.clone().unwrap_or_default().into();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| AgentError::from_io(format!("binding the API TCP listener {addr}"), e))?;
+        info!(%addr, "control API listening on TCP (bearer token)");
+        let app = app
+            .clone()
+            .layer(middleware::from_fn_with_state(token, bearer));
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .map_err(|e| AgentError::from_io("serving the control API on TCP", e))
+        });
+    }
+
+    if let Some(addr) = opts.captive {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            AgentError::from_io(format!("binding the captive-portal API listener {addr}"), e)
+        })?;
+        info!(%addr, "captive-portal API (RFC 8908) listening");
+        let app = captive::router(gateway.clone(), opts.portal_url.clone());
+        tasks.spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .map_err(|e| AgentError::from_io("serving the captive-portal API", e))
+        });
+    }
+
+    if let Some(retention) = opts.retention {
+        let gw = gateway.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let secs = retention.as_secs().min(i64::MAX as u64) as i64;
+                match gw.sessions().gc(secs) {
+                    Ok(gone) if !gone.is_empty() => {
+                        info!(
+                            removed = gone.len(),
+                            "removed ended sessions past retention"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("session garbage collection failed: {e}"),
+                }
+            }
+        });
+    }
+
+    match tasks.join_next().await {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(AgentError::Io {
+            what: "control API task".into(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+        None => std::future::pending().await,
+    }
 }

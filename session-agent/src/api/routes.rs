@@ -1,74 +1,317 @@
 //! `/v1` handlers.
+//!
+//! Request bodies are JSON objects with unknown keys rejected; numbers are range
+//! checked before anything is changed, so a rejected request changes nothing.
 
 use std::{net::IpAddr, sync::Arc};
 
 use axum::{
-    extract::{rejection::JsonRejection, Path, State},
+    body::Bytes,
+    extract::{
+        rejection::{BytesRejection, PathRejection},
+        Path, State,
+    },
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
-use serde::Deserialize;
-use session_model::{DeviceId, MacAddr, SessionId};
+use serde::{de::DeserializeOwned, Deserialize, Deserializer};
+use session_model::{ClientSession, DeviceId, MacAddr, ModelError, SessionId};
 
-use super::{ApiError, DeviceView, SessionView};
-use crate::gateway::Gateway;
+use super::{
+    events, metrics, neigh,
+    views::{ConnectedView, LanView, StatusView},
+    ApiError, ApiState, DeviceView, SessionView,
+};
 
-type Gw = State<Arc<Gateway>>;
+type St = State<Arc<ApiState>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
+type PathArg = Result<Path<String>, PathRejection>;
+type BodyArg = Result<Bytes, BytesRejection>;
 
-pub fn v1() -> Router<Arc<Gateway>> {
+/// Longest accepted allocation or consumption of time: 100 years.
+pub const MAX_SECS: u64 = 100 * 366 * 86_400;
+/// Longest accepted expiry: 100 years.
+pub const MAX_EXP_DAYS: u32 = 36_600;
+/// Fastest accepted speed: 1 Tbit/s.
+pub const MAX_MBITS: i32 = 1_000_000;
+/// Largest accepted data amount: 10^12 MB (one exabyte).
+pub const MAX_MB: f64 = 1e12;
+/// Latest accepted `started_at`: 9999-12-31T23:59:59Z.
+pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
+/// Longest notification text, in bytes.
+pub const MAX_NOTIFICATION: usize = 1024;
+/// Longest hostname, in bytes.
+pub const MAX_HOSTNAME: usize = 253;
+
+/// Every `/v1` route as (method, path), as served by [`v1`] and documented in
+/// `openapi.json`.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/status"),
+    ("GET", "/v1/providers"),
+    ("GET", "/v1/devices"),
+    ("POST", "/v1/devices"),
+    ("GET", "/v1/devices/{id}"),
+    ("GET", "/v1/devices/by-mac/{mac}"),
+    ("GET", "/v1/devices/by-ip/{ip}"),
+    ("POST", "/v1/devices/{id}/rekey"),
+    ("GET", "/v1/devices/{id}/sessions"),
+    ("POST", "/v1/devices/{id}/sessions"),
+    ("GET", "/v1/devices/{id}/current-session"),
+    ("GET", "/v1/devices/{id}/session"),
+    ("GET", "/v1/devices/{id}/connected"),
+    ("POST", "/v1/devices/{id}/connect"),
+    ("POST", "/v1/devices/{id}/disconnect"),
+    ("GET", "/v1/sessions/{id}"),
+    ("PATCH", "/v1/sessions/{id}"),
+    ("POST", "/v1/sessions/{id}/inc"),
+    ("POST", "/v1/sessions/{id}/save"),
+    ("POST", "/v1/sessions/{id}/reload"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/metrics"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/openapi.json"),
+];
+
+pub fn v1() -> Router<Arc<ApiState>> {
     Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/providers", get(providers))
         .route("/v1/devices", get(list_devices).post(create_device))
         .route("/v1/devices/{id}", get(show_device))
         .route("/v1/devices/by-mac/{mac}", get(device_by_mac))
+        .route("/v1/devices/by-ip/{ip}", get(device_by_ip))
+        .route("/v1/devices/{id}/rekey", post(rekey))
         .route(
             "/v1/devices/{id}/sessions",
             get(device_sessions).post(create_session),
         )
         .route("/v1/devices/{id}/current-session", get(current_session))
+        .route("/v1/devices/{id}/session", get(get_session))
+        .route("/v1/devices/{id}/connected", get(is_connected))
         .route("/v1/devices/{id}/connect", post(connect))
         .route("/v1/devices/{id}/disconnect", post(disconnect))
-        .route("/v1/sessions/{id}", get(show_session))
+        .route("/v1/sessions/{id}", get(show_session).patch(patch_session))
+        .route("/v1/sessions/{id}/inc", post(inc_session))
+        .route("/v1/sessions/{id}/save", post(save_session))
+        .route("/v1/sessions/{id}/reload", post(reload_session))
+        .route("/v1/events", get(events::stream))
+        .route("/v1/metrics", get(metrics::handler))
+        .route("/metrics", get(metrics::handler))
+        .route("/v1/openapi.json", get(openapi))
 }
 
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(v)| v)
-        .map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))
+// ----- input -------------------------------------------------------------------------
+
+fn path(p: PathArg) -> Result<String, ApiError> {
+    p.map(|Path(s)| s)
+        .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
+}
+
+/// Parses a JSON body; an empty body is `empty` when given, else an error.
+fn json<T: DeserializeOwned>(b: BodyArg, empty: Option<T>) -> Result<T, ApiError> {
+    let bytes = b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                e.body_text(),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", e.body_text())
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return empty.ok_or_else(|| {
+            ApiError::bad_request("missing_body", "this request needs a JSON object body")
+        });
+    }
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    let v = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let code = if inner.is_data() {
+            "invalid_body"
+        } else {
+            "malformed_json"
+        };
+        let message = if path.is_empty() || path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        };
+        ApiError::bad_request(code, message)
+    })?;
+    Ok(v)
 }
 
 fn device_id(s: &str) -> Result<DeviceId, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::bad_request("invalid_id", format!("'{s}' is not a device id")))
+    s.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_id",
+            format!("'{s}' is not a device id (a 64-bit integer)"),
+        )
+    })
 }
 
 fn session_id(s: &str) -> Result<SessionId, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::bad_request("invalid_id", format!("'{s}' is not a session id")))
+    s.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_id",
+            format!("'{s}' is not a session id (an unsigned 64-bit integer)"),
+        )
+    })
 }
 
-fn device_view(gw: &Gateway, id: DeviceId) -> Result<DeviceView, ApiError> {
-    let d = gw.sessions().device(id)?;
-    Ok(DeviceView::new(&d, gw.sessions().is_connected(id)?))
+fn out_of_range(field: &str, what: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("out_of_range", format!("{field} must be {what}"))
 }
 
-fn session_view(gw: &Gateway, id: SessionId) -> Result<SessionView, ApiError> {
-    let s = gw.sessions().session(id)?;
-    let running = gw.sessions().running_session_id(s.device_id())? == Some(id);
-    Ok(SessionView::new(&s, running))
+fn check_secs(field: &str, v: u64) -> Result<u64, ApiError> {
+    if v > MAX_SECS {
+        return Err(out_of_range(field, format_args!("at most {MAX_SECS}")));
+    }
+    Ok(v)
 }
 
-async fn list_devices(State(gw): Gw) -> ApiResult<Vec<DeviceView>> {
-    let connected: std::collections::HashSet<DeviceId> = gw
+fn check_mb(field: &str, v: f64) -> Result<f64, ApiError> {
+    if !v.is_finite() || !(0.0..=MAX_MB).contains(&v) {
+        return Err(out_of_range(field, format_args!("between 0 and {MAX_MB}")));
+    }
+    Ok(v)
+}
+
+fn check_mbits(field: &str, v: i32) -> Result<i32, ApiError> {
+    if !(0..=MAX_MBITS).contains(&v) {
+        return Err(out_of_range(
+            field,
+            format_args!("between 0 and {MAX_MBITS}"),
+        ));
+    }
+    Ok(v)
+}
+
+fn check_exp_days(v: Option<u32>) -> Result<Option<u32>, ApiError> {
+    match v {
+        Some(d) if d > MAX_EXP_DAYS => Err(out_of_range(
+            "exp_days",
+            format_args!("at most {MAX_EXP_DAYS}"),
+        )),
+        v => Ok(v),
+    }
+}
+
+fn check_timestamp(field: &str, v: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match v {
+        Some(t) if !(0..=MAX_TIMESTAMP).contains(&t) => Err(out_of_range(
+            field,
+            format_args!("unix seconds between 0 and {MAX_TIMESTAMP}"),
+        )),
+        v => Ok(v),
+    }
+}
+
+fn check_notification(n: &str) -> Result<(), ApiError> {
+    if n.len() > MAX_NOTIFICATION {
+        return Err(out_of_range(
+            "notification",
+            format_args!("at most {MAX_NOTIFICATION} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// `Some(None)` for an explicit `null`, `None` when the key is absent.
+fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+// ----- views -------------------------------------------------------------------------
+
+fn now(st: &ApiState) -> i64 {
+    st.gw.sessions().clock().now_secs()
+}
+
+pub(crate) fn device_view(st: &ApiState, id: DeviceId) -> Result<DeviceView, ApiError> {
+    let d = st.gw.sessions().device(id)?;
+    Ok(DeviceView::new(&d, st.gw.sessions().is_connected(id)?))
+}
+
+fn view(st: &ApiState, s: &ClientSession) -> Result<SessionView, ApiError> {
+    let running = st.gw.sessions().running_session_id(s.device_id())? == Some(s.id());
+    Ok(SessionView::at(s, running, now(st)))
+}
+
+fn session_view(st: &ApiState, id: SessionId) -> Result<SessionView, ApiError> {
+    view(st, &st.gw.sessions().session(id)?)
+}
+
+fn created<T: serde::Serialize>(v: T) -> Response {
+    (StatusCode::CREATED, Json(v)).into_response()
+}
+
+// ----- status ------------------------------------------------------------------------
+
+async fn status(State(st): St) -> ApiResult<StatusView> {
+    let mgr = st.gw.sessions();
+    let devices = mgr.store().devices().map_err(ModelError::from)?.len() as u64;
+    let sessions = mgr.store().sessions().map_err(ModelError::from)?.len() as u64;
+    let lans = st
+        .gw
+        .lans()
+        .iter()
+        .map(|l| LanView {
+            name: l.name.clone(),
+            clients: l.maps.lock().map(|m| m.slots_used()).unwrap_or(0),
+        })
+        .collect();
+    let stats = st.gw.stats();
+    Ok(Json(StatusView {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_secs: st.started.elapsed().as_secs(),
+        lans,
+        devices,
+        connected: mgr.connected()?.len() as u64,
+        sessions,
+        providers: mgr.provider_names(),
+        poll_interval_ms: st.gw.config().poll_interval.as_millis() as u64,
+        auto_advance: mgr.auto_advance(),
+        polls: stats.polls.load(std::sync::atomic::Ordering::Relaxed),
+        last_poll_us: stats
+            .poll_us_last
+            .load(std::sync::atomic::Ordering::Relaxed),
+    }))
+}
+
+async fn providers(State(st): St) -> ApiResult<Vec<String>> {
+    Ok(Json(st.gw.sessions().provider_names()))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], super::OPENAPI).into_response()
+}
+
+// ----- devices -----------------------------------------------------------------------
+
+async fn list_devices(State(st): St) -> ApiResult<Vec<DeviceView>> {
+    let connected: std::collections::HashSet<DeviceId> = st
+        .gw
         .sessions()
         .connected()?
         .into_iter()
         .map(|(d, _)| d)
         .collect();
-    let devices = gw
+    let devices = st
+        .gw
         .sessions()
         .store()
         .devices()
-        .map_err(session_model::ModelError::from)?;
+        .map_err(ModelError::from)?;
     Ok(Json(
         devices
             .iter()
@@ -81,37 +324,84 @@ async fn list_devices(State(gw): Gw) -> ApiResult<Vec<DeviceView>> {
 #[serde(deny_unknown_fields)]
 struct NewDevice {
     mac: String,
+    #[serde(default)]
     ip: Option<IpAddr>,
+    #[serde(default)]
     hostname: Option<String>,
 }
 
-async fn create_device(
-    State(gw): Gw,
-    b: Result<Json<NewDevice>, JsonRejection>,
-) -> ApiResult<DeviceView> {
-    let b = body(b)?;
+async fn create_device(State(st): St, b: BodyArg) -> Result<Response, ApiError> {
+    let b: NewDevice = json(b, None)?;
     let mac = MacAddr::parse(&b.mac)?;
-    let d = gw.sessions().create_device(mac, b.ip, b.hostname)?;
-    Ok(Json(DeviceView::new(&d, false)))
+    if b.hostname.as_ref().is_some_and(|h| h.len() > MAX_HOSTNAME) {
+        return Err(out_of_range(
+            "hostname",
+            format_args!("at most {MAX_HOSTNAME} bytes"),
+        ));
+    }
+    let d = st.gw.sessions().create_device(mac, b.ip, b.hostname)?;
+    Ok(created(DeviceView::new(&d, false)))
 }
 
-async fn show_device(State(gw): Gw, Path(id): Path<String>) -> ApiResult<DeviceView> {
-    Ok(Json(device_view(&gw, device_id(&id)?)?))
+async fn show_device(State(st): St, id: PathArg) -> ApiResult<DeviceView> {
+    Ok(Json(device_view(&st, device_id(&path(id)?)?)?))
 }
 
-async fn device_by_mac(State(gw): Gw, Path(mac): Path<String>) -> ApiResult<DeviceView> {
-    let d = gw.sessions().device_by_mac(MacAddr::parse(&mac)?)?;
-    Ok(Json(device_view(&gw, d.id)?))
+async fn device_by_mac(State(st): St, mac: PathArg) -> ApiResult<DeviceView> {
+    let d = st
+        .gw
+        .sessions()
+        .device_by_mac(MacAddr::parse(&path(mac)?)?)?;
+    Ok(Json(device_view(&st, d.id)?))
 }
 
-async fn device_sessions(State(gw): Gw, Path(id): Path<String>) -> ApiResult<Vec<SessionView>> {
-    let id = device_id(&id)?;
-    let running = gw.sessions().running_session_id(id)?;
-    let sessions = gw.sessions().device_sessions(id)?;
+async fn device_by_ip(State(st): St, ip: PathArg) -> ApiResult<DeviceView> {
+    let ip = path(ip)?;
+    let ip: IpAddr = ip.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_ip",
+            format!("'{ip}' is not an IPv4 or IPv6 address"),
+        )
+    })?;
+    let d = neigh::device_for_ip(&st.gw, ip).await?;
+    Ok(Json(device_view(&st, d.id)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rekey {
+    mac: String,
+}
+
+async fn rekey(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<DeviceView> {
+    let id = device_id(&path(id)?)?;
+    let b: Rekey = json(b, None)?;
+    let mac = MacAddr::parse(&b.mac)?;
+    st.gw.sessions().device(id)?;
+    if let Ok(other) = st.gw.sessions().device_by_mac(mac) {
+        if other.id != id {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "duplicate_mac",
+                format!("MAC address {mac} already belongs to device {}", other.id),
+            ));
+        }
+    }
+    st.gw.rekey(id, mac).await?;
+    Ok(Json(device_view(&st, id)?))
+}
+
+// ----- sessions of a device ----------------------------------------------------------
+
+async fn device_sessions(State(st): St, id: PathArg) -> ApiResult<Vec<SessionView>> {
+    let id = device_id(&path(id)?)?;
+    let running = st.gw.sessions().running_session_id(id)?;
+    let sessions = st.gw.sessions().device_sessions(id)?;
+    let now = now(&st);
     Ok(Json(
         sessions
             .iter()
-            .map(|s| SessionView::new(s, Some(s.id()) == running))
+            .map(|s| SessionView::at(s, Some(s.id()) == running, now))
             .collect(),
     ))
 }
@@ -126,6 +416,7 @@ struct NewSession {
     time_secs: u64,
     #[serde(default)]
     data_mb: f64,
+    #[serde(default)]
     exp_days: Option<u32>,
     #[serde(default)]
     down_mbits: i32,
@@ -135,14 +426,16 @@ struct NewSession {
     use_global_speed: bool,
 }
 
-async fn create_session(
-    State(gw): Gw,
-    Path(id): Path<String>,
-    b: Result<Json<NewSession>, JsonRejection>,
-) -> ApiResult<SessionView> {
-    let id = device_id(&id)?;
-    let b = body(b)?;
-    let s = gw
+async fn create_session(State(st): St, id: PathArg, b: BodyArg) -> Result<Response, ApiError> {
+    let id = device_id(&path(id)?)?;
+    let b: NewSession = json(b, None)?;
+    check_secs("time_secs", b.time_secs)?;
+    check_mb("data_mb", b.data_mb)?;
+    check_exp_days(b.exp_days)?;
+    check_mbits("down_mbits", b.down_mbits)?;
+    check_mbits("up_mbits", b.up_mbits)?;
+    let s = st
+        .gw
         .sessions()
         .create_session(
             id,
@@ -155,16 +448,39 @@ async fn create_session(
             b.use_global_speed,
         )
         .await?;
-    Ok(Json(SessionView::new(&s, false)))
+    Ok(created(view(&st, &s)?))
 }
 
-async fn current_session(State(gw): Gw, Path(id): Path<String>) -> ApiResult<Option<SessionView>> {
-    let id = device_id(&id)?;
+async fn current_session(State(st): St, id: PathArg) -> ApiResult<Option<SessionView>> {
+    let id = device_id(&path(id)?)?;
+    let now = now(&st);
     Ok(Json(
-        gw.sessions()
+        st.gw
+            .sessions()
             .curr_session(id)?
-            .map(|s| SessionView::new(&s, true)),
+            .map(|s| SessionView::at(&s, true, now)),
     ))
+}
+
+async fn get_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
+    let id = device_id(&path(id)?)?;
+    match st.gw.sessions().get_session(id).await {
+        Ok(s) => Ok(Json(view(&st, &s)?)),
+        Err(e @ ModelError::NoAvailableSession(_)) => {
+            Err(ApiError::not_found("no_available_session", e.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn is_connected(State(st): St, id: PathArg) -> ApiResult<ConnectedView> {
+    let id = device_id(&path(id)?)?;
+    let connected = st.gw.sessions().is_connected(id)?;
+    Ok(Json(ConnectedView {
+        device_id: id,
+        connected,
+        session_id: st.gw.sessions().running_session_id(id)?,
+    }))
 }
 
 #[derive(Deserialize, Default)]
@@ -174,28 +490,154 @@ struct Notification {
     notification: String,
 }
 
-async fn connect(
-    State(gw): Gw,
-    Path(id): Path<String>,
-    b: Result<Json<Notification>, JsonRejection>,
-) -> ApiResult<SessionView> {
-    let id = device_id(&id)?;
-    let n = body(b)?;
-    let s = gw.connect(id, &n.notification).await?;
-    Ok(Json(SessionView::new(&s, true)))
+async fn connect(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<SessionView> {
+    let id = device_id(&path(id)?)?;
+    let n: Notification = json(b, Some(Notification::default()))?;
+    check_notification(&n.notification)?;
+    let s = st.gw.connect(id, &n.notification).await?;
+    Ok(Json(view(&st, &s)?))
 }
 
-async fn disconnect(
-    State(gw): Gw,
-    Path(id): Path<String>,
-    b: Result<Json<Notification>, JsonRejection>,
-) -> ApiResult<DeviceView> {
-    let id = device_id(&id)?;
-    let n = body(b)?;
-    gw.disconnect(id, &n.notification).await?;
-    Ok(Json(device_view(&gw, id)?))
+async fn disconnect(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<DeviceView> {
+    let id = device_id(&path(id)?)?;
+    let n: Notification = json(b, Some(Notification::default()))?;
+    check_notification(&n.notification)?;
+    st.gw.disconnect(id, &n.notification).await?;
+    Ok(Json(device_view(&st, id)?))
 }
 
-async fn show_session(State(gw): Gw, Path(id): Path<String>) -> ApiResult<SessionView> {
-    Ok(Json(session_view(&gw, session_id(&id)?)?))
+// ----- one session -------------------------------------------------------------------
+
+async fn show_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
+    Ok(Json(session_view(&st, session_id(&path(id)?)?)?))
+}
+
+/// Seed-002 setters; each present key is set, then the session is saved.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SessionPatch {
+    time_secs: Option<u64>,
+    data_mb: Option<f64>,
+    time_cons: Option<u64>,
+    data_cons: Option<f64>,
+    #[serde(default, deserialize_with = "double_option")]
+    started_at: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    exp_days: Option<Option<u32>>,
+    down_mbits: Option<i32>,
+    up_mbits: Option<i32>,
+    use_global_speed: Option<bool>,
+}
+
+impl SessionPatch {
+    fn check(&self) -> Result<(), ApiError> {
+        if let Some(v) = self.time_secs {
+            check_secs("time_secs", v)?;
+        }
+        if let Some(v) = self.time_cons {
+            check_secs("time_cons", v)?;
+        }
+        if let Some(v) = self.data_mb {
+            check_mb("data_mb", v)?;
+        }
+        if let Some(v) = self.data_cons {
+            check_mb("data_cons", v)?;
+        }
+        if let Some(v) = self.started_at {
+            check_timestamp("started_at", v)?;
+        }
+        if let Some(v) = self.exp_days {
+            check_exp_days(v)?;
+        }
+        if let Some(v) = self.down_mbits {
+            check_mbits("down_mbits", v)?;
+        }
+        if let Some(v) = self.up_mbits {
+            check_mbits("up_mbits", v)?;
+        }
+        Ok(())
+    }
+
+    fn apply(self, s: &mut ClientSession) -> Result<(), ModelError> {
+        if let Some(v) = self.time_secs {
+            s.set_time_secs(v);
+        }
+        if let Some(v) = self.data_mb {
+            s.set_data_mb(v)?;
+        }
+        if let Some(v) = self.time_cons {
+            s.set_time_cons(v);
+        }
+        if let Some(v) = self.data_cons {
+            s.set_data_cons(v)?;
+        }
+        if let Some(v) = self.started_at {
+            s.set_started_at(v);
+        }
+        if let Some(v) = self.exp_days {
+            s.set_exp_days(v);
+        }
+        if let Some(v) = self.down_mbits {
+            s.set_down_mbits(v)?;
+        }
+        if let Some(v) = self.up_mbits {
+            s.set_up_mbits(v)?;
+        }
+        if let Some(v) = self.use_global_speed {
+            s.set_use_global_speed(v);
+        }
+        Ok(())
+    }
+}
+
+async fn patch_session(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<SessionView> {
+    let id = session_id(&path(id)?)?;
+    let p: SessionPatch = json(b, None)?;
+    p.check()?;
+    st.gw.sessions().session(id)?;
+    let s = st.gw.update_session(id, |s| p.apply(s)).await?;
+    Ok(Json(view(&st, &s)?))
+}
+
+/// Seed-002 `IncTimeCons` / `IncDataCons`, then save.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionInc {
+    #[serde(default)]
+    time_cons: u64,
+    #[serde(default)]
+    data_cons: f64,
+}
+
+async fn inc_session(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<SessionView> {
+    let id = session_id(&path(id)?)?;
+    let inc: SessionInc = json(b, None)?;
+    check_secs("time_cons", inc.time_cons)?;
+    check_mb("data_cons", inc.data_cons)?;
+    st.gw.sessions().session(id)?;
+    let s = st
+        .gw
+        .update_session(id, |s| {
+            s.inc_time_cons(inc.time_cons);
+            s.inc_data_cons(inc.data_cons)
+        })
+        .await?;
+    Ok(Json(view(&st, &s)?))
+}
+
+/// Seed-002 `Save`: charges the device's pending usage, writes the session and
+/// programs the datapath again when it runs.
+async fn save_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
+    let id = session_id(&path(id)?)?;
+    st.gw.sessions().session(id)?;
+    let s = st.gw.update_session(id, |_| Ok(())).await?;
+    Ok(Json(view(&st, &s)?))
+}
+
+/// Seed-002 `Reload`: the session as stored.
+async fn reload_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
+    let id = session_id(&path(id)?)?;
+    let mut s = st.gw.sessions().session(id)?;
+    s.reload().await?;
+    Ok(Json(view(&st, &s)?))
 }

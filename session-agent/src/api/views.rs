@@ -1,9 +1,9 @@
 //! What the API shows of devices and sessions.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use session_model::{ClientSession, Device, DeviceId, SessionId};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceView {
     pub id: DeviceId,
     pub mac: String,
@@ -27,7 +27,7 @@ impl DeviceView {
 }
 
 /// A session with everything a portal shows: allocation, consumption, what remains, expiry.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionView {
     pub id: SessionId,
     pub device_id: DeviceId,
@@ -54,10 +54,28 @@ pub struct SessionView {
     pub created_at: i64,
     /// This session is the device's running one.
     pub running: bool,
+    /// `running`, `paused` (started, not running), `unstarted`, `consumed` or `expired`.
+    pub status: String,
 }
 
 impl SessionView {
     pub fn new(s: &ClientSession, running: bool) -> Self {
+        Self::at(s, running, now_secs())
+    }
+
+    /// The view at `now` (unix seconds), which decides `expired`.
+    pub fn at(s: &ClientSession, running: bool, now: i64) -> Self {
+        let status = if s.is_consumed() {
+            "consumed"
+        } else if s.data().is_expired(now) {
+            "expired"
+        } else if running {
+            "running"
+        } else if s.started_at().is_some() {
+            "paused"
+        } else {
+            "unstarted"
+        };
         Self {
             id: s.id(),
             device_id: s.device_id(),
@@ -80,6 +98,47 @@ impl SessionView {
             use_global_speed: s.use_global_speed(),
             created_at: s.created_at(),
             running,
+            status: status.to_string(),
         }
     }
+}
+
+/// Seed `IsConnected`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectedView {
+    pub device_id: DeviceId,
+    pub connected: bool,
+    /// The running session, when connected.
+    pub session_id: Option<SessionId>,
+}
+
+/// One attached LAN in `/v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LanView {
+    pub name: String,
+    /// Client MACs in the datapath's table.
+    pub clients: u32,
+}
+
+/// `/v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub lans: Vec<LanView>,
+    pub devices: u64,
+    pub connected: u64,
+    pub sessions: u64,
+    pub providers: Vec<String>,
+    pub poll_interval_ms: u64,
+    pub auto_advance: bool,
+    pub polls: u64,
+    pub last_poll_us: u64,
+}
+
+pub(crate) fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

@@ -1,0 +1,260 @@
+//! A small blocking HTTP/1.1 client for the control API on its unix socket, used
+//! by the CLI (which never opens the database itself).
+
+use std::{
+    io::{self, BufRead, BufReader, Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the agent at {socket}: {source} (is `session-agent run` running? choose the socket with --api-socket)")]
+    Connect { socket: PathBuf, source: io::Error },
+    #[error("talking to the agent at {socket}: {source}")]
+    Io { socket: PathBuf, source: io::Error },
+    #[error("the agent sent a malformed response: {0}")]
+    Protocol(String),
+    /// The API answered with an error.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+/// A response: status and body (JSON when it parses, else a string).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+pub struct ApiClient {
+    socket: PathBuf,
+}
+
+struct Head {
+    status: u16,
+    len: Option<usize>,
+    chunked: bool,
+}
+
+impl ApiClient {
+    pub fn new(socket: &Path) -> Self {
+        Self {
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    fn io(&self, source: io::Error) -> ClientError {
+        ClientError::Io {
+            socket: self.socket.clone(),
+            source,
+        }
+    }
+
+    fn open(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(BufReader<UnixStream>, Head), ClientError> {
+        let mut s = UnixStream::connect(&self.socket).map_err(|source| ClientError::Connect {
+            socket: self.socket.clone(),
+            source,
+        })?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: session-agent\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes())
+            .and_then(|_| s.write_all(body.as_bytes()))
+            .map_err(|e| self.io(e))?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(|e| self.io(e))?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| ClientError::Protocol(format!("status line {line:?}")))?;
+        let mut h = Head {
+            status,
+            len: None,
+            chunked: false,
+        };
+        loop {
+            line.clear();
+            if r.read_line(&mut line).map_err(|e| self.io(e))? == 0 {
+                break;
+            }
+            let l = line.trim_end().to_ascii_lowercase();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.strip_prefix("content-length:") {
+                h.len = v.trim().parse().ok();
+            }
+            if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+                h.chunked = true;
+            }
+        }
+        Ok((r, h))
+    }
+
+    /// Sends a request and returns the reply, whatever its status.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, ClientError> {
+        let (mut r, h) = self.open(method, path, body)?;
+        let mut buf = Vec::new();
+        if h.chunked {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                r.read_line(&mut line).map_err(|e| self.io(e))?;
+                let n = usize::from_str_radix(line.trim(), 16)
+                    .map_err(|_| ClientError::Protocol(format!("chunk size {line:?}")))?;
+                if n == 0 {
+                    break;
+                }
+                let mut chunk = vec![0; n + 2];
+                r.read_exact(&mut chunk).map_err(|e| self.io(e))?;
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        } else if let Some(n) = h.len {
+            buf.resize(n, 0);
+            r.read_exact(&mut buf).map_err(|e| self.io(e))?;
+        } else {
+            r.read_to_end(&mut buf).map_err(|e| self.io(e))?;
+        }
+        let body = serde_json::from_slice(&buf)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&buf).into_owned()));
+        Ok(Reply {
+            status: h.status,
+            body,
+        })
+    }
+
+    /// Sends a request; a non-2xx reply becomes [`ClientError::Api`].
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let r = self.send(method, path, body)?;
+        if (200..300).contains(&r.status) {
+            return Ok(r.body);
+        }
+        let field = |k: &str| r.body.get(k).and_then(Value::as_str).map(str::to_string);
+        Err(ClientError::Api {
+            status: r.status,
+            code: field("code").unwrap_or_else(|| "http_error".into()),
+            message: field("message").unwrap_or_else(|| r.body.to_string()),
+        })
+    }
+
+    /// Follows a server-sent-events stream, calling `on_event(name, data)` for each
+    /// event until it returns false or the stream ends.
+    pub fn follow(
+        &self,
+        path: &str,
+        timeout: Option<Duration>,
+        mut on_event: impl FnMut(&str, &str) -> bool,
+    ) -> Result<(), ClientError> {
+        let (r, h) = self.open("GET", path, None)?;
+        if !(200..300).contains(&h.status) {
+            // Read the error body the ordinary way.
+            drop(r);
+            self.call("GET", path, None)?;
+            return Err(ClientError::Protocol(format!("HTTP {}", h.status)));
+        }
+        r.get_ref()
+            .set_read_timeout(timeout)
+            .map_err(|e| self.io(e))?;
+        let mut body: Box<dyn BufRead> = if h.chunked {
+            Box::new(BufReader::new(Dechunk {
+                inner: r,
+                left: 0,
+                done: false,
+            }))
+        } else {
+            Box::new(r)
+        };
+        let (mut name, mut data) = (String::new(), String::new());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if body.read_line(&mut line).map_err(|e| self.io(e))? == 0 {
+                return Ok(());
+            }
+            let l = line.trim_end_matches(['\r', '\n']);
+            if l.is_empty() {
+                if !data.is_empty() && !on_event(&name, &data) {
+                    return Ok(());
+                }
+                name.clear();
+                data.clear();
+            } else if let Some(v) = l.strip_prefix("event:") {
+                name = v.trim().to_string();
+            } else if let Some(v) = l.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(v.trim_start());
+            }
+        }
+    }
+}
+
+/// Reads the payload of a chunked body.
+struct Dechunk<R> {
+    inner: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Dechunk<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            self.inner.read_line(&mut line)?;
+            if line.trim().is_empty() {
+                // The CRLF after the previous chunk.
+                line.clear();
+                self.inner.read_line(&mut line)?;
+            }
+            if line.is_empty() {
+                self.done = true;
+                return Ok(0);
+            }
+            let n = usize::from_str_radix(line.trim(), 16)
+                .map_err(|_| io::Error::other(format!("bad chunk size {line:?}")))?;
+            if n == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+            self.left = n;
+        }
+        let want = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            self.done = true;
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}

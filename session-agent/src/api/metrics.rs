@@ -1,0 +1,306 @@
+//! Prometheus text metrics (`GET /metrics`, also `GET /v1/metrics`).
+//!
+//! Per-client series are labelled by `lan` and `mac` and limited to the
+//! `metrics_top_clients` busiest clients (up + down bytes) of each LAN, so a
+//! busy hotspot cannot blow up the scrape; `session_agent_clients_unlisted`
+//! counts the clients left out.
+
+use std::{fmt::Write, sync::atomic::Ordering::Relaxed, sync::Arc};
+
+use axum::{extract::State, http::header, response::IntoResponse};
+use session_model::ModelError;
+
+use super::{ApiError, ApiState};
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+pub async fn handler(State(st): State<Arc<ApiState>>) -> Result<impl IntoResponse, ApiError> {
+    let text = render(&st)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    ))
+}
+
+pub fn render(st: &ApiState) -> Result<String, ApiError> {
+    let mut out = String::with_capacity(16 * 1024);
+    let top = st.opts.metrics_top_clients;
+
+    let mut per_lan = Vec::new();
+    for lan in st.gw.lans() {
+        let mut rows = lan.maps.lock().map(|m| m.snapshot()).unwrap_or_default();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.up_bytes.saturating_add(r.down_bytes)));
+        let total = rows.len();
+        rows.truncate(top);
+        per_lan.push((lan.name.clone(), total, rows));
+    }
+
+    head(
+        &mut out,
+        "session_agent_clients",
+        "gauge",
+        "Client MACs in the datapath table of a LAN.",
+    );
+    for (lan, total, _) in &per_lan {
+        let _ = writeln!(
+            out,
+            "session_agent_clients{{lan=\"{}\"}} {total}",
+            escape(lan)
+        );
+    }
+    head(
+        &mut out,
+        "session_agent_clients_unlisted",
+        "gauge",
+        "Clients without per-client series (beyond the metrics_top_clients busiest).",
+    );
+    for (lan, total, rows) in &per_lan {
+        let _ = writeln!(
+            out,
+            "session_agent_clients_unlisted{{lan=\"{}\"}} {}",
+            escape(lan),
+            total - rows.len()
+        );
+    }
+
+    head(
+        &mut out,
+        "session_agent_client_bytes_total",
+        "counter",
+        "IP-layer bytes of a client: up (sent), down (received), garden (walled garden), blocked.",
+    );
+    for (lan, _, rows) in &per_lan {
+        for r in rows {
+            let l = format!("lan=\"{}\",mac=\"{}\"", escape(lan), escape(&r.mac));
+            for (dir, v) in [
+                ("up", r.up_bytes),
+                ("down", r.down_bytes),
+                ("garden", r.garden_bytes),
+                ("blocked", r.blocked_bytes),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "session_agent_client_bytes_total{{{l},direction=\"{dir}\"}} {v}"
+                );
+            }
+        }
+    }
+    head(
+        &mut out,
+        "session_agent_client_packets_total",
+        "counter",
+        "Packets of a client counted as usage: up (sent), down (received).",
+    );
+    for (lan, _, rows) in &per_lan {
+        for r in rows {
+            let l = format!("lan=\"{}\",mac=\"{}\"", escape(lan), escape(&r.mac));
+            let _ = writeln!(
+                out,
+                "session_agent_client_packets_total{{{l},direction=\"up\"}} {}",
+                r.up_packets
+            );
+            let _ = writeln!(
+                out,
+                "session_agent_client_packets_total{{{l},direction=\"down\"}} {}",
+                r.down_packets
+            );
+        }
+    }
+    head(
+        &mut out,
+        "session_agent_client_drops_total",
+        "counter",
+        "Packets of a client dropped by the datapath, by reason.",
+    );
+    for (lan, _, rows) in &per_lan {
+        for r in rows {
+            let l = format!("lan=\"{}\",mac=\"{}\"", escape(lan), escape(&r.mac));
+            for (reason, v) in [
+                ("blocked", r.blocked_packets),
+                ("ratelimit", r.ratelimit_packets),
+                ("quota", r.quota_packets),
+                ("malformed", r.malformed_packets),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "session_agent_client_drops_total{{{l},reason=\"{reason}\"}} {v}"
+                );
+            }
+        }
+    }
+    head(
+        &mut out,
+        "session_agent_client_allowed",
+        "gauge",
+        "1 when the datapath lets the client through.",
+    );
+    for (lan, _, rows) in &per_lan {
+        for r in rows {
+            let _ = writeln!(
+                out,
+                "session_agent_client_allowed{{lan=\"{}\",mac=\"{}\"}} {}",
+                escape(lan),
+                escape(&r.mac),
+                u8::from(r.allowed)
+            );
+        }
+    }
+
+    // Sessions.
+    let mgr = st.gw.sessions();
+    let now = mgr.clock().now_secs();
+    let connected = mgr.connected()?;
+    let sessions = mgr.store().sessions().map_err(ModelError::from)?;
+    let devices = mgr.store().devices().map_err(ModelError::from)?.len();
+    let (mut paused, mut unstarted, mut ended) = (0u64, 0u64, 0u64);
+    let running: std::collections::HashSet<u64> = connected.iter().map(|(_, s)| *s).collect();
+    for s in &sessions {
+        if running.contains(&s.id) {
+            continue;
+        }
+        if !s.data.is_available(now) {
+            ended += 1;
+        } else if s.data.started_at.is_some() {
+            paused += 1;
+        } else {
+            unstarted += 1;
+        }
+    }
+    head(
+        &mut out,
+        "session_agent_devices",
+        "gauge",
+        "Devices known to the session store.",
+    );
+    let _ = writeln!(out, "session_agent_devices {devices}");
+    head(
+        &mut out,
+        "session_agent_connected_devices",
+        "gauge",
+        "Devices connected (with a running session).",
+    );
+    let _ = writeln!(out, "session_agent_connected_devices {}", connected.len());
+    head(
+        &mut out,
+        "session_agent_sessions",
+        "gauge",
+        "Sessions by state: running, paused, unstarted (these three are active) and ended.",
+    );
+    for (state, v) in [
+        ("running", connected.len() as u64),
+        ("paused", paused),
+        ("unstarted", unstarted),
+        ("ended", ended),
+    ] {
+        let _ = writeln!(out, "session_agent_sessions{{state=\"{state}\"}} {v}");
+    }
+
+    // The gateway's own work.
+    let s = st.gw.stats();
+    let secs = |us: u64| us as f64 / 1e6;
+    head(
+        &mut out,
+        "session_agent_poll_duration_seconds",
+        "summary",
+        "Time of one counter poll (charge usage, advance time, end sessions).",
+    );
+    let _ = writeln!(
+        out,
+        "session_agent_poll_duration_seconds_sum {}",
+        secs(s.poll_us_sum.load(Relaxed))
+    );
+    let _ = writeln!(
+        out,
+        "session_agent_poll_duration_seconds_count {}",
+        s.polls.load(Relaxed)
+    );
+    head(
+        &mut out,
+        "session_agent_last_poll_duration_seconds",
+        "gauge",
+        "Time of the last counter poll.",
+    );
+    let _ = writeln!(
+        out,
+        "session_agent_last_poll_duration_seconds {}",
+        secs(s.poll_us_last.load(Relaxed))
+    );
+    head(
+        &mut out,
+        "session_agent_poll_errors_total",
+        "counter",
+        "Counter polls that failed.",
+    );
+    let _ = writeln!(
+        out,
+        "session_agent_poll_errors_total {}",
+        s.poll_errors.load(Relaxed)
+    );
+    head(
+        &mut out,
+        "session_agent_ring_events_total",
+        "counter",
+        "Datapath ring-buffer events handled, by kind.",
+    );
+    let _ = writeln!(
+        out,
+        "session_agent_ring_events_total{{kind=\"new_client\"}} {}",
+        s.ring_new_client.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "session_agent_ring_events_total{{kind=\"quota_exhausted\"}} {}",
+        s.ring_quota_exhausted.load(Relaxed)
+    );
+    head(
+        &mut out,
+        "session_agent_checkpoint_duration_seconds",
+        "summary",
+        "Time of one store checkpoint.",
+    );
+    let _ = writeln!(
+        out,
+        "session_agent_checkpoint_duration_seconds_sum {}",
+        secs(s.checkpoint_us_sum.load(Relaxed))
+    );
+    let _ = writeln!(
+        out,
+        "session_agent_checkpoint_duration_seconds_count {}",
+        s.checkpoints.load(Relaxed)
+    );
+    head(
+        &mut out,
+        "session_agent_last_checkpoint_duration_seconds",
+        "gauge",
+        "Time of the last store checkpoint.",
+    );
+    let _ = writeln!(
+        out,
+        "session_agent_last_checkpoint_duration_seconds {}",
+        secs(s.checkpoint_us_last.load(Relaxed))
+    );
+    head(
+        &mut out,
+        "session_agent_checkpoint_errors_total",
+        "counter",
+        "Store checkpoints that failed.",
+    );
+    let _ = writeln!(
+        out,
+        "session_agent_checkpoint_errors_total {}",
+        s.checkpoint_errors.load(Relaxed)
+    );
+    Ok(out)
+}
