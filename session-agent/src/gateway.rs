@@ -134,6 +134,11 @@ pub struct Gateway {
     events: broadcast::Sender<GatewayEvent>,
     wake: Notify,
     stats: GatewayStats,
+    /// Each MAC's slot on every LAN: slots never move while the pins live, so a
+    /// poll reads counters from shared memory without a map lookup per device.
+    slot_cache: StdMutex<HashMap<MacKey, Vec<u32>>>,
+    /// Device -> MAC, so a poll does not read every device from the store.
+    mac_cache: StdMutex<HashMap<DeviceId, MacAddr>>,
 }
 
 /// The meter reading of a device: its up+down bytes over every LAN.
@@ -159,6 +164,8 @@ impl Gateway {
             events,
             wake: Notify::new(),
             stats: GatewayStats::default(),
+            slot_cache: StdMutex::new(HashMap::new()),
+            mac_cache: StdMutex::new(HashMap::new()),
         })
     }
 
@@ -186,22 +193,57 @@ impl Gateway {
     /// The device's current meter reading.
     fn reading(&self, mac: MacAddr) -> MeterMark {
         let key = mac_key(mac);
+        let cached = self.slot_cache.lock().unwrap().get(&key).cloned();
+        let slots: Vec<Option<u32>> = match cached {
+            Some(v) => v.into_iter().map(Some).collect(),
+            None => {
+                let v: Vec<Option<u32>> = self
+                    .lans
+                    .iter()
+                    .map(|l| l.maps.lock().unwrap().slot_of(&key))
+                    .collect();
+                if v.iter().all(Option::is_some) {
+                    self.slot_cache
+                        .lock()
+                        .unwrap()
+                        .insert(key, v.iter().flatten().copied().collect());
+                }
+                v
+            }
+        };
         let bytes = self
             .lans
             .iter()
-            .map(|l| {
-                let maps = l.maps.lock().unwrap();
-                maps.slot_of(&key).map(|s| {
-                    let c = maps.counters(s);
-                    c.up_bytes + c.down_bytes
-                })
+            .zip(slots)
+            .filter_map(|(l, slot)| {
+                let c = l.maps.lock().unwrap().counters(slot?);
+                Some(c.up_bytes + c.down_bytes)
             })
-            .map(|b| b.unwrap_or(0))
             .sum();
         MeterMark {
             epoch: combined_epoch(&self.lans),
             bytes,
         }
+    }
+
+    /// Meter readings of every connected device, from shared memory (one map
+    /// lookup per device the first time only).
+    pub fn readings(&self) -> Result<Vec<(DeviceId, MeterMark)>, AgentError> {
+        self.mgr
+            .connected()?
+            .into_iter()
+            .map(|(d, _)| Ok((d, self.reading(self.mac_of(d)?))))
+            .collect()
+    }
+
+    /// The device's MAC, from the cache or the store.
+    fn mac_of(&self, device_id: DeviceId) -> Result<MacAddr, AgentError> {
+        if let Some(m) = self.mac_cache.lock().unwrap().get(&device_id) {
+            return Ok(*m);
+        }
+        let mac = self.mgr.device(device_id)?.mac;
+        self.mac_cache.lock().unwrap().insert(device_id, mac);
+        Ok(mac)
     }
 
     fn speed(&self, session: &ClientSession) -> (RateLimit, RateLimit) {
@@ -368,6 +410,7 @@ impl Gateway {
             self.revoke(old.mac)?;
         }
         self.mgr.rekey_device(device_id, new_mac)?;
+        self.mac_cache.lock().unwrap().insert(device_id, new_mac);
         if connected {
             self.mgr
                 .reset_meter_mark(device_id, self.reading(new_mac))?;
@@ -409,12 +452,7 @@ impl Gateway {
     pub async fn poll(&self) -> Result<(), AgentError> {
         let _g = self.ops.lock().await;
         let started = Instant::now();
-        let connected = self.mgr.connected()?;
-        let mut readings = Vec::with_capacity(connected.len());
-        for (device_id, _) in &connected {
-            let device = self.mgr.device(*device_id)?;
-            readings.push((*device_id, self.reading(device.mac)));
-        }
+        let readings = self.readings()?;
         self.charge(&readings).await?;
         let report = self.mgr.tick()?;
         self.apply(&report)?;

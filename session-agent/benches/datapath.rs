@@ -1,0 +1,423 @@
+//! Datapath and agent cost, measured on the real kernel (needs root):
+//!
+//! 1. program cost per packet with BPF_PROG_TEST_RUN for each path, with 1 to
+//!    65,536 clients in the maps, against a program that returns at once;
+//! 5. the agent's counter poll (CPU and wall time) and resident memory with
+//!    10,000 and 65,536 connected devices.
+//!
+//! Prints a table; with `SESSION_BENCH_OUT=FILE` also writes the measurements as
+//! JSON for `cargo xtask bench`. `SESSION_BENCH_RUNS` (default 5) sets the runs
+//! per figure, `SESSION_BENCH_QUICK=1` uses fewer clients and repeats.
+
+use std::{
+    net::Ipv4Addr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use session_agent::{
+    dataplane::{
+        testrun::{frames, ProgramHarness, PROG_NOOP, TC_DROP, TC_PASS},
+        Maps, RateLimit,
+    },
+    gateway::{Gateway, GatewayConfig, Lan},
+};
+use session_common::{MacKey, PROG_TC_INGRESS};
+use session_model::{
+    store::{HybridOptions, HybridStore, SyncMode},
+    MacAddr, SessionStore, SessionsMgr, SystemClock,
+};
+
+#[derive(Serialize, Clone)]
+struct Measurement {
+    scenario: &'static str,
+    case: String,
+    clients: u32,
+    metric: &'static str,
+    unit: &'static str,
+    runs: Vec<f64>,
+    median: f64,
+    /// The same metric of the baseline in this run (the no-op program), if any.
+    baseline: Option<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn env_u32(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn mac(i: u32) -> MacKey {
+    let b = i.to_be_bytes();
+    MacKey::new([0x02, 0x5e, b[0], b[1], b[2], b[3]])
+}
+
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+
+/// A 64-byte UDP frame (IP length 46) from client `i` to a server.
+fn frame(i: u32) -> Vec<u8> {
+    frames::udp4(
+        GW_MAC,
+        mac(i).addr,
+        Ipv4Addr::new(10, 200, (i >> 8) as u8, i as u8),
+        Ipv4Addr::new(10, 201, 0, 2),
+        40000,
+        443,
+        18,
+    )
+}
+
+/// The paths a packet can take, each set up on the measured client.
+#[derive(Clone, Copy)]
+enum Path {
+    /// Allowed, no limits: counted and passed.
+    Counted,
+    /// Allowed with a speed limit and a data budget that both admit it: the full path.
+    Full,
+    /// The speed limit refuses it.
+    RateLimited,
+    /// The data budget is used up.
+    QuotaExhausted,
+    /// Not allowed, not walled garden.
+    Blocked,
+}
+
+impl Path {
+    const ALL: [Path; 5] = [
+        Path::Counted,
+        Path::Full,
+        Path::RateLimited,
+        Path::QuotaExhausted,
+        Path::Blocked,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Path::Counted => "allowed_counted",
+            Path::Full => "full_path",
+            Path::RateLimited => "rate_limited",
+            Path::QuotaExhausted => "quota_exhausted",
+            Path::Blocked => "blocked",
+        }
+    }
+
+    fn verdict(self) -> u32 {
+        match self {
+            Path::Counted | Path::Full => TC_PASS,
+            _ => TC_DROP,
+        }
+    }
+
+    fn setup(self, maps: &mut Maps, m: &MacKey) {
+        let slot = maps.ensure_slot(m).unwrap();
+        let big = RateLimit {
+            rate_bytes: 1 << 40,
+            burst_bytes: 1 << 40,
+        };
+        let tiny = RateLimit {
+            rate_bytes: 1,
+            burst_bytes: 1,
+        };
+        match self {
+            Path::Counted => {
+                maps.set_allowed(m, true).unwrap();
+            }
+            Path::Full => {
+                maps.set_allowed(m, true).unwrap();
+                maps.set_rates(slot, big, big);
+                maps.set_budget(slot, Some(i64::MAX / 2));
+            }
+            Path::RateLimited => {
+                maps.set_allowed(m, true).unwrap();
+                maps.set_rates(slot, tiny, tiny);
+                // A one-byte bucket: the first packet takes it, every later one is refused.
+                maps.set_budget(slot, None);
+            }
+            Path::QuotaExhausted => {
+                maps.set_allowed(m, true).unwrap();
+                maps.set_rates(slot, RateLimit::UNLIMITED, RateLimit::UNLIMITED);
+                maps.set_budget(slot, Some(0));
+            }
+            Path::Blocked => {
+                maps.set_rates(slot, RateLimit::UNLIMITED, RateLimit::UNLIMITED);
+                maps.set_budget(slot, None);
+                maps.set_allowed(m, false).unwrap();
+            }
+        }
+    }
+}
+
+fn program_cost(out: &mut Vec<Measurement>, runs: u32, quick: bool) {
+    let sizes: &[u32] = if quick {
+        &[1, 10_000]
+    } else {
+        &[1, 1_000, 10_000, 65_536]
+    };
+    let repeat = if quick { 20_000 } else { 200_000 };
+    for &n in sizes {
+        let mut h = ProgramHarness::new("sa-bench", &[]).expect("loading the datapath (root?)");
+        let t = Instant::now();
+        for i in 0..n {
+            h.maps.set_allowed(&mac(i), true).unwrap();
+        }
+        eprintln!(
+            "program cost: {n} clients in the maps ({:.1}s to fill)",
+            t.elapsed().as_secs_f64()
+        );
+        let measured = n / 2;
+        let f = frame(measured);
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Path::ALL.len() + 1];
+        // Interleaved: baseline, then each path, `runs` times.
+        for _ in 0..runs {
+            let (_, d) = h.run(PROG_NOOP, &f, None, repeat).unwrap();
+            samples[0].push(d.as_nanos() as f64);
+            for (k, p) in Path::ALL.iter().enumerate() {
+                p.setup(&mut h.maps, &mac(measured));
+                let (v, d) = h.run(PROG_TC_INGRESS, &f, None, repeat).unwrap();
+                assert_eq!(v, p.verdict(), "{} returned {v}", p.name());
+                samples[k + 1].push(d.as_nanos() as f64);
+            }
+        }
+        let base = median(&samples[0]);
+        out.push(Measurement {
+            scenario: "program_cost",
+            case: "noop_baseline".into(),
+            clients: n,
+            metric: "ns_per_packet",
+            unit: "ns",
+            median: base,
+            runs: samples[0].clone(),
+            baseline: None,
+        });
+        for (k, p) in Path::ALL.iter().enumerate() {
+            out.push(Measurement {
+                scenario: "program_cost",
+                case: p.name().into(),
+                clients: n,
+                metric: "ns_per_packet",
+                unit: "ns",
+                median: median(&samples[k + 1]),
+                runs: samples[k + 1].clone(),
+                baseline: Some(base),
+            });
+        }
+    }
+}
+
+fn rss_kib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn agent_cost(out: &mut Vec<Measurement>, runs: u32, quick: bool) {
+    let sizes: &[u32] = if quick { &[10_000] } else { &[10_000, 65_536] };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for &n in sizes {
+        let dir = tempdir();
+        let db = dir.join("sessions.redb");
+        let h = ProgramHarness::new("sa-bench", &[]).expect("loading the datapath (root?)");
+        let t = Instant::now();
+        // Devices, sessions and connections are set up on a store that syncs only
+        // at the end, then the agent reopens it as it runs (fsync every write).
+        {
+            let store: Arc<dyn SessionStore> = Arc::new(
+                HybridStore::open(
+                    &db,
+                    HybridOptions {
+                        sync: SyncMode::Manual,
+                        ..HybridOptions::default()
+                    },
+                )
+                .unwrap(),
+            );
+            let gw = gateway(&h, store);
+            rt.block_on(async {
+                for i in 0..n {
+                    let d = gw
+                        .sessions()
+                        .create_device(MacAddr(mac(i).addr), None, None)
+                        .unwrap();
+                    gw.sessions()
+                        .create_session(d.id, 2, 86_400, 100_000.0, None, 10, 5, false)
+                        .await
+                        .unwrap();
+                    gw.connect(d.id, "").await.unwrap();
+                }
+            });
+            gw.sessions().checkpoint().unwrap();
+        }
+        let store: Arc<dyn SessionStore> =
+            Arc::new(HybridStore::open(&db, HybridOptions::default()).unwrap());
+        let gw = gateway(&h, store);
+        assert_eq!(
+            gw.sessions().connected().unwrap().len(),
+            n as usize,
+            "every device reconnected from the store"
+        );
+        eprintln!(
+            "agent cost: {n} connected devices ({:.1}s to set up)",
+            t.elapsed().as_secs_f64()
+        );
+        rt.block_on(gw.reconcile()).unwrap();
+        let mut read = Vec::new();
+        let (mut idle_wall, mut idle_cpu, mut busy_wall, mut busy_cpu) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let t = Instant::now();
+            let r = gw.readings().unwrap();
+            read.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(r.len(), n as usize);
+            let (w, c) = timed(|| rt.block_on(gw.poll()).unwrap());
+            idle_wall.push(w);
+            idle_cpu.push(c);
+            // Every client sends 1,500 bytes: the next poll charges every device.
+            {
+                let maps = gw.lans()[0].maps.lock().unwrap();
+                let arr = maps.counters_array();
+                for slot in 0..n {
+                    let p = unsafe { &raw mut (*arr.entry(slot)).up_bytes };
+                    unsafe { AtomicU64::from_ptr(p) }.fetch_add(1500, Ordering::SeqCst);
+                }
+            }
+            let (w, c) = timed(|| rt.block_on(gw.poll()).unwrap());
+            busy_wall.push(w);
+            busy_cpu.push(c);
+        }
+        for (case, metric, unit, v) in [
+            ("read_counters", "wall_ms", "ms", read),
+            ("poll_idle", "wall_ms", "ms", idle_wall),
+            ("poll_idle", "cpu_ms", "ms", idle_cpu),
+            ("poll_all_charged", "wall_ms", "ms", busy_wall),
+            ("poll_all_charged", "cpu_ms", "ms", busy_cpu),
+        ] {
+            out.push(Measurement {
+                scenario: "agent_cost",
+                case: case.into(),
+                clients: n,
+                metric,
+                unit,
+                median: median(&v),
+                runs: v,
+                baseline: None,
+            });
+        }
+        let rss = rss_kib() / 1024.0;
+        out.push(Measurement {
+            scenario: "agent_cost",
+            case: "resident_memory".into(),
+            clients: n,
+            metric: "rss_mib",
+            unit: "MiB",
+            runs: vec![rss],
+            median: rss,
+            baseline: None,
+        });
+        drop(gw);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+fn timed(f: impl FnOnce()) -> (f64, f64) {
+    let (t, c) = (Instant::now(), cpu_time());
+    f();
+    (
+        t.elapsed().as_secs_f64() * 1e3,
+        (cpu_time() - c).as_secs_f64() * 1e3,
+    )
+}
+
+fn gateway(h: &ProgramHarness, store: Arc<dyn SessionStore>) -> Arc<Gateway> {
+    let maps = Maps::open(h.root(), "t").unwrap();
+    let epoch = maps.ensure_epoch();
+    let lan = Lan {
+        name: "t".into(),
+        maps: std::sync::Mutex::new(maps),
+        epoch,
+    };
+    Gateway::new(
+        Arc::new(SessionsMgr::new(store, Arc::new(SystemClock))),
+        vec![lan],
+        GatewayConfig::default(),
+    )
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "sa-bench-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn main() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "the datapath benchmark needs root (BPF): run `cargo xtask bench`"
+    );
+    // `cargo bench` passes `--bench`; nothing else is taken.
+    let runs = env_u32("SESSION_BENCH_RUNS", 5).max(1);
+    let quick = std::env::var("SESSION_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let only = std::env::var("SESSION_BENCH_ONLY").unwrap_or_default();
+    let mut out = Vec::new();
+    if only.is_empty() || only == "program_cost" {
+        program_cost(&mut out, runs, quick);
+    }
+    if only.is_empty() || only == "agent_cost" {
+        agent_cost(&mut out, runs, quick);
+    }
+    println!(
+        "{:<14} {:<18} {:>7} {:<8} {:>12} {:>10}",
+        "SCENARIO", "CASE", "CLIENTS", "METRIC", "MEDIAN", "VS NOOP"
+    );
+    for m in &out {
+        let ratio = m
+            .baseline
+            .map(|b| format!("{:.2}x", m.median / b))
+            .unwrap_or_default();
+        println!(
+            "{:<14} {:<18} {:>7} {:<8} {:>12.3} {:>10}",
+            m.scenario, m.case, m.clients, m.unit, m.median, ratio
+        );
+    }
+    if let Ok(path) = std::env::var("SESSION_BENCH_OUT") {
+        std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap())
+            .unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
+}
