@@ -182,9 +182,9 @@ impl RxRef {
 
     /// IP bytes received so far.
     pub fn bytes(&self) -> u64 {
-        let out = run_ok(ns_command(&self.ns, "nft").args([
-            "-j", "list", "counter", "inet", "sa_rx", "rx",
-        ]));
+        let out = run_ok(
+            ns_command(&self.ns, "nft").args(["-j", "list", "counter", "inet", "sa_rx", "rx"]),
+        );
         let v: Value = serde_json::from_slice(&out.stdout).expect("nft json");
         v["nftables"]
             .as_array()
@@ -666,9 +666,11 @@ impl IperfServer {
             .expect("spawn iperf3 -s");
         // Wait until it listens.
         let listening = wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
-            in_netns(ns, || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)))
-                .ok()
-                .map(|_| ())
+            in_netns(ns, || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            })
+            .ok()
+            .map(|_| ())
         });
         assert!(listening.is_some(), "iperf3 -s on {addr} did not listen");
         // That probe connection counts as a (failed) test on the server; let it settle.

@@ -196,7 +196,12 @@ fn simulated_reboot_loses_at_most_a_poll_interval() {
     let window = total_before.delivered() - at_from;
     let rate = {
         let first = samples.first().copied().unwrap();
-        let last = samples.iter().rev().find(|(t, _)| *t <= killed).copied().unwrap();
+        let last = samples
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= killed)
+            .copied()
+            .unwrap();
         (last.1 - first.1) as f64 / last.0.duration_since(first.0).as_secs_f64()
     };
     // Traffic flows again, and is charged exactly from the new counters.
@@ -223,12 +228,18 @@ fn simulated_reboot_loses_at_most_a_poll_interval() {
         s.context()
     );
     eprintln!("simulated reboot: {report}");
-    assert!(lost >= 0, "the reboot charged more than was moved\n{report}");
+    assert!(
+        lost >= 0,
+        "the reboot charged more than was moved\n{report}"
+    );
     assert!(
         lost as u64 <= window,
         "lost more than the traffic since the last poll before the kill\n{report}"
     );
-    assert!(o.completed, "traffic did not flow after the reboot\n{report}");
+    assert!(
+        o.completed,
+        "traffic did not flow after the reboot\n{report}"
+    );
     assert!(is_connected(&s.api, s.device), "{report}");
     assert_eq!(
         charged_after, moved_after,

@@ -8,8 +8,8 @@
 use session_tests::sessions::*;
 use std::net::SocketAddr;
 
-const SECS: u32 = 5;
-const OMIT: u32 = 2;
+const SECS: u32 = 4;
+const OMIT: u32 = 1;
 
 struct Row {
     limit: u64,
@@ -57,15 +57,7 @@ fn check(s: &Setup, what: &str, rows: &[Row]) {
 fn session_limit(limit: u64) {
     let s = Setup::new(&[]);
     let iperf_srv = IperfServer::start(&s.hs.server_ns, s.hs.server_sock(false, 5201));
-    let id = new_session(
-        &s.api,
-        s.device,
-        TIME,
-        600,
-        0.0,
-        limit as i32,
-        limit as i32,
-    );
+    let id = new_session(&s.api, s.device, TIME, 600, 0.0, limit as i32, limit as i32);
     let v = connect(&s.api, s.device);
     assert_eq!(sid(&v), id);
     assert_eq!(field(&v, "down_mbits"), limit);
@@ -101,4 +93,40 @@ fn global_speed_limit() {
     connect(&s.api, s.device);
     let rows = measure(&s, iperf_srv.addr, 20, 10);
     check(&s, "global", &rows);
+}
+
+/// The figures of BENCHMARKS.md, "Speed limits": one limit at a time (no
+/// other test running), at the default burst and at 100 ms, as a markdown
+/// table. Run with
+/// `cargo test -p session-tests --test sessions_speed -- --ignored --nocapture --test-threads=1`.
+#[test]
+#[ignore = "measurement for BENCHMARKS.md; run alone"]
+fn speed_table() {
+    let mut out = String::from(
+        "| --burst-ms | limit Mbit/s | direction | goodput Mbit/s | vs limit | retransmits |\n|---|---:|---|---:|---:|---:|\n",
+    );
+    for burst in [None, Some("100")] {
+        for limit in [5u64, 20, 50] {
+            let args: Vec<&str> = match burst {
+                Some(b) => vec!["--burst-ms", b],
+                None => vec![],
+            };
+            let s = Setup::new(&args);
+            let srv = IperfServer::start(&s.hs.server_ns, s.hs.server_sock(false, 5201));
+            new_session(&s.api, s.device, TIME, 600, 0.0, limit as i32, limit as i32);
+            connect(&s.api, s.device);
+            for row in measure(&s, srv.addr, limit, limit) {
+                out += &format!(
+                    "| {} | {} | {} | {:.2} | {:+.1}% | {} |\n",
+                    burst.unwrap_or("default"),
+                    row.limit,
+                    row.dir,
+                    row.r.recv_mbits,
+                    (row.r.recv_mbits / row.limit as f64 - 1.0) * 100.0,
+                    row.r.retransmits
+                );
+            }
+        }
+    }
+    println!("{out}");
 }

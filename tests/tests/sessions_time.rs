@@ -193,7 +193,10 @@ fn idle_device_is_paused_and_keeps_time() {
         tc as f64 <= secs(paused - t0) + 1.0,
         "time_cons {tc}\n{report}"
     );
-    assert_eq!(v1["time_cons"], v2["time_cons"], "time ran while paused\n{report}");
+    assert_eq!(
+        v1["time_cons"], v2["time_cons"],
+        "time ran while paused\n{report}"
+    );
     assert_eq!(field(&v2, "remaining_time"), 60 - tc, "{report}");
     assert_eq!(v2["running"], false, "{report}");
     assert!(blocked, "traffic passed while paused\n{report}");
