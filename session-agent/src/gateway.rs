@@ -215,10 +215,7 @@ impl Gateway {
             .lans
             .iter()
             .zip(slots)
-            .filter_map(|(l, slot)| {
-                let c = l.maps.lock().unwrap().counters(slot?);
-                Some(c.up_bytes + c.down_bytes)
-            })
+            .filter_map(|(l, slot)| Some(l.maps.lock().unwrap().usage_bytes(slot?)))
             .sum();
         MeterMark {
             epoch: combined_epoch(&self.lans),
@@ -226,14 +223,50 @@ impl Gateway {
         }
     }
 
-    /// Meter readings of every connected device, from shared memory (one map
-    /// lookup per device the first time only).
+    /// Meter readings of every connected device, from shared memory: one store
+    /// and map lookup per device the first time, then only cached slots.
     pub fn readings(&self) -> Result<Vec<(DeviceId, MeterMark)>, AgentError> {
-        self.mgr
-            .connected()?
-            .into_iter()
-            .map(|(d, _)| Ok((d, self.reading(self.mac_of(d)?))))
-            .collect()
+        let connected = self.mgr.connected()?;
+        let missing: Vec<DeviceId> = {
+            let macs = self.mac_cache.lock().unwrap();
+            connected
+                .iter()
+                .map(|(d, _)| *d)
+                .filter(|d| !macs.contains_key(d))
+                .collect()
+        };
+        for d in missing {
+            self.mac_of(d)?;
+        }
+        let epoch = combined_epoch(&self.lans);
+        let macs = self.mac_cache.lock().unwrap();
+        let mut slots = self.slot_cache.lock().unwrap();
+        let maps: Vec<_> = self.lans.iter().map(|l| l.maps.lock().unwrap()).collect();
+        let mut out = Vec::with_capacity(connected.len());
+        for (device_id, _) in connected {
+            let key = mac_key(macs[&device_id]);
+            if !slots.contains_key(&key) {
+                let found: Vec<Option<u32>> = maps.iter().map(|m| m.slot_of(&key)).collect();
+                if found.iter().all(Option::is_some) {
+                    slots.insert(key, found.into_iter().flatten().collect());
+                } else {
+                    let bytes = maps
+                        .iter()
+                        .zip(found)
+                        .filter_map(|(m, s)| Some(m.usage_bytes(s?)))
+                        .sum();
+                    out.push((device_id, MeterMark { epoch, bytes }));
+                    continue;
+                }
+            }
+            let bytes = slots[&key]
+                .iter()
+                .zip(&maps)
+                .map(|(s, m)| m.usage_bytes(*s))
+                .sum();
+            out.push((device_id, MeterMark { epoch, bytes }));
+        }
+        Ok(out)
     }
 
     /// The device's MAC, from the cache or the store.

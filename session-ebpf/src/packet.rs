@@ -36,7 +36,12 @@ impl Packet for TcContext {
 
     #[inline(always)]
     fn load<T: Copy>(&self, offset: u32) -> Option<T> {
-        // bpf_skb_load_bytes also reads non-linear (paged) data.
+        // Headers are almost always in the linear part: read them directly, and
+        // only fall back to bpf_skb_load_bytes (which also reads paged data).
+        let start = self.data() + offset as usize;
+        if start + core::mem::size_of::<T>() <= self.data_end() {
+            return Some(unsafe { core::ptr::read_unaligned(start as *const T) });
+        }
         TcContext::load(self, offset as usize).ok()
     }
 

@@ -271,6 +271,15 @@ impl Maps {
         self.counters.get(slot)
     }
 
+    /// Up plus down bytes of the slot: the client's usage meter.
+    pub fn usage_bytes(&self, slot: u32) -> u64 {
+        let c = self.counters.entry(slot);
+        unsafe {
+            std::ptr::read_volatile(&raw const (*c).up_bytes)
+                + std::ptr::read_volatile(&raw const (*c).down_bytes)
+        }
+    }
+
     /// A copy of the slot's policy.
     pub fn policy(&self, slot: u32) -> ClientPolicy {
         self.policy.get(slot)
