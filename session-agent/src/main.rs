@@ -1,15 +1,19 @@
 //! session-agent: eBPF traffic metering and session service for Wi-Fi hotspot gateways.
 
+mod config;
+mod ctl;
+
 use std::{
     path::{Path, PathBuf},
     time::Duration,
 };
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use session_common::MacKey;
 
 use session_agent::{
-    api::ApiOptions,
+    api::{ApiOptions, DEFAULT_METRICS_TOP_CLIENTS},
     daemon,
     dataplane::{self, attach::IngressHook, ClientRow, Maps, RateLimit, DEFAULT_PIN_ROOT},
     error::AgentError,
@@ -93,51 +97,141 @@ enum Cmd {
         #[command(flatten)]
         pins: PinArgs,
     },
+    /// Devices known to the running agent (over its API socket).
+    Devices {
+        #[command(subcommand)]
+        cmd: ctl::DevicesCmd,
+        #[command(flatten)]
+        api: ctl::ApiArgs,
+    },
+    /// Sessions of the running agent (over its API socket).
+    Sessions {
+        #[command(subcommand)]
+        cmd: ctl::SessionsCmd,
+        #[command(flatten)]
+        api: ctl::ApiArgs,
+    },
+    /// Connect a device: start or resume its session (over the API socket).
+    Connect {
+        /// Device id.
+        device: String,
+        /// Notification text for the portal and the event stream.
+        #[arg(long, default_value = "")]
+        notification: String,
+        #[command(flatten)]
+        api: ctl::ApiArgs,
+    },
+    /// Disconnect a device and pause its session (over the API socket).
+    Disconnect {
+        /// Device id.
+        device: String,
+        #[arg(long, default_value = "")]
+        notification: String,
+        #[command(flatten)]
+        api: ctl::ApiArgs,
+    },
+    /// The running agent's status (over the API socket).
+    Status {
+        #[command(flatten)]
+        api: ctl::ApiArgs,
+    },
+    /// Registered session providers (over the API socket).
+    Providers {
+        #[command(flatten)]
+        api: ctl::ApiArgs,
+    },
+    /// Follow the agent's events (server-sent events over the API socket).
+    Events {
+        /// Only events of this device.
+        #[arg(long)]
+        device: Option<i64>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop when no event arrives for this many seconds.
+        #[arg(long)]
+        idle_timeout_secs: Option<u64>,
+        #[command(flatten)]
+        api: ctl::ApiArgs,
+    },
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Client-facing interface (repeatable).
-    #[arg(long = "lan", required = true, value_name = "IFACE")]
+    /// TOML file with any of these options (see README "Configuration"); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Client-facing interface (repeatable; required here or in the config file).
+    #[arg(long = "lan", value_name = "IFACE")]
     lans: Vec<String>,
     /// Extra destination reachable before login: CIDR[:PORT] (repeatable).
     #[arg(long = "walled-garden", value_name = "CIDR[:PORT]", value_parser = parse_garden)]
     garden: Vec<GardenEntry>,
-    /// Port of the captive portal on the gateway's LAN addresses (repeatable).
-    #[arg(long = "portal-port", value_name = "PORT", default_values_t = [80u16], value_parser = clap::value_parser!(u16).range(1..))]
+    /// Port of the captive portal on the gateway's LAN addresses (repeatable) [default: 80].
+    #[arg(long = "portal-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     portal_ports: Vec<u16>,
-    /// Where upload traffic is metered.
-    #[arg(long, value_enum, default_value_t = IngressHook::Tc)]
-    ingress: IngressHook,
-    #[command(flatten)]
-    pins: PinArgs,
-    /// Session storage provider.
-    #[arg(long, default_value = "hybrid", value_parser = ["memory", "redb", "hybrid"])]
-    store: String,
-    /// Session database file (redb and hybrid; hybrid keeps its log beside it).
-    #[arg(long, default_value = "/var/lib/session-agent/sessions.redb")]
-    db: PathBuf,
-    /// Counter poll interval in milliseconds: time is enforced and consumption committed this often.
-    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=10_000))]
-    poll_ms: u64,
-    /// Pause a connected session after this many seconds without traffic (0 = never).
-    #[arg(long, default_value_t = 0)]
-    idle_timeout_secs: u64,
+    /// Where upload traffic is metered [default: tc].
+    #[arg(long, value_enum)]
+    ingress: Option<IngressHook>,
+    /// bpffs directory holding one directory of pinned maps and links per interface
+    /// [default: /sys/fs/bpf/session-agent].
+    #[arg(long)]
+    pin_root: Option<PathBuf>,
+    /// Session storage provider [default: hybrid].
+    #[arg(long, value_parser = ["memory", "redb", "hybrid"])]
+    store: Option<String>,
+    /// Session database file (redb and hybrid; hybrid keeps its log beside it)
+    /// [default: /var/lib/session-agent/sessions.redb].
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Remove sessions that ended this many seconds ago (0 = keep them) [default: 0].
+    #[arg(long)]
+    retention_secs: Option<u64>,
+    /// Counter poll interval in milliseconds: time is enforced and consumption committed this
+    /// often [default: 250].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    poll_ms: Option<u64>,
+    /// Store checkpoint interval in seconds [default: 60].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_secs: Option<u64>,
+    /// Pause a connected session after this many seconds without traffic (0 = never) [default: 0].
+    #[arg(long)]
+    idle_timeout_secs: Option<u64>,
     /// Per-client download speed for sessions that use the global speed, Mbit/s (0 = unlimited).
-    #[arg(long, default_value_t = 0)]
-    global_down_mbits: u64,
+    #[arg(long)]
+    global_down_mbits: Option<u64>,
     /// Per-client upload speed for sessions that use the global speed, Mbit/s (0 = unlimited).
-    #[arg(long, default_value_t = 0)]
-    global_up_mbits: u64,
+    #[arg(long)]
+    global_up_mbits: Option<u64>,
     /// Token-bucket depth in milliseconds at the limit (at least 64 KiB).
-    #[arg(long, default_value_t = dataplane::DEFAULT_BURST_MS, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    burst_ms: u64,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    burst_ms: Option<u64>,
     /// When a session ends, disconnect the device instead of starting its next session.
     #[arg(long)]
     no_auto_advance: bool,
-    /// Control API unix socket.
-    #[arg(long, default_value = "/run/session-agent/api.sock")]
-    api_socket: PathBuf,
+    /// Control API unix socket [default: /run/session-agent/api.sock].
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+    /// Also serve the control API on TCP at ADDR:PORT (needs --api-token or --api-token-file).
+    #[arg(long, value_name = "ADDR:PORT")]
+    api_tcp: Option<std::net::SocketAddr>,
+    /// Bearer token of the TCP listener.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "api_token_file")]
+    api_token: Option<String>,
+    /// File holding the bearer token of the TCP listener (first line).
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Serve the RFC 8908 captive-portal API for clients at ADDR:PORT (a LAN address;
+    /// the port joins the walled garden).
+    #[arg(long, value_name = "ADDR:PORT")]
+    captive_listen: Option<std::net::SocketAddr>,
+    /// The portal's URL, announced as user-portal-url by the captive-portal API.
+    #[arg(long, value_name = "URL")]
+    portal_url: Option<String>,
+    /// Clients with their own series in /metrics, the busiest first
+    /// [default: 100].
+    #[arg(long, value_name = "N")]
+    metrics_top_clients: Option<usize>,
 }
 
 fn parse_mac(s: &str) -> Result<MacKey, String> {
@@ -173,35 +267,33 @@ fn main() {
 fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Run(a) => {
+            let opts = run_options(a)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            let gateway = GatewayConfig {
-                poll_interval: Duration::from_millis(a.poll_ms),
-                idle_timeout: (a.idle_timeout_secs > 0)
-                    .then(|| Duration::from_secs(a.idle_timeout_secs)),
-                global_down_mbits: a.global_down_mbits,
-                global_up_mbits: a.global_up_mbits,
-                burst_ms: a.burst_ms,
-                auto_advance: !a.no_auto_advance,
-                ..GatewayConfig::default()
-            };
-            rt.block_on(daemon::run(daemon::RunOptions {
-                lans: a.lans,
-                garden: a.garden,
-                portal_ports: a.portal_ports,
-                pin_root: a.pins.pin_root,
-                ingress: a.ingress,
-                store: a.store,
-                db: a.db,
-                gateway,
-                api: ApiOptions {
-                    socket: Some(a.api_socket),
-                    ..ApiOptions::default()
-                },
-            }))
+            rt.block_on(daemon::run(opts))
         }
+        Cmd::Devices { cmd, api } => ctl::devices(&api, cmd),
+        Cmd::Sessions { cmd, api } => ctl::sessions(&api, cmd),
+        Cmd::Connect {
+            device,
+            notification,
+            api,
+        } => ctl::connect(&api, &device, &notification),
+        Cmd::Disconnect {
+            device,
+            notification,
+            api,
+        } => ctl::disconnect(&api, &device, &notification),
+        Cmd::Status { api } => ctl::status(&api),
+        Cmd::Providers { api } => ctl::providers(&api),
+        Cmd::Events {
+            device,
+            count,
+            idle_timeout_secs,
+            api,
+        } => ctl::events(&api, device, count, idle_timeout_secs),
         Cmd::Clients { lan, json, pins } => {
             let mut rows = Vec::new();
             for iface in interfaces(&pins.pin_root, lan)? {
@@ -241,6 +333,122 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Merges the config file (if any) and the flags (which win) into the daemon's options.
+fn run_options(a: RunArgs) -> anyhow::Result<daemon::RunOptions> {
+    let cfg = match &a.config {
+        Some(p) => config::Config::load(p)?,
+        None => config::Config::default(),
+    };
+    let lans = if a.lans.is_empty() {
+        cfg.lans.clone().unwrap_or_default()
+    } else {
+        a.lans
+    };
+    if lans.is_empty() {
+        anyhow::bail!(
+            "no client-facing interface: give --lan IFACE (or lans = [...] in the config file)"
+        );
+    }
+    let garden = if a.garden.is_empty() {
+        cfg.walled_garden
+            .unwrap_or_default()
+            .iter()
+            .map(|g| g.parse::<GardenEntry>())
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        a.garden
+    };
+    let mut portal_ports = if a.portal_ports.is_empty() {
+        cfg.portal_ports.unwrap_or_else(|| vec![80])
+    } else {
+        a.portal_ports
+    };
+    let ingress = match a.ingress {
+        Some(i) => i,
+        None => match cfg.ingress.as_deref() {
+            Some("xdp") => IngressHook::Xdp,
+            _ => IngressHook::Tc,
+        },
+    };
+    let token = match (a.api_token, a.api_token_file.or(cfg.api.token_file)) {
+        (Some(t), _) => Some(t),
+        (None, Some(f)) => {
+            let t = std::fs::read_to_string(&f)
+                .with_context(|| format!("reading the API token file {}", f.display()))?;
+            let t = t.lines().next().unwrap_or("").trim().to_string();
+            if t.is_empty() {
+                anyhow::bail!("the API token file {} is empty", f.display());
+            }
+            Some(t)
+        }
+        (None, None) => cfg.api.token,
+    };
+    let captive = a.captive_listen.or(cfg.captive.listen);
+    if let Some(c) = captive {
+        // Clients that have not paid must reach it.
+        if !portal_ports.contains(&c.port()) {
+            portal_ports.push(c.port());
+        }
+    }
+    let retention = a.retention_secs.or(cfg.store.retention_secs).unwrap_or(0);
+    let api = ApiOptions {
+        socket: Some(
+            a.api_socket
+                .or(cfg.api.socket)
+                .unwrap_or_else(|| "/run/session-agent/api.sock".into()),
+        ),
+        tcp: a.api_tcp.or(cfg.api.tcp),
+        token,
+        captive,
+        portal_url: a.portal_url.or(cfg.captive.portal_url),
+        metrics_top_clients: a
+            .metrics_top_clients
+            .or(cfg.api.metrics_top_clients)
+            .unwrap_or(DEFAULT_METRICS_TOP_CLIENTS),
+        retention: (retention > 0).then(|| Duration::from_secs(retention)),
+    };
+    api.validate()?;
+    let idle = a.idle_timeout_secs.or(cfg.idle_timeout_secs).unwrap_or(0);
+    let defaults = GatewayConfig::default();
+    let gateway = GatewayConfig {
+        poll_interval: Duration::from_millis(a.poll_ms.or(cfg.poll_ms).unwrap_or(250)),
+        idle_timeout: (idle > 0).then(|| Duration::from_secs(idle)),
+        global_down_mbits: a.global_down_mbits.or(cfg.global_down_mbits).unwrap_or(0),
+        global_up_mbits: a.global_up_mbits.or(cfg.global_up_mbits).unwrap_or(0),
+        burst_ms: a
+            .burst_ms
+            .or(cfg.burst_ms)
+            .unwrap_or(dataplane::DEFAULT_BURST_MS),
+        auto_advance: !a.no_auto_advance && cfg.auto_advance.unwrap_or(true),
+        checkpoint_interval: a
+            .checkpoint_secs
+            .or(cfg.checkpoint_secs)
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.checkpoint_interval),
+        ..defaults
+    };
+    Ok(daemon::RunOptions {
+        lans,
+        garden,
+        portal_ports,
+        pin_root: a
+            .pin_root
+            .or(cfg.pin_root)
+            .unwrap_or_else(|| DEFAULT_PIN_ROOT.into()),
+        ingress,
+        store: a
+            .store
+            .or(cfg.store.provider)
+            .unwrap_or_else(|| "hybrid".into()),
+        db: a
+            .db
+            .or(cfg.store.path)
+            .unwrap_or_else(|| "/var/lib/session-agent/sessions.redb".into()),
+        gateway,
+        api,
+    })
 }
 
 fn interfaces(pin_root: &Path, lan: Option<String>) -> Result<Vec<String>, AgentError> {

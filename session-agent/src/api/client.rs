@@ -12,10 +12,10 @@ use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the agent at {socket}: {source} (is `session-agent run` running? choose the socket with --api-socket)")]
-    Connect { socket: PathBuf, source: io::Error },
-    #[error("talking to the agent at {socket}: {source}")]
-    Io { socket: PathBuf, source: io::Error },
+    #[error("cannot reach the agent at {socket}: {err} (is `session-agent run` running? choose the socket with --api-socket)")]
+    Connect { socket: PathBuf, err: io::Error },
+    #[error("talking to the agent at {socket}: {err}")]
+    Io { socket: PathBuf, err: io::Error },
     #[error("the agent sent a malformed response: {0}")]
     Protocol(String),
     /// The API answered with an error.
@@ -54,7 +54,7 @@ impl ApiClient {
     fn io(&self, source: io::Error) -> ClientError {
         ClientError::Io {
             socket: self.socket.clone(),
-            source,
+            err: source,
         }
     }
 
@@ -64,9 +64,9 @@ impl ApiClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(BufReader<UnixStream>, Head), ClientError> {
-        let mut s = UnixStream::connect(&self.socket).map_err(|source| ClientError::Connect {
+        let mut s = UnixStream::connect(&self.socket).map_err(|err| ClientError::Connect {
             socket: self.socket.clone(),
-            source,
+            err,
         })?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let head = format!(

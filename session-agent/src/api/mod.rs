@@ -76,16 +76,18 @@ impl Default for ApiOptions {
     }
 }
 
+/// Listener settings that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiOptionsError {
+    #[error("refusing to serve the API on TCP without a token: set --api-token TOKEN or --api-token-file FILE (or api.token in the config file)")]
+    TcpWithoutToken,
+}
+
 impl ApiOptions {
     /// Refuses settings that cannot work (a TCP listener without a token).
-    pub fn validate(&self) -> Result<(), AgentError> {
+    pub fn validate(&self) -> Result<(), ApiOptionsError> {
         if self.tcp.is_some() && self.token.as_deref().is_none_or(str::is_empty) {
-            return Err(AgentError::Io {
-                what: "the TCP API listener needs a token".into(),
-                source: std::io::Error::other(
-                    "set --api-token TOKEN or --api-token-file FILE (or api.token in the config file)",
-                ),
-            });
+            return Err(ApiOptionsError::TcpWithoutToken);
         }
         Ok(())
     }
@@ -153,7 +155,10 @@ async fn bearer(State(token): State<Arc<str>>, req: Request, next: Next) -> Resp
 
 /// Serves the API until the task is dropped or a listener fails.
 pub async fn serve(gateway: Arc<Gateway>, opts: ApiOptions) -> Result<(), AgentError> {
-    opts.validate()?;
+    opts.validate().map_err(|e| AgentError::Io {
+        what: "starting the control API".into(),
+        source: std::io::Error::other(e),
+    })?;
     let app = router_with(gateway.clone(), opts.clone());
     let mut tasks = tokio::task::JoinSet::new();
 

@@ -40,9 +40,9 @@ pub const MAX_MBITS: i32 = 1_000_000;
 pub const MAX_MB: f64 = 1e12;
 /// Latest accepted `started_at`: 9999-12-31T23:59:59Z.
 pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
-/// Longest notification text, in bytes.
+/// Longest notification text, in characters.
 pub const MAX_NOTIFICATION: usize = 1024;
-/// Longest hostname, in bytes.
+/// Longest hostname, in characters.
 pub const MAX_HOSTNAME: usize = 253;
 
 /// Every `/v1` route as (method, path), as served by [`v1`] and documented in
@@ -213,10 +213,10 @@ fn check_timestamp(field: &str, v: Option<i64>) -> Result<Option<i64>, ApiError>
 }
 
 fn check_notification(n: &str) -> Result<(), ApiError> {
-    if n.len() > MAX_NOTIFICATION {
+    if n.chars().count() > MAX_NOTIFICATION {
         return Err(out_of_range(
             "notification",
-            format_args!("at most {MAX_NOTIFICATION} bytes"),
+            format_args!("at most {MAX_NOTIFICATION} characters"),
         ));
     }
     Ok(())
@@ -333,10 +333,13 @@ struct NewDevice {
 async fn create_device(State(st): St, b: BodyArg) -> Result<Response, ApiError> {
     let b: NewDevice = json(b, None)?;
     let mac = MacAddr::parse(&b.mac)?;
-    if b.hostname.as_ref().is_some_and(|h| h.len() > MAX_HOSTNAME) {
+    if b.hostname
+        .as_ref()
+        .is_some_and(|h| h.chars().count() > MAX_HOSTNAME)
+    {
         return Err(out_of_range(
             "hostname",
-            format_args!("at most {MAX_HOSTNAME} bytes"),
+            format_args!("at most {MAX_HOSTNAME} characters"),
         ));
     }
     let d = st.gw.sessions().create_device(mac, b.ip, b.hostname)?;
@@ -640,4 +643,64 @@ async fn reload_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
     let mut s = st.gw.sessions().session(id)?;
     s.reload().await?;
     Ok(Json(view(&st, &s)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::ROUTES;
+
+    fn documented() -> BTreeSet<(String, String)> {
+        let doc: serde_json::Value = serde_json::from_str(super::super::OPENAPI).unwrap();
+        let mut out = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().unwrap().keys() {
+                if ["get", "post", "put", "patch", "delete", "head", "options"]
+                    .contains(&method.as_str())
+                {
+                    out.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn routes_and_openapi_agree() {
+        let served: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(served.len(), ROUTES.len(), "duplicate entries in ROUTES");
+        let doc = documented();
+        let undocumented: Vec<_> = served.difference(&doc).collect();
+        let unserved: Vec<_> = doc.difference(&served).collect();
+        assert!(
+            undocumented.is_empty() && unserved.is_empty(),
+            "served but not in openapi.json: {undocumented:?}; documented but not served: {unserved:?}"
+        );
+    }
+
+    #[test]
+    fn every_error_response_is_json() {
+        let doc: serde_json::Value = serde_json::from_str(super::super::OPENAPI).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let r = op["responses"].as_object().unwrap();
+                assert!(
+                    r.keys().any(|k| k.starts_with('2')),
+                    "{method} {path}: no success response"
+                );
+                for (code, v) in r {
+                    if code.starts_with('4') || code.starts_with('5') {
+                        assert_eq!(
+                            v["$ref"], "#/components/responses/Error",
+                            "{method} {path} {code}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,527 @@
+//! CLI subcommands that talk to the running agent over its API socket. They
+//! never open the session database: the daemon owns it.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use serde_json::{json, Map, Value};
+use session_agent::api::client::ApiClient;
+
+#[derive(clap::Args, Clone)]
+pub struct ApiArgs {
+    /// The agent's control API socket.
+    #[arg(long, default_value = "/run/session-agent/api.sock", global = true)]
+    api_socket: PathBuf,
+    /// Print JSON (the API's answer) instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl ApiArgs {
+    fn client(&self) -> ApiClient {
+        ApiClient::new(&self.api_socket)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum DevicesCmd {
+    /// Every device.
+    List,
+    /// One device.
+    Show { id: String },
+    /// Record a device.
+    Create {
+        #[arg(long)]
+        mac: String,
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        hostname: Option<String>,
+    },
+    /// The device with this MAC address.
+    ByMac { mac: String },
+    /// The device behind a client IP address (the gateway's neighbour table).
+    ByIp { ip: String },
+    /// Move a device and its sessions to a new MAC address.
+    Rekey {
+        id: String,
+        #[arg(long)]
+        mac: String,
+    },
+    /// Whether the device is connected (seed IsConnected).
+    Connected { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum SessionsCmd {
+    /// Sessions of a device.
+    List { device: String },
+    /// One session.
+    Show { id: String },
+    /// Create a session (seed CreateSession).
+    Create {
+        device: String,
+        /// time (0), data (1) or time_or_data (2).
+        #[arg(long = "type", value_parser = parse_type)]
+        session_type: u8,
+        #[arg(long, default_value_t = 0)]
+        time_secs: u64,
+        #[arg(long, default_value_t = 0.0)]
+        data_mb: f64,
+        #[arg(long)]
+        exp_days: Option<u32>,
+        #[arg(long, default_value_t = 0)]
+        down_mbits: i32,
+        #[arg(long, default_value_t = 0)]
+        up_mbits: i32,
+        #[arg(long)]
+        use_global_speed: bool,
+    },
+    /// Set fields of a session and save it (seed Set* + Save).
+    Set {
+        id: String,
+        #[arg(long)]
+        time_secs: Option<u64>,
+        #[arg(long)]
+        data_mb: Option<f64>,
+        #[arg(long)]
+        time_cons: Option<u64>,
+        #[arg(long)]
+        data_cons: Option<f64>,
+        /// Unix seconds, or "none".
+        #[arg(long)]
+        started_at: Option<String>,
+        /// Days, or "none".
+        #[arg(long)]
+        exp_days: Option<String>,
+        #[arg(long)]
+        down_mbits: Option<i32>,
+        #[arg(long)]
+        up_mbits: Option<i32>,
+        #[arg(long)]
+        use_global_speed: Option<bool>,
+    },
+    /// Add consumption and save (seed IncTimeCons / IncDataCons + Save).
+    Inc {
+        id: String,
+        /// Seconds to add to the consumed time.
+        #[arg(long, default_value_t = 0)]
+        time_cons: u64,
+        /// Megabytes to add to the consumed data.
+        #[arg(long, default_value_t = 0.0)]
+        data_cons: f64,
+    },
+    /// Save a session (charges pending usage, programs the datapath again).
+    Save { id: String },
+    /// The session as stored.
+    Reload { id: String },
+    /// The running session of a device (seed CurrSession).
+    Current { device: String },
+    /// The running session, else the oldest available one (seed GetSession).
+    Get { device: String },
+}
+
+fn parse_type(s: &str) -> Result<u8, String> {
+    match s {
+        "0" | "time" => Ok(0),
+        "1" | "data" => Ok(1),
+        "2" | "time_or_data" | "time-or-data" => Ok(2),
+        _ => Err(format!(
+            "'{s}' is not a session type: time (0), data (1) or time_or_data (2)"
+        )),
+    }
+}
+
+/// Keeps a path segment from changing the path.
+fn seg(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(x) => x.to_string(),
+    }
+}
+
+fn print_devices(list: &[Value]) {
+    println!(
+        "{:>6} {:<17} {:<39} {:<20} {:<9}",
+        "ID", "MAC", "IP", "HOSTNAME", "CONNECTED"
+    );
+    for d in list {
+        println!(
+            "{:>6} {:<17} {:<39} {:<20} {:<9}",
+            s(d, "id"),
+            s(d, "mac"),
+            s(d, "ip"),
+            s(d, "hostname"),
+            if d["connected"] == true { "yes" } else { "no" }
+        );
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v["type"].as_u64() {
+        Some(0) => "time",
+        Some(1) => "data",
+        Some(2) => "time_or_data",
+        _ => "?",
+    }
+}
+
+fn print_sessions(list: &[Value]) {
+    println!(
+        "{:>6} {:>6} {:<12} {:<9} {:>19} {:>25} {:>12}",
+        "ID", "DEVICE", "TYPE", "STATUS", "TIME USED/ALLOC", "DATA MB USED/ALLOC", "EXPIRES AT"
+    );
+    for v in list {
+        println!(
+            "{:>6} {:>6} {:<12} {:<9} {:>19} {:>25} {:>12}",
+            s(v, "id"),
+            s(v, "device_id"),
+            type_name(v),
+            s(v, "status"),
+            format!("{}/{}", s(v, "time_cons"), s(v, "time_secs")),
+            format!(
+                "{:.3}/{:.3}",
+                v["data_cons"].as_f64().unwrap_or(0.0),
+                v["data_mb"].as_f64().unwrap_or(0.0)
+            ),
+            s(v, "expires_at"),
+        );
+    }
+}
+
+fn print_kv(v: &Value) {
+    if let Value::Object(m) = v {
+        let w = m.keys().map(String::len).max().unwrap_or(0);
+        for (k, val) in m {
+            let shown = match val {
+                Value::String(s) => s.clone(),
+                Value::Null => "-".into(),
+                x => x.to_string(),
+            };
+            println!("{k:<w$}  {shown}");
+        }
+    } else {
+        println!("{v}");
+    }
+}
+
+fn show(api: &ApiArgs, v: Value, table: impl FnOnce(&Value)) -> Result<()> {
+    if api.json {
+        print_json(&v)
+    } else {
+        table(&v);
+        Ok(())
+    }
+}
+
+fn as_list(v: &Value) -> Vec<Value> {
+    v.as_array().cloned().unwrap_or_default()
+}
+
+pub fn devices(api: &ApiArgs, cmd: DevicesCmd) -> Result<()> {
+    let c = api.client();
+    let (v, list) = match cmd {
+        DevicesCmd::List => (c.call("GET", "/v1/devices", None)?, true),
+        DevicesCmd::Show { id } => (
+            c.call("GET", &format!("/v1/devices/{}", seg(&id)), None)?,
+            false,
+        ),
+        DevicesCmd::Create { mac, ip, hostname } => {
+            let mut b = Map::new();
+            b.insert("mac".into(), json!(mac));
+            if let Some(ip) = ip {
+                b.insert("ip".into(), json!(ip));
+            }
+            if let Some(h) = hostname {
+                b.insert("hostname".into(), json!(h));
+            }
+            (
+                c.call("POST", "/v1/devices", Some(&Value::Object(b)))?,
+                false,
+            )
+        }
+        DevicesCmd::ByMac { mac } => (
+            c.call("GET", &format!("/v1/devices/by-mac/{}", seg(&mac)), None)?,
+            false,
+        ),
+        DevicesCmd::ByIp { ip } => (
+            c.call("GET", &format!("/v1/devices/by-ip/{}", seg(&ip)), None)?,
+            false,
+        ),
+        DevicesCmd::Rekey { id, mac } => (
+            c.call(
+                "POST",
+                &format!("/v1/devices/{}/rekey", seg(&id)),
+                Some(&json!({ "mac": mac })),
+            )?,
+            false,
+        ),
+        DevicesCmd::Connected { id } => {
+            let v = c.call("GET", &format!("/v1/devices/{}/connected", seg(&id)), None)?;
+            return show(api, v, print_kv);
+        }
+    };
+    if list {
+        show(api, v, |v| print_devices(&as_list(v)))
+    } else {
+        show(api, v, |v| print_devices(std::slice::from_ref(v)))
+    }
+}
+
+fn opt_or_none<T: std::str::FromStr>(field: &str, v: &str) -> Result<Value>
+where
+    T: serde::Serialize,
+{
+    if v == "none" || v == "null" {
+        return Ok(Value::Null);
+    }
+    match v.parse::<T>() {
+        Ok(x) => Ok(json!(x)),
+        Err(_) => bail!("--{field}: '{v}' is not a number or \"none\""),
+    }
+}
+
+pub fn sessions(api: &ApiArgs, cmd: SessionsCmd) -> Result<()> {
+    let c = api.client();
+    let one = |v: Value| show(api, v, print_kv);
+    match cmd {
+        SessionsCmd::List { device } => {
+            let v = c.call(
+                "GET",
+                &format!("/v1/devices/{}/sessions", seg(&device)),
+                None,
+            )?;
+            show(api, v, |v| print_sessions(&as_list(v)))
+        }
+        SessionsCmd::Show { id } => {
+            one(c.call("GET", &format!("/v1/sessions/{}", seg(&id)), None)?)
+        }
+        SessionsCmd::Create {
+            device,
+            session_type,
+            time_secs,
+            data_mb,
+            exp_days,
+            down_mbits,
+            up_mbits,
+            use_global_speed,
+        } => one(c.call(
+            "POST",
+            &format!("/v1/devices/{}/sessions", seg(&device)),
+            Some(&json!({
+                "type": session_type, "time_secs": time_secs, "data_mb": data_mb,
+                "exp_days": exp_days, "down_mbits": down_mbits, "up_mbits": up_mbits,
+                "use_global_speed": use_global_speed,
+            })),
+        )?),
+        SessionsCmd::Set {
+            id,
+            time_secs,
+            data_mb,
+            time_cons,
+            data_cons,
+            started_at,
+            exp_days,
+            down_mbits,
+            up_mbits,
+            use_global_speed,
+        } => {
+            let mut b = Map::new();
+            let mut put = |k: &str, v: Option<Value>| {
+                if let Some(v) = v {
+                    b.insert(k.into(), v);
+                }
+            };
+            put("time_secs", time_secs.map(|v| json!(v)));
+            put("data_mb", data_mb.map(|v| json!(v)));
+            put("time_cons", time_cons.map(|v| json!(v)));
+            put("data_cons", data_cons.map(|v| json!(v)));
+            put(
+                "started_at",
+                started_at
+                    .map(|v| opt_or_none::<i64>("started-at", &v))
+                    .transpose()?,
+            );
+            put(
+                "exp_days",
+                exp_days
+                    .map(|v| opt_or_none::<u32>("exp-days", &v))
+                    .transpose()?,
+            );
+            put("down_mbits", down_mbits.map(|v| json!(v)));
+            put("up_mbits", up_mbits.map(|v| json!(v)));
+            put("use_global_speed", use_global_speed.map(|v| json!(v)));
+            if b.is_empty() {
+                bail!("nothing to set: give at least one of --time-secs, --data-mb, --time-cons, --data-cons, --started-at, --exp-days, --down-mbits, --up-mbits, --use-global-speed");
+            }
+            one(c.call(
+                "PATCH",
+                &format!("/v1/sessions/{}", seg(&id)),
+                Some(&Value::Object(b)),
+            )?)
+        }
+        SessionsCmd::Inc {
+            id,
+            time_cons,
+            data_cons,
+        } => one(c.call(
+            "POST",
+            &format!("/v1/sessions/{}/inc", seg(&id)),
+            Some(&json!({ "time_cons": time_cons, "data_cons": data_cons })),
+        )?),
+        SessionsCmd::Save { id } => {
+            one(c.call("POST", &format!("/v1/sessions/{}/save", seg(&id)), None)?)
+        }
+        SessionsCmd::Reload { id } => {
+            one(c.call("POST", &format!("/v1/sessions/{}/reload", seg(&id)), None)?)
+        }
+        SessionsCmd::Current { device } => {
+            let v = c.call(
+                "GET",
+                &format!("/v1/devices/{}/current-session", seg(&device)),
+                None,
+            )?;
+            if v.is_null() && !api.json {
+                println!("device {device} is not connected");
+                return Ok(());
+            }
+            one(v)
+        }
+        SessionsCmd::Get { device } => one(c.call(
+            "GET",
+            &format!("/v1/devices/{}/session", seg(&device)),
+            None,
+        )?),
+    }
+}
+
+pub fn connect(api: &ApiArgs, device: &str, notification: &str) -> Result<()> {
+    let v = api.client().call(
+        "POST",
+        &format!("/v1/devices/{}/connect", seg(device)),
+        Some(&json!({ "notification": notification })),
+    )?;
+    show(api, v, |v| {
+        println!(
+            "device {device} connected: session {} ({}, {} s and {:.3} MB left)",
+            s(v, "id"),
+            type_name(v),
+            s(v, "remaining_time"),
+            v["remaining_data"].as_f64().unwrap_or(0.0)
+        )
+    })
+}
+
+pub fn disconnect(api: &ApiArgs, device: &str, notification: &str) -> Result<()> {
+    let v = api.client().call(
+        "POST",
+        &format!("/v1/devices/{}/disconnect", seg(device)),
+        Some(&json!({ "notification": notification })),
+    )?;
+    show(api, v, |_| println!("device {device} disconnected"))
+}
+
+pub fn status(api: &ApiArgs) -> Result<()> {
+    let v = api.client().call("GET", "/v1/status", None)?;
+    show(api, v, |v| {
+        println!(
+            "session-agent {} up {} s",
+            s(v, "version"),
+            s(v, "uptime_secs")
+        );
+        for l in as_list(&v["lans"]) {
+            println!("  lan {:<12} {} clients", s(&l, "name"), s(&l, "clients"));
+        }
+        println!(
+            "  devices {}, connected {}, sessions {}",
+            s(v, "devices"),
+            s(v, "connected"),
+            s(v, "sessions")
+        );
+        println!(
+            "  poll every {} ms (last {} us), auto-advance {}",
+            s(v, "poll_interval_ms"),
+            s(v, "last_poll_us"),
+            s(v, "auto_advance")
+        );
+    })
+}
+
+pub fn providers(api: &ApiArgs) -> Result<()> {
+    let v = api.client().call("GET", "/v1/providers", None)?;
+    show(api, v, |v| {
+        for p in as_list(v) {
+            println!("{}", p.as_str().unwrap_or_default());
+        }
+    })
+}
+
+pub fn events(
+    api: &ApiArgs,
+    device: Option<i64>,
+    count: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+) -> Result<()> {
+    use std::io::Write;
+    let path = match device {
+        Some(d) => format!("/v1/events?device={d}"),
+        None => "/v1/events".to_string(),
+    };
+    let mut n = 0u64;
+    let r = api.client().follow(
+        &path,
+        idle_timeout_secs.map(Duration::from_secs),
+        |name, data| {
+            if name == "ready" {
+                return true;
+            }
+            if api.json {
+                println!("{data}");
+            } else {
+                let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                let mut rest = String::new();
+                if let Value::Object(m) = &v {
+                    for (k, val) in m {
+                        if k != "event" {
+                            rest.push_str(&format!(" {k}={val}"));
+                        }
+                    }
+                }
+                println!("{name}{rest}");
+            }
+            let _ = std::io::stdout().flush();
+            n += 1;
+            count.is_none_or(|c| n < c)
+        },
+    );
+    match r {
+        Err(session_agent::api::client::ClientError::Io { err, .. })
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(())
+        }
+        r => Ok(r?),
+    }
+}
