@@ -127,10 +127,14 @@ fn time_or_data_ends_on_time() {
     let snap = s.settled(id);
     let report = format!(
         "time_or_data {T} s / 100 MB with {rounds} rounds of background traffic: stopped \
-         {elapsed:.3} s after connect\nprobes:{}\nsession {}\nrefs {:?}\n{}",
+         {elapsed:.3} s after connect\nprobes:{}\nsession {}\nrefs {:?} (delivered {})\n\
+         kernel counters (up, down) {:?} (sum {})\n{}",
         probe.timeline(t0),
         snap.session,
         snap.refs,
+        snap.refs.delivered(),
+        snap.kernel,
+        snap.kernel.0 + snap.kernel.1,
         s.context()
     );
     eprintln!("time_or_data (time first): {report}");
