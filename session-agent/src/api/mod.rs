@@ -113,12 +113,38 @@ fn router_with(gateway: Arc<Gateway>, opts: ApiOptions) -> Router {
     });
     routes::v1()
         .fallback(not_found)
+        .layer(middleware::from_fn(json_only))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no_route", "no such route; see /v1/openapi.json")
+}
+
+/// Refuses request bodies declared as anything but JSON (a missing type is taken as JSON).
+async fn json_only(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_none_or(|l| l.to_str().ok() != Some("0"));
+    if let Some(t) = declared {
+        let mime = t.split(';').next().unwrap_or("").trim().to_string();
+        let json = mime == "application/json"
+            || (mime.starts_with("application/") && mime.ends_with("+json"));
+        if has_body && !json && req.method() != axum::http::Method::GET {
+            return axum::response::IntoResponse::into_response(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("request bodies are JSON (Content-Type: application/json), not {mime}"),
+            ));
+        }
+    }
+    next.run(req).await
 }
 
 /// Checks `Authorization: Bearer TOKEN` (TCP listener).

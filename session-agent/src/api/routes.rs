@@ -127,6 +127,12 @@ fn json<T: DeserializeOwned>(b: BodyArg, empty: Option<T>) -> Result<T, ApiError
             ApiError::bad_request("missing_body", "this request needs a JSON object body")
         });
     }
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    }
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
     let v = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -1,0 +1,466 @@
+//! Bad input on every route of the control API gets a 4xx with a JSON error
+//! and changes nothing; the served routes match the OpenAPI document; the TCP
+//! listener wants its token; metrics and the RFC 8908 API answer.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+use session_tests::{api::ApiClient, in_netns, require_root, AgentBuilder, Hotspot};
+
+/// Everything the API shows that a request could change.
+fn state(api: &ApiClient) -> Value {
+    let devices = api.get("/v1/devices").ok("list devices");
+    let mut sessions = Vec::new();
+    for d in devices.as_array().unwrap() {
+        let id = d["id"].as_i64().unwrap();
+        sessions.push(
+            api.get(&format!("/v1/devices/{id}/sessions"))
+                .ok("sessions"),
+        );
+    }
+    json!({ "devices": devices, "sessions": sessions })
+}
+
+#[track_caller]
+fn expect_4xx(api: &ApiClient, method: &str, path: &str, body: Option<&[u8]>, what: &str) {
+    let r = api
+        .raw(method, path, body)
+        .unwrap_or_else(|e| panic!("{what}: {method} {path}: {e}"));
+    assert!(
+        (400..500).contains(&r.status),
+        "{what}: {method} {path} -> HTTP {} {} (expected 4xx)",
+        r.status,
+        r.body
+    );
+    assert!(
+        r.body["code"].as_str().is_some_and(|c| !c.is_empty()) && r.body["message"].is_string(),
+        "{what}: {method} {path}: error body without code/message: {}",
+        r.body
+    );
+}
+
+#[test]
+fn bad_input_gets_4xx_and_changes_nothing() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let agent = AgentBuilder::new(&hs).start();
+    let api = agent.api();
+    let dev = api
+        .post(
+            "/v1/devices",
+            &json!({ "mac": "02:00:00:00:aa:01", "hostname": "a" }),
+        )
+        .ok("create device");
+    let d = dev["id"].as_i64().unwrap();
+    let other = api
+        .post("/v1/devices", &json!({ "mac": "02:00:00:00:aa:02" }))
+        .ok("create device 2");
+    let s = api.create_session(d, 2, 600, 10.0, Some(1), 5, 2, false);
+    let sid = s["id"].as_i64().unwrap();
+    let before = state(&api);
+
+    // Duplicate MAC: a stable 409, not a server error.
+    let r = api.post("/v1/devices", &json!({ "mac": "02:00:00:00:aa:01" }));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (409, Some("duplicate_mac")),
+        "{}",
+        r.body
+    );
+    let r = api.post(
+        &format!("/v1/devices/{d}/rekey"),
+        &json!({ "mac": other["mac"] }),
+    );
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (409, Some("duplicate_mac")),
+        "{}",
+        r.body
+    );
+
+    let huge = b"1e400".as_slice();
+    let big_int = b"123456789012345678901234567890".as_slice();
+    let bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("malformed JSON", b"{\"mac\": ".to_vec()),
+        ("not an object", b"[1,2,3]".to_vec()),
+        (
+            "string for a number",
+            br#"{"type": "2", "time_secs": "ten"}"#.to_vec(),
+        ),
+        (
+            "NaN as a string",
+            br#"{"type": 1, "data_mb": "NaN"}"#.to_vec(),
+        ),
+        ("NaN literal", br#"{"type": 1, "data_mb": NaN}"#.to_vec()),
+        (
+            "overflowing number",
+            [br#"{"type": 1, "data_mb": "#.as_slice(), huge, b"}"].concat(),
+        ),
+        (
+            "huge integer",
+            [br#"{"type": 0, "time_secs": "#.as_slice(), big_int, b"}"].concat(),
+        ),
+        ("negative", br#"{"type": 0, "time_secs": -5}"#.to_vec()),
+        (
+            "fraction for an integer",
+            br#"{"type": 0, "time_secs": 1.5}"#.to_vec(),
+        ),
+        (
+            "unknown key",
+            br#"{"type": 0, "time_secs": 10, "bogus": 1}"#.to_vec(),
+        ),
+        (
+            "out of range",
+            br#"{"type": 0, "time_secs": 18446744073709551615}"#.to_vec(),
+        ),
+        ("bad type", br#"{"type": 7, "time_secs": 10}"#.to_vec()),
+        (
+            "negative speed",
+            br#"{"type": 0, "time_secs": 10, "down_mbits": -1}"#.to_vec(),
+        ),
+        ("zero allocation", br#"{"type": 1, "data_mb": 0}"#.to_vec()),
+        ("huge data", br#"{"type": 1, "data_mb": 1e300}"#.to_vec()),
+        ("oversize body", {
+            let mut v = br#"{"notification": ""#.to_vec();
+            v.extend(std::iter::repeat_n(b'x', 200_000));
+            v.extend(b"\"}");
+            v
+        }),
+    ];
+    let posts = [
+        "/v1/devices".to_string(),
+        format!("/v1/devices/{d}/sessions"),
+        format!("/v1/devices/{d}/rekey"),
+        format!("/v1/devices/{d}/connect"),
+        format!("/v1/devices/{d}/disconnect"),
+        format!("/v1/sessions/{sid}/inc"),
+    ];
+    for path in &posts {
+        for (what, b) in &bodies {
+            // connect/disconnect/inc accept some of these shapes' keys; every body
+            // above is wrong for every route (bad JSON, unknown keys or bad values).
+            if (path.ends_with("/connect") || path.ends_with("/disconnect"))
+                && !(what.contains("JSON")
+                    || *what == "not an object"
+                    || what.contains("unknown")
+                    || what.contains("oversize")
+                    || b.starts_with(b"{\"type\""))
+            {
+                continue;
+            }
+            expect_4xx(&api, "POST", path, Some(b), what);
+        }
+    }
+    let patches: Vec<(&str, &[u8])> = vec![
+        ("malformed", b"{"),
+        ("string for a number", br#"{"time_secs": "x"}"#),
+        ("NaN", br#"{"data_mb": "NaN"}"#),
+        ("infinite", br#"{"data_mb": 1e400}"#),
+        ("negative", br#"{"data_cons": -1}"#),
+        ("too large", br#"{"time_cons": 99999999999999}"#),
+        ("negative speed", br#"{"down_mbits": -3}"#),
+        ("speed overflow", br#"{"up_mbits": 4294967296}"#),
+        ("timestamp", br#"{"started_at": -1}"#),
+        ("exp days", br#"{"exp_days": 99999999}"#),
+        ("zero allocation", br#"{"time_secs": 0}"#),
+        ("unknown key", br#"{"remaining_time": 5}"#),
+        ("wrong bool", br#"{"use_global_speed": "yes"}"#),
+        ("empty body", b""),
+    ];
+    for (what, b) in &patches {
+        expect_4xx(&api, "PATCH", &format!("/v1/sessions/{sid}"), Some(b), what);
+    }
+    // Unknown and malformed ids on every route with one.
+    for id in ["999999", "abc", "-1x", "18446744073709551616"] {
+        for (m, p) in [
+            ("GET", format!("/v1/devices/{id}")),
+            ("GET", format!("/v1/devices/{id}/sessions")),
+            ("GET", format!("/v1/devices/{id}/current-session")),
+            ("GET", format!("/v1/devices/{id}/session")),
+            ("GET", format!("/v1/devices/{id}/connected")),
+            ("POST", format!("/v1/devices/{id}/connect")),
+            ("POST", format!("/v1/devices/{id}/disconnect")),
+            ("GET", format!("/v1/sessions/{id}")),
+            ("POST", format!("/v1/sessions/{id}/save")),
+            ("POST", format!("/v1/sessions/{id}/reload")),
+            ("GET", format!("/v1/events?device={id}")),
+        ] {
+            expect_4xx(&api, m, &p, None, "unknown/malformed id");
+        }
+        expect_4xx(
+            &api,
+            "POST",
+            &format!("/v1/devices/{id}/sessions"),
+            Some(br#"{"type":0,"time_secs":5}"#),
+            "session for unknown device",
+        );
+        expect_4xx(
+            &api,
+            "POST",
+            &format!("/v1/devices/{id}/rekey"),
+            Some(br#"{"mac":"02:00:00:00:aa:09"}"#),
+            "rekey unknown device",
+        );
+        expect_4xx(
+            &api,
+            "PATCH",
+            &format!("/v1/sessions/{id}"),
+            Some(br#"{"time_secs":5}"#),
+            "patch unknown session",
+        );
+        expect_4xx(
+            &api,
+            "POST",
+            &format!("/v1/sessions/{id}/inc"),
+            Some(br#"{"time_cons":5}"#),
+            "inc unknown session",
+        );
+    }
+    for mac in ["zz:zz", "02:00:00:00:aa:99", "02-00-00-00-aa-01x"] {
+        expect_4xx(
+            &api,
+            "GET",
+            &format!("/v1/devices/by-mac/{mac}"),
+            None,
+            "by-mac",
+        );
+    }
+    for ip in ["not-an-ip", "10.201.0.250", "fd00:201::fe", "999.1.1.1"] {
+        expect_4xx(
+            &api,
+            "GET",
+            &format!("/v1/devices/by-ip/{ip}"),
+            None,
+            "by-ip",
+        );
+    }
+    expect_4xx(
+        &api,
+        "GET",
+        "/v1/events?device=1&bogus=2",
+        None,
+        "unknown query key",
+    );
+    expect_4xx(&api, "GET", "/v1/nope", None, "unknown route");
+    // Wrong content type.
+    let r = api
+        .raw_with_headers(
+            "POST",
+            "/v1/devices",
+            &["Content-Type: text/plain"],
+            br#"{"mac":"02:00:00:00:aa:05"}"#,
+        )
+        .unwrap();
+    assert!(
+        (400..500).contains(&r.status) || r.status == 201,
+        "content type: {}",
+        r.status
+    );
+    if r.status == 201 {
+        // Accepted as JSON anyway: undo for the comparison below.
+        panic!("a text/plain body must not create a device: {}", r.body);
+    }
+    // Connecting a device without a session: 409, nothing changes.
+    let r = api.connect(other["id"].as_i64().unwrap(), "x");
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (409, Some("no_available_session"))
+    );
+
+    assert_eq!(state(&api), before, "bad requests changed the state");
+    // The agent is still fine.
+    api.get("/v1/status").ok("status after the bad requests");
+}
+
+#[test]
+fn served_routes_match_openapi() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let agent = AgentBuilder::new(&hs).start();
+    let api = agent.api();
+    let doc = api.get("/v1/openapi.json").ok("openapi");
+    let in_repo: Value =
+        serde_json::from_str(include_str!("../../session-agent/openapi.json")).unwrap();
+    assert_eq!(
+        doc, in_repo,
+        "served document differs from session-agent/openapi.json"
+    );
+    let methods = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{id}", "999999")
+            .replace("{mac}", "02:00:00:00:00:99")
+            .replace("{ip}", "10.201.0.250");
+        let documented: Vec<String> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.to_uppercase())
+            .collect();
+        for m in methods {
+            if m == "GET" && path == "/v1/events" {
+                // An endless stream; its route is checked with a bad query.
+                let r = api.get("/v1/events?device=999999");
+                assert_eq!(r.status, 404, "events route");
+                continue;
+            }
+            let r = api
+                .raw_with_headers(
+                    m,
+                    &concrete,
+                    &["Content-Type: application/json"],
+                    if m == "GET" { b"" } else { b"{}" },
+                )
+                .unwrap_or_else(|e| panic!("{m} {concrete}: {e}"));
+            if documented.contains(&m.to_string()) {
+                assert!(
+                    r.status != 405 && r.body["code"] != "no_route",
+                    "{m} {path} is documented but not served: HTTP {} {}",
+                    r.status,
+                    r.body
+                );
+                assert!(r.status < 500, "{m} {path}: HTTP {} {}", r.status, r.body);
+            } else {
+                assert_eq!(
+                    r.status, 405,
+                    "{m} {path} is served but not documented: {}",
+                    r.body
+                );
+            }
+            checked += 1;
+        }
+    }
+    // A path that is not documented is not served.
+    assert_eq!(api.get("/v1/sessions").status, 404);
+    assert!(checked >= 80, "only {checked} combinations checked");
+}
+
+fn http(ns: &str, addr: std::net::SocketAddr, req: &str) -> (u16, String, String) {
+    let mut s = in_netns(ns, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+    })
+    .unwrap_or_else(|e| panic!("connect {addr} from {ns}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+#[test]
+fn tcp_token_metrics_and_captive_api() {
+    require_root();
+    let hs = Hotspot::builder().clients(2).build();
+    let gw4 = hs.gw_lan_addr(false);
+    let captive: std::net::SocketAddr = (gw4, 8908).into();
+    let agent = AgentBuilder::new(&hs)
+        .arg("--api-tcp")
+        .arg("127.0.0.1:7800")
+        .arg("--api-token")
+        .arg("t0k3n")
+        .arg("--captive-listen")
+        .arg(captive.to_string())
+        .arg("--portal-url")
+        .arg("https://portal.example/")
+        .arg("--metrics-top-clients")
+        .arg("1")
+        .arg("--poll-ms")
+        .arg("100")
+        .start();
+    let api = agent.api();
+    let tcp: std::net::SocketAddr = "127.0.0.1:7800".parse().unwrap();
+    let get = |path: &str, auth: Option<&str>| {
+        let a = auth
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        http(
+            &hs.gw_ns,
+            tcp,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{a}\r\n"),
+        )
+    };
+    assert_eq!(get("/v1/status", None).0, 401, "no token");
+    assert_eq!(get("/v1/status", Some("wrong")).0, 401, "wrong token");
+    let (st, _, body) = get("/v1/status", Some("t0k3n"));
+    assert_eq!(st, 200, "{body}");
+
+    // Two clients: one connected with a time_or_data session, one not.
+    let (a, b) = (hs.client(0).clone(), hs.client(1).clone());
+    let da = api.device_id(&a.mac);
+    let db = api.device_id(&b.mac);
+    api.create_session(da, 2, 3600, 5.0, None, 0, 0, false);
+    api.connect(da, "hi").ok("connect a");
+    let q = format!("GET /captive-portal/api HTTP/1.1\r\nHost: {gw4}\r\nConnection: close\r\n\r\n");
+    let (st, head, body) = http(&a.ns, captive, &q);
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        head.contains("content-type: application/captive+json"),
+        "{head}"
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["captive"], false, "{v}");
+    assert_eq!(v["user-portal-url"], "https://portal.example/");
+    let secs = v["seconds-remaining"].as_u64().expect("seconds-remaining");
+    assert!((3590..=3600).contains(&secs), "{v}");
+    assert_eq!(v["bytes-remaining"].as_u64(), Some(5_000_000), "{v}");
+    assert_eq!(v["can-extend-session"], true);
+    let (st, _, body) = http(&b.ns, captive, &q);
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["captive"], true, "client b has no session: {v}");
+    assert!(v.get("seconds-remaining").is_none(), "{v}");
+    let _ = db;
+
+    // Metrics: per-client series capped at 1 client per LAN.
+    std::thread::sleep(Duration::from_millis(300));
+    let (st, head, m) = get("/metrics", Some("t0k3n"));
+    assert_eq!(st, 200);
+    assert!(head.contains("text/plain"), "{head}");
+    let (_, _, m1) = get("/v1/metrics", Some("t0k3n"));
+    for name in [
+        "session_agent_connected_devices 1",
+        "session_agent_sessions{state=\"running\"} 1",
+        "session_agent_poll_duration_seconds_count",
+        "session_agent_ring_events_total{kind=\"new_client\"}",
+        "session_agent_checkpoint_duration_seconds_count",
+        "session_agent_devices 2",
+    ] {
+        assert!(m.contains(name), "metrics lack {name}:\n{m}");
+        assert!(m1.contains(name), "/v1/metrics lacks {name}");
+    }
+    let macs: std::collections::BTreeSet<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("session_agent_client_bytes_total{"))
+        .filter_map(|l| l.split("mac=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(macs.len() <= 1, "cap of 1 client exceeded: {macs:?}");
+    let polls: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("session_agent_poll_duration_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(polls > 0, "no polls counted");
+    drop(agent);
+}
+
+#[test]
+fn tcp_listener_without_token_is_refused() {
+    require_root();
+    let out =
+        session_tests::agent::cli_root(&["run", "--lan", "lo", "--api-tcp", "127.0.0.1:7801"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without a token"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
