@@ -235,6 +235,9 @@ enum Budget {
     Refused,
 }
 
+/// Shortest interval between two refills of a bucket.
+const MIN_REFILL_NS: u64 = 50_000;
+
 /// Longest idle time a refill credits: more could not fit the bucket anyway,
 /// and it keeps `elapsed * rate` far from overflowing.
 const MAX_REFILL_NS: u64 = 1_000_000_000;
@@ -254,7 +257,9 @@ fn bucket_admits(b: *mut TokenBucket, len: u64) -> bool {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let last = unsafe { core::ptr::read_volatile(&raw const (*b).last_ns) };
-    if now > last {
+    // Refill at most every MIN_REFILL_NS: between refills a packet costs one
+    // atomic add, and the time not yet credited is carried to the next refill.
+    if now > last + MIN_REFILL_NS {
         // Credit whole tokens only and move the clock by exactly the time they
         // took: the remainder is carried, not lost, however often packets come.
         let (earned, new_last) = if now - last > MAX_REFILL_NS {
