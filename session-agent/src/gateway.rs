@@ -414,9 +414,9 @@ impl Gateway {
         let device_id = self.mgr.session(session_id)?.device_id();
         let device = self.mgr.device(device_id)?;
         let running = self.mgr.running_session_id(device_id)? == Some(session_id);
+        let charged = [(device_id, self.reading(device.mac))];
         if running {
-            self.charge(&[(device_id, self.reading(device.mac))])
-                .await?;
+            self.charge(&charged).await?;
         }
         let mut session = self.mgr.session(session_id)?;
         change(&mut session)?;
@@ -424,7 +424,7 @@ impl Gateway {
         if running {
             // The change may have ended the session (or revived it): settle, then program.
             let report = self.mgr.tick()?;
-            self.apply(&report)?;
+            self.apply(&report, &charged)?;
             if let Some(s) = self.mgr.curr_session(device_id)? {
                 self.program(device.mac, &s, true)?;
             }
@@ -457,11 +457,17 @@ impl Gateway {
     /// Charges readings and applies every session transition to the kernel.
     async fn charge(&self, readings: &[(DeviceId, MeterMark)]) -> Result<TickReport, AgentError> {
         let report = self.mgr.record_meter(readings)?;
-        self.apply(&report)?;
+        self.apply(&report, readings)?;
         Ok(report)
     }
 
-    fn apply(&self, report: &TickReport) -> Result<(), AgentError> {
+    /// Programs the kernel after session transitions. `charged` are the readings
+    /// last charged (the devices' meter marks).
+    fn apply(
+        &self,
+        report: &TickReport,
+        charged: &[(DeviceId, MeterMark)],
+    ) -> Result<(), AgentError> {
         for t in &report.transitions {
             let device = self.mgr.device(t.device_id)?;
             match t.next {
@@ -474,6 +480,20 @@ impl Gateway {
                 None => {
                     info!(device_id = t.device_id, session = t.session_id, reason = ?t.reason, "no session left: blocked");
                     self.revoke(device.mac)?;
+                    // Bytes that passed between the last reading and the block belong
+                    // to the session that just ended (the device has no mark any more).
+                    let last = charged
+                        .iter()
+                        .rev()
+                        .find(|(d, _)| *d == t.device_id)
+                        .map(|(_, m)| *m);
+                    if let Some(last) = last {
+                        let now = self.reading(device.mac);
+                        if now.epoch == last.epoch && now.bytes > last.bytes {
+                            self.mgr
+                                .add_data_bytes(t.session_id, now.bytes - last.bytes)?;
+                        }
+                    }
                 }
             }
         }
@@ -488,7 +508,7 @@ impl Gateway {
         let readings = self.readings()?;
         self.charge(&readings).await?;
         let report = self.mgr.tick()?;
-        self.apply(&report)?;
+        self.apply(&report, &readings)?;
         if let Some(idle) = self.cfg.idle_timeout {
             let now = Instant::now();
             let mut idle_devices = Vec::new();
@@ -538,7 +558,7 @@ impl Gateway {
         }
         self.charge(&readings).await?;
         let report = self.mgr.tick()?;
-        self.apply(&report)?;
+        self.apply(&report, &readings)?;
         for (device_id, _) in self.mgr.connected()? {
             let device = self.mgr.device(device_id)?;
             if let Some(s) = self.mgr.curr_session(device_id)? {
