@@ -1,6 +1,8 @@
 //! Project tasks: `cargo xtask build-ebpf | test | demo`.
 
+mod bench;
 mod demo;
+mod schemathesis;
 mod toolchain;
 
 use std::{path::PathBuf, process::Command};
@@ -31,6 +33,20 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
+    /// Benchmark session-agent against no program, nftables and tc HTB; writes
+    /// BENCHMARKS.md and bench/results.json.
+    Bench {
+        /// Fewer runs, clients and cases (a few minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Only these scenarios (numbers or names, comma separated): 1 program-cost,
+        /// 2 forwarding, 3 rate-limit, 4 quota, 5 agent-cost.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Runs per figure (default 5, 2 with --quick).
+        #[arg(long)]
+        runs: Option<u32>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -52,6 +68,14 @@ fn main() -> Result<()> {
             toolchain::ensure_net_tools()?;
             let bin = build_agent()?;
             demo::run(&bin, seconds)
+        }
+        Cmd::Bench { quick, only, runs } => {
+            require_root("the benchmark")?;
+            toolchain::ensure_ebpf()?;
+            toolchain::ensure_net_tools()?;
+            toolchain::ensure_bpffs()?;
+            let bin = build_agent()?;
+            bench::run(&bin, quick, &only, runs)
         }
     }
 }
@@ -125,5 +149,6 @@ fn test(args: Vec<String>) -> Result<()> {
     run(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(&args)
-        .env("SESSION_AGENT_BIN", &bin))
+        .env("SESSION_AGENT_BIN", &bin))?;
+    schemathesis::run(&bin)
 }

@@ -1,0 +1,324 @@
+//! `cargo xtask bench`: session-agent side by side with the dataplanes operators
+//! use today (no program, nftables, tc HTB), in network namespaces made for the
+//! run and removed afterwards.
+//!
+//! Scenarios (issue 6):
+//! 1. `program-cost`: BPF_PROG_TEST_RUN per path (session-agent/benches/datapath.rs);
+//! 2. `forwarding`: 64-byte UDP packets/s and bulk TCP through the gateway ([`forwarding`]);
+//! 3. `rate-limit`: TCP goodput, retransmits and RTT under a speed limit ([`ratelimit`]);
+//! 4. `quota`: bytes delivered past a 10 MB data budget ([`quota`]);
+//! 5. `agent-cost`: counter poll time and resident memory (session-agent/benches/datapath.rs).
+//!
+//! Runs of the compared setups are interleaved (A B C A B C ...), each figure is
+//! the median of the runs, and comparisons are ratios to a reference measured in
+//! the same run. Results go to `bench/results.json` and the
+//! `<!-- xtask-bench:start -->` section of BENCHMARKS.md.
+
+mod forwarding;
+mod gen;
+mod quota;
+mod ratelimit;
+mod report;
+
+use std::{io::Write, panic::AssertUnwindSafe, path::Path, time::Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// One measured figure: the median of `runs`, with the reference of the same
+/// run when the figure is compared to one (`baseline`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    pub scenario: String,
+    pub case: String,
+    pub clients: u32,
+    pub metric: String,
+    pub unit: String,
+    pub runs: Vec<f64>,
+    pub median: f64,
+    pub baseline: Option<f64>,
+    /// Speed limit of a rate-limit case, Mbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_mbits: Option<u32>,
+    /// `down` (to the client) or `up` (from the client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    /// Parallel TCP flows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<u32>,
+}
+
+impl Measurement {
+    pub fn new(
+        scenario: &str,
+        case: &str,
+        clients: u32,
+        metric: &str,
+        unit: &str,
+        runs: Vec<f64>,
+    ) -> Self {
+        Measurement {
+            scenario: scenario.into(),
+            case: case.into(),
+            clients,
+            metric: metric.into(),
+            unit: unit.into(),
+            median: median(&runs),
+            runs,
+            baseline: None,
+            limit_mbits: None,
+            direction: None,
+            flows: None,
+        }
+    }
+
+    pub fn ratio(&self) -> Option<f64> {
+        self.baseline.filter(|b| *b != 0.0).map(|b| self.median / b)
+    }
+}
+
+/// Settings of one `cargo xtask bench` invocation.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub quick: bool,
+    /// Runs per figure.
+    pub runs: u32,
+}
+
+/// The scenarios, by number and name.
+pub const SCENARIOS: [(u8, &str); 5] = [
+    (1, "program-cost"),
+    (2, "forwarding"),
+    (3, "rate-limit"),
+    (4, "quota"),
+    (5, "agent-cost"),
+];
+
+/// Parses `--only` (numbers or names, comma separated).
+fn parse_only(only: &[String]) -> Result<Vec<&'static str>> {
+    if only.is_empty() {
+        return Ok(SCENARIOS.iter().map(|s| s.1).collect());
+    }
+    let mut v = Vec::new();
+    for item in only.iter().flat_map(|s| s.split(',')) {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let Some(&(_, name)) = SCENARIOS.iter().find(|(n, name)| {
+            item == n.to_string()
+                || item.eq_ignore_ascii_case(name)
+                || item.replace('_', "-").eq_ignore_ascii_case(name)
+        }) else {
+            bail!(
+                "unknown scenario {item:?}: use one of {}",
+                SCENARIOS
+                    .iter()
+                    .map(|(n, s)| format!("{n}/{s}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        if !v.contains(&name) {
+            v.push(name);
+        }
+    }
+    Ok(v)
+}
+
+/// Median of a non-empty slice (NaN when empty).
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// A progress line, flushed at once.
+pub fn progress(scenario: &str, msg: impl AsRef<str>) {
+    println!("[{scenario}] {}", msg.as_ref());
+    std::io::stdout().flush().ok();
+}
+
+/// The 1-minute load average.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What one scenario produced, with the conditions it ran under.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioRun {
+    pub name: String,
+    pub runs: u32,
+    pub quick: bool,
+    /// UTC date and time of the run.
+    pub date: String,
+    pub seconds: f64,
+    pub load_before: String,
+    pub load_after: String,
+    /// Set when the scenario failed; its measurements are then missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Notes on how it was measured (what the variants are).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+pub fn run(agent_bin: &Path, quick: bool, only: &[String], runs: Option<u32>) -> Result<()> {
+    let started = Instant::now();
+    let scenarios = parse_only(only)?;
+    let runs = runs.unwrap_or(if quick { 2 } else { 5 }).max(1);
+    let opts = Opts { quick, runs };
+    std::env::set_var("SESSION_AGENT_BIN", agent_bin);
+    let root = crate::root_dir();
+    let json_path = root.join("bench/results.json");
+    let mut results = report::Results::load(&json_path);
+    results.machine = report::Machine::probe();
+    println!(
+        "==> bench: {} ({} runs per figure{}) on {} cores, load {}",
+        scenarios.join(", "),
+        runs,
+        if quick { ", quick" } else { "" },
+        results.machine.nproc,
+        loadavg()
+    );
+
+    let want_bench: Vec<&str> = scenarios
+        .iter()
+        .copied()
+        .filter(|s| *s == "program-cost" || *s == "agent-cost")
+        .collect();
+    for name in scenarios {
+        let t = Instant::now();
+        let load_before = loadavg();
+        let date = report::utc_now();
+        println!("==> scenario {name}");
+        let outcome: Result<(Vec<Measurement>, Vec<String>)> = match name {
+            "program-cost" | "agent-cost" => std::panic::catch_unwind(AssertUnwindSafe(|| {
+                datapath_bench(name, &opts, want_bench.len() == 2)
+            }))
+            .unwrap_or_else(|p| Err(anyhow::anyhow!("panicked: {}", panic_msg(&p)))),
+            "forwarding" => catch(|| forwarding::run(&opts)),
+            "rate-limit" => catch(|| ratelimit::run(&opts)),
+            "quota" => catch(|| quota::run(&opts)),
+            _ => unreachable!(),
+        };
+        let seconds = t.elapsed().as_secs_f64();
+        let (ms, notes, error) = match outcome {
+            Ok((ms, notes)) => (ms, notes, None),
+            Err(e) => {
+                println!("==> scenario {name} failed: {e:#}");
+                (Vec::new(), Vec::new(), Some(format!("{e:#}")))
+            }
+        };
+        let key = report::scenario_key(name);
+        results.measurements.retain(|m| m.scenario != key);
+        results.measurements.extend(ms);
+        results.scenarios.retain(|s| s.name != name);
+        results.scenarios.push(ScenarioRun {
+            name: name.to_string(),
+            runs,
+            quick,
+            date,
+            seconds,
+            load_before,
+            load_after: loadavg(),
+            error,
+            notes,
+        });
+        results
+            .scenarios
+            .sort_by_key(|s| SCENARIOS.iter().position(|x| x.1 == s.name));
+        // Written after every scenario, so a later failure keeps what was measured.
+        results.save(&json_path)?;
+        report::write_markdown(&root.join("BENCHMARKS.md"), &results)?;
+        println!("==> scenario {name} took {seconds:.0} s");
+    }
+    println!();
+    print!("{}", report::goals_text(&results));
+    println!(
+        "==> wrote {} and BENCHMARKS.md in {:.0} s",
+        json_path
+            .strip_prefix(&root)
+            .unwrap_or(&json_path)
+            .display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn panic_msg(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn catch(
+    f: impl FnOnce() -> Result<(Vec<Measurement>, Vec<String>)>,
+) -> Result<(Vec<Measurement>, Vec<String>)> {
+    std::panic::catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|p| Err(anyhow::anyhow!("panicked: {}", panic_msg(&p))))
+}
+
+/// Scenarios 1 and 5 live in `cargo bench -p session-agent --bench datapath`.
+/// When both are wanted the benchmark runs once (for the first) and the second
+/// reads the kept output.
+fn datapath_bench(name: &str, opts: &Opts, both: bool) -> Result<(Vec<Measurement>, Vec<String>)> {
+    use std::sync::Mutex;
+    static CACHE: Mutex<Option<Vec<Measurement>>> = Mutex::new(None);
+    let key = report::scenario_key(name);
+    let mut cache = CACHE.lock().unwrap();
+    if cache.is_none() {
+        let out = crate::root_dir().join("target/xtask-bench-datapath.json");
+        let _ = std::fs::remove_file(&out);
+        let mut c = crate::cargo();
+        c.args(["bench", "-p", "session-agent", "--bench", "datapath"])
+            .env("SESSION_BENCH_OUT", &out)
+            .env("SESSION_BENCH_RUNS", opts.runs.to_string());
+        if opts.quick {
+            c.env("SESSION_BENCH_QUICK", "1");
+        }
+        if !both {
+            c.env("SESSION_BENCH_ONLY", key);
+        }
+        progress(name, "cargo bench -p session-agent --bench datapath");
+        crate::run(&mut c)?;
+        let text =
+            std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+        let v: Vec<Measurement> =
+            serde_json::from_str(&text).context("parsing the datapath benchmark output")?;
+        *cache = Some(v);
+    }
+    let ms: Vec<Measurement> = cache
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|m| m.scenario == key)
+        .cloned()
+        .collect();
+    if ms.is_empty() {
+        bail!("the datapath benchmark produced no {key} figures");
+    }
+    let notes = match name {
+        "program-cost" => vec![
+            "BPF_PROG_TEST_RUN of the TC ingress program on a 64-byte UDP frame, ns per packet, against a program that returns at once (noop_baseline) in the same run; `net` = path minus no-op.".into(),
+        ],
+        _ => vec![
+            "The agent's gateway loop in the benchmark process on a hybrid store with every device connected: one poll with no new usage (idle) and one that charges every device (all charged); resident memory of that process.".into(),
+        ],
+    };
+    Ok((ms, notes))
+}

@@ -1,0 +1,733 @@
+//! bench/results.json and the generated section of BENCHMARKS.md.
+
+use std::{collections::BTreeSet, path::Path, process::Command};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{Measurement, ScenarioRun};
+
+pub const START: &str = "<!-- xtask-bench:start -->";
+pub const END: &str = "<!-- xtask-bench:end -->";
+
+/// The machine the figures were measured on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub mem_total_mib: u64,
+    pub kernel: String,
+    pub tools: Vec<String>,
+}
+
+impl Machine {
+    pub fn probe() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let mem_total_mib = std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kib| kib / 1024)
+            .unwrap_or(0);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let first_line = |prog: &str, arg: &str| -> Option<String> {
+            let o = Command::new(prog).arg(arg).output().ok()?;
+            let s = String::from_utf8_lossy(&o.stdout).into_owned()
+                + &String::from_utf8_lossy(&o.stderr);
+            s.lines().next().map(|l| l.trim().to_string())
+        };
+        let tools = [("iperf3", "--version"), ("nft", "--version"), ("tc", "-V")]
+            .iter()
+            .filter_map(|(p, a)| first_line(p, a))
+            .collect();
+        Machine {
+            nproc: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            cpu_model,
+            mem_total_mib,
+            kernel,
+            tools,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Results {
+    pub machine: Machine,
+    pub scenarios: Vec<ScenarioRun>,
+    pub measurements: Vec<Measurement>,
+}
+
+impl Results {
+    /// The previous results (kept for scenarios not run this time), or empty.
+    pub fn load(path: &Path) -> Results {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let mut text = serde_json::to_string_pretty(self)?;
+        text.push('\n');
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn find(
+        &self,
+        scenario: &str,
+        case: &str,
+        clients: Option<u32>,
+        metric: &str,
+    ) -> Option<&Measurement> {
+        self.measurements.iter().find(|m| {
+            m.scenario == scenario
+                && m.case == case
+                && m.metric == metric
+                && clients.is_none_or(|c| m.clients == c)
+        })
+    }
+
+    fn run_of(&self, name: &str) -> Option<&ScenarioRun> {
+        self.scenarios.iter().find(|s| s.name == name)
+    }
+}
+
+/// The `scenario` field of a scenario's measurements.
+pub fn scenario_key(name: &str) -> &'static str {
+    match name {
+        "program-cost" => "program_cost",
+        "forwarding" => "forwarding",
+        "rate-limit" => "rate_limit",
+        "quota" => "quota",
+        "agent-cost" => "agent_cost",
+        _ => "unknown",
+    }
+}
+
+pub fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Met,
+    NotMet,
+    NotMeasured,
+}
+
+impl Status {
+    fn of(ok: bool) -> Status {
+        if ok {
+            Status::Met
+        } else {
+            Status::NotMet
+        }
+    }
+    fn label(self) -> &'static str {
+        match self {
+            Status::Met => "met",
+            Status::NotMet => "NOT MET",
+            Status::NotMeasured => "not measured",
+        }
+    }
+}
+
+pub struct Goal {
+    pub scenario: &'static str,
+    pub goal: &'static str,
+    pub measured: String,
+    pub status: Status,
+}
+
+fn clients_set(r: &Results, scenario: &str, case: &str, metric: &str) -> Vec<u32> {
+    let s: BTreeSet<u32> = r
+        .measurements
+        .iter()
+        .filter(|m| m.scenario == scenario && m.case == case && m.metric == metric)
+        .map(|m| m.clients)
+        .collect();
+    s.into_iter().collect()
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn goals(r: &Results) -> Vec<Goal> {
+    let mut v = Vec::new();
+    // 1. Program cost.
+    {
+        let cl = clients_set(r, "program_cost", "full_path", "ns_per_packet");
+        let goal = "full path at most 100 ns per packet (net of the no-op program), flat from 1 to 65,536 clients (ratio <= 1.2)";
+        if let (Some(lo), Some(hi)) = (cl.first(), cl.last()) {
+            let full = |c: u32| r.find("program_cost", "full_path", Some(c), "ns_per_packet");
+            let net_max = cl
+                .iter()
+                .filter_map(|c| full(*c))
+                .map(|m| m.median - m.baseline.unwrap_or(0.0))
+                .fold(f64::MIN, f64::max);
+            let raw_hi = full(*hi).map(|m| m.median).unwrap_or(f64::NAN);
+            let flat = raw_hi / full(*lo).map(|m| m.median).unwrap_or(f64::NAN);
+            v.push(Goal {
+                scenario: "1 program cost",
+                goal,
+                measured: format!(
+                    "net at most {net_max:.1} ns ({raw_hi:.1} ns with the test-run overhead at {} clients); {} vs {} clients: {flat:.2}",
+                    thousands(*hi as u64),
+                    thousands(*hi as u64),
+                    lo
+                ),
+                status: Status::of(net_max <= 100.0 && flat <= 1.2),
+            });
+        } else {
+            v.push(Goal {
+                scenario: "1 program cost",
+                goal,
+                measured: "-".into(),
+                status: Status::NotMeasured,
+            });
+        }
+    }
+    // 2. Forwarding.
+    {
+        let goal = "session-agent keeps at least 0.95 of the no-program rate at 10,000 clients";
+        let cl = clients_set(r, "forwarding", "session_agent", "udp64_pps");
+        if let Some(hi) = cl.last() {
+            let pps = r
+                .find("forwarding", "session_agent", Some(*hi), "udp64_pps")
+                .and_then(|m| m.ratio())
+                .unwrap_or(f64::NAN);
+            let tcp = r
+                .find("forwarding", "session_agent", Some(*hi), "tcp_gbits")
+                .and_then(|m| m.ratio())
+                .unwrap_or(f64::NAN);
+            let cpu = r
+                .find("forwarding", "session_agent", Some(*hi), "udp64_per_cpu_s")
+                .and_then(|m| m.ratio())
+                .unwrap_or(f64::NAN);
+            v.push(Goal {
+                scenario: "2 forwarding",
+                goal,
+                measured: format!(
+                    "{} clients, of no program: 64-byte UDP {cpu:.3} per CPU-second ({pps:.3} in packets/s on the shared machine), bulk TCP {tcp:.3}; judged on UDP per CPU-second and TCP",
+                    thousands(*hi as u64)
+                ),
+                status: if *hi < 10_000 {
+                    Status::NotMeasured
+                } else {
+                    Status::of(cpu >= 0.95 && tcp >= 0.95)
+                },
+            });
+        } else {
+            v.push(Goal {
+                scenario: "2 forwarding",
+                goal,
+                measured: "-".into(),
+                status: Status::NotMeasured,
+            });
+        }
+    }
+    // 3. Rate limit.
+    {
+        let goal = "goodput within 3% of the limit, retransmits no higher than HTB's";
+        let cells: Vec<&Measurement> = r
+            .measurements
+            .iter()
+            .filter(|m| {
+                m.scenario == "rate_limit"
+                    && m.case == "session_agent"
+                    && m.metric == "goodput_mbits"
+            })
+            .collect();
+        if cells.is_empty() {
+            v.push(Goal {
+                scenario: "3 rate limit",
+                goal,
+                measured: "-".into(),
+                status: Status::NotMeasured,
+            });
+        } else {
+            let mut good = 0;
+            let mut retr_ok = 0;
+            let mut bad = Vec::new();
+            for m in &cells {
+                let ratio = m.ratio().unwrap_or(f64::NAN);
+                let key = |case: &str, metric: &str| {
+                    r.measurements.iter().find(|x| {
+                        x.scenario == "rate_limit"
+                            && x.case == case
+                            && x.metric == metric
+                            && x.limit_mbits == m.limit_mbits
+                            && x.direction == m.direction
+                            && x.flows == m.flows
+                    })
+                };
+                let ar = key("session_agent", "retransmits")
+                    .map(|x| x.median)
+                    .unwrap_or(f64::NAN);
+                let hr = key("htb", "retransmits")
+                    .map(|x| x.median)
+                    .unwrap_or(f64::NAN);
+                let g = (0.97..=1.03).contains(&ratio);
+                let rt = ar <= hr;
+                good += g as usize;
+                retr_ok += rt as usize;
+                if !g || !rt {
+                    bad.push(format!(
+                        "{} Mbit/s {} {} flow{}: {:.3} of the limit, {} vs HTB {} retransmits",
+                        m.limit_mbits.unwrap_or(0),
+                        m.direction.as_deref().unwrap_or("?"),
+                        m.flows.unwrap_or(0),
+                        if m.flows == Some(1) { "" } else { "s" },
+                        ratio,
+                        ar,
+                        hr
+                    ));
+                }
+            }
+            let n = cells.len();
+            let mut measured = format!("goodput within 3% in {good} of {n} cases, retransmits <= HTB's in {retr_ok} of {n}");
+            if !bad.is_empty() {
+                measured += &format!(" (outside: {})", bad.join("; "));
+            }
+            v.push(Goal {
+                scenario: "3 rate limit",
+                goal,
+                measured,
+                status: Status::of(good == n && retr_ok == n),
+            });
+        }
+    }
+    // 4. Quota.
+    {
+        let goal = "at most one packet (1,500 bytes) delivered past a 10 MB quota";
+        match (
+            r.find("quota", "session_agent", None, "overshoot_bytes"),
+            r.find("quota", "session_agent", None, "overshoot_packets"),
+        ) {
+            (Some(b), Some(p)) => {
+                let worst = b.runs.iter().copied().fold(f64::MIN, f64::max);
+                v.push(Goal {
+                    scenario: "4 quota",
+                    goal,
+                    measured: format!(
+                        "median {:.0} bytes ({:.2} packets), worst run {:.0} bytes",
+                        b.median, p.median, worst
+                    ),
+                    status: Status::of(worst <= 1500.0),
+                });
+            }
+            _ => v.push(Goal {
+                scenario: "4 quota",
+                goal,
+                measured: "-".into(),
+                status: Status::NotMeasured,
+            }),
+        }
+    }
+    // 5. Agent cost.
+    {
+        let goal = "one poll of 10,000 clients under 3 ms";
+        match r.find("agent_cost", "poll_all_charged", Some(10_000), "wall_ms") {
+            Some(m) => {
+                let idle = r
+                    .find("agent_cost", "poll_idle", Some(10_000), "wall_ms")
+                    .map(|m| m.median)
+                    .unwrap_or(f64::NAN);
+                v.push(Goal {
+                    scenario: "5 agent cost",
+                    goal,
+                    measured: format!(
+                        "{:.2} ms with every device charged, {:.2} ms idle (wall)",
+                        m.median, idle
+                    ),
+                    status: Status::of(m.median < 3.0),
+                });
+            }
+            None => v.push(Goal {
+                scenario: "5 agent cost",
+                goal,
+                measured: "-".into(),
+                status: Status::NotMeasured,
+            }),
+        }
+        let goal = "under 64 MiB resident at 65,536 clients";
+        match r.find("agent_cost", "resident_memory", Some(65_536), "rss_mib") {
+            Some(m) => v.push(Goal {
+                scenario: "5 agent cost",
+                goal,
+                measured: format!("{:.1} MiB", m.median),
+                status: Status::of(m.median < 64.0),
+            }),
+            None => v.push(Goal {
+                scenario: "5 agent cost",
+                goal,
+                measured: "-".into(),
+                status: Status::NotMeasured,
+            }),
+        }
+    }
+    v
+}
+
+pub fn goals_text(r: &Results) -> String {
+    let mut s = String::from("Goals:\n");
+    for g in goals(r) {
+        s += &format!(
+            "  [{:<12}] {}: {}\n      measured: {}\n",
+            g.status.label(),
+            g.scenario,
+            g.goal,
+            g.measured
+        );
+    }
+    s
+}
+
+fn run_line(r: &Results, name: &str) -> String {
+    match r.run_of(name) {
+        Some(s) => {
+            let mut l = format!(
+                "Measured {}: median of {} run{}{}, {:.0} s, load average {} before, {} after.",
+                s.date,
+                s.runs,
+                if s.runs == 1 { "" } else { "s" },
+                if s.quick { " (`--quick`)" } else { "" },
+                s.seconds,
+                s.load_before,
+                s.load_after
+            );
+            if let Some(e) = &s.error {
+                l += &format!("\n\n**Failed:** `{}`", e.lines().next().unwrap_or(""));
+            }
+            l
+        }
+        None => "Not measured yet.".into(),
+    }
+}
+
+fn notes(r: &Results, name: &str) -> String {
+    r.run_of(name)
+        .map(|s| {
+            s.notes
+                .iter()
+                .map(|n| format!("- {n}\n"))
+                .collect::<String>()
+        })
+        .unwrap_or_default()
+}
+
+fn fmt_ratio(m: Option<&Measurement>) -> String {
+    m.and_then(|m| m.ratio())
+        .map(|x| format!("{x:.3}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    s += START;
+    s += "\n## Dataplane comparison (`cargo xtask bench`)\n\n";
+    s += "Generated by `cargo xtask bench` (`--quick`, `--only 1,2,3,4,5`, `--runs N`) from `bench/results.json`; \
+          edits here are overwritten. Runs of the compared setups are interleaved (A B C A B C ...); each figure \
+          is the median of the runs, and each comparison is a ratio to a reference measured in the same run \
+          (the no-program figure, the limit, the quota), since absolute figures move from machine to machine.\n\n";
+    let m = &r.machine;
+    s += &format!(
+        "Machine: {} cores ({}), {:.1} GiB memory, kernel {}; {}. The machine is shared with concurrent builds (load \
+         averages per scenario below), which moves absolute figures between runs; the same-run ratios are what compare.\n\n",
+        m.nproc,
+        m.cpu_model,
+        m.mem_total_mib as f64 / 1024.0,
+        m.kernel,
+        m.tools.join(", ")
+    );
+    s += "### Goals\n\n| scenario | goal | measured | status |\n|---|---|---|---|\n";
+    for g in goals(r) {
+        s += &format!(
+            "| {} | {} | {} | {} |\n",
+            g.scenario,
+            g.goal,
+            g.measured,
+            g.status.label()
+        );
+    }
+
+    // 1. Program cost.
+    s += "\n### 1. Program cost (BPF_PROG_TEST_RUN)\n\n";
+    s += &run_line(r, "program-cost");
+    s += "\n\n";
+    s += &notes(r, "program-cost");
+    let cl = clients_set(r, "program_cost", "noop_baseline", "ns_per_packet");
+    if !cl.is_empty() {
+        let cases = [
+            "allowed_counted",
+            "full_path",
+            "rate_limited",
+            "quota_exhausted",
+            "blocked",
+        ];
+        s += "\n| clients | no-op ns |";
+        for c in cases {
+            s += &format!(" {c} ns (net) |");
+        }
+        s += "\n|---:|---:|";
+        for _ in cases {
+            s += "---:|";
+        }
+        s += "\n";
+        for c in &cl {
+            let noop = r
+                .find("program_cost", "noop_baseline", Some(*c), "ns_per_packet")
+                .map(|m| m.median)
+                .unwrap_or(f64::NAN);
+            s += &format!("| {} | {:.1} |", thousands(*c as u64), noop);
+            for case in cases {
+                match r.find("program_cost", case, Some(*c), "ns_per_packet") {
+                    Some(m) => s += &format!(" {:.1} ({:.1}) |", m.median, m.median - noop),
+                    None => s += " - |",
+                }
+            }
+            s += "\n";
+        }
+    }
+
+    // 2. Forwarding.
+    s += "\n### 2. Forwarding through the gateway\n\n";
+    s += &run_line(r, "forwarding");
+    s += "\n\n";
+    s += &notes(r, "forwarding");
+    let kinds = ["no_program", "session_agent", "nft_chain", "nft_set", "htb"];
+    let cl = clients_set(r, "forwarding", "no_program", "udp64_pps");
+    if !cl.is_empty() {
+        for (metric, title, scale, unit) in [
+            (
+                "udp64_pps",
+                "64-byte UDP, thousand packets/s at the server (ratio to no program)",
+                1e-3,
+                "kpps",
+            ),
+            (
+                "udp64_per_cpu_s",
+                "64-byte UDP, thousand packets per CPU-second of the sending thread, which runs the forwarding (ratio to no program)",
+                1e-3,
+                "k",
+            ),
+            (
+                "tcp_gbits",
+                "Bulk TCP download, Gbit/s (ratio to no program)",
+                1.0,
+                "Gbit/s",
+            ),
+        ] {
+            s += &format!("\n{title}:\n\n| clients |");
+            for k in kinds {
+                s += &format!(" {k} |");
+            }
+            s += "\n|---:|";
+            for _ in kinds {
+                s += "---:|";
+            }
+            s += "\n";
+            for c in &cl {
+                s += &format!("| {} |", thousands(*c as u64));
+                for k in kinds {
+                    match r.find("forwarding", k, Some(*c), metric) {
+                        Some(m) if k == "no_program" => {
+                            s += &format!(
+                                " {:.*} {unit} |",
+                                if scale < 1.0 { 0 } else { 2 },
+                                m.median * scale
+                            )
+                        }
+                        Some(m) => {
+                            s += &format!(
+                                " {:.*} ({}) |",
+                                if scale < 1.0 { 0 } else { 2 },
+                                m.median * scale,
+                                fmt_ratio(Some(m))
+                            )
+                        }
+                        None => s += " - |",
+                    }
+                }
+                s += "\n";
+            }
+        }
+        // Offered load, for reading the UDP figures.
+        s += "\nOffered 64-byte UDP load (generator send rate, thousand packets/s): ";
+        let mut parts = Vec::new();
+        for c in &cl {
+            let o: Vec<String> = kinds
+                .iter()
+                .filter_map(|k| r.find("forwarding", k, Some(*c), "udp64_offered_pps"))
+                .map(|m| format!("{:.0}", m.median / 1e3))
+                .collect();
+            parts.push(format!(
+                "{} clients: {}",
+                thousands(*c as u64),
+                o.join(" / ")
+            ));
+        }
+        s += &parts.join("; ");
+        s += " (in the column order above).\n";
+    }
+
+    // 3. Rate limit.
+    s += "\n### 3. Rate-limit quality\n\n";
+    s += &run_line(r, "rate-limit");
+    s += "\n\n";
+    s += &notes(r, "rate-limit");
+    let cells: Vec<&Measurement> = r
+        .measurements
+        .iter()
+        .filter(|m| m.scenario == "rate_limit" && m.metric == "goodput_mbits")
+        .collect();
+    if !cells.is_empty() {
+        s += "\n| limit | direction | flows | dataplane | goodput Mbit/s | goodput / limit | retransmits | mean RTT ms |\n|---:|---|---:|---|---:|---:|---:|---:|\n";
+        for m in cells {
+            let other = |metric: &str| {
+                r.measurements.iter().find(|x| {
+                    x.scenario == "rate_limit"
+                        && x.case == m.case
+                        && x.metric == metric
+                        && x.limit_mbits == m.limit_mbits
+                        && x.direction == m.direction
+                        && x.flows == m.flows
+                })
+            };
+            s += &format!(
+                "| {} | {} | {} | {} | {:.2} | {} | {} | {} |\n",
+                m.limit_mbits.unwrap_or(0),
+                m.direction.as_deref().unwrap_or("-"),
+                m.flows.unwrap_or(0),
+                m.case,
+                m.median,
+                fmt_ratio(Some(m)),
+                other("retransmits")
+                    .map(|x| format!("{:.0}", x.median))
+                    .unwrap_or_else(|| "-".into()),
+                other("rtt_ms")
+                    .map(|x| format!("{:.1}", x.median))
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+    }
+
+    // 4. Quota.
+    s += "\n### 4. Quota overshoot\n\n";
+    s += &run_line(r, "quota");
+    s += "\n\n";
+    s += &notes(r, "quota");
+    let cases: Vec<String> = {
+        let mut v: Vec<String> = Vec::new();
+        for m in r.measurements.iter().filter(|m| m.scenario == "quota") {
+            if !v.contains(&m.case) {
+                v.push(m.case.clone());
+            }
+        }
+        v
+    };
+    if !cases.is_empty() {
+        s += "\n| enforcer | delivered bytes | overshoot bytes | overshoot packets (1,500 B) | overshoot, all runs (bytes) |\n|---|---:|---:|---:|---|\n";
+        for c in &cases {
+            let f = |metric: &str| r.find("quota", c, None, metric);
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                c,
+                f("delivered_bytes")
+                    .map(|m| thousands(m.median.max(0.0) as u64))
+                    .unwrap_or_else(|| "-".into()),
+                f("overshoot_bytes")
+                    .map(|m| format!("{:.0}", m.median))
+                    .unwrap_or_else(|| "-".into()),
+                f("overshoot_packets")
+                    .map(|m| format!("{:.1}", m.median))
+                    .unwrap_or_else(|| "-".into()),
+                f("overshoot_bytes")
+                    .map(|m| m
+                        .runs
+                        .iter()
+                        .map(|x| format!("{x:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+    }
+
+    // 5. Agent cost.
+    s += "\n### 5. Agent cost\n\n";
+    s += &run_line(r, "agent-cost");
+    s += "\n\n";
+    s += &notes(r, "agent-cost");
+    let cl = clients_set(r, "agent_cost", "poll_idle", "wall_ms");
+    if !cl.is_empty() {
+        s += "\n| connected devices | read counters ms | idle poll wall / CPU ms | all-charged poll wall / CPU ms | resident MiB |\n|---:|---:|---:|---:|---:|\n";
+        for c in &cl {
+            let f = |case: &str, metric: &str| {
+                r.find("agent_cost", case, Some(*c), metric)
+                    .map(|m| format!("{:.2}", m.median))
+                    .unwrap_or_else(|| "-".into())
+            };
+            s += &format!(
+                "| {} | {} | {} / {} | {} / {} | {} |\n",
+                thousands(*c as u64),
+                f("read_counters", "wall_ms"),
+                f("poll_idle", "wall_ms"),
+                f("poll_idle", "cpu_ms"),
+                f("poll_all_charged", "wall_ms"),
+                f("poll_all_charged", "cpu_ms"),
+                f("resident_memory", "rss_mib"),
+            );
+        }
+    }
+    s += "\n";
+    s += END;
+    s
+}
+
+/// Replaces the generated section of BENCHMARKS.md (or appends it), keeping
+/// everything else.
+pub fn write_markdown(path: &Path, r: &Results) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let section = markdown(r);
+    let new = match (old.find(START), old.find(END)) {
+        (Some(a), Some(b)) if b > a => format!("{}{}{}", &old[..a], section, &old[b + END.len()..]),
+        _ => {
+            let mut s = old.trim_end().to_string();
+            s += "\n\n";
+            s += &section;
+            s += "\n";
+            s
+        }
+    };
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
