@@ -132,6 +132,134 @@ fn pinned_link(path: &Path) -> Result<Option<FdLink>> {
     }
 }
 
+/// A loaded TC or XDP program that can be attached with a pinnable link.
+trait Attachable {
+    /// Atomically swaps this program into an existing link.
+    fn swap_into(&mut self, link: FdLink) -> std::result::Result<(), String>;
+    /// Attaches afresh and hands over the link.
+    fn attach_new(&mut self, iface_name: &str) -> std::result::Result<FdLink, String>;
+}
+
+struct Tc<'a>(&'a mut SchedClassifier, TcAttachType);
+struct XdpProg<'a>(&'a mut Xdp);
+
+impl Attachable for Tc<'_> {
+    fn swap_into(&mut self, link: FdLink) -> std::result::Result<(), String> {
+        let l = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
+        self.0
+            .attach_to_link(l)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn attach_new(&mut self, iface_name: &str) -> std::result::Result<FdLink, String> {
+        let opts = TcAttachOptions::TcxOrder(LinkOrder::default());
+        let id = self
+            .0
+            .attach_with_options(iface_name, self.1, opts)
+            .map_err(|e| chain(&e))?;
+        let link = self.0.take_link(id).map_err(|e| e.to_string())?;
+        link.try_into()
+            .map_err(|e: aya::programs::links::LinkError| e.to_string())
+    }
+}
+
+impl Attachable for XdpProg<'_> {
+    fn swap_into(&mut self, link: FdLink) -> std::result::Result<(), String> {
+        let l = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
+        self.0
+            .attach_to_link(l)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn attach_new(&mut self, iface_name: &str) -> std::result::Result<FdLink, String> {
+        let id = self
+            .0
+            .attach(iface_name, XdpMode::Default)
+            .map_err(|e| chain(&e))?;
+        let link = self.0.take_link(id).map_err(|e| e.to_string())?;
+        link.try_into()
+            .map_err(|e: aya::programs::links::LinkError| e.to_string())
+    }
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// Swaps the program into the link pinned at `path` (no moment without
+/// enforcement), or attaches it and pins the new link.
+fn attach_pinned(mut p: impl Attachable, iface_name: &str, path: &Path, what: &str) -> Result<()> {
+    if let Some(link) = pinned_link(path)? {
+        match p.swap_into(link) {
+            Ok(()) => return Ok(()),
+            // The interface went away and came back: the old link is defunct.
+            Err(e) => {
+                tracing::warn!("replacing stale link {}: {e}", path.display());
+                remove_link(path)?;
+            }
+        }
+    }
+    let link = p
+        .attach_new(iface_name)
+        .map_err(|message| AgentError::Bpf {
+            what: what.to_string(),
+            message,
+        })?;
+    link.pin(path)
+        .map_err(|e| AgentError::bpf(format!("pinning {}", path.display()), e))?;
+    Ok(())
+}
+
+/// The named program of the object, loaded into the kernel.
+fn loaded<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut aya::programs::Program: TryInto<&'a mut T, Error = aya::programs::ProgramError>,
+    T: LoadProgram + 'a,
+{
+    let p: &mut T = ebpf
+        .program_mut(name)
+        .ok_or_else(|| AgentError::Bpf {
+            what: format!("loading {name}"),
+            message: "program missing from the object".into(),
+        })?
+        .try_into()
+        .map_err(|e| AgentError::bpf(format!("loading {name}"), e))?;
+    p.load_program()
+        .map_err(|e| AgentError::bpf(format!("loading {name}"), e))?;
+    Ok(p)
+}
+
+/// `load()` of the program types the datapath uses.
+trait LoadProgram {
+    fn load_program(&mut self) -> std::result::Result<(), aya::programs::ProgramError>;
+}
+
+impl LoadProgram for SchedClassifier {
+    fn load_program(&mut self) -> std::result::Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl LoadProgram for Xdp {
+    fn load_program(&mut self) -> std::result::Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
 fn attach_tc(
     ebpf: &mut Ebpf,
     iface_name: &str,
@@ -140,87 +268,23 @@ fn attach_tc(
     hook: TcAttachType,
     pin: &str,
 ) -> Result<()> {
-    let what = || format!("attaching {prog} to {iface_name}");
-    let p: &mut SchedClassifier = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| AgentError::Bpf {
-            what: what(),
-            message: "program missing from the object".into(),
-        })?
-        .try_into()
-        .map_err(|e| AgentError::bpf(what(), e))?;
-    p.load()
-        .map_err(|e| AgentError::bpf(format!("loading {prog}"), e))?;
-    let path = dir.join(pin);
-    if let Some(link) = pinned_link(&path)? {
-        // Swap the new program into the existing link: no moment without enforcement.
-        let swapped = link
-            .try_into()
-            .map_err(|e| AgentError::bpf(what(), e))
-            .and_then(|l| p.attach_to_link(l).map_err(|e| AgentError::bpf(what(), e)));
-        match swapped {
-            Ok(_) => return Ok(()),
-            // The interface went away and came back: the old link is defunct.
-            Err(e) => {
-                tracing::warn!("replacing stale link {}: {e}", path.display());
-                remove_link(&path)?;
-            }
-        }
-    }
-    let id = p
-        .attach_with_options(
-            iface_name,
-            hook,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
-        .map_err(|e| AgentError::bpf(what(), e))?;
-    let link: FdLink = p
-        .take_link(id)
-        .map_err(|e| AgentError::bpf(what(), e))?
-        .try_into()
-        .map_err(|e| AgentError::bpf(what(), e))?;
-    link.pin(&path)
-        .map_err(|e| AgentError::bpf(format!("pinning {}", path.display()), e))?;
-    Ok(())
+    let p: &mut SchedClassifier = loaded(ebpf, prog)?;
+    attach_pinned(
+        Tc(p, hook),
+        iface_name,
+        &dir.join(pin),
+        &format!("attaching {prog} to {iface_name}"),
+    )
 }
 
 fn attach_xdp(ebpf: &mut Ebpf, iface_name: &str, dir: &Path) -> Result<()> {
-    let what = || format!("attaching {PROG_XDP_INGRESS} to {iface_name}");
-    let p: &mut Xdp = ebpf
-        .program_mut(PROG_XDP_INGRESS)
-        .ok_or_else(|| AgentError::Bpf {
-            what: what(),
-            message: "program missing from the object".into(),
-        })?
-        .try_into()
-        .map_err(|e| AgentError::bpf(what(), e))?;
-    p.load()
-        .map_err(|e| AgentError::bpf(format!("loading {PROG_XDP_INGRESS}"), e))?;
-    let path = dir.join(LINK_XDP_INGRESS);
-    if let Some(link) = pinned_link(&path)? {
-        let swapped = link
-            .try_into()
-            .map_err(|e| AgentError::bpf(what(), e))
-            .and_then(|l| p.attach_to_link(l).map_err(|e| AgentError::bpf(what(), e)));
-        match swapped {
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                tracing::warn!("replacing stale link {}: {e}", path.display());
-                remove_link(&path)?;
-            }
-        }
-    }
-    let id = p
-        .attach(iface_name, XdpMode::Default)
-        .map_err(|e| AgentError::bpf(what(), e))?;
-    let link: FdLink = p
-        .take_link(id)
-        .map_err(|e| AgentError::bpf(what(), e))?
-        .try_into()
-        .map_err(|e| AgentError::bpf(what(), e))?;
-    link.pin(&path)
-        .map_err(|e| AgentError::bpf(format!("pinning {}", path.display()), e))?;
-    Ok(())
+    let p: &mut Xdp = loaded(ebpf, PROG_XDP_INGRESS)?;
+    attach_pinned(
+        XdpProg(p),
+        iface_name,
+        &dir.join(LINK_XDP_INGRESS),
+        &format!("attaching {PROG_XDP_INGRESS} to {iface_name}"),
+    )
 }
 
 /// Detaches a pinned link at once (even while another process holds it) and removes the pin.
