@@ -34,9 +34,15 @@ pub struct Measurement {
     pub clients: u32,
     pub metric: String,
     pub unit: String,
+    #[serde(deserialize_with = "de_vec_f64")]
     pub runs: Vec<f64>,
+    #[serde(deserialize_with = "de_f64")]
     pub median: f64,
     pub baseline: Option<f64>,
+    /// Median over runs of (this run's figure / the baseline of the same run),
+    /// when the baseline was measured run by run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio_median: Option<f64>,
     /// Speed limit of a rate-limit case, Mbit/s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_mbits: Option<u32>,
@@ -46,6 +52,18 @@ pub struct Measurement {
     /// Parallel TCP flows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows: Option<u32>,
+}
+
+/// JSON has no NaN (serde_json writes null): read null back as NaN.
+fn de_f64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn de_vec_f64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    Ok(Vec::<Option<f64>>::deserialize(d)?
+        .into_iter()
+        .map(|x| x.unwrap_or(f64::NAN))
+        .collect())
 }
 
 impl Measurement {
@@ -66,6 +84,7 @@ impl Measurement {
             median: median(&runs),
             runs,
             baseline: None,
+            ratio_median: None,
             limit_mbits: None,
             direction: None,
             flows: None,
@@ -73,6 +92,9 @@ impl Measurement {
     }
 
     pub fn ratio(&self) -> Option<f64> {
+        if self.ratio_median.is_some() {
+            return self.ratio_median;
+        }
         self.baseline.filter(|b| *b != 0.0).map(|b| self.median / b)
     }
 }
@@ -139,6 +161,17 @@ pub fn median(v: &[f64]) -> f64 {
     } else {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
     }
+}
+
+/// Median of the per-run ratios `v[i] / base[i]`.
+pub fn run_ratio(v: &[f64], base: &[f64]) -> f64 {
+    let r: Vec<f64> = v
+        .iter()
+        .zip(base)
+        .filter(|(_, b)| **b != 0.0)
+        .map(|(a, b)| a / b)
+        .collect();
+    median(&r)
 }
 
 /// A progress line, flushed at once.

@@ -17,7 +17,7 @@ use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use session_tests::{agent::cli, sessions::IperfServer, Agent, AgentBuilder, Hotspot};
+use session_tests::{agent::cli, Agent, AgentBuilder, Hotspot};
 
 use super::{
     forwarding::{nft_load, tc_batch},
@@ -45,17 +45,53 @@ impl Kind {
     }
 }
 
+/// `iperf3 -s -J` (JSON, so that `--get-server-output` brings the server's
+/// RTT of downloads), killed on drop.
+struct JsonIperfServer {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl JsonIperfServer {
+    fn start(ns: &str, addr: SocketAddr) -> Result<JsonIperfServer> {
+        let child = session_tests::ns_command(ns, "iperf3")
+            .args([
+                "-s",
+                "-J",
+                "-B",
+                &addr.ip().to_string(),
+                "-p",
+                &addr.port().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn iperf3 -s")?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(JsonIperfServer { child, addr })
+    }
+}
+
+impl Drop for JsonIperfServer {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
 struct Setup {
     kind: Kind,
     _agent: Option<Agent>,
-    iperf: IperfServer,
+    iperf: JsonIperfServer,
     hs: Hotspot,
 }
 
 impl Setup {
     fn new(kind: Kind) -> Result<Setup> {
         let hs = Hotspot::builder().clients(1).build();
-        let iperf = IperfServer::start(&hs.server_ns, hs.server_sock(false, IPERF_PORT));
+        let iperf = JsonIperfServer::start(&hs.server_ns, hs.server_sock(false, IPERF_PORT))?;
         let agent = if kind == Kind::SessionAgent {
             let a = AgentBuilder::new(&hs).start();
             a.allow(&hs.clients[0].mac);

@@ -73,10 +73,16 @@ pub struct Results {
 impl Results {
     /// The previous results (kept for scenarios not run this time), or empty.
     pub fn load(path: &Path) -> Results {
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Results::default();
+        };
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            println!(
+                "==> {} does not parse ({e}); starting afresh",
+                path.display()
+            );
+            Results::default()
+        })
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
