@@ -46,6 +46,9 @@ enum Cmd {
         /// Runs per figure (default 5, 2 with --quick).
         #[arg(long)]
         runs: Option<u32>,
+        /// Only rewrite BENCHMARKS.md from bench/results.json, measuring nothing.
+        #[arg(long)]
+        report: bool,
     },
 }
 
@@ -69,7 +72,10 @@ fn main() -> Result<()> {
             let bin = build_agent()?;
             demo::run(&bin, seconds)
         }
-        Cmd::Bench { quick, only, runs } => {
+        Cmd::Bench { report: true, .. } => bench::rewrite_report(),
+        Cmd::Bench {
+            quick, only, runs, ..
+        } => {
             require_root("the benchmark")?;
             toolchain::ensure_ebpf()?;
             toolchain::ensure_net_tools()?;

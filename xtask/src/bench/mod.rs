@@ -292,6 +292,15 @@ pub fn run(agent_bin: &Path, quick: bool, only: &[String], runs: Option<u32>) ->
     Ok(())
 }
 
+/// Rewrites BENCHMARKS.md's section from bench/results.json.
+pub fn rewrite_report() -> Result<()> {
+    let root = crate::root_dir();
+    let results = report::Results::load(&root.join("bench/results.json"));
+    report::write_markdown(&root.join("BENCHMARKS.md"), &results)?;
+    print!("{}", report::goals_text(&results));
+    Ok(())
+}
+
 fn panic_msg(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>()
         .cloned()

@@ -206,7 +206,9 @@ pub fn goals(r: &Results) -> Vec<Goal> {
                 scenario: "1 program cost",
                 goal,
                 measured: format!(
-                    "net at most {net_max:.1} ns ({raw_hi:.1} ns with the test-run overhead at {} clients); {} vs {} clients: {flat:.2}",
+                    "net of the no-op: at most {net_max:.1} ns over {} to {} clients ({raw_hi:.1} ns raw at {}); {} vs {} clients: {flat:.2}",
+                    thousands(*lo as u64),
+                    thousands(*hi as u64),
                     thousands(*hi as u64),
                     thousands(*hi as u64),
                     lo
