@@ -202,7 +202,7 @@ fn portal_flow_connect_traffic_pause_resume_quota_cutoff() {
     assert_eq!(conn["connected"], false);
     assert_eq!(
         api.get(&format!("/v1/devices/{id}/session")).status,
-        404,
+        409,
         "GetSession: none available"
     );
     let r = api.connect(id, "again");

@@ -228,6 +228,15 @@ fn check_notification(n: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A key that may be absent but not `null`.
+fn present<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// `Some(None)` for an explicit `null`, `None` when the key is absent.
 fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
@@ -475,9 +484,6 @@ async fn get_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
     let id = device_id(&path(id)?)?;
     match st.gw.sessions().get_session(id).await {
         Ok(s) => Ok(Json(view(&st, &s)?)),
-        Err(e @ ModelError::NoAvailableSession(_)) => {
-            Err(ApiError::not_found("no_available_session", e.to_string()))
-        }
         Err(e) => Err(e.into()),
     }
 }
@@ -525,16 +531,23 @@ async fn show_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct SessionPatch {
+    #[serde(default, deserialize_with = "present")]
     time_secs: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
     data_mb: Option<f64>,
+    #[serde(default, deserialize_with = "present")]
     time_cons: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
     data_cons: Option<f64>,
     #[serde(default, deserialize_with = "double_option")]
     started_at: Option<Option<i64>>,
     #[serde(default, deserialize_with = "double_option")]
     exp_days: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
     down_mbits: Option<i32>,
+    #[serde(default, deserialize_with = "present")]
     up_mbits: Option<i32>,
+    #[serde(default, deserialize_with = "present")]
     use_global_speed: Option<bool>,
 }
 
