@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask build-ebpf | test | demo`.
 
 mod bench;
+mod api_bench;
 mod demo;
 mod schemathesis;
 mod toolchain;
@@ -19,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Control API benchmark: create+connect operations per second and p99 latency at 1 and 64 clients.
+    BenchApi,
     /// Install the eBPF toolchain if missing, then build session-ebpf for bpfel-unknown-none.
     BuildEbpf,
     /// Run the whole test suite (root: real traffic in network namespaces).
@@ -65,6 +68,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { args } => test(args),
+        Cmd::BenchApi => api_bench::run(),
         Cmd::Demo { seconds } => {
             require_root("the demo")?;
             toolchain::ensure_ebpf()?;
