@@ -287,9 +287,9 @@ pub fn devices(api: &ApiArgs, cmd: DevicesCmd) -> Result<()> {
     }
 }
 
-fn opt_or_none<T: std::str::FromStr>(field: &str, v: &str) -> Result<Value>
+fn opt_or_none<T>(field: &str, v: &str) -> Result<Value>
 where
-    T: serde::Serialize,
+    T: std::str::FromStr + serde::Serialize,
 {
     if v == "none" || v == "null" {
         return Ok(Value::Null);

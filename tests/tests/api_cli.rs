@@ -150,7 +150,7 @@ fn cli_drives_the_daemon_over_the_socket() {
     assert_eq!(ok_json(&sock, &["providers"]), serde_json::json!(["local"]));
 
     // events: follow the stream while a disconnect happens.
-    let mut follower = Command::new(agent_bin())
+    let follower = Command::new(agent_bin())
         .args([
             "events",
             "--device",
