@@ -113,14 +113,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
         }
     });
-    {
-        let gw = gateway.clone();
-        let api = opts.api.clone();
-        tasks.spawn(async move {
-            if let Err(e) = crate::api::serve(gw, api).await {
-                warn!("control API stopped: {e}");
-            }
-        });
+    // The API's listeners are bound before READY: a caller may use them at once.
+    let (bound, ready) = tokio::sync::oneshot::channel();
+    let mut api = tokio::spawn(crate::api::serve(
+        gateway.clone(),
+        opts.api.clone(),
+        Some(bound),
+    ));
+    tokio::select! {
+        _ = ready => {}
+        r = &mut api => {
+            let e = match r {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => AgentError::Io { what: "the control API".into(), source: std::io::Error::other("stopped before it was ready") },
+                Err(e) => AgentError::Io { what: "the control API".into(), source: std::io::Error::other(e.to_string()) },
+            };
+            return Err(e.into());
+        }
     }
     println!("READY");
     std::io::stdout().flush().ok();
@@ -131,7 +140,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         _ = term.recv() => info!("SIGTERM: stopping; the datapath stays attached and keeps enforcing"),
         _ = int.recv() => info!("SIGINT: stopping; the datapath stays attached and keeps enforcing"),
         Some(r) = tasks.join_next() => warn!("a task ended: {r:?}"),
+        r = &mut api => warn!("the control API stopped: {r:?}"),
     }
+    api.abort();
     tasks.shutdown().await;
     // Charge what was counted since the last poll and make it durable.
     gateway.poll().await?;

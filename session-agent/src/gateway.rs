@@ -245,10 +245,10 @@ impl Gateway {
         let mut out = Vec::with_capacity(connected.len());
         for (device_id, _) in connected {
             let key = mac_key(macs[&device_id]);
-            if !slots.contains_key(&key) {
+            if let std::collections::hash_map::Entry::Vacant(e) = slots.entry(key) {
                 let found: Vec<Option<u32>> = maps.iter().map(|m| m.slot_of(&key)).collect();
                 if found.iter().all(Option::is_some) {
-                    slots.insert(key, found.into_iter().flatten().collect());
+                    e.insert(found.into_iter().flatten().collect());
                 } else {
                     let bytes = maps
                         .iter()

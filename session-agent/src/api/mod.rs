@@ -179,8 +179,13 @@ async fn bearer(State(token): State<Arc<str>>, req: Request, next: Next) -> Resp
     }
 }
 
-/// Serves the API until the task is dropped or a listener fails.
-pub async fn serve(gateway: Arc<Gateway>, opts: ApiOptions) -> Result<(), AgentError> {
+/// Serves the API until the task is dropped or a listener fails. `ready` is told
+/// once every listener is bound, so callers can announce readiness truthfully.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    opts: ApiOptions,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), AgentError> {
     opts.validate().map_err(|e| AgentError::Io {
         what: "starting the control API".into(),
         source: std::io::Error::other(e),
@@ -240,6 +245,10 @@ pub async fn serve(gateway: Arc<Gateway>, opts: ApiOptions) -> Result<(), AgentE
             .await
             .map_err(|e| AgentError::from_io("serving the captive-portal API", e))
         });
+    }
+
+    if let Some(ready) = ready {
+        let _ = ready.send(());
     }
 
     if let Some(retention) = opts.retention {
