@@ -9,7 +9,7 @@
 //! - `nft_set`: per-element counters in named sets (Flarehotspot style):
 //!   `ether saddr @up` / `ip daddr @down` with the `counter` flag on the sets;
 //! - `htb`: tc HTB with one class per client on both gateway interfaces (rates
-//!   of 10 Gbit/s, which never limit), classified by one nftables map lookup per
+//!   of 100 Gbit/s, which never limit), classified by one nftables map lookup per
 //!   packet (`meta priority set ether saddr map {...}` upload, `ip daddr map`
 //!   download), which HTB takes as the class id directly.
 //!
@@ -276,7 +276,7 @@ impl Setup {
                     batch += &format!("qdisc add dev {dev} root handle 1: htb default 0\n");
                     for i in 0..n {
                         batch += &format!(
-                            "class add dev {dev} parent 1: classid 1:{:x} htb rate 10gbit ceil 10gbit quantum 60000\n",
+                            "class add dev {dev} parent 1: classid 1:{:x} htb rate 100gbit ceil 100gbit burst 4mb cburst 4mb quantum 60000\n",
                             i + 1
                         );
                     }
@@ -487,7 +487,7 @@ pub fn run(opts: &Opts) -> Result<(Vec<Measurement>, Vec<String>)> {
         "Each dataplane runs on its own copy of the hotspot (client, access point bridge, gateway, server namespaces), so runs interleave without reconfiguring; each ratio is the median over runs of (figure / `no_program` figure of the same run).".into(),
         "64-byte UDP (60-byte frames, IP length 46), each run three rounds of 0.4 s windows over all dataplanes in turn: an AF_PACKET generator (sendmmsg, qdisc bypass, one thread) in the access point namespace sends prebuilt frames onto the gateway uplink with source MACs rotating over all configured clients; packets/s is what arrives on the server's interface. The generator and the forwarding share one CPU (veth delivers in the sender's context), so packets/s is the rate of the whole path on one core, as much of it as the shared machine gave; packets per CPU-second divides by the generator thread's CPU time (system time included, which is where the forwarding runs), so it does not depend on that share.".into(),
         "Bulk TCP: one iperf3 flow from the server down to the real client (`-R`, 1 s measured after 1 s omitted), which is one of the configured clients, in the middle of the list.".into(),
-        "session_agent: the daemon running with its default poll (250 ms), every configured MAC allowed with `session-agent allow`. nft_chain: `iifname lan0 jump up` / `oifname lan0 jump down`; `up` holds one `ether saddr M counter` rule per client (walked completely, like openNDS's per-client MARK rules), `down` one `ip daddr A counter accept` per client. nft_set: sets of type ether_addr / ipv4_addr with the `counter` flag. htb: HTB on wan0 and lan0 with one class per client (rate = ceil = 10 Gbit/s), the class chosen by `meta priority set ether saddr map @up` / `ip daddr map @down` in the forward hook.".into(),
+        "session_agent: the daemon running with its default poll (250 ms), every configured MAC allowed with `session-agent allow`. nft_chain: `iifname lan0 jump up` / `oifname lan0 jump down`; `up` holds one `ether saddr M counter` rule per client (walked completely, like openNDS's per-client MARK rules), `down` one `ip daddr A counter accept` per client. nft_set: sets of type ether_addr / ipv4_addr with the `counter` flag. htb: HTB on wan0 and lan0 with one class per client (rate = ceil = 100 Gbit/s, burst 4 MB: tc's computed default burst is 0 at such rates, which throttles), the class chosen by `meta priority set ether saddr map @up` / `ip daddr map @down` in the forward hook.".into(),
     ];
     Ok((out, notes))
 }
