@@ -1,7 +1,7 @@
 //! Project tasks: `cargo xtask build-ebpf | test | demo`.
 
-mod bench;
 mod api_bench;
+mod bench;
 mod demo;
 mod schemathesis;
 mod toolchain;
