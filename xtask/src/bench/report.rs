@@ -187,6 +187,14 @@ fn thousands(n: u64) -> String {
     out
 }
 
+fn signed_thousands(x: f64) -> String {
+    if x < 0.0 {
+        format!("-{}", thousands((-x).round() as u64))
+    } else {
+        thousands(x.round() as u64)
+    }
+}
+
 pub fn goals(r: &Results) -> Vec<Goal> {
     let mut v = Vec::new();
     // 1. Program cost.
@@ -674,7 +682,7 @@ pub fn markdown(r: &Results) -> String {
                     .map(|m| thousands(m.median.max(0.0) as u64))
                     .unwrap_or_else(|| "-".into()),
                 f("overshoot_bytes")
-                    .map(|m| format!("{:.0}", m.median))
+                    .map(|m| signed_thousands(m.median))
                     .unwrap_or_else(|| "-".into()),
                 f("overshoot_packets")
                     .map(|m| format!("{:.1}", m.median))
@@ -683,7 +691,7 @@ pub fn markdown(r: &Results) -> String {
                     .map(|m| m
                         .runs
                         .iter()
-                        .map(|x| format!("{x:.0}"))
+                        .map(|x| signed_thousands(*x))
                         .collect::<Vec<_>>()
                         .join(", "))
                     .unwrap_or_else(|| "-".into()),
