@@ -122,10 +122,17 @@ fn json<T: DeserializeOwned>(b: BodyArg, empty: Option<T>) -> Result<T, ApiError
             ApiError::bad_request("invalid_body", e.body_text())
         }
     })?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // Only a body of no bytes at all is an absent body; whitespace is not JSON.
+    if bytes.is_empty() {
         return empty.ok_or_else(|| {
             ApiError::bad_request("missing_body", "this request needs a JSON object body")
         });
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "malformed_json",
+            "the body is blank: send a JSON object, or no body at all",
+        ));
     }
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::bad_request(
