@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use session_agent::{
     dataplane::{
         testrun::{frames, ProgramHarness, PROG_NOOP, TC_DROP, TC_PASS},
@@ -32,13 +32,13 @@ use session_model::{
     MacAddr, SessionStore, SessionsMgr, SystemClock,
 };
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Deserialize, Clone)]
 struct Measurement {
-    scenario: &'static str,
+    scenario: String,
     case: String,
     clients: u32,
-    metric: &'static str,
-    unit: &'static str,
+    metric: String,
+    unit: String,
     runs: Vec<f64>,
     median: f64,
     /// The same metric of the baseline in this run (the no-op program), if any.
@@ -196,22 +196,22 @@ fn program_cost(out: &mut Vec<Measurement>, runs: u32, quick: bool) {
         }
         let base = median(&samples[0]);
         out.push(Measurement {
-            scenario: "program_cost",
+            scenario: "program_cost".into(),
             case: "noop_baseline".into(),
             clients: n,
-            metric: "ns_per_packet",
-            unit: "ns",
+            metric: "ns_per_packet".into(),
+            unit: "ns".into(),
             median: base,
             runs: samples[0].clone(),
             baseline: None,
         });
         for (k, p) in Path::ALL.iter().enumerate() {
             out.push(Measurement {
-                scenario: "program_cost",
+                scenario: "program_cost".into(),
                 case: p.name().into(),
                 clients: n,
-                metric: "ns_per_packet",
-                unit: "ns",
+                metric: "ns_per_packet".into(),
+                unit: "ns".into(),
                 median: median(&samples[k + 1]),
                 runs: samples[k + 1].clone(),
                 baseline: Some(base),
@@ -253,7 +253,8 @@ fn agent_cost(out: &mut Vec<Measurement>, runs: u32, quick: bool) {
         let h = ProgramHarness::new("sa-bench", &[]).expect("loading the datapath (root?)");
         let t = Instant::now();
         // Devices, sessions and connections are set up on a store that syncs only
-        // at the end, then the agent reopens it as it runs (fsync every write).
+        // at the end; a fresh process then runs the agent's part over them, as a
+        // restarted daemon would (fsync every write), so its memory is the agent's alone.
         {
             let store: Arc<dyn SessionStore> = Arc::new(
                 HybridStore::open(
@@ -265,7 +266,7 @@ fn agent_cost(out: &mut Vec<Measurement>, runs: u32, quick: bool) {
                 )
                 .unwrap(),
             );
-            let gw = gateway(&h, store);
+            let gw = gateway(h.root(), store);
             rt.block_on(async {
                 for i in 0..n {
                     let d = gw
@@ -281,75 +282,107 @@ fn agent_cost(out: &mut Vec<Measurement>, runs: u32, quick: bool) {
             });
             gw.sessions().checkpoint().unwrap();
         }
-        let store: Arc<dyn SessionStore> =
-            Arc::new(HybridStore::open(&db, HybridOptions::default()).unwrap());
-        let gw = gateway(&h, store);
-        assert_eq!(
-            gw.sessions().connected().unwrap().len(),
-            n as usize,
-            "every device reconnected from the store"
-        );
         eprintln!(
             "agent cost: {n} connected devices ({:.1}s to set up)",
             t.elapsed().as_secs_f64()
         );
-        rt.block_on(gw.reconcile()).unwrap();
-        let mut read = Vec::new();
-        let (mut idle_wall, mut idle_cpu, mut busy_wall, mut busy_cpu) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..runs {
-            let t = Instant::now();
-            let r = gw.readings().unwrap();
-            read.push(t.elapsed().as_secs_f64() * 1e3);
-            assert_eq!(r.len(), n as usize);
-            let (w, c) = timed(|| rt.block_on(gw.poll()).unwrap());
-            idle_wall.push(w);
-            idle_cpu.push(c);
-            // Every client sends 1,500 bytes: the next poll charges every device.
-            {
-                let maps = gw.lans()[0].maps.lock().unwrap();
-                let arr = maps.counters_array();
-                for slot in 0..n {
-                    let p = unsafe { &raw mut (*arr.entry(slot)).up_bytes };
-                    unsafe { AtomicU64::from_ptr(p) }.fetch_add(1500, Ordering::SeqCst);
-                }
-            }
-            let (w, c) = timed(|| rt.block_on(gw.poll()).unwrap());
-            busy_wall.push(w);
-            busy_cpu.push(c);
-        }
-        for (case, metric, unit, v) in [
-            ("read_counters", "wall_ms", "ms", read),
-            ("poll_idle", "wall_ms", "ms", idle_wall),
-            ("poll_idle", "cpu_ms", "ms", idle_cpu),
-            ("poll_all_charged", "wall_ms", "ms", busy_wall),
-            ("poll_all_charged", "cpu_ms", "ms", busy_cpu),
-        ] {
-            out.push(Measurement {
-                scenario: "agent_cost",
-                case: case.into(),
-                clients: n,
-                metric,
-                unit,
-                median: median(&v),
-                runs: v,
-                baseline: None,
-            });
-        }
-        let rss = rss_kib() / 1024.0;
-        out.push(Measurement {
-            scenario: "agent_cost",
-            case: "resident_memory".into(),
-            clients: n,
-            metric: "rss_mib",
-            unit: "MiB",
-            runs: vec![rss],
-            median: rss,
-            baseline: None,
-        });
-        drop(gw);
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(
+                MEASURE_ENV,
+                format!("{}|{}|{n}|{runs}", db.display(), h.root().display()),
+            )
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("running the agent-cost measurement");
+        assert!(
+            child.status.success(),
+            "agent-cost measurement failed: {}",
+            child.status
+        );
+        let measured: Vec<Measurement> =
+            serde_json::from_slice(&child.stdout).expect("measurements of the child");
+        out.extend(measured);
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Set in the child process that measures the agent: `db|pin root|clients|runs`.
+const MEASURE_ENV: &str = "SESSION_BENCH_AGENT_MEASURE";
+
+/// The agent's part, in a fresh process: open the store and the pinned maps,
+/// reconcile, then time reads and polls; prints the measurements as JSON.
+fn measure_agent(spec: &str) {
+    let f: Vec<&str> = spec.split('|').collect();
+    let (db, root, n, runs): (&str, &str, u32, u32) =
+        (f[0], f[1], f[2].parse().unwrap(), f[3].parse().unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store: Arc<dyn SessionStore> =
+        Arc::new(HybridStore::open(db, HybridOptions::default()).unwrap());
+    let gw = gateway(std::path::Path::new(root), store);
+    assert_eq!(
+        gw.sessions().connected().unwrap().len(),
+        n as usize,
+        "every device reconnected from the store"
+    );
+    rt.block_on(gw.reconcile()).unwrap();
+    let mut read = Vec::new();
+    let (mut idle_wall, mut idle_cpu, mut busy_wall, mut busy_cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t = Instant::now();
+        let r = gw.readings().unwrap();
+        read.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(r.len(), n as usize);
+        let (w, c) = timed(|| rt.block_on(gw.poll()).unwrap());
+        idle_wall.push(w);
+        idle_cpu.push(c);
+        // Every client sends 1,500 bytes: the next poll charges every device.
+        {
+            let maps = gw.lans()[0].maps.lock().unwrap();
+            let arr = maps.counters_array();
+            for slot in 0..n {
+                let p = unsafe { &raw mut (*arr.entry(slot)).up_bytes };
+                unsafe { AtomicU64::from_ptr(p) }.fetch_add(1500, Ordering::SeqCst);
+            }
+        }
+        let (w, c) = timed(|| rt.block_on(gw.poll()).unwrap());
+        busy_wall.push(w);
+        busy_cpu.push(c);
+    }
+    let mut out = Vec::new();
+    for (case, metric, unit, v) in [
+        ("read_counters", "wall_ms", "ms", read),
+        ("poll_idle", "wall_ms", "ms", idle_wall),
+        ("poll_idle", "cpu_ms", "ms", idle_cpu),
+        ("poll_all_charged", "wall_ms", "ms", busy_wall),
+        ("poll_all_charged", "cpu_ms", "ms", busy_cpu),
+    ] {
+        out.push(Measurement {
+            scenario: "agent_cost".into(),
+            case: case.into(),
+            clients: n,
+            metric: metric.into(),
+            unit: unit.into(),
+            median: median(&v),
+            runs: v,
+            baseline: None,
+        });
+    }
+    let rss = rss_kib() / 1024.0;
+    out.push(Measurement {
+        scenario: "agent_cost".into(),
+        case: "resident_memory".into(),
+        clients: n,
+        metric: "rss_mib".into(),
+        unit: "MiB".into(),
+        runs: vec![rss],
+        median: rss,
+        baseline: None,
+    });
+    println!("{}", serde_json::to_string(&out).unwrap());
 }
 
 fn timed(f: impl FnOnce()) -> (f64, f64) {
@@ -361,8 +394,8 @@ fn timed(f: impl FnOnce()) -> (f64, f64) {
     )
 }
 
-fn gateway(h: &ProgramHarness, store: Arc<dyn SessionStore>) -> Arc<Gateway> {
-    let maps = Maps::open(h.root(), "t").unwrap();
+fn gateway(pin_root: &std::path::Path, store: Arc<dyn SessionStore>) -> Arc<Gateway> {
+    let maps = Maps::open(pin_root, "t").unwrap();
     let epoch = maps.ensure_epoch();
     let lan = Lan {
         name: "t".into(),
@@ -387,6 +420,9 @@ fn tempdir() -> std::path::PathBuf {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(MEASURE_ENV) {
+        return measure_agent(&spec);
+    }
     assert!(
         unsafe { libc::geteuid() } == 0,
         "the datapath benchmark needs root (BPF): run `cargo xtask bench`"

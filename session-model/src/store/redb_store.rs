@@ -224,11 +224,19 @@ impl<'t> WTables<'t> {
     }
 }
 
+/// redb's page cache.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 impl RedbStore {
     /// Opens or creates the database at `path`, checking its schema version.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::create(&path).map_err(rerr("open database"))?;
+        // redb caches up to 1 GiB by default; a gateway's working set is far smaller
+        // (the hybrid store keeps its own copy in RAM), and the OS caches the file too.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(rerr("open database"))?;
         let store = RedbStore { db, path };
         store.init_schema()?;
         Ok(store)
