@@ -256,7 +256,7 @@ pub fn iperf_flows(
 
 pub fn run(opts: &Opts) -> Result<(Vec<Measurement>, Vec<String>)> {
     let limits: &[u32] = if opts.quick { &[20] } else { &[5, 20, 100] };
-    let (secs, omit) = (2, 1);
+    let (secs, omit) = if opts.quick { (2, 1) } else { (5, 2) };
     let mut setups = Vec::new();
     for k in Kind::ALL {
         progress(SCENARIO, format!("setting up {}", k.name()));
