@@ -27,7 +27,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -129,6 +129,26 @@ pub struct TickReport {
 #[derive(Debug, Clone, Copy)]
 struct Running {
     session_id: SessionId,
+    /// What the store held for the running session after this manager last wrote
+    /// it, so a poll that changes nothing need not read it; `None` = read it.
+    hint: Option<Hint>,
+}
+
+impl Running {
+    fn new(session_id: SessionId) -> Self {
+        Running {
+            session_id,
+            hint: None,
+        }
+    }
+}
+
+/// A copy of what decides whether a poll must touch a running session.
+#[derive(Debug, Clone, Copy)]
+struct Hint {
+    run: RunState,
+    /// Unix seconds at which the session expires, if it does.
+    expires_at: Option<i64>,
 }
 
 const CHANNEL_CAPACITY: usize = 4096;
@@ -146,6 +166,10 @@ pub struct SessionsMgr {
     running: Mutex<HashMap<DeviceId, Running>>,
     providers: RwLock<HashMap<String, Arc<dyn SessionProvider>>>,
     auto_advance: AtomicBool,
+    /// Saves through `ClientSession::save`, counted by the sessions' sources; when
+    /// it moves, the running sessions' hints are dropped.
+    saves: Arc<AtomicU64>,
+    saves_seen: AtomicU64,
 }
 
 impl std::fmt::Debug for SessionsMgr {
@@ -209,7 +233,7 @@ impl SessionsMgr {
         {
             let mut running = mgr.running()?;
             for (device_id, rec) in best {
-                running.insert(device_id, Running { session_id: rec.id });
+                running.insert(device_id, Running::new(rec.id));
             }
         }
         Ok(mgr)
@@ -226,6 +250,8 @@ impl SessionsMgr {
             running: Mutex::new(HashMap::new()),
             providers: RwLock::new(providers),
             auto_advance: AtomicBool::new(true),
+            saves: Arc::new(AtomicU64::new(0)),
+            saves_seen: AtomicU64::new(0),
         }
     }
 
@@ -302,6 +328,7 @@ impl SessionsMgr {
             self.store.clone(),
             self.clock.clone(),
             &record,
+            self.saves.clone(),
         ));
         let source = provider.source(&record, local);
         Ok(ClientSession::new(record, source))
@@ -533,14 +560,27 @@ impl SessionsMgr {
             .and_then(|run| run.meter))
     }
 
+    /// Drops every running session's hint if a session was saved from outside the
+    /// manager since the last look (its copy may be stale).
+    fn check_hints(&self, running: &mut HashMap<DeviceId, Running>) {
+        let n = self.saves.load(Ordering::SeqCst);
+        if self.saves_seen.swap(n, Ordering::SeqCst) != n {
+            for r in running.values_mut() {
+                r.hint = None;
+            }
+        }
+    }
+
     /// Restarts the device's meter at `mark` without charging anything, e.g. when the
     /// device moved to another MAC address whose kernel counters are a different meter.
     /// The bytes of the old meter must have been charged first. No-op when not connected.
     pub fn reset_meter_mark(&self, device_id: DeviceId, mark: MeterMark) -> Result<(), ModelError> {
-        let _running = self.running()?;
-        let Some(sid) = _running.get(&device_id).map(|r| r.session_id) else {
+        let mut running = self.running()?;
+        let Some(r) = running.get_mut(&device_id) else {
             return Ok(());
         };
+        r.hint = None;
+        let sid = r.session_id;
         if let Some(mut rec) = self.store.session(sid)? {
             if let Some(run) = rec.run.as_mut() {
                 run.meter = Some(mark);
@@ -595,7 +635,7 @@ impl SessionsMgr {
             meter: None,
         });
         self.store.save_session(&rec)?;
-        running.insert(device_id, Running { session_id: rec.id });
+        running.insert(device_id, Running::new(rec.id));
         drop(running);
         self.emit(if first_start {
             SessionEvent::SessionStarted {
@@ -737,14 +777,22 @@ impl SessionsMgr {
     ) -> Result<TickReport, ModelError> {
         let now_ms = self.clock.now_ms();
         let mut running = self.running()?;
+        self.check_hints(&mut running);
         let mut report = TickReport::default();
         let mut changed: HashMap<SessionId, SessionRecord> = HashMap::new();
         let mut touched: Vec<(DeviceId, SessionId)> = Vec::new();
         for &(device_id, reading) in readings {
-            let Some(sid) = running.get(&device_id).map(|r| r.session_id) else {
+            let Some(&Running {
+                session_id: sid,
+                hint,
+            }) = running.get(&device_id)
+            else {
                 report.not_connected.push(device_id);
                 continue;
             };
+            if !changed.contains_key(&sid) && hint.is_some_and(|h| h.run.meter == Some(reading)) {
+                continue;
+            }
             let stored = match changed.get(&sid) {
                 Some(rec) => rec.run,
                 None => {
@@ -862,10 +910,17 @@ impl SessionsMgr {
         let now_ms = self.clock.now_ms();
         let now = now_ms.div_euclid(1000);
         let mut running = self.running()?;
+        self.check_hints(&mut running);
         let mut report = TickReport::default();
         let mut changed: HashMap<SessionId, SessionRecord> = HashMap::new();
         let mut touched = Vec::with_capacity(running.len());
         for (&device_id, r) in running.iter() {
+            // Nothing to charge or end before the next whole second or the expiry.
+            if r.hint.is_some_and(|h| {
+                now_ms - h.run.charged_to_ms < 1000 && h.expires_at.is_none_or(|e| now < e)
+            }) {
+                continue;
+            }
             let mut rec = self
                 .store
                 .session(r.session_id)?
@@ -989,7 +1044,18 @@ impl SessionsMgr {
         report.updated += recs.len();
         for (device_id, session_id) in new_running {
             if let Some(r) = running.get_mut(&device_id) {
-                r.session_id = session_id;
+                *r = Running::new(session_id);
+            }
+        }
+        // What was just written is what the store holds for these running sessions.
+        for rec in &recs {
+            if let (Some(run), Some(r)) = (rec.run, running.get_mut(&rec.device_id)) {
+                if r.session_id == rec.id {
+                    r.hint = Some(Hint {
+                        run,
+                        expires_at: rec.data.expires_at(),
+                    });
+                }
             }
         }
         Ok(events)

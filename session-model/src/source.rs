@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::model::{check_speed, mb_to_bytes};
@@ -55,6 +56,9 @@ pub struct LocalSource {
     session_id: SessionId,
     device_id: DeviceId,
     cached: Mutex<SessionData>,
+    /// Bumped on every save, so the manager knows its copies of stored
+    /// sessions may be out of date.
+    saves: Arc<AtomicU64>,
 }
 
 impl LocalSource {
@@ -62,6 +66,7 @@ impl LocalSource {
         store: Arc<dyn SessionStore>,
         clock: Arc<dyn Clock>,
         record: &SessionRecord,
+        saves: Arc<AtomicU64>,
     ) -> Self {
         LocalSource {
             store,
@@ -69,6 +74,7 @@ impl LocalSource {
             session_id: record.id,
             device_id: record.device_id,
             cached: Mutex::new(record.data.clone()),
+            saves,
         }
     }
 
@@ -89,6 +95,7 @@ impl LocalSource {
             (None, false) => Some(now),
         };
         self.store.save_session(&rec)?;
+        self.saves.fetch_add(1, Ordering::SeqCst);
         *self.cached.lock().map_err(|_| ModelError::Poisoned)? = data;
         Ok(())
     }

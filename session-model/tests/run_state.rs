@@ -443,3 +443,48 @@ async fn auto_advance_on_by_default() {
     assert_eq!(rep.transitions[0].next, Some(ids[1]));
     assert_eq!(m.running_session_id(d).unwrap(), Some(ids[1]));
 }
+
+#[tokio::test]
+async fn a_session_saved_from_outside_is_seen_by_the_next_tick() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let m = data_mgr(store, clock.clone());
+    let (d, ids) = device_with_sessions(&m, 9, &[(0, 100, 0.0)]).await;
+    m.connect(d, "").await.unwrap();
+    clock.advance(Duration::from_millis(1_200));
+    m.tick().unwrap();
+    m.record_meter(&[(d, mark(1, 10))]).unwrap();
+    // A portal uses up the session's time through ClientSession, within the same second.
+    let mut s = m.session(ids[0]).unwrap();
+    s.set_time_cons(100);
+    s.save().await.unwrap();
+    let rep = m.tick().unwrap();
+    assert_eq!(
+        rep.transitions.len(),
+        1,
+        "the saved change ends the session at once"
+    );
+    assert!(!m.is_connected(d).unwrap());
+}
+
+#[tokio::test]
+async fn polls_that_change_nothing_write_nothing() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let m = data_mgr(store, clock.clone());
+    let (d, ids) = device_with_sessions(&m, 10, &[(1, 0, 1.0)]).await;
+    m.connect(d, "").await.unwrap();
+    m.record_meter(&[(d, mark(1, 100))]).unwrap();
+    m.tick().unwrap();
+    for _ in 0..3 {
+        clock.advance(Duration::from_millis(200));
+        assert_eq!(m.record_meter(&[(d, mark(1, 100))]).unwrap().updated, 0);
+        assert_eq!(m.tick().unwrap().updated, 0);
+    }
+    // New bytes, then a whole second: both are charged exactly.
+    assert_eq!(m.record_meter(&[(d, mark(1, 350))]).unwrap().updated, 1);
+    clock.advance(Duration::from_millis(400));
+    assert_eq!(m.tick().unwrap().updated, 1);
+    let s = m.session(ids[0]).unwrap();
+    assert_eq!((s.data_consumption_bytes(), s.time_consumption()), (250, 1));
+}
