@@ -45,7 +45,20 @@ impl ProgramHarness {
             N.fetch_add(1, Ordering::SeqCst)
         ));
         bpffs::prepare(&root)?;
-        let dir = attach::pin_dir(&root, "t");
+        // Whatever fails below, no pins are left behind.
+        Self::load(&root, garden)
+            .map(|(ebpf, maps)| Self {
+                root: root.clone(),
+                ebpf,
+                maps,
+            })
+            .inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&root);
+            })
+    }
+
+    fn load(root: &Path, garden: &[GardenEntry]) -> Result<(Ebpf, Maps)> {
+        let dir = attach::pin_dir(root, "t");
         std::fs::create_dir_all(&dir)
             .map_err(|e| AgentError::from_io(format!("creating {}", dir.display()), e))?;
         let mut ebpf = attach::load(&dir, "t")?;
@@ -62,8 +75,8 @@ impl ProgramHarness {
         p.load()
             .map_err(|e| AgentError::bpf(format!("loading {PROG_XDP_INGRESS}"), e))?;
         write_garden(&mut ebpf, garden)?;
-        let maps = Maps::open(&root, "t")?;
-        Ok(Self { root, ebpf, maps })
+        let maps = Maps::open(root, "t")?;
+        Ok((ebpf, maps))
     }
 
     pub fn root(&self) -> &Path {
