@@ -11,6 +11,7 @@ use axum::{extract::State, http::header, response::IntoResponse};
 use session_model::ModelError;
 
 use super::{ApiError, ApiState};
+use crate::dataplane::ClientRow;
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -21,6 +22,36 @@ fn escape(v: &str) -> String {
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// One per-client metric family: a sample per client and per `(label value, value)`
+/// pair (`label` empty: no extra label).
+fn client_family(
+    out: &mut String,
+    per_lan: &[(String, usize, Vec<ClientRow>)],
+    (name, kind): (&str, &str),
+    help: &str,
+    label: &str,
+    values: impl Fn(&ClientRow) -> Vec<(&'static str, u64)>,
+) {
+    head(out, name, kind, help);
+    for (lan, _, rows) in per_lan {
+        for r in rows {
+            for (value, v) in values(r) {
+                let extra = if label.is_empty() {
+                    String::new()
+                } else {
+                    format!(",{label}=\"{value}\"")
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{lan=\"{}\",mac=\"{}\"{extra}}} {v}",
+                    escape(lan),
+                    escape(&r.mac)
+                );
+            }
+        }
+    }
 }
 
 pub async fn handler(State(st): State<Arc<ApiState>>) -> Result<impl IntoResponse, ApiError> {
@@ -75,88 +106,52 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
         );
     }
 
-    head(
+    client_family(
         &mut out,
-        "session_agent_client_bytes_total",
-        "counter",
+        &per_lan,
+        ("session_agent_client_bytes_total", "counter"),
         "IP-layer bytes of a client: up (sent), down (received), garden (walled garden), blocked.",
-    );
-    for (lan, _, rows) in &per_lan {
-        for r in rows {
-            let l = format!("lan=\"{}\",mac=\"{}\"", escape(lan), escape(&r.mac));
-            for (dir, v) in [
+        "direction",
+        |r| {
+            vec![
                 ("up", r.up_bytes),
                 ("down", r.down_bytes),
                 ("garden", r.garden_bytes),
                 ("blocked", r.blocked_bytes),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "session_agent_client_bytes_total{{{l},direction=\"{dir}\"}} {v}"
-                );
-            }
-        }
-    }
-    head(
+            ]
+        },
+    );
+    client_family(
         &mut out,
-        "session_agent_client_packets_total",
-        "counter",
+        &per_lan,
+        ("session_agent_client_packets_total", "counter"),
         "Packets of a client counted as usage: up (sent), down (received).",
+        "direction",
+        |r| vec![("up", r.up_packets), ("down", r.down_packets)],
     );
-    for (lan, _, rows) in &per_lan {
-        for r in rows {
-            let l = format!("lan=\"{}\",mac=\"{}\"", escape(lan), escape(&r.mac));
-            let _ = writeln!(
-                out,
-                "session_agent_client_packets_total{{{l},direction=\"up\"}} {}",
-                r.up_packets
-            );
-            let _ = writeln!(
-                out,
-                "session_agent_client_packets_total{{{l},direction=\"down\"}} {}",
-                r.down_packets
-            );
-        }
-    }
-    head(
+    client_family(
         &mut out,
-        "session_agent_client_drops_total",
-        "counter",
+        &per_lan,
+        ("session_agent_client_drops_total", "counter"),
         "Packets of a client dropped by the datapath, by reason.",
-    );
-    for (lan, _, rows) in &per_lan {
-        for r in rows {
-            let l = format!("lan=\"{}\",mac=\"{}\"", escape(lan), escape(&r.mac));
-            for (reason, v) in [
+        "reason",
+        |r| {
+            vec![
                 ("blocked", r.blocked_packets),
                 ("ratelimit", r.ratelimit_packets),
                 ("quota", r.quota_packets),
                 ("malformed", r.malformed_packets),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "session_agent_client_drops_total{{{l},reason=\"{reason}\"}} {v}"
-                );
-            }
-        }
-    }
-    head(
-        &mut out,
-        "session_agent_client_allowed",
-        "gauge",
-        "1 when the datapath lets the client through.",
+            ]
+        },
     );
-    for (lan, _, rows) in &per_lan {
-        for r in rows {
-            let _ = writeln!(
-                out,
-                "session_agent_client_allowed{{lan=\"{}\",mac=\"{}\"}} {}",
-                escape(lan),
-                escape(&r.mac),
-                u8::from(r.allowed)
-            );
-        }
-    }
+    client_family(
+        &mut out,
+        &per_lan,
+        ("session_agent_client_allowed", "gauge"),
+        "1 when the datapath lets the client through.",
+        "",
+        |r| vec![("", u64::from(r.allowed))],
+    );
 
     // Sessions.
     let mgr = st.gw.sessions();

@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     programs::{
-        links::{FdLink, PinnedLink},
+        links::{FdLink, LinkError, PinnedLink},
         tc::TcAttachOptions,
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
@@ -120,11 +120,7 @@ pub fn load(dir: &Path, iface_name: &str) -> Result<Ebpf> {
 fn pinned_link(path: &Path) -> Result<Option<FdLink>> {
     match PinnedLink::from_pin(path) {
         Ok(p) => Ok(Some(FdLink::from(p))),
-        Err(aya::programs::links::LinkError::SyscallError(e))
-            if e.io_error.kind() == io::ErrorKind::NotFound =>
-        {
-            Ok(None)
-        }
+        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(AgentError::bpf(
             format!("opening pinned link {}", path.display()),
             e,
@@ -145,13 +141,8 @@ struct XdpProg<'a>(&'a mut Xdp);
 
 impl Attachable for Tc<'_> {
     fn swap_into(&mut self, link: FdLink) -> std::result::Result<(), String> {
-        let l = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
-        self.0
-            .attach_to_link(l)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let id = self.0.attach_to_link(from_fd_link(link)?);
+        id.map(|_| ()).map_err(|e| e.to_string())
     }
 
     fn attach_new(&mut self, iface_name: &str) -> std::result::Result<FdLink, String> {
@@ -160,21 +151,14 @@ impl Attachable for Tc<'_> {
             .0
             .attach_with_options(iface_name, self.1, opts)
             .map_err(|e| chain(&e))?;
-        let link = self.0.take_link(id).map_err(|e| e.to_string())?;
-        link.try_into()
-            .map_err(|e: aya::programs::links::LinkError| e.to_string())
+        into_fd_link(self.0.take_link(id).map_err(|e| e.to_string())?)
     }
 }
 
 impl Attachable for XdpProg<'_> {
     fn swap_into(&mut self, link: FdLink) -> std::result::Result<(), String> {
-        let l = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
-        self.0
-            .attach_to_link(l)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let id = self.0.attach_to_link(from_fd_link(link)?);
+        id.map(|_| ()).map_err(|e| e.to_string())
     }
 
     fn attach_new(&mut self, iface_name: &str) -> std::result::Result<FdLink, String> {
@@ -182,10 +166,22 @@ impl Attachable for XdpProg<'_> {
             .0
             .attach(iface_name, XdpMode::Default)
             .map_err(|e| chain(&e))?;
-        let link = self.0.take_link(id).map_err(|e| e.to_string())?;
-        link.try_into()
-            .map_err(|e: aya::programs::links::LinkError| e.to_string())
+        into_fd_link(self.0.take_link(id).map_err(|e| e.to_string())?)
     }
+}
+
+/// A pinned link as the program type's own link (checks the link's kind).
+fn from_fd_link<L: TryFrom<FdLink, Error = LinkError>>(
+    link: FdLink,
+) -> std::result::Result<L, String> {
+    L::try_from(link).map_err(|e| e.to_string())
+}
+
+/// A program's link as an fd link, to pin it.
+fn into_fd_link<L: TryInto<FdLink, Error = LinkError>>(
+    link: L,
+) -> std::result::Result<FdLink, String> {
+    link.try_into().map_err(|e| e.to_string())
 }
 
 /// An error and its causes on one line.
