@@ -315,6 +315,8 @@ fn measure_agent(spec: &str) {
     let f: Vec<&str> = spec.split('|').collect();
     let (db, root, n, runs): (&str, &str, u32, u32) =
         (f[0], f[1], f[2].parse().unwrap(), f[3].parse().unwrap());
+    // As `session-agent run` does.
+    session_agent::memory::tune_allocator();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -331,6 +333,7 @@ fn measure_agent(spec: &str) {
     let mut read = Vec::new();
     let (mut idle_wall, mut idle_cpu, mut busy_wall, mut busy_cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut commit_wall, mut commit_cpu) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let t = Instant::now();
         let r = gw.readings().unwrap();
@@ -351,6 +354,13 @@ fn measure_agent(spec: &str) {
         let (w, c) = timed(|| rt.block_on(gw.poll()).unwrap());
         busy_wall.push(w);
         busy_cpu.push(c);
+        // The gateway writes what polls charged to the store's log once a second.
+        let (w, c) = timed(|| {
+            gw.sessions().flush().unwrap();
+            session_agent::memory::trim();
+        });
+        commit_wall.push(w);
+        commit_cpu.push(c);
     }
     let mut out = Vec::new();
     for (case, metric, unit, v) in [
@@ -359,6 +369,8 @@ fn measure_agent(spec: &str) {
         ("poll_idle", "cpu_ms", "ms", idle_cpu),
         ("poll_all_charged", "wall_ms", "ms", busy_wall),
         ("poll_all_charged", "cpu_ms", "ms", busy_cpu),
+        ("commit_all_charged", "wall_ms", "ms", commit_wall),
+        ("commit_all_charged", "cpu_ms", "ms", commit_cpu),
     ] {
         out.push(Measurement {
             scenario: "agent_cost".into(),
@@ -397,6 +409,7 @@ fn timed(f: impl FnOnce()) -> (f64, f64) {
 fn gateway(pin_root: &std::path::Path, store: Arc<dyn SessionStore>) -> Arc<Gateway> {
     let maps = Maps::open(pin_root, "t").unwrap();
     let epoch = maps.ensure_epoch();
+
     let lan = Lan {
         name: "t".into(),
         maps: std::sync::Mutex::new(maps),

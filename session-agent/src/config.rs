@@ -38,6 +38,7 @@ pub struct Config {
     pub ingress: Option<String>,
     pub pin_root: Option<PathBuf>,
     pub poll_ms: Option<u64>,
+    pub commit_ms: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
     pub global_down_mbits: Option<u64>,
     pub global_up_mbits: Option<u64>,
@@ -127,6 +128,7 @@ impl Config {
             }
         }
         range("poll_ms", self.poll_ms, 10, 10_000)?;
+        range("commit_ms", self.commit_ms, 10, 60_000)?;
         range("burst_ms", self.burst_ms, 1, 10_000)?;
         if let Some(p) = &self.portal_ports {
             if p.contains(&0) {

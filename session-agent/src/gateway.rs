@@ -20,7 +20,8 @@ use std::{
 use serde::Serialize;
 use session_common::{MacKey, POLICY_ALLOWED, POLICY_QUOTA};
 use session_model::{
-    ClientSession, DeviceId, MacAddr, MeterMark, ModelError, SessionEvent, SessionsMgr, TickReport,
+    idmap::IdMap, ClientSession, DeviceId, MacAddr, MeterMark, ModelError, SessionEvent,
+    SessionsMgr, TickReport,
 };
 use tokio::sync::{broadcast, Mutex, Notify};
 use tracing::{debug, info, warn};
@@ -46,6 +47,9 @@ pub struct GatewayConfig {
     pub auto_advance: bool,
     /// How often the store is checkpointed (hybrid: log folded into redb).
     pub checkpoint_interval: Duration,
+    /// How often usage charged by polls is written like any other store write
+    /// (see [`SessionsMgr::flush`]).
+    pub commit_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -58,6 +62,7 @@ impl Default for GatewayConfig {
             burst_ms: DEFAULT_BURST_MS,
             auto_advance: true,
             checkpoint_interval: Duration::from_secs(60),
+            commit_interval: Duration::from_secs(1),
         }
     }
 }
@@ -99,6 +104,11 @@ pub struct GatewayStats {
     pub checkpoint_us_sum: AtomicU64,
     pub checkpoint_us_last: AtomicU64,
     pub checkpoint_errors: AtomicU64,
+    /// Usage commits (see [`GatewayConfig::commit_interval`]), as for checkpoints.
+    pub commits: AtomicU64,
+    pub commit_us_sum: AtomicU64,
+    pub commit_us_last: AtomicU64,
+    pub commit_errors: AtomicU64,
 }
 
 impl GatewayStats {
@@ -134,11 +144,20 @@ pub struct Gateway {
     events: broadcast::Sender<GatewayEvent>,
     wake: Notify,
     stats: GatewayStats,
-    /// Each MAC's slot on every LAN: slots never move while the pins live, so a
-    /// poll reads counters from shared memory without a map lookup per device.
-    slot_cache: StdMutex<HashMap<MacKey, Vec<u32>>>,
-    /// Device -> MAC, so a poll does not read every device from the store.
-    mac_cache: StdMutex<HashMap<DeviceId, MacAddr>>,
+    /// Where the poll reads each connected device's meter.
+    meter_table: StdMutex<Option<MeterTable>>,
+    /// Bumped when a device's MAC changes, which the session generation does not see.
+    rekeys: AtomicU64,
+}
+
+/// The slots of every connected device on every LAN, sorted by slot so that a poll
+/// walks the counter arrays forwards; rebuilt when the connected devices change.
+struct MeterTable {
+    /// (session manager generation, rekeys) it was built at.
+    built_at: (u64, u64),
+    devices: Vec<DeviceId>,
+    /// `lans` slots per device, in the order of `devices`.
+    slots: Vec<u32>,
 }
 
 /// The meter reading of a device: its up+down bytes over every LAN.
@@ -164,8 +183,8 @@ impl Gateway {
             events,
             wake: Notify::new(),
             stats: GatewayStats::default(),
-            slot_cache: StdMutex::new(HashMap::new()),
-            mac_cache: StdMutex::new(HashMap::new()),
+            meter_table: StdMutex::new(None),
+            rekeys: AtomicU64::new(0),
         })
     }
 
@@ -193,29 +212,13 @@ impl Gateway {
     /// The device's current meter reading.
     fn reading(&self, mac: MacAddr) -> MeterMark {
         let key = mac_key(mac);
-        let cached = self.slot_cache.lock().unwrap().get(&key).cloned();
-        let slots: Vec<Option<u32>> = match cached {
-            Some(v) => v.into_iter().map(Some).collect(),
-            None => {
-                let v: Vec<Option<u32>> = self
-                    .lans
-                    .iter()
-                    .map(|l| l.maps.lock().unwrap().slot_of(&key))
-                    .collect();
-                if v.iter().all(Option::is_some) {
-                    self.slot_cache
-                        .lock()
-                        .unwrap()
-                        .insert(key, v.iter().flatten().copied().collect());
-                }
-                v
-            }
-        };
         let bytes = self
             .lans
             .iter()
-            .zip(slots)
-            .filter_map(|(l, slot)| Some(l.maps.lock().unwrap().usage_bytes(slot?)))
+            .filter_map(|l| {
+                let maps = l.maps.lock().unwrap();
+                Some(maps.usage_bytes(maps.slot_of(&key)?))
+            })
             .sum();
         MeterMark {
             epoch: combined_epoch(&self.lans),
@@ -223,43 +226,25 @@ impl Gateway {
         }
     }
 
-    /// Meter readings of every connected device, from shared memory: one store
-    /// and map lookup per device the first time, then only cached slots.
+    /// Meter readings of every connected device, from shared memory. The table of
+    /// slots to read is rebuilt only when the connected devices changed.
     pub fn readings(&self) -> Result<Vec<(DeviceId, MeterMark)>, AgentError> {
-        let connected = self.mgr.connected()?;
-        let missing: Vec<DeviceId> = {
-            let macs = self.mac_cache.lock().unwrap();
-            connected
-                .iter()
-                .map(|(d, _)| *d)
-                .filter(|d| !macs.contains_key(d))
-                .collect()
-        };
-        for d in missing {
-            self.mac_of(d)?;
-        }
-        let epoch = combined_epoch(&self.lans);
-        let macs = self.mac_cache.lock().unwrap();
-        let mut slots = self.slot_cache.lock().unwrap();
-        let maps: Vec<_> = self.lans.iter().map(|l| l.maps.lock().unwrap()).collect();
-        let mut out = Vec::with_capacity(connected.len());
-        for (device_id, _) in connected {
-            let key = mac_key(macs[&device_id]);
-            if let std::collections::hash_map::Entry::Vacant(e) = slots.entry(key) {
-                let found: Vec<Option<u32>> = maps.iter().map(|m| m.slot_of(&key)).collect();
-                if found.iter().all(Option::is_some) {
-                    e.insert(found.into_iter().flatten().collect());
-                } else {
-                    let bytes = maps
-                        .iter()
-                        .zip(found)
-                        .filter_map(|(m, s)| Some(m.usage_bytes(s?)))
-                        .sum();
-                    out.push((device_id, MeterMark { epoch, bytes }));
-                    continue;
-                }
+        let built_at = (self.mgr.connected_generation(), self.rekeys.load(Relaxed));
+        let mut table = self.meter_table.lock().unwrap();
+        if table.as_ref().is_none_or(|t| t.built_at != built_at) {
+            match self.build_meter_table(built_at, table.take())? {
+                Ok(t) => *table = Some(t),
+                // Some device has no slot yet on some LAN: read it the slow way.
+                Err(readings) => return Ok(readings),
             }
-            let bytes = slots[&key]
+        }
+        let t = table.as_ref().expect("meter table just built");
+        let epoch = combined_epoch(&self.lans);
+        let maps: Vec<_> = self.lans.iter().map(|l| l.maps.lock().unwrap()).collect();
+        let n = maps.len();
+        let mut out = Vec::with_capacity(t.devices.len());
+        for (i, &device_id) in t.devices.iter().enumerate() {
+            let bytes = t.slots[i * n..(i + 1) * n]
                 .iter()
                 .zip(&maps)
                 .map(|(s, m)| m.usage_bytes(*s))
@@ -269,14 +254,72 @@ impl Gateway {
         Ok(out)
     }
 
-    /// The device's MAC, from the cache or the store.
-    fn mac_of(&self, device_id: DeviceId) -> Result<MacAddr, AgentError> {
-        if let Some(m) = self.mac_cache.lock().unwrap().get(&device_id) {
-            return Ok(*m);
+    /// The meter table of the connected devices, or (when a device lacks a slot on
+    /// some LAN) their readings. Slots never move while the pins live, so devices
+    /// already in `old` keep theirs; only new devices are looked up.
+    #[allow(clippy::type_complexity)]
+    fn build_meter_table(
+        &self,
+        built_at: (u64, u64),
+        old: Option<MeterTable>,
+    ) -> Result<Result<MeterTable, Vec<(DeviceId, MeterMark)>>, AgentError> {
+        let connected = self.mgr.connected()?;
+        let n = self.lans.len();
+        let known: IdMap<DeviceId, usize> = old
+            .as_ref()
+            .map(|t| t.devices.iter().enumerate().map(|(i, d)| (*d, i)).collect())
+            .unwrap_or_default();
+        let maps: Vec<_> = self.lans.iter().map(|l| l.maps.lock().unwrap()).collect();
+        let mut rows: Vec<(DeviceId, u32)> = Vec::with_capacity(connected.len());
+        let mut slots: Vec<u32> = Vec::with_capacity(connected.len() * n);
+        let mut missing = Vec::new();
+        for (device_id, _) in &connected {
+            let at = slots.len() as u32;
+            match (known.get(device_id), &old) {
+                (Some(&i), Some(t)) => slots.extend_from_slice(&t.slots[i * n..(i + 1) * n]),
+                _ => {
+                    let key = mac_key(self.mgr.device(*device_id)?.mac);
+                    let found: Vec<Option<u32>> = maps.iter().map(|m| m.slot_of(&key)).collect();
+                    if found.iter().any(Option::is_none) {
+                        missing.push(*device_id);
+                        continue;
+                    }
+                    slots.extend(found.into_iter().flatten());
+                }
+            }
+            rows.push((*device_id, at));
         }
-        let mac = self.mgr.device(device_id)?.mac;
-        self.mac_cache.lock().unwrap().insert(device_id, mac);
-        Ok(mac)
+        drop((known, old));
+        if !missing.is_empty() {
+            let epoch = combined_epoch(&self.lans);
+            drop(maps);
+            let mut out = Vec::with_capacity(connected.len());
+            for (device_id, _) in &connected {
+                let mac = self.mgr.device(*device_id)?.mac;
+                out.push((
+                    *device_id,
+                    MeterMark {
+                        epoch,
+                        ..self.reading(mac)
+                    },
+                ));
+            }
+            return Ok(Err(out));
+        }
+        // Slot order: the poll then walks the counter arrays forwards.
+        rows.sort_unstable_by_key(|(_, at)| slots[*at as usize]);
+        let mut table = MeterTable {
+            built_at,
+            devices: Vec::with_capacity(rows.len()),
+            slots: Vec::with_capacity(slots.len()),
+        };
+        for (device_id, at) in rows {
+            table.devices.push(device_id);
+            table
+                .slots
+                .extend_from_slice(&slots[at as usize..at as usize + n]);
+        }
+        Ok(Ok(table))
     }
 
     fn speed(&self, session: &ClientSession) -> (RateLimit, RateLimit) {
@@ -443,7 +486,9 @@ impl Gateway {
             self.revoke(old.mac)?;
         }
         self.mgr.rekey_device(device_id, new_mac)?;
-        self.mac_cache.lock().unwrap().insert(device_id, new_mac);
+        // The device's slots changed with its MAC: build the meter table afresh.
+        *self.meter_table.lock().unwrap() = None;
+        self.rekeys.fetch_add(1, Relaxed);
         if connected {
             self.mgr
                 .reset_meter_mark(device_id, self.reading(new_mac))?;
@@ -565,6 +610,7 @@ impl Gateway {
                 self.program(device.mac, &s, false)?;
             }
         }
+        crate::memory::trim();
         info!(
             devices = connected.len(),
             "reconciled sessions with the datapath"
@@ -614,6 +660,7 @@ impl Gateway {
         let mut tick = tokio::time::interval(self.cfg.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_checkpoint = Instant::now();
+        let mut last_commit = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -623,10 +670,29 @@ impl Gateway {
                 self.stats.poll_errors.fetch_add(1, Relaxed);
                 warn!("poll failed: {e}");
             }
+            if last_commit.elapsed() >= self.cfg.commit_interval {
+                last_commit = Instant::now();
+                let done = self.mgr.flush();
+                crate::memory::trim();
+                match done {
+                    Ok(()) => GatewayStats::record(
+                        &self.stats.commits,
+                        &self.stats.commit_us_sum,
+                        &self.stats.commit_us_last,
+                        last_commit.elapsed(),
+                    ),
+                    Err(e) => {
+                        self.stats.commit_errors.fetch_add(1, Relaxed);
+                        warn!("committing usage to the store failed: {e}");
+                    }
+                }
+            }
             if last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
                 last_checkpoint = Instant::now();
                 let started = Instant::now();
-                match self.mgr.checkpoint() {
+                let done = self.mgr.checkpoint();
+                crate::memory::trim();
+                match done {
                     Ok(()) => GatewayStats::record(
                         &self.stats.checkpoints,
                         &self.stats.checkpoint_us_sum,

@@ -10,3 +10,4 @@ pub mod error;
 pub mod garden;
 pub mod gateway;
 pub mod iface;
+pub mod memory;

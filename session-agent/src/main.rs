@@ -187,10 +187,15 @@ struct RunArgs {
     /// Remove sessions that ended this many seconds ago (0 = keep them) [default: 0].
     #[arg(long)]
     retention_secs: Option<u64>,
-    /// Counter poll interval in milliseconds: time is enforced and consumption committed this
+    /// Counter poll interval in milliseconds: time is enforced and consumption charged this
     /// often [default: 250].
     #[arg(long, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     poll_ms: Option<u64>,
+    /// How often charged consumption is written to the store's log, in milliseconds. A crash
+    /// loses none of it (it is charged again from the kernel counters); a reboot, which
+    /// clears those counters, loses up to this much usage [default: 1000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    commit_ms: Option<u64>,
     /// Store checkpoint interval in seconds [default: 60].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     checkpoint_secs: Option<u64>,
@@ -268,6 +273,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Run(a) => {
             let opts = run_options(*a)?;
+            session_agent::memory::tune_allocator();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -429,6 +435,11 @@ fn run_options(a: RunArgs) -> anyhow::Result<daemon::RunOptions> {
             .or(cfg.checkpoint_secs)
             .map(Duration::from_secs)
             .unwrap_or(defaults.checkpoint_interval),
+        commit_interval: a
+            .commit_ms
+            .or(cfg.commit_ms)
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.commit_interval),
         ..defaults
     };
     Ok(daemon::RunOptions {

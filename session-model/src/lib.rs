@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod error;
+pub mod idmap;
 pub mod mac;
 pub mod manager;
 pub mod model;
@@ -27,5 +28,5 @@ pub use model::{
 pub use source::{ClientSession, SessionProvider, SessionSource, LOCAL_PROVIDER};
 pub use store::{
     open_store, store_names, HybridOptions, HybridStore, MemoryStore, RedbStore, SessionStore,
-    StoreConfig, StoreRegistry, SyncMode,
+    StoreConfig, StoreRegistry, SyncMode, UsageUpdate,
 };

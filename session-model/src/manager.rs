@@ -33,11 +33,12 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::idmap::{DenseMap, IdMap};
 use crate::source::{LocalProvider, LocalSource};
 use crate::{
     mb_to_bytes, model::check_speed, ClientSession, Clock, Device, DeviceId, EndReason, MacAddr,
     MeterMark, ModelError, RunState, SessionData, SessionId, SessionProvider, SessionRecord,
-    SessionStore, SessionType, LOCAL_PROVIDER,
+    SessionStore, SessionType, UsageUpdate, LOCAL_PROVIDER,
 };
 
 /// Everything the manager announces. Serialised with an `event` tag, snake_case.
@@ -143,12 +144,62 @@ impl Running {
     }
 }
 
-/// A copy of what decides whether a poll must touch a running session.
+/// A copy of what the store holds for a running session's usage, so a poll charges
+/// it and decides whether it ended without reading the record.
 #[derive(Debug, Clone, Copy)]
 struct Hint {
     run: RunState,
     /// Unix seconds at which the session expires, if it does.
     expires_at: Option<i64>,
+    session_type: SessionType,
+    time_secs: u64,
+    time_cons: u64,
+    data_bytes: u64,
+    data_cons_bytes: u64,
+}
+
+impl Hint {
+    /// `None` when the record has no run state.
+    fn of(rec: &SessionRecord) -> Option<Hint> {
+        Some(Hint {
+            run: rec.run?,
+            expires_at: rec.data.expires_at(),
+            session_type: rec.data.session_type,
+            time_secs: rec.data.time_secs,
+            time_cons: rec.data.time_cons,
+            data_bytes: rec.data.data_bytes,
+            data_cons_bytes: rec.data.data_cons_bytes,
+        })
+    }
+
+    /// Same rule as [`SessionData::is_available`].
+    fn is_available(&self, now_secs: i64) -> bool {
+        !self.session_type.is_consumed(
+            self.time_cons,
+            self.time_secs,
+            self.data_cons_bytes,
+            self.data_bytes,
+        ) && self.expires_at.is_none_or(|at| now_secs < at)
+    }
+
+    fn update(&self, id: SessionId) -> UsageUpdate {
+        UsageUpdate {
+            id,
+            time_cons: self.time_cons,
+            data_cons_bytes: self.data_cons_bytes,
+            run: Some(self.run),
+        }
+    }
+}
+
+/// What a reading charges against the stored mark, and the mark after it.
+fn meter_charge(mark: Option<MeterMark>, reading: MeterMark) -> (u64, MeterMark) {
+    match mark {
+        None => (0, reading),
+        Some(m) if m.epoch != reading.epoch => (reading.bytes, reading),
+        Some(m) if reading.bytes >= m.bytes => (reading.bytes - m.bytes, reading),
+        Some(m) => (0, m),
+    }
 }
 
 const CHANNEL_CAPACITY: usize = 4096;
@@ -163,13 +214,15 @@ pub struct SessionsMgr {
     store: Arc<dyn SessionStore>,
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<SessionEvent>,
-    running: Mutex<HashMap<DeviceId, Running>>,
+    running: Mutex<DenseMap<DeviceId, Running>>,
     providers: RwLock<HashMap<String, Arc<dyn SessionProvider>>>,
     auto_advance: AtomicBool,
     /// Saves through `ClientSession::save`, counted by the sessions' sources; when
     /// it moves, the running sessions' hints are dropped.
     saves: Arc<AtomicU64>,
     saves_seen: AtomicU64,
+    /// Bumped whenever a device connects, disconnects or changes running session.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for SessionsMgr {
@@ -204,37 +257,48 @@ impl SessionsMgr {
     /// charges the bytes since the stored meter mark.
     pub fn open(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Result<Self, ModelError> {
         let mgr = Self::empty(store, clock);
-        let mut best: HashMap<DeviceId, SessionRecord> = HashMap::new();
-        let mut stale: Vec<SessionRecord> = Vec::new();
-        for rec in mgr.store.sessions()? {
-            let Some(run) = rec.run else { continue };
-            match best.get(&rec.device_id) {
-                Some(cur) if cur.run.map_or(i64::MIN, |r| r.charged_to_ms) >= run.charged_to_ms => {
-                    stale.push(rec);
-                }
-                _ => {
-                    if let Some(old) = best.insert(rec.device_id, rec) {
-                        stale.push(old);
-                    }
-                }
-            }
-        }
-        if !stale.is_empty() {
-            for r in &mut stale {
-                r.run = None;
-            }
-            stale.sort_by_key(|r| r.id);
-            tracing::warn!(
-                sessions = stale.len(),
-                "clearing run state of sessions superseded by a newer running session"
-            );
-            mgr.store.save_sessions(&stale)?;
-        }
+        let mut stale: Vec<SessionId> = Vec::new();
         {
             let mut running = mgr.running()?;
-            for (device_id, rec) in best {
-                running.insert(device_id, Running::new(rec.id));
+            let mut n = 0;
+            mgr.store
+                .for_each_session(&mut |rec| n += usize::from(rec.run.is_some()))?;
+            running.reserve(n);
+            mgr.store.for_each_session(&mut |rec| {
+                let Some(hint) = Hint::of(rec) else { return };
+                let fresh = Running {
+                    session_id: rec.id,
+                    hint: Some(hint),
+                };
+                match running.get(&rec.device_id) {
+                    None => {
+                        running.insert(rec.device_id, fresh);
+                    }
+                    Some(cur) => {
+                        let cur = cur.hint.map_or(i64::MIN, |h| h.run.charged_to_ms);
+                        if cur >= hint.run.charged_to_ms {
+                            stale.push(rec.id);
+                        } else if let Some(old) = running.insert(rec.device_id, fresh) {
+                            stale.push(old.session_id);
+                        }
+                    }
+                }
+            })?;
+        }
+        if !stale.is_empty() {
+            stale.sort_unstable();
+            let mut recs = Vec::with_capacity(stale.len());
+            for id in &stale {
+                if let Some(mut r) = mgr.store.session(*id)? {
+                    r.run = None;
+                    recs.push(r);
+                }
             }
+            tracing::warn!(
+                sessions = recs.len(),
+                "clearing run state of sessions superseded by a newer running session"
+            );
+            mgr.store.save_sessions(&recs)?;
         }
         Ok(mgr)
     }
@@ -247,11 +311,12 @@ impl SessionsMgr {
             store,
             clock,
             events,
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(DenseMap::default()),
             providers: RwLock::new(providers),
             auto_advance: AtomicBool::new(true),
             saves: Arc::new(AtomicU64::new(0)),
             saves_seen: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -287,8 +352,18 @@ impl SessionsMgr {
         let _ = self.events.send(e);
     }
 
-    fn running(&self) -> Result<MutexGuard<'_, HashMap<DeviceId, Running>>, ModelError> {
+    fn running(&self) -> Result<MutexGuard<'_, DenseMap<DeviceId, Running>>, ModelError> {
         self.running.lock().map_err(|_| ModelError::Poisoned)
+    }
+
+    fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Changes whenever the set of connected devices or a running session changes:
+    /// callers that keep per-device tables rebuild them when it moves.
+    pub fn connected_generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     // ----- providers -------------------------------------------------------------------
@@ -562,7 +637,7 @@ impl SessionsMgr {
 
     /// Drops every running session's hint if a session was saved from outside the
     /// manager since the last look (its copy may be stale).
-    fn check_hints(&self, running: &mut HashMap<DeviceId, Running>) {
+    fn check_hints(&self, running: &mut DenseMap<DeviceId, Running>) {
         let n = self.saves.load(Ordering::SeqCst);
         if self.saves_seen.swap(n, Ordering::SeqCst) != n {
             for r in running.values_mut() {
@@ -636,6 +711,7 @@ impl SessionsMgr {
         });
         self.store.save_session(&rec)?;
         running.insert(device_id, Running::new(rec.id));
+        self.bump_generation();
         drop(running);
         self.emit(if first_start {
             SessionEvent::SessionStarted {
@@ -684,6 +760,7 @@ impl SessionsMgr {
             self.store.save_session(&rec)?;
         }
         running.remove(&device_id);
+        self.bump_generation();
         drop(running);
         self.emit(SessionEvent::SessionPaused {
             device_id,
@@ -732,7 +809,7 @@ impl SessionsMgr {
         let now_ms = self.clock.now_ms();
         let mut running = self.running()?;
         let mut report = TickReport::default();
-        let mut changed: HashMap<SessionId, SessionRecord> = HashMap::new();
+        let mut changed: IdMap<SessionId, SessionRecord> = IdMap::default();
         let mut touched: Vec<(DeviceId, SessionId)> = Vec::new();
         for &(device_id, bytes) in usage {
             let Some(sid) = running.get(&device_id).map(|r| r.session_id) else {
@@ -779,19 +856,34 @@ impl SessionsMgr {
         let mut running = self.running()?;
         self.check_hints(&mut running);
         let mut report = TickReport::default();
-        let mut changed: HashMap<SessionId, SessionRecord> = HashMap::new();
+        let mut changed: IdMap<SessionId, SessionRecord> = IdMap::default();
         let mut touched: Vec<(DeviceId, SessionId)> = Vec::new();
+        let now = now_ms.div_euclid(1000);
+        let mut usage: Vec<UsageUpdate> = Vec::new();
         for &(device_id, reading) in readings {
-            let Some(&Running {
-                session_id: sid,
-                hint,
-            }) = running.get(&device_id)
-            else {
+            let Some(r) = running.get_mut(&device_id) else {
                 report.not_connected.push(device_id);
                 continue;
             };
-            if !changed.contains_key(&sid) && hint.is_some_and(|h| h.run.meter == Some(reading)) {
-                continue;
+            let sid = r.session_id;
+            if !changed.contains_key(&sid) {
+                if let Some(h) = r.hint.as_mut() {
+                    // The hint is what the store holds: charge it without reading the record.
+                    let (charge, mark) = meter_charge(h.run.meter, reading);
+                    if charge == 0 && h.run.meter == Some(mark) {
+                        continue;
+                    }
+                    let mut next = *h;
+                    next.data_cons_bytes = next.data_cons_bytes.saturating_add(charge);
+                    next.run.meter = Some(mark);
+                    if next.is_available(now) {
+                        *h = next;
+                        usage.push(next.update(sid));
+                        continue;
+                    }
+                    // It ends: the full path below settles it from the stored record.
+                    r.hint = None;
+                }
             }
             let stored = match changed.get(&sid) {
                 Some(rec) => rec.run,
@@ -803,12 +895,7 @@ impl SessionsMgr {
                 }
             };
             let mark = stored.and_then(|r| r.meter);
-            let (charge, new_mark) = match mark {
-                None => (0, reading),
-                Some(m) if m.epoch != reading.epoch => (reading.bytes, reading),
-                Some(m) if reading.bytes >= m.bytes => (reading.bytes - m.bytes, reading),
-                Some(m) => (0, m),
-            };
+            let (charge, new_mark) = meter_charge(mark, reading);
             if stored.is_some() && mark == Some(new_mark) && charge == 0 {
                 continue;
             }
@@ -821,6 +908,7 @@ impl SessionsMgr {
                 })
                 .meter = Some(new_mark);
         }
+        self.record_usage_deferred(&mut running, &usage, &mut report)?;
         let events = self.settle(&mut running, &mut changed, &touched, now_ms, &mut report)?;
         drop(running);
         for e in events {
@@ -833,7 +921,7 @@ impl SessionsMgr {
     /// marking it touched on first use.
     fn load_changed<'c>(
         &self,
-        changed: &'c mut HashMap<SessionId, SessionRecord>,
+        changed: &'c mut IdMap<SessionId, SessionRecord>,
         touched: &mut Vec<(DeviceId, SessionId)>,
         device_id: DeviceId,
         sid: SessionId,
@@ -866,7 +954,8 @@ impl SessionsMgr {
             .ok_or(ModelError::UnknownSession(session_id))?;
         rec.data.data_cons_bytes = rec.data.data_cons_bytes.saturating_add(bytes);
         let device_id = rec.device_id;
-        let mut changed = HashMap::from([(session_id, rec)]);
+        let mut changed: IdMap<SessionId, SessionRecord> =
+            [(session_id, rec)].into_iter().collect();
         let is_running = running.get(&device_id).map(|r| r.session_id) == Some(session_id);
         let mut report = TickReport::default();
         let events = if is_running {
@@ -912,14 +1001,26 @@ impl SessionsMgr {
         let mut running = self.running()?;
         self.check_hints(&mut running);
         let mut report = TickReport::default();
-        let mut changed: HashMap<SessionId, SessionRecord> = HashMap::new();
-        let mut touched = Vec::with_capacity(running.len());
-        for (&device_id, r) in running.iter() {
-            // Nothing to charge or end before the next whole second or the expiry.
-            if r.hint.is_some_and(|h| {
-                now_ms - h.run.charged_to_ms < 1000 && h.expires_at.is_none_or(|e| now < e)
-            }) {
-                continue;
+        let mut changed: IdMap<SessionId, SessionRecord> = IdMap::default();
+        let mut touched = Vec::new();
+        let mut usage: Vec<UsageUpdate> = Vec::new();
+        for (&device_id, r) in running.iter_mut() {
+            if let Some(h) = r.hint.as_mut() {
+                // Nothing to charge or end before the next whole second or the expiry.
+                if now_ms - h.run.charged_to_ms < 1000 && h.expires_at.is_none_or(|e| now < e) {
+                    continue;
+                }
+                let mut next = *h;
+                let secs = charge_run_time(&mut next.run, &mut next.time_cons, now_ms);
+                if next.is_available(now) {
+                    if secs > 0 {
+                        *h = next;
+                        usage.push(next.update(r.session_id));
+                    }
+                    continue;
+                }
+                // It ends: the full path below settles it from the stored record.
+                r.hint = None;
             }
             let mut rec = self
                 .store
@@ -932,6 +1033,7 @@ impl SessionsMgr {
                 changed.insert(r.session_id, rec);
             }
         }
+        self.record_usage_deferred(&mut running, &usage, &mut report)?;
         let events = self.settle(&mut running, &mut changed, &touched, now_ms, &mut report)?;
         drop(running);
         for e in events {
@@ -945,8 +1047,8 @@ impl SessionsMgr {
     /// record in one batch and returns the events to publish.
     fn settle(
         &self,
-        running: &mut HashMap<DeviceId, Running>,
-        changed: &mut HashMap<SessionId, SessionRecord>,
+        running: &mut DenseMap<DeviceId, Running>,
+        changed: &mut IdMap<SessionId, SessionRecord>,
         touched: &[(DeviceId, SessionId)],
         now_ms: i64,
         report: &mut TickReport,
@@ -1042,6 +1144,9 @@ impl SessionsMgr {
             self.store.save_sessions(&recs)?;
         }
         report.updated += recs.len();
+        if !report.transitions.is_empty() {
+            self.bump_generation();
+        }
         for (device_id, session_id) in new_running {
             if let Some(r) = running.get_mut(&device_id) {
                 *r = Running::new(session_id);
@@ -1049,12 +1154,9 @@ impl SessionsMgr {
         }
         // What was just written is what the store holds for these running sessions.
         for rec in &recs {
-            if let (Some(run), Some(r)) = (rec.run, running.get_mut(&rec.device_id)) {
+            if let Some(r) = running.get_mut(&rec.device_id) {
                 if r.session_id == rec.id {
-                    r.hint = Some(Hint {
-                        run,
-                        expires_at: rec.data.expires_at(),
-                    });
+                    r.hint = Hint::of(rec);
                 }
             }
         }
@@ -1088,6 +1190,34 @@ impl SessionsMgr {
         Ok(doomed)
     }
 
+    /// Writes usage charged from hints. If the store refuses, the hints are dropped so
+    /// the next poll starts again from what the store holds.
+    fn record_usage_deferred(
+        &self,
+        running: &mut DenseMap<DeviceId, Running>,
+        usage: &[UsageUpdate],
+        report: &mut TickReport,
+    ) -> Result<(), ModelError> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.store.record_usage_deferred(usage) {
+            for r in running.values_mut() {
+                r.hint = None;
+            }
+            return Err(e.into());
+        }
+        report.updated += usage.len();
+        Ok(())
+    }
+
+    /// Writes usage that the store keeps in memory (see
+    /// [`SessionStore::record_usage_deferred`]) like any other write. The gateway calls it
+    /// about once a second: what a crash loses before it is charged again on restart.
+    pub fn flush(&self) -> Result<(), ModelError> {
+        Ok(self.store.flush()?)
+    }
+
     /// Makes acknowledged writes durable (see [`SessionStore::sync`]).
     pub fn sync(&self) -> Result<(), ModelError> {
         Ok(self.store.sync()?)
@@ -1107,10 +1237,15 @@ fn charge_time(rec: &mut SessionRecord, now_ms: i64) -> u64 {
         charged_to_ms: now_ms,
         meter: None,
     });
+    charge_run_time(run, &mut rec.data.time_cons, now_ms)
+}
+
+/// [`charge_time`] on the run state and time consumption alone.
+fn charge_run_time(run: &mut RunState, time_cons: &mut u64, now_ms: i64) -> u64 {
     let secs = now_ms.saturating_sub(run.charged_to_ms).max(0) / 1000;
     if secs > 0 {
         run.charged_to_ms = run.charged_to_ms.saturating_add(secs * 1000);
-        rec.data.time_cons = rec.data.time_cons.saturating_add(secs as u64);
+        *time_cons = time_cons.saturating_add(secs as u64);
     }
     secs as u64
 }

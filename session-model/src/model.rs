@@ -41,6 +41,24 @@ impl SessionType {
     pub fn uses_data(self) -> bool {
         matches!(self, SessionType::Data | SessionType::TimeOrData)
     }
+
+    /// True when consumption has used up the allocation this type counts
+    /// (time_or_data: whichever runs out first).
+    pub fn is_consumed(
+        self,
+        time_cons: u64,
+        time_secs: u64,
+        data_cons: u64,
+        data_bytes: u64,
+    ) -> bool {
+        let time_out = time_cons >= time_secs;
+        let data_out = data_cons >= data_bytes;
+        match self {
+            SessionType::Time => time_out,
+            SessionType::Data => data_out,
+            SessionType::TimeOrData => time_out || data_out,
+        }
+    }
 }
 
 impl TryFrom<u8> for SessionType {
@@ -261,13 +279,12 @@ impl SessionData {
     /// True when the allocation of the session's type is used up (time_or_data: whichever
     /// runs out first).
     pub fn is_consumed(&self) -> bool {
-        let time_out = self.time_cons >= self.time_secs;
-        let data_out = self.data_cons_bytes >= self.data_bytes;
-        match self.session_type {
-            SessionType::Time => time_out,
-            SessionType::Data => data_out,
-            SessionType::TimeOrData => time_out || data_out,
-        }
+        self.session_type.is_consumed(
+            self.time_cons,
+            self.time_secs,
+            self.data_cons_bytes,
+            self.data_bytes,
+        )
     }
 
     /// True at or past `expires_at`.

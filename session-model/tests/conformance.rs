@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use session_model::{
     open_store, store_names, HybridOptions, MacAddr, MeterMark, RedbStore, RunState, SessionData,
-    SessionStore, SessionType, StoreConfig, StoreError, SyncMode,
+    SessionStore, SessionType, StoreConfig, StoreError, SyncMode, UsageUpdate,
 };
 use tempfile::TempDir;
 
@@ -366,6 +366,69 @@ fn refuses_newer_schema(h: &Harness) {
     }
 }
 
+fn usage_updates(h: &Harness) {
+    let (sid, other);
+    let run = RunState {
+        charged_to_ms: 42_000,
+        meter: Some(MeterMark {
+            epoch: 7,
+            bytes: 900,
+        }),
+    };
+    {
+        let s = h.open();
+        let dev = s.create_device(mac(1), None, None, 10).unwrap();
+        let r = s
+            .create_session(dev.id, data(SessionType::TimeOrData, 60, 1000))
+            .unwrap();
+        sid = r.id;
+        other = s
+            .create_session(dev.id, data(SessionType::Data, 0, 100))
+            .unwrap()
+            .id;
+        let u = UsageUpdate {
+            id: sid,
+            time_cons: 3,
+            data_cons_bytes: 400,
+            run: Some(run),
+        };
+        s.record_usage_deferred(&[u]).unwrap();
+        // Readers see it before any flush.
+        let got = s.session(sid).unwrap().unwrap();
+        assert_eq!(
+            (got.data.time_cons, got.data.data_cons_bytes, got.run),
+            (3, 400, Some(run))
+        );
+        assert_eq!(s.device_sessions(dev.id).unwrap()[0], got);
+        // All or none: an unknown session refuses the whole batch.
+        let bad = UsageUpdate { id: 9_999, ..u };
+        let changed = UsageUpdate {
+            id: other,
+            data_cons_bytes: 50,
+            ..u
+        };
+        assert!(matches!(
+            s.record_usage_deferred(&[changed, bad]),
+            Err(StoreError::UnknownSession(9_999))
+        ));
+        assert_eq!(
+            s.session(other).unwrap().unwrap().data.data_cons_bytes,
+            0,
+            "a refused batch changes nothing"
+        );
+        s.flush().unwrap();
+    }
+    if h.durable() {
+        let s = h.open();
+        let got = s.session(sid).unwrap().unwrap();
+        assert_eq!(
+            (got.data.time_cons, got.data.data_cons_bytes, got.run),
+            (3, 400, Some(run)),
+            "flushed usage survives a reopen"
+        );
+    }
+}
+
 macro_rules! conformance {
     ($($kind:ident),*) => {$(
         mod $kind {
@@ -376,6 +439,7 @@ macro_rules! conformance {
             #[test] fn gc_by_retention() { super::gc_by_retention(&Harness::new(stringify!($kind))) }
             #[test] fn survives_reopen() { super::survives_reopen(&Harness::new(stringify!($kind))) }
             #[test] fn run_state_round_trips() { super::run_state_round_trips(&Harness::new(stringify!($kind))) }
+            #[test] fn usage_updates() { super::usage_updates(&Harness::new(stringify!($kind))) }
             #[test] fn refuses_newer_schema() { super::refuses_newer_schema(&Harness::new(stringify!($kind))) }
         }
     )*};

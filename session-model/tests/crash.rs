@@ -5,7 +5,7 @@
 //! The child writes raw store batches (consumption and run state together) for the first
 //! `DEVICES` devices, and drives [`SessionsMgr::record_meter`] with increasing meter
 //! readings for `METER_DEVICES` more devices, whose small sessions keep ending and
-//! advancing. After each kill the parent checks that every device's stored consumption
+//! advancing, acknowledging a reading once [`SessionsMgr::flush`] returned. After each kill the parent checks that every device's stored consumption
 //! equals its meter mark minus the first reading, and that the mark is the last
 //! acknowledged reading or one tried after it: no byte lost or counted twice.
 //!
@@ -95,6 +95,8 @@ fn crash_child() {
         devices.push(d);
     }
     let meter_devices = devices.split_off(DEVICES as usize);
+    writeln!(out, "START").unwrap();
+    out.flush().unwrap();
     let mgr = SessionsMgr::open(store.clone(), Arc::new(SystemClock)).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -140,8 +142,14 @@ fn crash_child() {
                 .record_meter(&[(dev.id, MeterMark { epoch: 1, bytes })])
                 .unwrap();
             assert!(rep.not_connected.is_empty());
-            writeln!(out, "ACK {} {}", dev.id, bytes).unwrap();
-            out.flush().unwrap();
+            // Charges without a transition may stay in memory until a flush: only a
+            // flushed reading is acknowledged, the others may be lost (and charged again
+            // from the older mark), never half written.
+            if i.is_multiple_of(3) {
+                mgr.flush().unwrap();
+                writeln!(out, "ACK {} {}", dev.id, bytes).unwrap();
+                out.flush().unwrap();
+            }
             continue;
         }
         let dev = &devices[((i / 2) % DEVICES as u64) as usize];
@@ -218,14 +226,24 @@ fn run_crash_rounds(kind: &str, rounds: usize) {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (started_tx, started) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<String>>()
+            let mut lines = Vec::new();
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // libtest's "test crash_child ... " may precede it on the line.
+                if l.ends_with("START") {
+                    let _ = started_tx.send(());
+                }
+                lines.push(l);
+            }
+            lines
         });
-        // Wait for the child to start committing, then kill it at a random moment.
-        let delay = Duration::from_millis(150 + rng.next() % 400);
+        // Wait for the child to have its devices (however loaded the machine), then
+        // kill it at a random moment of its commits.
+        started
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("round {round}: the child did not start"));
+        let delay = Duration::from_millis(50 + rng.next() % 400);
         let start = Instant::now();
         while start.elapsed() < delay {
             std::thread::sleep(Duration::from_millis(5));

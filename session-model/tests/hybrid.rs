@@ -5,7 +5,7 @@ use std::io::Write;
 use session_model::store::hybrid::ReplayStats;
 use session_model::{
     HybridOptions, HybridStore, MacAddr, RedbStore, SessionData, SessionStore, SessionType,
-    SyncMode,
+    SyncMode, UsageUpdate,
 };
 
 fn data() -> SessionData {
@@ -108,4 +108,50 @@ fn replays_log_and_drops_torn_tail() {
     let db = RedbStore::open(&path).unwrap();
     assert_eq!(db.session(sid).unwrap().unwrap().data.data_cons_bytes, 5);
     db.check_consistency().unwrap();
+}
+
+#[test]
+fn deferred_usage_is_logged_by_flush_and_lost_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let usage = |id, bytes| UsageUpdate {
+        id,
+        time_cons: 0,
+        data_cons_bytes: bytes,
+        run: None,
+    };
+    let sid;
+    {
+        let s = HybridStore::open(&path, lazy()).unwrap();
+        let d = s
+            .create_device(MacAddr::new([2, 0, 0, 0, 0, 1]), None, None, 1)
+            .unwrap();
+        sid = s.create_session(d.id, data()).unwrap().id;
+        let logged = s.log_len().unwrap();
+        s.record_usage_deferred(&[usage(sid, 10)]).unwrap();
+        assert_eq!(s.log_len().unwrap(), logged, "deferred: nothing logged yet");
+        s.flush().unwrap();
+        assert!(s.log_len().unwrap() > logged, "flush logs it");
+        // Time alone is not logged: a restart charges it again from the clock reading.
+        let logged = s.log_len().unwrap();
+        s.record_usage_deferred(&[UsageUpdate {
+            time_cons: 5,
+            ..usage(sid, 10)
+        }])
+        .unwrap();
+        s.flush().unwrap();
+        assert_eq!(s.log_len().unwrap(), logged, "time-only change logged");
+        assert_eq!(s.session(sid).unwrap().unwrap().data.time_cons, 5);
+        s.record_usage_deferred(&[usage(sid, 20)]).unwrap();
+        assert_eq!(s.session(sid).unwrap().unwrap().data.data_cons_bytes, 20);
+        s.close_without_checkpoint();
+    }
+    // As after a crash: the flushed value is back, the unflushed one is gone.
+    let s = HybridStore::open(&path, lazy()).unwrap();
+    let back = s.session(sid).unwrap().unwrap();
+    assert_eq!((back.data.data_cons_bytes, back.data.time_cons), (10, 0));
+    s.record_usage_deferred(&[usage(sid, 30)]).unwrap();
+    drop(s); // the final checkpoint folds deferred usage into redb
+    let db = RedbStore::open(&path).unwrap();
+    assert_eq!(db.session(sid).unwrap().unwrap().data.data_cons_bytes, 30);
 }

@@ -1,7 +1,7 @@
 //! Restart safety of sessions: kill -9 of the agent mid-traffic loses and
 //! doubles no byte of consumption (compared with the nftables reference), time
 //! keeps running across a restart, and a simulated reboot (pins removed) loses
-//! at most about one poll interval of traffic and re-programs the device.
+//! at most about one commit interval of traffic and re-programs the device.
 
 use session_tests::sessions::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 /// Default `--poll-ms` of the agent.
 const POLL: Duration = Duration::from_millis(250);
+/// Default `--commit-ms`: how often charged usage reaches the store's log.
+const COMMIT: Duration = Duration::from_millis(1000);
 
 fn exact_after_kills(kills: &[Duration]) {
     let mut s = Setup::new(&[]);
@@ -147,10 +149,10 @@ impl Sampler {
 }
 
 /// Simulated reboot: kill -9 mid-traffic, pins removed, restart. The loss is
-/// what the kernel counted after the last poll before the kill (and until
+/// what the kernel counted after the last commit before the kill (and until
 /// the traffic stopped); the device is programmed again and then charged exactly.
 #[test]
-fn simulated_reboot_loses_at_most_a_poll_interval() {
+fn simulated_reboot_loses_at_most_a_commit_interval() {
     let mut s = Setup::new(&[]);
     // 8 Mbit/s each way keeps the traffic rate, and so the loss, bounded.
     let id = new_session(&s.api, s.device, DATA, 0, 500.0, 8, 8);
@@ -158,7 +160,7 @@ fn simulated_reboot_loses_at_most_a_poll_interval() {
     let mut bg = Background::start(&s.client.ns, &s.servers);
     bg.wait_rounds(3);
     let sampler = Sampler::start(&s);
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(Duration::from_millis(2_000));
     s.agent.kill9();
     let killed = Instant::now();
     bg.finish();
@@ -184,9 +186,9 @@ fn simulated_reboot_loses_at_most_a_poll_interval() {
     // Download beyond the speed limit is dropped after the forward chain:
     // compare with what the client really moved.
     let lost = total_before.delivered() as i64 - after_restart.cons() as i64;
-    // Traffic from two poll intervals (the last durable poll may be one
-    // before the last started one) plus 50 ms before the kill to the stop.
-    let from = killed - 2 * POLL - Duration::from_millis(50);
+    // Traffic from one commit interval and one poll (the last commit holds
+    // what the poll before it charged) plus 50 ms before the kill to the stop.
+    let from = killed - COMMIT - POLL - Duration::from_millis(50);
     let at_from = samples
         .iter()
         .rev()
@@ -212,8 +214,8 @@ fn simulated_reboot_loses_at_most_a_poll_interval() {
     let report = format!(
         "traffic at {:.0} B/s; kill -9, traffic stopped {:?} later, pins removed, restart\n\
          reference before the reboot {} B, session after it {} B: lost {lost} B \
-         (= {:.0} ms of traffic at that rate); reference counted {window} B from 2 poll \
-         intervals + 50 ms before the kill to the stop\n\
+         (= {:.0} ms of traffic at that rate); reference counted {window} B from a commit \
+         interval, a poll and 50 ms before the kill to the stop\n\
          settled after the restart: refs {:?}, kernel {:?}\n\
          after the restart: 500 kB download {o:?}; charged {charged_after} B, reference {moved_after} B\n\
          session {}\n{}",
@@ -234,7 +236,7 @@ fn simulated_reboot_loses_at_most_a_poll_interval() {
     );
     assert!(
         lost as u64 <= window,
-        "lost more than the traffic since the last poll before the kill\n{report}"
+        "lost more than the traffic since the last commit before the kill\n{report}"
     );
     assert!(
         o.completed,

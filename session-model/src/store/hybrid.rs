@@ -24,10 +24,13 @@
 //! stored checkpoint LSN are replayed (a crash between the redb commit and the log
 //! truncation therefore replays nothing twice).
 //!
-//! Log record: `len: u32 LE | crc32(payload): u32 LE | payload`, where the payload is
-//! JSON `{"lsn": u64, "muts": [Mutation]}`.
+//! Log record: `len: u32 LE | crc32(payload): u32 LE | payload`. The payload is binary:
+//! `0x01 | lsn: u64 LE | count: u32 LE | count × mutation`, a mutation being a tag byte
+//! and its body: `1` put device (`len: u32 LE` + JSON device), `2` remove device (`id:
+//! i64 LE`), `3` put session (`len: u32 LE` + the session row of the redb table, see
+//! `codec`), `4` remove session (`id: u64 LE`). Logs written as JSON
+//! (`{"lsn": u64, "muts": [Mutation]}`) are still replayed.
 
-use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::IpAddr;
@@ -36,10 +39,15 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+use crate::idmap::IdSet;
+
+use super::codec::{decode_session, encode_session};
 use super::mem_state::{MemState, Mutation};
 use super::redb_store::RedbStore;
-use super::SessionStore;
-use crate::{Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError};
+use super::{SessionStore, UsageUpdate};
+use crate::{
+    Device, DeviceId, MacAddr, RunState, SessionData, SessionId, SessionRecord, StoreError,
+};
 
 /// When the modification log is flushed to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,6 +87,11 @@ struct LogRecord<'a> {
 }
 
 const HEADER: usize = 8;
+/// redb page cache of the hybrid store.
+const REDB_CACHE_BYTES: usize = 2 * 1024 * 1024;
+/// Sessions per log record when deferred usage is flushed: each record is atomic on
+/// its own, and small records keep the flush's memory small.
+const FLUSH_CHUNK: usize = 1024;
 /// Records larger than this are treated as garbage when replaying.
 const MAX_RECORD: usize = 1 << 30;
 
@@ -88,8 +101,11 @@ struct Inner {
     log_len: u64,
     log_records: u64,
     lsn: u64,
-    dirty_devices: HashSet<DeviceId>,
-    dirty_sessions: HashSet<SessionId>,
+    dirty_devices: IdSet<DeviceId>,
+    dirty_sessions: IdSet<SessionId>,
+    /// Sessions changed by [`SessionStore::record_usage_deferred`] in RAM only: the
+    /// next [`SessionStore::flush`] logs them, a checkpoint folds them into redb.
+    unlogged: IdSet<SessionId>,
     unsynced: bool,
 }
 
@@ -138,15 +154,22 @@ impl HybridStore {
         opts: HybridOptions,
     ) -> Result<(Self, ReplayStats), StoreError> {
         let path = path.as_ref();
-        let redb = RedbStore::open(path)?;
-        let snap = redb.snapshot()?;
-        let mut state = MemState::new();
-        for d in snap.devices {
-            state.apply(&Mutation::PutDevice { device: d });
-        }
-        for s in snap.sessions {
-            state.apply(&Mutation::PutSession { session: s });
-        }
+        // RAM holds every row: redb's cache only serves checkpoints.
+        let redb = RedbStore::open_with_cache(path, REDB_CACHE_BYTES)?;
+        let state = std::cell::RefCell::new(MemState::new());
+        let snap = redb.snapshot(
+            |device| {
+                state
+                    .borrow_mut()
+                    .apply_owned(Mutation::PutDevice { device })
+            },
+            |session| {
+                state
+                    .borrow_mut()
+                    .apply_owned(Mutation::PutSession { session })
+            },
+        )?;
+        let mut state = state.into_inner();
         state.next_device_id = state.next_device_id.max(snap.next_device_id);
         state.next_session_id = state.next_session_id.max(snap.next_session_id);
 
@@ -162,8 +185,8 @@ impl HybridStore {
             .map_err(|e| StoreError::io("read log", &log_path, e))?;
 
         let mut stats = ReplayStats::default();
-        let mut dirty_devices = HashSet::new();
-        let mut dirty_sessions = HashSet::new();
+        let mut dirty_devices = IdSet::default();
+        let mut dirty_sessions = IdSet::default();
         let mut lsn = snap.checkpoint_lsn;
         let mut off = 0usize;
         let mut records = 0u64;
@@ -201,6 +224,7 @@ impl HybridStore {
                 lsn,
                 dirty_devices,
                 dirty_sessions,
+                unlogged: IdSet::default(),
                 unsynced: false,
             }),
             redb,
@@ -249,14 +273,7 @@ impl HybridStore {
             return Ok(());
         }
         let lsn = g.lsn + 1;
-        let payload = serde_json::to_vec(&LogRecord {
-            lsn,
-            muts: std::borrow::Cow::Borrowed(muts),
-        })
-        .map_err(|source| StoreError::Codec {
-            context: "encode log record",
-            source,
-        })?;
+        let payload = encode_payload(lsn, muts)?;
         let len = u32::try_from(payload.len())
             .ok()
             .filter(|l| (*l as usize) < MAX_RECORD)
@@ -298,6 +315,27 @@ impl HybridStore {
         Ok(())
     }
 
+    /// Logs the sessions changed in RAM only, as one record.
+    fn flush_locked(&self, g: &mut Inner) -> Result<(), StoreError> {
+        if g.unlogged.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<SessionId> = g.unlogged.iter().copied().collect();
+        ids.sort_unstable();
+        for chunk in ids.chunks(FLUSH_CHUNK) {
+            let muts: Vec<Mutation> = chunk
+                .iter()
+                .filter_map(|id| g.state.sessions.get(id))
+                .map(|s| Mutation::PutSession { session: s.clone() })
+                .collect();
+            self.commit(g, &muts)?;
+            for id in chunk {
+                g.unlogged.remove(id);
+            }
+        }
+        Ok(())
+    }
+
     fn checkpoint_locked(&self, g: &mut Inner) -> Result<(), StoreError> {
         if g.dirty_devices.is_empty() && g.dirty_sessions.is_empty() && g.log_len == 0 {
             return Ok(());
@@ -330,6 +368,7 @@ impl HybridStore {
         )?;
         g.dirty_devices.clear();
         g.dirty_sessions.clear();
+        g.unlogged.clear();
         g.log
             .set_len(0)
             .and_then(|_| g.log.sync_all())
@@ -344,8 +383,8 @@ impl HybridStore {
 fn mark_dirty(
     state: &MemState,
     m: &Mutation,
-    devices: &mut HashSet<DeviceId>,
-    sessions: &mut HashSet<SessionId>,
+    devices: &mut IdSet<DeviceId>,
+    sessions: &mut IdSet<SessionId>,
 ) {
     match m {
         Mutation::PutDevice { device } => {
@@ -379,8 +418,101 @@ fn parse_record(buf: &[u8], off: usize) -> Option<(u64, Vec<Mutation>, usize)> {
     if crc32(payload) != crc {
         return None;
     }
-    let rec: LogRecord<'_> = serde_json::from_slice(payload).ok()?;
-    Some((rec.lsn, rec.muts.into_owned(), start + len))
+    let (lsn, muts) = if payload.first() == Some(&BINARY) {
+        decode_payload(payload)?
+    } else {
+        let rec: LogRecord<'_> = serde_json::from_slice(payload).ok()?;
+        (rec.lsn, rec.muts.into_owned())
+    };
+    Some((lsn, muts, start + len))
+}
+
+/// First byte of a binary log payload (a JSON one starts with `{`).
+const BINARY: u8 = 1;
+const TAG_PUT_DEVICE: u8 = 1;
+const TAG_REMOVE_DEVICE: u8 = 2;
+const TAG_PUT_SESSION: u8 = 3;
+const TAG_REMOVE_SESSION: u8 = 4;
+
+fn encode_payload(lsn: u64, muts: &[Mutation]) -> Result<Vec<u8>, StoreError> {
+    let count = u32::try_from(muts.len())
+        .map_err(|_| StoreError::Corrupt("too many mutations for one log record".into()))?;
+    let mut b = Vec::with_capacity(16 + muts.len() * 128);
+    b.push(BINARY);
+    b.extend_from_slice(&lsn.to_le_bytes());
+    b.extend_from_slice(&count.to_le_bytes());
+    let put_body = |b: &mut Vec<u8>, body: &[u8]| -> Result<(), StoreError> {
+        let len = u32::try_from(body.len())
+            .map_err(|_| StoreError::Corrupt("log entry too large".into()))?;
+        b.extend_from_slice(&len.to_le_bytes());
+        b.extend_from_slice(body);
+        Ok(())
+    };
+    for m in muts {
+        match m {
+            Mutation::PutDevice { device } => {
+                b.push(TAG_PUT_DEVICE);
+                let json = serde_json::to_vec(device).map_err(|source| StoreError::Codec {
+                    context: "encode log record",
+                    source,
+                })?;
+                put_body(&mut b, &json)?;
+            }
+            Mutation::RemoveDevice { id } => {
+                b.push(TAG_REMOVE_DEVICE);
+                b.extend_from_slice(&id.to_le_bytes());
+            }
+            Mutation::PutSession { session } => {
+                b.push(TAG_PUT_SESSION);
+                put_body(&mut b, &encode_session(session)?)?;
+            }
+            Mutation::RemoveSession { id } => {
+                b.push(TAG_REMOVE_SESSION);
+                b.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+    }
+    Ok(b)
+}
+
+/// `None` for anything malformed (replay stops there, as at a torn record).
+fn decode_payload(p: &[u8]) -> Option<(u64, Vec<Mutation>)> {
+    let mut off = 1usize;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = p.get(off..off.checked_add(n)?)?;
+        off += n;
+        Some(s)
+    };
+    let lsn = u64::from_le_bytes(take(8)?.try_into().ok()?);
+    let count = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+    let mut muts = Vec::with_capacity(count.min(p.len()));
+    for _ in 0..count {
+        let tag = take(1)?[0];
+        let m = match tag {
+            TAG_PUT_DEVICE | TAG_PUT_SESSION => {
+                let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+                let body = take(len)?;
+                if tag == TAG_PUT_DEVICE {
+                    Mutation::PutDevice {
+                        device: serde_json::from_slice(body).ok()?,
+                    }
+                } else {
+                    Mutation::PutSession {
+                        session: decode_session(body).ok()?,
+                    }
+                }
+            }
+            TAG_REMOVE_DEVICE => Mutation::RemoveDevice {
+                id: i64::from_le_bytes(take(8)?.try_into().ok()?),
+            },
+            TAG_REMOVE_SESSION => Mutation::RemoveSession {
+                id: u64::from_le_bytes(take(8)?.try_into().ok()?),
+            },
+            _ => return None,
+        };
+        muts.push(m);
+    }
+    (off == p.len()).then_some((lsn, muts))
 }
 
 const CRC_TABLE: [u32; 256] = {
@@ -478,7 +610,9 @@ impl SessionStore for HybridStore {
     }
 
     fn devices(&self) -> Result<Vec<Device>, StoreError> {
-        Ok(self.lock()?.state.devices.values().cloned().collect())
+        let mut v: Vec<Device> = self.lock()?.state.devices.values().cloned().collect();
+        v.sort_unstable_by_key(|d| d.id);
+        Ok(v)
     }
 
     fn create_session(
@@ -516,6 +650,11 @@ impl SessionStore for HybridStore {
         Ok(self.lock()?.state.all_sessions())
     }
 
+    fn for_each_session(&self, f: &mut dyn FnMut(&SessionRecord)) -> Result<(), StoreError> {
+        self.lock()?.state.sessions.values().for_each(f);
+        Ok(())
+    }
+
     fn remove_sessions(&self, ids: &[SessionId]) -> Result<usize, StoreError> {
         let mut g = self.lock()?;
         let ms = g.state.plan_remove_sessions(ids);
@@ -538,6 +677,40 @@ impl SessionStore for HybridStore {
         let mut g = self.lock()?;
         self.checkpoint_locked(&mut g)
     }
+
+    fn record_usage_deferred(&self, updates: &[UsageUpdate]) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        if let Some(u) = updates
+            .iter()
+            .find(|u| !g.state.sessions.contains_key(&u.id))
+        {
+            return Err(StoreError::UnknownSession(u.id));
+        }
+        let Inner {
+            state,
+            dirty_sessions,
+            unlogged,
+            ..
+        } = &mut *g;
+        for u in updates {
+            if let Some(r) = state.sessions.get_mut(&u.id) {
+                // Time alone is charged again from the stored clock reading after a
+                // crash, whatever the log holds: it waits for the checkpoint.
+                let meter = |run: Option<RunState>| run.map(|x| x.meter);
+                if r.data.data_cons_bytes != u.data_cons_bytes || meter(r.run) != meter(u.run) {
+                    unlogged.insert(u.id);
+                }
+                u.apply(r);
+                dirty_sessions.insert(u.id);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        self.flush_locked(&mut g)
+    }
 }
 
 #[cfg(test)]
@@ -548,6 +721,64 @@ mod tests {
     fn crc32_known_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
         assert_eq!(crc32(b""), 0);
+    }
+
+    fn record(payload: &[u8]) -> Vec<u8> {
+        let mut rec = (payload.len() as u32).to_le_bytes().to_vec();
+        rec.extend_from_slice(&crc32(payload).to_le_bytes());
+        rec.extend_from_slice(payload);
+        rec
+    }
+
+    #[test]
+    fn binary_payload_round_trips_every_mutation() {
+        let device = Device {
+            id: 4,
+            mac: MacAddr::new([2, 0, 0, 0, 0, 9]),
+            ip: Some("10.0.0.9".parse().unwrap()),
+            hostname: Some("phone".into()),
+            created_at: 11,
+        };
+        let session = SessionRecord {
+            id: 9,
+            device_id: 4,
+            data: SessionData {
+                provider: "local".into(),
+                session_type: crate::SessionType::TimeOrData,
+                time_secs: 60,
+                data_bytes: 1_000,
+                time_cons: 3,
+                data_cons_bytes: 77,
+                started_at: Some(100),
+                exp_days: Some(2),
+                down_mbits: 5,
+                up_mbits: 2,
+                use_global_speed: false,
+                created_at: 99,
+            },
+            ended_at: None,
+            run: Some(RunState {
+                charged_to_ms: 123_456,
+                meter: Some(crate::MeterMark {
+                    epoch: 8,
+                    bytes: 1 << 40,
+                }),
+            }),
+        };
+        let muts = vec![
+            Mutation::PutDevice { device },
+            Mutation::PutSession { session },
+            Mutation::RemoveSession { id: 3 },
+            Mutation::RemoveDevice { id: -2 },
+        ];
+        let rec = record(&encode_payload(42, &muts).unwrap());
+        let (lsn, back, next) = parse_record(&rec, 0).unwrap();
+        assert_eq!((lsn, next), (42, rec.len()));
+        assert_eq!(back, muts);
+        // A count that promises more than the payload holds is refused, not read short.
+        let mut p = encode_payload(42, &muts).unwrap();
+        p[9] += 1;
+        assert!(parse_record(&record(&p), 0).is_none());
     }
 
     #[test]

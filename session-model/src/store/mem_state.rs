@@ -4,11 +4,12 @@
 //! changing anything, `apply` performs it. The hybrid store logs a mutation between the
 //! two, so a failed log write leaves RAM untouched.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::idmap::{DenseMap, IdMap};
 use crate::{Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError};
 
 /// One logged change.
@@ -23,10 +24,11 @@ pub enum Mutation {
 
 #[derive(Debug, Default)]
 pub(crate) struct MemState {
-    pub devices: BTreeMap<DeviceId, Device>,
+    pub devices: DenseMap<DeviceId, Device>,
     pub macs: HashMap<MacAddr, DeviceId>,
-    pub sessions: HashMap<SessionId, SessionRecord>,
-    pub by_device: HashMap<DeviceId, BTreeSet<SessionId>>,
+    pub sessions: DenseMap<SessionId, SessionRecord>,
+    /// Each device's session ids, ascending (most devices have one or two).
+    pub by_device: IdMap<DeviceId, Vec<SessionId>>,
     pub next_device_id: DeviceId,
     pub next_session_id: SessionId,
 }
@@ -138,6 +140,11 @@ impl MemState {
 
     /// Applies a mutation. Replaying a logged mutation is idempotent.
     pub fn apply(&mut self, m: &Mutation) {
+        self.apply_owned(m.clone())
+    }
+
+    /// [`MemState::apply`], moving the row in.
+    pub fn apply_owned(&mut self, m: Mutation) {
         match m {
             Mutation::PutDevice { device } => {
                 if let Some(old) = self.devices.get(&device.id) {
@@ -147,15 +154,15 @@ impl MemState {
                 }
                 self.macs.insert(device.mac, device.id);
                 self.next_device_id = self.next_device_id.max(device.id.saturating_add(1));
-                self.devices.insert(device.id, device.clone());
+                self.devices.insert(device.id, device);
             }
             Mutation::RemoveDevice { id } => {
-                if let Some(old) = self.devices.remove(id) {
-                    if self.macs.get(&old.mac) == Some(id) {
+                if let Some(old) = self.devices.remove(&id) {
+                    if self.macs.get(&old.mac) == Some(&id) {
                         self.macs.remove(&old.mac);
                     }
                 }
-                for sid in self.by_device.remove(id).unwrap_or_default() {
+                for sid in self.by_device.remove(&id).unwrap_or_default() {
                     self.sessions.remove(&sid);
                 }
             }
@@ -163,21 +170,21 @@ impl MemState {
                 self.next_session_id = self.next_session_id.max(session.id.saturating_add(1));
                 if let Some(old) = self.sessions.get(&session.id) {
                     if old.device_id != session.device_id {
-                        if let Some(set) = self.by_device.get_mut(&old.device_id) {
-                            set.remove(&session.id);
+                        if let Some(ids) = self.by_device.get_mut(&old.device_id) {
+                            ids.retain(|i| *i != session.id);
                         }
                     }
                 }
-                self.by_device
-                    .entry(session.device_id)
-                    .or_default()
-                    .insert(session.id);
-                self.sessions.insert(session.id, session.clone());
+                let ids = self.by_device.entry(session.device_id).or_default();
+                if let Err(at) = ids.binary_search(&session.id) {
+                    ids.insert(at, session.id);
+                }
+                self.sessions.insert(session.id, session);
             }
             Mutation::RemoveSession { id } => {
-                if let Some(old) = self.sessions.remove(id) {
-                    if let Some(set) = self.by_device.get_mut(&old.device_id) {
-                        set.remove(id);
+                if let Some(old) = self.sessions.remove(&id) {
+                    if let Some(ids) = self.by_device.get_mut(&old.device_id) {
+                        ids.retain(|i| *i != id);
                     }
                 }
             }

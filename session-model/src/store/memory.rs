@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 
 use super::mem_state::MemState;
-use super::SessionStore;
+use super::{SessionStore, UsageUpdate};
 use crate::{Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError};
 
 /// Devices and sessions in RAM only.
@@ -78,7 +78,9 @@ impl SessionStore for MemoryStore {
     }
 
     fn devices(&self) -> Result<Vec<Device>, StoreError> {
-        Ok(self.lock()?.devices.values().cloned().collect())
+        let mut v: Vec<Device> = self.lock()?.devices.values().cloned().collect();
+        v.sort_unstable_by_key(|d| d.id);
+        Ok(v)
     }
 
     fn create_session(
@@ -116,6 +118,24 @@ impl SessionStore for MemoryStore {
 
     fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         Ok(self.lock()?.all_sessions())
+    }
+
+    fn for_each_session(&self, f: &mut dyn FnMut(&SessionRecord)) -> Result<(), StoreError> {
+        self.lock()?.sessions.values().for_each(f);
+        Ok(())
+    }
+
+    fn record_usage_deferred(&self, updates: &[UsageUpdate]) -> Result<(), StoreError> {
+        let mut st = self.lock()?;
+        if let Some(u) = updates.iter().find(|u| !st.sessions.contains_key(&u.id)) {
+            return Err(StoreError::UnknownSession(u.id));
+        }
+        for u in updates {
+            if let Some(r) = st.sessions.get_mut(&u.id) {
+                u.apply(r);
+            }
+        }
+        Ok(())
     }
 
     fn remove_sessions(&self, ids: &[SessionId]) -> Result<usize, StoreError> {

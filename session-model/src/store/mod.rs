@@ -23,7 +23,26 @@ pub use hybrid::{HybridOptions, HybridStore, SyncMode};
 pub use memory::MemoryStore;
 pub use redb_store::{RedbStore, SCHEMA_VERSION};
 
-use crate::{Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError};
+use crate::{
+    Device, DeviceId, MacAddr, RunState, SessionData, SessionId, SessionRecord, StoreError,
+};
+
+/// The fields of a session that change while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageUpdate {
+    pub id: SessionId,
+    pub time_cons: u64,
+    pub data_cons_bytes: u64,
+    pub run: Option<RunState>,
+}
+
+impl UsageUpdate {
+    pub fn apply(&self, r: &mut SessionRecord) {
+        r.data.time_cons = self.time_cons;
+        r.data.data_cons_bytes = self.data_cons_bytes;
+        r.run = self.run;
+    }
+}
 
 /// Persistence of devices and sessions. Implementations are internally synchronised.
 ///
@@ -77,6 +96,41 @@ pub trait SessionStore: std::fmt::Debug + Send + Sync + 'static {
 
     /// Removes sessions atomically; unknown ids are skipped. Returns how many existed.
     fn remove_sessions(&self, ids: &[SessionId]) -> Result<usize, StoreError>;
+
+    /// Calls `f` with every session, in no particular order, without collecting them.
+    /// The store may hold a lock meanwhile: `f` must not call the store.
+    fn for_each_session(&self, f: &mut dyn FnMut(&SessionRecord)) -> Result<(), StoreError> {
+        for r in self.sessions()? {
+            f(&r);
+        }
+        Ok(())
+    }
+
+    /// Sets the usage of existing sessions (time and data consumed, run state), as
+    /// [`UsageUpdate`]s, all or none. Readers see the change at once, but a store may
+    /// keep it in memory only until the next [`SessionStore::flush`] (or any other
+    /// write, sync or checkpoint), so a crash can lose it. Meant for updates that are
+    /// safe to lose: consumption saved with the meter mark and clock reading it was
+    /// charged up to is charged again after a restart, from the older mark.
+    ///
+    /// The default writes through with [`SessionStore::save_sessions`].
+    fn record_usage_deferred(&self, updates: &[UsageUpdate]) -> Result<(), StoreError> {
+        let mut recs = Vec::with_capacity(updates.len());
+        for u in updates {
+            let mut r = self
+                .session(u.id)?
+                .ok_or(StoreError::UnknownSession(u.id))?;
+            u.apply(&mut r);
+            recs.push(r);
+        }
+        self.save_sessions(&recs)
+    }
+
+    /// Writes deferred usage updates like any other write (the store's durability
+    /// applies from then on).
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Makes every acknowledged write durable. No-op where writes are already durable.
     fn sync(&self) -> Result<(), StoreError> {

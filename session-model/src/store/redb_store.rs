@@ -61,8 +61,6 @@ fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
 /// Everything a redb file holds, loaded at once (used by the hybrid provider).
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
-    pub devices: Vec<Device>,
-    pub sessions: Vec<SessionRecord>,
     pub next_device_id: DeviceId,
     pub next_session_id: SessionId,
     pub checkpoint_lsn: u64,
@@ -230,11 +228,19 @@ const CACHE_BYTES: usize = 16 * 1024 * 1024;
 impl RedbStore {
     /// Opens or creates the database at `path`, checking its schema version.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, CACHE_BYTES)
+    }
+
+    /// [`RedbStore::open`] with a page cache of `cache_bytes`.
+    pub(crate) fn open_with_cache(
+        path: impl AsRef<Path>,
+        cache_bytes: usize,
+    ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         // redb caches up to 1 GiB by default; a gateway's working set is far smaller
         // (the hybrid store keeps its own copy in RAM), and the OS caches the file too.
         let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
+            .set_cache_size(cache_bytes)
             .create(&path)
             .map_err(rerr("open database"))?;
         let store = RedbStore { db, path };
@@ -327,8 +333,12 @@ impl RedbStore {
         })
     }
 
-    /// Loads the whole database.
-    pub(crate) fn snapshot(&self) -> Result<Snapshot, StoreError> {
+    /// Loads the whole database, handing each device and session over as it is read.
+    pub(crate) fn snapshot(
+        &self,
+        mut on_device: impl FnMut(Device),
+        mut on_session: impl FnMut(SessionRecord),
+    ) -> Result<Snapshot, StoreError> {
         let txn = self.db.begin_read().map_err(rerr("begin read"))?;
         let meta = txn.open_table(META).map_err(rerr("open meta table"))?;
         let get = |k: &str| -> Result<u64, StoreError> {
@@ -338,25 +348,24 @@ impl RedbStore {
                 .map(|g| g.value())
                 .unwrap_or(0))
         };
-        let mut snap = Snapshot {
+        let snap = Snapshot {
             next_device_id: get(K_NEXT_DEVICE)?.max(1) as i64,
             next_session_id: get(K_NEXT_SESSION)?.max(1),
             checkpoint_lsn: get(K_CHECKPOINT_LSN)?,
-            ..Default::default()
         };
         let devices = txn
             .open_table(DEVICES)
             .map_err(rerr("open devices table"))?;
         for item in devices.iter().map_err(rerr("scan devices"))? {
             let (_, v) = item.map_err(rerr("scan devices"))?;
-            snap.devices.push(dec(v.value())?);
+            on_device(dec(v.value())?);
         }
         let sessions = txn
             .open_table(SESSIONS)
             .map_err(rerr("open sessions table"))?;
         for item in sessions.iter().map_err(rerr("scan sessions"))? {
             let (_, v) = item.map_err(rerr("scan sessions"))?;
-            snap.sessions.push(decode_session(v.value())?);
+            on_session(decode_session(v.value())?);
         }
         Ok(snap)
     }
