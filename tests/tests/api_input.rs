@@ -377,6 +377,8 @@ fn tcp_token_metrics_and_captive_api() {
         .arg("1")
         .arg("--poll-ms")
         .arg("100")
+        .arg("--commit-ms")
+        .arg("100")
         .start();
     let api = agent.api();
     let tcp: std::net::SocketAddr = "127.0.0.1:7800".parse().unwrap();
@@ -434,6 +436,8 @@ fn tcp_token_metrics_and_captive_api() {
         "session_agent_poll_duration_seconds_count",
         "session_agent_ring_events_total{kind=\"new_client\"}",
         "session_agent_checkpoint_duration_seconds_count",
+        "session_agent_commit_duration_seconds_count",
+        "session_agent_commit_errors_total 0",
         "session_agent_devices 2",
     ] {
         assert!(m.contains(name), "metrics lack {name}:\n{m}");
@@ -451,6 +455,12 @@ fn tcp_token_metrics_and_captive_api() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(polls > 0, "no polls counted");
+    let commits: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("session_agent_commit_duration_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(commits > 0, "no commits counted with --commit-ms 100");
     drop(agent);
 }
 

@@ -297,5 +297,32 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
         "session_agent_checkpoint_errors_total {}",
         s.checkpoint_errors.load(Relaxed)
     );
+    head(
+        &mut out,
+        "session_agent_commit_duration_seconds",
+        "summary",
+        "Time of one commit of charged usage to the store.",
+    );
+    let _ = writeln!(
+        out,
+        "session_agent_commit_duration_seconds_sum {}",
+        secs(s.commit_us_sum.load(Relaxed))
+    );
+    let _ = writeln!(
+        out,
+        "session_agent_commit_duration_seconds_count {}",
+        s.commits.load(Relaxed)
+    );
+    head(
+        &mut out,
+        "session_agent_commit_errors_total",
+        "counter",
+        "Commits of charged usage that failed.",
+    );
+    let _ = writeln!(
+        out,
+        "session_agent_commit_errors_total {}",
+        s.commit_errors.load(Relaxed)
+    );
     Ok(out)
 }

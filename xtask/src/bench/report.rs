@@ -374,16 +374,20 @@ pub fn goals(r: &Results) -> Vec<Goal> {
         let goal = "one poll of 10,000 clients under 3 ms";
         match r.find("agent_cost", "poll_all_charged", Some(10_000), "wall_ms") {
             Some(m) => {
-                let idle = r
-                    .find("agent_cost", "poll_idle", Some(10_000), "wall_ms")
-                    .map(|m| m.median)
-                    .unwrap_or(f64::NAN);
+                let of = |case: &str| {
+                    r.find("agent_cost", case, Some(10_000), "wall_ms")
+                        .map(|m| m.median)
+                        .unwrap_or(f64::NAN)
+                };
                 v.push(Goal {
                     scenario: "5 agent cost",
                     goal,
                     measured: format!(
-                        "{:.2} ms with every device charged, {:.2} ms idle (wall)",
-                        m.median, idle
+                        "{:.2} ms with every device charged, {:.2} ms idle (wall); \
+                         committing every device's usage to the log {:.1} ms, once a second",
+                        m.median,
+                        of("poll_idle"),
+                        of("commit_all_charged")
                     ),
                     status: Status::of(m.median < 3.0),
                 });
@@ -706,7 +710,7 @@ pub fn markdown(r: &Results) -> String {
     s += &notes(r, "agent-cost");
     let cl = clients_set(r, "agent_cost", "poll_idle", "wall_ms");
     if !cl.is_empty() {
-        s += "\n| connected devices | read counters ms | idle poll wall / CPU ms | all-charged poll wall / CPU ms | resident MiB |\n|---:|---:|---:|---:|---:|\n";
+        s += "\n| connected devices | read counters ms | idle poll wall / CPU ms | all-charged poll wall / CPU ms | commit of all wall / CPU ms | resident MiB |\n|---:|---:|---:|---:|---:|---:|\n";
         for c in &cl {
             let f = |case: &str, metric: &str| {
                 r.find("agent_cost", case, Some(*c), metric)
@@ -714,13 +718,15 @@ pub fn markdown(r: &Results) -> String {
                     .unwrap_or_else(|| "-".into())
             };
             s += &format!(
-                "| {} | {} | {} / {} | {} / {} | {} |\n",
+                "| {} | {} | {} / {} | {} / {} | {} / {} | {} |\n",
                 thousands(*c as u64),
                 f("read_counters", "wall_ms"),
                 f("poll_idle", "wall_ms"),
                 f("poll_idle", "cpu_ms"),
                 f("poll_all_charged", "wall_ms"),
                 f("poll_all_charged", "cpu_ms"),
+                f("commit_all_charged", "wall_ms"),
+                f("commit_all_charged", "cpu_ms"),
                 f("resident_memory", "rss_mib"),
             );
         }
