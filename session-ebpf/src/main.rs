@@ -27,7 +27,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::{info, warn};
-use packet::{parse, Dir, IpInfo, Packet, Parsed};
+use packet::{parse, Dir, FarEnd, Packet, Parsed};
 use session_common::*;
 
 /// BPF_F_MMAPABLE: lets userspace mmap the array and read or write it without syscalls.
@@ -111,7 +111,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     };
     let Some(slot) = client_slot(p, &mac) else {
         // Table full: such a client is never allowed, but keeps the walled garden.
-        return if ip.unicast && !garden_passes(&ip) {
+        return if ip.unicast && !garden_passes(&ip.far_end(p, dir)) {
             Verdict::Drop
         } else {
             Verdict::Pass
@@ -127,7 +127,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     let len = ip.len as u64;
     let flags = unsafe { core::ptr::read_volatile(&raw const (*pol).flags) };
     if flags & POLICY_ALLOWED == 0 {
-        return if garden_passes(&ip) {
+        return if garden_passes(&ip.far_end(p, dir)) {
             add(unsafe { &raw mut (*c).garden_packets }, 1);
             add(unsafe { &raw mut (*c).garden_bytes }, len);
             Verdict::Pass
@@ -299,7 +299,7 @@ fn bucket_admits(b: *mut TokenBucket, len: u64) -> bool {
 /// Traffic a client that is not allowed may still exchange: DHCP, ND and the
 /// walled garden (DNS and the portal on the gateway, configured CIDRs).
 #[inline(always)]
-fn garden_passes(ip: &IpInfo) -> bool {
+fn garden_passes(ip: &FarEnd) -> bool {
     let always = match ip.proto {
         // DHCP and DHCPv6 servers: the port is the destination going up, the source coming down.
         packet::IPPROTO_UDP => ip.port == 67 || ip.port == 547,
@@ -313,7 +313,7 @@ fn garden_passes(ip: &IpInfo) -> bool {
         GardenKey::FULL_PREFIX,
         GardenKey {
             port: ip.port.to_be_bytes(),
-            addr: ip.peer,
+            addr: ip.addr,
             _pad: [0; 2],
         },
     );
