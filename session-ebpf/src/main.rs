@@ -217,6 +217,10 @@ fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<u32> {
 fn budget_take<P: Packet>(p: &P, pol: *mut ClientPolicy, len: u64) -> Budget {
     let len = len as i64;
     let budget = unsafe { &raw mut (*pol).budget_bytes };
+    // Used up: refused without the two atomics of taking and giving back.
+    if unsafe { core::ptr::read_volatile(budget) } <= 0 {
+        return Budget::Refused;
+    }
     let before = unsafe { atomic_xadd::<i64, i64, { SeqCst }>(budget, -len) };
     if before > len {
         return Budget::Taken;
@@ -286,12 +290,17 @@ fn bucket_admits(b: *mut TokenBucket, len: u64) -> bool {
             }
         }
     }
+    // Refused without writing: taking and giving back would dip the bucket
+    // for other CPUs, and costs two atomics.
+    if unsafe { core::ptr::read_volatile(&raw const (*b).tokens) } <= 0 {
+        return false;
+    }
     let before =
         unsafe { atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*b).tokens, -(len as i64)) };
     if before > 0 {
         return true;
     }
-    // Refused: give the tokens back so drops do not dig the bucket deeper.
+    // Another CPU emptied it meanwhile: give the tokens back so drops do not dig the bucket deeper.
     unsafe { atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*b).tokens, len as i64) };
     false
 }
