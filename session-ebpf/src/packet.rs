@@ -77,21 +77,15 @@ impl Packet for XdpContext {
 }
 
 /// What the datapath needs to know about a client's IP packet. What only the
-/// walled garden needs is read from the packet when it is consulted ([`IpInfo::far_end`]).
+/// walled garden needs is read again from the packet when it is consulted
+/// ([`IpInfo::far_end`]): kept out of the common path, it costs nothing there.
 pub struct IpInfo {
     /// IP-layer length: IPv4 total length, IPv6 payload length + 40 (the skb's
     /// length for GSO aggregates that leave the length field zero).
     pub len: u32,
     /// The destination is a unicast address.
     pub unicast: bool,
-    pub proto: u8,
-    /// IPv6 (the far end's address is read from the packet) rather than IPv4.
     v6: bool,
-    /// Offset of the transport header if it is there to read (ports of TCP
-    /// and UDP, type of ICMPv6), else 0.
-    l4: u32,
-    /// IPv4: the far end's address as it is in memory.
-    peer4: u32,
 }
 
 /// The far end of a packet, for the walled garden.
@@ -105,40 +99,68 @@ pub struct FarEnd {
 }
 
 impl IpInfo {
+    /// The header was read whole by [`parse`] and the transport header, when
+    /// read, lies within `len`, which the packet holds: these loads do not fail.
     #[inline(always)]
     pub fn far_end<P: Packet>(&self, p: &P, dir: Dir) -> FarEnd {
         let mut port = 0;
         let mut icmp6_type = 0;
-        // The transport header lies within `len`, which the packet holds.
-        if self.l4 != 0 {
-            if self.proto == IPPROTO_ICMPV6 {
-                icmp6_type = p.load::<u8>(self.l4).unwrap_or(0);
-            } else {
-                let ports = p.load::<[u16; 2]>(self.l4).unwrap_or([0; 2]);
-                port = u16::from_be(match dir {
-                    Dir::Up => ports[1],
-                    Dir::Down => ports[0],
-                });
+        let proto;
+        let mut addr = [0u8; 16];
+        if self.v6 {
+            let w1 = p.load::<u32>(ETH_HLEN + 4).unwrap_or(0).to_ne_bytes();
+            proto = w1[2];
+            let l4 = ETH_HLEN + 40;
+            if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && self.len >= 44 {
+                port = far_port(p, l4, dir);
+            } else if proto == IPPROTO_ICMPV6 && self.len >= 41 {
+                icmp6_type = p.load::<u8>(l4).unwrap_or(0);
             }
-        }
-        let addr = if self.v6 {
             let off = match dir {
                 Dir::Up => ETH_HLEN + 24,
                 Dir::Down => ETH_HLEN + 8,
             };
             let a = p.load::<[u32; 4]>(off).unwrap_or([0; 4]);
-            unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(a) }
+            addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(a) };
         } else {
-            let a = self.peer4.to_ne_bytes();
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
-        };
+            let h = p.load::<[u32; 5]>(ETH_HLEN).unwrap_or([0; 5]);
+            let ihl = ((h[0].to_ne_bytes()[0] & 0x0f) as u32) * 4;
+            let w1 = h[1].to_ne_bytes();
+            let frag_off = u16::from_be_bytes([w1[2], w1[3]]) & 0x1fff;
+            proto = h[2].to_ne_bytes()[1];
+            if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && frag_off == 0 && ihl + 4 <= self.len
+            {
+                port = far_port(p, ETH_HLEN + ihl, dir);
+            }
+            let a = match dir {
+                Dir::Up => h[4],
+                Dir::Down => h[3],
+            }
+            .to_ne_bytes();
+            addr[10] = 0xff;
+            addr[11] = 0xff;
+            addr[12] = a[0];
+            addr[13] = a[1];
+            addr[14] = a[2];
+            addr[15] = a[3];
+        }
         FarEnd {
-            proto: self.proto,
+            proto,
             port,
             icmp6_type,
             addr,
         }
     }
+}
+
+/// The far end's port of the TCP or UDP header at `l4`.
+#[inline(always)]
+fn far_port<P: Packet>(p: &P, l4: u32, dir: Dir) -> u16 {
+    let ports = p.load::<[u16; 2]>(l4).unwrap_or([0; 2]);
+    u16::from_be(match dir {
+        Dir::Up => ports[1],
+        Dir::Down => ports[0],
+    })
 }
 
 pub enum Parsed {
@@ -165,7 +187,7 @@ pub fn parse<P: Packet>(p: &P, dir: Dir) -> Parsed {
     }
     let avail = p.len().saturating_sub(ETH_HLEN);
     let ip = match u16::from_be(eth[6]) {
-        ETH_P_IP => parse_v4(p, dir, avail),
+        ETH_P_IP => parse_v4(p, avail),
         ETH_P_IPV6 => parse_v6(p, avail),
         _ => return Parsed::NotForUs,
     };
@@ -176,7 +198,7 @@ pub fn parse<P: Packet>(p: &P, dir: Dir) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_v4<P: Packet>(p: &P, dir: Dir, avail: u32) -> Option<IpInfo> {
+fn parse_v4<P: Packet>(p: &P, avail: u32) -> Option<IpInfo> {
     let h = p.load::<[u32; 5]>(ETH_HLEN)?;
     let w0 = h[0].to_ne_bytes();
     if w0[0] >> 4 != 4 {
@@ -197,23 +219,12 @@ fn parse_v4<P: Packet>(p: &P, dir: Dir, avail: u32) -> Option<IpInfo> {
     if !ipv4_csum_ok(p, &h, ihl) {
         return None;
     }
-    let w1 = h[1].to_ne_bytes();
-    let frag_off = u16::from_be_bytes([w1[2], w1[3]]) & 0x1fff;
-    let proto = h[2].to_ne_bytes()[1];
     let dst = h[4].to_ne_bytes();
     let unicast = dst[0] < 224 && h[4] != u32::MAX;
-    let peer4 = match dir {
-        Dir::Up => h[4],
-        Dir::Down => h[3],
-    };
-    let ports = (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && frag_off == 0 && ihl + 4 <= len;
     Some(IpInfo {
         len,
         unicast,
-        proto,
         v6: false,
-        l4: if ports { ETH_HLEN + ihl } else { 0 },
-        peer4,
     })
 }
 
@@ -279,21 +290,10 @@ fn parse_v6<P: Packet>(p: &P, avail: u32) -> Option<IpInfo> {
     } else {
         payload + 40
     };
-    let proto = w1[2];
     let unicast = h[6].to_ne_bytes()[0] != 0xff;
-    let l4 = if ((proto == IPPROTO_TCP || proto == IPPROTO_UDP) && len >= 44)
-        || (proto == IPPROTO_ICMPV6 && len >= 41)
-    {
-        ETH_HLEN + 40
-    } else {
-        0
-    };
     Some(IpInfo {
         len,
         unicast,
-        proto,
         v6: true,
-        l4,
-        peer4: 0,
     })
 }
