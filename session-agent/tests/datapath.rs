@@ -481,6 +481,44 @@ fn token_bucket_refills_at_its_rate() {
 }
 
 #[test]
+fn token_bucket_burst_after_idle_is_at_most_the_bucket() {
+    let mut dp = Datapath::new();
+    let n = 11;
+    let slot = dp.allow(client_mac(n));
+    let rate = 1_000_000.0;
+    let burst = 10_000.0;
+    dp.h.maps.set_rates(
+        slot,
+        RateLimit {
+            rate_bytes: rate as u64,
+            burst_bytes: burst as u64,
+        },
+        RateLimit::UNLIMITED,
+    );
+    let pkt = up4(n, 443, 972); // 1000 bytes
+                                // Part full, then idle far longer than the bucket takes to fill (and than a tick).
+    assert_eq!(dp.up(&pkt), TC_PASS);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let before = dp.counters(client_mac(n)).up_bytes as f64;
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_millis(3) {
+        dp.up(&pkt);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let passed = dp.counters(client_mac(n)).up_bytes as f64 - before;
+    // The bucket, what the rate adds meanwhile, and one packet of debt.
+    let most = burst + rate * secs + 1000.0;
+    assert!(
+        passed <= most,
+        "passed {passed} bytes in {secs:.4}s after idle, at most {most}"
+    );
+    assert!(
+        passed >= burst,
+        "passed only {passed} bytes of a full bucket"
+    );
+}
+
+#[test]
 fn slots_are_stable_and_shared_with_userspace() {
     let mut dp = Datapath::new();
     // Userspace names a client before the datapath sees it: both agree on the slot.

@@ -21,13 +21,13 @@ use core::intrinsics::{
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::{info, warn};
-use packet::{parse, Dir, IpInfo, Packet, Parsed};
+use packet::{parse, Dir, FarEnd, Packet, Parsed};
 use session_common::*;
 
 /// BPF_F_MMAPABLE: lets userspace mmap the array and read or write it without syscalls.
@@ -111,7 +111,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     };
     let Some(slot) = client_slot(p, &mac) else {
         // Table full: such a client is never allowed, but keeps the walled garden.
-        return if ip.unicast && !garden_passes(&ip) {
+        return if ip.unicast && !garden_passes(&ip.far_end(p, dir)) {
             Verdict::Drop
         } else {
             Verdict::Pass
@@ -127,7 +127,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     let len = ip.len as u64;
     let flags = unsafe { core::ptr::read_volatile(&raw const (*pol).flags) };
     if flags & POLICY_ALLOWED == 0 {
-        return if garden_passes(&ip) {
+        return if garden_passes(&ip.far_end(p, dir)) {
             add(unsafe { &raw mut (*c).garden_packets }, 1);
             add(unsafe { &raw mut (*c).garden_bytes }, len);
             Verdict::Pass
@@ -217,6 +217,10 @@ fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<u32> {
 fn budget_take<P: Packet>(p: &P, pol: *mut ClientPolicy, len: u64) -> Budget {
     let len = len as i64;
     let budget = unsafe { &raw mut (*pol).budget_bytes };
+    // Used up: refused without the two atomics of taking and giving back.
+    if unsafe { core::ptr::read_volatile(budget) } <= 0 {
+        return Budget::Refused;
+    }
     let before = unsafe { atomic_xadd::<i64, i64, { SeqCst }>(budget, -len) };
     if before > len {
         return Budget::Taken;
@@ -249,57 +253,81 @@ const MAX_REFILL_NS: u64 = 1_000_000_000;
 /// the tokens earned since. A packet passes while the bucket is positive and
 /// may take it below zero: a GSO aggregate larger than the bucket still passes,
 /// and the debt is repaid before the next one, so the long-run rate is exact.
+///
+/// The precise clock costs more than the rest of the policer, so a packet
+/// that finds the bucket neither empty nor full reads only the coarse clock
+/// (CLOCK_MONOTONIC_COARSE, behind by up to a tick) and refills, by the
+/// precise clock, once that shows MIN_REFILL_NS passed. An empty bucket is
+/// refilled at once, so no packet is refused for want of a refill; so is a
+/// full one, so that idle time at a full bucket is never credited later. After
+/// an idle longer than a tick the first packet refills, capped at the burst,
+/// as before; credit deferred within a tick lets at most that tick's worth of
+/// the rate through beyond the burst.
 #[inline(always)]
 fn bucket_admits(b: *mut TokenBucket, len: u64) -> bool {
     let rate = unsafe { core::ptr::read_volatile(&raw const (*b).rate_bytes) };
     if rate == 0 {
         return true;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let tokens_ptr = unsafe { &raw mut (*b).tokens };
     let last = unsafe { core::ptr::read_volatile(&raw const (*b).last_ns) };
-    // Refill at most every MIN_REFILL_NS: between refills a packet costs one
-    // atomic add, and the time not yet credited is carried to the next refill.
-    if now > last + MIN_REFILL_NS {
-        // Credit whole tokens only and move the clock by exactly the time they
-        // took: the remainder is carried, not lost, however often packets come.
-        let (earned, new_last) = if now - last > MAX_REFILL_NS {
-            (MAX_REFILL_NS * rate / 1_000_000_000, now)
-        } else {
-            let earned = (now - last) * rate / 1_000_000_000;
-            (earned, last + earned * 1_000_000_000 / rate)
-        };
-        if earned > 0 {
-            let (_, won) = unsafe {
-                atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*b).last_ns, last, new_last)
+    let burst = unsafe { core::ptr::read_volatile(&raw const (*b).burst_bytes) } as i64;
+    let mut tokens = unsafe { core::ptr::read_volatile(tokens_ptr) };
+    if tokens <= 0
+        || tokens >= burst
+        || unsafe { bpf_ktime_get_coarse_ns() } > last + MIN_REFILL_NS
+    {
+        let now = unsafe { bpf_ktime_get_ns() };
+        // Refill at most every MIN_REFILL_NS: between refills a packet costs one
+        // atomic add, and the time not yet credited is carried to the next refill.
+        if now > last + MIN_REFILL_NS {
+            // Credit whole tokens only and move the clock by exactly the time they
+            // took: the remainder is carried, not lost, however often packets come.
+            let (earned, new_last) = if now - last > MAX_REFILL_NS {
+                (MAX_REFILL_NS * rate / 1_000_000_000, now)
+            } else {
+                let earned = (now - last) * rate / 1_000_000_000;
+                (earned, last + earned * 1_000_000_000 / rate)
             };
-            if won {
-                let earned = earned as i64;
-                let burst = unsafe { core::ptr::read_volatile(&raw const (*b).burst_bytes) } as i64;
-                let tokens =
-                    unsafe { atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*b).tokens, earned) }
-                        + earned;
-                if tokens > burst {
-                    unsafe {
-                        atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*b).tokens, burst - tokens)
-                    };
+            if earned > 0 {
+                let (_, won) = unsafe {
+                    atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(
+                        &raw mut (*b).last_ns,
+                        last,
+                        new_last,
+                    )
+                };
+                if won {
+                    let earned = earned as i64;
+                    let tokens =
+                        unsafe { atomic_xadd::<i64, i64, { SeqCst }>(tokens_ptr, earned) } + earned;
+                    if tokens > burst {
+                        unsafe { atomic_xadd::<i64, i64, { SeqCst }>(tokens_ptr, burst - tokens) };
+                    }
                 }
             }
         }
+        // Also sees a refill another CPU just made.
+        tokens = unsafe { core::ptr::read_volatile(tokens_ptr) };
     }
-    let before =
-        unsafe { atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*b).tokens, -(len as i64)) };
+    // Refused without writing: taking and giving back would dip the bucket
+    // for other CPUs, and costs two atomics.
+    if tokens <= 0 {
+        return false;
+    }
+    let before = unsafe { atomic_xadd::<i64, i64, { SeqCst }>(tokens_ptr, -(len as i64)) };
     if before > 0 {
         return true;
     }
-    // Refused: give the tokens back so drops do not dig the bucket deeper.
-    unsafe { atomic_xadd::<i64, i64, { SeqCst }>(&raw mut (*b).tokens, len as i64) };
+    // Another CPU emptied it meanwhile: give the tokens back so drops do not dig the bucket deeper.
+    unsafe { atomic_xadd::<i64, i64, { SeqCst }>(tokens_ptr, len as i64) };
     false
 }
 
 /// Traffic a client that is not allowed may still exchange: DHCP, ND and the
 /// walled garden (DNS and the portal on the gateway, configured CIDRs).
 #[inline(always)]
-fn garden_passes(ip: &IpInfo) -> bool {
+fn garden_passes(ip: &FarEnd) -> bool {
     let always = match ip.proto {
         // DHCP and DHCPv6 servers: the port is the destination going up, the source coming down.
         packet::IPPROTO_UDP => ip.port == 67 || ip.port == 547,
@@ -313,7 +341,7 @@ fn garden_passes(ip: &IpInfo) -> bool {
         GardenKey::FULL_PREFIX,
         GardenKey {
             port: ip.port.to_be_bytes(),
-            addr: ip.peer,
+            addr: ip.addr,
             _pad: [0; 2],
         },
     );
