@@ -187,13 +187,11 @@ impl Maps {
                 Shaper::Htb => {
                     for (flag, b, dev) in self.directions(slot) {
                         let rate = unsafe { std::ptr::read_volatile(&raw const (*b).rate_bytes) };
-                        let burst = unsafe { std::ptr::read_volatile(&raw const (*b).burst_bytes) };
                         if let Some(classid) = shape_classid(slot).filter(|_| rate > 0) {
                             classes.push(shape::Class {
                                 dev,
                                 classid,
                                 rate_bytes: rate,
-                                burst_bytes: burst,
                             });
                             to_flag.push((slot, flag));
                         }
@@ -402,7 +400,6 @@ impl Maps {
                         dev,
                         classid: id,
                         rate_bytes: limit.rate_bytes,
-                        burst_bytes: limit.burst_bytes,
                     })?;
                     unsafe { set_bucket(b, limit) };
                     self.flags(slot).fetch_or(flag, Ordering::SeqCst);
