@@ -140,22 +140,24 @@ impl Path {
             }
             Path::Full => {
                 maps.set_allowed(m, true).unwrap();
-                maps.set_rates(slot, big, big);
+                maps.set_rates(slot, big, big).unwrap();
                 maps.set_budget(slot, Some(i64::MAX / 2));
             }
             Path::RateLimited => {
                 maps.set_allowed(m, true).unwrap();
-                maps.set_rates(slot, tiny, tiny);
+                maps.set_rates(slot, tiny, tiny).unwrap();
                 // A one-byte bucket: the first packet takes it, every later one is refused.
                 maps.set_budget(slot, None);
             }
             Path::QuotaExhausted => {
                 maps.set_allowed(m, true).unwrap();
-                maps.set_rates(slot, RateLimit::UNLIMITED, RateLimit::UNLIMITED);
+                maps.set_rates(slot, RateLimit::UNLIMITED, RateLimit::UNLIMITED)
+                    .unwrap();
                 maps.set_budget(slot, Some(0));
             }
             Path::Blocked => {
-                maps.set_rates(slot, RateLimit::UNLIMITED, RateLimit::UNLIMITED);
+                maps.set_rates(slot, RateLimit::UNLIMITED, RateLimit::UNLIMITED)
+                    .unwrap();
                 maps.set_budget(slot, None);
                 maps.set_allowed(m, false).unwrap();
             }

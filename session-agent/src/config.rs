@@ -36,6 +36,8 @@ pub struct Config {
     pub portal_ports: Option<Vec<u16>>,
     /// `tc` or `xdp`.
     pub ingress: Option<String>,
+    /// `police` or `htb`.
+    pub shaper: Option<String>,
     pub pin_root: Option<PathBuf>,
     pub poll_ms: Option<u64>,
     pub commit_ms: Option<u64>,
@@ -145,6 +147,11 @@ impl Config {
                 return Err(("ingress", format!("{i:?}: expected \"tc\" or \"xdp\"")));
             }
         }
+        if let Some(m) = &self.shaper {
+            if !matches!(m.as_str(), "police" | "htb") {
+                return Err(("shaper", format!("{m:?}: expected \"police\" or \"htb\"")));
+            }
+        }
         if let Some(p) = &self.store.provider {
             let names = session_model::store_names();
             if !names.iter().any(|n| n == p) {
@@ -197,6 +204,7 @@ lans = ["wlan0", "eth1"]
 walled_garden = ["203.0.113.0/24:443"]
 portal_ports = [80, 443]
 ingress = "xdp"
+shaper = "htb"
 poll_ms = 200
 auto_advance = false
 [store]
@@ -237,6 +245,8 @@ portal_url = "https://portal.example/"
 
     #[test]
     fn bad_values_are_named() {
+        let e = parse("shaper = \"tbf\"\n").unwrap_err().to_string();
+        assert!(e.contains("shaper") && e.contains("htb"), "{e}");
         let e = parse("poll_ms = 5\n").unwrap_err().to_string();
         assert!(e.contains("poll_ms") && e.contains("10..=10000"), "{e}");
         let e = parse("[store]\nprovider = \"sqlite\"\n")

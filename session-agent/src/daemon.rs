@@ -18,6 +18,7 @@ use crate::{
     dataplane::{
         self,
         attach::{self, IngressHook},
+        shape::{self, Shaper},
         Maps,
     },
     error::{AgentError, Result},
@@ -32,6 +33,8 @@ pub struct RunOptions {
     pub portal_ports: Vec<u16>,
     pub pin_root: PathBuf,
     pub ingress: IngressHook,
+    /// How speed limits are enforced.
+    pub shaper: Shaper,
     /// Storage provider: memory, redb or hybrid.
     pub store: String,
     /// The store's database file (redb, hybrid).
@@ -41,6 +44,9 @@ pub struct RunOptions {
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    if opts.shaper == Shaper::Htb && opts.ingress == IngressHook::Xdp {
+        return Err(AgentError::ShaperNeedsTc.into());
+    }
     // Validate every interface before touching any, so a typo changes nothing.
     for lan in &opts.lans {
         iface::index(lan)?;
@@ -56,7 +62,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         dataplane::write_garden(&mut a.ebpf, &entries)?;
         let maps = Maps::open(&opts.pin_root, lan)?;
         let epoch = maps.ensure_epoch();
-        info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, garden = entries.len(), "datapath attached");
+        set_up_shaper(&maps, lan, opts.shaper)?;
+        info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, shaper = ?opts.shaper, garden = entries.len(), "datapath attached");
         match aya_log::EbpfLogger::init(&mut a.ebpf) {
             Ok(logger) => {
                 let mut fd = watch(logger, "watching the datapath log")?;
@@ -148,6 +155,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     gateway.poll().await?;
     mgr.checkpoint()?;
     Ok(())
+}
+
+/// Puts the LAN's speed limits in `mode`: HTB qdiscs and the IFB device made
+/// before the datapath uses them, or removed after it stopped.
+fn set_up_shaper(maps: &Maps, lan: &str, mode: Shaper) -> Result<()> {
+    match mode {
+        Shaper::Htb => {
+            let ifb = shape::setup(lan)?;
+            maps.set_shaper(Shaper::Htb, ifb)
+        }
+        Shaper::Police => {
+            let was = maps.shaper();
+            maps.set_shaper(Shaper::Police, 0)?;
+            if was == Shaper::Htb || shape::ifb_exists(lan) {
+                shape::teardown(lan)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Opens the session store, creating the database's directory if needed.

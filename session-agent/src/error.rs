@@ -41,6 +41,24 @@ pub enum AgentError {
     Model(#[from] session_model::ModelError),
     #[error("{what}: {message}")]
     Bpf { what: String, message: String },
+    #[error("shaping: `{command}` failed ({status}): {stderr}")]
+    ShapeCommand {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("shaping: cannot run `{command}` (--shaper htb needs iproute2's tc and ip): {source}")]
+    ShapeTool { command: String, source: io::Error },
+    #[error("shaping {lan}: cannot use {name} as its IFB device: {reason}")]
+    ShapeDevice {
+        name: String,
+        lan: String,
+        reason: String,
+    },
+    #[error(
+        "--shaper htb needs --ingress tc: XDP cannot hand upload to the IFB device that shapes it"
+    )]
+    ShaperNeedsTc,
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;

@@ -351,7 +351,7 @@ impl Gateway {
         for lan in &self.lans {
             let mut maps = lan.maps.lock().unwrap();
             let slot = maps.ensure_slot(&key)?;
-            maps.set_rates(slot, up, down);
+            maps.set_rates(slot, up, down)?;
             let live = maps.policy(slot).flags & (POLICY_ALLOWED | POLICY_QUOTA)
                 == POLICY_ALLOWED | POLICY_QUOTA;
             if fresh_budget || !live || budget.is_none() {

@@ -15,7 +15,9 @@ use session_common::MacKey;
 use session_agent::{
     api::{ApiOptions, DEFAULT_METRICS_TOP_CLIENTS},
     daemon,
-    dataplane::{self, attach::IngressHook, ClientRow, Maps, RateLimit, DEFAULT_PIN_ROOT},
+    dataplane::{
+        self, attach::IngressHook, shape::Shaper, ClientRow, Maps, RateLimit, DEFAULT_PIN_ROOT,
+    },
     error::AgentError,
     garden::GardenEntry,
     gateway::GatewayConfig,
@@ -72,7 +74,8 @@ enum Cmd {
         #[command(flatten)]
         pins: PinArgs,
     },
-    /// Set a client's speed limits at the datapath (0 = unlimited).
+    /// Set a client's speed limits at the datapath (0 = unlimited); with an agent
+    /// running `--shaper htb`, as the client's HTB classes.
     Limit {
         #[arg(long, value_parser = parse_mac)]
         mac: MacKey,
@@ -173,6 +176,12 @@ struct RunArgs {
     /// Where upload traffic is metered [default: tc].
     #[arg(long, value_enum)]
     ingress: Option<IngressHook>,
+    /// How speed limits are enforced [default: police]. `police`: token buckets in
+    /// the datapath drop what exceeds the limit (no added latency, TCP retransmits).
+    /// `htb`: per-client HTB classes queue it (no retransmits, queueing delay); needs
+    /// --ingress tc and a kernel with IFB and HTB, and iproute2's tc and ip.
+    #[arg(long, value_enum)]
+    shaper: Option<Shaper>,
     /// bpffs directory holding one directory of pinned maps and links per interface
     /// [default: /sys/fs/bpf/session-agent].
     #[arg(long)]
@@ -326,7 +335,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             for iface in interfaces(&pins.pin_root, lan.clone())? {
                 let mut maps = Maps::open(&pins.pin_root, &iface)?;
                 let slot = maps.ensure_slot(&mac)?;
-                maps.set_rates(slot, limit(up_mbits), limit(down_mbits));
+                maps.set_rates(slot, limit(up_mbits), limit(down_mbits))?;
                 eprintln!("{mac} on {iface}: down {down_mbits} Mbit/s, up {up_mbits} Mbit/s (0 = unlimited)");
             }
             Ok(())
@@ -378,6 +387,13 @@ fn run_options(a: RunArgs) -> anyhow::Result<daemon::RunOptions> {
         None => match cfg.ingress.as_deref() {
             Some("xdp") => IngressHook::Xdp,
             _ => IngressHook::Tc,
+        },
+    };
+    let shaper = match a.shaper {
+        Some(s) => s,
+        None => match cfg.shaper.as_deref() {
+            Some("htb") => Shaper::Htb,
+            _ => Shaper::Police,
         },
     };
     let token = match (a.api_token, a.api_token_file.or(cfg.api.token_file)) {
@@ -451,6 +467,7 @@ fn run_options(a: RunArgs) -> anyhow::Result<daemon::RunOptions> {
             .or(cfg.pin_root)
             .unwrap_or_else(|| DEFAULT_PIN_ROOT.into()),
         ingress,
+        shaper,
         store: a
             .store
             .or(cfg.store.provider)

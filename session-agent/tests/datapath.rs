@@ -415,17 +415,19 @@ fn token_bucket_limits_each_direction() {
     let n = 9;
     let slot = dp.allow(client_mac(n));
     // 1 byte/s: nothing refills during the test; the buckets hold 1500 and 0 tokens... of 1 byte.
-    dp.h.maps.set_rates(
-        slot,
-        RateLimit {
-            rate_bytes: 1,
-            burst_bytes: 1500,
-        },
-        RateLimit {
-            rate_bytes: 1,
-            burst_bytes: 1,
-        },
-    );
+    dp.h.maps
+        .set_rates(
+            slot,
+            RateLimit {
+                rate_bytes: 1,
+                burst_bytes: 1500,
+            },
+            RateLimit {
+                rate_bytes: 1,
+                burst_bytes: 1,
+            },
+        )
+        .unwrap();
     let pkt = up4(n, 443, 972); // 1000 bytes
     let verdicts: Vec<u32> = (0..5).map(|_| dp.up(&pkt)).collect();
     // 1500 -> 500 -> -500 (a positive bucket admits a whole packet), then empty.
@@ -446,7 +448,8 @@ fn token_bucket_limits_each_direction() {
     assert_eq!(dp.h.maps.policy(slot).up.tokens, -500);
     // Unlimited again.
     dp.h.maps
-        .set_rates(slot, RateLimit::UNLIMITED, RateLimit::UNLIMITED);
+        .set_rates(slot, RateLimit::UNLIMITED, RateLimit::UNLIMITED)
+        .unwrap();
     assert_eq!(dp.up(&pkt), TC_PASS);
 }
 
@@ -457,14 +460,16 @@ fn token_bucket_refills_at_its_rate() {
     let slot = dp.allow(client_mac(n));
     // 1 MB/s with a 10 kB bucket: over ~300 ms of offered load far above the
     // rate, what passes is the bucket plus the rate times the time.
-    dp.h.maps.set_rates(
-        slot,
-        RateLimit {
-            rate_bytes: 1_000_000,
-            burst_bytes: 10_000,
-        },
-        RateLimit::UNLIMITED,
-    );
+    dp.h.maps
+        .set_rates(
+            slot,
+            RateLimit {
+                rate_bytes: 1_000_000,
+                burst_bytes: 10_000,
+            },
+            RateLimit::UNLIMITED,
+        )
+        .unwrap();
     let pkt = up4(n, 443, 972);
     let start = std::time::Instant::now();
     while start.elapsed() < std::time::Duration::from_millis(300) {

@@ -23,6 +23,8 @@ pub const MAP_GARDEN: &str = "GARDEN";
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Per-CPU array of global counters, indexed by `STAT_*`.
 pub const MAP_STATS: &str = "STATS";
+/// One [`ShaperConfig`]; mmap-able; written by the agent when it attaches.
+pub const MAP_SHAPER: &str = "SHAPER";
 
 /// Names of the programs in the object.
 pub const PROG_TC_INGRESS: &str = "lan_tc_ingress";
@@ -76,6 +78,41 @@ pub struct ClientCounters {
 pub const POLICY_ALLOWED: u32 = 1;
 /// `ClientPolicy::flags`: `budget_bytes` is enforced.
 pub const POLICY_QUOTA: u32 = 2;
+/// `ClientPolicy::flags`: upload is shaped by the client's HTB class on the
+/// LAN's IFB device instead of the `up` bucket.
+pub const POLICY_SHAPE_UP: u32 = 4;
+/// `ClientPolicy::flags`: download is shaped by the client's HTB class on the
+/// LAN instead of the `down` bucket.
+pub const POLICY_SHAPE_DOWN: u32 = 8;
+
+/// `ShaperConfig::mode`: speed limits are token-bucket policers in the datapath.
+pub const SHAPER_POLICE: u32 = 0;
+/// `ShaperConfig::mode`: speed limits are HTB classes the datapath picks.
+pub const SHAPER_HTB: u32 = 1;
+
+/// Major number (handle) of the HTB qdiscs that shape clients.
+pub const SHAPE_HTB_MAJOR: u32 = 0x5a;
+
+/// The HTB class of a slot: `5a:<slot + 1>`, as `skb->priority` selects it.
+/// The last slot has no class (minor numbers are 16 bits and 0 is the qdisc).
+pub const fn shape_classid(slot: u32) -> Option<u32> {
+    if slot >= 0xffff {
+        return None;
+    }
+    Some((SHAPE_HTB_MAJOR << 16) | (slot + 1))
+}
+
+/// How speed limits are enforced on one LAN; the agent writes it on attach so
+/// every process (and the datapath) finds the mode in the pins.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ShaperConfig {
+    /// `SHAPER_*`.
+    pub mode: u32,
+    /// Index of the IFB device whose HTB shapes upload; 0 = none.
+    pub ifb_ifindex: u32,
+    pub _reserved: [u64; 2],
+}
 
 /// A token bucket for one direction. `rate_bytes` of zero means unlimited.
 #[repr(C)]

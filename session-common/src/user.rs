@@ -11,6 +11,7 @@ unsafe impl aya::Pod for SlotAllocator {}
 unsafe impl aya::Pod for GardenKey {}
 unsafe impl aya::Pod for GardenValue {}
 unsafe impl aya::Pod for ClientEvent {}
+unsafe impl aya::Pod for ShaperConfig {}
 
 #[cfg(test)]
 mod tests {
@@ -26,6 +27,14 @@ mod tests {
         assert_eq!(size_of::<SlotAllocator>(), 16);
         assert_eq!(size_of::<GardenKey>(), 20);
         assert_eq!(size_of::<ClientEvent>(), 24);
+        assert_eq!(size_of::<ShaperConfig>(), 24);
+    }
+
+    #[test]
+    fn shape_classids() {
+        assert_eq!(shape_classid(0), Some(0x5a_0001));
+        assert_eq!(shape_classid(0xfffe), Some(0x5a_ffff));
+        assert_eq!(shape_classid(0xffff), None);
     }
 
     #[test]

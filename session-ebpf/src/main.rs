@@ -13,6 +13,7 @@
 #![feature(core_intrinsics)]
 
 mod packet;
+mod shape;
 
 use core::intrinsics::{
     atomic_cxchg, atomic_xadd,
@@ -31,7 +32,7 @@ use packet::{parse, Dir, FarEnd, Packet, Parsed};
 use session_common::*;
 
 /// BPF_F_MMAPABLE: lets userspace mmap the array and read or write it without syscalls.
-const BPF_F_MMAPABLE: u32 = 1 << 10;
+pub(crate) const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map(name = "CLIENTS")]
 static CLIENTS: HashMap<MacKey, u32> = HashMap::pinned(MAX_CLIENTS, 0);
@@ -58,22 +59,34 @@ static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 enum Verdict {
     Pass,
     Drop,
+    /// Counted; the slot's HTB class enforces its speed (see `shape`).
+    Shape(u32),
 }
 
 #[classifier]
 pub fn lan_tc_ingress(ctx: TcContext) -> i32 {
-    tc_verdict(handle(&ctx, Dir::Up))
+    if shape::reinjected(&ctx) {
+        return TC_ACT_UNSPEC;
+    }
+    match handle(&ctx, Dir::Up) {
+        Verdict::Shape(slot) => shape::upload(&ctx, slot),
+        v => tc_verdict(v),
+    }
 }
 
 #[classifier]
 pub fn lan_tc_egress(ctx: TcContext) -> i32 {
-    tc_verdict(handle(&ctx, Dir::Down))
+    match handle(&ctx, Dir::Down) {
+        Verdict::Shape(slot) => shape::download(&ctx, slot),
+        v => tc_verdict(v),
+    }
 }
 
 #[xdp]
 pub fn lan_xdp_ingress(ctx: XdpContext) -> u32 {
+    // Shaping needs TC (the agent refuses it with XDP): a shaped client passes.
     match handle(&ctx, Dir::Up) {
-        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Pass | Verdict::Shape(_) => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
 }
@@ -88,7 +101,7 @@ pub fn bench_noop(_ctx: TcContext) -> i32 {
 fn tc_verdict(v: Verdict) -> i32 {
     match v {
         // UNSPEC lets any later program on the hook decide; at the end it passes.
-        Verdict::Pass => TC_ACT_UNSPEC,
+        Verdict::Pass | Verdict::Shape(_) => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
     }
 }
@@ -141,7 +154,8 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         Dir::Up => unsafe { &raw mut (*pol).up },
         Dir::Down => unsafe { &raw mut (*pol).down },
     };
-    if !bucket_admits(bucket, len) {
+    let shaped = flags & shape_flag(dir) != 0;
+    if !shaped && !bucket_admits(bucket, len) {
         add(unsafe { &raw mut (*c).ratelimit_packets }, 1);
         add(unsafe { &raw mut (*c).ratelimit_bytes }, len);
         return Verdict::Drop;
@@ -168,7 +182,19 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
             add(unsafe { &raw mut (*c).down_bytes }, len);
         }
     }
+    if shaped {
+        return Verdict::Shape(slot);
+    }
     Verdict::Pass
+}
+
+/// The policy flag that hands a direction to the HTB shaper.
+#[inline(always)]
+fn shape_flag(dir: Dir) -> u32 {
+    match dir {
+        Dir::Up => POLICY_SHAPE_UP,
+        Dir::Down => POLICY_SHAPE_DOWN,
+    }
 }
 
 /// The slot of `mac`, taking a new one the first time the MAC is seen.

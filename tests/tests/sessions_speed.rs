@@ -1,6 +1,7 @@
 //! Speed limits from sessions: TCP goodput (iperf3, slow start omitted) within
 //! ±10% of the session's down_mbits/up_mbits, in each direction, and of the
-//! global per-client speed for sessions with use_global_speed.
+//! global per-client speed for sessions with use_global_speed; with
+//! `--shaper htb` also without a single TCP retransmit.
 //!
 //! The bound is a sanity net; the exact figures are printed (run with
 //! `--nocapture`) and recorded in BENCHMARKS.md, "Speed limits".
@@ -55,7 +56,11 @@ fn check(s: &Setup, what: &str, rows: &[Row]) {
 }
 
 fn session_limit(limit: u64) {
-    let s = Setup::new(&[]);
+    session_limit_with(limit, &[]);
+}
+
+fn session_limit_with(limit: u64, args: &[&str]) -> Vec<Row> {
+    let s = Setup::new(args);
     let iperf_srv = IperfServer::start(&s.hs.server_ns, s.hs.server_sock(false, 5201));
     let id = new_session(&s.api, s.device, TIME, 600, 0.0, limit as i32, limit as i32);
     let v = connect(&s.api, s.device);
@@ -63,6 +68,7 @@ fn session_limit(limit: u64) {
     assert_eq!(field(&v, "down_mbits"), limit);
     let rows = measure(&s, iperf_srv.addr, limit, limit);
     check(&s, "session", &rows);
+    rows
 }
 
 #[test]
@@ -78,6 +84,20 @@ fn session_speed_limit_20_mbits() {
 #[test]
 fn session_speed_limit_50_mbits() {
     session_limit(50);
+}
+
+/// `--shaper htb`: the session's speed as HTB classes, which queue instead of
+/// dropping: the sender retransmits nothing.
+#[test]
+fn session_speed_limit_shaped_by_htb() {
+    let rows = session_limit_with(10, &["--shaper", "htb"]);
+    for r in &rows {
+        assert_eq!(
+            r.r.retransmits, 0,
+            "{} Mbit/s {}: retransmits through HTB: {:?}",
+            r.limit, r.dir, r.r
+        );
+    }
 }
 
 /// use_global_speed: the interface's --global-down-mbits/--global-up-mbits

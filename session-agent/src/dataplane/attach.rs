@@ -22,7 +22,10 @@ use aya::{
 use session_common::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS};
 
 use crate::{
-    dataplane::bpffs,
+    dataplane::{
+        bpffs,
+        shape::{self, Shaper},
+    },
     error::{AgentError, Result},
     iface,
 };
@@ -359,7 +362,8 @@ fn link_detach(fd: i32) {
     };
 }
 
-/// Removes the datapath from `iface` and deletes its pins (maps included).
+/// Removes the datapath from `iface` and deletes its pins (maps included),
+/// and the HTB qdisc and IFB device of `--shaper htb`.
 pub fn detach(pin_root: &Path, iface_name: &str) -> Result<()> {
     let dir = pin_dir(pin_root, iface_name);
     if !dir.join(session_common::MAP_CLIENTS).exists() && !dir.join(LINK_TC_EGRESS).exists() {
@@ -368,8 +372,15 @@ pub fn detach(pin_root: &Path, iface_name: &str) -> Result<()> {
             dir,
         });
     }
+    let htb = crate::dataplane::Maps::open(pin_root, iface_name)
+        .map(|m| m.shaper() == Shaper::Htb)
+        .unwrap_or(false);
     for l in [LINK_TC_INGRESS, LINK_XDP_INGRESS, LINK_TC_EGRESS] {
         remove_link(&dir.join(l))?;
+    }
+    // The programs no longer hand packets to them: remove the shaping devices.
+    if htb || shape::ifb_exists(iface_name) {
+        shape::teardown(iface_name)?;
     }
     std::fs::remove_dir_all(&dir)
         .map_err(|e| AgentError::from_io(format!("removing {}", dir.display()), e))

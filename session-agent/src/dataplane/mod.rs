@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod bpffs;
 pub mod mmap;
+pub mod shape;
 pub mod testrun;
 
 use std::{
@@ -23,6 +24,7 @@ use crate::{
     garden::GardenEntry,
 };
 use mmap::MmapArray;
+use shape::Shaper;
 
 /// Insert only if the key is absent (BPF_NOEXIST).
 const BPF_NOEXIST: u64 = 1;
@@ -100,6 +102,8 @@ pub struct Maps {
     counters: MmapArray<ClientCounters>,
     policy: MmapArray<ClientPolicy>,
     alloc: MmapArray<SlotAllocator>,
+    /// Absent in pins made before shaping existed (then: policing).
+    shaper: Option<MmapArray<ShaperConfig>>,
     clients: HashMap<MapData, MacKey, u32>,
 }
 
@@ -128,14 +132,105 @@ impl Maps {
         let alloc = MmapArray::map(alloc_map.fd().as_fd(), 1, MAP_SLOT_ALLOC)?;
         let clients = HashMap::try_from(Map::HashMap(open(MAP_CLIENTS)?))
             .map_err(|e| AgentError::bpf("opening the client map", e))?;
+        let shaper = if dir.join(MAP_SHAPER).exists() {
+            let m = open(MAP_SHAPER)?;
+            Some(MmapArray::map(m.fd().as_fd(), 1, MAP_SHAPER)?)
+        } else {
+            None
+        };
         Ok(Self {
             iface: iface.into(),
             dir,
             counters,
             policy,
             alloc,
+            shaper,
             clients,
         })
+    }
+
+    /// How this LAN's speed limits are enforced, as the agent last set it up.
+    pub fn shaper(&self) -> Shaper {
+        match &self.shaper {
+            Some(s) => Shaper::from_mode(
+                unsafe { AtomicU32::from_ptr(&raw mut (*s.entry(0)).mode) }.load(Ordering::SeqCst),
+            ),
+            None => Shaper::Police,
+        }
+    }
+
+    /// Switches the LAN to `mode` (called by the agent once the devices are
+    /// ready for it: for `Htb`, after [`shape::setup`], with the IFB's index).
+    /// Speed limits already set move to the new mode: HTB classes are made
+    /// (again) from the rates kept in the policy, or the token buckets take
+    /// over from the classes.
+    pub fn set_shaper(&self, mode: Shaper, ifb_ifindex: u32) -> Result<()> {
+        let Some(s) = &self.shaper else {
+            return match mode {
+                Shaper::Police => Ok(()),
+                Shaper::Htb => Err(AgentError::IncompatiblePins {
+                    iface: self.iface.clone(),
+                    dir: self.dir.clone(),
+                    reason: format!("no {MAP_SHAPER} map"),
+                }),
+            };
+        };
+        let cfg = s.entry(0);
+        unsafe { AtomicU32::from_ptr(&raw mut (*cfg).ifb_ifindex) }
+            .store(ifb_ifindex, Ordering::SeqCst);
+        unsafe { AtomicU32::from_ptr(&raw mut (*cfg).mode) }.store(mode.mode(), Ordering::SeqCst);
+        let mut classes = Vec::new();
+        let mut to_flag = Vec::new();
+        for slot in 0..self.slots_used() {
+            let p = self.policy.get(slot);
+            match mode {
+                Shaper::Htb => {
+                    for (flag, b, dev) in self.directions(slot) {
+                        let rate = unsafe { std::ptr::read_volatile(&raw const (*b).rate_bytes) };
+                        if let Some(classid) = shape_classid(slot).filter(|_| rate > 0) {
+                            classes.push(shape::Class {
+                                dev,
+                                classid,
+                                rate_bytes: rate,
+                            });
+                            to_flag.push((slot, flag));
+                        }
+                    }
+                }
+                Shaper::Police => {
+                    if p.flags & (POLICY_SHAPE_UP | POLICY_SHAPE_DOWN) != 0 {
+                        let pp = self.policy.entry(slot);
+                        unsafe {
+                            set_bucket(&raw mut (*pp).up, limit_of(&p.up));
+                            set_bucket(&raw mut (*pp).down, limit_of(&p.down));
+                        }
+                        self.flags(slot)
+                            .fetch_and(!(POLICY_SHAPE_UP | POLICY_SHAPE_DOWN), Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+        // Classes first: a flag sends packets to its class at once.
+        shape::set_classes(&classes)?;
+        for (slot, flag) in to_flag {
+            self.flags(slot).fetch_or(flag, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Per direction of `slot`: its shaping flag, its bucket and the device its class is on.
+    fn directions(&self, slot: u32) -> [(u32, *mut TokenBucket, String); 2] {
+        let p = self.policy.entry(slot);
+        unsafe {
+            [
+                (
+                    POLICY_SHAPE_UP,
+                    &raw mut (*p).up,
+                    shape::ifb_name(&self.iface),
+                ),
+                (POLICY_SHAPE_DOWN, &raw mut (*p).down, self.iface.clone()),
+            ]
+        }
     }
 
     /// Interfaces that have pins under `pin_root`.
@@ -285,13 +380,42 @@ impl Maps {
         self.policy.get(slot)
     }
 
-    /// Sets both speed limits; the buckets start full.
-    pub fn set_rates(&self, slot: u32, up: RateLimit, down: RateLimit) {
-        let p = self.policy.entry(slot);
-        unsafe {
-            set_bucket(&raw mut (*p).up, up);
-            set_bucket(&raw mut (*p).down, down);
+    /// Sets both speed limits: token buckets (which start full), or in HTB
+    /// mode the slot's classes (the rates are kept in the buckets too, unused).
+    pub fn set_rates(&self, slot: u32, up: RateLimit, down: RateLimit) -> Result<()> {
+        let htb = self.shaper() == Shaper::Htb;
+        for ((flag, b, dev), limit) in self.directions(slot).into_iter().zip([up, down]) {
+            let shaped = self.flags(slot).load(Ordering::SeqCst) & flag != 0;
+            match shape_classid(slot).filter(|_| htb && limit.rate_bytes > 0) {
+                Some(id) => {
+                    let same = unsafe {
+                        std::ptr::read_volatile(&raw const (*b).rate_bytes) == limit.rate_bytes
+                            && std::ptr::read_volatile(&raw const (*b).burst_bytes)
+                                == limit.burst_bytes
+                    };
+                    if shaped && same {
+                        continue;
+                    }
+                    shape::set_class(&shape::Class {
+                        dev,
+                        classid: id,
+                        rate_bytes: limit.rate_bytes,
+                    })?;
+                    unsafe { set_bucket(b, limit) };
+                    self.flags(slot).fetch_or(flag, Ordering::SeqCst);
+                }
+                None => {
+                    unsafe { set_bucket(b, limit) };
+                    self.flags(slot).fetch_and(!flag, Ordering::SeqCst);
+                    if shaped {
+                        if let Some(id) = shape_classid(slot) {
+                            shape::del_class(&dev, id)?;
+                        }
+                    }
+                }
+            }
         }
+        Ok(())
     }
 
     /// Starts enforcing a data budget of `bytes` (the datapath drops once it is
@@ -349,6 +473,14 @@ unsafe fn set_bucket(b: *mut TokenBucket, limit: RateLimit) {
         AtomicU64::from_ptr(&raw mut (*b).last_ns).store(ktime_ns(), Ordering::SeqCst);
     }
     rate.store(limit.rate_bytes, Ordering::SeqCst);
+}
+
+/// The limit a bucket holds.
+fn limit_of(b: &TokenBucket) -> RateLimit {
+    RateLimit {
+        rate_bytes: b.rate_bytes,
+        burst_bytes: b.burst_bytes,
+    }
 }
 
 /// Writes the garden: new entries first, then stale ones are removed, so no

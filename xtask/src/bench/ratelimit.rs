@@ -3,6 +3,9 @@
 //!
 //! - `session_agent`: `session-agent limit --down-mbits L --up-mbits L` on an
 //!   allowed client (the datapath's shared token bucket, default depth 250 ms);
+//! - `session_agent_htb`: the same with the agent run as `--shaper htb` (the
+//!   client's HTB class on lan0 for download and on the LAN's IFB device for
+//!   upload, tc's usual burst of 1 ms at the rate, HTB's default pfifo leaf queue);
 //! - `htb`: tc HTB with one class at the limit (rate = ceil = L) on the
 //!   gateway's LAN interface (download) and WAN interface (upload), tc's default
 //!   burst and HTB's default pfifo leaf queue;
@@ -30,15 +33,22 @@ const IPERF_PORT: u16 = 5201;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     SessionAgent,
+    SessionAgentHtb,
     Htb,
     NftPolicer,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::SessionAgent, Kind::Htb, Kind::NftPolicer];
+    const ALL: [Kind; 4] = [
+        Kind::SessionAgent,
+        Kind::SessionAgentHtb,
+        Kind::Htb,
+        Kind::NftPolicer,
+    ];
     fn name(self) -> &'static str {
         match self {
             Kind::SessionAgent => "session_agent",
+            Kind::SessionAgentHtb => "session_agent_htb",
             Kind::Htb => "htb",
             Kind::NftPolicer => "nft_policer",
         }
@@ -92,12 +102,17 @@ impl Setup {
     fn new(kind: Kind) -> Result<Setup> {
         let hs = Hotspot::builder().clients(1).build();
         let iperf = JsonIperfServer::start(&hs.server_ns, hs.server_sock(false, IPERF_PORT))?;
-        let agent = if kind == Kind::SessionAgent {
-            let a = AgentBuilder::new(&hs).start();
-            a.allow(&hs.clients[0].mac);
-            Some(a)
-        } else {
-            None
+        let agent = match kind {
+            Kind::SessionAgent | Kind::SessionAgentHtb => {
+                let mut b = AgentBuilder::new(&hs);
+                if kind == Kind::SessionAgentHtb {
+                    b = b.arg("--shaper").arg("htb");
+                }
+                let a = b.start();
+                a.allow(&hs.clients[0].mac);
+                Some(a)
+            }
+            Kind::Htb | Kind::NftPolicer => None,
         };
         Ok(Setup {
             kind,
@@ -111,7 +126,7 @@ impl Setup {
         let hs = &self.hs;
         let c = &hs.clients[0];
         match self.kind {
-            Kind::SessionAgent => {
+            Kind::SessionAgent | Kind::SessionAgentHtb => {
                 let pin = hs.pin_root.display().to_string();
                 let l = mbits.to_string();
                 let out = cli(
@@ -355,7 +370,7 @@ pub fn run(opts: &Opts) -> Result<(Vec<Measurement>, Vec<String>)> {
     drop(setups);
     let notes = vec![
         format!("iperf3 over the hotspot's client (one client), {secs} s measured after {omit} s omitted (`-O`), `-P 1` and `-P 10`; `down` = `-R` (server to client). Goodput is the receiver's payload rate, so TCP/IP headers (about 3.5% of a 1,500-byte packet) are not in it while every limiter counts them."),
-        "session_agent: `session-agent limit --mac M --down-mbits L --up-mbits L` (token bucket of 250 ms at the limit, the default), the client allowed. htb: `htb default 1` with one class `rate L ceil L` (tc's default burst, pfifo leaf of txqueuelen 1000) on lan0 (download) and wan0 (upload). nft_policer: per client `limit rate over L bytes/second burst (L/4) bytes drop`, the same 250 ms of burst as the agent.".into(),
+        "session_agent: `session-agent limit --mac M --down-mbits L --up-mbits L` (token bucket of 250 ms at the limit, the default), the client allowed. session_agent_htb: the same with the agent run as `--shaper htb` (the client's HTB class `rate = ceil = L` plus the Ethernet header per 1,500-byte packet, burst 1 ms at the rate plus one frame, pfifo leaf of 1,000 packets, on lan0 for download and on the LAN's IFB device for upload). htb: `htb default 1` with one class `rate L ceil L` (tc's default burst, pfifo leaf of txqueuelen 1000) on lan0 (download) and wan0 (upload). nft_policer: per client `limit rate over L bytes/second burst (L/4) bytes drop`, the same 250 ms of burst as the agent.".into(),
         "Retransmits are the sender's (`sum_sent.retransmits`), RTT the sender's mean smoothed RTT over the flows (the server's for downloads, via `--get-server-output`); their baselines in the JSON are HTB's medians of the same run.".into(),
     ];
     Ok((out, notes))
