@@ -107,7 +107,7 @@ fn htb_shaper_limits_tcp_without_retransmits_and_counts_exactly() {
         assert!(class_1(&hs.gw_ns, dev).is_some(), "no class 5a:1 on {dev}");
     }
 
-    // Goodput is TCP payload: 1,448 of every 1,500 IP bytes the limit meters.
+    // The limit is goodput: the class carries the headers of full-size segments on top.
     let mut report = String::new();
     let mut bad = Vec::new();
     for (dir, reverse) in [("down", true), ("up", false)] {
