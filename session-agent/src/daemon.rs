@@ -17,7 +17,7 @@ use crate::{
     api::ApiOptions,
     dataplane::{
         self,
-        attach::{self, IngressHook},
+        attach::{self, IngressHook, TcAttach},
         Maps,
     },
     error::{AgentError, Result},
@@ -32,6 +32,7 @@ pub struct RunOptions {
     pub portal_ports: Vec<u16>,
     pub pin_root: PathBuf,
     pub ingress: IngressHook,
+    pub tc_attach: TcAttach,
     /// Storage provider: memory, redb or hybrid.
     pub store: String,
     /// The store's database file (redb, hybrid).
@@ -51,12 +52,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut rings = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for lan in &opts.lans {
-        let mut a = attach::attach(&opts.pin_root, lan, opts.ingress)?;
+        let mut a = attach::attach(&opts.pin_root, lan, opts.ingress, opts.tc_attach)?;
         let entries = garden_for(lan, &opts)?;
         dataplane::write_garden(&mut a.ebpf, &entries)?;
         let maps = Maps::open(&opts.pin_root, lan)?;
         let epoch = maps.ensure_epoch();
-        info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, garden = entries.len(), "datapath attached");
+        info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, tc = ?a.tc, garden = entries.len(), "datapath attached");
         match aya_log::EbpfLogger::init(&mut a.ebpf) {
             Ok(logger) => {
                 let mut fd = watch(logger, "watching the datapath log")?;

@@ -39,6 +39,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Model(#[from] session_model::ModelError),
+    #[error("this kernel has no TCX (Linux >= 6.6): start with `--tc-attach auto` or `--tc-attach netlink`")]
+    NoTcx,
     #[error("{what}: {message}")]
     Bpf { what: String, message: String },
 }

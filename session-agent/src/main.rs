@@ -15,7 +15,11 @@ use session_common::MacKey;
 use session_agent::{
     api::{ApiOptions, DEFAULT_METRICS_TOP_CLIENTS},
     daemon,
-    dataplane::{self, attach::IngressHook, ClientRow, Maps, RateLimit, DEFAULT_PIN_ROOT},
+    dataplane::{
+        self,
+        attach::{IngressHook, TcAttach},
+        ClientRow, Maps, RateLimit, DEFAULT_PIN_ROOT,
+    },
     error::AgentError,
     garden::GardenEntry,
     gateway::GatewayConfig,
@@ -173,6 +177,10 @@ struct RunArgs {
     /// Where upload traffic is metered [default: tc].
     #[arg(long, value_enum)]
     ingress: Option<IngressHook>,
+    /// How TC programs are attached: TCX links (Linux >= 6.6) or netlink filters on a
+    /// clsact qdisc (older kernels); `auto` picks TCX where the kernel has it [default: auto].
+    #[arg(long, value_enum)]
+    tc_attach: Option<TcAttach>,
     /// bpffs directory holding one directory of pinned maps and links per interface
     /// [default: /sys/fs/bpf/session-agent].
     #[arg(long)]
@@ -380,6 +388,15 @@ fn run_options(a: RunArgs) -> anyhow::Result<daemon::RunOptions> {
             _ => IngressHook::Tc,
         },
     };
+    let tc_attach = match a.tc_attach {
+        Some(t) => t,
+        // Checked when the file was read.
+        None => cfg
+            .tc_attach
+            .as_deref()
+            .map(|t| t.parse().unwrap_or_default())
+            .unwrap_or_default(),
+    };
     let token = match (a.api_token, a.api_token_file.or(cfg.api.token_file)) {
         (Some(t), _) => Some(t),
         (None, Some(f)) => {
@@ -451,6 +468,7 @@ fn run_options(a: RunArgs) -> anyhow::Result<daemon::RunOptions> {
             .or(cfg.pin_root)
             .unwrap_or_else(|| DEFAULT_PIN_ROOT.into()),
         ingress,
+        tc_attach,
         store: a
             .store
             .or(cfg.store.provider)
