@@ -3,6 +3,7 @@
 mod api_bench;
 mod bench;
 mod demo;
+mod kernel;
 mod schemathesis;
 mod toolchain;
 
@@ -27,6 +28,26 @@ enum Cmd {
     /// Run the whole test suite (root: real traffic in network namespaces).
     Test {
         /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run tests inside a QEMU guest (TCG) booting one of Debian's kernels
+    /// (default 6.1, which has no TCX). Root: the tests need it in the guest too.
+    TestKernel {
+        /// Debian kernel series (package linux-image-<series>*-amd64-unsigned).
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
+        /// Test executable to run, by target name (repeatable) [default: datapath,
+        /// counting, restart].
+        #[arg(long = "test", value_name = "NAME", value_delimiter = ',')]
+        tests: Vec<String>,
+        /// Stop the guest after this many minutes.
+        #[arg(long, default_value_t = 60)]
+        timeout_minutes: u64,
+        /// Guest memory (QEMU -m).
+        #[arg(long, default_value = "2G")]
+        memory: String,
+        /// Test name filters and libtest flags for every executable (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -68,6 +89,33 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { args } => test(args),
+        Cmd::TestKernel {
+            kernel,
+            tests,
+            timeout_minutes,
+            memory,
+            args,
+        } => {
+            require_root("test-kernel")?;
+            toolchain::ensure_ebpf()?;
+            toolchain::ensure_net_tools()?;
+            toolchain::ensure_qemu()?;
+            let tests = if tests.is_empty() {
+                kernel::DEFAULT_TESTS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            } else {
+                tests
+            };
+            kernel::run(&kernel::Options {
+                kernel,
+                tests,
+                args,
+                timeout: std::time::Duration::from_secs(timeout_minutes * 60),
+                memory,
+            })
+        }
         Cmd::BenchApi => api_bench::run(),
         Cmd::Demo { seconds } => {
             require_root("the demo")?;
@@ -97,14 +145,14 @@ pub fn root_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root_dir())
         .env("CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS", "fallback");
     c
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
@@ -136,7 +184,7 @@ fn build_ebpf() -> Result<PathBuf> {
 }
 
 /// Builds the agent (which embeds the eBPF object) and returns its path.
-fn build_agent() -> Result<PathBuf> {
+pub fn build_agent() -> Result<PathBuf> {
     println!("==> building session-agent");
     run(cargo().args(["build", "-p", "session-agent"]))?;
     Ok(root_dir().join("target/debug/session-agent"))
