@@ -109,8 +109,8 @@ pub fn attach(
         add_clsact(iface_name)?;
     }
     // The new attachment goes in before the other kind is removed, so
-    // enforcement never lapses when the mode changes; while both are there
-    // TCX runs first and its verdict ends the legacy chain.
+    // enforcement never lapses when the mode changes; for that moment a
+    // passed packet runs both (TCX passes with TCX_NEXT) and counts twice.
     let tc_hook = |ebpf: &mut Ebpf, prog: &str, hook: TcAttachType, pin: &str| match tc {
         TcAttach::Netlink => {
             attach_nl(ebpf, iface_name, prog, hook)?;
