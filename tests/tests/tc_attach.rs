@@ -156,9 +156,12 @@ fn netlink_filters_are_replaced_in_place_and_detach_keeps_the_operators() {
     let pins = hs.pin_root.join(dev);
 
     if kernel_has_tcx() {
-        // To TCX: our filters go, TCX links are pinned; and back again.
+        // To TCX (what auto picks here): our filters go, TCX links are pinned; and back again.
         agent.terminate();
-        let mut tcx = AgentBuilder::new(&hs).arg("--tc-attach").arg("tcx").start();
+        let mut tcx = AgentBuilder::new(&hs)
+            .arg("--tc-attach")
+            .arg("auto")
+            .start();
         no_filter_of_ours(ns, dev);
         assert!(pins.join("link_tc_egress").exists(), "no TCX link pinned");
         assert!(
@@ -191,7 +194,21 @@ fn netlink_filters_are_replaced_in_place_and_detach_keeps_the_operators() {
             .expect("spawn session-agent");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("no TCX"), "{err}");
-        our_filter(ns, dev, "ingress");
+        // Auto picks netlink filters here, and puts its programs into ours.
+        let mut auto = AgentBuilder::new(&hs)
+            .arg("--tc-attach")
+            .arg("auto")
+            .start();
+        let in3 = our_filter(ns, dev, "ingress");
+        assert!(
+            in3 != in2,
+            "auto did not replace the netlink filter's program"
+        );
+        assert!(
+            tcp_blocked(&blocked.ns, &servers),
+            "blocked client got through"
+        );
+        auto.terminate();
         agent = netlink.start();
     }
 

@@ -25,8 +25,12 @@ enum Cmd {
     BenchApi,
     /// Install the eBPF toolchain if missing, then build session-ebpf for bpfel-unknown-none.
     BuildEbpf,
-    /// Run the whole test suite (root: real traffic in network namespaces).
+    /// Run the whole test suite (root: real traffic in network namespaces), then a
+    /// smoke subset on Debian's 6.1 kernel in QEMU.
     Test {
+        /// Skip the smoke run on Linux 6.1 in QEMU.
+        #[arg(long)]
+        no_kernel: bool,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -37,8 +41,8 @@ enum Cmd {
         /// Debian kernel series (package linux-image-<series>*-amd64-unsigned).
         #[arg(long, default_value = "6.1")]
         kernel: String,
-        /// Test executable to run, by target name (repeatable) [default: datapath,
-        /// counting, restart].
+        /// Test executable to run, by target name, `NAME:FILTER` for only some of its
+        /// tests (repeatable, or comma separated) [default: datapath, counting, restart].
         #[arg(long = "test", value_name = "NAME", value_delimiter = ',')]
         tests: Vec<String>,
         /// Stop the guest after this many minutes.
@@ -88,7 +92,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Test { args } => test(args),
+        Cmd::Test { args, no_kernel } => test(args, no_kernel),
         Cmd::TestKernel {
             kernel,
             tests,
@@ -197,7 +201,10 @@ fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-fn test(args: Vec<String>) -> Result<()> {
+/// Test files that `test` runs a second time with netlink TC filters.
+const NETLINK_TESTS: &[&str] = &["counting", "blocking", "restart", "detach"];
+
+fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
     require_root("the test suite")?;
     toolchain::ensure_ebpf()?;
     toolchain::ensure_net_tools()?;
@@ -208,5 +215,25 @@ fn test(args: Vec<String>) -> Result<()> {
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(&args)
         .env("SESSION_AGENT_BIN", &bin))?;
-    schemathesis::run(&bin)
+    // The legacy attach of kernels before 6.6, on this kernel too.
+    println!("==> real-traffic tests again with --tc-attach netlink");
+    run(cargo()
+        .args(["test", "-p", "session-tests", "--no-fail-fast"])
+        .args(NETLINK_TESTS.iter().flat_map(|t| ["--test", t]))
+        .args(&args)
+        .env("SESSION_AGENT_BIN", &bin)
+        .env("SESSION_TESTS_TC_ATTACH", "netlink"))?;
+    schemathesis::run(&bin)?;
+    if no_kernel {
+        return Ok(());
+    }
+    println!("==> smoke tests on Linux 6.1 in QEMU (cargo xtask test-kernel runs more)");
+    toolchain::ensure_qemu()?;
+    kernel::run(&kernel::Options {
+        kernel: "6.1".into(),
+        tests: kernel::SMOKE_TESTS.iter().map(|s| s.to_string()).collect(),
+        args: Vec::new(),
+        timeout: std::time::Duration::from_secs(15 * 60),
+        memory: "2G".into(),
+    })
 }
