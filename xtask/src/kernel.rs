@@ -510,9 +510,14 @@ fn boot(kernel: &Kernel, initrd: &Path, out: &Path, opts: &Options) -> Result<i3
             opts.timeout.as_secs() / 60
         );
     }
-    let file = std::fs::read_to_string(out.join("status"))
+    let file: Option<i32> = std::fs::read_to_string(out.join("status"))
         .ok()
         .and_then(|s| s.trim().parse().ok());
-    file.or(marker)
-        .context("the guest stopped without reporting the tests' status (see its console above)")
+    match file.or(marker) {
+        Some(s) => Ok(s),
+        None if !st.success() => bail!("QEMU ended ({st}) before the tests finished"),
+        None => {
+            bail!("the guest stopped without reporting the tests' status (see its console above)")
+        }
+    }
 }
