@@ -380,7 +380,7 @@ fn write_guest_scripts(
     for t in exes {
         let filter = t.filter.as_deref().map(shell_quote).unwrap_or_default();
         runs.push_str(&format!(
-            "run {} {} {} --test-threads=1 {filter} {}\n",
+            "run {} {} {} --test-threads=1 --color never {filter} {}\n",
             shell_quote(&t.name),
             shell_quote(&t.dir.display().to_string()),
             shell_quote(&t.path.display().to_string()),
