@@ -106,7 +106,7 @@ fn kernel_package(series: &str) -> Result<Option<String>> {
         .filter(|n| !n.contains("-cloud-") && !n.contains("-rt-"))
         .map(String::from)
         .collect();
-    names.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    names.sort_by_key(|n| version_key(n));
     Ok(names.pop())
 }
 
