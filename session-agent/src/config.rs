@@ -38,6 +38,8 @@ pub struct Config {
     pub ingress: Option<String>,
     /// `police` or `htb`.
     pub shaper: Option<String>,
+    /// `auto`, `tcx` or `netlink`.
+    pub tc_attach: Option<String>,
     pub pin_root: Option<PathBuf>,
     pub poll_ms: Option<u64>,
     pub commit_ms: Option<u64>,
@@ -152,6 +154,10 @@ impl Config {
                 return Err(("shaper", format!("{m:?}: expected \"police\" or \"htb\"")));
             }
         }
+        if let Some(t) = &self.tc_attach {
+            t.parse::<crate::dataplane::attach::TcAttach>()
+                .map_err(|e| ("tc_attach", e))?;
+        }
         if let Some(p) = &self.store.provider {
             let names = session_model::store_names();
             if !names.iter().any(|n| n == p) {
@@ -205,6 +211,7 @@ walled_garden = ["203.0.113.0/24:443"]
 portal_ports = [80, 443]
 ingress = "xdp"
 shaper = "htb"
+tc_attach = "netlink"
 poll_ms = 200
 auto_advance = false
 [store]
@@ -257,5 +264,7 @@ portal_url = "https://portal.example/"
             .unwrap_err()
             .to_string();
         assert!(e.contains("walled_garden"), "{e}");
+        let e = parse("tc_attach = \"tc\"\n").unwrap_err().to_string();
+        assert!(e.contains("tc_attach") && e.contains("netlink"), "{e}");
     }
 }

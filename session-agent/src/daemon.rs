@@ -17,7 +17,7 @@ use crate::{
     api::ApiOptions,
     dataplane::{
         self,
-        attach::{self, IngressHook},
+        attach::{self, IngressHook, TcAttach},
         shape::{self, Shaper},
         Maps,
     },
@@ -35,6 +35,7 @@ pub struct RunOptions {
     pub ingress: IngressHook,
     /// How speed limits are enforced.
     pub shaper: Shaper,
+    pub tc_attach: TcAttach,
     /// Storage provider: memory, redb or hybrid.
     pub store: String,
     /// The store's database file (redb, hybrid).
@@ -57,13 +58,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut rings = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for lan in &opts.lans {
-        let mut a = attach::attach(&opts.pin_root, lan, opts.ingress)?;
+        let mut a = attach::attach(&opts.pin_root, lan, opts.ingress, opts.tc_attach)?;
         let entries = garden_for(lan, &opts)?;
         dataplane::write_garden(&mut a.ebpf, &entries)?;
         let maps = Maps::open(&opts.pin_root, lan)?;
         let epoch = maps.ensure_epoch();
         set_up_shaper(&maps, lan, opts.shaper)?;
-        info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, shaper = ?opts.shaper, garden = entries.len(), "datapath attached");
+        info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, tc = ?a.tc, shaper = ?opts.shaper, garden = entries.len(), "datapath attached");
         match aya_log::EbpfLogger::init(&mut a.ebpf) {
             Ok(logger) => {
                 let mut fd = watch(logger, "watching the datapath log")?;

@@ -39,6 +39,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Model(#[from] session_model::ModelError),
+    #[error("this kernel has no TCX (it needs Linux >= 6.6): use `--tc-attach auto` or `--tc-attach netlink` (`tc_attach` in the config file)")]
+    NoTcx,
     #[error("{what}: {message}")]
     Bpf { what: String, message: String },
     #[error("shaping: `{command}` failed ({status}): {stderr}")]

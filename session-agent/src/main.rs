@@ -16,7 +16,10 @@ use session_agent::{
     api::{ApiOptions, DEFAULT_METRICS_TOP_CLIENTS},
     daemon,
     dataplane::{
-        self, attach::IngressHook, shape::Shaper, ClientRow, Maps, RateLimit, DEFAULT_PIN_ROOT,
+        self,
+        attach::{IngressHook, TcAttach},
+        shape::Shaper,
+        ClientRow, Maps, RateLimit, DEFAULT_PIN_ROOT,
     },
     error::AgentError,
     garden::GardenEntry,
@@ -182,6 +185,10 @@ struct RunArgs {
     /// --ingress tc and a kernel with IFB and HTB, and iproute2's tc and ip.
     #[arg(long, value_enum)]
     shaper: Option<Shaper>,
+    /// How TC programs are attached: TCX links (Linux >= 6.6) or netlink filters on a
+    /// clsact qdisc (older kernels); `auto` picks TCX where the kernel has it [default: auto].
+    #[arg(long, value_enum)]
+    tc_attach: Option<TcAttach>,
     /// bpffs directory holding one directory of pinned maps and links per interface
     /// [default: /sys/fs/bpf/session-agent].
     #[arg(long)]
@@ -396,6 +403,15 @@ fn run_options(a: RunArgs) -> anyhow::Result<daemon::RunOptions> {
             _ => Shaper::Police,
         },
     };
+    let tc_attach = match a.tc_attach {
+        Some(t) => t,
+        // Checked when the file was read.
+        None => cfg
+            .tc_attach
+            .as_deref()
+            .map(|t| t.parse().unwrap_or_default())
+            .unwrap_or_default(),
+    };
     let token = match (a.api_token, a.api_token_file.or(cfg.api.token_file)) {
         (Some(t), _) => Some(t),
         (None, Some(f)) => {
@@ -468,6 +484,7 @@ fn run_options(a: RunArgs) -> anyhow::Result<daemon::RunOptions> {
             .unwrap_or_else(|| DEFAULT_PIN_ROOT.into()),
         ingress,
         shaper,
+        tc_attach,
         store: a
             .store
             .or(cfg.store.provider)

@@ -54,6 +54,13 @@ pub struct ClientStats {
     pub garden_bytes: u64,
 }
 
+/// `SESSION_TESTS_TC_ATTACH`: the `--tc-attach` mode of every agent a test starts.
+pub fn tc_attach_override() -> Option<String> {
+    std::env::var("SESSION_TESTS_TC_ATTACH")
+        .ok()
+        .filter(|m| !m.is_empty())
+}
+
 /// How to start the agent; reusable to restart it with the same settings.
 #[derive(Debug, Clone)]
 pub struct AgentBuilder {
@@ -105,6 +112,12 @@ impl AgentBuilder {
         cmd.arg("--pin-root").arg(&self.pin_root);
         cmd.arg("--db").arg(&self.db);
         cmd.arg("--api-socket").arg(&self.api_socket);
+        // Runs a whole test file with one TC attach mode (e.g. netlink on a TCX kernel).
+        if let Some(m) = tc_attach_override() {
+            if !self.extra.iter().any(|a| a == "--tc-attach") {
+                cmd.arg("--tc-attach").arg(m);
+            }
+        }
         cmd.args(&self.extra);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -3,6 +3,7 @@
 mod api_bench;
 mod bench;
 mod demo;
+mod kernel;
 mod schemathesis;
 mod toolchain;
 
@@ -24,9 +25,33 @@ enum Cmd {
     BenchApi,
     /// Install the eBPF toolchain if missing, then build session-ebpf for bpfel-unknown-none.
     BuildEbpf,
-    /// Run the whole test suite (root: real traffic in network namespaces).
+    /// Run the whole test suite (root: real traffic in network namespaces), then a
+    /// smoke subset on Debian's 6.1 kernel in QEMU.
     Test {
+        /// Skip the smoke run on Linux 6.1 in QEMU.
+        #[arg(long)]
+        no_kernel: bool,
         /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run tests inside a QEMU guest (TCG) booting one of Debian's kernels
+    /// (default 6.1, which has no TCX). Root: the tests need it in the guest too.
+    TestKernel {
+        /// Debian kernel series (package linux-image-<series>*-amd64-unsigned).
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
+        /// Test executable to run, by target name, `NAME:FILTER` for only some of its
+        /// tests (repeatable, or comma separated) [default: datapath, counting, restart].
+        #[arg(long = "test", value_name = "NAME", value_delimiter = ',')]
+        tests: Vec<String>,
+        /// Stop the guest after this many minutes.
+        #[arg(long, default_value_t = 60)]
+        timeout_minutes: u64,
+        /// Guest memory (QEMU -m).
+        #[arg(long, default_value = "2G")]
+        memory: String,
+        /// Test name filters and libtest flags for every executable (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -67,7 +92,34 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Test { args } => test(args),
+        Cmd::Test { args, no_kernel } => test(args, no_kernel),
+        Cmd::TestKernel {
+            kernel,
+            tests,
+            timeout_minutes,
+            memory,
+            args,
+        } => {
+            require_root("test-kernel")?;
+            toolchain::ensure_ebpf()?;
+            toolchain::ensure_net_tools()?;
+            toolchain::ensure_qemu()?;
+            let tests = if tests.is_empty() {
+                kernel::DEFAULT_TESTS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            } else {
+                tests
+            };
+            kernel::run(&kernel::Options {
+                kernel,
+                tests,
+                args,
+                timeout: std::time::Duration::from_secs(timeout_minutes * 60),
+                memory,
+            })
+        }
         Cmd::BenchApi => api_bench::run(),
         Cmd::Demo { seconds } => {
             require_root("the demo")?;
@@ -97,14 +149,14 @@ pub fn root_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root_dir())
         .env("CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS", "fallback");
     c
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
@@ -136,7 +188,7 @@ fn build_ebpf() -> Result<PathBuf> {
 }
 
 /// Builds the agent (which embeds the eBPF object) and returns its path.
-fn build_agent() -> Result<PathBuf> {
+pub fn build_agent() -> Result<PathBuf> {
     println!("==> building session-agent");
     run(cargo().args(["build", "-p", "session-agent"]))?;
     Ok(root_dir().join("target/debug/session-agent"))
@@ -149,7 +201,10 @@ fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-fn test(args: Vec<String>) -> Result<()> {
+/// Test files that `test` runs a second time with netlink TC filters.
+const NETLINK_TESTS: &[&str] = &["counting", "blocking", "restart", "detach"];
+
+fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
     require_root("the test suite")?;
     toolchain::ensure_ebpf()?;
     toolchain::ensure_net_tools()?;
@@ -160,5 +215,25 @@ fn test(args: Vec<String>) -> Result<()> {
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(&args)
         .env("SESSION_AGENT_BIN", &bin))?;
-    schemathesis::run(&bin)
+    // The legacy attach of kernels before 6.6, on this kernel too.
+    println!("==> real-traffic tests again with --tc-attach netlink");
+    run(cargo()
+        .args(["test", "-p", "session-tests", "--no-fail-fast"])
+        .args(NETLINK_TESTS.iter().flat_map(|t| ["--test", t]))
+        .args(&args)
+        .env("SESSION_AGENT_BIN", &bin)
+        .env("SESSION_TESTS_TC_ATTACH", "netlink"))?;
+    schemathesis::run(&bin)?;
+    if no_kernel {
+        return Ok(());
+    }
+    println!("==> smoke tests on Linux 6.1 in QEMU (cargo xtask test-kernel runs more)");
+    toolchain::ensure_qemu()?;
+    kernel::run(&kernel::Options {
+        kernel: "6.1".into(),
+        tests: kernel::SMOKE_TESTS.iter().map(|s| s.to_string()).collect(),
+        args: Vec::new(),
+        timeout: std::time::Duration::from_secs(15 * 60),
+        memory: "2G".into(),
+    })
 }

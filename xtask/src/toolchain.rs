@@ -19,6 +19,8 @@ const EBPF_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
+/// Packages for `test-kernel`: QEMU, the guest's init, depmod/modprobe and the initramfs packer.
+const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "cpio"];
 /// Packages for the tests and the demo.
 const NET_PACKAGES: &[&str] = &["iproute2", "nftables", "iperf3", "util-linux"];
 
@@ -110,6 +112,10 @@ pub fn ensure_ebpf() -> Result<()> {
         .context("building bpf-linker")?;
     }
     Ok(())
+}
+
+pub fn ensure_qemu() -> Result<()> {
+    apt_install(QEMU_PACKAGES)
 }
 
 pub fn ensure_net_tools() -> Result<()> {

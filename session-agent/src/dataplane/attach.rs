@@ -4,18 +4,23 @@
 //! the programs against the pinned maps (so counters survive) and swaps them
 //! into the pinned links atomically, so enforcement never lapses; without pins
 //! it attaches and pins afresh.
+//!
+//! Kernels before 6.6 have no TCX: there the TC programs are netlink filters
+//! on a clsact qdisc, with a fixed handle and priority. Such filters are not
+//! links and cannot be pinned, but they stay on the interface when the agent
+//! exits, and a new start replaces the program of the same filter in place.
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use aya::{
     programs::{
         links::{FdLink, LinkError, PinnedLink},
-        tc::TcAttachOptions,
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        Link, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -47,6 +52,33 @@ pub enum IngressHook {
     Xdp,
 }
 
+/// How the TC programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    /// TCX links where the kernel has them (Linux >= 6.6), netlink filters otherwise.
+    #[default]
+    Auto,
+    /// TCX links (Linux >= 6.6).
+    Tcx,
+    /// Netlink filters on a clsact qdisc (any kernel).
+    Netlink,
+}
+
+impl std::str::FromStr for TcAttach {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        <Self as clap::ValueEnum>::from_str(s, false)
+            .map_err(|_| format!("{s:?}: expected \"auto\", \"tcx\" or \"netlink\""))
+    }
+}
+
+/// The priority and handle of our netlink filters; fixed so that a restart
+/// replaces them and `detach` finds them. The priority puts them before
+/// filters added without one (the kernel counts down from 49152).
+pub const NL_PRIORITY: u16 = 0x5e55;
+pub const NL_HANDLE: u32 = 0x5e55;
+
 pub fn pin_dir(pin_root: &Path, iface: &str) -> PathBuf {
     pin_root.join(iface)
 }
@@ -56,21 +88,46 @@ pub struct Attached {
     pub iface: String,
     pub dir: PathBuf,
     pub ebpf: Ebpf,
+    /// How the TC programs were attached (never `Auto`).
+    pub tc: TcAttach,
 }
 
-pub fn attach(pin_root: &Path, iface_name: &str, ingress: IngressHook) -> Result<Attached> {
+pub fn attach(
+    pin_root: &Path,
+    iface_name: &str,
+    ingress: IngressHook,
+    tc_attach: TcAttach,
+) -> Result<Attached> {
     iface::index(iface_name)?;
     bpffs::prepare(pin_root)?;
     let dir = pin_dir(pin_root, iface_name);
     std::fs::create_dir_all(&dir)
         .map_err(|e| AgentError::from_io(format!("creating {}", dir.display()), e))?;
     let mut ebpf = load(&dir, iface_name)?;
+    let tc = {
+        let egress: &mut SchedClassifier = loaded(&mut ebpf, PROG_TC_EGRESS)?;
+        resolve(tc_attach, egress)?
+    };
+    if tc == TcAttach::Netlink {
+        add_clsact(iface_name)?;
+    }
+    // The new attachment goes in before the other kind is removed, so
+    // enforcement never lapses when the mode changes; for that moment a
+    // passed packet runs both (TCX passes with TCX_NEXT) and counts twice.
+    let tc_hook = |ebpf: &mut Ebpf, prog: &str, hook: TcAttachType, pin: &str| match tc {
+        TcAttach::Netlink => {
+            attach_nl(ebpf, iface_name, prog, hook)?;
+            remove_link(&dir.join(pin))
+        }
+        _ => {
+            attach_tc(ebpf, iface_name, &dir, prog, hook, pin)?;
+            remove_nl(iface_name, hook)
+        }
+    };
     match ingress {
         IngressHook::Tc => {
-            attach_tc(
+            tc_hook(
                 &mut ebpf,
-                iface_name,
-                &dir,
                 PROG_TC_INGRESS,
                 TcAttachType::Ingress,
                 LINK_TC_INGRESS,
@@ -80,12 +137,11 @@ pub fn attach(pin_root: &Path, iface_name: &str, ingress: IngressHook) -> Result
         IngressHook::Xdp => {
             attach_xdp(&mut ebpf, iface_name, &dir)?;
             remove_link(&dir.join(LINK_TC_INGRESS))?;
+            remove_nl(iface_name, TcAttachType::Ingress)?;
         }
     }
-    attach_tc(
+    tc_hook(
         &mut ebpf,
-        iface_name,
-        &dir,
         PROG_TC_EGRESS,
         TcAttachType::Egress,
         LINK_TC_EGRESS,
@@ -94,7 +150,149 @@ pub fn attach(pin_root: &Path, iface_name: &str, ingress: IngressHook) -> Result
         iface: iface_name.to_string(),
         dir,
         ebpf,
+        tc,
     })
+}
+
+/// Picks TCX or netlink for `Auto`, and refuses TCX where the kernel lacks it.
+fn resolve(want: TcAttach, prog: &mut SchedClassifier) -> Result<TcAttach> {
+    let fd = prog
+        .fd()
+        .map_err(|e| AgentError::bpf("probing for TCX", e))?
+        .as_fd()
+        .as_raw_fd();
+    match (want, tcx_available(fd)?) {
+        (TcAttach::Tcx, false) => Err(AgentError::NoTcx),
+        (TcAttach::Auto, true) => Ok(TcAttach::Tcx),
+        (TcAttach::Auto, false) => Ok(TcAttach::Netlink),
+        (w, _) => Ok(w),
+    }
+}
+
+/// Whether the kernel has TCX (Linux >= 6.6, whatever its version string
+/// says): BPF_LINK_CREATE of a TCX link on interface index 0 fails with
+/// ENODEV where TCX exists, and with EINVAL (unknown attach type) where not.
+fn tcx_available(prog_fd: i32) -> Result<bool> {
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_TCX_EGRESS: u32 = 47;
+    #[repr(C)]
+    struct Attr {
+        prog_fd: u32,
+        target_ifindex: u32,
+        attach_type: u32,
+        flags: u32,
+        _pad: [u64; 6],
+    }
+    let attr = Attr {
+        prog_fd: prog_fd as u32,
+        target_ifindex: 0,
+        attach_type: BPF_TCX_EGRESS,
+        flags: 0,
+        _pad: [0; 6],
+    };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &attr as *const Attr,
+            size_of::<Attr>() as u32,
+        )
+    };
+    if fd >= 0 {
+        // Not expected with no interface; a link nobody holds goes away on close.
+        drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODEV) => Ok(true),
+        Some(libc::EINVAL) => Ok(false),
+        _ => Err(AgentError::from_io("probing the kernel for TCX", e)),
+    }
+}
+
+/// The OS error at the bottom of an aya error, if any.
+fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(n) = c.downcast_ref::<aya::sys::NetlinkError>() {
+            return n.raw_os_error();
+        }
+        if let Some(i) = c.downcast_ref::<io::Error>() {
+            if i.raw_os_error().is_some() {
+                return i.raw_os_error();
+            }
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// Adds a clsact qdisc unless the interface has one (ours from an earlier
+/// start, or the operator's: both are used as they are).
+fn add_clsact(iface_name: &str) -> Result<()> {
+    match tc::qdisc_add_clsact(iface_name) {
+        Ok(()) => Ok(()),
+        Err(e) if os_error(&e) == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(AgentError::bpf(
+            format!("adding a clsact qdisc to {iface_name}"),
+            e,
+        )),
+    }
+}
+
+fn nl_link(iface_name: &str, hook: TcAttachType) -> io::Result<SchedClassifierLink> {
+    SchedClassifierLink::attached(
+        iface_name,
+        hook,
+        NL_PRIORITY,
+        TcHandle::from(NL_HANDLE),
+        None,
+    )
+}
+
+/// Puts the program into our netlink filter: replaces the program of an
+/// existing filter atomically, or creates the filter.
+fn attach_nl(ebpf: &mut Ebpf, iface_name: &str, prog: &str, hook: TcAttachType) -> Result<()> {
+    let what = || format!("attaching {prog} to {iface_name} (netlink)");
+    let p: &mut SchedClassifier = loaded(ebpf, prog)?;
+    let existing = nl_link(iface_name, hook).map_err(|e| AgentError::from_io(what(), e))?;
+    let id = match p.attach_to_link(existing) {
+        Ok(id) => id,
+        Err(e) if os_error(&e) == Some(libc::ENOENT) => p
+            .attach_with_options(
+                iface_name,
+                hook,
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: NL_PRIORITY,
+                    handle: TcHandle::from(NL_HANDLE),
+                    classid: None,
+                }),
+            )
+            .map_err(|e| AgentError::bpf(what(), e))?,
+        Err(e) => return Err(AgentError::bpf(what(), e)),
+    };
+    let link = p.take_link(id).map_err(|e| AgentError::bpf(what(), e))?;
+    // Dropping the link would delete the filter; it must outlive the agent.
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// Removes our netlink filter from a hook, if it is there.
+fn remove_nl(iface_name: &str, hook: TcAttachType) -> Result<()> {
+    // No interface: its filters went with it.
+    let Ok(link) = nl_link(iface_name, hook) else {
+        return Ok(());
+    };
+    match link.detach() {
+        Ok(()) => Ok(()),
+        // ENOENT: no such filter; EINVAL: no clsact qdisc at all.
+        Err(e) if matches!(os_error(&e), Some(libc::ENOENT) | Some(libc::EINVAL)) => Ok(()),
+        Err(e) => Err(AgentError::bpf(
+            format!("removing the {hook:?} filter of {iface_name}"),
+            e,
+        )),
+    }
 }
 
 /// Loads the object against the maps pinned in `dir` (creating and pinning
@@ -242,19 +440,25 @@ where
     Ok(p)
 }
 
-/// `load()` of the program types the datapath uses.
+/// `load()` of the program types the datapath uses; a loaded program is left as it is.
 trait LoadProgram {
     fn load_program(&mut self) -> std::result::Result<(), aya::programs::ProgramError>;
 }
 
 impl LoadProgram for SchedClassifier {
     fn load_program(&mut self) -> std::result::Result<(), aya::programs::ProgramError> {
+        if self.fd().is_ok() {
+            return Ok(());
+        }
         self.load()
     }
 }
 
 impl LoadProgram for Xdp {
     fn load_program(&mut self) -> std::result::Result<(), aya::programs::ProgramError> {
+        if self.fd().is_ok() {
+            return Ok(());
+        }
         self.load()
     }
 }
@@ -377,6 +581,10 @@ pub fn detach(pin_root: &Path, iface_name: &str) -> Result<()> {
         .unwrap_or(false);
     for l in [LINK_TC_INGRESS, LINK_XDP_INGRESS, LINK_TC_EGRESS] {
         remove_link(&dir.join(l))?;
+    }
+    // Only our filters: the clsact qdisc may carry the operator's too.
+    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+        remove_nl(iface_name, hook)?;
     }
     // The programs no longer hand packets to them: remove the shaping devices.
     if htb || shape::ifb_exists(iface_name) {

@@ -1,0 +1,523 @@
+//! `cargo xtask test-kernel`: runs test executables built on this host inside a
+//! QEMU guest that boots one of Debian's kernels (6.1 by default: no TCX).
+//!
+//! The guest has no network device and no disk. Its root is the host's root,
+//! shared read-only over virtio-9p, with tmpfs on /tmp, /run and /var/tmp and
+//! bpffs on /sys/fs/bpf; the test executables, the agent and the kernel's
+//! modules are all reached through that share. One small writable share
+//! brings the exit status back. QEMU runs under TCG: KVM is not used.
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Test executables run when none is named: the datapath program tests and
+/// the real-traffic counting and restart tests (about 3.5 minutes under TCG).
+pub const DEFAULT_TESTS: &[&str] = &["datapath", "counting", "restart"];
+
+/// What `cargo xtask test` runs on the oldest kernel (about 3 minutes under TCG):
+/// the netlink filters' life cycle, every datapath program test, exact counts
+/// against nftables, kill -9 and restart.
+pub const SMOKE_TESTS: &[&str] = &[
+    "tc_attach",
+    "datapath",
+    "counting:exact_counts_tcp_udp_ipv4_ipv6_match_reference",
+    "restart:kill9_keeps_dataplane_and_restart_continues_counters",
+];
+
+/// Modules needed before the host root can be mounted (Debian builds them as modules).
+const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
+
+/// Printed by the guest with the tests' exit status, in case the status file is lost.
+const STATUS_MARKER: &str = "SESSION-VM-STATUS=";
+
+pub struct Options {
+    /// Debian kernel series, e.g. "6.1".
+    pub kernel: String,
+    /// Test executables (target names) to run.
+    pub tests: Vec<String>,
+    /// Arguments for every test executable (libtest filters and flags).
+    pub args: Vec<String>,
+    pub timeout: Duration,
+    pub memory: String,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    let root = crate::root_dir();
+    let work = root.join("target/kernel");
+    std::fs::create_dir_all(&work)?;
+    let kernel = fetch_kernel(&work, &opts.kernel)?;
+
+    let agent = crate::build_agent()?;
+    let exes = build_tests(&opts.tests)?;
+
+    println!("==> building the initramfs");
+    let initrd = build_initramfs(&work, &kernel)?;
+    let out = work.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    write_guest_scripts(&out, &kernel, &agent, &exes, &opts.args)?;
+
+    println!(
+        "==> booting Linux {} under QEMU (TCG, no KVM; everything runs 10-50x slower)",
+        kernel.release
+    );
+    let status = boot(&kernel, &initrd, &out, opts)?;
+    match status {
+        0 => {
+            println!("==> all tests passed on Linux {}", kernel.release);
+            Ok(())
+        }
+        s => bail!("tests failed on Linux {} (exit status {s})", kernel.release),
+    }
+}
+
+pub struct Kernel {
+    /// `uname -r` of the guest, e.g. 6.1.0-56-amd64.
+    pub release: String,
+    pub vmlinuz: PathBuf,
+    /// The package's root: `lib/modules/<release>` is below it.
+    pub root: PathBuf,
+}
+
+/// The newest `linux-image-<series>…-amd64-unsigned` package apt knows.
+fn kernel_package(series: &str) -> Result<Option<String>> {
+    let out = Command::new("apt-cache")
+        .args(["search", "--names-only"])
+        .arg(format!(
+            "^linux-image-{}[.-].*amd64-unsigned$",
+            series.replace('.', "\\.")
+        ))
+        .output()
+        .context("running apt-cache (Debian's apt is needed to fetch the kernel)")?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| !n.contains("-cloud-") && !n.contains("-rt-"))
+        .map(String::from)
+        .collect();
+    names.sort_by_key(|n| version_key(n));
+    Ok(names.pop())
+}
+
+/// Orders package names by their numbers (6.1.0-9 before 6.1.0-56).
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap_or(0))
+        .collect()
+}
+
+fn fetch_kernel(work: &Path, series: &str) -> Result<Kernel> {
+    let mut pkg = kernel_package(series)?;
+    if pkg.is_none() {
+        crate::run(Command::new("apt-get").args(["update", "-q"]))?;
+        pkg = kernel_package(series)?;
+    }
+    let Some(pkg) = pkg else {
+        bail!("no Debian package linux-image-{series}*-amd64-unsigned: is the Debian release that ships Linux {series} in apt's sources?");
+    };
+    let dir = work.join(&pkg);
+    let done = dir.join(".extracted");
+    if !done.exists() {
+        println!("==> downloading {pkg}");
+        let _ = std::fs::remove_dir_all(&dir);
+        let dl = work.join("deb");
+        let _ = std::fs::remove_dir_all(&dl);
+        std::fs::create_dir_all(&dl)?;
+        crate::run(
+            Command::new("apt-get")
+                .args(["download", "-q"])
+                .arg(&pkg)
+                .current_dir(&dl),
+        )?;
+        let deb = std::fs::read_dir(&dl)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .context("apt-get download left no .deb")?;
+        println!("==> extracting {}", deb.display());
+        crate::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+        std::fs::remove_dir_all(&dl)?;
+    }
+    let release = std::fs::read_dir(dir.join("lib/modules"))
+        .with_context(|| format!("{pkg} has no lib/modules"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .context("no module directory in the kernel package")?;
+    let vmlinuz = dir.join(format!("boot/vmlinuz-{release}"));
+    if !vmlinuz.exists() {
+        bail!("{} missing from {pkg}", vmlinuz.display());
+    }
+    if !done.exists() {
+        // The package leaves modules.dep to its postinst.
+        crate::run(Command::new("depmod").arg("-b").arg(&dir).arg(&release))?;
+        std::fs::write(&done, "")?;
+    }
+    Ok(Kernel {
+        release,
+        vmlinuz,
+        root: dir,
+    })
+}
+
+/// A test executable to run in the guest.
+#[derive(Clone)]
+struct TestExe {
+    /// Target name (`datapath`, `counting`, ...).
+    name: String,
+    path: PathBuf,
+    /// Its package's directory, the working directory `cargo test` would give it.
+    dir: PathBuf,
+    /// Test name filter for this executable only (`NAME:FILTER`).
+    filter: Option<String>,
+}
+
+/// Builds the test executables and returns those asked for (`NAME` or
+/// `NAME:FILTER`), in that order.
+fn build_tests(specs: &[String]) -> Result<Vec<TestExe>> {
+    println!("==> building test executables: {}", specs.join(" "));
+    let out = crate::cargo()
+        .args([
+            "test",
+            "-p",
+            "session-agent",
+            "-p",
+            "session-tests",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the tests failed");
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
+            continue;
+        }
+        let (Some(exe), Some(name), Some(manifest)) = (
+            v["executable"].as_str(),
+            v["target"]["name"].as_str(),
+            v["manifest_path"].as_str(),
+        ) else {
+            continue;
+        };
+        let dir = Path::new(manifest).parent().unwrap_or(Path::new("/"));
+        found.push(TestExe {
+            name: name.to_string(),
+            path: PathBuf::from(exe),
+            dir: dir.to_path_buf(),
+            filter: None,
+        });
+    }
+    specs
+        .iter()
+        .map(|spec| {
+            let (n, filter) = match spec.split_once(':') {
+                Some((n, f)) => (n, Some(f.to_string())),
+                None => (spec.as_str(), None),
+            };
+            found
+                .iter()
+                .find(|f| f.name == n)
+                .map(|f| TestExe {
+                    filter,
+                    ..f.clone()
+                })
+                .with_context(|| {
+                    let all: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
+                    format!(
+                        "no test executable named {n} (there are: {})",
+                        all.join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
+/// The boot modules and what they depend on, dependencies first.
+fn boot_modules(kernel: &Kernel) -> Result<Vec<PathBuf>> {
+    let mdir = kernel.root.join("lib/modules").join(&kernel.release);
+    let dep = std::fs::read_to_string(mdir.join("modules.dep"))?;
+    let deps: std::collections::HashMap<&str, Vec<&str>> = dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, d)| (m, d.split_whitespace().collect()))
+        .collect();
+    fn visit<'a>(
+        m: &'a str,
+        deps: &std::collections::HashMap<&'a str, Vec<&'a str>>,
+        out: &mut Vec<&'a str>,
+    ) {
+        if out.contains(&m) {
+            return;
+        }
+        // modules.dep lists every indirect dependency too, loadable in reverse order.
+        for d in deps.get(m).into_iter().flatten().rev() {
+            visit(d, deps, out);
+        }
+        out.push(m);
+    }
+    let mut order = Vec::new();
+    for name in BOOT_MODULES {
+        let file = deps
+            .keys()
+            .find(|k| {
+                let base = k.rsplit('/').next().unwrap_or(k);
+                base.split('.').next() == Some(name)
+            })
+            .with_context(|| format!("module {name} not in {}", kernel.release))?;
+        visit(file, &deps, &mut order);
+    }
+    Ok(order.into_iter().map(|m| mdir.join(m)).collect())
+}
+
+fn build_initramfs(work: &Path, kernel: &Kernel) -> Result<PathBuf> {
+    let dir = work.join("initramfs");
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in ["bin", "modules", "proc", "sys", "dev", "newroot"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))
+        .context("copying /bin/busybox (Debian package busybox-static)")?;
+    let mut order = String::new();
+    for m in boot_modules(kernel)? {
+        let name = m.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".xz") || name.ends_with(".zst") {
+            bail!("compressed module {name}: busybox insmod needs plain .ko files");
+        }
+        std::fs::copy(&m, dir.join("modules").join(&name))
+            .with_context(|| format!("copying {}", m.display()))?;
+        order.push_str(&name);
+        order.push('\n');
+    }
+    std::fs::write(dir.join("modules/order"), order)?;
+    let out = work.join("out");
+    let init = format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /modules/order); do insmod /modules/$m || echo "insmod $m failed"; done
+opts=trans=virtio,version=9p2000.L,msize=524288
+if ! mount -t 9p -o $opts,ro,cache=loose hostroot /newroot; then
+  echo "{STATUS_MARKER}97 (cannot mount the host root)"; poweroff -f
+fi
+if ! mount -t 9p -o $opts out /newroot{out}; then
+  echo "{STATUS_MARKER}97 (cannot mount the status share)"; poweroff -f
+fi
+umount /proc /sys /dev
+exec switch_root /newroot /bin/bash {out}/guest.sh
+"#,
+        out = out.display()
+    );
+    std::fs::write(dir.join("init"), init)?;
+    set_mode(&dir.join("init"), 0o755)?;
+    let cpio = work.join("initramfs.cpio");
+    let f = std::fs::File::create(&cpio)?;
+    crate::run(
+        Command::new("sh")
+            .args([
+                "-c",
+                "find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0",
+            ])
+            .current_dir(&dir)
+            .stdout(f),
+    )
+    .context("packing the initramfs (Debian package cpio)")?;
+    Ok(cpio)
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The guest's pid 1 after switch_root (runs the tests and powers off), and
+/// the modprobe the kernel calls to load modules on demand.
+fn write_guest_scripts(
+    out: &Path,
+    kernel: &Kernel,
+    agent: &Path,
+    exes: &[TestExe],
+    args: &[String],
+) -> Result<()> {
+    let modprobe = out.join("modprobe");
+    std::fs::write(
+        &modprobe,
+        format!(
+            "#!/bin/sh\nexec /sbin/modprobe -d {} \"$@\"\n",
+            shell_quote(&kernel.root.display().to_string())
+        ),
+    )?;
+    set_mode(&modprobe, 0o755)?;
+    let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+    let mut runs = String::new();
+    for t in exes {
+        let filter = t.filter.as_deref().map(shell_quote).unwrap_or_default();
+        runs.push_str(&format!(
+            "run {} {} {} --test-threads=1 --color never {filter} {}\n",
+            shell_quote(&t.name),
+            shell_quote(&t.dir.display().to_string()),
+            shell_quote(&t.path.display().to_string()),
+            args.join(" ")
+        ));
+    }
+    let script = format!(
+        r#"#!/bin/bash
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root RUST_BACKTRACE=1 SESSION_AGENT_BIN={agent}
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+for d in /tmp /run /var/tmp; do mount -t tmpfs tmpfs $d; done
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+echo {modprobe} > /proc/sys/kernel/modprobe
+ip link set lo up
+echo "==> [guest] Linux $(uname -r), $(nproc) CPUs"
+status=0
+run() {{
+  local name=$1 dir=$2; shift 2
+  echo "==> [guest] running $name"
+  local start=$(date +%s)
+  (cd "$dir" && "$@")
+  local rc=$?
+  echo "==> [guest] $name: exit $rc after $(( $(date +%s) - start )) s"
+  [ $rc -eq 0 ] || status=$rc
+}}
+{runs}echo $status > {out}/status
+sync
+echo "{STATUS_MARKER}$status"
+echo o > /proc/sysrq-trigger
+sleep 30
+"#,
+        agent = shell_quote(&agent.display().to_string()),
+        modprobe = shell_quote(&modprobe.display().to_string()),
+        out = shell_quote(&out.display().to_string()),
+    );
+    std::fs::write(out.join("guest.sh"), script)?;
+    Ok(())
+}
+
+/// Boots the guest, streams its console and returns the tests' exit status.
+fn boot(kernel: &Kernel, initrd: &Path, out: &Path, opts: &Options) -> Result<i32> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m"])
+        .arg(&opts.memory)
+        .args([
+            "-display",
+            "none",
+            "-no-reboot",
+            "-nic",
+            "none",
+            "-monitor",
+            "none",
+        ])
+        .args(["-serial", "stdio", "-kernel"])
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off",
+        ])
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ])
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=out,security_model=none",
+            out.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // The guest dies with this process, whatever ends it (Ctrl-C included).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .context("starting qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+    let pid = child.id();
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let (timed_out, done, limit) = (timed_out.clone(), done.clone(), opts.timeout);
+        std::thread::spawn(move || {
+            while started.elapsed() < limit {
+                if done.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            timed_out.store(true, Ordering::Relaxed);
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        });
+    }
+    let mut marker = None;
+    let stdout = child.stdout.take().unwrap();
+    for line in BufReader::new(stdout).split(b'\n') {
+        let line = String::from_utf8_lossy(&line?).into_owned();
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix(STATUS_MARKER) {
+            marker = rest.split_whitespace().next().and_then(|s| s.parse().ok());
+        }
+        println!("{line}");
+    }
+    let st = child.wait()?;
+    done.store(true, Ordering::Relaxed);
+    println!(
+        "==> guest stopped after {} s ({st})",
+        started.elapsed().as_secs()
+    );
+    if timed_out.load(Ordering::Relaxed) {
+        bail!(
+            "the guest did not finish within {} minutes; it was stopped",
+            opts.timeout.as_secs() / 60
+        );
+    }
+    let file: Option<i32> = std::fs::read_to_string(out.join("status"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    match file.or(marker) {
+        Some(s) => Ok(s),
+        None if !st.success() => bail!("QEMU ended ({st}) before the tests finished"),
+        None => {
+            bail!("the guest stopped without reporting the tests' status (see its console above)")
+        }
+    }
+}
