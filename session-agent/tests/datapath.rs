@@ -304,6 +304,10 @@ fn malformed_frames_are_dropped_and_never_usage() {
     let mut f = good.clone();
     f[16..18].copy_from_slice(&10u16.to_be_bytes());
     cases.push(("total length below the header", f));
+    cases.push((
+        "total length 0 outside a GSO aggregate",
+        ipv4_total_len_0(&good),
+    ));
     let v6 = udp6(
         GW_MAC,
         client_mac(n).addr,
@@ -376,6 +380,53 @@ fn data_budget_cuts_off_with_at_most_one_packet_of_overshoot() {
     for _ in 0..3 {
         assert_eq!(dp.up(&pkt), TC_PASS);
     }
+}
+
+/// `frame` (an IPv4 frame) with total length 0 and a valid header checksum.
+fn ipv4_total_len_0(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[16..18].copy_from_slice(&[0, 0]);
+    f[24..26].copy_from_slice(&[0, 0]);
+    let sum = f[14..34]
+        .chunks(2)
+        .fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f
+}
+
+/// A length field of 0 means "the packet's own length" only where the kernel
+/// reads it so: IPv4 and IPv6 GSO aggregates (BIG TCP). A plain IPv6 packet with
+/// payload length 0 is taken by the kernel as its 40-byte header alone.
+#[test]
+fn length_zero_is_the_frame_length_only_for_gso() {
+    let mut dp = Datapath::new();
+    let n = 12;
+    dp.allow(client_mac(n));
+    let f = ipv4_total_len_0(&up4(n, 443, 2972));
+    assert_eq!(dp.up_gso(&f, 3), TC_PASS);
+    assert_eq!(dp.counters(client_mac(n)).up_bytes, (f.len() - 14) as u64);
+    assert_eq!(
+        dp.up(&f),
+        TC_DROP,
+        "the same frame outside GSO is malformed"
+    );
+    let mut v6 = udp6(
+        GW_MAC,
+        client_mac(n).addr,
+        "fd00:99::18".parse().unwrap(),
+        SERVER_V6,
+        1,
+        2,
+        100,
+    );
+    v6[18..20].copy_from_slice(&[0, 0]);
+    let before = dp.counters(client_mac(n)).up_bytes;
+    assert_eq!(dp.up(&v6), TC_PASS);
+    let c = dp.counters(client_mac(n));
+    assert_eq!(c.up_bytes - before, 40, "the header the kernel keeps");
+    assert_eq!(c.malformed_packets, 1);
 }
 
 #[test]

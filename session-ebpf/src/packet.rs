@@ -10,6 +10,8 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 const ETH_HLEN: u32 = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+/// IPv6 hop-by-hop options header.
+const NEXTHDR_HOP: u8 = 0;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
@@ -209,8 +211,10 @@ fn parse_v4<P: Packet>(p: &P, avail: u32) -> Option<IpInfo> {
         return None;
     }
     let tot = u16::from_be_bytes([w0[2], w0[3]]) as u32;
-    let len = if tot == 0 && avail >= ihl {
-        avail // GSO aggregate larger than 64 KiB (BIG TCP)
+    // Length 0 stands for the packet's own length only in a GSO aggregate larger
+    // than 64 KiB (BIG TCP); any other packet with it is dropped by the kernel.
+    let len = if tot == 0 && avail >= ihl && p.segs() > 1 {
+        avail
     } else if tot < ihl || tot > avail {
         return None;
     } else {
@@ -283,8 +287,10 @@ fn parse_v6<P: Packet>(p: &P, avail: u32) -> Option<IpInfo> {
     }
     let w1 = h[1].to_ne_bytes();
     let payload = u16::from_be_bytes([w1[0], w1[1]]) as u32;
-    let len = if payload == 0 && avail >= 40 {
-        avail // jumbogram or GSO aggregate larger than 64 KiB
+    let len = if payload == 0 && avail >= 40 && (p.segs() > 1 || w1[2] == NEXTHDR_HOP) {
+        // A GSO aggregate larger than 64 KiB, or a jumbogram (hop-by-hop
+        // options carry its length): the packet's own length.
+        avail
     } else if payload + 40 > avail {
         return None;
     } else {
