@@ -543,16 +543,19 @@ fn token_bucket_burst_after_idle_is_at_most_the_bucket() {
     let slot = dp.allow(client_mac(n));
     let rate = 1_000_000.0;
     let burst = 10_000.0;
-    dp.h.maps.set_rates(
-        slot,
-        RateLimit {
-            rate_bytes: rate as u64,
-            burst_bytes: burst as u64,
-        },
-        RateLimit::UNLIMITED,
-    );
-    let pkt = up4(n, 443, 972); // 1000 bytes
-                                // Part full, then idle far longer than the bucket takes to fill (and than a tick).
+    dp.h.maps
+        .set_rates(
+            slot,
+            RateLimit {
+                rate_bytes: rate as u64,
+                burst_bytes: burst as u64,
+            },
+            RateLimit::UNLIMITED,
+        )
+        .unwrap();
+    // 1000-byte packets. Part full, then idle far longer than the bucket takes
+    // to fill (and than a tick).
+    let pkt = up4(n, 443, 972);
     assert_eq!(dp.up(&pkt), TC_PASS);
     std::thread::sleep(std::time::Duration::from_millis(100));
     let before = dp.counters(client_mac(n)).up_bytes as f64;
