@@ -376,6 +376,13 @@ fn write_guest_scripts(
     )?;
     set_mode(&modprobe, 0o755)?;
     let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+    // What the guest reads from the host: the workspace, the binaries, the status share.
+    let mut keep: Vec<PathBuf> = vec![crate::root_dir(), out.to_path_buf()];
+    keep.extend(agent.parent().map(Path::to_path_buf));
+    for t in exes {
+        keep.push(t.dir.clone());
+        keep.extend(t.path.parent().map(Path::to_path_buf));
+    }
     let mut runs = String::new();
     for t in exes {
         let filter = t.filter.as_deref().map(shell_quote).unwrap_or_default();
@@ -397,8 +404,7 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-for d in /tmp /run /var/tmp; do mount -t tmpfs tmpfs $d; done
-mount -t bpf bpf /sys/fs/bpf
+{scratch}mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 echo {modprobe} > /proc/sys/kernel/modprobe
 ip link set lo up
@@ -420,11 +426,38 @@ echo o > /proc/sysrq-trigger
 sleep 30
 "#,
         agent = shell_quote(&agent.display().to_string()),
+        scratch = scratch_mounts(&keep),
         modprobe = shell_quote(&modprobe.display().to_string()),
         out = shell_quote(&out.display().to_string()),
     );
     std::fs::write(out.join("guest.sh"), script)?;
     Ok(())
+}
+
+/// Shell lines giving the guest fresh tmpfs on /tmp, /run and /var/tmp while the
+/// paths in `keep` that lie under them (a clone in /tmp, say) stay visible.
+fn scratch_mounts(keep: &[PathBuf]) -> String {
+    let mut out = String::new();
+    for d in ["/tmp", "/run", "/var/tmp"] {
+        let mut under: Vec<&PathBuf> = keep.iter().filter(|p| p.starts_with(d)).collect();
+        under.sort();
+        // A kept directory brings everything below it along.
+        under.dedup_by(|b, a| b.starts_with(a.as_path()));
+        for (i, p) in under.iter().enumerate() {
+            let p = shell_quote(&p.display().to_string());
+            out.push_str(&format!(
+                "mkdir -p /dev/shm/keep{i} && mount --rbind {p} /dev/shm/keep{i}\n"
+            ));
+        }
+        out.push_str(&format!("mount -t tmpfs tmpfs {d}\n"));
+        for (i, p) in under.iter().enumerate() {
+            let p = shell_quote(&p.display().to_string());
+            out.push_str(&format!(
+                "mkdir -p {p} && mount --rbind /dev/shm/keep{i} {p} && umount -l /dev/shm/keep{i}\n"
+            ));
+        }
+    }
+    out
 }
 
 /// Boots the guest, streams its console and returns the tests' exit status.
@@ -519,5 +552,31 @@ fn boot(kernel: &Kernel, initrd: &Path, out: &Path, opts: &Options) -> Result<i3
         None => {
             bail!("the guest stopped without reporting the tests' status (see its console above)")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_keeps_what_the_guest_reads() {
+        let keep = [
+            PathBuf::from("/tmp/ci"),
+            PathBuf::from("/tmp/ci/target/debug"),
+            PathBuf::from("/tmp/other/target"),
+            PathBuf::from("/srv/x"),
+        ];
+        let s = scratch_mounts(&keep);
+        assert!(s.contains("mount --rbind '/tmp/ci' /dev/shm/keep0"), "{s}");
+        assert!(
+            s.contains("mount --rbind '/tmp/other/target' /dev/shm/keep1"),
+            "{s}"
+        );
+        assert!(!s.contains("target/debug"), "kept through its parent: {s}");
+        assert!(!s.contains("/srv/x"), "not under a scratch directory: {s}");
+        assert_eq!(s.matches("mount -t tmpfs").count(), 3);
+        let tmpfs = s.find("mount -t tmpfs tmpfs /tmp").unwrap();
+        assert!(s.find("/dev/shm/keep0 '/tmp/ci'").unwrap() > tmpfs, "{s}");
     }
 }
