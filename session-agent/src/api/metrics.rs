@@ -24,6 +24,23 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+fn secs(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
+/// A summary family of durations kept as a sum of microseconds and a count.
+fn summary(out: &mut String, name: &str, help: &str, sum_us: u64, count: u64) {
+    head(out, name, "summary", help);
+    let _ = writeln!(out, "{name}_sum {}", secs(sum_us));
+    let _ = writeln!(out, "{name}_count {count}");
+}
+
+/// A family of one sample without labels.
+fn single(out: &mut String, (name, kind): (&str, &str), help: &str, value: impl std::fmt::Display) {
+    head(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// One per-client metric family: a sample per client and per `(label value, value)`
 /// pair (`label` empty: no extra label).
 fn client_family(
@@ -204,44 +221,25 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
 
     // The gateway's own work.
     let s = st.gw.stats();
-    let secs = |us: u64| us as f64 / 1e6;
-    head(
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+    summary(
         &mut out,
         "session_agent_poll_duration_seconds",
-        "summary",
         "Time of one counter poll (charge usage, advance time, end sessions).",
+        n(&s.poll_us_sum),
+        n(&s.polls),
     );
-    let _ = writeln!(
-        out,
-        "session_agent_poll_duration_seconds_sum {}",
-        secs(s.poll_us_sum.load(Relaxed))
-    );
-    let _ = writeln!(
-        out,
-        "session_agent_poll_duration_seconds_count {}",
-        s.polls.load(Relaxed)
-    );
-    head(
+    single(
         &mut out,
-        "session_agent_last_poll_duration_seconds",
-        "gauge",
+        ("session_agent_last_poll_duration_seconds", "gauge"),
         "Time of the last counter poll.",
+        secs(n(&s.poll_us_last)),
     );
-    let _ = writeln!(
-        out,
-        "session_agent_last_poll_duration_seconds {}",
-        secs(s.poll_us_last.load(Relaxed))
-    );
-    head(
+    single(
         &mut out,
-        "session_agent_poll_errors_total",
-        "counter",
+        ("session_agent_poll_errors_total", "counter"),
         "Counter polls that failed.",
-    );
-    let _ = writeln!(
-        out,
-        "session_agent_poll_errors_total {}",
-        s.poll_errors.load(Relaxed)
+        n(&s.poll_errors),
     );
     head(
         &mut out,
@@ -252,77 +250,44 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
     let _ = writeln!(
         out,
         "session_agent_ring_events_total{{kind=\"new_client\"}} {}",
-        s.ring_new_client.load(Relaxed)
+        n(&s.ring_new_client)
     );
     let _ = writeln!(
         out,
         "session_agent_ring_events_total{{kind=\"quota_exhausted\"}} {}",
-        s.ring_quota_exhausted.load(Relaxed)
+        n(&s.ring_quota_exhausted)
     );
-    head(
+    summary(
         &mut out,
         "session_agent_checkpoint_duration_seconds",
-        "summary",
         "Time of one store checkpoint.",
+        n(&s.checkpoint_us_sum),
+        n(&s.checkpoints),
     );
-    let _ = writeln!(
-        out,
-        "session_agent_checkpoint_duration_seconds_sum {}",
-        secs(s.checkpoint_us_sum.load(Relaxed))
-    );
-    let _ = writeln!(
-        out,
-        "session_agent_checkpoint_duration_seconds_count {}",
-        s.checkpoints.load(Relaxed)
-    );
-    head(
+    single(
         &mut out,
-        "session_agent_last_checkpoint_duration_seconds",
-        "gauge",
+        ("session_agent_last_checkpoint_duration_seconds", "gauge"),
         "Time of the last store checkpoint.",
+        secs(n(&s.checkpoint_us_last)),
     );
-    let _ = writeln!(
-        out,
-        "session_agent_last_checkpoint_duration_seconds {}",
-        secs(s.checkpoint_us_last.load(Relaxed))
-    );
-    head(
+    single(
         &mut out,
-        "session_agent_checkpoint_errors_total",
-        "counter",
+        ("session_agent_checkpoint_errors_total", "counter"),
         "Store checkpoints that failed.",
+        n(&s.checkpoint_errors),
     );
-    let _ = writeln!(
-        out,
-        "session_agent_checkpoint_errors_total {}",
-        s.checkpoint_errors.load(Relaxed)
-    );
-    head(
+    summary(
         &mut out,
         "session_agent_commit_duration_seconds",
-        "summary",
         "Time of one commit of charged usage to the store.",
+        n(&s.commit_us_sum),
+        n(&s.commits),
     );
-    let _ = writeln!(
-        out,
-        "session_agent_commit_duration_seconds_sum {}",
-        secs(s.commit_us_sum.load(Relaxed))
-    );
-    let _ = writeln!(
-        out,
-        "session_agent_commit_duration_seconds_count {}",
-        s.commits.load(Relaxed)
-    );
-    head(
+    single(
         &mut out,
-        "session_agent_commit_errors_total",
-        "counter",
+        ("session_agent_commit_errors_total", "counter"),
         "Commits of charged usage that failed.",
-    );
-    let _ = writeln!(
-        out,
-        "session_agent_commit_errors_total {}",
-        s.commit_errors.load(Relaxed)
+        n(&s.commit_errors),
     );
     Ok(out)
 }

@@ -92,14 +92,16 @@ fn handle_str() -> String {
 /// Runs an iproute2 command; its stdout, or an error naming the command and its stderr.
 fn run(prog: &str, args: &[&str]) -> Result<String> {
     let command = format!("{prog} {}", args.join(" "));
-    let out = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| AgentError::ShapeTool {
-            command: command.clone(),
-            source,
-        })?;
+    let out = Command::new(prog).args(args).stdin(Stdio::null()).output();
+    finished(command, out)
+}
+
+/// The stdout of a command that ran, or an error naming it and its stderr.
+fn finished(command: String, out: std::io::Result<std::process::Output>) -> Result<String> {
+    let out = out.map_err(|source| AgentError::ShapeTool {
+        command: command.clone(),
+        source,
+    })?;
     if !out.status.success() {
         return Err(AgentError::ShapeCommand {
             command,
@@ -288,20 +290,7 @@ pub fn set_classes(classes: &[Class]) -> Result<()> {
                 source,
             })?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| AgentError::ShapeTool {
-            command: command.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(AgentError::ShapeCommand {
-            command,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+    finished(command, child.wait_with_output()).map(|_| ())
 }
 
 /// Deletes the class `classid` on `dev` if it exists.
