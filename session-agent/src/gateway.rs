@@ -672,40 +672,41 @@ impl Gateway {
             }
             if last_commit.elapsed() >= self.cfg.commit_interval {
                 last_commit = Instant::now();
-                let done = self.mgr.flush();
-                crate::memory::trim();
-                match done {
-                    Ok(()) => GatewayStats::record(
-                        &self.stats.commits,
-                        &self.stats.commit_us_sum,
-                        &self.stats.commit_us_last,
-                        last_commit.elapsed(),
-                    ),
-                    Err(e) => {
-                        self.stats.commit_errors.fetch_add(1, Relaxed);
-                        warn!("committing usage to the store failed: {e}");
-                    }
+                let s = &self.stats;
+                let counters = (&s.commits, &s.commit_us_sum, &s.commit_us_last);
+                let failed = self.store_work(counters, || self.mgr.flush());
+                if let Err(e) = failed {
+                    s.commit_errors.fetch_add(1, Relaxed);
+                    warn!("committing usage to the store failed: {e}");
                 }
             }
             if last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
                 last_checkpoint = Instant::now();
-                let started = Instant::now();
-                let done = self.mgr.checkpoint();
-                crate::memory::trim();
-                match done {
-                    Ok(()) => GatewayStats::record(
-                        &self.stats.checkpoints,
-                        &self.stats.checkpoint_us_sum,
-                        &self.stats.checkpoint_us_last,
-                        started.elapsed(),
-                    ),
-                    Err(e) => {
-                        self.stats.checkpoint_errors.fetch_add(1, Relaxed);
-                        warn!("store checkpoint failed: {e}");
-                    }
+                let s = &self.stats;
+                let counters = (&s.checkpoints, &s.checkpoint_us_sum, &s.checkpoint_us_last);
+                let failed = self.store_work(counters, || self.mgr.checkpoint());
+                if let Err(e) = failed {
+                    s.checkpoint_errors.fetch_add(1, Relaxed);
+                    warn!("store checkpoint failed: {e}");
                 }
             }
         }
+    }
+
+    /// Runs a bulk store operation, returns freed memory to the system after it,
+    /// and records its duration in `(count, sum, last)` when it succeeded.
+    fn store_work(
+        &self,
+        (count, sum, last): (&AtomicU64, &AtomicU64, &AtomicU64),
+        work: impl FnOnce() -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
+        let started = Instant::now();
+        let done = work();
+        crate::memory::trim();
+        if done.is_ok() {
+            GatewayStats::record(count, sum, last, started.elapsed());
+        }
+        done
     }
 
     /// Session events, for logs and the API.

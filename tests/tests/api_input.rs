@@ -449,18 +449,21 @@ fn tcp_token_metrics_and_captive_api() {
         .filter_map(|l| l.split("mac=\"").nth(1)?.split('"').next())
         .collect();
     assert!(macs.len() <= 1, "cap of 1 client exceeded: {macs:?}");
-    let polls: u64 = m
-        .lines()
-        .find_map(|l| l.strip_prefix("session_agent_poll_duration_seconds_count "))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    assert!(polls > 0, "no polls counted");
-    let commits: u64 = m
-        .lines()
-        .find_map(|l| l.strip_prefix("session_agent_commit_duration_seconds_count "))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    assert!(commits > 0, "no commits counted with --commit-ms 100");
+    let count = |family: &str| -> u64 {
+        let prefix = format!("{family}_count ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix}in the metrics"))
+    };
+    assert!(
+        count("session_agent_poll_duration_seconds") > 0,
+        "no polls counted"
+    );
+    assert!(
+        count("session_agent_commit_duration_seconds") > 0,
+        "no commits counted with --commit-ms 100"
+    );
     drop(agent);
 }
 
