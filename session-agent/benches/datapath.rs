@@ -11,10 +11,7 @@
 
 use std::{
     net::Ipv4Addr,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -347,10 +344,8 @@ fn measure_agent(spec: &str) {
         // Every client sends 1,500 bytes: the next poll charges every device.
         {
             let maps = gw.lans()[0].maps.lock().unwrap();
-            let arr = maps.counters_array();
             for slot in 0..n {
-                let p = unsafe { &raw mut (*arr.entry(slot)).up_bytes };
-                unsafe { AtomicU64::from_ptr(p) }.fetch_add(1500, Ordering::SeqCst);
+                maps.add_up_bytes(slot, 1500);
             }
         }
         let (w, c) = timed(|| rt.block_on(gw.poll()).unwrap());

@@ -22,6 +22,8 @@ pub enum AgentError {
     NotAttached { iface: String, dir: PathBuf },
     #[error("no interface is attached under {0} (start `session-agent run --lan IFACE` first)")]
     NothingAttached(PathBuf),
+    #[error("{0} is not a client's address (a client's MAC is unicast and not all zeros)")]
+    NotAClientMac(session_common::MacKey),
     #[error("the client table of {iface} is full ({max} clients)")]
     TableFull { iface: String, max: u32 },
     #[error("the pinned maps in {dir} do not match this version of session-agent ({reason}); run `session-agent detach --lan {iface}` and start again")]

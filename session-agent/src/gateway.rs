@@ -352,7 +352,7 @@ impl Gateway {
             let mut maps = lan.maps.lock().unwrap();
             let slot = maps.ensure_slot(&key)?;
             maps.set_rates(slot, up, down)?;
-            let live = maps.policy(slot).flags & (POLICY_ALLOWED | POLICY_QUOTA)
+            let live = maps.flags_of(slot) & (POLICY_ALLOWED | POLICY_QUOTA)
                 == POLICY_ALLOWED | POLICY_QUOTA;
             if fresh_budget || !live || budget.is_none() {
                 maps.set_budget(slot, budget);

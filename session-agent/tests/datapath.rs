@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use session_agent::{
     dataplane::{
         testrun::{frames::*, ProgramHarness, TC_DROP, TC_PASS, XDP_DROP, XDP_PASS},
-        RateLimit,
+        ClientRow, RateLimit,
     },
     garden::GardenEntry,
 };
@@ -75,13 +75,16 @@ impl Datapath {
         self.run(PROG_TC_EGRESS, frame)
     }
 
-    fn counters(&self, mac: MacKey) -> ClientCounters {
+    fn counters(&self, mac: MacKey) -> ClientRow {
         let slot = self
             .h
             .maps
             .slot_of(&mac)
             .unwrap_or_else(|| panic!("{mac} has no slot"));
-        self.h.maps.counters(slot)
+        self.h
+            .maps
+            .client(slot)
+            .unwrap_or_else(|| panic!("{mac}'s slot {slot} has no owner"))
     }
 
     fn allow(&mut self, mac: MacKey) -> u32 {
@@ -119,7 +122,7 @@ fn new_clients_are_blocked_and_counted_as_blocked() {
     assert_eq!(dp.up(&up4(1, 443, 100)), TC_DROP);
     assert_eq!(dp.down(&down4(1, 443, 50)), TC_DROP);
     let c = dp.counters(client_mac(1));
-    assert_eq!(c.mac, client_mac(1));
+    assert_eq!(c.mac, client_mac(1).to_string());
     assert_eq!((c.blocked_packets, c.blocked_bytes), (2, 128 + 78));
     assert_eq!((c.up_bytes, c.down_bytes, c.garden_bytes), (0, 0, 0));
 }
@@ -371,9 +374,7 @@ fn data_budget_cuts_off_with_at_most_one_packet_of_overshoot() {
     );
     assert_eq!(c.quota_packets, 10);
     // Topping up lets it through again.
-    let left =
-        dp.h.maps
-            .add_budget(slot, 1000 - dp.h.maps.policy(slot).budget_bytes);
+    let left = dp.h.maps.add_budget(slot, 1000 - dp.h.maps.budget(slot));
     assert_eq!(left, 1000);
     assert_eq!(dp.up(&pkt), TC_PASS);
     dp.h.maps.set_budget(slot, None);
@@ -444,11 +445,7 @@ fn gso_aggregates_never_overshoot_the_budget() {
         TC_DROP,
         "an aggregate larger than what is left is refused"
     );
-    assert_eq!(
-        dp.h.maps.policy(slot).budget_bytes,
-        1000,
-        "and its bytes given back"
-    );
+    assert_eq!(dp.h.maps.budget(slot), 1000, "and its bytes given back");
     assert_eq!(
         dp.up(&small),
         TC_PASS,
@@ -592,4 +589,126 @@ fn slots_are_stable_and_shared_with_userspace() {
     let macs: std::collections::BTreeSet<String> = rows.iter().map(|r| r.mac.clone()).collect();
     assert_eq!(macs.len(), 20, "every MAC has one slot");
     assert_eq!(rows.iter().filter(|r| r.allowed).count(), 1);
+}
+
+/// An upload frame from the `i`-th of many clients (MACs 02:bb:..), to the server.
+fn up4_many(i: u32) -> Vec<u8> {
+    let b = i.to_be_bytes();
+    udp4(
+        GW_MAC,
+        [0x02, 0xbb, b[0], b[1], b[2], b[3]],
+        client_v4(1),
+        SERVER_V4,
+        40000,
+        443,
+        10,
+    )
+}
+
+#[test]
+fn the_client_table_takes_every_slot_and_then_keeps_only_the_garden() {
+    let mut dp = Datapath::new();
+    // Userspace takes some slots first, as the agent does for clients it allows early.
+    for i in 0..1000 {
+        dp.h.maps
+            .ensure_slot(&MacKey::new([0x02, 0xbb, 0, 0, (i >> 8) as u8, i as u8]))
+            .unwrap_or_else(|e| panic!("slot for client {i}: {e}"));
+    }
+    // The datapath indexes the rest; every MAC, old or new, is blocked (not allowed).
+    for i in 0..MAX_CLIENTS {
+        assert_eq!(dp.up(&up4_many(i)), TC_DROP, "client {i}");
+    }
+    assert_eq!(dp.h.maps.slots_used(), MAX_CLIENTS);
+    let rows = dp.h.maps.snapshot();
+    assert_eq!(
+        rows.len(),
+        MAX_CLIENTS as usize,
+        "every slot has its client"
+    );
+    let macs: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.mac.as_str()).collect();
+    assert_eq!(macs.len(), MAX_CLIENTS as usize, "one slot per MAC");
+    assert!(
+        rows.iter()
+            .all(|r| r.blocked_packets == 1 && r.up_bytes == 0),
+        "each client's one packet counted once, as blocked"
+    );
+    for i in [0, 999, 1000, 40_000, MAX_CLIENTS - 1] {
+        let b = i.to_be_bytes();
+        let mac = MacKey::new([0x02, 0xbb, b[0], b[1], b[2], b[3]]);
+        let slot =
+            dp.h.maps
+                .slot_of(&mac)
+                .unwrap_or_else(|| panic!("{mac} lost"));
+        assert_eq!(rows[slot as usize].mac, mac.to_string());
+    }
+    // Full: a new MAC gets no slot, reaches the walled garden only, and userspace says why.
+    let extra = MacKey::new([0x02, 0xcc, 0, 0, 0, 1]);
+    let to_garden = udp4(GW_MAC, extra.addr, client_v4(1), GW_V4, 40000, 53, 10);
+    let out = udp4(GW_MAC, extra.addr, client_v4(1), SERVER_V4, 40000, 443, 10);
+    assert_eq!(
+        dp.up(&to_garden),
+        TC_PASS,
+        "garden for a client beyond the table"
+    );
+    assert_eq!(
+        dp.up(&out),
+        TC_DROP,
+        "no way out for a client beyond the table"
+    );
+    assert_eq!(dp.h.maps.slot_of(&extra), None);
+    let err = dp.h.maps.set_allowed(&extra, true).unwrap_err();
+    assert!(err.to_string().contains("full"), "{err}");
+    // Clients already in the table keep working.
+    let first = MacKey::new([0x02, 0xbb, 0, 0, 0, 0]);
+    dp.h.maps.set_allowed(&first, true).unwrap();
+    assert_eq!(dp.up(&up4_many(0)), TC_PASS);
+}
+
+/// Creates a BPF map and pins it at `path` (as an older version would have).
+fn pin_map(path: &std::path::Path, map_type: u32, key: u32, value: u32, entries: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    let mut attr = [0u32; 32];
+    attr[..4].copy_from_slice(&[map_type, key, value, entries]);
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_ptr(), 128) };
+    assert!(
+        fd >= 0,
+        "creating a map: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut attr = [0u64; 16];
+    attr[0] = name.as_ptr() as u64;
+    attr[1] = fd as u64;
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), 128) };
+    assert_eq!(
+        r,
+        0,
+        "pinning {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    unsafe { libc::close(fd as i32) };
+}
+
+#[test]
+fn pins_of_an_older_layout_are_refused_with_the_fix() {
+    use session_agent::dataplane::{attach, Maps};
+    let _dp = Datapath::new(); // root, bpffs mounted
+    let root = std::path::PathBuf::from(format!("/sys/fs/bpf/sa-old-{}", std::process::id()));
+    let dir = attach::pin_dir(&root, "t");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The client map of earlier versions: a hash of MAC -> slot.
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    pin_map(&dir.join(MAP_CLIENTS), BPF_MAP_TYPE_HASH, 6, 4, MAX_CLIENTS);
+    let load = attach::load(&dir, "t").map(|_| ()).unwrap_err().to_string();
+    let open = Maps::open(&root, "t").map(|_| ()).unwrap_err().to_string();
+    let _ = std::fs::remove_dir_all(&root);
+    for msg in [load, open] {
+        assert!(
+            msg.contains("do not match") && msg.contains("detach --lan t"),
+            "{msg}"
+        );
+    }
 }

@@ -5,11 +5,13 @@
 //! implementations and parsing/formatting helpers for userspace.
 #![no_std]
 
+pub mod index;
 pub mod mac;
 pub mod maps;
 
 #[cfg(feature = "user")]
 mod user;
 
+pub use index::*;
 pub use mac::MacKey;
 pub use maps::*;

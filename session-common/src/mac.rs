@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-/// A client's Ethernet address, the key of [`crate::MAP_CLIENTS`].
+/// A client's Ethernet address, the key of the client index ([`crate::index`]).
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct MacKey {

@@ -1,16 +1,22 @@
 //! Map names, sizes and value layouts.
 //!
-//! Layout of the per-client state: a hash map `CLIENTS` gives each client MAC a
-//! slot; `COUNTERS` and `POLICY` are slot-indexed, mmap-able arrays, so userspace
-//! reads every client's counters and writes policies without one syscall per entry.
+//! Layout of the per-client state: `CLIENTS` is a hash table of one cache line
+//! per client ([`ClientEntry`], see [`crate::index`]) holding its MAC and slot
+//! and everything a forwarded packet of an allowed client touches. `COUNTERS`
+//! (garden and drops) and `POLICY` (token buckets) are indexed by slot and read
+//! only off that path; `SLOTS` gives a slot's position in `CLIENTS`. All are
+//! mmap-able arrays, so userspace reads every client's counters and writes
+//! policies without one syscall per entry.
 
 use crate::MacKey;
 
 /// Most clients one interface tracks (slots are never reused while pinned).
 pub const MAX_CLIENTS: u32 = 65_536;
 
-/// MAC -> slot (`u32`).
+/// Hash table of [`ClientEntry`] by MAC ([`crate::index`]); mmap-able.
 pub const MAP_CLIENTS: &str = "CLIENTS";
+/// Slot -> its position in `CLIENTS` (`u64`); mmap-able.
+pub const MAP_SLOTS: &str = "SLOTS";
 /// Slot -> [`ClientCounters`]; mmap-able; the kernel adds atomically.
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Slot -> [`ClientPolicy`]; mmap-able; written by userspace.
@@ -42,21 +48,36 @@ pub const STAT_MALFORMED: u32 = 1;
 pub const STAT_EVENTS_LOST: u32 = 2;
 pub const STAT_COUNT: u32 = 4;
 
-/// Per-client counters. All fields are only ever added to with atomic adds.
+/// What the datapath keeps of one client on its fast path, in one cache line:
+/// who it is, what userspace allows it, and its usage.
 ///
 /// Bytes are IP-layer bytes: the IPv4 total length, or the IPv6 payload length
 /// plus 40, of each packet as the kernel handles it (a GRO/GSO aggregate counts
-/// as one packet of its whole length).
-#[repr(C)]
+/// as one packet of its whole length). Counters are only ever added to, with
+/// atomic adds.
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-pub struct ClientCounters {
-    /// The slot's owner; zero while the slot is unused.
-    pub mac: MacKey,
-    pub _pad: [u8; 2],
+pub struct ClientEntry {
+    /// MAC and slot ([`crate::index_key`]); zero while the entry is free.
+    pub key: u64,
+    /// `POLICY_*` bits, written by userspace.
+    pub flags: u32,
+    pub _pad: u32,
+    /// Remaining data budget in bytes when `POLICY_QUOTA` is set; the datapath
+    /// subtracts every packet atomically and drops once it reaches zero.
+    pub budget_bytes: i64,
     pub up_packets: u64,
     pub up_bytes: u64,
     pub down_packets: u64,
     pub down_bytes: u64,
+    pub _reserved: u64,
+}
+
+/// Per-client counters off the fast path, added to atomically (bytes as in
+/// [`ClientEntry`]).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ClientCounters {
     /// Walled-garden traffic of a client that is not allowed (both directions).
     pub garden_packets: u64,
     pub garden_bytes: u64,
@@ -71,19 +92,23 @@ pub struct ClientCounters {
     /// Dropped because the data budget was used up (both directions).
     pub quota_packets: u64,
     pub quota_bytes: u64,
-    pub _reserved: [u64; 2],
+    pub _reserved: u64,
 }
 
-/// `ClientPolicy::flags`: the client may use the network.
+/// `ClientEntry::flags`: the client may use the network.
 pub const POLICY_ALLOWED: u32 = 1;
-/// `ClientPolicy::flags`: `budget_bytes` is enforced.
+/// `ClientEntry::flags`: `budget_bytes` is enforced.
 pub const POLICY_QUOTA: u32 = 2;
-/// `ClientPolicy::flags`: upload is shaped by the client's HTB class on the
+/// `ClientEntry::flags`: upload is shaped by the client's HTB class on the
 /// LAN's IFB device instead of the `up` bucket.
 pub const POLICY_SHAPE_UP: u32 = 4;
-/// `ClientPolicy::flags`: download is shaped by the client's HTB class on the
+/// `ClientEntry::flags`: download is shaped by the client's HTB class on the
 /// LAN instead of the `down` bucket.
 pub const POLICY_SHAPE_DOWN: u32 = 8;
+/// `ClientEntry::flags`: the `up` token bucket in `POLICY` applies.
+pub const POLICY_LIMIT_UP: u32 = 16;
+/// `ClientEntry::flags`: the `down` token bucket in `POLICY` applies.
+pub const POLICY_LIMIT_DOWN: u32 = 32;
 
 /// `ShaperConfig::mode`: speed limits are token-bucket policers in the datapath.
 pub const SHAPER_POLICE: u32 = 0;
@@ -128,16 +153,11 @@ pub struct TokenBucket {
     pub last_ns: u64,
 }
 
-/// What a client may do, written by userspace.
+/// A client's speed limits, written by userspace; a bucket is consulted only
+/// while its `POLICY_LIMIT_*` flag is set in the client's [`ClientEntry`].
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct ClientPolicy {
-    /// `POLICY_*` bits.
-    pub flags: u32,
-    pub _pad: u32,
-    /// Remaining data budget in bytes when `POLICY_QUOTA` is set; the datapath
-    /// subtracts every packet atomically and drops once it reaches zero.
-    pub budget_bytes: i64,
     pub up: TokenBucket,
     pub down: TokenBucket,
 }
@@ -151,6 +171,7 @@ pub struct SlotAllocator {
     pub _pad: u32,
     /// Random, non-zero identity of this set of maps, set by the agent when it
     /// creates them: counters of a different epoch started again from zero.
+    /// It also seeds the index's hash, so no client is indexed while it is 0.
     pub epoch: u64,
 }
 

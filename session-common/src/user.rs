@@ -5,6 +5,7 @@ use crate::*;
 // SAFETY: all these types are `#[repr(C)]`, `Copy`, contain only integers and
 // byte arrays, and have no implicit padding (checked by the size tests below).
 unsafe impl aya::Pod for MacKey {}
+unsafe impl aya::Pod for ClientEntry {}
 unsafe impl aya::Pod for ClientCounters {}
 unsafe impl aya::Pod for ClientPolicy {}
 unsafe impl aya::Pod for SlotAllocator {}
@@ -21,9 +22,11 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<MacKey>(), 6);
-        assert_eq!(size_of::<ClientCounters>(), 8 + 15 * 8);
+        assert_eq!(size_of::<ClientEntry>(), 64);
+        assert_eq!(core::mem::offset_of!(ClientEntry, _reserved), 56);
+        assert_eq!(size_of::<ClientCounters>(), 10 * 8);
         assert_eq!(size_of::<TokenBucket>(), 32);
-        assert_eq!(size_of::<ClientPolicy>(), 16 + 64);
+        assert_eq!(size_of::<ClientPolicy>(), 64);
         assert_eq!(size_of::<SlotAllocator>(), 16);
         assert_eq!(size_of::<GardenKey>(), 20);
         assert_eq!(size_of::<ClientEvent>(), 24);

@@ -21,10 +21,10 @@ use core::intrinsics::{
 };
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::{info, warn};
@@ -35,7 +35,10 @@ use session_common::*;
 pub(crate) const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map(name = "CLIENTS")]
-static CLIENTS: HashMap<MacKey, u32> = HashMap::pinned(MAX_CLIENTS, 0);
+static CLIENTS: Array<ClientEntry> = Array::pinned(INDEX_ENTRIES, BPF_F_MMAPABLE);
+
+#[map(name = "SLOTS")]
+static SLOTS: Array<u64> = Array::pinned(MAX_CLIENTS, BPF_F_MMAPABLE);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: Array<ClientCounters> = Array::pinned(MAX_CLIENTS, BPF_F_MMAPABLE);
@@ -113,16 +116,18 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         Parsed::Malformed(mac) => {
             stat_add(STAT_MALFORMED);
             // Only known clients get the drop attributed: garbage must not take slots.
-            if let Some(slot) = unsafe { CLIENTS.get(&mac) } {
-                if let Some(c) = COUNTERS.get_ptr_mut(*slot) {
-                    add(unsafe { &raw mut (*c).malformed_packets }, 1);
+            if let Some(seed) = index_seed() {
+                if let Probe::Found { slot, .. } = index_find(mac_word(&mac), seed) {
+                    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+                        add(unsafe { &raw mut (*c).malformed_packets }, 1);
+                    }
                 }
             }
             return Verdict::Drop;
         }
         Parsed::Ip(mac, ip) => (mac, ip),
     };
-    let Some(slot) = client_slot(p, &mac) else {
+    let Some((pos, slot)) = client_slot(p, &mac) else {
         // Table full: such a client is never allowed, but keeps the walled garden.
         return if ip.unicast && !garden_passes(&ip.far_end(p, dir)) {
             Verdict::Drop
@@ -130,7 +135,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
             Verdict::Pass
         };
     };
-    let (Some(c), Some(pol)) = (COUNTERS.get_ptr_mut(slot), POLICY.get_ptr_mut(slot)) else {
+    let Some(st) = CLIENTS.get_ptr_mut(pos) else {
         return Verdict::Pass;
     };
     if !ip.unicast {
@@ -138,8 +143,11 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         return Verdict::Pass;
     }
     let len = ip.len as u64;
-    let flags = unsafe { core::ptr::read_volatile(&raw const (*pol).flags) };
+    let flags = unsafe { core::ptr::read_volatile(&raw const (*st).flags) };
     if flags & POLICY_ALLOWED == 0 {
+        let Some(c) = COUNTERS.get_ptr_mut(slot) else {
+            return Verdict::Drop;
+        };
         return if garden_passes(&ip.far_end(p, dir)) {
             add(unsafe { &raw mut (*c).garden_packets }, 1);
             add(unsafe { &raw mut (*c).garden_bytes }, len);
@@ -150,21 +158,33 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
             Verdict::Drop
         };
     }
-    let bucket = match dir {
-        Dir::Up => unsafe { &raw mut (*pol).up },
-        Dir::Down => unsafe { &raw mut (*pol).down },
+    let (shape, limit) = match dir {
+        Dir::Up => (POLICY_SHAPE_UP, POLICY_LIMIT_UP),
+        Dir::Down => (POLICY_SHAPE_DOWN, POLICY_LIMIT_DOWN),
     };
-    let shaped = flags & shape_flag(dir) != 0;
-    if !shaped && !bucket_admits(bucket, len) {
-        add(unsafe { &raw mut (*c).ratelimit_packets }, 1);
-        add(unsafe { &raw mut (*c).ratelimit_bytes }, len);
-        return Verdict::Drop;
+    let shaped = flags & shape != 0;
+    if !shaped && flags & limit != 0 {
+        if let Some(pol) = POLICY.get_ptr_mut(slot) {
+            let bucket = match dir {
+                Dir::Up => unsafe { &raw mut (*pol).up },
+                Dir::Down => unsafe { &raw mut (*pol).down },
+            };
+            if !bucket_admits(bucket, len) {
+                if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+                    add(unsafe { &raw mut (*c).ratelimit_packets }, 1);
+                    add(unsafe { &raw mut (*c).ratelimit_bytes }, len);
+                }
+                return Verdict::Drop;
+            }
+        }
     }
     if flags & POLICY_QUOTA != 0 {
-        match budget_take(p, pol, len) {
+        match budget_take(p, unsafe { &raw mut (*st).budget_bytes }, len) {
             Budget::Refused => {
-                add(unsafe { &raw mut (*c).quota_packets }, 1);
-                add(unsafe { &raw mut (*c).quota_bytes }, len);
+                if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+                    add(unsafe { &raw mut (*c).quota_packets }, 1);
+                    add(unsafe { &raw mut (*c).quota_bytes }, len);
+                }
                 return Verdict::Drop;
             }
             // This packet spent the last of the budget: tell userspace at once.
@@ -174,12 +194,12 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     }
     match dir {
         Dir::Up => {
-            add(unsafe { &raw mut (*c).up_packets }, 1);
-            add(unsafe { &raw mut (*c).up_bytes }, len);
+            add(unsafe { &raw mut (*st).up_packets }, 1);
+            add(unsafe { &raw mut (*st).up_bytes }, len);
         }
         Dir::Down => {
-            add(unsafe { &raw mut (*c).down_packets }, 1);
-            add(unsafe { &raw mut (*c).down_bytes }, len);
+            add(unsafe { &raw mut (*st).down_packets }, 1);
+            add(unsafe { &raw mut (*st).down_bytes }, len);
         }
     }
     if shaped {
@@ -188,21 +208,79 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     Verdict::Pass
 }
 
-/// The policy flag that hands a direction to the HTB shaper.
+/// The hash seed of the index, or `None` before the agent has set it (then no
+/// client is indexed yet).
 #[inline(always)]
-fn shape_flag(dir: Dir) -> u32 {
-    match dir {
-        Dir::Up => POLICY_SHAPE_UP,
-        Dir::Down => POLICY_SHAPE_DOWN,
+fn index_seed() -> Option<u64> {
+    let alloc = SLOT_ALLOC.get_ptr(0)?;
+    match unsafe { core::ptr::read_volatile(&raw const (*alloc).epoch) } {
+        0 => None,
+        seed => Some(seed),
     }
 }
 
-/// The slot of `mac`, taking a new one the first time the MAC is seen.
+/// Walks the index from the MAC's home position (see `session_common::index`).
 #[inline(always)]
-fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<u32> {
-    if let Some(slot) = unsafe { CLIENTS.get(mac) } {
-        return Some(*slot);
+fn index_find(m: u64, seed: u64) -> Probe {
+    let home = index_home(m, seed);
+    for i in 0..INDEX_MAX_PROBES {
+        let pos = index_probe(home, i);
+        let Some(e) = CLIENTS.get_ptr(pos) else {
+            return Probe::Full;
+        };
+        let key = unsafe { core::ptr::read_volatile(&raw const (*e).key) };
+        if key == 0 {
+            return Probe::Free(pos);
+        }
+        if key & INDEX_MAC_MASK == m {
+            return Probe::Found {
+                pos,
+                slot: index_slot(key),
+            };
+        }
     }
+    Probe::Full
+}
+
+/// The position and slot of `mac`, taking a new slot the first time the MAC is seen.
+#[inline(always)]
+fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<(u32, u32)> {
+    let seed = index_seed()?;
+    let m = mac_word(mac);
+    let pos = match index_find(m, seed) {
+        Probe::Found { pos, slot } => return Some((pos, slot)),
+        Probe::Free(pos) if m != 0 => pos,
+        _ => {
+            stat_add(STAT_TABLE_FULL);
+            return None;
+        }
+    };
+    let slot = take_slot(p, mac)?;
+    let back = SLOTS.get_ptr_mut(slot)?;
+    let entry = CLIENTS.get_ptr_mut(pos)?;
+    // Lead the slot to its entry before publishing the entry.
+    unsafe { core::ptr::write_volatile(back, pos as u64) };
+    let (old, won) = unsafe {
+        atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*entry).key, 0, index_key(m, slot))
+    };
+    if won {
+        info!(p, "new client {:mac} in slot {}", mac.addr, slot);
+        emit(EVENT_NEW_CLIENT, slot, mac);
+        return Some((pos, slot));
+    }
+    // Another CPU (or userspace) took the position first; this slot stays
+    // unused (its entry's key names another slot).
+    if old & INDEX_MAC_MASK == m {
+        return Some((pos, index_slot(old)));
+    }
+    // It was another MAC: this packet goes as if the table were full; the next
+    // one walks on past it.
+    None
+}
+
+/// A never-used slot, or `None` (counted) when all are taken.
+#[inline(always)]
+fn take_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<u32> {
     let alloc = SLOT_ALLOC.get_ptr_mut(0)?;
     let next = unsafe { &raw mut (*alloc).next };
     // Check before adding so a full table does not keep counting up (and wrap).
@@ -219,17 +297,7 @@ fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<u32> {
         }
         return None;
     }
-    let c = COUNTERS.get_ptr_mut(slot)?;
-    // Name the slot before publishing it, so readers never see a slot without its MAC.
-    unsafe { (*c).mac = *mac };
-    if CLIENTS.insert(mac, &slot, BPF_NOEXIST as u64).is_ok() {
-        info!(p, "new client {:mac} in slot {}", mac.addr, slot);
-        emit(EVENT_NEW_CLIENT, slot, mac);
-        return Some(slot);
-    }
-    // Another CPU (or userspace) inserted it first: give up this slot, use theirs.
-    unsafe { (*c).mac = MacKey::default() };
-    unsafe { CLIENTS.get(mac) }.copied()
+    Some(slot)
 }
 
 /// Takes a packet from the data budget, which both directions share.
@@ -240,9 +308,8 @@ fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<u32> {
 /// bytes given back: TCP resends them in smaller pieces, the last of which is
 /// one segment. Concurrent CPUs cannot both spend the same bytes.
 #[inline(always)]
-fn budget_take<P: Packet>(p: &P, pol: *mut ClientPolicy, len: u64) -> Budget {
+fn budget_take<P: Packet>(p: &P, budget: *mut i64, len: u64) -> Budget {
     let len = len as i64;
-    let budget = unsafe { &raw mut (*pol).budget_bytes };
     // Used up: refused without the two atomics of taking and giving back.
     if unsafe { core::ptr::read_volatile(budget) } <= 0 {
         return Budget::Refused;

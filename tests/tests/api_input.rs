@@ -82,6 +82,28 @@ fn bad_input_gets_4xx_and_changes_nothing() {
         r.body
     );
 
+    // Addresses no client can send from: a clear 400, nothing created or changed.
+    for mac in [
+        "00:00:00:00:00:00",
+        "01:00:5e:00:00:01",
+        "ff:ff:ff:ff:ff:ff",
+    ] {
+        let r = api.post("/v1/devices", &json!({ "mac": mac }));
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (400, Some("malformed_mac")),
+            "{mac}: {}",
+            r.body
+        );
+        let r = api.post(&format!("/v1/devices/{d}/rekey"), &json!({ "mac": mac }));
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (400, Some("malformed_mac")),
+            "rekey to {mac}: {}",
+            r.body
+        );
+    }
+
     let huge = b"1e400".as_slice();
     let big_int = b"123456789012345678901234567890".as_slice();
     let bodies: Vec<(&str, Vec<u8>)> = vec![

@@ -142,7 +142,9 @@ impl From<AgentError> for ApiError {
         match e {
             AgentError::Model(m) => m.into(),
             AgentError::Store { source, .. } => source.into(),
-            AgentError::BadMac { .. } => Self::bad_request("malformed_mac", e.to_string()),
+            AgentError::BadMac { .. } | AgentError::NotAClientMac(_) => {
+                Self::bad_request("malformed_mac", e.to_string())
+            }
             AgentError::TableFull { .. } => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "table_full", e.to_string())
             }

@@ -19,6 +19,8 @@ use axum::{
 use serde::{de::DeserializeOwned, Deserialize, Deserializer};
 use session_model::{ClientSession, DeviceId, MacAddr, ModelError, SessionId};
 
+use crate::error::AgentError;
+
 use super::{
     events, metrics, neigh,
     views::{ConnectedView, LanView, StatusView},
@@ -352,9 +354,19 @@ struct NewDevice {
     hostname: Option<String>,
 }
 
+/// A MAC a device can have: the datapath meters unicast source addresses only.
+fn client_mac(s: &str) -> Result<MacAddr, ApiError> {
+    let mac = MacAddr::parse(s)?;
+    let key = session_common::MacKey::new(mac.0);
+    if key.is_zero() || key.is_group() {
+        return Err(AgentError::NotAClientMac(key).into());
+    }
+    Ok(mac)
+}
+
 async fn create_device(State(st): St, b: BodyArg) -> Result<Response, ApiError> {
     let b: NewDevice = json(b, None)?;
-    let mac = MacAddr::parse(&b.mac)?;
+    let mac = client_mac(&b.mac)?;
     if b.hostname
         .as_ref()
         .is_some_and(|h| h.chars().count() > MAX_HOSTNAME)
@@ -401,7 +413,7 @@ struct Rekey {
 async fn rekey(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<DeviceView> {
     let id = device_id(&path(id)?)?;
     let b: Rekey = json(b, None)?;
-    let mac = MacAddr::parse(&b.mac)?;
+    let mac = client_mac(&b.mac)?;
     st.gw.sessions().device(id)?;
     if let Ok(other) = st.gw.sessions().device_by_mac(mac) {
         if other.id != id {

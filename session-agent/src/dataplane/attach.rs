@@ -24,7 +24,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use session_common::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS};
+use session_common::*;
 
 use crate::{
     dataplane::{
@@ -104,6 +104,8 @@ pub fn attach(
     std::fs::create_dir_all(&dir)
         .map_err(|e| AgentError::from_io(format!("creating {}", dir.display()), e))?;
     let mut ebpf = load(&dir, iface_name)?;
+    // The epoch seeds the client index: it must be set before any packet is seen.
+    super::Maps::open(pin_root, iface_name)?.ensure_epoch();
     let tc = {
         let egress: &mut SchedClassifier = loaded(&mut ebpf, PROG_TC_EGRESS)?;
         resolve(tc_attach, egress)?
@@ -295,9 +297,56 @@ fn remove_nl(iface_name: &str, hook: TcAttachType) -> Result<()> {
     }
 }
 
+/// The pinned maps whose layout the datapath and the agent share: name,
+/// value size and entries (all are arrays).
+fn shared_layouts() -> [(&'static str, usize, u32); 6] {
+    [
+        (MAP_CLIENTS, size_of::<ClientEntry>(), INDEX_ENTRIES),
+        (MAP_SLOTS, size_of::<u64>(), MAX_CLIENTS),
+        (MAP_COUNTERS, size_of::<ClientCounters>(), MAX_CLIENTS),
+        (MAP_POLICY, size_of::<ClientPolicy>(), MAX_CLIENTS),
+        (MAP_SLOT_ALLOC, size_of::<SlotAllocator>(), 1),
+        (MAP_SHAPER, size_of::<ShaperConfig>(), 1),
+    ]
+}
+
+/// Refuses pins in `dir` made by a version with other map layouts (the
+/// loader would reuse them as they are). No pins at all is fine.
+pub fn check_pins(dir: &Path, iface_name: &str) -> Result<()> {
+    if !dir.join(MAP_CLIENTS).exists() {
+        return Ok(());
+    }
+    let incompatible = |reason: String| AgentError::IncompatiblePins {
+        iface: iface_name.into(),
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    for (name, value_size, entries) in shared_layouts() {
+        let path = dir.join(name);
+        if !path.exists() {
+            return Err(incompatible(format!("no {name} map")));
+        }
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .map_err(|e| AgentError::bpf(format!("reading pinned map {}", path.display()), e))?;
+        let kind = info.map_type().ok();
+        if kind != Some(aya::maps::MapType::Array)
+            || info.value_size() as usize != value_size
+            || info.max_entries() != entries
+        {
+            return Err(incompatible(format!(
+                "{name} is a {kind:?} map of {} entries of {} bytes, expected an array of {entries} entries of {value_size} bytes",
+                info.max_entries(),
+                info.value_size()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Loads the object against the maps pinned in `dir` (creating and pinning
 /// them if absent), without loading or attaching any program.
 pub fn load(dir: &Path, iface_name: &str) -> Result<Ebpf> {
+    check_pins(dir, iface_name)?;
     EbpfLoader::new()
         .default_map_pin_directory(dir)
         .load(OBJECT)

@@ -2,9 +2,12 @@
 
 use std::{
     marker::PhantomData,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    path::Path,
     ptr::NonNull,
 };
+
+use aya::maps::MapData;
 
 use crate::error::{AgentError, Result};
 
@@ -52,6 +55,14 @@ impl<T: Copy> MmapArray<T> {
             bytes,
             _t: PhantomData,
         })
+    }
+
+    /// Maps the first `len` entries of the array pinned as `dir/name`.
+    pub fn open_pin(dir: &Path, name: &str, len: u32) -> Result<Self> {
+        let path = dir.join(name);
+        let data = MapData::from_pin(&path)
+            .map_err(|e| AgentError::bpf(format!("opening pinned map {}", path.display()), e))?;
+        Self::map(data.fd().as_fd(), len, name)
     }
 
     pub fn len(&self) -> u32 {

@@ -7,13 +7,12 @@ pub mod shape;
 pub mod testrun;
 
 use std::{
-    os::fd::AsFd,
     path::{Path, PathBuf},
     sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering},
 };
 
 use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData},
+    maps::{lpm_trie::Key, LpmTrie, MapData},
     Ebpf,
 };
 use serde::Serialize;
@@ -25,9 +24,6 @@ use crate::{
 };
 use mmap::MmapArray;
 use shape::Shaper;
-
-/// Insert only if the key is absent (BPF_NOEXIST).
-const BPF_NOEXIST: u64 = 1;
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/session-agent";
 
@@ -92,19 +88,23 @@ pub struct ClientRow {
     pub blocked_packets: u64,
     pub malformed_packets: u64,
     pub ratelimit_packets: u64,
+    pub ratelimit_bytes: u64,
     pub quota_packets: u64,
+    pub quota_bytes: u64,
 }
 
 /// The pinned maps of one interface, opened from bpffs (works from any process).
 pub struct Maps {
     pub iface: String,
     pub dir: PathBuf,
+    /// The client table (by MAC, see `session_common::index`).
+    clients: MmapArray<ClientEntry>,
+    /// Slot -> position in `clients`.
+    slots: MmapArray<u64>,
     counters: MmapArray<ClientCounters>,
     policy: MmapArray<ClientPolicy>,
     alloc: MmapArray<SlotAllocator>,
-    /// Absent in pins made before shaping existed (then: policing).
-    shaper: Option<MmapArray<ShaperConfig>>,
-    clients: HashMap<MapData, MacKey, u32>,
+    shaper: MmapArray<ShaperConfig>,
 }
 
 impl Maps {
@@ -116,47 +116,25 @@ impl Maps {
                 dir,
             });
         }
-        let open = |name: &str| {
-            MapData::from_pin(dir.join(name)).map_err(|e| {
-                AgentError::bpf(
-                    format!("opening pinned map {}", dir.join(name).display()),
-                    e,
-                )
-            })
-        };
-        let counters_map = open(MAP_COUNTERS)?;
-        let policy_map = open(MAP_POLICY)?;
-        let alloc_map = open(MAP_SLOT_ALLOC)?;
-        let counters = MmapArray::map(counters_map.fd().as_fd(), MAX_CLIENTS, MAP_COUNTERS)?;
-        let policy = MmapArray::map(policy_map.fd().as_fd(), MAX_CLIENTS, MAP_POLICY)?;
-        let alloc = MmapArray::map(alloc_map.fd().as_fd(), 1, MAP_SLOT_ALLOC)?;
-        let clients = HashMap::try_from(Map::HashMap(open(MAP_CLIENTS)?))
-            .map_err(|e| AgentError::bpf("opening the client map", e))?;
-        let shaper = if dir.join(MAP_SHAPER).exists() {
-            let m = open(MAP_SHAPER)?;
-            Some(MmapArray::map(m.fd().as_fd(), 1, MAP_SHAPER)?)
-        } else {
-            None
-        };
+        attach::check_pins(&dir, iface)?;
         Ok(Self {
             iface: iface.into(),
+            clients: MmapArray::open_pin(&dir, MAP_CLIENTS, INDEX_ENTRIES)?,
+            slots: MmapArray::open_pin(&dir, MAP_SLOTS, MAX_CLIENTS)?,
+            counters: MmapArray::open_pin(&dir, MAP_COUNTERS, MAX_CLIENTS)?,
+            policy: MmapArray::open_pin(&dir, MAP_POLICY, MAX_CLIENTS)?,
+            alloc: MmapArray::open_pin(&dir, MAP_SLOT_ALLOC, 1)?,
+            shaper: MmapArray::open_pin(&dir, MAP_SHAPER, 1)?,
             dir,
-            counters,
-            policy,
-            alloc,
-            shaper,
-            clients,
         })
     }
 
     /// How this LAN's speed limits are enforced, as the agent last set it up.
     pub fn shaper(&self) -> Shaper {
-        match &self.shaper {
-            Some(s) => Shaper::from_mode(
-                unsafe { AtomicU32::from_ptr(&raw mut (*s.entry(0)).mode) }.load(Ordering::SeqCst),
-            ),
-            None => Shaper::Police,
-        }
+        Shaper::from_mode(
+            unsafe { AtomicU32::from_ptr(&raw mut (*self.shaper.entry(0)).mode) }
+                .load(Ordering::SeqCst),
+        )
     }
 
     /// Switches the LAN to `mode` (called by the agent once the devices are
@@ -165,47 +143,35 @@ impl Maps {
     /// (again) from the rates kept in the policy, or the token buckets take
     /// over from the classes.
     pub fn set_shaper(&self, mode: Shaper, ifb_ifindex: u32) -> Result<()> {
-        let Some(s) = &self.shaper else {
-            return match mode {
-                Shaper::Police => Ok(()),
-                Shaper::Htb => Err(AgentError::IncompatiblePins {
-                    iface: self.iface.clone(),
-                    dir: self.dir.clone(),
-                    reason: format!("no {MAP_SHAPER} map"),
-                }),
-            };
-        };
-        let cfg = s.entry(0);
+        let cfg = self.shaper.entry(0);
         unsafe { AtomicU32::from_ptr(&raw mut (*cfg).ifb_ifindex) }
             .store(ifb_ifindex, Ordering::SeqCst);
         unsafe { AtomicU32::from_ptr(&raw mut (*cfg).mode) }.store(mode.mode(), Ordering::SeqCst);
         let mut classes = Vec::new();
         let mut to_flag = Vec::new();
         for slot in 0..self.slots_used() {
-            let p = self.policy.get(slot);
             match mode {
                 Shaper::Htb => {
-                    for (flag, b, dev) in self.directions(slot) {
-                        let rate = unsafe { std::ptr::read_volatile(&raw const (*b).rate_bytes) };
+                    for d in self.directions(slot) {
+                        let rate =
+                            unsafe { std::ptr::read_volatile(&raw const (*d.bucket).rate_bytes) };
                         if let Some(classid) = shape_classid(slot).filter(|_| rate > 0) {
                             classes.push(shape::Class {
-                                dev,
+                                dev: d.dev,
                                 classid,
                                 rate_bytes: rate,
                             });
-                            to_flag.push((slot, flag));
+                            to_flag.push((slot, d.shape));
                         }
                     }
                 }
                 Shaper::Police => {
-                    if p.flags & (POLICY_SHAPE_UP | POLICY_SHAPE_DOWN) != 0 {
-                        let pp = self.policy.entry(slot);
-                        unsafe {
-                            set_bucket(&raw mut (*pp).up, limit_of(&p.up));
-                            set_bucket(&raw mut (*pp).down, limit_of(&p.down));
+                    if self.flags_of(slot) & (POLICY_SHAPE_UP | POLICY_SHAPE_DOWN) != 0 {
+                        for d in self.directions(slot) {
+                            let limit = limit_of(&unsafe { std::ptr::read_volatile(d.bucket) });
+                            self.set_bucket(slot, &d, limit);
+                            self.flags(slot).fetch_and(!d.shape, Ordering::SeqCst);
                         }
-                        self.flags(slot)
-                            .fetch_and(!(POLICY_SHAPE_UP | POLICY_SHAPE_DOWN), Ordering::SeqCst);
                     }
                 }
             }
@@ -218,18 +184,48 @@ impl Maps {
         Ok(())
     }
 
-    /// Per direction of `slot`: its shaping flag, its bucket and the device its class is on.
-    fn directions(&self, slot: u32) -> [(u32, *mut TokenBucket, String); 2] {
+    /// Both directions of `slot`: upload, then download.
+    fn directions(&self, slot: u32) -> [Direction; 2] {
         let p = self.policy.entry(slot);
         unsafe {
             [
-                (
-                    POLICY_SHAPE_UP,
-                    &raw mut (*p).up,
-                    shape::ifb_name(&self.iface),
-                ),
-                (POLICY_SHAPE_DOWN, &raw mut (*p).down, self.iface.clone()),
+                Direction {
+                    shape: POLICY_SHAPE_UP,
+                    limit: POLICY_LIMIT_UP,
+                    bucket: &raw mut (*p).up,
+                    dev: shape::ifb_name(&self.iface),
+                },
+                Direction {
+                    shape: POLICY_SHAPE_DOWN,
+                    limit: POLICY_LIMIT_DOWN,
+                    bucket: &raw mut (*p).down,
+                    dev: self.iface.clone(),
+                },
             ]
+        }
+    }
+
+    /// Publishes a token bucket: its flag goes off before the bucket changes
+    /// and on (for a limit) once it is complete, so the datapath never uses a
+    /// half-written bucket.
+    fn set_bucket(&self, slot: u32, d: &Direction, limit: RateLimit) {
+        if limit.rate_bytes == 0 && self.flags_of(slot) & d.limit == 0 {
+            // Unlimited already: the bucket is not read, so it is not written
+            // either (nor its page brought into this process).
+            return;
+        }
+        self.flags(slot).fetch_and(!d.limit, Ordering::SeqCst);
+        let b = d.bucket;
+        unsafe {
+            AtomicU64::from_ptr(&raw mut (*b).rate_bytes).store(limit.rate_bytes, Ordering::SeqCst);
+            AtomicU64::from_ptr(&raw mut (*b).burst_bytes)
+                .store(limit.burst_bytes, Ordering::SeqCst);
+            AtomicI64::from_ptr(&raw mut (*b).tokens)
+                .store(limit.burst_bytes as i64, Ordering::SeqCst);
+            AtomicU64::from_ptr(&raw mut (*b).last_ns).store(ktime_ns(), Ordering::SeqCst);
+        }
+        if limit.rate_bytes > 0 {
+            self.flags(slot).fetch_or(d.limit, Ordering::SeqCst);
         }
     }
 
@@ -289,127 +285,203 @@ impl Maps {
     /// The counters and policy of every client, read from shared memory (no syscalls).
     pub fn snapshot(&self) -> Vec<ClientRow> {
         (0..self.slots_used())
-            .filter_map(|slot| {
-                let c = self.counters.get(slot);
-                (!c.mac.is_zero()).then(|| self.row(slot, &c))
-            })
+            .filter_map(|slot| self.client(slot))
             .collect()
     }
 
-    fn row(&self, slot: u32, c: &ClientCounters) -> ClientRow {
-        let p = self.policy.get(slot);
-        ClientRow {
+    /// The slot's client as operators see it, or `None` while the slot is unused.
+    pub fn client(&self, slot: u32) -> Option<ClientRow> {
+        let e = self.clients.get(self.position(slot)?);
+        let c = self.counters.get(slot);
+        Some(ClientRow {
             lan: self.iface.clone(),
-            mac: c.mac.to_string(),
+            mac: index_mac(e.key).to_string(),
             slot,
-            allowed: p.flags & POLICY_ALLOWED != 0,
-            up_bytes: c.up_bytes,
-            up_packets: c.up_packets,
-            down_bytes: c.down_bytes,
-            down_packets: c.down_packets,
+            allowed: e.flags & POLICY_ALLOWED != 0,
+            up_bytes: e.up_bytes,
+            up_packets: e.up_packets,
+            down_bytes: e.down_bytes,
+            down_packets: e.down_packets,
             garden_bytes: c.garden_bytes,
             garden_packets: c.garden_packets,
             blocked_bytes: c.blocked_bytes,
             blocked_packets: c.blocked_packets,
             malformed_packets: c.malformed_packets,
             ratelimit_packets: c.ratelimit_packets,
+            ratelimit_bytes: c.ratelimit_bytes,
             quota_packets: c.quota_packets,
+            quota_bytes: c.quota_bytes,
+        })
+    }
+
+    /// The key of the table entry at `pos`.
+    fn key(&self, pos: u32) -> &AtomicU64 {
+        unsafe { AtomicU64::from_ptr(&raw mut (*self.clients.entry(pos)).key) }
+    }
+
+    /// Where the slot's entry is, or `None` while the slot is unused (never
+    /// taken, or given up after losing a race for its entry).
+    fn position(&self, slot: u32) -> Option<u32> {
+        if slot >= self.slots_used() {
+            return None;
         }
+        let pos = unsafe { AtomicU64::from_ptr(self.slots.entry(slot)) }.load(Ordering::Acquire);
+        let pos = u32::try_from(pos).ok().filter(|p| *p < INDEX_ENTRIES)?;
+        let key = self.key(pos).load(Ordering::Acquire);
+        (key != 0 && index_slot(key) == slot).then_some(pos)
+    }
+
+    /// The slot's entry; `slot` comes from [`Maps::slot_of`] or [`Maps::ensure_slot`].
+    fn entry(&self, slot: u32) -> *mut ClientEntry {
+        let pos = self
+            .position(slot)
+            .unwrap_or_else(|| panic!("slot {slot} of {} has no entry", self.iface));
+        self.clients.entry(pos)
+    }
+
+    /// Walks the table as the datapath does (see `session_common::index`).
+    fn probe(&self, m: u64, seed: u64) -> Probe {
+        let home = index_home(m, seed);
+        for i in 0..INDEX_MAX_PROBES {
+            let pos = index_probe(home, i);
+            match self.key(pos).load(Ordering::Acquire) {
+                0 => return Probe::Free(pos),
+                key if key & INDEX_MAC_MASK == m => {
+                    return Probe::Found {
+                        pos,
+                        slot: index_slot(key),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Probe::Full
     }
 
     pub fn slot_of(&self, mac: &MacKey) -> Option<u32> {
-        self.clients.get(mac, 0).ok()
+        match self.epoch() {
+            0 => None,
+            seed => match self.probe(mac_word(mac), seed) {
+                Probe::Found { slot, .. } => Some(slot),
+                _ => None,
+            },
+        }
     }
 
     /// The client's slot, taking a new one (as the datapath would) if it has none yet.
     pub fn ensure_slot(&mut self, mac: &MacKey) -> Result<u32> {
-        if let Some(slot) = self.slot_of(mac) {
-            return Ok(slot);
+        if mac.is_zero() {
+            return Err(AgentError::NotAClientMac(*mac));
         }
-        let next = unsafe { AtomicU32::from_ptr(&raw mut (*self.alloc.entry(0)).next) };
-        if next.load(Ordering::Relaxed) >= MAX_CLIENTS {
-            return Err(AgentError::TableFull {
-                iface: self.iface.clone(),
-                max: MAX_CLIENTS,
-            });
-        }
-        let slot = next.fetch_add(1, Ordering::SeqCst);
-        if slot >= MAX_CLIENTS {
-            return Err(AgentError::TableFull {
-                iface: self.iface.clone(),
-                max: MAX_CLIENTS,
-            });
-        }
-        unsafe { (*self.counters.entry(slot)).mac = *mac };
-        match self.clients.insert(mac, slot, BPF_NOEXIST) {
-            Ok(()) => Ok(slot),
-            Err(e) => {
-                // Lost a race with the datapath: use its slot, release the name of ours.
-                unsafe { (*self.counters.entry(slot)).mac = MacKey::default() };
-                self.slot_of(mac)
-                    .ok_or_else(|| AgentError::bpf(format!("adding client {mac}"), e))
+        let seed = self.ensure_epoch();
+        let m = mac_word(mac);
+        let full = || AgentError::TableFull {
+            iface: self.iface.clone(),
+            max: MAX_CLIENTS,
+        };
+        let mut taken = None;
+        loop {
+            // A slot taken and then not needed (the datapath indexed the MAC
+            // meanwhile) stays unused, as the datapath leaves its own.
+            let pos = match self.probe(m, seed) {
+                Probe::Found { slot, .. } => return Ok(slot),
+                Probe::Free(pos) => pos,
+                Probe::Full => return Err(full()),
+            };
+            let slot = match taken {
+                Some(s) => s,
+                None => {
+                    let next = unsafe { AtomicU32::from_ptr(&raw mut (*self.alloc.entry(0)).next) };
+                    if next.load(Ordering::Relaxed) >= MAX_CLIENTS {
+                        return Err(full());
+                    }
+                    let slot = next.fetch_add(1, Ordering::SeqCst);
+                    if slot >= MAX_CLIENTS {
+                        return Err(full());
+                    }
+                    taken = Some(slot);
+                    slot
+                }
+            };
+            // Lead the slot to its entry before publishing the entry, as the datapath does.
+            unsafe { AtomicU64::from_ptr(self.slots.entry(slot)) }
+                .store(pos as u64, Ordering::Release);
+            if self
+                .key(pos)
+                .compare_exchange(0, index_key(m, slot), Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return Ok(slot);
             }
+            // Someone took that position: walk again.
         }
-    }
-
-    /// Direct access to the counter array, for pollers that read every slot.
-    pub fn counters_array(&self) -> &MmapArray<ClientCounters> {
-        &self.counters
     }
 
     fn flags(&self, slot: u32) -> &AtomicU32 {
-        unsafe { AtomicU32::from_ptr(&raw mut (*self.policy.entry(slot)).flags) }
+        unsafe { AtomicU32::from_ptr(&raw mut (*self.entry(slot)).flags) }
     }
 
-    /// A copy of the slot's counters.
-    pub fn counters(&self, slot: u32) -> ClientCounters {
-        self.counters.get(slot)
+    /// The slot's `POLICY_*` flags.
+    pub fn flags_of(&self, slot: u32) -> u32 {
+        self.flags(slot).load(Ordering::SeqCst)
+    }
+
+    /// Adds to the slot's upload counters as a packet would (for load generators).
+    pub fn add_up_bytes(&self, slot: u32, bytes: u64) {
+        let e = self.entry(slot);
+        unsafe { AtomicU64::from_ptr(&raw mut (*e).up_bytes) }.fetch_add(bytes, Ordering::SeqCst);
     }
 
     /// Up plus down bytes of the slot: the client's usage meter.
     pub fn usage_bytes(&self, slot: u32) -> u64 {
-        let c = self.counters.entry(slot);
+        let c = self.entry(slot);
         unsafe {
             std::ptr::read_volatile(&raw const (*c).up_bytes)
                 + std::ptr::read_volatile(&raw const (*c).down_bytes)
         }
     }
 
-    /// A copy of the slot's policy.
+    /// A copy of the slot's token buckets.
     pub fn policy(&self, slot: u32) -> ClientPolicy {
         self.policy.get(slot)
+    }
+
+    /// The data budget the datapath is spending (meaningful under `POLICY_QUOTA`).
+    pub fn budget(&self, slot: u32) -> i64 {
+        self.budget_cell(slot).load(Ordering::SeqCst)
+    }
+
+    fn budget_cell(&self, slot: u32) -> &AtomicI64 {
+        unsafe { AtomicI64::from_ptr(&raw mut (*self.entry(slot)).budget_bytes) }
     }
 
     /// Sets both speed limits: token buckets (which start full), or in HTB
     /// mode the slot's classes (the rates are kept in the buckets too, unused).
     pub fn set_rates(&self, slot: u32, up: RateLimit, down: RateLimit) -> Result<()> {
         let htb = self.shaper() == Shaper::Htb;
-        for ((flag, b, dev), limit) in self.directions(slot).into_iter().zip([up, down]) {
-            let shaped = self.flags(slot).load(Ordering::SeqCst) & flag != 0;
+        for (d, limit) in self.directions(slot).into_iter().zip([up, down]) {
+            let shaped = self.flags_of(slot) & d.shape != 0;
             match shape_classid(slot).filter(|_| htb && limit.rate_bytes > 0) {
                 Some(id) => {
-                    let same = unsafe {
-                        std::ptr::read_volatile(&raw const (*b).rate_bytes) == limit.rate_bytes
-                            && std::ptr::read_volatile(&raw const (*b).burst_bytes)
-                                == limit.burst_bytes
-                    };
+                    let same = limit_of(&unsafe { std::ptr::read_volatile(d.bucket) }) == limit;
                     if shaped && same {
                         continue;
                     }
                     shape::set_class(&shape::Class {
-                        dev,
+                        dev: d.dev.clone(),
                         classid: id,
                         rate_bytes: limit.rate_bytes,
                     })?;
-                    unsafe { set_bucket(b, limit) };
-                    self.flags(slot).fetch_or(flag, Ordering::SeqCst);
+                    self.flags(slot).fetch_or(d.shape, Ordering::SeqCst);
+                    // Kept for a switch back to policing; unused while shaped.
+                    self.set_bucket(slot, &d, limit);
                 }
                 None => {
-                    unsafe { set_bucket(b, limit) };
-                    self.flags(slot).fetch_and(!flag, Ordering::SeqCst);
+                    self.set_bucket(slot, &d, limit);
+                    self.flags(slot).fetch_and(!d.shape, Ordering::SeqCst);
                     if shaped {
                         if let Some(id) = shape_classid(slot) {
-                            shape::del_class(&dev, id)?;
+                            shape::del_class(&d.dev, id)?;
                         }
                     }
                 }
@@ -421,11 +493,9 @@ impl Maps {
     /// Starts enforcing a data budget of `bytes` (the datapath drops once it is
     /// used up), or stops enforcing any with `None`.
     pub fn set_budget(&self, slot: u32, bytes: Option<i64>) {
-        let p = self.policy.entry(slot);
         match bytes {
             Some(b) => {
-                unsafe { AtomicI64::from_ptr(&raw mut (*p).budget_bytes) }
-                    .store(b, Ordering::SeqCst);
+                self.budget_cell(slot).store(b, Ordering::SeqCst);
                 self.flags(slot).fetch_or(POLICY_QUOTA, Ordering::SeqCst);
             }
             None => {
@@ -437,10 +507,7 @@ impl Maps {
     /// Adds `delta` bytes to the budget the datapath is spending (negative takes
     /// away); exact even while packets are being counted.
     pub fn add_budget(&self, slot: u32, delta: i64) -> i64 {
-        let p = self.policy.entry(slot);
-        unsafe { AtomicI64::from_ptr(&raw mut (*p).budget_bytes) }
-            .fetch_add(delta, Ordering::SeqCst)
-            + delta
+        self.budget_cell(slot).fetch_add(delta, Ordering::SeqCst) + delta
     }
 
     /// Lets the client through (or stops it), effective with the next packet.
@@ -456,23 +523,15 @@ impl Maps {
     }
 }
 
-/// Publishes a bucket: depth and tokens first, the rate last, because the
-/// datapath reads the rate to decide whether the bucket applies at all.
-///
-/// # Safety
-/// `b` points into the mmap-ed policy array.
-unsafe fn set_bucket(b: *mut TokenBucket, limit: RateLimit) {
-    let rate = unsafe { AtomicU64::from_ptr(&raw mut (*b).rate_bytes) };
-    if limit.rate_bytes == 0 {
-        rate.store(0, Ordering::SeqCst);
-        return;
-    }
-    unsafe {
-        AtomicU64::from_ptr(&raw mut (*b).burst_bytes).store(limit.burst_bytes, Ordering::SeqCst);
-        AtomicI64::from_ptr(&raw mut (*b).tokens).store(limit.burst_bytes as i64, Ordering::SeqCst);
-        AtomicU64::from_ptr(&raw mut (*b).last_ns).store(ktime_ns(), Ordering::SeqCst);
-    }
-    rate.store(limit.rate_bytes, Ordering::SeqCst);
+/// One direction of a slot's speed limit.
+struct Direction {
+    /// `POLICY_SHAPE_*`: the HTB class enforces it.
+    shape: u32,
+    /// `POLICY_LIMIT_*`: the token bucket enforces it.
+    limit: u32,
+    bucket: *mut TokenBucket,
+    /// The device the direction's HTB class is on.
+    dev: String,
 }
 
 /// The limit a bucket holds.

@@ -76,6 +76,8 @@ impl ProgramHarness {
             .map_err(|e| AgentError::bpf(format!("loading {PROG_XDP_INGRESS}"), e))?;
         write_garden(&mut ebpf, garden)?;
         let maps = Maps::open(root, "t")?;
+        // As `attach` does: the datapath indexes clients once the epoch seeds its hash.
+        maps.ensure_epoch();
         Ok((ebpf, maps))
     }
 

@@ -360,7 +360,7 @@ fn datapath_bench(name: &str, opts: &Opts, both: bool) -> Result<(Vec<Measuremen
         ],
         _ => vec![
             "The agent's gateway loop on a hybrid store with every device connected, in a fresh process that opens the store and the pinned maps as a restarted daemon does: a poll with no new traffic (idle; it still charges a second of time to every session when one has passed), a poll after every device sent 1,500 bytes (all charged), and the commit that writes every device's charged usage to the store's log, which the daemon does once per `--commit-ms` (1 s), not per poll.".into(),
-            "Resident memory is the process's VmRSS after those polls and commits; it includes the pinned counter and policy arrays mapped from the kernel (about 13 MiB at any number of clients).".into(),
+            "Resident memory is the process's VmRSS after those polls and commits; it includes the pages of the pinned client table mapped from the kernel that the polls read (8 MiB at either number of clients: one table entry per client, spread over the whole table by the hash) and of the slot array (8 bytes per client).".into(),
         ],
     };
     Ok((ms, notes))
