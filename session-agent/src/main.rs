@@ -319,7 +319,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Clients { lan, json, pins } => {
             let mut rows = Vec::new();
             for iface in interfaces(&pins.pin_root, lan)? {
-                rows.extend(Maps::open(&pins.pin_root, &iface)?.snapshot());
+                rows.extend(Maps::open(&pins.pin_root, &iface)?.snapshot()?);
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);

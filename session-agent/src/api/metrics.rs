@@ -88,7 +88,10 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
 
     let mut per_lan = Vec::new();
     for lan in st.gw.lans() {
-        let mut rows = lan.maps.lock().map(|m| m.snapshot()).unwrap_or_default();
+        let mut rows = match lan.maps.lock() {
+            Ok(m) => m.snapshot()?,
+            Err(_) => Vec::new(),
+        };
         rows.sort_by_key(|r| std::cmp::Reverse(r.up_bytes.saturating_add(r.down_bytes)));
         let total = rows.len();
         rows.truncate(top);

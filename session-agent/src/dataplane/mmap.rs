@@ -11,12 +11,20 @@ use aya::maps::MapData;
 
 use crate::error::{AgentError, Result};
 
-/// An mmap of a BPF array whose values are `T`: reads and writes need no syscall.
+/// An mmap of (a range of) a BPF array whose values are `T`: reads and writes
+/// need no syscall.
 ///
 /// The kernel updates the memory concurrently, so values are only accessed
 /// through raw pointers (volatile copies, atomics), never through references.
+/// The kernel maps every page of the range at once, so a mapping counts fully
+/// towards the process's resident memory: arrays read only now and then are
+/// mapped for that moment ([`MmapArray::map_range`]).
 pub struct MmapArray<T> {
-    ptr: NonNull<T>,
+    /// Start of the mapping (page aligned).
+    base: NonNull<u8>,
+    /// Index of the first entry in range, and its byte offset from `base`.
+    first: u32,
+    skew: usize,
     len: u32,
     bytes: usize,
     _t: PhantomData<T>,
@@ -29,10 +37,19 @@ unsafe impl<T> Sync for MmapArray<T> {}
 impl<T: Copy> MmapArray<T> {
     /// Maps `len` entries of the array map behind `fd`.
     pub fn map(fd: BorrowedFd<'_>, len: u32, what: &str) -> Result<Self> {
+        Self::map_range(fd, 0, len, what)
+    }
+
+    /// Maps entries `first..first + len` of the array map behind `fd` (the
+    /// pages that hold them).
+    pub fn map_range(fd: BorrowedFd<'_>, first: u32, len: u32, what: &str) -> Result<Self> {
         // The kernel lays the values out at 8-byte strides; our types are already multiples of 8.
         const { assert!(size_of::<T>().is_multiple_of(8)) };
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let bytes = (size_of::<T>() * len as usize).div_ceil(page) * page;
+        let start = size_of::<T>() * first as usize;
+        let offset = start / page * page;
+        let end = (start + size_of::<T>() * len.max(1) as usize).div_ceil(page) * page;
+        let bytes = end - offset;
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -40,7 +57,7 @@ impl<T: Copy> MmapArray<T> {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
-                0,
+                offset as libc::off_t,
             )
         };
         if p == libc::MAP_FAILED {
@@ -50,7 +67,9 @@ impl<T: Copy> MmapArray<T> {
             ));
         }
         Ok(Self {
-            ptr: NonNull::new(p.cast()).unwrap(),
+            base: NonNull::new(p.cast()).unwrap(),
+            first,
+            skew: start - offset,
             len,
             bytes,
             _t: PhantomData,
@@ -59,10 +78,7 @@ impl<T: Copy> MmapArray<T> {
 
     /// Maps the first `len` entries of the array pinned as `dir/name`.
     pub fn open_pin(dir: &Path, name: &str, len: u32) -> Result<Self> {
-        let path = dir.join(name);
-        let data = MapData::from_pin(&path)
-            .map_err(|e| AgentError::bpf(format!("opening pinned map {}", path.display()), e))?;
-        Self::map(data.fd().as_fd(), len, name)
+        Self::map(open_pinned(dir, name)?.fd().as_fd(), len, name)
     }
 
     pub fn len(&self) -> u32 {
@@ -73,10 +89,16 @@ impl<T: Copy> MmapArray<T> {
         self.len == 0
     }
 
-    /// Pointer to entry `i`; panics when out of range.
+    /// Pointer to entry `i` (an index into the whole array); panics when out of range.
     pub fn entry(&self, i: u32) -> *mut T {
-        assert!(i < self.len, "index {i} out of {}", self.len);
-        unsafe { self.ptr.as_ptr().add(i as usize) }
+        assert!(
+            i >= self.first && i - self.first < self.len,
+            "index {i} outside {}..{}",
+            self.first,
+            self.first + self.len
+        );
+        let at = self.skew + (i - self.first) as usize * size_of::<T>();
+        unsafe { self.base.as_ptr().add(at).cast() }
     }
 
     /// A copy of entry `i` (fields may be mid-update individually, never torn within a u64).
@@ -87,6 +109,13 @@ impl<T: Copy> MmapArray<T> {
 
 impl<T> Drop for MmapArray<T> {
     fn drop(&mut self) {
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
+}
+
+/// The map pinned as `dir/name`.
+pub fn open_pinned(dir: &Path, name: &str) -> Result<MapData> {
+    let path = dir.join(name);
+    MapData::from_pin(&path)
+        .map_err(|e| AgentError::bpf(format!("opening pinned map {}", path.display()), e))
 }

@@ -7,6 +7,7 @@ pub mod shape;
 pub mod testrun;
 
 use std::{
+    os::fd::AsFd,
     path::{Path, PathBuf},
     sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering},
 };
@@ -101,8 +102,10 @@ pub struct Maps {
     clients: MmapArray<ClientEntry>,
     /// Slot -> position in `clients`.
     slots: MmapArray<u64>,
-    counters: MmapArray<ClientCounters>,
-    policy: MmapArray<ClientPolicy>,
+    /// Slot -> garden and drop counters; mapped only while read (see [`MmapArray`]).
+    counters: MapData,
+    /// Slot -> token buckets; mapped only while read or written.
+    policy: MapData,
     alloc: MmapArray<SlotAllocator>,
     shaper: MmapArray<ShaperConfig>,
 }
@@ -121,8 +124,8 @@ impl Maps {
             iface: iface.into(),
             clients: MmapArray::open_pin(&dir, MAP_CLIENTS, INDEX_ENTRIES)?,
             slots: MmapArray::open_pin(&dir, MAP_SLOTS, MAX_CLIENTS)?,
-            counters: MmapArray::open_pin(&dir, MAP_COUNTERS, MAX_CLIENTS)?,
-            policy: MmapArray::open_pin(&dir, MAP_POLICY, MAX_CLIENTS)?,
+            counters: mmap::open_pinned(&dir, MAP_COUNTERS)?,
+            policy: mmap::open_pinned(&dir, MAP_POLICY)?,
             alloc: MmapArray::open_pin(&dir, MAP_SLOT_ALLOC, 1)?,
             shaper: MmapArray::open_pin(&dir, MAP_SHAPER, 1)?,
             dir,
@@ -149,10 +152,12 @@ impl Maps {
         unsafe { AtomicU32::from_ptr(&raw mut (*cfg).mode) }.store(mode.mode(), Ordering::SeqCst);
         let mut classes = Vec::new();
         let mut to_flag = Vec::new();
-        for slot in 0..self.slots_used() {
+        let used = self.slots_used();
+        let pol = self.policies(0, used)?;
+        for slot in 0..used {
             match mode {
                 Shaper::Htb => {
-                    for d in self.directions(slot) {
+                    for d in self.directions(&pol, slot) {
                         let rate =
                             unsafe { std::ptr::read_volatile(&raw const (*d.bucket).rate_bytes) };
                         if let Some(classid) = shape_classid(slot).filter(|_| rate > 0) {
@@ -167,7 +172,7 @@ impl Maps {
                 }
                 Shaper::Police => {
                     if self.flags_of(slot) & (POLICY_SHAPE_UP | POLICY_SHAPE_DOWN) != 0 {
-                        for d in self.directions(slot) {
+                        for d in self.directions(&pol, slot) {
                             let limit = limit_of(&unsafe { std::ptr::read_volatile(d.bucket) });
                             self.set_bucket(slot, &d, limit);
                             self.flags(slot).fetch_and(!d.shape, Ordering::SeqCst);
@@ -184,9 +189,14 @@ impl Maps {
         Ok(())
     }
 
-    /// Both directions of `slot`: upload, then download.
-    fn directions(&self, slot: u32) -> [Direction; 2] {
-        let p = self.policy.entry(slot);
+    /// Maps the token buckets of slots `first..first + len`.
+    fn policies(&self, first: u32, len: u32) -> Result<MmapArray<ClientPolicy>> {
+        MmapArray::map_range(self.policy.fd().as_fd(), first, len, MAP_POLICY)
+    }
+
+    /// Both directions of `slot` (whose buckets `pol` maps): upload, then download.
+    fn directions(&self, pol: &MmapArray<ClientPolicy>, slot: u32) -> [Direction; 2] {
+        let p = pol.entry(slot);
         unsafe {
             [
                 Direction {
@@ -282,17 +292,28 @@ impl Maps {
         self.alloc.get(0).next.min(MAX_CLIENTS)
     }
 
-    /// The counters and policy of every client, read from shared memory (no syscalls).
-    pub fn snapshot(&self) -> Vec<ClientRow> {
-        (0..self.slots_used())
-            .filter_map(|slot| self.client(slot))
-            .collect()
+    /// The counters and policy of every client, read from shared memory.
+    pub fn snapshot(&self) -> Result<Vec<ClientRow>> {
+        let used = self.slots_used();
+        let counters = self.all_counters(0, used)?;
+        Ok((0..used)
+            .filter_map(|slot| self.row(slot, &counters))
+            .collect())
     }
 
     /// The slot's client as operators see it, or `None` while the slot is unused.
-    pub fn client(&self, slot: u32) -> Option<ClientRow> {
+    pub fn client(&self, slot: u32) -> Result<Option<ClientRow>> {
+        Ok(self.row(slot, &self.all_counters(slot, 1)?))
+    }
+
+    /// Maps the garden and drop counters of slots `first..first + len`.
+    fn all_counters(&self, first: u32, len: u32) -> Result<MmapArray<ClientCounters>> {
+        MmapArray::map_range(self.counters.fd().as_fd(), first, len, MAP_COUNTERS)
+    }
+
+    fn row(&self, slot: u32, counters: &MmapArray<ClientCounters>) -> Option<ClientRow> {
         let e = self.clients.get(self.position(slot)?);
-        let c = self.counters.get(slot);
+        let c = counters.get(slot);
         Some(ClientRow {
             lan: self.iface.clone(),
             mac: index_mac(e.key).to_string(),
@@ -442,8 +463,8 @@ impl Maps {
     }
 
     /// A copy of the slot's token buckets.
-    pub fn policy(&self, slot: u32) -> ClientPolicy {
-        self.policy.get(slot)
+    pub fn policy(&self, slot: u32) -> Result<ClientPolicy> {
+        Ok(self.policies(slot, 1)?.get(slot))
     }
 
     /// The data budget the datapath is spending (meaningful under `POLICY_QUOTA`).
@@ -458,8 +479,13 @@ impl Maps {
     /// Sets both speed limits: token buckets (which start full), or in HTB
     /// mode the slot's classes (the rates are kept in the buckets too, unused).
     pub fn set_rates(&self, slot: u32, up: RateLimit, down: RateLimit) -> Result<()> {
+        let limited = POLICY_LIMIT_UP | POLICY_LIMIT_DOWN | POLICY_SHAPE_UP | POLICY_SHAPE_DOWN;
+        if up.rate_bytes == 0 && down.rate_bytes == 0 && self.flags_of(slot) & limited == 0 {
+            return Ok(()); // unlimited already
+        }
         let htb = self.shaper() == Shaper::Htb;
-        for (d, limit) in self.directions(slot).into_iter().zip([up, down]) {
+        let pol = self.policies(slot, 1)?;
+        for (d, limit) in self.directions(&pol, slot).into_iter().zip([up, down]) {
             let shaped = self.flags_of(slot) & d.shape != 0;
             match shape_classid(slot).filter(|_| htb && limit.rate_bytes > 0) {
                 Some(id) => {
