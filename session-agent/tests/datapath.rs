@@ -558,8 +558,12 @@ fn token_bucket_burst_after_idle_is_at_most_the_bucket() {
     std::thread::sleep(std::time::Duration::from_millis(100));
     let before = dp.counters(client_mac(n)).up_bytes as f64;
     let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_millis(3) {
+    // At least 3 ms, and enough packets to empty the bucket however slow each
+    // run is (under emulation a few take a millisecond).
+    let mut sent = 0.0;
+    while sent <= burst || start.elapsed() < std::time::Duration::from_millis(3) {
         dp.up(&pkt);
+        sent += 1000.0;
     }
     let secs = start.elapsed().as_secs_f64();
     let passed = dp.counters(client_mac(n)).up_bytes as f64 - before;
