@@ -670,43 +670,48 @@ impl Gateway {
                 self.stats.poll_errors.fetch_add(1, Relaxed);
                 warn!("poll failed: {e}");
             }
+            let s = &self.stats;
             if last_commit.elapsed() >= self.cfg.commit_interval {
                 last_commit = Instant::now();
-                let s = &self.stats;
-                let counters = (&s.commits, &s.commit_us_sum, &s.commit_us_last);
-                let failed = self.store_work(counters, || self.mgr.flush());
-                if let Err(e) = failed {
-                    s.commit_errors.fetch_add(1, Relaxed);
-                    warn!("committing usage to the store failed: {e}");
-                }
+                self.store_work(
+                    "committing usage to the store",
+                    (&s.commits, &s.commit_us_sum, &s.commit_us_last),
+                    &s.commit_errors,
+                    || self.mgr.flush(),
+                );
             }
             if last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
                 last_checkpoint = Instant::now();
-                let s = &self.stats;
-                let counters = (&s.checkpoints, &s.checkpoint_us_sum, &s.checkpoint_us_last);
-                let failed = self.store_work(counters, || self.mgr.checkpoint());
-                if let Err(e) = failed {
-                    s.checkpoint_errors.fetch_add(1, Relaxed);
-                    warn!("store checkpoint failed: {e}");
-                }
+                self.store_work(
+                    "store checkpoint",
+                    (&s.checkpoints, &s.checkpoint_us_sum, &s.checkpoint_us_last),
+                    &s.checkpoint_errors,
+                    || self.mgr.checkpoint(),
+                );
             }
         }
     }
 
-    /// Runs a bulk store operation, returns freed memory to the system after it,
-    /// and records its duration in `(count, sum, last)` when it succeeded.
+    /// Runs a bulk store operation and returns freed memory to the system after
+    /// it; records its duration in `(count, sum, last)` when it succeeded, or
+    /// counts it in `errors` and logs why.
     fn store_work(
         &self,
+        what: &str,
         (count, sum, last): (&AtomicU64, &AtomicU64, &AtomicU64),
+        errors: &AtomicU64,
         work: impl FnOnce() -> Result<(), ModelError>,
-    ) -> Result<(), ModelError> {
+    ) {
         let started = Instant::now();
         let done = work();
         crate::memory::trim();
-        if done.is_ok() {
-            GatewayStats::record(count, sum, last, started.elapsed());
+        match done {
+            Ok(()) => GatewayStats::record(count, sum, last, started.elapsed()),
+            Err(e) => {
+                errors.fetch_add(1, Relaxed);
+                warn!("{what} failed: {e}");
+            }
         }
-        done
     }
 
     /// Session events, for logs and the API.

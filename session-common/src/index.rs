@@ -83,6 +83,31 @@ pub enum Probe {
     Full,
 }
 
+/// Walks from the home position of `m` (a [`mac_word`]) until its entry or a
+/// free one, reading each position's key with `key_at` (`None`: unreadable,
+/// taken as the end of the table). The datapath and userspace both find
+/// clients with it, so they always agree on where a MAC is.
+#[inline(always)]
+pub fn index_find(m: u64, seed: u64, key_at: impl Fn(u32) -> Option<u64>) -> Probe {
+    let home = index_home(m, seed);
+    for i in 0..INDEX_MAX_PROBES {
+        let pos = index_probe(home, i);
+        let Some(key) = key_at(pos) else {
+            return Probe::Full;
+        };
+        if key == 0 {
+            return Probe::Free(pos);
+        }
+        if key & INDEX_MAC_MASK == m {
+            return Probe::Found {
+                pos,
+                slot: index_slot(key),
+            };
+        }
+    }
+    Probe::Full
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,12 +118,19 @@ mod tests {
         let mut table = std::vec![0u64; INDEX_ENTRIES as usize];
         let mut longest = 0;
         for (slot, m) in macs.enumerate() {
-            let home = index_home(m, seed);
-            let i = (0..)
-                .find(|&i| table[index_probe(home, i) as usize] == 0)
-                .unwrap();
-            table[index_probe(home, i) as usize] = index_key(m, slot as u32);
-            longest = longest.max(i + 1);
+            let Probe::Free(pos) = index_find(m, seed, |p| Some(table[p as usize])) else {
+                panic!("MAC {m:#x} found no free entry");
+            };
+            table[pos as usize] = index_key(m, slot as u32);
+            let walk = pos.wrapping_sub(index_home(m, seed)) & INDEX_MASK;
+            longest = longest.max(walk + 1);
+            assert_eq!(
+                index_find(m, seed, |p| Some(table[p as usize])),
+                Probe::Found {
+                    pos,
+                    slot: slot as u32
+                }
+            );
         }
         longest
     }

@@ -117,7 +117,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
             stat_add(STAT_MALFORMED);
             // Only known clients get the drop attributed: garbage must not take slots.
             if let Some(seed) = index_seed() {
-                if let Probe::Found { slot, .. } = index_find(mac_word(&mac), seed) {
+                if let Probe::Found { slot, .. } = find(mac_word(&mac), seed) {
                     if let Some(c) = COUNTERS.get_ptr_mut(slot) {
                         add(unsafe { &raw mut (*c).malformed_packets }, 1);
                     }
@@ -219,27 +219,14 @@ fn index_seed() -> Option<u64> {
     }
 }
 
-/// Walks the index from the MAC's home position (see `session_common::index`).
+/// Looks `m` up in the client table.
 #[inline(always)]
-fn index_find(m: u64, seed: u64) -> Probe {
-    let home = index_home(m, seed);
-    for i in 0..INDEX_MAX_PROBES {
-        let pos = index_probe(home, i);
-        let Some(e) = CLIENTS.get_ptr(pos) else {
-            return Probe::Full;
-        };
-        let key = unsafe { core::ptr::read_volatile(&raw const (*e).key) };
-        if key == 0 {
-            return Probe::Free(pos);
-        }
-        if key & INDEX_MAC_MASK == m {
-            return Probe::Found {
-                pos,
-                slot: index_slot(key),
-            };
-        }
-    }
-    Probe::Full
+fn find(m: u64, seed: u64) -> Probe {
+    index_find(m, seed, |pos| {
+        CLIENTS
+            .get_ptr(pos)
+            .map(|e| unsafe { core::ptr::read_volatile(&raw const (*e).key) })
+    })
 }
 
 /// The position and slot of `mac`, taking a new slot the first time the MAC is seen.
@@ -247,7 +234,7 @@ fn index_find(m: u64, seed: u64) -> Probe {
 fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<(u32, u32)> {
     let seed = index_seed()?;
     let m = mac_word(mac);
-    let pos = match index_find(m, seed) {
+    let pos = match find(m, seed) {
         Probe::Found { pos, slot } => return Some((pos, slot)),
         Probe::Free(pos) if m != 0 => pos,
         _ => {

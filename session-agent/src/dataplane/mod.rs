@@ -360,23 +360,9 @@ impl Maps {
         self.clients.entry(pos)
     }
 
-    /// Walks the table as the datapath does (see `session_common::index`).
+    /// Looks `m` up in the table, as the datapath does.
     fn probe(&self, m: u64, seed: u64) -> Probe {
-        let home = index_home(m, seed);
-        for i in 0..INDEX_MAX_PROBES {
-            let pos = index_probe(home, i);
-            match self.key(pos).load(Ordering::Acquire) {
-                0 => return Probe::Free(pos),
-                key if key & INDEX_MAC_MASK == m => {
-                    return Probe::Found {
-                        pos,
-                        slot: index_slot(key),
-                    }
-                }
-                _ => {}
-            }
-        }
-        Probe::Full
+        index_find(m, seed, |pos| Some(self.key(pos).load(Ordering::Acquire)))
     }
 
     pub fn slot_of(&self, mac: &MacKey) -> Option<u32> {
