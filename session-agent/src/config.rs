@@ -44,6 +44,7 @@ pub struct Config {
     pub poll_ms: Option<u64>,
     pub commit_ms: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
+    pub forget_idle_secs: Option<u64>,
     pub global_down_mbits: Option<u64>,
     pub global_up_mbits: Option<u64>,
     pub burst_ms: Option<u64>,

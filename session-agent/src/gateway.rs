@@ -27,9 +27,14 @@ use tokio::sync::{broadcast, Mutex, Notify};
 use tracing::{debug, info, warn};
 
 use crate::{
-    dataplane::{Maps, RateLimit, DEFAULT_BURST_MS, MIN_BURST_BYTES},
+    dataplane::{IdleTracker, Maps, RateLimit, DEFAULT_BURST_MS, MIN_BURST_BYTES},
     error::AgentError,
 };
+
+/// Clients that are not allowed are forgotten after a day without traffic.
+pub const DEFAULT_FORGET_IDLE_SECS: u64 = 86_400;
+/// Longest interval between two runs of forgetting idle clients.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
 
 /// How the gateway meters and enforces.
 #[derive(Debug, Clone)]
@@ -38,6 +43,9 @@ pub struct GatewayConfig {
     pub poll_interval: Duration,
     /// Pause a session after this long without traffic.
     pub idle_timeout: Option<Duration>,
+    /// Forget a client that is not allowed after this long without traffic,
+    /// freeing its slot (see [`Maps::forget_idle`]).
+    pub forget_idle: Option<Duration>,
     /// Per-client speed for sessions with `use_global_speed`, Mbit/s (0 = unlimited).
     pub global_down_mbits: u64,
     pub global_up_mbits: u64,
@@ -57,6 +65,7 @@ impl Default for GatewayConfig {
         Self {
             poll_interval: Duration::from_millis(250),
             idle_timeout: None,
+            forget_idle: Some(Duration::from_secs(DEFAULT_FORGET_IDLE_SECS)),
             global_down_mbits: 0,
             global_up_mbits: 0,
             burst_ms: DEFAULT_BURST_MS,
@@ -148,6 +157,8 @@ pub struct Gateway {
     meter_table: StdMutex<Option<MeterTable>>,
     /// Bumped when a device's MAC changes, which the session generation does not see.
     rekeys: AtomicU64,
+    /// Per LAN, what forgetting idle clients remembers between runs.
+    idle_clients: StdMutex<Vec<IdleTracker>>,
 }
 
 /// The slots of every connected device on every LAN, sorted by slot so that a poll
@@ -174,6 +185,7 @@ impl Gateway {
     pub fn new(mgr: Arc<SessionsMgr>, lans: Vec<Lan>, cfg: GatewayConfig) -> Arc<Self> {
         mgr.set_auto_advance(cfg.auto_advance);
         let (events, _) = broadcast::channel(4096);
+        let trackers = lans.iter().map(|_| IdleTracker::default()).collect();
         Arc::new(Self {
             mgr,
             lans,
@@ -185,6 +197,7 @@ impl Gateway {
             stats: GatewayStats::default(),
             meter_table: StdMutex::new(None),
             rekeys: AtomicU64::new(0),
+            idle_clients: StdMutex::new(trackers),
         })
     }
 
@@ -661,6 +674,7 @@ impl Gateway {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_checkpoint = Instant::now();
         let mut last_commit = Instant::now();
+        let mut last_forget = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -680,6 +694,16 @@ impl Gateway {
                     || self.mgr.flush(),
                 );
             }
+            if let Some(idle) = self.cfg.forget_idle {
+                // Often enough to notice idleness within a quarter of the time;
+                // the interval is also the grace before a forgotten slot is reused.
+                if last_forget.elapsed() >= (idle / 4).clamp(Duration::from_secs(1), FORGET_EVERY) {
+                    last_forget = Instant::now();
+                    if let Err(e) = self.forget_idle_clients(idle).await {
+                        warn!("forgetting idle clients failed: {e}");
+                    }
+                }
+            }
             if last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
                 last_checkpoint = Instant::now();
                 self.store_work(
@@ -690,6 +714,32 @@ impl Gateway {
                 );
             }
         }
+    }
+
+    /// Forgets, on every LAN, clients that are not allowed and have been idle
+    /// for `idle`, except connected devices' (see [`Maps::forget_idle`]).
+    async fn forget_idle_clients(&self, idle: Duration) -> Result<(), AgentError> {
+        let _g = self.ops.lock().await;
+        let mut keep = std::collections::HashSet::new();
+        for (device_id, _) in self.mgr.connected()? {
+            keep.insert(mac_key(self.mgr.device(device_id)?.mac));
+        }
+        let now = Instant::now();
+        let mut trackers = self.idle_clients.lock().unwrap();
+        for (lan, tracker) in self.lans.iter().zip(trackers.iter_mut()) {
+            let maps = lan.maps.lock().unwrap();
+            let done = maps.forget_idle(tracker, now, idle, |mac| keep.contains(mac))?;
+            if done.retired > 0 || done.freed > 0 {
+                info!(
+                    lan = lan.name,
+                    forgotten = done.retired,
+                    slots_freed = done.freed,
+                    free_slots = maps.free_slots(),
+                    "forgot idle clients"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Runs a bulk store operation and returns freed memory to the system after

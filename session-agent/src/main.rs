@@ -218,6 +218,10 @@ struct RunArgs {
     /// Pause a connected session after this many seconds without traffic (0 = never) [default: 0].
     #[arg(long)]
     idle_timeout_secs: Option<u64>,
+    /// Forget a client that is not allowed after this many seconds without
+    /// traffic, so its slot serves new clients (0 = never) [default: 86400].
+    #[arg(long)]
+    forget_idle_secs: Option<u64>,
     /// Per-client download speed for sessions that use the global speed, Mbit/s (0 = unlimited).
     #[arg(long)]
     global_down_mbits: Option<u64>,
@@ -451,10 +455,15 @@ fn run_options(a: RunArgs) -> anyhow::Result<daemon::RunOptions> {
     };
     api.validate()?;
     let idle = a.idle_timeout_secs.or(cfg.idle_timeout_secs).unwrap_or(0);
+    let forget = a
+        .forget_idle_secs
+        .or(cfg.forget_idle_secs)
+        .unwrap_or(session_agent::gateway::DEFAULT_FORGET_IDLE_SECS);
     let defaults = GatewayConfig::default();
     let gateway = GatewayConfig {
         poll_interval: Duration::from_millis(a.poll_ms.or(cfg.poll_ms).unwrap_or(250)),
         idle_timeout: (idle > 0).then(|| Duration::from_secs(idle)),
+        forget_idle: (forget > 0).then(|| Duration::from_secs(forget)),
         global_down_mbits: a.global_down_mbits.or(cfg.global_down_mbits).unwrap_or(0),
         global_up_mbits: a.global_up_mbits.or(cfg.global_up_mbits).unwrap_or(0),
         burst_ms: a

@@ -675,6 +675,106 @@ fn the_client_table_takes_every_slot_and_then_keeps_only_the_garden() {
     assert_eq!(dp.up(&up4_many(0)), TC_PASS);
 }
 
+#[test]
+fn forgotten_idle_clients_give_their_slots_to_new_ones() {
+    use session_agent::dataplane::{Forgotten, IdleTracker};
+    use std::time::{Duration, Instant};
+    let mut dp = Datapath::new();
+    let mac_of = |i: u32| {
+        let b = i.to_be_bytes();
+        MacKey::new([0x02, 0xbb, b[0], b[1], b[2], b[3]])
+    };
+    for i in 0..MAX_CLIENTS {
+        assert_eq!(dp.up(&up4_many(i)), TC_DROP, "client {i}");
+    }
+    let (allowed, busy, kept, gone) = (0, 1, 2, 5);
+    dp.h.maps.set_allowed(&mac_of(allowed), true).unwrap();
+    let busy_slot = dp.h.maps.slot_of(&mac_of(busy)).unwrap();
+    let idle = Duration::from_secs(60);
+    let t0 = Instant::now();
+    let mut t = IdleTracker::default();
+    let forget = |t: &mut IdleTracker, at: Duration| {
+        dp.h.maps
+            .forget_idle(t, t0 + at, idle, |m| *m == mac_of(kept))
+            .unwrap()
+    };
+    // The first run learns every client's traffic: nobody is idle yet.
+    assert_eq!(forget(&mut t, Duration::ZERO), Forgotten::default());
+    assert_eq!(forget(&mut t, idle / 2), Forgotten::default());
+    assert_eq!(dp.up(&up4_many(busy)), TC_DROP);
+    // A minute on: all but the allowed, the busy and the kept one are forgotten,
+    // and their slots are not handed out before the next run.
+    let f = forget(&mut t, idle);
+    assert_eq!(
+        f,
+        Forgotten {
+            retired: MAX_CLIENTS - 3,
+            freed: 0
+        }
+    );
+    assert_eq!(dp.h.maps.snapshot().unwrap().len(), 3);
+    assert_eq!(dp.h.maps.slot_of(&mac_of(gone)), None);
+    assert_eq!(dp.up(&up4_many(gone)), TC_DROP);
+    assert_eq!(
+        dp.h.maps.slot_of(&mac_of(gone)),
+        None,
+        "no slot while none is free"
+    );
+    let f = forget(&mut t, idle + Duration::from_secs(1));
+    assert_eq!(
+        f,
+        Forgotten {
+            retired: 0,
+            freed: MAX_CLIENTS - 3
+        }
+    );
+    assert_eq!(dp.h.maps.free_slots(), (MAX_CLIENTS - 3) as u64);
+    // The survivors keep their slots and state.
+    assert_eq!(dp.h.maps.slot_of(&mac_of(busy)), Some(busy_slot));
+    assert_eq!(dp.up(&up4_many(allowed)), TC_PASS);
+    // A returning client is a new one: a freed slot with fresh counters.
+    assert_eq!(dp.up(&up4_many(gone)), TC_DROP);
+    let slot = dp.h.maps.slot_of(&mac_of(gone)).expect("a freed slot");
+    let row = dp.h.maps.client(slot).unwrap().unwrap();
+    assert_eq!(row.mac, mac_of(gone).to_string());
+    assert_eq!((row.blocked_packets, row.up_packets), (1, 0), "{row:?}");
+    dp.h.maps.set_allowed(&mac_of(gone), true).unwrap();
+    assert_eq!(dp.up(&up4_many(gone)), TC_PASS);
+    let row = dp.h.maps.client(slot).unwrap().unwrap();
+    assert_eq!((row.blocked_packets, row.up_packets), (1, 1), "{row:?}");
+    // New MACs fill the freed slots, from the datapath and from userspace, up to full again.
+    let extra = |i: u32| MacKey::new([0x02, 0xcc, 0, 0, (i >> 8) as u8, i as u8]);
+    dp.h.maps.set_allowed(&extra(0), true).unwrap();
+    for i in 1..MAX_CLIENTS - 4 {
+        let frame = udp4(
+            GW_MAC,
+            extra(i).addr,
+            client_v4(1),
+            SERVER_V4,
+            40000,
+            443,
+            10,
+        );
+        assert_eq!(dp.up(&frame), TC_DROP, "new client {i}");
+    }
+    assert_eq!(dp.h.maps.free_slots(), 0);
+    let rows = dp.h.maps.snapshot().unwrap();
+    assert_eq!(
+        rows.len(),
+        MAX_CLIENTS as usize,
+        "every slot has its client again"
+    );
+    let macs: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.mac.as_str()).collect();
+    assert_eq!(macs.len(), MAX_CLIENTS as usize, "one slot per MAC");
+    assert!(
+        dp.h.maps
+            .set_allowed(&MacKey::new([0x02, 0xdd, 0, 0, 0, 1]), true)
+            .is_err(),
+        "the table is full again"
+    );
+    assert_eq!(dp.up(&up4_many(allowed)), TC_PASS);
+}
+
 /// Creates a BPF map and pins it at `path` (as an older version would have).
 fn pin_map(path: &std::path::Path, map_type: u32, key: u32, value: u32, entries: u32) {
     use std::os::unix::ffi::OsStrExt;

@@ -4,11 +4,14 @@
 //! inserts without syscalls.
 //!
 //! An entry's `key` holds the MAC in the low 48 bits and the client's slot in
-//! the high 16 (see [`index_key`]), or 0 while the entry is free. It is claimed
-//! with one compare-and-swap from 0 and never changes afterwards, because slots
-//! are never reused while the maps are pinned; so a lookup walks from the MAC's
-//! home position to its entry or the first free one, never further than
-//! [`INDEX_MAX_PROBES`]. The home position is a hash of the MAC keyed by the
+//! the high 16 (see [`index_key`]), or 0 while the entry was never used. It is
+//! claimed with one compare-and-swap and never becomes 0 again: when the agent
+//! forgets an idle client, the key becomes a tombstone ([`index_retired`], then
+//! [`INDEX_REUSABLE`] once no packet can still be using the entry), whose MAC
+//! is a group address no client has. So a lookup still walks from the MAC's
+//! home position to its entry or the first never-used one, never further than
+//! [`INDEX_MAX_PROBES`], and a new client takes the first reusable entry on
+//! its walk. The home position is a hash of the MAC keyed by the
 //! maps' random epoch, so clients cannot choose MACs that pile up in one run.
 //! The all-zero MAC is never indexed (its key would read as free). `SLOTS`
 //! leads from a slot back to its position.
@@ -27,6 +30,23 @@ pub const INDEX_MAC_MASK: u64 = (1 << 48) - 1;
 
 const _: () = assert!(MAX_CLIENTS <= 1 << 16, "slots must fit the key's 16 bits");
 const _: () = assert!(INDEX_ENTRIES >= 2 * MAX_CLIENTS);
+
+/// The key of an entry whose client in `slot` was forgotten, while packets
+/// may still be using it (a group MAC, so it matches no client).
+#[inline(always)]
+pub const fn index_retired(slot: u32) -> u64 {
+    index_key(0x01, slot)
+}
+
+/// The key of an entry a new client may take (a group MAC, so it matches no client).
+pub const INDEX_REUSABLE: u64 = 0x03;
+
+/// Whether `key` holds a client: not free, not a tombstone (clients' MACs are
+/// unicast, and the group bit is bit 0 of the word).
+#[inline(always)]
+pub const fn index_live(key: u64) -> bool {
+    key != 0 && key & 1 == 0
+}
 
 /// The MAC as the low 48 bits of a word.
 #[inline(always)]
@@ -77,26 +97,39 @@ pub const fn index_probe(home: u32, i: u32) -> u32 {
 pub enum Probe {
     /// The MAC's entry.
     Found { pos: u32, slot: u32 },
-    /// The MAC is not indexed; the first free position on its walk.
-    Free(u32),
+    /// The MAC is not indexed; the first position on its walk it may take,
+    /// whose key is now `key` (0 or [`INDEX_REUSABLE`]).
+    Free { pos: u32, key: u64 },
     /// Neither within [`INDEX_MAX_PROBES`].
     Full,
 }
 
 /// Walks from the home position of `m` (a [`mac_word`]) until its entry or a
-/// free one, reading each position's key with `key_at` (`None`: unreadable,
-/// taken as the end of the table). The datapath and userspace both find
-/// clients with it, so they always agree on where a MAC is.
+/// never-used one, reading each position's key with `key_at` (`None`:
+/// unreadable, taken as the end of the table). The datapath and userspace both
+/// find clients with it, so they always agree on where a MAC is.
 #[inline(always)]
 pub fn index_find(m: u64, seed: u64, key_at: impl Fn(u32) -> Option<u64>) -> Probe {
     let home = index_home(m, seed);
+    // The first reusable entry (NONE: none yet), taken only once the MAC is
+    // known to be absent. A plain word and no `continue`: the loop then keeps
+    // the shape that older verifiers (Linux 6.1) accept.
+    const NONE: u32 = u32::MAX;
+    let mut reusable = NONE;
     for i in 0..INDEX_MAX_PROBES {
         let pos = index_probe(home, i);
         let Some(key) = key_at(pos) else {
-            return Probe::Full;
+            break;
         };
         if key == 0 {
-            return Probe::Free(pos);
+            if reusable != NONE {
+                break;
+            }
+            return Probe::Free { pos, key: 0 };
+        }
+        // A tombstone's MAC is a group address, so it never matches `m` below.
+        if key == INDEX_REUSABLE && reusable == NONE {
+            reusable = pos;
         }
         if key & INDEX_MAC_MASK == m {
             return Probe::Found {
@@ -104,6 +137,12 @@ pub fn index_find(m: u64, seed: u64, key_at: impl Fn(u32) -> Option<u64>) -> Pro
                 slot: index_slot(key),
             };
         }
+    }
+    if reusable != NONE {
+        return Probe::Free {
+            pos: reusable,
+            key: INDEX_REUSABLE,
+        };
     }
     Probe::Full
 }
@@ -118,7 +157,8 @@ mod tests {
         let mut table = std::vec![0u64; INDEX_ENTRIES as usize];
         let mut longest = 0;
         for (slot, m) in macs.enumerate() {
-            let Probe::Free(pos) = index_find(m, seed, |p| Some(table[p as usize])) else {
+            let Probe::Free { pos, key: 0 } = index_find(m, seed, |p| Some(table[p as usize]))
+            else {
                 panic!("MAC {m:#x} found no free entry");
             };
             table[pos as usize] = index_key(m, slot as u32);
@@ -151,6 +191,94 @@ mod tests {
                 INDEX_MAX_PROBES
             );
         }
+    }
+
+    #[test]
+    fn tombstones_are_walked_past_and_reused_only_when_reusable() {
+        extern crate std;
+        let seed = 0x1234_5678_9abc_def1;
+        let mut table = std::vec![0u64; INDEX_ENTRIES as usize];
+        let find = |t: &[u64], m: u64| index_find(m, seed, |p| Some(t[p as usize]));
+        // Three MACs on one walk: the same home, so they sit in a row.
+        let a = 0x0200_0000_0002u64;
+        let home = index_home(a, seed);
+        let same_home: std::vec::Vec<u64> = (4u64..)
+            .step_by(2)
+            .filter(|m| index_home(*m, seed) == home)
+            .take(2)
+            .collect();
+        let (b, c) = (same_home[0], same_home[1]);
+        for (slot, m) in [a, b, c].into_iter().enumerate() {
+            let Probe::Free { pos, key: 0 } = find(&table, m) else {
+                panic!("no free entry for {m:#x}");
+            };
+            table[pos as usize] = index_key(m, slot as u32);
+        }
+        let pos_a = index_probe(home, 0);
+        let pos_c = index_probe(home, 2);
+        // Forgotten: c is still found past the tombstone; a is not, and its
+        // entry is not taken while packets may be using it.
+        table[pos_a as usize] = index_retired(0);
+        assert!(!index_live(table[pos_a as usize]));
+        assert_eq!(
+            find(&table, c),
+            Probe::Found {
+                pos: pos_c,
+                slot: 2
+            }
+        );
+        assert_eq!(
+            find(&table, a),
+            Probe::Free {
+                pos: index_probe(home, 3),
+                key: 0
+            }
+        );
+        // Once reusable, a new MAC takes it, and c is still found.
+        table[pos_a as usize] = INDEX_REUSABLE;
+        let d = 0x0200_0000_0100u64;
+        let d_home = index_home(d, seed);
+        assert_eq!(
+            find(&table, a),
+            Probe::Free {
+                pos: pos_a,
+                key: INDEX_REUSABLE
+            }
+        );
+        assert_eq!(
+            find(&table, c),
+            Probe::Found {
+                pos: pos_c,
+                slot: 2
+            }
+        );
+        if d_home == home {
+            assert_eq!(
+                find(&table, d),
+                Probe::Free {
+                    pos: pos_a,
+                    key: INDEX_REUSABLE
+                }
+            );
+        }
+        // A walk of tombstones only, with no never-used entry, still offers the first.
+        let mut full = std::vec![INDEX_REUSABLE; INDEX_ENTRIES as usize];
+        full[pos_c as usize] = index_key(c, 2);
+        assert_eq!(
+            find(&full, a),
+            Probe::Free {
+                pos: pos_a,
+                key: INDEX_REUSABLE
+            }
+        );
+        assert_eq!(
+            find(&full, c),
+            Probe::Found {
+                pos: pos_c,
+                slot: 2
+            }
+        );
+        assert!(index_live(index_key(a, 0)) && !index_live(INDEX_REUSABLE) && !index_live(0));
     }
 
     #[test]

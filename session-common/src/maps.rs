@@ -23,6 +23,8 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_POLICY: &str = "POLICY";
 /// One [`SlotAllocator`]; mmap-able; both sides take slots with an atomic add.
 pub const MAP_SLOT_ALLOC: &str = "SLOT_ALLOC";
+/// Ring of slots freed by forgetting idle clients (u64 each, see [`SlotAllocator`]); mmap-able.
+pub const MAP_FREE_SLOTS: &str = "FREE_SLOTS";
 /// Walled garden: LPM trie of [`GardenKey`] -> [`GardenValue`].
 pub const MAP_GARDEN: &str = "GARDEN";
 /// Ring buffer of [`ClientEvent`].
@@ -109,6 +111,10 @@ pub const POLICY_SHAPE_DOWN: u32 = 8;
 pub const POLICY_LIMIT_UP: u32 = 16;
 /// `ClientEntry::flags`: the `down` token bucket in `POLICY` applies.
 pub const POLICY_LIMIT_DOWN: u32 = 32;
+/// `ClientEntry::flags`: the agent is forgetting this idle client (set only
+/// while it is not allowed); whoever allows it meanwhile finishes the
+/// forgetting and allows the MAC in a new entry instead.
+pub const POLICY_RETIRING: u32 = 64;
 
 /// `ShaperConfig::mode`: speed limits are token-bucket policers in the datapath.
 pub const SHAPER_POLICE: u32 = 0;
@@ -173,6 +179,12 @@ pub struct SlotAllocator {
     /// creates them: counters of a different epoch started again from zero.
     /// It also seeds the index's hash, so no client is indexed while it is 0.
     pub epoch: u64,
+    /// Slots of forgotten clients, ready for new ones, are in `FREE_SLOTS` at
+    /// positions `free_head..free_tail` (modulo `MAX_CLIENTS`). Only the agent
+    /// adds (writes the slot, then moves the tail); takers move the head with a
+    /// compare-and-swap. Both only grow, so a stale head never wins.
+    pub free_head: u64,
+    pub free_tail: u64,
 }
 
 /// Walled-garden trie data: `port` (network order, 0 = any port) then the

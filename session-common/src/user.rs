@@ -27,7 +27,7 @@ mod tests {
         assert_eq!(size_of::<ClientCounters>(), 10 * 8);
         assert_eq!(size_of::<TokenBucket>(), 32);
         assert_eq!(size_of::<ClientPolicy>(), 64);
-        assert_eq!(size_of::<SlotAllocator>(), 16);
+        assert_eq!(size_of::<SlotAllocator>(), 32);
         assert_eq!(size_of::<GardenKey>(), 20);
         assert_eq!(size_of::<ClientEvent>(), 24);
         assert_eq!(size_of::<ShaperConfig>(), 24);

@@ -49,6 +49,9 @@ static POLICY: Array<ClientPolicy> = Array::pinned(MAX_CLIENTS, BPF_F_MMAPABLE);
 #[map(name = "SLOT_ALLOC")]
 static SLOT_ALLOC: Array<SlotAllocator> = Array::pinned(1, BPF_F_MMAPABLE);
 
+#[map(name = "FREE_SLOTS")]
+static FREE_SLOTS: Array<u64> = Array::pinned(MAX_CLIENTS, BPF_F_MMAPABLE);
+
 #[map(name = "GARDEN")]
 static GARDEN: LpmTrie<GardenKey, GardenValue> = LpmTrie::pinned(MAX_GARDEN, 0);
 
@@ -234,9 +237,9 @@ fn find(m: u64, seed: u64) -> Probe {
 fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<(u32, u32)> {
     let seed = index_seed()?;
     let m = mac_word(mac);
-    let pos = match find(m, seed) {
+    let (pos, was) = match find(m, seed) {
         Probe::Found { pos, slot } => return Some((pos, slot)),
-        Probe::Free(pos) if m != 0 => pos,
+        Probe::Free { pos, key } if m != 0 => (pos, key),
         _ => {
             stat_add(STAT_TABLE_FULL);
             return None;
@@ -248,7 +251,7 @@ fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<(u32, u32)> {
     // Lead the slot to its entry before publishing the entry.
     unsafe { core::ptr::write_volatile(back, pos as u64) };
     let (old, won) = unsafe {
-        atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*entry).key, 0, index_key(m, slot))
+        atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*entry).key, was, index_key(m, slot))
     };
     if won {
         info!(p, "new client {:mac} in slot {}", mac.addr, slot);
@@ -257,7 +260,7 @@ fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<(u32, u32)> {
     }
     // Another CPU (or userspace) took the position first; this slot stays
     // unused (its entry's key names another slot).
-    if old & INDEX_MAC_MASK == m {
+    if index_live(old) && old & INDEX_MAC_MASK == m {
         return Some((pos, index_slot(old)));
     }
     // It was another MAC: this packet goes as if the table were full; the next
@@ -265,10 +268,28 @@ fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<(u32, u32)> {
     None
 }
 
-/// A never-used slot, or `None` (counted) when all are taken.
+/// A forgotten client's slot, else a never-used one, or `None` (counted) when
+/// all are taken.
 #[inline(always)]
 fn take_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<u32> {
     let alloc = SLOT_ALLOC.get_ptr_mut(0)?;
+    let head = unsafe { &raw mut (*alloc).free_head };
+    let tail = unsafe { &raw const (*alloc).free_tail };
+    // A few tries: CPUs racing for the last freed slots fall back to new ones.
+    for _ in 0..4 {
+        let h = unsafe { core::ptr::read_volatile(head) };
+        if h >= unsafe { core::ptr::read_volatile(tail) } {
+            break;
+        }
+        let Some(cell) = FREE_SLOTS.get_ptr((h % MAX_CLIENTS as u64) as u32) else {
+            break;
+        };
+        let slot = unsafe { core::ptr::read_volatile(cell) };
+        let (_, won) = unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(head, h, h + 1) };
+        if won && slot < MAX_CLIENTS as u64 {
+            return Some(slot as u32);
+        }
+    }
     let next = unsafe { &raw mut (*alloc).next };
     // Check before adding so a full table does not keep counting up (and wrap).
     if unsafe { core::ptr::read_volatile(next) } >= MAX_CLIENTS {
@@ -353,9 +374,7 @@ fn bucket_admits(b: *mut TokenBucket, len: u64) -> bool {
     let last = unsafe { core::ptr::read_volatile(&raw const (*b).last_ns) };
     let burst = unsafe { core::ptr::read_volatile(&raw const (*b).burst_bytes) } as i64;
     let mut tokens = unsafe { core::ptr::read_volatile(tokens_ptr) };
-    if tokens <= 0
-        || tokens >= burst
-        || unsafe { bpf_ktime_get_coarse_ns() } > last + MIN_REFILL_NS
+    if tokens <= 0 || tokens >= burst || unsafe { bpf_ktime_get_coarse_ns() } > last + MIN_REFILL_NS
     {
         let now = unsafe { bpf_ktime_get_ns() };
         // Refill at most every MIN_REFILL_NS: between refills a packet costs one

@@ -130,7 +130,9 @@ impl IpInfo {
             let w1 = h[1].to_ne_bytes();
             let frag_off = u16::from_be_bytes([w1[2], w1[3]]) & 0x1fff;
             proto = h[2].to_ne_bytes()[1];
-            if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && frag_off == 0 && ihl + 4 <= self.len
+            if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
+                && frag_off == 0
+                && ihl + 4 <= self.len
             {
                 port = far_port(p, ETH_HLEN + ihl, dir);
             }

@@ -299,8 +299,9 @@ fn remove_nl(iface_name: &str, hook: TcAttachType) -> Result<()> {
 
 /// The pinned maps whose layout the datapath and the agent share: name,
 /// value size and entries (all are arrays).
-fn shared_layouts() -> [(&'static str, usize, u32); 6] {
+fn shared_layouts() -> [(&'static str, usize, u32); 7] {
     [
+        (MAP_FREE_SLOTS, size_of::<u64>(), MAX_CLIENTS),
         (MAP_CLIENTS, size_of::<ClientEntry>(), INDEX_ENTRIES),
         (MAP_SLOTS, size_of::<u64>(), MAX_CLIENTS),
         (MAP_COUNTERS, size_of::<ClientCounters>(), MAX_CLIENTS),

@@ -7,9 +7,11 @@ pub mod shape;
 pub mod testrun;
 
 use std::{
+    collections::HashMap,
     os::fd::AsFd,
     path::{Path, PathBuf},
     sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -107,7 +109,28 @@ pub struct Maps {
     /// Slot -> token buckets; mapped only while read or written.
     policy: MapData,
     alloc: MmapArray<SlotAllocator>,
+    /// Ring of freed slots (see [`SlotAllocator`]).
+    free: MmapArray<u64>,
     shaper: MmapArray<ShaperConfig>,
+}
+
+/// What [`Maps::forget_idle`] remembers between runs.
+#[derive(Debug, Default)]
+pub struct IdleTracker {
+    /// Slot -> (packets it has sent, received or had dropped; when that last changed).
+    seen: HashMap<u32, (u64, Instant)>,
+    /// Entries forgotten by the last run, `(slot, position)`: freed by the next
+    /// one, when no packet can still be using them.
+    retired: Vec<(u32, u32)>,
+}
+
+/// What one run of [`Maps::forget_idle`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Forgotten {
+    /// Clients forgotten now.
+    pub retired: u32,
+    /// Slots (of clients forgotten by the run before) ready for new clients.
+    pub freed: u32,
 }
 
 impl Maps {
@@ -127,6 +150,7 @@ impl Maps {
             counters: mmap::open_pinned(&dir, MAP_COUNTERS)?,
             policy: mmap::open_pinned(&dir, MAP_POLICY)?,
             alloc: MmapArray::open_pin(&dir, MAP_SLOT_ALLOC, 1)?,
+            free: MmapArray::open_pin(&dir, MAP_FREE_SLOTS, MAX_CLIENTS)?,
             shaper: MmapArray::open_pin(&dir, MAP_SHAPER, 1)?,
             dir,
         })
@@ -349,7 +373,7 @@ impl Maps {
         let pos = unsafe { AtomicU64::from_ptr(self.slots.entry(slot)) }.load(Ordering::Acquire);
         let pos = u32::try_from(pos).ok().filter(|p| *p < INDEX_ENTRIES)?;
         let key = self.key(pos).load(Ordering::Acquire);
-        (key != 0 && index_slot(key) == slot).then_some(pos)
+        (index_live(key) && index_slot(key) == slot).then_some(pos)
     }
 
     /// The slot's entry; `slot` comes from [`Maps::slot_of`] or [`Maps::ensure_slot`].
@@ -390,13 +414,16 @@ impl Maps {
         loop {
             // A slot taken and then not needed (the datapath indexed the MAC
             // meanwhile) stays unused, as the datapath leaves its own.
-            let pos = match self.probe(m, seed) {
+            let (pos, was) = match self.probe(m, seed) {
                 Probe::Found { slot, .. } => return Ok(slot),
-                Probe::Free(pos) => pos,
+                Probe::Free { pos, key } => (pos, key),
                 Probe::Full => return Err(full()),
             };
-            let slot = match taken {
-                Some(s) => s,
+            let slot = match taken.or_else(|| self.take_freed_slot()) {
+                Some(s) => {
+                    taken = Some(s);
+                    s
+                }
                 None => {
                     let next = unsafe { AtomicU32::from_ptr(&raw mut (*self.alloc.entry(0)).next) };
                     if next.load(Ordering::Relaxed) >= MAX_CLIENTS {
@@ -415,12 +442,172 @@ impl Maps {
                 .store(pos as u64, Ordering::Release);
             if self
                 .key(pos)
-                .compare_exchange(0, index_key(m, slot), Ordering::SeqCst, Ordering::SeqCst)
+                .compare_exchange(was, index_key(m, slot), Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
                 return Ok(slot);
             }
             // Someone took that position: walk again.
+        }
+    }
+
+    /// A forgotten client's slot, as the datapath takes one.
+    fn take_freed_slot(&self) -> Option<u32> {
+        let alloc = self.alloc.entry(0);
+        let head = unsafe { AtomicU64::from_ptr(&raw mut (*alloc).free_head) };
+        let tail = unsafe { AtomicU64::from_ptr(&raw mut (*alloc).free_tail) };
+        loop {
+            let h = head.load(Ordering::Acquire);
+            if h >= tail.load(Ordering::Acquire) {
+                return None;
+            }
+            let cell = self.free.entry((h % MAX_CLIENTS as u64) as u32);
+            let slot = unsafe { AtomicU64::from_ptr(cell) }.load(Ordering::Acquire);
+            let won = head
+                .compare_exchange(h, h + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+            if won && slot < MAX_CLIENTS as u64 {
+                return Some(slot as u32);
+            }
+        }
+    }
+
+    /// Hands a slot to the next new client. Only the agent calls this (one
+    /// writer of the tail); the ring holds every slot, so it never overruns.
+    fn free_slot(&self, slot: u32) {
+        let alloc = self.alloc.entry(0);
+        let tail = unsafe { AtomicU64::from_ptr(&raw mut (*alloc).free_tail) };
+        let t = tail.load(Ordering::Acquire);
+        let cell = self.free.entry((t % MAX_CLIENTS as u64) as u32);
+        unsafe { AtomicU64::from_ptr(cell) }.store(slot as u64, Ordering::Release);
+        tail.store(t + 1, Ordering::Release);
+    }
+
+    /// Slots freed and not yet taken again.
+    pub fn free_slots(&self) -> u64 {
+        let a = self.alloc.get(0);
+        a.free_tail.saturating_sub(a.free_head)
+    }
+
+    /// Forgets clients that are not allowed, not kept by `keep`, and have sent,
+    /// received and had dropped nothing for `idle`, so that their slots serve
+    /// new clients (phones that randomise their MAC would otherwise fill the
+    /// table over time). A forgotten client that comes back is a new client.
+    ///
+    /// Call it periodically from one process (the agent): an entry is made a
+    /// tombstone in one run and freed in the next, so the interval between
+    /// runs is the grace for packets still using it. The first run after a
+    /// restart knows no client's history, so it forgets nobody.
+    pub fn forget_idle(
+        &self,
+        t: &mut IdleTracker,
+        now: Instant,
+        idle: Duration,
+        keep: impl Fn(&MacKey) -> bool,
+    ) -> Result<Forgotten> {
+        let mut done = Forgotten::default();
+        for (slot, pos) in std::mem::take(&mut t.retired) {
+            if self.key(pos).load(Ordering::Acquire) != index_retired(slot) {
+                continue;
+            }
+            let e = self.clients.entry(pos);
+            unsafe {
+                e.write_volatile(ClientEntry {
+                    key: index_retired(slot),
+                    ..Default::default()
+                });
+                self.all_counters(slot, 1)?
+                    .entry(slot)
+                    .write_volatile(ClientCounters::default());
+                self.policies(slot, 1)?
+                    .entry(slot)
+                    .write_volatile(ClientPolicy::default());
+            }
+            self.key(pos).store(INDEX_REUSABLE, Ordering::Release);
+            self.free_slot(slot);
+            done.freed += 1;
+        }
+        let used = self.slots_used();
+        let counters = self.all_counters(0, used)?;
+        let mut live = std::collections::HashSet::new();
+        for slot in 0..used {
+            let pos =
+                unsafe { AtomicU64::from_ptr(self.slots.entry(slot)) }.load(Ordering::Acquire);
+            let Some(pos) = u32::try_from(pos).ok().filter(|p| *p < INDEX_ENTRIES) else {
+                continue;
+            };
+            let key = self.key(pos).load(Ordering::Acquire);
+            if key == index_retired(slot) {
+                // Left by an earlier run (or process) that did not free it.
+                t.retired.push((slot, pos));
+                continue;
+            }
+            if !index_live(key) || index_slot(key) != slot {
+                continue;
+            }
+            live.insert(slot);
+            let e = self.clients.get(pos);
+            let c = counters.get(slot);
+            let packets = [
+                e.up_packets,
+                e.down_packets,
+                c.garden_packets,
+                c.blocked_packets,
+                c.malformed_packets,
+                c.ratelimit_packets,
+                c.quota_packets,
+            ]
+            .iter()
+            .fold(0u64, |a, p| a.wrapping_add(*p));
+            let since = match t.seen.get(&slot) {
+                Some(&(p, since)) if p == packets => since,
+                _ => {
+                    t.seen.insert(slot, (packets, now));
+                    continue;
+                }
+            };
+            let mac = index_mac(key);
+            if now.duration_since(since) < idle || e.flags & POLICY_ALLOWED != 0 || keep(&mac) {
+                continue;
+            }
+            if self.retire(slot, pos, key)? {
+                t.seen.remove(&slot);
+                live.remove(&slot);
+                t.retired.push((slot, pos));
+                done.retired += 1;
+            }
+        }
+        t.seen.retain(|slot, _| live.contains(slot));
+        Ok(done)
+    }
+
+    /// Makes the live entry `key` at `pos` a tombstone unless the client was
+    /// allowed meanwhile; its speed limits (and HTB classes) are removed first.
+    fn retire(&self, slot: u32, pos: u32, key: u64) -> Result<bool> {
+        let flags = self.flags(slot);
+        let mut f = flags.load(Ordering::SeqCst);
+        loop {
+            if f & (POLICY_ALLOWED | POLICY_RETIRING) != 0 {
+                return Ok(false);
+            }
+            match flags.compare_exchange(f, f | POLICY_RETIRING, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => break,
+                Err(now) => f = now,
+            }
+        }
+        if f & (POLICY_LIMIT_UP | POLICY_LIMIT_DOWN | POLICY_SHAPE_UP | POLICY_SHAPE_DOWN) != 0 {
+            self.set_rates(slot, RateLimit::default(), RateLimit::default())?;
+        }
+        // Whoever allowed it meanwhile may have made it a tombstone already.
+        match self.key(pos).compare_exchange(
+            key,
+            index_retired(slot),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => Ok(true),
+            Err(k) => Ok(k == index_retired(slot)),
         }
     }
 
@@ -524,14 +711,29 @@ impl Maps {
 
     /// Lets the client through (or stops it), effective with the next packet.
     pub fn set_allowed(&mut self, mac: &MacKey, allowed: bool) -> Result<u32> {
-        let slot = self.ensure_slot(mac)?;
-        if allowed {
-            self.flags(slot).fetch_or(POLICY_ALLOWED, Ordering::SeqCst);
-        } else {
-            self.flags(slot)
-                .fetch_and(!POLICY_ALLOWED, Ordering::SeqCst);
+        loop {
+            let slot = self.ensure_slot(mac)?;
+            // The agent may be forgetting the client right now (only when not allowed).
+            let Some(pos) = self.position(slot) else {
+                continue;
+            };
+            let flags = unsafe { AtomicU32::from_ptr(&raw mut (*self.clients.entry(pos)).flags) };
+            if !allowed {
+                flags.fetch_and(!POLICY_ALLOWED, Ordering::SeqCst);
+                return Ok(slot);
+            }
+            if flags.fetch_or(POLICY_ALLOWED, Ordering::SeqCst) & POLICY_RETIRING == 0 {
+                return Ok(slot);
+            }
+            // Finish the forgetting (the agent frees the entry), then allow the
+            // MAC in a new entry.
+            let _ = self.key(pos).compare_exchange(
+                index_key(mac_word(mac), slot),
+                index_retired(slot),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
         }
-        Ok(slot)
     }
 }
 

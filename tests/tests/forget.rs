@@ -1,0 +1,67 @@
+//! Forgetting idle clients (`--forget-idle-secs`): a client that is not allowed
+//! and has had no traffic for that long leaves the client table, so its slot
+//! serves new clients; an allowed client stays; a forgotten client that comes
+//! back is a new client, counted from zero.
+
+use std::time::{Duration, Instant};
+
+use session_tests::{require_root, AgentBuilder, Hotspot, ServerSet, UdpTransfer};
+
+#[test]
+fn idle_clients_that_are_not_allowed_are_forgotten_and_counted_afresh_when_back() {
+    require_root();
+    let hs = Hotspot::builder().clients(2).build();
+    let servers = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5001, 5002);
+    let agent = AgentBuilder::new(&hs)
+        .arg("--forget-idle-secs")
+        .arg("2")
+        .start();
+    let (kept, idle) = (&hs.clients[0], &hs.clients[1]);
+    agent.allow(&kept.mac);
+    let udp = servers.udp(false);
+    UdpTransfer::run(&kept.ns, udp.addr, 5, 100, 0, 0).expect("udp from the allowed client");
+    UdpTransfer::run(&idle.ns, udp.addr, 7, 100, 0, 0).expect("udp from the blocked client");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = agent
+        .client(&idle.mac)
+        .unwrap_or_else(|| panic!("blocked client not in the table\n{}", agent.log_tail()));
+    assert_eq!(
+        (before.blocked_packets, before.up_packets, before.allowed),
+        (7, 0, false),
+        "{before:?}"
+    );
+
+    // Idle for 2 s: forgotten within a few runs (one a second here).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.client(&idle.mac).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "idle client still in the table after 20 s\n{}",
+            agent.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        agent.log().contains("forgot idle clients"),
+        "{}",
+        agent.log_tail()
+    );
+    let still = agent
+        .client(&kept.mac)
+        .unwrap_or_else(|| panic!("the allowed client was forgotten\n{}", agent.log_tail()));
+    assert!(still.allowed && still.up_packets >= 5, "{still:?}");
+
+    // Back: a new entry, counted from zero, still blocked.
+    UdpTransfer::run(&idle.ns, udp.addr, 3, 100, 0, 0).expect("udp after coming back");
+    std::thread::sleep(Duration::from_millis(300));
+    let back = agent
+        .client(&idle.mac)
+        .unwrap_or_else(|| panic!("returning client not in the table\n{}", agent.log_tail()));
+    assert_eq!(
+        (back.blocked_packets, back.up_packets, back.allowed),
+        (3, 0, false),
+        "{back:?}"
+    );
+    // The allowed client was never forgotten, however long it idled meanwhile.
+    assert!(agent.client(&kept.mac).is_some_and(|c| c.allowed));
+}
