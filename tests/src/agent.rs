@@ -261,6 +261,24 @@ impl Agent {
         }
     }
 
+    /// SIGTERM, and panics unless the agent exits cleanly (its programs stay
+    /// attached from the pins).
+    pub fn stop(&mut self) {
+        let st = self.terminate();
+        assert!(
+            st.success(),
+            "SIGTERM exit: {st}\nagent log:\n{}",
+            self.log_tail()
+        );
+    }
+
+    /// `session-agent detach --lan IFACE` with this agent's pin root; panics
+    /// with the output if it fails.
+    pub fn detach(&self, iface: &str) {
+        let pin = self.builder.pin_root.display().to_string();
+        self.cli_ok(&["detach", "--lan", iface, "--pin-root", &pin]);
+    }
+
     /// Starts a new agent process with the same settings (same pin root).
     pub fn restart(&self) -> Agent {
         self.builder.start()

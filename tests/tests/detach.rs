@@ -20,17 +20,8 @@ fn detach_removes_programs_and_pins() {
         "no pin directory {} while running",
         iface_dir.display()
     );
-    let st = agent.terminate();
-    assert!(st.success(), "SIGTERM exit: {st}\n{}", agent.log_tail());
-
-    let pin = hs.pin_root.display().to_string();
-    let out = agent.cli(&["detach", "--lan", &hs.lan_if, "--pin-root", &pin]);
-    assert!(
-        out.status.success(),
-        "detach failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.log_tail()
-    );
+    agent.stop();
+    agent.detach(&hs.lan_if);
     assert!(
         !iface_dir.exists(),
         "pins left after detach: {:?}",

@@ -134,8 +134,7 @@ fn htb_shaper_limits_tcp_without_retransmits_and_counts_exactly() {
     );
 
     // A restart keeps the classes (and the limit).
-    let st = agent.terminate();
-    assert!(st.success(), "SIGTERM exit: {st}\n{}", agent.log_tail());
+    agent.stop();
     let agent = agent.restart();
     for dev in [hs.lan_if.as_str(), IFB] {
         let cl = class_1(&hs.gw_ns, dev);
@@ -167,8 +166,7 @@ fn htb_shaper_limits_tcp_without_retransmits_and_counts_exactly() {
         show("down", &r),
         agent.log_tail()
     );
-    let st = agent.terminate();
-    assert!(st.success(), "SIGTERM exit: {st}\n{}", agent.log_tail());
+    agent.stop();
 }
 
 #[test]
@@ -184,15 +182,8 @@ fn detach_removes_ifb_and_qdiscs() {
         "no {IFB}\n{}",
         agent.log_tail()
     );
-    let st = agent.terminate();
-    assert!(st.success(), "SIGTERM exit: {st}\n{}", agent.log_tail());
-    let pin = hs.pin_root.display().to_string();
-    let out = agent.cli(&["detach", "--lan", &hs.lan_if, "--pin-root", &pin]);
-    assert!(
-        out.status.success(),
-        "detach failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    agent.stop();
+    agent.detach(&hs.lan_if);
     assert!(!link_exists(&hs.gw_ns, IFB), "{IFB} left after detach");
     assert!(
         !has_agent_htb(&hs.gw_ns, &hs.lan_if),

@@ -130,8 +130,7 @@ fn netlink_filters_are_replaced_in_place_and_detach_keeps_the_operators() {
     );
 
     // The filters outlive the agent and keep enforcing.
-    let st = agent.terminate();
-    assert!(st.success(), "SIGTERM exit: {st}\n{}", agent.log_tail());
+    agent.stop();
     assert!(
         tcp_blocked(&blocked.ns, &servers),
         "blocked client got through with no agent"
@@ -212,14 +211,8 @@ fn netlink_filters_are_replaced_in_place_and_detach_keeps_the_operators() {
         agent = netlink.start();
     }
 
-    agent.terminate();
-    let pin = hs.pin_root.display().to_string();
-    let out = agent.cli(&["detach", "--lan", dev, "--pin-root", &pin]);
-    assert!(
-        out.status.success(),
-        "detach failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    agent.stop();
+    agent.detach(dev);
     no_filter_of_ours(ns, dev);
     for hook in ["ingress", "egress"] {
         let all = filters(ns, dev, hook);

@@ -332,6 +332,24 @@ impl Setup {
         Ok((rx, offered, rx / share.max(1e-6)))
     }
 
+    /// The session-agent TC ingress program's own time per packet (ns) in a
+    /// 64-byte UDP window, and its share of the path's CPU time per packet,
+    /// from the kernel's BPF run-time statistics. They are on only for this
+    /// window (they add two clock reads to every run, which the figure
+    /// includes), so the ratio windows run without them.
+    pub fn program_in_situ(&self, warm: Duration, window: Duration) -> Result<(f64, f64)> {
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling BPF run-time statistics")?;
+        let (t0, n0) = ingress_runs()?;
+        let (_, _, per_cpu_s) = self.udp_pps(warm, window)?;
+        let (t1, n1) = ingress_runs()?;
+        if n1 <= n0 {
+            bail!("the session-agent ingress program did not run");
+        }
+        let ns = (t1 - t0) as f64 / (n1 - n0) as f64;
+        Ok((ns, ns * per_cpu_s / 1e9))
+    }
+
     /// Bulk TCP download (server to the real client), Gbit/s.
     pub fn tcp_gbits(&self, secs: u32) -> f64 {
         let r = iperf(&self.hs.clients[0].ns, self.iperf.addr, secs, 1, true);
@@ -353,6 +371,19 @@ impl Setup {
         }
         Ok(())
     }
+}
+
+/// Total run time (ns) and runs of every loaded session-agent TC ingress program.
+fn ingress_runs() -> Result<(u128, u64)> {
+    let mut total = (0u128, 0u64);
+    for p in aya::programs::loaded_programs() {
+        let p = p.context("listing loaded BPF programs")?;
+        if p.name_as_str() == Some("lan_tc_ingress") {
+            total.0 += p.run_time().as_nanos();
+            total.1 += p.run_count();
+        }
+    }
+    Ok(total)
 }
 
 pub fn run(opts: &Opts) -> Result<(Vec<Measurement>, Vec<String>)> {
@@ -431,6 +462,41 @@ pub fn run(opts: &Opts) -> Result<(Vec<Measurement>, Vec<String>)> {
         for s in &setups {
             s.check()?;
         }
+        // The program's own cost in the same traffic, in windows of their own.
+        let agent = setups
+            .iter()
+            .find(|s| s.kind == Kind::SessionAgent)
+            .context("no session_agent setup")?;
+        let (mut prog_ns, mut prog_share) = (Vec::new(), Vec::new());
+        for _ in 0..opts.runs {
+            let (ns, share) = agent.program_in_situ(warm, window)?;
+            prog_ns.push(ns);
+            prog_share.push(share);
+        }
+        progress(
+            SCENARIO,
+            format!(
+                "{n} clients: the ingress program takes {:.0} ns per packet, {:.1}% of the path",
+                super::median(&prog_ns),
+                100.0 * super::median(&prog_share)
+            ),
+        );
+        out.push(Measurement::new(
+            SCENARIO,
+            Kind::SessionAgent.name(),
+            n as u32,
+            "program_ns_in_situ",
+            "ns/packet",
+            prog_ns,
+        ));
+        out.push(Measurement::new(
+            SCENARIO,
+            Kind::SessionAgent.name(),
+            n as u32,
+            "program_share",
+            "fraction of the path's CPU time",
+            prog_share,
+        ));
         let base_pps = super::median(&pps[0]);
         let base_gbits = super::median(&gbits[0]);
         let base_cpu = super::median(&per_cpu[0]);
@@ -486,6 +552,7 @@ pub fn run(opts: &Opts) -> Result<(Vec<Measurement>, Vec<String>)> {
     let notes = vec![
         "Each dataplane runs on its own copy of the hotspot (client, access point bridge, gateway, server namespaces), so runs interleave without reconfiguring; each ratio is the median over runs of (figure / `no_program` figure of the same run).".into(),
         "64-byte UDP (60-byte frames, IP length 46), each run three rounds of 0.4 s windows over all dataplanes in turn: an AF_PACKET generator (sendmmsg, qdisc bypass, one thread) in the access point namespace sends prebuilt frames onto the gateway uplink with source MACs rotating over all configured clients; packets/s is what arrives on the server's interface. The generator and the forwarding share one CPU (veth delivers in the sender's context), so packets/s is the rate of the whole path on one core, as much of it as the shared machine gave; packets per CPU-second divides by the generator thread's CPU time (system time included, which is where the forwarding runs), so it does not depend on that share.".into(),
+        "The ingress program's own time per packet is the kernel's BPF run-time statistics (`run_time_ns / run_cnt`, BPF_ENABLE_STATS) over separate 0.4 s windows of the same 64-byte traffic after the ratio runs; the statistics add two clock reads to each run, which the figure includes. Its share of the path is that time over the path's CPU time per packet in the same window (the inverse of packets per CPU-second).".into(),
         "Bulk TCP: one iperf3 flow from the server down to the real client (`-R`, 1 s measured after 1 s omitted), which is one of the configured clients, in the middle of the list.".into(),
         "session_agent: the daemon running with its default poll (250 ms), every configured MAC allowed with `session-agent allow`. nft_chain: `iifname lan0 jump up` / `oifname lan0 jump down`; `up` holds one `ether saddr M counter` rule per client (walked completely, like openNDS's per-client MARK rules), `down` one `ip daddr A counter accept` per client. nft_set: sets of type ether_addr / ipv4_addr with the `counter` flag. htb: HTB on wan0 and lan0 with one class per client (rate = ceil = 100 Gbit/s, burst 4 MB: tc's computed default burst is 0 at such rates, which throttles), the class chosen by `meta priority set ether saddr map @up` / `ip daddr map @down` in the forward hook.".into(),
     ];

@@ -332,11 +332,27 @@ pub fn goals(r: &Results) -> Vec<Goal> {
                 .find("forwarding", "session_agent", Some(*hi), "udp64_per_cpu_s")
                 .and_then(|m| m.ratio())
                 .unwrap_or(f64::NAN);
+            let in_situ = match (
+                r.find(
+                    "forwarding",
+                    "session_agent",
+                    Some(*hi),
+                    "program_ns_in_situ",
+                ),
+                r.find("forwarding", "session_agent", Some(*hi), "program_share"),
+            ) {
+                (Some(ns), Some(share)) => format!(
+                    "; the program itself {:.0} ns per packet, {:.1}% of the path's CPU time",
+                    ns.median,
+                    100.0 * share.median
+                ),
+                _ => String::new(),
+            };
             v.push(Goal {
                 scenario: "2 forwarding",
                 goal,
                 measured: format!(
-                    "{} clients, of no program: 64-byte UDP {cpu:.3} per CPU-second ({pps:.3} in packets/s on the shared machine), bulk TCP {tcp:.3}; judged on UDP per CPU-second and TCP",
+                    "{} clients, of no program: 64-byte UDP {cpu:.3} per CPU-second ({pps:.3} in packets/s on the shared machine), bulk TCP {tcp:.3}; judged on UDP per CPU-second and TCP{in_situ}",
                     thousands(*hi as u64)
                 ),
                 status: if *hi < 10_000 {
@@ -639,6 +655,38 @@ pub fn markdown(r: &Results) -> String {
                     }
                 }
                 s += "\n";
+            }
+        }
+        let prog: Vec<(u32, &Measurement, &Measurement)> = cl
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    *c,
+                    r.find(
+                        "forwarding",
+                        "session_agent",
+                        Some(*c),
+                        "program_ns_in_situ",
+                    )?,
+                    r.find("forwarding", "session_agent", Some(*c), "program_share")?,
+                ))
+            })
+            .collect();
+        if !prog.is_empty() {
+            s += "
+session-agent's TC ingress program in the same 64-byte traffic, from the kernel's BPF run-time statistics: its own time per packet, and its share of the CPU time of the whole path per packet:
+
+| clients | program ns per packet | share of the path |
+|---:|---:|---:|
+";
+            for (c, ns, share) in prog {
+                s += &format!(
+                    "| {} | {:.0} | {:.1}% |
+",
+                    thousands(c as u64),
+                    ns.median,
+                    100.0 * share.median
+                );
             }
         }
         // Offered load, for reading the UDP figures.
