@@ -118,6 +118,9 @@ pub struct GatewayStats {
     pub commit_us_sum: AtomicU64,
     pub commit_us_last: AtomicU64,
     pub commit_errors: AtomicU64,
+    /// Idle clients forgotten (see [`GatewayConfig::forget_idle`]), and runs that failed.
+    pub clients_forgotten: AtomicU64,
+    pub forget_errors: AtomicU64,
 }
 
 impl GatewayStats {
@@ -700,6 +703,7 @@ impl Gateway {
                 if last_forget.elapsed() >= (idle / 4).clamp(Duration::from_secs(1), FORGET_EVERY) {
                     last_forget = Instant::now();
                     if let Err(e) = self.forget_idle_clients(idle).await {
+                        self.stats.forget_errors.fetch_add(1, Relaxed);
                         warn!("forgetting idle clients failed: {e}");
                     }
                 }
@@ -729,6 +733,9 @@ impl Gateway {
         for (lan, tracker) in self.lans.iter().zip(trackers.iter_mut()) {
             let maps = lan.maps.lock().unwrap();
             let done = maps.forget_idle(tracker, now, idle, |mac| keep.contains(mac))?;
+            self.stats
+                .clients_forgotten
+                .fetch_add(done.retired as u64, Relaxed);
             if done.retired > 0 || done.freed > 0 {
                 info!(
                     lan = lan.name,

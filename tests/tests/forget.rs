@@ -46,6 +46,13 @@ fn idle_clients_that_are_not_allowed_are_forgotten_and_counted_afresh_when_back(
         "{}",
         agent.log_tail()
     );
+    let metrics = agent.api().get("/metrics").body;
+    let metrics = metrics.as_str().unwrap_or_default();
+    assert!(
+        metrics.contains("session_agent_clients_forgotten_total 1\n")
+            && metrics.contains("session_agent_forget_errors_total 0\n"),
+        "{metrics}"
+    );
     let still = agent
         .client(&kept.mac)
         .unwrap_or_else(|| panic!("the allowed client was forgotten\n{}", agent.log_tail()));

@@ -279,6 +279,18 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
         "Store checkpoints that failed.",
         n(&s.checkpoint_errors),
     );
+    single(
+        &mut out,
+        ("session_agent_clients_forgotten_total", "counter"),
+        "Idle clients that were not allowed, forgotten to free their slots.",
+        n(&s.clients_forgotten),
+    );
+    single(
+        &mut out,
+        ("session_agent_forget_errors_total", "counter"),
+        "Runs of forgetting idle clients that failed.",
+        n(&s.forget_errors),
+    );
     summary(
         &mut out,
         "session_agent_commit_duration_seconds",

@@ -114,6 +114,9 @@ pub struct Maps {
     shaper: MmapArray<ShaperConfig>,
 }
 
+/// Slots whose counters [`Maps::forget_idle`] maps at once (320 KiB).
+const SCAN_CHUNK: u32 = 4096;
+
 /// What [`Maps::forget_idle`] remembers between runs.
 #[derive(Debug, Default)]
 pub struct IdleTracker {
@@ -528,9 +531,14 @@ impl Maps {
             done.freed += 1;
         }
         let used = self.slots_used();
-        let counters = self.all_counters(0, used)?;
         let mut live = std::collections::HashSet::new();
+        // Counters mapped a chunk at a time: a mapping counts fully in RSS.
+        let mut counters = None;
         for slot in 0..used {
+            if slot % SCAN_CHUNK == 0 {
+                counters = Some(self.all_counters(slot, SCAN_CHUNK.min(used - slot))?);
+            }
+            let counters = counters.as_ref().expect("mapped at the chunk's start");
             let pos =
                 unsafe { AtomicU64::from_ptr(self.slots.entry(slot)) }.load(Ordering::Acquire);
             let Some(pos) = u32::try_from(pos).ok().filter(|p| *p < INDEX_ENTRIES) else {
