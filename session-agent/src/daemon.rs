@@ -58,11 +58,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut rings = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for lan in &opts.lans {
-        let mut a = attach::attach(&opts.pin_root, lan, opts.ingress, opts.tc_attach)?;
+        let (mut a, maps) = attach::attach(&opts.pin_root, lan, opts.ingress, opts.tc_attach)?;
         let entries = garden_for(lan, &opts)?;
         dataplane::write_garden(&mut a.ebpf, &entries)?;
-        let maps = Maps::open(&opts.pin_root, lan)?;
-        let epoch = maps.ensure_epoch();
+        let epoch = maps.epoch();
         set_up_shaper(&maps, lan, opts.shaper)?;
         info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, tc = ?a.tc, shaper = ?opts.shaper, garden = entries.len(), "datapath attached");
         match aya_log::EbpfLogger::init(&mut a.ebpf) {
@@ -139,11 +138,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             return Err(e.into());
         }
     }
+    // Handlers first: a supervisor may stop the agent the moment it is ready,
+    // and a stop must still charge the last usage and checkpoint.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     println!("READY");
     std::io::stdout().flush().ok();
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: stopping; the datapath stays attached and keeps enforcing"),
         _ = int.recv() => info!("SIGINT: stopping; the datapath stays attached and keeps enforcing"),

@@ -92,12 +92,14 @@ pub struct Attached {
     pub tc: TcAttach,
 }
 
+/// Loads and attaches the datapath of `iface_name`; also returns its pinned
+/// maps, opened (and given their epoch) before the programs attached.
 pub fn attach(
     pin_root: &Path,
     iface_name: &str,
     ingress: IngressHook,
     tc_attach: TcAttach,
-) -> Result<Attached> {
+) -> Result<(Attached, super::Maps)> {
     iface::index(iface_name)?;
     bpffs::prepare(pin_root)?;
     let dir = pin_dir(pin_root, iface_name);
@@ -105,7 +107,8 @@ pub fn attach(
         .map_err(|e| AgentError::from_io(format!("creating {}", dir.display()), e))?;
     let mut ebpf = load(&dir, iface_name)?;
     // The epoch seeds the client index: it must be set before any packet is seen.
-    super::Maps::open(pin_root, iface_name)?.ensure_epoch();
+    let maps = super::Maps::open(pin_root, iface_name)?;
+    maps.ensure_epoch();
     let tc = {
         let egress: &mut SchedClassifier = loaded(&mut ebpf, PROG_TC_EGRESS)?;
         resolve(tc_attach, egress)?
@@ -148,12 +151,15 @@ pub fn attach(
         TcAttachType::Egress,
         LINK_TC_EGRESS,
     )?;
-    Ok(Attached {
-        iface: iface_name.to_string(),
-        dir,
-        ebpf,
-        tc,
-    })
+    Ok((
+        Attached {
+            iface: iface_name.to_string(),
+            dir,
+            ebpf,
+            tc,
+        },
+        maps,
+    ))
 }
 
 /// Picks TCX or netlink for `Auto`, and refuses TCX where the kernel lacks it.

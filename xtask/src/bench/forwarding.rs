@@ -481,22 +481,23 @@ pub fn run(opts: &Opts) -> Result<(Vec<Measurement>, Vec<String>)> {
                 100.0 * super::median(&prog_share)
             ),
         );
-        out.push(Measurement::new(
-            SCENARIO,
-            Kind::SessionAgent.name(),
-            n as u32,
-            "program_ns_in_situ",
-            "ns/packet",
-            prog_ns,
-        ));
-        out.push(Measurement::new(
-            SCENARIO,
-            Kind::SessionAgent.name(),
-            n as u32,
-            "program_share",
-            "fraction of the path's CPU time",
-            prog_share,
-        ));
+        for (metric, unit, runs) in [
+            ("program_ns_in_situ", "ns/packet", prog_ns),
+            (
+                "program_share",
+                "fraction of the path's CPU time",
+                prog_share,
+            ),
+        ] {
+            out.push(Measurement::new(
+                SCENARIO,
+                Kind::SessionAgent.name(),
+                n as u32,
+                metric,
+                unit,
+                runs,
+            ));
+        }
         let base_pps = super::median(&pps[0]);
         let base_gbits = super::median(&gbits[0]);
         let base_cpu = super::median(&per_cpu[0]);
