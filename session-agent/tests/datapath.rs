@@ -610,6 +610,19 @@ fn up4_many(i: u32) -> Vec<u8> {
     )
 }
 
+/// Every client of a full table, after checking that each slot has its own MAC.
+fn full_table(dp: &Datapath) -> Vec<ClientRow> {
+    let rows = dp.h.maps.snapshot().unwrap();
+    assert_eq!(
+        rows.len(),
+        MAX_CLIENTS as usize,
+        "every slot has its client"
+    );
+    let macs: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.mac.as_str()).collect();
+    assert_eq!(macs.len(), MAX_CLIENTS as usize, "one slot per MAC");
+    rows
+}
+
 #[test]
 fn the_client_table_takes_every_slot_and_then_keeps_only_the_garden() {
     let mut dp = Datapath::new();
@@ -624,14 +637,7 @@ fn the_client_table_takes_every_slot_and_then_keeps_only_the_garden() {
         assert_eq!(dp.up(&up4_many(i)), TC_DROP, "client {i}");
     }
     assert_eq!(dp.h.maps.slots_used(), MAX_CLIENTS);
-    let rows = dp.h.maps.snapshot().unwrap();
-    assert_eq!(
-        rows.len(),
-        MAX_CLIENTS as usize,
-        "every slot has its client"
-    );
-    let macs: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.mac.as_str()).collect();
-    assert_eq!(macs.len(), MAX_CLIENTS as usize, "one slot per MAC");
+    let rows = full_table(&dp);
     assert!(
         rows.iter()
             .all(|r| r.blocked_packets == 1 && r.up_bytes == 0),
@@ -758,14 +764,7 @@ fn forgotten_idle_clients_give_their_slots_to_new_ones() {
         assert_eq!(dp.up(&frame), TC_DROP, "new client {i}");
     }
     assert_eq!(dp.h.maps.free_slots(), 0);
-    let rows = dp.h.maps.snapshot().unwrap();
-    assert_eq!(
-        rows.len(),
-        MAX_CLIENTS as usize,
-        "every slot has its client again"
-    );
-    let macs: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.mac.as_str()).collect();
-    assert_eq!(macs.len(), MAX_CLIENTS as usize, "one slot per MAC");
+    full_table(&dp);
     assert!(
         dp.h.maps
             .set_allowed(&MacKey::new([0x02, 0xdd, 0, 0, 0, 1]), true)

@@ -21,15 +21,15 @@ fn idle_clients_that_are_not_allowed_are_forgotten_and_counted_afresh_when_back(
     let udp = servers.udp(false);
     UdpTransfer::run(&kept.ns, udp.addr, 5, 100, 0, 0).expect("udp from the allowed client");
     UdpTransfer::run(&idle.ns, udp.addr, 7, 100, 0, 0).expect("udp from the blocked client");
-    std::thread::sleep(Duration::from_millis(300));
-    let before = agent
-        .client(&idle.mac)
-        .unwrap_or_else(|| panic!("blocked client not in the table\n{}", agent.log_tail()));
-    assert_eq!(
-        (before.blocked_packets, before.up_packets, before.allowed),
-        (7, 0, false),
-        "{before:?}"
-    );
+    // The idle client's blocked, up and allowed figures, once its packets are counted.
+    let idle_row = |what: &str| {
+        std::thread::sleep(Duration::from_millis(300));
+        let c = agent
+            .client(&idle.mac)
+            .unwrap_or_else(|| panic!("{what}: not in the table\n{}", agent.log_tail()));
+        (c.blocked_packets, c.up_packets, c.allowed)
+    };
+    assert_eq!(idle_row("blocked client"), (7, 0, false));
 
     // Idle for 2 s: forgotten within a few runs (one a second here).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -60,15 +60,7 @@ fn idle_clients_that_are_not_allowed_are_forgotten_and_counted_afresh_when_back(
 
     // Back: a new entry, counted from zero, still blocked.
     UdpTransfer::run(&idle.ns, udp.addr, 3, 100, 0, 0).expect("udp after coming back");
-    std::thread::sleep(Duration::from_millis(300));
-    let back = agent
-        .client(&idle.mac)
-        .unwrap_or_else(|| panic!("returning client not in the table\n{}", agent.log_tail()));
-    assert_eq!(
-        (back.blocked_packets, back.up_packets, back.allowed),
-        (3, 0, false),
-        "{back:?}"
-    );
+    assert_eq!(idle_row("returning client"), (3, 0, false));
     // The allowed client was never forgotten, however long it idled meanwhile.
     assert!(agent.client(&kept.mac).is_some_and(|c| c.allowed));
 }
