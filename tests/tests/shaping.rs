@@ -216,3 +216,42 @@ fn htb_shaper_with_xdp_is_refused() {
     );
     assert!(!link_exists(&hs.gw_ns, IFB), "{IFB} made although refused");
 }
+
+#[test]
+fn a_forgotten_client_loses_its_htb_classes() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let agent = AgentBuilder::new(&hs)
+        .arg("--shaper")
+        .arg("htb")
+        .arg("--forget-idle-secs")
+        .arg("2")
+        .start();
+    let c = hs.client(0).clone();
+    // Limited but never allowed, and silent: forgotten after 2 s.
+    limit(&agent, &hs, &c.mac, 10);
+    for dev in [hs.lan_if.as_str(), IFB] {
+        assert!(
+            class_1(&hs.gw_ns, dev).is_some(),
+            "no class 5a:1 on {dev}\n{}",
+            agent.log_tail()
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while agent.client(&c.mac).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle client still in the table after 20 s\n{}",
+            agent.log_tail()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    for dev in [hs.lan_if.as_str(), IFB] {
+        assert_eq!(
+            class_1(&hs.gw_ns, dev),
+            None,
+            "class 5a:1 left on {dev} after forgetting\n{}",
+            agent.log_tail()
+        );
+    }
+}

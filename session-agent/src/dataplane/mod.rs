@@ -605,7 +605,11 @@ impl Maps {
             }
         }
         if f & (POLICY_LIMIT_UP | POLICY_LIMIT_DOWN | POLICY_SHAPE_UP | POLICY_SHAPE_DOWN) != 0 {
-            self.set_rates(slot, RateLimit::default(), RateLimit::default())?;
+            if let Err(e) = self.set_rates(slot, RateLimit::default(), RateLimit::default()) {
+                // Not forgotten after all: a later run tries again.
+                flags.fetch_and(!POLICY_RETIRING, Ordering::SeqCst);
+                return Err(e);
+            }
         }
         // Whoever allowed it meanwhile may have made it a tombstone already.
         match self.key(pos).compare_exchange(
