@@ -375,6 +375,27 @@ impl Agent {
     pub fn block(&self, mac: &str) {
         self.mac_cmd("block", mac);
     }
+
+    /// `session-agent limit --mac MAC --down-mbits M --up-mbits M`.
+    pub fn limit(&self, mac: &str, mbits: u64) {
+        let m = mbits.to_string();
+        let mut args = vec!["limit", "--mac", mac, "--down-mbits", &m, "--up-mbits", &m];
+        let pins = self.pin_args();
+        args.extend(pins.iter().map(|s| s.as_str()));
+        self.cli_ok(&args);
+    }
+}
+
+/// The agent's HTB class `5a:1` (slot 0) on `dev` in `ns`, as `tc class show`
+/// prints it (`tc -j` prints no JSON for classes).
+pub fn htb_class_1(ns: &str, dev: &str) -> Option<String> {
+    let out = crate::ns_command(ns, "tc")
+        .args(["class", "show", "dev", dev, "classid", "5a:1"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawn tc");
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    s.starts_with("class htb 5a:1 ").then_some(s)
 }
 
 impl Drop for Agent {

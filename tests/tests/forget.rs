@@ -1,11 +1,30 @@
 //! Forgetting idle clients (`--forget-idle-secs`): a client that is not allowed
 //! and has had no traffic for that long leaves the client table, so its slot
 //! serves new clients; an allowed client stays; a forgotten client that comes
-//! back is a new client, counted from zero.
+//! back is a new client, counted from zero; its speed limits (HTB classes) go
+//! with it.
 
 use std::time::{Duration, Instant};
 
-use session_tests::{require_root, AgentBuilder, Hotspot, ServerSet, UdpTransfer};
+use session_tests::{
+    agent::htb_class_1, require_root, Agent, AgentBuilder, Hotspot, ServerSet, UdpTransfer,
+};
+
+/// The LAN's IFB device, where upload is shaped (`--shaper htb`).
+const IFB: &str = "ifb-lan0";
+
+/// Waits (up to 20 s) until `mac` is no longer in the agent's client table.
+fn wait_forgotten(agent: &Agent, mac: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.client(mac).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "idle client {mac} still in the table after 20 s\n{}",
+            agent.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
 
 #[test]
 fn idle_clients_that_are_not_allowed_are_forgotten_and_counted_afresh_when_back() {
@@ -32,15 +51,7 @@ fn idle_clients_that_are_not_allowed_are_forgotten_and_counted_afresh_when_back(
     assert_eq!(idle_row("blocked client"), (7, 0, false));
 
     // Idle for 2 s: forgotten within a few runs (one a second here).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while agent.client(&idle.mac).is_some() {
-        assert!(
-            Instant::now() < deadline,
-            "idle client still in the table after 20 s\n{}",
-            agent.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_forgotten(&agent, &idle.mac);
     assert!(
         agent.log().contains("forgot idle clients"),
         "{}",
@@ -63,4 +74,35 @@ fn idle_clients_that_are_not_allowed_are_forgotten_and_counted_afresh_when_back(
     assert_eq!(idle_row("returning client"), (3, 0, false));
     // The allowed client was never forgotten, however long it idled meanwhile.
     assert!(agent.client(&kept.mac).is_some_and(|c| c.allowed));
+}
+
+#[test]
+fn a_forgotten_client_loses_its_htb_classes() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let agent = AgentBuilder::new(&hs)
+        .arg("--shaper")
+        .arg("htb")
+        .arg("--forget-idle-secs")
+        .arg("2")
+        .start();
+    let c = hs.client(0).clone();
+    // Limited but never allowed, and silent: forgotten after 2 s.
+    agent.limit(&c.mac, 10);
+    for dev in [hs.lan_if.as_str(), IFB] {
+        assert!(
+            htb_class_1(&hs.gw_ns, dev).is_some(),
+            "no class 5a:1 on {dev}\n{}",
+            agent.log_tail()
+        );
+    }
+    wait_forgotten(&agent, &c.mac);
+    for dev in [hs.lan_if.as_str(), IFB] {
+        assert_eq!(
+            htb_class_1(&hs.gw_ns, dev),
+            None,
+            "class 5a:1 left on {dev} after forgetting\n{}",
+            agent.log_tail()
+        );
+    }
 }

@@ -97,9 +97,13 @@ fn data_cutoff(flood: Flood) {
         "consumption differs from the kernel counters\n{report}"
     );
     if matches!(flood, Flood::TcpUp | Flood::UdpUp) {
+        // Upload is dropped before the gateway forwards it, so its forward
+        // counter is exact. (Forwarded download is not: the TCP ACKs the
+        // datapath refuses at the LAN once the budget is gone pass the
+        // forward hook first.)
         assert!(
-            (budget..=hi).contains(&refs.forwarded()),
-            "gateway forward counters outside [N MB, N MB + MTU]\n{report}"
+            refs.up <= hi,
+            "the gateway forwarded upload past N MB + MTU\n{report}"
         );
     }
     assert!(

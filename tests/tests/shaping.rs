@@ -5,7 +5,10 @@
 
 use session_tests::check::assert_usage_matches;
 use session_tests::sessions::{iperf, IperfResult, IperfServer};
-use session_tests::{agent::agent_bin, ns_command, require_root, AgentBuilder, Hotspot, NftRef};
+use session_tests::{
+    agent::{agent_bin, htb_class_1},
+    ns_command, require_root, AgentBuilder, Hotspot, NftRef,
+};
 use std::process::Stdio;
 
 const LIMIT_MBITS: u64 = 20;
@@ -30,18 +33,6 @@ fn has_agent_htb(ns: &str, dev: &str) -> bool {
         .any(|q| q["kind"] == "htb" && q["handle"] == "5a:")
 }
 
-/// The HTB class `5a:1` (slot 0) on `dev`, as `tc class show` prints it
-/// (`tc -j` prints no JSON for classes).
-fn class_1(ns: &str, dev: &str) -> Option<String> {
-    let out = ns_command(ns, "tc")
-        .args(["class", "show", "dev", dev, "classid", "5a:1"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn tc");
-    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    s.starts_with("class htb 5a:1 ").then_some(s)
-}
-
 fn link_exists(ns: &str, name: &str) -> bool {
     ns_command(ns, "ip")
         .args(["link", "show", "dev", name])
@@ -51,30 +42,6 @@ fn link_exists(ns: &str, name: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-}
-
-fn limit(agent: &session_tests::Agent, hs: &Hotspot, mac: &str, mbits: u64) {
-    let pin = hs.pin_root.display().to_string();
-    let m = mbits.to_string();
-    let out = agent.cli(&[
-        "limit",
-        "--mac",
-        mac,
-        "--down-mbits",
-        &m,
-        "--up-mbits",
-        &m,
-        "--lan",
-        &hs.lan_if,
-        "--pin-root",
-        &pin,
-    ]);
-    assert!(
-        out.status.success(),
-        "limit failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.log_tail()
-    );
 }
 
 fn show(dir: &str, r: &IperfResult) -> String {
@@ -102,9 +69,12 @@ fn htb_shaper_limits_tcp_without_retransmits_and_counts_exactly() {
         hs.lan_if,
         agent.log_tail()
     );
-    limit(&agent, &hs, &c.mac, LIMIT_MBITS);
+    agent.limit(&c.mac, LIMIT_MBITS);
     for dev in [hs.lan_if.as_str(), IFB] {
-        assert!(class_1(&hs.gw_ns, dev).is_some(), "no class 5a:1 on {dev}");
+        assert!(
+            htb_class_1(&hs.gw_ns, dev).is_some(),
+            "no class 5a:1 on {dev}"
+        );
     }
 
     // The limit is goodput: the class carries the headers of full-size segments on top.
@@ -137,7 +107,7 @@ fn htb_shaper_limits_tcp_without_retransmits_and_counts_exactly() {
     agent.stop();
     let agent = agent.restart();
     for dev in [hs.lan_if.as_str(), IFB] {
-        let cl = class_1(&hs.gw_ns, dev);
+        let cl = htb_class_1(&hs.gw_ns, dev);
         assert!(cl.is_some(), "class 5a:1 on {dev} lost over a restart");
     }
     let r = iperf(&c.ns, srv.addr, 3, 1, true);
@@ -176,7 +146,7 @@ fn detach_removes_ifb_and_qdiscs() {
     let mut agent = AgentBuilder::new(&hs).arg("--shaper").arg("htb").start();
     let c = hs.client(0).clone();
     agent.allow(&c.mac);
-    limit(&agent, &hs, &c.mac, 10);
+    agent.limit(&c.mac, 10);
     assert!(
         link_exists(&hs.gw_ns, IFB),
         "no {IFB}\n{}",
@@ -215,43 +185,4 @@ fn htb_shaper_with_xdp_is_refused() {
         out.status
     );
     assert!(!link_exists(&hs.gw_ns, IFB), "{IFB} made although refused");
-}
-
-#[test]
-fn a_forgotten_client_loses_its_htb_classes() {
-    require_root();
-    let hs = Hotspot::builder().clients(1).build();
-    let agent = AgentBuilder::new(&hs)
-        .arg("--shaper")
-        .arg("htb")
-        .arg("--forget-idle-secs")
-        .arg("2")
-        .start();
-    let c = hs.client(0).clone();
-    // Limited but never allowed, and silent: forgotten after 2 s.
-    limit(&agent, &hs, &c.mac, 10);
-    for dev in [hs.lan_if.as_str(), IFB] {
-        assert!(
-            class_1(&hs.gw_ns, dev).is_some(),
-            "no class 5a:1 on {dev}\n{}",
-            agent.log_tail()
-        );
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while agent.client(&c.mac).is_some() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "idle client still in the table after 20 s\n{}",
-            agent.log_tail()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    for dev in [hs.lan_if.as_str(), IFB] {
-        assert_eq!(
-            class_1(&hs.gw_ns, dev),
-            None,
-            "class 5a:1 left on {dev} after forgetting\n{}",
-            agent.log_tail()
-        );
-    }
 }
