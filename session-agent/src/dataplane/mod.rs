@@ -510,28 +510,13 @@ impl Maps {
     ) -> Result<Forgotten> {
         let mut done = Forgotten::default();
         for (slot, pos) in std::mem::take(&mut t.retired) {
-            if self.key(pos).load(Ordering::Acquire) != index_retired(slot) {
-                continue;
+            if self.free_retired(slot, pos)? {
+                done.freed += 1;
             }
-            let e = self.clients.entry(pos);
-            unsafe {
-                e.write_volatile(ClientEntry {
-                    key: index_retired(slot),
-                    ..Default::default()
-                });
-                self.all_counters(slot, 1)?
-                    .entry(slot)
-                    .write_volatile(ClientCounters::default());
-                self.policies(slot, 1)?
-                    .entry(slot)
-                    .write_volatile(ClientPolicy::default());
-            }
-            self.key(pos).store(INDEX_REUSABLE, Ordering::Release);
-            self.free_slot(slot);
-            done.freed += 1;
         }
         let used = self.slots_used();
-        let mut live = std::collections::HashSet::new();
+        // Rebuilt from the live clients, so forgotten and vanished slots drop out.
+        let seen = std::mem::take(&mut t.seen);
         // Counters mapped a chunk at a time: a mapping counts fully in RSS.
         let mut counters = None;
         for slot in 0..used {
@@ -553,7 +538,6 @@ impl Maps {
             if !index_live(key) || index_slot(key) != slot {
                 continue;
             }
-            live.insert(slot);
             let e = self.clients.get(pos);
             let c = counters.get(slot);
             let packets = [
@@ -567,26 +551,51 @@ impl Maps {
             ]
             .iter()
             .fold(0u64, |a, p| a.wrapping_add(*p));
-            let since = match t.seen.get(&slot) {
+            let since = match seen.get(&slot) {
                 Some(&(p, since)) if p == packets => since,
+                // New, or active since the last run.
                 _ => {
                     t.seen.insert(slot, (packets, now));
                     continue;
                 }
             };
-            let mac = index_mac(key);
-            if now.duration_since(since) < idle || e.flags & POLICY_ALLOWED != 0 || keep(&mac) {
-                continue;
-            }
-            if self.retire(slot, pos, key)? {
-                t.seen.remove(&slot);
-                live.remove(&slot);
+            let idle_long = now.duration_since(since) >= idle;
+            if idle_long
+                && e.flags & POLICY_ALLOWED == 0
+                && !keep(&index_mac(key))
+                && self.retire(slot, pos, key)?
+            {
                 t.retired.push((slot, pos));
                 done.retired += 1;
+            } else {
+                t.seen.insert(slot, (packets, since));
             }
         }
-        t.seen.retain(|slot, _| live.contains(slot));
         Ok(done)
+    }
+
+    /// Frees the entry at `pos` that [`Maps::retire`] made a tombstone for
+    /// `slot` a run ago: clears it, offers it to new MACs and the slot to new
+    /// clients. False if it is no longer that tombstone.
+    fn free_retired(&self, slot: u32, pos: u32) -> Result<bool> {
+        if self.key(pos).load(Ordering::Acquire) != index_retired(slot) {
+            return Ok(false);
+        }
+        unsafe {
+            self.clients.entry(pos).write_volatile(ClientEntry {
+                key: index_retired(slot),
+                ..Default::default()
+            });
+            self.all_counters(slot, 1)?
+                .entry(slot)
+                .write_volatile(ClientCounters::default());
+            self.policies(slot, 1)?
+                .entry(slot)
+                .write_volatile(ClientPolicy::default());
+        }
+        self.key(pos).store(INDEX_REUSABLE, Ordering::Release);
+        self.free_slot(slot);
+        Ok(true)
     }
 
     /// Makes the live entry `key` at `pos` a tombstone unless the client was
