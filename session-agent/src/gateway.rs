@@ -121,6 +121,8 @@ pub struct GatewayStats {
     /// Idle clients forgotten (see [`GatewayConfig::forget_idle`]), and runs that failed.
     pub clients_forgotten: AtomicU64,
     pub forget_errors: AtomicU64,
+    /// Slots taken back from lost races for an entry (see [`Maps::forget_idle`]).
+    pub slots_reclaimed: AtomicU64,
 }
 
 impl GatewayStats {
@@ -736,11 +738,15 @@ impl Gateway {
             self.stats
                 .clients_forgotten
                 .fetch_add(done.retired as u64, Relaxed);
-            if done.retired > 0 || done.freed > 0 {
+            self.stats
+                .slots_reclaimed
+                .fetch_add(done.reclaimed as u64, Relaxed);
+            if done.retired > 0 || done.freed > 0 || done.reclaimed > 0 {
                 info!(
                     lan = lan.name,
                     forgotten = done.retired,
                     slots_freed = done.freed,
+                    slots_reclaimed = done.reclaimed,
                     free_slots = maps.free_slots(),
                     "forgot idle clients"
                 );

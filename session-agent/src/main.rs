@@ -345,8 +345,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let limit = |m| RateLimit::mbits(m, burst_ms, dataplane::MIN_BURST_BYTES);
             for iface in interfaces(&pins.pin_root, lan.clone())? {
                 let mut maps = Maps::open(&pins.pin_root, &iface)?;
-                let slot = maps.ensure_slot(&mac)?;
-                maps.set_rates(slot, limit(up_mbits), limit(down_mbits))?;
+                maps.limit(&mac, limit(up_mbits), limit(down_mbits))?;
                 eprintln!("{mac} on {iface}: down {down_mbits} Mbit/s, up {up_mbits} Mbit/s (0 = unlimited)");
             }
             Ok(())

@@ -715,7 +715,7 @@ fn forgotten_idle_clients_give_their_slots_to_new_ones() {
         f,
         Forgotten {
             retired: MAX_CLIENTS - 3,
-            freed: 0
+            ..Default::default()
         }
     );
     assert_eq!(dp.h.maps.snapshot().unwrap().len(), 3);
@@ -730,8 +730,8 @@ fn forgotten_idle_clients_give_their_slots_to_new_ones() {
     assert_eq!(
         f,
         Forgotten {
-            retired: 0,
-            freed: MAX_CLIENTS - 3
+            freed: MAX_CLIENTS - 3,
+            ..Default::default()
         }
     );
     assert_eq!(dp.h.maps.free_slots(), (MAX_CLIENTS - 3) as u64);
@@ -772,6 +772,122 @@ fn forgotten_idle_clients_give_their_slots_to_new_ones() {
         "the table is full again"
     );
     assert_eq!(dp.up(&up4_many(allowed)), TC_PASS);
+}
+
+/// Leaves the state of a packet that took a new slot for `winner`'s MAC on
+/// another CPU and lost the entry to it: the slot is taken and leads to the
+/// winner's entry, which names the winner's slot. Returns the lost slot.
+fn lose_a_race(dp: &mut Datapath, winner: u32) -> u32 {
+    use aya::maps::Array;
+    let mut alloc: Array<_, SlotAllocator> =
+        Array::try_from(dp.h.ebpf.map_mut(MAP_SLOT_ALLOC).unwrap()).unwrap();
+    let mut a = alloc.get(&0, 0).unwrap();
+    let lost = a.next;
+    a.next += 1;
+    alloc.set(0, a, 0).unwrap();
+    let mut slots: Array<_, u64> = Array::try_from(dp.h.ebpf.map_mut(MAP_SLOTS).unwrap()).unwrap();
+    let pos = slots.get(&winner, 0).unwrap();
+    slots.set(lost, pos, 0).unwrap();
+    lost
+}
+
+#[test]
+fn slots_lost_in_a_race_for_an_entry_are_taken_back() {
+    use session_agent::dataplane::{Forgotten, IdleTracker, LOST_SLOT_GRACE};
+    use std::time::{Duration, Instant};
+    let mut dp = Datapath::new();
+    dp.h.maps.set_allowed(&client_mac(1), true).unwrap();
+    assert_eq!(dp.up(&up4(2, 443, 10)), TC_DROP);
+    let winner = dp.h.maps.slot_of(&client_mac(2)).unwrap();
+    let lost = lose_a_race(&mut dp, winner);
+    assert_eq!(dp.h.maps.live_clients(), 2);
+    let (idle, t0) = (Duration::from_secs(600), Instant::now());
+    let mut t = IdleTracker::default();
+    let forget = |t: &mut IdleTracker, at: Duration| {
+        dp.h.maps.forget_idle(t, t0 + at, idle, |_| false).unwrap()
+    };
+    assert_eq!(forget(&mut t, Duration::ZERO), Forgotten::default());
+    assert_eq!(
+        forget(&mut t, LOST_SLOT_GRACE - Duration::from_secs(1)),
+        Forgotten::default(),
+        "taken back before the grace"
+    );
+    // Meanwhile new clients get never-used slots.
+    assert_eq!(dp.up(&up4(3, 443, 10)), TC_DROP);
+    assert_eq!(dp.h.maps.slot_of(&client_mac(3)), Some(lost + 1));
+    let f = forget(&mut t, LOST_SLOT_GRACE);
+    assert_eq!(
+        f,
+        Forgotten {
+            reclaimed: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(dp.h.maps.free_slots(), 1);
+    // In the ring now: not taken back twice.
+    assert_eq!(forget(&mut t, 3 * LOST_SLOT_GRACE), Forgotten::default());
+    assert_eq!(dp.h.maps.free_slots(), 1);
+    // The next new client gets it, counted from zero; nobody else moved.
+    assert_eq!(dp.up(&up4(4, 443, 10)), TC_DROP);
+    assert_eq!(dp.h.maps.slot_of(&client_mac(4)), Some(lost));
+    let row = dp.h.maps.client(lost).unwrap().unwrap();
+    assert_eq!(row.mac, client_mac(4).to_string());
+    assert_eq!((row.blocked_packets, row.up_packets), (1, 0), "{row:?}");
+    assert_eq!(dp.h.maps.slot_of(&client_mac(2)), Some(winner));
+    assert_eq!(dp.up(&up4(1, 443, 10)), TC_PASS);
+    assert_eq!(dp.h.maps.live_clients(), 4);
+    assert_eq!(forget(&mut t, 5 * LOST_SLOT_GRACE), Forgotten::default());
+}
+
+#[test]
+fn a_limit_set_while_the_agent_forgets_the_client_goes_to_its_new_entry() {
+    use aya::maps::Array;
+    use session_agent::dataplane::{Forgotten, IdleTracker};
+    use std::time::{Duration, Instant};
+    let mut dp = Datapath::new();
+    let n = 6;
+    assert_eq!(dp.up(&up4(n, 443, 10)), TC_DROP);
+    let old = dp.h.maps.slot_of(&client_mac(n)).unwrap();
+    // The agent has begun forgetting it (as `forget_idle` does first).
+    let pos = {
+        let slots: Array<_, u64> = Array::try_from(dp.h.ebpf.map(MAP_SLOTS).unwrap()).unwrap();
+        slots.get(&old, 0).unwrap() as u32
+    };
+    let mut clients: Array<_, ClientEntry> =
+        Array::try_from(dp.h.ebpf.map_mut(MAP_CLIENTS).unwrap()).unwrap();
+    let mut e = clients.get(&pos, 0).unwrap();
+    e.flags |= POLICY_RETIRING;
+    clients.set(pos, e, 0).unwrap();
+    let tiny = RateLimit {
+        rate_bytes: 1,
+        burst_bytes: 1,
+    };
+    let slot = dp.h.maps.limit(&client_mac(n), tiny, tiny).unwrap();
+    assert_ne!(slot, old, "the limit went to the entry being forgotten");
+    assert_eq!(dp.h.maps.slot_of(&client_mac(n)), Some(slot));
+    assert_ne!(dp.h.maps.flags_of(slot) & POLICY_LIMIT_UP, 0);
+    dp.h.maps.set_allowed(&client_mac(n), true).unwrap();
+    let pkt = up4(n, 443, 972);
+    assert_eq!(
+        (dp.up(&pkt), dp.up(&pkt)),
+        (TC_PASS, TC_DROP),
+        "not limited"
+    );
+    // The agent's next runs free the old entry and slot.
+    let mut t = IdleTracker::default();
+    let t0 = Instant::now();
+    let idle = Duration::from_secs(600);
+    let forget = |t: &mut IdleTracker| dp.h.maps.forget_idle(t, t0, idle, |_| false).unwrap();
+    assert_eq!(forget(&mut t), Forgotten::default());
+    assert_eq!(
+        forget(&mut t),
+        Forgotten {
+            freed: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(dp.h.maps.free_slots(), 1);
+    assert_eq!(dp.h.maps.live_clients(), 1);
 }
 
 /// Creates a BPF map and pins it at `path` (as an older version would have).

@@ -41,14 +41,14 @@ fn idle_clients_that_are_not_allowed_are_forgotten_and_counted_afresh_when_back(
     UdpTransfer::run(&kept.ns, udp.addr, 5, 100, 0, 0).expect("udp from the allowed client");
     UdpTransfer::run(&idle.ns, udp.addr, 7, 100, 0, 0).expect("udp from the blocked client");
     // The idle client's blocked, up and allowed figures, once its packets are counted.
-    let idle_row = |what: &str| {
+    let idle_row = |agent: &Agent, what: &str| {
         std::thread::sleep(Duration::from_millis(300));
         let c = agent
             .client(&idle.mac)
             .unwrap_or_else(|| panic!("{what}: not in the table\n{}", agent.log_tail()));
         (c.blocked_packets, c.up_packets, c.allowed)
     };
-    assert_eq!(idle_row("blocked client"), (7, 0, false));
+    assert_eq!(idle_row(&agent, "blocked client"), (7, 0, false));
 
     // Idle for 2 s: forgotten within a few runs (one a second here).
     wait_forgotten(&agent, &idle.mac);
@@ -64,14 +64,23 @@ fn idle_clients_that_are_not_allowed_are_forgotten_and_counted_afresh_when_back(
             && metrics.contains("session_agent_forget_errors_total 0\n"),
         "{metrics}"
     );
+    let status = agent.api().get("/v1/status").ok("status");
+    assert_eq!(status["lans"][0]["clients"], 1, "{status}");
     let still = agent
         .client(&kept.mac)
         .unwrap_or_else(|| panic!("the allowed client was forgotten\n{}", agent.log_tail()));
     assert!(still.allowed && still.up_packets >= 5, "{still:?}");
 
+    // A restart with the forgotten client's slot between owners: the new
+    // agent takes over the table as it is and finishes the forgetting.
+    let mut old = agent;
+    old.stop();
+    let agent = old.restart();
+    assert!(agent.client(&kept.mac).is_some_and(|c| c.allowed));
+
     // Back: a new entry, counted from zero, still blocked.
     UdpTransfer::run(&idle.ns, udp.addr, 3, 100, 0, 0).expect("udp after coming back");
-    assert_eq!(idle_row("returning client"), (3, 0, false));
+    assert_eq!(idle_row(&agent, "returning client"), (3, 0, false));
     // The allowed client was never forgotten, however long it idled meanwhile.
     assert!(agent.client(&kept.mac).is_some_and(|c| c.allowed));
 }

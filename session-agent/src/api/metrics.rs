@@ -291,6 +291,12 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
         "Runs of forgetting idle clients that failed.",
         n(&s.forget_errors),
     );
+    single(
+        &mut out,
+        ("session_agent_slots_reclaimed_total", "counter"),
+        "Client slots that a lost race for a table entry had left unused, taken back.",
+        n(&s.slots_reclaimed),
+    );
     summary(
         &mut out,
         "session_agent_commit_duration_seconds",

@@ -291,7 +291,7 @@ async fn status(State(st): St) -> ApiResult<StatusView> {
         .iter()
         .map(|l| LanView {
             name: l.name.clone(),
-            clients: l.maps.lock().map(|m| m.slots_used()).unwrap_or(0),
+            clients: l.maps.lock().map(|m| m.live_clients()).unwrap_or(0),
         })
         .collect();
     let stats = st.gw.stats();

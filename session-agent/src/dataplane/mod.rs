@@ -125,7 +125,16 @@ pub struct IdleTracker {
     /// Entries forgotten by the last run, `(slot, position)`: freed by the next
     /// one, when no packet can still be using them.
     retired: Vec<(u32, u32)>,
+    /// Slots that neither an entry nor the free ring holds -> since when (see
+    /// [`LOST_SLOT_GRACE`]).
+    unowned: HashMap<u32, Instant>,
 }
+
+/// How long a slot must have been held by neither an entry nor the free ring
+/// before [`Maps::forget_idle`] takes it back. A packet (or `ensure_slot`)
+/// that takes a slot and then loses the race for the MAC's entry leaves it so
+/// for good; one that is still inserting holds it for microseconds.
+pub const LOST_SLOT_GRACE: Duration = Duration::from_secs(60);
 
 /// What one run of [`Maps::forget_idle`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +143,8 @@ pub struct Forgotten {
     pub retired: u32,
     /// Slots (of clients forgotten by the run before) ready for new clients.
     pub freed: u32,
+    /// Slots that a lost race for an entry had left unused, ready for new clients.
+    pub reclaimed: u32,
 }
 
 impl Maps {
@@ -181,7 +192,8 @@ impl Maps {
         let mut to_flag = Vec::new();
         let used = self.slots_used();
         let pol = self.policies(0, used)?;
-        for slot in 0..used {
+        // Slots of forgotten clients (and any a lost race left unused) have no entry.
+        for slot in (0..used).filter(|s| self.position(*s).is_some()) {
             match mode {
                 Shaper::Htb => {
                     for d in self.directions(&pol, slot) {
@@ -198,11 +210,12 @@ impl Maps {
                     }
                 }
                 Shaper::Police => {
-                    if self.flags_of(slot) & (POLICY_SHAPE_UP | POLICY_SHAPE_DOWN) != 0 {
+                    let flags = self.flags(slot);
+                    if flags.load(Ordering::SeqCst) & (POLICY_SHAPE_UP | POLICY_SHAPE_DOWN) != 0 {
                         for d in self.directions(&pol, slot) {
                             let limit = limit_of(&unsafe { std::ptr::read_volatile(d.bucket) });
-                            self.set_bucket(slot, &d, limit);
-                            self.flags(slot).fetch_and(!d.shape, Ordering::SeqCst);
+                            set_bucket(flags, &d, limit);
+                            flags.fetch_and(!d.shape, Ordering::SeqCst);
                         }
                     }
                 }
@@ -239,30 +252,6 @@ impl Maps {
                     dev: self.iface.clone(),
                 },
             ]
-        }
-    }
-
-    /// Publishes a token bucket: its flag goes off before the bucket changes
-    /// and on (for a limit) once it is complete, so the datapath never uses a
-    /// half-written bucket.
-    fn set_bucket(&self, slot: u32, d: &Direction, limit: RateLimit) {
-        if limit.rate_bytes == 0 && self.flags_of(slot) & d.limit == 0 {
-            // Unlimited already: the bucket is not read, so it is not written
-            // either (nor its page brought into this process).
-            return;
-        }
-        self.flags(slot).fetch_and(!d.limit, Ordering::SeqCst);
-        let b = d.bucket;
-        unsafe {
-            AtomicU64::from_ptr(&raw mut (*b).rate_bytes).store(limit.rate_bytes, Ordering::SeqCst);
-            AtomicU64::from_ptr(&raw mut (*b).burst_bytes)
-                .store(limit.burst_bytes, Ordering::SeqCst);
-            AtomicI64::from_ptr(&raw mut (*b).tokens)
-                .store(limit.burst_bytes as i64, Ordering::SeqCst);
-            AtomicU64::from_ptr(&raw mut (*b).last_ns).store(ktime_ns(), Ordering::SeqCst);
-        }
-        if limit.rate_bytes > 0 {
-            self.flags(slot).fetch_or(d.limit, Ordering::SeqCst);
         }
     }
 
@@ -314,9 +303,16 @@ impl Maps {
         }
     }
 
-    /// Slots handed out so far.
+    /// Slots handed out so far (including those of forgotten clients).
     pub fn slots_used(&self) -> u32 {
         self.alloc.get(0).next.min(MAX_CLIENTS)
+    }
+
+    /// Clients in the table now.
+    pub fn live_clients(&self) -> u32 {
+        (0..self.slots_used())
+            .filter(|s| self.position(*s).is_some())
+            .count() as u32
     }
 
     /// The counters and policy of every client, read from shared memory.
@@ -517,6 +513,8 @@ impl Maps {
         let used = self.slots_used();
         // Rebuilt from the live clients, so forgotten and vanished slots drop out.
         let seen = std::mem::take(&mut t.seen);
+        let unowned = std::mem::take(&mut t.unowned);
+        let ring = self.free_ring();
         // Counters mapped a chunk at a time: a mapping counts fully in RSS.
         let mut counters = None;
         for slot in 0..used {
@@ -526,16 +524,25 @@ impl Maps {
             let counters = counters.as_ref().expect("mapped at the chunk's start");
             let pos =
                 unsafe { AtomicU64::from_ptr(self.slots.entry(slot)) }.load(Ordering::Acquire);
-            let Some(pos) = u32::try_from(pos).ok().filter(|p| *p < INDEX_ENTRIES) else {
+            let pos = u32::try_from(pos).ok().filter(|p| *p < INDEX_ENTRIES);
+            let key = pos.map_or(0, |p| self.key(p).load(Ordering::Acquire));
+            let owned = key == index_retired(slot) || (index_live(key) && index_slot(key) == slot);
+            let Some(pos) = pos.filter(|_| owned) else {
+                if !ring.contains(&slot) {
+                    let since = unowned.get(&slot).copied().unwrap_or(now);
+                    if now.duration_since(since) >= LOST_SLOT_GRACE {
+                        self.clear_slot(slot)?;
+                        self.free_slot(slot);
+                        done.reclaimed += 1;
+                    } else {
+                        t.unowned.insert(slot, since);
+                    }
+                }
                 continue;
             };
-            let key = self.key(pos).load(Ordering::Acquire);
             if key == index_retired(slot) {
                 // Left by an earlier run (or process) that did not free it.
                 t.retired.push((slot, pos));
-                continue;
-            }
-            if !index_live(key) || index_slot(key) != slot {
                 continue;
             }
             let e = self.clients.get(pos);
@@ -581,11 +588,32 @@ impl Maps {
         if self.key(pos).load(Ordering::Acquire) != index_retired(slot) {
             return Ok(false);
         }
+        // Classes that a limit set while the client was being forgotten made.
+        let flags = self.clients.get(pos).flags;
+        if let Some(id) = shape_classid(slot) {
+            let pol = self.policies(slot, 1)?;
+            for d in self.directions(&pol, slot) {
+                if flags & d.shape != 0 {
+                    shape::del_class(&d.dev, id)?;
+                }
+            }
+        }
         unsafe {
             self.clients.entry(pos).write_volatile(ClientEntry {
                 key: index_retired(slot),
                 ..Default::default()
             });
+        }
+        self.clear_slot(slot)?;
+        self.key(pos).store(INDEX_REUSABLE, Ordering::Release);
+        self.free_slot(slot);
+        Ok(true)
+    }
+
+    /// Zeroes the slot's garden and drop counters and its token buckets, for
+    /// the next client.
+    fn clear_slot(&self, slot: u32) -> Result<()> {
+        unsafe {
             self.all_counters(slot, 1)?
                 .entry(slot)
                 .write_volatile(ClientCounters::default());
@@ -593,9 +621,20 @@ impl Maps {
                 .entry(slot)
                 .write_volatile(ClientPolicy::default());
         }
-        self.key(pos).store(INDEX_REUSABLE, Ordering::Release);
-        self.free_slot(slot);
-        Ok(true)
+        Ok(())
+    }
+
+    /// The slots in the free ring (a taker may be moving its head meanwhile:
+    /// slots it just took may be among them).
+    fn free_ring(&self) -> std::collections::HashSet<u32> {
+        let a = self.alloc.get(0);
+        (a.free_head..a.free_tail)
+            .take(MAX_CLIENTS as usize)
+            .map(|i| {
+                let cell = self.free.entry((i % MAX_CLIENTS as u64) as u32);
+                unsafe { AtomicU64::from_ptr(cell) }.load(Ordering::Acquire) as u32
+            })
+            .collect()
     }
 
     /// Makes the live entry `key` at `pos` a tombstone unless the client was
@@ -673,14 +712,18 @@ impl Maps {
     /// Sets both speed limits: token buckets (which start full), or in HTB
     /// mode the slot's classes (the rates are kept in the buckets too, unused).
     pub fn set_rates(&self, slot: u32, up: RateLimit, down: RateLimit) -> Result<()> {
+        // Found once: the entry stays where it is while this runs, even if the
+        // agent forgets the client meanwhile (see [`Maps::limit`]).
+        let flags = self.flags(slot);
         let limited = POLICY_LIMIT_UP | POLICY_LIMIT_DOWN | POLICY_SHAPE_UP | POLICY_SHAPE_DOWN;
-        if up.rate_bytes == 0 && down.rate_bytes == 0 && self.flags_of(slot) & limited == 0 {
+        if up.rate_bytes == 0 && down.rate_bytes == 0 && flags.load(Ordering::SeqCst) & limited == 0
+        {
             return Ok(()); // unlimited already
         }
         let htb = self.shaper() == Shaper::Htb;
         let pol = self.policies(slot, 1)?;
         for (d, limit) in self.directions(&pol, slot).into_iter().zip([up, down]) {
-            let shaped = self.flags_of(slot) & d.shape != 0;
+            let shaped = flags.load(Ordering::SeqCst) & d.shape != 0;
             match shape_classid(slot).filter(|_| htb && limit.rate_bytes > 0) {
                 Some(id) => {
                     let same = limit_of(&unsafe { std::ptr::read_volatile(d.bucket) }) == limit;
@@ -692,13 +735,13 @@ impl Maps {
                         classid: id,
                         rate_bytes: limit.rate_bytes,
                     })?;
-                    self.flags(slot).fetch_or(d.shape, Ordering::SeqCst);
+                    flags.fetch_or(d.shape, Ordering::SeqCst);
                     // Kept for a switch back to policing; unused while shaped.
-                    self.set_bucket(slot, &d, limit);
+                    set_bucket(flags, &d, limit);
                 }
                 None => {
-                    self.set_bucket(slot, &d, limit);
-                    self.flags(slot).fetch_and(!d.shape, Ordering::SeqCst);
+                    set_bucket(flags, &d, limit);
+                    flags.fetch_and(!d.shape, Ordering::SeqCst);
                     if shaped {
                         if let Some(id) = shape_classid(slot) {
                             shape::del_class(&d.dev, id)?;
@@ -746,15 +789,41 @@ impl Maps {
             if flags.fetch_or(POLICY_ALLOWED, Ordering::SeqCst) & POLICY_RETIRING == 0 {
                 return Ok(slot);
             }
-            // Finish the forgetting (the agent frees the entry), then allow the
-            // MAC in a new entry.
-            let _ = self.key(pos).compare_exchange(
-                index_key(mac_word(mac), slot),
-                index_retired(slot),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
+            // Allowed in a new entry instead.
+            self.finish_forgetting(mac, slot, pos);
         }
+    }
+
+    /// Sets the client's speed limits (see [`Maps::set_rates`]), taking a slot
+    /// for it if it has none. If the agent is forgetting the client meanwhile,
+    /// that is finished and the limits go to a new entry, so they are not lost.
+    pub fn limit(&mut self, mac: &MacKey, up: RateLimit, down: RateLimit) -> Result<u32> {
+        loop {
+            let slot = self.ensure_slot(mac)?;
+            let Some(pos) = self.position(slot) else {
+                continue;
+            };
+            let flags = unsafe { AtomicU32::from_ptr(&raw mut (*self.clients.entry(pos)).flags) };
+            if flags.load(Ordering::SeqCst) & POLICY_RETIRING == 0 {
+                self.set_rates(slot, up, down)?;
+                let still = self.key(pos).load(Ordering::SeqCst) == index_key(mac_word(mac), slot);
+                if still && flags.load(Ordering::SeqCst) & POLICY_RETIRING == 0 {
+                    return Ok(slot);
+                }
+            }
+            self.finish_forgetting(mac, slot, pos);
+        }
+    }
+
+    /// Makes the entry of `mac` at `pos`, which the agent is forgetting, a
+    /// tombstone now (the agent frees it), so that the MAC can take a new one.
+    fn finish_forgetting(&self, mac: &MacKey, slot: u32, pos: u32) {
+        let _ = self.key(pos).compare_exchange(
+            index_key(mac_word(mac), slot),
+            index_retired(slot),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
     }
 }
 
@@ -767,6 +836,28 @@ struct Direction {
     bucket: *mut TokenBucket,
     /// The device the direction's HTB class is on.
     dev: String,
+}
+
+/// Publishes a token bucket of the client whose `POLICY_*` flags are
+/// `flags`: its flag goes off before the bucket changes and on (for a limit)
+/// once it is complete, so the datapath never uses a half-written bucket.
+fn set_bucket(flags: &AtomicU32, d: &Direction, limit: RateLimit) {
+    if limit.rate_bytes == 0 && flags.load(Ordering::SeqCst) & d.limit == 0 {
+        // Unlimited already: the bucket is not read, so it is not written
+        // either (nor its page brought into this process).
+        return;
+    }
+    flags.fetch_and(!d.limit, Ordering::SeqCst);
+    let b = d.bucket;
+    unsafe {
+        AtomicU64::from_ptr(&raw mut (*b).rate_bytes).store(limit.rate_bytes, Ordering::SeqCst);
+        AtomicU64::from_ptr(&raw mut (*b).burst_bytes).store(limit.burst_bytes, Ordering::SeqCst);
+        AtomicI64::from_ptr(&raw mut (*b).tokens).store(limit.burst_bytes as i64, Ordering::SeqCst);
+        AtomicU64::from_ptr(&raw mut (*b).last_ns).store(ktime_ns(), Ordering::SeqCst);
+    }
+    if limit.rate_bytes > 0 {
+        flags.fetch_or(d.limit, Ordering::SeqCst);
+    }
 }
 
 /// The limit a bucket holds.
