@@ -19,6 +19,9 @@
 //! source MACs rotating over the configured clients, to the gateway's LAN
 //! MAC and an address routed to the server; the rate is what arrives on the
 //! server's interface. Bulk TCP: one iperf3 download flow to the real client.
+//! Before the setups, a probe of the machine's memory (see [`super::memory`])
+//! gives the cost of one read of state that has left the caches, the floor
+//! under any per-client lookup at 10,000 clients.
 
 use std::{
     io::Write,
@@ -41,6 +44,8 @@ use session_tests::{
 use super::{gen, progress, Measurement, Opts};
 
 const SCENARIO: &str = "forwarding";
+/// The case of measurements of the machine itself rather than of a dataplane.
+pub const MACHINE: &str = "machine";
 /// An address behind the server's interface that the server does not own: it
 /// drops the packets silently (no forwarding, so no ICMP).
 const SINK: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 200);
@@ -386,6 +391,35 @@ fn ingress_runs() -> Result<(u128, u64)> {
     Ok(total)
 }
 
+/// The cost of one load that misses the core's caches, through small and
+/// huge pages (see [`super::memory`]), before the setups load the machine.
+fn memory_floor(opts: &Opts) -> Result<Vec<Measurement>> {
+    let (mut small, mut huge, mut share) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.runs {
+        small.push(super::memory::chase(false)?.ns_per_load);
+        let h = super::memory::chase(true)?;
+        huge.push(h.ns_per_load);
+        share.push(h.huge_share);
+    }
+    progress(
+        SCENARIO,
+        format!(
+            "a load that misses the caches: {:.0} ns through 4 KiB pages, {:.0} ns through 2 MiB pages ({:.0}% of the probe in huge pages)",
+            super::median(&small),
+            super::median(&huge),
+            100.0 * super::median(&share)
+        ),
+    );
+    Ok([
+        ("load_miss_ns_4k", "ns/load", small),
+        ("load_miss_ns_2m", "ns/load", huge),
+        ("load_miss_huge_share", "fraction in huge pages", share),
+    ]
+    .into_iter()
+    .map(|(metric, unit, runs)| Measurement::new(SCENARIO, MACHINE, 0, metric, unit, runs))
+    .collect())
+}
+
 pub fn run(opts: &Opts) -> Result<(Vec<Measurement>, Vec<String>)> {
     let sizes: &[usize] = if opts.quick {
         &[1, 10_000]
@@ -397,7 +431,7 @@ pub fn run(opts: &Opts) -> Result<(Vec<Measurement>, Vec<String>)> {
     // mean over its windows.
     let (window, rounds, tcp_secs) = (Duration::from_millis(400), 3, 1);
     let warm = Duration::from_millis(100);
-    let mut out = Vec::new();
+    let mut out = memory_floor(opts)?;
     for &n in sizes {
         let t = Instant::now();
         let mut setups = Vec::new();

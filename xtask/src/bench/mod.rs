@@ -16,6 +16,7 @@
 
 mod forwarding;
 mod gen;
+mod memory;
 mod quota;
 mod ratelimit;
 mod report;

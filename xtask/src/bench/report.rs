@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, path::Path, process::Command};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{Measurement, ScenarioRun};
+use super::{forwarding::MACHINE, Measurement, ScenarioRun};
 
 pub const START: &str = "<!-- xtask-bench:start -->";
 pub const END: &str = "<!-- xtask-bench:end -->";
@@ -163,6 +163,18 @@ pub struct Goal {
     pub goal: &'static str,
     pub measured: String,
     pub status: Status,
+}
+
+/// One load that misses the caches (4 KiB pages): its ns, and its share of the
+/// no-program path's CPU time per packet at `clients`.
+fn miss_floor(r: &Results, clients: u32) -> Option<(f64, f64)> {
+    let ns = r
+        .find("forwarding", MACHINE, Some(0), "load_miss_ns_4k")?
+        .median;
+    let per_cpu = r
+        .find("forwarding", "no_program", Some(clients), "udp64_per_cpu_s")?
+        .median;
+    (per_cpu > 0.0).then(|| (ns, ns / (1e9 / per_cpu)))
 }
 
 fn clients_set(r: &Results, scenario: &str, case: &str, metric: &str) -> Vec<u32> {
@@ -348,11 +360,19 @@ pub fn goals(r: &Results) -> Vec<Goal> {
                 ),
                 _ => String::new(),
             };
+            let floor = miss_floor(r, *hi)
+                .map(|(ns, share)| {
+                    format!(
+                        "; one load that misses the caches costs {ns:.0} ns here, {:.1}% of the path",
+                        100.0 * share
+                    )
+                })
+                .unwrap_or_default();
             v.push(Goal {
                 scenario: "2 forwarding",
                 goal,
                 measured: format!(
-                    "{} clients, of no program: 64-byte UDP {cpu:.3} per CPU-second ({pps:.3} in packets/s on the shared machine), bulk TCP {tcp:.3}; judged on UDP per CPU-second and TCP{in_situ}",
+                    "{} clients, of no program: 64-byte UDP {cpu:.3} per CPU-second ({pps:.3} in packets/s on the shared machine), bulk TCP {tcp:.3}; judged on UDP per CPU-second and TCP{in_situ}{floor}",
                     thousands(*hi as u64)
                 ),
                 status: if *hi < 10_000 {
@@ -686,6 +706,24 @@ session-agent's TC ingress program in the same 64-byte traffic, from the kernel'
                     thousands(c as u64),
                     ns.median,
                     100.0 * share.median
+                );
+            }
+        }
+        let small = r.find("forwarding", MACHINE, Some(0), "load_miss_ns_4k");
+        let huge = r.find("forwarding", MACHINE, Some(0), "load_miss_ns_2m");
+        let huge_share = r.find("forwarding", MACHINE, Some(0), "load_miss_huge_share");
+        if let (Some(small), Some(huge), Some(hs)) = (small, huge, huge_share) {
+            s += &format!(
+                "\nThe machine's own floor: one load that misses the core's caches (a chain of dependent loads over random lines of 512 MiB) takes {:.0} ns through 4 KiB pages, as BPF array maps are mapped, and {:.0} ns through 2 MiB pages ({:.0}% of the probe was in huge pages). ",
+                small.median,
+                huge.median,
+                100.0 * hs.median
+            );
+            if let Some((c, (_, share))) = cl.last().and_then(|c| Some((c, miss_floor(r, *c)?))) {
+                s += &format!(
+                    "At {} clients, where every packet comes from another client and the clients' state has left the caches by the time a client's next packet comes, one such load is {:.1}% of the whole path's CPU time per packet without a program: the least that reading any per-client state costs there.\n",
+                    thousands(*c as u64),
+                    100.0 * share
                 );
             }
         }

@@ -1,0 +1,125 @@
+//! What one load costs on this machine when its line is in none of the core's
+//! caches: the floor under any per-client state that a packet must read when
+//! traffic rotates over more clients than the caches hold (scenario 2 at
+//! 10,000 clients). Measured through 4 KiB pages, as BPF array maps are
+//! mapped, and through 2 MiB pages, whose address translations stay cached.
+//!
+//! A chain of dependent loads visits distinct 64-byte lines of a large
+//! mapping in random order, so each load waits for the one before and no
+//! prefetcher can guess the next line.
+
+use std::{hint::black_box, time::Instant};
+
+use anyhow::{bail, Result};
+
+/// The mapping the chain runs through: far beyond the caches and the TLB.
+const REGION: usize = 512 << 20;
+/// Lines the chain visits (16 MiB of lines, 8 times the core's L2).
+const LINES: usize = 1 << 18;
+const LOADS: usize = 2_000_000;
+const LINE: usize = 64;
+
+/// One measurement: ns per load, and the share of the mapping the kernel
+/// backed with huge pages.
+pub struct Chase {
+    pub ns_per_load: f64,
+    pub huge_share: f64,
+}
+
+/// Runs the chain through 2 MiB pages (`huge`, if the kernel gives them) or
+/// through 4 KiB pages.
+pub fn chase(huge: bool) -> Result<Chase> {
+    let map = Mapping::new(REGION + (2 << 20))?;
+    // A 2 MiB boundary, so huge pages can back the whole region.
+    let base = (map.addr as usize).next_multiple_of(2 << 20) as *mut u8;
+    let advice = if huge {
+        libc::MADV_HUGEPAGE
+    } else {
+        libc::MADV_NOHUGEPAGE
+    };
+    // SAFETY: `base..base + REGION` lies inside the mapping.
+    unsafe {
+        libc::madvise(base.cast(), REGION, advice);
+        std::ptr::write_bytes(base, 0, REGION);
+    }
+    // Distinct random lines (a partial Fisher-Yates shuffle), linked in a cycle.
+    let slots = REGION / LINE;
+    let mut order: Vec<u32> = (0..slots as u32).collect();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..LINES {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let j = i + (rng % (slots - i) as u64) as usize;
+        order.swap(i, j);
+    }
+    let line = |i: usize| unsafe { base.add(order[i] as usize * LINE).cast::<usize>() };
+    for i in 0..LINES {
+        // SAFETY: every line is inside the region and 8-byte aligned.
+        unsafe { line(i).write(line((i + 1) % LINES) as usize) };
+    }
+    let huge_share = anon_huge_bytes()? as f64 / REGION as f64;
+    let mut p = line(0);
+    // One lap to fault in the page tables, then the timed loads.
+    for _ in 0..LINES {
+        p = unsafe { std::ptr::read_volatile(p) } as *mut usize;
+    }
+    let t = Instant::now();
+    for _ in 0..LOADS {
+        p = unsafe { std::ptr::read_volatile(p) } as *mut usize;
+    }
+    let ns = t.elapsed().as_nanos() as f64 / LOADS as f64;
+    black_box(p);
+    Ok(Chase {
+        ns_per_load: ns,
+        huge_share: huge_share.min(1.0),
+    })
+}
+
+/// Anonymous memory of this process backed by huge pages (`/proc/self/smaps_rollup`).
+fn anon_huge_bytes() -> Result<u64> {
+    let s = std::fs::read_to_string("/proc/self/smaps_rollup")?;
+    let kb = s
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok(kb * 1024)
+}
+
+/// An anonymous private mapping, unmapped on drop.
+struct Mapping {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> Result<Self> {
+        // SAFETY: a fresh anonymous mapping; checked below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            bail!(
+                "mapping {} MiB for the memory probe: {}",
+                len >> 20,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
+}
