@@ -279,24 +279,25 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
         "Store checkpoints that failed.",
         n(&s.checkpoint_errors),
     );
-    single(
-        &mut out,
-        ("session_agent_clients_forgotten_total", "counter"),
-        "Idle clients that were not allowed, forgotten to free their slots.",
-        n(&s.clients_forgotten),
-    );
-    single(
-        &mut out,
-        ("session_agent_forget_errors_total", "counter"),
-        "Runs of forgetting idle clients that failed.",
-        n(&s.forget_errors),
-    );
-    single(
-        &mut out,
-        ("session_agent_slots_reclaimed_total", "counter"),
-        "Client slots that a lost race for a table entry had left unused, taken back.",
-        n(&s.slots_reclaimed),
-    );
+    for (name, help, count) in [
+        (
+            "session_agent_clients_forgotten_total",
+            "Idle clients that were not allowed, forgotten to free their slots.",
+            &s.clients_forgotten,
+        ),
+        (
+            "session_agent_forget_errors_total",
+            "Runs of forgetting idle clients that failed.",
+            &s.forget_errors,
+        ),
+        (
+            "session_agent_slots_reclaimed_total",
+            "Client slots that a lost race for a table entry had left unused, taken back.",
+            &s.slots_reclaimed,
+        ),
+    ] {
+        single(&mut out, (name, "counter"), help, n(count));
+    }
     summary(
         &mut out,
         "session_agent_commit_duration_seconds",
