@@ -50,6 +50,13 @@ pub struct Config {
     pub burst_ms: Option<u64>,
     pub auto_advance: Option<bool>,
     pub checkpoint_secs: Option<u64>,
+    /// Bind client addresses to MACs and drop spoofed ones.
+    pub anti_spoof: Option<bool>,
+    /// An address binding unused this long is removed.
+    pub bind_ttl_secs: Option<u64>,
+    /// Walled-garden limit per client and direction before payment.
+    pub garden_rate_kbits: Option<u64>,
+    pub garden_pps: Option<u64>,
     #[serde(default)]
     pub store: StoreSection,
     #[serde(default)]
@@ -140,6 +147,33 @@ impl Config {
                 return Err(("portal_ports", "port 0 is not a port".into()));
             }
         }
+        if let Some(t) = self.bind_ttl_secs {
+            if !(crate::BIND_TTL_RANGE).contains(&t) {
+                return Err((
+                    "bind_ttl_secs",
+                    format!("{t} is out of range: must be {:?}", crate::BIND_TTL_RANGE),
+                ));
+            }
+        }
+        if let Some(r) = self.garden_rate_kbits {
+            if r > crate::GARDEN_KBITS_MAX {
+                return Err((
+                    "garden_rate_kbits",
+                    format!(
+                        "{r} is out of range: must be 0..={}",
+                        crate::GARDEN_KBITS_MAX
+                    ),
+                ));
+            }
+        }
+        if let Some(r) = self.garden_pps {
+            if r > crate::GARDEN_PPS_MAX {
+                return Err((
+                    "garden_pps",
+                    format!("{r} is out of range: must be 0..={}", crate::GARDEN_PPS_MAX),
+                ));
+            }
+        }
         if let Some(l) = &self.lans {
             if l.iter().any(|s| s.is_empty()) {
                 return Err(("lans", "an interface name is empty".into()));
@@ -215,6 +249,10 @@ shaper = "htb"
 tc_attach = "netlink"
 poll_ms = 200
 auto_advance = false
+anti_spoof = false
+bind_ttl_secs = 600
+garden_rate_kbits = 512
+garden_pps = 100
 [store]
 provider = "redb"
 path = "/tmp/x.redb"
@@ -265,6 +303,10 @@ portal_url = "https://portal.example/"
             .unwrap_err()
             .to_string();
         assert!(e.contains("walled_garden"), "{e}");
+        let e = parse("bind_ttl_secs = 1\n").unwrap_err().to_string();
+        assert!(e.contains("bind_ttl_secs"), "{e}");
+        let e = parse("garden_pps = 100000000\n").unwrap_err().to_string();
+        assert!(e.contains("garden_pps"), "{e}");
         let e = parse("tc_attach = \"tc\"\n").unwrap_err().to_string();
         assert!(e.contains("tc_attach") && e.contains("netlink"), "{e}");
     }

@@ -27,9 +27,20 @@ use crate::{
     iface,
 };
 
+/// Who gets through before paying, and with which addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateOptions {
+    /// Bind client addresses to MACs and drop spoofed ones.
+    pub anti_spoof: bool,
+    /// Walled-garden limit per client and direction before payment (0 = none).
+    pub garden_rate_kbits: u64,
+    pub garden_pps: u64,
+}
+
 pub struct RunOptions {
     pub lans: Vec<String>,
     pub garden: Vec<GardenEntry>,
+    pub gate: GateOptions,
     pub portal_ports: Vec<u16>,
     pub pin_root: PathBuf,
     pub ingress: IngressHook,
@@ -59,8 +70,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for lan in &opts.lans {
         let (mut a, maps) = attach::attach(&opts.pin_root, lan, opts.ingress, opts.tc_attach)?;
-        let entries = garden_for(lan, &opts)?;
+        let addrs = iface::addresses(lan)?;
+        let entries = garden_for(lan, &addrs, &opts);
         dataplane::write_garden(&mut a.ebpf, &entries)?;
+        maps.set_lan(&lan_config(iface::mac(lan)?, &addrs, &opts.gate));
         let epoch = maps.epoch();
         set_up_shaper(&maps, lan, opts.shaper)?;
         info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, tc = ?a.tc, shaper = ?opts.shaper, garden = entries.len(), "datapath attached");
@@ -216,6 +229,8 @@ fn handle_event(gw: &Gateway, lan: &str, bytes: &[u8]) {
             info!(lan, mac = %ev.mac, slot = ev.slot, "data budget used up");
             gw.quota_exhausted(lan, ev.mac);
         }
+        EVENT_ADDR_BOUND => gw.addr_bound(lan, ev.mac, dataplane::addr_of(&ev.addr)),
+        EVENT_MAC_CONFLICT => gw.mac_conflict(lan, ev.mac, dataplane::addr_of(&ev.addr)),
         EVENT_TABLE_FULL => {
             warn!(lan, mac = %ev.mac, "client table full ({MAX_CLIENTS}); new clients stay blocked")
         }
@@ -223,22 +238,84 @@ fn handle_event(gw: &Gateway, lan: &str, bytes: &[u8]) {
     }
 }
 
-/// The walled garden of one LAN: DNS and the portal on the gateway's own
-/// addresses, then the operator's entries.
-fn garden_for(lan: &str, opts: &RunOptions) -> Result<Vec<GardenEntry>> {
-    let mut out = Vec::new();
-    for addr in iface::addresses(lan)? {
-        if matches!(addr, IpAddr::V6(a) if a.is_multicast()) {
-            continue;
-        }
-        out.push(GardenEntry::host(addr, 53));
-        for &p in &opts.portal_ports {
-            out.push(GardenEntry::host(addr, p));
-        }
-    }
-    if out.is_empty() {
+/// The walled garden of one LAN: the gateway's own services on its
+/// addresses (DHCP, DNS, the portal), then the operator's entries.
+pub fn garden_for(lan: &str, addrs: &[IpAddr], opts: &RunOptions) -> Vec<GardenEntry> {
+    let mut out = gateway_services(addrs, &opts.portal_ports);
+    if addrs.is_empty() {
         warn!(lan, "the interface has no IP address: DNS and the portal on the gateway are not reachable for blocked clients");
     }
     out.extend(opts.garden.iter().copied());
-    Ok(out)
+    out
+}
+
+/// The gateway's services that clients reach before paying: DHCPv4 to its
+/// addresses or the limited broadcast, DHCPv6 to All_DHCP_Relay_Agents_and_Servers
+/// or its link-local addresses, DNS (TCP and UDP) and the portal ports (TCP)
+/// on its addresses.
+pub fn gateway_services(addrs: &[IpAddr], portal_ports: &[u16]) -> Vec<GardenEntry> {
+    use crate::garden::GardenProto::{Any, Tcp, Udp};
+    let mut out = vec![
+        GardenEntry::service(std::net::Ipv4Addr::BROADCAST.into(), 67, Udp),
+        GardenEntry::service(
+            std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2).into(),
+            547,
+            Udp,
+        ),
+    ];
+    for &addr in addrs {
+        if matches!(addr, IpAddr::V6(a) if a.is_multicast()) {
+            continue;
+        }
+        match addr {
+            IpAddr::V4(_) => out.push(GardenEntry::service(addr, 67, Udp)),
+            IpAddr::V6(a) if a.is_unicast_link_local() => {
+                out.push(GardenEntry::service(addr, 547, Udp))
+            }
+            IpAddr::V6(_) => {}
+        }
+        out.push(GardenEntry::service(addr, 53, Any));
+        for &p in portal_ports {
+            out.push(GardenEntry::service(addr, p, Tcp));
+        }
+    }
+    out
+}
+
+/// What the datapath must know of its LAN: the gateway's MAC and addresses,
+/// anti-spoofing, the garden rate limit.
+pub fn lan_config(mac: Option<[u8; 6]>, addrs: &[IpAddr], gate: &GateOptions) -> LanConfig {
+    let mut cfg = LanConfig {
+        mac: mac.unwrap_or_default(),
+        flags: if gate.anti_spoof { LAN_ANTI_SPOOF } else { 0 },
+        ..Default::default()
+    };
+    for addr in addrs {
+        let k = dataplane::addr_key(*addr);
+        match addr {
+            IpAddr::V4(_) if (cfg.n_v4 as usize) < LAN_MAX_ADDRS => {
+                cfg.v4[cfg.n_v4 as usize] = k.addr[0];
+                cfg.n_v4 += 1;
+            }
+            IpAddr::V6(a) if !a.is_multicast() && (cfg.n_v6 as usize) < LAN_MAX_ADDRS => {
+                cfg.v6[cfg.n_v6 as usize] = k.addr;
+                cfg.n_v6 += 1;
+            }
+            _ => {
+                warn!(%addr, "more gateway addresses than the datapath keeps ({LAN_MAX_ADDRS} per family): traffic to this one counts as usage")
+            }
+        }
+    }
+    if gate.garden_rate_kbits > 0 {
+        let rate = gate.garden_rate_kbits * 1000 / 8;
+        cfg.garden_rate_bytes = rate;
+        // A second's worth: a portal page and its DNS lookups load at once.
+        cfg.garden_burst_bytes = rate.max(1500);
+        cfg.garden_min_cost = if gate.garden_pps > 0 {
+            rate / gate.garden_pps
+        } else {
+            0
+        };
+    }
+    cfg
 }

@@ -3,9 +3,19 @@
 
 use std::{net::IpAddr, str::FromStr};
 
-use session_common::GardenKey;
+use session_common::{GardenKey, GARDEN_GATEWAY, GARDEN_TCP, GARDEN_UDP};
 
 use crate::error::AgentError;
+
+/// Which transport protocols a garden entry passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GardenProto {
+    /// TCP and UDP on a port; every protocol without one.
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+}
 
 /// An address prefix, optionally restricted to one port (TCP or UDP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,26 +24,57 @@ pub struct GardenEntry {
     pub prefix: u8,
     /// 0 = every port and protocol.
     pub port: u16,
+    pub proto: GardenProto,
+    /// One of the gateway's own services (DHCP, DNS, the portal): the only
+    /// garden broadcast and multicast of clients that have not paid may reach.
+    pub gateway: bool,
 }
 
 impl GardenEntry {
     pub fn host(addr: IpAddr, port: u16) -> Self {
         let prefix = if addr.is_ipv4() { 32 } else { 128 };
-        Self { addr, prefix, port }
+        Self {
+            addr,
+            prefix,
+            port,
+            proto: GardenProto::Any,
+            gateway: false,
+        }
     }
 
-    /// The trie key: port, then the address (IPv4 mapped into IPv6), and its prefix length.
+    /// A service of the gateway itself on `addr`.
+    pub fn service(addr: IpAddr, port: u16, proto: GardenProto) -> Self {
+        Self {
+            proto,
+            gateway: true,
+            ..Self::host(addr, port)
+        }
+    }
+
+    /// The trie value's `GARDEN_*` flags.
+    pub fn flags(&self) -> u32 {
+        let proto = match self.proto {
+            GardenProto::Any => 0,
+            GardenProto::Tcp => GARDEN_TCP,
+            GardenProto::Udp => GARDEN_UDP,
+        };
+        proto | if self.gateway { GARDEN_GATEWAY } else { 0 }
+    }
+
+    /// The trie key: family, port, then the address (IPv4 in its first 4
+    /// bytes), and its prefix length.
     pub fn key(&self) -> (u32, GardenKey) {
-        let (addr, prefix_len) = match self.addr {
-            IpAddr::V4(a) => (
-                a.to_ipv6_mapped().octets(),
-                GardenKey::prefix_v4(self.prefix),
-            ),
-            IpAddr::V6(a) => (a.octets(), GardenKey::prefix_v6(self.prefix)),
+        let (family, addr, prefix_len) = match self.addr {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (4, b, GardenKey::prefix_v4(self.prefix))
+            }
+            IpAddr::V6(a) => (6, a.octets(), GardenKey::prefix_v6(self.prefix)),
         };
         // Zero the host bits so equal prefixes give equal keys.
         let mut masked = addr;
-        let addr_bits = prefix_len - 16;
+        let addr_bits = prefix_len - 24;
         for (i, b) in masked.iter_mut().enumerate() {
             let start = (i as u32) * 8;
             if start >= addr_bits {
@@ -45,9 +86,10 @@ impl GardenEntry {
         (
             prefix_len,
             GardenKey {
+                family,
                 port: self.port.to_be_bytes(),
                 addr: masked,
-                _pad: [0; 2],
+                _pad: 0,
             },
         )
     }
@@ -103,7 +145,11 @@ impl FromStr for GardenEntry {
                 _ => return Err(bad(&format!("the prefix length must be 0-{max}"))),
             },
         };
-        Ok(Self { addr, prefix, port })
+        Ok(Self {
+            prefix,
+            port,
+            ..Self::host(addr, 0)
+        })
     }
 }
 
@@ -144,8 +190,13 @@ mod tests {
         let b: GardenEntry = "203.0.113.200/24:443".parse().unwrap();
         assert_eq!(a.key(), b.key());
         let (len, key) = a.key();
-        assert_eq!(len, 16 + 96 + 24);
-        assert_eq!(&key.addr[10..16], &[0xff, 0xff, 203, 0, 113, 0]);
+        assert_eq!(len, 24 + 24);
+        assert_eq!(key.family, 4);
+        assert_eq!(&key.addr[..4], &[203, 0, 113, 0]);
         assert_eq!(key.port, 443u16.to_be_bytes());
+        // An IPv4-mapped IPv6 entry is an IPv6 entry: it never stands for IPv4.
+        let m: GardenEntry = "[::ffff:203.0.113.0/120]:443".parse().unwrap();
+        assert_eq!(m.key().1.family, 6);
+        assert_ne!(m.key().1.addr, key.addr);
     }
 }

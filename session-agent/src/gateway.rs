@@ -58,6 +58,8 @@ pub struct GatewayConfig {
     /// How often usage charged by polls is written like any other store write
     /// (see [`SessionsMgr::flush`]).
     pub commit_interval: Duration,
+    /// An address binding unused this long is removed (see [`Maps::sweep_bindings`]).
+    pub bind_ttl: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -72,6 +74,7 @@ impl Default for GatewayConfig {
             auto_advance: true,
             checkpoint_interval: Duration::from_secs(60),
             commit_interval: Duration::from_secs(1),
+            bind_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -94,6 +97,14 @@ pub enum GatewayEvent {
     },
     /// A device was paused after `idle_timeout` without traffic.
     IdleTimeout { device_id: DeviceId },
+    /// A MAC claimed a second IPv4 address while it still used another: two
+    /// devices may share it (a cloned MAC).
+    MacConflict {
+        lan: String,
+        mac: String,
+        address: String,
+        device_id: Option<DeviceId>,
+    },
 }
 
 /// Cheap counters of the gateway's own work, for metrics.
@@ -123,6 +134,13 @@ pub struct GatewayStats {
     pub forget_errors: AtomicU64,
     /// Slots taken back from lost races for an entry (see [`Maps::forget_idle`]).
     pub slots_reclaimed: AtomicU64,
+    /// Address bindings made by the datapath, removed unused, and in the tables now.
+    pub addrs_bound: AtomicU64,
+    pub bindings_expired: AtomicU64,
+    pub bindings_live: AtomicU64,
+    pub binding_sweep_errors: AtomicU64,
+    /// MACs that claimed a second IPv4 address while using another.
+    pub mac_conflicts: AtomicU64,
 }
 
 impl GatewayStats {
@@ -680,6 +698,7 @@ impl Gateway {
         let mut last_checkpoint = Instant::now();
         let mut last_commit = Instant::now();
         let mut last_forget = Instant::now();
+        let mut last_sweep = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -710,6 +729,22 @@ impl Gateway {
                     }
                 }
             }
+            // A binding in use is stamped again within a sweep interval, so one
+            // unused for the TTL is removed within a quarter of it more.
+            if last_sweep.elapsed()
+                >= (self.cfg.bind_ttl / 4).clamp(Duration::from_secs(1), FORGET_EVERY)
+            {
+                last_sweep = Instant::now();
+                let gw = self.clone();
+                match tokio::task::spawn_blocking(move || gw.sweep_bindings()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        self.stats.binding_sweep_errors.fetch_add(1, Relaxed);
+                        warn!("sweeping address bindings failed: {e}");
+                    }
+                    Err(e) => warn!("sweeping address bindings failed: {e}"),
+                }
+            }
             if last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
                 last_checkpoint = Instant::now();
                 self.store_work(
@@ -720,6 +755,48 @@ impl Gateway {
                 );
             }
         }
+    }
+
+    /// Removes address bindings unused for the TTL on every LAN.
+    fn sweep_bindings(&self) -> Result<(), AgentError> {
+        let mut live = 0;
+        for lan in &self.lans {
+            let done = lan.maps.lock().unwrap().sweep_bindings(self.cfg.bind_ttl)?;
+            live += done.live;
+            self.stats.bindings_expired.fetch_add(done.expired, Relaxed);
+            if done.expired > 0 {
+                debug!(
+                    lan = lan.name,
+                    expired = done.expired,
+                    live = done.live,
+                    "address bindings expired"
+                );
+            }
+        }
+        self.stats.bindings_live.store(live, Relaxed);
+        Ok(())
+    }
+
+    /// The datapath bound an address to a client.
+    pub fn addr_bound(&self, lan: &str, mac: MacKey, addr: Option<std::net::IpAddr>) {
+        self.stats.addrs_bound.fetch_add(1, Relaxed);
+        if let Some(a) = addr {
+            debug!(lan, %mac, address = %a, "address bound");
+        }
+    }
+
+    /// A MAC claimed a second IPv4 address while it still used another.
+    pub fn mac_conflict(&self, lan: &str, mac: MacKey, addr: Option<std::net::IpAddr>) {
+        self.stats.mac_conflicts.fetch_add(1, Relaxed);
+        let address = addr.map(|a| a.to_string()).unwrap_or_default();
+        warn!(lan, %mac, %address, "a second IPv4 address from one MAC while it uses another: two devices may share it");
+        let device_id = self.mgr.device_by_mac(MacAddr(mac.addr)).ok().map(|d| d.id);
+        let _ = self.events.send(GatewayEvent::MacConflict {
+            lan: lan.into(),
+            mac: mac.to_string(),
+            address,
+            device_id,
+        });
     }
 
     /// Forgets, on every LAN, clients that are not allowed and have been idle

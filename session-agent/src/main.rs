@@ -257,7 +257,33 @@ struct RunArgs {
     /// [default: 100].
     #[arg(long, value_name = "N")]
     metrics_top_clients: Option<usize>,
+    /// Bind each client's IPv4 and IPv6 addresses to its MAC (first claim wins)
+    /// and drop frames, ARP and ND that use an address bound to another MAC
+    /// [default: true].
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    anti_spoof: Option<bool>,
+    /// Remove an address binding after this many seconds unused, so the address
+    /// is free for another device [default: 300].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(BIND_TTL_RANGE))]
+    bind_ttl_secs: Option<u64>,
+    /// Walled-garden speed per client and direction before payment, kbit/s
+    /// (0 = unlimited) [default: 256].
+    #[arg(long, value_name = "KBITS", value_parser = clap::value_parser!(u64).range(0..=GARDEN_KBITS_MAX))]
+    garden_rate_kbits: Option<u64>,
+    /// Walled-garden packets per second per client and direction before payment
+    /// (0 = limited by bytes only) [default: 50].
+    #[arg(long, value_name = "PPS", value_parser = clap::value_parser!(u64).range(0..=GARDEN_PPS_MAX))]
+    garden_pps: Option<u64>,
 }
+
+/// Range of `--bind-ttl-secs`.
+pub const BIND_TTL_RANGE: std::ops::RangeInclusive<u64> = 10..=86_400;
+pub const DEFAULT_BIND_TTL_SECS: u64 = 300;
+/// Most `--garden-rate-kbits`: 10 Gbit/s.
+pub const GARDEN_KBITS_MAX: u64 = 10_000_000;
+pub const GARDEN_PPS_MAX: u64 = 1_000_000;
+pub const DEFAULT_GARDEN_KBITS: u64 = 256;
+pub const DEFAULT_GARDEN_PPS: u64 = 50;
 
 fn parse_mac(s: &str) -> Result<MacKey, String> {
     s.parse()
@@ -480,11 +506,28 @@ fn run_options(a: RunArgs) -> anyhow::Result<daemon::RunOptions> {
             .or(cfg.commit_ms)
             .map(Duration::from_millis)
             .unwrap_or(defaults.commit_interval),
+        bind_ttl: Duration::from_secs(
+            a.bind_ttl_secs
+                .or(cfg.bind_ttl_secs)
+                .unwrap_or(DEFAULT_BIND_TTL_SECS),
+        ),
         ..defaults
+    };
+    let gate = daemon::GateOptions {
+        anti_spoof: a.anti_spoof.or(cfg.anti_spoof).unwrap_or(true),
+        garden_rate_kbits: a
+            .garden_rate_kbits
+            .or(cfg.garden_rate_kbits)
+            .unwrap_or(DEFAULT_GARDEN_KBITS),
+        garden_pps: a
+            .garden_pps
+            .or(cfg.garden_pps)
+            .unwrap_or(DEFAULT_GARDEN_PPS),
     };
     Ok(daemon::RunOptions {
         lans,
         garden,
+        gate,
         portal_ports,
         pin_root: a
             .pin_root

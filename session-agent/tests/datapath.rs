@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use session_agent::{
+    daemon::{gateway_services, lan_config, GateOptions},
     dataplane::{
         testrun::{frames::*, ProgramHarness, TC_DROP, TC_PASS, XDP_DROP, XDP_PASS},
         ClientRow, RateLimit,
@@ -17,6 +18,26 @@ const GW_V4: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 const SERVER_V4: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 2);
 const GW_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1);
 const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x98, 0, 0, 0, 0, 0, 2);
+const GW_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// The gateway's addresses on the test LAN.
+fn gw_addrs() -> [IpAddr; 3] {
+    [GW_V4.into(), GW_V6.into(), GW_LL.into()]
+}
+
+/// The test LAN's garden: the gateway's services (portal on port 80) and 10.97.0.0/16.
+fn test_garden() -> Vec<GardenEntry> {
+    let mut entries = gateway_services(&gw_addrs(), &[80]);
+    entries.push("10.97.0.0/16".parse().unwrap());
+    entries
+}
+
+/// Anti-spoofing on; the garden rate limit only where a test sets it.
+const GATE: GateOptions = GateOptions {
+    anti_spoof: true,
+    garden_rate_kbits: 0,
+    garden_pps: 0,
+};
 
 fn client_mac(n: u8) -> MacKey {
     MacKey::new([0x02, 0xaa, 0, 0, 0, n])
@@ -37,13 +58,12 @@ impl Datapath {
             unsafe { libc::geteuid() } == 0,
             "datapath tests need root (BPF): run `cargo xtask test`"
         );
-        let entries = [
-            GardenEntry::host(IpAddr::V4(GW_V4), 53),
-            GardenEntry::host(IpAddr::V4(GW_V4), 80),
-            GardenEntry::host(IpAddr::V6(GW_V6), 53),
-            "10.97.0.0/16".parse().unwrap(),
-        ];
-        let h = ProgramHarness::new("sa-dp", &entries)
+        Self::with_gate(GATE)
+    }
+
+    fn with_gate(gate: GateOptions) -> Self {
+        let lan = lan_config(Some(GW_MAC), &gw_addrs(), &gate);
+        let h = ProgramHarness::with_lan("sa-dp", &test_garden(), &lan)
             .unwrap_or_else(|e| panic!("loading the datapath: {e}"));
         Self { h }
     }
@@ -199,7 +219,20 @@ fn walled_garden_passes_for_blocked_clients_and_is_not_usage() {
         )
     };
     assert_eq!(dp.up(&to_gw(53)), TC_PASS, "DNS to the gateway");
-    assert_eq!(dp.up(&to_gw(80)), TC_PASS, "portal");
+    assert_eq!(
+        dp.up(&tcp4(
+            GW_MAC,
+            client_mac(n).addr,
+            client_v4(n),
+            GW_V4,
+            40000,
+            80,
+            30
+        )),
+        TC_PASS,
+        "portal"
+    );
+    assert_eq!(dp.up(&to_gw(80)), TC_DROP, "the portal is TCP only");
     assert_eq!(
         dp.up(&to_gw(22)),
         TC_DROP,
@@ -237,12 +270,12 @@ fn walled_garden_passes_for_blocked_clients_and_is_not_usage() {
     );
     assert_eq!(dp.up(&v6), TC_PASS, "DNS to the gateway over IPv6");
     let c = dp.counters(client_mac(n));
-    assert_eq!((c.garden_packets, c.garden_bytes), (6, 5 * 58 + 78));
-    assert_eq!((c.blocked_packets, c.up_bytes, c.down_bytes), (1, 0, 0));
+    assert_eq!((c.garden_packets, c.garden_bytes), (6, 4 * 58 + 70 + 78));
+    assert_eq!((c.blocked_packets, c.up_bytes, c.down_bytes), (2, 0, 0));
 }
 
 #[test]
-fn broadcast_and_multicast_are_neither_usage_nor_blocked() {
+fn broadcast_and_multicast_are_garden_not_usage() {
     let mut dp = Datapath::new();
     let n = 6;
     let discover = udp4(
@@ -269,7 +302,7 @@ fn broadcast_and_multicast_are_neither_usage_nor_blocked() {
     let c = dp.counters(client_mac(n));
     assert_eq!(
         (c.up_packets, c.blocked_packets, c.garden_packets),
-        (0, 0, 0)
+        (0, 0, 2)
     );
     // Frames to a group MAC are not any client's download.
     assert_eq!(
@@ -339,12 +372,14 @@ fn malformed_frames_are_dropped_and_never_usage() {
     let c = dp.counters(client_mac(n));
     assert_eq!(c.malformed_packets, (cases.len() + truncated.len()) as u64);
     assert_eq!((c.up_packets, c.up_bytes), (0, 0));
-    // Non-IP frames (ARP, VLAN) pass untouched and uncounted.
-    assert_eq!(dp.up(&eth([0xff; 6], client_mac(n).addr, 0x0806)), TC_PASS);
+    // Frames the datapath cannot judge (a truncated ARP, a tag around an
+    // unknown ethertype) are dropped and counted, never usage.
+    assert_eq!(dp.up(&eth([0xff; 6], client_mac(n).addr, 0x0806)), TC_DROP);
     assert_eq!(
         dp.up(&[eth(GW_MAC, client_mac(n).addr, 0x8100), vec![0; 40]].concat()),
-        TC_PASS
+        TC_DROP
     );
+    assert_eq!(dp.counters(client_mac(n)).unknown_packets, 2);
     // Garbage from an unknown MAC takes no slot.
     let mut f = up4(99, 443, 10);
     f[14] = 0x41;
@@ -596,13 +631,14 @@ fn slots_are_stable_and_shared_with_userspace() {
     assert_eq!(rows.iter().filter(|r| r.allowed).count(), 1);
 }
 
-/// An upload frame from the `i`-th of many clients (MACs 02:bb:..), to the server.
+/// An upload frame from the `i`-th of many clients (MACs 02:bb:.., each its
+/// own address in 10.100.0.0/16), to the server.
 fn up4_many(i: u32) -> Vec<u8> {
     let b = i.to_be_bytes();
     udp4(
         GW_MAC,
         [0x02, 0xbb, b[0], b[1], b[2], b[3]],
-        client_v4(1),
+        Ipv4Addr::new(10, 100, b[2], b[3]),
         SERVER_V4,
         40000,
         443,

@@ -77,13 +77,7 @@ pub const fn index_slot(key: u64) -> u32 {
 /// The home position of `mac_word` (a splitmix64 finaliser of the MAC keyed by `seed`).
 #[inline(always)]
 pub const fn index_home(mac_word: u64, seed: u64) -> u32 {
-    let mut x = mac_word ^ seed;
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    (x >> (64 - INDEX_BITS)) as u32
+    (crate::mix64(mac_word ^ seed) >> (64 - INDEX_BITS)) as u32
 }
 
 /// The `i`-th position of a walk from `home`.

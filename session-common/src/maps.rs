@@ -10,7 +10,7 @@
 
 use crate::MacKey;
 
-/// Most clients one interface tracks (slots are never reused while pinned).
+/// Most clients one interface tracks.
 pub const MAX_CLIENTS: u32 = 65_536;
 
 /// Hash table of [`ClientEntry`] by MAC ([`crate::index`]); mmap-able.
@@ -33,6 +33,10 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_STATS: &str = "STATS";
 /// One [`ShaperConfig`]; mmap-able; written by the agent when it attaches.
 pub const MAP_SHAPER: &str = "SHAPER";
+/// One [`LanConfig`]; mmap-able; written by the agent when it attaches.
+pub const MAP_LAN: &str = "LAN";
+/// Address bindings: hash of [`AddrKey`] -> [`Binding`] (anti-spoofing).
+pub const MAP_BINDINGS: &str = "BINDINGS";
 
 /// Names of the programs in the object.
 pub const PROG_TC_INGRESS: &str = "lan_tc_ingress";
@@ -44,11 +48,46 @@ pub const MAX_GARDEN: u32 = 1024;
 /// Size of the event ring buffer in bytes.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
-/// Global statistics (index into [`MAP_STATS`]).
+/// Most address bindings of one interface.
+pub const MAX_BINDINGS: u32 = 131_072;
+/// Most addresses one client may hold at once: a client that claims more is
+/// dropped (counted as spoofing), so no client can fill the binding table.
+pub const MAX_ADDRS_PER_CLIENT: u64 = 16;
+
+/// Global statistics (index into [`MAP_STATS`]), per CPU.
 pub const STAT_TABLE_FULL: u32 = 0;
+/// Dropped: an inconsistent IP header, or an IP unicast packet in a frame to a group MAC.
 pub const STAT_MALFORMED: u32 = 1;
 pub const STAT_EVENTS_LOST: u32 = 2;
-pub const STAT_COUNT: u32 = 4;
+/// Dropped: a frame from a group (multicast or broadcast) source MAC.
+pub const STAT_GROUP_SRC: u32 = 3;
+/// Dropped: an ethertype the datapath does not pass, or more VLAN tags than it reads.
+pub const STAT_UNKNOWN: u32 = 4;
+/// Dropped: a source address (or ARP/ND claim) bound to another MAC, or a
+/// link-layer address in ARP/ND other than the frame's own.
+pub const STAT_SPOOF: u32 = 5;
+/// Dropped: a destination that is never routed (0.0.0.0/8, 127.0.0.0/8,
+/// 240.0.0.0/4, ::, ::1, IPv4-mapped or -compatible IPv6, another host's link-local).
+pub const STAT_ODD_DST: u32 = 6;
+/// Dropped: the binding table (or the client's share of it) is full.
+pub const STAT_BINDINGS_FULL: u32 = 7;
+/// Dropped uncounted: a client's frame to another station's MAC (the kernel drops it too).
+pub const STAT_OTHER_HOST: u32 = 8;
+/// Dropped: walled-garden traffic over the garden rate limit.
+pub const STAT_GARDEN_RATELIMIT: u32 = 9;
+pub const STAT_COUNT: u32 = 16;
+
+/// Names of the `STAT_*` counters that count dropped frames, for metrics.
+pub const STAT_DROP_REASONS: [(u32, &str); 8] = [
+    (STAT_MALFORMED, "malformed"),
+    (STAT_GROUP_SRC, "group_source"),
+    (STAT_UNKNOWN, "unknown_protocol"),
+    (STAT_SPOOF, "spoof"),
+    (STAT_ODD_DST, "odd_destination"),
+    (STAT_BINDINGS_FULL, "bindings_full"),
+    (STAT_OTHER_HOST, "other_host"),
+    (STAT_GARDEN_RATELIMIT, "garden_ratelimit"),
+];
 
 /// What the datapath keeps of one client on its fast path, in one cache line:
 /// who it is, what userspace allows it, and its usage.
@@ -64,7 +103,10 @@ pub struct ClientEntry {
     pub key: u64,
     /// `POLICY_*` bits, written by userspace.
     pub flags: u32,
-    pub _pad: u32,
+    /// The IPv4 source address last found bound to this client (as in the
+    /// packet, 0 = none): packets from it skip the binding lookup. The agent
+    /// clears it when it removes bindings, so each is looked up again.
+    pub ip4: u32,
     /// Remaining data budget in bytes when `POLICY_QUOTA` is set; the datapath
     /// subtracts every packet atomically and drops once it reaches zero.
     pub budget_bytes: i64,
@@ -72,7 +114,9 @@ pub struct ClientEntry {
     pub up_bytes: u64,
     pub down_packets: u64,
     pub down_bytes: u64,
-    pub _reserved: u64,
+    /// [`addr_tag`] of the IPv6 source address last found bound to this
+    /// client (0 = none), as `ip4` is for IPv4.
+    pub ip6_tag: u64,
 }
 
 /// Per-client counters off the fast path, added to atomically (bytes as in
@@ -94,7 +138,19 @@ pub struct ClientCounters {
     /// Dropped because the data budget was used up (both directions).
     pub quota_packets: u64,
     pub quota_bytes: u64,
-    pub _reserved: u64,
+    /// Dropped as spoofing: a source address or ARP/ND claim bound to another
+    /// MAC, a link-layer address other than the frame's own, or too many addresses.
+    pub spoof_packets: u64,
+    /// Dropped: an ethertype or tag stack the datapath does not pass, or a
+    /// destination that is never routed.
+    pub unknown_packets: u64,
+    /// Walled-garden traffic dropped by the garden rate limit (both directions).
+    pub garden_ratelimit_packets: u64,
+    pub garden_ratelimit_bytes: u64,
+    /// Addresses bound to this client now: added to by the datapath when it
+    /// binds one, taken from by the agent when a binding expires.
+    pub bound_addrs: u64,
+    pub _reserved: [u64; 3],
 }
 
 /// `ClientEntry::flags`: the client may use the network.
@@ -166,6 +222,10 @@ pub struct TokenBucket {
 pub struct ClientPolicy {
     pub up: TokenBucket,
     pub down: TokenBucket,
+    /// The walled-garden limit of a client that has not paid, per direction:
+    /// `tokens` and `last_ns` only, the rate is the LAN's ([`LanConfig`]).
+    pub garden_up: TokenBucket,
+    pub garden_down: TokenBucket,
 }
 
 /// Shared slot allocator.
@@ -187,36 +247,126 @@ pub struct SlotAllocator {
     pub free_tail: u64,
 }
 
-/// Walled-garden trie data: `port` (network order, 0 = any port) then the
-/// address (IPv4 as ::ffff:a.b.c.d). The trie prefix length counts the 16 port
-/// bits plus the address prefix, so each entry is a CIDR for one port or for
-/// every port; the datapath looks up the exact port, then port 0.
+/// Walled-garden trie data: the address family (4 or 6), `port` (network
+/// order, 0 = any port), then the address (IPv4 in its first 4 bytes). The
+/// trie prefix length counts the 8 family and 16 port bits plus the address
+/// prefix, so each entry is a CIDR of one family for one port or for every
+/// port, and no IPv6 address (IPv4-mapped ones included) matches an IPv4
+/// entry. The datapath looks up the exact port, then port 0.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct GardenKey {
+    pub family: u8,
     pub port: [u8; 2],
     pub addr: [u8; 16],
-    pub _pad: [u8; 2],
+    pub _pad: u8,
 }
 
 impl GardenKey {
-    /// Prefix length of a full key (port and whole address).
-    pub const FULL_PREFIX: u32 = 16 + 128;
+    /// Prefix length of a full key (family, port and whole address).
+    pub const FULL_PREFIX: u32 = 24 + 128;
     /// Prefix length of an entry for an IPv6 CIDR of `bits` bits.
     pub const fn prefix_v6(bits: u8) -> u32 {
-        16 + bits as u32
+        24 + bits as u32
     }
-    /// Prefix length of an entry for an IPv4 CIDR of `bits` bits (mapped into ::ffff:0:0/96).
+    /// Prefix length of an entry for an IPv4 CIDR of `bits` bits.
     pub const fn prefix_v4(bits: u8) -> u32 {
-        16 + 96 + bits as u32
+        24 + bits as u32
     }
 }
+
+/// `GardenValue::flags`: the entry passes TCP (with neither protocol bit: TCP
+/// and UDP for a port entry, every protocol for an any-port one).
+pub const GARDEN_TCP: u32 = 1;
+/// `GardenValue::flags`: the entry passes UDP.
+pub const GARDEN_UDP: u32 = 2;
+/// `GardenValue::flags`: one of the gateway's own services (DHCP, DNS, the
+/// portal): the only garden that broadcast and multicast may reach.
+pub const GARDEN_GATEWAY: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct GardenValue {
-    /// Reserved for protocol selection; 0 = TCP, UDP and (for any-port entries) everything.
+    /// `GARDEN_*` bits.
     pub flags: u32,
+}
+
+/// Most addresses of the gateway per family that [`LanConfig`] holds.
+pub const LAN_MAX_ADDRS: usize = 8;
+
+/// `LanConfig::flags`: bind client addresses to MACs and drop spoofed ones.
+pub const LAN_ANTI_SPOOF: u32 = 1;
+
+/// What the datapath knows of its LAN, written by the agent on attach.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct LanConfig {
+    /// `LAN_*` bits.
+    pub flags: u32,
+    /// Entries used in `v4` and `v6`.
+    pub n_v4: u32,
+    pub n_v6: u32,
+    pub _pad: u16,
+    /// The gateway's MAC on this LAN: a client's frame to another unicast MAC
+    /// is not for the gateway (all zero: not checked).
+    pub mac: [u8; 6],
+    /// The gateway's own addresses on this LAN (as in packets): traffic
+    /// between a client and them does not cross the gateway, so it is
+    /// walled-garden traffic, never usage.
+    pub v4: [u32; LAN_MAX_ADDRS],
+    pub v6: [[u32; 4]; LAN_MAX_ADDRS],
+    pub _pad2: u32,
+    /// Walled-garden limit per client and direction for clients that have not
+    /// paid: bytes per second (0 = unlimited), bucket depth, and the least a
+    /// packet costs (so small packets are limited to `rate / min_cost` per second).
+    pub garden_rate_bytes: u64,
+    pub garden_burst_bytes: u64,
+    pub garden_min_cost: u64,
+    pub _reserved: [u64; 4],
+}
+
+/// The key of [`MAP_BINDINGS`]: an address as in packets (IPv4 in `addr[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    /// 4 or 6.
+    pub family: u32,
+    pub addr: [u32; 4],
+}
+
+/// Who owns an address ([`MAP_BINDINGS`]): the first MAC that claims it,
+/// until the agent removes the binding after it went unused (or the gateway's
+/// DHCP server hands the address to another MAC).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub mac: MacKey,
+    pub _pad: [u8; 2],
+    /// bpf_ktime_get_ns() when the datapath last looked the binding up for its owner.
+    pub last_ns: u64,
+}
+
+/// A keyed 64-bit tag of an IPv6 address (never 0), for [`ClientEntry::ip6_tag`].
+#[inline(always)]
+pub const fn addr_tag(a: &[u32; 4], seed: u64) -> u64 {
+    let hi = (a[0] as u64) | ((a[1] as u64) << 32);
+    let lo = (a[2] as u64) | ((a[3] as u64) << 32);
+    let t = mix64(mix64(hi ^ seed) ^ lo);
+    if t == 0 {
+        1
+    } else {
+        t
+    }
+}
+
+/// The splitmix64 finaliser.
+#[inline(always)]
+pub const fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// `ClientEvent::kind`: a MAC was seen for the first time and given a slot.
@@ -225,6 +375,11 @@ pub const EVENT_NEW_CLIENT: u32 = 1;
 pub const EVENT_QUOTA_EXHAUSTED: u32 = 2;
 /// `ClientEvent::kind`: a new MAC could not get a slot.
 pub const EVENT_TABLE_FULL: u32 = 3;
+/// `ClientEvent::kind`: an address was bound to the client (`addr`).
+pub const EVENT_ADDR_BOUND: u32 = 4;
+/// `ClientEvent::kind`: the client claimed a second IPv4 address (`addr`)
+/// while it was still using another: two devices may share its MAC.
+pub const EVENT_MAC_CONFLICT: u32 = 5;
 
 /// A record in the [`MAP_EVENTS`] ring buffer.
 #[repr(C)]
@@ -236,4 +391,7 @@ pub struct ClientEvent {
     pub _pad: [u8; 2],
     /// bpf_ktime_get_ns() when it happened.
     pub ktime_ns: u64,
+    /// The address of address events (family 0 otherwise).
+    pub addr: AddrKey,
+    pub _pad2: u32,
 }

@@ -13,6 +13,9 @@ unsafe impl aya::Pod for GardenKey {}
 unsafe impl aya::Pod for GardenValue {}
 unsafe impl aya::Pod for ClientEvent {}
 unsafe impl aya::Pod for ShaperConfig {}
+unsafe impl aya::Pod for LanConfig {}
+unsafe impl aya::Pod for AddrKey {}
+unsafe impl aya::Pod for Binding {}
 
 #[cfg(test)]
 mod tests {
@@ -23,13 +26,19 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<MacKey>(), 6);
         assert_eq!(size_of::<ClientEntry>(), 64);
-        assert_eq!(core::mem::offset_of!(ClientEntry, _reserved), 56);
-        assert_eq!(size_of::<ClientCounters>(), 10 * 8);
+        assert_eq!(core::mem::offset_of!(ClientEntry, ip6_tag), 56);
+        assert_eq!(size_of::<ClientCounters>(), 16 * 8);
         assert_eq!(size_of::<TokenBucket>(), 32);
-        assert_eq!(size_of::<ClientPolicy>(), 64);
+        assert_eq!(size_of::<ClientPolicy>(), 128);
         assert_eq!(size_of::<SlotAllocator>(), 32);
         assert_eq!(size_of::<GardenKey>(), 20);
-        assert_eq!(size_of::<ClientEvent>(), 24);
+        assert_eq!(
+            size_of::<LanConfig>(),
+            4 * 3 + 2 + 6 + 4 * 8 + 16 * 8 + 4 + 7 * 8
+        );
+        assert_eq!(size_of::<AddrKey>(), 20);
+        assert_eq!(size_of::<Binding>(), 16);
+        assert_eq!(size_of::<ClientEvent>(), 48);
         assert_eq!(size_of::<ShaperConfig>(), 24);
     }
 

@@ -21,14 +21,17 @@ use core::intrinsics::{
 };
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::{info, warn};
-use packet::{parse, Dir, FarEnd, Packet, Parsed};
+use packet::{
+    link_local, link_multicast, nd_lla_ok, nd_target, parse_arp, parse_eth, parse_ip, Dir, Eth,
+    IpInfo, Packet, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ETH_P_PAE,
+};
 use session_common::*;
 
 /// BPF_F_MMAPABLE: lets userspace mmap the array and read or write it without syscalls.
@@ -57,6 +60,12 @@ static GARDEN: LpmTrie<GardenKey, GardenValue> = LpmTrie::pinned(MAX_GARDEN, 0);
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+#[map(name = "LAN")]
+static LAN: Array<LanConfig> = Array::pinned(1, BPF_F_MMAPABLE);
+
+#[map(name = "BINDINGS")]
+static BINDINGS: HashMap<AddrKey, Binding> = HashMap::pinned(MAX_BINDINGS, 0);
 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
@@ -112,55 +121,165 @@ fn tc_verdict(v: Verdict) -> i32 {
     }
 }
 
+/// Why a frame is dropped, for the client's and the global counters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drop {
+    /// Inconsistent IP header, group MAC around IP unicast, group source address.
+    Malformed,
+    /// An ethertype, tag stack or destination the datapath does not pass.
+    Unknown(u32),
+    /// A source address or ARP/ND claim bound to another MAC, a foreign
+    /// link-layer address, or more addresses than a client may hold.
+    Spoof(u32),
+}
+
 #[inline(always)]
 fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
-    let (mac, ip) = match parse(p, dir) {
-        Parsed::NotForUs => return Verdict::Pass,
-        Parsed::Malformed(mac) => {
+    let Some(cfg) = LAN.get_ptr(0) else {
+        return Verdict::Drop;
+    };
+    let Some(eth) = parse_eth(p) else {
+        // A runt frame or more VLAN tags than the kernel and we take off.
+        stat_add(STAT_UNKNOWN);
+        return verdict_for_unknown(dir);
+    };
+    let mac = match dir {
+        Dir::Up => {
+            if eth.src.is_group() {
+                stat_add(STAT_GROUP_SRC);
+                return Verdict::Drop;
+            }
+            let gw = unsafe { core::ptr::read_volatile(&raw const (*cfg).mac) };
+            if !eth.dst.is_group() && gw != [0; 6] && eth.dst.addr != gw {
+                // For another station: the kernel drops it too; not the client's usage.
+                stat_add(STAT_OTHER_HOST);
+                return Verdict::Drop;
+            }
+            eth.src
+        }
+        Dir::Down => eth.dst,
+    };
+    match eth.proto {
+        ETH_P_IP | ETH_P_IPV6 => {}
+        ETH_P_ARP => {
+            return match dir {
+                Dir::Up => arp_up(p, cfg, &eth, &mac),
+                // The gateway's own ARP.
+                Dir::Down => Verdict::Pass,
+            }
+        }
+        ETH_P_PAE => return Verdict::Pass,
+        _ => {
+            stat_add(STAT_UNKNOWN);
+            if dir == Dir::Up {
+                attribute(&mac, Drop::Unknown(1));
+            }
+            return verdict_for_unknown(dir);
+        }
+    }
+    let Some(ip) = parse_ip(p, eth.proto, eth.l3) else {
+        stat_add(STAT_MALFORMED);
+        // Only known clients get the drop attributed: garbage must not take slots.
+        if !mac.is_group() {
+            attribute(&mac, Drop::Malformed);
+        }
+        return Verdict::Drop;
+    };
+    let to_group = ip.dst_group();
+    if eth.dst.is_group() {
+        if !to_group {
+            // IP unicast in a group frame: a neighbour entry pointing at a group
+            // MAC (downloads) or a frame for every station (uploads).
             stat_add(STAT_MALFORMED);
-            // Only known clients get the drop attributed: garbage must not take slots.
-            if let Some(seed) = index_seed() {
-                if let Probe::Found { slot, .. } = find(mac_word(&mac), seed) {
-                    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
-                        add(unsafe { &raw mut (*c).malformed_packets }, 1);
-                    }
-                }
+            if dir == Dir::Up {
+                attribute(&mac, Drop::Malformed);
             }
             return Verdict::Drop;
         }
-        Parsed::Ip(mac, ip) => (mac, ip),
-    };
+        if dir == Dir::Down {
+            // The gateway's own broadcast and multicast (DHCP, RA).
+            return Verdict::Pass;
+        }
+    }
+    if dir == Dir::Up && ip.src_group() {
+        stat_add(STAT_MALFORMED);
+        attribute(&mac, Drop::Malformed);
+        return Verdict::Drop;
+    }
     let Some((pos, slot)) = client_slot(p, &mac) else {
         // Table full: such a client is never allowed, but keeps the walled garden.
-        return if ip.unicast && !garden_passes(&ip.far_end(p, dir)) {
-            Verdict::Drop
-        } else {
-            Verdict::Pass
+        return match garden(p, cfg, &ip, dir, &mac, to_group) {
+            Ok(_) => Verdict::Pass,
+            Err(_) => Verdict::Drop,
         };
     };
     let Some(st) = CLIENTS.get_ptr_mut(pos) else {
-        return Verdict::Pass;
+        return Verdict::Drop;
     };
-    if !ip.unicast {
-        // Broadcast/multicast (DHCP discovery, ND, mDNS) is neither usage nor routed.
-        return Verdict::Pass;
+    if let Err(d) = judge_addresses(p, cfg, st, slot, &mac, &ip, dir) {
+        return drop_counted(slot, d, &ip);
     }
     let len = ip.len as u64;
     let flags = unsafe { core::ptr::read_volatile(&raw const (*st).flags) };
-    if flags & POLICY_ALLOWED == 0 {
-        let Some(c) = COUNTERS.get_ptr_mut(slot) else {
-            return Verdict::Drop;
-        };
-        return if garden_passes(&ip.far_end(p, dir)) {
-            add(unsafe { &raw mut (*c).garden_packets }, 1);
-            add(unsafe { &raw mut (*c).garden_bytes }, len);
-            Verdict::Pass
-        } else {
-            add(unsafe { &raw mut (*c).blocked_packets }, 1);
-            add(unsafe { &raw mut (*c).blocked_bytes }, len);
-            Verdict::Drop
-        };
+    let far = match dir {
+        Dir::Up => &ip.dst,
+        Dir::Down => &ip.src,
+    };
+    if flags & POLICY_ALLOWED != 0 && !to_group && !gateway_addr(cfg, ip.v6, far) {
+        return metered(p, st, slot, flags, &mac, len, dir);
     }
+    // Traffic that does not cross the gateway (a paying client's with the
+    // gateway itself, broadcast and multicast), or of a client that has not paid.
+    let Some(c) = COUNTERS.get_ptr_mut(slot) else {
+        return Verdict::Drop;
+    };
+    if flags & POLICY_ALLOWED == 0 {
+        if let Err(d) = garden(p, cfg, &ip, dir, &mac, to_group) {
+            if d == Drop::Malformed {
+                add(unsafe { &raw mut (*c).blocked_packets }, 1);
+                add(unsafe { &raw mut (*c).blocked_bytes }, len);
+                return Verdict::Drop;
+            }
+            return drop_counted(slot, d, &ip);
+        }
+        if !garden_admits(cfg, slot, dir, len) {
+            stat_add(STAT_GARDEN_RATELIMIT);
+            add(unsafe { &raw mut (*c).garden_ratelimit_packets }, 1);
+            add(unsafe { &raw mut (*c).garden_ratelimit_bytes }, len);
+            return Verdict::Drop;
+        }
+    } else if ip.v6 && ip.proto == packet::IPPROTO_ICMPV6 && (133..=137).contains(&ip.icmp6_type) {
+        // A paying client's ND obeys the same rules.
+        if let Err(d) = nd(p, cfg, &ip, dir, &mac) {
+            return drop_counted(slot, d, &ip);
+        }
+    }
+    add(unsafe { &raw mut (*c).garden_packets }, 1);
+    add(unsafe { &raw mut (*c).garden_bytes }, len);
+    Verdict::Pass
+}
+
+/// What becomes of a frame the datapath does not understand: dropped from
+/// clients, passed from the gateway (its own LLDP and the like).
+#[inline(always)]
+fn verdict_for_unknown(dir: Dir) -> Verdict {
+    match dir {
+        Dir::Up => Verdict::Drop,
+        Dir::Down => Verdict::Pass,
+    }
+}
+
+/// A paying client's traffic across the gateway: speed limit, data budget, usage.
+#[inline(always)]
+fn metered<P: Packet>(
+    p: &P,
+    st: *mut ClientEntry,
+    slot: u32,
+    flags: u32,
+    mac: &MacKey,
+    len: u64,
+    dir: Dir,
+) -> Verdict {
     let (shape, limit) = match dir {
         Dir::Up => (POLICY_SHAPE_UP, POLICY_LIMIT_UP),
         Dir::Down => (POLICY_SHAPE_DOWN, POLICY_LIMIT_DOWN),
@@ -172,7 +291,9 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
                 Dir::Up => unsafe { &raw mut (*pol).up },
                 Dir::Down => unsafe { &raw mut (*pol).down },
             };
-            if !bucket_admits(bucket, len) {
+            let rate = unsafe { core::ptr::read_volatile(&raw const (*bucket).rate_bytes) };
+            let burst = unsafe { core::ptr::read_volatile(&raw const (*bucket).burst_bytes) };
+            if !bucket_admits(bucket, rate, burst, len) {
                 if let Some(c) = COUNTERS.get_ptr_mut(slot) {
                     add(unsafe { &raw mut (*c).ratelimit_packets }, 1);
                     add(unsafe { &raw mut (*c).ratelimit_bytes }, len);
@@ -191,7 +312,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
                 return Verdict::Drop;
             }
             // This packet spent the last of the budget: tell userspace at once.
-            Budget::Exhausted => emit(EVENT_QUOTA_EXHAUSTED, slot, &mac),
+            Budget::Exhausted => emit(EVENT_QUOTA_EXHAUSTED, slot, mac, None),
             Budget::Taken => {}
         }
     }
@@ -209,6 +330,357 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         return Verdict::Shape(slot);
     }
     Verdict::Pass
+}
+
+/// Counts a drop to the client in `slot` and globally.
+#[inline(always)]
+fn drop_counted(slot: u32, d: Drop, ip: &IpInfo) -> Verdict {
+    let _ = ip;
+    count_drop(slot, d);
+    Verdict::Drop
+}
+
+#[inline(always)]
+fn count_drop(slot: u32, d: Drop) {
+    let Some(c) = COUNTERS.get_ptr_mut(slot) else {
+        return;
+    };
+    match d {
+        Drop::Malformed => {
+            stat_add(STAT_MALFORMED);
+            add(unsafe { &raw mut (*c).malformed_packets }, 1);
+        }
+        Drop::Unknown(stat) => {
+            if stat > 1 {
+                stat_add(stat);
+            }
+            add(unsafe { &raw mut (*c).unknown_packets }, 1);
+        }
+        Drop::Spoof(stat) => {
+            stat_add(stat);
+            add(unsafe { &raw mut (*c).spoof_packets }, 1);
+        }
+    }
+}
+
+/// Counts a drop to a known client (one that has no slot is not given one).
+#[inline(always)]
+fn attribute(mac: &MacKey, d: Drop) {
+    if let Some(seed) = index_seed() {
+        if let Probe::Found { slot, .. } = find(mac_word(mac), seed) {
+            let d = match d {
+                // The global statistic is already counted.
+                Drop::Malformed => {
+                    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+                        add(unsafe { &raw mut (*c).malformed_packets }, 1);
+                    }
+                    return;
+                }
+                d => d,
+            };
+            count_drop(slot, d);
+        }
+    }
+}
+
+/// One of the gateway's own addresses on this LAN.
+#[inline(always)]
+fn gateway_addr(cfg: *const LanConfig, v6: bool, a: &[u32; 4]) -> bool {
+    if v6 {
+        let n = unsafe { core::ptr::read_volatile(&raw const (*cfg).n_v6) };
+        for i in 0..LAN_MAX_ADDRS {
+            if i as u32 >= n {
+                break;
+            }
+            if unsafe { core::ptr::read_volatile(&raw const (*cfg).v6[i]) } == *a {
+                return true;
+            }
+        }
+    } else {
+        let n = unsafe { core::ptr::read_volatile(&raw const (*cfg).n_v4) };
+        for i in 0..LAN_MAX_ADDRS {
+            if i as u32 >= n {
+                break;
+            }
+            if unsafe { core::ptr::read_volatile(&raw const (*cfg).v4[i]) } == a[0] {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Addresses a client may not use: odd destinations, and (with anti-spoofing)
+/// sources bound to another MAC. A download to an address bound to another
+/// MAC is refused too, so a stale or forged neighbour entry charges nobody.
+#[inline(always)]
+fn judge_addresses<P: Packet>(
+    p: &P,
+    cfg: *const LanConfig,
+    st: *mut ClientEntry,
+    slot: u32,
+    mac: &MacKey,
+    ip: &IpInfo,
+    dir: Dir,
+) -> Result<(), Drop> {
+    if dir == Dir::Up && (ip.dst_odd() || (ip.v6 && link_local(&ip.dst) && !gateway_addr(cfg, true, &ip.dst))) {
+        return Err(Drop::Unknown(STAT_ODD_DST));
+    }
+    if unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF == 0 {
+        return Ok(());
+    }
+    match dir {
+        Dir::Up if !ip.src_unspecified() => {
+            if gateway_addr(cfg, ip.v6, &ip.src) {
+                return Err(Drop::Spoof(STAT_SPOOF));
+            }
+            bind(p, st, slot, mac, ip.key(ip.src), true)
+        }
+        Dir::Up => Ok(()),
+        Dir::Down => bind(p, st, slot, mac, ip.key(ip.dst), false),
+    }
+}
+
+/// Checks that `key` is bound to `mac`; with `claim`, binds it if no MAC has
+/// it yet (first claim wins). Addresses found bound to the client are kept
+/// in its entry, so its next packets skip the lookup.
+#[inline(always)]
+fn bind<P: Packet>(
+    p: &P,
+    st: *mut ClientEntry,
+    slot: u32,
+    mac: &MacKey,
+    key: AddrKey,
+    claim: bool,
+) -> Result<(), Drop> {
+    let v6 = key.family == 6;
+    let tag = if v6 {
+        addr_tag(&key.addr, index_seed().unwrap_or(0))
+    } else {
+        0
+    };
+    let cached = if v6 {
+        unsafe { core::ptr::read_volatile(&raw const (*st).ip6_tag) == tag }
+    } else {
+        unsafe { core::ptr::read_volatile(&raw const (*st).ip4) == key.addr[0] }
+    };
+    if cached {
+        return Ok(());
+    }
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(b) = BINDINGS.get_ptr_mut(&key) {
+        if unsafe { core::ptr::read_volatile(&raw const (*b).mac) } != *mac {
+            return Err(Drop::Spoof(STAT_SPOOF));
+        }
+        unsafe { core::ptr::write_volatile(&raw mut (*b).last_ns, now) };
+        remember(st, &key, tag);
+        return Ok(());
+    }
+    if !claim {
+        return Ok(());
+    }
+    let Some(c) = COUNTERS.get_ptr_mut(slot) else {
+        return Err(Drop::Spoof(STAT_BINDINGS_FULL));
+    };
+    let held = unsafe { &raw mut (*c).bound_addrs };
+    if unsafe { core::ptr::read_volatile(held) } >= MAX_ADDRS_PER_CLIENT {
+        return Err(Drop::Spoof(STAT_BINDINGS_FULL));
+    }
+    let b = Binding {
+        mac: *mac,
+        _pad: [0; 2],
+        last_ns: now,
+    };
+    if BINDINGS.insert(&key, &b, BPF_NOEXIST as u64).is_err() {
+        // Another CPU bound it first, or the table is full.
+        return match BINDINGS.get_ptr(&key) {
+            Some(b) if unsafe { core::ptr::read_volatile(&raw const (*b).mac) } == *mac => Ok(()),
+            Some(_) => Err(Drop::Spoof(STAT_SPOOF)),
+            None => Err(Drop::Spoof(STAT_BINDINGS_FULL)),
+        };
+    }
+    add(held, 1);
+    if !v6 {
+        // A second IPv4 address while the first is in use: two devices on one MAC?
+        let prev = unsafe { core::ptr::read_volatile(&raw const (*st).ip4) };
+        if prev != 0 {
+            emit(EVENT_MAC_CONFLICT, slot, mac, Some(&key));
+        }
+    }
+    emit(EVENT_ADDR_BOUND, slot, mac, Some(&key));
+    remember(st, &key, tag);
+    let _ = p;
+    Ok(())
+}
+
+#[inline(always)]
+fn remember(st: *mut ClientEntry, key: &AddrKey, tag: u64) {
+    if key.family == 6 {
+        unsafe { core::ptr::write_volatile(&raw mut (*st).ip6_tag, tag) };
+    } else {
+        unsafe { core::ptr::write_volatile(&raw mut (*st).ip4, key.addr[0]) };
+    }
+}
+
+/// An ARP message from a client: its sender must be the frame's own MAC, and
+/// (with anti-spoofing) the address it claims bound to it or free.
+#[inline(always)]
+fn arp_up<P: Packet>(p: &P, cfg: *const LanConfig, eth: &Eth, mac: &MacKey) -> Verdict {
+    let Some(arp) = parse_arp(p, eth.l3) else {
+        stat_add(STAT_UNKNOWN);
+        attribute(mac, Drop::Unknown(1));
+        return Verdict::Drop;
+    };
+    if arp.sha != *mac {
+        stat_add(STAT_SPOOF);
+        attribute(mac, Drop::Spoof(0));
+        return Verdict::Drop;
+    }
+    if arp.spa == 0 || unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF == 0 {
+        return Verdict::Pass;
+    }
+    let Some((pos, slot)) = client_slot(p, mac) else {
+        return Verdict::Drop;
+    };
+    let Some(st) = CLIENTS.get_ptr_mut(pos) else {
+        return Verdict::Drop;
+    };
+    let key = AddrKey {
+        family: 4,
+        addr: [arp.spa, 0, 0, 0],
+    };
+    if gateway_addr(cfg, false, &key.addr) {
+        count_drop(slot, Drop::Spoof(STAT_SPOOF));
+        return Verdict::Drop;
+    }
+    match bind(p, st, slot, mac, key, true) {
+        Ok(()) => Verdict::Pass,
+        Err(d) => {
+            count_drop(slot, d);
+            Verdict::Drop
+        }
+    }
+}
+
+/// Neighbour discovery with the gateway: hop limit 255 (so never forwarded),
+/// from a client to link-local, link-scope multicast or the gateway's
+/// addresses, or from the gateway's link-local or own addresses; a client's
+/// link-layer address options name its own MAC, and the address an
+/// advertisement claims is bound to it or free.
+#[inline(always)]
+fn nd<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir, mac: &MacKey) -> Result<(), Drop> {
+    if ip.hop != 255 {
+        return Err(Drop::Malformed);
+    }
+    match dir {
+        Dir::Up => {
+            if !(link_local(&ip.dst) || link_multicast(&ip.dst) || gateway_addr(cfg, true, &ip.dst)) {
+                return Err(Drop::Malformed);
+            }
+            if !nd_lla_ok(p, ip, mac) {
+                return Err(Drop::Spoof(STAT_SPOOF));
+            }
+            if ip.icmp6_type == 136
+                && unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF != 0
+            {
+                let target = nd_target(p, ip).ok_or(Drop::Malformed)?;
+                if gateway_addr(cfg, true, &target) {
+                    return Err(Drop::Spoof(STAT_SPOOF));
+                }
+                let Some((pos, slot)) = client_slot(p, mac) else {
+                    return Err(Drop::Malformed);
+                };
+                let st = CLIENTS.get_ptr_mut(pos).ok_or(Drop::Malformed)?;
+                bind(p, st, slot, mac, ip.key(target), true)?;
+            }
+            Ok(())
+        }
+        Dir::Down => {
+            if link_local(&ip.src) || gateway_addr(cfg, true, &ip.src) {
+                Ok(())
+            } else {
+                Err(Drop::Malformed)
+            }
+        }
+    }
+}
+
+/// The walled garden of a client that has not paid: ND with the gateway, and
+/// the garden entries for the far end (broadcast and multicast only the
+/// gateway's own services). `Err(Drop::Malformed)` stands for "not garden".
+#[inline(always)]
+fn garden<P: Packet>(
+    p: &P,
+    cfg: *const LanConfig,
+    ip: &IpInfo,
+    dir: Dir,
+    mac: &MacKey,
+    to_group: bool,
+) -> Result<(), Drop> {
+    if ip.v6 && ip.proto == packet::IPPROTO_ICMPV6 && (133..=137).contains(&ip.icmp6_type) {
+        return nd(p, cfg, ip, dir, mac);
+    }
+    let (addr, port) = match dir {
+        Dir::Up => (ip.dst, ip.dport),
+        Dir::Down => (ip.src, ip.sport),
+    };
+    match garden_flags(ip, addr, port) {
+        Some(f) if !to_group || f & GARDEN_GATEWAY != 0 => Ok(()),
+        _ => Err(Drop::Malformed),
+    }
+}
+
+/// The flags of the garden entry that passes this protocol to `addr` and `port`.
+#[inline(always)]
+fn garden_flags(ip: &IpInfo, addr: [u32; 4], port: u16) -> Option<u32> {
+    let a: [u8; 16] = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(addr) };
+    let mut key = Key::new(
+        GardenKey::FULL_PREFIX,
+        GardenKey {
+            family: ip.family() as u8,
+            port: port.to_be_bytes(),
+            addr: a,
+            _pad: 0,
+        },
+    );
+    let proto = match ip.proto {
+        packet::IPPROTO_TCP => GARDEN_TCP,
+        packet::IPPROTO_UDP => GARDEN_UDP,
+        _ => 0,
+    };
+    if port != 0 {
+        if let Some(v) = GARDEN.get(&key) {
+            let f = v.flags;
+            if f & (GARDEN_TCP | GARDEN_UDP) == 0 || f & proto != 0 {
+                return Some(f);
+            }
+        }
+    }
+    key.data.port = [0; 2];
+    let f = GARDEN.get(&key)?.flags;
+    if f & (GARDEN_TCP | GARDEN_UDP) == 0 || f & proto != 0 {
+        return Some(f);
+    }
+    None
+}
+
+/// The garden rate limit of a client that has not paid, per direction.
+#[inline(always)]
+fn garden_admits(cfg: *const LanConfig, slot: u32, dir: Dir, len: u64) -> bool {
+    let rate = unsafe { core::ptr::read_volatile(&raw const (*cfg).garden_rate_bytes) };
+    if rate == 0 {
+        return true;
+    }
+    let burst = unsafe { core::ptr::read_volatile(&raw const (*cfg).garden_burst_bytes) };
+    let min = unsafe { core::ptr::read_volatile(&raw const (*cfg).garden_min_cost) };
+    let Some(pol) = POLICY.get_ptr_mut(slot) else {
+        return false;
+    };
+    let bucket = match dir {
+        Dir::Up => unsafe { &raw mut (*pol).garden_up },
+        Dir::Down => unsafe { &raw mut (*pol).garden_down },
+    };
+    bucket_admits(bucket, rate, burst, if len < min { min } else { len })
 }
 
 /// The hash seed of the index, or `None` before the agent has set it (then no
@@ -255,7 +727,7 @@ fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<(u32, u32)> {
     };
     if won {
         info!(p, "new client {:mac} in slot {}", mac.addr, slot);
-        emit(EVENT_NEW_CLIENT, slot, mac);
+        emit(EVENT_NEW_CLIENT, slot, mac, None);
         return Some((pos, slot));
     }
     // Another CPU (or userspace) took the position first; this slot stays
@@ -301,7 +773,7 @@ fn take_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<u32> {
         stat_add(STAT_TABLE_FULL);
         if slot == MAX_CLIENTS {
             warn!(p, "client table full ({} slots)", MAX_CLIENTS);
-            emit(EVENT_TABLE_FULL, slot, mac);
+            emit(EVENT_TABLE_FULL, slot, mac, None);
         }
         return None;
     }
@@ -365,14 +837,13 @@ const MAX_REFILL_NS: u64 = 1_000_000_000;
 /// as before; credit deferred within a tick lets at most that tick's worth of
 /// the rate through beyond the burst.
 #[inline(always)]
-fn bucket_admits(b: *mut TokenBucket, len: u64) -> bool {
-    let rate = unsafe { core::ptr::read_volatile(&raw const (*b).rate_bytes) };
+fn bucket_admits(b: *mut TokenBucket, rate: u64, burst: u64, len: u64) -> bool {
     if rate == 0 {
         return true;
     }
     let tokens_ptr = unsafe { &raw mut (*b).tokens };
     let last = unsafe { core::ptr::read_volatile(&raw const (*b).last_ns) };
-    let burst = unsafe { core::ptr::read_volatile(&raw const (*b).burst_bytes) } as i64;
+    let burst = burst as i64;
     let mut tokens = unsafe { core::ptr::read_volatile(tokens_ptr) };
     if tokens <= 0 || tokens >= burst || unsafe { bpf_ktime_get_coarse_ns() } > last + MIN_REFILL_NS
     {
@@ -423,34 +894,6 @@ fn bucket_admits(b: *mut TokenBucket, len: u64) -> bool {
     false
 }
 
-/// Traffic a client that is not allowed may still exchange: DHCP, ND and the
-/// walled garden (DNS and the portal on the gateway, configured CIDRs).
-#[inline(always)]
-fn garden_passes(ip: &FarEnd) -> bool {
-    let always = match ip.proto {
-        // DHCP and DHCPv6 servers: the port is the destination going up, the source coming down.
-        packet::IPPROTO_UDP => ip.port == 67 || ip.port == 547,
-        packet::IPPROTO_ICMPV6 => (133..=137).contains(&ip.icmp6_type),
-        _ => false,
-    };
-    if always {
-        return true;
-    }
-    let mut key = Key::new(
-        GardenKey::FULL_PREFIX,
-        GardenKey {
-            port: ip.port.to_be_bytes(),
-            addr: ip.addr,
-            _pad: [0; 2],
-        },
-    );
-    if ip.port != 0 && GARDEN.get(&key).is_some() {
-        return true;
-    }
-    key.data.port = [0; 2];
-    GARDEN.get(&key).is_some()
-}
-
 #[inline(always)]
 fn add(ptr: *mut u64, v: u64) {
     unsafe { atomic_xadd::<u64, u64, { Relaxed }>(ptr, v) };
@@ -464,13 +907,18 @@ fn stat_add(idx: u32) {
 }
 
 #[inline(always)]
-fn emit(kind: u32, slot: u32, mac: &MacKey) {
+fn emit(kind: u32, slot: u32, mac: &MacKey, addr: Option<&AddrKey>) {
     let ev = ClientEvent {
         kind,
         slot,
         mac: *mac,
         _pad: [0; 2],
         ktime_ns: unsafe { bpf_ktime_get_ns() },
+        addr: match addr {
+            Some(a) => *a,
+            None => AddrKey::default(),
+        },
+        _pad2: 0,
     };
     if EVENTS.output::<ClientEvent>(&ev, 0).is_err() {
         stat_add(STAT_EVENTS_LOST);

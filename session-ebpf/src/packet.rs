@@ -1,15 +1,19 @@
-//! Header parsing shared by the TC and XDP programs.
+//! Header parsing shared by the TC and XDP programs: what a frame carries,
+//! through up to two VLAN tags.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use session_common::MacKey;
+use session_common::{AddrKey, MacKey};
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
 const ETH_HLEN: u32 = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_ARP: u16 = 0x0806;
+/// 802.1X (EAPOL): a Wi-Fi access point on the gateway itself needs it.
+pub const ETH_P_PAE: u16 = 0x888e;
 /// IPv6 hop-by-hop options header.
 const NEXTHDR_HOP: u8 = 0;
 
@@ -78,132 +82,165 @@ impl Packet for XdpContext {
     }
 }
 
-/// What the datapath needs to know about a client's IP packet. What only the
-/// walled garden needs is read again from the packet when it is consulted
-/// ([`IpInfo::far_end`]): kept out of the common path, it costs nothing there.
+/// The Ethernet header, and where the payload starts after the VLAN tags.
+pub struct Eth {
+    pub dst: MacKey,
+    pub src: MacKey,
+    /// The ethertype after the tags.
+    pub proto: u16,
+    /// Offset of the payload: 14, 18 or 22.
+    pub l3: u32,
+}
+
+/// A VLAN tag's protocol identifier: 802.1Q, 802.1ad, and the older 0x9100.
+#[inline(always)]
+fn is_tag(proto: u16) -> bool {
+    proto == 0x8100 || proto == 0x88a8 || proto == 0x9100
+}
+
+/// The Ethernet header through up to two VLAN tags (the kernel may have taken
+/// one more into the skb's metadata before TC sees the frame). `None` for a
+/// runt frame or a deeper tag stack.
+#[inline(always)]
+pub fn parse_eth<P: Packet>(p: &P) -> Option<Eth> {
+    let eth = p.load::<[u16; 7]>(0)?;
+    // Same bytes, as they are in memory.
+    let dst = MacKey::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>([eth[0], eth[1], eth[2]]) });
+    let src = MacKey::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>([eth[3], eth[4], eth[5]]) });
+    let mut proto = u16::from_be(eth[6]);
+    let mut l3 = ETH_HLEN;
+    if is_tag(proto) {
+        // TCI, then the inner ethertype.
+        proto = u16::from_be(p.load::<u16>(ETH_HLEN + 2)?);
+        l3 = ETH_HLEN + 4;
+        if is_tag(proto) {
+            proto = u16::from_be(p.load::<u16>(ETH_HLEN + 6)?);
+            l3 = ETH_HLEN + 8;
+            if is_tag(proto) {
+                return None;
+            }
+        }
+    }
+    Some(Eth { dst, src, proto, l3 })
+}
+
+/// What the datapath judges an IP packet by, read once.
 pub struct IpInfo {
     /// IP-layer length: IPv4 total length, IPv6 payload length + 40 (the skb's
     /// length for GSO aggregates that leave the length field zero).
     pub len: u32,
-    /// The destination is a unicast address.
-    pub unicast: bool,
-    v6: bool,
-}
-
-/// The far end of a packet, for the walled garden.
-pub struct FarEnd {
+    pub v6: bool,
+    /// The transport protocol (IPv6: the first next header).
     pub proto: u8,
-    /// The far end's port (destination going up, source coming down), 0 if none.
-    pub port: u16,
+    /// TTL or hop limit.
+    pub hop: u8,
+    /// Addresses as in the packet (IPv4 in the first word).
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// TCP/UDP ports (0 without a transport header: other protocols, fragments).
+    pub sport: u16,
+    pub dport: u16,
+    /// ICMPv6 type (0 for other protocols).
     pub icmp6_type: u8,
-    /// The far end's address (destination going up, source coming down), IPv4 mapped into IPv6.
-    pub addr: [u8; 16],
+    /// Offset of the transport header and the end of the IP packet.
+    pub l4: u32,
+    pub end: u32,
 }
 
 impl IpInfo {
-    /// The header was read whole by [`parse`] and the transport header, when
-    /// read, lies within `len`, which the packet holds: these loads do not fail.
     #[inline(always)]
-    pub fn far_end<P: Packet>(&self, p: &P, dir: Dir) -> FarEnd {
-        let mut port = 0;
-        let mut icmp6_type = 0;
-        let proto;
-        let mut addr = [0u8; 16];
+    pub fn family(&self) -> u32 {
         if self.v6 {
-            let w1 = p.load::<u32>(ETH_HLEN + 4).unwrap_or(0).to_ne_bytes();
-            proto = w1[2];
-            let l4 = ETH_HLEN + 40;
-            if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && self.len >= 44 {
-                port = far_port(p, l4, dir);
-            } else if proto == IPPROTO_ICMPV6 && self.len >= 41 {
-                icmp6_type = p.load::<u8>(l4).unwrap_or(0);
-            }
-            let off = match dir {
-                Dir::Up => ETH_HLEN + 24,
-                Dir::Down => ETH_HLEN + 8,
-            };
-            let a = p.load::<[u32; 4]>(off).unwrap_or([0; 4]);
-            addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(a) };
+            6
         } else {
-            let h = p.load::<[u32; 5]>(ETH_HLEN).unwrap_or([0; 5]);
-            let ihl = ((h[0].to_ne_bytes()[0] & 0x0f) as u32) * 4;
-            let w1 = h[1].to_ne_bytes();
-            let frag_off = u16::from_be_bytes([w1[2], w1[3]]) & 0x1fff;
-            proto = h[2].to_ne_bytes()[1];
-            if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
-                && frag_off == 0
-                && ihl + 4 <= self.len
-            {
-                port = far_port(p, ETH_HLEN + ihl, dir);
-            }
-            let a = match dir {
-                Dir::Up => h[4],
-                Dir::Down => h[3],
-            }
-            .to_ne_bytes();
-            addr[10] = 0xff;
-            addr[11] = 0xff;
-            addr[12] = a[0];
-            addr[13] = a[1];
-            addr[14] = a[2];
-            addr[15] = a[3];
-        }
-        FarEnd {
-            proto,
-            port,
-            icmp6_type,
-            addr,
+            4
         }
     }
-}
 
-/// The far end's port of the TCP or UDP header at `l4`.
-#[inline(always)]
-fn far_port<P: Packet>(p: &P, l4: u32, dir: Dir) -> u16 {
-    let ports = p.load::<[u16; 2]>(l4).unwrap_or([0; 2]);
-    u16::from_be(match dir {
-        Dir::Up => ports[1],
-        Dir::Down => ports[0],
-    })
-}
-
-pub enum Parsed {
-    /// Not a client's IP packet (non-IP ethertype, group MAC, runt frame): pass uncounted.
-    NotForUs,
-    /// Claims to be IP but its header is inconsistent: drop.
-    Malformed(MacKey),
-    Ip(MacKey, IpInfo),
-}
-
-#[inline(always)]
-pub fn parse<P: Packet>(p: &P, dir: Dir) -> Parsed {
-    let Some(eth) = p.load::<[u16; 7]>(0) else {
-        return Parsed::NotForUs;
-    };
-    let words = match dir {
-        Dir::Up => [eth[3], eth[4], eth[5]],
-        Dir::Down => [eth[0], eth[1], eth[2]],
-    };
-    // Same bytes, as they are in memory.
-    let mac = MacKey::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>(words) });
-    if mac.is_group() {
-        return Parsed::NotForUs;
+    #[inline(always)]
+    pub fn key(&self, a: [u32; 4]) -> AddrKey {
+        AddrKey {
+            family: self.family(),
+            addr: a,
+        }
     }
-    let avail = p.len().saturating_sub(ETH_HLEN);
-    let ip = match u16::from_be(eth[6]) {
-        ETH_P_IP => parse_v4(p, avail),
-        ETH_P_IPV6 => parse_v6(p, avail),
-        _ => return Parsed::NotForUs,
-    };
-    match ip {
-        Some(ip) => Parsed::Ip(mac, ip),
-        None => Parsed::Malformed(mac),
+
+    /// The destination is multicast or (IPv4) the limited broadcast.
+    #[inline(always)]
+    pub fn dst_group(&self) -> bool {
+        if self.v6 {
+            self.dst[0].to_ne_bytes()[0] == 0xff
+        } else {
+            self.dst[0].to_ne_bytes()[0] >= 224 && self.dst[0].to_ne_bytes()[0] < 240
+                || self.dst[0] == u32::MAX
+        }
+    }
+
+    /// The source cannot be a host's own: multicast or broadcast.
+    #[inline(always)]
+    pub fn src_group(&self) -> bool {
+        let b = self.src[0].to_ne_bytes()[0];
+        if self.v6 {
+            b == 0xff
+        } else {
+            (224..240).contains(&b) || self.src[0] == u32::MAX
+        }
+    }
+
+    /// The source is the unspecified address (DHCP discovery, DAD).
+    #[inline(always)]
+    pub fn src_unspecified(&self) -> bool {
+        if self.v6 {
+            self.src == [0; 4]
+        } else {
+            self.src[0] == 0
+        }
+    }
+
+    /// A destination that is never routed: 0.0.0.0/8, 127.0.0.0/8,
+    /// 240.0.0.0/4 but the broadcast; ::/96 (unspecified, loopback,
+    /// IPv4-compatible), ::ffff:0:0/96 (IPv4-mapped).
+    #[inline(always)]
+    pub fn dst_odd(&self) -> bool {
+        if self.v6 {
+            let d = self.dst;
+            d[0] == 0 && d[1] == 0 && (d[2] == 0 || d[2] == u32::from_be(0xffff))
+        } else {
+            let b = self.dst[0].to_ne_bytes()[0];
+            b == 0 || b == 127 || (b >= 240 && self.dst[0] != u32::MAX)
+        }
+    }
+}
+
+/// An IPv6 address in fe80::/10.
+#[inline(always)]
+pub fn link_local(a: &[u32; 4]) -> bool {
+    let b = a[0].to_ne_bytes();
+    b[0] == 0xfe && b[1] & 0xc0 == 0x80
+}
+
+/// An IPv6 link-scope multicast address (ff02::/16).
+#[inline(always)]
+pub fn link_multicast(a: &[u32; 4]) -> bool {
+    let b = a[0].to_ne_bytes();
+    b[0] == 0xff && b[1] == 0x02
+}
+
+/// The IP packet at `l3` (`proto` is its ethertype), or `None` when its
+/// header is inconsistent (the kernel would drop it).
+#[inline(always)]
+pub fn parse_ip<P: Packet>(p: &P, proto: u16, l3: u32) -> Option<IpInfo> {
+    let avail = p.len().checked_sub(l3)?;
+    if proto == ETH_P_IPV6 {
+        parse_v6(p, l3, avail)
+    } else {
+        parse_v4(p, l3, avail)
     }
 }
 
 #[inline(always)]
-fn parse_v4<P: Packet>(p: &P, avail: u32) -> Option<IpInfo> {
-    let h = p.load::<[u32; 5]>(ETH_HLEN)?;
+fn parse_v4<P: Packet>(p: &P, l3: u32, avail: u32) -> Option<IpInfo> {
+    let h = p.load::<[u32; 5]>(l3)?;
     let w0 = h[0].to_ne_bytes();
     if w0[0] >> 4 != 4 {
         return None;
@@ -222,15 +259,34 @@ fn parse_v4<P: Packet>(p: &P, avail: u32) -> Option<IpInfo> {
     } else {
         tot
     };
-    if !ipv4_csum_ok(p, &h, ihl) {
+    if !ipv4_csum_ok(p, l3, &h, ihl) {
         return None;
     }
-    let dst = h[4].to_ne_bytes();
-    let unicast = dst[0] < 224 && h[4] != u32::MAX;
+    let w1 = h[1].to_ne_bytes();
+    let frag_off = u16::from_be_bytes([w1[2], w1[3]]) & 0x1fff;
+    let w2 = h[2].to_ne_bytes();
+    let proto = w2[1];
+    let l4 = l3 + ihl;
+    let (sport, dport) = if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
+        && frag_off == 0
+        && ihl + 4 <= len
+    {
+        ports(p, l4)
+    } else {
+        (0, 0)
+    };
     Some(IpInfo {
         len,
-        unicast,
         v6: false,
+        proto,
+        hop: w2[0],
+        src: [h[3], 0, 0, 0],
+        dst: [h[4], 0, 0, 0],
+        sport,
+        dport,
+        icmp6_type: 0,
+        l4,
+        end: l3 + len,
     })
 }
 
@@ -240,21 +296,21 @@ fn parse_v4<P: Packet>(p: &P, avail: u32) -> Option<IpInfo> {
 /// The ones' complement sum is taken over 32-bit words in memory order and
 /// folded: the same check as over big-endian 16-bit words (RFC 1071).
 #[inline(always)]
-fn ipv4_csum_ok<P: Packet>(p: &P, h: &[u32; 5], ihl: u32) -> bool {
+fn ipv4_csum_ok<P: Packet>(p: &P, l3: u32, h: &[u32; 5], ihl: u32) -> bool {
     let mut sum = h[0] as u64 + h[1] as u64 + h[2] as u64 + h[3] as u64 + h[4] as u64;
     // Options, one word at a constant offset each: XDP's verifier needs
     // bounds it can see (a loop over a variable offset is rejected).
     if ihl > 20 {
-        let ok = option_word::<0, P>(p, ihl, &mut sum)
-            && option_word::<1, P>(p, ihl, &mut sum)
-            && option_word::<2, P>(p, ihl, &mut sum)
-            && option_word::<3, P>(p, ihl, &mut sum)
-            && option_word::<4, P>(p, ihl, &mut sum)
-            && option_word::<5, P>(p, ihl, &mut sum)
-            && option_word::<6, P>(p, ihl, &mut sum)
-            && option_word::<7, P>(p, ihl, &mut sum)
-            && option_word::<8, P>(p, ihl, &mut sum)
-            && option_word::<9, P>(p, ihl, &mut sum);
+        let ok = option_word::<0, P>(p, l3, ihl, &mut sum)
+            && option_word::<1, P>(p, l3, ihl, &mut sum)
+            && option_word::<2, P>(p, l3, ihl, &mut sum)
+            && option_word::<3, P>(p, l3, ihl, &mut sum)
+            && option_word::<4, P>(p, l3, ihl, &mut sum)
+            && option_word::<5, P>(p, l3, ihl, &mut sum)
+            && option_word::<6, P>(p, l3, ihl, &mut sum)
+            && option_word::<7, P>(p, l3, ihl, &mut sum)
+            && option_word::<8, P>(p, l3, ihl, &mut sum)
+            && option_word::<9, P>(p, l3, ihl, &mut sum);
         if !ok {
             return false;
         }
@@ -269,11 +325,11 @@ fn ipv4_csum_ok<P: Packet>(p: &P, h: &[u32; 5], ihl: u32) -> bool {
 /// Adds option word `K` (header bytes 20 + 4K..) to `sum` if the header has it;
 /// false if the header claims it but the packet ends first.
 #[inline(always)]
-fn option_word<const K: u32, P: Packet>(p: &P, ihl: u32, sum: &mut u64) -> bool {
+fn option_word<const K: u32, P: Packet>(p: &P, l3: u32, ihl: u32, sum: &mut u64) -> bool {
     if ihl <= 20 + 4 * K {
         return true;
     }
-    let Some(w) = p.load::<u32>(ETH_HLEN + 20 + 4 * K) else {
+    let Some(w) = p.load::<u32>(l3 + 20 + 4 * K) else {
         return false;
     };
     *sum += w as u64;
@@ -281,8 +337,8 @@ fn option_word<const K: u32, P: Packet>(p: &P, ihl: u32, sum: &mut u64) -> bool 
 }
 
 #[inline(always)]
-fn parse_v6<P: Packet>(p: &P, avail: u32) -> Option<IpInfo> {
-    let h = p.load::<[u32; 10]>(ETH_HLEN)?;
+fn parse_v6<P: Packet>(p: &P, l3: u32, avail: u32) -> Option<IpInfo> {
+    let h = p.load::<[u32; 10]>(l3)?;
     let w0 = h[0].to_ne_bytes();
     if w0[0] >> 4 != 6 {
         return None;
@@ -298,10 +354,95 @@ fn parse_v6<P: Packet>(p: &P, avail: u32) -> Option<IpInfo> {
     } else {
         payload + 40
     };
-    let unicast = h[6].to_ne_bytes()[0] != 0xff;
+    let proto = w1[2];
+    let l4 = l3 + 40;
+    let (mut sport, mut dport, mut icmp6_type) = (0, 0, 0);
+    if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && len >= 44 {
+        (sport, dport) = ports(p, l4);
+    } else if proto == IPPROTO_ICMPV6 && len >= 41 {
+        icmp6_type = p.load::<u8>(l4).unwrap_or(0);
+    }
     Some(IpInfo {
         len,
-        unicast,
         v6: true,
+        proto,
+        hop: w1[3],
+        src: [h[2], h[3], h[4], h[5]],
+        dst: [h[6], h[7], h[8], h[9]],
+        sport,
+        dport,
+        icmp6_type,
+        l4,
+        end: l3 + len,
     })
+}
+
+/// The source and destination ports of the TCP or UDP header at `l4`.
+#[inline(always)]
+fn ports<P: Packet>(p: &P, l4: u32) -> (u16, u16) {
+    let w = p.load::<[u16; 2]>(l4).unwrap_or([0; 2]);
+    (u16::from_be(w[0]), u16::from_be(w[1]))
+}
+
+/// An Ethernet/IPv4 ARP message.
+pub struct Arp {
+    /// Sender hardware and protocol address.
+    pub sha: MacKey,
+    pub spa: u32,
+}
+
+/// The ARP message at `l3`, or `None` if it is not Ethernet/IPv4 ARP.
+#[inline(always)]
+pub fn parse_arp<P: Packet>(p: &P, l3: u32) -> Option<Arp> {
+    // htype, ptype, hlen|plen, oper, sha (6), spa (4).
+    let h = p.load::<[u16; 7]>(l3)?;
+    let spa = p.load::<u32>(l3 + 14)?;
+    if u16::from_be(h[0]) != 1 || u16::from_be(h[1]) != ETH_P_IP || u16::from_be(h[2]) != 0x0604 {
+        return None;
+    }
+    let sha = MacKey::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>([h[4], h[5], h[6]]) });
+    Some(Arp { sha, spa })
+}
+
+/// How many ND options [`nd_lla_ok`] reads at the most.
+const ND_MAX_OPTIONS: u32 = 4;
+
+/// The link-layer address options of the ND message of `ip` all name `mac`,
+/// and the options end where the packet does within [`ND_MAX_OPTIONS`] (so
+/// none is hidden from the check). Returns the NA's target address too.
+#[inline(always)]
+pub fn nd_lla_ok<P: Packet>(p: &P, ip: &IpInfo, mac: &MacKey) -> bool {
+    let first = match ip.icmp6_type {
+        133 => 8,
+        134 => 16,
+        135 | 136 => 24,
+        137 => 40,
+        _ => return false,
+    };
+    let mut off = ip.l4 + first;
+    for _ in 0..ND_MAX_OPTIONS {
+        if off >= ip.end {
+            return off == ip.end;
+        }
+        let Some(h) = p.load::<[u8; 8]>(off) else {
+            return false;
+        };
+        let len = h[1] as u32 * 8;
+        if len == 0 {
+            return false;
+        }
+        // Source or target link-layer address.
+        if (h[0] == 1 || h[0] == 2) && (h[1] != 1 || [h[2], h[3], h[4], h[5], h[6], h[7]] != mac.addr)
+        {
+            return false;
+        }
+        off += len;
+    }
+    off == ip.end
+}
+
+/// The target address of a neighbour advertisement.
+#[inline(always)]
+pub fn nd_target<P: Packet>(p: &P, ip: &IpInfo) -> Option<[u32; 4]> {
+    p.load::<[u32; 4]>(ip.l4 + 8)
 }

@@ -305,7 +305,7 @@ fn remove_nl(iface_name: &str, hook: TcAttachType) -> Result<()> {
 
 /// The pinned maps whose layout the datapath and the agent share: name,
 /// value size and entries (all are arrays).
-fn shared_layouts() -> [(&'static str, usize, u32); 7] {
+fn shared_layouts() -> [(&'static str, usize, u32); 8] {
     [
         (MAP_FREE_SLOTS, size_of::<u64>(), MAX_CLIENTS),
         (MAP_CLIENTS, size_of::<ClientEntry>(), INDEX_ENTRIES),
@@ -314,6 +314,7 @@ fn shared_layouts() -> [(&'static str, usize, u32); 7] {
         (MAP_POLICY, size_of::<ClientPolicy>(), MAX_CLIENTS),
         (MAP_SLOT_ALLOC, size_of::<SlotAllocator>(), 1),
         (MAP_SHAPER, size_of::<ShaperConfig>(), 1),
+        (MAP_LAN, size_of::<LanConfig>(), 1),
     ]
 }
 

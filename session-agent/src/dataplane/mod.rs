@@ -64,6 +64,45 @@ impl RateLimit {
     }
 }
 
+/// An address of the binding table as an IP address.
+pub fn addr_of(k: &AddrKey) -> Option<std::net::IpAddr> {
+    let b: [u8; 16] = unsafe { std::mem::transmute(k.addr) };
+    match k.family {
+        4 => Some(std::net::IpAddr::from([b[0], b[1], b[2], b[3]])),
+        6 => Some(std::net::IpAddr::from(b)),
+        _ => None,
+    }
+}
+
+/// The binding table's key of an IP address.
+pub fn addr_key(ip: std::net::IpAddr) -> AddrKey {
+    let mut b = [0u8; 16];
+    let family = match ip {
+        std::net::IpAddr::V4(a) => {
+            b[..4].copy_from_slice(&a.octets());
+            4
+        }
+        std::net::IpAddr::V6(a) => {
+            b = a.octets();
+            6
+        }
+    };
+    AddrKey {
+        family,
+        addr: unsafe { std::mem::transmute::<[u8; 16], [u32; 4]>(b) },
+    }
+}
+
+/// CLOCK_MONOTONIC_COARSE in nanoseconds, the clock of bpf_ktime_get_coarse_ns().
+pub fn coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns().
 pub fn ktime_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -94,6 +133,21 @@ pub struct ClientRow {
     pub ratelimit_bytes: u64,
     pub quota_packets: u64,
     pub quota_bytes: u64,
+    pub spoof_packets: u64,
+    pub unknown_packets: u64,
+    pub garden_ratelimit_packets: u64,
+    pub garden_ratelimit_bytes: u64,
+    /// Addresses bound to the client now (anti-spoofing).
+    pub bound_addrs: u64,
+}
+
+/// What one run of [`Maps::sweep_bindings`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BindingSweep {
+    /// Bindings in the table after the run.
+    pub live: u64,
+    /// Bindings removed because they went unused for the TTL.
+    pub expired: u64,
 }
 
 /// The pinned maps of one interface, opened from bpffs (works from any process).
@@ -112,6 +166,7 @@ pub struct Maps {
     /// Ring of freed slots (see [`SlotAllocator`]).
     free: MmapArray<u64>,
     shaper: MmapArray<ShaperConfig>,
+    lan: MmapArray<LanConfig>,
 }
 
 /// Slots whose counters [`Maps::forget_idle`] maps at once (320 KiB).
@@ -166,6 +221,7 @@ impl Maps {
             alloc: MmapArray::open_pin(&dir, MAP_SLOT_ALLOC, 1)?,
             free: MmapArray::open_pin(&dir, MAP_FREE_SLOTS, MAX_CLIENTS)?,
             shaper: MmapArray::open_pin(&dir, MAP_SHAPER, 1)?,
+            lan: MmapArray::open_pin(&dir, MAP_LAN, 1)?,
             dir,
         })
     }
@@ -355,7 +411,93 @@ impl Maps {
             ratelimit_bytes: c.ratelimit_bytes,
             quota_packets: c.quota_packets,
             quota_bytes: c.quota_bytes,
+            spoof_packets: c.spoof_packets,
+            unknown_packets: c.unknown_packets,
+            garden_ratelimit_packets: c.garden_ratelimit_packets,
+            garden_ratelimit_bytes: c.garden_ratelimit_bytes,
+            bound_addrs: c.bound_addrs,
         })
+    }
+
+    /// What the datapath knows of the LAN (written by [`Maps::set_lan`]).
+    pub fn lan(&self) -> LanConfig {
+        self.lan.get(0)
+    }
+
+    /// Tells the datapath its LAN: the gateway's MAC and addresses,
+    /// anti-spoofing, the garden rate limit.
+    pub fn set_lan(&self, cfg: &LanConfig) {
+        // The datapath reads fields one by one; each is consistent on its own.
+        unsafe { self.lan.entry(0).write_volatile(*cfg) };
+    }
+
+    /// The pinned binding table (address -> the MAC it is bound to).
+    fn binding_map(&self) -> Result<aya::maps::HashMap<MapData, AddrKey, Binding>> {
+        let data = mmap::open_pinned(&self.dir, MAP_BINDINGS)?;
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))
+            .map_err(|e| AgentError::bpf("opening the address bindings", e))
+    }
+
+    /// The address bindings: address -> (MAC, when the datapath last found it in use).
+    pub fn bindings(&self) -> Result<Vec<(std::net::IpAddr, MacKey, u64)>> {
+        let map = self.binding_map()?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let (k, b) = item.map_err(|e| AgentError::bpf("reading the address bindings", e))?;
+            if let Some(ip) = addr_of(&k) {
+                out.push((ip, b.mac, b.last_ns));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the bindings unused for `ttl`, and takes each client's
+    /// remembered addresses back (see `ClientEntry::ip4`), so that the next
+    /// packet from an address looks its binding up, and finds it in use, again.
+    pub fn sweep_bindings(&self, ttl: Duration) -> Result<BindingSweep> {
+        // Forget the remembered addresses first: a binding in use is then
+        // stamped again before the next sweep.
+        let used = self.slots_used();
+        for slot in 0..used {
+            if let Some(pos) = self.position(slot) {
+                let e = self.clients.entry(pos);
+                unsafe {
+                    AtomicU32::from_ptr(&raw mut (*e).ip4).store(0, Ordering::Relaxed);
+                    AtomicU64::from_ptr(&raw mut (*e).ip6_tag).store(0, Ordering::Relaxed);
+                }
+            }
+        }
+        let now = coarse_ns();
+        let ttl_ns = ttl.as_nanos().min(u64::MAX as u128) as u64;
+        let mut map = self.binding_map()?;
+        let all: Vec<(AddrKey, Binding)> = map.iter().filter_map(|i| i.ok()).collect();
+        let mut done = BindingSweep {
+            live: all.len() as u64,
+            expired: 0,
+        };
+        for (k, b) in all {
+            if now.saturating_sub(b.last_ns) < ttl_ns {
+                continue;
+            }
+            // Stamped again since it was read: still in use.
+            match map.get(&k, 0) {
+                Ok(fresh) if fresh.last_ns == b.last_ns && fresh.mac == b.mac => {}
+                _ => continue,
+            }
+            if map.remove(&k).is_err() {
+                continue;
+            }
+            done.expired += 1;
+            done.live -= 1;
+            if let Some(slot) = self.slot_of(&b.mac) {
+                let c = self.all_counters(slot, 1)?;
+                let held = unsafe { AtomicU64::from_ptr(&raw mut (*c.entry(slot)).bound_addrs) };
+                let _ = held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                    Some(v.saturating_sub(1))
+                });
+            }
+        }
+        Ok(done)
     }
 
     /// The key of the table entry at `pos`.
@@ -874,9 +1016,26 @@ pub fn write_garden(ebpf: &mut Ebpf, entries: &[GardenEntry]) -> Result<()> {
     let map = ebpf.map_mut(MAP_GARDEN).expect("GARDEN map in object");
     let mut trie: LpmTrie<&mut MapData, GardenKey, GardenValue> =
         LpmTrie::try_from(map).map_err(|e| AgentError::bpf("opening the walled garden", e))?;
-    let wanted: Vec<(u32, GardenKey)> = entries.iter().map(|e| e.key()).collect();
-    for (len, key) in &wanted {
-        trie.insert(&Key::new(*len, *key), GardenValue { flags: 0 }, 0)
+    // Entries with one key pass what either passes.
+    let mut wanted: Vec<(u32, GardenKey, u32)> = Vec::new();
+    for e in entries {
+        let (len, key) = e.key();
+        let flags = e.flags();
+        match wanted.iter_mut().find(|(l, k, _)| *l == len && *k == key) {
+            Some((_, _, f)) => {
+                let protos = GARDEN_TCP | GARDEN_UDP;
+                let proto = if *f & protos == 0 || flags & protos == 0 {
+                    0
+                } else {
+                    (*f | flags) & protos
+                };
+                *f = proto | ((*f | flags) & GARDEN_GATEWAY);
+            }
+            None => wanted.push((len, key, flags)),
+        }
+    }
+    for (len, key, flags) in &wanted {
+        trie.insert(&Key::new(*len, *key), GardenValue { flags: *flags }, 0)
             .map_err(|e| AgentError::bpf("writing the walled garden", e))?;
     }
     let stale: Vec<Key<GardenKey>> = trie
@@ -885,7 +1044,7 @@ pub fn write_garden(ebpf: &mut Ebpf, entries: &[GardenEntry]) -> Result<()> {
         .filter(|k| {
             !wanted
                 .iter()
-                .any(|(l, w)| *l == k.prefix_len() && *w == k.data())
+                .any(|(l, w, _)| *l == k.prefix_len() && *w == k.data())
         })
         .collect();
     for k in stale {

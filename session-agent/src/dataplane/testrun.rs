@@ -11,7 +11,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use session_common::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS};
+use session_common::{LanConfig, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS};
 
 use crate::{
     dataplane::{attach, bpffs, write_garden, Maps},
@@ -36,8 +36,15 @@ pub struct ProgramHarness {
 }
 
 impl ProgramHarness {
-    /// Loads every program under `/sys/fs/bpf/<prefix>-<pid>-<n>` and writes the walled garden.
+    /// Loads every program under `/sys/fs/bpf/<prefix>-<pid>-<n>` and writes
+    /// the walled garden; the LAN is unknown to the datapath (no gateway MAC
+    /// or addresses, no anti-spoofing, no garden rate limit).
     pub fn new(prefix: &str, garden: &[GardenEntry]) -> Result<Self> {
+        Self::with_lan(prefix, garden, &LanConfig::default())
+    }
+
+    /// As [`ProgramHarness::new`], with what the datapath knows of its LAN.
+    pub fn with_lan(prefix: &str, garden: &[GardenEntry], lan: &LanConfig) -> Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
         let root = PathBuf::from(format!(
             "/sys/fs/bpf/{prefix}-{}-{}",
@@ -47,6 +54,7 @@ impl ProgramHarness {
         bpffs::prepare(&root)?;
         // Whatever fails below, no pins are left behind.
         Self::load(&root, garden)
+            .inspect(|(_, maps)| maps.set_lan(lan))
             .map(|(ebpf, maps)| Self {
                 root: root.clone(),
                 ebpf,
@@ -163,6 +171,31 @@ pub mod frames {
         f.extend_from_slice(&dport.to_be_bytes());
         f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
         f.extend_from_slice(&[0, 0]);
+        f.resize(f.len() + payload, 0x5a);
+        f
+    }
+
+    /// Ethernet + IPv4 + TCP (20-byte header, ACK) with `payload` bytes; IP length = 40 + payload.
+    pub fn tcp4(
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        payload: usize,
+    ) -> Vec<u8> {
+        let mut f = eth(dst_mac, src_mac, 0x0800);
+        let tot = (20 + 20 + payload) as u16;
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&tot.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        set_ipv4_csum(&mut f);
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
         f.resize(f.len() + payload, 0x5a);
         f
     }
