@@ -124,6 +124,8 @@ fn tc_verdict(v: Verdict) -> i32 {
 /// Why a frame is dropped, for the client's and the global counters.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Drop {
+    /// Not in the walled garden of a client that has not paid.
+    Blocked,
     /// Inconsistent IP header, group MAC around IP unicast, group source address.
     Malformed,
     /// An ethertype, tag stack or destination the datapath does not pass.
@@ -139,9 +141,13 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         return Verdict::Drop;
     };
     let Some(eth) = parse_eth(p) else {
-        // A runt frame or more VLAN tags than the kernel and we take off.
+        // A runt frame or more VLAN tags than the kernel and we take off:
+        // dropped from clients, passed from the gateway (its own frames).
+        if dir == Dir::Down {
+            return Verdict::Pass;
+        }
         stat_add(STAT_UNKNOWN);
-        return verdict_for_unknown(dir);
+        return Verdict::Drop;
     };
     let mac = match dir {
         Dir::Up => {
@@ -169,20 +175,15 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
             }
         }
         ETH_P_PAE => return Verdict::Pass,
+        // The gateway's own LLDP and the like.
+        _ if dir == Dir::Down => return Verdict::Pass,
         _ => {
-            stat_add(STAT_UNKNOWN);
-            if dir == Dir::Up {
-                attribute(&mac, Drop::Unknown(1));
-            }
-            return verdict_for_unknown(dir);
+            attribute(&mac, Drop::Unknown(STAT_UNKNOWN));
+            return Verdict::Drop;
         }
     }
     let Some(ip) = parse_ip(p, eth.proto, eth.l3) else {
-        stat_add(STAT_MALFORMED);
-        // Only known clients get the drop attributed: garbage must not take slots.
-        if !mac.is_group() {
-            attribute(&mac, Drop::Malformed);
-        }
+        attribute(&mac, Drop::Malformed);
         return Verdict::Drop;
     };
     let to_group = ip.dst_group();
@@ -190,10 +191,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         if !to_group {
             // IP unicast in a group frame: a neighbour entry pointing at a group
             // MAC (downloads) or a frame for every station (uploads).
-            stat_add(STAT_MALFORMED);
-            if dir == Dir::Up {
-                attribute(&mac, Drop::Malformed);
-            }
+            attribute(&mac, Drop::Malformed);
             return Verdict::Drop;
         }
         if dir == Dir::Down {
@@ -202,7 +200,6 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         }
     }
     if dir == Dir::Up && ip.src_group() {
-        stat_add(STAT_MALFORMED);
         attribute(&mac, Drop::Malformed);
         return Verdict::Drop;
     }
@@ -216,10 +213,11 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     let Some(st) = CLIENTS.get_ptr_mut(pos) else {
         return Verdict::Drop;
     };
-    if let Err(d) = judge_addresses(p, cfg, st, slot, &mac, &ip, dir) {
-        return drop_counted(slot, d, &ip);
-    }
     let len = ip.len as u64;
+    if let Err(d) = judge_addresses(cfg, st, slot, &mac, &ip, dir) {
+        count_drop(slot, d, len);
+        return Verdict::Drop;
+    }
     let flags = unsafe { core::ptr::read_volatile(&raw const (*st).flags) };
     let far = match dir {
         Dir::Up => &ip.dst,
@@ -235,12 +233,8 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     };
     if flags & POLICY_ALLOWED == 0 {
         if let Err(d) = garden(p, cfg, &ip, dir, &mac, to_group) {
-            if d == Drop::Malformed {
-                add(unsafe { &raw mut (*c).blocked_packets }, 1);
-                add(unsafe { &raw mut (*c).blocked_bytes }, len);
-                return Verdict::Drop;
-            }
-            return drop_counted(slot, d, &ip);
+            count_drop(slot, d, len);
+            return Verdict::Drop;
         }
         if !garden_admits(cfg, slot, dir, len) {
             stat_add(STAT_GARDEN_RATELIMIT);
@@ -251,22 +245,13 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     } else if ip.v6 && ip.proto == packet::IPPROTO_ICMPV6 && (133..=137).contains(&ip.icmp6_type) {
         // A paying client's ND obeys the same rules.
         if let Err(d) = nd(p, cfg, &ip, dir, &mac) {
-            return drop_counted(slot, d, &ip);
+            count_drop(slot, d, len);
+            return Verdict::Drop;
         }
     }
     add(unsafe { &raw mut (*c).garden_packets }, 1);
     add(unsafe { &raw mut (*c).garden_bytes }, len);
     Verdict::Pass
-}
-
-/// What becomes of a frame the datapath does not understand: dropped from
-/// clients, passed from the gateway (its own LLDP and the like).
-#[inline(always)]
-fn verdict_for_unknown(dir: Dir) -> Verdict {
-    match dir {
-        Dir::Up => Verdict::Drop,
-        Dir::Down => Verdict::Pass,
-    }
 }
 
 /// A paying client's traffic across the gateway: speed limit, data budget, usage.
@@ -332,55 +317,43 @@ fn metered<P: Packet>(
     Verdict::Pass
 }
 
-/// Counts a drop to the client in `slot` and globally.
+/// Counts a drop of a packet of `len` bytes to the client in `slot`, and
+/// globally by reason.
 #[inline(always)]
-fn drop_counted(slot: u32, d: Drop, ip: &IpInfo) -> Verdict {
-    let _ = ip;
-    count_drop(slot, d);
-    Verdict::Drop
-}
-
-#[inline(always)]
-fn count_drop(slot: u32, d: Drop) {
+fn count_drop(slot: u32, d: Drop, len: u64) {
+    let stat = match d {
+        Drop::Blocked => None,
+        Drop::Malformed => Some(STAT_MALFORMED),
+        Drop::Unknown(s) | Drop::Spoof(s) => Some(s),
+    };
+    if let Some(s) = stat {
+        stat_add(s);
+    }
     let Some(c) = COUNTERS.get_ptr_mut(slot) else {
         return;
     };
     match d {
-        Drop::Malformed => {
-            stat_add(STAT_MALFORMED);
-            add(unsafe { &raw mut (*c).malformed_packets }, 1);
+        Drop::Blocked => {
+            add(unsafe { &raw mut (*c).blocked_packets }, 1);
+            add(unsafe { &raw mut (*c).blocked_bytes }, len);
         }
-        Drop::Unknown(stat) => {
-            if stat > 1 {
-                stat_add(stat);
-            }
-            add(unsafe { &raw mut (*c).unknown_packets }, 1);
-        }
-        Drop::Spoof(stat) => {
-            stat_add(stat);
-            add(unsafe { &raw mut (*c).spoof_packets }, 1);
-        }
+        Drop::Malformed => add(unsafe { &raw mut (*c).malformed_packets }, 1),
+        Drop::Unknown(_) => add(unsafe { &raw mut (*c).unknown_packets }, 1),
+        Drop::Spoof(_) => add(unsafe { &raw mut (*c).spoof_packets }, 1),
     }
 }
 
-/// Counts a drop to a known client (one that has no slot is not given one).
+/// Counts a drop globally, and to the client if it is known: garbage must
+/// not take slots (a group MAC is never known).
 #[inline(always)]
 fn attribute(mac: &MacKey, d: Drop) {
     if let Some(seed) = index_seed() {
         if let Probe::Found { slot, .. } = find(mac_word(mac), seed) {
-            let d = match d {
-                // The global statistic is already counted.
-                Drop::Malformed => {
-                    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
-                        add(unsafe { &raw mut (*c).malformed_packets }, 1);
-                    }
-                    return;
-                }
-                d => d,
-            };
-            count_drop(slot, d);
+            count_drop(slot, d, 0);
+            return;
         }
     }
+    count_drop(u32::MAX, d, 0);
 }
 
 /// One of the gateway's own addresses on this LAN.
@@ -414,8 +387,7 @@ fn gateway_addr(cfg: *const LanConfig, v6: bool, a: &[u32; 4]) -> bool {
 /// sources bound to another MAC. A download to an address bound to another
 /// MAC is refused too, so a stale or forged neighbour entry charges nobody.
 #[inline(always)]
-fn judge_addresses<P: Packet>(
-    p: &P,
+fn judge_addresses(
     cfg: *const LanConfig,
     st: *mut ClientEntry,
     slot: u32,
@@ -434,10 +406,10 @@ fn judge_addresses<P: Packet>(
             if gateway_addr(cfg, ip.v6, &ip.src) {
                 return Err(Drop::Spoof(STAT_SPOOF));
             }
-            bind(p, st, slot, mac, ip.key(ip.src), true)
+            bind(st, slot, mac, ip.key(ip.src), true)
         }
         Dir::Up => Ok(()),
-        Dir::Down => bind(p, st, slot, mac, ip.key(ip.dst), false),
+        Dir::Down => bind(st, slot, mac, ip.key(ip.dst), false),
     }
 }
 
@@ -445,8 +417,7 @@ fn judge_addresses<P: Packet>(
 /// it yet (first claim wins). Addresses found bound to the client are kept
 /// in its entry, so its next packets skip the lookup.
 #[inline(always)]
-fn bind<P: Packet>(
-    p: &P,
+fn bind(
     st: *mut ClientEntry,
     slot: u32,
     mac: &MacKey,
@@ -509,7 +480,6 @@ fn bind<P: Packet>(
     }
     emit(EVENT_ADDR_BOUND, slot, mac, Some(&key));
     remember(st, &key, tag);
-    let _ = p;
     Ok(())
 }
 
@@ -527,13 +497,11 @@ fn remember(st: *mut ClientEntry, key: &AddrKey, tag: u64) {
 #[inline(always)]
 fn arp_up<P: Packet>(p: &P, cfg: *const LanConfig, eth: &Eth, mac: &MacKey) -> Verdict {
     let Some(arp) = parse_arp(p, eth.l3) else {
-        stat_add(STAT_UNKNOWN);
-        attribute(mac, Drop::Unknown(1));
+        attribute(mac, Drop::Unknown(STAT_UNKNOWN));
         return Verdict::Drop;
     };
     if arp.sha != *mac {
-        stat_add(STAT_SPOOF);
-        attribute(mac, Drop::Spoof(0));
+        attribute(mac, Drop::Spoof(STAT_SPOOF));
         return Verdict::Drop;
     }
     if arp.spa == 0 || unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF == 0 {
@@ -550,13 +518,13 @@ fn arp_up<P: Packet>(p: &P, cfg: *const LanConfig, eth: &Eth, mac: &MacKey) -> V
         addr: [arp.spa, 0, 0, 0],
     };
     if gateway_addr(cfg, false, &key.addr) {
-        count_drop(slot, Drop::Spoof(STAT_SPOOF));
+        count_drop(slot, Drop::Spoof(STAT_SPOOF), 0);
         return Verdict::Drop;
     }
-    match bind(p, st, slot, mac, key, true) {
+    match bind(st, slot, mac, key, true) {
         Ok(()) => Verdict::Pass,
         Err(d) => {
-            count_drop(slot, d);
+            count_drop(slot, d, 0);
             Verdict::Drop
         }
     }
@@ -570,12 +538,12 @@ fn arp_up<P: Packet>(p: &P, cfg: *const LanConfig, eth: &Eth, mac: &MacKey) -> V
 #[inline(always)]
 fn nd<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir, mac: &MacKey) -> Result<(), Drop> {
     if ip.hop != 255 {
-        return Err(Drop::Malformed);
+        return Err(Drop::Blocked);
     }
     match dir {
         Dir::Up => {
             if !(link_local(&ip.dst) || link_multicast(&ip.dst) || gateway_addr(cfg, true, &ip.dst)) {
-                return Err(Drop::Malformed);
+                return Err(Drop::Blocked);
             }
             if !nd_lla_ok(p, ip, mac) {
                 return Err(Drop::Spoof(STAT_SPOOF));
@@ -583,15 +551,15 @@ fn nd<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir, mac: &MacK
             if ip.icmp6_type == 136
                 && unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF != 0
             {
-                let target = nd_target(p, ip).ok_or(Drop::Malformed)?;
+                let target = nd_target(p, ip).ok_or(Drop::Spoof(STAT_SPOOF))?;
                 if gateway_addr(cfg, true, &target) {
                     return Err(Drop::Spoof(STAT_SPOOF));
                 }
                 let Some((pos, slot)) = client_slot(p, mac) else {
-                    return Err(Drop::Malformed);
+                    return Err(Drop::Blocked);
                 };
-                let st = CLIENTS.get_ptr_mut(pos).ok_or(Drop::Malformed)?;
-                bind(p, st, slot, mac, ip.key(target), true)?;
+                let st = CLIENTS.get_ptr_mut(pos).ok_or(Drop::Blocked)?;
+                bind(st, slot, mac, ip.key(target), true)?;
             }
             Ok(())
         }
@@ -599,7 +567,7 @@ fn nd<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir, mac: &MacK
             if link_local(&ip.src) || gateway_addr(cfg, true, &ip.src) {
                 Ok(())
             } else {
-                Err(Drop::Malformed)
+                Err(Drop::Blocked)
             }
         }
     }
@@ -607,7 +575,7 @@ fn nd<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir, mac: &MacK
 
 /// The walled garden of a client that has not paid: ND with the gateway, and
 /// the garden entries for the far end (broadcast and multicast only the
-/// gateway's own services). `Err(Drop::Malformed)` stands for "not garden".
+/// gateway's own services).
 #[inline(always)]
 fn garden<P: Packet>(
     p: &P,
@@ -626,7 +594,7 @@ fn garden<P: Packet>(
     };
     match garden_flags(ip, addr, port) {
         Some(f) if !to_group || f & GARDEN_GATEWAY != 0 => Ok(()),
-        _ => Err(Drop::Malformed),
+        _ => Err(Drop::Blocked),
     }
 }
 

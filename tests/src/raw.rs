@@ -330,3 +330,74 @@ pub fn malformed_frames(
     add("multicast cut IPv6", f);
     v
 }
+
+/// A frame with `tags` (TPID, TCI) inserted after the MAC addresses, outermost first.
+pub fn tagged(frame: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    for (tpid, tci) in tags {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&tci.to_be_bytes());
+    }
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
+/// An Ethernet/IPv4 ARP message (`op` 1 request, 2 reply), ARP header onwards.
+pub fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Vec<u8> {
+    let mut a = vec![0, 1, 0x08, 0x00, 6, 4];
+    a.extend_from_slice(&op.to_be_bytes());
+    a.extend_from_slice(&sha);
+    a.extend_from_slice(&spa.octets());
+    a.extend_from_slice(&tha);
+    a.extend_from_slice(&tpa.octets());
+    a
+}
+
+/// A complete IPv6/ICMPv6 packet (IP header onwards) with its checksum:
+/// `icmp` is the message from its type on (the checksum field is filled in).
+pub fn ipv6_icmp(src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, icmp: &[u8]) -> Vec<u8> {
+    let mut p = ipv6_header(src, dst, 58, icmp.len() as u16);
+    p[7] = hop_limit;
+    let mut m = icmp.to_vec();
+    m[2..4].fill(0);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(m.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(&m);
+    let c = checksum(&pseudo);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&m);
+    p
+}
+
+/// A neighbour solicitation (135) or advertisement (136) for `target`, with a
+/// source (NS) or target (NA, solicited and override) link-layer address
+/// option when `lla` is given.
+pub fn nd_message(kind: u8, target: Ipv6Addr, lla: Option<[u8; 6]>) -> Vec<u8> {
+    let mut m = vec![kind, 0, 0, 0];
+    m.extend_from_slice(&[if kind == 136 { 0x60 } else { 0 }, 0, 0, 0]);
+    m.extend_from_slice(&target.octets());
+    if let Some(mac) = lla {
+        m.extend_from_slice(&[if kind == 136 { 2 } else { 1 }, 1]);
+        m.extend_from_slice(&mac);
+    }
+    m
+}
+
+/// The solicited-node multicast address of `a` and its Ethernet group address.
+pub fn solicited_node(a: Ipv6Addr) -> (Ipv6Addr, [u8; 6]) {
+    let o = a.octets();
+    let ip = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    );
+    (ip, [0x33, 0x33, 0xff, o[13], o[14], o[15]])
+}

@@ -431,6 +431,22 @@ impl Maps {
         unsafe { self.lan.entry(0).write_volatile(*cfg) };
     }
 
+    /// The datapath's global counters (`STAT_*`), summed over the CPUs.
+    pub fn stats(&self) -> Result<[u64; STAT_COUNT as usize]> {
+        let data = mmap::open_pinned(&self.dir, MAP_STATS)?;
+        let arr: aya::maps::PerCpuArray<MapData, u64> =
+            aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+                .map_err(|e| AgentError::bpf("opening the datapath statistics", e))?;
+        let mut out = [0u64; STAT_COUNT as usize];
+        for (i, v) in out.iter_mut().enumerate() {
+            let per_cpu = arr
+                .get(&(i as u32), 0)
+                .map_err(|e| AgentError::bpf("reading the datapath statistics", e))?;
+            *v = per_cpu.iter().fold(0u64, |a, x| a.wrapping_add(*x));
+        }
+        Ok(out)
+    }
+
     /// The pinned binding table (address -> the MAC it is bound to).
     fn binding_map(&self) -> Result<aya::maps::HashMap<MapData, AddrKey, Binding>> {
         let data = mmap::open_pinned(&self.dir, MAP_BINDINGS)?;
