@@ -345,8 +345,13 @@ fn no_client_can_make_the_gateway_charge_another() {
     assert_eq!(owner(client_v4(a).into()), Some(client_mac(a)));
     assert_eq!(owner(client_v6(a).into()), Some(client_mac(a)));
     assert_eq!(owner(client_v4(b).into()), Some(client_mac(b)));
+    assert_eq!(
+        owner(client_ll(b).into()),
+        Some(client_mac(b)),
+        "from its ND"
+    );
     assert_eq!(owner(GW_V4.into()), None);
-    assert_eq!((ca.bound_addrs, cb.bound_addrs), (2, 1));
+    assert_eq!((ca.bound_addrs, cb.bound_addrs), (2, 2));
 }
 
 #[test]
