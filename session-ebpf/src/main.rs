@@ -141,11 +141,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         return Verdict::Drop;
     };
     let Some(eth) = parse_eth(p) else {
-        // A runt frame or more VLAN tags than the kernel and we take off:
-        // dropped from clients, passed from the gateway (its own frames).
-        if dir == Dir::Down {
-            return Verdict::Pass;
-        }
+        // A runt frame or more VLAN tags than the kernel and we take off.
         stat_add(STAT_UNKNOWN);
         return Verdict::Drop;
     };
@@ -199,7 +195,8 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
             return Verdict::Pass;
         }
     }
-    if dir == Dir::Up && ip.src_group() {
+    if ip.src_group() {
+        // No host sends from a group address (the kernel drops such packets).
         attribute(&mac, Drop::Malformed);
         return Verdict::Drop;
     }

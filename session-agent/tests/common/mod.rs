@@ -1,7 +1,7 @@
 //! The harness of the datapath tests: the programs loaded against private
 //! pins, a test LAN (the gateway's MAC, addresses and services), clients and
 //! frames.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
