@@ -156,7 +156,7 @@ fn tagged_frames_are_judged_by_the_ip_they_carry() {
         &[(0x8100, 0)],
         &[(0x8100, 0), (0x8100, 0)],
         &[(0x88a8, 0), (0x8100, 0)],
-        &[(0x9100, 5), (0x8100, 7)],
+        &[(0x9100, 0x2000), (0x8100, 0xe000)],
     ];
     for tags in stacks {
         assert_eq!(dp.up(&tagged(&out, tags)), TC_DROP, "tc, tags {tags:x?}");
@@ -178,7 +178,12 @@ fn tagged_frames_are_judged_by_the_ip_they_carry() {
         TC_DROP,
         "three tags"
     );
-    assert_eq!(dp.stat(STAT_UNKNOWN), unknown + 1);
+    assert_eq!(
+        dp.up(&tagged(&up4(n, 443, 100), &[(0x8100, 5)])),
+        TC_DROP,
+        "a tag with a VLAN ID"
+    );
+    assert_eq!(dp.stat(STAT_UNKNOWN), unknown + 2);
     let c = dp.counters(client_mac(n));
     assert_eq!((c.blocked_packets, c.blocked_bytes), (8, 8 * 128));
     assert_eq!((c.garden_packets, c.up_bytes), (1, 0));

@@ -140,6 +140,12 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     let Some(cfg) = LAN.get_ptr(0) else {
         return Verdict::Drop;
     };
+    if dir == Dir::Up && p.meta_vid() != 0 {
+        // Tagged for a VLAN: not this LAN's (the kernel drops it too, or hands
+        // it to the VLAN's own interface).
+        stat_add(STAT_UNKNOWN);
+        return Verdict::Drop;
+    }
     let Some(eth) = parse_eth(p) else {
         // A runt frame or more VLAN tags than the kernel and we take off.
         stat_add(STAT_UNKNOWN);

@@ -36,6 +36,9 @@ pub trait Packet {
     fn load<T: Copy>(&self, offset: u32) -> Option<T>;
     /// Wire segments in the packet: above 1 for a GSO aggregate.
     fn segs(&self) -> u32;
+    /// The VLAN ID of a tag the kernel took off into the packet's metadata
+    /// before the program (0: none, or a priority tag).
+    fn meta_vid(&self) -> u16;
 }
 
 impl Packet for TcContext {
@@ -59,6 +62,11 @@ impl Packet for TcContext {
     fn segs(&self) -> u32 {
         unsafe { (*self.skb.skb).gso_segs }
     }
+
+    #[inline(always)]
+    fn meta_vid(&self) -> u16 {
+        (unsafe { (*self.skb.skb).vlan_tci } & 0x0fff) as u16
+    }
 }
 
 impl Packet for XdpContext {
@@ -80,6 +88,11 @@ impl Packet for XdpContext {
     fn segs(&self) -> u32 {
         1
     }
+
+    #[inline(always)]
+    fn meta_vid(&self) -> u16 {
+        0
+    }
 }
 
 /// The Ethernet header, and where the payload starts after the VLAN tags.
@@ -100,7 +113,9 @@ fn is_tag(proto: u16) -> bool {
 
 /// The Ethernet header through up to two VLAN tags (the kernel may have taken
 /// one more into the skb's metadata before TC sees the frame). `None` for a
-/// runt frame or a deeper tag stack.
+/// runt frame, a deeper tag stack, or a tag with a VLAN ID: only untagged
+/// frames and priority tags (VLAN 0) belong to the LAN; a VLAN of its own is
+/// an interface of its own, which the agent attaches to.
 #[inline(always)]
 pub fn parse_eth<P: Packet>(p: &P) -> Option<Eth> {
     let eth = p.load::<[u16; 7]>(0)?;
@@ -111,10 +126,18 @@ pub fn parse_eth<P: Packet>(p: &P) -> Option<Eth> {
     let mut l3 = ETH_HLEN;
     if is_tag(proto) {
         // TCI, then the inner ethertype.
-        proto = u16::from_be(p.load::<u16>(ETH_HLEN + 2)?);
+        let t = p.load::<[u16; 2]>(ETH_HLEN)?;
+        if u16::from_be(t[0]) & 0x0fff != 0 {
+            return None;
+        }
+        proto = u16::from_be(t[1]);
         l3 = ETH_HLEN + 4;
         if is_tag(proto) {
-            proto = u16::from_be(p.load::<u16>(ETH_HLEN + 6)?);
+            let t = p.load::<[u16; 2]>(ETH_HLEN + 4)?;
+            if u16::from_be(t[0]) & 0x0fff != 0 {
+                return None;
+            }
+            proto = u16::from_be(t[1]);
             l3 = ETH_HLEN + 8;
             if is_tag(proto) {
                 return None;

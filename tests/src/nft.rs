@@ -141,3 +141,107 @@ impl NftRef {
         }
     }
 }
+
+/// Applies an nftables ruleset in namespace `ns`, panicking with it on failure.
+pub fn nft_apply(ns: &str, rules: &str) {
+    let mut child = ns_command(ns, "nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nft");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft -f in {ns} failed: {}\n{rules}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The named counters of `table` (family inet) in `ns`: name -> (packets, bytes).
+pub fn nft_counters(ns: &str, table: &str) -> BTreeMap<String, (u64, u64)> {
+    let out =
+        run_ok(ns_command(ns, "nft").args(["-j", "list", "counters", "table", "inet", table]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("nft json: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    v["nftables"]
+        .as_array()
+        .expect("nftables array")
+        .iter()
+        .filter_map(|item| item.get("counter"))
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or("").to_string(),
+                (
+                    c["packets"].as_u64().unwrap_or(0),
+                    c["bytes"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// What reaches the server namespace from beyond the gateway, counted there
+/// (prerouting, before anything else): per client by its source addresses
+/// (`src_N`), and everything else not sent by the gateway itself (`other`).
+/// An unpaid client's frames must leave every counter at zero.
+#[derive(Debug, Clone)]
+pub struct ServerWatch {
+    ns: String,
+}
+
+impl ServerWatch {
+    pub fn install(hs: &Hotspot) -> ServerWatch {
+        let mut s = String::from("table inet sa_srv {\n  counter other { }\n");
+        for c in &hs.clients {
+            s += &format!("  counter src_{} {{ }}\n", c.index);
+        }
+        s += "  chain pre {\n    type filter hook prerouting priority -400; policy accept;\n";
+        for c in &hs.clients {
+            s += &format!(
+                "    ip saddr {v4} counter name \"src_{i}\" return\n    ip6 saddr {v6} counter name \"src_{i}\" return\n",
+                v4 = c.ipv4,
+                v6 = c.ipv6,
+                i = c.index
+            );
+        }
+        s += &format!(
+            "    ip saddr != {gw4} counter name \"other\"\n    ip6 saddr != {{ {gw6}, fe80::/10 }} counter name \"other\"\n  }}\n}}\n",
+            gw4 = hs.gw_wan_v4,
+            gw6 = hs.gw_wan_v6
+        );
+        nft_apply(&hs.server_ns, &s);
+        ServerWatch {
+            ns: hs.server_ns.clone(),
+        }
+    }
+
+    /// (packets, bytes) from client `i`'s addresses.
+    pub fn from_client(&self, i: usize) -> (u64, u64) {
+        nft_counters(&self.ns, "sa_srv")
+            .get(&format!("src_{i}"))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Packets and bytes from any other source.
+    pub fn other(&self) -> (u64, u64) {
+        nft_counters(&self.ns, "sa_srv")
+            .get("other")
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Everything counted, for failure messages.
+    pub fn all(&self) -> BTreeMap<String, (u64, u64)> {
+        nft_counters(&self.ns, "sa_srv")
+    }
+}

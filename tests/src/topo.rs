@@ -74,11 +74,15 @@ fn fmt_mac(b: [u8; 6]) -> String {
 #[derive(Debug, Clone)]
 pub struct HotspotBuilder {
     clients: usize,
+    dynamic_neighbours: bool,
 }
 
 impl Default for HotspotBuilder {
     fn default() -> Self {
-        HotspotBuilder { clients: 1 }
+        HotspotBuilder {
+            clients: 1,
+            dynamic_neighbours: false,
+        }
     }
 }
 
@@ -87,6 +91,13 @@ impl HotspotBuilder {
     pub fn clients(mut self, n: usize) -> Self {
         assert!((1..=200).contains(&n), "clients must be 1..=200");
         self.clients = n;
+        self
+    }
+
+    /// Clients and the gateway find each other with real ARP and ND on the
+    /// LAN instead of static neighbour entries.
+    pub fn dynamic_neighbours(mut self) -> Self {
+        self.dynamic_neighbours = true;
         self
     }
 
@@ -133,6 +144,7 @@ impl HotspotBuilder {
             pin_root: PathBuf::from(format!("/sys/fs/bpf/sa-test-{id}")),
             state_dir: std::env::temp_dir().join(format!("sa-test-{id}")),
             namespaces,
+            dynamic_neighbours: self.dynamic_neighbours,
         };
 
         for i in 0..self.clients {
@@ -180,6 +192,8 @@ pub struct Hotspot {
     pub pin_root: PathBuf,
     /// A directory unique to this hotspot for the agent's session database and API socket.
     pub state_dir: PathBuf,
+    /// ARP and ND on the LAN instead of static neighbours.
+    pub dynamic_neighbours: bool,
     namespaces: Vec<Netns>,
 }
 
@@ -392,10 +406,12 @@ impl Hotspot {
                 &c.ns,
                 &["-6", "route", "add", "default", "via", "fd00:201::1"],
             );
-            neigh(&c.ns, "10.201.0.1", &self.gw_lan_mac);
-            neigh(&c.ns, "fd00:201::1", &self.gw_lan_mac);
-            neigh(gw, &c.ipv4.to_string(), &c.mac);
-            neigh(gw, &c.ipv6.to_string(), &c.mac);
+            if !self.dynamic_neighbours {
+                neigh(&c.ns, "10.201.0.1", &self.gw_lan_mac);
+                neigh(&c.ns, "fd00:201::1", &self.gw_lan_mac);
+                neigh(gw, &c.ipv4.to_string(), &c.mac);
+                neigh(gw, &c.ipv6.to_string(), &c.mac);
+            }
         }
         // Let the one-off link-up chatter (MLD reports for the new addresses)
         // pass before anything is measured.

@@ -206,9 +206,11 @@ fn walled_garden_cidr_without_port_and_default_portal() {
     let servers = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5001, 5002);
     let portal = TcpServer::start(&hs.gw_ns, hs.gw_lan_sock(false, 80));
     let portal6 = TcpServer::start(&hs.gw_ns, hs.gw_lan_sock(true, 80));
-    // The whole WAN IPv4 subnet, any port; IPv6 stays closed.
+    // The whole WAN IPv4 subnet, any port; IPv6 stays closed. No garden
+    // rate limit: the reference counts what the limit would drop after forwarding.
     let agent = AgentBuilder::new(&hs)
         .walled_garden("10.202.0.0/24")
+        .arg("--garden-rate-kbits=0")
         .start();
     let nft = NftRef::install(&hs);
     let c = hs.client(0);
