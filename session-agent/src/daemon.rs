@@ -70,10 +70,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for lan in &opts.lans {
         let (mut a, maps) = attach::attach(&opts.pin_root, lan, opts.ingress, opts.tc_attach)?;
-        let addrs = iface::addresses(lan)?;
-        let entries = garden_for(lan, &addrs, &opts);
+        let entries = garden_for(lan, &iface::addresses(lan)?, &opts);
         dataplane::write_garden(&mut a.ebpf, &entries)?;
-        maps.set_lan(&lan_config(iface::mac(lan)?, &addrs, &opts.gate));
+        let local = iface::gateway_addresses(lan)?;
+        maps.set_lan(&lan_config(iface::mac(lan)?, &local, &opts.gate));
         let epoch = maps.epoch();
         set_up_shaper(&maps, lan, opts.shaper)?;
         info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, tc = ?a.tc, shaper = ?opts.shaper, garden = entries.len(), "datapath attached");

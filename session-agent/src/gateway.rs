@@ -757,11 +757,15 @@ impl Gateway {
         }
     }
 
-    /// Removes address bindings unused for the TTL on every LAN.
+    /// Removes address bindings unused for the TTL on every LAN, and tells
+    /// the datapath the gateway's addresses as they are now.
     fn sweep_bindings(&self) -> Result<(), AgentError> {
         let mut live = 0;
         for lan in &self.lans {
-            let done = lan.maps.lock().unwrap().sweep_bindings(self.cfg.bind_ttl)?;
+            let addrs = crate::iface::gateway_addresses(&lan.name)?;
+            let maps = lan.maps.lock().unwrap();
+            maps.set_gateway_addrs(&addrs);
+            let done = maps.sweep_bindings(self.cfg.bind_ttl)?;
             live += done.live;
             self.stats.bindings_expired.fetch_add(done.expired, Relaxed);
             if done.expired > 0 {

@@ -13,9 +13,8 @@ pub fn index(name: &str) -> Result<u32> {
     }
 }
 
-/// The interface's Ethernet address, or `None` for one without (a tunnel).
-pub fn mac(name: &str) -> Result<Option<[u8; 6]>> {
-    let mut out = None;
+/// Calls `f` with each entry of getifaddrs(3): its interface name and entry.
+fn each_ifaddr(mut f: impl FnMut(&[u8], &libc::ifaddrs)) -> Result<()> {
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `ifap` with a list freed below; entries are
     // read only while it lives.
@@ -27,16 +26,47 @@ pub fn mac(name: &str) -> Result<Option<[u8; 6]>> {
     }
     let mut cur = ifap;
     while !cur.is_null() {
-        // SAFETY: a non-null entry of the list.
+        // SAFETY: a non-null entry of the list, whose name is a C string.
         let ifa = unsafe { &*cur };
         cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null()
-            || unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_bytes() != name.as_bytes()
-        {
+        if ifa.ifa_addr.is_null() {
             continue;
         }
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_bytes();
+        f(name, ifa);
+    }
+    // SAFETY: the list from getifaddrs above, freed once.
+    unsafe { libc::freeifaddrs(ifap) };
+    Ok(())
+}
+
+/// The IP address in `sa`, if it is one.
+fn ip_of(sa: *const libc::sockaddr) -> Option<IpAddr> {
+    if sa.is_null() {
+        return None;
+    }
+    // SAFETY: a sockaddr from getifaddrs, whose family says what it holds.
+    match unsafe { (*sa).sa_family } as i32 {
+        libc::AF_INET => {
+            let sin = unsafe { &*(sa as *const libc::sockaddr_in) };
+            Some(IpAddr::from(
+                u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+            ))
+        }
+        libc::AF_INET6 => {
+            let sin6 = unsafe { &*(sa as *const libc::sockaddr_in6) };
+            Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+        }
+        _ => None,
+    }
+}
+
+/// The interface's Ethernet address, or `None` for one without (a tunnel).
+pub fn mac(name: &str) -> Result<Option<[u8; 6]>> {
+    let mut out = None;
+    each_ifaddr(|n, ifa| {
         // SAFETY: AF_PACKET entries hold a sockaddr_ll.
-        if unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_PACKET {
+        if n == name.as_bytes() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_PACKET {
             let ll = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_ll) };
             if ll.sll_halen == 6 {
                 let mut m = [0u8; 6];
@@ -44,45 +74,43 @@ pub fn mac(name: &str) -> Result<Option<[u8; 6]>> {
                 out = Some(m);
             }
         }
-    }
-    // SAFETY: the list from getifaddrs above, freed once.
-    unsafe { libc::freeifaddrs(ifap) };
+    })?;
     Ok(out)
 }
 
 /// The IPv4 and IPv6 addresses configured on the interface.
 pub fn addresses(name: &str) -> Result<Vec<IpAddr>> {
     let mut out = Vec::new();
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
-        return Err(AgentError::from_io(
-            "listing interface addresses",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    let mut cur = ifap;
-    while !cur.is_null() {
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null()
-            || unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_bytes() != name.as_bytes()
+    each_ifaddr(|n, ifa| {
+        if n == name.as_bytes() {
+            out.extend(ip_of(ifa.ifa_addr));
+        }
+    })?;
+    Ok(out)
+}
+
+/// Every address traffic from `lan` to which stays on the gateway: the
+/// LAN's own addresses first, then those of every other interface, and for
+/// each IPv4 subnet its broadcast and network addresses, for which the kernel
+/// keeps broadcast routes (loopback left out: never routed from a LAN).
+pub fn gateway_addresses(lan: &str) -> Result<Vec<IpAddr>> {
+    let mut out = addresses(lan)?;
+    each_ifaddr(|_, ifa| {
+        let mut found: Vec<IpAddr> = ip_of(ifa.ifa_addr).into_iter().collect();
+        if let (Some(IpAddr::V4(a)), Some(IpAddr::V4(m))) =
+            (ip_of(ifa.ifa_addr), ip_of(ifa.ifa_netmask))
         {
-            continue;
-        }
-        match unsafe { (*ifa.ifa_addr).sa_family } as i32 {
-            libc::AF_INET => {
-                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                out.push(IpAddr::from(
-                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                ));
+            let (a, m) = (u32::from(a), u32::from(m));
+            if m.count_ones() <= 30 {
+                found.push(IpAddr::V4((a | !m).into()));
+                found.push(IpAddr::V4((a & m).into()));
             }
-            libc::AF_INET6 => {
-                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
-                out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
-            }
-            _ => {}
         }
-    }
-    unsafe { libc::freeifaddrs(ifap) };
+        for a in found {
+            if !a.is_loopback() && !a.is_multicast() && !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    })?;
     Ok(out)
 }

@@ -292,7 +292,7 @@ pub struct GardenValue {
 }
 
 /// Most addresses of the gateway per family that [`LanConfig`] holds.
-pub const LAN_MAX_ADDRS: usize = 8;
+pub const LAN_MAX_ADDRS: usize = 16;
 
 /// `LanConfig::flags`: bind client addresses to MACs and drop spoofed ones.
 pub const LAN_ANTI_SPOOF: u32 = 1;
@@ -310,9 +310,10 @@ pub struct LanConfig {
     /// The gateway's MAC on this LAN: a client's frame to another unicast MAC
     /// is not for the gateway (all zero: not checked).
     pub mac: [u8; 6],
-    /// The gateway's own addresses on this LAN (as in packets): traffic
-    /// between a client and them does not cross the gateway, so it is
-    /// walled-garden traffic, never usage.
+    /// The gateway's own addresses (as in packets; this LAN's first, then its
+    /// other interfaces' and their IPv4 broadcast addresses): traffic between
+    /// a client and them does not cross the gateway, so it is walled-garden
+    /// traffic, never usage.
     pub v4: [u32; LAN_MAX_ADDRS],
     pub v6: [[u32; 4]; LAN_MAX_ADDRS],
     pub _pad2: u32,

@@ -52,6 +52,10 @@ pub struct ClientStats {
     pub blocked_packets: u64,
     pub garden_packets: u64,
     pub garden_bytes: u64,
+    #[serde(default)]
+    pub spoof_packets: u64,
+    #[serde(default)]
+    pub unknown_packets: u64,
 }
 
 /// `SESSION_TESTS_TC_ATTACH`: the `--tc-attach` mode of every agent a test starts.
@@ -356,6 +360,8 @@ impl Agent {
             blocked_packets: 0,
             garden_packets: 0,
             garden_bytes: 0,
+            spoof_packets: 0,
+            unknown_packets: 0,
         })
     }
 

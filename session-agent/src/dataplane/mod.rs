@@ -64,6 +64,28 @@ impl RateLimit {
     }
 }
 
+/// Puts the gateway's addresses into `cfg` (as many as it holds; the rest
+/// are logged: traffic to them would count as usage).
+pub fn set_gateway_addrs(cfg: &mut LanConfig, addrs: &[std::net::IpAddr]) {
+    (cfg.n_v4, cfg.n_v6) = (0, 0);
+    for addr in addrs {
+        let k = addr_key(*addr);
+        match addr {
+            std::net::IpAddr::V4(_) if (cfg.n_v4 as usize) < LAN_MAX_ADDRS => {
+                cfg.v4[cfg.n_v4 as usize] = k.addr[0];
+                cfg.n_v4 += 1;
+            }
+            std::net::IpAddr::V6(_) if (cfg.n_v6 as usize) < LAN_MAX_ADDRS => {
+                cfg.v6[cfg.n_v6 as usize] = k.addr;
+                cfg.n_v6 += 1;
+            }
+            _ => {
+                tracing::warn!(%addr, "more gateway addresses than the datapath keeps ({LAN_MAX_ADDRS} per family): traffic to this one counts as usage")
+            }
+        }
+    }
+}
+
 /// An address of the binding table as an IP address.
 pub fn addr_of(k: &AddrKey) -> Option<std::net::IpAddr> {
     let b: [u8; 16] = unsafe { std::mem::transmute(k.addr) };
@@ -452,6 +474,16 @@ impl Maps {
         let data = mmap::open_pinned(&self.dir, MAP_BINDINGS)?;
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))
             .map_err(|e| AgentError::bpf("opening the address bindings", e))
+    }
+
+    /// Tells the datapath the gateway's addresses now (they change: a WAN
+    /// address from DHCP), keeping the rest of the LAN's configuration.
+    pub fn set_gateway_addrs(&self, addrs: &[std::net::IpAddr]) {
+        let mut cfg = self.lan();
+        set_gateway_addrs(&mut cfg, addrs);
+        if cfg != self.lan() {
+            self.set_lan(&cfg);
+        }
     }
 
     /// The address bindings: address -> (MAC, when the datapath last found it in use).
