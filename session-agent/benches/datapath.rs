@@ -17,13 +17,14 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use session_agent::{
+    daemon::{lan_config, GateOptions},
     dataplane::{
         testrun::{frames, ProgramHarness, PROG_NOOP, TC_DROP, TC_PASS},
         Maps, RateLimit,
     },
     gateway::{Gateway, GatewayConfig, Lan},
 };
-use session_common::{MacKey, PROG_TC_INGRESS};
+use session_common::{LanConfig, MacKey, PROG_TC_INGRESS};
 use session_model::{
     store::{HybridOptions, HybridStore, SyncMode},
     MacAddr, SessionStore, SessionsMgr, SystemClock,
@@ -80,11 +81,31 @@ fn frame(i: u32) -> Vec<u8> {
     )
 }
 
+/// The LAN as the agent sets it up by default: the gateway's MAC and
+/// addresses, anti-spoofing, the garden rate limit.
+fn gate() -> LanConfig {
+    lan_config(
+        Some(GW_MAC),
+        &[
+            Ipv4Addr::new(10, 200, 0, 1).into(),
+            "fd00:200::1".parse().unwrap(),
+        ],
+        &GateOptions {
+            anti_spoof: true,
+            garden_rate_kbits: 256,
+            garden_pps: 50,
+        },
+    )
+}
+
 /// The paths a packet can take, each set up on the measured client.
 #[derive(Clone, Copy)]
 enum Path {
     /// Allowed, no limits: counted and passed.
     Counted,
+    /// As `Counted` with the gate off (no gateway MAC or addresses, no
+    /// anti-spoofing): what the gate costs a paying client's packet.
+    CountedNoGate,
     /// Allowed with a speed limit and a data budget that both admit it: the full path.
     Full,
     /// The speed limit refuses it.
@@ -96,8 +117,9 @@ enum Path {
 }
 
 impl Path {
-    const ALL: [Path; 5] = [
+    const ALL: [Path; 6] = [
         Path::Counted,
+        Path::CountedNoGate,
         Path::Full,
         Path::RateLimited,
         Path::QuotaExhausted,
@@ -107,6 +129,7 @@ impl Path {
     fn name(self) -> &'static str {
         match self {
             Path::Counted => "allowed_counted",
+            Path::CountedNoGate => "allowed_counted_no_gate",
             Path::Full => "full_path",
             Path::RateLimited => "rate_limited",
             Path::QuotaExhausted => "quota_exhausted",
@@ -116,7 +139,7 @@ impl Path {
 
     fn verdict(self) -> u32 {
         match self {
-            Path::Counted | Path::Full => TC_PASS,
+            Path::Counted | Path::CountedNoGate | Path::Full => TC_PASS,
             _ => TC_DROP,
         }
     }
@@ -131,8 +154,12 @@ impl Path {
             rate_bytes: 1,
             burst_bytes: 1,
         };
+        maps.set_lan(&match self {
+            Path::CountedNoGate => LanConfig::default(),
+            _ => gate(),
+        });
         match self {
-            Path::Counted => {
+            Path::Counted | Path::CountedNoGate => {
                 maps.set_allowed(m, true).unwrap();
             }
             Path::Full => {
@@ -170,7 +197,8 @@ fn program_cost(out: &mut Vec<Measurement>, runs: u32, quick: bool) {
     };
     let repeat = if quick { 20_000 } else { 200_000 };
     for &n in sizes {
-        let mut h = ProgramHarness::new("sa-bench", &[]).expect("loading the datapath (root?)");
+        let mut h = ProgramHarness::with_lan("sa-bench", &[], &gate())
+            .expect("loading the datapath (root?)");
         let t = Instant::now();
         for i in 0..n {
             h.maps.set_allowed(&mac(i), true).unwrap();

@@ -583,7 +583,22 @@ fn odd_destinations_and_mapped_addresses_never_pass() {
     }
     // Never routed: dropped for paying clients too, and not usage.
     dp.allow(client_mac(paid));
-    let odd: [(&str, Vec<u8>); 6] = [
+    let from = |src: Ipv4Addr| udp4(GW_MAC, mac(paid), src, SERVER_V4, 1, 443, 10);
+    let odd: [(&str, Vec<u8>); 9] = [
+        ("from 0.0.0.0 to a server", from(Ipv4Addr::UNSPECIFIED)),
+        ("from loopback", from(Ipv4Addr::LOCALHOST)),
+        (
+            "from IPv6 ::",
+            udp6(
+                GW_MAC,
+                mac(paid),
+                Ipv6Addr::UNSPECIFIED,
+                SERVER_V6,
+                1,
+                443,
+                10,
+            ),
+        ),
         ("class E", up4_to(paid, Ipv4Addr::new(240, 0, 0, 1))),
         ("0.0.0.0/8", up4_to(paid, Ipv4Addr::new(0, 0, 0, 5))),
         ("loopback", up4_to(paid, Ipv4Addr::LOCALHOST)),

@@ -67,7 +67,8 @@ pub const STAT_UNKNOWN: u32 = 4;
 /// link-layer address in ARP/ND other than the frame's own.
 pub const STAT_SPOOF: u32 = 5;
 /// Dropped: a destination that is never routed (0.0.0.0/8, 127.0.0.0/8,
-/// 240.0.0.0/4, ::, ::1, IPv4-mapped or -compatible IPv6, another host's link-local).
+/// 240.0.0.0/4, ::, ::1, IPv4-mapped or -compatible IPv6, another host's
+/// link-local), or a source no host sends from to a unicast destination.
 pub const STAT_ODD_DST: u32 = 6;
 /// Dropped: the binding table (or the client's share of it) is full.
 pub const STAT_BINDINGS_FULL: u32 = 7;

@@ -398,7 +398,11 @@ fn judge_addresses(
     ip: &IpInfo,
     dir: Dir,
 ) -> Result<(), Drop> {
-    if dir == Dir::Up && (ip.dst_odd() || (ip.v6 && link_local(&ip.dst) && !gateway_addr(cfg, true, &ip.dst))) {
+    if dir == Dir::Up
+        && (ip.dst_odd()
+            || (ip.src_odd() && !ip.dst_group())
+            || (ip.v6 && link_local(&ip.dst) && !gateway_addr(cfg, true, &ip.dst)))
+    {
         return Err(Drop::Unknown(STAT_ODD_DST));
     }
     if unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF == 0 {

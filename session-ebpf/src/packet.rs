@@ -210,6 +210,20 @@ impl IpInfo {
         }
     }
 
+    /// A source no host sends from to a unicast destination: 0.0.0.0/8 (the
+    /// unspecified address goes to broadcast and multicast only: DHCP
+    /// discovery, DAD), 127.0.0.0/8, 240.0.0.0/4, ::, ::1, IPv4-mapped.
+    #[inline(always)]
+    pub fn src_odd(&self) -> bool {
+        if self.v6 {
+            let a = self.src;
+            a[0] == 0 && a[1] == 0 && (a[2] == u32::from_be(0xffff) || (a[2] == 0 && (a[3] == 0 || a[3] == u32::from_be(1))))
+        } else {
+            let b = self.src[0].to_ne_bytes()[0];
+            b == 0 || b == 127 || b >= 240
+        }
+    }
+
     /// The source is the unspecified address (DHCP discovery, DAD).
     #[inline(always)]
     pub fn src_unspecified(&self) -> bool {

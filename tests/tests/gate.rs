@@ -343,3 +343,43 @@ fn paying_clients_pay_for_their_own_traffic_and_no_one_elses() {
     assert!(sb.spoof_packets >= spoofed as u64, "{sb:?}");
     assert_eq!(sb.down_bytes, 0, "B was charged for A's download: {sb:?}");
 }
+
+#[test]
+fn a_cloned_mac_is_reported_as_a_mac_conflict() {
+    require_root();
+    let hs = Hotspot::builder().clients(2).build();
+    let watch = ServerWatch::install(&hs);
+    let agent = AgentBuilder::new(&hs).start();
+    let api = agent.api();
+    let mut events = api.events("");
+    let (a, b) = (hs.client(0), hs.client(1));
+    agent.allow(&a.mac);
+    let gw = parse_mac(&hs.gw_lan_mac);
+    let from = |c: &Client, mac: [u8; 6]| {
+        let mut f = eth(gw, mac, ETH_P_IPV4);
+        f.extend_from_slice(&ipv4_udp(c.ipv4, hs.server_v4, 40000, 5002, &[7; 100]));
+        f
+    };
+    // A uses its address; B clones A's MAC and sends from its own.
+    send_all(a, &vec![("A".into(), from(a, a.mac_bytes()))]);
+    std::thread::sleep(Duration::from_millis(100));
+    send_all(b, &vec![("B as A".into(), from(b, a.mac_bytes()))]);
+    let e = events.wait_for("mac_conflict", Duration::from_secs(5), |n, _| {
+        n == "mac_conflict"
+    });
+    assert_eq!(e["mac"], a.mac.as_str(), "{e}");
+    assert_eq!(e["address"], b.ipv4.to_string().as_str(), "{e}");
+    let m = api.get("/metrics").body;
+    let text = m.as_str().unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l == "session_agent_mac_conflicts_total 1"),
+        "{text}"
+    );
+    // Both datagrams went through as A's (the documented limit of a clone):
+    // A is charged for exactly what reached the server from its MAC.
+    let s = agent.client_or_zero(&a.mac);
+    let (p0, b0) = watch.from_client(0);
+    let (p1, b1) = watch.from_client(1);
+    assert_eq!((s.up_packets, s.up_bytes), (p0 + p1, b0 + b1), "{s:?}");
+}

@@ -12,6 +12,7 @@ use session_model::ModelError;
 
 use super::{ApiError, ApiState};
 use crate::dataplane::ClientRow;
+use session_common::{STAT_DROP_REASONS, STAT_TABLE_FULL};
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -87,9 +88,13 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
     let top = st.opts.metrics_top_clients;
 
     let mut per_lan = Vec::new();
+    let mut datapath_stats = Vec::new();
     for lan in st.gw.lans() {
         let mut rows = match lan.maps.lock() {
-            Ok(m) => m.snapshot()?,
+            Ok(m) => {
+                datapath_stats.push((lan.name.clone(), m.stats()?));
+                m.snapshot()?
+            }
             Err(_) => Vec::new(),
         };
         rows.sort_by_key(|r| std::cmp::Reverse(r.up_bytes.saturating_add(r.down_bytes)));
@@ -161,9 +166,50 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
                 ("ratelimit", r.ratelimit_packets),
                 ("quota", r.quota_packets),
                 ("malformed", r.malformed_packets),
+                ("spoof", r.spoof_packets),
+                ("unknown", r.unknown_packets),
+                ("ratelimit_garden", r.garden_ratelimit_packets),
             ]
         },
     );
+    client_family(
+        &mut out,
+        &per_lan,
+        ("session_agent_client_addresses", "gauge"),
+        "Addresses bound to a client now (anti-spoofing).",
+        "",
+        |r| vec![("", r.bound_addrs)],
+    );
+    head(
+        &mut out,
+        "session_agent_datapath_drops_total",
+        "counter",
+        "Frames the datapath dropped on a LAN, by reason (all clients, and frames of no client).",
+    );
+    for (lan, stats) in &datapath_stats {
+        for (i, reason) in STAT_DROP_REASONS {
+            let _ = writeln!(
+                out,
+                "session_agent_datapath_drops_total{{lan=\"{}\",reason=\"{reason}\"}} {}",
+                escape(lan),
+                stats[i as usize]
+            );
+        }
+    }
+    head(
+        &mut out,
+        "session_agent_datapath_table_full_total",
+        "counter",
+        "Packets of a new MAC that found the client table full.",
+    );
+    for (lan, stats) in &datapath_stats {
+        let _ = writeln!(
+            out,
+            "session_agent_datapath_table_full_total{{lan=\"{}\"}} {}",
+            escape(lan),
+            stats[STAT_TABLE_FULL as usize]
+        );
+    }
     client_family(
         &mut out,
         &per_lan,
@@ -295,9 +341,35 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
             "Client slots that a lost race for a table entry had left unused, taken back.",
             &s.slots_reclaimed,
         ),
+        (
+            "session_agent_addresses_bound_total",
+            "Client addresses bound to a MAC by the datapath (first claim).",
+            &s.addrs_bound,
+        ),
+        (
+            "session_agent_address_bindings_expired_total",
+            "Address bindings removed after going unused for --bind-ttl-secs.",
+            &s.bindings_expired,
+        ),
+        (
+            "session_agent_binding_sweep_errors_total",
+            "Sweeps of the address bindings that failed.",
+            &s.binding_sweep_errors,
+        ),
+        (
+            "session_agent_mac_conflicts_total",
+            "A MAC claimed a second IPv4 address while using another: two devices on one MAC.",
+            &s.mac_conflicts,
+        ),
     ] {
         single(&mut out, (name, "counter"), help, n(count));
     }
+    single(
+        &mut out,
+        ("session_agent_address_bindings", "gauge"),
+        "Address bindings in the datapath's tables at the last sweep.",
+        n(&s.bindings_live),
+    );
     summary(
         &mut out,
         "session_agent_commit_duration_seconds",

@@ -358,6 +358,7 @@ fn datapath_bench(name: &str, opts: &Opts, both: bool) -> Result<(Vec<Measuremen
     let notes = match name {
         "program-cost" => vec![
             "BPF_PROG_TEST_RUN of the TC ingress program on a 64-byte UDP frame, ns per packet, against a program that returns at once (noop_baseline) in the same run; `net` = path minus no-op.".into(),
+            "Every path runs with the LAN as the agent sets it up by default (the gateway's MAC and addresses, anti-spoofing, the garden rate limit), except allowed_counted_no_gate, the same packet with that configuration cleared: the two side by side are what the gate (address binding, odd destinations, the gateway's own addresses) costs a paying client's packet.".into(),
         ],
         _ => vec![
             "The agent's gateway loop on a hybrid store with every device connected, in a fresh process that opens the store and the pinned maps as a restarted daemon does: a poll with no new traffic (idle; it still charges a second of time to every session when one has passed), a poll after every device sent 1,500 bytes (all charged), and the commit that writes every device's charged usage to the store's log, which the daemon does once per `--commit-ms` (1 s), not per poll.".into(),

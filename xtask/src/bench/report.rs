@@ -585,6 +585,7 @@ pub fn markdown(r: &Results) -> String {
     if !cl.is_empty() {
         let cases = [
             "allowed_counted",
+            "allowed_counted_no_gate",
             "full_path",
             "rate_limited",
             "quota_exhausted",
