@@ -151,7 +151,7 @@ pub struct ClientCounters {
     /// Addresses bound to this client now: added to by the datapath when it
     /// binds one, taken from by the agent when a binding expires.
     pub bound_addrs: u64,
-    pub _reserved: [u64; 3],
+    pub _reserved: [u64; 2],
 }
 
 /// `ClientEntry::flags`: the client may use the network.

@@ -54,22 +54,7 @@ impl NftRef {
             );
         }
         s += "  }\n}\n";
-        let mut child = ns_command(&hs.gw_ns, "nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn nft");
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        if !out.status.success() {
-            panic!(
-                "nft -f failed: {}\nruleset:\n{s}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        nft_apply(&hs.gw_ns, &s);
         NftRef {
             ns: hs.gw_ns.clone(),
             table,

@@ -155,26 +155,7 @@ impl RxRef {
             "table inet sa_rx {{\n  counter rx {{ }}\n  chain pre {{\n    type filter hook prerouting priority -400; policy accept;\n    iifname \"{ifn}\" ip saddr != 10.201.0.0/24 counter name \"rx\"\n    iifname \"{ifn}\" ip6 saddr != fd00:201::/64 counter name \"rx\"\n  }}\n}}\n",
             ifn = client.ifname
         );
-        let mut child = ns_command(&client.ns, "nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn nft");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(rules.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "nft -f in {} failed: {}\n{rules}",
-            client.ns,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::nft::nft_apply(&client.ns, &rules);
         RxRef {
             ns: client.ns.clone(),
         }

@@ -149,6 +149,29 @@ pub mod frames {
         f
     }
 
+    /// Ethernet + IPv4 (20-byte header, DF, TTL 64) + `l4` (the transport
+    /// header) + `payload` bytes.
+    fn ipv4(
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        (src, dst): (Ipv4Addr, Ipv4Addr),
+        proto: u8,
+        l4: &[u8],
+        payload: usize,
+    ) -> Vec<u8> {
+        let mut f = eth(dst_mac, src_mac, 0x0800);
+        let tot = (20 + l4.len() + payload) as u16;
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&tot.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        set_ipv4_csum(&mut f);
+        f.extend_from_slice(l4);
+        f.resize(f.len() + payload, 0x5a);
+        f
+    }
+
     /// Ethernet + IPv4 + UDP with `payload` bytes; IP length = 28 + payload.
     pub fn udp4(
         dst_mac: [u8; 6],
@@ -159,20 +182,12 @@ pub mod frames {
         dport: u16,
         payload: usize,
     ) -> Vec<u8> {
-        let mut f = eth(dst_mac, src_mac, 0x0800);
-        let tot = (20 + 8 + payload) as u16;
-        f.extend_from_slice(&[0x45, 0]);
-        f.extend_from_slice(&tot.to_be_bytes());
-        f.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
-        f.extend_from_slice(&src.octets());
-        f.extend_from_slice(&dst.octets());
-        set_ipv4_csum(&mut f);
-        f.extend_from_slice(&sport.to_be_bytes());
-        f.extend_from_slice(&dport.to_be_bytes());
-        f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
-        f.resize(f.len() + payload, 0x5a);
-        f
+        let mut u = Vec::with_capacity(8);
+        u.extend_from_slice(&sport.to_be_bytes());
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        ipv4(dst_mac, src_mac, (src, dst), 17, &u, payload)
     }
 
     /// Ethernet + IPv4 + TCP (20-byte header, ACK) with `payload` bytes; IP length = 40 + payload.
@@ -185,19 +200,11 @@ pub mod frames {
         dport: u16,
         payload: usize,
     ) -> Vec<u8> {
-        let mut f = eth(dst_mac, src_mac, 0x0800);
-        let tot = (20 + 20 + payload) as u16;
-        f.extend_from_slice(&[0x45, 0]);
-        f.extend_from_slice(&tot.to_be_bytes());
-        f.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
-        f.extend_from_slice(&src.octets());
-        f.extend_from_slice(&dst.octets());
-        set_ipv4_csum(&mut f);
-        f.extend_from_slice(&sport.to_be_bytes());
-        f.extend_from_slice(&dport.to_be_bytes());
-        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
-        f.resize(f.len() + payload, 0x5a);
-        f
+        let mut t = Vec::with_capacity(20);
+        t.extend_from_slice(&sport.to_be_bytes());
+        t.extend_from_slice(&dport.to_be_bytes());
+        t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+        ipv4(dst_mac, src_mac, (src, dst), 6, &t, payload)
     }
 
     /// Writes the IPv4 header checksum of the frame (header at byte 14, options included).
