@@ -711,3 +711,35 @@ fn traffic_with_the_gateway_is_garden_for_paying_clients_even_after_the_cut_off(
     assert_eq!((c.garden_packets, c.garden_bytes), (4, 58 + 128 + 40 + 72));
     assert_eq!(dp.h.maps.budget(slot), 0);
 }
+
+#[test]
+fn the_gateways_dhcp_server_moves_an_address_to_the_mac_it_gives_it() {
+    let mut dp = Datapath::new();
+    let (a, b) = (17, 18);
+    dp.allow(client_mac(a));
+    dp.allow(client_mac(b));
+    let addr = client_v4(a);
+    assert_eq!(dp.up(&up4(a, 443, 10)), TC_PASS, "A uses the address");
+    let from_b = udp4(GW_MAC, mac(b), addr, SERVER_V4, 1, 443, 10);
+    assert_eq!(dp.up(&from_b), TC_DROP, "bound to A");
+    // A forwarded packet that looks like a DHCP answer moves nothing.
+    let forged = udp4(mac(b), GW_MAC, SERVER_V4, addr, 67, 68, 300);
+    assert_eq!(dp.down(&forged), TC_DROP);
+    // The gateway's DHCP server acknowledges the address to B's MAC.
+    let ack = udp4(mac(b), GW_MAC, GW_V4, addr, 67, 68, 300);
+    assert_eq!(dp.down(&ack), TC_PASS);
+    assert_eq!(dp.up(&from_b), TC_PASS, "B's now");
+    // A's remembered address goes with the next sweep; then A is refused.
+    let done =
+        dp.h.maps
+            .sweep_bindings(std::time::Duration::from_secs(600))
+            .unwrap();
+    assert_eq!(done.expired, 0);
+    assert_eq!(dp.up(&up4(a, 443, 10)), TC_DROP, "no longer A's");
+    let (ca, cb) = (dp.counters(client_mac(a)), dp.counters(client_mac(b)));
+    assert_eq!(
+        (ca.bound_addrs, cb.bound_addrs),
+        (0, 1),
+        "counts from the table"
+    );
+}

@@ -34,7 +34,7 @@ mod tests {
         assert_eq!(size_of::<GardenKey>(), 20);
         assert_eq!(
             size_of::<LanConfig>(),
-            4 * 3 + 2 + 6 + 4 * 8 + 16 * 8 + 4 + 7 * 8
+            4 * 3 + 2 + 6 + 4 * 16 + 16 * 16 + 4 + 7 * 8
         );
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<Binding>(), 16);

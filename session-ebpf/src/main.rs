@@ -21,7 +21,7 @@ use core::intrinsics::{
 };
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{xdp_action, BPF_ANY, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
@@ -416,8 +416,36 @@ fn judge_addresses(
             bind(st, slot, mac, ip.key(ip.src), true)
         }
         Dir::Up => Ok(()),
+        Dir::Down if dhcp_answer(cfg, ip) => {
+            // The gateway's DHCP server gives the address to this MAC: it is
+            // its now, whoever used it before.
+            let key = ip.key(ip.dst);
+            let b = Binding {
+                mac: *mac,
+                _pad: [0; 2],
+                last_ns: unsafe { bpf_ktime_get_coarse_ns() },
+            };
+            if BINDINGS.insert(&key, &b, BPF_ANY as u64).is_err() {
+                return Err(Drop::Spoof(STAT_BINDINGS_FULL));
+            }
+            remember(st, &key, 0);
+            Ok(())
+        }
         Dir::Down => bind(st, slot, mac, ip.key(ip.dst), false),
     }
+}
+
+/// A unicast answer of the gateway's own DHCP server (from one of its
+/// addresses, UDP 67 to 68) to the address it offers or acknowledges.
+#[inline(always)]
+fn dhcp_answer(cfg: *const LanConfig, ip: &IpInfo) -> bool {
+    !ip.v6
+        && ip.proto == packet::IPPROTO_UDP
+        && ip.sport == 67
+        && ip.dport == 68
+        && ip.dst[0] != 0
+        && !ip.dst_group()
+        && gateway_addr(cfg, false, &ip.src)
 }
 
 /// Checks that `key` is bound to `mac`; with `claim`, binds it if no MAC has

@@ -523,26 +523,29 @@ impl Maps {
             live: all.len() as u64,
             expired: 0,
         };
+        // Addresses each MAC holds after the sweep.
+        let mut held: HashMap<MacKey, u64> = HashMap::new();
         for (k, b) in all {
-            if now.saturating_sub(b.last_ns) < ttl_ns {
-                continue;
-            }
+            let fresh = now.saturating_sub(b.last_ns) < ttl_ns;
             // Stamped again since it was read: still in use.
-            match map.get(&k, 0) {
-                Ok(fresh) if fresh.last_ns == b.last_ns && fresh.mac == b.mac => {}
-                _ => continue,
-            }
-            if map.remove(&k).is_err() {
+            let stamped = !fresh
+                && !matches!(map.get(&k, 0), Ok(f) if f.last_ns == b.last_ns && f.mac == b.mac);
+            if fresh || stamped || map.remove(&k).is_err() {
+                *held.entry(b.mac).or_default() += 1;
                 continue;
             }
             done.expired += 1;
             done.live -= 1;
-            if let Some(slot) = self.slot_of(&b.mac) {
-                let c = self.all_counters(slot, 1)?;
-                let held = unsafe { AtomicU64::from_ptr(&raw mut (*c.entry(slot)).bound_addrs) };
-                let _ = held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
-                    Some(v.saturating_sub(1))
-                });
+        }
+        // Each client's count, from the table itself (a DHCP answer moves an
+        // address to another MAC without telling the one that had it).
+        let counters = self.all_counters(0, used)?;
+        for slot in 0..used {
+            if let Some(pos) = self.position(slot) {
+                let mac = index_mac(self.key(pos).load(Ordering::Acquire));
+                let n = held.get(&mac).copied().unwrap_or(0);
+                unsafe { AtomicU64::from_ptr(&raw mut (*counters.entry(slot)).bound_addrs) }
+                    .store(n, Ordering::Relaxed);
             }
         }
         Ok(done)
