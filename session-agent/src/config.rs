@@ -147,33 +147,32 @@ impl Config {
                 return Err(("portal_ports", "port 0 is not a port".into()));
             }
         }
-        if let Some(t) = self.bind_ttl_secs {
-            if !(crate::BIND_TTL_RANGE).contains(&t) {
-                return Err((
-                    "bind_ttl_secs",
-                    format!("{t} is out of range: must be {:?}", crate::BIND_TTL_RANGE),
-                ));
-            }
-        }
-        if let Some(r) = self.garden_rate_kbits {
-            if r > crate::GARDEN_KBITS_MAX {
-                return Err((
-                    "garden_rate_kbits",
-                    format!(
-                        "{r} is out of range: must be 0..={}",
-                        crate::GARDEN_KBITS_MAX
-                    ),
-                ));
-            }
-        }
-        if let Some(r) = self.garden_pps {
-            if r > crate::GARDEN_PPS_MAX {
-                return Err((
-                    "garden_pps",
-                    format!("{r} is out of range: must be 0..={}", crate::GARDEN_PPS_MAX),
-                ));
-            }
-        }
+        range(
+            "bind_ttl_secs",
+            self.bind_ttl_secs,
+            *crate::BIND_TTL_RANGE.start(),
+            *crate::BIND_TTL_RANGE.end(),
+        )?;
+        range(
+            "garden_rate_kbits",
+            self.garden_rate_kbits,
+            0,
+            crate::GARDEN_KBITS_MAX,
+        )?;
+        range("garden_pps", self.garden_pps, 0, crate::GARDEN_PPS_MAX)?;
+        range("checkpoint_secs", self.checkpoint_secs, 1, u64::MAX)?;
+        range(
+            "global_down_mbits",
+            self.global_down_mbits,
+            0,
+            crate::GLOBAL_MBITS_MAX,
+        )?;
+        range(
+            "global_up_mbits",
+            self.global_up_mbits,
+            0,
+            crate::GLOBAL_MBITS_MAX,
+        )?;
         if let Some(l) = &self.lans {
             if l.iter().any(|s| s.is_empty()) {
                 return Err(("lans", "an interface name is empty".into()));
@@ -303,6 +302,12 @@ portal_url = "https://portal.example/"
             .unwrap_err()
             .to_string();
         assert!(e.contains("walled_garden"), "{e}");
+        let e = parse("checkpoint_secs = 0\n").unwrap_err().to_string();
+        assert!(e.contains("checkpoint_secs") && e.contains("1.."), "{e}");
+        let e = parse("global_down_mbits = 1000000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("global_down_mbits"), "{e}");
         let e = parse("bind_ttl_secs = 1\n").unwrap_err().to_string();
         assert!(e.contains("bind_ttl_secs"), "{e}");
         let e = parse("garden_pps = 100000000\n").unwrap_err().to_string();

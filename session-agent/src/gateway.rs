@@ -418,7 +418,26 @@ impl Gateway {
     ) -> Result<ClientSession, AgentError> {
         let _g = self.ops.lock().await;
         let device = self.mgr.device(device_id)?;
-        let session = self.mgr.connect(device_id, notification).await?;
+        let now = self.mgr.clock().now_secs();
+        if self
+            .mgr
+            .curr_session(device_id)?
+            .is_some_and(|s| !s.data().is_available(now))
+        {
+            // Its session ran out since the last poll: settle it as the poll
+            // would (the manager's connect would too, but drop what ends).
+            self.poll_locked().await?;
+        }
+        let session = match self.mgr.connect(device_id, notification).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Never leave a device let through without a running session.
+                if self.mgr.curr_session(device_id)?.is_none() {
+                    self.revoke(device.mac)?;
+                }
+                return Err(e.into());
+            }
+        };
         // The device is still blocked: this reading is where its charging starts.
         self.charge(&[(device_id, self.reading(device.mac))])
             .await?;
@@ -585,6 +604,11 @@ impl Gateway {
     /// advance sessions, pause idle devices.
     pub async fn poll(&self) -> Result<(), AgentError> {
         let _g = self.ops.lock().await;
+        self.poll_locked().await
+    }
+
+    /// [`Gateway::poll`] with the operations lock held.
+    async fn poll_locked(&self) -> Result<(), AgentError> {
         let started = Instant::now();
         let readings = self.readings()?;
         self.charge(&readings).await?;
@@ -755,6 +779,13 @@ impl Gateway {
                 );
             }
         }
+    }
+
+    /// Removes sessions that ended `retention_secs` ago, under the lock that
+    /// connects, polls and changes sessions take, so none is revived meanwhile.
+    pub async fn gc(&self, retention_secs: i64) -> Result<Vec<u64>, AgentError> {
+        let _g = self.ops.lock().await;
+        Ok(self.mgr.gc(retention_secs)?)
     }
 
     /// Removes address bindings unused for the TTL on every LAN, and tells

@@ -223,17 +223,21 @@ struct RunArgs {
     #[arg(long)]
     forget_idle_secs: Option<u64>,
     /// Per-client download speed for sessions that use the global speed, Mbit/s (0 = unlimited).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=GLOBAL_MBITS_MAX))]
     global_down_mbits: Option<u64>,
     /// Per-client upload speed for sessions that use the global speed, Mbit/s (0 = unlimited).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=GLOBAL_MBITS_MAX))]
     global_up_mbits: Option<u64>,
     /// Token-bucket depth in milliseconds at the limit (at least 64 KiB).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     burst_ms: Option<u64>,
     /// When a session ends, disconnect the device instead of starting its next session.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "auto_advance")]
     no_auto_advance: bool,
+    /// When a session ends, start the device's next session (the default; overrides
+    /// auto_advance = false in the config file).
+    #[arg(long)]
+    auto_advance: bool,
     /// Control API unix socket [default: /run/session-agent/api.sock].
     #[arg(long)]
     api_socket: Option<PathBuf>,
@@ -276,6 +280,8 @@ struct RunArgs {
     garden_pps: Option<u64>,
 }
 
+/// Most `--global-down-mbits` and `--global-up-mbits`: 100 Gbit/s.
+pub const GLOBAL_MBITS_MAX: u64 = 100_000;
 /// Range of `--bind-ttl-secs`.
 pub const BIND_TTL_RANGE: std::ops::RangeInclusive<u64> = 10..=86_400;
 pub const DEFAULT_BIND_TTL_SECS: u64 = 300;
@@ -495,7 +501,11 @@ fn run_options(a: RunArgs) -> anyhow::Result<daemon::RunOptions> {
             .burst_ms
             .or(cfg.burst_ms)
             .unwrap_or(dataplane::DEFAULT_BURST_MS),
-        auto_advance: !a.no_auto_advance && cfg.auto_advance.unwrap_or(true),
+        auto_advance: if a.no_auto_advance {
+            false
+        } else {
+            a.auto_advance || cfg.auto_advance.unwrap_or(true)
+        },
         checkpoint_interval: a
             .checkpoint_secs
             .or(cfg.checkpoint_secs)
@@ -598,5 +608,41 @@ fn print_table(rows: &[ClientRow]) {
             r.garden_packets,
             r.blocked_packets
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon's options from a command line and a config file's text.
+    fn options(args: &[&str], file: &str) -> daemon::RunOptions {
+        let path = std::env::temp_dir().join(format!("sa-opts-{}.toml", std::process::id()));
+        std::fs::write(&path, file).unwrap();
+        let mut argv = vec!["session-agent", "run", "--config", path.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let Cmd::Run(a) = Cli::try_parse_from(argv).unwrap().cmd else {
+            panic!("not run");
+        };
+        let o = run_options(*a);
+        let _ = std::fs::remove_file(&path);
+        o.unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_config_file_both_ways() {
+        let file = "lans = [\"lan0\"]\nauto_advance = false\nanti_spoof = false\n";
+        assert!(!options(&[], file).gateway.auto_advance);
+        assert!(options(&["--auto-advance"], file).gateway.auto_advance);
+        assert!(
+            !options(&["--no-auto-advance"], "lans = [\"lan0\"]\n")
+                .gateway
+                .auto_advance
+        );
+        assert!(!options(&[], file).gate.anti_spoof);
+        assert!(options(&["--anti-spoof", "true"], file).gate.anti_spoof);
+        let o = options(&["--garden-rate-kbits", "0"], "lans = [\"lan0\"]\n");
+        assert_eq!((o.gate.garden_rate_kbits, o.gate.garden_pps), (0, 50));
+        assert!(o.gate.anti_spoof, "on by default");
     }
 }

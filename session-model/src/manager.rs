@@ -1165,8 +1165,9 @@ impl SessionsMgr {
 
     // ----- maintenance -----------------------------------------------------------------
 
-    /// Removes sessions that ended at least `retention_secs` ago. Running sessions are
-    /// kept.
+    /// Removes sessions that ended at least `retention_secs` ago. Running sessions,
+    /// and sessions that can still run (revived by a change), are kept. The gateway
+    /// calls it under the lock it connects and polls under.
     pub fn gc(&self, retention_secs: i64) -> Result<Vec<SessionId>, ModelError> {
         let running: Vec<SessionId> = self.running()?.values().map(|r| r.session_id).collect();
         let now = self.clock.now_secs();
@@ -1175,7 +1176,9 @@ impl SessionsMgr {
             .sessions()?
             .into_iter()
             .filter(|r| {
+                // Never one that can still run, whatever its `ended_at` says.
                 !running.contains(&r.id)
+                    && !r.data.is_available(now)
                     && r.end_time(now)
                         .is_some_and(|end| end.saturating_add(retention_secs) <= now)
             })

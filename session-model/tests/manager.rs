@@ -511,3 +511,27 @@ async fn manager_state_survives_restart_on_hybrid() {
     m.tick().unwrap();
     assert_eq!(m.session(sid).unwrap().time_consumption(), 66);
 }
+
+#[tokio::test]
+async fn gc_never_removes_a_session_that_can_still_run() {
+    let (m, clock) = setup();
+    let d = m.create_device(mac(7), None, None).unwrap();
+    let a = m
+        .create_session(d.id, 0, 10, 0.0, None, 1, 1, false)
+        .await
+        .unwrap();
+    m.connect(d.id, "go").await.unwrap();
+    clock.advance_secs(11);
+    m.tick().unwrap();
+    let mut rec = m.store().session(a.id()).unwrap().unwrap();
+    assert!(rec.ended_at.is_some(), "consumed: {rec:?}");
+    // Revived (more time) by a write that kept the old `ended_at`.
+    rec.data.time_secs = 100;
+    m.store().save_session(&rec).unwrap();
+    clock.advance_secs(7_200);
+    assert!(
+        m.gc(3_600).unwrap().is_empty(),
+        "removed a session that can run"
+    );
+    assert_eq!(m.session(a.id()).unwrap().id(), a.id());
+}

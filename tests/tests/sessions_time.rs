@@ -213,3 +213,29 @@ fn idle_device_is_paused_and_keeps_time() {
     assert_eq!(sid(&v), id, "{report}");
     assert_eq!(v["time_cons"], v2["time_cons"], "{report}");
 }
+
+#[test]
+fn a_connect_after_the_session_ran_out_between_polls_leaves_the_device_blocked() {
+    // Polls far apart: the session runs out between two of them, and the
+    // portal's connect is what finds it.
+    let s = Setup::new(&["--poll-ms", "10000"]);
+    new_session(&s.api, s.device, TIME, 2, 0.0, 0, 0);
+    connect(&s.api, s.device);
+    assert!(s.agent.client_or_zero(&s.client.mac).allowed);
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = s.api.connect(s.device, "retry");
+    assert_eq!(r.status, 409, "connect with no session left: {}", r.body);
+    assert_eq!(r.body["code"], "no_available_session", "{}", r.body);
+    let c = s.agent.client_or_zero(&s.client.mac);
+    assert!(
+        !c.allowed,
+        "let through with no running session: {c:?}\n{}",
+        s.context()
+    );
+    assert!(!is_connected(&s.api, s.device));
+    assert!(
+        s.tcp_blocked(),
+        "TCP got through with no session\n{}",
+        s.context()
+    );
+}

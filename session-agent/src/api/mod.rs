@@ -258,7 +258,7 @@ pub async fn serve(
             loop {
                 tick.tick().await;
                 let secs = retention.as_secs().min(i64::MAX as u64) as i64;
-                match gw.sessions().gc(secs) {
+                match gw.gc(secs).await {
                     Ok(gone) if !gone.is_empty() => {
                         info!(
                             removed = gone.len(),
