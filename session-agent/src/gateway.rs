@@ -18,7 +18,7 @@ use std::{
 };
 
 use serde::Serialize;
-use session_common::{MacKey, POLICY_ALLOWED, POLICY_QUOTA};
+use session_common::{MacKey, POLICY_ALLOWED, POLICY_MANUAL, POLICY_QUOTA};
 use session_model::{
     idmap::IdMap, ClientSession, DeviceId, MacAddr, MeterMark, ModelError, SessionEvent,
     SessionsMgr, TickReport,
@@ -141,7 +141,45 @@ pub struct GatewayStats {
     pub binding_sweep_errors: AtomicU64,
     /// MACs that claimed a second IPv4 address while using another.
     pub mac_conflicts: AtomicU64,
+    /// Kernel state found to differ from the sessions and corrected, by what
+    /// (see [`Gateway::enforce_sessions`]).
+    pub reconciled: [AtomicU64; Mismatch::ALL.len()],
 }
+
+/// How the datapath's view of a client can differ from its sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// Let through with no running session (and not by the operator).
+    AllowedWithoutSession,
+    /// Blocked while its session runs.
+    BlockedWhileConnected,
+    /// Speed limits other than its session's.
+    Speed,
+    /// A data budget where its session has none, or none where it has one.
+    Budget,
+}
+
+impl Mismatch {
+    pub const ALL: [Mismatch; 4] = [
+        Mismatch::AllowedWithoutSession,
+        Mismatch::BlockedWhileConnected,
+        Mismatch::Speed,
+        Mismatch::Budget,
+    ];
+
+    /// The `what` label of `session_agent_reconciled_total`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mismatch::AllowedWithoutSession => "allowed_without_session",
+            Mismatch::BlockedWhileConnected => "blocked_while_connected",
+            Mismatch::Speed => "speed",
+            Mismatch::Budget => "budget",
+        }
+    }
+}
+
+/// How often the poll checks the datapath against the sessions.
+const ENFORCE_EVERY: Duration = Duration::from_secs(1);
 
 impl GatewayStats {
     fn record(count: &AtomicU64, sum: &AtomicU64, last: &AtomicU64, took: Duration) {
@@ -182,6 +220,8 @@ pub struct Gateway {
     rekeys: AtomicU64,
     /// Per LAN, what forgetting idle clients remembers between runs.
     idle_clients: StdMutex<Vec<IdleTracker>>,
+    /// When the poll last checked the datapath against the sessions.
+    last_enforced: StdMutex<Option<Instant>>,
 }
 
 /// The slots of every connected device on every LAN, sorted by slot so that a poll
@@ -221,6 +261,7 @@ impl Gateway {
             meter_table: StdMutex::new(None),
             rekeys: AtomicU64::new(0),
             idle_clients: StdMutex::new(trackers),
+            last_enforced: StdMutex::new(None),
         })
     }
 
@@ -636,6 +677,17 @@ impl Gateway {
                 let _ = self.events.send(GatewayEvent::IdleTimeout { device_id });
             }
         }
+        let due = {
+            let mut last = self.last_enforced.lock().unwrap();
+            let due = last.is_none_or(|t| t.elapsed() >= ENFORCE_EVERY);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.enforce_sessions()?;
+        }
         let took = started.elapsed();
         GatewayStats::record(
             &self.stats.polls,
@@ -649,6 +701,57 @@ impl Gateway {
             "poll"
         );
         Ok(())
+    }
+
+    /// Checks that the datapath lets through exactly the devices whose session
+    /// runs, at their session's speed and with a budget where it has one, and
+    /// corrects (and counts, see [`GatewayStats::reconciled`]) any client that
+    /// differs. A healthy gateway finds nothing. Called with the operations lock held.
+    pub fn enforce_sessions(&self) -> Result<Vec<(Mismatch, MacKey)>, AgentError> {
+        let mut want = HashMap::new();
+        for (device_id, _) in self.mgr.connected()? {
+            let device = self.mgr.device(device_id)?;
+            if let Some(s) = self.mgr.curr_session(device_id)? {
+                want.insert(mac_key(device.mac), (device.mac, s));
+            }
+        }
+        let mut found: Vec<(Mismatch, MacKey)> = Vec::new();
+        for lan in &self.lans {
+            let clients = lan.maps.lock().unwrap().enforced()?;
+            for c in clients {
+                let allowed = c.flags & POLICY_ALLOWED != 0;
+                let m = match want.get(&c.mac) {
+                    None if allowed && c.flags & POLICY_MANUAL == 0 => {
+                        Mismatch::AllowedWithoutSession
+                    }
+                    None => continue,
+                    Some(_) if !allowed => Mismatch::BlockedWhileConnected,
+                    Some((_, s)) => {
+                        let (up, down) = self.speed(s);
+                        let budget = s.data().data_budget_bytes().is_some();
+                        if (c.up_rate, c.down_rate) != (up.rate_bytes, down.rate_bytes) {
+                            Mismatch::Speed
+                        } else if budget != (c.flags & POLICY_QUOTA != 0) {
+                            Mismatch::Budget
+                        } else {
+                            continue;
+                        }
+                    }
+                };
+                if !found.iter().any(|(_, mac)| *mac == c.mac) {
+                    found.push((m, c.mac));
+                }
+            }
+        }
+        for (m, mac) in &found {
+            warn!(%mac, what = m.name(), "the datapath differed from the sessions: corrected");
+            self.stats.reconciled[*m as usize].fetch_add(1, Relaxed);
+            match want.get(mac) {
+                Some((addr, s)) => self.program(*addr, s, false)?,
+                None => self.revoke(MacAddr(mac.addr))?,
+            }
+        }
+        Ok(found)
     }
 
     /// After a restart: charge what the kernel counted while the agent was away and

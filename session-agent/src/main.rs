@@ -59,7 +59,8 @@ enum Cmd {
         #[command(flatten)]
         pins: PinArgs,
     },
-    /// Let a client through the datapath.
+    /// Let a client through the datapath, beside the sessions: a running agent
+    /// leaves it so until `block`.
     Allow {
         #[arg(long, value_parser = parse_mac)]
         mac: MacKey,
@@ -68,7 +69,9 @@ enum Cmd {
         #[command(flatten)]
         pins: PinArgs,
     },
-    /// Stop a client at the datapath (walled garden only).
+    /// Stop a client at the datapath (walled garden only). A running agent lets
+    /// a device whose session runs through again at its next check: disconnect
+    /// it through the API instead.
     Block {
         #[arg(long, value_parser = parse_mac)]
         mac: MacKey,
@@ -573,7 +576,7 @@ fn set_allowed(
     allowed: bool,
 ) -> anyhow::Result<()> {
     for iface in interfaces(pin_root, lan)? {
-        Maps::open(pin_root, &iface)?.set_allowed(mac, allowed)?;
+        Maps::open(pin_root, &iface)?.set_allowed_by(mac, allowed, true)?;
         eprintln!(
             "{mac} {} on {iface}",
             if allowed { "allowed" } else { "blocked" }

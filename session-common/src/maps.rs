@@ -172,6 +172,9 @@ pub const POLICY_LIMIT_DOWN: u32 = 32;
 /// while it is not allowed); whoever allows it meanwhile finishes the
 /// forgetting and allows the MAC in a new entry instead.
 pub const POLICY_RETIRING: u32 = 64;
+/// `ClientEntry::flags`: allowed by the operator (`session-agent allow`), not
+/// by a session: the agent leaves it so until `block`.
+pub const POLICY_MANUAL: u32 = 128;
 
 /// `ShaperConfig::mode`: speed limits are token-bucket policers in the datapath.
 pub const SHAPER_POLICE: u32 = 0;

@@ -364,6 +364,20 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
     ] {
         single(&mut out, (name, "counter"), help, n(count));
     }
+    head(
+        &mut out,
+        "session_agent_reconciled_total",
+        "counter",
+        "Clients whose datapath state differed from their sessions, corrected by the poll (a healthy gateway shows zero).",
+    );
+    for m in crate::gateway::Mismatch::ALL {
+        let _ = writeln!(
+            out,
+            "session_agent_reconciled_total{{what=\"{}\"}} {}",
+            m.name(),
+            n(&s.reconciled[m as usize])
+        );
+    }
     single(
         &mut out,
         ("session_agent_address_bindings", "gauge"),

@@ -163,6 +163,18 @@ pub struct ClientRow {
     pub bound_addrs: u64,
 }
 
+/// A client as the datapath enforces it ([`Maps::enforced`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enforced {
+    pub slot: u32,
+    pub mac: MacKey,
+    /// `POLICY_*` bits.
+    pub flags: u32,
+    /// Bytes per second of the speed limits in force (0: unlimited).
+    pub up_rate: u64,
+    pub down_rate: u64,
+}
+
 /// What one run of [`Maps::sweep_bindings`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BindingSweep {
@@ -439,6 +451,33 @@ impl Maps {
             garden_ratelimit_bytes: c.garden_ratelimit_bytes,
             bound_addrs: c.bound_addrs,
         })
+    }
+
+    /// Every client in the table as the datapath enforces it: its `POLICY_*`
+    /// flags and the rates of its speed limits (read a chunk at a time).
+    pub fn enforced(&self) -> Result<Vec<Enforced>> {
+        let used = self.slots_used();
+        let mut out = Vec::new();
+        let mut pol = None;
+        for slot in 0..used {
+            if slot % SCAN_CHUNK == 0 {
+                pol = Some(self.policies(slot, SCAN_CHUNK.min(used - slot))?);
+            }
+            let Some(pos) = self.position(slot) else {
+                continue;
+            };
+            let e = self.clients.get(pos);
+            let p = pol.as_ref().expect("mapped at the chunk's start").get(slot);
+            let rate = |b: &TokenBucket, on: u32| if e.flags & on != 0 { b.rate_bytes } else { 0 };
+            out.push(Enforced {
+                slot,
+                mac: index_mac(e.key),
+                flags: e.flags,
+                up_rate: rate(&p.up, POLICY_LIMIT_UP | POLICY_SHAPE_UP),
+                down_rate: rate(&p.down, POLICY_LIMIT_DOWN | POLICY_SHAPE_DOWN),
+            });
+        }
+        Ok(out)
     }
 
     /// What the datapath knows of the LAN (written by [`Maps::set_lan`]).
@@ -968,6 +1007,14 @@ impl Maps {
 
     /// Lets the client through (or stops it), effective with the next packet.
     pub fn set_allowed(&mut self, mac: &MacKey, allowed: bool) -> Result<u32> {
+        self.set_allowed_by(mac, allowed, false)
+    }
+
+    /// [`Maps::set_allowed`] for the operator (`session-agent allow`): the
+    /// agent keeps a client it did not let through itself (`POLICY_MANUAL`)
+    /// until it is blocked. Blocking clears it either way.
+    pub fn set_allowed_by(&mut self, mac: &MacKey, allowed: bool, manual: bool) -> Result<u32> {
+        let set = POLICY_ALLOWED | if manual { POLICY_MANUAL } else { 0 };
         loop {
             let slot = self.ensure_slot(mac)?;
             // The agent may be forgetting the client right now (only when not allowed).
@@ -976,10 +1023,10 @@ impl Maps {
             };
             let flags = unsafe { AtomicU32::from_ptr(&raw mut (*self.clients.entry(pos)).flags) };
             if !allowed {
-                flags.fetch_and(!POLICY_ALLOWED, Ordering::SeqCst);
+                flags.fetch_and(!(POLICY_ALLOWED | POLICY_MANUAL), Ordering::SeqCst);
                 return Ok(slot);
             }
-            if flags.fetch_or(POLICY_ALLOWED, Ordering::SeqCst) & POLICY_RETIRING == 0 {
+            if flags.fetch_or(set, Ordering::SeqCst) & POLICY_RETIRING == 0 {
                 return Ok(slot);
             }
             // Allowed in a new entry instead.

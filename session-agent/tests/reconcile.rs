@@ -1,0 +1,115 @@
+//! The gateway keeps the datapath equal to the sessions: a client is let
+//! through if and only if its session runs (or the operator let it through),
+//! at its session's speed and with a budget where it has one. Runs the real
+//! gateway over the real pinned maps; needs root and bpffs.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use session_agent::{
+    dataplane::Maps,
+    gateway::{Gateway, GatewayConfig, Lan, Mismatch},
+};
+use session_model::{MacAddr, MemoryStore, SessionsMgr, SystemClock};
+
+fn gateway(h: &ProgramHarness) -> Arc<Gateway> {
+    let maps = Maps::open(h.root(), "t").unwrap();
+    let epoch = maps.ensure_epoch();
+    let lan = Lan {
+        name: "t".into(),
+        maps: std::sync::Mutex::new(maps),
+        epoch,
+    };
+    Gateway::new(
+        Arc::new(SessionsMgr::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(SystemClock),
+        )),
+        vec![lan],
+        GatewayConfig::default(),
+    )
+}
+
+fn flags(maps: &Maps, m: &MacKey) -> u32 {
+    maps.flags_of(maps.slot_of(m).unwrap())
+}
+
+fn counted(gw: &Gateway, m: Mismatch) -> u64 {
+    gw.stats().reconciled[m as usize].load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn the_poll_corrects_every_way_the_datapath_can_differ_from_the_sessions() {
+    let mut h = ProgramHarness::new("sa-rec", &[]).unwrap();
+    let gw = gateway(&h);
+    let mgr = gw.sessions();
+    let (paid, stray, operator) = (client_mac(1), client_mac(2), client_mac(3));
+    let d = mgr.create_device(MacAddr(paid.addr), None, None).unwrap();
+    // 20/10 Mbit/s and 5 MB.
+    mgr.create_session(d.id, 2, 3_600, 5.0, None, 20, 10, false)
+        .await
+        .unwrap();
+    gw.connect(d.id, "go").await.unwrap();
+    gw.poll().await.unwrap();
+    assert!(
+        gw.enforce_sessions().unwrap().is_empty(),
+        "a healthy gateway finds nothing"
+    );
+
+    // Each way the kernel can differ, made behind the agent's back.
+    let slot = h.maps.slot_of(&paid).unwrap();
+    h.maps.set_allowed(&stray, true).unwrap();
+    h.maps.set_allowed_by(&operator, true, true).unwrap();
+    h.maps.set_allowed(&paid, false).unwrap();
+    let found = gw.enforce_sessions().unwrap();
+    assert_eq!(
+        found,
+        vec![
+            (Mismatch::BlockedWhileConnected, paid),
+            (Mismatch::AllowedWithoutSession, stray),
+        ],
+        "the operator's own allow is left alone"
+    );
+    assert_ne!(
+        flags(&h.maps, &paid) & POLICY_ALLOWED,
+        0,
+        "let through again"
+    );
+    assert_eq!(flags(&h.maps, &stray) & POLICY_ALLOWED, 0, "blocked again");
+    assert_ne!(flags(&h.maps, &operator) & POLICY_ALLOWED, 0);
+
+    h.maps
+        .set_rates(slot, RateLimit::UNLIMITED, RateLimit::UNLIMITED)
+        .unwrap();
+    assert_eq!(
+        gw.enforce_sessions().unwrap(),
+        vec![(Mismatch::Speed, paid)]
+    );
+    let p = h.maps.policy(slot).unwrap();
+    assert_eq!((p.up.rate_bytes, p.down.rate_bytes), (1_250_000, 2_500_000));
+
+    h.maps.set_budget(slot, None);
+    assert_eq!(
+        gw.enforce_sessions().unwrap(),
+        vec![(Mismatch::Budget, paid)]
+    );
+    assert_ne!(flags(&h.maps, &paid) & POLICY_QUOTA, 0);
+    assert_eq!(h.maps.budget(slot), 5_000_000);
+    assert!(gw.enforce_sessions().unwrap().is_empty());
+    for (m, n) in [
+        (Mismatch::AllowedWithoutSession, 1),
+        (Mismatch::BlockedWhileConnected, 1),
+        (Mismatch::Speed, 1),
+        (Mismatch::Budget, 1),
+    ] {
+        assert_eq!(counted(&gw, m), n, "{m:?}");
+    }
+    // The operator's block clears its own allow.
+    h.maps.set_allowed_by(&operator, false, true).unwrap();
+    assert_eq!(
+        flags(&h.maps, &operator) & (POLICY_ALLOWED | POLICY_MANUAL),
+        0
+    );
+}
