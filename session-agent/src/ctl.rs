@@ -51,6 +51,13 @@ pub enum DevicesCmd {
     },
     /// Whether the device is connected (seed IsConnected).
     Connected { id: String },
+    /// Remove a device and all its sessions (refused while connected unless --force,
+    /// which disconnects it first).
+    Remove {
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -120,6 +127,13 @@ pub enum SessionsCmd {
     Current { device: String },
     /// The running session, else the oldest available one (seed GetSession).
     Get { device: String },
+    /// Remove a session (refused while it runs unless --force, which disconnects
+    /// its device first).
+    Remove {
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn parse_type(s: &str) -> Result<u8, String> {
@@ -134,6 +148,12 @@ fn parse_type(s: &str) -> Result<u8, String> {
 }
 
 /// Keeps a path segment from changing the path.
+/// The path of `DELETE /v1/{what}/{id}`, with `?force=true` when asked.
+fn remove_path(what: &str, id: &str, force: bool) -> String {
+    let q = if force { "?force=true" } else { "" };
+    format!("/v1/{what}/{}{q}", seg(id))
+}
+
 fn seg(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
@@ -279,6 +299,11 @@ pub fn devices(api: &ApiArgs, cmd: DevicesCmd) -> Result<()> {
             let v = c.call("GET", &format!("/v1/devices/{}/connected", seg(&id)), None)?;
             return show(api, v, print_kv);
         }
+        DevicesCmd::Remove { id, force } => {
+            c.call("DELETE", &remove_path("devices", &id, force), None)?;
+            eprintln!("device {id} removed");
+            return Ok(());
+        }
     };
     if list {
         show(api, v, |v| print_devices(&as_list(v)))
@@ -393,6 +418,11 @@ pub fn sessions(api: &ApiArgs, cmd: SessionsCmd) -> Result<()> {
         }
         SessionsCmd::Reload { id } => {
             one(c.call("POST", &format!("/v1/sessions/{}/reload", seg(&id)), None)?)
+        }
+        SessionsCmd::Remove { id, force } => {
+            c.call("DELETE", &remove_path("sessions", &id, force), None)?;
+            eprintln!("session {id} removed");
+            return Ok(());
         }
         SessionsCmd::Current { device } => {
             let v = c.call(

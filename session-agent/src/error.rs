@@ -10,6 +10,8 @@ pub enum AgentError {
     BadMac { input: String, reason: String },
     #[error("'{input}' is not a walled-garden entry: {reason} (expected CIDR[:PORT], e.g. 203.0.113.0/24:443 or [2001:db8::/32]:443)")]
     BadGarden { input: String, reason: String },
+    #[error("the kernel's verifier refused {what}: this kernel cannot run this datapath (see the README's kernel table); the end of its log:\n{log}")]
+    Verifier { what: String, log: String },
     #[error("permission denied {what}: run as root (BPF needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")]
     NotPermitted { what: String },
     #[error("this kernel has no BPF support ({0}); session-agent needs Linux >= 6.1 with CONFIG_BPF_SYSCALL")]
@@ -80,6 +82,8 @@ impl AgentError {
 
     /// Classifies an aya error, keeping its whole chain of causes.
     pub fn bpf(what: impl Into<String>, e: impl std::error::Error) -> Self {
+        /// How much of a verifier's log an error keeps.
+        const VERIFIER_LOG_LINES: usize = 40;
         let what = what.into();
         let mut message = e.to_string();
         let mut src = e.source();
@@ -91,6 +95,14 @@ impl AgentError {
             message.push_str(": ");
             message.push_str(&s.to_string());
             src = s.source();
+        }
+        if let Some((_, log)) = message.split_once("Verifier output:") {
+            // The verifier's refusal (EACCES too): its last lines say why.
+            let lines: Vec<&str> = log.trim().lines().collect();
+            let tail = lines[lines.len().saturating_sub(VERIFIER_LOG_LINES)..].join("\n");
+            if !tail.is_empty() {
+                return Self::Verifier { what, log: tail };
+            }
         }
         match io_kind {
             Some(libc::EPERM) | Some(libc::EACCES) => Self::NotPermitted { what },

@@ -495,6 +495,27 @@ impl Gateway {
         Ok(session)
     }
 
+    /// Removes a device and all its sessions; a connected one only with
+    /// `force`, which disconnects it first (blocked, its last bytes charged).
+    pub async fn remove_device(&self, device_id: DeviceId, force: bool) -> Result<(), AgentError> {
+        let _g = self.ops.lock().await;
+        if force && self.mgr.running_session_id(device_id)?.is_some() {
+            self.disconnect_locked(device_id, "removed").await?;
+        }
+        Ok(self.mgr.remove_device(device_id)?)
+    }
+
+    /// Removes a session; a running one only with `force`, which disconnects
+    /// its device first.
+    pub async fn remove_session(&self, session_id: u64, force: bool) -> Result<(), AgentError> {
+        let _g = self.ops.lock().await;
+        let device_id = self.mgr.session(session_id)?.device_id();
+        if force && self.mgr.running_session_id(device_id)? == Some(session_id) {
+            self.disconnect_locked(device_id, "removed").await?;
+        }
+        Ok(self.mgr.remove_session(session_id)?)
+    }
+
     /// Disconnects a device: blocks it at once, charges its last bytes, pauses its session.
     pub async fn disconnect(
         &self,
@@ -884,11 +905,42 @@ impl Gateway {
         }
     }
 
-    /// Removes sessions that ended `retention_secs` ago, under the lock that
-    /// connects, polls and changes sessions take, so none is revived meanwhile.
-    pub async fn gc(&self, retention_secs: i64) -> Result<Vec<u64>, AgentError> {
+    /// Removes sessions that ended `retention_secs` ago, then devices left
+    /// with no session that no LAN's client table holds any more (forgotten
+    /// idle clients: phones with random MACs would otherwise grow the store
+    /// forever) and that are older than that. Runs under the lock that
+    /// connects, polls and changes sessions take, so nothing is revived
+    /// meanwhile. Returns the sessions and the devices removed.
+    pub async fn gc(&self, retention_secs: i64) -> Result<(Vec<u64>, Vec<DeviceId>), AgentError> {
         let _g = self.ops.lock().await;
-        Ok(self.mgr.gc(retention_secs)?)
+        let sessions = self.mgr.gc(retention_secs)?;
+        let now = self.mgr.clock().now_secs();
+        let mut devices = Vec::new();
+        for d in self.mgr.store().devices().map_err(ModelError::from)? {
+            if d.created_at.saturating_add(retention_secs) > now {
+                continue;
+            }
+            let key = mac_key(d.mac);
+            if self
+                .lans
+                .iter()
+                .any(|l| l.maps.lock().unwrap().slot_of(&key).is_some())
+                || !self
+                    .mgr
+                    .store()
+                    .device_sessions(d.id)
+                    .map_err(ModelError::from)?
+                    .is_empty()
+            {
+                continue;
+            }
+            match self.mgr.remove_device(d.id) {
+                Ok(()) => devices.push(d.id),
+                Err(ModelError::DeviceConnected(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok((sessions, devices))
     }
 
     /// Removes address bindings unused for the TTL on every LAN, and tells

@@ -203,7 +203,9 @@ struct RunArgs {
     /// [default: /var/lib/session-agent/sessions.redb].
     #[arg(long)]
     db: Option<PathBuf>,
-    /// Remove sessions that ended this many seconds ago (0 = keep them) [default: 0].
+    /// Remove sessions that ended this many seconds ago, and devices with no session
+    /// that the datapath forgot (see --forget-idle-secs) and are older than that
+    /// (0 = keep them) [default: 0].
     #[arg(long)]
     retention_secs: Option<u64>,
     /// Counter poll interval in milliseconds: time is enforced and consumption charged this

@@ -113,3 +113,29 @@ async fn the_poll_corrects_every_way_the_datapath_can_differ_from_the_sessions()
         0
     );
 }
+
+#[tokio::test]
+async fn devices_the_datapath_forgot_with_no_sessions_are_removed_after_retention() {
+    let mut h = ProgramHarness::new("sa-rec", &[]).unwrap();
+    let gw = gateway(&h);
+    let mgr = gw.sessions();
+    let forgotten = mgr
+        .create_device(MacAddr(client_mac(4).addr), None, None)
+        .unwrap();
+    let in_table = mgr
+        .create_device(MacAddr(client_mac(5).addr), None, None)
+        .unwrap();
+    h.maps.ensure_slot(&client_mac(5)).unwrap();
+    let with_session = mgr
+        .create_device(MacAddr(client_mac(6).addr), None, None)
+        .unwrap();
+    mgr.create_session(with_session.id, 0, 60, 0.0, None, 0, 0, false)
+        .await
+        .unwrap();
+    // Within retention: nothing goes.
+    assert_eq!(gw.gc(3_600).await.unwrap(), (vec![], vec![]));
+    let (_, devices) = gw.gc(0).await.unwrap();
+    assert_eq!(devices, vec![forgotten.id]);
+    assert!(mgr.device(forgotten.id).is_err());
+    assert!(mgr.device(in_table.id).is_ok() && mgr.device(with_session.id).is_ok());
+}

@@ -167,11 +167,18 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         }
         Dir::Down => eth.dst,
     };
+    // The client's entry, looked up once: one walk of the table per packet
+    // (older verifiers run out of room for more).
+    let seed = index_seed();
+    let probe = match seed {
+        Some(seed) if !mac.is_group() => find(mac_word(&mac), seed),
+        _ => Probe::Full,
+    };
     match eth.proto {
         ETH_P_IP | ETH_P_IPV6 => {}
         ETH_P_ARP => {
             return match dir {
-                Dir::Up => arp_up(p, cfg, &eth, &mac),
+                Dir::Up => arp_up(p, cfg, &eth, &mac, probe, seed),
                 // The gateway's own ARP.
                 Dir::Down => Verdict::Pass,
             }
@@ -180,12 +187,12 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         // The gateway's own LLDP and the like.
         _ if dir == Dir::Down => return Verdict::Pass,
         _ => {
-            attribute(&mac, Drop::Unknown(STAT_UNKNOWN));
+            attribute(&probe, Drop::Unknown(STAT_UNKNOWN));
             return Verdict::Drop;
         }
     }
     let Some(ip) = parse_ip(p, eth.proto, eth.l3) else {
-        attribute(&mac, Drop::Malformed);
+        attribute(&probe, Drop::Malformed);
         return Verdict::Drop;
     };
     let to_group = ip.dst_group();
@@ -193,7 +200,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         if !to_group {
             // IP unicast in a group frame: a neighbour entry pointing at a group
             // MAC (downloads) or a frame for every station (uploads).
-            attribute(&mac, Drop::Malformed);
+            attribute(&probe, Drop::Malformed);
             return Verdict::Drop;
         }
         if dir == Dir::Down {
@@ -203,12 +210,12 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     }
     if ip.src_group() {
         // No host sends from a group address (the kernel drops such packets).
-        attribute(&mac, Drop::Malformed);
+        attribute(&probe, Drop::Malformed);
         return Verdict::Drop;
     }
-    let Some((pos, slot)) = client_slot(p, &mac) else {
+    let Some((pos, slot)) = client_slot(p, &mac, probe, seed) else {
         // Table full: such a client is never allowed, but keeps the walled garden.
-        return match garden(p, cfg, &ip, dir, &mac, to_group) {
+        return match garden(p, cfg, &ip, dir, &mac, to_group, None) {
             Ok(_) => Verdict::Pass,
             Err(_) => Verdict::Drop,
         };
@@ -235,7 +242,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         return Verdict::Drop;
     };
     if flags & POLICY_ALLOWED == 0 {
-        if let Err(d) = garden(p, cfg, &ip, dir, &mac, to_group) {
+        if let Err(d) = garden(p, cfg, &ip, dir, &mac, to_group, Some((st, slot))) {
             count_drop(slot, d, len);
             return Verdict::Drop;
         }
@@ -247,7 +254,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         }
     } else if ip.v6 && ip.proto == packet::IPPROTO_ICMPV6 && (133..=137).contains(&ip.icmp6_type) {
         // A paying client's ND obeys the same rules.
-        if let Err(d) = nd(p, cfg, &ip, dir, &mac) {
+        if let Err(d) = nd(p, cfg, &ip, dir, &mac, Some((st, slot))) {
             count_drop(slot, d, len);
             return Verdict::Drop;
         }
@@ -346,40 +353,34 @@ fn count_drop(slot: u32, d: Drop, len: u64) {
     }
 }
 
-/// Counts a drop globally, and to the client if it is known: garbage must
-/// not take slots (a group MAC is never known).
+/// Counts a drop globally, and to the client if it is known (`probe`):
+/// garbage must not take slots (a group MAC is never known).
 #[inline(always)]
-fn attribute(mac: &MacKey, d: Drop) {
-    if let Some(seed) = index_seed() {
-        if let Probe::Found { slot, .. } = find(mac_word(mac), seed) {
-            count_drop(slot, d, 0);
-            return;
-        }
-    }
-    count_drop(u32::MAX, d, 0);
+fn attribute(probe: &Probe, d: Drop) {
+    let slot = match probe {
+        Probe::Found { slot, .. } => *slot,
+        _ => u32::MAX,
+    };
+    count_drop(slot, d, 0);
 }
 
 /// One of the gateway's own addresses on this LAN.
+///
+/// Every slot is compared and the count consulted only on a match: a loop
+/// that stops at the count is one whose bound older verifiers (Linux 6.1)
+/// cannot see.
 #[inline(always)]
 fn gateway_addr(cfg: *const LanConfig, v6: bool, a: &[u32; 4]) -> bool {
     if v6 {
-        let n = unsafe { core::ptr::read_volatile(&raw const (*cfg).n_v6) };
         for i in 0..LAN_MAX_ADDRS {
-            if i as u32 >= n {
-                break;
-            }
             if unsafe { core::ptr::read_volatile(&raw const (*cfg).v6[i]) } == *a {
-                return true;
+                return (i as u32) < unsafe { core::ptr::read_volatile(&raw const (*cfg).n_v6) };
             }
         }
     } else {
-        let n = unsafe { core::ptr::read_volatile(&raw const (*cfg).n_v4) };
         for i in 0..LAN_MAX_ADDRS {
-            if i as u32 >= n {
-                break;
-            }
             if unsafe { core::ptr::read_volatile(&raw const (*cfg).v4[i]) } == a[0] {
-                return true;
+                return (i as u32) < unsafe { core::ptr::read_volatile(&raw const (*cfg).n_v4) };
             }
         }
     }
@@ -530,19 +531,26 @@ fn remember(st: *mut ClientEntry, key: &AddrKey, tag: u64) {
 /// An ARP message from a client: its sender must be the frame's own MAC, and
 /// (with anti-spoofing) the address it claims bound to it or free.
 #[inline(always)]
-fn arp_up<P: Packet>(p: &P, cfg: *const LanConfig, eth: &Eth, mac: &MacKey) -> Verdict {
+fn arp_up<P: Packet>(
+    p: &P,
+    cfg: *const LanConfig,
+    eth: &Eth,
+    mac: &MacKey,
+    probe: Probe,
+    seed: Option<u64>,
+) -> Verdict {
     let Some(arp) = parse_arp(p, eth.l3) else {
-        attribute(mac, Drop::Unknown(STAT_UNKNOWN));
+        attribute(&probe, Drop::Unknown(STAT_UNKNOWN));
         return Verdict::Drop;
     };
     if arp.sha != *mac {
-        attribute(mac, Drop::Spoof(STAT_SPOOF));
+        attribute(&probe, Drop::Spoof(STAT_SPOOF));
         return Verdict::Drop;
     }
     if arp.spa == 0 || unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF == 0 {
         return Verdict::Pass;
     }
-    let Some((pos, slot)) = client_slot(p, mac) else {
+    let Some((pos, slot)) = client_slot(p, mac, probe, seed) else {
         return Verdict::Drop;
     };
     let Some(st) = CLIENTS.get_ptr_mut(pos) else {
@@ -571,7 +579,14 @@ fn arp_up<P: Packet>(p: &P, cfg: *const LanConfig, eth: &Eth, mac: &MacKey) -> V
 /// link-layer address options name its own MAC, and the address an
 /// advertisement claims is bound to it or free.
 #[inline(always)]
-fn nd<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir, mac: &MacKey) -> Result<(), Drop> {
+fn nd<P: Packet>(
+    p: &P,
+    cfg: *const LanConfig,
+    ip: &IpInfo,
+    dir: Dir,
+    mac: &MacKey,
+    client: Option<(*mut ClientEntry, u32)>,
+) -> Result<(), Drop> {
     if ip.hop != 255 {
         return Err(Drop::Blocked);
     }
@@ -590,10 +605,8 @@ fn nd<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir, mac: &MacK
                 if gateway_addr(cfg, true, &target) {
                     return Err(Drop::Spoof(STAT_SPOOF));
                 }
-                let Some((pos, slot)) = client_slot(p, mac) else {
-                    return Err(Drop::Blocked);
-                };
-                let st = CLIENTS.get_ptr_mut(pos).ok_or(Drop::Blocked)?;
+                // A client beyond a full table claims nothing.
+                let (st, slot) = client.ok_or(Drop::Blocked)?;
                 bind(st, slot, mac, ip.key(target), true)?;
             }
             Ok(())
@@ -619,9 +632,10 @@ fn garden<P: Packet>(
     dir: Dir,
     mac: &MacKey,
     to_group: bool,
+    client: Option<(*mut ClientEntry, u32)>,
 ) -> Result<(), Drop> {
     if ip.v6 && ip.proto == packet::IPPROTO_ICMPV6 && (133..=137).contains(&ip.icmp6_type) {
-        return nd(p, cfg, ip, dir, mac);
+        return nd(p, cfg, ip, dir, mac, client);
     }
     let (addr, port) = match dir {
         Dir::Up => (ip.dst, ip.dport),
@@ -707,12 +721,19 @@ fn find(m: u64, seed: u64) -> Probe {
     })
 }
 
-/// The position and slot of `mac`, taking a new slot the first time the MAC is seen.
+/// The position and slot of `mac`, which `probe` found or did not find in
+/// the table, taking a new slot the first time the MAC is seen. `None`
+/// before the agent seeded the table (`seed`), or when it is full.
 #[inline(always)]
-fn client_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<(u32, u32)> {
-    let seed = index_seed()?;
+fn client_slot<P: Packet>(
+    p: &P,
+    mac: &MacKey,
+    probe: Probe,
+    seed: Option<u64>,
+) -> Option<(u32, u32)> {
+    seed?;
     let m = mac_word(mac);
-    let (pos, was) = match find(m, seed) {
+    let (pos, was) = match probe {
         Probe::Found { pos, slot } => return Some((pos, slot)),
         Probe::Free { pos, key } if m != 0 => (pos, key),
         _ => {

@@ -101,6 +101,10 @@ pub enum ModelError {
     UnknownSession(u64),
     #[error("device {0} has no available session (none left, or all consumed or expired)")]
     NoAvailableSession(i64),
+    #[error("device {0} is connected: disconnect it first, or remove it with ?force=true")]
+    DeviceConnected(i64),
+    #[error("session {0} is running: disconnect its device first, or remove it with ?force=true")]
+    SessionRunning(u64),
     #[error("unknown session provider {0:?}")]
     UnknownProvider(String),
     #[error("session provider {0:?} is already registered")]

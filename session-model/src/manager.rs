@@ -49,6 +49,11 @@ pub enum SessionEvent {
         device_id: DeviceId,
         mac: MacAddr,
     },
+    /// A device and all its sessions were removed.
+    DeviceRemoved {
+        device_id: DeviceId,
+        mac: MacAddr,
+    },
     DeviceRekeyed {
         device_id: DeviceId,
         old_mac: MacAddr,
@@ -435,6 +440,47 @@ impl SessionsMgr {
         self.store
             .device_by_mac(mac)?
             .ok_or(ModelError::UnknownMac(mac))
+    }
+
+    /// Removes a device that is not connected, and all its sessions.
+    pub fn remove_device(&self, id: DeviceId) -> Result<(), ModelError> {
+        let device = self.device(id)?;
+        if self.running_session_id(id)?.is_some() {
+            return Err(ModelError::DeviceConnected(id));
+        }
+        let sessions: Vec<SessionId> = self
+            .store
+            .device_sessions(id)?
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        self.store.remove_device(id)?;
+        if !sessions.is_empty() {
+            self.emit(SessionEvent::SessionsRemoved {
+                session_ids: sessions,
+            });
+        }
+        self.emit(SessionEvent::DeviceRemoved {
+            device_id: id,
+            mac: device.mac,
+        });
+        Ok(())
+    }
+
+    /// Removes a session that is not running.
+    pub fn remove_session(&self, id: SessionId) -> Result<(), ModelError> {
+        let rec = self
+            .store
+            .session(id)?
+            .ok_or(ModelError::UnknownSession(id))?;
+        if self.running_session_id(rec.device_id)? == Some(id) {
+            return Err(ModelError::SessionRunning(id));
+        }
+        self.store.remove_sessions(&[id])?;
+        self.emit(SessionEvent::SessionsRemoved {
+            session_ids: vec![id],
+        });
+        Ok(())
     }
 
     /// Updates the IP and hostname of a device.

@@ -212,3 +212,82 @@ fn portal_flow_connect_traffic_pause_resume_quota_cutoff() {
     );
     drop(agent);
 }
+
+#[test]
+fn devices_and_sessions_are_removed_only_when_idle_or_forced() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let c = hs.client(0).clone();
+    let agent = AgentBuilder::new(&hs).start();
+    let api = agent.api();
+    let dev = api
+        .post("/v1/devices", &json!({ "mac": c.mac }))
+        .ok("create device");
+    let id = dev["id"].as_i64().unwrap();
+    let running = api.create_session(id, 0, 3_600, 0.0, None, 0, 0, false)["id"]
+        .as_i64()
+        .unwrap();
+    let queued = api.create_session(id, 0, 600, 0.0, None, 0, 0, false)["id"]
+        .as_i64()
+        .unwrap();
+    api.connect(id, "go").ok("connect");
+    assert!(agent.client_or_zero(&c.mac).allowed);
+
+    let r = api.request("DELETE", &format!("/v1/sessions/{running}"), None);
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (409, Some("session_running")),
+        "{}",
+        r.body
+    );
+    let r = api.request("DELETE", &format!("/v1/sessions/{queued}"), None);
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(api.get(&format!("/v1/sessions/{queued}")).status, 404);
+    let r = api.request("DELETE", &format!("/v1/devices/{id}"), None);
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (409, Some("device_connected")),
+        "{}",
+        r.body
+    );
+    let r = api.request("DELETE", &format!("/v1/devices/{id}?force=maybe"), None);
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("invalid_query")),
+        "{}",
+        r.body
+    );
+    assert!(
+        agent.client_or_zero(&c.mac).allowed,
+        "a refused removal changes nothing"
+    );
+
+    // Forced through the CLI: disconnected (blocked at once), then removed.
+    let sock = agent.builder().api_socket.to_str().unwrap().to_string();
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(session_tests::agent_bin())
+            .args(args)
+            .args(["--api-socket", &sock])
+            .output()
+            .expect("spawn session-agent")
+    };
+    let out = ctl(&["devices", "remove", &id.to_string(), "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(api.get(&format!("/v1/devices/{id}")).status, 404);
+    assert_eq!(api.get(&format!("/v1/sessions/{running}")).status, 404);
+    assert!(
+        !agent.client_or_zero(&c.mac).allowed,
+        "still let through after removal"
+    );
+    let out = ctl(&["sessions", "remove", &running.to_string()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown_session"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

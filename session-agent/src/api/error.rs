@@ -129,6 +129,8 @@ impl From<ModelError> for ApiError {
             ModelError::UnknownSession(_) => (StatusCode::NOT_FOUND, "unknown_session"),
             ModelError::UnknownProvider(_) => (StatusCode::NOT_FOUND, "unknown_provider"),
             ModelError::NoAvailableSession(_) => (StatusCode::CONFLICT, "no_available_session"),
+            ModelError::DeviceConnected(_) => (StatusCode::CONFLICT, "device_connected"),
+            ModelError::SessionRunning(_) => (StatusCode::CONFLICT, "session_running"),
             ModelError::DuplicateProvider(_) => (StatusCode::CONFLICT, "duplicate_provider"),
             ModelError::Provider { .. } => (StatusCode::BAD_GATEWAY, "provider_error"),
             ModelError::Poisoned => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),

@@ -259,10 +259,11 @@ pub async fn serve(
                 tick.tick().await;
                 let secs = retention.as_secs().min(i64::MAX as u64) as i64;
                 match gw.gc(secs).await {
-                    Ok(gone) if !gone.is_empty() => {
+                    Ok((sessions, devices)) if !sessions.is_empty() || !devices.is_empty() => {
                         info!(
-                            removed = gone.len(),
-                            "removed ended sessions past retention"
+                            sessions = sessions.len(),
+                            devices = devices.len(),
+                            "removed ended sessions, and forgotten devices without sessions, past retention"
                         )
                     }
                     Ok(_) => {}

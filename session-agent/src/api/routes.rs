@@ -8,8 +8,8 @@ use std::{net::IpAddr, sync::Arc};
 use axum::{
     body::Bytes,
     extract::{
-        rejection::{BytesRejection, PathRejection},
-        Path, State,
+        rejection::{BytesRejection, PathRejection, QueryRejection},
+        Path, Query, State,
     },
     http::{header, StatusCode},
     response::{IntoResponse, Response},
@@ -57,6 +57,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/devices/{id}"),
     ("GET", "/v1/devices/by-mac/{mac}"),
     ("GET", "/v1/devices/by-ip/{ip}"),
+    ("DELETE", "/v1/devices/{id}"),
     ("POST", "/v1/devices/{id}/rekey"),
     ("GET", "/v1/devices/{id}/sessions"),
     ("POST", "/v1/devices/{id}/sessions"),
@@ -67,6 +68,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/devices/{id}/disconnect"),
     ("GET", "/v1/sessions/{id}"),
     ("PATCH", "/v1/sessions/{id}"),
+    ("DELETE", "/v1/sessions/{id}"),
     ("POST", "/v1/sessions/{id}/inc"),
     ("POST", "/v1/sessions/{id}/save"),
     ("POST", "/v1/sessions/{id}/reload"),
@@ -81,7 +83,7 @@ pub fn v1() -> Router<Arc<ApiState>> {
         .route("/v1/status", get(status))
         .route("/v1/providers", get(providers))
         .route("/v1/devices", get(list_devices).post(create_device))
-        .route("/v1/devices/{id}", get(show_device))
+        .route("/v1/devices/{id}", get(show_device).delete(delete_device))
         .route("/v1/devices/by-mac/{mac}", get(device_by_mac))
         .route("/v1/devices/by-ip/{ip}", get(device_by_ip))
         .route("/v1/devices/{id}/rekey", post(rekey))
@@ -94,7 +96,12 @@ pub fn v1() -> Router<Arc<ApiState>> {
         .route("/v1/devices/{id}/connected", get(is_connected))
         .route("/v1/devices/{id}/connect", post(connect))
         .route("/v1/devices/{id}/disconnect", post(disconnect))
-        .route("/v1/sessions/{id}", get(show_session).patch(patch_session))
+        .route(
+            "/v1/sessions/{id}",
+            get(show_session)
+                .patch(patch_session)
+                .delete(delete_session),
+        )
         .route("/v1/sessions/{id}/inc", post(inc_session))
         .route("/v1/sessions/{id}/save", post(save_session))
         .route("/v1/sessions/{id}/reload", post(reload_session))
@@ -426,6 +433,36 @@ async fn rekey(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<DeviceView> 
     }
     st.gw.rekey(id, mac).await?;
     Ok(Json(device_view(&st, id)?))
+}
+
+/// `?force=true`: remove what is connected or running too, disconnecting it first.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Force {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn delete_device(
+    State(st): St,
+    id: PathArg,
+    q: Result<Query<Force>, QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = device_id(&path(id)?)?;
+    let Query(f) = q?;
+    st.gw.remove_device(id, f.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_session(
+    State(st): St,
+    id: PathArg,
+    q: Result<Query<Force>, QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = session_id(&path(id)?)?;
+    let Query(f) = q?;
+    st.gw.remove_session(id, f.force).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ----- sessions of a device ----------------------------------------------------------
