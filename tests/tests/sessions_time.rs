@@ -215,14 +215,27 @@ fn idle_device_is_paused_and_keeps_time() {
 }
 
 #[test]
-fn a_connect_after_the_session_ran_out_between_polls_leaves_the_device_blocked() {
-    // Polls far apart: the session runs out between two of them, and the
+fn a_connect_after_the_session_expired_between_polls_leaves_the_device_blocked() {
+    // Polls far apart: the session expires between two of them, and the
     // portal's connect is what finds it.
     let s = Setup::new(&["--poll-ms", "10000"]);
-    new_session(&s.api, s.device, TIME, 2, 0.0, 0, 0);
-    connect(&s.api, s.device);
+    let id = new_session(&s.api, s.device, TIME, 3_600, 0.0, 0, 0);
+    s.api
+        .patch(
+            &format!("/v1/sessions/{id}"),
+            &serde_json::json!({ "exp_days": 0 }),
+        )
+        .ok("set expiry");
+    let started = field(&connect(&s.api, s.device), "started_at") as i64;
+    // Expires (started + time + 0 days) two seconds from its start.
+    s.api
+        .patch(
+            &format!("/v1/sessions/{id}"),
+            &serde_json::json!({ "started_at": started - 3_598 }),
+        )
+        .ok("move the start back");
     assert!(s.agent.client_or_zero(&s.client.mac).allowed);
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(3_200));
     let r = s.api.connect(s.device, "retry");
     assert_eq!(r.status, 409, "connect with no session left: {}", r.body);
     assert_eq!(r.body["code"], "no_available_session", "{}", r.body);

@@ -25,12 +25,13 @@ use anyhow::{bail, Context, Result};
 /// the real-traffic counting and restart tests (about 3.5 minutes under TCG).
 pub const DEFAULT_TESTS: &[&str] = &["datapath", "counting", "restart"];
 
-/// What `cargo xtask test` runs on the oldest kernel (about 3 minutes under TCG):
-/// the netlink filters' life cycle, every datapath program test, exact counts
-/// against nftables, kill -9 and restart.
+/// What `cargo xtask test` runs on the oldest kernel (about 9 minutes under TCG):
+/// the netlink filters' life cycle, every datapath program test and the gate's,
+/// exact counts against nftables, kill -9 and restart.
 pub const SMOKE_TESTS: &[&str] = &[
     "tc_attach",
     "datapath",
+    "gate",
     "counting:exact_counts_tcp_udp_ipv4_ipv6_match_reference",
     "restart:kill9_keeps_dataplane_and_restart_continues_counters",
 ];
