@@ -19,15 +19,15 @@ use serde::{Deserialize, Serialize};
 use session_agent::{
     daemon::{lan_config, GateOptions},
     dataplane::{
-        testrun::{frames, ProgramHarness, PROG_NOOP, TC_DROP, TC_PASS},
+        testrun::{self, frames, ProgramHarness, PROG_NOOP, TC_DROP, TC_PASS},
         Maps, RateLimit,
     },
-    gateway::{Gateway, GatewayConfig, Lan},
+    gateway::GatewayConfig,
 };
 use session_common::{LanConfig, MacKey, PROG_TC_INGRESS};
 use session_model::{
     store::{HybridOptions, HybridStore, SyncMode},
-    MacAddr, SessionStore, SessionsMgr, SystemClock,
+    MacAddr, SessionStore,
 };
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -293,7 +293,7 @@ fn agent_cost(out: &mut Vec<Measurement>, runs: u32, quick: bool) {
                 )
                 .unwrap(),
             );
-            let gw = gateway(h.root(), store);
+            let gw = h.gateway(store, GatewayConfig::default()).unwrap();
             rt.block_on(async {
                 for i in 0..n {
                     let d = gw
@@ -350,7 +350,8 @@ fn measure_agent(spec: &str) {
         .unwrap();
     let store: Arc<dyn SessionStore> =
         Arc::new(HybridStore::open(db, HybridOptions::default()).unwrap());
-    let gw = gateway(std::path::Path::new(root), store);
+    let gw =
+        testrun::gateway_over(std::path::Path::new(root), store, GatewayConfig::default()).unwrap();
     assert_eq!(
         gw.sessions().connected().unwrap().len(),
         n as usize,
@@ -428,22 +429,6 @@ fn timed(f: impl FnOnce()) -> (f64, f64) {
     (
         t.elapsed().as_secs_f64() * 1e3,
         (cpu_time() - c).as_secs_f64() * 1e3,
-    )
-}
-
-fn gateway(pin_root: &std::path::Path, store: Arc<dyn SessionStore>) -> Arc<Gateway> {
-    let maps = Maps::open(pin_root, "t").unwrap();
-    let epoch = maps.ensure_epoch();
-
-    let lan = Lan {
-        name: "t".into(),
-        maps: std::sync::Mutex::new(maps),
-        epoch,
-    };
-    Gateway::new(
-        Arc::new(SessionsMgr::new(store, Arc::new(SystemClock))),
-        vec![lan],
-        GatewayConfig::default(),
     )
 }
 

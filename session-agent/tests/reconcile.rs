@@ -10,26 +10,13 @@ use std::sync::Arc;
 use common::*;
 use session_agent::{
     dataplane::Maps,
-    gateway::{Gateway, GatewayConfig, Lan, Mismatch},
+    gateway::{Gateway, GatewayConfig, Mismatch},
 };
-use session_model::{MacAddr, MemoryStore, SessionsMgr, SystemClock};
+use session_model::{MacAddr, MemoryStore};
 
 fn gateway(h: &ProgramHarness) -> Arc<Gateway> {
-    let maps = Maps::open(h.root(), "t").unwrap();
-    let epoch = maps.ensure_epoch();
-    let lan = Lan {
-        name: "t".into(),
-        maps: std::sync::Mutex::new(maps),
-        epoch,
-    };
-    Gateway::new(
-        Arc::new(SessionsMgr::new(
-            Arc::new(MemoryStore::new()),
-            Arc::new(SystemClock),
-        )),
-        vec![lan],
-        GatewayConfig::default(),
-    )
+    h.gateway(Arc::new(MemoryStore::new()), GatewayConfig::default())
+        .unwrap()
 }
 
 fn flags(maps: &Maps, m: &MacKey) -> u32 {

@@ -93,6 +93,15 @@ impl ProgramHarness {
         &self.root
     }
 
+    /// A gateway over these maps and `store` (see [`gateway_over`]).
+    pub fn gateway(
+        &self,
+        store: std::sync::Arc<dyn session_model::SessionStore>,
+        cfg: crate::gateway::GatewayConfig,
+    ) -> Result<std::sync::Arc<crate::gateway::Gateway>> {
+        gateway_over(&self.root, store, cfg)
+    }
+
     /// Runs `prog` on `frame` `repeat` times (with an optional `__sk_buff`
     /// context); returns the verdict and the kernel's mean time per run.
     pub fn run(
@@ -122,6 +131,29 @@ impl ProgramHarness {
         .map_err(|e| AgentError::bpf(format!("test run of {prog} on {} bytes", frame.len()), e))?;
         Ok((r.return_value, r.duration))
     }
+}
+
+/// A gateway over the maps a [`ProgramHarness`] pinned under `pin_root` (one
+/// LAN named "t") and `store`, as the daemon builds its own.
+pub fn gateway_over(
+    pin_root: &Path,
+    store: std::sync::Arc<dyn session_model::SessionStore>,
+    cfg: crate::gateway::GatewayConfig,
+) -> Result<std::sync::Arc<crate::gateway::Gateway>> {
+    let maps = Maps::open(pin_root, "t")?;
+    let epoch = maps.ensure_epoch();
+    let lan = crate::gateway::Lan {
+        name: "t".into(),
+        maps: std::sync::Mutex::new(maps),
+        epoch,
+    };
+    let mgr =
+        session_model::SessionsMgr::new(store, std::sync::Arc::new(session_model::SystemClock));
+    Ok(crate::gateway::Gateway::new(
+        std::sync::Arc::new(mgr),
+        vec![lan],
+        cfg,
+    ))
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
