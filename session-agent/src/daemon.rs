@@ -282,30 +282,15 @@ pub fn gateway_services(addrs: &[IpAddr], portal_ports: &[u16]) -> Vec<GardenEnt
     out
 }
 
-/// What the datapath must know of its LAN: the gateway's MAC and addresses,
-/// anti-spoofing, the garden rate limit.
+/// What the datapath must know of its LAN: the gateway's MAC and addresses
+/// ([`iface::gateway_addresses`]), anti-spoofing, the garden rate limit.
 pub fn lan_config(mac: Option<[u8; 6]>, addrs: &[IpAddr], gate: &GateOptions) -> LanConfig {
     let mut cfg = LanConfig {
         mac: mac.unwrap_or_default(),
         flags: if gate.anti_spoof { LAN_ANTI_SPOOF } else { 0 },
         ..Default::default()
     };
-    for addr in addrs {
-        let k = dataplane::addr_key(*addr);
-        match addr {
-            IpAddr::V4(_) if (cfg.n_v4 as usize) < LAN_MAX_ADDRS => {
-                cfg.v4[cfg.n_v4 as usize] = k.addr[0];
-                cfg.n_v4 += 1;
-            }
-            IpAddr::V6(a) if !a.is_multicast() && (cfg.n_v6 as usize) < LAN_MAX_ADDRS => {
-                cfg.v6[cfg.n_v6 as usize] = k.addr;
-                cfg.n_v6 += 1;
-            }
-            _ => {
-                warn!(%addr, "more gateway addresses than the datapath keeps ({LAN_MAX_ADDRS} per family): traffic to this one counts as usage")
-            }
-        }
-    }
+    dataplane::set_gateway_addrs(&mut cfg, addrs);
     if gate.garden_rate_kbits > 0 {
         let rate = gate.garden_rate_kbits * 1000 / 8;
         cfg.garden_rate_bytes = rate;

@@ -327,7 +327,22 @@ pub struct LanConfig {
     pub garden_rate_bytes: u64,
     pub garden_burst_bytes: u64,
     pub garden_min_cost: u64,
-    pub _reserved: [u64; 4],
+    /// One bit per gateway address ([`addr_filter_bit`]): an address whose
+    /// bit is clear is none of the gateway's, without comparing it to each.
+    pub addr_filter: u64,
+    pub _reserved: [u64; 3],
+}
+
+/// The bit of [`LanConfig::addr_filter`] that stands for an address (IPv4 in
+/// `a[0]`), as in packets.
+#[inline(always)]
+pub const fn addr_filter_bit(v6: bool, a: &[u32; 4]) -> u64 {
+    let x = if v6 {
+        (a[0] ^ a[1] ^ a[2] ^ a[3]) as u64
+    } else {
+        a[0] as u64
+    };
+    1 << (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58)
 }
 
 /// The key of [`MAP_BINDINGS`]: an address as in packets (IPv4 in `addr[0]`).

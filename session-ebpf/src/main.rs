@@ -371,6 +371,11 @@ fn attribute(probe: &Probe, d: Drop) {
 /// cannot see.
 #[inline(always)]
 fn gateway_addr(cfg: *const LanConfig, v6: bool, a: &[u32; 4]) -> bool {
+    // Most packets' far end is not the gateway: one bit says so.
+    let filter = unsafe { core::ptr::read_volatile(&raw const (*cfg).addr_filter) };
+    if filter & addr_filter_bit(v6, a) == 0 {
+        return false;
+    }
     if v6 {
         for i in 0..LAN_MAX_ADDRS {
             if unsafe { core::ptr::read_volatile(&raw const (*cfg).v6[i]) } == *a {

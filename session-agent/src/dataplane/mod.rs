@@ -67,9 +67,10 @@ impl RateLimit {
 /// Puts the gateway's addresses into `cfg` (as many as it holds; the rest
 /// are logged: traffic to them would count as usage).
 pub fn set_gateway_addrs(cfg: &mut LanConfig, addrs: &[std::net::IpAddr]) {
-    (cfg.n_v4, cfg.n_v6) = (0, 0);
+    (cfg.n_v4, cfg.n_v6, cfg.addr_filter) = (0, 0, 0);
     for addr in addrs {
         let k = addr_key(*addr);
+        cfg.addr_filter |= addr_filter_bit(addr.is_ipv6(), &k.addr);
         match addr {
             std::net::IpAddr::V4(_) if (cfg.n_v4 as usize) < LAN_MAX_ADDRS => {
                 cfg.v4[cfg.n_v4 as usize] = k.addr[0];
