@@ -74,7 +74,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         dataplane::write_garden(&mut a.ebpf, &entries)?;
         let local = iface::gateway_addresses(lan)?;
         maps.set_lan(&lan_config(iface::mac(lan)?, &local, &opts.gate));
-        let epoch = maps.epoch();
         set_up_shaper(&maps, lan, opts.shaper)?;
         info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, tc = ?a.tc, shaper = ?opts.shaper, garden = entries.len(), "datapath attached");
         match aya_log::EbpfLogger::init(&mut a.ebpf) {
@@ -99,7 +98,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         lans.push(Lan {
             name: lan.clone(),
             maps: std::sync::Mutex::new(maps),
-            epoch,
         });
     }
     let gateway = Gateway::new(mgr.clone(), lans, opts.gateway.clone());

@@ -26,6 +26,11 @@ pub enum AgentError {
     NothingAttached(PathBuf),
     #[error("{0} is not a client's address (a client's MAC is unicast and not all zeros)")]
     NotAClientMac(session_common::MacKey),
+    #[error("MAC address {mac} belongs to device {device_id}, which has sessions: remove that device first (DELETE /v1/devices/{device_id}, `session-agent devices remove`) or move it to another MAC")]
+    MacHasSessions {
+        mac: session_model::MacAddr,
+        device_id: i64,
+    },
     #[error("the client table of {iface} is full ({max} clients)")]
     TableFull { iface: String, max: u32 },
     #[error("the pinned maps in {dir} do not match this version of session-agent ({reason}); run `session-agent detach --lan {iface}` and start again")]

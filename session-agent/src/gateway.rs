@@ -190,11 +190,12 @@ impl GatewayStats {
     }
 }
 
-/// One attached LAN interface.
+/// One attached LAN interface. Every LAN's maps share one client table (see
+/// [`crate::dataplane::attach`]): a device has one meter, one data budget and
+/// one speed limit whichever LAN it uses.
 pub struct Lan {
     pub name: String,
     pub maps: StdMutex<Maps>,
-    pub epoch: u64,
 }
 
 #[derive(Debug, Default)]
@@ -218,26 +219,20 @@ pub struct Gateway {
     meter_table: StdMutex<Option<MeterTable>>,
     /// Bumped when a device's MAC changes, which the session generation does not see.
     rekeys: AtomicU64,
-    /// Per LAN, what forgetting idle clients remembers between runs.
-    idle_clients: StdMutex<Vec<IdleTracker>>,
+    /// What forgetting idle clients remembers between runs.
+    idle_clients: StdMutex<IdleTracker>,
     /// When the poll last checked the datapath against the sessions.
     last_enforced: StdMutex<Option<Instant>>,
 }
 
-/// The slots of every connected device on every LAN, sorted by slot so that a poll
-/// walks the counter arrays forwards; rebuilt when the connected devices change.
+/// The slot of every connected device, sorted by slot so that a poll walks
+/// the counter arrays forwards; rebuilt when the connected devices change.
 struct MeterTable {
     /// (session manager generation, rekeys) it was built at.
     built_at: (u64, u64),
     devices: Vec<DeviceId>,
-    /// `lans` slots per device, in the order of `devices`.
+    /// The slot of each device, in the order of `devices`.
     slots: Vec<u32>,
-}
-
-/// The meter reading of a device: its up+down bytes over every LAN.
-fn combined_epoch(lans: &[Lan]) -> u64 {
-    lans.iter()
-        .fold(0u64, |acc, l| acc.rotate_left(7) ^ l.epoch)
 }
 
 fn mac_key(mac: MacAddr) -> MacKey {
@@ -248,7 +243,6 @@ impl Gateway {
     pub fn new(mgr: Arc<SessionsMgr>, lans: Vec<Lan>, cfg: GatewayConfig) -> Arc<Self> {
         mgr.set_auto_advance(cfg.auto_advance);
         let (events, _) = broadcast::channel(4096);
-        let trackers = lans.iter().map(|_| IdleTracker::default()).collect();
         Arc::new(Self {
             mgr,
             lans,
@@ -260,7 +254,7 @@ impl Gateway {
             stats: GatewayStats::default(),
             meter_table: StdMutex::new(None),
             rekeys: AtomicU64::new(0),
-            idle_clients: StdMutex::new(trackers),
+            idle_clients: StdMutex::new(IdleTracker::default()),
             last_enforced: StdMutex::new(None),
         })
     }
@@ -286,20 +280,27 @@ impl Gateway {
         &self.stats
     }
 
-    /// The device's current meter reading.
+    /// The client table every LAN shares, through the first LAN's maps
+    /// (`None` without LANs).
+    fn table(&self) -> Option<std::sync::MutexGuard<'_, Maps>> {
+        self.lans.first().map(|l| l.maps.lock().unwrap())
+    }
+
+    /// The LANs the client table serves, as metrics and logs name it.
+    pub fn table_name(&self) -> String {
+        let names: Vec<&str> = self.lans.iter().map(|l| l.name.as_str()).collect();
+        names.join(",")
+    }
+
+    /// The device's current meter reading: its up+down bytes over every LAN.
     fn reading(&self, mac: MacAddr) -> MeterMark {
         let key = mac_key(mac);
-        let bytes = self
-            .lans
-            .iter()
-            .filter_map(|l| {
-                let maps = l.maps.lock().unwrap();
-                Some(maps.usage_bytes(maps.slot_of(&key)?))
-            })
-            .sum();
-        MeterMark {
-            epoch: combined_epoch(&self.lans),
-            bytes,
+        match self.table() {
+            Some(maps) => MeterMark {
+                epoch: maps.epoch(),
+                bytes: maps.slot_of(&key).map_or(0, |s| maps.usage_bytes(s)),
+            },
+            None => MeterMark { epoch: 0, bytes: 0 },
         }
     }
 
@@ -311,29 +312,33 @@ impl Gateway {
         if table.as_ref().is_none_or(|t| t.built_at != built_at) {
             match self.build_meter_table(built_at, table.take())? {
                 Ok(t) => *table = Some(t),
-                // Some device has no slot yet on some LAN: read it the slow way.
+                // Some device has no slot yet: read it the slow way.
                 Err(readings) => return Ok(readings),
             }
         }
         let t = table.as_ref().expect("meter table just built");
-        let epoch = combined_epoch(&self.lans);
-        let maps: Vec<_> = self.lans.iter().map(|l| l.maps.lock().unwrap()).collect();
-        let n = maps.len();
-        let mut out = Vec::with_capacity(t.devices.len());
-        for (i, &device_id) in t.devices.iter().enumerate() {
-            let bytes = t.slots[i * n..(i + 1) * n]
-                .iter()
-                .zip(&maps)
-                .map(|(s, m)| m.usage_bytes(*s))
-                .sum();
-            out.push((device_id, MeterMark { epoch, bytes }));
-        }
-        Ok(out)
+        let Some(maps) = self.table() else {
+            return Ok(Vec::new());
+        };
+        let epoch = maps.epoch();
+        Ok(t.devices
+            .iter()
+            .zip(&t.slots)
+            .map(|(&device_id, &slot)| {
+                (
+                    device_id,
+                    MeterMark {
+                        epoch,
+                        bytes: maps.usage_bytes(slot),
+                    },
+                )
+            })
+            .collect())
     }
 
-    /// The meter table of the connected devices, or (when a device lacks a slot on
-    /// some LAN) their readings. Slots never move while the pins live, so devices
-    /// already in `old` keep theirs; only new devices are looked up.
+    /// The meter table of the connected devices, or (when a device has no
+    /// slot yet) their readings. Slots never move while the pins live, so
+    /// devices already in `old` keep theirs; only new devices are looked up.
     #[allow(clippy::type_complexity)]
     fn build_meter_table(
         &self,
@@ -341,62 +346,40 @@ impl Gateway {
         old: Option<MeterTable>,
     ) -> Result<Result<MeterTable, Vec<(DeviceId, MeterMark)>>, AgentError> {
         let connected = self.mgr.connected()?;
-        let n = self.lans.len();
-        let known: IdMap<DeviceId, usize> = old
+        let known: IdMap<DeviceId, u32> = old
             .as_ref()
-            .map(|t| t.devices.iter().enumerate().map(|(i, d)| (*d, i)).collect())
+            .map(|t| t.devices.iter().copied().zip(t.slots.iter().copied()).collect())
             .unwrap_or_default();
-        let maps: Vec<_> = self.lans.iter().map(|l| l.maps.lock().unwrap()).collect();
+        let maps = self.table();
         let mut rows: Vec<(DeviceId, u32)> = Vec::with_capacity(connected.len());
-        let mut slots: Vec<u32> = Vec::with_capacity(connected.len() * n);
-        let mut missing = Vec::new();
         for (device_id, _) in &connected {
-            let at = slots.len() as u32;
-            match (known.get(device_id), &old) {
-                (Some(&i), Some(t)) => slots.extend_from_slice(&t.slots[i * n..(i + 1) * n]),
-                _ => {
+            let slot = match known.get(device_id) {
+                Some(&slot) => Some(slot),
+                None => {
                     let key = mac_key(self.mgr.device(*device_id)?.mac);
-                    let found: Vec<Option<u32>> = maps.iter().map(|m| m.slot_of(&key)).collect();
-                    if found.iter().any(Option::is_none) {
-                        missing.push(*device_id);
-                        continue;
+                    maps.as_ref().and_then(|m| m.slot_of(&key))
+                }
+            };
+            match slot {
+                Some(slot) => rows.push((*device_id, slot)),
+                None => {
+                    drop(maps);
+                    let mut out = Vec::with_capacity(connected.len());
+                    for (device_id, _) in &connected {
+                        let mac = self.mgr.device(*device_id)?.mac;
+                        out.push((*device_id, self.reading(mac)));
                     }
-                    slots.extend(found.into_iter().flatten());
+                    return Ok(Err(out));
                 }
             }
-            rows.push((*device_id, at));
-        }
-        drop((known, old));
-        if !missing.is_empty() {
-            let epoch = combined_epoch(&self.lans);
-            drop(maps);
-            let mut out = Vec::with_capacity(connected.len());
-            for (device_id, _) in &connected {
-                let mac = self.mgr.device(*device_id)?.mac;
-                out.push((
-                    *device_id,
-                    MeterMark {
-                        epoch,
-                        ..self.reading(mac)
-                    },
-                ));
-            }
-            return Ok(Err(out));
         }
         // Slot order: the poll then walks the counter arrays forwards.
-        rows.sort_unstable_by_key(|(_, at)| slots[*at as usize]);
-        let mut table = MeterTable {
+        rows.sort_unstable_by_key(|(_, slot)| *slot);
+        Ok(Ok(MeterTable {
             built_at,
-            devices: Vec::with_capacity(rows.len()),
-            slots: Vec::with_capacity(slots.len()),
-        };
-        for (device_id, at) in rows {
-            table.devices.push(device_id);
-            table
-                .slots
-                .extend_from_slice(&slots[at as usize..at as usize + n]);
-        }
-        Ok(Ok(table))
+            devices: rows.iter().map(|(d, _)| *d).collect(),
+            slots: rows.iter().map(|(_, s)| *s).collect(),
+        }))
     }
 
     fn speed(&self, session: &ClientSession) -> (RateLimit, RateLimit) {
@@ -412,7 +395,8 @@ impl Gateway {
         (l(up), l(down))
     }
 
-    /// Programs the device's running session into every LAN: speed, budget, then allow.
+    /// Programs the device's running session into the client table: speed
+    /// (and in HTB mode every LAN's classes), budget, then allow.
     fn program(
         &self,
         mac: MacAddr,
@@ -425,8 +409,11 @@ impl Gateway {
             .data()
             .data_budget_bytes()
             .map(|b| b.min(i64::MAX as u64) as i64);
-        for lan in &self.lans {
-            let mut maps = lan.maps.lock().unwrap();
+        let Some((first, rest)) = self.lans.split_first() else {
+            return Ok(());
+        };
+        let slot = {
+            let mut maps = first.maps.lock().unwrap();
             let slot = maps.ensure_slot(&key)?;
             maps.set_rates(slot, up, down)?;
             let live = maps.flags_of(slot) & (POLICY_ALLOWED | POLICY_QUOTA)
@@ -434,15 +421,18 @@ impl Gateway {
             if fresh_budget || !live || budget.is_none() {
                 maps.set_budget(slot, budget);
             }
-            maps.set_allowed(&key, true)?;
+            slot
+        };
+        for lan in rest {
+            lan.maps.lock().unwrap().mirror_classes(slot)?;
         }
+        first.maps.lock().unwrap().set_allowed(&key, true)?;
         Ok(())
     }
 
     fn revoke(&self, mac: MacAddr) -> Result<(), AgentError> {
         let key = mac_key(mac);
-        for lan in &self.lans {
-            let mut maps = lan.maps.lock().unwrap();
+        if let Some(mut maps) = self.table() {
             if maps.slot_of(&key).is_some() {
                 maps.set_allowed(&key, false)?;
             }
@@ -592,15 +582,45 @@ impl Gateway {
         Ok(self.mgr.session(session_id)?)
     }
 
-    /// Moves a device (and its sessions) to a new MAC, following it in the kernel.
-    pub async fn rekey(&self, device_id: DeviceId, new_mac: MacAddr) -> Result<(), AgentError> {
+    /// Moves a device (and its sessions) to a new MAC, following it in the
+    /// kernel: a running session goes on at once on the new MAC (allowed, its
+    /// speed and remaining data as budget) and the old one is blocked, with
+    /// nothing charged twice. The device the gateway made for the new MAC when
+    /// it first saw it (a phone that randomised its MAC) is absorbed if it has
+    /// no sessions; one with sessions is refused ([`AgentError::MacHasSessions`]).
+    /// Returns the absorbed device.
+    pub async fn rekey(
+        &self,
+        device_id: DeviceId,
+        new_mac: MacAddr,
+    ) -> Result<Option<DeviceId>, AgentError> {
         let _g = self.ops.lock().await;
         let old = self.mgr.device(device_id)?;
+        let absorbed = match self.mgr.device_by_mac(new_mac) {
+            Ok(other) if other.id != device_id => {
+                let sessions = self.mgr.store().device_sessions(other.id);
+                if !sessions.map_err(ModelError::from)?.is_empty() {
+                    return Err(AgentError::MacHasSessions {
+                        mac: new_mac,
+                        device_id: other.id,
+                    });
+                }
+                self.mgr.remove_device(other.id)?;
+                info!(device_id, absorbed = other.id, mac = %new_mac, "device without sessions absorbed by a rekey");
+                Some(other.id)
+            }
+            _ => None,
+        };
         let connected = self.mgr.is_connected(device_id)?;
         if connected {
-            // Charge the old MAC's bytes, then start the new MAC's meter from its own reading.
-            self.charge(&[(device_id, self.reading(old.mac))]).await?;
+            // Block the old MAC, charge its last bytes, then start the new
+            // MAC's meter from its own reading.
             self.revoke(old.mac)?;
+            self.charge(&[(device_id, self.reading(old.mac))]).await?;
+        }
+        // The device's addresses go with it: the new MAC claims them afresh.
+        if let Some(maps) = self.table() {
+            maps.release_bindings(&mac_key(old.mac))?;
         }
         self.mgr.rekey_device(device_id, new_mac)?;
         // The device's slots changed with its MAC: build the meter table afresh.
@@ -613,7 +633,7 @@ impl Gateway {
                 self.program(new_mac, &s, true)?;
             }
         }
-        Ok(())
+        Ok(absorbed)
     }
 
     /// Charges readings and applies every session transition to the kernel.
@@ -737,8 +757,11 @@ impl Gateway {
             }
         }
         let mut found: Vec<(Mismatch, MacKey)> = Vec::new();
-        for lan in &self.lans {
-            let clients = lan.maps.lock().unwrap().enforced()?;
+        let clients = match self.table() {
+            Some(maps) => maps.enforced()?,
+            None => Vec::new(),
+        };
+        {
             for c in clients {
                 let allowed = c.flags & POLICY_ALLOWED != 0;
                 let m = match want.get(&c.mac) {
@@ -921,10 +944,7 @@ impl Gateway {
                 continue;
             }
             let key = mac_key(d.mac);
-            if self
-                .lans
-                .iter()
-                .any(|l| l.maps.lock().unwrap().slot_of(&key).is_some())
+            if self.table().is_some_and(|m| m.slot_of(&key).is_some())
                 || !self
                     .mgr
                     .store()
@@ -943,27 +963,26 @@ impl Gateway {
         Ok((sessions, devices))
     }
 
-    /// Removes address bindings unused for the TTL on every LAN, and tells
-    /// the datapath the gateway's addresses as they are now.
+    /// Tells every LAN's datapath the gateway's addresses as they are now,
+    /// and removes address bindings unused for the TTL.
     fn sweep_bindings(&self) -> Result<(), AgentError> {
-        let mut live = 0;
         for lan in &self.lans {
             let addrs = crate::iface::gateway_addresses(&lan.name)?;
-            let maps = lan.maps.lock().unwrap();
-            maps.set_gateway_addrs(&addrs);
-            let done = maps.sweep_bindings(self.cfg.bind_ttl)?;
-            live += done.live;
-            self.stats.bindings_expired.fetch_add(done.expired, Relaxed);
-            if done.expired > 0 {
-                debug!(
-                    lan = lan.name,
-                    expired = done.expired,
-                    live = done.live,
-                    "address bindings expired"
-                );
-            }
+            lan.maps.lock().unwrap().set_gateway_addrs(&addrs);
         }
-        self.stats.bindings_live.store(live, Relaxed);
+        let Some(maps) = self.table() else {
+            return Ok(());
+        };
+        let done = maps.sweep_bindings(self.cfg.bind_ttl)?;
+        self.stats.bindings_expired.fetch_add(done.expired, Relaxed);
+        if done.expired > 0 {
+            debug!(
+                expired = done.expired,
+                live = done.live,
+                "address bindings expired"
+            );
+        }
+        self.stats.bindings_live.store(done.live, Relaxed);
         Ok(())
     }
 
@@ -989,7 +1008,7 @@ impl Gateway {
         });
     }
 
-    /// Forgets, on every LAN, clients that are not allowed and have been idle
+    /// Forgets clients that are not allowed and have been idle
     /// for `idle`, except connected devices' (see [`Maps::forget_idle`]).
     async fn forget_idle_clients(&self, idle: Duration) -> Result<(), AgentError> {
         let _g = self.ops.lock().await;
@@ -998,10 +1017,9 @@ impl Gateway {
             keep.insert(mac_key(self.mgr.device(device_id)?.mac));
         }
         let now = Instant::now();
-        let mut trackers = self.idle_clients.lock().unwrap();
-        for (lan, tracker) in self.lans.iter().zip(trackers.iter_mut()) {
-            let maps = lan.maps.lock().unwrap();
-            let done = maps.forget_idle(tracker, now, idle, |mac| keep.contains(mac))?;
+        let mut tracker = self.idle_clients.lock().unwrap();
+        if let Some(maps) = self.table() {
+            let done = maps.forget_idle(&mut tracker, now, idle, |mac| keep.contains(mac))?;
             self.stats
                 .clients_forgotten
                 .fetch_add(done.retired as u64, Relaxed);
@@ -1010,7 +1028,6 @@ impl Gateway {
                 .fetch_add(done.reclaimed as u64, Relaxed);
             if done.retired > 0 || done.freed > 0 || done.reclaimed > 0 {
                 info!(
-                    lan = lan.name,
                     forgotten = done.retired,
                     slots_freed = done.freed,
                     slots_reclaimed = done.reclaimed,

@@ -48,9 +48,10 @@ struct PinArgs {
 enum Cmd {
     /// Attach to the client-facing interfaces and run in the foreground.
     Run(Box<RunArgs>),
-    /// List known clients and their counters (reads the pinned maps).
+    /// List known clients and their counters (reads the pinned maps; one
+    /// client table serves every LAN).
     Clients {
-        /// Only this interface (default: every attached one).
+        /// Read it through this interface's pins (default: every attached one).
         #[arg(long = "lan", value_name = "IFACE")]
         lan: Option<String>,
         /// Print JSON for scripts.
@@ -358,9 +359,11 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             api,
         } => ctl::events(&api, device, count, idle_timeout_secs),
         Cmd::Clients { lan, json, pins } => {
-            let mut rows = Vec::new();
-            for iface in interfaces(&pins.pin_root, lan)? {
-                rows.extend(Maps::open(&pins.pin_root, &iface)?.snapshot()?);
+            // One client table serves every LAN: read it once.
+            let ifaces = interfaces(&pins.pin_root, lan)?;
+            let mut rows = Maps::open(&pins.pin_root, &ifaces[0])?.snapshot()?;
+            for r in &mut rows {
+                r.lan = ifaces.join(",");
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -380,11 +383,20 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             pins,
         } => {
             let limit = |m| RateLimit::mbits(m, burst_ms, dataplane::MIN_BURST_BYTES);
-            for iface in interfaces(&pins.pin_root, lan.clone())? {
-                let mut maps = Maps::open(&pins.pin_root, &iface)?;
-                maps.limit(&mac, limit(up_mbits), limit(down_mbits))?;
-                eprintln!("{mac} on {iface}: down {down_mbits} Mbit/s, up {up_mbits} Mbit/s (0 = unlimited)");
+            // One client table serves every LAN; in HTB mode each LAN has its classes.
+            let ifaces = interfaces(&pins.pin_root, lan.clone())?;
+            let slot = Maps::open(&pins.pin_root, &ifaces[0])?.limit(
+                &mac,
+                limit(up_mbits),
+                limit(down_mbits),
+            )?;
+            for iface in &ifaces[1..] {
+                Maps::open(&pins.pin_root, iface)?.mirror_classes(slot)?;
             }
+            eprintln!(
+                "{mac} on {}: down {down_mbits} Mbit/s, up {up_mbits} Mbit/s (0 = unlimited)",
+                ifaces.join(", ")
+            );
             Ok(())
         }
         Cmd::Detach { lans, pins } => {
@@ -577,13 +589,14 @@ fn set_allowed(
     mac: &MacKey,
     allowed: bool,
 ) -> anyhow::Result<()> {
-    for iface in interfaces(pin_root, lan)? {
-        Maps::open(pin_root, &iface)?.set_allowed_by(mac, allowed, true)?;
-        eprintln!(
-            "{mac} {} on {iface}",
-            if allowed { "allowed" } else { "blocked" }
-        );
-    }
+    // One client table serves every LAN.
+    let ifaces = interfaces(pin_root, lan)?;
+    Maps::open(pin_root, &ifaces[0])?.set_allowed_by(mac, allowed, true)?;
+    eprintln!(
+        "{mac} {} on {}",
+        if allowed { "allowed" } else { "blocked" },
+        ifaces.join(", ")
+    );
     Ok(())
 }
 

@@ -21,6 +21,14 @@
 //! devices from the store, and the first tick after a restart charges the time since the
 //! stored `charged_to_ms` (the device stayed connected in the kernel meanwhile).
 //!
+//! # Connected time
+//! Time is measured on the monotonic clock ([`Clock::mono_ms`]), so setting the wall
+//! clock (NTP on a board without a real-time clock) neither charges nor refunds any.
+//! After a reboot (another [`Clock::boot_id`]) or when the kernel counters were made
+//! anew (another meter epoch in [`SessionsMgr::record_meter`]: the datapath was gone),
+//! the device was not served: the session resumes from what was last charged and the
+//! gap is not charged.
+//!
 //! Store calls are synchronous and short; the async methods do not hold locks across
 //! awaits.
 
@@ -751,10 +759,7 @@ impl SessionsMgr {
         if first_start {
             rec.data.started_at = Some(now);
         }
-        rec.run = Some(RunState {
-            charged_to_ms: now_ms,
-            meter: None,
-        });
+        rec.run = Some(self.fresh_run());
         self.store.save_session(&rec)?;
         running.insert(device_id, Running::new(rec.id));
         self.bump_generation();
@@ -798,7 +803,7 @@ impl SessionsMgr {
         };
         let now_ms = self.clock.now_ms();
         if let Some(mut rec) = self.store.session(r.session_id)? {
-            charge_time(&mut rec, now_ms);
+            self.charge_time(&mut rec);
             rec.run = None;
             if !rec.data.is_available(now_ms.div_euclid(1000)) && rec.ended_at.is_none() {
                 rec.ended_at = Some(now_ms.div_euclid(1000));
@@ -884,7 +889,8 @@ impl SessionsMgr {
     /// * no mark yet (first reading since connect): the mark becomes `r`, nothing is
     ///   charged;
     /// * `m.epoch != r.epoch` (the counters were recreated): `r.bytes` is charged and the
-    ///   mark becomes `r`;
+    ///   mark becomes `r`; the datapath was gone, so connected time starts again from now
+    ///   (the time since the last charge is not charged);
     /// * otherwise `r.bytes - m.bytes` is charged and the mark becomes `r`; a reading below
     ///   the mark charges nothing and leaves the mark (it never moves backwards).
     ///
@@ -921,6 +927,9 @@ impl SessionsMgr {
                     }
                     let mut next = *h;
                     next.data_cons_bytes = next.data_cons_bytes.saturating_add(charge);
+                    if new_epoch(h.run.meter, reading) {
+                        next.run = self.fresh_run();
+                    }
                     next.run.meter = Some(mark);
                     if next.is_available(now) {
                         *h = next;
@@ -945,14 +954,14 @@ impl SessionsMgr {
             if stored.is_some() && mark == Some(new_mark) && charge == 0 {
                 continue;
             }
+            let fresh = self.fresh_run();
             let rec = self.load_changed(&mut changed, &mut touched, device_id, sid)?;
             rec.data.data_cons_bytes = rec.data.data_cons_bytes.saturating_add(charge);
-            rec.run
-                .get_or_insert(RunState {
-                    charged_to_ms: now_ms,
-                    meter: None,
-                })
-                .meter = Some(new_mark);
+            let run = rec.run.get_or_insert(fresh);
+            if new_epoch(mark, reading) {
+                *run = fresh;
+            }
+            run.meter = Some(new_mark);
         }
         self.record_usage_deferred(&mut running, &usage, &mut report)?;
         let events = self.settle(&mut running, &mut changed, &touched, now_ms, &mut report)?;
@@ -1037,13 +1046,15 @@ impl SessionsMgr {
     /// expired ones and starts the next available session of their devices. One store
     /// write for the whole batch.
     ///
-    /// Time is charged from the stored [`RunState::charged_to_ms`] in whole seconds (the
-    /// remainder is carried), and `charged_to_ms` moves in the same write as `time_cons`.
-    /// After a restart the first tick therefore charges the time the process was down:
-    /// the device stayed connected in the kernel meanwhile.
+    /// Time is charged from the stored [`RunState::charged_to_ms`] in whole seconds of
+    /// the monotonic clock (the remainder is carried), and `charged_to_ms` moves in the
+    /// same write as `time_cons`. After a restart the first tick therefore charges the
+    /// time the process was down (the device stayed connected in the kernel meanwhile),
+    /// unless the machine booted since: then nothing of the gap is charged.
     pub fn tick(&self) -> Result<TickReport, ModelError> {
         let now_ms = self.clock.now_ms();
         let now = now_ms.div_euclid(1000);
+        let (mono, boot) = (self.clock.mono_ms(), self.clock.boot_id());
         let mut running = self.running()?;
         self.check_hints(&mut running);
         let mut report = TickReport::default();
@@ -1053,13 +1064,16 @@ impl SessionsMgr {
         for (&device_id, r) in running.iter_mut() {
             if let Some(h) = r.hint.as_mut() {
                 // Nothing to charge or end before the next whole second or the expiry.
-                if now_ms - h.run.charged_to_ms < 1000 && h.expires_at.is_none_or(|e| now < e) {
+                if h.run.boot == boot
+                    && mono - h.run.charged_to_ms < 1000
+                    && h.expires_at.is_none_or(|e| now < e)
+                {
                     continue;
                 }
                 let mut next = *h;
-                let secs = charge_run_time(&mut next.run, &mut next.time_cons, now_ms);
+                let secs = charge_run_time(&mut next.run, &mut next.time_cons, mono, boot);
                 if next.is_available(now) {
-                    if secs > 0 {
+                    if secs > 0 || next.run != h.run {
                         *h = next;
                         usage.push(next.update(r.session_id));
                     }
@@ -1072,9 +1086,9 @@ impl SessionsMgr {
                 .store
                 .session(r.session_id)?
                 .ok_or(ModelError::UnknownSession(r.session_id))?;
-            let had_run = rec.run.is_some();
-            let secs = charge_time(&mut rec, now_ms);
-            if secs > 0 || !had_run || !rec.data.is_available(now) {
+            let run_before = rec.run;
+            let secs = self.charge_time(&mut rec);
+            if secs > 0 || rec.run != run_before || !rec.data.is_available(now) {
                 touched.push((device_id, r.session_id));
                 changed.insert(r.session_id, rec);
             }
@@ -1113,10 +1127,7 @@ impl SessionsMgr {
             if rec.ended_at.is_none() {
                 rec.ended_at = Some(now);
             }
-            let run = rec.run.take().unwrap_or(RunState {
-                charged_to_ms: now_ms,
-                meter: None,
-            });
+            let run = rec.run.take().unwrap_or(self.fresh_run());
             events.push(match reason {
                 EndReason::Consumed => SessionEvent::SessionConsumed {
                     device_id,
@@ -1154,8 +1165,8 @@ impl SessionsMgr {
                     // The next session's clock starts now: the ended session's
                     // uncharged fraction of a second is not carried over to it.
                     n.run = Some(RunState {
-                        charged_to_ms: run.charged_to_ms.max(now_ms),
                         meter: run.meter,
+                        ..self.fresh_run()
                     });
                     let id = n.id;
                     new_running.push((device_id, id));
@@ -1207,6 +1218,23 @@ impl SessionsMgr {
             }
         }
         Ok(events)
+    }
+
+    /// The run state of a session whose connected time starts now.
+    fn fresh_run(&self) -> RunState {
+        RunState {
+            charged_to_ms: self.clock.mono_ms(),
+            boot: self.clock.boot_id(),
+            meter: None,
+        }
+    }
+
+    /// Charges the record's connected time up to now (see [`charge_run_time`]); a
+    /// record without run state starts being charged now. Returns the seconds charged.
+    fn charge_time(&self, rec: &mut SessionRecord) -> u64 {
+        let fresh = self.fresh_run();
+        let run = rec.run.get_or_insert(fresh);
+        charge_run_time(run, &mut rec.data.time_cons, fresh.charged_to_ms, fresh.boot)
     }
 
     // ----- maintenance -----------------------------------------------------------------
@@ -1278,20 +1306,26 @@ impl SessionsMgr {
     }
 }
 
-/// Charges the connected time since the record's `charged_to_ms` in whole seconds,
-/// moving `charged_to_ms` by the same amount (the sub-second remainder is carried).
-/// A record without run state starts being charged now. Returns the seconds charged.
-fn charge_time(rec: &mut SessionRecord, now_ms: i64) -> u64 {
-    let run = rec.run.get_or_insert(RunState {
-        charged_to_ms: now_ms,
-        meter: None,
-    });
-    charge_run_time(run, &mut rec.data.time_cons, now_ms)
+/// Whether a reading comes from other counters than the mark's (the datapath's maps
+/// were made anew: it did not serve the device meanwhile).
+fn new_epoch(mark: Option<MeterMark>, reading: MeterMark) -> bool {
+    mark.is_some_and(|m| m.epoch != reading.epoch)
 }
 
-/// [`charge_time`] on the run state and time consumption alone.
-fn charge_run_time(run: &mut RunState, time_cons: &mut u64, now_ms: i64) -> u64 {
-    let secs = now_ms.saturating_sub(run.charged_to_ms).max(0) / 1000;
+/// Charges the connected time since `run.charged_to_ms` (monotonic, boot `boot`) in
+/// whole seconds, moving `charged_to_ms` by the same amount (the sub-second remainder
+/// is carried). A run state of another boot starts again from `mono_ms` without
+/// charging anything. Returns the seconds charged.
+fn charge_run_time(run: &mut RunState, time_cons: &mut u64, mono_ms: i64, boot: u64) -> u64 {
+    if run.boot != boot {
+        *run = RunState {
+            charged_to_ms: mono_ms,
+            boot,
+            meter: run.meter,
+        };
+        return 0;
+    }
+    let secs = mono_ms.saturating_sub(run.charged_to_ms).max(0) / 1000;
     if secs > 0 {
         run.charged_to_ms = run.charged_to_ms.saturating_add(secs * 1000);
         *time_cons = time_cons.saturating_add(secs as u64);

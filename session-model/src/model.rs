@@ -355,8 +355,13 @@ pub struct MeterMark {
 /// written in the same store write as the consumption it relates to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunState {
-    /// Clock reading (ms) up to which connected time has been charged to the session.
+    /// Monotonic clock reading ([`crate::Clock::mono_ms`]) up to which connected
+    /// time has been charged to the session.
     pub charged_to_ms: i64,
+    /// The boot `charged_to_ms` was read in ([`crate::Clock::boot_id`]; 0:
+    /// unknown). In another boot the session resumes without charging the gap.
+    #[serde(default)]
+    pub boot: u64,
     /// Meter reading up to which data usage has been charged to the device; `None` until
     /// the first reading after connect.
     pub meter: Option<MeterMark>,

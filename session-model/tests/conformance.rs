@@ -300,6 +300,7 @@ fn run_state_round_trips(h: &Harness) {
     assert_eq!(a.run, None, "new sessions are not running");
     let run = RunState {
         charged_to_ms: 1_700_000_000_123,
+        boot: 1,
         meter: Some(MeterMark {
             epoch: 7,
             bytes: u64::MAX - 1,
@@ -311,6 +312,7 @@ fn run_state_round_trips(h: &Harness) {
     let mut b2 = b.clone();
     b2.run = Some(RunState {
         charged_to_ms: -5,
+        boot: 1,
         meter: None,
     });
     s.save_sessions(&[a2.clone(), b2.clone()]).unwrap();
@@ -370,6 +372,7 @@ fn usage_updates(h: &Harness) {
     let (sid, other);
     let run = RunState {
         charged_to_ms: 42_000,
+        boot: 1,
         meter: Some(MeterMark {
             epoch: 7,
             bytes: 900,

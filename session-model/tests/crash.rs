@@ -173,6 +173,7 @@ fn crash_child() {
                 r.data.data_cons_bytes = counter;
                 r.run = (k == last).then_some(RunState {
                     charged_to_ms: counter as i64,
+                    boot: 1,
                     meter: Some(MeterMark {
                         epoch: 1,
                         bytes: counter,

@@ -86,6 +86,7 @@ async fn restart_restores_connections(kind: &str) {
             rec.run,
             Some(RunState {
                 charged_to_ms: T0 * 1000 + 10_000,
+                boot: 1,
                 meter: None
             }),
             "charged_to_ms moves with time_cons, the remainder is carried"
@@ -146,6 +147,7 @@ async fn restart_on_memory_store_and_duplicate_run_states() {
     let mut second = store.session(ids[1]).unwrap().unwrap();
     second.run = Some(RunState {
         charged_to_ms: T0 * 1000 + 5_000,
+        boot: 1,
         meter: Some(mark(3, 9)),
     });
     store.save_session(&second).unwrap();
@@ -171,6 +173,7 @@ async fn connect_and_disconnect_write_run_state() {
         store.session(ids[0]).unwrap().unwrap().run,
         Some(RunState {
             charged_to_ms: T0 * 1000,
+            boot: 1,
             meter: None
         })
     );
@@ -191,6 +194,7 @@ async fn connect_and_disconnect_write_run_state() {
         m.run_state(d).unwrap(),
         Some(RunState {
             charged_to_ms: T0 * 1000 + 102_500,
+            boot: 1,
             meter: None
         })
     );
@@ -354,6 +358,7 @@ async fn advance_carries_the_mark() {
         second.run,
         Some(RunState {
             charged_to_ms: T0 * 1000 + 1_300,
+            boot: 1,
             meter: Some(mark(1, 1_300))
         }),
         "the meter mark is carried; the next session's clock starts at the advance"
@@ -487,4 +492,106 @@ async fn polls_that_change_nothing_write_nothing() {
     assert_eq!(m.tick().unwrap().updated, 1);
     let s = m.session(ids[0]).unwrap();
     assert_eq!((s.data_consumption_bytes(), s.time_consumption()), (250, 1));
+}
+
+/// The session's `time_cons`.
+fn time_cons(m: &SessionsMgr, sid: SessionId) -> u64 {
+    m.session(sid).unwrap().data().time_cons
+}
+
+#[tokio::test]
+async fn wall_clock_steps_neither_charge_nor_refund_connected_time() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let m = data_mgr(Arc::new(MemoryStore::new()), clock.clone());
+    let (d, ids) = device_with_sessions(&m, 1, &[(0, 3_600, 0.0)]).await;
+    m.connect(d, "").await.unwrap();
+    clock.advance_secs(10);
+    m.tick().unwrap();
+    assert_eq!(time_cons(&m, ids[0]), 10);
+    // NTP on a board without a real-time clock: hours ahead at once.
+    clock.step_wall(3 * 3600);
+    m.tick().unwrap();
+    clock.advance_secs(5);
+    m.tick().unwrap();
+    assert_eq!(time_cons(&m, ids[0]), 15, "a step forward was charged");
+    assert!(m.is_connected(d).unwrap(), "a step forward ended the session");
+    // And back by a day: nothing is refunded, time goes on being charged.
+    clock.step_wall(-86_400);
+    m.tick().unwrap();
+    clock.advance_secs(7);
+    m.tick().unwrap();
+    assert_eq!(time_cons(&m, ids[0]), 22, "a step backwards changed the charge");
+    // A pause and a resume across a step behave the same.
+    m.disconnect(d, "").await.unwrap();
+    clock.step_wall(7200);
+    m.connect(d, "").await.unwrap();
+    clock.advance_secs(3);
+    m.tick().unwrap();
+    assert_eq!(time_cons(&m, ids[0]), 25);
+}
+
+async fn downtime(kind: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = Arc::new(ManualClock::new(T0));
+    let (d, sid);
+    {
+        let m = data_mgr(open(kind, &path), clock.clone());
+        let (dev, ids) = device_with_sessions(&m, 1, &[(0, 3_600, 0.0)]).await;
+        (d, sid) = (dev, ids[0]);
+        m.connect(d, "").await.unwrap();
+        m.record_meter(&[(d, mark(1, 0))]).unwrap();
+        clock.advance_secs(3);
+        m.tick().unwrap();
+        m.flush().unwrap();
+        m.sync().unwrap();
+    }
+    // The agent restarts 8 s later with the datapath alive: the device was
+    // served meanwhile, so the gap is charged.
+    clock.advance_secs(8);
+    {
+        let m = data_mgr(open(kind, &path), clock.clone());
+        m.record_meter(&[(d, mark(1, 0))]).unwrap();
+        m.tick().unwrap();
+        assert_eq!(time_cons(&m, sid), 11, "{kind}: a restart with the datapath alive");
+        m.flush().unwrap();
+        m.sync().unwrap();
+    }
+    // The datapath's maps were made anew (pins removed) while the agent was
+    // down for 2 h: the device was not served, nothing of it is charged.
+    clock.advance_secs(7200);
+    {
+        let m = data_mgr(open(kind, &path), clock.clone());
+        m.record_meter(&[(d, mark(2, 0))]).unwrap();
+        m.tick().unwrap();
+        assert_eq!(time_cons(&m, sid), 11, "{kind}: new counters, the gap was charged");
+        assert!(m.is_connected(d).unwrap());
+        clock.advance_secs(4);
+        m.tick().unwrap();
+        assert_eq!(time_cons(&m, sid), 15, "{kind}: charging goes on after new counters");
+        m.flush().unwrap();
+        m.sync().unwrap();
+    }
+    // A reboot (power cut) for 2 h: another boot, the gap is not charged even
+    // before the first reading of the new counters.
+    clock.reboot(Duration::from_secs(7200));
+    {
+        let m = data_mgr(open(kind, &path), clock.clone());
+        m.tick().unwrap();
+        assert_eq!(time_cons(&m, sid), 15, "{kind}: a reboot was charged");
+        m.record_meter(&[(d, mark(3, 0))]).unwrap();
+        clock.advance_secs(2);
+        m.tick().unwrap();
+        assert_eq!(time_cons(&m, sid), 17, "{kind}: charging goes on after a reboot");
+    }
+}
+
+#[tokio::test]
+async fn downtime_is_not_connected_time_redb() {
+    downtime("redb").await;
+}
+
+#[tokio::test]
+async fn downtime_is_not_connected_time_hybrid() {
+    downtime("hybrid").await;
 }

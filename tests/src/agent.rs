@@ -317,11 +317,8 @@ impl Agent {
     }
 
     fn pin_args(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        for l in &self.builder.lans {
-            v.push("--lan".to_string());
-            v.push(l.clone());
-        }
+        // One client table serves every LAN: any LAN's pins reach it.
+        let mut v = vec!["--lan".to_string(), self.builder.lans[0].clone()];
         v.push("--pin-root".to_string());
         v.push(self.builder.pin_root.display().to_string());
         v

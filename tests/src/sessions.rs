@@ -751,12 +751,18 @@ impl Setup {
     /// One client; `args` are extra `session-agent run` arguments.
     pub fn new(args: &[&str]) -> Setup {
         crate::netns::require_root();
-        let hs = Hotspot::builder().clients(1).build();
+        Setup::on(Hotspot::builder().clients(1).build(), args)
+    }
+
+    /// [`Setup::new`] on a hotspot built (and perhaps given more LANs with
+    /// [`Hotspot::add_lan`], which the agent then serves too) by the caller.
+    pub fn on(hs: Hotspot, args: &[&str]) -> Setup {
         let nft = NftRef::install(&hs);
         let client = hs.client(0).clone();
         let rx = RxRef::install(&client);
         let servers = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5001, 5002);
         let mut b = crate::AgentBuilder::new(&hs);
+        b.lans.extend(hs.extra_lans.iter().cloned());
         for a in args {
             b = b.arg(*a);
         }

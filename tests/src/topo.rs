@@ -145,6 +145,7 @@ impl HotspotBuilder {
             state_dir: std::env::temp_dir().join(format!("sa-test-{id}")),
             namespaces,
             dynamic_neighbours: self.dynamic_neighbours,
+            extra_lans: Vec::new(),
         };
 
         for i in 0..self.clients {
@@ -194,6 +195,8 @@ pub struct Hotspot {
     pub state_dir: PathBuf,
     /// ARP and ND on the LAN instead of static neighbours.
     pub dynamic_neighbours: bool,
+    /// LANs added by [`Hotspot::add_lan`].
+    pub extra_lans: Vec<String>,
     namespaces: Vec<Netns>,
 }
 
@@ -247,6 +250,71 @@ impl Hotspot {
             g("tx", "bytes"),
             g("tx", "packets"),
         )
+    }
+
+    /// Adds a second LAN port to the gateway (`lan1`, 10.203.0.1/24 and
+    /// fd00:203::1/64) with one station on it that has `mac`: give it a
+    /// client's MAC and that device uses both LANs. Static neighbours.
+    pub fn add_lan(&mut self, mac: &str) -> Client {
+        let n = self.extra_lans.len() as u8 + 1;
+        assert!(n < 10, "at most 9 extra LANs");
+        let lan = format!("lan{n}");
+        let ns = Netns::new(&format!("{}-l{n}", self.id));
+        let c = Client {
+            index: 1000 + n as usize,
+            ns: ns.name().to_string(),
+            ifname: HOST_IF.to_string(),
+            mac: mac.to_string(),
+            ipv4: Ipv4Addr::new(10, 202 + n, 0, 10),
+            ipv6: Ipv6Addr::new(0xfd00, 0x202 + n as u16, 0, 0, 0, 0, 0, 0x10),
+        };
+        self.namespaces.push(ns);
+        let gw = &self.gw_ns;
+        let gw_mac = {
+            let mut m = parse_mac(&self.gw_lan_mac);
+            m[4] = 0xf0 + n;
+            fmt_mac(m)
+        };
+        ip_n(
+            gw,
+            &[
+                "link", "add", &lan, "address", &gw_mac, "type", "veth", "peer", "name", HOST_IF,
+                "address", mac, "netns", &c.ns,
+            ],
+        );
+        let (gw4, gw6) = (format!("10.{}.0.1", 202 + n), format!("fd00:{}::1", 202 + n));
+        ip_n(gw, &["addr", "add", &format!("{gw4}/24"), "dev", &lan]);
+        ip_n(
+            gw,
+            &["addr", "add", &format!("{gw6}/64"), "dev", &lan, "nodad"],
+        );
+        ip_n(gw, &["link", "set", &lan, "up"]);
+        for scope in ["all", "default"] {
+            sysctl(&c.ns, &format!("net.ipv6.conf.{scope}.accept_dad"), "0");
+            sysctl(&c.ns, &format!("net.ipv6.conf.{scope}.router_solicitations"), "0");
+            sysctl(&c.ns, &format!("net.ipv6.conf.{scope}.addr_gen_mode"), "1");
+        }
+        ip_n(&c.ns, &["addr", "add", &format!("{}/24", c.ipv4), "dev", HOST_IF]);
+        ip_n(
+            &c.ns,
+            &["addr", "add", &format!("{}/64", c.ipv6), "dev", HOST_IF, "nodad"],
+        );
+        ip_n(&c.ns, &["link", "set", HOST_IF, "up"]);
+        ip_n(&c.ns, &["route", "add", "default", "via", &gw4]);
+        ip_n(&c.ns, &["-6", "route", "add", "default", "via", &gw6]);
+        let permanent = |ns: &str, addr: &str, mac: &str, dev: &str| {
+            ip_n(
+                ns,
+                &["neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent"],
+            );
+        };
+        permanent(&c.ns, &gw4, &gw_mac, HOST_IF);
+        permanent(&c.ns, &gw6, &gw_mac, HOST_IF);
+        permanent(gw, &c.ipv4.to_string(), mac, &lan);
+        permanent(gw, &c.ipv6.to_string(), mac, &lan);
+        self.extra_lans.push(lan);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        c
     }
 
     fn configure(&self) {
@@ -451,11 +519,13 @@ impl Drop for Hotspot {
         // exists, then delete the namespaces, then remove leftover pins.
         if self.pin_root.exists() {
             if let Some(bin) = crate::agent::agent_bin_opt() {
-                let _ = crate::netns::ns_command(&self.gw_ns, bin.to_str().unwrap_or_default())
-                    .args(["detach", "--lan", &self.lan_if, "--pin-root"])
-                    .arg(&self.pin_root)
-                    .stdin(std::process::Stdio::null())
-                    .output();
+                for lan in std::iter::once(&self.lan_if).chain(&self.extra_lans) {
+                    let _ = crate::netns::ns_command(&self.gw_ns, bin.to_str().unwrap_or_default())
+                        .args(["detach", "--lan", lan, "--pin-root"])
+                        .arg(&self.pin_root)
+                        .stdin(std::process::Stdio::null())
+                        .output();
+                }
             }
         }
         self.namespaces.clear();

@@ -71,16 +71,25 @@ fn bad_input_gets_4xx_and_changes_nothing() {
         "{}",
         r.body
     );
+    // Rekey to a MAC whose device has sessions: a 409 that says so.
+    let other_id = other["id"].as_i64().unwrap();
+    let other_session = api.create_session(other_id, 0, 60, 0.0, None, 0, 0, false);
     let r = api.post(
         &format!("/v1/devices/{d}/rekey"),
         &json!({ "mac": other["mac"] }),
     );
     assert_eq!(
         (r.status, r.body["code"].as_str()),
-        (409, Some("duplicate_mac")),
+        (409, Some("mac_has_sessions")),
         "{}",
         r.body
     );
+    api.request(
+        "DELETE",
+        &format!("/v1/sessions/{}", other_session["id"]),
+        None,
+    )
+    .ok("remove the other device's session");
 
     // Addresses no client can send from: a clear 400, nothing created or changed.
     for mac in [

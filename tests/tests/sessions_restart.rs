@@ -248,3 +248,38 @@ fn simulated_reboot_loses_at_most_a_commit_interval() {
         "charging after the reboot is not exact\n{report}"
     );
 }
+
+/// Simulated reboot of a time session: 3 s connected, kill -9, pins removed,
+/// 8 s down, restart. The client was not served while the datapath was gone:
+/// the session resumes from its last checkpointed time (every second here),
+/// the downtime is not charged, and the client gets through again at once.
+#[test]
+fn a_simulated_reboot_does_not_charge_the_downtime() {
+    const T: u64 = 60;
+    let mut s = Setup::new(&["--checkpoint-secs", "1"]);
+    let id = new_session(&s.api, s.device, TIME, T, 0.0, 0, 0);
+    connect(&s.api, s.device);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    s.agent.kill9();
+    let connected = t0.elapsed();
+    s.agent.detach(&s.hs.lan_if);
+    std::thread::sleep(Duration::from_secs(8));
+    s.agent = s.agent.restart();
+    s.api = s.agent.api();
+    let after = s.api.session(id);
+    let tc = field(&after, "time_cons");
+    let blocked = s.tcp_blocked();
+    let report = format!(
+        "time session of {T} s: connected {connected:?}, kill -9, pins removed, 8 s down, \
+         restart: time_cons {tc}\nsession {after}\n{}",
+        s.context()
+    );
+    eprintln!("reboot and time: {report}");
+    assert!(
+        tc + 2 >= connected.as_secs() && tc <= connected.as_secs() + 1,
+        "time_cons {tc} after {connected:?} connected and 8 s down\n{report}"
+    );
+    assert!(is_connected(&s.api, s.device), "{report}");
+    assert!(!blocked, "the client is blocked after the restart\n{report}");
+}

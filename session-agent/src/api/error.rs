@@ -147,6 +147,9 @@ impl From<AgentError> for ApiError {
             AgentError::BadMac { .. } | AgentError::NotAClientMac(_) => {
                 Self::bad_request("malformed_mac", e.to_string())
             }
+            AgentError::MacHasSessions { .. } => {
+                Self::new(StatusCode::CONFLICT, "mac_has_sessions", e.to_string())
+            }
             AgentError::TableFull { .. } => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "table_full", e.to_string())
             }

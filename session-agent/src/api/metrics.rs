@@ -87,27 +87,27 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
     let mut out = String::with_capacity(16 * 1024);
     let top = st.opts.metrics_top_clients;
 
+    // One client table serves every LAN: its clients are listed once, under
+    // the names of the LANs it serves ("lan0,lan1").
     let mut per_lan = Vec::new();
     let mut datapath_stats = Vec::new();
-    for lan in st.gw.lans() {
-        let mut rows = match lan.maps.lock() {
-            Ok(m) => {
-                datapath_stats.push((lan.name.clone(), m.stats()?));
-                m.snapshot()?
-            }
-            Err(_) => Vec::new(),
-        };
-        rows.sort_by_key(|r| std::cmp::Reverse(r.up_bytes.saturating_add(r.down_bytes)));
-        let total = rows.len();
-        rows.truncate(top);
-        per_lan.push((lan.name.clone(), total, rows));
+    for (i, lan) in st.gw.lans().iter().enumerate() {
+        let Ok(m) = lan.maps.lock() else { continue };
+        datapath_stats.push((lan.name.clone(), m.stats()?));
+        if i == 0 {
+            let mut rows = m.snapshot()?;
+            rows.sort_by_key(|r| std::cmp::Reverse(r.up_bytes.saturating_add(r.down_bytes)));
+            let total = rows.len();
+            rows.truncate(top);
+            per_lan.push((st.gw.table_name(), total, rows));
+        }
     }
 
     head(
         &mut out,
         "session_agent_clients",
         "gauge",
-        "Client MACs in the datapath table of a LAN.",
+        "Client MACs in the datapath's client table (one, shared by the LANs named).",
     );
     for (lan, total, _) in &per_lan {
         let _ = writeln!(

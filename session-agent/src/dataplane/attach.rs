@@ -1,9 +1,14 @@
 //! Loading, attaching and pinning the datapath on one LAN interface.
 //!
-//! Maps and links live under `<pin root>/<iface>/`. On start the agent loads
-//! the programs against the pinned maps (so counters survive) and swaps them
-//! into the pinned links atomically, so enforcement never lapses; without pins
-//! it attaches and pins afresh.
+//! One client table serves every LAN: its maps (entries, counters, budgets,
+//! speed limits, address bindings) live under `<pin root>/:clients/`, so a
+//! device is one client with one meter and one data budget whichever LAN port
+//! it uses, and adding or removing a LAN changes no client's counters. Each
+//! LAN's own maps (its configuration, garden, event ring, drop counters) and
+//! links live under `<pin root>/<iface>/`. On start the agent loads the
+//! programs against the pinned maps (so counters survive) and swaps them into
+//! the pinned links atomically, so enforcement never lapses; without pins it
+//! attaches and pins afresh.
 //!
 //! Kernels before 6.6 have no TCX: there the TC programs are netlink filters
 //! on a clsact qdisc, with a fixed handle and priority. Such filters are not
@@ -83,6 +88,26 @@ pub fn pin_dir(pin_root: &Path, iface: &str) -> PathBuf {
     pin_root.join(iface)
 }
 
+/// The directory of the client table every LAN shares. No interface can have
+/// this name: a ':' is not allowed in one.
+pub const CLIENTS_DIR: &str = ":clients";
+
+/// Where the client table every LAN shares is pinned.
+pub fn clients_dir(pin_root: &Path) -> PathBuf {
+    pin_root.join(CLIENTS_DIR)
+}
+
+/// The maps of the client table every LAN shares.
+pub const SHARED_MAPS: [&str; 7] = [
+    MAP_CLIENTS,
+    MAP_SLOTS,
+    MAP_COUNTERS,
+    MAP_POLICY,
+    MAP_SLOT_ALLOC,
+    MAP_FREE_SLOTS,
+    MAP_BINDINGS,
+];
+
 /// The loaded datapath of one interface; dropping it leaves the pinned links in place.
 pub struct Attached {
     pub iface: String,
@@ -103,9 +128,7 @@ pub fn attach(
     iface::index(iface_name)?;
     bpffs::prepare(pin_root)?;
     let dir = pin_dir(pin_root, iface_name);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| AgentError::from_io(format!("creating {}", dir.display()), e))?;
-    let mut ebpf = load(&dir, iface_name)?;
+    let mut ebpf = load(pin_root, iface_name)?;
     // The epoch seeds the client index: it must be set before any packet is seen.
     let maps = super::Maps::open(pin_root, iface_name)?;
     maps.ensure_epoch();
@@ -303,9 +326,9 @@ fn remove_nl(iface_name: &str, hook: TcAttachType) -> Result<()> {
     }
 }
 
-/// The pinned maps whose layout the datapath and the agent share: name,
-/// value size and entries (all are arrays).
-fn shared_layouts() -> [(&'static str, usize, u32); 8] {
+/// The pinned array maps whose layout the datapath and the agent share, as
+/// (name, value size, entries): the shared client table's, then a LAN's.
+fn shared_layouts() -> [(&'static str, usize, u32); 6] {
     [
         (MAP_FREE_SLOTS, size_of::<u64>(), MAX_CLIENTS),
         (MAP_CLIENTS, size_of::<ClientEntry>(), INDEX_ENTRIES),
@@ -313,50 +336,82 @@ fn shared_layouts() -> [(&'static str, usize, u32); 8] {
         (MAP_COUNTERS, size_of::<ClientCounters>(), MAX_CLIENTS),
         (MAP_POLICY, size_of::<ClientPolicy>(), MAX_CLIENTS),
         (MAP_SLOT_ALLOC, size_of::<SlotAllocator>(), 1),
+    ]
+}
+
+fn lan_layouts() -> [(&'static str, usize, u32); 2] {
+    [
         (MAP_SHAPER, size_of::<ShaperConfig>(), 1),
         (MAP_LAN, size_of::<LanConfig>(), 1),
     ]
 }
 
-/// Refuses pins in `dir` made by a version with other map layouts (the
-/// loader would reuse them as they are). No pins at all is fine.
-pub fn check_pins(dir: &Path, iface_name: &str) -> Result<()> {
-    if !dir.join(MAP_CLIENTS).exists() {
-        return Ok(());
-    }
-    let incompatible = |reason: String| AgentError::IncompatiblePins {
+/// Refuses pins made by a version with other map layouts (the loader would
+/// reuse them as they are): the shared client table's under `pin_root` and
+/// `iface_name`'s own. No pins at all is fine.
+pub fn check_pins(pin_root: &Path, iface_name: &str) -> Result<()> {
+    let dir = pin_dir(pin_root, iface_name);
+    let incompatible = |dir: &Path, reason: String| AgentError::IncompatiblePins {
         iface: iface_name.into(),
         dir: dir.to_path_buf(),
         reason,
     };
-    for (name, value_size, entries) in shared_layouts() {
-        let path = dir.join(name);
-        if !path.exists() {
-            return Err(incompatible(format!("no {name} map")));
+    if dir.join(MAP_CLIENTS).exists() {
+        return Err(incompatible(
+            &dir,
+            "pins of a version with a client table per LAN".into(),
+        ));
+    }
+    let shared = clients_dir(pin_root);
+    for (dir, layouts) in [
+        (&shared, &shared_layouts()[..]),
+        (&dir, &lan_layouts()[..]),
+    ] {
+        let (first, ..) = layouts[0];
+        if !dir.join(first).exists() {
+            continue;
         }
-        let info = aya::maps::MapInfo::from_pin(&path)
-            .map_err(|e| AgentError::bpf(format!("reading pinned map {}", path.display()), e))?;
-        let kind = info.map_type().ok();
-        if kind != Some(aya::maps::MapType::Array)
-            || info.value_size() as usize != value_size
-            || info.max_entries() != entries
-        {
-            return Err(incompatible(format!(
-                "{name} is a {kind:?} map of {} entries of {} bytes, expected an array of {entries} entries of {value_size} bytes",
-                info.max_entries(),
-                info.value_size()
-            )));
+        for &(name, value_size, entries) in layouts {
+            let path = dir.join(name);
+            if !path.exists() {
+                return Err(incompatible(dir, format!("no {name} map")));
+            }
+            let info = aya::maps::MapInfo::from_pin(&path).map_err(|e| {
+                AgentError::bpf(format!("reading pinned map {}", path.display()), e)
+            })?;
+            let kind = info.map_type().ok();
+            if kind != Some(aya::maps::MapType::Array)
+                || info.value_size() as usize != value_size
+                || info.max_entries() != entries
+            {
+                return Err(incompatible(dir, format!(
+                    "{name} is a {kind:?} map of {} entries of {} bytes, expected an array of {entries} entries of {value_size} bytes",
+                    info.max_entries(),
+                    info.value_size()
+                )));
+            }
         }
     }
     Ok(())
 }
 
-/// Loads the object against the maps pinned in `dir` (creating and pinning
-/// them if absent), without loading or attaching any program.
-pub fn load(dir: &Path, iface_name: &str) -> Result<Ebpf> {
-    check_pins(dir, iface_name)?;
-    EbpfLoader::new()
-        .default_map_pin_directory(dir)
+/// Loads the object against the pinned maps of `iface_name` and the shared
+/// client table (creating and pinning them if absent), without loading or
+/// attaching any program.
+pub fn load(pin_root: &Path, iface_name: &str) -> Result<Ebpf> {
+    check_pins(pin_root, iface_name)?;
+    let dir = pin_dir(pin_root, iface_name);
+    let shared = clients_dir(pin_root);
+    for d in [&dir, &shared] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| AgentError::from_io(format!("creating {}", d.display()), e))?;
+    }
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(&dir);
+    for name in SHARED_MAPS {
+        loader.map_pin_path(name, shared.join(name));
+    }
+    loader
         .load(OBJECT)
         .map_err(|e| {
             let err = AgentError::bpf(format!("loading the datapath for {iface_name}"), &e);
@@ -624,10 +679,14 @@ fn link_detach(fd: i32) {
 }
 
 /// Removes the datapath from `iface` and deletes its pins (maps included),
-/// and the HTB qdisc and IFB device of `--shaper htb`.
+/// and the HTB qdisc and IFB device of `--shaper htb`; detaching the last LAN
+/// deletes the shared client table too.
 pub fn detach(pin_root: &Path, iface_name: &str) -> Result<()> {
     let dir = pin_dir(pin_root, iface_name);
-    if !dir.join(session_common::MAP_CLIENTS).exists() && !dir.join(LINK_TC_EGRESS).exists() {
+    if ![MAP_LAN, MAP_CLIENTS, LINK_TC_EGRESS]
+        .iter()
+        .any(|p| dir.join(p).exists())
+    {
         return Err(AgentError::NotAttached {
             iface: iface_name.into(),
             dir,
@@ -648,5 +707,12 @@ pub fn detach(pin_root: &Path, iface_name: &str) -> Result<()> {
         shape::teardown(iface_name)?;
     }
     std::fs::remove_dir_all(&dir)
-        .map_err(|e| AgentError::from_io(format!("removing {}", dir.display()), e))
+        .map_err(|e| AgentError::from_io(format!("removing {}", dir.display()), e))?;
+    // The last LAN takes the shared client table with it.
+    let shared = clients_dir(pin_root);
+    match crate::dataplane::Maps::attached_interfaces(pin_root) {
+        Err(AgentError::NothingAttached(_)) if shared.exists() => std::fs::remove_dir_all(&shared)
+            .map_err(|e| AgentError::from_io(format!("removing {}", shared.display()), e)),
+        _ => Ok(()),
+    }
 }

@@ -185,10 +185,13 @@ pub struct BindingSweep {
     pub expired: u64,
 }
 
-/// The pinned maps of one interface, opened from bpffs (works from any process).
+/// The pinned maps of one interface and the client table every LAN shares,
+/// opened from bpffs (works from any process).
 pub struct Maps {
     pub iface: String,
     pub dir: PathBuf,
+    /// Where the client table every LAN shares is pinned.
+    pub shared: PathBuf,
     /// The client table (by MAC, see `session_common::index`).
     clients: MmapArray<ClientEntry>,
     /// Slot -> position in `clients`.
@@ -240,24 +243,26 @@ pub struct Forgotten {
 impl Maps {
     pub fn open(pin_root: &Path, iface: &str) -> Result<Self> {
         let dir = attach::pin_dir(pin_root, iface);
-        if !dir.join(MAP_CLIENTS).exists() {
+        attach::check_pins(pin_root, iface)?;
+        let shared = attach::clients_dir(pin_root);
+        if !dir.join(MAP_LAN).exists() || !shared.join(MAP_CLIENTS).exists() {
             return Err(AgentError::NotAttached {
                 iface: iface.into(),
                 dir,
             });
         }
-        attach::check_pins(&dir, iface)?;
         Ok(Self {
             iface: iface.into(),
-            clients: MmapArray::open_pin(&dir, MAP_CLIENTS, INDEX_ENTRIES)?,
-            slots: MmapArray::open_pin(&dir, MAP_SLOTS, MAX_CLIENTS)?,
-            counters: mmap::open_pinned(&dir, MAP_COUNTERS)?,
-            policy: mmap::open_pinned(&dir, MAP_POLICY)?,
-            alloc: MmapArray::open_pin(&dir, MAP_SLOT_ALLOC, 1)?,
-            free: MmapArray::open_pin(&dir, MAP_FREE_SLOTS, MAX_CLIENTS)?,
+            clients: MmapArray::open_pin(&shared, MAP_CLIENTS, INDEX_ENTRIES)?,
+            slots: MmapArray::open_pin(&shared, MAP_SLOTS, MAX_CLIENTS)?,
+            counters: mmap::open_pinned(&shared, MAP_COUNTERS)?,
+            policy: mmap::open_pinned(&shared, MAP_POLICY)?,
+            alloc: MmapArray::open_pin(&shared, MAP_SLOT_ALLOC, 1)?,
+            free: MmapArray::open_pin(&shared, MAP_FREE_SLOTS, MAX_CLIENTS)?,
             shaper: MmapArray::open_pin(&dir, MAP_SHAPER, 1)?,
             lan: MmapArray::open_pin(&dir, MAP_LAN, 1)?,
             dir,
+            shared,
         })
     }
 
@@ -362,7 +367,7 @@ impl Maps {
         };
         let mut out: Vec<String> = rd
             .filter_map(|e| e.ok())
-            .filter(|e| e.path().join(MAP_CLIENTS).exists())
+            .filter(|e| e.file_name() != attach::CLIENTS_DIR && e.path().join(MAP_LAN).exists())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         out.sort();
@@ -511,7 +516,7 @@ impl Maps {
 
     /// The pinned binding table (address -> the MAC it is bound to).
     fn binding_map(&self) -> Result<aya::maps::HashMap<MapData, AddrKey, Binding>> {
-        let data = mmap::open_pinned(&self.dir, MAP_BINDINGS)?;
+        let data = mmap::open_pinned(&self.shared, MAP_BINDINGS)?;
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))
             .map_err(|e| AgentError::bpf("opening the address bindings", e))
     }
@@ -589,6 +594,32 @@ impl Maps {
             }
         }
         Ok(done)
+    }
+
+    /// Removes every address binding of `mac` (its device moved to another
+    /// MAC: the addresses are free for the new one's first claim). Returns how
+    /// many were removed.
+    pub fn release_bindings(&self, mac: &MacKey) -> Result<u64> {
+        let mut map = self.binding_map()?;
+        let mine: Vec<AddrKey> = map
+            .iter()
+            .filter_map(|i| i.ok())
+            .filter(|(_, b)| b.mac == *mac)
+            .map(|(k, _)| k)
+            .collect();
+        let mut n = 0;
+        for k in mine {
+            // Gone meanwhile (expired, or moved by a DHCP answer) is fine.
+            if map.remove(&k).is_ok() {
+                n += 1;
+            }
+        }
+        if let Some(slot) = self.slot_of(mac) {
+            let counters = self.all_counters(slot, 1)?;
+            unsafe { AtomicU64::from_ptr(&raw mut (*counters.entry(slot)).bound_addrs) }
+                .store(0, Ordering::Relaxed);
+        }
+        Ok(n)
     }
 
     /// The key of the table entry at `pos`.
@@ -984,6 +1015,31 @@ impl Maps {
             }
         }
         Ok(())
+    }
+
+    /// In HTB mode, makes this LAN's classes of `slot` from the rates of the
+    /// shared client table, for a client whose limits [`Maps::set_rates`] set
+    /// through another LAN's maps (which made that LAN's classes only).
+    pub fn mirror_classes(&self, slot: u32) -> Result<()> {
+        if self.shaper() != Shaper::Htb {
+            return Ok(());
+        }
+        let Some(classid) = shape_classid(slot) else {
+            return Ok(());
+        };
+        let flags = self.flags(slot).load(Ordering::SeqCst);
+        let pol = self.policies(slot, 1)?;
+        let classes: Vec<shape::Class> = self
+            .directions(&pol, slot)
+            .into_iter()
+            .filter(|d| flags & d.shape != 0)
+            .map(|d| shape::Class {
+                rate_bytes: unsafe { std::ptr::read_volatile(&raw const (*d.bucket).rate_bytes) },
+                dev: d.dev,
+                classid,
+            })
+            .collect();
+        shape::set_classes(&classes)
     }
 
     /// Starts enforcing a data budget of `bytes` (the datapath drops once it is

@@ -66,10 +66,7 @@ impl ProgramHarness {
     }
 
     fn load(root: &Path, garden: &[GardenEntry]) -> Result<(Ebpf, Maps)> {
-        let dir = attach::pin_dir(root, "t");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| AgentError::from_io(format!("creating {}", dir.display()), e))?;
-        let mut ebpf = attach::load(&dir, "t")?;
+        let mut ebpf = attach::load(root, "t")?;
         for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_NOOP] {
             let p: &mut SchedClassifier = program(&mut ebpf, name)?
                 .try_into()
@@ -141,11 +138,10 @@ pub fn gateway_over(
     cfg: crate::gateway::GatewayConfig,
 ) -> Result<std::sync::Arc<crate::gateway::Gateway>> {
     let maps = Maps::open(pin_root, "t")?;
-    let epoch = maps.ensure_epoch();
+    maps.ensure_epoch();
     let lan = crate::gateway::Lan {
         name: "t".into(),
         maps: std::sync::Mutex::new(maps),
-        epoch,
     };
     let mgr =
         session_model::SessionsMgr::new(store, std::sync::Arc::new(session_model::SystemClock));

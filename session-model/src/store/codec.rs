@@ -1,19 +1,21 @@
 //! Compact binary encoding of session rows in redb (schema version 1).
 //!
-//! Layout, little endian: `format: u8 (=1) | id u64 | device_id i64 | type u8 |
+//! Layout, little endian: `format: u8 (=3) | id u64 | device_id i64 | type u8 |
 //! time_secs u64 | data_bytes u64 | time_cons u64 | data_cons_bytes u64 |
 //! started_at opt<i64> | exp_days opt<u32> | down_mbits i32 | up_mbits i32 |
 //! use_global_speed u8 | created_at i64 | ended_at opt<i64> | provider: u16 len + UTF-8 |
-//! run opt<charged_to_ms i64 | meter opt<epoch u64 | bytes u64>>`,
+//! run opt<charged_to_ms i64 | boot u64 | meter opt<epoch u64 | bytes u64>>`,
 //! where `opt<T>` is a presence byte followed by `T` when present.
 //!
-//! Format 2 appends the run state; format 1 rows (without it) are still read, with
-//! `run = None`.
+//! Format 3 adds the boot id to the run state; format 2 rows (without it) are
+//! read with boot 0 (unknown), format 1 rows (no run state) with `run = None`.
 
 use crate::{MeterMark, RunState, SessionData, SessionRecord, SessionType, StoreError};
 
 /// Row format written.
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
+/// Row format without the boot id in the run state.
+const FORMAT_NO_BOOT: u8 = 2;
 /// Oldest row format still read: no run state.
 const FORMAT_NO_RUN: u8 = 1;
 
@@ -49,6 +51,7 @@ pub(crate) fn encode_session(r: &SessionRecord) -> Result<Vec<u8>, StoreError> {
         Some(run) => {
             b.push(1);
             b.extend_from_slice(&run.charged_to_ms.to_le_bytes());
+            b.extend_from_slice(&run.boot.to_le_bytes());
             match run.meter {
                 Some(m) => {
                     b.push(1);
@@ -125,7 +128,7 @@ impl<'a> Reader<'a> {
 pub(crate) fn decode_session(b: &[u8]) -> Result<SessionRecord, StoreError> {
     let mut r = Reader { b, off: 0 };
     let format = r.u8()?;
-    if format != FORMAT && format != FORMAT_NO_RUN {
+    if ![FORMAT, FORMAT_NO_BOOT, FORMAT_NO_RUN].contains(&format) {
         return Err(StoreError::Corrupt(format!(
             "unknown session row format {format}"
         )));
@@ -155,6 +158,7 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<SessionRecord, StoreError> {
         .to_string();
     let run = if format != FORMAT_NO_RUN && r.flag()? {
         let charged_to_ms = r.i64()?;
+        let boot = if format == FORMAT_NO_BOOT { 0 } else { r.u64()? };
         let meter = if r.flag()? {
             Some(MeterMark {
                 epoch: r.u64()?,
@@ -165,6 +169,7 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<SessionRecord, StoreError> {
         };
         Some(RunState {
             charged_to_ms,
+            boot,
             meter,
         })
     } else {
@@ -207,6 +212,7 @@ mod tests {
             ended_at: Some(99),
             run: Some(RunState {
                 charged_to_ms: -7,
+                boot: u64::MAX,
                 meter: Some(MeterMark {
                     epoch: u64::MAX,
                     bytes: 12,
@@ -241,6 +247,7 @@ mod tests {
         let mut no_meter = r.clone();
         no_meter.run = Some(RunState {
             charged_to_ms: 5,
+            boot: 77,
             meter: None,
         });
         assert_eq!(
@@ -252,8 +259,16 @@ mod tests {
         assert_eq!(v1.pop(), Some(0));
         v1[0] = FORMAT_NO_RUN;
         assert_eq!(decode_session(&v1).unwrap(), none);
+        // A format 2 row (no boot id) reads with boot 0: the gap is not charged.
+        let mut v2 = encode_session(&no_meter).unwrap();
+        let at = v2.len() - 1 - 8;
+        v2.drain(at..at + 8);
+        v2[0] = FORMAT_NO_BOOT;
+        let mut unknown_boot = no_meter.clone();
+        unknown_boot.run.as_mut().unwrap().boot = 0;
+        assert_eq!(decode_session(&v2).unwrap(), unknown_boot);
         let mut unknown = b.clone();
-        unknown[0] = 3;
+        unknown[0] = 4;
         assert!(decode_session(&unknown).is_err());
         for cut in 0..b.len() {
             assert!(decode_session(&b[..cut]).is_err(), "cut at {cut}");

@@ -759,6 +759,7 @@ mod tests {
             ended_at: None,
             run: Some(RunState {
                 charged_to_ms: 123_456,
+                boot: 3,
                 meter: Some(crate::MeterMark {
                     epoch: 8,
                     bytes: 1 << 40,

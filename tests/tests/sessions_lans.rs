@@ -1,0 +1,78 @@
+//! One client table serves every LAN: a device has one meter and one data
+//! budget whichever LAN port it uses, and adding or removing a LAN charges
+//! no history again.
+
+use session_tests::sessions::*;
+use session_tests::topo::Hotspot;
+use std::time::Duration;
+
+/// A device moved 2 MB on lan0; the agent restarts serving lan0 and a new
+/// lan1, then lan0 alone again: its session still shows the 2 MB.
+#[test]
+fn adding_or_removing_a_lan_at_a_restart_charges_nothing_again() {
+    let mut s = Setup::new(&[]);
+    let id = new_session(&s.api, s.device, DATA, 0, 100.0, 0, 0);
+    connect(&s.api, s.device);
+    let o = tcp_download(&s.client.ns, s.tcp4(), 2 * MB, Duration::from_secs(3));
+    let before = s.settled(id);
+    let moved = before.refs.delivered();
+    assert!(moved >= 2 * MB, "the download did not complete: {o:?}\n{}", s.context());
+    let mut steps = vec![format!("on lan0: {o:?}; session {} B, reference {moved} B", before.cons())];
+    s.agent.stop();
+    let twin = s.hs.add_lan("02:00:00:00:00:99");
+    let mut b = s.agent.builder().clone();
+    b.lans.push(s.hs.extra_lans[0].clone());
+    s.agent = b.start();
+    s.api = s.agent.api();
+    let with_lan1 = s.settled(id);
+    steps.push(format!("restarted with lan0 and lan1: session {} B", with_lan1.cons()));
+    s.agent.stop();
+    b.lans.truncate(1);
+    s.agent = b.start();
+    s.api = s.agent.api();
+    let without = s.settled(id);
+    steps.push(format!("restarted with lan0 alone: session {} B", without.cons()));
+    let report = format!("{}\nstation on lan1: {twin:?}\n{}", steps.join("\n"), s.context());
+    eprintln!("{report}");
+    assert_eq!(before.cons(), moved, "charged other than moved\n{report}");
+    assert_eq!(with_lan1.cons(), moved, "adding a LAN charged again\n{report}");
+    assert_eq!(without.cons(), moved, "removing a LAN charged again\n{report}");
+    assert!(is_connected(&s.api, s.device), "{report}");
+}
+
+/// One MAC on two LAN ports downloads on both at once: the session's data
+/// budget is spent once, ending within one packet of it, and the two
+/// stations together receive no more.
+#[test]
+fn one_data_budget_whatever_lan_a_device_uses() {
+    const N_MB: u64 = 3;
+    let mut hs = Hotspot::builder().clients(1).build();
+    let mac = hs.client(0).mac.clone();
+    let twin = hs.add_lan(&mac);
+    let s = Setup::on(hs, &[]);
+    let id = new_session(&s.api, s.device, DATA, 0, N_MB as f64, 0, 0);
+    connect(&s.api, s.device);
+    let budget = N_MB * MB;
+    let hi = budget + MTU;
+    let stall = Duration::from_millis(1500);
+    let (tcp, twin_ns) = (s.tcp4(), twin.ns.clone());
+    let other = std::thread::spawn(move || tcp_download(&twin_ns, tcp, 2 * budget, stall));
+    let here = tcp_download(&s.client.ns, tcp, 2 * budget, stall);
+    let there = other.join().unwrap();
+    let snap = s.settled(id);
+    let cons = snap.cons();
+    let received = here.bytes + there.bytes;
+    let report = format!(
+        "budget {budget} B, allowed up to {hi} B; lan0: {here:?}; lan1: {there:?}\n\
+         session data_cons_bytes {cons}; kernel counters (up, down) {:?}\nsession {}\n{}",
+        snap.kernel,
+        snap.session,
+        s.context()
+    );
+    eprintln!("{report}");
+    assert!(here.bytes > 0 && there.bytes > 0, "a LAN moved nothing\n{report}");
+    assert!((budget..=hi).contains(&cons), "consumption outside [budget, budget + MTU]\n{report}");
+    assert_eq!(snap.kernel.0 + snap.kernel.1, cons, "consumption differs from the kernel\n{report}");
+    assert!(received <= hi, "the stations received more than the budget\n{report}");
+    assert!(!is_connected(&s.api, s.device), "{report}");
+}
