@@ -350,8 +350,13 @@ fn measure_agent(spec: &str) {
         .unwrap();
     let store: Arc<dyn SessionStore> =
         Arc::new(HybridStore::open(db, HybridOptions::default()).unwrap());
-    let gw =
-        testrun::gateway_over(std::path::Path::new(root), store, GatewayConfig::default()).unwrap();
+    let gw = testrun::gateway_over(
+        std::path::Path::new(root),
+        store,
+        std::sync::Arc::new(session_model::SystemClock),
+        GatewayConfig::default(),
+    )
+    .unwrap();
     assert_eq!(
         gw.sessions().connected().unwrap().len(),
         n as usize,

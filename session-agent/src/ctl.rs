@@ -422,7 +422,7 @@ pub fn sessions(api: &ApiArgs, cmd: SessionsCmd) -> Result<()> {
         SessionsCmd::Remove { id, force } => {
             c.call("DELETE", &remove_path("sessions", &id, force), None)?;
             eprintln!("session {id} removed");
-            return Ok(());
+            Ok(())
         }
         SessionsCmd::Current { device } => {
             let v = c.call(

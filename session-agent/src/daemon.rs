@@ -294,11 +294,7 @@ pub fn lan_config(mac: Option<[u8; 6]>, addrs: &[IpAddr], gate: &GateOptions) ->
         cfg.garden_rate_bytes = rate;
         // A second's worth: a portal page and its DNS lookups load at once.
         cfg.garden_burst_bytes = rate.max(1500);
-        cfg.garden_min_cost = if gate.garden_pps > 0 {
-            rate / gate.garden_pps
-        } else {
-            0
-        };
+        cfg.garden_min_cost = rate.checked_div(gate.garden_pps).unwrap_or(0);
     }
     cfg
 }

@@ -180,6 +180,8 @@ impl Mismatch {
 
 /// How often the poll checks the datapath against the sessions.
 const ENFORCE_EVERY: Duration = Duration::from_secs(1);
+/// How often paused sessions are checked for expiry (a scan of every session).
+const EXPIRE_PAUSED_EVERY: Duration = Duration::from_secs(5);
 
 impl GatewayStats {
     fn record(count: &AtomicU64, sum: &AtomicU64, last: &AtomicU64, took: Duration) {
@@ -348,7 +350,13 @@ impl Gateway {
         let connected = self.mgr.connected()?;
         let known: IdMap<DeviceId, u32> = old
             .as_ref()
-            .map(|t| t.devices.iter().copied().zip(t.slots.iter().copied()).collect())
+            .map(|t| {
+                t.devices
+                    .iter()
+                    .copied()
+                    .zip(t.slots.iter().copied())
+                    .collect()
+            })
             .unwrap_or_default();
         let maps = self.table();
         let mut rows: Vec<(DeviceId, u32)> = Vec::with_capacity(connected.len());
@@ -396,19 +404,34 @@ impl Gateway {
     }
 
     /// Programs the device's running session into the client table: speed
-    /// (and in HTB mode every LAN's classes), budget, then allow.
+    /// (and in HTB mode every LAN's classes), budget, then allow. With
+    /// `fresh_budget` the kernel budget becomes the session's remaining data
+    /// less the bytes counted since `charged` (the reading last charged, if
+    /// any): those will be charged to this session by the next poll.
     fn program(
         &self,
         mac: MacAddr,
         session: &ClientSession,
         fresh_budget: bool,
+        charged: Option<MeterMark>,
     ) -> Result<(), AgentError> {
         let key = mac_key(mac);
         let (up, down) = self.speed(session);
+        let pending = match charged {
+            Some(last) if fresh_budget => {
+                let now = self.reading(mac);
+                if now.epoch == last.epoch {
+                    now.bytes.saturating_sub(last.bytes)
+                } else {
+                    0
+                }
+            }
+            _ => 0,
+        };
         let budget = session
             .data()
             .data_budget_bytes()
-            .map(|b| b.min(i64::MAX as u64) as i64);
+            .map(|b| b.saturating_sub(pending).min(i64::MAX as u64) as i64);
         let Some((first, rest)) = self.lans.split_first() else {
             return Ok(());
         };
@@ -473,7 +496,7 @@ impl Gateway {
         self.charge(&[(device_id, self.reading(device.mac))])
             .await?;
         let session = self.mgr.curr_session(device_id)?.unwrap_or(session);
-        self.program(device.mac, &session, true)?;
+        self.program(device.mac, &session, true, None)?;
         self.activity.lock().unwrap().insert(
             device_id,
             Activity {
@@ -539,10 +562,10 @@ impl Gateway {
         let _g = self.ops.lock().await;
         let device = self.mgr.device(device_id)?;
         if let Some(session) = self.mgr.curr_session(device_id)? {
-            self.charge(&[(device_id, self.reading(device.mac))])
-                .await?;
+            let charged = self.reading(device.mac);
+            self.charge(&[(device_id, charged)]).await?;
             if let Some(session) = self.mgr.curr_session(device_id)?.or(Some(session)) {
-                self.program(device.mac, &session, true)?;
+                self.program(device.mac, &session, true, Some(charged))?;
             }
         }
         Ok(())
@@ -576,7 +599,7 @@ impl Gateway {
             let report = self.mgr.tick()?;
             self.apply(&report, &charged)?;
             if let Some(s) = self.mgr.curr_session(device_id)? {
-                self.program(device.mac, &s, true)?;
+                self.program(device.mac, &s, true, Some(charged[0].1))?;
             }
         }
         Ok(self.mgr.session(session_id)?)
@@ -627,10 +650,10 @@ impl Gateway {
         *self.meter_table.lock().unwrap() = None;
         self.rekeys.fetch_add(1, Relaxed);
         if connected {
-            self.mgr
-                .reset_meter_mark(device_id, self.reading(new_mac))?;
+            let mark = self.reading(new_mac);
+            self.mgr.reset_meter_mark(device_id, mark)?;
             if let Some(s) = self.mgr.curr_session(device_id)? {
-                self.program(new_mac, &s, true)?;
+                self.program(new_mac, &s, true, Some(mark))?;
             }
         }
         Ok(absorbed)
@@ -652,11 +675,17 @@ impl Gateway {
     ) -> Result<(), AgentError> {
         for t in &report.transitions {
             let device = self.mgr.device(t.device_id)?;
+            let last = charged
+                .iter()
+                .rev()
+                .find(|(d, _)| *d == t.device_id)
+                .map(|(_, m)| *m);
             match t.next {
                 Some(_) => {
                     if let Some(s) = self.mgr.curr_session(t.device_id)? {
                         info!(device_id = t.device_id, from = t.session_id, to = s.id(), reason = ?t.reason, "session advanced");
-                        self.program(device.mac, &s, true)?;
+                        // Bytes counted since the reading go to the new session.
+                        self.program(device.mac, &s, true, last)?;
                     }
                 }
                 None => {
@@ -664,11 +693,6 @@ impl Gateway {
                     self.revoke(device.mac)?;
                     // Bytes that passed between the last reading and the block belong
                     // to the session that just ended (the device has no mark any more).
-                    let last = charged
-                        .iter()
-                        .rev()
-                        .find(|(d, _)| *d == t.device_id)
-                        .map(|(_, m)| *m);
                     if let Some(last) = last {
                         let now = self.reading(device.mac);
                         if now.epoch == last.epoch && now.bytes > last.bytes {
@@ -791,7 +815,7 @@ impl Gateway {
             warn!(%mac, what = m.name(), "the datapath differed from the sessions: corrected");
             self.stats.reconciled[*m as usize].fetch_add(1, Relaxed);
             match want.get(mac) {
-                Some((addr, s)) => self.program(*addr, s, false)?,
+                Some((addr, s)) => self.program(*addr, s, false, None)?,
                 None => self.revoke(MacAddr(mac.addr))?,
             }
         }
@@ -814,7 +838,7 @@ impl Gateway {
         for (device_id, _) in self.mgr.connected()? {
             let device = self.mgr.device(device_id)?;
             if let Some(s) = self.mgr.curr_session(device_id)? {
-                self.program(device.mac, &s, false)?;
+                self.program(device.mac, &s, false, None)?;
             }
         }
         crate::memory::trim();
@@ -870,6 +894,7 @@ impl Gateway {
         let mut last_commit = Instant::now();
         let mut last_forget = Instant::now();
         let mut last_sweep = Instant::now();
+        let mut last_expiry = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -916,6 +941,16 @@ impl Gateway {
                     Err(e) => warn!("sweeping address bindings failed: {e}"),
                 }
             }
+            if last_expiry.elapsed() >= EXPIRE_PAUSED_EVERY {
+                last_expiry = Instant::now();
+                match self.expire_paused().await {
+                    Ok(ended) if !ended.is_empty() => {
+                        info!(sessions = ?ended, "paused sessions expired")
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("ending expired paused sessions failed: {e}"),
+                }
+            }
             if last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
                 last_checkpoint = Instant::now();
                 self.store_work(
@@ -926,6 +961,12 @@ impl Gateway {
                 );
             }
         }
+    }
+
+    /// Ends paused sessions that expired (see [`SessionsMgr::expire_paused`]).
+    pub async fn expire_paused(&self) -> Result<Vec<u64>, AgentError> {
+        let _g = self.ops.lock().await;
+        Ok(self.mgr.expire_paused()?)
     }
 
     /// Removes sessions that ended `retention_secs` ago, then devices left

@@ -832,7 +832,10 @@ fn pins_of_an_older_layout_are_refused_with_the_fix() {
     // The client map of earlier versions: a hash of MAC -> slot.
     const BPF_MAP_TYPE_HASH: u32 = 1;
     pin_map(&dir.join(MAP_CLIENTS), BPF_MAP_TYPE_HASH, 6, 4, MAX_CLIENTS);
-    let load = attach::load(&root, "t").map(|_| ()).unwrap_err().to_string();
+    let load = attach::load(&root, "t")
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
     let open = Maps::open(&root, "t").map(|_| ()).unwrap_err().to_string();
     let _ = std::fs::remove_dir_all(&root);
     for msg in [load, open] {

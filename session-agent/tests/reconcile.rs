@@ -126,3 +126,44 @@ async fn devices_the_datapath_forgot_with_no_sessions_are_removed_after_retentio
     assert!(mgr.device(forgotten.id).is_err());
     assert!(mgr.device(in_table.id).is_ok() && mgr.device(with_session.id).is_ok());
 }
+
+#[tokio::test]
+async fn bytes_counted_while_a_session_changes_come_off_its_new_kernel_budget() {
+    let h = ProgramHarness::new("sa-rec", &[]).unwrap();
+    let gw = gateway(&h);
+    let mgr = gw.sessions();
+    let mac = client_mac(7);
+    let d = mgr.create_device(MacAddr(mac.addr), None, None).unwrap();
+    let sid = mgr
+        .create_session(d.id, 1, 0, 5.0, None, 0, 0, false)
+        .await
+        .unwrap()
+        .id();
+    gw.connect(d.id, "go").await.unwrap();
+    gw.poll().await.unwrap();
+    let slot = h.maps.slot_of(&mac).unwrap();
+    assert_eq!(h.maps.budget(slot), 5_000_000);
+    // The portal cuts the allocation to 2 MB while the client moves 300 kB:
+    // the bytes land between the reading the change charged and the new budget.
+    let maps = &h.maps;
+    gw.update_session(sid, |s| {
+        maps.add_up_bytes(slot, 300_000);
+        s.set_data_bytes(2_000_000);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        h.maps.budget(slot),
+        1_700_000,
+        "the kernel would let the client use the 300 kB twice"
+    );
+    gw.poll().await.unwrap();
+    let s = mgr.session(sid).unwrap();
+    assert_eq!(s.data().data_cons_bytes, 300_000);
+    assert_eq!(
+        h.maps.budget(slot) as u64,
+        s.data().remaining_data_bytes(),
+        "kernel budget and remaining data differ"
+    );
+}

@@ -67,9 +67,9 @@ impl Clock for SystemClock {
 
 /// A 64-bit digest of a boot id (FNV-1a), never 0.
 fn boot_hash(s: &str) -> u64 {
-    let h = s
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     h.max(1)
 }
 

@@ -1220,6 +1220,44 @@ impl SessionsMgr {
         Ok(events)
     }
 
+    /// Ends the paused sessions whose expiry passed while their device was
+    /// disconnected (a running one is ended by [`SessionsMgr::tick`]): their
+    /// `ended_at` becomes the expiry and `SessionExpired` is published, as for
+    /// a running session. Scans every session: call it every few seconds, under
+    /// the same lock as changes to sessions. Returns the sessions ended.
+    pub fn expire_paused(&self) -> Result<Vec<SessionId>, ModelError> {
+        let now = self.clock.now_secs();
+        let running: Vec<SessionId> = self.running()?.values().map(|r| r.session_id).collect();
+        let mut due = Vec::new();
+        self.store.for_each_session(&mut |r| {
+            if r.run.is_none()
+                && r.ended_at.is_none()
+                && !running.contains(&r.id)
+                && r.data.end_reason(now) == Some(EndReason::Expired)
+            {
+                due.push(r.id);
+            }
+        })?;
+        let mut recs = Vec::with_capacity(due.len());
+        for id in &due {
+            if let Some(mut r) = self.store.session(*id)? {
+                r.ended_at = Some(r.data.expires_at().unwrap_or(now).min(now));
+                recs.push(r);
+            }
+        }
+        if recs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store.save_sessions(&recs)?;
+        for r in &recs {
+            self.emit(SessionEvent::SessionExpired {
+                device_id: r.device_id,
+                session_id: r.id,
+            });
+        }
+        Ok(due)
+    }
+
     /// The run state of a session whose connected time starts now.
     fn fresh_run(&self) -> RunState {
         RunState {
@@ -1234,7 +1272,12 @@ impl SessionsMgr {
     fn charge_time(&self, rec: &mut SessionRecord) -> u64 {
         let fresh = self.fresh_run();
         let run = rec.run.get_or_insert(fresh);
-        charge_run_time(run, &mut rec.data.time_cons, fresh.charged_to_ms, fresh.boot)
+        charge_run_time(
+            run,
+            &mut rec.data.time_cons,
+            fresh.charged_to_ms,
+            fresh.boot,
+        )
     }
 
     // ----- maintenance -----------------------------------------------------------------

@@ -514,13 +514,20 @@ async fn wall_clock_steps_neither_charge_nor_refund_connected_time() {
     clock.advance_secs(5);
     m.tick().unwrap();
     assert_eq!(time_cons(&m, ids[0]), 15, "a step forward was charged");
-    assert!(m.is_connected(d).unwrap(), "a step forward ended the session");
+    assert!(
+        m.is_connected(d).unwrap(),
+        "a step forward ended the session"
+    );
     // And back by a day: nothing is refunded, time goes on being charged.
     clock.step_wall(-86_400);
     m.tick().unwrap();
     clock.advance_secs(7);
     m.tick().unwrap();
-    assert_eq!(time_cons(&m, ids[0]), 22, "a step backwards changed the charge");
+    assert_eq!(
+        time_cons(&m, ids[0]),
+        22,
+        "a step backwards changed the charge"
+    );
     // A pause and a resume across a step behave the same.
     m.disconnect(d, "").await.unwrap();
     clock.step_wall(7200);
@@ -553,7 +560,11 @@ async fn downtime(kind: &str) {
         let m = data_mgr(open(kind, &path), clock.clone());
         m.record_meter(&[(d, mark(1, 0))]).unwrap();
         m.tick().unwrap();
-        assert_eq!(time_cons(&m, sid), 11, "{kind}: a restart with the datapath alive");
+        assert_eq!(
+            time_cons(&m, sid),
+            11,
+            "{kind}: a restart with the datapath alive"
+        );
         m.flush().unwrap();
         m.sync().unwrap();
     }
@@ -564,11 +575,19 @@ async fn downtime(kind: &str) {
         let m = data_mgr(open(kind, &path), clock.clone());
         m.record_meter(&[(d, mark(2, 0))]).unwrap();
         m.tick().unwrap();
-        assert_eq!(time_cons(&m, sid), 11, "{kind}: new counters, the gap was charged");
+        assert_eq!(
+            time_cons(&m, sid),
+            11,
+            "{kind}: new counters, the gap was charged"
+        );
         assert!(m.is_connected(d).unwrap());
         clock.advance_secs(4);
         m.tick().unwrap();
-        assert_eq!(time_cons(&m, sid), 15, "{kind}: charging goes on after new counters");
+        assert_eq!(
+            time_cons(&m, sid),
+            15,
+            "{kind}: charging goes on after new counters"
+        );
         m.flush().unwrap();
         m.sync().unwrap();
     }
@@ -582,7 +601,11 @@ async fn downtime(kind: &str) {
         m.record_meter(&[(d, mark(3, 0))]).unwrap();
         clock.advance_secs(2);
         m.tick().unwrap();
-        assert_eq!(time_cons(&m, sid), 17, "{kind}: charging goes on after a reboot");
+        assert_eq!(
+            time_cons(&m, sid),
+            17,
+            "{kind}: charging goes on after a reboot"
+        );
     }
 }
 
@@ -594,4 +617,34 @@ async fn downtime_is_not_connected_time_redb() {
 #[tokio::test]
 async fn downtime_is_not_connected_time_hybrid() {
     downtime("hybrid").await;
+}
+
+#[tokio::test]
+async fn a_paused_session_that_expires_is_ended_with_an_event() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let m = data_mgr(Arc::new(MemoryStore::new()), clock.clone());
+    let d = m.create_device(mac(1), None, None).unwrap();
+    let sid = m
+        .create_session(d.id, 0, 600, 0.0, Some(1), 0, 0, false)
+        .await
+        .unwrap()
+        .id();
+    m.connect(d.id, "").await.unwrap();
+    clock.advance_secs(10);
+    m.disconnect(d.id, "").await.unwrap();
+    let mut rx = m.subscribe();
+    assert!(m.expire_paused().unwrap().is_empty(), "not expired yet");
+    clock.advance_secs(2 * 86_400);
+    assert_eq!(m.expire_paused().unwrap(), vec![sid]);
+    assert_eq!(
+        drain(&mut rx),
+        vec![SessionEvent::SessionExpired {
+            device_id: d.id,
+            session_id: sid
+        }]
+    );
+    let rec = m.store().session(sid).unwrap().unwrap();
+    assert_eq!(rec.ended_at, rec.data.expires_at(), "ended when it expired");
+    assert!(m.expire_paused().unwrap().is_empty(), "ended once");
+    assert!(drain(&mut rx).is_empty());
 }

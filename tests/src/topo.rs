@@ -282,7 +282,10 @@ impl Hotspot {
                 "address", mac, "netns", &c.ns,
             ],
         );
-        let (gw4, gw6) = (format!("10.{}.0.1", 202 + n), format!("fd00:{}::1", 202 + n));
+        let (gw4, gw6) = (
+            format!("10.{}.0.1", 202 + n),
+            format!("fd00:{}::1", 202 + n),
+        );
         ip_n(gw, &["addr", "add", &format!("{gw4}/24"), "dev", &lan]);
         ip_n(
             gw,
@@ -291,13 +294,27 @@ impl Hotspot {
         ip_n(gw, &["link", "set", &lan, "up"]);
         for scope in ["all", "default"] {
             sysctl(&c.ns, &format!("net.ipv6.conf.{scope}.accept_dad"), "0");
-            sysctl(&c.ns, &format!("net.ipv6.conf.{scope}.router_solicitations"), "0");
+            sysctl(
+                &c.ns,
+                &format!("net.ipv6.conf.{scope}.router_solicitations"),
+                "0",
+            );
             sysctl(&c.ns, &format!("net.ipv6.conf.{scope}.addr_gen_mode"), "1");
         }
-        ip_n(&c.ns, &["addr", "add", &format!("{}/24", c.ipv4), "dev", HOST_IF]);
         ip_n(
             &c.ns,
-            &["addr", "add", &format!("{}/64", c.ipv6), "dev", HOST_IF, "nodad"],
+            &["addr", "add", &format!("{}/24", c.ipv4), "dev", HOST_IF],
+        );
+        ip_n(
+            &c.ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/64", c.ipv6),
+                "dev",
+                HOST_IF,
+                "nodad",
+            ],
         );
         ip_n(&c.ns, &["link", "set", HOST_IF, "up"]);
         ip_n(&c.ns, &["route", "add", "default", "via", &gw4]);
@@ -305,7 +322,17 @@ impl Hotspot {
         let permanent = |ns: &str, addr: &str, mac: &str, dev: &str| {
             ip_n(
                 ns,
-                &["neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent"],
+                &[
+                    "neigh",
+                    "replace",
+                    addr,
+                    "lladdr",
+                    mac,
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ],
             );
         };
         permanent(&c.ns, &gw4, &gw_mac, HOST_IF);

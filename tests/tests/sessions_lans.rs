@@ -16,8 +16,15 @@ fn adding_or_removing_a_lan_at_a_restart_charges_nothing_again() {
     let o = tcp_download(&s.client.ns, s.tcp4(), 2 * MB, Duration::from_secs(3));
     let before = s.settled(id);
     let moved = before.refs.delivered();
-    assert!(moved >= 2 * MB, "the download did not complete: {o:?}\n{}", s.context());
-    let mut steps = vec![format!("on lan0: {o:?}; session {} B, reference {moved} B", before.cons())];
+    assert!(
+        moved >= 2 * MB,
+        "the download did not complete: {o:?}\n{}",
+        s.context()
+    );
+    let mut steps = vec![format!(
+        "on lan0: {o:?}; session {} B, reference {moved} B",
+        before.cons()
+    )];
     s.agent.stop();
     let twin = s.hs.add_lan("02:00:00:00:00:99");
     let mut b = s.agent.builder().clone();
@@ -25,18 +32,36 @@ fn adding_or_removing_a_lan_at_a_restart_charges_nothing_again() {
     s.agent = b.start();
     s.api = s.agent.api();
     let with_lan1 = s.settled(id);
-    steps.push(format!("restarted with lan0 and lan1: session {} B", with_lan1.cons()));
+    steps.push(format!(
+        "restarted with lan0 and lan1: session {} B",
+        with_lan1.cons()
+    ));
     s.agent.stop();
     b.lans.truncate(1);
     s.agent = b.start();
     s.api = s.agent.api();
     let without = s.settled(id);
-    steps.push(format!("restarted with lan0 alone: session {} B", without.cons()));
-    let report = format!("{}\nstation on lan1: {twin:?}\n{}", steps.join("\n"), s.context());
+    steps.push(format!(
+        "restarted with lan0 alone: session {} B",
+        without.cons()
+    ));
+    let report = format!(
+        "{}\nstation on lan1: {twin:?}\n{}",
+        steps.join("\n"),
+        s.context()
+    );
     eprintln!("{report}");
     assert_eq!(before.cons(), moved, "charged other than moved\n{report}");
-    assert_eq!(with_lan1.cons(), moved, "adding a LAN charged again\n{report}");
-    assert_eq!(without.cons(), moved, "removing a LAN charged again\n{report}");
+    assert_eq!(
+        with_lan1.cons(),
+        moved,
+        "adding a LAN charged again\n{report}"
+    );
+    assert_eq!(
+        without.cons(),
+        moved,
+        "removing a LAN charged again\n{report}"
+    );
     assert!(is_connected(&s.api, s.device), "{report}");
 }
 
@@ -70,9 +95,22 @@ fn one_data_budget_whatever_lan_a_device_uses() {
         s.context()
     );
     eprintln!("{report}");
-    assert!(here.bytes > 0 && there.bytes > 0, "a LAN moved nothing\n{report}");
-    assert!((budget..=hi).contains(&cons), "consumption outside [budget, budget + MTU]\n{report}");
-    assert_eq!(snap.kernel.0 + snap.kernel.1, cons, "consumption differs from the kernel\n{report}");
-    assert!(received <= hi, "the stations received more than the budget\n{report}");
+    assert!(
+        here.bytes > 0 && there.bytes > 0,
+        "a LAN moved nothing\n{report}"
+    );
+    assert!(
+        (budget..=hi).contains(&cons),
+        "consumption outside [budget, budget + MTU]\n{report}"
+    );
+    assert_eq!(
+        snap.kernel.0 + snap.kernel.1,
+        cons,
+        "consumption differs from the kernel\n{report}"
+    );
+    assert!(
+        received <= hi,
+        "the stations received more than the budget\n{report}"
+    );
     assert!(!is_connected(&s.api, s.device), "{report}");
 }

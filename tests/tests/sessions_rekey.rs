@@ -28,12 +28,32 @@ fn a_client_that_changes_its_mac_mid_session_keeps_its_session_once_rekeyed() {
     ip_n(&s.client.ns, &["route", "replace", "default", "via", &gw]);
     ip_n(
         &s.client.ns,
-        &["neigh", "replace", &gw, "lladdr", &s.hs.gw_lan_mac, "dev", "eth0", "nud", "permanent"],
+        &[
+            "neigh",
+            "replace",
+            &gw,
+            "lladdr",
+            &s.hs.gw_lan_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
     );
     let client_ip = s.client.ipv4.to_string();
     ip_n(
         &s.hs.gw_ns,
-        &["neigh", "replace", &client_ip, "lladdr", new_mac, "dev", &s.hs.lan_if, "nud", "permanent"],
+        &[
+            "neigh",
+            "replace",
+            &client_ip,
+            "lladdr",
+            new_mac,
+            "dev",
+            &s.hs.lan_if,
+            "nud",
+            "permanent",
+        ],
     );
     let blocked_as_new = s.tcp_blocked();
     // The gateway saw the new MAC and made a device for it (or the portal does).
@@ -72,17 +92,33 @@ fn a_client_that_changes_its_mac_mid_session_keeps_its_session_once_rekeyed() {
         s.context()
     );
     eprintln!("{report}");
-    assert!(first.completed && second.completed, "a download failed\n{report}");
-    assert!(blocked_as_new, "the new MAC got through before the rekey\n{report}");
+    assert!(
+        first.completed && second.completed,
+        "a download failed\n{report}"
+    );
+    assert!(
+        blocked_as_new,
+        "the new MAC got through before the rekey\n{report}"
+    );
     assert_eq!(r.status, 200, "rekey refused\n{report}");
-    assert_eq!(absorbed.status, 404, "the new MAC's device was not absorbed\n{report}");
-    assert_eq!(after_rekey.cons(), before.cons(), "the rekey charged something\n{report}");
+    assert_eq!(
+        absorbed.status, 404,
+        "the new MAC's device was not absorbed\n{report}"
+    );
+    assert_eq!(
+        after_rekey.cons(),
+        before.cons(),
+        "the rekey charged something\n{report}"
+    );
     assert_eq!(
         end.cons() - after_rekey.cons(),
         new_kernel.up_bytes + new_kernel.down_bytes,
         "the new MAC's traffic was not charged exactly once\n{report}"
     );
-    assert!(!old_now.allowed, "the old MAC is still let through\n{report}");
+    assert!(
+        !old_now.allowed,
+        "the old MAC is still let through\n{report}"
+    );
     assert!(is_connected(&s.api, s.device), "{report}");
     let tc = field(&end.session, "time_cons");
     assert!(

@@ -281,5 +281,8 @@ fn a_simulated_reboot_does_not_charge_the_downtime() {
         "time_cons {tc} after {connected:?} connected and 8 s down\n{report}"
     );
     assert!(is_connected(&s.api, s.device), "{report}");
-    assert!(!blocked, "the client is blocked after the restart\n{report}");
+    assert!(
+        !blocked,
+        "the client is blocked after the restart\n{report}"
+    );
 }

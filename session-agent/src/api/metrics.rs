@@ -223,22 +223,22 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
     let mgr = st.gw.sessions();
     let now = mgr.clock().now_secs();
     let connected = mgr.connected()?;
-    let sessions = mgr.store().sessions().map_err(ModelError::from)?;
-    let devices = mgr.store().devices().map_err(ModelError::from)?.len();
+    let devices = mgr.store().device_count().map_err(ModelError::from)?;
     let (mut paused, mut unstarted, mut ended) = (0u64, 0u64, 0u64);
     let running: std::collections::HashSet<u64> = connected.iter().map(|(_, s)| *s).collect();
-    for s in &sessions {
-        if running.contains(&s.id) {
-            continue;
-        }
-        if !s.data.is_available(now) {
-            ended += 1;
-        } else if s.data.started_at.is_some() {
-            paused += 1;
-        } else {
-            unstarted += 1;
-        }
-    }
+    // Counted in place: a scrape copies no session.
+    mgr.store()
+        .for_each_session(&mut |s| {
+            if running.contains(&s.id) {
+            } else if !s.data.is_available(now) {
+                ended += 1;
+            } else if s.data.started_at.is_some() {
+                paused += 1;
+            } else {
+                unstarted += 1;
+            }
+        })
+        .map_err(ModelError::from)?;
     head(
         &mut out,
         "session_agent_devices",

@@ -290,8 +290,11 @@ fn created<T: serde::Serialize>(v: T) -> Response {
 
 async fn status(State(st): St) -> ApiResult<StatusView> {
     let mgr = st.gw.sessions();
-    let devices = mgr.store().devices().map_err(ModelError::from)?.len() as u64;
-    let sessions = mgr.store().sessions().map_err(ModelError::from)?.len() as u64;
+    let devices = mgr.store().device_count().map_err(ModelError::from)?;
+    let mut sessions = 0u64;
+    mgr.store()
+        .for_each_session(&mut |_| sessions += 1)
+        .map_err(ModelError::from)?;
     let lans = st
         .gw
         .lans()

@@ -363,10 +363,7 @@ pub fn check_pins(pin_root: &Path, iface_name: &str) -> Result<()> {
         ));
     }
     let shared = clients_dir(pin_root);
-    for (dir, layouts) in [
-        (&shared, &shared_layouts()[..]),
-        (&dir, &lan_layouts()[..]),
-    ] {
+    for (dir, layouts) in [(&shared, &shared_layouts()[..]), (&dir, &lan_layouts()[..])] {
         let (first, ..) = layouts[0];
         if !dir.join(first).exists() {
             continue;
@@ -411,22 +408,20 @@ pub fn load(pin_root: &Path, iface_name: &str) -> Result<Ebpf> {
     for name in SHARED_MAPS {
         loader.map_pin_path(name, shared.join(name));
     }
-    loader
-        .load(OBJECT)
-        .map_err(|e| {
-            let err = AgentError::bpf(format!("loading the datapath for {iface_name}"), &e);
-            match (&e, err) {
-                (
-                    aya::EbpfError::MapError(aya::maps::MapError::PinError { .. }),
-                    AgentError::Bpf { message, .. },
-                ) => AgentError::IncompatiblePins {
-                    iface: iface_name.into(),
-                    dir: dir.to_path_buf(),
-                    reason: message,
-                },
-                (_, err) => err,
-            }
-        })
+    loader.load(OBJECT).map_err(|e| {
+        let err = AgentError::bpf(format!("loading the datapath for {iface_name}"), &e);
+        match (&e, err) {
+            (
+                aya::EbpfError::MapError(aya::maps::MapError::PinError { .. }),
+                AgentError::Bpf { message, .. },
+            ) => AgentError::IncompatiblePins {
+                iface: iface_name.into(),
+                dir: dir.to_path_buf(),
+                reason: message,
+            },
+            (_, err) => err,
+        }
+    })
 }
 
 /// A pinned link that is still attached to a live interface, if there is one.

@@ -96,7 +96,22 @@ impl ProgramHarness {
         store: std::sync::Arc<dyn session_model::SessionStore>,
         cfg: crate::gateway::GatewayConfig,
     ) -> Result<std::sync::Arc<crate::gateway::Gateway>> {
-        gateway_over(&self.root, store, cfg)
+        gateway_over(
+            &self.root,
+            store,
+            std::sync::Arc::new(session_model::SystemClock),
+            cfg,
+        )
+    }
+
+    /// [`ProgramHarness::gateway`] whose sessions run on `clock`.
+    pub fn gateway_with_clock(
+        &self,
+        store: std::sync::Arc<dyn session_model::SessionStore>,
+        clock: std::sync::Arc<dyn session_model::Clock>,
+        cfg: crate::gateway::GatewayConfig,
+    ) -> Result<std::sync::Arc<crate::gateway::Gateway>> {
+        gateway_over(&self.root, store, clock, cfg)
     }
 
     /// Runs `prog` on `frame` `repeat` times (with an optional `__sk_buff`
@@ -135,6 +150,7 @@ impl ProgramHarness {
 pub fn gateway_over(
     pin_root: &Path,
     store: std::sync::Arc<dyn session_model::SessionStore>,
+    clock: std::sync::Arc<dyn session_model::Clock>,
     cfg: crate::gateway::GatewayConfig,
 ) -> Result<std::sync::Arc<crate::gateway::Gateway>> {
     let maps = Maps::open(pin_root, "t")?;
@@ -143,8 +159,7 @@ pub fn gateway_over(
         name: "t".into(),
         maps: std::sync::Mutex::new(maps),
     };
-    let mgr =
-        session_model::SessionsMgr::new(store, std::sync::Arc::new(session_model::SystemClock));
+    let mgr = session_model::SessionsMgr::new(store, clock);
     Ok(crate::gateway::Gateway::new(
         std::sync::Arc::new(mgr),
         vec![lan],

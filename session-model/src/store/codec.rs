@@ -158,7 +158,11 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<SessionRecord, StoreError> {
         .to_string();
     let run = if format != FORMAT_NO_RUN && r.flag()? {
         let charged_to_ms = r.i64()?;
-        let boot = if format == FORMAT_NO_BOOT { 0 } else { r.u64()? };
+        let boot = if format == FORMAT_NO_BOOT {
+            0
+        } else {
+            r.u64()?
+        };
         let meter = if r.flag()? {
             Some(MeterMark {
                 epoch: r.u64()?,

@@ -609,6 +609,10 @@ impl SessionStore for HybridStore {
             .cloned())
     }
 
+    fn device_count(&self) -> Result<u64, StoreError> {
+        Ok(self.lock()?.state.devices.len() as u64)
+    }
+
     fn devices(&self) -> Result<Vec<Device>, StoreError> {
         let mut v: Vec<Device> = self.lock()?.state.devices.values().cloned().collect();
         v.sort_unstable_by_key(|d| d.id);

@@ -77,6 +77,10 @@ impl SessionStore for MemoryStore {
         Ok(st.macs.get(&mac).and_then(|id| st.devices.get(id)).cloned())
     }
 
+    fn device_count(&self) -> Result<u64, StoreError> {
+        Ok(self.lock()?.devices.len() as u64)
+    }
+
     fn devices(&self) -> Result<Vec<Device>, StoreError> {
         let mut v: Vec<Device> = self.lock()?.devices.values().cloned().collect();
         v.sort_unstable_by_key(|d| d.id);

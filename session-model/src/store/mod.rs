@@ -73,6 +73,11 @@ pub trait SessionStore: std::fmt::Debug + Send + Sync + 'static {
     /// All devices, by ascending id.
     fn devices(&self) -> Result<Vec<Device>, StoreError>;
 
+    /// How many devices there are, without copying them.
+    fn device_count(&self) -> Result<u64, StoreError> {
+        Ok(self.devices()?.len() as u64)
+    }
+
     /// Creates a session for an existing device.
     fn create_session(
         &self,

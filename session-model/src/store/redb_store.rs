@@ -616,16 +616,29 @@ impl SessionStore for RedbStore {
     }
 
     fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_session(&mut |r| out.push(r.clone()))?;
+        Ok(out)
+    }
+
+    fn for_each_session(&self, f: &mut dyn FnMut(&SessionRecord)) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(rerr("begin read"))?;
         let t = txn
             .open_table(SESSIONS)
             .map_err(rerr("open sessions table"))?;
-        let mut out = Vec::new();
         for item in t.iter().map_err(rerr("scan sessions"))? {
             let (_, v) = item.map_err(rerr("scan sessions"))?;
-            out.push(decode_session(v.value())?);
+            f(&decode_session(v.value())?);
         }
-        Ok(out)
+        Ok(())
+    }
+
+    fn device_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let t = txn
+            .open_table(DEVICES)
+            .map_err(rerr("open devices table"))?;
+        t.len().map_err(rerr("count devices"))
     }
 
     fn remove_sessions(&self, ids: &[SessionId]) -> Result<usize, StoreError> {
