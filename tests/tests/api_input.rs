@@ -358,16 +358,23 @@ fn served_routes_match_openapi() {
                 assert!(r.status < 500, "{m} {path}: HTTP {} {}", r.status, r.body);
             } else {
                 assert_eq!(
-                    r.status, 405,
-                    "{m} {path} is served but not documented: {}",
+                    (r.status, r.body["code"].as_str()),
+                    (405, Some("method_not_allowed")),
+                    "{m} {path} is served but not documented, or its 405 is not the API's JSON error: {}",
                     r.body
                 );
             }
             checked += 1;
         }
     }
-    // A path that is not documented is not served.
-    assert_eq!(api.get("/v1/sessions").status, 404);
+    // A path that is not documented is not served, and says so in JSON.
+    let r = api.get("/v1/sessions");
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (404, Some("no_route")),
+        "{}",
+        r.body
+    );
     assert!(checked >= 80, "only {checked} combinations checked");
 }
 

@@ -113,6 +113,7 @@ fn router_with(gateway: Arc<Gateway>, opts: ApiOptions) -> Router {
     });
     routes::v1()
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(json_only))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -120,6 +121,17 @@ fn router_with(gateway: Arc<Gateway>, opts: ApiOptions) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no_route", "no such route; see /v1/openapi.json")
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} takes no {method}; see /v1/openapi.json for its methods",
+            uri.path()
+        ),
+    )
 }
 
 /// Refuses request bodies declared as anything but JSON (a missing type is taken as JSON).
