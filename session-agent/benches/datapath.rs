@@ -165,24 +165,24 @@ impl Path {
             Path::Full => {
                 maps.set_allowed(m, true).unwrap();
                 maps.set_rates(slot, big, big).unwrap();
-                maps.set_budget(slot, Some(i64::MAX / 2));
+                maps.set_budget(slot, Some(i64::MAX / 2)).unwrap();
             }
             Path::RateLimited => {
                 maps.set_allowed(m, true).unwrap();
                 maps.set_rates(slot, tiny, tiny).unwrap();
                 // A one-byte bucket: the first packet takes it, every later one is refused.
-                maps.set_budget(slot, None);
+                maps.set_budget(slot, None).unwrap();
             }
             Path::QuotaExhausted => {
                 maps.set_allowed(m, true).unwrap();
                 maps.set_rates(slot, RateLimit::UNLIMITED, RateLimit::UNLIMITED)
                     .unwrap();
-                maps.set_budget(slot, Some(0));
+                maps.set_budget(slot, Some(0)).unwrap();
             }
             Path::Blocked => {
                 maps.set_rates(slot, RateLimit::UNLIMITED, RateLimit::UNLIMITED)
                     .unwrap();
-                maps.set_budget(slot, None);
+                maps.set_budget(slot, None).unwrap();
                 maps.set_allowed(m, false).unwrap();
             }
         }
@@ -264,6 +264,7 @@ fn cpu_time() -> Duration {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: clock_gettime writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
@@ -379,7 +380,7 @@ fn measure_agent(spec: &str) {
         {
             let maps = gw.lans()[0].maps.lock().unwrap();
             for slot in 0..n {
-                maps.add_up_bytes(slot, 1500);
+                maps.add_up_bytes(slot, 1500).unwrap();
             }
         }
         let (w, c) = timed(|| rt.block_on(gw.poll()).unwrap());
@@ -452,6 +453,7 @@ fn main() {
         return measure_agent(&spec);
     }
     assert!(
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() } == 0,
         "the datapath benchmark needs root (BPF): run `cargo xtask bench`"
     );

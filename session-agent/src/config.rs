@@ -35,11 +35,11 @@ pub struct Config {
     /// Portal ports on the gateway's LAN addresses.
     pub portal_ports: Option<Vec<u16>>,
     /// `tc` or `xdp`.
-    pub ingress: Option<String>,
+    pub ingress: Option<session_agent::dataplane::attach::IngressHook>,
     /// `police` or `htb`.
-    pub shaper: Option<String>,
+    pub shaper: Option<session_agent::dataplane::shape::Shaper>,
     /// `auto`, `tcx` or `netlink`.
-    pub tc_attach: Option<String>,
+    pub tc_attach: Option<session_agent::dataplane::attach::TcAttach>,
     pub pin_root: Option<PathBuf>,
     pub poll_ms: Option<u64>,
     pub commit_ms: Option<u64>,
@@ -177,20 +177,6 @@ impl Config {
             if l.iter().any(|s| s.is_empty()) {
                 return Err(("lans", "an interface name is empty".into()));
             }
-        }
-        if let Some(i) = &self.ingress {
-            if !matches!(i.as_str(), "tc" | "xdp") {
-                return Err(("ingress", format!("{i:?}: expected \"tc\" or \"xdp\"")));
-            }
-        }
-        if let Some(m) = &self.shaper {
-            if !matches!(m.as_str(), "police" | "htb") {
-                return Err(("shaper", format!("{m:?}: expected \"police\" or \"htb\"")));
-            }
-        }
-        if let Some(t) = &self.tc_attach {
-            t.parse::<crate::dataplane::attach::TcAttach>()
-                .map_err(|e| ("tc_attach", e))?;
         }
         if let Some(p) = &self.store.provider {
             let names = session_model::store_names();

@@ -179,7 +179,7 @@ fn set_up_shaper(maps: &Maps, lan: &str, mode: Shaper) -> Result<()> {
             maps.set_shaper(Shaper::Htb, ifb)
         }
         Shaper::Police => {
-            let was = maps.shaper();
+            let was = maps.shaper()?;
             maps.set_shaper(Shaper::Police, 0)?;
             if was == Shaper::Htb || shape::ifb_exists(lan) {
                 shape::teardown(lan)?;
@@ -217,22 +217,28 @@ fn handle_event(gw: &Gateway, lan: &str, bytes: &[u8]) {
         warn!(lan, len = bytes.len(), "short datapath event");
         return;
     }
+    // SAFETY: `bytes` holds at least a ClientEvent (checked above), a repr(C)
+    // type of plain integers for which every bit pattern is valid.
     let ev: ClientEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    match ev.kind {
-        EVENT_NEW_CLIENT => {
+    match ev.kind() {
+        Ok(EventKind::NewClient) => {
             info!(lan, mac = %ev.mac, slot = ev.slot, "new client");
             gw.client_seen(lan, ev.mac);
         }
-        EVENT_QUOTA_EXHAUSTED => {
+        Ok(EventKind::QuotaExhausted) => {
             info!(lan, mac = %ev.mac, slot = ev.slot, "data budget used up");
             gw.quota_exhausted(lan, ev.mac);
         }
-        EVENT_ADDR_BOUND => gw.addr_bound(lan, ev.mac, dataplane::addr_of(&ev.addr)),
-        EVENT_MAC_CONFLICT => gw.mac_conflict(lan, ev.mac, dataplane::addr_of(&ev.addr)),
-        EVENT_TABLE_FULL => {
+        Ok(EventKind::AddrBound) => gw.addr_bound(lan, ev.mac, dataplane::addr_of(&ev.addr)),
+        Ok(EventKind::MacConflict) => gw.mac_conflict(lan, ev.mac, dataplane::addr_of(&ev.addr)),
+        Ok(EventKind::TableFull) => {
             warn!(lan, mac = %ev.mac, "client table full ({MAX_CLIENTS}); new clients stay blocked")
         }
-        k => warn!(lan, kind = k, "unknown datapath event"),
+        Err(k) => warn!(
+            lan,
+            kind = k,
+            "unknown datapath event: the programs attached are of another version"
+        ),
     }
 }
 

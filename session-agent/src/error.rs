@@ -31,6 +31,8 @@ pub enum AgentError {
         mac: session_model::MacAddr,
         device_id: i64,
     },
+    #[error("slot {slot} of the client table (opened through {iface}) has no client: it was forgotten since it was looked up")]
+    NoEntry { iface: String, slot: u32 },
     #[error("the client table of {iface} is full ({max} clients)")]
     TableFull { iface: String, max: u32 },
     #[error("the pinned maps in {dir} do not match this version of session-agent ({reason}); run `session-agent detach --lan {iface}` and start again")]

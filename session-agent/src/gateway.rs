@@ -300,7 +300,10 @@ impl Gateway {
         match self.table() {
             Some(maps) => MeterMark {
                 epoch: maps.epoch(),
-                bytes: maps.slot_of(&key).map_or(0, |s| maps.usage_bytes(s)),
+                bytes: maps
+                    .slot_of(&key)
+                    .and_then(|s| maps.usage_bytes(s).ok())
+                    .unwrap_or(0),
             },
             None => MeterMark { epoch: 0, bytes: 0 },
         }
@@ -323,19 +326,19 @@ impl Gateway {
             return Ok(Vec::new());
         };
         let epoch = maps.epoch();
-        Ok(t.devices
-            .iter()
-            .zip(&t.slots)
-            .map(|(&device_id, &slot)| {
-                (
-                    device_id,
-                    MeterMark {
-                        epoch,
-                        bytes: maps.usage_bytes(slot),
-                    },
-                )
-            })
-            .collect())
+        let mut out = Vec::with_capacity(t.devices.len());
+        for (&device_id, &slot) in t.devices.iter().zip(&t.slots) {
+            match maps.usage_bytes(slot) {
+                Ok(bytes) => out.push((device_id, MeterMark { epoch, bytes })),
+                Err(e) => {
+                    // A connected device's entry is never forgotten; if it
+                    // went all the same, the next poll looks the slots up again.
+                    *table = None;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The meter table of the connected devices, or (when a device has no
@@ -442,7 +445,7 @@ impl Gateway {
             let live = maps.flags_of(slot) & (POLICY_ALLOWED | POLICY_QUOTA)
                 == POLICY_ALLOWED | POLICY_QUOTA;
             if fresh_budget || !live || budget.is_none() {
-                maps.set_budget(slot, budget);
+                maps.set_budget(slot, budget)?;
             }
             slot
         };

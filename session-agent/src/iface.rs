@@ -7,6 +7,7 @@ use crate::error::{AgentError, Result};
 /// The interface's index, or a clear error if there is none by that name.
 pub fn index(name: &str) -> Result<u32> {
     let c = CString::new(name).map_err(|_| AgentError::UnknownInterface(name.to_string()))?;
+    // SAFETY: `c` is a NUL-terminated name that outlives the call.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
         0 => Err(AgentError::UnknownInterface(name.to_string())),
         i => Ok(i),
@@ -32,6 +33,7 @@ fn each_ifaddr(mut f: impl FnMut(&[u8], &libc::ifaddrs)) -> Result<()> {
         if ifa.ifa_addr.is_null() {
             continue;
         }
+        // SAFETY: the entry's name is a C string that lives as long as the list.
         let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_bytes();
         f(name, ifa);
     }
@@ -48,12 +50,14 @@ fn ip_of(sa: *const libc::sockaddr) -> Option<IpAddr> {
     // SAFETY: a sockaddr from getifaddrs, whose family says what it holds.
     match unsafe { (*sa).sa_family } as i32 {
         libc::AF_INET => {
+            // SAFETY: an AF_INET sockaddr is a sockaddr_in.
             let sin = unsafe { &*(sa as *const libc::sockaddr_in) };
             Some(IpAddr::from(
                 u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
             ))
         }
         libc::AF_INET6 => {
+            // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
             let sin6 = unsafe { &*(sa as *const libc::sockaddr_in6) };
             Some(IpAddr::from(sin6.sin6_addr.s6_addr))
         }
@@ -67,6 +71,7 @@ pub fn mac(name: &str) -> Result<Option<[u8; 6]>> {
     each_ifaddr(|n, ifa| {
         // SAFETY: AF_PACKET entries hold a sockaddr_ll.
         if n == name.as_bytes() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_PACKET {
+            // SAFETY: as above.
             let ll = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_ll) };
             if ll.sll_halen == 6 {
                 let mut m = [0u8; 6];

@@ -441,29 +441,9 @@ fn run_options(a: RunArgs) -> anyhow::Result<daemon::RunOptions> {
     } else {
         a.portal_ports
     };
-    let ingress = match a.ingress {
-        Some(i) => i,
-        None => match cfg.ingress.as_deref() {
-            Some("xdp") => IngressHook::Xdp,
-            _ => IngressHook::Tc,
-        },
-    };
-    let shaper = match a.shaper {
-        Some(s) => s,
-        None => match cfg.shaper.as_deref() {
-            Some("htb") => Shaper::Htb,
-            _ => Shaper::Police,
-        },
-    };
-    let tc_attach = match a.tc_attach {
-        Some(t) => t,
-        // Checked when the file was read.
-        None => cfg
-            .tc_attach
-            .as_deref()
-            .map(|t| t.parse().unwrap_or_default())
-            .unwrap_or_default(),
-    };
+    let ingress = a.ingress.or(cfg.ingress).unwrap_or_default();
+    let shaper = a.shaper.or(cfg.shaper).unwrap_or_default();
+    let tc_attach = a.tc_attach.or(cfg.tc_attach).unwrap_or_default();
     let token = match (a.api_token, a.api_token_file.or(cfg.api.token_file)) {
         (Some(t), _) => Some(t),
         (None, Some(f)) => {

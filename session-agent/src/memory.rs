@@ -13,6 +13,7 @@ const MMAP_THRESHOLD: i32 = 256 * 1024;
 /// Sets the allocator up for a long-running daemon. Call once at start.
 pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes glibc's allocator settings.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
@@ -21,6 +22,7 @@ pub fn tune_allocator() {
 /// Returns freed heap memory to the system, after bulk work.
 pub fn trim() {
     #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the system.
     unsafe {
         libc::malloc_trim(0);
     }

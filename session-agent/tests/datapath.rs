@@ -261,7 +261,7 @@ fn data_budget_cuts_off_with_at_most_one_packet_of_overshoot() {
     let mut dp = Datapath::new();
     let n = 8;
     let slot = dp.allow(client_mac(n));
-    dp.h.maps.set_budget(slot, Some(1000));
+    dp.h.maps.set_budget(slot, Some(1000)).unwrap();
     let pkt = up4(n, 443, 572); // 600 IP bytes
     assert_eq!(dp.up(&pkt), TC_PASS); // 1000 -> 400
     assert_eq!(dp.down(&down4(n, 443, 272)), TC_PASS); // 300 bytes: 400 -> 100 (budget covers both directions)
@@ -278,10 +278,13 @@ fn data_budget_cuts_off_with_at_most_one_packet_of_overshoot() {
     );
     assert_eq!(c.quota_packets, 10);
     // Topping up lets it through again.
-    let left = dp.h.maps.add_budget(slot, 1000 - dp.h.maps.budget(slot));
+    let left =
+        dp.h.maps
+            .add_budget(slot, 1000 - dp.h.maps.budget(slot).unwrap())
+            .unwrap();
     assert_eq!(left, 1000);
     assert_eq!(dp.up(&pkt), TC_PASS);
-    dp.h.maps.set_budget(slot, None);
+    dp.h.maps.set_budget(slot, None).unwrap();
     for _ in 0..3 {
         assert_eq!(dp.up(&pkt), TC_PASS);
     }
@@ -339,7 +342,7 @@ fn gso_aggregates_never_overshoot_the_budget() {
     let mut dp = Datapath::new();
     let n = 11;
     let slot = dp.allow(client_mac(n));
-    dp.h.maps.set_budget(slot, Some(4_000));
+    dp.h.maps.set_budget(slot, Some(4_000)).unwrap();
     // The kernel's test runs take at most a page of data: a 3000-byte aggregate of 3 segments.
     let big = up4(n, 443, 2972);
     let small = up4(n, 443, 1472); // one 1500-byte segment
@@ -349,7 +352,11 @@ fn gso_aggregates_never_overshoot_the_budget() {
         TC_DROP,
         "an aggregate larger than what is left is refused"
     );
-    assert_eq!(dp.h.maps.budget(slot), 1000, "and its bytes given back");
+    assert_eq!(
+        dp.h.maps.budget(slot).unwrap(),
+        1000,
+        "and its bytes given back"
+    );
     assert_eq!(
         dp.up(&small),
         TC_PASS,
@@ -801,6 +808,7 @@ fn pin_map(path: &std::path::Path, map_type: u32, key: u32, value: u32, entries:
     const BPF_OBJ_PIN: libc::c_long = 6;
     let mut attr = [0u32; 32];
     attr[..4].copy_from_slice(&[map_type, key, value, entries]);
+    // SAFETY: bpf(2) reads the 128 bytes of the live `attr`.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_ptr(), 128) };
     assert!(
         fd >= 0,
@@ -811,6 +819,7 @@ fn pin_map(path: &std::path::Path, map_type: u32, key: u32, value: u32, entries:
     let mut attr = [0u64; 16];
     attr[0] = name.as_ptr() as u64;
     attr[1] = fd as u64;
+    // SAFETY: bpf(2) reads the 128 bytes of the live `attr`, whose path is NUL-terminated.
     let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), 128) };
     assert_eq!(
         r,
@@ -819,6 +828,7 @@ fn pin_map(path: &std::path::Path, map_type: u32, key: u32, value: u32, entries:
         path.display(),
         std::io::Error::last_os_error()
     );
+    // SAFETY: closes the fd made above, which nothing else holds.
     unsafe { libc::close(fd as i32) };
 }
 

@@ -683,7 +683,7 @@ fn traffic_with_the_gateway_is_garden_for_paying_clients_even_after_the_cut_off(
     let mut dp = Datapath::new();
     let n = 16;
     let slot = dp.allow(client_mac(n));
-    dp.h.maps.set_budget(slot, Some(500));
+    dp.h.maps.set_budget(slot, Some(500)).unwrap();
     assert_eq!(
         dp.up(&up4(n, 443, 472)),
         TC_PASS,
@@ -709,7 +709,7 @@ fn traffic_with_the_gateway_is_garden_for_paying_clients_even_after_the_cut_off(
     let c = dp.counters(client_mac(n));
     assert_eq!((c.up_bytes, c.down_bytes), (500, 0));
     assert_eq!((c.garden_packets, c.garden_bytes), (4, 58 + 128 + 40 + 72));
-    assert_eq!(dp.h.maps.budget(slot), 0);
+    assert_eq!(dp.h.maps.budget(slot).unwrap(), 0);
 }
 
 #[test]

@@ -370,7 +370,7 @@ impl World {
                 let s = mgr.session(sid).unwrap();
                 let slot = maps.slot_of(&mac).unwrap();
                 if let Some(budget) = s.data().data_budget_bytes() {
-                    let kernel = maps.budget(slot);
+                    let kernel = maps.budget(slot).map_err(|e| e.to_string())?;
                     let remaining = budget as i64;
                     if maps.flags_of(slot) & POLICY_QUOTA == 0
                         || (remaining > 0 && kernel != remaining)

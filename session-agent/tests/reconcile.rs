@@ -77,13 +77,13 @@ async fn the_poll_corrects_every_way_the_datapath_can_differ_from_the_sessions()
     let p = h.maps.policy(slot).unwrap();
     assert_eq!((p.up.rate_bytes, p.down.rate_bytes), (1_250_000, 2_500_000));
 
-    h.maps.set_budget(slot, None);
+    h.maps.set_budget(slot, None).unwrap();
     assert_eq!(
         gw.enforce_sessions().unwrap(),
         vec![(Mismatch::Budget, paid)]
     );
     assert_ne!(flags(&h.maps, &paid) & POLICY_QUOTA, 0);
-    assert_eq!(h.maps.budget(slot), 5_000_000);
+    assert_eq!(h.maps.budget(slot).unwrap(), 5_000_000);
     assert!(gw.enforce_sessions().unwrap().is_empty());
     for (m, n) in [
         (Mismatch::AllowedWithoutSession, 1),
@@ -142,19 +142,19 @@ async fn bytes_counted_while_a_session_changes_come_off_its_new_kernel_budget() 
     gw.connect(d.id, "go").await.unwrap();
     gw.poll().await.unwrap();
     let slot = h.maps.slot_of(&mac).unwrap();
-    assert_eq!(h.maps.budget(slot), 5_000_000);
+    assert_eq!(h.maps.budget(slot).unwrap(), 5_000_000);
     // The portal cuts the allocation to 2 MB while the client moves 300 kB:
     // the bytes land between the reading the change charged and the new budget.
     let maps = &h.maps;
     gw.update_session(sid, |s| {
-        maps.add_up_bytes(slot, 300_000);
+        maps.add_up_bytes(slot, 300_000).unwrap();
         s.set_data_bytes(2_000_000);
         Ok(())
     })
     .await
     .unwrap();
     assert_eq!(
-        h.maps.budget(slot),
+        h.maps.budget(slot).unwrap(),
         1_700_000,
         "the kernel would let the client use the 300 kB twice"
     );
@@ -162,7 +162,7 @@ async fn bytes_counted_while_a_session_changes_come_off_its_new_kernel_budget() 
     let s = mgr.session(sid).unwrap();
     assert_eq!(s.data().data_cons_bytes, 300_000);
     assert_eq!(
-        h.maps.budget(slot) as u64,
+        h.maps.budget(slot).unwrap() as u64,
         s.data().remaining_data_bytes(),
         "kernel budget and remaining data differ"
     );

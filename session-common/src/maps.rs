@@ -389,22 +389,54 @@ pub const fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// `ClientEvent::kind`: a MAC was seen for the first time and given a slot.
-pub const EVENT_NEW_CLIENT: u32 = 1;
-/// `ClientEvent::kind`: the client's data budget reached zero.
-pub const EVENT_QUOTA_EXHAUSTED: u32 = 2;
-/// `ClientEvent::kind`: a new MAC could not get a slot.
-pub const EVENT_TABLE_FULL: u32 = 3;
-/// `ClientEvent::kind`: an address was bound to the client (`addr`).
-pub const EVENT_ADDR_BOUND: u32 = 4;
-/// `ClientEvent::kind`: the client claimed a second IPv4 address (`addr`)
-/// while it was still using another: two devices may share its MAC.
-pub const EVENT_MAC_CONFLICT: u32 = 5;
+/// What a [`ClientEvent`] reports (its `kind`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A MAC was seen for the first time and given a slot.
+    NewClient = 1,
+    /// The client's data budget reached zero.
+    QuotaExhausted = 2,
+    /// A new MAC could not get a slot.
+    TableFull = 3,
+    /// An address was bound to the client (`addr`).
+    AddrBound = 4,
+    /// The client claimed a second IPv4 address (`addr`) while it was still
+    /// using another: two devices may share its MAC.
+    MacConflict = 5,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 5] = [
+        EventKind::NewClient,
+        EventKind::QuotaExhausted,
+        EventKind::TableFull,
+        EventKind::AddrBound,
+        EventKind::MacConflict,
+    ];
+}
+
+impl TryFrom<u32> for EventKind {
+    /// The unknown code.
+    type Error = u32;
+
+    fn try_from(code: u32) -> Result<Self, u32> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i] as u32 == code {
+                return Ok(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        Err(code)
+    }
+}
 
 /// A record in the [`MAP_EVENTS`] ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct ClientEvent {
+    /// An [`EventKind`] code.
     pub kind: u32,
     pub slot: u32,
     pub mac: MacKey,
@@ -414,4 +446,11 @@ pub struct ClientEvent {
     /// The address of address events (family 0 otherwise).
     pub addr: AddrKey,
     pub _pad2: u32,
+}
+
+impl ClientEvent {
+    /// What it reports; the unknown code of a datapath newer than this reader.
+    pub fn kind(&self) -> Result<EventKind, u32> {
+        EventKind::try_from(self.kind)
+    }
 }

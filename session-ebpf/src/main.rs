@@ -307,7 +307,7 @@ fn metered<P: Packet>(
                 return Verdict::Drop;
             }
             // This packet spent the last of the budget: tell userspace at once.
-            Budget::Exhausted => emit(EVENT_QUOTA_EXHAUSTED, slot, mac, None),
+            Budget::Exhausted => emit(EventKind::QuotaExhausted, slot, mac, None),
             Budget::Taken => {}
         }
     }
@@ -516,10 +516,10 @@ fn bind(
         // A second IPv4 address while the first is in use: two devices on one MAC?
         let prev = unsafe { core::ptr::read_volatile(&raw const (*st).ip4) };
         if prev != 0 {
-            emit(EVENT_MAC_CONFLICT, slot, mac, Some(&key));
+            emit(EventKind::MacConflict, slot, mac, Some(&key));
         }
     }
-    emit(EVENT_ADDR_BOUND, slot, mac, Some(&key));
+    emit(EventKind::AddrBound, slot, mac, Some(&key));
     remember(st, &key, tag);
     Ok(())
 }
@@ -756,7 +756,7 @@ fn client_slot<P: Packet>(
     };
     if won {
         info!(p, "new client {:mac} in slot {}", mac.addr, slot);
-        emit(EVENT_NEW_CLIENT, slot, mac, None);
+        emit(EventKind::NewClient, slot, mac, None);
         return Some((pos, slot));
     }
     // Another CPU (or userspace) took the position first; this slot stays
@@ -802,7 +802,7 @@ fn take_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<u32> {
         stat_add(STAT_TABLE_FULL);
         if slot == MAX_CLIENTS {
             warn!(p, "client table full ({} slots)", MAX_CLIENTS);
-            emit(EVENT_TABLE_FULL, slot, mac, None);
+            emit(EventKind::TableFull, slot, mac, None);
         }
         return None;
     }
@@ -936,9 +936,9 @@ fn stat_add(idx: u32) {
 }
 
 #[inline(always)]
-fn emit(kind: u32, slot: u32, mac: &MacKey, addr: Option<&AddrKey>) {
+fn emit(kind: EventKind, slot: u32, mac: &MacKey, addr: Option<&AddrKey>) {
     let ev = ClientEvent {
-        kind,
+        kind: kind as u32,
         slot,
         mac: *mac,
         _pad: [0; 2],

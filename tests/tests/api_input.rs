@@ -477,6 +477,8 @@ fn tcp_token_metrics_and_captive_api() {
         "session_agent_commit_duration_seconds_count",
         "session_agent_commit_errors_total 0",
         "session_agent_devices 2",
+        "session_agent_sessions{state=\"paused\"} 0",
+        "session_agent_datapath_events_lost_total{lan=\"lan0\"} 0",
     ] {
         assert!(m.contains(name), "metrics lack {name}:\n{m}");
         assert!(m1.contains(name), "/v1/metrics lacks {name}");

@@ -12,7 +12,7 @@ use session_model::ModelError;
 
 use super::{ApiError, ApiState};
 use crate::dataplane::ClientRow;
-use session_common::{STAT_DROP_REASONS, STAT_TABLE_FULL};
+use session_common::{STAT_DROP_REASONS, STAT_EVENTS_LOST, STAT_TABLE_FULL};
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -196,19 +196,27 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
             );
         }
     }
-    head(
-        &mut out,
-        "session_agent_datapath_table_full_total",
-        "counter",
-        "Packets of a new MAC that found the client table full.",
-    );
-    for (lan, stats) in &datapath_stats {
-        let _ = writeln!(
-            out,
-            "session_agent_datapath_table_full_total{{lan=\"{}\"}} {}",
-            escape(lan),
-            stats[STAT_TABLE_FULL as usize]
-        );
+    for (name, help, stat) in [
+        (
+            "session_agent_datapath_table_full_total",
+            "Packets of a new MAC that found the client table full.",
+            STAT_TABLE_FULL,
+        ),
+        (
+            "session_agent_datapath_events_lost_total",
+            "Datapath events (new clients, data cut-offs, address bindings) lost because the agent did not read the ring in time.",
+            STAT_EVENTS_LOST,
+        ),
+    ] {
+        head(&mut out, name, "counter", help);
+        for (lan, stats) in &datapath_stats {
+            let _ = writeln!(
+                out,
+                "{name}{{lan=\"{}\"}} {}",
+                escape(lan),
+                stats[stat as usize]
+            );
+        }
     }
     client_family(
         &mut out,

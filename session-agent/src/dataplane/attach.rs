@@ -48,17 +48,38 @@ const LINK_TC_EGRESS: &str = "link_tc_egress";
 const LINK_XDP_INGRESS: &str = "link_xdp_ingress";
 
 /// Where upload traffic is metered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum IngressHook {
     /// TC ingress (TCX): works on every driver, keeps GSO.
+    #[default]
     Tc,
     /// XDP: for drivers with native XDP support.
     Xdp,
 }
 
 /// How the TC programs are attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TcAttach {
     /// TCX links where the kernel has them (Linux >= 6.6), netlink filters otherwise.
@@ -221,6 +242,7 @@ fn tcx_available(prog_fd: i32) -> Result<bool> {
         flags: 0,
         _pad: [0; 6],
     };
+    // SAFETY: bpf(2) reads `size_of::<Attr>()` bytes of the live, repr(C) `attr`.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -231,6 +253,7 @@ fn tcx_available(prog_fd: i32) -> Result<bool> {
     };
     if fd >= 0 {
         // Not expected with no interface; a link nobody holds goes away on close.
+        // SAFETY: the kernel just returned this fd, and nothing else owns it.
         drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
         return Ok(true);
     }
@@ -629,6 +652,8 @@ fn obj_get(path: &Path) -> Result<Option<OwnedFd>> {
         file_flags: 0,
         _pad: [0; 6],
     };
+    // SAFETY: bpf(2) reads `size_of::<Attr>()` bytes of the live, repr(C)
+    // `attr`, whose path points at the NUL-terminated `c`.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -647,6 +672,7 @@ fn obj_get(path: &Path) -> Result<Option<OwnedFd>> {
             )),
         };
     }
+    // SAFETY: the kernel just returned this fd, and nothing else owns it.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
 }
 
@@ -663,6 +689,7 @@ fn link_detach(fd: i32) {
         link_fd: fd as u32,
         _pad: [0; 15],
     };
+    // SAFETY: bpf(2) reads `size_of::<Attr>()` bytes of the live, repr(C) `attr`.
     unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -688,7 +715,7 @@ pub fn detach(pin_root: &Path, iface_name: &str) -> Result<()> {
         });
     }
     let htb = crate::dataplane::Maps::open(pin_root, iface_name)
-        .map(|m| m.shaper() == Shaper::Htb)
+        .map(|m| m.shaper().is_ok_and(|s| s == Shaper::Htb))
         .unwrap_or(false);
     for l in [LINK_TC_INGRESS, LINK_XDP_INGRESS, LINK_TC_EGRESS] {
         remove_link(&dir.join(l))?;

@@ -10,7 +10,9 @@ fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
+    // SAFETY: statfs is plain data, valid all zeros.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs.
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
@@ -24,6 +26,7 @@ pub fn prepare(pin_root: &Path) -> Result<()> {
             source: e,
         })?;
         let (src, ty, dst) = (c"bpf", c"bpf", CString::new("/sys/fs/bpf").unwrap());
+        // SAFETY: NUL-terminated strings that outlive the call; no mount data.
         if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) } != 0
         {
             let e = std::io::Error::last_os_error();

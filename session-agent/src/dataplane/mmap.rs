@@ -30,8 +30,10 @@ pub struct MmapArray<T> {
     _t: PhantomData<T>,
 }
 
-// SAFETY: the mapping is shared memory accessed only through raw pointers.
+// SAFETY: the mapping is shared memory accessed only through raw pointers
+// (atomics and volatile copies), from any thread alike.
 unsafe impl<T> Send for MmapArray<T> {}
+// SAFETY: as for Send: no access goes through a reference to a `T`.
 unsafe impl<T> Sync for MmapArray<T> {}
 
 impl<T: Copy> MmapArray<T> {
@@ -45,11 +47,14 @@ impl<T: Copy> MmapArray<T> {
     pub fn map_range(fd: BorrowedFd<'_>, first: u32, len: u32, what: &str) -> Result<Self> {
         // The kernel lays the values out at 8-byte strides; our types are already multiples of 8.
         const { assert!(size_of::<T>().is_multiple_of(8)) };
+        // SAFETY: sysconf reads a constant of the system.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let start = size_of::<T>() * first as usize;
         let offset = start / page * page;
         let end = (start + size_of::<T>() * len.max(1) as usize).div_ceil(page) * page;
         let bytes = end - offset;
+        // SAFETY: a new shared mapping of the map's fd at a page-aligned
+        // offset, which the kernel checks against the map's size.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -98,17 +103,50 @@ impl<T: Copy> MmapArray<T> {
             self.first + self.len
         );
         let at = self.skew + (i - self.first) as usize * size_of::<T>();
+        // SAFETY: `i` is in range (checked above), so `at` lies inside the mapping.
         unsafe { self.base.as_ptr().add(at).cast() }
     }
 
     /// A copy of entry `i` (fields may be mid-update individually, never torn within a u64).
     pub fn get(&self, i: u32) -> T {
+        // SAFETY: `entry` checked the bounds of the live mapping; the copy is
+        // volatile because the kernel writes the memory concurrently.
         unsafe { std::ptr::read_volatile(self.entry(i)) }
+    }
+
+    /// Overwrites entry `i` (a volatile write: nobody else may be writing it).
+    pub fn set(&self, i: u32, value: T) {
+        // SAFETY: as for `get`; the callers own the entry while they reset it.
+        unsafe { self.entry(i).write_volatile(value) }
     }
 }
 
+/// An atomic view of memory shared with the datapath: field `$field` of
+/// entry `$i` of the [`MmapArray`] `$array` as a `std::sync::atomic::$atomic`
+/// (`cell!(clients, pos, flags: AtomicU32)`), or the whole entry of an array
+/// of `u64` (`cell!(slots, slot => AtomicU64)`). The one place the agent turns
+/// the shared maps into references.
+macro_rules! cell {
+    ($array:expr, $i:expr, $field:ident : $atomic:ident) => {{
+        let entry = $array.entry($i);
+        // SAFETY: `entry` checked that `$i` lies in the live MAP_SHARED
+        // mapping, which the borrow of `$array` keeps mapped; the field lies
+        // inside the entry and is naturally aligned (the shared types are
+        // repr(C) of u32/u64 fields at 8-byte strides); the kernel and every
+        // process touch it only through atomics.
+        unsafe { ::std::sync::atomic::$atomic::from_ptr(&raw mut (*entry).$field) }
+    }};
+    ($array:expr, $i:expr => $atomic:ident) => {{
+        let entry = $array.entry($i);
+        // SAFETY: as above, for an entry that is a whole u64.
+        unsafe { ::std::sync::atomic::$atomic::from_ptr(entry) }
+    }};
+}
+pub(crate) use cell;
+
 impl<T> Drop for MmapArray<T> {
     fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map_range`, once.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
 }

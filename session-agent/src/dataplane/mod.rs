@@ -25,7 +25,7 @@ use crate::{
     error::{AgentError, Result},
     garden::GardenEntry,
 };
-use mmap::MmapArray;
+use mmap::{cell, MmapArray};
 use shape::Shaper;
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/session-agent";
@@ -89,7 +89,10 @@ pub fn set_gateway_addrs(cfg: &mut LanConfig, addrs: &[std::net::IpAddr]) {
 
 /// An address of the binding table as an IP address.
 pub fn addr_of(k: &AddrKey) -> Option<std::net::IpAddr> {
-    let b: [u8; 16] = unsafe { std::mem::transmute(k.addr) };
+    let mut b = [0u8; 16];
+    for (bytes, word) in b.chunks_exact_mut(4).zip(k.addr) {
+        bytes.copy_from_slice(&word.to_ne_bytes());
+    }
     match k.family {
         4 => Some(std::net::IpAddr::from([b[0], b[1], b[2], b[3]])),
         6 => Some(std::net::IpAddr::from(b)),
@@ -112,7 +115,9 @@ pub fn addr_key(ip: std::net::IpAddr) -> AddrKey {
     };
     AddrKey {
         family,
-        addr: unsafe { std::mem::transmute::<[u8; 16], [u32; 4]>(b) },
+        addr: std::array::from_fn(|i| {
+            u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+        }),
     }
 }
 
@@ -267,11 +272,13 @@ impl Maps {
     }
 
     /// How this LAN's speed limits are enforced, as the agent last set it up.
-    pub fn shaper(&self) -> Shaper {
-        Shaper::from_mode(
-            unsafe { AtomicU32::from_ptr(&raw mut (*self.shaper.entry(0)).mode) }
-                .load(Ordering::SeqCst),
-        )
+    pub fn shaper(&self) -> Result<Shaper> {
+        let mode = cell!(self.shaper, 0, mode: AtomicU32).load(Ordering::SeqCst);
+        Shaper::from_mode(mode).ok_or_else(|| AgentError::IncompatiblePins {
+            iface: self.iface.clone(),
+            dir: self.dir.clone(),
+            reason: format!("{MAP_SHAPER} holds the unknown shaping mode {mode}"),
+        })
     }
 
     /// Switches the LAN to `mode` (called by the agent once the devices are
@@ -280,10 +287,8 @@ impl Maps {
     /// (again) from the rates kept in the policy, or the token buckets take
     /// over from the classes.
     pub fn set_shaper(&self, mode: Shaper, ifb_ifindex: u32) -> Result<()> {
-        let cfg = self.shaper.entry(0);
-        unsafe { AtomicU32::from_ptr(&raw mut (*cfg).ifb_ifindex) }
-            .store(ifb_ifindex, Ordering::SeqCst);
-        unsafe { AtomicU32::from_ptr(&raw mut (*cfg).mode) }.store(mode.mode(), Ordering::SeqCst);
+        cell!(self.shaper, 0, ifb_ifindex: AtomicU32).store(ifb_ifindex, Ordering::SeqCst);
+        cell!(self.shaper, 0, mode: AtomicU32).store(mode.mode(), Ordering::SeqCst);
         let mut classes = Vec::new();
         let mut to_flag = Vec::new();
         let used = self.slots_used();
@@ -293,8 +298,7 @@ impl Maps {
             match mode {
                 Shaper::Htb => {
                     for d in self.directions(&pol, slot) {
-                        let rate =
-                            unsafe { std::ptr::read_volatile(&raw const (*d.bucket).rate_bytes) };
+                        let rate = d.read().rate_bytes;
                         if let Some(classid) = shape_classid(slot).filter(|_| rate > 0) {
                             classes.push(shape::Class {
                                 dev: d.dev,
@@ -306,10 +310,10 @@ impl Maps {
                     }
                 }
                 Shaper::Police => {
-                    let flags = self.flags(slot);
+                    let flags = self.flags(slot)?;
                     if flags.load(Ordering::SeqCst) & (POLICY_SHAPE_UP | POLICY_SHAPE_DOWN) != 0 {
                         for d in self.directions(&pol, slot) {
-                            let limit = limit_of(&unsafe { std::ptr::read_volatile(d.bucket) });
+                            let limit = limit_of(&d.read());
                             set_bucket(flags, &d, limit);
                             flags.fetch_and(!d.shape, Ordering::SeqCst);
                         }
@@ -320,7 +324,10 @@ impl Maps {
         // Classes first: a flag sends packets to its class at once.
         shape::set_classes(&classes)?;
         for (slot, flag) in to_flag {
-            self.flags(slot).fetch_or(flag, Ordering::SeqCst);
+            // A client forgotten meanwhile has no flags to set.
+            if let Ok(flags) = self.flags(slot) {
+                flags.fetch_or(flag, Ordering::SeqCst);
+            }
         }
         Ok(())
     }
@@ -333,6 +340,8 @@ impl Maps {
     /// Both directions of `slot` (whose buckets `pol` maps): upload, then download.
     fn directions(&self, pol: &MmapArray<ClientPolicy>, slot: u32) -> [Direction; 2] {
         let p = pol.entry(slot);
+        // SAFETY: only computes the addresses of the two buckets inside the
+        // mapped entry `p` (nothing is read or written here).
         unsafe {
             [
                 Direction {
@@ -379,17 +388,18 @@ impl Maps {
 
     /// The identity of this set of pinned maps (0 until [`Maps::ensure_epoch`]).
     pub fn epoch(&self) -> u64 {
-        unsafe { AtomicU64::from_ptr(&raw mut (*self.alloc.entry(0)).epoch) }.load(Ordering::SeqCst)
+        cell!(self.alloc, 0, epoch: AtomicU64).load(Ordering::SeqCst)
     }
 
     /// Gives freshly created maps a random identity; keeps an existing one.
     pub fn ensure_epoch(&self) -> u64 {
         let mut r = [0u8; 8];
         loop {
+            // SAFETY: getrandom writes at most `r.len()` bytes into `r`.
             let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
             let candidate = u64::from_ne_bytes(r);
             if n == 8 && candidate != 0 {
-                let cell = unsafe { AtomicU64::from_ptr(&raw mut (*self.alloc.entry(0)).epoch) };
+                let cell = cell!(self.alloc, 0, epoch: AtomicU64);
                 return match cell.compare_exchange(0, candidate, Ordering::SeqCst, Ordering::SeqCst)
                 {
                     Ok(_) => candidate,
@@ -495,7 +505,7 @@ impl Maps {
     /// anti-spoofing, the garden rate limit.
     pub fn set_lan(&self, cfg: &LanConfig) {
         // The datapath reads fields one by one; each is consistent on its own.
-        unsafe { self.lan.entry(0).write_volatile(*cfg) };
+        self.lan.set(0, *cfg);
     }
 
     /// The datapath's global counters (`STAT_*`), summed over the CPUs.
@@ -553,11 +563,8 @@ impl Maps {
         let used = self.slots_used();
         for slot in 0..used {
             if let Some(pos) = self.position(slot) {
-                let e = self.clients.entry(pos);
-                unsafe {
-                    AtomicU32::from_ptr(&raw mut (*e).ip4).store(0, Ordering::Relaxed);
-                    AtomicU64::from_ptr(&raw mut (*e).ip6_tag).store(0, Ordering::Relaxed);
-                }
+                cell!(self.clients, pos, ip4: AtomicU32).store(0, Ordering::Relaxed);
+                cell!(self.clients, pos, ip6_tag: AtomicU64).store(0, Ordering::Relaxed);
             }
         }
         let now = coarse_ns();
@@ -589,8 +596,7 @@ impl Maps {
             if let Some(pos) = self.position(slot) {
                 let mac = index_mac(self.key(pos).load(Ordering::Acquire));
                 let n = held.get(&mac).copied().unwrap_or(0);
-                unsafe { AtomicU64::from_ptr(&raw mut (*counters.entry(slot)).bound_addrs) }
-                    .store(n, Ordering::Relaxed);
+                cell!(counters, slot, bound_addrs: AtomicU64).store(n, Ordering::Relaxed);
             }
         }
         Ok(done)
@@ -616,15 +622,14 @@ impl Maps {
         }
         if let Some(slot) = self.slot_of(mac) {
             let counters = self.all_counters(slot, 1)?;
-            unsafe { AtomicU64::from_ptr(&raw mut (*counters.entry(slot)).bound_addrs) }
-                .store(0, Ordering::Relaxed);
+            cell!(counters, slot, bound_addrs: AtomicU64).store(0, Ordering::Relaxed);
         }
         Ok(n)
     }
 
     /// The key of the table entry at `pos`.
     fn key(&self, pos: u32) -> &AtomicU64 {
-        unsafe { AtomicU64::from_ptr(&raw mut (*self.clients.entry(pos)).key) }
+        cell!(self.clients, pos, key: AtomicU64)
     }
 
     /// Where the slot's entry is, or `None` while the slot is unused (never
@@ -633,18 +638,20 @@ impl Maps {
         if slot >= self.slots_used() {
             return None;
         }
-        let pos = unsafe { AtomicU64::from_ptr(self.slots.entry(slot)) }.load(Ordering::Acquire);
+        let pos = cell!(self.slots, slot => AtomicU64).load(Ordering::Acquire);
         let pos = u32::try_from(pos).ok().filter(|p| *p < INDEX_ENTRIES)?;
         let key = self.key(pos).load(Ordering::Acquire);
         (index_live(key) && index_slot(key) == slot).then_some(pos)
     }
 
-    /// The slot's entry; `slot` comes from [`Maps::slot_of`] or [`Maps::ensure_slot`].
-    fn entry(&self, slot: u32) -> *mut ClientEntry {
-        let pos = self
-            .position(slot)
-            .unwrap_or_else(|| panic!("slot {slot} of {} has no entry", self.iface));
-        self.clients.entry(pos)
+    /// Where the slot's entry is; `slot` comes from [`Maps::slot_of`] or
+    /// [`Maps::ensure_slot`]. An error when the slot has none (its client was
+    /// forgotten since, or the slot never held one).
+    fn entry_of(&self, slot: u32) -> Result<u32> {
+        self.position(slot).ok_or_else(|| AgentError::NoEntry {
+            iface: self.iface.clone(),
+            slot,
+        })
     }
 
     /// Looks `m` up in the table, as the datapath does.
@@ -688,7 +695,7 @@ impl Maps {
                     s
                 }
                 None => {
-                    let next = unsafe { AtomicU32::from_ptr(&raw mut (*self.alloc.entry(0)).next) };
+                    let next = cell!(self.alloc, 0, next: AtomicU32);
                     if next.load(Ordering::Relaxed) >= MAX_CLIENTS {
                         return Err(full());
                     }
@@ -701,8 +708,7 @@ impl Maps {
                 }
             };
             // Lead the slot to its entry before publishing the entry, as the datapath does.
-            unsafe { AtomicU64::from_ptr(self.slots.entry(slot)) }
-                .store(pos as u64, Ordering::Release);
+            cell!(self.slots, slot => AtomicU64).store(pos as u64, Ordering::Release);
             if self
                 .key(pos)
                 .compare_exchange(was, index_key(m, slot), Ordering::SeqCst, Ordering::SeqCst)
@@ -716,16 +722,15 @@ impl Maps {
 
     /// A forgotten client's slot, as the datapath takes one.
     fn take_freed_slot(&self) -> Option<u32> {
-        let alloc = self.alloc.entry(0);
-        let head = unsafe { AtomicU64::from_ptr(&raw mut (*alloc).free_head) };
-        let tail = unsafe { AtomicU64::from_ptr(&raw mut (*alloc).free_tail) };
+        let head = cell!(self.alloc, 0, free_head: AtomicU64);
+        let tail = cell!(self.alloc, 0, free_tail: AtomicU64);
         loop {
             let h = head.load(Ordering::Acquire);
             if h >= tail.load(Ordering::Acquire) {
                 return None;
             }
-            let cell = self.free.entry((h % MAX_CLIENTS as u64) as u32);
-            let slot = unsafe { AtomicU64::from_ptr(cell) }.load(Ordering::Acquire);
+            let slot = cell!(self.free, (h % MAX_CLIENTS as u64) as u32 => AtomicU64)
+                .load(Ordering::Acquire);
             let won = head
                 .compare_exchange(h, h + 1, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok();
@@ -738,11 +743,10 @@ impl Maps {
     /// Hands a slot to the next new client. Only the agent calls this (one
     /// writer of the tail); the ring holds every slot, so it never overruns.
     fn free_slot(&self, slot: u32) {
-        let alloc = self.alloc.entry(0);
-        let tail = unsafe { AtomicU64::from_ptr(&raw mut (*alloc).free_tail) };
+        let tail = cell!(self.alloc, 0, free_tail: AtomicU64);
         let t = tail.load(Ordering::Acquire);
-        let cell = self.free.entry((t % MAX_CLIENTS as u64) as u32);
-        unsafe { AtomicU64::from_ptr(cell) }.store(slot as u64, Ordering::Release);
+        cell!(self.free, (t % MAX_CLIENTS as u64) as u32 => AtomicU64)
+            .store(slot as u64, Ordering::Release);
         tail.store(t + 1, Ordering::Release);
     }
 
@@ -786,8 +790,7 @@ impl Maps {
                 counters = Some(self.all_counters(slot, SCAN_CHUNK.min(used - slot))?);
             }
             let counters = counters.as_ref().expect("mapped at the chunk's start");
-            let pos =
-                unsafe { AtomicU64::from_ptr(self.slots.entry(slot)) }.load(Ordering::Acquire);
+            let pos = cell!(self.slots, slot => AtomicU64).load(Ordering::Acquire);
             let pos = u32::try_from(pos).ok().filter(|p| *p < INDEX_ENTRIES);
             let key = pos.map_or(0, |p| self.key(p).load(Ordering::Acquire));
             let owned = key == index_retired(slot) || (index_live(key) && index_slot(key) == slot);
@@ -862,12 +865,13 @@ impl Maps {
                 }
             }
         }
-        unsafe {
-            self.clients.entry(pos).write_volatile(ClientEntry {
+        self.clients.set(
+            pos,
+            ClientEntry {
                 key: index_retired(slot),
                 ..Default::default()
-            });
-        }
+            },
+        );
         self.clear_slot(slot)?;
         self.key(pos).store(INDEX_REUSABLE, Ordering::Release);
         self.free_slot(slot);
@@ -877,14 +881,9 @@ impl Maps {
     /// Zeroes the slot's garden and drop counters and its token buckets, for
     /// the next client.
     fn clear_slot(&self, slot: u32) -> Result<()> {
-        unsafe {
-            self.all_counters(slot, 1)?
-                .entry(slot)
-                .write_volatile(ClientCounters::default());
-            self.policies(slot, 1)?
-                .entry(slot)
-                .write_volatile(ClientPolicy::default());
-        }
+        self.all_counters(slot, 1)?
+            .set(slot, ClientCounters::default());
+        self.policies(slot, 1)?.set(slot, ClientPolicy::default());
         Ok(())
     }
 
@@ -895,8 +894,8 @@ impl Maps {
         (a.free_head..a.free_tail)
             .take(MAX_CLIENTS as usize)
             .map(|i| {
-                let cell = self.free.entry((i % MAX_CLIENTS as u64) as u32);
-                unsafe { AtomicU64::from_ptr(cell) }.load(Ordering::Acquire) as u32
+                cell!(self.free, (i % MAX_CLIENTS as u64) as u32 => AtomicU64)
+                    .load(Ordering::Acquire) as u32
             })
             .collect()
     }
@@ -904,7 +903,7 @@ impl Maps {
     /// Makes the live entry `key` at `pos` a tombstone unless the client was
     /// allowed meanwhile; its speed limits (and HTB classes) are removed first.
     fn retire(&self, slot: u32, pos: u32, key: u64) -> Result<bool> {
-        let flags = self.flags(slot);
+        let flags = self.flags(slot)?;
         let mut f = flags.load(Ordering::SeqCst);
         loop {
             if f & (POLICY_ALLOWED | POLICY_RETIRING) != 0 {
@@ -935,28 +934,29 @@ impl Maps {
         }
     }
 
-    fn flags(&self, slot: u32) -> &AtomicU32 {
-        unsafe { AtomicU32::from_ptr(&raw mut (*self.entry(slot)).flags) }
+    fn flags(&self, slot: u32) -> Result<&AtomicU32> {
+        Ok(cell!(self.clients, self.entry_of(slot)?, flags: AtomicU32))
     }
 
-    /// The slot's `POLICY_*` flags.
+    /// The slot's `POLICY_*` flags (none while it has no entry).
     pub fn flags_of(&self, slot: u32) -> u32 {
-        self.flags(slot).load(Ordering::SeqCst)
+        self.flags(slot).map_or(0, |f| f.load(Ordering::SeqCst))
     }
 
     /// Adds to the slot's upload counters as a packet would (for load generators).
-    pub fn add_up_bytes(&self, slot: u32, bytes: u64) {
-        let e = self.entry(slot);
-        unsafe { AtomicU64::from_ptr(&raw mut (*e).up_bytes) }.fetch_add(bytes, Ordering::SeqCst);
+    pub fn add_up_bytes(&self, slot: u32, bytes: u64) -> Result<()> {
+        cell!(self.clients, self.entry_of(slot)?, up_bytes: AtomicU64)
+            .fetch_add(bytes, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Up plus down bytes of the slot: the client's usage meter.
-    pub fn usage_bytes(&self, slot: u32) -> u64 {
-        let c = self.entry(slot);
-        unsafe {
-            std::ptr::read_volatile(&raw const (*c).up_bytes)
-                + std::ptr::read_volatile(&raw const (*c).down_bytes)
-        }
+    pub fn usage_bytes(&self, slot: u32) -> Result<u64> {
+        let pos = self.entry_of(slot)?;
+        Ok(
+            cell!(self.clients, pos, up_bytes: AtomicU64).load(Ordering::Relaxed)
+                + cell!(self.clients, pos, down_bytes: AtomicU64).load(Ordering::Relaxed),
+        )
     }
 
     /// A copy of the slot's token buckets.
@@ -965,12 +965,12 @@ impl Maps {
     }
 
     /// The data budget the datapath is spending (meaningful under `POLICY_QUOTA`).
-    pub fn budget(&self, slot: u32) -> i64 {
-        self.budget_cell(slot).load(Ordering::SeqCst)
+    pub fn budget(&self, slot: u32) -> Result<i64> {
+        Ok(self.budget_cell(slot)?.load(Ordering::SeqCst))
     }
 
-    fn budget_cell(&self, slot: u32) -> &AtomicI64 {
-        unsafe { AtomicI64::from_ptr(&raw mut (*self.entry(slot)).budget_bytes) }
+    fn budget_cell(&self, slot: u32) -> Result<&AtomicI64> {
+        Ok(cell!(self.clients, self.entry_of(slot)?, budget_bytes: AtomicI64))
     }
 
     /// Sets both speed limits: token buckets (which start full), or in HTB
@@ -978,19 +978,19 @@ impl Maps {
     pub fn set_rates(&self, slot: u32, up: RateLimit, down: RateLimit) -> Result<()> {
         // Found once: the entry stays where it is while this runs, even if the
         // agent forgets the client meanwhile (see [`Maps::limit`]).
-        let flags = self.flags(slot);
+        let flags = self.flags(slot)?;
         let limited = POLICY_LIMIT_UP | POLICY_LIMIT_DOWN | POLICY_SHAPE_UP | POLICY_SHAPE_DOWN;
         if up.rate_bytes == 0 && down.rate_bytes == 0 && flags.load(Ordering::SeqCst) & limited == 0
         {
             return Ok(()); // unlimited already
         }
-        let htb = self.shaper() == Shaper::Htb;
+        let htb = self.shaper()? == Shaper::Htb;
         let pol = self.policies(slot, 1)?;
         for (d, limit) in self.directions(&pol, slot).into_iter().zip([up, down]) {
             let shaped = flags.load(Ordering::SeqCst) & d.shape != 0;
             match shape_classid(slot).filter(|_| htb && limit.rate_bytes > 0) {
                 Some(id) => {
-                    let same = limit_of(&unsafe { std::ptr::read_volatile(d.bucket) }) == limit;
+                    let same = limit_of(&d.read()) == limit;
                     if shaped && same {
                         continue;
                     }
@@ -1021,20 +1021,20 @@ impl Maps {
     /// shared client table, for a client whose limits [`Maps::set_rates`] set
     /// through another LAN's maps (which made that LAN's classes only).
     pub fn mirror_classes(&self, slot: u32) -> Result<()> {
-        if self.shaper() != Shaper::Htb {
+        if self.shaper()? != Shaper::Htb {
             return Ok(());
         }
         let Some(classid) = shape_classid(slot) else {
             return Ok(());
         };
-        let flags = self.flags(slot).load(Ordering::SeqCst);
+        let flags = self.flags(slot)?.load(Ordering::SeqCst);
         let pol = self.policies(slot, 1)?;
         let classes: Vec<shape::Class> = self
             .directions(&pol, slot)
             .into_iter()
             .filter(|d| flags & d.shape != 0)
             .map(|d| shape::Class {
-                rate_bytes: unsafe { std::ptr::read_volatile(&raw const (*d.bucket).rate_bytes) },
+                rate_bytes: d.read().rate_bytes,
                 dev: d.dev,
                 classid,
             })
@@ -1044,22 +1044,24 @@ impl Maps {
 
     /// Starts enforcing a data budget of `bytes` (the datapath drops once it is
     /// used up), or stops enforcing any with `None`.
-    pub fn set_budget(&self, slot: u32, bytes: Option<i64>) {
+    pub fn set_budget(&self, slot: u32, bytes: Option<i64>) -> Result<()> {
+        let flags = self.flags(slot)?;
         match bytes {
             Some(b) => {
-                self.budget_cell(slot).store(b, Ordering::SeqCst);
-                self.flags(slot).fetch_or(POLICY_QUOTA, Ordering::SeqCst);
+                self.budget_cell(slot)?.store(b, Ordering::SeqCst);
+                flags.fetch_or(POLICY_QUOTA, Ordering::SeqCst);
             }
             None => {
-                self.flags(slot).fetch_and(!POLICY_QUOTA, Ordering::SeqCst);
+                flags.fetch_and(!POLICY_QUOTA, Ordering::SeqCst);
             }
         }
+        Ok(())
     }
 
     /// Adds `delta` bytes to the budget the datapath is spending (negative takes
     /// away); exact even while packets are being counted.
-    pub fn add_budget(&self, slot: u32, delta: i64) -> i64 {
-        self.budget_cell(slot).fetch_add(delta, Ordering::SeqCst) + delta
+    pub fn add_budget(&self, slot: u32, delta: i64) -> Result<i64> {
+        Ok(self.budget_cell(slot)?.fetch_add(delta, Ordering::SeqCst) + delta)
     }
 
     /// Lets the client through (or stops it), effective with the next packet.
@@ -1078,7 +1080,7 @@ impl Maps {
             let Some(pos) = self.position(slot) else {
                 continue;
             };
-            let flags = unsafe { AtomicU32::from_ptr(&raw mut (*self.clients.entry(pos)).flags) };
+            let flags = cell!(self.clients, pos, flags: AtomicU32);
             if !allowed {
                 flags.fetch_and(!(POLICY_ALLOWED | POLICY_MANUAL), Ordering::SeqCst);
                 return Ok(slot);
@@ -1100,7 +1102,7 @@ impl Maps {
             let Some(pos) = self.position(slot) else {
                 continue;
             };
-            let flags = unsafe { AtomicU32::from_ptr(&raw mut (*self.clients.entry(pos)).flags) };
+            let flags = cell!(self.clients, pos, flags: AtomicU32);
             if flags.load(Ordering::SeqCst) & POLICY_RETIRING == 0 {
                 self.set_rates(slot, up, down)?;
                 let still = self.key(pos).load(Ordering::SeqCst) == index_key(mac_word(mac), slot);
@@ -1121,6 +1123,16 @@ impl Maps {
             Ordering::SeqCst,
             Ordering::SeqCst,
         );
+    }
+}
+
+impl Direction {
+    /// A copy of its token bucket.
+    fn read(&self) -> TokenBucket {
+        // SAFETY: `bucket` points into the policy mapping that `directions`
+        // was given and its caller keeps alive while it uses the direction;
+        // the copy is volatile as the datapath updates the bucket concurrently.
+        unsafe { std::ptr::read_volatile(self.bucket) }
     }
 }
 
@@ -1146,6 +1158,9 @@ fn set_bucket(flags: &AtomicU32, d: &Direction, limit: RateLimit) {
     }
     flags.fetch_and(!d.limit, Ordering::SeqCst);
     let b = d.bucket;
+    // SAFETY: `bucket` points into the policy mapping that `directions` was
+    // given and its caller keeps alive; the fields are aligned u64/i64 that
+    // the datapath also only touches atomically.
     unsafe {
         AtomicU64::from_ptr(&raw mut (*b).rate_bytes).store(limit.rate_bytes, Ordering::SeqCst);
         AtomicU64::from_ptr(&raw mut (*b).burst_bytes).store(limit.burst_bytes, Ordering::SeqCst);

@@ -20,7 +20,17 @@ use crate::{
 };
 
 /// How speed limits are enforced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Shaper {
     /// Token buckets in the datapath drop what exceeds the limit: no queueing
@@ -41,12 +51,12 @@ impl Shaper {
         }
     }
 
-    pub fn from_mode(mode: u32) -> Self {
-        if mode == SHAPER_HTB {
-            Shaper::Htb
-        } else {
-            Shaper::Police
-        }
+    /// The mode a pinned `ShaperConfig` holds; `None` for a code this
+    /// version does not know (pins of another version).
+    pub fn from_mode(mode: u32) -> Option<Self> {
+        [Shaper::Police, Shaper::Htb]
+            .into_iter()
+            .find(|s| s.mode() == mode)
     }
 }
 
@@ -345,7 +355,8 @@ mod tests {
     #[test]
     fn modes_round_trip() {
         for s in [Shaper::Police, Shaper::Htb] {
-            assert_eq!(Shaper::from_mode(s.mode()), s);
+            assert_eq!(Shaper::from_mode(s.mode()), Some(s));
         }
+        assert_eq!(Shaper::from_mode(7), None);
     }
 }

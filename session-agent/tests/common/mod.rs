@@ -57,6 +57,7 @@ pub struct Datapath {
 impl Datapath {
     pub fn new() -> Self {
         assert!(
+            // SAFETY: geteuid has no preconditions.
             unsafe { libc::geteuid() } == 0,
             "datapath tests need root (BPF): run `cargo xtask test`"
         );
