@@ -47,7 +47,7 @@ pub struct RunOptions {
     /// How speed limits are enforced.
     pub shaper: Shaper,
     pub tc_attach: TcAttach,
-    /// Storage provider: memory, redb or hybrid.
+    /// The session store: memory, redb or hybrid.
     pub store: String,
     /// The store's database file (redb, hybrid).
     pub db: PathBuf,

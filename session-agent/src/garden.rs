@@ -117,11 +117,11 @@ impl FromStr for GardenEntry {
                     ),
                 ),
             }
-        } else if s.matches(':').count() == 1 {
-            let (n, p) = s.split_once(':').unwrap();
-            (n, Some(p))
         } else {
-            (s, None)
+            match s.split_once(':') {
+                Some((n, p)) if !p.contains(':') => (n, Some(p)),
+                _ => (s, None),
+            }
         };
         let port = match port {
             None => 0,

@@ -197,7 +197,7 @@ struct RunArgs {
     /// [default: /sys/fs/bpf/session-agent].
     #[arg(long)]
     pin_root: Option<PathBuf>,
-    /// Session storage provider [default: hybrid].
+    /// Session store [default: hybrid].
     #[arg(long, value_parser = ["memory", "redb", "hybrid"])]
     store: Option<String>,
     /// Session database file (redb and hybrid; hybrid keeps its log beside it)

@@ -1,4 +1,4 @@
-//! Typed errors of the session model, the manager and the storage providers.
+//! Typed errors of the session model, the manager and the stores.
 
 use std::path::PathBuf;
 
@@ -53,9 +53,9 @@ pub enum StoreError {
         stored: i64,
         given: i64,
     },
-    #[error("unknown storage provider {0:?}")]
+    #[error("unknown session store {0:?}")]
     UnknownProvider(String),
-    #[error("storage provider {provider} needs a path in its configuration")]
+    #[error("session store {provider} needs a path in its configuration")]
     MissingPath { provider: String },
     #[error("store lock poisoned by a panicking thread")]
     Poisoned,

@@ -1,4 +1,4 @@
-//! Session model and storage providers of the gateway.
+//! Session model and stores of the gateway.
 //!
 //! * [`model`]: [`SessionType`], [`SessionData`] (exact byte counters, 1 MB = 1,000,000
 //!   bytes), [`Device`], [`SessionRecord`].

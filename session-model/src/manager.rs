@@ -1,4 +1,4 @@
-//! The sessions manager (seed 003 `SessionsMgrApi`) plus the bulk accounting entry points
+//! The sessions manager (the Flarehotspot SDK's `SessionsMgrApi`) plus the bulk accounting entry points
 //! the metering daemon drives.
 //!
 //! # Driving it from the daemon

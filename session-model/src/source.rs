@@ -1,4 +1,4 @@
-//! Session sources (seed 000) and [`ClientSession`] (seed 002).
+//! Session sources and [`ClientSession`], after the Flarehotspot SDK's `SessionSource` and `ClientSession`.
 //!
 //! Each session records the name of its provider. A [`SessionProvider`] turns a stored
 //! session into a [`SessionSource`]; [`ClientSession::save`] and
@@ -23,7 +23,7 @@ pub const LOCAL_PROVIDER: &str = "local";
 /// A boxed `Send` future, so the traits below stay object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Where a session's data lives (seed 000 `SessionSource`).
+/// Where a session's data lives (the Flarehotspot SDK's `SessionSource`).
 pub trait SessionSource: Send + Sync {
     /// The last data loaded from or saved to the source.
     fn data(&self) -> SessionData;
@@ -126,7 +126,7 @@ impl SessionSource for LocalSource {
     }
 }
 
-/// A session of a client device (seed 002). Getters read the local copy; mutators change
+/// A session of a client device (the Flarehotspot SDK's `ClientSession`). Getters read the local copy; mutators change
 /// only the local copy until [`ClientSession::save`]; [`ClientSession::reload`] discards
 /// unsaved changes.
 ///

@@ -1,4 +1,4 @@
-//! One conformance suite, run against every storage provider.
+//! One conformance suite, run against every store.
 
 use std::sync::Arc;
 

@@ -71,7 +71,7 @@ pub struct AgentBuilder {
     pub ns: String,
     pub lans: Vec<String>,
     pub pin_root: PathBuf,
-    /// Session database (`--db`); the store provider is `hybrid` unless `extra` says otherwise.
+    /// Session database (`--db`); the store is `hybrid` unless `extra` says otherwise.
     pub db: PathBuf,
     /// Control API socket (`--api-socket`).
     pub api_socket: PathBuf,

@@ -143,7 +143,7 @@ impl ApiClient {
         d["id"].as_i64().expect("device id")
     }
 
-    /// Creates a session with the seed-003 arguments; returns its view.
+    /// Creates a session with the Flarehotspot SDK's `CreateSession` arguments; returns its view.
     #[allow(clippy::too_many_arguments)]
     pub fn create_session(
         &self,

@@ -30,7 +30,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// One demo client: the session it buys and the traffic it makes.
 struct Plan {
     name: &'static str,
-    /// Seed-003 session type: 0 time, 1 data, 2 time_or_data.
+    /// Session type (Flarehotspot SDK): 0 time, 1 data, 2 time_or_data.
     session_type: u8,
     time_secs: u64,
     data_mb: f64,

@@ -473,7 +473,7 @@ async fn device_sessions(State(st): St, id: PathArg) -> ApiResult<Vec<SessionVie
     ))
 }
 
-/// The seed-003 CreateSession arguments.
+/// The Flarehotspot SDK's `CreateSession` arguments.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewSession {
@@ -576,7 +576,7 @@ async fn show_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
     Ok(Json(session_view(&st, session_id(&path(id)?)?)?))
 }
 
-/// Seed-002 setters; each present key is set, then the session is saved.
+/// The Flarehotspot SDK's `ClientSession` setters; each present key is set, then the session is saved.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct SessionPatch {
@@ -670,7 +670,7 @@ async fn patch_session(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<Sess
     Ok(Json(view(&st, &s)?))
 }
 
-/// Seed-002 `IncTimeCons` / `IncDataCons`, then save.
+/// The Flarehotspot SDK's `IncTimeCons` / `IncDataCons`, then save.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SessionInc {
@@ -696,7 +696,7 @@ async fn inc_session(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<Sessio
     Ok(Json(view(&st, &s)?))
 }
 
-/// Seed-002 `Save`: charges the device's pending usage, writes the session and
+/// The Flarehotspot SDK's `Save`: charges the device's pending usage, writes the session and
 /// programs the datapath again when it runs.
 async fn save_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
     let id = session_id(&path(id)?)?;
@@ -705,7 +705,7 @@ async fn save_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
     Ok(Json(view(&st, &s)?))
 }
 
-/// Seed-002 `Reload`: the session as stored.
+/// The Flarehotspot SDK's `Reload`: the session as stored.
 async fn reload_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
     let id = session_id(&path(id)?)?;
     let mut s = st.gw.sessions().session(id)?;

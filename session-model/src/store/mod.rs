@@ -1,4 +1,4 @@
-//! Storage providers for devices and sessions (seed 004's provider design).
+//! Stores of devices and sessions, registered by name.
 //!
 //! * `memory`: volatile, for tests and diskless setups.
 //! * `redb`: one durable redb file; every write is its own ACID transaction
@@ -194,7 +194,7 @@ impl StoreConfig {
 /// Opens a store from a configuration.
 pub type StoreFactory = fn(&StoreConfig) -> Result<Arc<dyn SessionStore>, StoreError>;
 
-/// Storage providers by name (seed 004's `Register` / `ProviderNames`).
+/// The stores by name.
 #[derive(Clone)]
 pub struct StoreRegistry {
     factories: BTreeMap<String, StoreFactory>,
