@@ -178,6 +178,15 @@ impl Mismatch {
     }
 }
 
+/// Bulk store work of the run loop.
+#[derive(Debug, Clone, Copy)]
+enum StoreWork {
+    /// Usage charged by polls written like any other store write.
+    Commit,
+    /// The store's checkpoint (hybrid: the log folded into redb).
+    Checkpoint,
+}
+
 /// How often the poll checks the datapath against the sessions.
 const ENFORCE_EVERY: Duration = Duration::from_secs(1);
 /// How often paused sessions are checked for expiry (a scan of every session).
@@ -907,15 +916,9 @@ impl Gateway {
                 self.stats.poll_errors.fetch_add(1, Relaxed);
                 warn!("poll failed: {e}");
             }
-            let s = &self.stats;
             if last_commit.elapsed() >= self.cfg.commit_interval {
                 last_commit = Instant::now();
-                self.store_work(
-                    "committing usage to the store",
-                    (&s.commits, &s.commit_us_sum, &s.commit_us_last),
-                    &s.commit_errors,
-                    || self.mgr.flush(),
-                );
+                self.store_work(StoreWork::Commit).await;
             }
             if let Some(idle) = self.cfg.forget_idle {
                 // Often enough to notice idleness within a quarter of the time;
@@ -956,12 +959,7 @@ impl Gateway {
             }
             if last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
                 last_checkpoint = Instant::now();
-                self.store_work(
-                    "store checkpoint",
-                    (&s.checkpoints, &s.checkpoint_us_sum, &s.checkpoint_us_last),
-                    &s.checkpoint_errors,
-                    || self.mgr.checkpoint(),
-                );
+                self.store_work(StoreWork::Checkpoint).await;
             }
         }
     }
@@ -1083,21 +1081,41 @@ impl Gateway {
         Ok(())
     }
 
-    /// Runs a bulk store operation and returns freed memory to the system after
-    /// it; records its duration in `(count, sum, last)` when it succeeded, or
-    /// counts it in `errors` and logs why.
-    fn store_work(
-        &self,
-        what: &str,
-        (count, sum, last): (&AtomicU64, &AtomicU64, &AtomicU64),
-        errors: &AtomicU64,
-        work: impl FnOnce() -> Result<(), ModelError>,
-    ) {
-        let started = Instant::now();
-        let done = work();
-        crate::memory::trim();
+    /// Runs a bulk store operation (writes and fsyncs) on a blocking thread,
+    /// off the async runtime, and returns freed memory to the system after it;
+    /// records its duration when it succeeded, or counts it and logs why not.
+    async fn store_work(self: &Arc<Self>, work: StoreWork) {
+        let gw = self.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let done = match work {
+                StoreWork::Commit => gw.mgr.flush(),
+                StoreWork::Checkpoint => gw.mgr.checkpoint(),
+            };
+            crate::memory::trim();
+            done.map(|()| started.elapsed()).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let s = &self.stats;
+        let (what, count, sum, last, errors) = match work {
+            StoreWork::Commit => (
+                "committing usage to the store",
+                &s.commits,
+                &s.commit_us_sum,
+                &s.commit_us_last,
+                &s.commit_errors,
+            ),
+            StoreWork::Checkpoint => (
+                "store checkpoint",
+                &s.checkpoints,
+                &s.checkpoint_us_sum,
+                &s.checkpoint_us_last,
+                &s.checkpoint_errors,
+            ),
+        };
         match done {
-            Ok(()) => GatewayStats::record(count, sum, last, started.elapsed()),
+            Ok(took) => GatewayStats::record(count, sum, last, took),
             Err(e) => {
                 errors.fetch_add(1, Relaxed);
                 warn!("{what} failed: {e}");
