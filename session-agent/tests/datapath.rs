@@ -855,3 +855,41 @@ fn pins_of_an_older_layout_are_refused_with_the_fix() {
         );
     }
 }
+
+#[test]
+fn a_full_client_table_is_counted_and_reported_once() {
+    let mut dp = Datapath::new();
+    // Fill all slots but one from userspace, as the agent takes them.
+    for i in 0..MAX_CLIENTS - 1 {
+        let [_, _, a, b] = i.to_be_bytes();
+        dp.h.maps
+            .ensure_slot(&MacKey::new([0x02, 0xcc, 0, a, b, 1]))
+            .unwrap_or_else(|e| panic!("slot {i}: {e}"));
+    }
+    // The next new MAC on the wire takes the last slot; the ones after it
+    // find none: dropped, counted, and reported once.
+    for n in 10..14 {
+        assert_eq!(dp.up(&up4(n, 443, 10)), TC_DROP);
+    }
+    assert!(dp.h.maps.slot_of(&client_mac(10)).is_some());
+    assert!(dp.h.maps.slot_of(&client_mac(11)).is_none());
+    let stats = dp.h.maps.stats().unwrap();
+    assert_eq!(stats[STAT_TABLE_FULL as usize], 3);
+    let err = dp.h.maps.ensure_slot(&client_mac(9)).unwrap_err();
+    assert!(err.to_string().contains("full"), "{err}");
+    let events = dp.h.ebpf.take_map(MAP_EVENTS).unwrap();
+    let mut ring = aya::maps::RingBuf::try_from(events).unwrap();
+    let mut full = 0;
+    let mut kinds = Vec::new();
+    while let Some(item) = ring.next() {
+        let ev: ClientEvent = unsafe {
+            // SAFETY: the ring holds whole ClientEvents, plain integers.
+            std::ptr::read_unaligned(item.as_ptr().cast())
+        };
+        kinds.push(ev.kind());
+        if ev.kind() == Ok(EventKind::TableFull) {
+            full += 1;
+        }
+    }
+    assert_eq!(full, 1, "the table-full event is sent once: {kinds:?}");
+}

@@ -8,6 +8,7 @@
 pub mod index;
 pub mod mac;
 pub mod maps;
+pub mod slots;
 
 #[cfg(feature = "user")]
 mod user;
@@ -15,3 +16,4 @@ mod user;
 pub use index::*;
 pub use mac::MacKey;
 pub use maps::*;
+pub use slots::*;

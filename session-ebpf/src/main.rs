@@ -770,43 +770,45 @@ fn client_slot<P: Packet>(
 }
 
 /// A forgotten client's slot, else a never-used one, or `None` (counted) when
-/// all are taken.
+/// all are taken (the protocol: `session_common::slots`).
 #[inline(always)]
 fn take_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<u32> {
     let alloc = SLOT_ALLOC.get_ptr_mut(0)?;
     let head = unsafe { &raw mut (*alloc).free_head };
     let tail = unsafe { &raw const (*alloc).free_tail };
     // A few tries: CPUs racing for the last freed slots fall back to new ones.
-    for _ in 0..4 {
-        let h = unsafe { core::ptr::read_volatile(head) };
-        if h >= unsafe { core::ptr::read_volatile(tail) } {
-            break;
-        }
-        let Some(cell) = FREE_SLOTS.get_ptr((h % MAX_CLIENTS as u64) as u32) else {
-            break;
-        };
-        let slot = unsafe { core::ptr::read_volatile(cell) };
-        let (_, won) = unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(head, h, h + 1) };
-        if won && slot < MAX_CLIENTS as u64 {
-            return Some(slot as u32);
-        }
+    let freed = free_ring_take(
+        4,
+        || unsafe { core::ptr::read_volatile(head) },
+        || unsafe { core::ptr::read_volatile(tail) },
+        |i| {
+            FREE_SLOTS
+                .get_ptr(i)
+                .map(|cell| unsafe { core::ptr::read_volatile(cell) })
+        },
+        |h| unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(head, h, h + 1) }.1,
+    );
+    if freed.is_some() {
+        return freed;
     }
     let next = unsafe { &raw mut (*alloc).next };
-    // Check before adding so a full table does not keep counting up (and wrap).
-    if unsafe { core::ptr::read_volatile(next) } >= MAX_CLIENTS {
-        stat_add(STAT_TABLE_FULL);
-        return None;
-    }
-    let slot = unsafe { atomic_xadd::<u32, u32, { SeqCst }>(next, 1) };
-    if slot >= MAX_CLIENTS {
-        stat_add(STAT_TABLE_FULL);
-        if slot == MAX_CLIENTS {
+    match bump_take(
+        || unsafe { core::ptr::read_volatile(next) },
+        || unsafe { atomic_xadd::<u32, u32, { SeqCst }>(next, 1) },
+        |old, new| unsafe { atomic_cxchg::<u32, { SeqCst }, { SeqCst }>(next, old, new) }.1,
+    ) {
+        Bump::Taken(slot) => Some(slot),
+        Bump::FullNow => {
+            stat_add(STAT_TABLE_FULL);
             warn!(p, "client table full ({} slots)", MAX_CLIENTS);
-            emit(EventKind::TableFull, slot, mac, None);
+            emit(EventKind::TableFull, MAX_CLIENTS, mac, None);
+            None
         }
-        return None;
+        Bump::Full => {
+            stat_add(STAT_TABLE_FULL);
+            None
+        }
     }
-    Some(slot)
 }
 
 /// Takes a packet from the data budget, which both directions share.

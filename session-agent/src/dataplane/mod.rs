@@ -690,23 +690,23 @@ impl Maps {
                 Probe::Full => return Err(full()),
             };
             let slot = match taken.or_else(|| self.take_freed_slot()) {
-                Some(s) => {
-                    taken = Some(s);
-                    s
-                }
+                Some(s) => s,
                 None => {
                     let next = cell!(self.alloc, 0, next: AtomicU32);
-                    if next.load(Ordering::Relaxed) >= MAX_CLIENTS {
-                        return Err(full());
+                    match bump_take(
+                        || next.load(Ordering::Relaxed),
+                        || next.fetch_add(1, Ordering::SeqCst),
+                        |old, new| {
+                            next.compare_exchange(old, new, Ordering::SeqCst, Ordering::SeqCst)
+                                .is_ok()
+                        },
+                    ) {
+                        Bump::Taken(slot) => slot,
+                        Bump::FullNow | Bump::Full => return Err(full()),
                     }
-                    let slot = next.fetch_add(1, Ordering::SeqCst);
-                    if slot >= MAX_CLIENTS {
-                        return Err(full());
-                    }
-                    taken = Some(slot);
-                    slot
                 }
             };
+            taken = Some(slot);
             // Lead the slot to its entry before publishing the entry, as the datapath does.
             cell!(self.slots, slot => AtomicU64).store(pos as u64, Ordering::Release);
             if self
@@ -724,20 +724,17 @@ impl Maps {
     fn take_freed_slot(&self) -> Option<u32> {
         let head = cell!(self.alloc, 0, free_head: AtomicU64);
         let tail = cell!(self.alloc, 0, free_tail: AtomicU64);
-        loop {
-            let h = head.load(Ordering::Acquire);
-            if h >= tail.load(Ordering::Acquire) {
-                return None;
-            }
-            let slot = cell!(self.free, (h % MAX_CLIENTS as u64) as u32 => AtomicU64)
-                .load(Ordering::Acquire);
-            let won = head
-                .compare_exchange(h, h + 1, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok();
-            if won && slot < MAX_CLIENTS as u64 {
-                return Some(slot as u32);
-            }
-        }
+        // Lost swaps try again: the ring holds at most every slot.
+        free_ring_take(
+            MAX_CLIENTS,
+            || head.load(Ordering::Acquire),
+            || tail.load(Ordering::Acquire),
+            |i| Some(cell!(self.free, i => AtomicU64).load(Ordering::Acquire)),
+            |h| {
+                head.compare_exchange(h, h + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            },
+        )
     }
 
     /// Hands a slot to the next new client. Only the agent calls this (one
@@ -745,8 +742,7 @@ impl Maps {
     fn free_slot(&self, slot: u32) {
         let tail = cell!(self.alloc, 0, free_tail: AtomicU64);
         let t = tail.load(Ordering::Acquire);
-        cell!(self.free, (t % MAX_CLIENTS as u64) as u32 => AtomicU64)
-            .store(slot as u64, Ordering::Release);
+        cell!(self.free, free_ring_position(t) => AtomicU64).store(slot as u64, Ordering::Release);
         tail.store(t + 1, Ordering::Release);
     }
 
@@ -894,8 +890,7 @@ impl Maps {
         (a.free_head..a.free_tail)
             .take(MAX_CLIENTS as usize)
             .map(|i| {
-                cell!(self.free, (i % MAX_CLIENTS as u64) as u32 => AtomicU64)
-                    .load(Ordering::Acquire) as u32
+                cell!(self.free, free_ring_position(i) => AtomicU64).load(Ordering::Acquire) as u32
             })
             .collect()
     }
