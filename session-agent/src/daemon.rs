@@ -100,6 +100,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             maps: std::sync::Mutex::new(maps),
         });
     }
+    // A LAN left out of --lan keeps its programs, which serve its clients
+    // from the shared client table, until it is detached.
+    if let Ok(attached) = Maps::attached_interfaces(&opts.pin_root) {
+        for other in attached.iter().filter(|a| !opts.lans.contains(a)) {
+            warn!(lan = %other, "still attached from an earlier run: its clients are served and counted as before; `session-agent detach --lan {other}` removes it");
+        }
+    }
     let gateway = Gateway::new(mgr.clone(), lans, opts.gateway.clone());
     gateway.reconcile().await?;
     for (lan_name, mut fd, attached) in rings {

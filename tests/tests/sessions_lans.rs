@@ -45,6 +45,7 @@ fn adding_or_removing_a_lan_at_a_restart_charges_nothing_again() {
         "restarted with lan0 alone: session {} B",
         without.cons()
     ));
+    let warned = s.agent.log().contains("still attached from an earlier run");
     let report = format!(
         "{}\nstation on lan1: {twin:?}\n{}",
         steps.join("\n"),
@@ -63,6 +64,7 @@ fn adding_or_removing_a_lan_at_a_restart_charges_nothing_again() {
         "removing a LAN charged again\n{report}"
     );
     assert!(is_connected(&s.api, s.device), "{report}");
+    assert!(warned, "no warning that lan1 is still attached\n{report}");
 }
 
 /// One MAC on two LAN ports downloads on both at once: the session's data
