@@ -9,9 +9,9 @@ use axum::{
     body::Bytes,
     extract::{
         rejection::{BytesRejection, PathRejection, QueryRejection},
-        Path, Query, State,
+        FromRequest, FromRequestParts, Path, Query, Request, State,
     },
-    http::{header, StatusCode},
+    http::{header, request::Parts, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -116,6 +116,53 @@ pub fn v1() -> Router<Arc<ApiState>> {
 fn path(p: PathArg) -> Result<String, ApiError> {
     p.map(|Path(s)| s)
         .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
+}
+
+/// A request's JSON object body, parsed with the API's error codes (see
+/// [`json`]); a request without one is refused (`missing_body`).
+pub struct Body<T>(pub T);
+
+/// [`Body`], or `T::default()` when the request has no body.
+pub struct BodyOr<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        json(Bytes::from_request(req, state).await, None).map(Body)
+    }
+}
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for BodyOr<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        json(Bytes::from_request(req, state).await, Some(T::default())).map(BodyOr)
+    }
+}
+
+/// The `{id}` of a device route, parsed (`invalid_id` otherwise).
+pub struct DevId(pub DeviceId);
+
+/// The `{id}` of a session route, parsed (`invalid_id` otherwise).
+pub struct SessId(pub SessionId);
+
+impl<S: Send + Sync> FromRequestParts<S> for DevId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let p = path(Path::<String>::from_request_parts(parts, state).await)?;
+        device_id(&p).map(DevId)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for SessId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let p = path(Path::<String>::from_request_parts(parts, state).await)?;
+        session_id(&p).map(SessId)
+    }
 }
 
 /// Parses a JSON body; an empty body is `empty` when given, else an error.
@@ -374,8 +421,7 @@ fn client_mac(s: &str) -> Result<MacAddr, ApiError> {
     Ok(mac)
 }
 
-async fn create_device(State(st): St, b: BodyArg) -> Result<Response, ApiError> {
-    let b: NewDevice = json(b, None)?;
+async fn create_device(State(st): St, Body(b): Body<NewDevice>) -> Result<Response, ApiError> {
     let mac = client_mac(&b.mac)?;
     if b.hostname
         .as_ref()
@@ -390,8 +436,8 @@ async fn create_device(State(st): St, b: BodyArg) -> Result<Response, ApiError> 
     Ok(created(DeviceView::new(&d, false)))
 }
 
-async fn show_device(State(st): St, id: PathArg) -> ApiResult<DeviceView> {
-    Ok(Json(device_view(&st, device_id(&path(id)?)?)?))
+async fn show_device(State(st): St, DevId(id): DevId) -> ApiResult<DeviceView> {
+    Ok(Json(device_view(&st, id)?))
 }
 
 async fn device_by_mac(State(st): St, mac: PathArg) -> ApiResult<DeviceView> {
@@ -420,9 +466,7 @@ struct Rekey {
     mac: String,
 }
 
-async fn rekey(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<DeviceView> {
-    let id = device_id(&path(id)?)?;
-    let b: Rekey = json(b, None)?;
+async fn rekey(State(st): St, DevId(id): DevId, Body(b): Body<Rekey>) -> ApiResult<DeviceView> {
     let mac = client_mac(&b.mac)?;
     st.gw.rekey(id, mac).await?;
     Ok(Json(device_view(&st, id)?))
@@ -438,10 +482,9 @@ struct Force {
 
 async fn delete_device(
     State(st): St,
-    id: PathArg,
+    DevId(id): DevId,
     q: Result<Query<Force>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let id = device_id(&path(id)?)?;
     let Query(f) = q?;
     st.gw.remove_device(id, f.force).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -449,10 +492,9 @@ async fn delete_device(
 
 async fn delete_session(
     State(st): St,
-    id: PathArg,
+    SessId(id): SessId,
     q: Result<Query<Force>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let id = session_id(&path(id)?)?;
     let Query(f) = q?;
     st.gw.remove_session(id, f.force).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -460,8 +502,7 @@ async fn delete_session(
 
 // ----- sessions of a device ----------------------------------------------------------
 
-async fn device_sessions(State(st): St, id: PathArg) -> ApiResult<Vec<SessionView>> {
-    let id = device_id(&path(id)?)?;
+async fn device_sessions(State(st): St, DevId(id): DevId) -> ApiResult<Vec<SessionView>> {
     let running = st.gw.sessions().running_session_id(id)?;
     let sessions = st.gw.sessions().device_sessions(id)?;
     let now = now(&st);
@@ -493,9 +534,11 @@ struct NewSession {
     use_global_speed: bool,
 }
 
-async fn create_session(State(st): St, id: PathArg, b: BodyArg) -> Result<Response, ApiError> {
-    let id = device_id(&path(id)?)?;
-    let b: NewSession = json(b, None)?;
+async fn create_session(
+    State(st): St,
+    DevId(id): DevId,
+    Body(b): Body<NewSession>,
+) -> Result<Response, ApiError> {
     check_secs("time_secs", b.time_secs)?;
     check_mb("data_mb", b.data_mb)?;
     check_exp_days(b.exp_days)?;
@@ -518,8 +561,7 @@ async fn create_session(State(st): St, id: PathArg, b: BodyArg) -> Result<Respon
     Ok(created(view(&st, &s)?))
 }
 
-async fn current_session(State(st): St, id: PathArg) -> ApiResult<Option<SessionView>> {
-    let id = device_id(&path(id)?)?;
+async fn current_session(State(st): St, DevId(id): DevId) -> ApiResult<Option<SessionView>> {
     let now = now(&st);
     Ok(Json(
         st.gw
@@ -529,16 +571,14 @@ async fn current_session(State(st): St, id: PathArg) -> ApiResult<Option<Session
     ))
 }
 
-async fn get_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
-    let id = device_id(&path(id)?)?;
+async fn get_session(State(st): St, DevId(id): DevId) -> ApiResult<SessionView> {
     match st.gw.sessions().get_session(id).await {
         Ok(s) => Ok(Json(view(&st, &s)?)),
         Err(e) => Err(e.into()),
     }
 }
 
-async fn is_connected(State(st): St, id: PathArg) -> ApiResult<ConnectedView> {
-    let id = device_id(&path(id)?)?;
+async fn is_connected(State(st): St, DevId(id): DevId) -> ApiResult<ConnectedView> {
     let connected = st.gw.sessions().is_connected(id)?;
     Ok(Json(ConnectedView {
         device_id: id,
@@ -554,17 +594,21 @@ struct Notification {
     notification: String,
 }
 
-async fn connect(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<SessionView> {
-    let id = device_id(&path(id)?)?;
-    let n: Notification = json(b, Some(Notification::default()))?;
+async fn connect(
+    State(st): St,
+    DevId(id): DevId,
+    BodyOr(n): BodyOr<Notification>,
+) -> ApiResult<SessionView> {
     check_notification(&n.notification)?;
     let s = st.gw.connect(id, &n.notification).await?;
     Ok(Json(view(&st, &s)?))
 }
 
-async fn disconnect(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<DeviceView> {
-    let id = device_id(&path(id)?)?;
-    let n: Notification = json(b, Some(Notification::default()))?;
+async fn disconnect(
+    State(st): St,
+    DevId(id): DevId,
+    BodyOr(n): BodyOr<Notification>,
+) -> ApiResult<DeviceView> {
     check_notification(&n.notification)?;
     st.gw.disconnect(id, &n.notification).await?;
     Ok(Json(device_view(&st, id)?))
@@ -572,8 +616,8 @@ async fn disconnect(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<DeviceV
 
 // ----- one session -------------------------------------------------------------------
 
-async fn show_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
-    Ok(Json(session_view(&st, session_id(&path(id)?)?)?))
+async fn show_session(State(st): St, SessId(id): SessId) -> ApiResult<SessionView> {
+    Ok(Json(session_view(&st, id)?))
 }
 
 /// The Flarehotspot SDK's `ClientSession` setters; each present key is set, then the session is saved.
@@ -661,9 +705,11 @@ impl SessionPatch {
     }
 }
 
-async fn patch_session(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<SessionView> {
-    let id = session_id(&path(id)?)?;
-    let p: SessionPatch = json(b, None)?;
+async fn patch_session(
+    State(st): St,
+    SessId(id): SessId,
+    Body(p): Body<SessionPatch>,
+) -> ApiResult<SessionView> {
     p.check()?;
     st.gw.sessions().session(id)?;
     let s = st.gw.update_session(id, |s| p.apply(s)).await?;
@@ -680,9 +726,11 @@ struct SessionInc {
     data_cons: f64,
 }
 
-async fn inc_session(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<SessionView> {
-    let id = session_id(&path(id)?)?;
-    let inc: SessionInc = json(b, None)?;
+async fn inc_session(
+    State(st): St,
+    SessId(id): SessId,
+    Body(inc): Body<SessionInc>,
+) -> ApiResult<SessionView> {
     check_secs("time_cons", inc.time_cons)?;
     check_mb("data_cons", inc.data_cons)?;
     st.gw.sessions().session(id)?;
@@ -698,16 +746,14 @@ async fn inc_session(State(st): St, id: PathArg, b: BodyArg) -> ApiResult<Sessio
 
 /// The Flarehotspot SDK's `Save`: charges the device's pending usage, writes the session and
 /// programs the datapath again when it runs.
-async fn save_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
-    let id = session_id(&path(id)?)?;
+async fn save_session(State(st): St, SessId(id): SessId) -> ApiResult<SessionView> {
     st.gw.sessions().session(id)?;
     let s = st.gw.update_session(id, |_| Ok(())).await?;
     Ok(Json(view(&st, &s)?))
 }
 
 /// The Flarehotspot SDK's `Reload`: the session as stored.
-async fn reload_session(State(st): St, id: PathArg) -> ApiResult<SessionView> {
-    let id = session_id(&path(id)?)?;
+async fn reload_session(State(st): St, SessId(id): SessId) -> ApiResult<SessionView> {
     let mut s = st.gw.sessions().session(id)?;
     s.reload().await?;
     Ok(Json(view(&st, &s)?))
