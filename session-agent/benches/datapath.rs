@@ -368,6 +368,7 @@ fn measure_agent(spec: &str) {
     let (mut idle_wall, mut idle_cpu, mut busy_wall, mut busy_cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut commit_wall, mut commit_cpu) = (Vec::new(), Vec::new());
+    let (mut check_wall, mut check_cpu) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let t = Instant::now();
         let r = gw.readings().unwrap();
@@ -393,6 +394,13 @@ fn measure_agent(spec: &str) {
         });
         commit_wall.push(w);
         commit_cpu.push(c);
+        // Once a second the poll checks the whole table against the sessions.
+        let (w, c) = timed(|| {
+            let found = gw.enforce_sessions().unwrap();
+            assert!(found.is_empty(), "the datapath differs: {found:?}");
+        });
+        check_wall.push(w);
+        check_cpu.push(c);
     }
     let mut out = Vec::new();
     for (case, metric, unit, v) in [
@@ -403,6 +411,8 @@ fn measure_agent(spec: &str) {
         ("poll_all_charged", "cpu_ms", "ms", busy_cpu),
         ("commit_all_charged", "wall_ms", "ms", commit_wall),
         ("commit_all_charged", "cpu_ms", "ms", commit_cpu),
+        ("check_table", "wall_ms", "ms", check_wall),
+        ("check_table", "cpu_ms", "ms", check_cpu),
     ] {
         out.push(Measurement {
             scenario: "agent_cost".into(),

@@ -189,6 +189,9 @@ enum StoreWork {
 
 /// How often the poll checks the datapath against the sessions.
 const ENFORCE_EVERY: Duration = Duration::from_secs(1);
+/// Connected devices whose speed and budget one check of the datapath
+/// compares with their session (see [`Gateway::enforce_sessions`]).
+const CHECK_SESSIONS_PER_RUN: usize = 1024;
 /// How often paused sessions are checked for expiry (a scan of every session).
 const EXPIRE_PAUSED_EVERY: Duration = Duration::from_secs(5);
 
@@ -234,6 +237,8 @@ pub struct Gateway {
     idle_clients: StdMutex<IdleTracker>,
     /// When the poll last checked the datapath against the sessions.
     last_enforced: StdMutex<Option<Instant>>,
+    /// Where the next check of speeds and budgets starts among the connected devices.
+    check_cursor: std::sync::atomic::AtomicUsize,
 }
 
 /// The slot of every connected device, sorted by slot so that a poll walks
@@ -267,6 +272,7 @@ impl Gateway {
             rekeys: AtomicU64::new(0),
             idle_clients: StdMutex::new(IdleTracker::default()),
             last_enforced: StdMutex::new(None),
+            check_cursor: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -783,55 +789,98 @@ impl Gateway {
     /// Checks that the datapath lets through exactly the devices whose session
     /// runs, at their session's speed and with a budget where it has one, and
     /// corrects (and counts, see [`GatewayStats::reconciled`]) any client that
-    /// differs. A healthy gateway finds nothing. Called with the operations lock held.
+    /// differs. A healthy gateway finds nothing. Speeds and budgets are
+    /// compared for [`CHECK_SESSIONS_PER_RUN`] devices per run, in turn.
+    /// Called with the operations lock held.
     pub fn enforce_sessions(&self) -> Result<Vec<(Mismatch, MacKey)>, AgentError> {
-        let mut want = HashMap::new();
-        for (device_id, _) in self.mgr.connected()? {
-            let device = self.mgr.device(device_id)?;
-            if let Some(s) = self.mgr.curr_session(device_id)? {
-                want.insert(mac_key(device.mac), (device.mac, s));
-            }
-        }
-        let mut found: Vec<(Mismatch, MacKey)> = Vec::new();
+        let connected = self.connected_slots()?;
+        let by_slot: HashMap<u32, usize> = connected
+            .iter()
+            .enumerate()
+            .map(|(i, (_, slot))| (*slot, i))
+            .collect();
+        // Whether a device is let through is checked every run; its speed and
+        // budget, which need its session from the store, for a share of the
+        // devices per run, so every device is checked within a few seconds.
+        let n = connected.len();
+        let first = self.check_cursor.fetch_add(CHECK_SESSIONS_PER_RUN, Relaxed) % n.max(1);
+        let in_share =
+            |i: usize| n <= CHECK_SESSIONS_PER_RUN || (i + n - first) % n < CHECK_SESSIONS_PER_RUN;
         let clients = match self.table() {
             Some(maps) => maps.enforced()?,
             None => Vec::new(),
         };
-        {
-            for c in clients {
-                let allowed = c.flags & POLICY_ALLOWED != 0;
-                let m = match want.get(&c.mac) {
-                    None if allowed && c.flags & POLICY_MANUAL == 0 => {
-                        Mismatch::AllowedWithoutSession
-                    }
-                    None => continue,
-                    Some(_) if !allowed => Mismatch::BlockedWhileConnected,
-                    Some((_, s)) => {
-                        let (up, down) = self.speed(s);
-                        let budget = s.data().data_budget_bytes().is_some();
-                        if (c.up_rate, c.down_rate) != (up.rate_bytes, down.rate_bytes) {
-                            Mismatch::Speed
-                        } else if budget != (c.flags & POLICY_QUOTA != 0) {
-                            Mismatch::Budget
-                        } else {
-                            continue;
-                        }
-                    }
-                };
-                if !found.iter().any(|(_, mac)| *mac == c.mac) {
-                    found.push((m, c.mac));
+        let mut found: Vec<(Mismatch, MacKey, Option<DeviceId>)> = Vec::new();
+        for c in clients {
+            let allowed = c.flags & POLICY_ALLOWED != 0;
+            let (m, device) = match by_slot.get(&c.slot).map(|&i| (i, connected[i].0)) {
+                None if allowed && c.flags & POLICY_MANUAL == 0 => {
+                    (Mismatch::AllowedWithoutSession, None)
                 }
+                None => continue,
+                Some((_, d)) if !allowed => (Mismatch::BlockedWhileConnected, Some(d)),
+                Some((i, d)) if in_share(i) => {
+                    let Some(s) = self.mgr.curr_session(d)? else {
+                        continue;
+                    };
+                    let (up, down) = self.speed(&s);
+                    let budget = s.data().data_budget_bytes().is_some();
+                    if (c.up_rate, c.down_rate) != (up.rate_bytes, down.rate_bytes) {
+                        (Mismatch::Speed, Some(d))
+                    } else if budget != (c.flags & POLICY_QUOTA != 0) {
+                        (Mismatch::Budget, Some(d))
+                    } else {
+                        continue;
+                    }
+                }
+                Some(_) => continue,
+            };
+            if !found.iter().any(|(_, mac, _)| *mac == c.mac) {
+                found.push((m, c.mac, device));
             }
         }
-        for (m, mac) in &found {
+        for (m, mac, device) in &found {
             warn!(%mac, what = m.name(), "the datapath differed from the sessions: corrected");
             self.stats.reconciled[*m as usize].fetch_add(1, Relaxed);
-            match want.get(mac) {
-                Some((addr, s)) => self.program(*addr, s, false, None)?,
+            match device {
+                Some(d) => {
+                    let addr = self.mgr.device(*d)?.mac;
+                    if let Some(s) = self.mgr.curr_session(*d)? {
+                        self.program(addr, &s, false, None)?;
+                    }
+                }
                 None => self.revoke(MacAddr(mac.addr))?,
             }
         }
-        Ok(found)
+        Ok(found.into_iter().map(|(m, mac, _)| (m, mac)).collect())
+    }
+
+    /// Every connected device with its slot in the client table: the poll's
+    /// meter table when it is current, else looked up (devices without a
+    /// slot are left out: the datapath holds nothing of them to correct).
+    fn connected_slots(&self) -> Result<Vec<(DeviceId, u32)>, AgentError> {
+        let built_at = (self.mgr.connected_generation(), self.rekeys.load(Relaxed));
+        if let Some(t) = self.meter_table.lock().unwrap().as_ref() {
+            if t.built_at == built_at {
+                return Ok(t
+                    .devices
+                    .iter()
+                    .copied()
+                    .zip(t.slots.iter().copied())
+                    .collect());
+            }
+        }
+        let mut out = Vec::new();
+        let Some(maps) = self.table() else {
+            return Ok(out);
+        };
+        for (device_id, _) in self.mgr.connected()? {
+            let key = mac_key(self.mgr.device(device_id)?.mac);
+            if let Some(slot) = maps.slot_of(&key) {
+                out.push((device_id, slot));
+            }
+        }
+        Ok(out)
     }
 
     /// After a restart: charge what the kernel counted while the agent was away and

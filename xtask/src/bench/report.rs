@@ -837,7 +837,7 @@ session-agent's TC ingress program in the same 64-byte traffic, from the kernel'
     s += &notes(r, "agent-cost");
     let cl = clients_set(r, "agent_cost", "poll_idle", "wall_ms");
     if !cl.is_empty() {
-        s += "\n| connected devices | read counters ms | idle poll wall / CPU ms | all-charged poll wall / CPU ms | commit of all wall / CPU ms | resident MiB |\n|---:|---:|---:|---:|---:|---:|\n";
+        s += "\n| connected devices | read counters ms | idle poll wall / CPU ms | all-charged poll wall / CPU ms | commit of all wall / CPU ms | table check wall / CPU ms | resident MiB |\n|---:|---:|---:|---:|---:|---:|---:|\n";
         for c in &cl {
             let f = |case: &str, metric: &str| {
                 r.find("agent_cost", case, Some(*c), metric)
@@ -845,7 +845,7 @@ session-agent's TC ingress program in the same 64-byte traffic, from the kernel'
                     .unwrap_or_else(|| "-".into())
             };
             s += &format!(
-                "| {} | {} | {} / {} | {} / {} | {} / {} | {} |\n",
+                "| {} | {} | {} / {} | {} / {} | {} / {} | {} / {} | {} |\n",
                 thousands(*c as u64),
                 f("read_counters", "wall_ms"),
                 f("poll_idle", "wall_ms"),
@@ -854,6 +854,8 @@ session-agent's TC ingress program in the same 64-byte traffic, from the kernel'
                 f("poll_all_charged", "cpu_ms"),
                 f("commit_all_charged", "wall_ms"),
                 f("commit_all_charged", "cpu_ms"),
+                f("check_table", "wall_ms"),
+                f("check_table", "cpu_ms"),
                 f("resident_memory", "rss_mib"),
             );
         }
