@@ -408,16 +408,6 @@ fn config() -> ProptestConfig {
     }
 }
 
-/// Runs `f` on a thread with room for the strategies' deep types (debug builds).
-fn big_stack(f: impl FnOnce() + Send + 'static) {
-    std::thread::Builder::new()
-        .stack_size(256 << 20)
-        .spawn(f)
-        .unwrap()
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e));
-}
-
 #[test]
 fn a_client_that_has_not_paid_gets_only_garden_verdicts() {
     big_stack(unpaid_only_garden);

@@ -453,15 +453,6 @@ fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
     result
 }
 
-fn big_stack(f: impl FnOnce() + Send + 'static) {
-    std::thread::Builder::new()
-        .stack_size(256 << 20)
-        .spawn(f)
-        .unwrap()
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e));
-}
-
 #[test]
 fn the_kernel_and_the_sessions_agree_under_any_sequence_of_events() {
     let cases = std::env::var("SESSION_MODEL_CASES")

@@ -292,15 +292,7 @@ impl Hotspot {
             &["addr", "add", &format!("{gw6}/64"), "dev", &lan, "nodad"],
         );
         ip_n(gw, &["link", "set", &lan, "up"]);
-        for scope in ["all", "default"] {
-            sysctl(&c.ns, &format!("net.ipv6.conf.{scope}.accept_dad"), "0");
-            sysctl(
-                &c.ns,
-                &format!("net.ipv6.conf.{scope}.router_solicitations"),
-                "0",
-            );
-            sysctl(&c.ns, &format!("net.ipv6.conf.{scope}.addr_gen_mode"), "1");
-        }
+        quiet_v6(&c.ns);
         ip_n(
             &c.ns,
             &["addr", "add", &format!("{}/24", c.ipv4), "dev", HOST_IF],
@@ -319,44 +311,16 @@ impl Hotspot {
         ip_n(&c.ns, &["link", "set", HOST_IF, "up"]);
         ip_n(&c.ns, &["route", "add", "default", "via", &gw4]);
         ip_n(&c.ns, &["-6", "route", "add", "default", "via", &gw6]);
-        let permanent = |ns: &str, addr: &str, mac: &str, dev: &str| {
-            ip_n(
-                ns,
-                &[
-                    "neigh",
-                    "replace",
-                    addr,
-                    "lladdr",
-                    mac,
-                    "dev",
-                    dev,
-                    "nud",
-                    "permanent",
-                ],
-            );
-        };
-        permanent(&c.ns, &gw4, &gw_mac, HOST_IF);
-        permanent(&c.ns, &gw6, &gw_mac, HOST_IF);
-        permanent(gw, &c.ipv4.to_string(), mac, &lan);
-        permanent(gw, &c.ipv6.to_string(), mac, &lan);
+        neigh_on(&c.ns, &gw4, &gw_mac, HOST_IF);
+        neigh_on(&c.ns, &gw6, &gw_mac, HOST_IF);
+        neigh_on(gw, &c.ipv4.to_string(), mac, &lan);
+        neigh_on(gw, &c.ipv6.to_string(), mac, &lan);
         self.extra_lans.push(lan);
         std::thread::sleep(std::time::Duration::from_millis(500));
         c
     }
 
     fn configure(&self) {
-        let quiet_v6 = |ns: &str| {
-            for scope in ["all", "default"] {
-                sysctl(ns, &format!("net.ipv6.conf.{scope}.accept_dad"), "0");
-                sysctl(ns, &format!("net.ipv6.conf.{scope}.accept_ra"), "0");
-                sysctl(
-                    ns,
-                    &format!("net.ipv6.conf.{scope}.router_solicitations"),
-                    "0",
-                );
-                sysctl(ns, &format!("net.ipv6.conf.{scope}.addr_gen_mode"), "1");
-            }
-        };
         // Access point: a pure L2 bridge, no IPv6 on it at all.
         for scope in ["all", "default"] {
             sysctl(
@@ -524,6 +488,26 @@ fn neigh(ns: &str, addr: &str, mac: &str) {
     } else {
         HOST_IF
     };
+    neigh_on(ns, addr, mac, dev);
+}
+
+/// IPv6 in `ns` without DAD, router advertisements or solicitations, and
+/// without addresses the kernel makes itself: only what a test sends.
+fn quiet_v6(ns: &str) {
+    for scope in ["all", "default"] {
+        sysctl(ns, &format!("net.ipv6.conf.{scope}.accept_dad"), "0");
+        sysctl(ns, &format!("net.ipv6.conf.{scope}.accept_ra"), "0");
+        sysctl(
+            ns,
+            &format!("net.ipv6.conf.{scope}.router_solicitations"),
+            "0",
+        );
+        sysctl(ns, &format!("net.ipv6.conf.{scope}.addr_gen_mode"), "1");
+    }
+}
+
+/// A permanent neighbour entry: `addr` is at `mac` on `dev` in `ns`.
+fn neigh_on(ns: &str, addr: &str, mac: &str, dev: &str) {
     ip_n(
         ns,
         &[

@@ -116,7 +116,8 @@ pub struct ConnectedView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LanView {
     pub name: String,
-    /// Client MACs in the datapath's table.
+    /// Client MACs in the datapath's client table, which every LAN shares
+    /// (the same number for each LAN).
     pub clients: u32,
 }
 

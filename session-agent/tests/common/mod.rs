@@ -139,3 +139,14 @@ pub fn down4(n: u8, sport: u16, payload: usize) -> Vec<u8> {
         payload,
     )
 }
+
+/// Runs `f` on a thread with room for proptest's deep strategy types (debug
+/// builds), passing its panic on.
+pub fn big_stack(f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
