@@ -500,8 +500,8 @@ impl Gateway {
             // would (the manager's connect would too, but drop what ends).
             self.poll_locked().await?;
         }
-        let session = match self.mgr.connect(device_id, notification).await {
-            Ok(s) => s,
+        match self.mgr.connect(device_id, notification).await {
+            Ok(_) => {}
             Err(e) => {
                 // Never leave a device let through without a running session.
                 if self.mgr.curr_session(device_id)?.is_none() {
@@ -509,11 +509,15 @@ impl Gateway {
                 }
                 return Err(e.into());
             }
-        };
-        // The device is still blocked: this reading is where its charging starts.
+        }
+        // For a device that was blocked this reading is where its charging
+        // starts; one already connected is charged its bytes so far, which
+        // may end its last session.
         self.charge(&[(device_id, self.reading(device.mac))])
             .await?;
-        let session = self.mgr.curr_session(device_id)?.unwrap_or(session);
+        let Some(session) = self.mgr.curr_session(device_id)? else {
+            return Err(ModelError::NoAvailableSession(device_id).into());
+        };
         self.program(device.mac, &session, true, None)?;
         self.activity.lock().unwrap().insert(
             device_id,
@@ -565,8 +569,11 @@ impl Gateway {
         let device = self.mgr.device(device_id)?;
         self.revoke(device.mac)?;
         if self.mgr.is_connected(device_id)? {
-            self.charge(&[(device_id, self.reading(device.mac))])
-                .await?;
+            // Its last bytes, with the blocked device's final reading. A
+            // session this ends is followed in the store (and then paused
+            // below), but the device stays blocked: it is leaving.
+            self.mgr
+                .record_meter(&[(device_id, self.reading(device.mac))])?;
         }
         self.mgr.disconnect(device_id, notification).await?;
         self.activity.lock().unwrap().remove(&device_id);
@@ -652,12 +659,13 @@ impl Gateway {
             }
             _ => None,
         };
-        let connected = self.mgr.is_connected(device_id)?;
-        if connected {
-            // Block the old MAC, charge its last bytes, then start the new
-            // MAC's meter from its own reading.
+        if self.mgr.is_connected(device_id)? {
+            // Block the old MAC and charge its last bytes; a session this
+            // ends is followed in the store only: the old MAC stays blocked,
+            // the new one is programmed below.
             self.revoke(old.mac)?;
-            self.charge(&[(device_id, self.reading(old.mac))]).await?;
+            self.mgr
+                .record_meter(&[(device_id, self.reading(old.mac))])?;
         }
         // The device's addresses go with it: the new MAC claims them afresh.
         if let Some(maps) = self.table() {
@@ -667,7 +675,8 @@ impl Gateway {
         // The device's slots changed with its MAC: build the meter table afresh.
         *self.meter_table.lock().unwrap() = None;
         self.rekeys.fetch_add(1, Relaxed);
-        if connected {
+        // Still connected unless that charge ended its last session.
+        if self.mgr.is_connected(device_id)? {
             let mark = self.reading(new_mac);
             self.mgr.reset_meter_mark(device_id, mark)?;
             if let Some(s) = self.mgr.curr_session(device_id)? {

@@ -470,3 +470,62 @@ fn the_kernel_and_the_sessions_agree_under_any_sequence_of_events() {
         });
     });
 }
+
+/// Cases the random search found, kept as they were: a charge on the way out
+/// (disconnect, rekey) or on a second connect that ends a data session must
+/// not let the device (or its old MAC) through without a running session.
+#[test]
+fn a_charge_on_the_way_out_that_ends_a_session_lets_nothing_through() {
+    let ends_data = || {
+        vec![
+            Op::NewSession {
+                dev: 0,
+                data: true,
+                amount: 5,
+            },
+            Op::NewSession {
+                dev: 0,
+                data: false,
+                amount: 5,
+            },
+            Op::Connect { dev: 0 },
+            Op::Traffic {
+                dev: 0,
+                packets: 2,
+                payload: 0,
+            },
+            Op::Traffic {
+                dev: 0,
+                packets: 5,
+                payload: 961,
+            },
+        ]
+    };
+    for last in [
+        Op::Disconnect { dev: 0 },
+        Op::Rekey { dev: 0 },
+        Op::Connect { dev: 0 },
+    ] {
+        let mut ops = ends_data();
+        ops.push(last);
+        ops.push(Op::Poll);
+        big_stack(move || run_case(ops).unwrap());
+    }
+    // A connect while the data is used up and only that session is left.
+    let ops = vec![
+        Op::NewSession {
+            dev: 1,
+            data: true,
+            amount: 5,
+        },
+        Op::Connect { dev: 1 },
+        Op::Traffic {
+            dev: 1,
+            packets: 6,
+            payload: 961,
+        },
+        Op::Connect { dev: 1 },
+        Op::Poll,
+    ];
+    big_stack(move || run_case(ops).unwrap());
+}
