@@ -37,6 +37,7 @@ pub struct GateOptions {
     pub garden_pps: u64,
 }
 
+/// What the daemon runs with, from [`crate::options::Options::resolve`].
 pub struct RunOptions {
     pub lans: Vec<String>,
     pub garden: Vec<GardenEntry>,
@@ -47,8 +48,8 @@ pub struct RunOptions {
     /// How speed limits are enforced.
     pub shaper: Shaper,
     pub tc_attach: TcAttach,
-    /// The session store: memory, redb or hybrid.
-    pub store: String,
+    /// The session store.
+    pub store: crate::options::StoreKind,
     /// The store's database file (redb, hybrid).
     pub db: PathBuf,
     pub gateway: GatewayConfig,
@@ -63,7 +64,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     for lan in &opts.lans {
         iface::index(lan)?;
     }
-    let store = open_session_store(&opts.store, &opts.db)?;
+    let store = open_session_store(opts.store.name(), &opts.db)?;
     let mgr = Arc::new(SessionsMgr::new(store, Arc::new(SystemClock)));
     let mut lans = Vec::new();
     let mut rings = Vec::new();

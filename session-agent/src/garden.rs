@@ -153,9 +153,47 @@ impl FromStr for GardenEntry {
     }
 }
 
+/// The form [`GardenEntry::from_str`] reads: `CIDR[:PORT]`, `[V6/LEN]:PORT`.
+impl std::fmt::Display for GardenEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.addr, self.port) {
+            (IpAddr::V6(a), p) if p != 0 => write!(f, "[{a}/{}]:{p}", self.prefix),
+            (a, 0) => write!(f, "{a}/{}", self.prefix),
+            (a, p) => write!(f, "{a}/{}:{p}", self.prefix),
+        }
+    }
+}
+
+impl serde::Serialize for GardenEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for GardenEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_written_form_reads_back() {
+        for s in [
+            "203.0.113.0/24:443",
+            "[2001:db8::/32]:80",
+            "2001:db8::1/128",
+            "10.0.0.1/32",
+        ] {
+            let e: GardenEntry = s.parse().unwrap();
+            assert_eq!(e.to_string(), s);
+            assert_eq!(e.to_string().parse::<GardenEntry>().unwrap(), e);
+        }
+    }
 
     #[test]
     fn parses_forms() {

@@ -27,12 +27,10 @@ use tokio::sync::{broadcast, Mutex, Notify};
 use tracing::{debug, info, warn};
 
 use crate::{
-    dataplane::{IdleTracker, Maps, RateLimit, DEFAULT_BURST_MS, MIN_BURST_BYTES},
+    dataplane::{IdleTracker, Maps, RateLimit, MIN_BURST_BYTES},
     error::AgentError,
 };
 
-/// Clients that are not allowed are forgotten after a day without traffic.
-pub const DEFAULT_FORGET_IDLE_SECS: u64 = 86_400;
 /// Longest interval between two runs of forgetting idle clients.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
@@ -62,20 +60,10 @@ pub struct GatewayConfig {
     pub bind_ttl: Duration,
 }
 
+/// The defaults of `session-agent run` (see [`crate::options::Options::default`]).
 impl Default for GatewayConfig {
     fn default() -> Self {
-        Self {
-            poll_interval: Duration::from_millis(250),
-            idle_timeout: None,
-            forget_idle: Some(Duration::from_secs(DEFAULT_FORGET_IDLE_SECS)),
-            global_down_mbits: 0,
-            global_up_mbits: 0,
-            burst_ms: DEFAULT_BURST_MS,
-            auto_advance: true,
-            checkpoint_interval: Duration::from_secs(60),
-            commit_interval: Duration::from_secs(1),
-            bind_ttl: Duration::from_secs(300),
-        }
+        crate::options::Options::default().gateway()
     }
 }
 

@@ -11,3 +11,4 @@ pub mod garden;
 pub mod gateway;
 pub mod iface;
 pub mod memory;
+pub mod options;

@@ -1,29 +1,17 @@
 //! session-agent: eBPF traffic metering and session service for Wi-Fi hotspot gateways.
 
-mod config;
 mod ctl;
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use session_common::MacKey;
 
 use session_agent::{
-    api::{ApiOptions, DEFAULT_METRICS_TOP_CLIENTS},
     daemon,
-    dataplane::{
-        self,
-        attach::{IngressHook, TcAttach},
-        shape::Shaper,
-        ClientRow, Maps, RateLimit, DEFAULT_PIN_ROOT,
-    },
+    dataplane::{self, ClientRow, Maps, RateLimit, DEFAULT_PIN_ROOT},
     error::AgentError,
-    garden::GardenEntry,
-    gateway::GatewayConfig,
+    options::{self, Options},
 };
 
 #[derive(Parser)]
@@ -47,7 +35,7 @@ struct PinArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Attach to the client-facing interfaces and run in the foreground.
-    Run(Box<RunArgs>),
+    Run(RunArgs),
     /// List known clients and their counters (reads the pinned maps; one
     /// client table serves every LAN).
     Clients {
@@ -166,144 +154,31 @@ enum Cmd {
     },
 }
 
-#[derive(clap::Args)]
-struct RunArgs {
-    /// TOML file with any of these options (see README "Configuration"); flags override it.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Client-facing interface (repeatable; required here or in the config file).
-    #[arg(long = "lan", value_name = "IFACE")]
-    lans: Vec<String>,
-    /// Extra destination reachable before login: CIDR[:PORT] (repeatable).
-    #[arg(long = "walled-garden", value_name = "CIDR[:PORT]", value_parser = parse_garden)]
-    garden: Vec<GardenEntry>,
-    /// Port of the captive portal on the gateway's LAN addresses (repeatable) [default: 80].
-    #[arg(long = "portal-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    portal_ports: Vec<u16>,
-    /// Where upload traffic is metered [default: tc].
-    #[arg(long, value_enum)]
-    ingress: Option<IngressHook>,
-    /// How speed limits are enforced [default: police]. `police`: token buckets in
-    /// the datapath drop what exceeds the limit (no added latency, TCP retransmits).
-    /// `htb`: per-client HTB classes queue it (no retransmits, queueing delay); needs
-    /// --ingress tc and a kernel with IFB and HTB, and iproute2's tc and ip.
-    #[arg(long, value_enum)]
-    shaper: Option<Shaper>,
-    /// How TC programs are attached: TCX links (Linux >= 6.6) or netlink filters on a
-    /// clsact qdisc (older kernels); `auto` picks TCX where the kernel has it [default: auto].
-    #[arg(long, value_enum)]
-    tc_attach: Option<TcAttach>,
-    /// bpffs directory holding one directory of pinned maps and links per interface
-    /// [default: /sys/fs/bpf/session-agent].
-    #[arg(long)]
-    pin_root: Option<PathBuf>,
-    /// Session store [default: hybrid].
-    #[arg(long, value_parser = ["memory", "redb", "hybrid"])]
-    store: Option<String>,
-    /// Session database file (redb and hybrid; hybrid keeps its log beside it)
-    /// [default: /var/lib/session-agent/sessions.redb].
-    #[arg(long)]
-    db: Option<PathBuf>,
-    /// Remove sessions that ended this many seconds ago, and devices with no session
-    /// that the datapath forgot (see --forget-idle-secs) and are older than that
-    /// (0 = keep them) [default: 0].
-    #[arg(long)]
-    retention_secs: Option<u64>,
-    /// Counter poll interval in milliseconds: time is enforced and consumption charged this
-    /// often [default: 250].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(10..=10_000))]
-    poll_ms: Option<u64>,
-    /// How often charged consumption is written to the store's log, in milliseconds. A crash
-    /// loses none of it (it is charged again from the kernel counters); a reboot, which
-    /// clears those counters, loses up to this much usage [default: 1000].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(10..=60_000))]
-    commit_ms: Option<u64>,
-    /// Store checkpoint interval in seconds [default: 60].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    checkpoint_secs: Option<u64>,
-    /// Pause a connected session after this many seconds without traffic (0 = never) [default: 0].
-    #[arg(long)]
-    idle_timeout_secs: Option<u64>,
-    /// Forget a client that is not allowed after this many seconds without
-    /// traffic, so its slot serves new clients (0 = never) [default: 86400].
-    #[arg(long)]
-    forget_idle_secs: Option<u64>,
-    /// Per-client download speed for sessions that use the global speed, Mbit/s (0 = unlimited).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=GLOBAL_MBITS_MAX))]
-    global_down_mbits: Option<u64>,
-    /// Per-client upload speed for sessions that use the global speed, Mbit/s (0 = unlimited).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=GLOBAL_MBITS_MAX))]
-    global_up_mbits: Option<u64>,
-    /// Token-bucket depth in milliseconds at the limit (at least 64 KiB).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    burst_ms: Option<u64>,
-    /// When a session ends, disconnect the device instead of starting its next session.
-    #[arg(long, conflicts_with = "auto_advance")]
-    no_auto_advance: bool,
-    /// When a session ends, start the device's next session (the default; overrides
-    /// auto_advance = false in the config file).
-    #[arg(long)]
-    auto_advance: bool,
-    /// Control API unix socket [default: /run/session-agent/api.sock].
-    #[arg(long)]
-    api_socket: Option<PathBuf>,
-    /// Also serve the control API on TCP at ADDR:PORT (needs --api-token or --api-token-file).
-    #[arg(long, value_name = "ADDR:PORT")]
-    api_tcp: Option<std::net::SocketAddr>,
-    /// Bearer token of the TCP listener.
-    #[arg(long, value_name = "TOKEN", conflicts_with = "api_token_file")]
-    api_token: Option<String>,
-    /// File holding the bearer token of the TCP listener (first line).
-    #[arg(long, value_name = "FILE")]
-    api_token_file: Option<PathBuf>,
-    /// Serve the RFC 8908 captive-portal API for clients at ADDR:PORT (a LAN address;
-    /// the port joins the walled garden).
-    #[arg(long, value_name = "ADDR:PORT")]
-    captive_listen: Option<std::net::SocketAddr>,
-    /// The portal's URL, announced as user-portal-url by the captive-portal API.
-    #[arg(long, value_name = "URL")]
-    portal_url: Option<String>,
-    /// Clients with their own series in /metrics, the busiest first
-    /// [default: 100].
-    #[arg(long, value_name = "N")]
-    metrics_top_clients: Option<usize>,
-    /// Bind each client's IPv4 and IPv6 addresses to its MAC (first claim wins)
-    /// and drop frames, ARP and ND that use an address bound to another MAC
-    /// [default: true].
-    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
-    anti_spoof: Option<bool>,
-    /// Remove an address binding after this many seconds unused, so the address
-    /// is free for another device [default: 300].
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(BIND_TTL_RANGE))]
-    bind_ttl_secs: Option<u64>,
-    /// Walled-garden speed per client and direction before payment, kbit/s
-    /// (0 = unlimited) [default: 256].
-    #[arg(long, value_name = "KBITS", value_parser = clap::value_parser!(u64).range(0..=GARDEN_KBITS_MAX))]
-    garden_rate_kbits: Option<u64>,
-    /// Walled-garden packets per second per client and direction before payment
-    /// (0 = limited by bytes only) [default: 50].
-    #[arg(long, value_name = "PPS", value_parser = clap::value_parser!(u64).range(0..=GARDEN_PPS_MAX))]
-    garden_pps: Option<u64>,
+/// `run`'s command line, as given: [`Options::load`] lays it over the config file.
+struct RunArgs(clap::ArgMatches);
+
+impl clap::FromArgMatches for RunArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Self(m.clone()))
+    }
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0 = m.clone();
+        Ok(())
+    }
 }
 
-/// Most `--global-down-mbits` and `--global-up-mbits`: 100 Gbit/s.
-pub const GLOBAL_MBITS_MAX: u64 = 100_000;
-/// Range of `--bind-ttl-secs`.
-pub const BIND_TTL_RANGE: std::ops::RangeInclusive<u64> = 10..=86_400;
-pub const DEFAULT_BIND_TTL_SECS: u64 = 300;
-/// Most `--garden-rate-kbits`: 10 Gbit/s.
-pub const GARDEN_KBITS_MAX: u64 = 10_000_000;
-pub const GARDEN_PPS_MAX: u64 = 1_000_000;
-pub const DEFAULT_GARDEN_KBITS: u64 = 256;
-pub const DEFAULT_GARDEN_PPS: u64 = 50;
+impl clap::Args for RunArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        options::with_defaults(Options::augment_args(cmd))
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
 
 fn parse_mac(s: &str) -> Result<MacKey, String> {
     s.parse()
         .map_err(|e| format!("'{s}' is not a MAC address: {e}"))
-}
-
-fn parse_garden(s: &str) -> Result<GardenEntry, String> {
-    s.parse().map_err(|e: AgentError| e.to_string())
 }
 
 fn main() {
@@ -330,7 +205,7 @@ fn main() {
 fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Run(a) => {
-            let opts = run_options(*a)?;
+            let opts = Options::load(&a.0)?.resolve()?;
             session_agent::memory::tune_allocator();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -409,153 +284,6 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     }
 }
 
-/// Merges the config file (if any) and the flags (which win) into the daemon's options.
-// `..defaults` keeps working when the gateway gains options.
-#[allow(clippy::needless_update)]
-fn run_options(a: RunArgs) -> anyhow::Result<daemon::RunOptions> {
-    let cfg = match &a.config {
-        Some(p) => config::Config::load(p)?,
-        None => config::Config::default(),
-    };
-    let lans = if a.lans.is_empty() {
-        cfg.lans.clone().unwrap_or_default()
-    } else {
-        a.lans
-    };
-    if lans.is_empty() {
-        anyhow::bail!(
-            "no client-facing interface: give --lan IFACE (or lans = [...] in the config file)"
-        );
-    }
-    let garden = if a.garden.is_empty() {
-        cfg.walled_garden
-            .unwrap_or_default()
-            .iter()
-            .map(|g| g.parse::<GardenEntry>())
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
-        a.garden
-    };
-    let mut portal_ports = if a.portal_ports.is_empty() {
-        cfg.portal_ports.unwrap_or_else(|| vec![80])
-    } else {
-        a.portal_ports
-    };
-    let ingress = a.ingress.or(cfg.ingress).unwrap_or_default();
-    let shaper = a.shaper.or(cfg.shaper).unwrap_or_default();
-    let tc_attach = a.tc_attach.or(cfg.tc_attach).unwrap_or_default();
-    let token = match (a.api_token, a.api_token_file.or(cfg.api.token_file)) {
-        (Some(t), _) => Some(t),
-        (None, Some(f)) => {
-            let t = std::fs::read_to_string(&f)
-                .with_context(|| format!("reading the API token file {}", f.display()))?;
-            let t = t.lines().next().unwrap_or("").trim().to_string();
-            if t.is_empty() {
-                anyhow::bail!("the API token file {} is empty", f.display());
-            }
-            Some(t)
-        }
-        (None, None) => cfg.api.token,
-    };
-    let captive = a.captive_listen.or(cfg.captive.listen);
-    if let Some(c) = captive {
-        // Clients that have not paid must reach it.
-        if !portal_ports.contains(&c.port()) {
-            portal_ports.push(c.port());
-        }
-    }
-    let retention = a.retention_secs.or(cfg.store.retention_secs).unwrap_or(0);
-    let api = ApiOptions {
-        socket: Some(
-            a.api_socket
-                .or(cfg.api.socket)
-                .unwrap_or_else(|| "/run/session-agent/api.sock".into()),
-        ),
-        tcp: a.api_tcp.or(cfg.api.tcp),
-        token,
-        captive,
-        portal_url: a.portal_url.or(cfg.captive.portal_url),
-        metrics_top_clients: a
-            .metrics_top_clients
-            .or(cfg.api.metrics_top_clients)
-            .unwrap_or(DEFAULT_METRICS_TOP_CLIENTS),
-        retention: (retention > 0).then(|| Duration::from_secs(retention)),
-    };
-    api.validate()?;
-    let idle = a.idle_timeout_secs.or(cfg.idle_timeout_secs).unwrap_or(0);
-    let forget = a
-        .forget_idle_secs
-        .or(cfg.forget_idle_secs)
-        .unwrap_or(session_agent::gateway::DEFAULT_FORGET_IDLE_SECS);
-    let defaults = GatewayConfig::default();
-    let gateway = GatewayConfig {
-        poll_interval: Duration::from_millis(a.poll_ms.or(cfg.poll_ms).unwrap_or(250)),
-        idle_timeout: (idle > 0).then(|| Duration::from_secs(idle)),
-        forget_idle: (forget > 0).then(|| Duration::from_secs(forget)),
-        global_down_mbits: a.global_down_mbits.or(cfg.global_down_mbits).unwrap_or(0),
-        global_up_mbits: a.global_up_mbits.or(cfg.global_up_mbits).unwrap_or(0),
-        burst_ms: a
-            .burst_ms
-            .or(cfg.burst_ms)
-            .unwrap_or(dataplane::DEFAULT_BURST_MS),
-        auto_advance: if a.no_auto_advance {
-            false
-        } else {
-            a.auto_advance || cfg.auto_advance.unwrap_or(true)
-        },
-        checkpoint_interval: a
-            .checkpoint_secs
-            .or(cfg.checkpoint_secs)
-            .map(Duration::from_secs)
-            .unwrap_or(defaults.checkpoint_interval),
-        commit_interval: a
-            .commit_ms
-            .or(cfg.commit_ms)
-            .map(Duration::from_millis)
-            .unwrap_or(defaults.commit_interval),
-        bind_ttl: Duration::from_secs(
-            a.bind_ttl_secs
-                .or(cfg.bind_ttl_secs)
-                .unwrap_or(DEFAULT_BIND_TTL_SECS),
-        ),
-        ..defaults
-    };
-    let gate = daemon::GateOptions {
-        anti_spoof: a.anti_spoof.or(cfg.anti_spoof).unwrap_or(true),
-        garden_rate_kbits: a
-            .garden_rate_kbits
-            .or(cfg.garden_rate_kbits)
-            .unwrap_or(DEFAULT_GARDEN_KBITS),
-        garden_pps: a
-            .garden_pps
-            .or(cfg.garden_pps)
-            .unwrap_or(DEFAULT_GARDEN_PPS),
-    };
-    Ok(daemon::RunOptions {
-        lans,
-        garden,
-        gate,
-        portal_ports,
-        pin_root: a
-            .pin_root
-            .or(cfg.pin_root)
-            .unwrap_or_else(|| DEFAULT_PIN_ROOT.into()),
-        ingress,
-        shaper,
-        tc_attach,
-        store: a
-            .store
-            .or(cfg.store.provider)
-            .unwrap_or_else(|| "hybrid".into()),
-        db: a
-            .db
-            .or(cfg.store.path)
-            .unwrap_or_else(|| "/var/lib/session-agent/sessions.redb".into()),
-        gateway,
-        api,
-    })
-}
-
 fn interfaces(pin_root: &Path, lan: Option<String>) -> Result<Vec<String>, AgentError> {
     match lan {
         Some(l) => Ok(vec![l]),
@@ -622,7 +350,7 @@ mod tests {
         let Cmd::Run(a) = Cli::try_parse_from(argv).unwrap().cmd else {
             panic!("not run");
         };
-        let o = run_options(*a);
+        let o = Options::load(&a.0).and_then(Options::resolve);
         let _ = std::fs::remove_file(&path);
         o.unwrap()
     }
@@ -637,10 +365,128 @@ mod tests {
                 .gateway
                 .auto_advance
         );
+        assert!(
+            !options(&["--auto-advance", "false"], "lans = [\"lan0\"]\n")
+                .gateway
+                .auto_advance
+        );
         assert!(!options(&[], file).gate.anti_spoof);
         assert!(options(&["--anti-spoof", "true"], file).gate.anti_spoof);
         let o = options(&["--garden-rate-kbits", "0"], "lans = [\"lan0\"]\n");
         assert_eq!((o.gate.garden_rate_kbits, o.gate.garden_pps), (0, 50));
         assert!(o.gate.anti_spoof, "on by default");
+        let o = options(
+            &["--lan", "wlan9", "--poll-ms", "500"],
+            "lans = [\"lan0\"]\npoll_ms = 100\ncommit_ms = 2000\n",
+        );
+        assert_eq!(o.lans, ["wlan9"], "a list flag replaces the file's list");
+        assert_eq!(
+            o.gateway.poll_interval,
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(
+            o.gateway.commit_interval,
+            std::time::Duration::from_millis(2000),
+            "the file's value stays where no flag is given"
+        );
+    }
+
+    #[test]
+    fn a_flag_out_of_range_is_refused_with_the_range_the_file_gets() {
+        let e = Cli::try_parse_from(["session-agent", "run", "--lan", "x", "--poll-ms", "5"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("--poll-ms") && e.contains("10..=10000"), "{e}");
+    }
+
+    #[test]
+    fn the_help_shows_each_default_from_the_options_defaults() {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        let run = cmd.find_subcommand_mut("run").unwrap();
+        let help = run.render_long_help().to_string();
+        for (id, shown) in options::default_values() {
+            let arg = run
+                .get_arguments()
+                .find(|a| a.get_id() == id.as_str())
+                .unwrap_or_else(|| panic!("{id} has a default but no flag"));
+            let flag = arg.get_long().unwrap();
+            assert!(
+                arg.get_help()
+                    .unwrap()
+                    .to_string()
+                    .ends_with(&format!("[default: {shown}]")),
+                "--{flag}: help does not show [default: {shown}]"
+            );
+        }
+        assert!(help.contains("[default: 250]"), "{help}");
+    }
+
+    /// README "Configuration": its example file reads as options, every key
+    /// there is an option (the parse refuses others), every option with a
+    /// default is there with that default unless marked "example", and every
+    /// flag of `run` is in the list of matching flags.
+    #[test]
+    fn the_readme_configuration_matches_the_options() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Configuration").expect("section")..];
+        let start = section.find("```toml\n").expect("toml block") + 8;
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let file =
+            Options::parse(std::path::Path::new("README.md"), block).expect("README's file parses");
+        let shown: serde_json::Value = serde_json::to_value(&file).unwrap();
+        let mut documented = std::collections::BTreeMap::new();
+        let mut table = "";
+        for line in block.lines() {
+            let l = line.trim();
+            if let Some(t) = l.strip_prefix('[') {
+                table = t.trim_end_matches(']');
+                continue;
+            }
+            let Some((key, _)) = l.split_once('=') else {
+                continue;
+            };
+            documented.insert(key.trim().to_string(), (table, line.contains("example")));
+        }
+        for (id, default) in options::default_values() {
+            let (table, example) = documented
+                .get(&id)
+                .unwrap_or_else(|| panic!("option {id} is not in README's configuration file"));
+            if *example {
+                continue;
+            }
+            let v = if table.is_empty() {
+                &shown[&id]
+            } else {
+                &shown[*table][&id]
+            };
+            let v = match v {
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .map(|x| x.to_string().trim_matches('"').to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                serde_json::Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            assert_eq!(
+                v, default,
+                "README shows {id} = {v}, the default is {default}"
+            );
+        }
+        let flags = &section[section.find("The matching flags:").expect("flag list")..];
+        let flags = &flags[..flags.find("\n\n").unwrap()];
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let run = cmd.find_subcommand("run").unwrap();
+        for arg in run.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "config" || long == "help" {
+                continue;
+            }
+            assert!(
+                flags.contains(&format!("`--{long}")),
+                "--{long} is not in README's list of matching flags"
+            );
+        }
     }
 }

@@ -40,9 +40,6 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// Default cap on the clients listed in `/metrics`.
-pub const DEFAULT_METRICS_TOP_CLIENTS: usize = 100;
-
 /// Where the control API listens and what it serves.
 #[derive(Debug, Clone)]
 pub struct ApiOptions {
@@ -70,7 +67,7 @@ impl Default for ApiOptions {
             token: None,
             captive: None,
             portal_url: None,
-            metrics_top_clients: DEFAULT_METRICS_TOP_CLIENTS,
+            metrics_top_clients: crate::options::Options::default().api.metrics_top_clients,
             retention: None,
         }
     }

@@ -1,0 +1,717 @@
+//! Every option of `session-agent run`, in one struct read both from the
+//! command line (clap) and from the config file (serde, TOML).
+//!
+//! - **Defaults** are written once, in [`Options::default`]; the help text
+//!   shows them from there ([`with_defaults`]), and the library's own
+//!   defaults ([`GatewayConfig::default`], [`ApiOptions::default`]) come from it.
+//! - **Ranges** live in the types ([`Ranged`]): the same check and the same
+//!   message for a flag and for a key.
+//! - **Precedence**: the file, then the flags given on the command line (a list
+//!   flag such as `--lan` replaces the file's list). [`Options::load`] does that.
+//! - [`Options::resolve`] turns them into what the daemon runs with.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    num::NonZeroU16,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use clap::{ArgMatches, FromArgMatches};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    api::ApiOptions,
+    daemon::{GateOptions, RunOptions},
+    dataplane::{
+        attach::{IngressHook, TcAttach},
+        shape::Shaper,
+    },
+    garden::GardenEntry,
+    gateway::GatewayConfig,
+};
+
+/// An unsigned number within `LO..=HI`, for flags and keys alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ranged<const LO: u64, const HI: u64>(u64);
+
+impl<const LO: u64, const HI: u64> Ranged<LO, HI> {
+    /// `v` if it is in range; else the message both the flag and the key give.
+    pub fn new(v: u64) -> Result<Self, String> {
+        if (LO..=HI).contains(&v) {
+            Ok(Self(v))
+        } else if HI == u64::MAX {
+            Err(format!("{v} is out of range: must be {LO}.."))
+        } else {
+            Err(format!("{v} is out of range: must be {LO}..={HI}"))
+        }
+    }
+
+    /// A constant known to be in range (checked at compile time).
+    pub const fn of(v: u64) -> Self {
+        assert!(LO <= v && v <= HI, "default out of its range");
+        Self(v)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl<const LO: u64, const HI: u64> fmt::Display for Ranged<LO, HI> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<const LO: u64, const HI: u64> FromStr for Ranged<LO, HI> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let v: u64 = s
+            .parse()
+            .map_err(|e| format!("{s:?} is not a whole number: {e}"))?;
+        Self::new(v)
+    }
+}
+
+impl<const LO: u64, const HI: u64> Serialize for Ranged<LO, HI> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de, const LO: u64, const HI: u64> Deserialize<'de> for Ranged<LO, HI> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::new(u64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An `http://` or `https://` URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct HttpUrl(String);
+
+impl FromStr for HttpUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("https://") || s.starts_with("http://") {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!("{s:?} is not an http(s) URL"))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A non-empty text (an interface name, a token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct NonEmpty(String);
+
+impl NonEmpty {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for NonEmpty {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            Err("must not be empty".into())
+        } else {
+            Ok(Self(s.to_string()))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NonEmpty {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The session stores the agent can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In memory only: nothing survives a restart.
+    Memory,
+    /// One redb database file, every write committed.
+    Redb,
+    /// redb with a write-ahead log beside it: usage is logged, folded in at checkpoints.
+    #[default]
+    Hybrid,
+}
+
+impl StoreKind {
+    /// The name `session_model::open_store` knows it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redb => "redb",
+            Self::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// Every option of `session-agent run`. Flags and config-file keys are the
+/// same fields: a key `poll_ms` is the flag `--poll-ms`, a key in a section
+/// (`[store] path`) has its own flag name (`--db`), given on each field.
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    /// TOML file with any of these options (see README "Configuration"); flags override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Client-facing interface (repeatable; required here or in the config file).
+    #[arg(long = "lan", value_name = "IFACE")]
+    pub lans: Vec<NonEmpty>,
+    /// Extra destination reachable before login: CIDR[:PORT] (repeatable).
+    #[arg(long = "walled-garden", value_name = "CIDR[:PORT]")]
+    pub walled_garden: Vec<GardenEntry>,
+    /// Port of the captive portal on the gateway's LAN addresses (repeatable).
+    #[arg(long = "portal-port", value_name = "PORT")]
+    pub portal_ports: Vec<NonZeroU16>,
+    /// Where upload traffic is metered.
+    #[arg(long, value_enum, required = false)]
+    pub ingress: IngressHook,
+    /// How speed limits are enforced. `police`: token buckets in the datapath drop
+    /// what exceeds the limit (no added latency, TCP retransmits). `htb`: per-client
+    /// HTB classes queue it (no retransmits, queueing delay); needs --ingress tc and
+    /// a kernel with IFB and HTB, and iproute2's tc and ip.
+    #[arg(long, value_enum, required = false)]
+    pub shaper: Shaper,
+    /// How TC programs are attached: TCX links (Linux >= 6.6) or netlink filters on a
+    /// clsact qdisc (older kernels); `auto` picks TCX where the kernel has it.
+    #[arg(long, value_enum, required = false)]
+    pub tc_attach: TcAttach,
+    /// bpffs directory holding the pinned client table and one directory of pinned
+    /// maps and links per interface.
+    #[arg(long, value_name = "DIR", required = false)]
+    pub pin_root: PathBuf,
+    /// Counter poll interval in milliseconds: time is enforced and consumption
+    /// charged this often.
+    #[arg(long, value_name = "MS", required = false)]
+    pub poll_ms: Ranged<10, 10_000>,
+    /// How often charged consumption is written to the store's log, in milliseconds. A
+    /// crash loses none of it (it is charged again from the kernel counters); a
+    /// reboot, which clears those counters, loses up to this much usage.
+    #[arg(long, value_name = "MS", required = false)]
+    pub commit_ms: Ranged<10, 60_000>,
+    /// Store checkpoint interval in seconds.
+    #[arg(long, value_name = "SECS", required = false)]
+    pub checkpoint_secs: Ranged<1, { u64::MAX }>,
+    /// Pause a connected session after this many seconds without traffic (0 = never).
+    #[arg(long, value_name = "SECS", required = false)]
+    pub idle_timeout_secs: u64,
+    /// Forget a client that is not allowed after this many seconds without
+    /// traffic, so its slot serves new clients (0 = never).
+    #[arg(long, value_name = "SECS", required = false)]
+    pub forget_idle_secs: u64,
+    /// Per-client download speed for sessions that use the global speed, Mbit/s (0 = unlimited).
+    #[arg(long, value_name = "MBITS", required = false)]
+    pub global_down_mbits: Ranged<0, 100_000>,
+    /// Per-client upload speed for sessions that use the global speed, Mbit/s (0 = unlimited).
+    #[arg(long, value_name = "MBITS", required = false)]
+    pub global_up_mbits: Ranged<0, 100_000>,
+    /// Token-bucket depth in milliseconds at the limit (at least 64 KiB).
+    #[arg(long, value_name = "MS", required = false)]
+    pub burst_ms: Ranged<1, 10_000>,
+    /// When a session ends, start the device's next session (`--auto-advance false`,
+    /// or --no-auto-advance, disconnects the device instead).
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", required = false)]
+    pub auto_advance: bool,
+    /// Same as `--auto-advance false`.
+    #[arg(long, conflicts_with = "auto_advance")]
+    #[serde(skip)]
+    pub no_auto_advance: bool,
+    /// Bind each client's IPv4 and IPv6 addresses to its MAC (first claim wins)
+    /// and drop frames, ARP and ND that use an address bound to another MAC.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, required = false)]
+    pub anti_spoof: bool,
+    /// Remove an address binding after this many seconds unused, so the address
+    /// is free for another device.
+    #[arg(long, value_name = "SECS", required = false)]
+    pub bind_ttl_secs: Ranged<10, 86_400>,
+    /// Walled-garden speed per client and direction before payment, kbit/s
+    /// (0 = unlimited).
+    #[arg(long, value_name = "KBITS", required = false)]
+    pub garden_rate_kbits: Ranged<0, 10_000_000>,
+    /// Walled-garden packets per second per client and direction before payment
+    /// (0 = limited by bytes only).
+    #[arg(long, value_name = "PPS", required = false)]
+    pub garden_pps: Ranged<0, 1_000_000>,
+    #[command(flatten)]
+    pub store: StoreOptions,
+    #[command(flatten)]
+    pub api: ApiSection,
+    #[command(flatten)]
+    pub captive: CaptiveSection,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreOptions {
+    /// Session store.
+    #[arg(long = "store", value_enum, required = false)]
+    pub provider: StoreKind,
+    /// Session database file (redb and hybrid; hybrid keeps its log beside it).
+    #[arg(long = "db", value_name = "FILE", required = false)]
+    pub path: PathBuf,
+    /// Remove sessions that ended this many seconds ago, and devices with no session
+    /// that the datapath forgot (see --forget-idle-secs) and are older than that
+    /// (0 = keep them).
+    #[arg(long, value_name = "SECS", required = false)]
+    pub retention_secs: u64,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSection {
+    /// Control API unix socket.
+    #[arg(long = "api-socket", value_name = "PATH", required = false)]
+    pub socket: PathBuf,
+    /// Also serve the control API on TCP at ADDR:PORT (needs --api-token or --api-token-file).
+    #[arg(long = "api-tcp", value_name = "ADDR:PORT")]
+    pub tcp: Option<SocketAddr>,
+    /// Bearer token of the TCP listener.
+    #[arg(
+        long = "api-token",
+        value_name = "TOKEN",
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<NonEmpty>,
+    /// File holding the bearer token of the TCP listener (first line).
+    #[arg(long = "api-token-file", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Clients with their own series in /metrics, the busiest first.
+    #[arg(long, value_name = "N", required = false)]
+    pub metrics_top_clients: usize,
+}
+
+/// `[captive]`
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptiveSection {
+    /// Serve the RFC 8908 captive-portal API for clients at ADDR:PORT (a LAN address;
+    /// the port joins the walled garden).
+    #[arg(long = "captive-listen", value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// The portal's URL, announced as user-portal-url by the captive-portal API.
+    #[arg(long, value_name = "URL")]
+    pub portal_url: Option<HttpUrl>,
+}
+
+/// The defaults, once.
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            config: None,
+            lans: Vec::new(),
+            walled_garden: Vec::new(),
+            portal_ports: vec![NonZeroU16::new(80).expect("80 is not 0")],
+            ingress: IngressHook::Tc,
+            shaper: Shaper::Police,
+            tc_attach: TcAttach::Auto,
+            pin_root: crate::dataplane::DEFAULT_PIN_ROOT.into(),
+            poll_ms: Ranged::of(250),
+            commit_ms: Ranged::of(1000),
+            checkpoint_secs: Ranged::of(60),
+            idle_timeout_secs: 0,
+            forget_idle_secs: 86_400,
+            global_down_mbits: Ranged::of(0),
+            global_up_mbits: Ranged::of(0),
+            burst_ms: Ranged::of(crate::dataplane::DEFAULT_BURST_MS),
+            auto_advance: true,
+            no_auto_advance: false,
+            anti_spoof: true,
+            bind_ttl_secs: Ranged::of(300),
+            garden_rate_kbits: Ranged::of(256),
+            garden_pps: Ranged::of(50),
+            store: StoreOptions::default(),
+            api: ApiSection::default(),
+            captive: CaptiveSection::default(),
+        }
+    }
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            provider: StoreKind::Hybrid,
+            path: "/var/lib/session-agent/sessions.redb".into(),
+            retention_secs: 0,
+        }
+    }
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            socket: "/run/session-agent/api.sock".into(),
+            tcp: None,
+            token: None,
+            token_file: None,
+            metrics_top_clients: 100,
+        }
+    }
+}
+
+/// A config file that cannot be used, or options that cannot work together.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {key}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Flags(#[from] clap::Error),
+    #[error("no client-facing interface: give --lan IFACE (or lans = [...] in the config file)")]
+    NoLan,
+    #[error("give api.token or api.token_file, not both (or --api-token or --api-token-file)")]
+    TwoTokens,
+    #[error("cannot read the API token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the API token file {0} is empty")]
+    EmptyTokenFile(PathBuf),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiOptionsError),
+}
+
+impl Options {
+    /// The options of a command line: its config file (if `--config` names one),
+    /// then the flags given on the command line over it.
+    pub fn load(matches: &ArgMatches) -> Result<Self, OptionsError> {
+        let mut opts = match matches.get_one::<PathBuf>("config") {
+            Some(path) => Self::read(path)?,
+            None => Self::default(),
+        };
+        // Only flags given on the command line are in the matches: none of
+        // the arguments has a clap default.
+        opts.update_from_arg_matches(matches)?;
+        if opts.no_auto_advance {
+            opts.auto_advance = false;
+        }
+        Ok(opts)
+    }
+
+    /// Reads and checks a config file.
+    pub fn read(path: &Path) -> Result<Self, OptionsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| OptionsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut opts = Self::parse(path, &text)?;
+        opts.config = Some(path.to_path_buf());
+        Ok(opts)
+    }
+
+    /// A config file's text; errors name the key and the reason.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, OptionsError> {
+        let de = toml::Deserializer::new(text);
+        let opts: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = match e.path().to_string() {
+                k if k == "." => "(top level)".to_string(),
+                k => k,
+            };
+            // toml's message carries the line and a caret; keep its first line.
+            let reason = e
+                .into_inner()
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            OptionsError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                reason,
+            }
+        })?;
+        if opts.api.token.is_some() && opts.api.token_file.is_some() {
+            return Err(OptionsError::TwoTokens);
+        }
+        Ok(opts)
+    }
+
+    /// The gateway's part.
+    pub fn gateway(&self) -> GatewayConfig {
+        let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        GatewayConfig {
+            poll_interval: Duration::from_millis(self.poll_ms.get()),
+            idle_timeout: secs(self.idle_timeout_secs),
+            forget_idle: secs(self.forget_idle_secs),
+            global_down_mbits: self.global_down_mbits.get(),
+            global_up_mbits: self.global_up_mbits.get(),
+            burst_ms: self.burst_ms.get(),
+            auto_advance: self.auto_advance,
+            checkpoint_interval: Duration::from_secs(self.checkpoint_secs.get()),
+            commit_interval: Duration::from_millis(self.commit_ms.get()),
+            bind_ttl: Duration::from_secs(self.bind_ttl_secs.get()),
+        }
+    }
+
+    /// What the daemon runs with; reads the token file.
+    pub fn resolve(self) -> Result<RunOptions, OptionsError> {
+        if self.lans.is_empty() {
+            return Err(OptionsError::NoLan);
+        }
+        if self.api.token.is_some() && self.api.token_file.is_some() {
+            return Err(OptionsError::TwoTokens);
+        }
+        let token = match (&self.api.token, &self.api.token_file) {
+            (Some(t), _) => Some(t.as_str().to_string()),
+            (None, Some(f)) => {
+                let t = std::fs::read_to_string(f).map_err(|source| OptionsError::TokenFile {
+                    path: f.clone(),
+                    source,
+                })?;
+                let t = t.lines().next().unwrap_or("").trim().to_string();
+                if t.is_empty() {
+                    return Err(OptionsError::EmptyTokenFile(f.clone()));
+                }
+                Some(t)
+            }
+            (None, None) => None,
+        };
+        let mut portal_ports: Vec<u16> = self.portal_ports.iter().map(|p| p.get()).collect();
+        if let Some(c) = self.captive.listen {
+            // Clients that have not paid must reach it.
+            if !portal_ports.contains(&c.port()) {
+                portal_ports.push(c.port());
+            }
+        }
+        let retention = self.store.retention_secs;
+        let api = ApiOptions {
+            socket: Some(self.api.socket.clone()),
+            tcp: self.api.tcp,
+            token,
+            captive: self.captive.listen,
+            portal_url: self.captive.portal_url.clone().map(|u| u.0),
+            metrics_top_clients: self.api.metrics_top_clients,
+            retention: (retention > 0).then(|| Duration::from_secs(retention)),
+        };
+        api.validate()?;
+        Ok(RunOptions {
+            gateway: self.gateway(),
+            lans: self.lans.into_iter().map(|l| l.0).collect(),
+            garden: self.walled_garden,
+            gate: GateOptions {
+                anti_spoof: self.anti_spoof,
+                garden_rate_kbits: self.garden_rate_kbits.get(),
+                garden_pps: self.garden_pps.get(),
+            },
+            portal_ports,
+            pin_root: self.pin_root,
+            ingress: self.ingress,
+            shaper: self.shaper,
+            tc_attach: self.tc_attach,
+            store: self.store.provider,
+            db: self.store.path,
+            api,
+        })
+    }
+}
+
+/// `args` (from [`Options`]' `augment_args`) with each option's default, as
+/// [`Options::default`] has it, at the end of its help.
+pub fn with_defaults(cmd: clap::Command) -> clap::Command {
+    let defaults = default_values();
+    let ids: Vec<String> = cmd
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
+    ids.into_iter()
+        .fold(cmd, |cmd, id| match defaults.get(&id) {
+            Some(shown) => cmd.mut_arg(&id, |a| {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                a.help(format!("{help} [default: {shown}]"))
+            }),
+            None => cmd,
+        })
+}
+
+/// Each option's default as the help and the README show it, by the name of
+/// its field (the flag's id); options without one (none, or empty) are left out.
+pub fn default_values() -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(serde_json::Value::Object(top)) = serde_json::to_value(Options::default()) else {
+        return out;
+    };
+    let mut put = |k: &str, v: &serde_json::Value| {
+        let shown = match v {
+            serde_json::Value::Null => return,
+            serde_json::Value::Array(a) if a.is_empty() => return,
+            serde_json::Value::Array(a) => a.iter().map(show).collect::<Vec<_>>().join(","),
+            v => show(v),
+        };
+        out.insert(k.to_string(), shown);
+    };
+    for (k, v) in &top {
+        match v {
+            serde_json::Value::Object(section) => {
+                for (k, v) in section {
+                    put(k, v)
+                }
+            }
+            v => put(k, v),
+        }
+    }
+    out
+}
+
+fn show(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Options, OptionsError> {
+        Options::parse(Path::new("t.toml"), s)
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse(
+            r#"
+lans = ["wlan0", "eth1"]
+walled_garden = ["203.0.113.0/24:443"]
+portal_ports = [80, 443]
+ingress = "xdp"
+shaper = "htb"
+tc_attach = "netlink"
+poll_ms = 200
+auto_advance = false
+anti_spoof = false
+bind_ttl_secs = 600
+garden_rate_kbits = 512
+garden_pps = 100
+[store]
+provider = "redb"
+path = "/tmp/x.redb"
+retention_secs = 86400
+[api]
+socket = "/run/x.sock"
+tcp = "127.0.0.1:8080"
+token = "s3cret"
+metrics_top_clients = 20
+[captive]
+listen = "10.0.0.1:8908"
+portal_url = "https://portal.example/"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.lans.len(), 2);
+        assert_eq!(c.api.tcp.unwrap().port(), 8080);
+        assert_eq!(c.store.retention_secs, 86400);
+        assert_eq!(c.store.provider, StoreKind::Redb);
+        assert_eq!(c.poll_ms.get(), 200);
+        assert_eq!(c.commit_ms.get(), 1000, "a missing key keeps its default");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("poll_ms = 100\n[api]\nsockets = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("api") && e.contains("sockets"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = parse("poll_ms = \"fast\"\n").unwrap_err().to_string();
+        assert!(e.contains("poll_ms"), "{e}");
+        let e = parse("[api]\ntcp = \"nope\"\n").unwrap_err().to_string();
+        assert!(e.contains("api.tcp"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = parse("shaper = \"tbf\"\n").unwrap_err().to_string();
+        assert!(e.contains("shaper") && e.contains("htb"), "{e}");
+        let e = parse("poll_ms = 5\n").unwrap_err().to_string();
+        assert!(e.contains("poll_ms") && e.contains("10..=10000"), "{e}");
+        let e = parse("[store]\nprovider = \"sqlite\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.provider"), "{e}");
+        let e = parse("walled_garden = [\"nonsense\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("walled_garden"), "{e}");
+        let e = parse("checkpoint_secs = 0\n").unwrap_err().to_string();
+        assert!(e.contains("checkpoint_secs") && e.contains("1.."), "{e}");
+        let e = parse("global_down_mbits = 1000000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("global_down_mbits"), "{e}");
+        let e = parse("bind_ttl_secs = 1\n").unwrap_err().to_string();
+        assert!(e.contains("bind_ttl_secs"), "{e}");
+        let e = parse("garden_pps = 100000000\n").unwrap_err().to_string();
+        assert!(e.contains("garden_pps"), "{e}");
+        let e = parse("tc_attach = \"tc\"\n").unwrap_err().to_string();
+        assert!(e.contains("tc_attach") && e.contains("netlink"), "{e}");
+        let e = parse("portal_ports = [0]\n").unwrap_err().to_string();
+        assert!(e.contains("portal_ports"), "{e}");
+        let e = parse("lans = [\"\"]\n").unwrap_err().to_string();
+        assert!(e.contains("lans"), "{e}");
+        let e = parse("[captive]\nportal_url = \"portal\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("captive.portal_url") && e.contains("http"),
+            "{e}"
+        );
+        let e = parse("[api]\ntoken = \"\"\n").unwrap_err().to_string();
+        assert!(e.contains("api.token"), "{e}");
+        let e = parse("[api]\ntoken = \"a\"\ntoken_file = \"/f\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn the_library_defaults_are_the_options_defaults() {
+        let o = Options::default();
+        let g = GatewayConfig::default();
+        assert_eq!(g.poll_interval, Duration::from_millis(o.poll_ms.get()));
+        assert_eq!(g.burst_ms, o.burst_ms.get());
+        assert_eq!(
+            ApiOptions::default().metrics_top_clients,
+            o.api.metrics_top_clients
+        );
+    }
+}
