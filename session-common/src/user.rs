@@ -2,20 +2,29 @@
 
 use crate::*;
 
-// SAFETY: all these types are `#[repr(C)]`, `Copy`, contain only integers and
-// byte arrays, and have no implicit padding (checked by the size tests below).
-unsafe impl aya::Pod for MacKey {}
-unsafe impl aya::Pod for ClientEntry {}
-unsafe impl aya::Pod for ClientCounters {}
-unsafe impl aya::Pod for ClientPolicy {}
-unsafe impl aya::Pod for SlotAllocator {}
-unsafe impl aya::Pod for GardenKey {}
-unsafe impl aya::Pod for GardenValue {}
-unsafe impl aya::Pod for ClientEvent {}
-unsafe impl aya::Pod for ShaperConfig {}
-unsafe impl aya::Pod for LanConfig {}
-unsafe impl aya::Pod for AddrKey {}
-unsafe impl aya::Pod for Binding {}
+/// `aya::Pod` for types the maps hold.
+macro_rules! pod {
+    ($($t:ty),* $(,)?) => {$(
+        // SAFETY: the type is `#[repr(C)]`, `Copy`, holds only integers and byte
+        // arrays, and has no implicit padding (checked by the size tests below).
+        unsafe impl aya::Pod for $t {}
+    )*};
+}
+
+pod!(
+    MacKey,
+    ClientEntry,
+    ClientCounters,
+    ClientPolicy,
+    SlotAllocator,
+    GardenKey,
+    GardenValue,
+    ClientEvent,
+    ShaperConfig,
+    LanConfig,
+    AddrKey,
+    Binding,
+);
 
 #[cfg(test)]
 mod tests {

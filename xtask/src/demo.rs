@@ -77,6 +77,7 @@ fn describe(p: &Plan) -> String {
 pub fn run(agent_bin: &Path, seconds: u64) -> Result<()> {
     // The harness starts the agent from this path.
     std::env::set_var("SESSION_AGENT_BIN", agent_bin);
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);

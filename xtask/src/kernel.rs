@@ -496,6 +496,8 @@ fn boot(kernel: &Kernel, initrd: &Path, out: &Path, opts: &Options) -> Result<i3
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     // The guest dies with this process, whatever ends it (Ctrl-C included).
+    // SAFETY: the closure runs between fork and exec and calls only prctl,
+    // which is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -519,6 +521,7 @@ fn boot(kernel: &Kernel, initrd: &Path, out: &Path, opts: &Options) -> Result<i3
                 std::thread::sleep(Duration::from_millis(500));
             }
             timed_out.store(true, Ordering::Relaxed);
+            // SAFETY: kill has no memory preconditions; `pid` is our child's.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         });
     }

@@ -195,6 +195,7 @@ pub fn build_agent() -> Result<PathBuf> {
 }
 
 fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("{what} needs root (network namespaces, BPF): run it with sudo, or as root");
     }

@@ -55,6 +55,7 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
             "missing Debian packages {}: install them as root (apt-get install {})",

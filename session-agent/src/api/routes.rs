@@ -13,7 +13,6 @@ use axum::{
     },
     http::{header, request::Parts, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
     Json, Router,
 };
 use serde::{de::DeserializeOwned, Deserialize, Deserializer};
@@ -47,68 +46,43 @@ pub const MAX_NOTIFICATION: usize = 1024;
 /// Longest hostname, in characters.
 pub const MAX_HOSTNAME: usize = 253;
 
-/// Every `/v1` route as (method, path), as served by [`v1`] and documented in
-/// `openapi.json`.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/v1/status"),
-    ("GET", "/v1/providers"),
-    ("GET", "/v1/devices"),
-    ("POST", "/v1/devices"),
-    ("GET", "/v1/devices/{id}"),
-    ("GET", "/v1/devices/by-mac/{mac}"),
-    ("GET", "/v1/devices/by-ip/{ip}"),
-    ("DELETE", "/v1/devices/{id}"),
-    ("POST", "/v1/devices/{id}/rekey"),
-    ("GET", "/v1/devices/{id}/sessions"),
-    ("POST", "/v1/devices/{id}/sessions"),
-    ("GET", "/v1/devices/{id}/current-session"),
-    ("GET", "/v1/devices/{id}/session"),
-    ("GET", "/v1/devices/{id}/connected"),
-    ("POST", "/v1/devices/{id}/connect"),
-    ("POST", "/v1/devices/{id}/disconnect"),
-    ("GET", "/v1/sessions/{id}"),
-    ("PATCH", "/v1/sessions/{id}"),
-    ("DELETE", "/v1/sessions/{id}"),
-    ("POST", "/v1/sessions/{id}/inc"),
-    ("POST", "/v1/sessions/{id}/save"),
-    ("POST", "/v1/sessions/{id}/reload"),
-    ("GET", "/v1/events"),
-    ("GET", "/v1/metrics"),
-    ("GET", "/metrics"),
-    ("GET", "/v1/openapi.json"),
-];
+/// Declares the routes once: [`v1`] serves them and [`ROUTES`] lists them
+/// (method, path) for the check against `openapi.json`.
+macro_rules! routes {
+    ($($path:literal => $m0:ident($h0:expr) $(.$m:ident($h:expr))* ;)*) => {
+        /// Every route as (method, path), as [`v1`] serves it.
+        pub const ROUTES: &[(&str, &str)] = &[
+            $( (stringify!($m0), $path), $( (stringify!($m), $path), )* )*
+        ];
 
-pub fn v1() -> Router<Arc<ApiState>> {
-    Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/providers", get(providers))
-        .route("/v1/devices", get(list_devices).post(create_device))
-        .route("/v1/devices/{id}", get(show_device).delete(delete_device))
-        .route("/v1/devices/by-mac/{mac}", get(device_by_mac))
-        .route("/v1/devices/by-ip/{ip}", get(device_by_ip))
-        .route("/v1/devices/{id}/rekey", post(rekey))
-        .route(
-            "/v1/devices/{id}/sessions",
-            get(device_sessions).post(create_session),
-        )
-        .route("/v1/devices/{id}/current-session", get(current_session))
-        .route("/v1/devices/{id}/session", get(get_session))
-        .route("/v1/devices/{id}/connected", get(is_connected))
-        .route("/v1/devices/{id}/connect", post(connect))
-        .route("/v1/devices/{id}/disconnect", post(disconnect))
-        .route(
-            "/v1/sessions/{id}",
-            get(show_session)
-                .patch(patch_session)
-                .delete(delete_session),
-        )
-        .route("/v1/sessions/{id}/inc", post(inc_session))
-        .route("/v1/sessions/{id}/save", post(save_session))
-        .route("/v1/sessions/{id}/reload", post(reload_session))
-        .route("/v1/events", get(events::stream))
-        .route("/v1/metrics", get(metrics::handler))
-        .route("/metrics", get(metrics::handler))
-        .route("/v1/openapi.json", get(openapi))
+        pub fn v1() -> Router<Arc<ApiState>> {
+            Router::new() $( .route($path, axum::routing::$m0($h0) $(.$m($h))*) )*
+        }
+    };
+}
+
+routes! {
+    "/v1/status" => get(status);
+    "/v1/providers" => get(providers);
+    "/v1/devices" => get(list_devices).post(create_device);
+    "/v1/devices/{id}" => get(show_device).delete(delete_device);
+    "/v1/devices/by-mac/{mac}" => get(device_by_mac);
+    "/v1/devices/by-ip/{ip}" => get(device_by_ip);
+    "/v1/devices/{id}/rekey" => post(rekey);
+    "/v1/devices/{id}/sessions" => get(device_sessions).post(create_session);
+    "/v1/devices/{id}/current-session" => get(current_session);
+    "/v1/devices/{id}/session" => get(get_session);
+    "/v1/devices/{id}/connected" => get(is_connected);
+    "/v1/devices/{id}/connect" => post(connect);
+    "/v1/devices/{id}/disconnect" => post(disconnect);
+    "/v1/sessions/{id}" => get(show_session).patch(patch_session).delete(delete_session);
+    "/v1/sessions/{id}/inc" => post(inc_session);
+    "/v1/sessions/{id}/save" => post(save_session);
+    "/v1/sessions/{id}/reload" => post(reload_session);
+    "/v1/events" => get(events::stream);
+    "/v1/metrics" => get(metrics::handler);
+    "/metrics" => get(metrics::handler);
+    "/v1/openapi.json" => get(openapi);
 }
 
 // ----- input -------------------------------------------------------------------------
@@ -784,7 +758,7 @@ mod tests {
     fn routes_and_openapi_agree() {
         let served: BTreeSet<(String, String)> = ROUTES
             .iter()
-            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .map(|(m, p)| (m.to_uppercase(), p.to_string()))
             .collect();
         assert_eq!(served.len(), ROUTES.len(), "duplicate entries in ROUTES");
         let doc = documented();

@@ -53,6 +53,7 @@ pub fn chase(huge: bool) -> Result<Chase> {
         let j = i + (rng % (slots - i) as u64) as usize;
         order.swap(i, j);
     }
+    // SAFETY: `order[i] < slots`, so the line lies inside the region.
     let line = |i: usize| unsafe { base.add(order[i] as usize * LINE).cast::<usize>() };
     for i in 0..LINES {
         // SAFETY: every line is inside the region and 8-byte aligned.
@@ -62,10 +63,12 @@ pub fn chase(huge: bool) -> Result<Chase> {
     let mut p = line(0);
     // One lap to fault in the page tables, then the timed loads.
     for _ in 0..LINES {
+        // SAFETY: `p` is always one of the region's lines, each holding the next.
         p = unsafe { std::ptr::read_volatile(p) } as *mut usize;
     }
     let t = Instant::now();
     for _ in 0..LOADS {
+        // SAFETY: `p` is always one of the region's lines, each holding the next.
         p = unsafe { std::ptr::read_volatile(p) } as *mut usize;
     }
     let ns = t.elapsed().as_nanos() as f64 / LOADS as f64;
