@@ -2,6 +2,13 @@
 //! speed, data budget), a poll turns kernel counters into consumption, and
 //! sessions that end are advanced or cut off.
 //!
+//! The session manager decides, the gateway applies: every charge, end and
+//! advance is the manager's ([`SessionsMgr::record_meter`], [`SessionsMgr::tick`],
+//! [`SessionsMgr::charge_tail`]), and what a device may have in the datapath is
+//! the manager's [`Desired`] state ([`SessionsMgr::desired`]: its speeds and
+//! budget, or nothing). The gateway reads the meters, hands the readings over,
+//! and programs the client table to match.
+//!
 //! Data consumption is charged from absolute kernel counter readings ("meter
 //! marks") stored in the same write as the consumption, so after a crash at any
 //! moment the next reading charges exactly the bytes not yet charged: none are
@@ -20,8 +27,8 @@ use std::{
 use serde::Serialize;
 use session_common::{MacKey, POLICY_ALLOWED, POLICY_MANUAL, POLICY_QUOTA};
 use session_model::{
-    idmap::IdMap, ClientSession, DeviceId, MacAddr, MeterMark, ModelError, SessionEvent,
-    SessionsMgr, TickReport,
+    idmap::IdMap, ClientSession, Desired, DeviceId, Grant, MacAddr, MeterMark, ModelError,
+    SessionEvent, SessionsMgr, TickReport,
 };
 use tokio::sync::{broadcast, Mutex, Notify};
 use tracing::{debug, info, warn};
@@ -246,6 +253,7 @@ fn mac_key(mac: MacAddr) -> MacKey {
 impl Gateway {
     pub fn new(mgr: Arc<SessionsMgr>, lans: Vec<Lan>, cfg: GatewayConfig) -> Arc<Self> {
         mgr.set_auto_advance(cfg.auto_advance);
+        mgr.set_global_speed(cfg.global_down_mbits, cfg.global_up_mbits);
         let (events, _) = broadcast::channel(4096);
         Arc::new(Self {
             mgr,
@@ -396,33 +404,32 @@ impl Gateway {
         }))
     }
 
-    fn speed(&self, session: &ClientSession) -> (RateLimit, RateLimit) {
-        let (down, up) = if session.use_global_speed() {
-            (self.cfg.global_down_mbits, self.cfg.global_up_mbits)
-        } else {
-            (
-                session.down_mbits().max(0) as u64,
-                session.up_mbits().max(0) as u64,
-            )
-        };
+    /// A grant's speeds as token buckets (up, down) at the configured depth.
+    fn limits(&self, grant: &Grant) -> (RateLimit, RateLimit) {
         let l = |m| RateLimit::mbits(m, self.cfg.burst_ms, MIN_BURST_BYTES);
-        (l(up), l(down))
+        (l(grant.up_mbits), l(grant.down_mbits))
     }
 
-    /// Programs the device's running session into the client table: speed
-    /// (and in HTB mode every LAN's classes), budget, then allow. With
-    /// `fresh_budget` the kernel budget becomes the session's remaining data
-    /// less the bytes counted since `charged` (the reading last charged, if
-    /// any): those will be charged to this session by the next poll.
+    /// Applies the manager's decision for a device: a grant is programmed
+    /// into the client table (speed, and in HTB mode every LAN's classes,
+    /// budget, then allow); no grant blocks it.
+    ///
+    /// With `fresh_budget` the kernel budget becomes the granted budget less
+    /// the bytes counted since `charged` (the reading last charged, if any):
+    /// those will be charged to this session by the next poll. Without it, a
+    /// budget the kernel is already enforcing is left to run down.
     fn program(
         &self,
-        mac: MacAddr,
-        session: &ClientSession,
+        state: &Desired,
         fresh_budget: bool,
         charged: Option<MeterMark>,
     ) -> Result<(), AgentError> {
+        let Some(grant) = &state.grant else {
+            return self.revoke(state.mac);
+        };
+        let mac = state.mac;
         let key = mac_key(mac);
-        let (up, down) = self.speed(session);
+        let (up, down) = self.limits(grant);
         let pending = match charged {
             Some(last) if fresh_budget => {
                 let now = self.reading(mac);
@@ -434,9 +441,8 @@ impl Gateway {
             }
             _ => 0,
         };
-        let budget = session
-            .data()
-            .data_budget_bytes()
+        let budget = grant
+            .budget_bytes
             .map(|b| b.saturating_sub(pending).min(i64::MAX as u64) as i64);
         let Some((first, rest)) = self.lans.split_first() else {
             return Ok(());
@@ -503,10 +509,12 @@ impl Gateway {
         // may end its last session.
         self.charge(&[(device_id, self.reading(device.mac))])
             .await?;
-        let Some(session) = self.mgr.curr_session(device_id)? else {
+        let state = self.mgr.desired(device_id)?;
+        let Some(grant) = state.grant else {
             return Err(ModelError::NoAvailableSession(device_id).into());
         };
-        self.program(device.mac, &session, true, None)?;
+        self.program(&state, true, None)?;
+        let session = self.mgr.session(grant.session_id)?;
         self.activity.lock().unwrap().insert(
             device_id,
             Activity {
@@ -574,20 +582,18 @@ impl Gateway {
     pub async fn refresh(&self, device_id: DeviceId) -> Result<(), AgentError> {
         let _g = self.ops.lock().await;
         let device = self.mgr.device(device_id)?;
-        if let Some(session) = self.mgr.curr_session(device_id)? {
+        if self.mgr.is_connected(device_id)? {
             let charged = self.reading(device.mac);
             self.charge(&[(device_id, charged)]).await?;
-            if let Some(session) = self.mgr.curr_session(device_id)?.or(Some(session)) {
-                self.program(device.mac, &session, true, Some(charged))?;
-            }
+            self.program(&self.mgr.desired(device_id)?, true, Some(charged))?;
         }
         Ok(())
     }
 
-    /// Changes a session the way a portal does (seed `ClientSession` setters, then
-    /// `save`), without losing usage: the device's new bytes are charged first, the
-    /// session is read fresh, changed and saved while the poll waits, and a running
-    /// session is programmed into the kernel again (budget, speed).
+    /// Changes a session the way a portal does (see [`SessionsMgr::change_session`]),
+    /// without losing usage: the device's new bytes are charged first, the
+    /// manager changes the session while the poll waits, and the device is
+    /// programmed to the manager's decision (budget, speed, or blocked).
     pub async fn update_session<F>(
         &self,
         session_id: session_model::SessionId,
@@ -604,18 +610,16 @@ impl Gateway {
         if running {
             self.charge(&charged).await?;
         }
-        let mut session = self.mgr.session(session_id)?;
-        change(&mut session)?;
-        session.save().await?;
+        let (session, report) = self.mgr.change_session(session_id, change).await?;
         if running {
-            // The change may have ended the session (or revived it): settle, then program.
-            let report = self.mgr.tick()?;
+            // The change may have ended the session (or revived it).
             self.apply(&report, &charged)?;
-            if let Some(s) = self.mgr.curr_session(device_id)? {
-                self.program(device.mac, &s, true, Some(charged[0].1))?;
+            let state = self.mgr.desired(device_id)?;
+            if state.grant.is_some() {
+                self.program(&state, true, Some(charged[0].1))?;
             }
         }
-        Ok(self.mgr.session(session_id)?)
+        Ok(session)
     }
 
     /// Moves a device (and its sessions) to a new MAC, following it in the
@@ -667,9 +671,7 @@ impl Gateway {
         if self.mgr.is_connected(device_id)? {
             let mark = self.reading(new_mac);
             self.mgr.reset_meter_mark(device_id, mark)?;
-            if let Some(s) = self.mgr.curr_session(device_id)? {
-                self.program(new_mac, &s, true, Some(mark))?;
-            }
+            self.program(&self.mgr.desired(device_id)?, true, Some(mark))?;
         }
         Ok(absorbed)
     }
@@ -689,31 +691,28 @@ impl Gateway {
         charged: &[(DeviceId, MeterMark)],
     ) -> Result<(), AgentError> {
         for t in &report.transitions {
-            let device = self.mgr.device(t.device_id)?;
             let last = charged
                 .iter()
                 .rev()
                 .find(|(d, _)| *d == t.device_id)
                 .map(|(_, m)| *m);
-            match t.next {
-                Some(_) => {
-                    if let Some(s) = self.mgr.curr_session(t.device_id)? {
-                        info!(device_id = t.device_id, from = t.session_id, to = s.id(), reason = ?t.reason, "session advanced");
-                        // Bytes counted since the reading go to the new session.
-                        self.program(device.mac, &s, true, last)?;
-                    }
+            let state = self.mgr.desired(t.device_id)?;
+            match (t.next, state.grant) {
+                (Some(_), Some(g)) => {
+                    info!(device_id = t.device_id, from = t.session_id, to = g.session_id, reason = ?t.reason, "session advanced");
+                    // Bytes counted since the reading go to the new session.
+                    self.program(&state, true, last)?;
                 }
-                None => {
+                // The next session ended too: a later transition of the report says so.
+                (Some(_), None) => {}
+                (None, _) => {
                     info!(device_id = t.device_id, session = t.session_id, reason = ?t.reason, "no session left: blocked");
-                    self.revoke(device.mac)?;
-                    // Bytes that passed between the last reading and the block belong
-                    // to the session that just ended (the device has no mark any more).
+                    self.revoke(state.mac)?;
+                    // Bytes that passed between the last reading and the block
+                    // belong to the session that just ended.
                     if let Some(last) = last {
-                        let now = self.reading(device.mac);
-                        if now.epoch == last.epoch && now.bytes > last.bytes {
-                            self.mgr
-                                .add_data_bytes(t.session_id, now.bytes - last.bytes)?;
-                        }
+                        self.mgr
+                            .charge_tail(t.session_id, last, self.reading(state.mac))?;
                     }
                 }
             }
@@ -817,11 +816,11 @@ impl Gateway {
                 None => continue,
                 Some((_, d)) if !allowed => (Mismatch::BlockedWhileConnected, Some(d)),
                 Some((i, d)) if in_share(i) => {
-                    let Some(s) = self.mgr.curr_session(d)? else {
+                    let Some(grant) = self.mgr.desired(d)?.grant else {
                         continue;
                     };
-                    let (up, down) = self.speed(&s);
-                    let budget = s.data().data_budget_bytes().is_some();
+                    let (up, down) = self.limits(&grant);
+                    let budget = grant.budget_bytes.is_some();
                     if (c.up_rate, c.down_rate) != (up.rate_bytes, down.rate_bytes) {
                         (Mismatch::Speed, Some(d))
                     } else if budget != (c.flags & POLICY_QUOTA != 0) {
@@ -840,12 +839,7 @@ impl Gateway {
             warn!(%mac, what = m.name(), "the datapath differed from the sessions: corrected");
             self.stats.reconciled[*m as usize].fetch_add(1, Relaxed);
             match device {
-                Some(d) => {
-                    let addr = self.mgr.device(*d)?.mac;
-                    if let Some(s) = self.mgr.curr_session(*d)? {
-                        self.program(addr, &s, false, None)?;
-                    }
-                }
+                Some(d) => self.program(&self.mgr.desired(*d)?, false, None)?,
                 None => self.revoke(MacAddr(mac.addr))?,
             }
         }
@@ -894,10 +888,7 @@ impl Gateway {
         let report = self.mgr.tick()?;
         self.apply(&report, &readings)?;
         for (device_id, _) in self.mgr.connected()? {
-            let device = self.mgr.device(device_id)?;
-            if let Some(s) = self.mgr.curr_session(device_id)? {
-                self.program(device.mac, &s, false, None)?;
-            }
+            self.program(&self.mgr.desired(device_id)?, false, None)?;
         }
         crate::memory::trim();
         info!(

@@ -138,6 +138,30 @@ pub struct TickReport {
     pub not_connected: Vec<DeviceId>,
 }
 
+/// What the datapath should let a device have: the manager's decision, which
+/// the gateway applies without judging it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The running session this is for.
+    pub session_id: SessionId,
+    /// Per-client speeds in Mbit/s (0 = unlimited): the session's own, or the
+    /// global speed for a session with `use_global_speed`.
+    pub down_mbits: u64,
+    pub up_mbits: u64,
+    /// Bytes the datapath may still let through (the session's remaining
+    /// data); `None` for a session without a data allocation.
+    pub budget_bytes: Option<u64>,
+}
+
+/// The datapath state a device should have: let through with a [`Grant`], or
+/// held in the walled garden (`grant: None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Desired {
+    pub device_id: DeviceId,
+    pub mac: MacAddr,
+    pub grant: Option<Grant>,
+}
+
 /// Cache entry of a connected device. The truth is the `run` field of the session's
 /// stored record (see [`RunState`]).
 #[derive(Debug, Clone, Copy)]
@@ -230,6 +254,8 @@ pub struct SessionsMgr {
     running: Mutex<DenseMap<DeviceId, Running>>,
     providers: RwLock<HashMap<String, Arc<dyn SessionProvider>>>,
     auto_advance: AtomicBool,
+    /// Speeds of sessions with `use_global_speed`, Mbit/s (down, up; 0 = unlimited).
+    global_speed: Mutex<(u64, u64)>,
     /// Saves through `ClientSession::save`, counted by the sessions' sources; when
     /// it moves, the running sessions' hints are dropped.
     saves: Arc<AtomicU64>,
@@ -327,6 +353,7 @@ impl SessionsMgr {
             running: Mutex::new(DenseMap::default()),
             providers: RwLock::new(providers),
             auto_advance: AtomicBool::new(true),
+            global_speed: Mutex::new((0, 0)),
             saves: Arc::new(AtomicU64::new(0)),
             saves_seen: AtomicU64::new(0),
             generation: AtomicU64::new(0),
@@ -339,6 +366,87 @@ impl SessionsMgr {
     /// next session).
     pub fn set_auto_advance(&self, on: bool) {
         self.auto_advance.store(on, Ordering::Relaxed);
+    }
+
+    /// The per-client speeds, Mbit/s (0 = unlimited), of sessions that use the
+    /// global speed (`use_global_speed`).
+    pub fn set_global_speed(&self, down_mbits: u64, up_mbits: u64) {
+        if let Ok(mut g) = self.global_speed.lock() {
+            *g = (down_mbits, up_mbits);
+        }
+    }
+
+    /// The grant of a session: its speeds (own or global) and its remaining
+    /// data as the budget. The one rule for what a running session allows.
+    pub fn grant(&self, session: &SessionData, session_id: SessionId) -> Grant {
+        let (down_mbits, up_mbits) = if session.use_global_speed {
+            self.global_speed.lock().map(|g| *g).unwrap_or((0, 0))
+        } else {
+            (
+                session.down_mbits.max(0) as u64,
+                session.up_mbits.max(0) as u64,
+            )
+        };
+        Grant {
+            session_id,
+            down_mbits,
+            up_mbits,
+            budget_bytes: session.data_budget_bytes(),
+        }
+    }
+
+    /// What the datapath should hold for a device now: its running session's
+    /// grant, or nothing (held in the walled garden).
+    pub fn desired(&self, device_id: DeviceId) -> Result<Desired, ModelError> {
+        let mac = self.device(device_id)?.mac;
+        let grant = self
+            .curr_session(device_id)?
+            .map(|s| self.grant(s.data(), s.id()));
+        Ok(Desired {
+            device_id,
+            mac,
+            grant,
+        })
+    }
+
+    /// Charges the bytes a device moved between its last reading and the
+    /// moment the datapath blocked it, after its last session ended: they
+    /// belong to that session. Readings of another meter epoch say nothing.
+    pub fn charge_tail(
+        &self,
+        session_id: SessionId,
+        last: MeterMark,
+        now: MeterMark,
+    ) -> Result<(), ModelError> {
+        if now.epoch == last.epoch && now.bytes > last.bytes {
+            self.add_data_bytes(session_id, now.bytes - last.bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Changes a session the way a portal does (the Flarehotspot SDK's
+    /// setters, then `save`): read fresh, changed by `change`, saved
+    /// (validated, `ended_at` settled), then a running one is settled as a
+    /// poll would (it may have ended, or been revived). Returns the saved
+    /// session and the transitions to apply.
+    pub async fn change_session<F>(
+        &self,
+        session_id: SessionId,
+        change: F,
+    ) -> Result<(ClientSession, TickReport), ModelError>
+    where
+        F: FnOnce(&mut ClientSession) -> Result<(), ModelError>,
+    {
+        let mut session = self.session(session_id)?;
+        let running = self.running_session_id(session.device_id())? == Some(session_id);
+        change(&mut session)?;
+        session.save().await?;
+        let report = if running {
+            self.tick()?
+        } else {
+            TickReport::default()
+        };
+        Ok((self.session(session_id)?, report))
     }
 
     /// See [`SessionsMgr::set_auto_advance`].
@@ -805,9 +913,7 @@ impl SessionsMgr {
         if let Some(mut rec) = self.store.session(r.session_id)? {
             self.charge_time(&mut rec);
             rec.run = None;
-            if !rec.data.is_available(now_ms.div_euclid(1000)) && rec.ended_at.is_none() {
-                rec.ended_at = Some(now_ms.div_euclid(1000));
-            }
+            rec.settle_end(now_ms.div_euclid(1000));
             self.store.save_session(&rec)?;
         }
         running.remove(&device_id);
@@ -1026,9 +1132,7 @@ impl SessionsMgr {
             let recs: Vec<SessionRecord> = changed
                 .into_values()
                 .map(|mut r| {
-                    if !r.data.is_available(now) && r.ended_at.is_none() {
-                        r.ended_at = Some(now);
-                    }
+                    r.settle_end(now);
                     r
                 })
                 .collect();
@@ -1124,9 +1228,7 @@ impl SessionsMgr {
             let Some(reason) = rec.data.end_reason(now) else {
                 continue;
             };
-            if rec.ended_at.is_none() {
-                rec.ended_at = Some(now);
-            }
+            rec.settle_end(now);
             let run = rec.run.take().unwrap_or(self.fresh_run());
             events.push(match reason {
                 EndReason::Consumed => SessionEvent::SessionConsumed {
@@ -1241,7 +1343,7 @@ impl SessionsMgr {
         let mut recs = Vec::with_capacity(due.len());
         for id in &due {
             if let Some(mut r) = self.store.session(*id)? {
-                r.ended_at = Some(r.data.expires_at().unwrap_or(now).min(now));
+                r.settle_end(now);
                 recs.push(r);
             }
         }

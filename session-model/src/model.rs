@@ -382,6 +382,22 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// The one rule for `ended_at`, applied wherever a session is written: the
+    /// moment the session ran out, set the first time it is found spent (an
+    /// expired one: its expiry; a consumed one: now), kept while it stays
+    /// spent, cleared when a change (an allocation, a later expiry) makes it
+    /// available again.
+    pub fn settle_end(&mut self, now_secs: i64) {
+        self.ended_at = match (self.ended_at, self.data.end_reason(now_secs)) {
+            (_, None) => None,
+            (Some(at), Some(_)) => Some(at),
+            (None, Some(EndReason::Expired)) => {
+                Some(self.data.expires_at().unwrap_or(now_secs).min(now_secs))
+            }
+            (None, Some(EndReason::Consumed)) => Some(now_secs),
+        };
+    }
+
     /// The moment the session ended for GC purposes: `ended_at`, else `expires_at` when
     /// that has passed, else `None` (still alive or never observed ending).
     pub fn end_time(&self, now_secs: i64) -> Option<i64> {

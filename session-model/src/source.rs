@@ -89,11 +89,7 @@ impl LocalSource {
         let now = self.clock.now_secs();
         rec.data = data.clone();
         rec.device_id = self.device_id;
-        rec.ended_at = match (rec.ended_at, rec.data.is_available(now)) {
-            (_, true) => None,
-            (Some(at), false) => Some(at),
-            (None, false) => Some(now),
-        };
+        rec.settle_end(now);
         self.store.save_session(&rec)?;
         self.saves.fetch_add(1, Ordering::SeqCst);
         *self.cached.lock().map_err(|_| ModelError::Poisoned)? = data;
