@@ -893,3 +893,36 @@ fn a_full_client_table_is_counted_and_reported_once() {
     }
     assert_eq!(full, 1, "the table-full event is sent once: {kinds:?}");
 }
+
+#[test]
+fn pins_of_another_table_layout_are_refused_at_attach_with_the_fix() {
+    use session_agent::dataplane::attach;
+    use session_common::{SlotAllocator, TABLE_LAYOUT};
+    let dp = Datapath::new();
+    let root = dp.h.root().to_path_buf();
+    assert_eq!(
+        dp.h.maps.layout(),
+        TABLE_LAYOUT,
+        "a new table has this layout"
+    );
+    attach::check_pins(&root, "t").expect("this version's own pins");
+    // The table as another version would have made it.
+    let path = attach::clients_dir(&root).join("SLOT_ALLOC");
+    let data = aya::maps::MapData::from_pin(&path).unwrap();
+    let mut alloc: aya::maps::Array<_, SlotAllocator> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+    let mut v = alloc.get(&0, 0).unwrap();
+    v.layout = TABLE_LAYOUT + 1;
+    alloc.set(0, v, 0).unwrap();
+    let e = attach::check_pins(&root, "t").unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("layout {}", TABLE_LAYOUT + 1))
+            && e.contains("session-agent detach --lan t"),
+        "{e}"
+    );
+    assert!(attach::load(&root, "t").is_err(), "nothing loads over them");
+    // Pins made before the layout was stored (0) have layout 1.
+    v.layout = 0;
+    alloc.set(0, v, 0).unwrap();
+    attach::check_pins(&root, "t").expect("layout 0 is layout 1");
+}

@@ -232,13 +232,22 @@ pub struct ClientPolicy {
     pub garden_down: TokenBucket,
 }
 
+/// Version of the client table's layout: the shared maps' types and sizes and
+/// the protocols over them (the index, the slot allocator, the free-slot ring,
+/// the flags). Stored in [`SlotAllocator::layout`] when the table is created;
+/// pins of another version are refused at attach. Bump it with any change to
+/// them. Pins that hold 0 were made before the version was stored, with
+/// layout 1.
+pub const TABLE_LAYOUT: u32 = 1;
+
 /// Shared slot allocator.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct SlotAllocator {
     /// Next never-used slot; may run past `MAX_CLIENTS` (then the table is full).
     pub next: u32,
-    pub _pad: u32,
+    /// [`TABLE_LAYOUT`] of the agent that created the table.
+    pub layout: u32,
     /// Random, non-zero identity of this set of maps, set by the agent when it
     /// creates them: counters of a different epoch started again from zero.
     /// It also seeds the index's hash, so no client is indexed while it is 0.

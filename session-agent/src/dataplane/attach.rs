@@ -412,6 +412,19 @@ pub fn check_pins(pin_root: &Path, iface_name: &str) -> Result<()> {
             }
         }
     }
+    let alloc = shared.join(MAP_SLOT_ALLOC);
+    if alloc.exists() {
+        let a = super::mmap::MmapArray::<SlotAllocator>::open_pin(&shared, MAP_SLOT_ALLOC, 1)?;
+        let layout = a.get(0).layout.max(1);
+        if a.get(0).epoch != 0 && layout != TABLE_LAYOUT {
+            return Err(incompatible(
+                &shared,
+                format!(
+                    "a client table of layout {layout}; this version uses layout {TABLE_LAYOUT}"
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 

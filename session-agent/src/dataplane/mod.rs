@@ -391,7 +391,8 @@ impl Maps {
         cell!(self.alloc, 0, epoch: AtomicU64).load(Ordering::SeqCst)
     }
 
-    /// Gives freshly created maps a random identity; keeps an existing one.
+    /// Gives freshly created maps a random identity, and their layout
+    /// version ([`TABLE_LAYOUT`]); keeps an existing one.
     pub fn ensure_epoch(&self) -> u64 {
         let mut r = [0u8; 8];
         loop {
@@ -402,11 +403,23 @@ impl Maps {
                 let cell = cell!(self.alloc, 0, epoch: AtomicU64);
                 return match cell.compare_exchange(0, candidate, Ordering::SeqCst, Ordering::SeqCst)
                 {
-                    Ok(_) => candidate,
+                    Ok(_) => {
+                        cell!(self.alloc, 0, layout: AtomicU32)
+                            .store(TABLE_LAYOUT, Ordering::SeqCst);
+                        candidate
+                    }
                     Err(existing) => existing,
                 };
             }
         }
+    }
+
+    /// The layout version the table was created with (see [`TABLE_LAYOUT`];
+    /// 0 counts as 1).
+    pub fn layout(&self) -> u32 {
+        cell!(self.alloc, 0, layout: AtomicU32)
+            .load(Ordering::SeqCst)
+            .max(1)
     }
 
     /// Slots handed out so far (including those of forgotten clients).
