@@ -3,10 +3,15 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
+use comfy_table::{CellAlignment, Table};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
-use session_agent::api::client::ApiClient;
+use session_agent::api::{
+    client::ApiClient,
+    views::{ConnectedView, DeviceView, SessionView, StatusView},
+};
 
 #[derive(clap::Args, Clone)]
 pub struct ApiArgs {
@@ -171,90 +176,120 @@ fn print_json(v: &Value) -> Result<()> {
     Ok(())
 }
 
-fn s(v: &Value, k: &str) -> String {
-    match v.get(k) {
-        None | Some(Value::Null) => "-".into(),
-        Some(Value::String(s)) => s.clone(),
-        Some(x) => x.to_string(),
+/// A table with this header, its columns apart by spaces; columns in
+/// `right` are aligned right (numbers).
+pub fn table(header: &[&str], right: &[usize]) -> Table {
+    let mut t = Table::new();
+    t.load_style(comfy_table::presets::NOTHING);
+    t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+    if !header.is_empty() {
+        t.set_header(header);
     }
+    for &i in right {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t
 }
 
-fn print_devices(list: &[Value]) {
-    println!(
-        "{:>6} {:<17} {:<39} {:<20} {:<9}",
-        "ID", "MAC", "IP", "HOSTNAME", "CONNECTED"
-    );
+/// `-` for nothing.
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or("-".into(), T::to_string)
+}
+
+fn print_devices(list: &[DeviceView]) {
+    let mut t = table(&["ID", "MAC", "IP", "HOSTNAME", "CONNECTED"], &[0]);
     for d in list {
-        println!(
-            "{:>6} {:<17} {:<39} {:<20} {:<9}",
-            s(d, "id"),
-            s(d, "mac"),
-            s(d, "ip"),
-            s(d, "hostname"),
-            if d["connected"] == true { "yes" } else { "no" }
-        );
+        t.add_row([
+            d.id.to_string(),
+            d.mac.clone(),
+            opt(&d.ip),
+            opt(&d.hostname),
+            yes_no(d.connected).into(),
+        ]);
+    }
+    println!("{t}");
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v["type"].as_u64() {
-        Some(0) => "time",
-        Some(1) => "data",
-        Some(2) => "time_or_data",
+fn type_name(v: &SessionView) -> &'static str {
+    match v.session_type {
+        0 => "time",
+        1 => "data",
+        2 => "time_or_data",
         _ => "?",
     }
 }
 
-fn print_sessions(list: &[Value]) {
-    println!(
-        "{:>6} {:>6} {:<12} {:<9} {:>19} {:>25} {:>12}",
-        "ID", "DEVICE", "TYPE", "STATUS", "TIME USED/ALLOC", "DATA MB USED/ALLOC", "EXPIRES AT"
+fn print_sessions(list: &[SessionView]) {
+    let mut t = table(
+        &[
+            "ID",
+            "DEVICE",
+            "TYPE",
+            "STATUS",
+            "TIME USED/ALLOC",
+            "DATA MB USED/ALLOC",
+            "EXPIRES AT",
+        ],
+        &[0, 1, 4, 5, 6],
     );
     for v in list {
-        println!(
-            "{:>6} {:>6} {:<12} {:<9} {:>19} {:>25} {:>12}",
-            s(v, "id"),
-            s(v, "device_id"),
-            type_name(v),
-            s(v, "status"),
-            format!("{}/{}", s(v, "time_cons"), s(v, "time_secs")),
-            format!(
-                "{:.3}/{:.3}",
-                v["data_cons"].as_f64().unwrap_or(0.0),
-                v["data_mb"].as_f64().unwrap_or(0.0)
-            ),
-            s(v, "expires_at"),
-        );
+        t.add_row([
+            v.id.to_string(),
+            v.device_id.to_string(),
+            type_name(v).into(),
+            v.status.clone(),
+            format!("{}/{}", v.time_cons, v.time_secs),
+            format!("{:.3}/{:.3}", v.data_cons, v.data_mb),
+            opt(&v.expires_at),
+        ]);
     }
+    println!("{t}");
 }
 
-fn print_kv(v: &Value) {
-    if let Value::Object(m) = v {
-        let w = m.keys().map(String::len).max().unwrap_or(0);
-        for (k, val) in m {
-            let shown = match val {
-                Value::String(s) => s.clone(),
-                Value::Null => "-".into(),
-                x => x.to_string(),
-            };
-            println!("{k:<w$}  {shown}");
+/// Each field of a view on a line of its own.
+fn print_kv<T: serde::Serialize>(view: &T) {
+    match serde_json::to_value(view) {
+        Ok(Value::Object(m)) => {
+            let mut t = table(&[], &[]);
+            for (k, val) in m {
+                let shown = match val {
+                    Value::String(s) => s,
+                    Value::Null => "-".into(),
+                    x => x.to_string(),
+                };
+                t.add_row([k, shown]);
+            }
+            println!("{t}");
         }
-    } else {
-        println!("{v}");
+        Ok(v) => println!("{v}"),
+        Err(e) => println!("{e}"),
     }
 }
 
-fn show(api: &ApiArgs, v: Value, table: impl FnOnce(&Value)) -> Result<()> {
+/// Prints the API's answer: as it came with `--json`, else read as the
+/// server's own view type `T` and shown by `human`.
+fn show<T: DeserializeOwned>(api: &ApiArgs, v: Value, human: impl FnOnce(T)) -> Result<()> {
     if api.json {
-        print_json(&v)
-    } else {
-        table(&v);
-        Ok(())
+        return print_json(&v);
     }
-}
-
-fn as_list(v: &Value) -> Vec<Value> {
-    v.as_array().cloned().unwrap_or_default()
+    let view = serde_json::from_value(v).map_err(|e| {
+        anyhow!(
+            "the agent's answer is not a {} ({e}): are this session-agent and the running one the same version?",
+            std::any::type_name::<T>().rsplit("::").next().unwrap_or("view")
+        )
+    })?;
+    human(view);
+    Ok(())
 }
 
 pub fn devices(api: &ApiArgs, cmd: DevicesCmd) -> Result<()> {
@@ -297,7 +332,7 @@ pub fn devices(api: &ApiArgs, cmd: DevicesCmd) -> Result<()> {
         ),
         DevicesCmd::Connected { id } => {
             let v = c.call("GET", &format!("/v1/devices/{}/connected", seg(&id)), None)?;
-            return show(api, v, print_kv);
+            return show(api, v, |v: ConnectedView| print_kv(&v));
         }
         DevicesCmd::Remove { id, force } => {
             c.call("DELETE", &remove_path("devices", &id, force), None)?;
@@ -306,9 +341,9 @@ pub fn devices(api: &ApiArgs, cmd: DevicesCmd) -> Result<()> {
         }
     };
     if list {
-        show(api, v, |v| print_devices(&as_list(v)))
+        show(api, v, |v: Vec<DeviceView>| print_devices(&v))
     } else {
-        show(api, v, |v| print_devices(std::slice::from_ref(v)))
+        show(api, v, |v: DeviceView| print_devices(&[v]))
     }
 }
 
@@ -327,7 +362,7 @@ where
 
 pub fn sessions(api: &ApiArgs, cmd: SessionsCmd) -> Result<()> {
     let c = api.client();
-    let one = |v: Value| show(api, v, print_kv);
+    let one = |v: Value| show(api, v, |v: SessionView| print_kv(&v));
     match cmd {
         SessionsCmd::List { device } => {
             let v = c.call(
@@ -335,7 +370,7 @@ pub fn sessions(api: &ApiArgs, cmd: SessionsCmd) -> Result<()> {
                 &format!("/v1/devices/{}/sessions", seg(&device)),
                 None,
             )?;
-            show(api, v, |v| print_sessions(&as_list(v)))
+            show(api, v, |v: Vec<SessionView>| print_sessions(&v))
         }
         SessionsCmd::Show { id } => {
             one(c.call("GET", &format!("/v1/sessions/{}", seg(&id)), None)?)
@@ -450,13 +485,13 @@ pub fn connect(api: &ApiArgs, device: &str, notification: &str) -> Result<()> {
         &format!("/v1/devices/{}/connect", seg(device)),
         Some(&json!({ "notification": notification })),
     )?;
-    show(api, v, |v| {
+    show(api, v, |v: SessionView| {
         println!(
             "device {device} connected: session {} ({}, {} s and {:.3} MB left)",
-            s(v, "id"),
-            type_name(v),
-            s(v, "remaining_time"),
-            v["remaining_data"].as_f64().unwrap_or(0.0)
+            v.id,
+            type_name(&v),
+            v.remaining_time,
+            v.remaining_data
         )
     })
 }
@@ -467,40 +502,32 @@ pub fn disconnect(api: &ApiArgs, device: &str, notification: &str) -> Result<()>
         &format!("/v1/devices/{}/disconnect", seg(device)),
         Some(&json!({ "notification": notification })),
     )?;
-    show(api, v, |_| println!("device {device} disconnected"))
+    show(api, v, |_: Value| println!("device {device} disconnected"))
 }
 
 pub fn status(api: &ApiArgs) -> Result<()> {
     let v = api.client().call("GET", "/v1/status", None)?;
-    show(api, v, |v| {
-        println!(
-            "session-agent {} up {} s",
-            s(v, "version"),
-            s(v, "uptime_secs")
-        );
-        for l in as_list(&v["lans"]) {
-            println!("  lan {:<12} {} clients", s(&l, "name"), s(&l, "clients"));
+    show(api, v, |v: StatusView| {
+        println!("session-agent {} up {} s", v.version, v.uptime_secs);
+        for l in &v.lans {
+            println!("  lan {:<12} {} clients", l.name, l.clients);
         }
         println!(
             "  devices {}, connected {}, sessions {}",
-            s(v, "devices"),
-            s(v, "connected"),
-            s(v, "sessions")
+            v.devices, v.connected, v.sessions
         );
         println!(
             "  poll every {} ms (last {} us), auto-advance {}",
-            s(v, "poll_interval_ms"),
-            s(v, "last_poll_us"),
-            s(v, "auto_advance")
+            v.poll_interval_ms, v.last_poll_us, v.auto_advance
         );
     })
 }
 
 pub fn providers(api: &ApiArgs) -> Result<()> {
     let v = api.client().call("GET", "/v1/providers", None)?;
-    show(api, v, |v| {
-        for p in as_list(v) {
-            println!("{}", p.as_str().unwrap_or_default());
+    show(api, v, |v: Vec<String>| {
+        for p in v {
+            println!("{p}");
         }
     })
 }

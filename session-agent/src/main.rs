@@ -309,32 +309,34 @@ fn set_allowed(
 }
 
 fn print_table(rows: &[ClientRow]) {
-    println!(
-        "{:<8} {:<17} {:<7} {:>14} {:>10} {:>14} {:>10} {:>10} {:>10}",
-        "LAN",
-        "MAC",
-        "ALLOWED",
-        "UP BYTES",
-        "UP PKTS",
-        "DOWN BYTES",
-        "DOWN PKTS",
-        "GARDEN",
-        "BLOCKED"
+    let mut t = ctl::table(
+        &[
+            "LAN",
+            "MAC",
+            "ALLOWED",
+            "UP BYTES",
+            "UP PKTS",
+            "DOWN BYTES",
+            "DOWN PKTS",
+            "GARDEN",
+            "BLOCKED",
+        ],
+        &[3, 4, 5, 6, 7, 8],
     );
     for r in rows {
-        println!(
-            "{:<8} {:<17} {:<7} {:>14} {:>10} {:>14} {:>10} {:>10} {:>10}",
-            r.lan,
-            r.mac,
-            if r.allowed { "yes" } else { "no" },
-            r.up_bytes,
-            r.up_packets,
-            r.down_bytes,
-            r.down_packets,
-            r.garden_packets,
-            r.blocked_packets
-        );
+        t.add_row([
+            r.lan.clone(),
+            r.mac.to_string(),
+            if r.allowed { "yes" } else { "no" }.into(),
+            r.up_bytes.to_string(),
+            r.up_packets.to_string(),
+            r.down_bytes.to_string(),
+            r.down_packets.to_string(),
+            r.garden_packets.to_string(),
+            r.blocked_packets.to_string(),
+        ]);
     }
+    println!("{t}");
 }
 
 #[cfg(test)]

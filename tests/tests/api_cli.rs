@@ -188,8 +188,14 @@ fn cli_drives_the_daemon_over_the_socket() {
     // Human tables.
     let out = cli(&sock, &["devices", "list"]);
     let text = String::from_utf8_lossy(&out.stdout);
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     assert!(
-        text.starts_with("    ID MAC") && text.contains(mac),
+        header.starts_with(&["ID", "MAC", "IP"]) && text.contains(mac),
         "{text}"
     );
     let out = cli(&sock, &["sessions", "list", &id]);

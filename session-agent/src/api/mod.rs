@@ -9,7 +9,7 @@ mod events;
 mod metrics;
 mod neigh;
 mod routes;
-mod views;
+pub mod views;
 
 use std::{
     net::SocketAddr,
