@@ -92,7 +92,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             Err(e) => warn!("datapath log unavailable: {e}"),
         }
-        let events = a.ebpf.take_map(MAP_EVENTS).expect("EVENTS map in object");
+        let events = a.ebpf.take_map(MAP_EVENTS).ok_or_else(|| AgentError::Bpf {
+            what: MAP_EVENTS.into(),
+            message: "map missing from the object".into(),
+        })?;
         let ring =
             RingBuf::try_from(events).map_err(|e| AgentError::bpf("opening the event ring", e))?;
         rings.push((lan.clone(), watch(ring, "watching the event ring")?, a));

@@ -71,8 +71,14 @@ impl<T: Copy> MmapArray<T> {
                 std::io::Error::last_os_error(),
             ));
         }
+        let Some(base) = NonNull::new(p.cast()) else {
+            return Err(AgentError::from_io(
+                format!("mmap of map {what} returned no address"),
+                std::io::ErrorKind::InvalidData.into(),
+            ));
+        };
         Ok(Self {
-            base: NonNull::new(p.cast()).unwrap(),
+            base,
             first,
             skew: start - offset,
             len,

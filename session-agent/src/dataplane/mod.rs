@@ -1191,7 +1191,10 @@ fn limit_of(b: &TokenBucket) -> RateLimit {
 /// Writes the garden: new entries first, then stale ones are removed, so no
 /// entry that stays is ever missing.
 pub fn write_garden(ebpf: &mut Ebpf, entries: &[GardenEntry]) -> Result<()> {
-    let map = ebpf.map_mut(MAP_GARDEN).expect("GARDEN map in object");
+    let map = ebpf.map_mut(MAP_GARDEN).ok_or_else(|| AgentError::Bpf {
+        what: MAP_GARDEN.into(),
+        message: "map missing from the object".into(),
+    })?;
     let mut trie: LpmTrie<&mut MapData, GardenKey, GardenValue> =
         LpmTrie::try_from(map).map_err(|e| AgentError::bpf("opening the walled garden", e))?;
     // Entries with one key pass what either passes.
