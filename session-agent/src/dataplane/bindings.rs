@@ -1,0 +1,142 @@
+//! Address bindings (anti-spoofing): which MAC an address belongs to, their
+//! expiry and release.
+
+use super::*;
+
+/// What one run of [`Maps::sweep_bindings`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BindingSweep {
+    /// Bindings in the table after the run.
+    pub live: u64,
+    /// Bindings removed because they went unused for the TTL.
+    pub expired: u64,
+}
+
+/// An address of the binding table as an IP address.
+pub fn addr_of(k: &AddrKey) -> Option<std::net::IpAddr> {
+    let mut b = [0u8; 16];
+    for (bytes, word) in b.chunks_exact_mut(4).zip(k.addr) {
+        bytes.copy_from_slice(&word.to_ne_bytes());
+    }
+    match k.family {
+        4 => Some(std::net::IpAddr::from([b[0], b[1], b[2], b[3]])),
+        6 => Some(std::net::IpAddr::from(b)),
+        _ => None,
+    }
+}
+
+/// The binding table's key of an IP address.
+pub fn addr_key(ip: std::net::IpAddr) -> AddrKey {
+    let mut b = [0u8; 16];
+    let family = match ip {
+        std::net::IpAddr::V4(a) => {
+            b[..4].copy_from_slice(&a.octets());
+            4
+        }
+        std::net::IpAddr::V6(a) => {
+            b = a.octets();
+            6
+        }
+    };
+    AddrKey {
+        family,
+        addr: std::array::from_fn(|i| {
+            u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+        }),
+    }
+}
+
+impl Maps {
+    /// The pinned binding table (address -> the MAC it is bound to).
+    pub(super) fn binding_map(&self) -> Result<aya::maps::HashMap<MapData, AddrKey, Binding>> {
+        let data = mmap::open_pinned(&self.shared, MAP_BINDINGS)?;
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))
+            .map_err(|e| AgentError::bpf("opening the address bindings", e))
+    }
+
+    /// The address bindings: address -> (MAC, when the datapath last found it in use).
+    pub fn bindings(&self) -> Result<Vec<(std::net::IpAddr, MacKey, u64)>> {
+        let map = self.binding_map()?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let (k, b) = item.map_err(|e| AgentError::bpf("reading the address bindings", e))?;
+            if let Some(ip) = addr_of(&k) {
+                out.push((ip, b.mac, b.last_ns));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the bindings unused for `ttl`, and takes each client's
+    /// remembered addresses back (see `ClientEntry::ip4`), so that the next
+    /// packet from an address looks its binding up, and finds it in use, again.
+    pub fn sweep_bindings(&self, ttl: Duration) -> Result<BindingSweep> {
+        // Forget the remembered addresses first: a binding in use is then
+        // stamped again before the next sweep.
+        let used = self.slots_used();
+        for slot in 0..used {
+            if let Some(pos) = self.position(slot) {
+                cell!(self.clients, pos, ip4: AtomicU32).store(0, Ordering::Relaxed);
+                cell!(self.clients, pos, ip6_tag: AtomicU64).store(0, Ordering::Relaxed);
+            }
+        }
+        let now = coarse_ns();
+        let ttl_ns = ttl.as_nanos().min(u64::MAX as u128) as u64;
+        let mut map = self.binding_map()?;
+        let all: Vec<(AddrKey, Binding)> = map.iter().filter_map(|i| i.ok()).collect();
+        let mut done = BindingSweep {
+            live: all.len() as u64,
+            expired: 0,
+        };
+        // Addresses each MAC holds after the sweep.
+        let mut held: HashMap<MacKey, u64> = HashMap::new();
+        for (k, b) in all {
+            let fresh = now.saturating_sub(b.last_ns) < ttl_ns;
+            // Stamped again since it was read: still in use.
+            let stamped = !fresh
+                && !matches!(map.get(&k, 0), Ok(f) if f.last_ns == b.last_ns && f.mac == b.mac);
+            if fresh || stamped || map.remove(&k).is_err() {
+                *held.entry(b.mac).or_default() += 1;
+                continue;
+            }
+            done.expired += 1;
+            done.live -= 1;
+        }
+        // Each client's count, from the table itself (a DHCP answer moves an
+        // address to another MAC without telling the one that had it).
+        let counters = self.all_counters(0, used)?;
+        for slot in 0..used {
+            if let Some(pos) = self.position(slot) {
+                let mac = index_mac(self.key(pos).load(Ordering::Acquire));
+                let n = held.get(&mac).copied().unwrap_or(0);
+                cell!(counters, slot, bound_addrs: AtomicU64).store(n, Ordering::Relaxed);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Removes every address binding of `mac` (its device moved to another
+    /// MAC: the addresses are free for the new one's first claim). Returns how
+    /// many were removed.
+    pub fn release_bindings(&self, mac: &MacKey) -> Result<u64> {
+        let mut map = self.binding_map()?;
+        let mine: Vec<AddrKey> = map
+            .iter()
+            .filter_map(|i| i.ok())
+            .filter(|(_, b)| b.mac == *mac)
+            .map(|(k, _)| k)
+            .collect();
+        let mut n = 0;
+        for k in mine {
+            // Gone meanwhile (expired, or moved by a DHCP answer) is fine.
+            if map.remove(&k).is_ok() {
+                n += 1;
+            }
+        }
+        if let Some(slot) = self.slot_of(mac) {
+            let counters = self.all_counters(slot, 1)?;
+            cell!(counters, slot, bound_addrs: AtomicU64).store(0, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+}
