@@ -24,10 +24,10 @@ use session_agent::{
     },
     gateway::GatewayConfig,
 };
-use session_common::{LanConfig, MacKey, PROG_TC_INGRESS};
+use session_common::{LanConfig, MacAddr, PROG_TC_INGRESS};
 use session_model::{
     store::{HybridOptions, HybridStore, SyncMode},
-    MacAddr, SessionStore,
+    SessionStore,
 };
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -61,9 +61,9 @@ fn env_u32(name: &str, default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-fn mac(i: u32) -> MacKey {
+fn mac(i: u32) -> MacAddr {
     let b = i.to_be_bytes();
-    MacKey::new([0x02, 0x5e, b[0], b[1], b[2], b[3]])
+    MacAddr::new([0x02, 0x5e, b[0], b[1], b[2], b[3]])
 }
 
 const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
@@ -144,7 +144,7 @@ impl Path {
         }
     }
 
-    fn setup(self, maps: &mut Maps, m: &MacKey) {
+    fn setup(self, maps: &mut Maps, m: &MacAddr) {
         let slot = maps.ensure_slot(m).unwrap();
         let big = RateLimit {
             rate_bytes: 1 << 40,
@@ -297,10 +297,7 @@ fn agent_cost(out: &mut Vec<Measurement>, runs: u32, quick: bool) {
             let gw = h.gateway(store, GatewayConfig::default()).unwrap();
             rt.block_on(async {
                 for i in 0..n {
-                    let d = gw
-                        .sessions()
-                        .create_device(MacAddr(mac(i).addr), None, None)
-                        .unwrap();
+                    let d = gw.sessions().create_device(mac(i), None, None).unwrap();
                     gw.sessions()
                         .create_session(d.id, 2, 86_400, 100_000.0, None, 10, 5, false)
                         .await

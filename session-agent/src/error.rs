@@ -25,7 +25,7 @@ pub enum AgentError {
     #[error("no interface is attached under {0} (start `session-agent run --lan IFACE` first)")]
     NothingAttached(PathBuf),
     #[error("{0} is not a client's address (a client's MAC is unicast and not all zeros)")]
-    NotAClientMac(session_common::MacKey),
+    NotAClientMac(session_common::MacAddr),
     #[error("MAC address {mac} belongs to device {device_id}, which has sessions: remove that device first (DELETE /v1/devices/{device_id}, `session-agent devices remove`) or move it to another MAC")]
     MacHasSessions {
         mac: session_model::MacAddr,

@@ -25,7 +25,7 @@ use std::{
 };
 
 use serde::Serialize;
-use session_common::{MacKey, POLICY_ALLOWED, POLICY_MANUAL, POLICY_QUOTA};
+use session_common::{POLICY_ALLOWED, POLICY_MANUAL, POLICY_QUOTA};
 use session_model::{
     idmap::IdMap, ClientSession, Desired, DeviceId, Grant, MacAddr, MeterMark, ModelError,
     SessionEvent, SessionsMgr, TickReport,
@@ -246,10 +246,6 @@ struct MeterTable {
     slots: Vec<u32>,
 }
 
-fn mac_key(mac: MacAddr) -> MacKey {
-    MacKey::new(mac.0)
-}
-
 impl Gateway {
     pub fn new(mgr: Arc<SessionsMgr>, lans: Vec<Lan>, cfg: GatewayConfig) -> Arc<Self> {
         mgr.set_auto_advance(cfg.auto_advance);
@@ -307,7 +303,7 @@ impl Gateway {
 
     /// The device's current meter reading: its up+down bytes over every LAN.
     fn reading(&self, mac: MacAddr) -> MeterMark {
-        let key = mac_key(mac);
+        let key = mac;
         match self.table() {
             Some(maps) => MeterMark {
                 epoch: maps.epoch(),
@@ -378,7 +374,7 @@ impl Gateway {
             let slot = match known.get(device_id) {
                 Some(&slot) => Some(slot),
                 None => {
-                    let key = mac_key(self.mgr.device(*device_id)?.mac);
+                    let key = self.mgr.device(*device_id)?.mac;
                     maps.as_ref().and_then(|m| m.slot_of(&key))
                 }
             };
@@ -428,7 +424,7 @@ impl Gateway {
             return self.revoke(state.mac);
         };
         let mac = state.mac;
-        let key = mac_key(mac);
+        let key = mac;
         let (up, down) = self.limits(grant);
         let pending = match charged {
             Some(last) if fresh_budget => {
@@ -466,7 +462,7 @@ impl Gateway {
     }
 
     fn revoke(&self, mac: MacAddr) -> Result<(), AgentError> {
-        let key = mac_key(mac);
+        let key = mac;
         if let Some(mut maps) = self.table() {
             if maps.slot_of(&key).is_some() {
                 maps.set_allowed(&key, false)?;
@@ -661,7 +657,7 @@ impl Gateway {
         }
         // The device's addresses go with it: the new MAC claims them afresh.
         if let Some(maps) = self.table() {
-            maps.release_bindings(&mac_key(old.mac))?;
+            maps.release_bindings(&old.mac)?;
         }
         self.mgr.rekey_device(device_id, new_mac)?;
         // The device's slots changed with its MAC: build the meter table afresh.
@@ -788,7 +784,7 @@ impl Gateway {
     /// differs. A healthy gateway finds nothing. Speeds and budgets are
     /// compared for [`CHECK_SESSIONS_PER_RUN`] devices per run, in turn.
     /// Called with the operations lock held.
-    pub fn enforce_sessions(&self) -> Result<Vec<(Mismatch, MacKey)>, AgentError> {
+    pub fn enforce_sessions(&self) -> Result<Vec<(Mismatch, MacAddr)>, AgentError> {
         let connected = self.connected_slots()?;
         let by_slot: HashMap<u32, usize> = connected
             .iter()
@@ -806,7 +802,7 @@ impl Gateway {
             Some(maps) => maps.enforced()?,
             None => Vec::new(),
         };
-        let mut found: Vec<(Mismatch, MacKey, Option<DeviceId>)> = Vec::new();
+        let mut found: Vec<(Mismatch, MacAddr, Option<DeviceId>)> = Vec::new();
         for c in clients {
             let allowed = c.flags & POLICY_ALLOWED != 0;
             let (m, device) = match by_slot.get(&c.slot).map(|&i| (i, connected[i].0)) {
@@ -840,7 +836,7 @@ impl Gateway {
             self.stats.reconciled[*m as usize].fetch_add(1, Relaxed);
             match device {
                 Some(d) => self.program(&self.mgr.desired(*d)?, false, None)?,
-                None => self.revoke(MacAddr(mac.addr))?,
+                None => self.revoke(*mac)?,
             }
         }
         Ok(found.into_iter().map(|(m, mac, _)| (m, mac)).collect())
@@ -866,7 +862,7 @@ impl Gateway {
             return Ok(out);
         };
         for (device_id, _) in self.mgr.connected()? {
-            let key = mac_key(self.mgr.device(device_id)?.mac);
+            let key = self.mgr.device(device_id)?.mac;
             if let Some(slot) = maps.slot_of(&key) {
                 out.push((device_id, slot));
             }
@@ -899,9 +895,9 @@ impl Gateway {
     }
 
     /// A MAC seen for the first time: make sure there is a device for it.
-    pub fn client_seen(&self, lan: &str, mac: MacKey) {
+    pub fn client_seen(&self, lan: &str, mac: MacAddr) {
         self.stats.ring_new_client.fetch_add(1, Relaxed);
-        let m = MacAddr(mac.addr);
+        let m = mac;
         let device_id = match self.mgr.device_by_mac(m) {
             Ok(d) => Some(d.id),
             Err(ModelError::UnknownMac(_)) => match self.mgr.create_device(m, None, None) {
@@ -924,9 +920,9 @@ impl Gateway {
     }
 
     /// The kernel cut a device off: poll now so its next session starts at once.
-    pub fn quota_exhausted(&self, lan: &str, mac: MacKey) {
+    pub fn quota_exhausted(&self, lan: &str, mac: MacAddr) {
         self.stats.ring_quota_exhausted.fetch_add(1, Relaxed);
-        let device_id = self.mgr.device_by_mac(MacAddr(mac.addr)).ok().map(|d| d.id);
+        let device_id = self.mgr.device_by_mac(mac).ok().map(|d| d.id);
         let _ = self.events.send(GatewayEvent::QuotaCutoff {
             lan: lan.into(),
             mac: mac.to_string(),
@@ -1022,7 +1018,7 @@ impl Gateway {
             if d.created_at.saturating_add(retention_secs) > now {
                 continue;
             }
-            let key = mac_key(d.mac);
+            let key = d.mac;
             if self.table().is_some_and(|m| m.slot_of(&key).is_some())
                 || !self
                     .mgr
@@ -1066,7 +1062,7 @@ impl Gateway {
     }
 
     /// The datapath bound an address to a client.
-    pub fn addr_bound(&self, lan: &str, mac: MacKey, addr: Option<std::net::IpAddr>) {
+    pub fn addr_bound(&self, lan: &str, mac: MacAddr, addr: Option<std::net::IpAddr>) {
         self.stats.addrs_bound.fetch_add(1, Relaxed);
         if let Some(a) = addr {
             debug!(lan, %mac, address = %a, "address bound");
@@ -1074,11 +1070,11 @@ impl Gateway {
     }
 
     /// A MAC claimed a second IPv4 address while it still used another.
-    pub fn mac_conflict(&self, lan: &str, mac: MacKey, addr: Option<std::net::IpAddr>) {
+    pub fn mac_conflict(&self, lan: &str, mac: MacAddr, addr: Option<std::net::IpAddr>) {
         self.stats.mac_conflicts.fetch_add(1, Relaxed);
         let address = addr.map(|a| a.to_string()).unwrap_or_default();
         warn!(lan, %mac, %address, "a second IPv4 address from one MAC while it uses another: two devices may share it");
-        let device_id = self.mgr.device_by_mac(MacAddr(mac.addr)).ok().map(|d| d.id);
+        let device_id = self.mgr.device_by_mac(mac).ok().map(|d| d.id);
         let _ = self.events.send(GatewayEvent::MacConflict {
             lan: lan.into(),
             mac: mac.to_string(),
@@ -1093,7 +1089,7 @@ impl Gateway {
         let _g = self.ops.lock().await;
         let mut keep = std::collections::HashSet::new();
         for (device_id, _) in self.mgr.connected()? {
-            keep.insert(mac_key(self.mgr.device(device_id)?.mac));
+            keep.insert(self.mgr.device(device_id)?.mac);
         }
         let now = Instant::now();
         let mut tracker = self.idle_clients.lock().unwrap();

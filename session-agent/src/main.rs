@@ -5,7 +5,7 @@ mod ctl;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
-use session_common::MacKey;
+use session_common::MacAddr;
 
 use session_agent::{
     daemon,
@@ -52,7 +52,7 @@ enum Cmd {
     /// leaves it so until `block`.
     Allow {
         #[arg(long, value_parser = parse_mac)]
-        mac: MacKey,
+        mac: MacAddr,
         #[arg(long = "lan", value_name = "IFACE")]
         lan: Option<String>,
         #[command(flatten)]
@@ -63,7 +63,7 @@ enum Cmd {
     /// it through the API instead.
     Block {
         #[arg(long, value_parser = parse_mac)]
-        mac: MacKey,
+        mac: MacAddr,
         #[arg(long = "lan", value_name = "IFACE")]
         lan: Option<String>,
         #[command(flatten)]
@@ -73,7 +73,7 @@ enum Cmd {
     /// running `--shaper htb`, as the client's HTB classes.
     Limit {
         #[arg(long, value_parser = parse_mac)]
-        mac: MacKey,
+        mac: MacAddr,
         /// Download limit in Mbit/s.
         #[arg(long, default_value_t = 0)]
         down_mbits: u64,
@@ -176,7 +176,7 @@ impl clap::Args for RunArgs {
     }
 }
 
-fn parse_mac(s: &str) -> Result<MacKey, String> {
+fn parse_mac(s: &str) -> Result<MacAddr, String> {
     s.parse()
         .map_err(|e| format!("'{s}' is not a MAC address: {e}"))
 }
@@ -294,7 +294,7 @@ fn interfaces(pin_root: &Path, lan: Option<String>) -> Result<Vec<String>, Agent
 fn set_allowed(
     pin_root: &Path,
     lan: Option<String>,
-    mac: &MacKey,
+    mac: &MacAddr,
     allowed: bool,
 ) -> anyhow::Result<()> {
     // One client table serves every LAN.

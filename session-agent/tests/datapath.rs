@@ -540,7 +540,7 @@ fn the_client_table_takes_every_slot_and_then_keeps_only_the_garden() {
     // Userspace takes some slots first, as the agent does for clients it allows early.
     for i in 0..1000 {
         dp.h.maps
-            .ensure_slot(&MacKey::new([0x02, 0xbb, 0, 0, (i >> 8) as u8, i as u8]))
+            .ensure_slot(&MacAddr::new([0x02, 0xbb, 0, 0, (i >> 8) as u8, i as u8]))
             .unwrap_or_else(|e| panic!("slot for client {i}: {e}"));
     }
     // The datapath indexes the rest; every MAC, old or new, is blocked (not allowed).
@@ -556,7 +556,7 @@ fn the_client_table_takes_every_slot_and_then_keeps_only_the_garden() {
     );
     for i in [0, 999, 1000, 40_000, MAX_CLIENTS - 1] {
         let b = i.to_be_bytes();
-        let mac = MacKey::new([0x02, 0xbb, b[0], b[1], b[2], b[3]]);
+        let mac = MacAddr::new([0x02, 0xbb, b[0], b[1], b[2], b[3]]);
         let slot =
             dp.h.maps
                 .slot_of(&mac)
@@ -570,7 +570,7 @@ fn the_client_table_takes_every_slot_and_then_keeps_only_the_garden() {
         assert_eq!(one.as_ref(), Some(&rows[slot as usize]), "slot {slot}");
     }
     // Full: a new MAC gets no slot, reaches the walled garden only, and userspace says why.
-    let extra = MacKey::new([0x02, 0xcc, 0, 0, 0, 1]);
+    let extra = MacAddr::new([0x02, 0xcc, 0, 0, 0, 1]);
     let to_garden = udp4(GW_MAC, extra.addr, client_v4(1), GW_V4, 40000, 53, 10);
     let out = udp4(GW_MAC, extra.addr, client_v4(1), SERVER_V4, 40000, 443, 10);
     assert_eq!(
@@ -587,7 +587,7 @@ fn the_client_table_takes_every_slot_and_then_keeps_only_the_garden() {
     let err = dp.h.maps.set_allowed(&extra, true).unwrap_err();
     assert!(err.to_string().contains("full"), "{err}");
     // Clients already in the table keep working.
-    let first = MacKey::new([0x02, 0xbb, 0, 0, 0, 0]);
+    let first = MacAddr::new([0x02, 0xbb, 0, 0, 0, 0]);
     dp.h.maps.set_allowed(&first, true).unwrap();
     assert_eq!(dp.up(&up4_many(0)), TC_PASS);
 }
@@ -599,7 +599,7 @@ fn forgotten_idle_clients_give_their_slots_to_new_ones() {
     let mut dp = Datapath::new();
     let mac_of = |i: u32| {
         let b = i.to_be_bytes();
-        MacKey::new([0x02, 0xbb, b[0], b[1], b[2], b[3]])
+        MacAddr::new([0x02, 0xbb, b[0], b[1], b[2], b[3]])
     };
     for i in 0..MAX_CLIENTS {
         assert_eq!(dp.up(&up4_many(i)), TC_DROP, "client {i}");
@@ -660,7 +660,7 @@ fn forgotten_idle_clients_give_their_slots_to_new_ones() {
     let row = dp.h.maps.client(slot).unwrap().unwrap();
     assert_eq!((row.blocked_packets, row.up_packets), (1, 1), "{row:?}");
     // New MACs fill the freed slots, from the datapath and from userspace, up to full again.
-    let extra = |i: u32| MacKey::new([0x02, 0xcc, 0, 0, (i >> 8) as u8, i as u8]);
+    let extra = |i: u32| MacAddr::new([0x02, 0xcc, 0, 0, (i >> 8) as u8, i as u8]);
     dp.h.maps.set_allowed(&extra(0), true).unwrap();
     for i in 1..MAX_CLIENTS - 4 {
         let frame = udp4(
@@ -678,7 +678,7 @@ fn forgotten_idle_clients_give_their_slots_to_new_ones() {
     full_table(&dp);
     assert!(
         dp.h.maps
-            .set_allowed(&MacKey::new([0x02, 0xdd, 0, 0, 0, 1]), true)
+            .set_allowed(&MacAddr::new([0x02, 0xdd, 0, 0, 0, 1]), true)
             .is_err(),
         "the table is full again"
     );
@@ -863,7 +863,7 @@ fn a_full_client_table_is_counted_and_reported_once() {
     for i in 0..MAX_CLIENTS - 1 {
         let [_, _, a, b] = i.to_be_bytes();
         dp.h.maps
-            .ensure_slot(&MacKey::new([0x02, 0xcc, 0, a, b, 1]))
+            .ensure_slot(&MacAddr::new([0x02, 0xcc, 0, a, b, 1]))
             .unwrap_or_else(|e| panic!("slot {i}: {e}"));
     }
     // The next new MAC on the wire takes the last slot; the ones after it

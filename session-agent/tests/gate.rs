@@ -227,7 +227,7 @@ fn group_macs_never_stand_for_a_client() {
     let group_src = [0x03, 0xaa, 0, 0, 0, 9];
     let f = udp4(GW_MAC, group_src, client_v4(9), SERVER_V4, 1, 443, 10);
     assert_eq!(dp.up(&f), TC_DROP);
-    assert_eq!(dp.h.maps.slot_of(&MacKey::new(group_src)), None);
+    assert_eq!(dp.h.maps.slot_of(&MacAddr::new(group_src)), None);
     assert_eq!(dp.stat(STAT_GROUP_SRC), 1);
     // ARP and ND that give a group MAC as an address's link-layer address.
     let a = arp(2, [0xff; 6], client_v4(n), GW_MAC, GW_V4);

@@ -119,9 +119,9 @@ struct World {
     dp: Datapath,
     gw: Arc<Gateway>,
     devices: Vec<i64>,
-    macs: Vec<MacKey>,
+    macs: Vec<MacAddr>,
     /// MACs devices left by a rekey: never let through again.
-    old_macs: Vec<MacKey>,
+    old_macs: Vec<MacAddr>,
     next_mac: u8,
     seen: HashMap<u64, Seen>,
     log: Vec<String>,
@@ -144,11 +144,8 @@ impl World {
         let mut macs = Vec::new();
         for n in 0..DEVICES as u8 {
             let [_, _, hi, lo] = case.to_be_bytes();
-            let mac = MacKey::new([0x02, 0xaa, hi, lo, 0, n + 1]);
-            let d = gw
-                .sessions()
-                .create_device(MacAddr(mac.addr), None, None)
-                .unwrap();
+            let mac = MacAddr::new([0x02, 0xaa, hi, lo, 0, n + 1]);
+            let d = gw.sessions().create_device(mac, None, None).unwrap();
             devices.push(d.id);
             macs.push(mac);
         }
@@ -302,9 +299,9 @@ impl World {
             Op::Rekey { dev } => {
                 self.next_mac = self.next_mac.wrapping_add(1).max(100);
                 let [_, _, hi, lo] = self.case.to_be_bytes();
-                let mac = MacKey::new([0x06, hi, lo, 0, dev as u8, self.next_mac]);
+                let mac = MacAddr::new([0x06, hi, lo, 0, dev as u8, self.next_mac]);
                 self.rt
-                    .block_on(self.gw.rekey(self.devices[dev], MacAddr(mac.addr)))
+                    .block_on(self.gw.rekey(self.devices[dev], mac))
                     .unwrap();
                 self.old_macs
                     .push(std::mem::replace(&mut self.macs[dev], mac));
@@ -323,7 +320,7 @@ impl World {
                 // too; the phone comes back as a new device.
                 for id in devices {
                     let dev = self.devices.iter().position(|d| *d == id).unwrap();
-                    let mac = MacAddr(self.macs[dev].addr);
+                    let mac = self.macs[dev];
                     self.devices[dev] = mgr.create_device(mac, None, None).unwrap().id;
                 }
             }

@@ -19,7 +19,7 @@ fn gateway(h: &ProgramHarness) -> Arc<Gateway> {
         .unwrap()
 }
 
-fn flags(maps: &Maps, m: &MacKey) -> u32 {
+fn flags(maps: &Maps, m: &MacAddr) -> u32 {
     maps.flags_of(maps.slot_of(m).unwrap())
 }
 
@@ -33,7 +33,7 @@ async fn the_poll_corrects_every_way_the_datapath_can_differ_from_the_sessions()
     let gw = gateway(&h);
     let mgr = gw.sessions();
     let (paid, stray, operator) = (client_mac(1), client_mac(2), client_mac(3));
-    let d = mgr.create_device(MacAddr(paid.addr), None, None).unwrap();
+    let d = mgr.create_device(paid, None, None).unwrap();
     // 20/10 Mbit/s and 5 MB.
     mgr.create_session(d.id, 2, 3_600, 5.0, None, 20, 10, false)
         .await
@@ -106,16 +106,10 @@ async fn devices_the_datapath_forgot_with_no_sessions_are_removed_after_retentio
     let mut h = ProgramHarness::new("sa-rec", &[]).unwrap();
     let gw = gateway(&h);
     let mgr = gw.sessions();
-    let forgotten = mgr
-        .create_device(MacAddr(client_mac(4).addr), None, None)
-        .unwrap();
-    let in_table = mgr
-        .create_device(MacAddr(client_mac(5).addr), None, None)
-        .unwrap();
+    let forgotten = mgr.create_device(client_mac(4), None, None).unwrap();
+    let in_table = mgr.create_device(client_mac(5), None, None).unwrap();
     h.maps.ensure_slot(&client_mac(5)).unwrap();
-    let with_session = mgr
-        .create_device(MacAddr(client_mac(6).addr), None, None)
-        .unwrap();
+    let with_session = mgr.create_device(client_mac(6), None, None).unwrap();
     mgr.create_session(with_session.id, 0, 60, 0.0, None, 0, 0, false)
         .await
         .unwrap();
@@ -133,7 +127,7 @@ async fn bytes_counted_while_a_session_changes_come_off_its_new_kernel_budget() 
     let gw = gateway(&h);
     let mgr = gw.sessions();
     let mac = client_mac(7);
-    let d = mgr.create_device(MacAddr(mac.addr), None, None).unwrap();
+    let d = mgr.create_device(mac, None, None).unwrap();
     let sid = mgr
         .create_session(d.id, 1, 0, 5.0, None, 0, 0, false)
         .await

@@ -16,7 +16,7 @@
 //! The all-zero MAC is never indexed (its key would read as free). `SLOTS`
 //! leads from a slot back to its position.
 
-use crate::{MacKey, MAX_CLIENTS};
+use crate::{MacAddr, MAX_CLIENTS};
 
 /// Positions in the table: twice the most clients, so runs stay short.
 pub const INDEX_BITS: u32 = 17;
@@ -50,16 +50,16 @@ pub const fn index_live(key: u64) -> bool {
 
 /// The MAC as the low 48 bits of a word.
 #[inline(always)]
-pub const fn mac_word(mac: &MacKey) -> u64 {
+pub const fn mac_word(mac: &MacAddr) -> u64 {
     let a = mac.addr;
     u64::from_le_bytes([a[0], a[1], a[2], a[3], a[4], a[5], 0, 0])
 }
 
 /// The MAC of an index key.
 #[inline(always)]
-pub const fn index_mac(key: u64) -> MacKey {
+pub const fn index_mac(key: u64) -> MacAddr {
     let b = key.to_le_bytes();
-    MacKey::new([b[0], b[1], b[2], b[3], b[4], b[5]])
+    MacAddr::new([b[0], b[1], b[2], b[3], b[4], b[5]])
 }
 
 /// The index entry of `mac_word` in `slot`.
@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        let mac = MacKey::new([0x02, 0x11, 0x22, 0x33, 0x44, 0xff]);
+        let mac = MacAddr::new([0x02, 0x11, 0x22, 0x33, 0x44, 0xff]);
         let k = index_key(mac_word(&mac), 65_535);
         assert_eq!(index_slot(k), 65_535);
         assert_eq!(index_mac(k), mac);

@@ -14,6 +14,6 @@ pub mod slots;
 mod user;
 
 pub use index::*;
-pub use mac::MacKey;
+pub use mac::{MacAddr, ParseMacError};
 pub use maps::*;
 pub use slots::*;

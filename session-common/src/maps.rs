@@ -8,7 +8,7 @@
 //! mmap-able arrays, so userspace reads every client's counters and writes
 //! policies without one syscall per entry.
 
-use crate::MacKey;
+use crate::MacAddr;
 
 /// Most clients one interface tracks.
 pub const MAX_CLIENTS: u32 = 65_536;
@@ -369,7 +369,7 @@ pub struct AddrKey {
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct Binding {
-    pub mac: MacKey,
+    pub mac: MacAddr,
     pub _pad: [u8; 2],
     /// bpf_ktime_get_ns() when the datapath last looked the binding up for its owner.
     pub last_ns: u64,
@@ -448,7 +448,7 @@ pub struct ClientEvent {
     /// An [`EventKind`] code.
     pub kind: u32,
     pub slot: u32,
-    pub mac: MacKey,
+    pub mac: MacAddr,
     pub _pad: [u8; 2],
     /// bpf_ktime_get_ns() when it happened.
     pub ktime_ns: u64,

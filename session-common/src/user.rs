@@ -12,7 +12,7 @@ macro_rules! pod {
 }
 
 pod!(
-    MacKey,
+    MacAddr,
     ClientEntry,
     ClientCounters,
     ClientPolicy,
@@ -33,7 +33,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<MacKey>(), 6);
+        assert_eq!(size_of::<MacAddr>(), 6);
         assert_eq!(size_of::<ClientEntry>(), 64);
         assert_eq!(core::mem::offset_of!(ClientEntry, ip6_tag), 56);
         assert_eq!(size_of::<ClientCounters>(), 16 * 8);
@@ -60,12 +60,12 @@ mod tests {
 
     #[test]
     fn mac_round_trip_and_rejects() {
-        let m: MacKey = "AA:bb:0c:dd:ee:0F".parse().unwrap();
+        let m: MacAddr = "AA:bb:0c:dd:ee:0F".parse().unwrap();
         assert_eq!(m.addr, [0xaa, 0xbb, 0x0c, 0xdd, 0xee, 0x0f]);
         extern crate std;
         use std::string::ToString;
         assert_eq!(m.to_string(), "aa:bb:0c:dd:ee:0f");
-        assert_eq!("aa-bb-0c-dd-ee-0f".parse::<MacKey>().unwrap(), m);
+        assert_eq!("aa-bb-0c-dd-ee-0f".parse::<MacAddr>().unwrap(), m);
         for bad in [
             "",
             "aa:bb:cc:dd:ee",
@@ -74,8 +74,8 @@ mod tests {
             "aabb.ccdd.eeff",
             "a:bb:cc:dd:ee:ff1",
         ] {
-            assert!(bad.parse::<MacKey>().is_err(), "{bad} parsed");
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad} parsed");
         }
-        assert!("01:00:5e:00:00:01".parse::<MacKey>().unwrap().is_group());
+        assert!("01:00:5e:00:00:01".parse::<MacAddr>().unwrap().is_group());
     }
 }

@@ -271,7 +271,7 @@ fn metered<P: Packet>(
     st: *mut ClientEntry,
     slot: u32,
     flags: u32,
-    mac: &MacKey,
+    mac: &MacAddr,
     len: u64,
     dir: Dir,
 ) -> Verdict {
@@ -400,7 +400,7 @@ fn judge_addresses(
     cfg: *const LanConfig,
     st: *mut ClientEntry,
     slot: u32,
-    mac: &MacKey,
+    mac: &MacAddr,
     ip: &IpInfo,
     dir: Dir,
 ) -> Result<(), Drop> {
@@ -461,7 +461,7 @@ fn dhcp_answer(cfg: *const LanConfig, ip: &IpInfo) -> bool {
 fn bind(
     st: *mut ClientEntry,
     slot: u32,
-    mac: &MacKey,
+    mac: &MacAddr,
     key: AddrKey,
     claim: bool,
 ) -> Result<(), Drop> {
@@ -540,7 +540,7 @@ fn arp_up<P: Packet>(
     p: &P,
     cfg: *const LanConfig,
     eth: &Eth,
-    mac: &MacKey,
+    mac: &MacAddr,
     probe: Probe,
     seed: Option<u64>,
 ) -> Verdict {
@@ -589,7 +589,7 @@ fn nd<P: Packet>(
     cfg: *const LanConfig,
     ip: &IpInfo,
     dir: Dir,
-    mac: &MacKey,
+    mac: &MacAddr,
     client: Option<(*mut ClientEntry, u32)>,
 ) -> Result<(), Drop> {
     if ip.hop != 255 {
@@ -635,7 +635,7 @@ fn garden<P: Packet>(
     cfg: *const LanConfig,
     ip: &IpInfo,
     dir: Dir,
-    mac: &MacKey,
+    mac: &MacAddr,
     to_group: bool,
     client: Option<(*mut ClientEntry, u32)>,
 ) -> Result<(), Drop> {
@@ -732,7 +732,7 @@ fn find(m: u64, seed: u64) -> Probe {
 #[inline(always)]
 fn client_slot<P: Packet>(
     p: &P,
-    mac: &MacKey,
+    mac: &MacAddr,
     probe: Probe,
     seed: Option<u64>,
 ) -> Option<(u32, u32)> {
@@ -772,7 +772,7 @@ fn client_slot<P: Packet>(
 /// A forgotten client's slot, else a never-used one, or `None` (counted) when
 /// all are taken (the protocol: `session_common::slots`).
 #[inline(always)]
-fn take_slot<P: Packet>(p: &P, mac: &MacKey) -> Option<u32> {
+fn take_slot<P: Packet>(p: &P, mac: &MacAddr) -> Option<u32> {
     let alloc = SLOT_ALLOC.get_ptr_mut(0)?;
     let head = unsafe { &raw mut (*alloc).free_head };
     let tail = unsafe { &raw const (*alloc).free_tail };
@@ -938,7 +938,7 @@ fn stat_add(idx: u32) {
 }
 
 #[inline(always)]
-fn emit(kind: EventKind, slot: u32, mac: &MacKey, addr: Option<&AddrKey>) {
+fn emit(kind: EventKind, slot: u32, mac: &MacAddr, addr: Option<&AddrKey>) {
     let ev = ClientEvent {
         kind: kind as u32,
         slot,

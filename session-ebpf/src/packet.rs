@@ -2,7 +2,7 @@
 //! through up to two VLAN tags.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use session_common::{AddrKey, MacKey};
+use session_common::{AddrKey, MacAddr};
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -97,8 +97,8 @@ impl Packet for XdpContext {
 
 /// The Ethernet header, and where the payload starts after the VLAN tags.
 pub struct Eth {
-    pub dst: MacKey,
-    pub src: MacKey,
+    pub dst: MacAddr,
+    pub src: MacAddr,
     /// The ethertype after the tags.
     pub proto: u16,
     /// Offset of the payload: 14, 18 or 22.
@@ -120,8 +120,8 @@ fn is_tag(proto: u16) -> bool {
 pub fn parse_eth<P: Packet>(p: &P) -> Option<Eth> {
     let eth = p.load::<[u16; 7]>(0)?;
     // Same bytes, as they are in memory.
-    let dst = MacKey::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>([eth[0], eth[1], eth[2]]) });
-    let src = MacKey::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>([eth[3], eth[4], eth[5]]) });
+    let dst = MacAddr::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>([eth[0], eth[1], eth[2]]) });
+    let src = MacAddr::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>([eth[3], eth[4], eth[5]]) });
     let mut proto = u16::from_be(eth[6]);
     let mut l3 = ETH_HLEN;
     if is_tag(proto) {
@@ -424,7 +424,7 @@ fn ports<P: Packet>(p: &P, l4: u32) -> (u16, u16) {
 /// An Ethernet/IPv4 ARP message.
 pub struct Arp {
     /// Sender hardware and protocol address.
-    pub sha: MacKey,
+    pub sha: MacAddr,
     pub spa: u32,
 }
 
@@ -437,7 +437,7 @@ pub fn parse_arp<P: Packet>(p: &P, l3: u32) -> Option<Arp> {
     if u16::from_be(h[0]) != 1 || u16::from_be(h[1]) != ETH_P_IP || u16::from_be(h[2]) != 0x0604 {
         return None;
     }
-    let sha = MacKey::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>([h[4], h[5], h[6]]) });
+    let sha = MacAddr::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>([h[4], h[5], h[6]]) });
     Some(Arp { sha, spa })
 }
 
@@ -448,7 +448,7 @@ const ND_MAX_OPTIONS: u32 = 4;
 /// and the options end where the packet does within [`ND_MAX_OPTIONS`] (so
 /// none is hidden from the check). Returns the NA's target address too.
 #[inline(always)]
-pub fn nd_lla_ok<P: Packet>(p: &P, ip: &IpInfo, mac: &MacKey) -> bool {
+pub fn nd_lla_ok<P: Packet>(p: &P, ip: &IpInfo, mac: &MacAddr) -> bool {
     let first = match ip.icmp6_type {
         133 => 8,
         134 => 16,

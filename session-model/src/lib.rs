@@ -19,7 +19,7 @@ pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ModelError, StoreError};
-pub use mac::MacAddr;
+pub use mac::{parse_mac, MacAddr};
 pub use manager::{Desired, Grant, SessionEvent, SessionsMgr, TickReport, Transition};
 pub use model::{
     bytes_to_mb, mb_to_bytes, Device, DeviceId, EndReason, MeterMark, RunState, SessionData,

@@ -38,7 +38,7 @@ fn from_arp(ip: IpAddr, lans: &[String]) -> Option<MacAddr> {
             continue;
         }
         if let Ok(mac) = MacAddr::parse(f[3]) {
-            if mac.0 != [0; 6] {
+            if !mac.is_zero() {
                 return Some(mac);
             }
         }

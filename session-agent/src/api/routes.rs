@@ -387,8 +387,8 @@ struct NewDevice {
 
 /// A MAC a device can have: the datapath meters unicast source addresses only.
 fn client_mac(s: &str) -> Result<MacAddr, ApiError> {
-    let mac = MacAddr::parse(s)?;
-    let key = session_common::MacKey::new(mac.0);
+    let mac = session_model::parse_mac(s)?;
+    let key = mac;
     if key.is_zero() || key.is_group() {
         return Err(AgentError::NotAClientMac(key).into());
     }
@@ -418,7 +418,7 @@ async fn device_by_mac(State(st): St, mac: PathArg) -> ApiResult<DeviceView> {
     let d = st
         .gw
         .sessions()
-        .device_by_mac(MacAddr::parse(&path(mac)?)?)?;
+        .device_by_mac(session_model::parse_mac(&path(mac)?)?)?;
     Ok(Json(device_view(&st, d.id)?))
 }
 

@@ -55,7 +55,7 @@ impl Maps {
     }
 
     /// The address bindings: address -> (MAC, when the datapath last found it in use).
-    pub fn bindings(&self) -> Result<Vec<(std::net::IpAddr, MacKey, u64)>> {
+    pub fn bindings(&self) -> Result<Vec<(std::net::IpAddr, MacAddr, u64)>> {
         let map = self.binding_map()?;
         let mut out = Vec::new();
         for item in map.iter() {
@@ -89,7 +89,7 @@ impl Maps {
             expired: 0,
         };
         // Addresses each MAC holds after the sweep.
-        let mut held: HashMap<MacKey, u64> = HashMap::new();
+        let mut held: HashMap<MacAddr, u64> = HashMap::new();
         for (k, b) in all {
             let fresh = now.saturating_sub(b.last_ns) < ttl_ns;
             // Stamped again since it was read: still in use.
@@ -118,7 +118,7 @@ impl Maps {
     /// Removes every address binding of `mac` (its device moved to another
     /// MAC: the addresses are free for the new one's first claim). Returns how
     /// many were removed.
-    pub fn release_bindings(&self, mac: &MacKey) -> Result<u64> {
+    pub fn release_bindings(&self, mac: &MacAddr) -> Result<u64> {
         let mut map = self.binding_map()?;
         let mine: Vec<AddrKey> = map
             .iter()

@@ -67,7 +67,7 @@ impl Maps {
         t: &mut IdleTracker,
         now: Instant,
         idle: Duration,
-        keep: impl Fn(&MacKey) -> bool,
+        keep: impl Fn(&MacAddr) -> bool,
     ) -> Result<Forgotten> {
         let mut done = Forgotten::default();
         for (slot, pos) in std::mem::take(&mut t.retired) {

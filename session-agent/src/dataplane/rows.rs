@@ -36,7 +36,7 @@ pub struct ClientRow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Enforced {
     pub slot: u32,
-    pub mac: MacKey,
+    pub mac: MacAddr,
     /// `POLICY_*` bits.
     pub flags: u32,
     /// Bytes per second of the speed limits in force (0: unlimited).

@@ -36,7 +36,7 @@ impl Maps {
         index_find(m, seed, |pos| Some(self.key(pos).load(Ordering::Acquire)))
     }
 
-    pub fn slot_of(&self, mac: &MacKey) -> Option<u32> {
+    pub fn slot_of(&self, mac: &MacAddr) -> Option<u32> {
         match self.epoch() {
             0 => None,
             seed => match self.probe(mac_word(mac), seed) {
@@ -47,7 +47,7 @@ impl Maps {
     }
 
     /// The client's slot, taking a new one (as the datapath would) if it has none yet.
-    pub fn ensure_slot(&mut self, mac: &MacKey) -> Result<u32> {
+    pub fn ensure_slot(&mut self, mac: &MacAddr) -> Result<u32> {
         if mac.is_zero() {
             return Err(AgentError::NotAClientMac(*mac));
         }
@@ -171,14 +171,14 @@ impl Maps {
     }
 
     /// Lets the client through (or stops it), effective with the next packet.
-    pub fn set_allowed(&mut self, mac: &MacKey, allowed: bool) -> Result<u32> {
+    pub fn set_allowed(&mut self, mac: &MacAddr, allowed: bool) -> Result<u32> {
         self.set_allowed_by(mac, allowed, false)
     }
 
     /// [`Maps::set_allowed`] for the operator (`session-agent allow`): the
     /// agent keeps a client it did not let through itself (`POLICY_MANUAL`)
     /// until it is blocked. Blocking clears it either way.
-    pub fn set_allowed_by(&mut self, mac: &MacKey, allowed: bool, manual: bool) -> Result<u32> {
+    pub fn set_allowed_by(&mut self, mac: &MacAddr, allowed: bool, manual: bool) -> Result<u32> {
         let set = POLICY_ALLOWED | if manual { POLICY_MANUAL } else { 0 };
         loop {
             let slot = self.ensure_slot(mac)?;
@@ -202,7 +202,7 @@ impl Maps {
     /// Sets the client's speed limits (see [`Maps::set_rates`]), taking a slot
     /// for it if it has none. If the agent is forgetting the client meanwhile,
     /// that is finished and the limits go to a new entry, so they are not lost.
-    pub fn limit(&mut self, mac: &MacKey, up: RateLimit, down: RateLimit) -> Result<u32> {
+    pub fn limit(&mut self, mac: &MacAddr, up: RateLimit, down: RateLimit) -> Result<u32> {
         loop {
             let slot = self.ensure_slot(mac)?;
             let Some(pos) = self.position(slot) else {
@@ -222,7 +222,7 @@ impl Maps {
 
     /// Makes the entry of `mac` at `pos`, which the agent is forgetting, a
     /// tombstone now (the agent frees it), so that the MAC can take a new one.
-    pub(super) fn finish_forgetting(&self, mac: &MacKey, slot: u32, pos: u32) {
+    pub(super) fn finish_forgetting(&self, mac: &MacAddr, slot: u32, pos: u32) {
         let _ = self.key(pos).compare_exchange(
             index_key(mac_word(mac), slot),
             index_retired(slot),

@@ -41,8 +41,8 @@ pub const GATE: GateOptions = GateOptions {
     garden_pps: 0,
 };
 
-pub fn client_mac(n: u8) -> MacKey {
-    MacKey::new([0x02, 0xaa, 0, 0, 0, n])
+pub fn client_mac(n: u8) -> MacAddr {
+    MacAddr::new([0x02, 0xaa, 0, 0, 0, n])
 }
 
 pub fn client_v4(n: u8) -> Ipv4Addr {
@@ -98,7 +98,7 @@ impl Datapath {
         self.run(PROG_TC_EGRESS, frame)
     }
 
-    pub fn counters(&self, mac: MacKey) -> ClientRow {
+    pub fn counters(&self, mac: MacAddr) -> ClientRow {
         let slot = self
             .h
             .maps
@@ -111,7 +111,7 @@ impl Datapath {
             .unwrap_or_else(|| panic!("{mac}'s slot {slot} has no owner"))
     }
 
-    pub fn allow(&mut self, mac: MacKey) -> u32 {
+    pub fn allow(&mut self, mac: MacAddr) -> u32 {
         self.h.maps.set_allowed(&mac, true).unwrap()
     }
 }
