@@ -176,10 +176,28 @@ pub const POLICY_RETIRING: u32 = 64;
 /// by a session: the agent leaves it so until `block`.
 pub const POLICY_MANUAL: u32 = 128;
 
-/// `ShaperConfig::mode`: speed limits are token-bucket policers in the datapath.
-pub const SHAPER_POLICE: u32 = 0;
-/// `ShaperConfig::mode`: speed limits are HTB classes the datapath picks.
-pub const SHAPER_HTB: u32 = 1;
+/// How a LAN enforces speed limits ([`ShaperConfig::mode`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShaperMode {
+    /// Token-bucket policers in the datapath.
+    Police = 0,
+    /// HTB classes the datapath picks.
+    Htb = 1,
+}
+
+impl TryFrom<u32> for ShaperMode {
+    /// The unknown code (pins of another version).
+    type Error = u32;
+
+    fn try_from(code: u32) -> Result<Self, u32> {
+        match code {
+            0 => Ok(Self::Police),
+            1 => Ok(Self::Htb),
+            other => Err(other),
+        }
+    }
+}
 
 /// Major number (handle) of the HTB qdiscs that shape clients.
 pub const SHAPE_HTB_MAJOR: u32 = 0x5a;
@@ -198,7 +216,7 @@ pub const fn shape_classid(slot: u32) -> Option<u32> {
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct ShaperConfig {
-    /// `SHAPER_*`.
+    /// A [`ShaperMode`].
     pub mode: u32,
     /// Index of the IFB device whose HTB shapes upload; 0 = none.
     pub ifb_ifindex: u32,

@@ -12,7 +12,7 @@
 
 use std::process::{Command, Stdio};
 
-use session_common::{SHAPER_HTB, SHAPER_POLICE, SHAPE_HTB_MAJOR};
+use session_common::{ShaperMode, SHAPE_HTB_MAJOR};
 
 use crate::{
     error::{AgentError, Result},
@@ -46,17 +46,18 @@ impl Shaper {
     /// The mode as the pinned `ShaperConfig` stores it.
     pub fn mode(self) -> u32 {
         match self {
-            Shaper::Police => SHAPER_POLICE,
-            Shaper::Htb => SHAPER_HTB,
+            Shaper::Police => ShaperMode::Police as u32,
+            Shaper::Htb => ShaperMode::Htb as u32,
         }
     }
 
     /// The mode a pinned `ShaperConfig` holds; `None` for a code this
     /// version does not know (pins of another version).
     pub fn from_mode(mode: u32) -> Option<Self> {
-        [Shaper::Police, Shaper::Htb]
-            .into_iter()
-            .find(|s| s.mode() == mode)
+        match ShaperMode::try_from(mode).ok()? {
+            ShaperMode::Police => Some(Shaper::Police),
+            ShaperMode::Htb => Some(Shaper::Htb),
+        }
     }
 }
 
