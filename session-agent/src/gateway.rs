@@ -34,7 +34,8 @@ use tokio::sync::{broadcast, Mutex, Notify};
 use tracing::{debug, info, warn};
 
 use crate::{
-    dataplane::{IdleTracker, Maps, RateLimit, MIN_BURST_BYTES},
+    datapath::{Datapath, PinnedDatapath},
+    dataplane::{IdleTracker, RateLimit, MIN_BURST_BYTES},
     error::AgentError,
 };
 
@@ -199,13 +200,7 @@ impl GatewayStats {
     }
 }
 
-/// One attached LAN interface. Every LAN's maps share one client table (see
-/// [`crate::dataplane::attach`]): a device has one meter, one data budget and
-/// one speed limit whichever LAN it uses.
-pub struct Lan {
-    pub name: String,
-    pub maps: StdMutex<Maps>,
-}
+pub use crate::datapath::Lan;
 
 #[derive(Debug, Default)]
 struct Activity {
@@ -216,7 +211,8 @@ struct Activity {
 /// The running hotspot: sessions, the datapath of every LAN, and the loop between them.
 pub struct Gateway {
     mgr: Arc<SessionsMgr>,
-    lans: Vec<Lan>,
+    /// The datapath the gateway programs (see [`Datapath`]).
+    dp: Box<dyn Datapath>,
     cfg: GatewayConfig,
     /// Serialises every change of a device's kernel state with the poll.
     ops: Mutex<()>,
@@ -247,13 +243,23 @@ struct MeterTable {
 }
 
 impl Gateway {
+    /// A gateway over the pinned maps of `lans`.
     pub fn new(mgr: Arc<SessionsMgr>, lans: Vec<Lan>, cfg: GatewayConfig) -> Arc<Self> {
+        Self::with_datapath(mgr, Box::new(PinnedDatapath::new(lans)), cfg)
+    }
+
+    /// A gateway over any datapath (an in-memory one in tests).
+    pub fn with_datapath(
+        mgr: Arc<SessionsMgr>,
+        dp: Box<dyn Datapath>,
+        cfg: GatewayConfig,
+    ) -> Arc<Self> {
         mgr.set_auto_advance(cfg.auto_advance);
         mgr.set_global_speed(cfg.global_down_mbits, cfg.global_up_mbits);
         let (events, _) = broadcast::channel(4096);
         Arc::new(Self {
             mgr,
-            lans,
+            dp,
             cfg,
             ops: Mutex::new(()),
             activity: StdMutex::new(HashMap::new()),
@@ -277,7 +283,12 @@ impl Gateway {
     }
 
     pub fn lans(&self) -> &[Lan] {
-        &self.lans
+        self.dp.lans()
+    }
+
+    /// The datapath the gateway programs.
+    pub fn datapath(&self) -> &dyn Datapath {
+        self.dp.as_ref()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<GatewayEvent> {
@@ -289,27 +300,21 @@ impl Gateway {
         &self.stats
     }
 
-    /// The client table every LAN shares, through the first LAN's maps
-    /// (`None` without LANs).
-    fn table(&self) -> Option<std::sync::MutexGuard<'_, Maps>> {
-        self.lans.first().map(|l| l.maps.lock().unwrap())
-    }
-
     /// The LANs the client table serves, as metrics and logs name it.
     pub fn table_name(&self) -> String {
-        let names: Vec<&str> = self.lans.iter().map(|l| l.name.as_str()).collect();
+        let names: Vec<&str> = self.lans().iter().map(|l| l.name.as_str()).collect();
         names.join(",")
     }
 
     /// The device's current meter reading: its up+down bytes over every LAN.
     fn reading(&self, mac: MacAddr) -> MeterMark {
-        let key = mac;
-        match self.table() {
-            Some(maps) => MeterMark {
-                epoch: maps.epoch(),
-                bytes: maps
-                    .slot_of(&key)
-                    .and_then(|s| maps.usage_bytes(s).ok())
+        match self.dp.epoch() {
+            Some(epoch) => MeterMark {
+                epoch,
+                bytes: self
+                    .dp
+                    .slot_of(&mac)
+                    .and_then(|s| self.dp.usage_bytes(s).ok())
                     .unwrap_or(0),
             },
             None => MeterMark { epoch: 0, bytes: 0 },
@@ -328,24 +333,26 @@ impl Gateway {
                 Err(readings) => return Ok(readings),
             }
         }
-        let t = table.as_ref().expect("meter table just built");
-        let Some(maps) = self.table() else {
+        let Some(t) = table.as_ref() else {
             return Ok(Vec::new());
         };
-        let epoch = maps.epoch();
-        let mut out = Vec::with_capacity(t.devices.len());
-        for (&device_id, &slot) in t.devices.iter().zip(&t.slots) {
-            match maps.usage_bytes(slot) {
-                Ok(bytes) => out.push((device_id, MeterMark { epoch, bytes })),
-                Err(e) => {
-                    // A connected device's entry is never forgotten; if it
-                    // went all the same, the next poll looks the slots up again.
-                    *table = None;
-                    return Err(e);
-                }
+        let Some(epoch) = self.dp.epoch() else {
+            return Ok(Vec::new());
+        };
+        match self.dp.usage(&t.slots) {
+            Ok(bytes) => Ok(t
+                .devices
+                .iter()
+                .zip(bytes)
+                .map(|(&device_id, bytes)| (device_id, MeterMark { epoch, bytes }))
+                .collect()),
+            Err(e) => {
+                // A connected device's entry is never forgotten; if it
+                // went all the same, the next poll looks the slots up again.
+                *table = None;
+                Err(e)
             }
         }
-        Ok(out)
     }
 
     /// The meter table of the connected devices, or (when a device has no
@@ -368,20 +375,15 @@ impl Gateway {
                     .collect()
             })
             .unwrap_or_default();
-        let maps = self.table();
         let mut rows: Vec<(DeviceId, u32)> = Vec::with_capacity(connected.len());
         for (device_id, _) in &connected {
             let slot = match known.get(device_id) {
                 Some(&slot) => Some(slot),
-                None => {
-                    let key = self.mgr.device(*device_id)?.mac;
-                    maps.as_ref().and_then(|m| m.slot_of(&key))
-                }
+                None => self.dp.slot_of(&self.mgr.device(*device_id)?.mac),
             };
             match slot {
                 Some(slot) => rows.push((*device_id, slot)),
                 None => {
-                    drop(maps);
                     let mut out = Vec::with_capacity(connected.len());
                     for (device_id, _) in &connected {
                         let mac = self.mgr.device(*device_id)?.mac;
@@ -424,7 +426,6 @@ impl Gateway {
             return self.revoke(state.mac);
         };
         let mac = state.mac;
-        let key = mac;
         let (up, down) = self.limits(grant);
         let pending = match charged {
             Some(last) if fresh_budget => {
@@ -440,35 +441,11 @@ impl Gateway {
         let budget = grant
             .budget_bytes
             .map(|b| b.saturating_sub(pending).min(i64::MAX as u64) as i64);
-        let Some((first, rest)) = self.lans.split_first() else {
-            return Ok(());
-        };
-        let slot = {
-            let mut maps = first.maps.lock().unwrap();
-            let slot = maps.ensure_slot(&key)?;
-            maps.set_rates(slot, up, down)?;
-            let live = maps.flags_of(slot) & (POLICY_ALLOWED | POLICY_QUOTA)
-                == POLICY_ALLOWED | POLICY_QUOTA;
-            if fresh_budget || !live || budget.is_none() {
-                maps.set_budget(slot, budget)?;
-            }
-            slot
-        };
-        for lan in rest {
-            lan.maps.lock().unwrap().mirror_classes(slot)?;
-        }
-        first.maps.lock().unwrap().set_allowed(&key, true)?;
-        Ok(())
+        self.dp.allow(&mac, up, down, budget, fresh_budget)
     }
 
     fn revoke(&self, mac: MacAddr) -> Result<(), AgentError> {
-        let key = mac;
-        if let Some(mut maps) = self.table() {
-            if maps.slot_of(&key).is_some() {
-                maps.set_allowed(&key, false)?;
-            }
-        }
-        Ok(())
+        self.dp.block(&mac)
     }
 
     /// Connects a device: starts or resumes its session, then lets it through at
@@ -600,9 +577,15 @@ impl Gateway {
     {
         let _g = self.ops.lock().await;
         let device_id = self.mgr.session(session_id)?.device_id();
-        let device = self.mgr.device(device_id)?;
         let running = self.mgr.running_session_id(device_id)? == Some(session_id);
-        let charged = [(device_id, self.reading(device.mac))];
+        // Settling a running session ticks every connected device, which may
+        // end others' sessions too: charge every device's bytes first, as a
+        // poll does, so that none passed uncharged before a block.
+        let charged = if running {
+            self.readings()?
+        } else {
+            Vec::new()
+        };
         if running {
             self.charge(&charged).await?;
         }
@@ -612,7 +595,11 @@ impl Gateway {
             self.apply(&report, &charged)?;
             let state = self.mgr.desired(device_id)?;
             if state.grant.is_some() {
-                self.program(&state, true, Some(charged[0].1))?;
+                let mark = charged
+                    .iter()
+                    .find(|(d, _)| *d == device_id)
+                    .map(|(_, m)| *m);
+                self.program(&state, true, mark)?;
             }
         }
         Ok(session)
@@ -656,9 +643,7 @@ impl Gateway {
                 .record_meter(&[(device_id, self.reading(old.mac))])?;
         }
         // The device's addresses go with it: the new MAC claims them afresh.
-        if let Some(maps) = self.table() {
-            maps.release_bindings(&old.mac)?;
-        }
+        self.dp.release_bindings(&old.mac)?;
         self.mgr.rekey_device(device_id, new_mac)?;
         // The device's slots changed with its MAC: build the meter table afresh.
         *self.meter_table.lock().unwrap() = None;
@@ -798,10 +783,7 @@ impl Gateway {
         let first = self.check_cursor.fetch_add(CHECK_SESSIONS_PER_RUN, Relaxed) % n.max(1);
         let in_share =
             |i: usize| n <= CHECK_SESSIONS_PER_RUN || (i + n - first) % n < CHECK_SESSIONS_PER_RUN;
-        let clients = match self.table() {
-            Some(maps) => maps.enforced()?,
-            None => Vec::new(),
-        };
+        let clients = self.dp.enforced()?;
         let mut found: Vec<(Mismatch, MacAddr, Option<DeviceId>)> = Vec::new();
         for c in clients {
             let allowed = c.flags & POLICY_ALLOWED != 0;
@@ -858,12 +840,8 @@ impl Gateway {
             }
         }
         let mut out = Vec::new();
-        let Some(maps) = self.table() else {
-            return Ok(out);
-        };
         for (device_id, _) in self.mgr.connected()? {
-            let key = self.mgr.device(device_id)?.mac;
-            if let Some(slot) = maps.slot_of(&key) {
+            if let Some(slot) = self.dp.slot_of(&self.mgr.device(device_id)?.mac) {
                 out.push((device_id, slot));
             }
         }
@@ -1019,7 +997,7 @@ impl Gateway {
                 continue;
             }
             let key = d.mac;
-            if self.table().is_some_and(|m| m.slot_of(&key).is_some())
+            if self.dp.slot_of(&key).is_some()
                 || !self
                     .mgr
                     .store()
@@ -1041,14 +1019,7 @@ impl Gateway {
     /// Tells every LAN's datapath the gateway's addresses as they are now,
     /// and removes address bindings unused for the TTL.
     fn sweep_bindings(&self) -> Result<(), AgentError> {
-        for lan in &self.lans {
-            let addrs = crate::iface::gateway_addresses(&lan.name)?;
-            lan.maps.lock().unwrap().set_gateway_addrs(&addrs);
-        }
-        let Some(maps) = self.table() else {
-            return Ok(());
-        };
-        let done = maps.sweep_bindings(self.cfg.bind_ttl)?;
+        let done = self.dp.sweep_bindings(self.cfg.bind_ttl)?;
         self.stats.bindings_expired.fetch_add(done.expired, Relaxed);
         if done.expired > 0 {
             debug!(
@@ -1093,23 +1064,23 @@ impl Gateway {
         }
         let now = Instant::now();
         let mut tracker = self.idle_clients.lock().unwrap();
-        if let Some(maps) = self.table() {
-            let done = maps.forget_idle(&mut tracker, now, idle, |mac| keep.contains(mac))?;
-            self.stats
-                .clients_forgotten
-                .fetch_add(done.retired as u64, Relaxed);
-            self.stats
-                .slots_reclaimed
-                .fetch_add(done.reclaimed as u64, Relaxed);
-            if done.retired > 0 || done.freed > 0 || done.reclaimed > 0 {
-                info!(
-                    forgotten = done.retired,
-                    slots_freed = done.freed,
-                    slots_reclaimed = done.reclaimed,
-                    free_slots = maps.free_slots(),
-                    "forgot idle clients"
-                );
-            }
+        let done = self
+            .dp
+            .forget_idle(&mut tracker, now, idle, &|mac| keep.contains(mac))?;
+        self.stats
+            .clients_forgotten
+            .fetch_add(done.retired as u64, Relaxed);
+        self.stats
+            .slots_reclaimed
+            .fetch_add(done.reclaimed as u64, Relaxed);
+        if done.retired > 0 || done.freed > 0 || done.reclaimed > 0 {
+            info!(
+                forgotten = done.retired,
+                slots_freed = done.freed,
+                slots_reclaimed = done.reclaimed,
+                free_slots = self.dp.free_slots(),
+                "forgot idle clients"
+            );
         }
         Ok(())
     }

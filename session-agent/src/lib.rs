@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod daemon;
+pub mod datapath;
 pub mod dataplane;
 pub mod error;
 pub mod garden;

@@ -11,18 +11,21 @@
 //! * `time_cons` never exceeds the time the session was served and never goes
 //!   backwards.
 //!
-//! Runs the real gateway over the real pinned maps; needs root and bpffs.
-//! `SESSION_MODEL_CASES` sets the number of cases (default 200).
+//! Runs the real gateway twice: over the real pinned maps with real packets
+//! (needs root and bpffs; `SESSION_MODEL_CASES` sets the number of cases,
+//! default 200), and over the in-memory datapath (`MemDatapath`, no kernel:
+//! `SESSION_MODEL_MEM_CASES`, default 2,000).
 
 mod common;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::*;
 use proptest::prelude::*;
+use session_agent::datapath::MemDatapath;
 use session_agent::gateway::{Gateway, GatewayConfig};
 use session_model::{Clock, MacAddr, ManualClock, MemoryStore, SessionStore};
 
@@ -108,15 +111,104 @@ thread_local! {
     static SPARE: RefCell<Option<Datapath>> = const { RefCell::new(None) };
 }
 
+/// The datapath a case runs on, as the model sees it.
+trait Kernel: Sized {
+    /// A datapath whose client table is new (pins gone, as after a reboot).
+    fn fresh() -> Self;
+    /// One to start a case with (a spare one where making one is slow).
+    fn reuse() -> Self {
+        Self::fresh()
+    }
+    /// Done with a case.
+    fn recycle(self) {}
+    fn gateway(&self, store: &Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Arc<Gateway>;
+    /// `packets` UDP uploads of `payload` bytes from `mac` at `addr`: the IP
+    /// bytes that passed.
+    fn send(&self, mac: MacAddr, addr: Ipv4Addr, packets: u8, payload: u16) -> u64;
+    fn allowed(&self, mac: &MacAddr) -> bool;
+    /// The budget the datapath is spending for the client, if it is.
+    fn budget(&self, mac: &MacAddr) -> Option<i64>;
+}
+
+/// The real programs over real pinned maps, packets through BPF_PROG_TEST_RUN.
+impl Kernel for Datapath {
+    fn fresh() -> Self {
+        Datapath::new()
+    }
+    fn reuse() -> Self {
+        SPARE
+            .with(|s| s.borrow_mut().take())
+            .unwrap_or_else(Datapath::new)
+    }
+    fn recycle(self) {
+        SPARE.with(|s| *s.borrow_mut() = Some(self));
+    }
+    fn gateway(&self, store: &Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Arc<Gateway> {
+        self.h
+            .gateway_with_clock(store.clone(), clock, GatewayConfig::default())
+            .unwrap()
+    }
+    fn send(&self, mac: MacAddr, addr: Ipv4Addr, packets: u8, payload: u16) -> u64 {
+        let frame = udp4(
+            GW_MAC,
+            mac.addr,
+            addr,
+            SERVER_V4,
+            40000,
+            443,
+            payload as usize,
+        );
+        (0..packets)
+            .filter(|_| self.up(&frame) == TC_PASS)
+            .map(|_| 28 + payload as u64)
+            .sum()
+    }
+    fn allowed(&self, mac: &MacAddr) -> bool {
+        let maps = &self.h.maps;
+        maps.slot_of(mac)
+            .is_some_and(|s| maps.flags_of(s) & POLICY_ALLOWED != 0)
+    }
+    fn budget(&self, mac: &MacAddr) -> Option<i64> {
+        let maps = &self.h.maps;
+        let slot = maps.slot_of(mac)?;
+        (maps.flags_of(slot) & POLICY_QUOTA != 0).then(|| maps.budget(slot).unwrap())
+    }
+}
+
+/// The in-memory datapath: the same gateway and manager, no kernel.
+impl Kernel for Arc<MemDatapath> {
+    fn fresh() -> Self {
+        static EPOCH: AtomicU64 = AtomicU64::new(1);
+        Arc::new(MemDatapath::new(EPOCH.fetch_add(1, Ordering::Relaxed)))
+    }
+    fn gateway(&self, store: &Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Arc<Gateway> {
+        let mgr = Arc::new(session_model::SessionsMgr::new(store.clone(), clock));
+        Gateway::with_datapath(mgr, Box::new(self.clone()), GatewayConfig::default())
+    }
+    fn send(&self, mac: MacAddr, _addr: Ipv4Addr, packets: u8, payload: u16) -> u64 {
+        let len = 28 + payload as u64;
+        (0..packets)
+            .filter(|_| MemDatapath::send(self, &mac, len))
+            .map(|_| len)
+            .sum()
+    }
+    fn allowed(&self, mac: &MacAddr) -> bool {
+        MemDatapath::allowed(self, mac)
+    }
+    fn budget(&self, mac: &MacAddr) -> Option<i64> {
+        MemDatapath::budget(self, mac)
+    }
+}
+
 /// Numbers the cases, for their MACs and addresses.
 static CASE: AtomicU32 = AtomicU32::new(0);
 
-struct World {
+struct World<K: Kernel> {
     case: u32,
     rt: tokio::runtime::Runtime,
     clock: Arc<ManualClock>,
     store: Arc<dyn SessionStore>,
-    dp: Datapath,
+    dp: K,
     gw: Arc<Gateway>,
     devices: Vec<i64>,
     macs: Vec<MacAddr>,
@@ -127,17 +219,15 @@ struct World {
     log: Vec<String>,
 }
 
-impl World {
-    fn new() -> World {
+impl<K: Kernel> World<K> {
+    fn new() -> World<K> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
-        let dp = SPARE
-            .with(|s| s.borrow_mut().take())
-            .unwrap_or_else(Datapath::new);
+        let dp = K::reuse();
         let gw = Self::gateway(&dp, &store, &clock);
         let case = CASE.fetch_add(1, Ordering::Relaxed);
         let mut devices = Vec::new();
@@ -165,14 +255,9 @@ impl World {
         }
     }
 
-    fn gateway(
-        dp: &Datapath,
-        store: &Arc<dyn SessionStore>,
-        clock: &Arc<ManualClock>,
-    ) -> Arc<Gateway> {
+    fn gateway(dp: &K, store: &Arc<dyn SessionStore>, clock: &Arc<ManualClock>) -> Arc<Gateway> {
         let clock: Arc<dyn Clock> = clock.clone();
-        dp.h.gateway_with_clock(store.clone(), clock, GatewayConfig::default())
-            .unwrap()
+        dp.gateway(store, clock)
     }
 
     /// The device's IPv4 address, its own in this case.
@@ -212,22 +297,9 @@ impl World {
                 packets,
                 payload,
             } => {
-                let mac = self.macs[dev];
-                let frame = udp4(
-                    GW_MAC,
-                    mac.addr,
-                    self.addr(dev),
-                    SERVER_V4,
-                    40000,
-                    443,
-                    payload as usize,
-                );
-                let mut passed = 0u64;
-                for _ in 0..packets {
-                    if self.dp.up(&frame) == TC_PASS {
-                        passed += 28 + payload as u64;
-                    }
-                }
+                let passed = self
+                    .dp
+                    .send(self.macs[dev], self.addr(dev), packets, payload);
                 if passed > 0 {
                     let sid = self.running(dev).unwrap_or_else(|| {
                         panic!("{passed} B passed for device {dev}, which has no running session")
@@ -293,7 +365,8 @@ impl World {
                     }))
                     .unwrap();
                 if running {
-                    self.charged(dev);
+                    // Settling it charges every connected device, as a poll.
+                    self.charged_all();
                 }
             }
             Op::Rekey { dev } => {
@@ -340,7 +413,7 @@ impl World {
                             v.served = s.data().time_cons;
                         }
                     }
-                    self.dp = Datapath::new();
+                    self.dp = K::fresh();
                     self.gw = Self::gateway(&self.dp, &store, &self.clock);
                     self.rt.block_on(self.gw.reconcile()).unwrap();
                 }
@@ -353,10 +426,7 @@ impl World {
         let mgr = self.gw.sessions().clone();
         for dev in 0..DEVICES {
             let mac = self.macs[dev];
-            let maps = &self.dp.h.maps;
-            let allowed = maps
-                .slot_of(&mac)
-                .is_some_and(|s| maps.flags_of(s) & POLICY_ALLOWED != 0);
+            let allowed = self.dp.allowed(&mac);
             let running = self.running(dev);
             if allowed != running.is_some() {
                 return Err(format!(
@@ -365,28 +435,23 @@ impl World {
             }
             if let (true, Some(sid)) = (after_poll, running) {
                 let s = mgr.session(sid).unwrap();
-                let slot = maps.slot_of(&mac).unwrap();
                 if let Some(budget) = s.data().data_budget_bytes() {
-                    let kernel = maps.budget(slot).map_err(|e| e.to_string())?;
+                    let kernel = self.dp.budget(&mac);
                     let remaining = budget as i64;
-                    if maps.flags_of(slot) & POLICY_QUOTA == 0
-                        || (remaining > 0 && kernel != remaining)
-                        || (remaining == 0 && kernel > 0)
-                    {
+                    let agrees = match kernel {
+                        None => false,
+                        Some(k) => (remaining > 0 && k == remaining) || (remaining == 0 && k <= 0),
+                    };
+                    if !agrees {
                         return Err(format!(
-                            "device {dev}: session {sid} has {remaining} B left, the kernel budget is {kernel} (flags {:#x})",
-                            maps.flags_of(slot)
+                            "device {dev}: session {sid} has {remaining} B left, the kernel budget is {kernel:?}"
                         ));
                     }
                 }
             }
         }
         for mac in &self.old_macs {
-            let maps = &self.dp.h.maps;
-            if maps
-                .slot_of(mac)
-                .is_some_and(|s| maps.flags_of(s) & POLICY_ALLOWED != 0)
-            {
+            if self.dp.allowed(mac) {
                 return Err(format!(
                     "{mac}, which a device left by a rekey, is let through"
                 ));
@@ -430,8 +495,8 @@ impl World {
     }
 }
 
-fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut w = World::new();
+fn run_case<K: Kernel>(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut w = World::<K>::new();
     let mut result = Ok(());
     for (i, op) in ops.iter().enumerate() {
         w.log.push(format!("{i}: {op:?}"));
@@ -446,16 +511,18 @@ fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     let World { gw, dp, .. } = w;
     drop(gw);
-    SPARE.with(|s| *s.borrow_mut() = Some(dp));
+    dp.recycle();
     result
 }
 
-#[test]
-fn the_kernel_and_the_sessions_agree_under_any_sequence_of_events() {
-    let cases = std::env::var("SESSION_MODEL_CASES")
+fn cases(var: &str, default: u32) -> u32 {
+    std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(default)
+}
+
+fn agree_under_any_sequence<K: Kernel>(cases: u32) {
     big_stack(move || {
         let cfg = ProptestConfig {
             cases,
@@ -463,9 +530,21 @@ fn the_kernel_and_the_sessions_agree_under_any_sequence_of_events() {
             ..ProptestConfig::default()
         };
         proptest!(cfg, |(ops in proptest::collection::vec(op(), 1..40))| {
-            run_case(ops)?;
+            run_case::<K>(ops)?;
         });
     });
+}
+
+#[test]
+fn the_kernel_and_the_sessions_agree_under_any_sequence_of_events() {
+    agree_under_any_sequence::<Datapath>(cases("SESSION_MODEL_CASES", 200));
+}
+
+/// The same search over the in-memory datapath: ten times the cases in
+/// less time, with no kernel.
+#[test]
+fn the_in_memory_datapath_and_the_sessions_agree_under_any_sequence_of_events() {
+    agree_under_any_sequence::<Arc<MemDatapath>>(cases("SESSION_MODEL_MEM_CASES", 2000));
 }
 
 /// Cases the random search found, kept as they were: a charge on the way out
@@ -506,7 +585,7 @@ fn a_charge_on_the_way_out_that_ends_a_session_lets_nothing_through() {
         let mut ops = ends_data();
         ops.push(last);
         ops.push(Op::Poll);
-        big_stack(move || run_case(ops).unwrap());
+        big_stack(move || run_case::<Datapath>(ops).unwrap());
     }
     // A connect while the data is used up and only that session is left.
     let ops = vec![
@@ -524,5 +603,39 @@ fn a_charge_on_the_way_out_that_ends_a_session_lets_nothing_through() {
         Op::Connect { dev: 1 },
         Op::Poll,
     ];
-    big_stack(move || run_case(ops).unwrap());
+    big_stack(move || run_case::<Datapath>(ops).unwrap());
+}
+
+/// A case the search over the in-memory datapath found: changing one
+/// device's running session settles every connected device, and a session
+/// of another device that this ends must be charged the bytes it passed
+/// since the last poll before its device is blocked.
+#[test]
+fn a_change_to_one_session_charges_the_devices_whose_sessions_it_ends() {
+    let ops = || {
+        vec![
+            Op::NewSession {
+                dev: 2,
+                data: false,
+                amount: 5,
+            },
+            Op::NewSession {
+                dev: 1,
+                data: false,
+                amount: 5,
+            },
+            Op::Connect { dev: 2 },
+            Op::Connect { dev: 1 },
+            Op::Advance { secs: 25 },
+            Op::Traffic {
+                dev: 2,
+                packets: 1,
+                payload: 0,
+            },
+            Op::Patch { dev: 1, amount: 1 },
+            Op::Poll,
+        ]
+    };
+    big_stack(move || run_case::<Arc<MemDatapath>>(ops()).unwrap());
+    big_stack(move || run_case::<Datapath>(ops()).unwrap());
 }

@@ -1,0 +1,432 @@
+//! What the gateway needs of the datapath, as a trait: the client table every
+//! LAN shares, seen as "let this MAC through at these speeds with this
+//! budget", "hold it in the garden", "how many bytes has it moved".
+//!
+//! - [`PinnedDatapath`]: the real one, over the pinned maps of the LANs
+//!   ([`crate::dataplane::Maps`]); in HTB mode it also keeps every LAN's classes.
+//! - [`MemDatapath`]: an in-memory one that meters and enforces budgets as the
+//!   kernel does, for tests of the money path that need no kernel.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use session_common::{MacAddr, POLICY_ALLOWED, POLICY_QUOTA};
+
+use crate::{
+    dataplane::{BindingSweep, Enforced, Forgotten, IdleTracker, Maps, RateLimit},
+    error::{AgentError, Result},
+};
+
+/// One attached LAN interface. Every LAN's maps share one client table (see
+/// [`crate::dataplane::attach`]): a device has one meter, one data budget and
+/// one speed limit whichever LAN it uses.
+pub struct Lan {
+    pub name: String,
+    pub maps: Mutex<Maps>,
+}
+
+/// The datapath as the gateway drives it. Every method is quick (shared
+/// memory) except where HTB classes or the bindings map are touched.
+pub trait Datapath: Send + Sync {
+    /// The identity of the meters: counters of another epoch started again
+    /// from zero. `None` without a client table (no LAN).
+    fn epoch(&self) -> Option<u64>;
+    /// The client's slot in the table, if it has one.
+    fn slot_of(&self, mac: &MacAddr) -> Option<u32>;
+    /// Up plus down bytes the client in `slot` moved across the gateway.
+    fn usage_bytes(&self, slot: u32) -> Result<u64>;
+    /// [`Datapath::usage_bytes`] of many slots at once (the poll's read).
+    fn usage(&self, slots: &[u32]) -> Result<Vec<u64>> {
+        slots.iter().map(|&s| self.usage_bytes(s)).collect()
+    }
+    /// Lets a client through at these speeds, with `budget` bytes of data
+    /// (`None`: no data limit). With `fresh_budget` false, a budget the
+    /// datapath is already spending for it is left to run down.
+    fn allow(
+        &self,
+        mac: &MacAddr,
+        up: RateLimit,
+        down: RateLimit,
+        budget: Option<i64>,
+        fresh_budget: bool,
+    ) -> Result<()>;
+    /// Holds a client in the walled garden (nothing to do for one without a slot).
+    fn block(&self, mac: &MacAddr) -> Result<()>;
+    /// Frees the addresses bound to the client.
+    fn release_bindings(&self, mac: &MacAddr) -> Result<()>;
+    /// Every client as the datapath enforces it.
+    fn enforced(&self) -> Result<Vec<Enforced>>;
+    /// Forgets clients idle for `idle` that are not allowed and not `keep`.
+    fn forget_idle(
+        &self,
+        tracker: &mut IdleTracker,
+        now: Instant,
+        idle: Duration,
+        keep: &dyn Fn(&MacAddr) -> bool,
+    ) -> Result<Forgotten>;
+    /// Slots ready for new clients.
+    fn free_slots(&self) -> u64;
+    /// Tells the datapath the gateway's addresses as they are now, and
+    /// removes address bindings unused for `ttl`.
+    fn sweep_bindings(&self, ttl: Duration) -> Result<BindingSweep>;
+    /// The attached LANs (none for an in-memory datapath).
+    fn lans(&self) -> &[Lan];
+}
+
+/// A shared datapath (a test keeps a handle to send traffic through it).
+impl<D: Datapath> Datapath for std::sync::Arc<D> {
+    fn epoch(&self) -> Option<u64> {
+        (**self).epoch()
+    }
+    fn slot_of(&self, mac: &MacAddr) -> Option<u32> {
+        (**self).slot_of(mac)
+    }
+    fn usage_bytes(&self, slot: u32) -> Result<u64> {
+        (**self).usage_bytes(slot)
+    }
+    fn usage(&self, slots: &[u32]) -> Result<Vec<u64>> {
+        (**self).usage(slots)
+    }
+    fn allow(
+        &self,
+        mac: &MacAddr,
+        up: RateLimit,
+        down: RateLimit,
+        budget: Option<i64>,
+        fresh_budget: bool,
+    ) -> Result<()> {
+        (**self).allow(mac, up, down, budget, fresh_budget)
+    }
+    fn block(&self, mac: &MacAddr) -> Result<()> {
+        (**self).block(mac)
+    }
+    fn release_bindings(&self, mac: &MacAddr) -> Result<()> {
+        (**self).release_bindings(mac)
+    }
+    fn enforced(&self) -> Result<Vec<Enforced>> {
+        (**self).enforced()
+    }
+    fn forget_idle(
+        &self,
+        tracker: &mut IdleTracker,
+        now: Instant,
+        idle: Duration,
+        keep: &dyn Fn(&MacAddr) -> bool,
+    ) -> Result<Forgotten> {
+        (**self).forget_idle(tracker, now, idle, keep)
+    }
+    fn free_slots(&self) -> u64 {
+        (**self).free_slots()
+    }
+    fn sweep_bindings(&self, ttl: Duration) -> Result<BindingSweep> {
+        (**self).sweep_bindings(ttl)
+    }
+    fn lans(&self) -> &[Lan] {
+        (**self).lans()
+    }
+}
+
+/// The datapath of the attached LANs, through their pinned maps.
+pub struct PinnedDatapath {
+    lans: Vec<Lan>,
+}
+
+impl PinnedDatapath {
+    pub fn new(lans: Vec<Lan>) -> Self {
+        Self { lans }
+    }
+
+    /// The client table, through the first LAN's maps.
+    fn table(&self) -> Option<std::sync::MutexGuard<'_, Maps>> {
+        self.lans.first().map(|l| lock(&l.maps))
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the
+/// maps are shared memory the kernel keeps consistent, so go on.
+fn lock(m: &Mutex<Maps>) -> std::sync::MutexGuard<'_, Maps> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Datapath for PinnedDatapath {
+    fn epoch(&self) -> Option<u64> {
+        self.table().map(|m| m.epoch())
+    }
+
+    fn slot_of(&self, mac: &MacAddr) -> Option<u32> {
+        self.table()?.slot_of(mac)
+    }
+
+    fn usage_bytes(&self, slot: u32) -> Result<u64> {
+        match self.table() {
+            Some(m) => m.usage_bytes(slot),
+            None => Ok(0),
+        }
+    }
+
+    fn usage(&self, slots: &[u32]) -> Result<Vec<u64>> {
+        match self.table() {
+            Some(m) => slots.iter().map(|&s| m.usage_bytes(s)).collect(),
+            None => Ok(vec![0; slots.len()]),
+        }
+    }
+
+    /// Speed first (and in HTB mode every LAN's classes), then the budget,
+    /// then allow: the client is never let through without its limits.
+    fn allow(
+        &self,
+        mac: &MacAddr,
+        up: RateLimit,
+        down: RateLimit,
+        budget: Option<i64>,
+        fresh_budget: bool,
+    ) -> Result<()> {
+        let Some((first, rest)) = self.lans.split_first() else {
+            return Ok(());
+        };
+        let slot = {
+            let mut maps = lock(&first.maps);
+            let slot = maps.ensure_slot(mac)?;
+            maps.set_rates(slot, up, down)?;
+            let live = maps.flags_of(slot) & (POLICY_ALLOWED | POLICY_QUOTA)
+                == POLICY_ALLOWED | POLICY_QUOTA;
+            if fresh_budget || !live || budget.is_none() {
+                maps.set_budget(slot, budget)?;
+            }
+            slot
+        };
+        for lan in rest {
+            lock(&lan.maps).mirror_classes(slot)?;
+        }
+        lock(&first.maps).set_allowed(mac, true)?;
+        Ok(())
+    }
+
+    fn block(&self, mac: &MacAddr) -> Result<()> {
+        if let Some(mut maps) = self.table() {
+            if maps.slot_of(mac).is_some() {
+                maps.set_allowed(mac, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn release_bindings(&self, mac: &MacAddr) -> Result<()> {
+        if let Some(maps) = self.table() {
+            maps.release_bindings(mac)?;
+        }
+        Ok(())
+    }
+
+    fn enforced(&self) -> Result<Vec<Enforced>> {
+        match self.table() {
+            Some(m) => m.enforced(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn forget_idle(
+        &self,
+        tracker: &mut IdleTracker,
+        now: Instant,
+        idle: Duration,
+        keep: &dyn Fn(&MacAddr) -> bool,
+    ) -> Result<Forgotten> {
+        match self.table() {
+            Some(m) => m.forget_idle(tracker, now, idle, keep),
+            None => Ok(Forgotten::default()),
+        }
+    }
+
+    fn free_slots(&self) -> u64 {
+        self.table().map_or(0, |m| m.free_slots())
+    }
+
+    fn sweep_bindings(&self, ttl: Duration) -> Result<BindingSweep> {
+        for lan in &self.lans {
+            let addrs = crate::iface::gateway_addresses(&lan.name)?;
+            lock(&lan.maps).set_gateway_addrs(&addrs);
+        }
+        match self.table() {
+            Some(m) => m.sweep_bindings(ttl),
+            None => Ok(BindingSweep::default()),
+        }
+    }
+
+    fn lans(&self) -> &[Lan] {
+        &self.lans
+    }
+}
+
+/// A client of the in-memory datapath.
+#[derive(Debug, Clone, Copy, Default)]
+struct MemClient {
+    slot: u32,
+    flags: u32,
+    bytes: u64,
+    budget: i64,
+    up_rate: u64,
+    down_rate: u64,
+}
+
+/// An in-memory datapath for tests: it meters the traffic a test sends
+/// through [`MemDatapath::send`] and spends budgets the way the kernel does
+/// (a packet passes while any budget is left, so the overshoot is less than
+/// one packet). Speed limits are recorded, not enforced.
+pub struct MemDatapath {
+    epoch: u64,
+    clients: Mutex<HashMap<MacAddr, MemClient>>,
+}
+
+impl MemDatapath {
+    /// A table of its own identity (`epoch`, not 0).
+    pub fn new(epoch: u64) -> Self {
+        Self {
+            epoch: epoch.max(1),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<MacAddr, MemClient>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A packet of `len` IP bytes from or to `mac` across the gateway: true
+    /// when it passed (and was metered), false when the client was held or
+    /// its budget was spent. A new MAC takes a slot, as in the kernel.
+    pub fn send(&self, mac: &MacAddr, len: u64) -> bool {
+        let mut clients = self.clients();
+        let next = clients.len() as u32;
+        let c = clients.entry(*mac).or_insert(MemClient {
+            slot: next,
+            ..MemClient::default()
+        });
+        if c.flags & POLICY_ALLOWED == 0 {
+            return false;
+        }
+        if c.flags & POLICY_QUOTA != 0 {
+            if c.budget <= 0 {
+                return false;
+            }
+            c.budget -= len as i64;
+        }
+        c.bytes += len;
+        true
+    }
+
+    /// Whether the client is let through.
+    pub fn allowed(&self, mac: &MacAddr) -> bool {
+        self.clients()
+            .get(mac)
+            .is_some_and(|c| c.flags & POLICY_ALLOWED != 0)
+    }
+
+    /// The budget being spent for the client, if one is.
+    pub fn budget(&self, mac: &MacAddr) -> Option<i64> {
+        self.clients()
+            .get(mac)
+            .filter(|c| c.flags & POLICY_QUOTA != 0)
+            .map(|c| c.budget)
+    }
+}
+
+impl Datapath for MemDatapath {
+    fn epoch(&self) -> Option<u64> {
+        Some(self.epoch)
+    }
+
+    fn slot_of(&self, mac: &MacAddr) -> Option<u32> {
+        self.clients().get(mac).map(|c| c.slot)
+    }
+
+    fn usage_bytes(&self, slot: u32) -> Result<u64> {
+        self.clients()
+            .values()
+            .find(|c| c.slot == slot)
+            .map(|c| c.bytes)
+            .ok_or_else(|| AgentError::NoEntry {
+                iface: "memory".into(),
+                slot,
+            })
+    }
+
+    fn allow(
+        &self,
+        mac: &MacAddr,
+        up: RateLimit,
+        down: RateLimit,
+        budget: Option<i64>,
+        fresh_budget: bool,
+    ) -> Result<()> {
+        let mut clients = self.clients();
+        let next = clients.len() as u32;
+        let c = clients.entry(*mac).or_insert(MemClient {
+            slot: next,
+            ..MemClient::default()
+        });
+        (c.up_rate, c.down_rate) = (up.rate_bytes, down.rate_bytes);
+        let live = c.flags & (POLICY_ALLOWED | POLICY_QUOTA) == POLICY_ALLOWED | POLICY_QUOTA;
+        if fresh_budget || !live || budget.is_none() {
+            match budget {
+                Some(b) => {
+                    c.budget = b;
+                    c.flags |= POLICY_QUOTA;
+                }
+                None => c.flags &= !POLICY_QUOTA,
+            }
+        }
+        c.flags |= POLICY_ALLOWED;
+        Ok(())
+    }
+
+    fn block(&self, mac: &MacAddr) -> Result<()> {
+        if let Some(c) = self.clients().get_mut(mac) {
+            c.flags &= !POLICY_ALLOWED;
+        }
+        Ok(())
+    }
+
+    fn release_bindings(&self, _mac: &MacAddr) -> Result<()> {
+        Ok(())
+    }
+
+    fn enforced(&self) -> Result<Vec<Enforced>> {
+        Ok(self
+            .clients()
+            .iter()
+            .map(|(mac, c)| Enforced {
+                slot: c.slot,
+                mac: *mac,
+                flags: c.flags,
+                up_rate: c.up_rate,
+                down_rate: c.down_rate,
+            })
+            .collect())
+    }
+
+    /// Clients are never forgotten: the table holds every MAC it saw.
+    fn forget_idle(
+        &self,
+        _tracker: &mut IdleTracker,
+        _now: Instant,
+        _idle: Duration,
+        _keep: &dyn Fn(&MacAddr) -> bool,
+    ) -> Result<Forgotten> {
+        Ok(Forgotten::default())
+    }
+
+    fn free_slots(&self) -> u64 {
+        0
+    }
+
+    fn sweep_bindings(&self, _ttl: Duration) -> Result<BindingSweep> {
+        Ok(BindingSweep::default())
+    }
+
+    fn lans(&self) -> &[Lan] {
+        &[]
+    }
+}
