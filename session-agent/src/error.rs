@@ -43,6 +43,13 @@ pub enum AgentError {
     },
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
+    /// A routing-netlink request the kernel refused or could not be made.
+    #[error("{what} (netlink): {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("{what}: {source}")]
     Store {
         what: String,
@@ -54,14 +61,6 @@ pub enum AgentError {
     NoTcx,
     #[error("{what}: {message}")]
     Bpf { what: String, message: String },
-    #[error("shaping: `{command}` failed ({status}): {stderr}")]
-    ShapeCommand {
-        command: String,
-        status: String,
-        stderr: String,
-    },
-    #[error("shaping: cannot run `{command}` (--shaper htb needs iproute2's tc and ip): {source}")]
-    ShapeTool { command: String, source: io::Error },
     #[error("shaping {lan}: cannot use {name} as its IFB device: {reason}")]
     ShapeDevice {
         name: String,

@@ -2,7 +2,10 @@
 
 use std::{ffi::CString, net::IpAddr};
 
-use crate::error::{AgentError, Result};
+use crate::{
+    error::{AgentError, Result},
+    netlink,
+};
 
 /// The interface's index, or a clear error if there is none by that name.
 pub fn index(name: &str) -> Result<u32> {
@@ -14,84 +17,22 @@ pub fn index(name: &str) -> Result<u32> {
     }
 }
 
-/// Calls `f` with each entry of getifaddrs(3): its interface name and entry.
-fn each_ifaddr(mut f: impl FnMut(&[u8], &libc::ifaddrs)) -> Result<()> {
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `ifap` with a list freed below; entries are
-    // read only while it lives.
-    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
-        return Err(AgentError::from_io(
-            "listing interface addresses",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    let mut cur = ifap;
-    while !cur.is_null() {
-        // SAFETY: a non-null entry of the list, whose name is a C string.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() {
-            continue;
-        }
-        // SAFETY: the entry's name is a C string that lives as long as the list.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_bytes();
-        f(name, ifa);
-    }
-    // SAFETY: the list from getifaddrs above, freed once.
-    unsafe { libc::freeifaddrs(ifap) };
-    Ok(())
-}
-
-/// The IP address in `sa`, if it is one.
-fn ip_of(sa: *const libc::sockaddr) -> Option<IpAddr> {
-    if sa.is_null() {
-        return None;
-    }
-    // SAFETY: a sockaddr from getifaddrs, whose family says what it holds.
-    match unsafe { (*sa).sa_family } as i32 {
-        libc::AF_INET => {
-            // SAFETY: an AF_INET sockaddr is a sockaddr_in.
-            let sin = unsafe { &*(sa as *const libc::sockaddr_in) };
-            Some(IpAddr::from(
-                u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-            ))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
-            let sin6 = unsafe { &*(sa as *const libc::sockaddr_in6) };
-            Some(IpAddr::from(sin6.sin6_addr.s6_addr))
-        }
-        _ => None,
-    }
-}
-
 /// The interface's Ethernet address, or `None` for one without (a tunnel).
 pub fn mac(name: &str) -> Result<Option<[u8; 6]>> {
-    let mut out = None;
-    each_ifaddr(|n, ifa| {
-        // SAFETY: AF_PACKET entries hold a sockaddr_ll.
-        if n == name.as_bytes() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_PACKET {
-            // SAFETY: as above.
-            let ll = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_ll) };
-            if ll.sll_halen == 6 {
-                let mut m = [0u8; 6];
-                m.copy_from_slice(&ll.sll_addr[..6]);
-                out = Some(m);
-            }
-        }
-    })?;
-    Ok(out)
+    match netlink::link(name)? {
+        Some(l) => Ok(l.mac),
+        None => Err(AgentError::UnknownInterface(name.to_string())),
+    }
 }
 
 /// The IPv4 and IPv6 addresses configured on the interface.
 pub fn addresses(name: &str) -> Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    each_ifaddr(|n, ifa| {
-        if n == name.as_bytes() {
-            out.extend(ip_of(ifa.ifa_addr));
-        }
-    })?;
-    Ok(out)
+    let index = index(name)?;
+    Ok(netlink::addresses()?
+        .into_iter()
+        .filter(|a| a.ifindex == index)
+        .map(|a| a.ip)
+        .collect())
 }
 
 /// Every address traffic from `lan` to which stays on the gateway: the
@@ -99,16 +40,21 @@ pub fn addresses(name: &str) -> Result<Vec<IpAddr>> {
 /// each IPv4 subnet its broadcast and network addresses, for which the kernel
 /// keeps broadcast routes (loopback left out: never routed from a LAN).
 pub fn gateway_addresses(lan: &str) -> Result<Vec<IpAddr>> {
-    let mut out = addresses(lan)?;
-    each_ifaddr(|_, ifa| {
-        let mut found: Vec<IpAddr> = ip_of(ifa.ifa_addr).into_iter().collect();
-        if let (Some(IpAddr::V4(a)), Some(IpAddr::V4(m))) =
-            (ip_of(ifa.ifa_addr), ip_of(ifa.ifa_netmask))
-        {
-            let (a, m) = (u32::from(a), u32::from(m));
-            if m.count_ones() <= 30 {
-                found.push(IpAddr::V4((a | !m).into()));
-                found.push(IpAddr::V4((a & m).into()));
+    let lan_index = index(lan)?;
+    let all = netlink::addresses()?;
+    let mut out: Vec<IpAddr> = all
+        .iter()
+        .filter(|a| a.ifindex == lan_index)
+        .map(|a| a.ip)
+        .collect();
+    for a in &all {
+        let mut found = vec![a.ip];
+        if let IpAddr::V4(v4) = a.ip {
+            if a.prefix_len <= 30 {
+                let m = u32::MAX.checked_shl(32 - a.prefix_len as u32).unwrap_or(0);
+                let v = u32::from(v4);
+                found.push(IpAddr::V4((v | !m).into()));
+                found.push(IpAddr::V4((v & m).into()));
             }
         }
         for a in found {
@@ -116,6 +62,6 @@ pub fn gateway_addresses(lan: &str) -> Result<Vec<IpAddr>> {
                 out.push(a);
             }
         }
-    })?;
+    }
     Ok(out)
 }

@@ -12,4 +12,5 @@ pub mod garden;
 pub mod gateway;
 pub mod iface;
 pub mod memory;
+pub mod netlink;
 pub mod options;

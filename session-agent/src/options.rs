@@ -191,7 +191,7 @@ pub struct Options {
     /// How speed limits are enforced. `police`: token buckets in the datapath drop
     /// what exceeds the limit (no added latency, TCP retransmits). `htb`: per-client
     /// HTB classes queue it (no retransmits, queueing delay); needs --ingress tc and
-    /// a kernel with IFB and HTB, and iproute2's tc and ip.
+    /// a kernel with IFB and HTB.
     #[arg(long, value_enum, required = false)]
     pub shaper: Shaper,
     /// How TC programs are attached: TCX links (Linux >= 6.6) or netlink filters on a

@@ -1,12 +1,10 @@
 //! Client IP → MAC through the gateway's neighbour table (the daemon runs in the
-//! gateway's network namespace): `/proc/net/arp` for IPv4, `ip -j neigh` for IPv6
-//! (and IPv4 entries the ARP file does not show). Only entries on the agent's LAN
-//! interfaces with a link-layer address count.
+//! gateway's network namespace), read over routing netlink. Only resolved
+//! entries on the agent's LAN interfaces with a link-layer address count.
 
 use std::net::IpAddr;
 
 use axum::http::StatusCode;
-use serde::Deserialize;
 use session_model::{Device, MacAddr, ModelError};
 
 use super::ApiError;
@@ -23,89 +21,39 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn from_arp(ip: IpAddr, lans: &[String]) -> Option<MacAddr> {
-    let text = std::fs::read_to_string("/proc/net/arp").ok()?;
-    let want = ip.to_string();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // IP address, HW type, Flags, HW address, Mask, Device
-        if f.len() < 6 || f[0] != want || !lans.iter().any(|l| l == f[5]) {
-            continue;
-        }
-        let flags = u32::from_str_radix(f[2].trim_start_matches("0x"), 16).unwrap_or(0);
-        if flags & 0x2 == 0 {
-            // Not ATF_COM: incomplete.
-            continue;
-        }
-        if let Ok(mac) = MacAddr::parse(f[3]) {
-            if !mac.is_zero() {
-                return Some(mac);
-            }
-        }
-    }
-    None
-}
-
-#[derive(Deserialize)]
-struct IpNeigh {
-    #[serde(default)]
-    dev: String,
-    #[serde(default)]
-    lladdr: Option<String>,
-    #[serde(default)]
-    state: Vec<String>,
-}
-
-fn from_ip_command(ip: IpAddr, lans: &[String]) -> Result<Option<MacAddr>, ApiError> {
-    let out = std::process::Command::new("ip")
-        .args(["-j", "neigh", "show", "to", &ip.to_string()])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "neighbour_table_error",
-                format!("running `ip neigh` (iproute2): {e}"),
-            )
-        })?;
-    if !out.status.success() {
-        return Err(ApiError::new(
+/// The resolved neighbour entry for `ip` on one of the interfaces `lans`.
+fn lookup(ip: IpAddr, lans: &[u32]) -> Result<Option<MacAddr>, ApiError> {
+    let entries = crate::netlink::neighbours(ip).map_err(|e| {
+        ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "neighbour_table_error",
-            format!(
-                "`ip neigh` failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    let entries: Vec<IpNeigh> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            e.to_string(),
+        )
+    })?;
     Ok(entries
         .into_iter()
-        .filter(|e| lans.contains(&e.dev))
-        .filter(|e| !e.state.iter().any(|s| s == "FAILED" || s == "INCOMPLETE"))
-        .find_map(|e| e.lladdr.and_then(|m| MacAddr::parse(&m).ok())))
+        .filter(|e| lans.contains(&e.ifindex) && !e.unresolved)
+        .filter_map(|e| e.mac.map(MacAddr::new))
+        .find(|m| !m.is_zero()))
 }
 
 /// The MAC behind `ip` on one of the gateway's LANs.
 pub async fn mac_for_ip(gw: &Gateway, ip: IpAddr) -> Result<MacAddr, ApiError> {
     let ip = canonical(ip);
-    let lans: Vec<String> = gw.lans().iter().map(|l| l.name.clone()).collect();
-    let found = tokio::task::spawn_blocking(move || {
-        if ip.is_ipv4() {
-            if let Some(m) = from_arp(ip, &lans) {
-                return Ok(Some(m));
-            }
-        }
-        from_ip_command(ip, &lans)
-    })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            e.to_string(),
-        )
-    })??;
+    let lans: Vec<u32> = gw
+        .lans()
+        .iter()
+        .filter_map(|l| crate::iface::index(&l.name).ok())
+        .collect();
+    let found = tokio::task::spawn_blocking(move || lookup(ip, &lans))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                e.to_string(),
+            )
+        })??;
     found.ok_or_else(|| {
         ApiError::not_found(
             "unknown_ip",
