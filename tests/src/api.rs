@@ -1,13 +1,15 @@
-//! A small HTTP/1.1 client for the agent's control API on its unix socket.
+//! The agent's control API from the tests: the CLI's client and the server's
+//! view types (`session_api`), with assertions on top.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
 use serde_json::Value;
+pub use session_api::{DeviceView, SessionView, StatusView};
 
 /// One response: status code and body (JSON when the body parses, else a string).
 #[derive(Debug, Clone)]
@@ -30,40 +32,26 @@ impl Response {
     }
 }
 
+/// The control API's client (`session_api::ApiClient`, the CLI's), with the
+/// tests' conveniences: it waits for a starting agent's socket, and a failed
+/// exchange is a panic naming the request.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
-    socket: PathBuf,
+    inner: session_api::ApiClient,
 }
 
 impl ApiClient {
     pub fn new(socket: &Path) -> Self {
         Self {
-            socket: socket.to_path_buf(),
-        }
-    }
-
-    /// Connects to the socket, waiting up to 5 s for the agent to bind it.
-    fn open_stream(&self) -> std::io::Result<UnixStream> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match UnixStream::connect(&self.socket) {
-                Ok(s) => return Ok(s),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                    ) && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(e) => return Err(e),
-            }
+            inner: session_api::ApiClient::new(socket)
+                .waiting(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30)),
         }
     }
 
     /// The socket path.
     pub fn socket(&self) -> &Path {
-        &self.socket
+        self.inner.socket()
     }
 
     /// `PATCH path` with a JSON body.
@@ -80,21 +68,10 @@ impl ApiClient {
         headers: &[&str],
         body: &[u8],
     ) -> std::io::Result<Response> {
-        let mut s = self.open_stream()?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: session-agent\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for h in headers {
-            head.push_str(h);
-            head.push_str("\r\n");
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes())?;
-        // The server may answer (413) before reading a large body.
-        let _ = s.write_all(body);
-        read_response(BufReader::new(s))
+        self.inner
+            .exchange(method, path, headers, body)
+            .map(Response::from)
+            .map_err(std::io::Error::other)
     }
 
     /// Subscribes to `GET /v1/events{query}` (e.g. `?device=3`); events are collected
@@ -105,22 +82,14 @@ impl ApiClient {
 
     /// Sends one request (`Connection: close`) with an optional raw body.
     pub fn raw(&self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<Response> {
-        let mut s = self.open_stream()?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let body = body.unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: session-agent\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes())?;
-        s.write_all(body)?;
-        read_response(BufReader::new(s))
+        self.raw_with_headers(method, path, &[], body.unwrap_or_default())
     }
 
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
-        let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
-        self.raw(method, path, bytes.as_deref())
-            .unwrap_or_else(|e| panic!("{method} {path} over {}: {e}", self.socket.display()))
+        self.inner
+            .send(method, path, body)
+            .map(Response::from)
+            .unwrap_or_else(|e| panic!("{method} {path} over {}: {e}", self.socket().display()))
     }
 
     pub fn get(&self, path: &str) -> Response {
@@ -129,6 +98,15 @@ impl ApiClient {
 
     pub fn post(&self, path: &str, body: &Value) -> Response {
         self.request("POST", path, Some(body))
+    }
+
+    /// The answer to `GET path`, read as the server's view type `T`.
+    #[track_caller]
+    pub fn view<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let v = self.get(path).ok(path);
+        serde_json::from_value(v.clone()).unwrap_or_else(|e| {
+            panic!("GET {path}: not a {}: {e}: {v}", std::any::type_name::<T>())
+        })
     }
 
     /// The device with this MAC (created by the agent when it first saw the MAC, or now).
@@ -140,7 +118,8 @@ impl ApiClient {
         } else {
             r.ok("device by MAC")
         };
-        d["id"].as_i64().expect("device id")
+        let d: DeviceView = serde_json::from_value(d).expect("a device");
+        d.id
     }
 
     /// Creates a session with the Flarehotspot SDK's `CreateSession` arguments; returns its view.
@@ -184,6 +163,11 @@ impl ApiClient {
         self.get(&format!("/v1/sessions/{id}")).ok("show session")
     }
 
+    /// The session as the server's own view type.
+    pub fn session_view(&self, id: i64) -> SessionView {
+        self.view(&format!("/v1/sessions/{id}"))
+    }
+
     pub fn sessions(&self, device: i64) -> Vec<Value> {
         match self
             .get(&format!("/v1/devices/{device}/sessions"))
@@ -195,54 +179,13 @@ impl ApiClient {
     }
 }
 
-/// Reads one HTTP/1.1 response.
-fn read_response(mut r: BufReader<UnixStream>) -> std::io::Result<Response> {
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut len = None;
-    let mut chunked = false;
-    loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let lower = l.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            len = v.trim().parse::<usize>().ok();
-        }
-        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-            chunked = true;
+impl From<session_api::Reply> for Response {
+    fn from(r: session_api::Reply) -> Self {
+        Self {
+            status: r.status,
+            body: r.body,
         }
     }
-    let mut buf = Vec::new();
-    if chunked {
-        loop {
-            line.clear();
-            r.read_line(&mut line)?;
-            let n = usize::from_str_radix(line.trim(), 16).map_err(std::io::Error::other)?;
-            if n == 0 {
-                break;
-            }
-            let mut chunk = vec![0; n + 2];
-            r.read_exact(&mut chunk)?;
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    } else if let Some(n) = len {
-        buf.resize(n, 0);
-        r.read_exact(&mut buf)?;
-    } else {
-        r.read_to_end(&mut buf)?;
-    }
-    let body = serde_json::from_slice(&buf)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&buf).into_owned()));
-    Ok(Response { status, body })
 }
 
 /// A subscription to the agent's server-sent events, read on a background thread.
@@ -255,8 +198,11 @@ pub struct EventStream {
 impl EventStream {
     fn open(api: &ApiClient, query: &str) -> EventStream {
         let mut s = api
-            .open_stream()
-            .unwrap_or_else(|e| panic!("events: connect {}: {e}", api.socket.display()));
+            .inner
+            .stream()
+            .unwrap_or_else(|e| panic!("events: connect {}: {e}", api.socket().display()));
+        // The stream stays open: no read timeout.
+        s.set_read_timeout(None).expect("events: no timeout");
         let head = format!(
             "GET /v1/events{query} HTTP/1.1\r\nHost: session-agent\r\nAccept: text/event-stream\r\n\r\n"
         );

@@ -3,13 +3,14 @@
 //! RFC 8908 captive-portal API for clients on its own TCP listener.
 
 mod captive;
-pub mod client;
 mod error;
 mod events;
 mod metrics;
 mod neigh;
 mod routes;
 pub mod views;
+
+pub use session_api::client;
 
 use std::{
     net::SocketAddr,

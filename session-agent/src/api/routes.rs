@@ -22,7 +22,7 @@ use crate::error::AgentError;
 
 use super::{
     events, metrics, neigh,
-    views::{ConnectedView, LanView, StatusView},
+    views::{self, ConnectedView, LanView, StatusView},
     ApiError, ApiState, DeviceView, SessionView,
 };
 
@@ -291,12 +291,12 @@ fn now(st: &ApiState) -> i64 {
 
 pub(crate) fn device_view(st: &ApiState, id: DeviceId) -> Result<DeviceView, ApiError> {
     let d = st.gw.sessions().device(id)?;
-    Ok(DeviceView::new(&d, st.gw.sessions().is_connected(id)?))
+    Ok(views::device_view(&d, st.gw.sessions().is_connected(id)?))
 }
 
 fn view(st: &ApiState, s: &ClientSession) -> Result<SessionView, ApiError> {
     let running = st.gw.sessions().running_session_id(s.device_id())? == Some(s.id());
-    Ok(SessionView::at(s, running, now(st)))
+    Ok(views::session_view(s, running, now(st)))
 }
 
 fn session_view(st: &ApiState, id: SessionId) -> Result<SessionView, ApiError> {
@@ -370,7 +370,7 @@ async fn list_devices(State(st): St) -> ApiResult<Vec<DeviceView>> {
     Ok(Json(
         devices
             .iter()
-            .map(|d| DeviceView::new(d, connected.contains(&d.id)))
+            .map(|d| views::device_view(d, connected.contains(&d.id)))
             .collect(),
     ))
 }
@@ -407,7 +407,7 @@ async fn create_device(State(st): St, Body(b): Body<NewDevice>) -> Result<Respon
         ));
     }
     let d = st.gw.sessions().create_device(mac, b.ip, b.hostname)?;
-    Ok(created(DeviceView::new(&d, false)))
+    Ok(created(views::device_view(&d, false)))
 }
 
 async fn show_device(State(st): St, DevId(id): DevId) -> ApiResult<DeviceView> {
@@ -483,7 +483,7 @@ async fn device_sessions(State(st): St, DevId(id): DevId) -> ApiResult<Vec<Sessi
     Ok(Json(
         sessions
             .iter()
-            .map(|s| SessionView::at(s, Some(s.id()) == running, now))
+            .map(|s| views::session_view(s, Some(s.id()) == running, now))
             .collect(),
     ))
 }
@@ -541,7 +541,7 @@ async fn current_session(State(st): St, DevId(id): DevId) -> ApiResult<Option<Se
         st.gw
             .sessions()
             .curr_session(id)?
-            .map(|s| SessionView::at(&s, true, now)),
+            .map(|s| views::session_view(&s, true, now)),
     ))
 }
 

@@ -1,5 +1,5 @@
-//! A small blocking HTTP/1.1 client for the control API on its unix socket, used
-//! by the CLI (which never opens the database itself).
+//! A small blocking HTTP/1.1 client for the control API on its unix socket,
+//! used by the CLI (which never opens the database itself) and by the tests.
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
@@ -34,8 +34,13 @@ pub struct Reply {
     pub body: Value,
 }
 
+#[derive(Debug, Clone)]
 pub struct ApiClient {
     socket: PathBuf,
+    /// How long to wait for the agent to bind its socket.
+    connect_wait: Duration,
+    /// Longest wait for an answer (`None`: no limit).
+    read_timeout: Option<Duration>,
 }
 
 struct Head {
@@ -48,6 +53,53 @@ impl ApiClient {
     pub fn new(socket: &Path) -> Self {
         Self {
             socket: socket.to_path_buf(),
+            connect_wait: Duration::ZERO,
+            read_timeout: None,
+        }
+    }
+
+    /// Waits up to `wait` for the agent to bind its socket (one just started).
+    pub fn waiting(mut self, wait: Duration) -> Self {
+        self.connect_wait = wait;
+        self
+    }
+
+    /// Gives up on an answer after `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = Some(timeout);
+        self
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A connection to the socket, waiting for it as [`ApiClient::waiting`] says.
+    pub fn stream(&self) -> Result<UnixStream, ClientError> {
+        let deadline = std::time::Instant::now() + self.connect_wait;
+        loop {
+            match UnixStream::connect(&self.socket) {
+                Ok(s) => {
+                    s.set_read_timeout(self.read_timeout)
+                        .map_err(|e| self.io(e))?;
+                    return Ok(s);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(err) => {
+                    return Err(ClientError::Connect {
+                        socket: self.socket.clone(),
+                        err,
+                    })
+                }
+            }
         }
     }
 
@@ -58,24 +110,35 @@ impl ApiClient {
         }
     }
 
+    /// Sends a request (`Connection: close`) with `headers` (`Name: value`
+    /// lines; `Content-Type: application/json` unless one is given) and reads
+    /// the answer's head.
     fn open(
         &self,
         method: &str,
         path: &str,
-        body: Option<&Value>,
+        headers: &[&str],
+        body: &[u8],
     ) -> Result<(BufReader<UnixStream>, Head), ClientError> {
-        let mut s = UnixStream::connect(&self.socket).map_err(|err| ClientError::Connect {
-            socket: self.socket.clone(),
-            err,
-        })?;
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: session-agent\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        let mut s = self.stream()?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: session-agent\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
         );
-        s.write_all(head.as_bytes())
-            .and_then(|_| s.write_all(body.as_bytes()))
-            .map_err(|e| self.io(e))?;
+        if !headers
+            .iter()
+            .any(|h| h.to_ascii_lowercase().starts_with("content-type:"))
+        {
+            head.push_str("Content-Type: application/json\r\n");
+        }
+        for h in headers {
+            head.push_str(h);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).map_err(|e| self.io(e))?;
+        // The server may answer (413) before reading a large body.
+        let _ = s.write_all(body);
         let mut r = BufReader::new(s);
         let mut line = String::new();
         r.read_line(&mut line).map_err(|e| self.io(e))?;
@@ -115,7 +178,20 @@ impl ApiClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Reply, ClientError> {
-        let (mut r, h) = self.open(method, path, body)?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        self.exchange(method, path, &[], body.as_bytes())
+    }
+
+    /// Sends a request with a raw body and extra header lines, and returns
+    /// the reply, whatever its status.
+    pub fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[&str],
+        body: &[u8],
+    ) -> Result<Reply, ClientError> {
+        let (mut r, h) = self.open(method, path, headers, body)?;
         let mut buf = Vec::new();
         if h.chunked {
             let mut line = String::new();
@@ -172,7 +248,7 @@ impl ApiClient {
         timeout: Option<Duration>,
         mut on_event: impl FnMut(&str, &str) -> bool,
     ) -> Result<(), ClientError> {
-        let (r, h) = self.open("GET", path, None)?;
+        let (r, h) = self.open("GET", path, &["Accept: text/event-stream"], b"")?;
         if !(200..300).contains(&h.status) {
             // Read the error body the ordinary way.
             drop(r);
@@ -180,7 +256,7 @@ impl ApiClient {
             return Err(ClientError::Protocol(format!("HTTP {}", h.status)));
         }
         r.get_ref()
-            .set_read_timeout(timeout)
+            .set_read_timeout(timeout.or(self.read_timeout))
             .map_err(|e| self.io(e))?;
         let mut body: Box<dyn BufRead> = if h.chunked {
             Box::new(BufReader::new(Dechunk {

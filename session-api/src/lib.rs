@@ -1,0 +1,12 @@
+//! The session-agent control API as its clients see it, shared by the agent
+//! (which sends these types), its CLI and the tests (which read them):
+//!
+//! - [`views`]: what the API shows of devices, sessions and the agent, and
+//!   its error body.
+//! - [`client`]: a blocking HTTP/1.1 client for the API's unix socket.
+
+pub mod client;
+pub mod views;
+
+pub use client::{ApiClient, ClientError, Reply};
+pub use views::{ApiErrorBody, ConnectedView, DeviceView, LanView, SessionView, StatusView};

@@ -1,0 +1,93 @@
+//! What the API shows of devices, sessions and the agent: the server
+//! serialises these, the CLI and the tests deserialise them.
+
+use serde::{Deserialize, Serialize};
+
+/// A device's id.
+pub type DeviceId = i64;
+/// A session's id.
+pub type SessionId = u64;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceView {
+    pub id: DeviceId,
+    pub mac: String,
+    pub ip: Option<String>,
+    pub hostname: Option<String>,
+    pub created_at: i64,
+    pub connected: bool,
+}
+
+/// A session with everything a portal shows: allocation, consumption, what remains, expiry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionView {
+    pub id: SessionId,
+    pub device_id: DeviceId,
+    pub provider: String,
+    /// 0 = time, 1 = data, 2 = time_or_data.
+    #[serde(rename = "type")]
+    pub session_type: u8,
+    pub time_secs: u64,
+    /// Megabytes (1 MB = 1,000,000 bytes).
+    pub data_mb: f64,
+    pub data_bytes: u64,
+    pub time_cons: u64,
+    pub data_cons: f64,
+    pub data_cons_bytes: u64,
+    pub remaining_time: u64,
+    pub remaining_data: f64,
+    pub remaining_data_bytes: u64,
+    pub started_at: Option<i64>,
+    pub exp_days: Option<u32>,
+    pub expires_at: Option<i64>,
+    pub down_mbits: i32,
+    pub up_mbits: i32,
+    pub use_global_speed: bool,
+    pub created_at: i64,
+    /// This session is the device's running one.
+    pub running: bool,
+    /// `running`, `paused` (started, not running), `unstarted`, `consumed` or `expired`.
+    pub status: String,
+}
+
+/// The Flarehotspot SDK's `IsConnected`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectedView {
+    pub device_id: DeviceId,
+    pub connected: bool,
+    /// The running session, when connected.
+    pub session_id: Option<SessionId>,
+}
+
+/// One attached LAN in `/v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LanView {
+    pub name: String,
+    /// Client MACs in the datapath's client table, which every LAN shares
+    /// (the same number for each LAN).
+    pub clients: u32,
+}
+
+/// `/v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub lans: Vec<LanView>,
+    pub devices: u64,
+    pub connected: u64,
+    pub sessions: u64,
+    pub providers: Vec<String>,
+    pub poll_interval_ms: u64,
+    pub auto_advance: bool,
+    pub polls: u64,
+    pub last_poll_us: u64,
+}
+
+/// Every error the API answers: a stable code to branch on and a message
+/// that names the fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    pub code: String,
+    pub message: String,
+}
