@@ -9,7 +9,6 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde::Serialize;
 use session_model::{ModelError, StoreError};
 
 use crate::error::AgentError;
@@ -19,12 +18,6 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
-    message: &'a str,
 }
 
 impl ApiError {
@@ -58,9 +51,9 @@ impl IntoResponse for ApiError {
         }
         (
             self.status,
-            Json(Body {
-                code: self.code,
-                message: &self.message,
+            Json(session_api::ApiErrorBody {
+                code: self.code.to_string(),
+                message: self.message,
             }),
         )
             .into_response()

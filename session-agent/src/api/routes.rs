@@ -770,6 +770,81 @@ mod tests {
         );
     }
 
+    /// The document's schemas of what the API answers have exactly the
+    /// fields the server's view types serialise.
+    #[test]
+    fn the_documented_answers_are_the_view_types() {
+        use session_api::views::*;
+        let doc: serde_json::Value = serde_json::from_str(super::super::OPENAPI).unwrap();
+        let fields = |v: serde_json::Value| -> BTreeSet<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        let session = SessionView {
+            id: 1,
+            device_id: 1,
+            provider: "local".into(),
+            session_type: 0,
+            time_secs: 0,
+            data_mb: 0.0,
+            data_bytes: 0,
+            time_cons: 0,
+            data_cons: 0.0,
+            data_cons_bytes: 0,
+            remaining_time: 0,
+            remaining_data: 0.0,
+            remaining_data_bytes: 0,
+            started_at: None,
+            exp_days: None,
+            expires_at: None,
+            down_mbits: 0,
+            up_mbits: 0,
+            use_global_speed: false,
+            created_at: 0,
+            running: false,
+            status: "unstarted".into(),
+        };
+        let device = DeviceView {
+            id: 1,
+            mac: "02:00:00:00:00:01".into(),
+            ip: None,
+            hostname: None,
+            created_at: 0,
+            connected: false,
+        };
+        let status = StatusView {
+            version: "0".into(),
+            uptime_secs: 0,
+            lans: vec![],
+            devices: 0,
+            connected: 0,
+            sessions: 0,
+            providers: vec![],
+            poll_interval_ms: 0,
+            auto_advance: true,
+            polls: 0,
+            last_poll_us: 0,
+        };
+        let connected = ConnectedView {
+            device_id: 1,
+            connected: false,
+            session_id: None,
+        };
+        let error = ApiErrorBody {
+            code: "x".into(),
+            message: "y".into(),
+        };
+        for (name, v) in [
+            ("Session", serde_json::to_value(session).unwrap()),
+            ("Device", serde_json::to_value(device).unwrap()),
+            ("Status", serde_json::to_value(status).unwrap()),
+            ("Connected", serde_json::to_value(connected).unwrap()),
+            ("Error", serde_json::to_value(error).unwrap()),
+        ] {
+            let schema = &doc["components"]["schemas"][name]["properties"];
+            assert_eq!(fields(schema.clone()), fields(v), "schema {name}");
+        }
+    }
+
     #[test]
     fn every_error_response_is_json() {
         let doc: serde_json::Value = serde_json::from_str(super::super::OPENAPI).unwrap();
