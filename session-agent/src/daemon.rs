@@ -122,14 +122,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 let Ok(mut guard) = fd.readable_mut().await else {
                     break;
                 };
-                while let Some(item) = guard.get_inner_mut().next() {
-                    handle_event(&gw, &lan_name, &item);
-                }
+                // A new client is a store write: off the worker's async duty.
+                tokio::task::block_in_place(|| {
+                    while let Some(item) = guard.get_inner_mut().next() {
+                        handle_event(&gw, &lan_name, &item);
+                    }
+                });
                 guard.clear_ready();
             }
         });
     }
-    tasks.spawn(gateway.clone().run_loop());
+    // The poll has a thread of its own: its store writes never hold up the
+    // API, and the API's never delay a poll.
+    let rt = tokio::runtime::Handle::current();
+    let poller = gateway.clone();
+    tasks.spawn_blocking(move || rt.block_on(poller.run_loop()));
     let mut session_events = gateway.session_events();
     tasks.spawn(async move {
         loop {
@@ -174,6 +181,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         r = &mut api => warn!("the control API stopped: {r:?}"),
     }
     api.abort();
+    gateway.stop();
     tasks.shutdown().await;
     // Charge what was counted since the last poll and make it durable.
     gateway.poll().await?;

@@ -219,6 +219,8 @@ pub struct Gateway {
     activity: StdMutex<HashMap<DeviceId, Activity>>,
     events: broadcast::Sender<GatewayEvent>,
     wake: Notify,
+    /// Set by [`Gateway::stop`]: the run loop ends.
+    stopped: std::sync::atomic::AtomicBool,
     stats: GatewayStats,
     /// Where the poll reads each connected device's meter.
     meter_table: StdMutex<Option<MeterTable>>,
@@ -265,6 +267,7 @@ impl Gateway {
             activity: StdMutex::new(HashMap::new()),
             events,
             wake: Notify::new(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             stats: GatewayStats::default(),
             meter_table: StdMutex::new(None),
             rekeys: AtomicU64::new(0),
@@ -909,7 +912,14 @@ impl Gateway {
         self.wake.notify_one();
     }
 
-    /// Polls until the task is dropped; a quota event wakes it early.
+    /// Ends [`Gateway::run_loop`] after the round it is in.
+    pub fn stop(&self) {
+        self.stopped.store(true, Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Polls until [`Gateway::stop`] (or until the task is dropped); a quota
+    /// event wakes it early.
     pub async fn run_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.cfg.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -922,6 +932,9 @@ impl Gateway {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.wake.notified() => {}
+            }
+            if self.stopped.load(Relaxed) {
+                return;
             }
             if let Err(e) = self.poll().await {
                 self.stats.poll_errors.fetch_add(1, Relaxed);

@@ -85,6 +85,30 @@ routes! {
     "/v1/openapi.json" => get(openapi);
 }
 
+// ----- running ------------------------------------------------------------------------
+
+/// Runs an operation that writes the store (a redb commit fsyncs) and
+/// programs the datapath on a blocking thread, so the runtime's workers go
+/// on serving (and polling) meanwhile.
+async fn off_runtime<T, E, F, Fut>(st: &Arc<ApiState>, op: F) -> Result<T, ApiError>
+where
+    F: FnOnce(Arc<crate::gateway::Gateway>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: Into<ApiError> + Send + 'static,
+    T: Send + 'static,
+{
+    let gw = st.gw.clone();
+    let rt = tokio::runtime::Handle::current();
+    match tokio::task::spawn_blocking(move || rt.block_on(op(gw))).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            format!("the operation did not finish: {e}"),
+        )),
+    }
+}
+
 // ----- input -------------------------------------------------------------------------
 
 fn path(p: PathArg) -> Result<String, ApiError> {
@@ -406,7 +430,10 @@ async fn create_device(State(st): St, Body(b): Body<NewDevice>) -> Result<Respon
             format_args!("at most {MAX_HOSTNAME} characters"),
         ));
     }
-    let d = st.gw.sessions().create_device(mac, b.ip, b.hostname)?;
+    let d = off_runtime(&st, move |gw| async move {
+        gw.sessions().create_device(mac, b.ip, b.hostname)
+    })
+    .await?;
     Ok(created(views::device_view(&d, false)))
 }
 
@@ -442,7 +469,7 @@ struct Rekey {
 
 async fn rekey(State(st): St, DevId(id): DevId, Body(b): Body<Rekey>) -> ApiResult<DeviceView> {
     let mac = client_mac(&b.mac)?;
-    st.gw.rekey(id, mac).await?;
+    off_runtime(&st, move |gw| async move { gw.rekey(id, mac).await }).await?;
     Ok(Json(device_view(&st, id)?))
 }
 
@@ -460,7 +487,11 @@ async fn delete_device(
     q: Result<Query<Force>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Query(f) = q?;
-    st.gw.remove_device(id, f.force).await?;
+    off_runtime(
+        &st,
+        move |gw| async move { gw.remove_device(id, f.force).await },
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -470,7 +501,10 @@ async fn delete_session(
     q: Result<Query<Force>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Query(f) = q?;
-    st.gw.remove_session(id, f.force).await?;
+    off_runtime(&st, move |gw| async move {
+        gw.remove_session(id, f.force).await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -518,20 +552,21 @@ async fn create_session(
     check_exp_days(b.exp_days)?;
     check_mbits("down_mbits", b.down_mbits)?;
     check_mbits("up_mbits", b.up_mbits)?;
-    let s = st
-        .gw
-        .sessions()
-        .create_session(
-            id,
-            b.session_type,
-            b.time_secs,
-            b.data_mb,
-            b.exp_days,
-            b.down_mbits,
-            b.up_mbits,
-            b.use_global_speed,
-        )
-        .await?;
+    let s = off_runtime(&st, move |gw| async move {
+        gw.sessions()
+            .create_session(
+                id,
+                b.session_type,
+                b.time_secs,
+                b.data_mb,
+                b.exp_days,
+                b.down_mbits,
+                b.up_mbits,
+                b.use_global_speed,
+            )
+            .await
+    })
+    .await?;
     Ok(created(view(&st, &s)?))
 }
 
@@ -574,7 +609,10 @@ async fn connect(
     BodyOr(n): BodyOr<Notification>,
 ) -> ApiResult<SessionView> {
     check_notification(&n.notification)?;
-    let s = st.gw.connect(id, &n.notification).await?;
+    let s = off_runtime(&st, move |gw| async move {
+        gw.connect(id, &n.notification).await
+    })
+    .await?;
     Ok(Json(view(&st, &s)?))
 }
 
@@ -584,7 +622,10 @@ async fn disconnect(
     BodyOr(n): BodyOr<Notification>,
 ) -> ApiResult<DeviceView> {
     check_notification(&n.notification)?;
-    st.gw.disconnect(id, &n.notification).await?;
+    off_runtime(&st, move |gw| async move {
+        gw.disconnect(id, &n.notification).await
+    })
+    .await?;
     Ok(Json(device_view(&st, id)?))
 }
 
@@ -686,7 +727,10 @@ async fn patch_session(
 ) -> ApiResult<SessionView> {
     p.check()?;
     st.gw.sessions().session(id)?;
-    let s = st.gw.update_session(id, |s| p.apply(s)).await?;
+    let s = off_runtime(&st, move |gw| async move {
+        gw.update_session(id, move |s| p.apply(s)).await
+    })
+    .await?;
     Ok(Json(view(&st, &s)?))
 }
 
@@ -708,13 +752,14 @@ async fn inc_session(
     check_secs("time_cons", inc.time_cons)?;
     check_mb("data_cons", inc.data_cons)?;
     st.gw.sessions().session(id)?;
-    let s = st
-        .gw
-        .update_session(id, |s| {
+    let s = off_runtime(&st, move |gw| async move {
+        gw.update_session(id, move |s| {
             s.inc_time_cons(inc.time_cons);
             s.inc_data_cons(inc.data_cons)
         })
-        .await?;
+        .await
+    })
+    .await?;
     Ok(Json(view(&st, &s)?))
 }
 
@@ -722,7 +767,10 @@ async fn inc_session(
 /// programs the datapath again when it runs.
 async fn save_session(State(st): St, SessId(id): SessId) -> ApiResult<SessionView> {
     st.gw.sessions().session(id)?;
-    let s = st.gw.update_session(id, |_| Ok(())).await?;
+    let s = off_runtime(&st, move |gw| async move {
+        gw.update_session(id, |_| Ok(())).await
+    })
+    .await?;
     Ok(Json(view(&st, &s)?))
 }
 
