@@ -797,7 +797,7 @@ impl Gateway {
                 None => continue,
                 Some((_, d)) if !allowed => (Mismatch::BlockedWhileConnected, Some(d)),
                 Some((i, d)) if in_share(i) => {
-                    let Some(grant) = self.mgr.desired(d)?.grant else {
+                    let Some(grant) = self.mgr.granted(d)? else {
                         continue;
                     };
                     let (up, down) = self.limits(&grant);

@@ -398,15 +398,18 @@ impl SessionsMgr {
     /// What the datapath should hold for a device now: its running session's
     /// grant, or nothing (held in the walled garden).
     pub fn desired(&self, device_id: DeviceId) -> Result<Desired, ModelError> {
-        let mac = self.device(device_id)?.mac;
-        let grant = self
-            .curr_session(device_id)?
-            .map(|s| self.grant(s.data(), s.id()));
         Ok(Desired {
             device_id,
-            mac,
-            grant,
+            mac: self.device(device_id)?.mac,
+            grant: self.granted(device_id)?,
         })
+    }
+
+    /// The grant of the device's running session, if one runs (see [`SessionsMgr::desired`]).
+    pub fn granted(&self, device_id: DeviceId) -> Result<Option<Grant>, ModelError> {
+        Ok(self
+            .curr_session(device_id)?
+            .map(|s| self.grant(s.data(), s.id())))
     }
 
     /// Charges the bytes a device moved between its last reading and the

@@ -46,14 +46,14 @@ fn single(out: &mut String, (name, kind): (&str, &str), help: &str, value: impl 
 /// pair (`label` empty: no extra label).
 fn client_family(
     out: &mut String,
-    per_lan: &[(String, usize, Vec<ClientRow>)],
+    tables: &[(String, usize, Vec<ClientRow>)],
     (name, kind): (&str, &str),
     help: &str,
     label: &str,
     values: impl Fn(&ClientRow) -> Vec<(&'static str, u64)>,
 ) {
     head(out, name, kind, help);
-    for (lan, _, rows) in per_lan {
+    for (lan, _, rows) in tables {
         for r in rows {
             for (value, v) in values(r) {
                 let extra = if label.is_empty() {
@@ -89,7 +89,7 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
 
     // One client table serves every LAN: its clients are listed once, under
     // the names of the LANs it serves ("lan0,lan1").
-    let mut per_lan = Vec::new();
+    let mut tables = Vec::new();
     let mut datapath_stats = Vec::new();
     for (i, lan) in st.gw.lans().iter().enumerate() {
         let Ok(m) = lan.maps.lock() else { continue };
@@ -99,7 +99,7 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
             rows.sort_by_key(|r| std::cmp::Reverse(r.up_bytes.saturating_add(r.down_bytes)));
             let total = rows.len();
             rows.truncate(top);
-            per_lan.push((st.gw.table_name(), total, rows));
+            tables.push((st.gw.table_name(), total, rows));
         }
     }
 
@@ -109,7 +109,7 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
         "gauge",
         "Client MACs in the datapath's client table (one, shared by the LANs named).",
     );
-    for (lan, total, _) in &per_lan {
+    for (lan, total, _) in &tables {
         let _ = writeln!(
             out,
             "session_agent_clients{{lan=\"{}\"}} {total}",
@@ -122,7 +122,7 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
         "gauge",
         "Clients without per-client series (beyond the metrics_top_clients busiest).",
     );
-    for (lan, total, rows) in &per_lan {
+    for (lan, total, rows) in &tables {
         let _ = writeln!(
             out,
             "session_agent_clients_unlisted{{lan=\"{}\"}} {}",
@@ -133,7 +133,7 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
 
     client_family(
         &mut out,
-        &per_lan,
+        &tables,
         ("session_agent_client_bytes_total", "counter"),
         "IP-layer bytes of a client: up (sent), down (received), garden (walled garden), blocked.",
         "direction",
@@ -148,7 +148,7 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
     );
     client_family(
         &mut out,
-        &per_lan,
+        &tables,
         ("session_agent_client_packets_total", "counter"),
         "Packets of a client counted as usage: up (sent), down (received).",
         "direction",
@@ -156,7 +156,7 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
     );
     client_family(
         &mut out,
-        &per_lan,
+        &tables,
         ("session_agent_client_drops_total", "counter"),
         "Packets of a client dropped by the datapath, by reason.",
         "reason",
@@ -174,7 +174,7 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
     );
     client_family(
         &mut out,
-        &per_lan,
+        &tables,
         ("session_agent_client_addresses", "gauge"),
         "Addresses bound to a client now (anti-spoofing).",
         "",
@@ -220,7 +220,7 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
     }
     client_family(
         &mut out,
-        &per_lan,
+        &tables,
         ("session_agent_client_allowed", "gauge"),
         "1 when the datapath lets the client through.",
         "",

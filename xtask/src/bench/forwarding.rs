@@ -16,7 +16,8 @@
 //! Every setup has its own hotspot (identical topology), so runs interleave
 //! without reconfiguration. 64-byte UDP: a generator in the access point's
 //! namespace sends prebuilt frames straight onto the uplink (`up0`) with
-//! source MACs rotating over the configured clients, to the gateway's LAN
+//! source MACs rotating over the configured clients (each from its own
+//! address), to the gateway's LAN
 //! MAC and an address routed to the server; the rate is what arrives on the
 //! server's interface. Bulk TCP: one iperf3 download flow to the real client.
 //! Before the setups, a probe of the machine's memory (see [`super::memory`])
@@ -224,15 +225,17 @@ impl Setup {
         );
         let clients = Clients::new(&hs, n);
         let gw_mac = parse_mac(&hs.gw_lan_mac);
-        let src_ip = hs.clients[0].ipv4;
+        // Each client sends from its own address, as real ones do: with
+        // anti-spoofing, an address is bound to the first MAC that uses it.
         let frames: Vec<Vec<u8>> = clients
             .macs
             .iter()
+            .zip(&clients.ips)
             .enumerate()
-            .map(|(i, m)| {
+            .map(|(i, (m, ip))| {
                 let mut f = eth(gw_mac, parse_mac(m), ETH_P_IPV4);
                 f.extend_from_slice(&ipv4_udp(
-                    src_ip,
+                    *ip,
                     SINK,
                     10_000 + (i % 50_000) as u16,
                     9,
@@ -586,7 +589,7 @@ pub fn run(opts: &Opts) -> Result<(Vec<Measurement>, Vec<String>)> {
     }
     let notes = vec![
         "Each dataplane runs on its own copy of the hotspot (client, access point bridge, gateway, server namespaces), so runs interleave without reconfiguring; each ratio is the median over runs of (figure / `no_program` figure of the same run).".into(),
-        "64-byte UDP (60-byte frames, IP length 46), each run three rounds of 0.4 s windows over all dataplanes in turn: an AF_PACKET generator (sendmmsg, qdisc bypass, one thread) in the access point namespace sends prebuilt frames onto the gateway uplink with source MACs rotating over all configured clients; packets/s is what arrives on the server's interface. The generator and the forwarding share one CPU (veth delivers in the sender's context), so packets/s is the rate of the whole path on one core, as much of it as the shared machine gave; packets per CPU-second divides by the generator thread's CPU time (system time included, which is where the forwarding runs), so it does not depend on that share.".into(),
+        "64-byte UDP (60-byte frames, IP length 46), each run three rounds of 0.4 s windows over all dataplanes in turn: an AF_PACKET generator (sendmmsg, qdisc bypass, one thread) in the access point namespace sends prebuilt frames onto the gateway uplink with source MACs rotating over all configured clients, each client from its own IPv4 address (with anti-spoofing an address belongs to the first MAC that uses it); packets/s is what arrives on the server's interface. The generator and the forwarding share one CPU (veth delivers in the sender's context), so packets/s is the rate of the whole path on one core, as much of it as the shared machine gave; packets per CPU-second divides by the generator thread's CPU time (system time included, which is where the forwarding runs), so it does not depend on that share.".into(),
         "The ingress program's own time per packet is the kernel's BPF run-time statistics (`run_time_ns / run_cnt`, BPF_ENABLE_STATS) over separate 0.4 s windows of the same 64-byte traffic after the ratio runs; the statistics add two clock reads to each run, which the figure includes. Its share of the path is that time over the path's CPU time per packet in the same window (the inverse of packets per CPU-second).".into(),
         "Bulk TCP: one iperf3 flow from the server down to the real client (`-R`, 1 s measured after 1 s omitted), which is one of the configured clients, in the middle of the list.".into(),
         "session_agent: the daemon running with its default poll (250 ms), every configured MAC allowed with `session-agent allow`. nft_chain: `iifname lan0 jump up` / `oifname lan0 jump down`; `up` holds one `ether saddr M counter` rule per client (walked completely, like openNDS's per-client MARK rules), `down` one `ip daddr A counter accept` per client. nft_set: sets of type ether_addr / ipv4_addr with the `counter` flag. htb: HTB on wan0 and lan0 with one class per client (rate = ceil = 100 Gbit/s, burst 4 MB: tc's computed default burst is 0 at such rates, which throttles), the class chosen by `meta priority set ether saddr map @up` / `ip daddr map @down` in the forward hook.".into(),
