@@ -168,10 +168,14 @@ impl Datapath for PinnedDatapath {
     }
 
     fn usage(&self, slots: &[u32]) -> Result<Vec<u64>> {
-        match self.table() {
-            Some(m) => slots.iter().map(|&s| m.usage_bytes(s)).collect(),
-            None => Ok(vec![0; slots.len()]),
+        let Some(m) = self.table() else {
+            return Ok(vec![0; slots.len()]);
+        };
+        let mut out = Vec::with_capacity(slots.len());
+        for &s in slots {
+            out.push(m.usage_bytes(s)?);
         }
+        Ok(out)
     }
 
     /// Speed first (and in HTB mode every LAN's classes), then the budget,

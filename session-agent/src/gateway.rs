@@ -1009,8 +1009,7 @@ impl Gateway {
             if d.created_at.saturating_add(retention_secs) > now {
                 continue;
             }
-            let key = d.mac;
-            if self.dp.slot_of(&key).is_some()
+            if self.dp.slot_of(&d.mac).is_some()
                 || !self
                     .mgr
                     .store()
