@@ -38,9 +38,13 @@ pub trait Datapath: Send + Sync {
     fn slot_of(&self, mac: &MacAddr) -> Option<u32>;
     /// Up plus down bytes the client in `slot` moved across the gateway.
     fn usage_bytes(&self, slot: u32) -> Result<u64>;
-    /// [`Datapath::usage_bytes`] of many slots at once (the poll's read).
-    fn usage(&self, slots: &[u32]) -> Result<Vec<u64>> {
-        slots.iter().map(|&s| self.usage_bytes(s)).collect()
+    /// [`Datapath::usage_bytes`] of many slots at once, into `out` (as long
+    /// as `slots`): the poll's read.
+    fn usage_into(&self, slots: &[u32], out: &mut [u64]) -> Result<()> {
+        for (o, &s) in out.iter_mut().zip(slots) {
+            *o = self.usage_bytes(s)?;
+        }
+        Ok(())
     }
     /// Lets a client through at these speeds, with `budget` bytes of data
     /// (`None`: no data limit). With `fresh_budget` false, a budget the
@@ -87,8 +91,8 @@ impl<D: Datapath> Datapath for std::sync::Arc<D> {
     fn usage_bytes(&self, slot: u32) -> Result<u64> {
         (**self).usage_bytes(slot)
     }
-    fn usage(&self, slots: &[u32]) -> Result<Vec<u64>> {
-        (**self).usage(slots)
+    fn usage_into(&self, slots: &[u32], out: &mut [u64]) -> Result<()> {
+        (**self).usage_into(slots, out)
     }
     fn allow(
         &self,
@@ -167,15 +171,15 @@ impl Datapath for PinnedDatapath {
         }
     }
 
-    fn usage(&self, slots: &[u32]) -> Result<Vec<u64>> {
+    fn usage_into(&self, slots: &[u32], out: &mut [u64]) -> Result<()> {
         let Some(m) = self.table() else {
-            return Ok(vec![0; slots.len()]);
+            out.fill(0);
+            return Ok(());
         };
-        let mut out = Vec::with_capacity(slots.len());
-        for &s in slots {
-            out.push(m.usage_bytes(s)?);
+        for (o, &s) in out.iter_mut().zip(slots) {
+            *o = m.usage_bytes(s)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Speed first (and in HTB mode every LAN's classes), then the budget,

@@ -242,6 +242,8 @@ struct MeterTable {
     devices: Vec<DeviceId>,
     /// The slot of each device, in the order of `devices`.
     slots: Vec<u32>,
+    /// Where the poll reads the meters into, kept between polls.
+    bytes: Vec<u64>,
 }
 
 impl Gateway {
@@ -336,18 +338,19 @@ impl Gateway {
                 Err(readings) => return Ok(readings),
             }
         }
-        let Some(t) = table.as_ref() else {
+        let Some(t) = table.as_mut() else {
             return Ok(Vec::new());
         };
         let Some(epoch) = self.dp.epoch() else {
             return Ok(Vec::new());
         };
-        match self.dp.usage(&t.slots) {
-            Ok(bytes) => Ok(t
+        t.bytes.resize(t.slots.len(), 0);
+        match self.dp.usage_into(&t.slots, &mut t.bytes) {
+            Ok(()) => Ok(t
                 .devices
                 .iter()
-                .zip(bytes)
-                .map(|(&device_id, bytes)| (device_id, MeterMark { epoch, bytes }))
+                .zip(&t.bytes)
+                .map(|(&device_id, &bytes)| (device_id, MeterMark { epoch, bytes }))
                 .collect()),
             Err(e) => {
                 // A connected device's entry is never forgotten; if it
@@ -399,6 +402,7 @@ impl Gateway {
         // Slot order: the poll then walks the counter arrays forwards.
         rows.sort_unstable_by_key(|(_, slot)| *slot);
         Ok(Ok(MeterTable {
+            bytes: Vec::with_capacity(rows.len()),
             built_at,
             devices: rows.iter().map(|(d, _)| *d).collect(),
             slots: rows.iter().map(|(_, s)| *s).collect(),
