@@ -80,59 +80,6 @@ pub trait Datapath: Send + Sync {
     fn lans(&self) -> &[Lan];
 }
 
-/// A shared datapath (a test keeps a handle to send traffic through it).
-impl<D: Datapath> Datapath for std::sync::Arc<D> {
-    fn epoch(&self) -> Option<u64> {
-        (**self).epoch()
-    }
-    fn slot_of(&self, mac: &MacAddr) -> Option<u32> {
-        (**self).slot_of(mac)
-    }
-    fn usage_bytes(&self, slot: u32) -> Result<u64> {
-        (**self).usage_bytes(slot)
-    }
-    fn usage_into(&self, slots: &[u32], out: &mut [u64]) -> Result<()> {
-        (**self).usage_into(slots, out)
-    }
-    fn allow(
-        &self,
-        mac: &MacAddr,
-        up: RateLimit,
-        down: RateLimit,
-        budget: Option<i64>,
-        fresh_budget: bool,
-    ) -> Result<()> {
-        (**self).allow(mac, up, down, budget, fresh_budget)
-    }
-    fn block(&self, mac: &MacAddr) -> Result<()> {
-        (**self).block(mac)
-    }
-    fn release_bindings(&self, mac: &MacAddr) -> Result<()> {
-        (**self).release_bindings(mac)
-    }
-    fn enforced(&self) -> Result<Vec<Enforced>> {
-        (**self).enforced()
-    }
-    fn forget_idle(
-        &self,
-        tracker: &mut IdleTracker,
-        now: Instant,
-        idle: Duration,
-        keep: &dyn Fn(&MacAddr) -> bool,
-    ) -> Result<Forgotten> {
-        (**self).forget_idle(tracker, now, idle, keep)
-    }
-    fn free_slots(&self) -> u64 {
-        (**self).free_slots()
-    }
-    fn sweep_bindings(&self, ttl: Duration) -> Result<BindingSweep> {
-        (**self).sweep_bindings(ttl)
-    }
-    fn lans(&self) -> &[Lan] {
-        (**self).lans()
-    }
-}
-
 /// The datapath of the attached LANs, through their pinned maps.
 pub struct PinnedDatapath {
     lans: Vec<Lan>,

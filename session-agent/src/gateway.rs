@@ -212,7 +212,7 @@ struct Activity {
 pub struct Gateway {
     mgr: Arc<SessionsMgr>,
     /// The datapath the gateway programs (see [`Datapath`]).
-    dp: Box<dyn Datapath>,
+    dp: Arc<dyn Datapath>,
     cfg: GatewayConfig,
     /// Serialises every change of a device's kernel state with the poll.
     ops: Mutex<()>,
@@ -249,13 +249,14 @@ struct MeterTable {
 impl Gateway {
     /// A gateway over the pinned maps of `lans`.
     pub fn new(mgr: Arc<SessionsMgr>, lans: Vec<Lan>, cfg: GatewayConfig) -> Arc<Self> {
-        Self::with_datapath(mgr, Box::new(PinnedDatapath::new(lans)), cfg)
+        Self::with_datapath(mgr, Arc::new(PinnedDatapath::new(lans)), cfg)
     }
 
-    /// A gateway over any datapath (an in-memory one in tests).
+    /// A gateway over any datapath (an in-memory one in tests, which keep
+    /// their own handle to it).
     pub fn with_datapath(
         mgr: Arc<SessionsMgr>,
-        dp: Box<dyn Datapath>,
+        dp: Arc<dyn Datapath>,
         cfg: GatewayConfig,
     ) -> Arc<Self> {
         mgr.set_auto_advance(cfg.auto_advance);

@@ -183,7 +183,7 @@ impl Kernel for Arc<MemDatapath> {
     }
     fn gateway(&self, store: &Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Arc<Gateway> {
         let mgr = Arc::new(session_model::SessionsMgr::new(store.clone(), clock));
-        Gateway::with_datapath(mgr, Box::new(self.clone()), GatewayConfig::default())
+        Gateway::with_datapath(mgr, self.clone(), GatewayConfig::default())
     }
     fn send(&self, mac: MacAddr, _addr: Ipv4Addr, packets: u8, payload: u16) -> u64 {
         let len = 28 + payload as u64;
