@@ -6,8 +6,9 @@
 //! options, which that crate does not model, are encoded here
 //! ([`htb_class_options`]) as the kernel's `include/uapi/linux/pkt_sched.h`
 //! lays them out. (The TC programs' legacy netlink filters are attached by aya,
-//! which owns the program.) Each call opens its own socket: a few
-//! microseconds, and no state shared between threads.
+//! which owns the program.) Each call opens its own socket (a few
+//! microseconds, no state shared between threads); a batch of classes goes
+//! over one.
 
 use std::net::IpAddr;
 
@@ -34,61 +35,89 @@ fn failed(what: &str, source: std::io::Error) -> AgentError {
     }
 }
 
-/// Sends `msg` and collects the answers: every message of a dump, or none
-/// for a request acknowledged without error.
-fn exchange(what: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<RouteNetlinkMessage>> {
-    let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| failed(what, e))?;
-    socket.bind_auto().map_err(|e| failed(what, e))?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(|e| failed(what, e))?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | flags;
-    header.sequence_number = 1;
-    let mut req = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-    req.finalize();
-    let mut buf = vec![0; req.header.length as usize];
-    req.serialize(&mut buf[..]);
-    socket.send(&buf, 0).map_err(|e| failed(what, e))?;
-    let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-    let mut out = Vec::new();
-    let mut rx = vec![0u8; 64 * 1024];
-    loop {
-        let size = socket
-            .recv(&mut &mut rx[..], 0)
+/// A routing-netlink socket: requests go out one at a time, each with its
+/// own sequence number, and their answers are read before the next.
+struct Rtnl {
+    socket: Socket,
+    seq: u32,
+    rx: Vec<u8>,
+}
+
+impl Rtnl {
+    fn open(what: &str) -> Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| failed(what, e))?;
+        socket.bind_auto().map_err(|e| failed(what, e))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
             .map_err(|e| failed(what, e))?;
-        let mut offset = 0;
-        while offset < size {
-            let msg: NetlinkMessage<RouteNetlinkMessage> =
-                NetlinkMessage::deserialize(&rx[offset..size]).map_err(|e| {
-                    failed(
-                        what,
-                        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-                    )
-                })?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) => {
-                    return match e.code {
-                        None => Ok(out),
-                        Some(code) => {
-                            Err(failed(what, std::io::Error::from_raw_os_error(-code.get())))
+        Ok(Self {
+            socket,
+            seq: 0,
+            rx: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// Sends `msg` and collects the answers: every message of a dump, or
+    /// none for a request acknowledged without error.
+    fn exchange(
+        &mut self,
+        what: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.seq;
+        let mut req = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        req.finalize();
+        let mut buf = vec![0; req.header.length as usize];
+        req.serialize(&mut buf[..]);
+        self.socket.send(&buf, 0).map_err(|e| failed(what, e))?;
+        let mut out = Vec::new();
+        loop {
+            let size = self
+                .socket
+                .recv(&mut &mut self.rx[..], 0)
+                .map_err(|e| failed(what, e))?;
+            let mut offset = 0;
+            while offset < size {
+                let msg: NetlinkMessage<RouteNetlinkMessage> =
+                    NetlinkMessage::deserialize(&self.rx[offset..size]).map_err(|e| {
+                        failed(
+                            what,
+                            std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+                        )
+                    })?;
+                let len = msg.header.length as usize;
+                if msg.header.sequence_number == self.seq {
+                    match msg.payload {
+                        NetlinkPayload::Done(_) => return Ok(out),
+                        NetlinkPayload::Error(e) => {
+                            return match e.code {
+                                None => Ok(out),
+                                Some(code) => Err(failed(
+                                    what,
+                                    std::io::Error::from_raw_os_error(-code.get()),
+                                )),
+                            }
                         }
+                        NetlinkPayload::InnerMessage(m) => out.push(m),
+                        _ => {}
                     }
                 }
-                NetlinkPayload::InnerMessage(m) => out.push(m),
-                _ => {}
+                if len == 0 {
+                    break;
+                }
+                offset += len;
             }
-            if len == 0 {
-                break;
-            }
-            offset += len;
-        }
-        if !dump {
-            return Ok(out);
         }
     }
+}
+
+/// One request on a socket of its own.
+fn exchange(what: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<RouteNetlinkMessage>> {
+    Rtnl::open(what)?.exchange(what, msg, flags)
 }
 
 /// A dump request.
@@ -421,28 +450,36 @@ pub fn htb_class_options(c: &HtbClass) -> Vec<TcOption> {
     out
 }
 
-/// Creates or changes an HTB class under the root `classid >> 16`.
-pub fn replace_htb_class(c: &HtbClass) -> Result<()> {
-    let mut msg = TcMessage::default();
-    msg.header.index = c.index as i32;
-    msg.header.parent = TcHandle {
-        major: (c.classid >> 16) as u16,
-        minor: 0,
-    };
-    msg.header.handle = TcHandle::from(c.classid);
-    msg.attributes.push(TcAttribute::Kind("htb".into()));
-    msg.attributes
-        .push(TcAttribute::Options(htb_class_options(c)));
-    change(
-        &format!(
-            "setting HTB class {:x}:{:x} on interface {}",
-            c.classid >> 16,
-            c.classid & 0xffff,
-            c.index
-        ),
-        RouteNetlinkMessage::NewTrafficClass(msg),
-        NLM_F_CREATE | NLM_F_REPLACE,
-    )
+/// Creates or changes HTB classes, each under the root `classid >> 16`,
+/// over one socket.
+pub fn replace_htb_classes(classes: &[HtbClass]) -> Result<()> {
+    if classes.is_empty() {
+        return Ok(());
+    }
+    let mut rtnl = Rtnl::open("setting HTB classes")?;
+    for c in classes {
+        let mut msg = TcMessage::default();
+        msg.header.index = c.index as i32;
+        msg.header.parent = TcHandle {
+            major: (c.classid >> 16) as u16,
+            minor: 0,
+        };
+        msg.header.handle = TcHandle::from(c.classid);
+        msg.attributes.push(TcAttribute::Kind("htb".into()));
+        msg.attributes
+            .push(TcAttribute::Options(htb_class_options(c)));
+        rtnl.exchange(
+            &format!(
+                "setting HTB class {:x}:{:x} on interface {}",
+                c.classid >> 16,
+                c.classid & 0xffff,
+                c.index
+            ),
+            RouteNetlinkMessage::NewTrafficClass(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+    }
+    Ok(())
 }
 
 /// The class ids of interface `index`'s classes.

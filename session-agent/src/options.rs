@@ -49,7 +49,8 @@ impl<const LO: u64, const HI: u64> Ranged<LO, HI> {
         }
     }
 
-    /// A constant known to be in range (checked at compile time).
+    /// A value known to be in range, such as a default (panics otherwise;
+    /// in a `const` it is checked at compile time).
     pub const fn of(v: u64) -> Self {
         assert!(LO <= v && v <= HI, "default out of its range");
         Self(v)

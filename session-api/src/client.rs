@@ -232,11 +232,16 @@ impl ApiClient {
         if (200..300).contains(&r.status) {
             return Ok(r.body);
         }
-        let field = |k: &str| r.body.get(k).and_then(Value::as_str).map(str::to_string);
+        // The API's error body; anything else (a proxy's page) as it came.
+        let (code, message) =
+            match serde_json::from_value::<crate::views::ApiErrorBody>(r.body.clone()) {
+                Ok(e) => (e.code, e.message),
+                Err(_) => ("http_error".into(), r.body.to_string()),
+            };
         Err(ClientError::Api {
             status: r.status,
-            code: field("code").unwrap_or_else(|| "http_error".into()),
-            message: field("message").unwrap_or_else(|| r.body.to_string()),
+            code,
+            message,
         })
     }
 

@@ -190,9 +190,10 @@ pub fn set_class(class: &Class) -> Result<()> {
     set_classes(std::slice::from_ref(class))
 }
 
-/// Creates or changes classes.
+/// Creates or changes classes, over one netlink socket.
 pub fn set_classes(classes: &[Class]) -> Result<()> {
     let mut index: Option<(&str, u32)> = None;
+    let mut htb = Vec::with_capacity(classes.len());
     for c in classes {
         let i = match index {
             Some((dev, i)) if dev == c.dev => i,
@@ -202,9 +203,9 @@ pub fn set_classes(classes: &[Class]) -> Result<()> {
                 i
             }
         };
-        netlink::replace_htb_class(&c.htb(i))?;
+        htb.push(c.htb(i));
     }
-    Ok(())
+    netlink::replace_htb_classes(&htb)
 }
 
 /// Deletes the class `classid` on `dev` if it exists.
