@@ -50,7 +50,14 @@ pub fn run(bin: &Path) -> Result<()> {
         .args(["--checks", "all"])
         // Whether a schema-valid body is accepted depends on rules a schema cannot
         // state (a time session needs time_secs > 0): such requests get a 400.
-        .args(["--exclude-checks", "positive_data_acceptance"])
+        // A device without sessions is absorbed when another device is rekeyed to
+        // its MAC (a phone that changed its random MAC), a removal schemathesis
+        // cannot know of: it only counts a DELETE, and reports the next GET of the
+        // absorbed device as a resource lost after creation.
+        .args([
+            "--exclude-checks",
+            "positive_data_acceptance,ensure_resource_availability",
+        ])
         .args(["--max-examples", MAX_EXAMPLES])
         .args(["--exclude-path", "/v1/events"])
         .args(["--request-timeout", "10"])
