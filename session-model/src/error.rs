@@ -53,6 +53,12 @@ pub enum StoreError {
         stored: i64,
         given: i64,
     },
+    /// The code (masked: its last four characters) names no voucher.
+    #[error("unknown voucher {0}")]
+    UnknownVoucher(String),
+    /// A new voucher's code is taken (masked).
+    #[error("voucher code {0} exists already")]
+    DuplicateVoucher(String),
     #[error("unknown session store {0:?}")]
     UnknownProvider(String),
     #[error("session store {provider} needs a path in its configuration")]
@@ -111,6 +117,18 @@ pub enum ModelError {
     DuplicateProvider(String),
     #[error("session provider {provider} failed: {message}")]
     Provider { provider: String, message: String },
+    /// A code was not redeemed; the refusal says why.
+    #[error("{0}")]
+    Redeem(#[from] crate::RedeemRefusal),
+    /// Only unused codes can be revoked.
+    #[error("voucher {code} is {state} and cannot be revoked: only unused codes can")]
+    VoucherNotRevocable { code: String, state: &'static str },
+    /// A batch of vouchers that cannot be made as asked.
+    #[error("invalid voucher batch: {0}")]
+    InvalidBatch(String),
+    /// The OS's random source failed.
+    #[error("cannot draw voucher codes from the OS's random source: {0}")]
+    Random(String),
     #[error("manager state lock poisoned by a panicking thread")]
     Poisoned,
     #[error(transparent)]

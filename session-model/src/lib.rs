@@ -16,6 +16,7 @@ pub mod manager;
 pub mod model;
 pub mod source;
 pub mod store;
+pub mod voucher;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ModelError, StoreError};
@@ -29,4 +30,8 @@ pub use source::{ClientSession, SessionProvider, SessionSource, LOCAL_PROVIDER};
 pub use store::{
     open_store, store_names, HybridOptions, HybridStore, MemoryStore, RedbStore, SessionStore,
     StoreConfig, StoreRegistry, SyncMode, UsageUpdate,
+};
+pub use voucher::{
+    generate_code, normalize_code, NewBatch, RedeemRefusal, Redemption, Voucher, VoucherState,
+    VoucherTemplate,
 };

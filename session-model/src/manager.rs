@@ -262,6 +262,9 @@ pub struct SessionsMgr {
     saves_seen: AtomicU64,
     /// Bumped whenever a device connects, disconnects or changes running session.
     generation: AtomicU64,
+    /// Held while a voucher is checked and redeemed or revoked, so that of many
+    /// concurrent redemptions of one code only those the code allows succeed.
+    pub(crate) voucher_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for SessionsMgr {
@@ -357,6 +360,7 @@ impl SessionsMgr {
             saves: Arc::new(AtomicU64::new(0)),
             saves_seen: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            voucher_lock: Mutex::new(()),
         }
     }
 
@@ -470,7 +474,7 @@ impl SessionsMgr {
         self.events.subscribe()
     }
 
-    fn emit(&self, e: SessionEvent) {
+    pub(crate) fn emit(&self, e: SessionEvent) {
         tracing::debug!(event = ?e, "session event");
         // No receiver is fine.
         let _ = self.events.send(e);

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use session_model::{
     open_store, store_names, HybridOptions, MacAddr, MeterMark, RedbStore, RunState, SessionData,
-    SessionStore, SessionType, StoreConfig, StoreError, SyncMode, UsageUpdate,
+    SessionStore, SessionType, StoreConfig, StoreError, SyncMode, UsageUpdate, Voucher,
+    VoucherTemplate,
 };
 use tempfile::TempDir;
 
@@ -432,6 +433,118 @@ fn usage_updates(h: &Harness) {
     }
 }
 
+fn voucher(code: &str, max_devices: u32) -> Voucher {
+    Voucher {
+        code: code.into(),
+        batch: "roll-1".into(),
+        price: Some("20 PHP".into()),
+        template: VoucherTemplate {
+            session_type: SessionType::Time,
+            time_secs: 3600,
+            data_bytes: 0,
+            exp_days: Some(2),
+            down_mbits: 5,
+            up_mbits: 2,
+            use_global_speed: false,
+        },
+        created_at: 50,
+        valid_until: None,
+        max_devices,
+        redemptions: vec![],
+        revoked_at: None,
+    }
+}
+
+fn vouchers_and_redemptions(h: &Harness) {
+    let (dev, sid);
+    {
+        let s = h.open();
+        s.create_vouchers(&[voucher("AAAA2222", 1), voucher("BBBB3333", 2)])
+            .unwrap();
+        // All or none: one taken code refuses the whole batch.
+        let err = s
+            .create_vouchers(&[voucher("CCCC4444", 1), voucher("AAAA2222", 1)])
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::DuplicateVoucher(ref c) if c == "****2222"),
+            "{err}"
+        );
+        assert_eq!(s.voucher("CCCC4444").unwrap(), None);
+        assert!(matches!(
+            s.create_vouchers(&[voucher("DDDD5555", 1), voucher("DDDD5555", 1)]),
+            Err(StoreError::DuplicateVoucher(_))
+        ));
+        assert_eq!(s.vouchers().unwrap().len(), 2);
+
+        dev = s.create_device(mac(1), None, None, 10).unwrap();
+        let v = voucher("AAAA2222", 1);
+        let (r, after) = s
+            .redeem_voucher(&v.code, dev.id, mac(1), 77, v.template.session("local", 77))
+            .unwrap();
+        assert_eq!(r.device_id, dev.id);
+        assert_eq!(r.data.time_secs, 3600);
+        assert_eq!(after.redemptions.len(), 1);
+        assert_eq!(after.redemptions[0].session_id, r.id);
+        assert_eq!(after.redemptions[0].at, 77);
+        assert_eq!(s.voucher("AAAA2222").unwrap().unwrap(), after);
+        assert_eq!(s.session(r.id).unwrap().unwrap(), r);
+        sid = r.id;
+
+        // Neither half is written when one fails.
+        let before = s.sessions().unwrap().len();
+        assert!(matches!(
+            s.redeem_voucher("BBBB3333", 999, mac(9), 1, v.template.session("local", 1)),
+            Err(StoreError::UnknownDevice(999))
+        ));
+        assert!(matches!(
+            s.redeem_voucher(
+                "ZZZZ9999",
+                dev.id,
+                mac(1),
+                1,
+                v.template.session("local", 1)
+            ),
+            Err(StoreError::UnknownVoucher(_))
+        ));
+        assert_eq!(s.sessions().unwrap().len(), before);
+        assert!(s
+            .voucher("BBBB3333")
+            .unwrap()
+            .unwrap()
+            .redemptions
+            .is_empty());
+
+        let mut b = s.voucher("BBBB3333").unwrap().unwrap();
+        b.revoked_at = Some(99);
+        s.save_voucher(&b).unwrap();
+        assert!(matches!(
+            s.save_voucher(&voucher("EEEE6666", 1)),
+            Err(StoreError::UnknownVoucher(_))
+        ));
+        if !h.durable() {
+            return;
+        }
+    }
+    let s = h.open();
+    let a = s.voucher("AAAA2222").unwrap().unwrap();
+    assert_eq!(a.redemptions.len(), 1);
+    assert_eq!(a.redemptions[0].session_id, sid);
+    assert_eq!(a.redemptions[0].device_id, dev.id);
+    assert_eq!(s.voucher("BBBB3333").unwrap().unwrap().revoked_at, Some(99));
+    assert_eq!(s.session(sid).unwrap().unwrap().device_id, dev.id);
+    let codes: Vec<String> = s.vouchers().unwrap().into_iter().map(|v| v.code).collect();
+    assert_eq!(codes, ["AAAA2222", "BBBB3333"]);
+    // The session counter moved past the redeemed session.
+    let r = s
+        .create_session(dev.id, data(SessionType::Time, 1, 0))
+        .unwrap();
+    assert!(r.id > sid);
+    s.checkpoint().unwrap();
+    drop(s);
+    let s = h.open();
+    assert_eq!(s.voucher("AAAA2222").unwrap().unwrap(), a);
+}
+
 macro_rules! conformance {
     ($($kind:ident),*) => {$(
         mod $kind {
@@ -443,6 +556,7 @@ macro_rules! conformance {
             #[test] fn survives_reopen() { super::survives_reopen(&Harness::new(stringify!($kind))) }
             #[test] fn run_state_round_trips() { super::run_state_round_trips(&Harness::new(stringify!($kind))) }
             #[test] fn usage_updates() { super::usage_updates(&Harness::new(stringify!($kind))) }
+            #[test] fn vouchers_and_redemptions() { super::vouchers_and_redemptions(&Harness::new(stringify!($kind))) }
             #[test] fn refuses_newer_schema() { super::refuses_newer_schema(&Harness::new(stringify!($kind))) }
         }
     )*};

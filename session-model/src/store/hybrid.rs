@@ -28,7 +28,8 @@
 //! `0x01 | lsn: u64 LE | count: u32 LE | count × mutation`, a mutation being a tag byte
 //! and its body: `1` put device (`len: u32 LE` + JSON device), `2` remove device (`id:
 //! i64 LE`), `3` put session (`len: u32 LE` + the session row of the redb table, see
-//! `codec`), `4` remove session (`id: u64 LE`). Logs written as JSON
+//! `codec`), `4` remove session (`id: u64 LE`), `5` put voucher (`len: u32 LE` + JSON
+//! voucher). Logs written as JSON
 //! (`{"lsn": u64, "muts": [Mutation]}`) are still replayed.
 
 use std::fs::{File, OpenOptions};
@@ -46,8 +47,9 @@ use super::mem_state::{MemState, Mutation};
 use super::redb_store::RedbStore;
 use super::{SessionStore, UsageUpdate};
 use crate::{
-    Device, DeviceId, MacAddr, RunState, SessionData, SessionId, SessionRecord, StoreError,
+    Device, DeviceId, MacAddr, RunState, SessionData, SessionId, SessionRecord, StoreError, Voucher,
 };
+use std::collections::BTreeSet;
 
 /// When the modification log is flushed to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -103,6 +105,8 @@ struct Inner {
     lsn: u64,
     dirty_devices: IdSet<DeviceId>,
     dirty_sessions: IdSet<SessionId>,
+    /// Codes of vouchers written since the last checkpoint.
+    dirty_vouchers: BTreeSet<String>,
     /// Sessions changed by [`SessionStore::record_usage_deferred`] in RAM only: the
     /// next [`SessionStore::flush`] logs them, a checkpoint folds them into redb.
     unlogged: IdSet<SessionId>,
@@ -168,6 +172,11 @@ impl HybridStore {
                     .borrow_mut()
                     .apply_owned(Mutation::PutSession { session })
             },
+            |voucher| {
+                state
+                    .borrow_mut()
+                    .apply_owned(Mutation::PutVoucher { voucher })
+            },
         )?;
         let mut state = state.into_inner();
         state.next_device_id = state.next_device_id.max(snap.next_device_id);
@@ -187,6 +196,7 @@ impl HybridStore {
         let mut stats = ReplayStats::default();
         let mut dirty_devices = IdSet::default();
         let mut dirty_sessions = IdSet::default();
+        let mut dirty_vouchers = BTreeSet::new();
         let mut lsn = snap.checkpoint_lsn;
         let mut off = 0usize;
         let mut records = 0u64;
@@ -199,6 +209,9 @@ impl HybridStore {
             }
             for m in &muts {
                 mark_dirty(&state, m, &mut dirty_devices, &mut dirty_sessions);
+                if let Mutation::PutVoucher { voucher } = m {
+                    dirty_vouchers.insert(voucher.code.clone());
+                }
                 state.apply(m);
             }
             lsn = lsn.max(rec_lsn);
@@ -224,6 +237,7 @@ impl HybridStore {
                 lsn,
                 dirty_devices,
                 dirty_sessions,
+                dirty_vouchers,
                 unlogged: IdSet::default(),
                 unsynced: false,
             }),
@@ -306,7 +320,10 @@ impl HybridStore {
                 ..
             } = g;
             mark_dirty(state, m, dirty_devices, dirty_sessions);
-            state.apply(m);
+            if let Mutation::PutVoucher { voucher } = m {
+                g.dirty_vouchers.insert(voucher.code.clone());
+            }
+            g.state.apply(m);
         }
         if g.log_records >= self.opts.checkpoint_records || g.log_len >= self.opts.checkpoint_bytes
         {
@@ -337,7 +354,11 @@ impl HybridStore {
     }
 
     fn checkpoint_locked(&self, g: &mut Inner) -> Result<(), StoreError> {
-        if g.dirty_devices.is_empty() && g.dirty_sessions.is_empty() && g.log_len == 0 {
+        if g.dirty_devices.is_empty()
+            && g.dirty_sessions.is_empty()
+            && g.dirty_vouchers.is_empty()
+            && g.log_len == 0
+        {
             return Ok(());
         }
         let mut muts = Vec::with_capacity(g.dirty_devices.len() + g.dirty_sessions.len());
@@ -360,6 +381,12 @@ impl HybridStore {
             }
         }
         muts.extend(removed_devices);
+        muts.extend(
+            g.dirty_vouchers
+                .iter()
+                .filter_map(|code| g.state.vouchers.get(code))
+                .map(|v| Mutation::PutVoucher { voucher: v.clone() }),
+        );
         self.redb.apply_checkpoint(
             &muts,
             g.state.next_device_id,
@@ -368,6 +395,7 @@ impl HybridStore {
         )?;
         g.dirty_devices.clear();
         g.dirty_sessions.clear();
+        g.dirty_vouchers.clear();
         g.unlogged.clear();
         g.log
             .set_len(0)
@@ -402,6 +430,8 @@ fn mark_dirty(
         Mutation::RemoveSession { id } => {
             sessions.insert(*id);
         }
+        // Tracked by code, in `Inner::dirty_vouchers`.
+        Mutation::PutVoucher { .. } => {}
     }
 }
 
@@ -433,6 +463,7 @@ const TAG_PUT_DEVICE: u8 = 1;
 const TAG_REMOVE_DEVICE: u8 = 2;
 const TAG_PUT_SESSION: u8 = 3;
 const TAG_REMOVE_SESSION: u8 = 4;
+const TAG_PUT_VOUCHER: u8 = 5;
 
 fn encode_payload(lsn: u64, muts: &[Mutation]) -> Result<Vec<u8>, StoreError> {
     let count = u32::try_from(muts.len())
@@ -470,6 +501,14 @@ fn encode_payload(lsn: u64, muts: &[Mutation]) -> Result<Vec<u8>, StoreError> {
                 b.push(TAG_REMOVE_SESSION);
                 b.extend_from_slice(&id.to_le_bytes());
             }
+            Mutation::PutVoucher { voucher } => {
+                b.push(TAG_PUT_VOUCHER);
+                let json = serde_json::to_vec(voucher).map_err(|source| StoreError::Codec {
+                    context: "encode log record",
+                    source,
+                })?;
+                put_body(&mut b, &json)?;
+            }
         }
     }
     Ok(b)
@@ -489,17 +528,19 @@ fn decode_payload(p: &[u8]) -> Option<(u64, Vec<Mutation>)> {
     for _ in 0..count {
         let tag = take(1)?[0];
         let m = match tag {
-            TAG_PUT_DEVICE | TAG_PUT_SESSION => {
+            TAG_PUT_DEVICE | TAG_PUT_SESSION | TAG_PUT_VOUCHER => {
                 let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
                 let body = take(len)?;
-                if tag == TAG_PUT_DEVICE {
-                    Mutation::PutDevice {
+                match tag {
+                    TAG_PUT_DEVICE => Mutation::PutDevice {
                         device: serde_json::from_slice(body).ok()?,
-                    }
-                } else {
-                    Mutation::PutSession {
+                    },
+                    TAG_PUT_SESSION => Mutation::PutSession {
                         session: decode_session(body).ok()?,
-                    }
+                    },
+                    _ => Mutation::PutVoucher {
+                        voucher: serde_json::from_slice(body).ok()?,
+                    },
                 }
             }
             TAG_REMOVE_DEVICE => Mutation::RemoveDevice {
@@ -634,6 +675,44 @@ impl SessionStore for HybridStore {
         let session = session.clone();
         self.commit(&mut g, std::slice::from_ref(&m))?;
         Ok(session)
+    }
+
+    fn create_vouchers(&self, vouchers: &[Voucher]) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        let ms = g.state.plan_create_vouchers(vouchers)?;
+        self.commit(&mut g, &ms)
+    }
+
+    fn voucher(&self, code: &str) -> Result<Option<Voucher>, StoreError> {
+        Ok(self.lock()?.state.vouchers.get(code).cloned())
+    }
+
+    fn vouchers(&self) -> Result<Vec<Voucher>, StoreError> {
+        Ok(self.lock()?.state.vouchers.values().cloned().collect())
+    }
+
+    fn save_voucher(&self, voucher: &Voucher) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        let m = g.state.plan_save_voucher(voucher)?;
+        self.commit(&mut g, std::slice::from_ref(&m))
+    }
+
+    fn redeem_voucher(
+        &self,
+        code: &str,
+        device_id: DeviceId,
+        mac: MacAddr,
+        at: i64,
+        data: SessionData,
+    ) -> Result<(SessionRecord, Voucher), StoreError> {
+        let mut g = self.lock()?;
+        let ms = g
+            .state
+            .plan_redeem_voucher(code, device_id, mac, at, data)?;
+        // One log record: the session and the redemption are replayed together or not at all.
+        self.commit(&mut g, &ms)?;
+        let [session, voucher] = ms;
+        super::mem_state::redeemed(session, voucher)
     }
 
     fn save_sessions(&self, records: &[SessionRecord]) -> Result<(), StoreError> {

@@ -4,12 +4,13 @@
 //! changing anything, `apply` performs it. The hybrid store logs a mutation between the
 //! two, so a failed log write leaves RAM untouched.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::idmap::{DenseMap, IdMap};
+use crate::voucher::{mask_code, Redemption, Voucher};
 use crate::{Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError};
 
 /// One logged change.
@@ -20,6 +21,7 @@ pub enum Mutation {
     RemoveDevice { id: DeviceId },
     PutSession { session: SessionRecord },
     RemoveSession { id: SessionId },
+    PutVoucher { voucher: Voucher },
 }
 
 #[derive(Debug, Default)]
@@ -31,6 +33,8 @@ pub(crate) struct MemState {
     pub by_device: IdMap<DeviceId, Vec<SessionId>>,
     pub next_device_id: DeviceId,
     pub next_session_id: SessionId,
+    /// Vouchers by code.
+    pub vouchers: BTreeMap<String, Voucher>,
 }
 
 impl MemState {
@@ -93,17 +97,26 @@ impl MemState {
         device_id: DeviceId,
         data: SessionData,
     ) -> Result<Mutation, StoreError> {
+        Ok(Mutation::PutSession {
+            session: self.new_session(device_id, data)?,
+        })
+    }
+
+    /// The record a new session of `device_id` gets (the next id).
+    fn new_session(
+        &self,
+        device_id: DeviceId,
+        data: SessionData,
+    ) -> Result<SessionRecord, StoreError> {
         if !self.devices.contains_key(&device_id) {
             return Err(StoreError::UnknownDevice(device_id));
         }
-        Ok(Mutation::PutSession {
-            session: SessionRecord {
-                id: self.next_session_id,
-                device_id,
-                data,
-                ended_at: None,
-                run: None,
-            },
+        Ok(SessionRecord {
+            id: self.next_session_id,
+            device_id,
+            data,
+            ended_at: None,
+            run: None,
         })
     }
 
@@ -136,6 +149,54 @@ impl MemState {
             .filter(|id| self.sessions.contains_key(id) && seen.insert(**id))
             .map(|&id| Mutation::RemoveSession { id })
             .collect()
+    }
+
+    pub fn plan_create_vouchers(&self, vouchers: &[Voucher]) -> Result<Vec<Mutation>, StoreError> {
+        let mut seen = BTreeSet::new();
+        vouchers
+            .iter()
+            .map(|v| {
+                if self.vouchers.contains_key(&v.code) || !seen.insert(v.code.as_str()) {
+                    return Err(StoreError::DuplicateVoucher(mask_code(&v.code)));
+                }
+                Ok(Mutation::PutVoucher { voucher: v.clone() })
+            })
+            .collect()
+    }
+
+    pub fn plan_save_voucher(&self, v: &Voucher) -> Result<Mutation, StoreError> {
+        if !self.vouchers.contains_key(&v.code) {
+            return Err(StoreError::UnknownVoucher(mask_code(&v.code)));
+        }
+        Ok(Mutation::PutVoucher { voucher: v.clone() })
+    }
+
+    /// The session a redemption creates and the voucher with the redemption added:
+    /// two mutations that must be applied together.
+    pub fn plan_redeem_voucher(
+        &self,
+        code: &str,
+        device_id: DeviceId,
+        mac: MacAddr,
+        at: i64,
+        data: SessionData,
+    ) -> Result<[Mutation; 2], StoreError> {
+        let mut voucher = self
+            .vouchers
+            .get(code)
+            .cloned()
+            .ok_or_else(|| StoreError::UnknownVoucher(mask_code(code)))?;
+        let session = self.new_session(device_id, data)?;
+        voucher.redemptions.push(Redemption {
+            device_id,
+            mac,
+            session_id: session.id,
+            at,
+        });
+        Ok([
+            Mutation::PutSession { session },
+            Mutation::PutVoucher { voucher },
+        ])
     }
 
     /// Applies a mutation. Replaying a logged mutation is idempotent.
@@ -188,6 +249,9 @@ impl MemState {
                     }
                 }
             }
+            Mutation::PutVoucher { voucher } => {
+                self.vouchers.insert(voucher.code.clone(), voucher);
+            }
         }
     }
 
@@ -206,5 +270,20 @@ impl MemState {
         let mut v: Vec<SessionRecord> = self.sessions.values().cloned().collect();
         v.sort_by_key(|r| r.id);
         v
+    }
+}
+
+/// The session and voucher of a planned redemption.
+pub(crate) fn redeemed(
+    session: Mutation,
+    voucher: Mutation,
+) -> Result<(SessionRecord, Voucher), StoreError> {
+    match (session, voucher) {
+        (Mutation::PutSession { session }, Mutation::PutVoucher { voucher }) => {
+            Ok((session, voucher))
+        }
+        _ => Err(StoreError::Corrupt(
+            "a redemption planned other writes than a session and a voucher".into(),
+        )),
     }
 }

@@ -5,7 +5,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::mem_state::MemState;
 use super::{SessionStore, UsageUpdate};
-use crate::{Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError};
+use crate::{
+    Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError, Voucher,
+};
 
 /// Devices and sessions in RAM only.
 #[derive(Debug)]
@@ -149,5 +151,43 @@ impl SessionStore for MemoryStore {
             st.apply(m);
         }
         Ok(ms.len())
+    }
+
+    fn create_vouchers(&self, vouchers: &[Voucher]) -> Result<(), StoreError> {
+        let mut st = self.lock()?;
+        for m in st.plan_create_vouchers(vouchers)? {
+            st.apply_owned(m);
+        }
+        Ok(())
+    }
+
+    fn voucher(&self, code: &str) -> Result<Option<Voucher>, StoreError> {
+        Ok(self.lock()?.vouchers.get(code).cloned())
+    }
+
+    fn vouchers(&self) -> Result<Vec<Voucher>, StoreError> {
+        Ok(self.lock()?.vouchers.values().cloned().collect())
+    }
+
+    fn save_voucher(&self, voucher: &Voucher) -> Result<(), StoreError> {
+        let mut st = self.lock()?;
+        let m = st.plan_save_voucher(voucher)?;
+        st.apply_owned(m);
+        Ok(())
+    }
+
+    fn redeem_voucher(
+        &self,
+        code: &str,
+        device_id: DeviceId,
+        mac: MacAddr,
+        at: i64,
+        data: SessionData,
+    ) -> Result<(SessionRecord, Voucher), StoreError> {
+        let mut st = self.lock()?;
+        let [session, voucher] = st.plan_redeem_voucher(code, device_id, mac, at, data)?;
+        st.apply(&session);
+        st.apply(&voucher);
+        super::mem_state::redeemed(session, voucher)
     }
 }

@@ -24,7 +24,7 @@ pub use memory::MemoryStore;
 pub use redb_store::{RedbStore, SCHEMA_VERSION};
 
 use crate::{
-    Device, DeviceId, MacAddr, RunState, SessionData, SessionId, SessionRecord, StoreError,
+    Device, DeviceId, MacAddr, RunState, SessionData, SessionId, SessionRecord, StoreError, Voucher,
 };
 
 /// The fields of a session that change while it runs.
@@ -146,6 +146,32 @@ pub trait SessionStore: std::fmt::Debug + Send + Sync + 'static {
     fn checkpoint(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Adds vouchers, all or none. A code that exists (or comes twice) is refused with
+    /// [`StoreError::DuplicateVoucher`].
+    fn create_vouchers(&self, vouchers: &[Voucher]) -> Result<(), StoreError>;
+
+    /// A voucher by its canonical code.
+    fn voucher(&self, code: &str) -> Result<Option<Voucher>, StoreError>;
+
+    /// All vouchers, by code.
+    fn vouchers(&self) -> Result<Vec<Voucher>, StoreError>;
+
+    /// Replaces a stored voucher (same code); an unknown code is refused.
+    fn save_voucher(&self, voucher: &Voucher) -> Result<(), StoreError>;
+
+    /// Creates a session of `device_id` from `data` and adds its redemption (by
+    /// `mac`, at `at`) to voucher `code`, in one atomic write: after a crash either
+    /// both are there or neither. Returns the session and the updated voucher. The
+    /// caller has checked that the code may be redeemed.
+    fn redeem_voucher(
+        &self,
+        code: &str,
+        device_id: DeviceId,
+        mac: MacAddr,
+        at: i64,
+        data: SessionData,
+    ) -> Result<(SessionRecord, Voucher), StoreError>;
 
     /// Moves a device to another MAC, keeping its id and sessions.
     fn rekey_device(&self, id: DeviceId, new_mac: MacAddr) -> Result<Device, StoreError> {

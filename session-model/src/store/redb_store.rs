@@ -9,6 +9,7 @@
 //! | `macs` | MAC as `u64` | device id |
 //! | `sessions` | session id `u64` | binary [`SessionRecord`] (see `codec.rs`) |
 //! | `device_sessions` | `(device id, session id)` | `()` |
+//! | `vouchers` | canonical code `&str` | JSON [`Voucher`] |
 //!
 //! Every trait write is one redb write transaction committed with
 //! `Durability::Immediate`: when the call returns the change is on disk.
@@ -21,7 +22,10 @@ use redb::{Database, ReadableTable, Table, TableDefinition, WriteTransaction};
 use super::codec::{decode_session, encode_session};
 use super::mem_state::Mutation;
 use super::SessionStore;
-use crate::{Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError};
+use crate::voucher::{mask_code, Redemption};
+use crate::{
+    Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError, Voucher,
+};
 
 /// Schema version written to (and required from) the `meta` table.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -31,6 +35,9 @@ const DEVICES: TableDefinition<i64, &[u8]> = TableDefinition::new("devices");
 const MACS: TableDefinition<u64, i64> = TableDefinition::new("macs");
 const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 const DEVICE_SESSIONS: TableDefinition<(i64, u64), ()> = TableDefinition::new("device_sessions");
+/// Added without a schema change: a file without it is opened (and the table created)
+/// by this release, and earlier releases ignore it.
+const VOUCHERS: TableDefinition<&str, &[u8]> = TableDefinition::new("vouchers");
 
 const K_SCHEMA: &str = "schema_version";
 const K_NEXT_DEVICE: &str = "next_device_id";
@@ -86,6 +93,7 @@ struct WTables<'t> {
     macs: Table<'t, u64, i64>,
     sessions: Table<'t, u64, &'static [u8]>,
     dev_sess: Table<'t, (i64, u64), ()>,
+    vouchers: Table<'t, &'static str, &'static [u8]>,
 }
 
 impl<'t> WTables<'t> {
@@ -102,6 +110,9 @@ impl<'t> WTables<'t> {
             dev_sess: txn
                 .open_table(DEVICE_SESSIONS)
                 .map_err(rerr("open device_sessions table"))?,
+            vouchers: txn
+                .open_table(VOUCHERS)
+                .map_err(rerr("open vouchers table"))?,
         })
     }
 
@@ -208,6 +219,43 @@ impl<'t> WTables<'t> {
                 .map_err(rerr("write session index"))?;
         }
         Ok(())
+    }
+
+    fn voucher(&self, code: &str) -> Result<Option<Voucher>, StoreError> {
+        match self.vouchers.get(code).map_err(rerr("read voucher"))? {
+            Some(g) => Ok(Some(dec(g.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_voucher(&mut self, v: &Voucher) -> Result<(), StoreError> {
+        let bytes = enc(v)?;
+        self.vouchers
+            .insert(v.code.as_str(), bytes.as_slice())
+            .map_err(rerr("write voucher"))?;
+        Ok(())
+    }
+
+    /// Writes a new session of an existing device with the next id.
+    fn new_session(
+        &mut self,
+        device_id: DeviceId,
+        data: SessionData,
+    ) -> Result<SessionRecord, StoreError> {
+        if self.device(device_id)?.is_none() {
+            return Err(StoreError::UnknownDevice(device_id));
+        }
+        let id = self.meta(K_NEXT_SESSION)?.unwrap_or(1).max(1);
+        let r = SessionRecord {
+            id,
+            device_id,
+            data,
+            ended_at: None,
+            run: None,
+        };
+        self.put_session(&r)?;
+        self.set_meta(K_NEXT_SESSION, id.saturating_add(1))?;
+        Ok(r)
     }
 
     fn remove_session(&mut self, id: SessionId) -> Result<bool, StoreError> {
@@ -325,6 +373,7 @@ impl RedbStore {
                     Mutation::RemoveSession { id } => {
                         t.remove_session(*id)?;
                     }
+                    Mutation::PutVoucher { voucher } => t.put_voucher(voucher)?,
                 }
             }
             t.bump_meta(K_NEXT_DEVICE, next_device_id.max(1) as u64)?;
@@ -338,6 +387,7 @@ impl RedbStore {
         &self,
         mut on_device: impl FnMut(Device),
         mut on_session: impl FnMut(SessionRecord),
+        mut on_voucher: impl FnMut(Voucher),
     ) -> Result<Snapshot, StoreError> {
         let txn = self.db.begin_read().map_err(rerr("begin read"))?;
         let meta = txn.open_table(META).map_err(rerr("open meta table"))?;
@@ -366,6 +416,13 @@ impl RedbStore {
         for item in sessions.iter().map_err(rerr("scan sessions"))? {
             let (_, v) = item.map_err(rerr("scan sessions"))?;
             on_session(decode_session(v.value())?);
+        }
+        let vouchers = txn
+            .open_table(VOUCHERS)
+            .map_err(rerr("open vouchers table"))?;
+        for item in vouchers.iter().map_err(rerr("scan vouchers"))? {
+            let (_, v) = item.map_err(rerr("scan vouchers"))?;
+            on_voucher(dec(v.value())?);
         }
         Ok(snap)
     }
@@ -542,21 +599,75 @@ impl SessionStore for RedbStore {
         device_id: DeviceId,
         data: SessionData,
     ) -> Result<SessionRecord, StoreError> {
+        self.write(|t| t.new_session(device_id, data))
+    }
+
+    fn create_vouchers(&self, vouchers: &[Voucher]) -> Result<(), StoreError> {
         self.write(|t| {
-            if t.device(device_id)?.is_none() {
-                return Err(StoreError::UnknownDevice(device_id));
+            for v in vouchers {
+                if t.voucher(&v.code)?.is_some() {
+                    return Err(StoreError::DuplicateVoucher(mask_code(&v.code)));
+                }
+                t.put_voucher(v)?;
             }
-            let id = t.meta(K_NEXT_SESSION)?.unwrap_or(1).max(1);
-            let r = SessionRecord {
-                id,
+            Ok(())
+        })
+    }
+
+    fn voucher(&self, code: &str) -> Result<Option<Voucher>, StoreError> {
+        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let t = txn
+            .open_table(VOUCHERS)
+            .map_err(rerr("open vouchers table"))?;
+        match t.get(code).map_err(rerr("read voucher"))? {
+            Some(g) => Ok(Some(dec(g.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn vouchers(&self) -> Result<Vec<Voucher>, StoreError> {
+        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let t = txn
+            .open_table(VOUCHERS)
+            .map_err(rerr("open vouchers table"))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(rerr("scan vouchers"))? {
+            let (_, v) = item.map_err(rerr("scan vouchers"))?;
+            out.push(dec(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn save_voucher(&self, voucher: &Voucher) -> Result<(), StoreError> {
+        self.write(|t| {
+            if t.voucher(&voucher.code)?.is_none() {
+                return Err(StoreError::UnknownVoucher(mask_code(&voucher.code)));
+            }
+            t.put_voucher(voucher)
+        })
+    }
+
+    fn redeem_voucher(
+        &self,
+        code: &str,
+        device_id: DeviceId,
+        mac: MacAddr,
+        at: i64,
+        data: SessionData,
+    ) -> Result<(SessionRecord, Voucher), StoreError> {
+        self.write(|t| {
+            let mut voucher = t
+                .voucher(code)?
+                .ok_or_else(|| StoreError::UnknownVoucher(mask_code(code)))?;
+            let session = t.new_session(device_id, data)?;
+            voucher.redemptions.push(Redemption {
                 device_id,
-                data,
-                ended_at: None,
-                run: None,
-            };
-            t.put_session(&r)?;
-            t.set_meta(K_NEXT_SESSION, id.saturating_add(1))?;
-            Ok(r)
+                mac,
+                session_id: session.id,
+                at,
+            });
+            t.put_voucher(&voucher)?;
+            Ok((session, voucher))
         })
     }
 

@@ -1,0 +1,165 @@
+//! Vouchers through the sessions manager: batches, redemption, states, revocation.
+
+use std::sync::Arc;
+
+use session_model::{
+    MacAddr, ManualClock, MemoryStore, ModelError, NewBatch, RedeemRefusal, SessionType,
+    SessionsMgr, VoucherState, VoucherTemplate,
+};
+
+const T0: i64 = 1_700_000_000;
+
+fn mac(n: u8) -> MacAddr {
+    MacAddr::new([2, 0, 0, 0, 0, n])
+}
+
+fn batch(count: u32, max_devices: u32) -> NewBatch {
+    NewBatch {
+        batch: "morning".into(),
+        price: Some("10 PHP".into()),
+        count,
+        template: VoucherTemplate {
+            session_type: SessionType::Time,
+            time_secs: 600,
+            data_bytes: 0,
+            exp_days: None,
+            down_mbits: 4,
+            up_mbits: 1,
+            use_global_speed: false,
+        },
+        valid_until: Some(T0 + 86_400),
+        max_devices,
+        code_len: 10,
+    }
+}
+
+fn setup() -> (Arc<SessionsMgr>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let mgr = Arc::new(SessionsMgr::new(
+        Arc::new(MemoryStore::new()),
+        clock.clone(),
+    ));
+    (mgr, clock)
+}
+
+#[test]
+fn of_fifty_devices_redeeming_one_code_at_once_exactly_one_wins() {
+    let (m, _) = setup();
+    let code = m.create_vouchers(&batch(1, 1)).unwrap()[0].code.clone();
+    let devices: Vec<_> = (0..50)
+        .map(|i| m.create_device(mac(i), None, None).unwrap().id)
+        .collect();
+    let barrier = Arc::new(std::sync::Barrier::new(devices.len()));
+    let handles: Vec<_> = devices
+        .into_iter()
+        .map(|d| {
+            let (m, code, barrier) = (m.clone(), code.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                m.redeem_voucher(d, &code).map(|(s, _)| s.id())
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    for r in results.iter().filter(|r| r.is_err()) {
+        assert!(
+            matches!(
+                r,
+                Err(ModelError::Redeem(RedeemRefusal::LockedToOtherDevice))
+            ),
+            "{r:?}"
+        );
+    }
+    assert_eq!(m.store().sessions().unwrap().len(), 1);
+    let v = m.voucher(&code).unwrap();
+    assert_eq!(v.redemptions.len(), 1);
+    assert_eq!(m.voucher_state(&v), VoucherState::Active);
+}
+
+#[test]
+fn a_redeemed_code_buys_its_template_and_follows_its_states() {
+    let (m, clock) = setup();
+    let vs = m.create_vouchers(&batch(3, 1)).unwrap();
+    assert_eq!(vs.len(), 3);
+    let d = m.create_device(mac(1), None, None).unwrap();
+    // Typed in lower case with the printed dash.
+    let typed = vs[0].display_code(5).to_lowercase();
+    let (s, v) = m.redeem_voucher(d.id, &typed).unwrap();
+    assert_eq!(s.session_type(), SessionType::Time);
+    assert_eq!(s.time_secs(), 600);
+    assert_eq!((s.data().down_mbits, s.data().up_mbits), (4, 1));
+    assert_eq!(v.redemptions[0].mac, mac(1));
+    assert_eq!(
+        m.redeem_voucher(d.id, &vs[0].code).unwrap_err().to_string(),
+        format!(
+            "this device already redeemed this code (session {})",
+            s.id()
+        )
+    );
+    // A second code queues a second session.
+    let (s2, _) = m.redeem_voucher(d.id, &vs[1].code).unwrap();
+    assert_eq!(m.device_sessions(d.id).unwrap().len(), 2);
+    assert!(s2.id() > s.id());
+
+    // The session used up: the code is used up.
+    let mut r = m.store().session(s.id()).unwrap().unwrap();
+    r.data.time_cons = 600;
+    r.settle_end(T0);
+    m.store().save_session(&r).unwrap();
+    let v = m.voucher(&vs[0].code).unwrap();
+    assert_eq!(m.voucher_state(&v), VoucherState::UsedUp);
+    assert!(matches!(
+        m.revoke_voucher(&vs[0].code),
+        Err(ModelError::VoucherNotRevocable {
+            state: "used_up",
+            ..
+        })
+    ));
+
+    // The third is revoked, then refused.
+    m.revoke_voucher(&vs[2].code).unwrap();
+    assert!(matches!(
+        m.redeem_voucher(d.id, &vs[2].code),
+        Err(ModelError::Redeem(RedeemRefusal::Revoked))
+    ));
+    assert_eq!(
+        m.voucher_state(&m.voucher(&vs[2].code).unwrap()),
+        VoucherState::Revoked
+    );
+    // Past the last day an unused code is expired.
+    let fresh = m.create_vouchers(&batch(1, 1)).unwrap().remove(0);
+    clock.advance_secs(86_401);
+    assert_eq!(m.voucher_state(&fresh), VoucherState::Expired);
+    assert!(matches!(
+        m.redeem_voucher(d.id, &fresh.code),
+        Err(ModelError::Redeem(RedeemRefusal::Expired))
+    ));
+    assert!(matches!(
+        m.redeem_voucher(d.id, "NOPE-NOPE"),
+        Err(ModelError::Redeem(RedeemRefusal::Unknown))
+    ));
+    assert!(matches!(
+        m.redeem_voucher(d.id, "0O1Il"),
+        Err(ModelError::Redeem(RedeemRefusal::Unknown))
+    ));
+}
+
+#[test]
+fn a_batch_that_cannot_be_sold_is_refused_whole() {
+    let (m, _) = setup();
+    let bad = |f: &dyn Fn(&mut NewBatch)| {
+        let mut b = batch(5, 1);
+        f(&mut b);
+        let e = m.create_vouchers(&b).unwrap_err();
+        assert!(m.store().vouchers().unwrap().is_empty(), "{e}");
+        e.to_string()
+    };
+    assert!(bad(&|b| b.count = 0).contains("count must be 1 to 10000"));
+    assert!(bad(&|b| b.code_len = 4).contains("code_length must be 6 to 32"));
+    assert!(bad(&|b| b.max_devices = 0).contains("max_devices"));
+    assert!(bad(&|b| b.batch = String::new()).contains("batch must have"));
+    assert!(bad(&|b| b.valid_until = Some(T0 - 1)).contains("in the past"));
+    assert!(bad(&|b| b.template.time_secs = 0).contains("non-zero"));
+}
