@@ -232,6 +232,8 @@ pub struct Gateway {
     last_enforced: StdMutex<Option<Instant>>,
     /// Where the next check of speeds and budgets starts among the connected devices.
     check_cursor: std::sync::atomic::AtomicUsize,
+    /// Failed voucher tries per client, and redemption counts.
+    vouchers: crate::vouchers::VoucherDesk,
 }
 
 /// The slot of every connected device, sorted by slot so that a poll walks
@@ -277,7 +279,13 @@ impl Gateway {
             idle_clients: StdMutex::new(IdleTracker::default()),
             last_enforced: StdMutex::new(None),
             check_cursor: std::sync::atomic::AtomicUsize::new(0),
+            vouchers: crate::vouchers::VoucherDesk::default(),
         })
+    }
+
+    /// The voucher desk (failed tries, counts).
+    pub fn vouchers(&self) -> &crate::vouchers::VoucherDesk {
+        &self.vouchers
     }
 
     pub fn sessions(&self) -> &Arc<SessionsMgr> {

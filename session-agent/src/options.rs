@@ -10,6 +10,7 @@
 //!   flag such as `--lan` replaces the file's list). [`Options::load`] does that.
 //! - [`Options::resolve`] turns them into what the daemon runs with.
 
+use std::sync::Arc;
 use std::{
     fmt,
     net::SocketAddr,
@@ -314,9 +315,14 @@ pub struct CaptiveSection {
     /// the port joins the walled garden).
     #[arg(long = "captive-listen", value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
-    /// The portal's URL, announced as user-portal-url by the captive-portal API.
+    /// The portal's URL, announced as user-portal-url by the captive-portal API
+    /// [default: the built-in portal page, http://ADDR:PORT/portal of --captive-listen].
     #[arg(long, value_name = "URL")]
     pub portal_url: Option<HttpUrl>,
+    /// Texts, name and colours of the built-in portal page (TOML; keys left out keep
+    /// their defaults).
+    #[arg(long, value_name = "FILE")]
+    pub portal_texts: Option<PathBuf>,
 }
 
 /// The defaults, once.
@@ -405,6 +411,15 @@ pub enum OptionsError {
     EmptyTokenFile(PathBuf),
     #[error(transparent)]
     Api(#[from] crate::api::ApiOptionsError),
+    #[error(transparent)]
+    PortalTexts(#[from] crate::portal::PortalTextsError),
+}
+
+/// The built-in portal page's URL on the captive listener, when its address is one
+/// a client can be sent to.
+fn builtin_portal_url(listen: Option<SocketAddr>) -> Option<String> {
+    let addr = listen.filter(|a| !a.ip().is_unspecified())?;
+    Some(format!("http://{addr}/portal"))
 }
 
 impl Options {
@@ -516,7 +531,16 @@ impl Options {
             tcp: self.api.tcp,
             token,
             captive: self.captive.listen,
-            portal_url: self.captive.portal_url.clone().map(|u| u.0),
+            portal_url: self
+                .captive
+                .portal_url
+                .clone()
+                .map(|u| u.0)
+                .or_else(|| builtin_portal_url(self.captive.listen)),
+            portal_texts: match &self.captive.portal_texts {
+                Some(path) => Arc::new(crate::portal::PortalTexts::load(path)?),
+                None => Arc::default(),
+            },
             metrics_top_clients: self.api.metrics_top_clients,
             retention: (retention > 0).then(|| Duration::from_secs(retention)),
         };

@@ -9,4 +9,7 @@ pub mod client;
 pub mod views;
 
 pub use client::{ApiClient, ClientError, Reply};
-pub use views::{ApiErrorBody, ConnectedView, DeviceView, LanView, SessionView, StatusView};
+pub use views::{
+    ApiErrorBody, ConnectedView, DeviceView, LanView, RedeemView, RedemptionView, SessionView,
+    StatusView, VoucherView,
+};

@@ -91,3 +91,50 @@ pub struct ApiErrorBody {
     pub code: String,
     pub message: String,
 }
+
+/// One device's use of a voucher code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedemptionView {
+    pub device_id: DeviceId,
+    pub mac: String,
+    pub session_id: SessionId,
+    pub at: i64,
+}
+
+/// A voucher: its code, what it buys and where it is in its life.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VoucherView {
+    /// The code in canonical form (capitals, no dashes).
+    pub code: String,
+    /// The code as printed, in groups joined by `-`.
+    pub display_code: String,
+    pub batch: String,
+    pub price: Option<String>,
+    /// `unused`, `active`, `used_up`, `expired` or `revoked`.
+    pub state: String,
+    /// 0 = time, 1 = data, 2 = time_or_data.
+    #[serde(rename = "type")]
+    pub session_type: u8,
+    pub time_secs: u64,
+    /// Megabytes (1 MB = 1,000,000 bytes).
+    pub data_mb: f64,
+    pub exp_days: Option<u32>,
+    pub down_mbits: i32,
+    pub up_mbits: i32,
+    pub use_global_speed: bool,
+    pub created_at: i64,
+    /// The code cannot be redeemed after this (Unix seconds).
+    pub valid_until: Option<i64>,
+    pub max_devices: u32,
+    pub redemptions: Vec<RedemptionView>,
+    pub revoked_at: Option<i64>,
+}
+
+/// A redeemed code: the session it bought (the device is connected).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedeemView {
+    pub session: SessionView,
+    pub voucher: VoucherView,
+    /// The device was connected already: the new session waits behind its running one.
+    pub queued: bool,
+}

@@ -33,5 +33,5 @@ pub use store::{
 };
 pub use voucher::{
     generate_code, normalize_code, NewBatch, RedeemRefusal, Redemption, Voucher, VoucherState,
-    VoucherTemplate,
+    VoucherTemplate, DEFAULT_CODE_LEN, DEFAULT_GROUP,
 };

@@ -89,6 +89,18 @@ pub struct Voucher {
     pub redemptions: Vec<Redemption>,
     /// Unix seconds of revocation.
     pub revoked_at: Option<i64>,
+    /// Characters per printed group (`ABCDE-FGHJK`); 0: one group.
+    #[serde(default = "default_group")]
+    pub group: usize,
+}
+
+/// Characters per printed group of a code, unless a batch says otherwise.
+pub const DEFAULT_GROUP: usize = 5;
+/// Characters of a code, unless a batch says otherwise (about 50 bits).
+pub const DEFAULT_CODE_LEN: usize = 10;
+
+fn default_group() -> usize {
+    DEFAULT_GROUP
 }
 
 /// Where a voucher is in its life.
@@ -228,9 +240,9 @@ impl Voucher {
         Ok(())
     }
 
-    /// The code as printed: groups of `group` characters joined by `-` (0: no groups).
-    pub fn display_code(&self, group: usize) -> String {
-        group_code(&self.code, group)
+    /// The code as printed: groups of [`Voucher::group`] characters joined by `-`.
+    pub fn display_code(&self) -> String {
+        group_code(&self.code, self.group)
     }
 
     /// The code with all but its last four characters hidden, for logs.
@@ -317,6 +329,8 @@ pub struct NewBatch {
     pub valid_until: Option<i64>,
     pub max_devices: u32,
     pub code_len: usize,
+    /// Characters per printed group (0: one group).
+    pub group: usize,
 }
 
 fn check_label(field: &str, v: &str, empty_ok: bool) -> Result<(), ModelError> {
@@ -353,6 +367,12 @@ impl SessionsMgr {
                 b.code_len
             )));
         }
+        if b.group > b.code_len {
+            return Err(ModelError::InvalidBatch(format!(
+                "group must be 0 (none) to code_length ({}), not {}",
+                b.code_len, b.group
+            )));
+        }
         if !(1..=MAX_DEVICES_PER_CODE).contains(&b.max_devices) {
             return Err(ModelError::InvalidBatch(format!(
                 "max_devices must be 1 to {MAX_DEVICES_PER_CODE}, not {}",
@@ -387,6 +407,7 @@ impl SessionsMgr {
                 max_devices: b.max_devices,
                 redemptions: Vec::new(),
                 revoked_at: None,
+                group: b.group,
             });
         }
         self.store().create_vouchers(&out)?;
@@ -496,6 +517,7 @@ mod tests {
             max_devices,
             redemptions: vec![],
             revoked_at: None,
+            group: 5,
         }
     }
 

@@ -452,6 +452,7 @@ fn voucher(code: &str, max_devices: u32) -> Voucher {
         max_devices,
         redemptions: vec![],
         revoked_at: None,
+        group: 4,
     }
 }
 

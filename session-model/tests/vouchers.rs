@@ -30,6 +30,7 @@ fn batch(count: u32, max_devices: u32) -> NewBatch {
         valid_until: Some(T0 + 86_400),
         max_devices,
         code_len: 10,
+        group: 5,
     }
 }
 
@@ -85,7 +86,8 @@ fn a_redeemed_code_buys_its_template_and_follows_its_states() {
     assert_eq!(vs.len(), 3);
     let d = m.create_device(mac(1), None, None).unwrap();
     // Typed in lower case with the printed dash.
-    let typed = vs[0].display_code(5).to_lowercase();
+    let typed = vs[0].display_code().to_lowercase();
+    assert_eq!(typed.len(), 11);
     let (s, v) = m.redeem_voucher(d.id, &typed).unwrap();
     assert_eq!(s.session_type(), SessionType::Time);
     assert_eq!(s.time_secs(), 600);

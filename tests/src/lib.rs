@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod browser;
 pub mod check;
 pub mod netns;
 pub mod nft;
@@ -21,6 +22,7 @@ pub mod topo;
 pub mod traffic;
 
 pub use agent::{agent_bin, Agent, AgentBuilder, ClientStats};
+pub use browser::{Browser, Element};
 pub use netns::{in_netns, ns_command, require_root, unique_id, Netns};
 pub use nft::{NftRef, RefCounts};
 pub use topo::{Client, Hotspot, HotspotBuilder};

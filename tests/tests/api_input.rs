@@ -326,7 +326,8 @@ fn served_routes_match_openapi() {
         let concrete = path
             .replace("{id}", "999999")
             .replace("{mac}", "02:00:00:00:00:99")
-            .replace("{ip}", "10.201.0.250");
+            .replace("{ip}", "10.201.0.250")
+            .replace("{code}", "ZZZZZZZZZZ");
         let documented: Vec<String> = item
             .as_object()
             .unwrap()

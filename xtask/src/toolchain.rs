@@ -23,6 +23,8 @@ const EBPF_PACKAGES: &[&str] = &[
 const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "cpio"];
 /// Packages for the tests and the demo.
 const NET_PACKAGES: &[&str] = &["iproute2", "nftables", "iperf3", "util-linux"];
+/// Packages for the browser tests: Chromium and its WebDriver.
+const BROWSER_PACKAGES: &[&str] = &["chromium", "chromium-driver"];
 
 fn home() -> PathBuf {
     std::env::var_os("HOME")
@@ -121,6 +123,11 @@ pub fn ensure_qemu() -> Result<()> {
 
 pub fn ensure_net_tools() -> Result<()> {
     apt_install(NET_PACKAGES)
+}
+
+/// Installs Chromium and chromedriver for the browser tests.
+pub fn ensure_browser() -> Result<()> {
+    apt_install(BROWSER_PACKAGES)
 }
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is there (as systemd does at boot).

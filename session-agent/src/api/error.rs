@@ -94,6 +94,8 @@ impl From<StoreError> for ApiError {
             StoreError::DuplicateMac { .. } => (StatusCode::CONFLICT, "duplicate_mac"),
             StoreError::DeviceMismatch { .. } => (StatusCode::CONFLICT, "device_mismatch"),
             StoreError::UnknownProvider(_) => (StatusCode::NOT_FOUND, "unknown_provider"),
+            StoreError::UnknownVoucher(_) => (StatusCode::NOT_FOUND, "unknown_voucher"),
+            StoreError::DuplicateVoucher(_) => (StatusCode::CONFLICT, "duplicate_voucher"),
             StoreError::MissingPath { .. }
             | StoreError::Redb { .. }
             | StoreError::Io { .. }
@@ -126,9 +128,43 @@ impl From<ModelError> for ApiError {
             ModelError::SessionRunning(_) => (StatusCode::CONFLICT, "session_running"),
             ModelError::DuplicateProvider(_) => (StatusCode::CONFLICT, "duplicate_provider"),
             ModelError::Provider { .. } => (StatusCode::BAD_GATEWAY, "provider_error"),
-            ModelError::Poisoned => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            ModelError::Redeem(r) => return r.into(),
+            ModelError::VoucherNotRevocable { .. } => {
+                (StatusCode::CONFLICT, "voucher_not_revocable")
+            }
+            ModelError::InvalidBatch(_) => (StatusCode::BAD_REQUEST, "invalid_batch"),
+            ModelError::Random(_) | ModelError::Poisoned => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+            }
         };
         Self::new(status, code, message)
+    }
+}
+
+impl From<session_model::RedeemRefusal> for ApiError {
+    fn from(r: session_model::RedeemRefusal) -> Self {
+        use session_model::RedeemRefusal as R;
+        let status = match r {
+            R::Unknown => StatusCode::NOT_FOUND,
+            R::LockedToOtherDevice => StatusCode::FORBIDDEN,
+            R::Revoked | R::Expired | R::UsedUp | R::AlreadyRedeemed { .. } => StatusCode::CONFLICT,
+        };
+        Self::new(status, r.code(), r.to_string())
+    }
+}
+
+impl From<crate::vouchers::RedeemError> for ApiError {
+    fn from(e: crate::vouchers::RedeemError) -> Self {
+        use crate::vouchers::RedeemError as E;
+        match e {
+            E::TooManyTries { .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_tries",
+                e.to_string(),
+            ),
+            E::Refused(r) => r.into(),
+            E::Agent(a) => a.into(),
+        }
     }
 }
 

@@ -405,5 +405,30 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
         "Commits of charged usage that failed.",
         n(&s.commit_errors),
     );
+    let desk = st.gw.vouchers().counts();
+    single(
+        &mut out,
+        ("session_agent_voucher_redemptions_total", "counter"),
+        "Voucher codes redeemed (each a session created and its device connected).",
+        desk.redeemed,
+    );
+    head(
+        &mut out,
+        "session_agent_voucher_refusals_total",
+        "counter",
+        "Voucher codes refused, by the API's error code.",
+    );
+    for (code, v) in &desk.refused {
+        let _ = writeln!(
+            out,
+            "session_agent_voucher_refusals_total{{reason=\"{code}\"}} {v}"
+        );
+    }
+    single(
+        &mut out,
+        ("session_agent_voucher_tries_limited_total", "counter"),
+        "Redemptions answered 429 because the client had too many wrong codes in a minute.",
+        desk.limited,
+    );
     Ok(out)
 }

@@ -6,9 +6,10 @@ mod captive;
 mod error;
 mod events;
 mod metrics;
-mod neigh;
+pub mod neigh;
 mod routes;
 pub mod views;
+mod vouchers;
 
 pub use session_api::client;
 
@@ -54,6 +55,8 @@ pub struct ApiOptions {
     pub captive: Option<SocketAddr>,
     /// `user-portal-url` of the captive-portal API.
     pub portal_url: Option<String>,
+    /// Texts and colours of the built-in portal page (served on the captive listener).
+    pub portal_texts: Arc<crate::portal::PortalTexts>,
     /// Clients listed with their own series in `/metrics` (the busiest first).
     pub metrics_top_clients: usize,
     /// Remove sessions that ended this long ago (checked every minute).
@@ -68,6 +71,7 @@ impl Default for ApiOptions {
             token: None,
             captive: None,
             portal_url: None,
+            portal_texts: Arc::default(),
             metrics_top_clients: crate::options::Options::default().api.metrics_top_clients,
             retention: None,
         }
@@ -245,8 +249,10 @@ pub async fn serve(
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             AgentError::from_io(format!("binding the captive-portal API listener {addr}"), e)
         })?;
-        info!(%addr, "captive-portal API (RFC 8908) listening");
-        let app = captive::router(gateway.clone(), opts.portal_url.clone());
+        info!(%addr, "captive-portal API (RFC 8908) and portal page (/portal) listening");
+        let app = captive::router(gateway.clone(), opts.portal_url.clone()).merge(
+            crate::portal::router(gateway.clone(), opts.portal_texts.clone()),
+        );
         tasks.spawn(async move {
             axum::serve(
                 listener,

@@ -74,3 +74,23 @@ pub async fn device_for_ip(gw: &Gateway, ip: IpAddr) -> Result<Device, ApiError>
         Err(e) => Err(e.into()),
     }
 }
+
+/// The device behind `ip`, made for its MAC when there is none yet (a client the
+/// portal meets before the gateway recorded it).
+pub async fn device_or_new_for_ip(gw: &Gateway, ip: IpAddr) -> Result<Device, ApiError> {
+    let mac = mac_for_ip(gw, ip).await?;
+    match gw.sessions().device_by_mac(mac) {
+        Ok(d) => Ok(d),
+        Err(ModelError::UnknownMac(_)) => {
+            match gw.sessions().create_device(mac, Some(canonical(ip)), None) {
+                Ok(d) => Ok(d),
+                // Made meanwhile by the gateway or another request.
+                Err(ModelError::Store(session_model::StoreError::DuplicateMac { .. })) => {
+                    Ok(gw.sessions().device_by_mac(mac)?)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}

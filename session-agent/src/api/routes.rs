@@ -23,12 +23,12 @@ use crate::error::AgentError;
 use super::{
     events, metrics, neigh,
     views::{self, ConnectedView, LanView, StatusView},
-    ApiError, ApiState, DeviceView, SessionView,
+    vouchers, ApiError, ApiState, DeviceView, SessionView,
 };
 
 type St = State<Arc<ApiState>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
-type PathArg = Result<Path<String>, PathRejection>;
+pub(super) type PathArg = Result<Path<String>, PathRejection>;
 type BodyArg = Result<Bytes, BytesRejection>;
 
 /// Longest accepted allocation or consumption of time: 100 years.
@@ -79,6 +79,11 @@ routes! {
     "/v1/sessions/{id}/inc" => post(inc_session);
     "/v1/sessions/{id}/save" => post(save_session);
     "/v1/sessions/{id}/reload" => post(reload_session);
+    "/v1/devices/{id}/redeem" => post(vouchers::redeem);
+    "/v1/devices/by-ip/{ip}/redeem" => post(vouchers::redeem_by_ip);
+    "/v1/vouchers" => get(vouchers::list).post(vouchers::create);
+    "/v1/vouchers/export" => get(vouchers::export);
+    "/v1/vouchers/{code}" => get(vouchers::show).delete(vouchers::revoke);
     "/v1/events" => get(events::stream);
     "/v1/metrics" => get(metrics::handler);
     "/metrics" => get(metrics::handler);
@@ -90,7 +95,7 @@ routes! {
 /// Runs an operation that writes the store (a redb commit fsyncs) and
 /// programs the datapath on a blocking thread, so the runtime's workers go
 /// on serving (and polling) meanwhile.
-async fn off_runtime<T, E, F, Fut>(st: &Arc<ApiState>, op: F) -> Result<T, ApiError>
+pub(super) async fn off_runtime<T, E, F, Fut>(st: &Arc<ApiState>, op: F) -> Result<T, ApiError>
 where
     F: FnOnce(Arc<crate::gateway::Gateway>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, E>>,
@@ -111,7 +116,7 @@ where
 
 // ----- input -------------------------------------------------------------------------
 
-fn path(p: PathArg) -> Result<String, ApiError> {
+pub(super) fn path(p: PathArg) -> Result<String, ApiError> {
     p.map(|Path(s)| s)
         .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
 }
@@ -231,25 +236,25 @@ fn session_id(s: &str) -> Result<SessionId, ApiError> {
     })
 }
 
-fn out_of_range(field: &str, what: impl std::fmt::Display) -> ApiError {
+pub(super) fn out_of_range(field: &str, what: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request("out_of_range", format!("{field} must be {what}"))
 }
 
-fn check_secs(field: &str, v: u64) -> Result<u64, ApiError> {
+pub(super) fn check_secs(field: &str, v: u64) -> Result<u64, ApiError> {
     if v > MAX_SECS {
         return Err(out_of_range(field, format_args!("at most {MAX_SECS}")));
     }
     Ok(v)
 }
 
-fn check_mb(field: &str, v: f64) -> Result<f64, ApiError> {
+pub(super) fn check_mb(field: &str, v: f64) -> Result<f64, ApiError> {
     if !v.is_finite() || !(0.0..=MAX_MB).contains(&v) {
         return Err(out_of_range(field, format_args!("between 0 and {MAX_MB}")));
     }
     Ok(v)
 }
 
-fn check_mbits(field: &str, v: i32) -> Result<i32, ApiError> {
+pub(super) fn check_mbits(field: &str, v: i32) -> Result<i32, ApiError> {
     if !(0..=MAX_MBITS).contains(&v) {
         return Err(out_of_range(
             field,
@@ -259,7 +264,7 @@ fn check_mbits(field: &str, v: i32) -> Result<i32, ApiError> {
     Ok(v)
 }
 
-fn check_exp_days(v: Option<u32>) -> Result<Option<u32>, ApiError> {
+pub(super) fn check_exp_days(v: Option<u32>) -> Result<Option<u32>, ApiError> {
     match v {
         Some(d) if d > MAX_EXP_DAYS => Err(out_of_range(
             "exp_days",
@@ -269,7 +274,7 @@ fn check_exp_days(v: Option<u32>) -> Result<Option<u32>, ApiError> {
     }
 }
 
-fn check_timestamp(field: &str, v: Option<i64>) -> Result<Option<i64>, ApiError> {
+pub(super) fn check_timestamp(field: &str, v: Option<i64>) -> Result<Option<i64>, ApiError> {
     match v {
         Some(t) if !(0..=MAX_TIMESTAMP).contains(&t) => Err(out_of_range(
             field,
@@ -309,7 +314,7 @@ where
 
 // ----- views -------------------------------------------------------------------------
 
-fn now(st: &ApiState) -> i64 {
+pub(super) fn now(st: &ApiState) -> i64 {
     st.gw.sessions().clock().now_secs()
 }
 
@@ -318,7 +323,7 @@ pub(crate) fn device_view(st: &ApiState, id: DeviceId) -> Result<DeviceView, Api
     Ok(views::device_view(&d, st.gw.sessions().is_connected(id)?))
 }
 
-fn view(st: &ApiState, s: &ClientSession) -> Result<SessionView, ApiError> {
+pub(super) fn view(st: &ApiState, s: &ClientSession) -> Result<SessionView, ApiError> {
     let running = st.gw.sessions().running_session_id(s.device_id())? == Some(s.id());
     Ok(views::session_view(s, running, now(st)))
 }
@@ -327,7 +332,7 @@ fn session_view(st: &ApiState, id: SessionId) -> Result<SessionView, ApiError> {
     view(st, &st.gw.sessions().session(id)?)
 }
 
-fn created<T: serde::Serialize>(v: T) -> Response {
+pub(super) fn created<T: serde::Serialize>(v: T) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
 
@@ -881,7 +886,40 @@ mod tests {
             code: "x".into(),
             message: "y".into(),
         };
+        let redemption = RedemptionView {
+            device_id: 1,
+            mac: "02:00:00:00:00:01".into(),
+            session_id: 1,
+            at: 0,
+        };
+        let voucher = VoucherView {
+            code: "ABCDEFGHJK".into(),
+            display_code: "ABCDE-FGHJK".into(),
+            batch: "b".into(),
+            price: None,
+            state: "unused".into(),
+            session_type: 0,
+            time_secs: 60,
+            data_mb: 0.0,
+            exp_days: None,
+            down_mbits: 0,
+            up_mbits: 0,
+            use_global_speed: true,
+            created_at: 0,
+            valid_until: None,
+            max_devices: 1,
+            redemptions: vec![redemption.clone()],
+            revoked_at: None,
+        };
+        let redeem = RedeemView {
+            session: session.clone(),
+            voucher: voucher.clone(),
+            queued: false,
+        };
         for (name, v) in [
+            ("Redemption", serde_json::to_value(redemption).unwrap()),
+            ("Voucher", serde_json::to_value(voucher).unwrap()),
+            ("Redeem", serde_json::to_value(redeem).unwrap()),
             ("Session", serde_json::to_value(session).unwrap()),
             ("Device", serde_json::to_value(device).unwrap()),
             ("Status", serde_json::to_value(status).unwrap()),

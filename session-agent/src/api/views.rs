@@ -1,6 +1,6 @@
 //! The API's view types (from `session_api`) made from the model.
 
-use session_model::{ClientSession, Device};
+use session_model::{bytes_to_mb, ClientSession, Device, Voucher, VoucherState};
 
 pub use session_api::views::*;
 
@@ -52,5 +52,38 @@ pub fn session_view(s: &ClientSession, running: bool, now: i64) -> SessionView {
         created_at: s.created_at(),
         running,
         status: status.to_string(),
+    }
+}
+
+/// A voucher as the API shows it, in `state`.
+pub fn voucher_view(v: &Voucher, state: VoucherState) -> VoucherView {
+    let t = &v.template;
+    VoucherView {
+        code: v.code.clone(),
+        display_code: v.display_code(),
+        batch: v.batch.clone(),
+        price: v.price.clone(),
+        state: state.name().to_string(),
+        session_type: t.session_type as u8,
+        time_secs: t.time_secs,
+        data_mb: bytes_to_mb(t.data_bytes),
+        exp_days: t.exp_days,
+        down_mbits: t.down_mbits,
+        up_mbits: t.up_mbits,
+        use_global_speed: t.use_global_speed,
+        created_at: v.created_at,
+        valid_until: v.valid_until,
+        max_devices: v.max_devices,
+        redemptions: v
+            .redemptions
+            .iter()
+            .map(|r| RedemptionView {
+                device_id: r.device_id,
+                mac: r.mac.to_string(),
+                session_id: r.session_id,
+                at: r.at,
+            })
+            .collect(),
+        revoked_at: v.revoked_at,
     }
 }

@@ -1,0 +1,350 @@
+//! `/v1/vouchers` and redemption: batches of codes, their states, revocation,
+//! export for print, and `POST /v1/devices/{id}/redeem`.
+
+use std::{net::IpAddr, sync::Arc};
+
+use axum::{
+    extract::{Query, State},
+    http::header,
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::Deserialize;
+use session_model::{
+    mb_to_bytes, NewBatch, SessionType, Voucher, VoucherState, VoucherTemplate, DEFAULT_CODE_LEN,
+    DEFAULT_GROUP,
+};
+
+use super::{
+    neigh,
+    routes::{
+        check_exp_days, check_mb, check_mbits, check_secs, check_timestamp, created, off_runtime,
+        path, view, Body, DevId, PathArg,
+    },
+    views::{self, RedeemView, VoucherView},
+    ApiError, ApiState,
+};
+use crate::html::{escape, what_it_buys};
+
+type St = State<Arc<ApiState>>;
+
+fn default_devices() -> u32 {
+    1
+}
+fn default_len() -> usize {
+    DEFAULT_CODE_LEN
+}
+fn default_group() -> usize {
+    DEFAULT_GROUP
+}
+
+/// `POST /v1/vouchers`: a batch of codes, each buying the session described.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewVouchers {
+    count: u32,
+    batch: String,
+    #[serde(default)]
+    price: Option<String>,
+    #[serde(rename = "type")]
+    session_type: u8,
+    #[serde(default)]
+    time_secs: u64,
+    #[serde(default)]
+    data_mb: f64,
+    #[serde(default)]
+    exp_days: Option<u32>,
+    #[serde(default)]
+    down_mbits: i32,
+    #[serde(default)]
+    up_mbits: i32,
+    #[serde(default)]
+    use_global_speed: bool,
+    #[serde(default)]
+    valid_until: Option<i64>,
+    #[serde(default = "default_devices")]
+    max_devices: u32,
+    #[serde(default = "default_len")]
+    code_length: usize,
+    #[serde(default = "default_group")]
+    group: usize,
+}
+
+impl NewVouchers {
+    fn batch(self) -> Result<NewBatch, ApiError> {
+        check_secs("time_secs", self.time_secs)?;
+        check_mb("data_mb", self.data_mb)?;
+        check_exp_days(self.exp_days)?;
+        check_mbits("down_mbits", self.down_mbits)?;
+        check_mbits("up_mbits", self.up_mbits)?;
+        check_timestamp("valid_until", self.valid_until)?;
+        let session_type = SessionType::try_from(self.session_type)?;
+        Ok(NewBatch {
+            batch: self.batch,
+            price: self.price,
+            count: self.count,
+            template: VoucherTemplate {
+                session_type,
+                time_secs: self.time_secs,
+                data_bytes: mb_to_bytes("data_mb", self.data_mb)?,
+                exp_days: self.exp_days,
+                down_mbits: self.down_mbits,
+                up_mbits: self.up_mbits,
+                use_global_speed: self.use_global_speed,
+            },
+            valid_until: self.valid_until,
+            max_devices: self.max_devices,
+            code_len: self.code_length,
+            group: self.group,
+        })
+    }
+}
+
+fn voucher_view(st: &ApiState, v: &Voucher) -> VoucherView {
+    views::voucher_view(v, st.gw.sessions().voucher_state(v))
+}
+
+pub(super) async fn create(
+    State(st): St,
+    Body(b): Body<NewVouchers>,
+) -> Result<Response, ApiError> {
+    let batch = b.batch()?;
+    let made = off_runtime(&st, move |gw| async move {
+        gw.sessions().create_vouchers(&batch)
+    })
+    .await?;
+    let views: Vec<VoucherView> = made.iter().map(|v| voucher_view(&st, v)).collect();
+    Ok(created(views))
+}
+
+/// `?batch=NAME&state=STATE`: only the codes of one batch, in one state.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Filter {
+    batch: Option<String>,
+    state: Option<String>,
+}
+
+impl Filter {
+    fn state(&self) -> Result<Option<VoucherState>, ApiError> {
+        self.state
+            .as_deref()
+            .map(|s| {
+                s.parse()
+                    .map_err(|e: String| ApiError::bad_request("invalid_query", e))
+            })
+            .transpose()
+    }
+}
+
+fn filtered(st: &ApiState, f: &Filter) -> Result<Vec<(Voucher, VoucherState)>, ApiError> {
+    let want = f.state()?;
+    Ok(st
+        .gw
+        .sessions()
+        .vouchers()?
+        .into_iter()
+        .filter(|(v, s)| {
+            f.batch.as_ref().is_none_or(|b| &v.batch == b) && want.is_none_or(|w| w == *s)
+        })
+        .collect())
+}
+
+pub(super) async fn list(
+    State(st): St,
+    q: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<VoucherView>>, ApiError> {
+    let Query(f) = q?;
+    Ok(Json(
+        filtered(&st, &f)?
+            .iter()
+            .map(|(v, s)| views::voucher_view(v, *s))
+            .collect(),
+    ))
+}
+
+pub(super) async fn show(State(st): St, code: PathArg) -> Result<Json<VoucherView>, ApiError> {
+    let code = path(code)?;
+    let v = st.gw.sessions().voucher(&code)?;
+    Ok(Json(voucher_view(&st, &v)))
+}
+
+pub(super) async fn revoke(State(st): St, code: PathArg) -> Result<Json<VoucherView>, ApiError> {
+    let code = path(code)?;
+    let v = off_runtime(
+        &st,
+        move |gw| async move { gw.sessions().revoke_voucher(&code) },
+    )
+    .await?;
+    Ok(Json(voucher_view(&st, &v)))
+}
+
+/// `?batch=NAME&state=STATE&format=csv|html`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ExportQuery {
+    batch: Option<String>,
+    state: Option<String>,
+    format: Option<String>,
+}
+
+pub(super) async fn export(
+    State(st): St,
+    q: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
+    let f = Filter {
+        batch: q.batch,
+        state: q.state,
+    };
+    let rows = filtered(&st, &f)?;
+    match q.format.as_deref().unwrap_or("csv") {
+        "csv" => Ok((
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"vouchers.csv\"",
+                ),
+            ],
+            csv(&rows),
+        )
+            .into_response()),
+        "html" => Ok((
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            sheet(&rows, f.batch.as_deref()),
+        )
+            .into_response()),
+        other => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("format must be csv or html, not {other:?}"),
+        )),
+    }
+}
+
+/// One CSV field (RFC 4180), with a leading `'` on text a spreadsheet would run
+/// as a formula.
+fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+fn csv(rows: &[(Voucher, VoucherState)]) -> String {
+    let mut out = String::from(
+        "code,display_code,batch,price,state,type,time_secs,data_mb,exp_days,down_mbits,up_mbits,use_global_speed,valid_until,max_devices,redemptions\r\n",
+    );
+    for (v, s) in rows {
+        let t = &v.template;
+        let cells = [
+            v.code.clone(),
+            v.display_code(),
+            v.batch.clone(),
+            v.price.clone().unwrap_or_default(),
+            s.name().to_string(),
+            (t.session_type as u8).to_string(),
+            t.time_secs.to_string(),
+            session_model::bytes_to_mb(t.data_bytes).to_string(),
+            t.exp_days.map(|d| d.to_string()).unwrap_or_default(),
+            t.down_mbits.to_string(),
+            t.up_mbits.to_string(),
+            t.use_global_speed.to_string(),
+            v.valid_until.map(|d| d.to_string()).unwrap_or_default(),
+            v.max_devices.to_string(),
+            v.redemptions.len().to_string(),
+        ];
+        let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
+        out.push_str(&line.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// A printable sheet of slips: code, what it buys, price.
+fn sheet(rows: &[(Voucher, VoucherState)], batch: Option<&str>) -> String {
+    let title = match batch {
+        Some(b) => format!("Vouchers: {}", escape(b)),
+        None => "Vouchers".to_string(),
+    };
+    let mut out = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title><style>\
+         body{{font-family:sans-serif;margin:8mm}}\
+         .sheet{{display:grid;grid-template-columns:repeat(auto-fill,minmax(62mm,1fr));gap:4mm}}\
+         .slip{{border:1px dashed #444;padding:3mm;break-inside:avoid}}\
+         .code{{font:bold 16pt monospace;letter-spacing:1px}}\
+         .buys{{margin:1mm 0}} .meta{{color:#555;font-size:9pt}}\
+         </style></head><body><h1>{title}</h1><div class=\"sheet\">"
+    );
+    for (v, _) in rows {
+        out.push_str(&format!(
+            "<div class=\"slip\"><div class=\"code\">{}</div><div class=\"buys\">{}</div><div class=\"meta\">{}{}</div></div>",
+            escape(&v.display_code()),
+            escape(&what_it_buys(&v.template)),
+            v.price
+                .as_deref()
+                .map(|p| format!("{} · ", escape(p)))
+                .unwrap_or_default(),
+            escape(&v.batch),
+        ));
+    }
+    out.push_str("</div></body></html>\n");
+    out
+}
+
+/// `POST /v1/devices/{id}/redeem`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Redeem {
+    code: String,
+}
+
+async fn redeem_for(
+    st: &Arc<ApiState>,
+    device_id: i64,
+    code: String,
+) -> Result<Response, ApiError> {
+    let r = off_runtime(
+        st,
+        move |gw| async move { gw.redeem(device_id, &code).await },
+    )
+    .await?;
+    let v = RedeemView {
+        session: view(st, &r.session)?,
+        voucher: voucher_view(st, &r.voucher),
+        queued: r.queued,
+    };
+    Ok(created(v))
+}
+
+pub(super) async fn redeem(
+    State(st): St,
+    DevId(id): DevId,
+    Body(b): Body<Redeem>,
+) -> Result<Response, ApiError> {
+    redeem_for(&st, id, b.code).await
+}
+
+/// For portals that only know the client's address: the device is found (or
+/// made) from the gateway's neighbour table.
+pub(super) async fn redeem_by_ip(
+    State(st): St,
+    ip: PathArg,
+    Body(b): Body<Redeem>,
+) -> Result<Response, ApiError> {
+    let ip = path(ip)?;
+    let ip: IpAddr = ip.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_ip",
+            format!("'{ip}' is not an IPv4 or IPv6 address"),
+        )
+    })?;
+    let device = neigh::device_or_new_for_ip(&st.gw, ip).await?;
+    redeem_for(&st, device.id, b.code).await
+}

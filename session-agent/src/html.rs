@@ -1,0 +1,128 @@
+//! Small pieces of HTML and plain text shared by the portal page and the printed
+//! voucher sheet.
+
+use session_model::{SessionType, VoucherTemplate, BYTES_PER_MB};
+
+/// `s` safe inside HTML text and double-quoted attributes.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A duration for people: `2 d 3 h`, `1 h 05 min`, `4 min 09 s`, `12 s`.
+pub fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d} d {h} h")
+    } else if h > 0 {
+        format!("{h} h {m:02} min")
+    } else if m > 0 {
+        format!("{m} min {s:02} s")
+    } else {
+        format!("{s} s")
+    }
+}
+
+/// An amount of data in decimal units (1 MB = 1,000,000 bytes, as sold).
+pub fn bytes(n: u64) -> String {
+    let mb = n as f64 / BYTES_PER_MB as f64;
+    if mb >= 1000.0 {
+        format!("{:.2} GB", mb / 1000.0)
+    } else if mb >= 10.0 {
+        format!("{mb:.0} MB")
+    } else {
+        format!("{mb:.1} MB")
+    }
+}
+
+/// A speed pair in Mbit/s, 0 meaning no limit.
+pub fn speed(down: i32, up: i32, unlimited: &str) -> String {
+    let one = |v: i32| {
+        if v <= 0 {
+            unlimited.to_string()
+        } else {
+            format!("{v} Mbit/s")
+        }
+    };
+    format!("↓ {} · ↑ {}", one(down), one(up))
+}
+
+/// Unix seconds as `2026-11-27 19:05 UTC`.
+pub fn utc_minute(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3_600,
+        rem / 60 % 60
+    )
+}
+
+/// What a voucher buys, in a line: `1 h 00 min · 5 Mbit/s down`.
+pub fn what_it_buys(t: &VoucherTemplate) -> String {
+    let mut parts = Vec::new();
+    match t.session_type {
+        SessionType::Time => parts.push(duration(t.time_secs)),
+        SessionType::Data => parts.push(bytes(t.data_bytes)),
+        SessionType::TimeOrData => parts.push(format!(
+            "{} or {}",
+            duration(t.time_secs),
+            bytes(t.data_bytes)
+        )),
+    }
+    if !t.use_global_speed && (t.down_mbits > 0 || t.up_mbits > 0) {
+        parts.push(speed(t.down_mbits, t.up_mbits, "no limit"));
+    }
+    if let Some(d) = t.exp_days {
+        parts.push(format!("valid {d} d after first use"));
+    }
+    parts.join(" · ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_in_text_is_shown_not_run() {
+        assert_eq!(
+            escape(r#"<script>alert("x")</script> & 'y'"#),
+            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;"
+        );
+    }
+
+    #[test]
+    fn durations_and_amounts_read_as_people_say_them() {
+        assert_eq!(duration(9), "9 s");
+        assert_eq!(duration(249), "4 min 09 s");
+        assert_eq!(duration(3_900), "1 h 05 min");
+        assert_eq!(duration(2 * 86_400 + 3 * 3_600 + 59), "2 d 3 h");
+        assert_eq!(bytes(1_500_000), "1.5 MB");
+        assert_eq!(bytes(500_000_000), "500 MB");
+        assert_eq!(bytes(2_345_000_000), "2.35 GB");
+        assert_eq!(speed(5, 0, "∞"), "↓ 5 Mbit/s · ↑ ∞");
+        assert_eq!(utc_minute(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_minute(1_795_806_300), "2026-11-27 19:05 UTC");
+        assert_eq!(utc_minute(951_782_400), "2000-02-29 00:00 UTC");
+    }
+}

@@ -1,0 +1,691 @@
+//! The built-in portal page, on the captive listener (`--captive-listen`) next to
+//! the RFC 8908 API: a customer types a voucher code, gets online, sees what is
+//! left, and can pause and resume.
+//!
+//! Every request is about the asking client only: its source address is looked up
+//! in the gateway's neighbour table (as the RFC 8908 API does), the MAC gives the
+//! device. No page or form names a device, so no client can see or act on another's
+//! session. Forms work without JavaScript; a few lines of script refresh what is
+//! left every two seconds from `/portal/status`. No external assets: the client is
+//! not online yet.
+//!
+//! Texts, the hotspot's name and colours come from one TOML file
+//! ([`PortalTexts`], `portal/texts.toml` holds the defaults).
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use axum::{
+    extract::{ConnectInfo, Form, Query, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Redirect, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::{Deserialize, Serialize};
+use session_model::{ClientSession, Device, ModelError, RedeemRefusal};
+
+use crate::api::neigh;
+use crate::error::AgentError;
+use crate::gateway::Gateway;
+use crate::html::{bytes, duration, escape, speed, utc_minute};
+use crate::vouchers::RedeemError;
+
+/// The default texts (English), also the template an operator copies.
+pub const DEFAULT_TEXTS: &str = include_str!("../portal/texts.toml");
+
+/// Everything the page says, and its colours.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalTexts {
+    pub lang: String,
+    pub name: String,
+    pub welcome: String,
+    pub code_label: String,
+    pub code_placeholder: String,
+    pub redeem_button: String,
+    pub add_code: String,
+    pub connected: String,
+    pub paused: String,
+    pub paused_hint: String,
+    pub remaining_time: String,
+    pub remaining_data: String,
+    pub speed: String,
+    pub valid_until: String,
+    pub unlimited: String,
+    pub waiting_sessions: String,
+    pub pause_button: String,
+    pub resume_button: String,
+    pub redeemed: String,
+    pub queued: String,
+    pub error_unknown_voucher: String,
+    pub error_voucher_used_up: String,
+    pub error_voucher_expired: String,
+    pub error_voucher_revoked: String,
+    pub error_voucher_locked: String,
+    pub error_voucher_already_redeemed: String,
+    pub error_too_many_tries: String,
+    pub error_no_session: String,
+    pub error_not_a_client: String,
+    pub error_other: String,
+    pub color_accent: String,
+    pub color_background: String,
+    pub color_text: String,
+}
+
+/// A texts file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PortalTextsError {
+    #[error("cannot read the portal texts {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("portal texts {path}: {source} (the keys and their defaults are in the README's portal section)")]
+    Parse {
+        path: std::path::PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("portal texts {path}: {key} must be a colour like #0b6e4f, not {value:?}")]
+    Colour {
+        path: std::path::PathBuf,
+        key: &'static str,
+        value: String,
+    },
+}
+
+impl Default for PortalTexts {
+    fn default() -> Self {
+        // Checked by the test `the_default_texts_parse_and_are_complete`.
+        toml::from_str(DEFAULT_TEXTS).unwrap_or_else(|e| panic!("portal/texts.toml: {e}"))
+    }
+}
+
+impl PortalTexts {
+    /// The defaults with the keys of the file at `path` over them.
+    pub fn load(path: &Path) -> Result<Self, PortalTextsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PortalTextsError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_overlay(&text, path)
+    }
+
+    fn from_overlay(text: &str, path: &Path) -> Result<Self, PortalTextsError> {
+        let parse = |source| PortalTextsError::Parse {
+            path: path.into(),
+            source,
+        };
+        let mut merged: toml::Table = toml::from_str(DEFAULT_TEXTS).map_err(parse)?;
+        let given: toml::Table = toml::from_str(text).map_err(parse)?;
+        merged.extend(given);
+        let t: PortalTexts = toml::Value::Table(merged).try_into().map_err(parse)?;
+        for (key, value) in [
+            ("color_accent", &t.color_accent),
+            ("color_background", &t.color_background),
+            ("color_text", &t.color_text),
+        ] {
+            let ok = value.len() == 7
+                && value.starts_with('#')
+                && value[1..].bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(PortalTextsError::Colour {
+                    path: path.into(),
+                    key,
+                    value: value.clone(),
+                });
+            }
+        }
+        Ok(t)
+    }
+
+    fn refusal(&self, r: &RedeemRefusal) -> &str {
+        match r {
+            RedeemRefusal::Unknown => &self.error_unknown_voucher,
+            RedeemRefusal::Revoked => &self.error_voucher_revoked,
+            RedeemRefusal::Expired => &self.error_voucher_expired,
+            RedeemRefusal::UsedUp => &self.error_voucher_used_up,
+            RedeemRefusal::LockedToOtherDevice => &self.error_voucher_locked,
+            RedeemRefusal::AlreadyRedeemed { .. } => &self.error_voucher_already_redeemed,
+        }
+    }
+}
+
+struct Ctx {
+    gw: Arc<Gateway>,
+    texts: Arc<PortalTexts>,
+}
+
+/// The portal's routes: `/portal`, `/portal/status`, and the forms' targets.
+pub fn router(gw: Arc<Gateway>, texts: Arc<PortalTexts>) -> Router {
+    Router::new()
+        .route("/portal", get(show))
+        .route("/portal/status", get(status))
+        .route("/portal/redeem", post(redeem))
+        .route("/portal/pause", post(pause))
+        .route("/portal/resume", post(resume))
+        .with_state(Arc::new(Ctx { gw, texts }))
+}
+
+/// What the asking client has now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClientStatus {
+    /// Its session runs: it is online.
+    pub online: bool,
+    /// It has a session to resume (paused or not started) while not online.
+    pub paused: bool,
+    pub seconds_remaining: Option<u64>,
+    pub bytes_remaining: Option<u64>,
+    /// The same, as the page shows them.
+    pub time_text: Option<String>,
+    pub data_text: Option<String>,
+    pub speed_text: Option<String>,
+    pub valid_until_text: Option<String>,
+    /// Sessions waiting after the current one.
+    pub waiting: usize,
+}
+
+async fn status_of(
+    gw: &Gateway,
+    texts: &PortalTexts,
+    device: Option<&Device>,
+) -> Result<ClientStatus, AgentError> {
+    let Some(device) = device else {
+        return Ok(ClientStatus::default());
+    };
+    let mgr = gw.sessions();
+    let now = mgr.clock().now_secs();
+    let running = mgr.curr_session(device.id)?;
+    let shown: Option<ClientSession> = match &running {
+        Some(s) => Some(s.clone()),
+        None => match mgr.get_session(device.id).await {
+            Ok(s) => Some(s),
+            Err(_) => None,
+        },
+    };
+    let Some(s) = shown else {
+        return Ok(ClientStatus::default());
+    };
+    let available = mgr
+        .device_sessions(device.id)?
+        .iter()
+        .filter(|o| o.data().is_available(now))
+        .count();
+    let kind = s.session_type();
+    let mut secs = kind.uses_time().then(|| s.remaining_time());
+    let expires = s.expires_at();
+    if let Some(exp) = expires {
+        let left = exp.saturating_sub(now).max(0) as u64;
+        secs = Some(secs.map_or(left, |v| v.min(left)));
+    }
+    let data = kind.uses_data().then(|| s.remaining_data_bytes());
+    let (down, up) = if s.use_global_speed() {
+        let c = gw.config();
+        (c.global_down_mbits as i32, c.global_up_mbits as i32)
+    } else {
+        (s.down_mbits(), s.up_mbits())
+    };
+    Ok(ClientStatus {
+        online: running.is_some(),
+        paused: running.is_none(),
+        seconds_remaining: secs,
+        bytes_remaining: data,
+        time_text: Some(secs.map_or_else(|| texts.unlimited.clone(), duration)),
+        data_text: Some(data.map_or_else(|| texts.unlimited.clone(), bytes)),
+        speed_text: Some(speed(down, up, &texts.unlimited)),
+        valid_until_text: expires.map(utc_minute),
+        waiting: available.saturating_sub(1),
+    })
+}
+
+/// The asking client's device, if the gateway knows one for its address.
+/// `Err` when the address is not a client on a LAN.
+async fn client(gw: &Gateway, peer: SocketAddr) -> Result<Option<Device>, ()> {
+    let mac = neigh::mac_for_ip(gw, peer.ip()).await.map_err(|_| ())?;
+    Ok(gw.sessions().device_by_mac(mac).ok())
+}
+
+/// A note shown above the page.
+enum Note<'a> {
+    Good(&'a str),
+    Bad(&'a str),
+}
+
+fn page(t: &PortalTexts, st: &ClientStatus, note: Option<Note<'_>>, is_client: bool) -> String {
+    let mut body = String::new();
+    match note {
+        Some(Note::Good(m)) => body.push_str(&format!(
+            "<p class=\"note good\" role=\"status\">{}</p>",
+            escape(m)
+        )),
+        Some(Note::Bad(m)) => body.push_str(&format!(
+            "<p class=\"note bad\" role=\"alert\" id=\"error\">{}</p>",
+            escape(m)
+        )),
+        None => {}
+    }
+    if !is_client {
+        body.push_str(&format!(
+            "<p class=\"note bad\" id=\"error\">{}</p>",
+            escape(&t.error_not_a_client)
+        ));
+    } else if st.online || st.paused && st.time_text.is_some() {
+        let (title, state) = if st.online {
+            (&t.connected, "online")
+        } else {
+            (&t.paused, "paused")
+        };
+        body.push_str(&format!(
+            "<section class=\"card\" id=\"session\" data-state=\"{state}\"><h2 id=\"state\">{}</h2>",
+            escape(title)
+        ));
+        if !st.online {
+            body.push_str(&format!("<p class=\"hint\">{}</p>", escape(&t.paused_hint)));
+        }
+        body.push_str("<dl>");
+        let row = |label: &str, id: &str, v: &Option<String>| {
+            v.as_ref().map_or(String::new(), |v| {
+                format!(
+                    "<dt>{}</dt><dd id=\"{id}\">{}</dd>",
+                    escape(label),
+                    escape(v)
+                )
+            })
+        };
+        body.push_str(&row(&t.remaining_time, "time", &st.time_text));
+        body.push_str(&row(&t.remaining_data, "data", &st.data_text));
+        body.push_str(&row(&t.speed, "speed", &st.speed_text));
+        body.push_str(&row(&t.valid_until, "valid", &st.valid_until_text));
+        if st.waiting > 0 {
+            body.push_str(&row(
+                &t.waiting_sessions,
+                "waiting",
+                &Some(st.waiting.to_string()),
+            ));
+        }
+        body.push_str("</dl>");
+        let (action, label, id) = if st.online {
+            ("/portal/pause", &t.pause_button, "pause")
+        } else {
+            ("/portal/resume", &t.resume_button, "resume")
+        };
+        body.push_str(&format!(
+            "<form method=\"post\" action=\"{action}\"><button id=\"{id}\" type=\"submit\">{}</button></form></section>",
+            escape(label)
+        ));
+    } else {
+        body.push_str(&format!("<p class=\"hint\">{}</p>", escape(&t.welcome)));
+    }
+    if is_client {
+        let heading = if st.online || st.paused && st.time_text.is_some() {
+            format!("<h2>{}</h2>", escape(&t.add_code))
+        } else {
+            String::new()
+        };
+        body.push_str(&format!(
+            "<section class=\"card\">{heading}<form method=\"post\" action=\"/portal/redeem\">\
+             <label for=\"code\">{}</label>\
+             <input id=\"code\" name=\"code\" type=\"text\" required maxlength=\"64\" autocomplete=\"off\" \
+             autocapitalize=\"characters\" spellcheck=\"false\" placeholder=\"{}\">\
+             <button id=\"redeem\" type=\"submit\">{}</button></form></section>",
+            escape(&t.code_label),
+            escape(&t.code_placeholder),
+            escape(&t.redeem_button),
+        ));
+    }
+    let script = if st.online {
+        // Refreshes what is left; reloads when the state changes (ran out, paused elsewhere).
+        "<script>setInterval(function(){fetch('/portal/status',{cache:'no-store'}).then(function(r){return r.json()}).then(function(s){\
+         if(!s.online){location.reload();return}\
+         ['time','data','speed'].forEach(function(k){var e=document.getElementById(k),v=s[k+'_text'];if(e&&v)e.textContent=v})\
+         }).catch(function(){})},2000)</script>"
+    } else {
+        ""
+    };
+    format!(
+        "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>{name}</title><style>\
+         *{{box-sizing:border-box}}body{{margin:0;font:16px/1.4 system-ui,sans-serif;background:{bg};color:{fg}}}\
+         header{{background:{accent};color:#fff;padding:14px 16px}}h1{{margin:0;font-size:20px}}\
+         main{{max-width:480px;margin:0 auto;padding:12px}}.card{{background:#fff;border-radius:10px;padding:14px;margin:12px 0;box-shadow:0 1px 3px #0002}}\
+         h2{{margin:0 0 8px;font-size:18px}}dl{{display:grid;grid-template-columns:auto 1fr;gap:6px 12px;margin:8px 0 14px}}\
+         dt{{color:#556}}dd{{margin:0;font-weight:600;text-align:right}}label{{display:block;margin-bottom:6px}}\
+         input{{width:100%;font:20px monospace;padding:10px;border:1px solid #99a;border-radius:8px;text-transform:uppercase;letter-spacing:1px}}\
+         button{{width:100%;margin-top:10px;padding:12px;font-size:17px;border:0;border-radius:8px;background:{accent};color:#fff}}\
+         .note{{padding:10px 12px;border-radius:8px}}.good{{background:#e2f4ea}}.bad{{background:#fbe4e4}}.hint{{color:#556}}\
+         </style></head><body><header><h1>{name}</h1></header><main>{body}</main>{script}</body></html>\n",
+        lang = escape(&t.lang),
+        name = escape(&t.name),
+        bg = t.color_background,
+        fg = t.color_text,
+        accent = t.color_accent,
+    )
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `?done=redeemed|queued`: what the last form did.
+#[derive(Deserialize, Default)]
+struct Done {
+    done: Option<String>,
+}
+
+async fn render(
+    ctx: &Ctx,
+    peer: SocketAddr,
+    status: StatusCode,
+    note: Option<Note<'_>>,
+) -> Response {
+    let t = &ctx.texts;
+    match client(&ctx.gw, peer).await {
+        Ok(device) => match status_of(&ctx.gw, t, device.as_ref()).await {
+            Ok(st) => html(status, page(t, &st, note, true)),
+            Err(e) => {
+                tracing::warn!(%peer, "portal page: {e}");
+                html(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    page(
+                        t,
+                        &ClientStatus::default(),
+                        Some(Note::Bad(&t.error_other)),
+                        true,
+                    ),
+                )
+            }
+        },
+        Err(()) => html(
+            StatusCode::FORBIDDEN,
+            page(t, &ClientStatus::default(), None, false),
+        ),
+    }
+}
+
+async fn show(
+    State(ctx): State<Arc<Ctx>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    q: Result<Query<Done>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let done = q.ok().and_then(|Query(d)| d.done);
+    let note = match done.as_deref() {
+        Some("redeemed") => Some(Note::Good(ctx.texts.redeemed.as_str())),
+        Some("queued") => Some(Note::Good(ctx.texts.queued.as_str())),
+        _ => None,
+    };
+    render(&ctx, peer, StatusCode::OK, note).await
+}
+
+async fn status(
+    State(ctx): State<Arc<Ctx>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let no_store = [(header::CACHE_CONTROL, "no-store")];
+    match client(&ctx.gw, peer).await {
+        Ok(device) => match status_of(&ctx.gw, &ctx.texts, device.as_ref()).await {
+            Ok(st) => (no_store, Json(st)).into_response(),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, no_store, e.to_string()).into_response(),
+        },
+        Err(()) => (
+            StatusCode::FORBIDDEN,
+            no_store,
+            "not a client of this hotspot",
+        )
+            .into_response(),
+    }
+}
+
+/// Refuses forms posted from another site (a page elsewhere cannot pause or spend
+/// a client's session through its browser).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let get = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|s| s == "cross-site")
+    {
+        return false;
+    }
+    match (get(header::ORIGIN), get(header::HOST)) {
+        // `null` (a sandboxed or opaque origin) has no host and never matches.
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, h)| h.eq_ignore_ascii_case(host)),
+        _ => true,
+    }
+}
+
+/// Runs a gateway operation (store writes, datapath) on a blocking thread.
+async fn off_runtime<T, F, Fut>(gw: &Arc<Gateway>, op: F) -> Result<T, RedeemError>
+where
+    F: FnOnce(Arc<Gateway>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, RedeemError>>,
+    T: Send + 'static,
+{
+    let gw = gw.clone();
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || rt.block_on(op(gw)))
+        .await
+        .unwrap_or_else(|e| {
+            Err(RedeemError::Agent(AgentError::Io {
+                what: "portal operation".into(),
+                source: std::io::Error::other(e.to_string()),
+            }))
+        })
+}
+
+#[derive(Deserialize)]
+struct CodeForm {
+    code: String,
+}
+
+fn cross_site(ctx: &Ctx) -> Response {
+    html(
+        StatusCode::FORBIDDEN,
+        page(
+            &ctx.texts,
+            &ClientStatus::default(),
+            Some(Note::Bad(&ctx.texts.error_other)),
+            true,
+        ),
+    )
+}
+
+async fn redeem(
+    State(ctx): State<Arc<Ctx>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    form: Result<Form<CodeForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    if !same_origin(&headers) {
+        return cross_site(&ctx);
+    }
+    let t = ctx.texts.clone();
+    let Ok(Form(f)) = form else {
+        return render(
+            &ctx,
+            peer,
+            StatusCode::BAD_REQUEST,
+            Some(Note::Bad(&t.error_unknown_voucher)),
+        )
+        .await;
+    };
+    let device = match neigh::device_or_new_for_ip(&ctx.gw, peer.ip()).await {
+        Ok(d) => d,
+        Err(_) => {
+            return html(
+                StatusCode::FORBIDDEN,
+                page(&t, &ClientStatus::default(), None, false),
+            )
+        }
+    };
+    let r = off_runtime(&ctx.gw, move |gw| async move {
+        gw.redeem(device.id, &f.code).await
+    })
+    .await;
+    match r {
+        Ok(r) => {
+            let done = if r.queued { "queued" } else { "redeemed" };
+            Redirect::to(&format!("/portal?done={done}")).into_response()
+        }
+        Err(e) => {
+            let (status, msg) = match &e {
+                RedeemError::TooManyTries { .. } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    t.error_too_many_tries.as_str(),
+                ),
+                RedeemError::Refused(r) => {
+                    (crate::api::ApiError::from(r.clone()).status, t.refusal(r))
+                }
+                RedeemError::Agent(a) => {
+                    tracing::warn!(%peer, "portal redemption: {a}");
+                    (StatusCode::INTERNAL_SERVER_ERROR, t.error_other.as_str())
+                }
+            };
+            render(&ctx, peer, status, Some(Note::Bad(msg))).await
+        }
+    }
+}
+
+async fn pause(
+    State(ctx): State<Arc<Ctx>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    switch(ctx, peer, headers, false).await
+}
+
+async fn resume(
+    State(ctx): State<Arc<Ctx>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    switch(ctx, peer, headers, true).await
+}
+
+/// Pauses (the seed's Disconnect) or resumes the asking client's session.
+async fn switch(ctx: Arc<Ctx>, peer: SocketAddr, headers: HeaderMap, on: bool) -> Response {
+    if !same_origin(&headers) {
+        return cross_site(&ctx);
+    }
+    let t = ctx.texts.clone();
+    let device = match client(&ctx.gw, peer).await {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            return render(
+                &ctx,
+                peer,
+                StatusCode::CONFLICT,
+                Some(Note::Bad(&t.error_no_session)),
+            )
+            .await
+        }
+        Err(()) => {
+            return html(
+                StatusCode::FORBIDDEN,
+                page(&t, &ClientStatus::default(), None, false),
+            )
+        }
+    };
+    let r = off_runtime(&ctx.gw, move |gw| async move {
+        if on {
+            gw.connect(device.id, "resumed on the portal")
+                .await
+                .map(|_| ())
+        } else {
+            gw.disconnect(device.id, "paused on the portal").await
+        }
+        .map_err(RedeemError::Agent)
+    })
+    .await;
+    match r {
+        Ok(()) => Redirect::to("/portal").into_response(),
+        Err(RedeemError::Agent(AgentError::Model(ModelError::NoAvailableSession(_)))) => {
+            render(
+                &ctx,
+                peer,
+                StatusCode::CONFLICT,
+                Some(Note::Bad(&t.error_no_session)),
+            )
+            .await
+        }
+        Err(e) => {
+            tracing::warn!(%peer, "portal {}: {e}", if on { "resume" } else { "pause" });
+            render(
+                &ctx,
+                peer,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some(Note::Bad(&t.error_other)),
+            )
+            .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_texts_parse_and_are_complete() {
+        let t = PortalTexts::from_overlay("", Path::new("defaults")).unwrap();
+        assert_eq!(t.lang, "en");
+        assert!(!t.error_voucher_locked.is_empty());
+    }
+
+    #[test]
+    fn an_operator_file_overrides_some_texts_and_refuses_unknown_keys_and_bad_colours() {
+        let p = Path::new("mine.toml");
+        let t = PortalTexts::from_overlay("name = \"Café Luna\"\ncolor_accent = \"#aa0000\"\n", p)
+            .unwrap();
+        assert_eq!(t.name, "Café Luna");
+        assert_eq!(t.color_accent, "#aa0000");
+        assert_eq!(t.redeem_button, PortalTexts::default().redeem_button);
+        let e = PortalTexts::from_overlay("nmae = \"x\"\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nmae") && e.contains("mine.toml"), "{e}");
+        let e = PortalTexts::from_overlay("color_text = \"red;}body{display:none\"\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("color_text must be a colour"), "{e}");
+    }
+
+    #[test]
+    fn the_page_escapes_what_an_operator_wrote() {
+        let mut t = PortalTexts::default();
+        t.name = "<b>Shop</b>".into();
+        let p = page(&t, &ClientStatus::default(), None, true);
+        assert!(p.contains("&lt;b&gt;Shop&lt;/b&gt;") && !p.contains("<b>Shop"));
+        assert!(p.contains("action=\"/portal/redeem\""));
+        // Without a client address, no form.
+        let p = page(&t, &ClientStatus::default(), None, false);
+        assert!(!p.contains("/portal/redeem"));
+    }
+
+    #[test]
+    fn forms_from_another_site_are_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "10.0.0.1:8080".parse().unwrap());
+        assert!(same_origin(&h));
+        h.insert(header::ORIGIN, "http://10.0.0.1:8080".parse().unwrap());
+        assert!(same_origin(&h));
+        h.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
+        assert!(!same_origin(&h));
+        h.insert(header::ORIGIN, "null".parse().unwrap());
+        assert!(!same_origin(&h));
+        let mut h = HeaderMap::new();
+        h.insert("sec-fetch-site", "cross-site".parse().unwrap());
+        assert!(!same_origin(&h));
+    }
+}
