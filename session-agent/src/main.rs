@@ -109,6 +109,14 @@ enum Cmd {
         #[command(flatten)]
         api: ctl::ApiArgs,
     },
+    /// Voucher codes: make batches, list, revoke, export for print, redeem
+    /// (over the API socket).
+    Vouchers {
+        #[command(subcommand)]
+        cmd: ctl::VouchersCmd,
+        #[command(flatten)]
+        api: ctl::ApiArgs,
+    },
     /// Connect a device: start or resume its session (over the API socket).
     Connect {
         /// Device id.
@@ -215,6 +223,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Devices { cmd, api } => ctl::devices(&api, cmd),
         Cmd::Sessions { cmd, api } => ctl::sessions(&api, cmd),
+        Cmd::Vouchers { cmd, api } => ctl::vouchers(&api, cmd),
         Cmd::Connect {
             device,
             notification,
