@@ -312,7 +312,7 @@ pub fn generate_code(len: usize) -> Result<String, getrandom::Error> {
 }
 
 /// Most codes one batch may hold.
-pub const MAX_BATCH: u32 = 10_000;
+pub const MAX_BATCH: u32 = 1_000;
 /// Most devices one code may admit.
 pub const MAX_DEVICES_PER_CODE: u32 = 1_000;
 /// Longest batch name and price, in characters.

@@ -240,7 +240,7 @@ fn a_batch_that_cannot_be_sold_is_refused_whole() {
         assert!(m.store().vouchers().unwrap().is_empty(), "{e}");
         e.to_string()
     };
-    assert!(bad(&|b| b.count = 0).contains("count must be 1 to 10000"));
+    assert!(bad(&|b| b.count = 0).contains("count must be 1 to 1000,"));
     assert!(bad(&|b| b.code_len = 4).contains("code_length must be 6 to 32"));
     assert!(bad(&|b| b.max_devices = 0).contains("max_devices"));
     assert!(bad(&|b| b.batch = String::new()).contains("batch must have"));

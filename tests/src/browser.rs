@@ -224,6 +224,10 @@ impl Browser {
                             "--no-proxy-server",
                             "--no-first-run",
                             "--no-default-browser-check",
+                            // No name lookups: a test's client namespaces reach no
+                            // resolver, and a lookup the browser makes of its own
+                            // accord would stall page loads until it times out.
+                            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE *.*.*.*",
                         ],
                     },
                 }

@@ -151,7 +151,7 @@ fn bad_voucher_requests_get_the_apis_error_codes_and_change_nothing() {
     let dev = new_device(&api, 1);
     for (body, code) in [
         (batch(0, json!({})), "invalid_batch"),
-        (batch(10_001, json!({})), "invalid_batch"),
+        (batch(1_001, json!({})), "invalid_batch"),
         (batch(1, json!({"code_length": 3})), "invalid_batch"),
         (batch(1, json!({"group": 11})), "invalid_batch"),
         (batch(1, json!({"max_devices": 0})), "invalid_batch"),

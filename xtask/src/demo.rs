@@ -1,6 +1,8 @@
 //! `cargo xtask demo`: a small hotspot in network namespaces (gateway, access
-//! point, three clients, upstream server) metered by session-agent, with a
-//! live per-client table. Everything is removed on exit or Ctrl-C.
+//! point, four clients, upstream server) metered by session-agent, with a
+//! live per-client table. Three clients' sessions are sold through the control
+//! API; the fourth buys a voucher code and redeems it on the built-in portal
+//! page, as a customer's phone does. Everything is removed on exit or Ctrl-C.
 
 use std::{
     collections::HashMap,
@@ -14,8 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+use serde_json::json;
 use session_tests::{
+    netns::in_netns,
     agent::AgentBuilder,
     topo::Hotspot,
     traffic::{ServerSet, TcpTransfer},
@@ -36,9 +40,14 @@ struct Plan {
     data_mb: f64,
     down_mbits: i32,
     up_mbits: i32,
+    /// Bought as a voucher code, redeemed on the portal page.
+    voucher: bool,
 }
 
-const PLANS: [Plan; 3] = [
+/// Where the portal page and the RFC 8908 API listen, on the gateway's LAN address.
+const PORTAL_PORT: u16 = 8908;
+
+const PLANS: [Plan; 4] = [
     Plan {
         name: "phone",
         session_type: 0,
@@ -46,6 +55,7 @@ const PLANS: [Plan; 3] = [
         data_mb: 0.0,
         down_mbits: 10,
         up_mbits: 5,
+        voucher: false,
     },
     Plan {
         name: "laptop",
@@ -54,6 +64,7 @@ const PLANS: [Plan; 3] = [
         data_mb: 25.0,
         down_mbits: 20,
         up_mbits: 10,
+        voucher: false,
     },
     Plan {
         name: "tablet",
@@ -62,8 +73,41 @@ const PLANS: [Plan; 3] = [
         data_mb: 12.0,
         down_mbits: 5,
         up_mbits: 2,
+        voucher: false,
+    },
+    Plan {
+        name: "visitor",
+        session_type: 0,
+        time_secs: 45,
+        data_mb: 0.0,
+        down_mbits: 8,
+        up_mbits: 4,
+        voucher: true,
     },
 ];
+
+/// A form post from the client's namespace, as a browser without JavaScript
+/// sends it; returns the status line and the `Location` header.
+fn post_form(ns: &str, addr: std::net::SocketAddr, path: &str, body: &str) -> Result<(String, String)> {
+    use std::io::Read;
+    let mut s = in_netns(ns, || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+        .with_context(|| format!("connecting to the portal at {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.lines().next().unwrap_or("").to_string();
+    let location = out
+        .lines()
+        .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
+        .unwrap_or("")
+        .to_string();
+    Ok((status, location))
+}
 
 fn describe(p: &Plan) -> String {
     let what = match p.session_type {
@@ -82,7 +126,7 @@ pub fn run(agent_bin: &Path, seconds: u64) -> Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    println!("==> creating the hotspot: gateway, access point, 3 clients, upstream server");
+    println!("==> creating the hotspot: gateway, access point, 4 clients, upstream server");
     let hs = Hotspot::builder().clients(PLANS.len()).build();
     let servers = Arc::new(ServerSet::start(
         &hs.server_ns,
@@ -95,12 +139,20 @@ pub fn run(agent_bin: &Path, seconds: u64) -> Result<()> {
         "==> starting session-agent on {} in {}",
         hs.lan_if, hs.gw_ns
     );
-    let mut agent = AgentBuilder::new(&hs).start();
+    let portal = std::net::SocketAddr::from((hs.gw_lan_addr(false), PORTAL_PORT));
+    let mut agent = AgentBuilder::new(&hs)
+        .arg("--captive-listen")
+        .arg(portal.to_string())
+        .start();
     let api = agent.api();
     println!("==> selling sessions through the control API");
     let mut devices = Vec::new();
     for (c, p) in hs.clients.iter().zip(PLANS.iter()) {
         let id = api.device_id(&c.mac);
+        if p.voucher {
+            devices.push(id);
+            continue;
+        }
         api.create_session(
             id,
             p.session_type,
@@ -116,6 +168,37 @@ pub fn run(agent_bin: &Path, seconds: u64) -> Result<()> {
         println!("    {:<7} {}  {}", p.name, c.mac, describe(p));
         devices.push(id);
     }
+
+    let (c, p) = hs
+        .clients
+        .iter()
+        .zip(PLANS.iter())
+        .find(|(_, p)| p.voucher)
+        .context("no voucher plan")?;
+    println!("==> printing a roll of voucher codes (POST /v1/vouchers)");
+    let roll = api
+        .post(
+            "/v1/vouchers",
+            &json!({"count": 3, "batch": "demo roll", "price": "10 PHP", "type": p.session_type,
+                    "time_secs": p.time_secs, "down_mbits": p.down_mbits, "up_mbits": p.up_mbits}),
+        )
+        .ok("voucher batch");
+    let codes: Vec<&str> = roll
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v["display_code"].as_str()).collect())
+        .unwrap_or_default();
+    println!("    {}  ({}, 10 PHP each)", codes.join("  "), describe(p));
+    let code = codes.first().context("the batch has no codes")?;
+    println!(
+        "==> the {} redeems {code} on the portal page http://{portal}/portal from its own namespace",
+        p.name
+    );
+    let (status, location) = post_form(&c.ns, portal, "/portal/redeem", &format!("code={code}"))?;
+    println!("    POST /portal/redeem: {status} -> {location}");
+    if !location.contains("done=redeemed") {
+        bail!("the portal did not take the code: {status} {location}\n{}", agent.log_tail());
+    }
+    println!("    {:<7} {}  {}", p.name, c.mac, describe(p));
 
     // Every client downloads (and the phone also uploads) until it is cut off.
     let stop = Arc::new(AtomicBool::new(false));

@@ -209,6 +209,7 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
     require_root("the test suite")?;
     toolchain::ensure_ebpf()?;
     toolchain::ensure_net_tools()?;
+    toolchain::ensure_browser()?;
     toolchain::ensure_bpffs()?;
     let bin = build_agent()?;
     println!("==> cargo test --workspace");
