@@ -199,10 +199,7 @@ async fn status_of(
     let running = mgr.curr_session(device.id)?;
     let shown: Option<ClientSession> = match &running {
         Some(s) => Some(s.clone()),
-        None => match mgr.get_session(device.id).await {
-            Ok(s) => Some(s),
-            Err(_) => None,
-        },
+        None => mgr.get_session(device.id).await.ok(),
     };
     let Some(s) = shown else {
         return Ok(ClientStatus::default());
@@ -663,8 +660,10 @@ mod tests {
 
     #[test]
     fn the_page_escapes_what_an_operator_wrote() {
-        let mut t = PortalTexts::default();
-        t.name = "<b>Shop</b>".into();
+        let t = PortalTexts {
+            name: "<b>Shop</b>".into(),
+            ..Default::default()
+        };
         let p = page(&t, &ClientStatus::default(), None, true);
         assert!(p.contains("&lt;b&gt;Shop&lt;/b&gt;") && !p.contains("<b>Shop"));
         assert!(p.contains("action=\"/portal/redeem\""));

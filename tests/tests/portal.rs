@@ -12,12 +12,17 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use session_tests::sessions::{iperf, IperfServer};
-use session_tests::{in_netns, require_root, AgentBuilder, Browser, Hotspot, TcpServer, TcpTransfer};
+use session_tests::{
+    in_netns, require_root, AgentBuilder, Browser, Hotspot, TcpServer, TcpTransfer,
+};
 
 const PORT: u16 = 8908;
 
 fn shots() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/portal-screenshots"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/portal-screenshots"
+    ))
 }
 
 fn can_reach(ns: &str, server: SocketAddr) -> bool {
@@ -25,7 +30,9 @@ fn can_reach(ns: &str, server: SocketAddr) -> bool {
 }
 
 fn session_of(api: &session_tests::api::ApiClient, device: i64) -> Value {
-    let list = api.get(&format!("/v1/devices/{device}/sessions")).ok("sessions");
+    let list = api
+        .get(&format!("/v1/devices/{device}/sessions"))
+        .ok("sessions");
     list[0].clone()
 }
 
@@ -56,7 +63,10 @@ fn a_customer_redeems_a_code_in_chromium_then_pauses_and_resumes() {
     // The RFC 8908 API points at the built-in page.
     let (_, _, body) = http(&client.ns, captive, "GET", "/captive-portal/api", &[], "");
     let api8908: Value = serde_json::from_str(&body).expect("captive JSON");
-    assert_eq!(api8908["user-portal-url"], format!("http://{captive}/portal"));
+    assert_eq!(
+        api8908["user-portal-url"],
+        format!("http://{captive}/portal")
+    );
     let b = Browser::start(&client.ns);
 
     let dir = shots();
@@ -64,22 +74,38 @@ fn a_customer_redeems_a_code_in_chromium_then_pauses_and_resumes() {
     let text = b.page_text();
     assert!(text.contains("Enter the code from your voucher"), "{text}");
     let width = b.execute("return document.documentElement.scrollWidth", &[]);
-    assert!(width.as_u64().unwrap() <= 360, "the page is wider than the phone: {width}");
+    assert!(
+        width.as_u64().unwrap() <= 360,
+        "the page is wider than the phone: {width}"
+    );
     b.screenshot(&dir.join("1-code-form.png"));
 
     // Typed the way people type it.
     b.find("#code").type_text(&code.to_lowercase());
     b.find("#redeem").click();
     let text = b.wait_for_text("You are online", Duration::from_secs(10));
-    assert!(b.current_url().ends_with("/portal?done=redeemed"), "{}", b.current_url());
-    assert!(text.contains("Code accepted") && text.contains("Time left"), "{text}");
+    assert!(
+        b.current_url().ends_with("/portal?done=redeemed"),
+        "{}",
+        b.current_url()
+    );
+    assert!(
+        text.contains("Code accepted") && text.contains("Time left"),
+        "{text}"
+    );
     assert!(text.contains("↓ 5 Mbit/s"), "{text}");
     b.screenshot(&dir.join("2-online.png"));
-    assert!(can_reach(&client.ns, tcp.addr), "not online after redeeming");
+    assert!(
+        can_reach(&client.ns, tcp.addr),
+        "not online after redeeming"
+    );
 
     // At the voucher's speed.
     let down = iperf(&client.ns, iperf_srv.addr, 3, 1, true);
-    eprintln!("PORTAL download after redeeming: {:.3} Mbit/s (voucher: 5)", down.recv_mbits);
+    eprintln!(
+        "PORTAL download after redeeming: {:.3} Mbit/s (voucher: 5)",
+        down.recv_mbits
+    );
     assert!(
         (4.5..=5.5).contains(&down.recv_mbits),
         "download at {:.3} Mbit/s, the voucher sells 5",
@@ -97,12 +123,19 @@ fn a_customer_redeems_a_code_in_chromium_then_pauses_and_resumes() {
     let text = b.wait_for_text("Your time is paused", Duration::from_secs(10));
     assert!(text.contains("Resume"), "{text}");
     b.screenshot(&dir.join("3-paused.png"));
-    assert!(!can_reach(&client.ns, tcp.addr), "traffic passes while paused");
+    assert!(
+        !can_reach(&client.ns, tcp.addr),
+        "traffic passes while paused"
+    );
     let dev = api.device_id(&client.mac);
     let used = session_of(&api, dev)["time_cons"].as_u64().unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     let s = session_of(&api, dev);
-    assert_eq!(s["time_cons"].as_u64().unwrap(), used, "the clock ran while paused: {s}");
+    assert_eq!(
+        s["time_cons"].as_u64().unwrap(),
+        used,
+        "the clock ran while paused: {s}"
+    );
     assert_eq!(s["status"], "paused");
 
     // Resume.
@@ -120,11 +153,23 @@ fn a_customer_redeems_a_code_in_chromium_then_pauses_and_resumes() {
 }
 
 /// One HTTP/1.1 request from namespace `ns`; returns status, head and body.
-fn http(ns: &str, addr: SocketAddr, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String, String) {
-    let mut s = in_netns(ns, || TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
-        .unwrap_or_else(|e| panic!("connect {addr} from {ns}: {e}"));
+fn http(
+    ns: &str,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = in_netns(ns, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+    })
+    .unwrap_or_else(|e| panic!("connect {addr} from {ns}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
@@ -135,7 +180,11 @@ fn http(ns: &str, addr: SocketAddr, method: &str, path: &str, headers: &[&str], 
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (status, head.to_ascii_lowercase(), body.to_string())
 }
 
@@ -153,33 +202,64 @@ fn the_portal_answers_each_client_about_itself_only() {
     let api = agent.api();
     let (a, b) = (hs.client(0).clone(), hs.client(1).clone());
     let made = api
-        .post("/v1/vouchers", &json!({"count": 2, "batch": "x", "type": 1, "data_mb": 50.0}))
+        .post(
+            "/v1/vouchers",
+            &json!({"count": 2, "batch": "x", "type": 1, "data_mb": 50.0}),
+        )
         .ok("vouchers");
     let code = made[0]["code"].as_str().unwrap();
 
     // Redeeming works without JavaScript: a plain form post, then a redirect.
-    let (st, head, _) = http(&a.ns, captive, "POST", "/portal/redeem", &[FORM], &format!("code={code}"));
+    let (st, head, _) = http(
+        &a.ns,
+        captive,
+        "POST",
+        "/portal/redeem",
+        &[FORM],
+        &format!("code={code}"),
+    );
     assert_eq!(st, 303, "{head}");
     assert!(head.contains("location: /portal?done=redeemed"), "{head}");
     let (st, _, page) = http(&a.ns, captive, "GET", "/portal", &[], "");
     assert_eq!(st, 200);
-    assert!(page.contains("You are online") && page.contains("50 MB"), "{page}");
+    assert!(
+        page.contains("You are online") && page.contains("50 MB"),
+        "{page}"
+    );
 
     // B sees nothing of A's session, and its pause pauses nothing of A's.
     let (st, _, body) = http(&b.ns, captive, "GET", "/portal/status", &[], "");
     assert_eq!(st, 200);
     let s: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((s["online"].as_bool(), s["bytes_remaining"].is_null()), (Some(false), true), "{s}");
+    assert_eq!(
+        (s["online"].as_bool(), s["bytes_remaining"].is_null()),
+        (Some(false), true),
+        "{s}"
+    );
     let (_, _, page) = http(&b.ns, captive, "GET", "/portal", &[], "");
-    assert!(!page.contains("You are online") && page.contains("id=\"code\""), "{page}");
+    assert!(
+        !page.contains("You are online") && page.contains("id=\"code\""),
+        "{page}"
+    );
     let (st, _, page) = http(&b.ns, captive, "POST", "/portal/pause", &[FORM], "");
     assert_eq!(st, 303, "{page}");
     let (st, _, _) = http(&b.ns, captive, "POST", "/portal/resume", &[FORM], "");
     assert_eq!(st, 409);
     let ida = api.device_id(&a.mac);
-    assert!(api.get(&format!("/v1/devices/{ida}/connected")).ok("a")["connected"].as_bool().unwrap());
+    assert!(
+        api.get(&format!("/v1/devices/{ida}/connected")).ok("a")["connected"]
+            .as_bool()
+            .unwrap()
+    );
     // B may not take A's code either.
-    let (st, _, page) = http(&b.ns, captive, "POST", "/portal/redeem", &[FORM], &format!("code={code}"));
+    let (st, _, page) = http(
+        &b.ns,
+        captive,
+        "POST",
+        "/portal/redeem",
+        &[FORM],
+        &format!("code={code}"),
+    );
     assert_eq!(st, 403, "{page}");
     assert!(page.contains("in use on another device"), "{page}");
 
@@ -190,12 +270,34 @@ fn the_portal_answers_each_client_about_itself_only() {
     assert_eq!(s["bytes_remaining"], 50_000_000, "{s}");
 
     // A form posted from another site cannot pause A.
-    let (st, _, _) = http(&a.ns, captive, "POST", "/portal/pause", &[FORM, "Origin: http://evil.example"], "");
+    let (st, _, _) = http(
+        &a.ns,
+        captive,
+        "POST",
+        "/portal/pause",
+        &[FORM, "Origin: http://evil.example"],
+        "",
+    );
     assert_eq!(st, 403);
-    assert!(api.get(&format!("/v1/devices/{ida}/connected")).ok("a")["connected"].as_bool().unwrap());
+    assert!(
+        api.get(&format!("/v1/devices/{ida}/connected")).ok("a")["connected"]
+            .as_bool()
+            .unwrap()
+    );
     // Its own page can.
     let origin = format!("Origin: http://{captive}");
-    let (st, _, _) = http(&a.ns, captive, "POST", "/portal/pause", &[FORM, &origin], "");
+    let (st, _, _) = http(
+        &a.ns,
+        captive,
+        "POST",
+        "/portal/pause",
+        &[FORM, &origin],
+        "",
+    );
     assert_eq!(st, 303);
-    assert!(!api.get(&format!("/v1/devices/{ida}/connected")).ok("a")["connected"].as_bool().unwrap());
+    assert!(
+        !api.get(&format!("/v1/devices/{ida}/connected")).ok("a")["connected"]
+            .as_bool()
+            .unwrap()
+    );
 }

@@ -367,7 +367,9 @@ fn codes_and_redemptions_survive_kill_9() {
     let api = agent.api();
     let after = api.get("/v1/vouchers").ok("after");
     assert_eq!(after, before);
-    assert_eq!(after[0]["redemptions"][0]["session_id"], sid);
+    let redeemed = api.get(&format!("/v1/vouchers/{}", c[0])).ok("redeemed");
+    assert_eq!(redeemed["state"], "active");
+    assert_eq!(redeemed["redemptions"][0]["session_id"], sid);
     assert_eq!(
         api.get(&format!("/v1/sessions/{sid}")).ok("session")["device_id"],
         dev
@@ -477,4 +479,71 @@ fn the_cli_makes_lists_exports_redeems_and_revokes_codes() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot be revoked"), "{err}");
+}
+
+#[test]
+fn a_code_becomes_used_up_when_its_session_ends_and_expired_past_its_last_day() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let agent = AgentBuilder::new(&hs).arg("--poll-ms").arg("100").start();
+    let api = agent.api();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let short = codes(
+        &api.post("/v1/vouchers", &batch(1, json!({"time_secs": 2})))
+            .ok("short"),
+    );
+    let dated = codes(
+        &api.post("/v1/vouchers", &batch(1, json!({"valid_until": now + 3})))
+            .ok("dated"),
+    );
+    assert_eq!(
+        api.get(&format!("/v1/vouchers/{}", dated[0])).ok("d")["state"],
+        "unused"
+    );
+
+    let dev = api.device_id(&hs.client(0).mac);
+    api.post(
+        &format!("/v1/devices/{dev}/redeem"),
+        &json!({"code": short[0]}),
+    )
+    .ok("redeem");
+    let other = new_device(&api, 9);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    // The 2 s session ran out at the gateway's clock: the code is used up.
+    let v = api
+        .get(&format!("/v1/vouchers/{}", short[0]))
+        .ok("short after");
+    assert_eq!(v["state"], "used_up", "{v}");
+    refused(
+        api.post(
+            &format!("/v1/devices/{other}/redeem"),
+            &json!({"code": short[0]}),
+        ),
+        409,
+        "voucher_used_up",
+    );
+    // Past its last day, never redeemed: expired, and refused.
+    assert_eq!(
+        api.get(&format!("/v1/vouchers/{}", dated[0])).ok("d")["state"],
+        "expired"
+    );
+    refused(
+        api.post(
+            &format!("/v1/devices/{other}/redeem"),
+            &json!({"code": dated[0]}),
+        ),
+        409,
+        "voucher_expired",
+    );
+    assert_eq!(
+        codes(&api.get("/v1/vouchers?state=expired").ok("expired")),
+        dated
+    );
+    assert_eq!(
+        codes(&api.get("/v1/vouchers?state=used_up").ok("used up")),
+        short
+    );
 }

@@ -19,8 +19,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use session_tests::{
-    netns::in_netns,
     agent::AgentBuilder,
+    netns::in_netns,
     topo::Hotspot,
     traffic::{ServerSet, TcpTransfer},
 };
@@ -88,10 +88,17 @@ const PLANS: [Plan; 4] = [
 
 /// A form post from the client's namespace, as a browser without JavaScript
 /// sends it; returns the status line and the `Location` header.
-fn post_form(ns: &str, addr: std::net::SocketAddr, path: &str, body: &str) -> Result<(String, String)> {
+fn post_form(
+    ns: &str,
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &str,
+) -> Result<(String, String)> {
     use std::io::Read;
-    let mut s = in_netns(ns, || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
-        .with_context(|| format!("connecting to the portal at {addr}"))?;
+    let mut s = in_netns(ns, || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+    })
+    .with_context(|| format!("connecting to the portal at {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
@@ -103,7 +110,10 @@ fn post_form(ns: &str, addr: std::net::SocketAddr, path: &str, body: &str) -> Re
     let status = out.lines().next().unwrap_or("").to_string();
     let location = out
         .lines()
-        .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
         .unwrap_or("")
         .to_string();
     Ok((status, location))
@@ -185,7 +195,11 @@ pub fn run(agent_bin: &Path, seconds: u64) -> Result<()> {
         .ok("voucher batch");
     let codes: Vec<&str> = roll
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v["display_code"].as_str()).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v["display_code"].as_str())
+                .collect()
+        })
         .unwrap_or_default();
     println!("    {}  ({}, 10 PHP each)", codes.join("  "), describe(p));
     let code = codes.first().context("the batch has no codes")?;
@@ -196,7 +210,10 @@ pub fn run(agent_bin: &Path, seconds: u64) -> Result<()> {
     let (status, location) = post_form(&c.ns, portal, "/portal/redeem", &format!("code={code}"))?;
     println!("    POST /portal/redeem: {status} -> {location}");
     if !location.contains("done=redeemed") {
-        bail!("the portal did not take the code: {status} {location}\n{}", agent.log_tail());
+        bail!(
+            "the portal did not take the code: {status} {location}\n{}",
+            agent.log_tail()
+        );
     }
     println!("    {:<7} {}  {}", p.name, c.mac, describe(p));
 

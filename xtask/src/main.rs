@@ -55,6 +55,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Only the schemathesis run of `test`: the control API against its OpenAPI document.
+    Schemathesis,
     /// Run a demo hotspot in network namespaces with a live per-client table.
     Demo {
         /// How long to run before cleaning up (Ctrl-C stops earlier).
@@ -121,6 +123,14 @@ fn main() -> Result<()> {
             })
         }
         Cmd::BenchApi => api_bench::run(),
+        Cmd::Schemathesis => {
+            require_root("schemathesis (it starts an agent in a test hotspot)")?;
+            toolchain::ensure_ebpf()?;
+            toolchain::ensure_net_tools()?;
+            toolchain::ensure_bpffs()?;
+            let bin = build_agent()?;
+            schemathesis::run(&bin)
+        }
         Cmd::Demo { seconds } => {
             require_root("the demo")?;
             toolchain::ensure_ebpf()?;
