@@ -7,6 +7,7 @@
 //!   sessions, applies traffic and time consumption in bulk and publishes
 //!   [`SessionEvent`]s.
 //! * [`source`]: [`SessionSource`] / [`SessionProvider`] and [`ClientSession`].
+//! * [`voucher`]: voucher codes, what they buy and their redemption.
 
 pub mod clock;
 pub mod error;
