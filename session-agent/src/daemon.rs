@@ -173,6 +173,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     println!("READY");
     std::io::stdout().flush().ok();
+    crate::systemd::ready(&format!(
+        "serving {} LAN(s): {}",
+        opts.lans.len(),
+        opts.lans.join(", ")
+    ));
 
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: stopping; the datapath stays attached and keeps enforcing"),
@@ -180,6 +185,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Some(r) = tasks.join_next() => warn!("a task ended: {r:?}"),
         r = &mut api => warn!("the control API stopped: {r:?}"),
     }
+    crate::systemd::stopping();
     api.abort();
     gateway.stop();
     tasks.shutdown().await;

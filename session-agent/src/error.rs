@@ -12,7 +12,7 @@ pub enum AgentError {
     BadGarden { input: String, reason: String },
     #[error("the kernel's verifier refused {what}: this kernel cannot run this datapath (see the README's kernel table); the end of its log:\n{log}")]
     Verifier { what: String, log: String },
-    #[error("permission denied {what}: run as root (BPF needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")]
+    #[error("permission denied {what}: run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN as the packaged service does{}", missing_note())]
     NotPermitted { what: String },
     #[error("this kernel has no BPF support ({0}); session-agent needs Linux >= 6.1 with CONFIG_BPF_SYSCALL")]
     NoBpf(String),
@@ -102,6 +102,11 @@ impl AgentError {
             message.push_str(&s.to_string());
             src = s.source();
         }
+        // Without the capabilities the verifier refuses what it would take with
+        // them: say what is missing rather than blame the kernel.
+        if !missing_caps().is_empty() {
+            return Self::NotPermitted { what };
+        }
         if let Some((_, log)) = message.split_once("Verifier output:") {
             // The verifier's refusal (EACCES too): its last lines say why.
             let lines: Vec<&str> = log.trim().lines().collect();
@@ -115,5 +120,36 @@ impl AgentError {
             Some(libc::ENOSYS) => Self::NoBpf(what),
             _ => Self::Bpf { what, message },
         }
+    }
+}
+
+/// The capabilities the datapath needs, by number (linux/capability.h).
+const NEEDED_CAPS: [(u32, &str); 3] = [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (12, "CAP_NET_ADMIN")];
+
+/// Which of [`NEEDED_CAPS`] this process's effective set lacks.
+pub fn missing_caps() -> Vec<&'static str> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return Vec::new();
+    };
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+    else {
+        return Vec::new();
+    };
+    NEEDED_CAPS
+        .iter()
+        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+fn missing_note() -> String {
+    let m = missing_caps();
+    if m.is_empty() {
+        String::new()
+    } else {
+        format!(" (this process lacks {})", m.join(", "))
     }
 }

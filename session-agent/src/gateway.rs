@@ -941,6 +941,9 @@ impl Gateway {
         let mut last_forget = Instant::now();
         let mut last_sweep = Instant::now();
         let mut last_expiry = Instant::now();
+        // systemd's watchdog (WatchdogSec=), pinged once per loop: a loop that
+        // stops coming round is restarted.
+        let watchdog = crate::systemd::Watchdog::from_env();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -949,6 +952,7 @@ impl Gateway {
             if self.stopped.load(Relaxed) {
                 return;
             }
+            watchdog.ping();
             if let Err(e) = self.poll().await {
                 self.stats.poll_errors.fetch_add(1, Relaxed);
                 warn!("poll failed: {e}");

@@ -16,4 +16,5 @@ pub mod memory;
 pub mod netlink;
 pub mod options;
 pub mod portal;
+pub mod systemd;
 pub mod vouchers;

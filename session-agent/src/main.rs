@@ -36,6 +36,9 @@ struct PinArgs {
 enum Cmd {
     /// Attach to the client-facing interfaces and run in the foreground.
     Run(RunArgs),
+    /// Check `run`'s configuration file and flags, as `run` would read them,
+    /// without starting anything.
+    CheckConfig(RunArgs),
     /// List known clients and their counters (reads the pinned maps; one
     /// client table serves every LAN).
     Clients {
@@ -220,6 +223,16 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(daemon::run(opts))
+        }
+        Cmd::CheckConfig(a) => {
+            let opts = Options::load(&a.0)?.resolve()?;
+            println!(
+                "configuration OK: LANs {}; store {} at {}",
+                opts.lans.join(", "),
+                opts.store.name(),
+                opts.db.display()
+            );
+            Ok(())
         }
         Cmd::Devices { cmd, api } => ctl::devices(&api, cmd),
         Cmd::Sessions { cmd, api } => ctl::sessions(&api, cmd),

@@ -65,6 +65,15 @@ pub fn tc_attach_override() -> Option<String> {
         .filter(|m| !m.is_empty())
 }
 
+/// The capabilities the packaged service keeps (its unit's `CapabilityBoundingSet`).
+pub const SERVICE_CAPS: &[&str] = &["bpf", "perfmon", "net_admin", "net_bind_service"];
+
+/// `SESSION_TESTS_CAPS=service`: every agent a test starts runs with only
+/// [`SERVICE_CAPS`] (through `setpriv`), as the systemd unit runs it.
+pub fn service_caps_only() -> bool {
+    std::env::var("SESSION_TESTS_CAPS").is_ok_and(|v| v == "service")
+}
+
 /// How to start the agent; reusable to restart it with the same settings.
 #[derive(Debug, Clone)]
 pub struct AgentBuilder {
@@ -76,6 +85,10 @@ pub struct AgentBuilder {
     /// Control API socket (`--api-socket`).
     pub api_socket: PathBuf,
     pub extra: Vec<String>,
+    /// Environment of the agent process.
+    pub env: Vec<(String, String)>,
+    /// Run with only [`SERVICE_CAPS`] (also set for every agent by `SESSION_TESTS_CAPS=service`).
+    pub service_caps: bool,
 }
 
 impl AgentBuilder {
@@ -88,7 +101,21 @@ impl AgentBuilder {
             db: hs.state_dir.join("sessions.redb"),
             api_socket: hs.state_dir.join("api.sock"),
             extra: Vec::new(),
+            env: Vec::new(),
+            service_caps: service_caps_only(),
         }
+    }
+
+    /// Sets a variable in the agent's environment.
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// Runs the agent with only the capabilities of the packaged service.
+    pub fn service_caps(mut self) -> Self {
+        self.service_caps = true;
+        self
     }
 
     /// Adds raw arguments to `session-agent run`.
@@ -108,7 +135,20 @@ impl AgentBuilder {
     /// Starts `session-agent run` and waits for `READY` on stdout.
     pub fn start(&self) -> Agent {
         let bin = agent_bin();
-        let mut cmd = ns_command(&self.ns, bin.to_str().unwrap());
+        let mut cmd = if self.service_caps {
+            // Bounding set and inheritable set cut to the unit's capabilities:
+            // uid 0 gets no others when it executes the agent.
+            let mut c = ns_command(&self.ns, "setpriv");
+            let keep: Vec<String> = SERVICE_CAPS.iter().map(|c| format!("+{c}")).collect();
+            c.arg(format!("--bounding-set=-all,{}", keep.join(",")))
+                .arg("--inh-caps=-all")
+                .arg("--")
+                .arg(&bin);
+            c
+        } else {
+            ns_command(&self.ns, bin.to_str().unwrap())
+        };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("run");
         for l in &self.lans {
             cmd.arg("--lan").arg(l);

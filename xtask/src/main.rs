@@ -4,6 +4,7 @@ mod api_bench;
 mod bench;
 mod demo;
 mod kernel;
+mod package;
 mod schemathesis;
 mod toolchain;
 
@@ -57,6 +58,16 @@ enum Cmd {
     },
     /// Only the schemathesis run of `test`: the control API against its OpenAPI document.
     Schemathesis,
+    /// Build the Debian package (target/package/session-agent_*.deb) and run lintian on it.
+    Package {
+        /// Skip lintian.
+        #[arg(long)]
+        no_lintian: bool,
+        /// Then install it into a throwaway Debian root (mmdebstrap, with systemd),
+        /// verify its unit, remove and purge it.
+        #[arg(long)]
+        install_check: bool,
+    },
     /// Run a demo hotspot in network namespaces with a live per-client table.
     Demo {
         /// How long to run before cleaning up (Ctrl-C stops earlier).
@@ -123,6 +134,21 @@ fn main() -> Result<()> {
             })
         }
         Cmd::BenchApi => api_bench::run(),
+        Cmd::Package {
+            no_lintian,
+            install_check,
+        } => {
+            toolchain::ensure_ebpf()?;
+            let deb = package::build()?;
+            if !no_lintian {
+                package::lintian(&deb)?;
+            }
+            if install_check {
+                require_root("the install check (chroot)")?;
+                package::install_check(&deb)?;
+            }
+            Ok(())
+        }
         Cmd::Schemathesis => {
             require_root("schemathesis (it starts an agent in a test hotspot)")?;
             toolchain::ensure_ebpf()?;

@@ -121,6 +121,16 @@ pub fn ensure_qemu() -> Result<()> {
     apt_install(QEMU_PACKAGES)
 }
 
+/// mmdebstrap, for the package's install check.
+pub fn ensure_mmdebstrap() -> Result<()> {
+    apt_install(&["mmdebstrap"])
+}
+
+/// lintian, for `cargo xtask package`.
+pub fn ensure_lintian() -> Result<()> {
+    apt_install(&["lintian"])
+}
+
 pub fn ensure_net_tools() -> Result<()> {
     apt_install(NET_PACKAGES)
 }

@@ -1,0 +1,394 @@
+//! `cargo xtask package`: the Debian package of the agent, built with
+//! `dpkg-deb` from a staged tree: the release binary (eBPF embedded), the
+//! systemd unit, `/etc/session-agent/config.toml` (a conffile: README's
+//! configuration with every line commented out), sysusers.d and tmpfiles.d
+//! entries, the maintainer scripts in `package/`, and the docs.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+/// The Debian architecture of the binary.
+const ARCH: &str = "amd64";
+const MAINTAINER: &str = "session-agent maintainers <maintainers@session-agent.example>";
+
+fn version() -> Result<String> {
+    let toml = fs::read_to_string(crate::root_dir().join("Cargo.toml"))?;
+    toml.lines()
+        .find_map(|l| {
+            l.strip_prefix("version = \"")
+                .and_then(|r| r.strip_suffix('"'))
+        })
+        .map(str::to_string)
+        .context("no version in the workspace Cargo.toml")
+}
+
+/// README's example configuration, every line commented out: the packaged
+/// `/etc/session-agent/config.toml` shows every option and its default.
+pub fn config_file(readme: &str) -> Result<String> {
+    let start = readme
+        .find("```toml\n# /etc/session-agent/config.toml")
+        .context(
+            "README has no configuration block starting with `# /etc/session-agent/config.toml`",
+        )?;
+    let body = &readme[start + "```toml\n".len()..];
+    let end = body
+        .find("```")
+        .context("unterminated configuration block in README")?;
+    let mut out = String::from(
+        "# session-agent configuration. Every key is optional except lans; the values\n\
+         # shown are the defaults unless marked \"example\". Uncomment and change what\n\
+         # you need, then: systemctl enable --now session-agent\n\
+         # (reloads: systemctl restart session-agent; the datapath stays attached).\n\n",
+    );
+    for line in body[..end].lines().skip(2) {
+        if line.is_empty() {
+            out.push('\n');
+        } else if line.starts_with('[') {
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            out.push_str("# ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+fn write(path: &Path, contents: impl AsRef<[u8]>, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(d) = path.parent() {
+        fs::create_dir_all(d)?;
+    }
+    fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn gzip_n(path: &Path, contents: &str) -> Result<()> {
+    let tmp = path.with_extension("");
+    write(&tmp, contents, 0o644)?;
+    crate::run(Command::new("gzip").args(["-9n", "-f"]).arg(&tmp))?;
+    Ok(())
+}
+
+fn dir_size_kib(root: &Path) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        let Ok(m) = fs::symlink_metadata(p) else {
+            return 0;
+        };
+        if m.is_dir() {
+            fs::read_dir(p)
+                .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum())
+                .unwrap_or(0)
+        } else {
+            m.len().div_ceil(1024)
+        }
+    }
+    walk(root)
+}
+
+/// Builds the package; returns the `.deb`'s path.
+pub fn build() -> Result<PathBuf> {
+    let root = crate::root_dir();
+    let version = version()?;
+    println!("==> building session-agent {version} (release)");
+    crate::run(crate::cargo().args(["build", "--release", "-p", "session-agent"]))?;
+    let bin = root.join("target/release/session-agent");
+    let name = format!("session-agent_{version}-1_{ARCH}");
+    let stage = root.join("target/package").join(&name);
+    if stage.exists() {
+        fs::remove_dir_all(&stage)?;
+    }
+    let pkg = root.join("package");
+    println!("==> staging {}", stage.display());
+
+    let sbin = stage.join("usr/sbin/session-agent");
+    fs::create_dir_all(sbin.parent().unwrap())?;
+    // Debug info stays in target/: the package carries the stripped binary.
+    crate::run(
+        Command::new("objcopy")
+            .args(["--strip-debug", "--strip-unneeded"])
+            .arg(&bin)
+            .arg(&sbin),
+    )
+    .context("stripping the binary (binutils' objcopy)")?;
+    write(&sbin, fs::read(&sbin)?, 0o755)?;
+    write(
+        &stage.join("usr/lib/systemd/system/session-agent.service"),
+        fs::read(pkg.join("session-agent.service"))?,
+        0o644,
+    )?;
+    write(
+        &stage.join("usr/lib/sysusers.d/session-agent.conf"),
+        fs::read(pkg.join("sysusers.conf"))?,
+        0o644,
+    )?;
+    write(
+        &stage.join("usr/lib/tmpfiles.d/session-agent.conf"),
+        fs::read(pkg.join("tmpfiles.conf"))?,
+        0o644,
+    )?;
+    let readme = fs::read_to_string(root.join("README.md"))?;
+    write(
+        &stage.join("etc/session-agent/config.toml"),
+        config_file(&readme)?,
+        0o640,
+    )?;
+    let doc = stage.join("usr/share/doc/session-agent");
+    write(
+        &doc.join("copyright"),
+        fs::read(pkg.join("copyright"))?,
+        0o644,
+    )?;
+    gzip_n(&doc.join("README.md.gz"), &readme)?;
+    let date = Command::new("date")
+        .args(["-R", "-u", "-d", "@0"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    gzip_n(
+        &doc.join("changelog.Debian.gz"),
+        &format!(
+            "session-agent ({version}-1) unstable; urgency=medium\n\n  * Package of session-agent {version}.\n\n -- {MAINTAINER}  {date}\n"
+        ),
+    )?;
+    write(
+        &stage.join("usr/share/session-agent/portal-texts.toml"),
+        fs::read(root.join("session-agent/portal/texts.toml"))?,
+        0o644,
+    )?;
+
+    let debian = stage.join("DEBIAN");
+    for s in ["postinst", "prerm", "postrm"] {
+        write(&debian.join(s), fs::read(pkg.join(s))?, 0o755)?;
+    }
+    write(
+        &debian.join("conffiles"),
+        "/etc/session-agent/config.toml\n",
+        0o644,
+    )?;
+    let control = format!(
+        "Package: session-agent\n\
+         Version: {version}-1\n\
+         Section: net\n\
+         Priority: optional\n\
+         Architecture: {ARCH}\n\
+         Maintainer: {MAINTAINER}\n\
+         Installed-Size: {}\n\
+         Depends: libc6 (>= 2.34), libgcc-s1 (>= 4.2), passwd\n\
+         Recommends: systemd\n\
+         Homepage: https://github.com/session-agent/session-agent\n\
+         Description: eBPF traffic metering and sessions for Wi-Fi hotspot gateways\n \
+         session-agent counts every client's traffic per MAC address in the kernel,\n \
+         lets only walled-garden traffic through for clients that have not paid,\n \
+         enforces data budgets and speed limits, and keeps time and data sessions,\n \
+         vouchers and a portal page, with an HTTP/JSON control API, Prometheus\n \
+         metrics and the RFC 8908 captive-portal API.\n",
+        dir_size_kib(&stage)
+    );
+    write(&debian.join("control"), control, 0o644)?;
+    // md5sums of every file outside DEBIAN/.
+    let mut sums = String::new();
+    let mut files = Vec::new();
+    fn collect(p: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(rd) = fs::read_dir(p) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    collect(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    for top in ["usr", "etc"] {
+        collect(&stage.join(top), &mut files);
+    }
+    files.sort();
+    for f in files.iter().filter(|f| !f.starts_with(stage.join("etc"))) {
+        let out = Command::new("md5sum").arg(f).output()?;
+        let sum = String::from_utf8_lossy(&out.stdout);
+        let sum = sum.split_whitespace().next().unwrap_or("");
+        let rel = f.strip_prefix(&stage)?.display();
+        sums.push_str(&format!("{sum}  {rel}\n"));
+    }
+    write(&debian.join("md5sums"), sums, 0o644)?;
+
+    let deb = root.join("target/package").join(format!("{name}.deb"));
+    crate::run(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zxz", "--build"])
+            .arg(&stage)
+            .arg(&deb),
+    )?;
+    println!("==> {}", deb.display());
+    Ok(deb)
+}
+
+/// Runs lintian on the package, printing its tags; fails on errors.
+pub fn lintian(deb: &Path) -> Result<()> {
+    crate::toolchain::ensure_lintian()?;
+    println!("==> lintian {}", deb.display());
+    let out = Command::new("lintian")
+        .args(["--no-tag-display-limit", "--info"])
+        .arg(deb)
+        .output()
+        .context("running lintian")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    std::io::stdout().write_all(text.as_bytes()).ok();
+    if text.lines().any(|l| l.starts_with("E: ")) {
+        bail!("lintian found errors in {}", deb.display());
+    }
+    Ok(())
+}
+
+/// Installs the package into a throwaway Debian root made by mmdebstrap (with
+/// systemd, so the maintainer scripts use sysusers.d and tmpfiles.d), checks what
+/// it put there, verifies the unit with `systemd-analyze verify`, then removes
+/// and purges it and checks what stays and what goes.
+pub fn install_check(deb: &Path) -> Result<()> {
+    crate::toolchain::ensure_mmdebstrap()?;
+    let root = crate::root_dir().join("target/package/debroot");
+    let tarball = crate::root_dir().join("target/package/debroot.tar");
+    if !tarball.exists() {
+        println!(
+            "==> making a throwaway Debian root with mmdebstrap (cached in {})",
+            tarball.display()
+        );
+        crate::run(
+            Command::new("mmdebstrap")
+                .args([
+                    "--variant=minbase",
+                    "--include=systemd",
+                    "--quiet",
+                    "bookworm",
+                ])
+                .arg(&tarball),
+        )
+        .context("mmdebstrap (needs a reachable Debian mirror)")?;
+    }
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    fs::create_dir_all(&root)?;
+    crate::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&root),
+    )?;
+    let in_root = |args: &[&str]| -> Result<String> {
+        let out = Command::new("chroot")
+            .arg(&root)
+            .args(args)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .with_context(|| format!("chroot {args:?}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            bail!(
+                "in the Debian root, {args:?} failed ({}):\n{text}",
+                out.status
+            );
+        }
+        Ok(text)
+    };
+    fs::copy(deb, root.join("tmp/session-agent.deb"))?;
+    println!("==> dpkg -i in {}", root.display());
+    print!("{}", in_root(&["dpkg", "-i", "/tmp/session-agent.deb"])?);
+    let group = in_root(&["getent", "group", "session-agent"])?;
+    println!("    group: {}", group.trim());
+    for (path, mode) in [
+        ("/var/lib/session-agent", "750"),
+        ("/run/session-agent", "750"),
+    ] {
+        let st = in_root(&["stat", "-c", "%a %U %G", path])?;
+        if st.trim() != format!("{mode} root session-agent") {
+            bail!("{path}: {st}");
+        }
+    }
+    let v = in_root(&["/usr/sbin/session-agent", "--version"])?;
+    println!("    {}", v.trim());
+    println!("==> systemd-analyze verify session-agent.service");
+    print!(
+        "{}",
+        in_root(&[
+            "systemd-analyze",
+            "verify",
+            "/usr/lib/systemd/system/session-agent.service"
+        ])?
+    );
+    // The configuration as shipped parses (only lans is missing).
+    let cfg = in_root(&[
+        "/usr/sbin/session-agent",
+        "check-config",
+        "--config",
+        "/etc/session-agent/config.toml",
+        "--lan",
+        "lo",
+    ])
+    .context("the shipped configuration does not check")?;
+    println!("    {}", cfg.trim());
+    println!("==> dpkg --remove: the configuration and the state stay");
+    in_root(&["dpkg", "--remove", "session-agent"])?;
+    for kept in ["/etc/session-agent/config.toml", "/var/lib/session-agent"] {
+        if !root.join(kept.trim_start_matches('/')).exists() {
+            bail!("{kept} did not survive dpkg --remove");
+        }
+    }
+    if root.join("usr/sbin/session-agent").exists() {
+        bail!("the binary survived dpkg --remove");
+    }
+    println!("==> dpkg --purge: nothing stays");
+    in_root(&["dpkg", "--purge", "session-agent"])?;
+    for gone in ["etc/session-agent", "var/lib/session-agent"] {
+        if root.join(gone).exists() {
+            bail!("/{gone} survived dpkg --purge");
+        }
+    }
+    fs::remove_dir_all(&root)?;
+    println!("==> the package installs, verifies, removes and purges cleanly");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_packaged_configuration_is_readmes_with_every_key_commented_out() {
+        let readme = include_str!("../../README.md");
+        let cfg = super::config_file(readme).unwrap();
+        for l in cfg.lines() {
+            assert!(
+                l.is_empty() || l.starts_with('#') || l.starts_with('['),
+                "an active line in the packaged configuration: {l:?}"
+            );
+        }
+        for key in [
+            "poll_ms = 250",
+            "provider = \"hybrid\"",
+            "lans = [\"wlan0\", \"eth1\"]",
+        ] {
+            assert!(
+                cfg.lines().any(|l| l.starts_with(&format!("# {key}"))),
+                "{key} missing:\n{cfg}"
+            );
+        }
+        assert!(
+            cfg.contains("\n[store]\n") && cfg.contains("\n[captive]\n"),
+            "{cfg}"
+        );
+    }
+}
