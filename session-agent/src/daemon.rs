@@ -56,7 +56,10 @@ pub struct RunOptions {
     pub api: ApiOptions,
 }
 
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+/// Reads the configuration again, as `run` read it at start (SIGHUP).
+pub type Reloader = Box<dyn Fn() -> anyhow::Result<RunOptions> + Send + Sync>;
+
+pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<()> {
     if opts.shaper == Shaper::Htb && opts.ingress == IngressHook::Xdp {
         return Err(AgentError::ShaperNeedsTc.into());
     }
@@ -68,6 +71,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mgr = Arc::new(SessionsMgr::new(store, Arc::new(SystemClock)));
     let mut lans = Vec::new();
     let mut rings = Vec::new();
+    // The programs and their maps, kept for as long as the agent runs (a reload
+    // writes the walled garden through them).
+    let mut attached = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for lan in &opts.lans {
         let (mut a, maps) = attach::attach(&opts.pin_root, lan, opts.ingress, opts.tc_attach)?;
@@ -98,7 +104,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         })?;
         let ring =
             RingBuf::try_from(events).map_err(|e| AgentError::bpf("opening the event ring", e))?;
-        rings.push((lan.clone(), watch(ring, "watching the event ring")?, a));
+        rings.push((lan.clone(), watch(ring, "watching the event ring")?));
+        attached.push(a);
         lans.push(Lan {
             name: lan.clone(),
             maps: std::sync::Mutex::new(maps),
@@ -112,12 +119,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     let gateway = Gateway::new(mgr.clone(), lans, opts.gateway.clone());
+    gateway.set_metrics_top_clients(opts.api.metrics_top_clients);
     gateway.reconcile().await?;
-    for (lan_name, mut fd, attached) in rings {
+    for (lan_name, mut fd) in rings {
         let gw = gateway.clone();
         tasks.spawn(async move {
-            // Keep the programs and their log map alive for as long as the agent runs.
-            let _attached = attached;
             loop {
                 let Ok(mut guard) = fd.readable_mut().await else {
                     break;
@@ -171,6 +177,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // and a stop must still charge the last usage and checkpoint.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     println!("READY");
     std::io::stdout().flush().ok();
     crate::systemd::ready(&format!(
@@ -179,11 +186,28 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         opts.lans.join(", ")
     ));
 
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: stopping; the datapath stays attached and keeps enforcing"),
-        _ = int.recv() => info!("SIGINT: stopping; the datapath stays attached and keeps enforcing"),
-        Some(r) = tasks.join_next() => warn!("a task ended: {r:?}"),
-        r = &mut api => warn!("the control API stopped: {r:?}"),
+    let mut current = opts;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: stopping; the datapath stays attached and keeps enforcing"); break }
+            _ = int.recv() => { info!("SIGINT: stopping; the datapath stays attached and keeps enforcing"); break }
+            _ = hup.recv() => {
+                crate::systemd::reloading();
+                match &reload {
+                    Some(read) => match read() {
+                        Ok(new) => {
+                            let gw = gateway.clone();
+                            current = tokio::task::block_in_place(|| apply_reload(&gw, &mut attached, current, new));
+                        }
+                        Err(e) => warn!("SIGHUP: the configuration was not reloaded, nothing changed: {e:#}"),
+                    },
+                    None => warn!("SIGHUP: this agent was started without a configuration to read again"),
+                }
+                crate::systemd::ready("reloaded");
+            }
+            Some(r) = tasks.join_next() => { warn!("a task ended: {r:?}"); break }
+            r = &mut api => { warn!("the control API stopped: {r:?}"); break }
+        }
     }
     crate::systemd::stopping();
     api.abort();
@@ -193,6 +217,93 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     gateway.poll().await?;
     mgr.checkpoint()?;
     Ok(())
+}
+
+/// Applies what a reload may change and names what it may not; returns the
+/// options now in force.
+fn apply_reload(
+    gw: &Gateway,
+    attached: &mut [attach::Attached],
+    mut cur: RunOptions,
+    new: RunOptions,
+) -> RunOptions {
+    let mut restart: Vec<&str> = Vec::new();
+    let mut changed: Vec<&str> = Vec::new();
+    macro_rules! needs_restart {
+        ($($field:ident $(.$sub:ident)* => $name:literal),* $(,)?) => {$(
+            if new.$field$(.$sub)* != cur.$field$(.$sub)* {
+                restart.push($name);
+            }
+        )*};
+    }
+    needs_restart! {
+        lans => "lans",
+        pin_root => "pin_root",
+        ingress => "ingress",
+        shaper => "shaper",
+        tc_attach => "tc_attach",
+        store => "store.provider",
+        db => "store.path",
+        api.socket => "api.socket",
+        api.tcp => "api.tcp",
+        api.token => "api.token",
+        api.captive => "captive.listen",
+        api.portal_url => "captive.portal_url",
+        api.retention => "store.retention_secs",
+    }
+    if new.api.portal_texts.name != cur.api.portal_texts.name
+        || new.api.portal_texts.lang != cur.api.portal_texts.lang
+    {
+        restart.push("captive.portal_texts");
+    }
+    let garden_changed = new.garden != cur.garden || new.portal_ports != cur.portal_ports;
+    if garden_changed {
+        let mut ok = true;
+        for a in attached.iter_mut() {
+            let addrs = iface::addresses(&a.iface).unwrap_or_default();
+            let entries = garden_for(&a.iface, &addrs, &new);
+            if let Err(e) = dataplane::write_garden(&mut a.ebpf, &entries) {
+                warn!(lan = %a.iface, "reload: writing the walled garden failed: {e}");
+                ok = false;
+            }
+        }
+        if ok {
+            cur.garden = new.garden.clone();
+            cur.portal_ports = new.portal_ports.clone();
+            changed.push("walled_garden");
+        }
+    }
+    if new.gate != cur.gate {
+        for lan in gw.lans() {
+            let (Ok(local), Ok(mac), Ok(m)) = (
+                iface::gateway_addresses(&lan.name),
+                iface::mac(&lan.name),
+                lan.maps.lock(),
+            ) else {
+                continue;
+            };
+            m.set_lan(&lan_config(mac, &local, &new.gate));
+        }
+        cur.gate = new.gate;
+        changed.push("gate");
+    }
+    if new.api.metrics_top_clients != cur.api.metrics_top_clients {
+        gw.set_metrics_top_clients(new.api.metrics_top_clients);
+        cur.api.metrics_top_clients = new.api.metrics_top_clients;
+        changed.push("api.metrics_top_clients");
+    }
+    if new.gateway != cur.gateway {
+        restart.extend(gw.reconfigure(&new.gateway));
+        let poll = cur.gateway.poll_interval;
+        cur.gateway = new.gateway.clone();
+        cur.gateway.poll_interval = poll;
+        changed.push("gateway");
+    }
+    if !restart.is_empty() {
+        warn!(settings = %restart.join(", "), "reload: these settings changed but only a restart applies them; they stay as they were");
+    }
+    info!(changed = %changed.join(", "), "configuration reloaded");
+    cur
 }
 
 /// Puts the LAN's speed limits in `mode`: HTB qdiscs and the IFB device made

@@ -19,7 +19,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, Mutex as StdMutex,
+        Arc, Mutex as StdMutex, RwLock as StdRwLock,
     },
     time::{Duration, Instant},
 };
@@ -43,7 +43,7 @@ use crate::{
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
 /// How the gateway meters and enforces.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
     /// Counter poll and time enforcement interval.
     pub poll_interval: Duration,
@@ -213,7 +213,10 @@ pub struct Gateway {
     mgr: Arc<SessionsMgr>,
     /// The datapath the gateway programs (see [`Datapath`]).
     dp: Arc<dyn Datapath>,
-    cfg: GatewayConfig,
+    /// Changed by [`Gateway::reconfigure`] (a reload); read where it is used.
+    cfg: StdRwLock<GatewayConfig>,
+    /// Clients listed with their own series in `/metrics`.
+    metrics_top_clients: std::sync::atomic::AtomicUsize,
     /// Serialises every change of a device's kernel state with the poll.
     ops: Mutex<()>,
     activity: StdMutex<HashMap<DeviceId, Activity>>,
@@ -267,7 +270,10 @@ impl Gateway {
         Arc::new(Self {
             mgr,
             dp,
-            cfg,
+            cfg: StdRwLock::new(cfg),
+            metrics_top_clients: std::sync::atomic::AtomicUsize::new(
+                crate::options::Options::default().api.metrics_top_clients,
+            ),
             ops: Mutex::new(()),
             activity: StdMutex::new(HashMap::new()),
             events,
@@ -292,8 +298,51 @@ impl Gateway {
         &self.mgr
     }
 
-    pub fn config(&self) -> &GatewayConfig {
-        &self.cfg
+    /// The configuration in force (a copy: a reload may change it).
+    pub fn config(&self) -> GatewayConfig {
+        self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Applies a reloaded configuration: idle timeout, forgetting, global
+    /// speeds, burst, auto-advance, binding TTL and the commit and checkpoint
+    /// intervals take effect at once (speeds and bursts are programmed again on
+    /// the spot for every connected device). Returns the names of the changed
+    /// settings that only a restart applies (they stay as they were).
+    pub fn reconfigure(&self, new: &GatewayConfig) -> Vec<&'static str> {
+        let mut applied = new.clone();
+        let mut restart = Vec::new();
+        {
+            let mut cur = self.cfg.write().unwrap_or_else(|e| e.into_inner());
+            if new.poll_interval != cur.poll_interval {
+                restart.push("poll_ms");
+                applied.poll_interval = cur.poll_interval;
+            }
+            *cur = applied.clone();
+        }
+        self.mgr.set_auto_advance(applied.auto_advance);
+        self.mgr
+            .set_global_speed(applied.global_down_mbits, applied.global_up_mbits);
+        // The next check would catch the new speeds and bursts; do it now.
+        match self.enforce_sessions() {
+            Ok(fixed) if !fixed.is_empty() => {
+                info!(
+                    devices = fixed.len(),
+                    "speeds programmed again after the reload"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => warn!("programming speeds after the reload failed: {e}"),
+        }
+        restart
+    }
+
+    /// Clients listed with their own series in `/metrics`.
+    pub fn metrics_top_clients(&self) -> usize {
+        self.metrics_top_clients.load(Relaxed)
+    }
+
+    pub fn set_metrics_top_clients(&self, n: usize) {
+        self.metrics_top_clients.store(n, Relaxed);
     }
 
     pub fn lans(&self) -> &[Lan] {
@@ -420,7 +469,7 @@ impl Gateway {
 
     /// A grant's speeds as token buckets (up, down) at the configured depth.
     fn limits(&self, grant: &Grant) -> (RateLimit, RateLimit) {
-        let l = |m| RateLimit::mbits(m, self.cfg.burst_ms, MIN_BURST_BYTES);
+        let l = |m| RateLimit::mbits(m, self.config().burst_ms, MIN_BURST_BYTES);
         (l(grant.up_mbits), l(grant.down_mbits))
     }
 
@@ -731,7 +780,7 @@ impl Gateway {
         self.charge(&readings).await?;
         let report = self.mgr.tick()?;
         self.apply(&report, &readings)?;
-        if let Some(idle) = self.cfg.idle_timeout {
+        if let Some(idle) = self.config().idle_timeout {
             let now = Instant::now();
             let mut idle_devices = Vec::new();
             {
@@ -934,7 +983,7 @@ impl Gateway {
     /// Polls until [`Gateway::stop`] (or until the task is dropped); a quota
     /// event wakes it early.
     pub async fn run_loop(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.cfg.poll_interval);
+        let mut tick = tokio::time::interval(self.config().poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_checkpoint = Instant::now();
         let mut last_commit = Instant::now();
@@ -957,11 +1006,13 @@ impl Gateway {
                 self.stats.poll_errors.fetch_add(1, Relaxed);
                 warn!("poll failed: {e}");
             }
-            if last_commit.elapsed() >= self.cfg.commit_interval {
+            // Read each round: a reload may have changed it.
+            let cfg = self.config();
+            if last_commit.elapsed() >= cfg.commit_interval {
                 last_commit = Instant::now();
                 self.store_work(StoreWork::Commit).await;
             }
-            if let Some(idle) = self.cfg.forget_idle {
+            if let Some(idle) = cfg.forget_idle {
                 // Often enough to notice idleness within a quarter of the time;
                 // the interval is also the grace before a forgotten slot is reused.
                 if last_forget.elapsed() >= (idle / 4).clamp(Duration::from_secs(1), FORGET_EVERY) {
@@ -975,7 +1026,7 @@ impl Gateway {
             // A binding in use is stamped again within a sweep interval, so one
             // unused for the TTL is removed within a quarter of it more.
             if last_sweep.elapsed()
-                >= (self.cfg.bind_ttl / 4).clamp(Duration::from_secs(1), FORGET_EVERY)
+                >= (cfg.bind_ttl / 4).clamp(Duration::from_secs(1), FORGET_EVERY)
             {
                 last_sweep = Instant::now();
                 let gw = self.clone();
@@ -998,7 +1049,7 @@ impl Gateway {
                     Err(e) => warn!("ending expired paused sessions failed: {e}"),
                 }
             }
-            if last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
+            if last_checkpoint.elapsed() >= cfg.checkpoint_interval {
                 last_checkpoint = Instant::now();
                 self.store_work(StoreWork::Checkpoint).await;
             }
@@ -1048,7 +1099,7 @@ impl Gateway {
     /// Tells every LAN's datapath the gateway's addresses as they are now,
     /// and removes address bindings unused for the TTL.
     fn sweep_bindings(&self) -> Result<(), AgentError> {
-        let done = self.dp.sweep_bindings(self.cfg.bind_ttl)?;
+        let done = self.dp.sweep_bindings(self.config().bind_ttl)?;
         self.stats.bindings_expired.fetch_add(done.expired, Relaxed);
         if done.expired > 0 {
             debug!(

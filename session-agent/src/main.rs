@@ -217,12 +217,16 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Run(a) => {
             let opts = Options::load(&a.0)?.resolve()?;
+            let matches = a.0.clone();
+            // SIGHUP reads the file again, with the same flags over it.
+            let reload: daemon::Reloader =
+                Box::new(move || Ok(Options::load(&matches)?.resolve()?));
             session_agent::memory::tune_allocator();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(daemon::run(opts))
+            rt.block_on(daemon::run(opts, Some(reload)))
         }
         Cmd::CheckConfig(a) => {
             let opts = Options::load(&a.0)?.resolve()?;

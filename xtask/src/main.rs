@@ -240,6 +240,9 @@ fn require_root(what: &str) -> Result<()> {
 
 /// Test files that `test` runs a second time with netlink TC filters.
 const NETLINK_TESTS: &[&str] = &["counting", "blocking", "restart", "detach"];
+/// Test files that `test` runs again with the agent holding only the packaged
+/// unit's capabilities.
+const SERVICE_CAPS_TESTS: &[&str] = &["counting", "blocking", "restart", "vouchers", "portal"];
 
 fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
     require_root("the test suite")?;
@@ -261,6 +264,13 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
         .args(&args)
         .env("SESSION_AGENT_BIN", &bin)
         .env("SESSION_TESTS_TC_ATTACH", "netlink"))?;
+    println!("==> real-traffic tests again with only the service's capabilities");
+    run(cargo()
+        .args(["test", "-p", "session-tests", "--no-fail-fast"])
+        .args(SERVICE_CAPS_TESTS.iter().flat_map(|t| ["--test", t]))
+        .args(&args)
+        .env("SESSION_AGENT_BIN", &bin)
+        .env("SESSION_TESTS_CAPS", "service"))?;
     schemathesis::run(&bin)?;
     if no_kernel {
         return Ok(());

@@ -139,7 +139,7 @@ pub fn build() -> Result<PathBuf> {
     write(
         &stage.join("etc/session-agent/config.toml"),
         config_file(&readme)?,
-        0o640,
+        0o644,
     )?;
     let doc = stage.join("usr/share/doc/session-agent");
     write(
@@ -286,6 +286,8 @@ pub fn install_check(deb: &Path) -> Result<()> {
             .arg("-C")
             .arg(&root),
     )?;
+    // What a booted system has mounted, for the maintainer scripts' tools.
+    let proc_mount = ProcMount::new(&root.join("proc"))?;
     let in_root = |args: &[&str]| -> Result<String> {
         let out = Command::new("chroot")
             .arg(&root)
@@ -359,9 +361,27 @@ pub fn install_check(deb: &Path) -> Result<()> {
             bail!("/{gone} survived dpkg --purge");
         }
     }
+    drop(proc_mount);
     fs::remove_dir_all(&root)?;
     println!("==> the package installs, verifies, removes and purges cleanly");
     Ok(())
+}
+
+/// /proc mounted in the Debian root while it is used; unmounted on drop.
+struct ProcMount(PathBuf);
+
+impl ProcMount {
+    fn new(at: &Path) -> Result<Self> {
+        fs::create_dir_all(at)?;
+        crate::run(Command::new("mount").args(["-t", "proc", "proc"]).arg(at))?;
+        Ok(ProcMount(at.to_path_buf()))
+    }
+}
+
+impl Drop for ProcMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
 
 #[cfg(test)]

@@ -85,7 +85,7 @@ pub async fn handler(State(st): State<Arc<ApiState>>) -> Result<impl IntoRespons
 
 pub fn render(st: &ApiState) -> Result<String, ApiError> {
     let mut out = String::with_capacity(16 * 1024);
-    let top = st.opts.metrics_top_clients;
+    let top = st.gw.metrics_top_clients();
 
     // One client table serves every LAN: its clients are listed once, under
     // the names of the LANs it serves ("lan0,lan1").
