@@ -44,7 +44,7 @@ pub fn config_file(readme: &str) -> Result<String> {
         "# session-agent configuration. Every key is optional except lans; the values\n\
          # shown are the defaults unless marked \"example\". Uncomment and change what\n\
          # you need, then: systemctl enable --now session-agent\n\
-         # (reloads: systemctl restart session-agent; the datapath stays attached).\n\n",
+         # (after a change: systemctl reload session-agent; see the README).\n\n",
     );
     for line in body[..end].lines().skip(2) {
         if line.is_empty() {

@@ -1,0 +1,135 @@
+//! SIGHUP (`systemctl reload`): the agent reads its configuration file again and
+//! applies what can change at run time (walled garden, global speeds, metrics
+//! options, ...) without detaching or losing a counter or a session; settings only
+//! a restart applies are named in a log line and left as they were; a file that
+//! does not check changes nothing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use session_tests::sessions::{iperf, IperfServer};
+use session_tests::{require_root, Agent, AgentBuilder, Hotspot, TcpServer, TcpTransfer};
+
+fn hup(agent: &Agent) {
+    // SAFETY: kill has no memory effects; the pid is the agent's.
+    unsafe { libc::kill(agent.pid().unwrap() as i32, libc::SIGHUP) };
+}
+
+/// Waits until the agent's log holds `needle` `n` times.
+fn wait_log(agent: &Agent, needle: &str, n: usize) -> String {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = agent.log();
+        if log.matches(needle).count() >= n {
+            return log;
+        }
+        assert!(
+            Instant::now() < end,
+            "no {needle:?} (x{n}) in the log:\n{}",
+            agent.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_reload_applies_the_garden_and_speeds_keeps_the_counters_and_names_what_needs_a_restart() {
+    require_root();
+    let hs = Hotspot::builder().clients(2).build();
+    std::fs::create_dir_all(&hs.state_dir).unwrap();
+    let cfg = hs.state_dir.join("config.toml");
+    write(&cfg, "global_down_mbits = 20\nglobal_up_mbits = 20\n");
+    let agent = AgentBuilder::new(&hs)
+        .arg("--config")
+        .arg(cfg.display().to_string())
+        .start();
+    let api = agent.api();
+    let (paying, other) = (hs.client(0).clone(), hs.client(1).clone());
+    let garden_srv = TcpServer::start(&hs.server_ns, hs.server_sock(false, 5002));
+    let iperf_srv = IperfServer::start(&hs.server_ns, hs.server_sock(false, 5201));
+    let reach = |ns: &str| {
+        TcpTransfer::run_timeout(ns, garden_srv.addr, 100, 1000, Duration::from_millis(700)).is_ok()
+    };
+    assert!(
+        !reach(&other.ns),
+        "the server is in the garden before the reload"
+    );
+
+    let dev = api.device_id(&paying.mac);
+    let s = api.create_session(dev, 0, 600, 0.0, None, 0, 0, true);
+    api.connect(dev, "").ok("connect");
+    let before = iperf(&paying.ns, iperf_srv.addr, 2, 1, true);
+    assert!(before.recv_mbits > 15.0, "{before:?}");
+    let counted = agent.client_or_zero(&paying.mac);
+    let sid = s["id"].as_i64().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let used = api.session(sid)["time_cons"].as_u64().unwrap();
+
+    // The server joins the garden, the global speed drops to 5 Mbit/s, and the
+    // shaper changes (only a restart applies that).
+    write(
+        &cfg,
+        &format!(
+            "global_down_mbits = 5\nglobal_up_mbits = 5\nshaper = \"htb\"\nwalled_garden = [\"{}/32:5002\"]\n[api]\nmetrics_top_clients = 1\n",
+            hs.server_addr(false)
+        ),
+    );
+    hup(&agent);
+    let log = wait_log(&agent, "configuration reloaded", 1);
+    assert!(
+        log.contains("only a restart applies them") && log.contains("shaper"),
+        "{log}"
+    );
+    assert!(reach(&other.ns), "the reloaded garden entry does not pass");
+    let after = iperf(&paying.ns, iperf_srv.addr, 2, 1, true);
+    eprintln!(
+        "RELOAD global speed 20 -> 5 Mbit/s: {:.3} -> {:.3} Mbit/s",
+        before.recv_mbits, after.recv_mbits
+    );
+    assert!((4.5..=5.5).contains(&after.recv_mbits), "{after:?}");
+    // Nothing was lost: the counters go on from where they were, the session too.
+    let now = agent.client_or_zero(&paying.mac);
+    assert!(
+        now.down_bytes > counted.down_bytes,
+        "{counted:?} -> {now:?}"
+    );
+    assert!(api.session(sid)["time_cons"].as_u64().unwrap() >= used);
+    assert!(
+        api.get(&format!("/v1/devices/{dev}/connected")).ok("c")["connected"]
+            .as_bool()
+            .unwrap()
+    );
+    assert_eq!(
+        agent.log().matches("datapath attached").count(),
+        1,
+        "re-attached on reload"
+    );
+    let metrics = api.get("/metrics").ok("metrics");
+    let listed = metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("session_agent_client_allowed{"))
+        .count();
+    assert_eq!(listed, 1, "metrics_top_clients = 1 not applied");
+
+    // A file that does not check changes nothing.
+    write(&cfg, "poll_ms = 5\nglobal_down_mbits = 50\n");
+    hup(&agent);
+    let log = wait_log(
+        &agent,
+        "the configuration was not reloaded, nothing changed",
+        1,
+    );
+    assert!(log.contains("poll_ms"), "{log}");
+    assert!(reach(&other.ns), "the garden changed with a refused file");
+    let still = iperf(&paying.ns, iperf_srv.addr, 2, 1, true);
+    assert!(
+        (4.5..=5.5).contains(&still.recv_mbits),
+        "speed changed with a refused file: {still:?}"
+    );
+}
