@@ -283,5 +283,22 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
         args: Vec::new(),
         timeout: std::time::Duration::from_secs(15 * 60),
         memory: "2G".into(),
-    })
+    })?;
+    println!("==> counting, sessions and restart on Linux 6.12 in QEMU");
+    let t = std::time::Instant::now();
+    kernel::run(&kernel::Options {
+        kernel: "6.12".into(),
+        tests: kernel::NEWER_SMOKE_TESTS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        args: Vec::new(),
+        timeout: std::time::Duration::from_secs(10 * 60),
+        memory: "2G".into(),
+    })?;
+    println!(
+        "==> Linux 6.12 smoke tests took {} s",
+        t.elapsed().as_secs()
+    );
+    Ok(())
 }
