@@ -65,6 +65,43 @@ pub enum DevicesCmd {
     },
 }
 
+/// What a session is (the seed's `CreateSession` arguments), for a session
+/// or for the vouchers that buy one.
+#[derive(clap::Args)]
+pub struct SessionSpec {
+    /// time (0), data (1) or time_or_data (2).
+    #[arg(long = "type", value_parser = parse_type)]
+    session_type: u8,
+    #[arg(long, default_value_t = 0)]
+    time_secs: u64,
+    #[arg(long, default_value_t = 0.0)]
+    data_mb: f64,
+    /// Days the session stays valid after its first use.
+    #[arg(long)]
+    exp_days: Option<u32>,
+    #[arg(long, default_value_t = 0)]
+    down_mbits: i32,
+    #[arg(long, default_value_t = 0)]
+    up_mbits: i32,
+    #[arg(long)]
+    use_global_speed: bool,
+}
+
+impl SessionSpec {
+    /// The API's JSON object of these fields.
+    fn json(&self) -> Map<String, Value> {
+        let v = json!({
+            "type": self.session_type, "time_secs": self.time_secs, "data_mb": self.data_mb,
+            "exp_days": self.exp_days, "down_mbits": self.down_mbits, "up_mbits": self.up_mbits,
+            "use_global_speed": self.use_global_speed,
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum SessionsCmd {
     /// Sessions of a device.
@@ -74,21 +111,8 @@ pub enum SessionsCmd {
     /// Create a session (seed CreateSession).
     Create {
         device: String,
-        /// time (0), data (1) or time_or_data (2).
-        #[arg(long = "type", value_parser = parse_type)]
-        session_type: u8,
-        #[arg(long, default_value_t = 0)]
-        time_secs: u64,
-        #[arg(long, default_value_t = 0.0)]
-        data_mb: f64,
-        #[arg(long)]
-        exp_days: Option<u32>,
-        #[arg(long, default_value_t = 0)]
-        down_mbits: i32,
-        #[arg(long, default_value_t = 0)]
-        up_mbits: i32,
-        #[arg(long)]
-        use_global_speed: bool,
+        #[command(flatten)]
+        spec: SessionSpec,
     },
     /// Set fields of a session and save it (seed Set* + Save).
     Set {
@@ -154,22 +178,8 @@ pub enum VouchersCmd {
         /// The price printed on each slip, as written ("20 PHP").
         #[arg(long)]
         price: Option<String>,
-        /// time (0), data (1) or time_or_data (2).
-        #[arg(long = "type", value_parser = parse_type)]
-        session_type: u8,
-        #[arg(long, default_value_t = 0)]
-        time_secs: u64,
-        #[arg(long, default_value_t = 0.0)]
-        data_mb: f64,
-        /// Days the session stays valid after its first use.
-        #[arg(long)]
-        exp_days: Option<u32>,
-        #[arg(long, default_value_t = 0)]
-        down_mbits: i32,
-        #[arg(long, default_value_t = 0)]
-        up_mbits: i32,
-        #[arg(long)]
-        use_global_speed: bool,
+        #[command(flatten)]
+        spec: SessionSpec,
         /// The codes cannot be redeemed after this many days from now.
         #[arg(long, conflicts_with = "valid_until")]
         valid_days: Option<u32>,
@@ -449,23 +459,10 @@ pub fn sessions(api: &ApiArgs, cmd: SessionsCmd) -> Result<()> {
         SessionsCmd::Show { id } => {
             one(c.call("GET", &format!("/v1/sessions/{}", seg(&id)), None)?)
         }
-        SessionsCmd::Create {
-            device,
-            session_type,
-            time_secs,
-            data_mb,
-            exp_days,
-            down_mbits,
-            up_mbits,
-            use_global_speed,
-        } => one(c.call(
+        SessionsCmd::Create { device, spec } => one(c.call(
             "POST",
             &format!("/v1/devices/{}/sessions", seg(&device)),
-            Some(&json!({
-                "type": session_type, "time_secs": time_secs, "data_mb": data_mb,
-                "exp_days": exp_days, "down_mbits": down_mbits, "up_mbits": up_mbits,
-                "use_global_speed": use_global_speed,
-            })),
+            Some(&Value::Object(spec.json())),
         )?),
         SessionsCmd::Set {
             id,
@@ -709,13 +706,7 @@ pub fn vouchers(api: &ApiArgs, cmd: VouchersCmd) -> Result<()> {
             count,
             batch,
             price,
-            session_type,
-            time_secs,
-            data_mb,
-            exp_days,
-            down_mbits,
-            up_mbits,
-            use_global_speed,
+            spec,
             valid_days,
             valid_until,
             max_devices,
@@ -731,17 +722,19 @@ pub fn vouchers(api: &ApiArgs, cmd: VouchersCmd) -> Result<()> {
                 }
                 (None, t) => t,
             };
-            let v = c.call(
-                "POST",
-                "/v1/vouchers",
-                Some(&json!({
-                    "count": count, "batch": batch, "price": price, "type": session_type,
-                    "time_secs": time_secs, "data_mb": data_mb, "exp_days": exp_days,
-                    "down_mbits": down_mbits, "up_mbits": up_mbits,
-                    "use_global_speed": use_global_speed, "valid_until": valid_until,
-                    "max_devices": max_devices, "code_length": code_length, "group": group,
-                })),
-            )?;
+            let mut body = spec.json();
+            for (k, v) in [
+                ("count", json!(count)),
+                ("batch", json!(batch)),
+                ("price", json!(price)),
+                ("valid_until", json!(valid_until)),
+                ("max_devices", json!(max_devices)),
+                ("code_length", json!(code_length)),
+                ("group", json!(group)),
+            ] {
+                body.insert(k.into(), v);
+            }
+            let v = c.call("POST", "/v1/vouchers", Some(&Value::Object(body)))?;
             show(api, v, |v: Vec<VoucherView>| print_vouchers(&v))
         }
         VouchersCmd::List { batch, state } => {

@@ -5,7 +5,7 @@ use crate::netns::ns_command;
 use crate::topo::Hotspot;
 use serde::Deserialize;
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -476,4 +476,16 @@ pub fn cli_root(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("spawn session-agent {args:?}: {e}"))
+}
+
+/// Runs `session-agent ARGS --api-socket SOCK`: a CLI subcommand that talks to
+/// a running agent over its socket.
+pub fn cli_over_socket(sock: &Path, args: &[&str]) -> Output {
+    Command::new(agent_bin())
+        .args(args)
+        .arg("--api-socket")
+        .arg(sock)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn session-agent")
 }

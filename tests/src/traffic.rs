@@ -504,3 +504,45 @@ pub fn mixed_traffic(ns: &str, servers: &ServerSet, mix: Mix, label: &str) -> Mi
     }
     r
 }
+
+/// One raw HTTP/1.1 request (`req`, with its `Connection: close`) from
+/// namespace `ns` to `addr`; returns the status, the lower-cased head and the body.
+pub fn http_raw(ns: &str, addr: SocketAddr, req: &str) -> (u16, String, String) {
+    let mut s = in_netns(ns, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+    })
+    .unwrap_or_else(|e| panic!("connect {addr} from {ns}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// `METHOD path` with `headers` and `body` from namespace `ns` (see [`http_raw`]).
+pub fn http(
+    ns: &str,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String, String) {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    http_raw(ns, addr, &req)
+}

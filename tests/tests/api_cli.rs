@@ -1,19 +1,11 @@
 //! The CLI subcommands that talk to the running agent over its API socket.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use session_tests::{agent::agent_bin, require_root, AgentBuilder, Hotspot};
 
-fn cli(sock: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(agent_bin())
-        .args(args)
-        .arg("--api-socket")
-        .arg(sock)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn session-agent")
-}
+use session_tests::agent::cli_over_socket as cli;
 
 #[track_caller]
 fn ok_json(sock: &std::path::Path, args: &[&str]) -> Value {

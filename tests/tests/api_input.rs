@@ -2,14 +2,10 @@
 //! and changes nothing; the served routes match the OpenAPI document; the TCP
 //! listener wants its token; metrics and the RFC 8908 API answer.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use session_tests::{api::ApiClient, in_netns, require_root, AgentBuilder, Hotspot};
+use session_tests::{api::ApiClient, require_root, AgentBuilder, Hotspot};
 
 /// Everything the API shows that a request could change.
 fn state(api: &ApiClient) -> Value {
@@ -379,23 +375,7 @@ fn served_routes_match_openapi() {
     assert!(checked >= 80, "only {checked} combinations checked");
 }
 
-fn http(ns: &str, addr: std::net::SocketAddr, req: &str) -> (u16, String, String) {
-    let mut s = in_netns(ns, || {
-        TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-    })
-    .unwrap_or_else(|e| panic!("connect {addr} from {ns}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
-}
+use session_tests::traffic::http_raw as http;
 
 #[test]
 fn tcp_token_metrics_and_captive_api() {

@@ -5,16 +5,14 @@
 //!
 //! Screenshots of each step are saved under `target/portal-screenshots/`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use session_tests::sessions::{iperf, IperfServer};
-use session_tests::{
-    in_netns, require_root, AgentBuilder, Browser, Hotspot, TcpServer, TcpTransfer,
-};
+use session_tests::traffic::http;
+use session_tests::{require_root, AgentBuilder, Browser, Hotspot, TcpServer, TcpTransfer};
 
 const PORT: u16 = 8908;
 
@@ -150,42 +148,6 @@ fn a_customer_redeems_a_code_in_chromium_then_pauses_and_resumes() {
     let text = b.wait_for_text("does not exist", Duration::from_secs(10));
     assert!(text.contains("You are online"), "{text}");
     b.screenshot(&dir.join("5-wrong-code.png"));
-}
-
-/// One HTTP/1.1 request from namespace `ns`; returns status, head and body.
-fn http(
-    ns: &str,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[&str],
-    body: &str,
-) -> (u16, String, String) {
-    let mut s = in_netns(ns, || {
-        TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-    })
-    .unwrap_or_else(|e| panic!("connect {addr} from {ns}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
 }
 
 const FORM: &str = "Content-Type: application/x-www-form-urlencoded";

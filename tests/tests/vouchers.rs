@@ -2,11 +2,10 @@
 //! states, export, revocation, redemption (one winner of many at once, the MAC
 //! lock, the limit on wrong codes), bad input, and codes surviving kill -9.
 
-use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Barrier};
 
 use serde_json::{json, Value};
-use session_tests::{agent::agent_bin, api::ApiClient, require_root, AgentBuilder, Hotspot};
+use session_tests::{api::ApiClient, require_root, AgentBuilder, Hotspot};
 
 fn batch(count: u32, extra: Value) -> Value {
     let mut b = json!({
@@ -384,15 +383,7 @@ fn codes_and_redemptions_survive_kill_9() {
         .ok("second code after restart");
 }
 
-fn cli(sock: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(agent_bin())
-        .args(args)
-        .arg("--api-socket")
-        .arg(sock)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn session-agent")
-}
+use session_tests::agent::cli_over_socket as cli;
 
 #[track_caller]
 fn cli_ok(sock: &std::path::Path, args: &[&str]) -> String {
