@@ -70,6 +70,28 @@ pub struct PortalTexts {
     pub color_accent: String,
     pub color_background: String,
     pub color_text: String,
+    /// A PNG, JPEG or SVG file shown before the name (at most [`MAX_LOGO`]
+    /// bytes); a relative path is taken from the texts file's folder. Empty: none.
+    pub logo: String,
+    /// The logo's bytes, read at start.
+    #[serde(skip)]
+    pub logo_image: Option<Logo>,
+}
+
+/// Largest logo the page serves.
+pub const MAX_LOGO: usize = 256 * 1024;
+
+/// An image the portal serves at `/portal/logo`.
+#[derive(Clone)]
+pub struct Logo {
+    pub mime: &'static str,
+    pub bytes: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Logo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Logo({}, {} bytes)", self.mime, self.bytes.len())
+    }
 }
 
 /// A texts file that cannot be used.
@@ -93,6 +115,17 @@ pub enum PortalTextsError {
         key: &'static str,
         value: String,
     },
+    #[error("portal logo {path}: {source}")]
+    LogoRead {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("portal logo {path}: {reason}")]
+    Logo {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl Default for PortalTexts {
@@ -109,7 +142,12 @@ impl PortalTexts {
             path: path.into(),
             source,
         })?;
-        Self::from_overlay(&text, path)
+        let mut t = Self::from_overlay(&text, path)?;
+        if !t.logo.is_empty() {
+            let at = path.parent().unwrap_or(Path::new(".")).join(&t.logo);
+            t.logo_image = Some(read_logo(&at)?);
+        }
+        Ok(t)
     }
 
     fn from_overlay(text: &str, path: &Path) -> Result<Self, PortalTextsError> {
@@ -152,6 +190,43 @@ impl PortalTexts {
     }
 }
 
+/// Reads a logo, by its file name's ending.
+fn read_logo(path: &Path) -> Result<Logo, PortalTextsError> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let mime = match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "svg" => "image/svg+xml",
+        _ => {
+            return Err(PortalTextsError::Logo {
+                path: path.into(),
+                reason: "must be a .png, .jpg or .svg file".into(),
+            })
+        }
+    };
+    let bytes = std::fs::read(path).map_err(|source| PortalTextsError::LogoRead {
+        path: path.into(),
+        source,
+    })?;
+    if bytes.len() > MAX_LOGO {
+        return Err(PortalTextsError::Logo {
+            path: path.into(),
+            reason: format!(
+                "{} bytes, more than {MAX_LOGO}: a phone on a slow link loads it first",
+                bytes.len()
+            ),
+        });
+    }
+    Ok(Logo {
+        mime,
+        bytes: Arc::new(bytes),
+    })
+}
+
 struct Ctx {
     gw: Arc<Gateway>,
     texts: Arc<PortalTexts>,
@@ -165,7 +240,27 @@ pub fn router(gw: Arc<Gateway>, texts: Arc<PortalTexts>) -> Router {
         .route("/portal/redeem", post(redeem))
         .route("/portal/pause", post(pause))
         .route("/portal/resume", post(resume))
+        .route("/portal/logo", get(logo))
         .with_state(Arc::new(Ctx { gw, texts }))
+}
+
+async fn logo(State(ctx): State<Arc<Ctx>>) -> Response {
+    match &ctx.texts.logo_image {
+        // An SVG is shown as an image only: no script of it runs.
+        Some(l) => (
+            [
+                (header::CONTENT_TYPE, l.mime),
+                (header::CACHE_CONTROL, "max-age=86400"),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'unsafe-inline'",
+                ),
+            ],
+            l.bytes.as_ref().clone(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no logo").into_response(),
+    }
 }
 
 /// What the asking client has now.
@@ -352,7 +447,13 @@ fn page(t: &PortalTexts, st: &ClientStatus, note: Option<Note<'_>>, is_client: b
          input{{width:100%;font:20px monospace;padding:10px;border:1px solid #99a;border-radius:8px;text-transform:uppercase;letter-spacing:1px}}\
          button{{width:100%;margin-top:10px;padding:12px;font-size:17px;border:0;border-radius:8px;background:{accent};color:#fff}}\
          .note{{padding:10px 12px;border-radius:8px}}.good{{background:#e2f4ea}}.bad{{background:#fbe4e4}}.hint{{color:#556}}\
-         </style></head><body><header><h1>{name}</h1></header><main>{body}</main>{script}</body></html>\n",
+         header img{{height:32px;vertical-align:middle;margin-right:10px}}\
+         </style></head><body><header><h1>{logo}{name}</h1></header><main>{body}</main>{script}</body></html>\n",
+        logo = if t.logo_image.is_some() {
+            "<img src=\"/portal/logo\" alt=\"\">"
+        } else {
+            ""
+        },
         lang = escape(&t.lang),
         name = escape(&t.name),
         bg = t.color_background,
@@ -656,6 +757,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("color_text must be a colour"), "{e}");
+    }
+
+    #[test]
+    fn a_logo_is_read_beside_the_texts_file_and_bounded() {
+        let dir = std::env::temp_dir().join(format!("portal-logo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let texts = dir.join("texts.toml");
+        std::fs::write(
+            dir.join("logo.svg"),
+            "<svg xmlns=\"http://www.w3.org/2000/svg\"/>",
+        )
+        .unwrap();
+        std::fs::write(&texts, "logo = \"logo.svg\"\n").unwrap();
+        let t = PortalTexts::load(&texts).unwrap();
+        let l = t.logo_image.as_ref().unwrap();
+        assert_eq!((l.mime, l.bytes.len()), ("image/svg+xml", 41));
+        assert!(
+            page(&t, &ClientStatus::default(), None, true).contains("<img src=\"/portal/logo\"")
+        );
+        assert!(!page(
+            &PortalTexts::default(),
+            &ClientStatus::default(),
+            None,
+            true
+        )
+        .contains("<img"));
+
+        std::fs::write(&texts, "logo = \"logo.gif\"\n").unwrap();
+        let e = PortalTexts::load(&texts).unwrap_err().to_string();
+        assert!(e.contains(".png, .jpg or .svg"), "{e}");
+        std::fs::write(dir.join("big.png"), vec![0u8; MAX_LOGO + 1]).unwrap();
+        std::fs::write(&texts, "logo = \"big.png\"\n").unwrap();
+        let e = PortalTexts::load(&texts).unwrap_err().to_string();
+        assert!(e.contains("more than 262144"), "{e}");
+        std::fs::write(&texts, "logo = \"missing.png\"\n").unwrap();
+        let e = PortalTexts::load(&texts).unwrap_err().to_string();
+        assert!(e.contains("missing.png"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -39,9 +39,24 @@ fn a_customer_redeems_a_code_in_chromium_then_pauses_and_resumes() {
     require_root();
     let hs = Hotspot::builder().clients(1).build();
     let captive = SocketAddr::from((hs.gw_lan_addr(false), PORT));
+    // The shop's name, colour and logo, from one texts file.
+    std::fs::create_dir_all(&hs.state_dir).unwrap();
+    let texts = hs.state_dir.join("portal.toml");
+    std::fs::write(
+        hs.state_dir.join("logo.svg"),
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32"><circle cx="16" cy="16" r="14" fill="#e0a020"/></svg>"##,
+    )
+    .unwrap();
+    std::fs::write(
+        &texts,
+        "name = \"Café Luna\"\ncolor_accent = \"#6a1b9a\"\nlogo = \"logo.svg\"\n",
+    )
+    .unwrap();
     let agent = AgentBuilder::new(&hs)
         .arg("--captive-listen")
         .arg(captive.to_string())
+        .arg("--portal-texts")
+        .arg(texts.display().to_string())
         .arg("--poll-ms")
         .arg("100")
         .start();
@@ -71,6 +86,12 @@ fn a_customer_redeems_a_code_in_chromium_then_pauses_and_resumes() {
     b.goto(&format!("http://{captive}/portal"));
     let text = b.page_text();
     assert!(text.contains("Enter the code from your voucher"), "{text}");
+    assert!(text.contains("Café Luna"), "{text}");
+    let logo = b.execute(
+        "var i = document.querySelector('header img'); return i ? i.naturalWidth : -1",
+        &[],
+    );
+    assert_eq!(logo.as_i64(), Some(32), "the logo did not load");
     let width = b.execute("return document.documentElement.scrollWidth", &[]);
     assert!(
         width.as_u64().unwrap() <= 360,
