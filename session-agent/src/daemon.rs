@@ -54,6 +54,8 @@ pub struct RunOptions {
     pub db: PathBuf,
     pub gateway: GatewayConfig,
     pub api: ApiOptions,
+    /// What is logged (a `tracing` filter; `RUST_LOG` wins).
+    pub log_level: String,
 }
 
 /// Reads the configuration again, as `run` read it at start (SIGHUP).
@@ -287,6 +289,11 @@ fn apply_reload(
         cur.gate = new.gate;
         changed.push("gate");
     }
+    // Applied last, so that this reload's own lines are still written.
+    let log_changed = new.log_level != cur.log_level;
+    if log_changed {
+        changed.push("log_level");
+    }
     if new.api.metrics_top_clients != cur.api.metrics_top_clients {
         gw.set_metrics_top_clients(new.api.metrics_top_clients);
         cur.api.metrics_top_clients = new.api.metrics_top_clients;
@@ -303,6 +310,10 @@ fn apply_reload(
         warn!(settings = %restart.join(", "), "reload: these settings changed but only a restart applies them; they stay as they were");
     }
     info!(changed = %changed.join(", "), "configuration reloaded");
+    if log_changed {
+        crate::logging::set_filter(&new.log_level);
+        cur.log_level = new.log_level;
+    }
     cur
 }
 

@@ -12,6 +12,7 @@ pub mod garden;
 pub mod gateway;
 pub mod html;
 pub mod iface;
+pub mod logging;
 pub mod memory;
 pub mod netlink;
 pub mod options;

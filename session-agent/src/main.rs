@@ -194,13 +194,7 @@ fn parse_mac(s: &str) -> Result<MacAddr, String> {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    session_agent::logging::init();
     if let Err(e) = dispatch(cli.cmd) {
         // One line: what went wrong and how to fix it.
         let mut msg = e.to_string();
@@ -217,6 +211,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Run(a) => {
             let opts = Options::load(&a.0)?.resolve()?;
+            session_agent::logging::set_filter(&opts.log_level);
             let matches = a.0.clone();
             // SIGHUP reads the file again, with the same flags over it.
             let reload: daemon::Reloader =

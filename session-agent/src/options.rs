@@ -114,6 +114,35 @@ impl<'de> Deserialize<'de> for HttpUrl {
     }
 }
 
+/// What is logged, as a `tracing` filter: a level (`error`, `warn`, `info`,
+/// `debug`, `trace`) or directives per module (`info,session_agent::portal=debug`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct LogFilter(String);
+
+impl LogFilter {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for LogFilter {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        tracing_subscriber::EnvFilter::try_new(s)
+            .map(|_| Self(s.to_string()))
+            .map_err(|e| format!("{s:?} is not a log filter ({e}): use error, warn, info, debug or trace, or module=level directives"))
+    }
+}
+
+impl<'de> Deserialize<'de> for LogFilter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// A non-empty text (an interface name, a token).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
@@ -257,6 +286,10 @@ pub struct Options {
     /// (0 = limited by bytes only).
     #[arg(long, value_name = "PPS", required = false)]
     pub garden_pps: Ranged<0, 1_000_000>,
+    /// What is logged: error, warn, info, debug or trace, or directives per module
+    /// (info,session_agent::portal=debug); RUST_LOG, when set, wins.
+    #[arg(long, value_name = "FILTER", required = false)]
+    pub log_level: LogFilter,
     #[command(flatten)]
     pub store: StoreOptions,
     #[command(flatten)]
@@ -351,6 +384,7 @@ impl Default for Options {
             bind_ttl_secs: Ranged::of(300),
             garden_rate_kbits: Ranged::of(256),
             garden_pps: Ranged::of(50),
+            log_level: LogFilter("info".into()),
             store: StoreOptions::default(),
             api: ApiSection::default(),
             captive: CaptiveSection::default(),
@@ -562,6 +596,7 @@ impl Options {
             store: self.store.provider,
             db: self.store.path,
             api,
+            log_level: self.log_level.0,
         })
     }
 }

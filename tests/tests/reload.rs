@@ -74,7 +74,7 @@ fn a_reload_applies_the_garden_and_speeds_keeps_the_counters_and_names_what_need
     write(
         &cfg,
         &format!(
-            "global_down_mbits = 5\nglobal_up_mbits = 5\nshaper = \"htb\"\nwalled_garden = [\"{}/32:5002\"]\n[api]\nmetrics_top_clients = 1\n",
+            "global_down_mbits = 5\nglobal_up_mbits = 5\nshaper = \"htb\"\nlog_level = \"warn\"\nwalled_garden = [\"{}/32:5002\"]\n[api]\nmetrics_top_clients = 1\n",
             hs.server_addr(false)
         ),
     );
@@ -107,6 +107,17 @@ fn a_reload_applies_the_garden_and_speeds_keeps_the_counters_and_names_what_need
         agent.log().matches("datapath attached").count(),
         1,
         "re-attached on reload"
+    );
+    // log_level = "warn": a new device's info line is no longer written.
+    api.post(
+        "/v1/devices",
+        &serde_json::json!({"mac": "02:00:00:00:77:77"}),
+    )
+    .ok("device after the reload");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !agent.log().contains("02:00:00:00:77:77"),
+        "info lines after log_level = warn"
     );
     let metrics = api.get("/metrics").ok("metrics");
     let listed = metrics
