@@ -344,6 +344,7 @@ pub fn install_check(deb: &Path) -> Result<()> {
     ])
     .context("the shipped configuration does not check")?;
     println!("    {}", cfg.trim());
+    foreground_run(&root)?;
     println!("==> dpkg --remove: the configuration and the state stay");
     in_root(&["dpkg", "--remove", "session-agent"])?;
     for kept in ["/etc/session-agent/config.toml", "/var/lib/session-agent"] {
@@ -364,6 +365,184 @@ pub fn install_check(deb: &Path) -> Result<()> {
     drop(proc_mount);
     fs::remove_dir_all(&root)?;
     println!("==> the package installs, verifies, removes and purges cleanly");
+    Ok(())
+}
+
+/// The unit's `ExecStart=` command line and `CapabilityBoundingSet=`.
+fn unit_command(unit: &str) -> Result<(Vec<String>, Vec<String>)> {
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::to_string)
+            .with_context(|| format!("no {key} in the unit"))
+    };
+    let argv = value("ExecStart=")?
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let caps = value("CapabilityBoundingSet=")?
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_ascii_lowercase())
+        .collect();
+    Ok((argv, caps))
+}
+
+/// Where systemd cannot run: the unit's exact command line, as root with only
+/// the unit's capabilities, inside the Debian root, serving a LAN of a network
+/// namespace made for it. Waits for READY, asks the installed CLI for the
+/// status over the socket the package's tmpfiles entry made, stops it with
+/// SIGTERM and detaches.
+fn foreground_run(root: &Path) -> Result<()> {
+    use std::io::BufRead;
+    let unit = fs::read_to_string(root.join("usr/lib/systemd/system/session-agent.service"))?;
+    let (argv, caps) = unit_command(&unit)?;
+    println!(
+        "==> the unit's command line with its capabilities ({}): {}",
+        caps.join(", "),
+        argv.join(" ")
+    );
+    let ns = format!("sa-pkg-{}", std::process::id());
+    let pins = "/sys/fs/bpf/sa-pkg-check";
+    // The shipped configuration with a LAN (and pins of its own).
+    let cfg = root.join("etc/session-agent/config.toml");
+    let shipped = fs::read_to_string(&cfg)?;
+    fs::write(
+        &cfg,
+        format!("lans = [\"lan0\"]\npin_root = \"{pins}\"\n{shipped}"),
+    )?;
+    struct Cleanup {
+        ns: String,
+        sys: PathBuf,
+        cfg: PathBuf,
+        shipped: String,
+    }
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+            let _ = Command::new("umount")
+                .arg("-R")
+                .arg("-l")
+                .arg(&self.sys)
+                .status();
+            let _ = fs::remove_dir_all("/sys/fs/bpf/sa-pkg-check");
+            let _ = fs::write(&self.cfg, &self.shipped);
+        }
+    }
+    let _cleanup = Cleanup {
+        ns: ns.clone(),
+        sys: root.join("sys"),
+        cfg: cfg.clone(),
+        shipped,
+    };
+    crate::run(Command::new("ip").args(["netns", "add", &ns]))?;
+    let ip_n = |args: &[&str]| crate::run(Command::new("ip").args(["-n", &ns]).args(args));
+    ip_n(&[
+        "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p",
+    ])?;
+    ip_n(&["addr", "add", "10.99.0.1/24", "dev", "lan0"])?;
+    ip_n(&["link", "set", "lan0", "up"])?;
+    ip_n(&["link", "set", "lan0p", "up"])?;
+    ip_n(&["link", "set", "lo", "up"])?;
+    // /sys with bpffs, as on a booted system.
+    fs::create_dir_all(root.join("sys"))?;
+    crate::run(
+        Command::new("mount")
+            .arg("--rbind")
+            .arg("/sys")
+            .arg(root.join("sys")),
+    )?;
+    let _ = Command::new("mount")
+        .arg("--make-rslave")
+        .arg(root.join("sys"))
+        .status();
+    let netns = format!("--net=/run/netns/{ns}");
+    let bounding = format!(
+        "--bounding-set=-all,{}",
+        caps.iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut child = Command::new("nsenter")
+        .arg(&netns)
+        .arg("--")
+        .arg("chroot")
+        .arg(root)
+        .args(["setpriv", &bounding, "--inh-caps=-all", "--"])
+        .args(&argv)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the unit's command line")?;
+    let stdout = child.stdout.take().context("agent stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(|l| l.ok())
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let ready = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(l) if l.trim() == "READY" => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    if !ready {
+        let _ = child.kill();
+        let out = child.wait_with_output()?;
+        bail!(
+            "the unit's command line did not get READY: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let status = Command::new("nsenter")
+        .arg(&netns)
+        .arg("--")
+        .arg("chroot")
+        .arg(root)
+        .args(["/usr/sbin/session-agent", "status"])
+        .output()?;
+    if !status.status.success() {
+        bail!(
+            "session-agent status over /run/session-agent/api.sock failed: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+    }
+    println!("    READY; `session-agent status` answers over /run/session-agent/api.sock:");
+    for l in String::from_utf8_lossy(&status.stdout).lines().take(4) {
+        println!("      {l}");
+    }
+    // SAFETY: kill has no memory effects; the pid is our child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "the agent did not stop cleanly on SIGTERM ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    println!("    stopped cleanly on SIGTERM");
+    crate::run(
+        Command::new("nsenter")
+            .arg(&netns)
+            .arg("--")
+            .arg("chroot")
+            .arg(root)
+            .args([
+                "/usr/sbin/session-agent",
+                "detach",
+                "--lan",
+                "lan0",
+                "--pin-root",
+                pins,
+            ]),
+    )?;
     Ok(())
 }
 
