@@ -182,7 +182,7 @@ pub fn build() -> Result<PathBuf> {
          Architecture: {ARCH}\n\
          Maintainer: {MAINTAINER}\n\
          Installed-Size: {}\n\
-         Depends: libc6 (>= 2.34), libgcc-s1 (>= 4.2), passwd\n\
+         Depends: libc6 (>= 2.34), libgcc-s1 (>= 4.2), passwd, procps\n\
          Recommends: systemd\n\
          Homepage: https://github.com/session-agent/session-agent\n\
          Description: eBPF traffic metering and sessions for Wi-Fi hotspot gateways\n \
@@ -257,7 +257,7 @@ pub fn lintian(deb: &Path) -> Result<()> {
 pub fn install_check(deb: &Path) -> Result<()> {
     crate::toolchain::ensure_mmdebstrap()?;
     let root = crate::root_dir().join("target/package/debroot");
-    let tarball = crate::root_dir().join("target/package/debroot.tar");
+    let tarball = crate::root_dir().join("target/package/debroot-systemd-procps.tar");
     if !tarball.exists() {
         println!(
             "==> making a throwaway Debian root with mmdebstrap (cached in {})",
@@ -267,7 +267,8 @@ pub fn install_check(deb: &Path) -> Result<()> {
             Command::new("mmdebstrap")
                 .args([
                     "--variant=minbase",
-                    "--include=systemd",
+                    // procps: ExecReload's kill, on every Debian system but minbase.
+                    "--include=systemd,procps",
                     "--quiet",
                     "bookworm",
                 ])
