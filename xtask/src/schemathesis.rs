@@ -54,9 +54,12 @@ pub fn run(bin: &Path) -> Result<()> {
         // its MAC (a phone that changed its random MAC), a removal schemathesis
         // cannot know of: it only counts a DELETE, and reports the next GET of the
         // absorbed device as a resource lost after creation.
+        // `DELETE /v1/vouchers/{code}` revokes a code, which stays listed as
+        // `revoked` for the operator's records (documented): a GET after it answers
+        // 200 by design, which use_after_free takes for a resource still there.
         .args([
             "--exclude-checks",
-            "positive_data_acceptance,ensure_resource_availability",
+            "positive_data_acceptance,ensure_resource_availability,use_after_free",
         ])
         .args(["--max-examples", MAX_EXAMPLES])
         .args(["--exclude-path", "/v1/events"])
