@@ -95,7 +95,17 @@ fn gate() -> LanConfig {
             garden_rate_kbits: 256,
             garden_pps: 50,
         },
+        None,
     )
+}
+
+/// [`gate`] with the portal redirect on.
+fn gate_redirect() -> LanConfig {
+    let mut cfg = gate();
+    cfg.flags |= session_common::LAN_PORTAL_REDIRECT;
+    cfg.redirect_mark = 0x5e55;
+    cfg.redirect_port = 3990;
+    cfg
 }
 
 /// The paths a packet can take, each set up on the measured client.
@@ -106,6 +116,9 @@ enum Path {
     /// As `Counted` with the gate off (no gateway MAC or addresses, no
     /// anti-spoofing): what the gate costs a paying client's packet.
     CountedNoGate,
+    /// As `Counted` with the portal redirect on: what the redirect costs a
+    /// paying client's packet (nothing, it is not on that path).
+    CountedRedirect,
     /// Allowed with a speed limit and a data budget that both admit it: the full path.
     Full,
     /// The speed limit refuses it.
@@ -117,9 +130,10 @@ enum Path {
 }
 
 impl Path {
-    const ALL: [Path; 6] = [
+    const ALL: [Path; 7] = [
         Path::Counted,
         Path::CountedNoGate,
+        Path::CountedRedirect,
         Path::Full,
         Path::RateLimited,
         Path::QuotaExhausted,
@@ -130,6 +144,7 @@ impl Path {
         match self {
             Path::Counted => "allowed_counted",
             Path::CountedNoGate => "allowed_counted_no_gate",
+            Path::CountedRedirect => "allowed_counted_redirect_on",
             Path::Full => "full_path",
             Path::RateLimited => "rate_limited",
             Path::QuotaExhausted => "quota_exhausted",
@@ -139,7 +154,7 @@ impl Path {
 
     fn verdict(self) -> u32 {
         match self {
-            Path::Counted | Path::CountedNoGate | Path::Full => TC_PASS,
+            Path::Counted | Path::CountedNoGate | Path::CountedRedirect | Path::Full => TC_PASS,
             _ => TC_DROP,
         }
     }
@@ -156,10 +171,11 @@ impl Path {
         };
         maps.set_lan(&match self {
             Path::CountedNoGate => LanConfig::default(),
+            Path::CountedRedirect => gate_redirect(),
             _ => gate(),
         });
         match self {
-            Path::Counted | Path::CountedNoGate => {
+            Path::Counted | Path::CountedNoGate | Path::CountedRedirect => {
                 maps.set_allowed(m, true).unwrap();
             }
             Path::Full => {

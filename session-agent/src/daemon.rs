@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub api: ApiOptions,
     /// What is logged (a `tracing` filter; `RUST_LOG` wins).
     pub log_level: String,
+    /// Clients that have not paid are sent to the portal.
+    pub redirect: Option<crate::redirect::RedirectOptions>,
 }
 
 /// Reads the configuration again, as `run` read it at start (SIGHUP).
@@ -77,12 +79,28 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     // writes the walled garden through them).
     let mut attached = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
+    // The responder listens and the routing rule is in place before any LAN
+    // steers a packet to them.
+    let redirect_listeners = match &opts.redirect {
+        Some(r) => {
+            crate::netlink::route_marked_locally(r.mark, r.table, &opts.lans)?;
+            let l = crate::redirect::listen(r)?;
+            info!(port = r.port, mark = r.mark, table = r.table, portal = %r.portal_url, "portal redirect on: clients that have not paid are sent to the portal");
+            l
+        }
+        None => Vec::new(),
+    };
     for lan in &opts.lans {
         let (mut a, maps) = attach::attach(&opts.pin_root, lan, opts.ingress, opts.tc_attach)?;
         let entries = garden_for(lan, &iface::addresses(lan)?, &opts);
         dataplane::write_garden(&mut a.ebpf, &entries)?;
         let local = iface::gateway_addresses(lan)?;
-        maps.set_lan(&lan_config(iface::mac(lan)?, &local, &opts.gate));
+        maps.set_lan(&lan_config(
+            iface::mac(lan)?,
+            &local,
+            &opts.gate,
+            opts.redirect.as_ref(),
+        ));
         set_up_shaper(&maps, lan, opts.shaper)?;
         info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, tc = ?a.tc, shaper = ?opts.shaper, garden = entries.len(), "datapath attached");
         match aya_log::EbpfLogger::init(&mut a.ebpf) {
@@ -123,6 +141,14 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     let gateway = Gateway::new(mgr.clone(), lans, opts.gateway.clone());
     gateway.set_metrics_top_clients(opts.api.metrics_top_clients);
     gateway.reconcile().await?;
+    if let Some(r) = &opts.redirect {
+        let (gw, r) = (gateway.clone(), r.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::redirect::serve(gw, r, redirect_listeners).await {
+                warn!("portal redirect: {e}");
+            }
+        });
+    }
     for (lan_name, mut fd) in rings {
         let gw = gateway.clone();
         tasks.spawn(async move {
@@ -252,6 +278,7 @@ fn apply_reload(
         api.captive => "captive.listen",
         api.portal_url => "captive.portal_url",
         api.retention => "store.retention_secs",
+        redirect => "captive.redirect*",
     }
     if new.api.portal_texts.name != cur.api.portal_texts.name
         || new.api.portal_texts.lang != cur.api.portal_texts.lang
@@ -284,7 +311,7 @@ fn apply_reload(
             ) else {
                 continue;
             };
-            m.set_lan(&lan_config(mac, &local, &new.gate));
+            m.set_lan(&lan_config(mac, &local, &new.gate, cur.redirect.as_ref()));
         }
         cur.gate = new.gate;
         changed.push("gate");
@@ -435,12 +462,22 @@ pub fn gateway_services(addrs: &[IpAddr], portal_ports: &[u16]) -> Vec<GardenEnt
 
 /// What the datapath must know of its LAN: the gateway's MAC and addresses
 /// ([`iface::gateway_addresses`]), anti-spoofing, the garden rate limit.
-pub fn lan_config(mac: Option<[u8; 6]>, addrs: &[IpAddr], gate: &GateOptions) -> LanConfig {
+pub fn lan_config(
+    mac: Option<[u8; 6]>,
+    addrs: &[IpAddr],
+    gate: &GateOptions,
+    redirect: Option<&crate::redirect::RedirectOptions>,
+) -> LanConfig {
     let mut cfg = LanConfig {
         mac: mac.unwrap_or_default(),
         flags: if gate.anti_spoof { LAN_ANTI_SPOOF } else { 0 },
         ..Default::default()
     };
+    if let Some(r) = redirect {
+        cfg.flags |= LAN_PORTAL_REDIRECT;
+        cfg.redirect_mark = r.mark;
+        cfg.redirect_port = r.port;
+    }
     dataplane::set_gateway_addrs(&mut cfg, addrs);
     if gate.garden_rate_kbits > 0 {
         let rate = gate.garden_rate_kbits * 1000 / 8;

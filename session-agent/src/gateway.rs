@@ -137,6 +137,12 @@ pub struct GatewayStats {
     pub binding_sweep_errors: AtomicU64,
     /// MACs that claimed a second IPv4 address while using another.
     pub mac_conflicts: AtomicU64,
+    /// The portal redirect's answers: 302s sent, requests that were not HTTP
+    /// (400), and connections closed unanswered (too many at once, or no
+    /// request head in time).
+    pub redirects: AtomicU64,
+    pub redirect_bad_requests: AtomicU64,
+    pub redirect_dropped: AtomicU64,
     /// Kernel state found to differ from the sessions and corrected, by what
     /// (see [`Gateway::enforce_sessions`]).
     pub reconciled: [AtomicU64; Mismatch::ALL.len()],

@@ -17,5 +17,6 @@ pub mod memory;
 pub mod netlink;
 pub mod options;
 pub mod portal;
+pub mod redirect;
 pub mod systemd;
 pub mod vouchers;

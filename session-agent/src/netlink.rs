@@ -2,6 +2,9 @@
 //! agent asks besides BPF: addresses, links (the IFB devices), neighbours, and
 //! the HTB qdiscs and classes that shape clients.
 //!
+//! And the policy routing of the portal redirect: a rule that sends marked
+//! packets to a table whose default route is local ([`route_marked_locally`]).
+//!
 //! Messages are built and parsed with `netlink-packet-route`; HTB's own
 //! options, which that crate does not model, are encoded here
 //! ([`htb_class_options`]) as the kernel's `include/uapi/linux/pkt_sched.h`
@@ -20,6 +23,8 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+    route::{RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    rule::{RuleAction, RuleAttribute, RuleMessage},
     tc::{TcAttribute, TcHandle, TcMessage, TcOption},
     AddressFamily, RouteNetlinkMessage,
 };
@@ -515,6 +520,100 @@ pub fn del_class(index: u32, classid: u32) -> Result<()> {
         RouteNetlinkMessage::DelTrafficClass(msg),
         0,
     )
+}
+
+/// The priority of the portal redirect's routing rule: before the main table's
+/// (32766), after the local table's (0).
+pub const REDIRECT_RULE_PRIORITY: u32 = 100;
+
+/// Packets marked `mark` that arrive on one of `lans` are delivered locally,
+/// whatever their destination: a rule per LAN (IPv4 and IPv6, priority
+/// [`REDIRECT_RULE_PRIORITY`]) sends them to `table`, whose default routes are
+/// local. (Only arriving packets: the responder's answers carry the mark too,
+/// and must leave.) The same rule or route already there is kept.
+pub fn route_marked_locally(mark: u32, table: u32, lans: &[String]) -> Result<()> {
+    let lo = crate::iface::index("lo")?;
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let what = format!("adding the {family:?} route table {table} for the portal redirect");
+        change(
+            &what,
+            RouteNetlinkMessage::NewRoute(local_default(family, table, lo)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        for lan in lans {
+            let what = format!(
+                "adding the {family:?} routing rule iif {lan} fwmark {mark:#x} lookup {table}"
+            );
+            match change(
+                &what,
+                RouteNetlinkMessage::NewRule(mark_rule(family, mark, table, lan)),
+                NLM_F_CREATE | NLM_F_EXCL,
+            ) {
+                Err(AgentError::Netlink { source, .. })
+                    if source.raw_os_error() == Some(libc::EEXIST) => {}
+                r => r?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes what [`route_marked_locally`] added (what is not there is no error).
+pub fn unroute_marked(mark: u32, table: u32, lans: &[String]) -> Result<()> {
+    let lo = crate::iface::index("lo")?;
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let gone = |r: Result<()>| match r {
+            Err(AgentError::Netlink { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) =>
+            {
+                Ok(())
+            }
+            r => r,
+        };
+        for lan in lans {
+            gone(change(
+                &format!(
+                    "removing the {family:?} routing rule iif {lan} fwmark {mark:#x} lookup {table}"
+                ),
+                RouteNetlinkMessage::DelRule(mark_rule(family, mark, table, lan)),
+                0,
+            ))?;
+        }
+        gone(change(
+            &format!("removing the {family:?} route table {table} of the portal redirect"),
+            RouteNetlinkMessage::DelRoute(local_default(family, table, lo)),
+            0,
+        ))?;
+    }
+    Ok(())
+}
+
+fn mark_rule(family: AddressFamily, mark: u32, table: u32, lan: &str) -> RuleMessage {
+    let mut msg = RuleMessage::default();
+    msg.header.family = family;
+    msg.header.action = RuleAction::ToTable;
+    msg.header.table = if table < 256 { table as u8 } else { 0 };
+    msg.attributes = vec![
+        RuleAttribute::Priority(REDIRECT_RULE_PRIORITY),
+        RuleAttribute::Iifname(lan.to_string()),
+        RuleAttribute::FwMark(mark),
+        RuleAttribute::FwMask(u32::MAX),
+        RuleAttribute::Table(table),
+    ];
+    msg
+}
+
+/// `local default dev lo table TABLE` (`local ::/0` for IPv6).
+fn local_default(family: AddressFamily, table: u32, lo: u32) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family;
+    msg.header.destination_prefix_length = 0;
+    msg.header.table = if table < 256 { table as u8 } else { 0 };
+    msg.header.protocol = RouteProtocol::Static;
+    msg.header.scope = RouteScope::Host;
+    msg.header.kind = RouteType::Local;
+    msg.attributes = vec![RouteAttribute::Table(table), RouteAttribute::Oif(lo)];
+    msg
 }
 
 #[cfg(test)]

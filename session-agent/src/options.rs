@@ -341,7 +341,7 @@ pub struct ApiSection {
 }
 
 /// `[captive]`
-#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CaptiveSection {
     /// Serve the RFC 8908 captive-portal API for clients at ADDR:PORT (a LAN address;
@@ -356,6 +356,50 @@ pub struct CaptiveSection {
     /// their defaults).
     #[arg(long, value_name = "FILE")]
     pub portal_texts: Option<PathBuf>,
+    /// Send clients that have not paid to the portal: their http:// requests outside the
+    /// walled garden get a 302 to the portal URL, their other TCP outside it a reset (a
+    /// fast failure); needs --ingress tc.
+    #[arg(long = "portal-redirect")]
+    pub redirect: bool,
+    /// TCP port of the portal redirect's responder on the gateway (clients never
+    /// address it: the datapath hands their port-80 connections to it).
+    #[arg(long, value_name = "PORT", required = false)]
+    pub redirect_port: NonZeroU16,
+    /// Packet mark of the portal redirect: the packets handed to the responder and the
+    /// answers to clients that have not paid (pick one no other rule uses).
+    #[arg(long, value_name = "MARK", required = false)]
+    pub redirect_mark: Ranged<1, { u32::MAX as u64 }>,
+    /// Routing table whose default route is local, for the marked packets.
+    #[arg(long, value_name = "TABLE", required = false)]
+    pub redirect_table: Ranged<1, { u32::MAX as u64 }>,
+    /// Query parameter of the client's MAC (AA-BB-CC-DD-EE-FF) in the redirect (empty:
+    /// left out).
+    #[arg(long, value_name = "NAME", required = false)]
+    pub redirect_param_mac: String,
+    /// Query parameter of the client's IP address in the redirect (empty: left out).
+    #[arg(long, value_name = "NAME", required = false)]
+    pub redirect_param_ip: String,
+    /// Query parameter of the URL the client asked for in the redirect (empty: left out).
+    #[arg(long, value_name = "NAME", required = false)]
+    pub redirect_param_url: String,
+}
+
+impl Default for CaptiveSection {
+    fn default() -> Self {
+        let params = crate::redirect::RedirectParams::default();
+        Self {
+            listen: None,
+            portal_url: None,
+            portal_texts: None,
+            redirect: false,
+            redirect_port: NonZeroU16::new(3990).expect("3990 is not 0"),
+            redirect_mark: Ranged::of(0x5e55),
+            redirect_table: Ranged::of(0x5e55),
+            redirect_param_mac: params.mac,
+            redirect_param_ip: params.ip,
+            redirect_param_url: params.url,
+        }
+    }
 }
 
 /// The defaults, once.
@@ -447,6 +491,12 @@ pub enum OptionsError {
     Api(#[from] crate::api::ApiOptionsError),
     #[error(transparent)]
     PortalTexts(#[from] crate::portal::PortalTextsError),
+    #[error("--portal-redirect needs a portal to send clients to: give --portal-url URL, or --captive-listen ADDR:PORT on a LAN address for the built-in page")]
+    RedirectWithoutPortal,
+    #[error("--portal-redirect needs --ingress tc (XDP cannot hand a packet to a socket)")]
+    RedirectNeedsTc,
+    #[error("{0}")]
+    RedirectParams(String),
 }
 
 /// The built-in portal page's URL on the captive listener, when its address is one
@@ -579,7 +629,33 @@ impl Options {
             retention: (retention > 0).then(|| Duration::from_secs(retention)),
         };
         api.validate()?;
+        let redirect = if self.captive.redirect {
+            let portal_url = api
+                .portal_url
+                .clone()
+                .ok_or(OptionsError::RedirectWithoutPortal)?;
+            if self.ingress == IngressHook::Xdp {
+                return Err(OptionsError::RedirectNeedsTc);
+            }
+            let c = &self.captive;
+            let params = crate::redirect::RedirectParams {
+                mac: c.redirect_param_mac.clone(),
+                ip: c.redirect_param_ip.clone(),
+                url: c.redirect_param_url.clone(),
+            };
+            params.check().map_err(OptionsError::RedirectParams)?;
+            Some(crate::redirect::RedirectOptions {
+                port: c.redirect_port.get(),
+                mark: c.redirect_mark.get() as u32,
+                table: c.redirect_table.get() as u32,
+                portal_url,
+                params,
+            })
+        } else {
+            None
+        };
         Ok(RunOptions {
+            redirect,
             gateway: self.gateway(),
             lans: self.lans.into_iter().map(|l| l.0).collect(),
             garden: self.walled_garden,
@@ -761,6 +837,45 @@ portal_url = "https://portal.example/"
             .unwrap_err()
             .to_string();
         assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn the_portal_redirect_is_refused_without_a_portal_with_xdp_or_with_odd_names() {
+        let resolve = |text: &str| {
+            parse(&format!("lans = [\"lan0\"]\n{text}"))
+                .unwrap()
+                .resolve()
+        };
+        let refused = |text: &str| match resolve(text) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{text} was taken"),
+        };
+        let e = refused("[captive]\nredirect = true\n");
+        assert!(
+            e.contains("--portal-url") && e.contains("--captive-listen"),
+            "{e}"
+        );
+        let e = refused(
+            "ingress = \"xdp\"\n[captive]\nredirect = true\nportal_url = \"http://p.test/\"\n",
+        );
+        assert!(e.contains("--ingress tc"), "{e}");
+        let e = refused("[captive]\nredirect = true\nlisten = \"10.0.0.1:8908\"\nredirect_param_url = \"a&b\"\n");
+        assert!(e.contains("captive.redirect_param_url"), "{e}");
+        let e = parse("[captive]\nredirect_mark = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("captive.redirect_mark"), "{e}");
+        // With the built-in page, the redirect goes there; off, there is none.
+        let Ok(r) = resolve(
+            "[captive]\nredirect = true\nlisten = \"10.0.0.1:8908\"\nredirect_port = 4000\n",
+        ) else {
+            panic!("refused");
+        };
+        let r = r.redirect.expect("redirect on");
+        assert_eq!(r.portal_url, "http://10.0.0.1:8908/portal");
+        assert_eq!((r.port, r.mark, r.table), (4000, 0x5e55, 0x5e55));
+        assert_eq!(r.params, crate::redirect::RedirectParams::default());
+        assert!(resolve("").is_ok_and(|r| r.redirect.is_none()));
     }
 
     #[test]

@@ -327,6 +327,12 @@ pub const LAN_MAX_ADDRS: usize = 16;
 
 /// `LanConfig::flags`: bind client addresses to MACs and drop spoofed ones.
 pub const LAN_ANTI_SPOOF: u32 = 1;
+/// `LanConfig::flags`: a client that has not paid is sent to the portal: its
+/// TCP to port 80 outside the garden goes to the agent's redirect responder
+/// (assigned to the responder's socket, marked with `redirect_mark` so that
+/// policy routing delivers it locally), its other TCP outside the garden is
+/// answered with a reset. Only on TC ingress (XDP cannot assign sockets).
+pub const LAN_PORTAL_REDIRECT: u32 = 2;
 
 /// What the datapath knows of its LAN, written by the agent on attach.
 #[repr(C)]
@@ -357,7 +363,15 @@ pub struct LanConfig {
     /// One bit per gateway address ([`addr_filter_bit`]): an address whose
     /// bit is clear is none of the gateway's, without comparing it to each.
     pub addr_filter: u64,
-    pub _reserved: [u64; 3],
+    /// With [`LAN_PORTAL_REDIRECT`]: the mark of packets steered to the
+    /// responder (policy routing delivers them locally) and of the replies the
+    /// responder and the datapath send (the egress program passes them to a
+    /// client that has not paid).
+    pub redirect_mark: u32,
+    /// The redirect responder's TCP port (host order), on the wildcard address.
+    pub redirect_port: u16,
+    pub _pad3: u16,
+    pub _reserved: [u64; 2],
 }
 
 /// The bit of [`LanConfig::addr_filter`] that stands for an address (IPv4 in

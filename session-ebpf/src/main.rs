@@ -13,6 +13,7 @@
 #![feature(core_intrinsics)]
 
 mod packet;
+mod portal;
 mod shape;
 
 use core::intrinsics::{
@@ -62,7 +63,7 @@ static GARDEN: LpmTrie<GardenKey, GardenValue> = LpmTrie::pinned(MAX_GARDEN, 0);
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
 #[map(name = "LAN")]
-static LAN: Array<LanConfig> = Array::pinned(1, BPF_F_MMAPABLE);
+pub(crate) static LAN: Array<LanConfig> = Array::pinned(1, BPF_F_MMAPABLE);
 
 #[map(name = "BINDINGS")]
 static BINDINGS: HashMap<AddrKey, Binding> = HashMap::pinned(MAX_BINDINGS, 0);
@@ -76,6 +77,11 @@ enum Verdict {
     Drop,
     /// Counted; the slot's HTB class enforces its speed (see `shape`).
     Shape(u32),
+    /// A client that has not paid, to port 80 outside the garden: to the
+    /// redirect responder (see `portal`).
+    Portal,
+    /// A client that has not paid, other TCP outside the garden: reset.
+    Reset,
 }
 
 #[classifier]
@@ -85,6 +91,11 @@ pub fn lan_tc_ingress(ctx: TcContext) -> i32 {
     }
     match handle(&ctx, Dir::Up) {
         Verdict::Shape(slot) => shape::upload(&ctx, slot),
+        // Only the verdict crosses over: the portal's code reads the
+        // headers again, so that the verifier walks it once per verdict, not
+        // once per way through `handle` (Linux 6.1's limit is near).
+        Verdict::Portal => portal::steer(&ctx),
+        Verdict::Reset => portal::reset(&ctx),
         v => tc_verdict(v),
     }
 }
@@ -102,7 +113,8 @@ pub fn lan_xdp_ingress(ctx: XdpContext) -> u32 {
     // Shaping needs TC (the agent refuses it with XDP): a shaped client passes.
     match handle(&ctx, Dir::Up) {
         Verdict::Pass | Verdict::Shape(_) => xdp_action::XDP_PASS,
-        Verdict::Drop => xdp_action::XDP_DROP,
+        // The agent refuses the portal redirect with XDP.
+        Verdict::Drop | Verdict::Portal | Verdict::Reset => xdp_action::XDP_DROP,
     }
 }
 
@@ -117,7 +129,7 @@ fn tc_verdict(v: Verdict) -> i32 {
     match v {
         // UNSPEC lets any later program on the hook decide; at the end it passes.
         Verdict::Pass | Verdict::Shape(_) => TC_ACT_UNSPEC,
-        Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Drop | Verdict::Portal | Verdict::Reset => TC_ACT_SHOT,
     }
 }
 
@@ -217,7 +229,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         // Table full: such a client is never allowed, but keeps the walled garden.
         return match garden(p, cfg, &ip, dir, &mac, to_group, None) {
             Ok(_) => Verdict::Pass,
-            Err(_) => Verdict::Drop,
+            Err(_) => to_portal(p, cfg, &ip, dir, to_group).unwrap_or(Verdict::Drop),
         };
     };
     let Some(st) = CLIENTS.get_ptr_mut(pos) else {
@@ -241,10 +253,16 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     let Some(c) = COUNTERS.get_ptr_mut(slot) else {
         return Verdict::Drop;
     };
+    let mut verdict = Verdict::Pass;
     if flags & POLICY_ALLOWED == 0 {
         if let Err(d) = garden(p, cfg, &ip, dir, &mac, to_group, Some((st, slot))) {
-            count_drop(slot, d, len);
-            return Verdict::Drop;
+            match to_portal(p, cfg, &ip, dir, to_group) {
+                Some(v) => verdict = v,
+                None => {
+                    count_drop(slot, d, len);
+                    return Verdict::Drop;
+                }
+            }
         }
         if !garden_admits(cfg, slot, dir, len) {
             stat_add(STAT_GARDEN_RATELIMIT);
@@ -261,7 +279,38 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     }
     add(unsafe { &raw mut (*c).garden_packets }, 1);
     add(unsafe { &raw mut (*c).garden_bytes }, len);
-    Verdict::Pass
+    verdict
+}
+
+/// A client that has not paid, outside the garden, with the portal redirect
+/// on (`LAN_PORTAL_REDIRECT`): its TCP to port 80 goes to the responder and its
+/// other TCP is reset; the replies of both (marked) pass to it. `None`: dropped.
+#[inline(always)]
+fn to_portal<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir, to_group: bool) -> Option<Verdict> {
+    let flags = unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) };
+    if flags & LAN_PORTAL_REDIRECT == 0 || to_group || ip.proto != packet::IPPROTO_TCP {
+        return None;
+    }
+    match dir {
+        Dir::Down => {
+            let mark = unsafe { core::ptr::read_volatile(&raw const (*cfg).redirect_mark) };
+            (mark != 0 && p.mark() == mark).then_some(Verdict::Pass)
+        }
+        Dir::Up => {
+            // Fragments are not answered; a GSO aggregate (a long request
+            // coalesced) goes to the responder, but is never reset.
+            if ip.sport == 0 || ip.dport == 0 {
+                return None;
+            }
+            if ip.dport == 80 {
+                Some(Verdict::Portal)
+            } else if p.segs() > 1 {
+                None
+            } else {
+                Some(Verdict::Reset)
+            }
+        }
+    }
 }
 
 /// A paying client's traffic across the gateway: speed limit, data budget, usage.

@@ -39,6 +39,8 @@ pub trait Packet {
     /// The VLAN ID of a tag the kernel took off into the packet's metadata
     /// before the program (0: none, or a priority tag).
     fn meta_vid(&self) -> u16;
+    /// The packet's mark (`skb->mark`; 0 in XDP).
+    fn mark(&self) -> u32;
 }
 
 impl Packet for TcContext {
@@ -67,6 +69,11 @@ impl Packet for TcContext {
     fn meta_vid(&self) -> u16 {
         (unsafe { (*self.skb.skb).vlan_tci } & 0x0fff) as u16
     }
+
+    #[inline(always)]
+    fn mark(&self) -> u32 {
+        unsafe { (*self.skb.skb).mark }
+    }
 }
 
 impl Packet for XdpContext {
@@ -91,6 +98,11 @@ impl Packet for XdpContext {
 
     #[inline(always)]
     fn meta_vid(&self) -> u16 {
+        0
+    }
+
+    #[inline(always)]
+    fn mark(&self) -> u32 {
         0
     }
 }

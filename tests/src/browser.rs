@@ -83,6 +83,8 @@ pub struct Browser {
     profile: PathBuf,
     log: PathBuf,
     io_timeout_ms: AtomicU64,
+    /// `MAP name address` rules of the host resolver.
+    hosts: Vec<String>,
 }
 
 impl fmt::Debug for Browser {
@@ -111,6 +113,12 @@ impl Browser {
     /// temporary profile, no proxy, no sandbox. Panics with a clear
     /// message if Chromium or chromedriver is missing or does not start.
     pub fn start(ns: &str) -> Browser {
+        Self::start_with_hosts(ns, &[])
+    }
+
+    /// [`Browser::start`], with names the browser resolves to the addresses
+    /// given (every other name stays unknown).
+    pub fn start_with_hosts(ns: &str, hosts: &[(&str, std::net::IpAddr)]) -> Browser {
         for (bin, pkg) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
             if !Path::new(bin).exists() {
                 panic!(
@@ -162,6 +170,13 @@ impl Browser {
             profile,
             log,
             io_timeout_ms: AtomicU64::new(0),
+            hosts: hosts
+                .iter()
+                .map(|(name, ip)| match ip {
+                    std::net::IpAddr::V6(a) => format!("MAP {name} [{a}]"),
+                    a => format!("MAP {name} {a}"),
+                })
+                .collect(),
         };
         browser.set_io_timeout(DEFAULT_PAGE_LOAD.max(SCRIPT_TIMEOUT));
         browser.wait_ready();
@@ -199,6 +214,12 @@ impl Browser {
 
     fn new_session(&mut self) {
         let profile = format!("--user-data-dir={}", self.profile.display());
+        // No name lookups: a test's client namespaces reach no resolver, and a
+        // lookup the browser makes of its own accord would stall page loads
+        // until it times out. Names a test maps come first.
+        let mut rules = self.hosts.clone();
+        rules.push("MAP * ~NOTFOUND, EXCLUDE *.*.*.*".into());
+        let resolver = format!("--host-resolver-rules={}", rules.join(", "));
         let caps = json!({
             "capabilities": {
                 "alwaysMatch": {
@@ -224,10 +245,7 @@ impl Browser {
                             "--no-proxy-server",
                             "--no-first-run",
                             "--no-default-browser-check",
-                            // No name lookups: a test's client namespaces reach no
-                            // resolver, and a lookup the browser makes of its own
-                            // accord would stall page loads until it times out.
-                            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE *.*.*.*",
+                            resolver,
                         ],
                     },
                 }

@@ -94,17 +94,25 @@ fn post_form(
     path: &str,
     body: &str,
 ) -> Result<(String, String)> {
+    request(
+        ns,
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// One HTTP request from the client's namespace; the status line and the `Location` header.
+fn request(ns: &str, addr: std::net::SocketAddr, req: &str) -> Result<(String, String)> {
     use std::io::Read;
     let mut s = in_netns(ns, || {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
     })
-    .with_context(|| format!("connecting to the portal at {addr}"))?;
+    .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
+    s.write_all(req.as_bytes())?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let status = out.lines().next().unwrap_or("").to_string();
@@ -153,6 +161,7 @@ pub fn run(agent_bin: &Path, seconds: u64) -> Result<()> {
     let mut agent = AgentBuilder::new(&hs)
         .arg("--captive-listen")
         .arg(portal.to_string())
+        .arg("--portal-redirect")
         .start();
     let api = agent.api();
     println!("==> selling sessions through the control API");
@@ -203,6 +212,24 @@ pub fn run(agent_bin: &Path, seconds: u64) -> Result<()> {
         .unwrap_or_default();
     println!("    {}  ({}, 10 PHP each)", codes.join("  "), describe(p));
     let code = codes.first().context("the batch has no codes")?;
+    // Before paying, any http:// address lands on the portal (--portal-redirect).
+    let probe = std::net::SocketAddr::from((hs.server_addr(false), 80));
+    let (status, location) = request(
+        &c.ns,
+        probe,
+        "GET /generate_204 HTTP/1.1\r\nHost: connectivitycheck.test\r\nConnection: close\r\n\r\n",
+    )?;
+    println!(
+        "==> the {} opens http://connectivitycheck.test/generate_204 ({probe}) before paying",
+        p.name
+    );
+    println!("    {status} -> {location}");
+    if !location.starts_with(&format!("http://{portal}/portal?")) {
+        bail!(
+            "the client was not sent to the portal: {status} {location}\n{}",
+            agent.log_tail()
+        );
+    }
     println!(
         "==> the {} redeems {code} on the portal page http://{portal}/portal from its own namespace",
         p.name

@@ -26,22 +26,24 @@ use anyhow::{bail, Context, Result};
 pub const DEFAULT_TESTS: &[&str] = &["datapath", "counting", "restart"];
 
 /// What `cargo xtask test` runs on the oldest kernel (about 9 minutes under TCG):
-/// the netlink filters' life cycle, every datapath program test and the gate's,
-/// exact counts against nftables, kill -9 and restart.
+/// the netlink filters' life cycle, every datapath program test, the gate's and
+/// the portal redirect's, exact counts against nftables, kill -9 and restart.
 pub const SMOKE_TESTS: &[&str] = &[
     "tc_attach",
     "datapath",
     "gate",
+    "redirect_datapath",
     "counting:exact_counts_tcp_udp_ipv4_ipv6_match_reference",
     "restart:kill9_keeps_dataplane_and_restart_continues_counters",
 ];
 
 /// What `cargo xtask test` runs on Debian's 6.12 as well (80 s in the guest under
 /// TCG, plus the kernel's download): exact counts, a data session cut off under
-/// TCP, kill -9 and restart, with TCX links.
+/// TCP, the portal redirect, kill -9 and restart, with TCX links.
 pub const NEWER_SMOKE_TESTS: &[&str] = &[
     "counting:exact_counts_tcp_udp_ipv4_ipv6_match_reference",
     "sessions_data:data_session_cut_off_under_tcp_download",
+    "redirect:an_unpaid_client_is_sent_to_the_portal_and_its_other_tcp_is_reset_at_once",
     "restart:kill9_keeps_dataplane_and_restart_continues_counters",
 ];
 

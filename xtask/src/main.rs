@@ -239,10 +239,12 @@ fn require_root(what: &str) -> Result<()> {
 }
 
 /// Test files that `test` runs a second time with netlink TC filters.
-const NETLINK_TESTS: &[&str] = &["counting", "blocking", "restart", "detach"];
+const NETLINK_TESTS: &[&str] = &["counting", "blocking", "restart", "detach", "redirect"];
 /// Test files that `test` runs again with the agent holding only the packaged
 /// unit's capabilities.
-const SERVICE_CAPS_TESTS: &[&str] = &["counting", "blocking", "restart", "vouchers", "portal"];
+const SERVICE_CAPS_TESTS: &[&str] = &[
+    "counting", "blocking", "restart", "vouchers", "portal", "redirect",
+];
 
 fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
     require_root("the test suite")?;

@@ -405,6 +405,23 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
         "Commits of charged usage that failed.",
         n(&s.commit_errors),
     );
+    head(
+        &mut out,
+        "session_agent_portal_redirects_total",
+        "counter",
+        "Connections of clients that have not paid answered by the portal redirect (--portal-redirect), by outcome.",
+    );
+    for (outcome, v) in [
+        ("redirected", &s.redirects),
+        ("bad_request", &s.redirect_bad_requests),
+        ("dropped", &s.redirect_dropped),
+    ] {
+        let _ = writeln!(
+            out,
+            "session_agent_portal_redirects_total{{outcome=\"{outcome}\"}} {}",
+            n(v)
+        );
+    }
     let desk = st.gw.vouchers().counts();
     single(
         &mut out,

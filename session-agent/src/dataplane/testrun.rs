@@ -22,6 +22,7 @@ use crate::{
 /// TC verdicts as BPF_PROG_TEST_RUN reports them.
 pub const TC_PASS: u32 = -1i32 as u32; // TC_ACT_UNSPEC: next program, then pass
 pub const TC_DROP: u32 = 2; // TC_ACT_SHOT
+pub const TC_REDIRECT: u32 = 7; // TC_ACT_REDIRECT
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 /// A program that returns at once, for the cost of the test-run machinery itself.
@@ -112,6 +113,29 @@ impl ProgramHarness {
         cfg: crate::gateway::GatewayConfig,
     ) -> Result<std::sync::Arc<crate::gateway::Gateway>> {
         gateway_over(&self.root, store, clock, cfg)
+    }
+
+    /// Runs `prog` once on `frame` (with an optional `__sk_buff` context);
+    /// returns the verdict and the frame as the program left it.
+    pub fn run_out(&self, prog: &str, frame: &[u8], ctx: Option<&[u8]>) -> Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: ctx,
+            repeat: 1,
+            ..TestRunOptions::new()
+        };
+        let p = self.ebpf.program(prog).ok_or_else(|| AgentError::Bpf {
+            what: prog.into(),
+            message: "no such program".into(),
+        })?;
+        let c: &SchedClassifier = p.try_into().map_err(|e| AgentError::bpf(prog, e))?;
+        let r = c.test_run(opts).map_err(|e| {
+            AgentError::bpf(format!("test run of {prog} on {} bytes", frame.len()), e)
+        })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
     }
 
     /// Runs `prog` on `frame` `repeat` times (with an optional `__sk_buff`

@@ -8,7 +8,7 @@ pub use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub use session_agent::{
     daemon::{gateway_services, lan_config, GateOptions},
     dataplane::{
-        testrun::{frames::*, ProgramHarness, TC_DROP, TC_PASS, XDP_DROP, XDP_PASS},
+        testrun::{frames::*, ProgramHarness, TC_DROP, TC_PASS, TC_REDIRECT, XDP_DROP, XDP_PASS},
         ClientRow, RateLimit,
     },
     garden::GardenEntry,
@@ -65,7 +65,7 @@ impl Datapath {
     }
 
     pub fn with_gate(gate: GateOptions) -> Self {
-        let lan = lan_config(Some(GW_MAC), &gw_addrs(), &gate);
+        let lan = lan_config(Some(GW_MAC), &gw_addrs(), &gate, None);
         let h = ProgramHarness::with_lan("sa-dp", &test_garden(), &lan)
             .unwrap_or_else(|e| panic!("loading the datapath: {e}"));
         Self { h }

@@ -586,6 +586,7 @@ pub fn markdown(r: &Results) -> String {
         let cases = [
             "allowed_counted",
             "allowed_counted_no_gate",
+            "allowed_counted_redirect_on",
             "full_path",
             "rate_limited",
             "quota_exhausted",

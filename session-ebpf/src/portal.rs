@@ -1,0 +1,283 @@
+//! Sending a client that has not paid to the portal (`LAN_PORTAL_REDIRECT`,
+//! TC ingress only). Its TCP to port 80 outside the walled garden goes to the
+//! agent's redirect responder, which answers with a 302 to the portal; its
+//! other TCP outside the garden is answered here with a reset, so that it
+//! fails at once instead of after a timeout. UDP stays dropped.
+//!
+//! Steering: `bpf_sk_assign` hands the packet to the responder (the
+//! connection's own socket once there is one, otherwise the listener on the
+//! wildcard address and `redirect_port`); the packet keeps its addresses and is
+//! marked with `redirect_mark`, which the agent's policy routing rule sends to
+//! a table whose default route is local, so the kernel delivers it instead of
+//! forwarding it (the responder's sockets are transparent: they may answer
+//! from the address the client asked for). Without the responder's socket the
+//! packet is dropped, never forwarded; without the routing rule the kernel
+//! drops it too (it does not forward a packet that carries a socket).
+//!
+//! Reset: the packet itself becomes the answer (MACs, addresses and ports
+//! swapped, which leaves both checksums as they are; RST with the sequence
+//! numbers of RFC 9293 3.10.7.1) and goes back out of the LAN interface,
+//! marked so that the egress program passes it to the client.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_sock, bpf_sock_tuple, BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, TC_ACT_OK, TC_ACT_SHOT,
+    },
+    cty::c_void,
+    helpers::{bpf_redirect, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp},
+    programs::TcContext,
+};
+use session_common::LanConfig;
+
+use crate::packet::{parse_eth, ETH_P_IP, ETH_P_IPV6};
+use crate::LAN;
+
+/// Where a TCP segment's headers are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Flow {
+    v6: bool,
+    l3: u32,
+    l4: u32,
+    /// The end of the IP packet (not known for a GSO aggregate that leaves
+    /// the length field zero: then at most `l4`).
+    end: u32,
+}
+
+/// The headers of the segment `handle` judged, read again (it checked them:
+/// IPv4 or IPv6 with TCP right after the IP header).
+#[inline(always)]
+fn flow(ctx: &TcContext) -> Option<Flow> {
+    let eth = parse_eth(ctx)?;
+    let l3 = eth.l3;
+    match eth.proto {
+        ETH_P_IP => {
+            let b = ctx.load::<[u8; 4]>(l3 as usize).ok()?;
+            let ihl = ((b[0] & 0x0f) as u32) * 4;
+            let tot = u16::from_be_bytes([b[2], b[3]]) as u32;
+            if ihl < 20 {
+                return None;
+            }
+            Some(Flow {
+                v6: false,
+                l3,
+                l4: l3 + ihl,
+                end: l3 + tot,
+            })
+        }
+        ETH_P_IPV6 => {
+            let b = ctx.load::<[u8; 6]>(l3 as usize).ok()?;
+            let plen = u16::from_be_bytes([b[4], b[5]]) as u32;
+            Some(Flow {
+                v6: true,
+                l3,
+                l4: l3 + 40,
+                end: l3 + 40 + plen,
+            })
+        }
+        _ => None,
+    }
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// `struct bpf_sock_tuple`'s IPv4 and IPv6 halves, fields in network order.
+#[repr(C)]
+struct Tuple4 {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+}
+
+#[repr(C)]
+struct Tuple6 {
+    saddr: [u32; 4],
+    daddr: [u32; 4],
+    sport: u16,
+    dport: u16,
+}
+
+#[inline(always)]
+fn redirect_cfg(cfg: *const LanConfig) -> Option<(u32, u16)> {
+    let mark = unsafe { core::ptr::read_volatile(&raw const (*cfg).redirect_mark) };
+    let port = unsafe { core::ptr::read_volatile(&raw const (*cfg).redirect_port) };
+    (mark != 0 && port != 0).then_some((mark, port))
+}
+
+/// Looks `tuple` up: the connection's own socket, or else the responder's
+/// listener (`tuple` with the responder's port). A reference the caller releases.
+#[inline(always)]
+fn lookup(
+    ctx: &TcContext,
+    tuple: *mut bpf_sock_tuple,
+    size: u32,
+    dport: *mut u16,
+    port: u16,
+) -> Option<*mut bpf_sock> {
+    let skb = ctx.skb.skb as *mut c_void;
+    // SAFETY: `tuple` points at a stack tuple of `size` bytes; the helper
+    // returns a counted reference or null.
+    let sk = unsafe { bpf_skc_lookup_tcp(skb, tuple, size, BPF_F_CURRENT_NETNS as u64, 0) };
+    if !sk.is_null() {
+        if unsafe { (*sk).state } != BPF_TCP_LISTEN {
+            return Some(sk);
+        }
+        // Somebody's listener on the address the client asked for: not ours.
+        unsafe { bpf_sk_release(sk as *mut c_void) };
+    }
+    unsafe { *dport = port.to_be() };
+    let ln = unsafe { bpf_skc_lookup_tcp(skb, tuple, size, BPF_F_CURRENT_NETNS as u64, 0) };
+    if ln.is_null() {
+        return None;
+    }
+    if unsafe { (*ln).state } != BPF_TCP_LISTEN {
+        unsafe { bpf_sk_release(ln as *mut c_void) };
+        return None;
+    }
+    Some(ln)
+}
+
+/// A client's TCP to port 80 outside the garden: to the redirect responder.
+#[inline(always)]
+pub fn steer(ctx: &TcContext) -> i32 {
+    let (Some(cfg), Some(f)) = (LAN.get_ptr(0), flow(ctx)) else {
+        return TC_ACT_SHOT as i32;
+    };
+    let Some((mark, port)) = redirect_cfg(cfg) else {
+        return TC_ACT_SHOT as i32;
+    };
+    let Ok(ports) = ctx.load::<[u16; 2]>(f.l4 as usize) else {
+        return TC_ACT_SHOT as i32;
+    };
+    let sk = if f.v6 {
+        let (Ok(src), Ok(dst)) = (
+            ctx.load::<[u32; 4]>(f.l3 as usize + 8),
+            ctx.load::<[u32; 4]>(f.l3 as usize + 24),
+        ) else {
+            return TC_ACT_SHOT as i32;
+        };
+        let mut t = Tuple6 {
+            saddr: src,
+            daddr: dst,
+            sport: ports[0],
+            dport: ports[1],
+        };
+        let dport = &raw mut t.dport;
+        lookup(
+            ctx,
+            &raw mut t as *mut bpf_sock_tuple,
+            size_of::<Tuple6>() as u32,
+            dport,
+            port,
+        )
+    } else {
+        let Ok(a) = ctx.load::<[u32; 2]>(f.l3 as usize + 12) else {
+            return TC_ACT_SHOT as i32;
+        };
+        let mut t = Tuple4 {
+            saddr: a[0],
+            daddr: a[1],
+            sport: ports[0],
+            dport: ports[1],
+        };
+        let dport = &raw mut t.dport;
+        lookup(
+            ctx,
+            &raw mut t as *mut bpf_sock_tuple,
+            size_of::<Tuple4>() as u32,
+            dport,
+            port,
+        )
+    };
+    let Some(sk) = sk else {
+        // The responder is not listening: dropped, never forwarded.
+        return TC_ACT_SHOT as i32;
+    };
+    // SAFETY: `sk` is the counted reference from the lookup, released right after.
+    let ret = unsafe { bpf_sk_assign(ctx.skb.skb as *mut c_void, sk as *mut c_void, 0) };
+    unsafe { bpf_sk_release(sk as *mut c_void) };
+    if ret != 0 {
+        return TC_ACT_SHOT as i32;
+    }
+    ctx.set_mark(mark);
+    TC_ACT_OK as i32
+}
+
+/// A client's other TCP outside the garden: answered with a reset. A
+/// segment that carries data (not a SYN's) or a reset is only dropped.
+#[inline(always)]
+pub fn reset(ctx: &TcContext) -> i32 {
+    let (Some(cfg), Some(f)) = (LAN.get_ptr(0), flow(ctx)) else {
+        return TC_ACT_SHOT as i32;
+    };
+    match make_reset(ctx, f) {
+        Some(()) => {}
+        None => return TC_ACT_SHOT as i32,
+    }
+    let Some((mark, _)) = redirect_cfg(cfg) else {
+        return TC_ACT_SHOT as i32;
+    };
+    ctx.set_mark(mark);
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a plain helper call; the skb goes out of the LAN interface.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+#[inline(always)]
+fn make_reset(ctx: &TcContext, f: Flow) -> Option<()> {
+    let th = ctx.load::<[u32; 4]>(f.l4 as usize).ok()?;
+    let b = th[3].to_ne_bytes();
+    let doff = ((b[0] >> 4) as u32) * 4;
+    let flags = b[1];
+    if doff < 20 || flags & TCP_RST != 0 {
+        return None;
+    }
+    let payload = f.end.checked_sub(f.l4 + doff)?;
+    if payload != 0 && flags & TCP_SYN == 0 {
+        return None;
+    }
+    let (seq, ack, out) = if flags & TCP_ACK != 0 {
+        (th[2], 0u32, TCP_RST)
+    } else {
+        let mut n = u32::from_be(th[1]).wrapping_add(payload);
+        if flags & TCP_SYN != 0 {
+            n = n.wrapping_add(1);
+        }
+        if flags & TCP_FIN != 0 {
+            n = n.wrapping_add(1);
+        }
+        (0u32, n.to_be(), TCP_RST | TCP_ACK)
+    };
+    // Ethernet: back to the client, from the gateway.
+    let eth = ctx.load::<[u16; 6]>(0).ok()?;
+    ctx.store(0, &[eth[3], eth[4], eth[5], eth[0], eth[1], eth[2]], 0)
+        .ok()?;
+    // Addresses and ports swapped: the same words in the sums, no checksum changes.
+    if f.v6 {
+        let src = ctx.load::<[u32; 4]>(f.l3 as usize + 8).ok()?;
+        let dst = ctx.load::<[u32; 4]>(f.l3 as usize + 24).ok()?;
+        ctx.store(f.l3 as usize + 8, &dst, 0).ok()?;
+        ctx.store(f.l3 as usize + 24, &src, 0).ok()?;
+    } else {
+        let a = ctx.load::<[u32; 2]>(f.l3 as usize + 12).ok()?;
+        ctx.store(f.l3 as usize + 12, &[a[1], a[0]], 0).ok()?;
+    }
+    let ports = th[0].to_ne_bytes();
+    ctx.store(f.l4 as usize, &[ports[2], ports[3], ports[0], ports[1]], 0)
+        .ok()?;
+    let csum = f.l4 as usize + 16;
+    ctx.l4_csum_replace(csum, th[1] as u64, seq as u64, 4)
+        .ok()?;
+    ctx.store(f.l4 as usize + 4, &seq, 0).ok()?;
+    ctx.l4_csum_replace(csum, th[2] as u64, ack as u64, 4)
+        .ok()?;
+    ctx.store(f.l4 as usize + 8, &ack, 0).ok()?;
+    let old = u16::from_ne_bytes([b[0], b[1]]);
+    let new = u16::from_ne_bytes([b[0], out]);
+    ctx.l4_csum_replace(csum, old as u64, new as u64, 2).ok()?;
+    ctx.store(f.l4 as usize + 12, &new, 0).ok()?;
+    Some(())
+}
