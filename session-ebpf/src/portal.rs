@@ -107,17 +107,31 @@ fn redirect_cfg(cfg: *const LanConfig) -> Option<(u32, u16)> {
     (mark != 0 && port != 0).then_some((mark, port))
 }
 
-/// Looks `tuple` up: the connection's own socket, or else the responder's
-/// listener (`tuple` with the responder's port). A reference the caller releases.
+/// A `bpf_sock_tuple` half whose destination port can be changed.
+trait SockTuple {
+    fn dport(&mut self) -> *mut u16;
+}
+
+impl SockTuple for Tuple4 {
+    fn dport(&mut self) -> *mut u16 {
+        &raw mut self.dport
+    }
+}
+
+impl SockTuple for Tuple6 {
+    fn dport(&mut self) -> *mut u16 {
+        &raw mut self.dport
+    }
+}
+
+/// Looks `t` up: the connection's own socket, or else the responder's
+/// listener (`t` with the responder's port). A reference the caller releases.
 #[inline(always)]
-fn lookup(
-    ctx: &TcContext,
-    tuple: *mut bpf_sock_tuple,
-    size: u32,
-    dport: *mut u16,
-    port: u16,
-) -> Option<*mut bpf_sock> {
+fn lookup<T: SockTuple>(ctx: &TcContext, t: &mut T, port: u16) -> Option<*mut bpf_sock> {
     let skb = ctx.skb.skb as *mut c_void;
+    let size = size_of::<T>() as u32;
+    let dport = t.dport();
+    let tuple = t as *mut T as *mut bpf_sock_tuple;
     // SAFETY: `tuple` points at a stack tuple of `size` bytes; the helper
     // returns a counted reference or null.
     let sk = unsafe { bpf_skc_lookup_tcp(skb, tuple, size, BPF_F_CURRENT_NETNS as u64, 0) };
@@ -165,14 +179,7 @@ pub fn steer(ctx: &TcContext) -> i32 {
             sport: ports[0],
             dport: ports[1],
         };
-        let dport = &raw mut t.dport;
-        lookup(
-            ctx,
-            &raw mut t as *mut bpf_sock_tuple,
-            size_of::<Tuple6>() as u32,
-            dport,
-            port,
-        )
+        lookup(ctx, &mut t, port)
     } else {
         let Ok(a) = ctx.load::<[u32; 2]>(f.l3 as usize + 12) else {
             return TC_ACT_SHOT as i32;
@@ -183,14 +190,7 @@ pub fn steer(ctx: &TcContext) -> i32 {
             sport: ports[0],
             dport: ports[1],
         };
-        let dport = &raw mut t.dport;
-        lookup(
-            ctx,
-            &raw mut t as *mut bpf_sock_tuple,
-            size_of::<Tuple4>() as u32,
-            dport,
-            port,
-        )
+        lookup(ctx, &mut t, port)
     };
     let Some(sk) = sk else {
         // The responder is not listening: dropped, never forwarded.
