@@ -223,8 +223,8 @@ struct MemClient {
     flags: u32,
     bytes: u64,
     budget: i64,
-    up_rate: u64,
-    down_rate: u64,
+    up: RateLimit,
+    down: RateLimit,
 }
 
 /// An in-memory datapath for tests: it meters the traffic a test sends
@@ -322,7 +322,7 @@ impl Datapath for MemDatapath {
             slot: next,
             ..MemClient::default()
         });
-        (c.up_rate, c.down_rate) = (up.rate_bytes, down.rate_bytes);
+        (c.up, c.down) = (up, down);
         let live = c.flags & (POLICY_ALLOWED | POLICY_QUOTA) == POLICY_ALLOWED | POLICY_QUOTA;
         if fresh_budget || !live || budget.is_none() {
             match budget {
@@ -356,8 +356,8 @@ impl Datapath for MemDatapath {
                 slot: c.slot,
                 mac: *mac,
                 flags: c.flags,
-                up_rate: c.up_rate,
-                down_rate: c.down_rate,
+                up: c.up,
+                down: c.down,
             })
             .collect())
     }

@@ -870,7 +870,7 @@ impl Gateway {
                     };
                     let (up, down) = self.limits(&grant);
                     let budget = grant.budget_bytes.is_some();
-                    if (c.up_rate, c.down_rate) != (up.rate_bytes, down.rate_bytes) {
+                    if (c.up, c.down) != (up, down) {
                         (Mismatch::Speed, Some(d))
                     } else if budget != (c.flags & POLICY_QUOTA != 0) {
                         (Mismatch::Budget, Some(d))

@@ -69,8 +69,8 @@ impl RedirectParams {
 /// The portal redirect as the daemon runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedirectOptions {
-    /// The responder's TCP port (on the wildcard addresses; not reachable
-    /// from clients by itself: the datapath only steers port 80 to it).
+    /// The responder's TCP port, on the loopback addresses (not reachable from
+    /// elsewhere by itself: the datapath hands clients' port-80 connections to it).
     pub port: u16,
     /// The mark of steered packets and of the responder's answers.
     pub mark: u32,
@@ -366,9 +366,9 @@ mod sock {
         Ok(())
     }
 
-    /// A listening TCP socket on the wildcard address and `port` that accepts
-    /// connections to any address (`IP_TRANSPARENT`, needs CAP_NET_ADMIN) and
-    /// marks what it sends with `mark` (`SO_MARK`).
+    /// A listening TCP socket on the loopback address and `port` that accepts
+    /// connections to any address the datapath hands it (`IP_TRANSPARENT`,
+    /// needs CAP_NET_ADMIN) and marks what it sends with `mark` (`SO_MARK`).
     pub fn transparent_listener(
         v6: bool,
         port: u16,
@@ -397,9 +397,9 @@ mod sock {
             set(&fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1)?;
         }
         let addr: SocketAddr = if v6 {
-            (Ipv6Addr::UNSPECIFIED, port).into()
+            (Ipv6Addr::LOCALHOST, port).into()
         } else {
-            (Ipv4Addr::UNSPECIFIED, port).into()
+            (Ipv4Addr::LOCALHOST, port).into()
         };
         let r = match addr {
             SocketAddr::V4(a) => {

@@ -143,6 +143,22 @@ impl Gateway {
         }
         let (session, voucher) = match self.sessions().redeem_voucher(device_id, code) {
             Ok(r) => r,
+            Err(ModelError::Redeem(RedeemRefusal::AlreadyRedeemed { session_id }))
+                if self.may_resume_redeemed(device_id, session_id)? =>
+            {
+                // The same device with the same code again while offline with
+                // that session still to use: a retry after the device could not
+                // be put online, or a page sent twice. Nothing is bought twice:
+                // the session it bought is connected.
+                let voucher = self.sessions().voucher(code).map_err(AgentError::from)?;
+                let session = self.connect(device_id, "voucher redeemed").await?;
+                tracing::info!(device_id, session = session_id, code = %voucher.masked(), "voucher redeemed again by its device: its session connected");
+                return Ok(Redeemed {
+                    session,
+                    voucher,
+                    queued: false,
+                });
+            }
             Err(ModelError::Redeem(refusal)) => {
                 desk.failed(device_id, &refusal, now);
                 return Err(RedeemError::Refused(refusal));
@@ -162,6 +178,25 @@ impl Gateway {
             voucher,
             queued,
         })
+    }
+
+    /// Whether `device_id`, which redeemed the code of `session_id` before, is
+    /// offline while that session can still run.
+    fn may_resume_redeemed(
+        &self,
+        device_id: DeviceId,
+        session_id: session_model::SessionId,
+    ) -> Result<bool, AgentError> {
+        let mgr = self.sessions();
+        if mgr.is_connected(device_id)? {
+            return Ok(false);
+        }
+        let session = match mgr.session(session_id) {
+            Ok(s) => s,
+            Err(ModelError::UnknownSession(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(session.device_id() == device_id && session.data().is_available(mgr.clock().now_secs()))
     }
 }
 

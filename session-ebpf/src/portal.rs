@@ -6,7 +6,7 @@
 //!
 //! Steering: `bpf_sk_assign` hands the packet to the responder (the
 //! connection's own socket once there is one, otherwise the listener on the
-//! wildcard address and `redirect_port`); the packet keeps its addresses and is
+//! loopback address and `redirect_port`); the packet keeps its addresses and is
 //! marked with `redirect_mark`, which the agent's policy routing rule sends to
 //! a table whose default route is local, so the kernel delivers it instead of
 //! forwarding it (the responder's sockets are transparent: they may answer
@@ -107,34 +107,44 @@ fn redirect_cfg(cfg: *const LanConfig) -> Option<(u32, u16)> {
     (mark != 0 && port != 0).then_some((mark, port))
 }
 
-/// A `bpf_sock_tuple` half whose destination port can be changed.
+/// A `bpf_sock_tuple` half that can be turned into the responder's listener.
 trait SockTuple {
-    fn dport(&mut self) -> *mut u16;
+    /// The responder's listener: the loopback address and `port` (network order).
+    fn to_listener(&mut self, port: u16);
 }
 
 impl SockTuple for Tuple4 {
-    fn dport(&mut self) -> *mut u16 {
-        &raw mut self.dport
+    fn to_listener(&mut self, port: u16) {
+        self.daddr = u32::from_ne_bytes([127, 0, 0, 1]);
+        self.dport = port;
     }
 }
 
 impl SockTuple for Tuple6 {
-    fn dport(&mut self) -> *mut u16 {
-        &raw mut self.dport
+    fn to_listener(&mut self, port: u16) {
+        self.daddr = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+        self.dport = port;
     }
 }
 
 /// Looks `t` up: the connection's own socket, or else the responder's
-/// listener (`t` with the responder's port). A reference the caller releases.
+/// listener (on the loopback address and the responder's port, so that it is
+/// not reachable from elsewhere by itself). A reference the caller releases.
 #[inline(always)]
 fn lookup<T: SockTuple>(ctx: &TcContext, t: &mut T, port: u16) -> Option<*mut bpf_sock> {
     let skb = ctx.skb.skb as *mut c_void;
     let size = size_of::<T>() as u32;
-    let dport = t.dport();
-    let tuple = t as *mut T as *mut bpf_sock_tuple;
-    // SAFETY: `tuple` points at a stack tuple of `size` bytes; the helper
-    // returns a counted reference or null.
-    let sk = unsafe { bpf_skc_lookup_tcp(skb, tuple, size, BPF_F_CURRENT_NETNS as u64, 0) };
+    // SAFETY: `t` is a stack tuple of `size` bytes; the helper returns a
+    // counted reference or null.
+    let sk = unsafe {
+        bpf_skc_lookup_tcp(
+            skb,
+            t as *mut T as *mut bpf_sock_tuple,
+            size,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
     if !sk.is_null() {
         if unsafe { (*sk).state } != BPF_TCP_LISTEN {
             return Some(sk);
@@ -142,8 +152,17 @@ fn lookup<T: SockTuple>(ctx: &TcContext, t: &mut T, port: u16) -> Option<*mut bp
         // Somebody's listener on the address the client asked for: not ours.
         unsafe { bpf_sk_release(sk as *mut c_void) };
     }
-    unsafe { *dport = port.to_be() };
-    let ln = unsafe { bpf_skc_lookup_tcp(skb, tuple, size, BPF_F_CURRENT_NETNS as u64, 0) };
+    t.to_listener(port.to_be());
+    // SAFETY: as above.
+    let ln = unsafe {
+        bpf_skc_lookup_tcp(
+            skb,
+            t as *mut T as *mut bpf_sock_tuple,
+            size,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
     if ln.is_null() {
         return None;
     }

@@ -144,3 +144,126 @@ fn a_reload_applies_the_garden_and_speeds_keeps_the_counters_and_names_what_need
         "speed changed with a refused file: {still:?}"
     );
 }
+
+/// Idle timeout, forgetting and the portal ports, each off at start and
+/// switched on by a reload: a silent paying device is paused, an idle client
+/// that has not paid leaves the table, and a new portal port on the gateway is
+/// reachable before payment.
+#[test]
+fn a_reload_applies_the_idle_timeout_forgetting_and_the_portal_ports() {
+    require_root();
+    let hs = Hotspot::builder().clients(2).build();
+    std::fs::create_dir_all(&hs.state_dir).unwrap();
+    let cfg = hs.state_dir.join("config.toml");
+    write(
+        &cfg,
+        "idle_timeout_secs = 0\nforget_idle_secs = 0\nportal_ports = [80]\n",
+    );
+    let agent = AgentBuilder::new(&hs)
+        .arg("--config")
+        .arg(cfg.display().to_string())
+        .arg("--poll-ms")
+        .arg("100")
+        .start();
+    let api = agent.api();
+    let (paying, unpaid) = (hs.client(0).clone(), hs.client(1).clone());
+    let srv = TcpServer::start(&hs.server_ns, hs.server_sock(false, 5001));
+    // A service on the gateway itself, on a port that is not the portal's yet.
+    let portal = TcpServer::start(&hs.gw_ns, hs.gw_lan_sock(false, 8081));
+    let reach = |ns: &str, addr| {
+        TcpTransfer::run_timeout(ns, addr, 100, 1000, Duration::from_millis(700)).is_ok()
+    };
+    assert!(
+        !reach(&unpaid.ns, portal.addr),
+        "port 8081 passes before the reload"
+    );
+    let dev = api.device_id(&paying.mac);
+    api.create_session(dev, 0, 600, 0.0, None, 0, 0, true);
+    api.connect(dev, "").ok("connect");
+    assert!(reach(&paying.ns, srv.addr));
+    let connected = || {
+        api.get(&format!("/v1/devices/{dev}/connected")).ok("c")["connected"]
+            .as_bool()
+            .unwrap()
+    };
+    // Silent for 3 s, never paused, and the unpaid client never forgotten.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(connected(), "paused with idle_timeout_secs = 0");
+    assert!(
+        agent.client(&unpaid.mac).is_some(),
+        "forgotten with forget_idle_secs = 0"
+    );
+
+    write(
+        &cfg,
+        "idle_timeout_secs = 2\nforget_idle_secs = 2\nportal_ports = [80, 8081]\n",
+    );
+    hup(&agent);
+    wait_log(&agent, "configuration reloaded", 1);
+    assert!(
+        reach(&unpaid.ns, portal.addr),
+        "the new portal port does not pass"
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while connected() {
+        assert!(
+            Instant::now() < end,
+            "not paused 10 s after the reload\n{}",
+            agent.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while agent.client(&unpaid.mac).is_some() {
+        assert!(
+            Instant::now() < end + Duration::from_secs(10),
+            "the idle unpaid client is still in the table\n{}",
+            agent.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!reach(&paying.ns, srv.addr), "a paused device still passes");
+}
+
+/// `burst_ms` by reload: a connected device's bucket is programmed again, so
+/// after a quiet moment a deeper bucket lets a bigger download through at once.
+#[test]
+fn a_reload_applies_the_burst_to_connected_devices() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    std::fs::create_dir_all(&hs.state_dir).unwrap();
+    let cfg = hs.state_dir.join("config.toml");
+    write(&cfg, "burst_ms = 100\n");
+    let agent = AgentBuilder::new(&hs)
+        .arg("--config")
+        .arg(cfg.display().to_string())
+        .start();
+    let api = agent.api();
+    let client = hs.client(0).clone();
+    let srv = TcpServer::start(&hs.server_ns, hs.server_sock(false, 5001));
+    let dev = api.device_id(&client.mac);
+    // 4 Mbit/s: 50 KB of bucket at 100 ms, 1.5 MB at 3 s.
+    api.create_session(dev, 0, 600, 0.0, None, 4, 4, false);
+    api.connect(dev, "").ok("connect");
+    let after_quiet = |what: &str| {
+        std::thread::sleep(Duration::from_millis(3500));
+        let t = Instant::now();
+        TcpTransfer::run_timeout(
+            &client.ns,
+            srv.addr,
+            100,
+            1_000_000,
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        t.elapsed()
+    };
+    let shallow = after_quiet("burst 100 ms");
+    write(&cfg, "burst_ms = 3000\n");
+    hup(&agent);
+    wait_log(&agent, "configuration reloaded", 1);
+    let deep = after_quiet("burst 3000 ms");
+    eprintln!("RELOAD burst 100 -> 3000 ms: 1 MB at 4 Mbit/s in {shallow:?} -> {deep:?}");
+    // 1 MB at 4 Mbit/s is 2 s through a shallow bucket; a full deep one passes it at once.
+    assert!(shallow > Duration::from_millis(1500), "{shallow:?}");
+    assert!(deep < Duration::from_millis(700), "{deep:?}");
+}

@@ -538,3 +538,38 @@ fn a_code_becomes_used_up_when_its_session_ends_and_expired_past_its_last_day() 
         short
     );
 }
+
+#[test]
+fn the_same_code_again_from_its_offline_device_puts_it_back_online_and_buys_nothing() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let agent = AgentBuilder::new(&hs).start();
+    let api = agent.api();
+    let c = codes(&api.post("/v1/vouchers", &batch(1, json!({}))).ok("create"));
+    let dev = api.device_id(&hs.client(0).mac);
+    let redeem = || api.post(&format!("/v1/devices/{dev}/redeem"), &json!({"code": c[0]}));
+    let connected = || {
+        api.get(&format!("/v1/devices/{dev}/connected"))
+            .ok("connected")["connected"]
+            == true
+    };
+    let sid = redeem().ok("redeem")["session"]["id"].clone();
+    assert!(connected());
+    // Online: the code is spent.
+    refused(redeem(), 409, "voucher_already_redeemed");
+    // Offline with its session still to use (as after a connect that failed,
+    // or a disconnect): the same code connects the session it bought.
+    api.post(&format!("/v1/devices/{dev}/disconnect"), &json!({}))
+        .ok("disconnect");
+    assert!(!connected());
+    let again = redeem().ok("the same code again");
+    assert_eq!(again["session"]["id"], sid, "{again}");
+    assert!(connected());
+    let sessions = api
+        .get(&format!("/v1/devices/{dev}/sessions"))
+        .ok("sessions");
+    assert_eq!(sessions.as_array().map(|a| a.len()), Some(1), "{sessions}");
+    let v = api.get(&format!("/v1/vouchers/{}", c[0])).ok("voucher");
+    assert_eq!(v["redemptions"].as_array().map(|a| a.len()), Some(1), "{v}");
+    refused(redeem(), 409, "voucher_already_redeemed");
+}

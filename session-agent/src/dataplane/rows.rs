@@ -39,9 +39,9 @@ pub struct Enforced {
     pub mac: MacAddr,
     /// `POLICY_*` bits.
     pub flags: u32,
-    /// Bytes per second of the speed limits in force (0: unlimited).
-    pub up_rate: u64,
-    pub down_rate: u64,
+    /// The speed limits in force: rate and bucket depth (unlimited: 0, 0).
+    pub up: RateLimit,
+    pub down: RateLimit,
 }
 
 impl Maps {
@@ -94,7 +94,7 @@ impl Maps {
     }
 
     /// Every client in the table as the datapath enforces it: its `POLICY_*`
-    /// flags and the rates of its speed limits (read a chunk at a time).
+    /// flags and its speed limits (read a chunk at a time).
     pub fn enforced(&self) -> Result<Vec<Enforced>> {
         let used = self.slots_used();
         let mut out = Vec::new();
@@ -108,13 +108,22 @@ impl Maps {
             };
             let e = self.clients.get(pos);
             let p = pol.as_ref().expect("mapped at the chunk's start").get(slot);
-            let rate = |b: &TokenBucket, on: u32| if e.flags & on != 0 { b.rate_bytes } else { 0 };
+            let limit = |b: &TokenBucket, on: u32| {
+                if e.flags & on != 0 {
+                    RateLimit {
+                        rate_bytes: b.rate_bytes,
+                        burst_bytes: b.burst_bytes,
+                    }
+                } else {
+                    RateLimit::UNLIMITED
+                }
+            };
             out.push(Enforced {
                 slot,
                 mac: index_mac(e.key),
                 flags: e.flags,
-                up_rate: rate(&p.up, POLICY_LIMIT_UP | POLICY_SHAPE_UP),
-                down_rate: rate(&p.down, POLICY_LIMIT_DOWN | POLICY_SHAPE_DOWN),
+                up: limit(&p.up, POLICY_LIMIT_UP | POLICY_SHAPE_UP),
+                down: limit(&p.down, POLICY_LIMIT_DOWN | POLICY_SHAPE_DOWN),
             });
         }
         Ok(out)
