@@ -530,7 +530,8 @@ pub const REDIRECT_RULE_PRIORITY: u32 = 100;
 /// whatever their destination: a rule per LAN (IPv4 and IPv6, priority
 /// [`REDIRECT_RULE_PRIORITY`]) sends them to `table`, whose default routes are
 /// local. (Only arriving packets: the responder's answers carry the mark too,
-/// and must leave.) The same rule or route already there is kept.
+/// and must leave.) The same rule or route already there is kept; they stay
+/// when the agent stops, as the datapath does.
 pub fn route_marked_locally(mark: u32, table: u32, lans: &[String]) -> Result<()> {
     let lo = crate::iface::index("lo")?;
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
@@ -554,36 +555,6 @@ pub fn route_marked_locally(mark: u32, table: u32, lans: &[String]) -> Result<()
                 r => r?,
             }
         }
-    }
-    Ok(())
-}
-
-/// Removes what [`route_marked_locally`] added (what is not there is no error).
-pub fn unroute_marked(mark: u32, table: u32, lans: &[String]) -> Result<()> {
-    let lo = crate::iface::index("lo")?;
-    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        let gone = |r: Result<()>| match r {
-            Err(AgentError::Netlink { source, .. })
-                if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) =>
-            {
-                Ok(())
-            }
-            r => r,
-        };
-        for lan in lans {
-            gone(change(
-                &format!(
-                    "removing the {family:?} routing rule iif {lan} fwmark {mark:#x} lookup {table}"
-                ),
-                RouteNetlinkMessage::DelRule(mark_rule(family, mark, table, lan)),
-                0,
-            ))?;
-        }
-        gone(change(
-            &format!("removing the {family:?} route table {table} of the portal redirect"),
-            RouteNetlinkMessage::DelRoute(local_default(family, table, lo)),
-            0,
-        ))?;
     }
     Ok(())
 }
