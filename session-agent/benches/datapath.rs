@@ -96,6 +96,7 @@ fn gate() -> LanConfig {
             garden_pps: 50,
         },
         None,
+        None,
     )
 }
 

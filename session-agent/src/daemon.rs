@@ -58,6 +58,10 @@ pub struct RunOptions {
     pub log_level: String,
     /// Clients that have not paid are sent to the portal.
     pub redirect: Option<crate::redirect::RedirectOptions>,
+    /// The walled garden by domain name.
+    pub names: crate::names::NameGardenOptions,
+    /// DNS servers clients may use before paying, besides the gateway.
+    pub garden_dns: Vec<IpAddr>,
 }
 
 /// Reads the configuration again, as `run` read it at start (SIGHUP).
@@ -75,6 +79,8 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     let mgr = Arc::new(SessionsMgr::new(store, Arc::new(SystemClock)));
     let mut lans = Vec::new();
     let mut rings = Vec::new();
+    let mut held_rings = Vec::new();
+    let mut garden_hosts = Vec::new();
     // The programs and their maps, kept for as long as the agent runs (a reload
     // writes the walled garden through them).
     let mut attached = Vec::new();
@@ -100,6 +106,7 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
             &local,
             &opts.gate,
             opts.redirect.as_ref(),
+            None,
         ));
         set_up_shaper(&maps, lan, opts.shaper)?;
         info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, tc = ?a.tc, shaper = ?opts.shaper, garden = entries.len(), "datapath attached");
@@ -125,6 +132,18 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
         let ring =
             RingBuf::try_from(events).map_err(|e| AgentError::bpf("opening the event ring", e))?;
         rings.push((lan.clone(), watch(ring, "watching the event ring")?));
+        let take = |a: &mut attach::Attached, name: &str| {
+            a.ebpf.take_map(name).ok_or_else(|| AgentError::Bpf {
+                what: name.into(),
+                message: "map missing from the object".into(),
+            })
+        };
+        let held = RingBuf::try_from(take(&mut a, MAP_DNS_HELD)?)
+            .map_err(|e| AgentError::bpf("opening the ring of held DNS answers", e))?;
+        held_rings.push(watch(held, "watching the ring of held DNS answers")?);
+        let hosts = aya::maps::HashMap::try_from(take(&mut a, MAP_GARDEN_HOSTS)?)
+            .map_err(|e| AgentError::bpf("opening the learnt garden addresses", e))?;
+        garden_hosts.push((lan.clone(), hosts));
         attached.push(a);
         lans.push(Lan {
             name: lan.clone(),
@@ -139,6 +158,49 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
         }
     }
     let gateway = Gateway::new(mgr.clone(), lans, opts.gateway.clone());
+    let names = Arc::new(crate::names::NameGarden::new(
+        opts.names.clone(),
+        garden_hosts,
+    )?);
+    gateway.set_name_garden(names.clone());
+    gateway.update_dns_snoop();
+    if !opts.names.domains.is_empty() {
+        info!(domains = opts.names.domains.len(), "walled garden by name on: DNS answers to clients that have not paid are held until their garden addresses are learnt");
+    }
+    for (i, mut fd) in held_rings.into_iter().enumerate() {
+        let names = names.clone();
+        tasks.spawn(async move {
+            loop {
+                let Ok(mut guard) = fd.readable_mut().await else {
+                    break;
+                };
+                // A map update and a send per answer: short, but syscalls.
+                tokio::task::block_in_place(|| {
+                    let now = dataplane::ktime_ns();
+                    while let Some(item) = guard.get_inner_mut().next() {
+                        names.answer(i, &item, now);
+                    }
+                });
+                guard.clear_ready();
+            }
+        });
+    }
+    {
+        let names = names.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let names = names.clone();
+                if tokio::task::spawn_blocking(move || names.sweep(dataplane::coarse_ns()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
     gateway.set_metrics_top_clients(opts.api.metrics_top_clients);
     gateway.reconcile().await?;
     if let Some(r) = &opts.redirect {
@@ -240,6 +302,8 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     crate::systemd::stopping();
     api.abort();
     gateway.stop();
+    // Nobody sends held answers on from now: let them pass unheld.
+    gateway.set_dns_snoop(false);
     tasks.shutdown().await;
     // Charge what was counted since the last poll and make it durable.
     gateway.poll().await?;
@@ -285,7 +349,9 @@ fn apply_reload(
     {
         restart.push("captive.portal_texts");
     }
-    let garden_changed = new.garden != cur.garden || new.portal_ports != cur.portal_ports;
+    let garden_changed = new.garden != cur.garden
+        || new.portal_ports != cur.portal_ports
+        || new.garden_dns != cur.garden_dns;
     if garden_changed {
         let mut ok = true;
         for a in attached.iter_mut() {
@@ -299,6 +365,7 @@ fn apply_reload(
         if ok {
             cur.garden = new.garden.clone();
             cur.portal_ports = new.portal_ports.clone();
+            cur.garden_dns = new.garden_dns.clone();
             changed.push("walled_garden");
         }
     }
@@ -311,10 +378,45 @@ fn apply_reload(
             ) else {
                 continue;
             };
-            m.set_lan(&lan_config(mac, &local, &new.gate, cur.redirect.as_ref()));
+            m.set_lan(&lan_config(
+                mac,
+                &local,
+                &new.gate,
+                cur.redirect.as_ref(),
+                gw.dns_snoop_mark(),
+            ));
         }
         cur.gate = new.gate;
         changed.push("gate");
+    }
+    if new.names.domains != cur.names.domains {
+        // Names added through the API stay unless the file drops them.
+        if let Some(names) = gw.name_garden() {
+            for r in cur
+                .names
+                .domains
+                .iter()
+                .filter(|r| !new.names.domains.contains(r))
+            {
+                names.remove(r);
+            }
+            for r in new
+                .names
+                .domains
+                .iter()
+                .filter(|r| !cur.names.domains.contains(r))
+            {
+                names.add(r.clone());
+            }
+            gw.update_dns_snoop();
+        }
+        cur.names.domains = new.names.domains.clone();
+        changed.push("walled_garden_domains");
+    }
+    let mut other_names = new.names.clone();
+    other_names.domains = cur.names.domains.clone();
+    if other_names != cur.names {
+        restart.push("garden_ttl_*_secs, garden_domain_limit, garden_dns_mark");
     }
     // Applied last, so that this reload's own lines are still written.
     let log_changed = new.log_level != cur.log_level;
@@ -424,6 +526,11 @@ pub fn garden_for(lan: &str, addrs: &[IpAddr], opts: &RunOptions) -> Vec<GardenE
         warn!(lan, "the interface has no IP address: DNS and the portal on the gateway are not reachable for blocked clients");
     }
     out.extend(opts.garden.iter().copied());
+    out.extend(
+        opts.garden_dns
+            .iter()
+            .map(|a| GardenEntry::dns_server(*a, false)),
+    );
     out
 }
 
@@ -432,7 +539,7 @@ pub fn garden_for(lan: &str, addrs: &[IpAddr], opts: &RunOptions) -> Vec<GardenE
 /// or its link-local addresses, DNS (TCP and UDP) and the portal ports (TCP)
 /// on its addresses.
 pub fn gateway_services(addrs: &[IpAddr], portal_ports: &[u16]) -> Vec<GardenEntry> {
-    use crate::garden::GardenProto::{Any, Tcp, Udp};
+    use crate::garden::GardenProto::{Tcp, Udp};
     let mut out = vec![
         GardenEntry::service(std::net::Ipv4Addr::BROADCAST.into(), 67, Udp),
         GardenEntry::service(
@@ -452,7 +559,7 @@ pub fn gateway_services(addrs: &[IpAddr], portal_ports: &[u16]) -> Vec<GardenEnt
             }
             IpAddr::V6(_) => {}
         }
-        out.push(GardenEntry::service(addr, 53, Any));
+        out.push(GardenEntry::dns_server(addr, true));
         for &p in portal_ports {
             out.push(GardenEntry::service(addr, p, Tcp));
         }
@@ -467,6 +574,7 @@ pub fn lan_config(
     addrs: &[IpAddr],
     gate: &GateOptions,
     redirect: Option<&crate::redirect::RedirectOptions>,
+    dns_mark: Option<u32>,
 ) -> LanConfig {
     let mut cfg = LanConfig {
         mac: mac.unwrap_or_default(),
@@ -477,6 +585,10 @@ pub fn lan_config(
         cfg.flags |= LAN_PORTAL_REDIRECT;
         cfg.redirect_mark = r.mark;
         cfg.redirect_port = r.port;
+    }
+    if let Some(mark) = dns_mark {
+        cfg.flags |= LAN_DNS_SNOOP;
+        cfg.dns_mark = mark;
     }
     dataplane::set_gateway_addrs(&mut cfg, addrs);
     if gate.garden_rate_kbits > 0 {

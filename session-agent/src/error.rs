@@ -10,6 +10,8 @@ pub enum AgentError {
     BadMac { input: String, reason: String },
     #[error("'{input}' is not a walled-garden entry: {reason} (expected CIDR[:PORT], e.g. 203.0.113.0/24:443 or [2001:db8::/32]:443)")]
     BadGarden { input: String, reason: String },
+    #[error("'{input}' is not a garden name: {reason} (expected NAME[:PORT] or *.SUFFIX[:PORT], e.g. pay.example.com or *.cdn.example.com:443)")]
+    BadGardenDomain { input: String, reason: String },
     #[error("the kernel's verifier refused {what}: this kernel cannot run this datapath (see the README's kernel table); the end of its log:\n{log}")]
     Verifier { what: String, log: String },
     #[error("permission denied {what}: run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN as the packaged service does{}", missing_note())]

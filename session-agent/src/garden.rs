@@ -3,7 +3,7 @@
 
 use std::{net::IpAddr, str::FromStr};
 
-use session_common::{GardenKey, GARDEN_GATEWAY, GARDEN_TCP, GARDEN_UDP};
+use session_common::{GardenKey, GARDEN_DNS, GARDEN_GATEWAY, GARDEN_TCP, GARDEN_UDP};
 
 use crate::error::AgentError;
 
@@ -28,6 +28,9 @@ pub struct GardenEntry {
     /// One of the gateway's own services (DHCP, DNS, the portal): the only
     /// garden broadcast and multicast of clients that have not paid may reach.
     pub gateway: bool,
+    /// A DNS server clients that have not paid may use (`GARDEN_DNS`): their
+    /// DNS reaches only such entries.
+    pub dns: bool,
 }
 
 impl GardenEntry {
@@ -39,6 +42,16 @@ impl GardenEntry {
             port,
             proto: GardenProto::Any,
             gateway: false,
+            dns: false,
+        }
+    }
+
+    /// A DNS server (TCP and UDP port 53) clients that have not paid may use.
+    pub fn dns_server(addr: IpAddr, gateway: bool) -> Self {
+        Self {
+            gateway,
+            dns: true,
+            ..Self::host(addr, 53)
         }
     }
 
@@ -58,7 +71,9 @@ impl GardenEntry {
             GardenProto::Tcp => GARDEN_TCP,
             GardenProto::Udp => GARDEN_UDP,
         };
-        proto | if self.gateway { GARDEN_GATEWAY } else { 0 }
+        proto
+            | if self.gateway { GARDEN_GATEWAY } else { 0 }
+            | if self.dns { GARDEN_DNS } else { 0 }
     }
 
     /// The trie key: family, port, then the address (IPv4 in its first 4

@@ -243,6 +243,8 @@ pub struct Gateway {
     check_cursor: std::sync::atomic::AtomicUsize,
     /// Failed voucher tries per client, and redemption counts.
     vouchers: crate::vouchers::VoucherDesk,
+    /// The walled garden by domain name (set by the daemon once attached).
+    names: std::sync::OnceLock<Arc<crate::names::NameGarden>>,
 }
 
 /// The slot of every connected device, sorted by slot so that a poll walks
@@ -292,7 +294,53 @@ impl Gateway {
             last_enforced: StdMutex::new(None),
             check_cursor: std::sync::atomic::AtomicUsize::new(0),
             vouchers: crate::vouchers::VoucherDesk::default(),
+            names: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Gives the gateway its walled garden by name (once).
+    pub fn set_name_garden(&self, names: Arc<crate::names::NameGarden>) {
+        let _ = self.names.set(names);
+    }
+
+    /// The walled garden by domain name, when the daemon runs one.
+    pub fn name_garden(&self) -> Option<&Arc<crate::names::NameGarden>> {
+        self.names.get()
+    }
+
+    /// The mark the datapath's held DNS answers are sent on with, when it
+    /// should hold them: there are garden names.
+    pub fn dns_snoop_mark(&self) -> Option<u32> {
+        let n = self.names.get()?;
+        (!n.rules().is_empty()).then(|| n.options().mark)
+    }
+
+    /// Tells every LAN's datapath whether to hold DNS answers (see
+    /// [`Gateway::dns_snoop_mark`]).
+    pub fn update_dns_snoop(&self) {
+        self.set_dns_snoop(self.dns_snoop_mark().is_some());
+    }
+
+    /// Holding of DNS answers on or off in every LAN's datapath.
+    pub fn set_dns_snoop(&self, on: bool) {
+        let Some(mark) = self.names.get().map(|n| n.options().mark) else {
+            return;
+        };
+        for lan in self.lans() {
+            let Ok(m) = lan.maps.lock() else {
+                continue;
+            };
+            let mut cfg = m.lan();
+            if on {
+                cfg.flags |= session_common::LAN_DNS_SNOOP;
+                cfg.dns_mark = mark;
+            } else {
+                cfg.flags &= !session_common::LAN_DNS_SNOOP;
+            }
+            if cfg != m.lan() {
+                m.set_lan(&cfg);
+            }
+        }
     }
 
     /// The voucher desk (failed tries, counts).

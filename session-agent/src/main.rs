@@ -120,6 +120,14 @@ enum Cmd {
         #[command(flatten)]
         api: ctl::ApiArgs,
     },
+    /// The walled garden by domain name: list, add, remove names at run time
+    /// (over the API socket).
+    Garden {
+        #[command(subcommand)]
+        cmd: ctl::GardenCmd,
+        #[command(flatten)]
+        api: ctl::ApiArgs,
+    },
     /// Connect a device: start or resume its session (over the API socket).
     Connect {
         /// Device id.
@@ -236,6 +244,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Devices { cmd, api } => ctl::devices(&api, cmd),
         Cmd::Sessions { cmd, api } => ctl::sessions(&api, cmd),
         Cmd::Vouchers { cmd, api } => ctl::vouchers(&api, cmd),
+        Cmd::Garden { cmd, api } => ctl::garden(&api, cmd),
         Cmd::Connect {
             device,
             notification,

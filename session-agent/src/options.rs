@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::{
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     num::NonZeroU16,
     path::{Path, PathBuf},
     str::FromStr,
@@ -213,6 +213,30 @@ pub struct Options {
     /// Extra destination reachable before login: CIDR[:PORT] (repeatable).
     #[arg(long = "walled-garden", value_name = "CIDR[:PORT]")]
     pub walled_garden: Vec<GardenEntry>,
+    /// Host reachable before login by name: NAME[:PORT] or *.SUFFIX[:PORT] (repeatable);
+    /// its addresses are learnt from the DNS answers clients get.
+    #[arg(long = "walled-garden-domain", value_name = "NAME[:PORT]")]
+    pub walled_garden_domains: Vec<crate::names::DomainRule>,
+    /// DNS server clients may use before login besides the gateway itself (repeatable);
+    /// DNS to any other address, and DNS over TLS, is refused them.
+    #[arg(long = "garden-dns", value_name = "ADDR")]
+    pub garden_dns: Vec<IpAddr>,
+    /// Least time, in seconds, an address learnt for a garden name stays (answers with
+    /// a shorter TTL get this); after its TTL, an address stays while clients used it
+    /// within this time.
+    #[arg(long, value_name = "SECS", required = false)]
+    pub garden_ttl_min_secs: Ranged<1, 86_400>,
+    /// Most time, in seconds, an unused address learnt for a garden name stays.
+    #[arg(long, value_name = "SECS", required = false)]
+    pub garden_ttl_max_secs: Ranged<1, 604_800>,
+    /// Most addresses learnt for garden names per LAN; more are not learnt (logged, and
+    /// counted in /metrics) until others expire.
+    #[arg(long, value_name = "N", required = false)]
+    pub garden_domain_limit: Ranged<1, { session_common::MAX_GARDEN_HOSTS as u64 }>,
+    /// Packet mark of the DNS answers the agent sends on to clients that have not paid
+    /// once it has learnt their garden addresses (pick one no other rule uses).
+    #[arg(long, value_name = "MARK", required = false)]
+    pub garden_dns_mark: Ranged<1, { u32::MAX as u64 }>,
     /// Port of the captive portal on the gateway's LAN addresses (repeatable).
     #[arg(long = "portal-port", value_name = "PORT")]
     pub portal_ports: Vec<NonZeroU16>,
@@ -409,6 +433,12 @@ impl Default for Options {
             config: None,
             lans: Vec::new(),
             walled_garden: Vec::new(),
+            walled_garden_domains: Vec::new(),
+            garden_dns: Vec::new(),
+            garden_ttl_min_secs: Ranged::of(30),
+            garden_ttl_max_secs: Ranged::of(3600),
+            garden_domain_limit: Ranged::of(4096),
+            garden_dns_mark: Ranged::of(0x5e56),
             portal_ports: vec![NonZeroU16::new(80).expect("80 is not 0")],
             ingress: IngressHook::Tc,
             shaper: Shaper::Police,
@@ -497,6 +527,8 @@ pub enum OptionsError {
     RedirectNeedsTc,
     #[error("{0}")]
     RedirectParams(String),
+    #[error("garden_ttl_min_secs ({min}) is above garden_ttl_max_secs ({max}): give a floor at most the ceiling")]
+    GardenTtl { min: u64, max: u64 },
 }
 
 /// The built-in portal page's URL on the captive listener, when its address is one
@@ -654,8 +686,24 @@ impl Options {
         } else {
             None
         };
+        let (min, max) = (
+            self.garden_ttl_min_secs.get(),
+            self.garden_ttl_max_secs.get(),
+        );
+        if min > max {
+            return Err(OptionsError::GardenTtl { min, max });
+        }
+        let names = crate::names::NameGardenOptions {
+            domains: self.walled_garden_domains.clone(),
+            ttl_min: Duration::from_secs(min),
+            ttl_max: Duration::from_secs(max),
+            limit: self.garden_domain_limit.get() as usize,
+            mark: self.garden_dns_mark.get() as u32,
+        };
         Ok(RunOptions {
             redirect,
+            names,
+            garden_dns: self.garden_dns.clone(),
             gateway: self.gateway(),
             lans: self.lans.into_iter().map(|l| l.0).collect(),
             garden: self.walled_garden,
@@ -837,6 +885,29 @@ portal_url = "https://portal.example/"
             .unwrap_err()
             .to_string();
         assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn garden_names_are_read_checked_and_their_ttls_must_make_sense() {
+        let r = parse("lans = [\"lan0\"]\nwalled_garden_domains = [\"Pay.Example\", \"*.cdn.example:443\"]\ngarden_dns = [\"192.0.2.53\"]\n")
+            .unwrap()
+            .resolve()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<String> = r.names.domains.iter().map(|d| d.to_string()).collect();
+        assert_eq!(names, ["pay.example", "*.cdn.example:443"]);
+        assert_eq!(r.garden_dns, vec!["192.0.2.53".parse::<IpAddr>().unwrap()]);
+        assert_eq!((r.names.ttl_min.as_secs(), r.names.ttl_max.as_secs(), r.names.limit), (30, 3600, 4096));
+        let e = parse("walled_garden_domains = [\"a b\"]\n").unwrap_err().to_string();
+        assert!(e.contains("walled_garden_domains") && e.contains("garden name"), "{e}");
+        let e = parse("lans = [\"lan0\"]\ngarden_ttl_min_secs = 100\ngarden_ttl_max_secs = 10\n")
+            .unwrap()
+            .resolve()
+            .err()
+            .expect("a floor above the ceiling")
+            .to_string();
+        assert!(e.contains("garden_ttl_min_secs"), "{e}");
+        let e = parse("garden_domain_limit = 70000\n").unwrap_err().to_string();
+        assert!(e.contains("garden_domain_limit"), "{e}");
     }
 
     #[test]

@@ -16,8 +16,7 @@
 //! without the responder or the routing rule the packet is dropped.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,7 +92,7 @@ const MAX_HEAD: usize = 8 * 1024;
 pub fn listen(opts: &RedirectOptions) -> Result<Vec<std::net::TcpListener>> {
     let mut out = Vec::new();
     for v6 in [false, true] {
-        let l = sock::transparent_listener(v6, opts.port, opts.mark).map_err(|e| {
+        let l = crate::sys::transparent_listener(v6, opts.port, opts.mark).map_err(|e| {
             AgentError::from_io(
                 format!(
                     "binding the portal redirect's {} listener on port {} (another program there? pick --redirect-port)",
@@ -340,117 +339,6 @@ pub fn percent_encode(s: &str) -> String {
 }
 
 /// The responder's sockets, made with the options std does not offer.
-mod sock {
-    use super::*;
-
-    fn set(
-        fd: &OwnedFd,
-        level: libc::c_int,
-        name: libc::c_int,
-        value: libc::c_int,
-    ) -> io::Result<()> {
-        // SAFETY: `fd` is an open socket; the option value is a c_int on the
-        // stack whose size is passed along.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                level,
-                name,
-                (&raw const value).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// A listening TCP socket on the loopback address and `port` that accepts
-    /// connections to any address the datapath hands it (`IP_TRANSPARENT`,
-    /// needs CAP_NET_ADMIN) and marks what it sends with `mark` (`SO_MARK`).
-    pub fn transparent_listener(
-        v6: bool,
-        port: u16,
-        mark: u32,
-    ) -> io::Result<std::net::TcpListener> {
-        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
-        // SAFETY: a plain socket(2) call; the descriptor is owned right below.
-        let fd = unsafe {
-            libc::socket(
-                family,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        set(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-        set(&fd, libc::SOL_SOCKET, libc::SO_MARK, mark as libc::c_int)?;
-        if v6 {
-            set(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
-            set(&fd, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)?;
-        } else {
-            set(&fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1)?;
-        }
-        let addr: SocketAddr = if v6 {
-            (Ipv6Addr::LOCALHOST, port).into()
-        } else {
-            (Ipv4Addr::LOCALHOST, port).into()
-        };
-        let r = match addr {
-            SocketAddr::V4(a) => {
-                let sa = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from(*a.ip()).to_be(),
-                    },
-                    sin_zero: [0; 8],
-                };
-                // SAFETY: `sa` is a sockaddr_in of the size passed.
-                unsafe {
-                    libc::bind(
-                        fd.as_raw_fd(),
-                        (&raw const sa).cast(),
-                        size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                    )
-                }
-            }
-            SocketAddr::V6(a) => {
-                let sa = libc::sockaddr_in6 {
-                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                    sin6_port: a.port().to_be(),
-                    sin6_flowinfo: 0,
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: a.ip().octets(),
-                    },
-                    sin6_scope_id: 0,
-                };
-                // SAFETY: `sa` is a sockaddr_in6 of the size passed.
-                unsafe {
-                    libc::bind(
-                        fd.as_raw_fd(),
-                        (&raw const sa).cast(),
-                        size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                    )
-                }
-            }
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: listen(2) on the socket just bound.
-        if unsafe { libc::listen(fd.as_raw_fd(), 1024) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(std::net::TcpListener::from(fd))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,12 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_STATS: &str = "STATS";
 /// One [`ShaperConfig`]; mmap-able; written by the agent when it attaches.
 pub const MAP_SHAPER: &str = "SHAPER";
+/// Walled-garden addresses learnt from DNS answers for garden names: hash of
+/// [`GardenHostKey`] -> [`GardenHostValue`] (per LAN).
+pub const MAP_GARDEN_HOSTS: &str = "GARDEN_HOSTS";
+/// DNS answers to clients that have not paid, held until the agent has put
+/// their garden addresses in place: ring of [`HeldFrame`].
+pub const MAP_DNS_HELD: &str = "DNS_HELD";
 /// One [`LanConfig`]; mmap-able; written by the agent when it attaches.
 pub const MAP_LAN: &str = "LAN";
 /// Address bindings: hash of [`AddrKey`] -> [`Binding`] (anti-spoofing).
@@ -45,6 +51,12 @@ pub const PROG_XDP_INGRESS: &str = "lan_xdp_ingress";
 
 /// Maximum entries of the walled-garden trie.
 pub const MAX_GARDEN: u32 = 1024;
+/// Most learnt garden addresses per LAN (the agent's limit is at most this).
+pub const MAX_GARDEN_HOSTS: u32 = 65_536;
+/// Size of the ring of held DNS answers.
+pub const DNS_HELD_BYTES: u32 = 512 * 1024;
+/// Largest frame held (a power of two); longer answers pass unheld.
+pub const DNS_HELD_MAX: u32 = 2048;
 /// Size of the event ring buffer in bytes.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
@@ -315,11 +327,54 @@ pub const GARDEN_UDP: u32 = 2;
 /// portal): the only garden that broadcast and multicast may reach.
 pub const GARDEN_GATEWAY: u32 = 4;
 
+/// `GardenValue::flags`: a DNS server clients that have not paid may use
+/// (their TCP and UDP to port 53 reaches only such entries).
+pub const GARDEN_DNS: u32 = 8;
+
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct GardenValue {
     /// `GARDEN_*` bits.
     pub flags: u32,
+}
+
+/// A learnt garden address: the family (4 or 6), the port (network order, 0 =
+/// every port) and the address (IPv4 in its first 4 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Hash)]
+pub struct GardenHostKey {
+    pub family: u8,
+    pub _pad: u8,
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// A learnt garden address's state.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct GardenHostValue {
+    /// bpf_ktime_get_coarse_ns() of the last packet to or from it (refreshed
+    /// at most every [`GARDEN_HOST_STAMP_NS`]); 0: not used yet.
+    pub last_used_ns: u64,
+    pub _reserved: u64,
+}
+
+/// How stale a learnt address's `last_used_ns` may be before a packet
+/// refreshes it (fewer writes to a shared cache line).
+pub const GARDEN_HOST_STAMP_NS: u64 = 1_000_000_000;
+
+/// A DNS answer held by the egress program: the whole frame, from the
+/// Ethernet header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HeldFrame {
+    /// Bytes of `frame` used.
+    pub len: u32,
+    /// The interface it was leaving by.
+    pub ifindex: u32,
+    /// bpf_ktime_get_ns() when it was held.
+    pub held_ns: u64,
+    pub frame: [u8; DNS_HELD_MAX as usize],
 }
 
 /// Most addresses of the gateway per family that [`LanConfig`] holds.
@@ -333,6 +388,10 @@ pub const LAN_ANTI_SPOOF: u32 = 1;
 /// policy routing delivers it locally), its other TCP outside the garden is
 /// answered with a reset. Only on TC ingress (XDP cannot assign sockets).
 pub const LAN_PORTAL_REDIRECT: u32 = 2;
+/// `LanConfig::flags`: DNS answers from garden DNS servers to a client that has
+/// not paid are held ([`MAP_DNS_HELD`]) until the agent has learnt the garden
+/// addresses in them and sends them on, marked with `dns_mark`.
+pub const LAN_DNS_SNOOP: u32 = 4;
 
 /// What the datapath knows of its LAN, written by the agent on attach.
 #[repr(C)]
@@ -371,7 +430,11 @@ pub struct LanConfig {
     /// The redirect responder's TCP port (host order), on the wildcard address.
     pub redirect_port: u16,
     pub _pad3: u16,
-    pub _reserved: [u64; 2],
+    /// With [`LAN_DNS_SNOOP`]: the mark of the held DNS answers the agent sends
+    /// on (the egress program passes them without holding them again).
+    pub dns_mark: u32,
+    pub _pad4: u32,
+    pub _reserved: [u64; 1],
 }
 
 /// The bit of [`LanConfig::addr_filter`] that stands for an address (IPv4 in

@@ -19,6 +19,9 @@ pod!(
     SlotAllocator,
     GardenKey,
     GardenValue,
+    GardenHostKey,
+    GardenHostValue,
+    HeldFrame,
     ClientEvent,
     ShaperConfig,
     LanConfig,
@@ -34,6 +37,9 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<MacAddr>(), 6);
+        assert_eq!(size_of::<GardenHostKey>(), 20);
+        assert_eq!(size_of::<GardenHostValue>(), 16);
+        assert_eq!(size_of::<HeldFrame>(), 16 + DNS_HELD_MAX as usize);
         assert_eq!(size_of::<ClientEntry>(), 64);
         assert_eq!(core::mem::offset_of!(ClientEntry, ip6_tag), 56);
         assert_eq!(size_of::<ClientCounters>(), 16 * 8);

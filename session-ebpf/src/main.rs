@@ -12,6 +12,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod dns;
 mod packet;
 mod portal;
 mod shape;
@@ -37,6 +38,8 @@ use session_common::*;
 
 /// BPF_F_MMAPABLE: lets userspace mmap the array and read or write it without syscalls.
 pub(crate) const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// BPF_F_NO_PREALLOC: a hash map's entries take memory only once added.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[map(name = "CLIENTS")]
 static CLIENTS: Array<ClientEntry> = Array::pinned(INDEX_ENTRIES, BPF_F_MMAPABLE);
@@ -58,6 +61,10 @@ static FREE_SLOTS: Array<u64> = Array::pinned(MAX_CLIENTS, BPF_F_MMAPABLE);
 
 #[map(name = "GARDEN")]
 static GARDEN: LpmTrie<GardenKey, GardenValue> = LpmTrie::pinned(MAX_GARDEN, 0);
+
+#[map(name = "GARDEN_HOSTS")]
+static GARDEN_HOSTS: HashMap<GardenHostKey, GardenHostValue> =
+    HashMap::pinned(MAX_GARDEN_HOSTS, BPF_F_NO_PREALLOC);
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
@@ -82,6 +89,8 @@ enum Verdict {
     Portal,
     /// A client that has not paid, other TCP outside the garden: reset.
     Reset,
+    /// A DNS answer to a client that has not paid: held for the agent (see `dns`).
+    Hold,
 }
 
 #[classifier]
@@ -104,6 +113,7 @@ pub fn lan_tc_ingress(ctx: TcContext) -> i32 {
 pub fn lan_tc_egress(ctx: TcContext) -> i32 {
     match handle(&ctx, Dir::Down) {
         Verdict::Shape(slot) => shape::download(&ctx, slot),
+        Verdict::Hold => dns::hold(&ctx),
         v => tc_verdict(v),
     }
 }
@@ -114,7 +124,7 @@ pub fn lan_xdp_ingress(ctx: XdpContext) -> u32 {
     match handle(&ctx, Dir::Up) {
         Verdict::Pass | Verdict::Shape(_) => xdp_action::XDP_PASS,
         // The agent refuses the portal redirect with XDP.
-        Verdict::Drop | Verdict::Portal | Verdict::Reset => xdp_action::XDP_DROP,
+        Verdict::Drop | Verdict::Portal | Verdict::Reset | Verdict::Hold => xdp_action::XDP_DROP,
     }
 }
 
@@ -129,7 +139,7 @@ fn tc_verdict(v: Verdict) -> i32 {
     match v {
         // UNSPEC lets any later program on the hook decide; at the end it passes.
         Verdict::Pass | Verdict::Shape(_) => TC_ACT_UNSPEC,
-        Verdict::Drop | Verdict::Portal | Verdict::Reset => TC_ACT_SHOT,
+        Verdict::Drop | Verdict::Portal | Verdict::Reset | Verdict::Hold => TC_ACT_SHOT,
     }
 }
 
@@ -228,6 +238,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     let Some((pos, slot)) = client_slot(p, &mac, probe, seed) else {
         // Table full: such a client is never allowed, but keeps the walled garden.
         return match garden(p, cfg, &ip, dir, &mac, to_group, None) {
+            Ok(_) if dns_answer(p, cfg, &ip, dir) => Verdict::Hold,
             Ok(_) => Verdict::Pass,
             Err(_) => to_portal(p, cfg, &ip, dir, to_group).unwrap_or(Verdict::Drop),
         };
@@ -263,6 +274,9 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
                     return Verdict::Drop;
                 }
             }
+        } else if dns_answer(p, cfg, &ip, dir) {
+            // Counted when the agent sends it on.
+            return Verdict::Hold;
         }
         if !garden_admits(cfg, slot, dir, len) {
             stat_add(STAT_GARDEN_RATELIMIT);
@@ -695,9 +709,45 @@ fn garden<P: Packet>(
         Dir::Up => (ip.dst, ip.dport),
         Dir::Down => (ip.src, ip.sport),
     };
-    match garden_flags(ip, addr, port) {
-        Some(f) if !to_group || f & GARDEN_GATEWAY != 0 => Ok(()),
-        _ => Err(Drop::Blocked),
+    let Some(f) = garden_flags(ip, addr, port) else {
+        return Err(Drop::Blocked);
+    };
+    if to_group && f & GARDEN_GATEWAY == 0 {
+        return Err(Drop::Blocked);
+    }
+    // DNS only with the garden's DNS servers, and no DNS over TLS: names are
+    // resolved where the garden by name sees the answers.
+    if (ip.proto == packet::IPPROTO_TCP || ip.proto == packet::IPPROTO_UDP)
+        && (port == 853 || (port == 53 && f & GARDEN_DNS == 0))
+    {
+        return Err(Drop::Blocked);
+    }
+    Ok(())
+}
+
+/// A DNS answer (with a payload) from a garden DNS server to a client that has
+/// not paid, to hold while the agent learns its addresses; not one the agent
+/// sends on.
+#[inline(always)]
+fn dns_answer<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir) -> bool {
+    if dir != Dir::Down || ip.sport != 53 {
+        return false;
+    }
+    let flags = unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) };
+    let mark = unsafe { core::ptr::read_volatile(&raw const (*cfg).dns_mark) };
+    if flags & LAN_DNS_SNOOP == 0 || mark == 0 || p.mark() == mark {
+        return false;
+    }
+    match ip.proto {
+        // At least a DNS header.
+        packet::IPPROTO_UDP => ip.end >= ip.l4 + 8 + 12,
+        // The data offset with the flags: a one-byte read's bounds check
+        // compiles to a compare older verifiers do not follow.
+        packet::IPPROTO_TCP => match p.load::<u16>(ip.l4 + 12) {
+            Some(w) => ip.end > ip.l4 + (((w as u8) >> 4) as u32) * 4,
+            None => false,
+        },
+        _ => false,
     }
 }
 
@@ -728,11 +778,42 @@ fn garden_flags(ip: &IpInfo, addr: [u32; 4], port: u16) -> Option<u32> {
         }
     }
     key.data.port = [0; 2];
-    let f = GARDEN.get(&key)?.flags;
-    if f & (GARDEN_TCP | GARDEN_UDP) == 0 || f & proto != 0 {
-        return Some(f);
+    if let Some(v) = GARDEN.get(&key) {
+        let f = v.flags;
+        if f & (GARDEN_TCP | GARDEN_UDP) == 0 || f & proto != 0 {
+            return Some(f);
+        }
     }
-    None
+    learnt(ip, a, port)
+}
+
+/// An address learnt from a DNS answer for a garden name (TCP and UDP on its
+/// port, or everything): stamped as used, so that it stays while in use.
+#[inline(always)]
+fn learnt(ip: &IpInfo, addr: [u8; 16], port: u16) -> Option<u32> {
+    let mut key = GardenHostKey {
+        family: ip.family() as u8,
+        _pad: 0,
+        port: port.to_be_bytes(),
+        addr,
+    };
+    let mut v = None;
+    if port != 0 && (ip.proto == packet::IPPROTO_TCP || ip.proto == packet::IPPROTO_UDP) {
+        v = GARDEN_HOSTS.get_ptr_mut(&key);
+    }
+    let v = match v {
+        Some(v) => v,
+        None => {
+            key.port = [0; 2];
+            GARDEN_HOSTS.get_ptr_mut(&key)?
+        }
+    };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let last = unsafe { core::ptr::read_volatile(&raw const (*v).last_used_ns) };
+    if now.wrapping_sub(last) > GARDEN_HOST_STAMP_NS {
+        unsafe { core::ptr::write_volatile(&raw mut (*v).last_used_ns, now) };
+    }
+    Some(0)
 }
 
 /// The garden rate limit of a client that has not paid, per direction.

@@ -14,6 +14,7 @@ pub mod agent;
 pub mod api;
 pub mod browser;
 pub mod check;
+pub mod dns;
 pub mod netns;
 pub mod nft;
 pub mod raw;

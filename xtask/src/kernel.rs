@@ -33,6 +33,7 @@ pub const SMOKE_TESTS: &[&str] = &[
     "datapath",
     "gate",
     "redirect_datapath",
+    "names_datapath",
     "counting:exact_counts_tcp_udp_ipv4_ipv6_match_reference",
     "restart:kill9_keeps_dataplane_and_restart_continues_counters",
 ];

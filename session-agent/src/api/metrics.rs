@@ -422,6 +422,46 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
             n(v)
         );
     }
+    if let Some(names) = st.gw.name_garden() {
+        let ns = &names.stats;
+        single(
+            &mut out,
+            ("session_agent_garden_learnt_addresses", "gauge"),
+            "Addresses learnt for garden names (--walled-garden-domain), every LAN's.",
+            names.learnt_count() as u64,
+        );
+        head(
+            &mut out,
+            "session_agent_garden_dns_answers_total",
+            "counter",
+            "DNS answers to clients that have not paid, held until their garden addresses were learnt, by outcome.",
+        );
+        for (outcome, v) in [
+            ("learnt", &ns.learnt),
+            ("no_garden_name", &ns.no_garden_name),
+            ("malformed", &ns.malformed),
+            ("stale", &ns.stale),
+            ("send_failed", &ns.send_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "session_agent_garden_dns_answers_total{{outcome=\"{outcome}\"}} {}",
+                n(v)
+            );
+        }
+        single(
+            &mut out,
+            ("session_agent_garden_learnt_refused_total", "counter"),
+            "Addresses of garden names not learnt because --garden-domain-limit was reached.",
+            n(&ns.refused_full),
+        );
+        single(
+            &mut out,
+            ("session_agent_garden_learnt_expired_total", "counter"),
+            "Learnt garden addresses removed after their TTL, unused.",
+            n(&ns.expired),
+        );
+    }
     let desk = st.gw.vouchers().counts();
     single(
         &mut out,

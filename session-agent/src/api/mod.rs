@@ -5,6 +5,7 @@
 mod captive;
 mod error;
 mod events;
+mod garden;
 mod metrics;
 pub mod neigh;
 mod routes;

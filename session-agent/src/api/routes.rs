@@ -21,7 +21,7 @@ use session_model::{ClientSession, DeviceId, MacAddr, ModelError, SessionId};
 use crate::error::AgentError;
 
 use super::{
-    events, metrics, neigh,
+    events, garden, metrics, neigh,
     views::{self, ConnectedView, LanView, StatusView},
     vouchers, ApiError, ApiState, DeviceView, SessionView,
 };
@@ -84,6 +84,8 @@ routes! {
     "/v1/vouchers" => get(vouchers::list).post(vouchers::create);
     "/v1/vouchers/export" => get(vouchers::export);
     "/v1/vouchers/{code}" => get(vouchers::show).delete(vouchers::revoke);
+    "/v1/garden/domains" => get(garden::list).post(garden::add);
+    "/v1/garden/domains/{domain}" => delete(garden::remove);
     "/v1/events" => get(events::stream);
     "/v1/metrics" => get(metrics::handler);
     "/metrics" => get(metrics::handler);

@@ -256,7 +256,7 @@ pub fn write_garden(ebpf: &mut Ebpf, entries: &[GardenEntry]) -> Result<()> {
                 } else {
                     (*f | flags) & protos
                 };
-                *f = proto | ((*f | flags) & GARDEN_GATEWAY);
+                *f = proto | ((*f | flags) & (GARDEN_GATEWAY | GARDEN_DNS));
             }
             None => wanted.push((len, key, flags)),
         }

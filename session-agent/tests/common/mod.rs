@@ -65,7 +65,7 @@ impl Datapath {
     }
 
     pub fn with_gate(gate: GateOptions) -> Self {
-        let lan = lan_config(Some(GW_MAC), &gw_addrs(), &gate, None);
+        let lan = lan_config(Some(GW_MAC), &gw_addrs(), &gate, None, None);
         let h = ProgramHarness::with_lan("sa-dp", &test_garden(), &lan)
             .unwrap_or_else(|e| panic!("loading the datapath: {e}"));
         Self { h }

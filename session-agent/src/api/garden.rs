@@ -1,0 +1,92 @@
+//! `/v1/garden/domains`: the walled garden by domain name, changed at run time.
+
+use std::sync::Arc;
+
+use axum::{extract::State, http::StatusCode, response::Response, Json};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    routes::{created, path, Body, PathArg},
+    ApiError, ApiState,
+};
+use crate::names::{DomainRule, LearntView, NameGarden};
+
+type St = State<Arc<ApiState>>;
+
+/// `GET /v1/garden/domains`.
+#[derive(Serialize)]
+pub(super) struct DomainsView {
+    domains: Vec<DomainRule>,
+    learnt: Vec<LearntView>,
+}
+
+/// `POST /v1/garden/domains`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewDomain {
+    domain: String,
+}
+
+/// What an add or a remove did.
+#[derive(Serialize)]
+pub(super) struct DomainChange {
+    domain: DomainRule,
+    changed: bool,
+}
+
+fn names(st: &ApiState) -> Result<&Arc<NameGarden>, ApiError> {
+    st.gw.name_garden().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "garden_by_name_unavailable",
+            "this agent runs no datapath, so no garden by name",
+        )
+    })
+}
+
+fn rule(s: &str) -> Result<DomainRule, ApiError> {
+    s.parse().map_err(|e: crate::error::AgentError| {
+        ApiError::bad_request("invalid_domain", e.to_string())
+    })
+}
+
+pub(super) async fn list(State(st): St) -> Result<Json<DomainsView>, ApiError> {
+    let n = names(&st)?;
+    Ok(Json(DomainsView {
+        domains: n.rules(),
+        learnt: n.learnt(),
+    }))
+}
+
+/// Adds a garden name: 201 when new, 200 when it was there already.
+pub(super) async fn add(State(st): St, Body(b): Body<NewDomain>) -> Result<Response, ApiError> {
+    let n = names(&st)?;
+    let domain = rule(&b.domain)?;
+    let changed = n.add(domain.clone());
+    st.gw.update_dns_snoop();
+    let v = DomainChange { domain, changed };
+    Ok(if changed {
+        tracing::info!(domain = %v.domain, "garden name added");
+        created(v)
+    } else {
+        axum::response::IntoResponse::into_response(Json(v))
+    })
+}
+
+/// Removes a garden name and the addresses learnt only for it.
+pub(super) async fn remove(State(st): St, p: PathArg) -> Result<Json<DomainChange>, ApiError> {
+    let n = names(&st)?;
+    let domain = rule(&path(p)?)?;
+    if !n.remove(&domain) {
+        return Err(ApiError::not_found(
+            "no_such_domain",
+            format!("{domain} is not a garden name; GET /v1/garden/domains lists them"),
+        ));
+    }
+    st.gw.update_dns_snoop();
+    tracing::info!(%domain, "garden name removed");
+    Ok(Json(DomainChange {
+        domain,
+        changed: true,
+    }))
+}
