@@ -167,23 +167,12 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     if !opts.names.domains.is_empty() {
         info!(domains = opts.names.domains.len(), "walled garden by name on: DNS answers to clients that have not paid are held until their garden addresses are learnt");
     }
-    for (i, mut fd) in held_rings.into_iter().enumerate() {
+    for (i, fd) in held_rings.into_iter().enumerate() {
         let names = names.clone();
-        tasks.spawn(async move {
-            loop {
-                let Ok(mut guard) = fd.readable_mut().await else {
-                    break;
-                };
-                // A map update and a send per answer: short, but syscalls.
-                tokio::task::block_in_place(|| {
-                    let now = dataplane::ktime_ns();
-                    while let Some(item) = guard.get_inner_mut().next() {
-                        names.answer(i, &item, now);
-                    }
-                });
-                guard.clear_ready();
-            }
-        });
+        // A map update and a send per answer: short, but syscalls.
+        tasks.spawn(drain(fd, move |item| {
+            names.answer(i, item, dataplane::ktime_ns())
+        }));
     }
     {
         let names = names.clone();
@@ -211,22 +200,10 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
             }
         });
     }
-    for (lan_name, mut fd) in rings {
+    for (lan_name, fd) in rings {
         let gw = gateway.clone();
-        tasks.spawn(async move {
-            loop {
-                let Ok(mut guard) = fd.readable_mut().await else {
-                    break;
-                };
-                // A new client is a store write: off the worker's async duty.
-                tokio::task::block_in_place(|| {
-                    while let Some(item) = guard.get_inner_mut().next() {
-                        handle_event(&gw, &lan_name, &item);
-                    }
-                });
-                guard.clear_ready();
-            }
-        });
+        // A new client is a store write: off the worker's async duty.
+        tasks.spawn(drain(fd, move |item| handle_event(&gw, &lan_name, item)));
     }
     // The poll has a thread of its own: its store writes never hold up the
     // API, and the API's never delay a poll.
@@ -406,7 +383,9 @@ fn apply_reload(
                 .iter()
                 .filter(|r| !cur.names.domains.contains(r))
             {
-                names.add(r.clone());
+                if let Err(e) = names.add(r.clone()) {
+                    warn!(domain = %r, "reload: the garden name was not added: {e}");
+                }
             }
             gw.update_dns_snoop();
         }
@@ -483,6 +462,22 @@ fn open_session_store(
 }
 
 /// Registers a map-backed ring (which owns its fd for its whole life) with tokio.
+/// Hands each item of a ring to `each` as it comes, on a blocking section of
+/// the worker (its work may be syscalls or store writes).
+async fn drain(mut fd: AsyncFd<RingBuf<aya::maps::MapData>>, mut each: impl FnMut(&[u8])) {
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            break;
+        };
+        tokio::task::block_in_place(|| {
+            while let Some(item) = guard.get_inner_mut().next() {
+                each(&item);
+            }
+        });
+        guard.clear_ready();
+    }
+}
+
 fn watch<T: std::os::fd::AsRawFd>(inner: T, what: &str) -> Result<AsyncFd<T>> {
     // SAFETY: `inner` owns the fd and keeps it open, unchanged, until it is dropped with the AsyncFd.
     unsafe { AsyncFd::register(inner) }.map_err(|e| AgentError::from_io(what, e.into()))

@@ -10,6 +10,11 @@ pub enum AgentError {
     BadMac { input: String, reason: String },
     #[error("'{input}' is not a walled-garden entry: {reason} (expected CIDR[:PORT], e.g. 203.0.113.0/24:443 or [2001:db8::/32]:443)")]
     BadGarden { input: String, reason: String },
+    #[error("cannot open the packet socket that sends held DNS answers on: {source}; the walled garden by name needs CAP_NET_RAW and the AF_PACKET family (the packaged service has both)")]
+    PacketSocket {
+        #[source]
+        source: io::Error,
+    },
     #[error("'{input}' is not a garden name: {reason} (expected NAME[:PORT] or *.SUFFIX[:PORT], e.g. pay.example.com or *.cdn.example.com:443)")]
     BadGardenDomain { input: String, reason: String },
     #[error("the kernel's verifier refused {what}: this kernel cannot run this datapath (see the README's kernel table); the end of its log:\n{log}")]

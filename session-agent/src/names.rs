@@ -479,7 +479,9 @@ pub struct NameGarden {
     rules: RwLock<Vec<DomainRule>>,
     opts: NameGardenOptions,
     lans: Vec<LanNames>,
-    sender: OwnedFd,
+    /// Opened with the first garden name (it needs CAP_NET_RAW, which an agent
+    /// without names does without).
+    sender: std::sync::OnceLock<OwnedFd>,
     pub stats: NameStats,
     /// A warning about the limit is logged once until it is below it again.
     full_logged: AtomicBool,
@@ -487,14 +489,12 @@ pub struct NameGarden {
 
 impl NameGarden {
     /// Over each LAN's `GARDEN_HOSTS` (adopting what an earlier run learnt,
-    /// for `ttl_min`); opens the packet socket that sends answers on.
+    /// for `ttl_min`); with garden names, opens the packet socket that sends
+    /// answers on.
     pub fn new(
         opts: NameGardenOptions,
         lans: Vec<(String, BpfHashMap<MapData, GardenHostKey, GardenHostValue>)>,
     ) -> crate::error::Result<Self> {
-        let sender = crate::sys::packet_sender(opts.mark).map_err(|e| {
-            AgentError::from_io("opening the packet socket that sends DNS answers on", e)
-        })?;
         let now = Instant::now();
         let lans = lans
             .into_iter()
@@ -522,14 +522,27 @@ impl NameGarden {
         let mut rules = opts.domains.clone();
         rules.sort();
         rules.dedup();
-        Ok(Self {
+        let g = Self {
             rules: RwLock::new(rules),
             opts,
             lans,
-            sender,
+            sender: std::sync::OnceLock::new(),
             stats: NameStats::default(),
             full_logged: AtomicBool::new(false),
-        })
+        };
+        if !g.opts.domains.is_empty() {
+            g.sender()?;
+        }
+        Ok(g)
+    }
+
+    fn sender(&self) -> crate::error::Result<&OwnedFd> {
+        if let Some(s) = self.sender.get() {
+            return Ok(s);
+        }
+        let fd = crate::sys::packet_sender(self.opts.mark)
+            .map_err(|source| AgentError::PacketSocket { source })?;
+        Ok(self.sender.get_or_init(|| fd))
     }
 
     pub fn options(&self) -> &NameGardenOptions {
@@ -544,14 +557,15 @@ impl NameGarden {
     /// Adds a garden name; `false` if it was there already. Answers from now on
     /// teach its addresses (a client that looked it up before asks again when
     /// its cache expires).
-    pub fn add(&self, rule: DomainRule) -> bool {
+    pub fn add(&self, rule: DomainRule) -> crate::error::Result<bool> {
+        self.sender()?;
         let mut r = self.rules.write().unwrap_or_else(|e| e.into_inner());
         if r.contains(&rule) {
-            return false;
+            return Ok(false);
         }
         r.push(rule);
         r.sort();
-        true
+        Ok(true)
     }
 
     /// Removes a garden name and the addresses learnt only for it; `false` if
@@ -656,7 +670,12 @@ impl NameGarden {
             }
         }
         fill_l4_checksum(&mut frame);
-        if let Err(e) = crate::sys::send_frame(&self.sender, ifindex, &frame) {
+        let sent = self
+            .sender
+            .get()
+            .ok_or_else(|| std::io::Error::other("no packet socket"))
+            .and_then(|s| crate::sys::send_frame(s, ifindex, &frame));
+        if let Err(e) = sent {
             self.stats.send_failed.fetch_add(1, Relaxed);
             debug!(lan = %lan.name, "sending a held DNS answer on: {e}");
         }

@@ -896,9 +896,21 @@ portal_url = "https://portal.example/"
         let names: Vec<String> = r.names.domains.iter().map(|d| d.to_string()).collect();
         assert_eq!(names, ["pay.example", "*.cdn.example:443"]);
         assert_eq!(r.garden_dns, vec!["192.0.2.53".parse::<IpAddr>().unwrap()]);
-        assert_eq!((r.names.ttl_min.as_secs(), r.names.ttl_max.as_secs(), r.names.limit), (30, 3600, 4096));
-        let e = parse("walled_garden_domains = [\"a b\"]\n").unwrap_err().to_string();
-        assert!(e.contains("walled_garden_domains") && e.contains("garden name"), "{e}");
+        assert_eq!(
+            (
+                r.names.ttl_min.as_secs(),
+                r.names.ttl_max.as_secs(),
+                r.names.limit
+            ),
+            (30, 3600, 4096)
+        );
+        let e = parse("walled_garden_domains = [\"a b\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("walled_garden_domains") && e.contains("garden name"),
+            "{e}"
+        );
         let e = parse("lans = [\"lan0\"]\ngarden_ttl_min_secs = 100\ngarden_ttl_max_secs = 10\n")
             .unwrap()
             .resolve()
@@ -906,7 +918,9 @@ portal_url = "https://portal.example/"
             .expect("a floor above the ceiling")
             .to_string();
         assert!(e.contains("garden_ttl_min_secs"), "{e}");
-        let e = parse("garden_domain_limit = 70000\n").unwrap_err().to_string();
+        let e = parse("garden_domain_limit = 70000\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("garden_domain_limit"), "{e}");
     }
 

@@ -89,8 +89,9 @@ enum Verdict {
     Portal,
     /// A client that has not paid, other TCP outside the garden: reset.
     Reset,
-    /// A DNS answer to a client that has not paid: held for the agent (see `dns`).
-    Hold,
+    /// A client that has not paid, within the garden, counted: on egress a
+    /// DNS answer is held for the agent (see `dns`), anything else passes.
+    Garden,
 }
 
 #[classifier]
@@ -113,7 +114,7 @@ pub fn lan_tc_ingress(ctx: TcContext) -> i32 {
 pub fn lan_tc_egress(ctx: TcContext) -> i32 {
     match handle(&ctx, Dir::Down) {
         Verdict::Shape(slot) => shape::download(&ctx, slot),
-        Verdict::Hold => dns::hold(&ctx),
+        Verdict::Garden => dns::hold_answer(&ctx),
         v => tc_verdict(v),
     }
 }
@@ -122,9 +123,9 @@ pub fn lan_tc_egress(ctx: TcContext) -> i32 {
 pub fn lan_xdp_ingress(ctx: XdpContext) -> u32 {
     // Shaping needs TC (the agent refuses it with XDP): a shaped client passes.
     match handle(&ctx, Dir::Up) {
-        Verdict::Pass | Verdict::Shape(_) => xdp_action::XDP_PASS,
+        Verdict::Pass | Verdict::Shape(_) | Verdict::Garden => xdp_action::XDP_PASS,
         // The agent refuses the portal redirect with XDP.
-        Verdict::Drop | Verdict::Portal | Verdict::Reset | Verdict::Hold => xdp_action::XDP_DROP,
+        Verdict::Drop | Verdict::Portal | Verdict::Reset => xdp_action::XDP_DROP,
     }
 }
 
@@ -138,8 +139,8 @@ pub fn bench_noop(_ctx: TcContext) -> i32 {
 fn tc_verdict(v: Verdict) -> i32 {
     match v {
         // UNSPEC lets any later program on the hook decide; at the end it passes.
-        Verdict::Pass | Verdict::Shape(_) => TC_ACT_UNSPEC,
-        Verdict::Drop | Verdict::Portal | Verdict::Reset | Verdict::Hold => TC_ACT_SHOT,
+        Verdict::Pass | Verdict::Shape(_) | Verdict::Garden => TC_ACT_UNSPEC,
+        Verdict::Drop | Verdict::Portal | Verdict::Reset => TC_ACT_SHOT,
     }
 }
 
@@ -162,6 +163,13 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     let Some(cfg) = LAN.get_ptr(0) else {
         return Verdict::Drop;
     };
+    if dir == Dir::Down {
+        // A DNS answer held and counted before, sent on by the agent (see `dns`).
+        let mark = unsafe { core::ptr::read_volatile(&raw const (*cfg).dns_mark) };
+        if mark != 0 && p.mark() == mark {
+            return Verdict::Pass;
+        }
+    }
     if dir == Dir::Up && p.meta_vid() != 0 {
         // Tagged for a VLAN: not this LAN's (the kernel drops it too, or hands
         // it to the VLAN's own interface).
@@ -238,8 +246,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     let Some((pos, slot)) = client_slot(p, &mac, probe, seed) else {
         // Table full: such a client is never allowed, but keeps the walled garden.
         return match garden(p, cfg, &ip, dir, &mac, to_group, None) {
-            Ok(_) if dns_answer(p, cfg, &ip, dir) => Verdict::Hold,
-            Ok(_) => Verdict::Pass,
+            Ok(_) => Verdict::Garden,
             Err(_) => to_portal(p, cfg, &ip, dir, to_group).unwrap_or(Verdict::Drop),
         };
     };
@@ -266,6 +273,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     };
     let mut verdict = Verdict::Pass;
     if flags & POLICY_ALLOWED == 0 {
+        verdict = Verdict::Garden;
         if let Err(d) = garden(p, cfg, &ip, dir, &mac, to_group, Some((st, slot))) {
             match to_portal(p, cfg, &ip, dir, to_group) {
                 Some(v) => verdict = v,
@@ -274,9 +282,6 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
                     return Verdict::Drop;
                 }
             }
-        } else if dns_answer(p, cfg, &ip, dir) {
-            // Counted when the agent sends it on.
-            return Verdict::Hold;
         }
         if !garden_admits(cfg, slot, dir, len) {
             stat_add(STAT_GARDEN_RATELIMIT);
@@ -725,32 +730,6 @@ fn garden<P: Packet>(
     Ok(())
 }
 
-/// A DNS answer (with a payload) from a garden DNS server to a client that has
-/// not paid, to hold while the agent learns its addresses; not one the agent
-/// sends on.
-#[inline(always)]
-fn dns_answer<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir) -> bool {
-    if dir != Dir::Down || ip.sport != 53 {
-        return false;
-    }
-    let flags = unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) };
-    let mark = unsafe { core::ptr::read_volatile(&raw const (*cfg).dns_mark) };
-    if flags & LAN_DNS_SNOOP == 0 || mark == 0 || p.mark() == mark {
-        return false;
-    }
-    match ip.proto {
-        // At least a DNS header.
-        packet::IPPROTO_UDP => ip.end >= ip.l4 + 8 + 12,
-        // The data offset with the flags: a one-byte read's bounds check
-        // compiles to a compare older verifiers do not follow.
-        packet::IPPROTO_TCP => match p.load::<u16>(ip.l4 + 12) {
-            Some(w) => ip.end > ip.l4 + (((w as u8) >> 4) as u32) * 4,
-            None => false,
-        },
-        _ => false,
-    }
-}
-
 /// The flags of the garden entry that passes this protocol to `addr` and `port`.
 #[inline(always)]
 fn garden_flags(ip: &IpInfo, addr: [u32; 4], port: u16) -> Option<u32> {
@@ -797,22 +776,17 @@ fn learnt(ip: &IpInfo, addr: [u8; 16], port: u16) -> Option<u32> {
         port: port.to_be_bytes(),
         addr,
     };
-    let mut v = None;
-    if port != 0 && (ip.proto == packet::IPPROTO_TCP || ip.proto == packet::IPPROTO_UDP) {
-        v = GARDEN_HOSTS.get_ptr_mut(&key);
-    }
-    let v = match v {
+    // (Ports are 0 but for TCP and UDP.)
+    let v = match GARDEN_HOSTS.get_ptr_mut(&key) {
         Some(v) => v,
         None => {
             key.port = [0; 2];
             GARDEN_HOSTS.get_ptr_mut(&key)?
         }
     };
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let last = unsafe { core::ptr::read_volatile(&raw const (*v).last_used_ns) };
-    if now.wrapping_sub(last) > GARDEN_HOST_STAMP_NS {
-        unsafe { core::ptr::write_volatile(&raw mut (*v).last_used_ns, now) };
-    }
+    // Clients that have not paid, within the garden rate limit: a store per
+    // packet costs less than a branch costs the verifier.
+    unsafe { core::ptr::write_volatile(&raw mut (*v).last_used_ns, bpf_ktime_get_coarse_ns()) };
     Some(0)
 }
 

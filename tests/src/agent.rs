@@ -66,7 +66,7 @@ pub fn tc_attach_override() -> Option<String> {
 }
 
 /// The capabilities the packaged service keeps (its unit's `CapabilityBoundingSet`).
-pub const SERVICE_CAPS: &[&str] = &["bpf", "perfmon", "net_admin", "net_bind_service"];
+pub const SERVICE_CAPS: &[&str] = &["bpf", "perfmon", "net_admin", "net_bind_service", "net_raw"];
 
 /// `SESSION_TESTS_CAPS=service`: every agent a test starts runs with only
 /// [`SERVICE_CAPS`] (through `setpriv`), as the systemd unit runs it.

@@ -60,10 +60,18 @@ impl Dnsmasq {
             if let Ok(Some(status)) = d.child.try_wait() {
                 panic!("dnsmasq in {ns} exited ({status}): {}", d.log_text());
             }
-            if in_netns(ns, || query_udp(first, "up.invalid", TYPE::A, Duration::from_millis(200))).is_ok() {
+            if in_netns(ns, || {
+                query_udp(first, "up.invalid", TYPE::A, Duration::from_millis(200))
+            })
+            .is_ok()
+            {
                 return d;
             }
-            assert!(Instant::now() < deadline, "dnsmasq in {ns} does not answer: {}", d.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq in {ns} does not answer: {}",
+                d.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -128,8 +136,19 @@ fn next_id() -> u16 {
 }
 
 /// Asks `server` for `name` over UDP (call inside the client's namespace).
-pub fn query_udp(server: SocketAddr, name: &str, qtype: TYPE, timeout: Duration) -> std::io::Result<Answer> {
-    let bind: SocketAddr = if server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
+pub fn query_udp(
+    server: SocketAddr,
+    name: &str,
+    qtype: TYPE,
+    timeout: Duration,
+) -> std::io::Result<Answer> {
+    let bind: SocketAddr = if server.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .unwrap();
     let s = UdpSocket::bind(bind)?;
     s.set_read_timeout(Some(timeout))?;
     let id = next_id();
@@ -150,7 +169,12 @@ pub fn query_udp(server: SocketAddr, name: &str, qtype: TYPE, timeout: Duration)
 }
 
 /// Asks `server` for `name` over TCP (call inside the client's namespace).
-pub fn query_tcp(server: SocketAddr, name: &str, qtype: TYPE, timeout: Duration) -> std::io::Result<Answer> {
+pub fn query_tcp(
+    server: SocketAddr,
+    name: &str,
+    qtype: TYPE,
+    timeout: Duration,
+) -> std::io::Result<Answer> {
     let mut s = TcpStream::connect_timeout(&server, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     let id = next_id();
@@ -167,5 +191,7 @@ pub fn query_tcp(server: SocketAddr, name: &str, qtype: TYPE, timeout: Duration)
 
 /// [`query_udp`] from namespace `ns`.
 pub fn resolve(ns: &str, server: SocketAddr, name: &str, qtype: TYPE) -> std::io::Result<Answer> {
-    in_netns(ns, || query_udp(server, name, qtype, Duration::from_secs(2)))
+    in_netns(ns, || {
+        query_udp(server, name, qtype, Duration::from_secs(2))
+    })
 }

@@ -33,10 +33,29 @@ fn v4(s: &str) -> IpAddr {
 /// Makes the upstream namespace answer on every address of the test zones
 /// and the gateway route them there.
 fn host_the_zones(hs: &Hotspot) {
-    ip_n(&hs.server_ns, &["route", "add", "local", HOSTS_V4, "dev", "lo"]);
-    ip_n(&hs.server_ns, &["-6", "route", "add", "local", HOSTS_V6, "dev", "lo"]);
-    ip_n(&hs.gw_ns, &["route", "add", HOSTS_V4, "via", &hs.server_v4.to_string()]);
-    ip_n(&hs.gw_ns, &["-6", "route", "add", HOSTS_V6, "via", &hs.server_v6.to_string()]);
+    ip_n(
+        &hs.server_ns,
+        &["route", "add", "local", HOSTS_V4, "dev", "lo"],
+    );
+    ip_n(
+        &hs.server_ns,
+        &["-6", "route", "add", "local", HOSTS_V6, "dev", "lo"],
+    );
+    ip_n(
+        &hs.gw_ns,
+        &["route", "add", HOSTS_V4, "via", &hs.server_v4.to_string()],
+    );
+    ip_n(
+        &hs.gw_ns,
+        &[
+            "-6",
+            "route",
+            "add",
+            HOSTS_V6,
+            "via",
+            &hs.server_v6.to_string(),
+        ],
+    );
 }
 
 /// The authoritative upstream: a CNAME chain pay.test -> edge.cdn.test ->
@@ -56,12 +75,20 @@ fn upstream(hs: &Hotspot, ttl: u32, many: usize) -> Dnsmasq {
         let path = std::env::temp_dir().join(format!("sa-many-{}.hosts", hs.id));
         let mut text = String::new();
         for i in 0..many {
-            text.push_str(&format!("10.203.{}.{} n{i}.many.test\n", 100 + i / 250, 1 + i % 250));
+            text.push_str(&format!(
+                "10.203.{}.{} n{i}.many.test\n",
+                100 + i / 250,
+                1 + i % 250
+            ));
         }
         std::fs::write(&path, text).unwrap();
         args.push(format!("--addn-hosts={}", path.display()));
     }
-    Dnsmasq::start(&hs.server_ns, &[hs.server_v4.into(), hs.server_v6.into()], &args)
+    Dnsmasq::start(
+        &hs.server_ns,
+        &[hs.server_v4.into(), hs.server_v6.into()],
+        &args,
+    )
 }
 
 /// The gateway's forwarder on its LAN addresses, without a cache (every
@@ -70,7 +97,10 @@ fn forwarder(hs: &Hotspot) -> Dnsmasq {
     Dnsmasq::start(
         &hs.gw_ns,
         &[hs.gw_lan_v4.into(), hs.gw_lan_v6.into()],
-        &[format!("--server={}", hs.server_v4), "--cache-size=0".into()],
+        &[
+            format!("--server={}", hs.server_v4),
+            "--cache-size=0".into(),
+        ],
     )
 }
 
@@ -79,8 +109,13 @@ fn connects(ns: &str, addr: IpAddr, port: u16) -> bool {
 }
 
 fn addrs(ns: &str, server: SocketAddr, name: &str, qtype: TYPE) -> Vec<IpAddr> {
-    let a = resolve(ns, server, name, qtype).unwrap_or_else(|e| panic!("resolving {name} at {server}: {e}"));
-    assert!(!a.addrs.is_empty(), "{name} at {server}: no address ({:?})", a.rcode);
+    let a = resolve(ns, server, name, qtype)
+        .unwrap_or_else(|e| panic!("resolving {name} at {server}: {e}"));
+    assert!(
+        !a.addrs.is_empty(),
+        "{name} at {server}: no address ({:?})",
+        a.rcode
+    );
     a.addrs
 }
 
@@ -128,23 +163,38 @@ fn a_garden_name_is_reachable_before_payment_and_others_are_not() {
 
     // Nothing is reachable before its name was looked up.
     let e1 = v4("10.203.0.11");
-    assert!(!connects(&c.ns, e1, 80), "a garden address before any lookup");
+    assert!(
+        !connects(&c.ns, e1, 80),
+        "a garden address before any lookup"
+    );
 
     // IPv4 through the gateway's forwarder, via the CNAME chain.
     assert_eq!(addrs(&c.ns, gw_dns, "pay.test", TYPE::A), vec![e1]);
-    assert!(connects(&c.ns, e1, 80), "pay.test over IPv4 after the answer");
-    assert!(connects(&c.ns, e1, 443), "a name without a port: every port");
+    assert!(
+        connects(&c.ns, e1, 80),
+        "pay.test over IPv4 after the answer"
+    );
+    assert!(
+        connects(&c.ns, e1, 443),
+        "a name without a port: every port"
+    );
     // IPv6, asking the upstream directly (a --garden-dns server).
     let e1v6: IpAddr = "fd00:203::11".parse().unwrap();
     assert_eq!(addrs(&c.ns, up_dns6, "pay.test", TYPE::AAAA), vec![e1v6]);
-    assert!(connects(&c.ns, e1v6, 80), "pay.test over IPv6 after the answer");
+    assert!(
+        connects(&c.ns, e1v6, 80),
+        "pay.test over IPv6 after the answer"
+    );
 
     // Another name resolves, but its address stays closed.
     let other = addrs(&c.ns, gw_dns, "other.test", TYPE::A)[0];
     assert!(!connects(&c.ns, other, 80), "other.test is no garden name");
     // A server that is not a garden DNS server gets no query through.
     let direct4 = resolve(&c.ns, hs.server_sock(false, 53), "pay.test", TYPE::A);
-    assert!(direct4.is_err(), "DNS to a server that is not configured: {direct4:?}");
+    assert!(
+        direct4.is_err(),
+        "DNS to a server that is not configured: {direct4:?}"
+    );
 
     // A wildcard on one port.
     let w = addrs(&c.ns, gw_dns, "a.b.wild.test", TYPE::A)[0];
@@ -152,17 +202,24 @@ fn a_garden_name_is_reachable_before_payment_and_others_are_not() {
     assert!(!connects(&c.ns, w, 443), "*.wild.test:80 is port 80 only");
 
     // An answer over TCP.
-    let tcp_answer = in_netns(&c.ns, || query_tcp(gw_dns, "tcp.test", TYPE::A, Duration::from_secs(2)))
-        .expect("a query over TCP");
+    let tcp_answer = in_netns(&c.ns, || {
+        query_tcp(gw_dns, "tcp.test", TYPE::A, Duration::from_secs(2))
+    })
+    .expect("a query over TCP");
     assert_eq!(tcp_answer.addrs, vec![v4("10.203.0.40")]);
-    assert!(connects(&c.ns, v4("10.203.0.40"), 80), "learnt from an answer over TCP");
+    assert!(
+        connects(&c.ns, v4("10.203.0.40"), 80),
+        "learnt from an answer over TCP"
+    );
 
     // After the TTL: an open, busy connection to pay.test keeps working while
     // the idle wildcard address goes.
     // (Asked again: the first answer's address has expired meanwhile.)
     addrs(&c.ns, gw_dns, "pay.test", TYPE::A);
-    let mut s = in_netns(&c.ns, || TcpStream::connect_timeout(&SocketAddr::new(e1, 80), Duration::from_secs(2)))
-        .expect("a long connection to pay.test");
+    let mut s = in_netns(&c.ns, || {
+        TcpStream::connect_timeout(&SocketAddr::new(e1, 80), Duration::from_secs(2))
+    })
+    .expect("a long connection to pay.test");
     let (drip, down) = (40u64 * 1000, 200_000u64);
     let mut hdr = drip.to_be_bytes().to_vec();
     hdr.extend_from_slice(&down.to_be_bytes());
@@ -173,8 +230,14 @@ fn a_garden_name_is_reachable_before_payment_and_others_are_not() {
         std::thread::sleep(Duration::from_millis(150));
     }
     // 6 s: past the 3 s ceiling and the 2 s of idleness.
-    assert!(!learnt_addr(&agent, w), "the idle wildcard address is still in the garden");
-    assert!(!connects(&c.ns, w, 80), "an expired address is closed again");
+    assert!(
+        !learnt_addr(&agent, w),
+        "the idle wildcard address is still in the garden"
+    );
+    assert!(
+        !connects(&c.ns, w, 80),
+        "an expired address is closed again"
+    );
     assert!(learnt_addr(&agent, e1), "the address in use was removed");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut got = 0u64;
@@ -190,28 +253,70 @@ fn a_garden_name_is_reachable_before_payment_and_others_are_not() {
     let api = agent.api();
     let r = api.post("/v1/garden/domains", &json!({"domain": "other.test"}));
     assert_eq!(r.status, 201, "{:?}", r.body);
-    assert_eq!(api.post("/v1/garden/domains", &json!({"domain": "OTHER.test."})).status, 200, "the same name again");
-    assert_eq!(api.post("/v1/garden/domains", &json!({"domain": "bad name"})).status, 400);
+    assert_eq!(
+        api.post("/v1/garden/domains", &json!({"domain": "OTHER.test."}))
+            .status,
+        200,
+        "the same name again"
+    );
+    assert_eq!(
+        api.post("/v1/garden/domains", &json!({"domain": "bad name"}))
+            .status,
+        400
+    );
     addrs(&c.ns, gw_dns, "other.test", TYPE::A);
     assert!(connects(&c.ns, other, 80), "a name added at run time");
     let r = api.request("DELETE", "/v1/garden/domains/other.test", None);
     assert_eq!(r.status, 200, "{:?}", r.body);
-    assert!(!connects(&c.ns, other, 80), "a removed name's address is closed at once");
-    assert_eq!(api.request("DELETE", "/v1/garden/domains/other.test", None).status, 404);
+    assert!(
+        !connects(&c.ns, other, 80),
+        "a removed name's address is closed at once"
+    );
+    assert_eq!(
+        api.request("DELETE", "/v1/garden/domains/other.test", None)
+            .status,
+        404
+    );
     // The CLI lists what the API has.
     let sock = api.socket().display().to_string();
     let out = agent.cli(&["garden", "list", "--api-socket", &sock]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("pay.test") && text.contains("*.wild.test:80") && !text.contains("other.test"), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("pay.test")
+            && text.contains("*.wild.test:80")
+            && !text.contains("other.test"),
+        "{text}"
+    );
 
     // All of it was garden traffic, none usage.
     let st = agent.client_or_zero(&c.mac);
-    assert_eq!((st.up_bytes, st.down_bytes), (0, 0), "usage before payment: {st:?}");
-    assert!(st.garden_bytes > down + drip, "garden bytes {} for a {} byte exchange", st.garden_bytes, down + drip);
+    assert_eq!(
+        (st.up_bytes, st.down_bytes),
+        (0, 0),
+        "usage before payment: {st:?}"
+    );
+    assert!(
+        st.garden_bytes > down + drip,
+        "garden bytes {} for a {} byte exchange",
+        st.garden_bytes,
+        down + drip
+    );
     assert!(web.received() >= drip);
-    let metrics = api.get("/metrics").body.as_str().unwrap_or_default().to_string();
-    assert!(metrics.contains("session_agent_garden_dns_answers_total{outcome=\"learnt\"}"), "{metrics}");
+    let metrics = api
+        .get("/metrics")
+        .body
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        metrics.contains("session_agent_garden_dns_answers_total{outcome=\"learnt\"}"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -239,10 +344,16 @@ fn the_first_connection_after_each_of_1000_answers_gets_through() {
             let name = format!("n{i}.many.test");
             let a = query_udp(gw_dns, &name, TYPE::A, Duration::from_secs(2))
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-            let want = IpAddr::V4(Ipv4Addr::new(10, 203, 100 + (i / 250) as u8, 1 + (i % 250) as u8));
+            let want = IpAddr::V4(Ipv4Addr::new(
+                10,
+                203,
+                100 + (i / 250) as u8,
+                1 + (i % 250) as u8,
+            ));
             assert_eq!(a.addrs, vec![want], "{name}");
             // At once: the SYN follows the answer by microseconds.
-            match TcpStream::connect_timeout(&SocketAddr::new(want, 80), Duration::from_millis(500)) {
+            match TcpStream::connect_timeout(&SocketAddr::new(want, 80), Duration::from_millis(500))
+            {
                 Ok(_) => ok += 1,
                 Err(e) => {
                     failed.push(format!("{name}: {e}"));
@@ -258,7 +369,11 @@ fn the_first_connection_after_each_of_1000_answers_gets_through() {
         "first connection right after the answer: {ok}/{N} succeeded in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    assert!(failed.is_empty(), "first connections that failed: {failed:?}\n{}", agent.log_tail());
+    assert!(
+        failed.is_empty(),
+        "first connections that failed: {failed:?}\n{}",
+        agent.log_tail()
+    );
     assert_eq!(ok, N);
     assert_eq!(learnt(&agent).len(), N, "one learnt address per name");
 }

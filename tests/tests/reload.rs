@@ -274,7 +274,10 @@ fn a_reload_adds_and_removes_garden_names_and_keeps_those_added_through_the_api(
     let hs = Hotspot::builder().clients(1).build();
     std::fs::create_dir_all(&hs.state_dir).unwrap();
     let cfg = hs.state_dir.join("config.toml");
-    write(&cfg, "walled_garden_domains = [\"a.test\", \"keep.test\"]\n");
+    write(
+        &cfg,
+        "walled_garden_domains = [\"a.test\", \"keep.test\"]\n",
+    );
     let agent = AgentBuilder::new(&hs)
         .arg("--config")
         .arg(cfg.display().to_string())
@@ -290,8 +293,11 @@ fn a_reload_adds_and_removes_garden_names_and_keeps_those_added_through_the_api(
             .collect()
     };
     assert_eq!(names(), ["a.test", "keep.test"]);
-    api.post("/v1/garden/domains", &serde_json::json!({"domain": "*.api.test"}))
-        .ok("adding a name");
+    api.post(
+        "/v1/garden/domains",
+        &serde_json::json!({"domain": "*.api.test"}),
+    )
+    .ok("adding a name");
     write(
         &cfg,
         "walled_garden_domains = [\"keep.test\", \"b.test:443\"]\ngarden_ttl_min_secs = 5\n",
@@ -300,7 +306,10 @@ fn a_reload_adds_and_removes_garden_names_and_keeps_those_added_through_the_api(
     let log = wait_log(&agent, "configuration reloaded", 1);
     assert_eq!(names(), ["*.api.test", "b.test:443", "keep.test"]);
     assert!(log.contains("walled_garden_domains"), "{log}");
-    assert!(log.contains("garden_ttl_*_secs"), "a restart-only setting is named:\n{log}");
+    assert!(
+        log.contains("garden_ttl_*_secs"),
+        "a restart-only setting is named:\n{log}"
+    );
     // A file with a bad name changes nothing.
     write(&cfg, "walled_garden_domains = [\"bad name\"]\n");
     hup(&agent);

@@ -239,11 +239,24 @@ fn require_root(what: &str) -> Result<()> {
 }
 
 /// Test files that `test` runs a second time with netlink TC filters.
-const NETLINK_TESTS: &[&str] = &["counting", "blocking", "restart", "detach", "redirect"];
+const NETLINK_TESTS: &[&str] = &[
+    "counting",
+    "blocking",
+    "restart",
+    "detach",
+    "redirect",
+    "garden_names",
+];
 /// Test files that `test` runs again with the agent holding only the packaged
 /// unit's capabilities.
 const SERVICE_CAPS_TESTS: &[&str] = &[
-    "counting", "blocking", "restart", "vouchers", "portal", "redirect",
+    "counting",
+    "blocking",
+    "restart",
+    "vouchers",
+    "portal",
+    "redirect",
+    "garden_names",
 ];
 
 fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {

@@ -22,7 +22,13 @@ const EBPF_PACKAGES: &[&str] = &[
 /// Packages for `test-kernel`: QEMU, the guest's init, depmod/modprobe and the initramfs packer.
 const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "cpio"];
 /// Packages for the tests and the demo.
-const NET_PACKAGES: &[&str] = &["iproute2", "nftables", "iperf3", "util-linux", "dnsmasq-base"];
+const NET_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "iperf3",
+    "util-linux",
+    "dnsmasq-base",
+];
 /// Packages for the browser tests: Chromium and its WebDriver.
 const BROWSER_PACKAGES: &[&str] = &["chromium", "chromium-driver"];
 

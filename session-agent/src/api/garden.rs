@@ -62,7 +62,13 @@ pub(super) async fn list(State(st): St) -> Result<Json<DomainsView>, ApiError> {
 pub(super) async fn add(State(st): St, Body(b): Body<NewDomain>) -> Result<Response, ApiError> {
     let n = names(&st)?;
     let domain = rule(&b.domain)?;
-    let changed = n.add(domain.clone());
+    let changed = n.add(domain.clone()).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "garden_by_name_unavailable",
+            e.to_string(),
+        )
+    })?;
     st.gw.update_dns_snoop();
     let v = DomainChange { domain, changed };
     Ok(if changed {
