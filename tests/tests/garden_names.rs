@@ -377,3 +377,46 @@ fn the_first_connection_after_each_of_1000_answers_gets_through() {
     assert_eq!(ok, N);
     assert_eq!(learnt(&agent).len(), N, "one learnt address per name");
 }
+
+#[test]
+fn past_the_limit_addresses_are_not_learnt_and_that_is_logged_and_counted() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    host_the_zones(&hs);
+    let _up = upstream(&hs, 30, 8);
+    let _fwd = forwarder(&hs);
+    let agent = AgentBuilder::new(&hs)
+        .arg("--walled-garden-domain")
+        .arg("*.many.test")
+        .arg("--garden-domain-limit")
+        .arg("5")
+        .start();
+    let c = hs.client(0).clone();
+    let _web = TcpServer::start(&hs.server_ns, "[::]:80".parse().unwrap());
+    let gw_dns = hs.gw_lan_sock(false, 53);
+    let mut reached = Vec::new();
+    for i in 0..8 {
+        // Every answer still reaches the client.
+        let a = addrs(&c.ns, gw_dns, &format!("n{i}.many.test"), TYPE::A)[0];
+        reached.push(connects(&c.ns, a, 80));
+    }
+    assert_eq!(reached, [true, true, true, true, true, false, false, false]);
+    assert_eq!(learnt(&agent).len(), 5);
+    let metrics = agent
+        .api()
+        .get("/metrics")
+        .body
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        metrics.contains("session_agent_garden_learnt_refused_total 3"),
+        "{metrics}"
+    );
+    let log = agent.log();
+    assert_eq!(
+        log.matches("the garden by name is full").count(),
+        1,
+        "logged once:\n{log}"
+    );
+}
