@@ -319,26 +319,19 @@ pub fn location(opts: &RedirectOptions, mac: Option<MacAddr>, ip: IpAddr, url: &
         out.push(sep);
         out.push_str(name);
         out.push('=');
-        out.push_str(&percent_encode(value));
+        out.extend(percent_encoding::utf8_percent_encode(value, QUERY_VALUE));
         sep = '&';
     }
     out
 }
 
-/// RFC 3986 percent-encoding of everything but the unreserved characters.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// What a query value keeps as it is: RFC 3986's unreserved characters.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
-/// The responder's sockets, made with the options std does not offer.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -296,7 +296,7 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
         kernel: "6.1".into(),
         tests: kernel::SMOKE_TESTS.iter().map(|s| s.to_string()).collect(),
         args: Vec::new(),
-        timeout: std::time::Duration::from_secs(15 * 60),
+        timeout: std::time::Duration::from_secs(20 * 60),
         memory: "2G".into(),
     })?;
     println!("==> counting, sessions and restart on Linux 6.12 in QEMU");
