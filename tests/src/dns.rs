@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use simple_dns::{rdata::RData, Name, Packet, Question, CLASS, QCLASS, QTYPE, TYPE};
 
+/// The record type asked for (A, AAAA, ...).
+pub use simple_dns::TYPE as QueryType;
+
 use crate::netns::{in_netns, ns_command};
 
 /// A dnsmasq process in a namespace, killed on drop.

@@ -1,8 +1,9 @@
 //! `cargo xtask demo`: a small hotspot in network namespaces (gateway, access
 //! point, four clients, upstream server) metered by session-agent, with a
 //! live per-client table. Three clients' sessions are sold through the control
-//! API; the fourth buys a voucher code and redeems it on the built-in portal
-//! page, as a customer's phone does. Everything is removed on exit or Ctrl-C.
+//! API; the fourth reaches a payment page by name through the walled garden,
+//! then buys a voucher code and redeems it on the built-in portal page, as a
+//! customer's phone does. Everything is removed on exit or Ctrl-C.
 
 use std::{
     collections::HashMap,
@@ -20,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use session_tests::{
     agent::AgentBuilder,
+    dns::{resolve, Dnsmasq, QueryType},
     netns::in_netns,
     topo::Hotspot,
     traffic::{ServerSet, TcpTransfer},
@@ -43,6 +45,9 @@ struct Plan {
     /// Bought as a voucher code, redeemed on the portal page.
     voucher: bool,
 }
+
+/// The payment page's host, in the walled garden by name (`--walled-garden-domain`).
+const PAY_HOST: &str = "pay.demo";
 
 /// Where the portal page and the RFC 8908 API listen, on the gateway's LAN address.
 const PORTAL_PORT: u16 = 8908;
@@ -157,11 +162,22 @@ pub fn run(agent_bin: &Path, seconds: u64) -> Result<()> {
         "==> starting session-agent on {} in {}",
         hs.lan_if, hs.gw_ns
     );
+    // The LAN's resolver on the gateway, which also knows the payment page's host.
+    let _dns = Dnsmasq::start(
+        &hs.gw_ns,
+        &[hs.gw_lan_v4.into(), hs.gw_lan_v6.into()],
+        &[
+            format!("--host-record={PAY_HOST},{},{}", hs.server_v4, hs.server_v6),
+            "--local-ttl=60".into(),
+        ],
+    );
     let portal = std::net::SocketAddr::from((hs.gw_lan_addr(false), PORTAL_PORT));
     let mut agent = AgentBuilder::new(&hs)
         .arg("--captive-listen")
         .arg(portal.to_string())
         .arg("--portal-redirect")
+        .arg("--walled-garden-domain")
+        .arg(format!("{PAY_HOST}:5001"))
         .start();
     let api = agent.api();
     println!("==> selling sessions through the control API");
@@ -230,6 +246,31 @@ pub fn run(agent_bin: &Path, seconds: u64) -> Result<()> {
             agent.log_tail()
         );
     }
+    // A payment provider by name (--walled-garden-domain): reachable before paying.
+    let dns = std::net::SocketAddr::from((hs.gw_lan_addr(false), 53));
+    let answer = resolve(&c.ns, dns, PAY_HOST, QueryType::A)
+        .with_context(|| format!("looking up {PAY_HOST} at {dns}"))?;
+    let pay = *answer
+        .addrs
+        .first()
+        .with_context(|| format!("{PAY_HOST} has no address"))?;
+    let t = TcpTransfer::run_timeout(
+        &c.ns,
+        std::net::SocketAddr::new(pay, 5001),
+        100,
+        10_000,
+        Duration::from_secs(3),
+    )
+    .with_context(|| {
+        format!(
+            "{PAY_HOST} ({pay}:5001) is not reachable before paying\n{}",
+            agent.log_tail()
+        )
+    })?;
+    println!(
+        "==> the {} looks up {PAY_HOST} (a garden name) before paying: {pay}, port 5001 answers ({} bytes)",
+        p.name, t.received
+    );
     println!(
         "==> the {} redeems {code} on the portal page http://{portal}/portal from its own namespace",
         p.name
