@@ -369,23 +369,8 @@ fn apply_reload(
     if new.names.domains != cur.names.domains {
         // Names added through the API stay unless the file drops them.
         if let Some(names) = gw.name_garden() {
-            for r in cur
-                .names
-                .domains
-                .iter()
-                .filter(|r| !new.names.domains.contains(r))
-            {
-                names.remove(r);
-            }
-            for r in new
-                .names
-                .domains
-                .iter()
-                .filter(|r| !cur.names.domains.contains(r))
-            {
-                if let Err(e) = names.add(r.clone()) {
-                    warn!(domain = %r, "reload: the garden name was not added: {e}");
-                }
+            if let Err(e) = names.set_configured(&new.names.domains) {
+                warn!("reload: the garden names were not all applied: {e}");
             }
             gw.update_dns_snoop();
         }

@@ -15,6 +15,11 @@ pub enum AgentError {
         #[source]
         source: io::Error,
     },
+    #[error("{path}: not the garden names changed through the API ({reason}); fix the file, or remove it to start from the configuration's names")]
+    GardenNamesFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("'{input}' is not a garden name: {reason} (expected NAME[:PORT] or *.SUFFIX[:PORT], e.g. pay.example.com or *.cdn.example.com:443)")]
     BadGardenDomain { input: String, reason: String },
     #[error("the kernel's verifier refused {what}: this kernel cannot run this datapath (see the README's kernel table); the end of its log:\n{log}")]

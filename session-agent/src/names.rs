@@ -391,6 +391,21 @@ pub fn garden_addresses(msg: &[u8], rules: &[DomainRule]) -> Result<Vec<Learnt>,
     Ok(out)
 }
 
+/// The names an earlier run changed through the API (none if never).
+fn load_changes(path: &std::path::Path) -> crate::error::Result<ApiChanges> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| AgentError::GardenNamesFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ApiChanges::default()),
+        Err(e) => Err(AgentError::from_io(
+            format!("reading {}", path.display()),
+            e,
+        )),
+    }
+}
+
 /// The datapath's key of a learnt address.
 pub fn host_key(addr: IpAddr, port: u16) -> GardenHostKey {
     let (family, a) = match addr {
@@ -430,6 +445,19 @@ pub struct NameGardenOptions {
     pub limit: usize,
     /// The mark of the answers sent on (`LanConfig::dns_mark`).
     pub mark: u32,
+    /// Where the names added and removed through the API are kept, so that a
+    /// restart keeps them (`None`: not kept, as with the memory store).
+    pub state: Option<std::path::PathBuf>,
+}
+
+/// The names added and removed through the API, against the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiChanges {
+    /// Names the configuration does not have.
+    added: BTreeSet<DomainRule>,
+    /// Names of the configuration taken out.
+    removed: BTreeSet<DomainRule>,
 }
 
 /// One learnt address.
@@ -478,6 +506,9 @@ pub struct LearntView {
 pub struct NameGarden {
     rules: RwLock<Vec<DomainRule>>,
     opts: NameGardenOptions,
+    /// The configuration's names now (a reload changes them) and what the API
+    /// changed against them; one lock, so that each change is saved whole.
+    changes: Mutex<(Vec<DomainRule>, ApiChanges)>,
     lans: Vec<LanNames>,
     /// Opened with the first garden name (it needs CAP_NET_RAW, which an agent
     /// without names does without).
@@ -519,21 +550,103 @@ impl NameGarden {
                 }
             })
             .collect();
-        let mut rules = opts.domains.clone();
+        let changes = match &opts.state {
+            Some(path) => load_changes(path)?,
+            None => ApiChanges::default(),
+        };
+        let mut rules: Vec<DomainRule> = opts
+            .domains
+            .iter()
+            .chain(&changes.added)
+            .filter(|r| !changes.removed.contains(r))
+            .cloned()
+            .collect();
         rules.sort();
         rules.dedup();
         let g = Self {
             rules: RwLock::new(rules),
+            changes: Mutex::new((opts.domains.clone(), changes)),
             opts,
             lans,
             sender: std::sync::OnceLock::new(),
             stats: NameStats::default(),
             full_logged: AtomicBool::new(false),
         };
-        if !g.opts.domains.is_empty() {
+        if !g.rules().is_empty() {
             g.sender()?;
         }
         Ok(g)
+    }
+
+    /// Adds a garden name through the API and keeps that (see
+    /// [`NameGardenOptions::state`]); `false` if it was one already.
+    pub fn add_kept(&self, rule: DomainRule) -> crate::error::Result<bool> {
+        self.sender()?;
+        let mut c = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = c.1.clone();
+        next.removed.remove(&rule);
+        if !c.0.contains(&rule) {
+            next.added.insert(rule.clone());
+        }
+        self.save(&next)?;
+        c.1 = next;
+        self.add(rule)
+    }
+
+    /// Removes a garden name through the API and keeps that; `false` if it was
+    /// none.
+    pub fn remove_kept(&self, rule: &DomainRule) -> crate::error::Result<bool> {
+        let mut c = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.rules().contains(rule) {
+            return Ok(false);
+        }
+        let mut next = c.1.clone();
+        next.added.remove(rule);
+        if c.0.contains(rule) {
+            next.removed.insert(rule.clone());
+        }
+        self.save(&next)?;
+        c.1 = next;
+        Ok(self.remove(rule))
+    }
+
+    /// The configuration's names after a reload: those it drops go, those it
+    /// adds come (also if the API had taken them out); the API's others stay.
+    pub fn set_configured(&self, domains: &[DomainRule]) -> crate::error::Result<()> {
+        let mut c = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = c.1.clone();
+        for r in domains {
+            next.removed.remove(r);
+            next.added.remove(r);
+        }
+        self.save(&next)?;
+        let old = std::mem::replace(&mut c.0, domains.to_vec());
+        c.1 = next;
+        for r in old.iter().filter(|r| !domains.contains(r)) {
+            self.remove(r);
+        }
+        for r in domains.iter().filter(|r| !old.contains(r)) {
+            self.add(r.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Writes the API's changes whole (a new file renamed over the old).
+    fn save(&self, changes: &ApiChanges) -> crate::error::Result<()> {
+        let Some(path) = &self.opts.state else {
+            return Ok(());
+        };
+        let what = || {
+            format!(
+                "keeping the garden names changed through the API in {}",
+                path.display()
+            )
+        };
+        let text = serde_json::to_string_pretty(changes).expect("names serialize");
+        let tmp = path.with_extension("json.new");
+        std::fs::write(&tmp, text + "\n")
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| AgentError::from_io(what(), e))
     }
 
     fn sender(&self) -> crate::error::Result<&OwnedFd> {
@@ -554,10 +667,10 @@ impl NameGarden {
         self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Adds a garden name; `false` if it was there already. Answers from now on
-    /// teach its addresses (a client that looked it up before asks again when
-    /// its cache expires).
-    pub fn add(&self, rule: DomainRule) -> crate::error::Result<bool> {
+    /// Adds a garden name for this run; `false` if it was there already.
+    /// Answers from now on teach its addresses (a client that looked it up
+    /// before asks again when its cache expires).
+    fn add(&self, rule: DomainRule) -> crate::error::Result<bool> {
         self.sender()?;
         let mut r = self.rules.write().unwrap_or_else(|e| e.into_inner());
         if r.contains(&rule) {
@@ -568,9 +681,9 @@ impl NameGarden {
         Ok(true)
     }
 
-    /// Removes a garden name and the addresses learnt only for it; `false` if
-    /// it was not there.
-    pub fn remove(&self, rule: &DomainRule) -> bool {
+    /// Removes a garden name for this run, and the addresses learnt only for
+    /// it; `false` if it was not there.
+    fn remove(&self, rule: &DomainRule) -> bool {
         {
             let mut r = self.rules.write().unwrap_or_else(|e| e.into_inner());
             let before = r.len();

@@ -699,6 +699,12 @@ impl Options {
             ttl_max: Duration::from_secs(max),
             limit: self.garden_domain_limit.get() as usize,
             mark: self.garden_dns_mark.get() as u32,
+            // Beside the store, which keeps it as long (not with the memory store).
+            state: (self.store.provider != StoreKind::Memory).then(|| {
+                let mut p = self.store.path.clone().into_os_string();
+                p.push(".garden-names.json");
+                p.into()
+            }),
         };
         Ok(RunOptions {
             redirect,

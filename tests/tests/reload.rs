@@ -316,3 +316,48 @@ fn a_reload_adds_and_removes_garden_names_and_keeps_those_added_through_the_api(
     wait_log(&agent, "was not reloaded", 1);
     assert_eq!(names(), ["*.api.test", "b.test:443", "keep.test"]);
 }
+
+#[test]
+fn garden_names_changed_through_the_api_survive_a_restart() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    std::fs::create_dir_all(&hs.state_dir).unwrap();
+    let cfg = hs.state_dir.join("config.toml");
+    write(
+        &cfg,
+        "walled_garden_domains = [\"a.test\", \"keep.test\"]\n",
+    );
+    let mut agent = AgentBuilder::new(&hs)
+        .arg("--config")
+        .arg(cfg.display().to_string())
+        .start();
+    let names = |agent: &Agent| -> Vec<String> {
+        let v = agent.api().get("/v1/garden/domains").ok("garden names");
+        v["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().to_string())
+            .collect()
+    };
+    let api = agent.api();
+    api.post(
+        "/v1/garden/domains",
+        &serde_json::json!({"domain": "x.test"}),
+    )
+    .ok("adding a name");
+    let r = api.request("DELETE", "/v1/garden/domains/a.test", None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(names(&agent), ["keep.test", "x.test"]);
+    agent.stop();
+    let agent = agent.restart();
+    assert_eq!(names(&agent), ["keep.test", "x.test"], "after a restart");
+    // A reload applies what the file adds; what the API took out stays out.
+    write(
+        &cfg,
+        "walled_garden_domains = [\"keep.test\", \"a.test\", \"b.test\"]\n",
+    );
+    hup(&agent);
+    wait_log(&agent, "configuration reloaded", 1);
+    assert_eq!(names(&agent), ["b.test", "keep.test", "x.test"]);
+}

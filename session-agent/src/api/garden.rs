@@ -62,7 +62,17 @@ pub(super) async fn list(State(st): St) -> Result<Json<DomainsView>, ApiError> {
 pub(super) async fn add(State(st): St, Body(b): Body<NewDomain>) -> Result<Response, ApiError> {
     let n = names(&st)?;
     let domain = rule(&b.domain)?;
-    let changed = n.add(domain.clone()).map_err(|e| {
+    let (n2, d2) = (n.clone(), domain.clone());
+    let added = tokio::task::spawn_blocking(move || n2.add_kept(d2))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                e.to_string(),
+            )
+        })?;
+    let changed = added.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "garden_by_name_unavailable",
@@ -83,7 +93,24 @@ pub(super) async fn add(State(st): St, Body(b): Body<NewDomain>) -> Result<Respo
 pub(super) async fn remove(State(st): St, p: PathArg) -> Result<Json<DomainChange>, ApiError> {
     let n = names(&st)?;
     let domain = rule(&path(p)?)?;
-    if !n.remove(&domain) {
+    let (n2, d2) = (n.clone(), domain.clone());
+    let removed = tokio::task::spawn_blocking(move || n2.remove_kept(&d2))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "garden_by_name_unavailable",
+                e.to_string(),
+            )
+        })?;
+    if !removed {
         return Err(ApiError::not_found(
             "no_such_domain",
             format!("{domain} is not a garden name; GET /v1/garden/domains lists them"),
