@@ -44,6 +44,31 @@ fn names(st: &ApiState) -> Result<&Arc<NameGarden>, ApiError> {
     })
 }
 
+/// A change of the names, which writes the file that keeps them: on a
+/// blocking thread. Its failure is the garden's (503), never the request's.
+async fn change(
+    n: &Arc<NameGarden>,
+    op: impl FnOnce(&NameGarden) -> crate::error::Result<bool> + Send + 'static,
+) -> Result<bool, ApiError> {
+    let n = n.clone();
+    let done = tokio::task::spawn_blocking(move || op(&n))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                e.to_string(),
+            )
+        })?;
+    done.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "garden_by_name_unavailable",
+            e.to_string(),
+        )
+    })
+}
+
 fn rule(s: &str) -> Result<DomainRule, ApiError> {
     s.parse().map_err(|e: crate::error::AgentError| {
         ApiError::bad_request("invalid_domain", e.to_string())
@@ -62,23 +87,8 @@ pub(super) async fn list(State(st): St) -> Result<Json<DomainsView>, ApiError> {
 pub(super) async fn add(State(st): St, Body(b): Body<NewDomain>) -> Result<Response, ApiError> {
     let n = names(&st)?;
     let domain = rule(&b.domain)?;
-    let (n2, d2) = (n.clone(), domain.clone());
-    let added = tokio::task::spawn_blocking(move || n2.add_kept(d2))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                e.to_string(),
-            )
-        })?;
-    let changed = added.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "garden_by_name_unavailable",
-            e.to_string(),
-        )
-    })?;
+    let d = domain.clone();
+    let changed = change(n, move |n| n.add_kept(d)).await?;
     st.gw.update_dns_snoop();
     let v = DomainChange { domain, changed };
     Ok(if changed {
@@ -93,23 +103,8 @@ pub(super) async fn add(State(st): St, Body(b): Body<NewDomain>) -> Result<Respo
 pub(super) async fn remove(State(st): St, p: PathArg) -> Result<Json<DomainChange>, ApiError> {
     let n = names(&st)?;
     let domain = rule(&path(p)?)?;
-    let (n2, d2) = (n.clone(), domain.clone());
-    let removed = tokio::task::spawn_blocking(move || n2.remove_kept(&d2))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                e.to_string(),
-            )
-        })?
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "garden_by_name_unavailable",
-                e.to_string(),
-            )
-        })?;
+    let d = domain.clone();
+    let removed = change(n, move |n| n.remove_kept(&d)).await?;
     if !removed {
         return Err(ApiError::not_found(
             "no_such_domain",
