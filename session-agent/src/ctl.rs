@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use session_agent::api::{
     client::ApiClient,
-    views::{ConnectedView, DeviceView, RedeemView, SessionView, StatusView, VoucherView},
+    views::{
+        ConnectedView, DeviceView, LoginView, RedeemView, SessionView, StatusView, VoucherView,
+    },
 };
 
 #[derive(clap::Args, Clone)]
@@ -573,6 +575,31 @@ pub fn connect(api: &ApiArgs, device: &str, notification: &str) -> Result<()> {
             type_name(&v),
             v.remaining_time,
             v.remaining_data
+        )
+    })
+}
+
+pub fn login(api: &ApiArgs, device: &str, username: &str) -> Result<()> {
+    let mut password = String::new();
+    std::io::stdin()
+        .read_line(&mut password)
+        .map_err(|e| anyhow!("cannot read the password from standard input: {e}"))?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    let v = api.client().call(
+        "POST",
+        &format!("/v1/devices/{}/login", seg(device)),
+        Some(&json!({ "username": username, "password": password })),
+    )?;
+    show(api, v, |v: LoginView| {
+        println!(
+            "device {device} logged in as {username}: session {} ({}, {} s and {:.3} MB left){}",
+            v.session.id,
+            type_name(&v.session),
+            v.session.remaining_time,
+            v.session.remaining_data,
+            v.reply_message
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
         )
     })
 }

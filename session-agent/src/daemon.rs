@@ -62,6 +62,8 @@ pub struct RunOptions {
     pub names: crate::names::NameGardenOptions,
     /// DNS servers clients may use before paying, besides the gateway.
     pub garden_dns: Vec<IpAddr>,
+    /// RADIUS logins and accounting.
+    pub radius: Option<crate::radius::RadiusOptions>,
 }
 
 /// Reads the configuration again, as `run` read it at start (SIGHUP).
@@ -77,6 +79,11 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     }
     let store = open_session_store(opts.store.name(), &opts.db)?;
     let mgr = Arc::new(SessionsMgr::new(store, Arc::new(SystemClock)));
+    // Always known, so sessions a RADIUS login made stay readable without RADIUS.
+    mgr.register_session_provider(
+        crate::radius::PROVIDER,
+        Arc::new(crate::radius::RadiusProvider),
+    )?;
     let mut lans = Vec::new();
     let mut rings = Vec::new();
     let mut held_rings = Vec::new();
@@ -192,6 +199,27 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     }
     gateway.set_metrics_top_clients(opts.api.metrics_top_clients);
     gateway.reconcile().await?;
+    let radius = match &opts.radius {
+        Some(r) => {
+            let lan_mac = iface::mac(&opts.lans[0])?;
+            let radius = crate::radius::Radius::open(r.clone(), lan_mac)?;
+            gateway.set_radius(radius.clone());
+            radius.start(&gateway).await?;
+            // Each writes the accounting book (a redb commit): threads of their own.
+            for job in [0, 1] {
+                let (radius, gw) = (radius.clone(), gateway.clone());
+                let rt = tokio::runtime::Handle::current();
+                tasks.spawn_blocking(move || match job {
+                    0 => rt.block_on(radius.keep_books(gw)),
+                    _ => rt.block_on(radius.send_accounting(gw)),
+                });
+            }
+            tasks.spawn(radius.clone().follow_events(gateway.clone()));
+            info!(auth = ?r.auth_servers, acct = ?r.acct_servers, nas = %r.nas_identifier, "RADIUS on: portal logins and accounting");
+            Some(radius)
+        }
+        None => None,
+    };
     if let Some(r) = &opts.redirect {
         let (gw, r) = (gateway.clone(), r.clone());
         tasks.spawn(async move {
@@ -278,6 +306,9 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     }
     crate::systemd::stopping();
     api.abort();
+    if let Some(r) = &radius {
+        r.stop(&gateway).await;
+    }
     gateway.stop();
     // Nobody sends held answers on from now: let them pass unheld.
     gateway.set_dns_snoop(false);

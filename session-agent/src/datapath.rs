@@ -38,6 +38,11 @@ pub trait Datapath: Send + Sync {
     fn slot_of(&self, mac: &MacAddr) -> Option<u32>;
     /// Up plus down bytes the client in `slot` moved across the gateway.
     fn usage_bytes(&self, slot: u32) -> Result<u64>;
+    /// Up and down bytes of the client in `slot`, apart (the sum is
+    /// [`Datapath::usage_bytes`]).
+    fn usage_split(&self, slot: u32) -> Result<(u64, u64)> {
+        Ok((0, self.usage_bytes(slot)?))
+    }
     /// [`Datapath::usage_bytes`] of many slots at once, into `out` (as long
     /// as `slots`): the poll's read.
     fn usage_into(&self, slots: &[u32], out: &mut [u64]) -> Result<()> {
@@ -115,6 +120,13 @@ impl Datapath for PinnedDatapath {
         match self.table() {
             Some(m) => m.usage_bytes(slot),
             None => Ok(0),
+        }
+    }
+
+    fn usage_split(&self, slot: u32) -> Result<(u64, u64)> {
+        match self.table() {
+            Some(m) => m.usage_split(slot),
+            None => Ok((0, 0)),
         }
     }
 

@@ -245,6 +245,7 @@ pub struct Gateway {
     vouchers: crate::vouchers::VoucherDesk,
     /// The walled garden by domain name (set by the daemon once attached).
     names: std::sync::OnceLock<Arc<crate::names::NameGarden>>,
+    radius: std::sync::OnceLock<Arc<crate::radius::Radius>>,
 }
 
 /// The slot of every connected device, sorted by slot so that a poll walks
@@ -295,12 +296,36 @@ impl Gateway {
             check_cursor: std::sync::atomic::AtomicUsize::new(0),
             vouchers: crate::vouchers::VoucherDesk::default(),
             names: std::sync::OnceLock::new(),
+            radius: std::sync::OnceLock::new(),
         })
     }
 
     /// Gives the gateway its walled garden by name (once).
     pub fn set_name_garden(&self, names: Arc<crate::names::NameGarden>) {
         let _ = self.names.set(names);
+    }
+
+    /// Gives the gateway its RADIUS service (once).
+    pub fn set_radius(&self, radius: Arc<crate::radius::Radius>) {
+        let _ = self.radius.set(radius);
+    }
+
+    /// The RADIUS service, when one is configured.
+    pub fn radius(&self) -> Option<&Arc<crate::radius::Radius>> {
+        self.radius.get()
+    }
+
+    /// A device's counters in each direction, read with the operations lock
+    /// held: after a poll that blocked it, so a session that just ended has
+    /// its last bytes in them.
+    pub async fn meter_split(&self, mac: MacAddr) -> crate::radius::acct::Reading {
+        let _g = self.ops.lock().await;
+        crate::radius::reading(
+            self.dp.epoch(),
+            self.dp
+                .slot_of(&mac)
+                .and_then(|s| self.dp.usage_split(s).ok()),
+        )
     }
 
     /// The walled garden by domain name, when the daemon runs one.

@@ -18,6 +18,7 @@ pub mod names;
 pub mod netlink;
 pub mod options;
 pub mod portal;
+pub mod radius;
 pub mod redirect;
 pub mod sys;
 pub mod systemd;

@@ -138,6 +138,16 @@ enum Cmd {
         #[command(flatten)]
         api: ctl::ApiArgs,
     },
+    /// Log a device in against the RADIUS servers (over the API socket); the password
+    /// is read from the first line of standard input.
+    Login {
+        /// Device id.
+        device: String,
+        /// User-Name.
+        username: String,
+        #[command(flatten)]
+        api: ctl::ApiArgs,
+    },
     /// Disconnect a device and pause its session (over the API socket).
     Disconnect {
         /// Device id.
@@ -250,6 +260,11 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             notification,
             api,
         } => ctl::connect(&api, &device, &notification),
+        Cmd::Login {
+            device,
+            username,
+            api,
+        } => ctl::login(&api, &device, &username),
         Cmd::Disconnect {
             device,
             notification,

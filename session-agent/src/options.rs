@@ -320,6 +320,116 @@ pub struct Options {
     pub api: ApiSection,
     #[command(flatten)]
     pub captive: CaptiveSection,
+    #[command(flatten)]
+    pub radius: RadiusSection,
+}
+
+/// `[radius]`: logins and accounting against RADIUS servers (off without a server).
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RadiusSection {
+    /// RADIUS authentication server ADDR:PORT (repeatable, tried in turn; the first
+    /// turns RADIUS logins on).
+    #[arg(long = "radius-server", value_name = "ADDR:PORT")]
+    pub auth_servers: Vec<SocketAddr>,
+    /// RADIUS accounting server ADDR:PORT (repeatable, tried in turn; none: no accounting).
+    #[arg(long = "radius-acct-server", value_name = "ADDR:PORT")]
+    pub acct_servers: Vec<SocketAddr>,
+    /// File holding the shared secret (first line; never give it on the command line).
+    #[arg(long = "radius-secret-file", value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// NAS-Identifier of this gateway.
+    #[arg(long = "radius-nas-id", value_name = "NAME", required = false)]
+    pub nas_identifier: String,
+    /// NAS-IP-Address of this gateway (left out when not given).
+    #[arg(long = "radius-nas-ip", value_name = "ADDR")]
+    pub nas_ip: Option<std::net::Ipv4Addr>,
+    /// SSID, sent after the LAN's MAC in Called-Station-Id (GW-MAC:SSID).
+    #[arg(long = "radius-ssid", value_name = "SSID", required = false)]
+    pub ssid: String,
+    /// How client MACs are written in User-Name and Calling-Station-Id.
+    #[arg(long = "radius-mac-format", value_enum, required = false)]
+    pub mac_format: crate::radius::MacFormat,
+    /// Milliseconds to wait for an answer before the first retransmission (doubling after).
+    #[arg(long = "radius-timeout-ms", value_name = "MS", required = false)]
+    pub timeout_ms: Ranged<100, 60_000>,
+    /// Retransmissions to one server before the next is tried.
+    #[arg(long = "radius-retries", value_name = "N", required = false)]
+    pub retries: Ranged<0, 10>,
+    /// Seconds between interim updates when the Access-Accept gives no
+    /// Acct-Interim-Interval (0 = none).
+    #[arg(long = "radius-interim-secs", value_name = "SECS", required = false)]
+    pub interim_secs: Ranged<0, 86_400>,
+    /// Seconds of a session whose Access-Accept gives neither a Session-Timeout nor a
+    /// data limit.
+    #[arg(
+        long = "radius-default-session-secs",
+        value_name = "SECS",
+        required = false
+    )]
+    pub default_session_secs: Ranged<1, 31_536_000>,
+    /// Accounting requests kept while no server answers; past it, interim updates are
+    /// dropped (logged, counted), Start and Stop never.
+    #[arg(long = "radius-queue-limit", value_name = "N", required = false)]
+    pub queue_limit: Ranged<16, 10_000_000>,
+}
+
+impl Default for RadiusSection {
+    fn default() -> Self {
+        Self {
+            auth_servers: Vec::new(),
+            acct_servers: Vec::new(),
+            secret_file: None,
+            nas_identifier: "session-agent".into(),
+            nas_ip: None,
+            ssid: String::new(),
+            mac_format: crate::radius::MacFormat::DashUpper,
+            timeout_ms: Ranged::of(3000),
+            retries: Ranged::of(2),
+            interim_secs: Ranged::of(300),
+            default_session_secs: Ranged::of(86_400),
+            queue_limit: Ranged::of(100_000),
+        }
+    }
+}
+
+impl RadiusSection {
+    /// The RADIUS options, when a server is given; reads the secret file.
+    fn resolve(
+        &self,
+        book: Option<PathBuf>,
+    ) -> Result<Option<crate::radius::RadiusOptions>, OptionsError> {
+        if self.auth_servers.is_empty() && self.acct_servers.is_empty() {
+            return Ok(None);
+        }
+        let Some(path) = &self.secret_file else {
+            return Err(OptionsError::RadiusSecret);
+        };
+        let text = std::fs::read(path).map_err(|source| OptionsError::RadiusSecretFile {
+            path: path.clone(),
+            source,
+        })?;
+        let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
+        let secret = first.strip_suffix(b"\r").unwrap_or(first).to_vec();
+        if secret.is_empty() {
+            return Err(OptionsError::EmptyRadiusSecret(path.clone()));
+        }
+        Ok(Some(crate::radius::RadiusOptions {
+            auth_servers: self.auth_servers.clone(),
+            acct_servers: self.acct_servers.clone(),
+            secret,
+            nas_identifier: self.nas_identifier.clone(),
+            nas_ip: self.nas_ip,
+            ssid: self.ssid.clone(),
+            mac_format: self.mac_format,
+            timeout: Duration::from_millis(self.timeout_ms.get()),
+            retries: self.retries.get() as u32,
+            interim: Duration::from_secs(self.interim_secs.get()),
+            default_session_secs: self.default_session_secs.get(),
+            queue_limit: self.queue_limit.get(),
+            book,
+        }))
+    }
 }
 
 /// `[store]`
@@ -462,6 +572,7 @@ impl Default for Options {
             store: StoreOptions::default(),
             api: ApiSection::default(),
             captive: CaptiveSection::default(),
+            radius: RadiusSection::default(),
         }
     }
 }
@@ -527,6 +638,16 @@ pub enum OptionsError {
     RedirectNeedsTc,
     #[error("{0}")]
     RedirectParams(String),
+    #[error("RADIUS needs a shared secret: give --radius-secret-file FILE (or radius.secret_file in the config file)")]
+    RadiusSecret,
+    #[error("cannot read the RADIUS secret file {path}: {source}")]
+    RadiusSecretFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the RADIUS secret file {0} is empty")]
+    EmptyRadiusSecret(PathBuf),
     #[error("garden_ttl_min_secs ({min}) is above garden_ttl_max_secs ({max}): give a floor at most the ceiling")]
     GardenTtl { min: u64, max: u64 },
 }
@@ -706,7 +827,17 @@ impl Options {
                 p.into()
             }),
         };
+        // Beside the store, which keeps it as long (in memory with the memory store).
+        let beside = |suffix: &str| {
+            (self.store.provider != StoreKind::Memory).then(|| {
+                let mut p = self.store.path.clone().into_os_string();
+                p.push(suffix);
+                PathBuf::from(p)
+            })
+        };
+        let radius = self.radius.resolve(beside(".radius.redb"))?;
         Ok(RunOptions {
+            radius,
             redirect,
             names,
             garden_dns: self.garden_dns.clone(),
@@ -891,6 +1022,46 @@ portal_url = "https://portal.example/"
             .unwrap_err()
             .to_string();
         assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn a_radius_section_is_read_with_its_secret_from_the_file() {
+        let dir = std::env::temp_dir().join(format!("radius-opts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret\r\nignored\n").unwrap();
+        let text = format!(
+            "lans = [\"lan0\"]\n[store]\npath = \"/var/lib/x/s.redb\"\n[radius]\nauth_servers = [\"192.0.2.1:1812\"]\nacct_servers = [\"192.0.2.1:1813\"]\nsecret_file = \"{}\"\nmac_format = \"colon-lower\"\ninterim_secs = 120\n",
+            secret.display()
+        );
+        let r = parse(&text).unwrap().resolve().unwrap();
+        let radius = r.radius.expect("radius on");
+        assert_eq!(radius.secret, b"s3cret");
+        assert_eq!(radius.mac_format, crate::radius::MacFormat::ColonLower);
+        assert_eq!(radius.interim, Duration::from_secs(120));
+        assert_eq!(
+            radius.book.as_deref(),
+            Some(Path::new("/var/lib/x/s.redb.radius.redb"))
+        );
+        // A server without a secret, or with an empty one, is refused.
+        let no_secret = "lans = [\"lan0\"]\n[radius]\nauth_servers = [\"192.0.2.1:1812\"]\n";
+        assert!(matches!(
+            parse(no_secret).unwrap().resolve(),
+            Err(OptionsError::RadiusSecret)
+        ));
+        std::fs::write(&secret, "\n").unwrap();
+        assert!(matches!(
+            parse(&text).unwrap().resolve(),
+            Err(OptionsError::EmptyRadiusSecret(_))
+        ));
+        // Without a server, RADIUS is off.
+        assert!(parse("lans = [\"lan0\"]\n")
+            .unwrap()
+            .resolve()
+            .unwrap()
+            .radius
+            .is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

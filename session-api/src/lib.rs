@@ -10,6 +10,6 @@ pub mod views;
 
 pub use client::{ApiClient, ClientError, Reply};
 pub use views::{
-    ApiErrorBody, ConnectedView, DeviceView, LanView, RedeemView, RedemptionView, SessionView,
-    StatusView, VoucherView,
+    ApiErrorBody, ConnectedView, DeviceView, LanView, LoginView, RedeemView, RedemptionView,
+    SessionView, StatusView, VoucherView,
 };

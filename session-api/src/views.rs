@@ -130,6 +130,14 @@ pub struct VoucherView {
     pub revoked_at: Option<i64>,
 }
 
+/// A RADIUS login the server accepted: the session it gave (the device is connected).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginView {
+    pub session: SessionView,
+    /// The server's Reply-Message, for the portal to show.
+    pub reply_message: Option<String>,
+}
+
 /// A redeemed code: the session it bought (the device is connected).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RedeemView {

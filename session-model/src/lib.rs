@@ -27,7 +27,9 @@ pub use model::{
     bytes_to_mb, mb_to_bytes, Device, DeviceId, EndReason, MeterMark, RunState, SessionData,
     SessionId, SessionRecord, SessionType, BYTES_PER_MB, SECS_PER_DAY,
 };
-pub use source::{ClientSession, SessionProvider, SessionSource, LOCAL_PROVIDER};
+pub use source::{
+    ClientSession, LocalProvider, LocalSource, SessionProvider, SessionSource, LOCAL_PROVIDER,
+};
 pub use store::{
     open_store, store_names, HybridOptions, HybridStore, MemoryStore, RedbStore, SessionStore,
     StoreConfig, StoreRegistry, SyncMode, UsageUpdate,

@@ -139,7 +139,10 @@ fn cli_drives_the_daemon_over_the_socket() {
     );
     let st = ok_json(&sock, &["status"]);
     assert_eq!(st["connected"], 1);
-    assert_eq!(ok_json(&sock, &["providers"]), serde_json::json!(["local"]));
+    assert_eq!(
+        ok_json(&sock, &["providers"]),
+        serde_json::json!(["local", "radius"])
+    );
 
     // events: follow the stream while a disconnect happens.
     let follower = Command::new(agent_bin())

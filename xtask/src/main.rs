@@ -257,6 +257,7 @@ const SERVICE_CAPS_TESTS: &[&str] = &[
     "portal",
     "redirect",
     "garden_names",
+    "radius",
 ];
 
 fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {

@@ -28,6 +28,8 @@ const NET_PACKAGES: &[&str] = &[
     "iperf3",
     "util-linux",
     "dnsmasq-base",
+    "freeradius",
+    "freeradius-utils",
 ];
 /// Packages for the browser tests: Chromium and its WebDriver.
 const BROWSER_PACKAGES: &[&str] = &["chromium", "chromium-driver"];

@@ -462,6 +462,32 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
             n(&ns.expired),
         );
     }
+    if let Some(r) = st.gw.radius() {
+        let rs = &r.stats;
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        for (name, help, v) in [
+            ("session_agent_radius_accepts_total", "RADIUS logins accepted.", n(&rs.accepts)),
+            ("session_agent_radius_rejects_total", "RADIUS logins refused by the server.", n(&rs.rejects)),
+            ("session_agent_radius_auth_unavailable_total", "RADIUS logins no server answered (validly).", n(&rs.auth_unavailable)),
+            ("session_agent_radius_acct_answered_total", "Accounting requests a server answered.", n(&rs.acct_answered)),
+            ("session_agent_radius_acct_retries_total", "Accounting sends that found no server answering (each request waits and is sent again).", n(&rs.acct_retries)),
+            ("session_agent_radius_acct_dropped_total", "Interim updates not kept because the accounting queue was full.", n(&rs.acct_dropped_full)),
+        ] {
+            single(&mut out, (name, "counter"), help, v);
+        }
+        single(
+            &mut out,
+            ("session_agent_radius_acct_queued", "gauge"),
+            "Accounting requests waiting for a server's answer (kept on disk).",
+            r.queued(),
+        );
+        single(
+            &mut out,
+            ("session_agent_radius_sessions_open", "gauge"),
+            "RADIUS sessions open at the accounting server.",
+            r.open_count() as u64,
+        );
+    }
     let desk = st.gw.vouchers().counts();
     single(
         &mut out,

@@ -8,6 +8,7 @@ mod events;
 mod garden;
 mod metrics;
 pub mod neigh;
+mod radius;
 mod routes;
 pub mod views;
 mod vouchers;

@@ -21,7 +21,7 @@ use session_model::{ClientSession, DeviceId, MacAddr, ModelError, SessionId};
 use crate::error::AgentError;
 
 use super::{
-    events, garden, metrics, neigh,
+    events, garden, metrics, neigh, radius,
     views::{self, ConnectedView, LanView, StatusView},
     vouchers, ApiError, ApiState, DeviceView, SessionView,
 };
@@ -81,6 +81,8 @@ routes! {
     "/v1/sessions/{id}/reload" => post(reload_session);
     "/v1/devices/{id}/redeem" => post(vouchers::redeem);
     "/v1/devices/by-ip/{ip}/redeem" => post(vouchers::redeem_by_ip);
+    "/v1/devices/{id}/login" => post(radius::login);
+    "/v1/devices/by-ip/{ip}/login" => post(radius::login_by_ip);
     "/v1/vouchers" => get(vouchers::list).post(vouchers::create);
     "/v1/vouchers/export" => get(vouchers::export);
     "/v1/vouchers/{code}" => get(vouchers::show).delete(vouchers::revoke);

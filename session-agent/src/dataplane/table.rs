@@ -139,6 +139,15 @@ impl Maps {
         )
     }
 
+    /// Up and down bytes of the client in `slot`, apart.
+    pub fn usage_split(&self, slot: u32) -> Result<(u64, u64)> {
+        let pos = self.entry_of(slot)?;
+        Ok((
+            cell!(self.clients, pos, up_bytes: AtomicU64).load(Ordering::Relaxed),
+            cell!(self.clients, pos, down_bytes: AtomicU64).load(Ordering::Relaxed),
+        ))
+    }
+
     /// The data budget the datapath is spending (meaningful under `POLICY_QUOTA`).
     pub fn budget(&self, slot: u32) -> Result<i64> {
         Ok(self.budget_cell(slot)?.load(Ordering::SeqCst))

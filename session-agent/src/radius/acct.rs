@@ -1,0 +1,474 @@
+//! The accounting book: the RADIUS sessions that are open and the accounting
+//! requests not yet answered, in one redb file beside the session store (in
+//! memory with the memory store). A request is written before it is sent and
+//! removed once a server answered it, so an outage or a crash loses none and
+//! repeats one at most.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use session_model::{DeviceId, SessionId};
+
+const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("acct_queue");
+const OPEN: TableDefinition<u64, &[u8]> = TableDefinition::new("acct_sessions");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_SEQ: &str = "next_seq";
+
+/// A store error, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("RADIUS accounting book {what}: {source}")]
+pub struct BookError {
+    what: &'static str,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+fn err<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> BookError {
+    move |e| BookError {
+        what,
+        source: Box::new(e),
+    }
+}
+
+/// Acct-Status-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Start,
+    Stop,
+    InterimUpdate,
+    AccountingOn,
+    AccountingOff,
+}
+
+impl Status {
+    pub fn code(self) -> u32 {
+        match self {
+            Status::Start => 1,
+            Status::Stop => 2,
+            Status::InterimUpdate => 3,
+            Status::AccountingOn => 7,
+            Status::AccountingOff => 8,
+        }
+    }
+}
+
+/// Acct-Terminate-Cause (RFC 2866 5.10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    UserRequest,
+    LostCarrier,
+    IdleTimeout,
+    SessionTimeout,
+    AdminReset,
+    NasError,
+    NasRequest,
+    NasReboot,
+}
+
+impl Cause {
+    pub fn code(self) -> u32 {
+        match self {
+            Cause::UserRequest => 1,
+            Cause::LostCarrier => 2,
+            Cause::IdleTimeout => 4,
+            Cause::SessionTimeout => 5,
+            Cause::AdminReset => 6,
+            Cause::NasError => 9,
+            Cause::NasRequest => 10,
+            Cause::NasReboot => 11,
+        }
+    }
+}
+
+/// A device's meter in both directions, as the datapath counts it (bytes at
+/// the IP layer), in one life of the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reading {
+    pub epoch: u64,
+    pub up: u64,
+    pub down: u64,
+}
+
+/// An open RADIUS session: who it is for, what the server gave it, and where
+/// its meter started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenSession {
+    pub session_id: SessionId,
+    pub device_id: DeviceId,
+    pub acct_session_id: String,
+    pub user_name: String,
+    /// Calling-Station-Id, as sent in the Access-Request.
+    pub calling: String,
+    pub framed_ip: Option<std::net::Ipv4Addr>,
+    /// Class attributes of the Access-Accept, echoed in every request.
+    #[serde(default)]
+    pub class: Vec<Vec<u8>>,
+    /// Unix seconds of the start.
+    pub started_at: i64,
+    /// Seconds between interim updates (0: none).
+    pub interim_secs: u64,
+    /// Unix seconds of the next interim update.
+    pub next_interim: i64,
+    /// Bytes of earlier lives of the counters (a reboot starts them again).
+    pub base_up: u64,
+    pub base_down: u64,
+    /// Where this session's share of the current counters starts.
+    pub mark: Reading,
+    /// The latest reading.
+    pub last: Reading,
+}
+
+impl OpenSession {
+    /// Takes a reading: bytes up (Acct-Input) and down (Acct-Output) since the start.
+    pub fn read(&mut self, r: Reading) -> (u64, u64) {
+        if r.epoch != self.mark.epoch {
+            // The counters started again: what the old ones had is kept.
+            self.base_up += self.last.up.saturating_sub(self.mark.up);
+            self.base_down += self.last.down.saturating_sub(self.mark.down);
+            self.mark = Reading {
+                epoch: r.epoch,
+                up: 0,
+                down: 0,
+            };
+        }
+        self.last = r;
+        self.totals()
+    }
+
+    /// Bytes up and down as of the latest reading.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.base_up + self.last.up.saturating_sub(self.mark.up),
+            self.base_down + self.last.down.saturating_sub(self.mark.down),
+        )
+    }
+}
+
+/// One accounting request as it will be sent (its Acct-Delay-Time is added at
+/// each send).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub status: Status,
+    /// Unix seconds of the event it reports.
+    pub at: i64,
+    /// The session's part (none for Accounting-On/Off).
+    pub session: Option<SessionPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionPart {
+    pub acct_session_id: String,
+    pub user_name: String,
+    pub calling: String,
+    pub framed_ip: Option<std::net::Ipv4Addr>,
+    pub class: Vec<Vec<u8>>,
+    pub input_octets: u64,
+    pub output_octets: u64,
+    pub session_time: u64,
+    pub cause: Option<Cause>,
+}
+
+impl SessionPart {
+    pub fn of(s: &OpenSession, at: i64, cause: Option<Cause>) -> Self {
+        let (up, down) = s.totals();
+        Self {
+            acct_session_id: s.acct_session_id.clone(),
+            user_name: s.user_name.clone(),
+            calling: s.calling.clone(),
+            framed_ip: s.framed_ip,
+            class: s.class.clone(),
+            input_octets: up,
+            output_octets: down,
+            session_time: (at - s.started_at).max(0) as u64,
+            cause,
+        }
+    }
+}
+
+/// The book.
+pub struct Book {
+    db: Database,
+    limit: u64,
+}
+
+impl std::fmt::Debug for Book {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Book").field("limit", &self.limit).finish()
+    }
+}
+
+/// What [`Book::queue`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    Yes,
+    /// An interim update not kept: the queue is at its limit.
+    Full,
+}
+
+impl Book {
+    /// Opens (or makes) the book at `path`, or one in memory.
+    pub fn open(path: Option<&Path>, limit: u64) -> Result<Self, BookError> {
+        let db = match path {
+            Some(p) => Database::create(p).map_err(err("open"))?,
+            None => Database::builder()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .map_err(err("open"))?,
+        };
+        let w = db.begin_write().map_err(err("open"))?;
+        w.open_table(QUEUE).map_err(err("open"))?;
+        w.open_table(OPEN).map_err(err("open"))?;
+        w.open_table(META).map_err(err("open"))?;
+        w.commit().map_err(err("open"))?;
+        Ok(Self { db, limit })
+    }
+
+    /// The open sessions.
+    pub fn open_sessions(&self) -> Result<Vec<OpenSession>, BookError> {
+        let r = self.db.begin_read().map_err(err("read"))?;
+        let t = r.open_table(OPEN).map_err(err("read"))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(err("read"))? {
+            let (_, v) = row.map_err(err("read"))?;
+            match serde_json::from_slice(v.value()) {
+                Ok(s) => out.push(s),
+                Err(e) => tracing::warn!(
+                    "RADIUS accounting book: an open session cannot be read, skipped: {e}"
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn open_session(&self, id: SessionId) -> Result<Option<OpenSession>, BookError> {
+        let r = self.db.begin_read().map_err(err("read"))?;
+        let t = r.open_table(OPEN).map_err(err("read"))?;
+        Ok(t.get(id)
+            .map_err(err("read"))?
+            .and_then(|v| serde_json::from_slice(v.value()).ok()))
+    }
+
+    /// In one transaction: `session` written (or, with `close`, removed) and
+    /// `request` queued. Start and Stop are always queued; an interim update
+    /// is not when the queue holds `limit` requests.
+    pub fn record(
+        &self,
+        session: Option<&OpenSession>,
+        close: Option<SessionId>,
+        request: Option<&Request>,
+    ) -> Result<Queued, BookError> {
+        let w = self.db.begin_write().map_err(err("write"))?;
+        let mut queued = Queued::Yes;
+        {
+            let mut open = w.open_table(OPEN).map_err(err("write"))?;
+            if let Some(s) = session {
+                let v = serde_json::to_vec(s).expect("an open session serialises");
+                open.insert(s.session_id, v.as_slice())
+                    .map_err(err("write"))?;
+            }
+            if let Some(id) = close {
+                open.remove(id).map_err(err("write"))?;
+            }
+            if let Some(req) = request {
+                let mut q = w.open_table(QUEUE).map_err(err("write"))?;
+                let full = q.len().map_err(err("write"))? >= self.limit;
+                if full && req.status == Status::InterimUpdate {
+                    queued = Queued::Full;
+                } else {
+                    let mut meta = w.open_table(META).map_err(err("write"))?;
+                    let seq = meta
+                        .get(NEXT_SEQ)
+                        .map_err(err("write"))?
+                        .map(|v| v.value())
+                        .unwrap_or(1);
+                    meta.insert(NEXT_SEQ, seq + 1).map_err(err("write"))?;
+                    let v = serde_json::to_vec(req).expect("a request serialises");
+                    q.insert(seq, v.as_slice()).map_err(err("write"))?;
+                }
+            }
+        }
+        w.commit().map_err(err("write"))?;
+        Ok(queued)
+    }
+
+    /// The oldest request not yet answered.
+    pub fn oldest(&self) -> Result<Option<(u64, Request)>, BookError> {
+        let r = self.db.begin_read().map_err(err("read"))?;
+        let t = r.open_table(QUEUE).map_err(err("read"))?;
+        let bad = {
+            let Some(row) = t.iter().map_err(err("read"))?.next() else {
+                return Ok(None);
+            };
+            let (k, v) = row.map_err(err("read"))?;
+            match serde_json::from_slice(v.value()) {
+                Ok(req) => return Ok(Some((k.value(), req))),
+                Err(e) => {
+                    tracing::warn!(
+                        seq = k.value(),
+                        "RADIUS accounting request cannot be read, dropped: {e}"
+                    );
+                    k.value()
+                }
+            }
+        };
+        drop(t);
+        drop(r);
+        self.answered(bad)?;
+        self.oldest()
+    }
+
+    /// Removes an answered request.
+    pub fn answered(&self, seq: u64) -> Result<(), BookError> {
+        let w = self.db.begin_write().map_err(err("write"))?;
+        w.open_table(QUEUE)
+            .map_err(err("write"))?
+            .remove(seq)
+            .map_err(err("write"))?;
+        w.commit().map_err(err("write"))
+    }
+
+    /// Requests waiting for an answer.
+    pub fn queued(&self) -> Result<u64, BookError> {
+        let r = self.db.begin_read().map_err(err("read"))?;
+        r.open_table(QUEUE)
+            .map_err(err("read"))?
+            .len()
+            .map_err(err("read"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(id: u64) -> OpenSession {
+        OpenSession {
+            session_id: id,
+            device_id: 1,
+            acct_session_id: format!("s{id}"),
+            user_name: "alice".into(),
+            calling: "AA-BB-CC-DD-EE-FF".into(),
+            framed_ip: None,
+            class: vec![b"c1".to_vec()],
+            started_at: 100,
+            interim_secs: 60,
+            next_interim: 160,
+            base_up: 0,
+            base_down: 0,
+            mark: Reading {
+                epoch: 7,
+                up: 1000,
+                down: 5000,
+            },
+            last: Reading {
+                epoch: 7,
+                up: 1000,
+                down: 5000,
+            },
+        }
+    }
+
+    #[test]
+    fn octets_are_counted_from_the_start_mark_and_across_a_restart_of_the_counters() {
+        let mut s = open(1);
+        assert_eq!(
+            s.read(Reading {
+                epoch: 7,
+                up: 1500,
+                down: 9000
+            }),
+            (500, 4000)
+        );
+        // A reboot: the counters start from zero; what was read before stays.
+        assert_eq!(
+            s.read(Reading {
+                epoch: 8,
+                up: 10,
+                down: 20
+            }),
+            (510, 4020)
+        );
+        assert_eq!(
+            s.read(Reading {
+                epoch: 8,
+                up: 30,
+                down: 20
+            }),
+            (530, 4020)
+        );
+    }
+
+    #[test]
+    fn octets_past_four_gibibytes_are_exact() {
+        let mut s = open(1);
+        let big = 5 * (1u64 << 32) + 123;
+        assert_eq!(
+            s.read(Reading {
+                epoch: 7,
+                up: 1000 + big,
+                down: 5000 + 2 * big
+            }),
+            (big, 2 * big)
+        );
+    }
+
+    #[test]
+    fn requests_come_back_in_order_and_survive_reopening() {
+        let dir = std::env::temp_dir().join(format!("acct-book-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        {
+            let b = Book::open(Some(&dir), 10).unwrap();
+            let s = open(1);
+            for status in [Status::Start, Status::InterimUpdate, Status::Stop] {
+                let req = Request {
+                    status,
+                    at: 1,
+                    session: Some(SessionPart::of(&s, 1, None)),
+                };
+                b.record(Some(&s), None, Some(&req)).unwrap();
+            }
+        }
+        let b = Book::open(Some(&dir), 10).unwrap();
+        assert_eq!(b.open_sessions().unwrap(), vec![open(1)]);
+        let mut seen = Vec::new();
+        while let Some((seq, req)) = b.oldest().unwrap() {
+            seen.push(req.status);
+            b.answered(seq).unwrap();
+        }
+        assert_eq!(
+            seen,
+            vec![Status::Start, Status::InterimUpdate, Status::Stop]
+        );
+        std::fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_queue_drops_interim_updates_but_never_a_stop() {
+        let b = Book::open(None, 1).unwrap();
+        let s = open(1);
+        let req = |status| Request {
+            status,
+            at: 1,
+            session: Some(SessionPart::of(&s, 1, None)),
+        };
+        assert_eq!(
+            b.record(None, None, Some(&req(Status::Start))).unwrap(),
+            Queued::Yes
+        );
+        assert_eq!(
+            b.record(None, None, Some(&req(Status::InterimUpdate)))
+                .unwrap(),
+            Queued::Full
+        );
+        assert_eq!(
+            b.record(None, None, Some(&req(Status::Stop))).unwrap(),
+            Queued::Yes
+        );
+        assert_eq!(b.queued().unwrap(), 2);
+    }
+}

@@ -1,0 +1,981 @@
+//! RADIUS as a session source (provider `radius`): a login is an
+//! Access-Request, an Access-Accept becomes a session, and the session's
+//! exact bytes go to the accounting servers (Start, Interim-Update, Stop),
+//! durably.
+//!
+//! - [`codec`]: messages, Message-Authenticator, vendor attributes.
+//! - [`client`]: retransmission and failover.
+//! - [`acct`]: the accounting book (open sessions, unanswered requests).
+//!
+//! The rules, once: a RADIUS session is one NAS session. It starts when the
+//! Accept is connected and ends, with a Stop, when it stops running for any
+//! reason (used up, expired, disconnected, idle, removed); a session that
+//! ends paused is removed, so only a new login (and the server's say) lets
+//! the device back. Octets are the datapath's per-device counters in each
+//! direction from the reading taken before the device was let through to
+//! the reading after it was blocked.
+
+pub mod acct;
+pub mod client;
+pub mod codec;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use radius::core::{avp::AVP, code::Code, packet::Packet};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use session_model::{
+    ClientSession, DeviceId, LocalSource, ModelError, SessionData, SessionEvent, SessionId,
+    SessionProvider, SessionRecord, SessionSource, SessionType,
+};
+
+use crate::error::AgentError;
+use crate::gateway::Gateway;
+use acct::{Book, BookError, Cause, OpenSession, Queued, Reading, Request, SessionPart, Status};
+use client::{ClientError, Servers};
+use codec::{attr, chilli, wispr, VENDOR_CHILLISPOT, VENDOR_WISPR};
+
+/// The provider name of RADIUS sessions.
+pub const PROVIDER: &str = "radius";
+
+/// How MAC addresses are written in User-Name and Calling-Station-Id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MacFormat {
+    /// AA-BB-CC-DD-EE-FF (CoovaChilli's, RFC 3580's).
+    #[default]
+    DashUpper,
+    /// aa-bb-cc-dd-ee-ff
+    DashLower,
+    /// AA:BB:CC:DD:EE:FF
+    ColonUpper,
+    /// aa:bb:cc:dd:ee:ff
+    ColonLower,
+    /// AABBCCDDEEFF
+    BareUpper,
+    /// aabbccddeeff
+    BareLower,
+}
+
+impl MacFormat {
+    pub fn write(self, mac: [u8; 6]) -> String {
+        let (sep, upper) = match self {
+            MacFormat::DashUpper => ("-", true),
+            MacFormat::DashLower => ("-", false),
+            MacFormat::ColonUpper => (":", true),
+            MacFormat::ColonLower => (":", false),
+            MacFormat::BareUpper => ("", true),
+            MacFormat::BareLower => ("", false),
+        };
+        mac.iter()
+            .map(|b| {
+                if upper {
+                    format!("{b:02X}")
+                } else {
+                    format!("{b:02x}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(sep)
+    }
+}
+
+/// What the agent runs RADIUS with (from the `[radius]` section).
+#[derive(Debug, Clone)]
+pub struct RadiusOptions {
+    pub auth_servers: Vec<SocketAddr>,
+    pub acct_servers: Vec<SocketAddr>,
+    pub secret: Vec<u8>,
+    pub nas_identifier: String,
+    pub nas_ip: Option<Ipv4Addr>,
+    /// Called-Station-Id: the LAN's MAC, then `:SSID` when one is given.
+    pub ssid: String,
+    pub mac_format: MacFormat,
+    pub timeout: Duration,
+    pub retries: u32,
+    /// Interim updates when the Accept names no interval (zero: none).
+    pub interim: Duration,
+    /// Time of a session whose Accept gives neither time nor data.
+    pub default_session_secs: u64,
+    pub queue_limit: u64,
+    /// The accounting book's file (none: in memory).
+    pub book: Option<PathBuf>,
+}
+
+/// Why a login or the service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RadiusError {
+    #[error("the RADIUS server refused the login{}", .0.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Rejected(Option<String>),
+    #[error("the RADIUS server asked for a challenge, which this agent does not answer (use PAP for portal logins)")]
+    Challenge,
+    #[error("device {0} already has a session: disconnect or remove it before a RADIUS login")]
+    HasSession(DeviceId),
+    #[error("the RADIUS server's WISPr-Session-Terminate-Time has passed: nothing to give")]
+    TerminatePassed,
+    #[error(transparent)]
+    Unavailable(#[from] ClientError),
+    #[error(transparent)]
+    Book(#[from] BookError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+impl From<ModelError> for RadiusError {
+    fn from(e: ModelError) -> Self {
+        RadiusError::Agent(e.into())
+    }
+}
+
+/// What an Access-Accept gives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Authorization {
+    pub session_timeout: Option<u64>,
+    /// ChilliSpot-Max-Total-Octets plus ChilliSpot-Max-Total-Gigawords x 2^32.
+    pub total_octets: Option<u64>,
+    pub down_bps: Option<u64>,
+    pub up_bps: Option<u64>,
+    pub idle_timeout: Option<u64>,
+    /// WISPr-Session-Terminate-Time, unix seconds.
+    pub terminate_at: Option<i64>,
+    pub interim: Option<u64>,
+    pub class: Vec<Vec<u8>>,
+    pub reply_message: Option<String>,
+    /// Attributes ignored or in conflict, for the log.
+    pub notes: Vec<String>,
+}
+
+impl Authorization {
+    /// Reads an Accept (or a CoA-Request: the same attributes).
+    pub fn read(p: &Packet) -> Self {
+        let mut a = Authorization {
+            session_timeout: codec::int(p, attr::SESSION_TIMEOUT).map(u64::from),
+            idle_timeout: codec::int(p, attr::IDLE_TIMEOUT).map(u64::from),
+            interim: codec::int(p, attr::ACCT_INTERIM_INTERVAL).map(u64::from),
+            class: p
+                .lookup_all(attr::CLASS)
+                .iter()
+                .map(|a| a.encode_bytes())
+                .collect(),
+            ..Default::default()
+        };
+        let replies: Vec<String> = p
+            .lookup_all(attr::REPLY_MESSAGE)
+            .iter()
+            .map(|a| String::from_utf8_lossy(&a.encode_bytes()).into_owned())
+            .collect();
+        if !replies.is_empty() {
+            a.reply_message = Some(replies.concat());
+        }
+        let (mut octets, mut giga) = (None, None);
+        let (mut wispr_down, mut wispr_up, mut chilli_down, mut chilli_up) =
+            (None, None, None, None);
+        for (vendor, typ, value) in codec::vendor_attrs(p) {
+            let n = codec::be_u32(&value).map(u64::from);
+            match (vendor, typ) {
+                (VENDOR_CHILLISPOT, chilli::MAX_TOTAL_OCTETS) => octets = n,
+                (VENDOR_CHILLISPOT, chilli::MAX_TOTAL_GIGAWORDS) => giga = n,
+                (VENDOR_CHILLISPOT, chilli::BANDWIDTH_MAX_DOWN) => chilli_down = n.map(|k| k * 1000),
+                (VENDOR_CHILLISPOT, chilli::BANDWIDTH_MAX_UP) => chilli_up = n.map(|k| k * 1000),
+                (VENDOR_WISPR, wispr::BANDWIDTH_MAX_DOWN) => wispr_down = n,
+                (VENDOR_WISPR, wispr::BANDWIDTH_MAX_UP) => wispr_up = n,
+                (VENDOR_WISPR, wispr::SESSION_TERMINATE_TIME) => {
+                    let s = String::from_utf8_lossy(&value).into_owned();
+                    match chrono::DateTime::parse_from_rfc3339(s.trim()) {
+                        Ok(t) => a.terminate_at = Some(t.timestamp()),
+                        Err(e) => a.notes.push(format!("WISPr-Session-Terminate-Time {s:?} ignored: {e}")),
+                    }
+                }
+                (VENDOR_CHILLISPOT, chilli::MAX_INPUT_OCTETS | chilli::MAX_OUTPUT_OCTETS
+                    | chilli::MAX_INPUT_GIGAWORDS | chilli::MAX_OUTPUT_GIGAWORDS) => a.notes.push(format!(
+                    "ChilliSpot attribute {typ} ignored: only a total data limit (ChilliSpot-Max-Total-Octets/Gigawords) is applied"
+                )),
+                _ => a.notes.push(format!("vendor {vendor} attribute {typ} ignored")),
+            }
+        }
+        if octets.is_some() || giga.is_some() {
+            a.total_octets = Some(octets.unwrap_or(0) + (giga.unwrap_or(0) << 32));
+        }
+        let pick = |notes: &mut Vec<String>, what: &str, w: Option<u64>, c: Option<u64>| match (
+            w, c,
+        ) {
+            (Some(w), Some(c)) if w != c => {
+                notes.push(format!("WISPr and ChilliSpot give different {what} speeds ({w} and {c} bit/s): the lower applies"));
+                Some(w.min(c))
+            }
+            (w, c) => w.or(c),
+        };
+        a.down_bps = pick(&mut a.notes, "download", wispr_down, chilli_down);
+        a.up_bps = pick(&mut a.notes, "upload", wispr_up, chilli_up);
+        a
+    }
+
+    /// The session this gives, at `now` (unix seconds).
+    pub fn session(&self, now: i64, default_secs: u64) -> Result<SessionData, RadiusError> {
+        let mut time = self.session_timeout.filter(|&t| t > 0);
+        if let Some(end) = self.terminate_at {
+            let left = end - now;
+            if left <= 0 {
+                return Err(RadiusError::TerminatePassed);
+            }
+            time = Some(time.map_or(left as u64, |t| t.min(left as u64)));
+        }
+        let data = self.total_octets;
+        let (session_type, time_secs, data_bytes) = match (time, data) {
+            (Some(t), Some(d)) => (SessionType::TimeOrData, t, d),
+            (Some(t), None) => (SessionType::Time, t, 0),
+            (None, Some(d)) => (SessionType::Data, 0, d),
+            (None, None) => (SessionType::Time, default_secs, 0),
+        };
+        // The model keeps whole Mbit/s: a limit below one is one.
+        let mbits = |bps: Option<u64>| bps.map_or(0, |b| b.div_ceil(1_000_000).min(100_000) as i32);
+        Ok(SessionData {
+            provider: PROVIDER.into(),
+            session_type,
+            time_secs,
+            data_bytes,
+            time_cons: 0,
+            data_cons_bytes: 0,
+            started_at: None,
+            exp_days: None,
+            down_mbits: mbits(self.down_bps),
+            up_mbits: mbits(self.up_bps),
+            use_global_speed: self.down_bps.is_none() && self.up_bps.is_none(),
+            created_at: now,
+        })
+    }
+}
+
+/// The `radius` provider: its sessions live in the store like `local` ones;
+/// what makes them RADIUS sessions is the accounting book.
+#[derive(Debug, Default)]
+pub struct RadiusProvider;
+
+impl SessionProvider for RadiusProvider {
+    fn source(&self, _record: &SessionRecord, local: Arc<LocalSource>) -> Arc<dyn SessionSource> {
+        local
+    }
+}
+
+/// Counters for /metrics.
+#[derive(Debug, Default)]
+pub struct RadiusStats {
+    pub accepts: AtomicU64,
+    pub rejects: AtomicU64,
+    pub auth_unavailable: AtomicU64,
+    pub acct_answered: AtomicU64,
+    pub acct_retries: AtomicU64,
+    pub acct_dropped_full: AtomicU64,
+}
+
+/// A login's outcome.
+pub struct Login {
+    pub session: ClientSession,
+    pub reply_message: Option<String>,
+}
+
+/// The RADIUS service of one agent.
+pub struct Radius {
+    opts: RadiusOptions,
+    auth: Servers,
+    acct: Servers,
+    book: Book,
+    /// Called-Station-Id.
+    called: String,
+    wake: tokio::sync::Notify,
+    /// Why sessions stopped, as events told it, until their Stop is written.
+    causes: Mutex<HashMap<SessionId, Cause>>,
+    /// Idle tracking: session -> (bytes, since).
+    activity: Mutex<HashMap<SessionId, (u64, Instant)>>,
+    /// Idle-Timeout of sessions, from their Accept.
+    idle: Mutex<HashMap<SessionId, u64>>,
+    pub stats: RadiusStats,
+    seq: AtomicU64,
+    /// Set when the agent stops: the loops end.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+fn now_secs(gw: &Gateway) -> i64 {
+    gw.sessions().clock().now_secs()
+}
+
+impl Radius {
+    /// Opens the accounting book; `lan_mac` makes the Called-Station-Id.
+    pub fn open(opts: RadiusOptions, lan_mac: Option<[u8; 6]>) -> Result<Arc<Self>, RadiusError> {
+        let book = Book::open(opts.book.as_deref(), opts.queue_limit)?;
+        let mut called = lan_mac
+            .map(|m| opts.mac_format.write(m))
+            .unwrap_or_default();
+        if !opts.ssid.is_empty() {
+            called = if called.is_empty() {
+                opts.ssid.clone()
+            } else {
+                format!("{called}:{}", opts.ssid)
+            };
+        }
+        let servers = |list: &[SocketAddr]| {
+            Servers::new(
+                list.to_vec(),
+                opts.secret.clone(),
+                opts.timeout,
+                opts.retries,
+                true,
+            )
+        };
+        Ok(Arc::new(Self {
+            auth: servers(&opts.auth_servers),
+            acct: servers(&opts.acct_servers),
+            book,
+            called,
+            wake: tokio::sync::Notify::new(),
+            causes: Mutex::default(),
+            activity: Mutex::default(),
+            idle: Mutex::default(),
+            stats: RadiusStats::default(),
+            seq: AtomicU64::new(0),
+            stopping: tokio::sync::watch::channel(false).0,
+            opts,
+        }))
+    }
+
+    pub fn options(&self) -> &RadiusOptions {
+        &self.opts
+    }
+
+    /// Accounting requests waiting for an answer.
+    pub fn queued(&self) -> u64 {
+        self.book.queued().unwrap_or(0)
+    }
+
+    /// Sessions open at the accounting server.
+    pub fn open_count(&self) -> usize {
+        self.book.open_sessions().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// The attributes every request about a client carries.
+    fn nas_attrs(&self, p: &mut Packet) {
+        p.add(AVP::from_string(
+            attr::NAS_IDENTIFIER as _,
+            &self.opts.nas_identifier,
+        ));
+        if let Some(ip) = self.opts.nas_ip {
+            p.add(AVP::from_ipv4(attr::NAS_IP_ADDRESS as _, &ip));
+        }
+    }
+
+    fn new_acct_session_id(&self, now: i64, device_id: DeviceId) -> String {
+        let n = self.seq.fetch_add(1, Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!("{now:08X}{nanos:08X}-{device_id:X}-{n:X}")
+    }
+
+    /// A portal login (PAP): Access-Request, then on Accept a session of
+    /// provider `radius`, connected, and its Start queued.
+    pub async fn login(
+        &self,
+        gw: &Gateway,
+        device_id: DeviceId,
+        user: &str,
+        password: &str,
+    ) -> Result<Login, RadiusError> {
+        let mgr = gw.sessions();
+        let device = mgr.device(device_id)?;
+        let now = now_secs(gw);
+        if mgr
+            .device_sessions(device_id)?
+            .iter()
+            .any(|s| s.data().is_available(now))
+        {
+            return Err(RadiusError::HasSession(device_id));
+        }
+        let calling = self.opts.mac_format.write(device.mac.octets());
+        let framed_ip = match device.ip {
+            Some(IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        };
+        let acct_session_id = self.new_acct_session_id(now, device_id);
+        let answer = self
+            .auth
+            .exchange(|secret| {
+                let mut p = Packet::new(Code::AccessRequest, secret);
+                p.add(AVP::from_string(attr::USER_NAME as _, user));
+                if let Ok(pw) = AVP::from_user_password(
+                    attr::USER_PASSWORD as _,
+                    password.as_bytes(),
+                    secret,
+                    p.get_authenticator(),
+                ) {
+                    p.add(pw);
+                }
+                self.client_attrs(&mut p, &calling, framed_ip, &acct_session_id);
+                p
+            })
+            .await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                self.stats.auth_unavailable.fetch_add(1, Relaxed);
+                return Err(e.into());
+            }
+        };
+        match answer.get_code() {
+            Code::AccessAccept => {}
+            Code::AccessChallenge => return Err(RadiusError::Challenge),
+            _ => {
+                self.stats.rejects.fetch_add(1, Relaxed);
+                let msg = codec::text(&answer, attr::REPLY_MESSAGE);
+                info!(device_id, user, "RADIUS login refused");
+                return Err(RadiusError::Rejected(msg));
+            }
+        }
+        self.stats.accepts.fetch_add(1, Relaxed);
+        let auth = Authorization::read(&answer);
+        for n in &auth.notes {
+            warn!(device_id, user, "RADIUS Accept: {n}");
+        }
+        let data = auth.session(now, self.opts.default_session_secs)?;
+        let session = mgr.create_session_with(device_id, data).await?;
+        let sid = session.id();
+        // The device is not let through yet: its counters stand still.
+        let start = gw.meter_split(device.mac).await;
+        if let Err(e) = gw
+            .connect(
+                device_id,
+                auth.reply_message.as_deref().unwrap_or("RADIUS login"),
+            )
+            .await
+        {
+            let _ = mgr.remove_session(sid);
+            return Err(e.into());
+        }
+        let interim = auth
+            .interim
+            .map(|s| s.max(10))
+            .unwrap_or(self.opts.interim.as_secs());
+        let open = OpenSession {
+            session_id: sid,
+            device_id,
+            acct_session_id,
+            user_name: user.to_string(),
+            calling,
+            framed_ip,
+            class: auth.class.clone(),
+            started_at: now,
+            interim_secs: interim,
+            next_interim: now + interim as i64,
+            base_up: 0,
+            base_down: 0,
+            mark: start,
+            last: start,
+        };
+        if let Some(idle) = auth.idle_timeout.filter(|&i| i > 0) {
+            self.idle.lock().unwrap().insert(sid, idle);
+        }
+        let req = Request {
+            status: Status::Start,
+            at: now,
+            session: Some(SessionPart::of(&open, now, None)),
+        };
+        self.book.record(Some(&open), None, Some(&req))?;
+        self.wake.notify_one();
+        info!(device_id, user, session = sid, acct_session_id = %open.acct_session_id, "RADIUS login accepted");
+        Ok(Login {
+            session: mgr.session(sid)?,
+            reply_message: auth.reply_message,
+        })
+    }
+
+    fn client_attrs(&self, p: &mut Packet, calling: &str, ip: Option<Ipv4Addr>, acct_id: &str) {
+        p.add(AVP::from_u32(attr::SERVICE_TYPE as _, 1)); // Login
+        p.add(AVP::from_u32(attr::NAS_PORT_TYPE as _, 19)); // Wireless-802.11
+        p.add(AVP::from_string(attr::CALLING_STATION_ID as _, calling));
+        if !self.called.is_empty() {
+            p.add(AVP::from_string(attr::CALLED_STATION_ID as _, &self.called));
+        }
+        if let Some(ip) = ip {
+            p.add(AVP::from_ipv4(attr::FRAMED_IP_ADDRESS as _, &ip));
+        }
+        p.add(AVP::from_string(attr::ACCT_SESSION_ID as _, acct_id));
+        self.nas_attrs(p);
+    }
+
+    /// The Accounting-Request for a queued request, as sent `now`.
+    fn accounting_packet(&self, secret: &[u8], req: &Request, now: i64) -> Packet {
+        let mut p = Packet::new(Code::AccountingRequest, secret);
+        p.add(AVP::from_u32(
+            attr::ACCT_STATUS_TYPE as _,
+            req.status.code(),
+        ));
+        p.add(AVP::from_u32(
+            attr::ACCT_DELAY_TIME as _,
+            (now - req.at).clamp(0, u32::MAX as i64) as u32,
+        ));
+        p.add(AVP::from_u32(
+            attr::EVENT_TIMESTAMP as _,
+            req.at.clamp(0, u32::MAX as i64) as u32,
+        ));
+        match &req.session {
+            Some(s) => {
+                p.add(AVP::from_string(attr::USER_NAME as _, &s.user_name));
+                self.client_attrs(&mut p, &s.calling, s.framed_ip, &s.acct_session_id);
+                p.add(AVP::from_u32(attr::ACCT_AUTHENTIC as _, 1)); // RADIUS
+                for c in &s.class {
+                    p.add(AVP::from_bytes(attr::CLASS as _, c));
+                }
+                if req.status != Status::Start {
+                    p.add(AVP::from_u32(
+                        attr::ACCT_SESSION_TIME as _,
+                        s.session_time.min(u32::MAX as u64) as u32,
+                    ));
+                    p.add(AVP::from_u32(
+                        attr::ACCT_INPUT_OCTETS as _,
+                        s.input_octets as u32,
+                    ));
+                    p.add(AVP::from_u32(
+                        attr::ACCT_INPUT_GIGAWORDS as _,
+                        (s.input_octets >> 32) as u32,
+                    ));
+                    p.add(AVP::from_u32(
+                        attr::ACCT_OUTPUT_OCTETS as _,
+                        s.output_octets as u32,
+                    ));
+                    p.add(AVP::from_u32(
+                        attr::ACCT_OUTPUT_GIGAWORDS as _,
+                        (s.output_octets >> 32) as u32,
+                    ));
+                }
+                if let Some(c) = s.cause {
+                    p.add(AVP::from_u32(attr::ACCT_TERMINATE_CAUSE as _, c.code()));
+                }
+            }
+            None => self.nas_attrs(&mut p),
+        }
+        p
+    }
+
+    /// Sends the queued accounting requests in order, for as long as the agent runs.
+    pub async fn send_accounting(self: Arc<Self>, gw: Arc<Gateway>) {
+        let mut stopping = self.stopping.subscribe();
+        tokio::select! {
+            _ = stopping.wait_for(|s| *s) => {}
+            _ = self.clone().send_loop(gw) => {}
+        }
+    }
+
+    async fn send_loop(self: Arc<Self>, gw: Arc<Gateway>) {
+        let mut backoff = Duration::from_secs(1);
+        let mut down_since: Option<Instant> = None;
+        loop {
+            let next = match self.book.oldest() {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!("{e}");
+                    None
+                }
+            };
+            let Some((seq, req)) = next else {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+                continue;
+            };
+            if self.acct.is_empty() {
+                // No accounting server: nothing is kept waiting.
+                let _ = self.book.answered(seq);
+                continue;
+            }
+            let sent = self
+                .acct
+                .exchange(|secret| self.accounting_packet(secret, &req, now_secs(&gw)))
+                .await;
+            match sent {
+                Ok(p) if p.get_code() == Code::AccountingResponse => {
+                    if let Err(e) = self.book.answered(seq) {
+                        warn!("{e}");
+                    }
+                    self.stats.acct_answered.fetch_add(1, Relaxed);
+                    if let Some(t) = down_since.take() {
+                        info!(
+                            after_secs = t.elapsed().as_secs(),
+                            "RADIUS accounting answers again"
+                        );
+                    }
+                    backoff = Duration::from_secs(1);
+                }
+                other => {
+                    self.stats.acct_retries.fetch_add(1, Relaxed);
+                    if down_since.is_none() {
+                        down_since = Some(Instant::now());
+                        match other {
+                            Err(e) => warn!(queued = self.queued(), "RADIUS accounting waits: {e}"),
+                            Ok(p) => warn!(
+                                "RADIUS accounting answered {}: retried",
+                                p.get_code().string()
+                            ),
+                        }
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Notes why sessions stop, from the manager's events, and wakes the
+    /// bookkeeping at once.
+    pub async fn follow_events(self: Arc<Self>, gw: Arc<Gateway>) {
+        let mut rx = gw.sessions().subscribe();
+        loop {
+            let e = match rx.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    self.wake.notify_one();
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let (sid, cause) = match e {
+                SessionEvent::Disconnected {
+                    session_id: Some(s),
+                    notification,
+                    ..
+                } => (
+                    s,
+                    match notification.as_str() {
+                        "idle timeout" => Cause::IdleTimeout,
+                        "removed" => Cause::AdminReset,
+                        _ => Cause::UserRequest,
+                    },
+                ),
+                SessionEvent::SessionConsumed { session_id, .. }
+                | SessionEvent::SessionExpired { session_id, .. } => {
+                    (session_id, Cause::SessionTimeout)
+                }
+                _ => continue,
+            };
+            self.causes.lock().unwrap().entry(sid).or_insert(cause);
+            self.wake.notify_one();
+        }
+    }
+
+    /// At start: sessions whose counters did not survive (a reboot) are
+    /// stopped (NAS-Reboot); with none left open, Accounting-On.
+    pub async fn start(&self, gw: &Gateway) -> Result<(), RadiusError> {
+        let now = now_secs(gw);
+        let epoch = gw.datapath().epoch();
+        for mut s in self.book.open_sessions()? {
+            if epoch.is_some_and(|e| e != s.last.epoch && e != s.mark.epoch) {
+                self.causes
+                    .lock()
+                    .unwrap()
+                    .insert(s.session_id, Cause::NasReboot);
+                let req = Request {
+                    status: Status::Stop,
+                    at: now,
+                    session: Some(SessionPart::of(&s, now, Some(Cause::NasReboot))),
+                };
+                s.read(s.last);
+                self.book.record(None, Some(s.session_id), Some(&req))?;
+                let _ = gw.disconnect(s.device_id, "gateway restarted").await;
+                let _ = gw.remove_session(s.session_id, true).await;
+            }
+        }
+        if self.book.open_sessions()?.is_empty() {
+            let req = Request {
+                status: Status::AccountingOn,
+                at: now,
+                session: None,
+            };
+            self.book.record(None, None, Some(&req))?;
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// At a clean stop: Accounting-Off when no session is open (sessions go on
+    /// in the datapath across a restart, and their accounting with them),
+    /// and a few seconds to send what is queued.
+    pub async fn stop(&self, gw: &Gateway) {
+        if self.book.open_sessions().is_ok_and(|s| s.is_empty()) {
+            let req = Request {
+                status: Status::AccountingOff,
+                at: now_secs(gw),
+                session: None,
+            };
+            let _ = self.book.record(None, None, Some(&req));
+            self.wake.notify_one();
+        }
+        let until = Instant::now() + Duration::from_secs(3);
+        while self.queued() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stopping.send_replace(true);
+        self.wake.notify_waiters();
+    }
+
+    /// Every second (and when woken): Stop for sessions that stopped running,
+    /// interim updates that are due, and idle timeouts.
+    pub async fn keep_books(self: Arc<Self>, gw: Arc<Gateway>) {
+        let mut stopping = self.stopping.subscribe();
+        loop {
+            if *stopping.borrow_and_update() {
+                return;
+            }
+            if let Err(e) = self.books_once(&gw).await {
+                warn!("RADIUS accounting: {e}");
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+        }
+    }
+
+    /// One round of [`Radius::keep_books`].
+    pub async fn books_once(&self, gw: &Gateway) -> Result<(), RadiusError> {
+        let mgr = gw.sessions();
+        let now = now_secs(gw);
+        for mut s in self.book.open_sessions()? {
+            let running = mgr.running_session_id(s.device_id).ok().flatten() == Some(s.session_id);
+            let mac = mgr.device(s.device_id).map(|d| d.mac).ok();
+            if running {
+                let idle = self.idle.lock().unwrap().get(&s.session_id).copied();
+                if (now < s.next_interim || s.interim_secs == 0) && idle.is_none() {
+                    continue;
+                }
+                let Some(mac) = mac else { continue };
+                let (up, down) = s.read(gw.meter_split(mac).await);
+                if let Some(idle) = idle {
+                    let total = up + down;
+                    let idled = {
+                        let mut act = self.activity.lock().unwrap();
+                        let a = act.entry(s.session_id).or_insert((total, Instant::now()));
+                        if a.0 != total {
+                            *a = (total, Instant::now());
+                        }
+                        a.1.elapsed() >= Duration::from_secs(idle)
+                    };
+                    if idled {
+                        self.causes
+                            .lock()
+                            .unwrap()
+                            .insert(s.session_id, Cause::IdleTimeout);
+                        gw.disconnect(s.device_id, "idle timeout").await?;
+                        continue;
+                    }
+                }
+                if s.interim_secs > 0 && now >= s.next_interim {
+                    while s.next_interim <= now {
+                        s.next_interim += s.interim_secs as i64;
+                    }
+                    let req = Request {
+                        status: Status::InterimUpdate,
+                        at: now,
+                        session: Some(SessionPart::of(&s, now, None)),
+                    };
+                    if self.book.record(Some(&s), None, Some(&req))? == Queued::Full {
+                        self.stats.acct_dropped_full.fetch_add(1, Relaxed);
+                        warn!(
+                            queued = self.queued(),
+                            "RADIUS accounting queue full: an interim update was not kept"
+                        );
+                    }
+                    self.wake.notify_one();
+                }
+                continue;
+            }
+            // It stopped running: its last bytes, then Stop.
+            if let Some(mac) = mac {
+                s.read(gw.meter_split(mac).await);
+            }
+            let record = mgr.store().session(s.session_id).ok().flatten();
+            let cause = self
+                .causes
+                .lock()
+                .unwrap()
+                .remove(&s.session_id)
+                .unwrap_or_else(|| match &record {
+                    None => Cause::AdminReset,
+                    Some(r) if !r.data.is_available(now) => Cause::SessionTimeout,
+                    Some(_) => Cause::LostCarrier,
+                });
+            let req = Request {
+                status: Status::Stop,
+                at: now,
+                session: Some(SessionPart::of(&s, now, Some(cause))),
+            };
+            self.book.record(None, Some(s.session_id), Some(&req))?;
+            self.idle.lock().unwrap().remove(&s.session_id);
+            self.activity.lock().unwrap().remove(&s.session_id);
+            let (up, down) = s.totals();
+            info!(
+                device_id = s.device_id,
+                session = s.session_id,
+                ?cause,
+                input_octets = up,
+                output_octets = down,
+                "RADIUS session stopped"
+            );
+            // Stopped is ended: a paused RADIUS session does not come back.
+            if record.is_some_and(|r| r.data.is_available(now)) {
+                let _ = gw.remove_session(s.session_id, false).await;
+            }
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// The meter reading of a device in both directions (zero when it has no slot).
+pub fn reading(epoch: Option<u64>, split: Option<(u64, u64)>) -> Reading {
+    let (up, down) = split.unwrap_or((0, 0));
+    Reading {
+        epoch: epoch.unwrap_or(0),
+        up,
+        down,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codec::vendor_avp;
+
+    fn accept() -> Packet {
+        Packet::new(Code::AccessAccept, b"s")
+    }
+
+    #[test]
+    fn an_accept_with_time_and_data_gives_time_or_data_with_exact_64_bit_octets() {
+        let mut p = accept();
+        p.add(AVP::from_u32(attr::SESSION_TIMEOUT as _, 3600));
+        p.add(vendor_avp(
+            VENDOR_CHILLISPOT,
+            chilli::MAX_TOTAL_OCTETS,
+            &5u32.to_be_bytes(),
+        ));
+        p.add(vendor_avp(
+            VENDOR_CHILLISPOT,
+            chilli::MAX_TOTAL_GIGAWORDS,
+            &2u32.to_be_bytes(),
+        ));
+        p.add(vendor_avp(
+            VENDOR_WISPR,
+            wispr::BANDWIDTH_MAX_DOWN,
+            &2_500_000u32.to_be_bytes(),
+        ));
+        p.add(vendor_avp(
+            VENDOR_CHILLISPOT,
+            chilli::BANDWIDTH_MAX_UP,
+            &1000u32.to_be_bytes(),
+        ));
+        p.add(AVP::from_string(attr::REPLY_MESSAGE as _, "Welcome"));
+        p.add(AVP::from_bytes(attr::CLASS as _, b"plan-a"));
+        let a = Authorization::read(&p);
+        assert_eq!(a.total_octets, Some((2u64 << 32) + 5));
+        assert_eq!((a.down_bps, a.up_bps), (Some(2_500_000), Some(1_000_000)));
+        assert_eq!(a.reply_message.as_deref(), Some("Welcome"));
+        assert_eq!(a.class, vec![b"plan-a".to_vec()]);
+        let s = a.session(1000, 86400).unwrap();
+        assert_eq!(s.session_type, SessionType::TimeOrData);
+        assert_eq!((s.time_secs, s.data_bytes), (3600, (2u64 << 32) + 5));
+        assert_eq!(
+            (s.down_mbits, s.up_mbits, s.use_global_speed),
+            (3, 1, false)
+        );
+        assert_eq!(s.provider, PROVIDER);
+    }
+
+    #[test]
+    fn a_terminate_time_caps_the_session_time_and_one_in_the_past_refuses() {
+        let mut p = accept();
+        p.add(AVP::from_u32(attr::SESSION_TIMEOUT as _, 3600));
+        p.add(vendor_avp(
+            VENDOR_WISPR,
+            wispr::SESSION_TERMINATE_TIME,
+            b"1970-01-01T00:10:00Z",
+        ));
+        let a = Authorization::read(&p);
+        assert_eq!(a.terminate_at, Some(600));
+        assert_eq!(a.session(500, 86400).unwrap().time_secs, 100);
+        assert!(matches!(
+            a.session(600, 86400),
+            Err(RadiusError::TerminatePassed)
+        ));
+    }
+
+    #[test]
+    fn an_accept_without_limits_gets_the_default_time_and_bad_attributes_are_noted() {
+        let mut p = accept();
+        p.add(vendor_avp(
+            VENDOR_WISPR,
+            wispr::SESSION_TERMINATE_TIME,
+            b"tomorrow",
+        ));
+        p.add(vendor_avp(9, 1, b"cisco-avpair"));
+        let a = Authorization::read(&p);
+        assert_eq!(a.notes.len(), 2, "{:?}", a.notes);
+        let s = a.session(0, 7200).unwrap();
+        assert_eq!(
+            (s.session_type, s.time_secs, s.use_global_speed),
+            (SessionType::Time, 7200, true)
+        );
+    }
+
+    #[test]
+    fn octets_past_four_gibibytes_go_out_as_octets_and_gigawords() {
+        let opts = RadiusOptions {
+            auth_servers: vec![],
+            acct_servers: vec![],
+            secret: b"s".to_vec(),
+            nas_identifier: "gw".into(),
+            nas_ip: None,
+            ssid: "Cafe".into(),
+            mac_format: MacFormat::DashUpper,
+            timeout: Duration::from_secs(1),
+            retries: 0,
+            interim: Duration::ZERO,
+            default_session_secs: 60,
+            queue_limit: 16,
+            book: None,
+        };
+        let r = Radius::open(opts, Some([2, 0, 0, 0, 0, 1])).unwrap();
+        assert_eq!(r.called, "02-00-00-00-00-01:Cafe");
+        let big = (5u64 << 32) + 7;
+        let req = Request {
+            status: Status::Stop,
+            at: 100,
+            session: Some(SessionPart {
+                acct_session_id: "x".into(),
+                user_name: "u".into(),
+                calling: "c".into(),
+                framed_ip: None,
+                class: vec![],
+                input_octets: big,
+                output_octets: 3,
+                session_time: 9,
+                cause: Some(Cause::AdminReset),
+            }),
+        };
+        let p = r.accounting_packet(b"s", &req, 130);
+        assert_eq!(codec::int(&p, attr::ACCT_INPUT_OCTETS), Some(7));
+        assert_eq!(codec::int(&p, attr::ACCT_INPUT_GIGAWORDS), Some(5));
+        assert_eq!(codec::int(&p, attr::ACCT_OUTPUT_OCTETS), Some(3));
+        assert_eq!(codec::int(&p, attr::ACCT_OUTPUT_GIGAWORDS), Some(0));
+        assert_eq!(codec::int(&p, attr::ACCT_DELAY_TIME), Some(30));
+        assert_eq!(codec::int(&p, attr::ACCT_TERMINATE_CAUSE), Some(6));
+        assert_eq!(codec::int(&p, attr::ACCT_STATUS_TYPE), Some(2));
+    }
+
+    #[test]
+    fn mac_formats_are_written_as_named() {
+        let m = [0xaa, 0xbb, 0x0c, 1, 2, 0xff];
+        assert_eq!(MacFormat::DashUpper.write(m), "AA-BB-0C-01-02-FF");
+        assert_eq!(MacFormat::ColonLower.write(m), "aa:bb:0c:01:02:ff");
+        assert_eq!(MacFormat::BareLower.write(m), "aabb0c0102ff");
+    }
+}

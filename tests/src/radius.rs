@@ -1,0 +1,280 @@
+//! A real RADIUS server for the tests: FreeRADIUS from Debian in a namespace,
+//! with a configuration of its own (users file, one client for everyone with
+//! the test's secret, accounting written to a `detail` file the tests read).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::netns::ns_command;
+
+/// What the server is started with.
+#[derive(Debug, Clone)]
+pub struct RadiusConfig {
+    pub secret: String,
+    /// The users file (FreeRADIUS `files` module syntax).
+    pub users: String,
+    /// Sign Access answers with a Message-Authenticator (FreeRADIUS 3.2.1
+    /// does not by itself; 3.2.5 and later do).
+    pub sign_answers: bool,
+}
+
+impl RadiusConfig {
+    pub fn new(secret: &str, users: &str) -> Self {
+        Self {
+            secret: secret.into(),
+            users: users.into(),
+            sign_answers: true,
+        }
+    }
+}
+
+/// A FreeRADIUS process (`freeradius -X`) in a namespace, killed on drop.
+pub struct FreeRadius {
+    ns: String,
+    addr: IpAddr,
+    child: Option<Child>,
+    pub dir: PathBuf,
+}
+
+/// One accounting record of the detail file: attribute name -> value (quotes removed).
+pub type AcctRecord = BTreeMap<String, String>;
+
+impl FreeRadius {
+    /// Auth on `addr`:1812, accounting on `addr`:1813, in `ns`.
+    pub fn start(ns: &str, addr: IpAddr, cfg: &RadiusConfig) -> FreeRadius {
+        assert!(
+            std::path::Path::new("/usr/sbin/freeradius").exists(),
+            "freeradius is missing: `cargo xtask test` installs it (apt-get install freeradius freeradius-utils)"
+        );
+        let dir = std::env::temp_dir().join(format!("sa-radius-{ns}-{}", crate::unique_id()));
+        for sub in ["log", "run", "radacct"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let d = dir.display();
+        let sign = if cfg.sign_answers {
+            "update reply {\n      Message-Authenticator := 0x00\n    }"
+        } else {
+            ""
+        };
+        let conf = format!(
+            r#"prefix = /usr
+exec_prefix = /usr
+sysconfdir = /etc
+localstatedir = /var
+sbindir = /usr/sbin
+logdir = {d}/log
+raddbdir = {d}
+radacctdir = {d}/radacct
+name = freeradius
+confdir = {d}
+modconfdir = {d}
+run_dir = {d}/run
+db_dir = {d}
+libdir = /usr/lib/freeradius
+pidfile = {d}/run/radiusd.pid
+max_request_time = 30
+cleanup_delay = 5
+max_requests = 16384
+hostname_lookups = no
+log {{
+  destination = files
+  file = {d}/log/radius.log
+  auth = yes
+}}
+security {{
+  allow_core_dumps = no
+  max_attributes = 200
+  reject_delay = 0
+  status_server = yes
+}}
+client everyone {{
+  ipaddr = 0.0.0.0/0
+  secret = "{secret}"
+  require_message_authenticator = yes
+}}
+modules {{
+  pap {{
+  }}
+  files {{
+    filename = {d}/users
+  }}
+  detail {{
+    filename = {d}/radacct/detail
+    permissions = 0600
+    header = "%t"
+  }}
+}}
+server default {{
+  listen {{
+    type = auth
+    ipaddr = {addr}
+    port = 1812
+  }}
+  listen {{
+    type = acct
+    ipaddr = {addr}
+    port = 1813
+  }}
+  authorize {{
+    files
+    pap
+  }}
+  authenticate {{
+    Auth-Type PAP {{
+      pap
+    }}
+  }}
+  accounting {{
+    detail
+  }}
+  post-auth {{
+    {sign}
+    Post-Auth-Type REJECT {{
+      {sign}
+    }}
+  }}
+}}
+"#,
+            secret = cfg.secret
+        );
+        std::fs::write(dir.join("radiusd.conf"), conf).unwrap();
+        // The Gigawords of CoovaChilli's dictionary, which Debian's lacks.
+        std::fs::write(
+            dir.join("dictionary"),
+            "BEGIN-VENDOR ChilliSpot\n\
+             ATTRIBUTE ChilliSpot-Max-Input-Gigawords 21 integer\n\
+             ATTRIBUTE ChilliSpot-Max-Output-Gigawords 22 integer\n\
+             ATTRIBUTE ChilliSpot-Max-Total-Gigawords 23 integer\n\
+             END-VENDOR ChilliSpot\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("users"), &cfg.users).unwrap();
+        let mut r = FreeRadius {
+            ns: ns.to_string(),
+            addr,
+            child: None,
+            dir,
+        };
+        r.run();
+        r
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.join("log/debug.out")
+    }
+
+    fn run(&mut self) {
+        let out = std::fs::File::create(self.out()).unwrap();
+        let child = ns_command(&self.ns, "/usr/sbin/freeradius")
+            .args(["-X", "-d"])
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting freeradius in {}: {e}", self.ns));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("freeradius exited ({status}): {}", self.log());
+            }
+            if self.log().contains("Ready to process requests") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "freeradius not ready: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn auth_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.addr, 1812)
+    }
+
+    pub fn acct_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.addr, 1813)
+    }
+
+    /// Its debug output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.out()).unwrap_or_default()
+    }
+
+    /// Stops the server (an outage); [`FreeRadius::resume`] starts it again.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn resume(&mut self) {
+        self.stop();
+        self.run();
+    }
+
+    /// The accounting records written so far, in order.
+    pub fn accounting(&self) -> Vec<AcctRecord> {
+        let text = std::fs::read_to_string(self.dir.join("radacct/detail")).unwrap_or_default();
+        let mut out = Vec::new();
+        let mut cur: Option<AcctRecord> = None;
+        for line in text.lines() {
+            if line.trim().is_empty() {
+                if let Some(r) = cur.take() {
+                    out.push(r);
+                }
+            } else if !line.starts_with(['\t', ' ']) {
+                if let Some(r) = cur.take() {
+                    out.push(r);
+                }
+                cur = Some(AcctRecord::new());
+            } else if let Some((k, v)) = line.trim().split_once(" = ") {
+                cur.get_or_insert_with(AcctRecord::new)
+                    .insert(k.to_string(), v.trim_matches('"').to_string());
+            }
+        }
+        out.extend(cur);
+        out
+    }
+
+    /// Waits until a record matches `f`, and returns it.
+    pub fn wait_record(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&AcctRecord) -> bool,
+    ) -> AcctRecord {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.accounting().into_iter().find(|r| f(r)) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no accounting record {what} within {timeout:?}; records: {:#?}",
+                self.accounting()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// An octet count of a record: Acct-X-Octets plus Acct-X-Gigawords x 2^32.
+pub fn octets(r: &AcctRecord, dir: &str) -> u64 {
+    let n = |k: String| r.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(format!("Acct-{dir}-Octets")) + (n(format!("Acct-{dir}-Gigawords")) << 32)
+}
+
+impl Drop for FreeRadius {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,453 @@
+//! RADIUS against a real FreeRADIUS: portal logins (Accept attributes become
+//! the session and the kernel's limits, Reject leaves the client blocked),
+//! accounting whose octets equal the nftables reference of the same traffic,
+//! none lost to a server outage or a kill -9 of the agent, and answers that
+//! do not check out refused.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use session_tests::radius::{octets, FreeRadius, RadiusConfig};
+use session_tests::{
+    mixed_traffic, require_root, Agent, AgentBuilder, Hotspot, Mix, NftRef, ServerSet, TcpTransfer,
+};
+
+const SECRET: &str = "t3st-s3cret";
+
+const USERS: &str = r#"alice	Cleartext-Password := "wonder"
+	Session-Timeout = 3600,
+	ChilliSpot-Max-Total-Octets = 705032704,
+	ChilliSpot-Max-Total-Gigawords = 1,
+	WISPr-Bandwidth-Max-Down = 20000000,
+	ChilliSpot-Bandwidth-Max-Up = 8000,
+	Acct-Interim-Interval = 60,
+	Class = "plan-gold",
+	Reply-Message = "Welcome, Alice"
+
+bob	Cleartext-Password := "builder"
+	ChilliSpot-Max-Total-Octets = 300000
+
+dave	Cleartext-Password := "diver"
+	Session-Timeout = 3600,
+	Acct-Interim-Interval = 60,
+	Class = "plan-gold",
+	Reply-Message = "Welcome, Dave"
+
+ivy	Cleartext-Password := "idle"
+	Idle-Timeout = 2
+
+eve	Cleartext-Password := "right"
+	Reply-Message = "Wrong password"
+"#;
+
+fn secret_file(hs: &Hotspot) -> String {
+    std::fs::create_dir_all(&hs.state_dir).unwrap();
+    let path = hs.state_dir.join("radius.secret");
+    std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+    path.display().to_string()
+}
+
+fn agent_with(hs: &Hotspot, radius: &FreeRadius) -> AgentBuilder {
+    AgentBuilder::new(hs)
+        .arg("--radius-server")
+        .arg(radius.auth_addr().to_string())
+        .arg("--radius-acct-server")
+        .arg(radius.acct_addr().to_string())
+        .arg("--radius-secret-file")
+        .arg(secret_file(hs))
+        .arg("--radius-nas-id")
+        .arg("gw-test")
+        .arg("--radius-timeout-ms")
+        .arg("300")
+        .arg("--radius-retries")
+        .arg("1")
+}
+
+fn device(agent: &Agent, mac: &str) -> i64 {
+    agent
+        .api()
+        .post("/v1/devices", &json!({ "mac": mac }))
+        .ok("device")["id"]
+        .as_i64()
+        .unwrap()
+}
+
+fn login(agent: &Agent, id: i64, user: &str, password: &str) -> session_tests::api::Response {
+    agent.api().post(
+        &format!("/v1/devices/{id}/login"),
+        &json!({ "username": user, "password": password }),
+    )
+}
+
+fn mix() -> Mix {
+    Mix {
+        tcp_up: 700_000,
+        tcp_down: 2_300_000,
+        udp_up: 40,
+        udp_up_size: 900,
+        udp_down: 30,
+        udp_down_size: 1100,
+    }
+}
+
+#[test]
+fn an_accepted_login_gets_the_servers_limits_and_its_accounting_equals_the_reference() {
+    require_root();
+    let hs = Hotspot::builder().clients(2).build();
+    let nft = NftRef::install(&hs);
+    let servers = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5101, 5102);
+    let radius = FreeRadius::start(
+        &hs.server_ns,
+        hs.server_v4.into(),
+        &RadiusConfig::new(SECRET, USERS),
+    );
+    let agent = agent_with(&hs, &radius).start();
+    let c = &hs.clients[0];
+    let id = device(&agent, &c.mac);
+
+    let r = login(&agent, id, "alice", "wonder");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["reply_message"], "Welcome, Alice");
+    let s = &r.body["session"];
+    // time_or_data: 3600 s, 1 GiB x 1 + 705032704 = 5000000000 bytes (past 32 bits).
+    assert_eq!(s["type"], 2, "{s}");
+    assert_eq!(s["time_secs"], 3600, "{s}");
+    assert_eq!(s["data_bytes"], 5_000_000_000u64, "{s}");
+    assert_eq!(
+        (s["down_mbits"].as_i64(), s["up_mbits"].as_i64()),
+        (Some(20), Some(8)),
+        "{s}"
+    );
+    assert_eq!(s["provider"], "radius");
+    // The kernel lets it through (its data limit: see the test with bob).
+    let e = agent.client(&c.mac).expect("client in the table");
+    assert!(e.allowed, "{e:?}");
+    let start = radius.wait_record("Start", Duration::from_secs(10), |r| {
+        r.get("Acct-Status-Type").map(String::as_str) == Some("Start")
+    });
+    assert_eq!(start.get("User-Name").map(String::as_str), Some("alice"));
+    assert_eq!(
+        start.get("NAS-Identifier").map(String::as_str),
+        Some("gw-test")
+    );
+    assert_eq!(
+        start.get("Class").map(String::as_str),
+        Some("0x706c616e2d676f6c64"),
+        "{start:?}"
+    );
+    let calling = c.mac.to_uppercase().replace(':', "-");
+    assert_eq!(start.get("Calling-Station-Id"), Some(&calling));
+
+    // Speeds are enforced by dropping what exceeds them, which the nftables
+    // reference (before the datapath) would count: exactness is shown on dave,
+    // who has no speed limit, on the other client.
+    let c1 = &hs.clients[1];
+    let id1 = device(&agent, &c1.mac);
+    let r = login(&agent, id1, "dave", "diver");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["session"]["use_global_speed"], true, "{}", r.body);
+    let result = mixed_traffic(&c1.ns, &servers, mix(), "dave's traffic");
+    let r = agent.api().post(
+        &format!("/v1/devices/{id1}/disconnect"),
+        &json!({ "notification": "bye" }),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let stop = radius.wait_record("Stop", Duration::from_secs(10), |r| {
+        r.get("Acct-Status-Type").map(String::as_str) == Some("Stop")
+    });
+    let reference = nft.get(&c1.mac);
+    assert_eq!(
+        (octets(&stop, "Input"), octets(&stop, "Output")),
+        (reference.up_bytes, reference.down_bytes),
+        "FreeRADIUS's octets against the nftables reference ({result:?}); Stop: {stop:?}"
+    );
+    assert!(
+        reference.up_bytes > 700_000 && reference.down_bytes > 2_300_000,
+        "{reference:?}"
+    );
+    assert_eq!(
+        stop.get("Acct-Terminate-Cause").map(String::as_str),
+        Some("User-Request")
+    );
+    let dave_start = radius.wait_record("dave's Start", Duration::from_secs(5), |r| {
+        r.get("Acct-Status-Type").map(String::as_str) == Some("Start")
+            && r.get("User-Name").map(String::as_str) == Some("dave")
+    });
+    assert_eq!(
+        stop.get("Acct-Session-Id"),
+        dave_start.get("Acct-Session-Id")
+    );
+    assert_ne!(
+        dave_start.get("Acct-Session-Id"),
+        start.get("Acct-Session-Id")
+    );
+    assert_eq!(
+        stop.get("Acct-Authentic").map(String::as_str),
+        Some("RADIUS")
+    );
+    // Stopped is ended: the session is gone and the client blocked.
+    let sessions = agent
+        .api()
+        .get(&format!("/v1/devices/{id1}/sessions"))
+        .ok("sessions");
+    assert_eq!(sessions.as_array().map(Vec::len), Some(0), "{sessions}");
+    assert!(TcpTransfer::run_timeout(
+        &c1.ns,
+        servers.tcp4.addr,
+        1000,
+        1000,
+        Duration::from_millis(500)
+    )
+    .is_err());
+    // Alice is still online, untouched.
+    assert!(agent.client_or_zero(&c.mac).allowed);
+    let metrics = agent
+        .api()
+        .get("/metrics")
+        .body
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for line in [
+        "session_agent_radius_accepts_total 2",
+        "session_agent_radius_sessions_open 1",
+        "session_agent_radius_acct_queued 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in {metrics}"
+        );
+    }
+}
+
+#[test]
+fn a_rejected_login_answers_403_with_the_servers_message_and_the_client_stays_blocked() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let servers = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5111, 5112);
+    let radius = FreeRadius::start(
+        &hs.server_ns,
+        hs.server_v4.into(),
+        &RadiusConfig::new(SECRET, USERS),
+    );
+    let agent = agent_with(&hs, &radius).start();
+    let c = &hs.clients[0];
+    let id = device(&agent, &c.mac);
+    let r = login(&agent, id, "eve", "guess");
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (403, Some("login_rejected")),
+        "{}",
+        r.body
+    );
+    let r2 = login(&agent, id, "nobody", "x");
+    assert_eq!(r2.status, 403, "{}", r2.body);
+    assert!(!agent.client_or_zero(&c.mac).allowed);
+    assert!(TcpTransfer::run_timeout(
+        &c.ns,
+        servers.tcp4.addr,
+        1000,
+        1000,
+        Duration::from_millis(500)
+    )
+    .is_err());
+    let sessions: Value = agent
+        .api()
+        .get(&format!("/v1/devices/{id}/sessions"))
+        .ok("sessions");
+    assert_eq!(sessions.as_array().map(Vec::len), Some(0), "{sessions}");
+    // The right password works.
+    assert_eq!(login(&agent, id, "eve", "right").status, 201);
+}
+
+#[test]
+fn answers_signed_with_another_secret_or_without_a_message_authenticator_are_refused() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let c = &hs.clients[0];
+    // The server knows another secret: its answers do not check out.
+    {
+        let radius = FreeRadius::start(
+            &hs.server_ns,
+            hs.server_v4.into(),
+            &RadiusConfig::new("other", USERS),
+        );
+        let mut agent = agent_with(&hs, &radius).start();
+        let id = device(&agent, &c.mac);
+        let r = login(&agent, id, "alice", "wonder");
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (503, Some("radius_unavailable")),
+            "{}",
+            r.body
+        );
+        assert!(!agent.client_or_zero(&c.mac).allowed);
+        agent.stop();
+    }
+    // Right secret, but the Accept carries no Message-Authenticator (BlastRADIUS).
+    let mut cfg = RadiusConfig::new(SECRET, USERS);
+    cfg.sign_answers = false;
+    let radius = FreeRadius::start(&hs.server_ns, hs.server_v4.into(), &cfg);
+    let agent = agent_with(&hs, &radius).start();
+    let id = agent
+        .api()
+        .get(&format!("/v1/devices/by-mac/{}", c.mac))
+        .ok("device")["id"]
+        .as_i64()
+        .unwrap();
+    let r = login(&agent, id, "alice", "wonder");
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (503, Some("radius_unavailable")),
+        "{}",
+        r.body
+    );
+    assert!(
+        agent.log().contains("Message-Authenticator"),
+        "{}",
+        agent.log_tail()
+    );
+    assert!(!agent.client_or_zero(&c.mac).allowed);
+}
+
+#[test]
+fn a_server_outage_and_a_kill_9_of_the_agent_lose_no_accounting() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let nft = NftRef::install(&hs);
+    let servers = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5121, 5122);
+    let mut radius = FreeRadius::start(
+        &hs.server_ns,
+        hs.server_v4.into(),
+        &RadiusConfig::new(SECRET, USERS),
+    );
+    let mut agent = agent_with(&hs, &radius).start();
+    let c = &hs.clients[0];
+    let id = device(&agent, &c.mac);
+    assert_eq!(login(&agent, id, "dave", "diver").status, 201);
+    radius.wait_record("Start", Duration::from_secs(10), |r| {
+        r.get("Acct-Status-Type").map(String::as_str) == Some("Start")
+    });
+    // The server goes away; traffic goes on; the agent is killed.
+    radius.stop();
+    mixed_traffic(&c.ns, &servers, mix(), "during the outage");
+    agent.kill9();
+    let agent = agent.restart();
+    mixed_traffic(&c.ns, &servers, mix(), "after the restart");
+    let r = agent
+        .api()
+        .post(&format!("/v1/devices/{id}/disconnect"), &json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The server comes back: the Stop arrives, late and exact.
+    std::thread::sleep(Duration::from_secs(2));
+    radius.resume();
+    let stop = radius.wait_record("Stop", Duration::from_secs(30), |r| {
+        r.get("Acct-Status-Type").map(String::as_str) == Some("Stop")
+    });
+    let reference = nft.get(&c.mac);
+    assert_eq!(
+        (octets(&stop, "Input"), octets(&stop, "Output")),
+        (reference.up_bytes, reference.down_bytes),
+        "Stop after an outage and a kill -9: {stop:?}"
+    );
+    let delay: u64 = stop
+        .get("Acct-Delay-Time")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0);
+    assert!(delay >= 1, "the Stop waited: {stop:?}");
+    // Each request once, at most one repeat: one Start and one Stop.
+    let all = radius.accounting();
+    let count = |s: &str| {
+        all.iter()
+            .filter(|r| r.get("Acct-Status-Type").map(String::as_str) == Some(s))
+            .count()
+    };
+    assert!(count("Stop") >= 1 && count("Stop") <= 2, "{all:#?}");
+    // Accounting-On at the first start only: the session ran across the restart.
+    assert_eq!(count("Accounting-On"), 1, "{all:#?}");
+}
+
+#[test]
+fn a_data_limit_from_the_server_is_enforced_in_the_kernel_and_ends_with_session_timeout() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let nft = NftRef::install(&hs);
+    let servers = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5131, 5132);
+    let radius = FreeRadius::start(
+        &hs.server_ns,
+        hs.server_v4.into(),
+        &RadiusConfig::new(SECRET, USERS),
+    );
+    let agent = agent_with(&hs, &radius).start();
+    let c = &hs.clients[0];
+    let id = device(&agent, &c.mac);
+    let r = login(&agent, id, "bob", "builder");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["session"]["type"], 1, "{}", r.body);
+    assert_eq!(r.body["session"]["data_bytes"], 300_000);
+    // More than the limit: the kernel cuts it off.
+    let _ = TcpTransfer::run_timeout(
+        &c.ns,
+        servers.tcp4.addr,
+        0,
+        2_000_000,
+        Duration::from_secs(5),
+    );
+    let stop = radius.wait_record("Stop", Duration::from_secs(15), |r| {
+        r.get("Acct-Status-Type").map(String::as_str) == Some("Stop")
+    });
+    assert_eq!(
+        stop.get("Acct-Terminate-Cause").map(String::as_str),
+        Some("Session-Timeout"),
+        "{stop:?}"
+    );
+    // The reference sees what came in before the datapath dropped it: it
+    // is at least what was delivered.
+    let reference = nft.get(&c.mac);
+    let total = octets(&stop, "Input") + octets(&stop, "Output");
+    assert!(
+        octets(&stop, "Output") <= reference.down_bytes
+            && octets(&stop, "Input") <= reference.up_bytes,
+        "{stop:?} against {reference:?}"
+    );
+    let s = agent
+        .api()
+        .get(&format!("/v1/sessions/{}", r.body["session"]["id"]))
+        .ok("session");
+    assert_eq!(
+        s["data_cons_bytes"].as_u64(),
+        Some(total),
+        "the session was charged what was accounted: {s}"
+    );
+    // The packet that crosses the limit still passes (at most a GSO aggregate).
+    assert!(
+        total <= 300_000 + 65_536,
+        "delivered {total} of a 300000-byte limit"
+    );
+    assert!(total > 250_000, "the limit was used: {total}");
+}
+
+#[test]
+fn an_idle_timeout_from_the_server_ends_a_quiet_session_with_idle_timeout() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let radius = FreeRadius::start(
+        &hs.server_ns,
+        hs.server_v4.into(),
+        &RadiusConfig::new(SECRET, USERS),
+    );
+    let agent = agent_with(&hs, &radius).start();
+    let c = &hs.clients[0];
+    let id = device(&agent, &c.mac);
+    assert_eq!(login(&agent, id, "ivy", "idle").status, 201);
+    assert!(agent.client_or_zero(&c.mac).allowed);
+    let stop = radius.wait_record("Stop", Duration::from_secs(15), |r| {
+        r.get("Acct-Status-Type").map(String::as_str) == Some("Stop")
+    });
+    assert_eq!(
+        stop.get("Acct-Terminate-Cause").map(String::as_str),
+        Some("Idle-Timeout"),
+        "{stop:?}"
+    );
+    assert!(!agent.client_or_zero(&c.mac).allowed);
+}
