@@ -215,6 +215,20 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
                 });
             }
             tasks.spawn(radius.clone().follow_events(gateway.clone()));
+            if r.mac_auth {
+                tasks.spawn(radius.clone().follow_new_clients(gateway.clone()));
+            }
+            if let Some(addr) = r.coa_listen {
+                let sock =
+                    tokio::net::UdpSocket::bind(addr)
+                        .await
+                        .map_err(|source| AgentError::Io {
+                            what: format!("the RADIUS CoA listener on {addr}"),
+                            source,
+                        })?;
+                info!(%addr, clients = ?r.coa_clients, "RADIUS Disconnect and CoA requests taken");
+                tasks.spawn(radius.clone().serve_coa(gateway.clone(), sock));
+            }
             info!(auth = ?r.auth_servers, acct = ?r.acct_servers, nas = %r.nas_identifier, "RADIUS on: portal logins and accounting");
             Some(radius)
         }

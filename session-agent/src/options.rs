@@ -372,6 +372,20 @@ pub struct RadiusSection {
     /// dropped (logged, counted), Start and Stop never.
     #[arg(long = "radius-queue-limit", value_name = "N", required = false)]
     pub queue_limit: Ranged<16, 10_000_000>,
+    /// Log every new client in by its MAC (User-Name is the MAC, Service-Type
+    /// Call-Check); a refused one stays in the walled garden.
+    #[arg(long = "radius-mac-auth")]
+    pub mac_auth: bool,
+    /// Password of MAC logins (empty: the MAC itself, as written in User-Name).
+    #[arg(long = "radius-mac-password", value_name = "TEXT", required = false)]
+    pub mac_password: String,
+    /// Take Disconnect and CoA requests (RFC 5176) at ADDR:PORT (usually port 3799).
+    #[arg(long = "radius-coa-listen", value_name = "ADDR:PORT")]
+    pub coa_listen: Option<SocketAddr>,
+    /// Address allowed to send Disconnect and CoA requests (repeatable; default: the
+    /// RADIUS servers' addresses).
+    #[arg(long = "radius-coa-client", value_name = "ADDR")]
+    pub coa_clients: Vec<IpAddr>,
 }
 
 impl Default for RadiusSection {
@@ -389,6 +403,10 @@ impl Default for RadiusSection {
             interim_secs: Ranged::of(300),
             default_session_secs: Ranged::of(86_400),
             queue_limit: Ranged::of(100_000),
+            mac_auth: false,
+            mac_password: String::new(),
+            coa_listen: None,
+            coa_clients: Vec::new(),
         }
     }
 }
@@ -428,6 +446,22 @@ impl RadiusSection {
             default_session_secs: self.default_session_secs.get(),
             queue_limit: self.queue_limit.get(),
             book,
+            mac_auth: self.mac_auth,
+            mac_password: self.mac_password.clone(),
+            coa_listen: self.coa_listen,
+            coa_clients: if self.coa_clients.is_empty() {
+                let mut v: Vec<IpAddr> = self
+                    .auth_servers
+                    .iter()
+                    .chain(&self.acct_servers)
+                    .map(|s| s.ip())
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
+            } else {
+                self.coa_clients.clone()
+            },
         }))
     }
 }

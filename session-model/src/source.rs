@@ -248,6 +248,11 @@ impl ClientSession {
     pub fn set_time_secs(&mut self, secs: u64) {
         self.data.time_secs = secs;
     }
+    /// What the session is limited by (a change of authorization may add a
+    /// data limit to a time session).
+    pub fn set_session_type(&mut self, t: SessionType) {
+        self.data.session_type = t;
+    }
     pub fn set_data_mb(&mut self, mb: f64) -> Result<(), ModelError> {
         self.data.data_bytes = mb_to_bytes("data_mb", mb)?;
         Ok(())

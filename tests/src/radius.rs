@@ -266,6 +266,43 @@ server default {{
     }
 }
 
+/// `radclient` from `ns`: sends `attrs` (`A = v, B = w`) as a `kind` request
+/// (auth, acct, coa, disconnect) to `server` with `secret`, one try of two
+/// seconds. Returns whether a valid answer came, and radclient's output.
+pub fn radclient(
+    ns: &str,
+    server: SocketAddr,
+    kind: &str,
+    secret: &str,
+    attrs: &str,
+) -> (bool, String) {
+    use std::io::Write;
+    let mut child = ns_command(ns, "/usr/bin/radclient")
+        .args(["-x", "-r", "1", "-t", "2"])
+        .arg(server.to_string())
+        .arg(kind)
+        .arg(secret)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("radclient: {e} (apt-get install freeradius-utils)"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(attrs.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // radclient fails on a NAK too: an answer is one it received (and checked).
+    (text.contains("\nReceived ") || text.starts_with("Received "), text)
+}
+
 /// An octet count of a record: Acct-X-Octets plus Acct-X-Gigawords x 2^32.
 pub fn octets(r: &AcctRecord, dir: &str) -> u64 {
     let n = |k: String| r.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);

@@ -451,3 +451,166 @@ fn an_idle_timeout_from_the_server_ends_a_quiet_session_with_idle_timeout() {
     );
     assert!(!agent.client_or_zero(&c.mac).allowed);
 }
+
+#[test]
+fn disconnect_and_coa_requests_from_the_server_act_at_once_and_forged_ones_are_refused() {
+    require_root();
+    let hs = Hotspot::builder().clients(2).build();
+    let servers = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5141, 5142);
+    let radius = FreeRadius::start(
+        &hs.server_ns,
+        hs.server_v4.into(),
+        &RadiusConfig::new(SECRET, USERS),
+    );
+    let coa = std::net::SocketAddr::new(hs.gw_wan_v4.into(), 3799);
+    let agent = agent_with(&hs, &radius)
+        .arg("--radius-coa-listen")
+        .arg(coa.to_string())
+        .start();
+    let (c0, c1) = (&hs.clients[0], &hs.clients[1]);
+    let (id0, id1) = (device(&agent, &c0.mac), device(&agent, &c1.mac));
+    assert_eq!(login(&agent, id0, "alice", "wonder").status, 201);
+    assert_eq!(login(&agent, id1, "dave", "diver").status, 201);
+    let start = radius.wait_record("alice's Start", Duration::from_secs(10), |r| {
+        r.get("User-Name").map(String::as_str) == Some("alice")
+    });
+    let acct_id = start["Acct-Session-Id"].clone();
+
+    // Forged: from a client (not a configured CoA client), even with the secret;
+    // and from the server with the wrong secret. Neither is answered.
+    let req = format!("Acct-Session-Id = \"{acct_id}\", Message-Authenticator = 0x00");
+    let (answered, out) = session_tests::radius::radclient(&c1.ns, coa, "disconnect", SECRET, &req);
+    assert!(!answered, "{out}");
+    let (answered, out) =
+        session_tests::radius::radclient(&hs.server_ns, coa, "disconnect", "wrong", &req);
+    assert!(!answered, "{out}");
+    assert!(
+        agent.client_or_zero(&c0.mac).allowed,
+        "alice is still online"
+    );
+
+    // A CoA for dave: a data limit and a speed, applied to the running session.
+    let (answered, out) = session_tests::radius::radclient(
+        &hs.server_ns,
+        coa,
+        "coa",
+        SECRET,
+        "User-Name = dave, ChilliSpot-Max-Total-Octets = 400000, WISPr-Bandwidth-Max-Down = 5000000, Message-Authenticator = 0x00",
+    );
+    assert!(answered && out.contains("CoA-ACK"), "{out}");
+    let s = agent
+        .api()
+        .get(&format!("/v1/devices/{id1}/current-session"))
+        .ok("session");
+    assert_eq!(
+        (s["type"].as_u64(), s["data_bytes"].as_u64()),
+        (Some(2), Some(400_000)),
+        "{s}"
+    );
+    assert_eq!(
+        (s["down_mbits"].as_i64(), s["use_global_speed"].as_bool()),
+        (Some(5), Some(false)),
+        "{s}"
+    );
+    // The kernel holds the new limit: more than 400000 bytes do not pass.
+    let _ = TcpTransfer::run_timeout(
+        &c1.ns,
+        servers.tcp4.addr,
+        0,
+        1_000_000,
+        Duration::from_secs(5),
+    );
+    let dave_stop = radius.wait_record("dave's Stop", Duration::from_secs(15), |r| {
+        r.get("User-Name").map(String::as_str) == Some("dave")
+            && r.get("Acct-Status-Type").map(String::as_str) == Some("Stop")
+    });
+    let total = octets(&dave_stop, "Input") + octets(&dave_stop, "Output");
+    assert!(
+        total <= 400_000 + 65_536 && total > 300_000,
+        "{dave_stop:?}"
+    );
+
+    // A session nobody has: NAK, Session-Context-Not-Found.
+    let (answered, out) = session_tests::radius::radclient(
+        &hs.server_ns,
+        coa,
+        "disconnect",
+        SECRET,
+        "User-Name = nobody, Message-Authenticator = 0x00",
+    );
+    assert!(answered && out.contains("Disconnect-NAK"), "{out}");
+    assert!(out.contains("Session-Context-Not-Found"), "{out}");
+
+    // The real Disconnect: alice is cut off at once and her Stop says Admin-Reset.
+    let (answered, out) =
+        session_tests::radius::radclient(&hs.server_ns, coa, "disconnect", SECRET, &req);
+    assert!(answered && out.contains("Disconnect-ACK"), "{out}");
+    assert!(!agent.client_or_zero(&c0.mac).allowed);
+    let stop = radius.wait_record("alice's Stop", Duration::from_secs(10), |r| {
+        r.get("User-Name").map(String::as_str) == Some("alice")
+            && r.get("Acct-Status-Type").map(String::as_str) == Some("Stop")
+    });
+    assert_eq!(
+        stop.get("Acct-Terminate-Cause").map(String::as_str),
+        Some("Admin-Reset"),
+        "{stop:?}"
+    );
+    assert!(TcpTransfer::run_timeout(
+        &c0.ns,
+        servers.tcp4.addr,
+        1000,
+        1000,
+        Duration::from_millis(500)
+    )
+    .is_err());
+}
+
+#[test]
+fn mac_authentication_lets_a_known_client_in_when_it_is_first_seen_and_keeps_others_out() {
+    require_root();
+    let hs = Hotspot::builder().clients(2).build();
+    let servers = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5151, 5152);
+    let known = hs.clients[0].mac.to_uppercase().replace(':', "-");
+    let users = format!(
+        "\"{known}\"\tCleartext-Password := \"{known}\"\n\tSession-Timeout = 600,\n\tReply-Message = \"Known device\"\n"
+    );
+    let radius = FreeRadius::start(
+        &hs.server_ns,
+        hs.server_v4.into(),
+        &RadiusConfig::new(SECRET, &users),
+    );
+    let agent = agent_with(&hs, &radius).arg("--radius-mac-auth").start();
+    // Their first frames make them known to the gateway.
+    for c in &hs.clients {
+        let _ = TcpTransfer::run_timeout(
+            &c.ns,
+            servers.tcp4.addr,
+            100,
+            100,
+            Duration::from_millis(300),
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !agent.client_or_zero(&hs.clients[0].mac).allowed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the known MAC was not let in: {}",
+            agent.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    TcpTransfer::run(&hs.clients[0].ns, servers.tcp4.addr, 10_000, 10_000)
+        .expect("the known client is online");
+    assert!(
+        !agent.client_or_zero(&hs.clients[1].mac).allowed,
+        "an unknown MAC stays out"
+    );
+    let start = radius.wait_record("Start", Duration::from_secs(10), |r| {
+        r.get("Acct-Status-Type").map(String::as_str) == Some("Start")
+    });
+    assert_eq!(start.get("User-Name"), Some(&known));
+    assert!(
+        radius.log().contains("Call-Check"),
+        "MAC logins say Service-Type Call-Check"
+    );
+}

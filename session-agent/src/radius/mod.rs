@@ -17,6 +17,7 @@
 
 pub mod acct;
 pub mod client;
+pub mod coa;
 pub mod codec;
 
 use std::collections::HashMap;
@@ -43,6 +44,10 @@ use codec::{attr, chilli, wispr, VENDOR_CHILLISPOT, VENDOR_WISPR};
 
 /// The provider name of RADIUS sessions.
 pub const PROVIDER: &str = "radius";
+
+/// Service-Type of portal logins (Login) and MAC logins (Call-Check).
+const SERVICE_LOGIN: u32 = 1;
+const SERVICE_CALL_CHECK: u32 = 10;
 
 /// How MAC addresses are written in User-Name and Calling-Station-Id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -106,6 +111,14 @@ pub struct RadiusOptions {
     pub queue_limit: u64,
     /// The accounting book's file (none: in memory).
     pub book: Option<PathBuf>,
+    /// Log new clients in by their MAC.
+    pub mac_auth: bool,
+    /// The password of MAC logins (empty: the MAC as written in User-Name).
+    pub mac_password: String,
+    /// Where Disconnect and CoA requests are taken (none: not at all).
+    pub coa_listen: Option<SocketAddr>,
+    /// Who may send them.
+    pub coa_clients: Vec<IpAddr>,
 }
 
 /// Why a login or the service failed.
@@ -272,6 +285,10 @@ pub struct RadiusStats {
     pub acct_answered: AtomicU64,
     pub acct_retries: AtomicU64,
     pub acct_dropped_full: AtomicU64,
+    pub coa_acks: AtomicU64,
+    pub coa_naks: AtomicU64,
+    /// Requests dropped: from an unknown address, or not checking out.
+    pub coa_refused: AtomicU64,
 }
 
 /// A login's outcome.
@@ -387,6 +404,55 @@ impl Radius {
         user: &str,
         password: &str,
     ) -> Result<Login, RadiusError> {
+        self.login_as(gw, device_id, user, password, SERVICE_LOGIN)
+            .await
+    }
+
+    /// MAC authentication of a client just seen: User-Name is its MAC,
+    /// Service-Type Call-Check; a refusal leaves it in the walled garden.
+    pub async fn mac_login(&self, gw: &Gateway, device_id: DeviceId) -> Result<Login, RadiusError> {
+        let mac = gw.sessions().device(device_id)?.mac;
+        let user = self.opts.mac_format.write(mac.octets());
+        let password = if self.opts.mac_password.is_empty() {
+            user.clone()
+        } else {
+            self.opts.mac_password.clone()
+        };
+        self.login_as(gw, device_id, &user, &password, SERVICE_CALL_CHECK)
+            .await
+    }
+
+    /// Logs in every client the datapath sees for the first time by its MAC
+    /// (`--radius-mac-auth`).
+    pub async fn follow_new_clients(self: Arc<Self>, gw: Arc<Gateway>) {
+        let mut rx = gw.subscribe();
+        loop {
+            let device_id = match rx.recv().await {
+                Ok(crate::gateway::GatewayEvent::ClientSeen {
+                    device_id: Some(d), ..
+                }) => d,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            let (me, gw) = (self.clone(), gw.clone());
+            tokio::spawn(async move {
+                match me.mac_login(&gw, device_id).await {
+                    Ok(_) => {}
+                    Err(RadiusError::HasSession(_)) => {}
+                    Err(e) => info!(device_id, "MAC authentication: {e}"),
+                }
+            });
+        }
+    }
+
+    async fn login_as(
+        &self,
+        gw: &Gateway,
+        device_id: DeviceId,
+        user: &str,
+        password: &str,
+        service: u32,
+    ) -> Result<Login, RadiusError> {
         let mgr = gw.sessions();
         let device = mgr.device(device_id)?;
         let now = now_secs(gw);
@@ -416,7 +482,7 @@ impl Radius {
                 ) {
                     p.add(pw);
                 }
-                self.client_attrs(&mut p, &calling, framed_ip, &acct_session_id);
+                self.client_attrs(&mut p, service, &calling, framed_ip, &acct_session_id);
                 p
             })
             .await;
@@ -494,8 +560,15 @@ impl Radius {
         })
     }
 
-    fn client_attrs(&self, p: &mut Packet, calling: &str, ip: Option<Ipv4Addr>, acct_id: &str) {
-        p.add(AVP::from_u32(attr::SERVICE_TYPE as _, 1)); // Login
+    fn client_attrs(
+        &self,
+        p: &mut Packet,
+        service: u32,
+        calling: &str,
+        ip: Option<Ipv4Addr>,
+        acct_id: &str,
+    ) {
+        p.add(AVP::from_u32(attr::SERVICE_TYPE as _, service));
         p.add(AVP::from_u32(attr::NAS_PORT_TYPE as _, 19)); // Wireless-802.11
         p.add(AVP::from_string(attr::CALLING_STATION_ID as _, calling));
         if !self.called.is_empty() {
@@ -526,7 +599,13 @@ impl Radius {
         match &req.session {
             Some(s) => {
                 p.add(AVP::from_string(attr::USER_NAME as _, &s.user_name));
-                self.client_attrs(&mut p, &s.calling, s.framed_ip, &s.acct_session_id);
+                self.client_attrs(
+                    &mut p,
+                    SERVICE_LOGIN,
+                    &s.calling,
+                    s.framed_ip,
+                    &s.acct_session_id,
+                );
                 p.add(AVP::from_u32(attr::ACCT_AUTHENTIC as _, 1)); // RADIUS
                 for c in &s.class {
                     p.add(AVP::from_bytes(attr::CLASS as _, c));
@@ -942,6 +1021,10 @@ mod tests {
             default_session_secs: 60,
             queue_limit: 16,
             book: None,
+            mac_auth: false,
+            mac_password: String::new(),
+            coa_listen: None,
+            coa_clients: vec![],
         };
         let r = Radius::open(opts, Some([2, 0, 0, 0, 0, 1])).unwrap();
         assert_eq!(r.called, "02-00-00-00-00-01:Cafe");
