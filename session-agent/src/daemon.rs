@@ -365,6 +365,7 @@ fn apply_reload(
         api.portal_url => "captive.portal_url",
         api.retention => "store.retention_secs",
         redirect => "captive.redirect*",
+        radius => "radius.*",
     }
     if new.api.portal_texts.name != cur.api.portal_texts.name
         || new.api.portal_texts.lang != cur.api.portal_texts.lang

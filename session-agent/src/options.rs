@@ -435,7 +435,7 @@ impl RadiusSection {
         Ok(Some(crate::radius::RadiusOptions {
             auth_servers: self.auth_servers.clone(),
             acct_servers: self.acct_servers.clone(),
-            secret,
+            secret: crate::radius::Secret(secret),
             nas_identifier: self.nas_identifier.clone(),
             nas_ip: self.nas_ip,
             ssid: self.ssid.clone(),
@@ -1070,7 +1070,11 @@ portal_url = "https://portal.example/"
         );
         let r = parse(&text).unwrap().resolve().unwrap();
         let radius = r.radius.expect("radius on");
-        assert_eq!(radius.secret, b"s3cret");
+        assert_eq!(radius.secret.0, b"s3cret");
+        assert!(
+            !format!("{radius:?}").contains("s3cret"),
+            "the secret is never printed"
+        );
         assert_eq!(radius.mac_format, crate::radius::MacFormat::ColonLower);
         assert_eq!(radius.interim, Duration::from_secs(120));
         assert_eq!(

@@ -19,6 +19,10 @@ pub struct RadiusConfig {
     /// Sign Access answers with a Message-Authenticator (FreeRADIUS 3.2.1
     /// does not by itself; 3.2.5 and later do).
     pub sign_answers: bool,
+    /// Accounting into SQLite as well, and a counter (`sqlcounter`) that
+    /// answers a user with a `Max-Total-Octets` check item the data left of it,
+    /// summed over every gateway's records, as ChilliSpot-Max-Total-Octets.
+    pub data_counter: bool,
 }
 
 impl RadiusConfig {
@@ -27,6 +31,7 @@ impl RadiusConfig {
             secret: secret.into(),
             users: users.into(),
             sign_answers: true,
+            data_counter: false,
         }
     }
 }
@@ -43,7 +48,8 @@ pub struct FreeRadius {
 pub type AcctRecord = BTreeMap<String, String>;
 
 impl FreeRadius {
-    /// Auth on `addr`:1812, accounting on `addr`:1813, in `ns`.
+    /// Auth on `addr`:1812, accounting on `addr`:1813, in `ns` (an
+    /// unspecified `addr`: every address of `ns`).
     pub fn start(ns: &str, addr: IpAddr, cfg: &RadiusConfig) -> FreeRadius {
         assert!(
             std::path::Path::new("/usr/sbin/freeradius").exists(),
@@ -58,6 +64,65 @@ impl FreeRadius {
             "update reply {\n      Message-Authenticator := 0x00\n    }"
         } else {
             ""
+        };
+        let listen = if addr.is_unspecified() {
+            "*".to_string()
+        } else {
+            addr.to_string()
+        };
+        let (sql_modules, counter, sql) = if cfg.data_counter {
+            (
+                format!(
+                    r#"  sql {{
+    dialect = "sqlite"
+    driver = "rlm_sql_sqlite"
+    sqlite {{
+      filename = "{d}/radius.db"
+      busy_timeout = 200
+      bootstrap = "/etc/freeradius/3.0/mods-config/sql/main/sqlite/schema.sql"
+    }}
+    radius_db = "radius"
+    acct_table1 = "radacct"
+    acct_table2 = "radacct"
+    postauth_table = "radpostauth"
+    authcheck_table = "radcheck"
+    groupcheck_table = "radgroupcheck"
+    authreply_table = "radreply"
+    groupreply_table = "radgroupreply"
+    usergroup_table = "radusergroup"
+    delete_stale_sessions = yes
+    pool {{
+      start = 1
+      min = 1
+      max = 2
+      spare = 1
+      uses = 0
+      retry_delay = 30
+      lifetime = 0
+      idle_timeout = 60
+    }}
+    read_clients = no
+    client_table = "nas"
+    group_attribute = "SQL-Group"
+    $INCLUDE /etc/freeradius/3.0/mods-config/sql/main/sqlite/queries.conf
+  }}
+  sqlcounter datacounter {{
+    sql_module_instance = sql
+    dialect = sqlite
+    counter_name = Total-Octets-Used
+    check_name = Max-Total-Octets
+    reply_name = ChilliSpot-Max-Total-Octets
+    key = User-Name
+    reset = never
+    query = "SELECT IFNULL(SUM(acctinputoctets + acctoutputoctets), 0) FROM radacct WHERE username = '%{{${{key}}}}'"
+  }}
+"#
+                ),
+                "datacounter",
+                "sql",
+            )
+        } else {
+            (String::new(), "", "")
         };
         let conf = format!(
             r#"prefix = /usr
@@ -96,7 +161,9 @@ client everyone {{
   require_message_authenticator = yes
 }}
 modules {{
-  pap {{
+  expr {{
+  }}
+{sql_modules}  pap {{
   }}
   files {{
     filename = {d}/users
@@ -110,16 +177,17 @@ modules {{
 server default {{
   listen {{
     type = auth
-    ipaddr = {addr}
+    ipaddr = {listen}
     port = 1812
   }}
   listen {{
     type = acct
-    ipaddr = {addr}
+    ipaddr = {listen}
     port = 1813
   }}
   authorize {{
     files
+    {counter}
     pap
   }}
   authenticate {{
@@ -127,8 +195,14 @@ server default {{
       pap
     }}
   }}
+  preacct {{
+    update request {{
+      Acct-Unique-Session-Id := "%{{md5:%{{User-Name}},%{{Acct-Session-Id}},%{{NAS-IP-Address}},%{{NAS-Identifier}},%{{Calling-Station-Id}}}}"
+    }}
+  }}
   accounting {{
     detail
+    {sql}
   }}
   post-auth {{
     {sign}
@@ -148,7 +222,8 @@ server default {{
              ATTRIBUTE ChilliSpot-Max-Input-Gigawords 21 integer\n\
              ATTRIBUTE ChilliSpot-Max-Output-Gigawords 22 integer\n\
              ATTRIBUTE ChilliSpot-Max-Total-Gigawords 23 integer\n\
-             END-VENDOR ChilliSpot\n",
+             END-VENDOR ChilliSpot\n\
+             ATTRIBUTE Max-Total-Octets 3100 integer64\n",
         )
         .unwrap();
         std::fs::write(dir.join("users"), &cfg.users).unwrap();
@@ -300,7 +375,10 @@ pub fn radclient(
         String::from_utf8_lossy(&out.stderr)
     );
     // radclient fails on a NAK too: an answer is one it received (and checked).
-    (text.contains("\nReceived ") || text.starts_with("Received "), text)
+    (
+        text.contains("\nReceived ") || text.starts_with("Received "),
+        text,
+    )
 }
 
 /// An octet count of a record: Acct-X-Octets plus Acct-X-Gigawords x 2^32.

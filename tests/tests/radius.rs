@@ -146,7 +146,13 @@ fn an_accepted_login_gets_the_servers_limits_and_its_accounting_equals_the_refer
     let r = login(&agent, id1, "dave", "diver");
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["session"]["use_global_speed"], true, "{}", r.body);
-    let result = mixed_traffic(&c1.ns, &servers, mix(), "dave's traffic");
+    // Tens of megabytes, both ways, TCP and UDP over IPv4 and IPv6.
+    let big = Mix {
+        tcp_up: 4_000_000,
+        tcp_down: 12_000_000,
+        ..mix()
+    };
+    let result = mixed_traffic(&c1.ns, &servers, big, "dave's traffic");
     let r = agent.api().post(
         &format!("/v1/devices/{id1}/disconnect"),
         &json!({ "notification": "bye" }),
@@ -256,8 +262,39 @@ fn a_rejected_login_answers_403_with_the_servers_message_and_the_client_stays_bl
         .get(&format!("/v1/devices/{id}/sessions"))
         .ok("sessions");
     assert_eq!(sessions.as_array().map(Vec::len), Some(0), "{sessions}");
-    // The right password works.
-    assert_eq!(login(&agent, id, "eve", "right").status, 201);
+    // The CLI reads the password from stdin: a wrong one fails with the
+    // server's message, the right one logs the device in.
+    let cli_login = |password: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(session_tests::agent_bin())
+            .args(["login", &id.to_string(), "eve", "--api-socket"])
+            .arg(&agent.builder().api_socket)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = cli_login("guess\n");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Wrong password"),
+        "{out:?}"
+    );
+    let out = cli_login("right\n");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("logged in as eve"),
+        "{out:?}"
+    );
+    assert!(agent.client_or_zero(&c.mac).allowed);
 }
 
 #[test]
@@ -612,5 +649,135 @@ fn mac_authentication_lets_a_known_client_in_when_it_is_first_seen_and_keeps_oth
     assert!(
         radius.log().contains("Call-Check"),
         "MAC logins say Service-Type Call-Check"
+    );
+}
+
+/// Links gateway namespace `gw` to the AAA namespace: `gw_addr` there,
+/// `aaa_addr` on the AAA side (/30s).
+fn link_to_aaa(gw: &str, aaa: &str, n: u8) -> (std::net::Ipv4Addr, std::net::Ipv4Addr) {
+    use session_tests::netns::{ip, ip_n};
+    let (gw_if, aaa_if) = ("aaa0".to_string(), format!("gw{n}"));
+    ip(&[
+        "link", "add", &gw_if, "netns", gw, "type", "veth", "peer", "name", &aaa_if, "netns", aaa,
+    ]);
+    let (g, a) = (
+        std::net::Ipv4Addr::new(10, 250, n, 1),
+        std::net::Ipv4Addr::new(10, 250, n, 2),
+    );
+    ip_n(gw, &["addr", "add", &format!("{g}/30"), "dev", &gw_if]);
+    ip_n(aaa, &["addr", "add", &format!("{a}/30"), "dev", &aaa_if]);
+    ip_n(gw, &["link", "set", &gw_if, "up"]);
+    ip_n(aaa, &["link", "set", &aaa_if, "up"]);
+    (g, a)
+}
+
+#[test]
+fn two_gateways_share_one_allowance_through_the_servers_counter() {
+    require_root();
+    let (a, b) = (
+        Hotspot::builder().clients(1).build(),
+        Hotspot::builder().clients(1).build(),
+    );
+    // One AAA server for both, in a namespace of its own linked to each gateway.
+    let aaa = session_tests::Netns::new(&format!("{}-aaa", a.id));
+    let (_, aaa_a) = link_to_aaa(&a.gw_ns, aaa.name(), 1);
+    let (_, aaa_b) = link_to_aaa(&b.gw_ns, aaa.name(), 2);
+    let allowance = 10_000_000u64;
+    let mut cfg = RadiusConfig::new(
+        SECRET,
+        &format!("carol\tCleartext-Password := \"roam\", Max-Total-Octets := {allowance}\n\tSession-Timeout = 3600\n"),
+    );
+    cfg.data_counter = true;
+    let radius = FreeRadius::start(aaa.name(), std::net::Ipv4Addr::UNSPECIFIED.into(), &cfg);
+    let gateway = |hs: &Hotspot, server: std::net::Ipv4Addr, nas: &str| {
+        AgentBuilder::new(hs)
+            .arg("--radius-server")
+            .arg(format!("{server}:1812"))
+            .arg("--radius-acct-server")
+            .arg(format!("{server}:1813"))
+            .arg("--radius-secret-file")
+            .arg(secret_file(hs))
+            .arg("--radius-nas-id")
+            .arg(nas)
+            .start()
+    };
+    let (agent_a, agent_b) = (gateway(&a, aaa_a, "gw-a"), gateway(&b, aaa_b, "gw-b"));
+    let (nft_a, nft_b) = (NftRef::install(&a), NftRef::install(&b));
+    let srv_a = ServerSet::start(&a.server_ns, a.server_v4, a.server_v6, 5161, 5162);
+    let srv_b = ServerSet::start(&b.server_ns, b.server_v4, b.server_v6, 5161, 5162);
+    let stop_of = |nas: &str| {
+        radius.wait_record(&format!("Stop at {nas}"), Duration::from_secs(15), |r| {
+            r.get("NAS-Identifier").map(String::as_str) == Some(nas)
+                && r.get("Acct-Status-Type").map(String::as_str) == Some("Stop")
+        })
+    };
+
+    // At gateway A carol uses about 3 MB, then leaves.
+    let (ca, cb) = (&a.clients[0], &b.clients[0]);
+    let id_a = device(&agent_a, &ca.mac);
+    let r = login(&agent_a, id_a, "carol", "roam");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        r.body["session"]["data_bytes"].as_u64(),
+        Some(allowance),
+        "{}",
+        r.body
+    );
+    TcpTransfer::run(&ca.ns, srv_a.tcp4.addr, 200_000, 3_000_000).expect("carol at A");
+    agent_a
+        .api()
+        .post(&format!("/v1/devices/{id_a}/disconnect"), &json!({}));
+    let stop_a = stop_of("gw-a");
+    let used_a = octets(&stop_a, "Input") + octets(&stop_a, "Output");
+    let ref_a = nft_a.get(&ca.mac);
+    assert_eq!(
+        used_a,
+        ref_a.up_bytes + ref_a.down_bytes,
+        "{stop_a:?} against {ref_a:?}"
+    );
+
+    // At gateway B she gets what is left, and no more passes.
+    let id_b = device(&agent_b, &cb.mac);
+    let r = login(&agent_b, id_b, "carol", "roam");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        r.body["session"]["data_bytes"].as_u64(),
+        Some(allowance - used_a),
+        "{}",
+        r.body
+    );
+    let _ = TcpTransfer::run_timeout(
+        &cb.ns,
+        srv_b.tcp4.addr,
+        0,
+        12_000_000,
+        Duration::from_secs(10),
+    );
+    let stop_b = stop_of("gw-b");
+    let used_b = octets(&stop_b, "Input") + octets(&stop_b, "Output");
+    assert_eq!(
+        stop_b.get("Acct-Terminate-Cause").map(String::as_str),
+        Some("Session-Timeout"),
+        "{stop_b:?}"
+    );
+    // Across both: the allowance, and at most the one packet that crossed it at B.
+    assert!(
+        used_a + used_b <= allowance + 65_536 && used_a + used_b > allowance - 100_000,
+        "A {used_a} + B {used_b} against {allowance}"
+    );
+    assert!(used_b <= nft_b.get(&cb.mac).up_bytes + nft_b.get(&cb.mac).down_bytes);
+    // A third login finds nothing left.
+    let r = login(&agent_b, id_b, "carol", "roam");
+    let log = radius.log();
+    let counting: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("datacounter:") || l.contains("Executing query"))
+        .collect();
+    assert_eq!(
+        r.status,
+        403,
+        "{}\nthe server's counting:\n{}",
+        r.body,
+        counting.join("\n")
     );
 }

@@ -472,6 +472,9 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
             ("session_agent_radius_acct_answered_total", "Accounting requests a server answered.", n(&rs.acct_answered)),
             ("session_agent_radius_acct_retries_total", "Accounting sends that found no server answering (each request waits and is sent again).", n(&rs.acct_retries)),
             ("session_agent_radius_acct_dropped_total", "Interim updates not kept because the accounting queue was full.", n(&rs.acct_dropped_full)),
+            ("session_agent_radius_coa_acks_total", "Disconnect and CoA requests done (ACK).", n(&rs.coa_acks)),
+            ("session_agent_radius_coa_naks_total", "Disconnect and CoA requests refused with an Error-Cause (NAK).", n(&rs.coa_naks)),
+            ("session_agent_radius_coa_dropped_total", "Disconnect and CoA requests dropped unanswered: from an address that is no CoA client, or not checking out with the secret.", n(&rs.coa_refused)),
         ] {
             single(&mut out, (name, "counter"), help, v);
         }

@@ -69,7 +69,13 @@ impl Servers {
     /// own identifier and authenticator) and returns the first answer that
     /// checks out. Retransmissions to one server repeat the same bytes after
     /// a timeout that doubles each time.
-    pub async fn exchange(&self, build: impl Fn(&[u8]) -> Packet) -> Result<Packet, ClientError> {
+    ///
+    /// `build` gets the secret and the address the request leaves from (the
+    /// NAS-IP-Address when none is configured).
+    pub async fn exchange(
+        &self,
+        build: impl Fn(&[u8], IpAddr) -> Packet,
+    ) -> Result<Packet, ClientError> {
         let n = self.list.len();
         let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
         let mut attempts = 0;
@@ -83,7 +89,8 @@ impl Servers {
             let io = |source| ClientError::Io { server, source };
             let sock = UdpSocket::bind(bind).await.map_err(io)?;
             sock.connect(server).await.map_err(io)?;
-            let request = codec::encode_signed(build(&self.secret))?;
+            let local = sock.local_addr().map_err(io)?.ip();
+            let request = codec::encode_signed(build(&self.secret, local))?;
             let mut wait = self.timeout;
             for _ in 0..=self.retries {
                 attempts += 1;

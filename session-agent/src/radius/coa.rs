@@ -67,7 +67,7 @@ impl Radius {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return None;
         }
-        let request = match codec::open_request(bytes, &self.opts.secret) {
+        let request = match codec::open_request(bytes, &self.opts.secret.0) {
             Ok(p) => p,
             Err(e) => {
                 warn!(%from, "RADIUS CoA request dropped: {e}");

@@ -361,6 +361,17 @@ mod tests {
         assert_eq!(got[1].2, b"2026-01-01T00:00:00Z".to_vec());
     }
 
+    proptest::proptest! {
+        /// Whatever arrives, the checks answer without a panic, and nothing
+        /// random passes them.
+        #[test]
+        fn random_bytes_are_refused_without_a_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let request = encode_signed(request(Code::AccessRequest)).unwrap();
+            proptest::prop_assert!(open_request(&bytes, SECRET).is_err());
+            proptest::prop_assert!(open_response(&bytes, &request, SECRET, true).is_err());
+        }
+    }
+
     #[test]
     fn truncated_and_malformed_messages_are_refused() {
         let bytes = encode_signed(request(Code::AccountingRequest)).unwrap();

@@ -91,12 +91,22 @@ impl MacFormat {
     }
 }
 
+/// A shared secret: compared and used, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// What the agent runs RADIUS with (from the `[radius]` section).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RadiusOptions {
     pub auth_servers: Vec<SocketAddr>,
     pub acct_servers: Vec<SocketAddr>,
-    pub secret: Vec<u8>,
+    pub secret: Secret,
     pub nas_identifier: String,
     pub nas_ip: Option<Ipv4Addr>,
     /// Called-Station-Id: the LAN's MAC, then `:SSID` when one is given.
@@ -339,7 +349,7 @@ impl Radius {
         let servers = |list: &[SocketAddr]| {
             Servers::new(
                 list.to_vec(),
-                opts.secret.clone(),
+                opts.secret.0.clone(),
                 opts.timeout,
                 opts.retries,
                 true,
@@ -375,13 +385,20 @@ impl Radius {
         self.book.open_sessions().map(|v| v.len()).unwrap_or(0)
     }
 
-    /// The attributes every request about a client carries.
-    fn nas_attrs(&self, p: &mut Packet) {
+    /// The attributes naming this NAS in every request: NAS-Identifier, and
+    /// NAS-IP-Address (configured, or the address the request leaves from),
+    /// which servers key Accounting-On/Off by: without it one gateway's
+    /// Accounting-On would close every other's sessions.
+    fn nas_attrs(&self, p: &mut Packet, local: IpAddr) {
         p.add(AVP::from_string(
             attr::NAS_IDENTIFIER as _,
             &self.opts.nas_identifier,
         ));
-        if let Some(ip) = self.opts.nas_ip {
+        let ip = self.opts.nas_ip.or(match local {
+            IpAddr::V4(v4) if !v4.is_unspecified() => Some(v4),
+            _ => None,
+        });
+        if let Some(ip) = ip {
             p.add(AVP::from_ipv4(attr::NAS_IP_ADDRESS as _, &ip));
         }
     }
@@ -471,7 +488,7 @@ impl Radius {
         let acct_session_id = self.new_acct_session_id(now, device_id);
         let answer = self
             .auth
-            .exchange(|secret| {
+            .exchange(|secret, local| {
                 let mut p = Packet::new(Code::AccessRequest, secret);
                 p.add(AVP::from_string(attr::USER_NAME as _, user));
                 if let Ok(pw) = AVP::from_user_password(
@@ -482,7 +499,14 @@ impl Radius {
                 ) {
                     p.add(pw);
                 }
-                self.client_attrs(&mut p, service, &calling, framed_ip, &acct_session_id);
+                self.client_attrs(
+                    &mut p,
+                    local,
+                    service,
+                    &calling,
+                    framed_ip,
+                    &acct_session_id,
+                );
                 p
             })
             .await;
@@ -560,9 +584,11 @@ impl Radius {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn client_attrs(
         &self,
         p: &mut Packet,
+        local: IpAddr,
         service: u32,
         calling: &str,
         ip: Option<Ipv4Addr>,
@@ -578,11 +604,11 @@ impl Radius {
             p.add(AVP::from_ipv4(attr::FRAMED_IP_ADDRESS as _, &ip));
         }
         p.add(AVP::from_string(attr::ACCT_SESSION_ID as _, acct_id));
-        self.nas_attrs(p);
+        self.nas_attrs(p, local);
     }
 
     /// The Accounting-Request for a queued request, as sent `now`.
-    fn accounting_packet(&self, secret: &[u8], req: &Request, now: i64) -> Packet {
+    fn accounting_packet(&self, secret: &[u8], local: IpAddr, req: &Request, now: i64) -> Packet {
         let mut p = Packet::new(Code::AccountingRequest, secret);
         p.add(AVP::from_u32(
             attr::ACCT_STATUS_TYPE as _,
@@ -601,6 +627,7 @@ impl Radius {
                 p.add(AVP::from_string(attr::USER_NAME as _, &s.user_name));
                 self.client_attrs(
                     &mut p,
+                    local,
                     SERVICE_LOGIN,
                     &s.calling,
                     s.framed_ip,
@@ -636,7 +663,7 @@ impl Radius {
                     p.add(AVP::from_u32(attr::ACCT_TERMINATE_CAUSE as _, c.code()));
                 }
             }
-            None => self.nas_attrs(&mut p),
+            None => self.nas_attrs(&mut p, local),
         }
         p
     }
@@ -672,7 +699,9 @@ impl Radius {
             }
             let sent = self
                 .acct
-                .exchange(|secret| self.accounting_packet(secret, &req, now_secs(&gw)))
+                .exchange(|secret, local| {
+                    self.accounting_packet(secret, local, &req, now_secs(&gw))
+                })
                 .await;
             match sent {
                 Ok(p) if p.get_code() == Code::AccountingResponse => {
@@ -1010,7 +1039,7 @@ mod tests {
         let opts = RadiusOptions {
             auth_servers: vec![],
             acct_servers: vec![],
-            secret: b"s".to_vec(),
+            secret: Secret(b"s".to_vec()),
             nas_identifier: "gw".into(),
             nas_ip: None,
             ssid: "Cafe".into(),
@@ -1044,7 +1073,11 @@ mod tests {
                 cause: Some(Cause::AdminReset),
             }),
         };
-        let p = r.accounting_packet(b"s", &req, 130);
+        let p = r.accounting_packet(b"s", [192, 0, 2, 1].into(), &req, 130);
+        let nas_ip = p
+            .lookup(attr::NAS_IP_ADDRESS as _)
+            .map(|a| a.encode_ipv4().unwrap());
+        assert_eq!(nas_ip, Some(std::net::Ipv4Addr::new(192, 0, 2, 1)));
         assert_eq!(codec::int(&p, attr::ACCT_INPUT_OCTETS), Some(7));
         assert_eq!(codec::int(&p, attr::ACCT_INPUT_GIGAWORDS), Some(5));
         assert_eq!(codec::int(&p, attr::ACCT_OUTPUT_OCTETS), Some(3));
