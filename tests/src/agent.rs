@@ -337,6 +337,16 @@ impl Agent {
         crate::api::ApiClient::new(&self.builder.api_socket)
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        self.api()
+            .get("/metrics")
+            .body
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Runs `session-agent ARGS` in the gateway namespace.
     pub fn cli(&self, args: &[&str]) -> Output {
         cli(&self.builder.ns, args)

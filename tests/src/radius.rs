@@ -341,6 +341,23 @@ server default {{
     }
 }
 
+/// A record's attribute as text.
+pub fn attr<'a>(r: &'a AcctRecord, name: &str) -> Option<&'a str> {
+    r.get(name).map(String::as_str)
+}
+
+impl FreeRadius {
+    /// Waits (up to 30 s) for a record of `status` (Start, Stop, ...), of
+    /// `user` when given.
+    pub fn wait_status(&self, status: &str, user: Option<&str>) -> AcctRecord {
+        let what = format!("{status} of {}", user.unwrap_or("anyone"));
+        self.wait_record(&what, Duration::from_secs(30), |r| {
+            attr(r, "Acct-Status-Type") == Some(status)
+                && user.is_none_or(|u| attr(r, "User-Name") == Some(u))
+        })
+    }
+}
+
 /// `radclient` from `ns`: sends `attrs` (`A = v, B = w`) as a `kind` request
 /// (auth, acct, coa, disconnect) to `server` with `secret`, one try of two
 /// seconds. Returns whether a valid answer came, and radclient's output.

@@ -307,12 +307,7 @@ fn a_garden_name_is_reachable_before_payment_and_others_are_not() {
         down + drip
     );
     assert!(web.received() >= drip);
-    let metrics = api
-        .get("/metrics")
-        .body
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let metrics = agent.metrics();
     assert!(
         metrics.contains("session_agent_garden_dns_answers_total{outcome=\"learnt\"}"),
         "{metrics}"
@@ -402,13 +397,7 @@ fn past_the_limit_addresses_are_not_learnt_and_that_is_logged_and_counted() {
     }
     assert_eq!(reached, [true, true, true, true, true, false, false, false]);
     assert_eq!(learnt(&agent).len(), 5);
-    let metrics = agent
-        .api()
-        .get("/metrics")
-        .body
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let metrics = agent.metrics();
     assert!(
         metrics.contains("session_agent_garden_learnt_refused_total 3"),
         "{metrics}"

@@ -1,7 +1,7 @@
 //! `POST /v1/devices/{id}/login` (and by IP): a portal login against the
 //! RADIUS servers.
 
-use std::{net::IpAddr, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     extract::State,
@@ -14,7 +14,7 @@ use session_api::LoginView;
 
 use super::{
     neigh,
-    routes::{off_runtime, path, view, Body, DevId, PathArg},
+    routes::{ip_path, off_runtime, view, Body, DevId, PathArg},
     ApiError, ApiState,
 };
 use crate::radius::RadiusError;
@@ -97,13 +97,6 @@ pub(super) async fn login_by_ip(
     ip: PathArg,
     Body(c): Body<Credentials>,
 ) -> Result<Response, ApiError> {
-    let ip = path(ip)?;
-    let ip: IpAddr = ip.parse().map_err(|_| {
-        ApiError::bad_request(
-            "invalid_ip",
-            format!("'{ip}' is not an IPv4 or IPv6 address"),
-        )
-    })?;
-    let device = neigh::device_or_new_for_ip(&st.gw, ip).await?;
+    let device = neigh::device_or_new_for_ip(&st.gw, ip_path(ip)?).await?;
     login_for(&st, device.id, c).await
 }

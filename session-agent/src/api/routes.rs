@@ -125,6 +125,17 @@ pub(super) fn path(p: PathArg) -> Result<String, ApiError> {
         .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
 }
 
+/// A client address in the path (`/v1/devices/by-ip/{ip}/...`).
+pub(super) fn ip_path(p: PathArg) -> Result<IpAddr, ApiError> {
+    let ip = path(p)?;
+    ip.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_ip",
+            format!("'{ip}' is not an IPv4 or IPv6 address"),
+        )
+    })
+}
+
 /// A request's JSON object body, parsed with the API's error codes (see
 /// [`json`]); a request without one is refused (`missing_body`).
 pub struct Body<T>(pub T);
@@ -459,14 +470,7 @@ async fn device_by_mac(State(st): St, mac: PathArg) -> ApiResult<DeviceView> {
 }
 
 async fn device_by_ip(State(st): St, ip: PathArg) -> ApiResult<DeviceView> {
-    let ip = path(ip)?;
-    let ip: IpAddr = ip.parse().map_err(|_| {
-        ApiError::bad_request(
-            "invalid_ip",
-            format!("'{ip}' is not an IPv4 or IPv6 address"),
-        )
-    })?;
-    let d = neigh::device_for_ip(&st.gw, ip).await?;
+    let d = neigh::device_for_ip(&st.gw, ip_path(ip)?).await?;
     Ok(Json(device_view(&st, d.id)?))
 }
 

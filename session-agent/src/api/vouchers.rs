@@ -1,7 +1,7 @@
 //! `/v1/vouchers` and redemption: batches of codes, their states, revocation,
 //! export for print, and `POST /v1/devices/{id}/redeem`.
 
-use std::{net::IpAddr, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     extract::{Query, State},
@@ -18,8 +18,8 @@ use session_model::{
 use super::{
     neigh,
     routes::{
-        check_exp_days, check_mb, check_mbits, check_secs, check_timestamp, created, off_runtime,
-        path, view, Body, DevId, PathArg,
+        check_exp_days, check_mb, check_mbits, check_secs, check_timestamp, created, ip_path,
+        off_runtime, path, view, Body, DevId, PathArg,
     },
     views::{self, RedeemView, VoucherView},
     ApiError, ApiState,
@@ -338,13 +338,6 @@ pub(super) async fn redeem_by_ip(
     ip: PathArg,
     Body(b): Body<Redeem>,
 ) -> Result<Response, ApiError> {
-    let ip = path(ip)?;
-    let ip: IpAddr = ip.parse().map_err(|_| {
-        ApiError::bad_request(
-            "invalid_ip",
-            format!("'{ip}' is not an IPv4 or IPv6 address"),
-        )
-    })?;
-    let device = neigh::device_or_new_for_ip(&st.gw, ip).await?;
+    let device = neigh::device_or_new_for_ip(&st.gw, ip_path(ip)?).await?;
     redeem_for(&st, device.id, b.code).await
 }

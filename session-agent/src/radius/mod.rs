@@ -49,6 +49,9 @@ pub const PROVIDER: &str = "radius";
 const SERVICE_LOGIN: u32 = 1;
 const SERVICE_CALL_CHECK: u32 = 10;
 
+/// MAC logins waiting for an answer at once.
+const MAC_LOGINS_AT_ONCE: usize = 16;
+
 /// How MAC addresses are written in User-Name and Calling-Station-Id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -443,6 +446,9 @@ impl Radius {
     /// (`--radius-mac-auth`).
     pub async fn follow_new_clients(self: Arc<Self>, gw: Arc<Gateway>) {
         let mut rx = gw.subscribe();
+        // A burst of new MACs (or a client making them up) must not flood the
+        // servers: a bounded number of MAC logins at a time, the rest wait.
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAC_LOGINS_AT_ONCE));
         loop {
             let device_id = match rx.recv().await {
                 Ok(crate::gateway::GatewayEvent::ClientSeen {
@@ -451,8 +457,11 @@ impl Radius {
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => return,
             };
-            let (me, gw) = (self.clone(), gw.clone());
+            let (me, gw, in_flight) = (self.clone(), gw.clone(), in_flight.clone());
             tokio::spawn(async move {
+                let Ok(_permit) = in_flight.acquire().await else {
+                    return;
+                };
                 match me.mac_login(&gw, device_id).await {
                     Ok(_) => {}
                     Err(RadiusError::HasSession(_)) => {}
@@ -642,22 +651,22 @@ impl Radius {
                         attr::ACCT_SESSION_TIME as _,
                         s.session_time.min(u32::MAX as u64) as u32,
                     ));
-                    p.add(AVP::from_u32(
-                        attr::ACCT_INPUT_OCTETS as _,
-                        s.input_octets as u32,
-                    ));
-                    p.add(AVP::from_u32(
-                        attr::ACCT_INPUT_GIGAWORDS as _,
-                        (s.input_octets >> 32) as u32,
-                    ));
-                    p.add(AVP::from_u32(
-                        attr::ACCT_OUTPUT_OCTETS as _,
-                        s.output_octets as u32,
-                    ));
-                    p.add(AVP::from_u32(
-                        attr::ACCT_OUTPUT_GIGAWORDS as _,
-                        (s.output_octets >> 32) as u32,
-                    ));
+                    // Octets below 2^32, and how many times 2^32 above (RFC 2869).
+                    for (octets, low, giga) in [
+                        (
+                            s.input_octets,
+                            attr::ACCT_INPUT_OCTETS,
+                            attr::ACCT_INPUT_GIGAWORDS,
+                        ),
+                        (
+                            s.output_octets,
+                            attr::ACCT_OUTPUT_OCTETS,
+                            attr::ACCT_OUTPUT_GIGAWORDS,
+                        ),
+                    ] {
+                        p.add(AVP::from_u32(low as _, octets as u32));
+                        p.add(AVP::from_u32(giga as _, (octets >> 32) as u32));
+                    }
                 }
                 if let Some(c) = s.cause {
                     p.add(AVP::from_u32(attr::ACCT_TERMINATE_CAUSE as _, c.code()));
