@@ -277,8 +277,17 @@ pub struct Neighbour {
 
 /// The neighbour entries for `ip`, on any interface.
 pub fn neighbours(ip: IpAddr) -> Result<Vec<Neighbour>> {
+    let v4 = ip.is_ipv4();
+    Ok(neighbour_table(v4)?
+        .into_iter()
+        .filter(|n| n.ip == ip)
+        .collect())
+}
+
+/// Every IPv4 (`v4`) or IPv6 neighbour entry, on any interface.
+pub fn neighbour_table(v4: bool) -> Result<Vec<Neighbour>> {
     let mut req = NeighbourMessage::default();
-    req.header.family = if ip.is_ipv4() {
+    req.header.family = if v4 {
         AddressFamily::Inet
     } else {
         AddressFamily::Inet6
@@ -292,14 +301,13 @@ pub fn neighbours(ip: IpAddr) -> Result<Vec<Neighbour>> {
         let RouteNetlinkMessage::NewNeighbour(n) = m else {
             continue;
         };
-        let dest = n.attributes.iter().find_map(|a| match a {
+        let Some(ip) = n.attributes.iter().find_map(|a| match a {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
             _ => None,
-        });
-        if dest != Some(ip) {
+        }) else {
             continue;
-        }
+        };
         let mac = n.attributes.iter().find_map(|a| match a {
             NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
                 let mut m = [0u8; 6];

@@ -48,8 +48,12 @@ fn secret_file(hs: &Hotspot) -> String {
 }
 
 fn agent_with(hs: &Hotspot, radius: &FreeRadius) -> AgentBuilder {
-    AgentBuilder::new(hs)
-        .arg("--radius-server")
+    agent_after(AgentBuilder::new(hs), hs, radius)
+}
+
+/// `b` (which may name servers of its own first) with `radius` as server.
+fn agent_after(b: AgentBuilder, hs: &Hotspot, radius: &FreeRadius) -> AgentBuilder {
+    b.arg("--radius-server")
         .arg(radius.auth_addr().to_string())
         .arg("--radius-acct-server")
         .arg(radius.acct_addr().to_string())
@@ -134,6 +138,12 @@ fn an_accepted_login_gets_the_servers_limits_and_its_accounting_equals_the_refer
         Some("0x706c616e2d676f6c64"),
         "{start:?}"
     );
+    assert_eq!(
+        attr(&start, "Framed-IP-Address"),
+        Some(c.ipv4.to_string().as_str()),
+        "the client's address, from the neighbour table: {start:?}"
+    );
+    assert!(attr(&start, "NAS-IP-Address").is_some(), "{start:?}");
     let calling = c.mac.to_uppercase().replace(':', "-");
     assert_eq!(attr(&start, "Calling-Station-Id"), Some(calling.as_str()));
 
@@ -212,7 +222,13 @@ fn an_accepted_login_gets_the_servers_limits_and_its_accounting_equals_the_refer
 fn a_rejected_login_answers_403_with_the_servers_message_and_the_client_stays_blocked() {
     require_root();
     let (hs, servers, radius) = site(1, 5111, &RadiusConfig::new(SECRET, USERS));
-    let agent = agent_with(&hs, &radius).start();
+    // The first server named is down (nothing listens there): each login
+    // fails over to the second.
+    let dead = std::net::SocketAddr::new(hs.server_v4.into(), 1999);
+    let first = AgentBuilder::new(&hs)
+        .arg("--radius-server")
+        .arg(dead.to_string());
+    let agent = agent_after(first, &hs, &radius).start();
     let c = &hs.clients[0];
     let id = device(&agent, &c.mac);
     let r = login(&agent, id, "eve", "guess");

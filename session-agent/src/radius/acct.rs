@@ -109,6 +109,9 @@ pub struct OpenSession {
     /// Class attributes of the Access-Accept, echoed in every request.
     #[serde(default)]
     pub class: Vec<Vec<u8>>,
+    /// State of the Access-Accept, echoed likewise.
+    #[serde(default)]
+    pub state: Option<Vec<u8>>,
     /// Unix seconds of the start.
     pub started_at: i64,
     /// Seconds between interim updates (0: none).
@@ -168,6 +171,8 @@ pub struct SessionPart {
     pub calling: String,
     pub framed_ip: Option<std::net::Ipv4Addr>,
     pub class: Vec<Vec<u8>>,
+    #[serde(default)]
+    pub state: Option<Vec<u8>>,
     pub input_octets: u64,
     pub output_octets: u64,
     pub session_time: u64,
@@ -183,6 +188,7 @@ impl SessionPart {
             calling: s.calling.clone(),
             framed_ip: s.framed_ip,
             class: s.class.clone(),
+            state: s.state.clone(),
             input_octets: up,
             output_octets: down,
             session_time: (at - s.started_at).max(0) as u64,
@@ -355,6 +361,7 @@ mod tests {
             calling: "AA-BB-CC-DD-EE-FF".into(),
             framed_ip: None,
             class: vec![b"c1".to_vec()],
+            state: None,
             started_at: 100,
             interim_secs: 60,
             next_interim: 160,

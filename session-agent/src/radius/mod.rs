@@ -172,6 +172,8 @@ pub struct Authorization {
     pub terminate_at: Option<i64>,
     pub interim: Option<u64>,
     pub class: Vec<Vec<u8>>,
+    /// State of the Accept, echoed in accounting as Class is.
+    pub state: Option<Vec<u8>>,
     pub reply_message: Option<String>,
     /// Attributes ignored or in conflict, for the log.
     pub notes: Vec<String>,
@@ -189,6 +191,7 @@ impl Authorization {
                 .iter()
                 .map(|a| a.encode_bytes())
                 .collect(),
+            state: p.lookup(attr::STATE).map(|a| a.encode_bytes()),
             ..Default::default()
         };
         let replies: Vec<String> = p
@@ -492,7 +495,7 @@ impl Radius {
         let calling = self.opts.mac_format.write(device.mac.octets());
         let framed_ip = match device.ip {
             Some(IpAddr::V4(ip)) => Some(ip),
-            _ => None,
+            _ => ipv4_of(gw, device.mac.octets()).await,
         };
         let acct_session_id = self.new_acct_session_id(now, device_id);
         let answer = self
@@ -568,6 +571,7 @@ impl Radius {
             calling,
             framed_ip,
             class: auth.class.clone(),
+            state: auth.state.clone(),
             started_at: now,
             interim_secs: interim,
             next_interim: now + interim as i64,
@@ -645,6 +649,9 @@ impl Radius {
                 p.add(AVP::from_u32(attr::ACCT_AUTHENTIC as _, 1)); // RADIUS
                 for c in &s.class {
                     p.add(AVP::from_bytes(attr::CLASS as _, c));
+                }
+                if let Some(st) = &s.state {
+                    p.add(AVP::from_bytes(attr::STATE as _, st));
                 }
                 if req.status != Status::Start {
                     p.add(AVP::from_u32(
@@ -947,6 +954,26 @@ impl Radius {
     }
 }
 
+/// The client's IPv4 address in the neighbour table of a LAN (for
+/// Framed-IP-Address), if it has a resolved one.
+async fn ipv4_of(gw: &Gateway, mac: [u8; 6]) -> Option<Ipv4Addr> {
+    let lans: Vec<u32> = gw
+        .lans()
+        .iter()
+        .filter_map(|l| crate::iface::index(&l.name).ok())
+        .collect();
+    let table = tokio::task::spawn_blocking(|| crate::netlink::neighbour_table(true))
+        .await
+        .ok()?
+        .ok()?;
+    table.into_iter().find_map(|n| match n.ip {
+        IpAddr::V4(ip) if n.mac == Some(mac) && !n.unresolved && lans.contains(&n.ifindex) => {
+            Some(ip)
+        }
+        _ => None,
+    })
+}
+
 /// The meter reading of a device in both directions (zero when it has no slot).
 pub fn reading(epoch: Option<u64>, split: Option<(u64, u64)>) -> Reading {
     let (up, down) = split.unwrap_or((0, 0));
@@ -1075,7 +1102,8 @@ mod tests {
                 user_name: "u".into(),
                 calling: "c".into(),
                 framed_ip: None,
-                class: vec![],
+                class: vec![b"c".to_vec()],
+                state: Some(b"st".to_vec()),
                 input_octets: big,
                 output_octets: 3,
                 session_time: 9,
@@ -1092,6 +1120,8 @@ mod tests {
         assert_eq!(codec::int(&p, attr::ACCT_OUTPUT_OCTETS), Some(3));
         assert_eq!(codec::int(&p, attr::ACCT_OUTPUT_GIGAWORDS), Some(0));
         assert_eq!(codec::int(&p, attr::ACCT_DELAY_TIME), Some(30));
+        assert_eq!(codec::text(&p, attr::CLASS).as_deref(), Some("c"));
+        assert_eq!(codec::text(&p, attr::STATE).as_deref(), Some("st"));
         assert_eq!(codec::int(&p, attr::ACCT_TERMINATE_CAUSE), Some(6));
         assert_eq!(codec::int(&p, attr::ACCT_STATUS_TYPE), Some(2));
     }
