@@ -85,12 +85,14 @@ fn a_reload_applies_the_garden_and_speeds_keeps_the_counters_and_names_what_need
         "{log}"
     );
     assert!(reach(&other.ns), "the reloaded garden entry does not pass");
-    let after = iperf(&paying.ns, iperf_srv.addr, 2, 1, true);
+    // 3 s after a 1 s warm-up: the token bucket (250 ms deep) may add a
+    // twelfth over the rate when TCP idles and it refills, plus noise.
+    let after = iperf(&paying.ns, iperf_srv.addr, 3, 1, true);
     eprintln!(
         "RELOAD global speed 20 -> 5 Mbit/s: {:.3} -> {:.3} Mbit/s",
         before.recv_mbits, after.recv_mbits
     );
-    assert!((4.5..=5.5).contains(&after.recv_mbits), "{after:?}");
+    assert!((4.5..=5.7).contains(&after.recv_mbits), "{after:?}");
     // Nothing was lost: the counters go on from where they were, the session too.
     let now = agent.client_or_zero(&paying.mac);
     assert!(
@@ -138,9 +140,9 @@ fn a_reload_applies_the_garden_and_speeds_keeps_the_counters_and_names_what_need
     );
     assert!(log.contains("poll_ms"), "{log}");
     assert!(reach(&other.ns), "the garden changed with a refused file");
-    let still = iperf(&paying.ns, iperf_srv.addr, 2, 1, true);
+    let still = iperf(&paying.ns, iperf_srv.addr, 3, 1, true);
     assert!(
-        (4.5..=5.5).contains(&still.recv_mbits),
+        (4.5..=5.7).contains(&still.recv_mbits),
         "speed changed with a refused file: {still:?}"
     );
 }
