@@ -305,6 +305,14 @@ impl Gateway {
         let _ = self.names.set(names);
     }
 
+    /// The interface indexes of the LANs (those that still exist).
+    pub fn lan_indexes(&self) -> Vec<u32> {
+        self.lans()
+            .iter()
+            .filter_map(|l| crate::iface::index(&l.name).ok())
+            .collect()
+    }
+
     /// Gives the gateway its RADIUS service (once).
     pub fn set_radius(&self, radius: Arc<crate::radius::Radius>) {
         let _ = self.radius.set(radius);

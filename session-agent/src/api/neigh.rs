@@ -40,11 +40,7 @@ fn lookup(ip: IpAddr, lans: &[u32]) -> Result<Option<MacAddr>, ApiError> {
 /// The MAC behind `ip` on one of the gateway's LANs.
 pub async fn mac_for_ip(gw: &Gateway, ip: IpAddr) -> Result<MacAddr, ApiError> {
     let ip = canonical(ip);
-    let lans: Vec<u32> = gw
-        .lans()
-        .iter()
-        .filter_map(|l| crate::iface::index(&l.name).ok())
-        .collect();
+    let lans = gw.lan_indexes();
     let found = tokio::task::spawn_blocking(move || lookup(ip, &lans))
         .await
         .map_err(|e| {

@@ -132,11 +132,8 @@ impl Maps {
 
     /// Up plus down bytes of the slot: the client's usage meter.
     pub fn usage_bytes(&self, slot: u32) -> Result<u64> {
-        let pos = self.entry_of(slot)?;
-        Ok(
-            cell!(self.clients, pos, up_bytes: AtomicU64).load(Ordering::Relaxed)
-                + cell!(self.clients, pos, down_bytes: AtomicU64).load(Ordering::Relaxed),
-        )
+        let (up, down) = self.usage_split(slot)?;
+        Ok(up + down)
     }
 
     /// Up and down bytes of the client in `slot`, apart.

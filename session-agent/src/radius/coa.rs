@@ -94,7 +94,7 @@ impl Radius {
         };
         let outcome = match self.coa_sessions(&request) {
             Err(cause) => Err(cause),
-            Ok(sessions) if code_is_disconnect(ack) => self.disconnect(gw, &sessions).await,
+            Ok(sessions) if ack == Code::DisconnectACK => self.disconnect(gw, &sessions).await,
             Ok(sessions) => self.change(gw, &request, &sessions).await,
         };
         match outcome {
@@ -237,10 +237,6 @@ impl Radius {
         self.wake.notify_one();
         Ok(sessions.len())
     }
-}
-
-fn code_is_disconnect(c: Code) -> bool {
-    c == Code::DisconnectACK
 }
 
 #[cfg(test)]

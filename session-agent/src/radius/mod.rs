@@ -784,8 +784,11 @@ impl Radius {
                 }
                 _ => continue,
             };
-            self.causes.lock().unwrap().entry(sid).or_insert(cause);
-            self.wake.notify_one();
+            // Only RADIUS sessions: the map must not grow with every local one.
+            if matches!(self.book.open_session(sid), Ok(Some(_))) {
+                self.causes.lock().unwrap().entry(sid).or_insert(cause);
+                self.wake.notify_one();
+            }
         }
     }
 
@@ -796,10 +799,6 @@ impl Radius {
         let epoch = gw.datapath().epoch();
         for mut s in self.book.open_sessions()? {
             if epoch.is_some_and(|e| e != s.last.epoch && e != s.mark.epoch) {
-                self.causes
-                    .lock()
-                    .unwrap()
-                    .insert(s.session_id, Cause::NasReboot);
                 let req = Request {
                     status: Status::Stop,
                     at: now,
@@ -957,11 +956,7 @@ impl Radius {
 /// The client's IPv4 address in the neighbour table of a LAN (for
 /// Framed-IP-Address), if it has a resolved one.
 async fn ipv4_of(gw: &Gateway, mac: [u8; 6]) -> Option<Ipv4Addr> {
-    let lans: Vec<u32> = gw
-        .lans()
-        .iter()
-        .filter_map(|l| crate::iface::index(&l.name).ok())
-        .collect();
+    let lans = gw.lan_indexes();
     let table = tokio::task::spawn_blocking(|| crate::netlink::neighbour_table(true))
         .await
         .ok()?
