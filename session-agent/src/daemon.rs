@@ -35,6 +35,12 @@ pub struct GateOptions {
     /// Walled-garden limit per client and direction before payment (0 = none).
     pub garden_rate_kbits: u64,
     pub garden_pps: u64,
+    /// The garden limit of all unpaid clients together (0 = none).
+    pub garden_total_kbits: u64,
+    /// Frames per second all MACs without a slot share (0 = unlimited).
+    pub slotless_pps: u64,
+    /// New clients per second that take a slot (0 = unlimited).
+    pub new_clients_per_sec: u64,
 }
 
 /// What the daemon runs with, from [`crate::options::Options::resolve`].
@@ -115,6 +121,7 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
             opts.redirect.as_ref(),
             None,
         ));
+        maps.set_gate(&gate_limits(&opts.gate));
         set_up_shaper(&maps, lan, opts.shaper)?;
         info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, tc = ?a.tc, shaper = ?opts.shaper, garden = entries.len(), "datapath attached");
         match aya_log::EbpfLogger::init(&mut a.ebpf) {
@@ -408,6 +415,7 @@ fn apply_reload(
                 cur.redirect.as_ref(),
                 gw.dns_snoop_mark(),
             ));
+            m.set_gate(&gate_limits(&new.gate));
         }
         cur.gate = new.gate;
         changed.push("gate");
@@ -625,4 +633,20 @@ pub fn lan_config(
         cfg.garden_min_cost = rate.checked_div(gate.garden_pps).unwrap_or(0);
     }
     cfg
+}
+
+/// The LAN's shared limits ([`GateBucket`]): rate and depth (a second's
+/// worth, as for one client's garden) of each; 0 = unlimited.
+pub fn gate_limits(gate: &GateOptions) -> [(GateBucket, u64, u64); GATE_BUCKETS as usize] {
+    let total = gate.garden_total_kbits * 1000 / 8;
+    let second = |rate: u64, least: u64| (rate, rate.max(least));
+    let (garden, garden_burst) = second(total, 1500);
+    let (slotless, slotless_burst) = second(gate.slotless_pps, 1);
+    let (new, new_burst) = second(gate.new_clients_per_sec, 1);
+    [
+        (GateBucket::Slotless, slotless, slotless_burst),
+        (GateBucket::GardenUp, garden, garden_burst),
+        (GateBucket::GardenDown, garden, garden_burst),
+        (GateBucket::NewClients, new, new_burst),
+    ]
 }

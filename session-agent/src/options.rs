@@ -310,6 +310,20 @@ pub struct Options {
     /// (0 = limited by bytes only).
     #[arg(long, value_name = "PPS", required = false)]
     pub garden_pps: Ranged<0, 1_000_000>,
+    /// Walled-garden speed of all unpaid clients together per direction, kbit/s,
+    /// for what leaves the gateway or its DNS relays (not DHCP or the portal);
+    /// each packet costs at least what it costs one client (0 = no total).
+    #[arg(long, value_name = "KBITS", required = false)]
+    pub garden_total_kbits: Ranged<0, 100_000_000>,
+    /// Frames per second that all MACs without a slot in the client table (a
+    /// full table, new clients over the admission rate) share for ARP, ND and
+    /// DHCP with the gateway (0 = unlimited).
+    #[arg(long, value_name = "PPS", required = false)]
+    pub slotless_pps: Ranged<0, 1_000_000>,
+    /// New clients (MACs) that may take a slot in the client table per second
+    /// and LAN, so that a flood of MACs cannot churn it (0 = unlimited).
+    #[arg(long, value_name = "N", required = false)]
+    pub new_clients_per_sec: Ranged<0, 1_000_000>,
     /// What is logged: error, warn, info, debug or trace, or directives per module
     /// (info,session_agent::portal=debug); RUST_LOG, when set, wins.
     #[arg(long, value_name = "FILTER", required = false)]
@@ -602,6 +616,9 @@ impl Default for Options {
             bind_ttl_secs: Ranged::of(300),
             garden_rate_kbits: Ranged::of(256),
             garden_pps: Ranged::of(50),
+            garden_total_kbits: Ranged::of(4096),
+            slotless_pps: Ranged::of(100),
+            new_clients_per_sec: Ranged::of(500),
             log_level: LogFilter("info".into()),
             store: StoreOptions::default(),
             api: ApiSection::default(),
@@ -882,6 +899,9 @@ impl Options {
                 anti_spoof: self.anti_spoof,
                 garden_rate_kbits: self.garden_rate_kbits.get(),
                 garden_pps: self.garden_pps.get(),
+                garden_total_kbits: self.garden_total_kbits.get(),
+                slotless_pps: self.slotless_pps.get(),
+                new_clients_per_sec: self.new_clients_per_sec.get(),
             },
             portal_ports,
             pin_root: self.pin_root,

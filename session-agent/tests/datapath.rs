@@ -535,7 +535,7 @@ fn full_table(dp: &Datapath) -> Vec<ClientRow> {
 }
 
 #[test]
-fn the_client_table_takes_every_slot_and_then_keeps_only_the_garden() {
+fn the_client_table_takes_every_slot_and_then_gives_new_macs_only_dhcp_with_the_gateway() {
     let mut dp = Datapath::new();
     // Userspace takes some slots first, as the agent does for clients it allows early.
     for i in 0..1000 {
@@ -569,19 +569,22 @@ fn the_client_table_takes_every_slot_and_then_keeps_only_the_garden() {
         let one = dp.h.maps.client(slot).unwrap();
         assert_eq!(one.as_ref(), Some(&rows[slot as usize]), "slot {slot}");
     }
-    // Full: a new MAC gets no slot, reaches the walled garden only, and userspace says why.
+    // Full: a new MAC gets no slot, only DHCP with the gateway (no DNS, no
+    // garden, nothing counted to anyone), and userspace says why.
     let extra = MacAddr::new([0x02, 0xcc, 0, 0, 0, 1]);
-    let to_garden = udp4(GW_MAC, extra.addr, client_v4(1), GW_V4, 40000, 53, 10);
+    let dhcp = udp4(GW_MAC, extra.addr, client_v4(1), GW_V4, 68, 67, 300);
+    let dns = udp4(GW_MAC, extra.addr, client_v4(1), GW_V4, 40000, 53, 10);
+    let garden = udp4(GW_MAC, extra.addr, client_v4(1), Ipv4Addr::new(10, 97, 0, 9), 1, 443, 10);
     let out = udp4(GW_MAC, extra.addr, client_v4(1), SERVER_V4, 40000, 443, 10);
+    let slotless = dp.h.maps.stats().unwrap()[STAT_SLOTLESS as usize];
+    assert_eq!(dp.up(&dhcp), TC_PASS, "DHCP with the gateway beyond the table");
+    for (what, f) in [("DNS", &dns), ("the garden", &garden), ("the way out", &out)] {
+        assert_eq!(dp.up(f), TC_DROP, "{what} for a client beyond the table");
+    }
     assert_eq!(
-        dp.up(&to_garden),
-        TC_PASS,
-        "garden for a client beyond the table"
-    );
-    assert_eq!(
-        dp.up(&out),
-        TC_DROP,
-        "no way out for a client beyond the table"
+        dp.h.maps.stats().unwrap()[STAT_SLOTLESS as usize] - slotless,
+        3,
+        "counted as slotless"
     );
     assert_eq!(dp.h.maps.slot_of(&extra), None);
     let err = dp.h.maps.set_allowed(&extra, true).unwrap_err();

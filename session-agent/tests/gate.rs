@@ -650,6 +650,7 @@ fn garden_traffic_before_payment_is_rate_limited() {
         anti_spoof: true,
         garden_rate_kbits: 256,
         garden_pps: 50,
+        ..GATE
     });
     let (n, paid) = (14, 15);
     // 256 kbit/s and 50 packets/s, with a second's worth of burst: small

@@ -43,6 +43,8 @@ pub const MAP_DNS_HELD: &str = "DNS_HELD";
 pub const MAP_LAN: &str = "LAN";
 /// Address bindings: hash of [`AddrKey`] -> [`Binding`] (anti-spoofing).
 pub const MAP_BINDINGS: &str = "BINDINGS";
+/// Per LAN: the limits that hold for many clients together ([`GateBucket`]).
+pub const MAP_GATE: &str = "GATE";
 
 /// Names of the programs in the object.
 pub const PROG_TC_INGRESS: &str = "lan_tc_ingress";
@@ -88,10 +90,18 @@ pub const STAT_BINDINGS_FULL: u32 = 7;
 pub const STAT_OTHER_HOST: u32 = 8;
 /// Dropped: walled-garden traffic over the garden rate limit.
 pub const STAT_GARDEN_RATELIMIT: u32 = 9;
+/// Dropped: a frame of a MAC that has no slot (the table full, or new clients
+/// over the admission rate) other than ARP, ND and DHCP with the gateway, or
+/// over the limit all such frames share.
+pub const STAT_SLOTLESS: u32 = 10;
+/// Dropped: walled-garden traffic over the limit all unpaid clients share.
+pub const STAT_GARDEN_TOTAL: u32 = 11;
+/// A new MAC found no slot because new clients came faster than the admission rate.
+pub const STAT_ADMISSION_LIMITED: u32 = 12;
 pub const STAT_COUNT: u32 = 16;
 
 /// Names of the `STAT_*` counters that count dropped frames, for metrics.
-pub const STAT_DROP_REASONS: [(u32, &str); 8] = [
+pub const STAT_DROP_REASONS: [(u32, &str); 10] = [
     (STAT_MALFORMED, "malformed"),
     (STAT_GROUP_SRC, "group_source"),
     (STAT_UNKNOWN, "unknown_protocol"),
@@ -100,6 +110,8 @@ pub const STAT_DROP_REASONS: [(u32, &str); 8] = [
     (STAT_BINDINGS_FULL, "bindings_full"),
     (STAT_OTHER_HOST, "other_host"),
     (STAT_GARDEN_RATELIMIT, "garden_ratelimit"),
+    (STAT_SLOTLESS, "slotless"),
+    (STAT_GARDEN_TOTAL, "garden_total"),
 ];
 
 /// What the datapath keeps of one client on its fast path, in one cache line:
@@ -248,6 +260,27 @@ pub struct TokenBucket {
     /// bpf_ktime_get_ns() of the last refill.
     pub last_ns: u64,
 }
+
+/// The limits of the [`MAP_GATE`] array, one bucket each, shared by every
+/// client of the LAN: userspace writes `rate_bytes` and `burst_bytes` (0 =
+/// unlimited), the datapath keeps `tokens` and `last_ns`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateBucket {
+    /// Frames of MACs that have no slot (ARP, ND, DHCP with the gateway), in
+    /// packets: one token a frame.
+    Slotless = 0,
+    /// Walled-garden traffic of all unpaid clients together, up and down, in
+    /// bytes (each packet at least the LAN's `garden_min_cost`); the
+    /// gateway's DHCP and portal are not in it.
+    GardenUp = 1,
+    GardenDown = 2,
+    /// New clients taking a slot, one token each.
+    NewClients = 3,
+}
+
+/// Entries of [`MAP_GATE`].
+pub const GATE_BUCKETS: u32 = 4;
 
 /// A client's speed limits, written by userspace; a bucket is consulted only
 /// while its `POLICY_LIMIT_*` flag is set in the client's [`ClientEntry`].

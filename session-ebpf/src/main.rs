@@ -75,6 +75,9 @@ pub(crate) static LAN: Array<LanConfig> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map(name = "BINDINGS")]
 static BINDINGS: HashMap<AddrKey, Binding> = HashMap::pinned(MAX_BINDINGS, 0);
 
+#[map(name = "GATE")]
+static GATE: Array<TokenBucket> = Array::pinned(GATE_BUCKETS, BPF_F_MMAPABLE);
+
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 
@@ -183,7 +186,8 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     };
     let mac = match dir {
         Dir::Up => {
-            if eth.src.is_group() {
+            if eth.src.is_group() || eth.src.addr == [0; 6] {
+                // No station sends from a group MAC or the all-zero one.
                 stat_add(STAT_GROUP_SRC);
                 return Verdict::Drop;
             }
@@ -244,11 +248,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         return Verdict::Drop;
     }
     let Some((pos, slot)) = client_slot(p, &mac, probe, seed) else {
-        // Table full: such a client is never allowed, but keeps the walled garden.
-        return match garden(p, cfg, &ip, dir, &mac, to_group, None) {
-            Ok(_) => Verdict::Garden,
-            Err(_) => to_portal(p, cfg, &ip, dir, to_group).unwrap_or(Verdict::Drop),
-        };
+        return slotless(p, cfg, &ip, dir, &mac);
     };
     let Some(st) = CLIENTS.get_ptr_mut(pos) else {
         return Verdict::Drop;
@@ -263,33 +263,48 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         Dir::Up => &ip.dst,
         Dir::Down => &ip.src,
     };
-    if flags & POLICY_ALLOWED != 0 && !to_group && !gateway_addr(cfg, ip.v6, far) {
-        return metered(p, st, slot, flags, &mac, len, dir);
+    let mut paying = flags & POLICY_ALLOWED != 0;
+    if paying && !to_group {
+        // Across the gateway, or with the gateway's relaying services (its
+        // DNS resolver, anything but ND, DHCP and the portal): usage. Once
+        // the data budget is spent those are the garden's, as before payment.
+        let with_gateway = gateway_addr(cfg, ip.v6, far);
+        let usage = !with_gateway || relayed(&ip, dir);
+        if usage && with_gateway && cut_off(st, flags) {
+            paying = false;
+        } else if usage {
+            return metered(p, st, slot, flags, &mac, len, dir);
+        }
     }
-    // Traffic that does not cross the gateway (a paying client's with the
-    // gateway itself, broadcast and multicast), or of a client that has not paid.
+    // Traffic that does not cross the gateway (a paying client's ND, DHCP and
+    // portal, broadcast and multicast), or of a client that has not paid.
     let Some(c) = COUNTERS.get_ptr_mut(slot) else {
         return Verdict::Drop;
     };
     let mut verdict = Verdict::Pass;
-    if flags & POLICY_ALLOWED == 0 {
+    if !paying {
         verdict = Verdict::Garden;
-        if let Err(d) = garden(p, cfg, &ip, dir, &mac, to_group, Some((st, slot))) {
-            match to_portal(p, cfg, &ip, dir, to_group) {
-                Some(v) => verdict = v,
+        // Whether the flow leaves the gateway or is relayed by it (the limit
+        // all unpaid clients share holds it), or is the gateway's own portal.
+        let shared = match garden(p, cfg, &ip, dir, &mac, to_group, Some((st, slot))) {
+            Ok(f) => f & GARDEN_GATEWAY == 0 || f & GARDEN_DNS != 0,
+            Err(d) => match to_portal(p, cfg, &ip, dir, to_group) {
+                Some(v) => {
+                    verdict = v;
+                    false
+                }
                 None => {
                     count_drop(slot, d, len);
                     return Verdict::Drop;
                 }
-            }
-        }
-        if !garden_admits(cfg, slot, dir, len) {
-            stat_add(STAT_GARDEN_RATELIMIT);
+            },
+        };
+        if !garden_admits(cfg, slot, dir, len, shared) {
             add(unsafe { &raw mut (*c).garden_ratelimit_packets }, 1);
             add(unsafe { &raw mut (*c).garden_ratelimit_bytes }, len);
             return Verdict::Drop;
         }
-    } else if ip.v6 && ip.proto == packet::IPPROTO_ICMPV6 && (133..=137).contains(&ip.icmp6_type) {
+    } else if is_nd(&ip) {
         // A paying client's ND obeys the same rules.
         if let Err(d) = nd(p, cfg, &ip, dir, &mac, Some((st, slot))) {
             count_drop(slot, d, len);
@@ -623,15 +638,25 @@ fn arp_up<P: Packet>(
     if arp.spa == 0 || unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF == 0 {
         return Verdict::Pass;
     }
+    let key = AddrKey {
+        family: 4,
+        addr: [arp.spa, 0, 0, 0],
+    };
     let Some((pos, slot)) = client_slot(p, mac, probe, seed) else {
+        // No slot: an address nobody else holds, under the limit all frames
+        // of MACs without a slot share; nothing is bound.
+        let free = !gateway_addr(cfg, false, &key.addr)
+            && BINDINGS
+                .get_ptr(&key)
+                .is_none_or(|b| unsafe { core::ptr::read_volatile(&raw const (*b).mac) } == *mac);
+        if free && gate_admits(GateBucket::Slotless, 1) {
+            return Verdict::Pass;
+        }
+        stat_add(STAT_SLOTLESS);
         return Verdict::Drop;
     };
     let Some(st) = CLIENTS.get_ptr_mut(pos) else {
         return Verdict::Drop;
-    };
-    let key = AddrKey {
-        family: 4,
-        addr: [arp.spa, 0, 0, 0],
     };
     if gateway_addr(cfg, false, &key.addr) {
         count_drop(slot, Drop::Spoof(STAT_SPOOF), 0);
@@ -706,9 +731,9 @@ fn garden<P: Packet>(
     mac: &MacAddr,
     to_group: bool,
     client: Option<(*mut ClientEntry, u32)>,
-) -> Result<(), Drop> {
-    if ip.v6 && ip.proto == packet::IPPROTO_ICMPV6 && (133..=137).contains(&ip.icmp6_type) {
-        return nd(p, cfg, ip, dir, mac, client);
+) -> Result<u32, Drop> {
+    if is_nd(ip) {
+        return nd(p, cfg, ip, dir, mac, client).map(|_| GARDEN_GATEWAY);
     }
     let (addr, port) = match dir {
         Dir::Up => (ip.dst, ip.dport),
@@ -727,7 +752,70 @@ fn garden<P: Packet>(
     {
         return Err(Drop::Blocked);
     }
-    Ok(())
+    Ok(f)
+}
+
+/// Neighbour discovery (ICMPv6 133-137).
+#[inline(always)]
+fn is_nd(ip: &IpInfo) -> bool {
+    ip.v6 && ip.proto == packet::IPPROTO_ICMPV6 && (133..=137).contains(&ip.icmp6_type)
+}
+
+/// A paying client's traffic with one of the gateway's addresses that the
+/// gateway relays (its DNS resolver) or that is none of its bootstrap
+/// services: everything but ND, DHCP and the portal ports.
+#[inline(always)]
+fn relayed(ip: &IpInfo, dir: Dir) -> bool {
+    if is_nd(ip) {
+        return false;
+    }
+    !matches!(service_flags(ip, dir), Some(f) if f & GARDEN_GATEWAY != 0 && f & GARDEN_DNS == 0)
+}
+
+/// The garden flags of the far end of `ip` (its destination up, its source
+/// down), if a garden entry passes the flow.
+#[inline(always)]
+fn service_flags(ip: &IpInfo, dir: Dir) -> Option<u32> {
+    match dir {
+        Dir::Up => garden_flags(ip, ip.dst, ip.dport),
+        Dir::Down => garden_flags(ip, ip.src, ip.sport),
+    }
+}
+
+/// The client's data budget is spent: the kernel cut it off.
+#[inline(always)]
+fn cut_off(st: *mut ClientEntry, flags: u32) -> bool {
+    flags & POLICY_QUOTA != 0 && unsafe { core::ptr::read_volatile(&raw const (*st).budget_bytes) } <= 0
+}
+
+/// A frame of a MAC that has no slot (the table is full, or new clients come
+/// faster than they are admitted): only ND and DHCP with the gateway, under
+/// one limit all such frames share; never counted to anyone. (ARP: `arp_up`.)
+#[inline(always)]
+fn slotless<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir, mac: &MacAddr) -> Verdict {
+    let bootstrap = if is_nd(ip) {
+        nd(p, cfg, ip, dir, mac, None).is_ok()
+    } else {
+        ip.proto == packet::IPPROTO_UDP
+            && matches!(service_flags(ip, dir), Some(f) if f & GARDEN_GATEWAY != 0 && f & GARDEN_DNS == 0)
+    };
+    // The gateway's answers pass: the requests were limited.
+    if bootstrap && (dir == Dir::Down || gate_admits(GateBucket::Slotless, 1)) {
+        return Verdict::Pass;
+    }
+    stat_add(STAT_SLOTLESS);
+    Verdict::Drop
+}
+
+/// One of the LAN's shared limits ([`GateBucket`]) admits `cost`.
+#[inline(always)]
+fn gate_admits(which: GateBucket, cost: u64) -> bool {
+    let Some(b) = GATE.get_ptr_mut(which as u32) else {
+        return true;
+    };
+    let rate = unsafe { core::ptr::read_volatile(&raw const (*b).rate_bytes) };
+    let burst = unsafe { core::ptr::read_volatile(&raw const (*b).burst_bytes) };
+    bucket_admits(b, rate, burst, cost)
 }
 
 /// The flags of the garden entry that passes this protocol to `addr` and `port`.
@@ -790,23 +878,37 @@ fn learnt(ip: &IpInfo, addr: [u8; 16], port: u16) -> Option<u32> {
     Some(0)
 }
 
-/// The garden rate limit of a client that has not paid, per direction.
+/// The garden rate limit of a client that has not paid, per direction, and
+/// (for `shared` flows: those that leave the gateway or that it relays) the
+/// limit of all unpaid clients together. Refusals are counted in the stats.
 #[inline(always)]
-fn garden_admits(cfg: *const LanConfig, slot: u32, dir: Dir, len: u64) -> bool {
+fn garden_admits(cfg: *const LanConfig, slot: u32, dir: Dir, len: u64, shared: bool) -> bool {
     let rate = unsafe { core::ptr::read_volatile(&raw const (*cfg).garden_rate_bytes) };
-    if rate == 0 {
-        return true;
-    }
-    let burst = unsafe { core::ptr::read_volatile(&raw const (*cfg).garden_burst_bytes) };
     let min = unsafe { core::ptr::read_volatile(&raw const (*cfg).garden_min_cost) };
-    let Some(pol) = POLICY.get_ptr_mut(slot) else {
+    let cost = if len < min { min } else { len };
+    if rate != 0 {
+        let burst = unsafe { core::ptr::read_volatile(&raw const (*cfg).garden_burst_bytes) };
+        let Some(pol) = POLICY.get_ptr_mut(slot) else {
+            return false;
+        };
+        let bucket = match dir {
+            Dir::Up => unsafe { &raw mut (*pol).garden_up },
+            Dir::Down => unsafe { &raw mut (*pol).garden_down },
+        };
+        if !bucket_admits(bucket, rate, burst, cost) {
+            stat_add(STAT_GARDEN_RATELIMIT);
+            return false;
+        }
+    }
+    let total = match dir {
+        Dir::Up => GateBucket::GardenUp,
+        Dir::Down => GateBucket::GardenDown,
+    };
+    if shared && !gate_admits(total, cost) {
+        stat_add(STAT_GARDEN_TOTAL);
         return false;
-    };
-    let bucket = match dir {
-        Dir::Up => unsafe { &raw mut (*pol).garden_up },
-        Dir::Down => unsafe { &raw mut (*pol).garden_down },
-    };
-    bucket_admits(bucket, rate, burst, if len < min { min } else { len })
+    }
+    true
 }
 
 /// The hash seed of the index, or `None` before the agent has set it (then no
@@ -877,6 +979,12 @@ fn client_slot<P: Packet>(
 /// all are taken (the protocol: `session_common::slots`).
 #[inline(always)]
 fn take_slot<P: Packet>(p: &P, mac: &MacAddr) -> Option<u32> {
+    // New clients at a bounded rate: a flood of MACs cannot churn the table
+    // faster than the agent hands forgotten slots on.
+    if !gate_admits(GateBucket::NewClients, 1) {
+        stat_add(STAT_ADMISSION_LIMITED);
+        return None;
+    }
     let alloc = SLOT_ALLOC.get_ptr_mut(0)?;
     let head = unsafe { &raw mut (*alloc).free_head };
     let tail = unsafe { &raw const (*alloc).free_tail };

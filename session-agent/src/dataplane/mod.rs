@@ -121,6 +121,8 @@ pub struct Maps {
     free: MmapArray<u64>,
     shaper: MmapArray<ShaperConfig>,
     lan: MmapArray<LanConfig>,
+    /// The LAN's shared limits ([`GateBucket`]).
+    gate: MmapArray<TokenBucket>,
 }
 
 impl Maps {
@@ -144,6 +146,7 @@ impl Maps {
             free: MmapArray::open_pin(&shared, MAP_FREE_SLOTS, MAX_CLIENTS)?,
             shaper: MmapArray::open_pin(&dir, MAP_SHAPER, 1)?,
             lan: MmapArray::open_pin(&dir, MAP_LAN, 1)?,
+            gate: MmapArray::open_pin(&dir, MAP_GATE, GATE_BUCKETS)?,
             dir,
             shared,
         })
@@ -221,6 +224,20 @@ impl Maps {
     pub fn set_lan(&self, cfg: &LanConfig) {
         // The datapath reads fields one by one; each is consistent on its own.
         self.lan.set(0, *cfg);
+    }
+
+    /// Sets the rate and depth of the LAN's shared limits (0 = unlimited); the
+    /// tokens the datapath holds stay.
+    pub fn set_gate(&self, limits: &[(GateBucket, u64, u64)]) {
+        for &(b, rate, burst) in limits {
+            cell!(self.gate, b as u32, burst_bytes: AtomicU64).store(burst, Ordering::Relaxed);
+            cell!(self.gate, b as u32, rate_bytes: AtomicU64).store(rate, Ordering::Relaxed);
+        }
+    }
+
+    /// The LAN's shared limits as the datapath holds them.
+    pub fn gate(&self) -> [TokenBucket; GATE_BUCKETS as usize] {
+        std::array::from_fn(|i| self.gate.get(i as u32))
     }
 
     /// Tells the datapath the gateway's addresses now (they change: a WAN

@@ -6,7 +6,7 @@
 pub use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use session_agent::{
-    daemon::{gateway_services, lan_config, GateOptions},
+    daemon::{gate_limits, gateway_services, lan_config, GateOptions},
     dataplane::{
         testrun::{frames::*, ProgramHarness, TC_DROP, TC_PASS, TC_REDIRECT, XDP_DROP, XDP_PASS},
         ClientRow, RateLimit,
@@ -39,6 +39,9 @@ pub const GATE: GateOptions = GateOptions {
     anti_spoof: true,
     garden_rate_kbits: 0,
     garden_pps: 0,
+    garden_total_kbits: 0,
+    slotless_pps: 0,
+    new_clients_per_sec: 0,
 };
 
 pub fn client_mac(n: u8) -> MacAddr {
@@ -68,6 +71,7 @@ impl Datapath {
         let lan = lan_config(Some(GW_MAC), &gw_addrs(), &gate, None, None);
         let h = ProgramHarness::with_lan("sa-dp", &test_garden(), &lan)
             .unwrap_or_else(|e| panic!("loading the datapath: {e}"));
+        h.maps.set_gate(&gate_limits(&gate));
         Self { h }
     }
 
