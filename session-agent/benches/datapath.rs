@@ -92,6 +92,7 @@ fn gate() -> LanConfig {
         ],
         &GateOptions {
             anti_spoof: true,
+            one_address: true,
             garden_rate_kbits: 256,
             garden_pps: 50,
             garden_total_kbits: 0,

@@ -32,6 +32,8 @@ use crate::{
 pub struct GateOptions {
     /// Bind client addresses to MACs and drop spoofed ones.
     pub anti_spoof: bool,
+    /// A paying client sends from one IPv4 address at a time (with `anti_spoof`).
+    pub one_address: bool,
     /// Walled-garden limit per client and direction before payment (0 = none).
     pub garden_rate_kbits: u64,
     pub garden_pps: u64,
@@ -612,7 +614,11 @@ pub fn lan_config(
 ) -> LanConfig {
     let mut cfg = LanConfig {
         mac: mac.unwrap_or_default(),
-        flags: if gate.anti_spoof { LAN_ANTI_SPOOF } else { 0 },
+        flags: match (gate.anti_spoof, gate.one_address) {
+            (true, true) => LAN_ANTI_SPOOF | LAN_ONE_ADDRESS,
+            (true, false) => LAN_ANTI_SPOOF,
+            (false, _) => 0,
+        },
         ..Default::default()
     };
     if let Some(r) = redirect {

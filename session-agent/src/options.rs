@@ -298,6 +298,12 @@ pub struct Options {
     /// and drop frames, ARP and ND that use an address bound to another MAC.
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, required = false)]
     pub anti_spoof: bool,
+    /// With anti-spoofing, a paying client sends from one IPv4 address at a
+    /// time: another source from its MAC (a second device with a cloned MAC)
+    /// is dropped and reported as a MAC conflict, unless the gateway's DHCP
+    /// server gave it the address (IPv6 keeps several).
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, required = false)]
+    pub one_address_per_client: bool,
     /// Remove an address binding after this many seconds unused, so the address
     /// is free for another device.
     #[arg(long, value_name = "SECS", required = false)]
@@ -613,6 +619,7 @@ impl Default for Options {
             auto_advance: true,
             no_auto_advance: false,
             anti_spoof: true,
+            one_address_per_client: true,
             bind_ttl_secs: Ranged::of(300),
             garden_rate_kbits: Ranged::of(256),
             garden_pps: Ranged::of(50),
@@ -897,6 +904,7 @@ impl Options {
             garden: self.walled_garden,
             gate: GateOptions {
                 anti_spoof: self.anti_spoof,
+                one_address: self.one_address_per_client,
                 garden_rate_kbits: self.garden_rate_kbits.get(),
                 garden_pps: self.garden_pps.get(),
                 garden_total_kbits: self.garden_total_kbits.get(),

@@ -383,27 +383,25 @@ fn bindings_unused_for_the_ttl_expire_and_the_address_is_free_again() {
 #[test]
 fn a_client_holds_a_bounded_number_of_addresses() {
     let mut dp = Datapath::new();
-    let n = 9;
+    let (n, unpaid) = (9, 10);
     dp.allow(client_mac(n));
-    let mut passed = 0;
-    for i in 0..40u8 {
-        let f = udp4(
-            GW_MAC,
-            mac(n),
-            Ipv4Addr::new(10, 99, 1, i),
-            SERVER_V4,
-            1,
-            443,
-            10,
-        );
-        if dp.up(&f) == TC_PASS {
-            passed += 1;
-        }
-    }
+    let v6 = |i: u8| Ipv6Addr::new(0xfd00, 0x99, 0, 1, 0, 0, 0, i as u16);
+    let passed = (0..40u8)
+        .filter(|&i| dp.up(&udp6(GW_MAC, mac(n), v6(i), SERVER_V6, 1, 443, 10)) == TC_PASS)
+        .count() as u64;
     assert_eq!(passed, MAX_ADDRS_PER_CLIENT);
     let c = dp.counters(client_mac(n));
     assert_eq!((c.bound_addrs, c.spoof_packets), (16, 40 - 16));
     assert_eq!(dp.stat(STAT_BINDINGS_FULL), 40 - 16);
+    // A client that has not paid holds fewer (DNS to the gateway is its garden).
+    let held = (0..40u8)
+        .filter(|&i| {
+            let f = udp4(GW_MAC, mac(unpaid), Ipv4Addr::new(10, 99, 2, i), GW_V4, 1, 53, 10);
+            dp.up(&f) == TC_PASS
+        })
+        .count() as u64;
+    assert_eq!(held, MAX_ADDRS_UNPAID);
+    assert_eq!(dp.counters(client_mac(unpaid)).bound_addrs, MAX_ADDRS_UNPAID);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use session_agent::dataplane::testrun::frames::set_ipv4_csum;
 use session_tests::raw::{arp, ipv6_icmp, nd_message, solicited_node, ETH_P_ARP, ETH_P_IPV6};
 
 /// Client `i` of a flood: a MAC of its own (never a group MAC, never zero).
@@ -270,4 +271,178 @@ fn a_paying_clients_dns_through_the_gateway_is_held_to_its_speed() {
     let verdicts: Vec<u32> = (0..4).map(|_| dp.up(&query)).collect();
     assert_eq!(verdicts, [TC_PASS, TC_PASS, TC_DROP, TC_DROP]);
     assert_eq!(dp.counters(client_mac(n)).ratelimit_packets, 2);
+}
+
+/// `f` (an IPv4 frame) with `opts` (a multiple of 4 bytes) as IP options.
+fn with_options(f: &[u8], opts: &[u8]) -> Vec<u8> {
+    let mut out = f[..34].to_vec();
+    out.extend_from_slice(opts);
+    out.extend_from_slice(&f[34..]);
+    out[14] = 0x40 | ((20 + opts.len()) / 4) as u8;
+    let total = u16::from_be_bytes([out[16], out[17]]) + opts.len() as u16;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    set_ipv4_csum(&mut out);
+    out
+}
+
+/// `f` (an IPv4 frame) as a fragment of datagram `id` at `offset` (8-byte units).
+fn fragment(f: &[u8], id: u16, offset: u16, more: bool) -> Vec<u8> {
+    let mut out = f.to_vec();
+    out[18..20].copy_from_slice(&id.to_be_bytes());
+    let word = offset | if more { 0x2000 } else { 0 };
+    out[20..22].copy_from_slice(&word.to_be_bytes());
+    set_ipv4_csum(&mut out);
+    out
+}
+
+#[test]
+fn source_routed_packets_never_pass_whatever_their_first_hop() {
+    let mut dp = Datapath::new();
+    let (unpaid, paying) = (5, 6);
+    dp.allow(client_mac(paying));
+    // A loose source route (after a no-op and a router alert) through the
+    // gateway's DNS port, and a strict one.
+    let lsrr = [1, 0x94, 4, 0, 0, 0x83, 7, 4, 10, 98, 0, 2];
+    let ssrr = [0x89, 7, 4, 10, 98, 0, 2, 0];
+    for (n, what) in [(unpaid, "unpaid"), (paying, "paying")] {
+        let dns = udp4(GW_MAC, mac(n), client_v4(n), GW_V4, 40000, 53, 30);
+        let before = stat(&dp, STAT_SOURCE_ROUTE);
+        assert_eq!(dp.up(&with_options(&dns, &lsrr)), TC_DROP, "{what}: LSRR");
+        assert_eq!(dp.up(&with_options(&dns, &ssrr)), TC_DROP, "{what}: SSRR");
+        assert_eq!(stat(&dp, STAT_SOURCE_ROUTE) - before, 2);
+        // Other options are judged as the packet is: a router alert, and an
+        // empty record route.
+        let other = [0x94, 4, 0, 0, 7, 7, 4, 0, 0, 0, 0, 0];
+        assert_eq!(dp.up(&with_options(&dns, &other)), TC_PASS, "{what}: router alert");
+    }
+    let c = dp.counters(client_mac(paying));
+    assert_eq!(c.unknown_packets, 2, "counted to the client that sent them");
+}
+
+#[test]
+fn later_fragments_pass_only_after_a_first_the_garden_passed() {
+    let dp = Datapath::new();
+    let n = 7;
+    let v4 = client_v4(n);
+    // A large DNS answer of the gateway's resolver in three fragments.
+    let answer = udp4(mac(n), GW_MAC, GW_V4, v4, 53, 40000, 1472);
+    let rest = udp4(mac(n), GW_MAC, GW_V4, v4, 9, 9, 1472);
+    assert_eq!(dp.down(&fragment(&answer, 77, 0, true)), TC_PASS, "first");
+    assert_eq!(dp.down(&fragment(&rest, 77, 185, true)), TC_PASS, "second");
+    assert_eq!(dp.down(&fragment(&rest, 77, 370, false)), TC_PASS, "last");
+    let c = dp.counters(client_mac(n));
+    assert_eq!((c.garden_packets, c.up_bytes, c.down_bytes), (3, 0, 0));
+    // Fragments of another datagram, of another server, or of a flow the
+    // garden does not pass: dropped.
+    let stray = [
+        fragment(&rest, 78, 185, false),
+        fragment(&udp4(mac(n), GW_MAC, SERVER_V4, v4, 9, 9, 1472), 77, 185, false),
+    ];
+    for f in &stray {
+        assert_eq!(dp.down(f), TC_DROP);
+    }
+    let out = udp4(GW_MAC, mac(n), v4, SERVER_V4, 40000, 443, 1472);
+    assert_eq!(dp.up(&fragment(&out, 79, 0, true)), TC_DROP);
+    assert_eq!(dp.up(&fragment(&out, 79, 185, false)), TC_DROP);
+    // The client's own fragmented query to the gateway's resolver passes whole.
+    let query = udp4(GW_MAC, mac(n), v4, GW_V4, 40000, 53, 1472);
+    assert_eq!(dp.up(&fragment(&query, 80, 0, true)), TC_PASS);
+    assert_eq!(dp.up(&fragment(&out, 80, 185, false)), TC_DROP, "other addresses");
+    let tail = udp4(GW_MAC, mac(n), v4, GW_V4, 9, 9, 100);
+    assert_eq!(dp.up(&fragment(&tail, 80, 185, false)), TC_PASS);
+}
+
+fn events(dp: &mut Datapath) -> Vec<ClientEvent> {
+    let events = dp.h.ebpf.take_map(MAP_EVENTS).unwrap();
+    let mut ring = aya::maps::RingBuf::try_from(events).unwrap();
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        // SAFETY: the ring holds whole ClientEvents, plain integers.
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    out
+}
+
+#[test]
+fn a_paying_client_sends_from_one_ipv4_address_at_a_time() {
+    let mut dp = Datapath::new();
+    let (n, unpaid) = (8, 9);
+    dp.allow(client_mac(n));
+    let from = |a: Ipv4Addr| udp4(GW_MAC, mac(n), a, SERVER_V4, 1, 443, 10);
+    let (first, clone) = (client_v4(n), Ipv4Addr::new(10, 99, 3, 3));
+    assert_eq!(dp.up(&from(first)), TC_PASS);
+    // A device with the same MAC and its own address: dropped, reported once.
+    for _ in 0..5 {
+        assert_eq!(dp.up(&from(clone)), TC_DROP);
+    }
+    let mut arp_frame = session_tests::raw::eth([0xff; 6], mac(n), ETH_P_ARP);
+    arp_frame.extend_from_slice(&arp(1, mac(n), clone, [0; 6], GW_V4));
+    assert_eq!(dp.up(&arp_frame), TC_DROP, "nor may it claim it by ARP");
+    assert_eq!(dp.up(&from(first)), TC_PASS, "the first device keeps its service");
+    let c = dp.counters(client_mac(n));
+    assert_eq!((c.up_packets, c.spoof_packets), (2, 6));
+    let conflicts = events(&mut dp)
+        .iter()
+        .filter(|e| e.kind() == Ok(EventKind::MacConflict))
+        .count();
+    assert_eq!(conflicts, 1, "reported once until the next sweep");
+    // IPv6 keeps several addresses.
+    for i in 1..4 {
+        let a = Ipv6Addr::new(0xfd00, 0x99, 0, 2, 0, 0, 0, i);
+        assert_eq!(dp.up(&udp6(GW_MAC, mac(n), a, SERVER_V6, 1, 443, 10)), TC_PASS);
+    }
+    // The gateway's DHCP server moves the client to another address.
+    assert_eq!(dp.down(&udp4(mac(n), GW_MAC, GW_V4, clone, 67, 68, 300)), TC_PASS);
+    assert_eq!(dp.up(&from(clone)), TC_PASS, "its address now");
+    assert_eq!(dp.up(&from(first)), TC_DROP, "and only that one");
+    // A client that has not paid is not held to one (its garden, DNS to the gateway).
+    for i in 0..3 {
+        let a = Ipv4Addr::new(10, 99, 4, i);
+        let q = udp4(GW_MAC, mac(unpaid), a, GW_V4, 40000, 53, 30);
+        assert_eq!(dp.up(&q), TC_PASS, "unpaid address {a}");
+    }
+}
+
+#[test]
+fn clients_that_have_not_paid_never_take_the_room_of_paying_clients_bindings() {
+    let mut dp = Datapath::new();
+    // 20,000 MACs that have not paid claim 4 addresses each: 80,000 claims,
+    // more than their half of the table holds.
+    let claims = 20_000u32;
+    for i in 0..claims {
+        let b = i.to_be_bytes();
+        let m = [0x02, 0xef, 0, b[1], b[2], b[3]];
+        for k in 0..4u8 {
+            let a = Ipv4Addr::new(10, 100 + k, b[2], b[3]);
+            dp.up(&udp4(GW_MAC, m, a, GW_V4, 40000, 53, 30));
+        }
+    }
+    let unpaid_full = stat(&dp, STAT_BINDINGS_FULL);
+    assert_eq!(unpaid_full, 0, "the unpaid share evicts its least recently used");
+    // A new paying client still binds its addresses, and so does the
+    // gateway's DHCP answer to a new client.
+    let (n, m) = (11, 12);
+    dp.allow(client_mac(n));
+    assert_eq!(dp.up(&up4(n, 443, 10)), TC_PASS);
+    let v6 = Ipv6Addr::new(0xfd00, 0x99, 0, 5, 0, 0, 0, 1);
+    assert_eq!(dp.up(&udp6(GW_MAC, mac(n), v6, SERVER_V6, 1, 443, 10)), TC_PASS);
+    assert_eq!(dp.down(&udp4(mac(m), GW_MAC, GW_V4, client_v4(m), 67, 68, 300)), TC_PASS);
+    let bindings = dp.h.maps.bindings().unwrap();
+    assert!(bindings.len() <= (MAX_BINDINGS / 2) as usize + 3, "{}", bindings.len());
+    for a in [IpAddr::from(client_v4(n)), v6.into(), client_v4(m).into()] {
+        assert!(bindings.iter().any(|(ip, _, _)| *ip == a), "{a} bound");
+    }
+    // A paying client's claim takes an address that a client that has not
+    // paid holds; the reverse never happens.
+    let (p, u) = (13, 14);
+    let shared = Ipv4Addr::new(10, 99, 9, 9);
+    let q = |n: u8| udp4(GW_MAC, mac(n), shared, GW_V4, 40000, 53, 30);
+    assert_eq!(dp.up(&q(u)), TC_PASS, "the unpaid client claims it first");
+    dp.allow(client_mac(p));
+    assert_eq!(dp.up(&q(p)), TC_PASS, "the paying client takes it");
+    // (The unpaid client's entry remembers the address until the next sweep.)
+    let swept = dp.h.maps.sweep_bindings(std::time::Duration::from_secs(600)).unwrap();
+    assert_eq!(swept.expired, 0);
+    assert_eq!(dp.up(&q(u)), TC_DROP, "no longer the unpaid client's");
+    assert_eq!(dp.up(&q(p)), TC_PASS);
 }

@@ -43,6 +43,17 @@ pub const MAP_DNS_HELD: &str = "DNS_HELD";
 pub const MAP_LAN: &str = "LAN";
 /// Address bindings: hash of [`AddrKey`] -> [`Binding`] (anti-spoofing).
 pub const MAP_BINDINGS: &str = "BINDINGS";
+/// The address bindings of clients that have not paid: an LRU hash of half
+/// [`MAX_BINDINGS`] entries, so that MACs that have not paid can never take
+/// the room of paying clients' bindings (in [`MAP_BINDINGS`]).
+pub const MAP_UNPAID_BINDINGS: &str = "UNPAID_BINDINGS";
+/// Fragments of IPv4 datagrams whose first fragment the walled garden let
+/// through, per LAN ([`FragKey`] -> when).
+pub const MAP_GARDEN_FRAGS: &str = "GARDEN_FRAGS";
+/// Datagrams [`MAP_GARDEN_FRAGS`] remembers (LRU).
+pub const MAX_GARDEN_FRAGS: u32 = 4096;
+/// How long the later fragments of a datagram may follow its first.
+pub const GARDEN_FRAG_NS: u64 = 5_000_000_000;
 /// Per LAN: the limits that hold for many clients together ([`GateBucket`]).
 pub const MAP_GATE: &str = "GATE";
 
@@ -67,6 +78,8 @@ pub const MAX_BINDINGS: u32 = 131_072;
 /// Most addresses one client may hold at once: a client that claims more is
 /// dropped (counted as spoofing), so no client can fill the binding table.
 pub const MAX_ADDRS_PER_CLIENT: u64 = 16;
+/// Most addresses a client that has not paid may hold.
+pub const MAX_ADDRS_UNPAID: u64 = 4;
 
 /// Global statistics (index into [`MAP_STATS`]), per CPU.
 pub const STAT_TABLE_FULL: u32 = 0;
@@ -98,10 +111,12 @@ pub const STAT_SLOTLESS: u32 = 10;
 pub const STAT_GARDEN_TOTAL: u32 = 11;
 /// A new MAC found no slot because new clients came faster than the admission rate.
 pub const STAT_ADMISSION_LIMITED: u32 = 12;
+/// Dropped: an IPv4 packet from a client with a source route option (LSRR, SSRR).
+pub const STAT_SOURCE_ROUTE: u32 = 13;
 pub const STAT_COUNT: u32 = 16;
 
 /// Names of the `STAT_*` counters that count dropped frames, for metrics.
-pub const STAT_DROP_REASONS: [(u32, &str); 10] = [
+pub const STAT_DROP_REASONS: [(u32, &str); 11] = [
     (STAT_MALFORMED, "malformed"),
     (STAT_GROUP_SRC, "group_source"),
     (STAT_UNKNOWN, "unknown_protocol"),
@@ -112,6 +127,7 @@ pub const STAT_DROP_REASONS: [(u32, &str); 10] = [
     (STAT_GARDEN_RATELIMIT, "garden_ratelimit"),
     (STAT_SLOTLESS, "slotless"),
     (STAT_GARDEN_TOTAL, "garden_total"),
+    (STAT_SOURCE_ROUTE, "source_route"),
 ];
 
 /// What the datapath keeps of one client on its fast path, in one cache line:
@@ -175,8 +191,17 @@ pub struct ClientCounters {
     /// Addresses bound to this client now: added to by the datapath when it
     /// binds one, taken from by the agent when a binding expires.
     pub bound_addrs: u64,
-    pub _reserved: [u64; 2],
+    /// The IPv4 address the client holds (in its first 32 bits, as in
+    /// packets; 0 = none), which it keeps across the agent's sweeps: with
+    /// `LAN_ONE_ADDRESS` a paying client sends from no other.
+    /// [`BOUND_V4_REPORTED`] is set once a second one was reported.
+    pub bound_v4: u64,
+    pub _reserved: [u64; 1],
 }
+
+/// `ClientCounters::bound_v4`: a second IPv4 address was reported
+/// (`EventKind::MacConflict`) since the agent's last sweep.
+pub const BOUND_V4_REPORTED: u64 = 1 << 32;
 
 /// `ClientEntry::flags`: the client may use the network.
 pub const POLICY_ALLOWED: u32 = 1;
@@ -425,6 +450,9 @@ pub const LAN_PORTAL_REDIRECT: u32 = 2;
 /// not paid are held ([`MAP_DNS_HELD`]) until the agent has learnt the garden
 /// addresses in them and sends them on, marked with `dns_mark`.
 pub const LAN_DNS_SNOOP: u32 = 4;
+/// `LanConfig::flags`: a paying client has one IPv4 address at a time (see
+/// `ClientCounters::bound_v4`); another is dropped as spoofing.
+pub const LAN_ONE_ADDRESS: u32 = 8;
 
 /// What the datapath knows of its LAN, written by the agent on attach.
 #[repr(C)]
@@ -489,6 +517,18 @@ pub struct AddrKey {
     /// 4 or 6.
     pub family: u32,
     pub addr: [u32; 4],
+}
+
+/// An IPv4 datagram, for [`MAP_GARDEN_FRAGS`]: its addresses (as in
+/// packets), protocol and identification.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: u32,
+    pub dst: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
 }
 
 /// Who owns an address ([`MAP_BINDINGS`]): the first MAC that claims it,

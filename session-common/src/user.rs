@@ -27,6 +27,7 @@ pod!(
     LanConfig,
     AddrKey,
     Binding,
+    FragKey,
 );
 
 #[cfg(test)]
@@ -53,6 +54,7 @@ mod tests {
         );
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<Binding>(), 16);
+        assert_eq!(size_of::<FragKey>(), 12);
         assert_eq!(size_of::<ClientEvent>(), 48);
         assert_eq!(size_of::<ShaperConfig>(), 24);
     }

@@ -26,7 +26,7 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_ANY, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::{info, warn};
@@ -74,6 +74,13 @@ pub(crate) static LAN: Array<LanConfig> = Array::pinned(1, BPF_F_MMAPABLE);
 
 #[map(name = "BINDINGS")]
 static BINDINGS: HashMap<AddrKey, Binding> = HashMap::pinned(MAX_BINDINGS, 0);
+
+#[map(name = "UNPAID_BINDINGS")]
+static UNPAID_BINDINGS: LruHashMap<AddrKey, Binding> =
+    LruHashMap::pinned(MAX_BINDINGS / 2, 0);
+
+#[map(name = "GARDEN_FRAGS")]
+static GARDEN_FRAGS: LruHashMap<FragKey, u64> = LruHashMap::pinned(MAX_GARDEN_FRAGS, 0);
 
 #[map(name = "GATE")]
 static GATE: Array<TokenBucket> = Array::pinned(GATE_BUCKETS, BPF_F_MMAPABLE);
@@ -229,6 +236,12 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         attribute(&probe, Drop::Malformed);
         return Verdict::Drop;
     };
+    if dir == Dir::Up && ip.source_route {
+        // The gateway would forward it on to the route's next hop, past any
+        // judgement of its first destination, if its sysctl allows.
+        attribute(&probe, Drop::Unknown(STAT_SOURCE_ROUTE));
+        return Verdict::Drop;
+    }
     let to_group = ip.dst_group();
     if eth.dst.is_group() {
         if !to_group {
@@ -254,11 +267,11 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         return Verdict::Drop;
     };
     let len = ip.len as u64;
-    if let Err(d) = judge_addresses(cfg, st, slot, &mac, &ip, dir) {
+    let flags = unsafe { core::ptr::read_volatile(&raw const (*st).flags) };
+    if let Err(d) = judge_addresses(cfg, st, slot, flags, &mac, &ip, dir) {
         count_drop(slot, d, len);
         return Verdict::Drop;
     }
-    let flags = unsafe { core::ptr::read_volatile(&raw const (*st).flags) };
     let far = match dir {
         Dir::Up => &ip.dst,
         Dir::Down => &ip.src,
@@ -287,7 +300,14 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         // Whether the flow leaves the gateway or is relayed by it (the limit
         // all unpaid clients share holds it), or is the gateway's own portal.
         let shared = match garden(p, cfg, &ip, dir, &mac, to_group, Some((st, slot))) {
-            Ok(f) => f & GARDEN_GATEWAY == 0 || f & GARDEN_DNS != 0,
+            Ok(f) => {
+                if ip.frag_first {
+                    let _ = GARDEN_FRAGS.insert(&frag_key(&ip), &unsafe { bpf_ktime_get_coarse_ns() }, 0);
+                }
+                f & GARDEN_GATEWAY == 0 || f & GARDEN_DNS != 0
+            }
+            // A later fragment of a datagram whose first the garden passed.
+            Err(_) if ip.frag_later && frag_known(&ip) => true,
             Err(d) => match to_portal(p, cfg, &ip, dir, to_group) {
                 Some(v) => {
                     verdict = v;
@@ -483,6 +503,7 @@ fn judge_addresses(
     cfg: *const LanConfig,
     st: *mut ClientEntry,
     slot: u32,
+    flags: u32,
     mac: &MacAddr,
     ip: &IpInfo,
     dir: Dir,
@@ -502,7 +523,7 @@ fn judge_addresses(
             if gateway_addr(cfg, ip.v6, &ip.src) {
                 return Err(Drop::Spoof(STAT_SPOOF));
             }
-            bind(st, slot, mac, ip.key(ip.src), true)
+            bind(cfg, st, slot, flags, mac, ip.key(ip.src), true)
         }
         Dir::Up => Ok(()),
         Dir::Down if dhcp_answer(cfg, ip) => {
@@ -517,10 +538,16 @@ fn judge_addresses(
             if BINDINGS.insert(&key, &b, BPF_ANY as u64).is_err() {
                 return Err(Drop::Spoof(STAT_BINDINGS_FULL));
             }
+            // A claim of the address by a MAC that has not paid is void now.
+            let _ = UNPAID_BINDINGS.remove(&key);
             remember(st, &key, 0);
+            if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+                // The address this client holds now (one at a time, below).
+                unsafe { core::ptr::write_volatile(&raw mut (*c).bound_v4, key.addr[0] as u64) };
+            }
             Ok(())
         }
-        Dir::Down => bind(st, slot, mac, ip.key(ip.dst), false),
+        Dir::Down => bind(cfg, st, slot, flags, mac, ip.key(ip.dst), false),
     }
 }
 
@@ -540,10 +567,18 @@ fn dhcp_answer(cfg: *const LanConfig, ip: &IpInfo) -> bool {
 /// Checks that `key` is bound to `mac`; with `claim`, binds it if no MAC has
 /// it yet (first claim wins). Addresses found bound to the client are kept
 /// in its entry, so its next packets skip the lookup.
+///
+/// Clients that have not paid (`flags`) claim into `UNPAID_BINDINGS`, an LRU
+/// half the size of `BINDINGS`, at most `MAX_ADDRS_UNPAID` each; paying
+/// clients into `BINDINGS`, where their claim also takes an address from a
+/// client that has not paid. With `LAN_ONE_ADDRESS`, a paying client sends
+/// from one IPv4 address only (`ClientCounters::bound_v4`).
 #[inline(always)]
 fn bind(
+    cfg: *const LanConfig,
     st: *mut ClientEntry,
     slot: u32,
+    flags: u32,
     mac: &MacAddr,
     key: AddrKey,
     claim: bool,
@@ -562,6 +597,24 @@ fn bind(
     if cached {
         return Ok(());
     }
+    let Some(c) = COUNTERS.get_ptr_mut(slot) else {
+        return Err(Drop::Spoof(STAT_BINDINGS_FULL));
+    };
+    let paying = flags & POLICY_ALLOWED != 0;
+    let bound_v4 = unsafe { &raw mut (*c).bound_v4 };
+    if !v6 && claim {
+        let held = unsafe { core::ptr::read_volatile(bound_v4) };
+        let one = unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ONE_ADDRESS != 0;
+        if paying && one && held as u32 != 0 && held as u32 != key.addr[0] {
+            // A second IPv4 address while the first is bound: another device
+            // on this MAC. Reported once until the agent's next sweep.
+            if held & BOUND_V4_REPORTED == 0 {
+                unsafe { core::ptr::write_volatile(bound_v4, held | BOUND_V4_REPORTED) };
+                emit(EventKind::MacConflict, slot, mac, Some(&key));
+            }
+            return Err(Drop::Spoof(STAT_SPOOF));
+        }
+    }
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(b) = BINDINGS.get_ptr_mut(&key) {
         if unsafe { core::ptr::read_volatile(&raw const (*b).mac) } != *mac {
@@ -571,14 +624,25 @@ fn bind(
         remember(st, &key, tag);
         return Ok(());
     }
+    if let Some(b) = UNPAID_BINDINGS.get_ptr_mut(&key) {
+        let own = unsafe { core::ptr::read_volatile(&raw const (*b).mac) } == *mac;
+        if own && !paying {
+            unsafe { core::ptr::write_volatile(&raw mut (*b).last_ns, now) };
+            remember(st, &key, tag);
+            return Ok(());
+        }
+        if !own && !(paying && claim) {
+            return Err(Drop::Spoof(STAT_SPOOF));
+        }
+        // A paying client's claim: the address moves to `BINDINGS`.
+        let _ = UNPAID_BINDINGS.remove(&key);
+    }
     if !claim {
         return Ok(());
     }
-    let Some(c) = COUNTERS.get_ptr_mut(slot) else {
-        return Err(Drop::Spoof(STAT_BINDINGS_FULL));
-    };
     let held = unsafe { &raw mut (*c).bound_addrs };
-    if unsafe { core::ptr::read_volatile(held) } >= MAX_ADDRS_PER_CLIENT {
+    let cap = if paying { MAX_ADDRS_PER_CLIENT } else { MAX_ADDRS_UNPAID };
+    if unsafe { core::ptr::read_volatile(held) } >= cap {
         return Err(Drop::Spoof(STAT_BINDINGS_FULL));
     }
     let b = Binding {
@@ -586,9 +650,19 @@ fn bind(
         _pad: [0; 2],
         last_ns: now,
     };
-    if BINDINGS.insert(&key, &b, BPF_NOEXIST as u64).is_err() {
+    let inserted = if paying {
+        BINDINGS.insert(&key, &b, BPF_NOEXIST as u64)
+    } else {
+        UNPAID_BINDINGS.insert(&key, &b, BPF_NOEXIST as u64)
+    };
+    if inserted.is_err() {
         // Another CPU bound it first, or the table is full.
-        return match BINDINGS.get_ptr(&key) {
+        let owner = if paying {
+            BINDINGS.get_ptr(&key)
+        } else {
+            UNPAID_BINDINGS.get_ptr(&key)
+        };
+        return match owner {
             Some(b) if unsafe { core::ptr::read_volatile(&raw const (*b).mac) } == *mac => Ok(()),
             Some(_) => Err(Drop::Spoof(STAT_SPOOF)),
             None => Err(Drop::Spoof(STAT_BINDINGS_FULL)),
@@ -596,6 +670,9 @@ fn bind(
     }
     add(held, 1);
     if !v6 {
+        if unsafe { core::ptr::read_volatile(bound_v4) } as u32 == 0 {
+            unsafe { core::ptr::write_volatile(bound_v4, key.addr[0] as u64) };
+        }
         // A second IPv4 address while the first is in use: two devices on one MAC?
         let prev = unsafe { core::ptr::read_volatile(&raw const (*st).ip4) };
         if prev != 0 {
@@ -645,10 +722,10 @@ fn arp_up<P: Packet>(
     let Some((pos, slot)) = client_slot(p, mac, probe, seed) else {
         // No slot: an address nobody else holds, under the limit all frames
         // of MACs without a slot share; nothing is bound.
+        let mine = |b: *const Binding| unsafe { core::ptr::read_volatile(&raw const (*b).mac) } == *mac;
         let free = !gateway_addr(cfg, false, &key.addr)
-            && BINDINGS
-                .get_ptr(&key)
-                .is_none_or(|b| unsafe { core::ptr::read_volatile(&raw const (*b).mac) } == *mac);
+            && BINDINGS.get_ptr(&key).is_none_or(mine)
+            && UNPAID_BINDINGS.get_ptr(&key).is_none_or(mine);
         if free && gate_admits(GateBucket::Slotless, 1) {
             return Verdict::Pass;
         }
@@ -662,7 +739,8 @@ fn arp_up<P: Packet>(
         count_drop(slot, Drop::Spoof(STAT_SPOOF), 0);
         return Verdict::Drop;
     }
-    match bind(st, slot, mac, key, true) {
+    let flags = unsafe { core::ptr::read_volatile(&raw const (*st).flags) };
+    match bind(cfg, st, slot, flags, mac, key, true) {
         Ok(()) => Verdict::Pass,
         Err(d) => {
             count_drop(slot, d, 0);
@@ -705,7 +783,8 @@ fn nd<P: Packet>(
                 }
                 // A client beyond a full table claims nothing.
                 let (st, slot) = client.ok_or(Drop::Blocked)?;
-                bind(st, slot, mac, ip.key(target), true)?;
+                let flags = unsafe { core::ptr::read_volatile(&raw const (*st).flags) };
+                bind(cfg, st, slot, flags, mac, ip.key(target), true)?;
             }
             Ok(())
         }
@@ -753,6 +832,27 @@ fn garden<P: Packet>(
         return Err(Drop::Blocked);
     }
     Ok(f)
+}
+
+/// The datagram of an IPv4 fragment.
+#[inline(always)]
+fn frag_key(ip: &IpInfo) -> FragKey {
+    FragKey {
+        src: ip.src[0],
+        dst: ip.dst[0],
+        id: ip.id,
+        proto: ip.proto,
+        _pad: 0,
+    }
+}
+
+/// The first fragment of this one's datagram passed the garden a moment ago.
+#[inline(always)]
+fn frag_known(ip: &IpInfo) -> bool {
+    match unsafe { GARDEN_FRAGS.get(&frag_key(ip)) } {
+        Some(&at) => (unsafe { bpf_ktime_get_coarse_ns() }) < at + GARDEN_FRAG_NS,
+        None => false,
+    }
 }
 
 /// Neighbour discovery (ICMPv6 133-137).

@@ -177,6 +177,13 @@ pub struct IpInfo {
     pub dport: u16,
     /// ICMPv6 type (0 for other protocols).
     pub icmp6_type: u8,
+    /// IPv4: the datagram's identification, and whether this is its first
+    /// fragment of several (`frag_first`) or a later one (`frag_later`).
+    pub id: u16,
+    pub frag_first: bool,
+    pub frag_later: bool,
+    /// IPv4: the options carry a source route's type byte (LSRR or SSRR).
+    pub source_route: bool,
     /// Offset of the transport header and the end of the IP packet.
     pub l4: u32,
     pub end: u32,
@@ -308,11 +315,13 @@ fn parse_v4<P: Packet>(p: &P, l3: u32, avail: u32) -> Option<IpInfo> {
     } else {
         tot
     };
-    if !ipv4_csum_ok(p, l3, &h, ihl) {
+    let mut source_route = false;
+    if !ipv4_csum_ok(p, l3, &h, ihl, &mut source_route) {
         return None;
     }
     let w1 = h[1].to_ne_bytes();
-    let frag_off = u16::from_be_bytes([w1[2], w1[3]]) & 0x1fff;
+    let frag_word = u16::from_be_bytes([w1[2], w1[3]]);
+    let frag_off = frag_word & 0x1fff;
     let w2 = h[2].to_ne_bytes();
     let proto = w2[1];
     let l4 = l3 + ihl;
@@ -334,9 +343,21 @@ fn parse_v4<P: Packet>(p: &P, l3: u32, avail: u32) -> Option<IpInfo> {
         sport,
         dport,
         icmp6_type: 0,
+        id: u16::from_be_bytes([w1[0], w1[1]]),
+        frag_first: frag_off == 0 && frag_word & 0x2000 != 0,
+        frag_later: frag_off != 0,
+        source_route,
         l4,
         end: l3 + len,
     })
+}
+
+/// Whether the 32-bit word `w` holds the byte `b` (no branches: the
+/// verifier walks it once).
+#[inline(always)]
+fn has_byte(w: u32, b: u8) -> bool {
+    let x = w ^ u32::from_ne_bytes([b; 4]);
+    x.wrapping_sub(0x0101_0101) & !x & 0x8080_8080 != 0
 }
 
 /// The IPv4 header checksum (options included) is valid: the kernel drops
@@ -345,21 +366,21 @@ fn parse_v4<P: Packet>(p: &P, l3: u32, avail: u32) -> Option<IpInfo> {
 /// The ones' complement sum is taken over 32-bit words in memory order and
 /// folded: the same check as over big-endian 16-bit words (RFC 1071).
 #[inline(always)]
-fn ipv4_csum_ok<P: Packet>(p: &P, l3: u32, h: &[u32; 5], ihl: u32) -> bool {
+fn ipv4_csum_ok<P: Packet>(p: &P, l3: u32, h: &[u32; 5], ihl: u32, source_route: &mut bool) -> bool {
     let mut sum = h[0] as u64 + h[1] as u64 + h[2] as u64 + h[3] as u64 + h[4] as u64;
     // Options, one word at a constant offset each: XDP's verifier needs
     // bounds it can see (a loop over a variable offset is rejected).
     if ihl > 20 {
-        let ok = option_word::<0, P>(p, l3, ihl, &mut sum)
-            && option_word::<1, P>(p, l3, ihl, &mut sum)
-            && option_word::<2, P>(p, l3, ihl, &mut sum)
-            && option_word::<3, P>(p, l3, ihl, &mut sum)
-            && option_word::<4, P>(p, l3, ihl, &mut sum)
-            && option_word::<5, P>(p, l3, ihl, &mut sum)
-            && option_word::<6, P>(p, l3, ihl, &mut sum)
-            && option_word::<7, P>(p, l3, ihl, &mut sum)
-            && option_word::<8, P>(p, l3, ihl, &mut sum)
-            && option_word::<9, P>(p, l3, ihl, &mut sum);
+        let ok = option_word::<0, P>(p, l3, ihl, &mut sum, source_route)
+            && option_word::<1, P>(p, l3, ihl, &mut sum, source_route)
+            && option_word::<2, P>(p, l3, ihl, &mut sum, source_route)
+            && option_word::<3, P>(p, l3, ihl, &mut sum, source_route)
+            && option_word::<4, P>(p, l3, ihl, &mut sum, source_route)
+            && option_word::<5, P>(p, l3, ihl, &mut sum, source_route)
+            && option_word::<6, P>(p, l3, ihl, &mut sum, source_route)
+            && option_word::<7, P>(p, l3, ihl, &mut sum, source_route)
+            && option_word::<8, P>(p, l3, ihl, &mut sum, source_route)
+            && option_word::<9, P>(p, l3, ihl, &mut sum, source_route);
         if !ok {
             return false;
         }
@@ -371,10 +392,16 @@ fn ipv4_csum_ok<P: Packet>(p: &P, l3: u32, h: &[u32; 5], ihl: u32) -> bool {
     sum == 0xffff
 }
 
-/// Adds option word `K` (header bytes 20 + 4K..) to `sum` if the header has it;
+/// Adds option word `K` (header bytes 20 + 4K..) to `sum` if the header has it, and notes a source route byte in it;
 /// false if the header claims it but the packet ends first.
 #[inline(always)]
-fn option_word<const K: u32, P: Packet>(p: &P, l3: u32, ihl: u32, sum: &mut u64) -> bool {
+fn option_word<const K: u32, P: Packet>(
+    p: &P,
+    l3: u32,
+    ihl: u32,
+    sum: &mut u64,
+    source_route: &mut bool,
+) -> bool {
     if ihl <= 20 + 4 * K {
         return true;
     }
@@ -382,6 +409,10 @@ fn option_word<const K: u32, P: Packet>(p: &P, l3: u32, ihl: u32, sum: &mut u64)
         return false;
     };
     *sum += w as u64;
+    // LSRR (0x83) or SSRR (0x89): the type byte anywhere in the options. A
+    // client's own options start zeroed (routers fill in record route and
+    // timestamps), so only a crafted or exotic option carries it elsewhere.
+    *source_route |= has_byte(w, 0x83) || has_byte(w, 0x89);
     true
 }
 
@@ -421,6 +452,10 @@ fn parse_v6<P: Packet>(p: &P, l3: u32, avail: u32) -> Option<IpInfo> {
         sport,
         dport,
         icmp6_type,
+        id: 0,
+        frag_first: false,
+        frag_later: false,
+        source_route: false,
         l4,
         end: l3 + len,
     })

@@ -119,7 +119,7 @@ pub fn clients_dir(pin_root: &Path) -> PathBuf {
 }
 
 /// The maps of the client table every LAN shares.
-pub const SHARED_MAPS: [&str; 7] = [
+pub const SHARED_MAPS: [&str; 8] = [
     MAP_CLIENTS,
     MAP_SLOTS,
     MAP_COUNTERS,
@@ -127,6 +127,7 @@ pub const SHARED_MAPS: [&str; 7] = [
     MAP_SLOT_ALLOC,
     MAP_FREE_SLOTS,
     MAP_BINDINGS,
+    MAP_UNPAID_BINDINGS,
 ];
 
 /// The loaded datapath of one interface; dropping it leaves the pinned links in place.

@@ -46,22 +46,36 @@ pub fn addr_key(ip: std::net::IpAddr) -> AddrKey {
     }
 }
 
+type BindingMap = aya::maps::HashMap<MapData, AddrKey, Binding>;
+
 impl Maps {
-    /// The pinned binding table (address -> the MAC it is bound to).
-    pub(super) fn binding_map(&self) -> Result<aya::maps::HashMap<MapData, AddrKey, Binding>> {
+    /// The pinned binding tables (address -> the MAC it is bound to): paying
+    /// clients' and the gateway's DHCP answers' (`BINDINGS`), then those of
+    /// clients that have not paid (`UNPAID_BINDINGS`, an LRU; absent in pins
+    /// of older versions until the datapath is attached again).
+    pub(super) fn binding_maps(&self) -> Result<Vec<BindingMap>> {
         let data = mmap::open_pinned(&self.shared, MAP_BINDINGS)?;
-        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))
-            .map_err(|e| AgentError::bpf("opening the address bindings", e))
+        let mut out = vec![aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))
+            .map_err(|e| AgentError::bpf("opening the address bindings", e))?];
+        if self.shared.join(MAP_UNPAID_BINDINGS).exists() {
+            let data = mmap::open_pinned(&self.shared, MAP_UNPAID_BINDINGS)?;
+            out.push(
+                aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))
+                    .map_err(|e| AgentError::bpf("opening the unpaid clients' address bindings", e))?,
+            );
+        }
+        Ok(out)
     }
 
     /// The address bindings: address -> (MAC, when the datapath last found it in use).
     pub fn bindings(&self) -> Result<Vec<(std::net::IpAddr, MacAddr, u64)>> {
-        let map = self.binding_map()?;
         let mut out = Vec::new();
-        for item in map.iter() {
-            let (k, b) = item.map_err(|e| AgentError::bpf("reading the address bindings", e))?;
-            if let Some(ip) = addr_of(&k) {
-                out.push((ip, b.mac, b.last_ns));
+        for map in self.binding_maps()? {
+            for item in map.iter() {
+                let (k, b) = item.map_err(|e| AgentError::bpf("reading the address bindings", e))?;
+                if let Some(ip) = addr_of(&k) {
+                    out.push((ip, b.mac, b.last_ns));
+                }
             }
         }
         Ok(out)
@@ -82,34 +96,40 @@ impl Maps {
         }
         let now = coarse_ns();
         let ttl_ns = ttl.as_nanos().min(u64::MAX as u128) as u64;
-        let mut map = self.binding_map()?;
-        let all: Vec<(AddrKey, Binding)> = map.iter().filter_map(|i| i.ok()).collect();
-        let mut done = BindingSweep {
-            live: all.len() as u64,
-            expired: 0,
-        };
-        // Addresses each MAC holds after the sweep.
-        let mut held: HashMap<MacAddr, u64> = HashMap::new();
-        for (k, b) in all {
-            let fresh = now.saturating_sub(b.last_ns) < ttl_ns;
-            // Stamped again since it was read: still in use.
-            let stamped = !fresh
-                && !matches!(map.get(&k, 0), Ok(f) if f.last_ns == b.last_ns && f.mac == b.mac);
-            if fresh || stamped || map.remove(&k).is_err() {
-                *held.entry(b.mac).or_default() += 1;
-                continue;
+        let mut done = BindingSweep::default();
+        // Addresses each MAC holds after the sweep, and its IPv4 address last in use.
+        let mut held: HashMap<MacAddr, (u64, Option<(u64, u32)>)> = HashMap::new();
+        for mut map in self.binding_maps()? {
+            let all: Vec<(AddrKey, Binding)> = map.iter().filter_map(|i| i.ok()).collect();
+            done.live += all.len() as u64;
+            for (k, b) in all {
+                let fresh = now.saturating_sub(b.last_ns) < ttl_ns;
+                // Stamped again since it was read: still in use.
+                let stamped = !fresh
+                    && !matches!(map.get(&k, 0), Ok(f) if f.last_ns == b.last_ns && f.mac == b.mac);
+                if fresh || stamped || map.remove(&k).is_err() {
+                    let (n, v4) = held.entry(b.mac).or_default();
+                    *n += 1;
+                    if k.family == 4 && v4.is_none_or(|(last, _)| b.last_ns > last) {
+                        *v4 = Some((b.last_ns, k.addr[0]));
+                    }
+                    continue;
+                }
+                done.expired += 1;
+                done.live -= 1;
             }
-            done.expired += 1;
-            done.live -= 1;
         }
-        // Each client's count, from the table itself (a DHCP answer moves an
-        // address to another MAC without telling the one that had it).
+        // Each client's count and IPv4 address, from the tables themselves (a
+        // DHCP answer moves an address to another MAC without telling the one
+        // that had it; the LRU drops unpaid clients' bindings unannounced).
         let counters = self.all_counters(0, used)?;
         for slot in 0..used {
             if let Some(pos) = self.position(slot) {
                 let mac = index_mac(self.key(pos).load(Ordering::Acquire));
-                let n = held.get(&mac).copied().unwrap_or(0);
+                let (n, v4) = held.get(&mac).copied().unwrap_or_default();
                 cell!(counters, slot, bound_addrs: AtomicU64).store(n, Ordering::Relaxed);
+                let v4 = v4.map_or(0, |(_, a)| a as u64);
+                cell!(counters, slot, bound_v4: AtomicU64).store(v4, Ordering::Relaxed);
             }
         }
         Ok(done)
@@ -119,23 +139,25 @@ impl Maps {
     /// MAC: the addresses are free for the new one's first claim). Returns how
     /// many were removed.
     pub fn release_bindings(&self, mac: &MacAddr) -> Result<u64> {
-        let mut map = self.binding_map()?;
-        let mine: Vec<AddrKey> = map
-            .iter()
-            .filter_map(|i| i.ok())
-            .filter(|(_, b)| b.mac == *mac)
-            .map(|(k, _)| k)
-            .collect();
         let mut n = 0;
-        for k in mine {
-            // Gone meanwhile (expired, or moved by a DHCP answer) is fine.
-            if map.remove(&k).is_ok() {
-                n += 1;
+        for mut map in self.binding_maps()? {
+            let mine: Vec<AddrKey> = map
+                .iter()
+                .filter_map(|i| i.ok())
+                .filter(|(_, b)| b.mac == *mac)
+                .map(|(k, _)| k)
+                .collect();
+            for k in mine {
+                // Gone meanwhile (expired, or moved by a DHCP answer) is fine.
+                if map.remove(&k).is_ok() {
+                    n += 1;
+                }
             }
         }
         if let Some(slot) = self.slot_of(mac) {
             let counters = self.all_counters(slot, 1)?;
             cell!(counters, slot, bound_addrs: AtomicU64).store(0, Ordering::Relaxed);
+            cell!(counters, slot, bound_v4: AtomicU64).store(0, Ordering::Relaxed);
         }
         Ok(n)
     }

@@ -37,6 +37,7 @@ pub fn test_garden() -> Vec<GardenEntry> {
 /// Anti-spoofing on; the garden rate limit only where a test sets it.
 pub const GATE: GateOptions = GateOptions {
     anti_spoof: true,
+    one_address: true,
     garden_rate_kbits: 0,
     garden_pps: 0,
     garden_total_kbits: 0,
