@@ -90,6 +90,7 @@ fn gate() -> LanConfig {
             Ipv4Addr::new(10, 200, 0, 1).into(),
             "fd00:200::1".parse().unwrap(),
         ],
+        &[80],
         &GateOptions {
             anti_spoof: true,
             one_address: true,

@@ -119,6 +119,7 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
         maps.set_lan(&lan_config(
             iface::mac(lan)?,
             &local,
+            &opts.portal_ports,
             &opts.gate,
             opts.redirect.as_ref(),
             None,
@@ -394,6 +395,11 @@ fn apply_reload(
                 ok = false;
             }
         }
+        for lan in gw.lans() {
+            if let Ok(m) = lan.maps.lock() {
+                m.set_portal_ports(&new.portal_ports);
+            }
+        }
         if ok {
             cur.garden = new.garden.clone();
             cur.portal_ports = new.portal_ports.clone();
@@ -413,6 +419,7 @@ fn apply_reload(
             m.set_lan(&lan_config(
                 mac,
                 &local,
+                &cur.portal_ports,
                 &new.gate,
                 cur.redirect.as_ref(),
                 gw.dns_snoop_mark(),
@@ -608,6 +615,7 @@ pub fn gateway_services(addrs: &[IpAddr], portal_ports: &[u16]) -> Vec<GardenEnt
 pub fn lan_config(
     mac: Option<[u8; 6]>,
     addrs: &[IpAddr],
+    portal_ports: &[u16],
     gate: &GateOptions,
     redirect: Option<&crate::redirect::RedirectOptions>,
     dns_mark: Option<u32>,
@@ -631,6 +639,15 @@ pub fn lan_config(
         cfg.dns_mark = mark;
     }
     dataplane::set_gateway_addrs(&mut cfg, addrs);
+    for (slot, port) in cfg.portal_ports.iter_mut().zip(portal_ports) {
+        *slot = *port;
+    }
+    if portal_ports.len() > LAN_PORTAL_PORTS {
+        warn!(
+            ports = ?&portal_ports[LAN_PORTAL_PORTS..],
+            "more portal ports than the datapath knows ({LAN_PORTAL_PORTS}): a paying client's traffic with these counts as usage"
+        );
+    }
     if gate.garden_rate_kbits > 0 {
         let rate = gate.garden_rate_kbits * 1000 / 8;
         cfg.garden_rate_bytes = rate;

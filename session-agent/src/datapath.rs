@@ -16,7 +16,7 @@ use std::{
 use session_common::{MacAddr, POLICY_ALLOWED, POLICY_QUOTA};
 
 use crate::{
-    dataplane::{BindingSweep, Enforced, Forgotten, IdleTracker, Maps, RateLimit},
+    dataplane::{BindingSweep, Enforced, Forgotten, IdleTracker, Maps, Pressure, RateLimit},
     error::{AgentError, Result},
 };
 
@@ -74,12 +74,16 @@ pub trait Datapath: Send + Sync {
         tracker: &mut IdleTracker,
         now: Instant,
         idle: Duration,
+        pressure: Pressure,
         keep: &dyn Fn(&MacAddr) -> bool,
     ) -> Result<Forgotten>;
     /// Slots ready for new clients.
     fn free_slots(&self) -> u64;
-    /// Tells the datapath the gateway's addresses as they are now, and
-    /// removes address bindings unused for `ttl`.
+    /// Clients holding a slot.
+    fn clients_live(&self) -> u64;
+    /// Tells the datapath the gateway's addresses as the kernel has them now.
+    fn refresh_gateway_addrs(&self) -> Result<()>;
+    /// Removes address bindings unused for `ttl`.
     fn sweep_bindings(&self, ttl: Duration) -> Result<BindingSweep>;
     /// The attached LANs (none for an in-memory datapath).
     fn lans(&self) -> &[Lan];
@@ -200,10 +204,11 @@ impl Datapath for PinnedDatapath {
         tracker: &mut IdleTracker,
         now: Instant,
         idle: Duration,
+        pressure: Pressure,
         keep: &dyn Fn(&MacAddr) -> bool,
     ) -> Result<Forgotten> {
         match self.table() {
-            Some(m) => m.forget_idle(tracker, now, idle, keep),
+            Some(m) => m.forget_idle(tracker, now, idle, pressure, keep),
             None => Ok(Forgotten::default()),
         }
     }
@@ -212,11 +217,19 @@ impl Datapath for PinnedDatapath {
         self.table().map_or(0, |m| m.free_slots())
     }
 
-    fn sweep_bindings(&self, ttl: Duration) -> Result<BindingSweep> {
+    fn clients_live(&self) -> u64 {
+        self.table().map_or(0, |m| m.clients_live())
+    }
+
+    fn refresh_gateway_addrs(&self) -> Result<()> {
         for lan in &self.lans {
             let addrs = crate::iface::gateway_addresses(&lan.name)?;
             lock(&lan.maps).set_gateway_addrs(&addrs);
         }
+        Ok(())
+    }
+
+    fn sweep_bindings(&self, ttl: Duration) -> Result<BindingSweep> {
         match self.table() {
             Some(m) => m.sweep_bindings(ttl),
             None => Ok(BindingSweep::default()),
@@ -380,6 +393,7 @@ impl Datapath for MemDatapath {
         _tracker: &mut IdleTracker,
         _now: Instant,
         _idle: Duration,
+        _pressure: Pressure,
         _keep: &dyn Fn(&MacAddr) -> bool,
     ) -> Result<Forgotten> {
         Ok(Forgotten::default())
@@ -387,6 +401,14 @@ impl Datapath for MemDatapath {
 
     fn free_slots(&self) -> u64 {
         0
+    }
+
+    fn clients_live(&self) -> u64 {
+        0
+    }
+
+    fn refresh_gateway_addrs(&self) -> Result<()> {
+        Ok(())
     }
 
     fn sweep_bindings(&self, _ttl: Duration) -> Result<BindingSweep> {

@@ -25,7 +25,7 @@ use std::{
 };
 
 use serde::Serialize;
-use session_common::{POLICY_ALLOWED, POLICY_MANUAL, POLICY_QUOTA};
+use session_common::{MAX_CLIENTS, POLICY_ALLOWED, POLICY_MANUAL, POLICY_QUOTA};
 use session_model::{
     idmap::IdMap, ClientSession, Desired, DeviceId, Grant, MacAddr, MeterMark, ModelError,
     SessionEvent, SessionsMgr, TickReport,
@@ -35,12 +35,14 @@ use tracing::{debug, info, warn};
 
 use crate::{
     datapath::{Datapath, PinnedDatapath},
-    dataplane::{IdleTracker, RateLimit, MIN_BURST_BYTES},
+    dataplane::{IdleTracker, Pressure, RateLimit, MIN_BURST_BYTES},
     error::AgentError,
 };
 
 /// Longest interval between two runs of forgetting idle clients.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
+/// How often the gateway's own addresses are read again from the kernel.
+const GATEWAY_ADDRS_EVERY: Duration = Duration::from_secs(2);
 
 /// How the gateway meters and enforces.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +103,15 @@ pub enum GatewayEvent {
         address: String,
         device_id: Option<DeviceId>,
     },
+    /// The client table was over its high-water mark: clients that had not
+    /// paid and were least recently active were forgotten to make room.
+    TablePressure {
+        /// Clients in the table after the run, and of how many slots.
+        clients: u32,
+        capacity: u32,
+        /// Clients forgotten for room.
+        reclaimed: u32,
+    },
 }
 
 /// Cheap counters of the gateway's own work, for metrics.
@@ -130,6 +141,9 @@ pub struct GatewayStats {
     pub forget_errors: AtomicU64,
     /// Slots taken back from lost races for an entry (see [`Maps::forget_idle`]).
     pub slots_reclaimed: AtomicU64,
+    /// Clients forgotten because the table was under pressure, and the runs that did.
+    pub clients_pressed: AtomicU64,
+    pub pressure_runs: AtomicU64,
     /// Address bindings made by the datapath, removed unused, and in the tables now.
     pub addrs_bound: AtomicU64,
     pub bindings_expired: AtomicU64,
@@ -1076,6 +1090,7 @@ impl Gateway {
         let mut last_commit = Instant::now();
         let mut last_forget = Instant::now();
         let mut last_sweep = Instant::now();
+        let mut last_addrs = Instant::now();
         let mut last_expiry = Instant::now();
         // systemd's watchdog (WatchdogSec=), pinged once per loop: a loop that
         // stops coming round is restarted.
@@ -1099,15 +1114,21 @@ impl Gateway {
                 last_commit = Instant::now();
                 self.store_work(StoreWork::Commit).await;
             }
-            if let Some(idle) = cfg.forget_idle {
-                // Often enough to notice idleness within a quarter of the time;
-                // the interval is also the grace before a forgotten slot is reused.
-                if last_forget.elapsed() >= (idle / 4).clamp(Duration::from_secs(1), FORGET_EVERY) {
-                    last_forget = Instant::now();
-                    if let Err(e) = self.forget_idle_clients(idle).await {
-                        self.stats.forget_errors.fetch_add(1, Relaxed);
-                        warn!("forgetting idle clients failed: {e}");
-                    }
+            // Often enough to notice idleness within a quarter of the time,
+            // and every second while the table is under pressure; the interval
+            // is also the grace before a forgotten slot is reused.
+            let every = match cfg.forget_idle {
+                _ if self.dp.clients_live() > Pressure::DEFAULT.high as u64 => Some(Duration::from_secs(1)),
+                Some(idle) => Some((idle / 4).clamp(Duration::from_secs(1), FORGET_EVERY)),
+                None => None,
+            };
+            if every.is_some_and(|every| last_forget.elapsed() >= every) {
+                last_forget = Instant::now();
+                // Without forgetting, only the pressure forgets.
+                let idle = cfg.forget_idle.unwrap_or(Duration::MAX);
+                if let Err(e) = self.forget_idle_clients(idle).await {
+                    self.stats.forget_errors.fetch_add(1, Relaxed);
+                    warn!("forgetting idle clients failed: {e}");
                 }
             }
             // A binding in use is stamped again within a sweep interval, so one
@@ -1124,6 +1145,17 @@ impl Gateway {
                         warn!("sweeping address bindings failed: {e}");
                     }
                     Err(e) => warn!("sweeping address bindings failed: {e}"),
+                }
+            }
+            // The gateway's addresses change (a WAN address from DHCP, an
+            // operator's `ip addr`): what is usage follows within seconds.
+            if last_addrs.elapsed() >= GATEWAY_ADDRS_EVERY {
+                last_addrs = Instant::now();
+                let gw = self.clone();
+                match tokio::task::spawn_blocking(move || gw.dp.refresh_gateway_addrs()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!("reading the gateway's addresses failed: {e}"),
+                    Err(e) => warn!("reading the gateway's addresses failed: {e}"),
                 }
             }
             if last_expiry.elapsed() >= EXPIRE_PAUSED_EVERY {
@@ -1183,8 +1215,7 @@ impl Gateway {
         Ok((sessions, devices))
     }
 
-    /// Tells every LAN's datapath the gateway's addresses as they are now,
-    /// and removes address bindings unused for the TTL.
+    /// Removes address bindings unused for the TTL.
     fn sweep_bindings(&self) -> Result<(), AgentError> {
         let done = self.dp.sweep_bindings(self.config().bind_ttl)?;
         self.stats.bindings_expired.fetch_add(done.expired, Relaxed);
@@ -1231,12 +1262,34 @@ impl Gateway {
         }
         let now = Instant::now();
         let mut tracker = self.idle_clients.lock().unwrap();
-        let done = self
-            .dp
-            .forget_idle(&mut tracker, now, idle, &|mac| keep.contains(mac))?;
+        let done = self.dp.forget_idle(
+            &mut tracker,
+            now,
+            idle,
+            Pressure::DEFAULT,
+            &|mac| keep.contains(mac),
+        )?;
         self.stats
             .clients_forgotten
             .fetch_add(done.retired as u64, Relaxed);
+        if done.pressed > 0 {
+            self.stats
+                .clients_pressed
+                .fetch_add(done.pressed as u64, Relaxed);
+            self.stats.pressure_runs.fetch_add(1, Relaxed);
+            let clients = (self.dp.clients_live() as u32).saturating_sub(done.retired);
+            warn!(
+                clients,
+                capacity = MAX_CLIENTS,
+                reclaimed = done.pressed,
+                "client table under pressure (a flood of MACs?): forgot the least recently active clients that had not paid"
+            );
+            let _ = self.events.send(GatewayEvent::TablePressure {
+                clients,
+                capacity: MAX_CLIENTS,
+                reclaimed: done.pressed,
+            });
+        }
         self.stats
             .slots_reclaimed
             .fetch_add(done.reclaimed as u64, Relaxed);

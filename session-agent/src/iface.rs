@@ -35,32 +35,22 @@ pub fn addresses(name: &str) -> Result<Vec<IpAddr>> {
         .collect())
 }
 
-/// Every address traffic from `lan` to which stays on the gateway: the
-/// LAN's own addresses first, then those of every other interface, and for
-/// each IPv4 subnet its broadcast and network addresses, for which the kernel
-/// keeps broadcast routes (loopback left out: never routed from a LAN).
+/// Every address traffic from `lan` to which stays on the gateway, as the
+/// kernel's local routing table has them (its own addresses, the broadcast
+/// and anycast addresses it takes): the LAN's own addresses first, then the
+/// rest (loopback and multicast left out: never routed from a LAN). An
+/// address it has no local route for, such as a subnet's network address,
+/// is routed on, and so is usage.
 pub fn gateway_addresses(lan: &str) -> Result<Vec<IpAddr>> {
     let lan_index = index(lan)?;
-    let all = netlink::addresses()?;
-    let mut out: Vec<IpAddr> = all
+    let mut out: Vec<IpAddr> = netlink::addresses()?
         .iter()
         .filter(|a| a.ifindex == lan_index)
         .map(|a| a.ip)
         .collect();
-    for a in &all {
-        let mut found = vec![a.ip];
-        if let IpAddr::V4(v4) = a.ip {
-            if a.prefix_len <= 30 {
-                let m = u32::MAX.checked_shl(32 - a.prefix_len as u32).unwrap_or(0);
-                let v = u32::from(v4);
-                found.push(IpAddr::V4((v | !m).into()));
-                found.push(IpAddr::V4((v & m).into()));
-            }
-        }
-        for a in found {
-            if !a.is_loopback() && !a.is_multicast() && !out.contains(&a) {
-                out.push(a);
-            }
+    for a in netlink::local_addresses()? {
+        if !a.is_loopback() && !a.is_multicast() && !out.contains(&a) {
+            out.push(a);
         }
     }
     Ok(out)

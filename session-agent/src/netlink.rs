@@ -23,7 +23,7 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
-    route::{RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
     rule::{RuleAction, RuleAttribute, RuleMessage},
     tc::{TcAttribute, TcHandle, TcMessage, TcOption},
     AddressFamily, RouteNetlinkMessage,
@@ -170,6 +170,55 @@ pub fn addresses() -> Result<Vec<Addr>> {
                 ip,
                 prefix_len: a.header.prefix_len,
             });
+        }
+    }
+    Ok(out)
+}
+
+/// The kernel's `local` routing table (RT_TABLE_LOCAL).
+const TABLE_LOCAL: u32 = 255;
+
+/// Every address the namespace takes packets to as its own, from its `local`
+/// routing table: its addresses (`local`), the IPv4 broadcast addresses it
+/// keeps routes for (`broadcast`) and the IPv6 anycast ones (`anycast`), one
+/// host each. Packets to any other address are routed on.
+pub fn local_addresses() -> Result<Vec<IpAddr>> {
+    let msgs = dump(
+        "listing the local routing table",
+        RouteNetlinkMessage::GetRoute(RouteMessage::default()),
+    )?;
+    let mut out = Vec::new();
+    for m in msgs {
+        let RouteNetlinkMessage::NewRoute(r) = m else {
+            continue;
+        };
+        let table = r
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(r.header.table as u32);
+        if table != TABLE_LOCAL
+            || !matches!(r.header.kind, RouteType::Local | RouteType::Broadcast | RouteType::Anycast)
+        {
+            continue;
+        }
+        let dst = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+            _ => None,
+        });
+        let host = if dst.is_some_and(|d| d.is_ipv4()) { 32 } else { 128 };
+        match dst {
+            Some(ip) if r.header.destination_prefix_length == host => out.push(ip),
+            // A local prefix (AnyIP) is more than the datapath's address list holds.
+            Some(ip) if !ip.is_loopback() => tracing::warn!(
+                prefix = %format!("{ip}/{}", r.header.destination_prefix_length),
+                "a local route for a whole prefix: traffic from clients to it counts as usage"
+            ),
+            _ => {}
         }
     }
     Ok(out)

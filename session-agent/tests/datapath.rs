@@ -597,7 +597,7 @@ fn the_client_table_takes_every_slot_and_then_gives_new_macs_only_dhcp_with_the_
 
 #[test]
 fn forgotten_idle_clients_give_their_slots_to_new_ones() {
-    use session_agent::dataplane::{Forgotten, IdleTracker};
+
     use std::time::{Duration, Instant};
     let mut dp = Datapath::new();
     let mac_of = |i: u32| {
@@ -615,7 +615,7 @@ fn forgotten_idle_clients_give_their_slots_to_new_ones() {
     let mut t = IdleTracker::default();
     let forget = |t: &mut IdleTracker, at: Duration| {
         dp.h.maps
-            .forget_idle(t, t0 + at, idle, |m| *m == mac_of(kept))
+            .forget_idle(t, t0 + at, idle, Pressure::NONE, |m| *m == mac_of(kept))
             .unwrap()
     };
     // The first run learns every client's traffic: nobody is idle yet.
@@ -718,7 +718,7 @@ fn slots_lost_in_a_race_for_an_entry_are_taken_back() {
     let (idle, t0) = (Duration::from_secs(600), Instant::now());
     let mut t = IdleTracker::default();
     let forget = |t: &mut IdleTracker, at: Duration| {
-        dp.h.maps.forget_idle(t, t0 + at, idle, |_| false).unwrap()
+        dp.h.maps.forget_idle(t, t0 + at, idle, Pressure::NONE, |_| false).unwrap()
     };
     assert_eq!(forget(&mut t, Duration::ZERO), Forgotten::default());
     assert_eq!(
@@ -756,7 +756,7 @@ fn slots_lost_in_a_race_for_an_entry_are_taken_back() {
 #[test]
 fn a_limit_set_while_the_agent_forgets_the_client_goes_to_its_new_entry() {
     use aya::maps::Array;
-    use session_agent::dataplane::{Forgotten, IdleTracker};
+
     use std::time::{Duration, Instant};
     let mut dp = Datapath::new();
     let n = 6;
@@ -791,7 +791,7 @@ fn a_limit_set_while_the_agent_forgets_the_client_goes_to_its_new_entry() {
     let mut t = IdleTracker::default();
     let t0 = Instant::now();
     let idle = Duration::from_secs(600);
-    let forget = |t: &mut IdleTracker| dp.h.maps.forget_idle(t, t0, idle, |_| false).unwrap();
+    let forget = |t: &mut IdleTracker| dp.h.maps.forget_idle(t, t0, idle, Pressure::NONE, |_| false).unwrap();
     assert_eq!(forget(&mut t), Forgotten::default());
     assert_eq!(
         forget(&mut t),

@@ -344,12 +344,12 @@ fn later_fragments_pass_only_after_a_first_the_garden_passed() {
     let out = udp4(GW_MAC, mac(n), v4, SERVER_V4, 40000, 443, 1472);
     assert_eq!(dp.up(&fragment(&out, 79, 0, true)), TC_DROP);
     assert_eq!(dp.up(&fragment(&out, 79, 185, false)), TC_DROP);
-    // The client's own fragmented query to the gateway's resolver passes whole.
+    // The client's own datagrams pass unfragmented only (queries are small):
+    // the first fragment of one to the gateway's resolver, not the rest.
     let query = udp4(GW_MAC, mac(n), v4, GW_V4, 40000, 53, 1472);
     assert_eq!(dp.up(&fragment(&query, 80, 0, true)), TC_PASS);
-    assert_eq!(dp.up(&fragment(&out, 80, 185, false)), TC_DROP, "other addresses");
     let tail = udp4(GW_MAC, mac(n), v4, GW_V4, 9, 9, 100);
-    assert_eq!(dp.up(&fragment(&tail, 80, 185, false)), TC_PASS);
+    assert_eq!(dp.up(&fragment(&tail, 80, 185, false)), TC_DROP);
 }
 
 fn events(dp: &mut Datapath) -> Vec<ClientEvent> {
@@ -445,4 +445,54 @@ fn clients_that_have_not_paid_never_take_the_room_of_paying_clients_bindings() {
     assert_eq!(swept.expired, 0);
     assert_eq!(dp.up(&q(u)), TC_DROP, "no longer the unpaid client's");
     assert_eq!(dp.up(&q(p)), TC_PASS);
+}
+
+#[test]
+fn a_flood_of_macs_is_forgotten_under_pressure_and_new_customers_find_room() {
+    use std::time::{Duration, Instant};
+    let mut dp = Datapath::new();
+    let (paying, connected, customer) = (client_mac(1), client_mac(2), client_mac(3));
+    dp.allow(paying);
+    dp.h.maps.ensure_slot(&connected).unwrap();
+    dp.h.maps.ensure_slot(&customer).unwrap();
+    let flood = |dp: &Datapath, i: u32| dp.up(&udp4(GW_MAC, flood_mac(i), flood_v4(i), SERVER_V4, 1, 443, 10));
+    let room = MAX_CLIENTS - 3;
+    for i in 0..room {
+        flood(&dp, i);
+    }
+    assert_eq!(dp.h.maps.clients_live(), MAX_CLIENTS as u64, "full");
+    assert_eq!(dp.up(&up4(4, 443, 10)), TC_DROP);
+    assert_eq!(dp.h.maps.slot_of(&client_mac(4)), None, "no room for a new customer");
+    let day = Duration::from_secs(86_400);
+    let (t0, mut t) = (Instant::now(), IdleTracker::default());
+    let keep = |m: &MacAddr| *m == connected;
+    let run = |dp: &Datapath, t: &mut IdleTracker, at: u64| {
+        dp.h.maps
+            .forget_idle(t, t0 + Duration::from_secs(at), day, Pressure::DEFAULT, keep)
+            .unwrap()
+    };
+    // The first run learns who is active; nobody is forgotten for it.
+    assert_eq!(run(&dp, &mut t, 0), Forgotten::default());
+    // The customer and the last 1,000 flood MACs are active again; the rest are not.
+    assert_eq!(dp.up(&udp4(GW_MAC, customer.addr, client_v4(3), GW_V4, 40000, 53, 30)), TC_PASS);
+    for i in room - 1000..room {
+        flood(&dp, i);
+    }
+    let f = run(&dp, &mut t, 1);
+    let low = Pressure::DEFAULT.low;
+    assert_eq!(f.pressed, MAX_CLIENTS - low, "down to the low-water mark");
+    assert_eq!(f.retired, f.pressed);
+    for mac in [paying, connected, customer] {
+        assert!(dp.h.maps.slot_of(&mac).is_some(), "{mac} kept");
+    }
+    assert!(
+        (room - 1000..room).all(|i| dp.h.maps.slot_of(&MacAddr::new(flood_mac(i))).is_some()),
+        "the least recently active go first"
+    );
+    // The next run frees their slots: a new customer takes one at once.
+    let f = run(&dp, &mut t, 2);
+    assert_eq!((f.freed, f.pressed), (MAX_CLIENTS - low, 0));
+    assert_eq!(dp.up(&up4(4, 443, 10)), TC_DROP);
+    assert!(dp.h.maps.slot_of(&client_mac(4)).is_some(), "room again");
+    assert_eq!(dp.up(&up4(1, 443, 10)), TC_PASS, "the paying client never noticed");
 }

@@ -495,8 +495,13 @@ pub struct LanConfig {
     /// on (the egress program passes them without holding them again).
     pub dns_mark: u32,
     pub _pad4: u32,
-    pub _reserved: [u64; 1],
+    /// The portal's TCP ports on the gateway (host order; 0 = none): a paying
+    /// client's traffic with them is not usage.
+    pub portal_ports: [u16; LAN_PORTAL_PORTS],
 }
+
+/// Most portal ports the datapath knows ([`LanConfig::portal_ports`]).
+pub const LAN_PORTAL_PORTS: usize = 4;
 
 /// The bit of [`LanConfig::addr_filter`] that stands for an address (IPv4 in
 /// `a[0]`), as in packets.

@@ -282,7 +282,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         // DNS resolver, anything but ND, DHCP and the portal): usage. Once
         // the data budget is spent those are the garden's, as before payment.
         let with_gateway = gateway_addr(cfg, ip.v6, far);
-        let usage = !with_gateway || relayed(&ip, dir);
+        let usage = !with_gateway || !bootstrap(cfg, &ip, dir);
         if usage && with_gateway && cut_off(st, flags) {
             paying = false;
         } else if usage {
@@ -301,13 +301,16 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         // all unpaid clients share holds it), or is the gateway's own portal.
         let shared = match garden(p, cfg, &ip, dir, &mac, to_group, Some((st, slot))) {
             Ok(f) => {
-                if ip.frag_first {
+                // Datagrams to the client only: its own are small (queries)
+                // and the gateway's ingress program stays within older
+                // verifiers' limits.
+                if dir == Dir::Down && ip.frag_first {
                     let _ = GARDEN_FRAGS.insert(&frag_key(&ip), &unsafe { bpf_ktime_get_coarse_ns() }, 0);
                 }
                 f & GARDEN_GATEWAY == 0 || f & GARDEN_DNS != 0
             }
             // A later fragment of a datagram whose first the garden passed.
-            Err(_) if ip.frag_later && frag_known(&ip) => true,
+            Err(_) if dir == Dir::Down && ip.frag_later && frag_known(&ip) => true,
             Err(d) => match to_portal(p, cfg, &ip, dir, to_group) {
                 Some(v) => {
                     verdict = v;
@@ -861,25 +864,27 @@ fn is_nd(ip: &IpInfo) -> bool {
     ip.v6 && ip.proto == packet::IPPROTO_ICMPV6 && (133..=137).contains(&ip.icmp6_type)
 }
 
-/// A paying client's traffic with one of the gateway's addresses that the
-/// gateway relays (its DNS resolver) or that is none of its bootstrap
-/// services: everything but ND, DHCP and the portal ports.
+/// A flow with the gateway that is never usage: ND, DHCP (its far end on
+/// port 67 or 547) and the portal ports (TCP). Anything else with the gateway
+/// (its DNS resolver, ...) is relayed or served by it: usage for a paying client.
 #[inline(always)]
-fn relayed(ip: &IpInfo, dir: Dir) -> bool {
-    if is_nd(ip) {
-        return false;
+fn bootstrap(cfg: *const LanConfig, ip: &IpInfo, dir: Dir) -> bool {
+    let port = match dir {
+        Dir::Up => ip.dport,
+        Dir::Down => ip.sport,
+    };
+    match ip.proto {
+        packet::IPPROTO_UDP => port == 67 || port == 547,
+        packet::IPPROTO_TCP => portal_port(cfg, port),
+        _ => is_nd(ip),
     }
-    !matches!(service_flags(ip, dir), Some(f) if f & GARDEN_GATEWAY != 0 && f & GARDEN_DNS == 0)
 }
 
-/// The garden flags of the far end of `ip` (its destination up, its source
-/// down), if a garden entry passes the flow.
+/// One of the LAN's portal ports (`LanConfig::portal_ports`).
 #[inline(always)]
-fn service_flags(ip: &IpInfo, dir: Dir) -> Option<u32> {
-    match dir {
-        Dir::Up => garden_flags(ip, ip.dst, ip.dport),
-        Dir::Down => garden_flags(ip, ip.src, ip.sport),
-    }
+fn portal_port(cfg: *const LanConfig, port: u16) -> bool {
+    let ports = unsafe { core::ptr::read_volatile(&raw const (*cfg).portal_ports) };
+    port != 0 && (ports[0] == port || ports[1] == port || ports[2] == port || ports[3] == port)
 }
 
 /// The client's data budget is spent: the kernel cut it off.
@@ -896,8 +901,21 @@ fn slotless<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir, mac:
     let bootstrap = if is_nd(ip) {
         nd(p, cfg, ip, dir, mac, None).is_ok()
     } else {
+        // DHCP with the gateway: to one of its addresses, the limited
+        // broadcast or All_DHCP_Relay_Agents_and_Servers; from its addresses.
+        let (far, port) = match dir {
+            Dir::Up => (&ip.dst, ip.dport),
+            Dir::Down => (&ip.src, ip.sport),
+        };
+        let group = dir == Dir::Up
+            && if ip.v6 {
+                link_multicast(far)
+            } else {
+                far[0] == u32::MAX
+            };
         ip.proto == packet::IPPROTO_UDP
-            && matches!(service_flags(ip, dir), Some(f) if f & GARDEN_GATEWAY != 0 && f & GARDEN_DNS == 0)
+            && ((!ip.v6 && port == 67) || (ip.v6 && port == 547))
+            && (group || gateway_addr(cfg, ip.v6, far))
     };
     // The gateway's answers pass: the requests were limited.
     if bootstrap && (dir == Dir::Down || gate_admits(GateBucket::Slotless, 1)) {

@@ -12,7 +12,7 @@ use session_model::ModelError;
 
 use super::{ApiError, ApiState};
 use crate::dataplane::ClientRow;
-use session_common::{STAT_DROP_REASONS, STAT_EVENTS_LOST, STAT_TABLE_FULL};
+use session_common::{STAT_ADMISSION_LIMITED, STAT_DROP_REASONS, STAT_EVENTS_LOST, STAT_TABLE_FULL};
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -203,6 +203,11 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
             STAT_TABLE_FULL,
         ),
         (
+            "session_agent_datapath_admission_limited_total",
+            "Packets of a new MAC that found no slot because new clients came faster than --new-clients-per-sec.",
+            STAT_ADMISSION_LIMITED,
+        ),
+        (
             "session_agent_datapath_events_lost_total",
             "Datapath events (new clients, data cut-offs, address bindings) lost because the agent did not read the ring in time.",
             STAT_EVENTS_LOST,
@@ -343,6 +348,16 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
             "session_agent_forget_errors_total",
             "Runs of forgetting idle clients that failed.",
             &s.forget_errors,
+        ),
+        (
+            "session_agent_clients_reclaimed_under_pressure_total",
+            "Clients that had not paid, forgotten (least recently active first) because the client table was over its high-water mark.",
+            &s.clients_pressed,
+        ),
+        (
+            "session_agent_table_pressure_total",
+            "Runs that found the client table over its high-water mark and forgot clients to make room.",
+            &s.pressure_runs,
         ),
         (
             "session_agent_slots_reclaimed_total",

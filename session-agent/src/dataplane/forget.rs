@@ -26,11 +26,36 @@ pub struct IdleTracker {
 /// for good; one that is still inserting holds it for microseconds.
 pub const LOST_SLOT_GRACE: Duration = Duration::from_secs(60);
 
+/// Reclaiming under pressure: while more clients than `high` hold slots,
+/// [`Maps::forget_idle`] also forgets those that are not allowed and not
+/// kept, however briefly idle, least recently active first, down to `low`.
+/// So a flood of MACs cannot lock new customers out for the idle time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pressure {
+    pub high: u32,
+    pub low: u32,
+}
+
+impl Pressure {
+    /// Above three quarters of the table, down to five eighths.
+    pub const DEFAULT: Self = Self {
+        high: MAX_CLIENTS / 4 * 3,
+        low: MAX_CLIENTS / 8 * 5,
+    };
+    /// Never under pressure: only idleness forgets.
+    pub const NONE: Self = Self {
+        high: MAX_CLIENTS,
+        low: MAX_CLIENTS,
+    };
+}
+
 /// What one run of [`Maps::forget_idle`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Forgotten {
-    /// Clients forgotten now.
+    /// Clients forgotten now (those under pressure included).
     pub retired: u32,
+    /// Of those, clients forgotten because the table was under [`Pressure`].
+    pub pressed: u32,
     /// Slots (of clients forgotten by the run before) ready for new clients.
     pub freed: u32,
     /// Slots that a lost race for an entry had left unused, ready for new clients.
@@ -47,6 +72,11 @@ impl Maps {
         tail.store(t + 1, Ordering::Release);
     }
 
+    /// Clients holding a slot now (forgotten ones until their slot is freed).
+    pub fn clients_live(&self) -> u64 {
+        (self.slots_used() as u64).saturating_sub(self.free_slots())
+    }
+
     /// Slots freed and not yet taken again.
     pub fn free_slots(&self) -> u64 {
         let a = self.alloc.get(0);
@@ -61,12 +91,14 @@ impl Maps {
     /// Call it periodically from one process (the agent): an entry is made a
     /// tombstone in one run and freed in the next, so the interval between
     /// runs is the grace for packets still using it. The first run after a
-    /// restart knows no client's history, so it forgets nobody.
+    /// restart knows no client's history, so it forgets nobody; nor is a
+    /// client forgotten under `pressure` in the run that first sees it.
     pub fn forget_idle(
         &self,
         t: &mut IdleTracker,
         now: Instant,
         idle: Duration,
+        pressure: Pressure,
         keep: impl Fn(&MacAddr) -> bool,
     ) -> Result<Forgotten> {
         let mut done = Forgotten::default();
@@ -80,6 +112,10 @@ impl Maps {
         let seen = std::mem::take(&mut t.seen);
         let unowned = std::mem::take(&mut t.unowned);
         let ring = self.free_ring();
+        // Clients in the table, and those that may be forgotten under
+        // pressure: (last active, slot, position, key).
+        let mut live = 0u32;
+        let mut spare: Vec<(Instant, u32, u32, u64)> = Vec::new();
         // Counters mapped a chunk at a time: a mapping counts fully in RSS.
         let mut counters = None;
         for slot in 0..used {
@@ -122,6 +158,7 @@ impl Maps {
             ]
             .iter()
             .fold(0u64, |a, p| a.wrapping_add(*p));
+            live += 1;
             let since = match seen.get(&slot) {
                 Some(&(p, since)) if p == packets => since,
                 // New, or active since the last run.
@@ -131,15 +168,31 @@ impl Maps {
                 }
             };
             let idle_long = now.duration_since(since) >= idle;
-            if idle_long
-                && e.flags & POLICY_ALLOWED == 0
-                && !keep(&index_mac(key))
-                && self.retire(slot, pos, key)?
-            {
+            let forgettable = e.flags & POLICY_ALLOWED == 0 && !keep(&index_mac(key));
+            if idle_long && forgettable && self.retire(slot, pos, key)? {
                 t.retired.push((slot, pos));
                 done.retired += 1;
+                live -= 1;
             } else {
                 t.seen.insert(slot, (packets, since));
+                if forgettable {
+                    spare.push((since, slot, pos, key));
+                }
+            }
+        }
+        if live > pressure.high {
+            spare.sort_unstable_by_key(|&(since, slot, ..)| (since, slot));
+            for (_, slot, pos, key) in spare {
+                if live <= pressure.low {
+                    break;
+                }
+                if self.retire(slot, pos, key)? {
+                    t.seen.remove(&slot);
+                    t.retired.push((slot, pos));
+                    done.retired += 1;
+                    done.pressed += 1;
+                    live -= 1;
+                }
             }
         }
         Ok(done)

@@ -25,7 +25,7 @@ mod table;
 pub mod testrun;
 
 pub use bindings::{addr_key, addr_of, BindingSweep};
-pub use forget::{Forgotten, IdleTracker, LOST_SLOT_GRACE};
+pub use forget::{Forgotten, IdleTracker, Pressure, LOST_SLOT_GRACE};
 pub use rates::RateLimit;
 pub use rows::{ClientRow, Enforced};
 
@@ -224,6 +224,16 @@ impl Maps {
     pub fn set_lan(&self, cfg: &LanConfig) {
         // The datapath reads fields one by one; each is consistent on its own.
         self.lan.set(0, *cfg);
+    }
+
+    /// Tells the datapath the portal's ports (those it has room for).
+    pub fn set_portal_ports(&self, ports: &[u16]) {
+        let mut cfg = self.lan();
+        cfg.portal_ports = [0; LAN_PORTAL_PORTS];
+        for (slot, port) in cfg.portal_ports.iter_mut().zip(ports) {
+            *slot = *port;
+        }
+        self.set_lan(&cfg);
     }
 
     /// Sets the rate and depth of the LAN's shared limits (0 = unlimited); the

@@ -9,7 +9,7 @@ pub use session_agent::{
     daemon::{gate_limits, gateway_services, lan_config, GateOptions},
     dataplane::{
         testrun::{frames::*, ProgramHarness, TC_DROP, TC_PASS, TC_REDIRECT, XDP_DROP, XDP_PASS},
-        ClientRow, RateLimit,
+        ClientRow, Forgotten, IdleTracker, Pressure, RateLimit,
     },
     garden::GardenEntry,
 };
@@ -69,7 +69,7 @@ impl Datapath {
     }
 
     pub fn with_gate(gate: GateOptions) -> Self {
-        let lan = lan_config(Some(GW_MAC), &gw_addrs(), &gate, None, None);
+        let lan = lan_config(Some(GW_MAC), &gw_addrs(), &[80], &gate, None, None);
         let h = ProgramHarness::with_lan("sa-dp", &test_garden(), &lan)
             .unwrap_or_else(|e| panic!("loading the datapath: {e}"));
         h.maps.set_gate(&gate_limits(&gate));
