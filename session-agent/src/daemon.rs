@@ -622,11 +622,12 @@ pub fn lan_config(
 ) -> LanConfig {
     let mut cfg = LanConfig {
         mac: mac.unwrap_or_default(),
-        flags: match (gate.anti_spoof, gate.one_address) {
-            (true, true) => LAN_ANTI_SPOOF | LAN_ONE_ADDRESS,
-            (true, false) => LAN_ANTI_SPOOF,
-            (false, _) => 0,
-        },
+        flags: LAN_CONFIGURED
+            | match (gate.anti_spoof, gate.one_address) {
+                (true, true) => LAN_ANTI_SPOOF | LAN_ONE_ADDRESS,
+                (true, false) => LAN_ANTI_SPOOF,
+                (false, _) => 0,
+            },
         ..Default::default()
     };
     if let Some(r) = redirect {

@@ -34,6 +34,8 @@ pub enum AgentError {
     NoBpffs { path: PathBuf, source: io::Error },
     #[error("session-agent is not attached to {iface}: no pins in {dir} (start it with `session-agent run --lan {iface}`)")]
     NotAttached { iface: String, dir: PathBuf },
+    #[error("the datapath of {0} is loaded but not attached yet: the agent is starting (wait until it is ready: `systemctl status session-agent`), or it stopped before attaching (see its log)")]
+    NotAttachedYet(String),
     #[error("no interface is attached under {0} (start `session-agent run --lan IFACE` first)")]
     NothingAttached(PathBuf),
     #[error("{0} is not a client's address (a client's MAC is unicast and not all zeros)")]

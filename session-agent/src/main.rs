@@ -329,11 +329,19 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     }
 }
 
+/// The LANs a command is about (`lan`, or every attached one), each attached
+/// and configured by the agent: before that its pins hold an empty table.
 fn interfaces(pin_root: &Path, lan: Option<String>) -> Result<Vec<String>, AgentError> {
-    match lan {
-        Some(l) => Ok(vec![l]),
-        None => Maps::attached_interfaces(pin_root),
+    let lans = match lan {
+        Some(l) => vec![l],
+        None => Maps::attached_interfaces(pin_root)?,
+    };
+    for l in &lans {
+        if !Maps::open(pin_root, l)?.configured() {
+            return Err(AgentError::NotAttachedYet(l.clone()));
+        }
     }
+    Ok(lans)
 }
 
 fn set_allowed(

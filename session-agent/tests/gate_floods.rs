@@ -496,3 +496,24 @@ fn a_flood_of_macs_is_forgotten_under_pressure_and_new_customers_find_room() {
     assert!(dp.h.maps.slot_of(&client_mac(4)).is_some(), "room again");
     assert_eq!(dp.up(&up4(1, 443, 10)), TC_PASS, "the paying client never noticed");
 }
+
+#[test]
+fn the_cli_says_a_lan_is_not_attached_until_the_agent_configured_it() {
+    let clients = |root: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+            .args(["clients", "--pin-root"])
+            .arg(root)
+            .output()
+            .unwrap()
+    };
+    // Loaded and pinned, as between the loader and the attach: an empty table.
+    let loaded = ProgramHarness::new("sa-cli", &test_garden()).unwrap();
+    let out = clients(loaded.root());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("not attached yet"), "{err}");
+    // Configured by the agent: the table, even when empty.
+    let dp = Datapath::new();
+    let out = clients(dp.h.root());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

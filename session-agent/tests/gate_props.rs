@@ -1,7 +1,9 @@
 //! Property tests of the gate over random frames run by the kernel
 //! (BPF_PROG_TEST_RUN): from a client that has not paid only walled-garden
 //! verdicts come out, judged by an independent model of the garden below; for
-//! a paying client every passed byte is counted to exactly one client, once.
+//! a paying client every passed byte is counted to exactly one client, once;
+//! a MAC without a slot in a full table gets only ARP, ND and DHCP, and is
+//! counted to nobody.
 //! `PROPTEST_CASES=N` runs more cases (256 by default). Needs root and bpffs.
 
 mod common;
@@ -16,6 +18,7 @@ use session_tests::raw::{
 const UNPAID: u8 = 40;
 const PAID: u8 = 41;
 const BYSTANDER: u8 = 42;
+const SLOTLESS: u8 = 43;
 
 #[derive(Debug, Clone)]
 enum L3 {
@@ -381,6 +384,35 @@ fn garden_model(s: &Spec, own: [u8; 6], up: bool) -> bool {
     }
 }
 
+/// What a MAC without a slot may exchange: the garden's ARP, ND and DHCP
+/// only (and, going down, the gateway's own non-IP frames and group frames).
+fn slotless_model(s: &Spec, own: [u8; 6], up: bool) -> bool {
+    if !garden_model(s, own, up) {
+        return false;
+    }
+    let group_down = !up && s.peer_mac[0] & 1 == 1;
+    match &s.l3 {
+        L3::V4 {
+            proto,
+            sport,
+            dport,
+            ..
+        } => group_down || (*proto == 17 && (if up { *dport } else { *sport }) == 67),
+        L3::V6 {
+            proto,
+            sport,
+            dport,
+            icmp_type,
+            ..
+        } => {
+            group_down
+                || (*proto == 58 && (133..=137).contains(icmp_type))
+                || (*proto == 17 && (if up { *dport } else { *sport }) == 547)
+        }
+        _ => true,
+    }
+}
+
 fn run(dp: &Datapath, up: bool, f: &[u8]) -> u32 {
     if up {
         dp.up(f)
@@ -464,6 +496,36 @@ fn paid_charged_once() {
                 prop_assert_eq!(charged, 0, "charged for a frame that did not pass: {:?}", s);
             }
             prop_assert_eq!(usage(&dp, BYSTANDER), bystander, "another client was charged: {:?}", s);
+        }
+    });
+}
+
+#[test]
+fn a_mac_without_a_slot_gets_only_arp_nd_and_dhcp_and_is_counted_to_nobody() {
+    big_stack(slotless_only_bootstrap);
+}
+
+fn slotless_only_bootstrap() {
+    let mut dp = Datapath::new();
+    // A full table: the MAC under test finds no slot.
+    for i in 0..MAX_CLIENTS {
+        let b = i.to_be_bytes();
+        dp.h.maps
+            .ensure_slot(&MacAddr::new([0x02, 0xdd, b[0], b[1], b[2], b[3]]))
+            .unwrap_or_else(|e| panic!("slot {i}: {e}"));
+    }
+    let own = client_mac(SLOTLESS).addr;
+    proptest!(config(), |(s in spec(SLOTLESS, true), down in spec(SLOTLESS, false))| {
+        for (s, up) in [(s, true), (down, false)] {
+            let (f, _) = build(&s, own, up);
+            if run(&dp, up, &f) == TC_PASS {
+                prop_assert!(
+                    slotless_model(&s, own, up),
+                    "{} of a MAC without a slot passed: {s:?}\n{f:02x?}",
+                    if up { "upload" } else { "download" }
+                );
+            }
+            prop_assert_eq!(dp.h.maps.slot_of(&client_mac(SLOTLESS)), None);
         }
     });
 }

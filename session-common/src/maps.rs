@@ -453,6 +453,9 @@ pub const LAN_DNS_SNOOP: u32 = 4;
 /// `LanConfig::flags`: a paying client has one IPv4 address at a time (see
 /// `ClientCounters::bound_v4`); another is dropped as spoofing.
 pub const LAN_ONE_ADDRESS: u32 = 8;
+/// `LanConfig::flags`: the agent attached the LAN's programs and wrote this
+/// configuration (until then the LAN's pins exist but serve nothing).
+pub const LAN_CONFIGURED: u32 = 16;
 
 /// What the datapath knows of its LAN, written by the agent on attach.
 #[repr(C)]

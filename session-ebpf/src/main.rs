@@ -212,7 +212,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     // (older verifiers run out of room for more).
     let seed = index_seed();
     let probe = match seed {
-        Some(seed) if !mac.is_group() => find(mac_word(&mac), seed),
+        seed if seed != 0 && !mac.is_group() => find(mac_word(&mac), seed),
         _ => Probe::Full,
     };
     match eth.proto {
@@ -260,7 +260,9 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
         attribute(&probe, Drop::Malformed);
         return Verdict::Drop;
     }
-    let Some((pos, slot)) = client_slot(p, &mac, probe, seed) else {
+    // The gateway's own frames to a MAC bring it in at once (it sends only
+    // to neighbours whose ARP, ND or DHCP came in, and answers DHCP).
+    let Some((pos, slot)) = client_slot(p, &mac, probe, seed, dir == Dir::Down, false) else {
         return slotless(p, cfg, &ip, dir, &mac);
     };
     let Some(st) = CLIENTS.get_ptr_mut(pos) else {
@@ -588,7 +590,7 @@ fn bind(
 ) -> Result<(), Drop> {
     let v6 = key.family == 6;
     let tag = if v6 {
-        addr_tag(&key.addr, index_seed().unwrap_or(0))
+        addr_tag(&key.addr, index_seed())
     } else {
         0
     };
@@ -705,7 +707,7 @@ fn arp_up<P: Packet>(
     eth: &Eth,
     mac: &MacAddr,
     probe: Probe,
-    seed: Option<u64>,
+    seed: u64,
 ) -> Verdict {
     let Some(arp) = parse_arp(p, eth.l3) else {
         attribute(&probe, Drop::Unknown(STAT_UNKNOWN));
@@ -722,7 +724,7 @@ fn arp_up<P: Packet>(
         family: 4,
         addr: [arp.spa, 0, 0, 0],
     };
-    let Some((pos, slot)) = client_slot(p, mac, probe, seed) else {
+    let Some((pos, slot)) = client_slot(p, mac, probe, seed, false, true) else {
         // No slot: an address nobody else holds, under the limit all frames
         // of MACs without a slot share; nothing is bound.
         let mine = |b: *const Binding| unsafe { core::ptr::read_volatile(&raw const (*b).mac) } == *mac;
@@ -880,6 +882,14 @@ fn bootstrap(cfg: *const LanConfig, ip: &IpInfo, dir: Dir) -> bool {
     }
 }
 
+/// ff02::1:2, All_DHCP_Relay_Agents_and_Servers, as in packets.
+const ALL_DHCP_SERVERS: [u32; 4] = [
+    u32::from_ne_bytes([0xff, 0x02, 0, 0]),
+    0,
+    0,
+    u32::from_ne_bytes([0, 1, 0, 2]),
+];
+
 /// One of the LAN's portal ports (`LanConfig::portal_ports`).
 #[inline(always)]
 fn portal_port(cfg: *const LanConfig, port: u16) -> bool {
@@ -909,7 +919,7 @@ fn slotless<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir, mac:
         };
         let group = dir == Dir::Up
             && if ip.v6 {
-                link_multicast(far)
+                *far == ALL_DHCP_SERVERS
             } else {
                 far[0] == u32::MAX
             };
@@ -1029,14 +1039,14 @@ fn garden_admits(cfg: *const LanConfig, slot: u32, dir: Dir, len: u64, shared: b
     true
 }
 
-/// The hash seed of the index, or `None` before the agent has set it (then no
-/// client is indexed yet).
+/// The hash seed of the index, or 0 before the agent has set it (then no
+/// client is indexed yet). A plain word: an `Option` would carry an undefined
+/// payload that the verifier refuses to see copied.
 #[inline(always)]
-fn index_seed() -> Option<u64> {
-    let alloc = SLOT_ALLOC.get_ptr(0)?;
-    match unsafe { core::ptr::read_volatile(&raw const (*alloc).epoch) } {
-        0 => None,
-        seed => Some(seed),
+fn index_seed() -> u64 {
+    match SLOT_ALLOC.get_ptr(0) {
+        Some(alloc) => unsafe { core::ptr::read_volatile(&raw const (*alloc).epoch) },
+        None => 0,
     }
 }
 
@@ -1058,9 +1068,13 @@ fn client_slot<P: Packet>(
     p: &P,
     mac: &MacAddr,
     probe: Probe,
-    seed: Option<u64>,
+    seed: u64,
+    always: bool,
+    bootstrap: bool,
 ) -> Option<(u32, u32)> {
-    seed?;
+    if seed == 0 {
+        return None;
+    }
     let m = mac_word(mac);
     let (pos, was) = match probe {
         Probe::Found { pos, slot } => return Some((pos, slot)),
@@ -1070,7 +1084,7 @@ fn client_slot<P: Packet>(
             return None;
         }
     };
-    let slot = take_slot(p, mac)?;
+    let slot = take_slot(p, mac, always, bootstrap)?;
     let back = SLOTS.get_ptr_mut(slot)?;
     let entry = CLIENTS.get_ptr_mut(pos)?;
     // Lead the slot to its entry before publishing the entry.
@@ -1079,7 +1093,9 @@ fn client_slot<P: Packet>(
         atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*entry).key, was, index_key(m, slot))
     };
     if won {
-        info!(p, "new client {:mac} in slot {}", mac.addr, slot);
+        // (The agent logs the MAC from the event: formatting it here costs
+        // older verifiers more than the rest of the program.)
+        info!(p, "new client in slot {}", slot);
         emit(EventKind::NewClient, slot, mac, None);
         return Some((pos, slot));
     }
@@ -1096,10 +1112,17 @@ fn client_slot<P: Packet>(
 /// A forgotten client's slot, else a never-used one, or `None` (counted) when
 /// all are taken (the protocol: `session_common::slots`).
 #[inline(always)]
-fn take_slot<P: Packet>(p: &P, mac: &MacAddr) -> Option<u32> {
+fn take_slot<P: Packet>(p: &P, mac: &MacAddr, always: bool, bootstrap: bool) -> Option<u32> {
     // New clients at a bounded rate: a flood of MACs cannot churn the table
-    // faster than the agent hands forgotten slots on.
-    if !gate_admits(GateBucket::NewClients, 1) {
+    // faster than the agent hands forgotten slots on. A frame with the
+    // gateway's bootstrap services (ARP, ND, DHCP; the gateway's own frames
+    // to the MAC) may come in under the limit of frames without a slot
+    // instead, so that a customer joins while a flood of other frames takes
+    // the admissions.
+    if !always
+        && !gate_admits(GateBucket::NewClients, 1)
+        && !(bootstrap && gate_admits(GateBucket::Slotless, 1))
+    {
         stat_add(STAT_ADMISSION_LIMITED);
         return None;
     }

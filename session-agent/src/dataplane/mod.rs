@@ -214,6 +214,11 @@ impl Maps {
             .max(1)
     }
 
+    /// The agent attached the LAN and configured it ([`LAN_CONFIGURED`]).
+    pub fn configured(&self) -> bool {
+        self.lan().flags & LAN_CONFIGURED != 0
+    }
+
     /// What the datapath knows of the LAN (written by [`Maps::set_lan`]).
     pub fn lan(&self) -> LanConfig {
         self.lan.get(0)

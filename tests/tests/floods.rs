@@ -1,0 +1,213 @@
+//! The gate under an attacker with as many MACs as it likes, and the gateway
+//! as a relay, with real traffic between namespaces: a DNS tunnel through the
+//! gateway's resolver is a paying client's usage (compared with what the
+//! resolver's socket received), and a flood of random MACs (bounded in count
+//! and time) locks out neither a paying client nor a new customer.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use session_tests::raw::{eth, ipv4_udp, RawSender, ETH_P_IPV4};
+use session_tests::sessions::*;
+use session_tests::topo::parse_mac;
+use session_tests::traffic::UdpTransfer;
+use session_tests::traffic::{ServerSet, UdpServer};
+use session_tests::{require_root, AgentBuilder, Hotspot};
+
+/// IPv4 and UDP headers of each datagram.
+const HEADERS: u64 = 28;
+
+#[test]
+fn a_dns_tunnel_through_the_gateway_is_charged_to_the_paying_client_and_ends_with_its_budget() {
+    let s = Setup::new(&[]);
+    // A "resolver" on the gateway that answers whatever it is sent, as a
+    // tunnel's far end would.
+    let resolver = UdpServer::start(&s.hs.gw_ns, s.hs.gw_lan_sock(false, 53));
+    let id = new_session(&s.api, s.device, DATA, 0, 1.0, 0, 0);
+    connect(&s.api, s.device);
+    // Within the budget: every byte with the resolver is usage, exactly what
+    // its socket received (up) and sent (down), headers included.
+    let t = UdpTransfer::run(&s.client.ns, resolver.addr, 300, 1000, 300, 1000)
+        .expect("the tunnel's traffic");
+    std::thread::sleep(Duration::from_millis(300));
+    let c = s.agent.client_or_zero(&s.client.mac);
+    // (Plus the one request for the answers: b"SAREQ", a count and a size.)
+    let up = resolver.received() + HEADERS * resolver.datagrams() + HEADERS + 13;
+    assert_eq!(
+        c.up_bytes, up,
+        "upload charged differs from what the resolver received ({} datagrams)",
+        resolver.datagrams()
+    );
+    assert_eq!(
+        c.down_bytes,
+        t.received_bytes + HEADERS * t.received_datagrams,
+        "download charged differs from what the client received: {t:?}"
+    );
+    assert_eq!(c.up_bytes + c.down_bytes, 300 * 1028 * 2 + HEADERS + 13);
+    // Past the budget: cut off at 1 MB plus at most one packet.
+    let _ = UdpTransfer::run(&s.client.ns, resolver.addr, 500, 1000, 500, 1000);
+    let ended = wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        (!is_connected(&s.api, s.device)).then_some(())
+    });
+    assert!(ended.is_some(), "the session did not end with its budget\n{}", s.context());
+    let c = s.agent.client_or_zero(&s.client.mac);
+    let charged = c.up_bytes + c.down_bytes;
+    let budget = 1_000_000;
+    assert!(
+        (budget..=budget + MTU).contains(&charged),
+        "charged {charged} for a budget of {budget}: {c:?}\n{}",
+        s.context()
+    );
+    let view = s.api.get(&format!("/v1/sessions/{id}")).ok("the session");
+    assert!(field(&view, "data_cons_bytes") >= budget, "{view}");
+    // Cut off, DNS with the gateway is garden again, under the garden limit
+    // (256 kbit/s, a second's burst): a lookup gets through, a tunnel does not.
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = resolver.datagrams();
+    let _ = UdpTransfer::run(&s.client.ns, resolver.addr, 300, 1000, 0, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let through = resolver.datagrams() - before;
+    assert!(
+        (1..=40).contains(&through),
+        "{through} of 300 datagrams to the resolver after the cut-off"
+    );
+    let after = s.agent.client_or_zero(&s.client.mac);
+    assert_eq!(after.up_bytes + after.down_bytes, charged, "no usage after the cut-off");
+}
+
+/// `n` frames from random MACs (one each) to the server through the gateway.
+fn flood(c: &session_tests::topo::Client, gw_mac: [u8; 6], dst: std::net::Ipv4Addr, n: u32, sent: &AtomicU64, stop: &AtomicBool) {
+    let tx = RawSender::open(&c.ns, &c.ifname).expect("raw socket");
+    let src = c.ipv4;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
+    for i in 0..n {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let b = state.to_be_bytes();
+        // Locally administered, unicast, never zero.
+        let mac = [0x02 | (b[0] & 0xfc), b[1], b[2], b[3], b[4], b[5] | 1];
+        let mut f = eth(gw_mac, mac, ETH_P_IPV4);
+        f.extend_from_slice(&ipv4_udp(src, dst, 40000, 9, &[0u8; 18]));
+        if tx.send(&f).is_ok() {
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if i % 4096 == 4095 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+#[test]
+fn a_flood_of_random_macs_locks_out_neither_a_paying_client_nor_a_new_customer() {
+    require_root();
+    let hs = Hotspot::builder().clients(3).dynamic_neighbours().build();
+    let servers = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5001, 5002);
+    let agent = AgentBuilder::new(&hs).start();
+    let api = agent.api();
+    let (payer, attacker, customer) = (hs.client(0), hs.client(1), hs.client(2));
+    // The paying client talks to the server throughout.
+    let paying = api.device_id(&payer.mac);
+    new_session(&api, paying, TIME, 600, 0.0, 0, 0);
+    connect(&api, paying);
+    let probe = Probe::start(&payer.ns, servers.udp4.addr, Duration::from_millis(50));
+    let rss = |agent: &session_tests::Agent| -> u64 {
+        let pid = agent.pid().expect("agent running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let rss_before = rss(&agent);
+    // 200,000 random MACs, as fast as one sender goes, for at most 30 s.
+    let (sent, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let gw_mac = parse_mac(&hs.gw_lan_mac);
+    let server = hs.server_v4;
+    let flooder = {
+        let (c, sent, stop) = (attacker.clone(), sent.clone(), stop.clone());
+        std::thread::spawn(move || flood(&c, gw_mac, server, 200_000, &sent, &stop))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    std::thread::sleep(Duration::from_secs(2));
+    // A new customer arrives during the flood, reaches the portal (here: DNS
+    // on the gateway, its garden), pays, and is online within 5 s of paying.
+    let dns = UdpServer::start(&hs.gw_ns, hs.gw_lan_sock(false, 53));
+    let reached = wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
+        session_tests::traffic::udp_echo(
+            &customer.ns,
+            "0.0.0.0:0".parse().unwrap(),
+            dns.addr,
+            b"portal",
+            None,
+            Duration::from_millis(300),
+        )
+        .ok()
+    });
+    assert!(
+        reached.is_some(),
+        "a new customer found no way to the gateway during the flood ({} frames sent)\n{}",
+        sent.load(Ordering::Relaxed),
+        agent.log_tail()
+    );
+    let customer_id = api.device_id(&customer.mac);
+    new_session(&api, customer_id, TIME, 600, 0.0, 0, 0);
+    let paid = Instant::now();
+    connect(&api, customer_id);
+    let online = wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        session_tests::traffic::udp_echo(
+            &customer.ns,
+            "0.0.0.0:0".parse().unwrap(),
+            servers.udp4.addr,
+            b"online",
+            None,
+            Duration::from_millis(300),
+        )
+        .ok()
+    });
+    assert!(
+        online.is_some(),
+        "the customer was not online within 5 s of paying\n{}",
+        agent.log_tail()
+    );
+    let to_online = paid.elapsed();
+    while !flooder.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    flooder.join().unwrap();
+    let results = probe.results();
+    drop(probe);
+    let lost = results.iter().filter(|r| !r.ok).count();
+    assert!(
+        lost <= 2,
+        "the paying client lost {lost} of {} round trips during the flood",
+        results.len()
+    );
+    let clients = agent.clients().len();
+    let rss_after = rss(&agent);
+    eprintln!(
+        "flood: {} frames; customer online {:?} after paying; {clients} clients in the table; {lost} of {} probes lost; agent RSS {rss_before} -> {rss_after} kB",
+        sent.load(Ordering::Relaxed),
+        to_online,
+        results.len()
+    );
+    assert!(
+        clients <= 65_536,
+        "{clients} clients"
+    );
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "the agent's memory grew from {rss_before} to {rss_after} kB"
+    );
+    let m = agent.metrics();
+    assert!(
+        m.lines().any(|l| l.starts_with("session_agent_datapath_admission_limited_total") && !l.ends_with(" 0")),
+        "no new MAC was held back by the admission rate:\n{m}"
+    );
+}
