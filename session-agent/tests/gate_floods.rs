@@ -68,19 +68,24 @@ fn macs_without_a_slot_get_only_arp_nd_and_dhcp_with_the_gateway() {
     let (sn, sn_mac) = solicited_node(GW_LL);
     let mut arp_frame = session_tests::raw::eth([0xff; 6], m, ETH_P_ARP);
     arp_frame.extend_from_slice(&arp(1, m, v4, [0; 6], GW_V4));
-    let mut ns = session_tests::raw::eth(sn_mac, m, ETH_P_IPV6);
-    ns.extend_from_slice(&ipv6_icmp(ll, sn, 255, &nd_message(135, GW_LL, Some(m))));
+    let nd = |src: Ipv6Addr, lla: Option<[u8; 6]>| {
+        let mut f = session_tests::raw::eth(sn_mac, m, ETH_P_IPV6);
+        f.extend_from_slice(&ipv6_icmp(src, sn, 255, &nd_message(135, GW_LL, lla)));
+        f
+    };
     let passes = [
         ("ARP for the gateway", arp_frame),
         ("DHCP discovery", dhcp_request(m)),
         ("DHCP renewal", udp4(GW_MAC, m, v4, GW_V4, 68, 67, 300)),
-        ("ND with the gateway", ns),
+        ("duplicate address detection", nd(Ipv6Addr::UNSPECIFIED, None)),
     ];
     for (what, f) in &passes {
         assert_eq!(dp.up(f), TC_PASS, "{what}");
     }
     let garden = Ipv4Addr::new(10, 97, 0, 9);
     let drops = [
+        // From an address it may not hold: the gateway would learn it.
+        ("ND from a link-local address", nd(ll, Some(m))),
         ("DNS to the gateway", dns_query(m, v4, GW_V4)),
         ("the portal", tcp4(GW_MAC, m, v4, GW_V4, 40000, 80, 0)),
         ("a garden address", udp4(GW_MAC, m, v4, garden, 1, 443, 10)),

@@ -263,7 +263,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     // The gateway's own frames to a MAC bring it in at once (it sends only
     // to neighbours whose ARP, ND or DHCP came in, and answers DHCP).
     let Some((pos, slot)) = client_slot(p, &mac, probe, seed, dir == Dir::Down, false) else {
-        return slotless(p, cfg, &ip, dir, &mac);
+        return slotless(cfg, &ip, dir);
     };
     let Some(st) = CLIENTS.get_ptr_mut(pos) else {
         return Verdict::Drop;
@@ -904,12 +904,20 @@ fn cut_off(st: *mut ClientEntry, flags: u32) -> bool {
 }
 
 /// A frame of a MAC that has no slot (the table is full, or new clients come
-/// faster than they are admitted): only ND and DHCP with the gateway, under
+/// faster than they are admitted): only DHCP and ND with the gateway (ND from
+/// the unspecified address only: it claims nothing), under
 /// one limit all such frames share; never counted to anyone. (ARP: `arp_up`.)
 #[inline(always)]
-fn slotless<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir, mac: &MacAddr) -> Verdict {
+fn slotless(cfg: *const LanConfig, ip: &IpInfo, dir: Dir) -> Verdict {
     let bootstrap = if is_nd(ip) {
-        nd(p, cfg, ip, dir, mac, None).is_ok()
+        // Up: only from the unspecified address (duplicate address
+        // detection, router solicitation), which claims no address and
+        // names no link-layer address; down: the gateway's.
+        ip.hop == 255
+            && match dir {
+                Dir::Up => ip.src_unspecified() && link_multicast(&ip.dst),
+                Dir::Down => link_local(&ip.src) || gateway_addr(cfg, true, &ip.src),
+            }
     } else {
         // DHCP with the gateway: to one of its addresses, the limited
         // broadcast or All_DHCP_Relay_Agents_and_Servers; from its addresses.
