@@ -1118,7 +1118,9 @@ impl Gateway {
             // and every second while the table is under pressure; the interval
             // is also the grace before a forgotten slot is reused.
             let every = match cfg.forget_idle {
-                _ if self.dp.clients_live() > Pressure::DEFAULT.high as u64 => Some(Duration::from_secs(1)),
+                _ if self.dp.clients_live() > Pressure::DEFAULT.high as u64 => {
+                    Some(Duration::from_secs(1))
+                }
                 Some(idle) => Some((idle / 4).clamp(Duration::from_secs(1), FORGET_EVERY)),
                 None => None,
             };
@@ -1262,13 +1264,11 @@ impl Gateway {
         }
         let now = Instant::now();
         let mut tracker = self.idle_clients.lock().unwrap();
-        let done = self.dp.forget_idle(
-            &mut tracker,
-            now,
-            idle,
-            Pressure::DEFAULT,
-            &|mac| keep.contains(mac),
-        )?;
+        let done = self
+            .dp
+            .forget_idle(&mut tracker, now, idle, Pressure::DEFAULT, &|mac| {
+                keep.contains(mac)
+            })?;
         self.stats
             .clients_forgotten
             .fetch_add(done.retired as u64, Relaxed);

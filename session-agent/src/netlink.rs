@@ -201,7 +201,10 @@ pub fn local_addresses() -> Result<Vec<IpAddr>> {
             })
             .unwrap_or(r.header.table as u32);
         if table != TABLE_LOCAL
-            || !matches!(r.header.kind, RouteType::Local | RouteType::Broadcast | RouteType::Anycast)
+            || !matches!(
+                r.header.kind,
+                RouteType::Local | RouteType::Broadcast | RouteType::Anycast
+            )
         {
             continue;
         }
@@ -210,7 +213,11 @@ pub fn local_addresses() -> Result<Vec<IpAddr>> {
             RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
             _ => None,
         });
-        let host = if dst.is_some_and(|d| d.is_ipv4()) { 32 } else { 128 };
+        let host = if dst.is_some_and(|d| d.is_ipv4()) {
+            32
+        } else {
+            128
+        };
         match dst {
             Some(ip) if r.header.destination_prefix_length == host => out.push(ip),
             // A local prefix (AnyIP) is more than the datapath's address list holds.

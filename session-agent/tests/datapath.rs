@@ -574,11 +574,27 @@ fn the_client_table_takes_every_slot_and_then_gives_new_macs_only_dhcp_with_the_
     let extra = MacAddr::new([0x02, 0xcc, 0, 0, 0, 1]);
     let dhcp = udp4(GW_MAC, extra.addr, client_v4(1), GW_V4, 68, 67, 300);
     let dns = udp4(GW_MAC, extra.addr, client_v4(1), GW_V4, 40000, 53, 10);
-    let garden = udp4(GW_MAC, extra.addr, client_v4(1), Ipv4Addr::new(10, 97, 0, 9), 1, 443, 10);
+    let garden = udp4(
+        GW_MAC,
+        extra.addr,
+        client_v4(1),
+        Ipv4Addr::new(10, 97, 0, 9),
+        1,
+        443,
+        10,
+    );
     let out = udp4(GW_MAC, extra.addr, client_v4(1), SERVER_V4, 40000, 443, 10);
     let slotless = dp.h.maps.stats().unwrap()[STAT_SLOTLESS as usize];
-    assert_eq!(dp.up(&dhcp), TC_PASS, "DHCP with the gateway beyond the table");
-    for (what, f) in [("DNS", &dns), ("the garden", &garden), ("the way out", &out)] {
+    assert_eq!(
+        dp.up(&dhcp),
+        TC_PASS,
+        "DHCP with the gateway beyond the table"
+    );
+    for (what, f) in [
+        ("DNS", &dns),
+        ("the garden", &garden),
+        ("the way out", &out),
+    ] {
         assert_eq!(dp.up(f), TC_DROP, "{what} for a client beyond the table");
     }
     assert_eq!(
@@ -597,7 +613,6 @@ fn the_client_table_takes_every_slot_and_then_gives_new_macs_only_dhcp_with_the_
 
 #[test]
 fn forgotten_idle_clients_give_their_slots_to_new_ones() {
-
     use std::time::{Duration, Instant};
     let mut dp = Datapath::new();
     let mac_of = |i: u32| {
@@ -718,7 +733,9 @@ fn slots_lost_in_a_race_for_an_entry_are_taken_back() {
     let (idle, t0) = (Duration::from_secs(600), Instant::now());
     let mut t = IdleTracker::default();
     let forget = |t: &mut IdleTracker, at: Duration| {
-        dp.h.maps.forget_idle(t, t0 + at, idle, Pressure::NONE, |_| false).unwrap()
+        dp.h.maps
+            .forget_idle(t, t0 + at, idle, Pressure::NONE, |_| false)
+            .unwrap()
     };
     assert_eq!(forget(&mut t, Duration::ZERO), Forgotten::default());
     assert_eq!(
@@ -791,7 +808,11 @@ fn a_limit_set_while_the_agent_forgets_the_client_goes_to_its_new_entry() {
     let mut t = IdleTracker::default();
     let t0 = Instant::now();
     let idle = Duration::from_secs(600);
-    let forget = |t: &mut IdleTracker| dp.h.maps.forget_idle(t, t0, idle, Pressure::NONE, |_| false).unwrap();
+    let forget = |t: &mut IdleTracker| {
+        dp.h.maps
+            .forget_idle(t, t0, idle, Pressure::NONE, |_| false)
+            .unwrap()
+    };
     assert_eq!(forget(&mut t), Forgotten::default());
     assert_eq!(
         forget(&mut t),

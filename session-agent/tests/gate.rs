@@ -396,12 +396,23 @@ fn a_client_holds_a_bounded_number_of_addresses() {
     // A client that has not paid holds fewer (DNS to the gateway is its garden).
     let held = (0..40u8)
         .filter(|&i| {
-            let f = udp4(GW_MAC, mac(unpaid), Ipv4Addr::new(10, 99, 2, i), GW_V4, 1, 53, 10);
+            let f = udp4(
+                GW_MAC,
+                mac(unpaid),
+                Ipv4Addr::new(10, 99, 2, i),
+                GW_V4,
+                1,
+                53,
+                10,
+            );
             dp.up(&f) == TC_PASS
         })
         .count() as u64;
     assert_eq!(held, MAX_ADDRS_UNPAID);
-    assert_eq!(dp.counters(client_mac(unpaid)).bound_addrs, MAX_ADDRS_UNPAID);
+    assert_eq!(
+        dp.counters(client_mac(unpaid)).bound_addrs,
+        MAX_ADDRS_UNPAID
+    );
 }
 
 #[test]

@@ -77,7 +77,10 @@ fn macs_without_a_slot_get_only_arp_nd_and_dhcp_with_the_gateway() {
         ("ARP for the gateway", arp_frame),
         ("DHCP discovery", dhcp_request(m)),
         ("DHCP renewal", udp4(GW_MAC, m, v4, GW_V4, 68, 67, 300)),
-        ("duplicate address detection", nd(Ipv6Addr::UNSPECIFIED, None)),
+        (
+            "duplicate address detection",
+            nd(Ipv6Addr::UNSPECIFIED, None),
+        ),
     ];
     for (what, f) in &passes {
         assert_eq!(dp.up(f), TC_PASS, "{what}");
@@ -90,7 +93,10 @@ fn macs_without_a_slot_get_only_arp_nd_and_dhcp_with_the_gateway() {
         ("the portal", tcp4(GW_MAC, m, v4, GW_V4, 40000, 80, 0)),
         ("a garden address", udp4(GW_MAC, m, v4, garden, 1, 443, 10)),
         ("the way out", udp4(GW_MAC, m, v4, SERVER_V4, 1, 443, 10)),
-        ("DHCP to a server", udp4(GW_MAC, m, v4, SERVER_V4, 68, 67, 300)),
+        (
+            "DHCP to a server",
+            udp4(GW_MAC, m, v4, SERVER_V4, 68, 67, 300),
+        ),
     ];
     let before = stat(&dp, STAT_SLOTLESS);
     for (what, f) in &drops {
@@ -99,7 +105,10 @@ fn macs_without_a_slot_get_only_arp_nd_and_dhcp_with_the_gateway() {
     assert_eq!(stat(&dp, STAT_SLOTLESS) - before, drops.len() as u64);
     // Down: the gateway's DHCP answer passes, its DNS answer and the garden's do not.
     assert_eq!(dp.down(&udp4(m, GW_MAC, GW_V4, v4, 67, 68, 300)), TC_PASS);
-    assert_eq!(dp.down(&udp4(m, GW_MAC, GW_V4, v4, 53, 40000, 100)), TC_DROP);
+    assert_eq!(
+        dp.down(&udp4(m, GW_MAC, GW_V4, v4, 53, 40000, 100)),
+        TC_DROP
+    );
     assert_eq!(dp.down(&udp4(m, GW_MAC, garden, v4, 443, 1, 100)), TC_DROP);
     assert_eq!(dp.h.maps.slot_of(&MacAddr::new(m)), None, "nothing counted");
     // The all-zero MAC is no station: dropped as a group MAC would be.
@@ -122,7 +131,9 @@ fn all_macs_without_a_slot_share_one_limit() {
     );
     // The gateway's answers are not held by it.
     let answers = (0..50)
-        .filter(|&i| dp.down(&udp4(flood_mac(i), GW_MAC, GW_V4, flood_v4(i), 67, 68, 300)) == TC_PASS)
+        .filter(|&i| {
+            dp.down(&udp4(flood_mac(i), GW_MAC, GW_V4, flood_v4(i), 67, 68, 300)) == TC_PASS
+        })
         .count();
     assert_eq!(answers, 50);
 }
@@ -132,7 +143,11 @@ fn no_mac_without_a_slot_bills_a_paying_client() {
     let mut dp = gate_without_room(0);
     let victim = 1;
     dp.allow(client_mac(victim));
-    assert_eq!(dp.up(&up4(victim, 443, 10)), TC_PASS, "the victim binds its address");
+    assert_eq!(
+        dp.up(&up4(victim, 443, 10)),
+        TC_PASS,
+        "the victim binds its address"
+    );
     let before = dp.counters(client_mac(victim));
     // With the victim's address, to the garden, the gateway's DNS and beyond.
     let v4 = client_v4(victim);
@@ -231,7 +246,10 @@ fn a_paying_clients_dns_through_the_gateway_is_usage_until_the_cut_off() {
     for f in &free {
         assert_eq!(dp.up(f), TC_PASS);
     }
-    assert_eq!(dp.down(&udp4(mac(n), GW_MAC, GW_V4, v4, 67, 68, 300)), TC_PASS);
+    assert_eq!(
+        dp.down(&udp4(mac(n), GW_MAC, GW_V4, v4, 67, 68, 300)),
+        TC_PASS
+    );
     let c = dp.counters(client_mac(n));
     assert_eq!(c.up_bytes, 1100, "the SSH packet is usage");
     assert_eq!(c.garden_packets, 3, "DHCP both ways and the portal are not");
@@ -250,7 +268,11 @@ fn a_paying_clients_dns_through_the_gateway_is_usage_until_the_cut_off() {
     let after = (0..200).filter(|_| dp.up(&small) == TC_PASS).count();
     assert!(after <= 51, "{after} small queries after the cut-off");
     let c2 = dp.counters(client_mac(n));
-    assert_eq!((c2.up_bytes, c2.down_bytes), (c.up_bytes, c.down_bytes), "no usage after the cut-off");
+    assert_eq!(
+        (c2.up_bytes, c2.down_bytes),
+        (c.up_bytes, c.down_bytes),
+        "no usage after the cut-off"
+    );
     assert!(c2.garden_ratelimit_packets > 0);
 }
 
@@ -318,7 +340,11 @@ fn source_routed_packets_never_pass_whatever_their_first_hop() {
         // Other options are judged as the packet is: a router alert, and an
         // empty record route.
         let other = [0x94, 4, 0, 0, 7, 7, 4, 0, 0, 0, 0, 0];
-        assert_eq!(dp.up(&with_options(&dns, &other)), TC_PASS, "{what}: router alert");
+        assert_eq!(
+            dp.up(&with_options(&dns, &other)),
+            TC_PASS,
+            "{what}: router alert"
+        );
     }
     let c = dp.counters(client_mac(paying));
     assert_eq!(c.unknown_packets, 2, "counted to the client that sent them");
@@ -341,7 +367,12 @@ fn later_fragments_pass_only_after_a_first_the_garden_passed() {
     // garden does not pass: dropped.
     let stray = [
         fragment(&rest, 78, 185, false),
-        fragment(&udp4(mac(n), GW_MAC, SERVER_V4, v4, 9, 9, 1472), 77, 185, false),
+        fragment(
+            &udp4(mac(n), GW_MAC, SERVER_V4, v4, 9, 9, 1472),
+            77,
+            185,
+            false,
+        ),
     ];
     for f in &stray {
         assert_eq!(dp.down(f), TC_DROP);
@@ -383,7 +414,11 @@ fn a_paying_client_sends_from_one_ipv4_address_at_a_time() {
     let mut arp_frame = session_tests::raw::eth([0xff; 6], mac(n), ETH_P_ARP);
     arp_frame.extend_from_slice(&arp(1, mac(n), clone, [0; 6], GW_V4));
     assert_eq!(dp.up(&arp_frame), TC_DROP, "nor may it claim it by ARP");
-    assert_eq!(dp.up(&from(first)), TC_PASS, "the first device keeps its service");
+    assert_eq!(
+        dp.up(&from(first)),
+        TC_PASS,
+        "the first device keeps its service"
+    );
     let c = dp.counters(client_mac(n));
     assert_eq!((c.up_packets, c.spoof_packets), (2, 6));
     let conflicts = events(&mut dp)
@@ -394,10 +429,16 @@ fn a_paying_client_sends_from_one_ipv4_address_at_a_time() {
     // IPv6 keeps several addresses.
     for i in 1..4 {
         let a = Ipv6Addr::new(0xfd00, 0x99, 0, 2, 0, 0, 0, i);
-        assert_eq!(dp.up(&udp6(GW_MAC, mac(n), a, SERVER_V6, 1, 443, 10)), TC_PASS);
+        assert_eq!(
+            dp.up(&udp6(GW_MAC, mac(n), a, SERVER_V6, 1, 443, 10)),
+            TC_PASS
+        );
     }
     // The gateway's DHCP server moves the client to another address.
-    assert_eq!(dp.down(&udp4(mac(n), GW_MAC, GW_V4, clone, 67, 68, 300)), TC_PASS);
+    assert_eq!(
+        dp.down(&udp4(mac(n), GW_MAC, GW_V4, clone, 67, 68, 300)),
+        TC_PASS
+    );
     assert_eq!(dp.up(&from(clone)), TC_PASS, "its address now");
     assert_eq!(dp.up(&from(first)), TC_DROP, "and only that one");
     // A client that has not paid is not held to one (its garden, DNS to the gateway).
@@ -423,17 +464,30 @@ fn clients_that_have_not_paid_never_take_the_room_of_paying_clients_bindings() {
         }
     }
     let unpaid_full = stat(&dp, STAT_BINDINGS_FULL);
-    assert_eq!(unpaid_full, 0, "the unpaid share evicts its least recently used");
+    assert_eq!(
+        unpaid_full, 0,
+        "the unpaid share evicts its least recently used"
+    );
     // A new paying client still binds its addresses, and so does the
     // gateway's DHCP answer to a new client.
     let (n, m) = (11, 12);
     dp.allow(client_mac(n));
     assert_eq!(dp.up(&up4(n, 443, 10)), TC_PASS);
     let v6 = Ipv6Addr::new(0xfd00, 0x99, 0, 5, 0, 0, 0, 1);
-    assert_eq!(dp.up(&udp6(GW_MAC, mac(n), v6, SERVER_V6, 1, 443, 10)), TC_PASS);
-    assert_eq!(dp.down(&udp4(mac(m), GW_MAC, GW_V4, client_v4(m), 67, 68, 300)), TC_PASS);
+    assert_eq!(
+        dp.up(&udp6(GW_MAC, mac(n), v6, SERVER_V6, 1, 443, 10)),
+        TC_PASS
+    );
+    assert_eq!(
+        dp.down(&udp4(mac(m), GW_MAC, GW_V4, client_v4(m), 67, 68, 300)),
+        TC_PASS
+    );
     let bindings = dp.h.maps.bindings().unwrap();
-    assert!(bindings.len() <= (MAX_BINDINGS / 2) as usize + 3, "{}", bindings.len());
+    assert!(
+        bindings.len() <= (MAX_BINDINGS / 2) as usize + 3,
+        "{}",
+        bindings.len()
+    );
     for a in [IpAddr::from(client_v4(n)), v6.into(), client_v4(m).into()] {
         assert!(bindings.iter().any(|(ip, _, _)| *ip == a), "{a} bound");
     }
@@ -446,7 +500,10 @@ fn clients_that_have_not_paid_never_take_the_room_of_paying_clients_bindings() {
     dp.allow(client_mac(p));
     assert_eq!(dp.up(&q(p)), TC_PASS, "the paying client takes it");
     // (The unpaid client's entry remembers the address until the next sweep.)
-    let swept = dp.h.maps.sweep_bindings(std::time::Duration::from_secs(600)).unwrap();
+    let swept =
+        dp.h.maps
+            .sweep_bindings(std::time::Duration::from_secs(600))
+            .unwrap();
     assert_eq!(swept.expired, 0);
     assert_eq!(dp.up(&q(u)), TC_DROP, "no longer the unpaid client's");
     assert_eq!(dp.up(&q(p)), TC_PASS);
@@ -460,26 +517,57 @@ fn a_flood_of_macs_is_forgotten_under_pressure_and_new_customers_find_room() {
     dp.allow(paying);
     dp.h.maps.ensure_slot(&connected).unwrap();
     dp.h.maps.ensure_slot(&customer).unwrap();
-    let flood = |dp: &Datapath, i: u32| dp.up(&udp4(GW_MAC, flood_mac(i), flood_v4(i), SERVER_V4, 1, 443, 10));
+    let flood = |dp: &Datapath, i: u32| {
+        dp.up(&udp4(
+            GW_MAC,
+            flood_mac(i),
+            flood_v4(i),
+            SERVER_V4,
+            1,
+            443,
+            10,
+        ))
+    };
     let room = MAX_CLIENTS - 3;
     for i in 0..room {
         flood(&dp, i);
     }
     assert_eq!(dp.h.maps.clients_live(), MAX_CLIENTS as u64, "full");
     assert_eq!(dp.up(&up4(4, 443, 10)), TC_DROP);
-    assert_eq!(dp.h.maps.slot_of(&client_mac(4)), None, "no room for a new customer");
+    assert_eq!(
+        dp.h.maps.slot_of(&client_mac(4)),
+        None,
+        "no room for a new customer"
+    );
     let day = Duration::from_secs(86_400);
     let (t0, mut t) = (Instant::now(), IdleTracker::default());
     let keep = |m: &MacAddr| *m == connected;
     let run = |dp: &Datapath, t: &mut IdleTracker, at: u64| {
         dp.h.maps
-            .forget_idle(t, t0 + Duration::from_secs(at), day, Pressure::DEFAULT, keep)
+            .forget_idle(
+                t,
+                t0 + Duration::from_secs(at),
+                day,
+                Pressure::DEFAULT,
+                keep,
+            )
             .unwrap()
     };
     // The first run learns who is active; nobody is forgotten for it.
     assert_eq!(run(&dp, &mut t, 0), Forgotten::default());
     // The customer and the last 1,000 flood MACs are active again; the rest are not.
-    assert_eq!(dp.up(&udp4(GW_MAC, customer.addr, client_v4(3), GW_V4, 40000, 53, 30)), TC_PASS);
+    assert_eq!(
+        dp.up(&udp4(
+            GW_MAC,
+            customer.addr,
+            client_v4(3),
+            GW_V4,
+            40000,
+            53,
+            30
+        )),
+        TC_PASS
+    );
     for i in room - 1000..room {
         flood(&dp, i);
     }
@@ -499,7 +587,11 @@ fn a_flood_of_macs_is_forgotten_under_pressure_and_new_customers_find_room() {
     assert_eq!((f.freed, f.pressed), (MAX_CLIENTS - low, 0));
     assert_eq!(dp.up(&up4(4, 443, 10)), TC_DROP);
     assert!(dp.h.maps.slot_of(&client_mac(4)).is_some(), "room again");
-    assert_eq!(dp.up(&up4(1, 443, 10)), TC_PASS, "the paying client never noticed");
+    assert_eq!(
+        dp.up(&up4(1, 443, 10)),
+        TC_PASS,
+        "the paying client never noticed"
+    );
 }
 
 #[test]
@@ -520,5 +612,9 @@ fn the_cli_says_a_lan_is_not_attached_until_the_agent_configured_it() {
     // Configured by the agent: the table, even when empty.
     let dp = Datapath::new();
     let out = clients(dp.h.root());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -76,8 +76,7 @@ pub(crate) static LAN: Array<LanConfig> = Array::pinned(1, BPF_F_MMAPABLE);
 static BINDINGS: HashMap<AddrKey, Binding> = HashMap::pinned(MAX_BINDINGS, 0);
 
 #[map(name = "UNPAID_BINDINGS")]
-static UNPAID_BINDINGS: LruHashMap<AddrKey, Binding> =
-    LruHashMap::pinned(MAX_BINDINGS / 2, 0);
+static UNPAID_BINDINGS: LruHashMap<AddrKey, Binding> = LruHashMap::pinned(MAX_BINDINGS / 2, 0);
 
 #[map(name = "GARDEN_FRAGS")]
 static GARDEN_FRAGS: LruHashMap<FragKey, u64> = LruHashMap::pinned(MAX_GARDEN_FRAGS, 0);
@@ -222,7 +221,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
                 Dir::Up => arp_up(p, cfg, &eth, &mac, probe, seed),
                 // The gateway's own ARP.
                 Dir::Down => Verdict::Pass,
-            }
+            };
         }
         ETH_P_PAE => return Verdict::Pass,
         // The gateway's own LLDP and the like.
@@ -307,7 +306,11 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
                 // and the gateway's ingress program stays within older
                 // verifiers' limits.
                 if dir == Dir::Down && ip.frag_first {
-                    let _ = GARDEN_FRAGS.insert(&frag_key(&ip), &unsafe { bpf_ktime_get_coarse_ns() }, 0);
+                    let _ = GARDEN_FRAGS.insert(
+                        &frag_key(&ip),
+                        &unsafe { bpf_ktime_get_coarse_ns() },
+                        0,
+                    );
                 }
                 f & GARDEN_GATEWAY == 0 || f & GARDEN_DNS != 0
             }
@@ -345,7 +348,13 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
 /// on (`LAN_PORTAL_REDIRECT`): its TCP to port 80 goes to the responder and its
 /// other TCP is reset; the replies of both (marked) pass to it. `None`: dropped.
 #[inline(always)]
-fn to_portal<P: Packet>(p: &P, cfg: *const LanConfig, ip: &IpInfo, dir: Dir, to_group: bool) -> Option<Verdict> {
+fn to_portal<P: Packet>(
+    p: &P,
+    cfg: *const LanConfig,
+    ip: &IpInfo,
+    dir: Dir,
+    to_group: bool,
+) -> Option<Verdict> {
     let flags = unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) };
     if flags & LAN_PORTAL_REDIRECT == 0 || to_group || ip.proto != packet::IPPROTO_TCP {
         return None;
@@ -609,7 +618,8 @@ fn bind(
     let bound_v4 = unsafe { &raw mut (*c).bound_v4 };
     if !v6 && claim {
         let held = unsafe { core::ptr::read_volatile(bound_v4) };
-        let one = unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ONE_ADDRESS != 0;
+        let one =
+            unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ONE_ADDRESS != 0;
         if paying && one && held as u32 != 0 && held as u32 != key.addr[0] {
             // A second IPv4 address while the first is bound: another device
             // on this MAC. Reported once until the agent's next sweep.
@@ -646,7 +656,11 @@ fn bind(
         return Ok(());
     }
     let held = unsafe { &raw mut (*c).bound_addrs };
-    let cap = if paying { MAX_ADDRS_PER_CLIENT } else { MAX_ADDRS_UNPAID };
+    let cap = if paying {
+        MAX_ADDRS_PER_CLIENT
+    } else {
+        MAX_ADDRS_UNPAID
+    };
     if unsafe { core::ptr::read_volatile(held) } >= cap {
         return Err(Drop::Spoof(STAT_BINDINGS_FULL));
     }
@@ -717,7 +731,9 @@ fn arp_up<P: Packet>(
         attribute(&probe, Drop::Spoof(STAT_SPOOF));
         return Verdict::Drop;
     }
-    if arp.spa == 0 || unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF == 0 {
+    if arp.spa == 0
+        || unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF == 0
+    {
         return Verdict::Pass;
     }
     let key = AddrKey {
@@ -727,7 +743,8 @@ fn arp_up<P: Packet>(
     let Some((pos, slot)) = client_slot(p, mac, probe, seed, false, true) else {
         // No slot: an address nobody else holds, under the limit all frames
         // of MACs without a slot share; nothing is bound.
-        let mine = |b: *const Binding| unsafe { core::ptr::read_volatile(&raw const (*b).mac) } == *mac;
+        let mine =
+            |b: *const Binding| unsafe { core::ptr::read_volatile(&raw const (*b).mac) } == *mac;
         let free = !gateway_addr(cfg, false, &key.addr)
             && BINDINGS.get_ptr(&key).is_none_or(mine)
             && UNPAID_BINDINGS.get_ptr(&key).is_none_or(mine);
@@ -773,14 +790,16 @@ fn nd<P: Packet>(
     }
     match dir {
         Dir::Up => {
-            if !(link_local(&ip.dst) || link_multicast(&ip.dst) || gateway_addr(cfg, true, &ip.dst)) {
+            if !(link_local(&ip.dst) || link_multicast(&ip.dst) || gateway_addr(cfg, true, &ip.dst))
+            {
                 return Err(Drop::Blocked);
             }
             if !nd_lla_ok(p, ip, mac) {
                 return Err(Drop::Spoof(STAT_SPOOF));
             }
             if ip.icmp6_type == 136
-                && unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF != 0
+                && unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF
+                    != 0
             {
                 let target = nd_target(p, ip).ok_or(Drop::Spoof(STAT_SPOOF))?;
                 if gateway_addr(cfg, true, &target) {
@@ -900,7 +919,8 @@ fn portal_port(cfg: *const LanConfig, port: u16) -> bool {
 /// The client's data budget is spent: the kernel cut it off.
 #[inline(always)]
 fn cut_off(st: *mut ClientEntry, flags: u32) -> bool {
-    flags & POLICY_QUOTA != 0 && unsafe { core::ptr::read_volatile(&raw const (*st).budget_bytes) } <= 0
+    flags & POLICY_QUOTA != 0
+        && unsafe { core::ptr::read_volatile(&raw const (*st).budget_bytes) } <= 0
 }
 
 /// A frame of a MAC that has no slot (the table is full, or new clients come

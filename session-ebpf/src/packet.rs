@@ -132,8 +132,12 @@ fn is_tag(proto: u16) -> bool {
 pub fn parse_eth<P: Packet>(p: &P) -> Option<Eth> {
     let eth = p.load::<[u16; 7]>(0)?;
     // Same bytes, as they are in memory.
-    let dst = MacAddr::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>([eth[0], eth[1], eth[2]]) });
-    let src = MacAddr::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>([eth[3], eth[4], eth[5]]) });
+    let dst = MacAddr::new(unsafe {
+        core::mem::transmute::<[u16; 3], [u8; 6]>([eth[0], eth[1], eth[2]])
+    });
+    let src = MacAddr::new(unsafe {
+        core::mem::transmute::<[u16; 3], [u8; 6]>([eth[3], eth[4], eth[5]])
+    });
     let mut proto = u16::from_be(eth[6]);
     let mut l3 = ETH_HLEN;
     if is_tag(proto) {
@@ -156,7 +160,12 @@ pub fn parse_eth<P: Packet>(p: &P) -> Option<Eth> {
             }
         }
     }
-    Some(Eth { dst, src, proto, l3 })
+    Some(Eth {
+        dst,
+        src,
+        proto,
+        l3,
+    })
 }
 
 /// What the datapath judges an IP packet by, read once.
@@ -236,7 +245,10 @@ impl IpInfo {
     pub fn src_odd(&self) -> bool {
         if self.v6 {
             let a = self.src;
-            a[0] == 0 && a[1] == 0 && (a[2] == u32::from_be(0xffff) || (a[2] == 0 && (a[3] == 0 || a[3] == u32::from_be(1))))
+            a[0] == 0
+                && a[1] == 0
+                && (a[2] == u32::from_be(0xffff)
+                    || (a[2] == 0 && (a[3] == 0 || a[3] == u32::from_be(1))))
         } else {
             let b = self.src[0].to_ne_bytes()[0];
             b == 0 || b == 127 || b >= 240
@@ -325,14 +337,12 @@ fn parse_v4<P: Packet>(p: &P, l3: u32, avail: u32) -> Option<IpInfo> {
     let w2 = h[2].to_ne_bytes();
     let proto = w2[1];
     let l4 = l3 + ihl;
-    let (sport, dport) = if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
-        && frag_off == 0
-        && ihl + 4 <= len
-    {
-        ports(p, l4)
-    } else {
-        (0, 0)
-    };
+    let (sport, dport) =
+        if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && frag_off == 0 && ihl + 4 <= len {
+            ports(p, l4)
+        } else {
+            (0, 0)
+        };
     Some(IpInfo {
         len,
         v6: false,
@@ -366,7 +376,13 @@ fn has_byte(w: u32, b: u8) -> bool {
 /// The ones' complement sum is taken over 32-bit words in memory order and
 /// folded: the same check as over big-endian 16-bit words (RFC 1071).
 #[inline(always)]
-fn ipv4_csum_ok<P: Packet>(p: &P, l3: u32, h: &[u32; 5], ihl: u32, source_route: &mut bool) -> bool {
+fn ipv4_csum_ok<P: Packet>(
+    p: &P,
+    l3: u32,
+    h: &[u32; 5],
+    ihl: u32,
+    source_route: &mut bool,
+) -> bool {
     let mut sum = h[0] as u64 + h[1] as u64 + h[2] as u64 + h[3] as u64 + h[4] as u64;
     // Options, one word at a constant offset each: XDP's verifier needs
     // bounds it can see (a loop over a variable offset is rejected).
@@ -484,7 +500,8 @@ pub fn parse_arp<P: Packet>(p: &P, l3: u32) -> Option<Arp> {
     if u16::from_be(h[0]) != 1 || u16::from_be(h[1]) != ETH_P_IP || u16::from_be(h[2]) != 0x0604 {
         return None;
     }
-    let sha = MacAddr::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>([h[4], h[5], h[6]]) });
+    let sha =
+        MacAddr::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>([h[4], h[5], h[6]]) });
     Some(Arp { sha, spa })
 }
 
@@ -516,7 +533,8 @@ pub fn nd_lla_ok<P: Packet>(p: &P, ip: &IpInfo, mac: &MacAddr) -> bool {
             return false;
         }
         // Source or target link-layer address.
-        if (h[0] == 1 || h[0] == 2) && (h[1] != 1 || [h[2], h[3], h[4], h[5], h[6], h[7]] != mac.addr)
+        if (h[0] == 1 || h[0] == 2)
+            && (h[1] != 1 || [h[2], h[3], h[4], h[5], h[6], h[7]] != mac.addr)
         {
             return false;
         }

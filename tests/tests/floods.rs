@@ -35,7 +35,8 @@ fn a_dns_tunnel_through_the_gateway_is_charged_to_the_paying_client_and_ends_wit
     // (Plus the one request for the answers: b"SAREQ", a count and a size.)
     let up = resolver.received() + HEADERS * resolver.datagrams() + HEADERS + 13;
     assert_eq!(
-        c.up_bytes, up,
+        c.up_bytes,
+        up,
         "upload charged differs from what the resolver received ({} datagrams)",
         resolver.datagrams()
     );
@@ -50,7 +51,11 @@ fn a_dns_tunnel_through_the_gateway_is_charged_to_the_paying_client_and_ends_wit
     let ended = wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
         (!is_connected(&s.api, s.device)).then_some(())
     });
-    assert!(ended.is_some(), "the session did not end with its budget\n{}", s.context());
+    assert!(
+        ended.is_some(),
+        "the session did not end with its budget\n{}",
+        s.context()
+    );
     let c = s.agent.client_or_zero(&s.client.mac);
     let charged = c.up_bytes + c.down_bytes;
     let budget = 1_000_000;
@@ -73,11 +78,22 @@ fn a_dns_tunnel_through_the_gateway_is_charged_to_the_paying_client_and_ends_wit
         "{through} of 300 datagrams to the resolver after the cut-off"
     );
     let after = s.agent.client_or_zero(&s.client.mac);
-    assert_eq!(after.up_bytes + after.down_bytes, charged, "no usage after the cut-off");
+    assert_eq!(
+        after.up_bytes + after.down_bytes,
+        charged,
+        "no usage after the cut-off"
+    );
 }
 
 /// `n` frames from random MACs (one each) to the server through the gateway.
-fn flood(c: &session_tests::topo::Client, gw_mac: [u8; 6], dst: std::net::Ipv4Addr, n: u32, sent: &AtomicU64, stop: &AtomicBool) {
+fn flood(
+    c: &session_tests::topo::Client,
+    gw_mac: [u8; 6],
+    dst: std::net::Ipv4Addr,
+    n: u32,
+    sent: &AtomicU64,
+    stop: &AtomicBool,
+) {
     let tx = RawSender::open(&c.ns, &c.ifname).expect("raw socket");
     let src = c.ipv4;
     let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
@@ -126,7 +142,10 @@ fn a_flood_of_random_macs_locks_out_neither_a_paying_client_nor_a_new_customer()
     };
     let rss_before = rss(&agent);
     // 200,000 random MACs, as fast as one sender goes, for at most 30 s.
-    let (sent, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let (sent, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let gw_mac = parse_mac(&hs.gw_lan_mac);
     let server = hs.server_v4;
     let flooder = {
@@ -197,17 +216,17 @@ fn a_flood_of_random_macs_locks_out_neither_a_paying_client_nor_a_new_customer()
         to_online,
         results.len()
     );
-    assert!(
-        clients <= 65_536,
-        "{clients} clients"
-    );
+    assert!(clients <= 65_536, "{clients} clients");
     assert!(
         rss_after < rss_before + 64 * 1024,
         "the agent's memory grew from {rss_before} to {rss_after} kB"
     );
     let m = agent.metrics();
     assert!(
-        m.lines().any(|l| l.starts_with("session_agent_datapath_admission_limited_total") && !l.ends_with(" 0")),
+        m.lines().any(
+            |l| l.starts_with("session_agent_datapath_admission_limited_total")
+                && !l.ends_with(" 0")
+        ),
         "no new MAC was held back by the admission rate:\n{m}"
     );
 }

@@ -27,11 +27,18 @@ pub const DEFAULT_TESTS: &[&str] = &["datapath", "counting", "restart"];
 
 /// What `cargo xtask test` runs on the oldest kernel (about 9 minutes under TCG):
 /// the netlink filters' life cycle, every datapath program test, the gate's and
-/// the portal redirect's, exact counts against nftables, kill -9 and restart.
+/// the portal redirect's, exact counts against nftables, kill -9 and restart;
+/// the verifier's cost of each program, and the gate's cheaper flood cases
+/// (MACs without a slot, the gateway as a relay, source routes, fragments).
 pub const SMOKE_TESTS: &[&str] = &[
+    "verifier",
     "tc_attach",
     "datapath",
     "gate",
+    "gate_floods:macs_without_a_slot_get_only",
+    "gate_floods:a_paying_clients_dns_through_the_gateway_is_usage_until_the_cut_off",
+    "gate_floods:source_routed_packets_never_pass",
+    "gate_floods:later_fragments_pass_only",
     "redirect_datapath",
     "names_datapath",
     "counting:exact_counts_tcp_udp_ipv4_ipv6_match_reference",
@@ -40,8 +47,11 @@ pub const SMOKE_TESTS: &[&str] = &[
 
 /// What `cargo xtask test` runs on Debian's 6.12 as well (80 s in the guest under
 /// TCG, plus the kernel's download): exact counts, a data session cut off under
-/// TCP, the portal redirect, kill -9 and restart, with TCX links.
+/// TCP, the portal redirect, kill -9 and restart, with TCX links; what the
+/// verifier spent on each program, and a DNS tunnel through the gateway.
 pub const NEWER_SMOKE_TESTS: &[&str] = &[
+    "verifier",
+    "floods:a_dns_tunnel_through_the_gateway",
     "counting:exact_counts_tcp_udp_ipv4_ipv6_match_reference",
     "sessions_data:data_session_cut_off_under_tcp_download",
     "redirect:an_unpaid_client_is_sent_to_the_portal_and_its_other_tcp_is_reset_at_once",

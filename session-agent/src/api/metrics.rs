@@ -12,7 +12,9 @@ use session_model::ModelError;
 
 use super::{ApiError, ApiState};
 use crate::dataplane::ClientRow;
-use session_common::{STAT_ADMISSION_LIMITED, STAT_DROP_REASONS, STAT_EVENTS_LOST, STAT_TABLE_FULL};
+use session_common::{
+    STAT_ADMISSION_LIMITED, STAT_DROP_REASONS, STAT_EVENTS_LOST, STAT_TABLE_FULL,
+};
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")

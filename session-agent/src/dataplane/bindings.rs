@@ -60,8 +60,9 @@ impl Maps {
         if self.shared.join(MAP_UNPAID_BINDINGS).exists() {
             let data = mmap::open_pinned(&self.shared, MAP_UNPAID_BINDINGS)?;
             out.push(
-                aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))
-                    .map_err(|e| AgentError::bpf("opening the unpaid clients' address bindings", e))?,
+                aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(|e| {
+                    AgentError::bpf("opening the unpaid clients' address bindings", e)
+                })?,
             );
         }
         Ok(out)
@@ -72,7 +73,8 @@ impl Maps {
         let mut out = Vec::new();
         for map in self.binding_maps()? {
             for item in map.iter() {
-                let (k, b) = item.map_err(|e| AgentError::bpf("reading the address bindings", e))?;
+                let (k, b) =
+                    item.map_err(|e| AgentError::bpf("reading the address bindings", e))?;
                 if let Some(ip) = addr_of(&k) {
                     out.push((ip, b.mac, b.last_ns));
                 }
