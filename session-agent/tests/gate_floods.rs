@@ -388,17 +388,6 @@ fn later_fragments_pass_only_after_a_first_the_garden_passed() {
     assert_eq!(dp.up(&fragment(&tail, 80, 185, false)), TC_DROP);
 }
 
-fn events(dp: &mut Datapath) -> Vec<ClientEvent> {
-    let events = dp.h.ebpf.take_map(MAP_EVENTS).unwrap();
-    let mut ring = aya::maps::RingBuf::try_from(events).unwrap();
-    let mut out = Vec::new();
-    while let Some(item) = ring.next() {
-        // SAFETY: the ring holds whole ClientEvents, plain integers.
-        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-    }
-    out
-}
-
 #[test]
 fn a_paying_client_sends_from_one_ipv4_address_at_a_time() {
     let mut dp = Datapath::new();
@@ -421,7 +410,8 @@ fn a_paying_client_sends_from_one_ipv4_address_at_a_time() {
     );
     let c = dp.counters(client_mac(n));
     assert_eq!((c.up_packets, c.spoof_packets), (2, 6));
-    let conflicts = events(&mut dp)
+    let conflicts = dp
+        .events()
         .iter()
         .filter(|e| e.kind() == Ok(EventKind::MacConflict))
         .count();

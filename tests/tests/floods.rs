@@ -230,3 +230,53 @@ fn a_flood_of_random_macs_locks_out_neither_a_paying_client_nor_a_new_customer()
         "no new MAC was held back by the admission rate:\n{m}"
     );
 }
+
+/// Sends `n` datagrams of 1,000 bytes from `ns` to `dst`.
+fn send_udp(ns: &str, dst: std::net::SocketAddr, n: u32) {
+    let s = session_tests::traffic::udp_socket(ns, "0.0.0.0:0".parse().unwrap()).unwrap();
+    for _ in 0..n {
+        let _ = s.send_to(&[0x5a; 1000], dst);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn the_gateways_addresses_are_the_kernels_and_followed_when_they_change() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let agent = AgentBuilder::new(&hs).start();
+    let c = hs.client(0);
+    agent.allow(&c.mac);
+    let up = || agent.client_or_zero(&c.mac).up_bytes;
+    // The WAN's network address is no address of the gateway's (the kernel
+    // keeps no local route for it): what goes there is forwarded, so usage.
+    let before = up();
+    send_udp(&c.ns, "10.202.0.0:9".parse().unwrap(), 100);
+    assert_eq!(
+        up() - before,
+        100 * (1000 + HEADERS),
+        "to the WAN's network address"
+    );
+    // An address the gateway takes later: DHCP with it is not usage once the
+    // agent has read it (within its 2 s), as with the gateway's other addresses.
+    let new: std::net::SocketAddr = "10.199.0.77:67".parse().unwrap();
+    let before = up();
+    send_udp(&c.ns, new, 10);
+    assert_eq!(
+        up() - before,
+        10 * (1000 + HEADERS),
+        "not the gateway's yet"
+    );
+    session_tests::ns_command(&hs.gw_ns, "ip")
+        .args(["addr", "add", "10.199.0.77/32", "dev", &hs.lan_if])
+        .status()
+        .expect("ip addr add");
+    std::thread::sleep(Duration::from_secs(3));
+    let before = up();
+    send_udp(&c.ns, new, 10);
+    assert_eq!(
+        up() - before,
+        0,
+        "the gateway's address now: DHCP with it is no usage"
+    );
+}

@@ -48,10 +48,12 @@ pub const SMOKE_TESTS: &[&str] = &[
 /// What `cargo xtask test` runs on Debian's 6.12 as well (80 s in the guest under
 /// TCG, plus the kernel's download): exact counts, a data session cut off under
 /// TCP, the portal redirect, kill -9 and restart, with TCX links; what the
-/// verifier spent on each program, and a DNS tunnel through the gateway.
+/// verifier spent on each program, a DNS tunnel through the gateway, and the
+/// gateway's addresses from its local routing table.
 pub const NEWER_SMOKE_TESTS: &[&str] = &[
     "verifier",
     "floods:a_dns_tunnel_through_the_gateway",
+    "floods:the_gateways_addresses_are_the_kernels",
     "counting:exact_counts_tcp_udp_ipv4_ipv6_match_reference",
     "sessions_data:data_session_cut_off_under_tcp_download",
     "redirect:an_unpaid_client_is_sent_to_the_portal_and_its_other_tcp_is_reset_at_once",

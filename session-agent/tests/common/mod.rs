@@ -116,6 +116,18 @@ impl Datapath {
             .unwrap_or_else(|| panic!("{mac}'s slot {slot} has no owner"))
     }
 
+    /// The events the datapath sent (once: the ring is taken).
+    pub fn events(&mut self) -> Vec<ClientEvent> {
+        let events = self.h.ebpf.take_map(MAP_EVENTS).expect("the event ring");
+        let mut ring = aya::maps::RingBuf::try_from(events).unwrap();
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            // SAFETY: the ring holds whole ClientEvents, plain integers.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+        }
+        out
+    }
+
     pub fn allow(&mut self, mac: MacAddr) -> u32 {
         self.h.maps.set_allowed(&mac, true).unwrap()
     }
