@@ -85,6 +85,7 @@ fn frame(i: u32) -> Vec<u8> {
 /// addresses, anti-spoofing, the garden rate limit.
 fn gate() -> LanConfig {
     lan_config(
+        1,
         Some(GW_MAC),
         &[
             Ipv4Addr::new(10, 200, 0, 1).into(),

@@ -117,6 +117,7 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
         dataplane::write_garden(&mut a.ebpf, &entries)?;
         let local = iface::gateway_addresses(lan)?;
         maps.set_lan(&lan_config(
+            iface::index(lan)?,
             iface::mac(lan)?,
             &local,
             &opts.portal_ports,
@@ -417,6 +418,7 @@ fn apply_reload(
                 continue;
             };
             m.set_lan(&lan_config(
+                m.lan().lan_id,
                 mac,
                 &local,
                 &cur.portal_ports,
@@ -613,6 +615,7 @@ pub fn gateway_services(addrs: &[IpAddr], portal_ports: &[u16]) -> Vec<GardenEnt
 /// What the datapath must know of its LAN: the gateway's MAC and addresses
 /// ([`iface::gateway_addresses`]), anti-spoofing, the garden rate limit.
 pub fn lan_config(
+    lan_id: u32,
     mac: Option<[u8; 6]>,
     addrs: &[IpAddr],
     portal_ports: &[u16],
@@ -621,6 +624,7 @@ pub fn lan_config(
     dns_mark: Option<u32>,
 ) -> LanConfig {
     let mut cfg = LanConfig {
+        lan_id,
         mac: mac.unwrap_or_default(),
         flags: LAN_CONFIGURED
             | match (gate.anti_spoof, gate.one_address) {

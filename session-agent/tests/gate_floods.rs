@@ -431,6 +431,15 @@ fn a_paying_client_sends_from_one_ipv4_address_at_a_time() {
     );
     assert_eq!(dp.up(&from(clone)), TC_PASS, "its address now");
     assert_eq!(dp.up(&from(first)), TC_DROP, "and only that one");
+    // The same MAC on another LAN (a device that moved): its address there is its own.
+    let mut cfg = dp.h.maps.lan();
+    cfg.lan_id = 2;
+    dp.h.maps.set_lan(&cfg);
+    assert_eq!(
+        dp.up(&from(Ipv4Addr::new(10, 99, 5, 5))),
+        TC_PASS,
+        "on another LAN"
+    );
     // A client that has not paid is not held to one (its garden, DNS to the gateway).
     for i in 0..3 {
         let a = Ipv4Addr::new(10, 99, 4, i);

@@ -14,7 +14,7 @@ use session_agent::names::host_key;
 const MARK: u32 = 0x5e56;
 
 fn snooping() -> Datapath {
-    let lan = lan_config(Some(GW_MAC), &gw_addrs(), &[80], &GATE, None, Some(MARK));
+    let lan = lan_config(1, Some(GW_MAC), &gw_addrs(), &[80], &GATE, None, Some(MARK));
     let h = ProgramHarness::with_lan("sa-dns", &test_garden(), &lan)
         .unwrap_or_else(|e| panic!("loading the datapath: {e}"));
     Datapath { h }

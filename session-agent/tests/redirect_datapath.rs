@@ -25,7 +25,7 @@ fn redirecting() -> Datapath {
         portal_url: "http://10.99.0.1:8908/portal".into(),
         params: RedirectParams::default(),
     };
-    let lan = lan_config(Some(GW_MAC), &gw_addrs(), &[80], &GATE, Some(&r), None);
+    let lan = lan_config(1, Some(GW_MAC), &gw_addrs(), &[80], &GATE, Some(&r), None);
     let h = ProgramHarness::with_lan("sa-rd", &test_garden(), &lan)
         .unwrap_or_else(|e| panic!("loading the datapath: {e}"));
     Datapath { h }

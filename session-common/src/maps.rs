@@ -192,9 +192,10 @@ pub struct ClientCounters {
     /// binds one, taken from by the agent when a binding expires.
     pub bound_addrs: u64,
     /// The IPv4 address the client holds (in its first 32 bits, as in
-    /// packets; 0 = none), which it keeps across the agent's sweeps: with
-    /// `LAN_ONE_ADDRESS` a paying client sends from no other.
-    /// [`BOUND_V4_REPORTED`] is set once a second one was reported.
+    /// packets; 0 = none) and the LAN it holds it on (`LanConfig::lan_id`
+    /// from bit [`BOUND_V4_LAN_SHIFT`]), which it keeps across the agent's
+    /// sweeps: with `LAN_ONE_ADDRESS` a paying client sends from no other on
+    /// that LAN. [`BOUND_V4_REPORTED`] is set once a second one was reported.
     pub bound_v4: u64,
     pub _reserved: [u64; 1],
 }
@@ -202,6 +203,8 @@ pub struct ClientCounters {
 /// `ClientCounters::bound_v4`: a second IPv4 address was reported
 /// (`EventKind::MacConflict`) since the agent's last sweep.
 pub const BOUND_V4_REPORTED: u64 = 1 << 32;
+/// Where `ClientCounters::bound_v4` keeps the LAN (24 bits of its `lan_id`).
+pub const BOUND_V4_LAN_SHIFT: u32 = 40;
 
 /// `ClientEntry::flags`: the client may use the network.
 pub const POLICY_ALLOWED: u32 = 1;
@@ -497,7 +500,9 @@ pub struct LanConfig {
     /// With [`LAN_DNS_SNOOP`]: the mark of the held DNS answers the agent sends
     /// on (the egress program passes them without holding them again).
     pub dns_mark: u32,
-    pub _pad4: u32,
+    /// A number of this LAN's own (its interface index), written by the agent:
+    /// one IPv4 address at a time holds per LAN (a device moves between LANs).
+    pub lan_id: u32,
     /// The portal's TCP ports on the gateway (host order; 0 = none): a paying
     /// client's traffic with them is not usage.
     pub portal_ports: [u16; LAN_PORTAL_PORTS],

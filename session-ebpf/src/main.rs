@@ -556,8 +556,15 @@ fn judge_addresses(
             let _ = UNPAID_BINDINGS.remove(&key);
             remember(st, &key, 0);
             if let Some(c) = COUNTERS.get_ptr_mut(slot) {
-                // The address this client holds now (one at a time, below).
-                unsafe { core::ptr::write_volatile(&raw mut (*c).bound_v4, key.addr[0] as u64) };
+                // The address this client holds now on this LAN (one at a time, in `bind`).
+                let lan = unsafe { core::ptr::read_volatile(&raw const (*cfg).lan_id) } as u64
+                    & 0xff_ffff;
+                unsafe {
+                    core::ptr::write_volatile(
+                        &raw mut (*c).bound_v4,
+                        key.addr[0] as u64 | lan << BOUND_V4_LAN_SHIFT,
+                    )
+                };
             }
             Ok(())
         }
@@ -616,11 +623,19 @@ fn bind(
     };
     let paying = flags & POLICY_ALLOWED != 0;
     let bound_v4 = unsafe { &raw mut (*c).bound_v4 };
+    let lan = (unsafe { core::ptr::read_volatile(&raw const (*cfg).lan_id) } as u64 & 0xff_ffff)
+        << BOUND_V4_LAN_SHIFT;
     if !v6 && claim {
         let held = unsafe { core::ptr::read_volatile(bound_v4) };
         let one =
             unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ONE_ADDRESS != 0;
-        if paying && one && held as u32 != 0 && held as u32 != key.addr[0] {
+        // (On another LAN the device moved: its address there is its own.)
+        if paying
+            && one
+            && held as u32 != 0
+            && held as u32 != key.addr[0]
+            && held >> BOUND_V4_LAN_SHIFT == lan >> BOUND_V4_LAN_SHIFT
+        {
             // A second IPv4 address while the first is bound: another device
             // on this MAC. Reported once until the agent's next sweep.
             if held & BOUND_V4_REPORTED == 0 {
@@ -689,8 +704,9 @@ fn bind(
     }
     add(held, 1);
     if !v6 {
-        if unsafe { core::ptr::read_volatile(bound_v4) } as u32 == 0 {
-            unsafe { core::ptr::write_volatile(bound_v4, key.addr[0] as u64) };
+        let held = unsafe { core::ptr::read_volatile(bound_v4) };
+        if held as u32 == 0 || held >> BOUND_V4_LAN_SHIFT != lan >> BOUND_V4_LAN_SHIFT {
+            unsafe { core::ptr::write_volatile(bound_v4, key.addr[0] as u64 | lan) };
         }
         // A second IPv4 address while the first is in use: two devices on one MAC?
         let prev = unsafe { core::ptr::read_volatile(&raw const (*st).ip4) };

@@ -99,8 +99,9 @@ impl Maps {
         let now = coarse_ns();
         let ttl_ns = ttl.as_nanos().min(u64::MAX as u128) as u64;
         let mut done = BindingSweep::default();
-        // Addresses each MAC holds after the sweep, and its IPv4 address last in use.
-        let mut held: HashMap<MacAddr, (u64, Option<(u64, u32)>)> = HashMap::new();
+        // Addresses each MAC holds after the sweep, its IPv4 addresses, and the
+        // one of those last in use.
+        let mut held: HashMap<MacAddr, (u64, Vec<u32>, Option<(u64, u32)>)> = HashMap::new();
         for mut map in self.binding_maps()? {
             let all: Vec<(AddrKey, Binding)> = map.iter().filter_map(|i| i.ok()).collect();
             done.live += all.len() as u64;
@@ -110,10 +111,13 @@ impl Maps {
                 let stamped = !fresh
                     && !matches!(map.get(&k, 0), Ok(f) if f.last_ns == b.last_ns && f.mac == b.mac);
                 if fresh || stamped || map.remove(&k).is_err() {
-                    let (n, v4) = held.entry(b.mac).or_default();
+                    let (n, all4, v4) = held.entry(b.mac).or_default();
                     *n += 1;
-                    if k.family == 4 && v4.is_none_or(|(last, _)| b.last_ns > last) {
-                        *v4 = Some((b.last_ns, k.addr[0]));
+                    if k.family == 4 {
+                        all4.push(k.addr[0]);
+                        if v4.is_none_or(|(last, _)| b.last_ns > last) {
+                            *v4 = Some((b.last_ns, k.addr[0]));
+                        }
                     }
                     continue;
                 }
@@ -128,10 +132,19 @@ impl Maps {
         for slot in 0..used {
             if let Some(pos) = self.position(slot) {
                 let mac = index_mac(self.key(pos).load(Ordering::Acquire));
-                let (n, v4) = held.get(&mac).copied().unwrap_or_default();
+                let (n, all4, last4) = held.get(&mac).cloned().unwrap_or_default();
                 cell!(counters, slot, bound_addrs: AtomicU64).store(n, Ordering::Relaxed);
-                let v4 = v4.map_or(0, |(_, a)| a as u64);
-                cell!(counters, slot, bound_v4: AtomicU64).store(v4, Ordering::Relaxed);
+                // The address the client holds stays while bound (the report
+                // is due again); else the one it used last, on the same LAN.
+                let cell = cell!(counters, slot, bound_v4: AtomicU64);
+                let cur = cell.load(Ordering::Relaxed);
+                let lan = cur & !((1u64 << BOUND_V4_LAN_SHIFT) - 1);
+                let v4 = if cur as u32 != 0 && all4.contains(&(cur as u32)) {
+                    cur & !BOUND_V4_REPORTED
+                } else {
+                    last4.map_or(0, |(_, a)| a as u64 | lan)
+                };
+                cell.store(v4, Ordering::Relaxed);
             }
         }
         Ok(done)

@@ -69,7 +69,7 @@ impl Datapath {
     }
 
     pub fn with_gate(gate: GateOptions) -> Self {
-        let lan = lan_config(Some(GW_MAC), &gw_addrs(), &[80], &gate, None, None);
+        let lan = lan_config(1, Some(GW_MAC), &gw_addrs(), &[80], &gate, None, None);
         let h = ProgramHarness::with_lan("sa-dp", &test_garden(), &lan)
             .unwrap_or_else(|e| panic!("loading the datapath: {e}"));
         h.maps.set_gate(&gate_limits(&gate));
