@@ -48,6 +48,10 @@ pub fn addr_key(ip: std::net::IpAddr) -> AddrKey {
 
 type BindingMap = aya::maps::HashMap<MapData, AddrKey, Binding>;
 
+/// What a MAC holds after a sweep: how many addresses, its IPv4 addresses,
+/// and (when last used, which) the one of those it used last.
+type Held = (u64, Vec<u32>, Option<(u64, u32)>);
+
 impl Maps {
     /// The pinned binding tables (address -> the MAC it is bound to): paying
     /// clients' and the gateway's DHCP answers' (`BINDINGS`), then those of
@@ -99,9 +103,7 @@ impl Maps {
         let now = coarse_ns();
         let ttl_ns = ttl.as_nanos().min(u64::MAX as u128) as u64;
         let mut done = BindingSweep::default();
-        // Addresses each MAC holds after the sweep, its IPv4 addresses, and the
-        // one of those last in use.
-        let mut held: HashMap<MacAddr, (u64, Vec<u32>, Option<(u64, u32)>)> = HashMap::new();
+        let mut held: HashMap<MacAddr, Held> = HashMap::new();
         for mut map in self.binding_maps()? {
             let all: Vec<(AddrKey, Binding)> = map.iter().filter_map(|i| i.ok()).collect();
             done.live += all.len() as u64;
