@@ -299,7 +299,7 @@ pub struct Options {
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, required = false)]
     pub anti_spoof: bool,
     /// With anti-spoofing, a paying client sends from one IPv4 address at a
-    /// time: another source from its MAC (a second device with a cloned MAC)
+    /// time on a LAN: another source from its MAC (a second device with a cloned MAC)
     /// is dropped and reported as a MAC conflict, unless the gateway's DHCP
     /// server gave it the address (IPv6 keeps several).
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, required = false)]
