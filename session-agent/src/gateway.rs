@@ -70,10 +70,24 @@ pub struct GatewayConfig {
     pub bind_ttl: Duration,
 }
 
-/// The defaults of `session-agent run` (see [`crate::options::Options::default`]).
+/// Busiest clients listed in a metrics scrape, by default.
+pub const DEFAULT_METRICS_TOP_CLIENTS: usize = 100;
+
+/// The defaults of `session-agent run` (its options take theirs from here).
 impl Default for GatewayConfig {
     fn default() -> Self {
-        crate::options::Options::default().gateway()
+        Self {
+            poll_interval: Duration::from_millis(250),
+            idle_timeout: None,
+            forget_idle: Some(Duration::from_secs(86_400)),
+            global_down_mbits: 0,
+            global_up_mbits: 0,
+            burst_ms: crate::dataplane::DEFAULT_BURST_MS,
+            auto_advance: true,
+            checkpoint_interval: Duration::from_secs(60),
+            commit_interval: Duration::from_millis(1000),
+            bind_ttl: Duration::from_secs(300),
+        }
     }
 }
 
@@ -294,9 +308,7 @@ impl Gateway {
             mgr,
             dp,
             cfg: StdRwLock::new(cfg),
-            metrics_top_clients: std::sync::atomic::AtomicUsize::new(
-                crate::options::Options::default().api.metrics_top_clients,
-            ),
+            metrics_top_clients: std::sync::atomic::AtomicUsize::new(DEFAULT_METRICS_TOP_CLIENTS),
             ops: Mutex::new(()),
             activity: StdMutex::new(HashMap::new()),
             events,

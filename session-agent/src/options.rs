@@ -1,9 +1,10 @@
 //! Every option of `session-agent run`, in one struct read both from the
 //! command line (clap) and from the config file (serde, TOML).
 //!
-//! - **Defaults** are written once, in [`Options::default`]; the help text
-//!   shows them from there ([`with_defaults`]), and the library's own
-//!   defaults ([`GatewayConfig::default`], [`ApiOptions::default`]) come from it.
+//! - **Defaults** are written once: the gateway's own in the core
+//!   ([`GatewayConfig::default`], `gateway::DEFAULT_METRICS_TOP_CLIENTS`), the
+//!   rest in [`Options::default`], which takes those; the help text shows them
+//!   from there ([`with_defaults`]), and [`ApiOptions::default`] comes from it.
 //! - **Ranges** live in the types ([`Ranged`]): the same check and the same
 //!   message for a flag and for a key.
 //! - **Precedence**: the file, then the flags given on the command line (a list
@@ -590,9 +591,11 @@ impl Default for CaptiveSection {
     }
 }
 
-/// The defaults, once.
+/// The defaults, once (the gateway's own from [`GatewayConfig::default`]).
 impl Default for Options {
     fn default() -> Self {
+        let g = GatewayConfig::default();
+        let secs = |d: Option<std::time::Duration>| d.map_or(0, |d| d.as_secs());
         Self {
             config: None,
             lans: Vec::new(),
@@ -608,19 +611,19 @@ impl Default for Options {
             shaper: Shaper::Police,
             tc_attach: TcAttach::Auto,
             pin_root: crate::dataplane::DEFAULT_PIN_ROOT.into(),
-            poll_ms: Ranged::of(250),
-            commit_ms: Ranged::of(1000),
-            checkpoint_secs: Ranged::of(60),
-            idle_timeout_secs: 0,
-            forget_idle_secs: 86_400,
-            global_down_mbits: Ranged::of(0),
-            global_up_mbits: Ranged::of(0),
-            burst_ms: Ranged::of(crate::dataplane::DEFAULT_BURST_MS),
-            auto_advance: true,
+            poll_ms: Ranged::of(g.poll_interval.as_millis() as u64),
+            commit_ms: Ranged::of(g.commit_interval.as_millis() as u64),
+            checkpoint_secs: Ranged::of(g.checkpoint_interval.as_secs()),
+            idle_timeout_secs: secs(g.idle_timeout),
+            forget_idle_secs: secs(g.forget_idle),
+            global_down_mbits: Ranged::of(g.global_down_mbits),
+            global_up_mbits: Ranged::of(g.global_up_mbits),
+            burst_ms: Ranged::of(g.burst_ms),
+            auto_advance: g.auto_advance,
             no_auto_advance: false,
             anti_spoof: true,
             one_address_per_client: true,
-            bind_ttl_secs: Ranged::of(300),
+            bind_ttl_secs: Ranged::of(g.bind_ttl.as_secs()),
             garden_rate_kbits: Ranged::of(256),
             garden_pps: Ranged::of(50),
             garden_total_kbits: Ranged::of(4096),
@@ -652,7 +655,7 @@ impl Default for ApiSection {
             tcp: None,
             token: None,
             token_file: None,
-            metrics_top_clients: 100,
+            metrics_top_clients: crate::gateway::DEFAULT_METRICS_TOP_CLIENTS,
         }
     }
 }
@@ -1209,9 +1212,7 @@ portal_url = "https://portal.example/"
     #[test]
     fn the_library_defaults_are_the_options_defaults() {
         let o = Options::default();
-        let g = GatewayConfig::default();
-        assert_eq!(g.poll_interval, Duration::from_millis(o.poll_ms.get()));
-        assert_eq!(g.burst_ms, o.burst_ms.get());
+        assert_eq!(o.gateway(), GatewayConfig::default());
         assert_eq!(
             ApiOptions::default().metrics_top_clients,
             o.api.metrics_top_clients
