@@ -118,6 +118,20 @@ fn flood(
     }
 }
 
+/// One UDP echo from `ns` to `dst`, answered within 300 ms.
+fn echo(ns: &str, dst: std::net::SocketAddr, payload: &[u8]) -> Option<()> {
+    session_tests::traffic::udp_echo(
+        ns,
+        "0.0.0.0:0".parse().unwrap(),
+        dst,
+        payload,
+        None,
+        Duration::from_millis(300),
+    )
+    .ok()
+    .map(|_| ())
+}
+
 #[test]
 fn a_flood_of_random_macs_locks_out_neither_a_paying_client_nor_a_new_customer() {
     require_root();
@@ -158,15 +172,7 @@ fn a_flood_of_random_macs_locks_out_neither_a_paying_client_nor_a_new_customer()
     // on the gateway, its garden), pays, and is online within 5 s of paying.
     let dns = UdpServer::start(&hs.gw_ns, hs.gw_lan_sock(false, 53));
     let reached = wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
-        session_tests::traffic::udp_echo(
-            &customer.ns,
-            "0.0.0.0:0".parse().unwrap(),
-            dns.addr,
-            b"portal",
-            None,
-            Duration::from_millis(300),
-        )
-        .ok()
+        echo(&customer.ns, dns.addr, b"portal")
     });
     assert!(
         reached.is_some(),
@@ -179,15 +185,7 @@ fn a_flood_of_random_macs_locks_out_neither_a_paying_client_nor_a_new_customer()
     let paid = Instant::now();
     connect(&api, customer_id);
     let online = wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
-        session_tests::traffic::udp_echo(
-            &customer.ns,
-            "0.0.0.0:0".parse().unwrap(),
-            servers.udp4.addr,
-            b"online",
-            None,
-            Duration::from_millis(300),
-        )
-        .ok()
+        echo(&customer.ns, servers.udp4.addr, b"online")
     });
     assert!(
         online.is_some(),
