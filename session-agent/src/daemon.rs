@@ -175,6 +175,13 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
             warn!(lan = %other, "still attached from an earlier run: its clients are served and counted as before; `session-agent detach --lan {other}` removes it");
         }
     }
+    // Every LAN is gated by the datapath now: what kept them closed since boot goes.
+    if crate::nftables::open_lans()? {
+        info!(
+            table = crate::nftables::CLOSED_LANS_TABLE,
+            "the LANs forward again through the datapath (they were closed since boot)"
+        );
+    }
     let gateway = Gateway::new(mgr.clone(), lans, opts.gateway.clone());
     let names = Arc::new(crate::names::NameGarden::new(
         opts.names.clone(),

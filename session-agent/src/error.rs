@@ -85,6 +85,14 @@ pub enum AgentError {
         "--shaper htb needs --ingress tc: XDP cannot hand upload to the IFB device that shapes it"
     )]
     ShaperNeedsTc,
+    #[error("'{0}' is not an interface name nft takes (at most 15 characters; none of / : \" ' \\ or white space)")]
+    BadIfname(String),
+    #[error("{what}: nft refused the ruleset ({status}): {stderr}")]
+    NftRefused {
+        what: String,
+        status: String,
+        stderr: String,
+    },
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;

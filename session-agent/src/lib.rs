@@ -16,6 +16,7 @@ pub mod logging;
 pub mod memory;
 pub mod names;
 pub mod netlink;
+pub mod nftables;
 pub mod options;
 pub mod portal;
 pub mod radius;

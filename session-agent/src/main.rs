@@ -39,6 +39,13 @@ enum Cmd {
     /// Check `run`'s configuration file and flags, as `run` would read them,
     /// without starting anything.
     CheckConfig(RunArgs),
+    /// Keep the configuration's LANs from forwarding until `run` has attached
+    /// to them: an nftables table that `run` removes once the datapath gates
+    /// every LAN (the package's boot unit runs this before the network is up).
+    CloseLans(RunArgs),
+    /// Let the LANs forward again without waiting for `run` (undoes
+    /// `close-lans`; `run` does this itself once attached).
+    OpenLans,
     /// List known clients and their counters (reads the pinned maps; one
     /// client table serves every LAN).
     Clients {
@@ -249,6 +256,34 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 opts.store.name(),
                 opts.db.display()
             );
+            Ok(())
+        }
+        Cmd::CloseLans(a) => {
+            let lans = Options::load(&a.0)?.lan_names();
+            if lans.is_empty() {
+                println!("no LANs in the configuration: nothing to close");
+                return Ok(());
+            }
+            session_agent::nftables::close_lans(&lans)?;
+            println!(
+                "LANs {} closed: nothing is forwarded from or to them until `session-agent run` has attached (nftables table inet {})",
+                lans.join(", "),
+                session_agent::nftables::CLOSED_LANS_TABLE
+            );
+            Ok(())
+        }
+        Cmd::OpenLans => {
+            if session_agent::nftables::open_lans()? {
+                println!(
+                    "the LANs forward again (nftables table inet {} removed)",
+                    session_agent::nftables::CLOSED_LANS_TABLE
+                );
+            } else {
+                println!(
+                    "the LANs were not closed (no nftables table inet {})",
+                    session_agent::nftables::CLOSED_LANS_TABLE
+                );
+            }
             Ok(())
         }
         Cmd::Devices { cmd, api } => ctl::devices(&api, cmd),

@@ -723,6 +723,11 @@ fn builtin_portal_url(listen: Option<SocketAddr>) -> Option<String> {
 impl Options {
     /// The options of a command line: its config file (if `--config` names one),
     /// then the flags given on the command line over it.
+    /// The LAN interfaces given, as names.
+    pub fn lan_names(&self) -> Vec<String> {
+        self.lans.iter().map(|l| l.0.clone()).collect()
+    }
+
     pub fn load(matches: &ArgMatches) -> Result<Self, OptionsError> {
         let mut opts = match matches.get_one::<PathBuf>("config") {
             Some(path) => Self::read(path)?,

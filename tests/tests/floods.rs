@@ -278,3 +278,66 @@ fn the_gateways_addresses_are_the_kernels_and_followed_when_they_change() {
         "the gateway's address now: DHCP with it is no usage"
     );
 }
+
+/// What the package's boot unit does (`session-agent close-lans`) keeps the
+/// LAN from forwarding until the agent has attached, which lifts it.
+#[test]
+fn the_lan_forwards_nothing_from_boot_until_the_agent_has_attached() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let client = hs.client(0).clone();
+    let server = UdpServer::start(&hs.server_ns, hs.server_sock(false, 5009));
+    let send = |n: u32| {
+        let _ = UdpTransfer::run(&client.ns, server.addr, n, 100, 0, 0);
+        std::thread::sleep(Duration::from_millis(300));
+        server.datagrams()
+    };
+    let table = || {
+        session_tests::netns::run_ok(
+            session_tests::ns_command(&hs.gw_ns, "nft").args(["list", "ruleset"]),
+        )
+        .stdout
+    };
+    // Control: with nothing attached and nothing closed, the gateway forwards.
+    assert_eq!(send(5), 5, "the gateway does not forward at all");
+    let out = session_tests::agent::cli(&hs.gw_ns, &["close-lans", "--lan", &hs.lan_if]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("closed"),
+        "close-lans: {out:?}"
+    );
+    assert_eq!(send(20), 5, "forwarded from a closed LAN");
+    let rules = String::from_utf8_lossy(&table()).to_string();
+    assert!(
+        rules.contains("session_agent_closed") && rules.contains("packets 20"),
+        "the closing table did not count the 20 datagrams:\n{rules}"
+    );
+    // The agent attaches and lifts it: a paying client is served, an unpaid one is gated.
+    let agent = AgentBuilder::new(&hs).start();
+    let rules = String::from_utf8_lossy(&table()).to_string();
+    assert!(
+        !rules.contains("session_agent_closed"),
+        "the table is still there after the agent attached:\n{rules}"
+    );
+    assert!(
+        agent.log().contains("forward again"),
+        "the agent did not say it opened the LANs:\n{}",
+        agent.log_tail()
+    );
+    assert_eq!(send(5), 5, "an unpaid client was forwarded once open");
+    let api = agent.api();
+    let device = api.device_id(&client.mac);
+    new_session(&api, device, TIME, 600, 0.0, 0, 0);
+    connect(&api, device);
+    assert_eq!(
+        send(5),
+        10,
+        "a paying client is not served after the agent attached"
+    );
+    // Again: nothing to open, and `open-lans` says so.
+    let out = session_tests::agent::cli(&hs.gw_ns, &["open-lans"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("were not closed"),
+        "{out:?}"
+    );
+}

@@ -126,6 +126,11 @@ pub fn build() -> Result<PathBuf> {
         0o644,
     )?;
     write(
+        &stage.join("usr/lib/systemd/system/session-agent-close-lans.service"),
+        fs::read(pkg.join("session-agent-close-lans.service"))?,
+        0o644,
+    )?;
+    write(
         &stage.join("usr/lib/sysusers.d/session-agent.conf"),
         fs::read(pkg.join("sysusers.conf"))?,
         0o644,
@@ -182,7 +187,7 @@ pub fn build() -> Result<PathBuf> {
          Architecture: {ARCH}\n\
          Maintainer: {MAINTAINER}\n\
          Installed-Size: {}\n\
-         Depends: libc6 (>= 2.34), libgcc-s1 (>= 4.2), passwd, procps\n\
+         Depends: libc6 (>= 2.34), libgcc-s1 (>= 4.2), passwd, procps, nftables\n\
          Recommends: systemd\n\
          Homepage: https://github.com/session-agent/session-agent\n\
          Description: eBPF traffic metering and sessions for Wi-Fi hotspot gateways\n \
@@ -257,7 +262,7 @@ pub fn lintian(deb: &Path) -> Result<()> {
 pub fn install_check(deb: &Path) -> Result<()> {
     crate::toolchain::ensure_mmdebstrap()?;
     let root = crate::root_dir().join("target/package/debroot");
-    let tarball = crate::root_dir().join("target/package/debroot-systemd-procps.tar");
+    let tarball = crate::root_dir().join("target/package/debroot-systemd-procps-nftables.tar");
     if !tarball.exists() {
         println!(
             "==> making a throwaway Debian root with mmdebstrap (cached in {})",
@@ -267,8 +272,9 @@ pub fn install_check(deb: &Path) -> Result<()> {
             Command::new("mmdebstrap")
                 .args([
                     "--variant=minbase",
-                    // procps: ExecReload's kill, on every Debian system but minbase.
-                    "--include=systemd,procps",
+                    // procps: ExecReload's kill, on every Debian system but minbase;
+                    // nftables: the boot unit that keeps the LANs closed until attached.
+                    "--include=systemd,procps,nftables",
                     "--quiet",
                     "bookworm",
                 ])
@@ -325,15 +331,17 @@ pub fn install_check(deb: &Path) -> Result<()> {
     }
     let v = in_root(&["/usr/sbin/session-agent", "--version"])?;
     println!("    {}", v.trim());
-    println!("==> systemd-analyze verify session-agent.service");
-    print!(
-        "{}",
-        in_root(&[
-            "systemd-analyze",
-            "verify",
-            "/usr/lib/systemd/system/session-agent.service"
-        ])?
-    );
+    for unit in ["session-agent.service", "session-agent-close-lans.service"] {
+        println!("==> systemd-analyze verify {unit}");
+        print!(
+            "{}",
+            in_root(&[
+                "systemd-analyze",
+                "verify",
+                &format!("/usr/lib/systemd/system/{unit}")
+            ])?
+        );
+    }
     // The configuration as shipped parses (only lans is missing).
     let cfg = in_root(&[
         "/usr/sbin/session-agent",
@@ -397,6 +405,9 @@ fn foreground_run(root: &Path) -> Result<()> {
     use std::io::BufRead;
     let unit = fs::read_to_string(root.join("usr/lib/systemd/system/session-agent.service"))?;
     let (argv, caps) = unit_command(&unit)?;
+    let close_unit =
+        fs::read_to_string(root.join("usr/lib/systemd/system/session-agent-close-lans.service"))?;
+    let (close_argv, close_caps) = unit_command(&close_unit)?;
     println!(
         "==> the unit's command line with its capabilities ({}): {}",
         caps.join(", "),
@@ -457,13 +468,49 @@ fn foreground_run(root: &Path) -> Result<()> {
         .arg(root.join("sys"))
         .status();
     let netns = format!("--net=/run/netns/{ns}");
-    let bounding = format!(
-        "--bounding-set=-all,{}",
-        caps.iter()
-            .map(|c| format!("+{c}"))
-            .collect::<Vec<_>>()
-            .join(",")
+    let bounding_of = |caps: &[String]| {
+        format!(
+            "--bounding-set=-all,{}",
+            caps.iter()
+                .map(|c| format!("+{c}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    };
+    let bounding = bounding_of(&caps);
+    // The boot unit's command line with its capabilities: the LAN is closed.
+    let closed_table = |ns: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "list", "table", "inet"])
+            .arg("session_agent_closed")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    println!(
+        "==> the boot unit's command line with its capabilities ({}): {}",
+        close_caps.join(", "),
+        close_argv.join(" ")
     );
+    crate::run(
+        Command::new("nsenter")
+            .arg(&netns)
+            .arg("--")
+            .arg("chroot")
+            .arg(root)
+            .args([
+                "setpriv",
+                &bounding_of(&close_caps),
+                "--inh-caps=-all",
+                "--",
+            ])
+            .args(&close_argv)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+    )?;
+    if !closed_table(&ns) {
+        bail!("the boot unit's command left no nftables table inet session_agent_closed");
+    }
+    println!("    lan0 closed: table inet session_agent_closed loaded");
     let mut child = Command::new("nsenter")
         .arg(&netns)
         .arg("--")
@@ -514,7 +561,10 @@ fn foreground_run(root: &Path) -> Result<()> {
             String::from_utf8_lossy(&status.stderr)
         );
     }
-    println!("    READY; `session-agent status` answers over /run/session-agent/api.sock:");
+    if closed_table(&ns) {
+        bail!("READY, but the table that kept the LANs closed since boot is still there");
+    }
+    println!("    READY; the boot table is gone; `session-agent status` answers over /run/session-agent/api.sock:");
     for l in String::from_utf8_lossy(&status.stdout).lines().take(4) {
         println!("      {l}");
     }
