@@ -3,7 +3,8 @@
 //! verdicts come out, judged by an independent model of the garden below; for
 //! a paying client every passed byte is counted to exactly one client, once;
 //! a MAC without a slot in a full table gets only ARP, ND and DHCP, and is
-//! counted to nobody.
+//! counted to nobody. IPv4 frames include fragments: a later fragment reaches
+//! a client that has not paid only if the first fragment of its datagram did.
 //! `PROPTEST_CASES=N` runs more cases (256 by default). Needs root and bpffs.
 
 mod common;
@@ -29,6 +30,10 @@ enum L3 {
         sport: u16,
         dport: u16,
         payload: usize,
+        /// The IP ID and the flags and fragment offset word (0x2000: more
+        /// fragments; the low 13 bits: the offset in 8-byte units).
+        id: u16,
+        frag: u16,
     },
     V6 {
         src: Ipv6Addr,
@@ -150,8 +155,17 @@ fn spec(n: u8, up: bool) -> impl Strategy<Value = Spec> {
         port(),
         port(),
         0usize..300,
+        (
+            prop_oneof![Just(0x1234u16), any::<u16>()],
+            prop_oneof![
+                6 => Just(0x4000u16),
+                2 => Just(0x2000u16),
+                2 => (1u16..0x1fff).prop_map(|o| 0x2000 | o),
+                2 => 1u16..0x1fff,
+            ],
+        ),
     )
-        .prop_map(move |(a, b, proto, p1, p2, payload)| {
+        .prop_map(move |(a, b, proto, p1, p2, payload, (id, frag))| {
             // Going up the client's address is the source, coming down the destination.
             let (src, dst) = if up { (a, b) } else { (b, a) };
             L3::V4 {
@@ -161,6 +175,8 @@ fn spec(n: u8, up: bool) -> impl Strategy<Value = Spec> {
                 sport: p1,
                 dport: p2,
                 payload,
+                id,
+                frag,
             }
         });
     let v6 = (
@@ -204,7 +220,32 @@ fn spec(n: u8, up: bool) -> impl Strategy<Value = Spec> {
         prop_oneof![Just(own4), Just(GW_V4), v4_addr()],
     )
         .prop_map(|(sha, spa)| L3::Arp { sha, spa });
+    // Fragments of DNS over UDP with the gateway, as a large answer comes.
+    let dns_frag = (
+        port(),
+        0usize..300,
+        prop_oneof![Just(0x1234u16), Just(0x1235)],
+        prop_oneof![Just(0x2000u16), Just(0x2003), Just(0x0006)],
+    )
+        .prop_map(move |(p, payload, id, frag)| {
+            let (src, dst, sport, dport) = if up {
+                (own4, GW_V4, p, 53)
+            } else {
+                (GW_V4, own4, 53, p)
+            };
+            L3::V4 {
+                src,
+                dst,
+                proto: 17,
+                sport,
+                dport,
+                payload,
+                id,
+                frag,
+            }
+        });
     let l3 = prop_oneof![
+        1 => dns_frag,
         4 => v4,
         4 => v6,
         1 => arp,
@@ -253,9 +294,21 @@ fn build(s: &Spec, client: [u8; 6], up: bool) -> (Vec<u8>, u64) {
             sport,
             dport,
             payload,
+            id,
+            frag,
         } => {
-            let t = l4(*proto, *sport, *dport, 0, *payload);
+            // A later fragment carries data, not a transport header.
+            let t = if later_fragment(*frag) {
+                vec![0x5a; 8 + *payload]
+            } else {
+                l4(*proto, *sport, *dport, 0, *payload)
+            };
             let mut p = ipv4_header(*src, *dst, *proto, (20 + t.len()) as u16, 5);
+            p[4..6].copy_from_slice(&id.to_be_bytes());
+            p[6..8].copy_from_slice(&frag.to_be_bytes());
+            p[10..12].copy_from_slice(&[0, 0]);
+            let c = session_tests::raw::checksum(&p);
+            p[10..12].copy_from_slice(&c.to_be_bytes());
             p.extend_from_slice(&t);
             (ETH_P_IPV4, p)
         }
@@ -296,6 +349,43 @@ fn build(s: &Spec, client: [u8; 6], up: bool) -> (Vec<u8>, u64) {
     (tagged(&f, &s.tags), ip_len)
 }
 
+fn later_fragment(frag: u16) -> bool {
+    frag & 0x1fff != 0
+}
+
+/// A datagram's fragments: source, destination, protocol, IP ID.
+type FragKey = (Ipv4Addr, Ipv4Addr, u8, u16);
+
+/// The first fragments (more fragments, offset 0) the garden passed to the
+/// client, whose later fragments may follow.
+#[derive(Default)]
+struct Firsts(std::collections::HashSet<FragKey>);
+
+impl Firsts {
+    fn key(s: &Spec) -> Option<(FragKey, u16)> {
+        match &s.l3 {
+            L3::V4 {
+                src,
+                dst,
+                proto,
+                id,
+                frag,
+                ..
+            } => Some(((*src, *dst, *proto, *id), *frag)),
+            _ => None,
+        }
+    }
+
+    /// Notes a first fragment that passed going down.
+    fn passed(&mut self, s: &Spec, up: bool) {
+        if let Some((k, frag)) = Self::key(s) {
+            if !up && frag & 0x2000 != 0 && !later_fragment(frag) {
+                self.0.insert(k);
+            }
+        }
+    }
+}
+
 fn gw_v6(a: &Ipv6Addr) -> bool {
     *a == GW_V6 || *a == GW_LL
 }
@@ -307,7 +397,7 @@ fn link_local(a: &Ipv6Addr) -> bool {
 /// The walled garden of a client that has not paid, as the README states
 /// it: may this frame pass? (Addresses bound to other MACs and link-layer
 /// address options are not modelled: the model may only be more generous.)
-fn garden_model(s: &Spec, own: [u8; 6], up: bool) -> bool {
+fn garden_model(s: &Spec, own: [u8; 6], up: bool, firsts: &Firsts) -> bool {
     if s.tags.len() > 2 {
         return false;
     }
@@ -327,11 +417,22 @@ fn garden_model(s: &Spec, own: [u8; 6], up: bool) -> bool {
             proto,
             sport,
             dport,
+            frag,
             ..
         } => {
             let group = dst.is_multicast() || dst.is_broadcast();
             if group_frame && !group {
                 return false;
+            }
+            if later_fragment(*frag) {
+                // With the garden's whole networks (no port to judge), or to
+                // the client, of a datagram whose first fragment passed.
+                return if up {
+                    !group && dst.octets()[..2] == [10, 97]
+                } else {
+                    src.octets()[..2] == [10, 97]
+                        || Firsts::key(s).is_some_and(|(k, _)| firsts.0.contains(&k))
+                };
             }
             if up {
                 (*proto == 17 && *dport == 67 && (*dst == GW_V4 || *dst == Ipv4Addr::BROADCAST))
@@ -387,7 +488,27 @@ fn garden_model(s: &Spec, own: [u8; 6], up: bool) -> bool {
 /// What a MAC without a slot may exchange: the garden's ARP, ND and DHCP
 /// only (and, going down, the gateway's own non-IP frames and group frames).
 fn slotless_model(s: &Spec, own: [u8; 6], up: bool) -> bool {
-    if !garden_model(s, own, up) {
+    // DHCPv6 to any of the gateway's addresses (the garden lets unpaid
+    // clients reach its link-local one only).
+    if let L3::V6 {
+        src,
+        dst,
+        proto: 17,
+        sport,
+        dport,
+        ..
+    } = &s.l3
+    {
+        let dhcp = if up {
+            *dport == 547 && gw_v6(dst)
+        } else {
+            *sport == 547 && gw_v6(src)
+        };
+        if dhcp && s.peer_mac == GW_MAC && s.tags.len() <= 2 {
+            return true;
+        }
+    }
+    if !garden_model(s, own, up, &Firsts::default()) {
         return false;
     }
     let group_down = !up && s.peer_mac[0] & 1 == 1;
@@ -396,8 +517,14 @@ fn slotless_model(s: &Spec, own: [u8; 6], up: bool) -> bool {
             proto,
             sport,
             dport,
+            frag,
             ..
-        } => group_down || (*proto == 17 && (if up { *dport } else { *sport }) == 67),
+        } => {
+            group_down
+                || (*proto == 17
+                    && !later_fragment(*frag)
+                    && (if up { *dport } else { *sport }) == 67)
+        }
         L3::V6 {
             proto,
             sport,
@@ -448,16 +575,52 @@ fn a_client_that_has_not_paid_gets_only_garden_verdicts() {
 fn unpaid_only_garden() {
     let dp = Datapath::new();
     let own = client_mac(UNPAID).addr;
+    let firsts = std::cell::RefCell::new(Firsts::default());
     proptest!(config(), |(s in spec(UNPAID, true), down in spec(UNPAID, false))| {
         for (s, up) in [(s, true), (down, false)] {
             let (f, _) = build(&s, own, up);
             let v = run(&dp, up, &f);
             if v == TC_PASS {
+                firsts.borrow_mut().passed(&s, up);
                 prop_assert!(
-                    garden_model(&s, own, up),
+                    garden_model(&s, own, up, &firsts.borrow()),
                     "{} passed outside the garden: {s:?}\n{f:02x?}",
                     if up { "upload" } else { "download" }
                 );
+                // The rest of a datagram whose first fragment passed passes
+                // too (unless the garden's rate limit holds it); a later
+                // fragment of another datagram does not.
+                if let L3::V4 { frag, src, .. } = &s.l3 {
+                    if !up && *frag & 0x2000 != 0 && !later_fragment(*frag) {
+                        let with = |frag: u16, id_add: u16| {
+                            let mut l = s.clone();
+                            if let L3::V4 { frag: f, id, .. } = &mut l.l3 {
+                                *f = frag;
+                                *id = id.wrapping_add(id_add);
+                            }
+                            l
+                        };
+                        let limited = || dp.h.maps.stats().unwrap()[STAT_GARDEN_RATELIMIT as usize]
+                            + dp.h.maps.stats().unwrap()[STAT_GARDEN_TOTAL as usize];
+                        let rest = with(0x0003, 0);
+                        let before = limited();
+                        let v = dp.down(&build(&rest, own, false).0);
+                        prop_assert!(
+                            v == TC_PASS || limited() > before,
+                            "the rest of a datagram whose first fragment passed was dropped: {rest:?}"
+                        );
+                        let stray = with(0x0003, 1);
+                        let key = Firsts::key(&stray).unwrap().0;
+                        if src.octets()[..2] != [10, 97] && !firsts.borrow().0.contains(&key) {
+                            prop_assert_ne!(
+                                dp.down(&build(&stray, own, false).0),
+                                TC_PASS,
+                                "a later fragment of a datagram the garden never saw passed: {:?}",
+                                stray
+                            );
+                        }
+                    }
+                }
             }
             let (u, d, _) = usage(&dp, UNPAID);
             prop_assert_eq!((u, d), (0, 0), "usage of a client that has not paid");

@@ -401,3 +401,53 @@ pub fn solicited_node(a: Ipv6Addr) -> (Ipv6Addr, [u8; 6]) {
     );
     (ip, [0x33, 0x33, 0xff, o[13], o[14], o[15]])
 }
+
+/// A flood of frames from random source MACs: UDP from a client's address
+/// through the gateway, one MAC per frame drawn from a pool of `pool` (the
+/// sequence starts again after `pool` frames, so no more than `pool` distinct
+/// MACs), until `frames` are sent or `until` passes. Bounded in count and time.
+pub struct MacFlood {
+    pub pool: u32,
+    pub frames: u64,
+    pub until: std::time::Instant,
+}
+
+impl MacFlood {
+    /// Sends from `c` to `dst` through the gateway (`gw_mac`) until done or
+    /// `stop` is set; `sent` counts the frames the socket took.
+    pub fn send(
+        &self,
+        c: &Client,
+        gw_mac: [u8; 6],
+        dst: Ipv4Addr,
+        sent: &std::sync::atomic::AtomicU64,
+        stop: &std::sync::atomic::AtomicBool,
+    ) {
+        use std::sync::atomic::Ordering;
+        let tx = RawSender::open(&c.ns, &c.ifname).expect("raw socket");
+        let seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
+        let mut state = seed;
+        for i in 0..self.frames {
+            if i % u64::from(self.pool.max(1)) == 0 {
+                state = seed;
+            }
+            if i % 4096 == 4095 {
+                if stop.load(Ordering::Relaxed) || std::time::Instant::now() >= self.until {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let b = state.to_be_bytes();
+            // Locally administered, unicast, never zero.
+            let mac = [0x02 | (b[0] & 0xfc), b[1], b[2], b[3], b[4], b[5] | 1];
+            let mut f = eth(gw_mac, mac, 0x0800);
+            f.extend_from_slice(&ipv4_udp(c.ipv4, dst, 40000, 9, &[0u8; 18]));
+            if tx.send(&f).is_ok() {
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use session_tests::raw::{eth, ipv4_udp, RawSender, ETH_P_IPV4};
+use session_tests::raw::MacFlood;
 use session_tests::sessions::*;
 use session_tests::topo::parse_mac;
 use session_tests::traffic::UdpTransfer;
@@ -85,39 +85,6 @@ fn a_dns_tunnel_through_the_gateway_is_charged_to_the_paying_client_and_ends_wit
     );
 }
 
-/// `n` frames from random MACs (one each) to the server through the gateway.
-fn flood(
-    c: &session_tests::topo::Client,
-    gw_mac: [u8; 6],
-    dst: std::net::Ipv4Addr,
-    n: u32,
-    sent: &AtomicU64,
-    stop: &AtomicBool,
-) {
-    let tx = RawSender::open(&c.ns, &c.ifname).expect("raw socket");
-    let src = c.ipv4;
-    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
-    for i in 0..n {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let b = state.to_be_bytes();
-        // Locally administered, unicast, never zero.
-        let mac = [0x02 | (b[0] & 0xfc), b[1], b[2], b[3], b[4], b[5] | 1];
-        let mut f = eth(gw_mac, mac, ETH_P_IPV4);
-        f.extend_from_slice(&ipv4_udp(src, dst, 40000, 9, &[0u8; 18]));
-        if tx.send(&f).is_ok() {
-            sent.fetch_add(1, Ordering::Relaxed);
-        }
-        if i % 4096 == 4095 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
 /// One UDP echo from `ns` to `dst`, answered within 300 ms.
 fn echo(ns: &str, dst: std::net::SocketAddr, payload: &[u8]) -> Option<()> {
     session_tests::traffic::udp_echo(
@@ -160,13 +127,20 @@ fn a_flood_of_random_macs_locks_out_neither_a_paying_client_nor_a_new_customer()
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicBool::new(false)),
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
     let gw_mac = parse_mac(&hs.gw_lan_mac);
     let server = hs.server_v4;
     let flooder = {
         let (c, sent, stop) = (attacker.clone(), sent.clone(), stop.clone());
-        std::thread::spawn(move || flood(&c, gw_mac, server, 200_000, &sent, &stop))
+        std::thread::spawn(move || {
+            MacFlood {
+                pool: 200_000,
+                frames: 200_000,
+                until: deadline,
+            }
+            .send(&c, gw_mac, server, &sent, &stop)
+        })
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
     std::thread::sleep(Duration::from_secs(2));
     // A new customer arrives during the flood, reaches the portal (here: DNS
     // on the gateway, its garden), pays, and is online within 5 s of paying.

@@ -7,13 +7,15 @@
 //! 2. `forwarding`: 64-byte UDP packets/s and bulk TCP through the gateway ([`forwarding`]);
 //! 3. `rate-limit`: TCP goodput, retransmits and RTT under a speed limit ([`ratelimit`]);
 //! 4. `quota`: bytes delivered past a 10 MB data budget ([`quota`]);
-//! 5. `agent-cost`: counter poll time and resident memory (session-agent/benches/datapath.rs).
+//! 5. `agent-cost`: counter poll time and resident memory (session-agent/benches/datapath.rs);
+//! 6. `flood`: a new customer's way to the portal and online under a flood of MACs ([`flood`]).
 //!
 //! Runs of the compared setups are interleaved (A B C A B C ...), each figure is
 //! the median of the runs, and comparisons are ratios to a reference measured in
 //! the same run. Results go to `bench/results.json` and the
 //! `<!-- xtask-bench:start -->` section of BENCHMARKS.md.
 
+mod flood;
 mod forwarding;
 mod gen;
 mod memory;
@@ -109,12 +111,13 @@ pub struct Opts {
 }
 
 /// The scenarios, by number and name.
-pub const SCENARIOS: [(u8, &str); 5] = [
+pub const SCENARIOS: [(u8, &str); 6] = [
     (1, "program-cost"),
     (2, "forwarding"),
     (3, "rate-limit"),
     (4, "quota"),
     (5, "agent-cost"),
+    (6, "flood"),
 ];
 
 /// Parses `--only` (numbers or names, comma separated).
@@ -247,6 +250,7 @@ pub fn run(agent_bin: &Path, quick: bool, only: &[String], runs: Option<u32>) ->
             "forwarding" => catch(|| forwarding::run(&opts)),
             "rate-limit" => catch(|| ratelimit::run(&opts)),
             "quota" => catch(|| quota::run(&opts)),
+            "flood" => catch(|| flood::run(&opts)),
             _ => unreachable!(),
         };
         let seconds = t.elapsed().as_secs_f64();

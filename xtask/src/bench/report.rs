@@ -122,6 +122,7 @@ pub fn scenario_key(name: &str) -> &'static str {
         "rate-limit" => "rate_limit",
         "quota" => "quota",
         "agent-cost" => "agent_cost",
+        "flood" => "flood",
         _ => "unknown",
     }
 }
@@ -491,6 +492,56 @@ pub fn goals(r: &Results) -> Vec<Goal> {
             }),
         }
     }
+    // 6. Flood: judged on both floods.
+    {
+        let goal = "under 30 s of 200,000 random MACs a new customer reaches the portal, is online within 5 s of paying, a paying client loses nothing, the agent's memory stays bounded";
+        let worst = |m: &Measurement| m.runs.iter().copied().fold(f64::MIN, f64::max);
+        let quick = r.run_of("flood").is_some_and(|s| s.quick);
+        let mut parts = Vec::new();
+        let mut met = true;
+        for case in ["flood", "flood_unthrottled"] {
+            let f = |metric: &str| r.find("flood", case, None, metric);
+            if let (Some(portal), Some(online), Some(lost), Some(table), Some(rss)) = (
+                f("portal_ms"),
+                f("online_ms"),
+                f("payer_lost_probes"),
+                f("table_clients_max"),
+                f("agent_rss_growth_mib"),
+            ) {
+                parts.push(format!(
+                    "{case}: portal after {:.0} ms (worst {:.0}), online {:.0} ms after paying (worst {:.0}); {:.0} probes lost (worst {:.0}); table up to {:.0} clients; RSS {:+.1} MiB",
+                    portal.median,
+                    worst(portal),
+                    online.median,
+                    worst(online),
+                    lost.median,
+                    worst(lost),
+                    table.median,
+                    rss.median,
+                ));
+                met &= worst(online) <= 5000.0 && worst(lost) <= 2.0 && worst(rss) < 64.0;
+            }
+        }
+        v.push(Goal {
+            scenario: "6 flood",
+            goal,
+            measured: if parts.is_empty() {
+                "-".into()
+            } else {
+                parts.join("; ")
+                    + if quick {
+                        "; 10 s floods (`--quick`)"
+                    } else {
+                        ""
+                    }
+            },
+            status: if parts.len() < 2 || quick {
+                Status::NotMeasured
+            } else {
+                Status::of(met)
+            },
+        });
+    }
     v
 }
 
@@ -858,6 +909,32 @@ session-agent's TC ingress program in the same 64-byte traffic, from the kernel'
                 f("check_table", "wall_ms"),
                 f("check_table", "cpu_ms"),
                 f("resident_memory", "rss_mib"),
+            );
+        }
+    }
+    // 6. Flood.
+    s += "\n### 6. A flood of MACs\n\n";
+    s += &run_line(r, "flood");
+    s += "\n\n";
+    s += &notes(r, "flood");
+    if r.measurements.iter().any(|m| m.scenario == "flood") {
+        s += "\n| case | frames sent | portal ms | online after paying ms | paying client's lost probes | table clients (max) | agent RSS growth MiB |\n|---|---:|---:|---:|---:|---:|---:|\n";
+        for c in ["quiet", "flood", "flood_unthrottled"] {
+            let f = |metric: &str, digits: usize| {
+                r.find("flood", c, None, metric)
+                    .map(|m| format!("{:.*}", digits, m.median))
+                    .unwrap_or_else(|| "-".into())
+            };
+            s += &format!(
+                "| {c} | {} | {} | {} | {} | {} | {} |\n",
+                r.find("flood", c, None, "frames")
+                    .map(|m| thousands(m.median.max(0.0) as u64))
+                    .unwrap_or_else(|| "-".into()),
+                f("portal_ms", 1),
+                f("online_ms", 1),
+                f("payer_lost_probes", 0),
+                f("table_clients_max", 0),
+                f("agent_rss_growth_mib", 1),
             );
         }
     }
