@@ -14,6 +14,8 @@ use session_tests::{
 
 const SECRET: &str = "t3st-s3cret";
 
+/// `short` and `trunc` get malformed limits: FreeRADIUS sends an `Attr-N`
+/// (or `Attr-26.VENDOR.N`) given in hex as those bytes, whatever its type.
 const USERS: &str = r#"alice	Cleartext-Password := "wonder"
 	Session-Timeout = 3600,
 	ChilliSpot-Max-Total-Octets = 705032704,
@@ -38,6 +40,13 @@ ivy	Cleartext-Password := "idle"
 
 eve	Cleartext-Password := "right"
 	Reply-Message = "Wrong password"
+
+short	Cleartext-Password := "timeout"
+	Attr-27 = 0x0e10
+
+trunc	Cleartext-Password := "octets"
+	Session-Timeout = 3600,
+	Attr-26.14559.3 = 0x0f4240
 "#;
 
 fn secret_file(hs: &Hotspot) -> String {
@@ -553,6 +562,144 @@ fn disconnect_and_coa_requests_from_the_server_act_at_once_and_forged_ones_are_r
         Duration::from_millis(500)
     )
     .is_err());
+}
+
+/// A signed Access-Accept with an attribute of the wrong length: the login is
+/// refused with the attribute named, and no session, no Start, no traffic.
+fn refused_for(
+    agent: &Agent,
+    radius: &FreeRadius,
+    c: &session_tests::Client,
+    user: &str,
+    password: &str,
+    attribute: &str,
+) {
+    let id = device(agent, &c.mac);
+    let r = login(agent, id, user, password);
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (503, Some("radius_invalid_accept")),
+        "{}",
+        r.body
+    );
+    let msg = r.body["message"].as_str().unwrap_or_default();
+    assert!(msg.contains(attribute), "{msg}");
+    assert!(
+        agent.log().contains(&format!("attribute=\"{attribute}\""))
+            || agent.log().contains(&format!("attribute={attribute}")),
+        "{}",
+        agent.log_tail()
+    );
+    let sessions: Value = agent
+        .api()
+        .get(&format!("/v1/devices/{id}/sessions"))
+        .ok("sessions");
+    assert_eq!(sessions.as_array().map(Vec::len), Some(0), "{sessions}");
+    assert!(!agent.client_or_zero(&c.mac).allowed);
+    assert!(
+        !radius
+            .accounting()
+            .iter()
+            .any(|r| attr(r, "User-Name") == Some(user)),
+        "{:?}",
+        radius.accounting()
+    );
+}
+
+#[test]
+fn an_accept_with_a_malformed_limit_is_refused_and_names_the_attribute() {
+    require_root();
+    let (hs, _servers, radius) = site(2, 5151, &RadiusConfig::new(SECRET, USERS));
+    let agent = agent_with(&hs, &radius).start();
+    // Session-Timeout of 2 bytes (RFC 2865: 4).
+    refused_for(
+        &agent,
+        &radius,
+        &hs.clients[0],
+        "short",
+        "timeout",
+        "Session-Timeout",
+    );
+    // ChilliSpot-Max-Total-Octets of 3 bytes.
+    refused_for(
+        &agent,
+        &radius,
+        &hs.clients[1],
+        "trunc",
+        "octets",
+        "ChilliSpot-Max-Total-Octets",
+    );
+}
+
+#[test]
+fn coa_and_disconnect_requests_with_a_malformed_attribute_are_naked_and_change_nothing() {
+    require_root();
+    let (hs, _servers, radius) = site(1, 5161, &RadiusConfig::new(SECRET, USERS));
+    let coa = std::net::SocketAddr::new(hs.gw_wan_v4.into(), 3799);
+    let agent = agent_with(&hs, &radius)
+        .arg("--radius-coa-listen")
+        .arg(coa.to_string())
+        .start();
+    let c = &hs.clients[0];
+    let id = device(&agent, &c.mac);
+    assert_eq!(login(&agent, id, "dave", "diver").status, 201);
+    // What a CoA-Request may change.
+    let session = || {
+        let s = agent
+            .api()
+            .get(&format!("/v1/devices/{id}/current-session"))
+            .ok("session");
+        [
+            "type",
+            "time_secs",
+            "data_bytes",
+            "down_mbits",
+            "up_mbits",
+            "use_global_speed",
+        ]
+        .map(|k| s[k].clone())
+    };
+    let before = session();
+    let send = |kind: &str, attrs: &str| {
+        let (answered, out) = session_tests::radius::radclient(
+            &hs.server_ns,
+            coa,
+            kind,
+            SECRET,
+            &format!("User-Name = dave, {attrs}, Message-Authenticator = 0x00"),
+        );
+        assert!(answered, "{out}");
+        out
+    };
+    // A good speed next to a 2-byte Session-Timeout: nothing of it applies.
+    let out = send(
+        "coa",
+        "WISPr-Bandwidth-Max-Down = 5000000, Attr-27 = 0x0e10",
+    );
+    assert!(out.contains("CoA-NAK"), "{out}");
+    assert!(out.contains("Error-Cause = Invalid-Request"), "{out}");
+    // A 3-byte ChilliSpot-Max-Total-Octets.
+    let out = send("coa", "Attr-26.14559.3 = 0x0f4240");
+    assert!(out.contains("CoA-NAK"), "{out}");
+    assert!(out.contains("Error-Cause = Invalid-Request"), "{out}");
+    // A terminate time that is no time: a value the agent cannot take.
+    let out = send("coa", "WISPr-Session-Terminate-Time = \"soon\"");
+    assert!(out.contains("CoA-NAK"), "{out}");
+    assert!(
+        out.contains("Error-Cause = Invalid-Attribute-Value"),
+        "{out}"
+    );
+    assert_eq!(session(), before);
+    // A Disconnect-Request with a malformed attribute disconnects nobody.
+    let out = send("disconnect", "Attr-27 = 0x0e10");
+    assert!(out.contains("Disconnect-NAK"), "{out}");
+    assert!(out.contains("Error-Cause = Invalid-Request"), "{out}");
+    assert!(agent.client_or_zero(&c.mac).allowed);
+    assert!(
+        agent.log().contains("Session-Timeout"),
+        "{}",
+        agent.log_tail()
+    );
 }
 
 #[test]

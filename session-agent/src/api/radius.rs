@@ -42,6 +42,13 @@ impl From<RadiusError> for ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, "login_rejected", msg)
             }
             RadiusError::HasSession(_) => ApiError::new(StatusCode::CONFLICT, "has_session", msg),
+            // The server answered, but with an Accept that cannot be
+            // applied: the operator fixes the server, the user waits.
+            RadiusError::InvalidAccept(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "radius_invalid_accept",
+                msg,
+            ),
             RadiusError::Unavailable(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "radius_unavailable", msg)
             }

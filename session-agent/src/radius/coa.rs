@@ -2,7 +2,10 @@
 //! from the configured clients only, checked with the shared secret and a
 //! Message-Authenticator, for the open RADIUS sessions named by
 //! Acct-Session-Id, Calling-Station-Id or User-Name (all that are given must
-//! match). Anything else is dropped unanswered and logged.
+//! match). A request whose attributes do not check out (an attribute the
+//! agent reads of the wrong length, given twice, or with a value it cannot
+//! take) is answered with a NAK, Invalid-Request or Invalid-Attribute-Value,
+//! and changes nothing. Anything else is dropped unanswered and logged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use tracing::{info, warn};
 use session_model::SessionType;
 
 use super::acct::{Cause, OpenSession};
-use super::codec::{self, attr};
+use super::codec::{self, attr, Fault, InvalidAttribute};
 use super::{Authorization, Radius};
 use crate::gateway::Gateway;
 
@@ -22,8 +25,30 @@ use crate::gateway::Gateway;
 const MISSING_ATTRIBUTE: u32 = 402;
 const NAS_MISMATCH: u32 = 403;
 const INVALID_REQUEST: u32 = 404;
+const INVALID_ATTRIBUTE_VALUE: u32 = 407;
 const NO_SESSION: u32 = 503;
 const RESOURCES_UNAVAILABLE: u32 = 506;
+
+/// What a request names its sessions and this NAS by (RFC 5176 3: each at
+/// most once, text).
+struct Names {
+    nas: Option<String>,
+    acct_session_id: Option<String>,
+    calling: Option<String>,
+    user: Option<String>,
+}
+
+impl Names {
+    fn read(p: &Packet) -> Result<Self, InvalidAttribute> {
+        let one = |typ| codec::at_most_one(codec::texts(p, typ)?, codec::name(typ));
+        Ok(Names {
+            nas: one(attr::NAS_IDENTIFIER)?,
+            acct_session_id: one(attr::ACCT_SESSION_ID)?,
+            calling: one(attr::CALLING_STATION_ID)?,
+            user: one(attr::USER_NAME)?,
+        })
+    }
+}
 
 /// `aa-bb-..`, `AA:BB:..` and `aabb..` name the same station.
 fn station(s: &str) -> String {
@@ -92,10 +117,26 @@ impl Radius {
             }
             codec::encode_signed(p).ok()
         };
-        let outcome = match self.coa_sessions(&request) {
+        // Every attribute the agent reads is checked before anything is
+        // done: a malformed one refuses the whole request.
+        let checked = Names::read(&request)
+            .and_then(|names| Ok((names, Authorization::read(&request)?)))
+            .map_err(|bad| {
+                warn!(
+                    %from,
+                    attribute = bad.name,
+                    "RADIUS {} refused: its {bad}",
+                    request.get_code().string()
+                );
+                match bad.fault {
+                    Fault::Length => INVALID_REQUEST,
+                    Fault::Value => INVALID_ATTRIBUTE_VALUE,
+                }
+            });
+        let outcome = match checked.and_then(|(names, a)| Ok((self.coa_sessions(&names)?, a))) {
             Err(cause) => Err(cause),
-            Ok(sessions) if ack == Code::DisconnectACK => self.disconnect(gw, &sessions).await,
-            Ok(sessions) => self.change(gw, &request, &sessions).await,
+            Ok((sessions, _)) if ack == Code::DisconnectACK => self.disconnect(gw, &sessions).await,
+            Ok((sessions, a)) => self.change(gw, a, &sessions).await,
         };
         match outcome {
             Ok(n) => {
@@ -116,15 +157,15 @@ impl Radius {
     }
 
     /// The open sessions a request names, or its Error-Cause.
-    fn coa_sessions(&self, p: &Packet) -> Result<Vec<OpenSession>, u32> {
-        if let Some(nas) = codec::text(p, attr::NAS_IDENTIFIER) {
-            if nas != self.opts.nas_identifier {
+    fn coa_sessions(&self, names: &Names) -> Result<Vec<OpenSession>, u32> {
+        if let Some(nas) = &names.nas {
+            if *nas != self.opts.nas_identifier {
                 return Err(NAS_MISMATCH);
             }
         }
-        let acct_id = codec::text(p, attr::ACCT_SESSION_ID);
-        let calling = codec::text(p, attr::CALLING_STATION_ID).map(|c| station(&c));
-        let user = codec::text(p, attr::USER_NAME);
+        let acct_id = names.acct_session_id.as_ref();
+        let calling = names.calling.as_deref().map(station);
+        let user = names.user.as_ref();
         if acct_id.is_none() && calling.is_none() && user.is_none() {
             return Err(MISSING_ATTRIBUTE);
         }
@@ -135,9 +176,9 @@ impl Radius {
         let found: Vec<OpenSession> = open
             .into_iter()
             .filter(|s| {
-                acct_id.as_ref().is_none_or(|a| *a == s.acct_session_id)
+                acct_id.is_none_or(|a| *a == s.acct_session_id)
                     && calling.as_ref().is_none_or(|c| *c == station(&s.calling))
-                    && user.as_ref().is_none_or(|u| *u == s.user_name)
+                    && user.is_none_or(|u| *u == s.user_name)
             })
             .collect();
         if found.is_empty() {
@@ -168,10 +209,9 @@ impl Radius {
     async fn change(
         &self,
         gw: &Gateway,
-        p: &Packet,
+        a: Authorization,
         sessions: &[OpenSession],
     ) -> Result<usize, u32> {
-        let a = Authorization::read(p);
         for n in &a.notes {
             warn!("RADIUS CoA-Request: {n}");
         }

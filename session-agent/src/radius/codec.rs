@@ -243,44 +243,206 @@ pub fn vendor_avp(vendor: u32, typ: u8, value: &[u8]) -> AVP {
     AVP::from_bytes(attr::VENDOR_SPECIFIC, &v)
 }
 
+/// How an attribute is wrong: RFC 5176 answers the first with
+/// Invalid-Request (404), the second with Invalid-Attribute-Value (407).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Its length is not its type's, or it appears more often than allowed.
+    Length,
+    /// Its length is right but its value is not one the agent can take.
+    Value,
+}
+
+/// An attribute of a server's message that the agent reads but that is not
+/// what its RFC or vendor dictionary says it is. RFC 2865 (5): such an
+/// Access-Accept counts as an Access-Reject.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name} {problem}")]
+pub struct InvalidAttribute {
+    /// The attribute's dictionary name, e.g. `Session-Timeout`.
+    pub name: &'static str,
+    pub problem: String,
+    pub fault: Fault,
+}
+
+impl InvalidAttribute {
+    pub fn length(name: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            name,
+            problem: problem.into(),
+            fault: Fault::Length,
+        }
+    }
+
+    pub fn value(name: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            name,
+            problem: problem.into(),
+            fault: Fault::Value,
+        }
+    }
+}
+
+/// The dictionary name of an attribute the agent reads.
+pub fn name(typ: u8) -> &'static str {
+    match typ {
+        attr::USER_NAME => "User-Name",
+        attr::REPLY_MESSAGE => "Reply-Message",
+        attr::STATE => "State",
+        attr::CLASS => "Class",
+        attr::VENDOR_SPECIFIC => "Vendor-Specific",
+        attr::SESSION_TIMEOUT => "Session-Timeout",
+        attr::IDLE_TIMEOUT => "Idle-Timeout",
+        attr::CALLING_STATION_ID => "Calling-Station-Id",
+        attr::NAS_IDENTIFIER => "NAS-Identifier",
+        attr::ACCT_SESSION_ID => "Acct-Session-Id",
+        attr::ACCT_INTERIM_INTERVAL => "Acct-Interim-Interval",
+        _ => "attribute",
+    }
+}
+
+/// The dictionary name of a vendor attribute the agent reads, if it is one.
+pub fn vendor_name(vendor: u32, typ: u8) -> Option<&'static str> {
+    Some(match (vendor, typ) {
+        (VENDOR_WISPR, wispr::BANDWIDTH_MAX_UP) => "WISPr-Bandwidth-Max-Up",
+        (VENDOR_WISPR, wispr::BANDWIDTH_MAX_DOWN) => "WISPr-Bandwidth-Max-Down",
+        (VENDOR_WISPR, wispr::SESSION_TERMINATE_TIME) => "WISPr-Session-Terminate-Time",
+        (VENDOR_CHILLISPOT, chilli::MAX_INPUT_OCTETS) => "ChilliSpot-Max-Input-Octets",
+        (VENDOR_CHILLISPOT, chilli::MAX_OUTPUT_OCTETS) => "ChilliSpot-Max-Output-Octets",
+        (VENDOR_CHILLISPOT, chilli::MAX_TOTAL_OCTETS) => "ChilliSpot-Max-Total-Octets",
+        (VENDOR_CHILLISPOT, chilli::BANDWIDTH_MAX_UP) => "ChilliSpot-Bandwidth-Max-Up",
+        (VENDOR_CHILLISPOT, chilli::BANDWIDTH_MAX_DOWN) => "ChilliSpot-Bandwidth-Max-Down",
+        (VENDOR_CHILLISPOT, chilli::MAX_INPUT_GIGAWORDS) => "ChilliSpot-Max-Input-Gigawords",
+        (VENDOR_CHILLISPOT, chilli::MAX_OUTPUT_GIGAWORDS) => "ChilliSpot-Max-Output-Gigawords",
+        (VENDOR_CHILLISPOT, chilli::MAX_TOTAL_GIGAWORDS) => "ChilliSpot-Max-Total-Gigawords",
+        _ => return None,
+    })
+}
+
+/// Whether the agent reads this vendor's attributes (and so their layout
+/// must be the one RFC 2865 5.26 recommends).
+fn known_vendor(vendor: u32) -> bool {
+    matches!(vendor, VENDOR_WISPR | VENDOR_CHILLISPOT)
+}
+
 /// Every vendor attribute of a message as (vendor, type, value); one
-/// Vendor-Specific attribute may carry several.
-pub fn vendor_attrs(packet: &Packet) -> Vec<(u32, u8, Vec<u8>)> {
+/// Vendor-Specific attribute may carry several. A Vendor-Specific too short
+/// for a vendor id and one sub-attribute, or one of the vendors the agent
+/// reads whose sub-attributes do not fill it exactly, is an error; other
+/// vendors may lay theirs out otherwise, and what does not parse of them is
+/// left out.
+pub fn vendor_attrs(packet: &Packet) -> Result<Vec<(u32, u8, Vec<u8>)>, InvalidAttribute> {
     let mut out = Vec::new();
     for avp in packet.lookup_all(attr::VENDOR_SPECIFIC) {
         let v = avp.encode_bytes();
-        if v.len() < 4 {
-            continue;
+        if v.len() < 5 {
+            return Err(InvalidAttribute::length(
+                name(attr::VENDOR_SPECIFIC),
+                format!(
+                    "has {} bytes: at least 5 (a vendor id and a sub-attribute) are needed",
+                    v.len()
+                ),
+            ));
         }
         let vendor = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+        let strict = known_vendor(vendor);
         let mut at = 4;
-        while at + 2 <= v.len() {
-            let len = v[at + 1] as usize;
-            if len < 2 || at + len > v.len() {
+        while at < v.len() {
+            let len = v.get(at + 1).map_or(0, |&l| l as usize);
+            if at + 2 > v.len() || len < 2 || at + len > v.len() {
+                if strict {
+                    let what = vendor_name(vendor, v[at]).unwrap_or("Vendor-Specific");
+                    return Err(InvalidAttribute::length(
+                        what,
+                        format!(
+                            "(vendor {vendor}) has a sub-attribute length that does not fit its Vendor-Specific attribute"
+                        ),
+                    ));
+                }
                 break;
             }
             out.push((vendor, v[at], v[at + 2..at + len].to_vec()));
             at += len;
         }
     }
-    out
+    Ok(out)
 }
 
-/// A 32-bit integer attribute's value.
-pub fn int(packet: &Packet, typ: u8) -> Option<u32> {
-    packet.lookup(typ).and_then(|a| a.encode_u32().ok())
+/// The one value of an attribute that may appear at most once.
+pub fn at_most_one<T>(
+    mut values: Vec<T>,
+    name: &'static str,
+) -> Result<Option<T>, InvalidAttribute> {
+    if values.len() > 1 {
+        return Err(InvalidAttribute::length(
+            name,
+            format!("appears {} times: at most once is allowed", values.len()),
+        ));
+    }
+    Ok(values.pop())
 }
 
-/// A text attribute's value (lossy UTF-8).
+/// A 32-bit integer attribute's value: none when it is absent, an error when
+/// it is not 4 bytes long or appears more than once.
+pub fn int(packet: &Packet, typ: u8) -> Result<Option<u32>, InvalidAttribute> {
+    let values = packet
+        .lookup_all(typ)
+        .iter()
+        .map(|a| be_u32(name(typ), &a.encode_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    at_most_one(values, name(typ))
+}
+
+/// Every value of a string attribute (Class, State): each at least one byte.
+pub fn octets(packet: &Packet, typ: u8) -> Result<Vec<Vec<u8>>, InvalidAttribute> {
+    packet
+        .lookup_all(typ)
+        .iter()
+        .map(|a| {
+            let v = a.encode_bytes();
+            if v.is_empty() {
+                Err(InvalidAttribute::length(
+                    name(typ),
+                    "is empty: it must have at least one byte",
+                ))
+            } else {
+                Ok(v)
+            }
+        })
+        .collect()
+}
+
+/// Every value of a text attribute: each at least one byte, and UTF-8
+/// (RFC 2865 5: "text").
+pub fn texts(packet: &Packet, typ: u8) -> Result<Vec<String>, InvalidAttribute> {
+    octets(packet, typ)?
+        .into_iter()
+        .map(|v| {
+            String::from_utf8(v)
+                .map_err(|_| InvalidAttribute::value(name(typ), "is not UTF-8 text"))
+        })
+        .collect()
+}
+
+/// A text attribute's value (lossy UTF-8), for messages nothing depends on.
 pub fn text(packet: &Packet, typ: u8) -> Option<String> {
     packet
         .lookup(typ)
         .map(|a| String::from_utf8_lossy(&a.encode_bytes()).into_owned())
 }
 
-/// A 32-bit integer from a vendor attribute's value.
-pub fn be_u32(v: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(v.try_into().ok()?))
+/// A 32-bit integer value of the attribute `name`: exactly 4 bytes.
+pub fn be_u32(name: &'static str, v: &[u8]) -> Result<u32, InvalidAttribute> {
+    let bytes: [u8; 4] = v.try_into().map_err(|_| {
+        InvalidAttribute::length(
+            name,
+            format!(
+                "has {} bytes where an integer has 4 (RFC 2865 section 5)",
+                v.len()
+            ),
+        )
+    })?;
+    Ok(u32::from_be_bytes(bytes))
 }
 
 #[cfg(test)]
@@ -356,9 +518,103 @@ mod tests {
             wispr::SESSION_TERMINATE_TIME,
             b"2026-01-01T00:00:00Z",
         ));
-        let got = vendor_attrs(&p);
+        let got = vendor_attrs(&p).unwrap();
         assert_eq!(got[0], (VENDOR_CHILLISPOT, 3, 7u32.to_be_bytes().to_vec()));
         assert_eq!(got[1].2, b"2026-01-01T00:00:00Z".to_vec());
+    }
+
+    fn with(typ: u8, value: &[u8]) -> Packet {
+        let mut p = Packet::new(Code::AccessAccept, SECRET);
+        p.add(AVP::from_bytes(typ, value));
+        p
+    }
+
+    #[test]
+    fn an_integer_attribute_of_any_length_but_four_is_refused_with_its_name() {
+        for (typ, name) in [
+            (attr::SESSION_TIMEOUT, "Session-Timeout"),
+            (attr::IDLE_TIMEOUT, "Idle-Timeout"),
+            (attr::ACCT_INTERIM_INTERVAL, "Acct-Interim-Interval"),
+        ] {
+            assert_eq!(int(&with(typ, &[0, 0, 14, 16]), typ), Ok(Some(3600)));
+            for n in [0, 1, 2, 3, 5, 8] {
+                let err = int(&with(typ, &vec![1; n]), typ).unwrap_err();
+                assert_eq!((err.name, err.fault), (name, Fault::Length), "{n} bytes");
+                assert!(err.to_string().contains(&format!("has {n} bytes")), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_integer_attribute_given_twice_is_refused() {
+        let mut p = with(attr::SESSION_TIMEOUT, &60u32.to_be_bytes());
+        p.add(AVP::from_u32(attr::SESSION_TIMEOUT, 86400));
+        let err = int(&p, attr::SESSION_TIMEOUT).unwrap_err();
+        assert_eq!((err.name, err.fault), ("Session-Timeout", Fault::Length));
+    }
+
+    #[test]
+    fn a_vendor_integer_of_any_length_but_four_is_refused_with_its_name() {
+        let name = vendor_name(VENDOR_CHILLISPOT, chilli::MAX_TOTAL_OCTETS).unwrap();
+        assert_eq!(name, "ChilliSpot-Max-Total-Octets");
+        for n in [0, 1, 2, 3, 5] {
+            let mut p = Packet::new(Code::AccessAccept, SECRET);
+            p.add(vendor_avp(
+                VENDOR_CHILLISPOT,
+                chilli::MAX_TOTAL_OCTETS,
+                &vec![1; n],
+            ));
+            let (_, _, value) = vendor_attrs(&p).unwrap().remove(0);
+            let err = be_u32(name, &value).unwrap_err();
+            assert_eq!((err.name, err.fault), (name, Fault::Length), "{n} bytes");
+        }
+        assert_eq!(be_u32(name, &[0, 0, 1, 0]), Ok(256));
+    }
+
+    #[test]
+    fn a_vendor_attribute_that_does_not_fill_its_vendor_specific_is_refused_for_the_vendors_read() {
+        // ChilliSpot-Max-Total-Octets saying 6 bytes of value in a 3-byte space.
+        let mut v = VENDOR_CHILLISPOT.to_be_bytes().to_vec();
+        v.extend_from_slice(&[chilli::MAX_TOTAL_OCTETS, 8, 0, 1, 2]);
+        let err = vendor_attrs(&with(attr::VENDOR_SPECIFIC, &v)).unwrap_err();
+        assert_eq!(
+            (err.name, err.fault),
+            ("ChilliSpot-Max-Total-Octets", Fault::Length)
+        );
+        // A sub-attribute length below 2, and one byte left over.
+        for tail in [&[wispr::BANDWIDTH_MAX_DOWN, 1][..], &[9][..]] {
+            let mut v = VENDOR_WISPR.to_be_bytes().to_vec();
+            v.extend_from_slice(&[wispr::BANDWIDTH_MAX_UP, 6, 0, 0, 0, 1]);
+            v.extend_from_slice(tail);
+            assert!(vendor_attrs(&with(attr::VENDOR_SPECIFIC, &v)).is_err());
+        }
+        // A Vendor-Specific too short for a vendor id and a sub-attribute.
+        for n in [0, 3, 4] {
+            let err = vendor_attrs(&with(attr::VENDOR_SPECIFIC, &vec![0; n])).unwrap_err();
+            assert_eq!((err.name, err.fault), ("Vendor-Specific", Fault::Length));
+        }
+        // Another vendor may lay its attributes out its own way.
+        let mut v = 9u32.to_be_bytes().to_vec();
+        v.extend_from_slice(b"cisco-avpair=x");
+        assert!(vendor_attrs(&with(attr::VENDOR_SPECIFIC, &v)).is_ok());
+    }
+
+    #[test]
+    fn an_empty_string_attribute_and_text_that_is_not_utf8_are_refused() {
+        let err = octets(&with(attr::CLASS, b""), attr::CLASS).unwrap_err();
+        assert_eq!((err.name, err.fault), ("Class", Fault::Length));
+        assert_eq!(
+            octets(&with(attr::CLASS, b"plan"), attr::CLASS),
+            Ok(vec![b"plan".to_vec()])
+        );
+        let err = texts(
+            &with(attr::REPLY_MESSAGE, &[0xff, 0xfe]),
+            attr::REPLY_MESSAGE,
+        )
+        .unwrap_err();
+        assert_eq!((err.name, err.fault), ("Reply-Message", Fault::Value));
+        let err = texts(&with(attr::USER_NAME, b""), attr::USER_NAME).unwrap_err();
+        assert_eq!((err.name, err.fault), ("User-Name", Fault::Length));
     }
 
     proptest::proptest! {

@@ -40,7 +40,7 @@ use crate::error::AgentError;
 use crate::gateway::Gateway;
 use acct::{Book, BookError, Cause, OpenSession, Queued, Reading, Request, SessionPart, Status};
 use client::{ClientError, Servers};
-use codec::{attr, chilli, wispr, VENDOR_CHILLISPOT, VENDOR_WISPR};
+use codec::{attr, chilli, wispr, InvalidAttribute, VENDOR_CHILLISPOT, VENDOR_WISPR};
 
 /// The provider name of RADIUS sessions.
 pub const PROVIDER: &str = "radius";
@@ -145,6 +145,8 @@ pub enum RadiusError {
     HasSession(DeviceId),
     #[error("the RADIUS server's WISPr-Session-Terminate-Time has passed: nothing to give")]
     TerminatePassed,
+    #[error("the RADIUS server's Access-Accept was refused because its {0}; a malformed Accept counts as a reject (RFC 2865): correct the attribute in the server's reply for this user")]
+    InvalidAccept(InvalidAttribute),
     #[error(transparent)]
     Unavailable(#[from] ClientError),
     #[error(transparent)]
@@ -180,33 +182,54 @@ pub struct Authorization {
 }
 
 impl Authorization {
-    /// Reads an Accept (or a CoA-Request: the same attributes).
-    pub fn read(p: &Packet) -> Self {
+    /// Reads an Accept (or a CoA-Request: the same attributes). An attribute
+    /// the agent reads that is not as its RFC or vendor says (an integer of
+    /// other than 4 bytes, one given twice, an empty Class, a terminate time
+    /// that is no time, ...) is an error: a limit must never be dropped
+    /// silently.
+    pub fn read(p: &Packet) -> Result<Self, InvalidAttribute> {
+        let int = |typ| codec::int(p, typ).map(|v| v.map(u64::from));
         let mut a = Authorization {
-            session_timeout: codec::int(p, attr::SESSION_TIMEOUT).map(u64::from),
-            idle_timeout: codec::int(p, attr::IDLE_TIMEOUT).map(u64::from),
-            interim: codec::int(p, attr::ACCT_INTERIM_INTERVAL).map(u64::from),
-            class: p
-                .lookup_all(attr::CLASS)
-                .iter()
-                .map(|a| a.encode_bytes())
-                .collect(),
-            state: p.lookup(attr::STATE).map(|a| a.encode_bytes()),
+            session_timeout: int(attr::SESSION_TIMEOUT)?,
+            idle_timeout: int(attr::IDLE_TIMEOUT)?,
+            interim: int(attr::ACCT_INTERIM_INTERVAL)?,
+            class: codec::octets(p, attr::CLASS)?,
+            state: codec::at_most_one(codec::octets(p, attr::STATE)?, codec::name(attr::STATE))?,
             ..Default::default()
         };
-        let replies: Vec<String> = p
-            .lookup_all(attr::REPLY_MESSAGE)
-            .iter()
-            .map(|a| String::from_utf8_lossy(&a.encode_bytes()).into_owned())
-            .collect();
+        let replies = codec::texts(p, attr::REPLY_MESSAGE)?;
         if !replies.is_empty() {
             a.reply_message = Some(replies.concat());
         }
         let (mut octets, mut giga) = (None, None);
         let (mut wispr_down, mut wispr_up, mut chilli_down, mut chilli_up) =
             (None, None, None, None);
-        for (vendor, typ, value) in codec::vendor_attrs(p) {
-            let n = codec::be_u32(&value).map(u64::from);
+        let mut seen = std::collections::HashSet::new();
+        for (vendor, typ, value) in codec::vendor_attrs(p)? {
+            let Some(name) = codec::vendor_name(vendor, typ) else {
+                a.notes
+                    .push(format!("vendor {vendor} attribute {typ} ignored"));
+                continue;
+            };
+            if !seen.insert(name) {
+                return Err(InvalidAttribute::length(
+                    name,
+                    "appears more than once: at most once is allowed",
+                ));
+            }
+            if (vendor, typ) == (VENDOR_WISPR, wispr::SESSION_TERMINATE_TIME) {
+                let s = String::from_utf8(value)
+                    .map_err(|_| InvalidAttribute::value(name, "is not UTF-8 text"))?;
+                let t = chrono::DateTime::parse_from_rfc3339(s.trim()).map_err(|e| {
+                    InvalidAttribute::value(
+                        name,
+                        format!("{s:?} is not an ISO 8601 time such as 2026-01-01T00:00:00Z: {e}"),
+                    )
+                })?;
+                a.terminate_at = Some(t.timestamp());
+                continue;
+            }
+            let n = Some(u64::from(codec::be_u32(name, &value)?));
             match (vendor, typ) {
                 (VENDOR_CHILLISPOT, chilli::MAX_TOTAL_OCTETS) => octets = n,
                 (VENDOR_CHILLISPOT, chilli::MAX_TOTAL_GIGAWORDS) => giga = n,
@@ -214,18 +237,9 @@ impl Authorization {
                 (VENDOR_CHILLISPOT, chilli::BANDWIDTH_MAX_UP) => chilli_up = n.map(|k| k * 1000),
                 (VENDOR_WISPR, wispr::BANDWIDTH_MAX_DOWN) => wispr_down = n,
                 (VENDOR_WISPR, wispr::BANDWIDTH_MAX_UP) => wispr_up = n,
-                (VENDOR_WISPR, wispr::SESSION_TERMINATE_TIME) => {
-                    let s = String::from_utf8_lossy(&value).into_owned();
-                    match chrono::DateTime::parse_from_rfc3339(s.trim()) {
-                        Ok(t) => a.terminate_at = Some(t.timestamp()),
-                        Err(e) => a.notes.push(format!("WISPr-Session-Terminate-Time {s:?} ignored: {e}")),
-                    }
-                }
-                (VENDOR_CHILLISPOT, chilli::MAX_INPUT_OCTETS | chilli::MAX_OUTPUT_OCTETS
-                    | chilli::MAX_INPUT_GIGAWORDS | chilli::MAX_OUTPUT_GIGAWORDS) => a.notes.push(format!(
-                    "ChilliSpot attribute {typ} ignored: only a total data limit (ChilliSpot-Max-Total-Octets/Gigawords) is applied"
+                _ => a.notes.push(format!(
+                    "{name} ignored: only a total data limit (ChilliSpot-Max-Total-Octets/Gigawords) is applied"
                 )),
-                _ => a.notes.push(format!("vendor {vendor} attribute {typ} ignored")),
             }
         }
         if octets.is_some() || giga.is_some() {
@@ -242,7 +256,7 @@ impl Authorization {
         };
         a.down_bps = pick(&mut a.notes, "download", wispr_down, chilli_down);
         a.up_bps = pick(&mut a.notes, "upload", wispr_up, chilli_up);
-        a
+        Ok(a)
     }
 
     /// The session this gives, at `now` (unix seconds).
@@ -539,8 +553,20 @@ impl Radius {
                 return Err(RadiusError::Rejected(msg));
             }
         }
+        let auth = match Authorization::read(&answer) {
+            Ok(a) => a,
+            Err(bad) => {
+                self.stats.rejects.fetch_add(1, Relaxed);
+                warn!(
+                    device_id,
+                    user,
+                    attribute = bad.name,
+                    "RADIUS Access-Accept refused: its {bad}"
+                );
+                return Err(RadiusError::InvalidAccept(bad));
+            }
+        };
         self.stats.accepts.fetch_add(1, Relaxed);
-        let auth = Authorization::read(&answer);
         for n in &auth.notes {
             warn!(device_id, user, "RADIUS Accept: {n}");
         }
@@ -1014,7 +1040,7 @@ mod tests {
         ));
         p.add(AVP::from_string(attr::REPLY_MESSAGE as _, "Welcome"));
         p.add(AVP::from_bytes(attr::CLASS as _, b"plan-a"));
-        let a = Authorization::read(&p);
+        let a = Authorization::read(&p).unwrap();
         assert_eq!(a.total_octets, Some((2u64 << 32) + 5));
         assert_eq!((a.down_bps, a.up_bps), (Some(2_500_000), Some(1_000_000)));
         assert_eq!(a.reply_message.as_deref(), Some("Welcome"));
@@ -1038,7 +1064,7 @@ mod tests {
             wispr::SESSION_TERMINATE_TIME,
             b"1970-01-01T00:10:00Z",
         ));
-        let a = Authorization::read(&p);
+        let a = Authorization::read(&p).unwrap();
         assert_eq!(a.terminate_at, Some(600));
         assert_eq!(a.session(500, 86400).unwrap().time_secs, 100);
         assert!(matches!(
@@ -1048,21 +1074,116 @@ mod tests {
     }
 
     #[test]
-    fn an_accept_without_limits_gets_the_default_time_and_bad_attributes_are_noted() {
+    fn an_accept_without_limits_gets_the_default_time_and_ignored_attributes_are_noted() {
         let mut p = accept();
         p.add(vendor_avp(
-            VENDOR_WISPR,
-            wispr::SESSION_TERMINATE_TIME,
-            b"tomorrow",
+            VENDOR_CHILLISPOT,
+            chilli::MAX_INPUT_OCTETS,
+            &5u32.to_be_bytes(),
         ));
         p.add(vendor_avp(9, 1, b"cisco-avpair"));
-        let a = Authorization::read(&p);
+        let a = Authorization::read(&p).unwrap();
         assert_eq!(a.notes.len(), 2, "{:?}", a.notes);
+        assert!(
+            a.notes[0].contains("ChilliSpot-Max-Input-Octets"),
+            "{:?}",
+            a.notes
+        );
         let s = a.session(0, 7200).unwrap();
         assert_eq!(
             (s.session_type, s.time_secs, s.use_global_speed),
             (SessionType::Time, 7200, true)
         );
+    }
+
+    /// The Accept's attribute that `add` puts in, as read.
+    fn read_with(add: impl Fn(&mut Packet)) -> Result<Authorization, InvalidAttribute> {
+        let mut p = accept();
+        add(&mut p);
+        Authorization::read(&p)
+    }
+
+    #[test]
+    fn a_malformed_limit_refuses_the_accept_instead_of_giving_the_default_time() {
+        let cases = [
+            (
+                "Session-Timeout",
+                AVP::from_bytes(attr::SESSION_TIMEOUT, &[14, 16]),
+            ),
+            (
+                "Idle-Timeout",
+                AVP::from_bytes(attr::IDLE_TIMEOUT, &[0, 0, 0, 0, 60]),
+            ),
+            (
+                "Acct-Interim-Interval",
+                AVP::from_bytes(attr::ACCT_INTERIM_INTERVAL, &[60]),
+            ),
+            (
+                "ChilliSpot-Max-Total-Octets",
+                vendor_avp(
+                    VENDOR_CHILLISPOT,
+                    chilli::MAX_TOTAL_OCTETS,
+                    &[0x0f, 0x42, 0x40],
+                ),
+            ),
+            (
+                "ChilliSpot-Max-Total-Gigawords",
+                vendor_avp(VENDOR_CHILLISPOT, chilli::MAX_TOTAL_GIGAWORDS, &[1, 0]),
+            ),
+            (
+                "WISPr-Bandwidth-Max-Down",
+                vendor_avp(VENDOR_WISPR, wispr::BANDWIDTH_MAX_DOWN, &[0, 0, 0, 0, 1]),
+            ),
+            (
+                "ChilliSpot-Bandwidth-Max-Up",
+                vendor_avp(VENDOR_CHILLISPOT, chilli::BANDWIDTH_MAX_UP, &[8]),
+            ),
+        ];
+        for (name, avp) in cases {
+            let err = read_with(|p| p.add(avp.clone())).expect_err(name);
+            assert_eq!((err.name, err.fault), (name, codec::Fault::Length));
+            let msg = RadiusError::InvalidAccept(err).to_string();
+            assert!(msg.contains(name) && msg.contains("bytes"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn a_limit_given_twice_refuses_the_accept() {
+        let err = read_with(|p| {
+            for n in [1_000_000u32, 2_000_000] {
+                p.add(vendor_avp(
+                    VENDOR_CHILLISPOT,
+                    chilli::MAX_TOTAL_OCTETS,
+                    &n.to_be_bytes(),
+                ));
+            }
+        })
+        .unwrap_err();
+        assert_eq!(err.name, "ChilliSpot-Max-Total-Octets");
+        let err = read_with(|p| {
+            p.add(AVP::from_u32(attr::IDLE_TIMEOUT, 60));
+            p.add(AVP::from_u32(attr::IDLE_TIMEOUT, 600));
+        })
+        .unwrap_err();
+        assert_eq!(err.name, "Idle-Timeout");
+    }
+
+    #[test]
+    fn a_terminate_time_that_is_no_time_or_an_empty_class_refuses_the_accept() {
+        let err = read_with(|p| {
+            p.add(vendor_avp(
+                VENDOR_WISPR,
+                wispr::SESSION_TERMINATE_TIME,
+                b"tomorrow",
+            ))
+        })
+        .unwrap_err();
+        assert_eq!(
+            (err.name, err.fault),
+            ("WISPr-Session-Terminate-Time", codec::Fault::Value)
+        );
+        let err = read_with(|p| p.add(AVP::from_bytes(attr::CLASS, b""))).unwrap_err();
+        assert_eq!((err.name, err.fault), ("Class", codec::Fault::Length));
     }
 
     #[test]
@@ -1110,15 +1231,15 @@ mod tests {
             .lookup(attr::NAS_IP_ADDRESS as _)
             .map(|a| a.encode_ipv4().unwrap());
         assert_eq!(nas_ip, Some(std::net::Ipv4Addr::new(192, 0, 2, 1)));
-        assert_eq!(codec::int(&p, attr::ACCT_INPUT_OCTETS), Some(7));
-        assert_eq!(codec::int(&p, attr::ACCT_INPUT_GIGAWORDS), Some(5));
-        assert_eq!(codec::int(&p, attr::ACCT_OUTPUT_OCTETS), Some(3));
-        assert_eq!(codec::int(&p, attr::ACCT_OUTPUT_GIGAWORDS), Some(0));
-        assert_eq!(codec::int(&p, attr::ACCT_DELAY_TIME), Some(30));
+        assert_eq!(codec::int(&p, attr::ACCT_INPUT_OCTETS), Ok(Some(7)));
+        assert_eq!(codec::int(&p, attr::ACCT_INPUT_GIGAWORDS), Ok(Some(5)));
+        assert_eq!(codec::int(&p, attr::ACCT_OUTPUT_OCTETS), Ok(Some(3)));
+        assert_eq!(codec::int(&p, attr::ACCT_OUTPUT_GIGAWORDS), Ok(Some(0)));
+        assert_eq!(codec::int(&p, attr::ACCT_DELAY_TIME), Ok(Some(30)));
         assert_eq!(codec::text(&p, attr::CLASS).as_deref(), Some("c"));
         assert_eq!(codec::text(&p, attr::STATE).as_deref(), Some("st"));
-        assert_eq!(codec::int(&p, attr::ACCT_TERMINATE_CAUSE), Some(6));
-        assert_eq!(codec::int(&p, attr::ACCT_STATUS_TYPE), Some(2));
+        assert_eq!(codec::int(&p, attr::ACCT_TERMINATE_CAUSE), Ok(Some(6)));
+        assert_eq!(codec::int(&p, attr::ACCT_STATUS_TYPE), Ok(Some(2)));
     }
 
     #[test]
