@@ -44,10 +44,21 @@ impl<const LO: u64, const HI: u64> Ranged<LO, HI> {
     pub fn new(v: u64) -> Result<Self, String> {
         if (LO..=HI).contains(&v) {
             Ok(Self(v))
-        } else if HI == u64::MAX {
-            Err(format!("{v} is out of range: must be {LO}.."))
         } else {
-            Err(format!("{v} is out of range: must be {LO}..={HI}"))
+            Err(Self::out_of_range(v))
+        }
+    }
+
+    fn out_of_range(v: impl fmt::Display) -> String {
+        format!("{v} is out of range, allowed {}", Self::range())
+    }
+
+    /// `LO..=HI`, or `LO..` without a ceiling.
+    fn range() -> String {
+        if HI == u64::MAX {
+            format!("{LO}..")
+        } else {
+            format!("{LO}..={HI}")
         }
     }
 
@@ -87,7 +98,24 @@ impl<const LO: u64, const HI: u64> Serialize for Ranged<LO, HI> {
 
 impl<'de, const LO: u64, const HI: u64> Deserialize<'de> for Ranged<LO, HI> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::new(u64::deserialize(d)?).map_err(serde::de::Error::custom)
+        struct Visitor<const LO: u64, const HI: u64>;
+        impl<const LO: u64, const HI: u64> serde::de::Visitor<'_> for Visitor<LO, HI> {
+            type Value = Ranged<LO, HI>;
+            // What a wrong type is told it should be.
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a whole number in {}", Ranged::<LO, HI>::range())
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ranged::new(v).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(Ranged::<LO, HI>::out_of_range(v))),
+                }
+            }
+        }
+        d.deserialize_u64(Visitor::<LO, HI>)
     }
 }
 
@@ -669,9 +697,12 @@ pub enum OptionsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path}: {key}: {reason}")]
+    /// A key of the file, where it is (line and column, from 1) and what is wrong
+    /// with it, with what it allows.
+    #[error("{}: {key}: {reason}", place(.path, *.at))]
     Invalid {
         path: PathBuf,
+        at: Option<(usize, usize)>,
         key: String,
         reason: String,
     },
@@ -711,6 +742,141 @@ pub enum OptionsError {
     EmptyRadiusSecret(PathBuf),
     #[error("garden_ttl_min_secs ({min}) is above garden_ttl_max_secs ({max}): give a floor at most the ceiling")]
     GardenTtl { min: u64, max: u64 },
+}
+
+/// `FILE:LINE:COLUMN`, or `FILE` when toml gave no place.
+fn place(path: &Path, at: Option<(usize, usize)>) -> String {
+    match at {
+        Some((line, column)) => format!("{}:{line}:{column}", path.display()),
+        None => path.display().to_string(),
+    }
+}
+
+/// The line and column (from 1, in characters) of a byte offset into `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+/// Whether a message from serde or a value's own check already says what is
+/// allowed (serde's "expected ...", [`Ranged`]'s "allowed ...").
+fn states_what_is_allowed(message: &str) -> bool {
+    message.contains("expected") || message.contains("allowed")
+}
+
+/// The key and the reason of text toml could not read, which stopped at
+/// `offset`: the key is that of the line (or of the array it is in), in its
+/// `[table]`; the reason quotes the value and says what the key allows.
+fn read_error(text: &str, offset: usize, message: String) -> (String, String) {
+    let end = text
+        .get(offset..)
+        .and_then(|rest| rest.find('\n'))
+        .map_or(text.len(), |i| offset + i);
+    let mut key: Option<(String, &str)> = None;
+    let mut table = None;
+    for (n, line) in text[..end].lines().rev().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            if n == 0 {
+                // The header itself is what cannot be read.
+                return (line.to_string(), message);
+            }
+            table = line
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .map(|t| t.trim().to_string());
+            break;
+        }
+        if key.is_none() {
+            if let Some((k, v)) = line.split_once('=') {
+                let k = k.trim();
+                let bare = !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                let quoted = k.len() >= 2 && k.starts_with('"') && k.ends_with('"');
+                if bare || quoted {
+                    // The value, when the key is on the line toml stopped at.
+                    let v = match v.trim() {
+                        _ if n > 0 => "",
+                        v if v.starts_with(['"', '\'']) => v,
+                        v => v.split('#').next().unwrap_or(v).trim_end(),
+                    };
+                    key = Some((k.trim_matches('"').to_string(), v));
+                }
+            }
+        }
+    }
+    let Some((key, value)) = key else {
+        return ("(top level)".into(), message);
+    };
+    let key = match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key,
+    };
+    let mut reason = if value.is_empty() || message.starts_with("duplicate key") {
+        message.clone()
+    } else {
+        format!("cannot read `{value}` ({message})")
+    };
+    if !message.starts_with("duplicate key") {
+        if let Some(takes) = what_key_takes(&key) {
+            reason.push_str("; allowed: ");
+            reason.push_str(&takes);
+        }
+    }
+    (key, reason)
+}
+
+/// Where `api.token_file` is in a file that reads.
+fn token_file_place(text: &str) -> Option<(usize, usize)> {
+    #[derive(Deserialize)]
+    struct Doc {
+        #[serde(default)]
+        api: std::collections::BTreeMap<String, toml::Spanned<serde::de::IgnoredAny>>,
+    }
+    let doc: Doc = toml::from_str(text).ok()?;
+    let key = doc.api.get("token_file")?;
+    let at = line_column(text, key.span().start);
+    Some(at)
+}
+
+/// What a key (`poll_ms`, `api.socket`) allows, in serde's words: the
+/// "expected ..." of the error the key gets for a value of a type no key takes
+/// (a date-time, then a control character no name has). None for keys that
+/// take any text (their own checks say what they need) and for unknown keys.
+fn what_key_takes(key: &str) -> Option<String> {
+    if key.contains('[') {
+        return None;
+    }
+    let (table, name) = match key.rsplit_once('.') {
+        Some((t, n)) => (format!("[{t}]\n"), n),
+        None => (String::new(), key),
+    };
+    for probe in ["1979-05-27T07:32:00Z", "\"\\u0001\""] {
+        let doc = format!("{table}{name} = {probe}\n");
+        let Err(e) = serde_path_to_error::deserialize::<_, Options>(toml::Deserializer::new(&doc))
+        else {
+            return None;
+        };
+        if e.path().to_string() != key {
+            return None;
+        }
+        let message = e.into_inner().message().to_string();
+        if message.starts_with("unknown field") {
+            return None;
+        }
+        match message.split_once(", expected ") {
+            Some((_, "a string" | "path string")) => return None,
+            Some((_, takes)) => return Some(takes.to_string()),
+            None => continue,
+        }
+    }
+    None
 }
 
 /// The built-in portal page's URL on the captive listener, when its address is one
@@ -753,30 +919,42 @@ impl Options {
         Ok(opts)
     }
 
-    /// A config file's text; errors name the key and the reason.
+    /// A config file's text; an error says where (`FILE:LINE:COLUMN`, as
+    /// compilers do), the key, what is wrong and what the key allows.
     pub fn parse(path: &Path, text: &str) -> Result<Self, OptionsError> {
         let de = toml::Deserializer::new(text);
         let opts: Self = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = match e.path().to_string() {
-                k if k == "." => "(top level)".to_string(),
-                k => k,
-            };
+            let key = e.path().to_string();
+            let e = e.into_inner();
+            let at = e.span().map(|s| line_column(text, s.start));
             // toml's message carries the line and a caret; keep its first line.
-            let reason = e
-                .into_inner()
-                .message()
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string();
+            let message = e.message().lines().next().unwrap_or("").to_string();
+            let (key, reason) = if key == "." {
+                // toml could not read the text: no key was reached.
+                read_error(text, e.span().map_or(0, |s| s.start), message)
+            } else {
+                let reason = match what_key_takes(&key) {
+                    Some(takes) if !states_what_is_allowed(&message) => {
+                        format!("{message}; allowed: {takes}")
+                    }
+                    _ => message,
+                };
+                (key, reason)
+            };
             OptionsError::Invalid {
                 path: path.to_path_buf(),
+                at,
                 key,
                 reason,
             }
         })?;
         if opts.api.token.is_some() && opts.api.token_file.is_some() {
-            return Err(OptionsError::TwoTokens);
+            return Err(OptionsError::Invalid {
+                path: path.to_path_buf(),
+                at: token_file_place(text),
+                key: "api.token_file".into(),
+                reason: "give api.token or api.token_file, not both".into(),
+            });
         }
         Ok(opts)
     }
@@ -1033,6 +1211,69 @@ portal_url = "https://portal.example/"
         assert_eq!(c.commit_ms.get(), 1000, "a missing key keeps its default");
     }
 
+    /// The error as `session-agent` prints it.
+    fn error(text: &str) -> String {
+        parse(text).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn a_value_out_of_range_is_refused_at_its_line_and_column_with_the_range() {
+        assert_eq!(
+            error("lans = [\"lan0\"]\n\npoll_ms = 5\n"),
+            "t.toml:3:11: poll_ms: 5 is out of range, allowed 10..=10000"
+        );
+        assert_eq!(
+            error("[radius]\n  retries = -1\n"),
+            "t.toml:2:13: radius.retries: -1 is out of range, allowed 0..=10"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_table_is_refused_at_its_line_with_the_known_keys() {
+        assert_eq!(
+            error("poll_ms = 100\n[api]\nsokcet = \"/run/x.sock\"\n"),
+            "t.toml:3:1: api.sokcet: unknown field `sokcet`, expected one of `socket`, `tcp`, `token`, `token_file`, `metrics_top_clients`"
+        );
+    }
+
+    #[test]
+    fn a_value_toml_cannot_read_is_refused_at_its_line_with_the_key_and_what_it_allows() {
+        assert_eq!(
+            error("# speeds\nburst_ms = 25O\n"),
+            "t.toml:2:14: burst_ms: cannot read `25O` (expected newline, `#`); allowed: a whole number in 1..=10000"
+        );
+        // Behind it, a comment.
+        assert_eq!(
+            error("poll_ms = 25O # ms\n"),
+            "t.toml:1:13: poll_ms: cannot read `25O` (expected newline, `#`); allowed: a whole number in 10..=10000"
+        );
+        // In a table, and in an array that spans lines.
+        assert_eq!(
+            error("[captive]\nredirect_mark = 0x5e55g\n"),
+            "t.toml:2:23: captive.redirect_mark: cannot read `0x5e55g` (expected newline, `#`); allowed: a whole number in 1..=4294967295"
+        );
+        assert_eq!(
+            error("lans = [\n  \"lan0\",\n  lan1,\n]\n"),
+            "t.toml:3:3: lans: invalid array; allowed: a sequence"
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_refused_at_its_line_with_what_the_key_allows() {
+        assert_eq!(
+            error("poll_ms = \"fast\"\n"),
+            "t.toml:1:11: poll_ms: invalid type: string \"fast\", expected a whole number in 10..=10000"
+        );
+        assert_eq!(
+            error("lans = [\"lan0\"]\ningress = 1\n"),
+            "t.toml:2:11: ingress: wanted string or table; allowed: `tc` or `xdp`"
+        );
+        assert_eq!(
+            error("[api]\ntcp = 8080\n"),
+            "t.toml:2:7: api.tcp: invalid type: integer `8080`, expected socket address"
+        );
+    }
+
     #[test]
     fn unknown_key_is_named() {
         let e = parse("poll_ms = 100\n[api]\nsockets = \"/x\"\n")
@@ -1091,7 +1332,10 @@ portal_url = "https://portal.example/"
         let e = parse("[api]\ntoken = \"a\"\ntoken_file = \"/f\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not both"), "{e}");
+        assert_eq!(
+            e,
+            "t.toml:3:14: api.token_file: give api.token or api.token_file, not both"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use session_tests::agent::cli_root;
 use session_tests::sessions::{iperf, IperfServer};
 use session_tests::{require_root, Agent, AgentBuilder, Hotspot, TcpServer, TcpTransfer};
 
@@ -145,6 +146,89 @@ fn a_reload_applies_the_garden_and_speeds_keeps_the_counters_and_names_what_need
         (4.5..=5.7).contains(&still.recv_mbits),
         "speed changed with a refused file: {still:?}"
     );
+}
+
+/// A file with a mistake is refused at its line and column, naming the key, what
+/// is wrong and what the key allows: `check-config` prints the line, and a reload
+/// logs the same line and keeps the configuration the agent runs with.
+#[test]
+fn a_bad_file_is_refused_at_its_line_alike_by_check_config_and_by_a_reload_which_keeps_the_old_one()
+{
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    std::fs::create_dir_all(&hs.state_dir).unwrap();
+    let cfg = hs.state_dir.join("config.toml");
+    let garden = format!("walled_garden = [\"{}/32:5002\"]\n", hs.server_addr(false));
+    write(&cfg, &garden);
+    let agent = AgentBuilder::new(&hs)
+        .arg("--config")
+        .arg(cfg.display().to_string())
+        .start();
+    let srv = TcpServer::start(&hs.server_ns, hs.server_sock(false, 5002));
+    let reach = || {
+        TcpTransfer::run_timeout(
+            &hs.client(0).ns,
+            srv.addr,
+            100,
+            1000,
+            Duration::from_millis(700),
+        )
+        .is_ok()
+    };
+    assert!(reach(), "the garden of the first file does not pass");
+    let at = cfg.display();
+    // Each file leaves the server out of the garden: applied, it would cut it off.
+    let bad = [
+        (
+            "global_down_mbits = 20\npoll_ms = 5\n",
+            format!("{at}:2:11: poll_ms: 5 is out of range, allowed 10..=10000"),
+        ),
+        (
+            "[api]\nsokcet = \"/run/x.sock\"\n",
+            format!("{at}:2:1: api.sokcet: unknown field `sokcet`, expected one of `socket`, `tcp`, `token`, `token_file`, `metrics_top_clients`"),
+        ),
+        (
+            "# speeds\nburst_ms = 25O\n",
+            format!("{at}:2:14: burst_ms: cannot read `25O` (expected newline, `#`); allowed: a whole number in 1..=10000"),
+        ),
+        (
+            "[radius]\nretries = \"two\"\n",
+            format!("{at}:2:11: radius.retries: invalid type: string \"two\", expected a whole number in 0..=10"),
+        ),
+    ];
+    for (n, (text, line)) in bad.iter().enumerate() {
+        write(&cfg, text);
+        let out = cli_root(&[
+            "check-config",
+            "--config",
+            &cfg.display().to_string(),
+            "--lan",
+            "lan0",
+        ]);
+        assert!(!out.status.success(), "check-config took {text:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim_end(),
+            format!("session-agent: {line}"),
+            "check-config of {text:?}"
+        );
+        hup(&agent);
+        let log = wait_log(&agent, "was not reloaded", n + 1);
+        let refused = log
+            .lines()
+            .filter(|l| l.contains("was not reloaded"))
+            .nth(n)
+            .unwrap();
+        assert!(
+            refused.ends_with(&format!("nothing changed: {line}")),
+            "the reload says otherwise than check-config:\n{refused}\ncheck-config: {line}"
+        );
+        assert!(reach(), "the garden changed with a refused file {text:?}");
+    }
+    // A good file is still taken.
+    write(&cfg, "");
+    hup(&agent);
+    wait_log(&agent, "configuration reloaded", 1);
+    assert!(!reach(), "the emptied garden still passes");
 }
 
 /// Idle timeout, forgetting and the portal ports, each off at start and

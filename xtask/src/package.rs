@@ -331,16 +331,20 @@ pub fn install_check(deb: &Path) -> Result<()> {
     }
     let v = in_root(&["/usr/sbin/session-agent", "--version"])?;
     println!("    {}", v.trim());
-    for unit in ["session-agent.service", "session-agent-close-lans.service"] {
+    for unit in [UNIT, "/usr/lib/systemd/system/session-agent-close-lans.service"] {
         println!("==> systemd-analyze verify {unit}");
-        print!(
-            "{}",
-            in_root(&[
-                "systemd-analyze",
-                "verify",
-                &format!("/usr/lib/systemd/system/{unit}")
-            ])?
-        );
+        print!("{}", in_root(&["systemd-analyze", "verify", unit])?);
+    }
+    println!("==> systemd-analyze security --offline=true session-agent.service");
+    let readme = fs::read_to_string(crate::root_dir().join("README.md"))?;
+    let version = in_root(&["systemd-analyze", "--version"])?;
+    let security = in_root(&["systemd-analyze", "security", "--offline=true", UNIT])?;
+    match check_exposure(&readme, &version, &security) {
+        Ok(said) => println!("    {said}"),
+        Err(e) => {
+            print!("{security}");
+            return Err(e);
+        }
     }
     // The configuration as shipped parses (only lans is missing).
     let cfg = in_root(&[
@@ -375,6 +379,86 @@ pub fn install_check(deb: &Path) -> Result<()> {
     fs::remove_dir_all(&root)?;
     println!("==> the package installs, verifies, removes and purges cleanly");
     Ok(())
+}
+
+/// The unit, where the package puts it.
+const UNIT: &str = "/usr/lib/systemd/system/session-agent.service";
+
+/// How README quotes the unit's exposure: "... rates it **2.4 OK** (systemd 252".
+const EXPOSURE_QUOTE: &str = "`systemd-analyze security --offline=true` rates it **";
+
+/// The exposure README quotes ("2.4 OK") and the systemd version it names.
+fn readme_exposure(readme: &str) -> Result<(String, u32)> {
+    let rest = readme
+        .split_once(EXPOSURE_QUOTE)
+        .map(|(_, r)| r)
+        .with_context(|| format!("README has no {EXPOSURE_QUOTE}FIGURE** (systemd VERSION"))?;
+    let (figure, rest) = rest
+        .split_once("**")
+        .context("README's exposure figure has no closing **")?;
+    let version = rest
+        .strip_prefix(" (systemd ")
+        .map(|r| {
+            r.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|v| v.parse().ok())
+        .context("README's exposure figure is not followed by (systemd VERSION")?;
+    Ok((figure.to_string(), version))
+}
+
+/// The overall exposure in `systemd-analyze security`'s output: its figure
+/// and word ("2.4 OK").
+fn measured_exposure(output: &str) -> Result<String> {
+    output
+        .lines()
+        .find_map(|l| {
+            l.split_once("Overall exposure level for ")?
+                .1
+                .split_once(": ")
+        })
+        .map(|(_, v)| v.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .context("systemd-analyze security printed no overall exposure level")
+}
+
+/// Checks what `systemd-analyze security --offline=true` measured (with the
+/// systemd of `systemd-analyze --version`) against README's figure; says what
+/// it measured, or how README and the unit differ.
+fn check_exposure(readme: &str, version: &str, security: &str) -> Result<String> {
+    let (quoted, quoted_version) = readme_exposure(readme)?;
+    let measured = measured_exposure(security)?;
+    let systemd: u32 = version
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no systemd version in {version:?}"))?;
+    if systemd != quoted_version {
+        bail!(
+            "README quotes the exposure of systemd {quoted_version}, this is systemd {systemd} \
+             (it rates the unit {measured}): measure it with systemd {quoted_version}, or quote \
+             this one"
+        );
+    }
+    let figure = |s: &str| {
+        s.split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<f64>().ok())
+    };
+    match (figure(&measured), figure(&quoted)) {
+        (Some(m), Some(q)) if m > q => bail!(
+            "systemd-analyze security rates the unit {measured}, above README's {quoted}: \
+             harden the unit again (see the rows marked ✗ above 0.0)"
+        ),
+        (Some(m), Some(q)) if m < q => bail!(
+            "systemd-analyze security rates the unit {measured}, below README's {quoted}: \
+             put {measured} in README (\"Hardening\")"
+        ),
+        (Some(_), Some(_)) => Ok(format!(
+            "exposure {measured} (systemd {systemd}), as README says"
+        )),
+        _ => bail!("cannot compare the exposure measured, {measured:?}, with README's, {quoted:?}"),
+    }
 }
 
 /// The unit's `ExecStart=` command line and `CapabilityBoundingSet=`.
@@ -616,6 +700,67 @@ impl Drop for ProcMount {
 
 #[cfg(test)]
 mod tests {
+    use std::process::Command;
+
+    /// What the install check measures in its Debian 12 root, measured here on
+    /// the unit as packaged, when this machine's systemd is the one README names.
+    #[test]
+    fn the_readme_quotes_the_exposure_systemd_analyze_measures_of_the_unit() {
+        let readme = include_str!("../../README.md");
+        let (_, quoted_version) = super::readme_exposure(readme).unwrap();
+        let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
+            eprintln!("no systemd-analyze here: the install check measures it");
+            return;
+        };
+        let version = String::from_utf8_lossy(&version.stdout).to_string();
+        if !version.starts_with(&format!("systemd {quoted_version} ")) {
+            eprintln!("systemd here is not {quoted_version}: the install check measures it");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("xtask-exposure-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let unit = dir.join("session-agent.service");
+        std::fs::write(&unit, include_str!("../../package/session-agent.service")).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=true"])
+            .arg(&unit)
+            .output()
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let security = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{security}");
+        if let Err(e) = super::check_exposure(readme, &version, &security) {
+            panic!("{e}\n{security}");
+        }
+    }
+
+    #[test]
+    fn an_exposure_other_than_the_readmes_fails_the_install_check() {
+        let readme =
+            "`systemd-analyze security --offline=true` rates it **2.4 OK** (systemd 252); ...";
+        let version = "systemd 252 (252.38-1~deb12u1)\n+PAM +AUDIT\n";
+        let security = |figure: &str| {
+            format!(
+                "✗ UMask=   Files created by service are group-readable by default   0.1\n\n\
+                     → Overall exposure level for session-agent.service: {figure} 🙂\n"
+            )
+        };
+        assert_eq!(
+            super::check_exposure(readme, version, &security("2.4 OK")).unwrap(),
+            "exposure 2.4 OK (systemd 252), as README says"
+        );
+        for (figure, says) in [
+            ("2.6 OK", "above README's 2.4 OK"),
+            ("2.2 OK", "below README's 2.4 OK"),
+        ] {
+            let e = super::check_exposure(readme, version, &security(figure)).unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        let e = super::check_exposure(readme, "systemd 257 (257.9)\n", &security("2.4 OK"))
+            .unwrap_err();
+        assert!(e.to_string().contains("systemd 252"), "{e}");
+    }
+
     #[test]
     fn the_packaged_configuration_is_readmes_with_every_key_commented_out() {
         let readme = include_str!("../../README.md");
