@@ -86,6 +86,9 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
         iface::index(lan)?;
     }
     let store = open_session_store(opts.store.name(), &opts.db)?;
+    // Every listener is bound before anything is attached (the store, opened
+    // first, keeps a second agent from taking the first one's socket).
+    let api_listeners = crate::api::bind(&opts.api).await?;
     let mgr = Arc::new(SessionsMgr::new(store, Arc::new(SystemClock)));
     // Always known, so sessions a RADIUS login made stay readable without RADIUS.
     mgr.register_session_provider(
@@ -100,6 +103,8 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     // writes the walled garden through them).
     let mut attached = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
+    // What serves clients and operators: one that stops ends the agent with an error.
+    let mut servers: tokio::task::JoinSet<Result<()>> = tokio::task::JoinSet::new();
     // The responder listens and the routing rule is in place before any LAN
     // steers a packet to them.
     let redirect_listeners = match &opts.redirect {
@@ -237,13 +242,16 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
                 tasks.spawn(radius.clone().follow_new_clients(gateway.clone()));
             }
             if let Some(addr) = r.coa_listen {
-                let sock =
-                    tokio::net::UdpSocket::bind(addr)
-                        .await
-                        .map_err(|source| AgentError::Io {
-                            what: format!("the RADIUS CoA listener on {addr}"),
-                            source,
-                        })?;
+                let sock = tokio::net::UdpSocket::bind(addr).await.map_err(|e| {
+                    AgentError::listen(
+                        "RADIUS Disconnect and CoA requests",
+                        addr,
+                        Some(addr.port()),
+                        "--radius-coa-listen (radius.coa_listen)",
+                        &[],
+                        e,
+                    )
+                })?;
                 info!(%addr, clients = ?r.coa_clients, "RADIUS Disconnect and CoA requests taken");
                 tasks.spawn(radius.clone().serve_coa(gateway.clone(), sock));
             }
@@ -254,10 +262,9 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     };
     if let Some(r) = &opts.redirect {
         let (gw, r) = (gateway.clone(), r.clone());
-        tasks.spawn(async move {
-            if let Err(e) = crate::redirect::serve(gw, r, redirect_listeners).await {
-                warn!("portal redirect: {e}");
-            }
+        servers.spawn(async move {
+            crate::redirect::serve(gw, r, redirect_listeners).await?;
+            Err(stopped("the portal redirect"))
         });
     }
     for (lan_name, fd) in rings {
@@ -282,23 +289,13 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
             }
         }
     });
-    // The API's listeners are bound before READY: a caller may use them at once.
-    let (bound, ready) = tokio::sync::oneshot::channel();
-    let mut api = tokio::spawn(crate::api::serve(
-        gateway.clone(),
-        opts.api.clone(),
-        Some(bound),
-    ));
-    tokio::select! {
-        _ = ready => {}
-        r = &mut api => {
-            let e = match r {
-                Ok(Err(e)) => e,
-                Ok(Ok(())) => AgentError::Io { what: "the control API".into(), source: std::io::Error::other("stopped before it was ready") },
-                Err(e) => AgentError::Io { what: "the control API".into(), source: std::io::Error::other(e.to_string()) },
-            };
-            return Err(e.into());
-        }
+    // The API's listeners were bound above: a caller may use them once READY is said.
+    {
+        let (gw, api) = (gateway.clone(), opts.api.clone());
+        servers.spawn(async move {
+            crate::api::serve(gw, api, api_listeners).await?;
+            Err(stopped("the control API"))
+        });
     }
     // Handlers first: a supervisor may stop the agent the moment it is ready,
     // and a stop must still charge the last usage and checkpoint.
@@ -314,6 +311,8 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     ));
 
     let mut current = opts;
+    // Why the agent stops on its own: it then exits with this error.
+    let mut failure: Option<anyhow::Error> = None;
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping; the datapath stays attached and keeps enforcing"); break }
@@ -332,12 +331,25 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
                 }
                 crate::systemd::ready("reloaded");
             }
-            Some(r) = tasks.join_next() => { warn!("a task ended: {r:?}"); break }
-            r = &mut api => { warn!("the control API stopped: {r:?}"); break }
+            Some(r) = tasks.join_next() => {
+                failure = Some(match r {
+                    Err(e) => anyhow::anyhow!("a task of the agent ended ({e}): the agent stops, for its service manager to start it again"),
+                    Ok(()) => anyhow::anyhow!("a task of the agent ended: the agent stops, for its service manager to start it again"),
+                });
+                break
+            }
+            Some(r) = servers.join_next() => {
+                failure = Some(match r {
+                    Ok(Err(e)) => e.into(),
+                    Ok(Ok(())) => stopped("a listener").into(),
+                    Err(e) => anyhow::anyhow!("a listener's task ended ({e})"),
+                });
+                break
+            }
         }
     }
     crate::systemd::stopping();
-    api.abort();
+    servers.shutdown().await;
     if let Some(r) = &radius {
         r.stop(&gateway).await;
     }
@@ -348,7 +360,18 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     // Charge what was counted since the last poll and make it durable.
     gateway.poll().await?;
     mgr.checkpoint()?;
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// A server that returned although it serves until it is dropped.
+fn stopped(what: &str) -> AgentError {
+    AgentError::Io {
+        what: what.into(),
+        source: std::io::Error::other("stopped serving"),
+    }
 }
 
 /// Applies what a reload may change and names what it may not; returns the
@@ -509,7 +532,7 @@ fn open_session_store(
     if name != "memory" {
         if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(|e| AgentError::from_io(format!("creating {}", dir.display()), e))?;
+                .map_err(|e| AgentError::file(format!("creating {}", dir.display()), e))?;
         }
     }
     open_store(name, &StoreConfig::at(db)).map_err(|e| AgentError::Store {

@@ -24,8 +24,16 @@ pub enum AgentError {
     BadGardenDomain { input: String, reason: String },
     #[error("the kernel's verifier refused {what}: this kernel cannot run this datapath (see the README's kernel table); the end of its log:\n{log}")]
     Verifier { what: String, log: String },
-    #[error("permission denied {what}: run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN as the packaged service does{}", missing_note())]
-    NotPermitted { what: String },
+    /// The kernel refused an operation that takes the capabilities `needs`.
+    #[error("permission denied {what}: {}", needs_note(needs))]
+    NotPermitted { what: String, needs: &'static [Cap] },
+    /// A listener that could not be opened: `reason` says why and what to change.
+    #[error("cannot listen on {addr} for {what}: {reason}")]
+    Listen {
+        what: String,
+        addr: String,
+        reason: String,
+    },
     #[error("this kernel has no BPF support ({0}); session-agent needs Linux >= 6.1 with CONFIG_BPF_SYSCALL")]
     NoBpf(String),
     #[error(
@@ -57,6 +65,13 @@ pub enum AgentError {
     },
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
+    /// A listener that stopped accepting connections while the agent ran.
+    #[error("{what} stopped listening on {addr}: its socket was shut down or closed from outside ({cause}); the agent stops, for its service manager to start it again (Restart=on-failure)")]
+    ListenerFailed {
+        what: String,
+        addr: String,
+        cause: io::Error,
+    },
     /// A routing-netlink request the kernel refused or could not be made.
     #[error("{what} (netlink): {source}")]
     Netlink {
@@ -98,13 +113,56 @@ pub enum AgentError {
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
 
 impl AgentError {
-    /// Classifies an OS error from a BPF or netlink operation.
+    /// Classifies an OS error from a BPF operation.
     pub fn from_io(what: impl Into<String>, e: io::Error) -> Self {
         let what = what.into();
         match e.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => Self::NotPermitted { what },
+            Some(libc::EPERM) | Some(libc::EACCES) => Self::NotPermitted {
+                what,
+                needs: DATAPATH_CAPS,
+            },
             Some(libc::ENOSYS) => Self::NoBpf(what),
             _ => Self::Io { what, source: e },
+        }
+    }
+
+    /// A file or directory operation that failed (its permissions are the
+    /// file's, not a capability's).
+    pub fn file(what: impl Into<String>, source: io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// A listener on `addr` (for `what`, set by `setting`) that could not be
+    /// bound; `needs` are the capabilities its socket options take besides
+    /// CAP_NET_BIND_SERVICE for a port below 1024.
+    pub fn listen(
+        what: impl Into<String>,
+        addr: impl std::fmt::Display,
+        port: Option<u16>,
+        setting: &str,
+        needs: &'static [Cap],
+        e: io::Error,
+    ) -> Self {
+        let denied = matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES));
+        let low_port = port.is_some_and(|p| p < 1024);
+        let reason = if e.kind() == io::ErrorKind::AddrInUse {
+            format!("the address is in use: another program listens there (`ss -ltunp` names it); stop it, or set {setting} to a free address")
+        } else if e.kind() == io::ErrorKind::AddrNotAvailable {
+            format!("no interface of this host has that address (see `ip address`); set {setting} to one of its addresses")
+        } else if denied && low_port && !lacking(&[CAP_NET_BIND_SERVICE]).is_empty() {
+            format!("a port below 1024 needs CAP_NET_BIND_SERVICE, which this process lacks; run it as root with CAP_NET_BIND_SERVICE (the packaged unit has it), or set {setting} to a port from 1024 up")
+        } else if denied && !lacking(needs).is_empty() {
+            needs_note(needs)
+        } else {
+            format!("{e}; {setting} sets it")
+        };
+        Self::Listen {
+            what: what.into(),
+            addr: addr.to_string(),
+            reason,
         }
     }
 
@@ -126,8 +184,11 @@ impl AgentError {
         }
         // Without the capabilities the verifier refuses what it would take with
         // them: say what is missing rather than blame the kernel.
-        if !missing_caps().is_empty() {
-            return Self::NotPermitted { what };
+        if !lacking(DATAPATH_CAPS).is_empty() {
+            return Self::NotPermitted {
+                what,
+                needs: DATAPATH_CAPS,
+            };
         }
         if let Some((_, log)) = message.split_once("Verifier output:") {
             // The verifier's refusal (EACCES too): its last lines say why.
@@ -138,40 +199,94 @@ impl AgentError {
             }
         }
         match io_kind {
-            Some(libc::EPERM) | Some(libc::EACCES) => Self::NotPermitted { what },
+            Some(libc::EPERM) | Some(libc::EACCES) => Self::NotPermitted {
+                what,
+                needs: DATAPATH_CAPS,
+            },
             Some(libc::ENOSYS) => Self::NoBpf(what),
             _ => Self::Bpf { what, message },
         }
     }
 }
 
-/// The capabilities the datapath needs, by number (linux/capability.h).
-const NEEDED_CAPS: [(u32, &str); 3] = [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (12, "CAP_NET_ADMIN")];
+/// A capability: its number (linux/capability.h) and name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    bit: u32,
+    pub name: &'static str,
+}
 
-/// Which of [`NEEDED_CAPS`] this process's effective set lacks.
-pub fn missing_caps() -> Vec<&'static str> {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+pub const CAP_NET_BIND_SERVICE: Cap = Cap {
+    bit: 10,
+    name: "CAP_NET_BIND_SERVICE",
+};
+pub const CAP_NET_ADMIN: Cap = Cap {
+    bit: 12,
+    name: "CAP_NET_ADMIN",
+};
+pub const CAP_SYS_ADMIN: Cap = Cap {
+    bit: 21,
+    name: "CAP_SYS_ADMIN",
+};
+pub const CAP_PERFMON: Cap = Cap {
+    bit: 38,
+    name: "CAP_PERFMON",
+};
+pub const CAP_BPF: Cap = Cap {
+    bit: 39,
+    name: "CAP_BPF",
+};
+
+/// What loading and attaching the datapath takes: CAP_BPF (programs and
+/// maps), CAP_PERFMON (the programs' pointer arithmetic), CAP_NET_ADMIN
+/// (networking programs, attaching them).
+pub const DATAPATH_CAPS: &[Cap] = &[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN];
+
+/// Which of `caps` this process's effective set lacks (none when the set
+/// cannot be read).
+pub fn lacking(caps: &[Cap]) -> Vec<Cap> {
+    let Some(eff) = effective_caps() else {
         return Vec::new();
     };
-    let Some(eff) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-    else {
-        return Vec::new();
-    };
-    NEEDED_CAPS
-        .iter()
-        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
-        .map(|(_, name)| *name)
+    caps.iter()
+        .filter(|c| eff & (1u64 << c.bit) == 0)
+        .copied()
         .collect()
 }
 
-fn missing_note() -> String {
-    let m = missing_caps();
-    if m.is_empty() {
-        String::new()
+/// The effective capability set (`CapEff` of /proc/self/status).
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+}
+
+/// "A", "A and B", "A, B and C".
+fn names(caps: &[Cap]) -> String {
+    match caps {
+        [] => String::new(),
+        [one] => one.name.to_string(),
+        [rest @ .., last] => format!(
+            "{} and {}",
+            rest.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
+            last.name
+        ),
+    }
+}
+
+/// Names the capabilities of `needs` this process lacks and how to grant
+/// them, or, when it holds them all, what else refuses.
+fn needs_note(needs: &[Cap]) -> String {
+    let missing = lacking(needs);
+    if missing.is_empty() {
+        format!(
+            "this process holds {}, which this takes, so something else refuses it: a security module (SELinux, AppArmor), a seccomp filter (the unit's SystemCallFilter=) or kernel lockdown",
+            names(needs)
+        )
     } else {
-        format!(" (this process lacks {})", m.join(", "))
+        let n = names(&missing);
+        format!("this process lacks {n}; run it as root with {n} (the unit's CapabilityBoundingSet= and AmbientCapabilities=)")
     }
 }

@@ -224,8 +224,12 @@ fn main() {
         // One line: what went wrong and how to fix it.
         let mut msg = e.to_string();
         for cause in e.chain().skip(1) {
-            msg.push_str(": ");
-            msg.push_str(&cause.to_string());
+            // An error that shows its source already says it once.
+            let cause = cause.to_string();
+            if !msg.ends_with(&cause) {
+                msg.push_str(": ");
+                msg.push_str(&cause);
+            }
         }
         eprintln!("session-agent: {msg}");
         std::process::exit(1);

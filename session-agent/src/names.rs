@@ -399,10 +399,7 @@ fn load_changes(path: &std::path::Path) -> crate::error::Result<ApiChanges> {
             reason: e.to_string(),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ApiChanges::default()),
-        Err(e) => Err(AgentError::from_io(
-            format!("reading {}", path.display()),
-            e,
-        )),
+        Err(e) => Err(AgentError::file(format!("reading {}", path.display()), e)),
     }
 }
 
@@ -646,7 +643,7 @@ impl NameGarden {
         let tmp = path.with_extension("json.new");
         std::fs::write(&tmp, text + "\n")
             .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| AgentError::from_io(what(), e))
+            .map_err(|e| AgentError::file(what(), e))
     }
 
     fn sender(&self) -> crate::error::Result<&OwnedFd> {

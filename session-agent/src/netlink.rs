@@ -32,8 +32,17 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::error::{AgentError, Result};
 
-/// A netlink request that failed, with the kernel's (or the socket's) error.
+/// A netlink request that failed, with the kernel's (or the socket's) error;
+/// a refusal names CAP_NET_ADMIN when the process lacks it.
 fn failed(what: &str, source: std::io::Error) -> AgentError {
+    if source.raw_os_error() == Some(libc::EPERM)
+        && !crate::error::lacking(&[crate::error::CAP_NET_ADMIN]).is_empty()
+    {
+        return AgentError::NotPermitted {
+            what: format!("{what} (netlink)"),
+            needs: &[crate::error::CAP_NET_ADMIN],
+        };
+    }
     AgentError::Netlink {
         what: what.to_string(),
         source,

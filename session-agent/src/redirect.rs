@@ -93,12 +93,18 @@ pub fn listen(opts: &RedirectOptions) -> Result<Vec<std::net::TcpListener>> {
     let mut out = Vec::new();
     for v6 in [false, true] {
         let l = crate::sys::transparent_listener(v6, opts.port, opts.mark).map_err(|e| {
-            AgentError::from_io(
-                format!(
-                    "binding the portal redirect's {} listener on port {} (another program there? pick --redirect-port)",
-                    if v6 { "IPv6" } else { "IPv4" },
-                    opts.port
-                ),
+            let addr: std::net::SocketAddr = if v6 {
+                (std::net::Ipv6Addr::LOCALHOST, opts.port).into()
+            } else {
+                (std::net::Ipv4Addr::LOCALHOST, opts.port).into()
+            };
+            // IP_TRANSPARENT and SO_MARK take CAP_NET_ADMIN.
+            AgentError::listen(
+                "the portal redirect's responder",
+                addr,
+                Some(opts.port),
+                "--redirect-port (captive.redirect_port)",
+                &[crate::error::CAP_NET_ADMIN],
                 e,
             )
         })?;
@@ -107,7 +113,8 @@ pub fn listen(opts: &RedirectOptions) -> Result<Vec<std::net::TcpListener>> {
     Ok(out)
 }
 
-/// Answers every connection on `listeners` until the task is dropped.
+/// Answers every connection on `listeners` until the task is dropped or one
+/// of them fails for good.
 pub async fn serve(
     gw: Arc<Gateway>,
     opts: RedirectOptions,
@@ -120,10 +127,20 @@ pub async fn serve(
         let l = tokio::net::TcpListener::from_std(l)
             .map_err(|e| AgentError::from_io("serving the portal redirect", e))?;
         let (gw, opts, slots) = (gw.clone(), opts.clone(), slots.clone());
+        let addr = l
+            .local_addr()
+            .map_or_else(|_| format!("port {}", opts.port), |a| a.to_string());
         loops.spawn(async move {
             loop {
                 let (stream, peer) = match l.accept().await {
                     Ok(c) => c,
+                    Err(e) if crate::sys::listener_gone(&e) => {
+                        return Err(AgentError::ListenerFailed {
+                            what: "the portal redirect's responder".into(),
+                            addr,
+                            cause: e,
+                        });
+                    }
                     Err(e) => {
                         // Out of descriptors and the like: try again soon.
                         warn!("portal redirect: accept failed: {e}");
@@ -153,7 +170,18 @@ pub async fn serve(
             }
         });
     }
-    while loops.join_next().await.is_some() {}
+    while let Some(r) = loops.join_next().await {
+        match r {
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(())) => {}
+            Err(e) => {
+                return Err(AgentError::Io {
+                    what: "the portal redirect".into(),
+                    source: io::Error::other(e.to_string()),
+                })
+            }
+        }
+    }
     Ok(())
 }
 

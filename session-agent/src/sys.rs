@@ -30,6 +30,17 @@ fn set_int(
     Ok(())
 }
 
+/// Whether an accept error means the listening socket itself is gone (shut
+/// down from outside, e.g. by `ss -K`, or closed) rather than one
+/// connection failing or descriptors running out for a while: accepting
+/// again can never succeed.
+pub fn listener_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EBADF) | Some(libc::ENOTSOCK) | Some(libc::EOPNOTSUPP)
+    )
+}
+
 /// A listening TCP socket on the loopback address and `port` that accepts
 /// connections to any address the datapath hands it (`IP_TRANSPARENT`,
 /// needs CAP_NET_ADMIN) and marks what it sends with `mark` (`SO_MARK`).

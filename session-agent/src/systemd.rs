@@ -1,6 +1,6 @@
 //! The service manager's notification protocol (`sd_notify(3)`), spoken over the
 //! datagram socket systemd names in `$NOTIFY_SOCKET`: `READY=1` once every LAN is
-//! attached and the API listens, `WATCHDOG=1` from the poll loop, `RELOADING=1` and
+//! attached and every listener is bound, `WATCHDOG=1` from the poll loop, `RELOADING=1` and
 //! `STOPPING=1` around a reload and a stop, `STATUS=` for `systemctl status`.
 //!
 //! Without `$NOTIFY_SOCKET` (not started by systemd) every call does nothing.

@@ -89,6 +89,16 @@ pub struct AgentBuilder {
     pub env: Vec<(String, String)>,
     /// Run with only [`SERVICE_CAPS`] (also set for every agent by `SESSION_TESTS_CAPS=service`).
     pub service_caps: bool,
+    /// Of [`SERVICE_CAPS`], those the agent runs without (with `service_caps`).
+    pub without_caps: Vec<String>,
+}
+
+/// An agent process that ended: how, and what it wrote.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl AgentBuilder {
@@ -103,6 +113,7 @@ impl AgentBuilder {
             extra: Vec::new(),
             env: Vec::new(),
             service_caps: service_caps_only(),
+            without_caps: Vec::new(),
         }
     }
 
@@ -115,6 +126,14 @@ impl AgentBuilder {
     /// Runs the agent with only the capabilities of the packaged service.
     pub fn service_caps(mut self) -> Self {
         self.service_caps = true;
+        self
+    }
+
+    /// Runs the agent with the capabilities of the packaged service but `cap`
+    /// (e.g. "net_bind_service").
+    pub fn service_caps_without(mut self, cap: &str) -> Self {
+        self.service_caps = true;
+        self.without_caps.push(cap.to_string());
         self
     }
 
@@ -132,14 +151,18 @@ impl AgentBuilder {
         self.arg("--portal-port").arg(port.to_string())
     }
 
-    /// Starts `session-agent run` and waits for `READY` on stdout.
-    pub fn start(&self) -> Agent {
+    /// The `session-agent run` command line.
+    fn command(&self) -> Command {
         let bin = agent_bin();
         let mut cmd = if self.service_caps {
             // Bounding set and inheritable set cut to the unit's capabilities:
             // uid 0 gets no others when it executes the agent.
             let mut c = ns_command(&self.ns, "setpriv");
-            let keep: Vec<String> = SERVICE_CAPS.iter().map(|c| format!("+{c}")).collect();
+            let keep: Vec<String> = SERVICE_CAPS
+                .iter()
+                .filter(|c| !self.without_caps.iter().any(|w| w == *c))
+                .map(|c| format!("+{c}"))
+                .collect();
             c.arg(format!("--bounding-set=-all,{}", keep.join(",")))
                 .arg("--inh-caps=-all")
                 .arg("--")
@@ -163,6 +186,44 @@ impl AgentBuilder {
             }
         }
         cmd.args(&self.extra);
+        cmd
+    }
+
+    /// Runs `session-agent run` to its end (killed, and a panic, after
+    /// `timeout`): for an agent that must not start.
+    pub fn run_to_exit(&self, timeout: Duration) -> Exited {
+        let mut cmd = self.command();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let cmdline = format!("{cmd:?}");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmdline}: {e}"));
+        let deadline = Instant::now() + timeout;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "agent still running after {timeout:?}: {cmdline}\nstdout:\n{}\nstderr:\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        Exited {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts `session-agent run` and waits for `READY` on stdout.
+    pub fn start(&self) -> Agent {
+        let mut cmd = self.command();
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -279,6 +340,25 @@ impl Agent {
             // SAFETY: signalling our own child process by pid.
             unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
             let _ = c.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for the agent to end on its own; its exit
+    /// status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                // The threads reading its pipes finish with them.
+                std::thread::sleep(Duration::from_millis(100));
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

@@ -28,6 +28,7 @@ use axum::{
     http::{header, StatusCode},
     middleware::{self, Next},
     response::Response,
+    serve::ListenerExt,
     Router,
 };
 use tracing::{info, warn};
@@ -195,78 +196,236 @@ async fn bearer(State(token): State<Arc<str>>, req: Request, next: Next) -> Resp
     }
 }
 
-/// Serves the API until the task is dropped or a listener fails. `ready` is told
-/// once every listener is bound, so callers can announce readiness truthfully.
-pub async fn serve(
-    gateway: Arc<Gateway>,
-    opts: ApiOptions,
-    ready: Option<tokio::sync::oneshot::Sender<()>>,
-) -> Result<(), AgentError> {
+/// The API's listeners, bound by [`bind`] before the agent says it is ready.
+pub struct Listeners {
+    socket: Option<tokio::net::UnixListener>,
+    tcp: Option<tokio::net::TcpListener>,
+    captive: Option<tokio::net::TcpListener>,
+}
+
+/// Binds every listener `opts` asks for (the unix socket, TCP, the captive
+/// portal's); an error names the address and the setting to change.
+pub async fn bind(opts: &ApiOptions) -> Result<Listeners, AgentError> {
     opts.validate().map_err(|e| AgentError::Io {
         what: "starting the control API".into(),
         source: std::io::Error::other(e),
     })?;
+    let mut out = Listeners {
+        socket: None,
+        tcp: None,
+        captive: None,
+    };
+    if let Some(path) = &opts.socket {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| AgentError::file(format!("creating {}", dir.display()), e))?;
+        }
+        // A socket left by a killed agent would make bind fail.
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
+            AgentError::listen(
+                "the control API",
+                path.display(),
+                None,
+                "--api-socket (api.socket)",
+                &[],
+                e,
+            )
+        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| AgentError::file(format!("setting the mode of {}", path.display()), e))?;
+        info!(socket = %path.display(), "control API listening");
+        out.socket = Some(listener);
+    }
+    if let Some(addr) = opts.tcp {
+        let l = bind_tcp(addr, "the control API on TCP", "--api-tcp (api.tcp)").await?;
+        info!(%addr, "control API listening on TCP (bearer token)");
+        out.tcp = Some(l);
+    }
+    if let Some(addr) = opts.captive {
+        let l = bind_tcp(
+            addr,
+            "the captive-portal API and portal page",
+            "--captive-listen (captive.listen)",
+        )
+        .await?;
+        info!(%addr, "captive-portal API (RFC 8908) and portal page (/portal) listening");
+        out.captive = Some(l);
+    }
+    Ok(out)
+}
+
+fn tcp_addr(l: &tokio::net::TcpListener) -> String {
+    l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// A listener as axum serves it, whose socket failing for good
+/// ([`crate::sys::listener_gone`]) is handed to its owner instead of retried
+/// forever (axum's own listeners retry every accept error).
+struct Watched<L> {
+    inner: L,
+    what: &'static str,
+    addr: String,
+    failed: Option<tokio::sync::oneshot::Sender<AgentError>>,
+}
+
+impl<L> Watched<L> {
+    fn new(
+        inner: L,
+        what: &'static str,
+        addr: String,
+    ) -> (Self, tokio::sync::oneshot::Receiver<AgentError>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let w = Watched {
+            inner,
+            what,
+            addr,
+            failed: Some(tx),
+        };
+        (w, rx)
+    }
+}
+
+/// The accept of tokio's listeners, errors and all.
+trait Accept: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    type Addr: Send;
+    fn accept_one(
+        &mut self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Io, Self::Addr)>> + Send;
+    fn addr(&self) -> std::io::Result<Self::Addr>;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+    async fn accept_one(&mut self) -> std::io::Result<(Self::Io, Self::Addr)> {
+        self.accept().await
+    }
+    fn addr(&self) -> std::io::Result<Self::Addr> {
+        self.local_addr()
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+    async fn accept_one(&mut self) -> std::io::Result<(Self::Io, Self::Addr)> {
+        self.accept().await
+    }
+    fn addr(&self) -> std::io::Result<Self::Addr> {
+        self.local_addr()
+    }
+}
+
+impl<L: Accept> axum::serve::Listener for Watched<L> {
+    type Io = L::Io;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept_one().await {
+                Ok(c) => return c,
+                Err(e) if crate::sys::listener_gone(&e) => {
+                    if let Some(tx) = self.failed.take() {
+                        let _ = tx.send(AgentError::ListenerFailed {
+                            what: self.what.into(),
+                            addr: self.addr.clone(),
+                            cause: e,
+                        });
+                    }
+                    std::future::pending::<()>().await;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(e) => {
+                    // Out of descriptors and the like: try again soon.
+                    warn!(addr = %self.addr, "{}: accept failed: {e}", self.what);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.addr()
+    }
+}
+
+async fn bind_tcp(
+    addr: SocketAddr,
+    what: &str,
+    setting: &str,
+) -> Result<tokio::net::TcpListener, AgentError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| AgentError::listen(what, addr, Some(addr.port()), setting, &[], e))
+}
+
+/// Serves the API on `listeners` (from [`bind`]) until the task is dropped or
+/// a listener fails.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    opts: ApiOptions,
+    listeners: Listeners,
+) -> Result<(), AgentError> {
     let app = router_with(gateway.clone(), opts.clone());
     let mut tasks = tokio::task::JoinSet::new();
 
-    if let Some(path) = opts.socket.clone() {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| AgentError::from_io(format!("creating {}", dir.display()), e))?;
-        }
-        // A socket left by a killed agent would make bind fail.
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).map_err(|e| {
-            AgentError::from_io(format!("binding the API socket {}", path.display()), e)
-        })?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(|e| {
-            AgentError::from_io(format!("setting the mode of {}", path.display()), e)
-        })?;
-        info!(socket = %path.display(), "control API listening");
+    if let Some(listener) = listeners.socket {
+        let addr = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            .unwrap_or_default();
+        let (listener, failed) = Watched::new(listener, "the control API", addr);
         let app = app.clone();
         tasks.spawn(async move {
-            axum::serve(listener, app)
-                .await
-                .map_err(|e| AgentError::from_io("serving the control API", e))
+            tokio::select! {
+                r = axum::serve(listener, app) => r.map_err(|e| AgentError::from_io("serving the control API", e)),
+                Ok(e) = failed => Err(e),
+            }
         });
     }
 
-    if let Some(addr) = opts.tcp {
+    if let Some(listener) = listeners.tcp {
         let token: Arc<str> = opts.token.clone().unwrap_or_default().into();
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| AgentError::from_io(format!("binding the API TCP listener {addr}"), e))?;
-        info!(%addr, "control API listening on TCP (bearer token)");
         let app = app
             .clone()
             .layer(middleware::from_fn_with_state(token, bearer));
+        let addr = tcp_addr(&listener);
+        let (listener, failed) = Watched::new(listener, "the control API on TCP", addr);
         tasks.spawn(async move {
-            axum::serve(listener, app)
-                .await
-                .map_err(|e| AgentError::from_io("serving the control API on TCP", e))
+            tokio::select! {
+                r = axum::serve(listener, app) => r.map_err(|e| AgentError::from_io("serving the control API on TCP", e)),
+                Ok(e) = failed => Err(e),
+            }
         });
     }
 
-    if let Some(addr) = opts.captive {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            AgentError::from_io(format!("binding the captive-portal API listener {addr}"), e)
-        })?;
-        info!(%addr, "captive-portal API (RFC 8908) and portal page (/portal) listening");
+    if let Some(listener) = listeners.captive {
         let app = captive::router(gateway.clone(), opts.portal_url.clone()).merge(
             crate::portal::router(gateway.clone(), opts.portal_texts.clone()),
         );
+        let addr = tcp_addr(&listener);
+        let (listener, failed) =
+            Watched::new(listener, "the captive-portal API and portal page", addr);
+        // `tap_io` for axum's ConnectInfo, which knows its own listener types only.
+        let listener = listener.tap_io(|_| {});
         tasks.spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .map_err(|e| AgentError::from_io("serving the captive-portal API", e))
+            tokio::select! {
+                r = axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                ) => r.map_err(|e| AgentError::from_io("serving the captive-portal API", e)),
+                Ok(e) = failed => Err(e),
+            }
         });
-    }
-
-    if let Some(ready) = ready {
-        let _ = ready.send(());
     }
 
     if let Some(retention) = opts.retention {
@@ -294,7 +453,7 @@ pub async fn serve(
     match tasks.join_next().await {
         Some(Ok(r)) => r,
         Some(Err(e)) => Err(AgentError::Io {
-            what: "control API task".into(),
+            what: "the control API".into(),
             source: std::io::Error::other(e.to_string()),
         }),
         None => std::future::pending().await,

@@ -443,7 +443,7 @@ pub fn load(pin_root: &Path, iface_name: &str) -> Result<Ebpf> {
     let shared = clients_dir(pin_root);
     for d in [&dir, &shared] {
         std::fs::create_dir_all(d)
-            .map_err(|e| AgentError::from_io(format!("creating {}", d.display()), e))?;
+            .map_err(|e| AgentError::file(format!("creating {}", d.display()), e))?;
     }
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(&dir);
@@ -646,7 +646,7 @@ fn remove_link(path: &Path) -> Result<()> {
     };
     link_detach(fd.as_raw_fd());
     std::fs::remove_file(path)
-        .map_err(|e| AgentError::from_io(format!("removing {}", path.display()), e))
+        .map_err(|e| AgentError::file(format!("removing {}", path.display()), e))
 }
 
 /// BPF_OBJ_GET: opens a pinned object, `None` if there is no pin.
@@ -748,12 +748,12 @@ pub fn detach(pin_root: &Path, iface_name: &str) -> Result<()> {
         shape::teardown(iface_name)?;
     }
     std::fs::remove_dir_all(&dir)
-        .map_err(|e| AgentError::from_io(format!("removing {}", dir.display()), e))?;
+        .map_err(|e| AgentError::file(format!("removing {}", dir.display()), e))?;
     // The last LAN takes the shared client table with it.
     let shared = clients_dir(pin_root);
     match crate::dataplane::Maps::attached_interfaces(pin_root) {
         Err(AgentError::NothingAttached(_)) if shared.exists() => std::fs::remove_dir_all(&shared)
-            .map_err(|e| AgentError::from_io(format!("removing {}", shared.display()), e)),
+            .map_err(|e| AgentError::file(format!("removing {}", shared.display()), e)),
         _ => Ok(()),
     }
 }

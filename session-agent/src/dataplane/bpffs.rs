@@ -32,7 +32,8 @@ pub fn prepare(pin_root: &Path) -> Result<()> {
             let e = std::io::Error::last_os_error();
             return Err(match e.raw_os_error() {
                 Some(libc::EPERM) => AgentError::NotPermitted {
-                    what: "mounting /sys/fs/bpf".into(),
+                    what: "mounting /sys/fs/bpf (or mount it beforehand: `mount -t bpf bpf /sys/fs/bpf`, as systemd does at boot)".into(),
+                    needs: &[crate::error::CAP_SYS_ADMIN],
                 },
                 _ => AgentError::NoBpffs {
                     path: base.into(),
@@ -42,7 +43,7 @@ pub fn prepare(pin_root: &Path) -> Result<()> {
         }
     }
     std::fs::create_dir_all(pin_root)
-        .map_err(|e| AgentError::from_io(format!("creating {}", pin_root.display()), e))?;
+        .map_err(|e| AgentError::file(format!("creating {}", pin_root.display()), e))?;
     if !is_bpffs(pin_root) {
         return Err(AgentError::NoBpffs {
             path: pin_root.into(),

@@ -160,7 +160,7 @@ impl Maps {
                 return Err(AgentError::NothingAttached(pin_root.into()))
             }
             Err(e) => {
-                return Err(AgentError::from_io(
+                return Err(AgentError::file(
                     format!("reading {}", pin_root.display()),
                     e,
                 ))
