@@ -6,6 +6,7 @@ mod captive;
 mod error;
 mod events;
 mod garden;
+mod listener;
 mod metrics;
 pub mod neigh;
 mod radius;
@@ -23,6 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use axum::serve::ListenerExt;
 use axum::{
     extract::{DefaultBodyLimit, Request, State},
     http::{header, StatusCode},
@@ -30,6 +32,7 @@ use axum::{
     response::Response,
     Router,
 };
+use listener::JsonErrors;
 use tracing::{info, warn};
 
 use crate::{error::AgentError, gateway::Gateway};
@@ -127,12 +130,32 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no_route", "no such route; see /v1/openapi.json")
 }
 
+/// An unknown path on the captive listener.
+async fn captive_not_found() -> ApiError {
+    ApiError::not_found(
+        "no_route",
+        "no such page here: the portal page is /portal, the RFC 8908 API /captive-portal/api",
+    )
+}
+
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!(
             "{} takes no {method}; see /v1/openapi.json for its methods",
+            uri.path()
+        ),
+    )
+}
+
+/// A known path of the captive listener with another method.
+async fn captive_method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} takes no {method}: pages and the RFC 8908 API are read with GET, forms sent with POST",
             uri.path()
         ),
     )
@@ -225,7 +248,7 @@ pub async fn serve(
         info!(socket = %path.display(), "control API listening");
         let app = app.clone();
         tasks.spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(JsonErrors(listener), app)
                 .await
                 .map_err(|e| AgentError::from_io("serving the control API", e))
         });
@@ -241,7 +264,7 @@ pub async fn serve(
             .clone()
             .layer(middleware::from_fn_with_state(token, bearer));
         tasks.spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(JsonErrors(listener), app)
                 .await
                 .map_err(|e| AgentError::from_io("serving the control API on TCP", e))
         });
@@ -252,10 +275,16 @@ pub async fn serve(
             AgentError::from_io(format!("binding the captive-portal API listener {addr}"), e)
         })?;
         info!(%addr, "captive-portal API (RFC 8908) and portal page (/portal) listening");
-        let app = captive::router(gateway.clone(), opts.portal_url.clone()).merge(
-            crate::portal::router(gateway.clone(), opts.portal_texts.clone()),
-        );
+        let app = captive::router(gateway.clone(), opts.portal_url.clone())
+            .merge(crate::portal::router(
+                gateway.clone(),
+                opts.portal_texts.clone(),
+            ))
+            .fallback(captive_not_found)
+            .method_not_allowed_fallback(captive_method_not_allowed);
         tasks.spawn(async move {
+            // The tap only makes the listener give each request its peer address.
+            let listener = JsonErrors(listener).tap_io(|_| {});
             axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<SocketAddr>(),
