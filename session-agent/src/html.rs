@@ -1,7 +1,7 @@
 //! Small pieces of HTML and plain text shared by the portal page and the printed
 //! voucher sheet.
 
-use session_model::{SessionType, VoucherTemplate, BYTES_PER_MB};
+use session_model::{SessionType, VoucherTemplate};
 
 /// `s` safe inside HTML text and double-quoted attributes.
 pub fn escape(s: &str) -> String {
@@ -33,16 +33,57 @@ pub fn duration(secs: u64) -> String {
     }
 }
 
-/// An amount of data in decimal units (1 MB = 1,000,000 bytes, as sold).
-pub fn bytes(n: u64) -> String {
-    let mb = n as f64 / BYTES_PER_MB as f64;
-    if mb >= 1000.0 {
-        format!("{:.2} GB", mb / 1000.0)
-    } else if mb >= 10.0 {
-        format!("{mb:.0} MB")
+/// Time left as a countdown shows it, seconds always: `2 d 03 h 05 min 07 s`,
+/// `1 h 05 min 07 s`, `4 min 09 s`, `12 s`.
+pub fn time_left(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d} d {h:02} h {m:02} min {s:02} s")
+    } else if h > 0 {
+        format!("{h} h {m:02} min {s:02} s")
+    } else if m > 0 {
+        format!("{m} min {s:02} s")
     } else {
-        format!("{mb:.1} MB")
+        format!("{s} s")
     }
+}
+
+/// An amount of data in decimal units (1 MB = 1,000,000 bytes, as sold), to
+/// three significant figures without trailing zeros: `123 kB`, `1.5 MB`,
+/// `200 MB`, `1.23 GB`.
+pub fn bytes(n: u64) -> String {
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut div: u128 = 1;
+    for unit in ["kB", "MB", "GB", "TB", "PB", "EB"] {
+        div *= 1000;
+        let whole = u128::from(n) / div;
+        if whole >= 1000 && unit != "EB" {
+            continue;
+        }
+        // Decimals that leave three significant figures, rounded half up.
+        let decimals = match whole {
+            0..=9 => 2,
+            10..=99 => 1,
+            _ => 0,
+        };
+        let scale = 10u128.pow(decimals);
+        let v = (u128::from(n) * scale * 2 + div) / (div * 2);
+        if v >= 1000 * scale && unit != "EB" {
+            // 999.6 kB rounds to the next unit.
+            continue;
+        }
+        let (int, frac) = (v / scale, v % scale);
+        let mut out = int.to_string();
+        if frac > 0 {
+            let f = format!("{frac:0width$}", width = decimals as usize);
+            out.push('.');
+            out.push_str(f.trim_end_matches('0'));
+        }
+        return format!("{out} {unit}");
+    }
+    unreachable!("u64 bytes are below 1000 EB")
 }
 
 /// A speed pair in Mbit/s, 0 meaning no limit.
@@ -118,11 +159,45 @@ mod tests {
         assert_eq!(duration(3_900), "1 h 05 min");
         assert_eq!(duration(2 * 86_400 + 3 * 3_600 + 59), "2 d 3 h");
         assert_eq!(bytes(1_500_000), "1.5 MB");
+        assert_eq!(bytes(50_000_000), "50 MB");
         assert_eq!(bytes(500_000_000), "500 MB");
         assert_eq!(bytes(2_345_000_000), "2.35 GB");
         assert_eq!(speed(5, 0, "∞"), "↓ 5 Mbit/s · ↑ ∞");
+        assert_eq!(duration(3_600), "1 h 00 min");
         assert_eq!(utc_minute(0), "1970-01-01 00:00 UTC");
         assert_eq!(utc_minute(1_795_806_300), "2026-11-27 19:05 UTC");
         assert_eq!(utc_minute(951_782_400), "2000-02-29 00:00 UTC");
+    }
+
+    #[test]
+    fn time_left_shows_its_seconds_at_every_length() {
+        assert_eq!(time_left(9), "9 s");
+        assert_eq!(time_left(249), "4 min 09 s");
+        assert_eq!(time_left(3_907), "1 h 05 min 07 s");
+        assert_eq!(time_left(2 * 3_600), "2 h 00 min 00 s");
+        assert_eq!(
+            time_left(2 * 86_400 + 3 * 3_600 + 5 * 60 + 7),
+            "2 d 03 h 05 min 07 s"
+        );
+    }
+
+    #[test]
+    fn data_reads_to_three_significant_figures() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(123_000), "123 kB");
+        assert_eq!(bytes(123_456), "123 kB");
+        assert_eq!(bytes(12_345), "12.3 kB");
+        assert_eq!(bytes(1_234), "1.23 kB");
+        assert_eq!(bytes(999_600), "1 MB");
+        assert_eq!(bytes(199_900_000), "200 MB");
+        // 200 MB sold, 123 kB used: what is left is no longer a round number.
+        assert_eq!(bytes(200_000_000 - 123_000), "200 MB");
+        assert_eq!(bytes(10_000_000 - 123_000), "9.88 MB");
+        assert_eq!(bytes(123_400_000), "123 MB");
+        assert_eq!(bytes(12_340_000), "12.3 MB");
+        assert_eq!(bytes(1_230_000_000), "1.23 GB");
+        assert_eq!(bytes(1_235_000_000), "1.24 GB");
+        assert_eq!(bytes(u64::MAX), "18.4 EB");
     }
 }

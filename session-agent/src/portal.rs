@@ -15,7 +15,7 @@
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use axum::{
-    extract::{ConnectInfo, Form, Query, State},
+    extract::{ConnectInfo, DefaultBodyLimit, Form, Query, State},
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Redirect, Response},
     routing::{get, post},
@@ -25,9 +25,10 @@ use serde::{Deserialize, Serialize};
 use session_model::{ClientSession, Device, ModelError, RedeemRefusal};
 
 use crate::api::neigh;
+use crate::api::ApiError;
 use crate::error::AgentError;
 use crate::gateway::Gateway;
-use crate::html::{bytes, duration, escape, speed, utc_minute};
+use crate::html::{bytes, escape, speed, time_left, utc_minute};
 use crate::vouchers::RedeemError;
 
 /// The default texts (English), also the template an operator copies.
@@ -49,6 +50,7 @@ pub struct PortalTexts {
     pub paused_hint: String,
     pub remaining_time: String,
     pub remaining_data: String,
+    pub used_data: String,
     pub speed: String,
     pub valid_until: String,
     pub unlimited: String,
@@ -67,6 +69,10 @@ pub struct PortalTexts {
     pub error_no_session: String,
     pub error_not_a_client: String,
     pub error_other: String,
+    pub error_code_missing: String,
+    pub error_code_too_long: String,
+    pub error_code_characters: String,
+    pub error_form: String,
     pub color_accent: String,
     pub color_background: String,
     pub color_text: String,
@@ -232,6 +238,9 @@ struct Ctx {
     texts: Arc<PortalTexts>,
 }
 
+/// Largest form body the portal reads.
+const FORM_LIMIT: usize = 4 * 1024;
+
 /// The portal's routes: `/portal`, `/portal/status`, and the forms' targets.
 pub fn router(gw: Arc<Gateway>, texts: Arc<PortalTexts>) -> Router {
     Router::new()
@@ -241,6 +250,8 @@ pub fn router(gw: Arc<Gateway>, texts: Arc<PortalTexts>) -> Router {
         .route("/portal/pause", post(pause))
         .route("/portal/resume", post(resume))
         .route("/portal/logo", get(logo))
+        // A code form is a few dozen bytes.
+        .layer(DefaultBodyLimit::max(FORM_LIMIT))
         .with_state(Arc::new(Ctx { gw, texts }))
 }
 
@@ -259,7 +270,11 @@ async fn logo(State(ctx): State<Arc<Ctx>>) -> Response {
             l.bytes.as_ref().clone(),
         )
             .into_response(),
-        None => (StatusCode::NOT_FOUND, "no logo").into_response(),
+        None => ApiError::not_found(
+            "no_logo",
+            "this hotspot has no logo (logo in the portal texts file)",
+        )
+        .into_response(),
     }
 }
 
@@ -272,9 +287,12 @@ pub struct ClientStatus {
     pub paused: bool,
     pub seconds_remaining: Option<u64>,
     pub bytes_remaining: Option<u64>,
+    /// Data used by the shown session.
+    pub bytes_used: Option<u64>,
     /// The same, as the page shows them.
     pub time_text: Option<String>,
     pub data_text: Option<String>,
+    pub used_text: Option<String>,
     pub speed_text: Option<String>,
     pub valid_until_text: Option<String>,
     /// Sessions waiting after the current one.
@@ -312,6 +330,7 @@ async fn status_of(
         secs = Some(secs.map_or(left, |v| v.min(left)));
     }
     let data = kind.uses_data().then(|| s.remaining_data_bytes());
+    let used = s.data_consumption_bytes();
     let (down, up) = if s.use_global_speed() {
         let c = gw.config();
         (c.global_down_mbits as i32, c.global_up_mbits as i32)
@@ -323,8 +342,10 @@ async fn status_of(
         paused: running.is_none(),
         seconds_remaining: secs,
         bytes_remaining: data,
-        time_text: Some(secs.map_or_else(|| texts.unlimited.clone(), duration)),
+        bytes_used: Some(used),
+        time_text: Some(secs.map_or_else(|| texts.unlimited.clone(), time_left)),
         data_text: Some(data.map_or_else(|| texts.unlimited.clone(), bytes)),
+        used_text: Some(bytes(used)),
         speed_text: Some(speed(down, up, &texts.unlimited)),
         valid_until_text: expires.map(utc_minute),
         waiting: available.saturating_sub(1),
@@ -387,6 +408,7 @@ fn page(t: &PortalTexts, st: &ClientStatus, note: Option<Note<'_>>, is_client: b
         };
         body.push_str(&row(&t.remaining_time, "time", &st.time_text));
         body.push_str(&row(&t.remaining_data, "data", &st.data_text));
+        body.push_str(&row(&t.used_data, "used", &st.used_text));
         body.push_str(&row(&t.speed, "speed", &st.speed_text));
         body.push_str(&row(&t.valid_until, "valid", &st.valid_until_text));
         if st.waiting > 0 {
@@ -430,7 +452,7 @@ fn page(t: &PortalTexts, st: &ClientStatus, note: Option<Note<'_>>, is_client: b
         // Refreshes what is left; reloads when the state changes (ran out, paused elsewhere).
         "<script>setInterval(function(){fetch('/portal/status',{cache:'no-store'}).then(function(r){return r.json()}).then(function(s){\
          if(!s.online){location.reload();return}\
-         ['time','data','speed'].forEach(function(k){var e=document.getElementById(k),v=s[k+'_text'];if(e&&v)e.textContent=v})\
+         ['time','data','used','speed'].forEach(function(k){var e=document.getElementById(k),v=s[k+'_text'];if(e&&v)e.textContent=v})\
          }).catch(function(){})},2000)</script>"
     } else {
         ""
@@ -532,12 +554,15 @@ async fn status(
     match client(&ctx.gw, peer).await {
         Ok(device) => match status_of(&ctx.gw, &ctx.texts, device.as_ref()).await {
             Ok(st) => (no_store, Json(st)).into_response(),
-            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, no_store, e.to_string()).into_response(),
+            Err(e) => (no_store, ApiError::from(e)).into_response(),
         },
         Err(()) => (
-            StatusCode::FORBIDDEN,
             no_store,
-            "not a client of this hotspot",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_a_client",
+                "this address is not a client on the hotspot's LAN: ask from a device on its Wi-Fi",
+            ),
         )
             .into_response(),
     }
@@ -584,7 +609,69 @@ where
 
 #[derive(Deserialize)]
 struct CodeForm {
-    code: String,
+    code: Option<String>,
+}
+
+/// What was wrong with a posted code form, before any code is looked up.
+#[derive(Debug, PartialEq, Eq)]
+enum FormProblem {
+    /// No code field, or nothing in it.
+    Missing,
+    /// More than a code holds.
+    TooLong,
+    /// Characters no code has.
+    Characters,
+    /// Not a form (JSON, no content type, a body that does not parse).
+    NotAForm,
+}
+
+impl FormProblem {
+    fn status(&self) -> StatusCode {
+        match self {
+            FormProblem::NotAForm => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn text<'a>(&self, t: &'a PortalTexts) -> &'a str {
+        match self {
+            FormProblem::Missing => &t.error_code_missing,
+            FormProblem::TooLong => &t.error_code_too_long,
+            FormProblem::Characters => &t.error_code_characters,
+            FormProblem::NotAForm => &t.error_form,
+        }
+    }
+}
+
+/// The code of a posted form, or what was wrong with it. Look-alike letters
+/// and digits no code uses (`O`, `0`, `I`, `1`, `L`) pass: such a code is
+/// simply unknown.
+fn code_of(
+    form: Result<Form<CodeForm>, axum::extract::rejection::FormRejection>,
+) -> Result<String, FormProblem> {
+    use axum::extract::rejection::FormRejection as R;
+    let code = match form {
+        Ok(Form(f)) => f.code.ok_or(FormProblem::Missing)?,
+        Err(R::BytesRejection(_)) => return Err(FormProblem::TooLong),
+        // Bytes that are not UTF-8 after percent-decoding.
+        Err(R::FailedToDeserializeForm(_) | R::FailedToDeserializeFormBody(_)) => {
+            return Err(FormProblem::Characters)
+        }
+        Err(_) => return Err(FormProblem::NotAForm),
+    };
+    let kept: Vec<char> = code
+        .chars()
+        .filter(|c| *c != '-' && !c.is_whitespace())
+        .collect();
+    if kept.is_empty() {
+        Err(FormProblem::Missing)
+    } else if !kept.iter().all(char::is_ascii_alphanumeric) {
+        Err(FormProblem::Characters)
+    } else if kept.len() > session_model::voucher::MAX_CODE_LEN {
+        Err(FormProblem::TooLong)
+    } else {
+        Ok(code)
+    }
 }
 
 fn cross_site(ctx: &Ctx) -> Response {
@@ -609,14 +696,17 @@ async fn redeem(
         return cross_site(&ctx);
     }
     let t = ctx.texts.clone();
-    let Ok(Form(f)) = form else {
-        return render(
-            &ctx,
-            peer,
-            StatusCode::BAD_REQUEST,
-            Some(Note::Bad(&t.error_unknown_voucher)),
-        )
-        .await;
+    let code = match code_of(form) {
+        Ok(code) => code,
+        Err(problem) => {
+            return render(
+                &ctx,
+                peer,
+                problem.status(),
+                Some(Note::Bad(problem.text(&t))),
+            )
+            .await
+        }
     };
     let device = match neigh::device_or_new_for_ip(&ctx.gw, peer.ip()).await {
         Ok(d) => d,
@@ -628,7 +718,7 @@ async fn redeem(
         }
     };
     let r = off_runtime(&ctx.gw, move |gw| async move {
-        gw.redeem(device.id, &f.code).await
+        gw.redeem(device.id, &code).await
     })
     .await;
     match r {

@@ -201,11 +201,26 @@ async fn answer(
     let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut s))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request head"))??;
-    let Some(req) = Request::parse(&head) else {
-        s.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-            .await?;
-        close(s).await;
-        return Ok(Answer::BadRequest);
+    let refused = if head.len() >= MAX_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        Some(if head.windows(2).any(|w| w == b"\r\n") {
+            Refusal::HeadTooLarge
+        } else {
+            Refusal::TargetTooLong
+        })
+    } else {
+        None
+    };
+    let req = match refused {
+        None => Request::parse(&head).ok_or(Refusal::NotHttp),
+        Some(r) => Err(r),
+    };
+    let req = match req {
+        Ok(req) => req,
+        Err(r) => {
+            s.write_all(&r.answer()).await?;
+            close(s).await;
+            return Ok(Answer::BadRequest);
+        }
     };
     let ip = crate::api::neigh::canonical(peer.ip());
     let mac = crate::api::neigh::mac_for_ip(gw, ip).await.ok();
@@ -226,6 +241,48 @@ async fn answer(
     s.write_all(out.as_bytes()).await?;
     close(s).await;
     Ok(Answer::Redirected)
+}
+
+/// Why a request gets no redirect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    NotHttp,
+    TargetTooLong,
+    HeadTooLarge,
+}
+
+impl Refusal {
+    /// The whole answer: the API's `{code, message}` error body.
+    fn answer(self) -> Vec<u8> {
+        let (status, code, message) = match self {
+            Refusal::NotHttp => (
+                "400 Bad Request",
+                "bad_request",
+                "not an HTTP/1 request: send METHOD /path HTTP/1.1, then Name: value headers"
+                    .to_string(),
+            ),
+            Refusal::TargetTooLong => (
+                "414 URI Too Long",
+                "uri_too_long",
+                format!("the request target is longer than {MAX_HEAD} bytes"),
+            ),
+            Refusal::HeadTooLarge => (
+                "431 Request Header Fields Too Large",
+                "headers_too_large",
+                format!("the request head is larger than {MAX_HEAD} bytes: send fewer or shorter headers"),
+            ),
+        };
+        let body = serde_json::to_string(&session_api::ApiErrorBody {
+            code: code.into(),
+            message,
+        })
+        .unwrap_or_default();
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
 }
 
 /// Ends the answer with a FIN, reading what the client still sends (a request
@@ -425,6 +482,26 @@ mod tests {
             b"",
         ] {
             assert_eq!(Request::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_carry_a_json_error_body() {
+        for (r, status, code) in [
+            (Refusal::NotHttp, "400", "bad_request"),
+            (Refusal::TargetTooLong, "414", "uri_too_long"),
+            (Refusal::HeadTooLarge, "431", "headers_too_large"),
+        ] {
+            let a = String::from_utf8(r.answer()).unwrap();
+            let (head, body) = a.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+            assert!(
+                head.contains(&format!("Content-Length: {}", body.len())),
+                "{head}"
+            );
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(v["code"], code);
+            assert!(!v["message"].as_str().unwrap().is_empty());
         }
     }
 

@@ -498,3 +498,117 @@ fn tcp_listener_without_token_is_refused() {
     assert!(err.contains("without a token"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+/// Sends a raw request to the captive listener from `ns`; the status and the
+/// JSON error body.
+fn captive_error(ns: &str, captive: std::net::SocketAddr, req: &str) -> (u16, Value) {
+    let (status, head, body) = session_tests::traffic::http_raw(ns, captive, req);
+    assert!(
+        head.contains("content-type: application/json"),
+        "{head}\n{body}"
+    );
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {head}\n{body}"));
+    assert!(
+        v["code"].as_str().is_some_and(|c| !c.is_empty())
+            && v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+    (status, v)
+}
+
+#[test]
+fn errors_the_http_server_answers_itself_carry_code_and_message() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let captive: std::net::SocketAddr = (hs.gw_lan_addr(false), 8908).into();
+    let agent = AgentBuilder::new(&hs)
+        .arg("--captive-listen")
+        .arg(captive.to_string())
+        .start();
+    let api = agent.api();
+
+    // The control API, on its socket.
+    let long = format!("/v1/devices/{}", "1".repeat(100 * 1024));
+    let r = api.raw("GET", &long, None).expect("100 KB path");
+    assert_eq!(
+        (r.status, &r.body["code"]),
+        (414, &json!("uri_too_long")),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("65534")),
+        "{}",
+        r.body
+    );
+    let r = api
+        .raw_with_headers("GET", "/v1/status", &["Not a header"], b"")
+        .expect("broken header");
+    assert_eq!(
+        (r.status, &r.body["code"]),
+        (400, &json!("bad_request")),
+        "{}",
+        r.body
+    );
+    let pad = format!("X-Pad: {}", "p".repeat(8000));
+    let many: Vec<&str> = std::iter::repeat_n(pad.as_str(), 60).collect();
+    let r = api
+        .raw_with_headers("GET", "/v1/status", &many, b"")
+        .expect("large head");
+    assert_eq!(
+        (r.status, &r.body["code"]),
+        (431, &json!("headers_too_large")),
+        "{}",
+        r.body
+    );
+    let big = vec![b' '; 100 * 1024];
+    let r = api
+        .raw("POST", "/v1/vouchers", Some(&big))
+        .expect("large body");
+    assert_eq!(
+        (r.status, &r.body["code"]),
+        (413, &json!("body_too_large")),
+        "{}",
+        r.body
+    );
+    expect_4xx(&api, "GET", "/v1/nowhere", None, "unknown path");
+    expect_4xx(&api, "DELETE", "/v1/status", None, "unknown method");
+
+    // The captive listener: the RFC 8908 API and the portal page.
+    let ns = &hs.client(0).ns;
+    let req = |line: &str| format!("{line}\r\nHost: {captive}\r\nConnection: close\r\n\r\n");
+    for (request, status, code) in [
+        (
+            req(&format!("GET /{} HTTP/1.1", "a".repeat(100 * 1024))),
+            414,
+            "uri_too_long",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost x\r\n\r\n".to_string(),
+            400,
+            "bad_request",
+        ),
+        (req("GET /nowhere HTTP/1.1"), 404, "no_route"),
+        (
+            req("DELETE /captive-portal/api HTTP/1.1"),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            req("GET /portal/redeem HTTP/1.1"),
+            405,
+            "method_not_allowed",
+        ),
+        (req("GET /portal/logo HTTP/1.1"), 404, "no_logo"),
+    ] {
+        let (st, v) = captive_error(ns, captive, &request);
+        assert_eq!(
+            (st, v["code"].as_str().unwrap()),
+            (status, code),
+            "{:.80}: {v}",
+            request
+        );
+    }
+}

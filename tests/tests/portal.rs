@@ -284,3 +284,120 @@ fn the_portal_answers_each_client_about_itself_only() {
             .unwrap()
     );
 }
+
+#[test]
+fn the_page_counts_down_its_seconds_and_shows_data_used_and_left_in_chromium() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let captive = SocketAddr::from((hs.gw_lan_addr(false), PORT));
+    let agent = AgentBuilder::new(&hs)
+        .arg("--captive-listen")
+        .arg(captive.to_string())
+        .arg("--poll-ms")
+        .arg("100")
+        .start();
+    let api = agent.api();
+    let client = hs.client(0).clone();
+    let tcp = TcpServer::start(&hs.server_ns, hs.server_sock(false, 5001));
+    // Two hours or 200 MB.
+    let made = api
+        .post(
+            "/v1/vouchers",
+            &json!({"count": 1, "batch": "2h", "type": 2, "time_secs": 7200, "data_mb": 200.0}),
+        )
+        .ok("vouchers");
+    let code = made[0]["display_code"].as_str().unwrap().to_string();
+    let b = Browser::start(&client.ns);
+    b.goto(&format!("http://{captive}/portal"));
+    b.find("#code").type_text(&code);
+    b.find("#redeem").click();
+    let text = b.wait_for_text("You are online", Duration::from_secs(10));
+    assert!(text.contains("Data used"), "{text}");
+
+    // Over an hour left, the seconds show and move.
+    let first = b.find("#time").text();
+    assert!(
+        (first.starts_with("1 h 59 min ") || first == "2 h 00 min 00 s") && first.ends_with(" s"),
+        "time left without its seconds: {first:?}"
+    );
+    let t0 = std::time::Instant::now();
+    let mut later = first.clone();
+    while later == first && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(250));
+        later = b.find("#time").text();
+    }
+    assert_ne!(first, later, "the seconds did not move in 5 s");
+
+    // Nothing used yet; then 300 kB down, and the page tells, by itself.
+    assert_eq!(b.find("#used").text(), "0 B");
+    assert_eq!(b.find("#data").text(), "200 MB");
+    TcpTransfer::run(&client.ns, tcp.addr, 0, 300_000).expect("download");
+    let t0 = std::time::Instant::now();
+    let mut used = b.find("#used").text();
+    while !used.ends_with(" kB") && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(250));
+        used = b.find("#used").text();
+    }
+    assert!(used.ends_with(" kB"), "data used after 300 kB: {used:?}");
+    let n: f64 = used.trim_end_matches(" kB").parse().unwrap();
+    assert!(
+        (300.0..400.0).contains(&n),
+        "data used after 300 kB: {used:?}"
+    );
+    let left = b.find("#data").text();
+    assert_eq!(left, "200 MB", "200 MB less {used} to three figures");
+    b.screenshot(&shots().join("6-seconds-and-data-used.png"));
+}
+
+#[test]
+fn the_code_form_says_what_was_wrong_with_it() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    let captive = SocketAddr::from((hs.gw_lan_addr(false), PORT));
+    let _agent = AgentBuilder::new(&hs)
+        .arg("--captive-listen")
+        .arg(captive.to_string())
+        .start();
+    let client = hs.client(0).clone();
+    let long = format!("code={}", "A".repeat(40));
+    for (headers, body, status, says) in [
+        (&[FORM][..], "", 400, "Type your code."),
+        (&[FORM], "other=1", 400, "Type your code."),
+        (&[FORM], "code=", 400, "Type your code."),
+        (&[FORM], "code=+-+", 400, "Type your code."),
+        (&[FORM], &long, 400, "This code is too long"),
+        (&[FORM], "code=AB%3CC", 400, "only letters and digits"),
+        (&[FORM], "code=%FF%FE", 400, "only letters and digits"),
+        (
+            &["Content-Type: application/json"],
+            r#"{"code":"ABCDEFGH"}"#,
+            415,
+            "application/x-www-form-urlencoded",
+        ),
+        (
+            &[],
+            "code=ABCDEFGH",
+            415,
+            "application/x-www-form-urlencoded",
+        ),
+    ] {
+        let (st, head, page) = http(&client.ns, captive, "POST", "/portal/redeem", headers, body);
+        assert_eq!(st, status, "{headers:?} {body:?}: {head}\n{page}");
+        assert!(
+            page.contains(says) && !page.contains("does not exist"),
+            "{headers:?} {body:?}: no {says:?} in\n{page}"
+        );
+        assert!(page.contains("id=\"error\""), "{page}");
+    }
+    // A code that could be one but is not, is unknown.
+    let (st, _, page) = http(
+        &client.ns,
+        captive,
+        "POST",
+        "/portal/redeem",
+        &[FORM],
+        "code=ABCD-EFGH",
+    );
+    assert_eq!(st, 404);
+    assert!(page.contains("does not exist"), "{page}");
+}

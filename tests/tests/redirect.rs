@@ -119,16 +119,42 @@ fn an_unpaid_client_is_sent_to_the_portal_and_its_other_tcp_is_reset_at_once() {
     }
     // A request that is not HTTP is refused, and counted apart.
     let web = TcpServer::start(&hs.server_ns, hs.server_sock(false, 80));
-    let (status, _, _) = http_raw(&client.ns, web.addr, "\x16\x03\x01 hello\r\n\r\n");
+    let (status, head, body) = http_raw(&client.ns, web.addr, "\x16\x03\x01 hello\r\n\r\n");
     assert_eq!(status, 400);
+    // With the API's error body.
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let e: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!(e["code"], "bad_request", "{e}");
+    // A path longer than the head the responder reads.
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: detect.test\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let (status, head, body) = http_raw(&client.ns, web.addr, &long);
+    assert_eq!(status, 414, "{head}");
+    let e: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!(e["code"], "uri_too_long", "{e}");
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
     assert_eq!(web.connections(), 0, "the upstream web server was reached");
     drop(web);
-    let m = agent.api().get("/metrics").ok("metrics");
-    let m = m.as_str().unwrap();
-    for line in [
+    // Counted once the responder has closed (it reads what the client still sends, 1 s at most).
+    let wanted = [
         "session_agent_portal_redirects_total{outcome=\"redirected\"} 4",
-        "session_agent_portal_redirects_total{outcome=\"bad_request\"} 1",
-    ] {
+        "session_agent_portal_redirects_total{outcome=\"bad_request\"} 2",
+    ];
+    let t0 = Instant::now();
+    let m = loop {
+        let m = agent.api().get("/metrics").ok("metrics");
+        let m = m.as_str().unwrap().to_string();
+        let all = wanted.iter().all(|w| m.lines().any(|l| l == *w));
+        if all || t0.elapsed() > Duration::from_secs(3) {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for line in wanted {
         assert!(m.lines().any(|l| l == line), "no {line:?} in\n{m}");
     }
     assert_eq!(

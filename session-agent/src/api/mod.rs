@@ -6,6 +6,7 @@ mod captive;
 mod error;
 mod events;
 mod garden;
+mod listener;
 mod metrics;
 pub mod neigh;
 mod radius;
@@ -31,6 +32,7 @@ use axum::{
     serve::ListenerExt,
     Router,
 };
+use listener::JsonErrors;
 use tracing::{info, warn};
 
 use crate::{error::AgentError, gateway::Gateway};
@@ -128,12 +130,32 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no_route", "no such route; see /v1/openapi.json")
 }
 
+/// An unknown path on the captive listener.
+async fn captive_not_found() -> ApiError {
+    ApiError::not_found(
+        "no_route",
+        "no such page here: the portal page is /portal, the RFC 8908 API /captive-portal/api",
+    )
+}
+
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!(
             "{} takes no {method}; see /v1/openapi.json for its methods",
+            uri.path()
+        ),
+    )
+}
+
+/// A known path of the captive listener with another method.
+async fn captive_method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} takes no {method}: pages and the RFC 8908 API are read with GET, forms sent with POST",
             uri.path()
         ),
     )
@@ -387,7 +409,7 @@ pub async fn serve(
         let app = app.clone();
         tasks.spawn(async move {
             tokio::select! {
-                r = axum::serve(listener, app) => r.map_err(|e| AgentError::from_io("serving the control API", e)),
+                r = axum::serve(JsonErrors(listener), app) => r.map_err(|e| AgentError::from_io("serving the control API", e)),
                 Ok(e) = failed => Err(e),
             }
         });
@@ -402,21 +424,25 @@ pub async fn serve(
         let (listener, failed) = Watched::new(listener, "the control API on TCP", addr);
         tasks.spawn(async move {
             tokio::select! {
-                r = axum::serve(listener, app) => r.map_err(|e| AgentError::from_io("serving the control API on TCP", e)),
+                r = axum::serve(JsonErrors(listener), app) => r.map_err(|e| AgentError::from_io("serving the control API on TCP", e)),
                 Ok(e) = failed => Err(e),
             }
         });
     }
 
     if let Some(listener) = listeners.captive {
-        let app = captive::router(gateway.clone(), opts.portal_url.clone()).merge(
-            crate::portal::router(gateway.clone(), opts.portal_texts.clone()),
-        );
+        let app = captive::router(gateway.clone(), opts.portal_url.clone())
+            .merge(crate::portal::router(
+                gateway.clone(),
+                opts.portal_texts.clone(),
+            ))
+            .fallback(captive_not_found)
+            .method_not_allowed_fallback(captive_method_not_allowed);
         let addr = tcp_addr(&listener);
         let (listener, failed) =
             Watched::new(listener, "the captive-portal API and portal page", addr);
         // `tap_io` for axum's ConnectInfo, which knows its own listener types only.
-        let listener = listener.tap_io(|_| {});
+        let listener = JsonErrors(listener).tap_io(|_| {});
         tasks.spawn(async move {
             tokio::select! {
                 r = axum::serve(
