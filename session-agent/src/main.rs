@@ -1,10 +1,11 @@
 //! session-agent: eBPF traffic metering and session service for Wi-Fi hotspot gateways.
 
 mod ctl;
+mod docs;
 
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use session_common::MacAddr;
 
 use session_agent::{
@@ -218,7 +219,17 @@ fn parse_mac(s: &str) -> Result<MacAddr, String> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = docs::with_generate_command(Cli::command()).get_matches();
+    if let Some(m) = matches.subcommand_matches(docs::COMMAND) {
+        if let Err(e) = docs::run(Cli::command(), m) {
+            eprintln!("session-agent: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let cli = Cli::from_arg_matches(&matches)
+        .map_err(|e| e.format(&mut Cli::command()))
+        .unwrap_or_else(|e| e.exit());
     session_agent::logging::init();
     if let Err(e) = dispatch(cli.cmd) {
         // One line: what went wrong and how to fix it.

@@ -2,7 +2,8 @@
 //! `dpkg-deb` from a staged tree: the release binary (eBPF embedded), the
 //! systemd unit, `/etc/session-agent/config.toml` (a conffile: README's
 //! configuration with every line commented out), sysusers.d and tmpfiles.d
-//! entries, the maintainer scripts in `package/`, and the docs.
+//! entries, the maintainer scripts in `package/`, the docs, and the manual
+//! pages and shell completions the binary generates from its command line.
 
 use std::{
     fs,
@@ -120,6 +121,7 @@ pub fn build() -> Result<PathBuf> {
     )
     .context("stripping the binary (binutils' objcopy)")?;
     write(&sbin, fs::read(&sbin)?, 0o755)?;
+    let docs = stage_docs(&bin, &stage)?;
     write(
         &stage.join("usr/lib/systemd/system/session-agent.service"),
         fs::read(pkg.join("session-agent.service"))?,
@@ -234,8 +236,93 @@ pub fn build() -> Result<PathBuf> {
             .arg(&stage)
             .arg(&deb),
     )?;
+    check_contents(&deb, &docs)?;
     println!("==> {}", deb.display());
     Ok(deb)
+}
+
+/// Where the completions go, by the directory `generate-docs` writes them to.
+const COMPLETIONS: [(&str, &str); 3] = [
+    ("bash", "usr/share/bash-completion/completions"),
+    ("zsh", "usr/share/zsh/vendor-completions"),
+    ("fish", "usr/share/fish/vendor_completions.d"),
+];
+
+/// The manual pages (gzipped, as Debian wants them) and the shell completions,
+/// generated from the binary's command line (`session-agent generate-docs`);
+/// returns their paths in the package.
+fn stage_docs(bin: &Path, stage: &Path) -> Result<Vec<String>> {
+    let out = crate::root_dir().join("target/package/docs");
+    if out.exists() {
+        fs::remove_dir_all(&out)?;
+    }
+    crate::run(
+        Command::new(bin)
+            .arg("generate-docs")
+            .arg("--out")
+            .arg(&out),
+    )
+    .context("generating the manual pages and completions")?;
+    let mut staged = Vec::new();
+    let man8 = stage.join("usr/share/man/man8");
+    for e in fs::read_dir(out.join("man8"))? {
+        let page = e?.path();
+        let name = page.file_name().unwrap().to_string_lossy().into_owned();
+        gzip_n(
+            &man8.join(format!("{name}.gz")),
+            &fs::read_to_string(&page)?,
+        )?;
+        staged.push(format!("usr/share/man/man8/{name}.gz"));
+    }
+    for (shell, dir) in COMPLETIONS {
+        for e in fs::read_dir(out.join(shell))? {
+            let file = e?.path();
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            write(&stage.join(dir).join(&name), fs::read(&file)?, 0o644)?;
+            staged.push(format!("{dir}/{name}"));
+        }
+    }
+    staged.sort();
+    Ok(staged)
+}
+
+/// The `.deb` holds the binary, its manual page and completions for the three
+/// shells, and every other staged page.
+fn check_contents(deb: &Path, docs: &[String]) -> Result<()> {
+    let out = Command::new("dpkg-deb")
+        .arg("--contents")
+        .arg(deb)
+        .output()
+        .context("dpkg-deb --contents")?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let files: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|f| f.trim_start_matches("./"))
+        .collect();
+    let mut wanted = vec![
+        "usr/sbin/session-agent".to_string(),
+        "usr/share/man/man8/session-agent.8.gz".to_string(),
+    ];
+    for (shell, dir) in COMPLETIONS {
+        if !docs.iter().any(|d| d.starts_with(dir)) {
+            bail!("no {shell} completion was generated");
+        }
+    }
+    wanted.extend(docs.iter().cloned());
+    let missing: Vec<&str> = wanted
+        .iter()
+        .map(String::as_str)
+        .filter(|w| !files.contains(w))
+        .collect();
+    if !missing.is_empty() {
+        bail!("{} lacks {}", deb.display(), missing.join(", "));
+    }
+    println!(
+        "    {} manual pages and completions for bash, zsh and fish",
+        docs.len() - COMPLETIONS.len()
+    );
+    Ok(())
 }
 
 /// Runs lintian on the package, printing its tags; fails on errors.
@@ -329,6 +416,11 @@ pub fn install_check(deb: &Path) -> Result<()> {
             bail!("{path}: {st}");
         }
     }
+    for doc in INSTALLED_DOCS {
+        if !root.join(doc).exists() {
+            bail!("dpkg -i did not install /{doc}");
+        }
+    }
     let v = in_root(&["/usr/sbin/session-agent", "--version"])?;
     println!("    {}", v.trim());
     for unit in [UNIT, "/usr/lib/systemd/system/session-agent-close-lans.service"] {
@@ -367,6 +459,11 @@ pub fn install_check(deb: &Path) -> Result<()> {
     }
     if root.join("usr/sbin/session-agent").exists() {
         bail!("the binary survived dpkg --remove");
+    }
+    for doc in INSTALLED_DOCS {
+        if root.join(doc).exists() {
+            bail!("/{doc} survived dpkg --remove");
+        }
     }
     println!("==> dpkg --purge: nothing stays");
     in_root(&["dpkg", "--purge", "session-agent"])?;
@@ -460,6 +557,14 @@ fn check_exposure(readme: &str, version: &str, security: &str) -> Result<String>
         _ => bail!("cannot compare the exposure measured, {measured:?}, with README's, {quoted:?}"),
     }
 }
+
+/// What `man session-agent` and the shells' completion find once installed.
+const INSTALLED_DOCS: [&str; 4] = [
+    "usr/share/man/man8/session-agent.8.gz",
+    "usr/share/bash-completion/completions/session-agent",
+    "usr/share/zsh/vendor-completions/_session-agent",
+    "usr/share/fish/vendor_completions.d/session-agent.fish",
+];
 
 /// The unit's `ExecStart=` command line and `CapabilityBoundingSet=`.
 fn unit_command(unit: &str) -> Result<(Vec<String>, Vec<String>)> {
