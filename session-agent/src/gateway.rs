@@ -254,7 +254,7 @@ struct Heard {
 /// A MAC nobody asked about for this long is no longer watched.
 const HEARD_FOR: Duration = Duration::from_secs(3600);
 /// Most MACs watched at once (the least recently asked about go first).
-const MAX_HEARD: usize = 4096;
+const MAX_HEARD: usize = 256;
 
 #[derive(Debug, Default)]
 struct Activity {
@@ -864,8 +864,8 @@ impl Gateway {
     /// (neither knows: zero). The MAC is watched from now on, so a later
     /// question is answered within a poll interval. `None` for a MAC the
     /// client table does not hold and that was not watched when it left:
-    /// nothing is known of it (a device made through the API that never
-    /// showed up on a LAN, or a client forgotten as idle).
+    /// nothing is known of it (a client forgotten as idle, or one never seen
+    /// nor let through).
     pub fn silent_for(&self, mac: MacAddr) -> Result<Option<Duration>, AgentError> {
         let now = Instant::now();
         let packets = match self.dp.slot_of(&mac) {
@@ -903,10 +903,12 @@ impl Gateway {
 
     /// Follows the activity of the MACs [`Gateway::silent_for`] was asked
     /// about; one nobody asked about for [`HEARD_FOR`] is no longer watched.
-    fn refresh_heard(&self) -> Result<(), AgentError> {
+    /// A count that cannot be read is taken as activity: the MAC is not
+    /// thought silent for what the gateway could not see.
+    fn refresh_heard(&self) {
         let mut heard = self.heard.lock().unwrap();
         if heard.is_empty() {
-            return Ok(());
+            return;
         }
         let now = Instant::now();
         heard.retain(|_, h| now.duration_since(h.asked) < HEARD_FOR);
@@ -915,13 +917,16 @@ impl Gateway {
             let Some(slot) = self.dp.slot_of(mac) else {
                 continue;
             };
-            if let Some(p) = self.dp.packets(slot)? {
-                if p != h.packets {
-                    (h.packets, h.since) = (p, now);
+            match self.dp.packets(slot) {
+                Ok(Some(p)) if p == h.packets => {}
+                Ok(Some(p)) => (h.packets, h.since) = (p, now),
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(%mac, "reading a watched client's packet count failed: {e}");
+                    h.since = now;
                 }
             }
         }
-        Ok(())
     }
 
     /// Charges readings and applies every session transition to the kernel.
@@ -982,7 +987,7 @@ impl Gateway {
         self.charge(&readings).await?;
         let report = self.mgr.tick()?;
         self.apply(&report, &readings)?;
-        self.refresh_heard()?;
+        self.refresh_heard();
         if let Some(idle) = self.config().idle_timeout {
             let now = Instant::now();
             let mut idle_devices = Vec::new();

@@ -310,6 +310,12 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::MemDatapath;
+    use crate::gateway::GatewayConfig;
+    use session_model::{
+        MemoryStore, NewBatch, SessionType, SessionsMgr, SystemClock, VoucherTemplate,
+    };
+    use std::sync::Arc;
 
     #[test]
     fn a_client_gets_five_wrong_tries_a_minute_and_others_are_not_held_back() {
@@ -326,6 +332,85 @@ mod tests {
         let c = desk.counts();
         assert_eq!(c.refused[0], ("unknown_voucher", 5));
         assert!(c.refused[1..].iter().all(|(_, n)| *n == 0));
+    }
+
+    /// A gateway over the in-memory datapath and store, moving codes after
+    /// `after` of silence, with a one-device code for one hour.
+    fn gateway(after: Duration) -> (Arc<Gateway>, Arc<MemDatapath>, String) {
+        let dp = Arc::new(MemDatapath::new(1));
+        let mgr = Arc::new(SessionsMgr::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(SystemClock),
+        ));
+        let cfg = GatewayConfig {
+            voucher_move_after: after,
+            ..GatewayConfig::default()
+        };
+        let gw = Gateway::with_datapath(mgr, dp.clone(), cfg);
+        let made = gw
+            .sessions()
+            .create_vouchers(&NewBatch {
+                batch: "b".into(),
+                price: None,
+                count: 1,
+                template: VoucherTemplate {
+                    session_type: SessionType::Time,
+                    time_secs: 3600,
+                    data_bytes: 0,
+                    exp_days: None,
+                    down_mbits: 0,
+                    up_mbits: 0,
+                    use_global_speed: true,
+                },
+                valid_until: None,
+                max_devices: 1,
+                code_len: 10,
+                group: 5,
+            })
+            .unwrap();
+        (gw, dp, made[0].code.clone())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_code_moves_to_a_new_mac_only_after_the_old_one_fell_silent() {
+        let after = Duration::from_millis(600);
+        let (gw, dp, code) = gateway(after);
+        let (old, new) = (
+            MacAddr::new([2, 0, 0, 0, 0, 1]),
+            MacAddr::new([6, 0, 0, 0, 0, 2]),
+        );
+        dp.send(&old, 100);
+        dp.send(&new, 100);
+        let a = gw.sessions().create_device(old, None, None).unwrap().id;
+        let b = gw.sessions().create_device(new, None, None).unwrap().id;
+        let bought = gw.redeem(a, &code).await.unwrap().session.id();
+        // The old MAC is heard from: refused, however long the code waits.
+        for _ in 0..4 {
+            assert!(matches!(
+                gw.redeem(b, &code).await,
+                Err(RedeemError::Refused(RedeemRefusal::LockedToOtherDevice))
+            ));
+            dp.send(&old, 100);
+            gw.poll().await.unwrap();
+            tokio::time::sleep(after / 2).await;
+        }
+        // Silent now.
+        tokio::time::sleep(after).await;
+        gw.poll().await.unwrap();
+        let r = gw.redeem(b, &code).await.unwrap();
+        assert_eq!((r.session.id(), r.moved_from), (bought, Some(old)));
+        let mgr = gw.sessions();
+        assert_eq!(mgr.device_by_mac(new).unwrap().id, a);
+        assert!(mgr.device_by_mac(old).is_err());
+        assert!(mgr.is_connected(a).unwrap());
+        assert!(dp.allowed(&new) && !dp.allowed(&old));
+        let v = mgr.voucher(&code).unwrap();
+        assert_eq!(v.redemptions.len(), 1);
+        assert_eq!(
+            (v.redemptions[0].moves[0].from, v.redemptions[0].moves[0].to),
+            (old, new)
+        );
+        assert_eq!(gw.vouchers().counts().moved, 1);
     }
 
     #[test]
