@@ -64,6 +64,9 @@ pub trait Datapath: Send + Sync {
     ) -> Result<()>;
     /// Holds a client in the walled garden (nothing to do for one without a slot).
     fn block(&self, mac: &MacAddr) -> Result<()>;
+    /// Packets the client in `slot` sent, received or had dropped (wrapping):
+    /// it was active when this changed. `None` when the slot holds no client.
+    fn packets(&self, slot: u32) -> Result<Option<u64>>;
     /// Frees the addresses bound to the client.
     fn release_bindings(&self, mac: &MacAddr) -> Result<()>;
     /// Every client as the datapath enforces it.
@@ -131,6 +134,13 @@ impl Datapath for PinnedDatapath {
         match self.table() {
             Some(m) => m.usage_split(slot),
             None => Ok((0, 0)),
+        }
+    }
+
+    fn packets(&self, slot: u32) -> Result<Option<u64>> {
+        match self.table() {
+            Some(m) => m.packets(slot),
+            None => Ok(None),
         }
     }
 
@@ -247,6 +257,8 @@ struct MemClient {
     slot: u32,
     flags: u32,
     bytes: u64,
+    /// Packets sent, passed or not.
+    packets: u64,
     budget: i64,
     up: RateLimit,
     down: RateLimit,
@@ -284,6 +296,7 @@ impl MemDatapath {
             slot: next,
             ..MemClient::default()
         });
+        c.packets += 1;
         if c.flags & POLICY_ALLOWED == 0 {
             return false;
         }
@@ -360,6 +373,14 @@ impl Datapath for MemDatapath {
         }
         c.flags |= POLICY_ALLOWED;
         Ok(())
+    }
+
+    fn packets(&self, slot: u32) -> Result<Option<u64>> {
+        Ok(self
+            .clients()
+            .values()
+            .find(|c| c.slot == slot)
+            .map(|c| c.packets))
     }
 
     fn block(&self, mac: &MacAddr) -> Result<()> {

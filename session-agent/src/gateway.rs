@@ -68,6 +68,10 @@ pub struct GatewayConfig {
     pub commit_interval: Duration,
     /// An address binding unused this long is removed (see [`Maps::sweep_bindings`]).
     pub bind_ttl: Duration,
+    /// A voucher's session follows its customer to a new MAC (a phone that
+    /// changed its Wi-Fi address types the code again) once the MAC it is on
+    /// has been silent this long (see [`Gateway::silent_for`]).
+    pub voucher_move_after: Duration,
 }
 
 /// Busiest clients listed in a metrics scrape, by default.
@@ -87,6 +91,7 @@ impl Default for GatewayConfig {
             checkpoint_interval: Duration::from_secs(60),
             commit_interval: Duration::from_millis(1000),
             bind_ttl: Duration::from_secs(300),
+            voucher_move_after: Duration::from_secs(120),
         }
     }
 }
@@ -236,6 +241,21 @@ impl GatewayStats {
 
 pub use crate::datapath::Lan;
 
+/// What the gateway last heard of a watched MAC (see [`Gateway::silent_for`]).
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    /// Its packet count (see [`Datapath::packets`]), and since when it has been that.
+    packets: u64,
+    since: Instant,
+    /// When someone last asked about it.
+    asked: Instant,
+}
+
+/// A MAC nobody asked about for this long is no longer watched.
+const HEARD_FOR: Duration = Duration::from_secs(3600);
+/// Most MACs watched at once (the least recently asked about go first).
+const MAX_HEARD: usize = 256;
+
 #[derive(Debug, Default)]
 struct Activity {
     bytes: u64,
@@ -265,6 +285,8 @@ pub struct Gateway {
     rekeys: AtomicU64,
     /// What forgetting idle clients remembers between runs.
     idle_clients: StdMutex<IdleTracker>,
+    /// MACs whose silence was asked about, followed by each poll.
+    heard: StdMutex<HashMap<MacAddr, Heard>>,
     /// When the poll last checked the datapath against the sessions.
     last_enforced: StdMutex<Option<Instant>>,
     /// Where the next check of speeds and budgets starts among the connected devices.
@@ -318,6 +340,7 @@ impl Gateway {
             meter_table: StdMutex::new(None),
             rekeys: AtomicU64::new(0),
             idle_clients: StdMutex::new(IdleTracker::default()),
+            heard: StdMutex::new(HashMap::new()),
             last_enforced: StdMutex::new(None),
             check_cursor: std::sync::atomic::AtomicUsize::new(0),
             vouchers: crate::vouchers::VoucherDesk::default(),
@@ -835,6 +858,77 @@ impl Gateway {
         Ok(absorbed)
     }
 
+    /// How long nothing was heard from `mac` (no packet sent, received or
+    /// dropped), as far as the gateway knows: the poll's watch of it, or the
+    /// runs that forget idle clients, tell since when its count stands still
+    /// (neither knows: zero). The MAC is watched from now on, so a later
+    /// question is answered within a poll interval. `None` for a MAC the
+    /// client table does not hold and that was not watched when it left:
+    /// nothing is known of it (a client forgotten as idle, or one never seen
+    /// nor let through).
+    pub fn silent_for(&self, mac: MacAddr) -> Result<Option<Duration>, AgentError> {
+        let now = Instant::now();
+        let packets = match self.dp.slot_of(&mac) {
+            Some(slot) => self.dp.packets(slot)?.map(|p| (slot, p)),
+            None => None,
+        };
+        let Some((slot, packets)) = packets else {
+            let mut heard = self.heard.lock().unwrap();
+            return Ok(heard.get_mut(&mac).map(|h| {
+                h.asked = now;
+                now.saturating_duration_since(h.since)
+            }));
+        };
+        let forgetting = self.idle_clients.lock().unwrap().quiet_since(slot, packets);
+        let mut heard = self.heard.lock().unwrap();
+        let since = match heard.get(&mac) {
+            Some(h) if h.packets == packets => h.since,
+            _ => forgetting.unwrap_or(now),
+        };
+        if heard.len() >= MAX_HEARD && !heard.contains_key(&mac) {
+            if let Some(oldest) = heard.iter().min_by_key(|(_, h)| h.asked).map(|(m, _)| *m) {
+                heard.remove(&oldest);
+            }
+        }
+        heard.insert(
+            mac,
+            Heard {
+                packets,
+                since,
+                asked: now,
+            },
+        );
+        Ok(Some(now.saturating_duration_since(since)))
+    }
+
+    /// Follows the activity of the MACs [`Gateway::silent_for`] was asked
+    /// about; one nobody asked about for [`HEARD_FOR`] is no longer watched.
+    /// A count that cannot be read is taken as activity: the MAC is not
+    /// thought silent for what the gateway could not see.
+    fn refresh_heard(&self) {
+        let mut heard = self.heard.lock().unwrap();
+        if heard.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        heard.retain(|_, h| now.duration_since(h.asked) < HEARD_FOR);
+        for (mac, h) in heard.iter_mut() {
+            // A MAC that left the table stays as it was: silent.
+            let Some(slot) = self.dp.slot_of(mac) else {
+                continue;
+            };
+            match self.dp.packets(slot) {
+                Ok(Some(p)) if p == h.packets => {}
+                Ok(Some(p)) => (h.packets, h.since) = (p, now),
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(%mac, "reading a watched client's packet count failed: {e}");
+                    h.since = now;
+                }
+            }
+        }
+    }
+
     /// Charges readings and applies every session transition to the kernel.
     async fn charge(&self, readings: &[(DeviceId, MeterMark)]) -> Result<TickReport, AgentError> {
         let report = self.mgr.record_meter(readings)?;
@@ -893,6 +987,7 @@ impl Gateway {
         self.charge(&readings).await?;
         let report = self.mgr.tick()?;
         self.apply(&report, &readings)?;
+        self.refresh_heard();
         if let Some(idle) = self.config().idle_timeout {
             let now = Instant::now();
             let mut idle_devices = Vec::new();

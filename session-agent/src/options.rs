@@ -337,6 +337,12 @@ pub struct Options {
     /// is free for another device.
     #[arg(long, value_name = "SECS", required = false)]
     pub bind_ttl_secs: Ranged<10, 86_400>,
+    /// A voucher's session follows its customer to a new MAC (a phone that
+    /// changed its Wi-Fi address types the code again) once the MAC it is on
+    /// has been silent this many seconds; while that MAC is heard from, the
+    /// code stays refused on the new one.
+    #[arg(long, value_name = "SECS", required = false)]
+    pub voucher_move_after_secs: Ranged<1, 86_400>,
     /// Walled-garden speed per client and direction before payment, kbit/s
     /// (0 = unlimited).
     #[arg(long, value_name = "KBITS", required = false)]
@@ -652,6 +658,7 @@ impl Default for Options {
             anti_spoof: true,
             one_address_per_client: true,
             bind_ttl_secs: Ranged::of(g.bind_ttl.as_secs()),
+            voucher_move_after_secs: Ranged::of(g.voucher_move_after.as_secs()),
             garden_rate_kbits: Ranged::of(256),
             garden_pps: Ranged::of(50),
             garden_total_kbits: Ranged::of(4096),
@@ -973,6 +980,7 @@ impl Options {
             checkpoint_interval: Duration::from_secs(self.checkpoint_secs.get()),
             commit_interval: Duration::from_millis(self.commit_ms.get()),
             bind_ttl: Duration::from_secs(self.bind_ttl_secs.get()),
+            voucher_move_after: Duration::from_secs(self.voucher_move_after_secs.get()),
         }
     }
 
@@ -1186,6 +1194,7 @@ poll_ms = 200
 auto_advance = false
 anti_spoof = false
 bind_ttl_secs = 600
+voucher_move_after_secs = 30
 garden_rate_kbits = 512
 garden_pps = 100
 [store]
@@ -1209,6 +1218,15 @@ portal_url = "https://portal.example/"
         assert_eq!(c.store.provider, StoreKind::Redb);
         assert_eq!(c.poll_ms.get(), 200);
         assert_eq!(c.commit_ms.get(), 1000, "a missing key keeps its default");
+        assert_eq!(
+            c.gateway().voucher_move_after,
+            Duration::from_secs(30),
+            "voucher_move_after_secs"
+        );
+        assert_eq!(
+            parse("").unwrap().gateway().voucher_move_after,
+            Duration::from_secs(120)
+        );
     }
 
     /// The error as `session-agent` prints it.

@@ -59,6 +59,7 @@ pub struct PortalTexts {
     pub resume_button: String,
     pub redeemed: String,
     pub queued: String,
+    pub moved: String,
     pub error_unknown_voucher: String,
     pub error_voucher_used_up: String,
     pub error_voucher_expired: String,
@@ -496,7 +497,7 @@ fn html(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-/// `?done=redeemed|queued`: what the last form did.
+/// `?done=redeemed|queued|moved`: what the last form did.
 #[derive(Deserialize, Default)]
 struct Done {
     done: Option<String>,
@@ -541,6 +542,7 @@ async fn show(
     let note = match done.as_deref() {
         Some("redeemed") => Some(Note::Good(ctx.texts.redeemed.as_str())),
         Some("queued") => Some(Note::Good(ctx.texts.queued.as_str())),
+        Some("moved") => Some(Note::Good(ctx.texts.moved.as_str())),
         _ => None,
     };
     render(&ctx, peer, StatusCode::OK, note).await
@@ -723,7 +725,11 @@ async fn redeem(
     .await;
     match r {
         Ok(r) => {
-            let done = if r.queued { "queued" } else { "redeemed" };
+            let done = match (r.moved_from, r.queued) {
+                (Some(_), _) => "moved",
+                (None, true) => "queued",
+                (None, false) => "redeemed",
+            };
             Redirect::to(&format!("/portal?done={done}")).into_response()
         }
         Err(e) => {

@@ -11,5 +11,5 @@ pub mod views;
 pub use client::{ApiClient, ClientError, Reply};
 pub use views::{
     ApiErrorBody, ConnectedView, DeviceView, LanView, LoginView, RedeemView, RedemptionView,
-    SessionView, StatusView, VoucherView,
+    SessionView, StatusView, VoucherMoveView, VoucherView,
 };

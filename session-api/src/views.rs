@@ -99,6 +99,18 @@ pub struct RedemptionView {
     pub mac: String,
     pub session_id: SessionId,
     pub at: i64,
+    /// The MACs the device moved to with the code's session (a phone that
+    /// changed its Wi-Fi address typed the code again), oldest first.
+    #[serde(default)]
+    pub moves: Vec<VoucherMoveView>,
+}
+
+/// A redemption's session following its device to another MAC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VoucherMoveView {
+    pub from: String,
+    pub to: String,
+    pub at: i64,
 }
 
 /// A voucher: its code, what it buys and where it is in its life.
@@ -145,4 +157,8 @@ pub struct RedeemView {
     pub voucher: VoucherView,
     /// The device was connected already: the new session waits behind its running one.
     pub queued: bool,
+    /// The code's session was not bought now but moved here, with the device
+    /// that redeemed it, from this MAC (a phone that changed its Wi-Fi address).
+    #[serde(default)]
+    pub moved_from: Option<String>,
 }

@@ -35,6 +35,6 @@ pub use store::{
     StoreConfig, StoreRegistry, SyncMode, UsageUpdate,
 };
 pub use voucher::{
-    generate_code, normalize_code, NewBatch, RedeemRefusal, Redemption, Voucher, VoucherState,
-    VoucherTemplate, DEFAULT_CODE_LEN, DEFAULT_GROUP,
+    generate_code, normalize_code, NewBatch, RedeemRefusal, Redemption, Voucher, VoucherMove,
+    VoucherState, VoucherTemplate, DEFAULT_CODE_LEN, DEFAULT_GROUP,
 };

@@ -71,6 +71,16 @@ pub enum SessionEvent {
         device_id: DeviceId,
         session_id: SessionId,
     },
+    /// A voucher's session moved with its device to a new MAC: the code was
+    /// typed again from that MAC while the old one was silent. `code` is
+    /// masked as in logs.
+    VoucherMoved {
+        device_id: DeviceId,
+        session_id: SessionId,
+        code: String,
+        old_mac: MacAddr,
+        new_mac: MacAddr,
+    },
     /// The device got internet access; `notification` is the caller's text.
     Connected {
         device_id: DeviceId,

@@ -67,6 +67,19 @@ pub struct Redemption {
     pub session_id: SessionId,
     /// Unix seconds.
     pub at: i64,
+    /// The MACs the device moved to with the code's session (a phone that
+    /// changed its Wi-Fi address typed the code again), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<VoucherMove>,
+}
+
+/// A redemption's session following its device to another MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoucherMove {
+    pub from: MacAddr,
+    pub to: MacAddr,
+    /// Unix seconds.
+    pub at: i64,
 }
 
 /// A code and what it buys.
@@ -212,23 +225,30 @@ impl Voucher {
         }
     }
 
-    /// Whether `device` may redeem the code at `now`; `live` from [`Voucher::any_live`].
+    /// Whether `device` may redeem the code at `now`; `live` tells whether a
+    /// session the code bought is still usable (as for [`Voucher::any_live`]).
+    /// A device that redeemed the code before is told it is used up once its
+    /// own session ended, whatever other devices still have.
     pub fn check_redeem(
         &self,
         device: DeviceId,
         now: i64,
-        live: bool,
+        live: impl Fn(SessionId) -> bool,
     ) -> Result<(), RedeemRefusal> {
         if self.revoked_at.is_some() {
             return Err(RedeemRefusal::Revoked);
         }
         if let Some(r) = self.redemptions.iter().find(|r| r.device_id == device) {
-            return Err(RedeemRefusal::AlreadyRedeemed {
-                session_id: r.session_id,
+            return Err(if live(r.session_id) {
+                RedeemRefusal::AlreadyRedeemed {
+                    session_id: r.session_id,
+                }
+            } else {
+                RedeemRefusal::UsedUp
             });
         }
         if self.redemptions.len() >= self.max_devices as usize {
-            return Err(if live {
+            return Err(if self.redemptions.iter().any(|r| live(r.session_id)) {
                 RedeemRefusal::LockedToOtherDevice
             } else {
                 RedeemRefusal::UsedUp
@@ -431,6 +451,15 @@ impl SessionsMgr {
         v.any_live(now, |id| self.store().session(id).ok().flatten())
     }
 
+    /// Whether the session `id` exists and can still be used at `now`.
+    fn session_live(&self, id: SessionId, now: i64) -> bool {
+        self.store()
+            .session(id)
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.data.is_available(now))
+    }
+
     /// All vouchers with their states, by code.
     pub fn vouchers(&self) -> Result<Vec<(Voucher, VoucherState)>, ModelError> {
         Ok(self
@@ -474,7 +503,7 @@ impl SessionsMgr {
         let v = self.voucher(typed)?;
         let device = self.device(device_id)?;
         let now = self.clock().now_secs();
-        v.check_redeem(device_id, now, self.voucher_live(&v, now))?;
+        v.check_redeem(device_id, now, |id| self.session_live(id, now))?;
         let data = v.template.session(LOCAL_PROVIDER, now);
         data.validate()?;
         let (rec, v) = self
@@ -491,6 +520,39 @@ impl SessionsMgr {
         });
         let session = self.session(rec.id)?;
         Ok((session, v))
+    }
+
+    /// Records in the code's history that the session `device_id` bought with
+    /// it moved from MAC `from` to `to` with its device (see the gateway's
+    /// rekey), and announces it ([`SessionEvent::VoucherMoved`]).
+    pub fn record_voucher_move(
+        &self,
+        typed: &str,
+        device_id: DeviceId,
+        from: MacAddr,
+        to: MacAddr,
+    ) -> Result<Voucher, ModelError> {
+        let _guard = self.voucher_lock.lock().map_err(|_| ModelError::Poisoned)?;
+        let mut v = self.voucher(typed)?;
+        let now = self.clock().now_secs();
+        let r = v
+            .redemptions
+            .iter_mut()
+            .rev()
+            .find(|r| r.device_id == device_id)
+            .ok_or(ModelError::UnknownDevice(device_id))?;
+        r.moves.push(VoucherMove { from, to, at: now });
+        let session_id = r.session_id;
+        self.store().save_voucher(&v)?;
+        tracing::info!(device_id, session = session_id, code = %v.masked(), %from, %to, "voucher session moved to a new MAC");
+        self.emit(SessionEvent::VoucherMoved {
+            device_id,
+            session_id,
+            code: v.masked(),
+            old_mac: from,
+            new_mac: to,
+        });
+        Ok(v)
     }
 }
 
@@ -527,6 +589,7 @@ mod tests {
             mac: MacAddr::new([2, 0, 0, 0, 0, device_id as u8]),
             session_id: device_id as u64,
             at: 1,
+            moves: Vec::new(),
         });
     }
 
@@ -579,47 +642,70 @@ mod tests {
     fn a_single_device_code_is_locked_to_its_device_while_its_session_lasts() {
         let mut v = voucher(1);
         assert_eq!(v.state(0, false), VoucherState::Unused);
-        assert_eq!(v.check_redeem(1, 0, false), Ok(()));
+        assert_eq!(v.check_redeem(1, 0, |_| false), Ok(()));
         redeemed(&mut v, 1);
         assert_eq!(v.state(0, true), VoucherState::Active);
         assert_eq!(
-            v.check_redeem(2, 0, true),
+            v.check_redeem(2, 0, |_| true),
             Err(RedeemRefusal::LockedToOtherDevice)
         );
         assert_eq!(
-            v.check_redeem(1, 0, true),
+            v.check_redeem(1, 0, |_| true),
             Err(RedeemRefusal::AlreadyRedeemed { session_id: 1 })
         );
         assert_eq!(v.state(0, false), VoucherState::UsedUp);
-        assert_eq!(v.check_redeem(2, 0, false), Err(RedeemRefusal::UsedUp));
+        assert_eq!(v.check_redeem(2, 0, |_| false), Err(RedeemRefusal::UsedUp));
         // A used-up code stays used up after its last day.
         assert_eq!(v.state(1000, false), VoucherState::UsedUp);
+    }
+
+    #[test]
+    fn a_used_up_code_typed_again_on_its_own_device_is_used_up() {
+        let mut v = voucher(1);
+        redeemed(&mut v, 1);
+        assert_eq!(v.check_redeem(1, 0, |_| false), Err(RedeemRefusal::UsedUp));
+        // Of a shared code, the device's own session counts: another's
+        // running session does not make this one active.
+        let mut w = voucher(2);
+        redeemed(&mut w, 1);
+        redeemed(&mut w, 2);
+        assert_eq!(w.check_redeem(1, 0, |s| s == 2), Err(RedeemRefusal::UsedUp));
+        assert_eq!(
+            w.check_redeem(2, 0, |s| s == 2),
+            Err(RedeemRefusal::AlreadyRedeemed { session_id: 2 })
+        );
     }
 
     #[test]
     fn a_shared_code_admits_each_of_its_devices_once() {
         let mut v = voucher(2);
         redeemed(&mut v, 1);
-        assert_eq!(v.check_redeem(2, 0, true), Ok(()));
+        assert_eq!(v.check_redeem(2, 0, |_| true), Ok(()));
         redeemed(&mut v, 2);
         assert_eq!(
-            v.check_redeem(3, 0, true),
+            v.check_redeem(3, 0, |_| true),
             Err(RedeemRefusal::LockedToOtherDevice)
         );
         // Partly used, then its last day passed: expired.
         let mut w = voucher(2);
         redeemed(&mut w, 1);
         assert_eq!(w.state(1000, false), VoucherState::Expired);
-        assert_eq!(w.check_redeem(2, 1000, false), Err(RedeemRefusal::Expired));
+        assert_eq!(
+            w.check_redeem(2, 1000, |_| false),
+            Err(RedeemRefusal::Expired)
+        );
     }
 
     #[test]
     fn revoked_and_expired_codes_are_refused() {
         let mut v = voucher(1);
         assert_eq!(v.state(101, false), VoucherState::Expired);
-        assert_eq!(v.check_redeem(1, 101, false), Err(RedeemRefusal::Expired));
+        assert_eq!(
+            v.check_redeem(1, 101, |_| false),
+            Err(RedeemRefusal::Expired)
+        );
         v.revoked_at = Some(5);
         assert_eq!(v.state(0, false), VoucherState::Revoked);
-        assert_eq!(v.check_redeem(1, 0, false), Err(RedeemRefusal::Revoked));
+        assert_eq!(v.check_redeem(1, 0, |_| false), Err(RedeemRefusal::Revoked));
     }
 }

@@ -308,19 +308,26 @@ fn a_code_is_locked_to_its_device_and_wrong_codes_are_limited_per_client() {
     assert_eq!(r["queued"], true);
     assert_eq!(r["session"]["status"], "unstarted");
 
-    // Device b: three more wrong codes make five refusals; then even a good code is held back.
-    for wrong in ["ZZZZZZZZZZ", "YYYYYYYYYY", "XXXXXXXXXX"] {
+    refused(
+        api.post(&format!("/v1/devices/{b}/redeem"), &json!({"code": c[0]})),
+        403,
+        "voucher_locked",
+    );
+    // Device b: five codes that do not exist (a code in use is no guess and
+    // does not count); then even a good code is held back.
+    for wrong in [
+        "ZZZZZZZZZZ",
+        "YYYYYYYYYY",
+        "XXXXXXXXXX",
+        "WWWWWWWWWW",
+        "VVVVVVVVVV",
+    ] {
         refused(
             api.post(&format!("/v1/devices/{b}/redeem"), &json!({"code": wrong})),
             404,
             "unknown_voucher",
         );
     }
-    refused(
-        api.post(&format!("/v1/devices/{b}/redeem"), &json!({"code": c[0]})),
-        403,
-        "voucher_locked",
-    );
     refused(
         api.post(&format!("/v1/devices/{b}/redeem"), &json!({"code": c[2]})),
         429,
@@ -339,7 +346,7 @@ fn a_code_is_locked_to_its_device_and_wrong_codes_are_limited_per_client() {
     let m = m.as_str().unwrap();
     for line in [
         "session_agent_voucher_redemptions_total 3",
-        "session_agent_voucher_refusals_total{reason=\"unknown_voucher\"} 3",
+        "session_agent_voucher_refusals_total{reason=\"unknown_voucher\"} 5",
         "session_agent_voucher_refusals_total{reason=\"voucher_locked\"} 2",
         "session_agent_voucher_refusals_total{reason=\"voucher_already_redeemed\"} 1",
         "session_agent_voucher_tries_limited_total 1",

@@ -533,5 +533,11 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
         "Redemptions answered 429 because the client had too many wrong codes in a minute.",
         desk.limited,
     );
+    single(
+        &mut out,
+        ("session_agent_voucher_moves_total", "counter"),
+        "Voucher codes whose session moved to a new MAC with its device (typed again from a phone that changed its Wi-Fi address).",
+        desk.moved,
+    );
     Ok(out)
 }

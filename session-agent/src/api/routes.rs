@@ -899,6 +899,7 @@ mod tests {
             mac: "02:00:00:00:00:01".into(),
             session_id: 1,
             at: 0,
+            moves: vec![],
         };
         let voucher = VoucherView {
             code: "ABCDEFGHJK".into(),
@@ -923,6 +924,7 @@ mod tests {
             session: session.clone(),
             voucher: voucher.clone(),
             queued: false,
+            moved_from: None,
         };
         for (name, v) in [
             ("Redemption", serde_json::to_value(redemption).unwrap()),

@@ -82,6 +82,15 @@ pub fn voucher_view(v: &Voucher, state: VoucherState) -> VoucherView {
                 mac: r.mac.to_string(),
                 session_id: r.session_id,
                 at: r.at,
+                moves: r
+                    .moves
+                    .iter()
+                    .map(|m| VoucherMoveView {
+                        from: m.from.to_string(),
+                        to: m.to.to_string(),
+                        at: m.at,
+                    })
+                    .collect(),
             })
             .collect(),
         revoked_at: v.revoked_at,

@@ -319,6 +319,7 @@ async fn redeem_for(
         session: view(st, &r.session)?,
         voucher: voucher_view(st, &r.voucher),
         queued: r.queued,
+        moved_from: r.moved_from.map(|m| m.to_string()),
     };
     Ok(created(v))
 }

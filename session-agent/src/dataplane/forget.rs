@@ -62,7 +62,45 @@ pub struct Forgotten {
     pub reclaimed: u32,
 }
 
+impl IdleTracker {
+    /// Since when the client in `slot` has been seen with `packets` (see
+    /// [`Maps::packets`]) by the runs of [`Maps::forget_idle`]: it has been
+    /// silent at least since then. `None` when the runs saw another count, or
+    /// none.
+    pub fn quiet_since(&self, slot: u32, packets: u64) -> Option<Instant> {
+        self.seen
+            .get(&slot)
+            .filter(|(p, _)| *p == packets)
+            .map(|(_, since)| *since)
+    }
+}
+
+/// Packets a client sent, received or had dropped: it was active when this changed.
+fn activity(e: &ClientEntry, c: &ClientCounters) -> u64 {
+    [
+        e.up_packets,
+        e.down_packets,
+        c.garden_packets,
+        c.blocked_packets,
+        c.malformed_packets,
+        c.ratelimit_packets,
+        c.quota_packets,
+    ]
+    .iter()
+    .fold(0u64, |a, p| a.wrapping_add(*p))
+}
+
 impl Maps {
+    /// Packets the client in `slot` sent, received or had dropped (wrapping):
+    /// it was active when this changed. `None` when the slot holds no client.
+    pub fn packets(&self, slot: u32) -> Result<Option<u64>> {
+        let Some(pos) = self.position(slot) else {
+            return Ok(None);
+        };
+        let c = self.all_counters(slot, 1)?.get(slot);
+        Ok(Some(activity(&self.clients.get(pos), &c)))
+    }
+
     /// Hands a slot to the next new client. Only the agent calls this (one
     /// writer of the tail); the ring holds every slot, so it never overruns.
     pub(super) fn free_slot(&self, slot: u32) {
@@ -146,18 +184,7 @@ impl Maps {
                 continue;
             }
             let e = self.clients.get(pos);
-            let c = counters.get(slot);
-            let packets = [
-                e.up_packets,
-                e.down_packets,
-                c.garden_packets,
-                c.blocked_packets,
-                c.malformed_packets,
-                c.ratelimit_packets,
-                c.quota_packets,
-            ]
-            .iter()
-            .fold(0u64, |a, p| a.wrapping_add(*p));
+            let packets = activity(&e, &counters.get(slot));
             live += 1;
             let since = match seen.get(&slot) {
                 Some(&(p, since)) if p == packets => since,

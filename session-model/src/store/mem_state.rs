@@ -192,6 +192,7 @@ impl MemState {
             mac,
             session_id: session.id,
             at,
+            moves: Vec::new(),
         });
         Ok([
             Mutation::PutSession { session },

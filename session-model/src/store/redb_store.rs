@@ -665,6 +665,7 @@ impl SessionStore for RedbStore {
                 mac,
                 session_id: session.id,
                 at,
+                moves: Vec::new(),
             });
             t.put_voucher(&voucher)?;
             Ok((session, voucher))
