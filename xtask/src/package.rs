@@ -423,7 +423,10 @@ pub fn install_check(deb: &Path) -> Result<()> {
     }
     let v = in_root(&["/usr/sbin/session-agent", "--version"])?;
     println!("    {}", v.trim());
-    for unit in [UNIT, "/usr/lib/systemd/system/session-agent-close-lans.service"] {
+    for unit in [
+        UNIT,
+        "/usr/lib/systemd/system/session-agent-close-lans.service",
+    ] {
         println!("==> systemd-analyze verify {unit}");
         print!("{}", in_root(&["systemd-analyze", "verify", unit])?);
     }
