@@ -34,7 +34,7 @@ use crate::error::{AgentError, Result};
 
 /// A netlink request that failed, with the kernel's (or the socket's) error;
 /// a refusal names CAP_NET_ADMIN when the process lacks it.
-fn failed(what: &str, source: std::io::Error) -> AgentError {
+pub(crate) fn failed(what: &str, source: std::io::Error) -> AgentError {
     if source.raw_os_error() == Some(libc::EPERM)
         && !crate::error::lacking(&[crate::error::CAP_NET_ADMIN]).is_empty()
     {
@@ -57,13 +57,20 @@ struct Rtnl {
     rx: Vec<u8>,
 }
 
+/// A netlink socket of `protocol` (NETLINK_ROUTE, NETLINK_NETFILTER, ...),
+/// bound and connected to the kernel.
+pub(crate) fn kernel_socket(protocol: isize, what: &str) -> Result<Socket> {
+    let mut socket = Socket::new(protocol).map_err(|e| failed(what, e))?;
+    socket.bind_auto().map_err(|e| failed(what, e))?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(|e| failed(what, e))?;
+    Ok(socket)
+}
+
 impl Rtnl {
     fn open(what: &str) -> Result<Self> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| failed(what, e))?;
-        socket.bind_auto().map_err(|e| failed(what, e))?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(|e| failed(what, e))?;
+        let socket = kernel_socket(NETLINK_ROUTE, what)?;
         Ok(Self {
             socket,
             seq: 0,

@@ -10,17 +10,9 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST};
-use netlink_sys::{Socket, SocketAddr};
-
 use crate::error::{AgentError, Result};
-
-fn failed(what: &str, source: std::io::Error) -> AgentError {
-    AgentError::Netlink {
-        what: what.to_string(),
-        source,
-    }
-}
+use crate::netlink::{failed, kernel_socket};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST};
 
 /// The nftables table (family `inet`) that keeps the LANs from forwarding from
 /// boot until the datapath is attached: the package's boot unit loads it with
@@ -147,16 +139,16 @@ fn nla_string(kind: u16, value: &str) -> Vec<u8> {
 pub fn open_lans() -> Result<bool> {
     let what =
         format!("removing the nftables table inet {CLOSED_LANS_TABLE} that kept the LANs closed");
-    let mut socket = match Socket::new(netlink_sys::protocols::NETLINK_NETFILTER) {
+    let socket = match kernel_socket(netlink_sys::protocols::NETLINK_NETFILTER, &what) {
         Ok(s) => s,
         // A kernel without nfnetlink has no nftables table to remove.
-        Err(e) if e.raw_os_error() == Some(libc::EPROTONOSUPPORT) => return Ok(false),
-        Err(e) => return Err(failed(&what, e)),
+        Err(AgentError::Netlink { source, .. })
+            if source.raw_os_error() == Some(libc::EPROTONOSUPPORT) =>
+        {
+            return Ok(false)
+        }
+        Err(e) => return Err(e),
     };
-    socket.bind_auto().map_err(|e| failed(&what, e))?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(|e| failed(&what, e))?;
     let seq = std::process::id();
     let res = NFNL_SUBSYS_NFTABLES;
     let mut batch = nfnl_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, res, &[]);
