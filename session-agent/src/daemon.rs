@@ -25,6 +25,8 @@ use crate::{
     garden::GardenEntry,
     gateway::{Gateway, GatewayConfig, Lan},
     iface,
+    portal::{PortalOptions, RedirectOptions},
+    services::Services,
 };
 
 /// Who gets through before paying, and with which addresses.
@@ -62,10 +64,12 @@ pub struct RunOptions {
     pub db: PathBuf,
     pub gateway: GatewayConfig,
     pub api: ApiOptions,
+    /// The captive listener: the RFC 8908 API and the portal page.
+    pub portal: PortalOptions,
     /// What is logged (a `tracing` filter; `RUST_LOG` wins).
     pub log_level: String,
     /// Clients that have not paid are sent to the portal.
-    pub redirect: Option<crate::redirect::RedirectOptions>,
+    pub redirect: Option<RedirectOptions>,
     /// The walled garden by domain name.
     pub names: crate::names::NameGardenOptions,
     /// DNS servers clients may use before paying, besides the gateway.
@@ -89,6 +93,7 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     // Every listener is bound before anything is attached (the store, opened
     // first, keeps a second agent from taking the first one's socket).
     let api_listeners = crate::api::bind(&opts.api).await?;
+    let portal_listener = crate::portal::bind(&opts.portal).await?;
     let mgr = Arc::new(SessionsMgr::new(store, Arc::new(SystemClock)));
     // Always known, so sessions a RADIUS login made stay readable without RADIUS.
     mgr.register_session_provider(
@@ -110,7 +115,7 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     let redirect_listeners = match &opts.redirect {
         Some(r) => {
             crate::netlink::route_marked_locally(r.mark, r.table, &opts.lans)?;
-            let l = crate::redirect::listen(r)?;
+            let l = crate::portal::redirect::listen(r)?;
             info!(port = r.port, mark = r.mark, table = r.table, portal = %r.portal_url, "portal redirect on: clients that have not paid are sent to the portal");
             l
         }
@@ -192,8 +197,7 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
         opts.names.clone(),
         garden_hosts,
     )?);
-    gateway.set_name_garden(names.clone());
-    gateway.update_dns_snoop();
+    names.update_dns_snoop(gateway.lans());
     if !opts.names.domains.is_empty() {
         info!(domains = opts.names.domains.len(), "walled garden by name on: DNS answers to clients that have not paid are held until their garden addresses are learnt");
     }
@@ -226,7 +230,6 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
         Some(r) => {
             let lan_mac = iface::mac(&opts.lans[0])?;
             let radius = crate::radius::Radius::open(r.clone(), lan_mac)?;
-            gateway.set_radius(radius.clone());
             radius.start(&gateway).await?;
             // Each writes the accounting book (a redb commit): threads of their own.
             for job in [0, 1] {
@@ -260,10 +263,15 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
         }
         None => None,
     };
+    let services = Services {
+        names: Some(names.clone()),
+        radius: radius.clone(),
+        ..Services::new(gateway.clone())
+    };
     if let Some(r) = &opts.redirect {
         let (gw, r) = (gateway.clone(), r.clone());
         servers.spawn(async move {
-            crate::redirect::serve(gw, r, redirect_listeners).await?;
+            crate::portal::redirect::serve(gw, r, redirect_listeners).await?;
             Err(stopped("the portal redirect"))
         });
     }
@@ -291,10 +299,15 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     });
     // The API's listeners were bound above: a caller may use them once READY is said.
     {
-        let (gw, api) = (gateway.clone(), opts.api.clone());
+        let api = services.api(opts.api.clone());
         servers.spawn(async move {
-            crate::api::serve(gw, api, api_listeners).await?;
+            crate::api::serve(api, api_listeners).await?;
             Err(stopped("the control API"))
+        });
+        let (desk, portal) = (services.portal(), opts.portal.clone());
+        servers.spawn(async move {
+            crate::portal::serve(desk, portal, portal_listener).await?;
+            Err(stopped("the captive-portal API and portal page"))
         });
     }
     // Handlers first: a supervisor may stop the agent the moment it is ready,
@@ -322,8 +335,7 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
                 match &reload {
                     Some(read) => match read() {
                         Ok(new) => {
-                            let gw = gateway.clone();
-                            current = tokio::task::block_in_place(|| apply_reload(&gw, &mut attached, current, new));
+                            current = tokio::task::block_in_place(|| apply_reload(&services, &mut attached, current, new));
                         }
                         Err(e) => warn!("SIGHUP: the configuration was not reloaded, nothing changed: {e:#}"),
                     },
@@ -355,7 +367,7 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     }
     gateway.stop();
     // Nobody sends held answers on from now: let them pass unheld.
-    gateway.set_dns_snoop(false);
+    names.set_dns_snoop(gateway.lans(), false);
     tasks.shutdown().await;
     // Charge what was counted since the last poll and make it durable.
     gateway.poll().await?;
@@ -377,11 +389,12 @@ fn stopped(what: &str) -> AgentError {
 /// Applies what a reload may change and names what it may not; returns the
 /// options now in force.
 fn apply_reload(
-    gw: &Gateway,
+    services: &Services,
     attached: &mut [attach::Attached],
     mut cur: RunOptions,
     new: RunOptions,
 ) -> RunOptions {
+    let gw = &services.gateway;
     let mut restart: Vec<&str> = Vec::new();
     let mut changed: Vec<&str> = Vec::new();
     macro_rules! needs_restart {
@@ -402,14 +415,13 @@ fn apply_reload(
         api.socket => "api.socket",
         api.tcp => "api.tcp",
         api.token => "api.token",
-        api.captive => "captive.listen",
-        api.portal_url => "captive.portal_url",
-        api.retention => "store.retention_secs",
+        portal.listen => "captive.listen",
+        portal.portal_url => "captive.portal_url",
         redirect => "captive.redirect*",
         radius => "radius.*",
     }
-    if new.api.portal_texts.name != cur.api.portal_texts.name
-        || new.api.portal_texts.lang != cur.api.portal_texts.lang
+    if new.portal.texts.name != cur.portal.texts.name
+        || new.portal.texts.lang != cur.portal.texts.lang
     {
         restart.push("captive.portal_texts");
     }
@@ -454,7 +466,7 @@ fn apply_reload(
                 &cur.portal_ports,
                 &new.gate,
                 cur.redirect.as_ref(),
-                gw.dns_snoop_mark(),
+                services.names.as_ref().and_then(|n| n.dns_snoop_mark()),
             ));
             m.set_gate(&gate_limits(&new.gate));
         }
@@ -463,11 +475,11 @@ fn apply_reload(
     }
     if new.names.domains != cur.names.domains {
         // Names added through the API stay unless the file drops them.
-        if let Some(names) = gw.name_garden() {
+        if let Some(names) = &services.names {
             if let Err(e) = names.set_configured(&new.names.domains) {
                 warn!("reload: the garden names were not all applied: {e}");
             }
-            gw.update_dns_snoop();
+            names.update_dns_snoop(gw.lans());
         }
         cur.names.domains = new.names.domains.clone();
         changed.push("walled_garden_domains");
@@ -652,7 +664,7 @@ pub fn lan_config(
     addrs: &[IpAddr],
     portal_ports: &[u16],
     gate: &GateOptions,
-    redirect: Option<&crate::redirect::RedirectOptions>,
+    redirect: Option<&RedirectOptions>,
     dns_mark: Option<u32>,
 ) -> LanConfig {
     let mut cfg = LanConfig {

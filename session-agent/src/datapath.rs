@@ -69,6 +69,8 @@ pub trait Datapath: Send + Sync {
     fn packets(&self, slot: u32) -> Result<Option<u64>>;
     /// Frees the addresses bound to the client.
     fn release_bindings(&self, mac: &MacAddr) -> Result<()>;
+    /// The MAC the datapath bound `ip` to (with address binding on), if any.
+    fn bound_mac(&self, ip: std::net::IpAddr) -> Result<Option<MacAddr>>;
     /// Every client as the datapath enforces it.
     fn enforced(&self) -> Result<Vec<Enforced>>;
     /// Forgets clients idle for `idle` that are not allowed and not `keep`.
@@ -200,6 +202,13 @@ impl Datapath for PinnedDatapath {
             maps.release_bindings(mac)?;
         }
         Ok(())
+    }
+
+    fn bound_mac(&self, ip: std::net::IpAddr) -> Result<Option<MacAddr>> {
+        match self.table() {
+            Some(maps) => maps.binding_of(ip),
+            None => Ok(None),
+        }
     }
 
     fn enforced(&self) -> Result<Vec<Enforced>> {
@@ -392,6 +401,10 @@ impl Datapath for MemDatapath {
 
     fn release_bindings(&self, _mac: &MacAddr) -> Result<()> {
         Ok(())
+    }
+
+    fn bound_mac(&self, _ip: std::net::IpAddr) -> Result<Option<MacAddr>> {
+        Ok(None)
     }
 
     fn enforced(&self) -> Result<Vec<Enforced>> {

@@ -1,26 +1,41 @@
 //! session-agent: eBPF traffic metering and session service for Wi-Fi hotspot gateways.
 //!
 //! The library holds the daemon's parts so that tests and tools can use them;
-//! the `session-agent` binary is the CLI over it.
+//! the `session-agent` binary is the CLI over it. Its modules are layered, top
+//! to bottom; each imports only from the layers below it (`cargo xtask layers`
+//! checks that, and that no files import each other in a circle).
 
-pub mod api;
+// Wiring: build everything and hand it out.
 pub mod daemon;
+pub mod options;
+pub mod services;
+
+// Front ends, which never import each other, and the ground they share.
+pub mod api;
+pub mod portal;
+pub mod web;
+
+// Features: they use the gateway and learn of changes from its events.
+pub mod names;
+pub mod radius;
+pub mod vouchers;
+
+// The core.
+pub mod gateway;
+pub mod neigh;
+
+// The kernel side.
 pub mod datapath;
 pub mod dataplane;
-pub mod error;
 pub mod garden;
-pub mod gateway;
-pub mod html;
+
+// The operating system.
+pub mod error;
 pub mod iface;
 pub mod logging;
 pub mod memory;
-pub mod names;
 pub mod netlink;
 pub mod nftables;
-pub mod options;
-pub mod portal;
-pub mod radius;
-pub mod redirect;
+pub mod runtime;
 pub mod sys;
 pub mod systemd;
-pub mod vouchers;

@@ -32,7 +32,7 @@ use session_common::{GardenHostKey, GardenHostValue, HeldFrame, DNS_HELD_MAX};
 use simple_dns::{rdata::RData, Name, PacketFlag, CLASS, OPCODE, QCLASS, RCODE};
 use tracing::{debug, warn};
 
-use crate::error::AgentError;
+use crate::{datapath::Lan, error::AgentError};
 
 /// Longest CNAME chain followed.
 const MAX_CHAIN: usize = 16;
@@ -516,6 +516,38 @@ pub struct NameGarden {
 }
 
 impl NameGarden {
+    /// The mark the datapath's held DNS answers are sent on with, when it
+    /// should hold them: there are garden names.
+    pub fn dns_snoop_mark(&self) -> Option<u32> {
+        (!self.rules().is_empty()).then_some(self.options().mark)
+    }
+
+    /// Tells the datapath of every LAN whether to hold DNS answers (see
+    /// [`NameGarden::dns_snoop_mark`]).
+    pub fn update_dns_snoop(&self, lans: &[Lan]) {
+        self.set_dns_snoop(lans, self.dns_snoop_mark().is_some());
+    }
+
+    /// Holding of DNS answers on or off in the datapath of every LAN.
+    pub fn set_dns_snoop(&self, lans: &[Lan], on: bool) {
+        let mark = self.options().mark;
+        for lan in lans {
+            let Ok(m) = lan.maps.lock() else {
+                continue;
+            };
+            let mut cfg = m.lan();
+            if on {
+                cfg.flags |= session_common::LAN_DNS_SNOOP;
+                cfg.dns_mark = mark;
+            } else {
+                cfg.flags &= !session_common::LAN_DNS_SNOOP;
+            }
+            if cfg != m.lan() {
+                m.set_lan(&cfg);
+            }
+        }
+    }
+
     /// Over each LAN's `GARDEN_HOSTS` (adopting what an earlier run learnt,
     /// for `ttl_min`); with garden names, opens the packet socket that sends
     /// answers on.

@@ -33,6 +33,7 @@ use crate::{
     },
     garden::GardenEntry,
     gateway::GatewayConfig,
+    portal::{PortalOptions, RedirectOptions, RedirectParams},
 };
 
 /// An unsigned number within `LO..=HI`, for flags and keys alike.
@@ -609,7 +610,7 @@ pub struct CaptiveSection {
 
 impl Default for CaptiveSection {
     fn default() -> Self {
-        let params = crate::redirect::RedirectParams::default();
+        let params = RedirectParams::default();
         Self {
             listen: None,
             portal_url: None,
@@ -981,6 +982,7 @@ impl Options {
             commit_interval: Duration::from_millis(self.commit_ms.get()),
             bind_ttl: Duration::from_secs(self.bind_ttl_secs.get()),
             voucher_move_after: Duration::from_secs(self.voucher_move_after_secs.get()),
+            retention: secs(self.store.retention_secs),
         }
     }
 
@@ -1014,28 +1016,28 @@ impl Options {
                 portal_ports.push(c.port());
             }
         }
-        let retention = self.store.retention_secs;
         let api = ApiOptions {
             socket: Some(self.api.socket.clone()),
             tcp: self.api.tcp,
             token,
-            captive: self.captive.listen,
+            metrics_top_clients: self.api.metrics_top_clients,
+        };
+        api.validate()?;
+        let portal = PortalOptions {
+            listen: self.captive.listen,
             portal_url: self
                 .captive
                 .portal_url
                 .clone()
                 .map(|u| u.0)
                 .or_else(|| builtin_portal_url(self.captive.listen)),
-            portal_texts: match &self.captive.portal_texts {
+            texts: match &self.captive.portal_texts {
                 Some(path) => Arc::new(crate::portal::PortalTexts::load(path)?),
                 None => Arc::default(),
             },
-            metrics_top_clients: self.api.metrics_top_clients,
-            retention: (retention > 0).then(|| Duration::from_secs(retention)),
         };
-        api.validate()?;
         let redirect = if self.captive.redirect {
-            let portal_url = api
+            let portal_url = portal
                 .portal_url
                 .clone()
                 .ok_or(OptionsError::RedirectWithoutPortal)?;
@@ -1043,13 +1045,13 @@ impl Options {
                 return Err(OptionsError::RedirectNeedsTc);
             }
             let c = &self.captive;
-            let params = crate::redirect::RedirectParams {
+            let params = RedirectParams {
                 mac: c.redirect_param_mac.clone(),
                 ip: c.redirect_param_ip.clone(),
                 url: c.redirect_param_url.clone(),
             };
             params.check().map_err(OptionsError::RedirectParams)?;
-            Some(crate::redirect::RedirectOptions {
+            Some(RedirectOptions {
                 port: c.redirect_port.get(),
                 mark: c.redirect_mark.get() as u32,
                 table: c.redirect_table.get() as u32,
@@ -1113,6 +1115,7 @@ impl Options {
             store: self.store.provider,
             db: self.store.path,
             api,
+            portal,
             log_level: self.log_level.0,
         })
     }
@@ -1472,7 +1475,7 @@ portal_url = "https://portal.example/"
         let r = r.redirect.expect("redirect on");
         assert_eq!(r.portal_url, "http://10.0.0.1:8908/portal");
         assert_eq!((r.port, r.mark, r.table), (4000, 0x5e55, 0x5e55));
-        assert_eq!(r.params, crate::redirect::RedirectParams::default());
+        assert_eq!(r.params, RedirectParams::default());
         assert!(resolve("").is_ok_and(|r| r.redirect.is_none()));
     }
 

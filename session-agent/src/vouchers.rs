@@ -4,11 +4,11 @@
 //! The manager decides whether a code may be redeemed and writes the session with
 //! the redemption ([`SessionsMgr::redeem_voucher`]); the gateway then connects the
 //! device. Both the control API and the portal page redeem through
-//! [`Gateway::redeem`].
+//! [`VoucherDesk::redeem`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use session_model::{ClientSession, DeviceId, MacAddr, ModelError, RedeemRefusal, Voucher};
@@ -32,9 +32,15 @@ pub const REFUSALS: [&str; 6] = [
     "voucher_already_redeemed",
 ];
 
+/// Where codes are redeemed for clients, over the gateway that connects them.
+pub struct VoucherDesk {
+    gw: Arc<Gateway>,
+    tally: Tally,
+}
+
 /// Failed tries per client, and what redemptions came to.
 #[derive(Debug, Default)]
-pub struct VoucherDesk {
+struct Tally {
     failures: Mutex<HashMap<DeviceId, VecDeque<Instant>>>,
     redeemed: AtomicU64,
     refused: [AtomicU64; REFUSALS.len()],
@@ -76,11 +82,31 @@ pub struct Redeemed {
     /// The device was connected already: the new session waits behind its running one.
     pub queued: bool,
     /// The code's session was not bought now but moved here from the device
-    /// that redeemed it, at this MAC (see [`Gateway::redeem`]).
+    /// that redeemed it, at this MAC (see [`VoucherDesk::redeem`]).
     pub moved_from: Option<MacAddr>,
 }
 
 impl VoucherDesk {
+    /// A desk over `gw`, which connects the clients whose codes it redeems.
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        Self {
+            gw,
+            tally: Tally::default(),
+        }
+    }
+
+    /// What the desk counted, for `/metrics`.
+    pub fn counts(&self) -> DeskCounts {
+        self.tally.counts()
+    }
+
+    /// The gateway that connects the desk's customers.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gw
+    }
+}
+
+impl Tally {
     /// `Err(retry after)` when `device` used up its failed tries.
     fn admit(&self, device: DeviceId, now: Instant) -> Result<(), Duration> {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
@@ -145,7 +171,7 @@ impl VoucherDesk {
     }
 }
 
-impl Gateway {
+impl VoucherDesk {
     /// Redeems `code` for `device_id` and connects the device if it is not
     /// connected (a connected device's new session waits behind its running one).
     /// A code in use on another device whose MAC has been silent for
@@ -156,13 +182,13 @@ impl Gateway {
     /// last [`RETRY_WINDOW`] is answered [`RedeemError::TooManyTries`] without
     /// a look at the code.
     pub async fn redeem(&self, device_id: DeviceId, code: &str) -> Result<Redeemed, RedeemError> {
-        let desk = self.vouchers();
+        let desk = &self.tally;
         let now = Instant::now();
         if let Err(retry_after) = desk.admit(device_id, now) {
             desk.limited.fetch_add(1, Ordering::Relaxed);
             return Err(RedeemError::TooManyTries { retry_after });
         }
-        let (session, voucher) = match self.sessions().redeem_voucher(device_id, code) {
+        let (session, voucher) = match self.gw.sessions().redeem_voucher(device_id, code) {
             Ok(r) => r,
             Err(ModelError::Redeem(RedeemRefusal::AlreadyRedeemed { session_id }))
                 if self.may_resume_redeemed(device_id, session_id)? =>
@@ -171,8 +197,8 @@ impl Gateway {
                 // that session still to use: a retry after the device could not
                 // be put online, or a page sent twice. Nothing is bought twice:
                 // the session it bought is connected.
-                let voucher = self.sessions().voucher(code).map_err(AgentError::from)?;
-                let session = self.connect(device_id, "voucher redeemed").await?;
+                let voucher = self.gw.sessions().voucher(code).map_err(AgentError::from)?;
+                let session = self.gw.connect(device_id, "voucher redeemed").await?;
                 tracing::info!(device_id, session = session_id, code = %voucher.masked(), "voucher redeemed again by its device: its session connected");
                 return Ok(Redeemed {
                     session,
@@ -197,11 +223,12 @@ impl Gateway {
         };
         desk.redeemed.fetch_add(1, Ordering::Relaxed);
         let queued = self
+            .gw
             .sessions()
             .is_connected(device_id)
             .map_err(AgentError::from)?;
         if !queued {
-            self.connect(device_id, "voucher redeemed").await?;
+            self.gw.connect(device_id, "voucher redeemed").await?;
         }
         Ok(Redeemed {
             session,
@@ -221,9 +248,9 @@ impl Gateway {
         device_id: DeviceId,
         code: &str,
     ) -> Result<Option<Redeemed>, AgentError> {
-        let _one_at_a_time = self.vouchers().moving.lock().await;
-        let mgr = self.sessions();
-        let after = self.config().voucher_move_after;
+        let _one_at_a_time = self.tally.moving.lock().await;
+        let mgr = self.gw.sessions();
+        let after = self.gw.config().voucher_move_after;
         let to = mgr.device(device_id)?.mac;
         let voucher = mgr.voucher(code)?;
         let now = mgr.clock().now_secs();
@@ -242,7 +269,7 @@ impl Gateway {
                 Ok(_) | Err(ModelError::UnknownDevice(_)) => continue,
                 Err(e) => return Err(e.into()),
             };
-            match self.silent_for(old.mac)? {
+            match self.gw.silent_for(old.mac)? {
                 Some(silent) if silent >= after => {
                     from = Some((old, r.session_id));
                     break;
@@ -258,7 +285,7 @@ impl Gateway {
         let Some((old, session_id)) = from else {
             return Ok(None);
         };
-        match self.rekey(old.id, to).await {
+        match self.gw.rekey(old.id, to).await {
             Ok(_) => {}
             Err(AgentError::MacHasSessions { .. }) => {
                 tracing::info!(device_id, holder = old.id, code = %voucher.masked(), "voucher not moved: this MAC's device has sessions of its own");
@@ -274,9 +301,9 @@ impl Gateway {
                 voucher
             }
         };
-        self.vouchers().moved.fetch_add(1, Ordering::Relaxed);
+        self.tally.moved.fetch_add(1, Ordering::Relaxed);
         if !mgr.is_connected(old.id)? {
-            self.connect(old.id, "voucher moved").await?;
+            self.gw.connect(old.id, "voucher moved").await?;
         }
         let session = mgr.session(session_id)?;
         Ok(Some(Redeemed {
@@ -294,7 +321,7 @@ impl Gateway {
         device_id: DeviceId,
         session_id: session_model::SessionId,
     ) -> Result<bool, AgentError> {
-        let mgr = self.sessions();
+        let mgr = self.gw.sessions();
         if mgr.is_connected(device_id)? {
             return Ok(false);
         }
@@ -315,11 +342,10 @@ mod tests {
     use session_model::{
         MemoryStore, NewBatch, SessionType, SessionsMgr, SystemClock, VoucherTemplate,
     };
-    use std::sync::Arc;
 
     #[test]
     fn a_client_gets_five_wrong_tries_a_minute_and_others_are_not_held_back() {
-        let desk = VoucherDesk::default();
+        let desk = Tally::default();
         let t0 = Instant::now();
         for i in 0..MAX_FAILED_TRIES {
             assert_eq!(desk.admit(1, t0), Ok(()), "try {i}");
@@ -336,7 +362,7 @@ mod tests {
 
     /// A gateway over the in-memory datapath and store, moving codes after
     /// `after` of silence, with a one-device code for one hour.
-    fn gateway(after: Duration) -> (Arc<Gateway>, Arc<MemDatapath>, String) {
+    fn desk(after: Duration) -> (VoucherDesk, Arc<MemDatapath>, String) {
         let dp = Arc::new(MemDatapath::new(1));
         let mgr = Arc::new(SessionsMgr::new(
             Arc::new(MemoryStore::new()),
@@ -368,13 +394,14 @@ mod tests {
                 group: 5,
             })
             .unwrap();
-        (gw, dp, made[0].code.clone())
+        (VoucherDesk::new(gw), dp, made[0].code.clone())
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_code_moves_to_a_new_mac_only_after_the_old_one_fell_silent() {
         let after = Duration::from_millis(600);
-        let (gw, dp, code) = gateway(after);
+        let (desk, dp, code) = desk(after);
+        let gw = desk.gw.clone();
         let (old, new) = (
             MacAddr::new([2, 0, 0, 0, 0, 1]),
             MacAddr::new([6, 0, 0, 0, 0, 2]),
@@ -383,11 +410,11 @@ mod tests {
         dp.send(&new, 100);
         let a = gw.sessions().create_device(old, None, None).unwrap().id;
         let b = gw.sessions().create_device(new, None, None).unwrap().id;
-        let bought = gw.redeem(a, &code).await.unwrap().session.id();
+        let bought = desk.redeem(a, &code).await.unwrap().session.id();
         // The old MAC is heard from: refused, however long the code waits.
         for _ in 0..4 {
             assert!(matches!(
-                gw.redeem(b, &code).await,
+                desk.redeem(b, &code).await,
                 Err(RedeemError::Refused(RedeemRefusal::LockedToOtherDevice))
             ));
             dp.send(&old, 100);
@@ -397,7 +424,7 @@ mod tests {
         // Silent now.
         tokio::time::sleep(after).await;
         gw.poll().await.unwrap();
-        let r = gw.redeem(b, &code).await.unwrap();
+        let r = desk.redeem(b, &code).await.unwrap();
         assert_eq!((r.session.id(), r.moved_from), (bought, Some(old)));
         let mgr = gw.sessions();
         assert_eq!(mgr.device_by_mac(new).unwrap().id, a);
@@ -410,12 +437,12 @@ mod tests {
             (v.redemptions[0].moves[0].from, v.redemptions[0].moves[0].to),
             (old, new)
         );
-        assert_eq!(gw.vouchers().counts().moved, 1);
+        assert_eq!(desk.counts().moved, 1);
     }
 
     #[test]
     fn refusals_of_codes_that_exist_are_counted_but_do_not_lock_a_client_out() {
-        let desk = VoucherDesk::default();
+        let desk = Tally::default();
         let t0 = Instant::now();
         for _ in 0..3 * MAX_FAILED_TRIES {
             desk.failed(1, &RedeemRefusal::AlreadyRedeemed { session_id: 7 }, t0);

@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use session_agent::redirect::{RedirectOptions, RedirectParams};
+use session_agent::portal::{RedirectOptions, RedirectParams};
 
 const MARK: u32 = 0x5e55;
 const FIN: u8 = 0x01;

@@ -16,8 +16,9 @@ use serde_json::Value;
 use session_model::{DeviceId, SessionEvent};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::{ApiError, ApiState};
+use super::state::ApiState;
 use crate::gateway::GatewayEvent;
+use crate::web::ApiError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

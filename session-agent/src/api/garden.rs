@@ -7,11 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     routes::{created, path, Body, PathArg},
-    ApiError, ApiState,
+    state::Garden,
 };
-use crate::names::{DomainRule, LearntView, NameGarden};
+use crate::{
+    names::{DomainRule, LearntView, NameGarden},
+    web::ApiError,
+};
 
-type St = State<Arc<ApiState>>;
+type St = State<Garden>;
 
 /// `GET /v1/garden/domains`.
 #[derive(Serialize)]
@@ -34,8 +37,8 @@ pub(super) struct DomainChange {
     changed: bool,
 }
 
-fn names(st: &ApiState) -> Result<&Arc<NameGarden>, ApiError> {
-    st.gw.name_garden().ok_or_else(|| {
+fn names(st: &Garden) -> Result<&Arc<NameGarden>, ApiError> {
+    st.names.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "garden_by_name_unavailable",
@@ -51,15 +54,7 @@ async fn change(
     op: impl FnOnce(&NameGarden) -> crate::error::Result<bool> + Send + 'static,
 ) -> Result<bool, ApiError> {
     let n = n.clone();
-    let done = tokio::task::spawn_blocking(move || op(&n))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                e.to_string(),
-            )
-        })?;
+    let done = crate::runtime::off_runtime(move || async move { op(&n) }).await?;
     done.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -89,7 +84,7 @@ pub(super) async fn add(State(st): St, Body(b): Body<NewDomain>) -> Result<Respo
     let domain = rule(&b.domain)?;
     let d = domain.clone();
     let changed = change(n, move |n| n.add_kept(d)).await?;
-    st.gw.update_dns_snoop();
+    n.update_dns_snoop(st.gw.lans());
     let v = DomainChange { domain, changed };
     Ok(if changed {
         tracing::info!(domain = %v.domain, "garden name added");
@@ -111,7 +106,7 @@ pub(super) async fn remove(State(st): St, p: PathArg) -> Result<Json<DomainChang
             format!("{domain} is not a garden name; GET /v1/garden/domains lists them"),
         ));
     }
-    st.gw.update_dns_snoop();
+    n.update_dns_snoop(st.gw.lans());
     tracing::info!(%domain, "garden name removed");
     Ok(Json(DomainChange {
         domain,

@@ -10,8 +10,9 @@ use std::{fmt::Write, sync::atomic::Ordering::Relaxed, sync::Arc};
 use axum::{extract::State, http::header, response::IntoResponse};
 use session_model::ModelError;
 
-use super::{ApiError, ApiState};
+use super::state::ApiState;
 use crate::dataplane::ClientRow;
+use crate::web::ApiError;
 use session_common::{
     STAT_ADMISSION_LIMITED, STAT_DROP_REASONS, STAT_EVENTS_LOST, STAT_TABLE_FULL,
 };
@@ -439,7 +440,7 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
             n(v)
         );
     }
-    if let Some(names) = st.gw.name_garden() {
+    if let Some(names) = &st.names {
         let ns = &names.stats;
         single(
             &mut out,
@@ -479,7 +480,7 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
             n(&ns.expired),
         );
     }
-    if let Some(r) = st.gw.radius() {
+    if let Some(r) = &st.radius {
         let rs = &r.stats;
         let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         for (name, help, v) in [
@@ -508,7 +509,7 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
             r.open_count() as u64,
         );
     }
-    let desk = st.gw.vouchers().counts();
+    let desk = st.vouchers.counts();
     single(
         &mut out,
         ("session_agent_voucher_redemptions_total", "counter"),

@@ -1,8 +1,6 @@
 //! `POST /v1/devices/{id}/login` (and by IP): a portal login against the
 //! RADIUS servers.
 
-use std::sync::Arc;
-
 use axum::{
     extract::State,
     http::StatusCode,
@@ -13,13 +11,12 @@ use serde::Deserialize;
 use session_api::LoginView;
 
 use super::{
-    neigh,
-    routes::{ip_path, off_runtime, view, Body, DevId, PathArg},
-    ApiError, ApiState,
+    routes::{ip_path, view, Body, DevId, PathArg},
+    state::Logins,
 };
-use crate::radius::RadiusError;
+use crate::{neigh, radius::RadiusError, runtime::off_runtime, web::ApiError};
 
-type St = State<Arc<ApiState>>;
+type St = State<Logins>;
 
 /// `{ "username": ..., "password": ... }`
 #[derive(Deserialize)]
@@ -60,31 +57,28 @@ impl From<RadiusError> for ApiError {
     }
 }
 
-async fn login_for(
-    st: &Arc<ApiState>,
-    device_id: i64,
-    c: Credentials,
-) -> Result<Response, ApiError> {
-    if st.gw.radius().is_none() {
+async fn login_for(st: &Logins, device_id: i64, c: Credentials) -> Result<Response, ApiError> {
+    let Some(radius) = st.radius.clone() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "radius_not_configured",
             "RADIUS logins are off: start the agent with --radius-server ADDR:PORT and --radius-secret-file FILE",
         ));
-    }
+    };
     if c.username.is_empty() || c.username.len() > 253 || c.password.len() > 128 {
         return Err(ApiError::bad_request(
             "invalid_credentials",
             "username must be 1 to 253 bytes and password at most 128 (RADIUS limits)",
         ));
     }
-    let login = off_runtime(st, move |gw| async move {
-        let r = gw.radius().expect("checked above").clone();
-        r.login(&gw, device_id, &c.username, &c.password).await
-    })
-    .await?;
+    let gw = st.gw.clone();
+    let login =
+        off_runtime(
+            move || async move { radius.login(&gw, device_id, &c.username, &c.password).await },
+        )
+        .await??;
     let v = LoginView {
-        session: view(st, &login.session)?,
+        session: view(&st.gw, &login.session)?,
         reply_message: login.reply_message,
     };
     Ok((StatusCode::CREATED, Json(v)).into_response())

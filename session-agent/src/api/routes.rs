@@ -18,12 +18,13 @@ use axum::{
 use serde::{de::DeserializeOwned, Deserialize, Deserializer};
 use session_model::{ClientSession, DeviceId, MacAddr, ModelError, SessionId};
 
-use crate::error::AgentError;
+use crate::{error::AgentError, gateway::Gateway, neigh, web::ApiError};
 
 use super::{
-    events, garden, metrics, neigh, radius,
-    views::{self, ConnectedView, LanView, StatusView},
-    vouchers, ApiError, ApiState, DeviceView, SessionView,
+    events, garden, metrics, radius,
+    state::ApiState,
+    views::{self, ConnectedView, DeviceView, LanView, SessionView, StatusView},
+    vouchers,
 };
 
 type St = State<Arc<ApiState>>;
@@ -99,23 +100,17 @@ routes! {
 /// Runs an operation that writes the store (a redb commit fsyncs) and
 /// programs the datapath on a blocking thread, so the runtime's workers go
 /// on serving (and polling) meanwhile.
-pub(super) async fn off_runtime<T, E, F, Fut>(st: &Arc<ApiState>, op: F) -> Result<T, ApiError>
+pub(super) async fn off_runtime<T, E, F, Fut>(st: &ApiState, op: F) -> Result<T, ApiError>
 where
-    F: FnOnce(Arc<crate::gateway::Gateway>) -> Fut + Send + 'static,
+    F: FnOnce(Arc<Gateway>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, E>>,
     E: Into<ApiError> + Send + 'static,
     T: Send + 'static,
 {
     let gw = st.gw.clone();
-    let rt = tokio::runtime::Handle::current();
-    match tokio::task::spawn_blocking(move || rt.block_on(op(gw))).await {
-        Ok(r) => r.map_err(Into::into),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            format!("the operation did not finish: {e}"),
-        )),
-    }
+    crate::runtime::off_runtime(move || op(gw))
+        .await?
+        .map_err(Into::into)
 }
 
 // ----- input -------------------------------------------------------------------------
@@ -329,22 +324,22 @@ where
 
 // ----- views -------------------------------------------------------------------------
 
-pub(super) fn now(st: &ApiState) -> i64 {
-    st.gw.sessions().clock().now_secs()
+pub(super) fn now(gw: &Gateway) -> i64 {
+    gw.sessions().clock().now_secs()
 }
 
-pub(crate) fn device_view(st: &ApiState, id: DeviceId) -> Result<DeviceView, ApiError> {
-    let d = st.gw.sessions().device(id)?;
-    Ok(views::device_view(&d, st.gw.sessions().is_connected(id)?))
+pub(crate) fn device_view(gw: &Gateway, id: DeviceId) -> Result<DeviceView, ApiError> {
+    let d = gw.sessions().device(id)?;
+    Ok(views::device_view(&d, gw.sessions().is_connected(id)?))
 }
 
-pub(super) fn view(st: &ApiState, s: &ClientSession) -> Result<SessionView, ApiError> {
-    let running = st.gw.sessions().running_session_id(s.device_id())? == Some(s.id());
-    Ok(views::session_view(s, running, now(st)))
+pub(super) fn view(gw: &Gateway, s: &ClientSession) -> Result<SessionView, ApiError> {
+    let running = gw.sessions().running_session_id(s.device_id())? == Some(s.id());
+    Ok(views::session_view(s, running, now(gw)))
 }
 
-fn session_view(st: &ApiState, id: SessionId) -> Result<SessionView, ApiError> {
-    view(st, &st.gw.sessions().session(id)?)
+fn session_view(gw: &Gateway, id: SessionId) -> Result<SessionView, ApiError> {
+    view(gw, &gw.sessions().session(id)?)
 }
 
 pub(super) fn created<T: serde::Serialize>(v: T) -> Response {
@@ -458,7 +453,7 @@ async fn create_device(State(st): St, Body(b): Body<NewDevice>) -> Result<Respon
 }
 
 async fn show_device(State(st): St, DevId(id): DevId) -> ApiResult<DeviceView> {
-    Ok(Json(device_view(&st, id)?))
+    Ok(Json(device_view(&st.gw, id)?))
 }
 
 async fn device_by_mac(State(st): St, mac: PathArg) -> ApiResult<DeviceView> {
@@ -466,12 +461,12 @@ async fn device_by_mac(State(st): St, mac: PathArg) -> ApiResult<DeviceView> {
         .gw
         .sessions()
         .device_by_mac(session_model::parse_mac(&path(mac)?)?)?;
-    Ok(Json(device_view(&st, d.id)?))
+    Ok(Json(device_view(&st.gw, d.id)?))
 }
 
 async fn device_by_ip(State(st): St, ip: PathArg) -> ApiResult<DeviceView> {
     let d = neigh::device_for_ip(&st.gw, ip_path(ip)?).await?;
-    Ok(Json(device_view(&st, d.id)?))
+    Ok(Json(device_view(&st.gw, d.id)?))
 }
 
 #[derive(Deserialize)]
@@ -483,7 +478,7 @@ struct Rekey {
 async fn rekey(State(st): St, DevId(id): DevId, Body(b): Body<Rekey>) -> ApiResult<DeviceView> {
     let mac = client_mac(&b.mac)?;
     off_runtime(&st, move |gw| async move { gw.rekey(id, mac).await }).await?;
-    Ok(Json(device_view(&st, id)?))
+    Ok(Json(device_view(&st.gw, id)?))
 }
 
 /// `?force=true`: remove what is connected or running too, disconnecting it first.
@@ -526,7 +521,7 @@ async fn delete_session(
 async fn device_sessions(State(st): St, DevId(id): DevId) -> ApiResult<Vec<SessionView>> {
     let running = st.gw.sessions().running_session_id(id)?;
     let sessions = st.gw.sessions().device_sessions(id)?;
-    let now = now(&st);
+    let now = now(&st.gw);
     Ok(Json(
         sessions
             .iter()
@@ -580,11 +575,11 @@ async fn create_session(
             .await
     })
     .await?;
-    Ok(created(view(&st, &s)?))
+    Ok(created(view(&st.gw, &s)?))
 }
 
 async fn current_session(State(st): St, DevId(id): DevId) -> ApiResult<Option<SessionView>> {
-    let now = now(&st);
+    let now = now(&st.gw);
     Ok(Json(
         st.gw
             .sessions()
@@ -595,7 +590,7 @@ async fn current_session(State(st): St, DevId(id): DevId) -> ApiResult<Option<Se
 
 async fn get_session(State(st): St, DevId(id): DevId) -> ApiResult<SessionView> {
     match st.gw.sessions().get_session(id).await {
-        Ok(s) => Ok(Json(view(&st, &s)?)),
+        Ok(s) => Ok(Json(view(&st.gw, &s)?)),
         Err(e) => Err(e.into()),
     }
 }
@@ -626,7 +621,7 @@ async fn connect(
         gw.connect(id, &n.notification).await
     })
     .await?;
-    Ok(Json(view(&st, &s)?))
+    Ok(Json(view(&st.gw, &s)?))
 }
 
 async fn disconnect(
@@ -639,13 +634,13 @@ async fn disconnect(
         gw.disconnect(id, &n.notification).await
     })
     .await?;
-    Ok(Json(device_view(&st, id)?))
+    Ok(Json(device_view(&st.gw, id)?))
 }
 
 // ----- one session -------------------------------------------------------------------
 
 async fn show_session(State(st): St, SessId(id): SessId) -> ApiResult<SessionView> {
-    Ok(Json(session_view(&st, id)?))
+    Ok(Json(session_view(&st.gw, id)?))
 }
 
 /// The Flarehotspot SDK's `ClientSession` setters; each present key is set, then the session is saved.
@@ -744,7 +739,7 @@ async fn patch_session(
         gw.update_session(id, move |s| p.apply(s)).await
     })
     .await?;
-    Ok(Json(view(&st, &s)?))
+    Ok(Json(view(&st.gw, &s)?))
 }
 
 /// The Flarehotspot SDK's `IncTimeCons` / `IncDataCons`, then save.
@@ -773,7 +768,7 @@ async fn inc_session(
         .await
     })
     .await?;
-    Ok(Json(view(&st, &s)?))
+    Ok(Json(view(&st.gw, &s)?))
 }
 
 /// The Flarehotspot SDK's `Save`: charges the device's pending usage, writes the session and
@@ -784,14 +779,14 @@ async fn save_session(State(st): St, SessId(id): SessId) -> ApiResult<SessionVie
         gw.update_session(id, |_| Ok(())).await
     })
     .await?;
-    Ok(Json(view(&st, &s)?))
+    Ok(Json(view(&st.gw, &s)?))
 }
 
 /// The Flarehotspot SDK's `Reload`: the session as stored.
 async fn reload_session(State(st): St, SessId(id): SessId) -> ApiResult<SessionView> {
     let mut s = st.gw.sessions().session(id)?;
     s.reload().await?;
-    Ok(Json(view(&st, &s)?))
+    Ok(Json(view(&st.gw, &s)?))
 }
 
 #[cfg(test)]

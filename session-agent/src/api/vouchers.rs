@@ -16,15 +16,22 @@ use session_model::{
 };
 
 use super::{
-    neigh,
     routes::{
         check_exp_days, check_mb, check_mbits, check_secs, check_timestamp, created, ip_path,
         off_runtime, path, view, Body, DevId, PathArg,
     },
+    state::{ApiState, Desk},
     views::{self, RedeemView, VoucherView},
-    ApiError, ApiState,
 };
-use crate::html::{escape, what_it_buys};
+use crate::{
+    gateway::Gateway,
+    neigh,
+    vouchers::VoucherDesk,
+    web::{
+        html::{escape, what_it_buys},
+        ApiError,
+    },
+};
 
 type St = State<Arc<ApiState>>;
 
@@ -100,8 +107,8 @@ impl NewVouchers {
     }
 }
 
-fn voucher_view(st: &ApiState, v: &Voucher) -> VoucherView {
-    views::voucher_view(v, st.gw.sessions().voucher_state(v))
+fn voucher_view(gw: &Gateway, v: &Voucher) -> VoucherView {
+    views::voucher_view(v, gw.sessions().voucher_state(v))
 }
 
 pub(super) async fn create(
@@ -113,7 +120,7 @@ pub(super) async fn create(
         gw.sessions().create_vouchers(&batch)
     })
     .await?;
-    let views: Vec<VoucherView> = made.iter().map(|v| voucher_view(&st, v)).collect();
+    let views: Vec<VoucherView> = made.iter().map(|v| voucher_view(&st.gw, v)).collect();
     Ok(created(views))
 }
 
@@ -166,7 +173,7 @@ pub(super) async fn list(
 pub(super) async fn show(State(st): St, code: PathArg) -> Result<Json<VoucherView>, ApiError> {
     let code = path(code)?;
     let v = st.gw.sessions().voucher(&code)?;
-    Ok(Json(voucher_view(&st, &v)))
+    Ok(Json(voucher_view(&st.gw, &v)))
 }
 
 pub(super) async fn revoke(State(st): St, code: PathArg) -> Result<Json<VoucherView>, ApiError> {
@@ -176,7 +183,7 @@ pub(super) async fn revoke(State(st): St, code: PathArg) -> Result<Json<VoucherV
         move |gw| async move { gw.sessions().revoke_voucher(&code) },
     )
     .await?;
-    Ok(Json(voucher_view(&st, &v)))
+    Ok(Json(voucher_view(&st.gw, &v)))
 }
 
 /// `?batch=NAME&state=STATE&format=csv|html`.
@@ -306,18 +313,17 @@ pub(super) struct Redeem {
 }
 
 async fn redeem_for(
-    st: &Arc<ApiState>,
+    desk: Arc<VoucherDesk>,
     device_id: i64,
     code: String,
 ) -> Result<Response, ApiError> {
-    let r = off_runtime(
-        st,
-        move |gw| async move { gw.redeem(device_id, &code).await },
-    )
-    .await?;
+    let d = desk.clone();
+    let r = crate::runtime::off_runtime(move || async move { d.redeem(device_id, &code).await })
+        .await??;
+    let gw = desk.gateway();
     let v = RedeemView {
-        session: view(st, &r.session)?,
-        voucher: voucher_view(st, &r.voucher),
+        session: view(gw, &r.session)?,
+        voucher: voucher_view(gw, &r.voucher),
         queued: r.queued,
         moved_from: r.moved_from.map(|m| m.to_string()),
     };
@@ -325,20 +331,20 @@ async fn redeem_for(
 }
 
 pub(super) async fn redeem(
-    State(st): St,
+    State(Desk(desk)): State<Desk>,
     DevId(id): DevId,
     Body(b): Body<Redeem>,
 ) -> Result<Response, ApiError> {
-    redeem_for(&st, id, b.code).await
+    redeem_for(desk, id, b.code).await
 }
 
 /// For portals that only know the client's address: the device is found (or
 /// made) from the gateway's neighbour table.
 pub(super) async fn redeem_by_ip(
-    State(st): St,
+    State(Desk(desk)): State<Desk>,
     ip: PathArg,
     Body(b): Body<Redeem>,
 ) -> Result<Response, ApiError> {
-    let device = neigh::device_or_new_for_ip(&st.gw, ip_path(ip)?).await?;
-    redeem_for(&st, device.id, b.code).await
+    let device = neigh::device_or_new_for_ip(desk.gateway(), ip_path(ip)?).await?;
+    redeem_for(desk, device.id, b.code).await
 }

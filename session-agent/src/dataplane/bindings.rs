@@ -87,6 +87,19 @@ impl Maps {
         Ok(out)
     }
 
+    /// The MAC `ip` is bound to, looked up in each binding table (no walk of them).
+    pub fn binding_of(&self, ip: std::net::IpAddr) -> Result<Option<MacAddr>> {
+        let key = addr_key(ip);
+        for map in self.binding_maps()? {
+            match map.get(&key, 0) {
+                Ok(b) => return Ok(Some(b.mac)),
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(AgentError::bpf("reading the address bindings", e)),
+            }
+        }
+        Ok(None)
+    }
+
     /// Removes the bindings unused for `ttl`, and takes each client's
     /// remembered addresses back (see `ClientEntry::ip4`), so that the next
     /// packet from an address looks its binding up, and finds it in use, again.

@@ -509,7 +509,7 @@ impl Radius {
         let calling = self.opts.mac_format.write(device.mac.octets());
         let framed_ip = match device.ip {
             Some(IpAddr::V4(ip)) => Some(ip),
-            _ => ipv4_of(gw, device.mac.octets()).await,
+            _ => crate::neigh::ipv4_of(gw, device.mac).await,
         };
         let acct_session_id = self.new_acct_session_id(now, device_id);
         let answer = self
@@ -574,7 +574,7 @@ impl Radius {
         let session = mgr.create_session_with(device_id, data).await?;
         let sid = session.id();
         // The device is not let through yet: its counters stand still.
-        let start = gw.meter_split(device.mac).await;
+        let start = meter(gw, device.mac).await;
         if let Err(e) = gw
             .connect(
                 device_id,
@@ -897,7 +897,7 @@ impl Radius {
                     continue;
                 }
                 let Some(mac) = mac else { continue };
-                let (up, down) = s.read(gw.meter_split(mac).await);
+                let (up, down) = s.read(meter(gw, mac).await);
                 if let Some(idle) = idle {
                     let total = up + down;
                     let idled = {
@@ -939,7 +939,7 @@ impl Radius {
             }
             // It stopped running: its last bytes, then Stop.
             if let Some(mac) = mac {
-                s.read(gw.meter_split(mac).await);
+                s.read(meter(gw, mac).await);
             }
             let record = mgr.store().session(s.session_id).ok().flatten();
             let cause = self
@@ -979,23 +979,13 @@ impl Radius {
     }
 }
 
-/// The client's IPv4 address in the neighbour table of a LAN (for
-/// Framed-IP-Address), if it has a resolved one.
-async fn ipv4_of(gw: &Gateway, mac: [u8; 6]) -> Option<Ipv4Addr> {
-    let lans = gw.lan_indexes();
-    let table = tokio::task::spawn_blocking(|| crate::netlink::neighbour_table(true))
-        .await
-        .ok()?
-        .ok()?;
-    table.into_iter().find_map(|n| match n.ip {
-        IpAddr::V4(ip) if n.mac == Some(mac) && !n.unresolved && lans.contains(&n.ifindex) => {
-            Some(ip)
-        }
-        _ => None,
-    })
+/// A device's counters now, as the accounting book records them (see
+/// [`Gateway::usage_split`]).
+async fn meter(gw: &Gateway, mac: session_model::MacAddr) -> Reading {
+    let (epoch, split) = gw.usage_split(mac).await;
+    reading(epoch, split)
 }
 
-/// The meter reading of a device in both directions (zero when it has no slot).
 pub fn reading(epoch: Option<u64>, split: Option<(u64, u64)>) -> Reading {
     let (up, down) = split.unwrap_or((0, 0));
     Reading {

@@ -14,8 +14,13 @@ use std::{
     task::{ready, Context, Poll},
 };
 
+use std::{net::SocketAddr, time::Duration};
+
 use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::warn;
+
+use crate::error::AgentError;
 
 /// A listener whose connections carry [`ErrorBodies`].
 pub struct JsonErrors<L>(pub L);
@@ -149,6 +154,119 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ErrorBodies<S> {
         let this = self.get_mut();
         ready!(this.drain(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+pub async fn bind_tcp(
+    addr: SocketAddr,
+    what: &str,
+    setting: &str,
+) -> Result<tokio::net::TcpListener, AgentError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| AgentError::listen(what, addr, Some(addr.port()), setting, &[], e))
+}
+
+/// The address of a TCP listener, as logs and errors name it.
+pub fn tcp_addr(l: &tokio::net::TcpListener) -> String {
+    l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// A listener as axum serves it, whose socket failing for good
+/// ([`crate::sys::listener_gone`]) is handed to its owner instead of retried
+/// forever (axum's own listeners retry every accept error).
+pub struct Watched<L> {
+    inner: L,
+    what: &'static str,
+    addr: String,
+    failed: Option<tokio::sync::oneshot::Sender<AgentError>>,
+}
+
+impl<L> Watched<L> {
+    pub fn new(
+        inner: L,
+        what: &'static str,
+        addr: String,
+    ) -> (Self, tokio::sync::oneshot::Receiver<AgentError>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let w = Watched {
+            inner,
+            what,
+            addr,
+            failed: Some(tx),
+        };
+        (w, rx)
+    }
+}
+
+/// The accept of tokio's listeners, errors and all.
+pub trait Accept: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    type Addr: Send;
+    fn accept_one(
+        &mut self,
+    ) -> impl std::future::Future<Output = io::Result<(Self::Io, Self::Addr)>> + Send;
+    fn addr(&self) -> io::Result<Self::Addr>;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+    async fn accept_one(&mut self) -> io::Result<(Self::Io, Self::Addr)> {
+        tokio::net::TcpListener::accept(self).await
+    }
+    fn addr(&self) -> io::Result<Self::Addr> {
+        tokio::net::TcpListener::local_addr(self)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+    async fn accept_one(&mut self) -> io::Result<(Self::Io, Self::Addr)> {
+        tokio::net::UnixListener::accept(self).await
+    }
+    fn addr(&self) -> io::Result<Self::Addr> {
+        tokio::net::UnixListener::local_addr(self)
+    }
+}
+
+impl<L: Accept> axum::serve::Listener for Watched<L> {
+    type Io = L::Io;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept_one().await {
+                Ok(c) => return c,
+                Err(e) if crate::sys::listener_gone(&e) => {
+                    if let Some(tx) = self.failed.take() {
+                        let _ = tx.send(AgentError::ListenerFailed {
+                            what: self.what.into(),
+                            addr: self.addr.clone(),
+                            cause: e,
+                        });
+                    }
+                    std::future::pending::<()>().await;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(e) => {
+                    // Out of descriptors and the like: try again soon.
+                    warn!(addr = %self.addr, "{}: accept failed: {e}", self.what);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.addr()
     }
 }
 

@@ -222,14 +222,14 @@ async fn answer(
             return Ok(Answer::BadRequest);
         }
     };
-    let ip = crate::api::neigh::canonical(peer.ip());
-    let mac = crate::api::neigh::mac_for_ip(gw, ip).await.ok();
+    let ip = crate::neigh::canonical(peer.ip());
+    let mac = crate::neigh::mac_for_ip(gw, ip).await.ok();
     let userurl = req.url(asked);
     let location = location(opts, mac, ip, &userurl);
     debug!(%peer, %userurl, %location, "portal redirect");
     let body = format!(
         "<!doctype html><title>Sign in</title><p><a href=\"{}\">Sign in to use the network</a></p>\n",
-        crate::html::escape(&location)
+        crate::web::html::escape(&location)
     );
     let mut out = format!(
         "HTTP/1.1 302 Found\r\nLocation: {location}\r\nCache-Control: no-cache, no-store\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -15,8 +15,8 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::neigh;
 use crate::gateway::Gateway;
+use crate::neigh;
 
 /// The RFC 8908 API state of one client.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

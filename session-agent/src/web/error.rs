@@ -1,4 +1,4 @@
-//! API errors: JSON `{ "code": ..., "message": ... }` with a stable code.
+//! The front ends' errors: JSON `{ "code": ..., "message": ... }` with a stable code.
 //!
 //! Everything a client can send maps to a 4xx; a 5xx means a fault on the gateway
 //! (store I/O, datapath).
@@ -188,5 +188,31 @@ impl From<AgentError> for ApiError {
                 e.to_string(),
             ),
         }
+    }
+}
+
+impl From<crate::neigh::NeighError> for ApiError {
+    fn from(e: crate::neigh::NeighError) -> Self {
+        use crate::neigh::NeighError as E;
+        match e {
+            E::UnknownIp(_) => Self::not_found("unknown_ip", e.to_string()),
+            E::UnknownMac { .. } => Self::not_found("unknown_mac", e.to_string()),
+            E::Lookup { .. } => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "neighbour_table_error",
+                e.to_string(),
+            ),
+            E::Model(m) => m.into(),
+        }
+    }
+}
+
+impl From<crate::runtime::Unfinished> for ApiError {
+    fn from(e: crate::runtime::Unfinished) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            e.to_string(),
+        )
     }
 }

@@ -1,0 +1,359 @@
+//! The loop: a poll charges usage and ends sessions, a check corrects the
+//! datapath where it differs from the sessions, and what the datapath reports
+//! (new clients, cut-offs, address bindings) reaches the gateway here.
+
+use std::{
+    collections::HashMap,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
+};
+
+use session_common::{POLICY_ALLOWED, POLICY_MANUAL, POLICY_QUOTA};
+use session_model::{DeviceId, MacAddr, ModelError};
+use tracing::{debug, info, warn};
+
+use super::{
+    housekeeping::{StoreWork, EXPIRE_PAUSED_EVERY, FORGET_EVERY, GATEWAY_ADDRS_EVERY, GC_EVERY},
+    Activity, Gateway, GatewayEvent, GatewayStats, Mismatch,
+};
+use crate::{dataplane::Pressure, error::AgentError};
+
+/// How often the poll checks the datapath against the sessions.
+const ENFORCE_EVERY: Duration = Duration::from_secs(1);
+/// Connected devices whose speed and budget one check of the datapath
+/// compares with their session (see [`Gateway::enforce_sessions`]).
+const CHECK_SESSIONS_PER_RUN: usize = 1024;
+
+impl Gateway {
+    /// One poll: charge every connected device's new bytes, advance time, end and
+    /// advance sessions, pause idle devices.
+    pub async fn poll(&self) -> Result<(), AgentError> {
+        let _g = self.ops.lock().await;
+        self.poll_locked().await
+    }
+
+    /// [`Gateway::poll`] with the operations lock held.
+    pub(super) async fn poll_locked(&self) -> Result<(), AgentError> {
+        let started = Instant::now();
+        let readings = self.readings()?;
+        self.charge(&readings).await?;
+        let report = self.mgr.tick()?;
+        self.apply(&report, &readings)?;
+        self.refresh_heard();
+        if let Some(idle) = self.config().idle_timeout {
+            let now = Instant::now();
+            let mut idle_devices = Vec::new();
+            {
+                let mut act = self.activity.lock().unwrap();
+                for (device_id, r) in &readings {
+                    let a = act.entry(*device_id).or_default();
+                    if a.since.is_none() || a.bytes != r.bytes {
+                        *a = Activity {
+                            bytes: r.bytes,
+                            since: Some(now),
+                        };
+                    } else if a.since.is_some_and(|s| now.duration_since(s) >= idle) {
+                        idle_devices.push(*device_id);
+                    }
+                }
+            }
+            for device_id in idle_devices {
+                self.disconnect_locked(device_id, "idle timeout").await?;
+                let _ = self.events.send(GatewayEvent::IdleTimeout { device_id });
+            }
+        }
+        let due = {
+            let mut last = self.last_enforced.lock().unwrap();
+            let due = last.is_none_or(|t| t.elapsed() >= ENFORCE_EVERY);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.enforce_sessions()?;
+        }
+        let took = started.elapsed();
+        GatewayStats::record(
+            &self.stats.polls,
+            &self.stats.poll_us_sum,
+            &self.stats.poll_us_last,
+            took,
+        );
+        debug!(
+            devices = readings.len(),
+            took_us = took.as_micros() as u64,
+            "poll"
+        );
+        Ok(())
+    }
+
+    /// Checks that the datapath lets through exactly the devices whose session
+    /// runs, at their session's speed and with a budget where it has one, and
+    /// corrects (and counts, see [`GatewayStats::reconciled`]) any client that
+    /// differs. A healthy gateway finds nothing. Speeds and budgets are
+    /// compared for [`CHECK_SESSIONS_PER_RUN`] devices per run, in turn.
+    /// Called with the operations lock held.
+    pub fn enforce_sessions(&self) -> Result<Vec<(Mismatch, MacAddr)>, AgentError> {
+        let connected = self.connected_slots()?;
+        let by_slot: HashMap<u32, usize> = connected
+            .iter()
+            .enumerate()
+            .map(|(i, (_, slot))| (*slot, i))
+            .collect();
+        // Whether a device is let through is checked every run; its speed and
+        // budget, which need its session from the store, for a share of the
+        // devices per run, so every device is checked within a few seconds.
+        let n = connected.len();
+        let first = self.check_cursor.fetch_add(CHECK_SESSIONS_PER_RUN, Relaxed) % n.max(1);
+        let in_share =
+            |i: usize| n <= CHECK_SESSIONS_PER_RUN || (i + n - first) % n < CHECK_SESSIONS_PER_RUN;
+        let clients = self.dp.enforced()?;
+        let mut found: Vec<(Mismatch, MacAddr, Option<DeviceId>)> = Vec::new();
+        for c in clients {
+            let allowed = c.flags & POLICY_ALLOWED != 0;
+            let (m, device) = match by_slot.get(&c.slot).map(|&i| (i, connected[i].0)) {
+                None if allowed && c.flags & POLICY_MANUAL == 0 => {
+                    (Mismatch::AllowedWithoutSession, None)
+                }
+                None => continue,
+                Some((_, d)) if !allowed => (Mismatch::BlockedWhileConnected, Some(d)),
+                Some((i, d)) if in_share(i) => {
+                    let Some(grant) = self.mgr.granted(d)? else {
+                        continue;
+                    };
+                    let (up, down) = self.limits(&grant);
+                    let budget = grant.budget_bytes.is_some();
+                    if (c.up, c.down) != (up, down) {
+                        (Mismatch::Speed, Some(d))
+                    } else if budget != (c.flags & POLICY_QUOTA != 0) {
+                        (Mismatch::Budget, Some(d))
+                    } else {
+                        continue;
+                    }
+                }
+                Some(_) => continue,
+            };
+            if !found.iter().any(|(_, mac, _)| *mac == c.mac) {
+                found.push((m, c.mac, device));
+            }
+        }
+        for (m, mac, device) in &found {
+            warn!(%mac, what = m.name(), "the datapath differed from the sessions: corrected");
+            self.stats.reconciled[*m as usize].fetch_add(1, Relaxed);
+            match device {
+                Some(d) => self.program(&self.mgr.desired(*d)?, false, None)?,
+                None => self.revoke(*mac)?,
+            }
+        }
+        Ok(found.into_iter().map(|(m, mac, _)| (m, mac)).collect())
+    }
+
+    /// Every connected device with its slot in the client table: the poll's
+    /// meter table when it is current, else looked up (devices without a
+    /// slot are left out: the datapath holds nothing of them to correct).
+    pub(super) fn connected_slots(&self) -> Result<Vec<(DeviceId, u32)>, AgentError> {
+        let built_at = (self.mgr.connected_generation(), self.rekeys.load(Relaxed));
+        if let Some(t) = self.meter_table.lock().unwrap().as_ref() {
+            if t.built_at == built_at {
+                return Ok(t
+                    .devices
+                    .iter()
+                    .copied()
+                    .zip(t.slots.iter().copied())
+                    .collect());
+            }
+        }
+        let mut out = Vec::new();
+        for (device_id, _) in self.mgr.connected()? {
+            if let Some(slot) = self.dp.slot_of(&self.mgr.device(device_id)?.mac) {
+                out.push((device_id, slot));
+            }
+        }
+        Ok(out)
+    }
+
+    /// After a restart: charge what the kernel counted while the agent was away and
+    /// re-program every connected device, keeping live kernel budgets.
+    pub async fn reconcile(&self) -> Result<(), AgentError> {
+        let _g = self.ops.lock().await;
+        let connected = self.mgr.connected()?;
+        let mut readings = Vec::new();
+        for (device_id, _) in &connected {
+            let device = self.mgr.device(*device_id)?;
+            readings.push((*device_id, self.reading(device.mac)));
+        }
+        self.charge(&readings).await?;
+        let report = self.mgr.tick()?;
+        self.apply(&report, &readings)?;
+        for (device_id, _) in self.mgr.connected()? {
+            self.program(&self.mgr.desired(device_id)?, false, None)?;
+        }
+        crate::memory::trim();
+        info!(
+            devices = connected.len(),
+            "reconciled sessions with the datapath"
+        );
+        Ok(())
+    }
+
+    /// Polls until [`Gateway::stop`] (or until the task is dropped); a quota
+    /// event wakes it early.
+    pub async fn run_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config().poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_checkpoint = Instant::now();
+        let mut last_commit = Instant::now();
+        let mut last_forget = Instant::now();
+        let mut last_sweep = Instant::now();
+        let mut last_addrs = Instant::now();
+        let mut last_expiry = Instant::now();
+        let mut last_gc = Instant::now();
+        // systemd's watchdog (WatchdogSec=), pinged once per loop: a loop that
+        // stops coming round is restarted.
+        let watchdog = crate::systemd::Watchdog::from_env();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.wake.notified() => {}
+            }
+            if self.stopped.load(Relaxed) {
+                return;
+            }
+            watchdog.ping();
+            if let Err(e) = self.poll().await {
+                self.stats.poll_errors.fetch_add(1, Relaxed);
+                warn!("poll failed: {e}");
+            }
+            // Read each round: a reload may have changed it.
+            let cfg = self.config();
+            if last_commit.elapsed() >= cfg.commit_interval {
+                last_commit = Instant::now();
+                self.store_work(StoreWork::Commit).await;
+            }
+            // Often enough to notice idleness within a quarter of the time,
+            // and every second while the table is under pressure; the interval
+            // is also the grace before a forgotten slot is reused.
+            let every = match cfg.forget_idle {
+                _ if self.dp.clients_live() > Pressure::DEFAULT.high as u64 => {
+                    Some(Duration::from_secs(1))
+                }
+                Some(idle) => Some((idle / 4).clamp(Duration::from_secs(1), FORGET_EVERY)),
+                None => None,
+            };
+            if every.is_some_and(|every| last_forget.elapsed() >= every) {
+                last_forget = Instant::now();
+                // Without forgetting, only the pressure forgets.
+                let idle = cfg.forget_idle.unwrap_or(Duration::MAX);
+                if let Err(e) = self.forget_idle_clients(idle).await {
+                    self.stats.forget_errors.fetch_add(1, Relaxed);
+                    warn!("forgetting idle clients failed: {e}");
+                }
+            }
+            // A binding in use is stamped again within a sweep interval, so one
+            // unused for the TTL is removed within a quarter of it more.
+            if last_sweep.elapsed()
+                >= (cfg.bind_ttl / 4).clamp(Duration::from_secs(1), FORGET_EVERY)
+            {
+                last_sweep = Instant::now();
+                let gw = self.clone();
+                match tokio::task::spawn_blocking(move || gw.sweep_bindings()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        self.stats.binding_sweep_errors.fetch_add(1, Relaxed);
+                        warn!("sweeping address bindings failed: {e}");
+                    }
+                    Err(e) => warn!("sweeping address bindings failed: {e}"),
+                }
+            }
+            // The gateway's addresses change (a WAN address from DHCP, an
+            // operator's `ip addr`): what is usage follows within seconds.
+            if last_addrs.elapsed() >= GATEWAY_ADDRS_EVERY {
+                last_addrs = Instant::now();
+                let gw = self.clone();
+                match tokio::task::spawn_blocking(move || gw.dp.refresh_gateway_addrs()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!("reading the gateway's addresses failed: {e}"),
+                    Err(e) => warn!("reading the gateway's addresses failed: {e}"),
+                }
+            }
+            if last_expiry.elapsed() >= EXPIRE_PAUSED_EVERY {
+                last_expiry = Instant::now();
+                match self.expire_paused().await {
+                    Ok(ended) if !ended.is_empty() => {
+                        info!(sessions = ?ended, "paused sessions expired")
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("ending expired paused sessions failed: {e}"),
+                }
+            }
+            if let Some(retention) = cfg.retention.filter(|_| last_gc.elapsed() >= GC_EVERY) {
+                last_gc = Instant::now();
+                self.remove_past_retention(retention).await;
+            }
+            if last_checkpoint.elapsed() >= cfg.checkpoint_interval {
+                last_checkpoint = Instant::now();
+                self.store_work(StoreWork::Checkpoint).await;
+            }
+        }
+    }
+
+    /// A MAC seen for the first time: make sure there is a device for it.
+    pub fn client_seen(&self, lan: &str, mac: MacAddr) {
+        self.stats.ring_new_client.fetch_add(1, Relaxed);
+        let m = mac;
+        let device_id = match self.mgr.device_by_mac(m) {
+            Ok(d) => Some(d.id),
+            Err(ModelError::UnknownMac(_)) => match self.mgr.create_device(m, None, None) {
+                Ok(d) => Some(d.id),
+                Err(e) => {
+                    warn!(%mac, "cannot record new client: {e}");
+                    None
+                }
+            },
+            Err(e) => {
+                warn!(%mac, "cannot look up client: {e}");
+                None
+            }
+        };
+        let _ = self.events.send(GatewayEvent::ClientSeen {
+            lan: lan.into(),
+            mac: mac.to_string(),
+            device_id,
+        });
+    }
+
+    /// The kernel cut a device off: poll now so its next session starts at once.
+    pub fn quota_exhausted(&self, lan: &str, mac: MacAddr) {
+        self.stats.ring_quota_exhausted.fetch_add(1, Relaxed);
+        let device_id = self.mgr.device_by_mac(mac).ok().map(|d| d.id);
+        let _ = self.events.send(GatewayEvent::QuotaCutoff {
+            lan: lan.into(),
+            mac: mac.to_string(),
+            device_id,
+        });
+        self.wake.notify_one();
+    }
+
+    /// The datapath bound an address to a client.
+    pub fn addr_bound(&self, lan: &str, mac: MacAddr, addr: Option<std::net::IpAddr>) {
+        self.stats.addrs_bound.fetch_add(1, Relaxed);
+        if let Some(a) = addr {
+            debug!(lan, %mac, address = %a, "address bound");
+        }
+    }
+
+    /// A MAC claimed a second IPv4 address while it still used another.
+    pub fn mac_conflict(&self, lan: &str, mac: MacAddr, addr: Option<std::net::IpAddr>) {
+        self.stats.mac_conflicts.fetch_add(1, Relaxed);
+        let address = addr.map(|a| a.to_string()).unwrap_or_default();
+        warn!(lan, %mac, %address, "a second IPv4 address from one MAC while it uses another: two devices may share it");
+        let device_id = self.mgr.device_by_mac(mac).ok().map(|d| d.id);
+        let _ = self.events.send(GatewayEvent::MacConflict {
+            lan: lan.into(),
+            mac: mac.to_string(),
+            address,
+            device_id,
+        });
+    }
+}
