@@ -19,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use session_agent::{
     daemon::{lan_config, GateOptions},
     dataplane::{
-        testrun::{self, frames, ProgramHarness, PROG_NOOP, TC_DROP, TC_PASS},
+        testrun::{frames, ProgramHarness, PROG_NOOP, TC_DROP, TC_PASS},
         Maps, RateLimit,
     },
-    gateway::GatewayConfig,
+    gateway::{Gateway, GatewayConfig},
 };
 use session_common::{LanConfig, MacAddr, PROG_TC_INGRESS};
 use session_model::{
@@ -317,7 +317,14 @@ fn agent_cost(out: &mut Vec<Measurement>, runs: u32, quick: bool) {
                 )
                 .unwrap(),
             );
-            let gw = h.gateway(store, GatewayConfig::default()).unwrap();
+            let gw = Gateway::over_pins(
+                h.root(),
+                "t",
+                store,
+                Arc::new(session_model::SystemClock),
+                GatewayConfig::default(),
+            )
+            .unwrap();
             rt.block_on(async {
                 for i in 0..n {
                     let d = gw.sessions().create_device(mac(i), None, None).unwrap();
@@ -371,8 +378,9 @@ fn measure_agent(spec: &str) {
         .unwrap();
     let store: Arc<dyn SessionStore> =
         Arc::new(HybridStore::open(db, HybridOptions::default()).unwrap());
-    let gw = testrun::gateway_over(
+    let gw = Gateway::over_pins(
         std::path::Path::new(root),
+        "t",
         store,
         std::sync::Arc::new(session_model::SystemClock),
         GatewayConfig::default(),

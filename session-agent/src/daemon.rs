@@ -47,7 +47,49 @@ pub struct GateOptions {
     pub new_clients_per_sec: u64,
 }
 
-/// What the daemon runs with, from [`crate::options::Options::resolve`].
+/// The session stores the agent can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In memory only: nothing survives a restart.
+    Memory,
+    /// One redb database file, every write committed.
+    Redb,
+    /// redb with a write-ahead log beside it: usage is logged, folded in at checkpoints.
+    #[default]
+    Hybrid,
+}
+
+impl StoreKind {
+    /// The name `session_model::open_store` knows it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redb => "redb",
+            Self::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// The defaults of `session-agent run` (its options take theirs from here).
+impl Default for GateOptions {
+    fn default() -> Self {
+        Self {
+            anti_spoof: true,
+            one_address: true,
+            garden_rate_kbits: 256,
+            garden_pps: 50,
+            garden_total_kbits: 4096,
+            slotless_pps: 100,
+            new_clients_per_sec: 500,
+        }
+    }
+}
+
+/// The session store's file unless configured.
+pub const DEFAULT_DB: &str = "/var/lib/session-agent/sessions.redb";
+
+/// What the daemon runs with (the options resolve to it).
 pub struct RunOptions {
     pub lans: Vec<String>,
     pub garden: Vec<GardenEntry>,
@@ -59,7 +101,7 @@ pub struct RunOptions {
     pub shaper: Shaper,
     pub tc_attach: TcAttach,
     /// The session store.
-    pub store: crate::options::StoreKind,
+    pub store: StoreKind,
     /// The store's database file (redb, hybrid).
     pub db: PathBuf,
     pub gateway: GatewayConfig,

@@ -447,6 +447,20 @@ pub struct NameGardenOptions {
     pub state: Option<std::path::PathBuf>,
 }
 
+/// The defaults of `session-agent run` (its options take theirs from here).
+impl Default for NameGardenOptions {
+    fn default() -> Self {
+        Self {
+            domains: Vec::new(),
+            ttl_min: Duration::from_secs(30),
+            ttl_max: Duration::from_secs(3600),
+            limit: 4096,
+            mark: 0x5e56,
+            state: None,
+        }
+    }
+}
+
 /// The names added and removed through the API, against the configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

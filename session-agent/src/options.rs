@@ -26,14 +26,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     api::ApiOptions,
-    daemon::{GateOptions, RunOptions},
+    daemon::{GateOptions, RunOptions, StoreKind, DEFAULT_DB},
     dataplane::{
         attach::{IngressHook, TcAttach},
         shape::Shaper,
     },
     garden::GardenEntry,
     gateway::GatewayConfig,
+    names::NameGardenOptions,
     portal::{PortalOptions, RedirectOptions, RedirectParams},
+    radius::RadiusOptions,
 };
 
 /// An unsigned number within `LO..=HI`, for flags and keys alike.
@@ -200,30 +202,6 @@ impl<'de> Deserialize<'de> for NonEmpty {
         String::deserialize(d)?
             .parse()
             .map_err(serde::de::Error::custom)
-    }
-}
-
-/// The session stores the agent can run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    /// In memory only: nothing survives a restart.
-    Memory,
-    /// One redb database file, every write committed.
-    Redb,
-    /// redb with a write-ahead log beside it: usage is logged, folded in at checkpoints.
-    #[default]
-    Hybrid,
-}
-
-impl StoreKind {
-    /// The name `session_model::open_store` knows it by.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Memory => "memory",
-            Self::Redb => "redb",
-            Self::Hybrid => "hybrid",
-        }
     }
 }
 
@@ -446,23 +424,24 @@ pub struct RadiusSection {
 
 impl Default for RadiusSection {
     fn default() -> Self {
+        let r = RadiusOptions::default();
         Self {
-            auth_servers: Vec::new(),
-            acct_servers: Vec::new(),
+            auth_servers: r.auth_servers,
+            acct_servers: r.acct_servers,
             secret_file: None,
-            nas_identifier: "session-agent".into(),
-            nas_ip: None,
-            ssid: String::new(),
-            mac_format: crate::radius::MacFormat::DashUpper,
-            timeout_ms: Ranged::of(3000),
-            retries: Ranged::of(2),
-            interim_secs: Ranged::of(300),
-            default_session_secs: Ranged::of(86_400),
-            queue_limit: Ranged::of(100_000),
-            mac_auth: false,
-            mac_password: String::new(),
-            coa_listen: None,
-            coa_clients: Vec::new(),
+            nas_identifier: r.nas_identifier,
+            nas_ip: r.nas_ip,
+            ssid: r.ssid,
+            mac_format: r.mac_format,
+            timeout_ms: Ranged::of(r.timeout.as_millis() as u64),
+            retries: Ranged::of(r.retries.into()),
+            interim_secs: Ranged::of(r.interim.as_secs()),
+            default_session_secs: Ranged::of(r.default_session_secs),
+            queue_limit: Ranged::of(r.queue_limit),
+            mac_auth: r.mac_auth,
+            mac_password: r.mac_password,
+            coa_listen: r.coa_listen,
+            coa_clients: r.coa_clients,
         }
     }
 }
@@ -610,26 +589,30 @@ pub struct CaptiveSection {
 
 impl Default for CaptiveSection {
     fn default() -> Self {
-        let params = RedirectParams::default();
+        let p = PortalOptions::default();
+        let r = RedirectOptions::new(String::new());
         Self {
-            listen: None,
+            listen: p.listen,
             portal_url: None,
             portal_texts: None,
             redirect: false,
-            redirect_port: NonZeroU16::new(3990).expect("3990 is not 0"),
-            redirect_mark: Ranged::of(0x5e55),
-            redirect_table: Ranged::of(0x5e55),
-            redirect_param_mac: params.mac,
-            redirect_param_ip: params.ip,
-            redirect_param_url: params.url,
+            redirect_port: NonZeroU16::new(r.port).expect("the default port is not 0"),
+            redirect_mark: Ranged::of(r.mark.into()),
+            redirect_table: Ranged::of(r.table.into()),
+            redirect_param_mac: r.params.mac,
+            redirect_param_ip: r.params.ip,
+            redirect_param_url: r.params.url,
         }
     }
 }
 
-/// The defaults, once (the gateway's own from [`GatewayConfig::default`]).
+/// The defaults, from what each configures: [`GatewayConfig::default`],
+/// [`GateOptions::default`], [`NameGardenOptions::default`] and the rest.
 impl Default for Options {
     fn default() -> Self {
         let g = GatewayConfig::default();
+        let gate = GateOptions::default();
+        let n = NameGardenOptions::default();
         let secs = |d: Option<std::time::Duration>| d.map_or(0, |d| d.as_secs());
         Self {
             config: None,
@@ -637,10 +620,10 @@ impl Default for Options {
             walled_garden: Vec::new(),
             walled_garden_domains: Vec::new(),
             garden_dns: Vec::new(),
-            garden_ttl_min_secs: Ranged::of(30),
-            garden_ttl_max_secs: Ranged::of(3600),
-            garden_domain_limit: Ranged::of(4096),
-            garden_dns_mark: Ranged::of(0x5e56),
+            garden_ttl_min_secs: Ranged::of(n.ttl_min.as_secs()),
+            garden_ttl_max_secs: Ranged::of(n.ttl_max.as_secs()),
+            garden_domain_limit: Ranged::of(n.limit as u64),
+            garden_dns_mark: Ranged::of(n.mark.into()),
             portal_ports: vec![NonZeroU16::new(80).expect("80 is not 0")],
             ingress: IngressHook::Tc,
             shaper: Shaper::Police,
@@ -656,15 +639,15 @@ impl Default for Options {
             burst_ms: Ranged::of(g.burst_ms),
             auto_advance: g.auto_advance,
             no_auto_advance: false,
-            anti_spoof: true,
-            one_address_per_client: true,
+            anti_spoof: gate.anti_spoof,
+            one_address_per_client: gate.one_address,
             bind_ttl_secs: Ranged::of(g.bind_ttl.as_secs()),
             voucher_move_after_secs: Ranged::of(g.voucher_move_after.as_secs()),
-            garden_rate_kbits: Ranged::of(256),
-            garden_pps: Ranged::of(50),
-            garden_total_kbits: Ranged::of(4096),
-            slotless_pps: Ranged::of(100),
-            new_clients_per_sec: Ranged::of(500),
+            garden_rate_kbits: Ranged::of(gate.garden_rate_kbits),
+            garden_pps: Ranged::of(gate.garden_pps),
+            garden_total_kbits: Ranged::of(gate.garden_total_kbits),
+            slotless_pps: Ranged::of(gate.slotless_pps),
+            new_clients_per_sec: Ranged::of(gate.new_clients_per_sec),
             log_level: LogFilter("info".into()),
             store: StoreOptions::default(),
             api: ApiSection::default(),
@@ -677,21 +660,22 @@ impl Default for Options {
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
-            provider: StoreKind::Hybrid,
-            path: "/var/lib/session-agent/sessions.redb".into(),
-            retention_secs: 0,
+            provider: StoreKind::default(),
+            path: DEFAULT_DB.into(),
+            retention_secs: GatewayConfig::default().retention.map_or(0, |d| d.as_secs()),
         }
     }
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
+        let a = ApiOptions::default();
         Self {
-            socket: "/run/session-agent/api.sock".into(),
-            tcp: None,
+            socket: a.socket.unwrap_or_default(),
+            tcp: a.tcp,
             token: None,
             token_file: None,
-            metrics_top_clients: crate::gateway::DEFAULT_METRICS_TOP_CLIENTS,
+            metrics_top_clients: a.metrics_top_clients,
         }
     }
 }
@@ -1479,13 +1463,68 @@ portal_url = "https://portal.example/"
         assert!(resolve("").is_ok_and(|r| r.redirect.is_none()));
     }
 
+    /// Each part's defaults live beside it; the options read them, so that
+    /// `run` with nothing set runs every part on its own defaults.
     #[test]
     fn the_library_defaults_are_the_options_defaults() {
-        let o = Options::default();
+        let o = Options {
+            lans: vec!["lan0".parse().unwrap()],
+            ..Options::default()
+        };
         assert_eq!(o.gateway(), GatewayConfig::default());
+        let r = o.resolve().unwrap();
+        assert_eq!(r.gateway, GatewayConfig::default());
+        assert_eq!(r.gate, GateOptions::default());
+        let api = ApiOptions::default();
         assert_eq!(
-            ApiOptions::default().metrics_top_clients,
-            o.api.metrics_top_clients
+            (&r.api.socket, r.api.tcp, &r.api.token, r.api.metrics_top_clients),
+            (&api.socket, api.tcp, &api.token, api.metrics_top_clients)
+        );
+        let portal = PortalOptions::default();
+        assert_eq!(
+            (r.portal.listen, &r.portal.portal_url),
+            (portal.listen, &portal.portal_url)
+        );
+        assert_eq!(r.portal.texts.name, portal.texts.name);
+        let names = NameGardenOptions {
+            state: r.names.state.clone(),
+            ..NameGardenOptions::default()
+        };
+        assert_eq!(r.names, names);
+        assert_eq!((r.store, r.db.to_str()), (StoreKind::default(), Some(DEFAULT_DB)));
+        assert!(r.radius.is_none() && r.redirect.is_none());
+        // With a server and a secret, RADIUS runs on its own defaults.
+        let secret = std::env::temp_dir().join(format!("radius-defaults-{}", std::process::id()));
+        std::fs::write(&secret, "s\n").unwrap();
+        let with = RadiusSection {
+            auth_servers: vec!["127.0.0.1:1812".parse().unwrap()],
+            secret_file: Some(secret),
+            ..RadiusSection::default()
+        };
+        let got = with.resolve(None).unwrap().unwrap();
+        std::fs::remove_file(&with.secret_file.unwrap()).unwrap();
+        let want = RadiusOptions {
+            auth_servers: got.auth_servers.clone(),
+            secret: got.secret.clone(),
+            coa_clients: got.coa_clients.clone(),
+            ..RadiusOptions::default()
+        };
+        assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        // And the redirect on the responder's.
+        let r = Options {
+            lans: vec!["lan0".parse().unwrap()],
+            captive: CaptiveSection {
+                redirect: true,
+                portal_url: Some(HttpUrl("http://portal.example/".into())),
+                ..CaptiveSection::default()
+            },
+            ..Options::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            r.redirect,
+            Some(RedirectOptions::new("http://portal.example/".into()))
         );
     }
 }

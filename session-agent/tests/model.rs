@@ -144,9 +144,14 @@ impl Kernel for Datapath {
         SPARE.with(|s| *s.borrow_mut() = Some(self));
     }
     fn gateway(&self, store: &Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Arc<Gateway> {
-        self.h
-            .gateway_with_clock(store.clone(), clock, GatewayConfig::default())
-            .unwrap()
+        Gateway::over_pins(
+            self.h.root(),
+            "t",
+            store.clone(),
+            clock,
+            GatewayConfig::default(),
+        )
+        .unwrap()
     }
     fn send(&self, mac: MacAddr, addr: Ipv4Addr, packets: u8, payload: u16) -> u64 {
         let frame = udp4(

@@ -15,8 +15,14 @@ use session_agent::{
 use session_model::{MacAddr, MemoryStore};
 
 fn gateway(h: &ProgramHarness) -> Arc<Gateway> {
-    h.gateway(Arc::new(MemoryStore::new()), GatewayConfig::default())
-        .unwrap()
+    Gateway::over_pins(
+        h.root(),
+        "t",
+        Arc::new(MemoryStore::new()),
+        Arc::new(session_model::SystemClock),
+        GatewayConfig::default(),
+    )
+    .unwrap()
 }
 
 fn flags(maps: &Maps, m: &MacAddr) -> u32 {

@@ -91,30 +91,6 @@ impl ProgramHarness {
         &self.root
     }
 
-    /// A gateway over these maps and `store` (see [`gateway_over`]).
-    pub fn gateway(
-        &self,
-        store: std::sync::Arc<dyn session_model::SessionStore>,
-        cfg: crate::gateway::GatewayConfig,
-    ) -> Result<std::sync::Arc<crate::gateway::Gateway>> {
-        gateway_over(
-            &self.root,
-            store,
-            std::sync::Arc::new(session_model::SystemClock),
-            cfg,
-        )
-    }
-
-    /// [`ProgramHarness::gateway`] whose sessions run on `clock`.
-    pub fn gateway_with_clock(
-        &self,
-        store: std::sync::Arc<dyn session_model::SessionStore>,
-        clock: std::sync::Arc<dyn session_model::Clock>,
-        cfg: crate::gateway::GatewayConfig,
-    ) -> Result<std::sync::Arc<crate::gateway::Gateway>> {
-        gateway_over(&self.root, store, clock, cfg)
-    }
-
     /// Runs `prog` once on `frame` (with an optional `__sk_buff` context);
     /// returns the verdict and the frame as the program left it.
     pub fn run_out(&self, prog: &str, frame: &[u8], ctx: Option<&[u8]>) -> Result<(u32, Vec<u8>)> {
@@ -167,28 +143,6 @@ impl ProgramHarness {
         .map_err(|e| AgentError::bpf(format!("test run of {prog} on {} bytes", frame.len()), e))?;
         Ok((r.return_value, r.duration))
     }
-}
-
-/// A gateway over the maps a [`ProgramHarness`] pinned under `pin_root` (one
-/// LAN named "t") and `store`, as the daemon builds its own.
-pub fn gateway_over(
-    pin_root: &Path,
-    store: std::sync::Arc<dyn session_model::SessionStore>,
-    clock: std::sync::Arc<dyn session_model::Clock>,
-    cfg: crate::gateway::GatewayConfig,
-) -> Result<std::sync::Arc<crate::gateway::Gateway>> {
-    let maps = Maps::open(pin_root, "t")?;
-    maps.ensure_epoch();
-    let lan = crate::gateway::Lan {
-        name: "t".into(),
-        maps: std::sync::Mutex::new(maps),
-    };
-    let mgr = session_model::SessionsMgr::new(store, clock);
-    Ok(crate::gateway::Gateway::new(
-        std::sync::Arc::new(mgr),
-        vec![lan],
-        cfg,
-    ))
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {

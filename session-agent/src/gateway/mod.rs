@@ -117,6 +117,26 @@ impl Gateway {
         Self::with_datapath(mgr, Arc::new(PinnedDatapath::new(lans)), cfg)
     }
 
+    /// A gateway over the maps pinned under `pin_root` for one LAN, `lan`, with
+    /// `store` and `clock` (as the daemon builds its own; tests and benchmarks
+    /// use it over a harness's pins).
+    pub fn over_pins(
+        pin_root: &std::path::Path,
+        lan: &str,
+        store: Arc<dyn session_model::SessionStore>,
+        clock: Arc<dyn session_model::Clock>,
+        cfg: GatewayConfig,
+    ) -> Result<Arc<Self>, crate::error::AgentError> {
+        let maps = crate::dataplane::Maps::open(pin_root, lan)?;
+        maps.ensure_epoch();
+        let lan = Lan {
+            name: lan.into(),
+            maps: StdMutex::new(maps),
+        };
+        let mgr = Arc::new(SessionsMgr::new(store, clock));
+        Ok(Self::new(mgr, vec![lan], cfg))
+    }
+
     /// A gateway over any datapath (an in-memory one in tests, which keep
     /// their own handle to it).
     pub fn with_datapath(

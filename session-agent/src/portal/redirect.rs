@@ -80,6 +80,19 @@ pub struct RedirectOptions {
     pub params: RedirectParams,
 }
 
+impl RedirectOptions {
+    /// The responder on its default port, mark and table, sending clients to `portal_url`.
+    pub fn new(portal_url: String) -> Self {
+        Self {
+            port: 3990,
+            mark: 0x5e55,
+            table: 0x5e55,
+            portal_url,
+            params: RedirectParams::default(),
+        }
+    }
+}
+
 /// The most connections answered at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 512;
 /// Time a client has to send its request head.

@@ -95,7 +95,7 @@ impl MacFormat {
 }
 
 /// A shared secret: compared and used, never printed.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(pub Vec<u8>);
 
 impl std::fmt::Debug for Secret {
@@ -132,6 +132,31 @@ pub struct RadiusOptions {
     pub coa_listen: Option<SocketAddr>,
     /// Who may send them.
     pub coa_clients: Vec<IpAddr>,
+}
+
+/// The defaults of `session-agent run`'s RADIUS options (no server: RADIUS off).
+impl Default for RadiusOptions {
+    fn default() -> Self {
+        Self {
+            auth_servers: Vec::new(),
+            acct_servers: Vec::new(),
+            secret: Secret::default(),
+            nas_identifier: "session-agent".into(),
+            nas_ip: None,
+            ssid: String::new(),
+            mac_format: MacFormat::default(),
+            timeout: Duration::from_millis(3000),
+            retries: 2,
+            interim: Duration::from_secs(300),
+            default_session_secs: 86_400,
+            queue_limit: 100_000,
+            book: None,
+            mac_auth: false,
+            mac_password: String::new(),
+            coa_listen: None,
+            coa_clients: Vec::new(),
+        }
+    }
 }
 
 /// Why a login or the service failed.
