@@ -662,7 +662,9 @@ impl Default for StoreOptions {
         Self {
             provider: StoreKind::default(),
             path: DEFAULT_DB.into(),
-            retention_secs: GatewayConfig::default().retention.map_or(0, |d| d.as_secs()),
+            retention_secs: GatewayConfig::default()
+                .retention
+                .map_or(0, |d| d.as_secs()),
         }
     }
 }
@@ -1477,7 +1479,12 @@ portal_url = "https://portal.example/"
         assert_eq!(r.gate, GateOptions::default());
         let api = ApiOptions::default();
         assert_eq!(
-            (&r.api.socket, r.api.tcp, &r.api.token, r.api.metrics_top_clients),
+            (
+                &r.api.socket,
+                r.api.tcp,
+                &r.api.token,
+                r.api.metrics_top_clients
+            ),
             (&api.socket, api.tcp, &api.token, api.metrics_top_clients)
         );
         let portal = PortalOptions::default();
@@ -1491,7 +1498,10 @@ portal_url = "https://portal.example/"
             ..NameGardenOptions::default()
         };
         assert_eq!(r.names, names);
-        assert_eq!((r.store, r.db.to_str()), (StoreKind::default(), Some(DEFAULT_DB)));
+        assert_eq!(
+            (r.store, r.db.to_str()),
+            (StoreKind::default(), Some(DEFAULT_DB))
+        );
         assert!(r.radius.is_none() && r.redirect.is_none());
         // With a server and a secret, RADIUS runs on its own defaults.
         let secret = std::env::temp_dir().join(format!("radius-defaults-{}", std::process::id()));

@@ -6,7 +6,7 @@ use axum::{extract::State, http::StatusCode, response::Response, Json};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    routes::{created, path, Body, PathArg},
+    input::{created, path, Body, PathArg},
     state::Garden,
 };
 use crate::{

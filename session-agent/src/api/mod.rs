@@ -2,12 +2,16 @@
 //! socket (mode 0660) by default, optionally on TCP behind a bearer token.
 
 mod config;
+mod devices;
 mod events;
 mod garden;
+mod input;
 mod metrics;
 mod radius;
 mod routes;
+mod sessions;
 mod state;
+mod status;
 pub mod views;
 mod vouchers;
 
@@ -30,12 +34,11 @@ use crate::{
 };
 
 pub use config::{ApiOptions, ApiOptionsError};
-pub use routes::{MAX_EXP_DAYS, MAX_MB, MAX_MBITS, MAX_SECS, ROUTES};
+pub use input::{MAX_EXP_DAYS, MAX_MB, MAX_MBITS, MAX_SECS};
+pub use routes::ROUTES;
 pub use state::ApiState;
+pub use status::OPENAPI;
 pub use views::{ConnectedView, DeviceView, LanView, SessionView, StatusView};
-
-/// The OpenAPI 3 document of the control API (also served at `/v1/openapi.json`).
-pub const OPENAPI: &str = include_str!("../../openapi.json");
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;

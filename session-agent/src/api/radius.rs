@@ -11,7 +11,7 @@ use serde::Deserialize;
 use session_api::LoginView;
 
 use super::{
-    routes::{ip_path, view, Body, DevId, PathArg},
+    input::{ip_path, view, Body, DevId, PathArg},
     state::Logins,
 };
 use crate::{neigh, radius::RadiusError, runtime::off_runtime, web::ApiError};

@@ -16,7 +16,7 @@ use session_model::{
 };
 
 use super::{
-    routes::{
+    input::{
         check_exp_days, check_mb, check_mbits, check_secs, check_timestamp, created, ip_path,
         off_runtime, path, view, Body, DevId, PathArg,
     },
