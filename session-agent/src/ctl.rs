@@ -8,11 +8,9 @@ use clap::Subcommand;
 use comfy_table::{CellAlignment, Table};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
-use session_agent::api::{
-    client::ApiClient,
-    views::{
-        ConnectedView, DeviceView, LoginView, RedeemView, SessionView, StatusView, VoucherView,
-    },
+use session_api::{
+    ApiClient, ConnectedView, DeviceView, LoginView, RedeemView, SessionView, StatusView,
+    VoucherView,
 };
 
 #[derive(clap::Args, Clone)]
@@ -679,7 +677,7 @@ pub fn events(
         },
     );
     match r {
-        Err(session_agent::api::client::ClientError::Io { err, .. })
+        Err(session_api::ClientError::Io { err, .. })
             if matches!(
                 err.kind(),
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut

@@ -613,7 +613,9 @@ pub const REDIRECT_RULE_PRIORITY: u32 = 100;
 /// and must leave.) The same rule or route already there is kept; they stay
 /// when the agent stops, as the datapath does.
 pub fn route_marked_locally(mark: u32, table: u32, lans: &[String]) -> Result<()> {
-    let lo = crate::iface::index("lo")?;
+    let lo = link("lo")?
+        .ok_or_else(|| AgentError::UnknownInterface("lo".into()))?
+        .index;
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let what = format!("adding the {family:?} route table {table} for the portal redirect");
         change(
@@ -722,7 +724,8 @@ mod tests {
     fn the_loopback_interface_is_found_with_its_address() {
         // Every network namespace has lo, with 127.0.0.1 once it is up.
         let lo = link("lo").unwrap().expect("lo");
-        assert_eq!(lo.index, crate::iface::index("lo").unwrap());
+        let index = std::fs::read_to_string("/sys/class/net/lo/ifindex").unwrap();
+        assert_eq!(lo.index, index.trim().parse::<u32>().unwrap());
         assert_eq!(link("no-such-if0").unwrap(), None);
         let addrs = addresses().unwrap();
         if let Some(a) = addrs

@@ -1512,7 +1512,7 @@ portal_url = "https://portal.example/"
             ..RadiusSection::default()
         };
         let got = with.resolve(None).unwrap().unwrap();
-        std::fs::remove_file(&with.secret_file.unwrap()).unwrap();
+        std::fs::remove_file(with.secret_file.unwrap()).unwrap();
         let want = RadiusOptions {
             auth_servers: got.auth_servers.clone(),
             secret: got.secret.clone(),

@@ -4,6 +4,7 @@ mod api_bench;
 mod bench;
 mod demo;
 mod kernel;
+mod layers;
 mod package;
 mod schemathesis;
 mod toolchain;
@@ -55,6 +56,14 @@ enum Cmd {
         /// Test name filters and libtest flags for every executable (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Check that the agent's modules stay in their layers: no import from a
+    /// lower layer to a higher one, none between front ends or between
+    /// features, no files importing each other in a circle (run by `test`).
+    Layers {
+        /// Also print which unit imports which.
+        #[arg(long)]
+        graph: bool,
     },
     /// Only the schemathesis run of `test`: the control API against its OpenAPI document.
     Schemathesis,
@@ -134,6 +143,7 @@ fn main() -> Result<()> {
             })
         }
         Cmd::BenchApi => api_bench::run(),
+        Cmd::Layers { graph } => layers::run(&root_dir(), graph),
         Cmd::Package {
             no_lintian,
             install_check,
@@ -261,6 +271,8 @@ const SERVICE_CAPS_TESTS: &[&str] = &[
 ];
 
 fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
+    println!("==> cargo xtask layers");
+    layers::run(&root_dir(), false)?;
     require_root("the test suite")?;
     toolchain::ensure_ebpf()?;
     toolchain::ensure_net_tools()?;

@@ -1,7 +1,16 @@
 //! Address bindings (anti-spoofing): which MAC an address belongs to, their
 //! expiry and release.
 
-use super::*;
+use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
+
+use aya::maps::MapData;
+use session_common::*;
+
+use super::{
+    maps::*,
+    mmap::{self, cell},
+};
+use crate::error::{AgentError, Result};
 
 /// What one run of [`Maps::sweep_bindings`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -10,40 +19,6 @@ pub struct BindingSweep {
     pub live: u64,
     /// Bindings removed because they went unused for the TTL.
     pub expired: u64,
-}
-
-/// An address of the binding table as an IP address.
-pub fn addr_of(k: &AddrKey) -> Option<std::net::IpAddr> {
-    let mut b = [0u8; 16];
-    for (bytes, word) in b.chunks_exact_mut(4).zip(k.addr) {
-        bytes.copy_from_slice(&word.to_ne_bytes());
-    }
-    match k.family {
-        4 => Some(std::net::IpAddr::from([b[0], b[1], b[2], b[3]])),
-        6 => Some(std::net::IpAddr::from(b)),
-        _ => None,
-    }
-}
-
-/// The binding table's key of an IP address.
-pub fn addr_key(ip: std::net::IpAddr) -> AddrKey {
-    let mut b = [0u8; 16];
-    let family = match ip {
-        std::net::IpAddr::V4(a) => {
-            b[..4].copy_from_slice(&a.octets());
-            4
-        }
-        std::net::IpAddr::V6(a) => {
-            b = a.octets();
-            6
-        }
-    };
-    AddrKey {
-        family,
-        addr: std::array::from_fn(|i| {
-            u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
-        }),
-    }
 }
 
 type BindingMap = aya::maps::HashMap<MapData, AddrKey, Binding>;

@@ -2,7 +2,21 @@
 //! their slots go through the free-slot ring to new clients (see
 //! `session_common::slots` for the half the datapath shares).
 
-use super::*;
+use std::{
+    collections::HashMap,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use session_common::*;
+
+use super::{
+    maps::*,
+    mmap::cell,
+    rates::RateLimit,
+    shape::{self},
+};
+use crate::error::Result;
 
 /// Slots whose counters [`Maps::forget_idle`] maps at once (320 KiB).
 pub(super) const SCAN_CHUNK: u32 = 4096;

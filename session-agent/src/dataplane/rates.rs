@@ -1,7 +1,19 @@
 //! Speed limits: token buckets in the client table, or per-client HTB classes
 //! ([`shape`]) where the LAN shapes; switching between the two.
 
-use super::*;
+use std::{
+    os::fd::AsFd,
+    sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering},
+};
+
+use session_common::*;
+
+use super::{
+    maps::*,
+    mmap::{cell, MmapArray},
+    shape::{self, Shaper},
+};
+use crate::error::{AgentError, Result};
 
 /// A speed limit for one direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

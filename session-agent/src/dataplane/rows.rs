@@ -2,7 +2,18 @@
 //! the LAN's drop counters.
 
 use super::forget::SCAN_CHUNK;
-use super::*;
+use std::os::fd::AsFd;
+
+use aya::maps::MapData;
+use serde::Serialize;
+use session_common::*;
+
+use super::{
+    maps::*,
+    mmap::{self, MmapArray},
+    rates::RateLimit,
+};
+use crate::error::{AgentError, Result};
 
 /// One client's row as operators and scripts see it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

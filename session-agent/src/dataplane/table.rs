@@ -1,7 +1,12 @@
 //! The client table: the index by MAC, slot claiming, and each client's flags,
 //! meter and data budget as atomics shared with the datapath.
 
-use super::*;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use session_common::*;
+
+use super::{maps::*, mmap::cell, rates::RateLimit};
+use crate::error::{AgentError, Result};
 
 impl Maps {
     /// The key of the table entry at `pos`.
