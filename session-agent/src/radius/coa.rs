@@ -16,10 +16,10 @@ use tracing::{info, warn};
 
 use session_model::SessionType;
 
-use super::acct::{Cause, OpenSession};
-use super::codec::{self, attr, Fault, InvalidAttribute};
 use super::{Authorization, Radius};
 use crate::gateway::Gateway;
+use session_radius::acct::{Cause, OpenSession};
+use session_radius::codec::{self, attr, Fault, InvalidAttribute};
 
 /// Error-Cause values (RFC 5176 3.6).
 const MISSING_ATTRIBUTE: u32 = 402;

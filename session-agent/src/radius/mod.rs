@@ -15,10 +15,7 @@
 //! direction from the reading taken before the device was let through to
 //! the reading after it was blocked.
 
-pub mod acct;
-pub mod client;
 pub mod coa;
-pub mod codec;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -38,9 +35,13 @@ use session_model::{
 
 use crate::error::AgentError;
 use crate::gateway::Gateway;
-use acct::{Book, BookError, Cause, OpenSession, Queued, Reading, Request, SessionPart, Status};
-use client::{ClientError, Servers};
-use codec::{attr, chilli, wispr, InvalidAttribute, VENDOR_CHILLISPOT, VENDOR_WISPR};
+use session_radius::acct::{
+    Book, BookError, Cause, OpenSession, Queued, Reading, Request, SessionPart, Status,
+};
+use session_radius::client::{ClientError, Servers};
+use session_radius::codec::{
+    self, attr, chilli, wispr, InvalidAttribute, VENDOR_CHILLISPOT, VENDOR_WISPR,
+};
 
 /// The provider name of RADIUS sessions.
 pub const PROVIDER: &str = "radius";

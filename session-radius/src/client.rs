@@ -1,6 +1,6 @@
 //! Sending a request to a list of RADIUS servers: retransmission with
 //! backoff to one server, then failover to the next (RFC 5080 2.2.1), and
-//! only answers that pass [`super::codec::open_response`] count.
+//! only answers that pass [`crate::codec::open_response`] count.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +10,7 @@ use radius::core::packet::Packet;
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
-use super::codec::{self, CodecError};
+use crate::codec::{self, CodecError};
 
 /// Why no answer came.
 #[derive(Debug, thiserror::Error)]

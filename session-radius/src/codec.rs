@@ -9,44 +9,50 @@ use radius::core::{avp::AVP, code::Code, packet::Packet};
 
 pub use radius::core::code::Code as PacketCode;
 
-/// Attribute types (RFC 2865, 2866, 2869, 3576).
+/// Attribute types (RFC 2865, 2866, 2869, 3576), by the names the agent
+/// uses, with the numbers of the `radius` crate's dictionaries.
 pub mod attr {
-    pub const USER_NAME: u8 = 1;
-    pub const USER_PASSWORD: u8 = 2;
-    pub const NAS_IP_ADDRESS: u8 = 4;
-    pub const SERVICE_TYPE: u8 = 6;
-    pub const FRAMED_IP_ADDRESS: u8 = 8;
-    pub const REPLY_MESSAGE: u8 = 18;
-    pub const STATE: u8 = 24;
-    pub const CLASS: u8 = 25;
-    pub const VENDOR_SPECIFIC: u8 = 26;
-    pub const SESSION_TIMEOUT: u8 = 27;
-    pub const IDLE_TIMEOUT: u8 = 28;
-    pub const CALLED_STATION_ID: u8 = 30;
-    pub const CALLING_STATION_ID: u8 = 31;
-    pub const NAS_IDENTIFIER: u8 = 32;
-    pub const ACCT_STATUS_TYPE: u8 = 40;
-    pub const ACCT_DELAY_TIME: u8 = 41;
-    pub const ACCT_INPUT_OCTETS: u8 = 42;
-    pub const ACCT_OUTPUT_OCTETS: u8 = 43;
-    pub const ACCT_SESSION_ID: u8 = 44;
-    pub const ACCT_AUTHENTIC: u8 = 45;
-    pub const ACCT_SESSION_TIME: u8 = 46;
-    pub const ACCT_INPUT_PACKETS: u8 = 47;
-    pub const ACCT_OUTPUT_PACKETS: u8 = 48;
-    pub const ACCT_TERMINATE_CAUSE: u8 = 49;
-    pub const ACCT_INPUT_GIGAWORDS: u8 = 52;
-    pub const ACCT_OUTPUT_GIGAWORDS: u8 = 53;
-    pub const EVENT_TIMESTAMP: u8 = 55;
-    pub const NAS_PORT_TYPE: u8 = 61;
-    pub const MESSAGE_AUTHENTICATOR: u8 = 80;
-    pub const ACCT_INTERIM_INTERVAL: u8 = 85;
-    pub const ERROR_CAUSE: u8 = 101;
+    use radius::core::{rfc2865 as a, rfc2866 as acct, rfc2869 as ext, rfc3576 as dynamic};
+
+    pub const USER_NAME: u8 = a::USER_NAME_TYPE;
+    pub const USER_PASSWORD: u8 = a::USER_PASSWORD_TYPE;
+    pub const NAS_IP_ADDRESS: u8 = a::NAS_IP_ADDRESS_TYPE;
+    pub const SERVICE_TYPE: u8 = a::SERVICE_TYPE_TYPE;
+    pub const FRAMED_IP_ADDRESS: u8 = a::FRAMED_IP_ADDRESS_TYPE;
+    pub const REPLY_MESSAGE: u8 = a::REPLY_MESSAGE_TYPE;
+    pub const STATE: u8 = a::STATE_TYPE;
+    pub const CLASS: u8 = a::CLASS_TYPE;
+    pub const VENDOR_SPECIFIC: u8 = a::VENDOR_SPECIFIC_TYPE;
+    pub const SESSION_TIMEOUT: u8 = a::SESSION_TIMEOUT_TYPE;
+    pub const IDLE_TIMEOUT: u8 = a::IDLE_TIMEOUT_TYPE;
+    pub const CALLED_STATION_ID: u8 = a::CALLED_STATION_ID_TYPE;
+    pub const CALLING_STATION_ID: u8 = a::CALLING_STATION_ID_TYPE;
+    pub const NAS_IDENTIFIER: u8 = a::NAS_IDENTIFIER_TYPE;
+    pub const NAS_PORT_TYPE: u8 = a::NAS_PORT_TYPE_TYPE;
+    pub const ACCT_STATUS_TYPE: u8 = acct::ACCT_STATUS_TYPE_TYPE;
+    pub const ACCT_DELAY_TIME: u8 = acct::ACCT_DELAY_TIME_TYPE;
+    pub const ACCT_INPUT_OCTETS: u8 = acct::ACCT_INPUT_OCTETS_TYPE;
+    pub const ACCT_OUTPUT_OCTETS: u8 = acct::ACCT_OUTPUT_OCTETS_TYPE;
+    pub const ACCT_SESSION_ID: u8 = acct::ACCT_SESSION_ID_TYPE;
+    pub const ACCT_AUTHENTIC: u8 = acct::ACCT_AUTHENTIC_TYPE;
+    pub const ACCT_SESSION_TIME: u8 = acct::ACCT_SESSION_TIME_TYPE;
+    pub const ACCT_INPUT_PACKETS: u8 = acct::ACCT_INPUT_PACKETS_TYPE;
+    pub const ACCT_OUTPUT_PACKETS: u8 = acct::ACCT_OUTPUT_PACKETS_TYPE;
+    pub const ACCT_TERMINATE_CAUSE: u8 = acct::ACCT_TERMINATE_CAUSE_TYPE;
+    pub const ACCT_INPUT_GIGAWORDS: u8 = ext::ACCT_INPUT_GIGAWORDS_TYPE;
+    pub const ACCT_OUTPUT_GIGAWORDS: u8 = ext::ACCT_OUTPUT_GIGAWORDS_TYPE;
+    pub const EVENT_TIMESTAMP: u8 = ext::EVENT_TIMESTAMP_TYPE;
+    pub const MESSAGE_AUTHENTICATOR: u8 = ext::MESSAGE_AUTHENTICATOR_TYPE;
+    pub const ACCT_INTERIM_INTERVAL: u8 = ext::ACCT_INTERIM_INTERVAL_TYPE;
+    pub const ERROR_CAUSE: u8 = dynamic::ERROR_CAUSE_TYPE;
 }
 
 /// Vendors whose attributes the agent reads.
 pub const VENDOR_WISPR: u32 = 14122;
 pub const VENDOR_CHILLISPOT: u32 = 14559;
+
+// The vendors' dictionaries are not in the `radius` crate: their numbers
+// are written here, as the vendors' dictionaries (and FreeRADIUS's) have them.
 
 /// WISPr attributes (vendor 14122).
 pub mod wispr {
@@ -96,7 +102,9 @@ fn hmac_md5(secret: &[u8], bytes: &[u8]) -> [u8; 16] {
 }
 
 /// Where each attribute of a message starts (type, offset of its value, value
-/// length), or an error when they do not tile the message exactly.
+/// length), or an error when they do not tile the message exactly. Written
+/// here: the Message-Authenticator is checked over the raw bytes, at its
+/// offset, before the `radius` crate decodes (and drops the positions).
 fn walk(bytes: &[u8]) -> Result<Vec<(u8, usize, usize)>, CodecError> {
     let mut out = Vec::new();
     let mut at = HEADER;

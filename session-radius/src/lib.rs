@@ -1,0 +1,12 @@
+//! RADIUS as the agent speaks it on the wire, apart from the agent:
+//!
+//! - [`codec`]: messages, with the Message-Authenticator, vendor attributes
+//!   and a strict walk of attributes that names the one that is malformed;
+//! - [`client`]: requests over UDP to a list of servers, with retries and
+//!   failover, taking only answers that authenticate;
+//! - [`acct`]: the accounting book, the open sessions and the requests not
+//!   yet answered, kept in a redb file so that an outage or a crash loses none.
+
+pub mod acct;
+pub mod client;
+pub mod codec;
