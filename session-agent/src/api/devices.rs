@@ -1,7 +1,5 @@
 //! `/v1/devices`: devices, their sessions, connecting and disconnecting.
 
-use std::net::IpAddr;
-
 use axum::{
     extract::{rejection::QueryRejection, Query, State},
     http::StatusCode,
@@ -12,6 +10,8 @@ use serde::Deserialize;
 use session_model::{DeviceId, MacAddr, ModelError};
 
 use crate::{error::AgentError, neigh, web::ApiError};
+
+use session_api::requests::{NewDevice, NewSession, Notification, Rekey};
 
 use super::{
     input::*,
@@ -38,16 +38,6 @@ pub(super) async fn list_devices(State(st): St) -> ApiResult<Vec<DeviceView>> {
             .map(|d| views::device_view(d, connected.contains(&d.id)))
             .collect(),
     ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewDevice {
-    mac: String,
-    #[serde(default)]
-    ip: Option<IpAddr>,
-    #[serde(default)]
-    hostname: Option<String>,
 }
 
 /// A MAC a device can have: the datapath meters unicast source addresses only.
@@ -96,12 +86,6 @@ pub(super) async fn device_by_mac(State(st): St, mac: PathArg) -> ApiResult<Devi
 pub(super) async fn device_by_ip(State(st): St, ip: PathArg) -> ApiResult<DeviceView> {
     let d = neigh::device_for_ip(&st.gw, ip_path(ip)?).await?;
     Ok(Json(device_view(&st.gw, d.id)?))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Rekey {
-    mac: String,
 }
 
 pub(super) async fn rekey(
@@ -166,26 +150,6 @@ pub(super) async fn device_sessions(
     ))
 }
 
-/// The Flarehotspot SDK's `CreateSession` arguments.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewSession {
-    #[serde(rename = "type")]
-    session_type: u8,
-    #[serde(default)]
-    time_secs: u64,
-    #[serde(default)]
-    data_mb: f64,
-    #[serde(default)]
-    exp_days: Option<u32>,
-    #[serde(default)]
-    down_mbits: i32,
-    #[serde(default)]
-    up_mbits: i32,
-    #[serde(default)]
-    use_global_speed: bool,
-}
-
 pub(super) async fn create_session(
     State(st): St,
     DevId(id): DevId,
@@ -241,13 +205,6 @@ pub(super) async fn is_connected(State(st): St, DevId(id): DevId) -> ApiResult<C
         connected,
         session_id: st.gw.sessions().running_session_id(id)?,
     }))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Notification {
-    #[serde(default)]
-    notification: String,
 }
 
 pub(super) async fn connect(

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use axum::{extract::State, http::StatusCode, response::Response, Json};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+
+use session_api::requests::NewDomain;
 
 use super::{
     input::{created, path, Body, PathArg},
@@ -21,13 +23,6 @@ type St = State<Garden>;
 pub(super) struct DomainsView {
     domains: Vec<DomainRule>,
     learnt: Vec<LearntView>,
-}
-
-/// `POST /v1/garden/domains`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewDomain {
-    domain: String,
 }
 
 /// What an add or a remove did.

@@ -14,7 +14,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde::{de::DeserializeOwned, Deserialize, Deserializer};
+use serde::de::DeserializeOwned;
 use session_model::{ClientSession, DeviceId, SessionId};
 
 use crate::{gateway::Gateway, web::ApiError};
@@ -251,24 +251,6 @@ pub(super) fn check_notification(n: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-/// A key that may be absent but not `null`.
-pub(super) fn present<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
-where
-    T: Deserialize<'de>,
-    D: Deserializer<'de>,
-{
-    T::deserialize(d).map(Some)
-}
-
-/// `Some(None)` for an explicit `null`, `None` when the key is absent.
-pub(super) fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    T: Deserialize<'de>,
-    D: Deserializer<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
 }
 
 // ----- views -------------------------------------------------------------------------

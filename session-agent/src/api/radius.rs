@@ -7,8 +7,9 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde::Deserialize;
 use session_api::LoginView;
+
+use session_api::requests::Credentials;
 
 use super::{
     input::{ip_path, view, Body, DevId, PathArg},
@@ -17,14 +18,6 @@ use super::{
 use crate::{neigh, radius::RadiusError, runtime::off_runtime, web::ApiError};
 
 type St = State<Logins>;
-
-/// `{ "username": ..., "password": ... }`
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Credentials {
-    username: String,
-    password: String,
-}
 
 impl From<RadiusError> for ApiError {
     fn from(e: RadiusError) -> Self {

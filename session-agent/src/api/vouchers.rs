@@ -15,6 +15,8 @@ use session_model::{
     DEFAULT_GROUP,
 };
 
+use session_api::requests::{NewVouchers, Redeem};
+
 use super::{
     input::{
         check_exp_days, check_mb, check_mbits, check_secs, check_timestamp, created, ip_path,
@@ -35,76 +37,33 @@ use crate::{
 
 type St = State<Arc<ApiState>>;
 
-fn default_devices() -> u32 {
-    1
-}
-fn default_len() -> usize {
-    DEFAULT_CODE_LEN
-}
-fn default_group() -> usize {
-    DEFAULT_GROUP
-}
-
-/// `POST /v1/vouchers`: a batch of codes, each buying the session described.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewVouchers {
-    count: u32,
-    batch: String,
-    #[serde(default)]
-    price: Option<String>,
-    #[serde(rename = "type")]
-    session_type: u8,
-    #[serde(default)]
-    time_secs: u64,
-    #[serde(default)]
-    data_mb: f64,
-    #[serde(default)]
-    exp_days: Option<u32>,
-    #[serde(default)]
-    down_mbits: i32,
-    #[serde(default)]
-    up_mbits: i32,
-    #[serde(default)]
-    use_global_speed: bool,
-    #[serde(default)]
-    valid_until: Option<i64>,
-    #[serde(default = "default_devices")]
-    max_devices: u32,
-    #[serde(default = "default_len")]
-    code_length: usize,
-    #[serde(default = "default_group")]
-    group: usize,
-}
-
-impl NewVouchers {
-    fn batch(self) -> Result<NewBatch, ApiError> {
-        check_secs("time_secs", self.time_secs)?;
-        check_mb("data_mb", self.data_mb)?;
-        check_exp_days(self.exp_days)?;
-        check_mbits("down_mbits", self.down_mbits)?;
-        check_mbits("up_mbits", self.up_mbits)?;
-        check_timestamp("valid_until", self.valid_until)?;
-        let session_type = SessionType::try_from(self.session_type)?;
-        Ok(NewBatch {
-            batch: self.batch,
-            price: self.price,
-            count: self.count,
-            template: VoucherTemplate {
-                session_type,
-                time_secs: self.time_secs,
-                data_bytes: mb_to_bytes("data_mb", self.data_mb)?,
-                exp_days: self.exp_days,
-                down_mbits: self.down_mbits,
-                up_mbits: self.up_mbits,
-                use_global_speed: self.use_global_speed,
-            },
-            valid_until: self.valid_until,
-            max_devices: self.max_devices,
-            code_len: self.code_length,
-            group: self.group,
-        })
-    }
+/// The batch `v` asks for, its ranges checked and its defaults filled in.
+fn batch(v: NewVouchers) -> Result<NewBatch, ApiError> {
+    check_secs("time_secs", v.time_secs)?;
+    check_mb("data_mb", v.data_mb)?;
+    check_exp_days(v.exp_days)?;
+    check_mbits("down_mbits", v.down_mbits)?;
+    check_mbits("up_mbits", v.up_mbits)?;
+    check_timestamp("valid_until", v.valid_until)?;
+    let session_type = SessionType::try_from(v.session_type)?;
+    Ok(NewBatch {
+        batch: v.batch,
+        price: v.price,
+        count: v.count,
+        template: VoucherTemplate {
+            session_type,
+            time_secs: v.time_secs,
+            data_bytes: mb_to_bytes("data_mb", v.data_mb)?,
+            exp_days: v.exp_days,
+            down_mbits: v.down_mbits,
+            up_mbits: v.up_mbits,
+            use_global_speed: v.use_global_speed,
+        },
+        valid_until: v.valid_until,
+        max_devices: v.max_devices.unwrap_or(1),
+        code_len: v.code_length.unwrap_or(DEFAULT_CODE_LEN),
+        group: v.group.unwrap_or(DEFAULT_GROUP),
+    })
 }
 
 fn voucher_view(gw: &Gateway, v: &Voucher) -> VoucherView {
@@ -115,7 +74,7 @@ pub(super) async fn create(
     State(st): St,
     Body(b): Body<NewVouchers>,
 ) -> Result<Response, ApiError> {
-    let batch = b.batch()?;
+    let batch = batch(b)?;
     let made = off_runtime(&st, move |gw| async move {
         gw.sessions().create_vouchers(&batch)
     })
@@ -303,13 +262,6 @@ fn sheet(rows: &[(Voucher, VoucherState)], batch: Option<&str>) -> String {
     }
     out.push_str("</div></body></html>\n");
     out
-}
-
-/// `POST /v1/devices/{id}/redeem`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Redeem {
-    code: String,
 }
 
 async fn redeem_for(
