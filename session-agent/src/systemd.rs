@@ -11,18 +11,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Where notifications go, read once from the environment.
-struct Notifier {
-    socket: UnixDatagram,
-    addr: std::os::unix::net::SocketAddr,
-}
+use sd_notify::NotifyState;
 
-fn notifier() -> Option<&'static Notifier> {
-    static N: OnceLock<Option<Notifier>> = OnceLock::new();
+/// An abstract `$NOTIFY_SOCKET` (`@name`), read once. The sd-notify crate
+/// reaches a socket by path only; an abstract one is reached here.
+fn abstract_socket() -> Option<&'static (UnixDatagram, std::os::unix::net::SocketAddr)> {
+    static N: OnceLock<Option<(UnixDatagram, std::os::unix::net::SocketAddr)>> = OnceLock::new();
     N.get_or_init(|| {
         let path = std::env::var_os("NOTIFY_SOCKET")?;
-        match connect(&path) {
-            Ok(n) => Some(n),
+        match abstract_addr(&path)? {
+            Ok(a) => Some(a),
             Err(e) => {
                 tracing::warn!(socket = ?path, "cannot reach the service manager's notification socket: {e}");
                 None
@@ -32,79 +30,66 @@ fn notifier() -> Option<&'static Notifier> {
     .as_ref()
 }
 
-fn connect(path: &std::ffi::OsStr) -> io::Result<Notifier> {
+/// The socket and address of `@name`; `None` for a path.
+fn abstract_addr(
+    path: &std::ffi::OsStr,
+) -> Option<io::Result<(UnixDatagram, std::os::unix::net::SocketAddr)>> {
+    use std::os::linux::net::SocketAddrExt;
     use std::os::unix::ffi::OsStrExt;
-    let bytes = path.as_bytes();
-    let addr = match bytes.first() {
-        // An abstract socket: `@name`.
-        Some(b'@') => {
-            use std::os::linux::net::SocketAddrExt;
-            std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..])?
-        }
-        Some(b'/') => std::os::unix::net::SocketAddr::from_pathname(path)?,
-        _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "NOTIFY_SOCKET is neither a path nor an abstract name",
-            ))
-        }
-    };
-    Ok(Notifier {
-        socket: UnixDatagram::unbound()?,
-        addr,
-    })
+    let name = path.as_bytes().strip_prefix(b"@")?;
+    Some(
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| Ok((UnixDatagram::unbound()?, a))),
+    )
 }
 
-/// Sends `state` (newline-separated `KEY=VALUE` lines). Errors are logged once per
-/// kind and otherwise ignored: notifications are advice to the service manager.
-pub fn notify(state: &str) {
-    let Some(n) = notifier() else { return };
-    if let Err(e) = n.socket.send_to_addr(state.as_bytes(), &n.addr) {
-        tracing::debug!("service manager notification {state:?} failed: {e}");
+/// Whether systemd (or whoever started the agent) listens for notifications.
+fn listened() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
+/// Sends `states`. Errors are logged and otherwise ignored: notifications are
+/// advice to the service manager.
+pub fn notify(states: &[NotifyState]) {
+    let sent = match abstract_socket() {
+        Some((socket, addr)) => {
+            let msg: String = states.iter().map(|s| format!("{s}\n")).collect();
+            socket.send_to_addr(msg.as_bytes(), addr).map(|_| ())
+        }
+        None => sd_notify::notify(states),
+    };
+    if let Err(e) = sent {
+        tracing::debug!("service manager notification {states:?} failed: {e}");
     }
 }
 
 /// `READY=1` with a status line.
 pub fn ready(status: &str) {
-    notify(&format!("READY=1\nSTATUS={status}"));
+    notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// `STOPPING=1`.
 pub fn stopping() {
-    notify("STOPPING=1\nSTATUS=stopping: charging the last usage");
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: charging the last usage"),
+    ]);
 }
 
 /// `RELOADING=1` with the monotonic time systemd's `Type=notify-reload` expects.
 pub fn reloading() {
-    notify(&format!(
-        "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading the configuration",
-        monotonic_usec()
-    ));
-}
-
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer to a local.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    let now = NotifyState::monotonic_usec_now().unwrap_or(NotifyState::MonotonicUsec(0));
+    notify(&[
+        NotifyState::Reloading,
+        now,
+        NotifyState::Status("reloading the configuration"),
+    ]);
 }
 
 /// The watchdog interval systemd asks for (`WatchdogSec=`), when it is meant
 /// for this process.
 pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.parse::<u32>().ok()? != std::process::id() {
-            return None;
-        }
-    }
-    (usec > 0).then(|| Duration::from_micros(usec))
+    sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
 }
 
 /// Pings the watchdog at most every half interval; called from the poll loop, so
@@ -127,7 +112,7 @@ impl Watchdog {
 
     /// Whether systemd watches this process.
     pub fn enabled(&self) -> bool {
-        self.every.is_some() && notifier().is_some()
+        self.every.is_some() && listened()
     }
 
     /// Sends `WATCHDOG=1` if half the interval passed since the last ping.
@@ -137,7 +122,7 @@ impl Watchdog {
         let last = self.last_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= every.as_millis() as u64 || last == 0 {
             self.last_ms.store(now.max(1), Ordering::Relaxed);
-            notify("WATCHDOG=1");
+            notify(&[NotifyState::Watchdog]);
         }
     }
 }
@@ -147,26 +132,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn notifications_reach_a_socket_named_by_path_or_abstract_name() {
-        let dir = std::env::temp_dir().join(format!("sd-notify-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("notify");
-        let server = UnixDatagram::bind(&path).unwrap();
-        let n = connect(path.as_os_str()).unwrap();
-        n.socket.send_to_addr(b"READY=1", &n.addr).unwrap();
-        let mut buf = [0u8; 64];
-        let len = server.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..len], b"READY=1");
-        std::fs::remove_dir_all(&dir).ok();
-
+    fn an_abstract_socket_is_reached_by_name_and_a_path_is_left_to_sd_notify() {
         use std::os::linux::net::SocketAddrExt;
         let name = format!("sd-notify-test-{}", std::process::id());
         let abs = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let server = UnixDatagram::bind_addr(&abs).unwrap();
-        let n = connect(std::ffi::OsStr::new(&format!("@{name}"))).unwrap();
-        n.socket.send_to_addr(b"WATCHDOG=1", &n.addr).unwrap();
+        let (socket, addr) = abstract_addr(std::ffi::OsStr::new(&format!("@{name}")))
+            .unwrap()
+            .unwrap();
+        socket.send_to_addr(b"WATCHDOG=1\n", &addr).unwrap();
+        let mut buf = [0u8; 64];
         let len = server.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..len], b"WATCHDOG=1");
-        assert!(connect(std::ffi::OsStr::new("relative")).is_err());
+        assert_eq!(&buf[..len], b"WATCHDOG=1\n");
+        assert!(abstract_addr(std::ffi::OsStr::new("/run/systemd/notify")).is_none());
+        assert_eq!(format!("{}", NotifyState::Status("x")), "STATUS=x");
     }
 }

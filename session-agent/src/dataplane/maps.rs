@@ -157,12 +157,11 @@ impl Maps {
     /// Gives freshly created maps a random identity, and their layout
     /// version ([`TABLE_LAYOUT`]); keeps an existing one.
     pub fn ensure_epoch(&self) -> u64 {
-        let mut r = [0u8; 8];
         loop {
-            // SAFETY: getrandom writes at most `r.len()` bytes into `r`.
-            let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
-            let candidate = u64::from_ne_bytes(r);
-            if n == 8 && candidate != 0 {
+            // Without randomness (a kernel too old for getrandom(2)) the
+            // loop asks again: a zero identity would mean "fresh" to others.
+            let candidate = getrandom::u64().unwrap_or(0);
+            if candidate != 0 {
                 let cell = cell!(self.alloc, 0, epoch: AtomicU64);
                 return match cell.compare_exchange(0, candidate, Ordering::SeqCst, Ordering::SeqCst)
                 {

@@ -98,25 +98,12 @@ pub fn speed(down: i32, up: i32, unlimited: &str) -> String {
     format!("↓ {} · ↑ {}", one(down), one(up))
 }
 
-/// Unix seconds as `2026-11-27 19:05 UTC`.
+/// Unix seconds as `2026-11-27 19:05 UTC` (as they are, beyond the calendar's years).
 pub fn utc_minute(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3_600,
-        rem / 60 % 60
-    )
+    match chrono::DateTime::from_timestamp(secs, 0) {
+        Some(t) => t.format("%Y-%m-%d %H:%M UTC").to_string(),
+        None => format!("{secs} s after 1970 (UTC)"),
+    }
 }
 
 /// What a voucher buys, in a line: `1 h 00 min · 5 Mbit/s down`.
