@@ -142,6 +142,11 @@ macro_rules! cell {
         // process touch it only through atomics.
         unsafe { ::std::sync::atomic::$atomic::from_ptr(&raw mut (*entry).$field) }
     }};
+    ($array:expr, $i:expr, $outer:ident . $field:ident : $atomic:ident) => {{
+        let entry = $array.entry($i);
+        // SAFETY: as above, for a field of a struct field of the entry.
+        unsafe { ::std::sync::atomic::$atomic::from_ptr(&raw mut (*entry).$outer.$field) }
+    }};
     ($array:expr, $i:expr => $atomic:ident) => {{
         let entry = $array.entry($i);
         // SAFETY: as above, for an entry that is a whole u64.

@@ -3,7 +3,7 @@
 
 use std::{
     os::fd::AsFd,
-    sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use session_common::*;
@@ -44,25 +44,41 @@ impl RateLimit {
     }
 }
 
-impl Direction {
-    /// A copy of its token bucket.
-    fn read(&self) -> TokenBucket {
-        // SAFETY: `bucket` points into the policy mapping that `directions`
-        // was given and its caller keeps alive while it uses the direction;
-        // the copy is volatile as the datapath updates the bucket concurrently.
-        unsafe { std::ptr::read_volatile(self.bucket) }
-    }
-}
-
-/// One direction of a slot's speed limit.
-pub(super) struct Direction {
+/// One direction of a slot's speed limit, in the policy mapping it borrows.
+pub(super) struct Direction<'a> {
     /// `POLICY_SHAPE_*`: the HTB class enforces it.
     pub(super) shape: u32,
     /// `POLICY_LIMIT_*`: the token bucket enforces it.
     pub(super) limit: u32,
-    pub(super) bucket: *mut TokenBucket,
+    /// The slot's policy, and whether this is its upload bucket (else download).
+    pol: &'a MmapArray<ClientPolicy>,
+    slot: u32,
+    up: bool,
     /// The device the direction's HTB class is on.
     pub(super) dev: String,
+}
+
+/// A field of a direction's token bucket, as an atomic in the shared mapping.
+macro_rules! bucket {
+    ($d:expr, $field:ident : $atomic:ident) => {
+        if $d.up {
+            cell!($d.pol, $d.slot, up.$field: $atomic)
+        } else {
+            cell!($d.pol, $d.slot, down.$field: $atomic)
+        }
+    };
+}
+
+impl Direction<'_> {
+    /// A copy of its token bucket (the datapath updates it meanwhile).
+    fn read(&self) -> TokenBucket {
+        TokenBucket {
+            rate_bytes: bucket!(self, rate_bytes: AtomicU64).load(Ordering::SeqCst),
+            burst_bytes: bucket!(self, burst_bytes: AtomicU64).load(Ordering::SeqCst),
+            tokens: bucket!(self, tokens: AtomicI64).load(Ordering::SeqCst),
+            last_ns: bucket!(self, last_ns: AtomicU64).load(Ordering::SeqCst),
+        }
+    }
 }
 
 /// Publishes a token bucket of the client whose `POLICY_*` flags are
@@ -75,16 +91,10 @@ pub(super) fn set_bucket(flags: &AtomicU32, d: &Direction, limit: RateLimit) {
         return;
     }
     flags.fetch_and(!d.limit, Ordering::SeqCst);
-    let b = d.bucket;
-    // SAFETY: `bucket` points into the policy mapping that `directions` was
-    // given and its caller keeps alive; the fields are aligned u64/i64 that
-    // the datapath also only touches atomically.
-    unsafe {
-        AtomicU64::from_ptr(&raw mut (*b).rate_bytes).store(limit.rate_bytes, Ordering::SeqCst);
-        AtomicU64::from_ptr(&raw mut (*b).burst_bytes).store(limit.burst_bytes, Ordering::SeqCst);
-        AtomicI64::from_ptr(&raw mut (*b).tokens).store(limit.burst_bytes as i64, Ordering::SeqCst);
-        AtomicU64::from_ptr(&raw mut (*b).last_ns).store(ktime_ns(), Ordering::SeqCst);
-    }
+    bucket!(d, rate_bytes: AtomicU64).store(limit.rate_bytes, Ordering::SeqCst);
+    bucket!(d, burst_bytes: AtomicU64).store(limit.burst_bytes, Ordering::SeqCst);
+    bucket!(d, tokens: AtomicI64).store(limit.burst_bytes as i64, Ordering::SeqCst);
+    bucket!(d, last_ns: AtomicU64).store(ktime_ns(), Ordering::SeqCst);
     if limit.rate_bytes > 0 {
         flags.fetch_or(d.limit, Ordering::SeqCst);
     }
@@ -166,26 +176,29 @@ impl Maps {
     }
 
     /// Both directions of `slot` (whose buckets `pol` maps): upload, then download.
-    pub(super) fn directions(&self, pol: &MmapArray<ClientPolicy>, slot: u32) -> [Direction; 2] {
-        let p = pol.entry(slot);
-        // SAFETY: only computes the addresses of the two buckets inside the
-        // mapped entry `p` (nothing is read or written here).
-        unsafe {
-            [
-                Direction {
-                    shape: POLICY_SHAPE_UP,
-                    limit: POLICY_LIMIT_UP,
-                    bucket: &raw mut (*p).up,
-                    dev: shape::ifb_name(&self.iface),
-                },
-                Direction {
-                    shape: POLICY_SHAPE_DOWN,
-                    limit: POLICY_LIMIT_DOWN,
-                    bucket: &raw mut (*p).down,
-                    dev: self.iface.clone(),
-                },
-            ]
-        }
+    pub(super) fn directions<'a>(
+        &self,
+        pol: &'a MmapArray<ClientPolicy>,
+        slot: u32,
+    ) -> [Direction<'a>; 2] {
+        [
+            Direction {
+                shape: POLICY_SHAPE_UP,
+                limit: POLICY_LIMIT_UP,
+                pol,
+                slot,
+                up: true,
+                dev: shape::ifb_name(&self.iface),
+            },
+            Direction {
+                shape: POLICY_SHAPE_DOWN,
+                limit: POLICY_LIMIT_DOWN,
+                pol,
+                slot,
+                up: false,
+                dev: self.iface.clone(),
+            },
+        ]
     }
 
     /// A copy of the slot's token buckets.
