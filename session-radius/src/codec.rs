@@ -338,7 +338,8 @@ fn known_vendor(vendor: u32) -> bool {
 /// for a vendor id and one sub-attribute, or one of the vendors the agent
 /// reads whose sub-attributes do not fill it exactly, is an error; other
 /// vendors may lay theirs out otherwise, and what does not parse of them is
-/// left out.
+/// left out. Walked here: the `radius` crate hands a Vendor-Specific over as
+/// opaque bytes, with no check of its sub-attributes.
 pub fn vendor_attrs(packet: &Packet) -> Result<Vec<(u32, u8, Vec<u8>)>, InvalidAttribute> {
     let mut out = Vec::new();
     for avp in packet.lookup_all(attr::VENDOR_SPECIFIC) {

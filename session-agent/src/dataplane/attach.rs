@@ -129,7 +129,7 @@ pub fn attach(
     let mut ebpf = load(pin_root, iface_name)?;
     // The epoch seeds the client index: it must be set before any packet is seen.
     let maps = super::Maps::open(pin_root, iface_name)?;
-    maps.ensure_epoch();
+    maps.ensure_epoch()?;
     let tc = {
         let egress: &mut SchedClassifier = loaded(&mut ebpf, PROG_TC_EGRESS)?;
         resolve(tc_attach, egress)?

@@ -155,12 +155,15 @@ impl Maps {
     }
 
     /// Gives freshly created maps a random identity, and their layout
-    /// version ([`TABLE_LAYOUT`]); keeps an existing one.
-    pub fn ensure_epoch(&self) -> u64 {
+    /// version ([`TABLE_LAYOUT`]); keeps an existing one. Fails only when the
+    /// system has no randomness to give.
+    pub fn ensure_epoch(&self) -> Result<u64> {
         loop {
-            // Without randomness (a kernel too old for getrandom(2)) the
-            // loop asks again: a zero identity would mean "fresh" to others.
-            let candidate = getrandom::u64().unwrap_or(0);
+            let candidate = getrandom::u64().map_err(|e| AgentError::Io {
+                what: "drawing the client table's identity".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            // Zero means "fresh" to every other reader: draw again.
             if candidate != 0 {
                 let cell = cell!(self.alloc, 0, epoch: AtomicU64);
                 return match cell.compare_exchange(0, candidate, Ordering::SeqCst, Ordering::SeqCst)
@@ -168,9 +171,9 @@ impl Maps {
                     Ok(_) => {
                         cell!(self.alloc, 0, layout: AtomicU32)
                             .store(TABLE_LAYOUT, Ordering::SeqCst);
-                        candidate
+                        Ok(candidate)
                     }
-                    Err(existing) => existing,
+                    Err(existing) => Ok(existing),
                 };
             }
         }

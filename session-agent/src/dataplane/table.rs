@@ -56,7 +56,7 @@ impl Maps {
         if mac.is_zero() {
             return Err(AgentError::NotAClientMac(*mac));
         }
-        let seed = self.ensure_epoch();
+        let seed = self.ensure_epoch()?;
         let m = mac_word(mac);
         let full = || AgentError::TableFull {
             iface: self.iface.clone(),

@@ -83,7 +83,7 @@ impl ProgramHarness {
         write_garden(&mut ebpf, garden)?;
         let maps = Maps::open(root, "t")?;
         // As `attach` does: the datapath indexes clients once the epoch seeds its hash.
-        maps.ensure_epoch();
+        maps.ensure_epoch()?;
         Ok((ebpf, maps))
     }
 

@@ -128,7 +128,7 @@ impl Gateway {
         cfg: GatewayConfig,
     ) -> Result<Arc<Self>, crate::error::AgentError> {
         let maps = crate::dataplane::Maps::open(pin_root, lan)?;
-        maps.ensure_epoch();
+        maps.ensure_epoch()?;
         let lan = Lan {
             name: lan.into(),
             maps: StdMutex::new(maps),
