@@ -206,6 +206,73 @@ mod tests {
         }
     }
 
+    /// The document's schemas of what clients send have exactly the fields of
+    /// session-api's request types, which the CLI writes and the server reads.
+    #[test]
+    fn the_documented_requests_are_session_apis_request_types() {
+        use session_api::requests::*;
+        let doc: serde_json::Value = serde_json::from_str(super::super::status::OPENAPI).unwrap();
+        let fields = |v: &serde_json::Value| -> BTreeSet<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        // Every optional field given, so that each is written.
+        let v = |x: serde_json::Result<serde_json::Value>| x.unwrap();
+        for (name, sent) in [
+            (
+                "NewDevice",
+                v(serde_json::to_value(NewDevice {
+                    mac: "02:00:00:00:00:01".into(),
+                    ip: Some("10.0.0.2".parse().unwrap()),
+                    hostname: Some("h".into()),
+                })),
+            ),
+            ("Rekey", v(serde_json::to_value(Rekey::default()))),
+            ("NewSession", v(serde_json::to_value(NewSession::default()))),
+            (
+                "Notification",
+                v(serde_json::to_value(Notification::default())),
+            ),
+            (
+                "SessionPatch",
+                v(serde_json::to_value(SessionPatch {
+                    time_secs: Some(1),
+                    time_cons: Some(1),
+                    data_mb: Some(1.0),
+                    data_cons: Some(1.0),
+                    started_at: Some(None),
+                    exp_days: Some(None),
+                    down_mbits: Some(1),
+                    up_mbits: Some(1),
+                    use_global_speed: Some(true),
+                })),
+            ),
+            ("SessionInc", v(serde_json::to_value(SessionInc::default()))),
+            ("RedeemRequest", v(serde_json::to_value(Redeem::default()))),
+            (
+                "LoginRequest",
+                v(serde_json::to_value(Credentials::default())),
+            ),
+            (
+                "NewVouchers",
+                v(serde_json::to_value(NewVouchers {
+                    price: Some("1".into()),
+                    valid_until: Some(1),
+                    max_devices: Some(1),
+                    code_length: Some(10),
+                    group: Some(5),
+                    ..NewVouchers::default()
+                })),
+            ),
+            (
+                "NewGardenDomain",
+                v(serde_json::to_value(NewDomain::default())),
+            ),
+        ] {
+            let schema = &doc["components"]["schemas"][name]["properties"];
+            assert_eq!(fields(schema), fields(&sent), "schema {name}");
+        }
+    }
+
     #[test]
     fn every_error_response_is_json() {
         let doc: serde_json::Value = serde_json::from_str(super::super::status::OPENAPI).unwrap();

@@ -31,15 +31,15 @@ pub enum VouchersCmd {
         /// The codes cannot be redeemed after this moment (Unix seconds).
         #[arg(long)]
         valid_until: Option<i64>,
-        /// Devices that may redeem each code.
-        #[arg(long, default_value_t = 1)]
-        max_devices: u32,
-        /// Characters per code (10: about 50 bits).
-        #[arg(long, default_value_t = 10)]
-        code_length: usize,
-        /// Characters per printed group (0: one group).
-        #[arg(long, default_value_t = 5)]
-        group: usize,
+        /// Devices that may redeem each code [default: 1].
+        #[arg(long)]
+        max_devices: Option<u32>,
+        /// Characters per code [default: the agent's, about 50 bits].
+        #[arg(long)]
+        code_length: Option<usize>,
+        /// Characters per printed group, 0 for one group [default: the agent's].
+        #[arg(long)]
+        group: Option<usize>,
     },
     /// Codes, by code; only one batch or one state with the options.
     List {
@@ -138,9 +138,9 @@ pub fn vouchers(api: &ApiArgs, cmd: VouchersCmd) -> Result<()> {
                 up_mbits: s.up_mbits,
                 use_global_speed: s.use_global_speed,
                 valid_until,
-                max_devices: Some(max_devices),
-                code_length: Some(code_length),
-                group: Some(group),
+                max_devices,
+                code_length,
+                group,
             };
             let v = api.send("POST", "/v1/vouchers", &body)?;
             show(api, v, |v: Vec<VoucherView>| print_vouchers(&v))
