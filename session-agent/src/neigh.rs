@@ -1,8 +1,8 @@
 //! Who is behind an address on the LANs, and which address a MAC uses: the
 //! datapath's address bindings first (one map lookup), then the kernel's
-//! neighbour table (the agent runs in the gateway's network namespace), read
-//! over routing netlink. Only resolved entries on the LAN interfaces with a
-//! link-layer address count.
+//! neighbour entry of that address on each LAN (the agent runs in the
+//! gateway's network namespace), asked over routing netlink. Only resolved
+//! entries with a link-layer address count.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -44,13 +44,19 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The resolved neighbour entry for `ip` on one of the interfaces `lans`.
+/// The resolved neighbour entry for `ip` on one of the interfaces `lans`,
+/// asked of the kernel per LAN (no walk of its table).
 fn in_neighbour_table(ip: IpAddr, lans: &[u32]) -> Result<Option<MacAddr>, AgentError> {
-    Ok(crate::netlink::neighbours(ip)?
-        .into_iter()
-        .filter(|e| lans.contains(&e.ifindex) && !e.unresolved)
-        .filter_map(|e| e.mac.map(MacAddr::new))
-        .find(|m| !m.is_zero()))
+    for &lan in lans {
+        let found = crate::netlink::neighbour(ip, lan)?
+            .filter(|e| !e.unresolved)
+            .and_then(|e| e.mac.map(MacAddr::new))
+            .filter(|m| !m.is_zero());
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
 }
 
 /// The MAC behind `ip` on one of the gateway's LANs.

@@ -347,13 +347,30 @@ pub struct Neighbour {
     pub unresolved: bool,
 }
 
-/// The neighbour entries for `ip`, on any interface.
-pub fn neighbours(ip: IpAddr) -> Result<Vec<Neighbour>> {
-    let v4 = ip.is_ipv4();
-    Ok(neighbour_table(v4)?
-        .into_iter()
-        .filter(|n| n.ip == ip)
-        .collect())
+/// The neighbour entry for `ip` on interface `ifindex`, asked for alone (no
+/// walk of the table); `None` when there is none.
+pub fn neighbour(ip: IpAddr, ifindex: u32) -> Result<Option<Neighbour>> {
+    let mut req = NeighbourMessage::default();
+    req.header.ifindex = ifindex;
+    req.header.family = match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    req.attributes.push(NeighbourAttribute::Destination(match ip {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    }));
+    let what = format!("looking up the neighbour {ip}");
+    match exchange(&what, RouteNetlinkMessage::GetNeighbour(req), NLM_F_ACK) {
+        Ok(msgs) => Ok(msgs.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => parse_neighbour(&n),
+            _ => None,
+        })),
+        Err(AgentError::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Every IPv4 (`v4`) or IPv6 neighbour entry, on any interface.
@@ -368,37 +385,39 @@ pub fn neighbour_table(v4: bool) -> Result<Vec<Neighbour>> {
         "reading the neighbour table",
         RouteNetlinkMessage::GetNeighbour(req),
     )?;
-    let mut out = Vec::new();
-    for m in msgs {
-        let RouteNetlinkMessage::NewNeighbour(n) = m else {
-            continue;
-        };
-        let Some(ip) = n.attributes.iter().find_map(|a| match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+    Ok(msgs
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => parse_neighbour(&n),
             _ => None,
-        }) else {
-            continue;
-        };
-        let mac = n.attributes.iter().find_map(|a| match a {
-            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
-                let mut m = [0u8; 6];
-                m.copy_from_slice(b);
-                Some(m)
-            }
-            _ => None,
-        });
-        out.push(Neighbour {
-            ifindex: n.header.ifindex,
-            ip,
-            mac,
-            unresolved: matches!(
-                n.header.state,
-                NeighbourState::Failed | NeighbourState::Incomplete
-            ),
-        });
-    }
-    Ok(out)
+        })
+        .collect())
+}
+
+/// A neighbour entry as the kernel sent it, if it names an address.
+fn parse_neighbour(n: &NeighbourMessage) -> Option<Neighbour> {
+    let ip = n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    })?;
+    let mac = n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+            let mut m = [0u8; 6];
+            m.copy_from_slice(b);
+            Some(m)
+        }
+        _ => None,
+    });
+    Some(Neighbour {
+        ifindex: n.header.ifindex,
+        ip,
+        mac,
+        unresolved: matches!(
+            n.header.state,
+            NeighbourState::Failed | NeighbourState::Incomplete
+        ),
+    })
 }
 
 /// A qdisc: its kind and handle (major), and whether it is the root.
@@ -727,6 +746,9 @@ mod tests {
         let index = std::fs::read_to_string("/sys/class/net/lo/ifindex").unwrap();
         assert_eq!(lo.index, index.trim().parse::<u32>().unwrap());
         assert_eq!(link("no-such-if0").unwrap(), None);
+        // Asked alone, an entry that is not there is none (not an error, nor a wait).
+        let nobody: IpAddr = "192.0.2.77".parse().unwrap();
+        assert_eq!(neighbour(nobody, lo.index).unwrap(), None);
         let addrs = addresses().unwrap();
         if let Some(a) = addrs
             .iter()
