@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use radius::core::rfc2866;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -48,11 +49,11 @@ pub enum Status {
 impl Status {
     pub fn code(self) -> u32 {
         match self {
-            Status::Start => 1,
-            Status::Stop => 2,
-            Status::InterimUpdate => 3,
-            Status::AccountingOn => 7,
-            Status::AccountingOff => 8,
+            Status::Start => rfc2866::ACCT_STATUS_TYPE_START,
+            Status::Stop => rfc2866::ACCT_STATUS_TYPE_STOP,
+            Status::InterimUpdate => rfc2866::ACCT_STATUS_TYPE_INTERIM_UPDATE,
+            Status::AccountingOn => rfc2866::ACCT_STATUS_TYPE_ACCOUNTING_ON,
+            Status::AccountingOff => rfc2866::ACCT_STATUS_TYPE_ACCOUNTING_OFF,
         }
     }
 }
@@ -74,14 +75,14 @@ pub enum Cause {
 impl Cause {
     pub fn code(self) -> u32 {
         match self {
-            Cause::UserRequest => 1,
-            Cause::LostCarrier => 2,
-            Cause::IdleTimeout => 4,
-            Cause::SessionTimeout => 5,
-            Cause::AdminReset => 6,
-            Cause::NasError => 9,
-            Cause::NasRequest => 10,
-            Cause::NasReboot => 11,
+            Cause::UserRequest => rfc2866::ACCT_TERMINATE_CAUSE_USER_REQUEST,
+            Cause::LostCarrier => rfc2866::ACCT_TERMINATE_CAUSE_LOST_CARRIER,
+            Cause::IdleTimeout => rfc2866::ACCT_TERMINATE_CAUSE_IDLE_TIMEOUT,
+            Cause::SessionTimeout => rfc2866::ACCT_TERMINATE_CAUSE_SESSION_TIMEOUT,
+            Cause::AdminReset => rfc2866::ACCT_TERMINATE_CAUSE_ADMIN_RESET,
+            Cause::NasError => rfc2866::ACCT_TERMINATE_CAUSE_NAS_ERROR,
+            Cause::NasRequest => rfc2866::ACCT_TERMINATE_CAUSE_NAS_REQUEST,
+            Cause::NasReboot => rfc2866::ACCT_TERMINATE_CAUSE_NAS_REBOOT,
         }
     }
 }
@@ -93,6 +94,19 @@ pub struct Reading {
     pub epoch: u64,
     pub up: u64,
     pub down: u64,
+}
+
+impl Reading {
+    /// A device's reading from the datapath's epoch and its counters up and
+    /// down (zero when it has no slot).
+    pub fn of(epoch: Option<u64>, split: Option<(u64, u64)>) -> Self {
+        let (up, down) = split.unwrap_or((0, 0));
+        Reading {
+            epoch: epoch.unwrap_or(0),
+            up,
+            down,
+        }
+    }
 }
 
 /// An open RADIUS session: who it is for, what the server gave it, and where
@@ -408,6 +422,42 @@ mod tests {
             }),
             (530, 4020)
         );
+    }
+
+    #[test]
+    fn a_device_without_a_slot_or_an_epoch_reads_zero() {
+        assert_eq!(
+            Reading::of(Some(3), Some((10, 20))),
+            Reading {
+                epoch: 3,
+                up: 10,
+                down: 20
+            }
+        );
+        assert_eq!(Reading::of(None, None), Reading::default());
+    }
+
+    #[test]
+    fn status_and_cause_codes_are_the_rfc_2866_numbers() {
+        let status = [
+            Status::Start,
+            Status::Stop,
+            Status::InterimUpdate,
+            Status::AccountingOn,
+            Status::AccountingOff,
+        ];
+        assert_eq!(status.map(Status::code), [1, 2, 3, 7, 8]);
+        let cause = [
+            Cause::UserRequest,
+            Cause::LostCarrier,
+            Cause::IdleTimeout,
+            Cause::SessionTimeout,
+            Cause::AdminReset,
+            Cause::NasError,
+            Cause::NasRequest,
+            Cause::NasReboot,
+        ];
+        assert_eq!(cause.map(Cause::code), [1, 2, 4, 5, 6, 9, 10, 11]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use radius::core::packet::Packet;
+use radius::core::{code::Code, packet::Packet};
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
@@ -144,7 +144,7 @@ impl Servers {
             };
             // Accounting answers are checked by their authenticator; Access
             // answers must carry a Message-Authenticator as well.
-            let need_ma = self.require_ma && request[0] == 1;
+            let need_ma = self.require_ma && Code::from(request[0]) == Code::AccessRequest;
             match codec::open_response(&buf[..len], request, &self.secret, need_ma) {
                 Ok(p) => return Some(p),
                 Err(e) => warn!(%server, "RADIUS answer dropped: {e}"),

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use radius::core::{avp::AVP, code::Code, packet::Packet};
+use radius::core::{avp::AVP, code::Code, packet::Packet, rfc3576, rfc5176};
 use tokio::net::UdpSocket;
 use tracing::{info, warn};
 
@@ -22,12 +22,12 @@ use session_radius::acct::{Cause, OpenSession};
 use session_radius::codec::{self, attr, Fault, InvalidAttribute};
 
 /// Error-Cause values (RFC 5176 3.6).
-const MISSING_ATTRIBUTE: u32 = 402;
-const NAS_MISMATCH: u32 = 403;
-const INVALID_REQUEST: u32 = 404;
-const INVALID_ATTRIBUTE_VALUE: u32 = 407;
-const NO_SESSION: u32 = 503;
-const RESOURCES_UNAVAILABLE: u32 = 506;
+const MISSING_ATTRIBUTE: u32 = rfc3576::ERROR_CAUSE_MISSING_ATTRIBUTE;
+const NAS_MISMATCH: u32 = rfc3576::ERROR_CAUSE_NAS_IDENTIFICATION_MISMATCH;
+const INVALID_REQUEST: u32 = rfc3576::ERROR_CAUSE_INVALID_REQUEST;
+const INVALID_ATTRIBUTE_VALUE: u32 = rfc5176::ERROR_CAUSE_INVALID_ATTRIBUTE_VALUE;
+const NO_SESSION: u32 = rfc3576::ERROR_CAUSE_SESSION_CONTEXT_NOT_FOUND;
+const RESOURCES_UNAVAILABLE: u32 = rfc3576::ERROR_CAUSE_RESOURCES_UNAVAILABLE;
 
 /// What a request names its sessions and this NAS by (RFC 5176 3: each at
 /// most once, text).

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use radius::core::{avp::AVP, code::Code, packet::Packet};
+use radius::core::{avp::AVP, code::Code, packet::Packet, rfc2865, rfc2866};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -47,8 +47,8 @@ use session_radius::codec::{
 pub const PROVIDER: &str = "radius";
 
 /// Service-Type of portal logins (Login) and MAC logins (Call-Check).
-const SERVICE_LOGIN: u32 = 1;
-const SERVICE_CALL_CHECK: u32 = 10;
+const SERVICE_LOGIN: u32 = rfc2865::SERVICE_TYPE_LOGIN_USER;
+const SERVICE_CALL_CHECK: u32 = rfc2865::SERVICE_TYPE_CALL_CHECK;
 
 /// MAC logins waiting for an answer at once.
 const MAC_LOGINS_AT_ONCE: usize = 16;
@@ -660,7 +660,10 @@ impl Radius {
         acct_id: &str,
     ) {
         p.add(AVP::from_u32(attr::SERVICE_TYPE as _, service));
-        p.add(AVP::from_u32(attr::NAS_PORT_TYPE as _, 19)); // Wireless-802.11
+        p.add(AVP::from_u32(
+            attr::NAS_PORT_TYPE as _,
+            rfc2865::NAS_PORT_TYPE_WIRELESS_802_11,
+        ));
         p.add(AVP::from_string(attr::CALLING_STATION_ID as _, calling));
         if !self.called.is_empty() {
             p.add(AVP::from_string(attr::CALLED_STATION_ID as _, &self.called));
@@ -698,7 +701,10 @@ impl Radius {
                     s.framed_ip,
                     &s.acct_session_id,
                 );
-                p.add(AVP::from_u32(attr::ACCT_AUTHENTIC as _, 1)); // RADIUS
+                p.add(AVP::from_u32(
+                    attr::ACCT_AUTHENTIC as _,
+                    rfc2866::ACCT_AUTHENTIC_RADIUS,
+                ));
                 for c in &s.class {
                     p.add(AVP::from_bytes(attr::CLASS as _, c));
                 }
@@ -1009,16 +1015,7 @@ impl Radius {
 /// [`Gateway::usage_split`]).
 async fn meter(gw: &Gateway, mac: session_model::MacAddr) -> Reading {
     let (epoch, split) = gw.usage_split(mac).await;
-    reading(epoch, split)
-}
-
-pub fn reading(epoch: Option<u64>, split: Option<(u64, u64)>) -> Reading {
-    let (up, down) = split.unwrap_or((0, 0));
-    Reading {
-        epoch: epoch.unwrap_or(0),
-        up,
-        down,
-    }
+    Reading::of(epoch, split)
 }
 
 #[cfg(test)]
