@@ -20,6 +20,7 @@ use aya_ebpf::{
 };
 use session_common::{HeldFrame, DNS_HELD_BYTES, DNS_HELD_MAX, LAN_DNS_SNOOP};
 
+use crate::mem::{at, Cells};
 use crate::LAN;
 
 #[map(name = "DNS_HELD")]
@@ -33,10 +34,10 @@ const _: () = assert!(DNS_HELD_MAX.is_power_of_two());
 /// that the verifier walks this once, not once per way through `handle`.
 #[inline(always)]
 pub fn hold_answer(ctx: &TcContext) -> i32 {
-    let Some(cfg) = LAN.get_ptr(0) else {
+    let Some(cfg) = LAN.cell(0) else {
         return TC_ACT_UNSPEC;
     };
-    let flags = unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) };
+    let flags = at!(cfg, flags).get();
     if flags & LAN_DNS_SNOOP == 0 || !is_answer(ctx).unwrap_or(false) {
         return TC_ACT_UNSPEC;
     }

@@ -6,30 +6,27 @@
 #![no_std]
 #![no_main]
 // The BPF target has atomic read-modify-write instructions but core does not
-// expose them (no compare-and-swap in the target spec): use the intrinsics.
-// Where the old value is used, the ordering must be SeqCst: LLVM's BPF backend
-// lowers a relaxed fetch-add to the non-fetching `lock add` and returns garbage.
+// expose them (no compare-and-swap in the target spec): `mem` uses the
+// intrinsics. Where the old value is used, the ordering must be SeqCst: LLVM's
+// BPF backend lowers a relaxed fetch-add to the non-fetching `lock add` and
+// returns garbage.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
 mod dns;
+mod mem;
 mod packet;
 mod portal;
 mod shape;
 
-use core::intrinsics::{
-    atomic_cxchg, atomic_xadd,
-    AtomicOrdering::{Relaxed, SeqCst},
-};
-
 use aya_ebpf::{
     bindings::{xdp_action, BPF_ANY, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::{info, warn};
+use mem::{addr_bytes, at, coarse_ns, now_ns, Cells, LocalCells, Shared};
 use packet::{
     link_local, link_multicast, nd_lla_ok, nd_target, parse_arp, parse_eth, parse_ip, Dir, Eth,
     IpInfo, Packet, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ETH_P_PAE,
@@ -169,12 +166,12 @@ enum Drop {
 
 #[inline(always)]
 fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
-    let Some(cfg) = LAN.get_ptr(0) else {
+    let Some(cfg) = LAN.cell(0) else {
         return Verdict::Drop;
     };
     if dir == Dir::Down {
         // A DNS answer held and counted before, sent on by the agent (see `dns`).
-        let mark = unsafe { core::ptr::read_volatile(&raw const (*cfg).dns_mark) };
+        let mark = at!(cfg, dns_mark).get();
         if mark != 0 && p.mark() == mark {
             return Verdict::Pass;
         }
@@ -197,7 +194,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
                 stat_add(STAT_GROUP_SRC);
                 return Verdict::Drop;
             }
-            let gw = unsafe { core::ptr::read_volatile(&raw const (*cfg).mac) };
+            let gw = at!(cfg, mac).get();
             if !eth.dst.is_group() && gw != [0; 6] && eth.dst.addr != gw {
                 // For another station: the kernel drops it too; not the client's usage.
                 stat_add(STAT_OTHER_HOST);
@@ -264,11 +261,11 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     let Some((pos, slot)) = client_slot(p, &mac, probe, seed, dir == Dir::Down, false) else {
         return slotless(cfg, &ip, dir);
     };
-    let Some(st) = CLIENTS.get_ptr_mut(pos) else {
+    let Some(st) = CLIENTS.cell(pos) else {
         return Verdict::Drop;
     };
     let len = ip.len as u64;
-    let flags = unsafe { core::ptr::read_volatile(&raw const (*st).flags) };
+    let flags = at!(st, flags).get();
     if let Err(d) = judge_addresses(cfg, st, slot, flags, &mac, &ip, dir) {
         count_drop(slot, d, len);
         return Verdict::Drop;
@@ -292,7 +289,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     }
     // Traffic that does not cross the gateway (a paying client's ND, DHCP and
     // portal, broadcast and multicast), or of a client that has not paid.
-    let Some(c) = COUNTERS.get_ptr_mut(slot) else {
+    let Some(c) = COUNTERS.cell(slot) else {
         return Verdict::Drop;
     };
     let mut verdict = Verdict::Pass;
@@ -306,11 +303,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
                 // and the gateway's ingress program stays within older
                 // verifiers' limits.
                 if dir == Dir::Down && ip.frag_first {
-                    let _ = GARDEN_FRAGS.insert(
-                        &frag_key(&ip),
-                        &unsafe { bpf_ktime_get_coarse_ns() },
-                        0,
-                    );
+                    let _ = GARDEN_FRAGS.insert(&frag_key(&ip), &coarse_ns(), 0);
                 }
                 f & GARDEN_GATEWAY == 0 || f & GARDEN_DNS != 0
             }
@@ -328,8 +321,8 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
             },
         };
         if !garden_admits(cfg, slot, dir, len, shared) {
-            add(unsafe { &raw mut (*c).garden_ratelimit_packets }, 1);
-            add(unsafe { &raw mut (*c).garden_ratelimit_bytes }, len);
+            at!(c, garden_ratelimit_packets).add(1);
+            at!(c, garden_ratelimit_bytes).add(len);
             return Verdict::Drop;
         }
     } else if is_nd(&ip) {
@@ -339,8 +332,8 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
             return Verdict::Drop;
         }
     }
-    add(unsafe { &raw mut (*c).garden_packets }, 1);
-    add(unsafe { &raw mut (*c).garden_bytes }, len);
+    at!(c, garden_packets).add(1);
+    at!(c, garden_bytes).add(len);
     verdict
 }
 
@@ -350,18 +343,18 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
 #[inline(always)]
 fn to_portal<P: Packet>(
     p: &P,
-    cfg: *const LanConfig,
+    cfg: Shared<'_, LanConfig>,
     ip: &IpInfo,
     dir: Dir,
     to_group: bool,
 ) -> Option<Verdict> {
-    let flags = unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) };
+    let flags = at!(cfg, flags).get();
     if flags & LAN_PORTAL_REDIRECT == 0 || to_group || ip.proto != packet::IPPROTO_TCP {
         return None;
     }
     match dir {
         Dir::Down => {
-            let mark = unsafe { core::ptr::read_volatile(&raw const (*cfg).redirect_mark) };
+            let mark = at!(cfg, redirect_mark).get();
             (mark != 0 && p.mark() == mark).then_some(Verdict::Pass)
         }
         Dir::Up => {
@@ -385,7 +378,7 @@ fn to_portal<P: Packet>(
 #[inline(always)]
 fn metered<P: Packet>(
     p: &P,
-    st: *mut ClientEntry,
+    st: Shared<'_, ClientEntry>,
     slot: u32,
     flags: u32,
     mac: &MacAddr,
@@ -398,28 +391,28 @@ fn metered<P: Packet>(
     };
     let shaped = flags & shape != 0;
     if !shaped && flags & limit != 0 {
-        if let Some(pol) = POLICY.get_ptr_mut(slot) {
+        if let Some(pol) = POLICY.cell(slot) {
             let bucket = match dir {
-                Dir::Up => unsafe { &raw mut (*pol).up },
-                Dir::Down => unsafe { &raw mut (*pol).down },
+                Dir::Up => at!(pol, up),
+                Dir::Down => at!(pol, down),
             };
-            let rate = unsafe { core::ptr::read_volatile(&raw const (*bucket).rate_bytes) };
-            let burst = unsafe { core::ptr::read_volatile(&raw const (*bucket).burst_bytes) };
+            let rate = at!(bucket, rate_bytes).get();
+            let burst = at!(bucket, burst_bytes).get();
             if !bucket_admits(bucket, rate, burst, len) {
-                if let Some(c) = COUNTERS.get_ptr_mut(slot) {
-                    add(unsafe { &raw mut (*c).ratelimit_packets }, 1);
-                    add(unsafe { &raw mut (*c).ratelimit_bytes }, len);
+                if let Some(c) = COUNTERS.cell(slot) {
+                    at!(c, ratelimit_packets).add(1);
+                    at!(c, ratelimit_bytes).add(len);
                 }
                 return Verdict::Drop;
             }
         }
     }
     if flags & POLICY_QUOTA != 0 {
-        match budget_take(p, unsafe { &raw mut (*st).budget_bytes }, len) {
+        match budget_take(p, at!(st, budget_bytes), len) {
             Budget::Refused => {
-                if let Some(c) = COUNTERS.get_ptr_mut(slot) {
-                    add(unsafe { &raw mut (*c).quota_packets }, 1);
-                    add(unsafe { &raw mut (*c).quota_bytes }, len);
+                if let Some(c) = COUNTERS.cell(slot) {
+                    at!(c, quota_packets).add(1);
+                    at!(c, quota_bytes).add(len);
                 }
                 return Verdict::Drop;
             }
@@ -430,12 +423,12 @@ fn metered<P: Packet>(
     }
     match dir {
         Dir::Up => {
-            add(unsafe { &raw mut (*st).up_packets }, 1);
-            add(unsafe { &raw mut (*st).up_bytes }, len);
+            at!(st, up_packets).add(1);
+            at!(st, up_bytes).add(len);
         }
         Dir::Down => {
-            add(unsafe { &raw mut (*st).down_packets }, 1);
-            add(unsafe { &raw mut (*st).down_bytes }, len);
+            at!(st, down_packets).add(1);
+            at!(st, down_bytes).add(len);
         }
     }
     if shaped {
@@ -456,17 +449,17 @@ fn count_drop(slot: u32, d: Drop, len: u64) {
     if let Some(s) = stat {
         stat_add(s);
     }
-    let Some(c) = COUNTERS.get_ptr_mut(slot) else {
+    let Some(c) = COUNTERS.cell(slot) else {
         return;
     };
     match d {
         Drop::Blocked => {
-            add(unsafe { &raw mut (*c).blocked_packets }, 1);
-            add(unsafe { &raw mut (*c).blocked_bytes }, len);
+            at!(c, blocked_packets).add(1);
+            at!(c, blocked_bytes).add(len);
         }
-        Drop::Malformed => add(unsafe { &raw mut (*c).malformed_packets }, 1),
-        Drop::Unknown(_) => add(unsafe { &raw mut (*c).unknown_packets }, 1),
-        Drop::Spoof(_) => add(unsafe { &raw mut (*c).spoof_packets }, 1),
+        Drop::Malformed => at!(c, malformed_packets).add(1),
+        Drop::Unknown(_) => at!(c, unknown_packets).add(1),
+        Drop::Spoof(_) => at!(c, spoof_packets).add(1),
     }
 }
 
@@ -487,22 +480,22 @@ fn attribute(probe: &Probe, d: Drop) {
 /// that stops at the count is one whose bound older verifiers (Linux 6.1)
 /// cannot see.
 #[inline(always)]
-fn gateway_addr(cfg: *const LanConfig, v6: bool, a: &[u32; 4]) -> bool {
+fn gateway_addr(cfg: Shared<'_, LanConfig>, v6: bool, a: &[u32; 4]) -> bool {
     // Most packets' far end is not the gateway: one bit says so.
-    let filter = unsafe { core::ptr::read_volatile(&raw const (*cfg).addr_filter) };
+    let filter = at!(cfg, addr_filter).get();
     if filter & addr_filter_bit(v6, a) == 0 {
         return false;
     }
     if v6 {
         for i in 0..LAN_MAX_ADDRS {
-            if unsafe { core::ptr::read_volatile(&raw const (*cfg).v6[i]) } == *a {
-                return (i as u32) < unsafe { core::ptr::read_volatile(&raw const (*cfg).n_v6) };
+            if at!(cfg, v6[i]).get() == *a {
+                return (i as u32) < at!(cfg, n_v6).get();
             }
         }
     } else {
         for i in 0..LAN_MAX_ADDRS {
-            if unsafe { core::ptr::read_volatile(&raw const (*cfg).v4[i]) } == a[0] {
-                return (i as u32) < unsafe { core::ptr::read_volatile(&raw const (*cfg).n_v4) };
+            if at!(cfg, v4[i]).get() == a[0] {
+                return (i as u32) < at!(cfg, n_v4).get();
             }
         }
     }
@@ -514,8 +507,8 @@ fn gateway_addr(cfg: *const LanConfig, v6: bool, a: &[u32; 4]) -> bool {
 /// MAC is refused too, so a stale or forged neighbour entry charges nobody.
 #[inline(always)]
 fn judge_addresses(
-    cfg: *const LanConfig,
-    st: *mut ClientEntry,
+    cfg: Shared<'_, LanConfig>,
+    st: Shared<'_, ClientEntry>,
     slot: u32,
     flags: u32,
     mac: &MacAddr,
@@ -529,7 +522,7 @@ fn judge_addresses(
     {
         return Err(Drop::Unknown(STAT_ODD_DST));
     }
-    if unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF == 0 {
+    if at!(cfg, flags).get() & LAN_ANTI_SPOOF == 0 {
         return Ok(());
     }
     match dir {
@@ -547,7 +540,7 @@ fn judge_addresses(
             let b = Binding {
                 mac: *mac,
                 _pad: [0; 2],
-                last_ns: unsafe { bpf_ktime_get_coarse_ns() },
+                last_ns: coarse_ns(),
             };
             if BINDINGS.insert(&key, &b, BPF_ANY as u64).is_err() {
                 return Err(Drop::Spoof(STAT_BINDINGS_FULL));
@@ -555,16 +548,10 @@ fn judge_addresses(
             // A claim of the address by a MAC that has not paid is void now.
             let _ = UNPAID_BINDINGS.remove(&key);
             remember(st, &key, 0);
-            if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+            if let Some(c) = COUNTERS.cell(slot) {
                 // The address this client holds now on this LAN (one at a time, in `bind`).
-                let lan = unsafe { core::ptr::read_volatile(&raw const (*cfg).lan_id) } as u64
-                    & 0xff_ffff;
-                unsafe {
-                    core::ptr::write_volatile(
-                        &raw mut (*c).bound_v4,
-                        key.addr[0] as u64 | lan << BOUND_V4_LAN_SHIFT,
-                    )
-                };
+                let lan = at!(cfg, lan_id).get() as u64 & 0xff_ffff;
+                at!(c, bound_v4).set(key.addr[0] as u64 | lan << BOUND_V4_LAN_SHIFT);
             }
             Ok(())
         }
@@ -575,7 +562,7 @@ fn judge_addresses(
 /// A unicast answer of the gateway's own DHCP server (from one of its
 /// addresses, UDP 67 to 68) to the address it offers or acknowledges.
 #[inline(always)]
-fn dhcp_answer(cfg: *const LanConfig, ip: &IpInfo) -> bool {
+fn dhcp_answer(cfg: Shared<'_, LanConfig>, ip: &IpInfo) -> bool {
     !ip.v6
         && ip.proto == packet::IPPROTO_UDP
         && ip.sport == 67
@@ -596,8 +583,8 @@ fn dhcp_answer(cfg: *const LanConfig, ip: &IpInfo) -> bool {
 /// from one IPv4 address only (`ClientCounters::bound_v4`).
 #[inline(always)]
 fn bind(
-    cfg: *const LanConfig,
-    st: *mut ClientEntry,
+    cfg: Shared<'_, LanConfig>,
+    st: Shared<'_, ClientEntry>,
     slot: u32,
     flags: u32,
     mac: &MacAddr,
@@ -611,24 +598,22 @@ fn bind(
         0
     };
     let cached = if v6 {
-        unsafe { core::ptr::read_volatile(&raw const (*st).ip6_tag) == tag }
+        at!(st, ip6_tag).get() == tag
     } else {
-        unsafe { core::ptr::read_volatile(&raw const (*st).ip4) == key.addr[0] }
+        at!(st, ip4).get() == key.addr[0]
     };
     if cached {
         return Ok(());
     }
-    let Some(c) = COUNTERS.get_ptr_mut(slot) else {
+    let Some(c) = COUNTERS.cell(slot) else {
         return Err(Drop::Spoof(STAT_BINDINGS_FULL));
     };
     let paying = flags & POLICY_ALLOWED != 0;
-    let bound_v4 = unsafe { &raw mut (*c).bound_v4 };
-    let lan = (unsafe { core::ptr::read_volatile(&raw const (*cfg).lan_id) } as u64 & 0xff_ffff)
-        << BOUND_V4_LAN_SHIFT;
+    let bound_v4 = at!(c, bound_v4);
+    let lan = (at!(cfg, lan_id).get() as u64 & 0xff_ffff) << BOUND_V4_LAN_SHIFT;
     if !v6 && claim {
-        let held = unsafe { core::ptr::read_volatile(bound_v4) };
-        let one =
-            unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ONE_ADDRESS != 0;
+        let held = bound_v4.get();
+        let one = at!(cfg, flags).get() & LAN_ONE_ADDRESS != 0;
         // (On another LAN the device moved: its address there is its own.)
         if paying
             && one
@@ -639,25 +624,25 @@ fn bind(
             // A second IPv4 address while the first is bound: another device
             // on this MAC. Reported once until the agent's next sweep.
             if held & BOUND_V4_REPORTED == 0 {
-                unsafe { core::ptr::write_volatile(bound_v4, held | BOUND_V4_REPORTED) };
+                bound_v4.set(held | BOUND_V4_REPORTED);
                 emit(EventKind::MacConflict, slot, mac, Some(&key));
             }
             return Err(Drop::Spoof(STAT_SPOOF));
         }
     }
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(b) = BINDINGS.get_ptr_mut(&key) {
-        if unsafe { core::ptr::read_volatile(&raw const (*b).mac) } != *mac {
+    let now = coarse_ns();
+    if let Some(b) = BINDINGS.cell(&key) {
+        if at!(b, mac).get() != *mac {
             return Err(Drop::Spoof(STAT_SPOOF));
         }
-        unsafe { core::ptr::write_volatile(&raw mut (*b).last_ns, now) };
+        at!(b, last_ns).set(now);
         remember(st, &key, tag);
         return Ok(());
     }
-    if let Some(b) = UNPAID_BINDINGS.get_ptr_mut(&key) {
-        let own = unsafe { core::ptr::read_volatile(&raw const (*b).mac) } == *mac;
+    if let Some(b) = UNPAID_BINDINGS.cell(&key) {
+        let own = at!(b, mac).get() == *mac;
         if own && !paying {
-            unsafe { core::ptr::write_volatile(&raw mut (*b).last_ns, now) };
+            at!(b, last_ns).set(now);
             remember(st, &key, tag);
             return Ok(());
         }
@@ -670,13 +655,13 @@ fn bind(
     if !claim {
         return Ok(());
     }
-    let held = unsafe { &raw mut (*c).bound_addrs };
+    let held = at!(c, bound_addrs);
     let cap = if paying {
         MAX_ADDRS_PER_CLIENT
     } else {
         MAX_ADDRS_UNPAID
     };
-    if unsafe { core::ptr::read_volatile(held) } >= cap {
+    if held.get() >= cap {
         return Err(Drop::Spoof(STAT_BINDINGS_FULL));
     }
     let b = Binding {
@@ -692,24 +677,24 @@ fn bind(
     if inserted.is_err() {
         // Another CPU bound it first, or the table is full.
         let owner = if paying {
-            BINDINGS.get_ptr(&key)
+            BINDINGS.cell(&key)
         } else {
-            UNPAID_BINDINGS.get_ptr(&key)
+            UNPAID_BINDINGS.cell(&key)
         };
         return match owner {
-            Some(b) if unsafe { core::ptr::read_volatile(&raw const (*b).mac) } == *mac => Ok(()),
+            Some(b) if at!(b, mac).get() == *mac => Ok(()),
             Some(_) => Err(Drop::Spoof(STAT_SPOOF)),
             None => Err(Drop::Spoof(STAT_BINDINGS_FULL)),
         };
     }
-    add(held, 1);
+    held.add(1);
     if !v6 {
-        let held = unsafe { core::ptr::read_volatile(bound_v4) };
+        let held = bound_v4.get();
         if held as u32 == 0 || held >> BOUND_V4_LAN_SHIFT != lan >> BOUND_V4_LAN_SHIFT {
-            unsafe { core::ptr::write_volatile(bound_v4, key.addr[0] as u64 | lan) };
+            bound_v4.set(key.addr[0] as u64 | lan);
         }
         // A second IPv4 address while the first is in use: two devices on one MAC?
-        let prev = unsafe { core::ptr::read_volatile(&raw const (*st).ip4) };
+        let prev = at!(st, ip4).get();
         if prev != 0 {
             emit(EventKind::MacConflict, slot, mac, Some(&key));
         }
@@ -720,11 +705,11 @@ fn bind(
 }
 
 #[inline(always)]
-fn remember(st: *mut ClientEntry, key: &AddrKey, tag: u64) {
+fn remember(st: Shared<'_, ClientEntry>, key: &AddrKey, tag: u64) {
     if key.family == 6 {
-        unsafe { core::ptr::write_volatile(&raw mut (*st).ip6_tag, tag) };
+        at!(st, ip6_tag).set(tag);
     } else {
-        unsafe { core::ptr::write_volatile(&raw mut (*st).ip4, key.addr[0]) };
+        at!(st, ip4).set(key.addr[0]);
     }
 }
 
@@ -733,7 +718,7 @@ fn remember(st: *mut ClientEntry, key: &AddrKey, tag: u64) {
 #[inline(always)]
 fn arp_up<P: Packet>(
     p: &P,
-    cfg: *const LanConfig,
+    cfg: Shared<'_, LanConfig>,
     eth: &Eth,
     mac: &MacAddr,
     probe: Probe,
@@ -747,9 +732,7 @@ fn arp_up<P: Packet>(
         attribute(&probe, Drop::Spoof(STAT_SPOOF));
         return Verdict::Drop;
     }
-    if arp.spa == 0
-        || unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF == 0
-    {
+    if arp.spa == 0 || at!(cfg, flags).get() & LAN_ANTI_SPOOF == 0 {
         return Verdict::Pass;
     }
     let key = AddrKey {
@@ -759,25 +742,24 @@ fn arp_up<P: Packet>(
     let Some((pos, slot)) = client_slot(p, mac, probe, seed, false, true) else {
         // No slot: an address nobody else holds, under the limit all frames
         // of MACs without a slot share; nothing is bound.
-        let mine =
-            |b: *const Binding| unsafe { core::ptr::read_volatile(&raw const (*b).mac) } == *mac;
+        let mine = |b: Shared<'_, Binding>| at!(b, mac).get() == *mac;
         let free = !gateway_addr(cfg, false, &key.addr)
-            && BINDINGS.get_ptr(&key).is_none_or(mine)
-            && UNPAID_BINDINGS.get_ptr(&key).is_none_or(mine);
+            && BINDINGS.cell(&key).is_none_or(mine)
+            && UNPAID_BINDINGS.cell(&key).is_none_or(mine);
         if free && gate_admits(GateBucket::Slotless, 1) {
             return Verdict::Pass;
         }
         stat_add(STAT_SLOTLESS);
         return Verdict::Drop;
     };
-    let Some(st) = CLIENTS.get_ptr_mut(pos) else {
+    let Some(st) = CLIENTS.cell(pos) else {
         return Verdict::Drop;
     };
     if gateway_addr(cfg, false, &key.addr) {
         count_drop(slot, Drop::Spoof(STAT_SPOOF), 0);
         return Verdict::Drop;
     }
-    let flags = unsafe { core::ptr::read_volatile(&raw const (*st).flags) };
+    let flags = at!(st, flags).get();
     match bind(cfg, st, slot, flags, mac, key, true) {
         Ok(()) => Verdict::Pass,
         Err(d) => {
@@ -795,11 +777,11 @@ fn arp_up<P: Packet>(
 #[inline(always)]
 fn nd<P: Packet>(
     p: &P,
-    cfg: *const LanConfig,
+    cfg: Shared<'_, LanConfig>,
     ip: &IpInfo,
     dir: Dir,
     mac: &MacAddr,
-    client: Option<(*mut ClientEntry, u32)>,
+    client: Option<(Shared<'_, ClientEntry>, u32)>,
 ) -> Result<(), Drop> {
     if ip.hop != 255 {
         return Err(Drop::Blocked);
@@ -813,17 +795,14 @@ fn nd<P: Packet>(
             if !nd_lla_ok(p, ip, mac) {
                 return Err(Drop::Spoof(STAT_SPOOF));
             }
-            if ip.icmp6_type == 136
-                && unsafe { core::ptr::read_volatile(&raw const (*cfg).flags) } & LAN_ANTI_SPOOF
-                    != 0
-            {
+            if ip.icmp6_type == 136 && at!(cfg, flags).get() & LAN_ANTI_SPOOF != 0 {
                 let target = nd_target(p, ip).ok_or(Drop::Spoof(STAT_SPOOF))?;
                 if gateway_addr(cfg, true, &target) {
                     return Err(Drop::Spoof(STAT_SPOOF));
                 }
                 // A client beyond a full table claims nothing.
                 let (st, slot) = client.ok_or(Drop::Blocked)?;
-                let flags = unsafe { core::ptr::read_volatile(&raw const (*st).flags) };
+                let flags = at!(st, flags).get();
                 bind(cfg, st, slot, flags, mac, ip.key(target), true)?;
             }
             Ok(())
@@ -844,12 +823,12 @@ fn nd<P: Packet>(
 #[inline(always)]
 fn garden<P: Packet>(
     p: &P,
-    cfg: *const LanConfig,
+    cfg: Shared<'_, LanConfig>,
     ip: &IpInfo,
     dir: Dir,
     mac: &MacAddr,
     to_group: bool,
-    client: Option<(*mut ClientEntry, u32)>,
+    client: Option<(Shared<'_, ClientEntry>, u32)>,
 ) -> Result<u32, Drop> {
     if is_nd(ip) {
         return nd(p, cfg, ip, dir, mac, client).map(|_| GARDEN_GATEWAY);
@@ -889,8 +868,8 @@ fn frag_key(ip: &IpInfo) -> FragKey {
 /// The first fragment of this one's datagram passed the garden a moment ago.
 #[inline(always)]
 fn frag_known(ip: &IpInfo) -> bool {
-    match unsafe { GARDEN_FRAGS.get(&frag_key(ip)) } {
-        Some(&at) => (unsafe { bpf_ktime_get_coarse_ns() }) < at + GARDEN_FRAG_NS,
+    match GARDEN_FRAGS.cell(&frag_key(ip)) {
+        Some(at) => coarse_ns() < at.get() + GARDEN_FRAG_NS,
         None => false,
     }
 }
@@ -905,7 +884,7 @@ fn is_nd(ip: &IpInfo) -> bool {
 /// port 67 or 547) and the portal ports (TCP). Anything else with the gateway
 /// (its DNS resolver, ...) is relayed or served by it: usage for a paying client.
 #[inline(always)]
-fn bootstrap(cfg: *const LanConfig, ip: &IpInfo, dir: Dir) -> bool {
+fn bootstrap(cfg: Shared<'_, LanConfig>, ip: &IpInfo, dir: Dir) -> bool {
     let port = match dir {
         Dir::Up => ip.dport,
         Dir::Down => ip.sport,
@@ -927,16 +906,15 @@ const ALL_DHCP_SERVERS: [u32; 4] = [
 
 /// One of the LAN's portal ports (`LanConfig::portal_ports`).
 #[inline(always)]
-fn portal_port(cfg: *const LanConfig, port: u16) -> bool {
-    let ports = unsafe { core::ptr::read_volatile(&raw const (*cfg).portal_ports) };
+fn portal_port(cfg: Shared<'_, LanConfig>, port: u16) -> bool {
+    let ports = at!(cfg, portal_ports).get();
     port != 0 && (ports[0] == port || ports[1] == port || ports[2] == port || ports[3] == port)
 }
 
 /// The client's data budget is spent: the kernel cut it off.
 #[inline(always)]
-fn cut_off(st: *mut ClientEntry, flags: u32) -> bool {
-    flags & POLICY_QUOTA != 0
-        && unsafe { core::ptr::read_volatile(&raw const (*st).budget_bytes) } <= 0
+fn cut_off(st: Shared<'_, ClientEntry>, flags: u32) -> bool {
+    flags & POLICY_QUOTA != 0 && at!(st, budget_bytes).get() <= 0
 }
 
 /// A frame of a MAC that has no slot (the table is full, or new clients come
@@ -944,7 +922,7 @@ fn cut_off(st: *mut ClientEntry, flags: u32) -> bool {
 /// the unspecified address only: it claims nothing), under
 /// one limit all such frames share; never counted to anyone. (ARP: `arp_up`.)
 #[inline(always)]
-fn slotless(cfg: *const LanConfig, ip: &IpInfo, dir: Dir) -> Verdict {
+fn slotless(cfg: Shared<'_, LanConfig>, ip: &IpInfo, dir: Dir) -> Verdict {
     let bootstrap = if is_nd(ip) {
         // Up: only from the unspecified address (duplicate address
         // detection, router solicitation), which claims no address and
@@ -982,18 +960,18 @@ fn slotless(cfg: *const LanConfig, ip: &IpInfo, dir: Dir) -> Verdict {
 /// One of the LAN's shared limits ([`GateBucket`]) admits `cost`.
 #[inline(always)]
 fn gate_admits(which: GateBucket, cost: u64) -> bool {
-    let Some(b) = GATE.get_ptr_mut(which as u32) else {
+    let Some(b) = GATE.cell(which as u32) else {
         return true;
     };
-    let rate = unsafe { core::ptr::read_volatile(&raw const (*b).rate_bytes) };
-    let burst = unsafe { core::ptr::read_volatile(&raw const (*b).burst_bytes) };
+    let rate = at!(b, rate_bytes).get();
+    let burst = at!(b, burst_bytes).get();
     bucket_admits(b, rate, burst, cost)
 }
 
 /// The flags of the garden entry that passes this protocol to `addr` and `port`.
 #[inline(always)]
 fn garden_flags(ip: &IpInfo, addr: [u32; 4], port: u16) -> Option<u32> {
-    let a: [u8; 16] = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(addr) };
+    let a: [u8; 16] = addr_bytes(addr);
     let mut key = Key::new(
         GardenKey::FULL_PREFIX,
         GardenKey {
@@ -1037,16 +1015,16 @@ fn learnt(ip: &IpInfo, addr: [u8; 16], port: u16) -> Option<u32> {
         addr,
     };
     // (Ports are 0 but for TCP and UDP.)
-    let v = match GARDEN_HOSTS.get_ptr_mut(&key) {
+    let v = match GARDEN_HOSTS.cell(&key) {
         Some(v) => v,
         None => {
             key.port = [0; 2];
-            GARDEN_HOSTS.get_ptr_mut(&key)?
+            GARDEN_HOSTS.cell(&key)?
         }
     };
     // Clients that have not paid, within the garden rate limit: a store per
     // packet costs less than a branch costs the verifier.
-    unsafe { core::ptr::write_volatile(&raw mut (*v).last_used_ns, bpf_ktime_get_coarse_ns()) };
+    at!(v, last_used_ns).set(coarse_ns());
     Some(0)
 }
 
@@ -1054,18 +1032,18 @@ fn learnt(ip: &IpInfo, addr: [u8; 16], port: u16) -> Option<u32> {
 /// (for `shared` flows: those that leave the gateway or that it relays) the
 /// limit of all unpaid clients together. Refusals are counted in the stats.
 #[inline(always)]
-fn garden_admits(cfg: *const LanConfig, slot: u32, dir: Dir, len: u64, shared: bool) -> bool {
-    let rate = unsafe { core::ptr::read_volatile(&raw const (*cfg).garden_rate_bytes) };
-    let min = unsafe { core::ptr::read_volatile(&raw const (*cfg).garden_min_cost) };
+fn garden_admits(cfg: Shared<'_, LanConfig>, slot: u32, dir: Dir, len: u64, shared: bool) -> bool {
+    let rate = at!(cfg, garden_rate_bytes).get();
+    let min = at!(cfg, garden_min_cost).get();
     let cost = if len < min { min } else { len };
     if rate != 0 {
-        let burst = unsafe { core::ptr::read_volatile(&raw const (*cfg).garden_burst_bytes) };
-        let Some(pol) = POLICY.get_ptr_mut(slot) else {
+        let burst = at!(cfg, garden_burst_bytes).get();
+        let Some(pol) = POLICY.cell(slot) else {
             return false;
         };
         let bucket = match dir {
-            Dir::Up => unsafe { &raw mut (*pol).garden_up },
-            Dir::Down => unsafe { &raw mut (*pol).garden_down },
+            Dir::Up => at!(pol, garden_up),
+            Dir::Down => at!(pol, garden_down),
         };
         if !bucket_admits(bucket, rate, burst, cost) {
             stat_add(STAT_GARDEN_RATELIMIT);
@@ -1088,8 +1066,8 @@ fn garden_admits(cfg: *const LanConfig, slot: u32, dir: Dir, len: u64, shared: b
 /// payload that the verifier refuses to see copied.
 #[inline(always)]
 fn index_seed() -> u64 {
-    match SLOT_ALLOC.get_ptr(0) {
-        Some(alloc) => unsafe { core::ptr::read_volatile(&raw const (*alloc).epoch) },
+    match SLOT_ALLOC.cell(0) {
+        Some(alloc) => at!(alloc, epoch).get(),
         None => 0,
     }
 }
@@ -1097,11 +1075,7 @@ fn index_seed() -> u64 {
 /// Looks `m` up in the client table.
 #[inline(always)]
 fn find(m: u64, seed: u64) -> Probe {
-    index_find(m, seed, |pos| {
-        CLIENTS
-            .get_ptr(pos)
-            .map(|e| unsafe { core::ptr::read_volatile(&raw const (*e).key) })
-    })
+    index_find(m, seed, |pos| CLIENTS.cell(pos).map(|e| at!(e, key).get()))
 }
 
 /// The position and slot of `mac`, which `probe` found or did not find in
@@ -1129,13 +1103,11 @@ fn client_slot<P: Packet>(
         }
     };
     let slot = take_slot(p, mac, always, bootstrap)?;
-    let back = SLOTS.get_ptr_mut(slot)?;
-    let entry = CLIENTS.get_ptr_mut(pos)?;
+    let back = SLOTS.cell(slot)?;
+    let entry = CLIENTS.cell(pos)?;
     // Lead the slot to its entry before publishing the entry.
-    unsafe { core::ptr::write_volatile(back, pos as u64) };
-    let (old, won) = unsafe {
-        atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*entry).key, was, index_key(m, slot))
-    };
+    back.set(pos as u64);
+    let (old, won) = at!(entry, key).compare_exchange(was, index_key(m, slot));
     if won {
         // (The agent logs the MAC from the event: formatting it here costs
         // older verifiers more than the rest of the program.)
@@ -1170,29 +1142,25 @@ fn take_slot<P: Packet>(p: &P, mac: &MacAddr, always: bool, bootstrap: bool) -> 
         stat_add(STAT_ADMISSION_LIMITED);
         return None;
     }
-    let alloc = SLOT_ALLOC.get_ptr_mut(0)?;
-    let head = unsafe { &raw mut (*alloc).free_head };
-    let tail = unsafe { &raw const (*alloc).free_tail };
+    let alloc = SLOT_ALLOC.cell(0)?;
+    let head = at!(alloc, free_head);
+    let tail = at!(alloc, free_tail);
     // A few tries: CPUs racing for the last freed slots fall back to new ones.
     let freed = free_ring_take(
         4,
-        || unsafe { core::ptr::read_volatile(head) },
-        || unsafe { core::ptr::read_volatile(tail) },
-        |i| {
-            FREE_SLOTS
-                .get_ptr(i)
-                .map(|cell| unsafe { core::ptr::read_volatile(cell) })
-        },
-        |h| unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(head, h, h + 1) }.1,
+        || head.get(),
+        || tail.get(),
+        |i| FREE_SLOTS.cell(i).map(|cell| cell.get()),
+        |h| head.compare_exchange(h, h + 1).1,
     );
     if freed.is_some() {
         return freed;
     }
-    let next = unsafe { &raw mut (*alloc).next };
+    let next = at!(alloc, next);
     match bump_take(
-        || unsafe { core::ptr::read_volatile(next) },
-        || unsafe { atomic_xadd::<u32, u32, { SeqCst }>(next, 1) },
-        |old, new| unsafe { atomic_cxchg::<u32, { SeqCst }, { SeqCst }>(next, old, new) }.1,
+        || next.get(),
+        || next.fetch_add(1),
+        |old, new| next.compare_exchange(old, new).1,
     ) {
         Bump::Taken(slot) => Some(slot),
         Bump::FullNow => {
@@ -1216,20 +1184,20 @@ fn take_slot<P: Packet>(p: &P, mac: &MacAddr, always: bool, bootstrap: bool) -> 
 /// bytes given back: TCP resends them in smaller pieces, the last of which is
 /// one segment. Concurrent CPUs cannot both spend the same bytes.
 #[inline(always)]
-fn budget_take<P: Packet>(p: &P, budget: *mut i64, len: u64) -> Budget {
+fn budget_take<P: Packet>(p: &P, budget: Shared<'_, i64>, len: u64) -> Budget {
     let len = len as i64;
     // Used up: refused without the two atomics of taking and giving back.
-    if unsafe { core::ptr::read_volatile(budget) } <= 0 {
+    if budget.get() <= 0 {
         return Budget::Refused;
     }
-    let before = unsafe { atomic_xadd::<i64, i64, { SeqCst }>(budget, -len) };
+    let before = budget.fetch_add(-len);
     if before > len {
         return Budget::Taken;
     }
     if before == len || (before > 0 && p.segs() <= 1) {
         return Budget::Exhausted;
     }
-    unsafe { atomic_xadd::<i64, i64, { SeqCst }>(budget, len) };
+    budget.fetch_add(len);
     Budget::Refused
 }
 
@@ -1265,17 +1233,16 @@ const MAX_REFILL_NS: u64 = 1_000_000_000;
 /// as before; credit deferred within a tick lets at most that tick's worth of
 /// the rate through beyond the burst.
 #[inline(always)]
-fn bucket_admits(b: *mut TokenBucket, rate: u64, burst: u64, len: u64) -> bool {
+fn bucket_admits(b: Shared<'_, TokenBucket>, rate: u64, burst: u64, len: u64) -> bool {
     if rate == 0 {
         return true;
     }
-    let tokens_ptr = unsafe { &raw mut (*b).tokens };
-    let last = unsafe { core::ptr::read_volatile(&raw const (*b).last_ns) };
+    let tokens_at = at!(b, tokens);
+    let last = at!(b, last_ns).get();
     let burst = burst as i64;
-    let mut tokens = unsafe { core::ptr::read_volatile(tokens_ptr) };
-    if tokens <= 0 || tokens >= burst || unsafe { bpf_ktime_get_coarse_ns() } > last + MIN_REFILL_NS
-    {
-        let now = unsafe { bpf_ktime_get_ns() };
+    let mut tokens = tokens_at.get();
+    if tokens <= 0 || tokens >= burst || coarse_ns() > last + MIN_REFILL_NS {
+        let now = now_ns();
         // Refill at most every MIN_REFILL_NS: between refills a packet costs one
         // atomic add, and the time not yet credited is carried to the next refill.
         if now > last + MIN_REFILL_NS {
@@ -1288,49 +1255,37 @@ fn bucket_admits(b: *mut TokenBucket, rate: u64, burst: u64, len: u64) -> bool {
                 (earned, last + earned * 1_000_000_000 / rate)
             };
             if earned > 0 {
-                let (_, won) = unsafe {
-                    atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(
-                        &raw mut (*b).last_ns,
-                        last,
-                        new_last,
-                    )
-                };
+                let (_, won) = at!(b, last_ns).compare_exchange(last, new_last);
                 if won {
                     let earned = earned as i64;
-                    let tokens =
-                        unsafe { atomic_xadd::<i64, i64, { SeqCst }>(tokens_ptr, earned) } + earned;
+                    let tokens = tokens_at.fetch_add(earned) + earned;
                     if tokens > burst {
-                        unsafe { atomic_xadd::<i64, i64, { SeqCst }>(tokens_ptr, burst - tokens) };
+                        tokens_at.fetch_add(burst - tokens);
                     }
                 }
             }
         }
         // Also sees a refill another CPU just made.
-        tokens = unsafe { core::ptr::read_volatile(tokens_ptr) };
+        tokens = tokens_at.get();
     }
     // Refused without writing: taking and giving back would dip the bucket
     // for other CPUs, and costs two atomics.
     if tokens <= 0 {
         return false;
     }
-    let before = unsafe { atomic_xadd::<i64, i64, { SeqCst }>(tokens_ptr, -(len as i64)) };
+    let before = tokens_at.fetch_add(-(len as i64));
     if before > 0 {
         return true;
     }
     // Another CPU emptied it meanwhile: give the tokens back so drops do not dig the bucket deeper.
-    unsafe { atomic_xadd::<i64, i64, { SeqCst }>(tokens_ptr, len as i64) };
+    tokens_at.fetch_add(len as i64);
     false
 }
 
 #[inline(always)]
-fn add(ptr: *mut u64, v: u64) {
-    unsafe { atomic_xadd::<u64, u64, { Relaxed }>(ptr, v) };
-}
-
-#[inline(always)]
 fn stat_add(idx: u32) {
-    if let Some(v) = STATS.get_ptr_mut(idx) {
-        unsafe { *v += 1 };
+    if let Some(v) = STATS.cell(idx) {
+        v.add(1);
     }
 }
 
@@ -1341,7 +1296,7 @@ fn emit(kind: EventKind, slot: u32, mac: &MacAddr, addr: Option<&AddrKey>) {
         slot,
         mac: *mac,
         _pad: [0; 2],
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        ktime_ns: now_ns(),
         addr: match addr {
             Some(a) => *a,
             None => AddrKey::default(),

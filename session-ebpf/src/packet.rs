@@ -4,6 +4,8 @@
 use aya_ebpf::programs::{TcContext, XdpContext};
 use session_common::{AddrKey, MacAddr};
 
+use crate::mem;
+
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
@@ -53,26 +55,24 @@ impl Packet for TcContext {
     fn load<T: Copy>(&self, offset: u32) -> Option<T> {
         // Headers are almost always in the linear part: read them directly, and
         // only fall back to bpf_skb_load_bytes (which also reads paged data).
-        let start = self.data() + offset as usize;
-        if start + core::mem::size_of::<T>() <= self.data_end() {
-            return Some(unsafe { core::ptr::read(start as *const T) });
-        }
-        TcContext::load(self, offset as usize).ok()
+        mem::load!(T, self.data(), self.data_end(), offset, else {
+            TcContext::load(self, offset as usize).ok()
+        })
     }
 
     #[inline(always)]
     fn segs(&self) -> u32 {
-        unsafe { (*self.skb.skb).gso_segs }
+        mem::skb_field!(self, gso_segs)
     }
 
     #[inline(always)]
     fn meta_vid(&self) -> u16 {
-        (unsafe { (*self.skb.skb).vlan_tci } & 0x0fff) as u16
+        (mem::skb_field!(self, vlan_tci) & 0x0fff) as u16
     }
 
     #[inline(always)]
     fn mark(&self) -> u32 {
-        unsafe { (*self.skb.skb).mark }
+        mem::skb_field!(self, mark)
     }
 }
 
@@ -84,11 +84,7 @@ impl Packet for XdpContext {
 
     #[inline(always)]
     fn load<T: Copy>(&self, offset: u32) -> Option<T> {
-        let start = self.data() + offset as usize;
-        if start + core::mem::size_of::<T>() > self.data_end() {
-            return None;
-        }
-        Some(unsafe { core::ptr::read(start as *const T) })
+        mem::load!(T, self.data(), self.data_end(), offset)
     }
 
     #[inline(always)]
@@ -132,12 +128,8 @@ fn is_tag(proto: u16) -> bool {
 pub fn parse_eth<P: Packet>(p: &P) -> Option<Eth> {
     let eth = p.load::<[u16; 7]>(0)?;
     // Same bytes, as they are in memory.
-    let dst = MacAddr::new(unsafe {
-        core::mem::transmute::<[u16; 3], [u8; 6]>([eth[0], eth[1], eth[2]])
-    });
-    let src = MacAddr::new(unsafe {
-        core::mem::transmute::<[u16; 3], [u8; 6]>([eth[3], eth[4], eth[5]])
-    });
+    let dst = MacAddr::new(mem::mac_bytes([eth[0], eth[1], eth[2]]));
+    let src = MacAddr::new(mem::mac_bytes([eth[3], eth[4], eth[5]]));
     let mut proto = u16::from_be(eth[6]);
     let mut l3 = ETH_HLEN;
     if is_tag(proto) {
@@ -500,8 +492,7 @@ pub fn parse_arp<P: Packet>(p: &P, l3: u32) -> Option<Arp> {
     if u16::from_be(h[0]) != 1 || u16::from_be(h[1]) != ETH_P_IP || u16::from_be(h[2]) != 0x0604 {
         return None;
     }
-    let sha =
-        MacAddr::new(unsafe { core::mem::transmute::<[u16; 3], [u8; 6]>([h[4], h[5], h[6]]) });
+    let sha = MacAddr::new(mem::mac_bytes([h[4], h[5], h[6]]));
     Some(Arp { sha, spa })
 }
 

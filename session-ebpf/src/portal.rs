@@ -20,15 +20,12 @@
 //! marked so that the egress program passes it to the client.
 
 use aya_ebpf::{
-    bindings::{
-        bpf_sock, bpf_sock_tuple, BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, TC_ACT_OK, TC_ACT_SHOT,
-    },
-    cty::c_void,
-    helpers::{bpf_redirect, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp},
+    bindings::{BPF_TCP_LISTEN, TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
 use session_common::LanConfig;
 
+use crate::mem::{at, lookup_tcp, redirect, skb_field, Cells, Shared, Sock};
 use crate::packet::{parse_eth, ETH_P_IP, ETH_P_IPV6};
 use crate::LAN;
 
@@ -101,9 +98,9 @@ struct Tuple6 {
 }
 
 #[inline(always)]
-fn redirect_cfg(cfg: *const LanConfig) -> Option<(u32, u16)> {
-    let mark = unsafe { core::ptr::read_volatile(&raw const (*cfg).redirect_mark) };
-    let port = unsafe { core::ptr::read_volatile(&raw const (*cfg).redirect_port) };
+fn redirect_cfg(cfg: Shared<'_, LanConfig>) -> Option<(u32, u16)> {
+    let mark = at!(cfg, redirect_mark).get();
+    let port = at!(cfg, redirect_port).get();
     (mark != 0 && port != 0).then_some((mark, port))
 }
 
@@ -131,43 +128,18 @@ impl SockTuple for Tuple6 {
 /// listener (on the loopback address and the responder's port, so that it is
 /// not reachable from elsewhere by itself). A reference the caller releases.
 #[inline(always)]
-fn lookup<T: SockTuple>(ctx: &TcContext, t: &mut T, port: u16) -> Option<*mut bpf_sock> {
-    let skb = ctx.skb.skb as *mut c_void;
-    let size = size_of::<T>() as u32;
-    // SAFETY: `t` is a stack tuple of `size` bytes; the helper returns a
-    // counted reference or null.
-    let sk = unsafe {
-        bpf_skc_lookup_tcp(
-            skb,
-            t as *mut T as *mut bpf_sock_tuple,
-            size,
-            BPF_F_CURRENT_NETNS as u64,
-            0,
-        )
-    };
-    if !sk.is_null() {
-        if unsafe { (*sk).state } != BPF_TCP_LISTEN {
+fn lookup<T: SockTuple>(ctx: &TcContext, t: &mut T, port: u16) -> Option<Sock> {
+    if let Some(sk) = lookup_tcp(ctx, t) {
+        if sk.state() != BPF_TCP_LISTEN {
             return Some(sk);
         }
         // Somebody's listener on the address the client asked for: not ours.
-        unsafe { bpf_sk_release(sk as *mut c_void) };
+        sk.release();
     }
     t.to_listener(port.to_be());
-    // SAFETY: as above.
-    let ln = unsafe {
-        bpf_skc_lookup_tcp(
-            skb,
-            t as *mut T as *mut bpf_sock_tuple,
-            size,
-            BPF_F_CURRENT_NETNS as u64,
-            0,
-        )
-    };
-    if ln.is_null() {
-        return None;
-    }
-    if unsafe { (*ln).state } != BPF_TCP_LISTEN {
-        unsafe { bpf_sk_release(ln as *mut c_void) };
+    let ln = lookup_tcp(ctx, t)?;
+    if ln.state() != BPF_TCP_LISTEN {
+        ln.release();
         return None;
     }
     Some(ln)
@@ -176,7 +148,7 @@ fn lookup<T: SockTuple>(ctx: &TcContext, t: &mut T, port: u16) -> Option<*mut bp
 /// A client's TCP to port 80 outside the garden: to the redirect responder.
 #[inline(always)]
 pub fn steer(ctx: &TcContext) -> i32 {
-    let (Some(cfg), Some(f)) = (LAN.get_ptr(0), flow(ctx)) else {
+    let (Some(cfg), Some(f)) = (LAN.cell(0), flow(ctx)) else {
         return TC_ACT_SHOT as i32;
     };
     let Some((mark, port)) = redirect_cfg(cfg) else {
@@ -215,9 +187,8 @@ pub fn steer(ctx: &TcContext) -> i32 {
         // The responder is not listening: dropped, never forwarded.
         return TC_ACT_SHOT as i32;
     };
-    // SAFETY: `sk` is the counted reference from the lookup, released right after.
-    let ret = unsafe { bpf_sk_assign(ctx.skb.skb as *mut c_void, sk as *mut c_void, 0) };
-    unsafe { bpf_sk_release(sk as *mut c_void) };
+    let ret = sk.assign(ctx);
+    sk.release();
     if ret != 0 {
         return TC_ACT_SHOT as i32;
     }
@@ -229,7 +200,7 @@ pub fn steer(ctx: &TcContext) -> i32 {
 /// segment that carries data (not a SYN's) or a reset is only dropped.
 #[inline(always)]
 pub fn reset(ctx: &TcContext) -> i32 {
-    let (Some(cfg), Some(f)) = (LAN.get_ptr(0), flow(ctx)) else {
+    let (Some(cfg), Some(f)) = (LAN.cell(0), flow(ctx)) else {
         return TC_ACT_SHOT as i32;
     };
     match make_reset(ctx, f) {
@@ -240,9 +211,8 @@ pub fn reset(ctx: &TcContext) -> i32 {
         return TC_ACT_SHOT as i32;
     };
     ctx.set_mark(mark);
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: a plain helper call; the skb goes out of the LAN interface.
-    unsafe { bpf_redirect(ifindex, 0) as i32 }
+    // The skb goes back out of the LAN interface.
+    redirect(skb_field!(ctx, ifindex))
 }
 
 #[inline(always)]

@@ -5,11 +5,10 @@
 //! own HTB, upload is redirected to the LAN's IFB device, whose HTB queues it
 //! and then puts it back on the LAN's ingress path.
 
-use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC, helpers::bpf_redirect, macros::map, maps::Array, programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::map, maps::Array, programs::TcContext};
 use session_common::{shape_classid, ShaperConfig, SHAPE_HTB_MAJOR};
 
+use crate::mem::{at, redirect, set_skb_field, skb_field, Cells};
 use crate::BPF_F_MMAPABLE;
 
 #[map(name = "SHAPER")]
@@ -20,7 +19,7 @@ static SHAPER: Array<ShaperConfig> = Array::pinned(1, BPF_F_MMAPABLE);
 fn classify(ctx: &TcContext, slot: u32) -> bool {
     match shape_classid(slot) {
         Some(id) => {
-            unsafe { (*ctx.skb.skb).priority = id };
+            set_skb_field!(ctx, priority, id);
             true
         }
         None => false,
@@ -37,14 +36,14 @@ pub fn download(ctx: &TcContext, slot: u32) -> i32 {
 /// An upload packet of a shaped client: to the IFB device's HTB in its class.
 #[inline(always)]
 pub fn upload(ctx: &TcContext, slot: u32) -> i32 {
-    let Some(cfg) = SHAPER.get_ptr(0) else {
+    let Some(cfg) = SHAPER.cell(0) else {
         return TC_ACT_UNSPEC;
     };
-    let ifb = unsafe { core::ptr::read_volatile(&raw const (*cfg).ifb_ifindex) };
+    let ifb = at!(cfg, ifb_ifindex).get();
     if ifb == 0 || !classify(ctx, slot) {
         return TC_ACT_UNSPEC;
     }
-    unsafe { bpf_redirect(ifb, 0) as i32 }
+    redirect(ifb)
 }
 
 /// The IFB device gives shaped upload back to the LAN's ingress path marked
@@ -54,6 +53,6 @@ pub fn upload(ctx: &TcContext, slot: u32) -> i32 {
 /// and passes untouched instead of being counted and redirected again.
 #[inline(always)]
 pub fn reinjected(ctx: &TcContext) -> bool {
-    let priority = unsafe { (*ctx.skb.skb).priority };
+    let priority = skb_field!(ctx, priority);
     priority >> 16 == SHAPE_HTB_MAJOR
 }

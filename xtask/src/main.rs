@@ -27,6 +27,9 @@ enum Cmd {
     BenchApi,
     /// Install the eBPF toolchain if missing, then build session-ebpf for bpfel-unknown-none.
     BuildEbpf,
+    /// Run Debian's clippy on session-ebpf for bpfel-unknown-none: its lints (every
+    /// `unsafe` block with a `// SAFETY:` note) fail the run.
+    LintEbpf,
     /// Run the whole test suite (root: real traffic in network namespaces), then a
     /// smoke subset on Debian's 6.1 kernel in QEMU.
     Test {
@@ -113,6 +116,11 @@ fn main() -> Result<()> {
                 std::fs::metadata(&obj)?.len()
             );
             Ok(())
+        }
+        Cmd::LintEbpf => {
+            toolchain::ensure_ebpf()?;
+            toolchain::ensure_ebpf_clippy()?;
+            lint_ebpf()
         }
         Cmd::Test { args, no_kernel } => test(args, no_kernel),
         Cmd::TestKernel {
@@ -233,6 +241,26 @@ fn build_ebpf() -> Result<PathBuf> {
     Ok(target_dir.join("bpfel-unknown-none/release/session-ebpf"))
 }
 
+/// Checks session-ebpf with Debian's clippy-driver (the rustup one has no core
+/// for the BPF target), with the build's compiler and flags; the crate's
+/// `[lints]` deny undocumented unsafe blocks.
+fn lint_ebpf() -> Result<()> {
+    println!("==> clippy on session-ebpf (bpfel-unknown-none)");
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root_dir().join("session-ebpf"))
+        .args(["check", "--release", "--target", "bpfel-unknown-none"])
+        .arg("--target-dir")
+        .arg(root_dir().join("target/ebpf-clippy"))
+        .env("RUSTC", toolchain::BPF_RUSTC)
+        .env("RUSTC_WORKSPACE_WRAPPER", toolchain::BPF_CLIPPY_DRIVER)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("PATH", toolchain::path_with_cargo_bin())
+        .env("CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS", "fallback")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET");
+    run(&mut c).context("session-ebpf has clippy errors (above)")
+}
+
 /// Builds the agent (which embeds the eBPF object) and returns its path.
 pub fn build_agent() -> Result<PathBuf> {
     println!("==> building session-agent");
@@ -278,6 +306,8 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
     toolchain::ensure_net_tools()?;
     toolchain::ensure_browser()?;
     toolchain::ensure_bpffs()?;
+    toolchain::ensure_ebpf_clippy()?;
+    lint_ebpf()?;
     let bin = build_agent()?;
     println!("==> cargo test --workspace");
     run(cargo()

@@ -6,6 +6,9 @@ use anyhow::{bail, Context, Result};
 
 /// Debian's rustc, which ships `core` prebuilt for bpfel-unknown-none.
 pub const BPF_RUSTC: &str = "/usr/bin/rustc";
+/// Debian's clippy for that rustc (package rust-web-clippy), which lints
+/// session-ebpf for bpfel-unknown-none (`cargo xtask lint-ebpf`).
+pub const BPF_CLIPPY_DRIVER: &str = "/usr/bin/clippy-driver";
 const BPF_CORE_DIR: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -123,6 +126,14 @@ pub fn ensure_ebpf() -> Result<()> {
         .context("building bpf-linker")?;
     }
     Ok(())
+}
+
+/// Debian's clippy-driver matching its rustc, for `lint-ebpf`.
+pub fn ensure_ebpf_clippy() -> Result<()> {
+    if std::path::Path::new(BPF_CLIPPY_DRIVER).exists() {
+        return Ok(());
+    }
+    apt_install(&["rust-web-clippy"])
 }
 
 pub fn ensure_qemu() -> Result<()> {
