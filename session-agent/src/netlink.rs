@@ -356,10 +356,11 @@ pub fn neighbour(ip: IpAddr, ifindex: u32) -> Result<Option<Neighbour>> {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
     };
-    req.attributes.push(NeighbourAttribute::Destination(match ip {
-        IpAddr::V4(a) => NeighbourAddress::Inet(a),
-        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-    }));
+    req.attributes
+        .push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        }));
     let what = format!("looking up the neighbour {ip}");
     match exchange(&what, RouteNetlinkMessage::GetNeighbour(req), NLM_F_ACK) {
         Ok(msgs) => Ok(msgs.into_iter().find_map(|m| match m {
