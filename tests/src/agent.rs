@@ -308,6 +308,22 @@ impl Agent {
         self.log.lock().unwrap().clone()
     }
 
+    /// Whether [`Agent::log`] comes to hold `what` within `timeout` (its
+    /// lines reach the test through a pipe read by a thread of its own, a
+    /// little after the agent wrote them).
+    pub fn log_shows(&self, what: impl Fn(&str) -> bool, timeout: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            if what(&self.log()) {
+                return true;
+            }
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The last `n` bytes of [`Agent::log`], for failure messages.
     pub fn log_tail(&self) -> String {
         let l = self.log();

@@ -585,8 +585,11 @@ fn refused_for(
     let msg = r.body["message"].as_str().unwrap_or_default();
     assert!(msg.contains(attribute), "{msg}");
     assert!(
-        agent.log().contains(&format!("attribute=\"{attribute}\""))
-            || agent.log().contains(&format!("attribute={attribute}")),
+        agent.log_shows(
+            |l| l.contains(&format!("attribute=\"{attribute}\""))
+                || l.contains(&format!("attribute={attribute}")),
+            Duration::from_secs(3)
+        ),
         "{}",
         agent.log_tail()
     );
