@@ -1,10 +1,12 @@
 //! Every option of `session-agent run`, in one struct read both from the
 //! command line (clap) and from the config file (serde, TOML).
 //!
-//! - **Defaults** are written once: the gateway's own in the core
-//!   ([`GatewayConfig::default`], `gateway::DEFAULT_METRICS_TOP_CLIENTS`), the
-//!   rest in [`Options::default`], which takes those; the help text shows them
-//!   from there ([`with_defaults`]), and [`ApiOptions::default`] comes from it.
+//! - **Defaults** are written once, beside what they configure
+//!   ([`GatewayConfig::default`], [`GateOptions::default`],
+//!   [`ApiOptions::default`], [`NameGardenOptions::default`],
+//!   [`RedirectOptions::new`], [`RadiusOptions::default`], ...);
+//!   [`Options::default`] reads them, and the help text shows them from there
+//!   ([`with_defaults`]).
 //! - **Ranges** live in the types ([`Ranged`]): the same check and the same
 //!   message for a flag and for a key.
 //! - **Precedence**: the file, then the flags given on the command line (a list
