@@ -356,9 +356,9 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
             crate::api::serve(api, api_listeners).await?;
             Err(stopped("the control API"))
         });
-        let (desk, portal) = (services.portal(), opts.portal.clone());
+        let ((desk, radius), portal) = (services.portal(), opts.portal.clone());
         servers.spawn(async move {
-            crate::portal::serve(desk, portal, portal_listener).await?;
+            crate::portal::serve(desk, radius, portal, portal_listener).await?;
             Err(stopped("the captive-portal API and portal page"))
         });
     }

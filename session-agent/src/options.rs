@@ -358,6 +358,19 @@ pub struct Options {
     pub captive: CaptiveSection,
     #[command(flatten)]
     pub radius: RadiusSection,
+    #[command(flatten)]
+    pub vouchers: VouchersSection,
+}
+
+/// `[vouchers]`: where codes typed on the portal page are checked.
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VouchersSection {
+    /// `local`: the agent's own codes (`vouchers create`); `radius`: a code is
+    /// an Access-Request (User-Name and password the code) to the RADIUS
+    /// servers, so that codes of one database work at every gateway.
+    #[arg(long = "vouchers-backend", value_enum, required = false)]
+    pub backend: crate::portal::VoucherBackend,
 }
 
 /// `[radius]`: logins and accounting against RADIUS servers (off without a server).
@@ -655,6 +668,7 @@ impl Default for Options {
             api: ApiSection::default(),
             captive: CaptiveSection::default(),
             radius: RadiusSection::default(),
+            vouchers: VouchersSection::default(),
         }
     }
 }
@@ -736,6 +750,8 @@ pub enum OptionsError {
     },
     #[error("the RADIUS secret file {0} is empty")]
     EmptyRadiusSecret(PathBuf),
+    #[error("vouchers.backend = \"radius\" checks codes at the RADIUS servers: give --radius-server ADDR:PORT (radius.auth_servers), or set the backend to local")]
+    VouchersWithoutRadius,
     #[error("garden_ttl_min_secs ({min}) is above garden_ttl_max_secs ({max}): give a floor at most the ceiling")]
     GardenTtl { min: u64, max: u64 },
 }
@@ -1023,7 +1039,13 @@ impl Options {
                 Some(path) => Arc::new(crate::portal::PortalTexts::load(path)?),
                 None => Arc::default(),
             },
+            vouchers: self.vouchers.backend,
         };
+        if self.vouchers.backend == crate::portal::VoucherBackend::Radius
+            && self.radius.auth_servers.is_empty()
+        {
+            return Err(OptionsError::VouchersWithoutRadius);
+        }
         let redirect = if self.captive.redirect {
             let portal_url = portal
                 .portal_url

@@ -44,8 +44,9 @@ impl Services {
         )
     }
 
-    /// What the portal serves: the desk, and through it the gateway.
-    pub fn portal(&self) -> Arc<VoucherDesk> {
-        self.vouchers.clone()
+    /// What the portal serves: the desk, and through it the gateway; RADIUS
+    /// for codes checked there.
+    pub fn portal(&self) -> (Arc<VoucherDesk>, Option<Arc<Radius>>) {
+        (self.vouchers.clone(), self.radius.clone())
     }
 }

@@ -104,6 +104,30 @@ impl VoucherDesk {
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gw
     }
+
+    /// For a code checked elsewhere (at the RADIUS server): answered
+    /// [`RedeemError::TooManyTries`] when `device_id` used up its wrong
+    /// tries, as [`VoucherDesk::redeem`] would.
+    pub fn admit(&self, device_id: DeviceId) -> Result<(), RedeemError> {
+        self.tally
+            .admit(device_id, Instant::now())
+            .map_err(|retry_after| {
+                self.tally.limited.fetch_add(1, Ordering::Relaxed);
+                RedeemError::TooManyTries { retry_after }
+            })
+    }
+
+    /// A code checked elsewhere was refused: it counts towards the device's
+    /// limit as an unknown code does.
+    pub fn refused_elsewhere(&self, device_id: DeviceId) {
+        self.tally
+            .failed(device_id, &RedeemRefusal::Unknown, Instant::now());
+    }
+
+    /// A code checked elsewhere was accepted.
+    pub fn redeemed_elsewhere(&self) {
+        self.tally.redeemed.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Tally {

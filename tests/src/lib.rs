@@ -17,6 +17,7 @@ pub mod check;
 pub mod dns;
 pub mod netns;
 pub mod nft;
+pub mod postgres;
 pub mod radius;
 pub mod raw;
 pub mod sessions;

@@ -23,6 +23,15 @@ pub struct RadiusConfig {
     /// answers a user with a `Max-Total-Octets` check item the data left of it,
     /// summed over every gateway's records, as ChilliSpot-Max-Total-Octets.
     pub data_counter: bool,
+    /// Users, their limits and accounting in PostgreSQL (the socket directory
+    /// of a [`crate::postgres::Postgres`]) instead: the README's fleet
+    /// configuration, with counters of time, data and days after the first
+    /// login, `expiration`, Simultaneous-Use through the open sessions of
+    /// `radacct`, and Accounting-On/Off closing a gateway's sessions.
+    pub postgres: Option<PathBuf>,
+    /// With `postgres`: an open session not updated for this long no longer
+    /// counts against Simultaneous-Use (its gateway is gone).
+    pub stale_secs: u64,
 }
 
 impl RadiusConfig {
@@ -32,6 +41,8 @@ impl RadiusConfig {
             users: users.into(),
             sign_answers: true,
             data_counter: false,
+            postgres: None,
+            stale_secs: 660,
         }
     }
 }
@@ -70,7 +81,13 @@ impl FreeRadius {
         } else {
             addr.to_string()
         };
-        let (sql_modules, counter, sql) = if cfg.data_counter {
+        let (sql_modules, counter, sql) = if let Some(pg) = &cfg.postgres {
+            (
+                fleet_modules(pg, cfg.stale_secs),
+                "sql\n    expiration\n    timecounter\n    datacounter\n    expire_on_login",
+                "sql",
+            )
+        } else if cfg.data_counter {
             (
                 format!(
                     r#"  sql {{
@@ -190,6 +207,9 @@ server default {{
     {counter}
     pap
   }}
+  session {{
+    {sql}
+  }}
   authenticate {{
     Auth-Type PAP {{
       pap
@@ -223,7 +243,9 @@ server default {{
              ATTRIBUTE ChilliSpot-Max-Output-Gigawords 22 integer\n\
              ATTRIBUTE ChilliSpot-Max-Total-Gigawords 23 integer\n\
              END-VENDOR ChilliSpot\n\
-             ATTRIBUTE Max-Total-Octets 3100 integer64\n",
+             ATTRIBUTE Max-Total-Octets 3100 integer64\n\
+             ATTRIBUTE Max-All-Session 3101 integer64\n\
+             ATTRIBUTE Expire-After 3102 integer64\n",
         )
         .unwrap();
         std::fs::write(dir.join("users"), &cfg.users).unwrap();
@@ -339,6 +361,84 @@ server default {{
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// The fleet's modules: `sql` on PostgreSQL and the counters (as in the
+/// README's "Many gateways" section).
+fn fleet_modules(pg: &std::path::Path, stale_secs: u64) -> String {
+    let pg = pg.display();
+    format!(
+        r#"  sql {{
+    dialect = "postgresql"
+    driver = "rlm_sql_postgresql"
+    server = "{pg}"
+    port = 5432
+    login = "postgres"
+    password = ""
+    radius_db = "radius"
+    acct_table1 = "radacct"
+    acct_table2 = "radacct"
+    postauth_table = "radpostauth"
+    authcheck_table = "radcheck"
+    groupcheck_table = "radgroupcheck"
+    authreply_table = "radreply"
+    groupreply_table = "radgroupreply"
+    usergroup_table = "radusergroup"
+    read_groups = no
+    delete_stale_sessions = no
+    pool {{
+      start = 1
+      min = 1
+      max = 32
+      spare = 4
+      uses = 0
+      retry_delay = 1
+      lifetime = 0
+      idle_timeout = 60
+    }}
+    read_clients = no
+    client_table = "nas"
+    group_attribute = "SQL-Group"
+    # Before the stock queries, which would win otherwise: an open session
+    # counts while its gateway keeps updating it.
+    simul_count_query = "SELECT COUNT(*) FROM radacct WHERE username = '%{{SQL-User-Name}}' AND acctstoptime IS NULL AND acctupdatetime > NOW() - INTERVAL '{stale_secs} seconds'"
+    simul_verify_query = ""
+    $INCLUDE /etc/freeradius/3.0/mods-config/sql/main/postgresql/queries.conf
+  }}
+  sqlcounter timecounter {{
+    sql_module_instance = sql
+    dialect = postgresql
+    counter_name = Max-All-Session-Time
+    check_name = Max-All-Session
+    reply_name = Session-Timeout
+    key = User-Name
+    reset = never
+    query = "SELECT COALESCE(SUM(acctsessiontime), 0) FROM radacct WHERE username = '%{{${{key}}}}'"
+  }}
+  sqlcounter datacounter {{
+    sql_module_instance = sql
+    dialect = postgresql
+    counter_name = Total-Octets-Used
+    check_name = Max-Total-Octets
+    reply_name = ChilliSpot-Max-Total-Octets
+    key = User-Name
+    reset = never
+    query = "SELECT COALESCE(SUM(acctinputoctets + acctoutputoctets), 0) FROM radacct WHERE username = '%{{${{key}}}}'"
+  }}
+  sqlcounter expire_on_login {{
+    sql_module_instance = sql
+    dialect = postgresql
+    counter_name = Expire-After-Initial-Login
+    check_name = Expire-After
+    reply_name = Session-Timeout
+    key = User-Name
+    reset = never
+    query = "SELECT COALESCE(EXTRACT(EPOCH FROM (NOW() - MIN(acctstarttime)))::bigint, 0) FROM radacct WHERE username = '%{{${{key}}}}'"
+  }}
+  expiration {{
+  }}
+"#
+    )
 }
 
 /// A record's attribute as text.

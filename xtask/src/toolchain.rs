@@ -33,6 +33,8 @@ const NET_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "freeradius",
     "freeradius-utils",
+    "freeradius-postgresql",
+    "postgresql",
 ];
 /// Packages for the browser tests: Chromium and its WebDriver.
 const BROWSER_PACKAGES: &[&str] = &["chromium", "chromium-driver"];

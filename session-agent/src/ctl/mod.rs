@@ -3,6 +3,7 @@
 
 mod args;
 mod devices;
+mod fleet;
 mod garden;
 mod out;
 mod sessions;

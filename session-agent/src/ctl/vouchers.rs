@@ -8,7 +8,12 @@ use serde_json::Value;
 use session_api::requests::{NewVouchers, Redeem};
 use session_api::{RedeemView, VoucherView};
 
-use super::{args::ApiArgs, out::*, sessions::SessionSpec};
+use super::{
+    args::ApiArgs,
+    fleet::{self, FleetArgs},
+    out::*,
+    sessions::SessionSpec,
+};
 
 #[derive(Subcommand)]
 pub enum VouchersCmd {
@@ -40,6 +45,8 @@ pub enum VouchersCmd {
         /// Characters per printed group, 0 for one group [default: the agent's].
         #[arg(long)]
         group: Option<usize>,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Codes, by code; only one batch or one state with the options.
     List {
@@ -115,6 +122,7 @@ pub fn vouchers(api: &ApiArgs, cmd: VouchersCmd) -> Result<()> {
             max_devices,
             code_length,
             group,
+            fleet,
         } => {
             let valid_until = match (valid_days, valid_until) {
                 (Some(d), _) => {
@@ -126,6 +134,18 @@ pub fn vouchers(api: &ApiArgs, cmd: VouchersCmd) -> Result<()> {
                 (None, t) => t,
             };
             let s = spec.request();
+            if fleet.given() {
+                let batch = fleet::Batch {
+                    count,
+                    batch,
+                    spec: s,
+                    valid_until,
+                    max_devices,
+                    code_length,
+                    group,
+                };
+                return fleet::create(api, &fleet, batch, price);
+            }
             let body = NewVouchers {
                 count,
                 batch,

@@ -20,6 +20,7 @@ pub use texts::{PortalTexts, PortalTextsError, DEFAULT_TEXTS};
 
 use crate::{
     error::AgentError,
+    radius::Radius,
     vouchers::VoucherDesk,
     web::{bind_tcp, tcp_addr, ApiError, JsonErrors, Watched},
 };
@@ -33,6 +34,30 @@ pub struct PortalOptions {
     pub portal_url: Option<String>,
     /// Texts and colours of the built-in portal page.
     pub texts: Arc<PortalTexts>,
+    /// Where the codes typed on the page are checked.
+    pub vouchers: VoucherBackend,
+}
+
+/// Where a code typed on the portal page is checked (`[vouchers] backend`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum VoucherBackend {
+    /// The agent's own codes, in its store.
+    #[default]
+    Local,
+    /// An Access-Request to the RADIUS servers, with the code as User-Name
+    /// and password: one database of codes for every gateway.
+    Radius,
 }
 
 /// The captive listener, bound by [`bind`] before the agent says it is ready.
@@ -54,10 +79,12 @@ pub async fn bind(opts: &PortalOptions) -> Result<Listener, AgentError> {
     Ok(Listener(Some(l)))
 }
 
-/// The captive listener's routes: the RFC 8908 API and the portal page.
-pub fn router(desk: Arc<VoucherDesk>, opts: &PortalOptions) -> Router {
+/// The captive listener's routes: the RFC 8908 API and the portal page,
+/// whose codes `radius` checks with `[vouchers] backend = "radius"`.
+pub fn router(desk: Arc<VoucherDesk>, radius: Option<Arc<Radius>>, opts: &PortalOptions) -> Router {
+    let codes_at = radius.filter(|_| opts.vouchers == VoucherBackend::Radius);
     captive::router(desk.gateway().clone(), opts.portal_url.clone())
-        .merge(page::router(desk, opts.texts.clone()))
+        .merge(page::router(desk, codes_at, opts.texts.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -66,13 +93,14 @@ pub fn router(desk: Arc<VoucherDesk>, opts: &PortalOptions) -> Router {
 /// the listener fails; without one, waits forever.
 pub async fn serve(
     desk: Arc<VoucherDesk>,
+    radius: Option<Arc<Radius>>,
     opts: PortalOptions,
     listener: Listener,
 ) -> Result<(), AgentError> {
     let Some(listener) = listener.0 else {
         return std::future::pending().await;
     };
-    let app = router(desk, &opts);
+    let app = router(desk, radius, &opts);
     let addr = tcp_addr(&listener);
     let (listener, failed) = Watched::new(listener, "the captive-portal API and portal page", addr);
     // `tap_io` for axum's ConnectInfo, which knows its own listener types only.

@@ -29,6 +29,7 @@ use crate::{
     error::AgentError,
     gateway::Gateway,
     neigh,
+    radius::{Radius, RadiusError},
     vouchers::{RedeemError, VoucherDesk},
     web::{
         html::{bytes, escape, speed, time_left, utc_minute},
@@ -39,6 +40,8 @@ use crate::{
 struct Ctx {
     gw: Arc<Gateway>,
     desk: Arc<VoucherDesk>,
+    /// Codes are checked here, not by the desk (`[vouchers] backend = "radius"`).
+    radius: Option<Arc<Radius>>,
     texts: Arc<PortalTexts>,
 }
 
@@ -46,7 +49,13 @@ struct Ctx {
 const FORM_LIMIT: usize = 4 * 1024;
 
 /// The portal's routes: `/portal`, `/portal/status`, and the forms' targets.
-pub fn router(desk: Arc<VoucherDesk>, texts: Arc<PortalTexts>) -> Router {
+/// With `radius`, codes are Access-Requests to its servers; the desk still
+/// limits a client's wrong tries.
+pub fn router(
+    desk: Arc<VoucherDesk>,
+    radius: Option<Arc<Radius>>,
+    texts: Arc<PortalTexts>,
+) -> Router {
     let gw = desk.gateway().clone();
     Router::new()
         .route("/portal", get(show))
@@ -57,7 +66,12 @@ pub fn router(desk: Arc<VoucherDesk>, texts: Arc<PortalTexts>) -> Router {
         .route("/portal/logo", get(logo))
         // A code form is a few dozen bytes.
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
-        .with_state(Arc::new(Ctx { gw, desk, texts }))
+        .with_state(Arc::new(Ctx {
+            gw,
+            desk,
+            radius,
+            texts,
+        }))
 }
 
 async fn logo(State(ctx): State<Arc<Ctx>>) -> Response {
@@ -519,6 +533,9 @@ async fn redeem(
             )
         }
     };
+    if let Some(radius) = ctx.radius.clone() {
+        return redeem_at_radius(&ctx, radius, peer, device.id, &code).await;
+    }
     let desk = ctx.desk.clone();
     let r = off_runtime(move || async move { desk.redeem(device.id, &code).await }).await;
     match r {
@@ -545,6 +562,74 @@ async fn redeem(
             render(&ctx, peer, status, Some(Note::Bad(msg))).await
         }
     }
+}
+
+/// A code checked by the RADIUS server: an Access-Request with the code (in
+/// canonical form, as `vouchers create --sql` writes it) as User-Name and
+/// password. An Accept becomes the device's session, connected; a Reject
+/// shows the server's Reply-Message (or "unknown code") and counts as a wrong
+/// try; no answer asks the customer to try again.
+async fn redeem_at_radius(
+    ctx: &Arc<Ctx>,
+    radius: Arc<Radius>,
+    peer: SocketAddr,
+    device_id: session_model::DeviceId,
+    typed: &str,
+) -> Response {
+    let t = ctx.texts.clone();
+    if let Err(e) = ctx.desk.admit(device_id) {
+        tracing::info!(%peer, device_id, "portal code not sent to RADIUS: {e}");
+        return render(
+            ctx,
+            peer,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Note::Bad(&t.error_too_many_tries)),
+        )
+        .await;
+    }
+    // Letters outside the code alphabet: sent as typed (capitals, no dashes),
+    // the server has the last word on codes it did not get from us.
+    let code = session_model::voucher::normalize_code(typed).unwrap_or_else(|| {
+        typed
+            .chars()
+            .filter(|c| *c != '-' && !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_uppercase()
+    });
+    let gw = ctx.gw.clone();
+    let r = crate::runtime::off_runtime(move || async move {
+        radius.login(&gw, device_id, &code, &code).await
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(RadiusError::Agent(AgentError::from_io(
+            "portal operation",
+            e.into(),
+        )))
+    });
+    let (status, msg): (StatusCode, String) = match r {
+        Ok(_) => {
+            ctx.desk.redeemed_elsewhere();
+            return Redirect::to("/portal?done=redeemed").into_response();
+        }
+        Err(RadiusError::Rejected(message)) => {
+            ctx.desk.refused_elsewhere(device_id);
+            (
+                StatusCode::FORBIDDEN,
+                message.unwrap_or_else(|| t.error_unknown_voucher.clone()),
+            )
+        }
+        Err(RadiusError::HasSession(_)) => (StatusCode::CONFLICT, t.error_already_online.clone()),
+        Err(RadiusError::Unavailable(e)) => {
+            tracing::warn!(%peer, device_id, "portal code: no RADIUS server answered: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, t.error_try_again.clone())
+        }
+        Err(e) => {
+            tracing::warn!(%peer, device_id, "portal code at RADIUS: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, t.error_other.clone())
+        }
+    };
+    render(ctx, peer, status, Some(Note::Bad(&msg))).await
 }
 
 async fn pause(

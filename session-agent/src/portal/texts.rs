@@ -45,6 +45,8 @@ pub struct PortalTexts {
     pub error_no_session: String,
     pub error_not_a_client: String,
     pub error_other: String,
+    pub error_try_again: String,
+    pub error_already_online: String,
     pub error_code_missing: String,
     pub error_code_too_long: String,
     pub error_code_characters: String,

@@ -370,6 +370,9 @@ pub struct Radius {
     idle: Mutex<HashMap<SessionId, u64>>,
     pub stats: RadiusStats,
     seq: AtomicU64,
+    /// Random per start, in every Acct-Session-Id: ids stay unique across
+    /// reboots of a board without a real-time clock, whose clock starts over.
+    boot: u32,
     /// Set when the agent stops: the loops end.
     stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -412,6 +415,10 @@ impl Radius {
             idle: Mutex::default(),
             stats: RadiusStats::default(),
             seq: AtomicU64::new(0),
+            boot: getrandom::u32().map_err(|e| AgentError::Io {
+                what: "drawing the Acct-Session-Id prefix".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?,
             stopping: tokio::sync::watch::channel(false).0,
             opts,
         }))
@@ -455,7 +462,7 @@ impl Radius {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        format!("{now:08X}{nanos:08X}-{device_id:X}-{n:X}")
+        format!("{:08X}{now:08X}{nanos:08X}-{device_id:X}-{n:X}", self.boot)
     }
 
     /// A portal login (PAP): Access-Request, then on Accept a session of
