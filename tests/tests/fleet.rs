@@ -445,3 +445,77 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
     );
     drop((agent_a, agent_b, radius));
 }
+
+#[test]
+fn postgresql_stopped_mid_session_loses_and_doubles_nothing_and_the_portal_says_try_again_without_a_server(
+) {
+    require_root();
+    let mut pg = Postgres::start();
+    let hs = Hotspot::builder().clients(2).build();
+    let aaa = Netns::new(&format!("{}-aaa", hs.id));
+    let (nas, aaa_addr) = link_to_aaa(&hs.gw_ns, aaa.name(), 1);
+    let mut cfg = RadiusConfig::new(SECRET, "");
+    cfg.postgres = Some(pg.dir.clone());
+    let mut radius = FreeRadius::start(aaa.name(), Ipv4Addr::UNSPECIFIED.into(), &cfg);
+    let codes = create_codes(&pg, &["--count", "2", "--type", "data", "--data-mb", "100"]);
+    let agent = gateway(&hs, aaa_addr, "gw-a", nas);
+    let nft = NftRef::install(&hs);
+    let srv = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5181, 5182);
+    let (c, other) = (hs.clients[0].clone(), hs.clients[1].clone());
+
+    let (st, head, page) = type_code(&c.ns, portal(&hs), &codes[0]);
+    assert_eq!(st, 303, "{head}\n{page}\n{}", agent.log_tail());
+    TcpTransfer::run(&c.ns, srv.tcp4.addr, 300_000, 1_000_000).expect("online");
+    // The database goes away mid-session: the customer stays online, the
+    // server answers no accounting, and the agent's book keeps it.
+    pg.stop();
+    TcpTransfer::run(&c.ns, srv.tcp4.addr, 200_000, 2_000_000).expect("still online");
+    let (st, head, page) = http(&c.ns, portal(&hs), "POST", "/portal/pause", &[FORM], "");
+    assert_eq!(st, 303, "{head}\n{page}");
+    assert!(
+        agent.log_shows(
+            |l| l.contains("RADIUS accounting waits"),
+            Duration::from_secs(10)
+        ),
+        "the Stop waits: {}",
+        agent.log_tail()
+    );
+    pg.resume();
+    let (_, octets, cause) = closed_at(&pg, &codes[0], nas);
+    let r = nft.get(&c.mac);
+    assert_eq!(
+        octets,
+        r.up_bytes + r.down_bytes,
+        "against the reference {r:?}"
+    );
+    assert_eq!(cause, "User-Request");
+    let rows = pg.rows(&format!(
+        "SELECT count(*) FROM radacct WHERE username = '{}'",
+        codes[0]
+    ));
+    assert_eq!(
+        rows,
+        vec![vec!["1".to_string()]],
+        "one record of the session"
+    );
+
+    // No RADIUS server answers: the portal asks to try again, and the code
+    // is not spent.
+    radius.stop();
+    let (st, _, page) = type_code(&other.ns, portal(&hs), &codes[1]);
+    assert_eq!(st, 503, "{page}");
+    assert!(page.contains("try again in a minute"), "{page}");
+    assert!(!agent.client_or_zero(&other.mac).allowed);
+    radius.resume();
+    let (st, head, page) = type_code(&other.ns, portal(&hs), &codes[1]);
+    assert_eq!(st, 303, "{head}\n{page}");
+    // Codes the server does not know count as wrong tries: the sixth in a
+    // minute is not sent.
+    for n in 0..5 {
+        let (st, _, page) = type_code(&c.ns, portal(&hs), &format!("WRONG{n}CODE"));
+        assert_eq!(st, 403, "try {n}: {page}");
+        assert!(page.contains("does not exist"), "{page}");
+    }
+    let (st, _, page) = type_code(&c.ns, portal(&hs), &codes[0]);
+    assert_eq!(st, 429, "{page}");
+}

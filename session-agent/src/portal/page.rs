@@ -567,8 +567,8 @@ async fn redeem(
 /// A code checked by the RADIUS server: an Access-Request with the code (in
 /// canonical form, as `vouchers create --sql` writes it) as User-Name and
 /// password. An Accept becomes the device's session, connected; a Reject
-/// shows the server's Reply-Message (or "unknown code") and counts as a wrong
-/// try; no answer asks the customer to try again.
+/// shows the server's Reply-Message, or "unknown code" and counts as a wrong
+/// try without one; no answer asks the customer to try again.
 async fn redeem_at_radius(
     ctx: &Arc<Ctx>,
     radius: Arc<Radius>,
@@ -612,13 +612,14 @@ async fn redeem_at_radius(
             ctx.desk.redeemed_elsewhere();
             return Redirect::to("/portal?done=redeemed").into_response();
         }
-        Err(RadiusError::Rejected(message)) => {
+        // Without a word from the server, the code is unknown: a wrong try.
+        // A Reply-Message says why a code that exists is refused (online
+        // elsewhere, used up): the customer is not held back for it.
+        Err(RadiusError::Rejected(None)) => {
             ctx.desk.refused_elsewhere(device_id);
-            (
-                StatusCode::FORBIDDEN,
-                message.unwrap_or_else(|| t.error_unknown_voucher.clone()),
-            )
+            (StatusCode::FORBIDDEN, t.error_unknown_voucher.clone())
         }
+        Err(RadiusError::Rejected(Some(message))) => (StatusCode::FORBIDDEN, message),
         Err(RadiusError::HasSession(_)) => (StatusCode::CONFLICT, t.error_already_online.clone()),
         Err(RadiusError::Unavailable(e)) => {
             tracing::warn!(%peer, device_id, "portal code: no RADIUS server answered: {e}");
