@@ -510,3 +510,23 @@ impl Drop for FreeRadius {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Links gateway namespace `gw` to the AAA namespace `aaa` with a veth pair:
+/// 10.250.`n`.1 on the gateway's side (its NAS-IP-Address), 10.250.`n`.2
+/// on the server's (/30s). Returns both.
+pub fn link_to_aaa(gw: &str, aaa: &str, n: u8) -> (std::net::Ipv4Addr, std::net::Ipv4Addr) {
+    use crate::netns::{ip, ip_n};
+    let (gw_if, aaa_if) = ("aaa0".to_string(), format!("gw{n}"));
+    ip(&[
+        "link", "add", &gw_if, "netns", gw, "type", "veth", "peer", "name", &aaa_if, "netns", aaa,
+    ]);
+    let (g, a) = (
+        std::net::Ipv4Addr::new(10, 250, n, 1),
+        std::net::Ipv4Addr::new(10, 250, n, 2),
+    );
+    ip_n(gw, &["addr", "add", &format!("{g}/30"), "dev", &gw_if]);
+    ip_n(aaa, &["addr", "add", &format!("{a}/30"), "dev", &aaa_if]);
+    ip_n(gw, &["link", "set", &gw_if, "up"]);
+    ip_n(aaa, &["link", "set", &aaa_if, "up"]);
+    (g, a)
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use session_tests::postgres::Postgres;
-use session_tests::radius::{radclient, FreeRadius, RadiusConfig};
+use session_tests::radius::{link_to_aaa, radclient, FreeRadius, RadiusConfig};
 use session_tests::traffic::http;
 use session_tests::{
     agent_bin, require_root, Agent, AgentBuilder, Hotspot, Netns, NftRef, ServerSet, TcpTransfer,
@@ -213,22 +213,6 @@ fn codes_written_with_sql_are_counted_across_gateways_refused_twice_at_once_and_
     let r = auth(aaa.name(), auth_at, &codes[1], "10.250.1.1").expect("the second code");
     assert_eq!(reply_value(&r, "Session-Timeout"), Some(3600), "{r}");
     drop(radius);
-}
-
-/// Links gateway namespace `gw` to the AAA namespace: `gw_addr` there,
-/// `aaa_addr` on the AAA side (/30s).
-fn link_to_aaa(gw: &str, aaa: &str, n: u8) -> (Ipv4Addr, Ipv4Addr) {
-    use session_tests::netns::{ip, ip_n};
-    let (gw_if, aaa_if) = ("aaa0".to_string(), format!("gw{n}"));
-    ip(&[
-        "link", "add", &gw_if, "netns", gw, "type", "veth", "peer", "name", &aaa_if, "netns", aaa,
-    ]);
-    let (g, a) = (Ipv4Addr::new(10, 250, n, 1), Ipv4Addr::new(10, 250, n, 2));
-    ip_n(gw, &["addr", "add", &format!("{g}/30"), "dev", &gw_if]);
-    ip_n(aaa, &["addr", "add", &format!("{a}/30"), "dev", &aaa_if]);
-    ip_n(gw, &["link", "set", &gw_if, "up"]);
-    ip_n(aaa, &["link", "set", &aaa_if, "up"]);
-    (g, a)
 }
 
 const PORTAL: u16 = 8908;

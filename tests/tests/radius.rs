@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use session_tests::radius::{attr, octets, FreeRadius, RadiusConfig};
+use session_tests::radius::{attr, link_to_aaa, octets, FreeRadius, RadiusConfig};
 use session_tests::{
     mixed_traffic, require_root, Agent, AgentBuilder, Hotspot, Mix, NftRef, ServerSet, TcpTransfer,
 };
@@ -751,25 +751,6 @@ fn mac_authentication_lets_a_known_client_in_when_it_is_first_seen_and_keeps_oth
         radius.log().contains("Call-Check"),
         "MAC logins say Service-Type Call-Check"
     );
-}
-
-/// Links gateway namespace `gw` to the AAA namespace: `gw_addr` there,
-/// `aaa_addr` on the AAA side (/30s).
-fn link_to_aaa(gw: &str, aaa: &str, n: u8) -> (std::net::Ipv4Addr, std::net::Ipv4Addr) {
-    use session_tests::netns::{ip, ip_n};
-    let (gw_if, aaa_if) = ("aaa0".to_string(), format!("gw{n}"));
-    ip(&[
-        "link", "add", &gw_if, "netns", gw, "type", "veth", "peer", "name", &aaa_if, "netns", aaa,
-    ]);
-    let (g, a) = (
-        std::net::Ipv4Addr::new(10, 250, n, 1),
-        std::net::Ipv4Addr::new(10, 250, n, 2),
-    );
-    ip_n(gw, &["addr", "add", &format!("{g}/30"), "dev", &gw_if]);
-    ip_n(aaa, &["addr", "add", &format!("{a}/30"), "dev", &aaa_if]);
-    ip_n(gw, &["link", "set", &gw_if, "up"]);
-    ip_n(aaa, &["link", "set", &aaa_if, "up"]);
-    (g, a)
 }
 
 #[test]
