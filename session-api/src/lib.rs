@@ -16,6 +16,6 @@ pub use requests::{
     SessionInc, SessionPatch,
 };
 pub use views::{
-    ApiErrorBody, ConnectedView, DeviceView, LanView, LoginView, RedeemView, RedemptionView,
-    SessionView, StatusView, VoucherMoveView, VoucherView,
+    csv_field, ApiErrorBody, ConnectedView, DeviceView, LanView, LoginView, RedeemView,
+    RedemptionView, SessionView, StatusView, VoucherMoveView, VoucherView,
 };

@@ -162,3 +162,18 @@ pub struct RedeemView {
     #[serde(default)]
     pub moved_from: Option<String>,
 }
+
+/// One CSV field (RFC 4180), with a leading `'` on text a spreadsheet would run
+/// as a formula.
+pub fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}

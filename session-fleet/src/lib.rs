@@ -4,8 +4,12 @@
 //! * [`vouchers`]: a batch of codes as rows of FreeRADIUS's SQL schema
 //!   (`radcheck`, `radreply`, `radusergroup`), inserted into PostgreSQL in one
 //!   transaction with bound parameters, or written as a `COPY` file for
-//!   `psql -f`.
+//!   `psql -f`, each code with its batch and price.
+//! * [`sales`]: what was sold where: each code's first login at any gateway
+//!   (from FreeRADIUS's `radacct`) with its price.
 
+pub mod sales;
 pub mod vouchers;
 
-pub use vouchers::{batch_rows, write_copy, Database, FleetError, Plan, Row, Table};
+pub use sales::{cents_text, Price, Sale};
+pub use vouchers::{batch_rows, write_copy, Batch, Database, FleetError, Plan, Row, Table};

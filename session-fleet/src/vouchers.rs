@@ -17,8 +17,11 @@
 //! | a last moment | `radcheck` Expiration := Unix seconds |
 //! | speeds | `radreply` WISPr-Bandwidth-Max-Down/Up = bit/s |
 //! | its batch | `radusergroup` (CODE, batch) |
+//! | its batch and price, for the sales report | `session_agent_codes` (created when missing) |
 
 use std::io::Write;
+
+use crate::sales::{Price, CODES_TABLE};
 
 /// What every code of a batch buys.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,6 +101,13 @@ pub enum FleetError {
     Taken(String),
     #[error("cannot write the SQL file: {0}")]
     File(#[source] std::io::Error),
+    #[error("price {0:?}: write an amount with at most two decimals and a currency, like \"20 PHP\" or \"1.50 EUR\"")]
+    Price(String),
+    #[error("reading the sales: {source} (is FreeRADIUS's PostgreSQL schema loaded?)")]
+    Read {
+        #[source]
+        source: postgres::Error,
+    },
 }
 
 impl Plan {
@@ -163,13 +173,32 @@ impl Plan {
     }
 }
 
-/// The rows of a batch: every code with `plan`.
-pub fn batch_rows(codes: &[String], batch: &str, plan: &Plan) -> Result<Vec<Row>, FleetError> {
+/// A batch as written: FreeRADIUS's rows, and each code's batch and price.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub rows: Vec<Row>,
+    pub codes: Vec<String>,
+    pub batch: String,
+    pub price: Option<Price>,
+}
+
+/// The rows of a batch: every code with `plan`, sold at `price`.
+pub fn batch_rows(
+    codes: &[String],
+    batch: &str,
+    plan: &Plan,
+    price: Option<Price>,
+) -> Result<Batch, FleetError> {
     plan.check()?;
     if batch.trim().is_empty() {
         return Err(FleetError::NoBatch);
     }
-    Ok(codes.iter().flat_map(|c| plan.rows(c, batch)).collect())
+    Ok(Batch {
+        rows: codes.iter().flat_map(|c| plan.rows(c, batch)).collect(),
+        codes: codes.to_vec(),
+        batch: batch.to_string(),
+        price,
+    })
 }
 
 /// A value in PostgreSQL's COPY text format: backslash, tab, newline and
@@ -188,12 +217,32 @@ fn copy_field(v: &str) -> String {
     out
 }
 
-/// Writes `rows` as a file for `psql -f FILE` (or `\i`): one `COPY ... FROM
+/// Writes a batch as a file for `psql -f FILE` (or `\i`): one `COPY ... FROM
 /// stdin` per table in a transaction, the values as data, never as SQL text.
-pub fn write_copy(rows: &[Row], out: &mut impl Write) -> Result<(), FleetError> {
+pub fn write_copy(b: &Batch, out: &mut impl Write) -> Result<(), FleetError> {
+    let rows = &b.rows;
     let mut w = || -> std::io::Result<()> {
         writeln!(out, "-- session-agent voucher batch: load with psql -f")?;
         writeln!(out, "BEGIN;")?;
+        writeln!(out, "{CODES_TABLE};")?;
+        writeln!(
+            out,
+            "COPY session_agent_codes (code, batch, price, currency) FROM stdin;"
+        )?;
+        for c in &b.codes {
+            let (amount, currency) = match &b.price {
+                Some(p) => (p.amount(), p.currency.clone()),
+                None => ("\\N".to_string(), String::new()),
+            };
+            writeln!(
+                out,
+                "{}\t{}\t{amount}\t{}",
+                copy_field(c),
+                copy_field(&b.batch),
+                copy_field(&currency)
+            )?;
+        }
+        writeln!(out, "\\.")?;
         for table in [Table::Check, Table::Reply, Table::Group] {
             let of: Vec<&Row> = rows.iter().filter(|r| r.table == table).collect();
             if of.is_empty() {
@@ -245,7 +294,7 @@ pub struct Database {
 }
 
 impl Database {
-    fn connect(&self) -> Result<postgres::Client, FleetError> {
+    pub(crate) fn connect(&self) -> Result<postgres::Client, FleetError> {
         let mut cfg: postgres::Config = self.url.parse().map_err(FleetError::Url)?;
         if let Some(p) = &self.password {
             cfg.password(p);
@@ -267,9 +316,10 @@ impl Database {
             .map_err(|source| FleetError::Connect { target, source })
     }
 
-    /// Inserts `rows` in one transaction with bound parameters: all of them,
-    /// or (on any error, or a code that is a user already) none.
-    pub fn insert(&self, rows: &[Row]) -> Result<usize, FleetError> {
+    /// Inserts a batch in one transaction with bound parameters: all of it,
+    /// or (on any error, or a code that is a user already) nothing.
+    pub fn insert(&self, b: &Batch) -> Result<usize, FleetError> {
+        let rows = &b.rows;
         let mut client = self.connect()?;
         let write = |table: Table| {
             move |source| FleetError::Write {
@@ -315,8 +365,30 @@ impl Database {
             }
             .map_err(write(r.table))?;
         }
+        tx.batch_execute(CODES_TABLE)
+            .map_err(|source| FleetError::Write {
+                table: "session_agent_codes",
+                source,
+            })?;
+        let code = tx
+            .prepare("INSERT INTO session_agent_codes (code, batch, price, currency) VALUES ($1, $2, $3::text::numeric, $4)")
+            .map_err(|source| FleetError::Write {
+                table: "session_agent_codes",
+                source,
+            })?;
+        let (amount, currency) = match &b.price {
+            Some(p) => (Some(p.amount()), p.currency.clone()),
+            None => (None, String::new()),
+        };
+        for c in &b.codes {
+            tx.execute(&code, &[c, &b.batch, &amount, &currency])
+                .map_err(|source| FleetError::Write {
+                    table: "session_agent_codes",
+                    source,
+                })?;
+        }
         tx.commit().map_err(write(Table::Check))?;
-        Ok(rows.len())
+        Ok(rows.len() + b.codes.len())
     }
 }
 
@@ -371,11 +443,11 @@ mod tests {
             ..Plan::default()
         };
         assert!(matches!(
-            batch_rows(&["A".into()], "b", &none),
+            batch_rows(&["A".into()], "b", &none, None),
             Err(FleetError::NothingBought)
         ));
         assert!(matches!(
-            batch_rows(&["A".into()], " ", &hour_and_500mb()),
+            batch_rows(&["A".into()], " ", &hour_and_500mb(), None),
             Err(FleetError::NoBatch)
         ));
         let nobody = Plan {
@@ -383,16 +455,22 @@ mod tests {
             ..hour_and_500mb()
         };
         assert!(matches!(
-            batch_rows(&["A".into()], "b", &nobody),
+            batch_rows(&["A".into()], "b", &nobody, None),
             Err(FleetError::NoDevices)
         ));
     }
 
     #[test]
     fn the_copy_file_escapes_what_could_end_a_field_or_a_row() {
-        let rows = hour_and_500mb().rows("ABCDE23456", "roll\t1\\\nDROP TABLE radcheck;");
+        let b = batch_rows(
+            &["ABCDE23456".into()],
+            "roll\t1\\\nDROP TABLE radcheck;",
+            &hour_and_500mb(),
+            Some(Price::parse("20 PHP").unwrap()),
+        )
+        .unwrap();
         let mut out = Vec::new();
-        write_copy(&rows, &mut out).unwrap();
+        write_copy(&b, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("-- session-agent"));
         assert!(text.contains("COPY radcheck (username, attribute, op, value) FROM stdin;\nABCDE23456\tCleartext-Password\t:=\tABCDE23456\n"));
@@ -407,6 +485,7 @@ mod tests {
             .collect();
         assert_eq!(group.len(), 1);
         assert_eq!(group[0].split('\t').count(), 3);
+        assert!(text.contains("ABCDE23456\troll\\t1\\\\\\nDROP TABLE radcheck;\t20.00\tPHP\n"));
         assert!(text.trim_end().ends_with("COMMIT;"));
     }
 }

@@ -82,11 +82,7 @@ impl FreeRadius {
             addr.to_string()
         };
         let (sql_modules, counter, sql) = if let Some(pg) = &cfg.postgres {
-            (
-                fleet_modules(pg, cfg.stale_secs),
-                "sql\n    expiration\n    timecounter\n    datacounter\n    expire_on_login",
-                "sql",
-            )
+            (fleet_modules(pg, cfg.stale_secs), ROAMING_POLICY, "sql")
         } else if cfg.data_counter {
             (
                 format!(
@@ -362,6 +358,33 @@ server default {{
         }
     }
 }
+
+/// The fleet's authorize: a MAC login (Call-Check) of a device that used a
+/// code is that code's login (its name in the Accept's User-Name, which the
+/// gateway's accounting then carries); then the codes' limits and counters.
+const ROAMING_POLICY: &str = r#"if (&Service-Type == Call-Check) {
+      update request {
+        &User-Name := "%{sql:SELECT username FROM radacct WHERE callingstationid = '%{Calling-Station-Id}' AND username IN (SELECT code FROM session_agent_codes) ORDER BY acctstarttime DESC LIMIT 1}"
+      }
+      if (&User-Name != "") {
+        update control {
+          &Auth-Type := Accept
+        }
+        update reply {
+          &User-Name := &request:User-Name
+        }
+      }
+      else {
+        update control {
+          &Auth-Type := Reject
+        }
+      }
+    }
+    sql
+    expiration
+    timecounter
+    datacounter
+    expire_on_login"#;
 
 /// The fleet's modules: `sql` on PostgreSQL and the counters (as in the
 /// README's "Many gateways" section).

@@ -236,6 +236,10 @@ fn type_code(ns: &str, at: SocketAddr, code: &str) -> (u16, String, String) {
 
 /// A gateway whose portal checks codes at the AAA server `server`.
 fn gateway(hs: &Hotspot, server: Ipv4Addr, nas: &str, nas_ip: Ipv4Addr) -> Agent {
+    gateway_with(hs, server, nas, nas_ip).start()
+}
+
+fn gateway_with(hs: &Hotspot, server: Ipv4Addr, nas: &str, nas_ip: Ipv4Addr) -> AgentBuilder {
     std::fs::create_dir_all(&hs.state_dir).unwrap();
     let secret = hs.state_dir.join("radius.secret");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
@@ -258,7 +262,6 @@ fn gateway(hs: &Hotspot, server: Ipv4Addr, nas: &str, nas_ip: Ipv4Addr) -> Agent
         .arg("300")
         .arg("--radius-retries")
         .arg("1")
-        .start()
 }
 
 /// The latest session of the device of `mac` at `agent`.
@@ -323,6 +326,8 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
             "3600",
             "--data-mb",
             "500",
+            "--price",
+            "20 PHP",
         ],
     )
     .remove(0);
@@ -427,6 +432,52 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
         "after B's reboot the code works at A again: {head}\n{page}\n{}",
         agent_a.log_tail()
     );
+
+    // The sale: once, where the code was first used, at its batch's price.
+    let out = Command::new(agent_bin())
+        .args([
+            "vouchers",
+            "sales",
+            "--format",
+            "csv",
+            "--sql",
+            &pg.conninfo(),
+        ])
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "time,code,batch,price,currency,gateway,device");
+    assert_eq!(lines.len(), 2, "{csv}");
+    let f: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(
+        &f[1..],
+        &[
+            code.as_str(),
+            "fleet",
+            "20.00",
+            "PHP",
+            &nas_a.to_string(),
+            &ca.mac.to_uppercase().replace(':', "-")
+        ],
+        "{csv}"
+    );
+    let out = Command::new(agent_bin())
+        .args(["vouchers", "sales", "--sql", &pg.conninfo()])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report
+            .lines()
+            .any(|l| l.contains("total") && l.contains("20.00")),
+        "{report}"
+    );
     drop((agent_a, agent_b, radius));
 }
 
@@ -502,4 +553,94 @@ fn postgresql_stopped_mid_session_loses_and_doubles_nothing_and_the_portal_says_
     }
     let (st, _, page) = type_code(&c.ns, portal(&hs), &codes[0]);
     assert_eq!(st, 429, "{page}");
+}
+
+#[test]
+fn a_phone_that_used_a_code_at_one_gateway_is_let_in_at_another_by_its_mac_for_what_is_left() {
+    require_root();
+    let pg = Postgres::start();
+    let (a, b) = (
+        Hotspot::builder().clients(1).build(),
+        Hotspot::builder().clients(1).build(),
+    );
+    let aaa = Netns::new(&format!("{}-aaa", a.id));
+    let (nas_a, aaa_a) = link_to_aaa(&a.gw_ns, aaa.name(), 1);
+    let (nas_b, aaa_b) = link_to_aaa(&b.gw_ns, aaa.name(), 2);
+    let mut cfg = RadiusConfig::new(SECRET, "");
+    cfg.postgres = Some(pg.dir.clone());
+    let _radius = FreeRadius::start(aaa.name(), Ipv4Addr::UNSPECIFIED.into(), &cfg);
+    let code = create_codes(&pg, &["--count", "1", "--type", "data", "--data-mb", "50"]).remove(0);
+    // The same phone at both: B's station gets A's MAC.
+    let (ca, cb) = (a.clients[0].clone(), b.clients[0].clone());
+    session_tests::netns::ip_n(
+        &cb.ns,
+        &["link", "set", "dev", &cb.ifname, "address", &ca.mac],
+    );
+    session_tests::netns::ip_n(
+        &b.gw_ns,
+        &[
+            "neigh",
+            "replace",
+            &cb.ipv4.to_string(),
+            "lladdr",
+            &ca.mac,
+            "dev",
+            &b.lan_if,
+            "nud",
+            "permanent",
+        ],
+    );
+    let agent_a = gateway(&a, aaa_a, "gw-a", nas_a);
+    let agent_b = gateway_with(&b, aaa_b, "gw-b", nas_b)
+        .arg("--radius-mac-auth")
+        .start();
+    let nft_a = NftRef::install(&a);
+    let srv_a = ServerSet::start(&a.server_ns, a.server_v4, a.server_v6, 5191, 5192);
+    let srv_b = ServerSet::start(&b.server_ns, b.server_v4, b.server_v6, 5191, 5192);
+
+    let (st, head, page) = type_code(&ca.ns, portal(&a), &code);
+    assert_eq!(st, 303, "{head}\n{page}");
+    TcpTransfer::run(&ca.ns, srv_a.tcp4.addr, 100_000, 2_000_000).expect("online at A");
+    let (st, _, _) = http(&ca.ns, portal(&a), "POST", "/portal/pause", &[FORM], "");
+    assert_eq!(st, 303);
+    let (_, used_a, _) = closed_at(&pg, &code, nas_a);
+    let r = nft_a.get(&ca.mac);
+    assert_eq!(used_a, r.up_bytes + r.down_bytes);
+
+    // At B the phone's first frame logs it in by its MAC, for what is left
+    // of its code, and B's accounting names the code.
+    let _ = TcpTransfer::run_timeout(
+        &cb.ns,
+        srv_b.tcp4.addr,
+        100,
+        100,
+        Duration::from_millis(300),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent_b.client_or_zero(&ca.mac).allowed {
+        assert!(
+            Instant::now() < deadline,
+            "the phone was not let in at B: {}",
+            agent_b.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = session_of(&agent_b, &ca.mac);
+    assert_eq!(s["data_bytes"].as_u64(), Some(50_000_000 - used_a), "{s}");
+    TcpTransfer::run(&cb.ns, srv_b.tcp4.addr, 10_000, 10_000).expect("online at B");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg
+        .rows(&format!(
+            "SELECT 1 FROM radacct WHERE username = '{code}' AND nasipaddress = '{nas_b}'"
+        ))
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no Start of {code} at B: {:?}",
+            pg.rows("SELECT username, nasipaddress FROM radacct")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop((agent_a, agent_b));
 }

@@ -15,7 +15,10 @@ use session_model::{
     DEFAULT_GROUP,
 };
 
-use session_api::requests::{NewVouchers, Redeem};
+use session_api::{
+    csv_field,
+    requests::{NewVouchers, Redeem},
+};
 
 use super::{
     input::{
@@ -185,21 +188,6 @@ pub(super) async fn export(
             "invalid_query",
             format!("format must be csv or html, not {other:?}"),
         )),
-    }
-}
-
-/// One CSV field (RFC 4180), with a leading `'` on text a spreadsheet would run
-/// as a formula.
-fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
     }
 }
 

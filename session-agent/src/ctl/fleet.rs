@@ -1,14 +1,15 @@
 //! `vouchers create --sql URL | --sql-file FILE`: a batch of codes written
 //! into the AAA server's PostgreSQL (FreeRADIUS's schema), valid at every
-//! gateway whose portal checks codes there (`[vouchers] backend = "radius"`).
-//! This talks to the database, not to an agent.
+//! gateway whose portal checks codes there (`[vouchers] backend = "radius"`);
+//! `vouchers sales --sql URL`: what they sold, where. These talk to the
+//! database, not to an agent.
 
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use session_api::requests::NewSession;
-use session_fleet::{batch_rows, write_copy, Database, Plan};
+use session_api::{csv_field, requests::NewSession};
+use session_fleet::{batch_rows, cents_text, write_copy, Database, Plan, Price, Sale};
 use session_model::voucher::{
     generate_code, group_code, DEFAULT_CODE_LEN, DEFAULT_GROUP, MAX_BATCH, MAX_CODE_LEN,
     MIN_CODE_LEN,
@@ -97,9 +98,7 @@ pub(super) fn create(
     b: Batch,
     price: Option<String>,
 ) -> Result<()> {
-    if price.is_some() {
-        bail!("--price is not kept in the RADIUS database: leave it out with --sql or --sql-file (print it on the slips yourself)");
-    }
+    let price = price.as_deref().map(Price::parse).transpose()?;
     if b.count == 0 || b.count > MAX_BATCH {
         bail!("--count must be 1 to {MAX_BATCH}: make larger batches in several runs");
     }
@@ -112,7 +111,7 @@ pub(super) fn create(
         .map(|_| generate_code(len))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow!("cannot draw random codes: {e}"))?;
-    let rows = batch_rows(&codes, &b.batch, &plan)?;
+    let rows = batch_rows(&codes, &b.batch, &plan, price)?;
     let written = if let Some(path) = &args.sql_file {
         let mut f = std::fs::File::create(path)
             .with_context(|| format!("cannot create {}", path.display()))?;
@@ -123,19 +122,11 @@ pub(super) fn create(
             path.display()
         )
     } else {
-        let url = args.sql.clone().unwrap_or_default();
-        let password = match &args.sql_password_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read the password file {}", p.display()))?
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_string(),
-            ),
-            None => None,
-        };
-        let n = Database { url, password }.insert(&rows)?;
+        let db = database(
+            args.sql.clone().unwrap_or_default(),
+            &args.sql_password_file,
+        )?;
+        let n = db.insert(&rows)?;
         format!("written into the RADIUS database ({n} rows)")
     };
     let group = b.group.unwrap_or(DEFAULT_GROUP);
@@ -158,4 +149,151 @@ pub(super) fn create(
     println!("{t}");
     eprintln!("{} codes {written}", made.len());
     Ok(())
+}
+
+/// The database at `url`, with the password of `password_file`.
+fn database(url: String, password_file: &Option<PathBuf>) -> Result<Database> {
+    let password = match password_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the password file {}", p.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(Database { url, password })
+}
+
+/// `vouchers sales`: where and when.
+#[derive(clap::Args, Clone)]
+pub struct SalesArgs {
+    /// The PostgreSQL database of FreeRADIUS the codes were written into.
+    #[arg(long, value_name = "URL")]
+    sql: String,
+    /// The database password, from the first line of this file.
+    #[arg(long, value_name = "FILE")]
+    sql_password_file: Option<PathBuf>,
+    /// First day (UTC), YYYY-MM-DD [default: 30 days ago].
+    #[arg(long, value_name = "DAY")]
+    since: Option<String>,
+    /// Last day (UTC), YYYY-MM-DD, included [default: today].
+    #[arg(long, value_name = "DAY")]
+    until: Option<String>,
+    /// csv: every sale; table: sales and revenue per day and gateway, and the total.
+    #[arg(long, default_value = "table", value_parser = ["csv", "table"])]
+    format: String,
+    /// Write here instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+/// The start of UTC day `text` (YYYY-MM-DD), Unix seconds.
+fn day_start(text: &str, flag: &str) -> Result<i64> {
+    let d = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|e| anyhow!("--{flag} {text:?}: {e} (write the day as YYYY-MM-DD)"))?;
+    Ok(d.and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc()
+        .timestamp())
+}
+
+/// A sale's price, or nothing for a batch made without one.
+fn price_text(s: &Sale) -> String {
+    s.cents.map(cents_text).unwrap_or_default()
+}
+
+/// Prints (or writes) the sales of the days asked for.
+pub(super) fn sales(api: &ApiArgs, a: SalesArgs) -> Result<()> {
+    let today = chrono::Utc::now().date_naive();
+    let until = match &a.until {
+        Some(t) => day_start(t, "until")? + 86_400,
+        None => day_start(&today.to_string(), "until")? + 86_400,
+    };
+    let since = match &a.since {
+        Some(t) => day_start(t, "since")?,
+        None => until - 31 * 86_400,
+    };
+    if since >= until {
+        bail!("--since is after --until: nothing to report");
+    }
+    let list = database(a.sql.clone(), &a.sql_password_file)?.sales(since, until)?;
+    let text = if api.json {
+        let rows: Vec<serde_json::Value> = list
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "at": s.at, "code": s.code, "batch": s.batch, "price": price_text(s),
+                    "currency": s.currency, "gateway": s.gateway, "device": s.device,
+                })
+            })
+            .collect();
+        format!("{}\n", serde_json::to_string_pretty(&rows)?)
+    } else if a.format == "csv" {
+        let mut out = String::from("time,code,batch,price,currency,gateway,device\n");
+        for s in &list {
+            let cells = [
+                &s.at,
+                &s.code,
+                &s.batch,
+                &price_text(s),
+                &s.currency,
+                &s.gateway,
+                &s.device,
+            ];
+            let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
+            out.push_str(&line.join(","));
+            out.push('\n');
+        }
+        out
+    } else {
+        report(&list)
+    };
+    match &a.output {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+/// Sales and revenue per day, gateway and currency, then the totals.
+fn report(list: &[Sale]) -> String {
+    use std::collections::BTreeMap;
+    let mut per: BTreeMap<(String, String, String), (u64, i64)> = BTreeMap::new();
+    let mut total: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+    for s in list {
+        let day = s.at.get(..10).unwrap_or(&s.at).to_string();
+        for e in [
+            per.entry((day, s.gateway.clone(), s.currency.clone()))
+                .or_default(),
+            total.entry(s.currency.clone()).or_default(),
+        ] {
+            e.0 += 1;
+            e.1 += s.cents.unwrap_or(0);
+        }
+    }
+    let mut t = table(&["DAY", "GATEWAY", "SALES", "REVENUE", "CURRENCY"], &[2, 3]);
+    for ((day, gw, cur), (n, cents)) in &per {
+        t.add_row([
+            day.clone(),
+            gw.clone(),
+            n.to_string(),
+            cents_text(*cents),
+            cur.clone(),
+        ]);
+    }
+    for (cur, (n, cents)) in &total {
+        t.add_row([
+            "total".to_string(),
+            String::new(),
+            n.to_string(),
+            cents_text(*cents),
+            cur.clone(),
+        ]);
+    }
+    format!("{t}\n")
 }

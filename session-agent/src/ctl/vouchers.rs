@@ -75,6 +75,12 @@ pub enum VouchersCmd {
     },
     /// Redeem a code for a device: its session is created and the device connected.
     Redeem { device: String, code: String },
+    /// What codes written with --sql sold, at which gateway: each code's first
+    /// login there, with its batch's price (from the RADIUS database).
+    Sales {
+        #[command(flatten)]
+        args: fleet::SalesArgs,
+    },
 }
 
 fn print_vouchers(list: &[VoucherView]) {
@@ -209,6 +215,7 @@ pub fn vouchers(api: &ApiArgs, cmd: VouchersCmd) -> Result<()> {
             }
             Ok(())
         }
+        VouchersCmd::Sales { args } => fleet::sales(api, args),
         VouchersCmd::Redeem { device, code } => {
             let v = api.send(
                 "POST",

@@ -203,6 +203,9 @@ pub struct Authorization {
     /// State of the Accept, echoed in accounting as Class is.
     pub state: Option<Vec<u8>>,
     pub reply_message: Option<String>,
+    /// User-Name of an Accept: the name the session's accounting carries
+    /// (RFC 2865 5.1), e.g. the code a MAC login was found to belong to.
+    pub user_name: Option<String>,
     /// Attributes ignored or in conflict, for the log.
     pub notes: Vec<String>,
 }
@@ -221,6 +224,10 @@ impl Authorization {
             interim: int(attr::ACCT_INTERIM_INTERVAL)?,
             class: codec::octets(p, attr::CLASS)?,
             state: codec::at_most_one(codec::octets(p, attr::STATE)?, codec::name(attr::STATE))?,
+            user_name: codec::at_most_one(
+                codec::texts(p, attr::USER_NAME)?,
+                codec::name(attr::USER_NAME),
+            )?,
             ..Default::default()
         };
         let replies = codec::texts(p, attr::REPLY_MESSAGE)?;
@@ -626,7 +633,8 @@ impl Radius {
             session_id: sid,
             device_id,
             acct_session_id,
-            user_name: user.to_string(),
+            // The server's name for the session, when its Accept gives one.
+            user_name: auth.user_name.clone().unwrap_or_else(|| user.to_string()),
             calling,
             framed_ip,
             class: auth.class.clone(),
