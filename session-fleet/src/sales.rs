@@ -117,6 +117,25 @@ impl Database {
     }
 }
 
+impl Database {
+    /// Sessions open now, per gateway: not stopped, and updated in the last
+    /// `fresh_secs` (a gateway lost for good no longer counts).
+    pub fn online(&self, fresh_secs: i64) -> Result<Vec<(String, i64)>, FleetError> {
+        let mut client = self.connect()?;
+        let rows = client
+            .query(
+                "SELECT COALESCE(n.shortname, host(r.nasipaddress)), count(*) \
+                 FROM radacct r LEFT JOIN nas n ON n.nasname = host(r.nasipaddress) \
+                 WHERE r.acctstoptime IS NULL \
+                 AND r.acctupdatetime > now() - make_interval(secs => $1::bigint) \
+                 GROUP BY 1 ORDER BY 1",
+                &[&fresh_secs],
+            )
+            .map_err(|source| FleetError::Read { source })?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,6 +183,26 @@ impl Postgres {
             .collect()
     }
 
+    /// `session-agent vouchers create --batch fleet ARGS --sql ... --json`
+    /// into this database: the codes made.
+    pub fn create_codes(&self, args: &[&str]) -> Vec<String> {
+        let out = Command::new(crate::agent_bin())
+            .args(["vouchers", "create", "--json", "--batch", "fleet"])
+            .args(args)
+            .args(["--sql", &self.conninfo()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "vouchers create --sql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let made: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        made.iter()
+            .map(|m| m["code"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Stops the server (fast shutdown: what was committed stays).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

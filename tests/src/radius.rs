@@ -553,3 +553,35 @@ pub fn link_to_aaa(gw: &str, aaa: &str, n: u8) -> (std::net::Ipv4Addr, std::net:
     ip_n(aaa, &["link", "set", &aaa_if, "up"]);
     (g, a)
 }
+
+/// An agent whose codes are checked at the AAA server `server`
+/// (`[vouchers] backend = "radius"`), accounting there too, as gateway
+/// `nas` at `nas_ip`, with `secret`.
+pub fn fleet_gateway(
+    hs: &crate::Hotspot,
+    server: std::net::Ipv4Addr,
+    nas: &str,
+    nas_ip: std::net::Ipv4Addr,
+    secret: &str,
+) -> crate::AgentBuilder {
+    std::fs::create_dir_all(&hs.state_dir).unwrap();
+    let file = hs.state_dir.join("radius.secret");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    crate::AgentBuilder::new(hs)
+        .arg("--vouchers-backend")
+        .arg("radius")
+        .arg("--radius-server")
+        .arg(format!("{server}:1812"))
+        .arg("--radius-acct-server")
+        .arg(format!("{server}:1813"))
+        .arg("--radius-secret-file")
+        .arg(file.display().to_string())
+        .arg("--radius-nas-id")
+        .arg(nas)
+        .arg("--radius-nas-ip")
+        .arg(nas_ip.to_string())
+        .arg("--radius-timeout-ms")
+        .arg("300")
+        .arg("--radius-retries")
+        .arg("1")
+}

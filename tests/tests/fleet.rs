@@ -9,32 +9,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use session_tests::postgres::Postgres;
-use session_tests::radius::{link_to_aaa, radclient, FreeRadius, RadiusConfig};
+use session_tests::radius::{fleet_gateway, link_to_aaa, radclient, FreeRadius, RadiusConfig};
 use session_tests::traffic::http;
 use session_tests::{
     agent_bin, require_root, Agent, AgentBuilder, Hotspot, Netns, NftRef, ServerSet, TcpTransfer,
 };
 
 const SECRET: &str = "fl33t-s3cret";
-
-/// `session-agent vouchers create ... --sql CONNINFO --json`: the codes made.
-fn create_codes(pg: &Postgres, args: &[&str]) -> Vec<String> {
-    let out = Command::new(agent_bin())
-        .args(["vouchers", "create", "--json", "--batch", "fleet"])
-        .args(args)
-        .args(["--sql", &pg.conninfo()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "vouchers create --sql: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let made: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    made.iter()
-        .map(|m| m["code"].as_str().unwrap().to_string())
-        .collect()
-}
 
 /// An Access-Request for `code` from NAS `nas_ip`: the reply's attributes, or
 /// None for a reject.
@@ -84,21 +65,18 @@ fn codes_written_with_sql_are_counted_across_gateways_refused_twice_at_once_and_
     let radius = FreeRadius::start(aaa.name(), IpAddr::V4(Ipv4Addr::LOCALHOST), &cfg);
     let (auth_at, acct_at) = (radius.auth_addr(), radius.acct_addr());
 
-    let codes = create_codes(
-        &pg,
-        &[
-            "--count",
-            "2",
-            "--type",
-            "time_or_data",
-            "--time-secs",
-            "3600",
-            "--data-mb",
-            "500",
-            "--down-mbits",
-            "20",
-        ],
-    );
+    let codes = pg.create_codes(&[
+        "--count",
+        "2",
+        "--type",
+        "time_or_data",
+        "--time-secs",
+        "3600",
+        "--data-mb",
+        "500",
+        "--down-mbits",
+        "20",
+    ]);
     assert_eq!(codes.len(), 2);
     let code = &codes[0];
     assert_eq!(
@@ -240,28 +218,9 @@ fn gateway(hs: &Hotspot, server: Ipv4Addr, nas: &str, nas_ip: Ipv4Addr) -> Agent
 }
 
 fn gateway_with(hs: &Hotspot, server: Ipv4Addr, nas: &str, nas_ip: Ipv4Addr) -> AgentBuilder {
-    std::fs::create_dir_all(&hs.state_dir).unwrap();
-    let secret = hs.state_dir.join("radius.secret");
-    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
-    AgentBuilder::new(hs)
+    fleet_gateway(hs, server, nas, nas_ip, SECRET)
         .arg("--captive-listen")
         .arg(portal(hs).to_string())
-        .arg("--vouchers-backend")
-        .arg("radius")
-        .arg("--radius-server")
-        .arg(format!("{server}:1812"))
-        .arg("--radius-acct-server")
-        .arg(format!("{server}:1813"))
-        .arg("--radius-secret-file")
-        .arg(secret.display().to_string())
-        .arg("--radius-nas-id")
-        .arg(nas)
-        .arg("--radius-nas-ip")
-        .arg(nas_ip.to_string())
-        .arg("--radius-timeout-ms")
-        .arg("300")
-        .arg("--radius-retries")
-        .arg("1")
 }
 
 /// The latest session of the device of `mac` at `agent`.
@@ -278,6 +237,24 @@ fn session_of(agent: &Agent, mac: &str) -> Value {
         .and_then(|l| l.last())
         .cloned()
         .unwrap_or_else(|| panic!("no session: {list}"))
+}
+
+/// Waits for an open radacct row of `code` at `nas_ip` (its Start).
+fn open_at(pg: &Postgres, code: &str, nas_ip: Ipv4Addr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg
+        .rows(&format!(
+            "SELECT 1 FROM radacct WHERE username = '{code}' AND nasipaddress = '{nas_ip}' AND acctstoptime IS NULL"
+        ))
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no Start of {code} at {nas_ip}: {:?}",
+            pg.rows("SELECT username, nasipaddress, acctstarttime, acctstoptime FROM radacct")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits for the radacct row of `code` at `nas_ip` to be closed:
@@ -315,9 +292,8 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
     let mut cfg = RadiusConfig::new(SECRET, "");
     cfg.postgres = Some(pg.dir.clone());
     let radius = FreeRadius::start(aaa.name(), Ipv4Addr::UNSPECIFIED.into(), &cfg);
-    let code = create_codes(
-        &pg,
-        &[
+    let code = pg
+        .create_codes(&[
             "--count",
             "1",
             "--type",
@@ -328,9 +304,8 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
             "500",
             "--price",
             "20 PHP",
-        ],
-    )
-    .remove(0);
+        ])
+        .remove(0);
     let (agent_a, mut agent_b) = (
         gateway(&a, aaa_a, "gw-a", nas_a),
         gateway(&b, aaa_b, "gw-b", nas_b),
@@ -350,20 +325,7 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
     TcpTransfer::run(&ca.ns, srv_a.tcp4.addr, 200_000, 3_000_000).expect("online at A");
 
     // Online at A (its Start recorded): refused at B, with the server's word for it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pg
-        .rows(&format!(
-            "SELECT 1 FROM radacct WHERE username = '{code}' AND acctstoptime IS NULL"
-        ))
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no Start of {code} in radacct: {}",
-            agent_a.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    open_at(&pg, &code, nas_a);
     let (st, _, page) = type_code(&cb.ns, portal(&b), &code);
     assert_eq!(
         st,
@@ -467,6 +429,7 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
         ],
         "{csv}"
     );
+    open_at(&pg, &code, nas_a);
     let out = Command::new(agent_bin())
         .args(["vouchers", "sales", "--sql", &pg.conninfo()])
         .output()
@@ -476,6 +439,15 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
         report
             .lines()
             .any(|l| l.contains("total") && l.contains("20.00")),
+        "{report}"
+    );
+    // Online now: the customer, at A again.
+    let online = &report[report.find("ONLINE NOW").expect("online table")..];
+    let a_line = [nas_a.to_string(), "1".to_string()];
+    assert!(
+        online
+            .lines()
+            .any(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>() == a_line),
         "{report}"
     );
     drop((agent_a, agent_b, radius));
@@ -492,7 +464,7 @@ fn postgresql_stopped_mid_session_loses_and_doubles_nothing_and_the_portal_says_
     let mut cfg = RadiusConfig::new(SECRET, "");
     cfg.postgres = Some(pg.dir.clone());
     let mut radius = FreeRadius::start(aaa.name(), Ipv4Addr::UNSPECIFIED.into(), &cfg);
-    let codes = create_codes(&pg, &["--count", "2", "--type", "data", "--data-mb", "100"]);
+    let codes = pg.create_codes(&["--count", "2", "--type", "data", "--data-mb", "100"]);
     let agent = gateway(&hs, aaa_addr, "gw-a", nas);
     let nft = NftRef::install(&hs);
     let srv = ServerSet::start(&hs.server_ns, hs.server_v4, hs.server_v6, 5181, 5182);
@@ -569,7 +541,9 @@ fn a_phone_that_used_a_code_at_one_gateway_is_let_in_at_another_by_its_mac_for_w
     let mut cfg = RadiusConfig::new(SECRET, "");
     cfg.postgres = Some(pg.dir.clone());
     let _radius = FreeRadius::start(aaa.name(), Ipv4Addr::UNSPECIFIED.into(), &cfg);
-    let code = create_codes(&pg, &["--count", "1", "--type", "data", "--data-mb", "50"]).remove(0);
+    let code = pg
+        .create_codes(&["--count", "1", "--type", "data", "--data-mb", "50"])
+        .remove(0);
     // The same phone at both: B's station gets A's MAC.
     let (ca, cb) = (a.clients[0].clone(), b.clients[0].clone());
     session_tests::netns::ip_n(
@@ -628,19 +602,6 @@ fn a_phone_that_used_a_code_at_one_gateway_is_let_in_at_another_by_its_mac_for_w
     let s = session_of(&agent_b, &ca.mac);
     assert_eq!(s["data_bytes"].as_u64(), Some(50_000_000 - used_a), "{s}");
     TcpTransfer::run(&cb.ns, srv_b.tcp4.addr, 10_000, 10_000).expect("online at B");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pg
-        .rows(&format!(
-            "SELECT 1 FROM radacct WHERE username = '{code}' AND nasipaddress = '{nas_b}'"
-        ))
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no Start of {code} at B: {:?}",
-            pg.rows("SELECT username, nasipaddress FROM radacct")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    open_at(&pg, &code, nas_b);
     drop((agent_a, agent_b));
 }

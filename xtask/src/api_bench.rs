@@ -1,10 +1,13 @@
-//! `cargo xtask bench-api`: the control API benchmark (tests/tests/api_bench.rs)
-//! against a release build of the agent.
+//! `cargo xtask bench-api` and `bench-fleet`: the control API benchmark
+//! (tests/tests/api_bench.rs) and the fleet benchmark (tests/tests/fleet_bench.rs:
+//! logins and accounting against FreeRADIUS with PostgreSQL) against a release
+//! build of the agent.
 
 use anyhow::Result;
 
-pub fn run() -> Result<()> {
-    crate::require_root("the API benchmark")?;
+/// Runs the ignored benchmark test `test` of session-tests.
+pub fn run(test: &str) -> Result<()> {
+    crate::require_root("the benchmark")?;
     crate::toolchain::ensure_ebpf()?;
     crate::toolchain::ensure_net_tools()?;
     crate::toolchain::ensure_bpffs()?;
@@ -19,7 +22,7 @@ pub fn run() -> Result<()> {
                 "-p",
                 "session-tests",
                 "--test",
-                "api_bench",
+                test,
                 "--",
                 "--ignored",
                 "--nocapture",

@@ -25,6 +25,9 @@ struct Cli {
 enum Cmd {
     /// Control API benchmark: create+connect operations per second and p99 latency at 1 and 64 clients.
     BenchApi,
+    /// Fleet benchmark: code logins per second through the agent against FreeRADIUS with
+    /// PostgreSQL at 1, 10 and 100 at once (against radclient), and accounting at 10,000 sessions.
+    BenchFleet,
     /// Install the eBPF toolchain if missing, then build session-ebpf for bpfel-unknown-none.
     BuildEbpf,
     /// Run Debian's clippy on session-ebpf for bpfel-unknown-none: its lints (every
@@ -150,7 +153,8 @@ fn main() -> Result<()> {
                 memory,
             })
         }
-        Cmd::BenchApi => api_bench::run(),
+        Cmd::BenchApi => api_bench::run("api_bench"),
+        Cmd::BenchFleet => api_bench::run("fleet_bench"),
         Cmd::Layers { graph } => layers::run(&root_dir(), graph),
         Cmd::Package {
             no_lintian,

@@ -167,6 +167,11 @@ fn database(url: String, password_file: &Option<PathBuf>) -> Result<Database> {
     Ok(Database { url, password })
 }
 
+/// An open session counts as online while its gateway updated it this
+/// recently: the fleet configuration's Simultaneous-Use count (two default
+/// interim intervals and a minute).
+const FRESH_SECS: i64 = 660;
+
 /// `vouchers sales`: where and when.
 #[derive(clap::Args, Clone)]
 pub struct SalesArgs {
@@ -182,7 +187,8 @@ pub struct SalesArgs {
     /// Last day (UTC), YYYY-MM-DD, included [default: today].
     #[arg(long, value_name = "DAY")]
     until: Option<String>,
-    /// csv: every sale; table: sales and revenue per day and gateway, and the total.
+    /// csv: every sale; table: sales and revenue per day and gateway, the
+    /// totals, and the sessions online now per gateway.
     #[arg(long, default_value = "table", value_parser = ["csv", "table"])]
     format: String,
     /// Write here instead of standard output.
@@ -219,7 +225,8 @@ pub(super) fn sales(api: &ApiArgs, a: SalesArgs) -> Result<()> {
     if since >= until {
         bail!("--since is after --until: nothing to report");
     }
-    let list = database(a.sql.clone(), &a.sql_password_file)?.sales(since, until)?;
+    let db = database(a.sql.clone(), &a.sql_password_file)?;
+    let list = db.sales(since, until)?;
     let text = if api.json {
         let rows: Vec<serde_json::Value> = list
             .iter()
@@ -249,7 +256,16 @@ pub(super) fn sales(api: &ApiArgs, a: SalesArgs) -> Result<()> {
         }
         out
     } else {
-        report(&list)
+        let mut text = report(&list);
+        let online = db.online(FRESH_SECS)?;
+        let mut t = table(&["GATEWAY", "ONLINE NOW"], &[1]);
+        for (gw, n) in &online {
+            t.add_row([gw.clone(), n.to_string()]);
+        }
+        let total: i64 = online.iter().map(|(_, n)| n).sum();
+        t.add_row(["total".to_string(), total.to_string()]);
+        text.push_str(&format!("\n{t}\n"));
+        text
     };
     match &a.output {
         Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display())),
