@@ -362,6 +362,8 @@ server default {{
 /// The fleet's authorize: a MAC login (Call-Check) of a device that used a
 /// code is that code's login (its name in the Accept's User-Name, which the
 /// gateway's accounting then carries); then the codes' limits and counters.
+/// Without its database the server does not answer (the portal then says
+/// "try again") rather than refuse a good code.
 const ROAMING_POLICY: &str = r#"if (&Service-Type == Call-Check) {
       update request {
         &User-Name := "%{sql:SELECT username FROM radacct WHERE callingstationid = '%{Calling-Station-Id}' AND username IN (SELECT code FROM session_agent_codes) ORDER BY acctstarttime DESC LIMIT 1}"
@@ -380,7 +382,15 @@ const ROAMING_POLICY: &str = r#"if (&Service-Type == Call-Check) {
         }
       }
     }
-    sql
+    sql {
+      fail = 1
+    }
+    if (fail) {
+      update control {
+        &Response-Packet-Type := Do-Not-Respond
+      }
+      return
+    }
     expiration
     timecounter
     datacounter

@@ -506,8 +506,16 @@ fn postgresql_stopped_mid_session_loses_and_doubles_nothing_and_the_portal_says_
         "one record of the session"
     );
 
-    // No RADIUS server answers: the portal asks to try again, and the code
-    // is not spent.
+    // Without its database the server does not answer rather than refuse:
+    // the portal asks to try again, and no wrong try is counted.
+    pg.stop();
+    for _ in 0..6 {
+        let (st, _, page) = type_code(&other.ns, portal(&hs), &codes[1]);
+        assert_eq!(st, 503, "{page}");
+        assert!(page.contains("try again in a minute"), "{page}");
+    }
+    pg.resume();
+    // No RADIUS server answers: the same, and the code is not spent.
     radius.stop();
     let (st, _, page) = type_code(&other.ns, portal(&hs), &codes[1]);
     assert_eq!(st, 503, "{page}");
