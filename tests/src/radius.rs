@@ -94,16 +94,7 @@ impl FreeRadius {
       busy_timeout = 200
       bootstrap = "/etc/freeradius/3.0/mods-config/sql/main/sqlite/schema.sql"
     }}
-    radius_db = "radius"
-    acct_table1 = "radacct"
-    acct_table2 = "radacct"
-    postauth_table = "radpostauth"
-    authcheck_table = "radcheck"
-    groupcheck_table = "radgroupcheck"
-    authreply_table = "radreply"
-    groupreply_table = "radgroupreply"
-    usergroup_table = "radusergroup"
-    delete_stale_sessions = yes
+{SQL_TABLES}    delete_stale_sessions = yes
     pool {{
       start = 1
       min = 1
@@ -396,6 +387,18 @@ const ROAMING_POLICY: &str = r#"if (&Service-Type == Call-Check) {
     datacounter
     expire_on_login"#;
 
+/// The tables of FreeRADIUS's SQL schema, as its `sql` module names them.
+const SQL_TABLES: &str = r#"    radius_db = "radius"
+    acct_table1 = "radacct"
+    acct_table2 = "radacct"
+    postauth_table = "radpostauth"
+    authcheck_table = "radcheck"
+    groupcheck_table = "radgroupcheck"
+    authreply_table = "radreply"
+    groupreply_table = "radgroupreply"
+    usergroup_table = "radusergroup"
+"#;
+
 /// The fleet's modules: `sql` on PostgreSQL and the counters (as in the
 /// README's "Many gateways" section).
 fn fleet_modules(pg: &std::path::Path, stale_secs: u64) -> String {
@@ -408,16 +411,7 @@ fn fleet_modules(pg: &std::path::Path, stale_secs: u64) -> String {
     port = 5432
     login = "postgres"
     password = ""
-    radius_db = "radius"
-    acct_table1 = "radacct"
-    acct_table2 = "radacct"
-    postauth_table = "radpostauth"
-    authcheck_table = "radcheck"
-    groupcheck_table = "radgroupcheck"
-    authreply_table = "radreply"
-    groupreply_table = "radgroupreply"
-    usergroup_table = "radusergroup"
-    read_groups = no
+{SQL_TABLES}    read_groups = no
     delete_stale_sessions = no
     pool {{
       start = 1

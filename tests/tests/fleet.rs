@@ -278,9 +278,22 @@ fn closed_at(pg: &Postgres, code: &str, nas_ip: Ipv4Addr) -> (u64, u64, String) 
     }
 }
 
-#[test]
-fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_reboot_frees_it() {
-    require_root();
+/// Two gateways and one AAA server (FreeRADIUS with PostgreSQL) in a
+/// namespace of its own, linked to each; dropped server first.
+struct Fleet {
+    _radius: FreeRadius,
+    a: Hotspot,
+    b: Hotspot,
+    _aaa: Netns,
+    pg: Postgres,
+    /// Each gateway's NAS-IP-Address, and the server's address as it sees it.
+    nas_a: Ipv4Addr,
+    aaa_a: Ipv4Addr,
+    nas_b: Ipv4Addr,
+    aaa_b: Ipv4Addr,
+}
+
+fn fleet() -> Fleet {
     let pg = Postgres::start();
     let (a, b) = (
         Hotspot::builder().clients(1).build(),
@@ -292,6 +305,34 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
     let mut cfg = RadiusConfig::new(SECRET, "");
     cfg.postgres = Some(pg.dir.clone());
     let radius = FreeRadius::start(aaa.name(), Ipv4Addr::UNSPECIFIED.into(), &cfg);
+    Fleet {
+        _radius: radius,
+        a,
+        b,
+        _aaa: aaa,
+        pg,
+        nas_a,
+        aaa_a,
+        nas_b,
+        aaa_b,
+    }
+}
+
+#[test]
+fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_reboot_frees_it() {
+    require_root();
+    let f = fleet();
+    let Fleet {
+        a,
+        b,
+        pg,
+        nas_a,
+        aaa_a,
+        nas_b,
+        aaa_b,
+        ..
+    } = &f;
+    let (nas_a, aaa_a, nas_b, aaa_b) = (*nas_a, *aaa_a, *nas_b, *aaa_b);
     let code = pg
         .create_codes(&[
             "--count",
@@ -307,10 +348,10 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
         ])
         .remove(0);
     let (agent_a, mut agent_b) = (
-        gateway(&a, aaa_a, "gw-a", nas_a),
-        gateway(&b, aaa_b, "gw-b", nas_b),
+        gateway(a, aaa_a, "gw-a", nas_a),
+        gateway(b, aaa_b, "gw-b", nas_b),
     );
-    let (nft_a, nft_b) = (NftRef::install(&a), NftRef::install(&b));
+    let (nft_a, nft_b) = (NftRef::install(a), NftRef::install(b));
     let srv_a = ServerSet::start(&a.server_ns, a.server_v4, a.server_v6, 5171, 5172);
     let srv_b = ServerSet::start(&b.server_ns, b.server_v4, b.server_v6, 5171, 5172);
     let (ca, cb) = (a.clients[0].clone(), b.clients[0].clone());
@@ -318,15 +359,15 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
     // At A, typed with dashes and small letters as a customer may.
     let typed = format!("{}-{}", &code[..5], &code[5..]).to_lowercase();
     let before_login = Instant::now();
-    let (st, head, page) = type_code(&ca.ns, portal(&a), &typed);
+    let (st, head, page) = type_code(&ca.ns, portal(a), &typed);
     let after_login = Instant::now();
     assert_eq!(st, 303, "{head}\n{page}\n{}", agent_a.log_tail());
     assert!(agent_a.client_or_zero(&ca.mac).allowed);
     TcpTransfer::run(&ca.ns, srv_a.tcp4.addr, 200_000, 3_000_000).expect("online at A");
 
     // Online at A (its Start recorded): refused at B, with the server's word for it.
-    open_at(&pg, &code, nas_a);
-    let (st, _, page) = type_code(&cb.ns, portal(&b), &code);
+    open_at(pg, &code, nas_a);
+    let (st, _, page) = type_code(&cb.ns, portal(b), &code);
     assert_eq!(
         st,
         403,
@@ -340,10 +381,10 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
     // Paused at A after a while: a Stop.
     std::thread::sleep(Duration::from_millis(2_500));
     let before_pause = Instant::now();
-    let (st, head, page) = http(&ca.ns, portal(&a), "POST", "/portal/pause", &[FORM], "");
+    let (st, head, page) = http(&ca.ns, portal(a), "POST", "/portal/pause", &[FORM], "");
     let after_pause = Instant::now();
     assert_eq!(st, 303, "{head}\n{page}");
-    let (secs_a, octets_a, cause) = closed_at(&pg, &code, nas_a);
+    let (secs_a, octets_a, cause) = closed_at(pg, &code, nas_a);
     let ref_a = nft_a.get(&ca.mac);
     assert_eq!(
         octets_a,
@@ -363,7 +404,7 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
     assert_eq!(cause, "User-Request");
 
     // At B: exactly what is left.
-    let (st, head, page) = type_code(&cb.ns, portal(&b), &code);
+    let (st, head, page) = type_code(&cb.ns, portal(b), &code);
     assert_eq!(st, 303, "{head}\n{page}\n{}", agent_b.log_tail());
     let s = session_of(&agent_b, &cb.mac);
     assert_eq!(s["time_secs"].as_u64(), Some(3600 - secs_a), "{s}");
@@ -380,14 +421,14 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
     agent_b.kill9();
     agent_b.detach(&b.lan_if);
     agent_b = agent_b.restart();
-    let (_, octets_b, cause) = closed_at(&pg, &code, nas_b);
+    let (_, octets_b, cause) = closed_at(pg, &code, nas_b);
     assert_eq!(cause, "NAS-Reboot");
     let ref_b = nft_b.get(&cb.mac);
     assert!(
         octets_b <= ref_b.up_bytes + ref_b.down_bytes,
         "{octets_b} against {ref_b:?}"
     );
-    let (st, head, page) = type_code(&ca.ns, portal(&a), &code);
+    let (st, head, page) = type_code(&ca.ns, portal(a), &code);
     assert_eq!(
         st,
         303,
@@ -429,7 +470,7 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
         ],
         "{csv}"
     );
-    open_at(&pg, &code, nas_a);
+    open_at(pg, &code, nas_a);
     let out = Command::new(agent_bin())
         .args(["vouchers", "sales", "--sql", &pg.conninfo()])
         .output()
@@ -450,7 +491,7 @@ fn a_code_typed_at_two_gateways_gives_the_exact_remainder_once_at_a_time_and_a_r
             .any(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>() == a_line),
         "{report}"
     );
-    drop((agent_a, agent_b, radius));
+    drop((agent_a, agent_b, f));
 }
 
 #[test]
@@ -538,17 +579,18 @@ fn postgresql_stopped_mid_session_loses_and_doubles_nothing_and_the_portal_says_
 #[test]
 fn a_phone_that_used_a_code_at_one_gateway_is_let_in_at_another_by_its_mac_for_what_is_left() {
     require_root();
-    let pg = Postgres::start();
-    let (a, b) = (
-        Hotspot::builder().clients(1).build(),
-        Hotspot::builder().clients(1).build(),
-    );
-    let aaa = Netns::new(&format!("{}-aaa", a.id));
-    let (nas_a, aaa_a) = link_to_aaa(&a.gw_ns, aaa.name(), 1);
-    let (nas_b, aaa_b) = link_to_aaa(&b.gw_ns, aaa.name(), 2);
-    let mut cfg = RadiusConfig::new(SECRET, "");
-    cfg.postgres = Some(pg.dir.clone());
-    let _radius = FreeRadius::start(aaa.name(), Ipv4Addr::UNSPECIFIED.into(), &cfg);
+    let f = fleet();
+    let Fleet {
+        a,
+        b,
+        pg,
+        nas_a,
+        aaa_a,
+        nas_b,
+        aaa_b,
+        ..
+    } = &f;
+    let (nas_a, aaa_a, nas_b, aaa_b) = (*nas_a, *aaa_a, *nas_b, *aaa_b);
     let code = pg
         .create_codes(&["--count", "1", "--type", "data", "--data-mb", "50"])
         .remove(0);
@@ -572,20 +614,20 @@ fn a_phone_that_used_a_code_at_one_gateway_is_let_in_at_another_by_its_mac_for_w
             "permanent",
         ],
     );
-    let agent_a = gateway(&a, aaa_a, "gw-a", nas_a);
-    let agent_b = gateway_with(&b, aaa_b, "gw-b", nas_b)
+    let agent_a = gateway(a, aaa_a, "gw-a", nas_a);
+    let agent_b = gateway_with(b, aaa_b, "gw-b", nas_b)
         .arg("--radius-mac-auth")
         .start();
-    let nft_a = NftRef::install(&a);
+    let nft_a = NftRef::install(a);
     let srv_a = ServerSet::start(&a.server_ns, a.server_v4, a.server_v6, 5191, 5192);
     let srv_b = ServerSet::start(&b.server_ns, b.server_v4, b.server_v6, 5191, 5192);
 
-    let (st, head, page) = type_code(&ca.ns, portal(&a), &code);
+    let (st, head, page) = type_code(&ca.ns, portal(a), &code);
     assert_eq!(st, 303, "{head}\n{page}");
     TcpTransfer::run(&ca.ns, srv_a.tcp4.addr, 100_000, 2_000_000).expect("online at A");
-    let (st, _, _) = http(&ca.ns, portal(&a), "POST", "/portal/pause", &[FORM], "");
+    let (st, _, _) = http(&ca.ns, portal(a), "POST", "/portal/pause", &[FORM], "");
     assert_eq!(st, 303);
-    let (_, used_a, _) = closed_at(&pg, &code, nas_a);
+    let (_, used_a, _) = closed_at(pg, &code, nas_a);
     let r = nft_a.get(&ca.mac);
     assert_eq!(used_a, r.up_bytes + r.down_bytes);
 
@@ -610,6 +652,6 @@ fn a_phone_that_used_a_code_at_one_gateway_is_let_in_at_another_by_its_mac_for_w
     let s = session_of(&agent_b, &ca.mac);
     assert_eq!(s["data_bytes"].as_u64(), Some(50_000_000 - used_a), "{s}");
     TcpTransfer::run(&cb.ns, srv_b.tcp4.addr, 10_000, 10_000).expect("online at B");
-    open_at(&pg, &code, nas_b);
-    drop((agent_a, agent_b));
+    open_at(pg, &code, nas_b);
+    drop((agent_a, agent_b, f));
 }

@@ -7,72 +7,43 @@
 
 use std::net::Ipv4Addr;
 use std::process::Stdio;
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use session_tests::load::{concurrent, Load};
 use session_tests::postgres::Postgres;
 use session_tests::radius::{fleet_gateway, link_to_aaa, FreeRadius, RadiusConfig};
 use session_tests::{ns_command, require_root, Hotspot, Netns};
 
 const SECRET: &str = "b3nch-s3cret";
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
 /// `codes` logged in through the agent's API by `clients` threads, each a new
 /// device (`POST /v1/devices`, then `POST /v1/devices/{id}/login` with the
-/// code as username and password): logins/s, p50, p99.
+/// code as username and password).
 fn through_agent(
     api: &session_tests::api::ApiClient,
     codes: &[String],
     clients: usize,
     first_mac: usize,
-) -> (f64, Duration, Duration) {
-    let barrier = Arc::new(Barrier::new(clients));
+) -> Load {
     let per = codes.len() / clients;
-    let start = Instant::now();
-    let handles: Vec<_> = (0..clients)
-        .map(|c| {
-            let (api, barrier) = (api.clone(), barrier.clone());
-            let mine: Vec<String> = codes[c * per..(c + 1) * per].to_vec();
-            std::thread::spawn(move || {
-                barrier.wait();
-                let mut lat = Vec::new();
-                for (i, code) in mine.iter().enumerate() {
-                    let n = first_mac + c * per + i;
-                    let mac = format!(
-                        "06:00:{:02x}:{:02x}:{:02x}:02",
-                        (n >> 16) & 0xff,
-                        (n >> 8) & 0xff,
-                        n & 0xff
-                    );
-                    let t = Instant::now();
-                    let d = api.post("/v1/devices", &json!({ "mac": mac })).ok("device");
-                    let r = api.post(
-                        &format!("/v1/devices/{}/login", d["id"]),
-                        &json!({ "username": code, "password": code }),
-                    );
-                    assert_eq!(r.status, 201, "{}", r.body);
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all: Vec<Duration> = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
-    let wall = start.elapsed();
-    all.sort();
-    (
-        all.len() as f64 / wall.as_secs_f64(),
-        percentile(&all, 0.5),
-        percentile(&all, 0.99),
-    )
+    let (api, codes) = (api.clone(), codes.to_vec());
+    concurrent(clients, per, move |c, i| {
+        let n = first_mac + c * per + i;
+        let mac = format!(
+            "06:00:{:02x}:{:02x}:{:02x}:02",
+            (n >> 16) & 0xff,
+            (n >> 8) & 0xff,
+            n & 0xff
+        );
+        let code = &codes[c * per + i];
+        let d = api.post("/v1/devices", &json!({ "mac": mac })).ok("device");
+        let r = api.post(
+            &format!("/v1/devices/{}/login", d["id"]),
+            &json!({ "username": code, "password": code }),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    })
 }
 
 /// The same Access-Requests sent by radclient from the gateway's namespace,
@@ -168,7 +139,7 @@ fn bench_fleet_logins_and_accounting() {
     for clients in [1usize, 10, 100] {
         let mine = take(per_row);
         let baseline = straight(&hs.gw_ns, server, &mine, clients);
-        let (rate, p50, p99) = through_agent(&api, &mine, clients, mac);
+        let Load { rate, p50, p99 } = through_agent(&api, &mine, clients, mac);
         mac += per_row;
         println!(
             "| {clients} | {rate:.0} | {:.1} ms | {:.1} ms | {baseline:.0} | {:.2} |",
