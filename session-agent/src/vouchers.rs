@@ -105,9 +105,10 @@ impl VoucherDesk {
         &self.gw
     }
 
-    /// For a code checked elsewhere (at the RADIUS server): answered
-    /// [`RedeemError::TooManyTries`] when `device_id` used up its wrong
-    /// tries, as [`VoucherDesk::redeem`] would.
+    /// Answered [`RedeemError::TooManyTries`] when `device_id` used up its
+    /// wrong tries (counted as held back): before [`VoucherDesk::redeem`]
+    /// looks at a code, and before a code checked elsewhere (at the RADIUS
+    /// server) is sent.
     pub fn admit(&self, device_id: DeviceId) -> Result<(), RedeemError> {
         self.tally
             .admit(device_id, Instant::now())
@@ -208,10 +209,7 @@ impl VoucherDesk {
     pub async fn redeem(&self, device_id: DeviceId, code: &str) -> Result<Redeemed, RedeemError> {
         let desk = &self.tally;
         let now = Instant::now();
-        if let Err(retry_after) = desk.admit(device_id, now) {
-            desk.limited.fetch_add(1, Ordering::Relaxed);
-            return Err(RedeemError::TooManyTries { retry_after });
-        }
+        self.admit(device_id)?;
         let (session, voucher) = match self.gw.sessions().redeem_voucher(device_id, code) {
             Ok(r) => r,
             Err(ModelError::Redeem(RedeemRefusal::AlreadyRedeemed { session_id }))

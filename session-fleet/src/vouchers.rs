@@ -21,6 +21,8 @@
 
 use std::io::Write;
 
+use session_model::voucher::NewBatch;
+
 use crate::sales::{Price, CODES_TABLE};
 
 /// What every code of a batch buys.
@@ -111,6 +113,22 @@ pub enum FleetError {
 }
 
 impl Plan {
+    /// What each code of `b` buys (a batch that passed [`NewBatch::check`]).
+    pub fn of(b: &NewBatch) -> Plan {
+        let t = &b.template;
+        let speed =
+            |mbits: i32| (!t.use_global_speed && mbits > 0).then(|| mbits as u64 * 1_000_000);
+        Plan {
+            time_secs: t.session_type.uses_time().then_some(t.time_secs),
+            data_bytes: t.session_type.uses_data().then_some(t.data_bytes),
+            down_bps: speed(t.down_mbits),
+            up_bps: speed(t.up_mbits),
+            devices: b.max_devices,
+            secs_after_first_login: t.exp_days.map(|d| u64::from(d) * 86_400),
+            valid_until: b.valid_until,
+        }
+    }
+
     /// Checks that the plan buys something, for someone.
     pub fn check(&self) -> Result<(), FleetError> {
         if self.time_secs.is_none() && self.data_bytes.is_none() {

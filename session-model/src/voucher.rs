@@ -353,6 +353,50 @@ pub struct NewBatch {
     pub group: usize,
 }
 
+impl NewBatch {
+    /// Whether the batch can be made at `now`: its labels, count, code
+    /// length and grouping, devices per code, last moment, and the session a
+    /// code buys. Codes made elsewhere (a RADIUS database) are held to it too.
+    pub fn check(&self, now: i64) -> Result<(), ModelError> {
+        check_label("batch", &self.batch, false)?;
+        if let Some(p) = &self.price {
+            check_label("price", p, true)?;
+        }
+        if !(1..=MAX_BATCH).contains(&self.count) {
+            return Err(ModelError::InvalidBatch(format!(
+                "count must be 1 to {MAX_BATCH}, not {}",
+                self.count
+            )));
+        }
+        if !(MIN_CODE_LEN..=MAX_CODE_LEN).contains(&self.code_len) {
+            return Err(ModelError::InvalidBatch(format!(
+                "code_length must be {MIN_CODE_LEN} to {MAX_CODE_LEN}, not {}",
+                self.code_len
+            )));
+        }
+        if self.group > self.code_len {
+            return Err(ModelError::InvalidBatch(format!(
+                "group must be 0 (none) to code_length ({}), not {}",
+                self.code_len, self.group
+            )));
+        }
+        if !(1..=MAX_DEVICES_PER_CODE).contains(&self.max_devices) {
+            return Err(ModelError::InvalidBatch(format!(
+                "max_devices must be 1 to {MAX_DEVICES_PER_CODE}, not {}",
+                self.max_devices
+            )));
+        }
+        if self.valid_until.is_some_and(|t| t <= now) {
+            return Err(ModelError::InvalidBatch(
+                "valid_until is in the past: the codes could never be redeemed".into(),
+            ));
+        }
+        // The session a code buys must be one the manager accepts.
+        self.template.session(LOCAL_PROVIDER, now).validate()?;
+        Ok(())
+    }
+}
+
 fn check_label(field: &str, v: &str, empty_ok: bool) -> Result<(), ModelError> {
     let n = v.chars().count();
     if (!empty_ok && n == 0) || n > MAX_LABEL {
@@ -371,42 +415,8 @@ fn check_label(field: &str, v: &str, empty_ok: bool) -> Result<(), ModelError> {
 impl SessionsMgr {
     /// Makes `b.count` fresh codes, stored together (all or none).
     pub fn create_vouchers(&self, b: &NewBatch) -> Result<Vec<Voucher>, ModelError> {
-        check_label("batch", &b.batch, false)?;
-        if let Some(p) = &b.price {
-            check_label("price", p, true)?;
-        }
-        if !(1..=MAX_BATCH).contains(&b.count) {
-            return Err(ModelError::InvalidBatch(format!(
-                "count must be 1 to {MAX_BATCH}, not {}",
-                b.count
-            )));
-        }
-        if !(MIN_CODE_LEN..=MAX_CODE_LEN).contains(&b.code_len) {
-            return Err(ModelError::InvalidBatch(format!(
-                "code_length must be {MIN_CODE_LEN} to {MAX_CODE_LEN}, not {}",
-                b.code_len
-            )));
-        }
-        if b.group > b.code_len {
-            return Err(ModelError::InvalidBatch(format!(
-                "group must be 0 (none) to code_length ({}), not {}",
-                b.code_len, b.group
-            )));
-        }
-        if !(1..=MAX_DEVICES_PER_CODE).contains(&b.max_devices) {
-            return Err(ModelError::InvalidBatch(format!(
-                "max_devices must be 1 to {MAX_DEVICES_PER_CODE}, not {}",
-                b.max_devices
-            )));
-        }
         let now = self.clock().now_secs();
-        if b.valid_until.is_some_and(|t| t <= now) {
-            return Err(ModelError::InvalidBatch(
-                "valid_until is in the past: the codes could never be redeemed".into(),
-            ));
-        }
-        // The session a code buys must be one the manager accepts.
-        b.template.session(LOCAL_PROVIDER, now).validate()?;
+        b.check(now)?;
 
         let _guard = self.voucher_lock.lock().map_err(|_| ModelError::Poisoned)?;
         let mut seen = std::collections::BTreeSet::new();

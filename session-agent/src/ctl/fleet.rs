@@ -8,12 +8,12 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use session_api::{csv_field, requests::NewSession};
+use session_api::{csv_field, requests::NewVouchers};
 use session_fleet::{batch_rows, cents_text, write_copy, Database, Plan, Price, Sale};
 use session_model::voucher::{
-    generate_code, group_code, DEFAULT_CODE_LEN, DEFAULT_GROUP, MAX_BATCH, MAX_CODE_LEN,
-    MIN_CODE_LEN,
+    generate_code, group_code, NewBatch, VoucherTemplate, DEFAULT_CODE_LEN, DEFAULT_GROUP,
 };
+use session_model::{mb_to_bytes, SessionType};
 
 use super::{args::ApiArgs, out::table};
 
@@ -39,17 +39,6 @@ impl FleetArgs {
     }
 }
 
-/// What `vouchers create` asked for.
-pub(super) struct Batch {
-    pub count: u32,
-    pub batch: String,
-    pub spec: NewSession,
-    pub valid_until: Option<i64>,
-    pub max_devices: Option<u32>,
-    pub code_length: Option<usize>,
-    pub group: Option<usize>,
-}
-
 /// One code as printed.
 #[derive(Serialize)]
 struct Made {
@@ -58,57 +47,38 @@ struct Made {
     batch: String,
 }
 
-/// What the code buys, as the server's check items say it.
-fn plan_of(b: &Batch) -> Result<Plan> {
-    let s = &b.spec;
-    let time = || {
-        if s.time_secs == 0 {
-            bail!("a time code needs --time-secs above 0")
-        }
-        Ok(Some(s.time_secs))
+/// The batch `v` asks for, with the agent's defaults and checks: the codes
+/// are held to what the agent's own would be.
+fn new_batch(v: NewVouchers) -> Result<NewBatch> {
+    let b = NewBatch {
+        batch: v.batch,
+        price: v.price,
+        count: v.count,
+        template: VoucherTemplate {
+            session_type: SessionType::try_from(v.session_type)?,
+            time_secs: v.time_secs,
+            data_bytes: mb_to_bytes("data_mb", v.data_mb)?,
+            exp_days: v.exp_days,
+            down_mbits: v.down_mbits,
+            up_mbits: v.up_mbits,
+            use_global_speed: v.use_global_speed,
+        },
+        valid_until: v.valid_until,
+        max_devices: v.max_devices.unwrap_or(1),
+        code_len: v.code_length.unwrap_or(DEFAULT_CODE_LEN),
+        group: v.group.unwrap_or(DEFAULT_GROUP),
     };
-    let data = || -> Result<Option<u64>> {
-        let bytes = session_model::mb_to_bytes("data_mb", s.data_mb)?;
-        if bytes == 0 {
-            bail!("a data code needs --data-mb above 0")
-        }
-        Ok(Some(bytes))
-    };
-    let (time_secs, data_bytes) = match s.session_type {
-        0 => (time()?, None),
-        1 => (None, data()?),
-        _ => (time()?, data()?),
-    };
-    let speed = |mbits: i32| (!s.use_global_speed && mbits > 0).then(|| mbits as u64 * 1_000_000);
-    Ok(Plan {
-        time_secs,
-        data_bytes,
-        down_bps: speed(s.down_mbits),
-        up_bps: speed(s.up_mbits),
-        devices: b.max_devices.unwrap_or(1),
-        secs_after_first_login: s.exp_days.map(|d| u64::from(d) * 86_400),
-        valid_until: b.valid_until,
-    })
+    b.check(chrono::Utc::now().timestamp())?;
+    Ok(b)
 }
 
 /// Makes the batch's codes and writes them to the database or the file.
-pub(super) fn create(
-    api: &ApiArgs,
-    args: &FleetArgs,
-    b: Batch,
-    price: Option<String>,
-) -> Result<()> {
-    let price = price.as_deref().map(Price::parse).transpose()?;
-    if b.count == 0 || b.count > MAX_BATCH {
-        bail!("--count must be 1 to {MAX_BATCH}: make larger batches in several runs");
-    }
-    let len = b.code_length.unwrap_or(DEFAULT_CODE_LEN);
-    if !(MIN_CODE_LEN..=MAX_CODE_LEN).contains(&len) {
-        bail!("--code-length must be {MIN_CODE_LEN} to {MAX_CODE_LEN}");
-    }
-    let plan = plan_of(&b)?;
+pub(super) fn create(api: &ApiArgs, args: &FleetArgs, v: NewVouchers) -> Result<()> {
+    let b = new_batch(v)?;
+    let price = b.price.as_deref().map(Price::parse).transpose()?;
+    let plan = Plan::of(&b);
     let codes = (0..b.count)
-        .map(|_| generate_code(len))
+        .map(|_| generate_code(b.code_len))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow!("cannot draw random codes: {e}"))?;
     let rows = batch_rows(&codes, &b.batch, &plan, price)?;
@@ -129,12 +99,11 @@ pub(super) fn create(
         let n = db.insert(&rows)?;
         format!("written into the RADIUS database ({n} rows)")
     };
-    let group = b.group.unwrap_or(DEFAULT_GROUP);
     let made: Vec<Made> = codes
         .iter()
         .map(|c| Made {
             code: c.clone(),
-            display_code: group_code(c, group),
+            display_code: group_code(c, b.group),
             batch: b.batch.clone(),
         })
         .collect();

@@ -140,18 +140,6 @@ pub fn vouchers(api: &ApiArgs, cmd: VouchersCmd) -> Result<()> {
                 (None, t) => t,
             };
             let s = spec.request();
-            if fleet.given() {
-                let batch = fleet::Batch {
-                    count,
-                    batch,
-                    spec: s,
-                    valid_until,
-                    max_devices,
-                    code_length,
-                    group,
-                };
-                return fleet::create(api, &fleet, batch, price);
-            }
             let body = NewVouchers {
                 count,
                 batch,
@@ -168,6 +156,9 @@ pub fn vouchers(api: &ApiArgs, cmd: VouchersCmd) -> Result<()> {
                 code_length,
                 group,
             };
+            if fleet.given() {
+                return fleet::create(api, &fleet, body);
+            }
             let v = api.send("POST", "/v1/vouchers", &body)?;
             show(api, v, |v: Vec<VoucherView>| print_vouchers(&v))
         }
