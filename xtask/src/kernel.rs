@@ -6,6 +6,13 @@
 //! bpffs on /sys/fs/bpf; the test executables, the agent and the kernel's
 //! modules are all reached through that share. One small writable share
 //! brings the exit status back. QEMU runs under TCG: KVM is not used.
+//!
+//! A guest of another architecture (`--arch arm64|armhf`: Debian's arm64 or
+//! armmp kernel on QEMU's `virt` machine) cannot run the host's programs: its
+//! root is a Debian root of its own architecture (mmdebstrap, with the tools the
+//! tests call), and the host's root is shared beside it, at /host, from which
+//! the workspace (the cross-built tests and agent, the kernel's modules) is
+//! bound at the same paths as on the host.
 
 use std::{
     io::{BufRead, BufReader},
@@ -20,6 +27,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+
+use crate::arch::Arch;
 
 /// Test executables run when none is named: the datapath program tests and
 /// the real-traffic counting and restart tests (about 3.5 minutes under TCG).
@@ -60,6 +69,26 @@ pub const NEWER_SMOKE_TESTS: &[&str] = &[
     "restart:kill9_keeps_dataplane_and_restart_continues_counters",
 ];
 
+/// What `cargo xtask test-kernel --arch arm64|armhf` runs when no test is named, and
+/// what `cargo xtask test` runs on arm64's 6.12: the verifier's cost of each
+/// program (loaded by the arm64 JIT), the gate's frame tests, exact counts against
+/// nftables, a data cut-off under TCP, kill -9 and restart, and the program's
+/// cost per packet against a no-op program in the same guest (the datapath
+/// benchmark's first scenario, `bench:datapath`).
+pub const ARM_SMOKE_TESTS: &[&str] = &[
+    "verifier",
+    "gate",
+    "counting:exact_counts_tcp_udp_ipv4_ipv6_match_reference",
+    "sessions_data:data_session_cut_off_under_tcp_download",
+    "restart:kill9_keeps_dataplane_and_restart_continues_counters",
+    "bench:datapath",
+];
+
+/// Tools the tests call, for the Debian root of a guest of another architecture;
+/// busybox-static is the initramfs's shell.
+const GUEST_ROOT_PACKAGES: &str =
+    "busybox-static,iproute2,nftables,iperf3,kmod,mount,util-linux,procps,libcap2-bin";
+
 /// Modules needed before the host root can be mounted (Debian builds them as modules).
 const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 
@@ -69,6 +98,7 @@ const STATUS_MARKER: &str = "SESSION-VM-STATUS=";
 pub struct Options {
     /// Debian kernel series, e.g. "6.1".
     pub kernel: String,
+    pub arch: Arch,
     /// Test executables (target names) to run.
     pub tests: Vec<String>,
     /// Arguments for every test executable (libtest filters and flags).
@@ -78,32 +108,69 @@ pub struct Options {
 }
 
 pub fn run(opts: &Options) -> Result<()> {
+    prepare(opts)?.boot(opts)
+}
+
+/// A guest ready to boot: its kernel, initramfs and scripts.
+pub struct Prepared {
+    kernel: Kernel,
+    initrd: PathBuf,
+    out: PathBuf,
+}
+
+/// Fetches the kernel, builds the agent and the tests (for the guest's
+/// architecture), the guest's root if it needs its own, and the initramfs.
+pub fn prepare(opts: &Options) -> Result<Prepared> {
     let root = crate::root_dir();
     let work = root.join("target/kernel");
     std::fs::create_dir_all(&work)?;
-    let kernel = fetch_kernel(&work, &opts.kernel)?;
+    let arch = opts.arch;
+    let kernel = fetch_kernel(&work, &opts.kernel, arch)?;
 
-    let agent = crate::build_agent()?;
-    let exes = build_tests(&opts.tests)?;
+    let agent = crate::build_agent_for(arch)?;
+    let exes = build_tests(&opts.tests, arch)?;
+    let guest_root = if arch.is_host() {
+        None
+    } else {
+        Some(guest_root(&work, arch)?)
+    };
 
     println!("==> building the initramfs");
-    let initrd = build_initramfs(&work, &kernel)?;
-    let out = work.join("out");
+    let initrd = build_initramfs(&work, &kernel, arch, guest_root.as_deref())?;
+    let out = work.join(format!("out-{}", arch.deb()));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
-    write_guest_scripts(&out, &kernel, &agent, &exes, &opts.args)?;
+    write_guest_scripts(
+        &out,
+        &kernel,
+        &agent,
+        &exes,
+        &opts.args,
+        guest_root.as_deref(),
+    )?;
+    Ok(Prepared {
+        kernel,
+        initrd,
+        out,
+    })
+}
 
-    println!(
-        "==> booting Linux {} under QEMU (TCG, no KVM; everything runs 10-50x slower)",
-        kernel.release
-    );
-    let status = boot(&kernel, &initrd, &out, opts)?;
-    match status {
-        0 => {
-            println!("==> all tests passed on Linux {}", kernel.release);
-            Ok(())
+impl Prepared {
+    /// Boots the guest; an error unless every test passed.
+    pub fn boot(&self, opts: &Options) -> Result<()> {
+        let kernel = &self.kernel;
+        println!(
+            "==> booting Linux {} ({}) under QEMU (TCG, no KVM; everything runs 10-50x slower)",
+            kernel.release,
+            opts.arch.deb()
+        );
+        match boot(kernel, &self.initrd, &self.out, opts)? {
+            0 => {
+                println!("==> all tests passed on Linux {}", kernel.release);
+                Ok(())
+            }
+            s => bail!("tests failed on Linux {} (exit status {s})", kernel.release),
         }
-        s => bail!("tests failed on Linux {} (exit status {s})", kernel.release),
     }
 }
 
@@ -115,13 +182,14 @@ pub struct Kernel {
     pub root: PathBuf,
 }
 
-/// The newest `linux-image-<series>…-amd64-unsigned` package apt knows.
-fn kernel_package(series: &str) -> Result<Option<String>> {
+/// The newest `linux-image-<series>…-<flavour>` package apt knows.
+fn kernel_package(series: &str, arch: Arch) -> Result<Option<String>> {
     let out = Command::new("apt-cache")
         .args(["search", "--names-only"])
         .arg(format!(
-            "^linux-image-{}[.-].*amd64-unsigned$",
-            series.replace('.', "\\.")
+            "^linux-image-{}[.-].*-{}$",
+            series.replace('.', "\\."),
+            arch.kernel_flavour()
         ))
         .output()
         .context("running apt-cache (Debian's apt is needed to fetch the kernel)")?;
@@ -143,16 +211,22 @@ fn version_key(name: &str) -> Vec<u64> {
         .collect()
 }
 
-fn fetch_kernel(work: &Path, series: &str) -> Result<Kernel> {
-    let mut pkg = kernel_package(series)?;
+fn fetch_kernel(work: &Path, series: &str, arch: Arch) -> Result<Kernel> {
+    let mut pkg = kernel_package(series, arch)?;
     if pkg.is_none() {
         crate::run(Command::new("apt-get").args(["update", "-q"]))?;
-        pkg = kernel_package(series)?;
+        pkg = kernel_package(series, arch)?;
     }
+    let flavour = arch.kernel_flavour();
     let Some(pkg) = pkg else {
-        bail!("no Debian package linux-image-{series}*-amd64-unsigned: is the Debian release that ships Linux {series} in apt's sources?");
+        bail!("no Debian package linux-image-{series}*-{flavour}: is the Debian release that ships Linux {series} in apt's sources (and {} in dpkg's architectures)?", arch.deb());
     };
-    let dir = work.join(&pkg);
+    let pkg = if arch.is_host() {
+        pkg
+    } else {
+        format!("{pkg}:{}", arch.deb())
+    };
+    let dir = work.join(pkg.replace(':', "_"));
     let done = dir.join(".extracted");
     if !done.exists() {
         println!("==> downloading {pkg}");
@@ -207,22 +281,42 @@ struct TestExe {
     dir: PathBuf,
     /// Test name filter for this executable only (`NAME:FILTER`).
     filter: Option<String>,
+    /// A benchmark (`bench:NAME`): run without libtest's flags, its quick
+    /// program-cost scenario only.
+    bench: bool,
 }
 
-/// Builds the test executables and returns those asked for (`NAME` or
-/// `NAME:FILTER`), in that order.
-fn build_tests(specs: &[String]) -> Result<Vec<TestExe>> {
-    println!("==> building test executables: {}", specs.join(" "));
-    let out = crate::cargo()
-        .args([
-            "test",
-            "-p",
-            "session-agent",
-            "-p",
-            "session-tests",
-            "--no-run",
-            "--message-format=json-render-diagnostics",
-        ])
+/// Builds the test executables for `arch` and returns those asked for (`NAME`,
+/// `NAME:FILTER` or `bench:NAME`), in that order.
+fn build_tests(specs: &[String], arch: Arch) -> Result<Vec<TestExe>> {
+    println!(
+        "==> building test executables ({}): {}",
+        arch.triple(),
+        specs.join(" ")
+    );
+    let (mut cargo, target) = arch.cargo();
+    cargo.args([
+        "test",
+        "-p",
+        "session-agent",
+        "-p",
+        "session-tests",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    let benches: Vec<&str> = specs
+        .iter()
+        .filter_map(|s| s.strip_prefix("bench:"))
+        .collect();
+    if !benches.is_empty() {
+        // Naming a bench target leaves out the others unless they are named too.
+        cargo.args(["--lib", "--bins", "--tests"]);
+        for b in &benches {
+            cargo.args(["--bench", b]);
+        }
+    }
+    let out = cargo
+        .args(&target)
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo test --no-run")?;
@@ -234,7 +328,10 @@ fn build_tests(specs: &[String]) -> Result<Vec<TestExe>> {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
+        let bench = v["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "bench"));
+        if v["reason"] != "compiler-artifact" || (v["profile"]["test"] != true && !bench) {
             continue;
         }
         let (Some(exe), Some(name), Some(manifest)) = (
@@ -250,18 +347,23 @@ fn build_tests(specs: &[String]) -> Result<Vec<TestExe>> {
             path: PathBuf::from(exe),
             dir: dir.to_path_buf(),
             filter: None,
+            bench,
         });
     }
     specs
         .iter()
         .map(|spec| {
+            let (bench, spec) = match spec.strip_prefix("bench:") {
+                Some(name) => (true, name),
+                None => (false, spec.as_str()),
+            };
             let (n, filter) = match spec.split_once(':') {
                 Some((n, f)) => (n, Some(f.to_string())),
-                None => (spec.as_str(), None),
+                None => (spec, None),
             };
             found
                 .iter()
-                .find(|f| f.name == n)
+                .find(|f| f.name == n && f.bench == bench)
                 .map(|f| TestExe {
                     filter,
                     ..f.clone()
@@ -325,14 +427,27 @@ fn boot_modules(kernel: &Kernel) -> Result<Vec<PathBuf>> {
     Ok(order.into_iter().map(|m| mdir.join(m)).collect())
 }
 
-fn build_initramfs(work: &Path, kernel: &Kernel) -> Result<PathBuf> {
-    let dir = work.join("initramfs");
+fn build_initramfs(
+    work: &Path,
+    kernel: &Kernel,
+    arch: Arch,
+    guest_root: Option<&Path>,
+) -> Result<PathBuf> {
+    let dir = work.join(format!("initramfs-{}", arch.deb()));
     let _ = std::fs::remove_dir_all(&dir);
     for d in ["bin", "modules", "proc", "sys", "dev", "newroot"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
-    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))
-        .context("copying /bin/busybox (Debian package busybox-static)")?;
+    // The guest's own busybox: the host's, or the one in its Debian root.
+    let busybox = guest_root
+        .map(|r| r.join("bin/busybox"))
+        .unwrap_or_else(|| PathBuf::from("/bin/busybox"));
+    std::fs::copy(&busybox, dir.join("bin/busybox")).with_context(|| {
+        format!(
+            "copying {} (Debian package busybox-static)",
+            busybox.display()
+        )
+    })?;
     let mut order = String::new();
     for m in boot_modules(kernel)? {
         let mut name = m.file_name().unwrap().to_string_lossy().into_owned();
@@ -362,7 +477,34 @@ fn build_initramfs(work: &Path, kernel: &Kernel) -> Result<PathBuf> {
         order.push('\n');
     }
     std::fs::write(dir.join("modules/order"), order)?;
-    let out = work.join("out");
+    let out = work.join(format!("out-{}", arch.deb()));
+    // The host's root is the guest's, or (another architecture) beside the guest's own.
+    let mounts = match guest_root {
+        None => format!(
+            r#"if ! mount -t 9p -o $opts,ro,cache=loose hostroot /newroot; then
+  echo "{STATUS_MARKER}97 (cannot mount the host root)"; poweroff -f
+fi
+if ! mount -t 9p -o $opts out /newroot{out}; then
+  echo "{STATUS_MARKER}97 (cannot mount the status share)"; poweroff -f
+fi
+umount /proc /sys /dev
+exec switch_root /newroot /bin/bash {out}/guest.sh"#,
+            out = out.display()
+        ),
+        Some(_) => format!(
+            r#"if ! mount -t 9p -o $opts,ro,cache=loose guestroot /newroot; then
+  echo "{STATUS_MARKER}97 (cannot mount the guest's root)"; poweroff -f
+fi
+if ! mount -t 9p -o $opts,ro,cache=loose hostroot /newroot/host; then
+  echo "{STATUS_MARKER}97 (cannot mount the host root)"; poweroff -f
+fi
+if ! mount -t 9p -o $opts out /newroot/vmout; then
+  echo "{STATUS_MARKER}97 (cannot mount the status share)"; poweroff -f
+fi
+umount /proc /sys /dev
+exec switch_root /newroot /bin/bash /vmout/guest.sh"#
+        ),
+    };
     let init = format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -372,20 +514,12 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in $(cat /modules/order); do insmod /modules/$m || echo "insmod $m failed"; done
 opts=trans=virtio,version=9p2000.L,msize=524288
-if ! mount -t 9p -o $opts,ro,cache=loose hostroot /newroot; then
-  echo "{STATUS_MARKER}97 (cannot mount the host root)"; poweroff -f
-fi
-if ! mount -t 9p -o $opts out /newroot{out}; then
-  echo "{STATUS_MARKER}97 (cannot mount the status share)"; poweroff -f
-fi
-umount /proc /sys /dev
-exec switch_root /newroot /bin/bash {out}/guest.sh
-"#,
-        out = out.display()
+{mounts}
+"#
     );
     std::fs::write(dir.join("init"), init)?;
     set_mode(&dir.join("init"), 0o755)?;
-    let cpio = work.join("initramfs.cpio");
+    let cpio = work.join(format!("initramfs-{}.cpio", arch.deb()));
     let f = std::fs::File::create(&cpio)?;
     crate::run(
         Command::new("sh")
@@ -418,6 +552,7 @@ fn write_guest_scripts(
     agent: &Path,
     exes: &[TestExe],
     args: &[String],
+    guest_root: Option<&Path>,
 ) -> Result<()> {
     let modprobe = out.join("modprobe");
     std::fs::write(
@@ -438,6 +573,15 @@ fn write_guest_scripts(
     }
     let mut runs = String::new();
     for t in exes {
+        if t.bench {
+            runs.push_str(&format!(
+                "run {} {} env SESSION_BENCH_ONLY=program_cost SESSION_BENCH_QUICK=1 SESSION_BENCH_RUNS=1 {}\n",
+                shell_quote(&format!("bench {}", t.name)),
+                shell_quote(&t.dir.display().to_string()),
+                shell_quote(&t.path.display().to_string()),
+            ));
+            continue;
+        }
         let filter = t.filter.as_deref().map(shell_quote).unwrap_or_default();
         runs.push_str(&format!(
             "run {} {} {} --test-threads=1 --color never {filter} {}\n",
@@ -461,7 +605,7 @@ mount -t tmpfs tmpfs /dev/shm
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 echo {modprobe} > /proc/sys/kernel/modprobe
 ip link set lo up
-echo "==> [guest] Linux $(uname -r), $(nproc) CPUs"
+echo "==> [guest] Linux $(uname -r) ($(uname -m)), $(nproc) CPUs, BPF JIT $(cat /proc/sys/net/core/bpf_jit_enable 2>/dev/null || echo absent)"
 status=0
 run() {{
   local name=$1 dir=$2; shift 2
@@ -479,12 +623,69 @@ echo o > /proc/sysrq-trigger
 sleep 30
 "#,
         agent = shell_quote(&agent.display().to_string()),
-        scratch = scratch_mounts(&keep),
+        scratch = match guest_root {
+            None => scratch_mounts(&keep),
+            Some(r) => host_binds(r, &keep, out)?,
+        },
         modprobe = shell_quote(&modprobe.display().to_string()),
         out = shell_quote(&out.display().to_string()),
     );
     std::fs::write(out.join("guest.sh"), script)?;
     Ok(())
+}
+
+/// Shell lines for a guest with a root of its own architecture: fresh tmpfs on
+/// /tmp, /run and /var/tmp, then the host's directories in `keep` bound from
+/// /host at the same paths, and the status share at `out`. Mount points outside
+/// the tmpfs are made in the (read-only) root on the host before the boot.
+fn host_binds(root: &Path, keep: &[PathBuf], out: &Path) -> Result<String> {
+    let scratch = ["/tmp", "/run", "/var/tmp"];
+    let mut lines = String::new();
+    for d in scratch {
+        lines.push_str(&format!("mount -t tmpfs tmpfs {d}\n"));
+    }
+    let mut keep: Vec<&PathBuf> = keep.iter().collect();
+    keep.sort();
+    keep.dedup_by(|b, a| b.starts_with(a.as_path()));
+    for p in keep {
+        if !scratch.iter().any(|d| p.starts_with(d)) {
+            std::fs::create_dir_all(root.join(p.strip_prefix("/").unwrap_or(p)))
+                .with_context(|| format!("making {} in the guest's root", p.display()))?;
+        }
+        let p = shell_quote(&p.display().to_string());
+        lines.push_str(&format!("mkdir -p {p} && mount --rbind /host{p} {p}\n"));
+    }
+    let out = shell_quote(&out.display().to_string());
+    lines.push_str(&format!("mount --bind /vmout {out}\n"));
+    Ok(lines)
+}
+
+/// A Debian root of the guest's architecture with the tools the tests call,
+/// made once by mmdebstrap (through qemu-user) and kept in `work`.
+fn guest_root(work: &Path, arch: Arch) -> Result<PathBuf> {
+    let dir = work.join(format!("root-{}", arch.deb()));
+    let done = dir.join(".made");
+    if !done.exists() {
+        println!(
+            "==> making a Debian {} root for the guest with mmdebstrap ({GUEST_ROOT_PACKAGES})",
+            arch.deb()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::run(
+            Command::new("mmdebstrap")
+                .arg(format!("--architectures={}", arch.deb()))
+                .args(["--variant=minbase", "--quiet"])
+                .arg(format!("--include={GUEST_ROOT_PACKAGES}"))
+                .arg("bookworm")
+                .arg(&dir),
+        )
+        .context("mmdebstrap (needs a reachable Debian mirror and qemu-user in binfmt_misc)")?;
+        std::fs::write(&done, "")?;
+    }
+    for d in ["host", "vmout"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    Ok(dir)
 }
 
 /// Shell lines giving the guest fresh tmpfs on /tmp, /run and /var/tmp while the
@@ -515,8 +716,22 @@ fn scratch_mounts(keep: &[PathBuf]) -> String {
 
 /// Boots the guest, streams its console and returns the tests' exit status.
 fn boot(kernel: &Kernel, initrd: &Path, out: &Path, opts: &Options) -> Result<i32> {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m"])
+    let arch = opts.arch;
+    let (qemu, qemu_package) = arch.qemu_system();
+    let mut cmd = Command::new(qemu);
+    // Boards' cores: the arm64 guest is a Cortex-A53 (Allwinner H5/H6, Raspberry
+    // Pi 3: ARMv8.0, no LSE atomics, so the JIT's exclusive-load loops run), the
+    // armhf one a Cortex-A15 on `virt` (the H3's Cortex-A7 lacks nothing the
+    // kernel's ARM JIT uses; QEMU's `virt` wants an A15 or later with a GIC).
+    let (machine, cpu, console) = match arch {
+        Arch::Amd64 => (None, "max", "ttyS0"),
+        Arch::Arm64 => (Some("virt"), "cortex-a53", "ttyAMA0"),
+        Arch::Armhf => (Some("virt"), "cortex-a15", "ttyAMA0"),
+    };
+    if let Some(m) = machine {
+        cmd.args(["-machine", m]);
+    }
+    cmd.args(["-accel", "tcg", "-cpu", cpu, "-smp", "2", "-m"])
         .arg(&opts.memory)
         .args([
             "-display",
@@ -531,10 +746,10 @@ fn boot(kernel: &Kernel, initrd: &Path, out: &Path, opts: &Options) -> Result<i3
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off",
-        ])
+        .arg("-append")
+        .arg(format!(
+            "console={console} panic=-1 quiet loglevel=4 mitigations=off"
+        ))
         .args([
             "-virtfs",
             "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
@@ -543,7 +758,17 @@ fn boot(kernel: &Kernel, initrd: &Path, out: &Path, opts: &Options) -> Result<i3
         .arg(format!(
             "local,path={},mount_tag=out,security_model=none",
             out.display()
-        ))
+        ));
+    if !arch.is_host() {
+        let root = crate::root_dir()
+            .join("target/kernel")
+            .join(format!("root-{}", arch.deb()));
+        cmd.arg("-virtfs").arg(format!(
+            "local,path={},mount_tag=guestroot,security_model=none,readonly=on,multidevs=remap",
+            root.display()
+        ));
+    }
+    cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -559,7 +784,7 @@ fn boot(kernel: &Kernel, initrd: &Path, out: &Path, opts: &Options) -> Result<i3
     let started = Instant::now();
     let mut child = cmd
         .spawn()
-        .context("starting qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+        .with_context(|| format!("starting {qemu} (Debian package {qemu_package})"))?;
     let pid = child.id();
     let timed_out = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));

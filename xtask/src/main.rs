@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask build-ebpf | test | demo`.
 
 mod api_bench;
+mod arch;
 mod bench;
 mod demo;
 mod kernel;
@@ -46,9 +47,15 @@ enum Cmd {
     /// Run tests inside a QEMU guest (TCG) booting one of Debian's kernels
     /// (default 6.1, which has no TCX). Root: the tests need it in the guest too.
     TestKernel {
-        /// Debian kernel series (package linux-image-<series>*-amd64-unsigned).
+        /// Debian kernel series (package linux-image-<series>*-<flavour>: amd64-unsigned,
+        /// arm64-unsigned, armmp).
         #[arg(long, default_value = "6.1")]
         kernel: String,
+        /// The guest's architecture: another than this host's boots under qemu-system-aarch64
+        /// or qemu-system-arm (`virt` machine) with cross-built tests and a Debian root of
+        /// that architecture (mmdebstrap).
+        #[arg(long, value_enum, default_value_t = arch::Arch::host())]
+        arch: arch::Arch,
         /// Test executable to run, by target name, `NAME:FILTER` for only some of its
         /// tests (repeatable, or comma separated) [default: datapath, counting, restart].
         #[arg(long = "test", value_name = "NAME", value_delimiter = ',')]
@@ -59,6 +66,9 @@ enum Cmd {
         /// Guest memory (QEMU -m).
         #[arg(long, default_value = "2G")]
         memory: String,
+        /// Build the tests, the guest's root and the initramfs, and stop before booting.
+        #[arg(long)]
+        no_boot: bool,
         /// Test name filters and libtest flags for every executable (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -75,6 +85,10 @@ enum Cmd {
     Schemathesis,
     /// Build the Debian package (target/package/session-agent_*.deb) and run lintian on it.
     Package {
+        /// The package's architecture: another than this host's is cross-built with
+        /// Debian's rustc and cross gcc.
+        #[arg(long, value_enum, default_value_t = arch::Arch::host())]
+        arch: arch::Arch,
         /// Skip lintian.
         #[arg(long)]
         no_lintian: bool,
@@ -128,16 +142,24 @@ fn main() -> Result<()> {
         Cmd::Test { args, no_kernel } => test(args, no_kernel),
         Cmd::TestKernel {
             kernel,
+            arch,
             tests,
             timeout_minutes,
             memory,
+            no_boot,
             args,
         } => {
             require_root("test-kernel")?;
             toolchain::ensure_ebpf()?;
             toolchain::ensure_net_tools()?;
-            toolchain::ensure_qemu()?;
-            let tests = if tests.is_empty() {
+            toolchain::ensure_qemu(arch)?;
+            arch.ensure_toolchain()?;
+            let tests = if tests.is_empty() && !arch.is_host() {
+                kernel::ARM_SMOKE_TESTS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            } else if tests.is_empty() {
                 kernel::DEFAULT_TESTS
                     .iter()
                     .map(|s| s.to_string())
@@ -145,29 +167,37 @@ fn main() -> Result<()> {
             } else {
                 tests
             };
-            kernel::run(&kernel::Options {
+            let opts = kernel::Options {
                 kernel,
+                arch,
                 tests,
                 args,
                 timeout: std::time::Duration::from_secs(timeout_minutes * 60),
                 memory,
-            })
+            };
+            let guest = kernel::prepare(&opts)?;
+            if no_boot {
+                return Ok(());
+            }
+            guest.boot(&opts)
         }
         Cmd::BenchApi => api_bench::run("api_bench"),
         Cmd::BenchFleet => api_bench::run("fleet_bench"),
         Cmd::Layers { graph } => layers::run(&root_dir(), graph),
         Cmd::Package {
+            arch,
             no_lintian,
             install_check,
         } => {
             toolchain::ensure_ebpf()?;
-            let deb = package::build()?;
+            arch.ensure_toolchain()?;
+            let deb = package::build(arch)?;
             if !no_lintian {
                 package::lintian(&deb)?;
             }
             if install_check {
                 require_root("the install check (chroot)")?;
-                package::install_check(&deb)?;
+                package::install_check(&deb, arch)?;
             }
             Ok(())
         }
@@ -267,9 +297,15 @@ fn lint_ebpf() -> Result<()> {
 
 /// Builds the agent (which embeds the eBPF object) and returns its path.
 pub fn build_agent() -> Result<PathBuf> {
-    println!("==> building session-agent");
-    run(cargo().args(["build", "-p", "session-agent"]))?;
-    Ok(root_dir().join("target/debug/session-agent"))
+    build_agent_for(arch::Arch::host())
+}
+
+/// Builds the agent for `arch` (cross-built when it is not this host's).
+pub fn build_agent_for(arch: arch::Arch) -> Result<PathBuf> {
+    println!("==> building session-agent ({})", arch.triple());
+    let (mut c, target) = arch.cargo();
+    run(c.args(["build", "-p", "session-agent"]).args(&target))?;
+    Ok(arch.out_dir("debug").join("session-agent"))
 }
 
 fn require_root(what: &str) -> Result<()> {
@@ -337,10 +373,18 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
     if no_kernel {
         return Ok(());
     }
+    // The arm64 package and the arm64 guest's tests are cross-built while the
+    // x86 guests run (a guest under TCG keeps about one core busy).
+    // Everything apt installs comes first: two apt-gets at once would fight over dpkg's lock.
+    toolchain::ensure_qemu(arch::Arch::host())?;
+    toolchain::ensure_qemu(arch::Arch::Arm64)?;
+    toolchain::ensure_lintian()?;
+    arch::Arch::Arm64.ensure_toolchain()?;
+    let arm64 = arm64_build();
     println!("==> smoke tests on Linux 6.1 in QEMU (cargo xtask test-kernel runs more)");
-    toolchain::ensure_qemu()?;
     kernel::run(&kernel::Options {
         kernel: "6.1".into(),
+        arch: arch::Arch::host(),
         tests: kernel::SMOKE_TESTS.iter().map(|s| s.to_string()).collect(),
         args: Vec::new(),
         timeout: std::time::Duration::from_secs(20 * 60),
@@ -350,6 +394,7 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
     let t = std::time::Instant::now();
     kernel::run(&kernel::Options {
         kernel: "6.12".into(),
+        arch: arch::Arch::host(),
         tests: kernel::NEWER_SMOKE_TESTS
             .iter()
             .map(|s| s.to_string())
@@ -362,5 +407,71 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
         "==> Linux 6.12 smoke tests took {} s",
         t.elapsed().as_secs()
     );
+    arm64
+        .join()
+        .map_err(|_| anyhow::anyhow!("the arm64 build thread panicked"))??;
+    println!("==> the arm64 smoke on Debian's arm64 6.12 in QEMU (Cortex-A53)");
+    let t = std::time::Instant::now();
+    kernel::run(&kernel::Options {
+        kernel: "6.12".into(),
+        arch: arch::Arch::Arm64,
+        tests: kernel::ARM_SMOKE_TESTS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        args: Vec::new(),
+        timeout: std::time::Duration::from_secs(20 * 60),
+        memory: "2G".into(),
+    })?;
+    println!("==> the arm64 smoke took {} s", t.elapsed().as_secs());
     Ok(())
+}
+
+/// In the background: `cargo xtask package --arch arm64` (with lintian) and the
+/// arm64 guest's tests and root (`test-kernel --arch arm64 --no-boot`), their
+/// output in target/arm64-build.log, shown when they fail.
+fn arm64_build() -> std::thread::JoinHandle<Result<()>> {
+    std::thread::spawn(|| {
+        let log_path = root_dir().join("target/arm64-build.log");
+        let exe = std::env::current_exe()?;
+        let started = std::time::Instant::now();
+        let steps: [&[&str]; 2] = [
+            &["package", "--arch", "arm64"],
+            &[
+                "test-kernel",
+                "--arch",
+                "arm64",
+                "--kernel",
+                "6.12",
+                "--no-boot",
+            ],
+        ];
+        let log = std::fs::File::create(&log_path)?;
+        for args in steps {
+            let status = Command::new(&exe)
+                .args(args)
+                .current_dir(root_dir())
+                .stdout(log.try_clone()?)
+                .stderr(log.try_clone()?)
+                .status()?;
+            if !status.success() {
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                for l in tail.into_iter().rev() {
+                    println!("    [arm64] {l}");
+                }
+                bail!(
+                    "xtask {} failed ({status}); its output is in {}",
+                    args.join(" "),
+                    log_path.display()
+                );
+            }
+        }
+        println!(
+            "==> the arm64 package and the arm64 guest's tests were built in the background in {} s ({})",
+            started.elapsed().as_secs(),
+            log_path.display()
+        );
+        Ok(())
+    })
 }

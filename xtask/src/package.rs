@@ -14,8 +14,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-/// The Debian architecture of the binary.
-const ARCH: &str = "amd64";
+use crate::arch::Arch;
+
 const MAINTAINER: &str = "session-agent maintainers <maintainers@session-agent.example>";
 
 fn version() -> Result<String> {
@@ -95,14 +95,24 @@ fn dir_size_kib(root: &Path) -> u64 {
     walk(root)
 }
 
-/// Builds the package; returns the `.deb`'s path.
-pub fn build() -> Result<PathBuf> {
+/// Builds the package for `arch` (cross-built when it is not this host's);
+/// returns the `.deb`'s path.
+pub fn build(arch: Arch) -> Result<PathBuf> {
     let root = crate::root_dir();
     let version = version()?;
-    println!("==> building session-agent {version} (release)");
-    crate::run(crate::cargo().args(["build", "--release", "-p", "session-agent"]))?;
-    let bin = root.join("target/release/session-agent");
-    let name = format!("session-agent_{version}-1_{ARCH}");
+    let deb_arch = arch.deb();
+    println!(
+        "==> building session-agent {version} (release, {})",
+        arch.triple()
+    );
+    let (mut cargo, target) = arch.cargo();
+    crate::run(
+        cargo
+            .args(["build", "--release", "-p", "session-agent"])
+            .args(&target),
+    )?;
+    let bin = arch.out_dir("release").join("session-agent");
+    let name = format!("session-agent_{version}-1_{deb_arch}");
     let stage = root.join("target/package").join(&name);
     if stage.exists() {
         fs::remove_dir_all(&stage)?;
@@ -114,14 +124,14 @@ pub fn build() -> Result<PathBuf> {
     fs::create_dir_all(sbin.parent().unwrap())?;
     // Debug info stays in target/: the package carries the stripped binary.
     crate::run(
-        Command::new("objcopy")
+        Command::new(arch.objcopy())
             .args(["--strip-debug", "--strip-unneeded"])
             .arg(&bin)
             .arg(&sbin),
     )
     .context("stripping the binary (binutils' objcopy)")?;
     write(&sbin, fs::read(&sbin)?, 0o755)?;
-    let docs = stage_docs(&bin, &stage)?;
+    let docs = stage_docs(&mut arch.run_binary(&bin), &stage)?;
     write(
         &stage.join("usr/lib/systemd/system/session-agent.service"),
         fs::read(pkg.join("session-agent.service"))?,
@@ -186,7 +196,7 @@ pub fn build() -> Result<PathBuf> {
          Version: {version}-1\n\
          Section: net\n\
          Priority: optional\n\
-         Architecture: {ARCH}\n\
+         Architecture: {deb_arch}\n\
          Maintainer: {MAINTAINER}\n\
          Installed-Size: {}\n\
          Depends: libc6 (>= 2.34), libgcc-s1 (>= 4.2), passwd, procps, nftables\n\
@@ -251,17 +261,12 @@ const COMPLETIONS: [(&str, &str); 3] = [
 /// The manual pages (gzipped, as Debian wants them) and the shell completions,
 /// generated from the binary's command line (`session-agent generate-docs`);
 /// returns their paths in the package.
-fn stage_docs(bin: &Path, stage: &Path) -> Result<Vec<String>> {
+fn stage_docs(bin: &mut Command, stage: &Path) -> Result<Vec<String>> {
     let out = crate::root_dir().join("target/package/docs");
     if out.exists() {
         fs::remove_dir_all(&out)?;
     }
-    crate::run(
-        Command::new(bin)
-            .arg("generate-docs")
-            .arg("--out")
-            .arg(&out),
-    )
+    crate::run(bin.arg("generate-docs").arg("--out").arg(&out))
     .context("generating the manual pages and completions")?;
     let mut staged = Vec::new();
     let man8 = stage.join("usr/share/man/man8");
@@ -346,10 +351,13 @@ pub fn lintian(deb: &Path) -> Result<()> {
 /// systemd, so the maintainer scripts use sysusers.d and tmpfiles.d), checks what
 /// it put there, verifies the unit with `systemd-analyze verify`, then removes
 /// and purges it and checks what stays and what goes.
-pub fn install_check(deb: &Path) -> Result<()> {
+pub fn install_check(deb: &Path, arch: Arch) -> Result<()> {
     crate::toolchain::ensure_mmdebstrap()?;
     let root = crate::root_dir().join("target/package/debroot");
-    let tarball = crate::root_dir().join("target/package/debroot-systemd-procps-nftables.tar");
+    let tarball = crate::root_dir().join(format!(
+        "target/package/debroot-{}-systemd-procps-nftables.tar",
+        arch.deb()
+    ));
     if !tarball.exists() {
         println!(
             "==> making a throwaway Debian root with mmdebstrap (cached in {})",
@@ -357,6 +365,7 @@ pub fn install_check(deb: &Path) -> Result<()> {
         );
         crate::run(
             Command::new("mmdebstrap")
+                .arg(format!("--architectures={}", arch.deb()))
                 .args([
                     "--variant=minbase",
                     // procps: ExecReload's kill, on every Debian system but minbase;

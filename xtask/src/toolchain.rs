@@ -22,8 +22,10 @@ const EBPF_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-/// Packages for `test-kernel`: QEMU, the guest's init, depmod/modprobe and the initramfs packer.
-const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "cpio"];
+/// Packages for `test-kernel` besides QEMU: the guest's init, depmod/modprobe,
+/// the initramfs packer, the kernel modules' decompressor and, for a guest of
+/// another architecture, mmdebstrap for its root.
+const QEMU_PACKAGES: &[&str] = &["busybox-static", "kmod", "cpio", "xz-utils", "mmdebstrap"];
 /// Packages for the tests and the demo.
 const NET_PACKAGES: &[&str] = &[
     "iproute2",
@@ -65,7 +67,7 @@ fn installed(pkg: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-fn apt_install(pkgs: &[&str]) -> Result<()> {
+pub fn apt_install(pkgs: &[&str]) -> Result<()> {
     let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
@@ -138,8 +140,9 @@ pub fn ensure_ebpf_clippy() -> Result<()> {
     apt_install(&["rust-web-clippy"])
 }
 
-pub fn ensure_qemu() -> Result<()> {
-    apt_install(QEMU_PACKAGES)
+pub fn ensure_qemu(arch: crate::arch::Arch) -> Result<()> {
+    apt_install(QEMU_PACKAGES)?;
+    apt_install(&[arch.qemu_system().1])
 }
 
 /// mmdebstrap, for the package's install check.
