@@ -49,7 +49,10 @@ impl Clock for SystemClock {
         // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME exists on
         // every Linux this runs on (2.6.39+), so the call cannot fail.
         unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-        ts.tv_sec.saturating_mul(1000) + ts.tv_nsec / 1_000_000
+        // time_t and long are 32 bits on armhf.
+        #[allow(clippy::useless_conversion)]
+        let (sec, nsec) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
+        sec.saturating_mul(1000) + nsec / 1_000_000
     }
 
     fn boot_id(&self) -> u64 {

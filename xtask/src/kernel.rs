@@ -105,6 +105,8 @@ pub struct Options {
     pub args: Vec<String>,
     pub timeout: Duration,
     pub memory: String,
+    /// `net.core.bpf_jit_enable` for the guest, if not the kernel's default.
+    pub bpf_jit: Option<u8>,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -140,14 +142,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared> {
     let out = work.join(format!("out-{}", arch.deb()));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
-    write_guest_scripts(
-        &out,
-        &kernel,
-        &agent,
-        &exes,
-        &opts.args,
-        guest_root.as_deref(),
-    )?;
+    write_guest_scripts(&out, &kernel, &agent, &exes, opts, guest_root.as_deref())?;
     Ok(Prepared {
         kernel,
         initrd,
@@ -172,6 +167,41 @@ impl Prepared {
             s => bail!("tests failed on Linux {} (exit status {s})", kernel.release),
         }
     }
+}
+
+/// Boots a guest of `arch` on Debian's `series` kernel, with the workspace at
+/// its path, and runs `body` (bash, after the guest's mounts; it sets `status`
+/// to fail); an error unless the guest reports status 0.
+pub fn run_script(arch: Arch, series: &str, body: &str, timeout: Duration) -> Result<()> {
+    let work = crate::root_dir().join("target/kernel");
+    std::fs::create_dir_all(&work)?;
+    let kernel = fetch_kernel(&work, series, arch)?;
+    let guest_root = if arch.is_host() {
+        None
+    } else {
+        Some(guest_root(&work, arch)?)
+    };
+    let initrd = build_initramfs(&work, &kernel, arch, guest_root.as_deref())?;
+    let out = work.join(format!("out-{}", arch.deb()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    let keep = [crate::root_dir(), out.clone()];
+    write_script(&out, &kernel, None, &keep, body, guest_root.as_deref())?;
+    let opts = Options {
+        kernel: series.into(),
+        arch,
+        tests: Vec::new(),
+        args: Vec::new(),
+        timeout,
+        memory: "1G".into(),
+        bpf_jit: None,
+    };
+    Prepared {
+        kernel,
+        initrd,
+        out,
+    }
+    .boot(&opts)
 }
 
 pub struct Kernel {
@@ -540,7 +570,7 @@ fn set_mode(p: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
-fn shell_quote(s: &str) -> String {
+pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
@@ -551,19 +581,10 @@ fn write_guest_scripts(
     kernel: &Kernel,
     agent: &Path,
     exes: &[TestExe],
-    args: &[String],
+    opts: &Options,
     guest_root: Option<&Path>,
 ) -> Result<()> {
-    let modprobe = out.join("modprobe");
-    std::fs::write(
-        &modprobe,
-        format!(
-            "#!/bin/sh\nexec /sbin/modprobe -d {} \"$@\"\n",
-            shell_quote(&kernel.root.display().to_string())
-        ),
-    )?;
-    set_mode(&modprobe, 0o755)?;
-    let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+    let args: Vec<String> = opts.args.iter().map(|a| shell_quote(a)).collect();
     // What the guest reads from the host: the workspace, the binaries, the status share.
     let mut keep: Vec<PathBuf> = vec![crate::root_dir(), out.to_path_buf()];
     keep.extend(agent.parent().map(Path::to_path_buf));
@@ -572,6 +593,11 @@ fn write_guest_scripts(
         keep.extend(t.path.parent().map(Path::to_path_buf));
     }
     let mut runs = String::new();
+    if let Some(jit) = opts.bpf_jit {
+        runs.push_str(&format!(
+            "if echo {jit} > /proc/sys/net/core/bpf_jit_enable; then echo \"==> [guest] bpf_jit_enable set to {jit}\"; else echo \"==> [guest] bpf_jit_enable cannot be set to {jit}\"; status=98; fi\n"
+        ));
+    }
     for t in exes {
         if t.bench {
             runs.push_str(&format!(
@@ -591,21 +617,52 @@ fn write_guest_scripts(
             args.join(" ")
         ));
     }
+    write_script(out, kernel, Some(agent), &keep, &runs, guest_root)
+}
+
+/// Writes the guest's pid 1 (`guest.sh`): the mounts, then `body` (bash, which
+/// may call `run NAME DIR COMMAND...` and sets `status` on failure), then the
+/// status back to the host and power off; and the modprobe the kernel calls.
+fn write_script(
+    out: &Path,
+    kernel: &Kernel,
+    agent: Option<&Path>,
+    keep: &[PathBuf],
+    body: &str,
+    guest_root: Option<&Path>,
+) -> Result<()> {
+    let modprobe = out.join("modprobe");
+    std::fs::write(
+        &modprobe,
+        format!(
+            "#!/bin/sh\nexec /sbin/modprobe -d {} \"$@\"\n",
+            shell_quote(&kernel.root.display().to_string())
+        ),
+    )?;
+    set_mode(&modprobe, 0o755)?;
+    let agent = agent
+        .map(|a| {
+            format!(
+                "SESSION_AGENT_BIN={}",
+                shell_quote(&a.display().to_string())
+            )
+        })
+        .unwrap_or_default();
     let script = format!(
         r#"#!/bin/bash
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root RUST_BACKTRACE=1 SESSION_AGENT_BIN={agent}
+export HOME=/root RUST_BACKTRACE=1 {agent}
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-{scratch}mount -t bpf bpf /sys/fs/bpf
+{scratch}{no_btf}mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 echo {modprobe} > /proc/sys/kernel/modprobe
 ip link set lo up
-echo "==> [guest] Linux $(uname -r) ($(uname -m)), $(nproc) CPUs, BPF JIT $(cat /proc/sys/net/core/bpf_jit_enable 2>/dev/null || echo absent)"
+echo "==> [guest] Linux $(uname -r) ($(uname -m)), $(nproc) CPUs, BPF JIT $(cat /proc/sys/net/core/bpf_jit_enable 2>/dev/null || echo absent), kernel BTF $(test -e /sys/kernel/btf/vmlinux && echo visible || echo hidden or absent)"
 status=0
 run() {{
   local name=$1 dir=$2; shift 2
@@ -616,16 +673,21 @@ run() {{
   echo "==> [guest] $name: exit $rc after $(( $(date +%s) - start )) s"
   [ $rc -eq 0 ] || status=$rc
 }}
-{runs}echo $status > {out}/status
+{body}echo $status > {out}/status
 sync
 echo "{STATUS_MARKER}$status"
 echo o > /proc/sysrq-trigger
 sleep 30
 "#,
-        agent = shell_quote(&agent.display().to_string()),
         scratch = match guest_root {
-            None => scratch_mounts(&keep),
-            Some(r) => host_binds(r, &keep, out)?,
+            None => scratch_mounts(keep),
+            Some(r) => host_binds(r, keep, out)?,
+        },
+        // Small boards' kernels often have no BTF: in a guest of another
+        // architecture the kernel's BTF is hidden, so the datapath loads without it.
+        no_btf = match guest_root {
+            None => "",
+            Some(_) => "mount -t tmpfs -o ro tmpfs /sys/kernel/btf 2>/dev/null\n",
         },
         modprobe = shell_quote(&modprobe.display().to_string()),
         out = shell_quote(&out.display().to_string()),
@@ -726,7 +788,8 @@ fn boot(kernel: &Kernel, initrd: &Path, out: &Path, opts: &Options) -> Result<i3
     let (machine, cpu, console) = match arch {
         Arch::Amd64 => (None, "max", "ttyS0"),
         Arch::Arm64 => (Some("virt"), "cortex-a53", "ttyAMA0"),
-        Arch::Armhf => (Some("virt"), "cortex-a15", "ttyAMA0"),
+        // highmem=off: the PCIe window above 4 GiB is out of reach of a kernel without LPAE.
+        Arch::Armhf => (Some("virt,highmem=off"), "cortex-a15", "ttyAMA0"),
     };
     if let Some(m) = machine {
         cmd.args(["-machine", m]);
@@ -768,8 +831,7 @@ fn boot(kernel: &Kernel, initrd: &Path, out: &Path, opts: &Options) -> Result<i3
             root.display()
         ));
     }
-    cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     // The guest dies with this process, whatever ends it (Ctrl-C included).

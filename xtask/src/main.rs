@@ -69,6 +69,10 @@ enum Cmd {
         /// Build the tests, the guest's root and the initramfs, and stop before booting.
         #[arg(long)]
         no_boot: bool,
+        /// Set the guest kernel's `net.core.bpf_jit_enable` (0 or 1) before the tests
+        /// [default: the kernel's own].
+        #[arg(long, value_name = "0|1")]
+        bpf_jit: Option<u8>,
         /// Test name filters and libtest flags for every executable (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -147,6 +151,7 @@ fn main() -> Result<()> {
             timeout_minutes,
             memory,
             no_boot,
+            bpf_jit,
             args,
         } => {
             require_root("test-kernel")?;
@@ -174,6 +179,7 @@ fn main() -> Result<()> {
                 args,
                 timeout: std::time::Duration::from_secs(timeout_minutes * 60),
                 memory,
+                bpf_jit,
             };
             let guest = kernel::prepare(&opts)?;
             if no_boot {
@@ -389,6 +395,7 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
         args: Vec::new(),
         timeout: std::time::Duration::from_secs(20 * 60),
         memory: "2G".into(),
+        bpf_jit: None,
     })?;
     println!("==> counting, sessions and restart on Linux 6.12 in QEMU");
     let t = std::time::Instant::now();
@@ -402,6 +409,7 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
         args: Vec::new(),
         timeout: std::time::Duration::from_secs(10 * 60),
         memory: "2G".into(),
+        bpf_jit: None,
     })?;
     println!(
         "==> Linux 6.12 smoke tests took {} s",
@@ -422,6 +430,7 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
         args: Vec::new(),
         timeout: std::time::Duration::from_secs(20 * 60),
         memory: "2G".into(),
+        bpf_jit: None,
     })?;
     println!("==> the arm64 smoke took {} s", t.elapsed().as_secs());
     Ok(())

@@ -267,7 +267,7 @@ fn stage_docs(bin: &mut Command, stage: &Path) -> Result<Vec<String>> {
         fs::remove_dir_all(&out)?;
     }
     crate::run(bin.arg("generate-docs").arg("--out").arg(&out))
-    .context("generating the manual pages and completions")?;
+        .context("generating the manual pages and completions")?;
     let mut staged = Vec::new();
     let man8 = stage.join("usr/share/man/man8");
     for e in fs::read_dir(out.join("man8"))? {
@@ -461,7 +461,11 @@ pub fn install_check(deb: &Path, arch: Arch) -> Result<()> {
     ])
     .context("the shipped configuration does not check")?;
     println!("    {}", cfg.trim());
-    foreground_run(&root)?;
+    if arch.is_host() {
+        foreground_run(&root)?;
+    } else {
+        foreground_run_in_guest(&root, arch)?;
+    }
     println!("==> dpkg --remove: the configuration and the state stay");
     in_root(&["dpkg", "--remove", "session-agent"])?;
     for kept in ["/etc/session-agent/config.toml", "/var/lib/session-agent"] {
@@ -796,6 +800,92 @@ fn foreground_run(root: &Path) -> Result<()> {
             ]),
     )?;
     Ok(())
+}
+
+/// For another architecture, whose programs reach this kernel only through
+/// qemu-user (which passes neither `bpf` nor nftables' netlink): the same run
+/// as `foreground_run`, in a QEMU guest of that architecture booting Debian's
+/// 6.12 kernel, with the installed root (read-only over 9p, tmpfs on its /run,
+/// /var/lib/session-agent and /tmp) as the units' root.
+fn foreground_run_in_guest(root: &Path, arch: Arch) -> Result<()> {
+    let unit = fs::read_to_string(root.join("usr/lib/systemd/system/session-agent.service"))?;
+    let (argv, caps) = unit_command(&unit)?;
+    let close_unit =
+        fs::read_to_string(root.join("usr/lib/systemd/system/session-agent-close-lans.service"))?;
+    let (close_argv, close_caps) = unit_command(&close_unit)?;
+    let pins = "/sys/fs/bpf/sa-pkg-check";
+    let cfg = root.join("etc/session-agent/config.toml");
+    let shipped = fs::read_to_string(&cfg)?;
+    fs::write(
+        &cfg,
+        format!("lans = [\"lan0\"]\npin_root = \"{pins}\"\n{shipped}"),
+    )?;
+    struct Restore(PathBuf, String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = fs::write(&self.0, &self.1);
+        }
+    }
+    let _restore = Restore(cfg, shipped);
+    let bounding = |caps: &[String]| {
+        format!(
+            "--bounding-set=-all,{}",
+            caps.iter()
+                .map(|c| format!("+{c}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    };
+    let words = |v: &[String]| v.join(" ");
+    println!(
+        "==> in a QEMU {} guest: the boot unit's command line ({}) and the agent unit's ({}), each with its capabilities",
+        arch.deb(),
+        words(&close_argv),
+        words(&argv)
+    );
+    let body = format!(
+        r#"R={root}
+pkg_check() {{
+  mount -t tmpfs -o mode=0755 tmpfs $R/run || return 1
+  mount -t tmpfs -o mode=0750 tmpfs $R/var/lib/session-agent || return 1
+  mount -t tmpfs tmpfs $R/tmp || return 1
+  mount -t proc proc $R/proc && mount --rbind /sys $R/sys && mount --rbind /dev $R/dev || return 1
+  chroot $R chgrp session-agent /var/lib/session-agent || return 1
+  chroot $R install -d -m 0750 -g session-agent /run/session-agent || return 1
+  ip netns add pkg && ip -n pkg link add lan0 type veth peer name lan0p || return 1
+  ip -n pkg addr add 10.99.0.1/24 dev lan0
+  ip -n pkg link set lan0 up; ip -n pkg link set lan0p up; ip -n pkg link set lo up
+  in_root() {{ nsenter --net=/run/netns/pkg -- chroot $R env PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }}
+  in_root setpriv {close_bounding} --inh-caps=-all -- {close_argv} || {{ echo "the boot unit's command line failed"; return 1; }}
+  in_root nft list table inet session_agent_closed > /dev/null || {{ echo "the boot unit's command left no table inet session_agent_closed"; return 1; }}
+  echo "    lan0 closed: table inet session_agent_closed loaded"
+  # nsenter, chroot, env and setpriv each exec the next: $! is the agent.
+  nsenter --net=/run/netns/pkg -- chroot $R env PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    setpriv {bounding} --inh-caps=-all -- {argv} > /tmp/agent.out 2> /tmp/agent.err &
+  local pid=$!
+  for i in $(seq 240); do grep -qx READY /tmp/agent.out && break; kill -0 $pid 2>/dev/null || break; sleep 0.5; done
+  grep -qx READY /tmp/agent.out || {{ echo "the unit's command line did not get READY:"; cat /tmp/agent.err; return 1; }}
+  in_root /usr/sbin/session-agent status > /tmp/status.out || {{ echo "session-agent status over /run/session-agent/api.sock failed"; return 1; }}
+  if in_root nft list table inet session_agent_closed > /dev/null 2>&1; then
+    echo "READY, but the table that kept the LANs closed since boot is still there"; return 1
+  fi
+  echo "    READY on $(uname -m); the boot table is gone; session-agent status answers over /run/session-agent/api.sock:"
+  head -4 /tmp/status.out | sed 's/^/      /'
+  kill -TERM $pid
+  wait $pid || {{ echo "the agent did not stop cleanly on SIGTERM ($?)"; cat /tmp/agent.err; return 1; }}
+  echo "    stopped cleanly on SIGTERM"
+  in_root /usr/sbin/session-agent detach --lan lan0 --pin-root {pins} || return 1
+}}
+pkg_check || status=1
+"#,
+        root = crate::kernel::shell_quote(&root.display().to_string()),
+        close_bounding = bounding(&close_caps),
+        bounding = bounding(&caps),
+        close_argv = words(&close_argv),
+        argv = words(&argv),
+    );
+    crate::kernel::run_script(arch, "6.12", &body, std::time::Duration::from_secs(15 * 60))
+        .context("the units' command lines in the guest")
 }
 
 /// /proc mounted in the Debian root while it is used; unmounted on drop.

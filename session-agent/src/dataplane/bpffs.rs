@@ -4,7 +4,7 @@ use std::{ffi::CString, path::Path};
 
 use crate::error::{AgentError, Result};
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 
 fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
@@ -13,7 +13,10 @@ fn is_bpffs(path: &Path) -> bool {
     // SAFETY: statfs is plain data, valid all zeros.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs.
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+    let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
+    // A filesystem magic is 32 bits; f_type is a signed 32-bit word on armhf,
+    // where this one reads as negative.
+    ok && st.f_type as u32 == BPF_FS_MAGIC
 }
 
 /// Makes sure `pin_root` lives on a BPF filesystem, mounting /sys/fs/bpf if
