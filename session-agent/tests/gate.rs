@@ -663,12 +663,16 @@ fn garden_traffic_before_payment_is_rate_limited() {
     });
     let (n, paid) = (14, 15);
     // 256 kbit/s and 50 packets/s, with a second's worth of burst: small
-    // packets back to back get 50 through.
+    // packets back to back get 50 through, and what the bucket refills while
+    // they are sent (in an emulated guest 200 test runs take a while).
     let query = udp4(GW_MAC, mac(n), client_v4(n), GW_V4, 40000, 53, 30);
+    let started = std::time::Instant::now();
     let passed = (0..200).filter(|_| dp.up(&query) == TC_PASS).count();
+    let took = started.elapsed();
+    let refilled = (took.as_secs_f64() * 50.0).ceil() as usize;
     assert!(
-        (50..=52).contains(&passed),
-        "{passed} small garden packets passed"
+        (50..=52 + refilled).contains(&passed),
+        "{passed} small garden packets passed in {took:?}"
     );
     let c = dp.counters(client_mac(n));
     assert_eq!(c.garden_ratelimit_packets, 200 - passed as u64);
@@ -676,10 +680,14 @@ fn garden_traffic_before_payment_is_rate_limited() {
     assert!(dp.stat(STAT_GARDEN_RATELIMIT) >= 148);
     // Large packets: about 32 kB in the burst.
     let big = udp4(mac(n), GW_MAC, GW_V4, client_v4(n), 53, 40000, 1372);
+    let started = std::time::Instant::now();
     let passed = (0..100).filter(|_| dp.down(&big) == TC_PASS).count();
+    let took = started.elapsed();
+    // 256 kbit/s is 32,000 bytes a second: 23 of these frames.
+    let refilled = (took.as_secs_f64() * 32_000.0 / 1_414.0).ceil() as usize;
     assert!(
-        (22..=24).contains(&passed),
-        "{passed} large garden packets passed (download has its own bucket)"
+        (22..=24 + refilled).contains(&passed),
+        "{passed} large garden packets passed in {took:?} (download has its own bucket)"
     );
     // A paying client's traffic is never held by the garden limit.
     dp.allow(client_mac(paid));

@@ -673,7 +673,9 @@ run() {{
   echo "==> [guest] $name: exit $rc after $(( $(date +%s) - start )) s"
   [ $rc -eq 0 ] || status=$rc
 }}
-{body}echo $status > {out}/status
+{body}# What the kernel said about BPF (a JIT that gave up on an instruction says so here).
+dmesg | grep -E "NOT YET|bpf_jit|BPF" | head -20 | sed 's/^/==> [guest] kernel: /'
+echo $status > {out}/status
 sync
 echo "{STATUS_MARKER}$status"
 echo o > /proc/sysrq-trigger
