@@ -123,26 +123,34 @@ pub struct Prepared {
 /// Fetches the kernel, builds the agent and the tests (for the guest's
 /// architecture), the guest's root if it needs its own, and the initramfs.
 pub fn prepare(opts: &Options) -> Result<Prepared> {
-    let root = crate::root_dir();
-    let work = root.join("target/kernel");
-    std::fs::create_dir_all(&work)?;
-    let arch = opts.arch;
-    let kernel = fetch_kernel(&work, &opts.kernel, arch)?;
+    let agent = crate::build_agent_for(opts.arch)?;
+    let exes = build_tests(&opts.tests, opts.arch)?;
+    stage(&opts.kernel, opts.arch, |out, kernel, guest_root| {
+        write_guest_scripts(out, kernel, &agent, &exes, opts, guest_root)
+    })
+}
 
-    let agent = crate::build_agent_for(arch)?;
-    let exes = build_tests(&opts.tests, arch)?;
+/// The kernel, the guest's own root (another architecture), the initramfs and
+/// an empty status share, for which `script` writes the guest's scripts.
+fn stage(
+    series: &str,
+    arch: Arch,
+    script: impl FnOnce(&Path, &Kernel, Option<&Path>) -> Result<()>,
+) -> Result<Prepared> {
+    let work = crate::root_dir().join("target/kernel");
+    std::fs::create_dir_all(&work)?;
+    let kernel = fetch_kernel(&work, series, arch)?;
     let guest_root = if arch.is_host() {
         None
     } else {
         Some(guest_root(&work, arch)?)
     };
-
     println!("==> building the initramfs");
     let initrd = build_initramfs(&work, &kernel, arch, guest_root.as_deref())?;
     let out = work.join(format!("out-{}", arch.deb()));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
-    write_guest_scripts(&out, &kernel, &agent, &exes, opts, guest_root.as_deref())?;
+    script(&out, &kernel, guest_root.as_deref())?;
     Ok(Prepared {
         kernel,
         initrd,
@@ -173,21 +181,11 @@ impl Prepared {
 /// its path, and runs `body` (bash, after the guest's mounts; it sets `status`
 /// to fail); an error unless the guest reports status 0.
 pub fn run_script(arch: Arch, series: &str, body: &str, timeout: Duration) -> Result<()> {
-    let work = crate::root_dir().join("target/kernel");
-    std::fs::create_dir_all(&work)?;
-    let kernel = fetch_kernel(&work, series, arch)?;
-    let guest_root = if arch.is_host() {
-        None
-    } else {
-        Some(guest_root(&work, arch)?)
-    };
-    let initrd = build_initramfs(&work, &kernel, arch, guest_root.as_deref())?;
-    let out = work.join(format!("out-{}", arch.deb()));
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out)?;
-    let keep = [crate::root_dir(), out.clone()];
-    write_script(&out, &kernel, None, &keep, body, guest_root.as_deref())?;
-    let opts = Options {
+    let guest = stage(series, arch, |out, kernel, guest_root| {
+        let keep = [crate::root_dir(), out.to_path_buf()];
+        write_script(out, kernel, None, &keep, body, guest_root)
+    })?;
+    guest.boot(&Options {
         kernel: series.into(),
         arch,
         tests: Vec::new(),
@@ -195,13 +193,7 @@ pub fn run_script(arch: Arch, series: &str, body: &str, timeout: Duration) -> Re
         timeout,
         memory: "1G".into(),
         bpf_jit: None,
-    };
-    Prepared {
-        kernel,
-        initrd,
-        out,
-    }
-    .boot(&opts)
+    })
 }
 
 pub struct Kernel {
@@ -674,7 +666,7 @@ run() {{
   [ $rc -eq 0 ] || status=$rc
 }}
 {body}# What the kernel said about BPF (a JIT that gave up on an instruction says so here).
-dmesg | grep -E "NOT YET|bpf_jit|BPF" | head -20 | sed 's/^/==> [guest] kernel: /'
+dmesg | grep -E "NOT YET|bpf_jit" | head -20 | sed 's/^/==> [guest] kernel: /'
 echo $status > {out}/status
 sync
 echo "{STATUS_MARKER}$status"

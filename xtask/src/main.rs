@@ -388,29 +388,15 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
     arch::Arch::Arm64.ensure_toolchain()?;
     let arm64 = arm64_build();
     println!("==> smoke tests on Linux 6.1 in QEMU (cargo xtask test-kernel runs more)");
-    kernel::run(&kernel::Options {
-        kernel: "6.1".into(),
-        arch: arch::Arch::host(),
-        tests: kernel::SMOKE_TESTS.iter().map(|s| s.to_string()).collect(),
-        args: Vec::new(),
-        timeout: std::time::Duration::from_secs(20 * 60),
-        memory: "2G".into(),
-        bpf_jit: None,
-    })?;
+    kernel::run(&smoke("6.1", arch::Arch::host(), kernel::SMOKE_TESTS, 20))?;
     println!("==> counting, sessions and restart on Linux 6.12 in QEMU");
     let t = std::time::Instant::now();
-    kernel::run(&kernel::Options {
-        kernel: "6.12".into(),
-        arch: arch::Arch::host(),
-        tests: kernel::NEWER_SMOKE_TESTS
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        args: Vec::new(),
-        timeout: std::time::Duration::from_secs(10 * 60),
-        memory: "2G".into(),
-        bpf_jit: None,
-    })?;
+    kernel::run(&smoke(
+        "6.12",
+        arch::Arch::host(),
+        kernel::NEWER_SMOKE_TESTS,
+        10,
+    ))?;
     println!(
         "==> Linux 6.12 smoke tests took {} s",
         t.elapsed().as_secs()
@@ -420,20 +406,28 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("the arm64 build thread panicked"))??;
     println!("==> the arm64 smoke on Debian's arm64 6.12 in QEMU (Cortex-A53)");
     let t = std::time::Instant::now();
-    kernel::run(&kernel::Options {
-        kernel: "6.12".into(),
-        arch: arch::Arch::Arm64,
-        tests: kernel::ARM_SMOKE_TESTS
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        args: Vec::new(),
-        timeout: std::time::Duration::from_secs(20 * 60),
-        memory: "2G".into(),
-        bpf_jit: None,
-    })?;
+    kernel::run(&smoke(
+        "6.12",
+        arch::Arch::Arm64,
+        kernel::ARM_SMOKE_TESTS,
+        20,
+    ))?;
     println!("==> the arm64 smoke took {} s", t.elapsed().as_secs());
     Ok(())
+}
+
+/// A smoke run of `cargo xtask test`: these tests on Debian's `series` for
+/// `arch`, stopped after `minutes`.
+fn smoke(series: &str, arch: arch::Arch, tests: &[&str], minutes: u64) -> kernel::Options {
+    kernel::Options {
+        kernel: series.into(),
+        arch,
+        tests: tests.iter().map(|s| s.to_string()).collect(),
+        args: Vec::new(),
+        timeout: std::time::Duration::from_secs(minutes * 60),
+        memory: "2G".into(),
+        bpf_jit: None,
+    }
 }
 
 /// In the background: `cargo xtask package --arch arm64` (with lintian) and the

@@ -601,6 +601,69 @@ fn unit_command(unit: &str) -> Result<(Vec<String>, Vec<String>)> {
     Ok((argv, caps))
 }
 
+/// The two units' command lines and capabilities, as installed in `root`.
+struct Units {
+    argv: Vec<String>,
+    caps: Vec<String>,
+    close_argv: Vec<String>,
+    close_caps: Vec<String>,
+}
+
+impl Units {
+    fn read(root: &Path) -> Result<Self> {
+        let units = root.join("usr/lib/systemd/system");
+        let (argv, caps) = unit_command(&fs::read_to_string(units.join("session-agent.service"))?)?;
+        let (close_argv, close_caps) = unit_command(&fs::read_to_string(
+            units.join("session-agent-close-lans.service"),
+        )?)?;
+        Ok(Units {
+            argv,
+            caps,
+            close_argv,
+            close_caps,
+        })
+    }
+}
+
+/// setpriv's `--bounding-set` for only these capabilities.
+fn bounding_set(caps: &[String]) -> String {
+    format!(
+        "--bounding-set=-all,{}",
+        caps.iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+/// Where the units' checks put the agent's pins.
+const CHECK_PINS: &str = "/sys/fs/bpf/sa-pkg-check";
+
+/// The shipped configuration with a LAN (`lan0`) and pins of its own while
+/// the units run; the shipped file again on drop.
+struct LanConfig {
+    path: PathBuf,
+    shipped: String,
+}
+
+impl LanConfig {
+    fn write(root: &Path) -> Result<Self> {
+        let path = root.join("etc/session-agent/config.toml");
+        let shipped = fs::read_to_string(&path)?;
+        fs::write(
+            &path,
+            format!("lans = [\"lan0\"]\npin_root = \"{CHECK_PINS}\"\n{shipped}"),
+        )?;
+        Ok(LanConfig { path, shipped })
+    }
+}
+
+impl Drop for LanConfig {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.path, &self.shipped);
+    }
+}
+
 /// Where systemd cannot run: the unit's exact command line, as root with only
 /// the unit's capabilities, inside the Debian root, serving a LAN of a network
 /// namespace made for it. Waits for READY, asks the installed CLI for the
@@ -608,30 +671,23 @@ fn unit_command(unit: &str) -> Result<(Vec<String>, Vec<String>)> {
 /// SIGTERM and detaches.
 fn foreground_run(root: &Path) -> Result<()> {
     use std::io::BufRead;
-    let unit = fs::read_to_string(root.join("usr/lib/systemd/system/session-agent.service"))?;
-    let (argv, caps) = unit_command(&unit)?;
-    let close_unit =
-        fs::read_to_string(root.join("usr/lib/systemd/system/session-agent-close-lans.service"))?;
-    let (close_argv, close_caps) = unit_command(&close_unit)?;
+    let Units {
+        argv,
+        caps,
+        close_argv,
+        close_caps,
+    } = Units::read(root)?;
     println!(
         "==> the unit's command line with its capabilities ({}): {}",
         caps.join(", "),
         argv.join(" ")
     );
     let ns = format!("sa-pkg-{}", std::process::id());
-    let pins = "/sys/fs/bpf/sa-pkg-check";
-    // The shipped configuration with a LAN (and pins of its own).
-    let cfg = root.join("etc/session-agent/config.toml");
-    let shipped = fs::read_to_string(&cfg)?;
-    fs::write(
-        &cfg,
-        format!("lans = [\"lan0\"]\npin_root = \"{pins}\"\n{shipped}"),
-    )?;
+    let pins = CHECK_PINS;
+    let _config = LanConfig::write(root)?;
     struct Cleanup {
         ns: String,
         sys: PathBuf,
-        cfg: PathBuf,
-        shipped: String,
     }
     impl Drop for Cleanup {
         fn drop(&mut self) {
@@ -641,15 +697,12 @@ fn foreground_run(root: &Path) -> Result<()> {
                 .arg("-l")
                 .arg(&self.sys)
                 .status();
-            let _ = fs::remove_dir_all("/sys/fs/bpf/sa-pkg-check");
-            let _ = fs::write(&self.cfg, &self.shipped);
+            let _ = fs::remove_dir_all(CHECK_PINS);
         }
     }
     let _cleanup = Cleanup {
         ns: ns.clone(),
         sys: root.join("sys"),
-        cfg: cfg.clone(),
-        shipped,
     };
     crate::run(Command::new("ip").args(["netns", "add", &ns]))?;
     let ip_n = |args: &[&str]| crate::run(Command::new("ip").args(["-n", &ns]).args(args));
@@ -673,16 +726,7 @@ fn foreground_run(root: &Path) -> Result<()> {
         .arg(root.join("sys"))
         .status();
     let netns = format!("--net=/run/netns/{ns}");
-    let bounding_of = |caps: &[String]| {
-        format!(
-            "--bounding-set=-all,{}",
-            caps.iter()
-                .map(|c| format!("+{c}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        )
-    };
-    let bounding = bounding_of(&caps);
+    let bounding = bounding_set(&caps);
     // The boot unit's command line with its capabilities: the LAN is closed.
     let closed_table = |ns: &str| {
         Command::new("ip")
@@ -705,7 +749,7 @@ fn foreground_run(root: &Path) -> Result<()> {
             .arg(root)
             .args([
                 "setpriv",
-                &bounding_of(&close_caps),
+                &bounding_set(&close_caps),
                 "--inh-caps=-all",
                 "--",
             ])
@@ -808,40 +852,14 @@ fn foreground_run(root: &Path) -> Result<()> {
 /// 6.12 kernel, with the installed root (read-only over 9p, tmpfs on its /run,
 /// /var/lib/session-agent and /tmp) as the units' root.
 fn foreground_run_in_guest(root: &Path, arch: Arch) -> Result<()> {
-    let unit = fs::read_to_string(root.join("usr/lib/systemd/system/session-agent.service"))?;
-    let (argv, caps) = unit_command(&unit)?;
-    let close_unit =
-        fs::read_to_string(root.join("usr/lib/systemd/system/session-agent-close-lans.service"))?;
-    let (close_argv, close_caps) = unit_command(&close_unit)?;
-    let pins = "/sys/fs/bpf/sa-pkg-check";
-    let cfg = root.join("etc/session-agent/config.toml");
-    let shipped = fs::read_to_string(&cfg)?;
-    fs::write(
-        &cfg,
-        format!("lans = [\"lan0\"]\npin_root = \"{pins}\"\n{shipped}"),
-    )?;
-    struct Restore(PathBuf, String);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let _ = fs::write(&self.0, &self.1);
-        }
-    }
-    let _restore = Restore(cfg, shipped);
-    let bounding = |caps: &[String]| {
-        format!(
-            "--bounding-set=-all,{}",
-            caps.iter()
-                .map(|c| format!("+{c}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        )
-    };
+    let units = Units::read(root)?;
+    let _config = LanConfig::write(root)?;
     let words = |v: &[String]| v.join(" ");
     println!(
         "==> in a QEMU {} guest: the boot unit's command line ({}) and the agent unit's ({}), each with its capabilities",
         arch.deb(),
-        words(&close_argv),
-        words(&argv)
+        words(&units.close_argv),
+        words(&units.argv)
     );
     let body = format!(
         r#"R={root}
@@ -879,10 +897,11 @@ pkg_check() {{
 pkg_check || status=1
 "#,
         root = crate::kernel::shell_quote(&root.display().to_string()),
-        close_bounding = bounding(&close_caps),
-        bounding = bounding(&caps),
-        close_argv = words(&close_argv),
-        argv = words(&argv),
+        close_bounding = bounding_set(&units.close_caps),
+        bounding = bounding_set(&units.caps),
+        pins = CHECK_PINS,
+        close_argv = words(&units.close_argv),
+        argv = words(&units.argv),
     );
     crate::kernel::run_script(arch, "6.12", &body, std::time::Duration::from_secs(15 * 60))
         .context("the units' command lines in the guest")
