@@ -326,16 +326,14 @@ fn build_tests(specs: &[String], arch: Arch) -> Result<Vec<TestExe>> {
         "--no-run",
         "--message-format=json-render-diagnostics",
     ]);
-    let benches: Vec<&str> = specs
-        .iter()
-        .filter_map(|s| s.strip_prefix("bench:"))
-        .collect();
-    if !benches.is_empty() {
-        // Naming a bench target leaves out the others unless they are named too.
-        cargo.args(["--lib", "--bins", "--tests"]);
-        for b in &benches {
-            cargo.args(["--bench", b]);
-        }
+    // Only the targets asked for: a cross build of every test file would double
+    // the build (which runs beside a guest in `cargo xtask test`).
+    for spec in specs {
+        let (kind, spec) = match spec.strip_prefix("bench:") {
+            Some(name) => ("--bench", name),
+            None => ("--test", spec.as_str()),
+        };
+        cargo.args([kind, spec.split(':').next().unwrap_or(spec)]);
     }
     let out = cargo
         .args(&target)
