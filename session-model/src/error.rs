@@ -95,6 +95,9 @@ pub enum ModelError {
         session_type: crate::SessionType,
         field: &'static str,
     },
+    /// An amount beyond what [`crate::limits`] accepts.
+    #[error("{field} must be {what}")]
+    OutOfRange { field: &'static str, what: String },
     #[error("invalid {field}: {value} (speeds must be >= 0 mbit/s)")]
     NegativeSpeed { field: &'static str, value: i32 },
     #[error("malformed MAC address {0:?}: expected six hex pairs like aa:bb:cc:dd:ee:ff")]

@@ -12,6 +12,7 @@
 pub mod clock;
 pub mod error;
 pub mod idmap;
+pub mod limits;
 pub mod mac;
 pub mod manager;
 pub mod model;

@@ -13,10 +13,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use session_api::requests::NewVouchers;
+
+use crate::limits::{check_exp_days, check_mb, check_mbits, check_secs, check_timestamp, MAX_MB};
 use crate::manager::SessionEvent;
 use crate::{
-    ClientSession, DeviceId, MacAddr, ModelError, SessionData, SessionId, SessionRecord,
-    SessionType, SessionsMgr, StoreError, LOCAL_PROVIDER,
+    bytes_to_mb, mb_to_bytes, ClientSession, DeviceId, MacAddr, ModelError, SessionData, SessionId,
+    SessionRecord, SessionType, SessionsMgr, StoreError, BYTES_PER_MB, LOCAL_PROVIDER,
 };
 
 /// The characters of a code: digits 2–9 and the capital letters without I, L and O
@@ -353,6 +356,34 @@ pub struct NewBatch {
     pub group: usize,
 }
 
+impl TryFrom<NewVouchers> for NewBatch {
+    type Error = ModelError;
+
+    /// The batch a request asks for, its defaults filled in (the operator
+    /// API's and the CLI's one reading); [`NewBatch::check`] holds it to the
+    /// ranges.
+    fn try_from(v: NewVouchers) -> Result<Self, ModelError> {
+        Ok(NewBatch {
+            batch: v.batch,
+            price: v.price,
+            count: v.count,
+            template: VoucherTemplate {
+                session_type: SessionType::try_from(v.session_type)?,
+                time_secs: v.time_secs,
+                data_bytes: mb_to_bytes("data_mb", check_mb("data_mb", v.data_mb)?)?,
+                exp_days: v.exp_days,
+                down_mbits: v.down_mbits,
+                up_mbits: v.up_mbits,
+                use_global_speed: v.use_global_speed,
+            },
+            valid_until: v.valid_until,
+            max_devices: v.max_devices.unwrap_or(1),
+            code_len: v.code_length.unwrap_or(DEFAULT_CODE_LEN),
+            group: v.group.unwrap_or(DEFAULT_GROUP),
+        })
+    }
+}
+
 impl NewBatch {
     /// Whether the batch can be made at `now`: its labels, count, code
     /// length and grouping, devices per code, last moment, and the session a
@@ -386,6 +417,15 @@ impl NewBatch {
                 self.max_devices
             )));
         }
+        let t = &self.template;
+        check_secs("time_secs", t.time_secs)?;
+        if t.data_bytes as f64 > MAX_MB * BYTES_PER_MB as f64 {
+            check_mb("data_mb", bytes_to_mb(t.data_bytes))?;
+        }
+        check_exp_days(t.exp_days)?;
+        check_mbits("down_mbits", t.down_mbits)?;
+        check_mbits("up_mbits", t.up_mbits)?;
+        check_timestamp("valid_until", self.valid_until)?;
         if self.valid_until.is_some_and(|t| t <= now) {
             return Err(ModelError::InvalidBatch(
                 "valid_until is in the past: the codes could never be redeemed".into(),
@@ -591,6 +631,47 @@ mod tests {
             revoked_at: None,
             group: 5,
         }
+    }
+
+    fn request() -> NewVouchers {
+        NewVouchers {
+            count: 2,
+            batch: "b".into(),
+            session_type: 0,
+            time_secs: 3600,
+            ..NewVouchers::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_request_gets_the_defaults_and_is_held_to_the_api_ranges() {
+        let b = NewBatch::try_from(request()).unwrap();
+        assert_eq!(
+            (b.max_devices, b.code_len, b.group),
+            (1, DEFAULT_CODE_LEN, DEFAULT_GROUP)
+        );
+        b.check(0).unwrap();
+        let out_of_range: [fn(&mut NewVouchers); 6] = [
+            |v| v.time_secs = crate::limits::MAX_SECS + 1,
+            |v| v.up_mbits = crate::limits::MAX_MBITS + 1,
+            |v| v.down_mbits = -1,
+            |v| v.exp_days = Some(crate::limits::MAX_EXP_DAYS + 1),
+            |v| v.valid_until = Some(crate::limits::MAX_TIMESTAMP + 1),
+            |v| v.data_mb = -1.0,
+        ];
+        for (i, spoil) in out_of_range.iter().enumerate() {
+            let mut v = request();
+            spoil(&mut v);
+            let e = NewBatch::try_from(v).and_then(|b| b.check(0)).unwrap_err();
+            assert!(
+                matches!(e, ModelError::OutOfRange { .. }),
+                "case {i}: {e:?}"
+            );
+        }
+        let mut v = request();
+        v.session_type = 1;
+        v.data_mb = crate::limits::MAX_MB;
+        NewBatch::try_from(v).unwrap().check(0).unwrap();
     }
 
     fn redeemed(v: &mut Voucher, device_id: DeviceId) {

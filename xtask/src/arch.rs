@@ -123,6 +123,10 @@ impl Arch {
             .env(format!("CARGO_TARGET_{upper}_LINKER"), &gcc)
             .env(format!("CC_{lower}"), &gcc)
             .env(format!("AR_{lower}"), format!("{}-ar", self.gnu()))
+            // The package is stripped and the tests run once: no debug info
+            // or incremental caches, which would only take disk.
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
+            .env("CARGO_INCREMENTAL", "0")
             .env_remove("RUSTFLAGS");
         (c, vec!["--target".into(), self.triple().into()])
     }

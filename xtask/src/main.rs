@@ -349,6 +349,7 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
     println!("==> cargo xtask layers");
     layers::run(&root_dir(), false)?;
     require_root("the test suite")?;
+    disk_check("before the build", MIN_FREE_GIB)?;
     toolchain::ensure_ebpf()?;
     toolchain::ensure_net_tools()?;
     toolchain::ensure_browser()?;
@@ -380,6 +381,10 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
     if no_kernel {
         return Ok(());
     }
+    disk_check(
+        "before the QEMU guests and the arm64 build",
+        MIN_FREE_GIB_GUESTS,
+    )?;
     // The arm64 package and the arm64 guest's tests are cross-built while the
     // x86 guests run (a guest under TCG keeps about one core busy).
     // Everything apt installs comes first: two apt-gets at once would fight over dpkg's lock.
@@ -414,6 +419,44 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
         20,
     ))?;
     println!("==> the arm64 smoke took {} s", t.elapsed().as_secs());
+    disk_check("at the end", 0)?;
+    Ok(())
+}
+
+/// Free disk the whole suite needs from a clean clone: the native debug and
+/// release builds, the x86 guests' tests, the arm64 package and tests, the
+/// kernels and the guests' roots.
+const MIN_FREE_GIB: u64 = 12;
+/// What is still needed once the native tests have run.
+const MIN_FREE_GIB_GUESTS: u64 = 6;
+
+/// Prints the free space beside target/ and refuses to go on below `need`
+/// GiB: a full disk otherwise shows as a linker's bus error deep in a build.
+fn disk_check(stage: &str, need: u64) -> Result<()> {
+    let target = root_dir().join("target");
+    std::fs::create_dir_all(&target)?;
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(&target)
+        .output()
+        .context("running df")?;
+    let free: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("df printed no free space for {}", target.display()))?;
+    let gib = free as f64 / (1u64 << 30) as f64;
+    println!(
+        "==> disk: {gib:.1} GiB free beside {} {stage}",
+        target.display()
+    );
+    if gib < need as f64 {
+        bail!(
+            "only {gib:.1} GiB free beside {} {stage}; the test suite needs about {need} GiB: \
+             free some (`cargo clean` removes old builds)",
+            target.display()
+        );
+    }
     Ok(())
 }
 

@@ -29,16 +29,7 @@ pub(super) type ApiResult<T> = Result<Json<T>, ApiError>;
 pub(super) type PathArg = Result<Path<String>, PathRejection>;
 type BodyArg = Result<Bytes, BytesRejection>;
 
-/// Longest accepted allocation or consumption of time: 100 years.
-pub const MAX_SECS: u64 = 100 * 366 * 86_400;
-/// Longest accepted expiry: 100 years.
-pub const MAX_EXP_DAYS: u32 = 36_600;
-/// Fastest accepted speed: 1 Tbit/s.
-pub const MAX_MBITS: i32 = 1_000_000;
-/// Largest accepted data amount: 10^12 MB (one exabyte).
-pub const MAX_MB: f64 = 1e12;
-/// Latest accepted `started_at`: 9999-12-31T23:59:59Z.
-pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
+pub use session_model::limits::{MAX_EXP_DAYS, MAX_MB, MAX_MBITS, MAX_SECS};
 /// Longest notification text, in characters.
 pub const MAX_NOTIFICATION: usize = 1024;
 /// Longest hostname, in characters.
@@ -199,49 +190,9 @@ pub(super) fn out_of_range(field: &str, what: impl std::fmt::Display) -> ApiErro
     ApiError::bad_request("out_of_range", format!("{field} must be {what}"))
 }
 
-pub(super) fn check_secs(field: &str, v: u64) -> Result<u64, ApiError> {
-    if v > MAX_SECS {
-        return Err(out_of_range(field, format_args!("at most {MAX_SECS}")));
-    }
-    Ok(v)
-}
-
-pub(super) fn check_mb(field: &str, v: f64) -> Result<f64, ApiError> {
-    if !v.is_finite() || !(0.0..=MAX_MB).contains(&v) {
-        return Err(out_of_range(field, format_args!("between 0 and {MAX_MB}")));
-    }
-    Ok(v)
-}
-
-pub(super) fn check_mbits(field: &str, v: i32) -> Result<i32, ApiError> {
-    if !(0..=MAX_MBITS).contains(&v) {
-        return Err(out_of_range(
-            field,
-            format_args!("between 0 and {MAX_MBITS}"),
-        ));
-    }
-    Ok(v)
-}
-
-pub(super) fn check_exp_days(v: Option<u32>) -> Result<Option<u32>, ApiError> {
-    match v {
-        Some(d) if d > MAX_EXP_DAYS => Err(out_of_range(
-            "exp_days",
-            format_args!("at most {MAX_EXP_DAYS}"),
-        )),
-        v => Ok(v),
-    }
-}
-
-pub(super) fn check_timestamp(field: &str, v: Option<i64>) -> Result<Option<i64>, ApiError> {
-    match v {
-        Some(t) if !(0..=MAX_TIMESTAMP).contains(&t) => Err(out_of_range(
-            field,
-            format_args!("unix seconds between 0 and {MAX_TIMESTAMP}"),
-        )),
-        v => Ok(v),
-    }
-}
+pub(super) use session_model::limits::{
+    check_exp_days, check_mb, check_mbits, check_secs, check_timestamp,
+};
 
 pub(super) fn check_notification(n: &str) -> Result<(), ApiError> {
     if n.chars().count() > MAX_NOTIFICATION {

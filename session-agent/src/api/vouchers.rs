@@ -10,10 +10,7 @@ use axum::{
     Json,
 };
 use serde::Deserialize;
-use session_model::{
-    mb_to_bytes, NewBatch, SessionType, Voucher, VoucherState, VoucherTemplate, DEFAULT_CODE_LEN,
-    DEFAULT_GROUP,
-};
+use session_model::{NewBatch, Voucher, VoucherState};
 
 use session_api::{
     csv_field,
@@ -21,10 +18,7 @@ use session_api::{
 };
 
 use super::{
-    input::{
-        check_exp_days, check_mb, check_mbits, check_secs, check_timestamp, created, ip_path,
-        off_runtime, path, view, Body, DevId, PathArg,
-    },
+    input::{created, ip_path, off_runtime, path, view, Body, DevId, PathArg},
     state::{ApiState, Desk},
     views::{self, RedeemView, VoucherView},
 };
@@ -40,35 +34,6 @@ use crate::{
 
 type St = State<Arc<ApiState>>;
 
-/// The batch `v` asks for, its ranges checked and its defaults filled in.
-fn batch(v: NewVouchers) -> Result<NewBatch, ApiError> {
-    check_secs("time_secs", v.time_secs)?;
-    check_mb("data_mb", v.data_mb)?;
-    check_exp_days(v.exp_days)?;
-    check_mbits("down_mbits", v.down_mbits)?;
-    check_mbits("up_mbits", v.up_mbits)?;
-    check_timestamp("valid_until", v.valid_until)?;
-    let session_type = SessionType::try_from(v.session_type)?;
-    Ok(NewBatch {
-        batch: v.batch,
-        price: v.price,
-        count: v.count,
-        template: VoucherTemplate {
-            session_type,
-            time_secs: v.time_secs,
-            data_bytes: mb_to_bytes("data_mb", v.data_mb)?,
-            exp_days: v.exp_days,
-            down_mbits: v.down_mbits,
-            up_mbits: v.up_mbits,
-            use_global_speed: v.use_global_speed,
-        },
-        valid_until: v.valid_until,
-        max_devices: v.max_devices.unwrap_or(1),
-        code_len: v.code_length.unwrap_or(DEFAULT_CODE_LEN),
-        group: v.group.unwrap_or(DEFAULT_GROUP),
-    })
-}
-
 fn voucher_view(gw: &Gateway, v: &Voucher) -> VoucherView {
     views::voucher_view(v, gw.sessions().voucher_state(v))
 }
@@ -77,7 +42,7 @@ pub(super) async fn create(
     State(st): St,
     Body(b): Body<NewVouchers>,
 ) -> Result<Response, ApiError> {
-    let batch = batch(b)?;
+    let batch = NewBatch::try_from(b)?;
     let made = off_runtime(&st, move |gw| async move {
         gw.sessions().create_vouchers(&batch)
     })

@@ -10,10 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use session_api::{csv_field, requests::NewVouchers};
 use session_fleet::{batch_rows, cents_text, write_copy, Database, Plan, Price, Sale};
-use session_model::voucher::{
-    generate_code, group_code, NewBatch, VoucherTemplate, DEFAULT_CODE_LEN, DEFAULT_GROUP,
-};
-use session_model::{mb_to_bytes, SessionType};
+use session_model::voucher::{generate_code, group_code, NewBatch};
 
 use super::{args::ApiArgs, out::table};
 
@@ -50,24 +47,7 @@ struct Made {
 /// The batch `v` asks for, with the agent's defaults and checks: the codes
 /// are held to what the agent's own would be.
 fn new_batch(v: NewVouchers) -> Result<NewBatch> {
-    let b = NewBatch {
-        batch: v.batch,
-        price: v.price,
-        count: v.count,
-        template: VoucherTemplate {
-            session_type: SessionType::try_from(v.session_type)?,
-            time_secs: v.time_secs,
-            data_bytes: mb_to_bytes("data_mb", v.data_mb)?,
-            exp_days: v.exp_days,
-            down_mbits: v.down_mbits,
-            up_mbits: v.up_mbits,
-            use_global_speed: v.use_global_speed,
-        },
-        valid_until: v.valid_until,
-        max_devices: v.max_devices.unwrap_or(1),
-        code_len: v.code_length.unwrap_or(DEFAULT_CODE_LEN),
-        group: v.group.unwrap_or(DEFAULT_GROUP),
-    };
+    let b = NewBatch::try_from(v)?;
     b.check(chrono::Utc::now().timestamp())?;
     Ok(b)
 }

@@ -117,6 +117,7 @@ impl From<ModelError> for ApiError {
             ModelError::InvalidMegabytes { .. } => (StatusCode::BAD_REQUEST, "invalid_megabytes"),
             ModelError::MegabytesOverflow { .. } => (StatusCode::BAD_REQUEST, "number_too_large"),
             ModelError::ZeroAllocation { .. } => (StatusCode::BAD_REQUEST, "zero_allocation"),
+            ModelError::OutOfRange { .. } => (StatusCode::BAD_REQUEST, "out_of_range"),
             ModelError::NegativeSpeed { .. } => (StatusCode::BAD_REQUEST, "invalid_speed"),
             ModelError::MalformedMac(_) => (StatusCode::BAD_REQUEST, "malformed_mac"),
             ModelError::UnknownDevice(_) => (StatusCode::NOT_FOUND, "unknown_device"),
