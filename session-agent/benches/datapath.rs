@@ -464,7 +464,168 @@ fn measure_agent(spec: &str) {
         median: rss,
         baseline: None,
     });
+    out.extend(bindings(&gw, root, n, runs));
+    out.extend(radius_books(&rt, &gw, db, n, runs));
     println!("{}", serde_json::to_string(&out).unwrap());
+}
+
+/// The address bindings of every device (an IPv4 and an IPv6 address each):
+/// reading them as the sweep does, in batches, against walking the keys as
+/// aya's iterator does (two `bpf` calls per binding) in the same run; and the
+/// sweep itself, which finds none expired.
+fn bindings(gw: &Gateway, root: &str, n: u32, runs: u32) -> Vec<Measurement> {
+    use session_agent::dataplane::addr_key;
+    use session_common::{AddrKey, Binding, MAP_BINDINGS};
+    let path =
+        session_agent::dataplane::pins::clients_dir(std::path::Path::new(root)).join(MAP_BINDINGS);
+    let data = aya::maps::MapData::from_pin(&path).expect("the pinned bindings");
+    let mut map: aya::maps::HashMap<_, AddrKey, Binding> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
+    let now = session_agent::dataplane::coarse_ns();
+    for i in 0..n {
+        let b = Binding {
+            mac: mac(i),
+            _pad: [0; 2],
+            last_ns: now,
+        };
+        let v4 = Ipv4Addr::from(0x0a00_0000 + i);
+        let v6 = std::net::Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i));
+        map.insert(addr_key(v4.into()), b, 0).unwrap();
+        map.insert(addr_key(v6.into()), b, 0).unwrap();
+    }
+    let maps = gw.lans()[0].maps.lock().unwrap();
+    let (mut walk, mut batch, mut sweep) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (w, _) = timed(|| assert_eq!(map.iter().count(), 2 * n as usize));
+        walk.push(w);
+        let (w, _) = timed(|| assert_eq!(maps.bindings().unwrap().len(), 2 * n as usize));
+        batch.push(w);
+        let (w, _) = timed(|| {
+            let s = maps.sweep_bindings(Duration::from_secs(3600)).unwrap();
+            assert_eq!((s.live, s.expired), (2 * u64::from(n), 0));
+        });
+        sweep.push(w);
+    }
+    let mut out = Vec::new();
+    let walked = median(&walk);
+    for (case, v, baseline) in [
+        ("bindings_walk", walk, None),
+        ("bindings_batch", batch, Some(walked)),
+        ("bindings_sweep", sweep, None),
+    ] {
+        out.push(Measurement {
+            scenario: "agent_cost".into(),
+            case: case.into(),
+            clients: n,
+            metric: "wall_ms".into(),
+            unit: "ms".into(),
+            median: median(&v),
+            runs: v,
+            baseline,
+        });
+    }
+    out
+}
+
+/// RADIUS's once-a-second bookkeeping with every connected device's session
+/// open at the accounting server, interim updates every 10 minutes: a
+/// round with one in 600 sessions due (what each second brings), against the
+/// round that looks at every open session (every 30 s; what each second cost
+/// when the bookkeeping read the whole book), in the same run; and the
+/// resident memory with the book open.
+fn radius_books(
+    rt: &tokio::runtime::Runtime,
+    gw: &Gateway,
+    db: &str,
+    n: u32,
+    runs: u32,
+) -> Vec<Measurement> {
+    use session_agent::radius::{Radius, RadiusOptions};
+    use session_radius::acct::{Book, OpenSession, Reading};
+    const INTERIM: u64 = 600;
+    let path = std::path::PathBuf::from(format!("{db}.radius.redb"));
+    let now = gw.sessions().clock().now_secs();
+    let open = |device_id, session_id, next_interim| OpenSession {
+        session_id,
+        device_id,
+        acct_session_id: format!("5A000000-{session_id:08X}"),
+        user_name: format!("user{session_id}"),
+        calling: "02-00-00-00-00-01".into(),
+        framed_ip: None,
+        class: vec![b"plan".to_vec()],
+        state: None,
+        started_at: now,
+        interim_secs: INTERIM,
+        next_interim,
+        base_up: 0,
+        base_down: 0,
+        mark: Reading::default(),
+        last: Reading::default(),
+    };
+    // One in 600 sessions comes due each second, from the next one on.
+    {
+        let book = Book::open(Some(&path), u64::MAX).unwrap();
+        let all: Vec<_> = gw
+            .sessions()
+            .connected()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, &(d, s))| (open(d, s, now + 1 + (i as i64 % INTERIM as i64)), None))
+            .collect();
+        book.record_many(&all).unwrap();
+    }
+    let opts = || RadiusOptions {
+        book: Some(path.clone()),
+        queue_limit: u64::MAX,
+        ..RadiusOptions::default()
+    };
+    let (mut open_wall, mut sweep_wall, mut sweep_cpu, mut second_wall, mut second_cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (w, _) = timed(|| drop(Radius::open(opts(), None).unwrap()));
+        open_wall.push(w);
+        let radius = Radius::open(opts(), None).unwrap();
+        // The first round after a start looks at every open session.
+        let (w, c) = timed(|| rt.block_on(radius.books_once(gw)).unwrap());
+        sweep_wall.push(w);
+        sweep_cpu.push(c);
+        // An ordinary second: the sessions that came due in it.
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        std::thread::sleep(Duration::from_millis(u64::from(1000 - ms) + 5));
+        let (w, c) = timed(|| rt.block_on(radius.books_once(gw)).unwrap());
+        second_wall.push(w);
+        second_cpu.push(c);
+        assert_eq!(radius.open_count(), n as usize, "no session was stopped");
+        assert!(radius.queued() > 0, "no interim update was queued");
+    }
+    // As the daemon does after each second's commit.
+    session_agent::memory::trim();
+    let rss = rss_kib() / 1024.0;
+    let mut out = Vec::new();
+    for (case, metric, v) in [
+        ("radius_open_book", "wall_ms", open_wall),
+        ("radius_books_sweep", "wall_ms", sweep_wall),
+        ("radius_books_sweep", "cpu_ms", sweep_cpu),
+        ("radius_books_second", "wall_ms", second_wall),
+        ("radius_books_second", "cpu_ms", second_cpu),
+        ("resident_memory_radius", "rss_mib", vec![rss]),
+    ] {
+        out.push(Measurement {
+            scenario: "agent_cost".into(),
+            case: case.into(),
+            clients: n,
+            metric: metric.into(),
+            unit: if metric == "rss_mib" { "MiB" } else { "ms" }.into(),
+            median: median(&v),
+            runs: v,
+            baseline: None,
+        });
+    }
+    out
 }
 
 fn timed(f: impl FnOnce()) -> (f64, f64) {

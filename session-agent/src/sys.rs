@@ -1,11 +1,12 @@
 //! Sockets the standard library does not make: the portal redirect's
 //! transparent listeners and the packet socket that sends held DNS answers
-//! on (socket2), and the one raw call socket2 lacks, with what makes it sound.
+//! on (socket2), the one raw call socket2 lacks, and the one `bpf` command
+//! aya 0.14 lacks (reading a hash map in batches), with what makes them sound.
 
 use std::io;
 use std::mem::size_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -78,4 +79,82 @@ pub fn send_frame(fd: &OwnedFd, ifindex: u32, frame: &[u8]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` (Linux 5.6).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The `batch` member of the kernel's `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Every entry of a hash map (`BPF_MAP_TYPE_HASH` or `LRU_HASH`, one value
+/// per key) in batches of `chunk`: one `bpf` call per batch, where walking
+/// the keys (`get_next_key`, then a lookup) takes two per entry. Entries
+/// added or removed meanwhile may or may not be seen, as with a walk.
+/// Kernels before 5.6 answer `EINVAL`.
+pub fn bpf_map_entries<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    chunk: usize,
+) -> io::Result<Vec<(K, V)>> {
+    let mut chunk = chunk.max(1);
+    // SAFETY: `Pod` types are plain data for which any bytes, zeros too, are valid.
+    let (k0, v0): (K, V) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    let (mut keys, mut values) = (vec![k0; chunk], vec![v0; chunk]);
+    let mut out = Vec::new();
+    // The kernel's position in the table (a bucket index for hash maps).
+    let (mut at, mut next) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &raw const at as u64 },
+            out_batch: &raw mut next as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is the batch command's argument of the size passed;
+        // the kernel writes at most `count` keys and values into buffers of
+        // `chunk` each, whose types are those of the map's keys and values
+        // (the caller's promise, checked by the kernel against their sizes
+        // only), and a u32 position into `next`.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        let err = (r < 0).then(io::Error::last_os_error);
+        let n = (attr.count as usize).min(chunk);
+        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        match err.as_ref().and_then(io::Error::raw_os_error) {
+            None => {}
+            // The end of the table.
+            Some(libc::ENOENT) => return Ok(out),
+            // A bucket holds more entries than a batch: a bigger batch.
+            Some(libc::ENOSPC) if n == 0 && chunk < 1 << 20 => {
+                chunk *= 2;
+                keys.resize(chunk, k0);
+                values.resize(chunk, v0);
+                continue;
+            }
+            Some(_) => return Err(err.expect("an error")),
+        }
+        at = next;
+        first = false;
+    }
 }

@@ -4,7 +4,11 @@
 //! removed once a server answered it, so an outage or a crash loses none and
 //! repeats one at most.
 
-use std::path::Path;
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::Path,
+    sync::Mutex,
+};
 
 use radius::core::rfc2866;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -16,6 +20,8 @@ const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("acct_queue");
 const OPEN: TableDefinition<u64, &[u8]> = TableDefinition::new("acct_sessions");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
+/// The book's page cache.
+const BOOK_CACHE_BYTES: usize = 4 << 20;
 
 /// A store error, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +221,39 @@ impl SessionPart {
 pub struct Book {
     db: Database,
     limit: u64,
+    /// The open sessions' ids and when each is next due, in memory: the
+    /// once-a-second bookkeeping reads from the file only the sessions it acts on.
+    index: Mutex<Index>,
+}
+
+/// Which sessions are open, and by when their next interim update is due.
+#[derive(Debug, Default)]
+struct Index {
+    /// Open sessions, with their next interim update (none: no updates).
+    open: HashMap<SessionId, Option<i64>>,
+    /// `(next_interim, session)` of the sessions that send updates.
+    due: BTreeSet<(i64, SessionId)>,
+}
+
+impl Index {
+    fn put(&mut self, s: &OpenSession) {
+        self.remove(s.session_id);
+        self.insert(s.session_id, s.interim_secs, s.next_interim);
+    }
+
+    fn insert(&mut self, id: SessionId, interim_secs: u64, next_interim: i64) {
+        let next = (interim_secs > 0).then_some(next_interim);
+        if let Some(at) = next {
+            self.due.insert((at, id));
+        }
+        self.open.insert(id, next);
+    }
+
+    fn remove(&mut self, id: SessionId) {
+        if let Some(Some(at)) = self.open.remove(&id) {
+            self.due.remove(&(at, id));
+        }
+    }
 }
 
 impl std::fmt::Debug for Book {
@@ -235,7 +274,12 @@ impl Book {
     /// Opens (or makes) the book at `path`, or one in memory.
     pub fn open(path: Option<&Path>, limit: u64) -> Result<Self, BookError> {
         let db = match path {
-            Some(p) => Database::create(p).map_err(err("open"))?,
+            // redb caches up to 1 GiB of pages by default: the book is read
+            // and written a few sessions at a time, and the OS caches the file.
+            Some(p) => Database::builder()
+                .set_cache_size(BOOK_CACHE_BYTES)
+                .create(p)
+                .map_err(err("open"))?,
             None => Database::builder()
                 .create_with_backend(redb::backends::InMemoryBackend::new())
                 .map_err(err("open"))?,
@@ -245,7 +289,61 @@ impl Book {
         w.open_table(OPEN).map_err(err("open"))?;
         w.open_table(META).map_err(err("open"))?;
         w.commit().map_err(err("open"))?;
-        Ok(Self { db, limit })
+        let book = Self {
+            db,
+            limit,
+            index: Mutex::default(),
+        };
+        *book.index.lock().unwrap() = book.read_index()?;
+        Ok(book)
+    }
+
+    /// The index of the open sessions, read from the file (only the fields it
+    /// keeps are decoded).
+    fn read_index(&self) -> Result<Index, BookError> {
+        #[derive(Deserialize)]
+        struct Due {
+            session_id: SessionId,
+            interim_secs: u64,
+            next_interim: i64,
+        }
+        let r = self.db.begin_read().map_err(err("read"))?;
+        let t = r.open_table(OPEN).map_err(err("read"))?;
+        let mut index = Index::default();
+        for row in t.iter().map_err(err("read"))? {
+            let (_, v) = row.map_err(err("read"))?;
+            // Unreadable ones are left out, as `open_sessions` leaves them.
+            if let Ok(d) = serde_json::from_slice::<Due>(v.value()) {
+                index.insert(d.session_id, d.interim_secs, d.next_interim);
+            }
+        }
+        Ok(index)
+    }
+
+    /// The ids of the open sessions.
+    pub fn open_ids(&self) -> Vec<SessionId> {
+        self.index.lock().unwrap().open.keys().copied().collect()
+    }
+
+    /// How many sessions are open.
+    pub fn open_count(&self) -> usize {
+        self.index.lock().unwrap().open.len()
+    }
+
+    /// Whether session `id` is open.
+    pub fn is_open(&self, id: SessionId) -> bool {
+        self.index.lock().unwrap().open.contains_key(&id)
+    }
+
+    /// The open sessions whose interim update is due at `now`, soonest first.
+    pub fn due(&self, now: i64) -> Vec<SessionId> {
+        self.index
+            .lock()
+            .unwrap()
+            .due
+            .range(..=(now, SessionId::MAX))
+            .map(|&(_, id)| id)
+            .collect()
     }
 
     /// The open sessions.
@@ -260,6 +358,21 @@ impl Book {
                 Err(e) => tracing::warn!(
                     "RADIUS accounting book: an open session cannot be read, skipped: {e}"
                 ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The open sessions of `ids` (those still open), read in one transaction.
+    pub fn open_sessions_of(&self, ids: &[SessionId]) -> Result<Vec<OpenSession>, BookError> {
+        let r = self.db.begin_read().map_err(err("read"))?;
+        let t = r.open_table(OPEN).map_err(err("read"))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(v) = t.get(id).map_err(err("read"))? {
+                if let Ok(s) = serde_json::from_slice(v.value()) {
+                    out.push(s);
+                }
             }
         }
         Ok(out)
@@ -283,37 +396,79 @@ impl Book {
         request: Option<&Request>,
     ) -> Result<Queued, BookError> {
         let w = self.db.begin_write().map_err(err("write"))?;
-        let mut queued = Queued::Yes;
-        {
-            let mut open = w.open_table(OPEN).map_err(err("write"))?;
-            if let Some(s) = session {
-                let v = serde_json::to_vec(s).expect("an open session serialises");
-                open.insert(s.session_id, v.as_slice())
-                    .map_err(err("write"))?;
-            }
-            if let Some(id) = close {
-                open.remove(id).map_err(err("write"))?;
-            }
-            if let Some(req) = request {
-                let mut q = w.open_table(QUEUE).map_err(err("write"))?;
-                let full = q.len().map_err(err("write"))? >= self.limit;
-                if full && req.status == Status::InterimUpdate {
-                    queued = Queued::Full;
-                } else {
-                    let mut meta = w.open_table(META).map_err(err("write"))?;
-                    let seq = meta
-                        .get(NEXT_SEQ)
-                        .map_err(err("write"))?
-                        .map(|v| v.value())
-                        .unwrap_or(1);
-                    meta.insert(NEXT_SEQ, seq + 1).map_err(err("write"))?;
-                    let v = serde_json::to_vec(req).expect("a request serialises");
-                    q.insert(seq, v.as_slice()).map_err(err("write"))?;
-                }
+        let queued = self.put(&w, session, close, request)?;
+        w.commit().map_err(err("write"))?;
+        let mut index = self.index.lock().unwrap();
+        if let Some(s) = session {
+            index.put(s);
+        }
+        if let Some(id) = close {
+            index.remove(id);
+        }
+        Ok(queued)
+    }
+
+    /// Many sessions written (each with its request, if any) in one
+    /// transaction: one write to the disk, not one each, for the interim
+    /// updates of a round. Returns how many interim updates were not kept
+    /// (the queue was full).
+    pub fn record_many(
+        &self,
+        updates: &[(OpenSession, Option<Request>)],
+    ) -> Result<u64, BookError> {
+        if updates.is_empty() {
+            return Ok(0);
+        }
+        let w = self.db.begin_write().map_err(err("write"))?;
+        let mut dropped = 0;
+        for (s, req) in updates {
+            if self.put(&w, Some(s), None, req.as_ref())? == Queued::Full {
+                dropped += 1;
             }
         }
         w.commit().map_err(err("write"))?;
-        Ok(queued)
+        let mut index = self.index.lock().unwrap();
+        for (s, _) in updates {
+            index.put(s);
+        }
+        Ok(dropped)
+    }
+
+    /// [`Book::record`]'s writes, in the transaction `w`.
+    fn put(
+        &self,
+        w: &redb::WriteTransaction,
+        session: Option<&OpenSession>,
+        close: Option<SessionId>,
+        request: Option<&Request>,
+    ) -> Result<Queued, BookError> {
+        let mut open = w.open_table(OPEN).map_err(err("write"))?;
+        if let Some(s) = session {
+            let v = serde_json::to_vec(s).expect("an open session serialises");
+            open.insert(s.session_id, v.as_slice())
+                .map_err(err("write"))?;
+        }
+        if let Some(id) = close {
+            open.remove(id).map_err(err("write"))?;
+        }
+        let Some(req) = request else {
+            return Ok(Queued::Yes);
+        };
+        let mut q = w.open_table(QUEUE).map_err(err("write"))?;
+        let full = q.len().map_err(err("write"))? >= self.limit;
+        if full && req.status == Status::InterimUpdate {
+            return Ok(Queued::Full);
+        }
+        let mut meta = w.open_table(META).map_err(err("write"))?;
+        let seq = meta
+            .get(NEXT_SEQ)
+            .map_err(err("write"))?
+            .map(|v| v.value())
+            .unwrap_or(1);
+        meta.insert(NEXT_SEQ, seq + 1).map_err(err("write"))?;
+        let v = serde_json::to_vec(req).expect("a request serialises");
+        q.insert(seq, v.as_slice()).map_err(err("write"))?;
+        Ok(Queued::Yes)
     }
 
     /// The oldest request not yet answered.
@@ -502,6 +657,66 @@ mod tests {
             vec![Status::Start, Status::InterimUpdate, Status::Stop]
         );
         std::fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_book_knows_without_reading_its_file_which_sessions_are_open_and_which_are_due() {
+        let path = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+        let _ = std::fs::remove_file(&path);
+        {
+            let b = Book::open(Some(&path), 10).unwrap();
+            // Session 1 due at 160, 2 at 130, 3 without updates.
+            let mut two = open(2);
+            two.next_interim = 130;
+            let mut three = open(3);
+            three.interim_secs = 0;
+            for s in [open(1), two.clone(), three] {
+                b.record(Some(&s), None, None).unwrap();
+            }
+            assert_eq!(b.due(129), Vec::<SessionId>::new());
+            assert_eq!(b.due(160), vec![2, 1]);
+            // An update moves 2's next interim past 1's; a stop closes 1.
+            two.next_interim = 190;
+            b.record(Some(&two), None, None).unwrap();
+            b.record(None, Some(1), None).unwrap();
+            assert_eq!(b.due(189), Vec::<SessionId>::new());
+            assert_eq!(b.due(190), vec![2]);
+            assert!(!b.is_open(1) && b.is_open(2) && b.is_open(3));
+            assert_eq!(b.open_count(), 2);
+        }
+        // Reopened, the index is read back from the file.
+        let b = Book::open(Some(&path), 10).unwrap();
+        let mut ids = b.open_ids();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![2, 3]);
+        assert_eq!(b.due(1_000), vec![2]);
+        let read = b.open_sessions_of(&[3, 1, 2]).unwrap();
+        assert_eq!(
+            read.iter().map(|s| s.session_id).collect::<Vec<_>>(),
+            vec![3, 2]
+        );
+    }
+
+    #[test]
+    fn interim_updates_written_together_move_each_session_on_and_keep_the_queue_limit() {
+        let b = Book::open(None, 2).unwrap();
+        let updates: Vec<(OpenSession, Option<Request>)> = (1..=3)
+            .map(|id| {
+                let mut s = open(id);
+                s.next_interim = 220;
+                let req = Request {
+                    status: Status::InterimUpdate,
+                    at: 160,
+                    session: Some(SessionPart::of(&s, 160, None)),
+                };
+                (s, Some(req))
+            })
+            .collect();
+        assert_eq!(b.record_many(&updates).unwrap(), 1, "one past the limit");
+        assert_eq!(b.queued().unwrap(), 2);
+        assert_eq!(b.due(219), Vec::<SessionId>::new());
+        assert_eq!(b.due(220), vec![1, 2, 3]);
+        assert_eq!(b.open_session(3).unwrap().unwrap().next_interim, 220);
     }
 
     #[test]

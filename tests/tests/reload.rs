@@ -87,13 +87,16 @@ fn a_reload_applies_the_garden_and_speeds_keeps_the_counters_and_names_what_need
     );
     assert!(reach(&other.ns), "the reloaded garden entry does not pass");
     // 3 s after a 1 s warm-up: the token bucket (250 ms deep) may add a
-    // twelfth over the rate when TCP idles and it refills, plus noise.
+    // twelfth over the rate when TCP idles and it refills, plus noise. The
+    // bounds tell which limit is in force (20, 5 or 50 Mbit/s); how close TCP
+    // comes to it is the shaping tests' and the benchmark's to judge, and a
+    // loaded machine's TCP may stay a tenth or more under it.
     let after = iperf(&paying.ns, iperf_srv.addr, 3, 1, true);
     eprintln!(
         "RELOAD global speed 20 -> 5 Mbit/s: {:.3} -> {:.3} Mbit/s",
         before.recv_mbits, after.recv_mbits
     );
-    assert!((4.5..=5.7).contains(&after.recv_mbits), "{after:?}");
+    assert!((3.5..=5.7).contains(&after.recv_mbits), "{after:?}");
     // Nothing was lost: the counters go on from where they were, the session too.
     let now = agent.client_or_zero(&paying.mac);
     assert!(
@@ -143,7 +146,7 @@ fn a_reload_applies_the_garden_and_speeds_keeps_the_counters_and_names_what_need
     assert!(reach(&other.ns), "the garden changed with a refused file");
     let still = iperf(&paying.ns, iperf_srv.addr, 3, 1, true);
     assert!(
-        (4.5..=5.7).contains(&still.recv_mbits),
+        (3.5..=5.7).contains(&still.recv_mbits),
         "speed changed with a refused file: {still:?}"
     );
 }

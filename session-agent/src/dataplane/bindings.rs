@@ -1,7 +1,7 @@
 //! Address bindings (anti-spoofing): which MAC an address belongs to, their
 //! expiry and release.
 
-use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
+use std::{collections::HashMap, os::fd::AsFd, sync::atomic::Ordering, time::Duration};
 
 use aya::maps::MapData;
 use session_common::*;
@@ -23,6 +23,38 @@ pub struct BindingSweep {
 
 type BindingMap = aya::maps::HashMap<MapData, AddrKey, Binding>;
 
+const PAID: &str = "the address bindings";
+const UNPAID: &str = "the unpaid clients' address bindings";
+/// Bindings read per `bpf` call.
+const BATCH: usize = 4096;
+
+/// A binding table, with a descriptor of its own for batch reads (aya's
+/// map keeps its own private).
+pub(super) struct BindingTable {
+    fd: std::os::fd::OwnedFd,
+    map: BindingMap,
+}
+
+fn io_error(what: String, source: std::io::Error) -> AgentError {
+    AgentError::Io { what, source }
+}
+
+impl BindingTable {
+    /// Every binding, read in batches; by walking the keys on kernels
+    /// without batch reads (before 5.6).
+    fn entries(&self) -> Result<Vec<(AddrKey, Binding)>> {
+        match crate::sys::bpf_map_entries(self.fd.as_fd(), BATCH) {
+            Ok(all) => Ok(all),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self
+                .map
+                .iter()
+                .map(|i| i.map_err(|e| AgentError::bpf("reading the address bindings", e)))
+                .collect(),
+            Err(e) => Err(io_error("reading the address bindings".into(), e)),
+        }
+    }
+}
+
 /// What a MAC holds after a sweep: how many addresses, its IPv4 addresses,
 /// and (when last used, which) the one of those it used last.
 type Held = (u64, Vec<u32>, Option<(u64, u32)>);
@@ -32,17 +64,31 @@ impl Maps {
     /// clients' and the gateway's DHCP answers' (`BINDINGS`), then those of
     /// clients that have not paid (`UNPAID_BINDINGS`, an LRU; absent in pins
     /// of older versions until the datapath is attached again).
-    pub(super) fn binding_maps(&self) -> Result<Vec<BindingMap>> {
-        let data = mmap::open_pinned(&self.shared, MAP_BINDINGS)?;
-        let mut out = vec![aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))
-            .map_err(|e| AgentError::bpf("opening the address bindings", e))?];
+    pub(super) fn binding_maps(&self) -> Result<Vec<BindingTable>> {
+        let table = |data: MapData, lru: bool| -> Result<BindingTable> {
+            let what = if lru { UNPAID } else { PAID };
+            let fd = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| io_error(format!("opening {what}"), e))?;
+            let map = if lru {
+                aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))
+            } else {
+                aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))
+            }
+            .map_err(|e| AgentError::bpf(format!("opening {what}"), e))?;
+            Ok(BindingTable { fd, map })
+        };
+        let mut out = vec![table(
+            mmap::open_pinned(&self.shared, MAP_BINDINGS)?,
+            false,
+        )?];
         if self.shared.join(MAP_UNPAID_BINDINGS).exists() {
-            let data = mmap::open_pinned(&self.shared, MAP_UNPAID_BINDINGS)?;
-            out.push(
-                aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(|e| {
-                    AgentError::bpf("opening the unpaid clients' address bindings", e)
-                })?,
-            );
+            out.push(table(
+                mmap::open_pinned(&self.shared, MAP_UNPAID_BINDINGS)?,
+                true,
+            )?);
         }
         Ok(out)
     }
@@ -50,10 +96,8 @@ impl Maps {
     /// The address bindings: address -> (MAC, when the datapath last found it in use).
     pub fn bindings(&self) -> Result<Vec<(std::net::IpAddr, MacAddr, u64)>> {
         let mut out = Vec::new();
-        for map in self.binding_maps()? {
-            for item in map.iter() {
-                let (k, b) =
-                    item.map_err(|e| AgentError::bpf("reading the address bindings", e))?;
+        for t in self.binding_maps()? {
+            for (k, b) in t.entries()? {
                 if let Some(ip) = addr_of(&k) {
                     out.push((ip, b.mac, b.last_ns));
                 }
@@ -65,8 +109,8 @@ impl Maps {
     /// The MAC `ip` is bound to, looked up in each binding table (no walk of them).
     pub fn binding_of(&self, ip: std::net::IpAddr) -> Result<Option<MacAddr>> {
         let key = addr_key(ip);
-        for map in self.binding_maps()? {
-            match map.get(&key, 0) {
+        for t in self.binding_maps()? {
+            match t.map.get(&key, 0) {
                 Ok(b) => return Ok(Some(b.mac)),
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(AgentError::bpf("reading the address bindings", e)),
@@ -92,8 +136,9 @@ impl Maps {
         let ttl_ns = ttl.as_nanos().min(u64::MAX as u128) as u64;
         let mut done = BindingSweep::default();
         let mut held: HashMap<MacAddr, Held> = HashMap::new();
-        for mut map in self.binding_maps()? {
-            let all: Vec<(AddrKey, Binding)> = map.iter().filter_map(|i| i.ok()).collect();
+        for mut t in self.binding_maps()? {
+            let all = t.entries()?;
+            let map = &mut t.map;
             done.live += all.len() as u64;
             for (k, b) in all {
                 let fresh = now.saturating_sub(b.last_ns) < ttl_ns;
@@ -145,16 +190,16 @@ impl Maps {
     /// many were removed.
     pub fn release_bindings(&self, mac: &MacAddr) -> Result<u64> {
         let mut n = 0;
-        for mut map in self.binding_maps()? {
-            let mine: Vec<AddrKey> = map
-                .iter()
-                .filter_map(|i| i.ok())
+        for mut t in self.binding_maps()? {
+            let mine: Vec<AddrKey> = t
+                .entries()?
+                .into_iter()
                 .filter(|(_, b)| b.mac == *mac)
                 .map(|(k, _)| k)
                 .collect();
             for k in mine {
                 // Gone meanwhile (expired, or moved by a DHCP answer) is fine.
-                if map.remove(&k).is_ok() {
+                if t.map.remove(&k).is_ok() {
                     n += 1;
                 }
             }

@@ -20,7 +20,7 @@ pub mod coa;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ use session_model::{
 use crate::error::AgentError;
 use crate::gateway::Gateway;
 use session_radius::acct::{
-    Book, BookError, Cause, OpenSession, Queued, Reading, Request, SessionPart, Status,
+    Book, BookError, Cause, OpenSession, Reading, Request, SessionPart, Status,
 };
 use session_radius::client::{ClientError, Servers};
 use session_radius::codec::{
@@ -382,7 +382,17 @@ pub struct Radius {
     boot: u32,
     /// Set when the agent stops: the loops end.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// When the bookkeeping last looked at every open session.
+    last_sweep: Mutex<Option<Instant>>,
+    /// Set when events were missed: the next round looks at every session.
+    sweep_now: AtomicBool,
 }
+
+/// How often the bookkeeping looks at every open session, not only at those
+/// due or told of by events (see [`Radius::books_work`]).
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Open sessions read from the book at a time.
+const BOOKS_CHUNK: usize = 1024;
 
 fn now_secs(gw: &Gateway) -> i64 {
     gw.sessions().clock().now_secs()
@@ -427,6 +437,8 @@ impl Radius {
                 source: std::io::Error::other(e.to_string()),
             })?,
             stopping: tokio::sync::watch::channel(false).0,
+            last_sweep: Mutex::default(),
+            sweep_now: AtomicBool::new(false),
             opts,
         }))
     }
@@ -442,7 +454,7 @@ impl Radius {
 
     /// Sessions open at the accounting server.
     pub fn open_count(&self) -> usize {
-        self.book.open_sessions().map(|v| v.len()).unwrap_or(0)
+        self.book.open_count()
     }
 
     /// The attributes naming this NAS in every request: NAS-Identifier, and
@@ -833,6 +845,7 @@ impl Radius {
             let e = match rx.recv().await {
                 Ok(e) => e,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    self.sweep_now.store(true, Relaxed);
                     self.wake.notify_one();
                     continue;
                 }
@@ -855,10 +868,16 @@ impl Radius {
                 | SessionEvent::SessionExpired { session_id, .. } => {
                     (session_id, Cause::SessionTimeout)
                 }
+                // Its sessions went with it.
+                SessionEvent::DeviceRemoved { .. } => {
+                    self.sweep_now.store(true, Relaxed);
+                    self.wake.notify_one();
+                    continue;
+                }
                 _ => continue,
             };
             // Only RADIUS sessions: the map must not grow with every local one.
-            if matches!(self.book.open_session(sid), Ok(Some(_))) {
+            if self.book.is_open(sid) {
                 self.causes.lock().unwrap().entry(sid).or_insert(cause);
                 self.wake.notify_one();
             }
@@ -917,7 +936,8 @@ impl Radius {
     }
 
     /// Every second (and when woken): Stop for sessions that stopped running,
-    /// interim updates that are due, and idle timeouts.
+    /// interim updates that are due, and idle timeouts ([`Radius::books_work`]
+    /// picks the sessions).
     pub async fn keep_books(self: Arc<Self>, gw: Arc<Gateway>) {
         let mut stopping = self.stopping.subscribe();
         loop {
@@ -931,11 +951,48 @@ impl Radius {
         }
     }
 
+    /// The sessions one round of [`Radius::keep_books`] looks at: those whose
+    /// interim update is due, those with an idle timeout, and those the
+    /// manager's events said stopped; every [`SWEEP_EVERY`] (and after events
+    /// were missed) all of them, so a stop no event told of is still written.
+    fn books_work(&self, now: i64) -> Vec<SessionId> {
+        let sweep = {
+            let mut last = self.last_sweep.lock().unwrap();
+            let due = self.sweep_now.swap(false, Relaxed)
+                || last.is_none_or(|t| t.elapsed() >= SWEEP_EVERY);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if sweep {
+            let mut all = self.book.open_ids();
+            all.sort_unstable();
+            return all;
+        }
+        let mut ids = self.book.due(now);
+        ids.extend(self.idle.lock().unwrap().keys());
+        ids.extend(self.causes.lock().unwrap().keys());
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// One round of [`Radius::keep_books`].
     pub async fn books_once(&self, gw: &Gateway) -> Result<(), RadiusError> {
-        let mgr = gw.sessions();
         let now = now_secs(gw);
-        for mut s in self.book.open_sessions()? {
+        for chunk in self.books_work(now).chunks(BOOKS_CHUNK) {
+            self.books_of(gw, now, chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Radius::books_once`] for the open sessions among `ids`.
+    async fn books_of(&self, gw: &Gateway, now: i64, ids: &[SessionId]) -> Result<(), RadiusError> {
+        let mgr = gw.sessions();
+        // Written together at the end: one transaction for the chunk's updates.
+        let mut interims = Vec::new();
+        for mut s in self.book.open_sessions_of(ids)? {
             let running = mgr.running_session_id(s.device_id).ok().flatten() == Some(s.session_id);
             let mac = mgr.device(s.device_id).map(|d| d.mac).ok();
             if running {
@@ -973,14 +1030,7 @@ impl Radius {
                         at: now,
                         session: Some(SessionPart::of(&s, now, None)),
                     };
-                    if self.book.record(Some(&s), None, Some(&req))? == Queued::Full {
-                        self.stats.acct_dropped_full.fetch_add(1, Relaxed);
-                        warn!(
-                            queued = self.queued(),
-                            "RADIUS accounting queue full: an interim update was not kept"
-                        );
-                    }
-                    self.wake.notify_one();
+                    interims.push((s, Some(req)));
                 }
                 continue;
             }
@@ -1020,6 +1070,19 @@ impl Radius {
             if record.is_some_and(|r| r.data.is_available(now)) {
                 let _ = gw.remove_session(s.session_id, false).await;
             }
+            self.wake.notify_one();
+        }
+        // A round that failed before here writes none: they are still due.
+        let dropped = self.book.record_many(&interims)?;
+        if dropped > 0 {
+            self.stats.acct_dropped_full.fetch_add(dropped, Relaxed);
+            warn!(
+                dropped,
+                queued = self.queued(),
+                "RADIUS accounting queue full: interim updates were not kept"
+            );
+        }
+        if !interims.is_empty() {
             self.wake.notify_one();
         }
         Ok(())

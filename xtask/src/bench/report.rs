@@ -476,6 +476,20 @@ pub fn goals(r: &Results) -> Vec<Goal> {
                 status: Status::NotMeasured,
             }),
         }
+        let goal = "under 64 MiB resident at 65,536 clients, with an open RADIUS session and two address bindings each";
+        if let Some(m) = r.find(
+            "agent_cost",
+            "resident_memory_radius",
+            Some(65_536),
+            "rss_mib",
+        ) {
+            v.push(Goal {
+                scenario: "5 agent cost",
+                goal,
+                measured: format!("{:.1} MiB", m.median),
+                status: Status::of(m.median < 64.0),
+            });
+        }
         let goal = "under 64 MiB resident at 65,536 clients";
         match r.find("agent_cost", "resident_memory", Some(65_536), "rss_mib") {
             Some(m) => v.push(Goal {
@@ -909,6 +923,55 @@ session-agent's TC ingress program in the same 64-byte traffic, from the kernel'
                 f("check_table", "wall_ms"),
                 f("check_table", "cpu_ms"),
                 f("resident_memory", "rss_mib"),
+            );
+        }
+        s += "\n| connected devices, an IPv4 and an IPv6 binding each | bindings read by walking the keys ms | read in batches ms | x | sweep of the bindings ms |\n|---:|---:|---:|---:|---:|\n";
+        for c in &cl {
+            let m = |case: &str| r.find("agent_cost", case, Some(*c), "wall_ms");
+            let f = |case: &str| {
+                m(case)
+                    .map(|m| format!("{:.2}", m.median))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let x = match (m("bindings_walk"), m("bindings_batch")) {
+                (Some(a), Some(b)) if b.median > 0.0 => format!("{:.1}", a.median / b.median),
+                _ => "-".into(),
+            };
+            s += &format!(
+                "| {} | {} | {} | {x} | {} |\n",
+                thousands(*c as u64),
+                f("bindings_walk"),
+                f("bindings_batch"),
+                f("bindings_sweep"),
+            );
+        }
+        s += "\n| connected devices, all with an open RADIUS session | opening the book ms | round over every session wall / CPU ms | ordinary second wall / CPU ms | x | resident MiB with the bindings and the book |\n|---:|---:|---:|---:|---:|---:|\n";
+        for c in &cl {
+            let m = |case: &str, metric: &str| {
+                r.find("agent_cost", case, Some(*c), metric)
+                    .map(|m| m.median)
+            };
+            let f = |case: &str, metric: &str| {
+                m(case, metric)
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let x = match (
+                m("radius_books_sweep", "cpu_ms"),
+                m("radius_books_second", "cpu_ms"),
+            ) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.0}", a / b),
+                _ => "-".into(),
+            };
+            s += &format!(
+                "| {} | {} | {} / {} | {} / {} | {x} | {} |\n",
+                thousands(*c as u64),
+                f("radius_open_book", "wall_ms"),
+                f("radius_books_sweep", "wall_ms"),
+                f("radius_books_sweep", "cpu_ms"),
+                f("radius_books_second", "wall_ms"),
+                f("radius_books_second", "cpu_ms"),
+                f("resident_memory_radius", "rss_mib"),
             );
         }
     }
