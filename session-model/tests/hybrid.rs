@@ -155,3 +155,60 @@ fn deferred_usage_is_logged_by_flush_and_lost_without() {
     let db = RedbStore::open(&path).unwrap();
     assert_eq!(db.session(sid).unwrap().unwrap().data.data_cons_bytes, 30);
 }
+
+#[test]
+fn a_flush_of_more_sessions_than_one_record_holds_comes_back_whole_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let every = HybridOptions {
+        sync: SyncMode::EveryWrite,
+        ..lazy()
+    };
+    let mut ids = Vec::new();
+    {
+        let s = HybridStore::open(&path, every.clone()).unwrap();
+        for i in 0..2_500u32 {
+            let b = i.to_be_bytes();
+            let d = s
+                .create_device(MacAddr::new([2, 0, b[0], b[1], b[2], b[3]]), None, None, 1)
+                .unwrap();
+            ids.push(s.create_session(d.id, data()).unwrap().id);
+        }
+        let usage: Vec<UsageUpdate> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| UsageUpdate {
+                id,
+                time_cons: 0,
+                data_cons_bytes: 100 + i as u64,
+                run: None,
+            })
+            .collect();
+        s.record_usage_deferred(&usage).unwrap();
+        let logged = s.log_len().unwrap();
+        s.flush().unwrap();
+        assert!(s.log_len().unwrap() > logged);
+        // Flushed: nothing is left to log.
+        let logged = s.log_len().unwrap();
+        s.flush().unwrap();
+        assert_eq!(s.log_len().unwrap(), logged);
+        s.close_without_checkpoint();
+    }
+    let s = HybridStore::open(&path, every).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let back = s.session(*id).unwrap().unwrap();
+        assert_eq!(back.data.data_cons_bytes, 100 + i as u64, "session {id}");
+    }
+    // The replayed sessions are folded into redb at the checkpoint.
+    s.checkpoint().unwrap();
+    let last = *ids.last().unwrap();
+    assert_eq!(
+        s.redb()
+            .session(last)
+            .unwrap()
+            .unwrap()
+            .data
+            .data_cons_bytes,
+        2_599
+    );
+}

@@ -108,7 +108,7 @@ impl Maps {
     /// flags and its speed limits (read a chunk at a time).
     pub fn enforced(&self) -> Result<Vec<Enforced>> {
         let used = self.slots_used();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(used as usize);
         let mut pol = None;
         for slot in 0..used {
             if slot % SCAN_CHUNK == 0 {

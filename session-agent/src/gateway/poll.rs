@@ -3,7 +3,6 @@
 //! (new clients, cut-offs, address bindings) reaches the gateway here.
 
 use std::{
-    collections::HashMap,
     sync::{atomic::Ordering::Relaxed, Arc},
     time::{Duration, Instant},
 };
@@ -96,11 +95,21 @@ impl Gateway {
     /// Called with the operations lock held.
     pub fn enforce_sessions(&self) -> Result<Vec<(Mismatch, MacAddr)>, AgentError> {
         let connected = self.connected_slots()?;
-        let by_slot: HashMap<u32, usize> = connected
-            .iter()
-            .enumerate()
-            .map(|(i, (_, slot))| (*slot, i))
-            .collect();
+        // Slot -> index in `connected`, as a table: slots are dense.
+        let mut by_slot: Vec<u32> = Vec::new();
+        for (i, (_, slot)) in connected.iter().enumerate() {
+            let slot = *slot as usize;
+            if slot >= by_slot.len() {
+                by_slot.resize(slot + 1, u32::MAX);
+            }
+            by_slot[slot] = i as u32;
+        }
+        let index_of = |slot: u32| {
+            by_slot
+                .get(slot as usize)
+                .filter(|&&i| i != u32::MAX)
+                .map(|&i| i as usize)
+        };
         // Whether a device is let through is checked every run; its speed and
         // budget, which need its session from the store, for a share of the
         // devices per run, so every device is checked within a few seconds.
@@ -112,7 +121,7 @@ impl Gateway {
         let mut found: Vec<(Mismatch, MacAddr, Option<DeviceId>)> = Vec::new();
         for c in clients {
             let allowed = c.flags & POLICY_ALLOWED != 0;
-            let (m, device) = match by_slot.get(&c.slot).map(|&i| (i, connected[i].0)) {
+            let (m, device) = match index_of(c.slot).map(|i| (i, connected[i].0)) {
                 None if allowed && c.flags & POLICY_MANUAL == 0 => {
                     (Mismatch::AllowedWithoutSession, None)
                 }

@@ -20,11 +20,17 @@ const FORMAT_NO_BOOT: u8 = 2;
 const FORMAT_NO_RUN: u8 = 1;
 
 pub(crate) fn encode_session(r: &SessionRecord) -> Result<Vec<u8>, StoreError> {
+    let mut b = Vec::with_capacity(96 + r.data.provider.len());
+    encode_session_into(&mut b, r)?;
+    Ok(b)
+}
+
+/// [`encode_session`], appended to `b`.
+pub(crate) fn encode_session_into(b: &mut Vec<u8>, r: &SessionRecord) -> Result<(), StoreError> {
     let d = &r.data;
     let provider = d.provider.as_bytes();
     let plen = u16::try_from(provider.len())
         .map_err(|_| StoreError::Corrupt(format!("provider name of session {} too long", r.id)))?;
-    let mut b = Vec::with_capacity(96 + provider.len());
     b.push(FORMAT);
     b.extend_from_slice(&r.id.to_le_bytes());
     b.extend_from_slice(&r.device_id.to_le_bytes());
@@ -32,7 +38,7 @@ pub(crate) fn encode_session(r: &SessionRecord) -> Result<Vec<u8>, StoreError> {
     for v in [d.time_secs, d.data_bytes, d.time_cons, d.data_cons_bytes] {
         b.extend_from_slice(&v.to_le_bytes());
     }
-    put_opt_i64(&mut b, d.started_at);
+    put_opt_i64(b, d.started_at);
     match d.exp_days {
         Some(v) => {
             b.push(1);
@@ -44,7 +50,7 @@ pub(crate) fn encode_session(r: &SessionRecord) -> Result<Vec<u8>, StoreError> {
     b.extend_from_slice(&d.up_mbits.to_le_bytes());
     b.push(u8::from(d.use_global_speed));
     b.extend_from_slice(&d.created_at.to_le_bytes());
-    put_opt_i64(&mut b, r.ended_at);
+    put_opt_i64(b, r.ended_at);
     b.extend_from_slice(&plen.to_le_bytes());
     b.extend_from_slice(provider);
     match r.run {
@@ -63,7 +69,7 @@ pub(crate) fn encode_session(r: &SessionRecord) -> Result<Vec<u8>, StoreError> {
         }
         None => b.push(0),
     }
-    Ok(b)
+    Ok(())
 }
 
 fn put_opt_i64(b: &mut Vec<u8>, v: Option<i64>) {

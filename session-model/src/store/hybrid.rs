@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::idmap::IdSet;
 
-use super::codec::{decode_session, encode_session};
+use super::codec::{decode_session, encode_session_into};
 use super::mem_state::{MemState, Mutation};
 use super::redb_store::RedbStore;
 use super::{SessionStore, UsageUpdate};
@@ -286,32 +286,8 @@ impl HybridStore {
         if muts.is_empty() {
             return Ok(());
         }
-        let lsn = g.lsn + 1;
-        let payload = encode_payload(lsn, muts)?;
-        let len = u32::try_from(payload.len())
-            .ok()
-            .filter(|l| (*l as usize) < MAX_RECORD)
-            .ok_or_else(|| StoreError::Corrupt("log record too large".into()))?;
-        let mut rec = Vec::with_capacity(HEADER + payload.len());
-        rec.extend_from_slice(&len.to_le_bytes());
-        rec.extend_from_slice(&crc32(&payload).to_le_bytes());
-        rec.extend_from_slice(&payload);
-        let written = g.log.write_all(&rec).and_then(|_| {
-            if self.opts.sync == SyncMode::EveryWrite {
-                g.log.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = written {
-            // Cut a possibly partial record so the log stays parseable.
-            let _ = g.log.set_len(g.log_len);
-            return Err(StoreError::io("append to log", &self.log_path, e));
-        }
-        g.unsynced |= self.opts.sync != SyncMode::EveryWrite;
-        g.log_len += rec.len() as u64;
-        g.log_records += 1;
-        g.lsn = lsn;
+        let payload = encode_payload(g.lsn + 1, muts)?;
+        self.append(g, &payload, true)?;
         for m in muts {
             let Inner {
                 state,
@@ -325,10 +301,46 @@ impl HybridStore {
             }
             g.state.apply(m);
         }
+        self.checkpoint_if_due(g)
+    }
+
+    /// Checkpoints when the log has grown past its limits.
+    fn checkpoint_if_due(&self, g: &mut Inner) -> Result<(), StoreError> {
         if g.log_records >= self.opts.checkpoint_records || g.log_len >= self.opts.checkpoint_bytes
         {
             self.checkpoint_locked(g)?;
         }
+        Ok(())
+    }
+
+    /// Appends one record of `payload` (whose LSN is the next) to the log,
+    /// synced with `sync` when every write is.
+    fn append(&self, g: &mut Inner, payload: &[u8], sync: bool) -> Result<(), StoreError> {
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|l| (*l as usize) < MAX_RECORD)
+            .ok_or_else(|| StoreError::Corrupt("log record too large".into()))?;
+        let mut rec = Vec::with_capacity(HEADER + payload.len());
+        rec.extend_from_slice(&len.to_le_bytes());
+        rec.extend_from_slice(&crc32(payload).to_le_bytes());
+        rec.extend_from_slice(payload);
+        let every = self.opts.sync == SyncMode::EveryWrite;
+        let written = g.log.write_all(&rec).and_then(|_| {
+            if every && sync {
+                g.log.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            // Cut a possibly partial record so the log stays parseable.
+            let _ = g.log.set_len(g.log_len);
+            return Err(StoreError::io("append to log", &self.log_path, e));
+        }
+        g.unsynced |= !(every && sync);
+        g.log_len += rec.len() as u64;
+        g.log_records += 1;
+        g.lsn += 1;
         Ok(())
     }
 
@@ -339,18 +351,34 @@ impl HybridStore {
         }
         let mut ids: Vec<SessionId> = g.unlogged.iter().copied().collect();
         ids.sort_unstable();
+        // The records are encoded from the sessions in RAM (which they
+        // already are: nothing to apply) and synced once, after the last.
         for chunk in ids.chunks(FLUSH_CHUNK) {
-            let muts: Vec<Mutation> = chunk
+            let sessions: Vec<&SessionRecord> = chunk
                 .iter()
                 .filter_map(|id| g.state.sessions.get(id))
-                .map(|s| Mutation::PutSession { session: s.clone() })
                 .collect();
-            self.commit(g, &muts)?;
+            if !sessions.is_empty() {
+                let mut p = Payload::new(g.lsn + 1, sessions.len())?;
+                for s in &sessions {
+                    p.put_session(s)?;
+                }
+                self.append(g, &p.0, false)?;
+            }
             for id in chunk {
                 g.unlogged.remove(id);
+                if g.state.sessions.contains_key(id) {
+                    g.dirty_sessions.insert(*id);
+                }
             }
         }
-        Ok(())
+        if self.opts.sync == SyncMode::EveryWrite {
+            g.log
+                .sync_data()
+                .map_err(|e| StoreError::io("sync the log", &self.log_path, e))?;
+            g.unsynced = false;
+        }
+        self.checkpoint_if_due(g)
     }
 
     fn checkpoint_locked(&self, g: &mut Inner) -> Result<(), StoreError> {
@@ -466,52 +494,67 @@ const TAG_REMOVE_SESSION: u8 = 4;
 const TAG_PUT_VOUCHER: u8 = 5;
 
 fn encode_payload(lsn: u64, muts: &[Mutation]) -> Result<Vec<u8>, StoreError> {
-    let count = u32::try_from(muts.len())
-        .map_err(|_| StoreError::Corrupt("too many mutations for one log record".into()))?;
-    let mut b = Vec::with_capacity(16 + muts.len() * 128);
-    b.push(BINARY);
-    b.extend_from_slice(&lsn.to_le_bytes());
-    b.extend_from_slice(&count.to_le_bytes());
-    let put_body = |b: &mut Vec<u8>, body: &[u8]| -> Result<(), StoreError> {
-        let len = u32::try_from(body.len())
-            .map_err(|_| StoreError::Corrupt("log entry too large".into()))?;
-        b.extend_from_slice(&len.to_le_bytes());
-        b.extend_from_slice(body);
-        Ok(())
-    };
+    let mut p = Payload::new(lsn, muts.len())?;
     for m in muts {
         match m {
-            Mutation::PutDevice { device } => {
-                b.push(TAG_PUT_DEVICE);
-                let json = serde_json::to_vec(device).map_err(|source| StoreError::Codec {
-                    context: "encode log record",
-                    source,
-                })?;
-                put_body(&mut b, &json)?;
-            }
-            Mutation::RemoveDevice { id } => {
-                b.push(TAG_REMOVE_DEVICE);
-                b.extend_from_slice(&id.to_le_bytes());
-            }
-            Mutation::PutSession { session } => {
-                b.push(TAG_PUT_SESSION);
-                put_body(&mut b, &encode_session(session)?)?;
-            }
-            Mutation::RemoveSession { id } => {
-                b.push(TAG_REMOVE_SESSION);
-                b.extend_from_slice(&id.to_le_bytes());
-            }
-            Mutation::PutVoucher { voucher } => {
-                b.push(TAG_PUT_VOUCHER);
-                let json = serde_json::to_vec(voucher).map_err(|source| StoreError::Codec {
-                    context: "encode log record",
-                    source,
-                })?;
-                put_body(&mut b, &json)?;
-            }
+            Mutation::PutDevice { device } => p.put_json(TAG_PUT_DEVICE, device)?,
+            Mutation::RemoveDevice { id } => p.put_id(TAG_REMOVE_DEVICE, id.to_le_bytes()),
+            Mutation::PutSession { session } => p.put_session(session)?,
+            Mutation::RemoveSession { id } => p.put_id(TAG_REMOVE_SESSION, id.to_le_bytes()),
+            Mutation::PutVoucher { voucher } => p.put_json(TAG_PUT_VOUCHER, voucher)?,
         }
     }
-    Ok(b)
+    Ok(p.0)
+}
+
+/// A log record's payload: its LSN and count, then each mutation (a tag,
+/// then an id, or a length and a body).
+struct Payload(Vec<u8>);
+
+impl Payload {
+    fn new(lsn: u64, count: usize) -> Result<Self, StoreError> {
+        let count = u32::try_from(count)
+            .map_err(|_| StoreError::Corrupt("too many mutations for one log record".into()))?;
+        let mut b = Vec::with_capacity(16 + count as usize * 128);
+        b.push(BINARY);
+        b.extend_from_slice(&lsn.to_le_bytes());
+        b.extend_from_slice(&count.to_le_bytes());
+        Ok(Self(b))
+    }
+
+    fn put_id(&mut self, tag: u8, id: [u8; 8]) {
+        self.0.push(tag);
+        self.0.extend_from_slice(&id);
+    }
+
+    /// A body of `tag`, written by `write` after its length.
+    fn put_body(
+        &mut self,
+        tag: u8,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.0.push(tag);
+        let at = self.0.len();
+        self.0.extend_from_slice(&[0; 4]);
+        write(&mut self.0)?;
+        let len = u32::try_from(self.0.len() - at - 4)
+            .map_err(|_| StoreError::Corrupt("log entry too large".into()))?;
+        self.0[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        Ok(())
+    }
+
+    fn put_json(&mut self, tag: u8, v: &impl serde::Serialize) -> Result<(), StoreError> {
+        self.put_body(tag, |b| {
+            serde_json::to_writer(b, v).map_err(|source| StoreError::Codec {
+                context: "encode log record",
+                source,
+            })
+        })
+    }
+
+    fn put_session(&mut self, s: &SessionRecord) -> Result<(), StoreError> {
+        self.put_body(TAG_PUT_SESSION, |b| encode_session_into(b, s))
+    }
 }
 
 /// `None` for anything malformed (replay stops there, as at a torn record).
