@@ -476,10 +476,11 @@ pub fn goals(r: &Results) -> Vec<Goal> {
                 status: Status::NotMeasured,
             }),
         }
-        // A second of the agent's work with every device active: the poll,
-        // RADIUS's round (and a thirtieth of its sweep of every session), a
-        // sixtieth of the binding sweep (run once a minute at the default
-        // bind_ttl) and the commit; CPU time, from one run.
+        // A second of the agent's work with every device active: four polls
+        // (`--poll-ms` 250), each charging every device, RADIUS's round (and a
+        // thirtieth of its sweep of every session), a sixtieth of the binding
+        // sweep (run once a minute at the default bind_ttl) and the commit;
+        // CPU time, from one run.
         let goal = "all 65,536 devices active, with an open RADIUS session and two address bindings each: poll + books + sweep + commit under 50 ms of CPU per second";
         let cpu = |case: &str, metric: &str| {
             r.find("agent_cost", case, Some(65_536), metric)
@@ -492,12 +493,12 @@ pub fn goals(r: &Results) -> Vec<Goal> {
             cpu("bindings_sweep", "wall_ms"),
             cpu("commit_all_charged", "cpu_ms"),
         ) {
-            let total = poll + books + books_sweep / 30.0 + sweep / 60.0 + commit;
+            let total = 4.0 * poll + books + books_sweep / 30.0 + sweep / 60.0 + commit;
             v.push(Goal {
                 scenario: "5 agent cost",
                 goal,
                 measured: format!(
-                    "{total:.1} ms: poll {poll:.1}, RADIUS round {books:.1} + sweep {books_sweep:.1} / 30, \
+                    "{total:.1} ms: 4 polls of {poll:.1}, RADIUS round {books:.1} + sweep {books_sweep:.1} / 30, \
                      binding sweep {sweep:.1} (wall) / 60, commit {commit:.1}"
                 ),
                 status: Status::of(total < 50.0),
