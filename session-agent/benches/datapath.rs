@@ -3,7 +3,8 @@
 //! 1. program cost per packet with BPF_PROG_TEST_RUN for each path, with 1 to
 //!    65,536 clients in the maps, against a program that returns at once;
 //! 5. the agent's counter poll (CPU and wall time) and resident memory with
-//!    10,000 and 65,536 connected devices.
+//!    1,000, 10,000 and 65,536 connected devices, and their address bindings
+//!    and RADIUS bookkeeping.
 //!
 //! Prints a table; with `SESSION_BENCH_OUT=FILE` also writes the measurements as
 //! JSON for `cargo xtask bench`. `SESSION_BENCH_RUNS` (default 5) sets the runs
@@ -293,7 +294,11 @@ fn cpu_time() -> Duration {
 }
 
 fn agent_cost(out: &mut Vec<Measurement>, runs: u32, quick: bool) {
-    let sizes: &[u32] = if quick { &[10_000] } else { &[10_000, 65_536] };
+    let sizes: &[u32] = if quick {
+        &[1_000, 10_000]
+    } else {
+        &[1_000, 10_000, 65_536]
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -361,6 +366,9 @@ fn agent_cost(out: &mut Vec<Measurement>, runs: u32, quick: bool) {
     }
 }
 
+/// Devices that moved traffic in the "some active" poll.
+const ACTIVE: u32 = 1_000;
+
 /// Set in the child process that measures the agent: `db|pin root|clients|runs`.
 const MEASURE_ENV: &str = "SESSION_BENCH_AGENT_MEASURE";
 
@@ -397,6 +405,23 @@ fn measure_agent(spec: &str) {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut commit_wall, mut commit_cpu) = (Vec::new(), Vec::new());
     let (mut check_wall, mut check_cpu) = (Vec::new(), Vec::new());
+    let (mut some_wall, mut some_cpu, mut some_commit_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    // The clients of `slots` send 1,500 bytes each; then a timed poll.
+    let traffic_then_poll = |slots: &mut dyn Iterator<Item = u32>| {
+        {
+            let maps = gw.lans()[0].maps.lock().unwrap();
+            for slot in slots {
+                maps.add_up_bytes(slot, 1500).unwrap();
+            }
+        }
+        timed(|| rt.block_on(gw.poll()).unwrap())
+    };
+    let commit = || {
+        timed(|| {
+            gw.sessions().flush().unwrap();
+            session_agent::memory::trim();
+        })
+    };
     for _ in 0..runs {
         let t = Instant::now();
         let r = gw.readings().unwrap();
@@ -406,20 +431,11 @@ fn measure_agent(spec: &str) {
         idle_wall.push(w);
         idle_cpu.push(c);
         // Every client sends 1,500 bytes: the next poll charges every device.
-        {
-            let maps = gw.lans()[0].maps.lock().unwrap();
-            for slot in 0..n {
-                maps.add_up_bytes(slot, 1500).unwrap();
-            }
-        }
-        let (w, c) = timed(|| rt.block_on(gw.poll()).unwrap());
+        let (w, c) = traffic_then_poll(&mut (0..n));
         busy_wall.push(w);
         busy_cpu.push(c);
         // The gateway writes what polls charged to the store's log once a second.
-        let (w, c) = timed(|| {
-            gw.sessions().flush().unwrap();
-            session_agent::memory::trim();
-        });
+        let (w, c) = commit();
         commit_wall.push(w);
         commit_cpu.push(c);
         // Once a second the poll checks the whole table against the sessions.
@@ -429,6 +445,16 @@ fn measure_agent(spec: &str) {
         });
         check_wall.push(w);
         check_cpu.push(c);
+        // 1,000 devices, spread over the table, moved traffic: a poll and a
+        // commit of what changed (at 1,000 devices, all of them).
+        let (w, c) = traffic_then_poll(
+            &mut (0..n)
+                .step_by((n / ACTIVE).max(1) as usize)
+                .take(ACTIVE as usize),
+        );
+        some_wall.push(w);
+        some_cpu.push(c);
+        some_commit_cpu.push(commit().1);
     }
     let mut out = Vec::new();
     for (case, metric, unit, v) in [
@@ -441,6 +467,9 @@ fn measure_agent(spec: &str) {
         ("commit_all_charged", "cpu_ms", "ms", commit_cpu),
         ("check_table", "wall_ms", "ms", check_wall),
         ("check_table", "cpu_ms", "ms", check_cpu),
+        ("poll_1000_charged", "wall_ms", "ms", some_wall),
+        ("poll_1000_charged", "cpu_ms", "ms", some_cpu),
+        ("commit_1000_charged", "cpu_ms", "ms", some_commit_cpu),
     ] {
         out.push(Measurement {
             scenario: "agent_cost".into(),
