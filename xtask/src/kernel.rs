@@ -653,7 +653,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 echo {modprobe} > /proc/sys/kernel/modprobe
 ip link set lo up
 echo "==> [guest] Linux $(uname -r) ($(uname -m)), $(nproc) CPUs, BPF JIT $(cat /proc/sys/net/core/bpf_jit_enable 2>/dev/null || echo absent), kernel BTF $(test -e /sys/kernel/btf/vmlinux && echo visible || echo hidden or absent)"
-status=0
+status=${{early:-0}}
 run() {{
   local name=$1 dir=$2; shift 2
   echo "==> [guest] running $name"
@@ -679,7 +679,10 @@ sleep 30
         // architecture the kernel's BTF is hidden, so the datapath loads without it.
         no_btf = match guest_root {
             None => "",
-            Some(_) => "mount -t tmpfs -o ro tmpfs /sys/kernel/btf 2>/dev/null\n",
+            Some(_) => {
+                "if [ -d /sys/kernel/btf ] && ! mount -t tmpfs -o ro tmpfs /sys/kernel/btf; then\n  \
+                 echo \"==> [guest] cannot hide the kernel's BTF: this run fails\"; early=1\nfi\n"
+            }
         },
         modprobe = shell_quote(&modprobe.display().to_string()),
         out = shell_quote(&out.display().to_string()),

@@ -407,9 +407,7 @@ fn test(args: Vec<String>, no_kernel: bool) -> Result<()> {
         "==> Linux 6.12 smoke tests took {} s",
         t.elapsed().as_secs()
     );
-    arm64
-        .join()
-        .map_err(|_| anyhow::anyhow!("the arm64 build thread panicked"))??;
+    arm64.join()?;
     println!("==> the arm64 smoke on Debian's arm64 6.12 in QEMU (Cortex-A53)");
     let t = std::time::Instant::now();
     kernel::run(&smoke(
@@ -477,8 +475,14 @@ fn smoke(series: &str, arch: arch::Arch, tests: &[&str], minutes: u64) -> kernel
 /// In the background: `cargo xtask package --arch arm64` (with lintian) and the
 /// arm64 guest's tests and root (`test-kernel --arch arm64 --no-boot`), their
 /// output in target/arm64-build.log, shown when they fail.
-fn arm64_build() -> std::thread::JoinHandle<Result<()>> {
-    std::thread::spawn(|| {
+/// If `cargo xtask test` stops early (a guest failed), the child xtask is
+/// killed and no further step starts; a cargo it was running finishes its
+/// build alone. (The child stays in the terminal's process group, so that
+/// Ctrl-C still stops all of it.)
+fn arm64_build() -> Background {
+    let child = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let running = child.clone();
+    let handle = std::thread::spawn(move || {
         let log_path = root_dir().join("target/arm64-build.log");
         let exe = std::env::current_exe()?;
         let started = std::time::Instant::now();
@@ -496,14 +500,18 @@ fn arm64_build() -> std::thread::JoinHandle<Result<()>> {
         let log = std::fs::File::create(&log_path)?;
         for args in steps {
             // At the lowest priority: the guest beside it is what everything waits for.
-            let status = Command::new("nice")
+            let mut child = Command::new("nice")
                 .args(["-n", "19"])
                 .arg(&exe)
                 .args(args)
                 .current_dir(root_dir())
                 .stdout(log.try_clone()?)
                 .stderr(log.try_clone()?)
-                .status()?;
+                .spawn()?;
+            running.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
+            let status = child.wait();
+            running.store(0, std::sync::atomic::Ordering::SeqCst);
+            let status = status?;
             if !status.success() {
                 let text = std::fs::read_to_string(&log_path).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(60).collect();
@@ -523,5 +531,38 @@ fn arm64_build() -> std::thread::JoinHandle<Result<()>> {
             log_path.display()
         );
         Ok(())
-    })
+    });
+    Background {
+        handle: Some(handle),
+        child,
+    }
+}
+
+/// Work on a thread that runs children one after another.
+struct Background {
+    handle: Option<std::thread::JoinHandle<Result<()>>>,
+    /// The running child's pid (0: none running).
+    child: std::sync::Arc<std::sync::atomic::AtomicI32>,
+}
+
+impl Background {
+    fn join(mut self) -> Result<()> {
+        self.handle
+            .take()
+            .expect("joined once")
+            .join()
+            .map_err(|_| anyhow::anyhow!("the background thread panicked"))?
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let pid = self.child.load(std::sync::atomic::Ordering::SeqCst);
+        if self.handle.is_some() && pid > 0 {
+            // Not joined: `cargo xtask test` is stopping early.
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
 }
