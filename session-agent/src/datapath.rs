@@ -71,8 +71,10 @@ pub trait Datapath: Send + Sync {
     fn release_bindings(&self, mac: &MacAddr) -> Result<()>;
     /// The MAC the datapath bound `ip` to (with address binding on), if any.
     fn bound_mac(&self, ip: std::net::IpAddr) -> Result<Option<MacAddr>>;
-    /// Every client as the datapath enforces it.
-    fn enforced(&self) -> Result<Vec<Enforced>>;
+    /// The clients in slots `first..first + len` as the datapath enforces
+    /// them, and the slot the next window starts at (0 after the last slot
+    /// in use; a `first` beyond them starts at 0).
+    fn enforced(&self, first: u32, len: u32) -> Result<(Vec<Enforced>, u32)>;
     /// Forgets clients idle for `idle` that are not allowed and not `keep`.
     fn forget_idle(
         &self,
@@ -211,10 +213,10 @@ impl Datapath for PinnedDatapath {
         }
     }
 
-    fn enforced(&self) -> Result<Vec<Enforced>> {
+    fn enforced(&self, first: u32, len: u32) -> Result<(Vec<Enforced>, u32)> {
         match self.table() {
-            Some(m) => m.enforced(),
-            None => Ok(Vec::new()),
+            Some(m) => m.enforced(first, len),
+            None => Ok((Vec::new(), 0)),
         }
     }
 
@@ -407,10 +409,15 @@ impl Datapath for MemDatapath {
         Ok(None)
     }
 
-    fn enforced(&self) -> Result<Vec<Enforced>> {
-        Ok(self
-            .clients()
+    fn enforced(&self, first: u32, len: u32) -> Result<(Vec<Enforced>, u32)> {
+        let clients = self.clients();
+        // Slots are handed out in turn and never freed.
+        let used = clients.len() as u32;
+        let first = if first >= used { 0 } else { first };
+        let end = first.saturating_add(len).min(used);
+        let mut out: Vec<Enforced> = clients
             .iter()
+            .filter(|(_, c)| (first..end).contains(&c.slot))
             .map(|(mac, c)| Enforced {
                 slot: c.slot,
                 mac: *mac,
@@ -418,7 +425,9 @@ impl Datapath for MemDatapath {
                 up: c.up,
                 down: c.down,
             })
-            .collect())
+            .collect();
+        out.sort_unstable_by_key(|e| e.slot);
+        Ok((out, if end >= used { 0 } else { end }))
     }
 
     /// Clients are never forgotten: the table holds every MAC it saw.

@@ -167,3 +167,34 @@ async fn bytes_counted_while_a_session_changes_come_off_its_new_kernel_budget() 
         "kernel budget and remaining data differ"
     );
 }
+
+#[tokio::test]
+async fn a_table_larger_than_one_check_is_checked_whole_in_turn() {
+    let mut h = ProgramHarness::new("sa-rec-win", &[]).unwrap();
+    let gw = gateway(&h);
+    let mac = |i: u32| MacAddr::new([0x02, 0xbb, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+    // More clients than one check compares; the last ten are let through
+    // behind the agent's back.
+    let n = 4096 + 10;
+    for i in 0..n {
+        h.maps.set_allowed(&mac(i), i >= n - 10).unwrap();
+    }
+    assert!(
+        gw.enforce_sessions().unwrap().is_empty(),
+        "the first window holds none of them"
+    );
+    let found = gw.enforce_sessions().unwrap();
+    assert_eq!(found.len(), 10, "the next window holds them all: {found:?}");
+    assert!(found
+        .iter()
+        .all(|(m, _)| *m == Mismatch::AllowedWithoutSession));
+    for i in n - 10..n {
+        assert_eq!(flags(&h.maps, &mac(i)) & POLICY_ALLOWED, 0, "blocked again");
+    }
+    // The table is whole again: the next check starts over from the first slot.
+    h.maps.set_allowed(&mac(0), true).unwrap();
+    assert_eq!(
+        gw.enforce_sessions().unwrap(),
+        vec![(Mismatch::AllowedWithoutSession, mac(0))]
+    );
+}

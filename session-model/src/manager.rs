@@ -136,6 +136,10 @@ pub struct Transition {
     pub reason: EndReason,
     /// The session that now runs, or `None` when the device was disconnected.
     pub next: Option<SessionId>,
+    /// The meter reading the ended session was last charged to: bytes the
+    /// device's counters show beyond it were not charged to it.
+    #[serde(default)]
+    pub mark: Option<MeterMark>,
 }
 
 /// Outcome of a bulk accounting call.
@@ -1247,6 +1251,7 @@ impl SessionsMgr {
             };
             rec.settle_end(now);
             let run = rec.run.take().unwrap_or(self.fresh_run());
+            let mark = run.meter;
             events.push(match reason {
                 EndReason::Consumed => SessionEvent::SessionConsumed {
                     device_id,
@@ -1312,6 +1317,7 @@ impl SessionsMgr {
                 session_id,
                 reason,
                 next,
+                mark,
             });
         }
         let mut recs: Vec<SessionRecord> = changed.drain().map(|(_, r)| r).collect();

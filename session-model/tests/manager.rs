@@ -256,7 +256,8 @@ async fn tick_ends_sessions_and_advances_queue() {
             device_id: d.id,
             session_id: a.id(),
             reason: EndReason::Consumed,
-            next: Some(b.id())
+            next: Some(b.id()),
+            mark: None,
         }]
     );
     assert_eq!(m.curr_session(d.id).unwrap().unwrap().id(), b.id());

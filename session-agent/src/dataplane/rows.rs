@@ -104,15 +104,19 @@ impl Maps {
         })
     }
 
-    /// Every client in the table as the datapath enforces it: its `POLICY_*`
-    /// flags and its speed limits (read a chunk at a time).
-    pub fn enforced(&self) -> Result<Vec<Enforced>> {
+    /// The clients in slots `first..first + len` (of the slots in use) as
+    /// the datapath enforces them: their `POLICY_*` flags and speed limits
+    /// (read a chunk at a time); and the slot the next window starts at, 0
+    /// after the last slot in use. A `first` beyond them starts at 0.
+    pub fn enforced(&self, first: u32, len: u32) -> Result<(Vec<Enforced>, u32)> {
         let used = self.slots_used();
-        let mut out = Vec::with_capacity(used as usize);
+        let first = if first >= used { 0 } else { first };
+        let end = first.saturating_add(len).min(used);
+        let mut out = Vec::with_capacity((end - first) as usize);
         let mut pol = None;
-        for slot in 0..used {
-            if slot % SCAN_CHUNK == 0 {
-                pol = Some(self.policies(slot, SCAN_CHUNK.min(used - slot))?);
+        for slot in first..end {
+            if slot == first || slot % SCAN_CHUNK == 0 {
+                pol = Some(self.policies(slot, (SCAN_CHUNK - slot % SCAN_CHUNK).min(end - slot))?);
             }
             let Some(pos) = self.position(slot) else {
                 continue;
@@ -137,7 +141,7 @@ impl Maps {
                 down: limit(&p.down, POLICY_LIMIT_DOWN | POLICY_SHAPE_DOWN),
             });
         }
-        Ok(out)
+        Ok((out, if end >= used { 0 } else { end }))
     }
 
     /// The datapath's global counters (`STAT_*`), summed over the CPUs.

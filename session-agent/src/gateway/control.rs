@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use session_model::{ClientSession, Desired, DeviceId, Grant, MacAddr, MeterMark, ModelError};
 use tracing::info;
 
-use super::{Activity, Gateway};
+use super::Gateway;
 use crate::{
     dataplane::{RateLimit, MIN_BURST_BYTES},
     error::AgentError,
@@ -100,13 +100,8 @@ impl Gateway {
         };
         self.program(&state, true, None)?;
         let session = self.mgr.session(grant.session_id)?;
-        self.activity.lock().unwrap().insert(
-            device_id,
-            Activity {
-                bytes: 0,
-                since: None,
-            },
-        );
+        // Its quiet time starts at its next reading.
+        self.idle_watch.lock().unwrap().forget(device_id);
         info!(device_id, mac = %device.mac, session = session.id(), "connected");
         Ok(session)
     }
@@ -157,7 +152,7 @@ impl Gateway {
                 .record_meter(&[(device_id, self.reading(device.mac))])?;
         }
         self.mgr.disconnect(device_id, notification).await?;
-        self.activity.lock().unwrap().remove(&device_id);
+        self.idle_watch.lock().unwrap().forget(device_id);
         info!(device_id, mac = %device.mac, "disconnected");
         Ok(())
     }
@@ -194,7 +189,7 @@ impl Gateway {
         // end others' sessions too: charge every device's bytes first, as a
         // poll does, so that none passed uncharged before a block.
         let charged = if running {
-            self.readings()?
+            self.moved_readings()?
         } else {
             Vec::new()
         };
@@ -204,13 +199,11 @@ impl Gateway {
         let (session, report) = self.mgr.change_session(session_id, change).await?;
         if running {
             // The change may have ended the session (or revived it).
-            self.apply(&report, &charged)?;
+            self.apply(&report)?;
             let state = self.mgr.desired(device_id)?;
             if state.grant.is_some() {
-                let mark = charged
-                    .iter()
-                    .find(|(d, _)| *d == device_id)
-                    .map(|(_, m)| *m);
+                // Charged up to its counters just now, moved or not.
+                let mark = self.mgr.meter_mark(device_id)?;
                 self.program(&state, true, mark)?;
             }
         }

@@ -1,12 +1,19 @@
 //! Meter readings: the kernel's counters of every connected device, charged
 //! to their sessions, and the datapath programmed after what that changed.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
+};
 
 use session_model::{idmap::IdMap, DeviceId, MacAddr, MeterMark, TickReport};
 use tracing::info;
 
-use super::{Gateway, MeterTable};
+use super::{Gateway, MeterTable, SlotOwners};
+
+/// How often a reading of moved meters takes every connected device all the
+/// same (see [`Gateway::moved_readings`]).
+const FULL_READING_EVERY: Duration = Duration::from_secs(30);
 use crate::error::AgentError;
 
 impl Gateway {
@@ -42,6 +49,19 @@ impl Gateway {
     /// Meter readings of every connected device, from shared memory. The table of
     /// slots to read is rebuilt only when the connected devices changed.
     pub fn readings(&self) -> Result<Vec<(DeviceId, MeterMark)>, AgentError> {
+        self.read_meters(false)
+    }
+
+    /// The readings of the connected devices whose counters moved since the
+    /// last call: every device after the connected devices changed, after the
+    /// counters were made anew, after a charge failed, and every
+    /// [`FULL_READING_EVERY`]. The caller charges what it gets: a device left
+    /// out was charged up to its counters, and its reading would charge nothing.
+    pub(super) fn moved_readings(&self) -> Result<Vec<(DeviceId, MeterMark)>, AgentError> {
+        self.read_meters(true)
+    }
+
+    fn read_meters(&self, moved_only: bool) -> Result<Vec<(DeviceId, MeterMark)>, AgentError> {
         let built_at = (self.mgr.connected_generation(), self.rekeys.load(Relaxed));
         let mut table = self.meter_table.lock().unwrap();
         if table.as_ref().is_none_or(|t| t.built_at != built_at) {
@@ -58,20 +78,39 @@ impl Gateway {
             return Ok(Vec::new());
         };
         t.bytes.resize(t.slots.len(), 0);
-        match self.dp.usage_into(&t.slots, &mut t.bytes) {
-            Ok(()) => Ok(t
+        if let Err(e) = self.dp.usage_into(&t.slots, &mut t.bytes) {
+            // A connected device's entry is never forgotten; if it
+            // went all the same, the next poll looks the slots up again.
+            *table = None;
+            return Err(e);
+        }
+        let mark =
+            |(&device_id, &bytes): (&DeviceId, &u64)| (device_id, MeterMark { epoch, bytes });
+        if !moved_only {
+            return Ok(t.owners.devices.iter().zip(&t.bytes).map(mark).collect());
+        }
+        let now = Instant::now();
+        let full = t.prev_epoch != Some(epoch)
+            || t.prev.len() != t.bytes.len()
+            || t.full_at
+                .is_none_or(|at| now.duration_since(at) >= FULL_READING_EVERY);
+        let out = if full {
+            t.full_at = Some(now);
+            t.owners.devices.iter().zip(&t.bytes).map(mark).collect()
+        } else {
+            t.owners
                 .devices
                 .iter()
                 .zip(&t.bytes)
-                .map(|(&device_id, &bytes)| (device_id, MeterMark { epoch, bytes }))
-                .collect()),
-            Err(e) => {
-                // A connected device's entry is never forgotten; if it
-                // went all the same, the next poll looks the slots up again.
-                *table = None;
-                Err(e)
-            }
-        }
+                .zip(&t.prev)
+                .filter(|((_, &bytes), &prev)| bytes as u32 != prev)
+                .map(|(d, _)| mark(d))
+                .collect()
+        };
+        t.prev.clear();
+        t.prev.extend(t.bytes.iter().map(|&b| b as u32));
+        t.prev_epoch = Some(epoch);
+        Ok(out)
     }
 
     /// The meter table of the connected devices, or (when a device has no
@@ -87,7 +126,8 @@ impl Gateway {
         let known: IdMap<DeviceId, u32> = old
             .as_ref()
             .map(|t| {
-                t.devices
+                t.owners
+                    .devices
                     .iter()
                     .copied()
                     .zip(t.slots.iter().copied())
@@ -115,9 +155,12 @@ impl Gateway {
         // Slot order: the poll then walks the counter arrays forwards.
         rows.sort_unstable_by_key(|(_, slot)| *slot);
         Ok(Ok(MeterTable {
+            owners: Arc::new(SlotOwners::of(&rows)),
             bytes: Vec::with_capacity(rows.len()),
+            prev: Vec::new(),
+            prev_epoch: None,
+            full_at: None,
             built_at,
-            devices: rows.iter().map(|(d, _)| *d).collect(),
             slots: rows.iter().map(|(_, s)| *s).collect(),
         }))
     }
@@ -127,24 +170,23 @@ impl Gateway {
         &self,
         readings: &[(DeviceId, MeterMark)],
     ) -> Result<TickReport, AgentError> {
-        let report = self.mgr.record_meter(readings)?;
-        self.apply(&report, readings)?;
+        let report = match self.mgr.record_meter(readings) {
+            Ok(report) => report,
+            Err(e) => {
+                // What was read is not charged: the next reading takes every device.
+                *self.meter_table.lock().unwrap() = None;
+                return Err(e.into());
+            }
+        };
+        self.apply(&report)?;
         Ok(report)
     }
 
-    /// Programs the kernel after session transitions. `charged` are the readings
-    /// last charged (the devices' meter marks).
-    pub(super) fn apply(
-        &self,
-        report: &TickReport,
-        charged: &[(DeviceId, MeterMark)],
-    ) -> Result<(), AgentError> {
+    /// Programs the kernel after session transitions.
+    pub(super) fn apply(&self, report: &TickReport) -> Result<(), AgentError> {
         for t in &report.transitions {
-            let last = charged
-                .iter()
-                .rev()
-                .find(|(d, _)| *d == t.device_id)
-                .map(|(_, m)| *m);
+            // The reading the ended session was last charged to.
+            let last = t.mark;
             let state = self.mgr.desired(t.device_id)?;
             match (t.next, state.grant) {
                 (Some(_), Some(g)) => {
@@ -167,5 +209,64 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use session_model::{MemoryStore, SessionsMgr, SystemClock};
+
+    use super::*;
+    use crate::{datapath::MemDatapath, gateway::GatewayConfig};
+
+    fn mac(i: u8) -> MacAddr {
+        MacAddr::new([0x02, 0xcc, 0, 0, 0, i])
+    }
+
+    #[tokio::test]
+    async fn a_reading_of_moved_meters_takes_the_devices_that_moved_and_every_device_after_a_change(
+    ) {
+        let dp = Arc::new(MemDatapath::new(7));
+        let mgr = Arc::new(SessionsMgr::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(SystemClock),
+        ));
+        let gw = Gateway::with_datapath(mgr.clone(), dp.clone(), GatewayConfig::default());
+        let connect = |i: u8| {
+            let (gw, mgr) = (gw.clone(), mgr.clone());
+            async move {
+                let d = mgr.create_device(mac(i), None, None).unwrap();
+                mgr.create_session(d.id, 2, 3_600, 100.0, None, 0, 0, false)
+                    .await
+                    .unwrap();
+                gw.connect(d.id, "").await.unwrap();
+                d.id
+            }
+        };
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(connect(i).await);
+        }
+        assert_eq!(gw.moved_readings().unwrap().len(), 3, "a new table: all");
+        assert!(gw.moved_readings().unwrap().is_empty(), "nothing moved");
+        assert!(dp.send(&mac(1), 1_000));
+        let moved = gw.moved_readings().unwrap();
+        assert_eq!(moved.len(), 1);
+        assert_eq!((moved[0].0, moved[0].1.bytes), (ids[1], 1_000));
+        gw.charge(&moved).await.unwrap();
+        assert_eq!(
+            mgr.session(mgr.running_session_id(ids[1]).unwrap().unwrap())
+                .unwrap()
+                .data()
+                .data_cons_bytes,
+            1_000
+        );
+        assert!(gw.readings().unwrap().len() == 3, "all readings stay whole");
+        // Another device connects: the next reading takes every device once.
+        connect(3).await;
+        assert_eq!(gw.moved_readings().unwrap().len(), 4);
+        assert!(gw.moved_readings().unwrap().is_empty());
     }
 }

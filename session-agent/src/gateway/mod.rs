@@ -19,6 +19,7 @@ mod config;
 mod control;
 mod events;
 mod housekeeping;
+mod idle;
 mod meter;
 mod poll;
 mod stats;
@@ -62,12 +63,6 @@ const HEARD_FOR: Duration = Duration::from_secs(3600);
 /// Most MACs watched at once (the least recently asked about go first).
 const MAX_HEARD: usize = 256;
 
-#[derive(Debug, Default)]
-struct Activity {
-    bytes: u64,
-    since: Option<Instant>,
-}
-
 /// The running hotspot: sessions, the datapath of every LAN, and the loop between them.
 pub struct Gateway {
     mgr: Arc<SessionsMgr>,
@@ -79,7 +74,8 @@ pub struct Gateway {
     metrics_top_clients: std::sync::atomic::AtomicUsize,
     /// Serialises every change of a device's kernel state with the poll.
     ops: Mutex<()>,
-    activity: StdMutex<HashMap<DeviceId, Activity>>,
+    /// When each connected device's counters last moved (with an idle timeout).
+    idle_watch: StdMutex<idle::IdleWatch>,
     events: broadcast::Sender<GatewayEvent>,
     wake: Notify,
     /// Set by [`Gateway::stop`]: the run loop ends.
@@ -104,11 +100,48 @@ pub struct Gateway {
 struct MeterTable {
     /// (session manager generation, rekeys) it was built at.
     built_at: (u64, u64),
-    devices: Vec<DeviceId>,
-    /// The slot of each device, in the order of `devices`.
+    /// The devices (`owners.devices`, in slot order) and their slots.
+    owners: Arc<SlotOwners>,
+    /// The slot of each device, in the order of `owners.devices`.
     slots: Vec<u32>,
     /// Where the poll reads the meters into, kept between polls.
     bytes: Vec<u64>,
+    /// What the last reading of moved meters found (the low 32 bits: a
+    /// device whose counters moved by a multiple of 4 GiB within a poll is
+    /// charged at its next move or the next full reading), and the counters'
+    /// epoch then (`None`: none yet, the next reading takes every device).
+    prev: Vec<u32>,
+    prev_epoch: Option<u64>,
+    /// When a reading last took every device.
+    full_at: Option<Instant>,
+}
+
+/// The connected devices (in slot order, as the meter table reads them), and
+/// which of them holds each slot of the client table.
+#[derive(Debug, Default)]
+struct SlotOwners {
+    devices: Vec<DeviceId>,
+    /// Per slot: 1 + the index in `devices` of its device, 0 for none.
+    by_slot: Vec<u32>,
+}
+
+impl SlotOwners {
+    fn of(rows: &[(DeviceId, u32)]) -> Self {
+        let len = rows.iter().map(|(_, s)| *s as usize + 1).max().unwrap_or(0);
+        let mut by_slot = vec![0; len];
+        for (i, &(_, slot)) in rows.iter().enumerate() {
+            by_slot[slot as usize] = i as u32 + 1;
+        }
+        Self {
+            devices: rows.iter().map(|(d, _)| *d).collect(),
+            by_slot,
+        }
+    }
+
+    fn get(&self, slot: u32) -> Option<DeviceId> {
+        let i = *self.by_slot.get(slot as usize)?;
+        i.checked_sub(1).map(|i| self.devices[i as usize])
+    }
 }
 
 impl Gateway {
@@ -153,7 +186,7 @@ impl Gateway {
             cfg: StdRwLock::new(cfg),
             metrics_top_clients: std::sync::atomic::AtomicUsize::new(DEFAULT_METRICS_TOP_CLIENTS),
             ops: Mutex::new(()),
-            activity: StdMutex::new(HashMap::new()),
+            idle_watch: StdMutex::new(idle::IdleWatch::default()),
             events,
             wake: Notify::new(),
             stopped: std::sync::atomic::AtomicBool::new(false),
@@ -198,13 +231,18 @@ impl Gateway {
                 restart.push("poll_ms");
                 applied.poll_interval = cur.poll_interval;
             }
+            if new.idle_timeout != cur.idle_timeout {
+                // Every device's quiet time starts at the next reading.
+                self.idle_watch.lock().unwrap().clear();
+                *self.meter_table.lock().unwrap() = None;
+            }
             *cur = applied.clone();
         }
         self.mgr.set_auto_advance(applied.auto_advance);
         self.mgr
             .set_global_speed(applied.global_down_mbits, applied.global_up_mbits);
         // The next check would catch the new speeds and bursts; do it now.
-        match self.enforce_sessions() {
+        match self.enforce_everything() {
             Ok(fixed) if !fixed.is_empty() => {
                 info!(
                     devices = fixed.len(),

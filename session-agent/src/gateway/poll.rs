@@ -13,15 +13,15 @@ use tracing::{debug, info, warn};
 
 use super::{
     housekeeping::{StoreWork, EXPIRE_PAUSED_EVERY, FORGET_EVERY, GATEWAY_ADDRS_EVERY, GC_EVERY},
-    Activity, Gateway, GatewayEvent, GatewayStats, Mismatch,
+    Gateway, GatewayEvent, GatewayStats, Mismatch, SlotOwners,
 };
 use crate::{dataplane::Pressure, error::AgentError};
 
 /// How often the poll checks the datapath against the sessions.
 const ENFORCE_EVERY: Duration = Duration::from_secs(1);
-/// Connected devices whose speed and budget one check of the datapath
-/// compares with their session (see [`Gateway::enforce_sessions`]).
-const CHECK_SESSIONS_PER_RUN: usize = 1024;
+/// Slots of the client table one check of the datapath compares with the
+/// sessions (see [`Gateway::enforce_sessions`]).
+const CHECK_SLOTS_PER_RUN: u32 = 4096;
 
 impl Gateway {
     /// One poll: charge every connected device's new bytes, advance time, end and
@@ -34,29 +34,26 @@ impl Gateway {
     /// [`Gateway::poll`] with the operations lock held.
     pub(super) async fn poll_locked(&self) -> Result<(), AgentError> {
         let started = Instant::now();
-        let readings = self.readings()?;
+        let readings = self.moved_readings()?;
         self.charge(&readings).await?;
         let report = self.mgr.tick()?;
-        self.apply(&report, &readings)?;
+        self.apply(&report)?;
         self.refresh_heard();
         if let Some(idle) = self.config().idle_timeout {
             let now = Instant::now();
-            let mut idle_devices = Vec::new();
-            {
-                let mut act = self.activity.lock().unwrap();
+            let idle_devices = {
+                let mut watch = self.idle_watch.lock().unwrap();
                 for (device_id, r) in &readings {
-                    let a = act.entry(*device_id).or_default();
-                    if a.since.is_none() || a.bytes != r.bytes {
-                        *a = Activity {
-                            bytes: r.bytes,
-                            since: Some(now),
-                        };
-                    } else if a.since.is_some_and(|s| now.duration_since(s) >= idle) {
-                        idle_devices.push(*device_id);
-                    }
+                    watch.heard(*device_id, r.bytes, now);
                 }
-            }
+                watch.idle(now, idle)
+            };
             for device_id in idle_devices {
+                if !self.mgr.is_connected(device_id)? {
+                    // Its session ended meanwhile.
+                    self.idle_watch.lock().unwrap().forget(device_id);
+                    continue;
+                }
                 self.disconnect_locked(device_id, "idle timeout").await?;
                 let _ = self.events.send(GatewayEvent::IdleTimeout { device_id });
             }
@@ -90,44 +87,48 @@ impl Gateway {
     /// Checks that the datapath lets through exactly the devices whose session
     /// runs, at their session's speed and with a budget where it has one, and
     /// corrects (and counts, see [`GatewayStats::reconciled`]) any client that
-    /// differs. A healthy gateway finds nothing. Speeds and budgets are
-    /// compared for [`CHECK_SESSIONS_PER_RUN`] devices per run, in turn.
-    /// Called with the operations lock held.
+    /// differs. A healthy gateway finds nothing. Each call checks the next
+    /// [`CHECK_SLOTS_PER_RUN`] slots of the client table, in turn, so its cost
+    /// does not grow with the table: up to that many clients every slot is
+    /// checked every second, beyond it every slot within table / window
+    /// seconds. Called with the operations lock held.
     pub fn enforce_sessions(&self) -> Result<Vec<(Mismatch, MacAddr)>, AgentError> {
-        let connected = self.connected_slots()?;
-        // Slot -> index in `connected`, as a table: slots are dense.
-        let mut by_slot: Vec<u32> = Vec::new();
-        for (i, (_, slot)) in connected.iter().enumerate() {
-            let slot = *slot as usize;
-            if slot >= by_slot.len() {
-                by_slot.resize(slot + 1, u32::MAX);
+        let first = self.check_cursor.load(Relaxed) as u32;
+        let (found, next) = self.enforce_window(first)?;
+        self.check_cursor.store(next as usize, Relaxed);
+        Ok(found)
+    }
+
+    /// [`Gateway::enforce_sessions`] over the whole client table at once (after
+    /// a reload changed speeds).
+    pub(super) fn enforce_everything(&self) -> Result<Vec<(Mismatch, MacAddr)>, AgentError> {
+        let mut found = Vec::new();
+        let mut first = 0;
+        loop {
+            let (f, next) = self.enforce_window(first)?;
+            found.extend(f);
+            if next == 0 {
+                return Ok(found);
             }
-            by_slot[slot] = i as u32;
+            first = next;
         }
-        let index_of = |slot: u32| {
-            by_slot
-                .get(slot as usize)
-                .filter(|&&i| i != u32::MAX)
-                .map(|&i| i as usize)
-        };
-        // Whether a device is let through is checked every run; its speed and
-        // budget, which need its session from the store, for a share of the
-        // devices per run, so every device is checked within a few seconds.
-        let n = connected.len();
-        let first = self.check_cursor.fetch_add(CHECK_SESSIONS_PER_RUN, Relaxed) % n.max(1);
-        let in_share =
-            |i: usize| n <= CHECK_SESSIONS_PER_RUN || (i + n - first) % n < CHECK_SESSIONS_PER_RUN;
-        let clients = self.dp.enforced()?;
+    }
+
+    /// The check of the slots from `first` on: what it corrected, and where
+    /// the next window starts.
+    fn enforce_window(&self, first: u32) -> Result<(Vec<(Mismatch, MacAddr)>, u32), AgentError> {
+        let owners = self.slot_owners()?;
+        let (clients, next) = self.dp.enforced(first, CHECK_SLOTS_PER_RUN)?;
         let mut found: Vec<(Mismatch, MacAddr, Option<DeviceId>)> = Vec::new();
         for c in clients {
             let allowed = c.flags & POLICY_ALLOWED != 0;
-            let (m, device) = match index_of(c.slot).map(|i| (i, connected[i].0)) {
+            let m = match owners.get(c.slot) {
                 None if allowed && c.flags & POLICY_MANUAL == 0 => {
                     (Mismatch::AllowedWithoutSession, None)
                 }
                 None => continue,
-                Some((_, d)) if !allowed => (Mismatch::BlockedWhileConnected, Some(d)),
-                Some((i, d)) if in_share(i) => {
+                Some(d) if !allowed => (Mismatch::BlockedWhileConnected, Some(d)),
+                Some(d) => {
                     let Some(grant) = self.mgr.granted(d)? else {
                         continue;
                     };
@@ -141,10 +142,9 @@ impl Gateway {
                         continue;
                     }
                 }
-                Some(_) => continue,
             };
             if !found.iter().any(|(_, mac, _)| *mac == c.mac) {
-                found.push((m, c.mac, device));
+                found.push((m.0, c.mac, m.1));
             }
         }
         for (m, mac, device) in &found {
@@ -155,31 +155,29 @@ impl Gateway {
                 None => self.revoke(*mac)?,
             }
         }
-        Ok(found.into_iter().map(|(m, mac, _)| (m, mac)).collect())
+        Ok((
+            found.into_iter().map(|(m, mac, _)| (m, mac)).collect(),
+            next,
+        ))
     }
 
-    /// Every connected device with its slot in the client table: the poll's
-    /// meter table when it is current, else looked up (devices without a
+    /// Which connected device holds each slot of the client table: the poll's
+    /// meter table's when it is current, else looked up (devices without a
     /// slot are left out: the datapath holds nothing of them to correct).
-    pub(super) fn connected_slots(&self) -> Result<Vec<(DeviceId, u32)>, AgentError> {
+    fn slot_owners(&self) -> Result<Arc<SlotOwners>, AgentError> {
         let built_at = (self.mgr.connected_generation(), self.rekeys.load(Relaxed));
         if let Some(t) = self.meter_table.lock().unwrap().as_ref() {
             if t.built_at == built_at {
-                return Ok(t
-                    .devices
-                    .iter()
-                    .copied()
-                    .zip(t.slots.iter().copied())
-                    .collect());
+                return Ok(t.owners.clone());
             }
         }
-        let mut out = Vec::new();
+        let mut rows = Vec::new();
         for (device_id, _) in self.mgr.connected()? {
             if let Some(slot) = self.dp.slot_of(&self.mgr.device(device_id)?.mac) {
-                out.push((device_id, slot));
+                rows.push((device_id, slot));
             }
         }
-        Ok(out)
+        Ok(Arc::new(SlotOwners::of(&rows)))
     }
 
     /// After a restart: charge what the kernel counted while the agent was away and
@@ -194,7 +192,7 @@ impl Gateway {
         }
         self.charge(&readings).await?;
         let report = self.mgr.tick()?;
-        self.apply(&report, &readings)?;
+        self.apply(&report)?;
         for (device_id, _) in self.mgr.connected()? {
             self.program(&self.mgr.desired(device_id)?, false, None)?;
         }
