@@ -339,7 +339,11 @@ fn soak(secs: u64) -> Report {
             }
             // SIGHUP with a changed setting.
             16 => {
-                let idle = if report.reloads.is_multiple_of(2) { 3_600 } else { 0 };
+                let idle = if report.reloads.is_multiple_of(2) {
+                    3_600
+                } else {
+                    0
+                };
                 std::fs::write(&cfg, format!("idle_timeout_secs = {idle}\n")).unwrap();
                 // SAFETY: kill has no memory effects; the pid is the agent's.
                 unsafe { libc::kill(agent.pid().unwrap() as i32, libc::SIGHUP) };
