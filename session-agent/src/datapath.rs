@@ -51,6 +51,10 @@ pub trait Datapath: Send + Sync {
         }
         Ok(())
     }
+    /// Adds to `out` the slots whose clients moved traffic since the last
+    /// call (and forgets them); false when the datapath cannot tell, and only
+    /// reading every slot does.
+    fn take_moved(&self, out: &mut Vec<u32>) -> Result<bool>;
     /// Lets a client through at these speeds, with `budget` bytes of data
     /// (`None`: no data limit). With `fresh_budget` false, a budget the
     /// datapath is already spending for it is left to run down.
@@ -146,6 +150,10 @@ impl Datapath for PinnedDatapath {
             Some(m) => m.packets(slot),
             None => Ok(None),
         }
+    }
+
+    fn take_moved(&self, out: &mut Vec<u32>) -> Result<bool> {
+        Ok(self.table().is_some_and(|m| m.take_moved(out)))
     }
 
     fn usage_into(&self, slots: &[u32], out: &mut [u64]) -> Result<()> {
@@ -282,6 +290,9 @@ struct MemClient {
 pub struct MemDatapath {
     epoch: u64,
     clients: Mutex<HashMap<MacAddr, MemClient>>,
+    /// Slots that passed traffic since [`Datapath::take_moved`] last looked;
+    /// `None` for a datapath that cannot tell (as pins before the bits).
+    moved: Option<Mutex<Vec<u32>>>,
 }
 
 impl MemDatapath {
@@ -290,6 +301,15 @@ impl MemDatapath {
         Self {
             epoch: epoch.max(1),
             clients: Mutex::new(HashMap::new()),
+            moved: Some(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// [`MemDatapath::new`], but it cannot tell which clients moved traffic.
+    pub fn without_moved(epoch: u64) -> Self {
+        Self {
+            moved: None,
+            ..Self::new(epoch)
         }
     }
 
@@ -318,6 +338,11 @@ impl MemDatapath {
             c.budget -= len as i64;
         }
         c.bytes += len;
+        let slot = c.slot;
+        drop(clients);
+        if let Some(m) = &self.moved {
+            m.lock().unwrap_or_else(|p| p.into_inner()).push(slot);
+        }
         true
     }
 
@@ -340,6 +365,17 @@ impl MemDatapath {
 impl Datapath for MemDatapath {
     fn epoch(&self) -> Option<u64> {
         Some(self.epoch)
+    }
+
+    fn take_moved(&self, out: &mut Vec<u32>) -> Result<bool> {
+        let Some(m) = &self.moved else {
+            return Ok(false);
+        };
+        let mut moved = m.lock().unwrap_or_else(|p| p.into_inner());
+        moved.sort_unstable();
+        moved.dedup();
+        out.append(&mut moved);
+        Ok(true)
     }
 
     fn slot_of(&self, mac: &MacAddr) -> Option<u32> {

@@ -941,3 +941,31 @@ fn pins_of_another_table_layout_are_refused_at_attach_with_the_fix() {
     alloc.set(0, v, 0).unwrap();
     attach::check_pins(&root, "t").expect("layout 0 is layout 1");
 }
+
+#[test]
+fn a_counted_packet_marks_its_slot_as_moved_until_the_agent_takes_the_marks() {
+    let mut dp = Datapath::new();
+    dp.allow(client_mac(2));
+    dp.allow(client_mac(3));
+    let slot = |m| dp.h.maps.slot_of(&client_mac(m)).unwrap();
+    let (s2, s3) = (slot(2), slot(3));
+    let take = |dp: &Datapath| {
+        let mut out = Vec::new();
+        assert!(dp.h.maps.take_moved(&mut out), "the pins have the marks");
+        out
+    };
+    assert!(take(&dp).is_empty(), "nothing counted yet");
+    assert_eq!(dp.up(&up4(2, 443, 100)), TC_PASS);
+    assert_eq!(dp.up(&up4(2, 443, 100)), TC_PASS);
+    assert_eq!(dp.down(&down4(3, 443, 10)), TC_PASS);
+    assert_eq!(take(&dp), vec![s2.min(s3), s2.max(s3)]);
+    assert!(take(&dp).is_empty(), "taking the marks clears them");
+    // Traffic that is not usage marks nothing: a blocked client's, and
+    // dropped at a spent budget.
+    assert_eq!(dp.up(&up4(4, 443, 100)), TC_DROP);
+    dp.h.maps.set_budget(s3, Some(0)).unwrap();
+    assert_eq!(dp.down(&down4(3, 443, 10)), TC_DROP);
+    assert!(take(&dp).is_empty());
+    assert_eq!(dp.down(&down4(2, 443, 10)), TC_PASS);
+    assert_eq!(take(&dp), vec![s2]);
+}

@@ -25,6 +25,12 @@ pub const MAP_POLICY: &str = "POLICY";
 pub const MAP_SLOT_ALLOC: &str = "SLOT_ALLOC";
 /// Ring of slots freed by forgetting idle clients (u64 each, see [`SlotAllocator`]); mmap-able.
 pub const MAP_FREE_SLOTS: &str = "FREE_SLOTS";
+/// One bit per slot (`u64` words, slot `s` is bit `s % 64` of word `s / 64`),
+/// set by the datapath when it counts a client's usage; the agent takes and
+/// clears the words to read only the clients that moved; mmap-able.
+pub const MAP_MOVED: &str = "MOVED";
+/// Words of [`MAP_MOVED`].
+pub const MOVED_WORDS: u32 = MAX_CLIENTS / 64;
 /// Walled garden: LPM trie of [`GardenKey`] -> [`GardenValue`].
 pub const MAP_GARDEN: &str = "GARDEN";
 /// Ring buffer of [`ClientEvent`].

@@ -47,6 +47,9 @@ static SLOTS: Array<u64> = Array::pinned(MAX_CLIENTS, BPF_F_MMAPABLE);
 #[map(name = "COUNTERS")]
 static COUNTERS: Array<ClientCounters> = Array::pinned(MAX_CLIENTS, BPF_F_MMAPABLE);
 
+#[map(name = "MOVED")]
+static MOVED: Array<u64> = Array::pinned(MOVED_WORDS, BPF_F_MMAPABLE);
+
 #[map(name = "POLICY")]
 static POLICY: Array<ClientPolicy> = Array::pinned(MAX_CLIENTS, BPF_F_MMAPABLE);
 
@@ -431,10 +434,25 @@ fn metered<P: Packet>(
             at!(st, down_bytes).add(len);
         }
     }
+    mark_moved(slot);
     if shaped {
         return Verdict::Shape(slot);
     }
     Verdict::Pass
+}
+
+/// Tells the agent that the client in `slot` moved traffic since it last
+/// looked: its bit in `MOVED`, set after the counters (the agent clears the
+/// bit before it reads them), and only when clear, so that the word's line
+/// stays shared between the CPUs until the agent takes it.
+#[inline(always)]
+fn mark_moved(slot: u32) {
+    if let Some(word) = MOVED.cell(slot / 64) {
+        let bit = 1u64 << (slot % 64);
+        if word.get() & bit == 0 {
+            word.or(bit);
+        }
+    }
 }
 
 /// Counts a drop of a packet of `len` bytes to the client in `slot`, and

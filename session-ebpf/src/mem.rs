@@ -19,7 +19,7 @@
 
 use core::{
     intrinsics::{
-        atomic_cxchg, atomic_xadd,
+        atomic_cxchg, atomic_or, atomic_xadd,
         AtomicOrdering::{Relaxed, SeqCst},
     },
     marker::PhantomData,
@@ -156,6 +156,15 @@ impl<T: Word> Shared<'_, T> {
         // SAFETY: valid and aligned for 'a; an atomic add of a 32 or 64-bit
         // integer (`Word`), which BPF has.
         unsafe { atomic_xadd::<T, T, { Relaxed }>(self.ptr, v) };
+    }
+
+    /// Sets the bits of `v` atomically, the old value unused: BPF's
+    /// non-fetching `lock or`.
+    #[inline(always)]
+    pub fn or(self, v: T) {
+        // SAFETY: valid and aligned for 'a; an atomic or of a 32 or 64-bit
+        // integer (`Word`), which BPF has.
+        unsafe { atomic_or::<T, T, { Relaxed }>(self.ptr, v) };
     }
 
     /// Adds `v` atomically and returns the value before. SeqCst: LLVM's BPF

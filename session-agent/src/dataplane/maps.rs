@@ -90,6 +90,9 @@ pub struct Maps {
     pub(super) alloc: MmapArray<SlotAllocator>,
     /// Ring of freed slots (see [`SlotAllocator`]).
     pub(super) free: MmapArray<u64>,
+    /// A bit per slot the datapath sets when it counts usage (`None` in pins
+    /// of a version before it, until the agent loads its own programs).
+    pub(super) moved: Option<MmapArray<u64>>,
     pub(super) shaper: MmapArray<ShaperConfig>,
     pub(super) lan: MmapArray<LanConfig>,
     /// The LAN's shared limits ([`GateBucket`]).
@@ -115,6 +118,10 @@ impl Maps {
             policy: mmap::open_pinned(&shared, MAP_POLICY)?,
             alloc: MmapArray::open_pin(&shared, MAP_SLOT_ALLOC, 1)?,
             free: MmapArray::open_pin(&shared, MAP_FREE_SLOTS, MAX_CLIENTS)?,
+            moved: match shared.join(MAP_MOVED).exists() {
+                true => Some(MmapArray::open_pin(&shared, MAP_MOVED, MOVED_WORDS)?),
+                false => None,
+            },
             shaper: MmapArray::open_pin(&dir, MAP_SHAPER, 1)?,
             lan: MmapArray::open_pin(&dir, MAP_LAN, 1)?,
             gate: MmapArray::open_pin(&dir, MAP_GATE, GATE_BUCKETS)?,

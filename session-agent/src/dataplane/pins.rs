@@ -24,10 +24,11 @@ pub fn clients_dir(pin_root: &Path) -> PathBuf {
 }
 
 /// The maps of the client table every LAN shares.
-pub const SHARED_MAPS: [&str; 8] = [
+pub const SHARED_MAPS: [&str; 9] = [
     MAP_CLIENTS,
     MAP_SLOTS,
     MAP_COUNTERS,
+    MAP_MOVED,
     MAP_POLICY,
     MAP_SLOT_ALLOC,
     MAP_FREE_SLOTS,

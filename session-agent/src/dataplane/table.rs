@@ -132,7 +132,36 @@ impl Maps {
     pub fn add_up_bytes(&self, slot: u32, bytes: u64) -> Result<()> {
         cell!(self.clients, self.entry_of(slot)?, up_bytes: AtomicU64)
             .fetch_add(bytes, Ordering::SeqCst);
+        // As the datapath does after counting.
+        if let Some(m) = &self.moved {
+            cell!(m, slot / 64 => AtomicU64).fetch_or(1 << (slot % 64), Ordering::SeqCst);
+        }
         Ok(())
+    }
+
+    /// The slots whose clients the datapath counted usage of since the last
+    /// call (their `MOVED` bits, taken and cleared), added to `out`; false
+    /// when the pins have no such bits (made by a version before them): then
+    /// only reading every slot tells.
+    pub fn take_moved(&self, out: &mut Vec<u32>) -> bool {
+        let Some(m) = &self.moved else {
+            return false;
+        };
+        for w in 0..m.len() {
+            let word = cell!(m, w => AtomicU64);
+            // Most words are clear: a load keeps their lines shared.
+            if word.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            // Cleared before the counters are read: a packet counted after
+            // this sets its bit again for the next call.
+            let mut bits = word.swap(0, Ordering::SeqCst);
+            while bits != 0 {
+                out.push(w * 64 + bits.trailing_zeros());
+                bits &= bits - 1;
+            }
+        }
+        true
     }
 
     /// Up plus down bytes of the slot: the client's usage meter.

@@ -55,8 +55,11 @@ impl Gateway {
     /// The readings of the connected devices whose counters moved since the
     /// last call: every device after the connected devices changed, after the
     /// counters were made anew, after a charge failed, and every
-    /// [`FULL_READING_EVERY`]. The caller charges what it gets: a device left
-    /// out was charged up to its counters, and its reading would charge nothing.
+    /// [`FULL_READING_EVERY`]. The datapath names the slots that moved (see
+    /// [`crate::datapath::Datapath::take_moved`]), so only their counters are read; one that
+    /// cannot tell has every counter read and compared with the last call's.
+    /// The caller charges what it gets: a device left out was charged up to
+    /// its counters, and its reading would charge nothing.
     pub(super) fn moved_readings(&self) -> Result<Vec<(DeviceId, MeterMark)>, AgentError> {
         self.read_meters(true)
     }
@@ -77,23 +80,45 @@ impl Gateway {
         let Some(epoch) = self.dp.epoch() else {
             return Ok(Vec::new());
         };
+        let mark =
+            |(&device_id, &bytes): (&DeviceId, &u64)| (device_id, MeterMark { epoch, bytes });
+        // Which slots moved, taken before their counters are read.
+        let mut moved = Vec::new();
+        let known = match moved_only {
+            true => self.dp.take_moved(&mut moved),
+            false => Ok(false),
+        };
+        let now = Instant::now();
+        let full = t.prev_epoch != Some(epoch)
+            || t.prev.len() != t.slots.len()
+            || t.full_at
+                .is_none_or(|at| now.duration_since(at) >= FULL_READING_EVERY);
+        if let (Ok(true), false) = (&known, full) {
+            // Only the counters of the slots that moved.
+            let rows: Vec<usize> = moved.iter().filter_map(|&s| t.owners.row(s)).collect();
+            let slots: Vec<u32> = rows.iter().map(|&i| t.slots[i]).collect();
+            let mut bytes = vec![0; slots.len()];
+            if let Err(e) = self.dp.usage_into(&slots, &mut bytes) {
+                *table = None;
+                return Err(e);
+            }
+            let mut out = Vec::with_capacity(rows.len());
+            for (&i, &b) in rows.iter().zip(&bytes) {
+                t.prev[i] = b as u32;
+                out.push(mark((&t.owners.devices[i], &b)));
+            }
+            return Ok(out);
+        }
         t.bytes.resize(t.slots.len(), 0);
-        if let Err(e) = self.dp.usage_into(&t.slots, &mut t.bytes) {
+        if let Err(e) = known.and_then(|_| self.dp.usage_into(&t.slots, &mut t.bytes)) {
             // A connected device's entry is never forgotten; if it
             // went all the same, the next poll looks the slots up again.
             *table = None;
             return Err(e);
         }
-        let mark =
-            |(&device_id, &bytes): (&DeviceId, &u64)| (device_id, MeterMark { epoch, bytes });
         if !moved_only {
             return Ok(t.owners.devices.iter().zip(&t.bytes).map(mark).collect());
         }
-        let now = Instant::now();
-        let full = t.prev_epoch != Some(epoch)
-            || t.prev.len() != t.bytes.len()
-            || t.full_at
-                .is_none_or(|at| now.duration_since(at) >= FULL_READING_EVERY);
         let out = if full {
             t.full_at = Some(now);
             t.owners.devices.iter().zip(&t.bytes).map(mark).collect()
@@ -228,45 +253,54 @@ mod tests {
     #[tokio::test]
     async fn a_reading_of_moved_meters_takes_the_devices_that_moved_and_every_device_after_a_change(
     ) {
-        let dp = Arc::new(MemDatapath::new(7));
-        let mgr = Arc::new(SessionsMgr::new(
-            Arc::new(MemoryStore::new()),
-            Arc::new(SystemClock),
-        ));
-        let gw = Gateway::with_datapath(mgr.clone(), dp.clone(), GatewayConfig::default());
-        let connect = |i: u8| {
-            let (gw, mgr) = (gw.clone(), mgr.clone());
-            async move {
-                let d = mgr.create_device(mac(i), None, None).unwrap();
-                mgr.create_session(d.id, 2, 3_600, 100.0, None, 0, 0, false)
-                    .await
-                    .unwrap();
-                gw.connect(d.id, "").await.unwrap();
-                d.id
+        // A datapath that names the slots that moved, and one that cannot.
+        for dp in [MemDatapath::new(7), MemDatapath::without_moved(7)] {
+            let dp = Arc::new(dp);
+            let mgr = Arc::new(SessionsMgr::new(
+                Arc::new(MemoryStore::new()),
+                Arc::new(SystemClock),
+            ));
+            let gw = Gateway::with_datapath(mgr.clone(), dp.clone(), GatewayConfig::default());
+            let connect = |i: u8| {
+                let (gw, mgr) = (gw.clone(), mgr.clone());
+                async move {
+                    let d = mgr.create_device(mac(i), None, None).unwrap();
+                    mgr.create_session(d.id, 2, 3_600, 100.0, None, 0, 0, false)
+                        .await
+                        .unwrap();
+                    gw.connect(d.id, "").await.unwrap();
+                    d.id
+                }
+            };
+            let mut ids = Vec::new();
+            for i in 0..3 {
+                ids.push(connect(i).await);
             }
-        };
-        let mut ids = Vec::new();
-        for i in 0..3 {
-            ids.push(connect(i).await);
+            assert_eq!(gw.moved_readings().unwrap().len(), 3, "a new table: all");
+            assert!(gw.moved_readings().unwrap().is_empty(), "nothing moved");
+            assert!(dp.send(&mac(1), 1_000));
+            assert!(dp.send(&mac(1), 500));
+            let moved = gw.moved_readings().unwrap();
+            assert_eq!(moved.len(), 1, "{moved:?}");
+            assert_eq!((moved[0].0, moved[0].1.bytes), (ids[1], 1_500));
+            gw.charge(&moved).await.unwrap();
+            let running = mgr.running_session_id(ids[1]).unwrap().unwrap();
+            assert_eq!(mgr.session(running).unwrap().data().data_cons_bytes, 1_500);
+            assert!(gw.moved_readings().unwrap().is_empty(), "charged");
+            assert_eq!(gw.readings().unwrap().len(), 3, "all readings stay whole");
+            // Another device connects: the next reading takes every device once.
+            connect(3).await;
+            assert!(dp.send(&mac(3), 10));
+            let all = gw.moved_readings().unwrap();
+            assert_eq!(all.len(), 4);
+            assert!(all.contains(&(
+                ids[1],
+                MeterMark {
+                    epoch: 7,
+                    bytes: 1_500
+                }
+            )));
+            assert!(gw.moved_readings().unwrap().is_empty());
         }
-        assert_eq!(gw.moved_readings().unwrap().len(), 3, "a new table: all");
-        assert!(gw.moved_readings().unwrap().is_empty(), "nothing moved");
-        assert!(dp.send(&mac(1), 1_000));
-        let moved = gw.moved_readings().unwrap();
-        assert_eq!(moved.len(), 1);
-        assert_eq!((moved[0].0, moved[0].1.bytes), (ids[1], 1_000));
-        gw.charge(&moved).await.unwrap();
-        assert_eq!(
-            mgr.session(mgr.running_session_id(ids[1]).unwrap().unwrap())
-                .unwrap()
-                .data()
-                .data_cons_bytes,
-            1_000
-        );
-        assert!(gw.readings().unwrap().len() == 3, "all readings stay whole");
-        // Another device connects: the next reading takes every device once.
-        connect(3).await;
-        assert_eq!(gw.moved_readings().unwrap().len(), 4);
-        assert!(gw.moved_readings().unwrap().is_empty());
     }
 }

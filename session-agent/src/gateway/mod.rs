@@ -139,8 +139,13 @@ impl SlotOwners {
     }
 
     fn get(&self, slot: u32) -> Option<DeviceId> {
+        self.row(slot).map(|i| self.devices[i])
+    }
+
+    /// The index in `devices` of the slot's device.
+    fn row(&self, slot: u32) -> Option<usize> {
         let i = *self.by_slot.get(slot as usize)?;
-        i.checked_sub(1).map(|i| self.devices[i as usize])
+        i.checked_sub(1).map(|i| i as usize)
     }
 }
 
