@@ -112,15 +112,7 @@ fn a_flood_of_random_macs_locks_out_neither_a_paying_client_nor_a_new_customer()
     new_session(&api, paying, TIME, 600, 0.0, 0, 0);
     connect(&api, paying);
     let probe = Probe::start(&payer.ns, servers.udp4.addr, Duration::from_millis(50));
-    let rss = |agent: &session_tests::Agent| -> u64 {
-        let pid = agent.pid().expect("agent running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
+    let rss = |agent: &session_tests::Agent| agent.rss_kib().expect("the agent runs");
     let rss_before = rss(&agent);
     // 200,000 random MACs, as fast as one sender goes, for at most 30 s.
     let (sent, stop) = (

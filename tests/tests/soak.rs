@@ -129,29 +129,6 @@ impl Report {
     }
 }
 
-/// Resident KiB and CPU ticks (user + system) of `pid`.
-fn proc_sample(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command's closing parenthesis: utime is the 12th, stime the 13th.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some((rss, ticks))
-}
-
-fn ticks_per_sec() -> f64 {
-    // SAFETY: sysconf reads a constant of the system.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
 /// The data charged to all of a device's sessions.
 fn charged(api: &ApiClient, device: i64) -> u64 {
     api.sessions(device)
@@ -265,7 +242,7 @@ fn soak(secs: u64) -> Report {
         .collect();
     let t0 = Instant::now();
     let at = |t: Instant| t.duration_since(t0).as_secs_f64();
-    let mut last_cpu: Option<(u32, Instant, u64)> = None;
+    let mut last_cpu: Option<(u32, Instant, f64)> = None;
     // Reloads of the agent process running now (its log is its own).
     let mut reloads_here = 0;
     let mut step = 0u64;
@@ -401,21 +378,16 @@ fn soak(secs: u64) -> Report {
                 report.markdown()
             );
         }
-        if let Some(pid) = agent.pid() {
-            if let Some((rss, ticks)) = proc_sample(pid) {
-                let now = Instant::now();
-                report.rss.push((at(now), rss, pid));
-                let cpu = match last_cpu {
-                    Some((p, t, k)) if p == pid => {
-                        (ticks - k) as f64 * 1000.0
-                            / ticks_per_sec()
-                            / now.duration_since(t).as_secs_f64()
-                    }
-                    _ => f64::NAN,
-                };
-                report.cpu.push((at(now), cpu));
-                last_cpu = Some((pid, now, ticks));
-            }
+        if let (Some(pid), Some(rss), Some(cpu_ms)) = (agent.pid(), agent.rss_kib(), agent.cpu_ms())
+        {
+            let now = Instant::now();
+            report.rss.push((at(now), rss, pid));
+            let cpu = match last_cpu {
+                Some((p, t, ms)) if p == pid => (cpu_ms - ms) / now.duration_since(t).as_secs_f64(),
+                _ => f64::NAN,
+            };
+            report.cpu.push((at(now), cpu));
+            last_cpu = Some((pid, now, cpu_ms));
         }
     }
     // The end: traffic stops, the agent charges the last bytes.

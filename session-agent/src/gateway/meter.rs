@@ -10,11 +10,11 @@ use session_model::{idmap::IdMap, DeviceId, MacAddr, MeterMark, TickReport};
 use tracing::info;
 
 use super::{Gateway, MeterTable, SlotOwners};
+use crate::error::AgentError;
 
 /// How often a reading of moved meters takes every connected device all the
 /// same (see [`Gateway::moved_readings`]).
 const FULL_READING_EVERY: Duration = Duration::from_secs(30);
-use crate::error::AgentError;
 
 impl Gateway {
     /// A device's counters in each direction and the epoch they count in, read
