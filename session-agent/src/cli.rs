@@ -33,6 +33,12 @@ pub(crate) struct PinArgs {
 
 #[derive(Subcommand)]
 pub(crate) enum Cmd {
+    /// The operator page's accounts (`--admin-listen`): the owner, who may do
+    /// everything, and staff, who may only sell.
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
     /// Attach to the client-facing interfaces and run in the foreground.
     Run(RunArgs),
     /// Check `run`'s configuration file and flags, as `run` would read them,
@@ -186,6 +192,30 @@ pub(crate) enum Cmd {
         idle_timeout_secs: Option<u64>,
         #[command(flatten)]
         api: ctl::ApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AdminCmd {
+    /// Set the owner's password, or a staff account's (made if new). The
+    /// password is read from standard input, asked twice on a terminal; the
+    /// running agent uses it from the next login, and ends the account's
+    /// logins made with the old one.
+    Passwd {
+        /// A staff account: it may see who is online and make and print
+        /// vouchers from the plans, nothing else.
+        #[arg(long, value_name = "NAME")]
+        staff: Option<String>,
+        /// Remove the staff account instead.
+        #[arg(long, requires = "staff")]
+        remove: bool,
+        /// The accounts file [default: admin.accounts of --config, else
+        /// /var/lib/session-agent/admin-accounts].
+        #[arg(long, value_name = "FILE")]
+        accounts: Option<PathBuf>,
+        /// The agent's configuration file, whose admin.accounts names the file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 

@@ -118,6 +118,8 @@ pub struct RunOptions {
     pub api: ApiOptions,
     /// The captive listener: the RFC 8908 API and the portal page.
     pub portal: PortalOptions,
+    /// The operator's page.
+    pub admin: crate::admin::AdminOptions,
     /// What is logged (a `tracing` filter; `RUST_LOG` wins).
     pub log_level: String,
     /// Clients that have not paid are sent to the portal.
@@ -146,6 +148,7 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
     // first, keeps a second agent from taking the first one's socket).
     let api_listeners = crate::api::bind(&opts.api).await?;
     let portal_listener = crate::portal::bind(&opts.portal).await?;
+    let admin_listener = crate::admin::bind(&opts.admin).await?;
     let mgr = Arc::new(SessionsMgr::new(store, Arc::new(SystemClock)));
     // Always known, so sessions a RADIUS login made stay readable without RADIUS.
     mgr.register_session_provider(
@@ -360,6 +363,11 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
         servers.spawn(async move {
             crate::portal::serve(desk, radius, portal, portal_listener).await?;
             Err(stopped("the captive-portal API and portal page"))
+        });
+        let admin = opts.admin.state(gateway.clone());
+        servers.spawn(async move {
+            crate::admin::serve(admin, admin_listener).await?;
+            Err(stopped("the operator page"))
         });
     }
     // Handlers first: a supervisor may stop the agent the moment it is ready,

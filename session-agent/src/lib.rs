@@ -11,6 +11,7 @@ pub mod options;
 pub mod services;
 
 // Front ends, which never import each other, and the ground they share.
+pub mod admin;
 pub mod api;
 pub mod portal;
 pub mod web;

@@ -3,6 +3,7 @@
 mod cli;
 mod ctl;
 mod docs;
+mod passwd;
 
 use std::path::Path;
 
@@ -101,6 +102,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Admin { cmd } => passwd::run(cmd),
         Cmd::Devices { cmd, api } => ctl::devices(&api, cmd),
         Cmd::Sessions { cmd, api } => ctl::sessions(&api, cmd),
         Cmd::Vouchers { cmd, api } => ctl::vouchers(&api, cmd),

@@ -360,6 +360,49 @@ pub struct Options {
     pub radius: RadiusSection,
     #[command(flatten)]
     pub vouchers: VouchersSection,
+    #[command(flatten)]
+    pub admin: AdminSection,
+}
+
+/// Where the operator page's accounts are unless `admin.accounts` says otherwise.
+pub const DEFAULT_ADMIN_ACCOUNTS: &str = "/var/lib/session-agent/admin-accounts";
+/// The operator page's certificate and key, made at first start if missing.
+pub const DEFAULT_ADMIN_CERT: &str = "/var/lib/session-agent/admin-cert.pem";
+pub const DEFAULT_ADMIN_KEY: &str = "/var/lib/session-agent/admin-key.pem";
+
+/// `[admin]`: the operator's page.
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSection {
+    /// Serve the operator's page (/admin) at ADDR:PORT over HTTPS; off unless set.
+    /// Clients that have not paid cannot reach it (keep its port out of --portal-ports).
+    #[arg(long = "admin-listen", value_name = "ADDR:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+    /// The page's certificate (PEM); made, self-signed, at first start when it and
+    /// the key are missing.
+    #[arg(long = "admin-cert", value_name = "FILE", required = false)]
+    pub admin_cert: PathBuf,
+    /// The certificate's private key (PEM).
+    #[arg(long = "admin-key", value_name = "FILE", required = false)]
+    pub admin_key: PathBuf,
+    /// Serve the page over plain HTTP instead: only on a loopback address.
+    #[arg(long = "admin-plain-http")]
+    pub admin_plain_http: bool,
+    /// The page's accounts, written by `session-agent admin passwd`.
+    #[arg(long = "admin-accounts", value_name = "FILE", required = false)]
+    pub admin_accounts: PathBuf,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            admin_listen: None,
+            admin_cert: DEFAULT_ADMIN_CERT.into(),
+            admin_key: DEFAULT_ADMIN_KEY.into(),
+            admin_plain_http: false,
+            admin_accounts: DEFAULT_ADMIN_ACCOUNTS.into(),
+        }
+    }
 }
 
 /// `[vouchers]`: where codes typed on the portal page are checked.
@@ -669,6 +712,7 @@ impl Default for Options {
             captive: CaptiveSection::default(),
             radius: RadiusSection::default(),
             vouchers: VouchersSection::default(),
+            admin: AdminSection::default(),
         }
     }
 }
@@ -752,6 +796,10 @@ pub enum OptionsError {
     EmptyRadiusSecret(PathBuf),
     #[error("vouchers.backend = \"radius\" checks codes at the RADIUS servers: give --radius-server ADDR:PORT (radius.auth_servers), or set the backend to local")]
     VouchersWithoutRadius,
+    #[error("the operator page's port {0} is a portal port, which clients that have not paid reach: give --admin-listen another port")]
+    AdminOnPortalPort(u16),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminOptionsError),
     #[error("garden_ttl_min_secs ({min}) is above garden_ttl_max_secs ({max}): give a floor at most the ceiling")]
     GardenTtl { min: u64, max: u64 },
 }
@@ -1046,6 +1094,20 @@ impl Options {
         {
             return Err(OptionsError::VouchersWithoutRadius);
         }
+        let admin = crate::admin::AdminOptions {
+            listen: self.admin.admin_listen,
+            tls: (!self.admin.admin_plain_http).then(|| crate::web::tls::TlsFiles {
+                cert: self.admin.admin_cert.clone(),
+                key: self.admin.admin_key.clone(),
+            }),
+            accounts: self.admin.admin_accounts.clone(),
+        };
+        admin.validate()?;
+        if let Some(a) = admin.listen {
+            if portal_ports.contains(&a.port()) && !a.ip().is_loopback() {
+                return Err(OptionsError::AdminOnPortalPort(a.port()));
+            }
+        }
         let redirect = if self.captive.redirect {
             let portal_url = portal
                 .portal_url
@@ -1126,6 +1188,7 @@ impl Options {
             db: self.store.path,
             api,
             portal,
+            admin,
             log_level: self.log_level.0,
         })
     }

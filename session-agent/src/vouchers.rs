@@ -414,6 +414,7 @@ mod tests {
                 max_devices: 1,
                 code_len: 10,
                 group: 5,
+                sale: None,
             })
             .unwrap();
         (VoucherDesk::new(gw), dp, made[0].code.clone())

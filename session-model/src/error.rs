@@ -129,6 +129,12 @@ pub enum ModelError {
     /// A batch of vouchers that cannot be made as asked.
     #[error("invalid voucher batch: {0}")]
     InvalidBatch(String),
+    /// A price plan that cannot be kept as given.
+    #[error("invalid price plan: {0}")]
+    InvalidPlan(String),
+    /// No plan of this name.
+    #[error("no price plan named {0:?}: see the plans page or create it first")]
+    UnknownPlan(String),
     /// The OS's random source failed.
     #[error("cannot draw voucher codes from the OS's random source: {0}")]
     Random(String),

@@ -8,6 +8,7 @@
 //!   [`SessionEvent`]s.
 //! * [`source`]: [`SessionSource`] / [`SessionProvider`] and [`ClientSession`].
 //! * [`voucher`]: voucher codes, what they buy and their redemption.
+//! * [`plan`]: price plans, and the sales their vouchers made.
 
 pub mod clock;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod limits;
 pub mod mac;
 pub mod manager;
 pub mod model;
+pub mod plan;
 pub mod source;
 pub mod store;
 pub mod voucher;
@@ -28,12 +30,13 @@ pub use model::{
     bytes_to_mb, mb_to_bytes, Device, DeviceId, EndReason, MeterMark, RunState, SessionData,
     SessionId, SessionRecord, SessionType, BYTES_PER_MB, SECS_PER_DAY,
 };
+pub use plan::{format_price, parse_price, Plan, Sale, SaleTerms};
 pub use source::{
     ClientSession, LocalProvider, LocalSource, SessionProvider, SessionSource, LOCAL_PROVIDER,
 };
 pub use store::{
     open_store, store_names, HybridOptions, HybridStore, MemoryStore, RedbStore, SessionStore,
-    StoreConfig, StoreRegistry, SyncMode, UsageUpdate,
+    Shelf, StoreConfig, StoreRegistry, SyncMode, UsageUpdate,
 };
 pub use voucher::{
     generate_code, normalize_code, NewBatch, RedeemRefusal, Redemption, Voucher, VoucherMove,

@@ -108,6 +108,9 @@ pub struct Voucher {
     /// Characters per printed group (`ABCDE-FGHJK`); 0: one group.
     #[serde(default = "default_group")]
     pub group: usize,
+    /// The plan and price it was made from, when it was (a sale at its first redemption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sale: Option<crate::SaleTerms>,
 }
 
 /// Characters per printed group of a code, unless a batch says otherwise.
@@ -354,6 +357,8 @@ pub struct NewBatch {
     pub code_len: usize,
     /// Characters per printed group (0: one group).
     pub group: usize,
+    /// The plan the codes are made from (a sale at each code's first redemption).
+    pub sale: Option<crate::SaleTerms>,
 }
 
 impl TryFrom<NewVouchers> for NewBatch {
@@ -380,6 +385,7 @@ impl TryFrom<NewVouchers> for NewBatch {
             max_devices: v.max_devices.unwrap_or(1),
             code_len: v.code_length.unwrap_or(DEFAULT_CODE_LEN),
             group: v.group.unwrap_or(DEFAULT_GROUP),
+            sale: None,
         })
     }
 }
@@ -478,6 +484,7 @@ impl SessionsMgr {
                 redemptions: Vec::new(),
                 revoked_at: None,
                 group: b.group,
+                sale: b.sale.clone(),
             });
         }
         self.store().create_vouchers(&out)?;
@@ -630,6 +637,7 @@ mod tests {
             redemptions: vec![],
             revoked_at: None,
             group: 5,
+            sale: None,
         }
     }
 

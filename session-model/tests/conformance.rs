@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use session_model::{
     open_store, store_names, HybridOptions, MacAddr, MeterMark, RedbStore, RunState, SessionData,
-    SessionStore, SessionType, StoreConfig, StoreError, SyncMode, UsageUpdate, Voucher,
+    SessionStore, SessionType, Shelf, StoreConfig, StoreError, SyncMode, UsageUpdate, Voucher,
     VoucherTemplate,
 };
 use tempfile::TempDir;
@@ -453,6 +453,7 @@ fn voucher(code: &str, max_devices: u32) -> Voucher {
         redemptions: vec![],
         revoked_at: None,
         group: 4,
+        sale: None,
     }
 }
 
@@ -546,6 +547,32 @@ fn vouchers_and_redemptions(h: &Harness) {
     assert_eq!(s.voucher("AAAA2222").unwrap().unwrap(), a);
 }
 
+fn shelves_keep_records_apart_and_across_reopens(h: &Harness) {
+    let s = h.open();
+    assert_eq!(s.shelf(Shelf::Plans).unwrap(), vec![]);
+    s.put_on_shelf(Shelf::Plans, "b", Some(b"2")).unwrap();
+    s.put_on_shelf(Shelf::Plans, "a", Some(b"1")).unwrap();
+    s.put_on_shelf(Shelf::Plans, "a", Some(b"1bis")).unwrap();
+    s.put_on_shelf(Shelf::Plans, "c", Some(b"3")).unwrap();
+    s.put_on_shelf(Shelf::Plans, "c", None).unwrap();
+    // Removing what is not there is no error.
+    s.put_on_shelf(Shelf::Plans, "zz", None).unwrap();
+    let want = vec![
+        ("a".to_string(), b"1bis".to_vec()),
+        ("b".to_string(), b"2".to_vec()),
+    ];
+    assert_eq!(s.shelf(Shelf::Plans).unwrap(), want);
+    if h.durable() {
+        drop(s);
+        let s = h.open();
+        assert_eq!(
+            s.shelf(Shelf::Plans).unwrap(),
+            want,
+            "shelves survive a reopen"
+        );
+    }
+}
+
 macro_rules! conformance {
     ($($kind:ident),*) => {$(
         mod $kind {
@@ -558,6 +585,7 @@ macro_rules! conformance {
             #[test] fn run_state_round_trips() { super::run_state_round_trips(&Harness::new(stringify!($kind))) }
             #[test] fn usage_updates() { super::usage_updates(&Harness::new(stringify!($kind))) }
             #[test] fn vouchers_and_redemptions() { super::vouchers_and_redemptions(&Harness::new(stringify!($kind))) }
+            #[test] fn shelves_keep_records_apart_and_across_reopens() { super::shelves_keep_records_apart_and_across_reopens(&Harness::new(stringify!($kind))) }
             #[test] fn refuses_newer_schema() { super::refuses_newer_schema(&Harness::new(stringify!($kind))) }
         }
     )*};

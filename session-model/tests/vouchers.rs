@@ -1,5 +1,6 @@
 //! Vouchers through the sessions manager: batches, redemption, states, revocation.
 
+use session_model::Shelf;
 use std::sync::Arc;
 
 use session_model::{
@@ -16,6 +17,17 @@ struct SlowVoucherReads(MemoryStore);
 impl SessionStore for SlowVoucherReads {
     fn kind(&self) -> &'static str {
         "slow"
+    }
+    fn shelf(&self, shelf: Shelf) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.0.shelf(shelf)
+    }
+    fn put_on_shelf(
+        &self,
+        shelf: Shelf,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        self.0.put_on_shelf(shelf, key, value)
     }
     fn create_device(
         &self,
@@ -109,6 +121,7 @@ fn batch(count: u32, max_devices: u32) -> NewBatch {
         max_devices,
         code_len: 10,
         group: 5,
+        sale: None,
     }
 }
 
@@ -246,4 +259,109 @@ fn a_batch_that_cannot_be_sold_is_refused_whole() {
     assert!(bad(&|b| b.batch = String::new()).contains("batch must have"));
     assert!(bad(&|b| b.valid_until = Some(T0 - 1)).contains("in the past"));
     assert!(bad(&|b| b.template.time_secs = 0).contains("non-zero"));
+}
+
+fn plan(name: &str, price_minor: u64) -> session_model::Plan {
+    session_model::Plan {
+        name: name.into(),
+        price_minor,
+        currency: "PHP".into(),
+        template: batch(1, 1).template,
+        created_at: 0,
+    }
+}
+
+#[test]
+fn a_plan_sells_its_codes_at_the_price_they_were_made_with() {
+    let (m, clock) = setup();
+    m.save_plan(plan("1 hour", 2000)).unwrap();
+    let p = m.plan("1 hour").unwrap();
+    assert_eq!(p.created_at, T0);
+    let mut b = batch(2, 2);
+    b.sale = Some(p.terms());
+    let codes = m.create_vouchers(&b).unwrap();
+    // The price changes after the codes were made: they keep theirs.
+    clock.advance_secs(10);
+    m.save_plan(plan("1 hour", 2500)).unwrap();
+    assert_eq!(
+        m.plan("1 hour").unwrap().created_at,
+        T0,
+        "a resave keeps the first save's time"
+    );
+    assert_eq!(
+        m.sales(0).unwrap(),
+        vec![],
+        "nothing is sold before a redemption"
+    );
+
+    let d1 = m.create_device(mac(1), None, None).unwrap().id;
+    let d2 = m.create_device(mac(2), None, None).unwrap().id;
+    clock.advance_secs(5);
+    m.redeem_voucher(d1, &codes[0].code).unwrap();
+    // A second device on the same code is not a second sale.
+    m.redeem_voucher(d2, &codes[0].code).unwrap();
+    // A code made without a plan is no sale.
+    let free = m.create_vouchers(&batch(1, 1)).unwrap();
+    m.redeem_voucher(d2, &free[0].code).unwrap();
+
+    let sales = m.sales(0).unwrap();
+    assert_eq!(sales.len(), 1, "{sales:?}");
+    assert_eq!(sales[0].price_minor, 2000);
+    assert_eq!(sales[0].plan, "1 hour");
+    assert_eq!(sales[0].mac, mac(1));
+    assert_eq!(sales[0].at, T0 + 15);
+    assert_eq!(
+        m.sales(T0 + 16).unwrap(),
+        vec![],
+        "`from` bounds the report"
+    );
+}
+
+#[test]
+fn a_plan_with_a_bad_name_price_or_currency_is_refused_and_nothing_is_kept() {
+    let (m, _) = setup();
+    for (p, what) in [
+        (plan("", 100), "name"),
+        (plan(" padded", 100), "name"),
+        (plan(&"x".repeat(41), 100), "name"),
+        (
+            plan("ok", session_model::plan::MAX_PRICE_MINOR + 1),
+            "price",
+        ),
+        (
+            session_model::Plan {
+                currency: "php".into(),
+                ..plan("ok", 100)
+            },
+            "currency",
+        ),
+    ] {
+        let e = m.save_plan(p).unwrap_err();
+        assert!(matches!(e, ModelError::InvalidPlan(_)), "{what}: {e}");
+    }
+    assert_eq!(m.plans().unwrap(), vec![]);
+    assert!(matches!(
+        m.remove_plan("none"),
+        Err(ModelError::UnknownPlan(_))
+    ));
+}
+
+#[test]
+fn prices_are_read_as_people_type_them_and_printed_with_two_decimals() {
+    use session_model::{format_price, parse_price};
+    assert_eq!(parse_price("20").unwrap(), 2000);
+    assert_eq!(parse_price(" 20.5 ").unwrap(), 2050);
+    assert_eq!(parse_price("0.05").unwrap(), 5);
+    for bad in [
+        "",
+        ".5",
+        "20.555",
+        "-1",
+        "1e3",
+        "20,50",
+        "99999999999999999999",
+    ] {
+        assert!(parse_price(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(format_price(2050, "PHP"), "20.50 PHP");
 }

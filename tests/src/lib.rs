@@ -15,6 +15,7 @@ pub mod api;
 pub mod browser;
 pub mod check;
 pub mod dns;
+pub mod https;
 pub mod load;
 pub mod netns;
 pub mod nft;

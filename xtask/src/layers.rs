@@ -80,9 +80,11 @@ pub const UNITS: &[(&str, &str)] = &[
     ("ctl.rs", "cli"),
     ("ctl/", "cli"),
     ("docs/", "cli"),
+    ("passwd.rs", "cli"),
     ("daemon.rs", "wiring"),
     ("options.rs", "wiring"),
     ("services.rs", "wiring"),
+    ("admin/", "front ends"),
     ("api/", "front ends"),
     ("portal/", "front ends"),
     ("web/", "front ends' ground"),
@@ -107,7 +109,7 @@ pub const UNITS: &[(&str, &str)] = &[
 ];
 
 /// Files of the binary crate (`main.rs` and its modules); the rest is the library.
-const BINARY: &[&str] = &["main.rs", "cli.rs", "ctl.rs", "ctl/", "docs/"];
+const BINARY: &[&str] = &["main.rs", "cli.rs", "ctl.rs", "ctl/", "docs/", "passwd.rs"];
 /// The CLI, which talks to the agent through `session_api` only.
 const CLI: &[&str] = &["ctl.rs", "ctl/"];
 

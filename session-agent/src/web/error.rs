@@ -134,6 +134,8 @@ impl From<ModelError> for ApiError {
                 (StatusCode::CONFLICT, "voucher_not_revocable")
             }
             ModelError::InvalidBatch(_) => (StatusCode::BAD_REQUEST, "invalid_batch"),
+            ModelError::InvalidPlan(_) => (StatusCode::BAD_REQUEST, "invalid_plan"),
+            ModelError::UnknownPlan(_) => (StatusCode::NOT_FOUND, "unknown_plan"),
             ModelError::Random(_) | ModelError::Poisoned => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }

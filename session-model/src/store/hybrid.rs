@@ -621,6 +621,20 @@ impl Drop for HybridStore {
 }
 
 impl SessionStore for HybridStore {
+    fn shelf(&self, shelf: super::Shelf) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.redb.shelf(shelf)
+    }
+
+    /// Straight to the redb file: shelves are rarely written and not logged.
+    fn put_on_shelf(
+        &self,
+        shelf: super::Shelf,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        self.redb.put_on_shelf(shelf, key, value)
+    }
+
     fn kind(&self) -> &'static str {
         "hybrid"
     }

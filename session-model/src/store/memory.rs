@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 
 use super::mem_state::MemState;
-use super::{SessionStore, UsageUpdate};
+use super::{SessionStore, Shelf, UsageUpdate};
 use crate::{
     Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError, Voucher,
 };
@@ -13,6 +13,7 @@ use crate::{
 #[derive(Debug)]
 pub struct MemoryStore {
     state: Mutex<MemState>,
+    shelves: Mutex<std::collections::BTreeMap<(Shelf, String), Vec<u8>>>,
 }
 
 impl Default for MemoryStore {
@@ -25,6 +26,7 @@ impl MemoryStore {
     pub fn new() -> Self {
         MemoryStore {
             state: Mutex::new(MemState::new()),
+            shelves: Mutex::default(),
         }
     }
 
@@ -36,6 +38,28 @@ impl MemoryStore {
 impl SessionStore for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn shelf(&self, shelf: Shelf) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let g = self.shelves.lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(g.iter()
+            .filter(|((s, _), _)| *s == shelf)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn put_on_shelf(
+        &self,
+        shelf: Shelf,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let mut g = self.shelves.lock().map_err(|_| StoreError::Poisoned)?;
+        match value {
+            Some(v) => g.insert((shelf, key.to_string()), v.to_vec()),
+            None => g.remove(&(shelf, key.to_string())),
+        };
+        Ok(())
     }
 
     fn create_device(

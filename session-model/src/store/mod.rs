@@ -44,6 +44,22 @@ impl UsageUpdate {
     }
 }
 
+/// Small keyed records kept beside the sessions, each a JSON value under a
+/// name: few, rarely written, and durable when the write returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Shelf {
+    /// The operator's price plans, by name.
+    Plans,
+}
+
+impl Shelf {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shelf::Plans => "plans",
+        }
+    }
+}
+
 /// Persistence of devices and sessions. Implementations are internally synchronised.
 ///
 /// Ids are allocated by the store, increase monotonically and are never reused, even
@@ -172,6 +188,14 @@ pub trait SessionStore: std::fmt::Debug + Send + Sync + 'static {
         at: i64,
         data: SessionData,
     ) -> Result<(SessionRecord, Voucher), StoreError>;
+
+    /// Every record on `shelf`, by key.
+    fn shelf(&self, shelf: Shelf) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Writes (`Some`) or removes (`None`) one record of `shelf`; it is on disk
+    /// (for the durable stores) when the call returns.
+    fn put_on_shelf(&self, shelf: Shelf, key: &str, value: Option<&[u8]>)
+        -> Result<(), StoreError>;
 
     /// Moves a device to another MAC, keeping its id and sessions.
     fn rekey_device(&self, id: DeviceId, new_mac: MacAddr) -> Result<Device, StoreError> {

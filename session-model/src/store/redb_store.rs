@@ -38,6 +38,8 @@ const DEVICE_SESSIONS: TableDefinition<(i64, u64), ()> = TableDefinition::new("d
 /// Added without a schema change: a file without it is opened (and the table created)
 /// by this release, and earlier releases ignore it.
 const VOUCHERS: TableDefinition<&str, &[u8]> = TableDefinition::new("vouchers");
+/// `(shelf, key)` to JSON: the small records of [`super::Shelf`].
+const SHELVES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("shelves");
 
 const K_SCHEMA: &str = "schema_version";
 const K_NEXT_DEVICE: &str = "next_device_id";
@@ -493,6 +495,54 @@ impl RedbStore {
 use redb::ReadableTableMetadata as _;
 
 impl SessionStore for RedbStore {
+    fn shelf(&self, shelf: super::Shelf) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let t = match txn.open_table(SHELVES) {
+            Ok(t) => t,
+            // A file made before shelves: nothing on any.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(rerr("open shelves table")(e)),
+        };
+        let mut out = Vec::new();
+        for item in t
+            .range((shelf.name(), "")..)
+            .map_err(rerr("scan shelves"))?
+        {
+            let (k, v) = item.map_err(rerr("scan shelves"))?;
+            let (s, key) = k.value();
+            if s != shelf.name() {
+                break;
+            }
+            out.push((key.to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn put_on_shelf(
+        &self,
+        shelf: super::Shelf,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(rerr("begin write"))?;
+        {
+            let mut t = txn
+                .open_table(SHELVES)
+                .map_err(rerr("open shelves table"))?;
+            match value {
+                Some(v) => {
+                    t.insert((shelf.name(), key), v)
+                        .map_err(rerr("write shelf"))?;
+                }
+                None => {
+                    t.remove((shelf.name(), key)).map_err(rerr("write shelf"))?;
+                }
+            }
+        }
+        txn.commit().map_err(rerr("commit"))?;
+        Ok(())
+    }
+
     fn kind(&self) -> &'static str {
         "redb"
     }

@@ -1,0 +1,178 @@
+//! The operator page on a real agent, over HTTPS with the certificate it made
+//! at its first start: the owner logs in, makes a plan and codes from it; a
+//! customer redeems one on the portal page from a client namespace; the page
+//! shows the client and the sale, the CSV carries it, and the owner pauses
+//! the client from the page. Clients that have not paid cannot open a
+//! connection to the page, and plain HTTP gets no page.
+
+use std::{io::Write, net::SocketAddr, process::Stdio, time::Duration};
+
+use session_tests::{
+    agent_bin,
+    https::{csrf_of, form_value, Site},
+    require_root,
+    traffic::http,
+    AgentBuilder, Hotspot,
+};
+
+const ADMIN_PORT: u16 = 8443;
+const CAPTIVE_PORT: u16 = 8908;
+const PASSWORD: &str = "a long owner password";
+
+/// `session-agent admin passwd` with the password on standard input.
+fn passwd(accounts: &std::path::Path, staff: Option<&str>, password: &str) -> std::process::Output {
+    let mut cmd = std::process::Command::new(agent_bin());
+    cmd.args(["admin", "passwd", "--accounts"]).arg(accounts);
+    if let Some(s) = staff {
+        cmd.args(["--staff", s]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_owner_sells_a_plans_code_that_a_customer_redeems_and_sees_the_sale_over_https() {
+    require_root();
+    let hs = Hotspot::builder().clients(2).build();
+    let accounts = hs.state_dir.join("admin-accounts");
+    let short = passwd(&accounts, None, "short");
+    assert!(!short.status.success(), "a short password is refused");
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least"));
+    let out = passwd(&accounts, None, PASSWORD);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let admin = SocketAddr::from((hs.gw_lan_addr(false), ADMIN_PORT));
+    let captive = SocketAddr::from((hs.gw_lan_addr(false), CAPTIVE_PORT));
+    let cert = hs.state_dir.join("admin-cert.pem");
+    let agent = AgentBuilder::new(&hs)
+        .arg("--admin-listen")
+        .arg(admin.to_string())
+        .arg("--admin-accounts")
+        .arg(accounts.display().to_string())
+        .arg("--admin-cert")
+        .arg(cert.display().to_string())
+        .arg("--admin-key")
+        .arg(hs.state_dir.join("admin-key.pem").display().to_string())
+        .arg("--captive-listen")
+        .arg(captive.to_string())
+        .arg("--poll-ms")
+        .arg("100")
+        .start();
+    assert!(cert.exists(), "the certificate is made at the first start");
+
+    // The operator, on the gateway itself.
+    let mut op = Site::https(&hs.gw_ns, admin, &cert);
+    let a = op.get("/admin");
+    assert_eq!(a.status, 303, "{}", a.head);
+    assert!(a.head.contains("strict-transport-security"), "{}", a.head);
+    let a = op.post(
+        "/admin/login",
+        &format!("name=owner&password={}", form_value(PASSWORD)),
+    );
+    assert_eq!(a.status, 303, "{}\n{}", a.head, a.body);
+    let page = op.get("/admin/plans");
+    assert_eq!(page.status, 200);
+    let csrf = csrf_of(&page.body).expect("the plans page has forms");
+    let a = op.post(
+        "/admin/plans",
+        &format!("csrf={csrf}&name=1+hour&price=20&currency=PHP&kind=time&minutes=60&mb=0&down=0&up=0&exp_days="),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    let a = op.post(
+        "/admin/vouchers",
+        &format!("csrf={csrf}&plan=1+hour&count=3"),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    let print = a.header("location").expect("to the printable codes");
+    let sheet = op.get(&print);
+    assert_eq!(sheet.status, 200);
+    assert_eq!(
+        sheet.body.matches("class=\"slip\"").count(),
+        3,
+        "{}",
+        sheet.body
+    );
+    assert!(sheet.body.contains("20.00 PHP"));
+    let at = sheet.body.find("class=\"code mono\">").unwrap() + "class=\"code mono\">".len();
+    let code = sheet.body[at..].split('<').next().unwrap().to_string();
+
+    // The customers: the page is out of reach before they pay.
+    let c = hs.client(0).clone();
+    let unpaid = Site::plain(&hs.client(1).ns, admin);
+    assert!(
+        !unpaid.reachable(),
+        "a client that has not paid opened a connection to the operator page"
+    );
+    let (st, head, body) = http(
+        &c.ns,
+        captive,
+        "POST",
+        "/portal/redeem",
+        &["Content-Type: application/x-www-form-urlencoded"],
+        &format!("code={code}"),
+    );
+    assert_eq!(st, 303, "{head}\n{body}");
+
+    // The page shows the client and the sale.
+    let clients = op.get("/admin/clients/table");
+    assert_eq!(clients.status, 200);
+    assert!(clients.body.contains(&c.mac), "{}", clients.body);
+    assert!(clients.body.contains("connected"), "{}", clients.body);
+    let overview = op.get("/admin");
+    assert!(
+        overview.body.contains("id=\"today\">20.00 PHP<"),
+        "{}",
+        overview.body
+    );
+    let csv = op.get("/admin/sales.csv");
+    assert_eq!(csv.status, 200);
+    assert!(csv.head.contains("content-type: text/csv"));
+    let rows: Vec<&str> = csv.body.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{}", csv.body);
+    assert!(
+        rows[0].contains(",1 hour,20.00,PHP,") && rows[0].contains(&c.mac),
+        "{}",
+        rows[0]
+    );
+
+    // Paused from the page: the agent disconnects it.
+    let device = clients
+        .body
+        .split("data-device=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let a = op.post(
+        "/admin/clients/pause",
+        &format!("csrf={csrf}&device={device}"),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    let connected = agent
+        .api()
+        .get(&format!("/v1/devices/{device}/connected"))
+        .ok("connected");
+    assert_eq!(connected["connected"], false, "{connected}");
+    assert!(op.get("/admin/clients/table").body.contains("paused"));
+
+    // Plain HTTP on the HTTPS port gets no page.
+    let mut plain = Site::plain(&hs.gw_ns, admin);
+    let a = plain.get("/admin/login");
+    assert_ne!(a.status, 200, "plain HTTP was served: {}", a.head);
+    std::thread::sleep(Duration::from_millis(10));
+}
