@@ -364,7 +364,17 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
             crate::portal::serve(desk, radius, portal, portal_listener).await?;
             Err(stopped("the captive-portal API and portal page"))
         });
-        let admin = opts.admin.state(gateway.clone());
+        // The charts' history, kept while the page is on.
+        let history = match opts.admin.listen {
+            Some(_) => {
+                let h =
+                    crate::history::History::open(gateway.clone(), chrono::Utc::now().timestamp())?;
+                tasks.spawn(h.clone().run());
+                Some(h)
+            }
+            None => None,
+        };
+        let admin = opts.admin.state(gateway.clone(), history);
         servers.spawn(async move {
             crate::admin::serve(admin, admin_listener).await?;
             Err(stopped("the operator page"))

@@ -17,6 +17,7 @@ pub mod portal;
 pub mod web;
 
 // Features: they use the gateway and learn of changes from its events.
+pub mod history;
 pub mod names;
 pub mod radius;
 pub mod vouchers;

@@ -1101,6 +1101,7 @@ impl Options {
                 key: self.admin.admin_key.clone(),
             }),
             accounts: self.admin.admin_accounts.clone(),
+            portal_url: portal.portal_url.clone(),
         };
         admin.validate()?;
         if let Some(a) = admin.listen {

@@ -16,6 +16,7 @@ use session_agent::{
     admin::{self, Accounts, AdminState, Role, ROUTES},
     datapath::MemDatapath,
     gateway::{Gateway, GatewayConfig},
+    history::History,
 };
 use session_model::{MemoryStore, SessionsMgr, SystemClock};
 
@@ -47,7 +48,13 @@ fn page() -> Page {
     let gw = rt.block_on(async {
         Gateway::with_datapath(mgr, Arc::new(MemDatapath::new(1)), GatewayConfig::default())
     });
-    let st = AdminState::new(gw.clone(), accounts.clone(), false);
+    let st = AdminState::new(
+        gw.clone(),
+        accounts.clone(),
+        false,
+        Some("http://10.0.0.1:8908/portal".into()),
+        Some(History::open(gw.clone(), chrono::Utc::now().timestamp()).unwrap()),
+    );
     let l = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -71,6 +78,8 @@ fn page() -> Page {
 struct Answer {
     status: u16,
     head: String,
+    /// The head as sent (a location's case matters).
+    raw: String,
     body: String,
 }
 
@@ -110,6 +119,7 @@ fn send(
             .and_then(|c| c.parse().ok())
             .unwrap_or(0),
         head: head.to_ascii_lowercase(),
+        raw: head.to_string(),
         body: body.to_string(),
     }
 }
@@ -381,4 +391,88 @@ fn a_plan_named_like_a_script_renders_as_text_under_a_policy_without_inline_scri
             "{path} has an inline style"
         );
     }
+}
+
+#[test]
+fn codes_made_from_a_plan_print_with_its_price_and_a_qr_code_that_opens_the_portal_with_the_code() {
+    let p = page();
+    let (cookie, csrf) = log_in(&p, "owner", OWNER_PW);
+    let a = send(
+        &p,
+        "POST",
+        "/admin/plans",
+        Some(&cookie),
+        &[],
+        &format!(
+            "csrf={csrf}&name=Day&price=50.5&currency=php&kind=time_or_data&minutes=1440&mb=500"
+        ),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    // Staff may sell.
+    let (staff, staff_csrf) = log_in(&p, "ana", STAFF_PW);
+    let a = send(
+        &p,
+        "POST",
+        "/admin/vouchers",
+        Some(&staff),
+        &[],
+        &format!("csrf={staff_csrf}&plan=Day&count=2"),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    let to = a
+        .raw
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap()
+        .to_string();
+    let sheet = send(&p, "GET", &to, Some(&staff), &[], "");
+    assert_eq!(
+        sheet.body.matches("class=\"slip\"").count(),
+        2,
+        "{}",
+        sheet.body
+    );
+    assert!(sheet.body.contains("50.50 PHP"), "{}", sheet.body);
+    let codes: Vec<String> =
+        p.gw.sessions()
+            .store()
+            .vouchers()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                assert_eq!(v.sale.as_ref().unwrap().price_minor, 5050);
+                v.display_code()
+            })
+            .collect();
+    for c in &codes {
+        let link = format!("http://10.0.0.1:8908/portal?code={}", c.replace('-', "%2D"));
+        assert!(
+            sheet.body.contains(&format!(
+                "<svg class=\"qr\" role=\"img\" aria-label=\"{link}\""
+            )),
+            "no QR code of {link}"
+        );
+    }
+    // Too many at once, or a plan that is not there, is refused with the reason.
+    let a = send(
+        &p,
+        "POST",
+        "/admin/vouchers",
+        Some(&staff),
+        &[],
+        &format!("csrf={staff_csrf}&plan=Day&count=201"),
+    );
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("from 0 to 200"), "{}", a.body);
+    let a = send(
+        &p,
+        "POST",
+        "/admin/vouchers",
+        Some(&staff),
+        &[],
+        &format!("csrf={staff_csrf}&plan=Night&count=1"),
+    );
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("no price plan named"), "{}", a.body);
+    assert_eq!(p.gw.sessions().store().vouchers().unwrap().len(), 2);
 }

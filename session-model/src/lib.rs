@@ -36,7 +36,7 @@ pub use source::{
 };
 pub use store::{
     open_store, store_names, HybridOptions, HybridStore, MemoryStore, RedbStore, SessionStore,
-    Shelf, StoreConfig, StoreRegistry, SyncMode, UsageUpdate,
+    Shelf, ShelfWrite, StoreConfig, StoreRegistry, SyncMode, UsageUpdate,
 };
 pub use voucher::{
     generate_code, normalize_code, NewBatch, RedeemRefusal, Redemption, Voucher, VoucherMove,

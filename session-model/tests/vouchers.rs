@@ -18,16 +18,11 @@ impl SessionStore for SlowVoucherReads {
     fn kind(&self) -> &'static str {
         "slow"
     }
-    fn shelf(&self, shelf: Shelf) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.0.shelf(shelf)
+    fn shelf_from(&self, shelf: Shelf, from: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.0.shelf_from(shelf, from)
     }
-    fn put_on_shelf(
-        &self,
-        shelf: Shelf,
-        key: &str,
-        value: Option<&[u8]>,
-    ) -> Result<(), StoreError> {
-        self.0.put_on_shelf(shelf, key, value)
+    fn write_shelves(&self, writes: &[session_model::ShelfWrite<'_>]) -> Result<(), StoreError> {
+        self.0.write_shelves(writes)
     }
     fn create_device(
         &self,

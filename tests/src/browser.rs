@@ -85,6 +85,17 @@ pub struct Browser {
     io_timeout_ms: AtomicU64,
     /// `MAP name address` rules of the host resolver.
     hosts: Vec<String>,
+    opts: BrowserOptions,
+}
+
+/// How [`Browser::start_with`] starts the browser.
+#[derive(Debug, Clone, Default)]
+pub struct BrowserOptions {
+    /// A desktop window (1280x900) instead of a phone's screen.
+    pub desktop: bool,
+    /// A PEM certificate the browser trusts for HTTPS, by its public key
+    /// (`--ignore-certificate-errors-spki-list`): the agent's own, self-signed.
+    pub trust_cert: Option<PathBuf>,
 }
 
 impl fmt::Debug for Browser {
@@ -119,6 +130,15 @@ impl Browser {
     /// [`Browser::start`], with names the browser resolves to the addresses
     /// given (every other name stays unknown).
     pub fn start_with_hosts(ns: &str, hosts: &[(&str, std::net::IpAddr)]) -> Browser {
+        Self::start_with(ns, hosts, BrowserOptions::default())
+    }
+
+    /// [`Browser::start_with_hosts`], with a window and trust as `opts` say.
+    pub fn start_with(
+        ns: &str,
+        hosts: &[(&str, std::net::IpAddr)],
+        opts: BrowserOptions,
+    ) -> Browser {
         for (bin, pkg) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
             if !Path::new(bin).exists() {
                 panic!(
@@ -177,6 +197,7 @@ impl Browser {
                     a => format!("MAP {name} {a}"),
                 })
                 .collect(),
+            opts,
         };
         browser.set_io_timeout(DEFAULT_PAGE_LOAD.max(SCRIPT_TIMEOUT));
         browser.wait_ready();
@@ -220,6 +241,34 @@ impl Browser {
         let mut rules = self.hosts.clone();
         rules.push("MAP * ~NOTFOUND, EXCLUDE *.*.*.*".into());
         let resolver = format!("--host-resolver-rules={}", rules.join(", "));
+        let (w, h) = if self.opts.desktop {
+            (1280, 900)
+        } else {
+            (360, 800)
+        };
+        let mut args = vec![
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            format!("--window-size={w},{h}"),
+            profile,
+            "--no-proxy-server".into(),
+            "--no-first-run".into(),
+            "--no-default-browser-check".into(),
+            resolver,
+        ];
+        if let Some(cert) = &self.opts.trust_cert {
+            args.push(format!(
+                "--ignore-certificate-errors-spki-list={}",
+                spki_sha256_base64(cert)
+            ));
+        }
+        let mut chrome = json!({ "binary": CHROMIUM, "args": args });
+        if !self.opts.desktop {
+            chrome["mobileEmulation"] =
+                json!({ "deviceMetrics": { "width": 360, "height": 800, "pixelRatio": 1.0 } });
+        }
         let caps = json!({
             "capabilities": {
                 "alwaysMatch": {
@@ -230,24 +279,7 @@ impl Browser {
                         "pageLoad": DEFAULT_PAGE_LOAD.as_millis() as u64,
                         "script": SCRIPT_TIMEOUT.as_millis() as u64,
                     },
-                    "goog:chromeOptions": {
-                        "binary": CHROMIUM,
-                        "mobileEmulation": {
-                            "deviceMetrics": { "width": 360, "height": 800, "pixelRatio": 1.0 },
-                        },
-                        "args": [
-                            "--headless=new",
-                            "--no-sandbox",
-                            "--disable-gpu",
-                            "--disable-dev-shm-usage",
-                            "--window-size=360,800",
-                            profile,
-                            "--no-proxy-server",
-                            "--no-first-run",
-                            "--no-default-browser-check",
-                            resolver,
-                        ],
-                    },
+                    "goog:chromeOptions": chrome,
                 }
             }
         });
@@ -690,6 +722,62 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
 
 /// Decodes standard base64 (`A-Z a-z 0-9 + /`, `=` padding optional,
 /// ASCII whitespace ignored).
+/// base64 of the SHA-256 of a PEM certificate's SubjectPublicKeyInfo, as
+/// Chromium's `--ignore-certificate-errors-spki-list` takes it.
+pub fn spki_sha256_base64(pem: &Path) -> String {
+    let text = std::fs::read_to_string(pem).unwrap_or_else(|e| panic!("{}: {e}", pem.display()));
+    let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = decode_base64(&b64).unwrap_or_else(|e| panic!("{}: {e}", pem.display()));
+    // One DER element at `at`: (tag, start of content, end).
+    let tlv = |at: usize| -> (u8, usize, usize) {
+        let tag = der[at];
+        let first = der[at + 1] as usize;
+        let (len, head) = if first < 0x80 {
+            (first, 2)
+        } else {
+            let n = first & 0x7f;
+            let len = der[at + 2..at + 2 + n]
+                .iter()
+                .fold(0usize, |a, b| (a << 8) | *b as usize);
+            (len, 2 + n)
+        };
+        (tag, at + head, at + head + len)
+    };
+    // Certificate { tbsCertificate { [0] version?, serial, signature, issuer,
+    // validity, subject, subjectPublicKeyInfo, ... }, ... }
+    let (_, cert, _) = tlv(0);
+    let (_, tbs, _) = tlv(cert);
+    let mut at = tbs;
+    if der[at] == 0xa0 {
+        at = tlv(at).2;
+    }
+    for _ in 0..5 {
+        at = tlv(at).2;
+    }
+    let (tag, _, end) = tlv(at);
+    assert_eq!(tag, 0x30, "no SubjectPublicKeyInfo in {}", pem.display());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &der[at..end]);
+    encode_base64(digest.as_ref())
+}
+
+fn encode_base64(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 pub fn decode_base64(s: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(s.len() / 4 * 3);
     let (mut acc, mut bits, mut symbols, mut pad) = (0u32, 0u32, 0usize, 0usize);

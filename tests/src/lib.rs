@@ -27,7 +27,7 @@ pub mod topo;
 pub mod traffic;
 
 pub use agent::{agent_bin, Agent, AgentBuilder, ClientStats};
-pub use browser::{Browser, Element};
+pub use browser::{Browser, BrowserOptions, Element};
 pub use netns::{in_netns, ns_command, require_root, unique_id, Netns};
 pub use nft::{NftRef, RefCounts};
 pub use topo::{Client, Hotspot, HotspotBuilder};

@@ -88,6 +88,7 @@ pub const UNITS: &[(&str, &str)] = &[
     ("api/", "front ends"),
     ("portal/", "front ends"),
     ("web/", "front ends' ground"),
+    ("history.rs", "features"),
     ("radius/", "features"),
     ("vouchers.rs", "features"),
     ("names.rs", "features"),

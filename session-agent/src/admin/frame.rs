@@ -25,14 +25,92 @@ pub struct AdminState {
     pub verifying: tokio::sync::Semaphore,
     /// Whether the page is served over HTTPS (HSTS).
     pub https: bool,
+    /// Where a slip's QR code sends the customer.
+    pub portal_url: Option<String>,
+    /// The traffic history the charts draw (none: no charts).
+    pub history: Option<Arc<crate::history::History>>,
+    /// The latest events, newest last.
+    pub recent: std::sync::Mutex<std::collections::VecDeque<Recent>>,
+}
+
+/// Events the overview shows at most.
+pub const RECENT: usize = 50;
+
+/// One event as the overview shows it.
+#[derive(Debug, Clone)]
+pub struct Recent {
+    /// Unix seconds.
+    pub at: i64,
+    pub kind: String,
+    /// The rest of its fields, `key=value`.
+    pub detail: String,
+}
+
+impl AdminState {
+    /// Keeps `event` (anything serialised with an `event` tag) among the latest.
+    pub fn note_event(&self, event: &impl serde::Serialize) {
+        let Ok(serde_json::Value::Object(mut v)) = serde_json::to_value(event) else {
+            return;
+        };
+        let kind = match v.remove("event") {
+            Some(serde_json::Value::String(k)) => k,
+            _ => return,
+        };
+        let detail = v
+            .iter()
+            .map(|(k, x)| match x {
+                serde_json::Value::String(s) => format!("{k}={s}"),
+                x => format!("{k}={x}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if r.len() == RECENT {
+            r.pop_front();
+        }
+        r.push_back(Recent {
+            at: chrono::Utc::now().timestamp(),
+            kind,
+            detail,
+        });
+    }
+
+    /// Follows the gateway's and the sessions' events until the page stops.
+    pub async fn follow_events(self: Arc<Self>) {
+        let mut gw = self.gw.subscribe();
+        let mut sessions = self.gw.session_events();
+        loop {
+            tokio::select! {
+                e = gw.recv() => match e {
+                    Ok(e) => self.note_event(&e),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                },
+                e = sessions.recv() => match e {
+                    Ok(e) => self.note_event(&e),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                },
+            }
+        }
+    }
 }
 
 impl AdminState {
     /// The page over `gw`, its accounts in `accounts`, served over HTTPS or not.
-    pub fn new(gw: Arc<Gateway>, accounts: Accounts, https: bool) -> Arc<Self> {
+    pub fn new(
+        gw: Arc<Gateway>,
+        accounts: Accounts,
+        https: bool,
+        portal_url: Option<String>,
+        history: Option<Arc<crate::history::History>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             gw,
             accounts,
+            portal_url,
+            recent: std::sync::Mutex::default(),
+            history,
             logins: login::Logins::default(),
             verifying: tokio::sync::Semaphore::new(2),
             https,

@@ -14,6 +14,7 @@
 //! CSRF token and the origin, before any handler runs.
 
 pub mod accounts;
+mod charts;
 mod frame;
 mod login;
 mod pages;
@@ -56,6 +57,8 @@ pub struct AdminOptions {
     pub tls: Option<TlsFiles>,
     /// The accounts file.
     pub accounts: PathBuf,
+    /// The customers' portal page, which a slip's QR code opens with its code filled in.
+    pub portal_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -65,9 +68,19 @@ pub enum AdminOptionsError {
 }
 
 impl AdminOptions {
-    /// The page's state over `gw`.
-    pub fn state(&self, gw: std::sync::Arc<crate::gateway::Gateway>) -> Arc<AdminState> {
-        AdminState::new(gw, Accounts::at(&self.accounts), self.tls.is_some())
+    /// The page's state over `gw`, its charts drawn from `history`.
+    pub fn state(
+        &self,
+        gw: Arc<crate::gateway::Gateway>,
+        history: Option<Arc<crate::history::History>>,
+    ) -> Arc<AdminState> {
+        AdminState::new(
+            gw,
+            Accounts::at(&self.accounts),
+            self.tls.is_some(),
+            self.portal_url.clone(),
+            history,
+        )
     }
 
     pub fn validate(&self) -> Result<(), AdminOptionsError> {
@@ -110,6 +123,9 @@ routes! {
     GET "/admin" Staff => pages::overview;
     GET "/admin/clients" Staff => pages::clients;
     GET "/admin/clients/table" Staff => pages::clients_table;
+    GET "/admin/client" Staff => pages::client;
+    GET "/admin/client/chart" Staff => pages::client_chart;
+    GET "/admin/charts" Staff => pages::charts;
     POST "/admin/clients/pause" Owner => pages::pause;
     POST "/admin/clients/resume" Owner => pages::resume;
     POST "/admin/clients/add" Owner => pages::add;
@@ -160,7 +176,7 @@ async fn headers(https: bool, req: Request, next: Next) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !h.contains_key(header::CACHE_CONTROL) {
@@ -240,6 +256,15 @@ async fn guard(
     next.run(req).await
 }
 
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The admin listener, bound by [`bind`] before the agent says it is ready.
 pub struct Listener(Option<(tokio::net::TcpListener, Option<Arc<rustls::ServerConfig>>)>);
 
@@ -296,6 +321,8 @@ pub async fn serve(st: Arc<AdminState>, listener: Listener) -> Result<(), AgentE
     let Some((tcp, tls)) = listener.0 else {
         return std::future::pending().await;
     };
+    let events = tokio::spawn(st.clone().follow_events());
+    let _stop_events = AbortOnDrop(events);
     let app = router(st).into_make_service_with_connect_info::<SocketAddr>();
     let addr = tcp_addr(&tcp);
     let (watched, failed) = Watched::new(tcp, "the operator page", addr);

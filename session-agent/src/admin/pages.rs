@@ -21,6 +21,7 @@ use session_model::{
 
 use super::{
     accounts::Role,
+    charts,
     frame::{self, error, peer, AdminState},
     login::{Login, COOKIE, IDLE},
 };
@@ -257,19 +258,39 @@ pub(crate) async fn overview(State(st): St, Extension(login): Extension<Login>) 
         Err(e) => return model_error(e),
     };
     let in_from = |from: i64| sales.iter().filter(move |s| s.at >= from);
+    let moved_today = st.history.as_ref().map_or_else(
+        || "-".to_string(),
+        |h| {
+            let day = crate::history::local_day(chrono::Utc::now().timestamp());
+            let m = h.days(day).first().map(|(_, m)| *m).unwrap_or_default();
+            format!("↓ {} · ↑ {}", bytes(m.down), bytes(m.up))
+        },
+    );
     let mut body = String::from("<section class=\"cards\">");
-    for (label, value, id) in [
-        ("Connected (paying)", connected.to_string(), "connected"),
-        ("Devices known", known.to_string(), "known"),
-        ("Sold today", sums(in_from(today)), "today"),
-        ("Sold this week", sums(in_from(week)), "week"),
-        ("Sold this month", sums(in_from(month)), "month"),
+    let owner = login.role == Role::Owner;
+    for (label, value, id, money) in [
+        (
+            "Connected (paying)",
+            connected.to_string(),
+            "connected",
+            false,
+        ),
+        ("Devices known", known.to_string(), "known", false),
+        ("Sold today", sums(in_from(today)), "today", true),
+        ("Sold this week", sums(in_from(week)), "week", true),
+        ("Sold this month", sums(in_from(month)), "month", true),
         (
             "Codes sold today",
             in_from(today).count().to_string(),
             "count-today",
+            false,
         ),
+        ("Data moved today", moved_today, "moved-today", false),
     ] {
+        // The money is the owner's business.
+        if money && !owner {
+            continue;
+        }
         body.push_str(&format!(
             "<div class=\"card\"><div class=\"label\">{label}</div><div class=\"value\" id=\"{id}\">{}</div></div>",
             escape(&value)
@@ -279,7 +300,113 @@ pub(crate) async fn overview(State(st): St, Extension(login): Extension<Login>) 
     if login.role == Role::Owner {
         body.push_str("<p><a href=\"/admin/sales\">Sales by day and plan</a></p>");
     }
+    body.push_str(&format!(
+        "<div class=\"charts\" data-src=\"/admin/charts\" data-every=\"20\">{}</div>",
+        charts_html(&st, owner)
+    ));
+    body.push_str("<h2>Recent events</h2><div class=\"scroll\"><table class=\"events\"><thead><tr><th>When (UTC)</th><th>Event</th><th>Details</th></tr></thead><tbody>");
+    let recent: Vec<_> = st
+        .recent
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .rev()
+        .cloned()
+        .collect();
+    for e in &recent {
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td class=\"mono\">{}</td></tr>",
+            escape(&utc_minute(e.at)),
+            escape(&e.kind),
+            escape(&e.detail)
+        ));
+    }
+    if recent.is_empty() {
+        body.push_str("<tr><td colspan=\"3\">Nothing since the agent started.</td></tr>");
+    }
+    body.push_str("</tbody></table></div>");
     page(&login, "Overview", &body)
+}
+
+/// The overview's charts: the rates of the last hour and the last 24 hours,
+/// and the revenue per day of the last 30 days (in the currency most sold).
+fn charts_html(st: &AdminState, with_money: bool) -> String {
+    let mut out = String::new();
+    let now = chrono::Utc::now().timestamp();
+    let minute = now as u64 / 60;
+    let hm = |m: u64| {
+        Local
+            .timestamp_opt((m * 60) as i64, 0)
+            .earliest()
+            .map_or_else(String::new, |t| t.format("%H:%M").to_string())
+    };
+    match &st.history {
+        Some(h) => {
+            let points = h.minutes(minute.saturating_sub(crate::history::MINUTES_KEPT));
+            let (hour_ago, day_ago, now) = (hm(minute - 60), hm(minute - 1_440), hm(minute));
+            out.push_str(&charts::rates(
+                "rate-hour",
+                "Last hour",
+                &points,
+                &charts::Span {
+                    from: minute - 60,
+                    count: 60,
+                    bucket: 1,
+                    labels: (&hour_ago, &now),
+                },
+            ));
+            out.push_str(&charts::rates(
+                "rate-day",
+                "Last 24 hours",
+                &points,
+                &charts::Span {
+                    from: minute - 1_440,
+                    count: 144,
+                    bucket: 10,
+                    labels: (&day_ago, &now),
+                },
+            ));
+        }
+        None => out.push_str("<p class=\"hint\">No traffic history here.</p>"),
+    }
+    if !with_money {
+        return out;
+    }
+    let first_day = day_starts(Local::now() - chrono::Days::new(REPORT_DAYS - 1)).0;
+    let sales = st.gw.sessions().sales(first_day).unwrap_or_default();
+    let mut currencies: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &sales {
+        *currencies.entry(&s.currency).or_default() += 1;
+    }
+    let currency = currencies
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map_or("", |(c, _)| *c)
+        .to_string();
+    let mut days: Vec<(String, u64)> = Vec::new();
+    for i in (0..REPORT_DAYS).rev() {
+        let d = (Local::now() - chrono::Days::new(i)).date_naive();
+        days.push((d.format("%m-%d").to_string(), 0));
+    }
+    for s in sales.iter().filter(|s| s.currency == currency) {
+        if let Some(t) = Local.timestamp_opt(s.at, 0).earliest() {
+            let label = t.format("%m-%d").to_string();
+            if let Some(d) = days.iter_mut().find(|(l, _)| *l == label) {
+                d.1 += s.price_minor / 100;
+            }
+        }
+    }
+    out.push_str(&charts::bars(
+        "revenue",
+        "Revenue per day, last 30 days",
+        &days,
+        if currency.is_empty() { "" } else { &currency },
+    ));
+    out
+}
+
+pub(crate) async fn charts(State(st): St, Extension(login): Extension<Login>) -> Response {
+    Html(charts_html(&st, login.role == Role::Owner)).into_response()
 }
 
 // ----- clients -----------------------------------------------------------------------
@@ -338,7 +465,8 @@ async fn client_rows(st: &AdminState, login: &Login) -> Result<String, session_m
         rows.push((
             on,
             format!(
-                "<tr data-device=\"{}\"><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr data-device=\"{}\"><td class=\"mono\"><a href=\"/admin/client?device={}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                d.id,
                 d.id,
                 escape(&d.mac.to_string()),
                 escape(&d.ip.map(|i| i.to_string()).unwrap_or_default()),
@@ -373,7 +501,7 @@ pub(crate) async fn clients(State(st): St, Extension(login): Extension<Login>) -
     let body = format!(
         "<p class=\"hint\">Updated every few seconds.</p><div class=\"scroll\"><table class=\"clients\">\
          <thead><tr><th>MAC</th><th>Address</th><th>Name</th><th>State</th><th>Left</th><th>Used</th><th></th></tr></thead>\
-         <tbody id=\"clients\" data-src=\"/admin/clients/table\">{rows}</tbody></table></div>"
+         <tbody id=\"clients\" data-src=\"/admin/clients/table\" data-every=\"3\">{rows}</tbody></table></div>"
     );
     page(&login, "Clients", &body)
 }
@@ -383,6 +511,79 @@ pub(crate) async fn clients_table(State(st): St, Extension(login): Extension<Log
         Ok(r) => Html(r).into_response(),
         Err(e) => model_error(e),
     }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DeviceQuery {
+    device: i64,
+}
+
+fn client_chart_html(st: &AdminState, device: i64) -> String {
+    let Some(h) = &st.history else {
+        return "<p class=\"hint\">No traffic history here.</p>".into();
+    };
+    let minute = chrono::Utc::now().timestamp() as u64 / 60;
+    let from = minute - crate::history::CLIENT_MINUTES_KEPT;
+    match h.client_minutes(device, from) {
+        Ok(points) => charts::rates(
+            "client-rate",
+            "Its rate, last hour",
+            &points,
+            &charts::Span {
+                from,
+                count: crate::history::CLIENT_MINUTES_KEPT,
+                bucket: 1,
+                labels: ("-60 min", "now"),
+            },
+        ),
+        Err(e) => format!("<p class=\"error\">{}</p>", escape(&e.to_string())),
+    }
+}
+
+/// One client: who it is, its session, and its rate over the last hour.
+pub(crate) async fn client(
+    State(st): St,
+    Extension(login): Extension<Login>,
+    Query(q): Query<DeviceQuery>,
+) -> Response {
+    let mgr = st.gw.sessions();
+    let d = match mgr.device(q.device) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::NOT_FOUND, &e.to_string()),
+    };
+    let session = match session_of(mgr, d.id).await {
+        Ok(s) => s,
+        Err(e) => return model_error(e),
+    };
+    let on = mgr.is_connected(d.id).unwrap_or(false);
+    let mut body = format!(
+        "<dl class=\"facts\"><dt>MAC</dt><dd class=\"mono\">{}</dd><dt>Address</dt><dd>{}</dd><dt>Name</dt><dd>{}</dd><dt>State</dt><dd id=\"state\">{}</dd>",
+        escape(&d.mac.to_string()),
+        escape(&d.ip.map(|i| i.to_string()).unwrap_or_default()),
+        escape(d.hostname.as_deref().unwrap_or("")),
+        match (&session, on) {
+            (_, true) => "connected",
+            (Some(_), false) => "paused",
+            (None, false) => "no session",
+        }
+    );
+    if let Some(s) = &session {
+        body.push_str(&format!(
+            "<dt>Time left</dt><dd>{}</dd><dt>Data used</dt><dd>{}</dd>",
+            escape(&time_left(s.remaining_time())),
+            escape(&bytes(s.data_consumption_bytes()))
+        ));
+    }
+    body.push_str(&format!(
+        "</dl><div data-src=\"/admin/client/chart?device={0}\" data-every=\"10\">{1}</div>",
+        d.id,
+        client_chart_html(&st, d.id)
+    ));
+    page(&login, "Client", &body)
+}
+
+pub(crate) async fn client_chart(State(st): St, Query(q): Query<DeviceQuery>) -> Response {
+    Html(client_chart_html(&st, q.device)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -792,8 +993,13 @@ pub(crate) async fn print(
         link("receipt"),
     );
     for v in &codes {
+        let qr = st
+            .portal_url
+            .as_deref()
+            .and_then(|u| qr_svg(&code_link(u, &v.display_code())))
+            .unwrap_or_default();
         body.push_str(&format!(
-            "<div class=\"slip\"><div class=\"plan\">{}</div><div class=\"code mono\">{}</div><div class=\"buys\">{}</div><div class=\"price\">{}</div></div>",
+            "<div class=\"slip\"><div class=\"plan\">{}</div><div class=\"code mono\">{}</div><div class=\"buys\">{}</div><div class=\"price\">{}</div>{qr}</div>",
             escape(v.sale.as_ref().map_or("", |s| s.plan.as_str())),
             escape(&v.display_code()),
             escape(&what_it_buys(&v.template)),
@@ -802,6 +1008,34 @@ pub(crate) async fn print(
     }
     body.push_str("</div>");
     page(&login, "Print codes", &body)
+}
+
+/// The portal page at `url` with `code` filled in.
+pub(crate) fn code_link(url: &str, code: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!(
+        "{url}{sep}code={}",
+        percent_encoding::utf8_percent_encode(code, percent_encoding::NON_ALPHANUMERIC)
+    )
+}
+
+/// `text` as a QR code, an inline SVG element (no script, no style).
+fn qr_svg(text: &str) -> Option<String> {
+    let code = qrcode::QrCode::with_error_correction_level(text, qrcode::EcLevel::M).ok()?;
+    let svg = code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(116, 116)
+        .build();
+    // Inline in HTML: without the XML declaration, with a class and a title.
+    let start = svg.find("<svg")?;
+    Some(svg[start..].replacen(
+        "<svg ",
+        &format!(
+            "<svg class=\"qr\" role=\"img\" aria-label=\"{}\" ",
+            escape(text)
+        ),
+        1,
+    ))
 }
 
 #[derive(Deserialize)]

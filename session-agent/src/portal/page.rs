@@ -32,7 +32,7 @@ use crate::{
     radius::{Radius, RadiusError},
     vouchers::{RedeemError, VoucherDesk},
     web::{
-        html::{bytes, escape, speed, time_left, utc_minute},
+        html::{bytes, escape, speed, time_left, utc_minute, what_it_buys},
         ApiError,
     },
 };
@@ -184,7 +184,49 @@ enum Note<'a> {
     Bad(&'a str),
 }
 
-fn page(t: &PortalTexts, st: &ClientStatus, note: Option<Note<'_>>, is_client: bool) -> String {
+/// What the page shows besides the client's own state.
+#[derive(Debug, Default)]
+struct Extra {
+    /// The operator's price plans: name, price, what it buys.
+    plans: Vec<(String, String, String)>,
+    /// A code to fill in (a slip's QR code opens the page with it).
+    code: Option<String>,
+}
+
+impl Extra {
+    fn of(gw: &Gateway, code: Option<String>) -> Extra {
+        let plans = gw
+            .sessions()
+            .plans()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.name.clone(), p.price(), what_it_buys(&p.template)))
+            .collect();
+        Extra {
+            plans,
+            code: Self::of_code(code),
+        }
+    }
+
+    /// Only what a code holds: letters, digits, dashes; at most a code's length.
+    fn of_code(code: Option<String>) -> Option<String> {
+        code.map(|c| {
+            c.chars()
+                .filter(|ch| ch.is_ascii_alphanumeric() || *ch == '-')
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|c| !c.is_empty())
+    }
+}
+
+fn page(
+    t: &PortalTexts,
+    st: &ClientStatus,
+    note: Option<Note<'_>>,
+    is_client: bool,
+    extra: &Extra,
+) -> String {
     let mut body = String::new();
     match note {
         Some(Note::Good(m)) => body.push_str(&format!(
@@ -260,12 +302,32 @@ fn page(t: &PortalTexts, st: &ClientStatus, note: Option<Note<'_>>, is_client: b
             "<section class=\"card\">{heading}<form method=\"post\" action=\"/portal/redeem\">\
              <label for=\"code\">{}</label>\
              <input id=\"code\" name=\"code\" type=\"text\" required maxlength=\"64\" autocomplete=\"off\" \
-             autocapitalize=\"characters\" spellcheck=\"false\" placeholder=\"{}\">\
+             autocapitalize=\"characters\" spellcheck=\"false\" placeholder=\"{}\"{}>\
              <button id=\"redeem\" type=\"submit\">{}</button></form></section>",
             escape(&t.code_label),
             escape(&t.code_placeholder),
+            extra
+                .code
+                .as_ref()
+                .map(|c| format!(" value=\"{}\"", escape(c)))
+                .unwrap_or_default(),
             escape(&t.redeem_button),
         ));
+    }
+    if !extra.plans.is_empty() {
+        body.push_str(&format!(
+            "<section class=\"card\" id=\"prices\"><h2>{}</h2><dl>",
+            escape(&t.prices)
+        ));
+        for (name, price, buys) in &extra.plans {
+            body.push_str(&format!(
+                "<dt>{} <small>{}</small></dt><dd>{}</dd>",
+                escape(name),
+                escape(buys),
+                escape(price)
+            ));
+        }
+        body.push_str("</dl></section>");
     }
     let script = if st.online {
         // Refreshes what is left; reloads when the state changes (ran out, paused elsewhere).
@@ -319,6 +381,8 @@ fn html(status: StatusCode, body: String) -> Response {
 #[derive(Deserialize, Default)]
 struct Done {
     done: Option<String>,
+    /// A code to fill in (from a slip's QR code).
+    code: Option<String>,
 }
 
 async fn render(
@@ -326,11 +390,12 @@ async fn render(
     peer: SocketAddr,
     status: StatusCode,
     note: Option<Note<'_>>,
+    code: Option<String>,
 ) -> Response {
     let t = &ctx.texts;
     match client(&ctx.gw, peer).await {
         Ok(device) => match status_of(&ctx.gw, t, device.as_ref()).await {
-            Ok(st) => html(status, page(t, &st, note, true)),
+            Ok(st) => html(status, page(t, &st, note, true, &Extra::of(&ctx.gw, code))),
             Err(e) => {
                 tracing::warn!(%peer, "portal page: {e}");
                 html(
@@ -340,13 +405,14 @@ async fn render(
                         &ClientStatus::default(),
                         Some(Note::Bad(&t.error_other)),
                         true,
+                        &Extra::default(),
                     ),
                 )
             }
         },
         Err(()) => html(
             StatusCode::FORBIDDEN,
-            page(t, &ClientStatus::default(), None, false),
+            page(t, &ClientStatus::default(), None, false, &Extra::default()),
         ),
     }
 }
@@ -356,14 +422,14 @@ async fn show(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     q: Result<Query<Done>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let done = q.ok().and_then(|Query(d)| d.done);
+    let (done, code) = q.ok().map_or((None, None), |Query(d)| (d.done, d.code));
     let note = match done.as_deref() {
         Some("redeemed") => Some(Note::Good(ctx.texts.redeemed.as_str())),
         Some("queued") => Some(Note::Good(ctx.texts.queued.as_str())),
         Some("moved") => Some(Note::Good(ctx.texts.moved.as_str())),
         _ => None,
     };
-    render(&ctx, peer, StatusCode::OK, note).await
+    render(&ctx, peer, StatusCode::OK, note, code).await
 }
 
 async fn status(
@@ -498,6 +564,7 @@ fn cross_site(ctx: &Ctx) -> Response {
             &ClientStatus::default(),
             Some(Note::Bad(&ctx.texts.error_other)),
             true,
+            &Extra::default(),
         ),
     )
 }
@@ -520,6 +587,7 @@ async fn redeem(
                 peer,
                 problem.status(),
                 Some(Note::Bad(problem.text(&t))),
+                None,
             )
             .await
         }
@@ -529,7 +597,7 @@ async fn redeem(
         Err(_) => {
             return html(
                 StatusCode::FORBIDDEN,
-                page(&t, &ClientStatus::default(), None, false),
+                page(&t, &ClientStatus::default(), None, false, &Extra::default()),
             )
         }
     };
@@ -559,7 +627,7 @@ async fn redeem(
                     (StatusCode::INTERNAL_SERVER_ERROR, t.error_other.as_str())
                 }
             };
-            render(&ctx, peer, status, Some(Note::Bad(msg))).await
+            render(&ctx, peer, status, Some(Note::Bad(msg)), None).await
         }
     }
 }
@@ -584,6 +652,7 @@ async fn redeem_at_radius(
             peer,
             StatusCode::TOO_MANY_REQUESTS,
             Some(Note::Bad(&t.error_too_many_tries)),
+            None,
         )
         .await;
     }
@@ -630,7 +699,7 @@ async fn redeem_at_radius(
             (StatusCode::SERVICE_UNAVAILABLE, t.error_other.clone())
         }
     };
-    render(ctx, peer, status, Some(Note::Bad(&msg))).await
+    render(ctx, peer, status, Some(Note::Bad(&msg)), None).await
 }
 
 async fn pause(
@@ -663,13 +732,14 @@ async fn switch(ctx: Arc<Ctx>, peer: SocketAddr, headers: HeaderMap, on: bool) -
                 peer,
                 StatusCode::CONFLICT,
                 Some(Note::Bad(&t.error_no_session)),
+                None,
             )
             .await
         }
         Err(()) => {
             return html(
                 StatusCode::FORBIDDEN,
-                page(&t, &ClientStatus::default(), None, false),
+                page(&t, &ClientStatus::default(), None, false, &Extra::default()),
             )
         }
     };
@@ -693,6 +763,7 @@ async fn switch(ctx: Arc<Ctx>, peer: SocketAddr, headers: HeaderMap, on: bool) -
                 peer,
                 StatusCode::CONFLICT,
                 Some(Note::Bad(&t.error_no_session)),
+                None,
             )
             .await
         }
@@ -703,6 +774,7 @@ async fn switch(ctx: Arc<Ctx>, peer: SocketAddr, headers: HeaderMap, on: bool) -
                 peer,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Some(Note::Bad(&t.error_other)),
+                None,
             )
             .await
         }
@@ -729,13 +801,15 @@ mod tests {
         let l = t.logo_image.as_ref().unwrap();
         assert_eq!((l.mime, l.bytes.len()), ("image/svg+xml", 41));
         assert!(
-            page(&t, &ClientStatus::default(), None, true).contains("<img src=\"/portal/logo\"")
+            page(&t, &ClientStatus::default(), None, true, &Extra::default())
+                .contains("<img src=\"/portal/logo\"")
         );
         assert!(!page(
             &PortalTexts::default(),
             &ClientStatus::default(),
             None,
-            true
+            true,
+            &Extra::default()
         )
         .contains("<img"));
 
@@ -753,16 +827,50 @@ mod tests {
     }
 
     #[test]
+    fn the_page_lists_the_plans_and_fills_in_a_code_as_text() {
+        let extra = Extra {
+            plans: vec![("<i>1 h</i>".into(), "20.00 PHP".into(), "1 h 00 min".into())],
+            code: Some("ABCDE-FGHJK\"><script>".into()),
+        };
+        let p = page(
+            &PortalTexts::default(),
+            &ClientStatus::default(),
+            None,
+            true,
+            &extra,
+        );
+        assert!(p.contains("id=\"prices\""), "{p}");
+        assert!(
+            p.contains("&lt;i&gt;1 h&lt;/i&gt;") && p.contains("20.00 PHP"),
+            "{p}"
+        );
+        // A code from a link is filled in; what no code holds is not.
+        let e = Extra {
+            code: Extra::of_code(Some("ABCDE-FGHJK\"><script>".into())),
+            ..Extra::default()
+        };
+        let p = page(
+            &PortalTexts::default(),
+            &ClientStatus::default(),
+            None,
+            true,
+            &e,
+        );
+        assert!(p.contains("value=\"ABCDE-FGHJKscript\""), "{p}");
+        assert!(!p.contains("<script>"), "{p}");
+    }
+
+    #[test]
     fn the_page_escapes_what_an_operator_wrote() {
         let t = PortalTexts {
             name: "<b>Shop</b>".into(),
             ..Default::default()
         };
-        let p = page(&t, &ClientStatus::default(), None, true);
+        let p = page(&t, &ClientStatus::default(), None, true, &Extra::default());
         assert!(p.contains("&lt;b&gt;Shop&lt;/b&gt;") && !p.contains("<b>Shop"));
         assert!(p.contains("action=\"/portal/redeem\""));
         // Without a client address, no form.
-        let p = page(&t, &ClientStatus::default(), None, false);
+        let p = page(&t, &ClientStatus::default(), None, false, &Extra::default());
         assert!(!p.contains("/portal/redeem"));
     }
 

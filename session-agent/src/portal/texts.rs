@@ -20,6 +20,8 @@ pub struct PortalTexts {
     pub code_placeholder: String,
     pub redeem_button: String,
     pub add_code: String,
+    /// Heading of the operator's price plans.
+    pub prices: String,
     pub connected: String,
     pub paused: String,
     pub paused_hint: String,

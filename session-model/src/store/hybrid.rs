@@ -621,18 +621,18 @@ impl Drop for HybridStore {
 }
 
 impl SessionStore for HybridStore {
-    fn shelf(&self, shelf: super::Shelf) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.redb.shelf(shelf)
-    }
-
-    /// Straight to the redb file: shelves are rarely written and not logged.
-    fn put_on_shelf(
+    fn shelf_from(
         &self,
         shelf: super::Shelf,
-        key: &str,
-        value: Option<&[u8]>,
-    ) -> Result<(), StoreError> {
-        self.redb.put_on_shelf(shelf, key, value)
+        from: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.redb.shelf_from(shelf, from)
+    }
+
+    /// Straight to the redb file: shelves are written at most a few times a
+    /// minute and not logged.
+    fn write_shelves(&self, writes: &[super::ShelfWrite<'_>]) -> Result<(), StoreError> {
+        self.redb.write_shelves(writes)
     }
 
     fn kind(&self) -> &'static str {

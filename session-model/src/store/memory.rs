@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 
 use super::mem_state::MemState;
-use super::{SessionStore, Shelf, UsageUpdate};
+use super::{SessionStore, Shelf, ShelfWrite, UsageUpdate};
 use crate::{
     Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError, Voucher,
 };
@@ -40,25 +40,22 @@ impl SessionStore for MemoryStore {
         "memory"
     }
 
-    fn shelf(&self, shelf: Shelf) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    fn shelf_from(&self, shelf: Shelf, from: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let g = self.shelves.lock().map_err(|_| StoreError::Poisoned)?;
-        Ok(g.iter()
-            .filter(|((s, _), _)| *s == shelf)
+        Ok(g.range((shelf, from.to_string())..)
+            .take_while(|((s, _), _)| *s == shelf)
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect())
     }
 
-    fn put_on_shelf(
-        &self,
-        shelf: Shelf,
-        key: &str,
-        value: Option<&[u8]>,
-    ) -> Result<(), StoreError> {
+    fn write_shelves(&self, writes: &[ShelfWrite<'_>]) -> Result<(), StoreError> {
         let mut g = self.shelves.lock().map_err(|_| StoreError::Poisoned)?;
-        match value {
-            Some(v) => g.insert((shelf, key.to_string()), v.to_vec()),
-            None => g.remove(&(shelf, key.to_string())),
-        };
+        for w in writes {
+            match w.value {
+                Some(v) => g.insert((w.shelf, w.key.to_string()), v.to_vec()),
+                None => g.remove(&(w.shelf, w.key.to_string())),
+            };
+        }
         Ok(())
     }
 

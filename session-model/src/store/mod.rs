@@ -50,14 +50,34 @@ impl UsageUpdate {
 pub enum Shelf {
     /// The operator's price plans, by name.
     Plans,
+    /// Traffic through the gateway per minute (history), by minute.
+    MinuteTotals,
+    /// Each busy client's traffic per minute (history), by minute.
+    MinuteClients,
+    /// Each client's traffic per hour (history), by hour.
+    HourClients,
+    /// Traffic through the gateway per day (history), by day.
+    DayTotals,
 }
 
 impl Shelf {
     pub fn name(self) -> &'static str {
         match self {
             Shelf::Plans => "plans",
+            Shelf::MinuteTotals => "minute_totals",
+            Shelf::MinuteClients => "minute_clients",
+            Shelf::HourClients => "hour_clients",
+            Shelf::DayTotals => "day_totals",
         }
     }
+}
+
+/// One write of [`SessionStore::write_shelves`]: a record put (`Some`) or removed (`None`).
+#[derive(Debug, Clone, Copy)]
+pub struct ShelfWrite<'a> {
+    pub shelf: Shelf,
+    pub key: &'a str,
+    pub value: Option<&'a [u8]>,
 }
 
 /// Persistence of devices and sessions. Implementations are internally synchronised.
@@ -189,13 +209,28 @@ pub trait SessionStore: std::fmt::Debug + Send + Sync + 'static {
         data: SessionData,
     ) -> Result<(SessionRecord, Voucher), StoreError>;
 
-    /// Every record on `shelf`, by key.
-    fn shelf(&self, shelf: Shelf) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// The records on `shelf` from key `from` on (`""`: all), by key.
+    fn shelf_from(&self, shelf: Shelf, from: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
-    /// Writes (`Some`) or removes (`None`) one record of `shelf`; it is on disk
-    /// (for the durable stores) when the call returns.
-    fn put_on_shelf(&self, shelf: Shelf, key: &str, value: Option<&[u8]>)
-        -> Result<(), StoreError>;
+    /// Every record on `shelf`, by key.
+    fn shelf(&self, shelf: Shelf) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.shelf_from(shelf, "")
+    }
+
+    /// Writes records of shelves, all or none; they are on disk (for the
+    /// durable stores) when the call returns. Removing what is not there is
+    /// no error.
+    fn write_shelves(&self, writes: &[ShelfWrite<'_>]) -> Result<(), StoreError>;
+
+    /// Writes (`Some`) or removes (`None`) one record of `shelf`.
+    fn put_on_shelf(
+        &self,
+        shelf: Shelf,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        self.write_shelves(&[ShelfWrite { shelf, key, value }])
+    }
 
     /// Moves a device to another MAC, keeping its id and sessions.
     fn rekey_device(&self, id: DeviceId, new_mac: MacAddr) -> Result<Device, StoreError> {

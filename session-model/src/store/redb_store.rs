@@ -495,7 +495,11 @@ impl RedbStore {
 use redb::ReadableTableMetadata as _;
 
 impl SessionStore for RedbStore {
-    fn shelf(&self, shelf: super::Shelf) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    fn shelf_from(
+        &self,
+        shelf: super::Shelf,
+        from: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read().map_err(rerr("begin read"))?;
         let t = match txn.open_table(SHELVES) {
             Ok(t) => t,
@@ -505,7 +509,7 @@ impl SessionStore for RedbStore {
         };
         let mut out = Vec::new();
         for item in t
-            .range((shelf.name(), "")..)
+            .range((shelf.name(), from)..)
             .map_err(rerr("scan shelves"))?
         {
             let (k, v) = item.map_err(rerr("scan shelves"))?;
@@ -518,24 +522,22 @@ impl SessionStore for RedbStore {
         Ok(out)
     }
 
-    fn put_on_shelf(
-        &self,
-        shelf: super::Shelf,
-        key: &str,
-        value: Option<&[u8]>,
-    ) -> Result<(), StoreError> {
+    fn write_shelves(&self, writes: &[super::ShelfWrite<'_>]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(rerr("begin write"))?;
         {
             let mut t = txn
                 .open_table(SHELVES)
                 .map_err(rerr("open shelves table"))?;
-            match value {
-                Some(v) => {
-                    t.insert((shelf.name(), key), v)
-                        .map_err(rerr("write shelf"))?;
-                }
-                None => {
-                    t.remove((shelf.name(), key)).map_err(rerr("write shelf"))?;
+            for w in writes {
+                match w.value {
+                    Some(v) => {
+                        t.insert((w.shelf.name(), w.key), v)
+                            .map_err(rerr("write shelf"))?;
+                    }
+                    None => {
+                        t.remove((w.shelf.name(), w.key))
+                            .map_err(rerr("write shelf"))?;
+                    }
                 }
             }
         }
