@@ -120,6 +120,8 @@ pub struct RunOptions {
     pub portal: PortalOptions,
     /// The operator's page.
     pub admin: crate::admin::AdminOptions,
+    /// The configuration file read at start and at each reload, if any.
+    pub config: Option<PathBuf>,
     /// What is logged (a `tracing` filter; `RUST_LOG` wins).
     pub log_level: String,
     /// Clients that have not paid are sent to the portal.
@@ -135,7 +137,15 @@ pub struct RunOptions {
 /// Reads the configuration again, as `run` read it at start (SIGHUP).
 pub type Reloader = Box<dyn Fn() -> anyhow::Result<RunOptions> + Send + Sync>;
 
-pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<()> {
+/// The file the operator page's settings are written into (the
+/// configuration file `reload` reads).
+pub type Settings = Option<Arc<dyn crate::admin::settings::SettingsFile>>;
+
+pub async fn run(
+    opts: RunOptions,
+    reload: Option<Reloader>,
+    settings: Settings,
+) -> anyhow::Result<()> {
     if opts.shaper == Shaper::Htb && opts.ingress == IngressHook::Xdp {
         return Err(AgentError::ShaperNeedsTc.into());
     }
@@ -144,6 +154,8 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
         iface::index(lan)?;
     }
     let store = open_session_store(opts.store.name(), &opts.db)?;
+    // The operator page asks for reloads here, as SIGHUP does.
+    let (page_reload, mut page_reloads) = tokio::sync::mpsc::channel::<()>(1);
     // Every listener is bound before anything is attached (the store, opened
     // first, keeps a second agent from taking the first one's socket).
     let api_listeners = crate::api::bind(&opts.api).await?;
@@ -374,7 +386,12 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
             }
             None => None,
         };
-        let admin = opts.admin.state(gateway.clone(), history);
+        let admin = opts.admin.state(
+            gateway.clone(),
+            history,
+            settings.filter(|_| reload.is_some()),
+            Some(page_reload.clone()),
+        );
         servers.spawn(async move {
             crate::admin::serve(admin, admin_listener).await?;
             Err(stopped("the operator page"))
@@ -401,17 +418,10 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
             _ = term.recv() => { info!("SIGTERM: stopping; the datapath stays attached and keeps enforcing"); break }
             _ = int.recv() => { info!("SIGINT: stopping; the datapath stays attached and keeps enforcing"); break }
             _ = hup.recv() => {
-                crate::systemd::reloading();
-                match &reload {
-                    Some(read) => match read() {
-                        Ok(new) => {
-                            current = tokio::task::block_in_place(|| apply_reload(&services, &mut attached, current, new));
-                        }
-                        Err(e) => warn!("SIGHUP: the configuration was not reloaded, nothing changed: {e:#}"),
-                    },
-                    None => warn!("SIGHUP: this agent was started without a configuration to read again"),
-                }
-                crate::systemd::ready("reloaded");
+                current = reload_now(&reload, &services, &mut attached, current, "SIGHUP");
+            }
+            Some(()) = page_reloads.recv() => {
+                current = reload_now(&reload, &services, &mut attached, current, "the operator page");
             }
             Some(r) = tasks.join_next() => {
                 failure = Some(match r {
@@ -446,6 +456,35 @@ pub async fn run(opts: RunOptions, reload: Option<Reloader>) -> anyhow::Result<(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Reads the configuration again and applies it (SIGHUP, or the operator
+/// page's settings); returns the options now in force.
+fn reload_now(
+    reload: &Option<Reloader>,
+    services: &Services,
+    attached: &mut [attach::Attached],
+    current: RunOptions,
+    why: &str,
+) -> RunOptions {
+    crate::systemd::reloading();
+    let out = match reload {
+        Some(read) => match read() {
+            Ok(new) => {
+                tokio::task::block_in_place(|| apply_reload(services, attached, current, new))
+            }
+            Err(e) => {
+                warn!("{why}: the configuration was not reloaded, nothing changed: {e:#}");
+                current
+            }
+        },
+        None => {
+            warn!("{why}: this agent was started without a configuration to read again");
+            current
+        }
+    };
+    crate::systemd::ready("reloaded");
+    out
 }
 
 /// A server that returned although it serves until it is dropped.

@@ -6,6 +6,7 @@
 //! checks that, and that no files import each other in a circle).
 
 // Wiring: build everything and hand it out.
+pub mod config_file;
 pub mod daemon;
 pub mod options;
 pub mod services;

@@ -62,7 +62,12 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(daemon::run(opts, Some(reload)))
+            // The operator page writes its settings into the same file.
+            let settings: daemon::Settings = opts.config.clone().map(|p| {
+                std::sync::Arc::new(session_agent::config_file::ConfigFile::at(p))
+                    as std::sync::Arc<dyn session_agent::admin::settings::SettingsFile>
+            });
+            rt.block_on(daemon::run(opts, Some(reload), settings))
         }
         Cmd::CheckConfig(a) => {
             let opts = Options::load(&a.0)?.resolve()?;

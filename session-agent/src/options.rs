@@ -1190,6 +1190,7 @@ impl Options {
             api,
             portal,
             admin,
+            config: self.config.clone(),
             log_level: self.log_level.0,
         })
     }

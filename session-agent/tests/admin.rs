@@ -25,6 +25,9 @@ const STAFF_PW: &str = "staff's long password";
 
 struct Page {
     addr: SocketAddr,
+    /// The configuration file the settings page writes, and its reloads.
+    cfg: std::path::PathBuf,
+    reloads: std::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
     accounts: Accounts,
     gw: Arc<Gateway>,
     _dir: tempfile::TempDir,
@@ -55,6 +58,13 @@ fn page() -> Page {
         Some("http://10.0.0.1:8908/portal".into()),
         Some(History::open(gw.clone(), chrono::Utc::now().timestamp()).unwrap()),
     );
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "# mine\nlans = [\"wlan0\"]\n").unwrap();
+    let (tx, reloads) = tokio::sync::mpsc::channel(1);
+    st.set_settings(
+        Some(Arc::new(session_agent::config_file::ConfigFile::at(&cfg))),
+        Some(tx),
+    );
     let l = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -68,6 +78,8 @@ fn page() -> Page {
     });
     Page {
         addr,
+        cfg,
+        reloads: std::sync::Mutex::new(reloads),
         accounts,
         gw,
         _dir: dir,
@@ -475,4 +487,56 @@ fn codes_made_from_a_plan_print_with_its_price_and_a_qr_code_that_opens_the_port
     assert_eq!(a.status, 400);
     assert!(a.body.contains("no price plan named"), "{}", a.body);
     assert_eq!(p.gw.sessions().store().vouchers().unwrap().len(), 2);
+}
+
+#[test]
+fn settings_saved_on_the_page_are_written_into_the_file_and_a_reload_is_asked_for() {
+    let p = page();
+    let (cookie, csrf) = log_in(&p, "owner", OWNER_PW);
+    let form = |garden: &str| {
+        format!(
+            "csrf={csrf}&walled_garden={}&walled_garden_domains={}&idle_timeout_secs=600&global_down_mbits=20&global_up_mbits=5",
+            enc(garden),
+            enc("*.pay.example\nbank.example")
+        )
+    };
+    let a = send(
+        &p,
+        "POST",
+        "/admin/settings",
+        Some(&cookie),
+        &[],
+        &form("10.0.0.0/8:443\n2001:db8::/32"),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    let text = std::fs::read_to_string(&p.cfg).unwrap();
+    assert!(text.starts_with("# mine\n"), "{text}");
+    for want in [
+        "10.0.0.0/8:443",
+        "*.pay.example",
+        "idle_timeout_secs = 600",
+        "global_up_mbits = 5",
+    ] {
+        assert!(text.contains(want), "{want} not in {text}");
+    }
+    assert!(
+        p.reloads.lock().unwrap().try_recv().is_ok(),
+        "no reload asked for"
+    );
+    let shown = send(&p, "GET", "/admin/settings", Some(&cookie), &[], "");
+    assert!(shown.body.contains("bank.example"), "{}", shown.body);
+
+    // Refused whole: nothing written, no reload.
+    let a = send(
+        &p,
+        "POST",
+        "/admin/settings",
+        Some(&cookie),
+        &[],
+        &form("10.0.0.0/33"),
+    );
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("Not saved"), "{}", a.body);
+    assert_eq!(std::fs::read_to_string(&p.cfg).unwrap(), text);
+    assert!(p.reloads.lock().unwrap().try_recv().is_err());
 }

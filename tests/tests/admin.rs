@@ -176,3 +176,94 @@ fn the_owner_sells_a_plans_code_that_a_customer_redeems_and_sees_the_sale_over_h
     assert_ne!(a.status, 200, "plain HTTP was served: {}", a.head);
     std::thread::sleep(Duration::from_millis(10));
 }
+
+#[test]
+fn the_owner_edits_the_walled_garden_on_the_page_and_it_is_written_and_applied_at_once() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    std::fs::create_dir_all(&hs.state_dir).unwrap();
+    let accounts = hs.state_dir.join("admin-accounts");
+    assert!(passwd(&accounts, None, PASSWORD).status.success());
+    let cfg = hs.state_dir.join("config.toml");
+    std::fs::write(&cfg, "# the shop's gateway\nidle_timeout_secs = 0\n").unwrap();
+    // Plain HTTP on loopback: the operator on the gateway itself.
+    let admin: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+    let agent = AgentBuilder::new(&hs)
+        .arg("--config")
+        .arg(cfg.display().to_string())
+        .arg("--admin-listen")
+        .arg(admin.to_string())
+        .arg("--admin-plain-http")
+        .arg("--admin-accounts")
+        .arg(accounts.display().to_string())
+        .start();
+    let garden = session_tests::TcpServer::start(&hs.server_ns, hs.server_sock(false, 5002));
+    let unpaid = hs.client(0).clone();
+    let reach = || {
+        session_tests::TcpTransfer::run_timeout(
+            &unpaid.ns,
+            garden.addr,
+            100,
+            1000,
+            Duration::from_millis(700),
+        )
+        .is_ok()
+    };
+    assert!(!reach(), "the server is in the garden before the change");
+
+    let mut op = Site::plain(&hs.gw_ns, admin);
+    let a = op.post(
+        "/admin/login",
+        &format!("name=owner&password={}", form_value(PASSWORD)),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    let page = op.get("/admin/settings");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains(&cfg.display().to_string()),
+        "the page names the file"
+    );
+    let csrf = csrf_of(&page.body).unwrap();
+    let form = |garden: &str| {
+        format!(
+            "csrf={csrf}&walled_garden={}&walled_garden_domains=&idle_timeout_secs=0&global_down_mbits=0&global_up_mbits=0",
+            form_value(garden)
+        )
+    };
+    // A wrong entry: refused with the reason, nothing written or applied.
+    let a = op.post("/admin/settings", &form("not-an-address"));
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(a.body.contains("walled_garden"), "{}", a.body);
+    assert_eq!(
+        std::fs::read_to_string(&cfg).unwrap(),
+        "# the shop's gateway\nidle_timeout_secs = 0\n"
+    );
+    let a = op.post(
+        "/admin/settings",
+        &form(&format!("{}/32:5002", hs.server_addr(false))),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains("configuration reloaded") {
+        assert!(
+            std::time::Instant::now() < end,
+            "not reloaded:\n{}",
+            agent.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(reach(), "the garden entry saved on the page does not pass");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        text.starts_with("# the shop's gateway\n"),
+        "the file's comment is gone: {text}"
+    );
+    assert!(
+        text.contains(&format!("{}/32:5002", hs.server_addr(false))),
+        "{text}"
+    );
+    assert!(op
+        .get("/admin/settings?saved=1")
+        .body
+        .contains("Saved; the agent applied it."));
+}

@@ -197,6 +197,20 @@ fn the_owner_runs_the_hotspot_from_a_phone_and_a_helper_only_sells() {
             trust_cert: Some(cert.clone()),
         },
     );
+    // The owner at a desk first: the overview with its charts.
+    let text = log_in(&desk, &base, "owner", OWNER_PW);
+    assert!(text.contains("Revenue per day"), "{text}");
+    assert_eq!(
+        desk.execute(
+            "return document.querySelectorAll('figure.chart svg').length",
+            &[]
+        ),
+        json!(3),
+        "the rate of the last hour and day, and the revenue"
+    );
+    desk.screenshot(&dir.join("desktop-0-overview-owner.png"));
+    desk.find("form.logout button").click();
+    desk.wait_for_text("Password", Duration::from_secs(10));
     let text = log_in(&desk, &base, "ana", STAFF_PW);
     assert!(text.contains("ana (staff)"), "{text}");
     assert!(!text.contains("Sales"), "staff see the sales: {text}");

@@ -81,6 +81,7 @@ pub const UNITS: &[(&str, &str)] = &[
     ("ctl/", "cli"),
     ("docs/", "cli"),
     ("passwd.rs", "cli"),
+    ("config_file.rs", "wiring"),
     ("daemon.rs", "wiring"),
     ("options.rs", "wiring"),
     ("services.rs", "wiring"),

@@ -29,9 +29,17 @@ pub struct AdminState {
     pub portal_url: Option<String>,
     /// The traffic history the charts draw (none: no charts).
     pub history: Option<Arc<crate::history::History>>,
+    /// The configuration the settings page edits (none: no file to edit).
+    pub settings: std::sync::RwLock<Option<Editable>>,
     /// The latest events, newest last.
     pub recent: std::sync::Mutex<std::collections::VecDeque<Recent>>,
 }
+
+/// The file the settings page edits, and where a reload is asked for.
+pub type Editable = (
+    Arc<dyn super::settings::SettingsFile>,
+    Option<tokio::sync::mpsc::Sender<()>>,
+);
 
 /// Events the overview shows at most.
 pub const RECENT: usize = 50;
@@ -47,6 +55,16 @@ pub struct Recent {
 }
 
 impl AdminState {
+    /// The file the settings page edits, and where it asks for a reload
+    /// once it wrote it.
+    pub fn set_settings(
+        &self,
+        s: Option<Arc<dyn super::settings::SettingsFile>>,
+        reload: Option<tokio::sync::mpsc::Sender<()>>,
+    ) {
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = s.map(|f| (f, reload));
+    }
+
     /// Keeps `event` (anything serialised with an `event` tag) among the latest.
     pub fn note_event(&self, event: &impl serde::Serialize) {
         let Ok(serde_json::Value::Object(mut v)) = serde_json::to_value(event) else {
@@ -110,6 +128,7 @@ impl AdminState {
             accounts,
             portal_url,
             recent: std::sync::Mutex::default(),
+            settings: std::sync::RwLock::default(),
             history,
             logins: login::Logins::default(),
             verifying: tokio::sync::Semaphore::new(2),

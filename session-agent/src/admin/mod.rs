@@ -18,6 +18,7 @@ mod charts;
 mod frame;
 mod login;
 mod pages;
+pub mod settings;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -73,14 +74,18 @@ impl AdminOptions {
         &self,
         gw: Arc<crate::gateway::Gateway>,
         history: Option<Arc<crate::history::History>>,
+        settings: Option<Arc<dyn settings::SettingsFile>>,
+        reload: Option<tokio::sync::mpsc::Sender<()>>,
     ) -> Arc<AdminState> {
-        AdminState::new(
+        let st = AdminState::new(
             gw,
             Accounts::at(&self.accounts),
             self.tls.is_some(),
             self.portal_url.clone(),
             history,
-        )
+        );
+        st.set_settings(settings, reload);
+        st
     }
 
     pub fn validate(&self) -> Result<(), AdminOptionsError> {
@@ -136,6 +141,8 @@ routes! {
     POST "/admin/vouchers" Staff => pages::make_vouchers;
     GET "/admin/vouchers/print" Staff => pages::print;
     POST "/admin/vouchers/revoke" Owner => pages::revoke;
+    GET "/admin/settings" Owner => pages::settings;
+    POST "/admin/settings" Owner => pages::save_settings;
     GET "/admin/sales" Owner => pages::sales;
     GET "/admin/sales.csv" Owner => pages::sales_csv;
     POST "/admin/logout" Staff => pages::logout;

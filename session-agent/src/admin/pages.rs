@@ -49,6 +49,7 @@ fn page(login: &Login, title: &str, body: &str) -> Response {
         ("/admin/vouchers", "Vouchers", Role::Staff),
         ("/admin/plans", "Plans", Role::Staff),
         ("/admin/sales", "Sales", Role::Owner),
+        ("/admin/settings", "Settings", Role::Owner),
     ] {
         if login.role >= role {
             let current = if name == title {
@@ -1047,6 +1048,139 @@ pub(crate) async fn revoke(State(st): St, Form(f): Form<CodeForm>) -> Response {
     match st.gw.sessions().revoke_voucher(&f.code) {
         Ok(_) => see_other("/admin/vouchers"),
         Err(e) => model_error(e),
+    }
+}
+
+// ----- settings ----------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+pub(crate) struct Saved {
+    #[serde(default)]
+    saved: String,
+}
+
+fn settings_file(st: &AdminState) -> Option<super::frame::Editable> {
+    st.settings
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+/// The walled garden and the settings a reload applies, as the
+/// configuration file has them.
+pub(crate) async fn settings(
+    State(st): St,
+    Extension(login): Extension<Login>,
+    Query(q): Query<Saved>,
+) -> Response {
+    let Some((file, _)) = settings_file(&st) else {
+        return page(
+            &login,
+            "Settings",
+            "<p>This agent was started without a configuration file (<code>--config</code>): there is no file to change. Start it with one (the package does) to edit the walled garden here.</p>",
+        );
+    };
+    let f = file.clone();
+    let current = match tokio::task::spawn_blocking(move || f.read()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let mut body = String::new();
+    if q.saved == "1" {
+        body.push_str("<p class=\"good\" role=\"status\">Saved; the agent applied it.</p>");
+    }
+    body.push_str(&format!(
+        "<p class=\"hint\">Kept in {} and applied at once, as a reload (SIGHUP) applies it; the file's other settings and comments stay.</p>\
+         <form method=\"post\" action=\"/admin/settings\" class=\"grid settings\">{}\
+         <label>Walled garden: addresses clients reach before paying, one per line (CIDR or CIDR:PORT)\
+         <textarea name=\"walled_garden\" rows=\"5\">{}</textarea></label>\
+         <label>Walled garden by name, one per line (example.com or *.example.com)\
+         <textarea name=\"walled_garden_domains\" rows=\"5\">{}</textarea></label>\
+         <label>Idle timeout, seconds (0: off) <input name=\"idle_timeout_secs\" inputmode=\"numeric\" value=\"{}\"></label>\
+         <label>Shared speed down, Mbit/s (0: none) <input name=\"global_down_mbits\" inputmode=\"numeric\" value=\"{}\"></label>\
+         <label>Shared speed up, Mbit/s (0: none) <input name=\"global_up_mbits\" inputmode=\"numeric\" value=\"{}\"></label>\
+         <button>Save and apply</button></form>",
+        escape(&file.path()),
+        csrf(&login),
+        escape(&current.walled_garden.join("\n")),
+        escape(&current.walled_garden_domains.join("\n")),
+        current.idle_timeout_secs,
+        current.global_down_mbits,
+        current.global_up_mbits,
+    ));
+    page(&login, "Settings", &body)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SettingsForm {
+    #[serde(default)]
+    walled_garden: String,
+    #[serde(default)]
+    walled_garden_domains: String,
+    idle_timeout_secs: String,
+    global_down_mbits: String,
+    global_up_mbits: String,
+}
+
+fn lines(s: &str) -> Vec<String> {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+pub(crate) async fn save_settings(
+    State(st): St,
+    Extension(login): Extension<Login>,
+    Form(f): Form<SettingsForm>,
+) -> Response {
+    let Some((file, reload)) = settings_file(&st) else {
+        return error(
+            StatusCode::CONFLICT,
+            "This agent has no configuration file to change.",
+        );
+    };
+    let numbers = (
+        number("Idle timeout", &f.idle_timeout_secs, u64::from(u32::MAX)),
+        number("Shared speed down", &f.global_down_mbits, 100_000),
+        number("Shared speed up", &f.global_up_mbits, 100_000),
+    );
+    let (idle, down, up) = match numbers {
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            return error(StatusCode::BAD_REQUEST, &e)
+        }
+    };
+    let s = super::settings::Settings {
+        walled_garden: lines(&f.walled_garden),
+        walled_garden_domains: lines(&f.walled_garden_domains),
+        idle_timeout_secs: idle,
+        global_down_mbits: down,
+        global_up_mbits: up,
+    };
+    match tokio::task::spawn_blocking(move || file.write(&s)).await {
+        Ok(Ok(())) => {
+            tracing::info!(by = %login.name, "operator page: settings saved; reloading");
+            // A reload asked for already will read the file as now written.
+            let asked = reload.is_some_and(|r| {
+                !matches!(
+                    r.try_send(()),
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(()))
+                )
+            });
+            if asked {
+                see_other("/admin/settings?saved=1")
+            } else {
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Saved, but this agent cannot reload it now: reload it (systemctl reload session-agent).",
+                )
+            }
+        }
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, &format!("Not saved: {e}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
