@@ -493,9 +493,84 @@ fn measure_agent(spec: &str) {
         median: rss,
         baseline: None,
     });
+    out.extend(history(&gw, n, runs));
     out.extend(bindings(&gw, root, n, runs));
     out.extend(radius_books(&rt, &gw, db, n, runs));
     println!("{}", serde_json::to_string(&out).unwrap());
+}
+
+/// The operator page's traffic history with every device active every
+/// minute: a minute's sample (every connected device's counters read, the
+/// minute's, the hour's and the day's records written in one durable write),
+/// and the bytes a minute adds and the history holds at most.
+fn history(gw: &Arc<Gateway>, n: u32, runs: u32) -> Vec<Measurement> {
+    use session_agent::history::{
+        History, CLIENT_HOURS_KEPT, CLIENT_MINUTES_KEPT, DAYS_KEPT, MINUTES_KEPT,
+    };
+    use session_model::Shelf;
+    let t0 = 1_800_000_000i64;
+    let h = History::open(gw.clone(), t0).unwrap();
+    h.sample(t0).unwrap();
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for r in 0..runs {
+        {
+            let maps = gw.lans()[0].maps.lock().unwrap();
+            for slot in 0..n {
+                maps.add_up_bytes(slot, 1500).unwrap();
+            }
+        }
+        let at = t0 + 60 * (i64::from(r) + 1);
+        let (w, c) = timed(|| {
+            let m = h.sample(at).unwrap();
+            assert_eq!(m.up, 1500 * u64::from(n), "every device's bytes recorded");
+        });
+        wall.push(w);
+        cpu.push(c);
+    }
+    let store = gw.sessions().store();
+    // The largest record of each kind: every device moved in it.
+    let size = |shelf: Shelf| -> f64 {
+        let recs = store.shelf(shelf).unwrap();
+        recs.iter()
+            .map(|(k, v)| (k.len() + v.len()) as f64)
+            .fold(0.0, f64::max)
+    };
+    let (minute_clients, hour_clients) = (size(Shelf::MinuteClients), size(Shelf::HourClients));
+    let (minute_totals, day_totals) = (size(Shelf::MinuteTotals), size(Shelf::DayTotals));
+    let per_minute = minute_clients + hour_clients + minute_totals + day_totals;
+    let bound = CLIENT_MINUTES_KEPT as f64 * minute_clients
+        + CLIENT_HOURS_KEPT as f64 * hour_clients
+        + MINUTES_KEPT as f64 * minute_totals
+        + DAYS_KEPT as f64 * day_totals;
+    let mut out = Vec::new();
+    for (case, metric, unit, v) in [
+        ("history_minute", "wall_ms", "ms", wall),
+        ("history_minute", "cpu_ms", "ms", cpu),
+        (
+            "history_written_per_minute",
+            "kib",
+            "KiB",
+            vec![per_minute / 1024.0],
+        ),
+        (
+            "history_on_disk_at_most",
+            "mib",
+            "MiB",
+            vec![bound / 1024.0 / 1024.0],
+        ),
+    ] {
+        out.push(Measurement {
+            scenario: "agent_cost".into(),
+            case: case.into(),
+            clients: n,
+            metric: metric.into(),
+            unit: unit.into(),
+            median: median(&v),
+            runs: v,
+            baseline: None,
+        });
+    }
+    out
 }
 
 /// The address bindings of every device (an IPv4 and an IPv6 address each):

@@ -596,6 +596,11 @@ pub struct ApiSection {
     /// File holding the bearer token of the TCP listener (first line).
     #[arg(long = "api-token-file", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Serve the TCP listener over HTTPS, with the operator page's certificate and
+    /// key (admin.admin_cert, admin.admin_key; made at first start if missing), so
+    /// the token never crosses a network in clear.
+    #[arg(long = "api-tls")]
+    pub api_tls: bool,
     /// Clients with their own series in /metrics, the busiest first.
     #[arg(long, value_name = "N", required = false)]
     pub metrics_top_clients: usize,
@@ -737,6 +742,7 @@ impl Default for ApiSection {
             tcp: a.tcp,
             token: None,
             token_file: None,
+            api_tls: false,
             metrics_top_clients: a.metrics_top_clients,
         }
     }
@@ -1072,6 +1078,10 @@ impl Options {
             socket: Some(self.api.socket.clone()),
             tcp: self.api.tcp,
             token,
+            tls: self.api.api_tls.then(|| crate::web::tls::TlsFiles {
+                cert: self.admin.admin_cert.clone(),
+                key: self.admin.admin_key.clone(),
+            }),
             metrics_top_clients: self.api.metrics_top_clients,
         };
         api.validate()?;
@@ -1328,7 +1338,7 @@ portal_url = "https://portal.example/"
     fn an_unknown_key_in_a_table_is_refused_at_its_line_with_the_known_keys() {
         assert_eq!(
             error("poll_ms = 100\n[api]\nsokcet = \"/run/x.sock\"\n"),
-            "t.toml:3:1: api.sokcet: unknown field `sokcet`, expected one of `socket`, `tcp`, `token`, `token_file`, `metrics_top_clients`"
+            "t.toml:3:1: api.sokcet: unknown field `sokcet`, expected one of `socket`, `tcp`, `token`, `token_file`, `api_tls`, `metrics_top_clients`"
         );
     }
 

@@ -267,3 +267,47 @@ fn the_owner_edits_the_walled_garden_on_the_page_and_it_is_written_and_applied_a
         .body
         .contains("Saved; the agent applied it."));
 }
+
+#[test]
+fn the_control_api_on_tcp_speaks_https_with_the_same_certificate_and_still_wants_its_token() {
+    require_root();
+    let hs = Hotspot::builder().clients(1).build();
+    std::fs::create_dir_all(&hs.state_dir).unwrap();
+    let api = SocketAddr::from((hs.gw_lan_addr(false), 8480));
+    let cert = hs.state_dir.join("admin-cert.pem");
+    let _agent = AgentBuilder::new(&hs)
+        .arg("--api-tcp")
+        .arg(api.to_string())
+        .arg("--api-token")
+        .arg("s3cret-token")
+        .arg("--api-tls")
+        .arg("--admin-cert")
+        .arg(cert.display().to_string())
+        .arg("--admin-key")
+        .arg(hs.state_dir.join("admin-key.pem").display().to_string())
+        .start();
+    assert!(
+        cert.exists(),
+        "the certificate is made for the API alone too"
+    );
+    let mut s = Site::https(&hs.gw_ns, api, &cert);
+    let a = s.send(
+        "GET",
+        "/v1/status",
+        &["Authorization: Bearer s3cret-token"],
+        "",
+    );
+    assert_eq!(a.status, 200, "{}\n{}", a.head, a.body);
+    assert!(a.body.contains("\"lans\""), "{}", a.body);
+    let a = s.get("/v1/status");
+    assert_eq!(a.status, 401, "{}", a.head);
+    // In clear, the token gets no answer.
+    let mut plain = Site::plain(&hs.gw_ns, api);
+    let a = plain.send(
+        "GET",
+        "/v1/status",
+        &["Authorization: Bearer s3cret-token"],
+        "",
+    );
+    assert_ne!(a.status, 200, "{}", a.head);
+}

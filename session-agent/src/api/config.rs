@@ -11,6 +11,8 @@ pub struct ApiOptions {
     pub tcp: Option<SocketAddr>,
     /// Bearer token for the TCP listener.
     pub token: Option<String>,
+    /// HTTPS on the TCP listener, with this certificate and key.
+    pub tls: Option<crate::web::tls::TlsFiles>,
     /// Clients listed with their own series in `/metrics` (the busiest first).
     pub metrics_top_clients: usize,
 }
@@ -22,6 +24,7 @@ impl Default for ApiOptions {
             socket: Some(PathBuf::from("/run/session-agent/api.sock")),
             tcp: None,
             token: None,
+            tls: None,
             metrics_top_clients: crate::gateway::DEFAULT_METRICS_TOP_CLIENTS,
         }
     }

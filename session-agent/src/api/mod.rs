@@ -129,6 +129,8 @@ async fn bearer(State(token): State<Arc<str>>, req: Request, next: Next) -> Resp
 pub struct Listeners {
     socket: Option<tokio::net::UnixListener>,
     tcp: Option<tokio::net::TcpListener>,
+    /// HTTPS on the TCP listener.
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// Binds every listener `opts` asks for (the unix socket, TCP); an error
@@ -141,6 +143,7 @@ pub async fn bind(opts: &ApiOptions) -> Result<Listeners, AgentError> {
     let mut out = Listeners {
         socket: None,
         tcp: None,
+        tls: None,
     };
     if let Some(path) = &opts.socket {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -165,8 +168,17 @@ pub async fn bind(opts: &ApiOptions) -> Result<Listeners, AgentError> {
         out.socket = Some(listener);
     }
     if let Some(addr) = opts.tcp {
+        if let Some(files) = &opts.tls {
+            let mut names = vec!["localhost".to_string()];
+            if !addr.ip().is_unspecified() {
+                names.push(addr.ip().to_string());
+            }
+            let (cfg, fingerprint) = crate::web::tls::server_config(files, &names)?;
+            info!(cert = %files.cert.display(), sha256 = %fingerprint, "control API on TCP over HTTPS");
+            out.tls = Some(cfg);
+        }
         let l = bind_tcp(addr, "the control API on TCP", "--api-tcp (api.tcp)").await?;
-        info!(%addr, "control API listening on TCP (bearer token)");
+        info!(%addr, https = out.tls.is_some(), "control API listening on TCP (bearer token)");
         out.tcp = Some(l);
     }
     Ok(out)
@@ -202,12 +214,26 @@ pub async fn serve(state: Arc<ApiState>, listeners: Listeners) -> Result<(), Age
             .layer(middleware::from_fn_with_state(token, bearer));
         let addr = tcp_addr(&listener);
         let (listener, failed) = Watched::new(listener, "the control API on TCP", addr);
-        tasks.spawn(async move {
-            tokio::select! {
-                r = axum::serve(JsonErrors(listener), app) => r.map_err(|e| AgentError::from_io("serving the control API on TCP", e)),
-                Ok(e) = failed => Err(e),
+        match listeners.tls {
+            Some(cfg) => {
+                let listener = crate::web::tls::TlsListener::new(listener, cfg)
+                    .map_err(|e| AgentError::from_io("serving the control API on TCP", e))?;
+                tasks.spawn(async move {
+                    tokio::select! {
+                        r = axum::serve(JsonErrors(listener), app) => r.map_err(|e| AgentError::from_io("serving the control API on TCP", e)),
+                        Ok(e) = failed => Err(e),
+                    }
+                });
             }
-        });
+            None => {
+                tasks.spawn(async move {
+                    tokio::select! {
+                        r = axum::serve(JsonErrors(listener), app) => r.map_err(|e| AgentError::from_io("serving the control API on TCP", e)),
+                        Ok(e) = failed => Err(e),
+                    }
+                });
+            }
+        }
     }
 
     match tasks.join_next().await {
