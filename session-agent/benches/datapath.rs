@@ -456,22 +456,38 @@ fn measure_agent(spec: &str) {
         some_cpu.push(c);
         some_commit_cpu.push(commit().1);
     }
-    let mut out = Vec::new();
-    for (case, metric, unit, v) in [
-        ("read_counters", "wall_ms", "ms", read),
-        ("poll_idle", "wall_ms", "ms", idle_wall),
-        ("poll_idle", "cpu_ms", "ms", idle_cpu),
-        ("poll_all_charged", "wall_ms", "ms", busy_wall),
-        ("poll_all_charged", "cpu_ms", "ms", busy_cpu),
-        ("commit_all_charged", "wall_ms", "ms", commit_wall),
-        ("commit_all_charged", "cpu_ms", "ms", commit_cpu),
-        ("check_table", "wall_ms", "ms", check_wall),
-        ("check_table", "cpu_ms", "ms", check_cpu),
-        ("poll_1000_charged", "wall_ms", "ms", some_wall),
-        ("poll_1000_charged", "cpu_ms", "ms", some_cpu),
-        ("commit_1000_charged", "cpu_ms", "ms", some_commit_cpu),
-    ] {
-        out.push(Measurement {
+    let mut out = agent_rows(
+        n,
+        vec![
+            ("read_counters", "wall_ms", "ms", read),
+            ("poll_idle", "wall_ms", "ms", idle_wall),
+            ("poll_idle", "cpu_ms", "ms", idle_cpu),
+            ("poll_all_charged", "wall_ms", "ms", busy_wall),
+            ("poll_all_charged", "cpu_ms", "ms", busy_cpu),
+            ("commit_all_charged", "wall_ms", "ms", commit_wall),
+            ("commit_all_charged", "cpu_ms", "ms", commit_cpu),
+            ("check_table", "wall_ms", "ms", check_wall),
+            ("check_table", "cpu_ms", "ms", check_cpu),
+            ("poll_1000_charged", "wall_ms", "ms", some_wall),
+            ("poll_1000_charged", "cpu_ms", "ms", some_cpu),
+            ("commit_1000_charged", "cpu_ms", "ms", some_commit_cpu),
+        ],
+    );
+    let rss = rss_kib() / 1024.0;
+    out.extend(agent_rows(
+        n,
+        vec![("resident_memory", "rss_mib", "MiB", vec![rss])],
+    ));
+    out.extend(history(&gw, n, runs));
+    out.extend(bindings(&gw, root, n, runs));
+    out.extend(radius_books(&rt, &gw, db, n, runs));
+    println!("{}", serde_json::to_string(&out).unwrap());
+}
+
+/// Scenario 5's measurements at `n` clients: (case, metric, unit, runs) each.
+fn agent_rows(n: u32, rows: Vec<(&str, &str, &str, Vec<f64>)>) -> Vec<Measurement> {
+    rows.into_iter()
+        .map(|(case, metric, unit, v)| Measurement {
             scenario: "agent_cost".into(),
             case: case.into(),
             clients: n,
@@ -480,23 +496,8 @@ fn measure_agent(spec: &str) {
             median: median(&v),
             runs: v,
             baseline: None,
-        });
-    }
-    let rss = rss_kib() / 1024.0;
-    out.push(Measurement {
-        scenario: "agent_cost".into(),
-        case: "resident_memory".into(),
-        clients: n,
-        metric: "rss_mib".into(),
-        unit: "MiB".into(),
-        runs: vec![rss],
-        median: rss,
-        baseline: None,
-    });
-    out.extend(history(&gw, n, runs));
-    out.extend(bindings(&gw, root, n, runs));
-    out.extend(radius_books(&rt, &gw, db, n, runs));
-    println!("{}", serde_json::to_string(&out).unwrap());
+        })
+        .collect()
 }
 
 /// The operator page's traffic history with every device active every
@@ -542,35 +543,25 @@ fn history(gw: &Arc<Gateway>, n: u32, runs: u32) -> Vec<Measurement> {
         + CLIENT_HOURS_KEPT as f64 * hour_clients
         + MINUTES_KEPT as f64 * minute_totals
         + DAYS_KEPT as f64 * day_totals;
-    let mut out = Vec::new();
-    for (case, metric, unit, v) in [
-        ("history_minute", "wall_ms", "ms", wall),
-        ("history_minute", "cpu_ms", "ms", cpu),
-        (
-            "history_written_per_minute",
-            "kib",
-            "KiB",
-            vec![per_minute / 1024.0],
-        ),
-        (
-            "history_on_disk_at_most",
-            "mib",
-            "MiB",
-            vec![bound / 1024.0 / 1024.0],
-        ),
-    ] {
-        out.push(Measurement {
-            scenario: "agent_cost".into(),
-            case: case.into(),
-            clients: n,
-            metric: metric.into(),
-            unit: unit.into(),
-            median: median(&v),
-            runs: v,
-            baseline: None,
-        });
-    }
-    out
+    agent_rows(
+        n,
+        vec![
+            ("history_minute", "wall_ms", "ms", wall),
+            ("history_minute", "cpu_ms", "ms", cpu),
+            (
+                "history_written_per_minute",
+                "kib",
+                "KiB",
+                vec![per_minute / 1024.0],
+            ),
+            (
+                "history_on_disk_at_most",
+                "mib",
+                "MiB",
+                vec![bound / 1024.0 / 1024.0],
+            ),
+        ],
+    )
 }
 
 /// The address bindings of every device (an IPv4 and an IPv6 address each):

@@ -11,9 +11,12 @@
 //! the last hour per client, 0.6 MB for the hours, 23 kB of minutes and 6 kB
 //! of days ([`bound_bytes`]).
 //!
-//! A client first seen in a minute (newly connected, or after a restart)
-//! counts from that minute's end on: its earlier counters are not this
-//! minute's traffic. A minute the agent was down has no record.
+//! A client counts from when the history first sees it connected: newly
+//! connected clients are looked for every [`NEW_CLIENTS_EVERY`] (when the
+//! connected devices changed), so a minute misses at most those first
+//! seconds of theirs. After a restart, clients count from the first look:
+//! their earlier counters are not this minute's traffic. A minute the agent
+//! was down has no record.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -35,6 +38,8 @@ pub const CLIENT_HOURS_KEPT: u64 = 24;
 pub const DAYS_KEPT: u64 = 400;
 /// Clients a minute's or an hour's record holds at most (the busiest).
 pub const MAX_CLIENTS: usize = 4_096;
+/// How often newly connected clients are looked for.
+pub const NEW_CLIENTS_EVERY: Duration = Duration::from_secs(5);
 /// Bytes of one client in a record: device id, up, down.
 const CLIENT_BYTES: usize = 24;
 
@@ -141,6 +146,8 @@ struct Inner {
     minutes: VecDeque<(u64, Moved)>,
     /// Totals per day.
     days: BTreeMap<u64, Moved>,
+    /// The connected devices' generation at the last look for new ones.
+    generation: Option<u64>,
     /// The running hour and its clients' sums.
     hour: u64,
     hour_clients: HashMap<DeviceId, Moved>,
@@ -190,13 +197,23 @@ impl History {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Samples at every minute's end until the task is dropped.
+    /// Samples at every minute's end until the task is dropped, and looks
+    /// for newly connected clients in between.
     pub async fn run(self: Arc<Self>) {
         loop {
             let now = chrono::Utc::now();
             let into = now.timestamp().rem_euclid(60) as u64 * 1000
                 + u64::from(now.timestamp_subsec_millis());
-            tokio::time::sleep(Duration::from_millis(60_000 - into.min(59_999))).await;
+            let to_minute = Duration::from_millis(60_000 - into.min(59_999));
+            if to_minute > NEW_CLIENTS_EVERY {
+                tokio::time::sleep(NEW_CLIENTS_EVERY).await;
+                let me = self.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.look_for_new()).await {
+                    tracing::debug!("history: new clients not looked for: {e}");
+                }
+                continue;
+            }
+            tokio::time::sleep(to_minute).await;
             let me = self.clone();
             let at = chrono::Utc::now().timestamp();
             let done = tokio::task::spawn_blocking(move || me.sample(at)).await;
@@ -206,6 +223,45 @@ impl History {
                 Err(e) => tracing::warn!("history: a minute not recorded: {e}"),
             }
         }
+    }
+
+    /// Takes the counters of clients connected since the last look as where
+    /// they start; nothing is read while the connected devices stay the same.
+    pub fn look_for_new(&self) -> Result<usize, AgentError> {
+        let mgr = self.gw.sessions();
+        let generation = mgr.connected_generation();
+        if self.lock().generation == Some(generation) {
+            return Ok(0);
+        }
+        let connected = mgr.connected()?;
+        let dp = self.gw.datapath();
+        let mut g = self.lock();
+        g.generation = Some(generation);
+        if dp.epoch() != g.epoch {
+            // The next sample starts everything afresh.
+            return Ok(0);
+        }
+        let mut found = 0;
+        for (device, _) in &connected {
+            if g.last.contains_key(device) {
+                continue;
+            }
+            let mac = match g.macs.get(device) {
+                Some(m) => *m,
+                None => {
+                    let m = mgr.device(*device)?.mac;
+                    g.macs.insert(*device, m);
+                    m
+                }
+            };
+            let Some(slot) = dp.slot_of(&mac) else {
+                continue;
+            };
+            let (up, down) = dp.usage_split(slot)?;
+            g.last.insert(*device, Moved { up, down });
+            found += 1;
+        }
+        Ok(found)
     }
 
     /// Records the minute that ended at `now` (Unix seconds): what each
@@ -345,6 +401,25 @@ impl History {
             .collect()
     }
 
+    /// What each busy client moved in the last recorded minute, and that minute.
+    pub fn last_minute(&self) -> Result<(u64, HashMap<DeviceId, Moved>), AgentError> {
+        let Some(minute) = self.lock().minutes.back().map(|(m, _)| *m) else {
+            return Ok((0, HashMap::new()));
+        };
+        let records = self
+            .gw
+            .sessions()
+            .store()
+            .shelf_from(Shelf::MinuteClients, &key(minute))
+            .map_err(session_model::ModelError::from)?;
+        let clients = records
+            .into_iter()
+            .find(|(k, _)| *k == key(minute))
+            .map(|(_, v)| dec_clients(&v).collect())
+            .unwrap_or_default();
+        Ok((minute, clients))
+    }
+
     /// What `device` moved per minute from minute `from` on (the last hour at most).
     pub fn client_minutes(
         &self,
@@ -429,6 +504,9 @@ mod tests {
             h.client_minutes(devs[0].0, minute).unwrap(),
             vec![(minute, Moved { up: 0, down: 300 })]
         );
+        let (last, clients) = h.last_minute().unwrap();
+        assert_eq!(last, minute);
+        assert_eq!(clients[&devs[1].0].total(), 50);
         // Nothing moved: a minute of nothing.
         assert_eq!(h.sample(T0 + 180).unwrap().total(), 0);
         let day = local_day((minute * 60) as i64);
@@ -437,6 +515,33 @@ mod tests {
         let again = History::open(gw, T0 + 200).unwrap();
         assert_eq!(again.minutes(0).len(), 3, "the minutes are read back");
         assert_eq!(again.days(0)[0].1.total(), 350, "and the days");
+    }
+
+    #[test]
+    fn a_client_connected_within_a_minute_counts_from_when_it_was_first_seen() {
+        let (gw, dp, rt, devs) = setup();
+        let h = History::open(gw.clone(), T0).unwrap();
+        h.sample(T0).unwrap();
+        let mac = MacAddr::new([2, 0, 0, 0, 0, 9]);
+        let d = gw.sessions().create_device(mac, None, None).unwrap().id;
+        dp.send(&mac, 5_000); // before it paid: not this minute's
+        rt.block_on(async {
+            gw.sessions()
+                .create_session(d, 0, 3600, 0.0, None, 0, 0, true)
+                .await
+                .unwrap();
+            gw.connect(d, "test").await.unwrap();
+        });
+        assert_eq!(h.look_for_new().unwrap(), 1);
+        assert_eq!(h.look_for_new().unwrap(), 0, "nothing changed since");
+        dp.send(&mac, 700);
+        dp.send(&devs[0].1, 1);
+        let m = h.sample(T0 + 60).unwrap();
+        assert_eq!(
+            m.total(),
+            701,
+            "the new client's bytes since it was seen, and the others'"
+        );
     }
 
     #[test]

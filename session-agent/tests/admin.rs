@@ -136,6 +136,11 @@ fn send(
     }
 }
 
+/// A form posted with the login `cookie`.
+fn post(p: &Page, path: &str, cookie: &str, body: &str) -> Answer {
+    send(p, "POST", path, Some(cookie), &[], body)
+}
+
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -252,14 +257,7 @@ fn a_change_without_its_csrf_token_or_from_another_site_is_refused_and_changes_n
     }
     // Another login's token is not this one's.
     let (_, other) = log_in(&p, "owner", OWNER_PW);
-    let a = send(
-        &p,
-        "POST",
-        "/admin/plans",
-        Some(&cookie),
-        &[],
-        &format!("{plan}&csrf={other}"),
-    );
+    let a = post(&p, "/admin/plans", &cookie, &format!("{plan}&csrf={other}"));
     assert_eq!(a.status, 403);
     let a = send(
         &p,
@@ -301,14 +299,7 @@ fn the_login_cookie_is_secure_http_only_and_same_site_strict_and_ends_at_logout(
         send(&p, "GET", "/admin", Some(&cookie), &[], "").status,
         200
     );
-    let out = send(
-        &p,
-        "POST",
-        "/admin/logout",
-        Some(&cookie),
-        &[],
-        &format!("csrf={csrf}"),
-    );
+    let out = post(&p, "/admin/logout", &cookie, &format!("csrf={csrf}"));
     assert_eq!(out.status, 303);
     assert_eq!(
         send(&p, "GET", "/admin", Some(&cookie), &[], "").status,
@@ -361,12 +352,10 @@ fn a_plan_named_like_a_script_renders_as_text_under_a_policy_without_inline_scri
     let p = page();
     let (cookie, csrf) = log_in(&p, "owner", OWNER_PW);
     let evil = "<script>alert(1)</script>";
-    let a = send(
+    let a = post(
         &p,
-        "POST",
         "/admin/plans",
-        Some(&cookie),
-        &[],
+        &cookie,
         &format!(
             "csrf={csrf}&name={}&price=5&currency=PHP&kind=time&minutes=30",
             enc(evil)
@@ -409,12 +398,10 @@ fn a_plan_named_like_a_script_renders_as_text_under_a_policy_without_inline_scri
 fn codes_made_from_a_plan_print_with_its_price_and_a_qr_code_that_opens_the_portal_with_the_code() {
     let p = page();
     let (cookie, csrf) = log_in(&p, "owner", OWNER_PW);
-    let a = send(
+    let a = post(
         &p,
-        "POST",
         "/admin/plans",
-        Some(&cookie),
-        &[],
+        &cookie,
         &format!(
             "csrf={csrf}&name=Day&price=50.5&currency=php&kind=time_or_data&minutes=1440&mb=500"
         ),
@@ -422,12 +409,10 @@ fn codes_made_from_a_plan_print_with_its_price_and_a_qr_code_that_opens_the_port
     assert_eq!(a.status, 303, "{}", a.body);
     // Staff may sell.
     let (staff, staff_csrf) = log_in(&p, "ana", STAFF_PW);
-    let a = send(
+    let a = post(
         &p,
-        "POST",
         "/admin/vouchers",
-        Some(&staff),
-        &[],
+        &staff,
         &format!("csrf={staff_csrf}&plan=Day&count=2"),
     );
     assert_eq!(a.status, 303, "{}", a.body);
@@ -466,22 +451,18 @@ fn codes_made_from_a_plan_print_with_its_price_and_a_qr_code_that_opens_the_port
         );
     }
     // Too many at once, or a plan that is not there, is refused with the reason.
-    let a = send(
+    let a = post(
         &p,
-        "POST",
         "/admin/vouchers",
-        Some(&staff),
-        &[],
+        &staff,
         &format!("csrf={staff_csrf}&plan=Day&count=201"),
     );
     assert_eq!(a.status, 400);
     assert!(a.body.contains("from 0 to 200"), "{}", a.body);
-    let a = send(
+    let a = post(
         &p,
-        "POST",
         "/admin/vouchers",
-        Some(&staff),
-        &[],
+        &staff,
         &format!("csrf={staff_csrf}&plan=Night&count=1"),
     );
     assert_eq!(a.status, 400);

@@ -44,6 +44,23 @@ pub struct NewSession {
     pub up_mbits: i32,
     #[serde(default)]
     pub use_global_speed: bool,
+    /// What the session was sold for, when it was: a sale in the operator
+    /// page's report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sale: Option<SaleRequest>,
+}
+
+/// A session sold through the API: its price and what it is called.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaleRequest {
+    /// The price as printed, at most two decimals (`"20"`, `"20.50"`).
+    pub price: String,
+    /// Three capital letters (`PHP`).
+    pub currency: String,
+    /// What was sold, as the sales report names it (default `API`).
+    #[serde(default)]
+    pub plan: Option<String>,
 }
 
 /// `POST /v1/devices/{id}/connect` and `.../disconnect`.

@@ -129,6 +129,9 @@ pub enum ModelError {
     /// A batch of vouchers that cannot be made as asked.
     #[error("invalid voucher batch: {0}")]
     InvalidBatch(String),
+    /// The operator blocked the device.
+    #[error("device {0} is blocked by the operator: it cannot connect or redeem a code until it is unblocked")]
+    Blocked(i64),
     /// A price plan that cannot be kept as given.
     #[error("invalid price plan: {0}")]
     InvalidPlan(String),

@@ -10,6 +10,7 @@
 //! * [`voucher`]: voucher codes, what they buy and their redemption.
 //! * [`plan`]: price plans, and the sales their vouchers made.
 
+pub mod block;
 pub mod clock;
 pub mod error;
 pub mod idmap;

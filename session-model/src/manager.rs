@@ -865,6 +865,9 @@ impl SessionsMgr {
         notification: &str,
     ) -> Result<ClientSession, ModelError> {
         self.device(device_id)?;
+        if self.is_blocked(device_id)? {
+            return Err(ModelError::Blocked(device_id));
+        }
         let sid = self.running()?.get(&device_id).map(|r| r.session_id);
         if let Some(sid) = sid {
             let now = self.clock.now_secs();

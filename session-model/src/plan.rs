@@ -47,14 +47,37 @@ pub struct SaleTerms {
 }
 
 impl SaleTerms {
+    /// Terms as a seller gives them: a name (1 to [`MAX_PLAN_NAME`]
+    /// characters, no control characters), a price as people type it and a
+    /// currency of three capital letters.
+    pub fn new(plan: &str, price: &str, currency: &str) -> Result<SaleTerms, ModelError> {
+        let n = plan.chars().count();
+        if n == 0 || n > MAX_PLAN_NAME || plan.chars().any(char::is_control) {
+            return Err(ModelError::InvalidPlan(format!(
+                "what was sold must be named in 1 to {MAX_PLAN_NAME} characters without control characters"
+            )));
+        }
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(ModelError::InvalidPlan(format!(
+                "currency {currency:?} must be three capital letters (PHP, USD, EUR)"
+            )));
+        }
+        Ok(SaleTerms {
+            plan: plan.to_string(),
+            price_minor: parse_price(price)?,
+            currency: currency.to_string(),
+        })
+    }
+
     /// The price as printed: `20.00 PHP`.
     pub fn price(&self) -> String {
         format_price(self.price_minor, &self.currency)
     }
 }
 
-/// One sale: a priced code's first redemption.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One sale: a priced code's first redemption, or a session sold through the
+/// API with a price (its `code` empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sale {
     /// Unix seconds.
     pub at: i64,
@@ -256,6 +279,31 @@ impl SessionsMgr {
         Ok(())
     }
 
+    /// Records that session `session_id` of the device at `mac` was sold on
+    /// `terms` now (a session sold through the API with a price).
+    pub fn record_sale(
+        &self,
+        session_id: SessionId,
+        mac: MacAddr,
+        terms: &SaleTerms,
+    ) -> Result<Sale, ModelError> {
+        let sale = Sale {
+            at: self.clock().now_secs(),
+            plan: terms.plan.clone(),
+            price_minor: terms.price_minor,
+            currency: terms.currency.clone(),
+            code: String::new(),
+            mac,
+            session_id,
+        };
+        let json = serde_json::to_vec(&sale)
+            .map_err(|e| ModelError::InvalidPlan(format!("sale not encodable: {e}")))?;
+        let key = format!("{:012}-{:020}", sale.at.max(0), session_id);
+        self.store().put_on_shelf(Shelf::Sales, &key, Some(&json))?;
+        tracing::info!(session = session_id, price = %terms.price(), plan = %terms.plan, "session sold");
+        Ok(sale)
+    }
+
     /// Every sale from `from` (Unix seconds, inclusive), oldest first.
     pub fn sales(&self, from: i64) -> Result<Vec<Sale>, ModelError> {
         let mut out: Vec<Sale> = self
@@ -265,6 +313,15 @@ impl SessionsMgr {
             .filter_map(Voucher::sale)
             .filter(|s| s.at >= from)
             .collect();
+        for (key, value) in self
+            .store()
+            .shelf_from(Shelf::Sales, &format!("{:012}", from.max(0)))?
+        {
+            let sale: Sale = serde_json::from_slice(&value).map_err(|e| {
+                ModelError::Store(crate::StoreError::Corrupt(format!("sale {key:?}: {e}")))
+            })?;
+            out.push(sale);
+        }
         out.sort_by(|a, b| (a.at, &a.code).cmp(&(b.at, &b.code)));
         Ok(out)
     }

@@ -559,6 +559,9 @@ impl SessionsMgr {
         let _guard = self.voucher_lock.lock().map_err(|_| ModelError::Poisoned)?;
         let v = self.voucher(typed)?;
         let device = self.device(device_id)?;
+        if self.is_blocked(device_id)? {
+            return Err(ModelError::Blocked(device_id));
+        }
         let now = self.clock().now_secs();
         v.check_redeem(device_id, now, |id| self.session_live(id, now))?;
         let data = v.template.session(LOCAL_PROVIDER, now);

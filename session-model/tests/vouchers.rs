@@ -360,3 +360,65 @@ fn prices_are_read_as_people_type_them_and_printed_with_two_decimals() {
     }
     assert_eq!(format_price(2050, "PHP"), "20.50 PHP");
 }
+
+#[test]
+fn a_blocked_device_neither_connects_nor_redeems_and_its_code_stays_unused() {
+    let (m, _) = setup();
+    let d = m.create_device(mac(9), None, None).unwrap().id;
+    let codes = m.create_vouchers(&batch(1, 1)).unwrap();
+    m.set_blocked(d, true).unwrap();
+    assert!(m.is_blocked(d).unwrap());
+    assert_eq!(m.blocked_devices().unwrap(), vec![d]);
+    let e = m.redeem_voucher(d, &codes[0].code).unwrap_err();
+    assert!(matches!(e, ModelError::Blocked(id) if id == d), "{e}");
+    let v = m.voucher(&codes[0].code).unwrap();
+    assert_eq!(
+        m.voucher_state(&v),
+        VoucherState::Unused,
+        "the code was not spent"
+    );
+    m.set_blocked(d, false).unwrap();
+    m.redeem_voucher(d, &codes[0].code).unwrap();
+    // Blocked again with a session to use: it does not connect.
+    m.set_blocked(d, true).unwrap();
+    let e = block_on(m.connect(d, "")).unwrap_err();
+    assert!(matches!(e, ModelError::Blocked(_)), "{e}");
+    assert!(!m
+        .is_blocked(m.create_device(mac(10), None, None).unwrap().id)
+        .unwrap());
+}
+
+/// Runs a future to its end on this thread.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn a_session_sold_with_a_price_is_a_sale_beside_the_codes() {
+    let (m, clock) = setup();
+    let d = m.create_device(mac(3), None, None).unwrap().id;
+    let terms = session_model::SaleTerms::new("walk-in", "15.5", "PHP").unwrap();
+    m.record_sale(7, mac(3), &terms).unwrap();
+    clock.advance_secs(5);
+    let sales = m.sales(i64::MIN).unwrap();
+    assert_eq!(sales.len(), 1, "{sales:?}");
+    assert_eq!(
+        (
+            sales[0].price_minor,
+            sales[0].code.as_str(),
+            sales[0].session_id
+        ),
+        (1550, "", 7)
+    );
+    assert_eq!(m.sales(T0 + 1).unwrap(), vec![], "`from` bounds them too");
+    for (plan, price, currency) in [("", "1", "PHP"), ("x", "1.234", "PHP"), ("x", "1", "php")] {
+        assert!(
+            session_model::SaleTerms::new(plan, price, currency).is_err(),
+            "{plan:?} {price:?} {currency:?}"
+        );
+    }
+    let _ = d;
+}

@@ -151,6 +151,20 @@ impl AgentBuilder {
         self.arg("--portal-port").arg(port.to_string())
     }
 
+    /// The operator page on `listen` over HTTPS, its accounts in `accounts`,
+    /// its certificate and key `admin-cert.pem` and `admin-key.pem` in `dir`
+    /// (made at the first start).
+    pub fn operator_page(self, listen: std::net::SocketAddr, accounts: &Path, dir: &Path) -> Self {
+        self.arg("--admin-listen")
+            .arg(listen.to_string())
+            .arg("--admin-accounts")
+            .arg(accounts.display().to_string())
+            .arg("--admin-cert")
+            .arg(dir.join("admin-cert.pem").display().to_string())
+            .arg("--admin-key")
+            .arg(dir.join("admin-key.pem").display().to_string())
+    }
+
     /// The `session-agent run` command line.
     fn command(&self) -> Command {
         let bin = agent_bin();
@@ -619,4 +633,35 @@ pub fn cli_over_socket(sock: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("spawn session-agent")
+}
+
+/// Runs `cmd` with `input` on its standard input; what it printed.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("a piped stdin")
+        .write_all(input)
+        .unwrap_or_else(|e| panic!("write to {cmd:?}: {e}"));
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait for {cmd:?}: {e}"))
+}
+
+/// `session-agent admin passwd --accounts FILE [--staff NAME]`, the password on
+/// standard input.
+pub fn admin_passwd(accounts: &Path, staff: Option<&str>, password: &str) -> Output {
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["admin", "passwd", "--accounts"]).arg(accounts);
+    if let Some(s) = staff {
+        cmd.args(["--staff", s]);
+    }
+    run_with_input(&mut cmd, format!("{password}\n").as_bytes())
 }

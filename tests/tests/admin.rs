@@ -5,10 +5,10 @@
 //! the client from the page. Clients that have not paid cannot open a
 //! connection to the page, and plain HTTP gets no page.
 
-use std::{io::Write, net::SocketAddr, process::Stdio, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use session_tests::{
-    agent_bin,
+    agent::admin_passwd,
     https::{csrf_of, form_value, Site},
     require_root,
     traffic::http,
@@ -19,37 +19,15 @@ const ADMIN_PORT: u16 = 8443;
 const CAPTIVE_PORT: u16 = 8908;
 const PASSWORD: &str = "a long owner password";
 
-/// `session-agent admin passwd` with the password on standard input.
-fn passwd(accounts: &std::path::Path, staff: Option<&str>, password: &str) -> std::process::Output {
-    let mut cmd = std::process::Command::new(agent_bin());
-    cmd.args(["admin", "passwd", "--accounts"]).arg(accounts);
-    if let Some(s) = staff {
-        cmd.args(["--staff", s]);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn the_owner_sells_a_plans_code_that_a_customer_redeems_and_sees_the_sale_over_https() {
     require_root();
     let hs = Hotspot::builder().clients(2).build();
     let accounts = hs.state_dir.join("admin-accounts");
-    let short = passwd(&accounts, None, "short");
+    let short = admin_passwd(&accounts, None, "short");
     assert!(!short.status.success(), "a short password is refused");
     assert!(String::from_utf8_lossy(&short.stderr).contains("at least"));
-    let out = passwd(&accounts, None, PASSWORD);
+    let out = admin_passwd(&accounts, None, PASSWORD);
     assert!(
         out.status.success(),
         "{}",
@@ -60,14 +38,7 @@ fn the_owner_sells_a_plans_code_that_a_customer_redeems_and_sees_the_sale_over_h
     let captive = SocketAddr::from((hs.gw_lan_addr(false), CAPTIVE_PORT));
     let cert = hs.state_dir.join("admin-cert.pem");
     let agent = AgentBuilder::new(&hs)
-        .arg("--admin-listen")
-        .arg(admin.to_string())
-        .arg("--admin-accounts")
-        .arg(accounts.display().to_string())
-        .arg("--admin-cert")
-        .arg(cert.display().to_string())
-        .arg("--admin-key")
-        .arg(hs.state_dir.join("admin-key.pem").display().to_string())
+        .operator_page(admin, &accounts, &hs.state_dir)
         .arg("--captive-listen")
         .arg(captive.to_string())
         .arg("--poll-ms")
@@ -149,6 +120,35 @@ fn the_owner_sells_a_plans_code_that_a_customer_redeems_and_sees_the_sale_over_h
         "{}",
         rows[0]
     );
+    // A session sold through the API with a price is a sale too; a price
+    // that is not one makes nothing.
+    let api = agent.api();
+    let other = api.device_id(&hs.client(1).mac);
+    let r = api.post(
+        &format!("/v1/devices/{other}/sessions"),
+        &serde_json::json!({"type": 0, "time_secs": 600, "use_global_speed": true,
+                            "sale": {"price": "15.5", "currency": "PHP", "plan": "walk-in"}}),
+    );
+    r.ok("a sold session");
+    let r = api.post(
+        &format!("/v1/devices/{other}/sessions"),
+        &serde_json::json!({"type": 0, "time_secs": 600, "use_global_speed": true,
+                            "sale": {"price": "15.555", "currency": "PHP"}}),
+    );
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let sessions = api
+        .get(&format!("/v1/devices/{other}/sessions"))
+        .ok("sessions");
+    assert_eq!(sessions.as_array().unwrap().len(), 1, "{sessions}");
+    let csv = op.get("/admin/sales.csv");
+    let rows: Vec<&str> = csv.body.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{}", csv.body);
+    assert!(
+        rows.iter().any(|r| r.contains(",walk-in,15.50,PHP,,")),
+        "{}",
+        csv.body
+    );
+    assert!(op.get("/admin").body.contains("id=\"today\">35.50 PHP<"));
 
     // Paused from the page: the agent disconnects it.
     let device = clients
@@ -170,6 +170,47 @@ fn the_owner_sells_a_plans_code_that_a_customer_redeems_and_sees_the_sale_over_h
     assert_eq!(connected["connected"], false, "{connected}");
     assert!(op.get("/admin/clients/table").body.contains("paused"));
 
+    // Blocked from the page: another code typed on the portal is refused and
+    // stays unused; unblocked, it buys.
+    let a = op.post(
+        "/admin/clients/block",
+        &format!("csrf={csrf}&device={device}"),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    assert!(op.get("/admin/clients/table").body.contains("blocked"));
+    let at = sheet.body.rfind("class=\"code mono\">").unwrap() + "class=\"code mono\">".len();
+    let second = sheet.body[at..].split('<').next().unwrap().to_string();
+    assert_ne!(second, code);
+    let (st, _, body) = http(
+        &c.ns,
+        captive,
+        "POST",
+        "/portal/redeem",
+        &["Content-Type: application/x-www-form-urlencoded"],
+        &format!("code={second}"),
+    );
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("blocked"), "{body}");
+    let v = agent
+        .api()
+        .get(&format!("/v1/vouchers/{second}"))
+        .ok("voucher");
+    assert_eq!(v["state"], "unused", "{v}");
+    let a = op.post(
+        "/admin/clients/unblock",
+        &format!("csrf={csrf}&device={device}"),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    let (st, head, body) = http(
+        &c.ns,
+        captive,
+        "POST",
+        "/portal/redeem",
+        &["Content-Type: application/x-www-form-urlencoded"],
+        &format!("code={second}"),
+    );
+    assert_eq!(st, 303, "{head}\n{body}");
+
     // Plain HTTP on the HTTPS port gets no page.
     let mut plain = Site::plain(&hs.gw_ns, admin);
     let a = plain.get("/admin/login");
@@ -183,7 +224,7 @@ fn the_owner_edits_the_walled_garden_on_the_page_and_it_is_written_and_applied_a
     let hs = Hotspot::builder().clients(1).build();
     std::fs::create_dir_all(&hs.state_dir).unwrap();
     let accounts = hs.state_dir.join("admin-accounts");
-    assert!(passwd(&accounts, None, PASSWORD).status.success());
+    assert!(admin_passwd(&accounts, None, PASSWORD).status.success());
     let cfg = hs.state_dir.join("config.toml");
     std::fs::write(&cfg, "# the shop's gateway\nidle_timeout_secs = 0\n").unwrap();
     // Plain HTTP on loopback: the operator on the gateway itself.

@@ -2,16 +2,18 @@
 //! certificate, on a phone's screen and on a desktop's: a wrong password and
 //! the lockout, the owner's login, a plan made, codes made from it and
 //! printed, a customer redeeming one on the portal from a client namespace,
-//! the client appearing in the live table without a reload, the sale in
+//! the client appearing in the live table without a reload, its rate chart
+//! moving once a minute of its traffic is recorded, the sale in
 //! today's revenue, pausing the client from the page; a staff account that
 //! sees no prices to change and no sales. Screenshots of every page land in
 //! `target/admin-screenshots/`.
 
-use std::{io::Write, net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde_json::json;
 use session_tests::{
-    agent_bin, require_root, traffic::http, AgentBuilder, Browser, BrowserOptions, Hotspot,
+    agent::admin_passwd, require_root, traffic::http, AgentBuilder, Browser, BrowserOptions,
+    Hotspot, TcpServer, TcpTransfer,
 };
 
 const ADMIN_PORT: u16 = 8443;
@@ -27,23 +29,7 @@ fn shots() -> PathBuf {
 }
 
 fn passwd(accounts: &std::path::Path, staff: Option<&str>, password: &str) {
-    let mut cmd = std::process::Command::new(agent_bin());
-    cmd.args(["admin", "passwd", "--accounts"]).arg(accounts);
-    if let Some(s) = staff {
-        cmd.args(["--staff", s]);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = admin_passwd(accounts, staff, password);
     assert!(
         out.status.success(),
         "{}",
@@ -76,14 +62,7 @@ fn the_owner_runs_the_hotspot_from_a_phone_and_a_helper_only_sells() {
     let captive = SocketAddr::from((hs.gw_lan_addr(false), CAPTIVE_PORT));
     let cert = hs.state_dir.join("admin-cert.pem");
     let _agent = AgentBuilder::new(&hs)
-        .arg("--admin-listen")
-        .arg(admin.to_string())
-        .arg("--admin-accounts")
-        .arg(accounts.display().to_string())
-        .arg("--admin-cert")
-        .arg(cert.display().to_string())
-        .arg("--admin-key")
-        .arg(hs.state_dir.join("admin-key.pem").display().to_string())
+        .operator_page(admin, &accounts, &hs.state_dir)
         .arg("--captive-listen")
         .arg(captive.to_string())
         .arg("--poll-ms")
@@ -164,18 +143,42 @@ fn the_owner_runs_the_hotspot_from_a_phone_and_a_helper_only_sells() {
     assert!(text.contains("connected"), "{text}");
     phone.screenshot(&dir.join("phone-5-clients.png"));
 
+    // The client's own page: its rate chart moves once a minute of its
+    // traffic is recorded (the history samples at each minute's end).
+    let server = TcpServer::start(&hs.server_ns, hs.server_sock(false, 5001));
+    phone.find("tbody a").click();
+    phone.wait_for_text("Its rate, last hour", Duration::from_secs(10));
+    let caption = || {
+        phone
+            .execute(
+                "return document.querySelector('#client-rate figcaption').textContent",
+                &[],
+            )
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(caption().ends_with("peak 0 bit/s"), "{}", caption());
+    let end = std::time::Instant::now() + Duration::from_secs(80);
+    while caption().ends_with("peak 0 bit/s") {
+        assert!(
+            std::time::Instant::now() < end,
+            "the rate chart did not move: {}",
+            caption()
+        );
+        // About 4 Mbit/s while we wait.
+        let _ = TcpTransfer::run(&c.ns, server.addr, 500_000, 1_500_000);
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    phone.screenshot(&dir.join("phone-6-client.png"));
+
     // Paused from the page.
+    phone.goto(&format!("{base}/admin/clients"));
     phone
         .find("form[action=\"/admin/clients/pause\"] button")
         .click();
     let text = phone.wait_for_text("paused", Duration::from_secs(10));
     assert!(text.contains("Resume"), "{text}");
-
-    // The client's own page and its chart.
-    phone.goto(&format!("{base}/admin/clients"));
-    phone.find("tbody a").click();
-    phone.wait_for_text("Its rate, last hour", Duration::from_secs(10));
-    phone.screenshot(&dir.join("phone-6-client.png"));
 
     // The sale in today's revenue.
     phone.goto(&format!("{base}/admin"));
@@ -226,11 +229,12 @@ fn the_owner_runs_the_hotspot_from_a_phone_and_a_helper_only_sells() {
     desk.goto(&format!("{base}/admin/clients"));
     desk.screenshot(&dir.join("desktop-2-clients-staff.png"));
 
-    // Five wrong passwords lock this address, even for the right one (the
-    // phone's wrong one counts: both browsers come from the gateway's address).
+    // Five wrong passwords lock this address, even for the right one (both
+    // browsers come from the gateway's address: the phone's wrong one counts
+    // too while it is less than a minute old).
     desk.find("form.logout button").click();
     desk.wait_for_text("Password", Duration::from_secs(10));
-    for _ in 0..4 {
+    for _ in 0..5 {
         log_in(&desk, &base, "owner", "guess");
     }
     let text = log_in(&desk, &base, "owner", OWNER_PW);

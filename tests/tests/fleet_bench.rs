@@ -6,7 +6,6 @@
 //! bench-fleet` (release agent).
 
 use std::net::Ipv4Addr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -49,7 +48,6 @@ fn through_agent(
 /// The same Access-Requests sent by radclient from the gateway's namespace,
 /// `parallel` at a time: requests/s.
 fn straight(ns: &str, server: Ipv4Addr, codes: &[String], parallel: usize) -> f64 {
-    use std::io::Write;
     let mut reqs = String::new();
     for c in codes {
         reqs.push_str(&format!(
@@ -57,23 +55,14 @@ fn straight(ns: &str, server: Ipv4Addr, codes: &[String], parallel: usize) -> f6
         ));
     }
     let t = Instant::now();
-    let mut child = ns_command(ns, "/usr/bin/radclient")
-        .args(["-q", "-r", "1", "-t", "5", "-p"])
-        .arg(parallel.to_string())
-        .arg(format!("{server}:1812"))
-        .args(["auth", SECRET])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(reqs.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = session_tests::agent::run_with_input(
+        ns_command(ns, "/usr/bin/radclient")
+            .args(["-q", "-r", "1", "-t", "5", "-p"])
+            .arg(parallel.to_string())
+            .arg(format!("{server}:1812"))
+            .args(["auth", SECRET]),
+        reqs.as_bytes(),
+    );
     let rate = codes.len() as f64 / t.elapsed().as_secs_f64();
     assert!(
         out.status.success(),

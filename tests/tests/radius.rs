@@ -266,22 +266,12 @@ fn a_rejected_login_answers_403_with_the_servers_message_and_the_client_stays_bl
     // The CLI reads the password from stdin: a wrong one fails with the
     // server's message, the right one logs the device in.
     let cli_login = |password: &str| {
-        use std::io::Write;
-        let mut child = std::process::Command::new(session_tests::agent_bin())
-            .args(["login", &id.to_string(), "eve", "--api-socket"])
-            .arg(&agent.builder().api_socket)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(password.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        session_tests::agent::run_with_input(
+            std::process::Command::new(session_tests::agent_bin())
+                .args(["login", &id.to_string(), "eve", "--api-socket"])
+                .arg(&agent.builder().api_socket),
+            password.as_bytes(),
+        )
     };
     let out = cli_login("guess\n");
     assert!(!out.status.success());

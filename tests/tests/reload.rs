@@ -188,7 +188,7 @@ fn a_bad_file_is_refused_at_its_line_alike_by_check_config_and_by_a_reload_which
         ),
         (
             "[api]\nsokcet = \"/run/x.sock\"\n",
-            format!("{at}:2:1: api.sokcet: unknown field `sokcet`, expected one of `socket`, `tcp`, `token`, `token_file`, `metrics_top_clients`"),
+            format!("{at}:2:1: api.sokcet: unknown field `sokcet`, expected one of `socket`, `tcp`, `token`, `token_file`, `api_tls`, `metrics_top_clients`"),
         ),
         (
             "# speeds\nburst_ms = 25O\n",

@@ -7,7 +7,7 @@ use crate::{history::Moved, web::html::escape};
 const W: f64 = 600.0;
 const H: f64 = 160.0;
 /// Room for the axis labels.
-const LEFT: f64 = 56.0;
+const LEFT: f64 = 64.0;
 const BOTTOM: f64 = 20.0;
 const DOWN: &str = "#0b6bcb";
 const UP: &str = "#e8590c";
@@ -77,7 +77,7 @@ pub fn rates(id: &str, title: &str, points: &[(u64, Moved)], span: &Span<'_>) ->
     };
     format!(
         "<figure class=\"chart\" id=\"{id}\"><figcaption>{title} <span class=\"key down\">down</span> <span class=\"key up\">up</span> · peak {peak}</figcaption>\
-         <svg viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{title}\" preserveAspectRatio=\"none\">\
+         <svg viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{title}\">\
          <line x1=\"{LEFT}\" y1=\"{base}\" x2=\"{W}\" y2=\"{base}\" stroke=\"#c9ced6\"/>\
          <text x=\"{lx}\" y=\"12\" font-size=\"11\" text-anchor=\"end\" fill=\"#5c6670\">{top_label}</text>\
          <text x=\"{lx}\" y=\"{base}\" font-size=\"11\" text-anchor=\"end\" fill=\"#5c6670\">0</text>\
@@ -119,7 +119,7 @@ pub fn bars(id: &str, title: &str, values: &[(String, u64)], unit: &str) -> Stri
     let last = values.last().map(|(l, _)| l.as_str()).unwrap_or("");
     format!(
         "<figure class=\"chart\" id=\"{id}\"><figcaption>{title} · peak {peak} {unit}</figcaption>\
-         <svg viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{title}\" preserveAspectRatio=\"none\">\
+         <svg viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{title}\">\
          <line x1=\"{LEFT}\" y1=\"{base}\" x2=\"{W}\" y2=\"{base}\" stroke=\"#c9ced6\"/>{rects}\
          <text x=\"{LEFT}\" y=\"{H}\" font-size=\"11\" fill=\"#5c6670\">{first}</text>\
          <text x=\"{W}\" y=\"{H}\" font-size=\"11\" text-anchor=\"end\" fill=\"#5c6670\">{last}</text></svg></figure>",

@@ -31,6 +31,8 @@ pub struct AdminState {
     pub history: Option<Arc<crate::history::History>>,
     /// The configuration the settings page edits (none: no file to edit).
     pub settings: std::sync::RwLock<Option<Editable>>,
+    /// Counts the events, for the pages' live parts (`/admin/events`).
+    pub changes: tokio::sync::watch::Sender<u64>,
     /// The latest events, newest last.
     pub recent: std::sync::Mutex<std::collections::VecDeque<Recent>>,
 }
@@ -91,6 +93,8 @@ impl AdminState {
             kind,
             detail,
         });
+        drop(r);
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// Follows the gateway's and the sessions' events until the page stops.
@@ -128,6 +132,7 @@ impl AdminState {
             accounts,
             portal_url,
             recent: std::sync::Mutex::default(),
+            changes: tokio::sync::watch::Sender::new(0),
             settings: std::sync::RwLock::default(),
             history,
             logins: login::Logins::default(),

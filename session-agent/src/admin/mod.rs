@@ -131,9 +131,12 @@ routes! {
     GET "/admin/client" Staff => pages::client;
     GET "/admin/client/chart" Staff => pages::client_chart;
     GET "/admin/charts" Staff => pages::charts;
+    GET "/admin/events" Staff => pages::events;
     POST "/admin/clients/pause" Owner => pages::pause;
     POST "/admin/clients/resume" Owner => pages::resume;
     POST "/admin/clients/add" Owner => pages::add;
+    POST "/admin/clients/block" Owner => pages::block;
+    POST "/admin/clients/unblock" Owner => pages::unblock;
     GET "/admin/plans" Staff => pages::plans;
     POST "/admin/plans" Owner => pages::save_plan;
     POST "/admin/plans/delete" Owner => pages::delete_plan;
@@ -252,7 +255,7 @@ async fn guard(
         .iter()
         .find(|(k, _)| k == "csrf")
         .map(|(_, v)| v.as_str());
-    if !token.is_some_and(|t| login::same(t, &login.csrf)) {
+    if !token.is_some_and(|t| crate::web::secret::same(t, &login.csrf)) {
         return frame::error(
             StatusCode::FORBIDDEN,
             "This form is out of date or was not sent from the page: open the page again and send it from there.",

@@ -174,17 +174,18 @@ pub(crate) async fn login(
     let account = match checked {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
+            // The reason (a path, a line) is the operator's to read in the log.
             tracing::error!("operator page login: {e}");
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("The accounts cannot be read: {e}"),
+                "The accounts cannot be read: the agent's log says why.",
             );
         }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
     let Some(account) = account else {
         st.logins.wrong(from, frame::now());
-        tracing::warn!(%from, name = %f.name, "operator page: wrong name or password");
+        tracing::warn!(%from, name = ?f.name, "operator page: wrong name or password");
         return login_page(StatusCode::UNAUTHORIZED, Some("Wrong name or password."));
     };
     let token = st.logins.open(&account.name, account.role, &account.hash);
@@ -410,6 +411,26 @@ pub(crate) async fn charts(State(st): St, Extension(login): Extension<Login>) ->
     Html(charts_html(&st, login.role == Role::Owner)).into_response()
 }
 
+/// A server-sent event `changed` whenever the gateway or the sessions
+/// announce something: the pages' live parts fetch themselves again.
+pub(crate) async fn events(
+    State(st): St,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let rx = st.changes.subscribe();
+    let s = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        let n = *rx.borrow_and_update();
+        Some((
+            Ok(Event::default().event("changed").data(n.to_string())),
+            rx,
+        ))
+    });
+    Sse::new(s).keep_alive(KeepAlive::default())
+}
+
 // ----- clients -----------------------------------------------------------------------
 
 /// The session a device runs, else the one it would resume (paused or
@@ -428,53 +449,94 @@ async fn session_of(
 async fn client_rows(st: &AdminState, login: &Login) -> Result<String, session_model::ModelError> {
     let mgr = st.gw.sessions();
     let mut rows: Vec<(bool, String)> = Vec::new();
+    // Rates of the last recorded minute (none without a history).
+    let now_minute = chrono::Utc::now().timestamp() as u64 / 60;
+    let rates = match &st.history {
+        Some(h) => match h.last_minute() {
+            // A minute that is not the last one is old news: nothing moved since.
+            Ok((m, r)) if m + 2 >= now_minute => r,
+            _ => Default::default(),
+        },
+        None => Default::default(),
+    };
+    let blocked: std::collections::HashSet<session_model::DeviceId> =
+        mgr.blocked_devices()?.into_iter().collect();
     for d in mgr.store().devices()? {
-        let Some(s) = session_of(mgr, d.id).await? else {
+        let is_blocked = blocked.contains(&d.id);
+        let session = session_of(mgr, d.id).await?;
+        if session.is_none() && !is_blocked {
             continue;
-        };
+        }
         let on = mgr.is_connected(d.id)?;
-        let left = match s.session_type() {
-            SessionType::Time => time_left(s.remaining_time()),
-            SessionType::Data => bytes(s.remaining_data_bytes()),
-            SessionType::TimeOrData => format!(
-                "{} or {}",
-                time_left(s.remaining_time()),
-                bytes(s.remaining_data_bytes())
-            ),
+        let left = match &session {
+            None => "-".to_string(),
+            Some(s) => match s.session_type() {
+                SessionType::Time => time_left(s.remaining_time()),
+                SessionType::Data => bytes(s.remaining_data_bytes()),
+                SessionType::TimeOrData => format!(
+                    "{} or {}",
+                    time_left(s.remaining_time()),
+                    bytes(s.remaining_data_bytes())
+                ),
+            },
         };
+        let used = session.as_ref().map_or(0, |s| s.data_consumption_bytes());
         let actions = if login.role == Role::Owner {
-            let toggle = if on {
-                ("pause", "Pause")
-            } else {
-                ("resume", "Resume")
+            let form = |action: &str, label: &str, class: &str| {
+                format!(
+                    "<form method=\"post\" action=\"/admin/clients/{action}\">{}<input type=\"hidden\" name=\"device\" value=\"{}\"><button{class}>{label}</button></form>",
+                    csrf(login),
+                    d.id
+                )
             };
-            format!(
-                "<form method=\"post\" action=\"/admin/clients/{}\">{}<input type=\"hidden\" name=\"device\" value=\"{}\"><button>{}</button></form>\
-                 <form method=\"post\" action=\"/admin/clients/add\" class=\"add\">{}<input type=\"hidden\" name=\"device\" value=\"{}\">\
-                 <input name=\"minutes\" inputmode=\"numeric\" placeholder=\"+min\" aria-label=\"minutes to add\">\
-                 <input name=\"mb\" inputmode=\"numeric\" placeholder=\"+MB\" aria-label=\"MB to add\"><button>Add</button></form>",
-                toggle.0,
-                csrf(login),
-                d.id,
-                toggle.1,
-                csrf(login),
-                d.id
-            )
+            let mut a = String::new();
+            if is_blocked {
+                a.push_str(&form("unblock", "Unblock", ""));
+            } else {
+                if session.is_some() {
+                    a.push_str(&if on {
+                        form("pause", "Pause", "")
+                    } else {
+                        form("resume", "Resume", "")
+                    });
+                    a.push_str(&format!(
+                        "<form method=\"post\" action=\"/admin/clients/add\" class=\"add\">{}<input type=\"hidden\" name=\"device\" value=\"{}\">\
+                         <input name=\"minutes\" inputmode=\"numeric\" placeholder=\"+min\" aria-label=\"minutes to add\">\
+                         <input name=\"mb\" inputmode=\"numeric\" placeholder=\"+MB\" aria-label=\"MB to add\"><button>Add</button></form>",
+                        csrf(login),
+                        d.id
+                    ));
+                }
+                a.push_str(&form("block", "Block", " class=\"danger\""));
+            }
+            a
         } else {
             String::new()
         };
         rows.push((
             on,
             format!(
-                "<tr data-device=\"{}\"><td class=\"mono\"><a href=\"/admin/client?device={}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr data-device=\"{}\"><td class=\"mono\"><a href=\"/admin/client?device={}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 d.id,
                 d.id,
                 escape(&d.mac.to_string()),
                 escape(&d.ip.map(|i| i.to_string()).unwrap_or_default()),
                 escape(d.hostname.as_deref().unwrap_or("")),
-                if on { "connected" } else { "paused" },
+                match (is_blocked, on) {
+                    (true, _) => "blocked",
+                    (false, true) => "connected",
+                    (false, false) => "paused",
+                },
                 escape(&left),
-                escape(&bytes(s.data_consumption_bytes())),
+                escape(&bytes(used)),
+                escape(&rates.get(&d.id).map_or_else(
+                    || "-".to_string(),
+                    |m| format!(
+                        "↓ {} ↑ {}",
+                        charts::rate(m.down as f64 * 8.0 / 60.0),
+                        charts::rate(m.up as f64 * 8.0 / 60.0)
+                    )
+                )),
                 actions
             ),
         ));
@@ -484,12 +546,12 @@ async fn client_rows(st: &AdminState, login: &Login) -> Result<String, session_m
     let mut out: String = rows.into_iter().take(MAX_ROWS).map(|(_, r)| r).collect();
     if total > MAX_ROWS {
         out.push_str(&format!(
-            "<tr><td colspan=\"7\">and {} more</td></tr>",
+            "<tr><td colspan=\"8\">and {} more</td></tr>",
             total - MAX_ROWS
         ));
     }
     if total == 0 {
-        out.push_str("<tr><td colspan=\"7\">No client has a session.</td></tr>");
+        out.push_str("<tr><td colspan=\"8\">No client has a session.</td></tr>");
     }
     Ok(out)
 }
@@ -500,9 +562,9 @@ pub(crate) async fn clients(State(st): St, Extension(login): Extension<Login>) -
         Err(e) => return model_error(e),
     };
     let body = format!(
-        "<p class=\"hint\">Updated every few seconds.</p><div class=\"scroll\"><table class=\"clients\">\
-         <thead><tr><th>MAC</th><th>Address</th><th>Name</th><th>State</th><th>Left</th><th>Used</th><th></th></tr></thead>\
-         <tbody id=\"clients\" data-src=\"/admin/clients/table\" data-every=\"3\">{rows}</tbody></table></div>"
+        "<p class=\"hint\">Live: updated as clients connect, pause and run out, and every 15 s.</p><div class=\"scroll\"><table class=\"clients\">\
+         <thead><tr><th>MAC</th><th>Address</th><th>Name</th><th>State</th><th>Left</th><th>Used</th><th>Rate (last minute)</th><th></th></tr></thead>\
+         <tbody id=\"clients\" data-src=\"/admin/clients/table\" data-every=\"15\" data-live>{rows}</tbody></table></div>"
     );
     page(&login, "Clients", &body)
 }
@@ -618,6 +680,31 @@ pub(crate) async fn resume(State(st): St, Form(f): Form<DeviceForm>) -> Response
     {
         Ok(Ok(_)) => see_other("/admin/clients"),
         Ok(Err(e)) => model_error(e),
+        Err(e) => model_error(e),
+    }
+}
+
+/// Blocks a device: it is disconnected, and no session of its connects and
+/// no code is redeemed for it until it is unblocked.
+pub(crate) async fn block(State(st): St, Form(f): Form<DeviceForm>) -> Response {
+    if let Err(e) = st.gw.sessions().set_blocked(f.device, true) {
+        return model_error(e);
+    }
+    let gw = st.gw.clone();
+    match crate::runtime::off_runtime(move || async move {
+        gw.disconnect(f.device, "blocked by the operator").await
+    })
+    .await
+    {
+        Ok(Ok(())) => see_other("/admin/clients"),
+        Ok(Err(e)) => model_error(e),
+        Err(e) => model_error(e),
+    }
+}
+
+pub(crate) async fn unblock(State(st): St, Form(f): Form<DeviceForm>) -> Response {
+    match st.gw.sessions().set_blocked(f.device, false) {
+        Ok(()) => see_other("/admin/clients"),
         Err(e) => model_error(e),
     }
 }

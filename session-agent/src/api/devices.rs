@@ -160,8 +160,18 @@ pub(super) async fn create_session(
     check_exp_days(b.exp_days)?;
     check_mbits("down_mbits", b.down_mbits)?;
     check_mbits("up_mbits", b.up_mbits)?;
+    // A price is checked before anything is made.
+    let terms = match &b.sale {
+        Some(sale) => Some(session_model::SaleTerms::new(
+            sale.plan.as_deref().unwrap_or("API"),
+            &sale.price,
+            &sale.currency,
+        )?),
+        None => None,
+    };
     let s = off_runtime(&st, move |gw| async move {
-        gw.sessions()
+        let s = gw
+            .sessions()
             .create_session(
                 id,
                 b.session_type,
@@ -172,7 +182,12 @@ pub(super) async fn create_session(
                 b.up_mbits,
                 b.use_global_speed,
             )
-            .await
+            .await?;
+        if let Some(terms) = terms {
+            let mac = gw.sessions().device(id)?.mac;
+            gw.sessions().record_sale(s.id(), mac, &terms)?;
+        }
+        Ok::<_, session_model::ModelError>(s)
     })
     .await?;
     Ok(created(view(&st.gw, &s)?))

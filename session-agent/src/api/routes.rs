@@ -227,7 +227,13 @@ mod tests {
                 })),
             ),
             ("Rekey", v(serde_json::to_value(Rekey::default()))),
-            ("NewSession", v(serde_json::to_value(NewSession::default()))),
+            (
+                "NewSession",
+                v(serde_json::to_value(NewSession {
+                    sale: Some(session_api::requests::SaleRequest::default()),
+                    ..NewSession::default()
+                })),
+            ),
             (
                 "Notification",
                 v(serde_json::to_value(Notification::default())),

@@ -41,6 +41,7 @@ impl SessionSpec {
             down_mbits: self.down_mbits,
             up_mbits: self.up_mbits,
             use_global_speed: self.use_global_speed,
+            sale: None,
         }
     }
 }

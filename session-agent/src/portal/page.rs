@@ -622,6 +622,9 @@ async fn redeem(
                     t.error_too_many_tries.as_str(),
                 ),
                 RedeemError::Refused(r) => (ApiError::from(r.clone()).status, t.refusal(r)),
+                RedeemError::Agent(AgentError::Model(session_model::ModelError::Blocked(_))) => {
+                    (StatusCode::FORBIDDEN, t.error_blocked.as_str())
+                }
                 RedeemError::Agent(a) => {
                     tracing::warn!(%peer, "portal redemption: {a}");
                     (StatusCode::INTERNAL_SERVER_ERROR, t.error_other.as_str())

@@ -47,6 +47,7 @@ pub struct PortalTexts {
     pub error_no_session: String,
     pub error_not_a_client: String,
     pub error_other: String,
+    pub error_blocked: String,
     pub error_try_again: String,
     pub error_already_online: String,
     pub error_code_missing: String,

@@ -135,6 +135,7 @@ impl From<ModelError> for ApiError {
             }
             ModelError::InvalidBatch(_) => (StatusCode::BAD_REQUEST, "invalid_batch"),
             ModelError::InvalidPlan(_) => (StatusCode::BAD_REQUEST, "invalid_plan"),
+            ModelError::Blocked(_) => (StatusCode::FORBIDDEN, "device_blocked"),
             ModelError::UnknownPlan(_) => (StatusCode::NOT_FOUND, "unknown_plan"),
             ModelError::Random(_) | ModelError::Poisoned => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")

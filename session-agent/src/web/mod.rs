@@ -6,6 +6,7 @@
 mod error;
 pub mod html;
 mod listener;
+pub mod secret;
 pub mod tls;
 
 pub use error::ApiError;

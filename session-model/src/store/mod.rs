@@ -58,6 +58,10 @@ pub enum Shelf {
     HourClients,
     /// Traffic through the gateway per day (history), by day.
     DayTotals,
+    /// Devices the operator blocked, by id.
+    Blocked,
+    /// Sessions sold through the API with a price, by time and session.
+    Sales,
 }
 
 impl Shelf {
@@ -68,6 +72,8 @@ impl Shelf {
             Shelf::MinuteClients => "minute_clients",
             Shelf::HourClients => "hour_clients",
             Shelf::DayTotals => "day_totals",
+            Shelf::Blocked => "blocked",
+            Shelf::Sales => "sales",
         }
     }
 }
