@@ -153,6 +153,30 @@ struct Inner {
     hour_clients: HashMap<DeviceId, Moved>,
 }
 
+impl Inner {
+    /// `device`'s counters now; none when the client has no slot.
+    fn counters(
+        &mut self,
+        mgr: &session_model::SessionsMgr,
+        dp: &dyn crate::datapath::Datapath,
+        device: DeviceId,
+    ) -> Result<Option<Moved>, AgentError> {
+        let mac = match self.macs.get(&device) {
+            Some(m) => *m,
+            None => {
+                let m = mgr.device(device)?.mac;
+                self.macs.insert(device, m);
+                m
+            }
+        };
+        let Some(slot) = dp.slot_of(&mac) else {
+            return Ok(None);
+        };
+        let (up, down) = dp.usage_split(slot)?;
+        Ok(Some(Moved { up, down }))
+    }
+}
+
 impl History {
     /// The history kept in `gw`'s store, read back at `now` (Unix seconds).
     pub fn open(gw: Arc<Gateway>, now: i64) -> Result<Arc<Self>, AgentError> {
@@ -246,19 +270,10 @@ impl History {
             if g.last.contains_key(device) {
                 continue;
             }
-            let mac = match g.macs.get(device) {
-                Some(m) => *m,
-                None => {
-                    let m = mgr.device(*device)?.mac;
-                    g.macs.insert(*device, m);
-                    m
-                }
-            };
-            let Some(slot) = dp.slot_of(&mac) else {
+            let Some(cur) = g.counters(mgr, dp, *device)? else {
                 continue;
             };
-            let (up, down) = dp.usage_split(slot)?;
-            g.last.insert(*device, Moved { up, down });
+            g.last.insert(*device, cur);
             found += 1;
         }
         Ok(found)
@@ -282,19 +297,9 @@ impl History {
         let mut this = HashMap::new();
         let mut total = Moved::default();
         for (device, _) in &connected {
-            let mac = match g.macs.get(device) {
-                Some(m) => *m,
-                None => {
-                    let m = mgr.device(*device)?.mac;
-                    g.macs.insert(*device, m);
-                    m
-                }
-            };
-            let Some(slot) = dp.slot_of(&mac) else {
+            let Some(cur) = g.counters(mgr, dp, *device)? else {
                 continue;
             };
-            let (up, down) = dp.usage_split(slot)?;
-            let cur = Moved { up, down };
             if let Some(prev) = g.last.get(device) {
                 let d = Moved {
                     up: cur.up.saturating_sub(prev.up),

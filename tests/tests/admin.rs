@@ -19,6 +19,18 @@ const ADMIN_PORT: u16 = 8443;
 const CAPTIVE_PORT: u16 = 8908;
 const PASSWORD: &str = "a long owner password";
 
+/// A code typed on the portal page from namespace `ns`: (status, head, page).
+fn redeem(ns: &str, captive: SocketAddr, code: &str) -> (u16, String, String) {
+    http(
+        ns,
+        captive,
+        "POST",
+        "/portal/redeem",
+        &["Content-Type: application/x-www-form-urlencoded"],
+        &format!("code={code}"),
+    )
+}
+
 #[test]
 fn the_owner_sells_a_plans_code_that_a_customer_redeems_and_sees_the_sale_over_https() {
     require_root();
@@ -89,14 +101,7 @@ fn the_owner_sells_a_plans_code_that_a_customer_redeems_and_sees_the_sale_over_h
         !unpaid.reachable(),
         "a client that has not paid opened a connection to the operator page"
     );
-    let (st, head, body) = http(
-        &c.ns,
-        captive,
-        "POST",
-        "/portal/redeem",
-        &["Content-Type: application/x-www-form-urlencoded"],
-        &format!("code={code}"),
-    );
+    let (st, head, body) = redeem(&c.ns, captive, &code);
     assert_eq!(st, 303, "{head}\n{body}");
 
     // The page shows the client and the sale.
@@ -181,14 +186,7 @@ fn the_owner_sells_a_plans_code_that_a_customer_redeems_and_sees_the_sale_over_h
     let at = sheet.body.rfind("class=\"code mono\">").unwrap() + "class=\"code mono\">".len();
     let second = sheet.body[at..].split('<').next().unwrap().to_string();
     assert_ne!(second, code);
-    let (st, _, body) = http(
-        &c.ns,
-        captive,
-        "POST",
-        "/portal/redeem",
-        &["Content-Type: application/x-www-form-urlencoded"],
-        &format!("code={second}"),
-    );
+    let (st, _, body) = redeem(&c.ns, captive, &second);
     assert_eq!(st, 403, "{body}");
     assert!(body.contains("blocked"), "{body}");
     let v = agent
@@ -201,14 +199,7 @@ fn the_owner_sells_a_plans_code_that_a_customer_redeems_and_sees_the_sale_over_h
         &format!("csrf={csrf}&device={device}"),
     );
     assert_eq!(a.status, 303, "{}", a.body);
-    let (st, head, body) = http(
-        &c.ns,
-        captive,
-        "POST",
-        "/portal/redeem",
-        &["Content-Type: application/x-www-form-urlencoded"],
-        &format!("code={second}"),
-    );
+    let (st, head, body) = redeem(&c.ns, captive, &second);
     assert_eq!(st, 303, "{head}\n{body}");
 
     // Plain HTTP on the HTTPS port gets no page.

@@ -658,30 +658,31 @@ pub(crate) struct DeviceForm {
     mb: String,
 }
 
-pub(crate) async fn pause(State(st): St, Form(f): Form<DeviceForm>) -> Response {
+/// Connects (`true`) or disconnects a device off the runtime, as the
+/// operator asked; back to the clients.
+async fn switch(st: &AdminState, device: i64, on: bool, why: &'static str) -> Response {
     let gw = st.gw.clone();
-    match crate::runtime::off_runtime(move || async move {
-        gw.disconnect(f.device, "paused by the operator").await
+    let done = crate::runtime::off_runtime(move || async move {
+        if on {
+            gw.connect(device, why).await.map(|_| ())
+        } else {
+            gw.disconnect(device, why).await
+        }
     })
-    .await
-    {
+    .await;
+    match done {
         Ok(Ok(())) => see_other("/admin/clients"),
         Ok(Err(e)) => model_error(e),
         Err(e) => model_error(e),
     }
 }
 
+pub(crate) async fn pause(State(st): St, Form(f): Form<DeviceForm>) -> Response {
+    switch(&st, f.device, false, "paused by the operator").await
+}
+
 pub(crate) async fn resume(State(st): St, Form(f): Form<DeviceForm>) -> Response {
-    let gw = st.gw.clone();
-    match crate::runtime::off_runtime(move || async move {
-        gw.connect(f.device, "resumed by the operator").await
-    })
-    .await
-    {
-        Ok(Ok(_)) => see_other("/admin/clients"),
-        Ok(Err(e)) => model_error(e),
-        Err(e) => model_error(e),
-    }
+    switch(&st, f.device, true, "resumed by the operator").await
 }
 
 /// Blocks a device: it is disconnected, and no session of its connects and
@@ -690,16 +691,7 @@ pub(crate) async fn block(State(st): St, Form(f): Form<DeviceForm>) -> Response 
     if let Err(e) = st.gw.sessions().set_blocked(f.device, true) {
         return model_error(e);
     }
-    let gw = st.gw.clone();
-    match crate::runtime::off_runtime(move || async move {
-        gw.disconnect(f.device, "blocked by the operator").await
-    })
-    .await
-    {
-        Ok(Ok(())) => see_other("/admin/clients"),
-        Ok(Err(e)) => model_error(e),
-        Err(e) => model_error(e),
-    }
+    switch(&st, f.device, false, "blocked by the operator").await
 }
 
 pub(crate) async fn unblock(State(st): St, Form(f): Form<DeviceForm>) -> Response {
