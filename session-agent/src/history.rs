@@ -261,9 +261,11 @@ impl History {
         let dp = self.gw.datapath();
         let mut g = self.lock();
         g.generation = Some(generation);
-        if dp.epoch() != g.epoch {
-            // The next sample starts everything afresh.
-            return Ok(0);
+        let epoch = dp.epoch();
+        if epoch != g.epoch {
+            // New counters (or the first look): nothing to compare with.
+            g.last.clear();
+            g.epoch = epoch;
         }
         let mut found = 0;
         for (device, _) in &connected {
@@ -539,6 +541,10 @@ mod tests {
         });
         assert_eq!(h.look_for_new().unwrap(), 1);
         assert_eq!(h.look_for_new().unwrap(), 0, "nothing changed since");
+        // A history that has not sampled yet (the agent just started) takes
+        // every connected client at its first look.
+        let fresh = History::open(gw.clone(), T0).unwrap();
+        assert_eq!(fresh.look_for_new().unwrap(), 3);
         dp.send(&mac, 700);
         dp.send(&devs[0].1, 1);
         let m = h.sample(T0 + 60).unwrap();
