@@ -242,6 +242,17 @@ fn soak(secs: u64) -> Report {
         .collect();
     let t0 = Instant::now();
     let at = |t: Instant| t.duration_since(t0).as_secs_f64();
+    // Every paying client buys once before the schedule plays: a short run's
+    // random draws might otherwise leave one without a purchase, proving nothing.
+    for p in &paying {
+        let mb = 4 + rng.below(21);
+        let id = new_session(&api, p.device, TIME_OR_DATA, 3_600, mb as f64, MBITS, MBITS);
+        let _ = api.connect(p.device, "soak");
+        report.events.push((
+            at(Instant::now()),
+            format!("{} buys {mb} MB (session {id})", p.client.mac),
+        ));
+    }
     let mut last_cpu: Option<(u32, Instant, f64)> = None;
     // Reloads of the agent process running now (its log is its own).
     let mut reloads_here = 0;
