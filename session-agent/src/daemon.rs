@@ -524,6 +524,8 @@ fn apply_reload(
         api.socket => "api.socket",
         api.tcp => "api.tcp",
         api.token => "api.token",
+        api.tls => "api.api_tls",
+        admin => "admin.*",
         portal.listen => "captive.listen",
         portal.portal_url => "captive.portal_url",
         redirect => "captive.redirect*",

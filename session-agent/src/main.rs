@@ -303,6 +303,14 @@ mod tests {
             std::time::Duration::from_millis(2000),
             "the file's value stays where no flag is given"
         );
+        // A switch left off the command line keeps the file's value.
+        let file = "lans = [\"lan0\"]\n[captive]\nlisten = \"10.0.0.1:8908\"\nredirect = true\n[api]\ntcp = \"127.0.0.1:8480\"\ntoken = \"t\"\napi_tls = true\n[admin]\nadmin_listen = \"127.0.0.1:8443\"\nadmin_plain_http = true\n";
+        let o = options(&[], file);
+        assert!(o.redirect.is_some(), "captive.redirect");
+        assert!(o.api.tls.is_some(), "api.api_tls");
+        assert!(o.admin.tls.is_none(), "admin.admin_plain_http");
+        let o = options(&["--admin-plain-http"], "lans = [\"lan0\"]\n");
+        assert!(o.admin.tls.is_none(), "the switch on the command line");
     }
 
     #[test]

@@ -966,8 +966,24 @@ impl Options {
             None => Self::default(),
         };
         // Only flags given on the command line are in the matches: none of
-        // the arguments has a clap default.
+        // the arguments has a clap default, but clap fills a switch that was
+        // not given (`--portal-redirect`) with false: the file's value stays.
+        let file = opts.clone();
         opts.update_from_arg_matches(matches)?;
+        let given =
+            |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        if !given("redirect") {
+            opts.captive.redirect = file.captive.redirect;
+        }
+        if !given("mac_auth") {
+            opts.radius.mac_auth = file.radius.mac_auth;
+        }
+        if !given("api_tls") {
+            opts.api.api_tls = file.api.api_tls;
+        }
+        if !given("admin_plain_http") {
+            opts.admin.admin_plain_http = file.admin.admin_plain_http;
+        }
         if opts.no_auto_advance {
             opts.auto_advance = false;
         }

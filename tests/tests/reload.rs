@@ -75,14 +75,16 @@ fn a_reload_applies_the_garden_and_speeds_keeps_the_counters_and_names_what_need
     write(
         &cfg,
         &format!(
-            "global_down_mbits = 5\nglobal_up_mbits = 5\nshaper = \"htb\"\nlog_level = \"warn\"\nwalled_garden = [\"{}/32:5002\"]\n[api]\nmetrics_top_clients = 1\n",
+            "global_down_mbits = 5\nglobal_up_mbits = 5\nshaper = \"htb\"\nlog_level = \"warn\"\nwalled_garden = [\"{}/32:5002\"]\n[api]\nmetrics_top_clients = 1\n[admin]\nadmin_plain_http = true\n",
             hs.server_addr(false)
         ),
     );
     hup(&agent);
     let log = wait_log(&agent, "configuration reloaded", 1);
     assert!(
-        log.contains("only a restart applies them") && log.contains("shaper"),
+        log.contains("only a restart applies them")
+            && log.contains("shaper")
+            && log.contains("admin.*"),
         "{log}"
     );
     assert!(reach(&other.ns), "the reloaded garden entry does not pass");

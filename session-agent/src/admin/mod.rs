@@ -50,7 +50,7 @@ use crate::{
 const FORM_LIMIT: usize = 16 * 1024;
 
 /// The admin listener and what it serves.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AdminOptions {
     /// Off unless set.
     pub listen: Option<SocketAddr>,
@@ -64,7 +64,7 @@ pub struct AdminOptions {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AdminOptionsError {
-    #[error("the operator page without HTTPS would send passwords in clear: plain HTTP is only allowed on a loopback address (127.0.0.1, ::1), not {0}; drop admin.plain_http (--admin-plain-http) to serve HTTPS")]
+    #[error("the operator page without HTTPS would send passwords in clear: plain HTTP is only allowed on a loopback address (127.0.0.1, ::1), not {0}; drop admin.admin_plain_http (--admin-plain-http) to serve HTTPS")]
     PlainOffLoopback(SocketAddr),
 }
 
