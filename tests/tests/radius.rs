@@ -386,6 +386,77 @@ fn a_server_outage_and_a_kill_9_of_the_agent_lose_no_accounting() {
 }
 
 #[test]
+fn a_client_that_logs_out_logs_in_again_at_once_and_each_session_has_its_stop() {
+    require_root();
+    let (hs, servers, radius) = site(1, 5181, &RadiusConfig::new(SECRET, USERS));
+    let nft = NftRef::install(&hs);
+    let agent = agent_with(&hs, &radius).start();
+    let c = &hs.clients[0];
+    let id = device(&agent, &c.mac);
+    let first = login(&agent, id, "dave", "diver");
+    assert_eq!(first.status, 201, "{}", first.body);
+    mixed_traffic(&c.ns, &servers, mix(), "the first session");
+    // Out and straight back in, before the accounting round has sent the
+    // first session's Stop (and removed it from the store).
+    let r = agent
+        .api()
+        .post(&format!("/v1/devices/{id}/disconnect"), &json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let second = login(&agent, id, "dave", "diver");
+    assert_eq!(
+        second.status, 201,
+        "logging in again at once: {}",
+        second.body
+    );
+    mixed_traffic(&c.ns, &servers, mix(), "the second session");
+    let sessions: Value = agent
+        .api()
+        .get(&format!("/v1/devices/{id}/sessions"))
+        .ok("sessions");
+    let listed: Vec<&Value> = sessions.as_array().unwrap().iter().collect();
+    assert!(
+        listed.len() == 1 && listed[0]["running"] == true,
+        "the device keeps its new session alone: {sessions}"
+    );
+    let r = agent
+        .api()
+        .post(&format!("/v1/devices/{id}/disconnect"), &json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Two sessions, two Stops, which together carry every byte.
+    let stops = session_tests::sessions::wait_for(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let all = radius.accounting();
+            let ids: std::collections::BTreeSet<String> = all
+                .iter()
+                .filter(|r| attr(r, "Acct-Status-Type") == Some("Stop"))
+                .filter_map(|r| attr(r, "Acct-Session-Id").map(str::to_string))
+                .collect();
+            (ids.len() == 2).then_some(all)
+        },
+    )
+    .unwrap_or_else(|| panic!("two Stops: {:#?}", radius.accounting()));
+    let mut by_id = std::collections::BTreeMap::new();
+    for r in stops
+        .iter()
+        .filter(|r| attr(r, "Acct-Status-Type") == Some("Stop"))
+    {
+        by_id.insert(
+            attr(r, "Acct-Session-Id").unwrap().to_string(),
+            (octets(r, "Input"), octets(r, "Output")),
+        );
+    }
+    let (up, down) = by_id.values().fold((0, 0), |(u, d), (i, o)| (u + i, d + o));
+    let reference = nft.get(&c.mac);
+    assert_eq!(
+        (up, down),
+        (reference.up_bytes, reference.down_bytes),
+        "the Stops against the reference: {by_id:?}"
+    );
+}
+
+#[test]
 fn a_data_limit_from_the_server_is_enforced_in_the_kernel_and_ends_with_session_timeout() {
     require_root();
     let (hs, servers, radius) = site(1, 5131, &RadiusConfig::new(SECRET, USERS));

@@ -551,11 +551,19 @@ impl Radius {
         let mgr = gw.sessions();
         let device = mgr.device(device_id)?;
         let now = now_secs(gw);
-        if mgr
-            .device_sessions(device_id)?
-            .iter()
-            .any(|s| s.data().is_available(now))
-        {
+        // A RADIUS session logged out of is ended, though it waits in the
+        // store for the accounting round that sends its Stop and removes it:
+        // it does not stand in the way of the next login, which removes it.
+        let running = mgr.running_session_id(device_id)?;
+        let mut stopped = Vec::new();
+        for s in mgr.device_sessions(device_id)? {
+            if !s.data().is_available(now) {
+                continue;
+            }
+            if s.data().provider == PROVIDER && Some(s.id()) != running {
+                stopped.push(s.id());
+                continue;
+            }
             return Err(RadiusError::HasSession(device_id));
         }
         let calling = self.opts.mac_format.write(device.mac.octets());
@@ -623,6 +631,9 @@ impl Radius {
             warn!(device_id, user, "RADIUS Accept: {n}");
         }
         let data = auth.session(now, self.opts.default_session_secs)?;
+        for sid in stopped {
+            let _ = mgr.remove_session(sid);
+        }
         let session = mgr.create_session_with(device_id, data).await?;
         let sid = session.id();
         // The device is not let through yet: its counters stand still.
