@@ -189,7 +189,18 @@ pub async fn run(
         None => Vec::new(),
     };
     for lan in &opts.lans {
-        let (mut a, maps) = attach::attach(&opts.pin_root, lan, opts.ingress, opts.tc_attach)?;
+        // One mapping of the client table for every LAN.
+        let first = lans
+            .first()
+            .map(|l: &Lan| l.maps.lock().unwrap_or_else(|e| e.into_inner()));
+        let (mut a, maps) = attach::attach(
+            &opts.pin_root,
+            lan,
+            opts.ingress,
+            opts.tc_attach,
+            first.as_deref(),
+        )?;
+        drop(first);
         let entries = garden_for(lan, &iface::addresses(lan)?, &opts);
         dataplane::write_garden(&mut a.ebpf, &entries)?;
         let local = iface::gateway_addresses(lan)?;

@@ -116,3 +116,32 @@ fn one_data_budget_whatever_lan_a_device_uses() {
     );
     assert!(!is_connected(&s.api, s.device), "{report}");
 }
+
+/// Every LAN shares one client table, and the agent maps it once: a mapping
+/// counts fully towards resident memory each time it is made, and the table
+/// and its slot index are about 10 MiB. A second and a third LAN cost the
+/// agent their own small maps and programs, not the table again.
+#[test]
+fn more_lans_do_not_map_the_shared_client_table_again() {
+    let mut hs = Hotspot::builder().clients(1).build();
+    let mut b = session_tests::AgentBuilder::new(&hs);
+    let rss = |b: &session_tests::AgentBuilder| {
+        let mut agent = b.start();
+        // Settled after start: the first polls and checks have run.
+        std::thread::sleep(Duration::from_secs(2));
+        let kib = agent.rss_kib().expect("the agent's resident memory");
+        agent.stop();
+        kib
+    };
+    let one = rss(&b);
+    hs.add_lan("02:00:00:00:01:01");
+    hs.add_lan("02:00:00:00:01:02");
+    b.lans.extend(hs.extra_lans.iter().cloned());
+    let three = rss(&b);
+    eprintln!("resident memory: {one} KiB with one LAN, {three} KiB with three");
+    assert!(
+        three < one + 8 * 1024,
+        "two more LANs took {} KiB more ({one} KiB with one LAN, {three} with three)",
+        three.saturating_sub(one)
+    );
+}

@@ -116,19 +116,21 @@ pub struct Attached {
 }
 
 /// Loads and attaches the datapath of `iface_name`; also returns its pinned
-/// maps, opened (and given their epoch) before the programs attached.
+/// maps, opened (and given their epoch) before the programs attached, sharing
+/// the client table's mappings with `beside` (another LAN's).
 pub fn attach(
     pin_root: &Path,
     iface_name: &str,
     ingress: IngressHook,
     tc_attach: TcAttach,
+    beside: Option<&super::Maps>,
 ) -> Result<(Attached, super::Maps)> {
     iface::index(iface_name)?;
     bpffs::prepare(pin_root)?;
     let dir = pin_dir(pin_root, iface_name);
     let mut ebpf = load(pin_root, iface_name)?;
     // The epoch seeds the client index: it must be set before any packet is seen.
-    let maps = super::Maps::open(pin_root, iface_name)?;
+    let maps = super::Maps::open_beside(pin_root, iface_name, beside)?;
     maps.ensure_epoch()?;
     let tc = {
         let egress: &mut SchedClassifier = loaded(&mut ebpf, PROG_TC_EGRESS)?;

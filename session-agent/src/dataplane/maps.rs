@@ -4,7 +4,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::atomic::Ordering,
+    sync::{atomic::Ordering, Arc},
 };
 
 use aya::{
@@ -79,20 +79,23 @@ pub struct Maps {
     pub dir: PathBuf,
     /// Where the client table every LAN shares is pinned.
     pub shared: PathBuf,
-    /// The client table (by MAC, see `session_common::index`).
-    pub(super) clients: MmapArray<ClientEntry>,
+    /// The client table (by MAC, see `session_common::index`). This and the
+    /// other maps every LAN shares are mapped once for all LANs
+    /// ([`Maps::open_beside`]): a mapping counts fully towards the process's
+    /// resident memory, each time it is made.
+    pub(super) clients: Arc<MmapArray<ClientEntry>>,
     /// Slot -> position in `clients`.
-    pub(super) slots: MmapArray<u64>,
+    pub(super) slots: Arc<MmapArray<u64>>,
     /// Slot -> garden and drop counters; mapped only while read (see [`MmapArray`]).
-    pub(super) counters: MapData,
+    pub(super) counters: Arc<MapData>,
     /// Slot -> token buckets; mapped only while read or written.
-    pub(super) policy: MapData,
-    pub(super) alloc: MmapArray<SlotAllocator>,
+    pub(super) policy: Arc<MapData>,
+    pub(super) alloc: Arc<MmapArray<SlotAllocator>>,
     /// Ring of freed slots (see [`SlotAllocator`]).
-    pub(super) free: MmapArray<u64>,
+    pub(super) free: Arc<MmapArray<u64>>,
     /// A bit per slot the datapath sets when it counts usage (`None` in pins
     /// of a version before it, until the agent loads its own programs).
-    pub(super) moved: Option<MmapArray<u64>>,
+    pub(super) moved: Option<Arc<MmapArray<u64>>>,
     pub(super) shaper: MmapArray<ShaperConfig>,
     pub(super) lan: MmapArray<LanConfig>,
     /// The LAN's shared limits ([`GateBucket`]).
@@ -101,6 +104,12 @@ pub struct Maps {
 
 impl Maps {
     pub fn open(pin_root: &Path, iface: &str) -> Result<Self> {
+        Self::open_beside(pin_root, iface, None)
+    }
+
+    /// `iface`'s maps; the maps every LAN shares are those of `beside` (another
+    /// LAN's, under the same pin root) rather than mapped again.
+    pub fn open_beside(pin_root: &Path, iface: &str, beside: Option<&Maps>) -> Result<Self> {
         let dir = pins::pin_dir(pin_root, iface);
         pins::check_pins(pin_root, iface)?;
         let shared = pins::clients_dir(pin_root);
@@ -110,18 +119,43 @@ impl Maps {
                 dir,
             });
         }
+        let (clients, slots, counters, policy, alloc, free, moved) =
+            match beside.filter(|m| m.shared == shared) {
+                Some(m) => (
+                    m.clients.clone(),
+                    m.slots.clone(),
+                    m.counters.clone(),
+                    m.policy.clone(),
+                    m.alloc.clone(),
+                    m.free.clone(),
+                    m.moved.clone(),
+                ),
+                None => (
+                    Arc::new(MmapArray::open_pin(&shared, MAP_CLIENTS, INDEX_ENTRIES)?),
+                    Arc::new(MmapArray::open_pin(&shared, MAP_SLOTS, MAX_CLIENTS)?),
+                    Arc::new(mmap::open_pinned(&shared, MAP_COUNTERS)?),
+                    Arc::new(mmap::open_pinned(&shared, MAP_POLICY)?),
+                    Arc::new(MmapArray::open_pin(&shared, MAP_SLOT_ALLOC, 1)?),
+                    Arc::new(MmapArray::open_pin(&shared, MAP_FREE_SLOTS, MAX_CLIENTS)?),
+                    match shared.join(MAP_MOVED).exists() {
+                        true => Some(Arc::new(MmapArray::open_pin(
+                            &shared,
+                            MAP_MOVED,
+                            MOVED_WORDS,
+                        )?)),
+                        false => None,
+                    },
+                ),
+            };
         Ok(Self {
             iface: iface.into(),
-            clients: MmapArray::open_pin(&shared, MAP_CLIENTS, INDEX_ENTRIES)?,
-            slots: MmapArray::open_pin(&shared, MAP_SLOTS, MAX_CLIENTS)?,
-            counters: mmap::open_pinned(&shared, MAP_COUNTERS)?,
-            policy: mmap::open_pinned(&shared, MAP_POLICY)?,
-            alloc: MmapArray::open_pin(&shared, MAP_SLOT_ALLOC, 1)?,
-            free: MmapArray::open_pin(&shared, MAP_FREE_SLOTS, MAX_CLIENTS)?,
-            moved: match shared.join(MAP_MOVED).exists() {
-                true => Some(MmapArray::open_pin(&shared, MAP_MOVED, MOVED_WORDS)?),
-                false => None,
-            },
+            clients,
+            slots,
+            counters,
+            policy,
+            alloc,
+            free,
+            moved,
             shaper: MmapArray::open_pin(&dir, MAP_SHAPER, 1)?,
             lan: MmapArray::open_pin(&dir, MAP_LAN, 1)?,
             gate: MmapArray::open_pin(&dir, MAP_GATE, GATE_BUCKETS)?,
