@@ -99,7 +99,8 @@ pub struct Answer {
     pub addrs: Vec<IpAddr>,
 }
 
-fn query(name: &str, qtype: TYPE, id: u16) -> Vec<u8> {
+/// A recursive query for `name` of `qtype` with id `id`, as a stub sends it.
+pub fn query_message(name: &str, qtype: TYPE, id: u16) -> Vec<u8> {
     let mut p = Packet::new_query(id);
     p.set_flags(simple_dns::PacketFlag::RECURSION_DESIRED);
     p.questions.push(Question::new(
@@ -155,7 +156,7 @@ pub fn query_udp(
     let s = UdpSocket::bind(bind)?;
     s.set_read_timeout(Some(timeout))?;
     let id = next_id();
-    s.send_to(&query(name, qtype, id), server)?;
+    s.send_to(&query_message(name, qtype, id), server)?;
     let mut buf = [0u8; 4096];
     let deadline = Instant::now() + timeout;
     loop {
@@ -181,7 +182,7 @@ pub fn query_tcp(
     let mut s = TcpStream::connect_timeout(&server, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     let id = next_id();
-    let q = query(name, qtype, id);
+    let q = query_message(name, qtype, id);
     let mut framed = (q.len() as u16).to_be_bytes().to_vec();
     framed.extend_from_slice(&q);
     s.write_all(&framed)?;

@@ -19,6 +19,7 @@ pub mod https;
 pub mod load;
 pub mod netns;
 pub mod nft;
+pub mod plot;
 pub mod postgres;
 pub mod radius;
 pub mod raw;

@@ -25,8 +25,8 @@ pub struct RefCounts {
 pub struct NftRef {
     ns: String,
     table: String,
-    /// mac -> client index
-    macs: Vec<String>,
+    /// Client index -> MAC.
+    macs: BTreeMap<usize, String>,
 }
 
 impl NftRef {
@@ -58,8 +58,30 @@ impl NftRef {
         NftRef {
             ns: hs.gw_ns.clone(),
             table,
-            macs: hs.clients.iter().map(|c| c.mac.clone()).collect(),
+            macs: hs
+                .clients
+                .iter()
+                .map(|c| (c.index, c.mac.clone()))
+                .collect(),
         }
+    }
+
+    /// Counts client `c` too, a station on the gateway's LAN `lan` (one
+    /// [`Hotspot::add_lan`] made).
+    pub fn add_client(&mut self, lan: &str, c: &crate::topo::Client) {
+        let rules = format!(
+            "add counter inet {t} up_{i}\nadd counter inet {t} down_{i}\n\
+             add rule inet {t} ref_forward iifname \"{lan}\" ether saddr {mac} counter name \"up_{i}\"\n\
+             add rule inet {t} ref_forward oifname \"{lan}\" ip daddr {v4} counter name \"down_{i}\"\n\
+             add rule inet {t} ref_forward oifname \"{lan}\" ip6 daddr {v6} counter name \"down_{i}\"\n",
+            t = self.table,
+            i = c.index,
+            mac = c.mac,
+            v4 = c.ipv4,
+            v6 = c.ipv6,
+        );
+        nft_apply(&self.ns, &rules);
+        self.macs.insert(c.index, c.mac.clone());
     }
 
     /// Current reference counts, keyed by client MAC.
@@ -76,7 +98,7 @@ impl NftRef {
             .unwrap_or_else(|e| panic!("nft json: {e}: {}", String::from_utf8_lossy(&out.stdout)));
         let mut m: BTreeMap<String, RefCounts> = self
             .macs
-            .iter()
+            .values()
             .map(|mac| (mac.clone(), RefCounts::default()))
             .collect();
         for item in v["nftables"].as_array().expect("nftables array") {
@@ -90,7 +112,9 @@ impl NftRef {
             };
             let p = c["packets"].as_u64().unwrap_or(0);
             let b = c["bytes"].as_u64().unwrap_or(0);
-            let e = m.get_mut(&self.macs[idx]).unwrap();
+            let Some(e) = self.macs.get(&idx).and_then(|mac| m.get_mut(mac)) else {
+                continue;
+            };
             match dir {
                 "up" => {
                     e.up_packets = p;
@@ -207,6 +231,20 @@ impl ServerWatch {
         ServerWatch {
             ns: hs.server_ns.clone(),
         }
+    }
+
+    /// Counts client `c` (a station on a LAN [`Hotspot::add_lan`] made) as a
+    /// client, not as another source.
+    pub fn add_client(&self, c: &crate::topo::Client) {
+        let rules = format!(
+            "add counter inet sa_srv src_{i}\n\
+             insert rule inet sa_srv pre ip saddr {v4} counter name \"src_{i}\" return\n\
+             insert rule inet sa_srv pre ip6 saddr {v6} counter name \"src_{i}\" return\n",
+            i = c.index,
+            v4 = c.ipv4,
+            v6 = c.ipv6,
+        );
+        nft_apply(&self.ns, &rules);
     }
 
     /// (packets, bytes) from client `i`'s addresses.

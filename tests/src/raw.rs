@@ -451,3 +451,173 @@ impl MacFlood {
         }
     }
 }
+
+/// A DHCP DISCOVER from `mac` (broadcast reply asked for), UDP payload onwards.
+pub fn dhcp_discover(mac: [u8; 6], xid: u32) -> Vec<u8> {
+    let mut m = vec![0u8; 236];
+    // BOOTREQUEST, Ethernet, 6-byte addresses.
+    m[..3].copy_from_slice(&[1, 1, 6]);
+    m[4..8].copy_from_slice(&xid.to_be_bytes());
+    m[10] = 0x80;
+    m[28..34].copy_from_slice(&mac);
+    m.extend_from_slice(&[99, 130, 83, 99, 53, 1, 1, 61, 7, 1]);
+    m.extend_from_slice(&mac);
+    m.extend_from_slice(&[55, 3, 1, 3, 6, 255]);
+    m.resize(300, 0);
+    m
+}
+
+/// Where a [`MacCrowd`]'s UDP is sent on the server.
+pub const CROWD_PORT: u16 = 9;
+
+/// What one MAC of a [`MacCrowd`] sends in a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrowdFrame {
+    /// An ARP request for the gateway's address, from the MAC's own.
+    Arp,
+    /// A neighbour solicitation for the gateway's IPv6 address.
+    Neighbour,
+    /// A DHCP DISCOVER (the gateway's DHCP server answers).
+    Dhcp,
+    /// A lookup at the gateway's resolver, from the MAC's own address.
+    Dns,
+    /// UDP through the gateway to the server, from the MAC's own address.
+    Udp,
+    /// UDP through the gateway from a paying client's address.
+    Spoofed,
+}
+
+impl CrowdFrame {
+    pub const ALL: [CrowdFrame; 6] = [
+        CrowdFrame::Arp,
+        CrowdFrame::Neighbour,
+        CrowdFrame::Dhcp,
+        CrowdFrame::Dns,
+        CrowdFrame::Udp,
+        CrowdFrame::Spoofed,
+    ];
+}
+
+/// A crowd of devices that never pay, each with its own MAC and addresses on
+/// the LAN, speaking to the gateway as a device does before paying (ARP, ND,
+/// DHCP, DNS) or trying to go through it (UDP to the server from its own
+/// address, or from a paying client's). Sent from one client's port, as
+/// devices behind one access point would. A round sends one frame per MAC,
+/// each MAC a different kind from round to round.
+pub struct MacCrowd {
+    pub macs: u32,
+    pub gw_mac: [u8; 6],
+    pub gw_v4: Ipv4Addr,
+    pub gw_v6: Ipv6Addr,
+    /// The server the crowd's UDP goes to (port [`CROWD_PORT`]).
+    pub server: Ipv4Addr,
+    /// A paying client's address, which the spoofed frames carry.
+    pub spoofed: Ipv4Addr,
+}
+
+impl MacCrowd {
+    /// The `i`th device's MAC: locally administered, unicast.
+    pub fn mac(i: u32) -> [u8; 6] {
+        [0x02, 0xc0, 0x0d, (i >> 16) as u8, (i >> 8) as u8, i as u8]
+    }
+
+    /// The `i`th device's IPv4 address, in the LAN's /24 (.100 to .249:
+    /// devices share them as a busy LAN's leases do).
+    pub fn v4(&self, i: u32) -> Ipv4Addr {
+        let o = self.gw_v4.octets();
+        Ipv4Addr::new(o[0], o[1], o[2], 100 + (i % 150) as u8)
+    }
+
+    /// The `i`th device's IPv6 address in the LAN's /64, its own.
+    pub fn v6(&self, i: u32) -> Ipv6Addr {
+        let s = self.gw_v6.segments();
+        Ipv6Addr::new(s[0], s[1], s[2], s[3], 0xc0d, 0, (i >> 16) as u16, i as u16)
+    }
+
+    /// The kind the `i`th device sends in `round`.
+    pub fn kind(i: u32, round: u32) -> CrowdFrame {
+        CrowdFrame::ALL[(i.wrapping_add(round) % CrowdFrame::ALL.len() as u32) as usize]
+    }
+
+    /// The `i`th device's frame of `kind`.
+    pub fn frame(&self, i: u32, kind: CrowdFrame) -> Vec<u8> {
+        let mac = Self::mac(i);
+        match kind {
+            CrowdFrame::Arp => {
+                let mut f = eth([0xff; 6], mac, ETH_P_ARP);
+                f.extend_from_slice(&arp(1, mac, self.v4(i), [0; 6], self.gw_v4));
+                f
+            }
+            CrowdFrame::Neighbour => {
+                let (group, group_mac) = solicited_node(self.gw_v6);
+                let mut f = eth(group_mac, mac, ETH_P_IPV6);
+                let ns = nd_message(135, self.gw_v6, Some(mac));
+                f.extend_from_slice(&ipv6_icmp(self.v6(i), group, 255, &ns));
+                f
+            }
+            CrowdFrame::Dhcp => {
+                let mut f = eth([0xff; 6], mac, ETH_P_IPV4);
+                f.extend_from_slice(&ipv4_udp(
+                    Ipv4Addr::UNSPECIFIED,
+                    Ipv4Addr::BROADCAST,
+                    68,
+                    67,
+                    &dhcp_discover(mac, i),
+                ));
+                f
+            }
+            CrowdFrame::Dns => {
+                let q = crate::dns::query_message(
+                    &format!("c{i}.soak.test"),
+                    crate::dns::QueryType::A,
+                    i as u16,
+                );
+                let mut f = eth(self.gw_mac, mac, ETH_P_IPV4);
+                f.extend_from_slice(&ipv4_udp(
+                    self.v4(i),
+                    self.gw_v4,
+                    30_000 + (i % 1_000) as u16,
+                    53,
+                    &q,
+                ));
+                f
+            }
+            CrowdFrame::Udp | CrowdFrame::Spoofed => {
+                let src = if kind == CrowdFrame::Udp {
+                    self.v4(i)
+                } else {
+                    self.spoofed
+                };
+                let mut f = eth(self.gw_mac, mac, ETH_P_IPV4);
+                f.extend_from_slice(&ipv4_udp(src, self.server, 40_000, CROWD_PORT, &[0; 18]));
+                f
+            }
+        }
+    }
+
+    /// Sends round `round` from `tx` (a pause of a millisecond every 1,024
+    /// frames), until done or `stop` is set; `sent[k]` counts the frames of
+    /// kind `CrowdFrame::ALL[k]` the socket took.
+    pub fn round(
+        &self,
+        tx: &RawSender,
+        round: u32,
+        sent: &[std::sync::atomic::AtomicU64; 6],
+        stop: &std::sync::atomic::AtomicBool,
+    ) {
+        use std::sync::atomic::Ordering;
+        for i in 0..self.macs {
+            if i % 1024 == 1023 {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let kind = Self::kind(i, round);
+            if tx.send(&self.frame(i, kind)).is_ok() {
+                let k = CrowdFrame::ALL.iter().position(|&x| x == kind).unwrap();
+                sent[k].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

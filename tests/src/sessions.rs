@@ -141,9 +141,10 @@ pub fn wait_for<T>(max: Duration, every: Duration, mut f: impl FnMut() -> Option
 
 // ---------------------------------------------------------------- references
 
-/// Counter of the IP bytes a client received from beyond its LAN, in the
-/// client's own namespace (prerouting, after the IP header length check, so
-/// the IP total length of each packet as the gateway sent it).
+/// Counter of the IP bytes a client received from beyond its LAN, addressed
+/// to it alone, in the client's own namespace (prerouting, after the IP
+/// header length check, so the IP total length of each packet as the gateway
+/// sent it).
 #[derive(Debug, Clone)]
 pub struct RxRef {
     ns: String,
@@ -151,9 +152,19 @@ pub struct RxRef {
 
 impl RxRef {
     pub fn install(client: &Client) -> RxRef {
+        // Sent to the client alone (not the LAN's broadcasts, such as other
+        // devices' DHCP), and not from its own LAN (a /24 and a /64).
+        let (o, g) = (client.ipv4.octets(), client.ipv6.segments());
         let rules = format!(
-            "table inet sa_rx {{\n  counter rx {{ }}\n  chain pre {{\n    type filter hook prerouting priority -400; policy accept;\n    iifname \"{ifn}\" ip saddr != 10.201.0.0/24 counter name \"rx\"\n    iifname \"{ifn}\" ip6 saddr != fd00:201::/64 counter name \"rx\"\n  }}\n}}\n",
-            ifn = client.ifname
+            "table inet sa_rx {{\n  counter rx {{ }}\n  chain pre {{\n    type filter hook prerouting priority -400; policy accept;\n    iifname \"{ifn}\" meta pkttype host ip saddr != {a}.{b}.{c}.0/24 counter name \"rx\"\n    iifname \"{ifn}\" meta pkttype host ip6 saddr != {g0:x}:{g1:x}:{g2:x}:{g3:x}::/64 counter name \"rx\"\n  }}\n}}\n",
+            ifn = client.ifname,
+            a = o[0],
+            b = o[1],
+            c = o[2],
+            g0 = g[0],
+            g1 = g[1],
+            g2 = g[2],
+            g3 = g[3],
         );
         crate::nft::nft_apply(&client.ns, &rules);
         RxRef {

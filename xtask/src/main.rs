@@ -366,7 +366,7 @@ fn soak(minutes: u64, seed: Option<u64>) -> Result<()> {
     println!("==> building session-agent (release)");
     run(cargo().args(["build", "--release", "-p", "session-agent"]))?;
     let bin = root_dir().join("target/release/session-agent");
-    println!("==> soak: {minutes} min (the report: target/soak/report.md)");
+    println!("==> soak: {minutes} min (the report: target/soak/report.md and soak.png)");
     let mut cmd = cargo();
     cmd.args([
         "test",
@@ -384,7 +384,7 @@ fn soak(minutes: u64, seed: Option<u64>) -> Result<()> {
         cmd.env("SESSION_SOAK_SEED", seed.to_string());
     }
     run(&mut cmd)?;
-    println!("==> soak passed: target/soak/report.md");
+    println!("==> soak passed: target/soak/report.md and target/soak/soak.png");
     Ok(())
 }
 
