@@ -122,8 +122,7 @@ struct Report {
     /// When the LAN was added (the agent restarted with it).
     lan_added: Option<f64>,
     /// RADIUS: outages of the server (seconds each), logins refused during
-    /// them, and per session (Acct-Session-Id) the octets of its Stop
-    /// against what the agent charged it.
+    /// them, and per session (Acct-Session-Id) the octets of its Stop.
     radius_outages: Vec<f64>,
     radius_refused: u32,
     radius_sessions: Vec<(String, u64)>,
