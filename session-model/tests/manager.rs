@@ -536,3 +536,61 @@ async fn gc_never_removes_a_session_that_can_still_run() {
     );
     assert_eq!(m.session(a.id()).unwrap().id(), a.id());
 }
+
+/// The grant of a running session is read from what the manager keeps of it
+/// once a poll charged it, and follows every change: its usage, its own
+/// speeds saved through the session, the shared speeds.
+#[tokio::test]
+async fn a_running_sessions_grant_follows_its_usage_and_every_speed_change() {
+    for hybrid in [false, true] {
+        let clock = Arc::new(ManualClock::new(T0));
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SessionStore> = if hybrid {
+            Arc::new(HybridStore::open(dir.path().join("s.db"), HybridOptions::default()).unwrap())
+        } else {
+            Arc::new(MemoryStore::new())
+        };
+        let m = SessionsMgr::new(store, clock.clone());
+        let d = m.create_device(mac(1), None, None).unwrap();
+        let s = m
+            .create_session(d.id, 1, 0, 10.0, None, 5, 2, false)
+            .await
+            .unwrap();
+        m.connect(d.id, "test").await.unwrap();
+        let mark = |bytes| session_model::MeterMark { epoch: 7, bytes };
+        m.record_meter(&[(d.id, mark(0))]).unwrap();
+        m.record_meter(&[(d.id, mark(1_000_000))]).unwrap();
+        let g = m.granted(d.id).unwrap().unwrap();
+        assert_eq!(
+            (g.session_id, g.down_mbits, g.up_mbits, g.budget_bytes),
+            (s.id(), 5, 2, Some(9_000_000)),
+            "hybrid: {hybrid}"
+        );
+        // Charged again: the budget left follows.
+        m.record_meter(&[(d.id, mark(1_500_000))]).unwrap();
+        assert_eq!(
+            m.granted(d.id).unwrap().unwrap().budget_bytes,
+            Some(8_500_000)
+        );
+        // Its own speeds changed and saved through the session.
+        let mut live = m.session(s.id()).unwrap();
+        live.set_down_mbits(20).unwrap();
+        live.save().await.unwrap();
+        let g = m.granted(d.id).unwrap().unwrap();
+        assert_eq!((g.down_mbits, g.up_mbits), (20, 2), "hybrid: {hybrid}");
+        // The shared speeds, for a session that takes them.
+        let mut live = m.session(s.id()).unwrap();
+        live.set_use_global_speed(true);
+        live.save().await.unwrap();
+        m.record_meter(&[(d.id, mark(1_600_000))]).unwrap();
+        m.set_global_speed(50, 10);
+        let g = m.granted(d.id).unwrap().unwrap();
+        assert_eq!(
+            (g.down_mbits, g.up_mbits, g.budget_bytes),
+            (50, 10, Some(8_400_000)),
+            "hybrid: {hybrid}"
+        );
+        m.disconnect(d.id, "test").await.unwrap();
+        assert!(m.granted(d.id).unwrap().is_none());
+    }
+}
