@@ -229,8 +229,9 @@ pub struct Book {
 /// Which sessions are open, and by when their next interim update is due.
 #[derive(Debug, Default)]
 struct Index {
-    /// Open sessions, with their next interim update (none: no updates).
-    open: HashMap<SessionId, Option<i64>>,
+    /// Open sessions: their device and their next interim update (none: no
+    /// updates).
+    open: HashMap<SessionId, (DeviceId, Option<i64>)>,
     /// `(next_interim, session)` of the sessions that send updates.
     due: BTreeSet<(i64, SessionId)>,
 }
@@ -238,19 +239,19 @@ struct Index {
 impl Index {
     fn put(&mut self, s: &OpenSession) {
         self.remove(s.session_id);
-        self.insert(s.session_id, s.interim_secs, s.next_interim);
+        self.insert(s.session_id, s.device_id, s.interim_secs, s.next_interim);
     }
 
-    fn insert(&mut self, id: SessionId, interim_secs: u64, next_interim: i64) {
+    fn insert(&mut self, id: SessionId, device: DeviceId, interim_secs: u64, next_interim: i64) {
         let next = (interim_secs > 0).then_some(next_interim);
         if let Some(at) = next {
             self.due.insert((at, id));
         }
-        self.open.insert(id, next);
+        self.open.insert(id, (device, next));
     }
 
     fn remove(&mut self, id: SessionId) {
-        if let Some(Some(at)) = self.open.remove(&id) {
+        if let Some((_, Some(at))) = self.open.remove(&id) {
             self.due.remove(&(at, id));
         }
     }
@@ -304,6 +305,7 @@ impl Book {
         #[derive(Deserialize)]
         struct Due {
             session_id: SessionId,
+            device_id: DeviceId,
             interim_secs: u64,
             next_interim: i64,
         }
@@ -314,7 +316,7 @@ impl Book {
             let (_, v) = row.map_err(err("read"))?;
             // Unreadable ones are left out, as `open_sessions` leaves them.
             if let Ok(d) = serde_json::from_slice::<Due>(v.value()) {
-                index.insert(d.session_id, d.interim_secs, d.next_interim);
+                index.insert(d.session_id, d.device_id, d.interim_secs, d.next_interim);
             }
         }
         Ok(index)
@@ -323,6 +325,12 @@ impl Book {
     /// The ids of the open sessions.
     pub fn open_ids(&self) -> Vec<SessionId> {
         self.index.lock().unwrap().open.keys().copied().collect()
+    }
+
+    /// The open sessions' ids, each with its device.
+    pub fn open_devices(&self) -> Vec<(SessionId, DeviceId)> {
+        let index = self.index.lock().unwrap();
+        index.open.iter().map(|(&s, &(d, _))| (s, d)).collect()
     }
 
     /// How many sessions are open.

@@ -965,8 +965,11 @@ impl Radius {
     /// The sessions one round of [`Radius::keep_books`] looks at: those whose
     /// interim update is due, those with an idle timeout, and those the
     /// manager's events said stopped; every [`SWEEP_EVERY`] (and after events
-    /// were missed) all of them, so a stop no event told of is still written.
-    fn books_work(&self, now: i64) -> Vec<SessionId> {
+    /// were missed) also every open session that no longer runs, so a stop no
+    /// event told of is still written. The sweep compares the book's index
+    /// with the manager's running sessions in memory: it reads from the book
+    /// only the sessions it acts on.
+    fn books_work(&self, gw: &Gateway, now: i64) -> Vec<SessionId> {
         let sweep = {
             let mut last = self.last_sweep.lock().unwrap();
             let due = self.sweep_now.swap(false, Relaxed)
@@ -976,12 +979,25 @@ impl Radius {
             }
             due
         };
+        let mut ids = Vec::new();
         if sweep {
-            let mut all = self.book.open_ids();
-            all.sort_unstable();
-            return all;
+            match gw.sessions().connected() {
+                Ok(running) => {
+                    let running: std::collections::HashSet<(DeviceId, SessionId)> =
+                        running.into_iter().collect();
+                    ids.extend(
+                        self.book
+                            .open_devices()
+                            .into_iter()
+                            .filter(|&(s, d)| !running.contains(&(d, s)))
+                            .map(|(s, _)| s),
+                    );
+                }
+                // Without the running sessions, every open one is looked at.
+                Err(_) => ids = self.book.open_ids(),
+            }
         }
-        let mut ids = self.book.due(now);
+        ids.extend(self.book.due(now));
         ids.extend(self.idle.lock().unwrap().keys());
         ids.extend(self.causes.lock().unwrap().keys());
         ids.sort_unstable();
@@ -992,7 +1008,7 @@ impl Radius {
     /// One round of [`Radius::keep_books`].
     pub async fn books_once(&self, gw: &Gateway) -> Result<(), RadiusError> {
         let now = now_secs(gw);
-        for chunk in self.books_work(now).chunks(BOOKS_CHUNK) {
+        for chunk in self.books_work(gw, now).chunks(BOOKS_CHUNK) {
             self.books_of(gw, now, chunk).await?;
         }
         Ok(())
