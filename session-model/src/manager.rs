@@ -200,8 +200,8 @@ impl Running {
 #[derive(Debug, Clone, Copy)]
 struct Hint {
     run: RunState,
-    /// Unix seconds at which the session expires, if it does.
-    expires_at: Option<i64>,
+    /// Unix seconds at which the session expires (`i64::MAX`: it does not).
+    expires_at: i64,
     session_type: SessionType,
     time_secs: u64,
     time_cons: u64,
@@ -218,7 +218,7 @@ impl Hint {
     fn of(rec: &SessionRecord) -> Option<Hint> {
         Some(Hint {
             run: rec.run?,
-            expires_at: rec.data.expires_at(),
+            expires_at: rec.data.expires_at().unwrap_or(i64::MAX),
             session_type: rec.data.session_type,
             time_secs: rec.data.time_secs,
             time_cons: rec.data.time_cons,
@@ -237,7 +237,7 @@ impl Hint {
             self.time_secs,
             self.data_cons_bytes,
             self.data_bytes,
-        ) && self.expires_at.is_none_or(|at| now_secs < at)
+        ) && now_secs < self.expires_at
     }
 
     fn update(&self, id: SessionId) -> UsageUpdate {
@@ -1230,7 +1230,7 @@ impl SessionsMgr {
                 // Nothing to charge or end before the next whole second or the expiry.
                 if h.run.boot == boot
                     && mono - h.run.charged_to_ms < 1000
-                    && h.expires_at.is_none_or(|e| now < e)
+                    && now < h.expires_at
                 {
                     continue;
                 }
