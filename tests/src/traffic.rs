@@ -546,3 +546,16 @@ pub fn http(
     req.push_str(body);
     http_raw(ns, addr, &req)
 }
+
+/// A voucher code typed on the portal page (`/portal/redeem` of the portal at
+/// `captive`) from namespace `ns`: (status, head, page).
+pub fn portal_redeem(ns: &str, captive: SocketAddr, code: &str) -> (u16, String, String) {
+    http(
+        ns,
+        captive,
+        "POST",
+        "/portal/redeem",
+        &["Content-Type: application/x-www-form-urlencoded"],
+        &format!("code={code}"),
+    )
+}

@@ -11,25 +11,13 @@ use session_tests::{
     agent::admin_passwd,
     https::{csrf_of, form_value, Site},
     require_root,
-    traffic::http,
+    traffic::portal_redeem,
     AgentBuilder, Hotspot,
 };
 
 const ADMIN_PORT: u16 = 8443;
 const CAPTIVE_PORT: u16 = 8908;
 const PASSWORD: &str = "a long owner password";
-
-/// A code typed on the portal page from namespace `ns`: (status, head, page).
-fn redeem(ns: &str, captive: SocketAddr, code: &str) -> (u16, String, String) {
-    http(
-        ns,
-        captive,
-        "POST",
-        "/portal/redeem",
-        &["Content-Type: application/x-www-form-urlencoded"],
-        &format!("code={code}"),
-    )
-}
 
 #[test]
 fn the_owner_sells_a_plans_code_that_a_customer_redeems_and_sees_the_sale_over_https() {
@@ -101,7 +89,7 @@ fn the_owner_sells_a_plans_code_that_a_customer_redeems_and_sees_the_sale_over_h
         !unpaid.reachable(),
         "a client that has not paid opened a connection to the operator page"
     );
-    let (st, head, body) = redeem(&c.ns, captive, &code);
+    let (st, head, body) = portal_redeem(&c.ns, captive, &code);
     assert_eq!(st, 303, "{head}\n{body}");
 
     // The page shows the client and the sale.
@@ -186,7 +174,7 @@ fn the_owner_sells_a_plans_code_that_a_customer_redeems_and_sees_the_sale_over_h
     let at = sheet.body.rfind("class=\"code mono\">").unwrap() + "class=\"code mono\">".len();
     let second = sheet.body[at..].split('<').next().unwrap().to_string();
     assert_ne!(second, code);
-    let (st, _, body) = redeem(&c.ns, captive, &second);
+    let (st, _, body) = portal_redeem(&c.ns, captive, &second);
     assert_eq!(st, 403, "{body}");
     assert!(body.contains("blocked"), "{body}");
     let v = agent
@@ -199,7 +187,7 @@ fn the_owner_sells_a_plans_code_that_a_customer_redeems_and_sees_the_sale_over_h
         &format!("csrf={csrf}&device={device}"),
     );
     assert_eq!(a.status, 303, "{}", a.body);
-    let (st, head, body) = redeem(&c.ns, captive, &second);
+    let (st, head, body) = portal_redeem(&c.ns, captive, &second);
     assert_eq!(st, 303, "{head}\n{body}");
 
     // Plain HTTP on the HTTPS port gets no page.

@@ -1,5 +1,7 @@
 //! A busy hotspot compressed: paying clients move traffic while a schedule
-//! buys, pauses, resumes and tops up their sessions, an unpaid client keeps
+//! buys (through the API and with voucher codes typed on the portal page),
+//! pauses, resumes and tops up their sessions, another logs in and out through
+//! RADIUS while its server comes and goes, an unpaid client keeps
 //! trying while 5,000 further devices behind its port speak ARP, ND, DHCP and
 //! DNS with the gateway and send through it (from their own addresses and
 //! from a paying client's), and the agent is killed (-9) and restarted,
@@ -39,6 +41,7 @@ use session_tests::{
     require_root,
     sessions::*,
     topo::parse_mac,
+    traffic::portal_redeem,
     AgentBuilder, Client, Hotspot, NftRef, ServerSet,
 };
 
@@ -66,6 +69,8 @@ const MBITS: i32 = 8;
 /// Longest a device with a running session and data left may go without a
 /// probe answered (the probes' own 200 ms wait included).
 const MAX_BLOCKED: Duration = Duration::from_millis(1_000);
+/// The portal's port on the gateway's LAN address.
+const CAPTIVE_PORT: u16 = 8908;
 /// The station on the LAN added mid-run.
 const STATION_MAC: &str = "02:5a:77:00:00:01";
 
@@ -121,6 +126,8 @@ struct Report {
     downtime: Vec<(f64, f64)>,
     /// When the LAN was added (the agent restarted with it).
     lan_added: Option<f64>,
+    /// Voucher codes typed on the portal page.
+    codes: u32,
     /// RADIUS: outages of the server (seconds each), logins refused during
     /// them, and per session (Acct-Session-Id) the octets of its Stop.
     radius_outages: Vec<f64>,
@@ -148,13 +155,14 @@ impl Report {
             .map(|(secs, charged)| charged - secs)
             .fold(0.0, |a: f64, d| if d.abs() > a.abs() { d } else { a });
         let mut s = format!(
-            "# Soak: {} s, seed {}\n\n{} events, {} kill -9 and restart (READY after {:.2} s at worst), {} reloads{}.\n\n\
+            "# Soak: {} s, seed {}\n\n{} events ({} codes redeemed on the portal), {} kill -9 and restart (READY after {:.2} s at worst), {} reloads{}.\n\n\
              Time charged across a kill -9, against the time that passed: {} running sessions, the largest difference {worst_down:+.2} s (bound: exact, within the whole seconds charged).\n\n\
              Longest a device with data left went without an answered probe: {} ms (limit {} ms).\n\n\
              | client | charged bytes | delivered (reference) | forwarded (gateway) |\n|---|---:|---:|---:|\n",
             self.secs,
             self.seed,
             self.events.len(),
+            self.codes,
             self.restarts.len(),
             self.restarts.iter().copied().fold(0.0, f64::max),
             self.reloads,
@@ -343,9 +351,12 @@ fn soak(secs: u64) -> Report {
     );
     let secret = hs.state_dir.join("radius.secret");
     std::fs::write(&secret, format!("{RADIUS_SECRET}\n")).unwrap();
+    let captive = std::net::SocketAddr::from((hs.gw_lan_addr(false), CAPTIVE_PORT));
     let mut agent = AgentBuilder::new(&hs)
         .arg("--config")
         .arg(cfg.display().to_string())
+        .arg("--captive-listen")
+        .arg(captive.to_string())
         .arg("--radius-server")
         .arg(radius.auth_addr().to_string())
         .arg("--radius-acct-server")
@@ -550,14 +561,51 @@ fn soak(secs: u64) -> Report {
                 format!("the RADIUS server goes away for {secs} s")
             }
             // Buy: a session of 4 to 24 MB at 8 Mbit/s, connected at once.
+            // One purchase in three is a voucher code typed on the portal page.
             0..=4 => {
                 let mb = 4 + rng.below(21);
-                let id = new_session(&api, p.device, TIME_OR_DATA, 3_600, mb as f64, MBITS, MBITS);
                 if now_running.is_none() {
-                    let _ = api.connect(p.device, "soak");
                     p.paused = None;
                 }
-                format!("{} buys {mb} MB (session {id})", p.client.mac)
+                if rng.below(3) == 0 {
+                    let code = api
+                        .post(
+                            "/v1/vouchers",
+                            &serde_json::json!({
+                                "count": 1, "batch": "soak", "type": TIME_OR_DATA,
+                                "time_secs": 3_600, "data_mb": mb as f64,
+                                "down_mbits": MBITS, "up_mbits": MBITS,
+                            }),
+                        )
+                        .ok("a voucher")[0]["display_code"]
+                        .as_str()
+                        .unwrap()
+                        .to_string();
+                    let (status, head, page) = portal_redeem(&p.client.ns, captive, &code);
+                    assert!(
+                        status == 303 && head.contains("location: /portal?done="),
+                        "{} typing code {code} on the portal: {status}\n{head}\n{page}",
+                        p.client.mac
+                    );
+                    let done = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("location: /portal?done="))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string();
+                    report.codes += 1;
+                    format!(
+                        "{} redeems a code of {mb} MB on the portal ({done})",
+                        p.client.mac
+                    )
+                } else {
+                    let id =
+                        new_session(&api, p.device, TIME_OR_DATA, 3_600, mb as f64, MBITS, MBITS);
+                    if now_running.is_none() {
+                        let _ = api.connect(p.device, "soak");
+                    }
+                    format!("{} buys {mb} MB (session {id})", p.client.mac)
+                }
             }
             // Pause.
             5..=7 => match now_running {

@@ -11,11 +11,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use session_tests::api::ApiClient;
 use session_tests::netns::ip_n;
-use session_tests::traffic::http;
+use session_tests::traffic::{http, portal_redeem};
 use session_tests::{require_root, AgentBuilder, Hotspot, TcpServer, TcpTransfer};
 
 const PORT: u16 = 8908;
-const FORM: &str = "Content-Type: application/x-www-form-urlencoded";
 
 fn captive(hs: &Hotspot) -> SocketAddr {
     SocketAddr::from((hs.gw_lan_addr(false), PORT))
@@ -30,18 +29,6 @@ fn code(api: &ApiClient, spec: Value) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-/// The portal form posted from namespace `ns`: (status, head, page).
-fn type_code(ns: &str, captive: SocketAddr, code: &str) -> (u16, String, String) {
-    http(
-        ns,
-        captive,
-        "POST",
-        "/portal/redeem",
-        &[FORM],
-        &format!("code={code}"),
-    )
 }
 
 #[track_caller]
@@ -78,7 +65,7 @@ fn a_used_up_code_typed_again_says_it_is_used_up() {
     let api = agent.api();
     let a = hs.client(0).clone();
     let c = code(&api, json!({"type": 0, "time_secs": 2}));
-    accepted(type_code(&a.ns, captive, &c), "redeemed");
+    accepted(portal_redeem(&a.ns, captive, &c), "redeemed");
     // The customer's time runs out; they type their code again.
     std::thread::sleep(Duration::from_secs(4));
     let dev = api.device_id(&a.mac);
@@ -86,7 +73,7 @@ fn a_used_up_code_typed_again_says_it_is_used_up() {
         api.get(&format!("/v1/devices/{dev}/connected")).ok("c")["connected"],
         false
     );
-    let (st, head, page) = type_code(&a.ns, captive, &c);
+    let (st, head, page) = portal_redeem(&a.ns, captive, &c);
     assert!(
         !page.contains("already active"),
         "a used-up code said it is active:\n{page}"
@@ -119,38 +106,38 @@ fn tapping_connect_again_does_not_lock_a_customer_out_of_a_new_code() {
         code(&api, hour.clone()),
         code(&api, hour),
     );
-    accepted(type_code(&a.ns, captive, &first), "redeemed");
+    accepted(portal_redeem(&a.ns, captive, &first), "redeemed");
     // The customer taps Connect again and again (more than the 5 wrong codes
     // a minute allows), then adds another code.
     for _ in 0..7 {
         refused(
-            type_code(&a.ns, captive, &first),
+            portal_redeem(&a.ns, captive, &first),
             409,
             "already active on this device",
         );
     }
-    accepted(type_code(&a.ns, captive, &second), "queued");
+    accepted(portal_redeem(&a.ns, captive, &second), "queued");
 
     // Another customer types the code in use, again and again, then their own.
     for _ in 0..7 {
         refused(
-            type_code(&b.ns, captive, &first),
+            portal_redeem(&b.ns, captive, &first),
             403,
             "in use on another device",
         );
     }
-    accepted(type_code(&b.ns, captive, &other), "redeemed");
+    accepted(portal_redeem(&b.ns, captive, &other), "redeemed");
 
     // Codes that do not exist still count: the sixth guess in a minute waits.
     for _ in 0..5 {
         refused(
-            type_code(&b.ns, captive, "WRONG-CODE2"),
+            portal_redeem(&b.ns, captive, "WRONG-CODE2"),
             404,
             "does not exist",
         );
     }
     refused(
-        type_code(&b.ns, captive, &second),
+        portal_redeem(&b.ns, captive, &second),
         429,
         "Too many wrong codes",
     );
@@ -226,7 +213,7 @@ fn a_code_follows_its_phone_to_a_new_mac_once_the_old_one_is_silent() {
     let (a, b) = (hs.client(0).clone(), hs.client(1).clone());
     let tcp = TcpServer::start(&hs.server_ns, hs.server_sock(false, 5001));
     let c = code(&api, json!({"type": 1, "data_mb": 50.0}));
-    accepted(type_code(&a.ns, captive, &c), "redeemed");
+    accepted(portal_redeem(&a.ns, captive, &c), "redeemed");
     let dev = api.device_id(&a.mac);
     TcpTransfer::run(&a.ns, tcp.addr, 0, 1_000_000).expect("download while online");
 
@@ -243,13 +230,13 @@ fn a_code_follows_its_phone_to_a_new_mac_once_the_old_one_is_silent() {
         })
     };
     refused(
-        type_code(&b.ns, captive, &c),
+        portal_redeem(&b.ns, captive, &c),
         403,
         "in use on another device",
     );
     std::thread::sleep(Duration::from_secs(4));
     refused(
-        type_code(&b.ns, captive, &c),
+        portal_redeem(&b.ns, captive, &c),
         403,
         "in use on another device",
     );
@@ -268,12 +255,12 @@ fn a_code_follows_its_phone_to_a_new_mac_once_the_old_one_is_silent() {
     change_mac(&hs, &a, new_mac, "10.201.0.200");
     // Its old MAC fell silent just now: not yet.
     refused(
-        type_code(&a.ns, captive, &c),
+        portal_redeem(&a.ns, captive, &c),
         403,
         "in use on another device",
     );
     std::thread::sleep(Duration::from_secs(4));
-    accepted(type_code(&a.ns, captive, &c), "moved");
+    accepted(portal_redeem(&a.ns, captive, &c), "moved");
 
     // What was left moved, neither reset nor doubled, with the device.
     let moved = api
