@@ -240,6 +240,13 @@ impl Hint {
         ) && now_secs < self.expires_at
     }
 
+    /// Same rule as [`SessionData::data_budget_bytes`].
+    fn budget_bytes(&self) -> Option<u64> {
+        self.session_type
+            .uses_data()
+            .then(|| self.data_bytes.saturating_sub(self.data_cons_bytes))
+    }
+
     fn update(&self, id: SessionId) -> UsageUpdate {
         UsageUpdate {
             id,
@@ -453,12 +460,8 @@ impl SessionsMgr {
                 hint: Some(h),
             }) = running.get(&device_id)
             {
-                let budget = h
-                    .session_type
-                    .uses_data()
-                    .then(|| h.data_bytes.saturating_sub(h.data_cons_bytes));
                 let own = (!h.use_global_speed).then_some((h.down_mbits, h.up_mbits));
-                return Ok(Some(self.grant_of(*session_id, own, budget)));
+                return Ok(Some(self.grant_of(*session_id, own, h.budget_bytes())));
             }
         }
         Ok(self
@@ -1228,10 +1231,7 @@ impl SessionsMgr {
         for (&device_id, r) in running.iter_mut() {
             if let Some(h) = r.hint.as_mut() {
                 // Nothing to charge or end before the next whole second or the expiry.
-                if h.run.boot == boot
-                    && mono - h.run.charged_to_ms < 1000
-                    && now < h.expires_at
-                {
+                if h.run.boot == boot && mono - h.run.charged_to_ms < 1000 && now < h.expires_at {
                     continue;
                 }
                 let mut next = *h;
