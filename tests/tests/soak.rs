@@ -351,12 +351,18 @@ fn soak(secs: u64) -> Report {
     );
     let secret = hs.state_dir.join("radius.secret");
     std::fs::write(&secret, format!("{RADIUS_SECRET}\n")).unwrap();
-    let captive = std::net::SocketAddr::from((hs.gw_lan_addr(false), CAPTIVE_PORT));
+    // The portal on every address of the gateway: a client types its code at
+    // the gateway's address on its own LAN (the LAN added too), whose answers
+    // its download reference leaves out as it leaves out all of its LAN's.
+    let captive = |c: &Client| {
+        let o = c.ipv4.octets();
+        std::net::SocketAddr::from(([o[0], o[1], o[2], 1], CAPTIVE_PORT))
+    };
     let mut agent = AgentBuilder::new(&hs)
         .arg("--config")
         .arg(cfg.display().to_string())
         .arg("--captive-listen")
-        .arg(captive.to_string())
+        .arg(format!("0.0.0.0:{CAPTIVE_PORT}"))
         .arg("--radius-server")
         .arg(radius.auth_addr().to_string())
         .arg("--radius-acct-server")
@@ -581,7 +587,8 @@ fn soak(secs: u64) -> Report {
                         .as_str()
                         .unwrap()
                         .to_string();
-                    let (status, head, page) = portal_redeem(&p.client.ns, captive, &code);
+                    let (status, head, page) =
+                        portal_redeem(&p.client.ns, captive(&p.client), &code);
                     assert!(
                         status == 303 && head.contains("location: /portal?done="),
                         "{} typing code {code} on the portal: {status}\n{head}\n{page}",
