@@ -631,8 +631,10 @@ impl Radius {
             warn!(device_id, user, "RADIUS Accept: {n}");
         }
         let data = auth.session(now, self.opts.default_session_secs)?;
+        // Removed first, or the connect below would resume the stopped
+        // session (the oldest available) under the new login's accounting.
         for sid in stopped {
-            let _ = mgr.remove_session(sid);
+            mgr.remove_session(sid)?;
         }
         let session = mgr.create_session_with(device_id, data).await?;
         let sid = session.id();
@@ -994,7 +996,10 @@ impl Radius {
                     );
                 }
                 // Without the running sessions, every open one is looked at.
-                Err(_) => ids = self.book.open_ids(),
+                Err(e) => {
+                    warn!("RADIUS accounting: the running sessions cannot be read ({e}); looking at every open session");
+                    ids = self.book.open_ids();
+                }
             }
         }
         ids.extend(self.book.due(now));
