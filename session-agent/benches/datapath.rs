@@ -406,6 +406,7 @@ fn measure_agent(spec: &str) {
     let (mut commit_wall, mut commit_cpu) = (Vec::new(), Vec::new());
     let (mut check_wall, mut check_cpu) = (Vec::new(), Vec::new());
     let (mut some_wall, mut some_cpu, mut some_commit_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut second_idle, mut second_some, mut second_all) = (Vec::new(), Vec::new(), Vec::new());
     // The clients of `slots` send 1,500 bytes each; then a timed poll.
     let traffic_then_poll = |slots: &mut dyn Iterator<Item = u32>| {
         {
@@ -455,6 +456,35 @@ fn measure_agent(spec: &str) {
         some_wall.push(w);
         some_cpu.push(c);
         some_commit_cpu.push(commit().1);
+        // A real second of polls (one every 250 ms, the default): with no
+        // traffic, with the 1,000 moving traffic before each, and with every
+        // device. Connected time comes due over real time, so only polls
+        // spread over a second show what charging it costs.
+        let second = |active: &dyn Fn() -> Box<dyn Iterator<Item = u32>>| {
+            let mut cpu = 0.0;
+            for _ in 0..4 {
+                std::thread::sleep(Duration::from_millis(250));
+                {
+                    let maps = gw.lans()[0].maps.lock().unwrap();
+                    for slot in active() {
+                        maps.add_up_bytes(slot, 1500).unwrap();
+                    }
+                }
+                // As the run loop polls.
+                cpu += timed(|| rt.block_on(gw.poll_round()).unwrap()).1;
+            }
+            commit();
+            cpu
+        };
+        second_idle.push(second(&|| Box::new(std::iter::empty())));
+        second_some.push(second(&|| {
+            Box::new(
+                (0..n)
+                    .step_by((n / ACTIVE).max(1) as usize)
+                    .take(ACTIVE as usize),
+            )
+        }));
+        second_all.push(second(&|| Box::new(0..n)));
     }
     let mut out = agent_rows(
         n,
@@ -471,6 +501,9 @@ fn measure_agent(spec: &str) {
             ("poll_1000_charged", "wall_ms", "ms", some_wall),
             ("poll_1000_charged", "cpu_ms", "ms", some_cpu),
             ("commit_1000_charged", "cpu_ms", "ms", some_commit_cpu),
+            ("second_of_polls_idle", "cpu_ms", "ms", second_idle),
+            ("second_of_polls_1000", "cpu_ms", "ms", second_some),
+            ("second_of_polls_all", "cpu_ms", "ms", second_all),
         ],
     );
     let rss = rss_kib() / 1024.0;

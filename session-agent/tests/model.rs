@@ -410,12 +410,15 @@ impl<K: Kernel> World<K> {
                     self.charged_all();
                 } else {
                     // The pins are gone (a reboot): bytes not charged yet
-                    // are lost, and so is the time not charged yet: the
-                    // device was not served while the datapath was gone.
+                    // are lost, and so is the time the store does not hold
+                    // yet (a view charges it up to now; the store gets it
+                    // when the session comes due, ends or is checkpointed):
+                    // the device was not served while the datapath was gone.
                     for (sid, v) in self.seen.iter_mut() {
                         v.pending = 0;
-                        if let Ok(s) = mgr.session(*sid) {
-                            v.served = s.data().time_cons;
+                        if let Ok(Some(r)) = mgr.store().session(*sid) {
+                            v.served = r.data.time_cons;
+                            v.time_cons = v.time_cons.min(r.data.time_cons);
                         }
                     }
                     self.dp = K::fresh();

@@ -32,8 +32,9 @@
 //! Store calls are synchronous and short; the async methods do not hold locks across
 //! awaits.
 
+use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -247,6 +248,28 @@ impl Hint {
             .then(|| self.data_bytes.saturating_sub(self.data_cons_bytes))
     }
 
+    /// The monotonic millisecond by which the session ends if nothing but
+    /// time changes it: its connected time runs out, or (by the wall clock,
+    /// `offset_ms` being wall minus monotonic milliseconds) it expires.
+    /// A hint of another boot is due at once; `i64::MAX`: never.
+    fn due_mono_ms(&self, offset_ms: i64, boot: u64) -> i64 {
+        if self.run.boot != boot {
+            return i64::MIN;
+        }
+        let time = if self.session_type.uses_time() {
+            let left = self.time_secs.saturating_sub(self.time_cons);
+            let left_ms = i64::try_from(left.saturating_mul(1000)).unwrap_or(i64::MAX);
+            self.run.charged_to_ms.saturating_add(left_ms)
+        } else {
+            i64::MAX
+        };
+        let expiry = match self.expires_at {
+            i64::MAX => i64::MAX,
+            at => at.saturating_mul(1000).saturating_sub(offset_ms),
+        };
+        time.min(expiry)
+    }
+
     fn update(&self, id: SessionId) -> UsageUpdate {
         UsageUpdate {
             id,
@@ -267,6 +290,38 @@ fn meter_charge(mark: Option<MeterMark>, reading: MeterMark) -> (u64, MeterMark)
     }
 }
 
+/// When each running session must be looked at: by the monotonic
+/// millisecond at which its connected time runs out or it expires (see
+/// [`Hint::due_mono_ms`]). Connected time is charged lazily: a running
+/// session's record holds the time charged up to its `charged_to_ms`, and
+/// whoever reads it (a view, a save, the end of the session, a checkpoint)
+/// charges the rest; a poll looks only at the sessions that come due, so
+/// its work does not grow with the devices connected. An entry is checked
+/// against the session's hint when it comes due, so a deadline that moved
+/// needs no removal: the session is looked at, and scheduled again.
+#[derive(Debug, Default)]
+struct Schedule {
+    due: BinaryHeap<Reverse<(i64, DeviceId)>>,
+    /// Wall minus monotonic milliseconds when `due` was built: a step of the
+    /// wall clock (which moves expiries) builds it again.
+    offset_ms: i64,
+    /// Look at every running session on the next tick (at start, and after
+    /// a save from outside the manager dropped the hints).
+    all: bool,
+}
+
+impl Schedule {
+    fn at(&mut self, device_id: DeviceId, at: i64) {
+        if at != i64::MAX {
+            self.due.push(Reverse((at, device_id)));
+        }
+    }
+}
+
+/// How far the wall clock may move against the monotonic one (NTP's slewing)
+/// before the schedule's expiries are worked out again.
+const WALL_STEP_MS: i64 = 1000;
+
 const CHANNEL_CAPACITY: usize = 4096;
 /// Text of the `Disconnected` event sent when a device runs out of sessions.
 pub const NO_SESSION_LEFT: &str = "no session left";
@@ -280,6 +335,8 @@ pub struct SessionsMgr {
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<SessionEvent>,
     running: Mutex<DenseMap<DeviceId, Running>>,
+    /// Locked after `running`, never before it.
+    schedule: Mutex<Schedule>,
     providers: RwLock<HashMap<String, Arc<dyn SessionProvider>>>,
     auto_advance: AtomicBool,
     /// Speeds of sessions with `use_global_speed`, Mbit/s (down, up; 0 = unlimited).
@@ -290,6 +347,9 @@ pub struct SessionsMgr {
     saves_seen: AtomicU64,
     /// Bumped whenever a device connects, disconnects or changes running session.
     generation: AtomicU64,
+    /// The monotonic clock when this manager was made: a view charges a
+    /// running session's time from here at the earliest (see [`charge_to_now`]).
+    opened_mono_ms: i64,
     /// Held while a voucher is checked and redeemed or revoked, so that of many
     /// concurrent redemptions of one code only those the code allows succeed.
     pub(crate) voucher_lock: Mutex<()>,
@@ -375,6 +435,7 @@ impl SessionsMgr {
 
     fn empty(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Self {
         let (events, _) = broadcast::channel(CHANNEL_CAPACITY);
+        let opened_mono_ms = clock.mono_ms();
         let mut providers: HashMap<String, Arc<dyn SessionProvider>> = HashMap::new();
         providers.insert(LOCAL_PROVIDER.to_string(), Arc::new(LocalProvider));
         SessionsMgr {
@@ -382,12 +443,17 @@ impl SessionsMgr {
             clock,
             events,
             running: Mutex::new(DenseMap::default()),
+            schedule: Mutex::new(Schedule {
+                all: true,
+                ..Schedule::default()
+            }),
             providers: RwLock::new(providers),
             auto_advance: AtomicBool::new(true),
             global_speed: Mutex::new((0, 0)),
             saves: Arc::new(AtomicU64::new(0)),
             saves_seen: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            opened_mono_ms,
             voucher_lock: Mutex::new(()),
         }
     }
@@ -573,7 +639,8 @@ impl SessionsMgr {
         v
     }
 
-    fn wrap(&self, record: SessionRecord) -> Result<ClientSession, ModelError> {
+    fn wrap(&self, mut record: SessionRecord) -> Result<ClientSession, ModelError> {
+        charge_to_now(&mut record, &*self.clock, self.opened_mono_ms);
         let provider = {
             let p = self.providers.read().map_err(|_| ModelError::Poisoned)?;
             p.get(&record.data.provider)
@@ -585,6 +652,7 @@ impl SessionsMgr {
             self.clock.clone(),
             &record,
             self.saves.clone(),
+            self.opened_mono_ms,
         ));
         let source = provider.source(&record, local);
         Ok(ClientSession::new(record, source))
@@ -787,6 +855,11 @@ impl SessionsMgr {
             .store
             .device_sessions(device_id)?
             .into_iter()
+            .map(|mut r| {
+                // The running one's time up to now.
+                charge_to_now(&mut r, &*self.clock, self.opened_mono_ms);
+                r
+            })
             .find(|r| Some(r.id) != except && r.data.is_available(now_secs)))
     }
 
@@ -807,7 +880,8 @@ impl SessionsMgr {
         let now = self.clock.now_secs();
         let sid = self.running()?.get(&device_id).map(|r| r.session_id);
         if let Some(sid) = sid {
-            if let Some(rec) = self.store.session(sid)? {
+            if let Some(mut rec) = self.store.session(sid)? {
+                charge_to_now(&mut rec, &*self.clock, self.opened_mono_ms);
                 if rec.data.is_available(now) {
                     return self.wrap(rec);
                 }
@@ -865,6 +939,25 @@ impl SessionsMgr {
             for r in running.values_mut() {
                 r.hint = None;
             }
+            self.look_at_all();
+        }
+    }
+
+    fn schedule(&self) -> Result<MutexGuard<'_, Schedule>, ModelError> {
+        self.schedule.lock().map_err(|_| ModelError::Poisoned)
+    }
+
+    /// The next tick looks at the device, whatever its hint says.
+    fn look_soon(&self, device_id: DeviceId) {
+        if let Ok(mut s) = self.schedule.lock() {
+            s.at(device_id, i64::MIN);
+        }
+    }
+
+    /// The next tick looks at every running session.
+    fn look_at_all(&self) {
+        if let Ok(mut s) = self.schedule.lock() {
+            s.all = true;
         }
     }
 
@@ -877,6 +970,7 @@ impl SessionsMgr {
             return Ok(());
         };
         r.hint = None;
+        self.look_soon(device_id);
         let sid = r.session_id;
         if let Some(mut rec) = self.store.session(sid)? {
             if let Some(run) = rec.run.as_mut() {
@@ -910,7 +1004,10 @@ impl SessionsMgr {
         let sid = self.running()?.get(&device_id).map(|r| r.session_id);
         if let Some(sid) = sid {
             let now = self.clock.now_secs();
-            let current = self.store.session(sid)?;
+            let mut current = self.store.session(sid)?;
+            if let Some(r) = current.as_mut() {
+                charge_to_now(r, &*self.clock, self.opened_mono_ms);
+            }
             if !current.is_some_and(|r| r.data.is_available(now)) {
                 // The running session ran out since the last tick: settle first.
                 self.tick()?;
@@ -933,6 +1030,7 @@ impl SessionsMgr {
         rec.run = Some(self.fresh_run());
         self.store.save_session(&rec)?;
         running.insert(device_id, Running::new(rec.id));
+        self.look_soon(device_id);
         self.bump_generation();
         drop(running);
         self.emit(if first_start {
@@ -1058,8 +1156,10 @@ impl SessionsMgr {
     /// * no mark yet (first reading since connect): the mark becomes `r`, nothing is
     ///   charged;
     /// * `m.epoch != r.epoch` (the counters were recreated): `r.bytes` is charged and the
-    ///   mark becomes `r`; the datapath was gone, so connected time starts again from now
-    ///   (the time since the last charge is not charged);
+    ///   mark becomes `r`; the datapath was gone, so connected time starts again from now:
+    ///   the time since this manager was made is charged (the datapath served it), the
+    ///   time before it and after the last charge the store holds is not (at most a
+    ///   checkpoint interval, see [`SessionsMgr::charge_connected_time`]);
     /// * otherwise `r.bytes - m.bytes` is charged and the mark becomes `r`; a reading below
     ///   the mark charges nothing and leaves the mark (it never moves backwards).
     ///
@@ -1080,7 +1180,8 @@ impl SessionsMgr {
         let mut changed: IdMap<SessionId, SessionRecord> = IdMap::default();
         let mut touched: Vec<(DeviceId, SessionId)> = Vec::new();
         let now = now_ms.div_euclid(1000);
-        let mut usage: Vec<UsageUpdate> = Vec::new();
+        let (mono, boot) = (self.clock.mono_ms(), self.clock.boot_id());
+        let mut usage: Vec<UsageUpdate> = Vec::with_capacity(readings.len());
         for &(device_id, reading) in readings {
             let Some(r) = running.get_mut(&device_id) else {
                 report.not_connected.push(device_id);
@@ -1097,7 +1198,11 @@ impl SessionsMgr {
                     let mut next = *h;
                     next.data_cons_bytes = next.data_cons_bytes.saturating_add(charge);
                     if new_epoch(h.run.meter, reading) {
+                        self.charge_watched(&mut next.run, &mut next.time_cons);
                         next.run = self.fresh_run();
+                    } else {
+                        // Its time too, since the record is written anyway.
+                        charge_run_time(&mut next.run, &mut next.time_cons, mono, boot);
                     }
                     next.run.meter = Some(mark);
                     if next.is_available(now) {
@@ -1126,10 +1231,13 @@ impl SessionsMgr {
             let fresh = self.fresh_run();
             let rec = self.load_changed(&mut changed, &mut touched, device_id, sid)?;
             rec.data.data_cons_bytes = rec.data.data_cons_bytes.saturating_add(charge);
-            let run = rec.run.get_or_insert(fresh);
             if new_epoch(mark, reading) {
-                *run = fresh;
+                if let Some(run) = rec.run.as_mut() {
+                    self.charge_watched(run, &mut rec.data.time_cons);
+                }
+                rec.run = Some(fresh);
             }
+            let run = rec.run.get_or_insert(fresh);
             run.meter = Some(new_mark);
         }
         self.record_usage_deferred(&mut running, &usage, &mut report)?;
@@ -1209,9 +1317,11 @@ impl SessionsMgr {
         Ok(report.transitions.into_iter().next())
     }
 
-    /// Adds elapsed connected time to every running session, then ends the consumed or
-    /// expired ones and starts the next available session of their devices. One store
-    /// write for the whole batch.
+    /// Adds elapsed connected time to the running sessions that come due (see
+    /// [`Schedule`]: those whose time runs out or that expire by now, and
+    /// every one after a save from outside the manager or a step of the wall
+    /// clock), then ends the consumed or expired ones and starts the next
+    /// available session of their devices. One store write for the whole batch.
     ///
     /// Time is charged from the stored [`RunState::charged_to_ms`] in whole seconds of
     /// the monotonic clock (the remainder is carried), and `charged_to_ms` moves in the
@@ -1222,18 +1332,42 @@ impl SessionsMgr {
         let now_ms = self.clock.now_ms();
         let now = now_ms.div_euclid(1000);
         let (mono, boot) = (self.clock.mono_ms(), self.clock.boot_id());
+        let offset = now_ms - mono;
         let mut running = self.running()?;
         self.check_hints(&mut running);
+        let mut schedule = self.schedule()?;
+        if (offset - schedule.offset_ms).abs() > WALL_STEP_MS {
+            // The wall clock stepped: every expiry is somewhere else.
+            schedule.all = true;
+        }
+        let due: Vec<DeviceId> = if schedule.all {
+            schedule.all = false;
+            schedule.offset_ms = offset;
+            schedule.due.clear();
+            running.iter().map(|(&d, _)| d).collect()
+        } else {
+            let mut due = Vec::new();
+            while let Some(&Reverse((at, device_id))) = schedule.due.peek() {
+                if at > mono {
+                    break;
+                }
+                schedule.due.pop();
+                due.push(device_id);
+            }
+            due.sort_unstable();
+            due.dedup();
+            due
+        };
         let mut report = TickReport::default();
         let mut changed: IdMap<SessionId, SessionRecord> = IdMap::default();
         let mut touched = Vec::new();
         let mut usage: Vec<UsageUpdate> = Vec::new();
-        for (&device_id, r) in running.iter_mut() {
+        for device_id in due {
+            // Disconnected since it was scheduled: nothing to do.
+            let Some(r) = running.get_mut(&device_id) else {
+                continue;
+            };
             if let Some(h) = r.hint.as_mut() {
-                // Nothing to charge or end before the next whole second or the expiry.
-                if h.run.boot == boot && mono - h.run.charged_to_ms < 1000 && now < h.expires_at {
-                    continue;
-                }
                 let mut next = *h;
                 let secs = charge_run_time(&mut next.run, &mut next.time_cons, mono, boot);
                 if next.is_available(now) {
@@ -1241,6 +1375,7 @@ impl SessionsMgr {
                         *h = next;
                         usage.push(next.update(r.session_id));
                     }
+                    schedule.at(device_id, next.due_mono_ms(offset, boot));
                     continue;
                 }
                 // It ends: the full path below settles it from the stored record.
@@ -1255,8 +1390,15 @@ impl SessionsMgr {
             if secs > 0 || rec.run != run_before || !rec.data.is_available(now) {
                 touched.push((device_id, r.session_id));
                 changed.insert(r.session_id, rec);
+            } else {
+                // What the store holds: the hint, and when to look again.
+                r.hint = Hint::of(&rec);
+                // One without a hint is looked at again in a second.
+                let at = r.hint.map_or(mono + 1000, |h| h.due_mono_ms(offset, boot));
+                schedule.at(device_id, at);
             }
         }
+        drop(schedule);
         self.record_usage_deferred(&mut running, &usage, &mut report)?;
         let events = self.settle(&mut running, &mut changed, &touched, now_ms, &mut report)?;
         drop(running);
@@ -1264,6 +1406,42 @@ impl SessionsMgr {
             self.emit(e);
         }
         Ok(report)
+    }
+
+    /// Charges every running session's connected time up to now into what
+    /// the store holds (the poll charges it only when a session comes due):
+    /// before a checkpoint, so that a reboot loses no more of it than the
+    /// time since the last one.
+    pub fn charge_connected_time(&self) -> Result<(), ModelError> {
+        let (mono, boot) = (self.clock.mono_ms(), self.clock.boot_id());
+        let mut running = self.running()?;
+        self.check_hints(&mut running);
+        let mut usage = Vec::new();
+        let mut unhinted = Vec::new();
+        for r in running.values_mut() {
+            let Some(h) = r.hint.as_mut() else {
+                unhinted.push(r.session_id);
+                continue;
+            };
+            if charge_run_time(&mut h.run, &mut h.time_cons, mono, boot) > 0 {
+                usage.push(h.update(r.session_id));
+            }
+        }
+        let mut report = TickReport::default();
+        self.record_usage_deferred(&mut running, &usage, &mut report)?;
+        // Those without a hint (a save dropped it) from the store.
+        let mut recs = Vec::with_capacity(unhinted.len());
+        for sid in unhinted {
+            if let Some(mut rec) = self.store.session(sid)? {
+                if rec.run.is_some() && self.charge_time(&mut rec) > 0 {
+                    recs.push(rec);
+                }
+            }
+        }
+        if !recs.is_empty() {
+            self.store.save_sessions(&recs)?;
+        }
+        Ok(())
     }
 
     /// Ends the touched running sessions that are no longer available, advances their
@@ -1285,6 +1463,10 @@ impl SessionsMgr {
             let Some(rec) = changed.get_mut(&session_id) else {
                 continue;
             };
+            // Its connected time up to now, which the poll charges only when due.
+            if rec.run.is_some() {
+                self.charge_time(rec);
+            }
             let Some(reason) = rec.data.end_reason(now) else {
                 continue;
             };
@@ -1374,10 +1556,14 @@ impl SessionsMgr {
             }
         }
         // What was just written is what the store holds for these running sessions.
+        let (offset, boot) = (now_ms - self.clock.mono_ms(), self.clock.boot_id());
+        let mut schedule = self.schedule()?;
         for rec in &recs {
             if let Some(r) = running.get_mut(&rec.device_id) {
                 if r.session_id == rec.id {
                     r.hint = Hint::of(rec);
+                    let at = r.hint.map_or(i64::MIN, |h| h.due_mono_ms(offset, boot));
+                    schedule.at(rec.device_id, at);
                 }
             }
         }
@@ -1391,13 +1577,14 @@ impl SessionsMgr {
     /// the same lock as changes to sessions. Returns the sessions ended.
     pub fn expire_paused(&self) -> Result<Vec<SessionId>, ModelError> {
         let now = self.clock.now_secs();
-        let running: Vec<SessionId> = self.running()?.values().map(|r| r.session_id).collect();
+        let running: crate::idmap::IdSet<SessionId> =
+            self.running()?.values().map(|r| r.session_id).collect();
         let mut due = Vec::new();
         self.store.for_each_session(&mut |r| {
             if r.run.is_none()
                 && r.ended_at.is_none()
-                && !running.contains(&r.id)
                 && r.data.end_reason(now) == Some(EndReason::Expired)
+                && !running.contains(&r.id)
             {
                 due.push(r.id);
             }
@@ -1431,6 +1618,17 @@ impl SessionsMgr {
         }
     }
 
+    /// Charges the connected time of `run` since this manager was made (or
+    /// its last charge, if later) up to now: the time this process saw the
+    /// device served, before a reading of new counters starts its clock again.
+    fn charge_watched(&self, run: &mut RunState, time_cons: &mut u64) {
+        let (mono, boot) = (self.clock.mono_ms(), self.clock.boot_id());
+        if run.boot == boot {
+            skip_unwatched(run, self.opened_mono_ms);
+            charge_run_time(run, time_cons, mono, boot);
+        }
+    }
+
     /// Charges the record's connected time up to now (see [`charge_run_time`]); a
     /// record without run state starts being charged now. Returns the seconds charged.
     fn charge_time(&self, rec: &mut SessionRecord) -> u64 {
@@ -1450,7 +1648,8 @@ impl SessionsMgr {
     /// and sessions that can still run (revived by a change), are kept. The gateway
     /// calls it under the lock it connects and polls under.
     pub fn gc(&self, retention_secs: i64) -> Result<Vec<SessionId>, ModelError> {
-        let running: Vec<SessionId> = self.running()?.values().map(|r| r.session_id).collect();
+        let running: crate::idmap::IdSet<SessionId> =
+            self.running()?.values().map(|r| r.session_id).collect();
         let now = self.clock.now_secs();
         let doomed: Vec<SessionId> = self
             .store
@@ -1489,6 +1688,7 @@ impl SessionsMgr {
             for r in running.values_mut() {
                 r.hint = None;
             }
+            self.look_at_all();
             return Err(e.into());
         }
         report.updated += usage.len();
@@ -1507,8 +1707,10 @@ impl SessionsMgr {
         Ok(self.store.sync()?)
     }
 
-    /// Checkpoints the store (see [`SessionStore::checkpoint`]).
+    /// Checkpoints the store (see [`SessionStore::checkpoint`]), with every
+    /// running session's connected time charged up to now first.
     pub fn checkpoint(&self) -> Result<(), ModelError> {
+        self.charge_connected_time()?;
         Ok(self.store.checkpoint()?)
     }
 }
@@ -1517,6 +1719,33 @@ impl SessionsMgr {
 /// were made anew: it did not serve the device meanwhile).
 fn new_epoch(mark: Option<MeterMark>, reading: MeterMark) -> bool {
     mark.is_some_and(|m| m.epoch != reading.epoch)
+}
+
+/// A running session's record with its connected time charged up to now
+/// (the poll charges it only when the session comes due, see [`Schedule`]):
+/// what a view shows, and what a save starts from. Time before `since_ms`
+/// (when this process's manager was made) is left to the first poll, which
+/// learns from the datapath whether the device was served meanwhile (see
+/// [`SessionsMgr::record_meter`]); a record of another boot is left as it is
+/// (see [`charge_run_time`]).
+pub(crate) fn charge_to_now(rec: &mut SessionRecord, clock: &dyn Clock, since_ms: i64) {
+    if let Some(run) = rec.run.as_mut() {
+        let boot = clock.boot_id();
+        if run.boot == boot {
+            skip_unwatched(run, since_ms);
+            charge_run_time(run, &mut rec.data.time_cons, clock.mono_ms(), boot);
+        }
+    }
+}
+
+/// Moves a run state last charged before `since_ms` (when this process's
+/// manager was made) to it, so the time before is not charged. A charge
+/// within the second before is this process's (the poll carries the
+/// fraction of a second it did not charge), so it stays.
+fn skip_unwatched(run: &mut RunState, since_ms: i64) {
+    if run.charged_to_ms < since_ms.saturating_sub(1000) {
+        run.charged_to_ms = since_ms;
+    }
 }
 
 /// Charges the connected time since `run.charged_to_ms` (monotonic, boot `boot`) in

@@ -59,6 +59,8 @@ pub struct LocalSource {
     /// Bumped on every save, so the manager knows its copies of stored
     /// sessions may be out of date.
     saves: Arc<AtomicU64>,
+    /// See [`crate::manager::charge_to_now`].
+    since_ms: i64,
 }
 
 impl LocalSource {
@@ -67,6 +69,7 @@ impl LocalSource {
         clock: Arc<dyn Clock>,
         record: &SessionRecord,
         saves: Arc<AtomicU64>,
+        since_ms: i64,
     ) -> Self {
         LocalSource {
             store,
@@ -75,6 +78,7 @@ impl LocalSource {
             device_id: record.device_id,
             cached: Mutex::new(record.data.clone()),
             saves,
+            since_ms,
         }
     }
 
@@ -86,6 +90,9 @@ impl LocalSource {
             .store
             .session(self.session_id)?
             .ok_or(ModelError::UnknownSession(self.session_id))?;
+        // The stored clock reading moves to now; the saved time is the
+        // snapshot's, charged up to when it was taken.
+        crate::manager::charge_to_now(&mut rec, &*self.clock, self.since_ms);
         let now = self.clock.now_secs();
         rec.data = data.clone();
         rec.device_id = self.device_id;
@@ -98,10 +105,11 @@ impl LocalSource {
 
     /// Loads synchronously.
     pub fn reload_now(&self) -> Result<SessionData, ModelError> {
-        let rec = self
+        let mut rec = self
             .store
             .session(self.session_id)?
             .ok_or(ModelError::UnknownSession(self.session_id))?;
+        crate::manager::charge_to_now(&mut rec, &*self.clock, self.since_ms);
         *self.cached.lock().map_err(|_| ModelError::Poisoned)? = rec.data.clone();
         Ok(rec.data)
     }

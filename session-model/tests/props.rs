@@ -137,6 +137,8 @@ proptest! {
                     auto_advance = *on;
                 }
                 Op::Restart => {
+                    // As the daemon stops: the time charged so far is kept.
+                    m.checkpoint().unwrap();
                     let connected = m.connected().unwrap();
                     let run = m.run_state(dev).unwrap();
                     m = SessionsMgr::new(store.clone(), clock.clone());

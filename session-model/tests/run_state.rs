@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use session_model::manager::{NO_SESSION_LEFT, SESSION_ENDED};
 use session_model::{
-    DeviceId, HybridOptions, HybridStore, MacAddr, ManualClock, MemoryStore, MeterMark, RedbStore,
-    RunState, SessionEvent, SessionId, SessionStore, SessionsMgr,
+    DeviceId, EndReason, HybridOptions, HybridStore, MacAddr, ManualClock, MemoryStore, MeterMark,
+    RedbStore, RunState, SessionEvent, SessionId, SessionStore, SessionsMgr,
 };
 use tokio::sync::broadcast::Receiver;
 
@@ -248,14 +248,15 @@ async fn record_meter_is_exact() {
     assert_eq!(m.meter_mark(d).unwrap(), Some(mark(2, 300)));
     m.record_meter(&[(d, mark(2, 350))]).unwrap();
     assert_eq!(cons(&m), 1_750);
-    // record_meter does not charge time.
+    // A reading that charges bytes charges the connected time with them:
+    // the record is written anyway.
     clock.advance_secs(5);
     m.record_meter(&[(d, mark(2, 360))]).unwrap();
-    assert_eq!(m.session(ids[0]).unwrap().time_consumption(), 0);
+    assert_eq!(m.session(ids[0]).unwrap().time_consumption(), 5);
     assert_eq!(
         m.run_state(d).unwrap().unwrap().charged_to_ms,
-        T0 * 1000,
-        "time untouched"
+        T0 * 1000 + 5_000,
+        "the clock reading moves with the time charged"
     );
     // record_usage still works alongside and leaves the mark alone.
     m.record_usage(&[(d, 40)]).unwrap();
@@ -486,10 +487,12 @@ async fn polls_that_change_nothing_write_nothing() {
         assert_eq!(m.record_meter(&[(d, mark(1, 100))]).unwrap().updated, 0);
         assert_eq!(m.tick().unwrap().updated, 0);
     }
-    // New bytes, then a whole second: both are charged exactly.
+    // New bytes, then a whole second: both are charged exactly. The time
+    // alone is no write: the poll charges it when the session comes due, a
+    // view up to now.
     assert_eq!(m.record_meter(&[(d, mark(1, 350))]).unwrap().updated, 1);
     clock.advance(Duration::from_millis(400));
-    assert_eq!(m.tick().unwrap().updated, 1);
+    assert_eq!(m.tick().unwrap().updated, 0);
     let s = m.session(ids[0]).unwrap();
     assert_eq!((s.data_consumption_bytes(), s.time_consumption()), (250, 1));
 }
@@ -588,8 +591,8 @@ async fn downtime(kind: &str) {
             15,
             "{kind}: charging goes on after new counters"
         );
-        m.flush().unwrap();
-        m.sync().unwrap();
+        // The periodic checkpoint keeps the time charged so far.
+        m.checkpoint().unwrap();
     }
     // A reboot (power cut) for 2 h: another boot, the gap is not charged even
     // before the first reading of the new counters.
@@ -647,4 +650,64 @@ async fn a_paused_session_that_expires_is_ended_with_an_event() {
     assert_eq!(rec.ended_at, rec.data.expires_at(), "ended when it expired");
     assert!(m.expire_paused().unwrap().is_empty(), "ended once");
     assert!(drain(&mut rx).is_empty());
+}
+
+#[tokio::test]
+async fn a_poll_writes_only_the_sessions_that_come_due_and_each_ends_on_its_time() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let m = data_mgr(Arc::new(MemoryStore::new()), clock.clone());
+    // Device n has a time session of 2n seconds.
+    let mut sessions = Vec::new();
+    for n in 1..=200u8 {
+        let secs = 2 * u64::from(n);
+        let (d, ids) = device_with_sessions(&m, n, &[(0, secs, 0.0)]).await;
+        m.connect(d, "").await.unwrap();
+        sessions.push((d, ids[0], secs));
+    }
+    // The first poll looks at every running session.
+    m.tick().unwrap();
+    let mut ended_at_ms = std::collections::HashMap::new();
+    let mut elapsed_ms = 0u64;
+    while elapsed_ms < 401_000 {
+        clock.advance(Duration::from_millis(250));
+        elapsed_ms += 250;
+        let rep = m.tick().unwrap();
+        // A poll writes the sessions it ends, and no other: time alone is no write.
+        assert_eq!(rep.updated, rep.transitions.len(), "at {elapsed_ms} ms");
+        for t in rep.transitions {
+            assert_eq!(t.reason, EndReason::Consumed);
+            assert!(ended_at_ms.insert(t.session_id, elapsed_ms).is_none());
+        }
+    }
+    for (d, sid, secs) in sessions {
+        let at = ended_at_ms[&sid];
+        assert!(
+            (secs * 1000..secs * 1000 + 250).contains(&at),
+            "a {secs} s session ended at {at} ms"
+        );
+        assert!(!m.is_connected(d).unwrap());
+        assert_eq!(m.session(sid).unwrap().time_consumption(), secs);
+    }
+}
+
+#[tokio::test]
+async fn a_wall_clock_step_past_an_expiry_ends_the_running_session_at_the_next_poll() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let m = data_mgr(Arc::new(MemoryStore::new()), clock.clone());
+    let d = m.create_device(mac(1), None, None).unwrap();
+    let sid = m
+        .create_session(d.id, 0, 7 * 86_400, 0.0, Some(1), 0, 0, false)
+        .await
+        .unwrap()
+        .id();
+    m.connect(d.id, "").await.unwrap();
+    clock.advance_secs(5);
+    assert!(m.tick().unwrap().transitions.is_empty());
+    // The wall clock (not connected time) passes the expiry.
+    clock.step_wall(10 * 86_400);
+    let rep = m.tick().unwrap();
+    assert_eq!(rep.transitions.len(), 1, "{rep:?}");
+    assert_eq!(rep.transitions[0].reason, EndReason::Expired);
+    assert!(!m.is_connected(d.id).unwrap());
+    assert_eq!(m.session(sid).unwrap().time_consumption(), 5);
 }

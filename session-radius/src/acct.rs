@@ -1,20 +1,27 @@
 //! The accounting book: the RADIUS sessions that are open and the accounting
 //! requests not yet answered, in one redb file beside the session store (in
-//! memory with the memory store). A request is written before it is sent and
-//! removed once a server answered it, so an outage or a crash loses none and
-//! repeats one at most.
+//! memory with the memory store). A Start, a Stop and Accounting-On/Off are
+//! written before they are sent and removed once a server answered them, so
+//! an outage or a crash loses none and repeats one at most. Interim updates
+//! wait in memory, in the same order: each carries the session's totals so
+//! far, so one a crash loses is made good by the next or by the Stop (RFC
+//! 2866, 5.3), and a gateway with many sessions writes nothing to its disk
+//! for an update or its answer.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, VecDeque},
     path::Path,
-    sync::Mutex,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Mutex,
+    },
 };
 
 use radius::core::rfc2866;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use session_model::{DeviceId, SessionId};
+use session_model::{idmap::IdMap, DeviceId, SessionId};
 
 const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("acct_queue");
 const OPEN: TableDefinition<u64, &[u8]> = TableDefinition::new("acct_sessions");
@@ -224,14 +231,23 @@ pub struct Book {
     /// The open sessions' ids and when each is next due, in memory: the
     /// once-a-second bookkeeping reads from the file only the sessions it acts on.
     index: Mutex<Index>,
+    /// Interim updates waiting for an answer, with their numbers: in memory
+    /// only (see the module's notes).
+    pending: Mutex<VecDeque<(u64, Request)>>,
+    /// The next request's number. The file keeps the next after its last
+    /// request's, so numbers only grow across a restart too.
+    next_seq: AtomicU64,
 }
+
+/// In [`Index::open`]: a session that sends no interim updates.
+const NO_UPDATES: i64 = i64::MAX;
 
 /// Which sessions are open, and by when their next interim update is due.
 #[derive(Debug, Default)]
 struct Index {
-    /// Open sessions: their device and their next interim update (none: no
-    /// updates).
-    open: HashMap<SessionId, (DeviceId, Option<i64>)>,
+    /// Open sessions: their device and their next interim update
+    /// ([`NO_UPDATES`]: none), 24 bytes a session.
+    open: IdMap<SessionId, (DeviceId, i64)>,
     /// `(next_interim, session)` of the sessions that send updates.
     due: BTreeSet<(i64, SessionId)>,
 }
@@ -243,16 +259,20 @@ impl Index {
     }
 
     fn insert(&mut self, id: SessionId, device: DeviceId, interim_secs: u64, next_interim: i64) {
-        let next = (interim_secs > 0).then_some(next_interim);
-        if let Some(at) = next {
-            self.due.insert((at, id));
-        }
+        let next = if interim_secs > 0 {
+            self.due.insert((next_interim, id));
+            next_interim
+        } else {
+            NO_UPDATES
+        };
         self.open.insert(id, (device, next));
     }
 
     fn remove(&mut self, id: SessionId) {
-        if let Some((_, Some(at))) = self.open.remove(&id) {
-            self.due.remove(&(at, id));
+        if let Some((_, at)) = self.open.remove(&id) {
+            if at != NO_UPDATES {
+                self.due.remove(&(at, id));
+            }
         }
     }
 }
@@ -290,10 +310,18 @@ impl Book {
         w.open_table(OPEN).map_err(err("open"))?;
         w.open_table(META).map_err(err("open"))?;
         w.commit().map_err(err("open"))?;
+        let next_seq = {
+            let r = db.begin_read().map_err(err("open"))?;
+            let meta = r.open_table(META).map_err(err("open"))?;
+            let v = meta.get(NEXT_SEQ).map_err(err("open"))?;
+            v.map_or(1, |v| v.value())
+        };
         let book = Self {
             db,
             limit,
             index: Mutex::default(),
+            pending: Mutex::default(),
+            next_seq: AtomicU64::new(next_seq),
         };
         *book.index.lock().unwrap() = book.read_index()?;
         Ok(book)
@@ -404,8 +432,10 @@ impl Book {
         request: Option<&Request>,
     ) -> Result<Queued, BookError> {
         let w = self.db.begin_write().map_err(err("write"))?;
-        let queued = self.put(&w, session, close, request)?;
+        let mut interims = Vec::new();
+        let queued = self.put(&w, session, close, request, &mut interims)?;
         w.commit().map_err(err("write"))?;
+        self.pend(interims);
         let mut index = self.index.lock().unwrap();
         if let Some(s) = session {
             index.put(s);
@@ -429,12 +459,14 @@ impl Book {
         }
         let w = self.db.begin_write().map_err(err("write"))?;
         let mut dropped = 0;
+        let mut interims = Vec::new();
         for (s, req) in updates {
-            if self.put(&w, Some(s), None, req.as_ref())? == Queued::Full {
+            if self.put(&w, Some(s), None, req.as_ref(), &mut interims)? == Queued::Full {
                 dropped += 1;
             }
         }
         w.commit().map_err(err("write"))?;
+        self.pend(interims);
         let mut index = self.index.lock().unwrap();
         for (s, _) in updates {
             index.put(s);
@@ -442,13 +474,26 @@ impl Book {
         Ok(dropped)
     }
 
-    /// [`Book::record`]'s writes, in the transaction `w`.
+    /// Interim updates of a transaction that committed, queued in memory.
+    fn pend(&self, interims: Vec<Request>) {
+        if interims.is_empty() {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap();
+        for req in interims {
+            pending.push_back((self.next_seq.fetch_add(1, Relaxed), req));
+        }
+    }
+
+    /// [`Book::record`]'s writes, in the transaction `w`; an interim update
+    /// goes to `interims`, for the memory queue once `w` commits.
     fn put(
         &self,
         w: &redb::WriteTransaction,
         session: Option<&OpenSession>,
         close: Option<SessionId>,
         request: Option<&Request>,
+        interims: &mut Vec<Request>,
     ) -> Result<Queued, BookError> {
         let mut open = w.open_table(OPEN).map_err(err("write"))?;
         if let Some(s) = session {
@@ -463,24 +508,36 @@ impl Book {
             return Ok(Queued::Yes);
         };
         let mut q = w.open_table(QUEUE).map_err(err("write"))?;
-        let full = q.len().map_err(err("write"))? >= self.limit;
-        if full && req.status == Status::InterimUpdate {
-            return Ok(Queued::Full);
+        if req.status == Status::InterimUpdate {
+            let waiting = q.len().map_err(err("write"))?
+                + self.pending.lock().unwrap().len() as u64
+                + interims.len() as u64;
+            if waiting >= self.limit {
+                return Ok(Queued::Full);
+            }
+            interims.push(req.clone());
+            return Ok(Queued::Yes);
         }
+        let seq = self.next_seq.fetch_add(1, Relaxed);
         let mut meta = w.open_table(META).map_err(err("write"))?;
-        let seq = meta
-            .get(NEXT_SEQ)
-            .map_err(err("write"))?
-            .map(|v| v.value())
-            .unwrap_or(1);
         meta.insert(NEXT_SEQ, seq + 1).map_err(err("write"))?;
         let v = serde_json::to_vec(req).expect("a request serialises");
         q.insert(seq, v.as_slice()).map_err(err("write"))?;
         Ok(Queued::Yes)
     }
 
-    /// The oldest request not yet answered.
+    /// The oldest request not yet answered, in the file or in memory.
     pub fn oldest(&self) -> Result<Option<(u64, Request)>, BookError> {
+        let disk = self.oldest_written()?;
+        let mem = self.pending.lock().unwrap().front().cloned();
+        Ok(match (disk, mem) {
+            (Some(d), Some(m)) => Some(if m.0 < d.0 { m } else { d }),
+            (d, m) => d.or(m),
+        })
+    }
+
+    /// The oldest request in the file.
+    fn oldest_written(&self) -> Result<Option<(u64, Request)>, BookError> {
         let r = self.db.begin_read().map_err(err("read"))?;
         let t = r.open_table(QUEUE).map_err(err("read"))?;
         let bad = {
@@ -502,11 +559,18 @@ impl Book {
         drop(t);
         drop(r);
         self.answered(bad)?;
-        self.oldest()
+        self.oldest_written()
     }
 
     /// Removes an answered request.
     pub fn answered(&self, seq: u64) -> Result<(), BookError> {
+        {
+            let mut pending = self.pending.lock().unwrap();
+            if let Some(i) = pending.iter().position(|(s, _)| *s == seq) {
+                pending.remove(i);
+                return Ok(());
+            }
+        }
         let w = self.db.begin_write().map_err(err("write"))?;
         w.open_table(QUEUE)
             .map_err(err("write"))?
@@ -518,10 +582,12 @@ impl Book {
     /// Requests waiting for an answer.
     pub fn queued(&self) -> Result<u64, BookError> {
         let r = self.db.begin_read().map_err(err("read"))?;
-        r.open_table(QUEUE)
+        let written = r
+            .open_table(QUEUE)
             .map_err(err("read"))?
             .len()
-            .map_err(err("read"))
+            .map_err(err("read"))?;
+        Ok(written + self.pending.lock().unwrap().len() as u64)
     }
 }
 
@@ -638,32 +704,44 @@ mod tests {
     }
 
     #[test]
-    fn requests_come_back_in_order_and_survive_reopening() {
+    fn requests_come_back_in_order_and_only_interim_updates_are_not_written() {
         let dir = std::env::temp_dir().join(format!("acct-book-{}", std::process::id()));
         let _ = std::fs::remove_file(&dir);
+        let s = open(1);
+        let req = |status| Request {
+            status,
+            at: 1,
+            session: Some(SessionPart::of(&s, 1, None)),
+        };
+        let drain = |b: &Book| {
+            let mut seen = Vec::new();
+            while let Some((seq, req)) = b.oldest().unwrap() {
+                seen.push(req.status);
+                b.answered(seq).unwrap();
+            }
+            seen
+        };
+        use Status::*;
         {
             let b = Book::open(Some(&dir), 10).unwrap();
-            let s = open(1);
-            for status in [Status::Start, Status::InterimUpdate, Status::Stop] {
-                let req = Request {
-                    status,
-                    at: 1,
-                    session: Some(SessionPart::of(&s, 1, None)),
-                };
-                b.record(Some(&s), None, Some(&req)).unwrap();
+            for status in [Start, InterimUpdate, Stop, AccountingOff] {
+                b.record(Some(&s), None, Some(&req(status))).unwrap();
+            }
+            assert_eq!(b.queued().unwrap(), 4);
+            assert_eq!(drain(&b), vec![Start, InterimUpdate, Stop, AccountingOff]);
+            assert_eq!(b.queued().unwrap(), 0);
+            for status in [Start, InterimUpdate, InterimUpdate, Stop] {
+                b.record(Some(&s), None, Some(&req(status))).unwrap();
             }
         }
+        // Reopened (a crash): what was written is there, in order; the
+        // interim updates, which the Stop's totals make good, are not.
         let b = Book::open(Some(&dir), 10).unwrap();
         assert_eq!(b.open_sessions().unwrap(), vec![open(1)]);
-        let mut seen = Vec::new();
-        while let Some((seq, req)) = b.oldest().unwrap() {
-            seen.push(req.status);
-            b.answered(seq).unwrap();
-        }
-        assert_eq!(
-            seen,
-            vec![Status::Start, Status::InterimUpdate, Status::Stop]
-        );
+        assert_eq!(b.queued().unwrap(), 2);
+        b.record(Some(&s), None, Some(&req(InterimUpdate))).unwrap();
+        b.record(Some(&s), None, Some(&req(Stop))).unwrap();
+        assert_eq!(drain(&b), vec![Start, Stop, InterimUpdate, Stop]);
         std::fs::remove_file(&dir).unwrap();
     }
 

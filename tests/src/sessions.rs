@@ -235,6 +235,10 @@ impl Snapshot {
 
 /// Waits until the session's consumption, the references and the kernel
 /// counters stop changing (polls of the agent included), then returns them.
+/// Longer than the agent takes to charge what the kernel counted: its poll
+/// charges usage once a second.
+pub const CHARGE_SETTLE: Duration = Duration::from_millis(1100);
+
 pub fn settled(agent: &Agent, nft: &NftRef, rx: &RxRef, mac: &str, session: i64) -> Snapshot {
     let api = agent.api();
     let read = || {
@@ -249,13 +253,11 @@ pub fn settled(agent: &Agent, nft: &NftRef, rx: &RxRef, mac: &str, session: i64)
     let deadline = Instant::now() + Duration::from_secs(8);
     let mut last = read();
     loop {
-        // Longer than the default poll interval (250 ms), so a pending charge shows.
-        std::thread::sleep(Duration::from_millis(600));
+        // So that a pending charge shows. (A running session's time goes on.)
+        std::thread::sleep(CHARGE_SETTLE);
         let next = read();
-        let same = next.refs == last.refs
-            && next.kernel == last.kernel
-            && next.cons() == last.cons()
-            && next.session["time_cons"] == last.session["time_cons"];
+        let same =
+            next.refs == last.refs && next.kernel == last.kernel && next.cons() == last.cons();
         if same || Instant::now() > deadline {
             return next;
         }

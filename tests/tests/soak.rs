@@ -871,10 +871,10 @@ fn soak(secs: u64) -> Report {
             };
             (c, r.delivered(), r.forwarded())
         };
-        // Settled: two reads a poll apart agree.
+        // Settled: two reads a charge apart agree.
         let mut last = read();
         for _ in 0..20 {
-            std::thread::sleep(Duration::from_millis(600));
+            std::thread::sleep(CHARGE_SETTLE);
             let next = read();
             if next == last {
                 break;

@@ -77,7 +77,7 @@ impl Gateway {
         {
             // Its session ran out since the last poll: settle it as the poll
             // would (the manager's connect would too, but drop what ends).
-            self.poll_locked().await?;
+            self.poll_locked(true).await?;
         }
         match self.mgr.connect(device_id, notification).await {
             Ok(_) => {}

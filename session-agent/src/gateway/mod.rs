@@ -91,6 +91,11 @@ pub struct Gateway {
     heard: StdMutex<HashMap<MacAddr, Heard>>,
     /// When the poll last checked the datapath against the sessions.
     last_enforced: StdMutex<Option<Instant>>,
+    /// When the run loop's poll last charged usage (see [`Gateway::poll_round`]).
+    last_charged: StdMutex<Option<Instant>>,
+    /// The next round of the run loop charges usage whenever it comes (the
+    /// kernel cut a device off).
+    charge_soon: std::sync::atomic::AtomicBool,
     /// Where the next check of speeds and budgets starts among the connected devices.
     check_cursor: std::sync::atomic::AtomicUsize,
 }
@@ -201,6 +206,8 @@ impl Gateway {
             idle_clients: StdMutex::new(IdleTracker::default()),
             heard: StdMutex::new(HashMap::new()),
             last_enforced: StdMutex::new(None),
+            last_charged: StdMutex::new(None),
+            charge_soon: std::sync::atomic::AtomicBool::new(false),
             check_cursor: std::sync::atomic::AtomicUsize::new(0),
         })
     }

@@ -19,6 +19,8 @@ use crate::{dataplane::Pressure, error::AgentError};
 
 /// How often the poll checks the datapath against the sessions.
 const ENFORCE_EVERY: Duration = Duration::from_secs(1);
+/// How often the run loop's poll charges usage (see [`Gateway::poll_round`]).
+const CHARGE_EVERY: Duration = Duration::from_secs(1);
 /// Slots of the client table one check of the datapath compares with the
 /// sessions (see [`Gateway::enforce_sessions`]).
 const CHECK_SLOTS_PER_RUN: u32 = 4096;
@@ -28,13 +30,37 @@ impl Gateway {
     /// advance sessions, pause idle devices.
     pub async fn poll(&self) -> Result<(), AgentError> {
         let _g = self.ops.lock().await;
-        self.poll_locked().await
+        self.poll_locked(true).await
     }
 
-    /// [`Gateway::poll`] with the operations lock held.
-    pub(super) async fn poll_locked(&self) -> Result<(), AgentError> {
+    /// One round of the run loop's poll (every `--poll-ms`): sessions whose
+    /// time runs out or that expire are ended as [`Gateway::poll`] ends them,
+    /// but usage is charged once a [`CHARGE_EVERY`], and at once after the
+    /// kernel cut a device off (its next session starts then). The kernel
+    /// enforces data budgets itself, so charging more often would only
+    /// repeat the work for every active device.
+    pub async fn poll_round(&self) -> Result<(), AgentError> {
+        let _g = self.ops.lock().await;
+        let charge = {
+            let mut last = self.last_charged.lock().unwrap();
+            let due = self.charge_soon.swap(false, Relaxed)
+                || last.is_none_or(|t| t.elapsed() >= CHARGE_EVERY);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        self.poll_locked(charge).await
+    }
+
+    /// [`Gateway::poll`] with the operations lock held; without `charge`,
+    /// no usage is read or charged.
+    pub(super) async fn poll_locked(&self, charge: bool) -> Result<(), AgentError> {
         let started = Instant::now();
-        let readings = self.moved_readings()?;
+        let readings = match charge {
+            true => self.moved_readings()?,
+            false => Vec::new(),
+        };
         self.charge(&readings).await?;
         let report = self.mgr.tick()?;
         self.apply(&report)?;
@@ -228,7 +254,7 @@ impl Gateway {
                 return;
             }
             watchdog.ping();
-            if let Err(e) = self.poll().await {
+            if let Err(e) = self.poll_round().await {
                 self.stats.poll_errors.fetch_add(1, Relaxed);
                 warn!("poll failed: {e}");
             }
@@ -333,6 +359,7 @@ impl Gateway {
     /// The kernel cut a device off: poll now so its next session starts at once.
     pub fn quota_exhausted(&self, lan: &str, mac: MacAddr) {
         self.stats.ring_quota_exhausted.fetch_add(1, Relaxed);
+        self.charge_soon.store(true, Relaxed);
         let device_id = self.mgr.device_by_mac(mac).ok().map(|d| d.id);
         let _ = self.events.send(GatewayEvent::QuotaCutoff {
             lan: lan.into(),

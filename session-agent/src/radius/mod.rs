@@ -985,7 +985,7 @@ impl Radius {
         if sweep {
             match gw.sessions().connected() {
                 Ok(running) => {
-                    let running: std::collections::HashSet<(DeviceId, SessionId)> =
+                    let running: session_model::idmap::IdSet<(DeviceId, SessionId)> =
                         running.into_iter().collect();
                     ids.extend(
                         self.book

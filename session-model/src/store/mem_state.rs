@@ -10,6 +10,10 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::idmap::{DenseMap, IdMap};
+
+/// A device's session ids, in order: most devices have one, kept without an
+/// allocation of its own (65,536 devices: 2 MiB less).
+pub type DeviceSessions = smallvec::SmallVec<[SessionId; 1]>;
 use crate::voucher::{mask_code, Redemption, Voucher};
 use crate::{Device, DeviceId, MacAddr, SessionData, SessionId, SessionRecord, StoreError};
 
@@ -30,7 +34,7 @@ pub(crate) struct MemState {
     pub macs: HashMap<MacAddr, DeviceId>,
     pub sessions: DenseMap<SessionId, SessionRecord>,
     /// Each device's session ids, ascending (most devices have one or two).
-    pub by_device: IdMap<DeviceId, Vec<SessionId>>,
+    pub by_device: IdMap<DeviceId, DeviceSessions>,
     pub next_device_id: DeviceId,
     pub next_session_id: SessionId,
     /// Vouchers by code.

@@ -480,26 +480,23 @@ pub fn goals(r: &Results) -> Vec<Goal> {
         // `second_of_work`), each poll charging every device.
         let goal = "all 65,536 devices active, with an open RADIUS session and two address bindings each: poll + books + sweep + commit under 50 ms of CPU per second";
         if let Some((total, [poll, books, books_sweep, sweep, commit])) =
-            second_of_work(r, 65_536, "poll_all_charged", "commit_all_charged")
+            second_of_work(r, 65_536, "second_of_polls_all", "commit_all_charged")
         {
             v.push(Goal {
                 scenario: "5 agent cost",
                 goal,
                 measured: format!(
-                    "{total:.1} ms: 4 polls of {poll:.1}, RADIUS round {books:.1} + sweep {books_sweep:.1} / 30, \
+                    "{total:.1} ms: a second's 4 polls {poll:.1}, RADIUS round {books:.1} + sweep {books_sweep:.1} / 30, \
                      binding sweep {sweep:.1} (wall) / 60, commit {commit:.1}"
                 ),
                 status: Status::of(total < 50.0),
             });
         }
         // The same second with 1,000 devices active, at 65,536 and at 1,000
-        // connected, plus the table check (which reads the whole table).
+        // connected (a real second's polls include the check of the table).
         let goal = "65,536 connected devices of which 1,000 active, with RADIUS sessions and bindings: a second's CPU within 2x of 1,000 connected devices all active";
         let second = |n: u32| {
-            second_of_work(r, n, "poll_1000_charged", "commit_1000_charged").and_then(|(t, _)| {
-                r.find("agent_cost", "check_table", Some(n), "cpu_ms")
-                    .map(|m| t + m.median)
-            })
+            second_of_work(r, n, "second_of_polls_1000", "commit_1000_charged").map(|(t, _)| t)
         };
         if let (Some(big), Some(small)) = (second(65_536), second(1_000)) {
             v.push(Goal {
@@ -507,7 +504,7 @@ pub fn goals(r: &Results) -> Vec<Goal> {
                 goal,
                 measured: format!(
                     "{:.1}x: {big:.1} ms at 65,536 against {small:.1} ms at 1,000 \
-                     (4 polls, the commit, the table check, RADIUS and the binding sweep)",
+                     (a second's 4 polls with the table check, the commit, RADIUS and the binding sweep)",
                     big / small
                 ),
                 status: Status::of(big <= 2.0 * small),
@@ -643,8 +640,8 @@ enum Col {
     Pair(&'static str, &'static str, &'static str),
 }
 
-/// A second of the agent's work at `n` devices, CPU ms, from one run: four
-/// polls (`--poll-ms` 250) of `poll`, RADIUS's round and a thirtieth of its
+/// A second of the agent's work at `n` devices, CPU ms, from one run: the
+/// four polls (`--poll-ms` 250) of a real second, `poll`, RADIUS's round and a thirtieth of its
 /// sweep of every session, a sixtieth of the binding sweep (once a minute at
 /// the default bind_ttl; wall time) and a `commit`; with those five figures.
 fn second_of_work(r: &Results, n: u32, poll: &str, commit: &str) -> Option<(f64, [f64; 5])> {
@@ -660,7 +657,7 @@ fn second_of_work(r: &Results, n: u32, poll: &str, commit: &str) -> Option<(f64,
         m(commit, "cpu_ms")?,
     ];
     let [p, b, bs, s, c] = parts;
-    Some((4.0 * p + b + bs / 30.0 + s / 60.0 + c, parts))
+    Some((p + b + bs / 30.0 + s / 60.0 + c, parts))
 }
 
 fn notes(r: &Results, name: &str) -> String {
@@ -989,7 +986,7 @@ session-agent's TC ingress program in the same 64-byte traffic, from the kernel'
             _ => "-".into(),
         };
         // Each table: its header, then per number of devices, its columns.
-        let tables: [(&str, &[Col]); 3] = [
+        let tables: [(&str, &[Col]); 4] = [
             (
                 "| connected devices | read counters ms | idle poll wall / CPU ms | all-charged poll wall / CPU ms | commit of all wall / CPU ms | table check wall / CPU ms | 1,000 charged: poll / commit CPU ms | resident MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|",
                 &[
@@ -1019,6 +1016,14 @@ session-agent's TC ingress program in the same 64-byte traffic, from the kernel'
                     Col::WallCpu("radius_books_second"),
                     Col::Times("radius_books_sweep", "radius_books_second", "cpu_ms", 0),
                     Col::One("resident_memory_radius", "rss_mib"),
+                ],
+            ),
+            (
+                "| connected devices | a real second's 4 polls, CPU ms: no traffic | 1,000 active | every device active |\n|---:|---:|---:|---:|",
+                &[
+                    Col::One("second_of_polls_idle", "cpu_ms"),
+                    Col::One("second_of_polls_1000", "cpu_ms"),
+                    Col::One("second_of_polls_all", "cpu_ms"),
                 ],
             ),
         ];
