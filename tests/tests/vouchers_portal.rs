@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use session_tests::api::ApiClient;
 use session_tests::netns::ip_n;
+use session_tests::sessions::CHARGE_SETTLE;
 use session_tests::traffic::{http, portal_redeem};
 use session_tests::{require_root, AgentBuilder, Hotspot, TcpServer, TcpTransfer};
 
@@ -242,7 +243,7 @@ fn a_code_follows_its_phone_to_a_new_mac_once_the_old_one_is_silent() {
     );
     stop.store(true, Ordering::Relaxed);
     busy.join().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(CHARGE_SETTLE);
     let before = only_session(&api, dev);
     assert!(
         before["data_cons_bytes"].as_u64().unwrap() >= 1_000_000,
@@ -294,7 +295,7 @@ fn a_code_follows_its_phone_to_a_new_mac_once_the_old_one_is_silent() {
     );
     // Online on the new MAC, charged to the same session.
     TcpTransfer::run(&a.ns, tcp.addr, 0, 1_000_000).expect("download after the move");
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(CHARGE_SETTLE);
     let later = only_session(&api, dev);
     assert!(
         later["data_cons_bytes"].as_u64() > before["data_cons_bytes"].as_u64(),
