@@ -473,6 +473,9 @@ fn measure_agent(spec: &str) {
                 // As the run loop polls.
                 cpu += timed(|| rt.block_on(gw.poll_round()).unwrap()).1;
             }
+            // What the second left uncharged (the next second's charge),
+            // so that the next measurement starts from nothing.
+            rt.block_on(gw.poll()).unwrap();
             commit();
             cpu
         };
