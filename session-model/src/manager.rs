@@ -318,6 +318,10 @@ impl Schedule {
     }
 }
 
+/// Entries of the schedule beyond two a running session that make the next
+/// tick build it anew.
+const STALE_ENTRIES: usize = 1024;
+
 /// How far the wall clock may move against the monotonic one (NTP's slewing)
 /// before the schedule's expiries are worked out again.
 const WALL_STEP_MS: i64 = 1000;
@@ -1340,6 +1344,11 @@ impl SessionsMgr {
             // The wall clock stepped: every expiry is somewhere else.
             schedule.all = true;
         }
+        if schedule.due.len() > 2 * running.len() + STALE_ENTRIES {
+            // Entries of devices long gone (a connect, a pause, a far
+            // expiry each): built anew, the schedule holds one a session.
+            schedule.all = true;
+        }
         let due: Vec<DeviceId> = if schedule.all {
             schedule.all = false;
             schedule.offset_ms = offset;
@@ -1767,4 +1776,37 @@ fn charge_run_time(run: &mut RunState, time_cons: &mut u64, mono_ms: i64, boot: 
         *time_cons = time_cons.saturating_add(secs as u64);
     }
     secs as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ManualClock, MemoryStore};
+
+    #[tokio::test]
+    async fn the_schedule_holds_about_one_entry_a_session_however_often_devices_come_and_go() {
+        let clock = Arc::new(ManualClock::new(1_800_000_000));
+        let m = SessionsMgr::new(Arc::new(MemoryStore::new()), clock.clone());
+        let d = m
+            .create_device(MacAddr::new([2, 0, 0, 0, 0, 1]), None, None)
+            .unwrap()
+            .id;
+        // A week of time, a far deadline: its entries come due only then.
+        m.create_session(d, 0, 7 * 86_400, 0.0, None, 0, 0, false)
+            .await
+            .unwrap();
+        let mut most = 0;
+        for _ in 0..5_000 {
+            m.connect(d, "").await.unwrap();
+            m.tick().unwrap();
+            clock.advance(std::time::Duration::from_millis(250));
+            m.tick().unwrap();
+            m.disconnect(d, "").await.unwrap();
+            most = most.max(m.schedule.lock().unwrap().due.len());
+        }
+        assert!(
+            most <= 2 + STALE_ENTRIES + 2,
+            "{most} entries for one session"
+        );
+    }
 }
