@@ -326,6 +326,14 @@ impl<K: Kernel> World<K> {
                 self.charged_all();
             }
             Op::Connect { dev } => {
+                // A running session that ran out since the last poll makes
+                // the connect poll first, which charges every device.
+                let now = mgr.clock().now_secs();
+                let polls = mgr
+                    .curr_session(self.devices[dev])
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| !s.data().is_available(now));
                 let r = self
                     .rt
                     .block_on(self.gw.connect(self.devices[dev], "model"));
@@ -333,7 +341,11 @@ impl<K: Kernel> World<K> {
                     "  {:?}",
                     r.as_ref().map(|s| s.id()).map_err(|e| e.to_string())
                 ));
-                self.charged(dev);
+                if polls {
+                    self.charged_all();
+                } else {
+                    self.charged(dev);
+                }
             }
             Op::Disconnect { dev } => {
                 self.rt

@@ -351,9 +351,13 @@ pub struct SessionsMgr {
     saves_seen: AtomicU64,
     /// Bumped whenever a device connects, disconnects or changes running session.
     generation: AtomicU64,
-    /// The monotonic clock when this manager was made: a view charges a
-    /// running session's time from here at the earliest (see [`charge_to_now`]).
+    /// The monotonic clock when this manager was made: until its first tick
+    /// (which charges every running session), a view charges a running
+    /// session's time from here at the earliest (see [`charge_to_now`]).
     opened_mono_ms: i64,
+    /// Set by the first tick: every running session has been charged by
+    /// this manager since.
+    adopted: AtomicBool,
     /// Held while a voucher is checked and redeemed or revoked, so that of many
     /// concurrent redemptions of one code only those the code allows succeed.
     pub(crate) voucher_lock: Mutex<()>,
@@ -458,6 +462,7 @@ impl SessionsMgr {
             saves_seen: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             opened_mono_ms,
+            adopted: AtomicBool::new(false),
             voucher_lock: Mutex::new(()),
         }
     }
@@ -644,7 +649,7 @@ impl SessionsMgr {
     }
 
     fn wrap(&self, mut record: SessionRecord) -> Result<ClientSession, ModelError> {
-        charge_to_now(&mut record, &*self.clock, self.opened_mono_ms);
+        charge_to_now(&mut record, &*self.clock, self.unwatched_before());
         let provider = {
             let p = self.providers.read().map_err(|_| ModelError::Poisoned)?;
             p.get(&record.data.provider)
@@ -656,7 +661,7 @@ impl SessionsMgr {
             self.clock.clone(),
             &record,
             self.saves.clone(),
-            self.opened_mono_ms,
+            self.unwatched_before(),
         ));
         let source = provider.source(&record, local);
         Ok(ClientSession::new(record, source))
@@ -861,7 +866,7 @@ impl SessionsMgr {
             .into_iter()
             .map(|mut r| {
                 // The running one's time up to now.
-                charge_to_now(&mut r, &*self.clock, self.opened_mono_ms);
+                charge_to_now(&mut r, &*self.clock, self.unwatched_before());
                 r
             })
             .find(|r| Some(r.id) != except && r.data.is_available(now_secs)))
@@ -885,7 +890,7 @@ impl SessionsMgr {
         let sid = self.running()?.get(&device_id).map(|r| r.session_id);
         if let Some(sid) = sid {
             if let Some(mut rec) = self.store.session(sid)? {
-                charge_to_now(&mut rec, &*self.clock, self.opened_mono_ms);
+                charge_to_now(&mut rec, &*self.clock, self.unwatched_before());
                 if rec.data.is_available(now) {
                     return self.wrap(rec);
                 }
@@ -1010,7 +1015,7 @@ impl SessionsMgr {
             let now = self.clock.now_secs();
             let mut current = self.store.session(sid)?;
             if let Some(r) = current.as_mut() {
-                charge_to_now(r, &*self.clock, self.opened_mono_ms);
+                charge_to_now(r, &*self.clock, self.unwatched_before());
             }
             if !current.is_some_and(|r| r.data.is_available(now)) {
                 // The running session ran out since the last tick: settle first.
@@ -1410,6 +1415,8 @@ impl SessionsMgr {
         drop(schedule);
         self.record_usage_deferred(&mut running, &usage, &mut report)?;
         let events = self.settle(&mut running, &mut changed, &touched, now_ms, &mut report)?;
+        // Every running session has been charged by this manager.
+        self.adopted.store(true, Ordering::Relaxed);
         drop(running);
         for e in events {
             self.emit(e);
@@ -1633,8 +1640,18 @@ impl SessionsMgr {
     fn charge_watched(&self, run: &mut RunState, time_cons: &mut u64) {
         let (mono, boot) = (self.clock.mono_ms(), self.clock.boot_id());
         if run.boot == boot {
-            skip_unwatched(run, self.opened_mono_ms);
+            skip_unwatched(run, self.unwatched_before());
             charge_run_time(run, time_cons, mono, boot);
+        }
+    }
+
+    /// Time before this is not this process's to charge without the first
+    /// poll (see [`charge_to_now`]): when this manager was made, until its
+    /// first tick.
+    fn unwatched_before(&self) -> i64 {
+        match self.adopted.load(Ordering::Relaxed) {
+            true => i64::MIN,
+            false => self.opened_mono_ms,
         }
     }
 
@@ -1733,7 +1750,8 @@ fn new_epoch(mark: Option<MeterMark>, reading: MeterMark) -> bool {
 /// A running session's record with its connected time charged up to now
 /// (the poll charges it only when the session comes due, see [`Schedule`]):
 /// what a view shows, and what a save starts from. Time before `since_ms`
-/// (when this process's manager was made) is left to the first poll, which
+/// (when this process's manager was made, until its first tick) is left to
+/// the first poll, which
 /// learns from the datapath whether the device was served meanwhile (see
 /// [`SessionsMgr::record_meter`]); a record of another boot is left as it is
 /// (see [`charge_run_time`]).
@@ -1747,12 +1765,10 @@ pub(crate) fn charge_to_now(rec: &mut SessionRecord, clock: &dyn Clock, since_ms
     }
 }
 
-/// Moves a run state last charged before `since_ms` (when this process's
-/// manager was made) to it, so the time before is not charged. A charge
-/// within the second before is this process's (the poll carries the
-/// fraction of a second it did not charge), so it stays.
+/// Moves a run state last charged before `since_ms` to it, so the time
+/// before is not charged.
 fn skip_unwatched(run: &mut RunState, since_ms: i64) {
-    if run.charged_to_ms < since_ms.saturating_sub(1000) {
+    if run.charged_to_ms < since_ms {
         run.charged_to_ms = since_ms;
     }
 }

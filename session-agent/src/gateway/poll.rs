@@ -38,12 +38,14 @@ impl Gateway {
     /// but usage is charged once a [`CHARGE_EVERY`], and at once after the
     /// kernel cut a device off (its next session starts then). The kernel
     /// enforces data budgets itself, so charging more often would only
-    /// repeat the work for every active device.
+    /// repeat the work for every active device. With an idle timeout every
+    /// round charges: the idle watch hears a device through its readings.
     pub async fn poll_round(&self) -> Result<(), AgentError> {
         let _g = self.ops.lock().await;
         let charge = {
             let mut last = self.last_charged.lock().unwrap();
             let due = self.charge_soon.swap(false, Relaxed)
+                || self.config().idle_timeout.is_some()
                 || last.is_none_or(|t| t.elapsed() >= CHARGE_EVERY);
             if due {
                 *last = Some(Instant::now());
