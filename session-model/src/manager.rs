@@ -1439,7 +1439,9 @@ impl SessionsMgr {
                 unhinted.push(r.session_id);
                 continue;
             };
-            if charge_run_time(&mut h.run, &mut h.time_cons, mono, boot) > 0 {
+            let before = h.run;
+            // A run of another boot starts again without a charge: a change too.
+            if charge_run_time(&mut h.run, &mut h.time_cons, mono, boot) > 0 || h.run != before {
                 usage.push(h.update(r.session_id));
             }
         }
