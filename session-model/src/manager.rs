@@ -6,9 +6,11 @@
 //!   absolute counter of each device (one store write for the whole batch; replaying a
 //!   reading after a crash charges nothing twice). [`SessionsMgr::record_usage`] takes
 //!   deltas instead.
-//! * About once a second, call [`SessionsMgr::tick`]: it adds the elapsed connected time
-//!   to every running session (sub-second remainders are carried over), ends sessions
-//!   that are consumed or expired and starts the device's next available session.
+//! * Every poll, call [`SessionsMgr::tick`]: it charges the elapsed connected time of
+//!   the running sessions that run out of time or expire by now (sub-second remainders
+//!   are carried over; the others' time is charged when read, written, ended or
+//!   checkpointed), ends those that are consumed or expired and starts the device's
+//!   next available session.
 //! * Both return [`Transition`]s; for each, re-read [`SessionsMgr::data_budget_bytes`] and
 //!   the speeds of the new session, or remove the device from the kernel's allow list
 //!   when `next` is `None` (the device was disconnected).
@@ -1175,9 +1177,10 @@ impl SessionsMgr {
     /// Consumption, marks, the end of consumed or expired sessions and the start of the
     /// next ones (which take over the mark) are saved in one `save_sessions` batch: after a
     /// crash either both the consumption and the mark are stored or neither, so replaying
-    /// the same reading charges nothing twice. Connected time is not charged here (see
-    /// [`SessionsMgr::tick`]). Devices that are not connected are listed in
-    /// `not_connected`.
+    /// the same reading charges nothing twice. A session whose bytes are charged has its
+    /// connected time charged up to now with them (its record is written anyway); its end
+    /// by time is the tick's (see [`SessionsMgr::tick`]). Devices that are not connected
+    /// are listed in `not_connected`.
     pub fn record_meter(
         &self,
         readings: &[(DeviceId, MeterMark)],
@@ -1326,8 +1329,8 @@ impl SessionsMgr {
         Ok(report.transitions.into_iter().next())
     }
 
-    /// Adds elapsed connected time to the running sessions that come due (see
-    /// [`Schedule`]: those whose time runs out or that expire by now, and
+    /// Adds elapsed connected time to the running sessions that come due
+    /// (those whose time runs out or that expire by now, and
     /// every one after a save from outside the manager or a step of the wall
     /// clock), then ends the consumed or expired ones and starts the next
     /// available session of their devices. One store write for the whole batch.
@@ -1640,11 +1643,7 @@ impl SessionsMgr {
     /// its last charge, if later) up to now: the time this process saw the
     /// device served, before a reading of new counters starts its clock again.
     fn charge_watched(&self, run: &mut RunState, time_cons: &mut u64) {
-        let (mono, boot) = (self.clock.mono_ms(), self.clock.boot_id());
-        if run.boot == boot {
-            skip_unwatched(run, self.unwatched_before());
-            charge_run_time(run, time_cons, mono, boot);
-        }
+        charge_since(run, time_cons, &*self.clock, self.unwatched_before());
     }
 
     /// Time before this is not this process's to charge without the first
@@ -1759,19 +1758,18 @@ fn new_epoch(mark: Option<MeterMark>, reading: MeterMark) -> bool {
 /// (see [`charge_run_time`]).
 pub(crate) fn charge_to_now(rec: &mut SessionRecord, clock: &dyn Clock, since_ms: i64) {
     if let Some(run) = rec.run.as_mut() {
-        let boot = clock.boot_id();
-        if run.boot == boot {
-            skip_unwatched(run, since_ms);
-            charge_run_time(run, &mut rec.data.time_cons, clock.mono_ms(), boot);
-        }
+        charge_since(run, &mut rec.data.time_cons, clock, since_ms);
     }
 }
 
-/// Moves a run state last charged before `since_ms` to it, so the time
-/// before is not charged.
-fn skip_unwatched(run: &mut RunState, since_ms: i64) {
-    if run.charged_to_ms < since_ms {
-        run.charged_to_ms = since_ms;
+/// Charges `run`'s connected time up to now, none of it before `since_ms`
+/// (the clock reading moves there first); a run of another boot is left as
+/// it is.
+fn charge_since(run: &mut RunState, time_cons: &mut u64, clock: &dyn Clock, since_ms: i64) {
+    let boot = clock.boot_id();
+    if run.boot == boot {
+        run.charged_to_ms = run.charged_to_ms.max(since_ms);
+        charge_run_time(run, time_cons, clock.mono_ms(), boot);
     }
 }
 
