@@ -396,6 +396,21 @@ fn a_client_that_logs_out_logs_in_again_at_once_and_each_session_has_its_stop() 
     let first = login(&agent, id, "dave", "diver");
     assert_eq!(first.status, 201, "{}", first.body);
     mixed_traffic(&c.ns, &servers, mix(), "the first session");
+    // A datagram every 200 µs throughout: the second session has bytes from
+    // its first instant, before any accounting round.
+    let stream = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sender = {
+        let sock = session_tests::traffic::udp_socket(&c.ns, "0.0.0.0:0".parse().unwrap())
+            .expect("a UDP socket in the client");
+        let (to, on) = (servers.udp(false).addr, stream.clone());
+        std::thread::spawn(move || {
+            while on.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = sock.send_to(&[0x5a; 100], to);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
     // Out and straight back in, before the accounting round has sent the
     // first session's Stop (and removed it from the store).
     let r = agent
@@ -408,6 +423,9 @@ fn a_client_that_logs_out_logs_in_again_at_once_and_each_session_has_its_stop() 
         "logging in again at once: {}",
         second.body
     );
+    std::thread::sleep(Duration::from_millis(1500));
+    stream.store(false, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
     mixed_traffic(&c.ns, &servers, mix(), "the second session");
     let sessions: Value = agent
         .api()

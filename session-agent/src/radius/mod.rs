@@ -386,6 +386,8 @@ pub struct Radius {
     last_sweep: Mutex<Option<Instant>>,
     /// Set when events were missed: the next round looks at every session.
     sweep_now: AtomicBool,
+    /// Held while a Stop is written ([`Radius::write_stop`]).
+    stops: tokio::sync::Mutex<()>,
 }
 
 /// How often the bookkeeping looks at every open session, not only at those
@@ -439,6 +441,7 @@ impl Radius {
             stopping: tokio::sync::watch::channel(false).0,
             last_sweep: Mutex::default(),
             sweep_now: AtomicBool::new(false),
+            stops: tokio::sync::Mutex::new(()),
             opts,
         }))
     }
@@ -631,10 +634,26 @@ impl Radius {
             warn!(device_id, user, "RADIUS Accept: {n}");
         }
         let data = auth.session(now, self.opts.default_session_secs)?;
-        // Removed first, or the connect below would resume the stopped
-        // session (the oldest available) under the new login's accounting.
+        // Stopped first, or the connect below would resume the stopped session
+        // (the oldest available) under the new login's accounting. Its Stop is
+        // written now, from the counters as they stand (the device is not let
+        // through): the accounting round would read them after the new
+        // session's first bytes and count those twice.
         for sid in stopped {
-            mgr.remove_session(sid)?;
+            if let Some(s) = self.book.open_session(sid)? {
+                // The device logged in again: it was logged out, whether or
+                // not the event that says so was heard yet.
+                self.causes
+                    .lock()
+                    .unwrap()
+                    .entry(sid)
+                    .or_insert(Cause::UserRequest);
+                self.write_stop(gw, s, Some(device.mac), now).await?;
+            }
+            match mgr.remove_session(sid) {
+                Ok(_) | Err(ModelError::UnknownSession(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let session = mgr.create_session_with(device_id, data).await?;
         let sid = session.id();
@@ -1067,42 +1086,7 @@ impl Radius {
                 continue;
             }
             // It stopped running: its last bytes, then Stop.
-            if let Some(mac) = mac {
-                s.read(meter(gw, mac).await);
-            }
-            let record = mgr.store().session(s.session_id).ok().flatten();
-            let cause = self
-                .causes
-                .lock()
-                .unwrap()
-                .remove(&s.session_id)
-                .unwrap_or_else(|| match &record {
-                    None => Cause::AdminReset,
-                    Some(r) if !r.data.is_available(now) => Cause::SessionTimeout,
-                    Some(_) => Cause::LostCarrier,
-                });
-            let req = Request {
-                status: Status::Stop,
-                at: now,
-                session: Some(SessionPart::of(&s, now, Some(cause))),
-            };
-            self.book.record(None, Some(s.session_id), Some(&req))?;
-            self.idle.lock().unwrap().remove(&s.session_id);
-            self.activity.lock().unwrap().remove(&s.session_id);
-            let (up, down) = s.totals();
-            info!(
-                device_id = s.device_id,
-                session = s.session_id,
-                ?cause,
-                input_octets = up,
-                output_octets = down,
-                "RADIUS session stopped"
-            );
-            // Stopped is ended: a paused RADIUS session does not come back.
-            if record.is_some_and(|r| r.data.is_available(now)) {
-                let _ = gw.remove_session(s.session_id, false).await;
-            }
-            self.wake.notify_one();
+            self.write_stop(gw, s, mac, now).await?;
         }
         // A round that failed before here writes none: they are still due.
         let dropped = self.book.record_many(&interims)?;
@@ -1117,6 +1101,60 @@ impl Radius {
         if !interims.is_empty() {
             self.wake.notify_one();
         }
+        Ok(())
+    }
+    /// Writes the Stop of `s`, which no longer runs, with its last bytes: the
+    /// device's (`mac`) counters now, which stand still while no session of
+    /// it runs. One at a time and only while `s` is open, so the round and a
+    /// login that ends it at once ([`Radius::login_as`]) do not both write it.
+    async fn write_stop(
+        &self,
+        gw: &Gateway,
+        mut s: OpenSession,
+        mac: Option<session_model::MacAddr>,
+        now: i64,
+    ) -> Result<(), RadiusError> {
+        let _one = self.stops.lock().await;
+        if !self.book.is_open(s.session_id) {
+            return Ok(());
+        }
+        if let Some(mac) = mac {
+            s.read(meter(gw, mac).await);
+        }
+        let mgr = gw.sessions();
+        let record = mgr.store().session(s.session_id).ok().flatten();
+        let cause = self
+            .causes
+            .lock()
+            .unwrap()
+            .remove(&s.session_id)
+            .unwrap_or_else(|| match &record {
+                None => Cause::AdminReset,
+                Some(r) if !r.data.is_available(now) => Cause::SessionTimeout,
+                Some(_) => Cause::LostCarrier,
+            });
+        let req = Request {
+            status: Status::Stop,
+            at: now,
+            session: Some(SessionPart::of(&s, now, Some(cause))),
+        };
+        self.book.record(None, Some(s.session_id), Some(&req))?;
+        self.idle.lock().unwrap().remove(&s.session_id);
+        self.activity.lock().unwrap().remove(&s.session_id);
+        let (up, down) = s.totals();
+        info!(
+            device_id = s.device_id,
+            session = s.session_id,
+            ?cause,
+            input_octets = up,
+            output_octets = down,
+            "RADIUS session stopped"
+        );
+        // Stopped is ended: a paused RADIUS session does not come back.
+        if record.is_some_and(|r| r.data.is_available(now)) {
+            let _ = gw.remove_session(s.session_id, false).await;
+        }
+        self.wake.notify_one();
         Ok(())
     }
 }
