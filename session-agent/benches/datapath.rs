@@ -676,7 +676,7 @@ fn radius_books(
     const INTERIM: u64 = 600;
     let path = std::path::PathBuf::from(format!("{db}.radius.redb"));
     let now = gw.sessions().clock().now_secs();
-    let open = |device_id, session_id, next_interim| OpenSession {
+    let open = |device_id, session_id, next_interim, at: Reading| OpenSession {
         session_id,
         device_id,
         acct_session_id: format!("5A000000-{session_id:08X}"),
@@ -690,8 +690,8 @@ fn radius_books(
         next_interim,
         base_up: 0,
         base_down: 0,
-        mark: Reading::default(),
-        last: Reading::default(),
+        mark: at,
+        last: at,
     };
     // One in 600 sessions comes due each second, from the next one on.
     {
@@ -702,7 +702,13 @@ fn radius_books(
             .unwrap()
             .iter()
             .enumerate()
-            .map(|(i, &(d, s))| (open(d, s, now + 1 + (i as i64 % INTERIM as i64)), None))
+            .map(|(i, &(d, s))| {
+                // Its counters as they stand, as at a Start.
+                let mac = gw.sessions().device(d).unwrap().mac;
+                let (epoch, split) = rt.block_on(gw.usage_split(mac));
+                let at = Reading::of(epoch, split);
+                (open(d, s, now + 1 + (i as i64 % INTERIM as i64), at), None)
+            })
             .collect();
         book.record_many(&all).unwrap();
     }
@@ -727,6 +733,17 @@ fn radius_books(
             .unwrap()
             .subsec_millis();
         std::thread::sleep(Duration::from_millis(u64::from(1000 - ms) + 5));
+        // The 1,000 moved traffic in it (the others' interim updates carry
+        // counters that stood still).
+        {
+            let maps = gw.lans()[0].maps.lock().unwrap();
+            for slot in (0..n)
+                .step_by((n / ACTIVE).max(1) as usize)
+                .take(ACTIVE as usize)
+            {
+                maps.add_up_bytes(slot, 1500).unwrap();
+            }
+        }
         let (w, c) = timed(|| rt.block_on(radius.books_once(gw)).unwrap());
         second_wall.push(w);
         second_cpu.push(c);

@@ -6,7 +6,10 @@
 //! wait in memory, in the same order: each carries the session's totals so
 //! far, so one a crash loses is made good by the next or by the Stop (RFC
 //! 2866, 5.3), and a gateway with many sessions writes nothing to its disk
-//! for an update or its answer.
+//! for an update or its answer. An open session's row is written again by an
+//! update only when its counters moved (the row keeps the last reading, which
+//! a Stop after a reboot reports); when the next update is due is kept in
+//! memory ([`Book::queue_interims`], [`Book::catch_up`]).
 
 use std::{
     collections::{BTreeSet, VecDeque},
@@ -268,6 +271,17 @@ impl Index {
         self.open.insert(id, (device, next));
     }
 
+    /// `s` with its next interim update as the index holds it: the row's may
+    /// lag (see [`Book::queue_interims`]).
+    fn current(&self, mut s: OpenSession) -> OpenSession {
+        if let Some(&(_, at)) = self.open.get(&s.session_id) {
+            if at != NO_UPDATES {
+                s.next_interim = at;
+            }
+        }
+        s
+    }
+
     fn remove(&mut self, id: SessionId) {
         if let Some((_, at)) = self.open.remove(&id) {
             if at != NO_UPDATES {
@@ -387,10 +401,11 @@ impl Book {
         let r = self.db.begin_read().map_err(err("read"))?;
         let t = r.open_table(OPEN).map_err(err("read"))?;
         let mut out = Vec::new();
+        let index = self.index.lock().unwrap();
         for row in t.iter().map_err(err("read"))? {
             let (_, v) = row.map_err(err("read"))?;
             match serde_json::from_slice(v.value()) {
-                Ok(s) => out.push(s),
+                Ok(s) => out.push(index.current(s)),
                 Err(e) => tracing::warn!(
                     "RADIUS accounting book: an open session cannot be read, skipped: {e}"
                 ),
@@ -411,15 +426,71 @@ impl Book {
                 }
             }
         }
-        Ok(out)
+        let index = self.index.lock().unwrap();
+        Ok(out.into_iter().map(|s| index.current(s)).collect())
     }
 
     pub fn open_session(&self, id: SessionId) -> Result<Option<OpenSession>, BookError> {
         let r = self.db.begin_read().map_err(err("read"))?;
         let t = r.open_table(OPEN).map_err(err("read"))?;
-        Ok(t.get(id)
+        let s = t
+            .get(id)
             .map_err(err("read"))?
-            .and_then(|v| serde_json::from_slice(v.value()).ok()))
+            .and_then(|v| serde_json::from_slice(v.value()).ok());
+        Ok(s.map(|s| self.index.lock().unwrap().current(s)))
+    }
+
+    /// Interim updates of sessions whose counters did not move since their
+    /// row was written: each request waits in memory and the session's next
+    /// update is set in the index, but the rows are not written again, so a
+    /// round of idle sessions writes nothing to the disk. A row's
+    /// `next_interim` then lags; the book's readers get the index's, and
+    /// [`Book::catch_up`] sets it at start. Returns how many were not kept
+    /// (the queue was full).
+    pub fn queue_interims(&self, updates: &[(OpenSession, Request)]) -> Result<u64, BookError> {
+        if updates.is_empty() {
+            return Ok(0);
+        }
+        let written = {
+            let r = self.db.begin_read().map_err(err("read"))?;
+            let q = r.open_table(QUEUE).map_err(err("read"))?;
+            q.len().map_err(err("read"))?
+        };
+        let mut dropped = 0;
+        let mut pending = self.pending.lock().unwrap();
+        let mut index = self.index.lock().unwrap();
+        for (s, req) in updates {
+            if written + pending.len() as u64 >= self.limit {
+                dropped += 1;
+            } else {
+                pending.push_back((self.next_seq.fetch_add(1, Relaxed), req.clone()));
+            }
+            index.put(s);
+        }
+        Ok(dropped)
+    }
+
+    /// At start: open sessions whose interim update came due while the agent
+    /// was away (or whose row lags, see [`Book::queue_interims`]) are next
+    /// due at their first turn after `now`, so a start sends no burst of
+    /// them; the next update carries the totals.
+    pub fn catch_up(&self, now: i64) -> Result<(), BookError> {
+        let late = self.due(now);
+        for s in self.open_sessions_of(&late)? {
+            let interim = s.interim_secs as i64;
+            if interim > 0 {
+                let turns = (now - s.next_interim).div_euclid(interim) + 1;
+                let mut index = self.index.lock().unwrap();
+                index.remove(s.session_id);
+                index.insert(
+                    s.session_id,
+                    s.device_id,
+                    s.interim_secs,
+                    s.next_interim + turns * interim,
+                );
+            }
+        }
+        Ok(())
     }
 
     /// In one transaction: `session` written (or, with `close`, removed) and
@@ -803,6 +874,47 @@ mod tests {
         assert_eq!(b.due(219), Vec::<SessionId>::new());
         assert_eq!(b.due(220), vec![1, 2, 3]);
         assert_eq!(b.open_session(3).unwrap().unwrap().next_interim, 220);
+    }
+
+    #[test]
+    fn interim_updates_of_idle_sessions_write_no_row_and_a_start_sends_no_burst_of_late_ones() {
+        let path = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+        let _ = std::fs::remove_file(&path);
+        {
+            let b = Book::open(Some(&path), 2).unwrap();
+            for id in 1..=3 {
+                b.record(Some(&open(id)), None, None).unwrap();
+            }
+            // Due at 160: the counters stood still, so only the index moves on.
+            let updates: Vec<(OpenSession, Request)> = (1..=3)
+                .map(|id| {
+                    let mut s = open(id);
+                    s.next_interim = 220;
+                    let req = Request {
+                        status: Status::InterimUpdate,
+                        at: 160,
+                        session: Some(SessionPart::of(&s, 160, None)),
+                    };
+                    (s, req)
+                })
+                .collect();
+            assert_eq!(b.queue_interims(&updates).unwrap(), 1, "one past the limit");
+            assert_eq!(b.queued().unwrap(), 2);
+            assert_eq!(b.due(219), Vec::<SessionId>::new());
+            assert_eq!(b.due(220), vec![1, 2, 3]);
+            // Readers get the index's next update, though the row has 160.
+            assert_eq!(b.open_session(2).unwrap().unwrap().next_interim, 220);
+            assert_eq!(b.open_sessions_of(&[3]).unwrap()[0].next_interim, 220);
+            assert_eq!(b.open_sessions().unwrap()[0].next_interim, 220);
+        }
+        // Reopened, the rows say 160; at 1,010 each is next due at its first
+        // turn after then (160 + 15 * 60), not at once.
+        let b = Book::open(Some(&path), 10).unwrap();
+        assert_eq!(b.due(1_010), vec![1, 2, 3]);
+        b.catch_up(1_010).unwrap();
+        assert_eq!(b.due(1_059), Vec::<SessionId>::new());
+        assert_eq!(b.due(1_060), vec![1, 2, 3]);
+        assert_eq!(b.open_session(1).unwrap().unwrap().next_interim, 1_060);
     }
 
     #[test]

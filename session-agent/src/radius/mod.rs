@@ -920,6 +920,7 @@ impl Radius {
     /// stopped (NAS-Reboot); with none left open, Accounting-On.
     pub async fn start(&self, gw: &Gateway) -> Result<(), RadiusError> {
         let now = now_secs(gw);
+        self.book.catch_up(now)?;
         let epoch = gw.datapath().epoch();
         for mut s in self.book.open_sessions()? {
             if epoch.is_some_and(|e| e != s.last.epoch && e != s.mark.epoch) {
@@ -1042,7 +1043,7 @@ impl Radius {
     async fn books_of(&self, gw: &Gateway, now: i64, ids: &[SessionId]) -> Result<(), RadiusError> {
         let mgr = gw.sessions();
         // Written together at the end: one transaction for the chunk's updates.
-        let mut interims = Vec::new();
+        let (mut interims, mut unmoved) = (Vec::new(), Vec::new());
         for mut s in self.book.open_sessions_of(ids)? {
             let running = mgr.running_session_id(s.device_id).ok().flatten() == Some(s.session_id);
             let mac = mgr.device(s.device_id).map(|d| d.mac).ok();
@@ -1052,6 +1053,7 @@ impl Radius {
                     continue;
                 }
                 let Some(mac) = mac else { continue };
+                let before = (s.base_up, s.base_down, s.mark, s.last);
                 let (up, down) = s.read(meter(gw, mac).await);
                 if let Some(idle) = idle {
                     let total = up + down;
@@ -1081,7 +1083,12 @@ impl Radius {
                         at: now,
                         session: Some(SessionPart::of(&s, now, None)),
                     };
-                    interims.push((s, Some(req)));
+                    // A row whose counters stand still is not written again.
+                    if (s.base_up, s.base_down, s.mark, s.last) == before {
+                        unmoved.push((s, req));
+                    } else {
+                        interims.push((s, Some(req)));
+                    }
                 }
                 continue;
             }
@@ -1089,7 +1096,7 @@ impl Radius {
             self.write_stop(gw, s, mac, now).await?;
         }
         // A round that failed before here writes none: they are still due.
-        let dropped = self.book.record_many(&interims)?;
+        let dropped = self.book.record_many(&interims)? + self.book.queue_interims(&unmoved)?;
         if dropped > 0 {
             self.stats.acct_dropped_full.fetch_add(dropped, Relaxed);
             warn!(
@@ -1098,7 +1105,7 @@ impl Radius {
                 "RADIUS accounting queue full: interim updates were not kept"
             );
         }
-        if !interims.is_empty() {
+        if !interims.is_empty() || !unmoved.is_empty() {
             self.wake.notify_one();
         }
         Ok(())
