@@ -854,10 +854,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn interim_updates_written_together_move_each_session_on_and_keep_the_queue_limit() {
-        let b = Book::open(None, 2).unwrap();
-        let updates: Vec<(OpenSession, Option<Request>)> = (1..=3)
+    /// Sessions 1 to 3 at their interim update at 160, each next due at 220.
+    fn due_at_160() -> Vec<(OpenSession, Request)> {
+        (1..=3)
             .map(|id| {
                 let mut s = open(id);
                 s.next_interim = 220;
@@ -866,8 +865,17 @@ mod tests {
                     at: 160,
                     session: Some(SessionPart::of(&s, 160, None)),
                 };
-                (s, Some(req))
+                (s, req)
             })
+            .collect()
+    }
+
+    #[test]
+    fn interim_updates_written_together_move_each_session_on_and_keep_the_queue_limit() {
+        let b = Book::open(None, 2).unwrap();
+        let updates: Vec<(OpenSession, Option<Request>)> = due_at_160()
+            .into_iter()
+            .map(|(s, req)| (s, Some(req)))
             .collect();
         assert_eq!(b.record_many(&updates).unwrap(), 1, "one past the limit");
         assert_eq!(b.queued().unwrap(), 2);
@@ -886,18 +894,7 @@ mod tests {
                 b.record(Some(&open(id)), None, None).unwrap();
             }
             // Due at 160: the counters stood still, so only the index moves on.
-            let updates: Vec<(OpenSession, Request)> = (1..=3)
-                .map(|id| {
-                    let mut s = open(id);
-                    s.next_interim = 220;
-                    let req = Request {
-                        status: Status::InterimUpdate,
-                        at: 160,
-                        session: Some(SessionPart::of(&s, 160, None)),
-                    };
-                    (s, req)
-                })
-                .collect();
+            let updates = due_at_160();
             assert_eq!(b.queue_interims(&updates).unwrap(), 1, "one past the limit");
             assert_eq!(b.queued().unwrap(), 2);
             assert_eq!(b.due(219), Vec::<SessionId>::new());
