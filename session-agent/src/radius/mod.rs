@@ -1053,8 +1053,10 @@ impl Radius {
                     continue;
                 }
                 let Some(mac) = mac else { continue };
-                let before = (s.base_up, s.base_down, s.mark, s.last);
-                let (up, down) = s.read(meter(gw, mac).await);
+                let reading = meter(gw, mac).await;
+                // The row changes only with a reading other than its last.
+                let moved = reading != s.last;
+                let (up, down) = s.read(reading);
                 if let Some(idle) = idle {
                     let total = up + down;
                     let idled = {
@@ -1084,10 +1086,10 @@ impl Radius {
                         session: Some(SessionPart::of(&s, now, None)),
                     };
                     // A row whose counters stand still is not written again.
-                    if (s.base_up, s.base_down, s.mark, s.last) == before {
-                        unmoved.push((s, req));
-                    } else {
+                    if moved {
                         interims.push((s, Some(req)));
+                    } else {
+                        unmoved.push((s, req));
                     }
                 }
                 continue;
