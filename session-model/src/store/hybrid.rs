@@ -372,6 +372,7 @@ impl HybridStore {
                 }
             }
         }
+        forget_all(&mut g.unlogged, ids.len());
         if self.opts.sync == SyncMode::EveryWrite {
             g.log
                 .sync_data()
@@ -421,10 +422,13 @@ impl HybridStore {
             g.state.next_session_id,
             g.lsn,
         )?;
-        g.dirty_devices.clear();
-        g.dirty_sessions.clear();
+        // Each set keeps room for what it held, and gives back what a burst
+        // before left (see `forget_all`).
+        forget_all(&mut g.dirty_devices, dev_ids.len());
+        forget_all(&mut g.dirty_sessions, sess_ids.len());
         g.dirty_vouchers.clear();
-        g.unlogged.clear();
+        let unlogged = g.unlogged.len();
+        forget_all(&mut g.unlogged, unlogged);
         g.log
             .set_len(0)
             .and_then(|_| g.log.sync_all())
@@ -434,6 +438,15 @@ impl HybridStore {
         g.unsynced = false;
         Ok(())
     }
+}
+
+/// Empties a set of ids marked since the last write and keeps room for
+/// `held`, what it held: a set that once took every session (a second when every
+/// device moved) would otherwise spread the next second's few ids over all its
+/// pages, and a poll that wakes from a sleep pays for each page it touches.
+fn forget_all<K: Eq + std::hash::Hash>(set: &mut IdSet<K>, held: usize) {
+    set.clear();
+    set.shrink_to(held);
 }
 
 fn mark_dirty(
@@ -832,6 +845,83 @@ impl SessionStore for HybridStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sets_of_changed_sessions_give_back_the_room_of_a_burst_and_keep_what_a_second_needs() {
+        use crate::{MacAddr, SessionData, SessionType, UsageUpdate};
+        let dir = tempfile::tempdir().unwrap();
+        let s = HybridStore::open(
+            dir.path().join("s.redb"),
+            HybridOptions {
+                sync: SyncMode::Manual,
+                checkpoint_records: u64::MAX,
+                checkpoint_bytes: u64::MAX,
+            },
+        )
+        .unwrap();
+        let data = SessionData {
+            provider: "local".into(),
+            session_type: SessionType::Data,
+            time_secs: 0,
+            data_bytes: 1_000_000,
+            time_cons: 0,
+            data_cons_bytes: 0,
+            started_at: None,
+            exp_days: None,
+            down_mbits: 1,
+            up_mbits: 1,
+            use_global_speed: true,
+            created_at: 5,
+        };
+        let ids: Vec<SessionId> = (0..4_000u32)
+            .map(|i| {
+                let [a, b, c, d] = i.to_be_bytes();
+                let dev = s
+                    .create_device(MacAddr::new([2, 0, a, b, c, d]), None, None, 1)
+                    .unwrap();
+                s.create_session(dev.id, data.clone()).unwrap().id
+            })
+            .collect();
+        s.checkpoint().unwrap();
+        let charge = |ids: &[SessionId], bytes: u64| {
+            let u: Vec<UsageUpdate> = ids
+                .iter()
+                .map(|&id| UsageUpdate {
+                    id,
+                    time_cons: 0,
+                    data_cons_bytes: bytes,
+                    run: None,
+                })
+                .collect();
+            s.record_usage_deferred(&u).unwrap();
+            s.flush().unwrap();
+        };
+        let room = |f: fn(&Inner) -> usize| f(&s.lock().unwrap());
+        // A second in which every session moved: the sets keep room for all.
+        charge(&ids, 10);
+        assert!(room(|g| g.unlogged.capacity()) >= ids.len());
+        assert!(room(|g| g.dirty_sessions.capacity()) >= ids.len());
+        // Then seconds in which ten moved: the log's set shrinks to them at
+        // the next flush, the checkpoint's at the next checkpoint.
+        charge(&ids[..10], 20);
+        assert!(
+            room(|g| g.unlogged.capacity()) < 100,
+            "unlogged kept a burst's room"
+        );
+        s.checkpoint().unwrap();
+        charge(&ids[..10], 30);
+        s.checkpoint().unwrap();
+        assert!(
+            room(|g| g.dirty_sessions.capacity()) < 100,
+            "dirty kept a burst's room"
+        );
+        // Nothing was lost on the way.
+        assert_eq!(s.session(ids[0]).unwrap().unwrap().data.data_cons_bytes, 30);
+        assert_eq!(
+            s.session(ids[3_999]).unwrap().unwrap().data.data_cons_bytes,
+            10
+        );
+    }
 
     #[test]
     fn crc32_known_value() {
