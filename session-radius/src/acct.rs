@@ -13,7 +13,7 @@
 
 use std::{
     collections::{BTreeSet, VecDeque},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Mutex,
@@ -33,19 +33,28 @@ const NEXT_SEQ: &str = "next_seq";
 /// The book's page cache.
 const BOOK_CACHE_BYTES: usize = 4 << 20;
 
-/// A store error, with what was being done.
+/// A store error, with the book's file and what was being done.
 #[derive(Debug, thiserror::Error)]
-#[error("RADIUS accounting book {what}: {source}")]
+#[error("RADIUS accounting book {}: {what}: {source}", file_name(.file.as_deref()))]
 pub struct BookError {
+    /// The book's file; `None` for a book in memory.
+    file: Option<PathBuf>,
     what: &'static str,
     #[source]
     source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-fn err<E: std::error::Error + Send + Sync + 'static>(
+fn file_name(file: Option<&Path>) -> String {
+    file.map_or_else(|| "(in memory)".into(), |p| p.display().to_string())
+}
+
+/// Makes a [`BookError`] of the book at `file`, doing `what`.
+fn fail<'a, E: std::error::Error + Send + Sync + 'static>(
+    file: Option<&'a Path>,
     what: &'static str,
-) -> impl FnOnce(E) -> BookError {
+) -> impl FnOnce(E) -> BookError + 'a {
     move |e| BookError {
+        file: file.map(Path::to_path_buf),
         what,
         source: Box::new(e),
     }
@@ -230,6 +239,8 @@ impl SessionPart {
 /// The book.
 pub struct Book {
     db: Database,
+    /// The file, for errors; `None` in memory.
+    file: Option<PathBuf>,
     limit: u64,
     /// The open sessions' ids and when each is next due, in memory: the
     /// once-a-second bookkeeping reads from the file only the sessions it acts on.
@@ -306,6 +317,14 @@ pub enum Queued {
 }
 
 impl Book {
+    /// Makes a [`BookError`] of this book, doing `what`.
+    fn err<E: std::error::Error + Send + Sync + 'static>(
+        &self,
+        what: &'static str,
+    ) -> impl FnOnce(E) -> BookError + '_ {
+        fail(self.file.as_deref(), what)
+    }
+
     /// Opens (or makes) the book at `path`, or one in memory.
     pub fn open(path: Option<&Path>, limit: u64) -> Result<Self, BookError> {
         let db = match path {
@@ -314,24 +333,25 @@ impl Book {
             Some(p) => Database::builder()
                 .set_cache_size(BOOK_CACHE_BYTES)
                 .create(p)
-                .map_err(err("open"))?,
+                .map_err(fail(path, "open"))?,
             None => Database::builder()
                 .create_with_backend(redb::backends::InMemoryBackend::new())
-                .map_err(err("open"))?,
+                .map_err(fail(path, "open"))?,
         };
-        let w = db.begin_write().map_err(err("open"))?;
-        w.open_table(QUEUE).map_err(err("open"))?;
-        w.open_table(OPEN).map_err(err("open"))?;
-        w.open_table(META).map_err(err("open"))?;
-        w.commit().map_err(err("open"))?;
+        let w = db.begin_write().map_err(fail(path, "open"))?;
+        w.open_table(QUEUE).map_err(fail(path, "open"))?;
+        w.open_table(OPEN).map_err(fail(path, "open"))?;
+        w.open_table(META).map_err(fail(path, "open"))?;
+        w.commit().map_err(fail(path, "open"))?;
         let next_seq = {
-            let r = db.begin_read().map_err(err("open"))?;
-            let meta = r.open_table(META).map_err(err("open"))?;
-            let v = meta.get(NEXT_SEQ).map_err(err("open"))?;
+            let r = db.begin_read().map_err(fail(path, "open"))?;
+            let meta = r.open_table(META).map_err(fail(path, "open"))?;
+            let v = meta.get(NEXT_SEQ).map_err(fail(path, "open"))?;
             v.map_or(1, |v| v.value())
         };
         let book = Self {
             db,
+            file: path.map(Path::to_path_buf),
             limit,
             index: Mutex::default(),
             pending: Mutex::default(),
@@ -351,11 +371,11 @@ impl Book {
             interim_secs: u64,
             next_interim: i64,
         }
-        let r = self.db.begin_read().map_err(err("read"))?;
-        let t = r.open_table(OPEN).map_err(err("read"))?;
+        let r = self.db.begin_read().map_err(self.err("read"))?;
+        let t = r.open_table(OPEN).map_err(self.err("read"))?;
         let mut index = Index::default();
-        for row in t.iter().map_err(err("read"))? {
-            let (_, v) = row.map_err(err("read"))?;
+        for row in t.iter().map_err(self.err("read"))? {
+            let (_, v) = row.map_err(self.err("read"))?;
             // Unreadable ones are left out, as `open_sessions` leaves them.
             if let Ok(d) = serde_json::from_slice::<Due>(v.value()) {
                 index.insert(d.session_id, d.device_id, d.interim_secs, d.next_interim);
@@ -398,12 +418,12 @@ impl Book {
 
     /// The open sessions.
     pub fn open_sessions(&self) -> Result<Vec<OpenSession>, BookError> {
-        let r = self.db.begin_read().map_err(err("read"))?;
-        let t = r.open_table(OPEN).map_err(err("read"))?;
+        let r = self.db.begin_read().map_err(self.err("read"))?;
+        let t = r.open_table(OPEN).map_err(self.err("read"))?;
         let mut out = Vec::new();
         let index = self.index.lock().unwrap();
-        for row in t.iter().map_err(err("read"))? {
-            let (_, v) = row.map_err(err("read"))?;
+        for row in t.iter().map_err(self.err("read"))? {
+            let (_, v) = row.map_err(self.err("read"))?;
             match serde_json::from_slice(v.value()) {
                 Ok(s) => out.push(index.current(s)),
                 Err(e) => tracing::warn!(
@@ -416,11 +436,11 @@ impl Book {
 
     /// The open sessions of `ids` (those still open), read in one transaction.
     pub fn open_sessions_of(&self, ids: &[SessionId]) -> Result<Vec<OpenSession>, BookError> {
-        let r = self.db.begin_read().map_err(err("read"))?;
-        let t = r.open_table(OPEN).map_err(err("read"))?;
+        let r = self.db.begin_read().map_err(self.err("read"))?;
+        let t = r.open_table(OPEN).map_err(self.err("read"))?;
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
-            if let Some(v) = t.get(id).map_err(err("read"))? {
+            if let Some(v) = t.get(id).map_err(self.err("read"))? {
                 if let Ok(s) = serde_json::from_slice(v.value()) {
                     out.push(s);
                 }
@@ -431,11 +451,11 @@ impl Book {
     }
 
     pub fn open_session(&self, id: SessionId) -> Result<Option<OpenSession>, BookError> {
-        let r = self.db.begin_read().map_err(err("read"))?;
-        let t = r.open_table(OPEN).map_err(err("read"))?;
+        let r = self.db.begin_read().map_err(self.err("read"))?;
+        let t = r.open_table(OPEN).map_err(self.err("read"))?;
         let s = t
             .get(id)
-            .map_err(err("read"))?
+            .map_err(self.err("read"))?
             .and_then(|v| serde_json::from_slice(v.value()).ok());
         Ok(s.map(|s| self.index.lock().unwrap().current(s)))
     }
@@ -452,9 +472,9 @@ impl Book {
             return Ok(0);
         }
         let written = {
-            let r = self.db.begin_read().map_err(err("read"))?;
-            let q = r.open_table(QUEUE).map_err(err("read"))?;
-            q.len().map_err(err("read"))?
+            let r = self.db.begin_read().map_err(self.err("read"))?;
+            let q = r.open_table(QUEUE).map_err(self.err("read"))?;
+            q.len().map_err(self.err("read"))?
         };
         let mut dropped = 0;
         let mut pending = self.pending.lock().unwrap();
@@ -502,10 +522,10 @@ impl Book {
         close: Option<SessionId>,
         request: Option<&Request>,
     ) -> Result<Queued, BookError> {
-        let w = self.db.begin_write().map_err(err("write"))?;
+        let w = self.db.begin_write().map_err(self.err("write"))?;
         let mut interims = Vec::new();
         let queued = self.put(&w, session, close, request, &mut interims)?;
-        w.commit().map_err(err("write"))?;
+        w.commit().map_err(self.err("write"))?;
         self.pend(interims);
         let mut index = self.index.lock().unwrap();
         if let Some(s) = session {
@@ -528,7 +548,7 @@ impl Book {
         if updates.is_empty() {
             return Ok(0);
         }
-        let w = self.db.begin_write().map_err(err("write"))?;
+        let w = self.db.begin_write().map_err(self.err("write"))?;
         let mut dropped = 0;
         let mut interims = Vec::new();
         for (s, req) in updates {
@@ -536,7 +556,7 @@ impl Book {
                 dropped += 1;
             }
         }
-        w.commit().map_err(err("write"))?;
+        w.commit().map_err(self.err("write"))?;
         self.pend(interims);
         let mut index = self.index.lock().unwrap();
         for (s, _) in updates {
@@ -566,21 +586,21 @@ impl Book {
         request: Option<&Request>,
         interims: &mut Vec<Request>,
     ) -> Result<Queued, BookError> {
-        let mut open = w.open_table(OPEN).map_err(err("write"))?;
+        let mut open = w.open_table(OPEN).map_err(self.err("write"))?;
         if let Some(s) = session {
             let v = serde_json::to_vec(s).expect("an open session serialises");
             open.insert(s.session_id, v.as_slice())
-                .map_err(err("write"))?;
+                .map_err(self.err("write"))?;
         }
         if let Some(id) = close {
-            open.remove(id).map_err(err("write"))?;
+            open.remove(id).map_err(self.err("write"))?;
         }
         let Some(req) = request else {
             return Ok(Queued::Yes);
         };
-        let mut q = w.open_table(QUEUE).map_err(err("write"))?;
+        let mut q = w.open_table(QUEUE).map_err(self.err("write"))?;
         if req.status == Status::InterimUpdate {
-            let waiting = q.len().map_err(err("write"))?
+            let waiting = q.len().map_err(self.err("write"))?
                 + self.pending.lock().unwrap().len() as u64
                 + interims.len() as u64;
             if waiting >= self.limit {
@@ -590,10 +610,10 @@ impl Book {
             return Ok(Queued::Yes);
         }
         let seq = self.next_seq.fetch_add(1, Relaxed);
-        let mut meta = w.open_table(META).map_err(err("write"))?;
-        meta.insert(NEXT_SEQ, seq + 1).map_err(err("write"))?;
+        let mut meta = w.open_table(META).map_err(self.err("write"))?;
+        meta.insert(NEXT_SEQ, seq + 1).map_err(self.err("write"))?;
         let v = serde_json::to_vec(req).expect("a request serialises");
-        q.insert(seq, v.as_slice()).map_err(err("write"))?;
+        q.insert(seq, v.as_slice()).map_err(self.err("write"))?;
         Ok(Queued::Yes)
     }
 
@@ -609,13 +629,13 @@ impl Book {
 
     /// The oldest request in the file.
     fn oldest_written(&self) -> Result<Option<(u64, Request)>, BookError> {
-        let r = self.db.begin_read().map_err(err("read"))?;
-        let t = r.open_table(QUEUE).map_err(err("read"))?;
+        let r = self.db.begin_read().map_err(self.err("read"))?;
+        let t = r.open_table(QUEUE).map_err(self.err("read"))?;
         let bad = {
-            let Some(row) = t.iter().map_err(err("read"))?.next() else {
+            let Some(row) = t.iter().map_err(self.err("read"))?.next() else {
                 return Ok(None);
             };
-            let (k, v) = row.map_err(err("read"))?;
+            let (k, v) = row.map_err(self.err("read"))?;
             match serde_json::from_slice(v.value()) {
                 Ok(req) => return Ok(Some((k.value(), req))),
                 Err(e) => {
@@ -642,22 +662,22 @@ impl Book {
                 return Ok(());
             }
         }
-        let w = self.db.begin_write().map_err(err("write"))?;
+        let w = self.db.begin_write().map_err(self.err("write"))?;
         w.open_table(QUEUE)
-            .map_err(err("write"))?
+            .map_err(self.err("write"))?
             .remove(seq)
-            .map_err(err("write"))?;
-        w.commit().map_err(err("write"))
+            .map_err(self.err("write"))?;
+        w.commit().map_err(self.err("write"))
     }
 
     /// Requests waiting for an answer.
     pub fn queued(&self) -> Result<u64, BookError> {
-        let r = self.db.begin_read().map_err(err("read"))?;
+        let r = self.db.begin_read().map_err(self.err("read"))?;
         let written = r
             .open_table(QUEUE)
-            .map_err(err("read"))?
+            .map_err(self.err("read"))?
             .len()
-            .map_err(err("read"))?;
+            .map_err(self.err("read"))?;
         Ok(written + self.pending.lock().unwrap().len() as u64)
     }
 }
@@ -814,6 +834,32 @@ mod tests {
         b.record(Some(&s), None, Some(&req(Stop))).unwrap();
         assert_eq!(drain(&b), vec![Start, Stop, InterimUpdate, Stop]);
         std::fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_error_of_the_book_names_its_file_and_what_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file that is no redb database.
+        let path = dir.path().join("acct.redb");
+        std::fs::write(&path, b"not a database, only words").unwrap();
+        let Err(e) = Book::open(Some(&path), 10) else {
+            panic!("a file of words opened as a book");
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "RADIUS accounting book {}: open: ",
+                path.display()
+            )),
+            "{text}"
+        );
+        assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
+        // A book in memory says so.
+        let e = fail::<std::io::Error>(None, "write")(std::io::Error::other("disk full"));
+        assert_eq!(
+            e.to_string(),
+            "RADIUS accounting book (in memory): write: disk full"
+        );
     }
 
     #[test]
