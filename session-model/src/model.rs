@@ -412,7 +412,7 @@ impl SessionRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn data(t: SessionType, secs: u64, bytes: u64) -> SessionData {

@@ -848,7 +848,7 @@ mod tests {
 
     #[test]
     fn the_sets_of_changed_sessions_give_back_the_room_of_a_burst_and_keep_what_a_second_needs() {
-        use crate::{MacAddr, SessionData, SessionType, UsageUpdate};
+        use crate::{MacAddr, SessionType, UsageUpdate};
         let dir = tempfile::tempdir().unwrap();
         let s = HybridStore::open(
             dir.path().join("s.redb"),
@@ -859,20 +859,7 @@ mod tests {
             },
         )
         .unwrap();
-        let data = SessionData {
-            provider: "local".into(),
-            session_type: SessionType::Data,
-            time_secs: 0,
-            data_bytes: 1_000_000,
-            time_cons: 0,
-            data_cons_bytes: 0,
-            started_at: None,
-            exp_days: None,
-            down_mbits: 1,
-            up_mbits: 1,
-            use_global_speed: true,
-            created_at: 5,
-        };
+        let data = crate::model::tests::data(SessionType::Data, 0, 1_000_000);
         let ids: Vec<SessionId> = (0..4_000u32)
             .map(|i| {
                 let [a, b, c, d] = i.to_be_bytes();
