@@ -29,19 +29,7 @@ pub struct Chase {
 /// Runs the chain through 2 MiB pages (`huge`, if the kernel gives them) or
 /// through 4 KiB pages.
 pub fn chase(huge: bool) -> Result<Chase> {
-    let map = Mapping::new(REGION + (2 << 20))?;
-    // A 2 MiB boundary, so huge pages can back the whole region.
-    let base = (map.addr as usize).next_multiple_of(2 << 20) as *mut u8;
-    let advice = if huge {
-        libc::MADV_HUGEPAGE
-    } else {
-        libc::MADV_NOHUGEPAGE
-    };
-    // SAFETY: `base..base + REGION` lies inside the mapping.
-    unsafe {
-        libc::madvise(base.cast(), REGION, advice);
-        std::ptr::write_bytes(base, 0, REGION);
-    }
+    let (_map, base) = Mapping::filled(REGION, huge)?;
     // Distinct random lines (a partial Fisher-Yates shuffle), linked in a cycle.
     let slots = REGION / LINE;
     let mut order: Vec<u32> = (0..slots as u32).collect();
@@ -79,6 +67,41 @@ pub fn chase(huge: bool) -> Result<Chase> {
     })
 }
 
+/// The mapping [`woken`] touches, and the distinct pages it touches after
+/// each sleep (one in 16, spread over the whole mapping).
+const WOKEN_REGION: usize = 64 << 20;
+const WOKEN_PAGES: usize = 1_000;
+/// How long the probe sleeps before each touch: the daemon's poll interval.
+const WOKEN_SLEEP: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What touching a page of memory costs a process that wakes from a sleep, as
+/// the daemon wakes for each poll: microseconds per page for 1,000 distinct
+/// pages of a 64 MiB mapping, through 2 MiB pages (`huge`) or 4 KiB pages;
+/// the median of `rounds`, each after a 250 ms sleep. Where address
+/// translations do not survive the sleep (a virtual machine whose host drops
+/// them), every page costs a walk or an exit; the agent's work after a sleep
+/// then costs by the pages it touches.
+pub fn woken(huge: bool, rounds: u32) -> Result<f64> {
+    let (_map, base) = Mapping::filled(WOKEN_REGION, huge)?;
+    let pages = WOKEN_REGION / 4096;
+    // An odd stride visits distinct pages in an order no prefetcher follows.
+    let page = |i: usize| (i * 7_919) % pages;
+    let mut per_page = Vec::new();
+    for _ in 0..rounds.max(1) {
+        std::thread::sleep(WOKEN_SLEEP);
+        let t = Instant::now();
+        let mut sum = 0usize;
+        for i in 0..WOKEN_PAGES {
+            // SAFETY: the offset is inside the region.
+            sum += unsafe { std::ptr::read_volatile(base.add(page(i) * 4096 + (i % 64) * 64)) }
+                as usize;
+        }
+        per_page.push(t.elapsed().as_secs_f64() * 1e6 / WOKEN_PAGES as f64);
+        black_box(sum);
+    }
+    Ok(super::median(&per_page))
+}
+
 /// Anonymous memory of this process backed by huge pages (`/proc/self/smaps_rollup`).
 fn anon_huge_bytes() -> Result<u64> {
     let s = std::fs::read_to_string("/proc/self/smaps_rollup")?;
@@ -97,6 +120,24 @@ struct Mapping {
 }
 
 impl Mapping {
+    /// A mapping with `len` bytes written from a 2 MiB boundary (so that huge
+    /// pages can back all of them), advised to take huge pages or not.
+    fn filled(len: usize, huge: bool) -> Result<(Self, *mut u8)> {
+        let map = Self::new(len + (2 << 20))?;
+        let base = (map.addr as usize).next_multiple_of(2 << 20) as *mut u8;
+        let advice = if huge {
+            libc::MADV_HUGEPAGE
+        } else {
+            libc::MADV_NOHUGEPAGE
+        };
+        // SAFETY: `base..base + len` lies inside the mapping.
+        unsafe {
+            libc::madvise(base.cast(), len, advice);
+            std::ptr::write_bytes(base, 1, len);
+        }
+        Ok((map, base))
+    }
+
     fn new(len: usize) -> Result<Self> {
         // SAFETY: a fresh anonymous mapping; checked below.
         let addr = unsafe {

@@ -359,6 +359,41 @@ fn datapath_bench(name: &str, opts: &Opts, both: bool) -> Result<(Vec<Measuremen
     if ms.is_empty() {
         bail!("the datapath benchmark produced no {key} figures");
     }
+    let mut ms = ms;
+    if name == "agent-cost" {
+        // The machine: what a page touched after a sleep costs (see `memory::woken`).
+        let (mut small, mut huge) = (Vec::new(), Vec::new());
+        for _ in 0..opts.runs {
+            small.push(memory::woken(false, 5)?);
+            huge.push(memory::woken(true, 5)?);
+        }
+        progress(
+            name,
+            format!(
+                "a page touched after 250 ms asleep: {:.2} us through 4 KiB pages, {:.2} us through 2 MiB pages",
+                median(&small),
+                median(&huge)
+            ),
+        );
+        ms.extend([
+            Measurement::new(
+                key,
+                forwarding::MACHINE,
+                0,
+                "page_after_sleep_us_4k",
+                "us/page",
+                small,
+            ),
+            Measurement::new(
+                key,
+                forwarding::MACHINE,
+                0,
+                "page_after_sleep_us_2m",
+                "us/page",
+                huge,
+            ),
+        ]);
+    }
     let notes = match name {
         "program-cost" => vec![
             "BPF_PROG_TEST_RUN of the TC ingress program on a 64-byte UDP frame, ns per packet, against a program that returns at once (noop_baseline) in the same run; `net` = path minus no-op.".into(),
