@@ -113,8 +113,14 @@ impl ApiClient {
     pub fn device_id(&self, mac: &str) -> i64 {
         let r = self.get(&format!("/v1/devices/by-mac/{mac}"));
         let d = if r.status == 404 {
-            self.post("/v1/devices", &serde_json::json!({ "mac": mac }))
-                .ok("create device")
+            let made = self.post("/v1/devices", &serde_json::json!({ "mac": mac }));
+            if made.status == 409 {
+                // The agent saw the MAC between the two requests and made its device.
+                self.get(&format!("/v1/devices/by-mac/{mac}"))
+                    .ok("device by MAC")
+            } else {
+                made.ok("create device")
+            }
         } else {
             r.ok("device by MAC")
         };

