@@ -282,7 +282,9 @@ fn a_listener_shut_down_after_ready_ends_the_agent_with_an_error() {
                 "--redirect-port",
                 "3991",
             ],
-            "127.0.0.1:3991".into(),
+            // It listens on 127.0.0.1 and ::1; `ss -K` destroys both, and the
+            // error names the one the agent heard of first.
+            ":3991".into(),
             "the portal redirect",
         ),
     ];
