@@ -35,7 +35,11 @@ const BOOK_CACHE_BYTES: usize = 4 << 20;
 
 /// A store error, with the book's file and what was being done.
 #[derive(Debug, thiserror::Error)]
-#[error("RADIUS accounting book {}: {what}: {source}", file_name(.file.as_deref()))]
+#[error(
+    "RADIUS accounting book {}: {what}: {source}{}",
+    file_name(.file.as_deref()),
+    fix(.file.is_some(), .what)
+)]
 pub struct BookError {
     /// The book's file; `None` for a book in memory.
     file: Option<PathBuf>,
@@ -46,6 +50,18 @@ pub struct BookError {
 
 fn file_name(file: Option<&Path>) -> String {
     file.map_or_else(|| "(in memory)".into(), |p| p.display().to_string())
+}
+
+/// What an operator can do about an error of a book's file.
+fn fix(in_file: bool, what: &str) -> &'static str {
+    match (in_file, what) {
+        (true, "open") => {
+            "; if another agent holds the file, stop it; if the file is damaged, move it \
+             aside and start again (the new book starts empty: what the old one held \
+             open or queued is not sent)"
+        }
+        _ => "",
+    }
 }
 
 /// Makes a [`BookError`] of the book at `file`, doing `what`.
@@ -853,6 +869,7 @@ mod tests {
             )),
             "{text}"
         );
+        assert!(text.ends_with("is not sent)"), "no fix named: {text}");
         assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
         // A book in memory says so.
         let e = fail::<std::io::Error>(None, "write")(std::io::Error::other("disk full"));
