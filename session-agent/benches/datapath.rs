@@ -795,6 +795,10 @@ fn tempdir() -> std::path::PathBuf {
     d
 }
 
+/// As the daemon's binary: large tables in 2 MiB pages.
+#[global_allocator]
+static ALLOCATOR: session_agent::memory::Allocator = session_agent::memory::Allocator;
+
 fn main() {
     if let Ok(spec) = std::env::var(MEASURE_ENV) {
         return measure_agent(&spec);

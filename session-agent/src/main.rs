@@ -19,6 +19,10 @@ use session_agent::{
     options::Options,
 };
 
+/// Large tables in 2 MiB pages (see `memory`).
+#[global_allocator]
+static ALLOCATOR: session_agent::memory::Allocator = session_agent::memory::Allocator;
+
 fn main() {
     let matches = docs::with_generate_command(Cli::command()).get_matches();
     if let Some(m) = matches.subcommand_matches(docs::COMMAND) {
