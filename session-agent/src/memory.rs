@@ -22,12 +22,17 @@ const MMAP_THRESHOLD: i32 = 256 * 1024;
 /// The size of a transparent huge page on the targets the daemon runs on.
 const HUGE_PAGE: usize = 2 << 20;
 
-const SMALL_PAGE: usize = 4096;
+/// The system's page size (4 KiB on x86-64; 4, 16 or 64 KiB on arm64).
+fn page_size() -> usize {
+    // SAFETY: sysconf reads a constant of the system; it allocates nothing.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page).unwrap_or(4096)
+}
 
 /// The daemon's global allocator: the system's, except that a block of at least
 /// one huge page gets a mapping of its own, aligned to 2 MiB, whose whole huge
 /// pages are marked for transparent huge pages (`MADV_HUGEPAGE`). The rest of
-/// such a block, under 2 MiB, keeps 4 KiB pages, so no block holds more memory
+/// such a block, under 2 MiB, keeps small pages, so no block holds more memory
 /// resident than it touches plus less than one huge page. Where the kernel has
 /// no transparent huge pages (or they are off) the advice fails and the block
 /// is an ordinary mapping. Binaries opt in with `#[global_allocator]`.
@@ -40,7 +45,7 @@ fn huge(layout: Layout) -> bool {
 
 /// A 2 MiB-aligned anonymous mapping of `size` bytes (zeroed), or null.
 fn map_huge(size: usize) -> *mut u8 {
-    let len = size.next_multiple_of(SMALL_PAGE);
+    let len = size.next_multiple_of(page_size());
     // Room to slide the start to the next 2 MiB boundary.
     let Some(span) = len.checked_add(HUGE_PAGE) else {
         return std::ptr::null_mut();
@@ -76,7 +81,7 @@ fn map_huge(size: usize) -> *mut u8 {
     let whole = len / HUGE_PAGE * HUGE_PAGE;
     // SAFETY: advice on the block's own whole huge pages; it changes how the
     // kernel backs them, never their contents. A kernel without transparent
-    // huge pages answers EINVAL, and the block stays in 4 KiB pages.
+    // huge pages answers EINVAL, and the block stays in small pages.
     unsafe {
         libc::madvise(start as *mut libc::c_void, whole, libc::MADV_HUGEPAGE);
     }
@@ -113,7 +118,7 @@ unsafe impl GlobalAlloc for Allocator {
             unsafe {
                 libc::munmap(
                     ptr as *mut libc::c_void,
-                    layout.size().next_multiple_of(SMALL_PAGE),
+                    layout.size().next_multiple_of(page_size()),
                 );
             }
         } else {
