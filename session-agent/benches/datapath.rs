@@ -272,11 +272,16 @@ fn program_cost(out: &mut Vec<Measurement>, runs: u32, quick: bool) {
 }
 
 fn rss_kib() -> f64 {
+    status_kib("VmRSS:")
+}
+
+/// A figure of /proc/self/status in KiB (`VmRSS:`, `VmHWM:` the peak).
+fn status_kib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
@@ -346,22 +351,30 @@ fn agent_cost(out: &mut Vec<Measurement>, runs: u32, quick: bool) {
             "agent cost: {n} connected devices ({:.1}s to set up)",
             t.elapsed().as_secs_f64()
         );
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .env(
+        // Then again without transparent huge pages, for the same-run
+        // comparison of the real second's polls and the memory.
+        for small_pages in [false, true] {
+            let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+            cmd.env(
                 MEASURE_ENV,
                 format!("{}|{}|{n}|{runs}", db.display(), h.root().display()),
-            )
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .expect("running the agent-cost measurement");
-        assert!(
-            child.status.success(),
-            "agent-cost measurement failed: {}",
-            child.status
-        );
-        let measured: Vec<Measurement> =
-            serde_json::from_slice(&child.stdout).expect("measurements of the child");
-        out.extend(measured);
+            );
+            if small_pages {
+                cmd.env(SMALL_PAGES_ENV, "1");
+            }
+            let child = cmd
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .expect("running the agent-cost measurement");
+            assert!(
+                child.status.success(),
+                "agent-cost measurement failed: {}",
+                child.status
+            );
+            let measured: Vec<Measurement> =
+                serde_json::from_slice(&child.stdout).expect("measurements of the child");
+            out.extend(measured);
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -372,12 +385,30 @@ const ACTIVE: u32 = 1_000;
 /// Set in the child process that measures the agent: `db|pin root|clients|runs`.
 const MEASURE_ENV: &str = "SESSION_BENCH_AGENT_MEASURE";
 
+/// Set beside [`MEASURE_ENV`]: the child runs with transparent huge pages off
+/// (`PR_SET_THP_DISABLE`), as on a kernel without them, measures only the
+/// gateway loop and reports the real second's polls and its memory as
+/// `*_4k` rows.
+const SMALL_PAGES_ENV: &str = "SESSION_BENCH_SMALL_PAGES";
+
 /// The agent's part, in a fresh process: open the store and the pinned maps,
 /// reconcile, then time reads and polls; prints the measurements as JSON.
 fn measure_agent(spec: &str) {
     let f: Vec<&str> = spec.split('|').collect();
     let (db, root, n, runs): (&str, &str, u32, u32) =
         (f[0], f[1], f[2].parse().unwrap(), f[3].parse().unwrap());
+    let small_pages = std::env::var_os(SMALL_PAGES_ENV).is_some();
+    if small_pages {
+        // SAFETY: prctl with an option that only turns transparent huge pages
+        // off for this process; no memory is passed.
+        let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        assert_eq!(
+            r,
+            0,
+            "PR_SET_THP_DISABLE: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     // As `session-agent run` does.
     session_agent::memory::tune_allocator();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -510,10 +541,28 @@ fn measure_agent(spec: &str) {
         ],
     );
     let rss = rss_kib() / 1024.0;
+    // The peak: the commit of every device and the all-charged polls hold
+    // large buffers for a moment, each in huge pages where it fills them.
+    let peak = status_kib("VmHWM:") / 1024.0;
     out.extend(agent_rows(
         n,
-        vec![("resident_memory", "rss_mib", "MiB", vec![rss])],
+        vec![
+            ("resident_memory", "rss_mib", "MiB", vec![rss]),
+            ("resident_memory_peak", "rss_mib", "MiB", vec![peak]),
+        ],
     ));
+    if small_pages {
+        let kept: Vec<Measurement> = out
+            .into_iter()
+            .filter(|m| m.case.starts_with("second_of_polls") || m.case.starts_with("resident"))
+            .map(|m| Measurement {
+                case: format!("{}_4k", m.case),
+                ..m
+            })
+            .collect();
+        println!("{}", serde_json::to_string(&kept).unwrap());
+        return;
+    }
     out.extend(history(&gw, n, runs));
     out.extend(bindings(&gw, root, n, runs));
     out.extend(radius_books(&rt, &gw, db, n, runs));

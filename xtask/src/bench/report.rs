@@ -986,7 +986,7 @@ session-agent's TC ingress program in the same 64-byte traffic, from the kernel'
             _ => "-".into(),
         };
         // Each table: its header, then per number of devices, its columns.
-        let tables: [(&str, &[Col]); 4] = [
+        let tables: [(&str, &[Col]); 5] = [
             (
                 "| connected devices | read counters ms | idle poll wall / CPU ms | all-charged poll wall / CPU ms | commit of all wall / CPU ms | table check wall / CPU ms | 1,000 charged: poll / commit CPU ms | resident MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|",
                 &[
@@ -1026,6 +1026,18 @@ session-agent's TC ingress program in the same 64-byte traffic, from the kernel'
                     Col::One("second_of_polls_all", "cpu_ms"),
                 ],
             ),
+            (
+                "| connected devices | the same second with transparent huge pages off, CPU ms: no traffic | 1,000 active | x | every device active | x | resident MiB | peak resident MiB, huge pages on / off |\n|---:|---:|---:|---:|---:|---:|---:|---:|",
+                &[
+                    Col::One("second_of_polls_idle_4k", "cpu_ms"),
+                    Col::One("second_of_polls_1000_4k", "cpu_ms"),
+                    Col::Times("second_of_polls_1000_4k", "second_of_polls_1000", "cpu_ms", 2),
+                    Col::One("second_of_polls_all_4k", "cpu_ms"),
+                    Col::Times("second_of_polls_all_4k", "second_of_polls_all", "cpu_ms", 2),
+                    Col::One("resident_memory_4k", "rss_mib"),
+                    Col::Pair("resident_memory_peak", "resident_memory_peak_4k", "rss_mib"),
+                ],
+            ),
         ];
         for (header, cols) in tables {
             s += &format!("\n{header}\n");
@@ -1052,7 +1064,7 @@ session-agent's TC ingress program in the same 64-byte traffic, from the kernel'
             woken("page_after_sleep_us_2m"),
         ) {
             s += &format!(
-                "\nThe machine, in the same run: a page of memory touched after 250 ms asleep (1,000 distinct pages of 64 MiB, as a poll wakes) costs {:.2} us through 4 KiB pages and {:.2} us through 2 MiB pages. A real second's polls pay the first for each page of the agent's state they touch, so the fourth table grows with the pages an active device's state is spread over.\n",
+                "\nThe machine, in the same run: a page of memory touched after 250 ms asleep (1,000 distinct pages of 64 MiB, as a poll wakes) costs {:.2} us through 4 KiB pages and {:.2} us through 2 MiB pages. A real second's polls pay the first for each page of the agent's state they touch, so the fourth table grows with the pages an active device's state is spread over. The fifth table is the same second in a process with transparent huge pages off (`PR_SET_THP_DISABLE`, as on a kernel without them), measured after the fourth's on the same store; `x` is how many times the fourth table's figure it is. The peak is the process's VmHWM over all of its work (the commit of every device holds large buffers for a moment).\n",
                 small.median, huge.median
             );
         }
