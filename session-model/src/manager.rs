@@ -527,7 +527,7 @@ impl SessionsMgr {
     /// The grant of the device's running session, if one runs (see [`SessionsMgr::desired`]).
     pub fn granted(&self, device_id: DeviceId) -> Result<Option<Grant>, ModelError> {
         // From the running session's hint when it has one: the table check
-        // asks this of 4,096 clients a second, and a store read costs more
+        // asks this of 1,024 clients a second, and a store read costs more
         // than the comparison it serves.
         {
             let mut running = self.running()?;

@@ -22,8 +22,10 @@ const ENFORCE_EVERY: Duration = Duration::from_secs(1);
 /// How often the run loop's poll charges usage (see [`Gateway::poll_round`]).
 const CHARGE_EVERY: Duration = Duration::from_secs(1);
 /// Slots of the client table one check of the datapath compares with the
-/// sessions (see [`Gateway::enforce_sessions`]).
-const CHECK_SLOTS_PER_RUN: u32 = 4096;
+/// sessions (see [`Gateway::enforce_sessions`]): a second's check costs
+/// about what it costs with 1,000 clients, at any table size, and a full
+/// table of 65,536 is checked within 64 s.
+const CHECK_SLOTS_PER_RUN: u32 = 1024;
 
 impl Gateway {
     /// One poll: charge every connected device's new bytes, advance time, end and
