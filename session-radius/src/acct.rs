@@ -60,6 +60,12 @@ fn fix(in_file: bool, what: &str) -> &'static str {
              aside and start again (the new book starts empty: what the old one held \
              open or queued is not sent)"
         }
+        (true, "write") => {
+            "; if its disk is full or read-only, free space or make it writable, then \
+             restart the agent (the book refuses every write after a failed one until it \
+             is opened again; what it held open or queued is still sent, and a login whose \
+             Start could not be written was refused)"
+        }
         _ => "",
     }
 }
@@ -871,6 +877,16 @@ mod tests {
         );
         assert!(text.ends_with("is not sent)"), "no fix named: {text}");
         assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
+        // A write names the fix too.
+        let e = fail::<std::io::Error>(Some(&path), "write")(std::io::Error::other("disk full"));
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "RADIUS accounting book {}: write: disk full; if its disk is full or read-only, free space",
+                path.display()
+            )),
+            "{text}"
+        );
         // A book in memory says so.
         let e = fail::<std::io::Error>(None, "write")(std::io::Error::other("disk full"));
         assert_eq!(

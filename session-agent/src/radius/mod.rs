@@ -699,7 +699,20 @@ impl Radius {
             at: now,
             session: Some(SessionPart::of(&open, now, None)),
         };
-        self.book.record(Some(&open), None, Some(&req))?;
+        if let Err(e) = self.book.record(Some(&open), None, Some(&req)) {
+            // Not in the book, the session would run with no accounting at
+            // all (no Start, no Stop ever sent): it is undone, the device
+            // blocked again, and the login refused.
+            self.idle.lock().unwrap().remove(&sid);
+            if let Err(undo) = gw.remove_session(sid, true).await {
+                warn!(
+                    device_id,
+                    session = sid,
+                    "a login whose Start was not written could not be undone: {undo}"
+                );
+            }
+            return Err(e.into());
+        }
         self.wake.notify_one();
         info!(device_id, user, session = sid, acct_session_id = %open.acct_session_id, "RADIUS login accepted");
         Ok(Login {
