@@ -3,15 +3,14 @@
 //! session the server would never hear of. Alone in its test binary: it makes
 //! every file write of the process fail for a moment (`RLIMIT_FSIZE`).
 
-use std::{net::UdpSocket, sync::Arc, time::Duration};
+mod common;
 
+use std::{net::UdpSocket, time::Duration};
+
+use common::MemGateway;
 use radius::core::{avp::AVP, code::Code, packet::Packet};
-use session_agent::{
-    datapath::MemDatapath,
-    gateway::{Gateway, GatewayConfig},
-    radius::{Radius, RadiusOptions, Secret},
-};
-use session_model::{MacAddr, MemoryStore, SessionsMgr, SystemClock};
+use session_agent::radius::{Radius, RadiusOptions, Secret};
+use session_model::MacAddr;
 use session_radius::codec::attr;
 
 const SECRET: &[u8] = b"book-full-secret";
@@ -69,24 +68,8 @@ impl Drop for NoFileWrites {
 
 #[test]
 fn a_login_whose_start_cannot_be_written_is_refused_and_the_device_stays_blocked() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let MemGateway { rt, mgr, dp, gw } = MemGateway::new();
     let dir = tempfile::tempdir().unwrap();
-    let mgr = Arc::new(SessionsMgr::new(
-        Arc::new(MemoryStore::new()),
-        Arc::new(SystemClock),
-    ));
-    mgr.register_session_provider(
-        session_agent::radius::PROVIDER,
-        Arc::new(session_agent::radius::RadiusProvider),
-    )
-    .unwrap();
-    let dp = Arc::new(MemDatapath::new(1));
-    let gw = rt.block_on(async {
-        Gateway::with_datapath(mgr.clone(), dp.clone(), GatewayConfig::default())
-    });
     let mac = MacAddr::new([2, 0, 0, 0, 0, 0x42]);
     let device = mgr.create_device(mac, None, None).unwrap();
     let opts = RadiusOptions {
@@ -97,9 +80,13 @@ fn a_login_whose_start_cannot_be_written_is_refused_and_the_device_stays_blocked
         ..RadiusOptions::default()
     };
     let radius = Radius::open(opts.clone(), None).unwrap();
-    let refused = {
+    let (refused, again) = {
         let _full = NoFileWrites::now();
-        rt.block_on(radius.login(&gw, device.id, "alice", "secret"))
+        (
+            rt.block_on(radius.login(&gw, device.id, "alice", "secret")),
+            // Still full: opening the book again fails, or its write does.
+            rt.block_on(radius.login(&gw, device.id, "alice", "secret")),
+        )
     };
     let Err(e) = refused else {
         panic!("a login whose Start was not written went through");
@@ -109,6 +96,10 @@ fn a_login_whose_start_cannot_be_written_is_refused_and_the_device_stays_blocked
         text.contains(": write: ") && text.contains("free space"),
         "the error names the book's write and the fix: {text}"
     );
+    assert!(
+        again.is_err(),
+        "a login went through while the disk was full"
+    );
     assert!(!dp.allowed(&mac), "the device was let through");
     assert!(!mgr.is_connected(device.id).unwrap());
     assert!(
@@ -116,19 +107,14 @@ fn a_login_whose_start_cannot_be_written_is_refused_and_the_device_stays_blocked
         "the refused login left its session behind"
     );
     assert_eq!(radius.open_count(), 0);
-    // The book refuses writes after a failed one, disk or not, as the error
-    // says: the next login is refused the same way.
-    assert!(rt
-        .block_on(radius.login(&gw, device.id, "alice", "secret"))
-        .is_err());
-    assert!(!dp.allowed(&mac));
-    // After a restart (the book opened again), the login goes through and
-    // its Start is in the book.
-    drop(radius);
-    let radius = Radius::open(opts, None).unwrap();
+    // With room again, the book is opened again at its next use (redb
+    // refuses every use after a failed write until then): the login goes
+    // through without a restart, and its Start is in the file.
     rt.block_on(radius.login(&gw, device.id, "alice", "secret"))
         .unwrap();
     assert!(dp.allowed(&mac));
     assert!(mgr.is_connected(device.id).unwrap());
     assert_eq!(radius.open_count(), 1);
+    drop(radius);
+    assert_eq!(Radius::open(opts, None).unwrap().open_count(), 1);
 }

@@ -2,34 +2,17 @@
 //! that stopped without an event the bookkeeping heard and writes its Stop,
 //! and leaves the sessions that still run alone until their update is due.
 
-use std::sync::Arc;
+mod common;
 
-use session_agent::{
-    datapath::MemDatapath,
-    gateway::{Gateway, GatewayConfig},
-    radius::{Radius, RadiusOptions},
-};
-use session_model::{MacAddr, MemoryStore, SessionsMgr, SystemClock};
+use common::MemGateway;
+use session_agent::radius::{Radius, RadiusOptions};
+use session_model::MacAddr;
 use session_radius::acct::{Book, OpenSession, Reading};
 
 #[test]
 fn a_stop_no_event_told_of_is_written_by_the_sweep_and_running_sessions_are_left_alone() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let MemGateway { rt, mgr, gw, .. } = MemGateway::new();
     let dir = tempfile::tempdir().unwrap();
-    let mgr = Arc::new(SessionsMgr::new(
-        Arc::new(MemoryStore::new()),
-        Arc::new(SystemClock),
-    ));
-    let gw = rt.block_on(async {
-        Gateway::with_datapath(
-            mgr.clone(),
-            Arc::new(MemDatapath::new(1)),
-            GatewayConfig::default(),
-        )
-    });
     let now = mgr.clock().now_secs();
     let mut open = Vec::new();
     for n in 1..=3u8 {

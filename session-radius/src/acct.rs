@@ -15,8 +15,8 @@ use std::{
     collections::{BTreeSet, VecDeque},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Mutex, RwLock, RwLockReadGuard,
     },
 };
 
@@ -61,10 +61,10 @@ fn fix(in_file: bool, what: &str) -> &'static str {
              open or queued is not sent)"
         }
         (true, "write") => {
-            "; if its disk is full or read-only, free space or make it writable, then \
-             restart the agent (the book refuses every write after a failed one until it \
-             is opened again; what it held open or queued is still sent, and a login whose \
-             Start could not be written was refused)"
+            "; if its disk is full or read-only, free space or make it writable: the book \
+             is opened again at its next use (what a round of accounting could not write \
+             stays due, and a later round writes it; a login whose Start could not be \
+             written was refused)"
         }
         _ => "",
     }
@@ -260,7 +260,11 @@ impl SessionPart {
 
 /// The book.
 pub struct Book {
-    db: Database,
+    /// The database. redb refuses every use after a failed write until it is
+    /// opened again: `failed` says so, and the next use opens it again
+    /// ([`Book::db`]).
+    db: RwLock<Database>,
+    failed: AtomicBool,
     /// The file, for errors; `None` in memory.
     file: Option<PathBuf>,
     limit: u64,
@@ -344,7 +348,48 @@ impl Book {
         &self,
         what: &'static str,
     ) -> impl FnOnce(E) -> BookError + '_ {
-        fail(self.file.as_deref(), what)
+        move |e| {
+            if what == "write" {
+                self.failed.store(true, Relaxed);
+            }
+            fail(self.file.as_deref(), what)(e)
+        }
+    }
+
+    /// The database, opened again first if a write failed since it was
+    /// opened (redb refuses every use after one): a disk that was full heals
+    /// without a restart once it has room. While it cannot be opened again,
+    /// every use fails with the reason.
+    fn db(&self) -> Result<RwLockReadGuard<'_, Database>, BookError> {
+        if self.failed.load(Relaxed) {
+            self.reopen()?;
+        }
+        Ok(self.db.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn reopen(&self) -> Result<(), BookError> {
+        let Some(path) = self.file.as_deref() else {
+            self.failed.store(false, Relaxed);
+            return Ok(());
+        };
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !self.failed.load(Relaxed) {
+            return Ok(());
+        }
+        // redb keeps the file locked until its database is dropped: an empty
+        // one in memory stands in meanwhile, and is never handed out (`failed`
+        // stays set until the file is open again).
+        let stand_in = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(fail(Some(path), "open again"))?;
+        drop(std::mem::replace(&mut *db, stand_in));
+        *db = Database::builder()
+            .set_cache_size(BOOK_CACHE_BYTES)
+            .create(path)
+            .map_err(fail(Some(path), "open again"))?;
+        self.failed.store(false, Relaxed);
+        tracing::info!(file = %path.display(), "RADIUS accounting book opened again after a failed write");
+        Ok(())
     }
 
     /// Opens (or makes) the book at `path`, or one in memory.
@@ -372,7 +417,8 @@ impl Book {
             v.map_or(1, |v| v.value())
         };
         let book = Self {
-            db,
+            db: RwLock::new(db),
+            failed: AtomicBool::new(false),
             file: path.map(Path::to_path_buf),
             limit,
             index: Mutex::default(),
@@ -393,7 +439,8 @@ impl Book {
             interim_secs: u64,
             next_interim: i64,
         }
-        let r = self.db.begin_read().map_err(self.err("read"))?;
+        let db = self.db()?;
+        let r = db.begin_read().map_err(self.err("read"))?;
         let t = r.open_table(OPEN).map_err(self.err("read"))?;
         let mut index = Index::default();
         for row in t.iter().map_err(self.err("read"))? {
@@ -440,7 +487,8 @@ impl Book {
 
     /// The open sessions.
     pub fn open_sessions(&self) -> Result<Vec<OpenSession>, BookError> {
-        let r = self.db.begin_read().map_err(self.err("read"))?;
+        let db = self.db()?;
+        let r = db.begin_read().map_err(self.err("read"))?;
         let t = r.open_table(OPEN).map_err(self.err("read"))?;
         let mut out = Vec::new();
         let index = self.index.lock().unwrap();
@@ -458,7 +506,8 @@ impl Book {
 
     /// The open sessions of `ids` (those still open), read in one transaction.
     pub fn open_sessions_of(&self, ids: &[SessionId]) -> Result<Vec<OpenSession>, BookError> {
-        let r = self.db.begin_read().map_err(self.err("read"))?;
+        let db = self.db()?;
+        let r = db.begin_read().map_err(self.err("read"))?;
         let t = r.open_table(OPEN).map_err(self.err("read"))?;
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
@@ -473,7 +522,8 @@ impl Book {
     }
 
     pub fn open_session(&self, id: SessionId) -> Result<Option<OpenSession>, BookError> {
-        let r = self.db.begin_read().map_err(self.err("read"))?;
+        let db = self.db()?;
+        let r = db.begin_read().map_err(self.err("read"))?;
         let t = r.open_table(OPEN).map_err(self.err("read"))?;
         let s = t
             .get(id)
@@ -494,7 +544,8 @@ impl Book {
             return Ok(0);
         }
         let written = {
-            let r = self.db.begin_read().map_err(self.err("read"))?;
+            let db = self.db()?;
+            let r = db.begin_read().map_err(self.err("read"))?;
             let q = r.open_table(QUEUE).map_err(self.err("read"))?;
             q.len().map_err(self.err("read"))?
         };
@@ -544,7 +595,8 @@ impl Book {
         close: Option<SessionId>,
         request: Option<&Request>,
     ) -> Result<Queued, BookError> {
-        let w = self.db.begin_write().map_err(self.err("write"))?;
+        let db = self.db()?;
+        let w = db.begin_write().map_err(self.err("write"))?;
         let mut interims = Vec::new();
         let queued = self.put(&w, session, close, request, &mut interims)?;
         w.commit().map_err(self.err("write"))?;
@@ -570,7 +622,8 @@ impl Book {
         if updates.is_empty() {
             return Ok(0);
         }
-        let w = self.db.begin_write().map_err(self.err("write"))?;
+        let db = self.db()?;
+        let w = db.begin_write().map_err(self.err("write"))?;
         let mut dropped = 0;
         let mut interims = Vec::new();
         for (s, req) in updates {
@@ -651,7 +704,8 @@ impl Book {
 
     /// The oldest request in the file.
     fn oldest_written(&self) -> Result<Option<(u64, Request)>, BookError> {
-        let r = self.db.begin_read().map_err(self.err("read"))?;
+        let db = self.db()?;
+        let r = db.begin_read().map_err(self.err("read"))?;
         let t = r.open_table(QUEUE).map_err(self.err("read"))?;
         let bad = {
             let Some(row) = t.iter().map_err(self.err("read"))?.next() else {
@@ -671,6 +725,7 @@ impl Book {
         };
         drop(t);
         drop(r);
+        drop(db);
         self.answered(bad)?;
         self.oldest_written()
     }
@@ -684,7 +739,8 @@ impl Book {
                 return Ok(());
             }
         }
-        let w = self.db.begin_write().map_err(self.err("write"))?;
+        let db = self.db()?;
+        let w = db.begin_write().map_err(self.err("write"))?;
         w.open_table(QUEUE)
             .map_err(self.err("write"))?
             .remove(seq)
@@ -694,7 +750,8 @@ impl Book {
 
     /// Requests waiting for an answer.
     pub fn queued(&self) -> Result<u64, BookError> {
-        let r = self.db.begin_read().map_err(self.err("read"))?;
+        let db = self.db()?;
+        let r = db.begin_read().map_err(self.err("read"))?;
         let written = r
             .open_table(QUEUE)
             .map_err(self.err("read"))?

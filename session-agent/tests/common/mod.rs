@@ -167,3 +167,41 @@ pub fn big_stack(f: impl FnOnce() + Send + 'static) {
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e));
 }
+
+/// A gateway over a session store and a datapath both in memory, on a
+/// current-thread runtime, with RADIUS logins' sessions known to the
+/// manager as the daemon makes them known.
+pub struct MemGateway {
+    pub rt: tokio::runtime::Runtime,
+    pub mgr: std::sync::Arc<session_model::SessionsMgr>,
+    pub dp: std::sync::Arc<session_agent::datapath::MemDatapath>,
+    pub gw: std::sync::Arc<session_agent::gateway::Gateway>,
+}
+
+impl MemGateway {
+    pub fn new() -> Self {
+        use std::sync::Arc;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mgr = Arc::new(session_model::SessionsMgr::new(
+            Arc::new(session_model::MemoryStore::new()),
+            Arc::new(session_model::SystemClock),
+        ));
+        mgr.register_session_provider(
+            session_agent::radius::PROVIDER,
+            Arc::new(session_agent::radius::RadiusProvider),
+        )
+        .unwrap();
+        let dp = Arc::new(session_agent::datapath::MemDatapath::new(1));
+        let gw = rt.block_on(async {
+            session_agent::gateway::Gateway::with_datapath(
+                mgr.clone(),
+                dp.clone(),
+                session_agent::gateway::GatewayConfig::default(),
+            )
+        });
+        MemGateway { rt, mgr, dp, gw }
+    }
+}
