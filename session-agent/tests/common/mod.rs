@@ -1,6 +1,7 @@
 //! The harness of the datapath tests: the programs loaded against private
 //! pins, a test LAN (the gateway's MAC, addresses and services), clients and
-//! frames.
+//! frames; and a gateway all in memory ([`MemGateway`]) for the tests of the
+//! features above it.
 #![allow(dead_code, unused_imports)]
 
 pub use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
