@@ -66,6 +66,11 @@ fn fix(in_file: bool, what: &str) -> &'static str {
              stays due, and a later round writes it; a login whose Start could not be \
              written was refused)"
         }
+        (true, "open again") => {
+            "; if its disk is full or read-only, free space or make it writable: the book \
+             is opened again at its next use, and until then accounting waits and logins \
+             are refused"
+        }
         _ => "",
     }
 }
@@ -943,6 +948,14 @@ mod tests {
                 path.display()
             )),
             "{text}"
+        );
+        // So does a book that cannot be opened again after a failed write.
+        let e =
+            fail::<std::io::Error>(Some(&path), "open again")(std::io::Error::other("disk full"));
+        assert!(
+            e.to_string()
+                .contains(": open again: disk full; if its disk is full"),
+            "{e}"
         );
         // A book in memory says so.
         let e = fail::<std::io::Error>(None, "write")(std::io::Error::other("disk full"));
