@@ -83,9 +83,9 @@ fn frame(i: u32) -> Vec<u8> {
 }
 
 /// The LAN as the agent sets it up by default: the gateway's MAC and
-/// addresses, anti-spoofing, the garden rate limit.
+/// addresses, anti-spoofing, the garden rate limit, the binding TTL.
 fn gate() -> LanConfig {
-    lan_config(
+    let mut cfg = lan_config(
         1,
         Some(GW_MAC),
         &[
@@ -104,7 +104,9 @@ fn gate() -> LanConfig {
         },
         None,
         None,
-    )
+    );
+    cfg.bind_ttl_ms = 300_000;
+    cfg
 }
 
 /// [`gate`] with the portal redirect on.

@@ -214,6 +214,7 @@ pub async fn run(
             None,
         ));
         maps.set_gate(&gate_limits(&opts.gate));
+        maps.set_bind_ttl(opts.gateway.bind_ttl);
         set_up_shaper(&maps, lan, opts.shaper)?;
         info!(lan = %lan, dir = %a.dir.display(), ingress = ?opts.ingress, tc = ?a.tc, shaper = ?opts.shaper, garden = entries.len(), "datapath attached");
         match aya_log::EbpfLogger::init(&mut a.ebpf) {
@@ -581,15 +582,19 @@ fn apply_reload(
             ) else {
                 continue;
             };
-            m.set_lan(&lan_config(
-                m.lan().lan_id,
+            let was = m.lan();
+            let mut cfg = lan_config(
+                was.lan_id,
                 mac,
                 &local,
                 &cur.portal_ports,
                 &new.gate,
                 cur.redirect.as_ref(),
                 services.names.as_ref().and_then(|n| n.dns_snoop_mark()),
-            ));
+            );
+            // The gateway's, which it keeps telling the datapath.
+            cfg.bind_ttl_ms = was.bind_ttl_ms;
+            m.set_lan(&cfg);
             m.set_gate(&gate_limits(&new.gate));
         }
         cur.gate = new.gate;
@@ -779,7 +784,8 @@ pub fn gateway_services(addrs: &[IpAddr], portal_ports: &[u16]) -> Vec<GardenEnt
 }
 
 /// What the datapath must know of its LAN: the gateway's MAC and addresses
-/// ([`iface::gateway_addresses`]), anti-spoofing, the garden rate limit.
+/// ([`iface::gateway_addresses`]), anti-spoofing, the garden rate limit
+/// (the binding TTL is the gateway's: [`Maps::set_bind_ttl`]).
 pub fn lan_config(
     lan_id: u32,
     mac: Option<[u8; 6]>,

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use session_common::{MacAddr, POLICY_ALLOWED, POLICY_QUOTA};
+use session_common::{MacAddr, POLICY_ALLOWED, POLICY_QUOTA, STAT_BINDINGS_FULL};
 
 use crate::{
     dataplane::{BindingSweep, Enforced, Forgotten, IdleTracker, Maps, Pressure, RateLimit},
@@ -94,8 +94,14 @@ pub trait Datapath: Send + Sync {
     fn clients_live(&self) -> u64;
     /// Tells the datapath the gateway's addresses as the kernel has them now.
     fn refresh_gateway_addrs(&self) -> Result<()>;
-    /// Removes address bindings unused for `ttl`.
+    /// Removes address bindings unused for `ttl` (the datapath treats them
+    /// as free already), and counts each client's addresses again.
     fn sweep_bindings(&self, ttl: Duration) -> Result<BindingSweep>;
+    /// Tells the datapath that an address binding unused for `ttl` is free.
+    fn set_bind_ttl(&self, ttl: Duration);
+    /// Address claims the datapath refused for lack of room (a full binding
+    /// table, or a client at its most addresses) since it was attached.
+    fn binding_claims_refused(&self) -> Result<u64>;
     /// The attached LANs (none for an in-memory datapath).
     fn lans(&self) -> &[Lan];
 }
@@ -263,6 +269,20 @@ impl Datapath for PinnedDatapath {
             Some(m) => m.sweep_bindings(ttl),
             None => Ok(BindingSweep::default()),
         }
+    }
+
+    fn set_bind_ttl(&self, ttl: Duration) {
+        for lan in &self.lans {
+            lock(&lan.maps).set_bind_ttl(ttl);
+        }
+    }
+
+    fn binding_claims_refused(&self) -> Result<u64> {
+        let mut n = 0u64;
+        for lan in &self.lans {
+            n = n.wrapping_add(lock(&lan.maps).stat(STAT_BINDINGS_FULL)?);
+        }
+        Ok(n)
     }
 
     fn lans(&self) -> &[Lan] {
@@ -492,6 +512,12 @@ impl Datapath for MemDatapath {
 
     fn sweep_bindings(&self, _ttl: Duration) -> Result<BindingSweep> {
         Ok(BindingSweep::default())
+    }
+
+    fn set_bind_ttl(&self, _ttl: Duration) {}
+
+    fn binding_claims_refused(&self) -> Result<u64> {
+        Ok(0)
     }
 
     fn lans(&self) -> &[Lan] {

@@ -314,8 +314,8 @@ pub struct Options {
     /// server gave it the address (IPv6 keeps several).
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, required = false)]
     pub one_address_per_client: bool,
-    /// Remove an address binding after this many seconds unused, so the address
-    /// is free for another device.
+    /// An address binding unused for this many seconds is free: another
+    /// device's claim takes the address.
     #[arg(long, value_name = "SECS", required = false)]
     pub bind_ttl_secs: Ranged<10, 86_400>,
     /// A voucher's session follows its customer to a new MAC (a phone that

@@ -360,16 +360,53 @@ fn no_client_can_make_the_gateway_charge_another() {
 }
 
 #[test]
-fn bindings_unused_for_the_ttl_expire_and_the_address_is_free_again() {
+fn a_binding_in_use_is_kept_and_one_unused_for_the_ttl_is_free_without_a_sweep() {
     let mut dp = Datapath::new();
     let (a, b) = (7, 8);
     dp.allow(client_mac(a));
     dp.allow(client_mac(b));
+    let ttl = std::time::Duration::from_millis(400);
+    dp.h.maps.set_bind_ttl(ttl);
     assert_eq!(dp.up(&up4(a, 443, 10)), TC_PASS);
     let taken = udp4(GW_MAC, mac(b), client_v4(a), SERVER_V4, 1, 443, 10);
     assert_eq!(dp.up(&taken), TC_DROP);
-    // In use: a sweep keeps it (and A's next packet stamps it again).
+    // In use for three TTLs, from the address A's entry remembers: the
+    // datapath looks it up and stamps it again itself, every quarter TTL.
+    let until = std::time::Instant::now() + ttl * 3;
+    while std::time::Instant::now() < until {
+        assert_eq!(dp.up(&up4(a, 443, 10)), TC_PASS);
+        std::thread::sleep(std::time::Duration::from_millis(40));
+    }
+    assert_eq!(dp.up(&taken), TC_DROP, "B took an address in use");
+    // Unused for the TTL: free at once, with no sweep. B's claim takes it,
+    // and A may not send with it any more.
+    std::thread::sleep(ttl + std::time::Duration::from_millis(50));
+    assert_eq!(dp.h.maps.binding_of(client_v4(a).into()).unwrap(), None);
+    assert_eq!(dp.up(&taken), TC_PASS);
+    assert_eq!(dp.up(&up4(a, 443, 10)), TC_DROP);
+    assert_eq!(
+        dp.h.maps.binding_of(client_v4(a).into()).unwrap(),
+        Some(client_mac(b))
+    );
+    // The sweep removes none in use and counts again: A holds none, B one.
+    let done = dp.h.maps.sweep_bindings(ttl).unwrap();
+    assert_eq!((done.expired, done.live), (0, 1));
+    assert_eq!(dp.counters(client_mac(a)).bound_addrs, 0);
+    assert_eq!(dp.counters(client_mac(b)).bound_addrs, 1);
+}
+
+#[test]
+fn the_sweep_removes_bindings_unused_for_the_ttl_and_counts_addresses_again() {
+    let mut dp = Datapath::new();
+    let (a, b) = (7, 8);
+    dp.allow(client_mac(a));
+    dp.allow(client_mac(b));
     let ttl = std::time::Duration::from_millis(300);
+    dp.h.maps.set_bind_ttl(ttl);
+    assert_eq!(dp.up(&up4(a, 443, 10)), TC_PASS);
+    let taken = udp4(GW_MAC, mac(b), client_v4(a), SERVER_V4, 1, 443, 10);
+    assert_eq!(dp.up(&taken), TC_DROP);
+    // In use: a sweep keeps it.
     assert_eq!(dp.h.maps.sweep_bindings(ttl).unwrap().expired, 0);
     std::thread::sleep(ttl + std::time::Duration::from_millis(50));
     let done = dp.h.maps.sweep_bindings(ttl).unwrap();
@@ -734,6 +771,8 @@ fn traffic_with_the_gateway_is_garden_for_paying_clients_even_after_the_cut_off(
 fn the_gateways_dhcp_server_moves_an_address_to_the_mac_it_gives_it() {
     let mut dp = Datapath::new();
     let (a, b) = (17, 18);
+    let ttl = std::time::Duration::from_secs(2);
+    dp.h.maps.set_bind_ttl(ttl);
     dp.allow(client_mac(a));
     dp.allow(client_mac(b));
     let addr = client_v4(a);
@@ -747,13 +786,12 @@ fn the_gateways_dhcp_server_moves_an_address_to_the_mac_it_gives_it() {
     let ack = udp4(mac(b), GW_MAC, GW_V4, addr, 67, 68, 300);
     assert_eq!(dp.down(&ack), TC_PASS);
     assert_eq!(dp.up(&from_b), TC_PASS, "B's now");
-    // A's remembered address goes with the next sweep; then A is refused.
-    let done =
-        dp.h.maps
-            .sweep_bindings(std::time::Duration::from_secs(600))
-            .unwrap();
-    assert_eq!(done.expired, 0);
+    // A's entry remembers the address for a quarter TTL at most; then A is
+    // refused. (The sweep removes nothing: the address is in use, B's.)
+    std::thread::sleep(ttl / 4 + std::time::Duration::from_millis(20));
     assert_eq!(dp.up(&up4(a, 443, 10)), TC_DROP, "no longer A's");
+    let done = dp.h.maps.sweep_bindings(ttl).unwrap();
+    assert_eq!(done.expired, 0);
     let (ca, cb) = (dp.counters(client_mac(a)), dp.counters(client_mac(b)));
     assert_eq!(
         (ca.bound_addrs, cb.bound_addrs),

@@ -415,7 +415,7 @@ fn a_paying_client_sends_from_one_ipv4_address_at_a_time() {
         .iter()
         .filter(|e| e.kind() == Ok(EventKind::MacConflict))
         .count();
-    assert_eq!(conflicts, 1, "reported once until the next sweep");
+    assert_eq!(conflicts, 1, "reported once a quarter TTL");
     // IPv6 keeps several addresses.
     for i in 1..4 {
         let a = Ipv6Addr::new(0xfd00, 0x99, 0, 2, 0, 0, 0, i);
@@ -446,6 +446,29 @@ fn a_paying_client_sends_from_one_ipv4_address_at_a_time() {
         let q = udp4(GW_MAC, mac(unpaid), a, GW_V4, 40000, 53, 30);
         assert_eq!(dp.up(&q), TC_PASS, "unpaid address {a}");
     }
+}
+
+#[test]
+fn a_paying_client_whose_ipv4_address_went_unused_for_the_ttl_may_send_from_another() {
+    let mut dp = Datapath::new();
+    let n = 10;
+    dp.allow(client_mac(n));
+    let ttl = std::time::Duration::from_millis(400);
+    dp.h.maps.set_bind_ttl(ttl);
+    let from = |a: Ipv4Addr| udp4(GW_MAC, mac(n), a, SERVER_V4, 1, 443, 10);
+    let (first, second) = (client_v4(n), Ipv4Addr::new(10, 99, 3, 4));
+    assert_eq!(dp.up(&from(first)), TC_PASS);
+    assert_eq!(dp.up(&from(second)), TC_DROP, "a second device on the MAC");
+    // No sweep runs: the datapath itself finds the first unused for the TTL.
+    std::thread::sleep(ttl + std::time::Duration::from_millis(50));
+    assert_eq!(dp.up(&from(second)), TC_PASS, "its address now");
+    assert_eq!(dp.up(&from(first)), TC_DROP, "and only that one");
+    let conflicts = dp
+        .events()
+        .iter()
+        .filter(|e| e.kind() == Ok(EventKind::MacConflict))
+        .count();
+    assert_eq!(conflicts, 2, "each refusal reported (a TTL apart)");
 }
 
 #[test]
@@ -493,19 +516,18 @@ fn clients_that_have_not_paid_never_take_the_room_of_paying_clients_bindings() {
     // A paying client's claim takes an address that a client that has not
     // paid holds; the reverse never happens.
     let (p, u) = (13, 14);
+    let ttl = std::time::Duration::from_secs(2);
+    dp.h.maps.set_bind_ttl(ttl);
     let shared = Ipv4Addr::new(10, 99, 9, 9);
     let q = |n: u8| udp4(GW_MAC, mac(n), shared, GW_V4, 40000, 53, 30);
     assert_eq!(dp.up(&q(u)), TC_PASS, "the unpaid client claims it first");
     dp.allow(client_mac(p));
     assert_eq!(dp.up(&q(p)), TC_PASS, "the paying client takes it");
-    // (The unpaid client's entry remembers the address until the next sweep.)
-    let swept =
-        dp.h.maps
-            .sweep_bindings(std::time::Duration::from_secs(600))
-            .unwrap();
-    assert_eq!(swept.expired, 0);
+    // (The unpaid client's entry remembers the address a quarter TTL at most.)
+    std::thread::sleep(ttl / 4 + std::time::Duration::from_millis(20));
     assert_eq!(dp.up(&q(u)), TC_DROP, "no longer the unpaid client's");
     assert_eq!(dp.up(&q(p)), TC_PASS);
+    assert_eq!(dp.h.maps.sweep_bindings(ttl).unwrap().expired, 0);
 }
 
 #[test]

@@ -151,8 +151,9 @@ pub struct ClientEntry {
     /// `POLICY_*` bits, written by userspace.
     pub flags: u32,
     /// The IPv4 source address last found bound to this client (as in the
-    /// packet, 0 = none): packets from it skip the binding lookup. The agent
-    /// clears it when it removes bindings, so each is looked up again.
+    /// packet, 0 = none): packets from it skip the binding lookup. The
+    /// datapath clears it every quarter of the binding TTL
+    /// (`ClientCounters::remembered_ns`), so each is looked up again.
     pub ip4: u32,
     /// Remaining data budget in bytes when `POLICY_QUOTA` is set; the datapath
     /// subtracts every packet atomically and drops once it reaches zero.
@@ -203,11 +204,23 @@ pub struct ClientCounters {
     /// sweeps: with `LAN_ONE_ADDRESS` a paying client sends from no other on
     /// that LAN. [`BOUND_V4_REPORTED`] is set once a second one was reported.
     pub bound_v4: u64,
-    pub _reserved: [u64; 1],
+    /// `bpf_ktime_get_coarse_ns()` when the datapath last took back the
+    /// client's remembered addresses (`ClientEntry::ip4`, `ip6_tag`): a
+    /// quarter of `LanConfig::bind_ttl_ms` later (at most
+    /// [`REMEMBER_MAX_NS`]) it takes them back again, so each binding in use
+    /// is stamped again within that time (0 = never).
+    pub remembered_ns: u64,
 }
 
+/// Longest a client's entry remembers its addresses
+/// (`ClientCounters::remembered_ns`): a quarter of the binding TTL, and at
+/// most this (so that an address the gateway's DHCP server gave another MAC
+/// is refused to the one before within it).
+pub const REMEMBER_MAX_NS: u64 = 60_000_000_000;
+
 /// `ClientCounters::bound_v4`: a second IPv4 address was reported
-/// (`EventKind::MacConflict`) since the agent's last sweep.
+/// (`EventKind::MacConflict`) since the client's remembered addresses were
+/// last taken back (`ClientCounters::remembered_ns`).
 pub const BOUND_V4_REPORTED: u64 = 1 << 32;
 /// Where `ClientCounters::bound_v4` keeps the LAN (24 bits of its `lan_id`).
 pub const BOUND_V4_LAN_SHIFT: u32 = 40;
@@ -485,7 +498,11 @@ pub struct LanConfig {
     /// traffic, never usage.
     pub v4: [u32; LAN_MAX_ADDRS],
     pub v6: [[u32; 4]; LAN_MAX_ADDRS],
-    pub _pad2: u32,
+    /// With [`LAN_ANTI_SPOOF`]: an address binding unused for this many
+    /// milliseconds is free (another MAC's claim takes it over); the agent
+    /// removes such bindings from the table in its sweeps (0 = never free
+    /// until removed).
+    pub bind_ttl_ms: u32,
     /// Walled-garden limit per client and direction for clients that have not
     /// paid: bytes per second (0 = unlimited), bucket depth, and the least a
     /// packet costs (so small packets are limited to `rate / min_cost` per second).

@@ -212,7 +212,7 @@ fn handle<P: Packet>(p: &P, dir: Dir) -> Verdict {
     let seed = index_seed();
     let probe = match seed {
         seed if seed != 0 && !mac.is_group() => find(mac_word(&mac), seed),
-        _ => Probe::Full,
+        _ => Walk::FULL,
     };
     match eth.proto {
         ETH_P_IP | ETH_P_IPV6 => {}
@@ -484,12 +484,8 @@ fn count_drop(slot: u32, d: Drop, len: u64) {
 /// Counts a drop globally, and to the client if it is known (`probe`):
 /// garbage must not take slots (a group MAC is never known).
 #[inline(always)]
-fn attribute(probe: &Probe, d: Drop) {
-    let slot = match probe {
-        Probe::Found { slot, .. } => *slot,
-        _ => u32::MAX,
-    };
-    count_drop(slot, d, 0);
+fn attribute(probe: &Walk, d: Drop) {
+    count_drop(probe.slot, d, 0);
 }
 
 /// One of the gateway's own addresses on this LAN.
@@ -592,13 +588,18 @@ fn dhcp_answer(cfg: Shared<'_, LanConfig>, ip: &IpInfo) -> bool {
 
 /// Checks that `key` is bound to `mac`; with `claim`, binds it if no MAC has
 /// it yet (first claim wins). Addresses found bound to the client are kept
-/// in its entry, so its next packets skip the lookup.
+/// in its entry, so its next packets skip the lookup; every quarter of the
+/// binding TTL (a minute at most) they are taken back
+/// (`ClientCounters::remembered_ns`), so a binding in use is stamped again
+/// within that time.
 ///
 /// Clients that have not paid (`flags`) claim into `UNPAID_BINDINGS`, an LRU
 /// half the size of `BINDINGS`, at most `MAX_ADDRS_UNPAID` each; paying
 /// clients into `BINDINGS`, where their claim also takes an address from a
-/// client that has not paid. With `LAN_ONE_ADDRESS`, a paying client sends
-/// from one IPv4 address only (`ClientCounters::bound_v4`).
+/// client that has not paid. A binding unused for the TTL is free
+/// ([`stale`]): the next claim takes it, whoever it was bound to. With
+/// `LAN_ONE_ADDRESS`, a paying client sends from one IPv4 address only
+/// (`ClientCounters::bound_v4`) while it holds it.
 #[inline(always)]
 fn bind(
     cfg: Shared<'_, LanConfig>,
@@ -615,20 +616,39 @@ fn bind(
     } else {
         0
     };
-    let cached = if v6 {
-        at!(st, ip6_tag).get() == tag
-    } else {
-        at!(st, ip4).get() == key.addr[0]
-    };
-    if cached {
-        return Ok(());
-    }
     let Some(c) = COUNTERS.cell(slot) else {
         return Err(Drop::Spoof(STAT_BINDINGS_FULL));
     };
-    let paying = flags & POLICY_ALLOWED != 0;
+    let now = coarse_ns();
     let bound_v4 = at!(c, bound_v4);
+    let ttl_ns = at!(cfg, bind_ttl_ms).get() as u64 * 1_000_000;
+    let remembered = at!(c, remembered_ns);
+    let window = if ttl_ns / 4 < REMEMBER_MAX_NS {
+        ttl_ns / 4
+    } else {
+        REMEMBER_MAX_NS
+    };
+    if ttl_ns != 0 && now.saturating_sub(remembered.get()) >= window {
+        // A quarter TTL on (a minute at most): look each address up (and
+        // stamp it) again, and report a second IPv4 address again.
+        remembered.set(now);
+        at!(st, ip4).set(0);
+        at!(st, ip6_tag).set(0);
+        let held = bound_v4.get();
+        if held & BOUND_V4_REPORTED != 0 {
+            bound_v4.set(held & !BOUND_V4_REPORTED);
+        }
+    } else if if v6 {
+        at!(st, ip6_tag).get() == tag
+    } else {
+        at!(st, ip4).get() == key.addr[0]
+    } {
+        return Ok(());
+    }
+    let paying = flags & POLICY_ALLOWED != 0;
     let lan = (at!(cfg, lan_id).get() as u64 & 0xff_ffff) << BOUND_V4_LAN_SHIFT;
+    // The IPv4 address it held on this LAN is no longer its own: this one is.
+    let mut take_v4 = false;
     if !v6 && claim {
         let held = bound_v4.get();
         let one = at!(cfg, flags).get() & LAN_ONE_ADDRESS != 0;
@@ -639,35 +659,52 @@ fn bind(
             && held as u32 != key.addr[0]
             && held >> BOUND_V4_LAN_SHIFT == lan >> BOUND_V4_LAN_SHIFT
         {
-            // A second IPv4 address while the first is bound: another device
-            // on this MAC. Reported once until the agent's next sweep.
-            if held & BOUND_V4_REPORTED == 0 {
-                bound_v4.set(held | BOUND_V4_REPORTED);
-                emit(EventKind::MacConflict, slot, mac, Some(&key));
+            if !holds(cfg, mac, held as u32, now) {
+                take_v4 = true;
+            } else {
+                // A second IPv4 address while the first is bound: another
+                // device on this MAC. Reported once a quarter TTL (a minute at most).
+                if held & BOUND_V4_REPORTED == 0 {
+                    bound_v4.set(held | BOUND_V4_REPORTED);
+                    emit(EventKind::MacConflict, slot, mac, Some(&key));
+                }
+                return Err(Drop::Spoof(STAT_SPOOF));
             }
-            return Err(Drop::Spoof(STAT_SPOOF));
         }
     }
-    let now = coarse_ns();
     if let Some(b) = BINDINGS.cell(&key) {
-        if at!(b, mac).get() != *mac {
+        if at!(b, mac).get() == *mac {
+            at!(b, last_ns).set(now);
+            if take_v4 {
+                bound_v4.set(key.addr[0] as u64 | lan);
+            }
+            remember(st, &key, tag);
+            return Ok(());
+        }
+        if !stale(cfg, b, now) {
             return Err(Drop::Spoof(STAT_SPOOF));
         }
-        at!(b, last_ns).set(now);
-        remember(st, &key, tag);
-        return Ok(());
+        if !claim {
+            return Ok(());
+        }
+        // Unused for the TTL: free, and this claim takes it.
+        let _ = BINDINGS.remove(&key);
     }
     if let Some(b) = UNPAID_BINDINGS.cell(&key) {
         let own = at!(b, mac).get() == *mac;
         if own && !paying {
             at!(b, last_ns).set(now);
+            if take_v4 {
+                bound_v4.set(key.addr[0] as u64 | lan);
+            }
             remember(st, &key, tag);
             return Ok(());
         }
-        if !own && !(paying && claim) {
+        // Its own, a paying client's claim, or unused for the TTL: the
+        // address may move (to `BINDINGS` for a paying client).
+        if !(own || (paying && claim) || stale(cfg, b, now)) {
             return Err(Drop::Spoof(STAT_SPOOF));
         }
-        // A paying client's claim: the address moves to `BINDINGS`.
         let _ = UNPAID_BINDINGS.remove(&key);
     }
     if !claim {
@@ -708,7 +745,7 @@ fn bind(
     held.add(1);
     if !v6 {
         let held = bound_v4.get();
-        if held as u32 == 0 || held >> BOUND_V4_LAN_SHIFT != lan >> BOUND_V4_LAN_SHIFT {
+        if held as u32 == 0 || held >> BOUND_V4_LAN_SHIFT != lan >> BOUND_V4_LAN_SHIFT || take_v4 {
             bound_v4.set(key.addr[0] as u64 | lan);
         }
         // A second IPv4 address while the first is in use: two devices on one MAC?
@@ -720,6 +757,25 @@ fn bind(
     emit(EventKind::AddrBound, slot, mac, Some(&key));
     remember(st, &key, tag);
     Ok(())
+}
+
+/// Whether binding `b` went unused for the LAN's TTL
+/// (`LanConfig::bind_ttl_ms`; 0 = never): the address is free then.
+#[inline(always)]
+fn stale(cfg: Shared<'_, LanConfig>, b: Shared<'_, Binding>, now: u64) -> bool {
+    let ttl = at!(cfg, bind_ttl_ms).get() as u64;
+    ttl != 0 && now.saturating_sub(at!(b, last_ns).get()) >= ttl * 1_000_000
+}
+
+/// Whether IPv4 `addr` is still bound to `mac` and in use within the TTL.
+#[inline(always)]
+fn holds(cfg: Shared<'_, LanConfig>, mac: &MacAddr, addr: u32, now: u64) -> bool {
+    let key = AddrKey {
+        family: 4,
+        addr: [addr, 0, 0, 0],
+    };
+    let mine = |b: Shared<'_, Binding>| at!(b, mac).get() == *mac && !stale(cfg, b, now);
+    BINDINGS.cell(&key).is_some_and(mine) || UNPAID_BINDINGS.cell(&key).is_some_and(mine)
 }
 
 #[inline(always)]
@@ -739,7 +795,7 @@ fn arp_up<P: Packet>(
     cfg: Shared<'_, LanConfig>,
     eth: &Eth,
     mac: &MacAddr,
-    probe: Probe,
+    probe: Walk,
     seed: u64,
 ) -> Verdict {
     let Some(arp) = parse_arp(p, eth.l3) else {
@@ -760,7 +816,8 @@ fn arp_up<P: Packet>(
     let Some((pos, slot)) = client_slot(p, mac, probe, seed, false, true) else {
         // No slot: an address nobody else holds, under the limit all frames
         // of MACs without a slot share; nothing is bound.
-        let mine = |b: Shared<'_, Binding>| at!(b, mac).get() == *mac;
+        let now = coarse_ns();
+        let mine = |b: Shared<'_, Binding>| at!(b, mac).get() == *mac || stale(cfg, b, now);
         let free = !gateway_addr(cfg, false, &key.addr)
             && BINDINGS.cell(&key).is_none_or(mine)
             && UNPAID_BINDINGS.cell(&key).is_none_or(mine);
@@ -1092,8 +1149,46 @@ fn index_seed() -> u64 {
 
 /// Looks `m` up in the client table.
 #[inline(always)]
-fn find(m: u64, seed: u64) -> Probe {
-    index_find(m, seed, |pos| CLIENTS.cell(pos).map(|e| at!(e, key).get()))
+fn find(m: u64, seed: u64) -> Walk {
+    Walk::of(index_find(m, seed, |pos| {
+        CLIENTS.cell(pos).map(|e| at!(e, key).get())
+    }))
+}
+
+/// What a walk of the client table found ([`Probe`]), with every field
+/// defined whatever it found: an enum leaves the fields of its other
+/// variants undefined, and the verifier refuses a program that keeps such a
+/// register on its stack.
+#[derive(Clone, Copy)]
+struct Walk {
+    /// The client's slot if found, else `u32::MAX`.
+    slot: u32,
+    /// Its entry's position if found, else the first one free for it, else
+    /// `u32::MAX` (the walk found neither).
+    pos: u32,
+    /// The key of that free position (0 or `INDEX_REUSABLE`).
+    key: u64,
+}
+
+impl Walk {
+    const FULL: Walk = Walk {
+        slot: u32::MAX,
+        pos: u32::MAX,
+        key: 0,
+    };
+
+    #[inline(always)]
+    fn of(p: Probe) -> Walk {
+        match p {
+            Probe::Found { pos, slot } => Walk { slot, pos, key: 0 },
+            Probe::Free { pos, key } => Walk {
+                slot: u32::MAX,
+                pos,
+                key,
+            },
+            Probe::Full => Walk::FULL,
+        }
+    }
 }
 
 /// The position and slot of `mac`, which `probe` found or did not find in
@@ -1103,7 +1198,7 @@ fn find(m: u64, seed: u64) -> Probe {
 fn client_slot<P: Packet>(
     p: &P,
     mac: &MacAddr,
-    probe: Probe,
+    probe: Walk,
     seed: u64,
     always: bool,
     bootstrap: bool,
@@ -1112,14 +1207,14 @@ fn client_slot<P: Packet>(
         return None;
     }
     let m = mac_word(mac);
-    let (pos, was) = match probe {
-        Probe::Found { pos, slot } => return Some((pos, slot)),
-        Probe::Free { pos, key } if m != 0 => (pos, key),
-        _ => {
-            stat_add(STAT_TABLE_FULL);
-            return None;
-        }
-    };
+    if probe.slot != u32::MAX {
+        return Some((probe.pos, probe.slot));
+    }
+    if probe.pos == u32::MAX || m == 0 {
+        stat_add(STAT_TABLE_FULL);
+        return None;
+    }
+    let (pos, was) = (probe.pos, probe.key);
     let slot = take_slot(p, mac, always, bootstrap)?;
     let back = SLOTS.cell(slot)?;
     let entry = CLIENTS.cell(pos)?;

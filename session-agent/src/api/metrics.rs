@@ -374,7 +374,7 @@ pub fn render(st: &ApiState) -> Result<String, ApiError> {
         ),
         (
             "session_agent_address_bindings_expired_total",
-            "Address bindings removed after going unused for --bind-ttl-secs.",
+            "Address bindings unused for --bind-ttl-secs that the sweep removed from the tables (the datapath treats them as free before).",
             &s.bindings_expired,
         ),
         (

@@ -60,6 +60,11 @@ impl BindingTable {
     }
 }
 
+/// A binding unused for `ttl_ns` (0 = never).
+fn stale(b: &Binding, now: u64, ttl_ns: u64) -> bool {
+    ttl_ns != 0 && now.saturating_sub(b.last_ns) >= ttl_ns
+}
+
 /// What a MAC holds after a sweep: how many addresses, and (when last used,
 /// which) the IPv4 address it used last.
 type Held = (u64, Option<(u64, u32)>);
@@ -98,12 +103,14 @@ impl Maps {
         Ok(out)
     }
 
-    /// The address bindings: address -> (MAC, when the datapath last found it in use).
+    /// The address bindings: address -> (MAC, when the datapath last found it
+    /// in use). Those unused for the TTL are free, and left out.
     pub fn bindings(&self) -> Result<Vec<(std::net::IpAddr, MacAddr, u64)>> {
+        let (now, ttl_ns) = (coarse_ns(), self.bind_ttl_ns());
         let mut out = Vec::new();
         for t in self.binding_maps()? {
             for (k, b) in t.entries()? {
-                if let Some(ip) = addr_of(&k) {
+                if let Some(ip) = addr_of(&k).filter(|_| !stale(&b, now, ttl_ns)) {
                     out.push((ip, b.mac, b.last_ns));
                 }
             }
@@ -111,11 +118,14 @@ impl Maps {
         Ok(out)
     }
 
-    /// The MAC `ip` is bound to, looked up in each binding table (no walk of them).
+    /// The MAC `ip` is bound to, looked up in each binding table (no walk of
+    /// them); none when its binding went unused for the TTL.
     pub fn binding_of(&self, ip: std::net::IpAddr) -> Result<Option<MacAddr>> {
         let key = addr_key(ip);
+        let (now, ttl_ns) = (coarse_ns(), self.bind_ttl_ns());
         for t in self.binding_maps()? {
             match t.map.get(&key, 0) {
+                Ok(b) if stale(&b, now, ttl_ns) => {}
                 Ok(b) => return Ok(Some(b.mac)),
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(AgentError::bpf("reading the address bindings", e)),
@@ -124,19 +134,28 @@ impl Maps {
         Ok(None)
     }
 
-    /// Removes the bindings unused for `ttl`, and takes each client's
-    /// remembered addresses back (see `ClientEntry::ip4`), so that the next
-    /// packet from an address looks its binding up, and finds it in use, again.
-    pub fn sweep_bindings(&self, ttl: Duration) -> Result<BindingSweep> {
-        // Forget the remembered addresses first: a binding in use is then
-        // stamped again before the next sweep.
-        let used = self.slots_used();
-        for slot in 0..used {
-            if let Some(pos) = self.position(slot) {
-                cell!(self.clients, pos, ip4: AtomicU32).store(0, Ordering::Relaxed);
-                cell!(self.clients, pos, ip6_tag: AtomicU64).store(0, Ordering::Relaxed);
-            }
+    /// Tells the datapath the binding TTL: a binding unused for it is free
+    /// ([`LanConfig::bind_ttl_ms`]), and each client's remembered addresses
+    /// are looked up again every quarter of it.
+    pub fn set_bind_ttl(&self, ttl: Duration) {
+        let ms = ttl.as_millis().clamp(1, u32::MAX as u128) as u32;
+        let mut cfg = self.lan();
+        if cfg.bind_ttl_ms != ms {
+            cfg.bind_ttl_ms = ms;
+            self.set_lan(&cfg);
         }
+    }
+
+    /// The binding TTL the datapath holds, in nanoseconds (0 = none).
+    fn bind_ttl_ns(&self) -> u64 {
+        self.lan().bind_ttl_ms as u64 * 1_000_000
+    }
+
+    /// Removes the bindings unused for `ttl` (the datapath already treats
+    /// them as free: this makes room in the tables), and counts each client's
+    /// addresses again.
+    pub fn sweep_bindings(&self, ttl: Duration) -> Result<BindingSweep> {
+        let used = self.slots_used();
         let now = coarse_ns();
         let ttl_ns = ttl.as_nanos().min(u64::MAX as u128) as u64;
         let mut done = BindingSweep::default();
@@ -150,7 +169,7 @@ impl Maps {
             let map = &mut t.map;
             done.live += all.len() as u64;
             for (k, b) in all {
-                let fresh = now.saturating_sub(b.last_ns) < ttl_ns;
+                let fresh = !stale(&b, now, ttl_ns);
                 // Stamped again since it was read: still in use.
                 let stamped = !fresh
                     && !matches!(map.get(&k, 0), Ok(f) if f.last_ns == b.last_ns && f.mac == b.mac);

@@ -146,17 +146,29 @@ impl Maps {
 
     /// The datapath's global counters (`STAT_*`), summed over the CPUs.
     pub fn stats(&self) -> Result<[u64; STAT_COUNT as usize]> {
-        let data = mmap::open_pinned(&self.dir, MAP_STATS)?;
-        let arr: aya::maps::PerCpuArray<MapData, u64> =
-            aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
-                .map_err(|e| AgentError::bpf("opening the datapath statistics", e))?;
+        let arr = self.stats_map()?;
         let mut out = [0u64; STAT_COUNT as usize];
         for (i, v) in out.iter_mut().enumerate() {
-            let per_cpu = arr
-                .get(&(i as u32), 0)
-                .map_err(|e| AgentError::bpf("reading the datapath statistics", e))?;
-            *v = per_cpu.iter().fold(0u64, |a, x| a.wrapping_add(*x));
+            *v = stat_of(&arr, i as u32)?;
         }
         Ok(out)
     }
+
+    /// One of the datapath's global counters (`STAT_*`), summed over the CPUs.
+    pub fn stat(&self, i: u32) -> Result<u64> {
+        stat_of(&self.stats_map()?, i)
+    }
+
+    fn stats_map(&self) -> Result<aya::maps::PerCpuArray<MapData, u64>> {
+        let data = mmap::open_pinned(&self.dir, MAP_STATS)?;
+        aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+            .map_err(|e| AgentError::bpf("opening the datapath statistics", e))
+    }
+}
+
+fn stat_of(arr: &aya::maps::PerCpuArray<MapData, u64>, i: u32) -> Result<u64> {
+    let per_cpu = arr
+        .get(&i, 0)
+        .map_err(|e| AgentError::bpf("reading the datapath statistics", e))?;
+    Ok(per_cpu.iter().fold(0u64, |a, x| a.wrapping_add(*x)))
 }

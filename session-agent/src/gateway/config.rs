@@ -24,7 +24,8 @@ pub struct GatewayConfig {
     /// How often usage charged by polls is written like any other store write
     /// (see [`SessionsMgr::flush`]).
     pub commit_interval: Duration,
-    /// An address binding unused this long is removed (see [`Maps::sweep_bindings`]).
+    /// An address binding unused this long is free (the datapath is told it;
+    /// see [`Maps::sweep_bindings`] for their removal).
     pub bind_ttl: Duration,
     /// A voucher's session follows its customer to a new MAC (a phone that
     /// changed its Wi-Fi address types the code again) once the MAC it is on

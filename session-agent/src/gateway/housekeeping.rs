@@ -16,6 +16,8 @@ use crate::{dataplane::Pressure, error::AgentError};
 
 /// Longest interval between two runs of forgetting idle clients.
 pub(super) const FORGET_EVERY: Duration = Duration::from_secs(60);
+/// Longest interval between two sweeps of the address bindings.
+pub(super) const BINDING_SWEEP_MAX: Duration = Duration::from_secs(3600);
 /// How often the gateway's own addresses are read again from the kernel.
 pub(super) const GATEWAY_ADDRS_EVERY: Duration = Duration::from_secs(2);
 /// How often paused sessions are checked for expiry (a scan of every session).
@@ -89,7 +91,8 @@ impl Gateway {
         }
     }
 
-    /// Removes address bindings unused for the TTL.
+    /// Removes address bindings unused for the TTL (free in the datapath
+    /// already), and counts each client's addresses again.
     pub(super) fn sweep_bindings(&self) -> Result<(), AgentError> {
         let done = self.dp.sweep_bindings(self.config().bind_ttl)?;
         self.stats.bindings_expired.fetch_add(done.expired, Relaxed);

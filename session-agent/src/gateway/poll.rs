@@ -12,7 +12,10 @@ use session_model::{DeviceId, MacAddr, ModelError};
 use tracing::{debug, info, warn};
 
 use super::{
-    housekeeping::{StoreWork, EXPIRE_PAUSED_EVERY, FORGET_EVERY, GATEWAY_ADDRS_EVERY, GC_EVERY},
+    housekeeping::{
+        StoreWork, BINDING_SWEEP_MAX, EXPIRE_PAUSED_EVERY, FORGET_EVERY, GATEWAY_ADDRS_EVERY,
+        GC_EVERY,
+    },
     Gateway, GatewayEvent, GatewayStats, Mismatch, SlotOwners,
 };
 use crate::{dataplane::Pressure, error::AgentError};
@@ -243,6 +246,8 @@ impl Gateway {
         let mut last_commit = Instant::now();
         let mut last_forget = Instant::now();
         let mut last_sweep = Instant::now();
+        let mut last_refused_check = Instant::now();
+        let mut refused_seen = self.dp.binding_claims_refused().unwrap_or(0);
         let mut last_addrs = Instant::now();
         let mut last_expiry = Instant::now();
         let mut last_gc = Instant::now();
@@ -287,11 +292,21 @@ impl Gateway {
                     warn!("forgetting idle clients failed: {e}");
                 }
             }
-            // A binding in use is stamped again within a sweep interval, so one
-            // unused for the TTL is removed within a quarter of it more.
-            if last_sweep.elapsed()
-                >= (cfg.bind_ttl / 4).clamp(Duration::from_secs(1), FORGET_EVERY)
-            {
+            // The datapath treats a binding unused for the TTL as free itself
+            // (told each round: a reload may change the TTL). The sweep only
+            // makes room in the tables and counts each client's addresses
+            // again: every four TTLs (at least hourly), and within a quarter
+            // TTL of a claim the datapath refused for lack of room.
+            self.dp.set_bind_ttl(cfg.bind_ttl);
+            let since = last_sweep.elapsed();
+            let refused = since >= (cfg.bind_ttl / 4).clamp(Duration::from_secs(1), FORGET_EVERY)
+                && last_refused_check.elapsed() >= Duration::from_secs(1)
+                && {
+                    last_refused_check = Instant::now();
+                    let now = self.dp.binding_claims_refused().unwrap_or(refused_seen);
+                    std::mem::replace(&mut refused_seen, now) != now
+                };
+            if refused || since >= (cfg.bind_ttl * 4).min(BINDING_SWEEP_MAX) {
                 last_sweep = Instant::now();
                 let gw = self.clone();
                 match tokio::task::spawn_blocking(move || gw.sweep_bindings()).await {

@@ -74,6 +74,8 @@ impl Datapath {
         let h = ProgramHarness::with_lan("sa-dp", &test_garden(), &lan)
             .unwrap_or_else(|e| panic!("loading the datapath: {e}"));
         h.maps.set_gate(&gate_limits(&gate));
+        // The agent's default binding TTL (the gateway tells the datapath).
+        h.maps.set_bind_ttl(std::time::Duration::from_secs(300));
         Self { h }
     }
 
