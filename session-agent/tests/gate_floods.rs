@@ -388,6 +388,14 @@ fn later_fragments_pass_only_after_a_first_the_garden_passed() {
     assert_eq!(dp.up(&fragment(&tail, 80, 185, false)), TC_DROP);
 }
 
+/// The `mac_conflict` events the datapath sent (once: the ring is taken).
+fn mac_conflicts(dp: &mut Datapath) -> usize {
+    dp.events()
+        .iter()
+        .filter(|e| e.kind() == Ok(EventKind::MacConflict))
+        .count()
+}
+
 #[test]
 fn a_paying_client_sends_from_one_ipv4_address_at_a_time() {
     let mut dp = Datapath::new();
@@ -410,11 +418,7 @@ fn a_paying_client_sends_from_one_ipv4_address_at_a_time() {
     );
     let c = dp.counters(client_mac(n));
     assert_eq!((c.up_packets, c.spoof_packets), (2, 6));
-    let conflicts = dp
-        .events()
-        .iter()
-        .filter(|e| e.kind() == Ok(EventKind::MacConflict))
-        .count();
+    let conflicts = mac_conflicts(&mut dp);
     assert_eq!(conflicts, 1, "reported once a quarter TTL");
     // IPv6 keeps several addresses.
     for i in 1..4 {
@@ -463,11 +467,7 @@ fn a_paying_client_whose_ipv4_address_went_unused_for_the_ttl_may_send_from_anot
     std::thread::sleep(ttl + std::time::Duration::from_millis(50));
     assert_eq!(dp.up(&from(second)), TC_PASS, "its address now");
     assert_eq!(dp.up(&from(first)), TC_DROP, "and only that one");
-    let conflicts = dp
-        .events()
-        .iter()
-        .filter(|e| e.kind() == Ok(EventKind::MacConflict))
-        .count();
+    let conflicts = mac_conflicts(&mut dp);
     assert_eq!(conflicts, 2, "each refusal reported (a TTL apart)");
 }
 

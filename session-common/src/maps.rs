@@ -575,7 +575,8 @@ pub struct FragKey {
 pub struct Binding {
     pub mac: MacAddr,
     pub _pad: [u8; 2],
-    /// bpf_ktime_get_ns() when the datapath last looked the binding up for its owner.
+    /// `bpf_ktime_get_coarse_ns()` when the datapath last looked the binding
+    /// up for its owner (unused for `LanConfig::bind_ttl_ms` since: free).
     pub last_ns: u64,
 }
 
