@@ -195,14 +195,16 @@ pub struct ClientCounters {
     /// Walled-garden traffic dropped by the garden rate limit (both directions).
     pub garden_ratelimit_packets: u64,
     pub garden_ratelimit_bytes: u64,
-    /// Addresses bound to this client now: added to by the datapath when it
-    /// binds one, taken from by the agent when a binding expires.
+    /// Addresses bound to this client: added to by the datapath when it
+    /// binds one, counted again by the agent's sweep of the bindings (which
+    /// leaves out those unused for the TTL).
     pub bound_addrs: u64,
     /// The IPv4 address the client holds (in its first 32 bits, as in
     /// packets; 0 = none) and the LAN it holds it on (`LanConfig::lan_id`
-    /// from bit [`BOUND_V4_LAN_SHIFT`]), which it keeps across the agent's
-    /// sweeps: with `LAN_ONE_ADDRESS` a paying client sends from no other on
-    /// that LAN. [`BOUND_V4_REPORTED`] is set once a second one was reported.
+    /// from bit [`BOUND_V4_LAN_SHIFT`]): with `LAN_ONE_ADDRESS` a paying
+    /// client sends from no other on that LAN while this one is bound to it
+    /// and in use within the TTL. [`BOUND_V4_REPORTED`] is set once a second
+    /// one was reported.
     pub bound_v4: u64,
     /// `bpf_ktime_get_coarse_ns()` when the datapath last took back the
     /// client's remembered addresses (`ClientEntry::ip4`, `ip6_tag`): a
@@ -580,6 +582,26 @@ pub struct Binding {
     pub last_ns: u64,
 }
 
+/// A binding last stamped at `last_ns` has gone unused for the binding TTL
+/// (`ttl_ms`, [`LanConfig::bind_ttl_ms`]; 0 = never) at `now` (both
+/// `bpf_ktime_get_coarse_ns()`): its address is free.
+#[inline(always)]
+pub const fn binding_stale(last_ns: u64, now: u64, ttl_ms: u32) -> bool {
+    ttl_ms != 0 && now.saturating_sub(last_ns) >= ttl_ms as u64 * 1_000_000
+}
+
+/// How long a client's entry remembers its addresses under the binding TTL
+/// `ttl_ms` ([`ClientCounters::remembered_ns`]; 0: no TTL, for ever).
+#[inline(always)]
+pub const fn remember_ns(ttl_ms: u32) -> u64 {
+    let quarter = ttl_ms as u64 * 1_000_000 / 4;
+    if quarter < REMEMBER_MAX_NS {
+        quarter
+    } else {
+        REMEMBER_MAX_NS
+    }
+}
+
 /// A keyed 64-bit tag of an IPv6 address (never 0), for [`ClientEntry::ip6_tag`].
 #[inline(always)]
 pub const fn addr_tag(a: &[u32; 4], seed: u64) -> u64 {
@@ -666,5 +688,30 @@ impl ClientEvent {
     /// What it reports; the unknown code of a datapath newer than this reader.
     pub fn kind(&self) -> Result<EventKind, u32> {
         EventKind::try_from(self.kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binding_is_free_once_unused_for_the_ttl_and_never_without_one() {
+        let s = 1_000_000_000;
+        assert!(!binding_stale(10 * s, 10 * s + 299_999_999, 300));
+        assert!(binding_stale(10 * s, 10 * s + 300_000_000, 300));
+        assert!(!binding_stale(0, u64::MAX, 0), "no TTL: never free");
+        assert!(!binding_stale(20 * s, 10 * s, 300), "stamped after now");
+    }
+
+    #[test]
+    fn remembered_addresses_are_looked_up_again_within_a_quarter_ttl_and_a_minute() {
+        assert_eq!(remember_ns(400), 100_000_000);
+        assert_eq!(
+            remember_ns(300_000),
+            REMEMBER_MAX_NS,
+            "300 s: a minute, not 75 s"
+        );
+        assert_eq!(remember_ns(0), 0);
     }
 }

@@ -621,14 +621,9 @@ fn bind(
     };
     let now = coarse_ns();
     let bound_v4 = at!(c, bound_v4);
-    let ttl_ns = at!(cfg, bind_ttl_ms).get() as u64 * 1_000_000;
+    let ttl_ms = at!(cfg, bind_ttl_ms).get();
     let remembered = at!(c, remembered_ns);
-    let window = if ttl_ns / 4 < REMEMBER_MAX_NS {
-        ttl_ns / 4
-    } else {
-        REMEMBER_MAX_NS
-    };
-    if ttl_ns != 0 && now.saturating_sub(remembered.get()) >= window {
+    if ttl_ms != 0 && now.saturating_sub(remembered.get()) >= remember_ns(ttl_ms) {
         // A quarter TTL on (a minute at most): look each address up (and
         // stamp it) again, and report a second IPv4 address again.
         remembered.set(now);
@@ -759,12 +754,11 @@ fn bind(
     Ok(())
 }
 
-/// Whether binding `b` went unused for the LAN's TTL
-/// (`LanConfig::bind_ttl_ms`; 0 = never): the address is free then.
+/// Whether binding `b` went unused for the LAN's TTL ([`binding_stale`]):
+/// the address is free then.
 #[inline(always)]
 fn stale(cfg: Shared<'_, LanConfig>, b: Shared<'_, Binding>, now: u64) -> bool {
-    let ttl = at!(cfg, bind_ttl_ms).get() as u64;
-    ttl != 0 && now.saturating_sub(at!(b, last_ns).get()) >= ttl * 1_000_000
+    binding_stale(at!(b, last_ns).get(), now, at!(cfg, bind_ttl_ms).get())
 }
 
 /// Whether IPv4 `addr` is still bound to `mac` and in use within the TTL.

@@ -60,9 +60,9 @@ impl BindingTable {
     }
 }
 
-/// A binding unused for `ttl_ns` (0 = never).
-fn stale(b: &Binding, now: u64, ttl_ns: u64) -> bool {
-    ttl_ns != 0 && now.saturating_sub(b.last_ns) >= ttl_ns
+/// A binding TTL in the datapath's milliseconds (at least one: 0 means none).
+fn ttl_ms(ttl: Duration) -> u32 {
+    ttl.as_millis().clamp(1, u32::MAX as u128) as u32
 }
 
 /// What a MAC holds after a sweep: how many addresses, and (when last used,
@@ -106,11 +106,11 @@ impl Maps {
     /// The address bindings: address -> (MAC, when the datapath last found it
     /// in use). Those unused for the TTL are free, and left out.
     pub fn bindings(&self) -> Result<Vec<(std::net::IpAddr, MacAddr, u64)>> {
-        let (now, ttl_ns) = (coarse_ns(), self.bind_ttl_ns());
+        let (now, ttl_ms) = (coarse_ns(), self.lan().bind_ttl_ms);
         let mut out = Vec::new();
         for t in self.binding_maps()? {
             for (k, b) in t.entries()? {
-                if let Some(ip) = addr_of(&k).filter(|_| !stale(&b, now, ttl_ns)) {
+                if let Some(ip) = addr_of(&k).filter(|_| !binding_stale(b.last_ns, now, ttl_ms)) {
                     out.push((ip, b.mac, b.last_ns));
                 }
             }
@@ -122,10 +122,10 @@ impl Maps {
     /// them); none when its binding went unused for the TTL.
     pub fn binding_of(&self, ip: std::net::IpAddr) -> Result<Option<MacAddr>> {
         let key = addr_key(ip);
-        let (now, ttl_ns) = (coarse_ns(), self.bind_ttl_ns());
+        let (now, ttl_ms) = (coarse_ns(), self.lan().bind_ttl_ms);
         for t in self.binding_maps()? {
             match t.map.get(&key, 0) {
-                Ok(b) if stale(&b, now, ttl_ns) => {}
+                Ok(b) if binding_stale(b.last_ns, now, ttl_ms) => {}
                 Ok(b) => return Ok(Some(b.mac)),
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(AgentError::bpf("reading the address bindings", e)),
@@ -138,17 +138,12 @@ impl Maps {
     /// ([`LanConfig::bind_ttl_ms`]), and each client's remembered addresses
     /// are looked up again every quarter of it.
     pub fn set_bind_ttl(&self, ttl: Duration) {
-        let ms = ttl.as_millis().clamp(1, u32::MAX as u128) as u32;
+        let ms = ttl_ms(ttl);
         let mut cfg = self.lan();
         if cfg.bind_ttl_ms != ms {
             cfg.bind_ttl_ms = ms;
             self.set_lan(&cfg);
         }
-    }
-
-    /// The binding TTL the datapath holds, in nanoseconds (0 = none).
-    fn bind_ttl_ns(&self) -> u64 {
-        self.lan().bind_ttl_ms as u64 * 1_000_000
     }
 
     /// Removes the bindings unused for `ttl` (the datapath already treats
@@ -157,7 +152,7 @@ impl Maps {
     pub fn sweep_bindings(&self, ttl: Duration) -> Result<BindingSweep> {
         let used = self.slots_used();
         let now = coarse_ns();
-        let ttl_ns = ttl.as_nanos().min(u64::MAX as u128) as u64;
+        let ttl_ms = ttl_ms(ttl);
         let mut done = BindingSweep::default();
         // Sized for every client at once (a client holds one or two addresses
         // as a rule): growing the tables of MACs, and a list of addresses
@@ -169,7 +164,7 @@ impl Maps {
             let map = &mut t.map;
             done.live += all.len() as u64;
             for (k, b) in all {
-                let fresh = !stale(&b, now, ttl_ns);
+                let fresh = !binding_stale(b.last_ns, now, ttl_ms);
                 // Stamped again since it was read: still in use.
                 let stamped = !fresh
                     && !matches!(map.get(&k, 0), Ok(f) if f.last_ns == b.last_ns && f.mac == b.mac);

@@ -299,14 +299,16 @@ impl Gateway {
             // TTL of a claim the datapath refused for lack of room.
             self.dp.set_bind_ttl(cfg.bind_ttl);
             let since = last_sweep.elapsed();
-            let refused = since >= (cfg.bind_ttl / 4).clamp(Duration::from_secs(1), FORGET_EVERY)
+            let mut due = since >= (cfg.bind_ttl * 4).min(BINDING_SWEEP_MAX);
+            if since >= (cfg.bind_ttl / 4).clamp(Duration::from_secs(1), FORGET_EVERY)
                 && last_refused_check.elapsed() >= Duration::from_secs(1)
-                && {
-                    last_refused_check = Instant::now();
-                    let now = self.dp.binding_claims_refused().unwrap_or(refused_seen);
-                    std::mem::replace(&mut refused_seen, now) != now
-                };
-            if refused || since >= (cfg.bind_ttl * 4).min(BINDING_SWEEP_MAX) {
+            {
+                last_refused_check = Instant::now();
+                let refused = self.dp.binding_claims_refused().unwrap_or(refused_seen);
+                due |= refused != refused_seen;
+                refused_seen = refused;
+            }
+            if due {
                 last_sweep = Instant::now();
                 let gw = self.clone();
                 match tokio::task::spawn_blocking(move || gw.sweep_bindings()).await {
