@@ -111,7 +111,13 @@ struct Inner {
     /// next [`SessionStore::flush`] logs them, a checkpoint folds them into redb.
     unlogged: IdSet<SessionId>,
     unsynced: bool,
+    /// When a checkpoint last failed (a full disk): the writes that find the
+    /// log past its limits try again only [`CHECKPOINT_RETRY`] later.
+    checkpoint_failed: Option<std::time::Instant>,
 }
+
+/// How long after a failed checkpoint the writes try again on their own.
+const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// RAM + modification log + lazily checkpointed redb file.
 pub struct HybridStore {
@@ -240,6 +246,7 @@ impl HybridStore {
                 dirty_vouchers,
                 unlogged: IdSet::default(),
                 unsynced: false,
+                checkpoint_failed: None,
             }),
             redb,
             log_path,
@@ -301,16 +308,31 @@ impl HybridStore {
             }
             g.state.apply(m);
         }
-        self.checkpoint_if_due(g)
+        self.checkpoint_if_due(g);
+        Ok(())
     }
 
-    /// Checkpoints when the log has grown past its limits.
-    fn checkpoint_if_due(&self, g: &mut Inner) -> Result<(), StoreError> {
-        if g.log_records >= self.opts.checkpoint_records || g.log_len >= self.opts.checkpoint_bytes
+    /// Checkpoints when the log has grown past its limits. The write that
+    /// called it is in the log already: a checkpoint that fails (a full disk)
+    /// does not fail it, nothing is lost (the log keeps it, and a later
+    /// checkpoint folds it in), and the writes try again only
+    /// [`CHECKPOINT_RETRY`] later.
+    fn checkpoint_if_due(&self, g: &mut Inner) {
+        let due = g.log_records >= self.opts.checkpoint_records
+            || g.log_len >= self.opts.checkpoint_bytes;
+        if !due
+            || g.checkpoint_failed
+                .is_some_and(|t| t.elapsed() < CHECKPOINT_RETRY)
         {
-            self.checkpoint_locked(g)?;
+            return;
         }
-        Ok(())
+        if let Err(e) = self.checkpoint_locked(g) {
+            tracing::warn!(
+                error = %e,
+                log_bytes = g.log_len,
+                "store checkpoint failed; the log keeps every write and the checkpoint is tried again"
+            );
+        }
     }
 
     /// Appends one record of `payload` (whose LSN is the next) to the log,
@@ -379,7 +401,8 @@ impl HybridStore {
                 .map_err(|e| StoreError::io("sync the log", &self.log_path, e))?;
             g.unsynced = false;
         }
-        self.checkpoint_if_due(g)
+        self.checkpoint_if_due(g);
+        Ok(())
     }
 
     fn checkpoint_locked(&self, g: &mut Inner) -> Result<(), StoreError> {
@@ -416,12 +439,16 @@ impl HybridStore {
                 .filter_map(|code| g.state.vouchers.get(code))
                 .map(|v| Mutation::PutVoucher { voucher: v.clone() }),
         );
-        self.redb.apply_checkpoint(
+        if let Err(e) = self.redb.apply_checkpoint(
             &muts,
             g.state.next_device_id,
             g.state.next_session_id,
             g.lsn,
-        )?;
+        ) {
+            g.checkpoint_failed = Some(std::time::Instant::now());
+            return Err(e);
+        }
+        g.checkpoint_failed = None;
         // Each set keeps room for what it held, and gives back what a burst
         // before left (see `forget_all`).
         forget_all(&mut g.dirty_devices, dev_ids.len());

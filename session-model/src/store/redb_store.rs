@@ -16,6 +16,8 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -77,7 +79,13 @@ pub(crate) struct Snapshot {
 
 /// A session store in one redb file.
 pub struct RedbStore {
-    db: Database,
+    /// The database. redb refuses every use after a write failed (a full
+    /// disk) until it is opened again: `failed` says so, and the next use
+    /// opens it again ([`RedbStore::db`]), so a disk that was full heals
+    /// without a restart once it has room.
+    db: RwLock<Database>,
+    failed: AtomicBool,
+    cache_bytes: usize,
     path: PathBuf,
 }
 
@@ -293,9 +301,53 @@ impl RedbStore {
             .set_cache_size(cache_bytes)
             .create(&path)
             .map_err(rerr("open database"))?;
-        let store = RedbStore { db, path };
+        let store = RedbStore {
+            db: RwLock::new(db),
+            failed: AtomicBool::new(false),
+            cache_bytes,
+            path,
+        };
         store.init_schema()?;
         Ok(store)
+    }
+
+    /// The database, opened again first if a write failed since it was
+    /// opened. While it cannot be opened again, every use fails with why.
+    fn db(&self) -> Result<RwLockReadGuard<'_, Database>, StoreError> {
+        if self.failed.load(Relaxed) {
+            self.reopen()?;
+        }
+        Ok(self.db.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !self.failed.load(Relaxed) {
+            return Ok(());
+        }
+        // redb keeps the file locked until its database is dropped: an empty
+        // one in memory stands in meanwhile, never handed out (`failed` stays
+        // set until the file is open again).
+        let stand_in = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(rerr("open database again"))?;
+        drop(std::mem::replace(&mut *db, stand_in));
+        *db = redb::Builder::new()
+            .set_cache_size(self.cache_bytes)
+            .create(&self.path)
+            .map_err(rerr("open database again"))?;
+        self.failed.store(false, Relaxed);
+        tracing::info!(file = %self.path.display(), "session store opened again after a failed write");
+        Ok(())
+    }
+
+    /// `out` of a write; a failure of the database itself (not a refusal
+    /// such as a MAC already taken) has it opened again at the next use.
+    fn written<T>(&self, out: Result<T, StoreError>) -> Result<T, StoreError> {
+        if matches!(out, Err(StoreError::Redb { .. })) {
+            self.failed.store(true, Relaxed);
+        }
+        out
     }
 
     /// The database file.
@@ -304,7 +356,8 @@ impl RedbStore {
     }
 
     fn init_schema(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(rerr("begin schema check"))?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(rerr("begin schema check"))?;
         {
             let mut t = WTables::open(&txn)?;
             match t.meta(K_SCHEMA)? {
@@ -339,7 +392,8 @@ impl RedbStore {
     }
 
     fn read_meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(rerr("begin read"))?;
         let t = txn.open_table(META).map_err(rerr("open meta table"))?;
         Ok(t.get(key).map_err(rerr("read meta"))?.map(|g| g.value()))
     }
@@ -348,13 +402,17 @@ impl RedbStore {
         &self,
         f: impl FnOnce(&mut WTables<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_write().map_err(rerr("begin write"))?;
-        let out = {
-            let mut t = WTables::open(&txn)?;
-            f(&mut t)?
-        };
-        txn.commit().map_err(rerr("commit"))?;
-        Ok(out)
+        let db = self.db()?;
+        let out = (|| {
+            let txn = db.begin_write().map_err(rerr("begin write"))?;
+            let out = {
+                let mut t = WTables::open(&txn)?;
+                f(&mut t)?
+            };
+            txn.commit().map_err(rerr("commit"))?;
+            Ok(out)
+        })();
+        self.written(out)
     }
 
     /// Applies final-state mutations in one transaction and records the checkpoint LSN
@@ -391,7 +449,8 @@ impl RedbStore {
         mut on_session: impl FnMut(SessionRecord),
         mut on_voucher: impl FnMut(Voucher),
     ) -> Result<Snapshot, StoreError> {
-        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(rerr("begin read"))?;
         let meta = txn.open_table(META).map_err(rerr("open meta table"))?;
         let get = |k: &str| -> Result<u64, StoreError> {
             Ok(meta
@@ -431,7 +490,8 @@ impl RedbStore {
 
     /// Verifies that the indexes agree with the rows. Returns the first problem found.
     pub fn check_consistency(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(rerr("begin read"))?;
         let devices = txn
             .open_table(DEVICES)
             .map_err(rerr("open devices table"))?;
@@ -500,7 +560,8 @@ impl SessionStore for RedbStore {
         shelf: super::Shelf,
         from: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(rerr("begin read"))?;
         let t = match txn.open_table(SHELVES) {
             Ok(t) => t,
             // A file made before shelves: nothing on any.
@@ -523,26 +584,30 @@ impl SessionStore for RedbStore {
     }
 
     fn write_shelves(&self, writes: &[super::ShelfWrite<'_>]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(rerr("begin write"))?;
-        {
-            let mut t = txn
-                .open_table(SHELVES)
-                .map_err(rerr("open shelves table"))?;
-            for w in writes {
-                match w.value {
-                    Some(v) => {
-                        t.insert((w.shelf.name(), w.key), v)
-                            .map_err(rerr("write shelf"))?;
-                    }
-                    None => {
-                        t.remove((w.shelf.name(), w.key))
-                            .map_err(rerr("write shelf"))?;
+        let db = self.db()?;
+        let out = (|| {
+            let txn = db.begin_write().map_err(rerr("begin write"))?;
+            {
+                let mut t = txn
+                    .open_table(SHELVES)
+                    .map_err(rerr("open shelves table"))?;
+                for w in writes {
+                    match w.value {
+                        Some(v) => {
+                            t.insert((w.shelf.name(), w.key), v)
+                                .map_err(rerr("write shelf"))?;
+                        }
+                        None => {
+                            t.remove((w.shelf.name(), w.key))
+                                .map_err(rerr("write shelf"))?;
+                        }
                     }
                 }
             }
-        }
-        txn.commit().map_err(rerr("commit"))?;
-        Ok(())
+            txn.commit().map_err(rerr("commit"))?;
+            Ok(())
+        })();
+        self.written(out)
     }
 
     fn kind(&self) -> &'static str {
@@ -602,7 +667,8 @@ impl SessionStore for RedbStore {
     }
 
     fn device(&self, id: DeviceId) -> Result<Option<Device>, StoreError> {
-        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(rerr("begin read"))?;
         let t = txn
             .open_table(DEVICES)
             .map_err(rerr("open devices table"))?;
@@ -613,7 +679,8 @@ impl SessionStore for RedbStore {
     }
 
     fn device_by_mac(&self, mac: MacAddr) -> Result<Option<Device>, StoreError> {
-        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(rerr("begin read"))?;
         let macs = txn.open_table(MACS).map_err(rerr("open macs table"))?;
         let Some(id) = macs
             .get(mac.to_u64())
@@ -634,7 +701,8 @@ impl SessionStore for RedbStore {
     }
 
     fn devices(&self) -> Result<Vec<Device>, StoreError> {
-        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(rerr("begin read"))?;
         let t = txn
             .open_table(DEVICES)
             .map_err(rerr("open devices table"))?;
@@ -667,7 +735,8 @@ impl SessionStore for RedbStore {
     }
 
     fn voucher(&self, code: &str) -> Result<Option<Voucher>, StoreError> {
-        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(rerr("begin read"))?;
         let t = txn
             .open_table(VOUCHERS)
             .map_err(rerr("open vouchers table"))?;
@@ -678,7 +747,8 @@ impl SessionStore for RedbStore {
     }
 
     fn vouchers(&self) -> Result<Vec<Voucher>, StoreError> {
-        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(rerr("begin read"))?;
         let t = txn
             .open_table(VOUCHERS)
             .map_err(rerr("open vouchers table"))?;
@@ -742,7 +812,8 @@ impl SessionStore for RedbStore {
     }
 
     fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(rerr("begin read"))?;
         let t = txn
             .open_table(SESSIONS)
             .map_err(rerr("open sessions table"))?;
@@ -753,7 +824,8 @@ impl SessionStore for RedbStore {
     }
 
     fn device_sessions(&self, device_id: DeviceId) -> Result<Vec<SessionRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(rerr("begin read"))?;
         let idx = txn
             .open_table(DEVICE_SESSIONS)
             .map_err(rerr("open device_sessions table"))?;
@@ -786,7 +858,8 @@ impl SessionStore for RedbStore {
     }
 
     fn for_each_session(&self, f: &mut dyn FnMut(&SessionRecord)) -> Result<(), StoreError> {
-        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(rerr("begin read"))?;
         let t = txn
             .open_table(SESSIONS)
             .map_err(rerr("open sessions table"))?;
@@ -798,7 +871,8 @@ impl SessionStore for RedbStore {
     }
 
     fn device_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(rerr("begin read"))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(rerr("begin read"))?;
         let t = txn
             .open_table(DEVICES)
             .map_err(rerr("open devices table"))?;
