@@ -10,7 +10,7 @@ use std::{net::UdpSocket, time::Duration};
 use common::MemGateway;
 use radius::core::{avp::AVP, code::Code, packet::Packet};
 use session_agent::radius::{Radius, RadiusOptions, Secret};
-use session_model::MacAddr;
+use session_model::{testing::FilesUpTo, MacAddr};
 use session_radius::codec::attr;
 
 const SECRET: &[u8] = b"book-full-secret";
@@ -34,38 +34,6 @@ fn accepting_server() -> std::net::SocketAddr {
     addr
 }
 
-/// Every write to a file fails (`EFBIG`) while the returned guard lives.
-struct NoFileWrites(libc::rlimit);
-
-impl NoFileWrites {
-    fn now() -> Self {
-        let mut old = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit and setrlimit with valid pointers to rlimits;
-        // SIGXFSZ ignored, so a write past the limit fails with EFBIG
-        // instead of ending the process.
-        unsafe {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut old), 0);
-            let none = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: old.rlim_max,
-            };
-            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &none), 0);
-        }
-        NoFileWrites(old)
-    }
-}
-
-impl Drop for NoFileWrites {
-    fn drop(&mut self) {
-        // SAFETY: setrlimit with a valid pointer to the limit read before.
-        unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &self.0) };
-    }
-}
-
 #[test]
 fn a_login_whose_start_cannot_be_written_is_refused_and_the_device_stays_blocked() {
     let MemGateway { rt, mgr, dp, gw } = MemGateway::new();
@@ -81,7 +49,7 @@ fn a_login_whose_start_cannot_be_written_is_refused_and_the_device_stays_blocked
     };
     let radius = Radius::open(opts.clone(), None).unwrap();
     let (refused, again) = {
-        let _full = NoFileWrites::now();
+        let _full = FilesUpTo::bytes(0);
         (
             rt.block_on(radius.login(&gw, device.id, "alice", "secret")),
             // Still full: opening the book again fails, or its write does.

@@ -12,6 +12,19 @@ pub enum StoreError {
         #[source]
         source: Box<redb::Error>,
     },
+    /// A checkpoint could not be written into the database file (a full
+    /// disk): the writes are all kept in the log beside it.
+    #[error(
+        "checkpoint into {} failed: {source}; every write is kept in the log beside it: if its \
+         disk is full, free space there, and the next checkpoint folds the log in, without a \
+         restart",
+        path.display()
+    )]
+    Checkpoint {
+        path: PathBuf,
+        #[source]
+        source: Box<StoreError>,
+    },
     /// An I/O error on a file owned by the store.
     #[error("i/o error during {context} on {path}: {source}")]
     Io {

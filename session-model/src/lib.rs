@@ -21,6 +21,8 @@ pub mod model;
 pub mod plan;
 pub mod source;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod voucher;
 
 pub use clock::{Clock, ManualClock, SystemClock};

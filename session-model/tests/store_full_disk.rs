@@ -1,40 +1,8 @@
 //! A store whose disk fills up. Alone in its test binary: it limits the size
 //! of every file the process writes (`RLIMIT_FSIZE`).
 
+use session_model::testing::FilesUpTo;
 use session_model::{HybridOptions, HybridStore, MacAddr, SessionStore, SyncMode};
-
-/// While it lives, no file of the process grows past `bytes`: a write past
-/// that fails with EFBIG, as one on a full disk fails with ENOSPC.
-struct FilesUpTo(libc::rlimit);
-
-impl FilesUpTo {
-    fn bytes(bytes: u64) -> Self {
-        let mut old = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit and setrlimit with valid pointers to rlimits;
-        // SIGXFSZ ignored, so a write past the limit fails with EFBIG
-        // instead of ending the process.
-        unsafe {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut old), 0);
-            let limit = libc::rlimit {
-                rlim_cur: bytes,
-                rlim_max: old.rlim_max,
-            };
-            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
-        }
-        FilesUpTo(old)
-    }
-}
-
-impl Drop for FilesUpTo {
-    fn drop(&mut self) {
-        // SAFETY: setrlimit with a valid pointer to the limit read before.
-        unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &self.0) };
-    }
-}
 
 fn mac(i: u64) -> MacAddr {
     MacAddr::from_u64(0x0200_0000_0000 | i)
@@ -72,7 +40,17 @@ fn writes_go_on_while_the_checkpoint_cannot_be_written_and_the_store_heals_once_
             n += 1;
         }
         let e = store.checkpoint().unwrap_err().to_string();
-        assert!(e.contains("File too large"), "{e}");
+        assert!(
+            e.starts_with(&format!("checkpoint into {} failed: ", path.display())),
+            "{e}"
+        );
+        assert!(e.contains("File too large"), "the cause is kept: {e}");
+        assert!(
+            e.ends_with(
+                "free space there, and the next checkpoint folds the log in, without a restart"
+            ),
+            "the fix is named: {e}"
+        );
         // Writes go on, kept in the log.
         for _ in 0..10 {
             add(&store, n).unwrap_or_else(|e| panic!("device {n} refused: {e}"));
@@ -83,6 +61,19 @@ fn writes_go_on_while_the_checkpoint_cannot_be_written_and_the_store_heals_once_
     // The disk has room again: the next checkpoint folds the log in.
     store.checkpoint().unwrap();
     assert_eq!(len(&log), 0, "the log was folded into the database");
+    add(&store, n).unwrap();
+    n += 1;
+    {
+        // Now the log cannot grow either: a write is refused with why, and
+        // leaves nothing half-written behind.
+        let _full = FilesUpTo::bytes(len(&log));
+        let e = add(&store, n).unwrap_err().to_string();
+        assert!(
+            e.contains("append to log on") && e.contains("File too large"),
+            "{e}"
+        );
+        assert!(store.device_by_mac(mac(n)).unwrap().is_none());
+    }
     add(&store, n).unwrap();
     n += 1;
     drop(store);

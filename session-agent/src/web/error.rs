@@ -98,6 +98,7 @@ impl From<StoreError> for ApiError {
             StoreError::DuplicateVoucher(_) => (StatusCode::CONFLICT, "duplicate_voucher"),
             StoreError::MissingPath { .. }
             | StoreError::Redb { .. }
+            | StoreError::Checkpoint { .. }
             | StoreError::Io { .. }
             | StoreError::Codec { .. }
             | StoreError::UnsupportedSchema { .. }

@@ -446,7 +446,10 @@ impl HybridStore {
             g.lsn,
         ) {
             g.checkpoint_failed = Some(std::time::Instant::now());
-            return Err(e);
+            return Err(StoreError::Checkpoint {
+                path: self.redb.path().to_path_buf(),
+                source: Box::new(e),
+            });
         }
         g.checkpoint_failed = None;
         // Each set keeps room for what it held, and gives back what a burst
