@@ -15,8 +15,8 @@ use std::{
     collections::{BTreeSet, VecDeque},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        Mutex, RwLock, RwLockReadGuard,
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Mutex, RwLockReadGuard,
     },
 };
 
@@ -24,7 +24,7 @@ use radius::core::rfc2866;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use session_model::{idmap::IdMap, DeviceId, SessionId};
+use session_model::{idmap::IdMap, store::reopen::Reopening, DeviceId, SessionId};
 
 const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("acct_queue");
 const OPEN: TableDefinition<u64, &[u8]> = TableDefinition::new("acct_sessions");
@@ -265,11 +265,10 @@ impl SessionPart {
 
 /// The book.
 pub struct Book {
-    /// The database. redb refuses every use after a failed write until it is
-    /// opened again: `failed` says so, and the next use opens it again
-    /// ([`Book::db`]).
-    db: RwLock<Database>,
-    failed: AtomicBool,
+    /// The database, opened again at its next use after a write failed (a
+    /// full disk): a disk that was full heals without a restart once it has
+    /// room.
+    db: Reopening,
     /// The file, for errors; `None` in memory.
     file: Option<PathBuf>,
     limit: u64,
@@ -355,61 +354,43 @@ impl Book {
     ) -> impl FnOnce(E) -> BookError + '_ {
         move |e| {
             if what == "write" {
-                self.failed.store(true, Relaxed);
+                self.db.failed();
             }
             fail(self.file.as_deref(), what)(e)
         }
     }
 
     /// The database, opened again first if a write failed since it was
-    /// opened (redb refuses every use after one): a disk that was full heals
-    /// without a restart once it has room. While it cannot be opened again,
-    /// every use fails with the reason.
+    /// opened ([`Reopening`]). While it cannot be opened again, every use
+    /// fails with the reason.
     fn db(&self) -> Result<RwLockReadGuard<'_, Database>, BookError> {
-        if self.failed.load(Relaxed) {
-            self.reopen()?;
-        }
-        Ok(self.db.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn reopen(&self) -> Result<(), BookError> {
-        let Some(path) = self.file.as_deref() else {
-            self.failed.store(false, Relaxed);
-            return Ok(());
-        };
-        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
-        if !self.failed.load(Relaxed) {
-            return Ok(());
-        }
-        // redb keeps the file locked until its database is dropped: an empty
-        // one in memory stands in meanwhile, and is never handed out (`failed`
-        // stays set until the file is open again).
-        let stand_in = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(fail(Some(path), "open again"))?;
-        drop(std::mem::replace(&mut *db, stand_in));
-        *db = Database::builder()
-            .set_cache_size(BOOK_CACHE_BYTES)
-            .create(path)
-            .map_err(fail(Some(path), "open again"))?;
-        self.failed.store(false, Relaxed);
-        tracing::info!(file = %path.display(), "RADIUS accounting book opened again after a failed write");
-        Ok(())
+        self.db
+            .get()
+            .map_err(fail(self.file.as_deref(), "open again"))
     }
 
     /// Opens (or makes) the book at `path`, or one in memory.
     pub fn open(path: Option<&Path>, limit: u64) -> Result<Self, BookError> {
-        let db = match path {
-            // redb caches up to 1 GiB of pages by default: the book is read
-            // and written a few sessions at a time, and the OS caches the file.
-            Some(p) => Database::builder()
-                .set_cache_size(BOOK_CACHE_BYTES)
-                .create(p)
-                .map_err(fail(path, "open"))?,
-            None => Database::builder()
-                .create_with_backend(redb::backends::InMemoryBackend::new())
-                .map_err(fail(path, "open"))?,
+        // redb caches up to 1 GiB of pages by default: the book is read and
+        // written a few sessions at a time, and the OS caches the file.
+        let db = Reopening::open(path, BOOK_CACHE_BYTES, "RADIUS accounting book")
+            .map_err(fail(path, "open"))?;
+        let next_seq = Self::prepare(&*db.get().map_err(fail(path, "open"))?, path)?;
+        let book = Self {
+            db,
+            file: path.map(Path::to_path_buf),
+            limit,
+            index: Mutex::default(),
+            pending: Mutex::default(),
+            next_seq: AtomicU64::new(next_seq),
         };
+        *book.index.lock().unwrap() = book.read_index()?;
+        Ok(book)
+    }
+
+    /// Makes the book's tables in `db` if it has none; returns the next
+    /// request's number.
+    fn prepare(db: &Database, path: Option<&Path>) -> Result<u64, BookError> {
         let w = db.begin_write().map_err(fail(path, "open"))?;
         w.open_table(QUEUE).map_err(fail(path, "open"))?;
         w.open_table(OPEN).map_err(fail(path, "open"))?;
@@ -421,17 +402,7 @@ impl Book {
             let v = meta.get(NEXT_SEQ).map_err(fail(path, "open"))?;
             v.map_or(1, |v| v.value())
         };
-        let book = Self {
-            db: RwLock::new(db),
-            failed: AtomicBool::new(false),
-            file: path.map(Path::to_path_buf),
-            limit,
-            index: Mutex::default(),
-            pending: Mutex::default(),
-            next_seq: AtomicU64::new(next_seq),
-        };
-        *book.index.lock().unwrap() = book.read_index()?;
-        Ok(book)
+        Ok(next_seq)
     }
 
     /// The index of the open sessions, read from the file (only the fields it

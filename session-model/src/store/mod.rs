@@ -13,6 +13,7 @@ pub mod hybrid;
 mod mem_state;
 pub mod memory;
 pub mod redb_store;
+pub mod reopen;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

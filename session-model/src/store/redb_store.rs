@@ -16,13 +16,13 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::RwLockReadGuard;
 
 use redb::{Database, ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::codec::{decode_session, encode_session};
 use super::mem_state::Mutation;
+use super::reopen::Reopening;
 use super::SessionStore;
 use crate::voucher::{mask_code, Redemption};
 use crate::{
@@ -79,13 +79,8 @@ pub(crate) struct Snapshot {
 
 /// A session store in one redb file.
 pub struct RedbStore {
-    /// The database. redb refuses every use after a write failed (a full
-    /// disk) until it is opened again: `failed` says so, and the next use
-    /// opens it again ([`RedbStore::db`]), so a disk that was full heals
-    /// without a restart once it has room.
-    db: RwLock<Database>,
-    failed: AtomicBool,
-    cache_bytes: usize,
+    /// Opened again at its next use after a write failed (a full disk).
+    db: Reopening,
     path: PathBuf,
 }
 
@@ -297,55 +292,24 @@ impl RedbStore {
         let path = path.as_ref().to_path_buf();
         // redb caches up to 1 GiB by default; a gateway's working set is far smaller
         // (the hybrid store keeps its own copy in RAM), and the OS caches the file too.
-        let db = redb::Builder::new()
-            .set_cache_size(cache_bytes)
-            .create(&path)
+        let db = Reopening::open(Some(&path), cache_bytes, "session store")
             .map_err(rerr("open database"))?;
-        let store = RedbStore {
-            db: RwLock::new(db),
-            failed: AtomicBool::new(false),
-            cache_bytes,
-            path,
-        };
+        let store = RedbStore { db, path };
         store.init_schema()?;
         Ok(store)
     }
 
     /// The database, opened again first if a write failed since it was
-    /// opened. While it cannot be opened again, every use fails with why.
+    /// opened ([`Reopening`]).
     fn db(&self) -> Result<RwLockReadGuard<'_, Database>, StoreError> {
-        if self.failed.load(Relaxed) {
-            self.reopen()?;
-        }
-        Ok(self.db.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn reopen(&self) -> Result<(), StoreError> {
-        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
-        if !self.failed.load(Relaxed) {
-            return Ok(());
-        }
-        // redb keeps the file locked until its database is dropped: an empty
-        // one in memory stands in meanwhile, never handed out (`failed` stays
-        // set until the file is open again).
-        let stand_in = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(rerr("open database again"))?;
-        drop(std::mem::replace(&mut *db, stand_in));
-        *db = redb::Builder::new()
-            .set_cache_size(self.cache_bytes)
-            .create(&self.path)
-            .map_err(rerr("open database again"))?;
-        self.failed.store(false, Relaxed);
-        tracing::info!(file = %self.path.display(), "session store opened again after a failed write");
-        Ok(())
+        self.db.get().map_err(rerr("open database again"))
     }
 
     /// `out` of a write; a failure of the database itself (not a refusal
     /// such as a MAC already taken) has it opened again at the next use.
     fn written<T>(&self, out: Result<T, StoreError>) -> Result<T, StoreError> {
         if matches!(out, Err(StoreError::Redb { .. })) {
-            self.failed.store(true, Relaxed);
+            self.db.failed();
         }
         out
     }
