@@ -26,7 +26,7 @@ pub enum StoreError {
         source: Box<StoreError>,
     },
     /// An I/O error on a file owned by the store.
-    #[error("i/o error during {context} on {path}: {source}")]
+    #[error("i/o error during {context} on {path}: {source}{}", disk_fix(source))]
     Io {
         context: &'static str,
         path: PathBuf,
@@ -78,6 +78,18 @@ pub enum StoreError {
     MissingPath { provider: String },
     #[error("store lock poisoned by a panicking thread")]
     Poisoned,
+}
+
+/// What an operator can do about an I/O error that says the disk is full or
+/// read-only.
+fn disk_fix(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::{FileTooLarge, ReadOnlyFilesystem, StorageFull};
+    match e.kind() {
+        StorageFull | FileTooLarge | ReadOnlyFilesystem => {
+            "; free space on its disk or make it writable"
+        }
+        _ => "",
+    }
 }
 
 impl StoreError {

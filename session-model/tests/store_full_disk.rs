@@ -72,6 +72,10 @@ fn writes_go_on_while_the_checkpoint_cannot_be_written_and_the_store_heals_once_
             e.contains("append to log on") && e.contains("File too large"),
             "{e}"
         );
+        assert!(
+            e.ends_with("; free space on its disk or make it writable"),
+            "the fix is named: {e}"
+        );
         assert!(store.device_by_mac(mac(n)).unwrap().is_none());
     }
     add(&store, n).unwrap();
