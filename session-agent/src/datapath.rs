@@ -341,6 +341,16 @@ impl MemDatapath {
     /// when it passed (and was metered), false when the client was held or
     /// its budget was spent. A new MAC takes a slot, as in the kernel.
     pub fn send(&self, mac: &MacAddr, len: u64) -> bool {
+        self.pass(mac, len, true)
+    }
+
+    /// [`MemDatapath::send`], but its slot is not named as moved: a move the
+    /// datapath did not tell, which the poll's turn of checks still charges.
+    pub fn send_untold(&self, mac: &MacAddr, len: u64) -> bool {
+        self.pass(mac, len, false)
+    }
+
+    fn pass(&self, mac: &MacAddr, len: u64, tell: bool) -> bool {
         let mut clients = self.clients();
         let next = clients.len() as u32;
         let c = clients.entry(*mac).or_insert(MemClient {
@@ -360,7 +370,7 @@ impl MemDatapath {
         c.bytes += len;
         let slot = c.slot;
         drop(clients);
-        if let Some(m) = &self.moved {
+        if let Some(m) = self.moved.as_ref().filter(|_| tell) {
             m.lock().unwrap_or_else(|p| p.into_inner()).push(slot);
         }
         true

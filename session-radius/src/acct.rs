@@ -515,7 +515,7 @@ impl Book {
     /// `next_interim` then lags; the book's readers get the index's, and
     /// [`Book::catch_up`] sets it at start. Returns how many were not kept
     /// (the queue was full).
-    pub fn queue_interims(&self, updates: &[(OpenSession, Request)]) -> Result<u64, BookError> {
+    pub fn queue_interims(&self, updates: Vec<(OpenSession, Request)>) -> Result<u64, BookError> {
         if updates.is_empty() {
             return Ok(0);
         }
@@ -532,9 +532,9 @@ impl Book {
             if written + pending.len() as u64 >= self.limit {
                 dropped += 1;
             } else {
-                pending.push_back((self.next_seq.fetch_add(1, Relaxed), req.clone()));
+                pending.push_back((self.next_seq.fetch_add(1, Relaxed), req));
             }
-            index.put(s);
+            index.put(&s);
         }
         Ok(dropped)
     }
@@ -1015,7 +1015,7 @@ mod tests {
             }
             // Due at 160: the counters stood still, so only the index moves on.
             let updates = due_at_160();
-            assert_eq!(b.queue_interims(&updates).unwrap(), 1, "one past the limit");
+            assert_eq!(b.queue_interims(updates).unwrap(), 1, "one past the limit");
             assert_eq!(b.queued().unwrap(), 2);
             assert_eq!(b.due(219), Vec::<SessionId>::new());
             assert_eq!(b.due(220), vec![1, 2, 3]);

@@ -1,20 +1,20 @@
 //! Meter readings: the kernel's counters of every connected device, charged
 //! to their sessions, and the datapath programmed after what that changed.
 
-use std::{
-    sync::{atomic::Ordering::Relaxed, Arc},
-    time::{Duration, Instant},
-};
+use std::sync::{atomic::Ordering::Relaxed, Arc};
 
 use session_model::{idmap::IdMap, DeviceId, MacAddr, MeterMark, TickReport};
 use tracing::info;
 
-use super::{Gateway, MeterTable, SlotOwners};
+use super::{Gateway, MeterTable, Scratch, SlotOwners};
 use crate::error::AgentError;
 
-/// How often a reading of moved meters takes every connected device all the
-/// same (see [`Gateway::moved_readings`]).
-const FULL_READING_EVERY: Duration = Duration::from_secs(30);
+/// Rows of the meter table whose counters each reading of moved meters also
+/// compares with the last reading, in turn (see [`Gateway::moved_readings`]):
+/// a move the datapath did not tell is charged within devices / this many
+/// readings (4 s at 1,000 devices, 256 s at 65,536), at a cost that does not
+/// grow with the devices.
+const CHECK_ROWS: usize = 256;
 
 impl Gateway {
     /// A device's counters in each direction and the epoch they count in, read
@@ -54,10 +54,11 @@ impl Gateway {
 
     /// The readings of the connected devices whose counters moved since the
     /// last call: every device after the connected devices changed, after the
-    /// counters were made anew, after a charge failed, and every
-    /// [`FULL_READING_EVERY`]. The datapath names the slots that moved (see
-    /// [`crate::datapath::Datapath::take_moved`]), so only their counters are read; one that
-    /// cannot tell has every counter read and compared with the last call's.
+    /// counters were made anew and after a charge failed. The datapath names
+    /// the slots that moved (see [`crate::datapath::Datapath::take_moved`]),
+    /// so only their counters are read, and [`CHECK_ROWS`] others in turn,
+    /// whose counters are compared with the last reading; one that cannot
+    /// tell has every counter read and compared with the last call's.
     /// The caller charges what it gets: a device left out was charged up to
     /// its counters, and its reading would charge nothing.
     pub(super) fn moved_readings(&self) -> Result<Vec<(DeviceId, MeterMark)>, AgentError> {
@@ -82,33 +83,63 @@ impl Gateway {
         };
         let mark =
             |(&device_id, &bytes): (&DeviceId, &u64)| (device_id, MeterMark { epoch, bytes });
-        // Which slots moved, taken before their counters are read.
-        let mut moved = Vec::new();
+        // Which slots moved, taken before their counters are read (into
+        // buffers kept between polls: a poll allocates only what it returns).
+        let mut moved = std::mem::take(&mut t.scratch);
+        moved.clear();
         let known = match moved_only {
-            true => self.dp.take_moved(&mut moved),
+            true => self.dp.take_moved(&mut moved.slots),
             false => Ok(false),
         };
-        let now = Instant::now();
-        let full = t.prev_epoch != Some(epoch)
-            || t.prev.len() != t.slots.len()
-            || t.full_at
-                .is_none_or(|at| now.duration_since(at) >= FULL_READING_EVERY);
+        // Every device's reading is charged after the counters or the
+        // devices changed.
+        let full = t.prev_epoch != Some(epoch) || t.prev.len() != t.slots.len();
         if let (Ok(true), false) = (&known, full) {
-            // Only the counters of the slots that moved.
-            let rows: Vec<usize> = moved.iter().filter_map(|&s| t.owners.row(s)).collect();
-            let slots: Vec<u32> = rows.iter().map(|&i| t.slots[i]).collect();
-            let mut bytes = vec![0; slots.len()];
-            if let Err(e) = self.dp.usage_into(&slots, &mut bytes) {
+            // The counters of the slots that moved, and of the next rows in
+            // turn: one whose move went untold differs from its last reading.
+            let Scratch { slots, rows, bytes } = &mut moved;
+            rows.extend(slots.iter().filter_map(|&s| t.owners.row(s)));
+            // Devices new to the table, as if they had moved.
+            if !t.unread.is_empty() {
+                rows.append(&mut t.unread);
+                rows.sort_unstable();
+                rows.dedup();
+            }
+            let told = rows.len();
+            let from = if t.check_at < t.slots.len() {
+                t.check_at
+            } else {
+                0
+            };
+            let to = (from + CHECK_ROWS).min(t.slots.len());
+            for i in from..to {
+                // Rows are in slot order, as the moved slots come.
+                if rows[..told].binary_search(&i).is_err() {
+                    rows.push(i);
+                }
+            }
+            t.check_at = to;
+            slots.clear();
+            slots.extend(rows.iter().map(|&i| t.slots[i]));
+            bytes.resize(slots.len(), 0);
+            let read = self.dp.usage_into(slots, bytes);
+            let out = read.map(|()| {
+                let mut out = Vec::with_capacity(told);
+                for (j, (&i, &b)) in rows.iter().zip(bytes.iter()).enumerate() {
+                    if j < told || b as u32 != t.prev[i] {
+                        t.prev[i] = b as u32;
+                        out.push(mark((&t.owners.devices[i], &b)));
+                    }
+                }
+                out
+            });
+            t.scratch = moved.kept();
+            if out.is_err() {
                 *table = None;
-                return Err(e);
             }
-            let mut out = Vec::with_capacity(rows.len());
-            for (&i, &b) in rows.iter().zip(&bytes) {
-                t.prev[i] = b as u32;
-                out.push(mark((&t.owners.devices[i], &b)));
-            }
-            return Ok(out);
+            return out;
         }
+        t.scratch = moved.kept();
         t.bytes.resize(t.slots.len(), 0);
         if let Err(e) = known.and_then(|_| self.dp.usage_into(&t.slots, &mut t.bytes)) {
             // A connected device's entry is never forgotten; if it
@@ -120,18 +151,22 @@ impl Gateway {
             return Ok(t.owners.devices.iter().zip(&t.bytes).map(mark).collect());
         }
         let out = if full {
-            t.full_at = Some(now);
             t.owners.devices.iter().zip(&t.bytes).map(mark).collect()
         } else {
+            let unread = std::mem::take(&mut t.unread);
             t.owners
                 .devices
                 .iter()
                 .zip(&t.bytes)
                 .zip(&t.prev)
-                .filter(|((_, &bytes), &prev)| bytes as u32 != prev)
-                .map(|(d, _)| mark(d))
+                .enumerate()
+                .filter(|&(i, ((_, &bytes), &prev))| {
+                    bytes as u32 != prev || unread.binary_search(&i).is_ok()
+                })
+                .map(|(_, (d, _))| mark(d))
                 .collect()
         };
+        t.unread.clear();
         t.prev.clear();
         t.prev.extend(t.bytes.iter().map(|&b| b as u32));
         t.prev_epoch = Some(epoch);
@@ -148,25 +183,37 @@ impl Gateway {
         old: Option<MeterTable>,
     ) -> Result<Result<MeterTable, Vec<(DeviceId, MeterMark)>>, AgentError> {
         let connected = self.mgr.connected()?;
-        let known: IdMap<DeviceId, u32> = old
+        // What the old table last read of each device it read, when that
+        // is whole: kept, so a device that connects or goes does not make
+        // the next reading take every other device again.
+        let carried = old
+            .as_ref()
+            .filter(|t| t.prev_epoch.is_some() && t.prev.len() == t.slots.len());
+        let known: IdMap<DeviceId, (u32, Option<u32>)> = old
             .as_ref()
             .map(|t| {
+                let prev = |i: usize| carried.map(|t| t.prev[i]);
                 t.owners
                     .devices
                     .iter()
                     .copied()
                     .zip(t.slots.iter().copied())
+                    .enumerate()
+                    .map(|(i, (d, s))| (d, (s, prev(i))))
                     .collect()
             })
             .unwrap_or_default();
-        let mut rows: Vec<(DeviceId, u32)> = Vec::with_capacity(connected.len());
+        let mut rows: Vec<(DeviceId, u32, Option<u32>)> = Vec::with_capacity(connected.len());
         for (device_id, _) in &connected {
             let slot = match known.get(device_id) {
-                Some(&slot) => Some(slot),
-                None => self.dp.slot_of(&self.mgr.device(*device_id)?.mac),
+                Some(&(slot, prev)) => Some((slot, prev)),
+                None => self
+                    .dp
+                    .slot_of(&self.mgr.device(*device_id)?.mac)
+                    .map(|s| (s, None)),
             };
             match slot {
-                Some(slot) => rows.push((*device_id, slot)),
+                Some((slot, prev)) => rows.push((*device_id, slot, prev)),
                 None => {
                     let mut out = Vec::with_capacity(connected.len());
                     for (device_id, _) in &connected {
@@ -178,15 +225,28 @@ impl Gateway {
             }
         }
         // Slot order: the poll then walks the counter arrays forwards.
-        rows.sort_unstable_by_key(|(_, slot)| *slot);
+        rows.sort_unstable_by_key(|&(_, slot, _)| slot);
+        let owners: Vec<(DeviceId, u32)> = rows.iter().map(|&(d, s, _)| (d, s)).collect();
+        // Devices new to the table are read at the next reading, whatever
+        // their counters; without a whole old reading, every device is.
+        let (prev, unread, prev_epoch) = match carried {
+            Some(t) => (
+                rows.iter().map(|r| r.2.unwrap_or(0)).collect(),
+                (0..rows.len()).filter(|&i| rows[i].2.is_none()).collect(),
+                t.prev_epoch,
+            ),
+            None => (Vec::new(), Vec::new(), None),
+        };
         Ok(Ok(MeterTable {
-            owners: Arc::new(SlotOwners::of(&rows)),
+            owners: Arc::new(SlotOwners::of(&owners)),
             bytes: Vec::with_capacity(rows.len()),
-            prev: Vec::new(),
-            prev_epoch: None,
-            full_at: None,
+            prev,
+            unread,
+            prev_epoch,
+            check_at: 0,
+            scratch: Scratch::default(),
             built_at,
-            slots: rows.iter().map(|(_, s)| *s).collect(),
+            slots: owners.iter().map(|&(_, s)| s).collect(),
         }))
     }
 
@@ -251,8 +311,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reading_of_moved_meters_takes_the_devices_that_moved_and_every_device_after_a_change(
-    ) {
+    async fn a_reading_of_moved_meters_takes_the_devices_that_moved_and_those_new_to_the_table() {
         // A datapath that names the slots that moved, and one that cannot.
         for dp in [MemDatapath::new(7), MemDatapath::without_moved(7)] {
             let dp = Arc::new(dp);
@@ -288,18 +347,81 @@ mod tests {
             assert_eq!(mgr.session(running).unwrap().data().data_cons_bytes, 1_500);
             assert!(gw.moved_readings().unwrap().is_empty(), "charged");
             assert_eq!(gw.readings().unwrap().len(), 3, "all readings stay whole");
-            // Another device connects: the next reading takes every device once.
-            connect(3).await;
+            // Another device connects: the next reading takes it, and not
+            // every other device again.
+            let third = connect(3).await;
             assert!(dp.send(&mac(3), 10));
-            let all = gw.moved_readings().unwrap();
-            assert_eq!(all.len(), 4);
-            assert!(all.contains(&(
-                ids[1],
-                MeterMark {
-                    epoch: 7,
-                    bytes: 1_500
-                }
-            )));
+            let next = gw.moved_readings().unwrap();
+            assert_eq!(
+                next,
+                vec![(
+                    third,
+                    MeterMark {
+                        epoch: 7,
+                        bytes: 10
+                    }
+                )]
+            );
+            assert!(gw.moved_readings().unwrap().is_empty());
+            // One new to the table is taken even when its counters stood still.
+            let fourth = connect(4).await;
+            let next = gw.moved_readings().unwrap();
+            assert_eq!(next, vec![(fourth, MeterMark { epoch: 7, bytes: 0 })]);
+            assert!(gw.moved_readings().unwrap().is_empty());
+            // A device goes, and one that moved meanwhile is still taken.
+            gw.disconnect(third, "test").await.unwrap();
+            assert!(dp.send(&mac(1), 500));
+            let next = gw.moved_readings().unwrap();
+            assert_eq!(
+                next,
+                vec![(
+                    ids[1],
+                    MeterMark {
+                        epoch: 7,
+                        bytes: 2_000
+                    }
+                )]
+            );
+            assert_eq!(gw.readings().unwrap().len(), 4, "all readings stay whole");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_move_the_datapath_did_not_tell_is_charged_when_the_turn_of_checks_reaches_its_device(
+    ) {
+        let dp = Arc::new(MemDatapath::new(7));
+        let mgr = Arc::new(SessionsMgr::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(SystemClock),
+        ));
+        let gw = Gateway::with_datapath(mgr.clone(), dp.clone(), GatewayConfig::default());
+        // One more turn than a reading checks: the last device is checked by the second.
+        let n = CHECK_ROWS + 10;
+        let mac = |i: usize| MacAddr::new([0x02, 0xcd, 0, 0, (i >> 8) as u8, i as u8]);
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let d = mgr.create_device(mac(i), None, None).unwrap();
+            mgr.create_session(d.id, 2, 3_600, 100.0, None, 0, 0, false)
+                .await
+                .unwrap();
+            gw.connect(d.id, "").await.unwrap();
+            ids.push(d.id);
+        }
+        assert_eq!(gw.moved_readings().unwrap().len(), n, "a new table: all");
+        // The first and the last device move; only the first one's move is told.
+        assert!(dp.send(&mac(0), 100));
+        assert!(dp.send_untold(&mac(n - 1), 700));
+        let first = gw.moved_readings().unwrap();
+        assert_eq!(first.len(), 1, "the told move, and no other: {first:?}");
+        assert_eq!((first[0].0, first[0].1.bytes), (ids[0], 100));
+        let second = gw.moved_readings().unwrap();
+        assert_eq!(second.len(), 1, "the untold move, in its turn: {second:?}");
+        assert_eq!((second[0].0, second[0].1.bytes), (ids[n - 1], 700));
+        gw.charge(&second).await.unwrap();
+        let running = mgr.running_session_id(ids[n - 1]).unwrap().unwrap();
+        assert_eq!(mgr.session(running).unwrap().data().data_cons_bytes, 700);
+        // Charged: the turns that come round again find nothing.
+        for _ in 0..3 {
             assert!(gw.moved_readings().unwrap().is_empty());
         }
     }

@@ -111,14 +111,49 @@ struct MeterTable {
     slots: Vec<u32>,
     /// Where the poll reads the meters into, kept between polls.
     bytes: Vec<u64>,
-    /// What the last reading of moved meters found (the low 32 bits: a
-    /// device whose counters moved by a multiple of 4 GiB within a poll is
-    /// charged at its next move or the next full reading), and the counters'
-    /// epoch then (`None`: none yet, the next reading takes every device).
+    /// What the last reading of each device found (the low 32 bits, which
+    /// tell a move the datapath did not, unless by a multiple of 4 GiB), and
+    /// the counters' epoch then (`None`: none yet, the next reading takes
+    /// every device).
     prev: Vec<u32>,
+    /// Rows of devices new to the table since the last reading, which the
+    /// next reading takes whatever their counters (sorted).
+    unread: Vec<usize>,
     prev_epoch: Option<u64>,
-    /// When a reading last took every device.
-    full_at: Option<Instant>,
+    /// The row the next reading of moved meters compares from (see
+    /// [`meter::CHECK_ROWS`]).
+    check_at: usize,
+    /// The buffers of a reading of moved meters, kept between polls.
+    scratch: Scratch,
+}
+
+/// What a reading of moved meters works in: the slots that moved (then the
+/// slots read), their rows in the meter table, and their counters.
+#[derive(Default)]
+struct Scratch {
+    slots: Vec<u32>,
+    rows: Vec<usize>,
+    bytes: Vec<u64>,
+}
+
+impl Scratch {
+    /// Slots whose room is kept between polls: a burst of moves (every
+    /// device at once) does not keep its buffers for good.
+    const KEEP: usize = 8_192;
+
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.rows.clear();
+        self.bytes.clear();
+    }
+
+    /// What to keep of it after a reading.
+    fn kept(self) -> Self {
+        match self.rows.capacity() > Self::KEEP || self.slots.capacity() > Self::KEEP {
+            true => Self::default(),
+            false => self,
+        }
+    }
 }
 
 /// The connected devices (in slot order, as the meter table reads them), and

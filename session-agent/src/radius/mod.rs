@@ -1056,8 +1056,12 @@ impl Radius {
     async fn books_of(&self, gw: &Gateway, now: i64, ids: &[SessionId]) -> Result<(), RadiusError> {
         let mgr = gw.sessions();
         // Written together at the end: one transaction for the chunk's updates.
-        let (mut interims, mut unmoved) = (Vec::new(), Vec::new());
-        for mut s in self.book.open_sessions_of(ids)? {
+        let open = self.book.open_sessions_of(ids)?;
+        let (mut interims, mut unmoved) = (
+            Vec::with_capacity(open.len()),
+            Vec::with_capacity(open.len()),
+        );
+        for mut s in open {
             let running = mgr.running_session_id(s.device_id).ok().flatten() == Some(s.session_id);
             let mac = mgr.device(s.device_id).map(|d| d.mac).ok();
             if running {
@@ -1111,7 +1115,8 @@ impl Radius {
             self.write_stop(gw, s, mac, now).await?;
         }
         // A round that failed before here writes none: they are still due.
-        let dropped = self.book.record_many(&interims)? + self.book.queue_interims(&unmoved)?;
+        let wake = !interims.is_empty() || !unmoved.is_empty();
+        let dropped = self.book.record_many(&interims)? + self.book.queue_interims(unmoved)?;
         if dropped > 0 {
             self.stats.acct_dropped_full.fetch_add(dropped, Relaxed);
             warn!(
@@ -1120,11 +1125,12 @@ impl Radius {
                 "RADIUS accounting queue full: interim updates were not kept"
             );
         }
-        if !interims.is_empty() || !unmoved.is_empty() {
+        if wake {
             self.wake.notify_one();
         }
         Ok(())
     }
+
     /// Writes the Stop of `s`, which no longer runs, with its last bytes: the
     /// device's (`mac`) counters now, which stand still while no session of
     /// it runs. One at a time and only while `s` is open, so the round and a

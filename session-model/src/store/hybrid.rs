@@ -111,6 +111,8 @@ struct Inner {
     /// next [`SessionStore::flush`] logs them, a checkpoint folds them into redb.
     unlogged: IdSet<SessionId>,
     unsynced: bool,
+    /// The buffer commits encode their record in, kept between them.
+    commit_buf: Vec<u8>,
     /// When a checkpoint last failed (a full disk): the writes that find the
     /// log past its limits try again only [`CHECKPOINT_RETRY`] later.
     checkpoint_failed: Option<std::time::Instant>,
@@ -247,6 +249,7 @@ impl HybridStore {
                 unlogged: IdSet::default(),
                 unsynced: false,
                 checkpoint_failed: None,
+                commit_buf: Vec::new(),
             }),
             redb,
             log_path,
@@ -293,8 +296,8 @@ impl HybridStore {
         if muts.is_empty() {
             return Ok(());
         }
-        let payload = encode_payload(g.lsn + 1, muts)?;
-        self.append(g, &payload, true)?;
+        let mut payload = encode_payload(g.lsn + 1, muts)?;
+        self.append(g, payload.seal()?, true)?;
         for m in muts {
             let Inner {
                 state,
@@ -335,19 +338,11 @@ impl HybridStore {
         }
     }
 
-    /// Appends one record of `payload` (whose LSN is the next) to the log,
-    /// synced with `sync` when every write is.
-    fn append(&self, g: &mut Inner, payload: &[u8], sync: bool) -> Result<(), StoreError> {
-        let len = u32::try_from(payload.len())
-            .ok()
-            .filter(|l| (*l as usize) < MAX_RECORD)
-            .ok_or_else(|| StoreError::Corrupt("log record too large".into()))?;
-        let mut rec = Vec::with_capacity(HEADER + payload.len());
-        rec.extend_from_slice(&len.to_le_bytes());
-        rec.extend_from_slice(&crc32(payload).to_le_bytes());
-        rec.extend_from_slice(payload);
+    /// Appends one record ([`Payload::seal`], whose LSN is the next) to the
+    /// log, synced with `sync` when every write is.
+    fn append(&self, g: &mut Inner, rec: &[u8], sync: bool) -> Result<(), StoreError> {
         let every = self.opts.sync == SyncMode::EveryWrite;
-        let written = g.log.write_all(&rec).and_then(|_| {
+        let written = g.log.write_all(rec).and_then(|_| {
             if every && sync {
                 g.log.sync_data()
             } else {
@@ -374,18 +369,22 @@ impl HybridStore {
         let mut ids: Vec<SessionId> = g.unlogged.iter().copied().collect();
         ids.sort_unstable();
         // The records are encoded from the sessions in RAM (which they
-        // already are: nothing to apply) and synced once, after the last.
+        // already are: nothing to apply) and synced once, after the last;
+        // into a buffer kept between commits, which then allocate nothing.
         for chunk in ids.chunks(FLUSH_CHUNK) {
             let sessions: Vec<&SessionRecord> = chunk
                 .iter()
                 .filter_map(|id| g.state.sessions.get(id))
                 .collect();
             if !sessions.is_empty() {
-                let mut p = Payload::new(g.lsn + 1, sessions.len())?;
+                let mut p =
+                    Payload::start(std::mem::take(&mut g.commit_buf), g.lsn + 1, sessions.len())?;
                 for s in &sessions {
                     p.put_session(s)?;
                 }
-                self.append(g, &p.0, false)?;
+                let appended = p.seal().and_then(|rec| self.append(g, rec, false));
+                g.commit_buf = p.0;
+                appended?;
             }
             for id in chunk {
                 g.unlogged.remove(id);
@@ -536,8 +535,8 @@ const TAG_PUT_SESSION: u8 = 3;
 const TAG_REMOVE_SESSION: u8 = 4;
 const TAG_PUT_VOUCHER: u8 = 5;
 
-fn encode_payload(lsn: u64, muts: &[Mutation]) -> Result<Vec<u8>, StoreError> {
-    let mut p = Payload::new(lsn, muts.len())?;
+fn encode_payload(lsn: u64, muts: &[Mutation]) -> Result<Payload, StoreError> {
+    let mut p = Payload::start(Vec::new(), lsn, muts.len())?;
     for m in muts {
         match m {
             Mutation::PutDevice { device } => p.put_json(TAG_PUT_DEVICE, device)?,
@@ -547,22 +546,45 @@ fn encode_payload(lsn: u64, muts: &[Mutation]) -> Result<Vec<u8>, StoreError> {
             Mutation::PutVoucher { voucher } => p.put_json(TAG_PUT_VOUCHER, voucher)?,
         }
     }
-    Ok(p.0)
+    Ok(p)
 }
 
-/// A log record's payload: its LSN and count, then each mutation (a tag,
-/// then an id, or a length and a body).
+/// A log record: room for its header, then its payload: the LSN and count,
+/// then each mutation (a tag, then an id, or a length and a body).
 struct Payload(Vec<u8>);
 
 impl Payload {
-    fn new(lsn: u64, count: usize) -> Result<Self, StoreError> {
+    /// A record of `count` mutations in `buf` (emptied first: a buffer kept
+    /// between records keeps its room).
+    fn start(mut buf: Vec<u8>, lsn: u64, count: usize) -> Result<Self, StoreError> {
         let count = u32::try_from(count)
             .map_err(|_| StoreError::Corrupt("too many mutations for one log record".into()))?;
-        let mut b = Vec::with_capacity(16 + count as usize * 128);
-        b.push(BINARY);
-        b.extend_from_slice(&lsn.to_le_bytes());
-        b.extend_from_slice(&count.to_le_bytes());
-        Ok(Self(b))
+        buf.clear();
+        buf.reserve(HEADER + 16 + count as usize * 128);
+        buf.extend_from_slice(&[0; HEADER]);
+        buf.push(BINARY);
+        buf.extend_from_slice(&lsn.to_le_bytes());
+        buf.extend_from_slice(&count.to_le_bytes());
+        Ok(Self(buf))
+    }
+
+    /// The payload, as [`parse_record`] reads it after the header.
+    #[cfg(test)]
+    fn payload(&self) -> &[u8] {
+        &self.0[HEADER..]
+    }
+
+    /// The whole record, its header (the payload's length and CRC) written.
+    fn seal(&mut self) -> Result<&[u8], StoreError> {
+        let payload = &self.0[HEADER..];
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|l| (*l as usize) < MAX_RECORD)
+            .ok_or_else(|| StoreError::Corrupt("log record too large".into()))?;
+        let crc = crc32(payload);
+        self.0[..4].copy_from_slice(&len.to_le_bytes());
+        self.0[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+        Ok(&self.0)
     }
 
     fn put_id(&mut self, tag: u8, id: [u8; 8]) {
@@ -995,12 +1017,12 @@ mod tests {
             Mutation::RemoveSession { id: 3 },
             Mutation::RemoveDevice { id: -2 },
         ];
-        let rec = record(&encode_payload(42, &muts).unwrap());
+        let rec = encode_payload(42, &muts).unwrap().seal().unwrap().to_vec();
         let (lsn, back, next) = parse_record(&rec, 0).unwrap();
         assert_eq!((lsn, next), (42, rec.len()));
         assert_eq!(back, muts);
         // A count that promises more than the payload holds is refused, not read short.
-        let mut p = encode_payload(42, &muts).unwrap();
+        let mut p = encode_payload(42, &muts).unwrap().payload().to_vec();
         p[9] += 1;
         assert!(parse_record(&record(&p), 0).is_none());
     }
