@@ -192,7 +192,12 @@ impl Gateway {
         let known: IdMap<DeviceId, (u32, Option<u32>)> = old
             .as_ref()
             .map(|t| {
-                let prev = |i: usize| carried.map(|t| t.prev[i]);
+                // One the old table had yet to read is still to be read.
+                let prev = |i: usize| {
+                    carried
+                        .filter(|t| t.unread.binary_search(&i).is_err())
+                        .map(|t| t.prev[i])
+                };
                 t.owners
                     .devices
                     .iter()
@@ -363,10 +368,19 @@ mod tests {
                 )]
             );
             assert!(gw.moved_readings().unwrap().is_empty());
-            // One new to the table is taken even when its counters stood still.
+            // One new to the table is taken even when its counters stood
+            // still, also when another connects before the next reading.
             let fourth = connect(4).await;
+            let _ = gw.readings().unwrap();
+            let fifth = connect(5).await;
             let next = gw.moved_readings().unwrap();
-            assert_eq!(next, vec![(fourth, MeterMark { epoch: 7, bytes: 0 })]);
+            assert_eq!(
+                next,
+                vec![
+                    (fourth, MeterMark { epoch: 7, bytes: 0 }),
+                    (fifth, MeterMark { epoch: 7, bytes: 0 })
+                ]
+            );
             assert!(gw.moved_readings().unwrap().is_empty());
             // A device goes, and one that moved meanwhile is still taken.
             gw.disconnect(third, "test").await.unwrap();
@@ -382,7 +396,7 @@ mod tests {
                     }
                 )]
             );
-            assert_eq!(gw.readings().unwrap().len(), 4, "all readings stay whole");
+            assert_eq!(gw.readings().unwrap().len(), 5, "all readings stay whole");
         }
     }
 
