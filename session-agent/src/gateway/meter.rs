@@ -248,7 +248,9 @@ impl Gateway {
             prev,
             unread,
             prev_epoch,
-            check_at: 0,
+            // The turn of checks goes on where it was: a table rebuilt more
+            // often than a turn takes still has every row checked.
+            check_at: old.as_ref().map_or(0, |t| t.check_at),
             scratch: Scratch::default(),
             built_at,
             slots: owners.iter().map(|&(_, s)| s).collect(),
@@ -438,5 +440,43 @@ mod tests {
         for _ in 0..3 {
             assert!(gw.moved_readings().unwrap().is_empty());
         }
+    }
+
+    #[tokio::test]
+    async fn the_turn_of_checks_goes_on_where_it_was_when_a_device_connects() {
+        let dp = Arc::new(MemDatapath::new(7));
+        let mgr = Arc::new(SessionsMgr::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(SystemClock),
+        ));
+        let gw = Gateway::with_datapath(mgr.clone(), dp.clone(), GatewayConfig::default());
+        let mac = |i: usize| MacAddr::new([0x02, 0xce, 0, 0, (i >> 8) as u8, i as u8]);
+        let connect = |i: usize| {
+            let (gw, mgr) = (gw.clone(), mgr.clone());
+            async move {
+                let d = mgr.create_device(mac(i), None, None).unwrap();
+                mgr.create_session(d.id, 2, 3_600, 100.0, None, 0, 0, false)
+                    .await
+                    .unwrap();
+                gw.connect(d.id, "").await.unwrap();
+                d.id
+            }
+        };
+        let n = CHECK_ROWS + 10;
+        let mut ids = Vec::new();
+        for i in 0..n {
+            ids.push(connect(i).await);
+        }
+        assert_eq!(gw.moved_readings().unwrap().len(), n, "a new table: all");
+        assert!(dp.send_untold(&mac(n - 1), 300));
+        assert!(gw.moved_readings().unwrap().is_empty(), "the first turn");
+        // A device connects before each reading: the turn still reaches the last row.
+        let new = connect(n).await;
+        let next = gw.moved_readings().unwrap();
+        let mut devices: Vec<DeviceId> = next.iter().map(|r| r.0).collect();
+        devices.sort_unstable();
+        let mut want = vec![ids[n - 1], new];
+        want.sort_unstable();
+        assert_eq!(devices, want, "{next:?}");
     }
 }
