@@ -317,27 +317,33 @@ mod tests {
         MacAddr::new([0x02, 0xcc, 0, 0, 0, i])
     }
 
+    /// A gateway over `dp`, with its sessions in memory.
+    fn gateway(dp: &Arc<MemDatapath>) -> (Arc<Gateway>, Arc<SessionsMgr>) {
+        let mgr = Arc::new(SessionsMgr::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(SystemClock),
+        ));
+        let gw = Gateway::with_datapath(mgr.clone(), dp.clone(), GatewayConfig::default());
+        (gw, mgr)
+    }
+
+    /// A new device of `mac`, connected with a data session: its id.
+    async fn connect_new(gw: &Gateway, mgr: &SessionsMgr, mac: MacAddr) -> DeviceId {
+        let d = mgr.create_device(mac, None, None).unwrap();
+        mgr.create_session(d.id, 2, 3_600, 100.0, None, 0, 0, false)
+            .await
+            .unwrap();
+        gw.connect(d.id, "").await.unwrap();
+        d.id
+    }
+
     #[tokio::test]
     async fn a_reading_of_moved_meters_takes_the_devices_that_moved_and_those_new_to_the_table() {
         // A datapath that names the slots that moved, and one that cannot.
         for dp in [MemDatapath::new(7), MemDatapath::without_moved(7)] {
             let dp = Arc::new(dp);
-            let mgr = Arc::new(SessionsMgr::new(
-                Arc::new(MemoryStore::new()),
-                Arc::new(SystemClock),
-            ));
-            let gw = Gateway::with_datapath(mgr.clone(), dp.clone(), GatewayConfig::default());
-            let connect = |i: u8| {
-                let (gw, mgr) = (gw.clone(), mgr.clone());
-                async move {
-                    let d = mgr.create_device(mac(i), None, None).unwrap();
-                    mgr.create_session(d.id, 2, 3_600, 100.0, None, 0, 0, false)
-                        .await
-                        .unwrap();
-                    gw.connect(d.id, "").await.unwrap();
-                    d.id
-                }
-            };
+            let (gw, mgr) = gateway(&dp);
+            let connect = |i: u8| connect_new(&gw, &mgr, mac(i));
             let mut ids = Vec::new();
             for i in 0..3 {
                 ids.push(connect(i).await);
@@ -406,22 +412,13 @@ mod tests {
     async fn a_move_the_datapath_did_not_tell_is_charged_when_the_turn_of_checks_reaches_its_device(
     ) {
         let dp = Arc::new(MemDatapath::new(7));
-        let mgr = Arc::new(SessionsMgr::new(
-            Arc::new(MemoryStore::new()),
-            Arc::new(SystemClock),
-        ));
-        let gw = Gateway::with_datapath(mgr.clone(), dp.clone(), GatewayConfig::default());
+        let (gw, mgr) = gateway(&dp);
         // One more turn than a reading checks: the last device is checked by the second.
         let n = CHECK_ROWS + 10;
         let mac = |i: usize| MacAddr::new([0x02, 0xcd, 0, 0, (i >> 8) as u8, i as u8]);
         let mut ids = Vec::new();
         for i in 0..n {
-            let d = mgr.create_device(mac(i), None, None).unwrap();
-            mgr.create_session(d.id, 2, 3_600, 100.0, None, 0, 0, false)
-                .await
-                .unwrap();
-            gw.connect(d.id, "").await.unwrap();
-            ids.push(d.id);
+            ids.push(connect_new(&gw, &mgr, mac(i)).await);
         }
         assert_eq!(gw.moved_readings().unwrap().len(), n, "a new table: all");
         // The first and the last device move; only the first one's move is told.
@@ -445,23 +442,9 @@ mod tests {
     #[tokio::test]
     async fn the_turn_of_checks_goes_on_where_it_was_when_a_device_connects() {
         let dp = Arc::new(MemDatapath::new(7));
-        let mgr = Arc::new(SessionsMgr::new(
-            Arc::new(MemoryStore::new()),
-            Arc::new(SystemClock),
-        ));
-        let gw = Gateway::with_datapath(mgr.clone(), dp.clone(), GatewayConfig::default());
+        let (gw, mgr) = gateway(&dp);
         let mac = |i: usize| MacAddr::new([0x02, 0xce, 0, 0, (i >> 8) as u8, i as u8]);
-        let connect = |i: usize| {
-            let (gw, mgr) = (gw.clone(), mgr.clone());
-            async move {
-                let d = mgr.create_device(mac(i), None, None).unwrap();
-                mgr.create_session(d.id, 2, 3_600, 100.0, None, 0, 0, false)
-                    .await
-                    .unwrap();
-                gw.connect(d.id, "").await.unwrap();
-                d.id
-            }
-        };
+        let connect = |i: usize| connect_new(&gw, &mgr, mac(i));
         let n = CHECK_ROWS + 10;
         let mut ids = Vec::new();
         for i in 0..n {
