@@ -440,6 +440,17 @@ fn measure_agent(spec: &str) {
     let (mut check_wall, mut check_cpu) = (Vec::new(), Vec::new());
     let (mut some_wall, mut some_cpu, mut some_commit_cpu) = (Vec::new(), Vec::new(), Vec::new());
     let (mut second_idle, mut second_some, mut second_all) = (Vec::new(), Vec::new(), Vec::new());
+    let mut second_churn = Vec::new();
+    // Devices that go and come back in the churned second, in turn.
+    let devices: Vec<session_model::DeviceId> = gw
+        .sessions()
+        .connected()
+        .unwrap()
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    let turn = std::cell::Cell::new(0usize);
+    let gone = std::cell::Cell::new(None);
     // The clients of `slots` send 1,500 bytes each; then a timed poll.
     let traffic_then_poll = |slots: &mut dyn Iterator<Item = u32>| {
         {
@@ -493,10 +504,25 @@ fn measure_agent(spec: &str) {
         // traffic, with the 1,000 moving traffic before each, and with every
         // device. Connected time comes due over real time, so only polls
         // spread over a second show what charging it costs.
-        let second = |active: &dyn Fn() -> Box<dyn Iterator<Item = u32>>| {
+        let second = |active: &dyn Fn() -> Box<dyn Iterator<Item = u32>>, churn: bool| {
             let mut cpu = 0.0;
             for _ in 0..4 {
                 std::thread::sleep(Duration::from_millis(250));
+                if churn {
+                    // A device goes and the one that went before comes back.
+                    let k = turn.get();
+                    turn.set(k + 1);
+                    let d = devices[(k * 7_919 + 1) % devices.len()];
+                    cpu += timed(|| {
+                        rt.block_on(async {
+                            gw.disconnect(d, "").await.unwrap();
+                            if let Some(back) = gone.replace(Some(d)) {
+                                gw.connect(back, "").await.unwrap();
+                            }
+                        })
+                    })
+                    .1;
+                }
                 {
                     let maps = gw.lans()[0].maps.lock().unwrap();
                     for slot in active() {
@@ -512,15 +538,24 @@ fn measure_agent(spec: &str) {
             commit();
             cpu
         };
-        second_idle.push(second(&|| Box::new(std::iter::empty())));
-        second_some.push(second(&|| {
+        let spread = || -> Box<dyn Iterator<Item = u32>> {
             Box::new(
                 (0..n)
                     .step_by((n / ACTIVE).max(1) as usize)
                     .take(ACTIVE as usize),
             )
-        }));
-        second_all.push(second(&|| Box::new(0..n)));
+        };
+        second_idle.push(second(&|| Box::new(std::iter::empty()), false));
+        second_some.push(second(&spread, false));
+        second_all.push(second(&|| Box::new(0..n), false));
+        // The same 1,000, with a device going and another coming back
+        // before each poll: a busy hotspot's connects.
+        second_churn.push(second(&spread, true));
+        // Every device connected again, as the next run and the
+        // measurements after take them.
+        if let Some(back) = gone.take() {
+            rt.block_on(gw.connect(back, "")).unwrap();
+        }
     }
     let mut out = agent_rows(
         n,
@@ -540,6 +575,7 @@ fn measure_agent(spec: &str) {
             ("second_of_polls_idle", "cpu_ms", "ms", second_idle),
             ("second_of_polls_1000", "cpu_ms", "ms", second_some),
             ("second_of_polls_all", "cpu_ms", "ms", second_all),
+            ("second_of_polls_1000_churn", "cpu_ms", "ms", second_churn),
         ],
     );
     let rss = rss_kib() / 1024.0;
@@ -801,7 +837,9 @@ fn radius_books(
         assert_eq!(radius.open_count(), n as usize, "no session was stopped");
         assert!(radius.queued() > 0, "no interim update was queued");
     }
-    // As the daemon does after each second's commit.
+    // Before and after the heap trim the daemon does after each second's
+    // commit: the process holds the first until the trim.
+    let untrimmed = rss_kib() / 1024.0;
     session_agent::memory::trim();
     let rss = rss_kib() / 1024.0;
     let mut out = Vec::new();
@@ -812,6 +850,11 @@ fn radius_books(
         ("radius_books_second", "wall_ms", second_wall),
         ("radius_books_second", "cpu_ms", second_cpu),
         ("resident_memory_radius", "rss_mib", vec![rss]),
+        (
+            "resident_memory_radius_untrimmed",
+            "rss_mib",
+            vec![untrimmed],
+        ),
     ] {
         out.push(Measurement {
             scenario: "agent_cost".into(),

@@ -148,6 +148,9 @@ struct Inner {
     days: BTreeMap<u64, Moved>,
     /// The connected devices' generation at the last look for new ones.
     generation: Option<u64>,
+    /// Connected devices the last look found without counters (the datapath
+    /// had no slot of them yet): looked at again at the next.
+    pending: Vec<DeviceId>,
     /// The running hour and its clients' sums.
     hour: u64,
     hour_clients: HashMap<DeviceId, Moved>,
@@ -250,29 +253,64 @@ impl History {
     }
 
     /// Takes the counters of clients connected since the last look as where
-    /// they start; nothing is read while the connected devices stay the same.
+    /// they start; nothing is read while the connected devices stay the same,
+    /// and only the devices whose running session changed are looked at (every
+    /// connected device at the first look, after the counters were made anew,
+    /// or when more changed than the session manager keeps).
     pub fn look_for_new(&self) -> Result<usize, AgentError> {
         let mgr = self.gw.sessions();
+        let dp = self.gw.datapath();
         let generation = mgr.connected_generation();
-        if self.lock().generation == Some(generation) {
+        let epoch = dp.epoch();
+        let (since, same_epoch, pending) = {
+            let g = self.lock();
+            (g.generation, g.epoch == epoch, !g.pending.is_empty())
+        };
+        if since == Some(generation) && same_epoch && !pending {
             return Ok(0);
         }
-        let connected = mgr.connected()?;
-        let dp = self.gw.datapath();
+        let changes = since
+            .filter(|_| same_epoch)
+            .and_then(|g| mgr.connected_changes_since(g));
+        let (generation, devices) = match changes {
+            Some((now, mut changed)) => {
+                changed.sort_unstable();
+                changed.dedup();
+                let mut connected = Vec::with_capacity(changed.len());
+                for device in changed {
+                    if mgr.running_session_id(device)?.is_some() {
+                        connected.push(device);
+                    }
+                }
+                (now, connected)
+            }
+            None => (
+                generation,
+                mgr.connected()?.into_iter().map(|(d, _)| d).collect(),
+            ),
+        };
         let mut g = self.lock();
+        let mut devices = devices;
+        if !g.pending.is_empty() {
+            devices.append(&mut g.pending);
+            devices.sort_unstable();
+            devices.dedup();
+        }
         g.generation = Some(generation);
-        let epoch = dp.epoch();
         if epoch != g.epoch {
             // New counters (or the first look): nothing to compare with.
             g.last.clear();
             g.epoch = epoch;
         }
         let mut found = 0;
-        for (device, _) in &connected {
+        for device in &devices {
             if g.last.contains_key(device) {
                 continue;
             }
             let Some(cur) = g.counters(mgr, dp, *device)? else {
+                if mgr.running_session_id(*device)?.is_some() {
+                    g.pending.push(*device);
+                }
                 continue;
             };
             g.last.insert(*device, cur);
@@ -522,6 +560,29 @@ mod tests {
         let again = History::open(gw, T0 + 200).unwrap();
         assert_eq!(again.minutes(0).len(), 3, "the minutes are read back");
         assert_eq!(again.days(0)[0].1.total(), 350, "and the days");
+    }
+
+    #[test]
+    fn a_client_seen_connected_before_the_datapath_held_it_is_looked_at_again() {
+        let (gw, dp, rt, _devs) = setup();
+        let h = History::open(gw.clone(), T0).unwrap();
+        h.sample(T0).unwrap();
+        assert_eq!(h.look_for_new().unwrap(), 0);
+        // Connected in the sessions, not yet given a slot by the datapath
+        // (the gateway programs it just after).
+        let mac = MacAddr::new([2, 0, 0, 0, 0, 8]);
+        let d = gw.sessions().create_device(mac, None, None).unwrap().id;
+        rt.block_on(async {
+            gw.sessions()
+                .create_session(d, 0, 3600, 0.0, None, 0, 0, true)
+                .await
+                .unwrap();
+            gw.sessions().connect(d, "test").await.unwrap();
+        });
+        assert_eq!(h.look_for_new().unwrap(), 0, "no counters yet");
+        dp.send(&mac, 1);
+        assert_eq!(h.look_for_new().unwrap(), 1, "with no other change since");
+        assert_eq!(h.look_for_new().unwrap(), 0);
     }
 
     #[test]

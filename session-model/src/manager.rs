@@ -36,7 +36,7 @@
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -329,6 +329,20 @@ const STALE_ENTRIES: usize = 1024;
 const WALL_STEP_MS: i64 = 1000;
 
 const CHANNEL_CAPACITY: usize = 4096;
+
+/// Changes of devices' running sessions kept for
+/// [`SessionsMgr::connected_changes_since`]: a caller further behind looks
+/// at every connected device.
+const CHANGES_KEPT: usize = 8192;
+
+/// The devices whose running session changed, each with the generation its
+/// change made: every change after generation `from` (the newest
+/// [`CHANGES_KEPT`]).
+#[derive(Default)]
+struct Changes {
+    log: VecDeque<(u64, DeviceId)>,
+    from: u64,
+}
 /// Text of the `Disconnected` event sent when a device runs out of sessions.
 pub const NO_SESSION_LEFT: &str = "no session left";
 /// Text of the `Disconnected` event sent when a running session ended and auto-advance
@@ -351,8 +365,11 @@ pub struct SessionsMgr {
     /// it moves, the running sessions' hints are dropped.
     saves: Arc<AtomicU64>,
     saves_seen: AtomicU64,
-    /// Bumped whenever a device connects, disconnects or changes running session.
+    /// Bumped whenever a device connects, disconnects or changes running
+    /// session, under the lock of `changes`, which names the devices.
     generation: AtomicU64,
+    /// Locked after `running`, never before it.
+    changes: Mutex<Changes>,
     /// The monotonic clock when this manager was made: until its first tick
     /// (which charges every running session), a view charges a running
     /// session's time from here at the earliest (see [`charge_to_now`]).
@@ -463,6 +480,7 @@ impl SessionsMgr {
             saves: Arc::new(AtomicU64::new(0)),
             saves_seen: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            changes: Mutex::new(Changes::default()),
             opened_mono_ms,
             adopted: AtomicBool::new(false),
             voucher_lock: Mutex::new(()),
@@ -614,14 +632,43 @@ impl SessionsMgr {
         self.running.lock().map_err(|_| ModelError::Poisoned)
     }
 
-    fn bump_generation(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
+    /// A change of these devices' running sessions.
+    fn bump_generation(&self, devices: impl IntoIterator<Item = DeviceId>) {
+        let mut c = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        c.log.extend(devices.into_iter().map(|d| (g, d)));
+        while c.log.len() > CHANGES_KEPT {
+            if let Some((g, _)) = c.log.pop_front() {
+                c.from = g;
+            }
+        }
+        // One tick that ended many sessions does not keep its room.
+        if c.log.capacity() > 2 * CHANGES_KEPT {
+            c.log.shrink_to(CHANGES_KEPT);
+        }
     }
 
     /// Changes whenever the set of connected devices or a running session changes:
-    /// callers that keep per-device tables rebuild them when it moves.
+    /// callers that keep per-device tables bring them up to date when it moves
+    /// (see [`SessionsMgr::connected_changes_since`]).
     pub fn connected_generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The devices whose running session changed (they connected, went or
+    /// moved to another session) since [`SessionsMgr::connected_generation`]
+    /// read `generation`, and the generation now: a table of the connected
+    /// devices is brought up to date by looking at these alone. A device may
+    /// be named more than once. `None` when more changed than are kept (a
+    /// caller then looks at every connected device).
+    pub fn connected_changes_since(&self, generation: u64) -> Option<(u64, Vec<DeviceId>)> {
+        let c = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.generation.load(Ordering::SeqCst);
+        if generation < c.from || generation > now {
+            return None;
+        }
+        let first = c.log.partition_point(|&(g, _)| g <= generation);
+        Some((now, c.log.range(first..).map(|&(_, d)| d).collect()))
     }
 
     // ----- providers -------------------------------------------------------------------
@@ -1042,7 +1089,7 @@ impl SessionsMgr {
         self.store.save_session(&rec)?;
         running.insert(device_id, Running::new(rec.id));
         self.look_soon(device_id);
-        self.bump_generation();
+        self.bump_generation([device_id]);
         drop(running);
         self.emit(if first_start {
             SessionEvent::SessionStarted {
@@ -1089,7 +1136,7 @@ impl SessionsMgr {
             self.store.save_session(&rec)?;
         }
         running.remove(&device_id);
-        self.bump_generation();
+        self.bump_generation([device_id]);
         drop(running);
         self.emit(SessionEvent::SessionPaused {
             device_id,
@@ -1476,6 +1523,26 @@ impl SessionsMgr {
         now_ms: i64,
         report: &mut TickReport,
     ) -> Result<Vec<SessionEvent>, ModelError> {
+        let mut moved = Vec::new();
+        let out = self.settle_changes(running, changed, touched, now_ms, report, &mut moved);
+        // Also when it failed half way: a running session it changed is named.
+        if !moved.is_empty() {
+            self.bump_generation(moved);
+        }
+        out
+    }
+
+    /// [`SessionsMgr::settle`], naming in `moved` each device whose running
+    /// session it changed, as it changes it.
+    fn settle_changes(
+        &self,
+        running: &mut DenseMap<DeviceId, Running>,
+        changed: &mut IdMap<SessionId, SessionRecord>,
+        touched: &[(DeviceId, SessionId)],
+        now_ms: i64,
+        report: &mut TickReport,
+        moved: &mut Vec<DeviceId>,
+    ) -> Result<Vec<SessionEvent>, ModelError> {
         let now = now_ms.div_euclid(1000);
         let auto_advance = self.auto_advance();
         let mut events = Vec::new();
@@ -1536,11 +1603,13 @@ impl SessionsMgr {
                     });
                     let id = n.id;
                     new_running.push((device_id, id));
+                    moved.push(device_id);
                     changed.insert(id, n);
                     Some(id)
                 }
                 None => {
                     running.remove(&device_id);
+                    moved.push(device_id);
                     events.push(SessionEvent::Disconnected {
                         device_id,
                         session_id: Some(session_id),
@@ -1568,9 +1637,6 @@ impl SessionsMgr {
             self.store.save_sessions(&recs)?;
         }
         report.updated += recs.len();
-        if !report.transitions.is_empty() {
-            self.bump_generation();
-        }
         for (device_id, session_id) in new_running {
             if let Some(r) = running.get_mut(&device_id) {
                 *r = Running::new(session_id);

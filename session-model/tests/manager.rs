@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use session_model::{
-    EndReason, HybridOptions, HybridStore, MacAddr, ManualClock, MemoryStore, ModelError,
-    SessionEvent, SessionStore, SessionsMgr, Transition,
+    Device, DeviceId, EndReason, HybridOptions, HybridStore, MacAddr, ManualClock, MemoryStore,
+    ModelError, SessionData, SessionEvent, SessionId, SessionRecord, SessionStore, SessionsMgr,
+    Shelf, StoreError, Transition, Voucher,
 };
 use tokio::sync::broadcast::Receiver;
 
@@ -593,4 +594,149 @@ async fn a_running_sessions_grant_follows_its_usage_and_every_speed_change() {
         m.disconnect(d.id, "test").await.unwrap();
         assert!(m.granted(d.id).unwrap().is_none());
     }
+}
+
+#[tokio::test]
+async fn the_manager_names_the_devices_whose_running_session_changed_since_a_generation() {
+    let (m, clock) = setup();
+    let a = m.create_device(mac(1), None, None).unwrap().id;
+    let b = m.create_device(mac(2), None, None).unwrap().id;
+    m.create_session(a, 0, 10, 0.0, None, 1, 1, false)
+        .await
+        .unwrap();
+    m.create_session(a, 0, 60, 0.0, None, 1, 1, false)
+        .await
+        .unwrap();
+    m.create_session(b, 0, 60, 0.0, None, 1, 1, false)
+        .await
+        .unwrap();
+    let g0 = m.connected_generation();
+    assert_eq!(m.connected_changes_since(g0), Some((g0, vec![])));
+    m.connect(a, "").await.unwrap();
+    m.connect(b, "").await.unwrap();
+    let g1 = m.connected_generation();
+    assert_eq!(m.connected_changes_since(g0), Some((g1, vec![a, b])));
+    // A session that ends and gives way to the next is a change too.
+    clock.advance_secs(12);
+    assert_eq!(m.tick().unwrap().transitions.len(), 1);
+    m.disconnect(b, "").await.unwrap();
+    let g2 = m.connected_generation();
+    assert_eq!(m.connected_changes_since(g1), Some((g2, vec![a, b])));
+    assert_eq!(m.connected_changes_since(g2), Some((g2, vec![])));
+    assert_eq!(m.connected_changes_since(g2 + 1), None, "not yet");
+    // More changes than are kept: the caller looks at every device.
+    for _ in 0..4_100 {
+        m.connect(b, "").await.unwrap();
+        m.disconnect(b, "").await.unwrap();
+    }
+    assert_eq!(m.connected_changes_since(g2), None);
+    let g3 = m.connected_generation();
+    let (now, changed) = m.connected_changes_since(g3 - 10).unwrap();
+    assert_eq!((now, changed), (g3, vec![b; 10]));
+}
+
+/// A memory store whose batch saves fail while its flag is set.
+#[derive(Debug, Default)]
+struct SavesFail(MemoryStore, std::sync::atomic::AtomicBool);
+
+impl SessionStore for SavesFail {
+    fn kind(&self) -> &'static str {
+        "saves-fail"
+    }
+    fn shelf_from(&self, shelf: Shelf, from: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.0.shelf_from(shelf, from)
+    }
+    fn write_shelves(&self, writes: &[session_model::ShelfWrite<'_>]) -> Result<(), StoreError> {
+        self.0.write_shelves(writes)
+    }
+    fn create_device(
+        &self,
+        mac: MacAddr,
+        ip: Option<std::net::IpAddr>,
+        hostname: Option<String>,
+        created_at: i64,
+    ) -> Result<Device, StoreError> {
+        self.0.create_device(mac, ip, hostname, created_at)
+    }
+    fn update_device(&self, device: &Device) -> Result<(), StoreError> {
+        self.0.update_device(device)
+    }
+    fn remove_device(&self, id: DeviceId) -> Result<(), StoreError> {
+        self.0.remove_device(id)
+    }
+    fn device(&self, id: DeviceId) -> Result<Option<Device>, StoreError> {
+        self.0.device(id)
+    }
+    fn device_by_mac(&self, mac: MacAddr) -> Result<Option<Device>, StoreError> {
+        self.0.device_by_mac(mac)
+    }
+    fn devices(&self) -> Result<Vec<Device>, StoreError> {
+        self.0.devices()
+    }
+    fn create_session(&self, d: DeviceId, data: SessionData) -> Result<SessionRecord, StoreError> {
+        self.0.create_session(d, data)
+    }
+    fn save_sessions(&self, records: &[SessionRecord]) -> Result<(), StoreError> {
+        if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                context: "save",
+                path: "sessions".into(),
+                source: std::io::Error::other("the disk is gone"),
+            });
+        }
+        self.0.save_sessions(records)
+    }
+    fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        self.0.session(id)
+    }
+    fn device_sessions(&self, d: DeviceId) -> Result<Vec<SessionRecord>, StoreError> {
+        self.0.device_sessions(d)
+    }
+    fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        self.0.sessions()
+    }
+    fn remove_sessions(&self, ids: &[SessionId]) -> Result<usize, StoreError> {
+        self.0.remove_sessions(ids)
+    }
+    fn create_vouchers(&self, v: &[Voucher]) -> Result<(), StoreError> {
+        self.0.create_vouchers(v)
+    }
+    fn voucher(&self, code: &str) -> Result<Option<Voucher>, StoreError> {
+        self.0.voucher(code)
+    }
+    fn vouchers(&self) -> Result<Vec<Voucher>, StoreError> {
+        self.0.vouchers()
+    }
+    fn save_voucher(&self, v: &Voucher) -> Result<(), StoreError> {
+        self.0.save_voucher(v)
+    }
+    fn redeem_voucher(
+        &self,
+        code: &str,
+        d: DeviceId,
+        mac: MacAddr,
+        at: i64,
+        data: SessionData,
+    ) -> Result<(SessionRecord, Voucher), StoreError> {
+        self.0.redeem_voucher(code, d, mac, at, data)
+    }
+}
+
+#[tokio::test]
+async fn a_tick_that_fails_half_way_still_names_the_device_whose_session_it_ended() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Arc::new(SavesFail::default());
+    let m = SessionsMgr::new(store.clone(), clock.clone());
+    let d = m.create_device(mac(1), None, None).unwrap().id;
+    m.create_session(d, 0, 10, 0.0, None, 1, 1, false)
+        .await
+        .unwrap();
+    m.connect(d, "").await.unwrap();
+    let g = m.connected_generation();
+    clock.advance_secs(12);
+    store.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(m.tick().is_err());
+    assert!(!m.is_connected(d).unwrap(), "the session ended in memory");
+    let (_, changed) = m.connected_changes_since(g).unwrap();
+    assert_eq!(changed, vec![d]);
 }

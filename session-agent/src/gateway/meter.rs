@@ -3,18 +3,27 @@
 
 use std::sync::{atomic::Ordering::Relaxed, Arc};
 
-use session_model::{idmap::IdMap, DeviceId, MacAddr, MeterMark, TickReport};
+use session_model::{DeviceId, MacAddr, MeterMark, TickReport};
 use tracing::info;
 
-use super::{Gateway, MeterTable, Scratch, SlotOwners};
+use super::{Gateway, MeterTable, Scratch, SlotOwners, NO_DEVICE};
 use crate::error::AgentError;
 
-/// Rows of the meter table whose counters each reading of moved meters also
-/// compares with the last reading, in turn (see [`Gateway::moved_readings`]):
-/// a move the datapath did not tell is charged within devices / this many
-/// readings (4 s at 1,000 devices, 256 s at 65,536), at a cost that does not
-/// grow with the devices.
+/// Devices whose counters each reading of moved meters also compares with
+/// the last reading, in turn (see [`Gateway::moved_readings`]), among at most
+/// [`CHECK_WALK`] slots of the client table: a move the datapath did not tell
+/// is charged within devices / 256 or slots / 4,096 readings, whichever is
+/// longer (4 at 1,000 devices in the first 1,000 slots, 16 at 1,000 spread
+/// over 65,536, 256 at 65,536), at a cost that does not grow with the devices.
 const CHECK_ROWS: usize = 256;
+
+/// Slots of the client table a reading's turn of checks walks at most.
+const CHECK_WALK: u32 = 4_096;
+
+/// Changes of the connected devices the meter table takes one by one; past
+/// this many (a tick that ends many sessions at once), it is made again
+/// from every connected device, which costs less than as many moves.
+const ONE_BY_ONE: usize = 64;
 
 impl Gateway {
     /// A device's counters in each direction and the epoch they count in, read
@@ -47,14 +56,17 @@ impl Gateway {
     }
 
     /// Meter readings of every connected device, from shared memory. The table of
-    /// slots to read is rebuilt only when the connected devices changed.
+    /// slots to read follows the devices that connect and go (see
+    /// [`Gateway::sync_meter_table`]).
     pub fn readings(&self) -> Result<Vec<(DeviceId, MeterMark)>, AgentError> {
         self.read_meters(false)
     }
 
     /// The readings of the connected devices whose counters moved since the
-    /// last call: every device after the connected devices changed, after the
-    /// counters were made anew and after a charge failed. The datapath names
+    /// last call, and of those new to the table since: every device when the
+    /// table has no reading yet (at first, after a rekey, after a change of
+    /// the idle timeout, after a charge failed) and after the counters were
+    /// made anew. The datapath names
     /// the slots that moved (see [`crate::datapath::Datapath::take_moved`]),
     /// so only their counters are read, and [`CHECK_ROWS`] others in turn,
     /// whose counters are compared with the last reading; one that cannot
@@ -66,14 +78,10 @@ impl Gateway {
     }
 
     fn read_meters(&self, moved_only: bool) -> Result<Vec<(DeviceId, MeterMark)>, AgentError> {
-        let built_at = (self.mgr.connected_generation(), self.rekeys.load(Relaxed));
         let mut table = self.meter_table.lock().unwrap();
-        if table.as_ref().is_none_or(|t| t.built_at != built_at) {
-            match self.build_meter_table(built_at, table.take())? {
-                Ok(t) => *table = Some(t),
-                // Some device has no slot yet: read it the slow way.
-                Err(readings) => return Ok(readings),
-            }
+        if !self.sync_meter_table(&mut table)? {
+            // Some device has no slot yet: read every device the slow way.
+            return self.slow_readings();
         }
         let Some(t) = table.as_mut() else {
             return Ok(Vec::new());
@@ -81,180 +89,245 @@ impl Gateway {
         let Some(epoch) = self.dp.epoch() else {
             return Ok(Vec::new());
         };
-        let mark =
-            |(&device_id, &bytes): (&DeviceId, &u64)| (device_id, MeterMark { epoch, bytes });
         // Which slots moved, taken before their counters are read (into
-        // buffers kept between polls: a poll allocates only what it returns).
-        let mut moved = std::mem::take(&mut t.scratch);
-        moved.clear();
+        // buffers kept between polls).
+        let mut s = std::mem::take(&mut t.scratch);
+        s.clear();
         let known = match moved_only {
-            true => self.dp.take_moved(&mut moved.slots),
+            true => self.dp.take_moved(&mut s.slots),
             false => Ok(false),
         };
-        // Every device's reading is charged after the counters or the
-        // devices changed.
-        let full = t.prev_epoch != Some(epoch) || t.prev.len() != t.slots.len();
+        // Every device's reading is charged after the counters changed.
+        let full = t.prev_epoch != Some(epoch);
         if let (Ok(true), false) = (&known, full) {
-            // The counters of the slots that moved, and of the next rows in
-            // turn: one whose move went untold differs from its last reading.
-            let Scratch { slots, rows, bytes } = &mut moved;
-            rows.extend(slots.iter().filter_map(|&s| t.owners.row(s)));
-            // Devices new to the table, as if they had moved.
-            if !t.unread.is_empty() {
-                rows.append(&mut t.unread);
-                rows.sort_unstable();
-                rows.dedup();
-            }
-            let told = rows.len();
-            let from = if t.check_at < t.slots.len() {
-                t.check_at
-            } else {
-                0
-            };
-            let to = (from + CHECK_ROWS).min(t.slots.len());
-            for i in from..to {
-                // Rows are in slot order, as the moved slots come.
-                if rows[..told].binary_search(&i).is_err() {
-                    rows.push(i);
-                }
-            }
-            t.check_at = to;
-            slots.clear();
-            slots.extend(rows.iter().map(|&i| t.slots[i]));
-            bytes.resize(slots.len(), 0);
-            let read = self.dp.usage_into(slots, bytes);
-            let out = read.map(|()| {
-                let mut out = Vec::with_capacity(told);
-                for (j, (&i, &b)) in rows.iter().zip(bytes.iter()).enumerate() {
-                    if j < told || b as u32 != t.prev[i] {
-                        t.prev[i] = b as u32;
-                        out.push(mark((&t.owners.devices[i], &b)));
-                    }
-                }
-                out
-            });
-            t.scratch = moved.kept();
+            let out = self.read_moved(t, &mut s, epoch);
+            t.scratch = s.kept();
             if out.is_err() {
                 *table = None;
             }
             return out;
         }
-        t.scratch = moved.kept();
-        t.bytes.resize(t.slots.len(), 0);
-        if let Err(e) = known.and_then(|_| self.dp.usage_into(&t.slots, &mut t.bytes)) {
+        // Every device's counters.
+        s.slots.clear();
+        s.slots.extend(t.owners.held_from(0));
+        s.bytes.resize(s.slots.len(), 0);
+        if let Err(e) = known.and_then(|_| self.dp.usage_into(&s.slots, &mut s.bytes)) {
             // A connected device's entry is never forgotten; if it
             // went all the same, the next poll looks the slots up again.
             *table = None;
             return Err(e);
         }
-        if !moved_only {
-            return Ok(t.owners.devices.iter().zip(&t.bytes).map(mark).collect());
-        }
-        let out = if full {
-            t.owners.devices.iter().zip(&t.bytes).map(mark).collect()
+        let owners = &*t.owners;
+        let mark =
+            |slot: u32, bytes: u64| (owners.by_slot[slot as usize], MeterMark { epoch, bytes });
+        let mut out = Vec::with_capacity(match moved_only && !full {
+            true => 0,
+            false => s.slots.len(),
+        });
+        if moved_only {
+            t.unread.sort_unstable();
+            for (&slot, &bytes) in s.slots.iter().zip(&s.bytes) {
+                let prev = &mut t.prev[slot as usize];
+                if full || bytes as u32 != *prev || t.unread.binary_search(&slot).is_ok() {
+                    out.push(mark(slot, bytes));
+                }
+                *prev = bytes as u32;
+            }
+            t.prev_epoch = Some(epoch);
+            t.unread = match t.unread.capacity() > Scratch::KEEP {
+                true => Vec::new(),
+                false => std::mem::take(&mut t.unread),
+            };
+            t.unread.clear();
         } else {
-            let unread = std::mem::take(&mut t.unread);
-            t.owners
-                .devices
-                .iter()
-                .zip(&t.bytes)
-                .zip(&t.prev)
-                .enumerate()
-                .filter(|&(i, ((_, &bytes), &prev))| {
-                    bytes as u32 != prev || unread.binary_search(&i).is_ok()
-                })
-                .map(|(_, (d, _))| mark(d))
-                .collect()
+            out.extend(
+                s.slots
+                    .iter()
+                    .zip(&s.bytes)
+                    .map(|(&slot, &b)| mark(slot, b)),
+            );
+        }
+        // A datapath that cannot tell has every counter read at every poll:
+        // its buffers are kept.
+        t.scratch = match moved_only && !full {
+            true => s,
+            false => s.kept(),
         };
-        t.unread.clear();
-        t.prev.clear();
-        t.prev.extend(t.bytes.iter().map(|&b| b as u32));
-        t.prev_epoch = Some(epoch);
         Ok(out)
     }
 
-    /// The meter table of the connected devices, or (when a device has no
-    /// slot yet) their readings. Slots never move while the pins live, so
-    /// devices already in `old` keep theirs; only new devices are looked up.
-    #[allow(clippy::type_complexity)]
-    pub(super) fn build_meter_table(
+    /// The readings of the devices whose slots moved (in `s.slots`, as the
+    /// datapath told them), of those new to the table, and of those among the
+    /// next [`CHECK_ROWS`] in turn whose counters differ from their last
+    /// reading (a move the datapath did not tell).
+    fn read_moved(
         &self,
-        built_at: (u64, u64),
-        old: Option<MeterTable>,
-    ) -> Result<Result<MeterTable, Vec<(DeviceId, MeterMark)>>, AgentError> {
-        let connected = self.mgr.connected()?;
-        // What the old table last read of each device it read, when that
-        // is whole: kept, so a device that connects or goes does not make
-        // the next reading take every other device again.
-        let carried = old
-            .as_ref()
-            .filter(|t| t.prev_epoch.is_some() && t.prev.len() == t.slots.len());
-        let known: IdMap<DeviceId, (u32, Option<u32>)> = old
-            .as_ref()
-            .map(|t| {
-                // One the old table had yet to read is still to be read.
-                let prev = |i: usize| {
-                    carried
-                        .filter(|t| t.unread.binary_search(&i).is_err())
-                        .map(|t| t.prev[i])
-                };
-                t.owners
-                    .devices
-                    .iter()
-                    .copied()
-                    .zip(t.slots.iter().copied())
-                    .enumerate()
-                    .map(|(i, (d, s))| (d, (s, prev(i))))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut rows: Vec<(DeviceId, u32, Option<u32>)> = Vec::with_capacity(connected.len());
-        for (device_id, _) in &connected {
-            let slot = match known.get(device_id) {
-                Some(&(slot, prev)) => Some((slot, prev)),
-                None => self
-                    .dp
-                    .slot_of(&self.mgr.device(*device_id)?.mac)
-                    .map(|s| (s, None)),
-            };
-            match slot {
-                Some((slot, prev)) => rows.push((*device_id, slot, prev)),
-                None => {
-                    let mut out = Vec::with_capacity(connected.len());
-                    for (device_id, _) in &connected {
-                        let mac = self.mgr.device(*device_id)?.mac;
-                        out.push((*device_id, self.reading(mac)));
+        t: &mut MeterTable,
+        s: &mut Scratch,
+        epoch: u64,
+    ) -> Result<Vec<(DeviceId, MeterMark)>, AgentError> {
+        let owners = &*t.owners;
+        let Scratch { slots, bytes } = s;
+        // Devices new to the table, as if they had moved.
+        slots.append(&mut t.unread);
+        if t.unread.capacity() > Scratch::KEEP {
+            t.unread = Vec::new();
+        }
+        slots.retain(|&slot| owners.get(slot).is_some());
+        // In slot order, the counter arrays are walked forwards.
+        slots.sort_unstable();
+        slots.dedup();
+        let told = slots.len();
+        // The next devices in turn, over at most CHECK_WALK slots (a sparse
+        // table is checked over more readings).
+        let end = owners.by_slot.len() as u32;
+        let mut at = if t.check_at < end { t.check_at } else { 0 };
+        let (mut checked, walk_to) = (0, at.saturating_add(CHECK_WALK).min(end));
+        while checked < CHECK_ROWS && at < walk_to {
+            if owners.by_slot[at as usize] != NO_DEVICE {
+                checked += 1;
+                if slots[..told].binary_search(&at).is_err() {
+                    slots.push(at);
+                }
+            }
+            at += 1;
+        }
+        t.check_at = at;
+        bytes.resize(slots.len(), 0);
+        self.dp.usage_into(slots, bytes)?;
+        let mut out = Vec::with_capacity(told);
+        for (j, (&slot, &b)) in slots.iter().zip(bytes.iter()).enumerate() {
+            let prev = &mut t.prev[slot as usize];
+            if j < told || b as u32 != *prev {
+                *prev = b as u32;
+                out.push((owners.by_slot[slot as usize], MeterMark { epoch, bytes: b }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Brings the meter table up to the connected devices: from the devices
+    /// whose running session changed since it was last brought up (a few a
+    /// second, at any number of devices), else (at first, after a rekey, or
+    /// when more than [`ONE_BY_ONE`] changed) from every connected device,
+    /// each slot looked up again. A device the table had in the same slot
+    /// keeps its last reading. False when a connected device has no slot yet
+    /// (the table is left as it was, to be brought up again).
+    pub(super) fn sync_meter_table(
+        &self,
+        table: &mut Option<MeterTable>,
+    ) -> Result<bool, AgentError> {
+        let rekeys = self.rekeys.load(Relaxed);
+        let generation = self.mgr.connected_generation();
+        if let Some(t) = table.as_mut().filter(|t| t.built_at.1 == rekeys) {
+            if t.built_at.0 == generation {
+                return Ok(true);
+            }
+            let changes = self.mgr.connected_changes_since(t.built_at.0);
+            if let Some((now, mut changed)) = changes {
+                changed.sort_unstable();
+                changed.dedup();
+                if changed.len() <= ONE_BY_ONE {
+                    for device in changed {
+                        let connected = self.mgr.running_session_id(device)?.is_some();
+                        if !self.place(t, device, connected)? {
+                            // Looked at again next time: placing is idempotent.
+                            return Ok(false);
+                        }
                     }
-                    return Ok(Err(out));
+                    t.built_at.0 = now;
+                    return Ok(true);
                 }
             }
         }
-        // Slot order: the poll then walks the counter arrays forwards.
-        rows.sort_unstable_by_key(|&(_, slot, _)| slot);
-        let owners: Vec<(DeviceId, u32)> = rows.iter().map(|&(d, s, _)| (d, s)).collect();
-        // Devices new to the table are read at the next reading, whatever
-        // their counters; without a whole old reading, every device is.
-        let (prev, unread, prev_epoch) = match carried {
-            Some(t) => (
-                rows.iter().map(|r| r.2.unwrap_or(0)).collect(),
-                (0..rows.len()).filter(|&i| rows[i].2.is_none()).collect(),
-                t.prev_epoch,
-            ),
-            None => (Vec::new(), Vec::new(), None),
-        };
-        Ok(Ok(MeterTable {
-            owners: Arc::new(SlotOwners::of(&owners)),
-            bytes: Vec::with_capacity(rows.len()),
-            prev,
-            unread,
-            prev_epoch,
-            // The turn of checks goes on where it was: a table rebuilt more
-            // often than a turn takes still has every row checked.
-            check_at: old.as_ref().map_or(0, |t| t.check_at),
+        // Read after the generation: a change in between is looked at again.
+        let connected = self.mgr.connected()?;
+        let old = table.take().filter(|t| t.built_at.1 == rekeys);
+        let mut rows = Vec::with_capacity(connected.len());
+        let mut new = Vec::new();
+        for &(device, _) in &connected {
+            // Every slot looked up again: a device that went and came back
+            // may hold another.
+            let Some(slot) = self.dp.slot_of(&self.mgr.device(device)?.mac) else {
+                *table = old;
+                return Ok(false);
+            };
+            if old.as_ref().and_then(|t| t.owners.slot(device)) != Some(slot) {
+                new.push(slot);
+            }
+            rows.push((device, slot));
+        }
+        let mut t = old.unwrap_or_else(|| MeterTable {
+            built_at: (generation, rekeys),
+            owners: Arc::default(),
+            prev: Vec::new(),
+            prev_epoch: None,
+            unread: Vec::new(),
+            check_at: 0,
             scratch: Scratch::default(),
-            built_at,
-            slots: owners.iter().map(|&(_, s)| s).collect(),
-        }))
+        });
+        t.built_at = (generation, rekeys);
+        t.owners = Arc::new(SlotOwners::of(&rows));
+        t.prev.resize(t.owners.by_slot.len(), 0);
+        for slot in new {
+            // Read at the next reading whatever its counters.
+            t.prev[slot as usize] = 0;
+            if t.prev_epoch.is_some() {
+                t.unread.push(slot);
+            }
+        }
+        *table = Some(t);
+        Ok(true)
+    }
+
+    /// Puts a connected device in the meter table at the slot the datapath
+    /// holds it in, or (`connected` false) takes it out. False when the
+    /// datapath holds no slot of the connected device yet.
+    fn place(
+        &self,
+        t: &mut MeterTable,
+        device: DeviceId,
+        connected: bool,
+    ) -> Result<bool, AgentError> {
+        let slot = match connected {
+            true => match self.dp.slot_of(&self.mgr.device(device)?.mac) {
+                Some(slot) => Some(slot),
+                None => return Ok(false),
+            },
+            false => None,
+        };
+        if t.owners.slot(device) == slot {
+            return Ok(true);
+        }
+        let owners = Arc::make_mut(&mut t.owners);
+        match slot {
+            Some(slot) => {
+                owners.insert(device, slot);
+                if t.prev.len() < owners.by_slot.len() {
+                    t.prev.resize(owners.by_slot.len(), 0);
+                }
+                // Read at the next reading whatever its counters (a table
+                // with no reading yet reads every device).
+                t.prev[slot as usize] = 0;
+                if t.prev_epoch.is_some() {
+                    t.unread.push(slot);
+                }
+            }
+            None => {
+                owners.remove(device);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Every connected device's reading, each looked up by its MAC.
+    fn slow_readings(&self) -> Result<Vec<(DeviceId, MeterMark)>, AgentError> {
+        let connected = self.mgr.connected()?;
+        let mut out = Vec::with_capacity(connected.len());
+        for (device_id, _) in &connected {
+            out.push((*device_id, self.reading(self.mgr.device(*device_id)?.mac)));
+        }
+        Ok(out)
     }
 
     /// Charges readings and applies every session transition to the kernel.
@@ -311,7 +384,10 @@ mod tests {
     use session_model::{MemoryStore, SessionsMgr, SystemClock};
 
     use super::*;
-    use crate::{datapath::MemDatapath, gateway::GatewayConfig};
+    use crate::{
+        datapath::{Datapath, MemDatapath},
+        gateway::{GatewayConfig, SlotOwners},
+    };
 
     fn mac(i: u8) -> MacAddr {
         MacAddr::new([0x02, 0xcc, 0, 0, 0, i])
@@ -461,5 +537,91 @@ mod tests {
         let mut want = vec![ids[n - 1], new];
         want.sort_unstable();
         assert_eq!(devices, want, "{next:?}");
+    }
+
+    #[tokio::test]
+    async fn the_meter_table_follows_devices_that_connect_go_and_are_removed_as_one_built_afresh() {
+        let dp = Arc::new(MemDatapath::new(7));
+        let (gw, mgr) = gateway(&dp);
+        let mac = |i: usize| MacAddr::new([0x02, 0xcf, 0, 0, (i >> 8) as u8, i as u8]);
+        let mut made = 0;
+        let mut devices = Vec::new();
+        for _ in 0..30 {
+            devices.push(connect_new(&gw, &mgr, mac(made)).await);
+            made += 1;
+        }
+        let _ = gw.moved_readings().unwrap();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut pick = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for step in 0..400 {
+            if step == 200 {
+                // More than the table takes one by one.
+                for _ in 0..=ONE_BY_ONE {
+                    devices.push(connect_new(&gw, &mgr, mac(made)).await);
+                    made += 1;
+                }
+                let _ = gw.moved_readings().unwrap();
+            }
+            let d = devices[pick(devices.len())];
+            match pick(4) {
+                0 => {
+                    devices.push(connect_new(&gw, &mgr, mac(made)).await);
+                    made += 1;
+                }
+                1 => gw.disconnect(d, "").await.unwrap(),
+                // A paused session resumes.
+                2 => drop(gw.connect(d, "").await),
+                _ if devices.len() > 5 => {
+                    gw.remove_device(d, true).await.unwrap();
+                    devices.retain(|&x| x != d);
+                }
+                _ => {}
+            }
+            if pick(3) > 0 {
+                continue;
+            }
+            let _ = gw.moved_readings().unwrap();
+            let afresh: Vec<(DeviceId, u32)> = mgr
+                .connected()
+                .unwrap()
+                .iter()
+                .map(|&(d, _)| (d, dp.slot_of(&mgr.device(d).unwrap().mac).unwrap()))
+                .collect();
+            let afresh = SlotOwners::of(&afresh);
+            let table = gw.meter_table.lock().unwrap();
+            let owners = &table.as_ref().unwrap().owners;
+            assert_eq!(
+                (&owners.devices, &owners.slots),
+                (&afresh.devices, &afresh.slots),
+                "step {step}"
+            );
+            assert!(
+                owners.held_from(0).eq(afresh.held_from(0)),
+                "step {step}: {:?}",
+                owners.by_slot
+            );
+        }
+    }
+
+    #[test]
+    fn a_device_put_in_a_slot_another_held_takes_it_over() {
+        let mut owners = SlotOwners::of(&[(3, 5), (1, 2), (2, 9)]);
+        assert_eq!(owners.held_from(0).collect::<Vec<_>>(), vec![2, 5, 9]);
+        assert_eq!(owners.held_from(3).collect::<Vec<_>>(), vec![5, 9]);
+        // Device 4 takes slot 5 from device 3; device 1 moves to slot 0.
+        owners.insert(4, 5);
+        owners.insert(1, 0);
+        assert_eq!((owners.get(5), owners.slot(3)), (Some(4), None));
+        assert_eq!((owners.get(2), owners.slot(1)), (None, Some(0)));
+        assert_eq!(owners.devices, vec![1, 2, 4]);
+        assert_eq!(owners.slots, vec![0, 9, 5]);
+        assert_eq!(owners.remove(2), Some(9));
+        assert_eq!(owners.remove(2), None);
+        assert_eq!(owners.held_from(0).collect::<Vec<_>>(), vec![0, 5]);
     }
 }

@@ -100,92 +100,134 @@ pub struct Gateway {
     check_cursor: std::sync::atomic::AtomicUsize,
 }
 
-/// The slot of every connected device, sorted by slot so that a poll walks
-/// the counter arrays forwards; rebuilt when the connected devices change.
+/// The slot of every connected device, and what the poll last read of it;
+/// kept up to date with the devices whose running session changed (see
+/// [`SessionsMgr::connected_changes_since`]): a device that connects or goes
+/// is a lookup and a move within the device index, not a walk of every
+/// device.
 struct MeterTable {
-    /// (session manager generation, rekeys) it was built at.
+    /// (session manager generation, rekeys) it is up to date with.
     built_at: (u64, u64),
-    /// The devices (`owners.devices`, in slot order) and their slots.
+    /// The devices and their slots.
     owners: Arc<SlotOwners>,
-    /// The slot of each device, in the order of `owners.devices`.
-    slots: Vec<u32>,
-    /// Where the poll reads the meters into, kept between polls.
-    bytes: Vec<u64>,
-    /// What the last reading of each device found (the low 32 bits, which
-    /// tell a move the datapath did not, unless by a multiple of 4 GiB), and
-    /// the counters' epoch then (`None`: none yet, the next reading takes
-    /// every device).
+    /// Per slot: what the last reading of its device found (the low 32
+    /// bits, which tell a move the datapath did not, unless by a multiple of
+    /// 4 GiB).
     prev: Vec<u32>,
-    /// Rows of devices new to the table since the last reading, which the
-    /// next reading takes whatever their counters (sorted).
-    unread: Vec<usize>,
+    /// The counters' epoch at the last reading of every device (`None`: none
+    /// yet, the next reading takes every device).
     prev_epoch: Option<u64>,
-    /// The row the next reading of moved meters compares from (see
+    /// Slots of devices new to the table since the last reading, which the
+    /// next reading takes whatever their counters.
+    unread: Vec<u32>,
+    /// The slot the next reading of moved meters compares from (see
     /// [`meter::CHECK_ROWS`]).
-    check_at: usize,
-    /// The buffers of a reading of moved meters, kept between polls.
+    check_at: u32,
+    /// The buffers of a reading, kept between polls.
     scratch: Scratch,
 }
 
-/// What a reading of moved meters works in: the slots that moved (then the
-/// slots read), their rows in the meter table, and their counters.
+/// What a reading works in: the slots that moved, then the slots read, and
+/// their counters.
 #[derive(Default)]
 struct Scratch {
     slots: Vec<u32>,
-    rows: Vec<usize>,
     bytes: Vec<u64>,
 }
 
 impl Scratch {
     /// Slots whose room is kept between polls: a burst of moves (every
-    /// device at once) does not keep its buffers for good.
+    /// device at once) or a reading of every device does not keep its
+    /// buffers for good.
     const KEEP: usize = 8_192;
 
     fn clear(&mut self) {
         self.slots.clear();
-        self.rows.clear();
         self.bytes.clear();
     }
 
     /// What to keep of it after a reading.
     fn kept(self) -> Self {
-        match self.rows.capacity() > Self::KEEP || self.slots.capacity() > Self::KEEP {
+        match self.slots.capacity() > Self::KEEP || self.bytes.capacity() > Self::KEEP {
             true => Self::default(),
             false => self,
         }
     }
 }
 
-/// The connected devices (in slot order, as the meter table reads them), and
-/// which of them holds each slot of the client table.
-#[derive(Debug, Default)]
+/// Which device holds each slot of the client table, and the slot of each
+/// device: 20 bytes a device at a full table.
+#[derive(Debug, Default, Clone)]
 struct SlotOwners {
+    /// Per slot: its device, [`NO_DEVICE`] for none.
+    by_slot: Vec<DeviceId>,
+    /// The devices, sorted, and apart, the slot of each.
     devices: Vec<DeviceId>,
-    /// Per slot: 1 + the index in `devices` of its device, 0 for none.
-    by_slot: Vec<u32>,
+    slots: Vec<u32>,
 }
+
+/// No device in a slot (device ids start at 1).
+const NO_DEVICE: DeviceId = DeviceId::MIN;
 
 impl SlotOwners {
     fn of(rows: &[(DeviceId, u32)]) -> Self {
-        let len = rows.iter().map(|(_, s)| *s as usize + 1).max().unwrap_or(0);
-        let mut by_slot = vec![0; len];
-        for (i, &(_, slot)) in rows.iter().enumerate() {
-            by_slot[slot as usize] = i as u32 + 1;
+        let mut rows = rows.to_vec();
+        // In device order, each is put at the end of `devices`.
+        rows.sort_unstable();
+        let mut owners = Self::default();
+        for (device, slot) in rows {
+            owners.insert(device, slot);
         }
-        Self {
-            devices: rows.iter().map(|(d, _)| *d).collect(),
-            by_slot,
-        }
+        owners
     }
 
     fn get(&self, slot: u32) -> Option<DeviceId> {
-        self.row(slot).map(|i| self.devices[i])
+        self.by_slot
+            .get(slot as usize)
+            .copied()
+            .filter(|&d| d != NO_DEVICE)
     }
 
-    /// The index in `devices` of the slot's device.
-    fn row(&self, slot: u32) -> Option<usize> {
-        let i = *self.by_slot.get(slot as usize)?;
-        i.checked_sub(1).map(|i| i as usize)
+    /// The slot the device holds in the table.
+    fn slot(&self, device: DeviceId) -> Option<u32> {
+        let i = self.devices.binary_search(&device).ok()?;
+        Some(self.slots[i])
+    }
+
+    /// Puts `device` in `slot`, out of any other it held; a device the slot
+    /// held goes (a slot holds one device).
+    fn insert(&mut self, device: DeviceId, slot: u32) {
+        self.remove(device);
+        if let Some(other) = self.get(slot) {
+            self.remove(other);
+        }
+        let s = slot as usize;
+        if self.by_slot.len() <= s {
+            self.by_slot.resize(s + 1, NO_DEVICE);
+        }
+        self.by_slot[s] = device;
+        let i = self.devices.partition_point(|&d| d < device);
+        self.devices.insert(i, device);
+        self.slots.insert(i, slot);
+    }
+
+    /// Takes `device` out of the table: the slot it held.
+    fn remove(&mut self, device: DeviceId) -> Option<u32> {
+        let i = self.devices.binary_search(&device).ok()?;
+        self.devices.remove(i);
+        let slot = self.slots.remove(i);
+        self.by_slot[slot as usize] = NO_DEVICE;
+        Some(slot)
+    }
+
+    /// The slots that hold a device, from `from` on, in order.
+    fn held_from(&self, from: u32) -> impl Iterator<Item = u32> + '_ {
+        let from = (from as usize).min(self.by_slot.len());
+        self.by_slot[from..]
+            .iter()
+            .enumerate()
+            .filter(|&(_, &d)| d != NO_DEVICE)
+            .map(move |(i, _)| (from + i) as u32)
     }
 }
 

@@ -195,13 +195,16 @@ impl Gateway {
     }
 
     /// Which connected device holds each slot of the client table: the poll's
-    /// meter table's when it is current, else looked up (devices without a
-    /// slot are left out: the datapath holds nothing of them to correct).
+    /// meter table's, brought up to date, else (a connected device has no slot
+    /// yet) looked up, devices without a slot left out: the datapath holds
+    /// nothing of them to correct.
     fn slot_owners(&self) -> Result<Arc<SlotOwners>, AgentError> {
-        let built_at = (self.mgr.connected_generation(), self.rekeys.load(Relaxed));
-        if let Some(t) = self.meter_table.lock().unwrap().as_ref() {
-            if t.built_at == built_at {
-                return Ok(t.owners.clone());
+        {
+            let mut table = self.meter_table.lock().unwrap();
+            if self.sync_meter_table(&mut table)? {
+                if let Some(t) = table.as_ref() {
+                    return Ok(t.owners.clone());
+                }
             }
         }
         let mut rows = Vec::new();

@@ -517,11 +517,28 @@ pub fn goals(r: &Results) -> Vec<Goal> {
             Some(65_536),
             "rss_mib",
         ) {
+            // Judged on the larger of the figures after and before the
+            // second's heap trim (older runs measured after it only).
+            let untrimmed = r
+                .find(
+                    "agent_cost",
+                    "resident_memory_radius_untrimmed",
+                    Some(65_536),
+                    "rss_mib",
+                )
+                .map(|u| u.median);
+            let worst = untrimmed.map_or(m.median, |u| u.max(m.median));
             v.push(Goal {
                 scenario: "5 agent cost",
                 goal,
-                measured: format!("{:.1} MiB", m.median),
-                status: Status::of(m.median < 64.0),
+                measured: match untrimmed {
+                    Some(u) => format!(
+                        "{:.1} MiB after the second's heap trim, {u:.1} MiB before it",
+                        m.median
+                    ),
+                    None => format!("{:.1} MiB", m.median),
+                },
+                status: Status::of(worst < 64.0),
             });
         }
         let goal = "under 64 MiB resident at 65,536 clients";
@@ -1014,21 +1031,22 @@ session-agent's TC ingress program in the same 64-byte traffic, from the kernel'
                 ],
             ),
             (
-                "| connected devices, all with an open RADIUS session | opening the book ms | round over every session wall / CPU ms | ordinary second wall / CPU ms | x | resident MiB with the bindings and the book |\n|---:|---:|---:|---:|---:|---:|",
+                "| connected devices, all with an open RADIUS session | opening the book ms | round over every session wall / CPU ms | ordinary second wall / CPU ms | x | resident MiB with the bindings and the book, after / before the heap trim |\n|---:|---:|---:|---:|---:|---:|",
                 &[
                     Col::One("radius_open_book", "wall_ms"),
                     Col::WallCpu("radius_books_sweep"),
                     Col::WallCpu("radius_books_second"),
                     Col::Times("radius_books_sweep", "radius_books_second", "cpu_ms", 0),
-                    Col::One("resident_memory_radius", "rss_mib"),
+                    Col::Pair("resident_memory_radius", "resident_memory_radius_untrimmed", "rss_mib"),
                 ],
             ),
             (
-                "| connected devices | a real second's 4 polls, CPU ms: no traffic | 1,000 active | every device active |\n|---:|---:|---:|---:|",
+                "| connected devices | a real second's 4 polls, CPU ms: no traffic | 1,000 active | every device active | 1,000 active, a device going and one coming back before each poll |\n|---:|---:|---:|---:|---:|",
                 &[
                     Col::One("second_of_polls_idle", "cpu_ms"),
                     Col::One("second_of_polls_1000", "cpu_ms"),
                     Col::One("second_of_polls_all", "cpu_ms"),
+                    Col::One("second_of_polls_1000_churn", "cpu_ms"),
                 ],
             ),
             (
