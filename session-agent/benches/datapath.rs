@@ -532,8 +532,12 @@ fn measure_agent(spec: &str) {
                 // As the run loop polls.
                 cpu += timed(|| rt.block_on(gw.poll_round()).unwrap()).1;
             }
-            // What the second left uncharged (the next second's charge),
-            // so that the next measurement starts from nothing.
+            // Every device connected again, and what the second left
+            // uncharged (the next second's charge), so that the next
+            // measurement starts from nothing.
+            if let Some(back) = gone.take() {
+                rt.block_on(gw.connect(back, "")).unwrap();
+            }
             rt.block_on(gw.poll()).unwrap();
             commit();
             cpu
@@ -549,13 +553,8 @@ fn measure_agent(spec: &str) {
         second_some.push(second(&spread, false));
         second_all.push(second(&|| Box::new(0..n), false));
         // The same 1,000, with a device going and another coming back
-        // before each poll: a busy hotspot's connects.
+        // before each poll (a busy hotspot's connects), their CPU included.
         second_churn.push(second(&spread, true));
-        // Every device connected again, as the next run and the
-        // measurements after take them.
-        if let Some(back) = gone.take() {
-            rt.block_on(gw.connect(back, "")).unwrap();
-        }
     }
     let mut out = agent_rows(
         n,
@@ -837,11 +836,33 @@ fn radius_books(
         assert_eq!(radius.open_count(), n as usize, "no session was stopped");
         assert!(radius.queued() > 0, "no interim update was queued");
     }
-    // Before and after the heap trim the daemon does after each second's
-    // commit: the process holds the first until the trim.
+    // A second as the daemon runs it, from a trimmed heap (with one book
+    // open, as the daemon holds it): 4 polls 250 ms apart with the 1,000
+    // moving traffic, RADIUS's round and the commit. Resident memory before
+    // the heap trim the daemon does after the commit (what the process holds
+    // until then) and after it.
+    let radius = Radius::open(opts(), None).unwrap();
+    rt.block_on(radius.books_once(gw)).unwrap();
+    session_agent::memory::trim();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(250));
+        {
+            let maps = gw.lans()[0].maps.lock().unwrap();
+            for slot in (0..n)
+                .step_by((n / ACTIVE).max(1) as usize)
+                .take(ACTIVE as usize)
+            {
+                maps.add_up_bytes(slot, 1500).unwrap();
+            }
+        }
+        rt.block_on(gw.poll_round()).unwrap();
+    }
+    rt.block_on(radius.books_once(gw)).unwrap();
+    gw.sessions().flush().unwrap();
     let untrimmed = rss_kib() / 1024.0;
     session_agent::memory::trim();
     let rss = rss_kib() / 1024.0;
+    drop(radius);
     let mut out = Vec::new();
     for (case, metric, v) in [
         ("radius_open_book", "wall_ms", open_wall),

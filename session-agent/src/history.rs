@@ -304,11 +304,13 @@ impl History {
         }
         let mut found = 0;
         for device in &devices {
-            if g.last.contains_key(device) {
+            // One found before may have gone since (and been removed).
+            if g.last.contains_key(device) || mgr.running_session_id(*device)?.is_none() {
                 continue;
             }
             let Some(cur) = g.counters(mgr, dp, *device)? else {
-                if mgr.running_session_id(*device)?.is_some() {
+                // Without a client table there is nothing to look at again.
+                if epoch.is_some() {
                     g.pending.push(*device);
                 }
                 continue;

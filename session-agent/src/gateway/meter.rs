@@ -208,8 +208,9 @@ impl Gateway {
 
     /// Brings the meter table up to the connected devices: from the devices
     /// whose running session changed since it was last brought up (a few a
-    /// second, at any number of devices), else (at first, after a rekey, or
-    /// when more than [`ONE_BY_ONE`] changed) from every connected device,
+    /// second, at any number of devices), else (at first, after a rekey,
+    /// when more than [`ONE_BY_ONE`] changed, or more than the manager keeps)
+    /// from every connected device,
     /// each slot looked up again. A device the table had in the same slot
     /// keeps its last reading. False when a connected device has no slot yet
     /// (the table is left as it was, to be brought up again).
@@ -297,6 +298,11 @@ impl Gateway {
             false => None,
         };
         if t.owners.slot(device) == slot {
+            // Back in the same slot, or on to its next session: read at the
+            // next reading all the same (its quiet time starts there).
+            if let (Some(slot), Some(_)) = (slot, t.prev_epoch) {
+                t.unread.push(slot);
+            }
             return Ok(true);
         }
         let owners = Arc::make_mut(&mut t.owners);

@@ -1041,7 +1041,7 @@ session-agent's TC ingress program in the same 64-byte traffic, from the kernel'
                 ],
             ),
             (
-                "| connected devices | a real second's 4 polls, CPU ms: no traffic | 1,000 active | every device active | 1,000 active, a device going and one coming back before each poll |\n|---:|---:|---:|---:|---:|",
+                "| connected devices | a real second's 4 polls, CPU ms: no traffic | 1,000 active | every device active | 1,000 active, a device going and one coming back before each poll (their CPU included) |\n|---:|---:|---:|---:|---:|",
                 &[
                     Col::One("second_of_polls_idle", "cpu_ms"),
                     Col::One("second_of_polls_1000", "cpu_ms"),
