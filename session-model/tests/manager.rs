@@ -4,9 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use session_model::{
-    Device, DeviceId, EndReason, HybridOptions, HybridStore, MacAddr, ManualClock, MemoryStore,
-    ModelError, SessionData, SessionEvent, SessionId, SessionRecord, SessionStore, SessionsMgr,
-    Shelf, StoreError, Transition, Voucher,
+    testing::FaultyStore, EndReason, HybridOptions, HybridStore, MacAddr, ManualClock, MemoryStore,
+    ModelError, SessionEvent, SessionStore, SessionsMgr, Transition,
 };
 use tokio::sync::broadcast::Receiver;
 
@@ -635,97 +634,10 @@ async fn the_manager_names_the_devices_whose_running_session_changed_since_a_gen
     assert_eq!((now, changed), (g3, vec![b; 10]));
 }
 
-/// A memory store whose batch saves fail while its flag is set.
-#[derive(Debug, Default)]
-struct SavesFail(MemoryStore, std::sync::atomic::AtomicBool);
-
-impl SessionStore for SavesFail {
-    fn kind(&self) -> &'static str {
-        "saves-fail"
-    }
-    fn shelf_from(&self, shelf: Shelf, from: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.0.shelf_from(shelf, from)
-    }
-    fn write_shelves(&self, writes: &[session_model::ShelfWrite<'_>]) -> Result<(), StoreError> {
-        self.0.write_shelves(writes)
-    }
-    fn create_device(
-        &self,
-        mac: MacAddr,
-        ip: Option<std::net::IpAddr>,
-        hostname: Option<String>,
-        created_at: i64,
-    ) -> Result<Device, StoreError> {
-        self.0.create_device(mac, ip, hostname, created_at)
-    }
-    fn update_device(&self, device: &Device) -> Result<(), StoreError> {
-        self.0.update_device(device)
-    }
-    fn remove_device(&self, id: DeviceId) -> Result<(), StoreError> {
-        self.0.remove_device(id)
-    }
-    fn device(&self, id: DeviceId) -> Result<Option<Device>, StoreError> {
-        self.0.device(id)
-    }
-    fn device_by_mac(&self, mac: MacAddr) -> Result<Option<Device>, StoreError> {
-        self.0.device_by_mac(mac)
-    }
-    fn devices(&self) -> Result<Vec<Device>, StoreError> {
-        self.0.devices()
-    }
-    fn create_session(&self, d: DeviceId, data: SessionData) -> Result<SessionRecord, StoreError> {
-        self.0.create_session(d, data)
-    }
-    fn save_sessions(&self, records: &[SessionRecord]) -> Result<(), StoreError> {
-        if self.1.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::Io {
-                context: "save",
-                path: "sessions".into(),
-                source: std::io::Error::other("the disk is gone"),
-            });
-        }
-        self.0.save_sessions(records)
-    }
-    fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        self.0.session(id)
-    }
-    fn device_sessions(&self, d: DeviceId) -> Result<Vec<SessionRecord>, StoreError> {
-        self.0.device_sessions(d)
-    }
-    fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        self.0.sessions()
-    }
-    fn remove_sessions(&self, ids: &[SessionId]) -> Result<usize, StoreError> {
-        self.0.remove_sessions(ids)
-    }
-    fn create_vouchers(&self, v: &[Voucher]) -> Result<(), StoreError> {
-        self.0.create_vouchers(v)
-    }
-    fn voucher(&self, code: &str) -> Result<Option<Voucher>, StoreError> {
-        self.0.voucher(code)
-    }
-    fn vouchers(&self) -> Result<Vec<Voucher>, StoreError> {
-        self.0.vouchers()
-    }
-    fn save_voucher(&self, v: &Voucher) -> Result<(), StoreError> {
-        self.0.save_voucher(v)
-    }
-    fn redeem_voucher(
-        &self,
-        code: &str,
-        d: DeviceId,
-        mac: MacAddr,
-        at: i64,
-        data: SessionData,
-    ) -> Result<(SessionRecord, Voucher), StoreError> {
-        self.0.redeem_voucher(code, d, mac, at, data)
-    }
-}
-
 #[tokio::test]
 async fn a_tick_that_fails_half_way_still_names_the_device_whose_session_it_ended() {
     let clock = Arc::new(ManualClock::new(T0));
-    let store = Arc::new(SavesFail::default());
+    let store = Arc::new(FaultyStore::default());
     let m = SessionsMgr::new(store.clone(), clock.clone());
     let d = m.create_device(mac(1), None, None).unwrap().id;
     m.create_session(d, 0, 10, 0.0, None, 1, 1, false)
@@ -734,7 +646,9 @@ async fn a_tick_that_fails_half_way_still_names_the_device_whose_session_it_ende
     m.connect(d, "").await.unwrap();
     let g = m.connected_generation();
     clock.advance_secs(12);
-    store.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    store
+        .fail_saves
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(m.tick().is_err());
     assert!(!m.is_connected(d).unwrap(), "the session ended in memory");
     let (_, changed) = m.connected_changes_since(g).unwrap();

@@ -1,96 +1,11 @@
 //! Vouchers through the sessions manager: batches, redemption, states, revocation.
 
-use session_model::Shelf;
 use std::sync::Arc;
 
 use session_model::{
-    Device, DeviceId, MacAddr, ManualClock, MemoryStore, ModelError, NewBatch, RedeemRefusal,
-    SessionData, SessionId, SessionRecord, SessionStore, SessionType, SessionsMgr, StoreError,
-    Voucher, VoucherState, VoucherTemplate,
+    testing::FaultyStore, MacAddr, ManualClock, MemoryStore, ModelError, NewBatch, RedeemRefusal,
+    SessionType, SessionsMgr, VoucherState, VoucherTemplate,
 };
-
-/// A memory store whose voucher reads take 20 ms: wide enough that, without the
-/// manager's redemption lock, concurrent redemptions all read the code unused.
-#[derive(Debug, Default)]
-struct SlowVoucherReads(MemoryStore);
-
-impl SessionStore for SlowVoucherReads {
-    fn kind(&self) -> &'static str {
-        "slow"
-    }
-    fn shelf_from(&self, shelf: Shelf, from: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.0.shelf_from(shelf, from)
-    }
-    fn write_shelves(&self, writes: &[session_model::ShelfWrite<'_>]) -> Result<(), StoreError> {
-        self.0.write_shelves(writes)
-    }
-    fn create_device(
-        &self,
-        mac: MacAddr,
-        ip: Option<std::net::IpAddr>,
-        hostname: Option<String>,
-        created_at: i64,
-    ) -> Result<Device, StoreError> {
-        self.0.create_device(mac, ip, hostname, created_at)
-    }
-    fn update_device(&self, device: &Device) -> Result<(), StoreError> {
-        self.0.update_device(device)
-    }
-    fn remove_device(&self, id: DeviceId) -> Result<(), StoreError> {
-        self.0.remove_device(id)
-    }
-    fn device(&self, id: DeviceId) -> Result<Option<Device>, StoreError> {
-        self.0.device(id)
-    }
-    fn device_by_mac(&self, mac: MacAddr) -> Result<Option<Device>, StoreError> {
-        self.0.device_by_mac(mac)
-    }
-    fn devices(&self) -> Result<Vec<Device>, StoreError> {
-        self.0.devices()
-    }
-    fn create_session(&self, d: DeviceId, data: SessionData) -> Result<SessionRecord, StoreError> {
-        self.0.create_session(d, data)
-    }
-    fn save_sessions(&self, records: &[SessionRecord]) -> Result<(), StoreError> {
-        self.0.save_sessions(records)
-    }
-    fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        self.0.session(id)
-    }
-    fn device_sessions(&self, d: DeviceId) -> Result<Vec<SessionRecord>, StoreError> {
-        self.0.device_sessions(d)
-    }
-    fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        self.0.sessions()
-    }
-    fn remove_sessions(&self, ids: &[SessionId]) -> Result<usize, StoreError> {
-        self.0.remove_sessions(ids)
-    }
-    fn create_vouchers(&self, v: &[Voucher]) -> Result<(), StoreError> {
-        self.0.create_vouchers(v)
-    }
-    fn voucher(&self, code: &str) -> Result<Option<Voucher>, StoreError> {
-        let v = self.0.voucher(code);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        v
-    }
-    fn vouchers(&self) -> Result<Vec<Voucher>, StoreError> {
-        self.0.vouchers()
-    }
-    fn save_voucher(&self, v: &Voucher) -> Result<(), StoreError> {
-        self.0.save_voucher(v)
-    }
-    fn redeem_voucher(
-        &self,
-        code: &str,
-        d: DeviceId,
-        mac: MacAddr,
-        at: i64,
-        data: SessionData,
-    ) -> Result<(SessionRecord, Voucher), StoreError> {
-        self.0.redeem_voucher(code, d, mac, at, data)
-    }
-}
 
 const T0: i64 = 1_700_000_000;
 
@@ -132,8 +47,12 @@ fn setup() -> (Arc<SessionsMgr>, Arc<ManualClock>) {
 #[test]
 fn of_fifty_devices_redeeming_one_code_at_once_exactly_one_wins() {
     let clock = Arc::new(ManualClock::new(T0));
+    // Voucher reads of 20 ms: wide enough that, without the manager's
+    // redemption lock, concurrent redemptions all read the code unused.
     let m = Arc::new(SessionsMgr::new(
-        Arc::new(SlowVoucherReads::default()),
+        Arc::new(FaultyStore::voucher_reads_taking(
+            std::time::Duration::from_millis(20),
+        )),
         clock,
     ));
     let code = m.create_vouchers(&batch(1, 1)).unwrap()[0].code.clone();
