@@ -969,6 +969,21 @@ impl SessionsMgr {
         Ok(v)
     }
 
+    /// Of `sessions` (each with its device), those that are not their device's
+    /// running session, in their order: one look at the in-memory cache each,
+    /// under one lock.
+    pub fn not_running(
+        &self,
+        sessions: &[(SessionId, DeviceId)],
+    ) -> Result<Vec<SessionId>, ModelError> {
+        let running = self.running()?;
+        Ok(sessions
+            .iter()
+            .filter(|&&(s, d)| running.get(&d).is_none_or(|r| r.session_id != s))
+            .map(|&(s, _)| s)
+            .collect())
+    }
+
     /// The running session of a connected device, `None` when it is not connected (or
     /// unknown). Reads the in-memory cache only.
     pub fn running_session_id(&self, device_id: DeviceId) -> Result<Option<SessionId>, ModelError> {

@@ -654,3 +654,34 @@ async fn a_tick_that_fails_half_way_still_names_the_device_whose_session_it_ende
     let (_, changed) = m.connected_changes_since(g).unwrap();
     assert_eq!(changed, vec![d]);
 }
+
+#[tokio::test]
+async fn the_sessions_that_are_not_their_devices_running_session_are_named_in_their_order() {
+    let (m, _clock) = setup();
+    let a = m.create_device(mac(1), None, None).unwrap();
+    let b = m.create_device(mac(2), None, None).unwrap();
+    let mut sessions = Vec::new();
+    for d in [a.id, a.id, b.id] {
+        let s = m
+            .create_session(d, 0, 100, 0.0, Some(1), 1, 1, false)
+            .await
+            .unwrap();
+        sessions.push(s.id());
+    }
+    m.connect(a.id, "").await.unwrap();
+    m.connect(b.id, "").await.unwrap();
+    m.disconnect(b.id, "").await.unwrap();
+    // a runs its first session; its second waits; b runs none; 99 is no session.
+    let asked = [
+        (sessions[2], b.id),
+        (sessions[1], a.id),
+        (sessions[0], a.id),
+        (99, a.id),
+        (sessions[0], b.id),
+    ];
+    assert_eq!(
+        m.not_running(&asked).unwrap(),
+        vec![sessions[2], sessions[1], 99, sessions[0]]
+    );
+    assert_eq!(m.not_running(&[]).unwrap(), Vec::<u64>::new());
+}

@@ -11,3 +11,4 @@
 pub mod acct;
 pub mod client;
 pub mod codec;
+mod row;

@@ -1016,18 +1016,8 @@ impl Radius {
         };
         let mut ids = Vec::new();
         if sweep {
-            match gw.sessions().connected() {
-                Ok(running) => {
-                    let running: session_model::idmap::IdSet<(DeviceId, SessionId)> =
-                        running.into_iter().collect();
-                    ids.extend(
-                        self.book
-                            .open_devices()
-                            .into_iter()
-                            .filter(|&(s, d)| !running.contains(&(d, s)))
-                            .map(|(s, _)| s),
-                    );
-                }
+            match gw.sessions().not_running(&self.book.open_devices()) {
+                Ok(stopped) => ids = stopped,
                 // Without the running sessions, every open one is looked at.
                 Err(e) => {
                     warn!("RADIUS accounting: the running sessions cannot be read ({e}); looking at every open session");
