@@ -418,10 +418,17 @@ impl Book {
         let t = r.open_table(OPEN).map_err(self.err("read"))?;
         let mut index = Index::default();
         for row in t.iter().map_err(self.err("read"))? {
-            let (_, v) = row.map_err(self.err("read"))?;
-            // Unreadable ones are left out, as `open_sessions` leaves them.
-            if let Ok(s) = row::decode(v.value()) {
-                index.insert(s.session_id, s.device_id, s.interim_secs, s.next_interim);
+            let (k, v) = row.map_err(self.err("read"))?;
+            // Unreadable ones are left out, as `open_sessions` leaves them:
+            // no update or Stop is sent for them.
+            match row::decode(v.value()) {
+                Ok(s) => index.insert(s.session_id, s.device_id, s.interim_secs, s.next_interim),
+                Err(e) => tracing::warn!(
+                    session = k.value(),
+                    "RADIUS accounting book {}: an open session cannot be read ({e}), left out: \
+                     no update or Stop is sent for it (a book written by a newer agent?)",
+                    file_name(self.file.as_deref())
+                ),
             }
         }
         Ok(index)
