@@ -841,8 +841,13 @@ fn radius_books(
     // moving traffic, RADIUS's round and the commit. Resident memory before
     // the heap trim the daemon does after the commit (what the process holds
     // until then) and after it.
+    // What the earlier measurements' traffic left uncharged (the history's
+    // samples moved every device) is charged and committed first, as the
+    // daemon's polls would have long before: the second starts from it.
     let radius = Radius::open(opts(), None).unwrap();
     rt.block_on(radius.books_once(gw)).unwrap();
+    rt.block_on(gw.poll()).unwrap();
+    gw.sessions().flush().unwrap();
     session_agent::memory::trim();
     for _ in 0..4 {
         std::thread::sleep(Duration::from_millis(250));

@@ -19,6 +19,7 @@ pub mod mac;
 pub mod manager;
 pub mod model;
 pub mod plan;
+pub mod provider;
 pub mod source;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -34,6 +35,7 @@ pub use model::{
     SessionId, SessionRecord, SessionType, BYTES_PER_MB, SECS_PER_DAY,
 };
 pub use plan::{format_price, parse_price, Plan, Sale, SaleTerms};
+pub use provider::Provider;
 pub use source::{
     ClientSession, LocalProvider, LocalSource, SessionProvider, SessionSource, LOCAL_PROVIDER,
 };

@@ -701,9 +701,9 @@ impl SessionsMgr {
         charge_to_now(&mut record, &*self.clock, self.unwatched_before());
         let provider = {
             let p = self.providers.read().map_err(|_| ModelError::Poisoned)?;
-            p.get(&record.data.provider)
+            p.get(record.data.provider.as_str())
                 .cloned()
-                .ok_or_else(|| ModelError::UnknownProvider(record.data.provider.clone()))?
+                .ok_or_else(|| ModelError::UnknownProvider(record.data.provider.to_string()))?
         };
         let local = Arc::new(LocalSource::new(
             self.store.clone(),
@@ -837,7 +837,7 @@ impl SessionsMgr {
         check_speed("down_mbits", down_mbits)?;
         check_speed("up_mbits", up_mbits)?;
         let data = SessionData {
-            provider: LOCAL_PROVIDER.to_string(),
+            provider: LOCAL_PROVIDER.into(),
             session_type,
             time_secs: secs,
             data_bytes,
@@ -865,9 +865,9 @@ impl SessionsMgr {
             .providers
             .read()
             .map_err(|_| ModelError::Poisoned)?
-            .contains_key(&data.provider)
+            .contains_key(data.provider.as_str())
         {
-            return Err(ModelError::UnknownProvider(data.provider));
+            return Err(ModelError::UnknownProvider(data.provider.into()));
         }
         let rec = self
             .store

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{MacAddr, ModelError};
+use crate::{MacAddr, ModelError, Provider};
 
 /// Bytes in one megabyte (decimal).
 pub const BYTES_PER_MB: u64 = 1_000_000;
@@ -130,7 +130,7 @@ pub fn check_speed(field: &'static str, value: i32) -> Result<(), ModelError> {
 #[serde(try_from = "SessionDataWire", into = "SessionDataWire")]
 pub struct SessionData {
     /// Name of the session provider that owns the session (e.g. `local`).
-    pub provider: String,
+    pub provider: Provider,
     pub session_type: SessionType,
     /// Allocated time in seconds (time and time_or_data sessions).
     pub time_secs: u64,
@@ -154,7 +154,7 @@ pub struct SessionData {
 
 #[derive(Serialize, Deserialize)]
 struct SessionDataWire {
-    provider: String,
+    provider: Provider,
     #[serde(rename = "type")]
     session_type: u8,
     time_secs: u64,

@@ -46,7 +46,7 @@ impl VoucherTemplate {
     /// The session a redemption at `now` creates, owned by `provider`.
     pub fn session(&self, provider: &str, now: i64) -> SessionData {
         SessionData {
-            provider: provider.to_string(),
+            provider: provider.into(),
             session_type: self.session_type,
             time_secs: self.time_secs,
             data_bytes: self.data_bytes,

@@ -12,7 +12,7 @@
 //! memory ([`Book::queue_interims`], [`Book::catch_up`]).
 
 use std::{
-    collections::{BTreeSet, VecDeque},
+    collections::VecDeque,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -24,8 +24,9 @@ use radius::core::rfc2866;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use session_model::{idmap::IdMap, store::reopen::Reopening, DeviceId, SessionId};
+use session_model::{store::reopen::Reopening, DeviceId, SessionId};
 
+use crate::index::Index;
 use crate::row;
 
 const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("acct_queue");
@@ -289,53 +290,18 @@ pub struct Book {
     next_seq: AtomicU64,
 }
 
-/// In [`Index::open`]: a session that sends no interim updates.
-const NO_UPDATES: i64 = i64::MAX;
-
-/// Which sessions are open, and by when their next interim update is due.
-#[derive(Debug, Default)]
-struct Index {
-    /// Open sessions: their device and their next interim update
-    /// ([`NO_UPDATES`]: none), 24 bytes a session.
-    open: IdMap<SessionId, (DeviceId, i64)>,
-    /// `(next_interim, session)` of the sessions that send updates.
-    due: BTreeSet<(i64, SessionId)>,
+/// Session `s` open in `index` with its device and next interim update.
+fn put(index: &mut Index, s: &OpenSession) {
+    index.insert(s.session_id, s.device_id, s.interim_secs, s.next_interim);
 }
 
-impl Index {
-    fn put(&mut self, s: &OpenSession) {
-        self.remove(s.session_id);
-        self.insert(s.session_id, s.device_id, s.interim_secs, s.next_interim);
+/// `s` with its next interim update as `index` holds it: the row's may lag
+/// (see [`Book::queue_interims`]).
+fn current(index: &Index, mut s: OpenSession) -> OpenSession {
+    if let Some(at) = index.next_interim(s.session_id) {
+        s.next_interim = at;
     }
-
-    fn insert(&mut self, id: SessionId, device: DeviceId, interim_secs: u64, next_interim: i64) {
-        let next = if interim_secs > 0 {
-            self.due.insert((next_interim, id));
-            next_interim
-        } else {
-            NO_UPDATES
-        };
-        self.open.insert(id, (device, next));
-    }
-
-    /// `s` with its next interim update as the index holds it: the row's may
-    /// lag (see [`Book::queue_interims`]).
-    fn current(&self, mut s: OpenSession) -> OpenSession {
-        if let Some(&(_, at)) = self.open.get(&s.session_id) {
-            if at != NO_UPDATES {
-                s.next_interim = at;
-            }
-        }
-        s
-    }
-
-    fn remove(&mut self, id: SessionId) {
-        if let Some((_, at)) = self.open.remove(&id) {
-            if at != NO_UPDATES {
-                self.due.remove(&(at, id));
-            }
-        }
-    }
+    s
 }
 
 impl std::fmt::Debug for Book {
@@ -416,7 +382,8 @@ impl Book {
         let db = self.db()?;
         let r = db.begin_read().map_err(self.err("read"))?;
         let t = r.open_table(OPEN).map_err(self.err("read"))?;
-        let mut index = Index::default();
+        let rows = t.len().map_err(self.err("read"))?;
+        let mut index = Index::with_capacity(usize::try_from(rows).unwrap_or(0));
         for row in t.iter().map_err(self.err("read"))? {
             let (k, v) = row.map_err(self.err("read"))?;
             // Unreadable ones are left out, as `open_sessions` leaves them:
@@ -436,34 +403,28 @@ impl Book {
 
     /// The ids of the open sessions.
     pub fn open_ids(&self) -> Vec<SessionId> {
-        self.index.lock().unwrap().open.keys().copied().collect()
+        let index = self.index.lock().unwrap();
+        index.sessions().map(|(s, _)| s).collect()
     }
 
     /// The open sessions' ids, each with its device.
     pub fn open_devices(&self) -> Vec<(SessionId, DeviceId)> {
-        let index = self.index.lock().unwrap();
-        index.open.iter().map(|(&s, &(d, _))| (s, d)).collect()
+        self.index.lock().unwrap().sessions().collect()
     }
 
     /// How many sessions are open.
     pub fn open_count(&self) -> usize {
-        self.index.lock().unwrap().open.len()
+        self.index.lock().unwrap().len()
     }
 
     /// Whether session `id` is open.
     pub fn is_open(&self, id: SessionId) -> bool {
-        self.index.lock().unwrap().open.contains_key(&id)
+        self.index.lock().unwrap().contains(id)
     }
 
     /// The open sessions whose interim update is due at `now`, soonest first.
     pub fn due(&self, now: i64) -> Vec<SessionId> {
-        self.index
-            .lock()
-            .unwrap()
-            .due
-            .range(..=(now, SessionId::MAX))
-            .map(|&(_, id)| id)
-            .collect()
+        self.index.lock().unwrap().due(now)
     }
 
     /// The open sessions.
@@ -476,7 +437,7 @@ impl Book {
         for row in t.iter().map_err(self.err("read"))? {
             let (_, v) = row.map_err(self.err("read"))?;
             match row::decode(v.value()) {
-                Ok(s) => out.push(index.current(s)),
+                Ok(s) => out.push(current(&index, s)),
                 Err(e) => tracing::warn!(
                     "RADIUS accounting book: an open session cannot be read, skipped: {e}"
                 ),
@@ -499,7 +460,7 @@ impl Book {
             }
         }
         let index = self.index.lock().unwrap();
-        Ok(out.into_iter().map(|s| index.current(s)).collect())
+        Ok(out.into_iter().map(|s| current(&index, s)).collect())
     }
 
     pub fn open_session(&self, id: SessionId) -> Result<Option<OpenSession>, BookError> {
@@ -510,7 +471,7 @@ impl Book {
             .get(id)
             .map_err(self.err("read"))?
             .and_then(|v| row::decode(v.value()).ok());
-        Ok(s.map(|s| self.index.lock().unwrap().current(s)))
+        Ok(s.map(|s| current(&self.index.lock().unwrap(), s)))
     }
 
     /// Interim updates of sessions whose counters did not move since their
@@ -539,7 +500,7 @@ impl Book {
             } else {
                 pending.push_back((self.next_seq.fetch_add(1, Relaxed), req));
             }
-            index.put(&s);
+            put(&mut index, &s);
         }
         Ok(dropped)
     }
@@ -584,7 +545,7 @@ impl Book {
         self.pend(interims);
         let mut index = self.index.lock().unwrap();
         if let Some(s) = session {
-            index.put(s);
+            put(&mut index, s);
         }
         if let Some(id) = close {
             index.remove(id);
@@ -616,7 +577,7 @@ impl Book {
         self.pend(interims);
         let mut index = self.index.lock().unwrap();
         for (s, _) in updates {
-            index.put(s);
+            put(&mut index, s);
         }
         Ok(dropped)
     }

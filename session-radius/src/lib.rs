@@ -11,4 +11,5 @@
 pub mod acct;
 pub mod client;
 pub mod codec;
+mod index;
 mod row;

@@ -161,7 +161,7 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<SessionRecord, StoreError> {
     let plen = u16::from_le_bytes(r.arr()?) as usize;
     let provider = std::str::from_utf8(r.take(plen)?)
         .map_err(|_| StoreError::Corrupt(format!("session {id}: provider is not UTF-8")))?
-        .to_string();
+        .into();
     let run = if format != FORMAT_NO_RUN && r.flag()? {
         let charged_to_ms = r.i64()?;
         let boot = if format == FORMAT_NO_BOOT {

@@ -1,0 +1,316 @@
+//! The accounting book's index in memory: which sessions are open, on which
+//! device, and when each one's next interim update is due.
+//!
+//! At 65,536 open sessions a hash map of them and an ordered set of due times
+//! held about 4.7 MiB (half the hash map's buckets empty, the set's tree nodes
+//! part full). Here the open sessions are one vector sorted by session id, 24
+//! bytes each, and the due times a binary heap of 16 bytes each: about 2.5 MiB.
+//! Session ids are the store's sequential ids, so a session that opens goes
+//! at the end of the vector; one that closes is marked and the marks are
+//! swept once they are a quarter of the vector. A heap entry whose session
+//! closed or moved on is stale and dropped when it comes to the top; the heap
+//! is built afresh when stale entries outnumber the live ones.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use session_model::{DeviceId, SessionId};
+
+/// In [`Entry::next`]: a session that sends no interim updates.
+const NO_UPDATES: i64 = i64::MAX;
+/// In [`Entry::next`]: a session that closed (swept later).
+const CLOSED: i64 = i64::MIN;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    id: SessionId,
+    device: DeviceId,
+    /// Its next interim update, [`NO_UPDATES`] or [`CLOSED`].
+    next: i64,
+}
+
+/// Which sessions are open, and by when their next interim update is due.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    /// Sorted by id, with closed ones marked.
+    open: Vec<Entry>,
+    closed: usize,
+    /// `(next, id)` of the sessions that send updates, soonest on top; some stale.
+    due: BinaryHeap<Reverse<(i64, SessionId)>>,
+}
+
+/// Grows `v` by an eighth when full rather than doubling it: a table of every
+/// open session would otherwise hold up to twice their room.
+fn room<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(v.capacity() / 8 + 16);
+    }
+}
+
+impl Index {
+    /// An index with room for `n` sessions.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Index {
+            open: Vec::with_capacity(n),
+            closed: 0,
+            due: BinaryHeap::with_capacity(n),
+        }
+    }
+
+    fn find(&self, id: SessionId) -> Option<usize> {
+        let i = self.open.binary_search_by_key(&id, |e| e.id).ok()?;
+        (self.open[i].next != CLOSED).then_some(i)
+    }
+
+    /// Session `id` is open on `device`; its next interim update at
+    /// `next_interim` (none when `interim_secs` is 0).
+    pub(crate) fn insert(
+        &mut self,
+        id: SessionId,
+        device: DeviceId,
+        interim_secs: u64,
+        next_interim: i64,
+    ) {
+        let next = if interim_secs > 0 {
+            next_interim.clamp(CLOSED + 1, NO_UPDATES - 1)
+        } else {
+            NO_UPDATES
+        };
+        let e = Entry { id, device, next };
+        match self.open.binary_search_by_key(&id, |e| e.id) {
+            Ok(i) => {
+                let was = std::mem::replace(&mut self.open[i], e).next;
+                if was == CLOSED {
+                    self.closed -= 1;
+                } else if was == next {
+                    return;
+                }
+            }
+            Err(i) => {
+                room(&mut self.open);
+                self.open.insert(i, e);
+            }
+        }
+        if next != NO_UPDATES {
+            self.push_due(next, id);
+        }
+    }
+
+    fn push_due(&mut self, next: i64, id: SessionId) {
+        let live = self.open.len() - self.closed;
+        if self.due.len() >= 2 * live + 1024 {
+            self.rebuild_due();
+        }
+        if self.due.len() == self.due.capacity() {
+            self.due.reserve_exact(self.due.capacity() / 8 + 16);
+        }
+        self.due.push(Reverse((next, id)));
+    }
+
+    /// The heap of the live entries only.
+    fn rebuild_due(&mut self) {
+        let mut v = std::mem::take(&mut self.due).into_vec();
+        v.clear();
+        v.extend(
+            self.open
+                .iter()
+                .filter(|e| e.next != CLOSED && e.next != NO_UPDATES)
+                .map(|e| Reverse((e.next, e.id))),
+        );
+        v.shrink_to(v.len() + v.len() / 8 + 16);
+        self.due = BinaryHeap::from(v);
+    }
+
+    /// Session `id` closed.
+    pub(crate) fn remove(&mut self, id: SessionId) {
+        let Some(i) = self.find(id) else {
+            return;
+        };
+        self.open[i].next = CLOSED;
+        self.closed += 1;
+        if self.closed > self.open.len() / 4 + 16 {
+            self.open.retain(|e| e.next != CLOSED);
+            self.closed = 0;
+            self.open
+                .shrink_to(self.open.len() + self.open.len() / 8 + 16);
+        }
+    }
+
+    /// The next interim update of session `id` as the index holds it; `None`
+    /// when it is not open or sends none.
+    pub(crate) fn next_interim(&self, id: SessionId) -> Option<i64> {
+        let next = self.open[self.find(id)?].next;
+        (next != NO_UPDATES).then_some(next)
+    }
+
+    pub(crate) fn contains(&self, id: SessionId) -> bool {
+        self.find(id).is_some()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.open.len() - self.closed
+    }
+
+    /// The open sessions, each with its device, by id.
+    pub(crate) fn sessions(&self) -> impl Iterator<Item = (SessionId, DeviceId)> + '_ {
+        self.open
+            .iter()
+            .filter(|e| e.next != CLOSED)
+            .map(|e| (e.id, e.device))
+    }
+
+    /// The open sessions whose next interim update is at `now` or before,
+    /// soonest first (then by id). They stay due until their next moves.
+    pub(crate) fn due(&mut self, now: i64) -> Vec<SessionId> {
+        let mut hits: Vec<(i64, SessionId)> = Vec::new();
+        while let Some(&Reverse((at, id))) = self.due.peek() {
+            if at > now {
+                break;
+            }
+            self.due.pop();
+            let live = self.find(id).is_some_and(|i| self.open[i].next == at);
+            if live && hits.last() != Some(&(at, id)) {
+                hits.push((at, id));
+            }
+        }
+        for &(at, id) in &hits {
+            self.due.push(Reverse((at, id)));
+        }
+        hits.into_iter().map(|(_, id)| id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// The index as a map and an ordered set: what the index must answer.
+    #[derive(Default)]
+    struct Model {
+        open: BTreeMap<SessionId, (DeviceId, i64)>,
+        due: BTreeSet<(i64, SessionId)>,
+    }
+
+    impl Model {
+        fn insert(&mut self, id: SessionId, device: DeviceId, interim: u64, next: i64) {
+            self.remove(id);
+            let next = if interim > 0 { next } else { NO_UPDATES };
+            if next != NO_UPDATES {
+                self.due.insert((next, id));
+            }
+            self.open.insert(id, (device, next));
+        }
+        fn remove(&mut self, id: SessionId) {
+            if let Some((_, at)) = self.open.remove(&id) {
+                self.due.remove(&(at, id));
+            }
+        }
+        fn due(&self, now: i64) -> Vec<SessionId> {
+            self.due
+                .range(..=(now, SessionId::MAX))
+                .map(|&(_, id)| id)
+                .collect()
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(SessionId, DeviceId, u64, i64),
+        Remove(SessionId),
+        Due(i64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Few ids, so that the same sessions open, move on and close again.
+        prop_oneof![
+            4 => (0u64..300, -5i64..5, 0u64..3, 0i64..400)
+                .prop_map(|(id, d, i, n)| Op::Insert(id, d, i, n)),
+            2 => (0u64..300).prop_map(Op::Remove),
+            1 => (0i64..400).prop_map(Op::Due),
+        ]
+    }
+
+    fn check(index: &mut Index, model: &Model, now: i64) {
+        assert_eq!(index.due(now), model.due(now), "due at {now}");
+        assert_eq!(index.len(), model.open.len());
+        let held: Vec<_> = index.sessions().collect();
+        let want: Vec<_> = model.open.iter().map(|(&s, &(d, _))| (s, d)).collect();
+        assert_eq!(held, want);
+        for (&id, &(_, next)) in &model.open {
+            assert!(index.contains(id));
+            let want = (next != NO_UPDATES).then_some(next);
+            assert_eq!(index.next_interim(id), want, "next of {id}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn the_index_answers_as_a_map_and_an_ordered_set_of_the_same_changes(
+            ops in proptest::collection::vec(op(), 1..600)
+        ) {
+            let mut index = Index::default();
+            let mut model = Model::default();
+            for op in ops {
+                match op {
+                    Op::Insert(id, d, i, n) => {
+                        index.insert(id, d, i, n);
+                        model.insert(id, d, i, n);
+                    }
+                    Op::Remove(id) => {
+                        index.remove(id);
+                        model.remove(id);
+                        prop_assert!(!index.contains(id));
+                    }
+                    Op::Due(now) => check(&mut index, &model, now),
+                }
+            }
+            check(&mut index, &model, 400);
+            check(&mut index, &model, i64::MAX - 1);
+        }
+    }
+
+    #[test]
+    fn closed_sessions_and_stale_due_times_do_not_pile_up() {
+        let mut index = Index::default();
+        // Sessions open and close, and each open one moves its next update on
+        // many times, as a day of rounds does.
+        for round in 0..200i64 {
+            for id in 0..1_000u64 {
+                let id = id + 500 * round as u64;
+                index.insert(id, 1, 600, round * 10 + (id % 7) as i64);
+            }
+            for id in 0..500u64 {
+                index.remove(id + 500 * round as u64);
+            }
+        }
+        assert_eq!(index.len(), 500);
+        assert!(
+            index.open.len() <= 500 + 500 / 3 + 16,
+            "{}",
+            index.open.len()
+        );
+        // At most twice the most sessions open at once (1,000), and a margin.
+        assert!(index.due.len() <= 2 * 1_000 + 1024, "{}", index.due.len());
+        assert_eq!(index.due(i64::MAX - 1).len(), 500);
+    }
+
+    #[test]
+    fn a_full_index_of_65536_sessions_holds_about_24_and_16_bytes_each() {
+        let n = 65_536;
+        let mut index = Index::with_capacity(n);
+        for id in 0..n as u64 {
+            index.insert(id, id as i64, 600, 1_000 + (id % 600) as i64);
+        }
+        let bytes = index.open.capacity() * std::mem::size_of::<Entry>()
+            + index.due.capacity() * std::mem::size_of::<Reverse<(i64, SessionId)>>();
+        assert!(bytes <= n * 40 + 4096, "{bytes} bytes");
+        // One more session grows the tables by an eighth, not twice.
+        index.insert(n as u64, 0, 600, 1_000);
+        assert!(index.open.capacity() <= n + n / 8 + 16);
+        assert!(index.due.capacity() <= n + n / 8 + 16);
+    }
+}
