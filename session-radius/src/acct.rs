@@ -310,7 +310,7 @@ impl std::fmt::Debug for Book {
     }
 }
 
-/// What [`Book::queue`] did.
+/// What [`Book::record`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queued {
     Yes,
@@ -398,6 +398,7 @@ impl Book {
                 ),
             }
         }
+        index.settle();
         Ok(index)
     }
 

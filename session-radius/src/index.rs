@@ -4,17 +4,23 @@
 //! At 65,536 open sessions a hash map of them and an ordered set of due times
 //! held about 4.7 MiB (half the hash map's buckets empty, the set's tree nodes
 //! part full). Here the open sessions are one vector sorted by session id, 24
-//! bytes each, and the due times a binary heap of 16 bytes each: about 2.5 MiB.
+//! bytes each, and the due times 16 bytes each ([`Due`]): about 2.7 MiB.
 //! Session ids are the store's sequential ids, so a session that opens goes
 //! at the end of the vector; one that closes is marked and the marks are
-//! swept once they are a quarter of the vector. A heap entry whose session
-//! closed or moved on is stale and dropped when it comes to the top; the heap
-//! is built afresh when stale entries outnumber the live ones.
+//! swept once they are a quarter of the vector. A search reads the id of
+//! every 64th entry, then one block of 64 (a few pages, where a search of
+//! the whole vector reads a cold page at each step once a second asleep has
+//! left it out of the caches). A due time whose session closed or moved on
+//! is stale and dropped when it comes first; they are built afresh when
+//! stale ones outnumber the live ones.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 use session_model::{DeviceId, SessionId};
+
+/// Entries of `open` per [`Index::fence`] entry.
+const BLOCK: usize = 64;
 
 /// In [`Entry::next`]: a session that sends no interim updates.
 const NO_UPDATES: i64 = i64::MAX;
@@ -34,9 +40,20 @@ struct Entry {
 pub(crate) struct Index {
     /// Sorted by id, with closed ones marked.
     open: Vec<Entry>,
+    /// The id of every [`BLOCK`]th entry of `open`: a search reads this small
+    /// array and then one block, a few pages, where a search of the whole
+    /// vector reads a page at each of its steps (each a miss after a second
+    /// asleep).
+    fence: Vec<SessionId>,
     closed: usize,
     /// `(next, id)` of the sessions that send updates, soonest on top; some stale.
-    due: BinaryHeap<Reverse<(i64, SessionId)>>,
+    due: Due,
+    /// Those [`Index::due`] took off the heap and found due, in order: they
+    /// stay due until their next moves, and a round moves them all (each
+    /// back onto the heap at its new time, far below its top), so they are
+    /// not put back on it, where each would climb to the top and be taken off
+    /// again (two walks of the heap's depth each, through cold memory).
+    held: Vec<(i64, SessionId)>,
 }
 
 /// Grows `v` by an eighth when full rather than doubling it: a table of every
@@ -52,13 +69,34 @@ impl Index {
     pub(crate) fn with_capacity(n: usize) -> Self {
         Index {
             open: Vec::with_capacity(n),
+            fence: Vec::with_capacity(n.div_ceil(BLOCK)),
             closed: 0,
-            due: BinaryHeap::with_capacity(n),
+            due: Due::default(),
+            held: Vec::new(),
         }
     }
 
+    /// Where `id` is in `open`, or where it would go.
+    fn search(&self, id: SessionId) -> Result<usize, usize> {
+        // The last block whose first id is at most `id`.
+        let block = self.fence.partition_point(|&f| f <= id).saturating_sub(1);
+        let start = block * BLOCK;
+        let end = (start + BLOCK).min(self.open.len());
+        match self.open[start..end].binary_search_by_key(&id, |e| e.id) {
+            Ok(i) => Ok(start + i),
+            Err(i) => Err(start + i),
+        }
+    }
+
+    /// The fence of `open` afresh, after entries moved.
+    fn refence(&mut self) {
+        self.fence.clear();
+        self.fence
+            .extend(self.open.iter().step_by(BLOCK).map(|e| e.id));
+    }
+
     fn find(&self, id: SessionId) -> Option<usize> {
-        let i = self.open.binary_search_by_key(&id, |e| e.id).ok()?;
+        let i = self.search(id).ok()?;
         (self.open[i].next != CLOSED).then_some(i)
     }
 
@@ -77,7 +115,7 @@ impl Index {
             NO_UPDATES
         };
         let e = Entry { id, device, next };
-        match self.open.binary_search_by_key(&id, |e| e.id) {
+        match self.search(id) {
             Ok(i) => {
                 let was = std::mem::replace(&mut self.open[i], e).next;
                 if was == CLOSED {
@@ -89,6 +127,15 @@ impl Index {
             Err(i) => {
                 room(&mut self.open);
                 self.open.insert(i, e);
+                if i + 1 == self.open.len() {
+                    // At the end, as the store's growing ids come.
+                    if i % BLOCK == 0 {
+                        room(&mut self.fence);
+                        self.fence.push(id);
+                    }
+                } else {
+                    self.refence();
+                }
             }
         }
         if next != NO_UPDATES {
@@ -101,24 +148,24 @@ impl Index {
         if self.due.len() >= 2 * live + 1024 {
             self.rebuild_due();
         }
-        if self.due.len() == self.due.capacity() {
-            self.due.reserve_exact(self.due.capacity() / 8 + 16);
-        }
-        self.due.push(Reverse((next, id)));
+        self.due.push((next, id));
     }
 
-    /// The heap of the live entries only.
+    /// The due times of the open sessions in order, with room for an eighth
+    /// more: after the book's sessions were read in the order of their ids.
+    pub(crate) fn settle(&mut self) {
+        self.rebuild_due();
+    }
+
+    /// The due times of the live entries only.
     fn rebuild_due(&mut self) {
-        let mut v = std::mem::take(&mut self.due).into_vec();
-        v.clear();
-        v.extend(
-            self.open
-                .iter()
-                .filter(|e| e.next != CLOSED && e.next != NO_UPDATES)
-                .map(|e| Reverse((e.next, e.id))),
-        );
-        v.shrink_to(v.len() + v.len() / 8 + 16);
-        self.due = BinaryHeap::from(v);
+        let live = self
+            .open
+            .iter()
+            .filter(|e| e.next != CLOSED && e.next != NO_UPDATES)
+            .map(|e| (e.next, e.id));
+        self.due.rebuild(live);
+        self.held.clear();
     }
 
     /// Session `id` closed.
@@ -130,6 +177,7 @@ impl Index {
         self.closed += 1;
         if self.closed > self.open.len() / 4 + 16 {
             self.open.retain(|e| e.next != CLOSED);
+            self.refence();
             self.closed = 0;
             self.open
                 .shrink_to(self.open.len() + self.open.len() / 8 + 16);
@@ -162,21 +210,112 @@ impl Index {
     /// The open sessions whose next interim update is at `now` or before,
     /// soonest first (then by id). They stay due until their next moves.
     pub(crate) fn due(&mut self, now: i64) -> Vec<SessionId> {
-        let mut hits: Vec<(i64, SessionId)> = Vec::new();
-        while let Some(&Reverse((at, id))) = self.due.peek() {
+        let live = |index: &Self, at: i64, id: SessionId| {
+            index.find(id).is_some_and(|i| index.open[i].next == at)
+        };
+        let mut hits = std::mem::take(&mut self.held);
+        hits.retain(|&(at, id)| live(self, at, id));
+        // Held ones no longer due (the clock went back) go back on the heap.
+        let mut i = 0;
+        while i < hits.len() {
+            if hits[i].0 > now {
+                let (at, id) = hits.swap_remove(i);
+                self.due.push((at, id));
+            } else {
+                i += 1;
+            }
+        }
+        while let Some((at, id)) = self.due.peek() {
             if at > now {
                 break;
             }
             self.due.pop();
-            let live = self.find(id).is_some_and(|i| self.open[i].next == at);
-            if live && hits.last() != Some(&(at, id)) {
+            if live(self, at, id) {
                 hits.push((at, id));
             }
         }
-        for &(at, id) in &hits {
-            self.due.push(Reverse((at, id)));
+        hits.sort_unstable();
+        hits.dedup();
+        let ids = hits.iter().map(|&(_, id)| id).collect();
+        self.held = hits;
+        ids
+    }
+}
+
+/// Due times, soonest first: a run in order, where a session's next time
+/// goes when it is no sooner than the run's last (as each round's are: now
+/// plus the interim, one interval for every session alike), and a heap for the
+/// others. Taking the soonest off the run and adding at its end touch only its
+/// two ends; a heap's walk from top to bottom reads a cold page at each level.
+#[derive(Debug, Default)]
+struct Due {
+    run: VecDeque<(i64, SessionId)>,
+    heap: BinaryHeap<Reverse<(i64, SessionId)>>,
+}
+
+impl Due {
+    fn len(&self) -> usize {
+        self.run.len() + self.heap.len()
+    }
+
+    fn push(&mut self, entry: (i64, SessionId)) {
+        if self.run.back().is_none_or(|&last| last <= entry) {
+            if self.run.len() == self.run.capacity() {
+                self.run.reserve_exact(self.run.capacity() / 8 + 16);
+            }
+            self.run.push_back(entry);
+        } else {
+            if self.heap.len() == self.heap.capacity() {
+                self.heap.reserve_exact(self.heap.capacity() / 8 + 16);
+            }
+            self.heap.push(Reverse(entry));
         }
-        hits.into_iter().map(|(_, id)| id).collect()
+    }
+
+    fn peek(&self) -> Option<(i64, SessionId)> {
+        match (self.run.front(), self.heap.peek()) {
+            (Some(&r), Some(&Reverse(h))) => Some(r.min(h)),
+            (Some(&r), None) => Some(r),
+            (None, Some(&Reverse(h))) => Some(h),
+            (None, None) => None,
+        }
+    }
+
+    fn pop(&mut self) {
+        let from_run = match (self.run.front(), self.heap.peek()) {
+            (Some(r), Some(Reverse(h))) => r <= h,
+            (run, _) => run.is_some(),
+        };
+        if from_run {
+            self.run.pop_front();
+        } else {
+            self.heap.pop();
+        }
+    }
+
+    /// Only `entries`, all in the run (in the larger of the two's room).
+    fn rebuild(&mut self, entries: impl Iterator<Item = (i64, SessionId)>) {
+        let heap = std::mem::take(&mut self.heap).into_vec();
+        let run = std::mem::take(&mut self.run);
+        let mut v: Vec<_> = if heap.capacity() > run.capacity() {
+            drop(run);
+            heap.into_iter().map(|Reverse(e)| e).collect()
+        } else {
+            drop(heap);
+            run.into()
+        };
+        v.clear();
+        v.extend(entries);
+        v.sort_unstable();
+        v.shrink_to(v.len() + v.len() / 8 + 16);
+        self.run = v.into();
+        self.heap = BinaryHeap::new();
+    }
+
+    /// Entries it has room for.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.run.capacity() + self.heap.capacity()
     }
 }
 
@@ -302,15 +441,26 @@ mod tests {
     fn a_full_index_of_65536_sessions_holds_about_24_and_16_bytes_each() {
         let n = 65_536;
         let mut index = Index::with_capacity(n);
+        // As the book reads them: in the order of their ids, not of their times.
         for id in 0..n as u64 {
             index.insert(id, id as i64, 600, 1_000 + (id % 600) as i64);
         }
+        index.settle();
         let bytes = index.open.capacity() * std::mem::size_of::<Entry>()
-            + index.due.capacity() * std::mem::size_of::<Reverse<(i64, SessionId)>>();
-        assert!(bytes <= n * 40 + 4096, "{bytes} bytes");
+            + index.due.capacity() * std::mem::size_of::<(i64, SessionId)>();
+        // 24 bytes a session, 16 for its due time and room for an eighth more.
+        assert!(bytes <= n * 24 + (n + n / 8 + 16) * 16, "{bytes} bytes");
         // One more session grows the tables by an eighth, not twice.
         index.insert(n as u64, 0, 600, 1_000);
         assert!(index.open.capacity() <= n + n / 8 + 16);
-        assert!(index.due.capacity() <= n + n / 8 + 16);
+        assert!(index.due.capacity() <= n + n / 8 + 32);
+        assert_eq!(
+            index.due(1_000),
+            vec![0, 600, 1_200]
+                .into_iter()
+                .chain((1_800..n as u64).step_by(600))
+                .chain([n as u64])
+                .collect::<Vec<_>>()
+        );
     }
 }
