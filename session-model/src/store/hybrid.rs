@@ -89,10 +89,12 @@ struct LogRecord<'a> {
 }
 
 const HEADER: usize = 8;
-/// redb page cache of the hybrid store. The file is read once, at open, and
-/// written at checkpoints; a larger cache only holds the pages the open read
-/// (a checkpoint of 65,536 dirty sessions takes as long with 512 KiB as with
-/// 2 MiB: 86-95 ms against 91-99, `cargo bench -p session-model --bench store`).
+/// redb page cache of the hybrid store. Its devices and sessions are read
+/// from the file once, at open (RAM serves every read after), and written
+/// at checkpoints; the shelves read while it runs (history, plans) are
+/// small. A larger cache would mostly hold the pages the open read: a
+/// checkpoint of 65,536 dirty sessions takes as long with this one as with
+/// 2 MiB (`SESSION_BENCH_DEVICES=65536 cargo bench -p session-model --bench store`).
 const REDB_CACHE_BYTES: usize = 512 * 1024;
 /// Sessions per log record when deferred usage is flushed: each record is atomic on
 /// its own, and small records keep the flush's memory small.

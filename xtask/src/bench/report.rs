@@ -503,7 +503,7 @@ pub fn goals(r: &Results) -> Vec<Goal> {
                 scenario: "5 agent cost",
                 goal,
                 measured: format!(
-                    "{:.1}x: {big:.1} ms at 65,536 against {small:.1} ms at 1,000 \
+                    "{:.2}x: {big:.2} ms at 65,536 against {small:.2} ms at 1,000 \
                      (a second's 4 polls with the table check, the commit, RADIUS and the binding sweep)",
                     big / small
                 ),
