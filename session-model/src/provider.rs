@@ -133,17 +133,7 @@ impl Serialize for Provider {
 
 impl<'de> Deserialize<'de> for Provider {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Name;
-        impl serde::de::Visitor<'_> for Name {
-            type Value = Provider;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a provider name")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Provider, E> {
-                Ok(Provider::new(v))
-            }
-        }
-        d.deserialize_str(Name)
+        Ok(Provider::new(&String::deserialize(d)?))
     }
 }
 

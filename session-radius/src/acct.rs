@@ -382,7 +382,9 @@ impl Book {
         let db = self.db()?;
         let r = db.begin_read().map_err(self.err("read"))?;
         let t = r.open_table(OPEN).map_err(self.err("read"))?;
-        let rows = t.len().map_err(self.err("read"))?;
+        // Room for the rows the table says it holds, within reason: a damaged
+        // length must not reserve the machine's memory.
+        let rows = t.len().map_err(self.err("read"))?.min(1 << 20);
         let mut index = Index::with_capacity(usize::try_from(rows).unwrap_or(0));
         for row in t.iter().map_err(self.err("read"))? {
             let (k, v) = row.map_err(self.err("read"))?;
