@@ -92,6 +92,33 @@ impl<K: Copy + Eq + Hash, V> DenseMap<K, V> {
         Some(&mut self.entries[i as usize].1)
     }
 
+    /// Where each of `keys` is, for [`DenseMap::at_mut`] until the map next
+    /// changes. Looked up in one tight pass: a large map's lookups miss the
+    /// cache, and a pass that does nothing else has many of them under way at
+    /// once, where a loop that does more work after each lookup waits for each.
+    pub fn positions(&self, keys: impl Iterator<Item = K>) -> Vec<Option<u32>> {
+        keys.map(|k| {
+            let i = self.index.get(&k).copied();
+            // The entry too, so that its line is on its way.
+            if let Some(e) = i.and_then(|i| self.entries.get(i as usize)) {
+                std::hint::black_box(&e.0);
+            }
+            i
+        })
+        .collect()
+    }
+
+    /// The value at a position of [`DenseMap::positions`] (taken since the
+    /// map last changed).
+    pub fn at(&self, at: u32) -> Option<&V> {
+        self.entries.get(at as usize).map(|(_, v)| v)
+    }
+
+    /// [`DenseMap::at`], to change the value.
+    pub fn at_mut(&mut self, at: u32) -> Option<&mut V> {
+        self.entries.get_mut(at as usize).map(|(_, v)| v)
+    }
+
     /// Inserts or replaces; returns the replaced value.
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
         match self.index.get(&k) {
@@ -174,6 +201,18 @@ mod tests {
         }
         for (k, v) in &h {
             assert_eq!(d.get(k), Some(v));
+        }
+        // Positions find what `get` finds, and nothing for a key not held.
+        let keys: Vec<u64> = (0..600).collect();
+        let at = d.positions(keys.iter().copied());
+        assert_eq!(at.len(), keys.len());
+        for (k, at) in keys.iter().zip(at) {
+            assert_eq!(at.and_then(|at| d.at(at)), h.get(k), "position of {k}");
+            let mut again = d.clone();
+            assert_eq!(
+                at.and_then(|at| again.at_mut(at)).map(|v| *v),
+                h.get(k).copied()
+            );
         }
         let mut all: Vec<_> = d.iter().map(|(k, v)| (*k, *v)).collect();
         all.sort_unstable();

@@ -977,10 +977,15 @@ impl SessionsMgr {
         sessions: &[(SessionId, DeviceId)],
     ) -> Result<Vec<SessionId>, ModelError> {
         let running = self.running()?;
+        let at = running.positions(sessions.iter().map(|s| s.1));
         Ok(sessions
             .iter()
-            .filter(|&&(s, d)| running.get(&d).is_none_or(|r| r.session_id != s))
-            .map(|&(s, _)| s)
+            .zip(at)
+            .filter(|&(&(s, _), at)| {
+                at.and_then(|at| running.at(at))
+                    .is_none_or(|r| r.session_id != s)
+            })
+            .map(|(&(s, _), _)| s)
             .collect())
     }
 
@@ -1256,8 +1261,11 @@ impl SessionsMgr {
         let now = now_ms.div_euclid(1000);
         let (mono, boot) = (self.clock.mono_ms(), self.clock.boot_id());
         let mut usage: Vec<UsageUpdate> = Vec::with_capacity(readings.len());
-        for &(device_id, reading) in readings {
-            let Some(r) = running.get_mut(&device_id) else {
+        // Where each device is, in one pass (see `DenseMap::positions`):
+        // `running` does not change in the loop.
+        let at = running.positions(readings.iter().map(|r| r.0));
+        for (&(device_id, reading), at) in readings.iter().zip(at) {
+            let Some(r) = at.and_then(|at| running.at_mut(at)) else {
                 report.not_connected.push(device_id);
                 continue;
             };
