@@ -977,15 +977,10 @@ impl SessionsMgr {
         sessions: &[(SessionId, DeviceId)],
     ) -> Result<Vec<SessionId>, ModelError> {
         let running = self.running()?;
-        let at = running.positions(sessions.iter().map(|s| s.1));
         Ok(sessions
             .iter()
-            .zip(at)
-            .filter(|&(&(s, _), at)| {
-                at.and_then(|at| running.at(at))
-                    .is_none_or(|r| r.session_id != s)
-            })
-            .map(|(&(s, _), _)| s)
+            .filter(|&&(s, d)| running.get(&d).is_none_or(|r| r.session_id != s))
+            .map(|&(s, _)| s)
             .collect())
     }
 
