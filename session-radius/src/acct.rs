@@ -12,7 +12,7 @@
 //! memory ([`Book::queue_interims`], [`Book::catch_up`]).
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -21,7 +21,7 @@ use std::{
 };
 
 use radius::core::rfc2866;
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use session_model::{store::reopen::Reopening, DeviceId, SessionId};
@@ -30,14 +30,22 @@ use crate::index::Index;
 use crate::row;
 
 const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("acct_queue");
-const OPEN: TableDefinition<u64, &[u8]> = TableDefinition::new("acct_sessions");
+/// The open sessions' rows by phase and session id ([`phase`]): the rows of
+/// the sessions whose interim updates fall in the same second of their
+/// interval are side by side, and a second's round reads a few pages for
+/// them, not one page each.
+const OPEN: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("acct_sessions_by_phase");
+/// The open sessions' rows by session id alone, as books kept them before:
+/// moved to [`OPEN`] as the book opens ([`Book::prepare`]).
+const OPEN_BY_ID: TableDefinition<u64, &[u8]> = TableDefinition::new("acct_sessions");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
-/// The book's page cache: each second's interim updates read rows spread
-/// over the whole table, so a cache holds few of them at any size the
-/// gateway can spare; the rows' compact form ([`crate::row`]) fits the
-/// branch pages and the recent rows in 1 MiB (at 65,536 open sessions a
-/// round cost the same with 1 MiB as the rows of JSON with 4 MiB).
+/// The book's page cache. Each second's interim updates read the rows of
+/// one phase, side by side ([`OPEN`]), in one walk that reads each page once;
+/// redb's cache (its bytes shared by 131 stripes, a full one letting go of a
+/// page of the stripe it adds to) keeps few of them at any size the gateway
+/// can spare. The rows' compact form ([`crate::row`]) fits the branch pages
+/// and the recent rows in 1 MiB.
 const BOOK_CACHE_BYTES: usize = 1 << 20;
 
 /// A store error, with the book's file and what was being done.
@@ -290,9 +298,34 @@ pub struct Book {
     next_seq: AtomicU64,
 }
 
-/// Session `s` open in `index` with its device and next interim update.
-fn put(index: &mut Index, s: &OpenSession) {
-    index.insert(s.session_id, s.device_id, s.interim_secs, s.next_interim);
+/// Where in its interim interval session `s`'s updates fall: its next
+/// update's time modulo the interval (0 without updates). It stays while the
+/// session's updates move on by whole intervals, so its row keeps its key.
+fn phase(s: &OpenSession) -> u32 {
+    match i64::try_from(s.interim_secs) {
+        // Truncated past 2^32 s: any phase finds the row, the index keeps it.
+        Ok(interval) if interval > 0 => s.next_interim.rem_euclid(interval) as u32,
+        _ => 0,
+    }
+}
+
+/// Session `s` open in `index` with its device and next interim update, its
+/// row under `phase`.
+fn put(index: &mut Index, s: &OpenSession, phase: u32) {
+    index.insert(
+        s.session_id,
+        s.device_id,
+        phase,
+        s.interim_secs,
+        s.next_interim,
+    );
+}
+
+/// Session `s` moved on in `index` without its row written: its row stays
+/// under the phase it is under.
+fn moved_on(index: &mut Index, s: &OpenSession) {
+    let p = index.phase(s.session_id).unwrap_or_else(|| phase(s));
+    put(index, s, p);
 }
 
 /// `s` with its next interim update as `index` holds it: the row's may lag
@@ -367,6 +400,7 @@ impl Book {
         w.open_table(QUEUE).map_err(fail(path, "open"))?;
         w.open_table(OPEN).map_err(fail(path, "open"))?;
         w.open_table(META).map_err(fail(path, "open"))?;
+        Self::rekey(&w, path)?;
         w.commit().map_err(fail(path, "open"))?;
         let next_seq = {
             let r = db.begin_read().map_err(fail(path, "open"))?;
@@ -375,6 +409,33 @@ impl Book {
             v.map_or(1, |v| v.value())
         };
         Ok(next_seq)
+    }
+
+    /// The rows of a book that keyed them by session id alone
+    /// ([`OPEN_BY_ID`]) moved under their phases, as they are (a row of JSON
+    /// stays JSON until written again), in the transaction that opens the
+    /// book: all or none. A row that cannot be read goes under phase 0.
+    fn rekey(w: &redb::WriteTransaction, path: Option<&Path>) -> Result<(), BookError> {
+        const WHAT: &str = "move the open sessions' rows under their phases";
+        if !w
+            .list_tables()
+            .map_err(fail(path, WHAT))?
+            .any(|t| t.name() == OPEN_BY_ID.name())
+        {
+            return Ok(());
+        }
+        {
+            let old = w.open_table(OPEN_BY_ID).map_err(fail(path, WHAT))?;
+            let mut new = w.open_table(OPEN).map_err(fail(path, WHAT))?;
+            for row in old.iter().map_err(fail(path, WHAT))? {
+                let (k, v) = row.map_err(fail(path, WHAT))?;
+                let p = row::decode(v.value()).map_or(0, |s| phase(&s));
+                new.insert((p, k.value()), v.value())
+                    .map_err(fail(path, WHAT))?;
+            }
+        }
+        w.delete_table(OPEN_BY_ID).map_err(fail(path, WHAT))?;
+        Ok(())
     }
 
     /// The index of the open sessions, read from the file.
@@ -388,12 +449,13 @@ impl Book {
         let mut index = Index::with_capacity(usize::try_from(rows).unwrap_or(0));
         for row in t.iter().map_err(self.err("read"))? {
             let (k, v) = row.map_err(self.err("read"))?;
+            let (p, id) = k.value();
             // Unreadable ones are left out, as `open_sessions` leaves them:
             // no update or Stop is sent for them.
             match row::decode(v.value()) {
-                Ok(s) => index.insert(s.session_id, s.device_id, s.interim_secs, s.next_interim),
+                Ok(s) => index.load(id, s.device_id, p, s.interim_secs, s.next_interim),
                 Err(e) => tracing::warn!(
-                    session = k.value(),
+                    session = id,
                     "RADIUS accounting book {}: an open session cannot be read ({e}), left out: \
                      no update or Stop is sent for it (a book written by a newer agent?)",
                     file_name(self.file.as_deref())
@@ -446,19 +508,43 @@ impl Book {
                 ),
             }
         }
+        // By id, as the sessions were opened.
+        out.sort_unstable_by_key(|s| s.session_id);
         Ok(out)
     }
 
-    /// The open sessions of `ids` (those still open), read in one transaction.
+    /// The open sessions of `ids` (those still open), read in one
+    /// transaction, in the order of their rows.
     pub fn open_sessions_of(&self, ids: &[SessionId]) -> Result<Vec<OpenSession>, BookError> {
+        let mut keys: Vec<(u32, SessionId)> = {
+            let index = self.index.lock().unwrap();
+            ids.iter()
+                .filter_map(|&id| Some((index.phase(id)?, id)))
+                .collect()
+        };
+        // In the table's order: the due ones' rows side by side, each page
+        // read once.
+        keys.sort_unstable();
+        keys.dedup();
         let db = self.db()?;
         let r = db.begin_read().map_err(self.err("read"))?;
         let t = r.open_table(OPEN).map_err(self.err("read"))?;
-        let mut out = Vec::with_capacity(ids.len());
-        for &id in ids {
-            if let Some(v) = t.get(id).map_err(self.err("read"))? {
-                if let Ok(s) = row::decode(v.value()) {
-                    out.push(s);
+        let mut out = Vec::with_capacity(keys.len());
+        // The rows of each phase in one walk of its range: a walk reads each
+        // page once, where a look-up of each row reads its page again (the
+        // page cache is small, and a page it just read may be the one it
+        // lets go).
+        for group in keys.chunk_by(|a, b| a.0 == b.0) {
+            let (first, last) = (group[0], group[group.len() - 1]);
+            let mut wanted = group.iter().map(|&(_, id)| id).peekable();
+            for row in t.range(first..=last).map_err(self.err("read"))? {
+                let (k, v) = row.map_err(self.err("read"))?;
+                let id = k.value().1;
+                while wanted.next_if(|&w| w < id).is_some() {}
+                if wanted.next_if_eq(&id).is_some() {
+                    if let Ok(s) = row::decode(v.value()) {
+                        out.push(s);
+                    }
                 }
             }
         }
@@ -467,14 +553,7 @@ impl Book {
     }
 
     pub fn open_session(&self, id: SessionId) -> Result<Option<OpenSession>, BookError> {
-        let db = self.db()?;
-        let r = db.begin_read().map_err(self.err("read"))?;
-        let t = r.open_table(OPEN).map_err(self.err("read"))?;
-        let s = t
-            .get(id)
-            .map_err(self.err("read"))?
-            .and_then(|v| row::decode(v.value()).ok());
-        Ok(s.map(|s| current(&self.index.lock().unwrap(), s)))
+        Ok(self.open_sessions_of(&[id])?.pop())
     }
 
     /// Interim updates of sessions whose counters did not move since their
@@ -503,7 +582,7 @@ impl Book {
             } else {
                 pending.push_back((self.next_seq.fetch_add(1, Relaxed), req));
             }
-            put(&mut index, &s);
+            moved_on(&mut index, &s);
         }
         Ok(dropped)
     }
@@ -521,7 +600,13 @@ impl Book {
                 let turns = now.saturating_sub(s.next_interim).div_euclid(interim) + 1;
                 let next = s.next_interim.saturating_add(turns.saturating_mul(interim));
                 let mut index = self.index.lock().unwrap();
-                index.insert(s.session_id, s.device_id, s.interim_secs, next);
+                moved_on(
+                    &mut index,
+                    &OpenSession {
+                        next_interim: next,
+                        ..s
+                    },
+                );
             }
         }
         // The late ones' times in order again, and no room kept for them.
@@ -541,12 +626,13 @@ impl Book {
         let db = self.db()?;
         let w = db.begin_write().map_err(self.err("write"))?;
         let mut interims = Vec::new();
-        let queued = self.put(&w, session, close, request, &mut interims)?;
+        let mut written = HashMap::new();
+        let queued = self.put(&w, session, close, request, &mut interims, &mut written)?;
         w.commit().map_err(self.err("write"))?;
         self.pend(interims);
         let mut index = self.index.lock().unwrap();
         if let Some(s) = session {
-            put(&mut index, s);
+            put(&mut index, s, phase(s));
         }
         if let Some(id) = close {
             index.remove(id);
@@ -569,8 +655,10 @@ impl Book {
         let w = db.begin_write().map_err(self.err("write"))?;
         let mut dropped = 0;
         let mut interims = Vec::new();
+        let mut written = HashMap::new();
         for (s, req) in updates {
-            if self.put(&w, Some(s), None, req.as_ref(), &mut interims)? == Queued::Full {
+            let queued = self.put(&w, Some(s), None, req.as_ref(), &mut interims, &mut written)?;
+            if queued == Queued::Full {
                 dropped += 1;
             }
         }
@@ -578,7 +666,7 @@ impl Book {
         self.pend(interims);
         let mut index = self.index.lock().unwrap();
         for (s, _) in updates {
-            put(&mut index, s);
+            put(&mut index, s, phase(s));
         }
         Ok(dropped)
     }
@@ -595,7 +683,9 @@ impl Book {
     }
 
     /// [`Book::record`]'s writes, in the transaction `w`; an interim update
-    /// goes to `interims`, for the memory queue once `w` commits.
+    /// goes to `interims`, for the memory queue once `w` commits. `written`:
+    /// the phases of the rows `w` wrote so far (the index has them once it
+    /// commits).
     fn put(
         &self,
         w: &redb::WriteTransaction,
@@ -603,14 +693,32 @@ impl Book {
         close: Option<SessionId>,
         request: Option<&Request>,
         interims: &mut Vec<Request>,
+        written: &mut HashMap<SessionId, u32>,
     ) -> Result<Queued, BookError> {
         let mut open = w.open_table(OPEN).map_err(self.err("write"))?;
+        // The phase session `id`'s row is under now; a row no index holds
+        // (one that could not be read) is under 0.
+        let under = |id: SessionId, written: &HashMap<SessionId, u32>| {
+            written
+                .get(&id)
+                .copied()
+                .or_else(|| self.index.lock().unwrap().phase(id))
+        };
         if let Some(s) = session {
-            open.insert(s.session_id, row::encode(s).as_slice())
+            let p = phase(s);
+            // A session whose interval changed moves its row.
+            if let Some(was) = under(s.session_id, written).filter(|&was| was != p) {
+                open.remove((was, s.session_id))
+                    .map_err(self.err("write"))?;
+            }
+            open.insert((p, s.session_id), row::encode(s).as_slice())
                 .map_err(self.err("write"))?;
+            written.insert(s.session_id, p);
         }
         if let Some(id) = close {
-            open.remove(id).map_err(self.err("write"))?;
+            let was = under(id, written).unwrap_or(0);
+            open.remove((was, id)).map_err(self.err("write"))?;
+            written.remove(&id);
         }
         let Some(req) = request else {
             return Ok(Queued::Yes);
@@ -944,18 +1052,22 @@ mod tests {
     fn a_book_whose_rows_are_json_as_written_before_is_read_and_its_rows_are_rewritten_compact() {
         let path = tempfile::NamedTempFile::new().unwrap().into_temp_path();
         let _ = std::fs::remove_file(&path);
-        drop(Book::open(Some(&path), 10).unwrap());
         let raw = |id: u64| -> Vec<u8> {
             let db = Database::open(&path).unwrap();
             let r = db.begin_read().unwrap();
             let t = r.open_table(OPEN).unwrap();
-            t.get(id).unwrap().unwrap().value().to_vec()
+            t.get((phase(&open(id)), id))
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec()
         };
         {
-            let db = Database::open(&path).unwrap();
+            // A book as written before: rows of JSON by session id.
+            let db = Database::create(&path).unwrap();
             let w = db.begin_write().unwrap();
             {
-                let mut t = w.open_table(OPEN).unwrap();
+                let mut t = w.open_table(OPEN_BY_ID).unwrap();
                 for id in [1, 2] {
                     let json = serde_json::to_vec(&open(id)).unwrap();
                     t.insert(id, json.as_slice()).unwrap();
@@ -963,7 +1075,7 @@ mod tests {
             }
             w.commit().unwrap();
         }
-        let json_len = raw(1).len();
+        let json_len = serde_json::to_vec(&open(1)).unwrap().len();
         {
             let b = Book::open(Some(&path), 10).unwrap();
             assert_eq!(b.open_count(), 2);
@@ -986,6 +1098,125 @@ mod tests {
             "{} against {json_len}",
             one.len()
         );
+    }
+
+    /// Every row of the book's file: (phase, session id) and its bytes.
+    fn rows(path: &Path) -> Vec<((u32, u64), Vec<u8>)> {
+        let db = Database::open(path).unwrap();
+        let r = db.begin_read().unwrap();
+        let t = r.open_table(OPEN).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|row| {
+                let (k, v) = row.unwrap();
+                (k.value(), v.value().to_vec())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rows_of_sessions_due_in_the_same_second_are_side_by_side_and_an_old_book_moves_them_there() {
+        let path = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+        let _ = std::fs::remove_file(&path);
+        // Sessions 1 to 9, every 60 s, due at 160, 161 or 162 (phases 40 to
+        // 42, as sessions that opened a second apart), or an interval later
+        // (the same phases); 10 sends no updates (phase 0).
+        let session = |id: u64| OpenSession {
+            next_interim: 160 + (id % 3) as i64 + 60 * (id % 2) as i64,
+            interim_secs: if id == 10 { 0 } else { 60 },
+            ..open(id)
+        };
+        {
+            // A book as written before: rows by session id, one unreadable.
+            let db = Database::create(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut t = w.open_table(OPEN_BY_ID).unwrap();
+                for id in 1..=10 {
+                    t.insert(id, row::encode(&session(id)).as_slice()).unwrap();
+                }
+                t.insert(11, b"\xffdamaged".as_slice()).unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let b = Book::open(Some(&path), 10).unwrap();
+        assert_eq!(b.open_count(), 10);
+        assert_eq!(b.due(161), vec![6, 4]);
+        assert_eq!(
+            b.open_sessions_of(&[1, 3, 6, 7, 9]).unwrap(),
+            [3, 6, 9, 1, 7].map(session).to_vec(),
+            "read in the order of their rows"
+        );
+        assert_eq!(
+            b.open_sessions().unwrap(),
+            (1..=10).map(session).collect::<Vec<_>>()
+        );
+        drop(b);
+        let rows = rows(&path);
+        let keys: Vec<_> = rows.iter().map(|&(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                (0, 10),
+                (0, 11),
+                (40, 3),
+                (40, 6),
+                (40, 9),
+                (41, 1),
+                (41, 4),
+                (41, 7)
+            ]
+            .into_iter()
+            .chain([(42, 2), (42, 5), (42, 8)])
+            .collect::<Vec<_>>(),
+            "by phase, then id; the unreadable row under phase 0"
+        );
+        for ((_, id), bytes) in &rows {
+            let want = match id {
+                11 => b"\xffdamaged".to_vec(),
+                &id => row::encode(&session(id)),
+            };
+            assert_eq!(bytes, &want, "row {id} moved as it was");
+        }
+        let db = Database::open(&path).unwrap();
+        let r = db.begin_read().unwrap();
+        assert!(r.open_table(OPEN_BY_ID).is_err(), "the old table is gone");
+    }
+
+    #[test]
+    fn a_session_whose_interval_changes_keeps_one_row_and_closing_it_leaves_none() {
+        let path = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+        let _ = std::fs::remove_file(&path);
+        let b = Book::open(Some(&path), 10).unwrap();
+        let first = open(1); // phase 40
+        b.record(Some(&first), None, None).unwrap();
+        let changed = OpenSession {
+            interim_secs: 50,
+            next_interim: 170,
+            ..open(1)
+        };
+        b.record(Some(&changed), None, None).unwrap();
+        assert_eq!(b.open_session(1).unwrap(), Some(changed.clone()));
+        // Twice in one transaction, under two more phases.
+        let again = |next| {
+            (
+                OpenSession {
+                    interim_secs: 50,
+                    next_interim: next,
+                    ..open(1)
+                },
+                None,
+            )
+        };
+        b.record_many(&[again(171), again(172)]).unwrap();
+        drop(b);
+        assert_eq!(rows(&path), vec![((22, 1), row::encode(&again(172).0))]);
+        let b = Book::open(Some(&path), 10).unwrap();
+        assert_eq!(b.due(172), vec![1]);
+        b.record(None, Some(1), None).unwrap();
+        assert!(!b.is_open(1));
+        drop(b);
+        assert_eq!(rows(&path), vec![]);
     }
 
     /// Sessions 1 to 3 at their interim update at 160, each next due at 220.

@@ -3,9 +3,9 @@
 //!
 //! At 65,536 open sessions a hash map of them and an ordered set of due times
 //! held about 4.7 MiB (half the hash map's buckets empty, the set's tree nodes
-//! part full). Here the open sessions are one vector sorted by session id, 24
-//! bytes each, and the due times 16 bytes each ([`Due`], with room for an
-//! eighth more): about 2.6 MiB.
+//! part full). Here the open sessions are one vector sorted by session id, 28
+//! bytes each (with the phase their row is under in the book), and the due
+//! times 16 bytes each ([`Due`], with room for an eighth more): about 2.8 MiB.
 //! Session ids are the store's sequential ids, so a session that opens goes
 //! at the end of the vector; one that closes is marked and the marks are
 //! swept once they are a quarter of the vector. A search reads the id of
@@ -28,12 +28,18 @@ const NO_UPDATES: i64 = i64::MAX;
 /// In [`Entry::next`]: a session that closed (swept later).
 const CLOSED: i64 = i64::MIN;
 
+/// 28 bytes: packed to 4 bytes' alignment, so the phase takes no 4 bytes of
+/// padding more (the fields are read and written whole, never borrowed).
 #[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
 struct Entry {
     id: SessionId,
     device: DeviceId,
     /// Its next interim update, [`NO_UPDATES`] or [`CLOSED`].
     next: i64,
+    /// The first part of its row's key in the book ([`crate::acct`]'s
+    /// `phase`): the row is found without a search.
+    phase: u32,
 }
 
 /// Which sessions are open, and by when their next interim update is due.
@@ -49,12 +55,24 @@ pub(crate) struct Index {
     closed: usize,
     /// `(next, id)` of the sessions that send updates, soonest on top; some stale.
     due: Due,
+    /// `open` holds entries [`Index::load`]ed out of order: [`Index::settle`]
+    /// sorts it.
+    unordered: bool,
     /// Those [`Index::due`] took off the heap and found due, in order: they
     /// stay due until their next moves, and a round moves them all (each
     /// back onto the heap at its new time, far below its top), so they are
     /// not put back on it, where each would climb to the top and be taken off
     /// again (two walks of the heap's depth each, through cold memory).
     held: Vec<(i64, SessionId)>,
+}
+
+/// What [`Entry::next`] holds for these.
+fn next_of(interim_secs: u64, next_interim: i64) -> i64 {
+    if interim_secs > 0 {
+        next_interim.clamp(CLOSED + 1, NO_UPDATES - 1)
+    } else {
+        NO_UPDATES
+    }
 }
 
 /// Grows `v` by an eighth when full rather than doubling it: a table of every
@@ -74,7 +92,29 @@ impl Index {
             closed: 0,
             due: Due::default(),
             held: Vec::new(),
+            unordered: false,
         }
+    }
+
+    /// Session `id` as the book's rows come when it opens (in the order of
+    /// their keys, not of their ids): kept at the end, and put in order by
+    /// [`Index::settle`], which must come before any other use.
+    pub(crate) fn load(
+        &mut self,
+        id: SessionId,
+        device: DeviceId,
+        phase: u32,
+        interim_secs: u64,
+        next_interim: i64,
+    ) {
+        room(&mut self.open);
+        self.open.push(Entry {
+            id,
+            device,
+            next: next_of(interim_secs, next_interim),
+            phase,
+        });
+        self.unordered = true;
     }
 
     /// Where `id` is in `open`, or where it would go.
@@ -101,21 +141,23 @@ impl Index {
         (self.open[i].next != CLOSED).then_some(i)
     }
 
-    /// Session `id` is open on `device`; its next interim update at
-    /// `next_interim` (none when `interim_secs` is 0).
+    /// Session `id` is open on `device`, its row under `phase`; its next
+    /// interim update at `next_interim` (none when `interim_secs` is 0).
     pub(crate) fn insert(
         &mut self,
         id: SessionId,
         device: DeviceId,
+        phase: u32,
         interim_secs: u64,
         next_interim: i64,
     ) {
-        let next = if interim_secs > 0 {
-            next_interim.clamp(CLOSED + 1, NO_UPDATES - 1)
-        } else {
-            NO_UPDATES
+        let next = next_of(interim_secs, next_interim);
+        let e = Entry {
+            id,
+            device,
+            next,
+            phase,
         };
-        let e = Entry { id, device, next };
         match self.search(id) {
             Ok(i) => {
                 let was = std::mem::replace(&mut self.open[i], e).next;
@@ -155,6 +197,12 @@ impl Index {
     /// The due times of the open sessions in order, with room for an eighth
     /// more: after the book's sessions were read in the order of their ids.
     pub(crate) fn settle(&mut self) {
+        if std::mem::take(&mut self.unordered) {
+            self.open.sort_unstable_by_key(|e| e.id);
+            // One entry a session, as `insert` keeps it.
+            self.open.dedup_by_key(|e| e.id);
+            self.refence();
+        }
         self.rebuild_due();
     }
 
@@ -190,6 +238,11 @@ impl Index {
     pub(crate) fn next_interim(&self, id: SessionId) -> Option<i64> {
         let next = self.open[self.find(id)?].next;
         (next != NO_UPDATES).then_some(next)
+    }
+
+    /// The phase session `id`'s row is under; `None` when it is not open.
+    pub(crate) fn phase(&self, id: SessionId) -> Option<u32> {
+        Some(self.open[self.find(id)?].phase)
     }
 
     pub(crate) fn contains(&self, id: SessionId) -> bool {
@@ -335,12 +388,12 @@ mod tests {
     /// The index as a map and an ordered set: what the index must answer.
     #[derive(Default)]
     struct Model {
-        open: BTreeMap<SessionId, (DeviceId, i64)>,
+        open: BTreeMap<SessionId, (DeviceId, i64, u32)>,
         due: BTreeSet<(i64, SessionId)>,
     }
 
     impl Model {
-        fn insert(&mut self, id: SessionId, device: DeviceId, interim: u64, next: i64) {
+        fn insert(&mut self, id: SessionId, device: DeviceId, phase: u32, interim: u64, next: i64) {
             self.remove(id);
             // The two ends of the range are the index's marks: a time there
             // is taken as the nearest other.
@@ -352,10 +405,10 @@ mod tests {
             if next != NO_UPDATES {
                 self.due.insert((next, id));
             }
-            self.open.insert(id, (device, next));
+            self.open.insert(id, (device, next, phase));
         }
         fn remove(&mut self, id: SessionId) {
-            if let Some((_, at)) = self.open.remove(&id) {
+            if let Some((_, at, _)) = self.open.remove(&id) {
                 self.due.remove(&(at, id));
             }
         }
@@ -369,7 +422,7 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Insert(SessionId, DeviceId, u64, i64),
+        Insert(SessionId, DeviceId, u32, u64, i64),
         Remove(SessionId),
         Due(i64),
         Settle,
@@ -384,8 +437,8 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         // Few ids, so that the same sessions open, move on and close again.
         prop_oneof![
-            4 => (0u64..300, -5i64..5, 0u64..3, next())
-                .prop_map(|(id, d, i, n)| Op::Insert(id, d, i, n)),
+            4 => (0u64..300, -5i64..5, any::<u32>(), 0u64..3, next())
+                .prop_map(|(id, d, p, i, n)| Op::Insert(id, d, p, i, n)),
             2 => (0u64..300).prop_map(Op::Remove),
             1 => (0i64..400).prop_map(Op::Due),
             1 => Just(Op::Settle),
@@ -396,10 +449,11 @@ mod tests {
         assert_eq!(index.due(now), model.due(now), "due at {now}");
         assert_eq!(index.len(), model.open.len());
         let held: Vec<_> = index.sessions().collect();
-        let want: Vec<_> = model.open.iter().map(|(&s, &(d, _))| (s, d)).collect();
+        let want: Vec<_> = model.open.iter().map(|(&s, &(d, _, _))| (s, d)).collect();
         assert_eq!(held, want);
-        for (&id, &(_, next)) in &model.open {
+        for (&id, &(_, next, phase)) in &model.open {
             assert!(index.contains(id));
+            assert_eq!(index.phase(id), Some(phase), "phase of {id}");
             let want = (next != NO_UPDATES).then_some(next);
             assert_eq!(index.next_interim(id), want, "next of {id}");
         }
@@ -416,14 +470,15 @@ mod tests {
             let mut model = Model::default();
             for op in ops {
                 match op {
-                    Op::Insert(id, d, i, n) => {
-                        index.insert(id, d, i, n);
-                        model.insert(id, d, i, n);
+                    Op::Insert(id, d, p, i, n) => {
+                        index.insert(id, d, p, i, n);
+                        model.insert(id, d, p, i, n);
                     }
                     Op::Remove(id) => {
                         index.remove(id);
                         model.remove(id);
                         prop_assert!(!index.contains(id));
+                        prop_assert_eq!(index.phase(id), None);
                     }
                     Op::Due(now) => check(&mut index, &model, now),
                     Op::Settle => index.settle(),
@@ -442,7 +497,7 @@ mod tests {
         for round in 0..200i64 {
             for id in 0..1_000u64 {
                 let id = id + 500 * round as u64;
-                index.insert(id, 1, 600, round * 10 + (id % 7) as i64);
+                index.insert(id, 1, 0, 600, round * 10 + (id % 7) as i64);
             }
             for id in 0..500u64 {
                 index.remove(id + 500 * round as u64);
@@ -460,20 +515,26 @@ mod tests {
     }
 
     #[test]
-    fn a_full_index_of_65536_sessions_holds_about_24_and_16_bytes_each() {
+    fn a_full_index_of_65536_sessions_holds_about_28_and_16_bytes_each() {
         let n = 65_536;
         let mut index = Index::with_capacity(n);
         // As the book reads them: in the order of their ids, not of their times.
         for id in 0..n as u64 {
-            index.insert(id, id as i64, 600, 1_000 + (id % 600) as i64);
+            index.insert(
+                id,
+                id as i64,
+                (id % 600) as u32,
+                600,
+                1_000 + (id % 600) as i64,
+            );
         }
         index.settle();
         let bytes = index.open.capacity() * std::mem::size_of::<Entry>()
             + index.due.capacity() * std::mem::size_of::<(i64, SessionId)>();
-        // 24 bytes a session, 16 for its due time and room for an eighth more.
-        assert!(bytes <= n * 24 + (n + n / 8 + 16) * 16, "{bytes} bytes");
+        // 28 bytes a session, 16 for its due time and room for an eighth more.
+        assert!(bytes <= n * 28 + (n + n / 8 + 16) * 16, "{bytes} bytes");
         // One more session grows the tables by an eighth, not twice.
-        index.insert(n as u64, 0, 600, 1_000);
+        index.insert(n as u64, 0, 0, 600, 1_000);
         assert!(index.open.capacity() <= n + n / 8 + 16);
         assert!(index.due.capacity() <= n + n / 8 + 32);
         assert_eq!(
