@@ -564,6 +564,42 @@ impl SessionsMgr {
             .map(|s| self.grant(s.data(), s.id())))
     }
 
+    /// [`SessionsMgr::granted`] of each of `devices`, in their order: under
+    /// one lock, their lookups in one pass ([`DenseMap::positions`]). The
+    /// table check asks it of 1,024 clients a second, each a miss in a large
+    /// map.
+    pub fn granted_many(&self, devices: &[DeviceId]) -> Result<Vec<Option<Grant>>, ModelError> {
+        let mut out = Vec::with_capacity(devices.len());
+        // Those without a hint, read from the store after the lock.
+        let mut unhinted = Vec::new();
+        {
+            let mut running = self.running()?;
+            self.check_hints(&mut running);
+            let at = running.positions(devices.iter().copied());
+            for (i, at) in at.into_iter().enumerate() {
+                match at.and_then(|at| running.at(at)) {
+                    Some(Running {
+                        session_id,
+                        hint: Some(h),
+                    }) => {
+                        let own = (!h.use_global_speed).then_some((h.down_mbits, h.up_mbits));
+                        out.push(Some(self.grant_of(*session_id, own, h.budget_bytes())));
+                    }
+                    _ => {
+                        out.push(None);
+                        unhinted.push(i);
+                    }
+                }
+            }
+        }
+        for i in unhinted {
+            out[i] = self
+                .curr_session(devices[i])?
+                .map(|s| self.grant(s.data(), s.id()));
+        }
+        Ok(out)
+    }
+
     /// Charges the bytes a device moved between its last reading and the
     /// moment the datapath blocked it, after its last session ended: they
     /// belong to that session. Readings of another meter epoch say nothing.

@@ -539,7 +539,8 @@ async fn gc_never_removes_a_session_that_can_still_run() {
 
 /// The grant of a running session is read from what the manager keeps of it
 /// once a poll charged it, and follows every change: its usage, its own
-/// speeds saved through the session, the shared speeds.
+/// speeds saved through the session, the shared speeds; asked of many
+/// devices at once, each one's is the same.
 #[tokio::test]
 async fn a_running_sessions_grant_follows_its_usage_and_every_speed_change() {
     for hybrid in [false, true] {
@@ -556,10 +557,19 @@ async fn a_running_sessions_grant_follows_its_usage_and_every_speed_change() {
             .create_session(d.id, 1, 0, 10.0, None, 5, 2, false)
             .await
             .unwrap();
+        // Another device, with no session.
+        let e = m.create_device(mac(2), None, None).unwrap();
+        // Asked of many at once, each device's grant is what it is alone.
+        let many = |m: &SessionsMgr| {
+            let alone = [e.id, d.id, e.id].map(|id| m.granted(id).unwrap());
+            assert_eq!(m.granted_many(&[e.id, d.id, e.id]).unwrap(), alone.to_vec());
+        };
         m.connect(d.id, "test").await.unwrap();
+        many(&m);
         let mark = |bytes| session_model::MeterMark { epoch: 7, bytes };
         m.record_meter(&[(d.id, mark(0))]).unwrap();
         m.record_meter(&[(d.id, mark(1_000_000))]).unwrap();
+        many(&m);
         let g = m.granted(d.id).unwrap().unwrap();
         assert_eq!(
             (g.session_id, g.down_mbits, g.up_mbits, g.budget_bytes),
@@ -576,6 +586,7 @@ async fn a_running_sessions_grant_follows_its_usage_and_every_speed_change() {
         let mut live = m.session(s.id()).unwrap();
         live.set_down_mbits(20).unwrap();
         live.save().await.unwrap();
+        many(&m);
         let g = m.granted(d.id).unwrap().unwrap();
         assert_eq!((g.down_mbits, g.up_mbits), (20, 2), "hybrid: {hybrid}");
         // The shared speeds, for a session that takes them.
@@ -584,6 +595,7 @@ async fn a_running_sessions_grant_follows_its_usage_and_every_speed_change() {
         live.save().await.unwrap();
         m.record_meter(&[(d.id, mark(1_600_000))]).unwrap();
         m.set_global_speed(50, 10);
+        many(&m);
         let g = m.granted(d.id).unwrap().unwrap();
         assert_eq!(
             (g.down_mbits, g.up_mbits, g.budget_bytes),
@@ -591,6 +603,7 @@ async fn a_running_sessions_grant_follows_its_usage_and_every_speed_change() {
             "hybrid: {hybrid}"
         );
         m.disconnect(d.id, "test").await.unwrap();
+        many(&m);
         assert!(m.granted(d.id).unwrap().is_none());
     }
 }

@@ -152,6 +152,15 @@ impl Gateway {
     fn enforce_window(&self, first: u32) -> Result<(Vec<(Mismatch, MacAddr)>, u32), AgentError> {
         let owners = self.slot_owners()?;
         let (clients, next) = self.dp.enforced(first, CHECK_SLOTS_PER_RUN)?;
+        // The grants of the connected devices the datapath lets through, in
+        // one look (`SessionsMgr::granted_many`), in the order the loop below
+        // takes them.
+        let let_through: Vec<DeviceId> = clients
+            .iter()
+            .filter(|c| c.flags & POLICY_ALLOWED != 0)
+            .filter_map(|c| owners.get(c.slot))
+            .collect();
+        let mut grants = self.mgr.granted_many(&let_through)?.into_iter();
         let mut found: Vec<(Mismatch, MacAddr, Option<DeviceId>)> = Vec::new();
         for c in clients {
             let allowed = c.flags & POLICY_ALLOWED != 0;
@@ -162,7 +171,7 @@ impl Gateway {
                 None => continue,
                 Some(d) if !allowed => (Mismatch::BlockedWhileConnected, Some(d)),
                 Some(d) => {
-                    let Some(grant) = self.mgr.granted(d)? else {
+                    let Some(grant) = grants.next().flatten() else {
                         continue;
                     };
                     let (up, down) = self.limits(&grant);
