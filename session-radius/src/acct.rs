@@ -40,6 +40,8 @@ const OPEN: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("acct_sess
 const OPEN_BY_ID: TableDefinition<u64, &[u8]> = TableDefinition::new("acct_sessions");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
+/// What [`Book::prepare`] does when it moves an earlier book's rows.
+const REKEY: &str = "move the open sessions' rows under their phases";
 /// The book's page cache. Each second's interim updates read the rows of
 /// one phase, side by side ([`OPEN`]), in one walk that reads each page once;
 /// redb's cache (its bytes shared by 131 stripes, a full one letting go of a
@@ -80,6 +82,10 @@ fn fix(in_file: bool, what: &str) -> &'static str {
              is opened again at its next use (what a round of accounting could not write \
              stays due, and a later round writes it; a login whose Start could not be \
              written was refused)"
+        }
+        (true, REKEY) => {
+            "; the book is as it was (the move is one transaction): if its disk is full or \
+             read-only, free space or make it writable and start again"
         }
         (true, "open again") => {
             "; if its disk is full or read-only, free space or make it writable: the book \
@@ -416,25 +422,24 @@ impl Book {
     /// stays JSON until written again), in the transaction that opens the
     /// book: all or none. A row that cannot be read goes under phase 0.
     fn rekey(w: &redb::WriteTransaction, path: Option<&Path>) -> Result<(), BookError> {
-        const WHAT: &str = "move the open sessions' rows under their phases";
         if !w
             .list_tables()
-            .map_err(fail(path, WHAT))?
+            .map_err(fail(path, REKEY))?
             .any(|t| t.name() == OPEN_BY_ID.name())
         {
             return Ok(());
         }
         {
-            let old = w.open_table(OPEN_BY_ID).map_err(fail(path, WHAT))?;
-            let mut new = w.open_table(OPEN).map_err(fail(path, WHAT))?;
-            for row in old.iter().map_err(fail(path, WHAT))? {
-                let (k, v) = row.map_err(fail(path, WHAT))?;
+            let old = w.open_table(OPEN_BY_ID).map_err(fail(path, REKEY))?;
+            let mut new = w.open_table(OPEN).map_err(fail(path, REKEY))?;
+            for row in old.iter().map_err(fail(path, REKEY))? {
+                let (k, v) = row.map_err(fail(path, REKEY))?;
                 let p = row::decode(v.value()).map_or(0, |s| phase(&s));
                 new.insert((p, k.value()), v.value())
-                    .map_err(fail(path, WHAT))?;
+                    .map_err(fail(path, REKEY))?;
             }
         }
-        w.delete_table(OPEN_BY_ID).map_err(fail(path, WHAT))?;
+        w.delete_table(OPEN_BY_ID).map_err(fail(path, REKEY))?;
         Ok(())
     }
 
@@ -533,19 +538,35 @@ impl Book {
         // The rows of each phase in one walk of its range: a walk reads each
         // page once, where a look-up of each row reads its page again (the
         // page cache is small, and a page it just read may be the one it
-        // lets go).
+        // lets go). A walk that passes more than `SKIP` rows not asked for
+        // in a row (a phase shared by sessions due at other times, or every
+        // session's with updates off) goes on from the next row asked for.
+        const SKIP: usize = 16;
         for group in keys.chunk_by(|a, b| a.0 == b.0) {
-            let (first, last) = (group[0], group[group.len() - 1]);
-            let mut wanted = group.iter().map(|&(_, id)| id).peekable();
-            for row in t.range(first..=last).map_err(self.err("read"))? {
-                let (k, v) = row.map_err(self.err("read"))?;
-                let id = k.value().1;
-                while wanted.next_if(|&w| w < id).is_some() {}
-                if wanted.next_if_eq(&id).is_some() {
-                    if let Ok(s) = row::decode(v.value()) {
-                        out.push(s);
+            let mut rest = group;
+            while let (Some(&first), Some(&last)) = (rest.first(), rest.last()) {
+                // How many of `rest` the walk has passed.
+                let mut passed = rest.len();
+                let mut skipped = 0;
+                for row in t.range(first..=last).map_err(self.err("read"))? {
+                    let (k, v) = row.map_err(self.err("read"))?;
+                    let id = k.value().1;
+                    // Those asked for and not in the book are passed by.
+                    let i = rest.partition_point(|&(_, w)| w < id);
+                    if rest.get(i).is_some_and(|&(_, w)| w == id) {
+                        skipped = 0;
+                        if let Ok(s) = row::decode(v.value()) {
+                            out.push(s);
+                        }
+                    } else {
+                        skipped += 1;
+                        if skipped > SKIP {
+                            passed = i;
+                            break;
+                        }
                     }
                 }
+                rest = &rest[passed..];
             }
         }
         let index = self.index.lock().unwrap();
@@ -628,15 +649,19 @@ impl Book {
         let mut interims = Vec::new();
         let mut written = HashMap::new();
         let queued = self.put(&w, session, close, request, &mut interims, &mut written)?;
-        w.commit().map_err(self.err("write"))?;
+        {
+            // Held from before the commit until the index has the rows'
+            // phases: the next writer's `put` reads them from it.
+            let mut index = self.index.lock().unwrap();
+            w.commit().map_err(self.err("write"))?;
+            if let Some(s) = session {
+                put(&mut index, s, phase(s));
+            }
+            if let Some(id) = close {
+                index.remove(id);
+            }
+        }
         self.pend(interims);
-        let mut index = self.index.lock().unwrap();
-        if let Some(s) = session {
-            put(&mut index, s, phase(s));
-        }
-        if let Some(id) = close {
-            index.remove(id);
-        }
         Ok(queued)
     }
 
@@ -662,12 +687,16 @@ impl Book {
                 dropped += 1;
             }
         }
-        w.commit().map_err(self.err("write"))?;
-        self.pend(interims);
-        let mut index = self.index.lock().unwrap();
-        for (s, _) in updates {
-            put(&mut index, s, phase(s));
+        {
+            // As in `record`: the index has the rows' phases before the next
+            // writer reads them.
+            let mut index = self.index.lock().unwrap();
+            w.commit().map_err(self.err("write"))?;
+            for (s, _) in updates {
+                put(&mut index, s, phase(s));
+            }
         }
+        self.pend(interims);
         Ok(dropped)
     }
 
@@ -1181,6 +1210,28 @@ mod tests {
         let db = Database::open(&path).unwrap();
         let r = db.begin_read().unwrap();
         assert!(r.open_table(OPEN_BY_ID).is_err(), "the old table is gone");
+    }
+
+    #[test]
+    fn sessions_asked_for_far_apart_in_one_phase_are_all_read_and_no_other() {
+        let b = Book::open(None, 10).unwrap();
+        // 200 sessions without updates: all under phase 0.
+        let quiet = |id: u64| OpenSession {
+            interim_secs: 0,
+            ..open(id)
+        };
+        let all: Vec<_> = (1..=200).map(|id| (quiet(id), None)).collect();
+        b.record_many(&all).unwrap();
+        // Some side by side, some far apart; 500 is not in the book.
+        let asked = [1, 2, 3, 40, 41, 100, 180, 200, 500];
+        let want: Vec<_> = asked
+            .iter()
+            .filter(|&&id| id <= 200)
+            .map(|&id| quiet(id))
+            .collect();
+        assert_eq!(b.open_sessions_of(&asked).unwrap(), want);
+        assert_eq!(b.open_sessions_of(&[150]).unwrap(), vec![quiet(150)]);
+        assert_eq!(b.open_sessions_of(&[0, 201]).unwrap(), vec![]);
     }
 
     #[test]

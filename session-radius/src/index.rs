@@ -194,12 +194,14 @@ impl Index {
         self.due.push((next, id));
     }
 
-    /// The due times of the open sessions in order, with room for an eighth
-    /// more: after the book's sessions were read in the order of their ids.
+    /// The open sessions in the order of their ids, and their due times in
+    /// order with room for an eighth more: after the book's sessions were
+    /// [`Index::load`]ed, or the late ones moved on at a start.
     pub(crate) fn settle(&mut self) {
         if std::mem::take(&mut self.unordered) {
-            self.open.sort_unstable_by_key(|e| e.id);
-            // One entry a session, as `insert` keeps it.
+            // Stable: of a session loaded twice (a damaged book), the entry
+            // loaded first stays, the one of its lower phase.
+            self.open.sort_by_key(|e| e.id);
             self.open.dedup_by_key(|e| e.id);
             self.refence();
         }
@@ -424,6 +426,9 @@ mod tests {
     enum Op {
         Insert(SessionId, DeviceId, u32, u64, i64),
         Remove(SessionId),
+        /// The index made afresh from the model's sessions, loaded in the
+        /// order of their phases as a book's rows come.
+        Reload,
         Due(i64),
         Settle,
     }
@@ -442,6 +447,7 @@ mod tests {
             2 => (0u64..300).prop_map(Op::Remove),
             1 => (0i64..400).prop_map(Op::Due),
             1 => Just(Op::Settle),
+            1 => Just(Op::Reload),
         ]
     }
 
@@ -482,6 +488,17 @@ mod tests {
                     }
                     Op::Due(now) => check(&mut index, &model, now),
                     Op::Settle => index.settle(),
+                    Op::Reload => {
+                        let mut rows: Vec<_> = model.open.iter().collect();
+                        rows.sort_by_key(|&(&id, &(_, _, phase))| (phase, id));
+                        index = Index::with_capacity(rows.len());
+                        for (&id, &(d, next, phase)) in rows {
+                            // A session without updates as the book has it.
+                            let interim = u64::from(next != NO_UPDATES);
+                            index.load(id, d, phase, interim, next);
+                        }
+                        index.settle();
+                    }
                 }
             }
             check(&mut index, &model, 400);
@@ -518,7 +535,7 @@ mod tests {
     fn a_full_index_of_65536_sessions_holds_about_28_and_16_bytes_each() {
         let n = 65_536;
         let mut index = Index::with_capacity(n);
-        // As the book reads them: in the order of their ids, not of their times.
+        // In the order of their ids, not of their times.
         for id in 0..n as u64 {
             index.insert(
                 id,
