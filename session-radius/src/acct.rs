@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use session_model::{store::reopen::Reopening, DeviceId, SessionId};
 
-use crate::index::Index;
+use crate::index::{Entry, Index};
 use crate::row;
 
 const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("acct_queue");
@@ -318,13 +318,13 @@ fn phase(s: &OpenSession) -> u32 {
 /// Session `s` open in `index` with its device and next interim update, its
 /// row under `phase`.
 fn put(index: &mut Index, s: &OpenSession, phase: u32) {
-    index.insert(
+    index.insert(Entry::new(
         s.session_id,
         s.device_id,
         phase,
         s.interim_secs,
         s.next_interim,
-    );
+    ));
 }
 
 /// Session `s` moved on in `index` without its row written: its row stays
@@ -458,7 +458,13 @@ impl Book {
             // Unreadable ones are left out, as `open_sessions` leaves them:
             // no update or Stop is sent for them.
             match row::decode(v.value()) {
-                Ok(s) => index.load(id, s.device_id, p, s.interim_secs, s.next_interim),
+                Ok(s) => index.load(Entry::new(
+                    id,
+                    s.device_id,
+                    p,
+                    s.interim_secs,
+                    s.next_interim,
+                )),
                 Err(e) => tracing::warn!(
                     session = id,
                     "RADIUS accounting book {}: an open session cannot be read ({e}), left out: \

@@ -32,7 +32,7 @@ const CLOSED: i64 = i64::MIN;
 /// padding more (the fields are read and written whole, never borrowed).
 #[derive(Debug, Clone, Copy)]
 #[repr(C, packed(4))]
-struct Entry {
+pub(crate) struct Entry {
     id: SessionId,
     device: DeviceId,
     /// Its next interim update, [`NO_UPDATES`] or [`CLOSED`].
@@ -66,12 +66,27 @@ pub(crate) struct Index {
     held: Vec<(i64, SessionId)>,
 }
 
-/// What [`Entry::next`] holds for these.
-fn next_of(interim_secs: u64, next_interim: i64) -> i64 {
-    if interim_secs > 0 {
-        next_interim.clamp(CLOSED + 1, NO_UPDATES - 1)
-    } else {
-        NO_UPDATES
+impl Entry {
+    /// Session `id` open on `device`, its row under `phase`; its next interim
+    /// update at `next_interim` (none when `interim_secs` is 0).
+    pub(crate) fn new(
+        id: SessionId,
+        device: DeviceId,
+        phase: u32,
+        interim_secs: u64,
+        next_interim: i64,
+    ) -> Self {
+        let next = if interim_secs > 0 {
+            next_interim.clamp(CLOSED + 1, NO_UPDATES - 1)
+        } else {
+            NO_UPDATES
+        };
+        Entry {
+            id,
+            device,
+            next,
+            phase,
+        }
     }
 }
 
@@ -96,24 +111,12 @@ impl Index {
         }
     }
 
-    /// Session `id` as the book's rows come when it opens (in the order of
+    /// A session as the book's rows come when it opens (in the order of
     /// their keys, not of their ids): kept at the end, and put in order by
     /// [`Index::settle`], which must come before any other use.
-    pub(crate) fn load(
-        &mut self,
-        id: SessionId,
-        device: DeviceId,
-        phase: u32,
-        interim_secs: u64,
-        next_interim: i64,
-    ) {
+    pub(crate) fn load(&mut self, e: Entry) {
         room(&mut self.open);
-        self.open.push(Entry {
-            id,
-            device,
-            next: next_of(interim_secs, next_interim),
-            phase,
-        });
+        self.open.push(e);
         self.unordered = true;
     }
 
@@ -141,23 +144,9 @@ impl Index {
         (self.open[i].next != CLOSED).then_some(i)
     }
 
-    /// Session `id` is open on `device`, its row under `phase`; its next
-    /// interim update at `next_interim` (none when `interim_secs` is 0).
-    pub(crate) fn insert(
-        &mut self,
-        id: SessionId,
-        device: DeviceId,
-        phase: u32,
-        interim_secs: u64,
-        next_interim: i64,
-    ) {
-        let next = next_of(interim_secs, next_interim);
-        let e = Entry {
-            id,
-            device,
-            next,
-            phase,
-        };
+    /// The session of `e` is open (again, or moved on).
+    pub(crate) fn insert(&mut self, e: Entry) {
+        let Entry { id, next, .. } = e;
         match self.search(id) {
             Ok(i) => {
                 let was = std::mem::replace(&mut self.open[i], e).next;
@@ -477,7 +466,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Insert(id, d, p, i, n) => {
-                        index.insert(id, d, p, i, n);
+                        index.insert(Entry::new(id, d, p, i, n));
                         model.insert(id, d, p, i, n);
                     }
                     Op::Remove(id) => {
@@ -495,7 +484,7 @@ mod tests {
                         for (&id, &(d, next, phase)) in rows {
                             // A session without updates as the book has it.
                             let interim = u64::from(next != NO_UPDATES);
-                            index.load(id, d, phase, interim, next);
+                            index.load(Entry::new(id, d, phase, interim, next));
                         }
                         index.settle();
                     }
@@ -514,7 +503,7 @@ mod tests {
         for round in 0..200i64 {
             for id in 0..1_000u64 {
                 let id = id + 500 * round as u64;
-                index.insert(id, 1, 0, 600, round * 10 + (id % 7) as i64);
+                index.insert(Entry::new(id, 1, 0, 600, round * 10 + (id % 7) as i64));
             }
             for id in 0..500u64 {
                 index.remove(id + 500 * round as u64);
@@ -537,13 +526,13 @@ mod tests {
         let mut index = Index::with_capacity(n);
         // In the order of their ids, not of their times.
         for id in 0..n as u64 {
-            index.insert(
+            index.insert(Entry::new(
                 id,
                 id as i64,
                 (id % 600) as u32,
                 600,
                 1_000 + (id % 600) as i64,
-            );
+            ));
         }
         index.settle();
         let bytes = index.open.capacity() * std::mem::size_of::<Entry>()
@@ -551,7 +540,7 @@ mod tests {
         // 28 bytes a session, 16 for its due time and room for an eighth more.
         assert!(bytes <= n * 28 + (n + n / 8 + 16) * 16, "{bytes} bytes");
         // One more session grows the tables by an eighth, not twice.
-        index.insert(n as u64, 0, 0, 600, 1_000);
+        index.insert(Entry::new(n as u64, 0, 0, 600, 1_000));
         assert!(index.open.capacity() <= n + n / 8 + 16);
         assert!(index.due.capacity() <= n + n / 8 + 32);
         assert_eq!(
