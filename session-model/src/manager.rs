@@ -544,30 +544,14 @@ impl SessionsMgr {
 
     /// The grant of the device's running session, if one runs (see [`SessionsMgr::desired`]).
     pub fn granted(&self, device_id: DeviceId) -> Result<Option<Grant>, ModelError> {
-        // From the running session's hint when it has one: the table check
-        // asks this of 1,024 clients a second, and a store read costs more
-        // than the comparison it serves.
-        {
-            let mut running = self.running()?;
-            self.check_hints(&mut running);
-            if let Some(Running {
-                session_id,
-                hint: Some(h),
-            }) = running.get(&device_id)
-            {
-                let own = (!h.use_global_speed).then_some((h.down_mbits, h.up_mbits));
-                return Ok(Some(self.grant_of(*session_id, own, h.budget_bytes())));
-            }
-        }
-        Ok(self
-            .curr_session(device_id)?
-            .map(|s| self.grant(s.data(), s.id())))
+        Ok(self.granted_many(&[device_id])?.pop().flatten())
     }
 
     /// [`SessionsMgr::granted`] of each of `devices`, in their order: under
     /// one lock, their lookups in one pass ([`DenseMap::positions`]). The
     /// table check asks it of 1,024 clients a second, each a miss in a large
-    /// map.
+    /// map. From the running session's hint when it has one (a store read
+    /// costs more than the comparison the check makes), else from the store.
     pub fn granted_many(&self, devices: &[DeviceId]) -> Result<Vec<Option<Grant>>, ModelError> {
         let mut out = Vec::with_capacity(devices.len());
         // Those without a hint, read from the store after the lock.

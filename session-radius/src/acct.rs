@@ -296,6 +296,11 @@ pub struct Book {
     /// The open sessions' ids and when each is next due, in memory: the
     /// once-a-second bookkeeping reads from the file only the sessions it acts on.
     index: Mutex<Index>,
+    /// Held by a write of open sessions' rows from before its transaction
+    /// until the index has their phases: the next such write's `put` reads
+    /// them from the index. The index's own lock is not held over the
+    /// commit's sync to the disk, so its readers do not wait for it.
+    writing: Mutex<()>,
     /// Interim updates waiting for an answer, with their numbers: in memory
     /// only (see the module's notes).
     pending: Mutex<VecDeque<(u64, Request)>>,
@@ -392,6 +397,7 @@ impl Book {
             file: path.map(Path::to_path_buf),
             limit,
             index: Mutex::default(),
+            writing: Mutex::default(),
             pending: Mutex::default(),
             next_seq: AtomicU64::new(next_seq),
         };
@@ -650,16 +656,15 @@ impl Book {
         close: Option<SessionId>,
         request: Option<&Request>,
     ) -> Result<Queued, BookError> {
+        let _writing = self.writing.lock().unwrap();
         let db = self.db()?;
         let w = db.begin_write().map_err(self.err("write"))?;
         let mut interims = Vec::new();
         let mut written = HashMap::new();
         let queued = self.put(&w, session, close, request, &mut interims, &mut written)?;
+        w.commit().map_err(self.err("write"))?;
         {
-            // Held from before the commit until the index has the rows'
-            // phases: the next writer's `put` reads them from it.
             let mut index = self.index.lock().unwrap();
-            w.commit().map_err(self.err("write"))?;
             if let Some(s) = session {
                 put(&mut index, s, phase(s));
             }
@@ -682,6 +687,7 @@ impl Book {
         if updates.is_empty() {
             return Ok(0);
         }
+        let _writing = self.writing.lock().unwrap();
         let db = self.db()?;
         let w = db.begin_write().map_err(self.err("write"))?;
         let mut dropped = 0;
@@ -693,11 +699,9 @@ impl Book {
                 dropped += 1;
             }
         }
+        w.commit().map_err(self.err("write"))?;
         {
-            // As in `record`: the index has the rows' phases before the next
-            // writer reads them.
             let mut index = self.index.lock().unwrap();
-            w.commit().map_err(self.err("write"))?;
             for (s, _) in updates {
                 put(&mut index, s, phase(s));
             }
